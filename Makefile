@@ -1,0 +1,45 @@
+# deskgate — `make serve` runs the gateway on the example conf.d (SQLite under var/),
+# `make test` installs what the tests need and runs them.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates
+
+.PHONY: serve test venv deps system-deps lint typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages the tests talk to (real Postfix, Dovecot, gpg, openssl).
+# Installed only when running as root and something is missing.
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (tests that need them are skipped)"; fi; \
+	fi
+
+serve: venv
+	$(VENV)/bin/deskgate check
+	$(VENV)/bin/deskgate serve
+
+test: venv system-deps
+	$(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check gateway tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf var .pytest_cache

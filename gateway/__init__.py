@@ -1,0 +1,3 @@
+"""deskgate: a mail gateway for helpdesks."""
+
+__version__ = "0.1.0"

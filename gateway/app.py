@@ -1,0 +1,212 @@
+"""Composition root: builds the services from the config and runs them on one loop.
+
+Only this module wires stages and doors together. A reload (SIGHUP) builds a new
+Config and Runtime and swaps them in only when they validate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy import Engine
+
+from gateway import errors
+from gateway.config import Config, load_config
+from gateway.errors import ConfigErrors, SmtpReply
+from gateway.inbound.pipeline import Pipeline
+from gateway.model import Envelope
+from gateway.runtime import Runtime, build_runtime
+from gateway.store import repo
+from gateway.store.db import BatchWriter, make_engine, migrate
+
+log = structlog.get_logger(__name__)
+
+# Modules that register pipeline stages, runtime builders and config validators
+# when imported. Each door/feature adds its module here.
+PLUGINS: tuple[str, ...] = ()
+
+
+def load_plugins() -> None:
+    for name in PLUGINS:
+        importlib.import_module(name)
+
+
+class Service(Protocol):
+    """A long-running part of `deskgate serve` (listener, sender, poller, dashboard)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# Factories of the optional services: (app) → Service | None. Each door adds one.
+SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = []
+
+
+class Gateway:
+    """Everything one deskgate process holds: config, runtime, store, pipeline."""
+
+    def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
+        load_plugins()
+        self.config = config
+        self.runtime: Runtime = build_runtime(config)
+        self.engine = engine or make_engine(config.database_url)
+        self.writer = BatchWriter(self.engine, batch_max=config.gateway.batch_max)
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pipeline")
+        self.pipeline = Pipeline(lambda: self.runtime, self.writer, self.executor)
+        self.services: list[Service] = []
+        self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
+
+    # ---------------------------------------------------------------- setup
+
+    def prepare_store(self) -> None:
+        """Migrate the schema and mirror queues/addresses from the config."""
+        migrate(self.engine)
+        with self.engine.begin() as conn:
+            repo.sync_config(conn, self.config)
+
+    # ---------------------------------------------------------------- inbound
+
+    def rcpt_status(self, address: str) -> SmtpReply:
+        cfg = self.runtime.config
+        addr = cfg.address_by_email(address)
+        if addr is None:
+            if cfg.lmtp.unknown_recipient == "default-queue":
+                return errors.RCPT_OK
+            return errors.RCPT_UNKNOWN
+        if addr.valid == "invalid-temporarily":
+            return errors.RCPT_TEMP_INVALID
+        if addr.valid == "invalid":
+            return errors.RCPT_INVALID
+        return errors.RCPT_OK
+
+    async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
+                      peer: str) -> Sequence[SmtpReply]:
+        env = Envelope(mail_from=mail_from, recipients=tuple(r.lower() for r in rcpts),
+                       raw=raw, source="LMTP", account=peer,
+                       trusted=self.runtime.config.lmtp.trusted)
+        outcome = await self.pipeline.deliver(env)
+        return outcome.replies
+
+    # ---------------------------------------------------------------- reload
+
+    async def reload(self) -> bool:
+        """Re-read conf.d and policies; swap them in only when they validate."""
+        try:
+            cfg = await asyncio.get_running_loop().run_in_executor(
+                None, load_config, self.config.conf_dir)
+            rt = build_runtime(cfg)
+        except ConfigErrors as exc:
+            log.error("reload refused; keeping the running configuration", errors=str(exc))
+            self._log_reload_failure(str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - a broken reload must not stop the gateway
+            log.error("reload failed; keeping the running configuration", error=repr(exc))
+            self._log_reload_failure(repr(exc))
+            return False
+        await self.writer.run(lambda conn: repo.sync_config(conn, cfg), isolated=True)
+        self.config, self.runtime = cfg, rt
+        for hook in self.reload_hooks:
+            res = hook(cfg)
+            if asyncio.iscoroutine(res):
+                await res
+        log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
+        return True
+
+    def _log_reload_failure(self, text: str) -> None:
+        from gateway.commlog import Comm, write_comm
+
+        comm = Comm("Incoming", "Config", "reload")
+        obj = comm.obj("Connection")
+        obj.log("Error", "Reload", text[:4000])
+        obj.close("Failed")
+        comm.close("Failed")
+        with contextlib.suppress(Exception):
+            self.writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
+
+    # ---------------------------------------------------------------- run
+
+    async def start(self) -> list[asyncio.AbstractServer]:
+        from gateway.inbound.lmtp import start_listeners
+
+        cfg = self.config
+        servers = await start_listeners(
+            self, cfg.lmtp.listen, root=cfg.root, max_message_size=cfg.lmtp.max_message_size,
+            max_recipients=cfg.lmtp.max_recipients, hostname=cfg.gateway.hostname,
+            socket_mode=cfg.lmtp.socket_mode, socket_group=cfg.lmtp.socket_group,
+            timeout=cfg.lmtp.timeout)
+        for factory in SERVICE_FACTORIES:
+            svc = factory(self)
+            if svc is not None:
+                await svc.start()
+                self.services.append(svc)
+        return servers
+
+    async def stop(self, servers: Sequence[asyncio.AbstractServer]) -> None:
+        for s in servers:
+            s.close()
+        for svc in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await svc.stop()
+        for s in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.wait_closed(), 10)
+        self.close()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+async def serve(config: Config, *, ready: Callable[[], Any] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+    gw = Gateway(config)
+    await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
+    servers = await gw.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    pidfile = config.state_dir / "run" / "deskgate.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(f"{__import__('os').getpid()}\n")
+    log.info("deskgate serving", lmtp=list(config.lmtp.listen),
+             services=[s.name for s in gw.services], database=_safe_url(config.database_url))
+    if ready:
+        ready()
+    await stop.wait()
+    log.info("stopping: no new connections, finishing messages in flight")
+    await gw.stop(servers)
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def run_serve(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+
+
+def pidfile_path(config: Config) -> Path:
+    return config.state_dir / "run" / "deskgate.pid"

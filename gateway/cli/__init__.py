@@ -1,0 +1,36 @@
+"""deskgate command line. Each module in COMMANDS adds its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules of gateway.cli that define register(subparsers). Add yours here.
+COMMANDS: tuple[str, ...] = ("core", "tickets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deskgate", description="Mail gateway for helpdesks.")
+    parser.add_argument("--config", "-c", metavar="DIR",
+                        help="configuration directory (default: $DESKGATE_CONFIG, ./conf.d, "
+                             "/etc/deskgate/conf.d)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"gateway.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    sys.stdout.flush()
+    return int(rc or 0)

@@ -1,0 +1,64 @@
+"""Helpers shared by the CLI modules: loading the config, printing JSON and tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from gateway.config import Config, load_config
+from gateway.errors import ConfigErrors
+from gateway.logs import setup_logging
+
+EX_OK = 0
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
+    """Load and validate the configuration or exit 1 listing every error."""
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(str(err), file=sys.stderr)
+        raise SystemExit(1) from None
+    setup_logging("warning" if quiet_logs else cfg.gateway.log_level, cfg.gateway.log_format)
+    return cfg
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    return str(o)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=_default, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
+    rows = [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, v in enumerate(r):
+            widths[i] = min(max(widths[i], len(v)), 60)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*headers).rstrip())
+    for r in rows:
+        print(fmt.format(*[v if len(v) <= 60 else v[:57] + "..." for v in r]).rstrip())
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")

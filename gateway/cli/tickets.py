@@ -1,0 +1,128 @@
+"""tickets list | show N."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from gateway.cli.common import add_json, load, print_json, print_table
+from gateway.store.db import make_engine
+from gateway.store.tables import Article, Attachment, Ticket
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tickets", help="tickets, articles, attachments, crypto results")
+    tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION")
+    tsub.required = True
+    lp = tsub.add_parser("list", help="list tickets, newest first")
+    lp.add_argument("--queue", help="only this queue")
+    lp.add_argument("--state", help="only this state")
+    lp.add_argument("--limit", type=int, default=100)
+    add_json(lp)
+    lp.set_defaults(func=cmd_list)
+    sp = tsub.add_parser("show", help="one ticket with its articles")
+    sp.add_argument("number")
+    add_json(sp)
+    sp.set_defaults(func=cmd_show)
+
+
+def ticket_summary(t: Any) -> dict[str, Any]:
+    return {"number": t.number, "title": t.title, "queue": t.queue, "state": t.state,
+            "priority": t.priority, "created": t.created, "changed": t.changed,
+            "customer_user": t.customer_user}
+
+
+def list_tickets(conn: Connection, *, queue: str | None = None, state: str | None = None,
+                 limit: int = 100) -> list[dict[str, Any]]:
+    q = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
+    if queue:
+        q = q.where(Ticket.queue == queue)
+    if state:
+        q = q.where(Ticket.state == state)
+    return [ticket_summary(t) for t in conn.execute(q).all()]
+
+
+def ticket_detail(conn: Connection, number: str) -> dict[str, Any] | None:
+    """The JSON of `tickets show N --json` (DESIGN.md names the fields)."""
+    t = conn.execute(select(Ticket).where(Ticket.number == number)).first()
+    if t is None:
+        return None
+    arts = conn.execute(select(Article).where(Article.ticket_id == t.id)
+                        .order_by(Article.id)).all()
+    att_rows = conn.execute(select(Attachment.article_id, Attachment.filename,
+                                   Attachment.content_type, Attachment.size)
+                            .where(Attachment.article_id.in_([a.id for a in arts]))
+                            .order_by(Attachment.id)).all() if arts else []
+    atts: dict[int, list[dict[str, Any]]] = {}
+    for r in att_rows:
+        atts.setdefault(r.article_id, []).append(
+            {"filename": r.filename, "content_type": r.content_type, "size": r.size})
+    linked = None
+    if t.linked_ticket_id:
+        lt = conn.execute(select(Ticket.number).where(Ticket.id == t.linked_ticket_id)).first()
+        linked = lt.number if lt else None
+    return {
+        **ticket_summary(t), "type": t.type, "service": t.service, "sla": t.sla,
+        "customer_no": t.customer_no, "owner": t.owner, "responsible": t.responsible,
+        "lock": t.lock, "pending_until": t.pending_until, "dynamic_fields": t.dynamic_fields,
+        "linked_ticket": linked,
+        "articles": [{
+            "id": a.id, "message_id": a.message_id, "direction": a.direction,
+            "sender_type": a.sender_type, "is_visible_for_customer": a.is_visible_for_customer,
+            "from": a.from_addr, "to": a.to_addr, "cc": a.cc_addr, "subject": a.subject,
+            "in_reply_to": a.in_reply_to, "references": a.references, "body": a.body,
+            "body_html": a.body_html, "loop": a.loop, "created": a.created,
+            "transmission_status": a.transmission_status,
+            "transmission_error": a.transmission_error,
+            "attachments": atts.get(a.id, []),
+            "crypto": {k: (a.crypto or {}).get(k, d) for k, d in (
+                ("encrypted", False), ("decrypted", False), ("signed", False),
+                ("signature_valid", None), ("signer", ""), ("method", ""), ("error", ""))},
+        } for a in arts],
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    engine = make_engine(cfg.database_url)
+    with engine.connect() as conn:
+        rows = list_tickets(conn, queue=args.queue, state=args.state, limit=args.limit)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([(r["number"], r["queue"], r["state"], r["priority"], r["created"]
+                      .strftime("%Y-%m-%d %H:%M") if r["created"] else "", r["title"])
+                     for r in rows], ["NUMBER", "QUEUE", "STATE", "PRIORITY", "CREATED",
+                                      "TITLE"])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    engine = make_engine(cfg.database_url)
+    with engine.connect() as conn:
+        detail = ticket_detail(conn, args.number)
+    if detail is None:
+        print(f"tickets show: no ticket {args.number}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(detail)
+        return 0
+    print(f"Ticket#{detail['number']}  {detail['title']}")
+    print(f"  queue {detail['queue']}  state {detail['state']}  priority {detail['priority']}  "
+          f"customer {detail['customer_user']}")
+    for k, v in sorted(detail["dynamic_fields"].items()):
+        print(f"  DynamicField {k}: {v}")
+    for a in detail["articles"]:
+        print(f"\n--- article {a['id']} ({a['direction']}, {a['sender_type']}) {a['created']}")
+        print(f"From: {a['from']}\nTo: {a['to']}\nSubject: {a['subject']}")
+        if a["crypto"]["encrypted"] or a["crypto"]["signed"]:
+            print(f"Crypto: {a['crypto']}")
+        for att in a["attachments"]:
+            print(f"Attachment: {att['filename']} ({att['content_type']}, {att['size']} bytes)")
+        print()
+        print(a["body"])
+    return 0

@@ -1,0 +1,110 @@
+"""Communication log (OTOBO's model): communication → objects → entries.
+
+A door builds a `Comm` in memory while it works and writes it with
+`write_comm(conn, comm)` inside the same transaction as the article it produced,
+so logging costs one batch of inserts and never a commit of its own. Long-lived
+exchanges (a poll run) can `open_comm` first and `finish_comm` at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import Connection, insert, update
+
+from gateway.store.tables import CommEntry, CommObject, Communication
+
+Priority = Literal["Error", "Warn", "Notice", "Info", "Debug"]
+Status = Literal["Processing", "Successful", "Warning", "Failed"]
+PRIORITIES: tuple[Priority, ...] = ("Error", "Warn", "Notice", "Info", "Debug")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Entry:
+    priority: Priority
+    key: str
+    value: str
+    time: datetime = field(default_factory=now)
+
+
+@dataclass
+class CommObj:
+    """A Connection or Message object with its entries."""
+
+    type: Literal["Connection", "Message"]
+    status: Status = "Processing"
+    start: datetime = field(default_factory=now)
+    end: datetime | None = None
+    article_id: int | None = None
+    outbound_id: int | None = None
+    entries: list[Entry] = field(default_factory=list)
+    id: int | None = None
+
+    def log(self, priority: Priority, key: str, value: object) -> None:
+        self.entries.append(Entry(priority, key, str(value)))
+
+    def close(self, status: Status) -> None:
+        self.status = status
+        self.end = now()
+
+
+@dataclass
+class Comm:
+    direction: Literal["Incoming", "Outgoing"]
+    account_type: str
+    account: str = ""
+    status: Status = "Processing"
+    start: datetime = field(default_factory=now)
+    end: datetime | None = None
+    objects: list[CommObj] = field(default_factory=list)
+    id: int | None = None
+
+    def obj(self, type_: Literal["Connection", "Message"]) -> CommObj:
+        o = CommObj(type_)
+        self.objects.append(o)
+        return o
+
+    def close(self, status: Status | None = None) -> None:
+        """End it; without a status, derive one from the objects (worst wins)."""
+        if status is None:
+            statuses = {o.status for o in self.objects}
+            status = ("Failed" if "Failed" in statuses else
+                      "Warning" if "Warning" in statuses or "Processing" in statuses else
+                      "Successful")
+        self.status = status
+        self.end = now()
+
+
+def write_comm(conn: Connection, comm: Comm) -> int:
+    """Insert (or update, when opened before) the communication with its new objects."""
+    if comm.id is None:
+        comm.id = conn.execute(insert(Communication).values(
+            direction=comm.direction, status=comm.status, account_type=comm.account_type,
+            account=comm.account, start=comm.start, end=comm.end,
+        ).returning(Communication.id)).scalar_one()
+    else:
+        conn.execute(update(Communication).where(Communication.id == comm.id)
+                     .values(status=comm.status, end=comm.end))
+    entries: list[dict[str, object]] = []
+    for o in comm.objects:
+        if o.id is None:
+            o.id = conn.execute(insert(CommObject).values(
+                communication_id=comm.id, type=o.type, status=o.status, start=o.start,
+                end=o.end, article_id=o.article_id, outbound_id=o.outbound_id,
+            ).returning(CommObject.id)).scalar_one()
+        else:
+            conn.execute(update(CommObject).where(CommObject.id == o.id).values(
+                status=o.status, end=o.end, article_id=o.article_id,
+                outbound_id=o.outbound_id))
+        entries.extend({"object_id": o.id, "communication_id": comm.id, "priority": e.priority,
+                        "key": e.key, "value": e.value, "time": e.time} for e in o.entries)
+        o.entries = []
+    if entries:
+        conn.execute(insert(CommEntry), entries)
+    return comm.id

@@ -1,0 +1,1 @@
+"""Inbound: LMTP listener, pipeline stages, mailbox poller."""

@@ -1,0 +1,250 @@
+"""RFC 2033 LMTP server on aiosmtpd.
+
+aiosmtpd's LMTP class answers DATA once for the whole transaction, advertises
+neither PIPELINING nor ENHANCEDSTATUSCODES, rejects the null sender of bounces
+and reads DATA line by line with a 1,000-byte line limit. This subclass owns
+LHLO, MAIL, RCPT and DATA: one reply per accepted recipient after DATA, in RCPT
+order, DATA read in chunks up to the terminating CRLF.CRLF with dot-unstuffing
+and the size limit, and plain `<local@domain>` paths parsed without the full
+RFC 5322 machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiosmtpd.lmtp import LMTP
+
+from gateway import errors
+from gateway.errors import SmtpReply
+
+# aiosmtpd logs every command line at INFO on "mail.log"; that is our job, and costly.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+_TERMINATOR = b"\r\n.\r\n"
+_CHUNK = 1 << 16
+
+
+class LmtpBackend(Protocol):
+    """What the listener asks of the rest of the gateway."""
+
+    def rcpt_status(self, address: str) -> SmtpReply: ...
+
+    async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
+                      peer: str) -> Sequence[SmtpReply]: ...
+
+
+def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
+    """'FROM:<a@b> SIZE=10' → ('a@b', ['SIZE=10']); None when malformed."""
+    if arg[:len(keyword)].upper() != keyword:
+        return None
+    arg = arg[len(keyword):].lstrip()
+    if arg.startswith("<"):
+        end = arg.find(">")
+        if end < 0:
+            return None
+        addr, rest = arg[1:end], arg[end + 1:]
+        if rest and not rest.startswith(" "):
+            return None
+    else:
+        addr, _, rest = arg.partition(" ")
+    if addr.startswith("@") and ":" in addr:         # source route: @a,@b:user@host
+        addr = addr.split(":", 1)[1]
+    if any(c in addr for c in " <>\t\r\n"):
+        return None
+    return addr, rest.split()
+
+
+class LmtpSession(LMTP):
+    """One LMTP connection."""
+
+    def __init__(self, backend: LmtpBackend, *, max_message_size: int, max_recipients: int,
+                 hostname: str, timeout: float = 300, loop: Any = None) -> None:
+        super().__init__(None, data_size_limit=max_message_size, hostname=hostname,
+                         ident="deskgate LMTP", timeout=timeout, enable_SMTPUTF8=True,
+                         loop=loop)
+        self.backend = backend
+        self.max_recipients = max_recipients
+        self._from: str | None = None
+        self._rcpts: list[str] = []
+
+    # aiosmtpd calls these on RSET, LHLO and after DATA.
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()
+        self._from = None
+        self._rcpts = []
+
+    async def _reply(self, reply: SmtpReply) -> None:
+        await self.push(str(reply))
+
+    async def smtp_LHLO(self, arg: str) -> None:
+        if not arg:
+            await self.push("501 5.5.4 Syntax: LHLO hostname")
+            return
+        assert self.session is not None
+        self._set_rset_state()
+        self.session.host_name = arg
+        self.session.extended_smtp = True
+        lines = [f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
+                 "250-8BITMIME", "250-SMTPUTF8", f"250 SIZE {self.data_size_limit}"]
+        self.command_size_limits["MAIL"] = 512 + 26 + 10
+        await self.push("\r\n".join(lines))
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push("503 5.5.1 Send LHLO first")
+            return
+        if self._from is not None:
+            await self._reply(errors.SmtpReply(503, "5.5.1", "nested MAIL command"))
+            return
+        parsed = parse_path(arg or "", "FROM:")
+        if parsed is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            return
+        addr, params = parsed
+        for p in params:
+            key, _, value = p.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not value.isdigit():
+                    await self._reply(errors.SYNTAX)
+                    return
+                if int(value) > (self.data_size_limit or 0) > 0:
+                    await self._reply(errors.TOO_BIG)
+                    return
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    await self.push("501 5.5.4 BODY must be 7BIT or 8BITMIME")
+                    return
+            elif key not in ("SMTPUTF8", "RET", "ENVID", "AUTH"):
+                await self.push(f"555 5.5.4 MAIL parameter {key} not supported")
+                return
+        self._from = addr
+        await self._reply(errors.SENDER_OK)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self._from is None:
+            await self.push("503 5.5.1 Need MAIL command")
+            return
+        parsed = parse_path(arg or "", "TO:")
+        if parsed is None or not parsed[0] or "@" not in parsed[0]:
+            await self._reply(errors.BAD_ADDRESS if parsed else errors.SYNTAX)
+            return
+        addr = parsed[0]
+        if len(self._rcpts) >= self.max_recipients:
+            await self._reply(errors.TOO_MANY_RCPTS)
+            return
+        reply = self.backend.rcpt_status(addr)
+        if reply.ok:
+            self._rcpts.append(addr)
+        await self._reply(reply)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        if self._from is None:
+            await self.push("503 5.5.1 Need MAIL command")
+            return
+        if not self._rcpts:
+            await self.push("503 5.5.1 Need RCPT command")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        raw = await self._read_data()
+        if raw is None:            # connection closed in the middle
+            return
+        rcpts, mail_from = list(self._rcpts), self._from
+        self._set_post_data_state()
+        if raw is False:
+            await self.push("\r\n".join(str(errors.TOO_BIG) for _ in rcpts))
+            return
+        assert self.session is not None
+        peer = _peer_name(self.session.peer)
+        try:
+            replies = await self.backend.deliver(mail_from, rcpts, raw, peer)
+        except Exception:  # noqa: BLE001 - never lose: the MTA keeps it and retries
+            logging.getLogger(__name__).exception("delivery failed")
+            replies = [errors.TEMPFAIL] * len(rcpts)
+        await self.push("\r\n".join(str(r) for r in replies))
+
+    async def _read_data(self) -> bytes | bool | None:
+        """Read up to CRLF.CRLF; bytes, False when over the size limit, None on EOF."""
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        buf = bytearray(b"\r\n")    # the CRLF that ended the DATA command line
+        scan = 0
+        too_big = False
+        while True:
+            idx = buf.find(_TERMINATOR, scan)
+            if idx >= 0:
+                break
+            if limit and len(buf) > limit + 2 + 4:
+                too_big = True
+                del buf[:-4]
+            scan = max(0, len(buf) - 4)
+            chunk = await reader.read(_CHUNK)
+            if not chunk:
+                return None
+            buf += chunk
+        rest = buf[idx + 5:]
+        if rest:
+            # Pipelined commands after the final dot go back to the command reader.
+            reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        if too_big:
+            return False
+        body = bytes(buf[:idx + 2])
+        if b"\r\n.." in body:
+            body = body.replace(b"\r\n..", b"\r\n.")
+        body = body[2:]
+        if limit and len(body) > limit:
+            return False
+        return body
+
+
+def _peer_name(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "unix")
+
+
+async def start_listeners(backend: LmtpBackend, listen: Sequence[str], *, root: Path,
+                          max_message_size: int, max_recipients: int, hostname: str,
+                          socket_mode: int = 0o660, socket_group: str = "",
+                          timeout: float = 300) -> list[asyncio.AbstractServer]:
+    """Bind every `listen` address: unix:PATH (relative to root) or HOST:PORT."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LmtpSession:
+        return LmtpSession(backend, max_message_size=max_message_size,
+                           max_recipients=max_recipients, hostname=hostname, timeout=timeout,
+                           loop=loop)
+
+    servers: list[asyncio.AbstractServer] = []
+    for spec in listen:
+        if spec.startswith("unix:"):
+            path = Path(spec[5:])
+            path = path if path.is_absolute() else root / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            server = await loop.create_unix_server(factory, str(path))
+            os.chmod(path, socket_mode)
+            if socket_group:
+                try:
+                    os.chown(path, -1, grp.getgrnam(socket_group).gr_gid)
+                except (KeyError, PermissionError) as exc:
+                    logging.getLogger(__name__).warning(
+                        "cannot give the LMTP socket to group %s: %s", socket_group, exc)
+        else:
+            host, _, port = spec.rpartition(":")
+            server = await loop.create_server(factory, host.strip("[]"), int(port))
+        servers.append(server)
+    return servers

@@ -1,0 +1,202 @@
+"""Bytes → Parsed. Tolerant of anything: bad charsets, broken MIME, RFC 2047/2231
+names. Uses the compat32 parser (about ten times cheaper than policy.default)
+and decodes what the helpdesk needs by hand."""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+from email import message_from_bytes
+from email.header import decode_header
+from email.message import Message
+from email.policy import compat32
+
+from gateway.model import AttachmentData, Parsed
+
+_CHARSET_ALIASES = {"unknown-8bit": "latin-1", "x-unknown": "latin-1", "us-ascii": "ascii",
+                    "ansi_x3.4-1968": "ascii", "cp-850": "cp850", "x-user-defined": "latin-1"}
+
+
+def _codec(charset: str | None, fallback: str = "utf-8") -> str:
+    name = (charset or fallback).strip().strip('"').lower()
+    name = _CHARSET_ALIASES.get(name, name)
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return fallback
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset; fall back to UTF-8, then Latin-1, never fail."""
+    codec = _codec(charset)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        pass
+    if codec != "utf-8":
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return data.decode(codec if codec not in ("utf-8", "ascii") else "latin-1", errors="replace")
+
+
+def decode_header_value(value: object) -> str:
+    """RFC 2047 words → text; raw 8-bit headers are taken as UTF-8 (else Latin-1)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        # email.header.Header for 8-bit values under compat32
+        value = str(value)
+    if "=?" not in value:
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in value):
+            raw = value.encode("ascii", "surrogateescape")
+            return decode_bytes(raw, "utf-8")
+        return _unfold(value)
+    try:
+        parts = decode_header(value)
+    except Exception:  # noqa: BLE001 - a broken encoded word stays as written
+        return _unfold(value)
+    out: list[str] = []
+    prev_encoded = False
+    for chunk, cs in parts:
+        if isinstance(chunk, bytes):
+            text = decode_bytes(chunk, cs or "ascii")
+            encoded = cs is not None
+        else:
+            text, encoded = chunk, False
+        if out and not (encoded and prev_encoded) and not text.startswith(" ") \
+                and not out[-1].endswith(" "):
+            out.append(" ")
+        out.append(text)
+        prev_encoded = encoded
+    return _unfold("".join(out))
+
+
+def _unfold(value: str) -> str:
+    return " ".join(value.replace("\r", "").split("\n")).strip() if "\n" in value else value.strip()
+
+
+def first_address(value: str) -> str:
+    """The e-mail address of the first mailbox in a header value, lowercased."""
+    pairs = email.utils.getaddresses([value])
+    for _name, addr in pairs:
+        if "@" in addr:
+            return addr.strip().lower()
+    return ""
+
+
+def addresses(value: str) -> list[str]:
+    return [a.strip().lower() for _n, a in email.utils.getaddresses([value]) if "@" in a]
+
+
+def _filename(part: Message) -> str:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001 - broken RFC 2231 parameters
+        name = None
+    if name is None:
+        # Content-Type: name= (old mailers)
+        try:
+            name = part.get_param("name")
+        except Exception:  # noqa: BLE001
+            name = None
+        if isinstance(name, tuple):
+            name = email.utils.collapse_rfc2231_value(name)
+    if not name:
+        return ""
+    return decode_header_value(str(name))
+
+
+def _payload(part: Message) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001 - undecodable transfer encoding: keep what is there
+        data = None
+    if isinstance(data, bytes):
+        return data
+    raw = part.get_payload()
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogateescape")
+    return b""
+
+
+def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
+    """Parse raw bytes. Never raises for malformed input; defects are recorded."""
+    msg = message_from_bytes(raw, policy=compat32)
+    headers = [(k, decode_header_value(v)) for k, v in msg.items()]
+    p = Parsed(msg=msg, headers=headers)
+    p.subject = p.header("Subject")
+    p.from_addr = p.header("From")
+    p.from_email = first_address(p.from_addr)
+    p.to_addr = ", ".join(p.header_all("To"))
+    p.cc_addr = ", ".join(p.header_all("Cc"))
+    p.reply_to = p.header("Reply-To")
+    p.message_id = p.header("Message-ID").strip()
+    p.in_reply_to = p.header("In-Reply-To").strip()
+    p.references = p.header("References").strip()
+    p.content_type = msg.get_content_type()
+    p.defects = [type(d).__name__ for d in msg.defects]
+    extract_bodies(msg, p, with_attachments=with_attachments)
+    return p
+
+
+def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) -> None:
+    """Fill body, body_html and attachments of p from a (possibly inner) MIME tree."""
+    p.body, p.body_html, p.attachments = "", None, []
+    text_done = False
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        disp = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        fname = _filename(part)
+        is_attachment = disp == "attachment" or (bool(fname) and disp != "inline") \
+            or ctype not in ("text/plain", "text/html")
+        if ctype == "message/rfc822" or part.get_content_maintype() == "message":
+            is_attachment = True
+        if not is_attachment and ctype == "text/plain" and not text_done:
+            p.body = decode_bytes(_payload(part), part.get_content_charset())
+            text_done = True
+            continue
+        if not is_attachment and ctype == "text/html" and p.body_html is None:
+            p.body_html = decode_bytes(_payload(part), part.get_content_charset())
+            continue
+        if with_attachments:
+            content = _payload(part) if ctype != "message/rfc822" else _rfc822(part)
+            p.attachments.append(AttachmentData(
+                filename=fname or _default_name(ctype, len(p.attachments) + 1),
+                content_type=ctype, content=content,
+                content_id=(part.get("Content-ID") or "").strip().strip("<>"),
+                disposition=disp or "attachment"))
+    if not text_done and p.body_html is not None:
+        p.body = html_to_text(p.body_html)
+
+
+def _rfc822(part: Message) -> bytes:
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        try:
+            return inner[0].as_bytes()
+        except Exception:  # noqa: BLE001
+            return str(inner[0]).encode("utf-8", "replace")
+    return _payload(part)
+
+
+def _default_name(ctype: str, n: int) -> str:
+    ext = {"message/rfc822": "eml", "text/html": "html", "text/plain": "txt",
+           "message/delivery-status": "txt"}.get(ctype, "bin")
+    return f"file-{n}.{ext}"
+
+
+def html_to_text(html: str) -> str:
+    """A plain rendering of an HTML body for helpdesks that show text."""
+    import html as htmlmod
+    import re
+
+    text = re.sub(r"(?is)<(script|style)\b.*?</\1>", "", html)
+    text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</h[1-6]>|</li>", "\n", text)
+    text = re.sub(r"<[^>]+>", "", text)
+    text = htmlmod.unescape(text)
+    text = re.sub(r"[ \t]+", " ", text)
+    return re.sub(r"\n\s*\n\s*\n+", "\n\n", text).strip()

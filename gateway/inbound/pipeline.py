@@ -1,0 +1,239 @@
+"""The inbound pipeline: stages named in two tuples, run by a small engine.
+
+Prepare stages need no database (parse, decrypt, trust, filters, loop) and run
+on a worker thread. Commit stages (dedupe, follow-up, route, store) run inside
+the group-commit transaction of the BatchWriter, so every message's reply waits
+for the commit that holds it. Anything unexpected sends the raw message to the
+quarantine; a database problem is a temporary failure. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection
+
+from gateway import errors
+from gateway.commlog import Comm, CommObj, write_comm
+from gateway.inbound.parse import parse_message
+from gateway.inbound.route import route
+from gateway.inbound.ticket import is_true, store
+from gateway.inbound.xheaders import apply_trust
+from gateway.model import Envelope, MessageContext, Outcome
+from gateway.runtime import Runtime
+from gateway.store import repo
+from gateway.store.db import BatchWriter, is_temporary
+
+log = structlog.get_logger(__name__)
+
+PrepareStage = Callable[[MessageContext, Runtime], None]
+CommitStage = Callable[[MessageContext, Runtime, Connection], None]
+
+
+class Skip(Exception):  # noqa: N818 - a control signal, not an error
+    """Raised by a stage to end the pipeline early (ignore, duplicate)."""
+
+
+def _parse(ctx: MessageContext, rt: Runtime) -> None:
+    ctx.parsed = parse_message(ctx.envelope.raw)
+    if ctx.parsed.defects:
+        ctx.log.log("Notice", "MIME", "defects: " + ", ".join(sorted(set(ctx.parsed.defects))))
+
+
+def _trust(ctx: MessageContext, rt: Runtime) -> None:
+    apply_trust(ctx, rt.prefixes)
+
+
+def _ignore(ctx: MessageContext, rt: Runtime) -> None:
+    if is_true(ctx.param("Ignore")):
+        ctx.action = "ignore"
+        ctx.log.log("Notice", "Ignore", "dropped by X-Deskgate-Ignore")
+        raise Skip
+
+
+def _dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+    env = ctx.envelope
+    mid = ctx.parsed.message_id if ctx.parsed else ""
+    seen = repo.find_deliveries(conn, mid, env.sha256, env.recipients)
+    if not seen:
+        return
+    fresh = [r for r in env.recipients if r not in seen]
+    article_id, outcome = next(iter(seen.values()))
+    if fresh:
+        repo.record_deliveries(conn, mid, env.sha256, fresh, article_id, outcome)
+    ctx.action = "duplicate"
+    ctx.article_id = article_id
+    ctx.log.log("Notice", "Duplicate", f"already delivered (article {article_id}, {outcome}); "
+                "not stored again")
+    raise Skip
+
+
+def _route(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+    if ctx.action == "new":
+        route(ctx, rt)
+
+
+PREPARE: dict[str, PrepareStage] = {"parse": _parse, "trust": _trust, "ignore": _ignore}
+COMMIT: dict[str, CommitStage] = {"route": _route, "store": store}
+
+# The order is data. Other modules register their stage and add its name here.
+PREPARE_ORDER: list[str] = ["parse", "trust", "ignore"]
+COMMIT_ORDER: list[str] = ["route", "store"]
+
+
+def register_prepare(name: str, fn: PrepareStage, *, before: str | None = None) -> None:
+    PREPARE[name] = fn
+    if name not in PREPARE_ORDER:
+        PREPARE_ORDER.insert(PREPARE_ORDER.index(before) if before else len(PREPARE_ORDER), name)
+
+
+def register_commit(name: str, fn: CommitStage, *, before: str | None = None) -> None:
+    COMMIT[name] = fn
+    if name not in COMMIT_ORDER:
+        COMMIT_ORDER.insert(COMMIT_ORDER.index(before) if before else len(COMMIT_ORDER), name)
+
+
+def prepare(ctx: MessageContext, rt: Runtime) -> None:
+    for name in PREPARE_ORDER:
+        PREPARE[name](ctx, rt)
+
+
+def commit(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+    """Dedupe first (always), then the commit stages unless the message is ignored."""
+    _dedupe(ctx, rt, conn)
+    if ctx.action == "ignore":
+        return
+    for name in COMMIT_ORDER:
+        COMMIT[name](ctx, rt, conn)
+
+
+def _reply_for(ctx: MessageContext) -> errors.SmtpReply:
+    return {"duplicate": errors.DUPLICATE, "ignore": errors.IGNORED,
+            "quarantine": errors.QUARANTINED}.get(ctx.action, errors.DELIVERED)
+
+
+def _fresh(ctx: MessageContext) -> MessageContext:
+    """A copy whose mutable parts a (re)run of the commit stages may change freely."""
+    logobj = dataclasses.replace(ctx.log, entries=list(ctx.log.entries))
+    return dataclasses.replace(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj)
+
+
+def _comm_copy(comm: Comm, obj: CommObj) -> Comm:
+    return dataclasses.replace(comm, objects=[obj])
+
+
+class Pipeline:
+    """Runs messages through the stages; one instance per process."""
+
+    def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter,
+                 executor: Executor | None = None) -> None:
+        self.runtime = runtime
+        self.writer = writer
+        self.executor = executor
+
+    def _commit_job(self, ctx: MessageContext, rt: Runtime, comm: Comm
+                    ) -> Callable[[Connection], MessageContext]:
+        def job(conn: Connection) -> MessageContext:
+            c = _fresh(ctx)
+            try:
+                commit(c, rt, conn)
+            except Skip:
+                pass
+            if c.action in ("new", "followup"):
+                mid = c.parsed.message_id if c.parsed else ""
+                repo.record_deliveries(conn, mid, c.envelope.sha256, c.envelope.recipients,
+                                       c.article_id, "stored")
+            elif c.action == "ignore":
+                mid = c.parsed.message_id if c.parsed else ""
+                repo.record_deliveries(conn, mid, c.envelope.sha256, c.envelope.recipients,
+                                       None, "ignored")
+            c.log.close("Successful" if c.action != "quarantine" else "Warning")
+            cc = _comm_copy(comm, c.log)
+            cc.close()
+            write_comm(conn, cc)
+            return c
+        return job
+
+    def _quarantine_job(self, ctx: MessageContext, comm: Comm, reason: str, detail: str
+                        ) -> Callable[[Connection], MessageContext]:
+        def job(conn: Connection) -> MessageContext:
+            c = _fresh(ctx)
+            env = c.envelope
+            try:
+                _dedupe(c, self.runtime(), conn)
+            except Skip:
+                c.log.close("Successful")
+                cc = _comm_copy(comm, c.log)
+                cc.close()
+                write_comm(conn, cc)
+                return c
+            qid = repo.insert_quarantine(conn, source=f"{env.source}:{env.account}",
+                                         envelope_from=env.mail_from, recipients=env.recipients,
+                                         reason=reason, detail=detail, raw=env.raw)
+            mid = c.parsed.message_id if c.parsed else ""
+            repo.record_deliveries(conn, mid, env.sha256, env.recipients, None, "quarantined")
+            c.action = "quarantine"
+            c.log.log("Error", "Quarantine", f"message kept raw in quarantine #{qid}: {reason}")
+            c.log.close("Failed")
+            cc = _comm_copy(comm, c.log)
+            cc.close("Warning")
+            write_comm(conn, cc)
+            return c
+        return job
+
+    async def deliver(self, env: Envelope, *, comm: Comm | None = None) -> Outcome:
+        """Process one message for all its recipients; the replies follow the commit."""
+        rt = self.runtime()
+        comm = comm or Comm("Incoming", env.source, env.account)
+        ctx = MessageContext(envelope=env, log=CommObj("Message"))
+        ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
+                    + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, _prepare_safe, ctx, rt)
+            job = self._commit_job(ctx, rt, comm)
+        except Exception as exc:  # noqa: BLE001 - anything the stages did not expect
+            log.exception("pipeline prepare failed; quarantining", source=env.source)
+            job = self._quarantine_job(ctx, comm, f"{type(exc).__name__}: {exc}",
+                                       traceback.format_exc())
+        try:
+            done = await self.writer.run(job)
+        except Exception as exc:  # noqa: BLE001 - decide between 4xx and quarantine
+            if is_temporary(exc):
+                log.warning("database unavailable; temporary failure", error=str(exc))
+                return self._tempfail(env, f"database: {type(exc).__name__}")
+            log.exception("pipeline commit failed; quarantining")
+            try:
+                done = await self.writer.run(self._quarantine_job(
+                    ctx, comm, f"{type(exc).__name__}: {exc}", traceback.format_exc()),
+                    isolated=True)
+            except Exception as exc2:  # noqa: BLE001 - last resort is the MTA's queue
+                log.error("quarantine failed; temporary failure", error=str(exc2))
+                return self._tempfail(env, f"quarantine failed: {type(exc2).__name__}")
+        reply = _reply_for(done)
+        log.info("delivered", action=done.action, ticket=done.ticket_number,
+                 article=done.article_id, queue=done.queue,
+                 message_id=done.parsed.message_id if done.parsed else "")
+        return Outcome(replies=(reply,) * len(env.recipients), action=done.action,
+                       ticket_number=done.ticket_number, article_id=done.article_id,
+                       detail="; ".join(done.trace))
+
+    def _tempfail(self, env: Envelope, detail: str) -> Outcome:
+        return Outcome(replies=(errors.TEMPFAIL,) * len(env.recipients), action="new",
+                       detail=detail)
+
+    def deliver_sync(self, env: Envelope, **kw: Any) -> Outcome:
+        return asyncio.run(self.deliver(env, **kw))
+
+
+def _prepare_safe(ctx: MessageContext, rt: Runtime) -> None:
+    try:
+        prepare(ctx, rt)
+    except Skip:
+        pass

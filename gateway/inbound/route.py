@@ -1,0 +1,38 @@
+"""Routing: which queue a new ticket goes to."""
+
+from __future__ import annotations
+
+from gateway.inbound.parse import addresses
+from gateway.model import MessageContext
+from gateway.runtime import Runtime
+
+
+def route(ctx: MessageContext, rt: Runtime) -> None:
+    """Queue from X-header/filter, else the account's queue, else the first system
+    address among the recipients (envelope, then To/Cc), else the default queue."""
+    cfg = rt.config
+    wanted = ctx.param("Queue")
+    if wanted:
+        q = cfg.queue_by_name(wanted)
+        if q is not None:
+            ctx.queue = q.name
+            ctx.trace.append(f"queue {q.name} from X-header/filter")
+            return
+        ctx.log.log("Error", "Queue", f"queue {wanted!r} from X-header/filter does not exist; "
+                    f"using {cfg.postmaster.default_queue}")
+    if ctx.envelope.dispatch_queue:
+        ctx.queue = ctx.envelope.dispatch_queue
+        ctx.trace.append(f"queue {ctx.queue} from the mail account (dispatch = queue)")
+        return
+    candidates = list(ctx.envelope.recipients)
+    if ctx.parsed is not None:
+        candidates += addresses(ctx.parsed.to_addr) + addresses(ctx.parsed.cc_addr)
+    for rcpt in candidates:
+        addr = cfg.address_by_email(rcpt)
+        if addr is not None and addr.queue and addr.valid == "valid":
+            ctx.queue = cfg.queue_by_name(addr.queue).name if cfg.queue_by_name(addr.queue) \
+                else addr.queue
+            ctx.trace.append(f"queue {ctx.queue} from system address {addr.email}")
+            return
+    ctx.queue = cfg.postmaster.default_queue
+    ctx.trace.append(f"queue {ctx.queue} (default)")

@@ -1,0 +1,119 @@
+"""The store stage: a new ticket, or an article on the follow-up ticket."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection
+
+from gateway.model import MessageContext
+from gateway.runtime import Runtime
+from gateway.store import repo
+
+_TRUE = ("1", "yes", "true", "on")
+_REL_TIME = re.compile(r"^\+\s*(\d+)\s*([smhdw])$", re.IGNORECASE)
+_REL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def is_true(value: str) -> bool:
+    return value.strip().lower() in _TRUE
+
+
+def pending_time(value: str, now: datetime | None = None) -> datetime | None:
+    """'+12d', '+36h', '2026-12-01 10:00:00' → a datetime; None if unreadable."""
+    value = value.strip()
+    if not value:
+        return None
+    now = now or datetime.now(UTC)
+    m = _REL_TIME.match(value)
+    if m:
+        return now + timedelta(seconds=int(m.group(1)) * _REL_UNITS[m.group(2).lower()])
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def checked_state(ctx: MessageContext, rt: Runtime, key: str, default: str) -> str:
+    """A state from params when it exists, else the default (an Error is logged, as OTOBO)."""
+    value = ctx.param(key)
+    if not value:
+        return default
+    if value in rt.config.postmaster.states:
+        return value
+    ctx.log.log("Error", key, f"state {value!r} does not exist; using {default!r}")
+    return default
+
+
+def checked_priority(ctx: MessageContext, rt: Runtime, key: str, default: str) -> str:
+    value = ctx.param(key)
+    if not value:
+        return default
+    if value in rt.config.postmaster.priorities:
+        return value
+    ctx.log.log("Error", key, f"priority {value!r} does not exist; using {default!r}")
+    return default
+
+
+def dynamic_fields(ctx: MessageContext, prefix: str = "") -> dict[str, str]:
+    lead = f"{prefix}DynamicField-"
+    return {k[len(lead):]: v for k, v in ctx.params.items() if k.startswith(lead)}
+
+
+def article_values(ctx: MessageContext, rt: Runtime, raw_id: int) -> dict[str, object]:
+    p = ctx.parsed
+    assert p is not None
+    store_body = rt.config.crypto.store_decrypted_body or not ctx.crypto.decrypted
+    body = p.body if store_body else "(encrypted; the decrypted text is not stored)"
+    sender_type = ctx.param("SenderType", "customer") or "customer"
+    if sender_type not in ("customer", "agent", "system"):
+        ctx.log.log("Error", "SenderType", f"sender type {sender_type!r} unknown; using customer")
+        sender_type = "customer"
+    visible = ctx.param("IsVisibleForCustomer", "1")
+    return {
+        "direction": "incoming", "sender_type": sender_type,
+        "is_visible_for_customer": is_true(visible) if visible else True,
+        "from_addr": p.from_addr, "from_email": p.from_email, "to_addr": p.to_addr,
+        "cc_addr": p.cc_addr, "reply_to": p.reply_to, "subject": p.subject,
+        "message_id": p.message_id, "in_reply_to": p.in_reply_to, "references": p.references,
+        "content_type": p.content_type, "body": body,
+        "body_html": p.body_html if store_body else None,
+        "headers": [list(h) for h in p.headers], "loop": ctx.loop,
+        "crypto": ctx.crypto.as_dict(), "raw_id": raw_id,
+    }
+
+
+def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+    """Write the raw message, the ticket (when new) and the article."""
+    p = ctx.parsed
+    assert p is not None
+    env = ctx.envelope
+    raw_id = repo.insert_raw(conn, env.raw, env.sha256)
+    pm = rt.config.postmaster
+    if ctx.action == "new" or ctx.ticket_id is None:
+        number = repo.next_ticket_number(conn, rt.config.gateway.system_id)
+        state = checked_state(ctx, rt, "State", pm.default_state)
+        title = ctx.param("Title") or p.subject or "(no subject)"
+        ctx.ticket_id = repo.insert_ticket(
+            conn, number=number, title=title[:1000], queue=ctx.queue or pm.default_queue,
+            state=state, state_type=pm.states.get(state, "new"),
+            priority=checked_priority(ctx, rt, "Priority", pm.default_priority),
+            type=ctx.param("Type", pm.default_type), service=ctx.param("Service"),
+            sla=ctx.param("SLA"), owner=ctx.param("Owner"),
+            responsible=ctx.param("Responsible"), lock=ctx.param("Lock", "unlock") or "unlock",
+            customer_no=ctx.param("CustomerNo") or p.from_email,
+            customer_user=ctx.param("CustomerUser") or p.from_email,
+            pending_until=pending_time(ctx.param("State-PendingTime")),
+            dynamic_fields=dynamic_fields(ctx),
+            linked_ticket_id=ctx.linked_ticket_id,
+        )
+        ctx.ticket_number = number
+        ctx.action = "new"
+    ctx.article_id = repo.insert_article(conn, p.attachments,
+                                         ticket_id=ctx.ticket_id,
+                                         **article_values(ctx, rt, raw_id))
+    ctx.log.article_id = ctx.article_id
+    ctx.log.log("Info", "Ticket", f"{'new ticket' if ctx.action == 'new' else 'follow-up to'} "
+                f"{ctx.ticket_number} in queue {ctx.queue}, article {ctx.article_id}")

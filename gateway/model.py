@@ -1,0 +1,130 @@
+"""Values passed between pipeline stages. Stages hold no per-message state of
+their own; everything about one message lives in its MessageContext."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message
+from typing import Any, Literal
+
+from gateway.commlog import CommObj
+from gateway.errors import SmtpReply
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the door knows before the message is read: who, to whom, through which door."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    raw: bytes
+    source: str = "LMTP"           # communication-log account type: LMTP, STDIN, IMAPS, ...
+    account: str = ""              # account name, or the peer for LMTP
+    trusted: bool = False
+    dispatch_queue: str = ""       # set by a poller account with dispatch = "queue"
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+@dataclass
+class AttachmentData:
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str = ""
+    disposition: str = "attachment"
+
+
+@dataclass
+class Parsed:
+    """The message as the pipeline sees it: decoded headers, bodies, attachments."""
+
+    msg: Message
+    headers: list[tuple[str, str]]
+    subject: str = ""
+    from_addr: str = ""
+    from_email: str = ""
+    to_addr: str = ""
+    cc_addr: str = ""
+    reply_to: str = ""
+    message_id: str = ""
+    in_reply_to: str = ""
+    references: str = ""
+    content_type: str = "text/plain"
+    body: str = ""
+    body_html: str | None = None
+    attachments: list[AttachmentData] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str:
+        """First value of a header (decoded), or '' when missing."""
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return ""
+
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+
+@dataclass
+class Crypto:
+    encrypted: bool = False
+    decrypted: bool = False
+    signed: bool = False
+    signature_valid: bool | None = None
+    signer: str = ""
+    method: str = ""        # smime | pgp
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"encrypted": self.encrypted, "decrypted": self.decrypted, "signed": self.signed,
+                "signature_valid": self.signature_valid, "signer": self.signer,
+                "method": self.method, "error": self.error}
+
+
+Action = Literal["new", "followup", "ignore", "quarantine", "duplicate"]
+
+
+@dataclass
+class MessageContext:
+    """Per-message state carried through the stages."""
+
+    envelope: Envelope
+    log: CommObj
+    parsed: Parsed | None = None
+    # X-header values in effect, keyed by the name without prefix ("Queue",
+    # "DynamicField-Server", "FollowUp-State"); filled by trust, changed by filters.
+    params: dict[str, str] = field(default_factory=dict)
+    crypto: Crypto = field(default_factory=Crypto)
+    loop: bool = False
+    is_bounce: bool = False
+    bounced_message_id: str = ""
+    queue: str = ""
+    action: Action = "new"
+    ticket_id: int | None = None        # follow-up target
+    linked_ticket_id: int | None = None  # new ticket linked to a closed one
+    ticket_number: str = ""
+    article_id: int | None = None
+    trace: list[str] = field(default_factory=list)   # why things happened (filter test, log)
+
+    def param(self, name: str, default: str = "") -> str:
+        return self.params.get(name, default)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one message for each of its recipients."""
+
+    replies: tuple[SmtpReply, ...]
+    action: Action
+    ticket_number: str = ""
+    article_id: int | None = None
+    detail: str = ""

@@ -1,0 +1,1 @@
+"""Persistence: engine, typed tables, repositories, migrations."""

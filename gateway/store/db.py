@@ -1,0 +1,206 @@
+"""Database engine, migrations and the group-commit writer.
+
+SQLite (WAL, synchronous=FULL: a 250 promises the message survives a power cut)
+is the embedded default; PostgreSQL (postgresql+psycopg://) is the multi-node store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """Create the engine; SQLite gets WAL, FULL sync and a busy timeout."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                         connect_args={"connect_timeout": 5} if "postgresql" in url else {})
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (idempotent)."""
+    from alembic import command
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Database errors that a retry can fix (down, locked, full, read-only)."""
+    if isinstance(exc, IntegrityError):
+        return False
+    return isinstance(exc, OperationalError | DBAPIError | OSError)
+
+
+# ----------------------------------------------------------------- group commit
+
+Job = Callable[[Connection], T]
+
+
+@dataclass
+class _Item:
+    job: Callable[[Connection], Any]
+    future: Future[Any]
+    isolated: bool
+
+
+class BatchWriter:
+    """One thread that runs write jobs, many per transaction (group commit).
+
+    Each job is a function of a Connection that runs inside the shared
+    transaction. Every caller's future resolves only after the commit that
+    holds its writes. When a batch fails, each job is retried in a transaction
+    of its own, so one bad message cannot take its neighbours down with it.
+    """
+
+    def __init__(self, engine: Engine, *, batch_max: int = 64, name: str = "db-writer") -> None:
+        self.engine = engine
+        self.batch_max = batch_max
+        self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def submit(self, job: Callable[[Connection], T], *, isolated: bool = False) -> Future[T]:
+        """Queue a job; isolated jobs run in a transaction of their own."""
+        self.start()
+        fut: Future[T] = Future()
+        self._q.put(_Item(job, fut, isolated))
+        return fut
+
+    async def run(self, job: Callable[[Connection], T], *, isolated: bool = False) -> T:
+        return await asyncio.wrap_future(self.submit(job, isolated=isolated))
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._started:
+            self._q.put(None)
+            self._thread.join(timeout)
+            self._started = False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is None:
+                break
+            batch = [first]
+            if not first.isolated:
+                while len(batch) < self.batch_max:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    if nxt.isolated:
+                        self._run_batch(batch)
+                        batch = [nxt]
+                        break
+                    batch.append(nxt)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        live = [it for it in batch if it.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        self.batches += 1
+        self.jobs += len(live)
+        if len(live) > 1:
+            results: list[Any] = []
+            try:
+                with self.engine.begin() as conn:
+                    for it in live:
+                        results.append(it.job(conn))
+            except Exception as exc:  # noqa: BLE001 - fall back to one by one
+                log.debug("batch failed, retrying one by one", error=repr(exc), size=len(live))
+            else:
+                for it, res in zip(live, results, strict=True):
+                    it.future.set_result(res)
+                return
+        for it in live:
+            self._run_one(it)
+
+    def _run_one(self, it: _Item) -> None:
+        delay = 0.05
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    res = it.job(conn)
+            except OperationalError as exc:
+                # "database is locked" under contention: a short retry usually fixes it.
+                if "locked" in str(exc).lower() and attempt < 2:
+                    time.sleep(delay)
+                    delay *= 4
+                    continue
+                it.future.set_exception(exc)
+                return
+            except BaseException as exc:  # noqa: BLE001 - reported to the waiting caller
+                it.future.set_exception(exc)
+                return
+            it.future.set_result(res)
+            return
+
+
+def ping(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - health check answers yes or no
+        return False

@@ -1,0 +1,141 @@
+"""Writes and reads shared by the doors. Plain functions of a Connection, so they
+compose into one transaction (the group commit of the inbound path)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from gateway.config import Config
+from gateway.model import AttachmentData
+from gateway.store.tables import (
+    Article,
+    Attachment,
+    Delivery,
+    Quarantine,
+    Queue,
+    RawMessage,
+    SystemAddress,
+    Ticket,
+    TicketCounter,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_ticket_number(conn: Connection, system_id: str, when: datetime | None = None) -> str:
+    """YYYYMMDD + system_id + a per-day counter (atomic on SQLite and PostgreSQL)."""
+    day = (when or utcnow()).strftime("%Y%m%d")
+    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = ins(TicketCounter).values(day=day, value=1)
+    stmt = stmt.on_conflict_do_update(index_elements=["day"],
+                                      set_={"value": TicketCounter.value + 1})
+    value = conn.execute(stmt.returning(TicketCounter.value)).scalar_one()
+    return f"{day}{system_id}{value:05d}"
+
+
+def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None) -> int:
+    return conn.execute(insert(RawMessage).values(
+        sha256=sha256 or hashlib.sha256(raw).hexdigest(), size=len(raw), data=raw,
+        created=utcnow()).returning(RawMessage.id)).scalar_one()
+
+
+def insert_ticket(conn: Connection, **values: Any) -> int:
+    now = utcnow()
+    values.setdefault("created", now)
+    values.setdefault("changed", now)
+    return conn.execute(insert(Ticket).values(**values).returning(Ticket.id)).scalar_one()
+
+
+def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
+    values.setdefault("changed", utcnow())
+    conn.execute(update(Ticket).where(Ticket.id == ticket_id).values(**values))
+
+
+def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
+                   **values: Any) -> int:
+    values.setdefault("created", utcnow())
+    article_id = conn.execute(insert(Article).values(**values)
+                              .returning(Article.id)).scalar_one()
+    if attachments:
+        conn.execute(insert(Attachment), [
+            {"article_id": article_id, "filename": a.filename, "content_type": a.content_type,
+             "content_id": a.content_id, "disposition": a.disposition, "size": len(a.content),
+             "content": a.content} for a in attachments])
+    return article_id
+
+
+def find_deliveries(conn: Connection, message_id: str, content_hash: str,
+                    recipients: Iterable[str]) -> dict[str, tuple[int | None, str]]:
+    """Recipients that already have this message: recipient → (article_id, outcome)."""
+    rows = conn.execute(select(Delivery.recipient, Delivery.article_id, Delivery.outcome).where(
+        Delivery.content_hash == content_hash, Delivery.message_id == message_id,
+        Delivery.recipient.in_(list(recipients)))).all()
+    return {r.recipient: (r.article_id, r.outcome) for r in rows}
+
+
+def record_deliveries(conn: Connection, message_id: str, content_hash: str,
+                      recipients: Iterable[str], article_id: int | None, outcome: str) -> None:
+    now = utcnow()
+    rows = [{"message_id": message_id, "content_hash": content_hash, "recipient": r,
+             "article_id": article_id, "outcome": outcome, "created": now} for r in recipients]
+    if rows:
+        conn.execute(insert(Delivery), rows)
+
+
+def insert_quarantine(conn: Connection, *, source: str, envelope_from: str,
+                      recipients: Sequence[str], reason: str, detail: str, raw: bytes) -> int:
+    return conn.execute(insert(Quarantine).values(
+        source=source, envelope_from=envelope_from, recipients=list(recipients), reason=reason,
+        detail=detail, raw=raw, created=utcnow()).returning(Quarantine.id)).scalar_one()
+
+
+def sync_config(conn: Connection, cfg: Config) -> None:
+    """Mirror [[queue]] and [[address]] into the database.
+
+    An address that disappeared from the files stays, marked invalid, because
+    history refers to it; the same for queues.
+    """
+    now = utcnow()
+    existing_q = {r.name: r for r in conn.execute(select(Queue)).all()}
+    for q in cfg.queue:
+        vals = {"address": q.address, "follow_up": q.follow_up, "comment": q.comment,
+                "valid": True, "changed": now}
+        if q.name in existing_q:
+            conn.execute(update(Queue).where(Queue.name == q.name).values(**vals))
+        else:
+            conn.execute(insert(Queue).values(name=q.name, **vals))
+    names = {q.name for q in cfg.queue}
+    for name, row in existing_q.items():
+        if name not in names and row.valid:
+            conn.execute(update(Queue).where(Queue.name == name).values(valid=False, changed=now))
+
+    existing_a = {r.email: r for r in conn.execute(select(SystemAddress)).all()}
+    for a in cfg.address:
+        vals = {"display_name": a.display_name, "queue": a.queue, "valid": a.valid,
+                "comment": a.comment, "source": a.source, "in_config": True, "changed": now}
+        if a.email in existing_a:
+            conn.execute(update(SystemAddress).where(SystemAddress.email == a.email).values(**vals))
+        else:
+            conn.execute(insert(SystemAddress).values(email=a.email, **vals))
+    emails = {a.email for a in cfg.address}
+    for email, row in existing_a.items():
+        if email not in emails and (row.in_config or row.valid != "invalid"):
+            conn.execute(update(SystemAddress).where(SystemAddress.email == email).values(
+                valid="invalid", in_config=False, changed=now))
+
+
+def ticket_by_number(conn: Connection, number: str) -> Any:
+    return conn.execute(select(Ticket).where(Ticket.number == number)).first()
+
+
+def ticket_by_id(conn: Connection, ticket_id: int) -> Any:
+    return conn.execute(select(Ticket).where(Ticket.id == ticket_id)).first()

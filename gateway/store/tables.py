@@ -1,0 +1,210 @@
+"""SQLAlchemy 2 typed models. The schema is created and changed only by Alembic
+migrations (gateway/store/migrations); these classes describe it for queries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Queue(Base):
+    """A ticket queue, mirrored from [[queue]]."""
+
+    __tablename__ = "queue"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    address: Mapped[str] = mapped_column(String(320), default="")
+    follow_up: Mapped[str] = mapped_column(String(20), default="possible")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    valid: Mapped[bool] = mapped_column(Boolean, default=True)
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SystemAddress(Base):
+    """A system address, mirrored from [[address]]; never deleted, only invalidated."""
+
+    __tablename__ = "system_address"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    queue: Mapped[str] = mapped_column(String(200), default="")
+    valid: Mapped[str] = mapped_column(String(30), default="valid")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(Text, default="")
+    in_config: Mapped[bool] = mapped_column(Boolean, default=True)
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TicketCounter(Base):
+    """Per-day counter behind ticket numbers (YYYYMMDD + system_id + counter)."""
+
+    __tablename__ = "ticket_counter"
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Ticket(Base):
+    __tablename__ = "ticket"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    number: Mapped[str] = mapped_column(String(40), unique=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    queue: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(100))
+    state_type: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(100), default="")
+    service: Mapped[str] = mapped_column(String(200), default="")
+    sla: Mapped[str] = mapped_column(String(200), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    responsible: Mapped[str] = mapped_column(String(200), default="")
+    lock: Mapped[str] = mapped_column(String(20), default="unlock")
+    customer_no: Mapped[str] = mapped_column(String(200), default="")
+    customer_user: Mapped[str] = mapped_column(String(320), default="")
+    pending_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dynamic_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    linked_ticket_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("ticket.id"),
+                                                         nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RawMessage(Base):
+    """The bytes of every message as received, whatever happened to it afterwards."""
+
+    __tablename__ = "raw_message"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Article(Base):
+    __tablename__ = "article"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(BigId, ForeignKey("ticket.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(10))          # incoming | outgoing
+    sender_type: Mapped[str] = mapped_column(String(20))        # customer | agent | system
+    is_visible_for_customer: Mapped[bool] = mapped_column(Boolean, default=True)
+    from_addr: Mapped[str] = mapped_column(Text, default="")
+    from_email: Mapped[str] = mapped_column(String(320), default="", index=True)
+    to_addr: Mapped[str] = mapped_column(Text, default="")
+    cc_addr: Mapped[str] = mapped_column(Text, default="")
+    reply_to: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    in_reply_to: Mapped[str] = mapped_column(Text, default="")
+    references: Mapped[str] = mapped_column(Text, default="")
+    content_type: Mapped[str] = mapped_column(String(200), default="text/plain")
+    body: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str | None] = mapped_column(Text, nullable=True)
+    headers: Mapped[list[Any]] = mapped_column(default=list)     # [[name, value], ...]
+    loop: Mapped[bool] = mapped_column(Boolean, default=False)
+    crypto: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    transmission_status: Mapped[str] = mapped_column(String(20), default="")
+    transmission_error: Mapped[str] = mapped_column(Text, default="")
+    raw_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("raw_message.id"),
+                                               nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (Index("ix_article_message_id", "message_id"),)
+
+
+class Attachment(Base):
+    __tablename__ = "attachment"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    article_id: Mapped[int] = mapped_column(BigId, ForeignKey("article.id"), index=True)
+    filename: Mapped[str] = mapped_column(Text, default="")
+    content_type: Mapped[str] = mapped_column(String(200), default="application/octet-stream")
+    content_id: Mapped[str] = mapped_column(Text, default="")
+    disposition: Mapped[str] = mapped_column(String(20), default="attachment")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Delivery(Base):
+    """One accepted (message, recipient): makes redeliveries idempotent."""
+
+    __tablename__ = "delivery"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(998))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    recipient: Mapped[str] = mapped_column(String(320))
+    article_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(20))    # stored | ignored | quarantined
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (UniqueConstraint("content_hash", "recipient", "message_id",
+                                       name="uq_delivery"),)
+
+
+class Quarantine(Base):
+    """Messages the pipeline could not process, kept raw so nothing is lost."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(100))
+    envelope_from: Mapped[str] = mapped_column(Text, default="")
+    recipients: Mapped[list[Any]] = mapped_column(default=list)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Communication(Base):
+    """Communication log (OTOBO's model): one exchange through one door."""
+
+    __tablename__ = "communication"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    transport: Mapped[str] = mapped_column(String(20), default="Email")
+    direction: Mapped[str] = mapped_column(String(10))            # Incoming | Outgoing
+    status: Mapped[str] = mapped_column(String(20))                # Processing | Successful | ...
+    account_type: Mapped[str] = mapped_column(String(20))          # LMTP, IMAPS, SMTP, STDIN, ...
+    account: Mapped[str] = mapped_column(String(200), default="")
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CommObject(Base):
+    __tablename__ = "comm_object"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    communication_id: Mapped[int] = mapped_column(BigId, ForeignKey("communication.id"),
+                                                  index=True)
+    type: Mapped[str] = mapped_column(String(20))                  # Connection | Message
+    status: Mapped[str] = mapped_column(String(20))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    article_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    outbound_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+
+
+class CommEntry(Base):
+    __tablename__ = "comm_entry"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    object_id: Mapped[int] = mapped_column(BigId, ForeignKey("comm_object.id"), index=True)
+    communication_id: Mapped[int] = mapped_column(BigId, index=True)
+    priority: Mapped[str] = mapped_column(String(10))              # Error Warn Notice Info Debug
+    key: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
