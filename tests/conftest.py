@@ -1,0 +1,192 @@
+"""Fixtures shared by every test area: a config directory, a database (SQLite or
+PostgreSQL), and a running gateway with its LMTP listener on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import textwrap
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.app import Gateway
+from gateway.config import Config, load_config
+
+PG_ADMIN_URL = os.environ.get("DESKGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+BASE_CONF = """
+[gateway]
+hostname = "helpdesk.test"
+state_dir = "var"
+system_id = "10"
+
+[lmtp]
+listen = ["unix:var/run/lmtp.sock"]
+max_message_size = "1MiB"
+
+[postmaster]
+default_queue = "Raw"
+
+[[queue]]
+name = "Raw"
+address = "helpdesk@example.org"
+
+[[queue]]
+name = "Support"
+address = "support@example.org"
+
+[[queue]]
+name = "Sales"
+address = "sales@example.org"
+follow_up = "new-ticket"
+
+[[queue]]
+name = "Junk"
+follow_up = "reject"
+
+[[address]]
+email = "helpdesk@example.org"
+queue = "Raw"
+
+[[address]]
+email = "support@example.org"
+display_name = "Example Support"
+queue = "Support"
+
+[[address]]
+email = "sales@example.org"
+queue = "Sales"
+
+[[address]]
+email = "paused@example.org"
+queue = "Support"
+valid = "invalid-temporarily"
+
+[[address]]
+email = "old@example.org"
+queue = "Support"
+valid = "invalid"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def make_confdir(tmp_path: Path) -> Callable[..., Path]:
+    """Write conf.d (BASE_CONF + extra files) and policies under a temp root; returns conf.d.
+
+    make_confdir({"50-x.toml": "..."}, policies={"010.toml": "..."}, base=True)
+    """
+
+    def make(files: dict[str, str] | None = None, *, policies: dict[str, str] | None = None,
+             base: bool = True, root: Path | None = None) -> Path:
+        r = root or tmp_path / "root"
+        conf = r / "conf.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        if base:
+            (conf / "10-base.toml").write_text(BASE_CONF)
+        for name, body in (files or {}).items():
+            (conf / name).write_text(textwrap.dedent(body))
+        pdir = r / "policies"
+        pdir.mkdir(exist_ok=True)
+        for name, body in (policies or {}).items():
+            (pdir / name).write_text(textwrap.dedent(body))
+        return conf
+
+    return make
+
+
+@pytest.fixture
+def config(make_confdir: Callable[..., Path]) -> Config:
+    return load_config(make_confdir())
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"deskgate_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    loop: asyncio.AbstractEventLoop
+    socket_path: Path
+    port: int
+    config: Config
+
+    def call(self, coro: object, timeout: float = 30) -> object:
+        """Run a coroutine on the gateway's loop from the test thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def run_gateway() -> Iterator[Callable[[Config], RunningGateway]]:
+    """Start Gateway.start() on a loop in a thread (LMTP on unix socket + a TCP port)."""
+    started: list[tuple[RunningGateway, list[asyncio.AbstractServer], threading.Thread]] = []
+
+    def start(cfg: Config, *, tcp: bool = True) -> RunningGateway:
+        import dataclasses
+
+        port = free_port()
+        sock = cfg.root / "var" / "run" / "lmtp.sock"
+        listen = (f"unix:{sock}",) + ((f"127.0.0.1:{port}",) if tcp else ())
+        cfg = dataclasses.replace(cfg, lmtp=dataclasses.replace(cfg.lmtp, listen=listen))
+        gw = Gateway(cfg)
+        gw.prepare_store()
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        holder: dict[str, list[asyncio.AbstractServer]] = {}
+
+        def runner() -> None:
+            asyncio.set_event_loop(loop)
+
+            async def boot() -> None:
+                holder["servers"] = await gw.start()
+                ready.set()
+
+            loop.run_until_complete(boot())
+            loop.run_forever()
+
+        t = threading.Thread(target=runner, daemon=True)
+        t.start()
+        assert ready.wait(30), "gateway did not start"
+        rg = RunningGateway(gw, loop, sock, port, cfg)
+        started.append((rg, holder["servers"], t))
+        return rg
+
+    yield start
+    for rg, servers, t in started:
+        fut = asyncio.run_coroutine_threadsafe(rg.gateway.stop(servers), rg.loop)
+        try:
+            fut.result(30)
+        finally:
+            rg.loop.call_soon_threadsafe(rg.loop.stop)
+            t.join(30)
+            rg.loop.close()
