@@ -1,0 +1,148 @@
+"""addresses | queues | accounts | filters list: the effective inventory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway import inventory
+from gateway.cli.common import add_json, load, print_json, print_table
+from gateway.config import Config
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("addresses", help="system addresses (files and database)")
+    asub = p.add_subparsers(dest="addresses_command", metavar="ACTION")
+    asub.required = True
+    lp = asub.add_parser("list", help="list system addresses")
+    _add_search(lp)
+    lp.add_argument("--valid", choices=("valid", "invalid", "invalid-temporarily"),
+                    help="only addresses with this validity")
+    lp.add_argument("--queue", metavar="Q", help="only addresses of this queue")
+    add_json(lp)
+    lp.set_defaults(func=cmd_addresses)
+
+    p = sub.add_parser("queues", help="queues with their policies and open tickets")
+    qsub = p.add_subparsers(dest="queues_command", metavar="ACTION")
+    qsub.required = True
+    lp = qsub.add_parser("list", help="list queues")
+    _add_search(lp)
+    add_json(lp)
+    lp.set_defaults(func=cmd_queues)
+
+    p = sub.add_parser("accounts", help="mail accounts of the poller")
+    csub = p.add_subparsers(dest="accounts_command", metavar="ACTION")
+    csub.required = True
+    lp = csub.add_parser("list", help="list accounts with their last poll and status")
+    _add_search(lp)
+    add_json(lp)
+    lp.set_defaults(func=cmd_accounts)
+
+    p = sub.add_parser("filters", help="postmaster filters in evaluation order")
+    fsub = p.add_subparsers(dest="filters_command", metavar="ACTION")
+    fsub.required = True
+    lp = fsub.add_parser("list", help="list filters")
+    _add_search(lp)
+    add_json(lp)
+    lp.set_defaults(func=cmd_filters)
+
+
+def _add_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--search", metavar="TEXT",
+                   help="only rows with TEXT in a shown field (case-insensitive)")
+
+
+@contextmanager
+def _store(cfg: Config) -> Iterator[Connection | None]:
+    """A connection to the database when it exists; None (config only) otherwise."""
+    try:
+        engine = inventory.open_store(cfg)
+    except SQLAlchemyError as exc:
+        print(f"warning: database not readable, showing the configuration only: "
+              f"{exc.__class__.__name__}", file=sys.stderr)
+        engine = None
+    if engine is None:
+        yield None
+        return
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _cells(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[list[str]]:
+    return [[inventory.display(r.get(f)) for f in fields] for r in rows]
+
+
+def _headers(fields: tuple[str, ...]) -> list[str]:
+    return [f.upper() for f in fields]
+
+
+def cmd_addresses(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    with _store(cfg) as conn:
+        rows = inventory.list_addresses(cfg, conn, text=args.search, valid=args.valid,
+                                        queue=args.queue)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(_cells(rows, inventory.ADDRESS_FIELDS), _headers(inventory.ADDRESS_FIELDS))
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    with _store(cfg) as conn:
+        rows = inventory.list_queues(cfg, conn, text=args.search)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(_cells(rows, inventory.QUEUE_FIELDS), _headers(inventory.QUEUE_FIELDS))
+    return 0
+
+
+ACCOUNT_TABLE = ("name", "type", "host", "port", "login", "folder", "trusted", "dispatch",
+                 "queue", "interval", "valid", "last_poll", "last_result", "status", "comment")
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    with _store(cfg) as conn:
+        rows = inventory.list_accounts(cfg, conn, text=args.search)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(_cells(rows, ACCOUNT_TABLE), _headers(ACCOUNT_TABLE))
+    return 0
+
+
+FILTER_TABLE = ("order", "name", "stop_after_match", "conditions", "settings", "source")
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    rows = inventory.list_filters(cfg, text=args.search)
+    if args.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        stop = "  (stop after match)" if r["stop_after_match"] else ""
+        print(f"{r['order']:>3}. {r['name']}{stop}\n     file: {r['source']}")
+        for c in r["match"]:
+            print(f"     match: {inventory.condition_text(c)}")
+        for c in r["any"]:
+            print(f"     any:   {inventory.condition_text(c)}")
+        for k, v in r["settings"].items():
+            print(f"     set:   {k} = {v}")
+        if r["comment"]:
+            print(f"     comment: {r['comment']}")
+    if not rows:
+        print("no filters")
+    return 0
