@@ -175,15 +175,21 @@ def account_type_label(acc: AccountConfig) -> str:
     return acc.type.upper()
 
 
+ACCOUNT_OK = "ok"
+ACCOUNT_INTERMITTENT = "intermittent connection errors"
+ACCOUNT_PERMANENT = "permanent connection errors"
+ACCOUNT_UNKNOWN = "unknown"    # no finished connection in the window
+
+
 def account_status(successful: int, failed: int) -> str:
     """OTOBO's account health from the connections of the last 24 hours."""
     if failed and successful:
-        return "intermittent"
+        return ACCOUNT_INTERMITTENT
     if failed:
-        return "permanent"
+        return ACCOUNT_PERMANENT
     if successful:
-        return "ok"
-    return "unknown"
+        return ACCOUNT_OK
+    return ACCOUNT_UNKNOWN
 
 
 def account_health(conn: Connection, accounts: Sequence[AccountConfig],
@@ -201,7 +207,7 @@ def account_health(conn: Connection, accounts: Sequence[AccountConfig],
     names = sorted({a.name for a in accounts})
     types = sorted({t for t, _ in by_key})
     acct_type = func.upper(Communication.account_type)
-    out: dict[str, Row] = {a.name: {"last_poll": None, "last_result": "", "status": "unknown",
+    out: dict[str, Row] = {a.name: {"last_poll": None, "last_result": "", "status": ACCOUNT_UNKNOWN,
                                     "successful": 0, "failed": 0} for a in accounts}
 
     counts = conn.execute(
@@ -263,7 +269,7 @@ def list_accounts(cfg: Config, conn: Connection | None = None, *, text: str | No
         h = health.get(acc.name, {})
         rows.append({**account_row(cfg, acc), "last_poll": h.get("last_poll"),
                      "last_result": h.get("last_result", ""),
-                     "status": h.get("status", "unknown"),
+                     "status": h.get("status", ACCOUNT_UNKNOWN),
                      "connections_ok": h.get("successful", 0),
                      "connections_failed": h.get("failed", 0)})
     return search(rows, text, ACCOUNT_FIELDS)
