@@ -1,0 +1,101 @@
+"""A real Postfix relays example.org over LMTP into the gateway: tickets appear,
+and every recipient gets its own outcome in Postfix's log."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+
+import pytest
+
+pytestmark = pytest.mark.postfix
+
+SENDER = "customer@customer.test"
+
+
+def message(subject: str, to: str, body: str = "Hello helpdesk.\n") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"A Customer <{SENDER}>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@customer.test>"
+    msg.set_content(body)
+    return msg
+
+
+def send(postfix, msg: EmailMessage, rcpts: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as s:
+        refused = s.send_message(msg, from_addr=SENDER, to_addrs=rcpts)
+    assert refused == {}
+
+
+class TestPostfixDelivery:
+    def test_mail_through_postfix_becomes_ticket(self, postfix, pf_gateway, store_of):
+        """A message sent to Postfix over SMTP is delivered over LMTP and opens a ticket."""
+        rg = pf_gateway()
+        since = postfix.log_offset()
+        send(postfix, message("printer on fire", "support@example.org",
+                              "Grüße, the printer is on fire.\n"), ["support@example.org"])
+        postfix.wait_queue_empty()
+        st = store_of(rg)
+        [ticket] = st.tickets()
+        assert ticket.queue == "Support" and ticket.title == "printer on fire"
+        [article] = st.articles()
+        assert "printer is on fire" in article.body and "Grüße" in article.body
+        [raw] = st.article_raws()
+        assert raw.startswith(b"Received: ")
+        assert b"Message-ID: <printer-on-fire@customer.test>" in raw
+        [d] = postfix.deliveries(since)
+        assert (d["to"], d["status"], d["dsn"]) == ("support@example.org", "sent", "2.1.5")
+        assert d["service"] == "deskgate/lmtp" and "250 2.1.5" in d["text"]
+
+    def test_three_recipients_one_unknown(self, postfix, pf_gateway, store_of):
+        """Two valid recipients are delivered in one LMTP transaction; the unknown one bounces."""
+        rg = pf_gateway()
+        since = postfix.log_offset()
+        rcpts = ["support@example.org", "nobody@example.org", "sales@example.org"]
+        send(postfix, message("three rcpts", ", ".join(rcpts)), rcpts)
+        postfix.wait_queue_empty()
+        by_rcpt = {d["to"]: d for d in postfix.deliveries(since)
+                   if d["service"] == "deskgate/lmtp"}
+        assert set(by_rcpt) == set(rcpts)
+        assert by_rcpt["nobody@example.org"]["status"] == "bounced"
+        assert by_rcpt["nobody@example.org"]["dsn"] == "5.1.1"
+        assert "550 5.1.1" in by_rcpt["nobody@example.org"]["text"]
+        assert "RCPT TO" in by_rcpt["nobody@example.org"]["text"]
+        for r in ("support@example.org", "sales@example.org"):
+            assert by_rcpt[r]["status"] == "sent" and by_rcpt[r]["dsn"] == "2.1.5"
+            assert "250 2.1.5" in by_rcpt[r]["text"]
+        # One transaction: same queue id, and on our side one article for both recipients.
+        assert len({d["queue_id"] for d in by_rcpt.values()}) == 1
+        st = store_of(rg)
+        [ticket] = st.tickets()
+        # The first accepted recipient decides; Postfix sorts recipients before LMTP.
+        assert ticket.queue in ("Support", "Sales")
+        [article] = st.articles()
+        deliveries = st.deliveries()
+        assert sorted(d.recipient for d in deliveries) == ["sales@example.org",
+                                                           "support@example.org"]
+        assert {d.article_id for d in deliveries} == {article.id}
+        # The bounce to the sender was generated (and discarded by the test's transport).
+        postfix.wait_log(r"postfix/bounce\[\d+\]: \w+: sender non-delivery notification",
+                         since=since)
+
+    def test_disabled_addresses_deferred_and_bounced(self, postfix, pf_gateway, store_of):
+        """invalid-temporarily is deferred by Postfix (450 4.2.1), invalid bounced (550 5.2.1)."""
+        rg = pf_gateway()
+        since = postfix.log_offset()
+        rcpts = ["paused@example.org", "old@example.org", "support@example.org"]
+        send(postfix, message("disabled rcpts", ", ".join(rcpts)), rcpts)
+        postfix.wait_log(r"to=<paused@example\.org>.*status=deferred", since=since)
+        postfix.wait_log(r"to=<support@example\.org>.*status=sent", since=since)
+        by_rcpt = {d["to"]: d for d in postfix.deliveries(since)}
+        assert by_rcpt["paused@example.org"]["dsn"] == "4.2.1"
+        assert "450 4.2.1" in by_rcpt["paused@example.org"]["text"]
+        assert by_rcpt["old@example.org"]["status"] == "bounced"
+        assert by_rcpt["old@example.org"]["dsn"] == "5.2.1"
+        assert "550 5.2.1" in by_rcpt["old@example.org"]["text"]
+        [entry] = postfix.queue_entries()
+        assert [r["address"] for r in entry["recipients"]] == ["paused@example.org"]
+        assert "4.2.1" in entry["recipients"][0]["delay_reason"]
+        assert len(store_of(rg).tickets()) == 1
