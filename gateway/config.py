@@ -205,6 +205,8 @@ class SubmissionConfig:
     max_message_size: int = conv(parse_size, 50 * 1024 * 1024)
     max_recipients: int = 100
     max_auth_failures: int = 5
+    auth_backoff: float = conv(parse_duration, 60.0)   # first lock-out after max_auth_failures
+    timeout: float = conv(parse_duration, 300.0)
     user: tuple[SubmissionUser, ...] = ()
 
 
@@ -223,6 +225,8 @@ class RelayConfig:
     timeout: float = conv(parse_duration, 60.0)
     concurrency: int = 4
     bounce_sender: str = ""     # envelope sender of DSNs we generate; empty = null sender
+    lease: float = conv(parse_duration, 300.0)   # a claimed message is retaken after this
+    poll_interval: float = conv(parse_duration, 5.0)
 
 
 _DEFAULT_STATES = {

@@ -208,3 +208,57 @@ class CommEntry(Base):
     key: Mapped[str] = mapped_column(String(100))
     value: Mapped[str] = mapped_column(Text)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboundMessage(Base):
+    """A message in the durable outbound queue (one row per message, bytes included)."""
+
+    __tablename__ = "outbound_message"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), default="message")   # message | auto-response | dsn
+    queue: Mapped[str] = mapped_column(String(200), default="")
+    sender: Mapped[str] = mapped_column(String(320), default="")       # envelope sender, '' = <>
+    return_path: Mapped[str] = mapped_column(String(320), default="")  # DSNs go here
+    submitter: Mapped[str] = mapped_column(String(200), default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    ticket_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    article_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claimed_by: Mapped[str] = mapped_column(String(200), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    warned: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (Index("ix_outbound_message_due", "status", "next_attempt"),)
+
+
+class OutboundRecipient(Base):
+    """One recipient of an outbound message with its own outcome."""
+
+    __tablename__ = "outbound_recipient"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    outbound_id: Mapped[int] = mapped_column(BigId, ForeignKey("outbound_message.id",
+                                                               ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_code: Mapped[int] = mapped_column(Integer, default=0)
+    last_reply: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AutoResponse(Base):
+    """Auto-responses sent, counted per address for max_emails_per_address_per_day."""
+
+    __tablename__ = "auto_response"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    ticket_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    outbound_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    sent: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (Index("ix_auto_response_address_sent", "address", "sent"),)

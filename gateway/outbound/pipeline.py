@@ -1,0 +1,223 @@
+"""The outbound pipeline: resolve → rewrite → crypto → dkim → enqueue.
+
+The order of the message-changing stages is data (`OUTBOUND_ORDER`), run by a
+small engine. "crypto" is a named slot that does nothing until the S/MIME/PGP
+module registers its function under that name (or adds its own stage with
+`register_outbound_stage`); DKIM is always the last change to the message.
+
+Two phases touch the database: `resolve` (which queue and ticket the message
+belongs to, the ticket number for the Subject) and `enqueue` (article, ticket,
+outbound queue rows and the communication log, in one transaction). The async
+`OutboundPipeline.submit` runs them on the group-commit writer and the stages on
+a worker thread; `process_in_transaction` runs everything inside a transaction
+the caller already holds (auto-responses, DSNs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from email.policy import compat32
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import Connection
+
+from gateway import errors
+from gateway.commlog import Comm, CommObj, write_comm
+from gateway.config import QueueConfig, SubmissionUser
+from gateway.errors import PermanentError, SmtpReply
+from gateway.runtime import Runtime
+from gateway.store.db import BatchWriter, is_temporary
+
+log = structlog.get_logger(__name__)
+
+Kind = Literal["message", "auto-response", "dsn"]
+
+
+@dataclass
+class OutboundContext:
+    """One outgoing message on its way through the stages."""
+
+    mail_from: str                      # envelope sender as submitted
+    recipients: list[str]
+    raw: bytes                          # as submitted
+    log: CommObj = field(default_factory=lambda: CommObj("Message"))
+    source: str = "SMTP"                # communication-log account type: SMTP, STDIN, ...
+    account: str = ""                   # user name or peer
+    user: SubmissionUser | None = None
+    trusted: bool = False               # authenticated or from allow_networks
+    kind: Kind = "message"
+    requested_queue: str = ""           # `deskgate send --queue`
+    msg: Message | None = None          # compat32 message; stages change it in place or swap it
+    params: dict[str, str] = field(default_factory=dict)   # internal X-headers (trusted only)
+    queue: str = ""
+    queue_config: QueueConfig | None = None
+    ticket_id: int | None = None
+    ticket_number: str = ""
+    new_ticket: bool = False
+    sender: str = ""                    # envelope sender after rewrite ('' = null sender)
+    from_email: str = ""                # the system address in From
+    return_path: str = ""               # where DSNs go ('' = nobody)
+    message_id: str = ""
+    data: bytes = b""                   # final bytes (after DKIM)
+    crypto: dict[str, Any] = field(default_factory=dict)   # filled by the crypto stage
+    article_id: int | None = None
+    outbound_id: int | None = None
+    sender_type: str = "agent"
+    trace: list[str] = field(default_factory=list)
+
+
+Stage = Callable[[OutboundContext, Runtime], None]
+
+
+def _copy_obj(o: CommObj) -> CommObj:
+    return dataclasses.replace(o, entries=list(o.entries))
+
+
+def _crypto_slot(ctx: OutboundContext, rt: Runtime) -> None:
+    """Placeholder for S/MIME and PGP signing/encryption (registered by gateway.crypto)."""
+
+
+def _rewrite(ctx: OutboundContext, rt: Runtime) -> None:
+    from gateway.outbound.rewrite import rewrite
+
+    rewrite(ctx, rt)
+
+
+def _dkim(ctx: OutboundContext, rt: Runtime) -> None:
+    from gateway.outbound.dkim import dkim_stage
+
+    dkim_stage(ctx, rt)
+
+
+STAGES: dict[str, Stage] = {"rewrite": _rewrite, "crypto": _crypto_slot, "dkim": _dkim}
+OUTBOUND_ORDER: list[str] = ["rewrite", "crypto", "dkim"]
+
+
+def register_outbound_stage(name: str, fn: Stage, *, before: str | None = None) -> None:
+    """Add a stage (or replace one of that name). New stages go before `before`,
+    by default before "dkim": nothing may change the message after DKIM."""
+    if name == "dkim" and "dkim" in STAGES and fn is not STAGES["dkim"]:
+        STAGES["dkim"] = fn
+        return
+    if before is None:
+        before = "dkim"
+    if before not in OUTBOUND_ORDER:
+        raise ValueError(f"no outbound stage {before!r} to insert {name!r} before")
+    STAGES[name] = fn
+    if name not in OUTBOUND_ORDER:
+        OUTBOUND_ORDER.insert(OUTBOUND_ORDER.index(before), name)
+
+
+def run_stages(ctx: OutboundContext, rt: Runtime) -> None:
+    """Parse when needed, then every stage in order; the last one sets ctx.data."""
+    if ctx.msg is None:
+        ctx.msg = message_from_bytes(ctx.raw, policy=compat32)
+    for name in OUTBOUND_ORDER:
+        STAGES[name](ctx, rt)
+    if not ctx.data:
+        from gateway.outbound.rewrite import serialize
+
+        ctx.data = serialize(ctx.msg)
+
+
+def process_in_transaction(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
+    """resolve, stages, enqueue inside the caller's transaction; returns the outbound id."""
+    from gateway.outbound.queue import enqueue
+    from gateway.outbound.rewrite import resolve
+
+    if ctx.msg is None:
+        ctx.msg = message_from_bytes(ctx.raw, policy=compat32)
+    resolve(ctx, rt, conn)
+    run_stages(ctx, rt)
+    return enqueue(ctx, rt, conn)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    reply: SmtpReply
+    outbound_id: int | None = None
+    ticket_number: str = ""
+    article_id: int | None = None
+    message_id: str = ""
+
+
+QUEUED = SmtpReply(250, "2.0.0", "queued")
+REFUSED = SmtpReply(554, "5.7.1", "message refused")
+
+
+class OutboundPipeline:
+    """Submission → durable queue. One instance per process."""
+
+    def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter,
+                 executor: Executor | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        self.runtime = runtime
+        self.writer = writer
+        self.executor = executor
+        self.on_queued = on_queued
+
+    async def submit(self, ctx: OutboundContext) -> SubmitResult:
+        """Run the message through; 250 only after the queue row is committed."""
+        from gateway.outbound.queue import enqueue
+        from gateway.outbound.rewrite import parse_submission, resolve
+
+        rt = self.runtime()
+        loop = asyncio.get_running_loop()
+        comm = Comm("Outgoing", ctx.source, ctx.account)
+        conn_obj = comm.obj("Connection")
+        conn_obj.log("Info", "Submission", f"{ctx.source} from {ctx.account or 'local'}"
+                     + (f" as user {ctx.user.name}" if ctx.user else ""))
+        comm.objects.append(ctx.log)
+        ctx.log.log("Info", "Envelope", f"from <{ctx.mail_from}> to "
+                    + ", ".join(f"<{r}>" for r in ctx.recipients) + f", {len(ctx.raw)} bytes")
+        try:
+            await loop.run_in_executor(self.executor, parse_submission, ctx, rt)
+            await self.writer.run(lambda conn: resolve(ctx, rt, conn))
+            await loop.run_in_executor(self.executor, run_stages, ctx, rt)
+
+            def job(conn: Connection) -> int:
+                # The writer may re-run a job after a failed batch: log from fresh copies.
+                ctx.log = _copy_obj(msg_obj)
+                oid = enqueue(ctx, rt, conn)
+                cc = Comm("Outgoing", ctx.source, ctx.account, start=comm.start,
+                          objects=[_copy_obj(conn_obj), ctx.log])
+                cc.objects[0].close("Successful")
+                cc.close()
+                write_comm(conn, cc)
+                return oid
+
+            msg_obj = ctx.log
+
+            oid = await self.writer.run(job)
+        except PermanentError as exc:
+            log.warning("outbound message refused", error=str(exc))
+            return self._failed(comm, conn_obj, ctx, "Error", str(exc),
+                                SmtpReply(554, "5.6.0", str(exc)[:200] or REFUSED.text))
+        except Exception as exc:
+            if is_temporary(exc):
+                log.warning("database unavailable; temporary failure", error=str(exc))
+            else:
+                log.exception("outbound pipeline failed; temporary failure")
+            return self._failed(comm, conn_obj, ctx, "Error",
+                                f"{type(exc).__name__}: {exc}", errors.TEMPFAIL)
+        if self.on_queued:
+            self.on_queued()
+        log.info("queued", outbound_id=oid, queue=ctx.queue, ticket=ctx.ticket_number,
+                 message_id=ctx.message_id)
+        return SubmitResult(QUEUED, oid, ctx.ticket_number, ctx.article_id, ctx.message_id)
+
+    def _failed(self, comm: Comm, conn_obj: CommObj, ctx: OutboundContext, prio: Any,
+                text: str, reply: SmtpReply) -> SubmitResult:
+        ctx.log.log(prio, "Submission", f"not queued ({reply.code}): {text}"[:4000])
+        ctx.log.close("Failed")
+        conn_obj.close("Failed")
+        comm.close("Failed")
+        self.writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
+        return SubmitResult(reply)

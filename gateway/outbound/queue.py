@@ -1,0 +1,321 @@
+"""The durable outbound queue: enqueue, claim with a lease, record outcomes, admin.
+
+Plain functions of a Connection, so they join the caller's transaction. A
+sender claims due messages by setting a lease (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL, and a compare-and-set on the lease everywhere), so several nodes
+never send the same message; a node that dies mid-send leaves a lease that
+expires, and the message is taken again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+
+from gateway.outbound.pipeline import OutboundContext
+from gateway.runtime import Runtime
+from gateway.store import repo
+from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+# ----------------------------------------------------------------- enqueue
+
+def store_article(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
+    """The outgoing article on its ticket (a new ticket when there is none)."""
+    from gateway.inbound.parse import first_address, parse_message
+
+    if ctx.kind == "dsn":
+        return
+    p = parse_message(ctx.data, with_attachments=True)
+    cfg = rt.config
+    pm = cfg.postmaster
+    if ctx.ticket_id is None:
+        customer = first_address(p.to_addr)
+        ctx.ticket_id = repo.insert_ticket(
+            conn, number=ctx.ticket_number, title=(p.subject or "(no subject)")[:1000],
+            queue=ctx.queue or pm.default_queue, state=pm.default_state,
+            state_type=pm.states.get(pm.default_state, "new"), priority=pm.default_priority,
+            type=pm.default_type, customer_no=customer, customer_user=customer,
+            dynamic_fields={})
+        ctx.log.log("Info", "Ticket", f"new ticket {ctx.ticket_number} in queue {ctx.queue}")
+    raw_id = repo.insert_raw(conn, ctx.data)
+    ctx.article_id = repo.insert_article(
+        conn, p.attachments, ticket_id=ctx.ticket_id, direction="outgoing",
+        sender_type=ctx.sender_type, is_visible_for_customer=True,
+        from_addr=p.from_addr, from_email=p.from_email, to_addr=p.to_addr, cc_addr=p.cc_addr,
+        reply_to=p.reply_to, subject=p.subject, message_id=p.message_id,
+        in_reply_to=p.in_reply_to, references=p.references, content_type=p.content_type,
+        body=p.body, body_html=p.body_html, headers=[list(h) for h in p.headers],
+        loop=False, crypto=dict(ctx.crypto), transmission_status="queued",
+        transmission_error="", raw_id=raw_id)
+    ctx.log.article_id = ctx.article_id
+
+
+def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
+    """Article (unless a DSN), queue row and recipient rows; returns the queue id."""
+    store_article(ctx, rt, conn)
+    now = utcnow()
+    oid = conn.execute(insert(OutboundMessage).values(
+        kind=ctx.kind, queue=ctx.queue, sender=ctx.sender, return_path=ctx.return_path,
+        submitter=(ctx.user.name if ctx.user else ctx.account)[:200],
+        message_id=ctx.message_id[:998], ticket_id=ctx.ticket_id, article_id=ctx.article_id,
+        data=ctx.data, size=len(ctx.data), status="queued", attempts=0, next_attempt=now,
+        lease_until=None, claimed_by="", last_error="", warned=False, created=now,
+        updated=now).returning(OutboundMessage.id)).scalar_one()
+    conn.execute(insert(OutboundRecipient), [
+        {"outbound_id": oid, "address": r, "status": "pending", "attempts": 0, "last_code": 0,
+         "last_reply": "", "updated": now} for r in ctx.recipients])
+    ctx.outbound_id = oid
+    ctx.log.outbound_id = oid
+    ctx.log.log("Info", "Queued", f"outbound #{oid} from <{ctx.sender}> to "
+                f"{len(ctx.recipients)} recipient(s), {len(ctx.data)} bytes"
+                + (f", ticket {ctx.ticket_number}" if ctx.ticket_number else ""))
+    ctx.log.close("Successful")
+    return oid
+
+
+# ----------------------------------------------------------------- claiming
+
+@dataclass
+class Claimed:
+    id: int
+    kind: str
+    queue: str
+    sender: str
+    return_path: str
+    message_id: str
+    article_id: int | None
+    ticket_id: int | None
+    data: bytes
+    attempts: int
+    created: datetime
+    warned: bool
+    recipients: list[tuple[int, str]] = field(default_factory=list)   # (row id, address)
+
+
+def claim(conn: Connection, node: str, *, limit: int, lease: float,
+          now: datetime | None = None) -> list[Claimed]:
+    """Take up to `limit` due messages for `node` until now + lease."""
+    now = now or utcnow()
+    due = and_(OutboundMessage.status == "queued", OutboundMessage.next_attempt <= now,
+               or_(OutboundMessage.lease_until.is_(None), OutboundMessage.lease_until < now))
+    q = select(OutboundMessage.id).where(due).order_by(OutboundMessage.next_attempt).limit(limit)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    ids = list(conn.execute(q).scalars())
+    if not ids:
+        return []
+    until = now + timedelta(seconds=lease)
+    taken: list[int] = []
+    for oid in ids:
+        res = conn.execute(update(OutboundMessage).where(OutboundMessage.id == oid, due)
+                           .values(lease_until=until, claimed_by=node[:200]))
+        if res.rowcount == 1:
+            taken.append(oid)
+    if not taken:
+        return []
+    rows = conn.execute(select(OutboundMessage).where(OutboundMessage.id.in_(taken))).all()
+    rcpts = conn.execute(select(OutboundRecipient.id, OutboundRecipient.outbound_id,
+                                OutboundRecipient.address)
+                         .where(OutboundRecipient.outbound_id.in_(taken),
+                                OutboundRecipient.status == "pending")
+                         .order_by(OutboundRecipient.id)).all()
+    out = {r.id: Claimed(r.id, r.kind, r.queue, r.sender, r.return_path, r.message_id,
+                         r.article_id, r.ticket_id, r.data, r.attempts,
+                         _aware(r.created) or now, r.warned) for r in rows}
+    for rc in rcpts:
+        out[rc.outbound_id].recipients.append((rc.id, rc.address))
+    return [out[i] for i in taken]
+
+
+def next_due(conn: Connection) -> datetime | None:
+    """When the earliest queued message becomes due (None: the queue is empty)."""
+    return _aware(conn.execute(select(func.min(OutboundMessage.next_attempt))
+                               .where(OutboundMessage.status == "queued")).scalar())
+
+
+# ----------------------------------------------------------------- outcomes
+
+@dataclass(frozen=True)
+class RcptResult:
+    row_id: int
+    address: str
+    code: int                 # SMTP code; 0 = not tried (connection failed)
+    reply: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+def retry_delay(schedule: Sequence[float], attempts: int, rng: random.Random | None = None
+                ) -> float | None:
+    """Seconds until the next try after `attempts` tries, ±10 % jitter; None = exhausted."""
+    if attempts > len(schedule):
+        return None
+    base = schedule[attempts - 1]
+    return base * (rng or random).uniform(0.9, 1.1)
+
+
+@dataclass
+class Settled:
+    """What record_attempt decided, for DSNs and the log."""
+
+    status: str                                   # queued | sent | failed
+    failed: list[RcptResult] = field(default_factory=list)     # permanently failed now
+    delayed: list[RcptResult] = field(default_factory=list)    # still pending
+    sent: list[RcptResult] = field(default_factory=list)
+    next_attempt: datetime | None = None
+    warn: bool = False                            # a delayed DSN is due now
+    exhausted: bool = False
+
+
+def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult], *,
+                   schedule: Sequence[float], warn_after: float, error: str = "",
+                   now: datetime | None = None) -> Settled:
+    """Write per-recipient outcomes, the next attempt or the final status; free the lease."""
+    now = now or utcnow()
+    attempts = msg.attempts + 1
+    delay = retry_delay(schedule, attempts)
+    st = Settled(status="queued")
+    for r in results:
+        if r.ok:
+            status = "sent"
+            st.sent.append(r)
+        elif r.permanent or delay is None:
+            status = "failed"
+            st.failed.append(r)
+        else:
+            status = "pending"
+            st.delayed.append(r)
+        conn.execute(update(OutboundRecipient).where(OutboundRecipient.id == r.row_id).values(
+            status=status, attempts=OutboundRecipient.attempts + 1, last_code=r.code,
+            last_reply=r.reply[:2000], updated=now))
+    st.exhausted = delay is None and bool(st.failed) and any(not r.permanent for r in st.failed)
+    pending_left = conn.execute(select(func.count()).select_from(OutboundRecipient).where(
+        OutboundRecipient.outbound_id == msg.id, OutboundRecipient.status == "pending")).scalar()
+    any_failed = conn.execute(select(func.count()).select_from(OutboundRecipient).where(
+        OutboundRecipient.outbound_id == msg.id, OutboundRecipient.status == "failed")).scalar()
+    last_error = error or "; ".join(f"<{r.address}>: {r.code} {r.reply}"
+                                    for r in (*st.failed, *st.delayed))[:4000]
+    values: dict[str, Any] = {"attempts": attempts, "lease_until": None, "claimed_by": "",
+                              "updated": now, "last_error": last_error}
+    if pending_left:
+        assert delay is not None
+        st.next_attempt = now + timedelta(seconds=delay)
+        values["next_attempt"] = st.next_attempt
+        if (warn_after > 0 and not msg.warned and msg.kind == "message"
+                and now - msg.created >= timedelta(seconds=warn_after)):
+            st.warn = True
+            values["warned"] = True
+    else:
+        st.status = "failed" if any_failed else "sent"
+        values["status"] = st.status
+    conn.execute(update(OutboundMessage).where(OutboundMessage.id == msg.id).values(**values))
+    if msg.article_id is not None:
+        if st.status == "sent":
+            conn.execute(update(Article).where(Article.id == msg.article_id).values(
+                transmission_status="sent", transmission_error=""))
+        elif st.failed or st.status == "failed":
+            text = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.failed)
+            conn.execute(update(Article).where(Article.id == msg.article_id).values(
+                transmission_status="failed", transmission_error=text[:4000]))
+    return st
+
+
+# ----------------------------------------------------------------- admin
+
+def _row_json(m: Any, rcpts: Sequence[Any]) -> dict[str, Any]:
+    return {"id": m.id, "queue": m.queue, "sender": m.sender,
+            "recipients": [r.address for r in rcpts if r.status == "pending"]
+            or [r.address for r in rcpts],
+            "attempts": m.attempts, "next_attempt": _aware(m.next_attempt),
+            "last_error": m.last_error}
+
+
+def list_queue(conn: Connection, *, include_done: bool = False,
+               limit: int = 1000) -> list[dict[str, Any]]:
+    q = select(OutboundMessage.id, OutboundMessage.queue, OutboundMessage.sender,
+               OutboundMessage.attempts, OutboundMessage.next_attempt,
+               OutboundMessage.last_error, OutboundMessage.status).order_by(
+        OutboundMessage.id).limit(limit)
+    if not include_done:
+        q = q.where(OutboundMessage.status == "queued")
+    rows = conn.execute(q).all()
+    if not rows:
+        return []
+    rc = conn.execute(select(OutboundRecipient.outbound_id, OutboundRecipient.address,
+                             OutboundRecipient.status)
+                      .where(OutboundRecipient.outbound_id.in_([r.id for r in rows]))
+                      .order_by(OutboundRecipient.id)).all()
+    by: dict[int, list[Any]] = {}
+    for r in rc:
+        by.setdefault(r.outbound_id, []).append(r)
+    out = []
+    for m in rows:
+        d = _row_json(m, by.get(m.id, []))
+        if include_done:
+            d["status"] = m.status
+        out.append(d)
+    return out
+
+
+def show(conn: Connection, oid: int) -> dict[str, Any] | None:
+    m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).first()
+    if m is None:
+        return None
+    rcpts = conn.execute(select(OutboundRecipient).where(OutboundRecipient.outbound_id == oid)
+                         .order_by(OutboundRecipient.id)).all()
+    d = _row_json(m, rcpts)
+    d.update({"status": m.status, "kind": m.kind, "message_id": m.message_id,
+              "return_path": m.return_path, "submitter": m.submitter,
+              "ticket_id": m.ticket_id, "article_id": m.article_id, "size": m.size,
+              "created": _aware(m.created), "lease_until": _aware(m.lease_until),
+              "claimed_by": m.claimed_by,
+              "recipient_status": [{"address": r.address, "status": r.status,
+                                    "attempts": r.attempts, "last_code": r.last_code,
+                                    "last_reply": r.last_reply} for r in rcpts],
+              "headers": m.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")})
+    return d
+
+
+def retry_now(conn: Connection, oid: int | None = None) -> int:
+    """Make queued messages (one, or all for flush) due now; returns how many."""
+    q = update(OutboundMessage).where(OutboundMessage.status == "queued")
+    if oid is not None:
+        q = q.where(OutboundMessage.id == oid)
+    return conn.execute(q.values(next_attempt=utcnow(), updated=utcnow())).rowcount
+
+
+def remove(conn: Connection, oid: int) -> bool:
+    """Delete a message from the queue (the article keeps a transmission error)."""
+    m = conn.execute(select(OutboundMessage.article_id).where(OutboundMessage.id == oid)).first()
+    if m is None:
+        return False
+    if m.article_id is not None:
+        conn.execute(update(Article).where(Article.id == m.article_id,
+                                           Article.transmission_status != "sent").values(
+            transmission_status="failed", transmission_error="deleted from the outbound queue"))
+    conn.execute(delete(OutboundRecipient).where(OutboundRecipient.outbound_id == oid))
+    conn.execute(delete(OutboundMessage).where(OutboundMessage.id == oid))
+    return True

@@ -1,0 +1,211 @@
+"""Which queue and ticket an outgoing message belongs to, and the header rewrite.
+
+Queue, in order: `deskgate send --queue`; an X-Deskgate-Queue header from an
+authenticated or allowed client; the ticket it replies to (In-Reply-To,
+References, ticket number in the Subject); a From address that is a system
+address; the submitting user's default_queue; the postmaster default queue.
+
+The rewrite makes From `"Display Name" <queue address>` (RFC 5322 quoting by
+email.utils.formataddr), the envelope sender the same address, puts
+`[Ticket#N]` in the Subject, strips internal X-headers and Bcc, and adds
+Message-ID and Date when missing.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import re
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.generator import BytesGenerator
+from email.message import Message
+from email.policy import compat32
+
+from sqlalchemy import Connection, or_, select
+
+from gateway.errors import PermanentError
+from gateway.inbound.parse import addresses, decode_header_value, first_address
+from gateway.inbound.xheaders import canonical
+from gateway.outbound.pipeline import OutboundContext
+from gateway.runtime import Runtime
+from gateway.store import repo
+from gateway.store.tables import Article, Ticket
+
+_POLICY = compat32.clone(linesep="\r\n")
+_MSGID_RE = re.compile(r"<[^<>\s]+>")
+
+
+def serialize(msg: Message) -> bytes:
+    """CRLF bytes without re-folding headers or mangling From lines."""
+    buf = io.BytesIO()
+    BytesGenerator(buf, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(msg)
+    return buf.getvalue()
+
+
+def set_header(msg: Message, name: str, value: str) -> None:
+    """Set `name` at the position of its first occurrence (others dropped), else append."""
+    lname = name.lower()
+    out: list[tuple[str, str]] = []
+    done = False
+    for k, v in msg._headers:  # type: ignore[attr-defined]
+        if k.lower() == lname:
+            if not done:
+                out.append((name, value))
+                done = True
+            continue
+        out.append((k, v))
+    if not done:
+        out.append((name, value))
+    msg._headers = out  # type: ignore[attr-defined]
+
+
+def header_text(msg: Message, name: str) -> str:
+    return decode_header_value(msg.get(name, ""))
+
+
+def parse_submission(ctx: OutboundContext, rt: Runtime) -> None:
+    """Parse the submitted bytes; trusted clients' internal X-headers become params."""
+    if ctx.msg is None:
+        ctx.msg = message_from_bytes(ctx.raw, policy=compat32)
+    if ctx.trusted:
+        for name, value in ctx.msg.items():
+            key = canonical(name, rt.prefixes) if name[:2].lower() == "x-" else None
+            if key is not None:
+                ctx.params.setdefault(key, decode_header_value(value))
+    if ctx.kind == "message" and not ctx.return_path:
+        ctx.return_path = ctx.mail_from or first_address(header_text(ctx.msg, "From"))
+
+
+def ticket_number_in(subject: str, hook: str) -> str:
+    m = re.search(re.escape(hook) + r":?\s*(\d{6,})", subject, re.IGNORECASE)
+    return m.group(1) if m else ""
+
+
+def find_ticket(conn: Connection, msg: Message, hook: str) -> tuple[int, str, str] | None:
+    """(id, number, queue) of the ticket a message replies to, or None."""
+    ids = _MSGID_RE.findall(header_text(msg, "In-Reply-To") + " "
+                            + header_text(msg, "References"))
+    if ids:
+        row = conn.execute(
+            select(Ticket.id, Ticket.number, Ticket.queue).join(Article,
+                                                                Article.ticket_id == Ticket.id)
+            .where(or_(*[Article.message_id == i for i in ids[-20:]]))
+            .order_by(Article.id.desc()).limit(1)).first()
+        if row is not None:
+            return row.id, row.number, row.queue
+    number = ticket_number_in(header_text(msg, "Subject"), hook)
+    if number:
+        t = repo.ticket_by_number(conn, number)
+        if t is not None:
+            return t.id, t.number, t.queue
+    return None
+
+
+def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
+    """Decide queue and ticket (allocating the number of a new ticket). Re-runnable."""
+    cfg = rt.config
+    msg = ctx.msg
+    assert msg is not None
+    if ctx.kind == "dsn":
+        return
+    trace: list[str] = []
+    queue = ""
+    if ctx.requested_queue:
+        q = cfg.queue_by_name(ctx.requested_queue)
+        if q is None:
+            raise PermanentError(f"queue {ctx.requested_queue!r} does not exist")
+        queue = q.name
+        trace.append(f"queue {queue} requested")
+    if not queue and ctx.params.get("Queue"):
+        q = cfg.queue_by_name(ctx.params["Queue"])
+        if q is not None:
+            queue = q.name
+            trace.append(f"queue {queue} from X-header")
+        else:
+            ctx.log.log("Error", "Queue", f"queue {ctx.params['Queue']!r} from X-header does "
+                        "not exist; ignored")
+    if ctx.ticket_id is None:
+        found = find_ticket(conn, msg, cfg.gateway.ticket_hook)
+        if found is not None:
+            ctx.ticket_id, ctx.ticket_number, tqueue = found
+            ctx.new_ticket = False
+            if not queue:
+                queue = tqueue
+                trace.append(f"queue {queue} from ticket {ctx.ticket_number}")
+    if not queue:
+        addr = cfg.address_by_email(first_address(header_text(msg, "From")))
+        if addr is not None and addr.queue and cfg.queue_by_name(addr.queue):
+            queue = cfg.queue_by_name(addr.queue).name  # type: ignore[union-attr]
+            trace.append(f"queue {queue} from system address {addr.email}")
+    if not queue and ctx.user is not None and ctx.user.default_queue:
+        queue = ctx.user.default_queue
+        trace.append(f"queue {queue}: default of user {ctx.user.name}")
+    if not queue:
+        queue = ctx.queue or cfg.postmaster.default_queue
+        trace.append(f"queue {queue} (default)")
+    ctx.queue = queue
+    ctx.queue_config = cfg.queue_by_name(queue)
+    if ctx.ticket_id is None:
+        ctx.new_ticket = True
+        ctx.ticket_number = repo.next_ticket_number(conn, cfg.gateway.system_id)
+        trace.append(f"new ticket {ctx.ticket_number}")
+    ctx.trace = trace
+    ctx.log.log("Info", "Queue", "; ".join(trace))
+
+
+def system_from(ctx: OutboundContext, rt: Runtime) -> tuple[str, str]:
+    """(display name, address) for From: the queue's system address."""
+    cfg = rt.config
+    candidates = []
+    if ctx.queue_config is not None and ctx.queue_config.address:
+        candidates.append(ctx.queue_config.address)
+    assert ctx.msg is not None
+    own = cfg.address_by_email(first_address(header_text(ctx.msg, "From")))
+    if own is not None and own.valid == "valid":
+        candidates.append(own.email)
+    default_q = cfg.queue_by_name(cfg.postmaster.default_queue)
+    if default_q is not None and default_q.address:
+        candidates.append(default_q.address)
+    for address in candidates:
+        a = cfg.address_by_email(address)
+        return (a.display_name if a else ""), address
+    raise PermanentError(f"queue {ctx.queue!r} has no system address to send from")
+
+
+def rewrite(ctx: OutboundContext, rt: Runtime) -> None:
+    msg = ctx.msg
+    assert msg is not None
+    cfg = rt.config
+    prefixes = tuple(p.lower() for p in cfg.gateway.header_prefixes)
+    for name in {k for k in msg if k.lower().startswith(prefixes) or k.lower() == "bcc"}:
+        del msg[name]
+    if ctx.kind != "dsn":
+        display, address = system_from(ctx, rt)
+        set_header(msg, "From", email.utils.formataddr((display, address), charset="utf-8")
+                   if display else address)
+        ctx.from_email = address
+        ctx.sender = "" if ctx.kind == "auto-response" else address
+        if ctx.ticket_number:
+            hook = cfg.gateway.ticket_hook
+            subject_raw = msg.get("Subject", "")
+            subject_raw = str(subject_raw) if subject_raw is not None else ""
+            if ticket_number_in(decode_header_value(subject_raw), hook) != ctx.ticket_number:
+                tag = f"[{hook}{ctx.ticket_number}]"
+                set_header(msg, "Subject", f"{tag} {subject_raw}".rstrip())
+    if "Date" not in msg:
+        msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    if "Message-ID" not in msg:
+        domain = (ctx.from_email or cfg.gateway.hostname).rpartition("@")[2] or "localhost"
+        msg["Message-ID"] = email.utils.make_msgid(domain=domain)
+    ctx.message_id = str(msg["Message-ID"]).strip()
+
+
+def recipients_from_headers(msg: Message) -> list[str]:
+    """To, Cc and Bcc addresses (for `deskgate send` without -r), unique, in order."""
+    seen: dict[str, None] = {}
+    for name in ("To", "Cc", "Bcc"):
+        for value in msg.get_all(name, []):
+            for a in addresses(decode_header_value(value)):
+                seen.setdefault(a, None)
+    return list(seen)
