@@ -5,17 +5,15 @@ read what the gateway stored."""
 from __future__ import annotations
 
 import contextlib
-import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import Engine, func, select
 
 from gateway.config import load_config
-from gateway.store.tables import Article, Delivery, Quarantine, RawMessage, Ticket
+from tests.integration.core.stored import Store
 from tests.peers import postfix as pfmod
 from tests.peers.postfix import Postfix
 
@@ -73,47 +71,17 @@ def pf_gateway(postfix: Postfix, make_confdir: Callable[..., Path],
         link.unlink()
 
 
-def db_conf(url: str) -> dict[str, str]:
-    """A conf.d file pointing the gateway at another database."""
-    return {"30-db.toml": textwrap.dedent(f"""
-        [gateway]
-        database = "{url}"
-        """)}
-
-
-class Store:
-    """Read what a gateway committed."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def count(self, table: Any) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-
-    def tickets(self) -> list[Any]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(Ticket).order_by(Ticket.id)).all())
-
-    def articles(self) -> list[Any]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(Article).order_by(Article.id)).all())
-
-    def article_raws(self) -> list[bytes]:
-        with self.engine.connect() as conn:
-            return [bytes(r) for r in conn.execute(
-                select(RawMessage.data).join(Article, Article.raw_id == RawMessage.id)
-                .order_by(Article.id)).scalars()]
-
-    def quarantine(self) -> list[Any]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(Quarantine).order_by(Quarantine.id)).all())
-
-    def deliveries(self) -> list[Any]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(Delivery).order_by(Delivery.id)).all())
-
-
 @pytest.fixture
 def store_of() -> Callable[[RunningGateway], Store]:
     return lambda rg: Store(rg.gateway.engine)
+
+
+@pytest.fixture
+def gateway(make_confdir: Callable[..., Path], run_gateway: Callable[..., RunningGateway]
+            ) -> Callable[..., RunningGateway]:
+    """Start a gateway (LMTP on a unix socket and a TCP port) with extra conf.d files."""
+
+    def start(files: dict[str, str] | None = None) -> RunningGateway:
+        return run_gateway(load_config(make_confdir(files)))
+
+    return start

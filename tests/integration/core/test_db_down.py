@@ -1,0 +1,112 @@
+"""Database down: the gateway answers 451 4.3.0 per recipient, Postfix defers the
+message, and its retry after recovery delivers it exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import smtplib
+import subprocess
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import PG_ADMIN_URL
+from tests.integration.core.stored import db_conf
+
+pytestmark = pytest.mark.postfix
+
+SENDER = "customer@customer.test"
+RCPTS = ["support@example.org", "sales@example.org"]
+
+
+def send(postfix, subject: str) -> None:
+    msg = EmailMessage()
+    msg["From"] = SENDER
+    msg["To"] = ", ".join(RCPTS)
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@customer.test>"
+    msg.set_content("The database is down, but this must not be lost.\n")
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as s:
+        assert s.send_message(msg, from_addr=SENDER, to_addrs=RCPTS) == {}
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """chattr +i: writes fail even for root (file modes do not stop root)."""
+    if not shutil.which("chattr"):
+        pytest.skip("chattr not installed")
+    proc = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +i not possible here: {proc.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+@contextlib.contextmanager
+def pg_unreachable(url: str) -> Iterator[None]:
+    """Refuse new connections to the test database and end the open ones."""
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+class TestDatabaseDown:
+    def test_sqlite_unwritable_then_retry(self, postfix, pf_gateway, store_of):
+        """SQLite file immutable → 451 4.3.0 per recipient; Postfix's retry stores one ticket."""
+        rg = pf_gateway()
+        db = Path(rg.gateway.engine.url.database or "")
+        wal = db.with_name(db.name + "-wal")
+        assert db.exists() and wal.exists()
+        since = postfix.log_offset()
+        with immutable(db, wal):
+            send(postfix, "sqlite down")
+            for r in RCPTS:
+                postfix.wait_log(rf"to=<{r}>.*dsn=4\.3\.0, status=deferred .*451 4\.3\.0",
+                                 since=since)
+            [entry] = postfix.queue_entries()
+            assert sorted(r["address"] for r in entry["recipients"]) == sorted(RCPTS)
+        after = postfix.log_offset()
+        postfix.flush()
+        postfix.wait_queue_empty(flush=True)
+        for r in RCPTS:
+            postfix.wait_log(rf"to=<{r}>.*dsn=2\.1\.5, status=sent", since=after)
+        st = store_of(rg)
+        assert [t.title for t in st.tickets()] == ["sqlite down"]
+        assert len(st.articles()) == 1
+
+    @pytest.mark.postgres
+    def test_postgres_unreachable_then_retry(self, pg_url, postfix, pf_gateway, store_of):
+        """PostgreSQL refusing connections → 451 4.3.0; after recovery the retry stores once."""
+        rg = pf_gateway(db_conf(pg_url))
+        assert rg.gateway.engine.dialect.name == "postgresql"
+        since = postfix.log_offset()
+        with pg_unreachable(pg_url):
+            send(postfix, "postgres down")
+            for r in RCPTS:
+                postfix.wait_log(rf"to=<{r}>.*dsn=4\.3\.0, status=deferred .*451 4\.3\.0",
+                                 since=since)
+            assert len(postfix.queue_entries()) == 1
+        after = postfix.log_offset()
+        postfix.flush()
+        postfix.wait_queue_empty(flush=True)
+        for r in RCPTS:
+            postfix.wait_log(rf"to=<{r}>.*dsn=2\.1\.5, status=sent", since=after)
+        st = store_of(rg)
+        assert [t.title for t in st.tickets()] == ["postgres down"]
+        assert len(st.articles()) == 1
