@@ -31,7 +31,10 @@ log = structlog.get_logger(__name__)
 
 # Modules that register pipeline stages, runtime builders and config validators
 # when imported. Each door/feature adds its module here.
-PLUGINS: tuple[str, ...] = ()
+PLUGINS: tuple[str, ...] = (
+    "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
+    "gateway.inbound.followup",
+)
 
 
 def load_plugins() -> None:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules of gateway.cli that define register(subparsers). Add yours here.
-COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory")
+COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.app import load_plugins
+
+    load_plugins()   # plugins register config validators that `check` must run
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,471 @@
+"""Postmaster filters (policies/*.toml): compiled once per config, run per message.
+
+Semantics follow OTOBO's MatchDBSource, with decisions made on purpose:
+
+- regexes are case-insensitive and unanchored; `email = "<regex>"` tests each
+  address of the header, anchored at both ends (OTOBO's EMAILADDRESS:);
+- a header that occurs several times holds when any occurrence matches; a missing
+  header is the empty string (so `email` finds no address in it);
+- `Body` is the decoded text body; `<prefix>AttachmentCount` / `AttachmentExists`
+  (yes/no) are computed; recognised X-headers are read from the params in effect,
+  so a value set by an earlier filter is seen with every prefix;
+- every `match` condition must hold and, when `any` is given, at least one of it
+  (evaluated in order up to the first that holds);
+- `[***]` is group 1 of the last positive condition that has groups, `[**\\name**]`
+  a named group of any of them (later conditions win);
+- a pattern that exceeds `postmaster.filter_timeout` makes its condition fail, negated
+  or not (an undecided condition never fires a filter), and is logged as Warn.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import regex
+import structlog
+
+from gateway.config import Config, FilterConfig, register_validator
+from gateway.inbound.pipeline import register_prepare
+from gateway.inbound.xheaders import canonical
+from gateway.model import MessageContext
+from gateway.runtime import Runtime, register_builder
+
+log = structlog.get_logger(__name__)
+
+_COND_KEYS = frozenset({"header", "value", "email", "not"})
+_SUBST = regex.compile(r"\[\*\*\*\]|\[\*\*\\(\w+)\*\*\]")
+_PSEUDO = {"AttachmentCount": "attachmentcount", "AttachmentExists": "attachmentexists"}
+_SHOW = 160   # characters of a tested value shown in a trace
+
+
+class FilterCompileError(ValueError):
+    """A filter that cannot be compiled; `key` names the filter and condition."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}")
+        self.file, self.key, self.reason = file, key, reason
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    where: str                       # "match[0]" / "any[1]"
+    header: str                      # as written in the policy
+    lheader: str                     # lower-case lookup key of the header list
+    source: str                      # "header" | "param" | "body" | "attachmentcount" | ...
+    param: str                       # canonical X-header name when source == "param"
+    kind: Literal["value", "email"]
+    pattern: str
+    rx: Any                          # regex.Pattern
+    negate: bool
+    groups: bool                     # the pattern has capturing groups
+
+
+@dataclass(frozen=True, slots=True)
+class SetAction:
+    header: str                      # as written
+    param: str | None                # canonical X-header name, None for other headers
+    template: str
+    substitutes: bool                # template contains [***] or [**\name**]
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    name: str
+    source: str
+    match: tuple[Condition, ...]
+    any: tuple[Condition, ...]
+    set: tuple[SetAction, ...]
+    stop_after_match: bool
+
+
+@dataclass(frozen=True)
+class FilterSet:
+    """Every filter of the configuration, in name order, compiled."""
+
+    filters: tuple[Filter, ...] = ()
+    timeout: float = 0.05
+    prefixes: tuple[str, ...] = ()
+    uses_body: bool = False
+    uses_attachments: bool = False
+
+
+@dataclass
+class ConditionTrace:
+    where: str
+    header: str
+    kind: str
+    pattern: str
+    negate: bool
+    held: bool
+    found: bool
+    timed_out: bool
+    tested: str
+    matched: str
+    reason: str
+    used: bool = True        # False: an `any` condition after the one that held
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"condition": self.where, "header": self.header, "kind": self.kind,
+                "pattern": self.pattern, "not": self.negate, "held": self.held,
+                "timed_out": self.timed_out, "tested": self.tested, "matched": self.matched,
+                "reason": self.reason}
+
+
+@dataclass
+class FilterTrace:
+    name: str
+    source: str
+    matched: bool
+    conditions: list[ConditionTrace] = field(default_factory=list)
+    set: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "file": self.source, "matched": self.matched,
+                "conditions": [c.as_dict() for c in self.conditions], "set": self.set,
+                "stop_after_match": self.stopped}
+
+
+# ---------------------------------------------------------------- compiling
+
+
+def compile_filters(cfg: Config) -> FilterSet:
+    """Compile every [[filter]]; raises FilterCompileError on the first bad one."""
+    prefixes = tuple(cfg.gateway.header_prefixes)
+    out: list[Filter] = []
+    errors: list[FilterCompileError] = []
+    for f in cfg.filters:
+        compiled = _compile_filter(f, prefixes, errors.append)
+        if compiled is not None:
+            out.append(compiled)
+    if errors:
+        raise errors[0]
+    conds = [c for f in out for c in (*f.match, *f.any)]
+    return FilterSet(filters=tuple(out), timeout=cfg.postmaster.filter_timeout,
+                     prefixes=prefixes,
+                     uses_body=any(c.source == "body" for c in conds),
+                     uses_attachments=any(c.source.startswith("attachment") for c in conds))
+
+
+def _compile_filter(f: FilterConfig, prefixes: Sequence[str],
+                    err: Callable[[FilterCompileError], None]) -> Filter | None:
+    base = f"filter[{f.name}]"
+    ok = True
+
+    def bad(key: str, reason: str) -> None:
+        nonlocal ok
+        ok = False
+        err(FilterCompileError(f.source, f"{base}.{key}", reason))
+
+    groups: dict[str, tuple[Condition, ...]] = {}
+    names: set[str] = set()
+    for group in ("match", "any"):
+        conds: list[Condition] = []
+        for i, raw in enumerate(getattr(f, group)):
+            c = _compile_condition(raw, f"{group}[{i}]", prefixes, bad)
+            if c is not None:
+                conds.append(c)
+                names.update(c.rx.groupindex)
+        groups[group] = tuple(conds)
+    if not f.match and not f.any:
+        bad("match", "a filter needs at least one condition in match or any")
+    sets: list[SetAction] = []
+    for key, template in f.set.items():
+        param = canonical(key, prefixes) if key[:2].lower() == "x-" else None
+        if param is None and _has_prefix(key, prefixes):
+            bad(f"set.{key}", "unknown X-header (see the X-headers list in the design)")
+            continue
+        if param in _PSEUDO:
+            bad(f"set.{key}", f"{param} is computed from the message and cannot be set")
+            continue
+        if not key.strip() or ":" in key or any(ch.isspace() for ch in key):
+            bad(f"set.{key}", "not a header name")
+            continue
+        for m in _SUBST.finditer(template):
+            if m.group(1) and m.group(1) not in names:
+                bad(f"set.{key}", f"[**\\{m.group(1)}**] names no group (?P<{m.group(1)}>...) "
+                    "of this filter's conditions")
+        sets.append(SetAction(key, param, template, bool(_SUBST.search(template))))
+    if not ok:
+        return None
+    return Filter(name=f.name, source=f.source, match=groups["match"], any=groups["any"],
+                  set=tuple(sets), stop_after_match=f.stop_after_match)
+
+
+def _has_prefix(name: str, prefixes: Sequence[str]) -> bool:
+    lname = name.lower()
+    return any(lname.startswith(p.lower()) for p in prefixes)
+
+
+def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[str],
+                       bad: Callable[[str, str], None]) -> Condition | None:
+    if not isinstance(raw, Mapping):
+        bad(where, "a condition is a table such as { header = \"Subject\", value = \"...\" }")
+        return None
+    unknown = set(raw) - _COND_KEYS
+    if unknown:
+        bad(where, f"unknown key(s) {', '.join(sorted(unknown))} (allowed: header, value, "
+            "email, not)")
+        return None
+    header = raw.get("header")
+    if not isinstance(header, str) or not header.strip():
+        bad(f"{where}.header", "required: the header to test (or Body)")
+        return None
+    negate = raw.get("not", False)
+    if not isinstance(negate, bool):
+        bad(f"{where}.not", "expected true or false")
+        return None
+    has_value, has_email = "value" in raw, "email" in raw
+    if has_value == has_email:
+        bad(where, "give exactly one of value (regex on the header) or email (regex on each "
+            "address)")
+        return None
+    kind: Literal["value", "email"] = "value" if has_value else "email"
+    pattern = raw[kind]
+    if not isinstance(pattern, str):
+        bad(f"{where}.{kind}", "expected a string (a regular expression)")
+        return None
+    try:
+        rx = regex.compile(pattern, regex.IGNORECASE)
+    except regex.error as exc:
+        bad(f"{where}.{kind}", f"invalid regular expression {pattern!r}: {exc}")
+        return None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        bad(f"{where}.{kind}", f"invalid regular expression {pattern!r}: {exc}")
+        return None
+    header = header.strip()
+    source, param = "header", ""
+    if header.lower() == "body":
+        source = "body"
+    else:
+        name = canonical(header, prefixes) if header[:2].lower() == "x-" else None
+        if name in _PSEUDO:
+            source = _PSEUDO[name]
+        elif name is not None:
+            source, param = "param", name
+    return Condition(where=where, header=header, lheader=header.lower(), source=source,
+                     param=param, kind=kind, pattern=pattern, rx=rx, negate=negate,
+                     groups=rx.groups > 0)
+
+
+@register_validator
+def _validate_filters(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+    prefixes = tuple(cfg.gateway.header_prefixes)
+    for f in cfg.filters:
+        _compile_filter(f, prefixes, lambda e: add(e.file, e.key, e.reason))
+
+
+@register_builder
+def _build(cfg: Config) -> tuple[str, FilterSet]:
+    return "filters", compile_filters(cfg)
+
+
+# ---------------------------------------------------------------- evaluating
+
+
+class _View:
+    """The message as the filters see it; built once per message."""
+
+    __slots__ = ("_addrs", "ctx", "headers")
+
+    def __init__(self, ctx: MessageContext) -> None:
+        self.ctx = ctx
+        self.headers: dict[str, list[str]] = {}
+        assert ctx.parsed is not None
+        for k, v in ctx.parsed.headers:
+            self.headers.setdefault(k.lower(), []).append(v)
+        self._addrs: dict[str, list[str]] = {}
+
+    def values(self, c: Condition) -> list[str]:
+        src = c.source
+        if src == "header":
+            return self.headers.get(c.lheader) or [""]
+        if src == "param":
+            return [self.ctx.params.get(c.param, "")]
+        p = self.ctx.parsed
+        assert p is not None
+        if src == "body":
+            return [p.body]
+        if src == "attachmentcount":
+            return [str(len(p.attachments))]
+        return ["yes" if p.attachments else "no"]
+
+    def addresses(self, c: Condition) -> list[str]:
+        key = c.param or c.lheader
+        got = self._addrs.get(key)
+        if got is None:
+            vals = [v for v in self.values(c) if v]
+            got = [a.strip() for _n, a in email.utils.getaddresses(vals) if a.strip()]
+            self._addrs[key] = got
+        return got
+
+    def set(self, name: str, value: str) -> None:
+        p = self.ctx.parsed
+        assert p is not None
+        lname = name.lower()
+        out: list[tuple[str, str]] = []
+        done = False
+        for k, v in p.headers:
+            if k.lower() == lname:
+                if not done:
+                    out.append((name, value))
+                    done = True
+            else:
+                out.append((k, v))
+        if not done:
+            out.append((name, value))
+        p.headers = out
+        self.headers[lname] = [value]
+        self._addrs.pop(lname, None)
+
+
+def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, str]:
+    """(found, match, timed_out, tested value) for one condition, before `not`."""
+    items = view.addresses(c) if c.kind == "email" else view.values(c)
+    try:
+        if c.kind == "email":
+            for a in items:
+                m = c.rx.fullmatch(a, timeout=timeout)
+                if m is not None:
+                    return True, m, False, a
+        else:
+            for v in items:
+                m = c.rx.search(v, timeout=timeout)
+                if m is not None:
+                    return True, m, False, v
+    except TimeoutError:
+        return False, None, True, items[0] if items else ""
+    return False, None, False, ", ".join(items) if c.kind == "email" else items[0]
+
+
+def _reason(c: Condition, found: bool, held: bool, timed_out: bool, tested: str,
+            m: Any, timeout: float) -> str:
+    if timed_out:
+        return f"pattern ran longer than {timeout * 1000:g} ms: counts as not holding"
+    what = "an address of " + c.header if c.kind == "email" else c.header
+    shown = _short(tested)
+    if c.kind == "email" and not tested:
+        base = f"{c.header} has no address"
+    elif found:
+        base = f"{_short(m.group(0))!r} matched in {what} {shown!r}"
+    elif c.source == "header" and not tested:
+        base = f"no match: {c.header} is missing or empty (\"\")"
+    else:
+        base = f"no match in {what} {shown!r}"
+    if c.negate:
+        return f"not: {base} → {'holds' if held else 'fails'}"
+    return base
+
+
+def _short(s: str) -> str:
+    s = s.replace("\r", "").replace("\n", "\\n")
+    return s if len(s) <= _SHOW else s[:_SHOW - 3] + "..."
+
+
+def _condition(c: Condition, view: _View, timeout: float, ctx: MessageContext,
+               fname: str, trace: list[ConditionTrace] | None) -> tuple[bool, Any]:
+    found, m, timed_out, tested = _test(c, view, timeout)
+    if timed_out:
+        ctx.log.log("Warn", "Filter", f"{fname} {c.where}: pattern {c.pattern!r} on {c.header} "
+                    f"timed out after {timeout * 1000:g} ms; condition does not hold")
+        log.warning("filter pattern timed out", filter=fname, condition=c.where,
+                    header=c.header)
+    held = (found != c.negate) and not timed_out
+    if trace is not None:
+        trace.append(ConditionTrace(
+            where=c.where, header=c.header, kind=c.kind, pattern=c.pattern, negate=c.negate,
+            held=held, found=found, timed_out=timed_out, tested=_short(tested),
+            matched=_short(m.group(0)) if m is not None else "",
+            reason=_reason(c, found, held, timed_out, tested, m, timeout)))
+    return held, (m if found and not c.negate and c.groups else None)
+
+
+def _evaluate(f: Filter, view: _View, timeout: float, ctx: MessageContext,
+              trace: list[ConditionTrace] | None) -> tuple[bool, str | None, dict[str, str]]:
+    """Whether the filter holds, and its captures ([***], named groups)."""
+    star: str | None = None
+    named: dict[str, str] = {}
+    ok = True
+
+    def take(m: Any) -> None:
+        nonlocal star
+        star = m.group(1) or ""
+        for k, v in m.groupdict().items():
+            named[k] = v or ""
+
+    for c in f.match:
+        held, m = _condition(c, view, timeout, ctx, f.name, trace)
+        if not held:
+            ok = False
+            if trace is None:
+                return False, None, {}
+        elif m is not None:
+            take(m)
+    if f.any and (ok or trace is not None):
+        any_ok = False
+        for c in f.any:
+            if any_ok and trace is None:
+                break
+            held, m = _condition(c, view, timeout, ctx, f.name, trace)
+            if any_ok and trace is not None:
+                trace[-1].used = False
+                trace[-1].reason += " (not needed: an earlier `any` condition held)"
+            elif held:
+                any_ok = True
+                if m is not None:
+                    take(m)
+        ok = ok and any_ok
+    return ok, star, named
+
+
+def substitute(template: str, star: str | None, named: Mapping[str, str]) -> str:
+    """Fill [***] and [**\\name**] in a set value."""
+    def repl(m: Any) -> str:
+        if m.group(1):
+            return str(named.get(m.group(1), ""))
+        return star or ""
+    return str(_SUBST.sub(repl, template))
+
+
+def run_filters(fs: FilterSet, ctx: MessageContext,
+                explain: list[FilterTrace] | None = None) -> None:
+    """Apply the filters to ctx (params and header list); with `explain`, record why."""
+    if ctx.parsed is None or not fs.filters:
+        return
+    view = _View(ctx)
+    timeout = fs.timeout
+    for f in fs.filters:
+        ctrace: list[ConditionTrace] | None = [] if explain is not None else None
+        ok, star, named = _evaluate(f, view, timeout, ctx, ctrace)
+        ft = FilterTrace(f.name, f.source, ok, ctrace or []) if explain is not None else None
+        if ft is not None and explain is not None:
+            explain.append(ft)
+        if not ok:
+            continue
+        applied: dict[str, str] = {}
+        for s in f.set:
+            value = substitute(s.template, star, named) if s.substitutes else s.template
+            if s.param is not None:
+                ctx.params[s.param] = value
+            view.set(s.header, value)
+            applied[s.header] = value
+        if ft is not None:
+            ft.set, ft.stopped = applied, f.stop_after_match
+        shown = ", ".join(f"{k}={v!r}" for k, v in applied.items())
+        ctx.trace.append(f"filter {f.name} matched: {shown}")
+        ctx.log.log("Info", "Filter", f"{f.name} matched; set {shown}")
+        if f.stop_after_match:
+            ctx.trace.append(f"filter {f.name}: stop_after_match")
+            break
+
+
+def _stage(ctx: MessageContext, rt: Runtime) -> None:
+    fs = rt.filters
+    if isinstance(fs, FilterSet) and fs.filters:
+        run_filters(fs, ctx)
+
+
+register_prepare("filters", _stage, before="ignore")

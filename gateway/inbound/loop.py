@@ -1,0 +1,58 @@
+"""Loop detection: mail that must never get an auto-response.
+
+Signals: Precedence bulk/junk/list, X-Loop, X-No-Loop, Auto-Submitted auto-*
+(`no` is a human), List-Id, Mailing-List. A filter or trusted X-header
+`Loop = no` clears the flag, `Loop = yes` sets it. The result is ctx.loop,
+stored on the article for the outbound side.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.inbound import filters as _filters  # noqa: F401 - registers first: loop runs after
+from gateway.inbound.pipeline import register_prepare
+from gateway.model import MessageContext, Parsed
+from gateway.runtime import Runtime
+
+_PRECEDENCE = re.compile(r"\b(bulk|junk|list)\b", re.IGNORECASE)
+_FALSE = ("0", "no", "false", "off")
+_TRUE = ("1", "yes", "true", "on")
+
+
+def loop_signals(p: Parsed) -> list[str]:
+    """Why this message looks automated (empty when it does not)."""
+    found: list[str] = []
+    for name, value in p.headers:
+        lname = name.lower()
+        v = value.strip()
+        if lname == "precedence" and _PRECEDENCE.search(v):
+            found.append(f"Precedence: {v}")
+        elif lname in ("x-loop", "x-no-loop", "list-id", "mailing-list"):
+            found.append(f"{name}: {v}" if v else f"{name} present")
+        elif lname == "auto-submitted" and v.lower().startswith("auto-"):
+            found.append(f"Auto-Submitted: {v}")
+    return found
+
+
+def detect_loop(ctx: MessageContext, rt: Runtime) -> None:
+    p = ctx.parsed
+    if p is None:
+        return
+    signals = loop_signals(p)
+    if signals:
+        ctx.loop = True
+        ctx.trace.append("loop: " + "; ".join(signals))
+        ctx.log.log("Notice", "Loop", "loop signal: " + "; ".join(signals))
+    wanted = ctx.param("Loop").strip().lower()
+    if wanted in _FALSE and ctx.loop:
+        ctx.loop = False
+        ctx.trace.append("loop: cleared by X-Deskgate-Loop = no")
+        ctx.log.log("Notice", "Loop", "loop flag cleared by X-Deskgate-Loop")
+    elif wanted in _TRUE and not ctx.loop:
+        ctx.loop = True
+        ctx.trace.append("loop: set by X-Deskgate-Loop")
+        ctx.log.log("Notice", "Loop", "loop flag set by X-Deskgate-Loop")
+
+
+register_prepare("loop", detect_loop, before="ignore")
