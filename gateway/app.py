@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy import Engine
 
-from gateway import errors
+from gateway import errors, metrics, sdnotify
 from gateway.config import Config, load_config
 from gateway.errors import ConfigErrors, SmtpReply
 from gateway.inbound.pipeline import Pipeline
@@ -33,7 +34,7 @@ log = structlog.get_logger(__name__)
 # when imported. Each door/feature adds its module here.
 PLUGINS: tuple[str, ...] = (
     "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
-    "gateway.inbound.followup",
+    "gateway.inbound.followup", "gateway.web.auth",
 )
 
 
@@ -52,8 +53,20 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+def _dashboard(gw: Gateway) -> Service | None:
+    from gateway.web.server import factory
+
+    return factory(gw)
+
+
+def _commlog_purge(gw: Gateway) -> Service | None:
+    from gateway.commlog_purge import factory
+
+    return factory(gw)
+
+
 # Factories of the optional services: (app) → Service | None. Each door adds one.
-SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = []
+SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge]
 
 
 class Gateway:
@@ -68,6 +81,9 @@ class Gateway:
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pipeline")
         self.pipeline = Pipeline(lambda: self.runtime, self.writer, self.executor)
         self.services: list[Service] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
         self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
 
     # ---------------------------------------------------------------- setup
@@ -98,8 +114,30 @@ class Gateway:
         env = Envelope(mail_from=mail_from, recipients=tuple(r.lower() for r in rcpts),
                        raw=raw, source="LMTP", account=peer,
                        trusted=self.runtime.config.lmtp.trusted)
-        outcome = await self.pipeline.deliver(env)
+        t0 = time.perf_counter()
+        self.inflight += 1
+        try:
+            outcome = await self.pipeline.deliver(env)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0 and self._idle is not None:
+                self._idle.set()
+        metrics.PIPELINE_SECONDS.labels("lmtp").observe(time.perf_counter() - t0)
+        result = "tempfail" if outcome.replies and outcome.replies[0].temporary \
+            else outcome.action
+        metrics.MESSAGES.labels("lmtp", "in", result).inc()
         return outcome.replies
+
+    async def wait_idle(self, limit: float) -> bool:
+        """Wait until no message is in the pipeline (graceful stop); False after `limit` s."""
+        if self.inflight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), limit)
+        except TimeoutError:
+            return False
+        return True
 
     # ---------------------------------------------------------------- reload
 
@@ -111,10 +149,12 @@ class Gateway:
             rt = build_runtime(cfg)
         except ConfigErrors as exc:
             log.error("reload refused; keeping the running configuration", errors=str(exc))
+            metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(str(exc))
             return False
         except Exception as exc:  # noqa: BLE001 - a broken reload must not stop the gateway
             log.error("reload failed; keeping the running configuration", error=repr(exc))
+            metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(repr(exc))
             return False
         await self.writer.run(lambda conn: repo.sync_config(conn, cfg), isolated=True)
@@ -123,6 +163,7 @@ class Gateway:
             res = hook(cfg)
             if asyncio.iscoroutine(res):
                 await res
+        metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
         return True
 
@@ -148,6 +189,7 @@ class Gateway:
             max_recipients=cfg.lmtp.max_recipients, hostname=cfg.gateway.hostname,
             socket_mode=cfg.lmtp.socket_mode, socket_group=cfg.lmtp.socket_group,
             timeout=cfg.lmtp.timeout)
+        self.servers = list(servers)
         for factory in SERVICE_FACTORIES:
             svc = factory(self)
             if svc is not None:
@@ -158,6 +200,9 @@ class Gateway:
     async def stop(self, servers: Sequence[asyncio.AbstractServer]) -> None:
         for s in servers:
             s.close()
+        if not await self.wait_idle(60):
+            log.warning("messages still in flight after 60 s; stopping anyway (the MTA "
+                        "retries what got no reply)", inflight=self.inflight)
         for svc in reversed(self.services):
             with contextlib.suppress(Exception):
                 await svc.stop()
@@ -181,15 +226,25 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None) -> No
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+
+    async def reload() -> None:
+        sdnotify.reloading()
+        try:
+            await gw.reload()
+        finally:
+            sdnotify.notify("READY=1", "STATUS=serving")
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
     pidfile = config.state_dir / "run" / "deskgate.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(f"{__import__('os').getpid()}\n")
     log.info("deskgate serving", lmtp=list(config.lmtp.listen),
              services=[s.name for s in gw.services], database=_safe_url(config.database_url))
+    sdnotify.notify("READY=1", f"MAINPID={__import__('os').getpid()}", "STATUS=serving")
     if ready:
         ready()
     await stop.wait()
+    sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing messages in flight")
     log.info("stopping: no new connections, finishing messages in flight")
     await gw.stop(servers)
     with contextlib.suppress(FileNotFoundError):

@@ -34,6 +34,9 @@ max_message_size = "1MiB"
 [postmaster]
 default_queue = "Raw"
 
+[dashboard]
+listen = ""      # tests that want the dashboard set a free port
+
 [[queue]]
 name = "Raw"
 address = "helpdesk@example.org"

@@ -1,0 +1,1 @@
+"""Read-only dashboard, /metrics and /healthz, served by `deskgate serve`."""

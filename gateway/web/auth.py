@@ -1,0 +1,103 @@
+"""Who may see the dashboard: anyone on loopback, otherwise a token or a user.
+
+Without credentials in [dashboard] the dashboard may only listen on loopback
+(`deskgate check` refuses anything else). With credentials configured every page
+but /healthz requires them: `Authorization: Bearer <token>`, `?token=<token>`,
+or HTTP basic auth against [[dashboard.user]] password hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Callable, Mapping
+
+from gateway.config import Config, DashboardConfig, register_validator, split_listen
+from gateway.passwords import is_hash, verify_password
+
+
+def is_loopback(listen: str) -> bool:
+    host, _ = split_listen(listen)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def has_credentials(d: DashboardConfig) -> bool:
+    return bool(d.token) or bool(d.user)
+
+
+@register_validator
+def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+    d = cfg.dashboard
+    where = str(cfg.conf_dir)
+    if not d.listen:
+        return
+    try:
+        split_listen(d.listen)
+    except ValueError:
+        add(where, "dashboard.listen", f"{d.listen!r} is not HOST:PORT")
+        return
+    if d.listen.startswith("unix:") or ":" not in d.listen:
+        add(where, "dashboard.listen", f"{d.listen!r} is not HOST:PORT")
+        return
+    if not is_loopback(d.listen) and not has_credentials(d):
+        add(where, "dashboard.listen", f"{d.listen} is not a loopback address: set "
+            "token (token_file, token_env) or [[dashboard.user]] entries")
+    for i, u in enumerate(d.user):
+        if not is_hash(u.password_hash):
+            add(where, f"dashboard.user[{i}].password_hash",
+                "not a hash made by `deskgate passwd`")
+
+
+class Authenticator:
+    """Checks one request's credentials; remembers good basic-auth pairs (scrypt is slow)."""
+
+    def __init__(self) -> None:
+        self._good: set[tuple[str, str, bytes]] = set()
+
+    def check_token(self, d: DashboardConfig, headers: Mapping[str, str],
+                    query: Mapping[str, str]) -> bool | None:
+        """True/False when decided by the token; None when basic auth must decide."""
+        if not has_credentials(d):
+            return True
+        auth = headers.get("Authorization", "")
+        if d.token:
+            given = ""
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            elif "token" in query:
+                given = query["token"]
+            if given and hmac.compare_digest(given.encode(), str(d.token).encode()):
+                return True
+        if d.user and auth.lower().startswith("basic "):
+            return None
+        return False
+
+    def basic_pair(self, headers: Mapping[str, str]) -> tuple[str, str] | None:
+        auth = headers.get("Authorization", "")
+        try:
+            raw = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        name, sep, password = raw.partition(":")
+        return (name, password) if sep else None
+
+    def check_basic(self, d: DashboardConfig, name: str, password: str) -> bool:
+        """Blocking (scrypt): call off the event loop."""
+        key = hashlib.sha256(password.encode()).digest()
+        for u in d.user:
+            if u.name != name:
+                continue
+            if (u.name, u.password_hash, key) in self._good:
+                return True
+            if verify_password(password, u.password_hash):
+                self._good.add((u.name, u.password_hash, key))
+                return True
+        return False

@@ -1,0 +1,337 @@
+"""The dashboard: aiohttp on the gateway's own loop, server-rendered Jinja2 pages.
+
+Read-only. Every database read runs on a small thread pool of its own, never on
+the event loop. Pages: communication log (overview, list, detail), tickets (list,
+detail), outbound queue; plus /metrics (Prometheus) and /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
+
+import jinja2
+import structlog
+from aiohttp import web
+from sqlalchemy import Connection, MetaData, Table, inspect, select
+
+from gateway import commlog_views as views
+from gateway import metrics
+from gateway.cli.tickets import list_tickets, ticket_detail
+from gateway.config import parse_duration, split_listen
+from gateway.store.db import ping
+from gateway.web.auth import Authenticator
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+TEMPLATES = Path(__file__).parent / "templates"
+PAGE_SIZE = 50
+OUTBOUND_TABLES = ("outbound", "outbound_queue", "outqueue")
+OUTBOUND_COLUMNS = ("id", "queue", "state", "status", "sender", "recipients", "attempts",
+                    "next_attempt", "last_error", "created")
+PERIODS = (("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"),
+           ("31d", "last 31 days"))
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    value = views.utc(value)
+    assert value is not None
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return f"{(views.utc(end) - views.utc(start)).total_seconds():.3f} s"  # type: ignore[operator]
+
+
+def make_env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["t"] = _fmt_time
+    env.globals["duration"] = _fmt_duration
+    return env
+
+
+def _query_value(q: Any, key: str) -> str | None:
+    v = q.get(key, "")
+    return v.strip() or None
+
+
+class Dashboard:
+    """The `dashboard` service of `deskgate serve`."""
+
+    name = "dashboard"
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.listen = gw.config.dashboard.listen
+        self.env = make_env()
+        self.auth = Authenticator()
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard")
+        self.runner: web.AppRunner | None = None
+        self.bound: tuple[str, int] | None = None
+        self.app = self.build_app()
+
+    # ------------------------------------------------------------ plumbing
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth_mw, self._headers_mw])
+        app.add_routes([
+            web.get("/", self.index),
+            web.get("/log", self.log_overview),
+            web.get("/log/list", self.log_list),
+            web.get(r"/log/{id:\d+}", self.log_detail),
+            web.get("/tickets", self.tickets),
+            web.get("/tickets/{number}", self.ticket),
+            web.get("/outbound", self.outbound),
+            web.get("/metrics", self.metrics),
+            web.get("/healthz", self.healthz),
+        ])
+        return app
+
+    async def db(self, fn: Callable[[Connection], T]) -> T:
+        """Run a read on the dashboard's threads with a connection of its own."""
+        def job() -> T:
+            with self.gw.engine.connect() as conn:
+                return fn(conn)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, job)
+
+    @web.middleware
+    async def _auth_mw(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        d = self.gw.config.dashboard
+        ok = self.auth.check_token(d, request.headers, request.query)
+        if ok is None:
+            pair = self.auth.basic_pair(request.headers)
+            ok = pair is not None and await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.auth.check_basic, d, pair[0], pair[1])
+        if not ok:
+            return web.Response(status=401, text="authentication required\n",
+                                headers={"WWW-Authenticate": 'Basic realm="deskgate", '
+                                         'charset="UTF-8"'})
+        return await handler(request)
+
+    @web.middleware
+    async def _headers_mw(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+        resp = await handler(request)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("Content-Security-Policy",
+                                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'")
+        return resp
+
+    def render(self, request: web.Request, template: str, status: int = 200,
+               **ctx: Any) -> web.Response:
+        token = request.query.get("token", "")
+
+        def url(path: str, **params: Any) -> str:
+            """A link that keeps ?token= when the visitor came with one."""
+            p = {k: v for k, v in params.items() if v not in (None, "")}
+            if token:
+                p["token"] = token
+            return path + ("?" + urlencode(p) if p else "")
+
+        body = self.env.get_template(template).render(
+            url=url, token=token, hostname=self.gw.config.gateway.hostname, **ctx)
+        return web.Response(text=body, content_type="text/html", status=status)
+
+    def not_found(self, request: web.Request, what: str) -> web.Response:
+        return self.render(request, "error.html", status=404, title="Not found", message=what)
+
+    # ------------------------------------------------------------ pages
+
+    async def index(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(self._keep_token(request, "/log"))
+
+    def _keep_token(self, request: web.Request, path: str) -> str:
+        t = request.query.get("token")
+        return path + ("?" + urlencode({"token": t}) if t else "")
+
+    async def log_overview(self, request: web.Request) -> web.Response:
+        period_s = request.query.get("period", "24h")
+        try:
+            period = parse_duration(period_s)
+        except ValueError:
+            period_s, period = "24h", 86400.0
+
+        def read(conn: Connection) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+            return views.overview(conn, period=period), views.status_counts(conn, period=period)
+
+        data, counts = await self.db(read)
+        since = (datetime.now(UTC) - timedelta(seconds=period)).strftime("%Y-%m-%dT%H:%M:%S")
+        return self.render(request, "log_overview.html", title="Communication log",
+                           data=data, counts=counts, period=period_s, periods=PERIODS,
+                           since=since, statuses=views.STATUSES)
+
+    def _filter_from(self, q: Any) -> tuple[views.LogFilter, dict[str, str], str | None]:
+        params = {k: q.get(k, "").strip() for k in ("since", "until", "direction", "status",
+                                                     "account", "priority", "search", "sort")}
+        error = None
+
+        def when(v: str) -> datetime | None:
+            nonlocal error
+            if not v:
+                return None
+            try:
+                return datetime.now(UTC) - timedelta(seconds=parse_duration(v))
+            except ValueError:
+                pass
+            try:
+                dt = datetime.fromisoformat(v)
+            except ValueError:
+                error = f"{v!r} is neither a time nor a duration such as 24h"
+                return None
+            return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+        try:
+            page = max(1, int(q.get("page", "1") or 1))
+        except ValueError:
+            page = 1
+        f = views.LogFilter(
+            since=when(params["since"]), until=when(params["until"]),
+            direction=params["direction"] or None, status=params["status"] or None,
+            account=params["account"] or None, priority=params["priority"] or None,
+            search=params["search"] or None, sort=params["sort"] or "-start",
+            limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        try:
+            f.validate()
+        except ValueError as exc:
+            error = str(exc)
+            f = views.LogFilter(limit=PAGE_SIZE)
+        params["page"] = str(page)
+        return f, params, error
+
+    async def log_list(self, request: web.Request) -> web.Response:
+        f, params, error = self._filter_from(request.query)
+
+        def read(conn: Connection) -> tuple[list[dict[str, Any]], int, list[tuple[str, str]]]:
+            return (views.list_communications(conn, f), views.count_communications(conn, f),
+                    views.known_accounts(conn))
+
+        rows, total, accounts = await self.db(read)
+        pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
+        return self.render(request, "log_list.html", title="Communications", rows=rows,
+                           total=total, params=params, page=int(params["page"]), pages=pages,
+                           error=error, accounts=accounts, statuses=views.STATUSES,
+                           directions=views.DIRECTIONS, priorities=views.PRIORITIES,
+                           columns=views.SORT_COLUMNS[:-1], sort=f.sort)
+
+    async def log_detail(self, request: web.Request) -> web.Response:
+        comm_id = int(request.match_info["id"])
+        priority = _query_value(request.query, "priority")
+        if priority and priority not in views.PRIORITIES:
+            priority = None
+        data = await self.db(lambda c: views.get_communication(c, comm_id, priority=priority))
+        if data is None:
+            return self.not_found(request, f"There is no communication #{comm_id}.")
+        return self.render(request, "log_detail.html", title=f"Communication #{comm_id}",
+                           c=data, priority=priority or "", priorities=views.PRIORITIES)
+
+    async def tickets(self, request: web.Request) -> web.Response:
+        queue = _query_value(request.query, "queue")
+        state = _query_value(request.query, "state")
+        rows = await self.db(lambda c: list_tickets(c, queue=queue, state=state, limit=200))
+        return self.render(request, "tickets.html", title="Tickets", rows=rows,
+                           queue=queue or "", state=state or "",
+                           queues=[q.name for q in self.gw.config.queue])
+
+    async def ticket(self, request: web.Request) -> web.Response:
+        number = request.match_info["number"]
+        data = await self.db(lambda c: ticket_detail(c, number))
+        if data is None:
+            return self.not_found(request, f"There is no ticket {number}.")
+        return self.render(request, "ticket.html", title=f"Ticket {number}", t=data,
+                           hook=self.gw.config.gateway.ticket_hook)
+
+    async def outbound(self, request: web.Request) -> web.Response:
+        data = await self.db(read_outbound)
+        return self.render(request, "outbound.html", title="Outbound queue", data=data)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, ctype = await asyncio.get_running_loop().run_in_executor(
+            self.pool, metrics.render, self.gw.engine)
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        db_ok = await asyncio.get_running_loop().run_in_executor(self.pool, ping,
+                                                                 self.gw.engine)
+        servers = list(getattr(self.gw, "servers", []))
+        listeners = [bool(s.is_serving()) for s in servers]
+        ok = db_ok and bool(listeners) and all(listeners)
+        body = {"ok": ok, "database": db_ok, "listeners": len(listeners),
+                "listeners_serving": sum(listeners),
+                "services": [s.name for s in self.gw.services], "time": time.time()}
+        return web.Response(text=json.dumps(body) + "\n", content_type="application/json",
+                            status=200 if ok else 503)
+
+    # ------------------------------------------------------------ service
+
+    async def start(self) -> None:
+        host, port = split_listen(self.listen)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            # Mail flow matters more than the dashboard: log loudly and keep serving.
+            log.error("dashboard cannot listen; continuing without it", listen=self.listen,
+                      error=str(exc))
+            await self.runner.cleanup()
+            self.runner = None
+            return
+        server: Any = site._server
+        sockets = [s.getsockname() for s in (server.sockets if server else [])]
+        if sockets:
+            self.bound = (str(sockets[0][0]), int(sockets[0][1]))
+        log.info("dashboard listening", listen=self.listen)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        self.pool.shutdown(wait=False)
+
+
+def read_outbound(conn: Connection) -> dict[str, Any]:
+    """The outbound queue table when it exists (columns read by name), else unavailable."""
+    names = set(inspect(conn).get_table_names())
+    table_name = next((n for n in OUTBOUND_TABLES if n in names), None)
+    if table_name is None:
+        return {"available": False, "columns": [], "rows": []}
+    table = Table(table_name, MetaData(), autoload_with=conn)
+    cols = [c for c in OUTBOUND_COLUMNS if c in table.c]
+    q = select(*[table.c[c] for c in cols])
+    if "id" in table.c:
+        q = q.order_by(table.c["id"].desc())
+    rows = [dict(zip(cols, r, strict=True)) for r in conn.execute(q.limit(500)).all()]
+    return {"available": True, "table": table_name, "columns": cols, "rows": rows}
+
+
+def factory(gw: Gateway) -> Dashboard | None:
+    """SERVICE_FACTORIES entry: the dashboard unless [dashboard] listen is empty."""
+    if not gw.config.dashboard.listen:
+        return None
+    return Dashboard(gw)

@@ -1,0 +1,151 @@
+"""The dashboard over HTTP: pages, escaping, access control, /metrics, /healthz."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.passwords import hash_password
+from tests.integration.ops.conftest import message
+
+
+class TestPages:
+    def test_pages_show_log_and_tickets(self, dashboard):
+        """Overview, list, detail, tickets and ticket pages render what LMTP stored."""
+        d = dashboard()
+        assert d.deliver(message(1)) == [250]
+        status, headers, body = d.get("/log")
+        assert status == 200 and "text/html" in headers["Content-Type"]
+        assert 'id="failed"' in body and "Processing now" in body
+        status, _, body = d.get("/log/list")
+        assert status == 200 and "1 communication<" in body and "LMTP" in body
+        with d.rg.gateway.engine.connect() as conn:
+            from sqlalchemy import select
+
+            from gateway.store.tables import Communication, Ticket
+            cid = conn.execute(select(Communication.id)).scalar_one()
+            number = conn.execute(select(Ticket.number)).scalar_one()
+        status, _, body = d.get(f"/log/{cid}")
+        assert status == 200 and "Envelope" in body and "from &lt;a@customer.test&gt;" in body
+        assert f"/tickets/{number}" in body
+        status, _, body = d.get("/tickets")
+        assert status == 200 and number in body and "Printer broken 1" in body
+        status, _, body = d.get(f"/tickets/{number}")
+        assert status == 200 and "Hello, message 1." in body and "Crypto" in body
+        assert d.get("/log/99999")[0] == 404
+        assert d.get("/tickets/nope")[0] == 404
+
+    def test_html_is_escaped(self, dashboard):
+        """Subjects and bodies with markup are shown as text, never as HTML."""
+        d = dashboard()
+        assert d.deliver(message(2, subject="<script>alert(1)</script>")) == [250]
+        _, _, body = d.get("/tickets")
+        assert "<script>alert(1)</script>" not in body
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+
+    def test_outbound_page_without_queue(self, dashboard):
+        """Without an outbound queue table the page says the queue is not available."""
+        d = dashboard()
+        status, _, body = d.get("/outbound")
+        assert status == 200 and "outbound queue not available" in body
+
+    def test_list_filters_and_bad_input(self, dashboard):
+        """Filters narrow the list; an invalid filter shows an error instead of failing."""
+        d = dashboard("[lmtp]\ntrusted = true\n")
+        d.deliver(message(3), mail_from="cust3@customer.test")
+        d.deliver(message(5, extra="X-OTOBO-Queue: Nowhere\r\n"))
+        _, _, body = d.get("/log/list")
+        assert "2 communications" in body
+        _, _, body = d.get("/log/list?priority=Error")
+        assert "1 communication<" in body
+        _, _, body = d.get("/log/list?search=cust3%40customer")
+        assert "1 communication<" in body
+        _, _, body = d.get("/log/list?search=nothing-like-this")
+        assert "0 communications" in body
+        status, _, body = d.get("/log/list?sort=nonsense")
+        assert status == 200 and 'id="filter-error"' in body
+        status, _, body = d.get("/log/list?since=yesterday-ish")
+        assert status == 200 and "neither a time nor a duration" in body
+
+
+class TestAccess:
+    def test_token_required_when_configured(self, dashboard):
+        """With a token every page but /healthz needs Bearer or ?token=."""
+        d = dashboard('token = "s3cret-token"\n')
+        status, headers, _ = d.get("/log")
+        assert status == 401 and "Basic" in headers["WWW-Authenticate"]
+        assert d.get("/log", {"Authorization": "Bearer wrong"})[0] == 401
+        assert d.get("/log", {"Authorization": "Bearer s3cret-token"})[0] == 200
+        status, _, body = d.get("/log/list?token=s3cret-token")
+        assert status == 200 and "token=s3cret-token" in body     # links keep the token
+        assert d.get("/metrics")[0] == 401
+        assert d.get("/healthz")[0] == 200
+
+    def test_basic_auth_users(self, dashboard):
+        """[[dashboard.user]] with a `deskgate passwd` hash logs in by basic auth."""
+        h = hash_password("correct horse", ln=10)
+        d = dashboard(f'[[dashboard.user]]\nname = "ops"\npassword_hash = "{h}"\n')
+
+        def basic(user, pw):
+            return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode())
+                    .decode()}
+        assert d.get("/log")[0] == 401
+        assert d.get("/log", basic("ops", "wrong"))[0] == 401
+        assert d.get("/log", basic("other", "correct horse"))[0] == 401
+        assert d.get("/log", basic("ops", "correct horse"))[0] == 200
+        assert d.get("/log", basic("ops", "correct horse"))[0] == 200
+
+    def test_security_headers(self, dashboard):
+        """Pages forbid framing and sniffing and allow no scripts."""
+        d = dashboard()
+        _, headers, _ = d.get("/log")
+        assert headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+
+class TestMetricsAndHealth:
+    def test_metrics_parse_and_count_lmtp(self, dashboard):
+        """/metrics parses with prometheus_client and counts LMTP messages and latency."""
+        d = dashboard()
+
+        def value(body, name, **labels):
+            for fam in text_string_to_metric_families(body):
+                for s in fam.samples:
+                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                        return s.value
+            return 0.0
+        before = d.get("/metrics")[2]
+        n0 = value(before, "deskgate_messages_total", door="lmtp", direction="in", result="new")
+        c0 = value(before, "deskgate_pipeline_seconds_count", door="lmtp")
+        d.deliver(message(4))
+        d.deliver(message(4))                 # a redelivery: duplicate
+        status, headers, body = d.get("/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        names = {f.name for f in text_string_to_metric_families(body)}
+        assert {"deskgate_messages", "deskgate_pipeline_seconds",
+                "deskgate_outbound_queue_depth", "deskgate_poller_errors",
+                "deskgate_filter_timeouts"} <= names
+        assert value(body, "deskgate_messages_total", door="lmtp", direction="in",
+                     result="new") == n0 + 1
+        assert value(body, "deskgate_messages_total", door="lmtp", direction="in",
+                     result="duplicate") >= 1
+        assert value(body, "deskgate_pipeline_seconds_count", door="lmtp") == c0 + 2
+
+    def test_healthz(self, dashboard):
+        """/healthz answers 200 with the database and listeners up, 503 when a listener is down."""
+        d = dashboard()
+        status, _, body = d.get("/healthz")
+        data = json.loads(body)
+        assert status == 200 and data["ok"] and data["database"]
+        assert data["listeners"] == data["listeners_serving"] == 2
+        srv = d.rg.gateway.servers[1]
+        d.rg.loop.call_soon_threadsafe(srv.close)
+        import time
+        for _ in range(50):
+            if not srv.is_serving():
+                break
+            time.sleep(0.05)
+        status, _, body = d.get("/healthz")
+        assert status == 503 and json.loads(body)["listeners_serving"] == 1
