@@ -52,9 +52,3 @@ def dashboard(make_confdir: Callable[..., Any], run_gateway: Callable[..., Runni
         return Dash(rg, f"http://127.0.0.1:{port}")
 
     return start
-
-
-def message(n: int, subject: str = "Printer broken", extra: str = "") -> bytes:
-    return (f"From: Customer <cust{n}@customer.test>\r\nTo: support@example.org\r\n"
-            f"Subject: {subject} {n}\r\nMessage-ID: <m{n}@customer.test>\r\n{extra}"
-            f"\r\nHello, message {n}.\r\n").encode()

@@ -4,17 +4,15 @@ write communications with chosen times through the real commlog API."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from gateway.commlog import Comm, CommObj, Entry, write_comm
+from gateway.commlog import Comm, CommObj, write_comm
 from gateway.store.db import make_engine, migrate
-
-NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+from tests.unit.ops.ops_logdata import NOW
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -28,17 +26,6 @@ def log_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engin
     migrate(engine)
     yield engine
     engine.dispose()
-
-
-def obj(type_: str, status: str, *entries: tuple[str, str, str], start: datetime = NOW,
-        seconds: float = 1.0, article_id: int | None = None) -> CommObj:
-    o = CommObj(type_, start=start)  # type: ignore[arg-type]
-    for prio, key, value in entries:
-        o.entries.append(Entry(prio, key, value, time=start))  # type: ignore[arg-type]
-    o.article_id = article_id
-    if status != "Processing":
-        o.status, o.end = status, start + timedelta(seconds=seconds)  # type: ignore[assignment]
-    return o
 
 
 @pytest.fixture
@@ -59,7 +46,3 @@ def add_comm(log_engine: Engine) -> Callable[..., int]:
             return write_comm(conn, comm)
 
     return add
-
-
-def ago(**kw: Any) -> datetime:
-    return NOW - timedelta(**kw)

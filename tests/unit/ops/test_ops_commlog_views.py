@@ -11,7 +11,7 @@ from sqlalchemy import select
 from gateway import commlog_views as views
 from gateway.commlog import Comm
 from gateway.store.tables import Communication
-from tests.unit.ops.conftest import NOW, ago, obj
+from tests.unit.ops.ops_logdata import NOW, ago, obj
 
 
 def ids(engine, **kw):

@@ -8,7 +8,7 @@ import json
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.passwords import hash_password
-from tests.integration.ops.conftest import message
+from tests.integration.ops.ops_web import message
 
 
 class TestPages:
