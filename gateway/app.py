@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 PLUGINS: tuple[str, ...] = (
     "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
     "gateway.inbound.followup", "gateway.web.auth",
+    "gateway.crypto.inbound",
 )
 
 

@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     sp.add_argument("number")
     add_json(sp)
     sp.set_defaults(func=cmd_show)
+    from gateway.cli.keys import register_redecrypt
+
+    register_redecrypt(tsub)
 
 
 def ticket_summary(t: Any) -> dict[str, Any]:

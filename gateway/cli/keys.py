@@ -1,0 +1,156 @@
+"""keys smime|pgp import|list|remove; tickets redecrypt N (registered by tickets)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import EX_DATAERR, EX_OK, add_json, load, print_json, print_table
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("keys", help="S/MIME certificates and PGP keys")
+    ksub = p.add_subparsers(dest="keys_kind", metavar="KIND")
+    ksub.required = True
+    for kind in ("smime", "pgp"):
+        kp = ksub.add_parser(kind, help=f"{'S/MIME' if kind == 'smime' else 'PGP'} key store")
+        asub = kp.add_subparsers(dest="keys_action", metavar="ACTION")
+        asub.required = True
+        ip = asub.add_parser("import", help="import a certificate/key (PEM, DER or PKCS#12)"
+                             if kind == "smime" else "import public or secret keys")
+        if kind == "smime":
+            ip.add_argument("cert", type=Path, metavar="CERT")
+            ip.add_argument("--key", type=Path, help="private key file (PEM or DER)")
+        else:
+            ip.add_argument("file", type=Path, metavar="FILE")
+        ip.add_argument("--passphrase-file", type=Path,
+                        help="file whose first line is the key's passphrase")
+        add_json(ip)
+        ip.set_defaults(func=cmd_import, kind=kind)
+        lp = asub.add_parser("list", help="list keys")
+        add_json(lp)
+        lp.set_defaults(func=cmd_list, kind=kind)
+        rp = asub.add_parser("remove", help="remove by address or fingerprint")
+        rp.add_argument("id", metavar="ID")
+        add_json(rp)
+        rp.set_defaults(func=cmd_remove, kind=kind)
+
+
+def register_redecrypt(tsub: Any) -> None:
+    """Called by gateway.cli.tickets to add `tickets redecrypt N`."""
+    rp = tsub.add_parser("redecrypt", help="decrypt/verify the articles of a ticket again "
+                                           "(after importing a key)")
+    rp.add_argument("number")
+    add_json(rp)
+    rp.set_defaults(func=cmd_redecrypt)
+
+
+def _stores(args: argparse.Namespace) -> Any:
+    from gateway.crypto.keystore import stores_for
+
+    return stores_for(load(args))
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    from gateway.crypto.keystore import read_passphrase
+
+    if args.passphrase_file is None:
+        return None
+    return read_passphrase(args.passphrase_file)
+
+
+def _row(d: dict[str, Any]) -> list[Any]:
+    flags = [f for f in ("expired", "revoked") if d.get(f)]
+    if d.get("key_problem"):
+        flags.append("key-unusable")
+    return [", ".join(d["addresses"]), d["fingerprint"], (d.get("expires") or "never")[:10],
+            "yes" if d["private_key"] else "no", ",".join(flags)]
+
+
+HEAD = ["ADDRESSES", "FINGERPRINT", "EXPIRES", "PRIVATE", "FLAGS"]
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from gateway.crypto.keystore import KeyStoreError
+
+    stores = _stores(args)
+    try:
+        pw = _passphrase(args)
+        if args.kind == "smime":
+            entries = [stores.smime.import_(args.cert, args.key, pw)]
+        else:
+            entries = stores.pgp.import_(args.file.read_bytes(),
+                                         pw.decode("utf-8") if pw else None)
+    except (KeyStoreError, OSError) as exc:
+        print(f"keys {args.kind} import: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    rows = [e.as_dict() for e in entries]
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([_row(d) for d in rows], HEAD)
+    for d in rows:
+        if d["expired"]:
+            print(f"warning: {d['fingerprint']} has expired ({d['expires']}); it will not be "
+                  "used to encrypt", file=sys.stderr)
+    return EX_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    stores = _stores(args)
+    entries = stores.smime.entries() if args.kind == "smime" else stores.pgp.all_keys()
+    rows = [e.as_dict() for e in entries]
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([_row(d) for d in rows], HEAD)
+    return EX_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    stores = _stores(args)
+    store = stores.smime if args.kind == "smime" else stores.pgp
+    removed = [e.as_dict() for e in store.remove(args.id)]
+    if not removed:
+        print(f"keys {args.kind} remove: nothing matches {args.id!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(removed)
+    else:
+        for d in removed:
+            print(f"removed {d['fingerprint']} ({', '.join(d['addresses'])})")
+    return EX_OK
+
+
+def cmd_redecrypt(args: argparse.Namespace) -> int:
+    from gateway.app import load_plugins
+    from gateway.crypto.redecrypt import redecrypt_ticket
+    from gateway.runtime import build_runtime
+    from gateway.store.db import make_engine
+
+    cfg = load(args)
+    load_plugins()
+    rt = build_runtime(cfg)
+    engine = make_engine(cfg.database_url)
+    try:
+        with engine.begin() as conn:
+            results = redecrypt_ticket(conn, rt, args.number)
+    finally:
+        engine.dispose()
+    if results is None:
+        print(f"tickets redecrypt: no ticket {args.number}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json([{"article_id": r.article_id, "crypto": r.crypto, "changed": r.changed,
+                     "attachments": r.attachments} for r in results])
+    else:
+        if not results:
+            print("no encrypted or signed article in this ticket")
+        for r in results:
+            c = r.crypto
+            print(f"article {r.article_id}: decrypted={c['decrypted']} "
+                  f"signature_valid={c['signature_valid']} signer={c['signer'] or '-'}"
+                  + (f" error: {c['error']}" if c["error"] else ""))
+    return EX_OK

@@ -1,0 +1,308 @@
+"""The inbound "decrypt" prepare stage (runs on a worker thread, before "trust").
+
+Layers are peeled from the outside in, at most MAX_LAYERS deep: S/MIME
+enveloped-data, S/MIME signed (multipart/signed detached or opaque
+signed-data), PGP/MIME encrypted and signed (RFC 3156); then inline PGP in the
+text body. The bodies and attachments are re-extracted from the innermost MIME
+entity. Nothing here raises: a failure is recorded in ctx.crypto.error with a
+Warn in the communication log, and the message goes on as received.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.policy import compat32
+
+import structlog
+
+from gateway.crypto import pgp, smime
+from gateway.crypto.keystore import CryptoStores, SmimeEntry, stores_for
+from gateway.inbound.parse import addresses, decode_bytes, extract_bodies
+from gateway.inbound.pipeline import register_prepare
+from gateway.model import Crypto, MessageContext
+from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+MAX_LAYERS = 4
+SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+SMIME_SIG = ("application/pkcs7-signature", "application/x-pkcs7-signature")
+PGP_BEGIN_MSG = "-----BEGIN PGP MESSAGE-----"
+PGP_END_MSG = "-----END PGP MESSAGE-----"
+PGP_BEGIN_SIGNED = "-----BEGIN PGP SIGNED MESSAGE-----"
+PGP_END_SIG = "-----END PGP SIGNATURE-----"
+
+
+def canonical(data: bytes) -> bytes:
+    """CRLF line endings everywhere (the form signatures are computed over)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def first_part_bytes(raw: bytes, boundary: str) -> bytes | None:
+    """The exact bytes of the first body part of the multipart with this boundary.
+
+    Boundaries are unique within a message, so this finds the part at any depth
+    without re-serialising it (re-serialising would change what was signed).
+    """
+    b = re.escape(boundary.encode("utf-8", "surrogateescape"))
+    m = re.search(rb"(?:^|\n)--" + b + rb"[ \t]*\r?\n", raw)
+    if not m:
+        return None
+    start = m.end()
+    end = re.search(rb"\r?\n--" + b, raw[start:])
+    if not end:
+        return None
+    return raw[start:start + end.start()]
+
+
+def _payload(part: Message | str) -> bytes:
+    if isinstance(part, str):
+        return part.encode("utf-8", "surrogateescape")
+    data = part.get_payload(decode=True)
+    if isinstance(data, bytes):
+        return data
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+
+
+@dataclass
+class Unwrapped:
+    """The outcome of peeling the layers of one message."""
+
+    crypto: Crypto = field(default_factory=Crypto)
+    inner: Message | None = None          # innermost entity when it differs from the message
+    notes: list[str] = field(default_factory=list)
+
+
+class _Peeler:
+    def __init__(self, stores: CryptoStores, candidates: list[str], from_email: str) -> None:
+        self.stores = stores
+        self.candidates = candidates      # system addresses first, then other recipients
+        self.from_email = from_email
+        self.out = Unwrapped()
+
+    # ------------------------------------------------------------ results
+
+    def _fail(self, text: str) -> None:
+        c = self.out.crypto
+        c.error = f"{c.error}; {text}" if c.error else text
+
+    def _signature(self, method: str, valid: bool, signers: list[str], error: str) -> None:
+        c = self.out.crypto
+        c.signed = True
+        c.method = c.method or method
+        c.signer = self.from_email if self.from_email in signers else (signers[0] if signers
+                                                                       else "")
+        if valid and signers and self.from_email not in signers:
+            c.signature_valid = False
+            self._fail(f"signature valid, signer mismatch (signed by {', '.join(signers)}, "
+                       f"From is {self.from_email or 'empty'})")
+        elif valid:
+            c.signature_valid = True
+        else:
+            c.signature_valid = False
+            self._fail(f"signature invalid: {error}" if error else "signature invalid")
+        self.out.notes.append(f"{method} signature: "
+                              + ("valid" if c.signature_valid else "not valid")
+                              + (f" (signer {c.signer})" if c.signer else ""))
+
+    # ------------------------------------------------------------ layers
+
+    def peel(self, raw: bytes, msg: Message) -> None:
+        top = msg
+        for _ in range(MAX_LAYERS):
+            step = self._step(raw, msg)
+            if step is None:
+                break
+            raw, msg = step
+        if msg is not top:
+            self.out.inner = msg
+
+    def _step(self, raw: bytes, msg: Message) -> tuple[bytes, Message] | None:
+        ctype = msg.get_content_type()
+        if ctype in SMIME_TYPES or (ctype == "application/octet-stream"
+                                    and (msg.get_filename() or "").lower().endswith(".p7m")):
+            return self._smime_mime(msg)
+        if ctype == "multipart/signed":
+            return self._multipart_signed(raw, msg)
+        if ctype == "multipart/encrypted" and \
+                str(msg.get_param("protocol") or "").lower() == "application/pgp-encrypted":
+            return self._pgp_encrypted(msg)
+        return None
+
+    def _smime_mime(self, msg: Message) -> tuple[bytes, Message] | None:
+        kind = str(msg.get_param("smime-type") or "").lower()
+        der = _payload(msg)
+        c = self.out.crypto
+        if kind in ("signed-data", "signeddata"):
+            v = smime.verify(der, None, self.stores.smime.ca_file)
+            self._signature("smime", v.valid, v.signers, v.error)
+            return _parsed(v.content) if v.content else None
+        if kind not in ("enveloped-data", "envelopeddata", "authenveloped-data", ""):
+            return None   # compressed-data, certs-only: left as they are
+        c.encrypted, c.method = True, c.method or "smime"
+        entries = self._smime_keys()
+        try:
+            inner = smime.decrypt(der, entries)
+        except smime.SmimeError as exc:
+            self._fail(f"S/MIME: {exc}")
+            return None
+        c.decrypted = True
+        self.out.notes.append("S/MIME decrypted")
+        return _parsed(inner)
+
+    def _smime_keys(self) -> list[SmimeEntry]:
+        seen: set[str] = set()
+        out: list[SmimeEntry] = []
+        for addr in self.candidates:
+            for e in self.stores.smime.find(addr, private=True):
+                if e.fingerprint not in seen:
+                    seen.add(e.fingerprint)
+                    out.append(e)
+        return out
+
+    def _multipart_signed(self, raw: bytes, msg: Message) -> tuple[bytes, Message] | None:
+        protocol = str(msg.get_param("protocol") or "").lower()
+        parts = msg.get_payload()
+        if not isinstance(parts, list) or len(parts) != 2:
+            self._fail("multipart/signed without exactly two parts")
+            return None
+        boundary = msg.get_boundary()
+        content = first_part_bytes(raw, boundary) if boundary else None
+        if content is None:
+            self._fail("multipart/signed: signed part not found")
+            return None
+        content = canonical(content)
+        sig = _payload(parts[1])
+        if protocol in SMIME_SIG:
+            v = smime.verify(sig, content, self.stores.smime.ca_file)
+            self._signature("smime", v.valid, v.signers, v.error)
+        elif protocol == "application/pgp-signature":
+            if not self.stores.pgp.available():
+                self._signature("pgp", False, [], "no GnuPG key store")
+            else:
+                pv = pgp.verify_detached(self.stores.pgp, content, sig)
+                self._signature("pgp", pv.valid, pv.signers, pv.error)
+        else:
+            return None
+        inner = parts[0]
+        return (content, inner) if isinstance(inner, Message) else None
+
+    def _pgp_encrypted(self, msg: Message) -> tuple[bytes, Message] | None:
+        c = self.out.crypto
+        c.encrypted, c.method = True, c.method or "pgp"
+        parts = msg.get_payload()
+        if not isinstance(parts, list) or len(parts) < 2:
+            self._fail("PGP/MIME: multipart/encrypted without the encrypted part")
+            return None
+        try:
+            inner, v = pgp.decrypt(self.stores.pgp, _payload(parts[1]), self.candidates)
+        except pgp.PgpError as exc:
+            self._fail(f"PGP: {exc}")
+            return None
+        c.decrypted = True
+        self.out.notes.append("PGP/MIME decrypted")
+        if v.signed:
+            self._signature("pgp", v.valid, v.signers, v.error)
+        return _parsed(inner)
+
+    # ------------------------------------------------------------ inline
+
+    def inline(self, body: str) -> str | None:
+        """Inline PGP in the text body: the new body text, or None when there is none."""
+        if PGP_BEGIN_MSG in body:
+            start = body.index(PGP_BEGIN_MSG)
+            end = body.find(PGP_END_MSG, start)
+            if end < 0:
+                return None
+            end += len(PGP_END_MSG)
+            c = self.out.crypto
+            c.encrypted, c.method = True, c.method or "pgp"
+            try:
+                plain, v = pgp.decrypt(self.stores.pgp, body[start:end].encode("utf-8"),
+                                       self.candidates)
+            except pgp.PgpError as exc:
+                self._fail(f"PGP: {exc}")
+                return None
+            c.decrypted = True
+            self.out.notes.append("inline PGP decrypted")
+            if v.signed:
+                self._signature("pgp", v.valid, v.signers, v.error)
+            text = decode_bytes(plain, "utf-8")
+            if PGP_BEGIN_SIGNED in text:
+                text = self.inline(text) or text
+            return body[:start] + text + body[end:]
+        if PGP_BEGIN_SIGNED in body and PGP_END_SIG in body:
+            start = body.index(PGP_BEGIN_SIGNED)
+            end = body.index(PGP_END_SIG, start) + len(PGP_END_SIG)
+            block = body[start:end]
+            if not self.stores.pgp.available():
+                self._signature("pgp", False, [], "no GnuPG key store")
+            else:
+                pv = pgp.verify_clearsigned(self.stores.pgp, block.encode("utf-8"))
+                self._signature("pgp", pv.valid, pv.signers, pv.error)
+            return body[:start] + pgp.clearsigned_text(block) + body[end:]
+        return None
+
+
+def _parsed(data: bytes) -> tuple[bytes, Message]:
+    data = canonical(data)
+    return data, email.message_from_bytes(data, policy=compat32)
+
+
+def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
+    """Decrypt and verify; fill ctx.crypto; re-extract bodies from the inner MIME."""
+    p = ctx.parsed
+    if p is None or not _may_have_crypto(p.msg, p.body):
+        return
+    stores: CryptoStores = rt.crypto if isinstance(rt.crypto, CryptoStores) \
+        else stores_for(rt.config)
+    cfg = rt.config
+    rcpts = list(ctx.envelope.recipients) + addresses(p.to_addr) + addresses(p.cc_addr)
+    system = [a for a in dict.fromkeys(r for r in rcpts if r) if cfg.address_by_email(a)]
+    others = [a for a in dict.fromkeys(r for r in rcpts if r) if a not in system]
+    peeler = _Peeler(stores, system + others, p.from_email)
+    outer_attachments = list(p.attachments)
+    try:
+        peeler.peel(canonical(ctx.envelope.raw), p.msg)
+        if peeler.out.inner is not None:
+            extract_bodies(peeler.out.inner, p)
+        new_body = peeler.inline(p.body) if ("-----BEGIN PGP" in p.body) else None
+        if new_body is not None:
+            p.body = new_body
+    except Exception as exc:  # crypto trouble must never lose the message
+        log.warning("decrypt stage failed", error=repr(exc), message_id=p.message_id)
+        peeler._fail(f"{type(exc).__name__}: {exc}")
+    c = peeler.out.crypto
+    ctx.crypto = c
+    if not (c.encrypted or c.signed):
+        return
+    if c.decrypted:
+        ctx.params["BodyDecrypted"] = p.body
+        if not stores.store_decrypted_body:
+            # Keep only the encrypted form in the article; filters still see the text.
+            p.attachments = outer_attachments
+    summary = ", ".join(peeler.out.notes) or "nothing decrypted or verified"
+    ctx.log.log("Info", "Crypto", f"{c.method or 'crypto'}: {summary}")
+    if c.error:
+        ctx.log.log("Warn", "Crypto", c.error)
+    ctx.trace.append(f"crypto: {summary}" + (f"; {c.error}" if c.error else ""))
+
+
+def _may_have_crypto(msg: Message, body: str) -> bool:
+    """Cheap check so plain mail pays nothing."""
+    for part in msg.walk():
+        ct = part.get_content_type()
+        if ct in SMIME_TYPES or ct in ("multipart/signed", "multipart/encrypted") or (
+                ct == "application/octet-stream"
+                and (part.get_filename() or "").lower().endswith(".p7m")):
+            return True
+        if part is not msg and not part.is_multipart():
+            break    # only the top-level structure decides; deep parts are attachments
+    return "-----BEGIN PGP" in body
+
+
+register_prepare("decrypt", decrypt_stage, before="trust")

@@ -1,0 +1,536 @@
+"""Key stores from [crypto]: S/MIME certificates and keys in smime_dir, CA trust
+store smime_ca_file, and a GnuPG home for PGP.
+
+S/MIME files: `<address>.pem` (certificate, optionally followed by its chain),
+`<address>.key` (private key, PEM, optionally encrypted) and
+`<address>.passphrase` (the key's passphrase). Key and passphrase files must
+not be readable by group or others. PGP keys live in the GnuPG home; the
+passphrase of a secret key is kept in `<gnupg_home>/deskgate-passphrases/<FPR>`.
+PGP keys are trusted as imported (gpg runs with `--trust-model always`).
+
+Listings are cached and re-read when the directory changes, so a key imported
+with the CLI is used by a running gateway without a reload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from gateway.config import Config, register_validator
+from gateway.runtime import register_builder
+
+
+class KeyStoreError(Exception):
+    """A key store problem with a message meant for the operator."""
+
+
+# ---------------------------------------------------------------- files
+
+
+def check_private(path: Path) -> None:
+    """Refuse a private key or passphrase file that group or others may read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeyStoreError(f"{path}: cannot read: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyStoreError(f"{path}: private key material is readable by group/others "
+                            f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it")
+
+
+def read_passphrase(path: Path) -> bytes:
+    """A passphrase file's first line (without its line break); checked for permissions."""
+    check_private(path)
+    data = path.read_bytes()
+    return data.splitlines()[0] if data.strip() else b""
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file readable only by its owner (created 0600, never wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
+
+
+def _mtime(*paths: Path) -> tuple[float, ...]:
+    out = []
+    for p in paths:
+        try:
+            out.append(p.stat().st_mtime_ns)
+        except OSError:
+            out.append(-1)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- S/MIME
+
+
+def cert_addresses(cert: x509.Certificate) -> list[str]:
+    """E-mail addresses of a certificate: rfc822Name SANs, then subject emailAddress."""
+    out: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        out += [str(v).lower() for v in san.value.get_values_for_type(x509.RFC822Name)]
+    except x509.ExtensionNotFound:
+        pass
+    for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        value = attr.value if isinstance(attr.value, str) else attr.value.decode()
+        if value.lower() not in out:
+            out.append(value.lower())
+    return out
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex().upper()
+
+
+def load_certs(data: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data) if b"CERTIFICATE-----" in data else []
+    return [x509.load_der_x509_certificate(data)]
+
+
+@dataclass(frozen=True)
+class SmimeEntry:
+    """One certificate of the S/MIME store, with its private key when there is one."""
+
+    path: Path
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    addresses: tuple[str, ...]
+    key_path: Path | None
+    passphrase_path: Path | None
+    problem: str = ""              # why the private key cannot be used
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert)
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.cert.not_valid_after_utc
+
+    @property
+    def expired(self) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        return not (self.cert.not_valid_before_utc <= now <= self.cert.not_valid_after_utc)
+
+    def private_key(self) -> Any:
+        """The private key object; KeyStoreError with the reason when unusable."""
+        if self.key_path is None:
+            raise KeyStoreError(f"no private key for {', '.join(self.addresses)}")
+        if self.problem:
+            raise KeyStoreError(self.problem)
+        return _load_key_file(self.key_path, self.passphrase_path)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.addresses[0] if self.addresses else self.fingerprint,
+                "addresses": list(self.addresses), "fingerprint": self.fingerprint,
+                "subject": self.cert.subject.rfc4514_string(),
+                "issuer": self.cert.issuer.rfc4514_string(),
+                "expires": self.not_after.isoformat(), "private_key": self.key_path is not None,
+                "key_problem": self.problem, "expired": self.expired,
+                # Revocation (CRL/OCSP) is not checked: the admin removes revoked certificates.
+                "revoked": False, "file": str(self.path)}
+
+
+def _load_key_file(path: Path, passphrase_path: Path | None) -> Any:
+    check_private(path)
+    password = read_passphrase(passphrase_path) if passphrase_path else None
+    return load_private_key(path.read_bytes(), password, str(path))
+
+
+def load_private_key(data: bytes, password: bytes | None, name: str) -> Any:
+    """PEM or DER private key; clear errors for a missing or wrong passphrase."""
+    loader = serialization.load_pem_private_key if b"-----BEGIN" in data \
+        else serialization.load_der_private_key
+    try:
+        return loader(data, password or None)
+    except TypeError as exc:
+        if "encrypted" in str(exc).lower() and not password:
+            raise KeyStoreError(f"{name}: the private key is encrypted; give its passphrase "
+                                "(--passphrase-file)") from None
+        raise KeyStoreError(f"{name}: {exc}") from None
+    except ValueError as exc:
+        if password:
+            raise KeyStoreError(f"{name}: wrong passphrase, or not a private key") from None
+        raise KeyStoreError(f"{name}: not a readable private key ({exc})") from None
+
+
+class SmimeStore:
+    """Certificates and keys in smime_dir plus the CA trust store."""
+
+    def __init__(self, directory: Path, ca_file: Path) -> None:
+        self.dir = directory
+        self.ca_file = ca_file
+        self._lock = threading.Lock()
+        self._cache: tuple[tuple[float, ...], list[SmimeEntry]] | None = None
+
+    def entries(self) -> list[SmimeEntry]:
+        stamp = _mtime(self.dir, *sorted(self.dir.glob("*"))) if self.dir.is_dir() else (-1,)
+        with self._lock:
+            if self._cache is None or self._cache[0] != stamp:
+                self._cache = (stamp, self._scan())
+            return self._cache[1]
+
+    def _scan(self) -> list[SmimeEntry]:
+        out: list[SmimeEntry] = []
+        if not self.dir.is_dir():
+            return out
+        ca = self.ca_file.resolve() if self.ca_file.exists() else None
+        for pem in sorted(self.dir.glob("*.pem")):
+            if ca is not None and pem.resolve() == ca:
+                continue
+            try:
+                certs = load_certs(pem.read_bytes())
+            except (ValueError, OSError):
+                continue
+            if not certs or is_ca(certs[0]):
+                continue
+            key = pem.with_suffix(".key")
+            pp = pem.with_suffix(".passphrase")
+            problem = ""
+            if key.exists():
+                try:
+                    check_private(key)
+                    if pp.exists():
+                        check_private(pp)
+                except KeyStoreError as exc:
+                    problem = str(exc)
+            out.append(SmimeEntry(pem, certs[0], tuple(certs[1:]), tuple(cert_addresses(certs[0])),
+                                  key if key.exists() else None, pp if pp.exists() else None,
+                                  problem))
+        return out
+
+    def find(self, address: str, *, private: bool = False) -> list[SmimeEntry]:
+        """Entries for an address, valid ones first, newest expiry first."""
+        address = address.lower()
+        found = [e for e in self.entries() if address in e.addresses
+                 and (not private or e.key_path is not None)]
+        return sorted(found, key=lambda e: (e.expired, -e.not_after.timestamp()))
+
+    def lookup(self, ident: str) -> list[SmimeEntry]:
+        """By address, fingerprint (or a prefix of it) or file name."""
+        ident_u = ident.replace(":", "").upper()
+        return [e for e in self.entries() if ident.lower() in e.addresses
+                or (len(ident_u) >= 8 and e.fingerprint.startswith(ident_u))
+                or e.path.name in (ident, ident + ".pem")]
+
+    # ------------------------------------------------------------ admin
+
+    def import_(self, cert_file: Path, key_file: Path | None = None,
+                passphrase: bytes | None = None) -> SmimeEntry:
+        """Import PEM, DER or PKCS#12 (with --key for a separate key file)."""
+        data = cert_file.read_bytes()
+        key_obj: Any = None
+        chain: list[x509.Certificate] = []
+        if b"-----BEGIN" not in data and _looks_pkcs12(data):
+            check_private(cert_file)
+            try:
+                p12 = pkcs12.load_pkcs12(data, passphrase or None)
+            except ValueError:
+                raise KeyStoreError(f"{cert_file}: wrong passphrase, or not a PKCS#12 "
+                                    "file") from None
+            if p12.cert is None:
+                raise KeyStoreError(f"{cert_file}: the PKCS#12 file holds no certificate")
+            cert = p12.cert.certificate
+            chain = [c.certificate for c in p12.additional_certs]
+            key_obj = p12.key
+        else:
+            try:
+                certs = load_certs(data)
+            except ValueError:
+                raise KeyStoreError(f"{cert_file}: neither a PEM/DER certificate nor "
+                                    "PKCS#12") from None
+            if not certs:
+                raise KeyStoreError(f"{cert_file}: no certificate in the file")
+            cert, chain = certs[0], certs[1:]
+            if b"PRIVATE KEY-----" in data and key_file is None:
+                key_file = cert_file
+        if key_file is not None:
+            check_private(key_file)
+            key_obj = load_private_key(key_file.read_bytes(), passphrase, str(key_file))
+        addrs = cert_addresses(cert)
+        if not addrs:
+            raise KeyStoreError(f"{cert_file}: the certificate names no e-mail address")
+        if key_obj is not None:
+            pub = serialization.PublicFormat.SubjectPublicKeyInfo
+            enc = serialization.Encoding.DER
+            if key_obj.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(
+                    enc, pub):
+                raise KeyStoreError("the private key does not belong to the certificate")
+            if not isinstance(key_obj, rsa.RSAPrivateKey):
+                raise KeyStoreError("only RSA keys are supported for S/MIME")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        base = self.dir / addrs[0]
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
+        Path(f"{base}.pem").write_bytes(pem)
+        if key_obj is not None:
+            algo: serialization.KeySerializationEncryption = (
+                serialization.BestAvailableEncryption(passphrase) if passphrase
+                else serialization.NoEncryption())
+            write_private(Path(f"{base}.key"), key_obj.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, algo))
+            if passphrase:
+                write_private(Path(f"{base}.passphrase"), passphrase + b"\n")
+            else:
+                Path(f"{base}.passphrase").unlink(missing_ok=True)
+        with self._lock:
+            self._cache = None
+        return next(e for e in self.entries() if e.path == Path(f"{base}.pem"))
+
+    def remove(self, ident: str) -> list[SmimeEntry]:
+        found = self.lookup(ident)
+        for e in found:
+            for p in (e.path, e.path.with_suffix(".key"), e.path.with_suffix(".passphrase")):
+                p.unlink(missing_ok=True)
+        with self._lock:
+            self._cache = None
+        return found
+
+
+def _looks_pkcs12(data: bytes) -> bool:
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------- PGP
+
+
+@dataclass(frozen=True)
+class PgpKey:
+    fingerprint: str
+    addresses: tuple[str, ...]
+    uids: tuple[str, ...]
+    expires: dt.datetime | None
+    secret: bool
+    expired: bool
+    revoked: bool
+    can_encrypt: bool
+    can_sign: bool
+    subkeys: tuple[str, ...] = ()      # key ids and fingerprints of subkeys
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.fingerprint, "addresses": list(self.addresses), "uids": list(self.uids),
+                "fingerprint": self.fingerprint,
+                "expires": self.expires.isoformat() if self.expires else None,
+                "private_key": self.secret, "expired": self.expired, "revoked": self.revoked}
+
+    @property
+    def usable(self) -> bool:
+        return not (self.expired or self.revoked)
+
+
+def _uid_email(uid: str) -> str:
+    import email.utils
+
+    addr = email.utils.parseaddr(uid)[1]
+    return addr.lower() if "@" in addr else ""
+
+
+class PgpStore:
+    """The GnuPG home. gpg runs as a subprocess per call: never on the event loop."""
+
+    PASS_DIR = "deskgate-passphrases"  # noqa: S105 - a directory name, not a password
+
+    def __init__(self, home: Path, binary: str = "gpg") -> None:
+        self.home = home
+        self.binary = binary
+        self._gpg: Any = None
+        self._lock = threading.Lock()
+        self._cache: tuple[tuple[float, ...], list[PgpKey]] | None = None
+
+    @property
+    def gpg(self) -> Any:
+        import gnupg
+
+        with self._lock:
+            if self._gpg is None:
+                self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._gpg = gnupg.GPG(gnupghome=str(self.home), gpgbinary=self.binary,
+                                      options=["--trust-model", "always", "--no-auto-key-locate",
+                                               "--no-auto-key-retrieve"])
+                self._gpg.encoding = "utf-8"
+            return self._gpg
+
+    def available(self) -> bool:
+        return self.home.is_dir() and any(self.home.glob("pubring.*"))
+
+    def all_keys(self) -> list[PgpKey]:
+        if not self.available():
+            return []
+        stamp = _mtime(self.home / "pubring.kbx", self.home / "pubring.gpg",
+                       self.home / "private-keys-v1.d", self.home / self.PASS_DIR)
+        with self._lock:
+            if self._cache is not None and self._cache[0] == stamp:
+                return self._cache[1]
+        keys = self._list()
+        with self._lock:
+            self._cache = (stamp, keys)
+        return keys
+
+    def _list(self) -> list[PgpKey]:
+        gpg = self.gpg
+        secret = {k["fingerprint"] for k in gpg.list_keys(secret=True)}
+        out: list[PgpKey] = []
+        now = dt.datetime.now(dt.UTC)
+        for k in gpg.list_keys():
+            uids = tuple(k.get("uids") or ())
+            expires = None
+            if k.get("expires"):
+                expires = dt.datetime.fromtimestamp(int(k["expires"]), dt.UTC)
+            cap = k.get("cap", "")
+            subs: list[str] = []
+            for sk in k.get("subkeys") or ():
+                subs += [s for s in (sk[0], sk[2]) if s]
+            out.append(PgpKey(
+                fingerprint=k["fingerprint"], uids=uids,
+                addresses=tuple(a for a in (_uid_email(u) for u in uids) if a),
+                expires=expires, secret=k["fingerprint"] in secret,
+                expired=k.get("trust") == "e" or bool(expires and expires < now),
+                revoked=k.get("trust") == "r", can_encrypt="E" in cap, can_sign="S" in cap,
+                subkeys=(k.get("keyid", ""), *subs)))
+        return out
+
+    def find(self, address: str, *, secret: bool = False, encrypt: bool = False,
+             sign: bool = False) -> list[PgpKey]:
+        address = address.lower()
+        return [k for k in self.all_keys() if address in k.addresses and (not secret or k.secret)
+                and (not encrypt or k.can_encrypt) and (not sign or k.can_sign)]
+
+    def lookup(self, ident: str) -> list[PgpKey]:
+        ident_u = ident.replace(" ", "").upper()
+        return [k for k in self.all_keys() if ident.lower() in k.addresses
+                or (len(ident_u) >= 8 and (k.fingerprint.endswith(ident_u)
+                                           or k.fingerprint.startswith(ident_u)))]
+
+    def by_keyid(self, keyid: str) -> PgpKey | None:
+        keyid = keyid.upper()
+        for k in self.all_keys():
+            if k.fingerprint.endswith(keyid) or any(s.upper().endswith(keyid) for s in k.subkeys):
+                return k
+        return None
+
+    def passphrase_path(self, fpr: str) -> Path:
+        return self.home / self.PASS_DIR / fpr
+
+    def passphrase(self, fpr: str) -> str | None:
+        p = self.passphrase_path(fpr)
+        if not p.exists():
+            return None
+        return read_passphrase(p).decode("utf-8")
+
+    # ------------------------------------------------------------ admin
+
+    def import_(self, data: bytes, passphrase: str | None = None) -> list[PgpKey]:
+        gpg = self.gpg
+        before = {k.fingerprint: k.secret for k in self.all_keys()}
+        res = gpg.import_keys(data)
+        fprs = list(dict.fromkeys(res.fingerprints))
+        if not fprs:
+            raise KeyStoreError("no OpenPGP key found in the file"
+                                + (f" ({res.stderr.strip().splitlines()[-1]})"
+                                   if res.stderr.strip() else ""))
+        self._cache = None
+        keys = [k for k in self.all_keys() if k.fingerprint in fprs]
+        for k in keys:
+            if not k.secret:
+                continue
+            if not self._can_sign(k.fingerprint, passphrase):
+                if not before.get(k.fingerprint):
+                    gpg.delete_keys(k.fingerprint, secret=True, expect_passphrase=False)
+                    self._cache = None
+                raise KeyStoreError(
+                    f"{k.fingerprint}: wrong passphrase for the secret key" if passphrase
+                    else f"{k.fingerprint}: the secret key is protected; give its passphrase "
+                         "(--passphrase-file)")
+            if passphrase:
+                write_private(self.passphrase_path(k.fingerprint), passphrase.encode() + b"\n")
+                (self.home / self.PASS_DIR).chmod(0o700)
+        self._cache = None
+        return [k for k in self.all_keys() if k.fingerprint in fprs]
+
+    def _can_sign(self, fpr: str, passphrase: str | None) -> bool:
+        res = self.gpg.sign(b"deskgate passphrase check", keyid=fpr, passphrase=passphrase,
+                            detach=True, extra_args=["--pinentry-mode", "loopback"])
+        return bool(res.data)
+
+    def remove(self, ident: str) -> list[PgpKey]:
+        found = self.lookup(ident)
+        gpg = self.gpg
+        for k in found:
+            if k.secret:
+                gpg.delete_keys(k.fingerprint, secret=True, expect_passphrase=False)
+            gpg.delete_keys(k.fingerprint)
+            self.passphrase_path(k.fingerprint).unlink(missing_ok=True)
+        self._cache = None
+        return found
+
+
+# ---------------------------------------------------------------- wiring
+
+
+@dataclass(frozen=True)
+class CryptoStores:
+    smime: SmimeStore
+    pgp: PgpStore
+    store_decrypted_body: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stores_for(cfg: Config) -> CryptoStores:
+    c = cfg.crypto
+    return CryptoStores(SmimeStore(cfg.path(c.smime_dir), cfg.path(c.smime_ca_file)),
+                        PgpStore(cfg.path(c.gnupg_home), c.gpg_binary),
+                        c.store_decrypted_body)
+
+
+@register_builder
+def _build(cfg: Config) -> tuple[str, CryptoStores]:
+    return "crypto", stores_for(cfg)
+
+
+@register_validator
+def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+    """Private keys and passphrase files in smime_dir must be private to their owner."""
+    d = cfg.path(cfg.crypto.smime_dir)
+    if not d.is_dir():
+        return
+    for p in sorted([*d.glob("*.key"), *d.glob("*.passphrase"), *d.glob("*.p12")]):
+        try:
+            check_private(p)
+        except KeyStoreError as exc:
+            add(str(cfg.conf_dir), "crypto.smime_dir", str(exc))
+    pdir = cfg.path(cfg.crypto.gnupg_home) / PgpStore.PASS_DIR
+    if pdir.is_dir():
+        for p in sorted(pdir.iterdir()):
+            try:
+                check_private(p)
+            except KeyStoreError as exc:
+                add(str(cfg.conf_dir), "crypto.gnupg_home", str(exc))

@@ -1,0 +1,178 @@
+"""PGP primitives over python-gnupg (a gpg process per call: blocking, keep off the loop).
+
+Keys are trusted as imported (`--trust-model always` in PgpStore): whoever may
+import keys into the gateway's GnuPG home decides whom the gateway trusts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.crypto.keystore import PgpKey, PgpStore
+
+
+class PgpError(Exception):
+    """Decryption, signing or encryption failed; the text says why (never a secret)."""
+
+
+@dataclass
+class PgpVerification:
+    signed: bool
+    valid: bool = False
+    signers: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    error: str = ""
+
+
+def _verification(store: PgpStore, res: Any) -> PgpVerification:
+    """A python-gnupg Verify/Crypt result → our verdict; signers from the key's UIDs."""
+    status = getattr(res, "status", "") or ""
+    fpr = getattr(res, "pubkey_fingerprint", None) or getattr(res, "fingerprint", None) or ""
+    key_id = getattr(res, "key_id", None) or ""
+    if not (getattr(res, "signature_id", None) or key_id or fpr or getattr(res, "sig_info", None)):
+        return PgpVerification(signed=False)
+    key: PgpKey | None = None
+    if fpr:
+        key = next((k for k in store.all_keys() if k.fingerprint == fpr), None) \
+            or store.by_keyid(fpr[-16:])
+    elif key_id:
+        key = store.by_keyid(key_id)
+    signers = list(key.addresses) if key else []
+    valid = bool(getattr(res, "valid", False)) and status in ("signature valid", "signature good",
+                                                              "decryption ok")
+    error = ""
+    if not valid:
+        key_status = getattr(res, "key_status", None) or ""
+        if key_status:
+            error = key_status
+        elif status == "no public key" or (not key and not valid):
+            error = f"no public key for signer {key_id or fpr}"
+        elif "expired" in status or "revoked" in status:
+            error = status
+        elif status:
+            error = status if status != "decryption ok" else "signature invalid"
+        else:
+            error = "signature invalid"
+    return PgpVerification(True, valid, signers, key.fingerprint if key else fpr, error)
+
+
+def _candidates(store: PgpStore, prefer: list[str]) -> list[str | None]:
+    """Passphrases to try: keys of the preferred addresses first, then the others."""
+    keys = [k for k in store.all_keys() if k.secret]
+    keys.sort(key=lambda k: 0 if any(a in prefer for a in k.addresses) else 1)
+    out: list[str | None] = []
+    for k in keys:
+        pw = store.passphrase(k.fingerprint)
+        if pw not in out:
+            out.append(pw)
+    return out or [None]
+
+
+def decrypt(store: PgpStore, data: bytes, prefer: list[str]) -> tuple[bytes, PgpVerification]:
+    """Decrypt (and verify an embedded signature); prefer the keys of these addresses."""
+    if not store.available():
+        raise PgpError("no GnuPG key store")
+    last = None
+    for pw in _candidates(store, prefer):
+        res = store.gpg.decrypt(data, passphrase=pw,
+                                extra_args=["--pinentry-mode", "loopback"])
+        if res.ok:
+            return res.data, _verification(store, res)
+        last = res
+        err = (res.stderr or "").lower()
+        if not any(t in err for t in ("bad passphrase", "bad_passphrase", "missing_passphrase")):
+            break       # another passphrase would not help
+    assert last is not None
+    raise PgpError(_decrypt_reason(last))
+
+
+def _decrypt_reason(res: Any) -> str:
+    err = res.stderr or ""
+    low = err.lower()
+    if "bad passphrase" in low or "bad_passphrase" in low:
+        return "cannot decrypt: wrong passphrase for the secret key"
+    if "missing_passphrase" in low:
+        return "cannot decrypt: the secret key is protected and no passphrase is stored"
+    if "no_seckey" in low or "no secret key" in low:
+        return "cannot decrypt: no secret key of a system address among the recipients"
+    if "no valid openpgp data" in low or "nodata" in low:
+        return "cannot decrypt: no OpenPGP data"
+    return f"cannot decrypt: {res.status or 'gpg failed'}"
+
+
+def verify_detached(store: PgpStore, content: bytes, signature: bytes) -> PgpVerification:
+    with tempfile.TemporaryDirectory(prefix="dg-pgp-") as tmp:
+        sig = Path(tmp) / "sig.asc"
+        sig.write_bytes(signature)
+        res = store.gpg.verify_data(str(sig), content)
+    v = _verification(store, res)
+    v.signed = True
+    if not v.valid and not v.error:
+        v.error = "signature invalid"
+    return v
+
+
+def verify_clearsigned(store: PgpStore, text: bytes) -> PgpVerification:
+    res = store.gpg.verify(text)
+    v = _verification(store, res)
+    v.signed = True
+    if not v.valid and not v.error:
+        v.error = "signature invalid"
+    return v
+
+
+def clearsigned_text(text: str) -> str:
+    """The cleartext of a `-----BEGIN PGP SIGNED MESSAGE-----` block (dash-unescaped)."""
+    lines = text.splitlines()
+    try:
+        start = next(i for i, ln in enumerate(lines)
+                     if ln.strip() == "-----BEGIN PGP SIGNED MESSAGE-----")
+        sig = next(i for i, ln in enumerate(lines) if i > start
+                   and ln.strip() == "-----BEGIN PGP SIGNATURE-----")
+    except StopIteration:
+        return text
+    i = start + 1
+    while i < sig and lines[i].strip():      # armor headers (Hash: ...)
+        i += 1
+    body = [ln[2:] if ln.startswith("- ") else ln for ln in lines[i + 1:sig]]
+    return "\n".join(lines[:start] + body)
+
+
+# ---------------------------------------------------------------- outbound
+
+
+def sign_detached(store: PgpStore, content: bytes, key: PgpKey) -> bytes:
+    res = store.gpg.sign(content, keyid=key.fingerprint, passphrase=store.passphrase(
+        key.fingerprint), detach=True, extra_args=["--pinentry-mode", "loopback",
+                                                    "--digest-algo", "SHA256"])
+    if not res.data:
+        raise PgpError(f"cannot sign with {key.fingerprint}: " + _sign_reason(res))
+    return bytes(res.data)
+
+
+def _sign_reason(res: Any) -> str:
+    low = (res.stderr or "").lower()
+    if "bad passphrase" in low or "bad_passphrase" in low:
+        return "wrong passphrase"
+    if "no secret key" in low or "no_seckey" in low:
+        return "no secret key"
+    return res.status or "gpg failed"
+
+
+def encrypt(store: PgpStore, content: bytes, recipients: list[PgpKey],
+            signer: PgpKey | None = None) -> bytes:
+    """Armored OpenPGP message to the recipients, signed inside when signer is given."""
+    kw: dict[str, Any] = {"armor": True, "always_trust": True,
+                          "extra_args": ["--pinentry-mode", "loopback"]}
+    if signer is not None:
+        kw["sign"] = signer.fingerprint
+        kw["passphrase"] = store.passphrase(signer.fingerprint)
+        kw["extra_args"] += ["--digest-algo", "SHA256"]
+    res = store.gpg.encrypt(content, [k.fingerprint for k in recipients], **kw)
+    if not res.ok:
+        raise PgpError("cannot encrypt: " + (_sign_reason(res) if signer else
+                                             (res.status or "gpg failed")))
+    return bytes(res.data)

@@ -1,0 +1,205 @@
+"""Inbound S/MIME against messages produced by the openssl command line."""
+
+from __future__ import annotations
+
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from pathlib import Path
+
+from tests.integration.crypto.crypto_helpers import (
+    CUSTOMER,
+    SUPPORT,
+    CryptoEnv,
+    crlf,
+    openssl,
+)
+from tests.peers.lmtp import LmtpClient
+
+HEAD = (f"From: Customer <{CUSTOMER}>\r\nTo: {SUPPORT}\r\nSubject: secret printer\r\n"
+        "Message-ID: <{mid}@customer.test>\r\n")
+
+
+def inner_entity() -> bytes:
+    """A multipart entity with a text body and an attachment (the thing that gets protected)."""
+    m = MIMEMultipart()
+    m.attach(MIMEText("The printer on floor 3 says PC LOAD LETTER.\nserver: print01\n"))
+    att = MIMEApplication(b"%PDF-1.4 fake\n", "pdf")
+    att.add_header("Content-Disposition", "attachment", filename="invoice.pdf")
+    m.attach(att)
+    return crlf(m.as_bytes())
+
+
+def with_headers(mid: str, smime_out: bytes) -> bytes:
+    """openssl prints MIME headers + body; put the mail headers in front."""
+    return HEAD.format(mid=mid).encode() + crlf(smime_out)
+
+
+def encrypt(env: CryptoEnv, tmp: Path, tool: str, *extra: str) -> bytes:
+    src = tmp / "inner.eml"
+    src.write_bytes(inner_entity())
+    out = openssl(tool, "-encrypt", *extra, "-in", str(src), str(env.support.cert)).stdout
+    return out
+
+
+def sign(env: CryptoEnv, tmp: Path, data: bytes, *extra: str, signer: Path | None = None,
+         key: Path | None = None) -> bytes:
+    src = tmp / "tosign.eml"
+    src.write_bytes(data)
+    return openssl("smime", "-sign", *extra, "-in", str(src), "-signer",
+                   str(signer or env.customer.cert), "-inkey",
+                   str(key or env.customer.key)).stdout
+
+
+class TestSmimeDecrypt:
+    def test_openssl_smime_encrypt_decrypted(self, crypto_env, deliver, tmp_path):
+        """openssl smime -encrypt (3DES, x-pkcs7-mime) to the queue cert: decrypted, right queue."""
+        raw = with_headers("e1", encrypt(crypto_env, tmp_path, "smime"))
+        assert b"application/x-pkcs7-mime" in raw
+        d = deliver(raw)
+        assert d.ticket["queue"] == "Support"
+        assert d.crypto["encrypted"] and d.crypto["decrypted"] and d.crypto["method"] == "smime"
+        assert d.crypto["error"] == ""
+        assert "PC LOAD LETTER" in d.article["body"]
+        assert [a["filename"] for a in d.article["attachments"]] == ["invoice.pdf"]
+        assert "PC LOAD LETTER" in d.params["BodyDecrypted"]
+        assert "server: print01" in d.body_seen
+
+    def test_openssl_cms_encrypt_aes256_decrypted(self, crypto_env, deliver, tmp_path):
+        """openssl cms -encrypt -aes256 (application/pkcs7-mime) is decrypted in-process."""
+        raw = with_headers("e2", encrypt(crypto_env, tmp_path, "cms", "-aes256"))
+        assert b"application/pkcs7-mime" in raw
+        d = deliver(raw)
+        assert d.crypto["decrypted"] and "PC LOAD LETTER" in d.article["body"]
+        assert d.ticket["queue"] == "Support"
+
+    def test_openssl_cms_encrypt_default_cipher_decrypted(self, crypto_env, deliver, tmp_path):
+        """openssl cms -encrypt with its default cipher is decrypted too."""
+        d = deliver(with_headers("e3", encrypt(crypto_env, tmp_path, "cms")))
+        assert d.crypto["decrypted"] and "PC LOAD LETTER" in d.article["body"]
+
+    def test_store_decrypted_body_false_keeps_encrypted_form(self, crypto_env, deliver,
+                                                               tmp_path):
+        """store_decrypted_body = false: filters see the text, the article keeps the p7m only."""
+        (crypto_env.conf / "60-nostore.toml").write_text(
+            "[crypto]\nstore_decrypted_body = false\n")
+        crypto_env.reload()
+        d = deliver(with_headers("e4", encrypt(crypto_env, tmp_path, "cms", "-aes256")))
+        assert d.crypto["decrypted"]
+        assert "PC LOAD LETTER" not in d.article["body"]
+        assert [a["filename"] for a in d.article["attachments"]] == ["smime.p7m"]
+        assert "PC LOAD LETTER" in d.body_seen
+
+    def test_missing_key_message_kept_with_error(self, crypto_env, deliver, tmp_path):
+        """Encrypted to a certificate the gateway has no key for: stored, error + Warn logged."""
+        other = crypto_env.ca.issue("Other", emails=("other@elsewhere.test",), filename="o")
+        src = tmp_path / "inner.eml"
+        src.write_bytes(inner_entity())
+        out = openssl("cms", "-encrypt", "-aes256", "-in", str(src), str(other.cert)).stdout
+        d = deliver(with_headers("e5", out))
+        assert d.outcome.replies[0].code == 250 and d.outcome.action == "new"
+        assert d.crypto["encrypted"] and not d.crypto["decrypted"]
+        assert "not encrypted to the certificate of support@example.org" in d.crypto["error"]
+        assert [a["filename"] for a in d.article["attachments"]] == ["smime.p7m"]
+        assert "Warn Crypto" in _log_entries(crypto_env)
+
+    def test_encrypted_and_signed_inside(self, crypto_env, deliver, tmp_path):
+        """Signed by the customer, then encrypted: decrypted and the inner signature verified."""
+        signed = sign(crypto_env, tmp_path, inner_entity())
+        src = tmp_path / "signed.eml"
+        src.write_bytes(signed)
+        out = openssl("smime", "-encrypt", "-aes256", "-in", str(src),
+                      str(crypto_env.support.cert)).stdout
+        d = deliver(with_headers("e6", out))
+        c = d.crypto
+        assert c["decrypted"] and c["signed"] and c["signature_valid"] is True
+        assert c["signer"] == CUSTOMER
+        assert "PC LOAD LETTER" in d.article["body"]
+
+    def test_via_lmtp(self, crypto_env, run_gateway, tmp_path):
+        """An encrypted message over LMTP is answered 250 after commit and stored decrypted."""
+        from gateway.cli.tickets import ticket_detail
+
+        rg = run_gateway(crypto_env.config)
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        raw = with_headers("e7", encrypt(crypto_env, tmp_path, "cms", "-aes256"))
+        _, data = c.transaction(CUSTOMER, [SUPPORT], raw)
+        c.close()
+        assert data[0][0] == 250
+        with rg.gateway.engine.connect() as conn:
+            from sqlalchemy import select
+
+            from gateway.store.tables import Ticket
+            number = conn.execute(select(Ticket.number)).scalar_one()
+            art = ticket_detail(conn, number)["articles"][0]
+        assert art["crypto"]["decrypted"] and "PC LOAD LETTER" in art["body"]
+
+
+class TestSmimeVerify:
+    def test_openssl_smime_sign_valid(self, crypto_env, deliver, tmp_path):
+        """openssl smime -sign (multipart/signed, detached): signature_valid, signer = From."""
+        d = deliver(with_headers("s1", sign(crypto_env, tmp_path, inner_entity())))
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is True and c["signer"] == CUSTOMER
+        assert c["error"] == "" and not c["encrypted"]
+        assert "PC LOAD LETTER" in d.article["body"]
+        assert [a["filename"] for a in d.article["attachments"]] == ["invoice.pdf"]
+
+    def test_opaque_signed_valid(self, crypto_env, deliver, tmp_path):
+        """openssl smime -sign -nodetach (signed-data): verified and the content extracted."""
+        d = deliver(with_headers("s2", sign(crypto_env, tmp_path, inner_entity(), "-nodetach")))
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is True
+        assert "PC LOAD LETTER" in d.article["body"]
+
+    def test_tampered_body_invalid(self, crypto_env, deliver, tmp_path):
+        """A body changed after signing: signature_valid false with a digest error."""
+        raw = with_headers("s3", sign(crypto_env, tmp_path, inner_entity()))
+        raw = raw.replace(b"PC LOAD LETTER", b"PC LOAD LEDGER")
+        d = deliver(raw)
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is False
+        assert "modified" in c["error"] or "digest" in c["error"]
+
+    def test_signer_mismatch(self, crypto_env, deliver, tmp_path):
+        """Valid signature by someone else than From: 'signature valid, signer mismatch'."""
+        other = crypto_env.ca.issue("Mallory", emails=("mallory@evil.test",), filename="m")
+        d = deliver(with_headers("s4", sign(crypto_env, tmp_path, inner_entity(),
+                                            signer=other.cert, key=other.key)))
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is False
+        assert "signature valid, signer mismatch" in c["error"]
+        assert c["signer"] == "mallory@evil.test"
+
+    def test_untrusted_ca_invalid(self, crypto_env, deliver, tmp_path):
+        """A signer from a CA outside smime_ca_file: not valid, says it is not trusted."""
+        from tests.peers.ca import TestCA
+
+        rogue = TestCA(tmp_path / "rogue").issue("Customer", emails=(CUSTOMER,), filename="c")
+        d = deliver(with_headers("s5", sign(crypto_env, tmp_path, inner_entity(),
+                                            signer=rogue.cert, key=rogue.key)))
+        assert d.crypto["signature_valid"] is False
+        assert "not trusted" in d.crypto["error"]
+
+    def test_expired_signer_certificate(self, crypto_env, deliver, tmp_path):
+        """A signature by an expired certificate is not valid and says so; message stored."""
+        old = crypto_env.ca.issue("Customer", emails=(CUSTOMER,), days=-1, not_before_days=10,
+                                  filename="old")
+        d = deliver(with_headers("s6", sign(crypto_env, tmp_path, inner_entity(),
+                                            signer=old.cert, key=old.key)))
+        assert d.outcome.action == "new"
+        assert d.crypto["signature_valid"] is False
+        assert "expired" in d.crypto["error"]
+
+
+def _log_entries(env: CryptoEnv) -> str:
+    from sqlalchemy import create_engine, select
+
+    from gateway.store.tables import CommEntry
+
+    eng = create_engine(env.config.database_url)
+    with eng.connect() as conn:
+        rows = conn.execute(select(CommEntry.priority, CommEntry.key, CommEntry.value)).all()
+    eng.dispose()
+    return "\n".join(f"{r.priority} {r.key} {r.value}" for r in rows)
