@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import jinja2
 import structlog
 from aiohttp import web
-from sqlalchemy import Connection, MetaData, Table, inspect, select
+from sqlalchemy import Connection, func, inspect, select
 
 from gateway import commlog_views as views
 from gateway import metrics
@@ -37,9 +37,6 @@ T = TypeVar("T")
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 50
-OUTBOUND_TABLES = ("outbound", "outbound_queue", "outqueue")
-OUTBOUND_COLUMNS = ("id", "queue", "state", "status", "sender", "recipients", "attempts",
-                    "next_attempt", "last_error", "created")
 PERIODS = (("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"),
            ("31d", "last 31 days"))
 
@@ -98,6 +95,7 @@ class Dashboard:
             web.get("/tickets", self.tickets),
             web.get("/tickets/{number}", self.ticket),
             web.get("/outbound", self.outbound),
+            web.get(r"/outbound/{id:\d+}", self.outbound_item),
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),
         ])
@@ -267,6 +265,14 @@ class Dashboard:
         data = await self.db(read_outbound)
         return self.render(request, "outbound.html", title="Outbound queue", data=data)
 
+    async def outbound_item(self, request: web.Request) -> web.Response:
+        oid = int(request.match_info["id"])
+        data = await self.db(lambda c: read_outbound_item(c, oid))
+        if data is None:
+            return self.not_found(request, f"There is no outbound message #{oid}.")
+        return self.render(request, "outbound_item.html", title=f"Outbound message #{oid}",
+                           m=data)
+
     async def metrics(self, request: web.Request) -> web.Response:
         body, ctype = await asyncio.get_running_loop().run_in_executor(
             self.pool, metrics.render, self.gw.engine)
@@ -316,18 +322,50 @@ class Dashboard:
 
 
 def read_outbound(conn: Connection) -> dict[str, Any]:
-    """The outbound queue table when it exists (columns read by name), else unavailable."""
-    names = set(inspect(conn).get_table_names())
-    table_name = next((n for n in OUTBOUND_TABLES if n in names), None)
-    if table_name is None:
-        return {"available": False, "columns": [], "rows": []}
-    table = Table(table_name, MetaData(), autoload_with=conn)
-    cols = [c for c in OUTBOUND_COLUMNS if c in table.c]
-    q = select(*[table.c[c] for c in cols])
-    if "id" in table.c:
-        q = q.order_by(table.c["id"].desc())
-    rows = [dict(zip(cols, r, strict=True)) for r in conn.execute(q.limit(500)).all()]
-    return {"available": True, "table": table_name, "columns": cols, "rows": rows}
+    """The waiting outbound queue and the 50 most recently finished messages."""
+    try:
+        from gateway.outbound import queue as outq
+        from gateway.store.tables import OutboundMessage
+    except ImportError:
+        return {"available": False, "waiting": [], "done": []}
+    if "outbound_message" not in set(inspect(conn).get_table_names()):
+        return {"available": False, "waiting": [], "done": []}
+    waiting = outq.list_queue(conn, include_done=False, limit=500)
+    m = OutboundMessage
+    done = [{"id": r.id, "queue": r.queue, "sender": r.sender, "status": r.status,
+             "attempts": r.attempts, "updated": r.updated, "last_error": r.last_error}
+            for r in conn.execute(select(m.id, m.queue, m.sender, m.status, m.attempts,
+                                         m.updated, m.last_error)
+                                  .where(m.status != "queued").order_by(m.id.desc())
+                                  .limit(50)).all()]
+    return {"available": True, "waiting": waiting, "done": done}
+
+
+def read_outbound_item(conn: Connection, oid: int) -> dict[str, Any] | None:
+    try:
+        from gateway.outbound import queue as outq
+    except ImportError:
+        return None
+    return outq.show(conn, oid)
+
+
+@metrics.register_scrape_hook
+def outbound_gauges(engine: Any) -> None:
+    """deskgate_outbound_queue_depth / _oldest_seconds from the queued messages."""
+    try:
+        from gateway.store.tables import OutboundMessage as m
+    except ImportError:
+        return
+    try:
+        with engine.connect() as conn:
+            n, oldest = conn.execute(select(func.count(), func.min(m.created))
+                                     .where(m.status == "queued")).one()
+    except Exception:  # a scrape must still answer; /healthz reports the database
+        return
+    metrics.OUTBOUND_QUEUE_DEPTH.set(n or 0)
+    oldest = views.utc(oldest)
+    metrics.OUTBOUND_QUEUE_OLDEST_SECONDS.set(
+        (datetime.now(UTC) - oldest).total_seconds() if oldest else 0)
 
 
 def factory(gw: Gateway) -> Dashboard | None:

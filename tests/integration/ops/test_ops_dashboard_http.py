@@ -45,11 +45,36 @@ class TestPages:
         assert "<script>alert(1)</script>" not in body
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
 
-    def test_outbound_page_without_queue(self, dashboard):
-        """Without an outbound queue table the page says the queue is not available."""
+    def test_outbound_queue_page_and_gauges(self, dashboard):
+        """The outbound page lists waiting messages with attempts and last error; the
+        queue depth and age gauges follow the queued rows."""
+        from datetime import UTC, datetime, timedelta
+
+        from sqlalchemy import insert
+
+        from gateway.store.tables import OutboundMessage, OutboundRecipient
         d = dashboard()
         status, _, body = d.get("/outbound")
-        assert status == 200 and "outbound queue not available" in body
+        assert status == 200 and "the queue is empty" in body
+        now = datetime.now(UTC)
+        with d.rg.gateway.engine.begin() as conn:
+            oid = conn.execute(insert(OutboundMessage).values(
+                queue="Support", sender="support@example.org", data=b"Subject: x\r\n\r\nx",
+                size=14, status="queued", attempts=2, next_attempt=now + timedelta(minutes=5),
+                last_error="451 4.3.0 <smarthost> try later", created=now - timedelta(hours=1),
+                updated=now).returning(OutboundMessage.id)).scalar_one()
+            conn.execute(insert(OutboundRecipient).values(
+                outbound_id=oid, address="cust@customer.test", status="pending", updated=now))
+        status, _, body = d.get("/outbound")
+        assert status == 200 and "cust@customer.test" in body
+        assert "451 4.3.0 &lt;smarthost&gt; try later" in body
+        status, _, body = d.get(f"/outbound/{oid}")
+        assert status == 200 and "Subject: x" in body and "cust@customer.test" in body
+        assert d.get("/outbound/9999")[0] == 404
+        _, _, text = d.get("/metrics")
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        assert fams["deskgate_outbound_queue_depth"].samples[0].value == 1
+        assert 3500 < fams["deskgate_outbound_queue_oldest_seconds"].samples[0].value < 4000
 
     def test_list_filters_and_bad_input(self, dashboard):
         """Filters narrow the list; an invalid filter shows an error instead of failing."""
