@@ -1,0 +1,81 @@
+"""The dashboard in a real headless browser (Debian's chromium driven by Selenium)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ops.ops_web import message
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="Debian's chromium and chromium-driver are not installed (make system-deps)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chromium'}",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+        opts.add_argument(arg)
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log"))
+    drv = webdriver.Chrome(service=service, options=opts)
+    drv.set_page_load_timeout(30)
+    try:
+        yield drv
+    finally:
+        drv.quit()          # stops chromium and the chromedriver process it started
+
+
+class TestDashboardInBrowser:
+    def test_overview_filter_errors_open_detail(self, dashboard, browser):
+        """Load the overview, follow 'with errors', filter by priority in the form, open the
+        failing communication and see its Error entry and ticket link; save a screenshot."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import Select
+
+        d = dashboard("[lmtp]\ntrusted = true\n")
+        for n in range(1, 4):
+            assert d.deliver(message(n)) == [250]
+        assert d.deliver(message(9, extra="X-OTOBO-Queue: Nowhere\r\n")) == [250]
+
+        browser.get(d.base + "/log")
+        assert "Communication log" in browser.title
+        assert browser.find_element(By.ID, "failed").text == "0"
+        assert "Incoming" in browser.find_element(By.ID, "counts").text
+
+        browser.find_element(By.LINK_TEXT, "Communications").click()
+        rows = browser.find_elements(By.CSS_SELECTOR, "#communications tr.comm")
+        assert len(rows) == 4
+
+        Select(browser.find_element(By.ID, "priority")).select_by_visible_text("Error")
+        browser.find_element(By.ID, "apply").click()
+        rows = browser.find_elements(By.CSS_SELECTOR, "#communications tr.comm")
+        assert len(rows) == 1
+        assert "priority=Error" in browser.current_url
+        assert browser.find_element(By.ID, "total").text == "1 communication"
+
+        rows[0].find_element(By.CSS_SELECTOR, "a.detail").click()
+        assert "Communication #" in browser.find_element(By.TAG_NAME, "h1").text
+        entries = browser.find_element(By.CSS_SELECTOR, "table.entries").text
+        assert "Queue" in entries and "Nowhere" in entries and "Error" in entries
+        ticket_link = browser.find_element(By.CSS_SELECTOR, "a.ticket-link")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-log-detail.png"))
+
+        ticket_link.click()
+        assert "Hello, message 9." in browser.find_element(By.CSS_SELECTOR, "pre.body").text
+        browser.get(d.base + "/log")
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-overview.png"))
+        assert (ARTIFACTS / "dashboard-log-detail.png").stat().st_size > 1000
