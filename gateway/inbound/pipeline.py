@@ -155,7 +155,8 @@ class Pipeline:
                                        None, "ignored")
             c.log.close("Successful" if c.action != "quarantine" else "Warning")
             cc = _comm_copy(comm, c.log)
-            cc.close()
+            if comm.id is None:
+                cc.close()   # a communication opened by the door is closed by the door
             write_comm(conn, cc)
             return c
         return job
@@ -170,7 +171,8 @@ class Pipeline:
             except Skip:
                 c.log.close("Successful")
                 cc = _comm_copy(comm, c.log)
-                cc.close()
+                if comm.id is None:
+                    cc.close()
                 write_comm(conn, cc)
                 return c
             qid = repo.insert_quarantine(conn, source=f"{env.source}:{env.account}",
@@ -182,7 +184,8 @@ class Pipeline:
             c.log.log("Error", "Quarantine", f"message kept raw in quarantine #{qid}: {reason}")
             c.log.close("Failed")
             cc = _comm_copy(comm, c.log)
-            cc.close("Warning")
+            if comm.id is None:
+                cc.close("Warning")
             write_comm(conn, cc)
             return c
         return job

@@ -262,3 +262,72 @@ class AutoResponse(Base):
     outbound_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     sent: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     __table_args__ = (Index("ix_auto_response_address_sent", "address", "sent"),)
+
+
+# ---------------------------------------------------------------- mailbox poller
+
+
+class PollerFolder(Base):
+    """IMAP `keep` mode: the UIDVALIDITY and highest committed UID of a folder."""
+
+    __tablename__ = "poller_folder"
+    account: Mapped[str] = mapped_column(String(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PollerSeen(Base):
+    """POP3 `keep` mode: UIDLs already committed (POP3 has no ordered UIDs)."""
+
+    __tablename__ = "poller_seen"
+    account: Mapped[str] = mapped_column(String(200), primary_key=True)
+    uidl: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PollerOversized(Base):
+    """Messages over the account's max_message_size, left on the server."""
+
+    __tablename__ = "poller_oversized"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account: Mapped[str] = mapped_column(String(200), index=True)
+    folder: Mapped[str] = mapped_column(String(500))
+    key: Mapped[str] = mapped_column(String(200))        # "<uidvalidity>:<uid>" or the UIDL
+    size: Mapped[int] = mapped_column(BigInteger)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    sender: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(Text, default="")
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (UniqueConstraint("account", "folder", "key", name="uq_poller_oversized"),)
+
+
+class PollerAccount(Base):
+    """Status of a poller account: the last run and the last error (never silent)."""
+
+    __tablename__ = "poller_account"
+    account: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="")   # Successful | Warning | Failed
+    last_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_fetched: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    last_success: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+    communication_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+
+
+class PollerToken(Base):
+    """OAuth2 refresh token of an account as last rotated by the token endpoint."""
+
+    __tablename__ = "poller_token"
+    account: Mapped[str] = mapped_column(String(200), primary_key=True)
+    refresh_token: Mapped[str] = mapped_column(Text)
+    # sha256 of the refresh token in the config when this row was written: a new
+    # token in the config (the operator re-consented) wins over the stored one.
+    config_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))

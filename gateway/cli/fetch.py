@@ -1,0 +1,107 @@
+"""deskgate fetch [ACCOUNT]: poll mailboxes once from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from gateway.cli.common import (
+    EX_NOUSER,
+    EX_OK,
+    EX_TEMPFAIL,
+    add_json,
+    load,
+    print_json,
+    print_table,
+)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("fetch", help="poll mail accounts now ([[account]])")
+    p.add_argument("account", nargs="?", help="only this account (default: every valid one)")
+    p.add_argument("--list-oversized", action="store_true",
+                   help="list messages left on the server because they exceed max_message_size")
+    add_json(p)
+    p.set_defaults(func=cmd_fetch)
+
+
+def _describe(r: Any) -> str:
+    parts = [f"{r.fetched} fetched"]
+    detail = [f"{n} {label}" for n, label in ((r.new, "new"), (r.followup, "follow-up"),
+                                               (r.duplicate, "duplicate"), (r.ignored, "ignored"),
+                                               (r.quarantined, "quarantined")) if n]
+    if detail:
+        parts[0] += " (" + ", ".join(detail) + ")"
+    if r.failed:
+        parts.append(f"{r.failed} failed")
+    if r.oversized:
+        parts.append(f"{r.oversized} oversized left on the server")
+    if r.more:
+        parts.append("more waiting (max_messages_per_run)")
+    text = f"{r.account} ({r.type.upper()}): {r.status}: " + ", ".join(parts)
+    if r.error:
+        text += f" — {r.error}"
+    return text
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    cfg = load(args)
+    if args.list_oversized:
+        return _list_oversized(args, cfg)
+    if args.account:
+        acc = cfg.account_by_name(args.account)
+        if acc is None:
+            print(f"fetch: no [[account]] named {args.account!r}", file=sys.stderr)
+            return EX_NOUSER
+        if not acc.valid:
+            print(f"fetch: account {acc.name!r} has valid = false", file=sys.stderr)
+            return EX_NOUSER
+        accounts = [acc]
+    else:
+        accounts = [a for a in cfg.account if a.valid]
+    gw = Gateway(cfg)
+    try:
+        gw.prepare_store()
+        from gateway.inbound.poller.run import Poller
+
+        poller = Poller(gw)
+
+        async def run_all() -> list[Any]:
+            return [await poller.poll(a, trigger="manual") for a in accounts]
+
+        results = asyncio.run(run_all())
+    finally:
+        gw.close()
+    if args.json:
+        print_json([r.as_dict() for r in results])
+    else:
+        if not results:
+            print("fetch: no valid [[account]] configured")
+        for r in results:
+            print(_describe(r))
+    bad = [r for r in results if r.status in ("Failed", "Skipped")]
+    return EX_TEMPFAIL if bad else EX_OK
+
+
+def _list_oversized(args: argparse.Namespace, cfg: Any) -> int:
+    from gateway.inbound.poller import state
+    from gateway.store.db import make_engine, migrate
+
+    engine = make_engine(cfg.database_url)
+    try:
+        migrate(engine)
+        with engine.connect() as conn:
+            rows = state.list_oversized(conn, args.account)
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json([r.as_dict() for r in rows])
+    else:
+        print_table([(r.account, r.folder or "-", r.key, r.size, r.sender, r.subject,
+                      r.first_seen.strftime("%Y-%m-%d %H:%M")) for r in rows],
+                    ("ACCOUNT", "FOLDER", "KEY", "SIZE", "FROM", "SUBJECT", "SINCE"))
+    return EX_OK

@@ -1,0 +1,302 @@
+"""IMAP sessions (imap, imaps, imaptls) on the stdlib imaplib, run in a worker thread.
+
+`delete`: UID STORE \\Deleted after the commit, UID EXPUNGE (UIDPLUS) or EXPUNGE
+when the connection finishes. `move:<folder>`: UID MOVE (or COPY + \\Deleted),
+creating the folder on [TRYCREATE]. `keep`: the folder is opened read-only
+(EXAMINE) and bodies are read with BODY.PEEK, so no flag changes; the runner
+keeps UIDVALIDITY + last UID in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import imaplib
+import re
+import ssl
+from pathlib import Path
+
+from gateway.commlog import CommObj
+from gateway.config import AccountConfig
+from gateway.inbound.poller.session import (
+    TIMEOUT,
+    Listing,
+    MailboxError,
+    RemoteMessage,
+    TokenGetter,
+    classify_os_error,
+    describe_tls,
+    resolve,
+    ssl_context,
+    xoauth2,
+)
+
+_FETCH_RE = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)")
+
+
+def quote(name: str) -> str:
+    """An IMAP quoted string (imaplib sends arguments as they are)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def uid_set(uids: list[int]) -> str:
+    """[1,2,3,7] → '1:3,7' (short commands for large expunges)."""
+    ranges: list[list[int]] = []
+    for u in sorted(set(uids)):
+        if ranges and ranges[-1][1] == u - 1:
+            ranges[-1][1] = u
+        else:
+            ranges.append([u, u])
+    return ",".join(f"{a}:{b}" if a != b else str(a) for a, b in ranges)
+
+
+def _text(data: object) -> str:
+    if isinstance(data, list):
+        return " ".join(_text(d) for d in data if d is not None)
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return str(data)
+
+
+class ImapSession:
+    """One IMAP connection for one account; used by exactly one thread."""
+
+    def __init__(self, account: AccountConfig, root: Path, log: CommObj,
+                 token: TokenGetter | None = None) -> None:
+        self.account = account
+        self.root = root
+        self.log = log
+        self.token = token
+        self.imap: imaplib.IMAP4 | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self.exists = 0
+        self.uidvalidity = 0
+        self._expunge: list[int] = []
+        self.readonly = account.after_fetch == "keep"
+
+    # ------------------------------------------------------------ connect
+
+    def connect(self) -> imaplib.IMAP4:
+        """DNS, TCP, TLS (implicit or STARTTLS); no authentication yet."""
+        acc = self.account
+        host, port = acc.host, acc.effective_port
+        addrs = resolve(host, port)
+        self.log.log("Debug", "DNS", f"{host} → {', '.join(addrs)}")
+        tls = acc.type in ("imaps", "imaptls")
+        ctx: ssl.SSLContext | None = ssl_context(acc, self.root) if tls else None
+        try:
+            if acc.type == "imaps":
+                imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(host, port, ssl_context=ctx,
+                                                        timeout=TIMEOUT)
+            else:
+                imap = imaplib.IMAP4(host, port, timeout=TIMEOUT)
+                if acc.type == "imaptls":
+                    if "STARTTLS" not in imap.capabilities:
+                        with contextlib.suppress(Exception):
+                            imap.shutdown()
+                        raise MailboxError("tls", f"{host}:{port} does not offer STARTTLS",
+                                           temporary=False)
+                    try:
+                        imap.starttls(ssl_context=ctx)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            imap.shutdown()
+                        raise
+        except imaplib.IMAP4.error as exc:
+            raise MailboxError("tcp", f"{host}:{port}: not an IMAP server? {exc}") from exc
+        except Exception as exc:
+            raise classify_os_error(exc, host, port, tls=tls) from exc
+        self.imap = imap
+        self.log.log("Info", "Connection", f"connected to {host}:{port} ({acc.type}), "
+                     f"{describe_tls(imap.sock)}")
+        return imap
+
+    def authenticate(self) -> None:
+        acc = self.account
+        imap = self.imap
+        assert imap is not None
+        try:
+            if acc.oauth2 is not None:
+                assert self.token is not None
+                token = self.token()
+                sent = {"n": 0}
+
+                def answer(_challenge: bytes) -> bytes:
+                    # First the XOAUTH2 response; an error challenge is answered empty.
+                    sent["n"] += 1
+                    return xoauth2(acc.login, token) if sent["n"] == 1 else b""
+
+                imap.authenticate("XOAUTH2", answer)
+                method = "XOAUTH2"
+            else:
+                imap.login(acc.login, str(acc.password or ""))
+                method = "password"
+        except imaplib.IMAP4.error as exc:
+            raise MailboxError("auth", f"login as {acc.login} refused: {_auth_text(exc)}",
+                               temporary=False) from exc
+        except MailboxError:
+            raise
+        except (OSError, imaplib.IMAP4.abort) as exc:
+            raise MailboxError("auth", f"connection lost during login: {exc}") from exc
+        self.log.log("Info", "Authentication", f"logged in as {acc.login} ({method})")
+        try:
+            _, data = imap.capability()
+            caps = _text(data).upper().split()
+        except (imaplib.IMAP4.error, OSError):
+            caps = list(imap.capabilities)
+        self.capabilities = frozenset(caps)
+
+    def select(self) -> int:
+        imap = self.imap
+        assert imap is not None
+        folder = self.account.folder
+        try:
+            typ, data = imap.select(quote(folder), readonly=self.readonly)
+        except (OSError, imaplib.IMAP4.abort) as exc:
+            raise MailboxError("folder", f"connection lost selecting {folder}: {exc}") from exc
+        if typ != "OK":
+            raise MailboxError("folder", f"cannot open folder {folder!r}: {_text(data)}",
+                               temporary=False)
+        self.exists = int(data[0] or 0) if data and data[0] else 0
+        _, uv = imap.response("UIDVALIDITY")
+        self.uidvalidity = int(uv[0]) if uv and uv[0] else 0
+        self.log.log("Info", "Folder", f"{folder}: {self.exists} messages "
+                     f"(UIDVALIDITY {self.uidvalidity}{', read-only' if self.readonly else ''})")
+        return self.exists
+
+    def open(self) -> None:
+        try:
+            self.connect()
+            self.authenticate()
+            self.select()
+        except BaseException:
+            self.abort()
+            raise
+
+    # ------------------------------------------------------------ messages
+
+    def _cmd(self, step: str, *args: str) -> list[object]:
+        imap = self.imap
+        assert imap is not None
+        try:
+            typ, data = imap.uid(*args)
+        except (OSError, imaplib.IMAP4.abort) as exc:
+            raise MailboxError("fetch" if step == "fetch" else "remove",
+                               f"connection lost: {exc}") from exc
+        except imaplib.IMAP4.error as exc:
+            raise MailboxError("fetch" if step == "fetch" else "remove",
+                               f"UID {args[0]} failed: {exc}") from exc
+        if typ != "OK":
+            raise MailboxError("fetch" if step == "fetch" else "remove",
+                               f"UID {args[0]} answered {typ}: {_text(data)}")
+        return list(data)
+
+    def listing(self, *, after_uid: int | None = None) -> Listing:
+        """Messages to fetch, oldest first: all of them, or those above after_uid (keep)."""
+        if self.exists == 0:
+            return Listing((), self.uidvalidity, 0)
+        start = (after_uid or 0) + 1
+        data = self._cmd("fetch", "FETCH", f"{start}:*", "(UID RFC822.SIZE)")
+        out: list[RemoteMessage] = []
+        for item in data:
+            line = item[0] if isinstance(item, tuple) else item
+            if not isinstance(line, bytes):
+                continue
+            uid = size = -1
+            for m in _FETCH_RE.finditer(line):
+                if m.group(1):
+                    uid = int(m.group(1))
+                else:
+                    size = int(m.group(2))
+            if uid < start or size < 0:
+                continue   # "n:*" always includes the highest UID, even below n
+            out.append(RemoteMessage(key=f"{self.uidvalidity}:{uid}", ref=str(uid), size=size,
+                                     uid=uid))
+        out.sort(key=lambda m: m.uid)
+        return Listing(tuple(out), self.uidvalidity, self.exists)
+
+    def fetch(self, msg: RemoteMessage) -> bytes | None:
+        """The whole message, or None when it vanished meanwhile."""
+        data = self._cmd("fetch", "FETCH", msg.ref, "(BODY.PEEK[])")
+        for item in data:
+            if isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes):
+                return item[1]
+        return None
+
+    def headers(self, msg: RemoteMessage) -> bytes:
+        data = self._cmd("fetch", "FETCH", msg.ref,
+                         "(BODY.PEEK[HEADER.FIELDS (SUBJECT FROM MESSAGE-ID)])")
+        for item in data:
+            if isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes):
+                return item[1]
+        return b""
+
+    def done(self, msg: RemoteMessage) -> None:
+        """After the commit: delete, move or leave the message."""
+        action = self.account.after_fetch
+        if action == "keep":
+            return
+        if action.startswith("move:"):
+            folder = action[5:]
+            if "MOVE" in self.capabilities:
+                if self._try_create("MOVE", msg, folder):
+                    return
+            else:
+                self._try_create("COPY", msg, folder)
+        self._cmd("remove", "STORE", msg.ref, "+FLAGS.SILENT", "(\\Deleted)")
+        self._expunge.append(msg.uid)
+
+    def _try_create(self, cmd: str, msg: RemoteMessage, folder: str) -> bool:
+        imap = self.imap
+        assert imap is not None
+        try:
+            typ, data = imap.uid(cmd, msg.ref, quote(folder))
+            if typ != "OK" and "TRYCREATE" in _text(data).upper():
+                imap.create(quote(folder))
+                self.log.log("Notice", "Folder", f"created folder {folder!r} for after_fetch")
+                typ, data = imap.uid(cmd, msg.ref, quote(folder))
+        except (OSError, imaplib.IMAP4.abort, imaplib.IMAP4.error) as exc:
+            raise MailboxError("remove", f"{cmd} to {folder!r} failed: {exc}") from exc
+        if typ != "OK":
+            raise MailboxError("remove", f"{cmd} to {folder!r} answered {typ}: {_text(data)}")
+        return True
+
+    def finish(self) -> None:
+        """Expunge what was flagged and log out; commits the removals."""
+        imap = self.imap
+        if imap is None:
+            return
+        try:
+            if self._expunge:
+                if "UIDPLUS" in self.capabilities:
+                    self._cmd("remove", "EXPUNGE", uid_set(self._expunge))
+                else:
+                    typ, data = imap.expunge()
+                    if typ != "OK":
+                        raise MailboxError("remove", f"EXPUNGE answered {typ}: {_text(data)}")
+                self.log.log("Info", "Remove", f"expunged {len(self._expunge)} messages")
+                self._expunge = []
+            with contextlib.suppress(Exception):
+                imap.logout()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection without expunging (flags already set stay set)."""
+        imap, self.imap = self.imap, None
+        if imap is not None:
+            with contextlib.suppress(Exception):
+                imap.shutdown()
+
+    def count(self) -> int:
+        return self.exists
+
+
+def _auth_text(exc: BaseException) -> str:
+    text = str(exc)
+    # Servers sometimes answer XOAUTH2 with a base64 JSON challenge; make it readable.
+    m = re.search(r"([A-Za-z0-9+/=]{20,})", text)
+    if m:
+        with contextlib.suppress(Exception):
+            return text.replace(m.group(1), base64.b64decode(m.group(1)).decode())
+    return text.strip("b'\"")

@@ -1,0 +1,166 @@
+"""OAuth2 access tokens for XOAUTH2 (Microsoft 365, Google, any RFC 6749 server).
+
+One TokenSource per account and process: the access token is cached and
+refreshed before it expires; a refresh token the server rotates is written to
+the database at once (the old one may already be dead); a refused refresh is a
+MailboxError("auth") that the runner logs as an Error and records on the
+account, never a silent stop. Blocking (urllib): called from session threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from gateway.config import AccountConfig, OAuth2Config
+from gateway.inbound.poller.session import MailboxError
+
+log = structlog.get_logger(__name__)
+
+TIMEOUT = 30.0
+MAX_MARGIN = 60.0      # refresh this long before expiry at most ...
+MARGIN_SHARE = 0.25    # ... or a quarter of the lifetime for short-lived tokens
+
+# load(account) → (refresh_token, config fingerprint) | None; save(account, token, fp)
+Load = Callable[[str], "tuple[str, str] | None"]
+Save = Callable[[str, str, str], None]
+
+
+def fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest() if token else ""
+
+
+class TokenSource:
+    """Access tokens for one account."""
+
+    def __init__(self, account: AccountConfig, root: Path, load: Load, save: Save,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert account.oauth2 is not None
+        self.account = account.name
+        self.cfg: OAuth2Config = account.oauth2
+        self.root = root
+        self._load, self._save = load, save
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._access = ""
+        self._expires = 0.0
+        self._refresh: str | None = None
+        self.refreshes = 0
+
+    def matches(self, account: AccountConfig) -> bool:
+        """Still valid for this (possibly reloaded) account config?"""
+        return account.oauth2 == self.cfg
+
+    def get(self) -> str:
+        """A valid access token, refreshed when it is about to expire."""
+        with self._lock:
+            if self._access and self._clock() < self._expires:
+                return self._access
+            return self._fetch()
+
+    def invalidate(self) -> None:
+        """The server refused the token: fetch a new one next time."""
+        with self._lock:
+            self._access = ""
+            self._expires = 0.0
+
+    def _current_refresh_token(self) -> str:
+        if self._refresh is None:
+            configured = str(self.cfg.refresh_token or "")
+            stored = self._load(self.account)
+            if stored and stored[1] == fingerprint(configured):
+                self._refresh = stored[0]
+            else:
+                self._refresh = configured
+        return self._refresh
+
+    def _fetch(self) -> str:
+        cfg = self.cfg
+        form = {"client_id": cfg.client_id}
+        if cfg.client_secret:
+            form["client_secret"] = str(cfg.client_secret)
+        if cfg.scope:
+            form["scope"] = cfg.scope
+        if cfg.grant == "client_credentials":
+            form["grant_type"] = "client_credentials"
+        else:
+            refresh = self._current_refresh_token()
+            if not refresh:
+                raise MailboxError("auth", "OAuth2: no refresh_token configured",
+                                   temporary=False)
+            form["grant_type"] = "refresh_token"
+            form["refresh_token"] = refresh
+        body = self._post(form)
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise MailboxError("auth", "OAuth2: token endpoint answered without access_token")
+        try:
+            lifetime = float(str(body.get("expires_in", 3600)))
+        except (TypeError, ValueError):
+            lifetime = 3600.0
+        self._access = token
+        self._expires = self._clock() + lifetime - min(MAX_MARGIN, lifetime * MARGIN_SHARE)
+        self.refreshes += 1
+        new_refresh = body.get("refresh_token")
+        if (cfg.grant == "refresh_token" and isinstance(new_refresh, str) and new_refresh
+                and new_refresh != self._refresh):
+            self._save(self.account, new_refresh, fingerprint(str(cfg.refresh_token or "")))
+            self._refresh = new_refresh
+            log.info("oauth2 refresh token rotated and stored", account=self.account)
+        return token
+
+    def _post(self, form: dict[str, str]) -> dict[str, object]:
+        cfg = self.cfg
+        data = urllib.parse.urlencode(form).encode()
+        if not cfg.token_url.startswith(("https:", "http:")):
+            raise MailboxError("auth", "OAuth2: token_url must be an http(s) URL",
+                               temporary=False)
+        req = urllib.request.Request(cfg.token_url, data=data, method="POST", headers={  # noqa: S310
+            "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"})
+        ctx = None
+        if cfg.token_url.startswith("https:"):
+            ca = cfg.tls_ca_file
+            ctx = ssl.create_default_context(
+                cafile=str(ca if Path(ca).is_absolute() else self.root / ca) if ca else None)
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT, context=ctx) as resp:  # noqa: S310 - checked above
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = _error_detail(exc.read())
+            raise MailboxError("auth", f"OAuth2 token refresh refused by {cfg.token_url}: "
+                               f"HTTP {exc.code}{detail}",
+                               temporary=exc.code >= 500) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} unreachable: "
+                               f"{reason}") from exc
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise MailboxError("auth", "OAuth2: token endpoint answered no JSON") from exc
+        if not isinstance(body, dict):
+            raise MailboxError("auth", "OAuth2: token endpoint answered no JSON object")
+        return body
+
+
+def _error_detail(raw: bytes) -> str:
+    """' invalid_grant: Token expired' from an RFC 6749 error body (never the token)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    err = str(body.get("error", ""))[:100]
+    desc = str(body.get("error_description", ""))[:300]
+    return f" {err}" + (f": {desc}" if desc else "") if err else ""

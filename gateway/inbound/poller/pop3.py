@@ -1,0 +1,220 @@
+"""POP3 sessions (pop3, pop3s, pop3tls) on the stdlib poplib, run in a worker thread.
+
+`delete`: DELE after the commit; the server applies deletions only at QUIT, so
+a connection that dies before QUIT leaves every message in place (and the
+pipeline's dedupe absorbs the refetch). `keep`: the runner remembers committed
+UIDLs in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import poplib
+import ssl
+from pathlib import Path
+from typing import Any
+
+from gateway.commlog import CommObj
+from gateway.config import AccountConfig
+from gateway.inbound.poller.session import (
+    TIMEOUT,
+    Listing,
+    MailboxError,
+    RemoteMessage,
+    TokenGetter,
+    classify_os_error,
+    describe_tls,
+    resolve,
+    ssl_context,
+    xoauth2,
+)
+
+# poplib refuses lines over 2048 bytes; real mail has longer ones (RFC 5322 allows 998
+# characters, and broken mailers send more). The limit only guards against a server
+# that never sends a line end.
+setattr(poplib, "_MAXLINE", 1024 * 1024)  # noqa: B010 - private, untyped
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class Pop3Session:
+    """One POP3 connection for one account; used by exactly one thread."""
+
+    def __init__(self, account: AccountConfig, root: Path, log: CommObj,
+                 token: TokenGetter | None = None) -> None:
+        self.account = account
+        self.root = root
+        self.log = log
+        self.token = token
+        self.pop: poplib.POP3 | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self.exists = 0
+        self._deleted = 0
+
+    def connect(self) -> poplib.POP3:
+        acc = self.account
+        host, port = acc.host, acc.effective_port
+        addrs = resolve(host, port)
+        self.log.log("Debug", "DNS", f"{host} → {', '.join(addrs)}")
+        tls = acc.type in ("pop3s", "pop3tls")
+        ctx: ssl.SSLContext | None = ssl_context(acc, self.root) if tls else None
+        try:
+            if acc.type == "pop3s":
+                pop: poplib.POP3 = poplib.POP3_SSL(host, port, context=ctx, timeout=TIMEOUT)
+            else:
+                pop = poplib.POP3(host, port, timeout=TIMEOUT)
+                if acc.type == "pop3tls":
+                    try:
+                        caps = pop.capa()
+                    except poplib.error_proto:
+                        caps = {}
+                    if "STLS" not in caps:
+                        with contextlib.suppress(Exception):
+                            pop.close()
+                        raise MailboxError("tls", f"{host}:{port} does not offer STLS",
+                                           temporary=False)
+                    try:
+                        pop.stls(ctx)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            pop.close()
+                        raise
+        except poplib.error_proto as exc:
+            raise MailboxError("tcp", f"{host}:{port}: not a POP3 server? {exc}") from exc
+        except Exception as exc:
+            raise classify_os_error(exc, host, port, tls=tls) from exc
+        self.pop = pop
+        self.log.log("Info", "Connection", f"connected to {host}:{port} ({acc.type}), "
+                     f"{describe_tls(pop.sock)}")
+        return pop
+
+    def authenticate(self) -> None:
+        acc = self.account
+        pop = self.pop
+        assert pop is not None
+        try:
+            if acc.oauth2 is not None:
+                assert self.token is not None
+                blob = base64.b64encode(xoauth2(acc.login, self.token())).decode()
+                raw: Any = pop   # poplib has no SASL: use its line primitives
+                raw._putcmd("AUTH XOAUTH2")
+                resp = raw._getline()[0]
+                if resp.startswith(b"+"):
+                    raw._putcmd(blob)
+                    resp = raw._getline()[0]
+                if resp.startswith(b"+"):   # an error challenge: answer empty, get -ERR
+                    raw._putcmd("")
+                    resp = raw._getline()[0]
+                if not resp.startswith(b"+OK"):
+                    raise poplib.error_proto(resp)
+                method = "XOAUTH2"
+            else:
+                pop.user(acc.login)
+                pop.pass_(str(acc.password or ""))
+                method = "password"
+        except poplib.error_proto as exc:
+            raise MailboxError("auth", f"login as {acc.login} refused: "
+                               f"{_text(exc.args[0] if exc.args else exc)}",
+                               temporary=False) from exc
+        except MailboxError:
+            raise
+        except OSError as exc:
+            raise MailboxError("auth", f"connection lost during login: {exc}") from exc
+        self.log.log("Info", "Authentication", f"logged in as {acc.login} ({method})")
+        with contextlib.suppress(poplib.error_proto, OSError):
+            self.capabilities = frozenset(pop.capa())
+
+    def select(self) -> int:
+        pop = self.pop
+        assert pop is not None
+        try:
+            count, size = pop.stat()
+        except (poplib.error_proto, OSError) as exc:
+            raise MailboxError("folder", f"STAT failed: {exc}") from exc
+        self.exists = count
+        self.log.log("Info", "Folder", f"maildrop: {count} messages, {size} bytes")
+        return count
+
+    def open(self) -> None:
+        try:
+            self.connect()
+            self.authenticate()
+            self.select()
+        except BaseException:
+            self.abort()
+            raise
+
+    def listing(self, *, after_uid: int | None = None) -> Listing:
+        pop = self.pop
+        assert pop is not None
+        if self.exists == 0:
+            return Listing((), 0, 0)
+        try:
+            sizes = {int(n): int(s) for n, s in
+                     (line.split()[:2] for line in pop.list()[1])}
+            uidls = {int(n): u.decode("ascii", "replace") for n, u in
+                     (line.split()[:2] for line in pop.uidl()[1])}
+        except (poplib.error_proto, OSError, ValueError) as exc:
+            raise MailboxError("fetch", f"LIST/UIDL failed: {exc}") from exc
+        out = [RemoteMessage(key=uidls.get(n, f"#{n}"), ref=str(n), size=sizes[n])
+               for n in sorted(sizes)]
+        return Listing(tuple(out), 0, self.exists)
+
+    def fetch(self, msg: RemoteMessage) -> bytes | None:
+        pop = self.pop
+        assert pop is not None
+        try:
+            _, lines, _ = pop.retr(int(msg.ref))
+        except poplib.error_proto as exc:
+            raise MailboxError("fetch", f"RETR {msg.ref} refused: {exc}") from exc
+        except OSError as exc:
+            raise MailboxError("fetch", f"connection lost: {exc}") from exc
+        return b"\r\n".join(lines) + b"\r\n"
+
+    def headers(self, msg: RemoteMessage) -> bytes:
+        pop = self.pop
+        assert pop is not None
+        try:
+            _, lines, _ = pop.top(int(msg.ref), 0)
+        except (poplib.error_proto, OSError):
+            return b""
+        return b"\r\n".join(lines) + b"\r\n"
+
+    def done(self, msg: RemoteMessage) -> None:
+        if self.account.after_fetch == "keep":
+            return
+        pop = self.pop
+        assert pop is not None
+        try:
+            pop.dele(int(msg.ref))
+        except (poplib.error_proto, OSError) as exc:
+            raise MailboxError("remove", f"DELE {msg.ref} failed: {exc}") from exc
+        self._deleted += 1
+
+    def finish(self) -> None:
+        """QUIT: the server applies the deletions now."""
+        pop = self.pop
+        if pop is None:
+            return
+        try:
+            pop.quit()
+            self.pop = None
+            if self._deleted:
+                self.log.log("Info", "Remove", f"deleted {self._deleted} messages")
+        except (poplib.error_proto, OSError) as exc:
+            raise MailboxError("remove", f"QUIT failed, deletions not applied: {exc}") from exc
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT: the server keeps every message."""
+        pop, self.pop = self.pop, None
+        if pop is not None:
+            with contextlib.suppress(Exception):
+                pop.close()
+
+    def count(self) -> int:
+        return self.exists

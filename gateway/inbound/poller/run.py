@@ -1,0 +1,390 @@
+"""One poll run of one account: connect, fetch, deliver, and only then remove.
+
+The order per message is fixed: fetch → Pipeline.deliver (returns after the
+commit) → delete/move/remember on the server side. A temporary pipeline
+outcome leaves the message where it is and ends the run. A crash between the
+commit and the removal refetches the message next time; the pipeline's dedupe
+(Message-ID + content hash + the account's pseudo-recipient) answers
+"duplicate" and the removal is done then.
+
+Communication log: one communication per run (opened at the start, closed at
+the end), a Connection object per connection, and a Message object per message
+(written by the pipeline with its commit; written here when a message fails
+before or outside the pipeline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from gateway.commlog import Comm, CommObj, write_comm
+from gateway.config import AccountConfig
+from gateway.inbound.poller import state
+from gateway.inbound.poller.imap import ImapSession
+from gateway.inbound.poller.lease import AccountLock
+from gateway.inbound.poller.oauth2 import TokenSource
+from gateway.inbound.poller.pop3 import Pop3Session
+from gateway.inbound.poller.session import MailboxError, RemoteMessage, Session
+from gateway.model import Envelope
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+STEP_KEY = {"dns": "DNS", "tcp": "Connection", "tls": "TLS", "auth": "Authentication",
+            "folder": "Folder", "fetch": "Fetch", "remove": "Remove"}
+_RETURN_PATH = re.compile(rb"^Return-Path:\s*<([^>\r\n]*)>", re.IGNORECASE | re.MULTILINE)
+SAVE_EVERY = 50   # keep-mode position is written at least every N messages
+
+
+def pseudo_recipient(account: AccountConfig) -> str:
+    """The stable recipient the dedupe keys on for mail fetched by this account."""
+    return f"account:{account.name}"
+
+
+def envelope_for(account: AccountConfig, raw: bytes) -> Envelope:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    m = _RETURN_PATH.search(head)
+    return Envelope(mail_from=m.group(1).decode("utf-8", "replace") if m else "",
+                    recipients=(pseudo_recipient(account),), raw=raw,
+                    source=account.type.upper(), account=account.name,
+                    trusted=account.trusted,
+                    dispatch_queue=account.queue if account.dispatch == "queue" else "")
+
+
+def make_session(account: AccountConfig, root: Any, obj: CommObj,
+                 token: Callable[[], str] | None) -> Session:
+    cls = ImapSession if account.type.startswith("imap") else Pop3Session
+    return cls(account, root, obj, token)
+
+
+@dataclass
+class RunResult:
+    """What one run did; `deskgate fetch --json` prints it."""
+
+    account: str
+    type: str
+    status: str = "Successful"     # Successful | Warning | Failed | Skipped
+    fetched: int = 0               # messages handed to the pipeline and committed
+    new: int = 0
+    followup: int = 0
+    duplicate: int = 0
+    ignored: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    oversized: int = 0             # oversized messages seen (left on the server)
+    connections: int = 0
+    more: bool = False             # the per-run cap stopped it with mail left
+    error: str = ""
+    communication_id: int | None = None
+    tickets: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Poller:
+    """Polls accounts for one Gateway; holds per-account token caches and locks."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self._tokens: dict[str, TokenSource] = {}
+        self._running: set[str] = set()
+
+    # ------------------------------------------------------------ helpers
+
+    def token_source(self, account: AccountConfig) -> TokenSource:
+        ts = self._tokens.get(account.name)
+        if ts is None or not ts.matches(account):
+            ts = TokenSource(account, self.gw.config.root, self._load_token, self._save_token)
+            self._tokens[account.name] = ts
+        return ts
+
+    def _load_token(self, account: str) -> tuple[str, str] | None:
+        with self.gw.engine.connect() as conn:
+            return state.stored_refresh_token(conn, account)
+
+    def _save_token(self, account: str, token: str, fp: str) -> None:
+        # Called from a session thread: wait for the commit before using the new token.
+        self.gw.writer.submit(lambda c: state.store_refresh_token(c, account, token, fp),
+                              isolated=True).result(60)
+
+    async def _db(self, fn: Callable[[Any], T]) -> T:
+        return await self.gw.writer.run(fn)
+
+    # ------------------------------------------------------------ the run
+
+    async def poll(self, account: AccountConfig, *, trigger: str = "interval") -> RunResult:
+        result = RunResult(account.name, account.type)
+        if account.name in self._running:
+            result.status, result.error = "Skipped", "a run of this account is in progress"
+            return result
+        self._running.add(account.name)
+        loop = asyncio.get_running_loop()
+        lock = AccountLock(self.gw.engine, self.gw.config.state_dir / "run", account.name)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"poll-{account.name}"[:15])
+        try:
+            if not await loop.run_in_executor(pool, lock.acquire):
+                result.status = "Skipped"
+                result.error = "another process or node is polling this account"
+                return result
+            try:
+                await self._run(account, result, pool, trigger)
+            finally:
+                await loop.run_in_executor(pool, lock.release)
+        finally:
+            pool.shutdown(wait=False)
+            self._running.discard(account.name)
+        return result
+
+    async def _run(self, account: AccountConfig, result: RunResult, pool: ThreadPoolExecutor,
+                   trigger: str) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+            return await loop.run_in_executor(pool, lambda: fn(*args, **kw))
+
+        comm = Comm("Incoming", account.type.upper(), account.name)
+
+        def opened(conn: Any) -> None:
+            write_comm(conn, comm)
+            state.run_started(conn, account.name, comm.id)
+
+        await self._db(opened)
+        result.communication_id = comm.id
+        token = self.token_source(account).get if account.oauth2 is not None else None
+        budget = account.max_messages_per_run
+        done_keys: set[str] = set()
+        errors: list[str] = []
+        log.info("poll run started", account=account.name, trigger=trigger)
+        try:
+            while True:
+                obj = comm.obj("Connection")
+                obj.log("Info", "Run", f"account {account.name}: {trigger} poll of "
+                        f"{account.host}:{account.effective_port} ({account.type})")
+                if account.type in ("imap", "pop3"):
+                    obj.log("Warn", "TLS", f"account {account.name}: plaintext {account.type} "
+                            "(allow_plaintext = true): credentials and mail travel unencrypted")
+                session = make_session(account, self.gw.config.root, obj, token)
+                result.connections += 1
+                try:
+                    await call(session.open)
+                except MailboxError as exc:
+                    if exc.step == "auth" and account.oauth2 is not None:
+                        self.token_source(account).invalidate()
+                    obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
+                    obj.close("Failed")
+                    errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+                    break
+                more, ok = await self._segment(account, session, obj, comm, result, call,
+                                               budget - result.fetched, done_keys, errors)
+                await self._db(lambda c: write_comm(c, comm))
+                if not ok or not more or result.fetched >= budget:
+                    result.more = more and ok
+                    break
+        except BaseException as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self._close(account, comm, result, errors)
+
+            def finished(c: Any) -> None:
+                write_comm(c, comm)
+                state.run_finished(c, account.name, result.status, result.fetched,
+                                   "; ".join(errors)[:4000])
+
+            await asyncio.shield(self._db(finished))
+        log.info("poll run finished", account=account.name, status=result.status,
+                 fetched=result.fetched, failed=result.failed, error=result.error or None)
+
+    def _close(self, account: AccountConfig, comm: Comm, result: RunResult,
+               errors: list[str]) -> None:
+        for o in comm.objects:
+            if o.status == "Processing":
+                o.close("Failed")
+        conn_failed = any(o.type == "Connection" and o.status == "Failed" for o in comm.objects)
+        if conn_failed or result.failed:
+            status = "Failed"
+        elif result.quarantined or any(o.status == "Warning" for o in comm.objects):
+            status = "Warning"
+        else:
+            status = "Successful"
+        comm.close(status)  # type: ignore[arg-type]
+        result.status = status
+        result.error = "; ".join(errors)
+
+    async def _segment(self, account: AccountConfig, session: Session, obj: CommObj,
+                       comm: Comm, result: RunResult, call: Any, budget: int,
+                       done_keys: set[str], errors: list[str]) -> tuple[bool, bool]:
+        """Work one connection; returns (more mail waiting, connection ended cleanly)."""
+        imap = account.type.startswith("imap")
+        keep = account.after_fetch == "keep"
+        folder = account.folder if imap else ""
+        limit = min(budget, account.reconnect_every)
+        after_uid: int | None = None
+        seen: set[str] = set()
+        uidvalidity = getattr(session, "uidvalidity", 0)
+        if keep and imap:
+            pos = await self._db(lambda c: state.folder_position(c, account.name, folder))
+            if pos is not None and pos[0] == uidvalidity:
+                after_uid = pos[1]
+            elif pos is not None:
+                obj.log("Notice", "UIDVALIDITY", f"{folder}: UIDVALIDITY changed from {pos[0]} "
+                        f"to {uidvalidity}; reading the folder again (the dedupe recognises "
+                        "messages already stored)")
+                after_uid = 0
+            else:
+                after_uid = 0
+        elif keep:
+            seen = await self._db(lambda c: state.seen_uidls(c, account.name))
+        position = after_uid or 0
+        saved_position = position
+        pending_seen: list[str] = []
+
+        async def save_position() -> None:
+            nonlocal saved_position
+            if keep and imap and position != saved_position:
+                p = position
+                await self._db(lambda c: state.set_folder_position(c, account.name, folder,
+                                                                     uidvalidity, p))
+                saved_position = p
+            elif keep and pending_seen:
+                batch = list(pending_seen)
+                pending_seen.clear()
+                await self._db(lambda c: state.add_seen(c, account.name, batch))
+
+        try:
+            listing = await call(session.listing, after_uid=after_uid)
+        except MailboxError as exc:
+            obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
+            obj.close("Failed")
+            errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+            await call(session.abort)
+            return False, False
+
+        known_big = await self._db(lambda c: state.known_oversized(c, account.name, folder))
+        big_here: list[str] = []
+        processed = 0
+        more = False
+        ok = True
+        for m in listing.messages:
+            if m.size > account.max_message_size:
+                result.oversized += 1
+                big_here.append(m.key)
+                if m.key not in known_big:
+                    await self._oversized(account, session, obj, call, folder, m)
+                if keep and imap:   # every earlier message is handled: move past it
+                    position = max(position, m.uid)
+                continue
+            if m.key in seen or m.key in done_keys:
+                continue
+            if processed >= limit:
+                more = True
+                break
+            status = await self._message(account, session, obj, comm, result, call, m,
+                                         errors)
+            if status == "stop":
+                ok = False
+                break
+            processed += 1
+            done_keys.add(m.key)
+            if keep:
+                if imap:
+                    position = max(position, m.uid)
+                elif status == "ok":
+                    pending_seen.append(m.key)
+                if processed % SAVE_EVERY == 0:
+                    await save_position()
+        if big_here or not keep or not imap:
+            await self._db(lambda c: state.touch_oversized(c, account.name, folder, big_here))
+        if not (keep and imap):
+            present = [m.key for m in listing.messages]
+            await self._db(lambda c: state.forget_oversized(c, account.name, folder, present))
+            if keep and ok:
+                await self._db(lambda c: state.forget_seen(c, account.name, present))
+        await save_position()
+        if not ok:
+            obj.close("Failed")
+            await call(session.abort)
+            return False, False
+        try:
+            await call(session.finish)
+        except MailboxError as exc:
+            obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
+            obj.close("Failed")
+            errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+            return False, False
+        obj.log("Info", "Summary", f"{processed} messages processed on this connection"
+                + (", more waiting" if more else ""))
+        obj.close("Successful")
+        return more, True
+
+    async def _oversized(self, account: AccountConfig, session: Session, obj: CommObj,
+                         call: Any, folder: str, m: RemoteMessage) -> None:
+        try:
+            head = await call(session.headers, m)
+        except MailboxError:
+            head = b""
+        h = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+        subject, sender, mid = (str(h.get("Subject", "")), str(h.get("From", "")),
+                                str(h.get("Message-ID", "")).strip())
+        obj.log("Error", "Oversized", f"account {account.name}: message {m.key} "
+                f"({m.size} bytes, Message-ID {mid or '-'}, Subject {subject[:100]!r}) exceeds "
+                f"max_message_size ({account.max_message_size} bytes); left on the server, "
+                "see `deskgate fetch --list-oversized`")
+        await self._db(lambda c: state.record_oversized(c, account.name, folder, m.key, m.size,
+                                                        subject[:1000], sender[:1000], mid[:998]))
+
+    async def _message(self, account: AccountConfig, session: Session, obj: CommObj,
+                       comm: Comm, result: RunResult, call: Any, m: RemoteMessage,
+                       errors: list[str]) -> str:
+        """Fetch, deliver, then remove one message: 'ok', 'gone' or 'stop'."""
+        try:
+            raw = await call(session.fetch, m)
+        except MailboxError as exc:
+            mobj = comm.obj("Message")
+            mobj.log("Error", "Fetch", f"account {account.name}: message {m.key}: {exc.reason}")
+            mobj.close("Failed")
+            result.failed += 1
+            errors.append(f"Fetch: {exc.reason}")
+            return "stop"
+        if raw is None:
+            return "gone"
+        outcome = await self.gw.pipeline.deliver(envelope_for(account, raw), comm=comm)
+        reply = outcome.replies[0]
+        if not reply.ok:
+            mobj = comm.obj("Message")
+            mobj.log("Error", "Pipeline", f"account {account.name}: message {m.key} not "
+                     f"processed ({reply}; {outcome.detail}); left on the server for the next run")
+            mobj.close("Failed")
+            result.failed += 1
+            errors.append(f"Pipeline: {reply}")
+            return "stop"
+        result.fetched += 1
+        action = outcome.action
+        counter = {"quarantine": "quarantined", "ignore": "ignored"}.get(action, action)
+        if counter in ("new", "followup", "duplicate", "quarantined", "ignored"):
+            setattr(result, counter, getattr(result, counter) + 1)
+        if outcome.ticket_number and len(result.tickets) < 1000:
+            result.tickets.append(outcome.ticket_number)
+        try:
+            await call(session.done, m)
+        except MailboxError as exc:
+            # Committed, but the server did not take the removal: the next run
+            # refetches it and the dedupe recognises it.
+            errors.append(f"Remove: {exc.reason}")
+            obj.log("Error", "Remove", f"account {account.name}: message {m.key} stored but "
+                    f"not removed from the server: {exc.reason}")
+            return "stop"
+        return "ok"

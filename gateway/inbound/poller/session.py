@@ -1,0 +1,137 @@
+"""What IMAP and POP3 sessions have in common: the step errors, the TLS context,
+the message handle and the protocol the runner drives.
+
+Sessions are blocking (stdlib imaplib/poplib) and each one is used by exactly
+one worker thread; see gateway/inbound/poller/__init__.py for why.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from gateway.commlog import CommObj
+from gateway.config import AccountConfig
+
+Step = Literal["dns", "tcp", "tls", "auth", "folder", "fetch", "remove"]
+STEPS: tuple[Step, ...] = ("dns", "tcp", "tls", "auth", "folder")
+
+TIMEOUT = 60.0   # seconds for connect and every read
+
+
+class MailboxError(Exception):
+    """A failure at one step of talking to the mailbox; `reason` is safe to log."""
+
+    def __init__(self, step: Step, reason: str, *, temporary: bool = True) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+        self.temporary = temporary
+
+
+@dataclass(frozen=True)
+class RemoteMessage:
+    """One message on the server. `key` is stable across sessions (IMAP
+    "<uidvalidity>:<uid>", POP3 UIDL); `ref` addresses it in this session."""
+
+    key: str
+    ref: str          # IMAP UID, POP3 message number
+    size: int
+    uid: int = 0      # IMAP UID (0 for POP3)
+
+
+@dataclass(frozen=True)
+class Listing:
+    messages: tuple[RemoteMessage, ...]
+    uidvalidity: int = 0     # IMAP only
+    total: int = 0           # messages in the folder, whatever their state
+
+
+class Session(Protocol):
+    """The runner's view of one connection to a mailbox."""
+
+    log: CommObj
+    capabilities: frozenset[str]
+
+    def open(self) -> None: ...
+
+    def listing(self, *, after_uid: int | None = None) -> Listing: ...
+
+    def fetch(self, msg: RemoteMessage) -> bytes | None: ...
+
+    def headers(self, msg: RemoteMessage) -> bytes: ...
+
+    def done(self, msg: RemoteMessage) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+# A function that returns a fresh bearer token for XOAUTH2 (blocking; raises
+# MailboxError("auth", ...) when the token endpoint refuses).
+TokenGetter = Callable[[], str]
+
+
+def ssl_context(account: AccountConfig, root: Path) -> ssl.SSLContext:
+    """Verify the server against the system store or tls_ca_file, hostname included."""
+    if account.tls_ca_file:
+        path = Path(account.tls_ca_file)
+        path = path if path.is_absolute() else root / path
+        ctx = ssl.create_default_context(cafile=str(path))
+    else:
+        ctx = ssl.create_default_context()
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """DNS step on its own so a failure says "DNS", not "connection refused"."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MailboxError("dns", f"cannot resolve {host}: {exc.strerror}") from exc
+    return sorted({str(i[4][0]) for i in infos})
+
+
+def classify_os_error(exc: BaseException, host: str, port: int, *, tls: bool) -> MailboxError:
+    """Turn what the socket/ssl layer raised into a step error with a clear reason."""
+    if isinstance(exc, MailboxError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return MailboxError("tls", f"certificate of {host} not trusted: "
+                            f"{exc.verify_message or exc.reason}", temporary=False)
+    if isinstance(exc, ssl.SSLError):
+        return MailboxError("tls", f"TLS handshake with {host}:{port} failed: "
+                            f"{exc.reason or exc}")
+    if isinstance(exc, socket.gaierror):
+        return MailboxError("dns", f"cannot resolve {host}: {exc.strerror}")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return MailboxError("tls" if tls else "tcp", f"{host}:{port} timed out")
+    if isinstance(exc, ConnectionRefusedError):
+        return MailboxError("tcp", f"{host}:{port} refused the connection")
+    if isinstance(exc, OSError):
+        return MailboxError("tcp", f"{host}:{port}: {exc.strerror or exc}")
+    return MailboxError("tcp", f"{host}:{port}: {type(exc).__name__}: {exc}")
+
+
+def describe_tls(sock: object) -> str:
+    """'TLSv1.3 TLS_AES_256_GCM_SHA384, certificate CN=... verified' for the log."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return "no TLS"
+    cipher = sock.cipher()
+    cert: Any = sock.getpeercert() or {}
+    subject = ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+    return (f"{sock.version()} {cipher[0] if cipher else ''}, certificate {subject or '?'} "
+            "verified")
+
+
+def xoauth2(login: str, token: str) -> bytes:
+    """The XOAUTH2 SASL initial response (before base64)."""
+    return f"user={login}\x01auth=Bearer {token}\x01\x01".encode()
