@@ -3,26 +3,20 @@ session, a clean mailbox per test, config and run helpers."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import textwrap
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.app import Gateway
 from gateway.config import Config, load_config
-from gateway.inbound.poller.run import Poller, RunResult
+from tests.integration.poller.poller_helpers import USERS, PollHarness
 from tests.peers import dovecot as dv
 from tests.peers.ca import TestCA
 from tests.peers.oauth2 import OAuth2Server
 
 pytestmark = pytest.mark.dovecot
-
-USERS = {"helpdesk": "secret", "other": "other-secret"}
 
 
 @pytest.fixture(scope="session")
@@ -57,37 +51,6 @@ def mailbox(dovecot: dv.Dovecot, oauth2_server: OAuth2Server) -> dv.Dovecot:
     return dovecot
 
 
-def account_toml(server: dv.Dovecot, type_: str, name: str = "box", **extra: Any) -> str:
-    port = server.ports[{"imap": "imap", "imaptls": "imap", "imaps": "imaps", "pop3": "pop3",
-                         "pop3tls": "pop3", "pop3s": "pop3s"}[type_]]
-    values: dict[str, Any] = {"name": name, "type": type_, "host": "127.0.0.1", "port": port,
-                              "login": "helpdesk", "password": USERS["helpdesk"],
-                              "tls_ca_file": str(server.ca.ca_path), "interval": "1h"}
-    if type_ in ("imap", "pop3"):
-        values["allow_plaintext"] = True
-    values.update(extra)
-    oauth2 = values.pop("oauth2", None)
-    if oauth2 is not None:
-        values.pop("password", None)
-    lines = ["[[account]]"]
-    for k, v in values.items():
-        if v is None:
-            continue
-        lines.append(f"{k} = {_toml(v)}")
-    if oauth2 is not None:
-        lines.append("[account.oauth2]")
-        lines += [f"{k} = {_toml(v)}" for k, v in oauth2.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @pytest.fixture
 def poller_config(make_confdir: Callable[..., Path]) -> Callable[..., Config]:
     """poller_config(account_toml(...), ...) → a loaded Config."""
@@ -97,23 +60,6 @@ def poller_config(make_confdir: Callable[..., Path]) -> Callable[..., Config]:
             "\n".join(accounts))}))
 
     return make
-
-
-class PollHarness:
-    """A Gateway with its store, polling in-process with asyncio.run."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.gw = Gateway(cfg)
-        self.gw.prepare_store()
-        self.poller = Poller(self.gw)
-
-    def poll(self, name: str = "box") -> RunResult:
-        acc = self.gw.config.account_by_name(name)
-        assert acc is not None
-        return asyncio.run(self.poller.poll(acc, trigger="manual"))
-
-    def close(self) -> None:
-        self.gw.close()
 
 
 @pytest.fixture
@@ -128,15 +74,3 @@ def harness() -> Iterator[Callable[[Config], PollHarness]]:
     yield make
     for h in made:
         h.close()
-
-
-def message(n: int, *, to: str = "support@example.org", size: int = 0,
-            subject: str | None = None, extra: str = "") -> bytes:
-    body = f"Message number {n}.\r\n"
-    if size:
-        line = ("x" * 76) + "\r\n"
-        body += line * (size // len(line) + 1)
-    return (f"From: Customer {n} <customer{n}@customer.test>\r\nTo: {to}\r\n"
-            f"Subject: {subject or f'Problem {n}'}\r\n"
-            f"Message-ID: <m{n}.{uuid.uuid4().hex[:12]}@customer.test>\r\n"
-            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\n{extra}\r\n{body}").encode()

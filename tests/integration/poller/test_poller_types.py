@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.store.tables import Article, CommEntry, CommObject, Communication, Ticket
-from tests.integration.poller.conftest import account_toml, message
+from tests.integration.poller.poller_helpers import account_toml, message
 
 pytestmark = pytest.mark.dovecot
 
