@@ -153,7 +153,7 @@ class Gateway:
             metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(str(exc))
             return False
-        except Exception as exc:  # noqa: BLE001 - a broken reload must not stop the gateway
+        except Exception as exc:
             log.error("reload failed; keeping the running configuration", error=repr(exc))
             metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(repr(exc))

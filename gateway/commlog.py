@@ -81,23 +81,28 @@ class Comm:
         self.end = now()
 
 
+_INS_COMM = insert(Communication).returning(Communication.id)
+_INS_OBJ = insert(CommObject).returning(CommObject.id)
+_INS_ENTRY = insert(CommEntry)
+
+
 def write_comm(conn: Connection, comm: Comm) -> int:
     """Insert (or update, when opened before) the communication with its new objects."""
     if comm.id is None:
-        comm.id = conn.execute(insert(Communication).values(
-            direction=comm.direction, status=comm.status, account_type=comm.account_type,
-            account=comm.account, start=comm.start, end=comm.end,
-        ).returning(Communication.id)).scalar_one()
+        comm.id = conn.execute(_INS_COMM, {
+            "transport": "Email", "direction": comm.direction, "status": comm.status,
+            "account_type": comm.account_type, "account": comm.account, "start": comm.start,
+            "end": comm.end}).scalar_one()
     else:
         conn.execute(update(Communication).where(Communication.id == comm.id)
                      .values(status=comm.status, end=comm.end))
     entries: list[dict[str, object]] = []
     for o in comm.objects:
         if o.id is None:
-            o.id = conn.execute(insert(CommObject).values(
-                communication_id=comm.id, type=o.type, status=o.status, start=o.start,
-                end=o.end, article_id=o.article_id, outbound_id=o.outbound_id,
-            ).returning(CommObject.id)).scalar_one()
+            o.id = conn.execute(_INS_OBJ, {
+                "communication_id": comm.id, "type": o.type, "status": o.status,
+                "start": o.start, "end": o.end, "article_id": o.article_id,
+                "outbound_id": o.outbound_id}).scalar_one()
         else:
             conn.execute(update(CommObject).where(CommObject.id == o.id).values(
                 status=o.status, end=o.end, article_id=o.article_id,
@@ -106,5 +111,5 @@ def write_comm(conn: Connection, comm: Comm) -> int:
                         "key": e.key, "value": e.value, "time": e.time} for e in o.entries)
         o.entries = []
     if entries:
-        conn.execute(insert(CommEntry), entries)
+        conn.execute(_INS_ENTRY, entries)
     return comm.id

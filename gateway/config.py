@@ -688,8 +688,8 @@ def load_config(conf_dir: Path | str | None = None,
     default_file = str(files[0]) if files else str(conf)
     b = _Builder(root, origins, default_file, environ if environ is not None else os.environ)
 
-    top_fields = {f.name for f in dataclasses.fields(Config)} - {"root", "conf_dir", "filters",
-                                                                  "policy_files"}
+    internal = {"root", "conf_dir", "filters", "policy_files"}
+    top_fields = {f.name for f in dataclasses.fields(Config)} - internal
     raw_top = {k: v for k, v in merged.items() if k in top_fields}
     for k in merged:
         if k not in top_fields:

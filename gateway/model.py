@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
+from functools import cached_property
 from typing import Any, Literal
 
 from gateway.commlog import CommObj
@@ -26,7 +27,7 @@ class Envelope:
     dispatch_queue: str = ""       # set by a poller account with dispatch = "queue"
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()
 

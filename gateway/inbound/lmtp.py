@@ -170,7 +170,7 @@ class LmtpSession(LMTP):
         peer = _peer_name(self.session.peer)
         try:
             replies = await self.backend.deliver(mail_from, rcpts, raw, peer)
-        except Exception:  # noqa: BLE001 - never lose: the MTA keeps it and retries
+        except Exception:
             logging.getLogger(__name__).exception("delivery failed")
             replies = [errors.TEMPFAIL] * len(rcpts)
         await self.push("\r\n".join(str(r) for r in replies))
@@ -218,7 +218,8 @@ def _peer_name(peer: Any) -> str:
 async def start_listeners(backend: LmtpBackend, listen: Sequence[str], *, root: Path,
                           max_message_size: int, max_recipients: int, hostname: str,
                           socket_mode: int = 0o660, socket_group: str = "",
-                          timeout: float = 300) -> list[asyncio.AbstractServer]:
+                          timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
+                          ) -> list[asyncio.AbstractServer]:
     """Bind every `listen` address: unix:PATH (relative to root) or HOST:PORT."""
     loop = asyncio.get_running_loop()
 
@@ -236,7 +237,7 @@ async def start_listeners(backend: LmtpBackend, listen: Sequence[str], *, root: 
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             server = await loop.create_unix_server(factory, str(path))
-            os.chmod(path, socket_mode)
+            path.chmod(socket_mode)
             if socket_group:
                 try:
                     os.chown(path, -1, grp.getgrnam(socket_group).gr_gid)

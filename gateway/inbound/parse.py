@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import email.utils
+import re
 from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
@@ -49,13 +50,13 @@ def decode_header_value(value: object) -> str:
         # email.header.Header for 8-bit values under compat32
         value = str(value)
     if "=?" not in value:
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in value):
+        if not value.isascii() and any(0xDC80 <= ord(c) <= 0xDCFF for c in value):
             raw = value.encode("ascii", "surrogateescape")
             return decode_bytes(raw, "utf-8")
         return _unfold(value)
     try:
         parts = decode_header(value)
-    except Exception:  # noqa: BLE001 - a broken encoded word stays as written
+    except Exception:
         return _unfold(value)
     out: list[str] = []
     prev_encoded = False
@@ -93,13 +94,13 @@ def addresses(value: str) -> list[str]:
 def _filename(part: Message) -> str:
     try:
         name = part.get_filename()
-    except Exception:  # noqa: BLE001 - broken RFC 2231 parameters
+    except Exception:
         name = None
     if name is None:
         # Content-Type: name= (old mailers)
         try:
             name = part.get_param("name")
-        except Exception:  # noqa: BLE001
+        except Exception:
             name = None
         if isinstance(name, tuple):
             name = email.utils.collapse_rfc2231_value(name)
@@ -111,7 +112,7 @@ def _filename(part: Message) -> str:
 def _payload(part: Message) -> bytes:
     try:
         data = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001 - undecodable transfer encoding: keep what is there
+    except Exception:
         data = None
     if isinstance(data, bytes):
         return data
@@ -121,10 +122,25 @@ def _payload(part: Message) -> bytes:
     return b""
 
 
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _message(raw: bytes) -> Message:
+    """compat32 parse; a single-part body is attached whole instead of line by line."""
+    m = _HEADER_END.search(raw)
+    if m is None or m.start() == 0:
+        return message_from_bytes(raw, policy=compat32)
+    msg = message_from_bytes(raw[:m.end()], policy=compat32)
+    if msg.get_content_maintype() in ("multipart", "message") or msg.defects:
+        return message_from_bytes(raw, policy=compat32)
+    msg.set_payload(raw[m.end():].decode("ascii", "surrogateescape"))
+    return msg
+
+
 def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     """Parse raw bytes. Never raises for malformed input; defects are recorded."""
-    msg = message_from_bytes(raw, policy=compat32)
-    headers = [(k, decode_header_value(v)) for k, v in msg.items()]
+    msg = _message(raw)
+    headers = [(k, decode_header_value(v)) for k, v in msg.raw_items()]
     p = Parsed(msg=msg, headers=headers)
     p.subject = p.header("Subject")
     p.from_addr = p.header("From")
@@ -145,9 +161,7 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) ->
     """Fill body, body_html and attachments of p from a (possibly inner) MIME tree."""
     p.body, p.body_html, p.attachments = "", None, []
     text_done = False
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
+    for part in _leaves(msg):
         ctype = part.get_content_type()
         disp = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         fname = _filename(part)
@@ -156,14 +170,15 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) ->
         if ctype == "message/rfc822" or part.get_content_maintype() == "message":
             is_attachment = True
         if not is_attachment and ctype == "text/plain" and not text_done:
-            p.body = decode_bytes(_payload(part), part.get_content_charset())
+            p.body = decode_bytes(_payload(part), part.get_content_charset()).replace("\r\n", "\n")
             text_done = True
             continue
         if not is_attachment and ctype == "text/html" and p.body_html is None:
             p.body_html = decode_bytes(_payload(part), part.get_content_charset())
             continue
         if with_attachments:
-            content = _payload(part) if ctype != "message/rfc822" else _rfc822(part)
+            content = _rfc822(part) if part.get_content_maintype() == "message" \
+                else _payload(part)
             p.attachments.append(AttachmentData(
                 filename=fname or _default_name(ctype, len(p.attachments) + 1),
                 content_type=ctype, content=content,
@@ -173,13 +188,34 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) ->
         p.body = html_to_text(p.body_html)
 
 
+def _leaves(msg: Message) -> list[Message]:
+    """Leaf parts in order; an attached message (message/rfc822) is one leaf."""
+    out: list[Message] = []
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        if part.get_content_maintype() == "message" and part is not msg:
+            out.append(part)
+        elif part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend(reversed(payload))
+        else:
+            out.append(part)
+    return out
+
+
 def _rfc822(part: Message) -> bytes:
     inner = part.get_payload()
     if isinstance(inner, list) and inner:
-        try:
-            return inner[0].as_bytes()
-        except Exception:  # noqa: BLE001
-            return str(inner[0]).encode("utf-8", "replace")
+        blocks = inner[:1] if part.get_content_type() == "message/rfc822" else inner
+        out = []
+        for block in blocks:
+            try:
+                out.append(block.as_bytes())
+            except Exception:
+                out.append(str(block).encode("utf-8", "replace"))
+        return b"\n".join(out)
     return _payload(part)
 
 

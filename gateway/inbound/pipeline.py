@@ -10,6 +10,7 @@ quarantine; a database problem is a temporary failure. Nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import traceback
 from collections.abc import Callable
@@ -36,7 +37,7 @@ PrepareStage = Callable[[MessageContext, Runtime], None]
 CommitStage = Callable[[MessageContext, Runtime, Connection], None]
 
 
-class Skip(Exception):  # noqa: N818 - a control signal, not an error
+class Skip(Exception):
     """Raised by a stage to end the pipeline early (ignore, duplicate)."""
 
 
@@ -79,6 +80,22 @@ def _route(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
         route(ctx, rt)
 
 
+# Small plain messages are prepared right on the event loop: a thread hop costs
+# more than parsing 5 KB. Larger ones, and any a stage asks for (gpg, S/MIME),
+# go to the worker pool so one heavy message cannot stall every session.
+INLINE_PREPARE_MAX = 256 * 1024
+OFFLOAD: list[Callable[[Envelope], bool]] = []
+
+
+def register_offload(predicate: Callable[[Envelope], bool]) -> None:
+    """A stage that may block (subprocess, big crypto) asks for the worker pool here."""
+    OFFLOAD.append(predicate)
+
+
+def needs_worker(env: Envelope) -> bool:
+    return len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in OFFLOAD)
+
+
 PREPARE: dict[str, PrepareStage] = {"parse": _parse, "trust": _trust, "ignore": _ignore}
 COMMIT: dict[str, CommitStage] = {"route": _route, "store": store}
 
@@ -104,9 +121,16 @@ def prepare(ctx: MessageContext, rt: Runtime) -> None:
         PREPARE[name](ctx, rt)
 
 
-def commit(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
-    """Dedupe first (always), then the commit stages unless the message is ignored."""
-    _dedupe(ctx, rt, conn)
+def commit(ctx: MessageContext, rt: Runtime, conn: Connection, *,
+           check_duplicate: bool = True) -> None:
+    """Dedupe, then the commit stages unless the message is ignored.
+
+    With check_duplicate=False the lookup is skipped: the unique delivery row
+    still refuses a duplicate at insert time, which fails the transaction, and
+    the retry of that one message runs with the lookup.
+    """
+    if check_duplicate:
+        _dedupe(ctx, rt, conn)
     if ctx.action == "ignore":
         return
     for name in COMMIT_ORDER:
@@ -139,12 +163,13 @@ class Pipeline:
 
     def _commit_job(self, ctx: MessageContext, rt: Runtime, comm: Comm
                     ) -> Callable[[Connection], MessageContext]:
+        runs = [0]
+
         def job(conn: Connection) -> MessageContext:
             c = _fresh(ctx)
-            try:
-                commit(c, rt, conn)
-            except Skip:
-                pass
+            runs[0] += 1
+            with contextlib.suppress(Skip):
+                commit(c, rt, conn, check_duplicate=runs[0] > 1)
             if c.action in ("new", "followup"):
                 mid = c.parsed.message_id if c.parsed else ""
                 repo.record_deliveries(conn, mid, c.envelope.sha256, c.envelope.recipients,
@@ -197,17 +222,20 @@ class Pipeline:
         ctx = MessageContext(envelope=env, log=CommObj("Message"))
         ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
                     + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, _prepare_safe, ctx, rt)
+            if needs_worker(env):
+                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
+                                                                 ctx, rt)
+            else:
+                _prepare_safe(ctx, rt)
             job = self._commit_job(ctx, rt, comm)
-        except Exception as exc:  # noqa: BLE001 - anything the stages did not expect
+        except Exception as exc:
             log.exception("pipeline prepare failed; quarantining", source=env.source)
             job = self._quarantine_job(ctx, comm, f"{type(exc).__name__}: {exc}",
                                        traceback.format_exc())
         try:
             done = await self.writer.run(job)
-        except Exception as exc:  # noqa: BLE001 - decide between 4xx and quarantine
+        except Exception as exc:
             if is_temporary(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))
                 return self._tempfail(env, f"database: {type(exc).__name__}")
@@ -216,7 +244,7 @@ class Pipeline:
                 done = await self.writer.run(self._quarantine_job(
                     ctx, comm, f"{type(exc).__name__}: {exc}", traceback.format_exc()),
                     isolated=True)
-            except Exception as exc2:  # noqa: BLE001 - last resort is the MTA's queue
+            except Exception as exc2:
                 log.error("quarantine failed; temporary failure", error=str(exc2))
                 return self._tempfail(env, f"quarantine failed: {type(exc2).__name__}")
         reply = _reply_for(done)
@@ -236,7 +264,5 @@ class Pipeline:
 
 
 def _prepare_safe(ctx: MessageContext, rt: Runtime) -> None:
-    try:
+    with contextlib.suppress(Skip):
         prepare(ctx, rt)
-    except Skip:
-        pass

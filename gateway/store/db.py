@@ -7,6 +7,7 @@ is the embedded default; PostgreSQL (postgresql+psycopg://) is the multi-node st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -89,8 +90,28 @@ Job = Callable[[Connection], T]
 @dataclass
 class _Item:
     job: Callable[[Connection], Any]
-    future: Future[Any]
+    future: Future[Any] | None        # for threads (submit)
     isolated: bool
+    afuture: asyncio.Future[Any] | None = None   # for coroutines (run)
+
+    def start(self) -> bool:
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        return True
+
+
+def _settle(pairs: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Runs on the event loop: resolve every waiter of one commit in one callback."""
+    for fut, ok, value in pairs:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+_Settled = dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
 
 
 class BatchWriter:
@@ -117,14 +138,22 @@ class BatchWriter:
             self._thread.start()
 
     def submit(self, job: Callable[[Connection], T], *, isolated: bool = False) -> Future[T]:
-        """Queue a job; isolated jobs run in a transaction of their own."""
+        """Queue a job from any thread; isolated jobs run in a transaction of their own."""
         self.start()
         fut: Future[T] = Future()
         self._q.put(_Item(job, fut, isolated))
         return fut
 
     async def run(self, job: Callable[[Connection], T], *, isolated: bool = False) -> T:
-        return await asyncio.wrap_future(self.submit(job, isolated=isolated))
+        """Queue a job from a coroutine and wait for the commit that holds it.
+
+        All waiters of one commit are woken by a single loop callback, which keeps
+        the writer thread from handing the GIL back and forth once per message.
+        """
+        self.start()
+        afut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._q.put(_Item(job, None, isolated, afut))
+        return await afut
 
     def close(self, timeout: float = 30.0) -> None:
         if self._started:
@@ -156,7 +185,28 @@ class BatchWriter:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        live = [it for it in batch if it.future.set_running_or_notify_cancel()]
+        settled: _Settled = {}
+        try:
+            self._run_items(batch, settled)
+        finally:
+            for loop, pairs in settled.items():
+                # A closed loop raises RuntimeError: nobody waits any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, pairs)
+
+    def _set(self, it: _Item, ok: bool, value: Any,
+             settled: _Settled) -> None:
+        if it.afuture is not None:
+            settled.setdefault(it.afuture.get_loop(), []).append((it.afuture, ok, value))
+        elif it.future is not None:
+            if ok:
+                it.future.set_result(value)
+            else:
+                it.future.set_exception(value)
+
+    def _run_items(self, batch: list[_Item],
+                   settled: _Settled) -> None:
+        live = [it for it in batch if it.start()]
         if not live:
             return
         self.batches += 1
@@ -167,16 +217,18 @@ class BatchWriter:
                 with self.engine.begin() as conn:
                     for it in live:
                         results.append(it.job(conn))
-            except Exception as exc:  # noqa: BLE001 - fall back to one by one
-                log.debug("batch failed, retrying one by one", error=repr(exc), size=len(live))
+            except Exception as exc:
+                log.warning("batch failed, retrying one by one", error=repr(exc)[:300],
+                            size=len(live))
             else:
                 for it, res in zip(live, results, strict=True):
-                    it.future.set_result(res)
+                    self._set(it, True, res, settled)
                 return
         for it in live:
-            self._run_one(it)
+            ok, value = self._run_one(it)
+            self._set(it, ok, value, settled)
 
-    def _run_one(self, it: _Item) -> None:
+    def _run_one(self, it: _Item) -> tuple[bool, Any]:
         delay = 0.05
         for attempt in range(3):
             try:
@@ -188,13 +240,11 @@ class BatchWriter:
                     time.sleep(delay)
                     delay *= 4
                     continue
-                it.future.set_exception(exc)
-                return
-            except BaseException as exc:  # noqa: BLE001 - reported to the waiting caller
-                it.future.set_exception(exc)
-                return
-            it.future.set_result(res)
-            return
+                return False, exc
+            except Exception as exc:
+                return False, exc
+            return True, res
+        return False, RuntimeError("unreachable")
 
 
 def ping(engine: Engine) -> bool:
@@ -202,5 +252,5 @@ def ping(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
-    except Exception:  # noqa: BLE001 - health check answers yes or no
+    except Exception:
         return False

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -31,28 +31,51 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Statements of the inbound hot path are built once; values go in as parameters,
+# so SQLAlchemy reuses the compiled form instead of rebuilding a statement per row.
+def _counter_stmt(dialect: str) -> Any:
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = ins(TicketCounter).values(day=bindparam("day"), value=1)
+    return stmt.on_conflict_do_update(index_elements=["day"],
+                                      set_={"value": TicketCounter.value + 1}
+                                      ).returning(TicketCounter.value)
+
+
+_COUNTER = {d: _counter_stmt(d) for d in ("sqlite", "postgresql")}
+_INS_RAW = insert(RawMessage).returning(RawMessage.id)
+_INS_TICKET = insert(Ticket).returning(Ticket.id)
+_INS_ARTICLE = insert(Article).returning(Article.id)
+_INS_ATTACHMENT = insert(Attachment)
+_INS_DELIVERY = insert(Delivery)
+_SEL_DELIVERY = select(Delivery.recipient, Delivery.article_id, Delivery.outcome).where(
+    Delivery.content_hash == bindparam("h"), Delivery.message_id == bindparam("mid"),
+    Delivery.recipient.in_(bindparam("rcpts", expanding=True)))
+_SEL_DELIVERY_ONE = select(Delivery.recipient, Delivery.article_id, Delivery.outcome).where(
+    Delivery.content_hash == bindparam("h"), Delivery.message_id == bindparam("mid"),
+    Delivery.recipient == bindparam("rcpt"))
+
+
 def next_ticket_number(conn: Connection, system_id: str, when: datetime | None = None) -> str:
     """YYYYMMDD + system_id + a per-day counter (atomic on SQLite and PostgreSQL)."""
     day = (when or utcnow()).strftime("%Y%m%d")
-    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = ins(TicketCounter).values(day=day, value=1)
-    stmt = stmt.on_conflict_do_update(index_elements=["day"],
-                                      set_={"value": TicketCounter.value + 1})
-    value = conn.execute(stmt.returning(TicketCounter.value)).scalar_one()
+    stmt = _COUNTER.get(conn.dialect.name)
+    if stmt is None:
+        stmt = _counter_stmt(conn.dialect.name)
+    value = conn.execute(stmt, {"day": day}).scalar_one()
     return f"{day}{system_id}{value:05d}"
 
 
 def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None) -> int:
-    return conn.execute(insert(RawMessage).values(
-        sha256=sha256 or hashlib.sha256(raw).hexdigest(), size=len(raw), data=raw,
-        created=utcnow()).returning(RawMessage.id)).scalar_one()
+    return int(conn.execute(_INS_RAW, {
+        "sha256": sha256 or hashlib.sha256(raw).hexdigest(), "size": len(raw), "data": raw,
+        "created": utcnow()}).scalar_one())
 
 
 def insert_ticket(conn: Connection, **values: Any) -> int:
     now = utcnow()
     values.setdefault("created", now)
     values.setdefault("changed", now)
-    return conn.execute(insert(Ticket).values(**values).returning(Ticket.id)).scalar_one()
+    return int(conn.execute(_INS_TICKET, values).scalar_one())
 
 
 def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
@@ -63,10 +86,9 @@ def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
 def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
                    **values: Any) -> int:
     values.setdefault("created", utcnow())
-    article_id = conn.execute(insert(Article).values(**values)
-                              .returning(Article.id)).scalar_one()
+    article_id = int(conn.execute(_INS_ARTICLE, values).scalar_one())
     if attachments:
-        conn.execute(insert(Attachment), [
+        conn.execute(_INS_ATTACHMENT, [
             {"article_id": article_id, "filename": a.filename, "content_type": a.content_type,
              "content_id": a.content_id, "disposition": a.disposition, "size": len(a.content),
              "content": a.content} for a in attachments])
@@ -76,9 +98,13 @@ def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
 def find_deliveries(conn: Connection, message_id: str, content_hash: str,
                     recipients: Iterable[str]) -> dict[str, tuple[int | None, str]]:
     """Recipients that already have this message: recipient → (article_id, outcome)."""
-    rows = conn.execute(select(Delivery.recipient, Delivery.article_id, Delivery.outcome).where(
-        Delivery.content_hash == content_hash, Delivery.message_id == message_id,
-        Delivery.recipient.in_(list(recipients)))).all()
+    rcpts = list(recipients)
+    if len(rcpts) == 1:
+        rows = conn.execute(_SEL_DELIVERY_ONE, {"h": content_hash, "mid": message_id,
+                                                "rcpt": rcpts[0]}).all()
+    else:
+        rows = conn.execute(_SEL_DELIVERY, {"h": content_hash, "mid": message_id,
+                                            "rcpts": rcpts}).all()
     return {r.recipient: (r.article_id, r.outcome) for r in rows}
 
 
@@ -88,7 +114,7 @@ def record_deliveries(conn: Connection, message_id: str, content_hash: str,
     rows = [{"message_id": message_id, "content_hash": content_hash, "recipient": r,
              "article_id": article_id, "outcome": outcome, "created": now} for r in recipients]
     if rows:
-        conn.execute(insert(Delivery), rows)
+        conn.execute(_INS_DELIVERY, rows)
 
 
 def insert_quarantine(conn: Connection, *, source: str, envelope_from: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -63,9 +64,7 @@ class LmtpClient:
         return rcpt_replies, [self.reply() for _ in range(accepted)]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ConnectionError):
             self.cmd("QUIT")
-        except (OSError, ConnectionError):
-            pass
         self.file.close()
         self.sock.close()

@@ -7,7 +7,8 @@ from sqlalchemy import func, select
 from gateway.store.tables import Article, Ticket
 from tests.peers.lmtp import LmtpClient
 
-MSG = b"From: a@customer.test\r\nTo: support@example.org\r\nSubject: s\r\nMessage-ID: <1@c>\r\n\r\nhi\r\n"
+MSG = (b"From: a@customer.test\r\nTo: support@example.org\r\nSubject: s\r\n"
+       b"Message-ID: <1@c>\r\n\r\nhi\r\n")
 
 
 class TestLmtpSmoke:

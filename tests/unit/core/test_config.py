@@ -1,0 +1,152 @@
+"""Configuration loading: merging, validation errors with file/key/reason, value types."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import load_config, parse_duration, parse_schedule, parse_size
+from gateway.errors import ConfigErrors
+
+
+def errors_of(conf) -> list[str]:
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(conf)
+    return [str(e) for e in exc.value.errors]
+
+
+class TestValues:
+    def test_sizes(self):
+        """Sizes accept binary and decimal units and plain integers."""
+        assert parse_size("50MiB") == 50 * 1024 * 1024
+        assert parse_size("10 MB") == 10_000_000
+        assert parse_size(1024) == 1024
+        with pytest.raises(ValueError):
+            parse_size("lots")
+
+    def test_durations(self):
+        """Durations combine units; garbage is refused."""
+        assert parse_duration("10m") == 600
+        assert parse_duration("1h30m") == 5400
+        assert parse_duration(90) == 90
+        with pytest.raises(ValueError):
+            parse_duration("10 minutes please")
+
+    def test_retry_schedule(self):
+        """'1m, 5m, 1h*2' expands repeats."""
+        assert parse_schedule("1m, 5m, 1h*2") == (60, 300, 3600, 3600)
+        with pytest.raises(ValueError):
+            parse_schedule("1m*0")
+
+
+class TestMerge:
+    def test_files_merge_in_lexical_order(self, make_confdir):
+        """Tables merge, [[arrays]] append and a later scalar wins."""
+        conf = make_confdir({
+            "20-more.toml": """
+                [gateway]
+                system_id = "42"
+                [[queue]]
+                name = "Billing"
+            """,
+            "30-last.toml": """
+                [gateway]
+                system_id = "77"
+            """})
+        cfg = load_config(conf)
+        assert cfg.gateway.system_id == "77"
+        assert cfg.gateway.hostname == "helpdesk.test"
+        assert [q.name for q in cfg.queue][-1] == "Billing"
+        assert len(cfg.queue) == 5
+
+    def test_relative_paths_resolve_against_parent_of_confd(self, make_confdir):
+        """The database path is relative to the directory above conf.d."""
+        cfg = load_config(make_confdir())
+        assert cfg.database_url == f"sqlite:///{cfg.root}/var/deskgate.db"
+
+    def test_source_file_is_recorded(self, make_confdir):
+        """Each address remembers the file it came from."""
+        cfg = load_config(make_confdir())
+        assert cfg.address[0].source.endswith("10-base.toml")
+
+    def test_secret_from_file_and_env(self, make_confdir, tmp_path):
+        """password_file and password_env load secrets that never show in repr()."""
+        (tmp_path / "root").mkdir(exist_ok=True)
+        (tmp_path / "root" / "pw").write_text("s3cret\n")
+        conf = make_confdir({"50-relay.toml": """
+            [relay]
+            host = "smtp.test"
+            password_file = "pw"
+        """})
+        cfg = load_config(conf)
+        assert cfg.relay.password == "s3cret"
+        assert "s3cret" not in repr(cfg.relay)
+        conf2 = make_confdir({"50-relay.toml": """
+            [relay]
+            host = "smtp.test"
+            password_env = "DG_TEST_PW"
+        """})
+        assert load_config(conf2, environ={"DG_TEST_PW": "x1"}).relay.password == "x1"
+
+
+class TestErrors:
+    def test_unknown_key_names_file_key_and_suggestion(self, make_confdir):
+        """A typo is an error with file, dotted key and a suggestion."""
+        errs = errors_of(make_confdir({"50-typo.toml": "[lmtp]\nmax_mesage_size = '1MB'\n"}))
+        assert any("50-typo.toml: lmtp.max_mesage_size: unknown key" in e
+                   and "max_message_size" in e for e in errs)
+
+    def test_all_errors_are_reported_at_once(self, make_confdir):
+        """Several problems in several files are all listed."""
+        errs = errors_of(make_confdir({
+            "50-a.toml": "[lmtp]\nunknown_recipient = 'bounce'\n",
+            "60-b.toml": "[[address]]\nemail = 'not-an-address'\n",
+        }))
+        assert any("50-a.toml: lmtp.unknown_recipient:" in e and "reject" in e for e in errs)
+        assert any("60-b.toml: address[5].email:" in e for e in errs)
+
+    def test_invalid_toml(self, make_confdir):
+        """Broken TOML names the file."""
+        errs = errors_of(make_confdir({"50-broken.toml": "[lmtp\n"}))
+        assert any("50-broken.toml" in e and "not valid TOML" in e for e in errs)
+
+    def test_queue_using_invalid_address_is_refused(self, make_confdir):
+        """An address may only be invalidated when no queue uses it."""
+        errs = errors_of(make_confdir({"50-x.toml": """
+            [[queue]]
+            name = "Legacy"
+            address = "old@example.org"
+        """}))
+        assert any("queue[4].address" in e and "invalidated" in e for e in errs)
+
+    def test_unknown_queue_reference(self, make_confdir):
+        """An address pointing to a missing queue is an error."""
+        errs = errors_of(make_confdir({"50-x.toml": """
+            [[address]]
+            email = "x@example.org"
+            queue = "Nope"
+        """}))
+        assert any("address[5].queue" in e and "'Nope'" in e for e in errs)
+
+    def test_plain_imap_needs_allow_plaintext(self, make_confdir):
+        """Plain IMAP without TLS must be allowed explicitly."""
+        errs = errors_of(make_confdir({"50-acc.toml": """
+            [[account]]
+            name = "legacy"
+            type = "imap"
+            host = "imap.test"
+            login = "u"
+            password = "p"
+        """}))
+        assert any("account[0].type" in e and "allow_plaintext" in e for e in errs)
+
+    def test_missing_required_key(self, make_confdir):
+        """A [[queue]] without a name says which key is missing."""
+        errs = errors_of(make_confdir({"50-q.toml": "[[queue]]\ncomment = 'x'\n"}))
+        assert any("queue[4].name: required key is missing" in e for e in errs)
+
+    def test_duplicate_filter_names(self, make_confdir):
+        """Filter names are unique across policy files."""
+        errs = errors_of(make_confdir(policies={
+            "a.toml": "[[filter]]\nname = 'x'\nmatch = []\n",
+            "b.toml": "[[filter]]\nname = 'x'\nmatch = []\n"}))
+        assert any("duplicate filter name" in e for e in errs)

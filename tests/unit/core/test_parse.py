@@ -1,0 +1,89 @@
+"""Parsing: charsets, encoded words, attachments, malformed MIME."""
+
+from __future__ import annotations
+
+from gateway.inbound.parse import decode_header_value, parse_message
+
+
+class TestHeaders:
+    def test_rfc2047_words(self):
+        """Encoded words in any charset are decoded and joined."""
+        assert decode_header_value("=?utf-8?q?Dr=C3=BCcker?= =?iso-8859-1?q?_kaputt?=") \
+            == "Drücker kaputt"
+        assert decode_header_value("=?koi8-r?b?8NLJ18XU?=") == "Привет"
+
+    def test_unknown_charset_does_not_fail(self):
+        """An unknown charset falls back instead of raising."""
+        assert "abc" in decode_header_value("=?x-nonsense?q?abc?=")
+
+    def test_raw_utf8_header(self):
+        """8-bit UTF-8 in a header (no encoded words) is read as UTF-8."""
+        p = parse_message("Subject: Grüße\r\nFrom: a@b.test\r\n\r\nx\r\n".encode())
+        assert p.subject == "Grüße"
+
+    def test_raw_latin1_header(self):
+        """8-bit Latin-1 in a header is read as Latin-1 when it is not UTF-8."""
+        p = parse_message("Subject: Grüße\r\n\r\nx\r\n".encode("latin-1"))
+        assert p.subject == "Grüße"
+
+
+class TestBodies:
+    def test_quoted_printable_latin1(self):
+        """A QP body is decoded with its declared charset; CRLF becomes LF."""
+        p = parse_message(b"Content-Type: text/plain; charset=iso-8859-1\r\n"
+                          b"Content-Transfer-Encoding: quoted-printable\r\n\r\nS=FC=DF\r\nx\r\n")
+        assert p.body == "Süß\nx\n"
+
+    def test_wrong_declared_charset(self):
+        """Bytes that do not fit the declared charset still decode (never raise)."""
+        p = parse_message(b"Content-Type: text/plain; charset=us-ascii\r\n\r\n\xc3\xa4\xff\r\n")
+        assert p.body.startswith("\u00e4") or "\ufffd" in p.body or "\xff" in p.body
+
+    def test_html_only_gets_text_rendering(self):
+        """An HTML-only mail keeps the HTML and gets a text body."""
+        p = parse_message(b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+                          b"<p>Hello <b>world</b></p><script>x()</script>\r\n")
+        assert p.body_html is not None and "Hello world" in p.body and "x()" not in p.body
+
+    def test_attachments_with_rfc2231_and_rfc2047_names(self):
+        """Attachment names in RFC 2231 and (non-standard) RFC 2047 form are decoded."""
+        raw = (b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+               b"Content-Type: text/plain\r\n\r\nbody\r\n--B\r\n"
+               b"Content-Type: application/pdf\r\n"
+               b"Content-Disposition: attachment; filename*=utf-8''Rechnung%20M%C3%A4rz.pdf\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--B\r\n"
+               b"Content-Type: image/png; name=\"=?utf-8?q?Bild_=C3=BC.png?=\"\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\niVBORw==\r\n--B--\r\n")
+        p = parse_message(raw)
+        assert p.body.strip() == "body"
+        assert [(a.filename, a.content_type, a.content) for a in p.attachments] == [
+            ("Rechnung März.pdf", "application/pdf", b"%PDF"),
+            ("Bild ü.png", "image/png", b"\x89PNG")]
+
+    def test_broken_boundary_is_tolerated(self):
+        """A multipart without its closing boundary parses with defects, not an exception."""
+        raw = (b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+               b"Content-Type: text/plain\r\n\r\nstill here\r\n")
+        p = parse_message(raw)
+        assert "still here" in p.body
+        assert p.defects
+
+    def test_missing_boundary_parameter(self):
+        """multipart without a boundary is treated as text with a defect."""
+        p = parse_message(b"Content-Type: multipart/mixed\r\n\r\nplain words\r\n")
+        assert p.defects
+
+    def test_forwarded_message_is_an_attachment(self):
+        """message/rfc822 parts become .eml attachments."""
+        raw = (b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+               b"Content-Type: text/plain\r\n\r\nsee below\r\n--B\r\n"
+               b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--B--\r\n")
+        p = parse_message(raw)
+        assert p.attachments[0].filename.endswith(".eml")
+        assert b"inner body" in p.attachments[0].content
+
+    def test_addresses(self):
+        """From and the first address are extracted, lowercased."""
+        p = parse_message(b'From: "Doe, Jane" <Jane.Doe@Example.ORG>\r\nTo: a@x, b@y\r\n\r\n')
+        assert p.from_email == "jane.doe@example.org"
+        assert p.to_addr == "a@x, b@y"
