@@ -531,7 +531,8 @@ class _Builder:
                 ok = False
             except (ValueError, TypeError) as exc:
                 self.error(dotted, str(exc))
-                ok = False
+                name = f"{key}.{f.name.rstrip('_')}" if key else f.name
+                self.error(name, "required key is missing")
         for f in fields.values():
             if (f.name not in kwargs and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING):
