@@ -531,12 +531,12 @@ class _Builder:
                 ok = False
             except (ValueError, TypeError) as exc:
                 self.error(dotted, str(exc))
-                name = f"{key}.{f.name.rstrip('_')}" if key else f.name
-                self.error(name, "required key is missing")
+                ok = False
         for f in fields.values():
             if (f.name not in kwargs and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING):
-                self.error(f"{key}.{f.name.rstrip('_')}" if key else f.name, "required key is missing")
+                name = f"{key}.{f.name.rstrip('_')}" if key else f.name
+                self.error(name, "required key is missing")
                 ok = False
         if "source" in fields:
             kwargs["source"] = self.origins.file(key, self.default_file)
