@@ -1,0 +1,85 @@
+"""RFC 3464 delivery status notifications (failed and delayed) for the submitter.
+
+A DSN goes out through the same queue with the null envelope sender (or
+`relay.bounce_sender`), so it can itself never cause another DSN.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from typing import Literal
+
+from gateway.outbound.queue import RcptResult
+
+
+def _enhanced(code: int, reply: str, action: str) -> str:
+    head = reply.split(" ", 1)[0] if reply else ""
+    parts = head.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and head[0] in "245":
+        return head
+    if action == "delayed":
+        return "4.0.0"
+    return "5.0.0" if code >= 500 or code == 0 else "4.0.0"
+
+
+def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: str,
+              original_headers: bytes, original_message_id: str, results: Sequence[RcptResult],
+              remote_mta: str, arrival: datetime, last_attempt: datetime | None = None,
+              retry_until: datetime | None = None) -> bytes:
+    """The DSN message as CRLF bytes."""
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
+    report["To"] = to
+    if action == "failed":
+        report["Subject"] = "Undelivered Mail Returned to Sender"
+    else:
+        report["Subject"] = "Delayed Mail (still being retried)"
+    report["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)
+    report["Auto-Submitted"] = "auto-replied"
+    if original_message_id:
+        report["In-Reply-To"] = original_message_id
+        report["References"] = original_message_id
+
+    lines = [f"This is the mail system at host {reporting_mta}.", ""]
+    if action == "failed":
+        lines.append("Your message could not be delivered to one or more recipients. "
+                     "It has been given up on.")
+    else:
+        lines.append("Your message has not been delivered yet to one or more recipients. "
+                     "Delivery will be retried; no action is needed.")
+    lines.append("")
+    for r in results:
+        lines.append(f"<{r.address}>: {r.code or ''} {r.reply}".rstrip())
+    report.attach(MIMEText("\n".join(lines) + "\n", "plain", "utf-8"))
+
+    per_msg = [f"Reporting-MTA: dns; {reporting_mta}",
+               f"Arrival-Date: {email.utils.format_datetime(arrival)}"]
+    blocks = ["\r\n".join(per_msg)]
+    for r in results:
+        status = _enhanced(r.code, r.reply, action)
+        b = [f"Final-Recipient: rfc822; {r.address}", f"Action: {action}", f"Status: {status}"]
+        if remote_mta:
+            b.append(f"Remote-MTA: dns; {remote_mta}")
+        if r.code:
+            b.append(f"Diagnostic-Code: smtp; {r.code} {r.reply}".replace("\n", " ")[:900])
+        if last_attempt:
+            b.append(f"Last-Attempt-Date: {email.utils.format_datetime(last_attempt)}")
+        if action == "delayed" and retry_until:
+            b.append(f"Will-Retry-Until: {email.utils.format_datetime(retry_until)}")
+        blocks.append("\r\n".join(b))
+    status_part = MIMEBase("message", "delivery-status")
+    status_part.set_payload("\r\n\r\n".join(blocks) + "\r\n")
+    report.attach(status_part)
+
+    headers_part = MIMEBase("text", "rfc822-headers")
+    headers_part.set_payload(original_headers.decode("utf-8", "replace").rstrip("\r\n")
+                             + "\r\n")
+    report.attach(headers_part)
+    data = report.as_bytes()
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -1,0 +1,236 @@
+"""The sender task of `deskgate serve`: claims due messages and hands them to the relay.
+
+Deliveries run on a small thread pool (smtplib blocks); claims and outcomes go
+through the group-commit writer. Per attempt one communication (Outgoing) is
+logged with a Connection object (connect, TLS, AUTH) and a Message object
+(per-recipient results). Permanent failures and an exhausted schedule send a
+DSN to the submitter; `warn_after` sends one "delayed" DSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import Connection
+
+from gateway.commlog import Comm, write_comm
+from gateway.outbound import queue as oq
+from gateway.outbound.transport import Attempt, Transport, make_transport
+from gateway.runtime import Runtime
+from gateway.store.db import BatchWriter
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = structlog.get_logger(__name__)
+
+# Wake-up callbacks of running senders (so an auto-response queued inside the
+# inbound transaction is picked up without waiting for the next poll).
+_WAKERS: list[Callable[[float], None]] = []
+_WAKERS_LOCK = threading.Lock()
+
+
+def notify_queued() -> None:
+    with _WAKERS_LOCK:
+        wakers = list(_WAKERS)
+    for w in wakers:
+        w(0.2)    # called inside the transaction: look a moment after its commit
+
+
+def node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Sender:
+    name = "outbound-sender"
+
+    def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter, *,
+                 transport: Transport | None = None, node: str | None = None) -> None:
+        self.runtime = runtime
+        self.writer = writer
+        cfg = runtime().config
+        self.transport = transport or make_transport(cfg)
+        self.concurrency = max(1, cfg.relay.concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency,
+                                       thread_name_prefix="relay")
+        self.node = node or node_name()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.delivered = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="outbound-sender")
+        with _WAKERS_LOCK:
+            _WAKERS.append(self.poke)
+        log.info("outbound sender started", node=self.node, transport=self.transport.name,
+                 relay=self.transport.account)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        with _WAKERS_LOCK, contextlib.suppress(ValueError):
+            _WAKERS.remove(self.poke)
+        if self._wake:
+            self._wake.set()
+        if self._task:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 60)
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=60)
+        await asyncio.get_running_loop().run_in_executor(None, self.transport.close)
+        self.pool.shutdown(wait=False)
+
+    def poke(self, delay: float = 0.0) -> None:
+        """Thread-safe: look for due messages now (or after `delay` seconds)."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            if delay:
+                loop.call_soon_threadsafe(loop.call_later, delay, wake.set)
+            else:
+                loop.call_soon_threadsafe(wake.set)
+
+    # ---------------------------------------------------------------- loop
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            rt = self.runtime()
+            relay = rt.config.relay
+            free = self.concurrency * 2 - len(self._inflight)
+            claimed: list[oq.Claimed] = []
+            timeout = relay.poll_interval
+            if free > 0:
+                try:
+                    claimed = await self.writer.run(lambda c, n=free, r=relay: oq.claim(
+                        c, self.node, limit=n, lease=r.lease))
+                    if not claimed:
+                        due = await self.writer.run(oq.next_due)
+                        if due is not None:
+                            wait = (due - datetime.now(UTC)).total_seconds()
+                            timeout = min(timeout, max(wait, 0.05))
+                except Exception as exc:  # noqa: BLE001 - the database may come back
+                    log.warning("outbound claim failed", error=str(exc))
+            for m in claimed:
+                t = asyncio.create_task(self._deliver(m))
+                self._inflight.add(t)
+                t.add_done_callback(self._inflight.discard)
+            if claimed and len(self._inflight) < self.concurrency * 2:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    async def _deliver(self, m: oq.Claimed) -> None:
+        loop = asyncio.get_running_loop()
+        rcpts = [a for _, a in m.recipients]
+        try:
+            if rcpts:
+                att = await loop.run_in_executor(self.pool, self.transport.deliver, m.sender,
+                                                 rcpts, m.data)
+            else:
+                att = Attempt()
+        except Exception as exc:  # noqa: BLE001 - an unknown error is temporary
+            log.exception("delivery crashed", outbound_id=m.id)
+            att = Attempt(error=f"{type(exc).__name__}: {exc}")
+        results = results_of(m, att)
+        rt = self.runtime()
+        try:
+            await self.writer.run(lambda conn: record(conn, rt, m, att, results,
+                                                      self.transport))
+        except Exception:  # noqa: BLE001 - the lease expires and the message is retried
+            log.exception("recording the delivery failed", outbound_id=m.id)
+            return
+        self.delivered += sum(1 for r in results if r.ok)
+        if self._wake:
+            self._wake.set()
+
+
+def results_of(m: oq.Claimed, att: Attempt) -> list[oq.RcptResult]:
+    if att.codes and len(att.codes) == len(m.recipients):
+        return [oq.RcptResult(rid, addr, code, text)
+                for (rid, addr), (code, text) in zip(m.recipients, att.codes, strict=True)]
+    code = 0
+    if att.error[:3].isdigit():
+        code = int(att.error[:3])
+        if code >= 500 and not att.permanent_error:
+            code = 400 + code % 100   # AUTH/greeting refusals are our problem: retry
+    return [oq.RcptResult(rid, addr, code, att.error or "not delivered")
+            for rid, addr in m.recipients]
+
+
+def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
+           results: list[oq.RcptResult], transport: Transport) -> oq.Settled:
+    """Outcomes, communication log and DSNs, in one transaction. Re-runnable."""
+    relay = rt.config.relay
+    st = oq.record_attempt(conn, m, results, schedule=relay.retry, warn_after=relay.warn_after,
+                           error=att.error)
+    comm = Comm("Outgoing", transport.name, transport.account)
+    c = comm.obj("Connection")
+    for prio, key, value in att.log:
+        c.log(prio, key, value)  # type: ignore[arg-type]
+    c.close("Failed" if att.error else "Successful")
+    msg = comm.obj("Message")
+    msg.outbound_id = m.id
+    msg.article_id = m.article_id
+    msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
+            f"{m.kind} from <{m.sender}>, {m.message_id}")
+    for r in st.sent:
+        msg.log("Info", "Delivered", f"<{r.address}>: {r.code} {r.reply}")
+    for r in st.delayed:
+        msg.log("Warn", "Deferred", f"<{r.address}>: {r.code} {r.reply}; next attempt "
+                f"{st.next_attempt:%Y-%m-%d %H:%M:%S}" if st.next_attempt else "")
+    for r in st.failed:
+        why = "retries exhausted" if not r.permanent else "permanent failure"
+        msg.log("Error", "Failed", f"<{r.address}>: {r.code} {r.reply} ({why})")
+    msg.close("Failed" if st.failed else "Warning" if st.delayed else "Successful")
+    comm.close()
+    if st.failed and m.kind == "message" and m.return_path:
+        oid = _queue_dsn(conn, rt, m, "failed", st.failed, transport)
+        msg.log("Notice", "DSN", f"failure notice to <{m.return_path}> queued as #{oid}")
+    if st.warn and m.return_path and st.delayed:
+        oid = _queue_dsn(conn, rt, m, "delayed", st.delayed, transport,
+                         retry_until=_retry_until(m, relay.retry))
+        msg.log("Notice", "DSN", f"delay notice to <{m.return_path}> queued as #{oid}")
+    write_comm(conn, comm)
+    return st
+
+
+def _retry_until(m: oq.Claimed, schedule: tuple[float, ...]) -> datetime:
+    return m.created + timedelta(seconds=sum(schedule))
+
+
+def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
+               results: list[oq.RcptResult], transport: Transport, *,
+               retry_until: datetime | None = None) -> int:
+    from gateway.outbound.dsn import build_dsn
+    from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+
+    cfg = rt.config
+    data = build_dsn(action=action, reporting_mta=cfg.gateway.hostname, to=m.return_path,
+                     original_headers=m.data.split(b"\r\n\r\n", 1)[0],
+                     original_message_id=m.message_id, results=results,
+                     remote_mta=transport.account if transport.name == "SMTP" else "",
+                     arrival=m.created, last_attempt=datetime.now(UTC), retry_until=retry_until)
+    ctx = OutboundContext(mail_from=cfg.relay.bounce_sender, recipients=[m.return_path],
+                          raw=data, source="DSN", account=cfg.gateway.hostname, kind="dsn",
+                          queue=m.queue)
+    ctx.sender = cfg.relay.bounce_sender
+    return process_in_transaction(ctx, rt, conn)

@@ -1,0 +1,54 @@
+"""Wiring of the outbound door into a Gateway: the pipeline, submission listener, sender.
+
+app.py lists `submission_service` and `sender_service` in SERVICE_FACTORIES; the
+pipeline object is created once per Gateway and shared by both and by
+`deskgate send`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gateway.outbound.pipeline import OutboundPipeline
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.outbound.sender import Sender
+    from gateway.outbound.submission import SubmissionService
+
+log = structlog.get_logger(__name__)
+
+
+def outbound_pipeline(gw: Gateway) -> OutboundPipeline:
+    """The Gateway's outbound pipeline (created on first use)."""
+    existing = getattr(gw, "outbound_pipeline", None)
+    if isinstance(existing, OutboundPipeline):
+        return existing
+    p = OutboundPipeline(lambda: gw.runtime, gw.writer, gw.executor)
+    gw.outbound_pipeline = p  # type: ignore[attr-defined]
+    return p
+
+
+def submission_service(gw: Gateway) -> SubmissionService | None:
+    from gateway.outbound.submission import Submission, SubmissionService, comm_writer
+
+    listen = gw.config.submission.listen
+    if not listen:
+        return None
+    sub = Submission(lambda: gw.runtime, outbound_pipeline(gw), comm_writer(gw.writer))
+    return SubmissionService(sub, listen)
+
+
+def sender_service(gw: Gateway) -> Sender | None:
+    from gateway.outbound.sender import Sender
+
+    relay = gw.config.relay
+    if relay.mode == "smtp" and not relay.host:
+        log.warning("no [relay] host: outbound messages stay queued until one is configured")
+        return None
+    sender = Sender(lambda: gw.runtime, gw.writer)
+    outbound_pipeline(gw).on_queued = sender.poke
+    gw.outbound_sender = sender  # type: ignore[attr-defined]
+    return sender

@@ -1,0 +1,316 @@
+"""SMTP submission listener (aiosmtpd on the serve loop).
+
+STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
+after TLS (aiosmtpd answers 538 before). Clients inside allow_networks may
+submit without AUTH; everyone else gets 530 at MAIL: never an open relay.
+Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
+client address; past max_auth_failures the client is locked out for a while
+that doubles with every further failure, and a Warn is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import ssl
+import time
+from base64 import b64decode
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from gateway.commlog import Comm, write_comm
+from gateway.config import Config, SubmissionUser
+from gateway.outbound.pipeline import OutboundContext, OutboundPipeline
+from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+LOCKED_OUT = "454 4.7.0 Too many failed authentication attempts; try again later"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
+TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+BAD_RCPT = "553 5.1.3 Malformed recipient address"
+
+
+class AuthGuard:
+    """Failed AUTH per client address, with an exponential lock-out."""
+
+    def __init__(self, max_failures: int, backoff: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max(1, max_failures)
+        self.backoff = backoff
+        self.clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def locked(self, client: str) -> bool:
+        count, until = self._failures.get(client, (0, 0.0))
+        return count >= self.max_failures and self.clock() < until
+
+    def failed(self, client: str) -> tuple[int, float]:
+        """Count one failure; returns (failures, seconds locked out, 0 = not locked)."""
+        count, _ = self._failures.get(client, (0, 0.0))
+        count += 1
+        lock = 0.0
+        if count >= self.max_failures:
+            lock = min(self.backoff * 2 ** (count - self.max_failures), 86400.0)
+        self._failures[client] = (count, self.clock() + lock)
+        if len(self._failures) > 10000:     # forget the oldest entries
+            for k in list(self._failures)[:1000]:
+                self._failures.pop(k, None)
+        return count, lock
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+class Submission:
+    """What the sessions share: config access, users, the pipeline, the AUTH guard."""
+
+    def __init__(self, runtime: Callable[[], Runtime], pipeline: OutboundPipeline,
+                 write_log: Callable[[Comm], None]) -> None:
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.write_log = write_log
+        cfg = runtime().config.submission
+        self.guard = AuthGuard(cfg.max_auth_failures, cfg.auth_backoff)
+        self._verified: dict[str, float] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.runtime().config
+
+    def allowed_network(self, peer: Any) -> bool:
+        host = peer[0] if isinstance(peer, tuple) else ""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(n, strict=False)
+                   for n in self.config.submission.allow_networks)
+
+    def user(self, name: str) -> SubmissionUser | None:
+        for u in self.config.submission.user:
+            if u.name == name:
+                return u
+        return None
+
+    async def verify(self, login: str, password: str) -> SubmissionUser | None:
+        from gateway.passwords import verify_password
+
+        user = self.user(login)
+        if user is None:
+            # Spend the same time as for a real user, so names cannot be probed.
+            await asyncio.get_running_loop().run_in_executor(
+                None, verify_password, password, _DUMMY_HASH)
+            return None
+        key = hashlib.sha256(f"{user.name}\0{password}\0{user.password_hash}".encode()).hexdigest()
+        if key in self._verified:
+            return user
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password, user.password_hash)
+        if ok:
+            if len(self._verified) > 1000:
+                self._verified.clear()
+            self._verified[key] = time.monotonic()
+            return user
+        return None
+
+    def auth_failed(self, peer: Any, login: str) -> None:
+        client = peer[0] if isinstance(peer, tuple) else str(peer)
+        count, lock = self.guard.failed(client)
+        log.warning("submission AUTH failed", client=client, login=login, failures=count,
+                    locked_for=lock)
+        comm = Comm("Outgoing", "SMTP", _peer(peer))
+        obj = comm.obj("Connection")
+        obj.log("Warn", "Auth", f"AUTH failed for {login!r} from {client} ({count} failures"
+                + (f"; locked out for {lock:.0f}s" if lock else "") + ")")
+        obj.close("Failed")
+        comm.close("Failed")
+        self.write_log(comm)
+
+
+_DUMMY_HASH = ("$scrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0c2FsdA"
+               "$Ys3NRTwTL0lZ9ZtBxIdS3iVJTDt/bFk0mN8gv5ITHS0")
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")
+
+
+class SubmissionHandler:
+    """aiosmtpd handler: policy at MAIL/RCPT, the pipeline at DATA."""
+
+    def __init__(self, sub: Submission) -> None:
+        self.sub = sub
+
+    def _may_submit(self, session: Session) -> bool:
+        return bool(session.authenticated) or self.sub.allowed_network(session.peer)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if not self._may_submit(session):
+            log.info("submission refused: not authenticated", client=_peer(session.peer))
+            return AUTH_REQUIRED
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self._may_submit(session):
+            return AUTH_REQUIRED
+        if len(envelope.rcpt_tos) >= self.sub.config.submission.max_recipients:
+            return TOO_MANY_RCPTS
+        if "@" not in address or any(c in address for c in " <>"):
+            return BAD_RCPT
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self._may_submit(session):
+            return AUTH_REQUIRED
+        raw = envelope.original_content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        user = getattr(session, "deskgate_user", None)
+        ctx = OutboundContext(mail_from=envelope.mail_from or "",
+                              recipients=[r.lower() for r in envelope.rcpt_tos], raw=raw,
+                              source="SMTP", account=_peer(session.peer), user=user,
+                              trusted=True)
+        result = await self.sub.pipeline.submit(ctx)
+        reply = result.reply
+        text = reply.text if not result.outbound_id else f"queued as {result.outbound_id}"
+        return f"{reply.code} {reply.enhanced} {text}"
+
+
+class SubmissionSession(SMTP):
+    """One submission connection; AUTH checks run off the event loop."""
+
+    def __init__(self, sub: Submission, **kw: Any) -> None:
+        super().__init__(SubmissionHandler(sub), authenticator=_never, **kw)
+        self.sub = sub
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        assert self.session is not None
+        client = self.session.peer[0] if isinstance(self.session.peer, tuple) else ""
+        if self.sub.guard.locked(client):
+            await self.push(LOCKED_OUT)
+            return
+        await super().smtp_AUTH(arg)
+
+    async def _check(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        assert self.session is not None
+        name = login.decode("utf-8", "replace")
+        user = await self.sub.verify(name, password.decode("utf-8", "replace"))
+        if user is None:
+            self.sub.auth_failed(self.session.peer, name)
+            return AuthResult(success=False, handled=False, message=AUTH_BAD)
+        self.sub.guard.succeeded(self.session.peer[0] if isinstance(self.session.peer, tuple)
+                                 else "")
+        self.session.deskgate_user = user  # type: ignore[attr-defined]
+        log.info("submission AUTH ok", user=name, mechanism=mechanism)
+        return AuthResult(success=True, auth_data=LoginPassword(login, b""), message=AUTH_OK)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check("PLAIN", parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check("LOGIN", login, password)
+
+
+def _never(*_: Any) -> AuthResult:
+    return AuthResult(success=False)
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    sub = cfg.submission
+    if not (sub.tls_cert and sub.tls_key):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cfg.path(sub.tls_cert)), str(cfg.path(sub.tls_key)))
+    return ctx
+
+
+class SubmissionService:
+    """The listeners of [submission] listen."""
+
+    name = "submission"
+
+    def __init__(self, sub: Submission, listen: Sequence[str]) -> None:
+        self.sub = sub
+        self.listen = listen
+        self.servers: list[asyncio.AbstractServer] = []
+        self.ports: list[int] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.sub.config
+        tls = server_tls_context(cfg)
+
+        def factory() -> SubmissionSession:
+            c = self.sub.config.submission
+            return SubmissionSession(self.sub, data_size_limit=c.max_message_size,
+                                     enable_SMTPUTF8=True, hostname=cfg.gateway.hostname,
+                                     ident="deskgate submission", tls_context=tls,
+                                     timeout=c.timeout, auth_require_tls=True, loop=loop)
+
+        for spec in self.listen:
+            host, _, port = spec.rpartition(":")
+            server = await loop.create_server(factory, host.strip("[]"), int(port))
+            self.servers.append(server)
+            self.ports.append(server.sockets[0].getsockname()[1])
+        log.info("submission listening", listen=list(self.listen), starttls=tls is not None)
+
+    async def stop(self) -> None:
+        for s in self.servers:
+            s.close()
+        for s in self.servers:
+            try:
+                await asyncio.wait_for(s.wait_closed(), 10)
+            except TimeoutError:
+                pass
+
+
+def comm_writer(writer: Any) -> Callable[[Comm], None]:
+    def write(comm: Comm) -> None:
+        writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
+    return write

@@ -1,0 +1,234 @@
+"""Handing a message to the smarthost ([relay]) or into a Maildir (mode = "maildir").
+
+smtplib is blocking: the sender runs these on worker threads, never on the event
+loop. Connections are pooled and reused across messages. TLS certificates are
+verified (the system store, or `tls_ca_file` to pin a private CA); AUTH is used
+when `user` is set and never over a connection without TLS unless
+`security = "none"` was chosen explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import Config, RelayConfig
+
+
+@dataclass
+class Attempt:
+    """What happened on the wire, for the communication log and the queue."""
+
+    codes: list[tuple[int, str]] = field(default_factory=list)   # per recipient, in order
+    error: str = ""                 # connection-level failure (all recipients temporary)
+    permanent_error: bool = False   # e.g. 5xx to MAIL FROM or DATA
+    log: list[tuple[str, str, str]] = field(default_factory=list)   # (priority, key, value)
+
+    def note(self, priority: str, key: str, value: str) -> None:
+        self.log.append((priority, key, value))
+
+
+class Transport:
+    """Delivers one message to its recipients; returns per-recipient (code, text)."""
+
+    name = "SMTP"
+    account = ""
+
+    def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close pooled connections."""
+
+
+def tls_context(cfg: RelayConfig, root: Config | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if cfg.tls_ca_file:
+        path = root.path(cfg.tls_ca_file) if root else Path(cfg.tls_ca_file)
+        ctx = ssl.create_default_context(cafile=str(path))
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class SmtpTransport(Transport):
+    name = "SMTP"
+
+    def __init__(self, cfg: RelayConfig, *, local_hostname: str, root: Config | None = None,
+                 pool_size: int = 4) -> None:
+        self.cfg = cfg
+        self.local_hostname = local_hostname
+        self.account = f"{cfg.host}:{cfg.port}"
+        self.ssl = tls_context(cfg, root) if cfg.security != "none" else None
+        self._pool: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+        self.pool_size = pool_size
+
+    def _connect(self, att: Attempt) -> smtplib.SMTP:
+        cfg = self.cfg
+        conn: smtplib.SMTP
+        if cfg.security == "tls":
+            conn = smtplib.SMTP_SSL(cfg.host, cfg.port, local_hostname=self.local_hostname,
+                                    timeout=cfg.timeout, context=self.ssl)
+            att.note("Info", "TLS", f"implicit TLS to {self.account}, certificate verified")
+        else:
+            conn = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.local_hostname,
+                                timeout=cfg.timeout)
+            att.note("Info", "Connect", f"connected to {self.account}")
+        try:
+            conn.ehlo()
+            if cfg.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise smtplib.SMTPNotSupportedError(
+                        "the relay does not offer STARTTLS (security = \"starttls\")")
+                conn.starttls(context=self.ssl)
+                conn.ehlo()
+                att.note("Info", "TLS", "STARTTLS done, certificate verified")
+            if cfg.user:
+                conn.login(cfg.user, str(cfg.password or ""))
+                att.note("Info", "Auth", f"authenticated as {cfg.user}")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        return conn
+
+    def _get(self, att: Attempt) -> smtplib.SMTP:
+        with self._lock:
+            conn = self._pool.pop() if self._pool else None
+        if conn is not None:
+            try:
+                code, _ = conn.rset()
+                if code == 250:
+                    att.note("Debug", "Connect", f"reusing the connection to {self.account}")
+                    return conn
+            except (smtplib.SMTPException, OSError):
+                pass
+            with contextlib.suppress(Exception):
+                conn.close()
+        return self._connect(att)
+
+    def _put(self, conn: smtplib.SMTP) -> None:
+        with self._lock:
+            if len(self._pool) < self.pool_size:
+                self._pool.append(conn)
+                return
+        with contextlib.suppress(Exception):
+            conn.quit()
+
+    def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
+        att = Attempt()
+        try:
+            conn = self._get(att)
+        except smtplib.SMTPResponseException as exc:
+            att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.permanent_error = False      # an AUTH/greeting refusal is ours to fix: retry
+            att.note("Error", "Connect", f"{self.account}: {att.error}")
+            return att
+        except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            att.error = f"{type(exc).__name__}: {exc}"
+            att.note("Error", "Connect", f"{self.account}: {att.error}")
+            return att
+        keep = False
+        try:
+            code, text = conn.mail(sender)
+            att.note("Debug", "MailFrom", f"<{sender}>: {code} {_text(text)}")
+            if code != 250:
+                att.codes = [(code, _text(text))] * len(recipients)
+                conn.rset()
+                keep = True
+                return att
+            accepted = []
+            for r in recipients:
+                code, text = conn.rcpt(r)
+                att.codes.append((code, _text(text)))
+                if code in (250, 251):
+                    accepted.append(r)
+            if not accepted:
+                conn.rset()
+                keep = True
+                return att
+            code, text = conn.data(data)
+            att.note("Info", "Data", f"{code} {_text(text)}")
+            att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
+                         for c, t in att.codes]
+            keep = code == 250 or 400 <= code < 600
+        except smtplib.SMTPResponseException as exc:
+            att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.codes = []
+            att.note("Error", "Transaction", att.error)
+        except (smtplib.SMTPException, OSError) as exc:
+            att.error = f"{type(exc).__name__}: {exc}"
+            att.codes = []
+            att.note("Error", "Transaction", att.error)
+        finally:
+            if keep:
+                self._put(conn)
+            else:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        return att
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, []
+        for c in pool:
+            with contextlib.suppress(Exception):
+                c.quit()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class MaildirTransport(Transport):
+    """Writes each message into DIR/new (demo and development); every recipient gets 250."""
+
+    name = "Maildir"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.account = str(directory)
+        self._seq = 0
+        self._lock = threading.Lock()
+        for sub in ("tmp", "new", "cur"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+
+    def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
+        att = Attempt()
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        name = f"{time.time():.6f}.{os.getpid()}_{seq}.{socket.gethostname()}"
+        envelope = (f"Return-Path: <{sender}>\r\n"
+                    + "".join(f"X-Deskgate-Envelope-To: <{r}>\r\n" for r in recipients))
+        tmp, new = self.dir / "tmp" / name, self.dir / "new" / name
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(envelope.encode() + data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.rename(new)
+        except OSError as exc:
+            att.error = f"cannot write {new}: {exc.strerror}"
+            att.note("Error", "Maildir", att.error)
+            return att
+        att.codes = [(250, f"written to {new.name}")] * len(recipients)
+        att.note("Info", "Maildir", f"written to {new}")
+        return att
+
+
+def make_transport(cfg: Config) -> Transport:
+    r = cfg.relay
+    if r.mode == "maildir":
+        return MaildirTransport(cfg.path(r.maildir))
+    return SmtpTransport(r, local_hostname=cfg.gateway.hostname, root=cfg,
+                         pool_size=max(1, r.concurrency))
