@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 PLUGINS: tuple[str, ...] = (
     "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
     "gateway.inbound.followup", "gateway.web.auth",
-    "gateway.crypto.inbound",
+    "gateway.crypto.inbound", "gateway.outbound.plugin",
 )
 
 
@@ -66,8 +66,21 @@ def _commlog_purge(gw: Gateway) -> Service | None:
     return factory(gw)
 
 
+def _submission(gw: Gateway) -> Service | None:
+    from gateway.outbound.service import submission_service
+
+    return submission_service(gw)
+
+
+def _sender(gw: Gateway) -> Service | None:
+    from gateway.outbound.service import sender_service
+
+    return sender_service(gw)
+
+
 # Factories of the optional services: (app) → Service | None. Each door adds one.
-SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge]
+SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge,
+                                                                 _sender, _submission]
 
 
 class Gateway:

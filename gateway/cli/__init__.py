@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 # Modules of gateway.cli that define register(subparsers). Add yours here.
-COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "passwd", "keys", "fetch")
+COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "passwd", "keys",
+                             "fetch", "outbound")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -30,7 +31,7 @@ from gateway.runtime import Runtime
 from gateway.store.db import BatchWriter
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    pass
 
 log = structlog.get_logger(__name__)
 
@@ -119,14 +120,15 @@ class Sender:
             timeout = relay.poll_interval
             if free > 0:
                 try:
-                    claimed = await self.writer.run(lambda c, n=free, r=relay: oq.claim(
-                        c, self.node, limit=n, lease=r.lease))
+                    claimed = await self.writer.run(
+                        functools.partial(oq.claim, node=self.node, limit=free,
+                                          lease=relay.lease))
                     if not claimed:
                         due = await self.writer.run(oq.next_due)
                         if due is not None:
                             wait = (due - datetime.now(UTC)).total_seconds()
                             timeout = min(timeout, max(wait, 0.05))
-                except Exception as exc:  # noqa: BLE001 - the database may come back
+                except Exception as exc:
                     log.warning("outbound claim failed", error=str(exc))
             for m in claimed:
                 t = asyncio.create_task(self._deliver(m))
@@ -147,7 +149,7 @@ class Sender:
                                                  rcpts, m.data)
             else:
                 att = Attempt()
-        except Exception as exc:  # noqa: BLE001 - an unknown error is temporary
+        except Exception as exc:
             log.exception("delivery crashed", outbound_id=m.id)
             att = Attempt(error=f"{type(exc).__name__}: {exc}")
         results = results_of(m, att)
@@ -155,7 +157,7 @@ class Sender:
         try:
             await self.writer.run(lambda conn: record(conn, rt, m, att, results,
                                                       self.transport))
-        except Exception:  # noqa: BLE001 - the lease expires and the message is retried
+        except Exception:
             log.exception("recording the delivery failed", outbound_id=m.id)
             return
         self.delivered += sum(1 for r in results if r.ok)

@@ -11,6 +11,7 @@ that doubles with every further failure, and a Warn is logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -304,10 +305,8 @@ class SubmissionService:
         for s in self.servers:
             s.close()
         for s in self.servers:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.wait_closed(), 10)
-            except TimeoutError:
-                pass
 
 
 def comm_writer(writer: Any) -> Callable[[Comm], None]:

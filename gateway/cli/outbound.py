@@ -1,0 +1,236 @@
+"""send, outqueue list|show|retry|delete|flush, dkim keygen."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import gateway.outbound.dkim  # noqa: F401 - registers the [[dkim]] validator for every command
+from gateway.cli.common import (
+    EX_DATAERR,
+    EX_OK,
+    EX_TEMPFAIL,
+    add_json,
+    load,
+    print_json,
+    print_table,
+)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("send", help="submit an outbound message from stdin")
+    p.add_argument("--queue", "-q", help="queue whose system address sends it")
+    p.add_argument("-r", "--recipient", action="append", default=[], metavar="RCPT",
+                   help="envelope recipient (repeatable); default: To, Cc and Bcc")
+    p.add_argument("-f", "--from", dest="mail_from", default="",
+                   help="where failure notices go (default: the From address)")
+    add_json(p)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("outqueue", help="the outbound queue (like postqueue)")
+    osub = p.add_subparsers(dest="outqueue_command", metavar="ACTION")
+    osub.required = True
+    lp = osub.add_parser("list", help="messages waiting for delivery")
+    lp.add_argument("--all", action="store_true", help="include sent and failed messages")
+    add_json(lp)
+    lp.set_defaults(func=cmd_list)
+    sp = osub.add_parser("show", help="one message with its recipients")
+    sp.add_argument("id", type=int)
+    add_json(sp)
+    sp.set_defaults(func=cmd_show)
+    rp = osub.add_parser("retry", help="try one message again now")
+    rp.add_argument("id", type=int)
+    rp.set_defaults(func=cmd_retry)
+    dp = osub.add_parser("delete", help="remove a message from the queue")
+    dp.add_argument("id", type=int)
+    dp.set_defaults(func=cmd_delete)
+    fp = osub.add_parser("flush", help="try every queued message again now")
+    fp.set_defaults(func=cmd_flush)
+
+    p = sub.add_parser("dkim", help="DKIM keys")
+    dsub = p.add_subparsers(dest="dkim_command", metavar="ACTION")
+    dsub.required = True
+    kp = dsub.add_parser("keygen", help="write a DKIM key and print its DNS TXT record")
+    kp.add_argument("domain")
+    kp.add_argument("selector")
+    kp.add_argument("--ed25519", action="store_true", help="Ed25519 instead of RSA-2048")
+    kp.add_argument("--out", help="key file (default keys/dkim/DOMAIN.SELECTOR.pem)")
+    kp.add_argument("--force", action="store_true", help="overwrite an existing file")
+    kp.set_defaults(func=cmd_keygen)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.inbound.parse import first_address
+    from gateway.outbound.pipeline import OutboundContext
+    from gateway.outbound.rewrite import header_text, recipients_from_headers
+    from gateway.outbound.service import outbound_pipeline
+    from gateway.store.db import is_temporary
+
+    cfg = load(args)
+    raw = sys.stdin.buffer.read()
+    if not raw.strip():
+        print("send: empty message on stdin", file=sys.stderr)
+        return EX_DATAERR
+    if b"\r\n" not in raw:
+        raw = raw.replace(b"\n", b"\r\n")
+    from email import message_from_bytes
+    from email.policy import compat32
+
+    msg = message_from_bytes(raw, policy=compat32)
+    rcpts = [r.lower() for r in args.recipient] or recipients_from_headers(msg)
+    if not rcpts:
+        print("send: no recipients (give -r or To/Cc/Bcc)", file=sys.stderr)
+        return EX_DATAERR
+    if args.queue and cfg.queue_by_name(args.queue) is None:
+        print(f"send: no [[queue]] named {args.queue!r}", file=sys.stderr)
+        return EX_DATAERR
+    try:
+        gw = Gateway(cfg)
+        gw.prepare_store()
+    except Exception as exc:
+        if is_temporary(exc):
+            print(f"send: database unavailable: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
+        raise
+    try:
+        ctx = OutboundContext(
+            mail_from=args.mail_from or first_address(header_text(msg, "From")),
+            recipients=rcpts, raw=raw, msg=msg, source="STDIN",
+            account=os.environ.get("USER", "stdin"), trusted=True,
+            requested_queue=args.queue or "")
+        result = asyncio.run(outbound_pipeline(gw).submit(ctx))
+    finally:
+        gw.close()
+    if args.json:
+        print_json({"reply": str(result.reply), "id": result.outbound_id,
+                    "ticket": result.ticket_number, "article_id": result.article_id,
+                    "message_id": result.message_id})
+    elif result.reply.ok:
+        print(f"queued as {result.outbound_id} (ticket {result.ticket_number or '-'}, "
+              f"{result.message_id})")
+    else:
+        print(f"send: {result.reply}", file=sys.stderr)
+    if result.reply.ok:
+        return EX_OK
+    return EX_TEMPFAIL if result.reply.temporary else EX_DATAERR
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from gateway.store.db import make_engine, migrate
+
+    cfg = load(args)
+    engine = make_engine(cfg.database_url)
+    migrate(engine)
+    return engine
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gateway.outbound.queue import list_queue
+
+    engine = _engine(args)
+    with engine.connect() as conn:
+        rows = list_queue(conn, include_done=args.all)
+    engine.dispose()
+    if args.json:
+        print_json(rows)
+        return EX_OK
+    if not rows:
+        print("outbound queue is empty")
+        return EX_OK
+    print_table([[r["id"], r["queue"], r["sender"] or "<>", ", ".join(r["recipients"]),
+                  r["attempts"], f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}",
+                  r.get("status", ""), r["last_error"]] for r in rows],
+                ["ID", "QUEUE", "SENDER", "RECIPIENTS", "TRIES", "NEXT", "STATUS", "LAST ERROR"])
+    return EX_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.outbound.queue import show
+
+    engine = _engine(args)
+    with engine.connect() as conn:
+        d = show(conn, args.id)
+    engine.dispose()
+    if d is None:
+        print(f"outqueue: no message {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(d)
+        return EX_OK
+    for k in ("id", "status", "kind", "queue", "sender", "return_path", "submitter",
+              "message_id", "attempts", "next_attempt", "last_error", "ticket_id",
+              "article_id", "size", "created"):
+        print(f"{k:13} {d[k]}")
+    print("recipients:")
+    for r in d["recipient_status"]:
+        print(f"  <{r['address']}> {r['status']} after {r['attempts']} tries"
+              + (f": {r['last_code']} {r['last_reply']}" if r["last_code"] else ""))
+    print("\n" + d["headers"])
+    return EX_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from gateway.outbound.queue import retry_now
+
+    engine = _engine(args)
+    with engine.begin() as conn:
+        n = retry_now(conn, args.id)
+    engine.dispose()
+    if not n:
+        print(f"outqueue: no queued message {args.id}", file=sys.stderr)
+        return 1
+    print(f"message {args.id} will be tried again now")
+    return EX_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from gateway.outbound.queue import remove
+
+    engine = _engine(args)
+    with engine.begin() as conn:
+        ok = remove(conn, args.id)
+    engine.dispose()
+    if not ok:
+        print(f"outqueue: no message {args.id}", file=sys.stderr)
+        return 1
+    print(f"message {args.id} deleted")
+    return EX_OK
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from gateway.outbound.queue import retry_now
+
+    engine = _engine(args)
+    with engine.begin() as conn:
+        n = retry_now(conn)
+    engine.dispose()
+    print(f"{n} queued message(s) will be tried again now")
+    return EX_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gateway.outbound.dkim import dns_record, generate_key, key_pem, zone_line
+
+    out = Path(args.out) if args.out else None
+    if out is None:
+        cfg = load(args)
+        out = cfg.path(f"keys/dkim/{args.domain}.{args.selector}.pem")
+    if out.exists() and not args.force:
+        print(f"dkim keygen: {out} exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    key = generate_key(args.ed25519)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key_pem(key))
+    out.chmod(0o600)
+    print(f"; key written to {out}", file=sys.stderr)
+    print(f"; add to the configuration:\n; [[dkim]]\n; domain = \"{args.domain}\"\n"
+          f"; selector = \"{args.selector}\"\n; key_file = \"{out}\"", file=sys.stderr)
+    print(zone_line(args.domain, args.selector, dns_record(key)))
+    return EX_OK

@@ -1,0 +1,254 @@
+"""Smarthosts for outbound tests: Postfix's smtp-sink, and an aiosmtpd sink with
+STARTTLS + AUTH whose replies a test can script per recipient or at DATA."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+# ----------------------------------------------------------------- smtp-sink
+
+
+@dataclass
+class SinkMessage:
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on a free loopback port (started and stopped by PID).
+
+    options: extra smtp-sink flags, e.g. ["-r", "RCPT"] (4xx to RCPT),
+    ["-f", "DATA"] (5xx to DATA), ["-B", "550 5.1.1 no such user"].
+    With `dump`, every transaction is written to a file for `messages()`.
+    """
+
+    __test__ = False
+
+    def __init__(self, directory: Path, *, options: list[str] | None = None,
+                 dump: bool = True, port: int | None = None) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.options = options or []
+        self.dump = dump
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dump_dir = self.dir / "dump"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("smtp-sink") is not None or Path("/usr/sbin/smtp-sink").exists()
+
+    def start(self) -> SmtpSink:
+        exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        args = [exe, "-c"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        if self.dump:
+            self.dump_dir.mkdir(exist_ok=True)
+            if os.geteuid() == 0:
+                uid = pwd.getpwnam("nobody").pw_uid
+                os.chown(self.dump_dir, uid, -1)
+            args += ["-d", f"{self.dump_dir}/%H%M%S."]
+        args += [*self.options, f"127.0.0.1:{self.port}", "256"]
+        self.out = (self.dir / "sink.out").open("wb")
+        self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        with contextlib.suppress(Exception):
+            self.out.close()
+
+    def count(self) -> int:
+        """Messages received so far (from the -c counters)."""
+        text = (self.dir / "sink.out").read_bytes().decode("latin-1").replace("\r", "\n")
+        last = 0
+        for line in text.splitlines():
+            for part in line.split():
+                if part.startswith("mesg="):
+                    last = int(part[5:])
+        return last
+
+    def messages(self) -> list[SinkMessage]:
+        out = []
+        for f in sorted(self.dump_dir.glob("*")):
+            raw = f.read_bytes()
+            head, _, body = raw.partition(b"\nReceived: ")
+            mail_from, rcpts = "", []
+            for line in head.decode("latin-1").splitlines():
+                if line.startswith("X-Mail-Args: "):
+                    mail_from = line[13:].split()[0].strip("<>") if line[13:].strip() else ""
+                elif line.startswith("X-Rcpt-Args: "):
+                    rcpts.append(line[13:].split()[0].strip("<>"))
+            out.append(SinkMessage(mail_from, rcpts, b"Received: " + body))
+        return out
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------- aiosmtpd sink
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    user: str
+    tls: bool
+
+
+Script = Callable[[str, str], str | None]   # (stage "RCPT"/"DATA", address) → reply or None
+
+
+@dataclass
+class _Handler:
+    users: dict[str, str]
+    received: list[Received] = field(default_factory=list)
+    script: Script | None = None
+    auth_failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    data_delay: float = 0.0
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        reply = self.script("RCPT", address) if self.script else None
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_delay:
+            import asyncio
+
+            await asyncio.sleep(self.data_delay)
+        reply = self.script("DATA", ",".join(envelope.rcpt_tos)) if self.script else None
+        if reply:
+            return reply
+        login = session.auth_data.login.decode() if isinstance(session.auth_data,
+                                                                 LoginPassword) else ""
+        with self.lock:
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
+                                          envelope.original_content or b"", login,
+                                          server._tls_protocol is not None))
+        return "250 2.0.0 OK: queued"
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
+                     mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            name, pw = auth_data.login.decode(), auth_data.password.decode()
+            if self.users.get(name) == pw:
+                return AuthResult(success=True, auth_data=auth_data)
+        self.auth_failures += 1
+        return AuthResult(success=False, handled=False)
+
+
+class _Controller(Controller):
+    def __init__(self, handler: _Handler, *, tls: ssl.SSLContext | None, port: int,
+                 implicit_tls: bool, auth_required: bool) -> None:
+        self._tls = tls
+        self._auth_required = auth_required
+        super().__init__(handler, hostname="127.0.0.1", port=port,
+                         ssl_context=tls if implicit_tls else None,
+                         server_hostname="localhost", ready_timeout=10)
+
+    def factory(self) -> SMTP:
+        h: _Handler = self.handler
+        return SMTP(h, hostname="smarthost.test", tls_context=self._tls,
+                    require_starttls=False, auth_required=self._auth_required,
+                    auth_require_tls=True, authenticator=h.authenticate,
+                    enable_SMTPUTF8=True)
+
+    def _trigger_server(self) -> None:
+        # The base class opens a TLS connection with verification to wake the server;
+        # a plain connect is enough and works whatever the certificate.
+        with contextlib.suppress(OSError), socket.create_connection(
+                (self.hostname, self.port), 1.0):
+            pass
+
+
+class AuthSink:
+    """aiosmtpd smarthost: STARTTLS (or implicit TLS) with a TestCA certificate, AUTH
+    PLAIN/LOGIN only after TLS, `script` to answer RCPT/DATA with chosen replies."""
+
+    __test__ = False
+
+    def __init__(self, cert: Path | None = None, key: Path | None = None, *,
+                 users: dict[str, str] | None = None, implicit_tls: bool = False,
+                 auth_required: bool = False, port: int | None = None) -> None:
+        tls = None
+        if cert and key:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(cert), str(key))
+        self.handler = _Handler(users or {})
+        self.port = port or free_port()
+        self.controller = _Controller(self.handler, tls=tls, port=self.port,
+                                      implicit_tls=implicit_tls, auth_required=auth_required)
+
+    @property
+    def received(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.received)
+
+    def set_script(self, script: Script | None) -> None:
+        self.handler.script = script
+
+    def start(self) -> AuthSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.controller.stop()
+
+    def __enter__(self) -> AuthSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
