@@ -195,7 +195,7 @@ class TestCrash:
     @pytest.mark.parametrize("type_", ["imaps", "pop3s"])
     def test_kill_between_commit_and_removal_gives_no_duplicate(
             self, type_, mailbox, poller_config, harness, capsys):
-        """SIGKILL after the first commit: the message stays on the server and is not stored twice."""
+        """SIGKILL after the first commit: the message stays and is not stored twice."""
         mailbox.append("helpdesk", [message(1), message(2)])
         cfg = poller_config(account_toml(mailbox, type_))
         proc = subprocess.run([sys.executable, "-c", KILLER, "--config", str(cfg.conf_dir),
