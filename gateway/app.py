@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -194,16 +196,26 @@ class Gateway:
 
     # ---------------------------------------------------------------- run
 
-    async def start(self) -> list[asyncio.AbstractServer]:
+    def bind(self) -> list[socket.socket]:
+        from gateway.inbound.lmtp import bind_listeners
+
+        cfg = self.config
+        return bind_listeners(cfg.lmtp.listen, root=cfg.root, socket_mode=cfg.lmtp.socket_mode,
+                              socket_group=cfg.lmtp.socket_group)
+
+    async def start(self, socks: Sequence[socket.socket] | None = None, *,
+                    services: bool = True) -> list[asyncio.AbstractServer]:
+        """Serve LMTP (binding now unless sockets are handed in) and start the services."""
         from gateway.inbound.lmtp import start_listeners
 
         cfg = self.config
         servers = await start_listeners(
-            self, cfg.lmtp.listen, root=cfg.root, max_message_size=cfg.lmtp.max_message_size,
-            max_recipients=cfg.lmtp.max_recipients, hostname=cfg.gateway.hostname,
-            socket_mode=cfg.lmtp.socket_mode, socket_group=cfg.lmtp.socket_group,
-            timeout=cfg.lmtp.timeout)
+            self, socks if socks is not None else self.bind(),
+            max_message_size=cfg.lmtp.max_message_size, max_recipients=cfg.lmtp.max_recipients,
+            hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout)
         self.servers = list(servers)
+        if not services:
+            return servers
         for factory in SERVICE_FACTORIES:
             svc = factory(self)
             if svc is not None:
@@ -231,11 +243,15 @@ class Gateway:
         self.engine.dispose()
 
 
-async def serve(config: Config, *, ready: Callable[[], Any] | None = None) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
+                socks: Sequence[socket.socket] | None = None,
+                workers: Sequence[int] = ()) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are pre-forked LMTP
+    processes sharing `socks`; they get our signals and are waited for."""
     gw = Gateway(config)
-    await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
-    servers = await gw.start()
+    if socks is None:
+        await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
+    servers = await gw.start(socks)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -243,6 +259,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None) -> No
 
     async def reload() -> None:
         sdnotify.reloading()
+        _signal_workers(workers, signal.SIGHUP)
         try:
             await gw.reload()
         finally:
@@ -251,18 +268,45 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None) -> No
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
     pidfile = config.state_dir / "run" / "deskgate.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(f"{__import__('os').getpid()}\n")
-    log.info("deskgate serving", lmtp=list(config.lmtp.listen),
+    pidfile.write_text(f"{os.getpid()}\n")
+    log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1,
              services=[s.name for s in gw.services], database=_safe_url(config.database_url))
-    sdnotify.notify("READY=1", f"MAINPID={__import__('os').getpid()}", "STATUS=serving")
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
     if ready:
         ready()
     await stop.wait()
     sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing messages in flight")
     log.info("stopping: no new connections, finishing messages in flight")
+    _signal_workers(workers, signal.SIGTERM)
     await gw.stop(servers)
+    await loop.run_in_executor(None, _reap, workers)
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
+
+
+async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
+    """A pre-forked LMTP worker: LMTP on the shared sockets, no other service."""
+    gw = Gateway(config)
+    servers = await gw.start(socks, services=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)   # the main process decides
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    await stop.wait()
+    await gw.stop(servers)
+
+
+def _signal_workers(workers: Sequence[int], sig: int) -> None:
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _reap(workers: Sequence[int]) -> None:
+    for pid in workers:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _safe_url(url: str) -> str:
@@ -271,13 +315,37 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def run_serve(config: Config) -> None:
+def _run(coro: Awaitable[None]) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        asyncio.run(coro)  # type: ignore[arg-type]
     else:
-        uvloop.run(serve(config))
+        uvloop.run(coro)
+
+
+def run_serve(config: Config) -> None:
+    """`deskgate serve`: migrate, bind, fork [lmtp] workers - 1 helpers, serve."""
+    gw = Gateway(config)
+    try:
+        gw.prepare_store()
+        socks = gw.bind()
+    finally:
+        gw.close()
+    workers: list[int] = []
+    for _ in range(config.lmtp.workers - 1):
+        pid = os.fork()
+        if pid == 0:               # the worker: serve, then leave without running atexit
+            code = 0
+            try:
+                _run(serve_worker(config, socks))
+            except BaseException:
+                log.exception("LMTP worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    _run(serve(config, socks=socks, workers=workers))
 
 
 def pidfile_path(config: Config) -> Path:

@@ -186,6 +186,7 @@ class LmtpConfig:
     socket_group: str = ""
     trusted: bool = False
     timeout: float = conv(parse_duration, 300.0)
+    workers: int = 1          # LMTP processes sharing the listening sockets (pre-fork)
 
 
 @dataclass(frozen=True)
@@ -832,6 +833,8 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         if u.default_queue and u.default_queue.lower() not in queue_names:
             add(at(f"submission.user[{i}]"), f"submission.user[{i}].default_queue",
                 f"queue {u.default_queue!r} is not defined by any [[queue]]")
+    if not 1 <= cfg.lmtp.workers <= 64:
+        add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):

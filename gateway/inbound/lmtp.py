@@ -16,6 +16,7 @@ import contextlib
 import grp
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -215,20 +216,14 @@ def _peer_name(peer: Any) -> str:
     return str(peer or "unix")
 
 
-async def start_listeners(backend: LmtpBackend, listen: Sequence[str], *, root: Path,
-                          max_message_size: int, max_recipients: int, hostname: str,
-                          socket_mode: int = 0o660, socket_group: str = "",
-                          timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
-                          ) -> list[asyncio.AbstractServer]:
-    """Bind every `listen` address: unix:PATH (relative to root) or HOST:PORT."""
-    loop = asyncio.get_running_loop()
+def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o660,
+                   socket_group: str = "") -> list[socket.socket]:
+    """Bind every `listen` address (unix:PATH relative to root, or HOST:PORT).
 
-    def factory() -> LmtpSession:
-        return LmtpSession(backend, max_message_size=max_message_size,
-                           max_recipients=max_recipients, hostname=hostname, timeout=timeout,
-                           loop=loop)
-
-    servers: list[asyncio.AbstractServer] = []
+    Binding is separate from serving so that pre-forked workers can share the
+    listening sockets, as Postfix's and Dovecot's processes do.
+    """
+    socks: list[socket.socket] = []
     for spec in listen:
         if spec.startswith("unix:"):
             path = Path(spec[5:])
@@ -236,7 +231,8 @@ async def start_listeners(backend: LmtpBackend, listen: Sequence[str], *, root: 
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            server = await loop.create_unix_server(factory, str(path))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
             path.chmod(socket_mode)
             if socket_group:
                 try:
@@ -246,6 +242,33 @@ async def start_listeners(backend: LmtpBackend, listen: Sequence[str], *, root: 
                         "cannot give the LMTP socket to group %s: %s", socket_group, exc)
         else:
             host, _, port = spec.rpartition(":")
-            server = await loop.create_server(factory, host.strip("[]"), int(port))
-        servers.append(server)
+            host = host.strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+        sock.listen(512)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], *,
+                          max_message_size: int, max_recipients: int, hostname: str,
+                          timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
+                          ) -> list[asyncio.AbstractServer]:
+    """Serve LMTP on already bound sockets."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LmtpSession:
+        return LmtpSession(backend, max_message_size=max_message_size,
+                           max_recipients=max_recipients, hostname=hostname, timeout=timeout,
+                           loop=loop)
+
+    servers: list[asyncio.AbstractServer] = []
+    for sock in socks:
+        if sock.family == socket.AF_UNIX:
+            servers.append(await loop.create_unix_server(factory, sock=sock))
+        else:
+            servers.append(await loop.create_server(factory, sock=sock))
     return servers
