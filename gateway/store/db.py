@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -76,10 +77,16 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def is_temporary(exc: BaseException) -> bool:
-    """Database errors that a retry can fix (down, locked, full, read-only)."""
-    if isinstance(exc, IntegrityError):
-        return False
-    return isinstance(exc, OperationalError | DBAPIError | OSError)
+    """Database errors that a retry can fix (down, locked, full, read-only).
+
+    Errors about the data itself (DataError: a value too long or a NUL byte for
+    PostgreSQL; IntegrityError; ProgrammingError) fail the same way on every
+    retry: they are not temporary, so the message goes to the quarantine
+    instead of being answered 4xx until the MTA gives up and bounces it.
+    """
+    if isinstance(exc, OperationalError | InterfaceError | OSError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 # ----------------------------------------------------------------- group commit

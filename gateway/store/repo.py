@@ -31,6 +31,37 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_LENGTHS: dict[str, dict[str, int]] = {}
+
+
+def fit(model: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Make text values storable in `model`'s columns on every backend.
+
+    Mail is hostile: a 200 KB Message-ID, a 600-character address or a NUL byte
+    in a header are accepted by SQLite but refused by PostgreSQL (varchar length,
+    no NUL in text), and a refusal must not turn into a 4xx that the MTA retries
+    for days. The raw message keeps the exact bytes; the columns get a truncated
+    value, and NUL becomes U+FFFD. Changes `values` in place and returns it.
+    """
+    lengths = _LENGTHS.get(model.__tablename__)
+    if lengths is None:
+        lengths = _LENGTHS[model.__tablename__] = {
+            c.key: c.type.length for c in model.__table__.c
+            if getattr(c.type, "length", None)}
+    for key, value in values.items():
+        if isinstance(value, str):
+            if "\x00" in value:
+                value = values[key] = value.replace("\x00", "\ufffd")
+            limit = lengths.get(key)
+            if limit and len(value) > limit:
+                values[key] = value[:limit]
+    return values
+
+
+def _fit_one(model: Any, key: str, value: str) -> str:
+    return str(fit(model, {key: value})[key])
+
+
 # Statements of the inbound hot path are built once; values go in as parameters,
 # so SQLAlchemy reuses the compiled form instead of rebuilding a statement per row.
 def _counter_stmt(dialect: str) -> Any:
@@ -75,30 +106,31 @@ def insert_ticket(conn: Connection, **values: Any) -> int:
     now = utcnow()
     values.setdefault("created", now)
     values.setdefault("changed", now)
-    return int(conn.execute(_INS_TICKET, values).scalar_one())
+    return int(conn.execute(_INS_TICKET, fit(Ticket, values)).scalar_one())
 
 
 def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
     values.setdefault("changed", utcnow())
-    conn.execute(update(Ticket).where(Ticket.id == ticket_id).values(**values))
+    conn.execute(update(Ticket).where(Ticket.id == ticket_id).values(**fit(Ticket, values)))
 
 
 def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
                    **values: Any) -> int:
     values.setdefault("created", utcnow())
-    article_id = int(conn.execute(_INS_ARTICLE, values).scalar_one())
+    article_id = int(conn.execute(_INS_ARTICLE, fit(Article, values)).scalar_one())
     if attachments:
-        conn.execute(_INS_ATTACHMENT, [
-            {"article_id": article_id, "filename": a.filename, "content_type": a.content_type,
-             "content_id": a.content_id, "disposition": a.disposition, "size": len(a.content),
-             "content": a.content} for a in attachments])
+        conn.execute(_INS_ATTACHMENT, [fit(Attachment, {
+            "article_id": article_id, "filename": a.filename, "content_type": a.content_type,
+            "content_id": a.content_id, "disposition": a.disposition, "size": len(a.content),
+            "content": a.content}) for a in attachments])
     return article_id
 
 
 def find_deliveries(conn: Connection, message_id: str, content_hash: str,
                     recipients: Iterable[str]) -> dict[str, tuple[int | None, str]]:
     """Recipients that already have this message: recipient → (article_id, outcome)."""
-    rcpts = list(recipients)
+    message_id = _fit_one(Delivery, "message_id", message_id)
+    rcpts = [_fit_one(Delivery, "recipient", r) for r in recipients]
     if len(rcpts) == 1:
         rows = conn.execute(_SEL_DELIVERY_ONE, {"h": content_hash, "mid": message_id,
                                                 "rcpt": rcpts[0]}).all()
@@ -111,17 +143,18 @@ def find_deliveries(conn: Connection, message_id: str, content_hash: str,
 def record_deliveries(conn: Connection, message_id: str, content_hash: str,
                       recipients: Iterable[str], article_id: int | None, outcome: str) -> None:
     now = utcnow()
-    rows = [{"message_id": message_id, "content_hash": content_hash, "recipient": r,
-             "article_id": article_id, "outcome": outcome, "created": now} for r in recipients]
+    rows = [fit(Delivery, {"message_id": message_id, "content_hash": content_hash,
+                           "recipient": r, "article_id": article_id, "outcome": outcome,
+                           "created": now}) for r in recipients]
     if rows:
         conn.execute(_INS_DELIVERY, rows)
 
 
 def insert_quarantine(conn: Connection, *, source: str, envelope_from: str,
                       recipients: Sequence[str], reason: str, detail: str, raw: bytes) -> int:
-    return conn.execute(insert(Quarantine).values(
+    return conn.execute(insert(Quarantine).values(**fit(Quarantine, dict(
         source=source, envelope_from=envelope_from, recipients=list(recipients), reason=reason,
-        detail=detail, raw=raw, created=utcnow()).returning(Quarantine.id)).scalar_one()
+        detail=detail, raw=raw, created=utcnow()))).returning(Quarantine.id)).scalar_one()
 
 
 def sync_config(conn: Connection, cfg: Config) -> None:
