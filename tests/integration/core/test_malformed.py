@@ -1,0 +1,296 @@
+"""Malformed and hostile input over LMTP, against SQLite and PostgreSQL: every
+message is answered 250 per recipient only after its exact bytes are committed
+(as a ticket or in the quarantine), the size limit answers 552 5.3.4, and the
+session keeps working afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy import select, text
+
+from gateway.inbound import pipeline
+from gateway.store.tables import Quarantine, RawMessage
+from tests.integration.core.stored import db_conf
+from tests.peers.lmtp import LmtpClient
+
+RCPTS = ["support@example.org", "sales@example.org"]
+HEAD = (b"From: Customer <customer@customer.test>\r\nTo: support@example.org\r\n"
+        b"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\n")
+
+
+def msg(extra_headers: bytes, body: bytes = b"body\r\n", mid: bytes = b"<m@customer.test>"
+        ) -> bytes:
+    return HEAD + b"Message-ID: " + mid + b"\r\n" + extra_headers + b"\r\n" + body
+
+
+def boundary_msg(body: bytes) -> bytes:
+    return msg(b"Subject: broken mime\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/mixed; boundary="BOUND"\r\n', body)
+
+
+MALFORMED: dict[str, bytes] = {
+    "200k-header-line": msg(b"Subject: long\r\nX-Long: " + b"a" * 200_000 + b"\r\n"),
+    "200k-subject": msg(b"Subject: " + b"s" * 200_000 + b"\r\n"),
+    "200k-message-id": msg(b"Subject: long id\r\n", mid=b"<" + b"i" * 200_000 + b"@x>"),
+    "10000-headers": msg(b"Subject: many\r\n" + b"".join(
+        b"X-H-%d: value %d\r\n" % (i, i) for i in range(10_000))),
+    "broken-base64": msg(b"Subject: b64\r\nMIME-Version: 1.0\r\n"
+                         b"Content-Transfer-Encoding: base64\r\n", b"!!!not base64 at all===\r\n"),
+    "broken-qp": msg(b"Subject: qp\r\nContent-Transfer-Encoding: quoted-printable\r\n",
+                     b"=ZZ=\r\n=F\r\n"),
+    "broken-rfc2047": msg(b"Subject: =?utf-8?B?####?= and =?x-bogus?Q?=FF?= =?utf-8?q?\r\n"),
+    "invalid-charset": msg(b'Subject: cs\r\nContent-Type: text/plain; charset="x-no-such"\r\n'
+                           b"Content-Transfer-Encoding: 8bit\r\n", b"caf\xe9 \xff\xfe\r\n"),
+    "unknown-cte": msg(b"Subject: cte\r\nContent-Transfer-Encoding: x-uuencode-ish\r\n"),
+    "no-closing-boundary": boundary_msg(b"--BOUND\r\nContent-Type: text/plain\r\n\r\nhi\r\n"),
+    "boundary-never-used": boundary_msg(b"just text, no parts\r\n"),
+    "nested-broken": boundary_msg(
+        b"--BOUND\r\nContent-Type: multipart/alternative; boundary=INNER\r\n\r\n"
+        b"--INNER\r\nContent-Type: text/html\r\n\r\n<p>x\r\n--BOUND--\r\n"),
+    "attachment-rfc2231-garbage": boundary_msg(
+        b"--BOUND\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=x-bad''%ZZ%\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n@@@@\r\n--BOUND--\r\n"),
+    "8bit-headers": msg(b"Subject: Gr\xc3\xbc\xc3\x9fe aus K\xf6ln\r\n"
+                        b"X-Latin: \xe4\xf6\xfc\r\n", b"8-bit body \xc3\xa4\r\n"),
+    "nul-bytes": msg(b"Subject: nul\x00here\r\nX-Nul: a\x00b\r\n", b"body\x00with\x00nuls\r\n"),
+    "line-over-1000": msg(b"Subject: long line\r\n", b"x" * 5000 + b"\r\nend\r\n"),
+    "only-headers-no-body": HEAD + b"Subject: no body\r\nMessage-ID: <nb@x>\r\n",
+    "no-headers": b"just a line of text\r\n",
+    "long-from-address": msg(b"Subject: from\r\n").replace(
+        b"customer@customer.test", b"c" * 600 + b"@customer.test"),
+    "long-content-type": msg(b"Subject: ct\r\nContent-Type: text/" + b"x" * 400 + b"\r\n"),
+    "long-disposition": boundary_msg(
+        b"--BOUND\r\nContent-Type: application/" + b"y" * 300 + b"\r\n"
+        b"Content-Disposition: " + b"z" * 300 + b"; filename=a.bin\r\n\r\ndata\r\n--BOUND--\r\n"),
+    "dots": msg(b"Subject: dots\r\n", b".\r\n..\r\n.leading dot\r\n"),
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend_gateway(request, gateway):
+    """A gateway on SQLite or on a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        return gateway(db_conf(request.getfixturevalue("pg_url")))
+    return gateway()
+
+
+def as_sent(data: bytes) -> bytes:
+    """The message after LmtpClient's line-ending normalisation (what the server receives)."""
+    body = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return body if body.endswith(b"\r\n") else body + b"\r\n"
+
+
+def kept(rg, raw: bytes) -> str:
+    """Where the exact bytes ended up: 'article', 'quarantine' or ''."""
+    digest = hashlib.sha256(raw).hexdigest()
+    with rg.gateway.engine.connect() as conn:
+        if any(hashlib.sha256(bytes(r)).hexdigest() == digest
+               for r in conn.execute(select(RawMessage.data)).scalars()):
+            return "article"
+        if any(hashlib.sha256(bytes(r)).hexdigest() == digest
+               for r in conn.execute(select(Quarantine.raw)).scalars()):
+            return "quarantine"
+    return ""
+
+
+def raw_transaction(client: LmtpClient, wire: bytes, rcpts: list[str] = RCPTS
+                    ) -> list[tuple[int, str]]:
+    """MAIL/RCPT/DATA, then `wire` exactly as given (already dot-stuffed, with terminator)."""
+    assert client.cmd("MAIL FROM:<customer@customer.test>")[0] == 250
+    for r in rcpts:
+        assert client.cmd(f"RCPT TO:<{r}>")[0] == 250
+    assert client.cmd("DATA")[0] == 354
+    client.sock.sendall(wire)
+    return [client.reply() for _ in rcpts]
+
+
+class TestMalformed:
+    def test_malformed_messages_answered_and_kept(self, backend_gateway):
+        """Each malformed message gets 250 per recipient and its exact bytes are committed;
+        the session goes on after each of them."""
+        rg = backend_gateway
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        problems: dict[str, object] = {}
+        for case in sorted(MALFORMED):
+            _, data = c.transaction("customer@customer.test", RCPTS, MALFORMED[case])
+            where = kept(rg, as_sent(MALFORMED[case]))
+            if [code for code, _ in data] != [250, 250] or where not in ("article", "quarantine"):
+                problems[case] = (data, where)
+        _, data = c.transaction("customer@customer.test", RCPTS[:1],
+                                msg(b"Subject: after\r\n", mid=b"<after@x>"))
+        assert [code for code, _ in data] == [250]
+        c.close()
+        assert problems == {}
+
+    def test_bare_lf_lines_kept_as_sent(self, backend_gateway):
+        """Bare LF line endings are accepted and stored unchanged."""
+        rg = backend_gateway
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        raw = (b"From: customer@customer.test\nTo: support@example.org\nSubject: bare lf\n"
+               b"Message-ID: <lf@x>\n\nline one\nline two\n")
+        replies = raw_transaction(c, raw + b"\r\n.\r\n")
+        assert [code for code, _ in replies] == [250, 250]
+        assert kept(rg, raw + b"\r\n") == "article"
+        c.close()
+
+    def test_bare_lf_dot_does_not_end_data(self, backend_gateway, store_of):
+        """LF.LF inside DATA is content, not the end of the message (no smuggling)."""
+        rg = backend_gateway
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        raw = (b"From: customer@customer.test\r\nSubject: outer\r\nMessage-ID: <outer@x>\r\n\r\n"
+               b"text\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<sales@example.org>\r\nDATA\r\n"
+               b"Subject: smuggled\r\n\r\nevil\r\n")
+        replies = raw_transaction(c, raw + b".\r\n")
+        assert [code for code, _ in replies] == [250, 250]
+        assert c.cmd("NOOP")[0] == 250
+        c.close()
+        assert [t.title for t in store_of(rg).tickets()] == ["outer"]
+        assert kept(rg, raw) == "article"
+
+
+class TestSizeLimit:
+    def test_over_max_message_size_552_per_recipient(self, gateway, store_of):
+        """A message over max_message_size (1 MiB here) gets 552 5.3.4 for every recipient
+        after DATA, nothing is stored, and the session goes on."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        big = msg(b"Subject: big\r\n", b"".join(b"%0998d\r\n" % i for i in range(1100)))
+        assert len(big) > 1024 * 1024
+        _, data = c.transaction("customer@customer.test", RCPTS, big)
+        assert [(code, text[:5]) for code, text in data] == [(552, "5.3.4")] * 2
+        _, data = c.transaction("customer@customer.test", RCPTS[:1],
+                                msg(b"Subject: small\r\n", mid=b"<small@x>"))
+        assert [code for code, _ in data] == [250]
+        c.close()
+        assert [t.title for t in store_of(rg).tickets()] == ["small"]
+
+    def test_size_parameter_over_limit_refused_at_mail(self, gateway):
+        """MAIL FROM with SIZE= above the limit is refused with 552 5.3.4; below it is fine."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        code, text = c.lhlo()
+        assert f"SIZE {1024 * 1024}" in text
+        code, text = c.cmd(f"MAIL FROM:<a@customer.test> SIZE={2 * 1024 * 1024}")
+        assert (code, text[:5]) == (552, "5.3.4")
+        assert c.cmd("MAIL FROM:<a@customer.test> SIZE=1000")[0] == 250
+        c.close()
+
+
+class TestQuarantine:
+    def test_parse_crash_quarantined_before_250(self, backend_gateway, monkeypatch, store_of):
+        """A message whose parsing raises is committed raw to the quarantine; the 250
+        arrives only after that commit."""
+        rg = backend_gateway
+
+        def boom(ctx, rt):
+            raise RuntimeError("parser exploded")
+
+        monkeypatch.setitem(pipeline.PREPARE, "parse", boom)
+        raw = msg(b"Subject: crash\r\n", mid=b"<crash@x>")
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("customer@customer.test", RCPTS, raw)
+        assert [code for code, _ in data] == [250, 250]
+        q = store_of(rg).quarantine()        # read right after the reply: already committed
+        assert len(q) == 1 and "parser exploded" in q[0].reason
+        assert bytes(q[0].raw) == as_sent(raw)
+        assert q[0].recipients == RCPTS
+        assert store_of(rg).tickets() == []
+        c.close()
+
+    def test_store_crash_quarantined(self, backend_gateway, monkeypatch, store_of):
+        """A commit stage that raises a non-database error sends the message to the
+        quarantine (not a 451 loop), answered 250."""
+        rg = backend_gateway
+
+        def boom(ctx, rt, conn):
+            raise ValueError("store exploded")
+
+        monkeypatch.setitem(pipeline.COMMIT, "store", boom)
+        raw = msg(b"Subject: crash in store\r\n", mid=b"<crash2@x>")
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("customer@customer.test", RCPTS, raw)
+        assert [code for code, _ in data] == [250, 250]
+        [q] = store_of(rg).quarantine()
+        assert "store exploded" in q.reason and bytes(q.raw) == as_sent(raw)
+        c.close()
+
+
+    @pytest.mark.postgres
+    def test_database_data_error_quarantined_not_retried(self, pg_url, gateway, monkeypatch,
+                                                         store_of):
+        """An error about the data (PostgreSQL DataError) fails the same on every retry: the
+        message goes to the quarantine with 250 instead of 451 until the MTA bounces it."""
+        rg = gateway(db_conf(pg_url))
+
+        def bad_data(ctx, rt, conn):
+            conn.execute(text("SELECT CAST('not a number' AS integer)"))
+
+        monkeypatch.setitem(pipeline.COMMIT, "store", bad_data)
+        raw = msg(b"Subject: data error\r\n", mid=b"<dataerror@x>")
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("customer@customer.test", RCPTS, raw)
+        c.close()
+        assert [code for code, _ in data] == [250, 250]
+        [q] = store_of(rg).quarantine()
+        assert "DataError" in q.reason and bytes(q.raw) == as_sent(raw)
+
+
+class TestPipelining:
+    def test_commands_after_final_dot_in_one_write(self, gateway, store_of):
+        """'...CRLF.CRLF RSET MAIL RCPT' in one write: per-recipient replies, then the replies
+        to the pipelined commands, in order; the next transaction is stored too."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        assert c.cmd("MAIL FROM:<customer@customer.test>")[0] == 250
+        for r in RCPTS:
+            assert c.cmd(f"RCPT TO:<{r}>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        first = msg(b"Subject: first\r\n", mid=b"<first@x>")
+        c.sock.sendall(first + b".\r\nRSET\r\nMAIL FROM:<>\r\nRCPT TO:<support@example.org>\r\n"
+                       b"DATA\r\n")
+        replies = [c.reply() for _ in range(6)]
+        assert [code for code, _ in replies] == [250, 250, 250, 250, 250, 354]
+        assert [text[:5] for _, text in replies[:2]] == ["2.1.5", "2.1.5"]
+        second = msg(b"Subject: second\r\n", mid=b"<second@x>")
+        c.sock.sendall(second + b".\r\nNOOP\r\n")
+        assert [c.reply()[0] for _ in range(2)] == [250, 250]
+        c.close()
+        assert sorted(t.title for t in store_of(rg).tickets()) == ["first", "second"]
+
+
+class TestRedelivery:
+    def test_same_message_twice_one_article(self, backend_gateway, store_of):
+        """The same bytes delivered twice to the same recipient: 250 both times, one article."""
+        rg = backend_gateway
+        raw = msg(b"Subject: twice\r\n", mid=b"<twice@x>")
+        for _ in range(2):
+            c = LmtpClient(rg.socket_path)
+            c.lhlo()
+            _, data = c.transaction("customer@customer.test", ["support@example.org"], raw)
+            assert [code for code, _ in data] == [250]
+            c.close()
+        st = store_of(rg)
+        assert len(st.tickets()) == 1 and len(st.articles()) == 1
+
+    def test_changed_bytes_same_message_id_is_new(self, gateway, store_of):
+        """Same Message-ID but different content is not a redelivery: it is stored."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        for body in (b"one\r\n", b"two\r\n"):
+            _, data = c.transaction("customer@customer.test", ["support@example.org"],
+                                    msg(b"Subject: same id\r\n", body, mid=b"<same@x>"))
+            assert [code for code, _ in data] == [250]
+        c.close()
+        assert len(store_of(rg).articles()) == 2
