@@ -250,7 +250,8 @@ def main() -> int:
             row["per_commit"] = jobs / max(1, batches)
             results.append(row)
             print(f"workers={a.workers} rcpts={rcpts} reuse={'yes' if reuse else 'no '}  "
-                  f"bare {row['bare']:7.0f} msg/s  deskgate {row['deskgate']:7.0f} msg/s  ratio {row['ratio']:.2f}  "
+                  f"bare {row['bare']:7.0f} msg/s  deskgate {row['deskgate']:7.0f} msg/s  "
+                  f"ratio {row['ratio']:.2f}  "
                   f"DATA→reply p50 {row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms  "
                   f"messages/commit {row['per_commit']:.1f}", flush=True)
     out = ROOT / "bench" / "results"
