@@ -21,8 +21,8 @@ import structlog
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, SmimeEntry, stores_for
 from gateway.inbound.parse import addresses, decode_bytes, extract_bodies
-from gateway.inbound.pipeline import register_prepare
-from gateway.model import Crypto, MessageContext
+from gateway.inbound.pipeline import register_offload, register_prepare
+from gateway.model import Crypto, Envelope, MessageContext
 from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -305,4 +305,13 @@ def _may_have_crypto(msg: Message, body: str) -> bool:
     return "-----BEGIN PGP" in body
 
 
+_CRYPTO_HINT = re.compile(rb"pkcs7-|application/pgp-|-----BEGIN PGP", re.IGNORECASE)
+
+
+def may_need_crypto(env: Envelope) -> bool:
+    """Mail that may carry S/MIME or PGP is prepared on the worker pool (gpg is a process)."""
+    return _CRYPTO_HINT.search(env.raw) is not None
+
+
 register_prepare("decrypt", decrypt_stage, before="trust")
+register_offload(may_need_crypto)
