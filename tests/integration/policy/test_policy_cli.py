@@ -1,0 +1,85 @@
+"""`deskgate filter test`: explains filters and routing, stores nothing."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.cli import main
+from tests.integration.policy.conftest import deliver, ticket_count
+from tests.unit.policy.mails import mail
+
+POLICY = r"""
+[[filter]]
+name = "010-noc"
+match = [{ header = "From", email = "monitor@noc\\.customer\\.test" },
+         { header = "Body", value = "host:\\s*(?P<host>\\S+)" }]
+set = { "X-Deskgate-Queue" = "Sales", "X-Deskgate-DynamicField-Host" = "[**\\host**]" }
+
+[[filter]]
+name = "020-never"
+match = [{ header = "Subject", value = "^zzz$" }, { header = "X-Spam-Flag", value = "yes" }]
+set = { "X-Deskgate-Queue" = "Junk" }
+"""
+
+
+def run_cli(confdir, *args, capsys):
+    rc = main(["--config", str(confdir), "filter", "test", *args])
+    out = capsys.readouterr().out
+    return rc, out
+
+
+class TestFilterTestCli:
+    def test_text_report_without_database(self, make_confdir, tmp_path, capsys):
+        """Without a database the report explains every condition and says so."""
+        conf = make_confdir(policies={"10.toml": POLICY})
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(mail("disk alert", frm="monitor@noc.customer.test",
+                             body="host: db1.customer.test\nload 12\n"))
+        rc, out = run_cli(conf, str(msg), capsys=capsys)
+        assert rc == 0
+        assert "010-noc: MATCHED" in out
+        assert "set X-Deskgate-DynamicField-Host = 'db1.customer.test'" in out
+        assert "020-never: no match" in out
+        assert "- match[0] Subject value '^zzz$': no match in Subject 'disk alert'" in out
+        assert "X-Spam-Flag is missing or empty" in out
+        assert "database: no database" in out
+        assert "decision: new ticket in queue Sales" in out
+        assert not (conf.parent / "var" / "deskgate.db").exists()
+
+    def test_json_followup_with_database_stores_nothing(self, gateway_for, tmp_path, capsys):
+        """With a database the follow-up target is shown; nothing is written."""
+        gw = gateway_for({"10.toml": POLICY})
+        n = deliver(gw, mail("printer")).ticket_number
+        before = ticket_count(gw)
+        msg = tmp_path / "reply.eml"
+        msg.write_bytes(mail(f"Re: [Ticket#{n}] printer"))
+        rc, out = run_cli(gw.config.conf_dir, str(msg), "--json", capsys=capsys)
+        assert rc == 0
+        report = json.loads(out)
+        assert report["database"] == "ok"
+        assert report["decision"]["action"] == "followup"
+        assert report["decision"]["ticket"] == n
+        assert report["decision"]["how"] == "subject"
+        assert [f["name"] for f in report["filters"]] == ["010-noc", "020-never"]
+        assert report["filters"][0]["conditions"][0]["held"] is False
+        assert ticket_count(gw) == before
+
+    def test_trusted_flag_and_ignore(self, make_confdir, tmp_path, capsys):
+        """--trusted keeps X-headers (Ignore shows as the decision); untrusted strips them."""
+        conf = make_confdir()
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(mail("x", headers=[("X-OTOBO-Ignore", "yes")]))
+        _rc, out = run_cli(conf, str(msg), "--json", "--trusted", capsys=capsys)
+        assert json.loads(out)["decision"]["action"] == "ignore"
+        _rc, out = run_cli(conf, str(msg), "--json", capsys=capsys)
+        report = json.loads(out)
+        assert report["decision"]["action"] == "new"
+        assert report["stripped_x_headers"] == 1
+
+    def test_check_reports_bad_regex(self, make_confdir, capsys):
+        """`deskgate check` names file, filter and condition of a broken pattern."""
+        conf = make_confdir(policies={"20-bad.toml": POLICY.replace("(?P<host>", "(?P<host")})
+        rc = main(["--config", str(conf), "check"])
+        err = capsys.readouterr().err
+        assert rc == 1
+        assert "20-bad.toml: filter[010-noc].match[1].value: invalid regular expression" in err
