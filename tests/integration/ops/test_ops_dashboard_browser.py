@@ -43,7 +43,8 @@ class TestDashboardInBrowser:
         """Load the overview, follow 'with errors', filter by priority in the form, open the
         failing communication and see its Error entry and ticket link; save a screenshot."""
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import Select
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import Select, WebDriverWait
 
         d = dashboard("[lmtp]\ntrusted = true\n")
         for n in range(1, 4):
@@ -56,17 +57,22 @@ class TestDashboardInBrowser:
         assert "Incoming" in browser.find_element(By.ID, "counts").text
 
         browser.find_element(By.LINK_TEXT, "Communications").click()
+        WebDriverWait(browser, 30).until(ec.url_contains("/log/list"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#communications tr.comm")
         assert len(rows) == 4
 
         Select(browser.find_element(By.ID, "priority")).select_by_visible_text("Error")
         browser.find_element(By.ID, "apply").click()
+        WebDriverWait(browser, 30).until(ec.url_contains("priority=Error"))
+        WebDriverWait(browser, 30).until(
+            ec.text_to_be_present_in_element((By.ID, "total"), "1 communication"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#communications tr.comm")
         assert len(rows) == 1
         assert "priority=Error" in browser.current_url
         assert browser.find_element(By.ID, "total").text == "1 communication"
 
         rows[0].find_element(By.CSS_SELECTOR, "a.detail").click()
+        WebDriverWait(browser, 30).until(ec.url_matches(r"/log/\d+"))
         assert "Communication #" in browser.find_element(By.TAG_NAME, "h1").text
         entries = browser.find_element(By.CSS_SELECTOR, "table.entries").text
         assert "Queue" in entries and "Nowhere" in entries and "Error" in entries
@@ -75,6 +81,7 @@ class TestDashboardInBrowser:
         browser.save_screenshot(str(ARTIFACTS / "dashboard-log-detail.png"))
 
         ticket_link.click()
+        WebDriverWait(browser, 30).until(ec.url_contains("/tickets/"))
         assert "Hello, message 9." in browser.find_element(By.CSS_SELECTOR, "pre.body").text
         browser.get(d.base + "/log")
         browser.save_screenshot(str(ARTIFACTS / "dashboard-overview.png"))
