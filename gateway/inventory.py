@@ -305,3 +305,29 @@ def list_filters(cfg: Config, *, text: str | None = None) -> list[Row]:
     rows = [filter_row(cfg, i, f) for i, f in enumerate(cfg.filters, 1)]
     return search(rows, text, FILTER_FIELDS)
 
+
+
+# ---------------------------------------------------------------- sorting
+
+
+def _sort_key(value: object) -> tuple[int, Any]:
+    if value is None or value == "":
+        return (0, "")
+    if isinstance(value, bool):
+        return (1, int(value))
+    if isinstance(value, int | float):
+        return (2, value)
+    if isinstance(value, datetime):
+        return (3, value.timestamp())
+    return (4, display(value).casefold())
+
+
+def sort_rows(rows: list[Row], sort: str | None, fields: Sequence[str]) -> list[Row]:
+    """Order by `col` ascending or `-col` descending; anything else keeps the given order.
+
+    Numbers sort as numbers, times as times, text ignoring case; empty cells first.
+    """
+    col = (sort or "").lstrip("-")
+    if col not in fields:
+        return rows
+    return sorted(rows, key=lambda r: _sort_key(r.get(col)), reverse=(sort or "").startswith("-"))

@@ -99,6 +99,9 @@ class Dashboard:
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),
         ])
+        from gateway.web import inventory
+
+        inventory.add_routes(self, app)
         return app
 
     async def db(self, fn: Callable[[Connection], T]) -> T:
