@@ -1,4 +1,4 @@
-"""addresses | queues | accounts | filters list: the effective inventory."""
+"""addresses | queues | accounts | filters list, accounts check: the effective inventory."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import inventory
-from gateway.cli.common import add_json, load, print_json, print_table
+from gateway.cli.common import EX_NOUSER, add_json, load, print_json, print_table
 from gateway.config import Config
 
 
@@ -43,6 +43,11 @@ def register(sub: Any) -> None:
     _add_search(lp)
     add_json(lp)
     lp.set_defaults(func=cmd_accounts)
+    cp = csub.add_parser("check", help="connect, authenticate, select the folder and count; "
+                                       "fetch and delete nothing")
+    cp.add_argument("name", metavar="NAME", help="the [[account]] name")
+    add_json(cp)
+    cp.set_defaults(func=cmd_accounts_check)
 
     p = sub.add_parser("filters", help="postmaster filters in evaluation order")
     fsub = p.add_subparsers(dest="filters_command", metavar="ACTION")
@@ -146,3 +151,36 @@ def cmd_filters(args: argparse.Namespace) -> int:
     if not rows:
         print("no filters")
     return 0
+
+
+def cmd_accounts_check(args: argparse.Namespace) -> int:
+    """Exit 0 when every step works, 1 when one fails, 67 for an unknown account."""
+    from gateway.inbound.poller.check import check_account
+
+    cfg = load(args)
+    account = cfg.account_by_name(args.name)
+    if account is None:
+        known = ", ".join(a.name for a in cfg.account) or "none configured"
+        print(f"accounts check: no [[account]] named {args.name!r} (accounts: {known})",
+              file=sys.stderr)
+        return EX_NOUSER
+    result = check_account(account, cfg).as_dict()
+    result["valid"] = account.valid
+    if args.json:
+        print_json(result)
+        return 0 if result["ok"] else 1
+    print(f"Account {account.name}: {account.type} {result['host']}:{result['port']}, "
+          f"login {account.login}, folder {account.folder}"
+          + ("" if account.valid else " (valid = false: the poller skips it)"))
+    width = max(len(s["name"]) for s in result["steps"])
+    for s in result["steps"]:
+        verdict = "ok" if s["ok"] else ("FAILED" if s["ok"] is False else "-")
+        print(f"  {s['name']:<{width}}  {verdict:<6}  {s['detail']}")
+    if result["ok"]:
+        print(f"OK: {result['messages']} message{'' if result['messages'] == 1 else 's'} "
+              "waiting; nothing was fetched or deleted.")
+        return 0
+    failed = next((s for s in result["steps"] if s["ok"] is False), None)
+    where = f" at {failed['name']}: {failed['detail']}" if failed else ""
+    print(f"FAILED{where}")
+    return 1

@@ -51,3 +51,54 @@ def inventory_dashboard(make_confdir: Callable[..., Any],
         return InventoryDash(rg, f"http://127.0.0.1:{port}", conf)
 
     return start
+
+
+USERS = {"helpdesk": "secret", "other": "other-secret"}
+
+
+@pytest.fixture(scope="session")
+def inventory_dovecot() -> Any:
+    """One Dovecot (IMAP, IMAPS, POP3, POP3S) for the inventory tests, stopped at the end."""
+    import shutil
+
+    from tests.peers import dovecot as dv
+    from tests.peers.ca import TestCA
+
+    if not dv.available():
+        pytest.skip("Debian dovecot-imapd/dovecot-pop3d not installed")
+    d = dv.make_dovecot_dir()
+    server = dv.Dovecot(d, TestCA(d / "ca"), dict(USERS))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def mailbox(inventory_dovecot: Any) -> Any:
+    """The shared Dovecot with helpdesk's mailbox emptied for this test."""
+    inventory_dovecot.clear("helpdesk")
+    return inventory_dovecot
+
+
+def account_toml(server: Any, type_: str, name: str = "box", **extra: Any) -> str:
+    """An [[account]] for the test Dovecot, trusting its CA; `extra` overrides keys."""
+    port = server.ports[type_.replace("tls", "")]
+    values: dict[str, Any] = {"name": name, "type": type_, "host": "127.0.0.1", "port": port,
+                              "login": "helpdesk", "password": USERS["helpdesk"],
+                              "tls_ca_file": str(server.ca.ca_path), "after_fetch": "keep",
+                              "valid": False, "interval": "1h"}
+    values.update(extra)
+    lines = ["[[account]]"]
+    for k, v in values.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, int):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f'{k} = "{v}"')
+    return "\n".join(lines) + "\n"
