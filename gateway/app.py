@@ -80,9 +80,15 @@ def _sender(gw: Gateway) -> Service | None:
     return sender_service(gw)
 
 
+def _poller(gw: Gateway) -> Service | None:
+    from gateway.inbound.poller.scheduler import factory
+
+    return factory(gw)
+
+
 # Factories of the optional services: (app) → Service | None. Each door adds one.
 SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge,
-                                                                 _sender, _submission]
+                                                                 _sender, _submission, _poller]
 
 
 class Gateway:

@@ -1,0 +1,112 @@
+"""The poller inside `deskgate serve`: one task per valid account that polls at
+start, then every `interval`, at once again while the per-run cap left mail
+waiting, and within seconds when the account's IDLE watcher sees new mail.
+
+One node at a time per account is enforced by run.Poller (advisory lock on
+PostgreSQL, flock on SQLite); a node that does not get the lock skips the run.
+A reload restarts the account tasks with the new [[account]] tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gateway.config import AccountConfig, Config
+from gateway.inbound.poller.idle import IdleWatcher
+from gateway.inbound.poller.run import Poller
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_FAILURE = 60.0   # a failed run is retried sooner than a long interval
+
+
+class PollerService:
+    name = "poller"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.poller = Poller(gateway)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[str, IdleWatcher] = {}
+        self._accounts: tuple[AccountConfig, ...] = ()
+
+    async def start(self) -> None:
+        self._accounts = tuple(a for a in self.gw.config.account if a.valid)
+        for acc in self._accounts:
+            if acc.type in ("imap", "pop3"):
+                log.warning("account uses plaintext (allow_plaintext = true): credentials "
+                            "and mail travel unencrypted", account=acc.name, type=acc.type)
+            self._tasks[acc.name] = asyncio.create_task(self._loop(acc),
+                                                        name=f"poll-{acc.name}")
+        if self._reload not in self.gw.reload_hooks:
+            self.gw.reload_hooks.append(self._reload)
+        log.info("poller started", accounts=[a.name for a in self._accounts])
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def _reload(self, cfg: Config) -> None:
+        new = tuple(a for a in cfg.account if a.valid)
+        if new == self._accounts:
+            return
+        await self.stop()
+        await self.start()
+
+    def watcher(self, name: str) -> IdleWatcher | None:
+        return self._watchers.get(name)
+
+    async def _loop(self, acc: AccountConfig) -> None:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        watcher = None
+        if acc.type.startswith("imap") and acc.idle:
+            token = self.poller.token_source(acc).get if acc.oauth2 is not None else None
+
+            def signal() -> None:   # called on the watcher thread
+                loop.call_soon_threadsafe(wake.set)
+
+            watcher = IdleWatcher(acc, self.gw.config.root, signal, token)
+            self._watchers[acc.name] = watcher
+            watcher.start()
+        trigger = "start"
+        try:
+            while True:
+                wake.clear()
+                try:
+                    result = await self.poller.poll(acc, trigger=trigger)
+                except Exception:  # the loop must survive a broken run
+                    log.exception("poll run crashed", account=acc.name)
+                    delay = RETRY_AFTER_FAILURE
+                else:
+                    delay = (0.0 if result.more else
+                             min(acc.interval, RETRY_AFTER_FAILURE)
+                             if result.status == "Failed" else acc.interval)
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=max(delay, 0.0) or 0.001)
+                    trigger = "idle"
+                except TimeoutError:
+                    trigger = "interval"
+        finally:
+            if watcher is not None:
+                self._watchers.pop(acc.name, None)
+                await loop.run_in_executor(None, watcher.stop)
+
+
+def factory(gw: Gateway) -> PollerService | None:
+    """SERVICE_FACTORIES entry: the poller when any [[account]] is valid."""
+    if not any(a.valid for a in gw.config.account):
+        return None
+    return PollerService(gw)

@@ -1,0 +1,53 @@
+"""The poller inside `deskgate serve`: interval polling and IDLE."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.store.tables import Article
+from tests.integration.poller.poller_helpers import account_toml, message
+
+pytestmark = pytest.mark.dovecot
+
+
+def wait_for(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def count_articles(rg) -> int:
+    with rg.gateway.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Article)).scalar() or 0)
+
+
+class TestService:
+    def test_idle_delivers_appended_message_within_seconds(self, mailbox, poller_config,
+                                                          run_gateway):
+        """With a 1 h interval, a message appended during IDLE is a ticket in under 5 s."""
+        mailbox.append("helpdesk", [message(1)])
+        rg = run_gateway(poller_config(account_toml(mailbox, "imaps", interval="1h")))
+        assert wait_for(lambda: count_articles(rg) == 1, 15)
+        svc = next(s for s in rg.gateway.services if s.name == "poller")
+        assert wait_for(lambda: svc.watcher("box") is not None
+                        and svc.watcher("box").idling.is_set(), 15)
+        start = time.monotonic()
+        mailbox.append("helpdesk", [message(2)])
+        assert wait_for(lambda: count_articles(rg) == 2, 10)
+        elapsed = time.monotonic() - start
+        assert elapsed < 5.0, f"IDLE delivery took {elapsed:.1f}s"
+        assert wait_for(lambda: mailbox.count("helpdesk") == 0, 5)
+
+    def test_interval_polls_pop3(self, mailbox, poller_config, run_gateway):
+        """A POP3 account (no IDLE) is polled at start and again after its interval."""
+        rg = run_gateway(poller_config(account_toml(mailbox, "pop3s", interval="1s")))
+        time.sleep(0.5)
+        mailbox.append("helpdesk", [message(1), message(2)])
+        assert wait_for(lambda: count_articles(rg) == 2, 10)
+        assert wait_for(lambda: mailbox.count("helpdesk") == 0, 5)
