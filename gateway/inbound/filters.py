@@ -29,6 +29,7 @@ import structlog
 
 from gateway.config import Config, FilterConfig, register_validator
 from gateway.inbound.pipeline import register_prepare
+from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound
 from gateway.inbound.xheaders import canonical
 from gateway.model import MessageContext
 from gateway.runtime import Runtime, register_builder
@@ -61,6 +62,7 @@ class Condition:
     rx: Any                          # regex.Pattern
     negate: bool
     groups: bool                     # the pattern has capturing groups
+    fast: bool                       # bounded backtracking: short values skip the timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +250,7 @@ def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[st
             source, param = "param", name
     return Condition(where=where, header=header, lheader=header.lower(), source=source,
                      param=param, kind=kind, pattern=pattern, rx=rx, negate=negate,
-                     groups=rx.groups > 0)
+                     groups=rx.groups > 0, fast=backtracking_bound(pattern) is not None)
 
 
 @register_validator
@@ -325,15 +327,22 @@ class _View:
 def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, str]:
     """(found, match, timed_out, tested value) for one condition, before `not`."""
     items = view.addresses(c) if c.kind == "email" else view.values(c)
+    fast = c.fast
     try:
         if c.kind == "email":
             for a in items:
-                m = c.rx.fullmatch(a, timeout=timeout)
+                if fast and len(a) <= FAST_MAX_LEN:
+                    m = c.rx.fullmatch(a)
+                else:
+                    m = c.rx.fullmatch(a, timeout=timeout)
                 if m is not None:
                     return True, m, False, a
         else:
             for v in items:
-                m = c.rx.search(v, timeout=timeout)
+                if fast and len(v) <= FAST_MAX_LEN:
+                    m = c.rx.search(v)
+                else:
+                    m = c.rx.search(v, timeout=timeout)
                 if m is not None:
                     return True, m, False, v
     except TimeoutError:

@@ -272,3 +272,30 @@ class TestTrust:
         """X-Deskgate-Ignore from a trusted source ends the pipeline as ignore."""
         ctx = run_policy("", mail(headers=[("X-Deskgate-Ignore", "yes")]), trusted=True)
         assert ctx.action == "ignore"
+
+
+class TestPatternCost:
+    @pytest.mark.parametrize(("pattern", "fast"), [
+        (r"^yes$", True), (r"\bprinter\b", True), (r"support@example\.org", True),
+        (r"[A-Z]{3}-\d{4}", True), (r"x[- ]?mailer", True), (r"(?P<id>ab)c", True),
+        (r"(a|aa)+$", False), (r"a.*b", False), (r"\s+", False), (r"(ab){2}", False),
+        (r"(a)\1", False), (r"(foo){e<=1}", False), (r"\p{L}", False), (r"a{1,100}", False),
+    ])
+    def test_backtracking_bound(self, pattern, fast):
+        """Only patterns with bounded, unnested repeats skip the time budget."""
+        from gateway.inbound.regexcost import backtracking_bound
+
+        assert (backtracking_bound(pattern) is not None) is fast
+
+    def test_fast_patterns_still_time_out_on_long_values(self, run_policy):
+        """A long value always runs under the time budget, so a timeout is still caught."""
+        conf = {"60-pm.toml": "[postmaster]\nfilter_timeout = \"1ms\"\n"}
+        pol = """
+            [[filter]]
+            name = "010"
+            match = [{ header = "Body", value = "(a|aa)+b" }]
+            set = { "X-Deskgate-Queue" = "Junk" }
+        """
+        ctx = run_policy(pol, mail(body="a" * 5000 + "\n"), conf=conf)
+        assert "Queue" not in ctx.params
+        assert any("timed out" in e.value for e in ctx.log.entries)
