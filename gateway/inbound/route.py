@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from gateway.inbound.parse import addresses
 from gateway.model import MessageContext
 from gateway.runtime import Runtime
+
+
+def _candidates(ctx: MessageContext) -> Iterator[str]:
+    """Envelope recipients first; To/Cc are parsed only when those did not decide."""
+    yield from ctx.envelope.recipients
+    if ctx.parsed is not None:
+        yield from addresses(ctx.parsed.to_addr)
+        yield from addresses(ctx.parsed.cc_addr)
 
 
 def route(ctx: MessageContext, rt: Runtime) -> None:
@@ -24,10 +34,7 @@ def route(ctx: MessageContext, rt: Runtime) -> None:
         ctx.queue = ctx.envelope.dispatch_queue
         ctx.trace.append(f"queue {ctx.queue} from the mail account (dispatch = queue)")
         return
-    candidates = list(ctx.envelope.recipients)
-    if ctx.parsed is not None:
-        candidates += addresses(ctx.parsed.to_addr) + addresses(ctx.parsed.cc_addr)
-    for rcpt in candidates:
+    for rcpt in _candidates(ctx):
         addr = cfg.address_by_email(rcpt)
         if addr is not None and addr.queue and addr.valid == "valid":
             ctx.queue = cfg.queue_by_name(addr.queue).name if cfg.queue_by_name(addr.queue) \

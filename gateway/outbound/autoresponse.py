@@ -41,6 +41,8 @@ def render(template: str, values: dict[str, str]) -> str:
 def which_template(ctx: MessageContext, rt: Runtime, conn: Connection) -> tuple[str, str]:
     """(kind, template text) for this message, or ("", "") when its queue has none."""
     q = rt.config.queue_by_name(ctx.queue) if ctx.queue else None
+    if ctx.action == "new":      # the inbound hot path: no lookup needed
+        return ("new", q.auto_response_new) if q is not None else ("", "")
     ticket = repo.ticket_by_id(conn, ctx.ticket_id) if ctx.ticket_id else None
     if ticket is not None:
         q = rt.config.queue_by_name(ticket.queue) or q

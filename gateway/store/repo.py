@@ -196,5 +196,8 @@ def ticket_by_number(conn: Connection, number: str) -> Any:
     return conn.execute(select(Ticket).where(Ticket.number == number)).first()
 
 
+_SEL_TICKET_BY_ID = select(Ticket).where(Ticket.id == bindparam("tid"))
+
+
 def ticket_by_id(conn: Connection, ticket_id: int) -> Any:
-    return conn.execute(select(Ticket).where(Ticket.id == ticket_id)).first()
+    return conn.execute(_SEL_TICKET_BY_ID, {"tid": ticket_id}).first()
