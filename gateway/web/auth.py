@@ -37,6 +37,10 @@ def has_credentials(d: DashboardConfig) -> bool:
 def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     d = cfg.dashboard
     where = str(cfg.conf_dir)
+    for i, u in enumerate(d.user):
+        if not is_hash(u.password_hash):
+            add(where, f"dashboard.user[{i}].password_hash",
+                "not a hash made by `deskgate passwd`")
     if not d.listen:
         return
     try:
@@ -50,10 +54,6 @@ def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     if not is_loopback(d.listen) and not has_credentials(d):
         add(where, "dashboard.listen", f"{d.listen} is not a loopback address: set "
             "token (token_file, token_env) or [[dashboard.user]] entries")
-    for i, u in enumerate(d.user):
-        if not is_hash(u.password_hash):
-            add(where, f"dashboard.user[{i}].password_hash",
-                "not a hash made by `deskgate passwd`")
 
 
 class Authenticator:

@@ -15,9 +15,22 @@ from gateway.store.db import make_engine, migrate
 from tests.unit.ops.ops_logdata import NOW
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_dbs: run on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked both_dbs (dialect-specific SQL) also run on PostgreSQL."""
+    if "log_engine" in metafunc.fixturenames:
+        dbs: list[object] = ["sqlite"]
+        if metafunc.definition.get_closest_marker("both_dbs"):
+            dbs.append(pytest.param("postgres", marks=pytest.mark.postgres))
+        metafunc.parametrize("log_engine", dbs, indirect=True)
+
+
+@pytest.fixture
 def log_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated, empty database; every view test runs on SQLite and on PostgreSQL."""
+    """A migrated, empty database (SQLite; PostgreSQL too for tests marked both_dbs)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'log.db'}"
     else:

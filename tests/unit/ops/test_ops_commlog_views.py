@@ -52,6 +52,7 @@ class TestPriorityFilter:
 
 
 class TestSearch:
+    @pytest.mark.both_dbs
     def test_search_matches_entry_values_case_insensitively(self, log_engine, add_comm):
         """Free text finds a communication by any entry's value, ignoring case."""
         a = add_comm(None, obj("Message", "Successful", ("Info", "Envelope",
@@ -70,6 +71,7 @@ class TestSearch:
         assert ids(log_engine, search="tlshandshake") == [a]
         assert ids(log_engine, search="sales-b") == [b]
 
+    @pytest.mark.both_dbs
     def test_like_wildcards_are_literal(self, log_engine, add_comm):
         """'%' and '_' in the search text match only themselves."""
         a = add_comm(None, obj("Message", "Successful", ("Info", "Size", "100% full")))
@@ -92,6 +94,7 @@ class TestListFilters:
         assert ids(log_engine, since=ago(hours=24)) == [a]
         assert ids(log_engine, since=ago(days=4), until=ago(hours=24)) == [b, c]
 
+    @pytest.mark.both_dbs
     def test_sort_by_any_column_and_page(self, log_engine, add_comm):
         """Sorting works on every column (ascending or '-' descending) and pages follow it."""
         x = add_comm("Successful", account="b", start=ago(minutes=3), seconds=5)
@@ -200,6 +203,7 @@ class TestOverview:
         assert views.account_status(["Failed", "Failed"]) == views.ACCOUNT_PERMANENT
         assert views.account_status(["Failed", "Successful"]) == views.ACCOUNT_INTERMITTENT
 
+    @pytest.mark.both_dbs
     def test_overview_counts_period_processing_and_average(self, log_engine, add_comm):
         """Failures and the average count within the period; processing counts now."""
         now = views.utc(NOW)
@@ -236,6 +240,7 @@ class TestOverview:
 
 
 class TestPurge:
+    @pytest.mark.both_dbs
     def test_purge_rules(self, log_engine, add_comm):
         """Successful > 7d go; other statuses stay until 31d; Processing only after 31d."""
         keep_new = add_comm("Successful", obj("Message", "Successful", ("Info", "k", "v")),
