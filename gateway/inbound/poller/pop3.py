@@ -36,6 +36,11 @@ from gateway.inbound.poller.session import (
 setattr(poplib, "_MAXLINE", 1024 * 1024)  # noqa: B010 - private, untyped
 
 
+def _continuation(line: bytes) -> bool:
+    """A SASL continuation ("+ ..."), not "+OK"."""
+    return line == b"+" or line.startswith(b"+ ")
+
+
 def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -102,10 +107,10 @@ class Pop3Session:
                 raw: Any = pop   # poplib has no SASL: use its line primitives
                 raw._putcmd("AUTH XOAUTH2")
                 resp = raw._getline()[0]
-                if resp.startswith(b"+"):
+                if _continuation(resp):
                     raw._putcmd(blob)
                     resp = raw._getline()[0]
-                if resp.startswith(b"+"):   # an error challenge: answer empty, get -ERR
+                if _continuation(resp):   # an error challenge: answer empty, get -ERR
                     raw._putcmd("")
                     resp = raw._getline()[0]
                 if not resp.startswith(b"+OK"):

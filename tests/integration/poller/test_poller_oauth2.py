@@ -1,0 +1,103 @@
+"""XOAUTH2 against Dovecot's oauth2 passdb, with a local token + introspection endpoint."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from gateway.inbound.poller import state
+from gateway.store.tables import CommEntry
+from tests.integration.poller.poller_helpers import account_toml, message
+
+pytestmark = pytest.mark.dovecot
+
+
+def oauth_account(mailbox, server, type_="imaps", name="box", **oauth):
+    cfg = {"token_url": server.url + "/token", "client_id": server.client_id,
+           "client_secret": server.client_secret}
+    cfg.update(oauth)
+    return account_toml(mailbox, type_, name=name, oauth2=cfg)
+
+
+class TestXOAuth2:
+    def test_refresh_token_grant_and_cached_access_token(self, mailbox, oauth2_server,
+                                                         poller_config, harness):
+        """The refresh token buys an access token that is reused while it is valid."""
+        rt = oauth2_server.new_refresh_token()
+        mailbox.append("helpdesk", [message(1)])
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt)))
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        mailbox.append("helpdesk", [message(2)])
+        assert h.poll().fetched == 1
+        assert oauth2_server.token_requests == 1
+        assert oauth2_server.introspections >= 2
+
+    def test_expiring_token_is_refreshed_before_use(self, mailbox, oauth2_server,
+                                                    poller_config, harness):
+        """A short-lived access token is refreshed before it expires; the login succeeds."""
+        oauth2_server.lifetime = 2
+        rt = oauth2_server.new_refresh_token()
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt)))
+        assert h.poll().status == "Successful"
+        time.sleep(1.6)
+        mailbox.append("helpdesk", [message(1)])
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        assert oauth2_server.token_requests == 2
+
+    def test_rotated_refresh_token_is_persisted(self, mailbox, oauth2_server, poller_config,
+                                                harness):
+        """A rotated refresh token is stored and used by the next process; the old one is dead."""
+        oauth2_server.rotate = True
+        rt = oauth2_server.new_refresh_token()
+        cfg = poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt))
+        h = harness(cfg)
+        assert h.poll().status == "Successful"
+        with h.gw.engine.connect() as conn:
+            stored, _ = state.stored_refresh_token(conn, "box")
+        assert stored != rt and stored in oauth2_server.refresh_tokens
+        assert rt not in oauth2_server.refresh_tokens
+        h.close()
+        mailbox.append("helpdesk", [message(1)])
+        fresh = harness(cfg)            # a new process: no cached access token
+        r = fresh.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        assert oauth2_server.token_requests == 2
+
+    def test_refused_refresh_is_an_error_on_the_account(self, mailbox, oauth2_server,
+                                                        poller_config, harness):
+        """A refresh token the server refuses fails the run with an Error and account status."""
+        mailbox.append("helpdesk", [message(1)])
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server,
+                                                refresh_token="rt-revoked")))
+        r = h.poll()
+        assert r.status == "Failed" and "invalid_grant" in r.error
+        assert "rt-revoked" not in r.error
+        with h.gw.engine.connect() as conn:
+            errs = conn.execute(select(CommEntry.value).where(
+                CommEntry.priority == "Error")).scalars().all()
+            st = state.account_status(conn, "box")[0]
+        assert any("OAuth2 token refresh refused" in e and "account box" in e for e in errs)
+        assert st.status == "Failed" and "invalid_grant" in st.last_error
+        assert mailbox.count("helpdesk") == 1
+
+    def test_token_refused_by_the_server(self, mailbox, oauth2_server, poller_config, harness):
+        """An access token the mail server's introspection calls inactive fails at auth."""
+        oauth2_server.refused = True
+        rt = oauth2_server.new_refresh_token()
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt)))
+        r = h.poll()
+        assert r.status == "Failed" and "Authentication" in r.error
+
+    def test_client_credentials_over_pop3(self, mailbox, oauth2_server, poller_config,
+                                          harness):
+        """The client-credentials grant logs in to POP3 with XOAUTH2."""
+        mailbox.append("helpdesk", [message(1)])
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, type_="pop3s",
+                                                grant="client_credentials", scope="mail")))
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        assert mailbox.count("helpdesk") == 0
