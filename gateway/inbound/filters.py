@@ -14,12 +14,14 @@ Semantics follow OTOBO's MatchDBSource, with decisions made on purpose:
 - `[***]` is group 1 of the last positive condition that has groups, `[**\\name**]`
   a named group of any of them (later conditions win);
 - a pattern that exceeds `postmaster.filter_timeout` makes its condition fail, negated
-  or not (an undecided condition never fires a filter), and is logged as Warn.
+  or not (an undecided condition never fires a filter), and is logged as Warn; all
+  timed patterns of one message share MESSAGE_BUDGET × filter_timeout.
 """
 
 from __future__ import annotations
 
 import email.utils
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +42,10 @@ _COND_KEYS = frozenset({"header", "value", "email", "not"})
 _SUBST = regex.compile(r"\[\*\*\*\]|\[\*\*\\(\w+)\*\*\]")
 _PSEUDO = {"AttachmentCount": "attachmentcount", "AttachmentExists": "attachmentexists"}
 _SHOW = 160   # characters of a tested value shown in a trace
+# All timed patterns of one message together get this many filter_timeouts; after
+# that every timed condition counts as timed out. Prepare may run on the event loop,
+# so hostile mail against several slow patterns must not stall it for long.
+MESSAGE_BUDGET = 5
 
 
 class FilterCompileError(ValueError):
@@ -271,10 +277,11 @@ def _build(cfg: Config) -> tuple[str, FilterSet]:
 class _View:
     """The message as the filters see it; built once per message."""
 
-    __slots__ = ("_addrs", "ctx", "headers")
+    __slots__ = ("_addrs", "ctx", "deadline", "headers")
 
-    def __init__(self, ctx: MessageContext) -> None:
+    def __init__(self, ctx: MessageContext, deadline: float = float("inf")) -> None:
         self.ctx = ctx
+        self.deadline = deadline
         self.headers: dict[str, list[str]] = {}
         assert ctx.parsed is not None
         for k, v in ctx.parsed.headers:
@@ -326,28 +333,25 @@ class _View:
 
 def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, str]:
     """(found, match, timed_out, tested value) for one condition, before `not`."""
-    items = view.addresses(c) if c.kind == "email" else view.values(c)
+    email_kind = c.kind == "email"
+    items = view.addresses(c) if email_kind else view.values(c)
     fast = c.fast
-    try:
-        if c.kind == "email":
-            for a in items:
-                if fast and len(a) <= FAST_MAX_LEN:
-                    m = c.rx.fullmatch(a)
-                else:
-                    m = c.rx.fullmatch(a, timeout=timeout)
-                if m is not None:
-                    return True, m, False, a
-        else:
-            for v in items:
-                if fast and len(v) <= FAST_MAX_LEN:
-                    m = c.rx.search(v)
-                else:
-                    m = c.rx.search(v, timeout=timeout)
-                if m is not None:
-                    return True, m, False, v
-    except TimeoutError:
-        return False, None, True, items[0] if items else ""
-    return False, None, False, ", ".join(items) if c.kind == "email" else items[0]
+    rx = c.rx
+    for v in items:
+        try:
+            if fast and len(v) <= FAST_MAX_LEN:
+                m = rx.fullmatch(v) if email_kind else rx.search(v)
+            else:
+                budget = min(timeout, view.deadline - time.monotonic())
+                if budget <= 0:
+                    return False, None, True, v
+                m = (rx.fullmatch(v, timeout=budget) if email_kind
+                     else rx.search(v, timeout=budget))
+        except TimeoutError:
+            return False, None, True, v
+        if m is not None:
+            return True, m, False, v
+    return False, None, False, ", ".join(items) if email_kind else items[0]
 
 
 def _reason(c: Condition, found: bool, held: bool, timed_out: bool, tested: str,
@@ -378,8 +382,10 @@ def _condition(c: Condition, view: _View, timeout: float, ctx: MessageContext,
                fname: str, trace: list[ConditionTrace] | None) -> tuple[bool, Any]:
     found, m, timed_out, tested = _test(c, view, timeout)
     if timed_out:
+        why = (f"timed out after {timeout * 1000:g} ms" if time.monotonic() < view.deadline
+               else "timed out: the message's filter time budget is used up")
         ctx.log.log("Warn", "Filter", f"{fname} {c.where}: pattern {c.pattern!r} on {c.header} "
-                    f"timed out after {timeout * 1000:g} ms; condition does not hold")
+                    f"{why}; condition does not hold")
         log.warning("filter pattern timed out", filter=fname, condition=c.where,
                     header=c.header)
     held = (found != c.negate) and not timed_out
@@ -444,8 +450,8 @@ def run_filters(fs: FilterSet, ctx: MessageContext,
     """Apply the filters to ctx (params and header list); with `explain`, record why."""
     if ctx.parsed is None or not fs.filters:
         return
-    view = _View(ctx)
     timeout = fs.timeout
+    view = _View(ctx, time.monotonic() + MESSAGE_BUDGET * timeout)
     for f in fs.filters:
         ctrace: list[ConditionTrace] | None = [] if explain is not None else None
         ok, star, named = _evaluate(f, view, timeout, ctx, ctrace)

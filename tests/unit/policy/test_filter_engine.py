@@ -299,3 +299,18 @@ class TestPatternCost:
         ctx = run_policy(pol, mail(body="a" * 5000 + "\n"), conf=conf)
         assert "Queue" not in ctx.params
         assert any("timed out" in e.value for e in ctx.log.entries)
+
+    def test_message_budget_bounds_many_slow_patterns(self, run_policy):
+        """Many pathological patterns on one message stop at the per-message budget."""
+        conf = {"60-pm.toml": "[postmaster]\nfilter_timeout = \"20ms\"\n"}
+        pol = "\n".join(f"""
+            [[filter]]
+            name = "{i:03d}"
+            match = [{{ header = "Subject", value = "(a|aa)+$" }}]
+            set = {{ "X-Deskgate-Queue" = "Junk" }}
+        """ for i in range(30))
+        ctx = run_policy(pol, mail(subject="a" * 40 + "!"), conf=conf)
+        warns = [e for e in ctx.log.entries if e.priority == "Warn" and "timed out" in e.value]
+        assert len(warns) == 30
+        assert "budget is used up" in warns[-1].value
+        assert "Queue" not in ctx.params
