@@ -15,7 +15,7 @@ Semantics follow OTOBO's MatchDBSource, with decisions made on purpose:
   a named group of any of them (later conditions win);
 - a pattern that exceeds `postmaster.filter_timeout` makes its condition fail, negated
   or not (an undecided condition never fires a filter), and is logged as Warn; all
-  timed patterns of one message share MESSAGE_BUDGET × filter_timeout.
+  timed patterns of one message share MESSAGE_BUDGET times filter_timeout.
 """
 
 from __future__ import annotations
