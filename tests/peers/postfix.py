@@ -26,6 +26,7 @@ from pathlib import Path
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 TRANSPORT = "deskgate"        # the master.cf service that delivers to the gateway
+CACHED = "deskgatecached"     # the same, with LMTP connection caching (Postfix's default)
 
 
 def available() -> bool:
@@ -71,6 +72,10 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 {transport} unix  -       -       n       -       -       lmtp
   -o syslog_name=postfix/{transport}
   -o lmtp_connection_cache_on_demand=no
+{cached} unix  -       -       n       -       -       lmtp
+  -o syslog_name=postfix/{cached}
+  -o lmtp_connection_cache_on_demand=yes
+  -o lmtp_connection_cache_time_limit=10s
 """
 
 MAIN_CF = """\
@@ -87,10 +92,15 @@ mydestination =
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
-relay_domains = {domain}
-transport_maps = inline:{{ {domain}={transport}:{target}, {sink_domain}=discard: }}
+transport_maps = inline:{{ {domain}={transport}:{target}, {cached_domain}={cached}:{target},
+    {sink_domain}=discard: }}
+relay_domains = {domain}, {cached_domain}
 {transport}_destination_recipient_limit = {rcpt_limit}
 {transport}_destination_concurrency_limit = 4
+{cached}_destination_recipient_limit = {rcpt_limit}
+{cached}_destination_concurrency_limit = 2
+# Mail for the cached transport waits for a flush, so it leaves as one backlog.
+defer_transports = {cached}
 default_transport = error:no delivery outside the test
 local_transport = error:no local delivery
 relay_transport = error:no relay
@@ -127,13 +137,18 @@ class Postfix:
 
     target: "unix:/path/to/socket" or "inet:127.0.0.1:port". Mail for
     `sink_domain` (the senders used by the tests) is discarded, so bounces and
-    delay notices never leave the machine.
+    delay notices never leave the machine. Mail for `cached_domain` goes to the
+    same target through a transport that keeps LMTP connections open between
+    messages, as a production Postfix does; it waits in the queue until
+    flush() so that it leaves as one backlog (which is when Postfix reuses
+    connections).
     """
 
     __test__ = False
 
     def __init__(self, base: Path, target: str, *, domain: str = "example.org",
-                 sink_domain: str = "customer.test", rcpt_limit: int = 50,
+                 sink_domain: str = "customer.test", cached_domain: str = "example.net",
+                 rcpt_limit: int = 50,
                  message_size_limit: int = 10 * 1024 * 1024) -> None:
         self.base = base
         self.conf = base / "etc"
@@ -144,6 +159,7 @@ class Postfix:
         self.target = target
         self.domain = domain
         self.sink_domain = sink_domain
+        self.cached_domain = cached_domain
         self.rcpt_limit = rcpt_limit
         self.message_size_limit = message_size_limit
         self.running = False
@@ -163,6 +179,7 @@ class Postfix:
         values = {"conf": self.conf, "queue": self.queue, "data": self.data, "base": self.base,
                   "maillog": self.maillog, "domain": self.domain, "target": self.target,
                   "sink_domain": self.sink_domain, "transport": TRANSPORT,
+                  "cached_domain": self.cached_domain, "cached": CACHED,
                   "rcpt_limit": self.rcpt_limit, "message_size_limit": self.message_size_limit,
                   "port": self.port}
         (self.conf / "main.cf").write_text(MAIN_CF.format(**values))

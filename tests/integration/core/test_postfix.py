@@ -99,3 +99,50 @@ class TestPostfixDelivery:
         assert [r["address"] for r in entry["recipients"]] == ["paused@example.org"]
         assert "4.2.1" in entry["recipients"][0]["delay_reason"]
         assert len(store_of(rg).tickets()) == 1
+
+
+CACHED_ADDRESSES = {"40-example-net.toml": """
+    [[address]]
+    email = "support@example.net"
+    queue = "Support"
+
+    [[address]]
+    email = "sales@example.net"
+    queue = "Sales"
+    """}
+
+
+class TestPostfixConnectionReuse:
+    def test_cached_lmtp_connections_deliver_every_message(self, postfix, pf_gateway,
+                                                            store_of):
+        """With Postfix's LMTP connection cache (RSET between transactions on one
+        connection) a flushed backlog of 30 messages becomes 30 tickets over reused
+        connections."""
+        rg = pf_gateway(CACHED_ADDRESSES)
+        since = postfix.log_offset()
+        rcpts = ["support@example.net", "sales@example.net"]
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as s:
+            for i in range(30):
+                msg = message(f"burst {i}", ", ".join(rcpts))
+                assert s.send_message(msg, from_addr=SENDER, to_addrs=rcpts) == {}
+        postfix.wait_log(r"deferred transport", count=60, since=since)
+        assert store_of(rg).tickets() == []         # held until the flush
+        postfix.flush()
+        postfix.wait_queue_empty()
+        sent = [d for d in postfix.deliveries(since) if d["service"] == "deskgatecached/lmtp"]
+        assert len(sent) == 60 and {d["status"] for d in sent} == {"sent"}
+        assert sorted(t.title for t in store_of(rg).tickets()) == sorted(
+            f"burst {i}" for i in range(30))
+        reused = [ln for ln in postfix.log_lines(since) if "deskgatecached/lmtp" in ln
+                  and "conn_use=" in ln]
+        assert reused, "Postfix never reused a cached LMTP connection"
+
+
+class TestPostfixInstance:
+    def test_config_clean_and_no_daemon_errors(self, postfix):
+        """`postfix check` has nothing to say about the test instance, and no Postfix daemon
+        logged a fatal, panic or error line during this module."""
+        assert postfix.check() == ""
+        bad = [ln for ln in postfix.log_lines() if any(
+            f"{kind}: " in ln for kind in ("fatal", "panic", "error"))]
+        assert bad == []
