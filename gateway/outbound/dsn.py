@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from email.message import Message
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -56,25 +57,29 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     lines.append("")
     for r in results:
         lines.append(f"<{r.address}>: {r.code or ''} {r.reply}".rstrip())
-    report.attach(MIMEText("\n".join(lines) + "\n", "plain", "utf-8"))
+    text = "\n".join(lines) + "\n"
+    report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 
-    per_msg = [f"Reporting-MTA: dns; {reporting_mta}",
-               f"Arrival-Date: {email.utils.format_datetime(arrival)}"]
-    blocks = ["\r\n".join(per_msg)]
+    per_msg = Message()
+    per_msg["Reporting-MTA"] = f"dns; {reporting_mta}"
+    per_msg["Arrival-Date"] = email.utils.format_datetime(arrival)
+    blocks = [per_msg]
     for r in results:
-        status = _enhanced(r.code, r.reply, action)
-        b = [f"Final-Recipient: rfc822; {r.address}", f"Action: {action}", f"Status: {status}"]
+        b = Message()
+        b["Final-Recipient"] = f"rfc822; {r.address}"
+        b["Action"] = action
+        b["Status"] = _enhanced(r.code, r.reply, action)
         if remote_mta:
-            b.append(f"Remote-MTA: dns; {remote_mta}")
+            b["Remote-MTA"] = f"dns; {remote_mta}"
         if r.code:
-            b.append(f"Diagnostic-Code: smtp; {r.code} {r.reply}".replace("\n", " ")[:900])
+            b["Diagnostic-Code"] = f"smtp; {r.code} {r.reply}".replace("\n", " ")[:900]
         if last_attempt:
-            b.append(f"Last-Attempt-Date: {email.utils.format_datetime(last_attempt)}")
+            b["Last-Attempt-Date"] = email.utils.format_datetime(last_attempt)
         if action == "delayed" and retry_until:
-            b.append(f"Will-Retry-Until: {email.utils.format_datetime(retry_until)}")
-        blocks.append("\r\n".join(b))
+            b["Will-Retry-Until"] = email.utils.format_datetime(retry_until)
+        blocks.append(b)
     status_part = MIMEBase("message", "delivery-status")
-    status_part.set_payload("\r\n\r\n".join(blocks) + "\r\n")
+    status_part.set_payload(blocks)  # type: ignore[arg-type]
     report.attach(status_part)
 
     headers_part = MIMEBase("text", "rfc822-headers")

@@ -229,7 +229,7 @@ def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
     data = build_dsn(action=action, reporting_mta=cfg.gateway.hostname, to=m.return_path,
                      original_headers=m.data.split(b"\r\n\r\n", 1)[0],
                      original_message_id=m.message_id, results=results,
-                     remote_mta=transport.account if transport.name == "SMTP" else "",
+                     remote_mta=cfg.relay.host if transport.name == "SMTP" else "",
                      arrival=m.created, last_attempt=datetime.now(UTC), retry_until=retry_until)
     ctx = OutboundContext(mail_from=cfg.relay.bounce_sender, recipients=[m.return_path],
                           raw=data, source="DSN", account=cfg.gateway.hostname, kind="dsn",

@@ -1,0 +1,157 @@
+"""The durable queue: claims with leases, per-recipient outcomes, retry schedule, DSNs."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+
+from sqlalchemy import select
+
+from gateway.inbound.bounce import parse_dsn
+from gateway.outbound import queue as oq
+from gateway.outbound.dsn import build_dsn
+from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+from gateway.outbound.rewrite import parse_submission
+from gateway.outbound.submission import AuthGuard
+from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
+
+RAW = (b"From: app@internal.test\r\nTo: a@customer.test, b@customer.test\r\n"
+       b"Subject: Hello\r\n\r\nbody\r\n")
+
+
+def enqueue(engine, rt, rcpts=("a@customer.test", "b@customer.test")) -> int:
+    ctx = OutboundContext(mail_from="app@internal.test", recipients=list(rcpts), raw=RAW,
+                          trusted=True)
+    with engine.begin() as conn:
+        parse_submission(ctx, rt)
+        return process_in_transaction(ctx, rt, conn)
+
+
+class TestClaims:
+    def test_claimed_message_is_not_claimed_again_until_lease_expires(self, ob_engine, rt):
+        """A second node gets nothing while the lease runs, and the message after it expires."""
+        oid = enqueue(ob_engine, rt)
+        now = datetime.now(UTC)
+        with ob_engine.begin() as conn:
+            a = oq.claim(conn, "node-a", limit=10, lease=60, now=now)
+            b = oq.claim(conn, "node-b", limit=10, lease=60, now=now + timedelta(seconds=30))
+            c = oq.claim(conn, "node-b", limit=10, lease=60, now=now + timedelta(seconds=61))
+        assert [m.id for m in a] == [oid] and b == [] and [m.id for m in c] == [oid]
+        assert [addr for _, addr in a[0].recipients] == ["a@customer.test", "b@customer.test"]
+
+    def test_not_due_messages_are_not_claimed(self, ob_engine, rt):
+        """A message whose next attempt lies in the future stays put."""
+        enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            got = oq.claim(conn, "n", limit=10, lease=60,
+                           now=datetime.now(UTC) - timedelta(minutes=5))
+        assert got == []
+
+
+class TestOutcomes:
+    def test_mixed_outcomes_per_recipient(self, ob_engine, rt):
+        """One recipient delivered, one deferred: only the deferred one is retried."""
+        enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            (m,) = oq.claim(conn, "n", limit=1, lease=60)
+            (r1, a1), (r2, a2) = m.recipients
+            st = oq.record_attempt(conn, m, [oq.RcptResult(r1, a1, 250, "ok"),
+                                             oq.RcptResult(r2, a2, 451, "try later")],
+                                   schedule=(60.0, 300.0), warn_after=0)
+            row = conn.execute(select(OutboundMessage)).one()
+            (m2,) = oq.claim(conn, "n", limit=1, lease=60, now=datetime.now(UTC)
+                             + timedelta(seconds=70))
+        assert st.status == "queued" and [r.address for r in st.delayed] == ["b@customer.test"]
+        assert row.attempts == 1 and row.lease_until is None
+        assert 54 <= (row.next_attempt.replace(tzinfo=UTC) - datetime.now(UTC)
+                      ).total_seconds() <= 67
+        assert [a for _, a in m2.recipients] == ["b@customer.test"]
+
+    def test_permanent_failure_marks_article(self, ob_engine, rt):
+        """A 5xx fails the recipient at once and puts a transmission error on the article."""
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        with ob_engine.begin() as conn:
+            (m,) = oq.claim(conn, "n", limit=1, lease=60)
+            ((rid, addr),) = m.recipients
+            st = oq.record_attempt(conn, m, [oq.RcptResult(rid, addr, 550, "5.1.1 no user")],
+                                   schedule=(60.0,), warn_after=0)
+            art = conn.execute(select(Article)).one()
+        assert st.status == "failed" and not st.exhausted
+        assert art.transmission_status == "failed" and "550 5.1.1 no user" in \
+            art.transmission_error
+
+    def test_exhausted_schedule_is_permanent(self, ob_engine, rt):
+        """After the last retry a temporary failure becomes permanent."""
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        schedule = (1.0,)
+        with ob_engine.begin() as conn:
+            for attempt in range(2):
+                (m,) = oq.claim(conn, "n", limit=1, lease=60,
+                                now=datetime.now(UTC) + timedelta(seconds=5 * attempt))
+                ((rid, addr),) = m.recipients
+                st = oq.record_attempt(conn, m, [oq.RcptResult(rid, addr, 451, "later")],
+                                       schedule=schedule, warn_after=0)
+            rc = conn.execute(select(OutboundRecipient)).one()
+        assert st.status == "failed" and st.exhausted and rc.status == "failed"
+
+    def test_retry_delay_jitter_and_exhaustion(self):
+        """Delays follow the schedule within ±10 %; past its end there is none."""
+        rng = random.Random(1)
+        sched = (60.0, 300.0)
+        for _ in range(50):
+            assert 54 <= oq.retry_delay(sched, 1, rng) <= 66
+            assert 270 <= oq.retry_delay(sched, 2, rng) <= 330
+        assert oq.retry_delay(sched, 3, rng) is None
+
+    def test_admin_retry_and_delete(self, ob_engine, rt):
+        """retry makes a deferred message due now; delete removes it and notes the article."""
+        oid = enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            conn.execute(OutboundMessage.__table__.update().values(
+                next_attempt=datetime.now(UTC) + timedelta(hours=1)))
+            assert oq.claim(conn, "n", limit=1, lease=1) == []
+            assert oq.retry_now(conn, oid) == 1
+            listed = oq.list_queue(conn)
+            assert oq.remove(conn, oid)
+            art = conn.execute(select(Article)).one()
+            left = oq.list_queue(conn)
+        assert set(listed[0]) == {"id", "queue", "sender", "recipients", "attempts",
+                                  "next_attempt", "last_error"}
+        assert left == [] and art.transmission_status == "failed"
+
+
+class TestDsn:
+    def test_dsn_is_rfc3464_and_readable_by_the_bounce_parser(self):
+        """The DSN is multipart/report with per-recipient fields the inbound side can read."""
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org\r\nMessage-ID: <m1@example.org>",
+                         original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(1, "a@customer.test", 550,
+                                                "5.1.1 no such user")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        msg = message_from_bytes(data)
+        assert msg.get_content_type() == "multipart/report"
+        assert msg.get_param("report-type") == "delivery-status"
+        assert msg["Auto-Submitted"] == "auto-replied"
+        info = parse_dsn(msg)
+        assert info is not None
+        assert (info.action, info.status, info.original_message_id) == \
+            ("failed", "5.1.1", "<m1@example.org>")
+        assert "a@customer.test" in info.recipient
+
+
+class TestAuthGuard:
+    def test_lockout_after_max_failures_doubles(self):
+        """After max failures a client is locked out; each further failure doubles it."""
+        now = [0.0]
+        g = AuthGuard(3, 10.0, clock=lambda: now[0])
+        assert g.failed("1.2.3.4") == (1, 0.0) and not g.locked("1.2.3.4")
+        g.failed("1.2.3.4")
+        assert g.failed("1.2.3.4") == (3, 10.0) and g.locked("1.2.3.4")
+        assert not g.locked("5.6.7.8")
+        now[0] = 11.0
+        assert not g.locked("1.2.3.4")
+        assert g.failed("1.2.3.4") == (4, 20.0)
+        g.succeeded("1.2.3.4")
+        assert not g.locked("1.2.3.4")

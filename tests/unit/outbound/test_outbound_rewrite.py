@@ -1,0 +1,147 @@
+"""Queue decision and header rewrite of outgoing messages."""
+
+from __future__ import annotations
+
+import email.utils
+from email import message_from_bytes
+from email.policy import compat32
+
+import pytest
+
+from gateway.config import SubmissionUser
+from gateway.errors import PermanentError
+from gateway.inbound.parse import decode_header_value
+from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+from gateway.outbound.rewrite import parse_submission, recipients_from_headers, resolve, rewrite
+from gateway.store import repo
+
+
+def ctx_for(raw: bytes, **kw) -> OutboundContext:
+    kw.setdefault("trusted", True)
+    return OutboundContext(mail_from="app@internal.test", recipients=["c@customer.test"],
+                           raw=raw, **kw)
+
+
+def run(ctx, rt, conn):
+    parse_submission(ctx, rt)
+    resolve(ctx, rt, conn)
+    rewrite(ctx, rt)
+    return ctx
+
+
+BASE = b"From: app@internal.test\r\nTo: c@customer.test\r\nSubject: Hello\r\n\r\nbody\r\n"
+
+
+class TestQueueDecision:
+    def test_x_header_from_trusted_client(self, ob_engine, rt):
+        """X-Deskgate-Queue from an authenticated/allowed client picks the queue."""
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(b"X-Deskgate-Queue: Sales\r\n" + BASE), rt, conn)
+        assert ctx.queue == "Sales" and ctx.from_email == "sales@example.org"
+
+    def test_x_header_ignored_from_untrusted_source(self, ob_engine, rt):
+        """An untrusted source's X-Deskgate-Queue is ignored (and stripped)."""
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(b"X-Deskgate-Queue: Sales\r\n" + BASE, trusted=False), rt, conn)
+        assert ctx.queue == "Raw"
+        assert "X-Deskgate-Queue" not in ctx.msg
+
+    def test_reply_to_ticket_by_subject_and_in_reply_to(self, ob_engine, rt):
+        """A reply carrying the ticket number or an article's Message-ID joins that ticket."""
+        with ob_engine.begin() as conn:
+            number = repo.next_ticket_number(conn, "10")
+            tid = repo.insert_ticket(conn, number=number, title="t", queue="Support",
+                                     state="open", state_type="open", priority="3 normal")
+            repo.insert_article(conn, ticket_id=tid, direction="incoming",
+                                sender_type="customer", message_id="<orig@customer.test>")
+            a = run(ctx_for(BASE.replace(b"Subject: Hello",
+                                         f"Subject: Re: [Ticket#{number}] Hello".encode())),
+                    rt, conn)
+            b = run(ctx_for(b"In-Reply-To: <orig@customer.test>\r\n" + BASE), rt, conn)
+        for ctx in (a, b):
+            assert (ctx.ticket_id, ctx.queue, ctx.new_ticket) == (tid, "Support", False)
+        assert str(a.msg["Subject"]).count(number) == 1
+
+    def test_system_address_in_from(self, ob_engine, rt):
+        """A From that is a system address picks that address's queue."""
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(BASE.replace(b"From: app@internal.test",
+                                           b"From: support@example.org")), rt, conn)
+        assert ctx.queue == "Support"
+
+    def test_user_default_queue_then_postmaster_default(self, ob_engine, rt):
+        """The submitting user's default_queue comes before the postmaster default."""
+        user = SubmissionUser("app", "x", default_queue="Sales")
+        with ob_engine.begin() as conn:
+            a = run(ctx_for(BASE, user=user), rt, conn)
+            b = run(ctx_for(BASE), rt, conn)
+        assert a.queue == "Sales" and b.queue == "Raw"
+        assert a.new_ticket and a.ticket_number
+
+    def test_requested_queue_must_exist(self, ob_engine, rt):
+        """`deskgate send --queue` with an unknown queue is a permanent error."""
+        with ob_engine.begin() as conn, pytest.raises(PermanentError):
+            run(ctx_for(BASE, requested_queue="Nope"), rt, conn)
+
+
+class TestRewrite:
+    def test_from_quoting_and_envelope_sender(self, ob_engine, rt, make_confdir):
+        """From becomes the quoted display name with the queue address; envelope the same."""
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(b"X-Deskgate-Queue: Support\r\n" + BASE), rt, conn)
+        assert ctx.msg["From"] == "Example Support <support@example.org>"
+        assert ctx.sender == "support@example.org"
+
+    def test_display_name_with_specials_is_quoted(self, rt):
+        """A display name with RFC 5322 specials is quoted; non-ASCII is RFC 2047-encoded."""
+        assert email.utils.formataddr(("Support, Inc.", "s@example.org")) == \
+            '"Support, Inc." <s@example.org>'
+        from gateway.outbound.rewrite import set_header
+
+        msg = message_from_bytes(BASE, policy=compat32)
+        set_header(msg, "From", email.utils.formataddr(("Süpport", "s@example.org"),
+                                                       charset="utf-8"))
+        assert decode_header_value(msg["From"]) == "Süpport <s@example.org>"
+        assert msg["From"].isascii()
+
+    def test_internal_headers_and_bcc_stripped_ids_added(self, ob_engine, rt):
+        """X-Deskgate-/X-OTOBO-/X-OTRS- headers and Bcc go; Message-ID and Date are added."""
+        raw = (b"X-OTOBO-Queue: Sales\r\nX-OTRS-State: open\r\nBcc: secret@internal.test\r\n"
+               + BASE)
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(raw), rt, conn)
+        names = [k.lower() for k in ctx.msg]
+        assert not [n for n in names if n.startswith(("x-otobo", "x-otrs", "x-deskgate"))]
+        assert "bcc" not in names
+        assert ctx.msg["Message-ID"].endswith("@example.org>") and ctx.msg["Date"]
+        assert names.index("from") == 0   # the rewritten From keeps its position
+
+    def test_existing_message_id_kept(self, ob_engine, rt):
+        """A Message-ID given by the client is kept."""
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(b"Message-ID: <mine@app.test>\r\n" + BASE), rt, conn)
+        assert ctx.message_id == "<mine@app.test>"
+
+    def test_recipients_from_headers(self):
+        """`deskgate send` without -r takes To, Cc and Bcc, each once."""
+        msg = message_from_bytes(b"To: A <a@x.test>, b@x.test\r\nCc: a@x.test\r\n"
+                                 b"Bcc: c@x.test\r\n\r\n", policy=compat32)
+        assert recipients_from_headers(msg) == ["a@x.test", "b@x.test", "c@x.test"]
+
+    def test_stored_as_outgoing_agent_article_on_new_ticket(self, ob_engine, rt):
+        """The whole pipeline stores an outgoing agent article on a new ticket."""
+        from sqlalchemy import select
+
+        from gateway.store.tables import Article, OutboundRecipient, Ticket
+
+        with ob_engine.begin() as conn:
+            ctx = ctx_for(BASE)
+            parse_submission(ctx, rt)
+            oid = process_in_transaction(ctx, rt, conn)
+            art = conn.execute(select(Article)).one()
+            t = conn.execute(select(Ticket)).one()
+            rc = conn.execute(select(OutboundRecipient)).one()
+        assert (art.direction, art.sender_type, art.transmission_status) == \
+            ("outgoing", "agent", "queued")
+        assert t.number == ctx.ticket_number and t.customer_user == "c@customer.test"
+        assert rc.outbound_id == oid and rc.status == "pending"
