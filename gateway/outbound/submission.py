@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
@@ -222,7 +222,8 @@ class SubmissionSession(SMTP):
                                  else "")
         self.session.deskgate_user = user  # type: ignore[attr-defined]
         log.info("submission AUTH ok", user=name, mechanism=mechanism)
-        return AuthResult(success=True, auth_data=LoginPassword(login, b""), message=AUTH_OK)
+        # auth_data without a .login attribute: aiosmtpd warns about login_data otherwise
+        return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -75,12 +74,9 @@ class SmtpSink:
         exe = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         args = [exe, "-c"]
         if os.geteuid() == 0:
-            args += ["-u", "nobody"]
+            args += ["-u", "root"]     # it insists on -u as root; keeps the dump dir writable
         if self.dump:
             self.dump_dir.mkdir(exist_ok=True)
-            if os.geteuid() == 0:
-                uid = pwd.getpwnam("nobody").pw_uid
-                os.chown(self.dump_dir, uid, -1)
             args += ["-d", f"{self.dump_dir}/%H%M%S."]
         args += [*self.options, f"127.0.0.1:{self.port}", "256"]
         self.out = (self.dir / "sink.out").open("wb")
@@ -171,12 +167,14 @@ class _Handler:
         reply = self.script("DATA", ",".join(envelope.rcpt_tos)) if self.script else None
         if reply:
             return reply
-        login = session.auth_data.login.decode() if isinstance(session.auth_data,
-                                                                 LoginPassword) else ""
+        login = session.auth_data if isinstance(session.auth_data, str) else ""
+        transport = server.transport
+        tls = server._tls_protocol is not None or (
+            transport is not None and transport.get_extra_info("sslcontext") is not None)
         with self.lock:
-            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
-                                          envelope.original_content or b"", login,
-                                          server._tls_protocol is not None))
+            sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+            self.received.append(Received(sender, list(envelope.rcpt_tos),
+                                          envelope.original_content or b"", login, tls))
         return "250 2.0.0 OK: queued"
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope,
@@ -184,7 +182,8 @@ class _Handler:
         if isinstance(auth_data, LoginPassword):
             name, pw = auth_data.login.decode(), auth_data.password.decode()
             if self.users.get(name) == pw:
-                return AuthResult(success=True, auth_data=auth_data)
+                # A plain name: aiosmtpd warns (deprecated login_data) for objects with .login
+                return AuthResult(success=True, auth_data=name)
         self.auth_failures += 1
         return AuthResult(success=False, handled=False)
 
@@ -193,6 +192,7 @@ class _Controller(Controller):
     def __init__(self, handler: _Handler, *, tls: ssl.SSLContext | None, port: int,
                  implicit_tls: bool, auth_required: bool) -> None:
         self._tls = tls
+        self._implicit = implicit_tls
         self._auth_required = auth_required
         super().__init__(handler, hostname="127.0.0.1", port=port,
                          ssl_context=tls if implicit_tls else None,
@@ -200,9 +200,13 @@ class _Controller(Controller):
 
     def factory(self) -> SMTP:
         h: _Handler = self.handler
-        return SMTP(h, hostname="smarthost.test", tls_context=self._tls,
-                    require_starttls=False, auth_required=self._auth_required,
-                    auth_require_tls=True, authenticator=h.authenticate,
+        # With implicit TLS the whole connection is encrypted: no STARTTLS to offer, and
+        # aiosmtpd's "AUTH only after STARTTLS" check must not apply.
+        return SMTP(h, hostname="smarthost.test",
+                    tls_context=None if self._implicit else self._tls,
+                    require_starttls=False,
+                    auth_required=self._auth_required and not self._implicit,
+                    auth_require_tls=not self._implicit, authenticator=h.authenticate,
                     enable_SMTPUTF8=True)
 
     def _trigger_server(self) -> None:

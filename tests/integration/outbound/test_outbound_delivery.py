@@ -1,0 +1,184 @@
+"""Delivery to the smarthost: TLS verification, AUTH, retries, permanent failures and DSNs."""
+
+from __future__ import annotations
+
+import smtplib
+from email import message_from_bytes
+
+import pytest
+from sqlalchemy import select
+
+from gateway.inbound.bounce import parse_dsn
+from gateway.store.tables import Article, CommEntry, OutboundMessage, OutboundRecipient
+from tests.integration.outbound.conftest import statuses, submission_port, wait_for
+from tests.peers.ca import TestCA
+from tests.peers.smarthost import AuthSink, SmtpSink, free_port
+
+MSG = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n"
+       b"Message-ID: <orig-1@internal.test>\r\n\r\nbody\r\n")
+
+
+def submit(cfg, rcpts=("cust@customer.test",), msg=MSG, sender="app@internal.test"):
+    with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+        assert s.sendmail(sender, list(rcpts), msg) == {}
+
+
+def rows(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(select(table).order_by(table.id)).all()
+
+
+@pytest.fixture
+def ca(tmp_path):
+    return TestCA(tmp_path / "ca")
+
+
+class TestRelayTls:
+    @pytest.mark.parametrize("security", ["starttls", "tls"])
+    def test_verified_tls_and_auth_to_the_smarthost(self, ca, tmp_path, outbound_config,
+                                                    run_gateway, security):
+        """STARTTLS or implicit TLS with a pinned CA, then AUTH: delivered, user seen."""
+        leaf = ca.issue("smarthost", hosts=("127.0.0.1", "localhost"))
+        secret = tmp_path / "relay.pw"
+        secret.write_text("relaypw\n")
+        with AuthSink(leaf.cert, leaf.key, users={"gw": "relaypw"},
+                      implicit_tls=security == "tls", auth_required=True) as sink:
+            cfg = outbound_config(sink.port, security=security, extra_relay=f"""
+tls_ca_file = "{ca.ca_path}"
+user = "gw"
+password_file = "{secret}"
+""")
+            rg = run_gateway(cfg)
+            submit(cfg)
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            (got,) = sink.received
+            assert got.user == "gw" and got.tls
+            entries = [e.value for e in rows(rg.gateway.engine, CommEntry)]
+            assert any("certificate verified" in v for v in entries)
+            assert any("authenticated as gw" in v for v in entries)
+            assert not any("relaypw" in v for v in entries)
+
+    def test_unknown_ca_is_refused_and_retried(self, ca, tmp_path, outbound_config,
+                                               run_gateway):
+        """A certificate from a CA we do not trust fails verification: nothing is sent."""
+        other = TestCA(tmp_path / "other-ca", name="someone else")
+        leaf = other.issue("smarthost", hosts=("127.0.0.1", "localhost"))
+        with AuthSink(leaf.cert, leaf.key) as sink:
+            cfg = outbound_config(sink.port, security="starttls",
+                                  extra_relay=f'tls_ca_file = "{ca.ca_path}"',
+                                  retry="1h")
+            rg = run_gateway(cfg)
+            submit(cfg)
+
+            def tried():
+                (m,) = rows(rg.gateway.engine, OutboundMessage)
+                return m if m.attempts >= 1 else None
+
+            m = wait_for(tried, what="a delivery attempt")
+            assert m.status == "queued" and "CERTIFICATE_VERIFY_FAILED" in m.last_error
+            assert sink.received == []
+
+
+class TestRetries:
+    def test_smarthost_down_then_up_delivers_once(self, outbound_config, run_gateway):
+        """Connection refused is retried on the schedule; when the relay comes up, one copy."""
+        port = free_port()
+        cfg = outbound_config(port, retry="1s*20")
+        rg = run_gateway(cfg)
+        submit(cfg)
+        wait_for(lambda: rows(rg.gateway.engine, OutboundMessage)[0].attempts >= 2,
+                 what="two failed attempts")
+        (m,) = rows(rg.gateway.engine, OutboundMessage)
+        assert m.status == "queued" and m.last_error
+        with AuthSink(port=port) as sink:
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            assert len(sink.received) == 1
+
+    def test_4xx_from_smtp_sink_then_success(self, tmp_path, outbound_config, run_gateway):
+        """Postfix smtp-sink answering 4xx to RCPT defers; a well sink then gets it once."""
+        if not SmtpSink.available():
+            pytest.skip("smtp-sink not installed")
+        port = free_port()
+        cfg = outbound_config(port, retry="1s*20")
+        with SmtpSink(tmp_path / "sink1", options=["-r", "RCPT"], port=port):
+            rg = run_gateway(cfg)
+            submit(cfg)
+            m = wait_for(lambda: (r := rows(rg.gateway.engine, OutboundRecipient)[0])
+                         .last_code and r, what="a deferral")
+            assert 400 <= m.last_code < 500 and m.status == "pending"
+        with SmtpSink(tmp_path / "sink2", port=port) as sink:
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            wait_for(lambda: sink.count() >= 1, what="sink counter")
+            msgs = sink.messages()
+            assert len(msgs) == 1 and msgs[0].rcpts == ["cust@customer.test"]
+
+
+class TestPermanentFailure:
+    def test_550_sends_dsn_to_submitter_and_marks_article(self, outbound_config, run_gateway):
+        """A 550 for one recipient: DSN (null sender) to the submitter, article error, Error log."""
+        with AuthSink() as sink:
+            sink.set_script(lambda stage, addr: "550 5.1.1 no such user"
+                            if stage == "RCPT" and addr.startswith("gone@") else None)
+            cfg = outbound_config(sink.port)
+            rg = run_gateway(cfg)
+            submit(cfg, rcpts=("cust@customer.test", "gone@customer.test"))
+            wait_for(lambda: statuses(rg.gateway.engine) == ["failed", "sent"],
+                     what="failure and DSN delivered")
+            first, dsn = sink.received
+            assert first.rcpts == ["cust@customer.test"]
+            assert dsn.mail_from == "" and dsn.rcpts == ["app@internal.test"]
+            info = parse_dsn(message_from_bytes(dsn.data))
+            assert info is not None and info.action == "failed" and info.status == "5.1.1"
+            assert "gone@customer.test" in info.recipient
+            (art,) = rows(rg.gateway.engine, Article)
+            assert art.transmission_status == "failed"
+            assert "gone@customer.test" in art.transmission_error and "550" in \
+                art.transmission_error
+            errors = [e for e in rows(rg.gateway.engine, CommEntry) if e.priority == "Error"]
+            assert any("gone@customer.test" in e.value for e in errors)
+            rcpt = {r.address: r.status for r in rows(rg.gateway.engine, OutboundRecipient)}
+            assert rcpt["cust@customer.test"] == "sent" and rcpt["gone@customer.test"] == \
+                "failed"
+
+    def test_smtp_sink_hard_error_on_data(self, tmp_path, outbound_config, run_gateway):
+        """smtp-sink answering 5xx to DATA fails the message and queues a DSN."""
+        if not SmtpSink.available():
+            pytest.skip("smtp-sink not installed")
+        port = free_port()
+        with SmtpSink(tmp_path / "sink", options=["-f", "DATA"], port=port):
+            cfg = outbound_config(port)
+            rg = run_gateway(cfg)
+            submit(cfg)
+            wait_for(lambda: statuses(rg.gateway.engine)[:1] == ["failed"], what="failure")
+            m = rows(rg.gateway.engine, OutboundMessage)
+            assert len(m) == 2 and m[1].kind == "dsn" and m[1].sender == ""
+
+    def test_exhausted_retries_send_dsn(self, outbound_config, run_gateway):
+        """4xx until the schedule ends is a permanent failure with a DSN."""
+        with AuthSink() as sink:
+            sink.set_script(lambda stage, addr: "451 4.3.0 later"
+                            if addr == "cust@customer.test" else None)
+            cfg = outbound_config(sink.port, retry="200ms, 200ms")
+            rg = run_gateway(cfg)
+            submit(cfg)
+            wait_for(lambda: statuses(rg.gateway.engine) == ["failed", "sent"],
+                     what="exhausted and DSN")
+            (m, dsn_row) = rows(rg.gateway.engine, OutboundMessage)
+            assert m.attempts == 3
+            info = parse_dsn(message_from_bytes(sink.received[0].data))
+            assert info is not None and info.action == "failed"
+
+    def test_delayed_dsn_after_warn_after(self, outbound_config, run_gateway):
+        """A message still deferred after warn_after gets one "delayed" DSN, then continues."""
+        with AuthSink() as sink:
+            sink.set_script(lambda stage, addr: "451 4.3.0 later"
+                            if addr == "cust@customer.test" else None)
+            cfg = outbound_config(sink.port, retry="300ms*30", extra_relay='warn_after = "1s"')
+            rg = run_gateway(cfg)
+            submit(cfg)
+            wait_for(lambda: len(sink.received) >= 1, what="delayed DSN")
+            info = parse_dsn(message_from_bytes(sink.received[0].data))
+            assert info is not None and info.action == "delayed"
+            sink.set_script(None)
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"], what="delivery")
+            assert len(sink.received) == 2
