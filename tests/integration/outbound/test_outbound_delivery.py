@@ -163,7 +163,7 @@ class TestPermanentFailure:
             submit(cfg)
             wait_for(lambda: statuses(rg.gateway.engine) == ["failed", "sent"],
                      what="exhausted and DSN")
-            (m, dsn_row) = rows(rg.gateway.engine, OutboundMessage)
+            (m, _dsn) = rows(rg.gateway.engine, OutboundMessage)
             assert m.attempts == 3
             info = parse_dsn(message_from_bytes(sink.received[0].data))
             assert info is not None and info.action == "failed"
