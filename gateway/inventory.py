@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.commlog_views import ACCOUNT_INTERMITTENT, ACCOUNT_OK, ACCOUNT_PERMANENT
 from gateway.config import AccountConfig, Config, FilterConfig
 from gateway.store.tables import CommObject, Communication, SystemAddress, Ticket
 
@@ -175,9 +176,7 @@ def account_type_label(acc: AccountConfig) -> str:
     return acc.type.upper()
 
 
-ACCOUNT_OK = "ok"
-ACCOUNT_INTERMITTENT = "intermittent connection errors"
-ACCOUNT_PERMANENT = "permanent connection errors"
+# The labels of `log overview`, so CLI, dashboard and overview say the same.
 ACCOUNT_UNKNOWN = "unknown"    # no finished connection in the window
 
 

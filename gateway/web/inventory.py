@@ -154,10 +154,17 @@ class InventoryPages:
 
 
 def same_site(request: web.Request) -> bool:
-    """False when Origin/Referer or Sec-Fetch-Site show the POST came from another site."""
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+    """False when the browser says the POST comes from another site.
+
+    Browsers send Sec-Fetch-Site (which no page can forge); under the dashboard's
+    `Referrer-Policy: no-referrer` Chrome sends `Origin: null` even for our own
+    forms, so a null Origin counts only together with Sec-Fetch-Site. Clients
+    without either header (curl with the token) are not browsers and may post.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return False
-    origin = request.headers.get("Origin") or request.headers.get("Referer")
-    if not origin or origin == "null":
-        return origin is None
-    return urlsplit(origin).netloc == request.host
+    origin = request.headers.get("Origin")
+    if origin is None or (origin == "null" and fetch_site is not None):
+        return True
+    return origin != "null" and urlsplit(origin).netloc == request.host

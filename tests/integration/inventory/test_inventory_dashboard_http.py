@@ -183,6 +183,9 @@ class TestInventoryPages:
         status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"},
                               headers={"Sec-Fetch-Site": "cross-site"})
         assert status == 403
+        status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"},
+                              headers={"Origin": "null"})
+        assert status == 403
         status, html = d.request("/accounts/check?token=t0ken", data={"account": "nobody"})
         assert status == 404 and "nobody" in html
         _, html = d.request("/accounts?token=t0ken")

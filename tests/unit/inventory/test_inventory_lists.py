@@ -47,6 +47,27 @@ class TestSearch:
         assert inventory.search(rows, None, ("a",)) == rows
 
 
+class TestSort:
+    def test_numbers_as_numbers_text_ignoring_case(self):
+        """Numbers sort numerically, text case-insensitively, empty cells first."""
+        rows = [{"n": 10, "t": "beta"}, {"n": 9, "t": "Alpha"}, {"n": None, "t": ""}]
+        assert [r["n"] for r in inventory.sort_rows(rows, "n", ("n", "t"))] == [None, 9, 10]
+        assert [r["t"] for r in inventory.sort_rows(rows, "t", ("n", "t"))] == [
+            "", "Alpha", "beta"]
+
+    def test_descending_and_unknown_column(self):
+        """A leading '-' reverses; a column the list does not show keeps the given order."""
+        rows = [{"n": 1}, {"n": 3}, {"n": 2}]
+        assert [r["n"] for r in inventory.sort_rows(rows, "-n", ("n",))] == [3, 2, 1]
+        assert inventory.sort_rows(rows, "secret", ("n",)) == rows
+        assert inventory.sort_rows(rows, None, ("n",)) == rows
+
+    def test_times_sort_chronologically(self):
+        """Datetimes sort by time."""
+        rows = [{"t": NOW}, {"t": NOW - timedelta(days=1)}]
+        assert inventory.sort_rows(rows, "t", ("t",))[0]["t"] == NOW - timedelta(days=1)
+
+
 class TestAddresses:
     def test_config_only_without_database(self, make_confdir):
         """Without a database the files are listed, and no database file is created."""
