@@ -147,7 +147,7 @@ def _print(report: dict[str, Any]) -> None:
             mark = "+" if c["held"] else "-"
             neg = "not " if c["not"] else ""
             print(f"    {mark} {c['condition']} {c['header']} {neg}{c['kind']} "
-                  f"{c['pattern']!r}: {c['reason']}")
+                  f"'{c['pattern']}': {c['reason']}")
         for k, v in f["set"].items():
             print(f"    set {k} = {v!r}")
         if f["stop_after_match"]:

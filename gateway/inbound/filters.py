@@ -363,11 +363,11 @@ def _reason(c: Condition, found: bool, held: bool, timed_out: bool, tested: str,
     if c.kind == "email" and not tested:
         base = f"{c.header} has no address"
     elif found:
-        base = f"{_short(m.group(0))!r} matched in {what} {shown!r}"
+        base = f"'{_short(m.group(0))}' matched in {what} '{shown}'"
     elif c.source == "header" and not tested:
         base = f"no match: {c.header} is missing or empty (\"\")"
     else:
-        base = f"no match in {what} {shown!r}"
+        base = f"no match in {what} '{shown}'"
     if c.negate:
         return f"not: {base} → {'holds' if held else 'fails'}"
     return base
@@ -384,7 +384,7 @@ def _condition(c: Condition, view: _View, timeout: float, ctx: MessageContext,
     if timed_out:
         why = (f"timed out after {timeout * 1000:g} ms" if time.monotonic() < view.deadline
                else "timed out: the message's filter time budget is used up")
-        ctx.log.log("Warn", "Filter", f"{fname} {c.where}: pattern {c.pattern!r} on {c.header} "
+        ctx.log.log("Warn", "Filter", f"{fname} {c.where}: pattern '{c.pattern}' on {c.header} "
                     f"{why}; condition does not hold")
         log.warning("filter pattern timed out", filter=fname, condition=c.where,
                     header=c.header)

@@ -35,6 +35,7 @@ from gateway.store.tables import Article, Ticket
 
 Kind = Literal["followup", "reject", "new-ticket", "bounce"]
 _MSGID = re.compile(r"<[^<>\s]+>")
+MAX_REFERENCES = 200   # newest References looked up; hostile mail may carry thousands
 
 
 @dataclass
@@ -94,6 +95,21 @@ def _article_by_message_id(conn: Connection, mid: str, *, direction: str | None 
     return conn.execute(q.order_by(Article.id.desc()).limit(1)).first()
 
 
+def _articles_by_message_ids(conn: Connection, ids: list[str]) -> dict[str, Any]:
+    """'<id>' → the newest article with that Message-ID (stored with or without <>)."""
+    if not ids:
+        return {}
+    variants = [v for mid in ids for v in (mid, mid.strip("<>"))]
+    rows = conn.execute(select(Article.id, Article.ticket_id, Article.direction,
+                               Article.message_id)
+                        .where(Article.message_id.in_(variants)).order_by(Article.id)).all()
+    out: dict[str, Any] = {}
+    for r in rows:                  # later (newer) rows win
+        key = r.message_id if r.message_id.startswith("<") else f"<{r.message_id}>"
+        out[key] = r
+    return out
+
+
 def is_participant(conn: Connection, ticket: Any, sender: str) -> bool:
     """The sender is the ticket's customer or an address on one of its articles."""
     sender = sender.lower()
@@ -142,9 +158,11 @@ def _find(ctx: MessageContext, rt: Runtime, conn: Connection, notes: list[str]
     for how, value in (("in-reply-to", p.in_reply_to), ("references", p.references)):
         ids = message_ids(value)
         if how == "references":
-            ids.reverse()
+            ids.reverse()           # the newest reference first
+            ids = ids[:MAX_REFERENCES]
+        found = _articles_by_message_ids(conn, ids)
         for mid in ids:
-            row = _article_by_message_id(conn, mid)
+            row = found.get(mid)
             if row is None:
                 continue
             t = repo.ticket_by_id(conn, row.ticket_id)
