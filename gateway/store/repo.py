@@ -143,9 +143,16 @@ def find_deliveries(conn: Connection, message_id: str, content_hash: str,
 def record_deliveries(conn: Connection, message_id: str, content_hash: str,
                       recipients: Iterable[str], article_id: int | None, outcome: str) -> None:
     now = utcnow()
-    rows = [fit(Delivery, {"message_id": message_id, "content_hash": content_hash,
-                           "recipient": r, "article_id": article_id, "outcome": outcome,
-                           "created": now}) for r in recipients]
+    # One row per distinct recipient: the same address may come twice in one
+    # envelope (RCPT TO:<Support@x> and <support@x> are lowercased alike), and a
+    # second row would break the unique key, turning the message into a 451 loop.
+    unique: dict[str, dict[str, Any]] = {}
+    for r in recipients:
+        row = fit(Delivery, {"message_id": message_id, "content_hash": content_hash,
+                             "recipient": r, "article_id": article_id, "outcome": outcome,
+                             "created": now})
+        unique.setdefault(row["recipient"], row)
+    rows = list(unique.values())
     if rows:
         conn.execute(_INS_DELIVERY, rows)
 
