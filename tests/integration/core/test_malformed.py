@@ -294,3 +294,22 @@ class TestRedelivery:
             assert [code for code, _ in data] == [250]
         c.close()
         assert len(store_of(rg).articles()) == 2
+
+
+class TestDuplicateRecipients:
+    def test_same_recipient_twice_in_one_envelope(self, gateway, store_of):
+        """RCPT TO the same address twice (also differing in case) gets one 250 per RCPT
+        after DATA and one article, not a 451 loop."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        rcpts = ["support@example.org", "Support@example.org", "sales@example.org",
+                 "sales@example.org"]
+        _, data = c.transaction("customer@customer.test", rcpts,
+                                msg(b"Subject: twice in one envelope\r\n", mid=b"<dup@x>"))
+        c.close()
+        assert [code for code, _ in data] == [250] * 4
+        st = store_of(rg)
+        assert len(st.tickets()) == 1 and len(st.articles()) == 1
+        assert sorted(d.recipient for d in st.deliveries()) == ["sales@example.org",
+                                                                "support@example.org"]
