@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import smtplib
 import subprocess
+import sys
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -110,3 +111,42 @@ class TestDatabaseDown:
         st = store_of(rg)
         assert [t.title for t in st.tickets()] == ["postgres down"]
         assert len(st.articles()) == 1
+
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+STDIN_MSG = (b"From: customer@customer.test\nTo: support@example.org\nSubject: via deliver\n"
+             b"Message-ID: <deliver-down@customer.test>\n\nhello\n")
+
+
+def deliver(conf: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(conf), "deliver",
+                           "-r", "support@example.org"], input=STDIN_MSG, capture_output=True,
+                          cwd=REPO_ROOT, timeout=120, check=False)
+
+
+class TestDeliverDatabaseDown:
+    def test_sqlite_unwritable_exit_75_then_ok(self, make_confdir):
+        """`deskgate deliver` exits 75 (tempfail, the MTA retries) while SQLite cannot be
+        written, and 0 once it can."""
+        conf = make_confdir()
+        first = subprocess.run([sys.executable, "-m", "gateway", "--config", str(conf), "db",
+                                "upgrade"], capture_output=True, cwd=REPO_ROOT, timeout=120,
+                               check=False)
+        assert first.returncode == 0, first.stderr
+        db = conf.parent / "var" / "deskgate.db"
+        with immutable(db):
+            down = deliver(conf)
+        assert down.returncode == 75, down.stderr
+        up = deliver(conf)
+        assert up.returncode == 0, up.stderr
+        assert b"new: ticket" in up.stdout
+
+    @pytest.mark.postgres
+    def test_postgres_unreachable_exit_75_then_ok(self, pg_url, make_confdir):
+        """`deskgate deliver` exits 75 while PostgreSQL refuses connections, 0 afterwards."""
+        conf = make_confdir(db_conf(pg_url))
+        with pg_unreachable(pg_url):
+            down = deliver(conf)
+        assert down.returncode == 75, down.stderr
+        up = deliver(conf)
+        assert up.returncode == 0, up.stderr
