@@ -158,6 +158,14 @@ class TestParticipants:
         res = deliver(gw, mail(f"Re: [Ticket#{n}]", frm="mallory@elsewhere.test"))
         assert res.action == "followup" and res.ticket_number == n
 
+    def test_merged_ticket_is_not_continued(self, gateway_for):
+        """A merged ticket takes no follow-ups: its number opens a new ticket."""
+        gw = gateway_for()
+        n = open_ticket(gw, "possible")
+        set_state(gw, n, "merged")
+        res = deliver(gw, mail(f"Re: [Ticket#{n}]"))
+        assert res.action == "new" and res.ticket_number != n
+
     def test_unknown_number_opens_new_ticket(self, gateway_for):
         """A number that does not exist is no follow-up."""
         gw = gateway_for()

@@ -180,3 +180,46 @@ class TestAgainstReference:
         always = Cond("Subject", "", False)
         fs = [Filt("000", (always,), tuple(any_), (("X-Deskgate-Title", "<[***]>"),), False)]
         assert engine(fs, headers) == reference(fs, headers)
+
+
+ADDRESS_VALUES = ["", "ab@c.test", "Ab <AB@c.test>", "x@y.test, z@c.test", "no address",
+                  "\"Q\" <q@y.test>"]
+EMAIL_PATTERNS = ["ab@c\\.test", ".*@c\\.test", "(x|z)@.*", "[a-z]+@y\\.test", "b@c\\.test",
+                  "(?P<u>[a-z]+)@c\\.test"]
+
+
+def reference_email(conds: list[tuple[str, str, bool]],
+                    headers: list[tuple[str, str]]) -> bool:
+    """Every (header, email pattern, not) holds: some address of some occurrence fullmatches."""
+    import email.utils
+
+    for header, pattern, negate in conds:
+        vals = [v for k, v in headers if k.lower() == header.lower() and v]
+        addrs = [a for _n, a in email.utils.getaddresses(vals) if a]
+        found = any(re.fullmatch(pattern, a, re.IGNORECASE) for a in addrs)
+        if found == negate:
+            return False
+    return True
+
+
+class TestEmailAndRepeatedHeaders:
+    @settings(max_examples=200, deadline=None)
+    @given(conds=st.lists(st.tuples(st.sampled_from(["To", "Cc"]),
+                                    st.sampled_from(EMAIL_PATTERNS), st.booleans()),
+                          min_size=1, max_size=3),
+           headers=st.lists(st.tuples(st.sampled_from(["To", "Cc"]),
+                                      st.sampled_from(ADDRESS_VALUES)), max_size=4))
+    def test_email_conditions_over_repeated_headers(self, conds, headers):
+        """`email` conditions over headers that repeat agree with the reference."""
+        fc = FilterConfig(name="e", match=tuple({"header": h, "email": p, "not": n}
+                                                for h, p, n in conds),
+                          set={"X-Deskgate-Queue": "Q"})
+        cfg = Config(root=Path("/nonexistent"), conf_dir=Path("/nonexistent/conf.d"),
+                     filters=(fc,))
+        raw = ("From: a@b.test\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+               + "\r\nbody\r\n").encode()
+        ctx = MessageContext(envelope=Envelope("a@b.test", ("c@d.test",), raw),
+                             log=CommObj("Message"))
+        ctx.parsed = parse_message(raw)
+        run_filters(compile_filters(cfg), ctx)
+        assert ("Queue" in ctx.params) == reference_email(conds, headers)
