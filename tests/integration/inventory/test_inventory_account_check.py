@@ -58,6 +58,14 @@ class TestAccountCheckSuccess:
         assert mailbox.count("helpdesk") == 3
         assert unseen(mailbox) == 3
 
+    def test_plaintext_account_has_no_tls_verdict(self, mailbox, make_confdir, capsys):
+        """A plain imap account allowed without TLS passes with TLS marked not applicable."""
+        rc, result = check(make_confdir, capsys,
+                           account_toml(mailbox, "imap", allow_plaintext=True))
+        assert rc == 0 and result["ok"] is True
+        assert verdicts(result) == {"dns": True, "tcp": True, "tls": None, "auth": True,
+                                    "folder": True}
+
     def test_text_output(self, mailbox, make_confdir, capsys):
         """The text view names every step and ends with the message count."""
         mailbox.append("helpdesk", [message(1)])

@@ -193,6 +193,19 @@ class TestAddresses:
             ("old@example.org", rows[0]["source"]),
             ("promo@example.org", inventory.REMOVED_SOURCE)]
 
+    def test_unreachable_database_falls_back_to_config(self, make_confdir, capsys):
+        """With the database down the CLI warns on stderr and lists the files' addresses."""
+        from tests.conftest import free_port
+
+        conf = make_confdir({"90-db.toml": f"""
+            [gateway]
+            database = "postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+            """})
+        rows = cli_json(conf, "addresses", "list", capsys=capsys)
+        assert len(rows) == 5
+        assert main(["--config", str(conf), "queues", "list"]) == 0
+        assert "database not readable" in capsys.readouterr().err
+
     def test_cli_table_without_database(self, make_confdir, capsys):
         """The table view prints one line per address under a header."""
         conf = make_confdir()
