@@ -373,6 +373,7 @@ class PgpStore:
         with self._lock:
             if self._gpg is None:
                 self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._agent_conf()
                 self._gpg = gnupg.GPG(gnupghome=str(self.home), gpgbinary=self.binary,
                                       options=["--trust-model", "always", "--no-auto-key-locate",
                                                "--no-auto-key-retrieve"])
@@ -381,6 +382,17 @@ class PgpStore:
 
     def available(self) -> bool:
         return self.home.is_dir() and any(self.home.glob("pubring.*"))
+
+    def _agent_conf(self) -> None:
+        """A cheap KDF for the agent's copy of secret keys (unless the admin wrote a conf).
+
+        The passphrase is stored next to the key so the gateway can work unattended;
+        a slow KDF would only cost ~1 s per message without adding protection.
+        """
+        conf = self.home / "gpg-agent.conf"
+        if not conf.exists():
+            conf.write_text("# written by deskgate: see README, S/MIME and PGP\n"
+                            "s2k-count 65536\n")
 
     def all_keys(self) -> list[PgpKey]:
         if not self.available():

@@ -54,6 +54,11 @@ def crypto_env(make_confdir: Callable[..., Path], tmp_path: Path) -> Iterator[Cr
         smime_dir = "keys/smime"
         smime_ca_file = "keys/smime/ca.pem"
         gnupg_home = "{home}"
+        """}, policies={"020-server.toml": r"""
+        [[filter]]
+        name = "020-server-field"
+        match = [{ header = "Body", value = "server:\\s+(?P<server>[a-z0-9.]+)" }]
+        set = { "X-Deskgate-DynamicField-Server" = "[**\\server**]" }
         """})
     root = conf.parent
     ca = TestCA(tmp_path / "ca")

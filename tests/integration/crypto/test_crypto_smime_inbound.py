@@ -64,6 +64,7 @@ class TestSmimeDecrypt:
         assert [a["filename"] for a in d.article["attachments"]] == ["invoice.pdf"]
         assert "PC LOAD LETTER" in d.params["BodyDecrypted"]
         assert "server: print01" in d.body_seen
+        assert d.ticket["dynamic_fields"] == {"Server": "print01"}   # filter saw the plaintext
 
     def test_openssl_cms_encrypt_aes256_decrypted(self, crypto_env, deliver, tmp_path):
         """openssl cms -encrypt -aes256 (application/pkcs7-mime) is decrypted in-process."""

@@ -1,0 +1,143 @@
+"""Inbound PGP/MIME (RFC 3156) and inline PGP against messages produced by gpg."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.crypto.keystore import KeyStoreError
+from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, SUPPORT_PASS, crlf
+
+HEAD = (f"From: Customer <{CUSTOMER}>\r\nTo: {SUPPORT}\r\nSubject: vpn broken\r\n"
+        "Message-ID: <{mid}@customer.test>\r\nMIME-Version: 1.0\r\n")
+INNER = crlf(b'Content-Type: multipart/mixed; boundary="in"\n\n--in\n'
+             b"Content-Type: text/plain; charset=utf-8\n\nThe VPN drops every 5 minutes.\n"
+             b"server: vpn02\n--in\nContent-Type: application/octet-stream\n"
+             b'Content-Disposition: attachment; filename="vpn.log"\n\nlog line\n--in--\n')
+
+
+def pgp_mime_encrypted(armored: bytes, mid: str) -> bytes:
+    return HEAD.format(mid=mid).encode() + crlf(
+        b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; '
+        b'boundary="enc"\n\n--enc\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n'
+        b'--enc\nContent-Type: application/octet-stream; name="encrypted.asc"\n\n'
+        + armored + b"\n--enc--\n")
+
+
+def pgp_mime_signed(content: bytes, sig: bytes, mid: str) -> bytes:
+    return HEAD.format(mid=mid).encode() + crlf(
+        b'Content-Type: multipart/signed; micalg=pgp-sha256; '
+        b'protocol="application/pgp-signature"; boundary="sig"\n\n--sig\n'
+        + content + b"\n--sig\n"
+        b'Content-Type: application/pgp-signature; name="signature.asc"\n\n'
+        + sig + b"\n--sig--\n")
+
+
+def inline(body: bytes, mid: str) -> bytes:
+    return HEAD.format(mid=mid).encode() + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" \
+        + crlf(body)
+
+
+class TestPgpMime:
+    def test_encrypted_and_signed_decrypted_and_verified(self, pgp_env, pgp_keys, deliver):
+        """gpg --encrypt --sign in PGP/MIME: decrypted, signature valid, attachments extracted."""
+        armored = pgp_keys.customer.encrypt(INNER, SUPPORT, sign_as=CUSTOMER)
+        d = deliver(pgp_mime_encrypted(armored, "p1"))
+        c = d.crypto
+        assert c["method"] == "pgp" and c["encrypted"] and c["decrypted"]
+        assert c["signed"] and c["signature_valid"] is True and c["signer"] == CUSTOMER
+        assert c["error"] == ""
+        assert "VPN drops" in d.article["body"]
+        assert [a["filename"] for a in d.article["attachments"]] == ["vpn.log"]
+        assert d.ticket["queue"] == "Support"
+        assert d.ticket["dynamic_fields"] == {"Server": "vpn02"}
+
+    def test_signed_valid(self, pgp_env, pgp_keys, deliver):
+        """multipart/signed with a gpg detached signature over the canonical part: valid."""
+        sig = pgp_keys.customer.detach_sign(INNER, CUSTOMER)
+        d = deliver(pgp_mime_signed(INNER, sig, "p2"))
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is True and c["signer"] == CUSTOMER
+        assert not c["encrypted"] and "VPN drops" in d.article["body"]
+
+    def test_signed_tampered_invalid(self, pgp_env, pgp_keys, deliver):
+        """A signed part changed in transit: signature_valid false."""
+        sig = pgp_keys.customer.detach_sign(INNER, CUSTOMER)
+        raw = pgp_mime_signed(INNER, sig, "p3").replace(b"every 5", b"every 6")
+        d = deliver(raw)
+        assert d.crypto["signed"] and d.crypto["signature_valid"] is False
+        assert d.crypto["error"].startswith("signature invalid")
+
+    def test_signer_unknown_key(self, crypto_env, pgp_keys, deliver):
+        """Signed by a key the gateway does not have: not valid, 'no public key'."""
+        crypto_env.stores.pgp.import_(pgp_keys.support_secret, SUPPORT_PASS)  # no customer key
+        sig = pgp_keys.customer.detach_sign(INNER, CUSTOMER)
+        d = deliver(pgp_mime_signed(INNER, sig, "p4"))
+        assert d.crypto["signed"] and d.crypto["signature_valid"] is False
+        assert "no public key" in d.crypto["error"]
+
+    def test_no_secret_key_message_kept(self, crypto_env, pgp_keys, deliver):
+        """Encrypted to a key whose secret the gateway lacks: stored with a clear error."""
+        crypto_env.stores.pgp.import_(pgp_keys.customer_public)   # no support secret key
+        armored = pgp_keys.customer.encrypt(INNER, SUPPORT)
+        d = deliver(pgp_mime_encrypted(armored, "p5"))
+        assert d.outcome.action == "new" and d.outcome.replies[0].code == 250
+        assert d.crypto["encrypted"] and not d.crypto["decrypted"]
+        assert "no secret key" in d.crypto["error"]
+
+    def test_wrong_stored_passphrase_message_kept(self, pgp_env, pgp_keys, deliver):
+        """The stored passphrase no longer fits: stored undecrypted, error names the passphrase."""
+        st = pgp_env.stores.pgp
+        fpr = next(k.fingerprint for k in st.all_keys() if k.secret)
+        st.passphrase_path(fpr).write_text("not-the-passphrase\n")
+        from tests.peers.gpg import kill_agent
+
+        kill_agent(pgp_env.gnupg_home)       # forget the passphrase cached at import
+        armored = pgp_keys.customer.encrypt(INNER, SUPPORT)
+        d = deliver(pgp_mime_encrypted(armored, "p6"))
+        assert not d.crypto["decrypted"]
+        assert "wrong passphrase" in d.crypto["error"]
+        assert d.outcome.action == "new"
+
+
+class TestInlinePgp:
+    def test_inline_encrypted_and_signed(self, pgp_env, pgp_keys, deliver):
+        """An inline -----BEGIN PGP MESSAGE----- body (encrypted+signed) is decrypted, verified."""
+        armored = pgp_keys.customer.encrypt(b"Inline secret: reset my token\nserver: tok01\n",
+                                            SUPPORT, sign_as=CUSTOMER)
+        d = deliver(inline(armored, "i1"))
+        c = d.crypto
+        assert c["encrypted"] and c["decrypted"] and c["signature_valid"] is True
+        assert "reset my token" in d.article["body"]
+        assert "BEGIN PGP" not in d.article["body"]
+        assert d.ticket["dynamic_fields"] == {"Server": "tok01"}
+        assert "reset my token" in d.params["BodyDecrypted"]
+
+    def test_inline_clearsigned(self, pgp_env, pgp_keys, deliver):
+        """A clearsigned body verifies and the stored body is the cleartext."""
+        signed = pgp_keys.customer.clearsign(b"Please call me back.\n- dash line\n", CUSTOMER)
+        d = deliver(inline(signed, "i2"))
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is True and not c["encrypted"]
+        assert "Please call me back." in d.article["body"]
+        assert "BEGIN PGP" not in d.article["body"]
+
+
+class TestPgpImport:
+    def test_wrong_passphrase_refused(self, crypto_env, pgp_keys):
+        """Importing a protected secret key with a wrong passphrase: clear error, key not kept."""
+        st = crypto_env.stores.pgp
+        with pytest.raises(KeyStoreError, match="wrong passphrase"):
+            st.import_(pgp_keys.support_secret, "wrong")
+        assert not any(k.secret for k in st.all_keys())
+
+    def test_protected_key_without_passphrase_refused(self, crypto_env, pgp_keys):
+        """A protected secret key without --passphrase-file: refused, says what is missing."""
+        with pytest.raises(KeyStoreError, match="passphrase-file"):
+            crypto_env.stores.pgp.import_(pgp_keys.support_secret)
+
+    def test_passphrase_file_private(self, pgp_env):
+        """The stored passphrase file is readable by its owner only."""
+        st = pgp_env.stores.pgp
+        fpr = next(k.fingerprint for k in st.all_keys() if k.secret)
+        assert st.passphrase_path(fpr).stat().st_mode & 0o077 == 0
+        assert st.passphrase(fpr) == SUPPORT_PASS
