@@ -1,10 +1,10 @@
 """IMAP sessions (imap, imaps, imaptls) on the stdlib imaplib, run in a worker thread.
 
-`delete`: UID STORE \\Deleted after the commit, UID EXPUNGE (UIDPLUS) or EXPUNGE
-when the connection finishes. `move:<folder>`: UID MOVE (or COPY + \\Deleted),
-creating the folder on [TRYCREATE]. `keep`: the folder is opened read-only
-(EXAMINE) and bodies are read with BODY.PEEK, so no flag changes; the runner
-keeps UIDVALIDITY + last UID in the database.
+`delete`: when the connection finishes, the UIDs committed on it get one UID
+STORE \\Deleted and UID EXPUNGE (UIDPLUS; else EXPUNGE). `move:<folder>`: one
+UID MOVE (or COPY + \\Deleted), creating the folder on [TRYCREATE]. `keep`: the
+folder is opened read-only (EXAMINE) and bodies are read with BODY.PEEK, so no
+flag changes; the runner keeps UIDVALIDITY + last UID in the database.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gateway.inbound.poller.session import (
     TokenGetter,
     classify_os_error,
     describe_tls,
+    nodelay,
     resolve,
     ssl_context,
     xoauth2,
@@ -106,6 +107,7 @@ class ImapSession:
             raise MailboxError("tcp", f"{host}:{port}: not an IMAP server? {exc}") from exc
         except Exception as exc:
             raise classify_os_error(exc, host, port, tls=tls) from exc
+        nodelay(imap.sock)
         self.imap = imap
         self.log.log("Info", "Connection", f"connected to {host}:{port} ({acc.type}), "
                      f"{describe_tls(imap.sock)}")
@@ -232,49 +234,61 @@ class ImapSession:
         return b""
 
     def done(self, msg: RemoteMessage) -> None:
-        """After the commit: delete, move or leave the message."""
-        action = self.account.after_fetch
-        if action == "keep":
-            return
-        if action.startswith("move:"):
-            folder = action[5:]
-            if "MOVE" in self.capabilities:
-                if self._try_create("MOVE", msg, folder):
-                    return
-            else:
-                self._try_create("COPY", msg, folder)
-        self._cmd("remove", "STORE", msg.ref, "+FLAGS.SILENT", "(\\Deleted)")
-        self._expunge.append(msg.uid)
+        """After the commit: note the message for removal when the connection finishes.
 
-    def _try_create(self, cmd: str, msg: RemoteMessage, folder: str) -> bool:
+        Removing in one UID STORE/MOVE per connection instead of one per message
+        saves a round trip per message; a connection that dies first leaves the
+        messages in place and the next run's dedupe recognises them.
+        """
+        if self.account.after_fetch != "keep":
+            self._expunge.append(msg.uid)
+
+    def _apply_removals(self) -> None:
+        imap = self.imap
+        assert imap is not None
+        action = self.account.after_fetch
+        uids = self._expunge
+        for i in range(0, len(uids), 500):
+            chunk = uid_set(uids[i:i + 500])
+            if action.startswith("move:"):
+                folder = action[5:]
+                if "MOVE" in self.capabilities:
+                    self._try_create("MOVE", chunk, folder)
+                    continue
+                self._try_create("COPY", chunk, folder)
+            self._cmd("remove", "STORE", chunk, "+FLAGS.SILENT", "(\\Deleted)")
+            if "UIDPLUS" in self.capabilities:
+                self._cmd("remove", "EXPUNGE", chunk)
+        if "UIDPLUS" not in self.capabilities and not (action.startswith("move:")
+                                                       and "MOVE" in self.capabilities):
+            typ, data = imap.expunge()
+            if typ != "OK":
+                raise MailboxError("remove", f"EXPUNGE answered {typ}: {_text(data)}")
+        verb = "moved to " + action[5:] if action.startswith("move:") else "deleted"
+        self.log.log("Info", "Remove", f"{verb}: {len(uids)} messages")
+
+    def _try_create(self, cmd: str, uids: str, folder: str) -> None:
         imap = self.imap
         assert imap is not None
         try:
-            typ, data = imap.uid(cmd, msg.ref, quote(folder))
+            typ, data = imap.uid(cmd, uids, quote(folder))
             if typ != "OK" and "TRYCREATE" in _text(data).upper():
                 imap.create(quote(folder))
                 self.log.log("Notice", "Folder", f"created folder {folder!r} for after_fetch")
-                typ, data = imap.uid(cmd, msg.ref, quote(folder))
+                typ, data = imap.uid(cmd, uids, quote(folder))
         except (OSError, imaplib.IMAP4.abort, imaplib.IMAP4.error) as exc:
             raise MailboxError("remove", f"{cmd} to {folder!r} failed: {exc}") from exc
         if typ != "OK":
             raise MailboxError("remove", f"{cmd} to {folder!r} answered {typ}: {_text(data)}")
-        return True
 
     def finish(self) -> None:
-        """Expunge what was flagged and log out; commits the removals."""
+        """Remove (or move) what was committed and log out."""
         imap = self.imap
         if imap is None:
             return
         try:
             if self._expunge:
-                if "UIDPLUS" in self.capabilities:
-                    self._cmd("remove", "EXPUNGE", uid_set(self._expunge))
-                else:
-                    typ, data = imap.expunge()
-                    if typ != "OK":
-                        raise MailboxError("remove", f"EXPUNGE answered {typ}: {_text(data)}")
-                self.log.log("Info", "Remove", f"expunged {len(self._expunge)} messages")
+                self._apply_removals()
                 self._expunge = []
             with contextlib.suppress(Exception):
                 imap.logout()

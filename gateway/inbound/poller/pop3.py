@@ -25,6 +25,7 @@ from gateway.inbound.poller.session import (
     TokenGetter,
     classify_os_error,
     describe_tls,
+    nodelay,
     resolve,
     ssl_context,
     xoauth2,
@@ -91,6 +92,7 @@ class Pop3Session:
             raise MailboxError("tcp", f"{host}:{port}: not a POP3 server? {exc}") from exc
         except Exception as exc:
             raise classify_os_error(exc, host, port, tls=tls) from exc
+        nodelay(pop.sock)
         self.pop = pop
         self.log.log("Info", "Connection", f"connected to {host}:{port} ({acc.type}), "
                      f"{describe_tls(pop.sock)}")

@@ -16,6 +16,7 @@ before or outside the pipeline).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.parser
 import email.policy
 import re
@@ -45,7 +46,6 @@ T = TypeVar("T")
 STEP_KEY = {"dns": "DNS", "tcp": "Connection", "tls": "TLS", "auth": "Authentication",
             "folder": "Folder", "fetch": "Fetch", "remove": "Remove"}
 _RETURN_PATH = re.compile(rb"^Return-Path:\s*<([^>\r\n]*)>", re.IGNORECASE | re.MULTILINE)
-SAVE_EVERY = 50   # keep-mode position is written at least every N messages
 
 
 def pseudo_recipient(account: AccountConfig) -> str:
@@ -187,7 +187,7 @@ class Poller:
                     obj.close("Failed")
                     errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
                     break
-                more, ok = await self._segment(account, session, obj, comm, result, call,
+                more, ok = await self._segment(account, session, obj, comm, result, call, pool,
                                                budget - result.fetched, done_keys, errors)
                 await self._db(lambda c: write_comm(c, comm))
                 if not ok or not more or result.fetched >= budget:
@@ -225,8 +225,9 @@ class Poller:
         result.error = "; ".join(errors)
 
     async def _segment(self, account: AccountConfig, session: Session, obj: CommObj,
-                       comm: Comm, result: RunResult, call: Any, budget: int,
-                       done_keys: set[str], errors: list[str]) -> tuple[bool, bool]:
+                       comm: Comm, result: RunResult, call: Any, pool: ThreadPoolExecutor,
+                       budget: int, done_keys: set[str], errors: list[str]
+                       ) -> tuple[bool, bool]:
         """Work one connection; returns (more mail waiting, connection ended cleanly)."""
         imap = account.type.startswith("imap")
         keep = account.after_fetch == "keep"
@@ -237,32 +238,15 @@ class Poller:
         uidvalidity = getattr(session, "uidvalidity", 0)
         if keep and imap:
             pos = await self._db(lambda c: state.folder_position(c, account.name, folder))
+            after_uid = 0
             if pos is not None and pos[0] == uidvalidity:
                 after_uid = pos[1]
             elif pos is not None:
                 obj.log("Notice", "UIDVALIDITY", f"{folder}: UIDVALIDITY changed from {pos[0]} "
                         f"to {uidvalidity}; reading the folder again (the dedupe recognises "
                         "messages already stored)")
-                after_uid = 0
-            else:
-                after_uid = 0
         elif keep:
             seen = await self._db(lambda c: state.seen_uidls(c, account.name))
-        position = after_uid or 0
-        saved_position = position
-        pending_seen: list[str] = []
-
-        async def save_position() -> None:
-            nonlocal saved_position
-            if keep and imap and position != saved_position:
-                p = position
-                await self._db(lambda c: state.set_folder_position(c, account.name, folder,
-                                                                     uidvalidity, p))
-                saved_position = p
-            elif keep and pending_seen:
-                batch = list(pending_seen)
-                pending_seen.clear()
-                await self._db(lambda c: state.add_seen(c, account.name, batch))
 
         try:
             listing = await call(session.listing, after_uid=after_uid)
@@ -273,47 +257,54 @@ class Poller:
             await call(session.abort)
             return False, False
 
+        # Oversized messages stay on the server (an Error once); the rest is the work list.
         known_big = await self._db(lambda c: state.known_oversized(c, account.name, folder))
-        big_here: list[str] = []
-        processed = 0
+        big: list[RemoteMessage] = []
+        todo: list[RemoteMessage] = []
         more = False
-        ok = True
         for m in listing.messages:
             if m.size > account.max_message_size:
-                result.oversized += 1
-                big_here.append(m.key)
-                if m.key not in known_big:
-                    await self._oversized(account, session, obj, call, folder, m)
-                if keep and imap:   # every earlier message is handled: move past it
-                    position = max(position, m.uid)
+                big.append(m)
+            elif m.key in seen or m.key in done_keys:
                 continue
-            if m.key in seen or m.key in done_keys:
-                continue
-            if processed >= limit:
+            elif len(todo) < limit:
+                todo.append(m)
+            else:
                 more = True
-                break
-            status = await self._message(account, session, obj, comm, result, call, m,
-                                         errors)
-            if status == "stop":
-                ok = False
-                break
-            processed += 1
-            done_keys.add(m.key)
-            if keep:
-                if imap:
-                    position = max(position, m.uid)
-                elif status == "ok":
-                    pending_seen.append(m.key)
-                if processed % SAVE_EVERY == 0:
-                    await save_position()
-        if big_here or not keep or not imap:
-            await self._db(lambda c: state.touch_oversized(c, account.name, folder, big_here))
-        if not (keep and imap):
+        for m in big:
+            if m.key not in known_big:
+                await self._oversized(account, session, obj, call, folder, m)
+        result.oversized += len(big)
+        big_keys = [m.key for m in big]
+        if big_keys:
+            await self._db(lambda c: state.touch_oversized(c, account.name, folder, big_keys))
+        if not (keep and imap):   # a full listing: forget what left the server
             present = [m.key for m in listing.messages]
             await self._db(lambda c: state.forget_oversized(c, account.name, folder, present))
-            if keep and ok:
-                await self._db(lambda c: state.forget_seen(c, account.name, present))
-        await save_position()
+
+        handled: set[str] = set(big_keys)
+        ok = await self._work(account, session, obj, comm, result, pool, todo, handled, errors)
+        done_keys.update(handled)
+
+        # Keep mode: remember how far every message is handled (UIDs in order) or
+        # which UIDLs are; a message that failed stays below the mark.
+        if keep and imap:
+            position = after_uid or 0
+            for m in listing.messages:
+                if m.key not in handled:
+                    break
+                position = m.uid
+            if position != (after_uid or 0):
+                await self._db(lambda c: state.set_folder_position(c, account.name, folder,
+                                                                     uidvalidity, position))
+        elif keep:
+            fresh = [m.key for m in todo if m.key in handled]
+            present = [m.key for m in listing.messages]
+            def remember(c: Any) -> None:
+                state.add_seen(c, account.name, fresh)
+                state.forget_seen(c, account.name, present)
+            await self._db(remember)
+
         if not ok:
             obj.close("Failed")
             await call(session.abort)
@@ -325,10 +316,52 @@ class Poller:
             obj.close("Failed")
             errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
             return False, False
-        obj.log("Info", "Summary", f"{processed} messages processed on this connection"
+        obj.log("Info", "Summary", f"{len(todo)} messages processed on this connection"
                 + (", more waiting" if more else ""))
         obj.close("Successful")
         return more, True
+
+    async def _work(self, account: AccountConfig, session: Session, obj: CommObj, comm: Comm,
+                    result: RunResult, pool: ThreadPoolExecutor, todo: list[RemoteMessage],
+                    handled: set[str], errors: list[str]) -> bool:
+        """Deliver the work list in order; the next message is fetched while one is delivered.
+
+        The session thread runs fetch(n+1) and then remove(n), strictly one at a
+        time; remove(n) is only queued after message n is committed.
+        """
+        loop = asyncio.get_running_loop()
+
+        def fetch(m: RemoteMessage) -> asyncio.Future[bytes | None]:
+            return loop.run_in_executor(pool, session.fetch, m)
+
+        pending = fetch(todo[0]) if todo else None
+        try:
+            for i, m in enumerate(todo):
+                assert pending is not None
+                try:
+                    raw = await pending
+                except MailboxError as exc:
+                    pending = None
+                    mobj = comm.obj("Message")
+                    mobj.log("Error", "Fetch", f"account {account.name}: message {m.key}: "
+                             f"{exc.reason}")
+                    mobj.close("Failed")
+                    result.failed += 1
+                    errors.append(f"Fetch: {exc.reason}")
+                    return False
+                pending = fetch(todo[i + 1]) if i + 1 < len(todo) else None
+                if raw is None:          # vanished meanwhile (someone else removed it)
+                    handled.add(m.key)
+                    continue
+                if not await self._deliver(account, session, obj, comm, result, pool, m, raw,
+                                           errors):
+                    return False
+                handled.add(m.key)
+            return True
+        finally:
+            if pending is not None:      # a prefetch still running: let it end first
+                with contextlib.suppress(Exception):
+                    await pending
 
     async def _oversized(self, account: AccountConfig, session: Session, obj: CommObj,
                          call: Any, folder: str, m: RemoteMessage) -> None:
@@ -346,21 +379,10 @@ class Poller:
         await self._db(lambda c: state.record_oversized(c, account.name, folder, m.key, m.size,
                                                         subject[:1000], sender[:1000], mid[:998]))
 
-    async def _message(self, account: AccountConfig, session: Session, obj: CommObj,
-                       comm: Comm, result: RunResult, call: Any, m: RemoteMessage,
-                       errors: list[str]) -> str:
-        """Fetch, deliver, then remove one message: 'ok', 'gone' or 'stop'."""
-        try:
-            raw = await call(session.fetch, m)
-        except MailboxError as exc:
-            mobj = comm.obj("Message")
-            mobj.log("Error", "Fetch", f"account {account.name}: message {m.key}: {exc.reason}")
-            mobj.close("Failed")
-            result.failed += 1
-            errors.append(f"Fetch: {exc.reason}")
-            return "stop"
-        if raw is None:
-            return "gone"
+    async def _deliver(self, account: AccountConfig, session: Session, obj: CommObj,
+                       comm: Comm, result: RunResult, pool: ThreadPoolExecutor,
+                       m: RemoteMessage, raw: bytes, errors: list[str]) -> bool:
+        """Deliver one fetched message, then remove it on the server; False ends the run."""
         outcome = await self.gw.pipeline.deliver(envelope_for(account, raw), comm=comm)
         reply = outcome.replies[0]
         if not reply.ok:
@@ -370,21 +392,21 @@ class Poller:
             mobj.close("Failed")
             result.failed += 1
             errors.append(f"Pipeline: {reply}")
-            return "stop"
+            return False
         result.fetched += 1
-        action = outcome.action
-        counter = {"quarantine": "quarantined", "ignore": "ignored"}.get(action, action)
+        counter = {"quarantine": "quarantined", "ignore": "ignored"}.get(outcome.action,
+                                                                          outcome.action)
         if counter in ("new", "followup", "duplicate", "quarantined", "ignored"):
             setattr(result, counter, getattr(result, counter) + 1)
         if outcome.ticket_number and len(result.tickets) < 1000:
             result.tickets.append(outcome.ticket_number)
         try:
-            await call(session.done, m)
+            await asyncio.get_running_loop().run_in_executor(pool, session.done, m)
         except MailboxError as exc:
             # Committed, but the server did not take the removal: the next run
             # refetches it and the dedupe recognises it.
             errors.append(f"Remove: {exc.reason}")
             obj.log("Error", "Remove", f"account {account.name}: message {m.key} stored but "
                     f"not removed from the server: {exc.reason}")
-            return "stop"
-        return "ok"
+            return False
+        return True

@@ -7,6 +7,7 @@ one worker thread; see gateway/inbound/poller/__init__.py for why.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -119,6 +120,13 @@ def classify_os_error(exc: BaseException, host: str, port: int, *, tls: bool) ->
     if isinstance(exc, OSError):
         return MailboxError("tcp", f"{host}:{port}: {exc.strerror or exc}")
     return MailboxError("tcp", f"{host}:{port}: {type(exc).__name__}: {exc}")
+
+
+def nodelay(sock: object) -> None:
+    """Commands and replies are small and strictly alternating: no Nagle delay."""
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def describe_tls(sock: object) -> str:
