@@ -138,6 +138,49 @@ class TestPostfixConnectionReuse:
         assert reused, "Postfix never reused a cached LMTP connection"
 
 
+
+class TestPostfixRetries:
+    def test_reply_lost_after_commit_redelivery_stored_once(self, postfix, pf_gateway,
+                                                            store_of, monkeypatch):
+        """The gateway commits but Postfix sees a 4xx (as when the reply is lost); Postfix's
+        retry of the same message is answered 250 and does not add a second article."""
+        rg = pf_gateway()
+        real = rg.gateway.deliver
+
+        async def commit_then_fail(*args, **kw):
+            await real(*args, **kw)
+            raise ConnectionResetError("reply lost after commit")
+
+        monkeypatch.setattr(rg.gateway, "deliver", commit_then_fail)
+        since = postfix.log_offset()
+        send(postfix, message("lost reply", "support@example.org"), ["support@example.org"])
+        postfix.wait_log(r"to=<support@example\.org>.*status=deferred .*451 4\.3\.0",
+                         since=since)
+        assert len(store_of(rg).articles()) == 1
+        monkeypatch.setattr(rg.gateway, "deliver", real)
+        after = postfix.log_offset()
+        postfix.flush()
+        postfix.wait_queue_empty(flush=True)
+        [d] = [d for d in postfix.deliveries(after) if d["status"] == "sent"]
+        assert "250 2.1.5 already delivered" in d["text"]
+        st = store_of(rg)
+        assert len(st.tickets()) == 1 and len(st.articles()) == 1
+
+    def test_message_over_gateway_limit_bounced_552(self, postfix, pf_gateway, store_of):
+        """A message Postfix accepts but that exceeds the gateway's max_message_size (1 MiB,
+        advertised as SIZE in LHLO) is bounced by Postfix with 5.3.4, not retried."""
+        rg = pf_gateway()
+        since = postfix.log_offset()
+        big = message("too big", "support@example.org", "x" * 76 + "\n")
+        big.set_content(("y" * 998 + "\n") * 1500)
+        send(postfix, big, ["support@example.org"])
+        postfix.wait_queue_empty()
+        [d] = [d for d in postfix.deliveries(since) if d["service"] == "deskgate/lmtp"]
+        assert (d["status"], d["dsn"]) == ("bounced", "5.3.4")
+        # Postfix honours the SIZE our LHLO advertises and does not even send it.
+        assert f"exceeds size limit {1024 * 1024}" in d["text"]
+        assert store_of(rg).tickets() == []
+
 class TestPostfixInstance:
     def test_config_clean_and_no_daemon_errors(self, postfix):
         """`postfix check` has nothing to say about the test instance, and no Postfix daemon
