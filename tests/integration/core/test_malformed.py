@@ -6,6 +6,7 @@ session keeps working afterwards."""
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -65,6 +66,7 @@ MALFORMED: dict[str, bytes] = {
     "long-disposition": boundary_msg(
         b"--BOUND\r\nContent-Type: application/" + b"y" * 300 + b"\r\n"
         b"Content-Disposition: " + b"z" * 300 + b"; filename=a.bin\r\n\r\ndata\r\n--BOUND--\r\n"),
+    "leading-dot-first-line": b".first line starts with a dot\r\nSubject: dot\r\n\r\nb\r\n",
     "dots": msg(b"Subject: dots\r\n", b".\r\n..\r\n.leading dot\r\n"),
 }
 
@@ -313,3 +315,53 @@ class TestDuplicateRecipients:
         assert len(st.tickets()) == 1 and len(st.articles()) == 1
         assert sorted(d.recipient for d in st.deliveries()) == ["sales@example.org",
                                                                 "support@example.org"]
+
+
+class TestDataFraming:
+    @pytest.mark.parametrize("cut", [1, 2, 3, 4])
+    def test_terminator_split_across_writes(self, gateway, store_of, cut):
+        """CRLF.CRLF arriving in two writes (cut anywhere) still ends DATA, and a stuffed dot
+        split from its line start is unstuffed."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        assert c.cmd("MAIL FROM:<customer@customer.test>")[0] == 250
+        assert c.cmd("RCPT TO:<support@example.org>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        head = b"Subject: split\r\nMessage-ID: <split@x>\r\n\r\nline\r\n"
+        for part in (head, b"..dotted\r\nlast" + b"\r\n.\r\n"[:cut]):
+            c.sock.sendall(part)
+            time.sleep(0.05)
+        c.sock.sendall(b"\r\n.\r\n"[cut:])
+        assert c.reply()[0] == 250
+        c.close()
+        [raw] = store_of(rg).article_raws()
+        assert raw == head + b".dotted\r\nlast\r\n"
+
+    def test_empty_message(self, gateway):
+        """DATA followed directly by the final dot is answered 250 (kept, not dropped)."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        replies = raw_transaction(c, b".\r\n")
+        assert [code for code, _ in replies] == [250, 250]
+        assert kept(rg, b"") in ("article", "quarantine")
+        c.close()
+
+    def test_disconnect_in_the_middle_of_data(self, gateway, store_of):
+        """A client that vanishes inside DATA leaves nothing stored; the listener goes on."""
+        rg = gateway()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        assert c.cmd("MAIL FROM:<customer@customer.test>")[0] == 250
+        assert c.cmd("RCPT TO:<support@example.org>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        c.sock.sendall(b"Subject: cut off\r\n\r\nhalf a mess")
+        c.sock.close()
+        c2 = LmtpClient(rg.socket_path)
+        c2.lhlo()
+        _, data = c2.transaction("customer@customer.test", ["support@example.org"],
+                                 msg(b"Subject: complete\r\n", mid=b"<complete@x>"))
+        assert [code for code, _ in data] == [250]
+        c2.close()
+        assert [t.title for t in store_of(rg).tickets()] == ["complete"]
