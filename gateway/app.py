@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 PLUGINS: tuple[str, ...] = (
     "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
     "gateway.inbound.followup", "gateway.web.auth",
-    "gateway.crypto.inbound", "gateway.outbound.plugin",
+    "gateway.crypto.inbound", "gateway.outbound.plugin", "gateway.inbound.poller.validate",
 )
 
 

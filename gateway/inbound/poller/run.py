@@ -187,6 +187,7 @@ class Poller:
                     obj.close("Failed")
                     errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
                     break
+                await self._db(lambda c: write_comm(c, comm))   # the Connection comes first
                 more, ok = await self._segment(account, session, obj, comm, result, call, pool,
                                                budget - result.fetched, done_keys, errors)
                 await self._db(lambda c: write_comm(c, comm))
@@ -305,16 +306,16 @@ class Poller:
                 state.forget_seen(c, account.name, present)
             await self._db(remember)
 
-        if not ok:
-            obj.close("Failed")
-            await call(session.abort)
-            return False, False
         try:
+            # Also after a failed message: what was committed before it is removed now.
             await call(session.finish)
         except MailboxError as exc:
             obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
             obj.close("Failed")
             errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+            return False, False
+        if not ok:
+            obj.close("Failed")
             return False, False
         obj.log("Info", "Summary", f"{len(todo)} messages processed on this connection"
                 + (", more waiting" if more else ""))
