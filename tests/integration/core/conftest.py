@@ -13,19 +13,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gateway.config import load_config
-from tests.integration.core.stored import Store
+from tests.integration.core.stored import POSTFIX_SOCKET_CONF, Store
 from tests.peers import postfix as pfmod
 from tests.peers.postfix import Postfix
 
 if TYPE_CHECKING:
     from tests.conftest import RunningGateway
 
-# Postfix's lmtp client runs as user postfix: the socket goes to that group.
-POSTFIX_SOCKET_CONF = """
-[lmtp]
-socket_mode = "0660"
-socket_group = "postfix"
-"""
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,13 @@ from sqlalchemy import Engine, func, select
 
 from gateway.store.tables import Article, Delivery, Quarantine, RawMessage, Ticket
 
+# Postfix's lmtp client runs as user postfix: the socket goes to that group.
+POSTFIX_SOCKET_CONF = """
+[lmtp]
+socket_mode = "0660"
+socket_group = "postfix"
+"""
+
 
 def db_conf(url: str) -> dict[str, str]:
     """A conf.d file pointing the gateway at another database."""
