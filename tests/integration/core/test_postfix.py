@@ -181,6 +181,30 @@ class TestPostfixRetries:
         assert f"exceeds size limit {1024 * 1024}" in d["text"]
         assert store_of(rg).tickets() == []
 
+
+class TestPostfixInternationalised:
+    def test_smtputf8_sender_and_headers(self, postfix, pf_gateway, store_of):
+        """A UTF-8 envelope sender (SMTPUTF8) and raw UTF-8 headers pass Postfix and our
+        LMTP; the article shows the decoded names."""
+        rg = pf_gateway()
+        since = postfix.log_offset()
+        raw = ("From: Jürgen Müller <jürgen@customer.test>\r\nTo: support@example.org\r\n"
+               "Subject: Grüße aus Köln\r\nMessage-ID: <utf8@customer.test>\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               "Content-Transfer-Encoding: 8bit\r\n\r\nDer Drucker brennt.\r\n").encode()
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as s:
+            s.ehlo()
+            assert s.has_extn("smtputf8")
+            assert s.sendmail("jürgen@customer.test", ["support@example.org"], raw,
+                              mail_options=["SMTPUTF8", "BODY=8BITMIME"]) == {}
+        postfix.wait_queue_empty()
+        [d] = [d for d in postfix.deliveries(since) if d["service"] == "deskgate/lmtp"]
+        assert d["status"] == "sent"
+        [article] = store_of(rg).articles()
+        assert article.subject == "Grüße aus Köln"
+        assert article.from_email == "jürgen@customer.test"
+        assert "Drucker brennt" in article.body
+
 class TestPostfixInstance:
     def test_config_clean_and_no_daemon_errors(self, postfix):
         """`postfix check` has nothing to say about the test instance, and no Postfix daemon
