@@ -158,6 +158,7 @@ class Poller:
         comm = Comm("Incoming", account.type.upper(), account.name)
 
         def opened(conn: Any) -> None:
+            state.close_interrupted(conn, account.name)
             write_comm(conn, comm)
             state.run_started(conn, account.name, comm.id)
 

@@ -172,6 +172,29 @@ def account_status(conn: Connection, account: str | None = None) -> list[Account
             for r in conn.execute(q).all()]
 
 
+def close_interrupted(conn: Connection, account: str) -> int | None:
+    """A run left "Processing" (its process was killed) is closed as Failed.
+
+    Called by the holder of the account lock, so no other run can be live.
+    Returns the id of the communication that was closed.
+    """
+    from gateway.commlog import Comm, write_comm
+
+    row = conn.execute(select(PollerAccount.status, PollerAccount.communication_id).where(
+        PollerAccount.account == account)).first()
+    if row is None or row[0] != "Processing" or row[1] is None:
+        return None
+    comm = Comm("Incoming", "", account, id=int(row[1]))
+    obj = comm.obj("Connection")
+    obj.log("Error", "Run", f"account {account}: this run was interrupted (the process "
+            "ended before it finished); messages not removed are fetched again and "
+            "recognised as duplicates")
+    obj.close("Failed")
+    comm.close("Failed")
+    write_comm(conn, comm)
+    return comm.id
+
+
 def run_started(conn: Connection, account: str, comm_id: int | None) -> None:
     row = conn.execute(select(PollerAccount.account).where(
         PollerAccount.account == account)).first()

@@ -210,3 +210,7 @@ class TestCrash:
         assert (r.fetched, r.new, r.duplicate) == (2, 1, 1)
         assert mailbox.count("helpdesk") == 0
         assert articles(h) == 2
+        with h.gw.engine.connect() as conn:
+            statuses = conn.execute(select(Communication.status).order_by(
+                Communication.id)).scalars().all()
+        assert statuses == ["Failed", "Successful"]     # the killed run is closed, not left
