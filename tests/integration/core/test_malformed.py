@@ -11,9 +11,11 @@ import time
 import pytest
 from sqlalchemy import select, text
 
+from gateway.config import load_config
 from gateway.inbound import pipeline
+from gateway.inbound.ticket import store as real_store
 from gateway.store.tables import Quarantine, RawMessage
-from tests.integration.core.stored import db_conf
+from tests.integration.core.stored import Store, db_conf
 from tests.peers.lmtp import LmtpClient
 
 RCPTS = ["support@example.org", "sales@example.org"]
@@ -77,6 +79,14 @@ def backend_gateway(request, gateway):
     if request.param == "postgresql":
         return gateway(db_conf(request.getfixturevalue("pg_url")))
     return gateway()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url_for_nodes(request, tmp_path) -> str:
+    """One database shared by several gateways (nodes)."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'shared.db'}"
 
 
 def as_sent(data: bytes) -> bytes:
@@ -284,6 +294,35 @@ class TestRedelivery:
             c.close()
         st = store_of(rg)
         assert len(st.tickets()) == 1 and len(st.articles()) == 1
+
+    def test_same_message_to_two_nodes_at_once(self, db_url_for_nodes, make_confdir,
+                                               run_gateway, monkeypatch, tmp_path):
+        """Two gateways on one database get the same message at the same moment (an MTA
+        retrying on another node): both answer 250, one article is stored."""
+        def slow_store(ctx, rt, conn):
+            real_store(ctx, rt, conn)
+            time.sleep(0.5)          # keep both transactions open at the same time
+
+        monkeypatch.setitem(pipeline.COMMIT, "store", slow_store)
+        nodes = [run_gateway(load_config(make_confdir(db_conf(db_url_for_nodes),
+                                                      root=tmp_path / f"node{i}")))
+                 for i in range(2)]
+        raw = msg(b"Subject: race\r\n", mid=b"<race@x>")
+        clients = [LmtpClient(n.socket_path) for n in nodes]
+        for c in clients:
+            c.lhlo()
+            assert c.cmd("MAIL FROM:<customer@customer.test>")[0] == 250
+            assert c.cmd("RCPT TO:<support@example.org>")[0] == 250
+            assert c.cmd("DATA")[0] == 354
+        for c in clients:
+            c.sock.sendall(raw + b".\r\n")
+        replies = [c.reply() for c in clients]
+        for c in clients:
+            c.close()
+        assert [code for code, _ in replies] == [250, 250], replies
+        st = Store(nodes[0].gateway.engine)
+        assert len(st.articles()) == 1 and len(st.tickets()) == 1
+        assert st.quarantine() == []
 
     def test_changed_bytes_same_message_id_is_new(self, gateway, store_of):
         """Same Message-ID but different content is not a redelivery: it is stored."""
