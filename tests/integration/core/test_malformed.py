@@ -13,7 +13,6 @@ from sqlalchemy import select, text
 
 from gateway.config import load_config
 from gateway.inbound import pipeline
-from gateway.inbound.ticket import store as real_store
 from gateway.store.tables import Quarantine, RawMessage
 from tests.integration.core.stored import Store, db_conf
 from tests.peers.lmtp import LmtpClient
@@ -299,6 +298,8 @@ class TestRedelivery:
                                                run_gateway, monkeypatch, tmp_path):
         """Two gateways on one database get the same message at the same moment (an MTA
         retrying on another node): both answer 250, one article is stored."""
+        real_store = pipeline.COMMIT["store"]
+
         def slow_store(ctx, rt, conn):
             real_store(ctx, rt, conn)
             time.sleep(0.5)          # keep both transactions open at the same time
