@@ -78,6 +78,8 @@ def check_account(account: AccountConfig, config: Config | None = None, *,
         token = _token_source(account, root, engine).get
     cls = ImapSession if account.type.startswith("imap") else Pop3Session
     session = cls(account, root, obj, token)
+    if isinstance(session, ImapSession):
+        session.readonly = True     # EXAMINE: a check changes nothing, not even \Recent
     reached: dict[str, str] = {}
     try:
         addrs = resolve(host, port)

@@ -58,6 +58,20 @@ class TestAccountCheckSuccess:
         assert mailbox.count("helpdesk") == 3
         assert unseen(mailbox) == 3
 
+    def test_imap_check_opens_the_folder_read_only(self, mailbox, make_confdir, capsys):
+        """The check EXAMINEs the folder, so new mail keeps \\Recent for the real poll."""
+        mailbox.append("helpdesk", [message(n) for n in range(2)])
+        rc, result = check(make_confdir, capsys,
+                           account_toml(mailbox, "imaps", after_fetch="delete"))
+        assert rc == 0 and result["messages"] == 2
+        c = mailbox.imap("helpdesk")
+        try:
+            c.select("INBOX", readonly=True)
+            _, data = c.search(None, "RECENT")
+        finally:
+            c.logout()
+        assert len(data[0].split()) == 2
+
     def test_plaintext_account_has_no_tls_verdict(self, mailbox, make_confdir, capsys):
         """A plain imap account allowed without TLS passes with TLS marked not applicable."""
         rc, result = check(make_confdir, capsys,
