@@ -66,15 +66,10 @@ def sent_today(conn: Connection, address: str, now: datetime) -> int:
 def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> str:
     """Why no auto-response may go to `to` ('' = it may)."""
     cfg = rt.config
-    p = ctx.parsed
-    if ctx.loop:
-        return "the message is looping mail"
     if ctx.is_bounce:
         return "the message is a bounce"
-    if p is not None:
-        auto = p.header("Auto-Submitted").strip().lower()
-        if auto and auto != "no":
-            return f"the message is Auto-Submitted: {auto}"
+    if ctx.loop:      # Precedence, X-Loop, Auto-Submitted, List-Id... (gateway.inbound.loop)
+        return "the message is looping mail"
     if not to:
         return "no sender address"
     if re.search(cfg.postmaster.no_auto_response, to, re.IGNORECASE):

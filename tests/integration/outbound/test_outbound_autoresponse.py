@@ -1,0 +1,147 @@
+"""Auto-responses per queue through the real LMTP door, and every suppression rule."""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+
+import pytest
+from sqlalchemy import select, update
+
+from gateway.config import load_config
+from gateway.store.tables import CommEntry, OutboundMessage, Ticket
+from tests.integration.outbound.conftest import outbound_toml, wait_for
+from tests.peers.lmtp import LmtpClient
+from tests.peers.smarthost import AuthSink
+
+DESK = """
+[postmaster]
+max_emails_per_address_per_day = 3
+
+[[queue]]
+name = "Desk"
+address = "desk@example.org"
+follow_up = "reject"
+auto_response_new = "Dear {customer},\\nwe opened ticket {ticket_number} ({title}).\\n"
+auto_response_followup = "Thanks, we added it to {ticket_number}.\\n"
+auto_response_reject = "Ticket {ticket_number} is closed; please write a new message.\\n"
+
+[[address]]
+email = "desk@example.org"
+display_name = "Example Desk"
+queue = "Desk"
+"""
+
+
+def mail(sender: str = "Jane Doe <jane@customer.test>", subject: str = "Printer broken",
+         extra: str = "", mid: str = "<m1@customer.test>") -> bytes:
+    return (f"From: {sender}\r\nTo: desk@example.org\r\nSubject: {subject}\r\n"
+            f"Message-ID: {mid}\r\n{extra}\r\nIt does not print.\r\n").encode()
+
+
+@pytest.fixture
+def desk(make_confdir, run_gateway):
+    """A running gateway with the Desk queue; relay to an aiosmtpd sink."""
+    sink = AuthSink().start()
+    conf = make_confdir({"40-outbound.toml": outbound_toml(sink.port), "50-desk.toml": DESK})
+    rg = run_gateway(load_config(conf))
+    client = LmtpClient(rg.socket_path)
+    client.lhlo()
+
+    def deliver(msg: bytes, sender: str = "jane@customer.test") -> None:
+        _, replies = client.transaction(sender, ["desk@example.org"], msg)
+        assert [c for c, _ in replies] == [250]
+
+    yield rg, deliver, sink
+    client.close()
+    sink.stop()
+
+
+def outbound(rg) -> list:
+    with rg.gateway.engine.connect() as conn:
+        return conn.execute(select(OutboundMessage).order_by(OutboundMessage.id)).all()
+
+
+def notices(rg) -> list[str]:
+    with rg.gateway.engine.connect() as conn:
+        return conn.execute(select(CommEntry.value).where(
+            CommEntry.key == "AutoResponse")).scalars().all()
+
+
+class TestAutoResponse:
+    def test_new_ticket_gets_auto_reply_with_rfc3834_headers(self, desk):
+        """A new ticket's auto-reply: null sender, Auto-Submitted, X-Loop, Precedence, template."""
+        rg, deliver, sink = desk
+        deliver(mail())
+        wait_for(lambda: len(sink.received) == 1, what="auto-response delivered")
+        got = sink.received[0]
+        assert got.mail_from == "" and got.rcpts == ["jane@customer.test"]
+        msg = message_from_bytes(got.data)
+        with rg.gateway.engine.connect() as conn:
+            number = conn.execute(select(Ticket.number)).scalar()
+        assert msg["Auto-Submitted"] == "auto-replied" and msg["X-Loop"]
+        assert msg["Precedence"] == "bulk"
+        assert msg["From"] == "Example Desk <desk@example.org>"
+        assert msg["In-Reply-To"] == "<m1@customer.test>"
+        assert f"[Ticket#{number}]" in msg["Subject"]
+        body = msg.get_payload(decode=True).decode()
+        assert f"Dear Jane Doe,\nwe opened ticket {number} (Printer broken)." in body
+
+    def test_followup_and_reject_templates(self, desk):
+        """A follow-up gets the follow-up text; one to a closed reject-queue ticket the reject text."""
+        rg, deliver, sink = desk
+        deliver(mail())
+        with rg.gateway.engine.connect() as conn:
+            number = conn.execute(select(Ticket.number)).scalar()
+        deliver(mail(subject=f"Re: [Ticket#{number}] Printer broken", mid="<m2@customer.test>"))
+        with rg.gateway.engine.begin() as conn:
+            conn.execute(update(Ticket).values(state="closed successful", state_type="closed"))
+        deliver(mail(subject=f"Re: [Ticket#{number}] again", mid="<m3@customer.test>"))
+        wait_for(lambda: len(sink.received) == 3, what="three auto-responses")
+        msgs = [message_from_bytes(r.data) for r in sink.received]
+        bodies = {m["In-Reply-To"]: m.get_payload(decode=True).decode() for m in msgs}
+        assert bodies["<m2@customer.test>"] == f"Thanks, we added it to {number}.\n"
+        assert bodies["<m3@customer.test>"] == \
+            f"Ticket {number} is closed; please write a new message.\n"
+
+
+class TestSuppression:
+    @pytest.mark.parametrize("extra", ["Precedence: bulk\r\n", "X-Loop: yes\r\n",
+                                       "Auto-Submitted: auto-generated\r\n",
+                                       "List-Id: <users.lists.test>\r\n"],
+                             ids=["precedence", "x-loop", "auto-submitted", "list-id"])
+    def test_no_reply_to_looping_mail(self, desk, extra):
+        """Mail with a loop signal gets no auto-response (the reason is logged)."""
+        rg, deliver, _ = desk
+        deliver(mail(extra=extra))
+        assert outbound(rg) == []
+        assert any("looping mail" in n for n in notices(rg))
+
+    def test_no_reply_to_bounce(self, desk):
+        """A DSN (multipart/report) never gets an auto-response."""
+        rg, deliver, _ = desk
+        dsn = (b"From: MAILER-DAEMON@mx.customer.test\r\nTo: desk@example.org\r\n"
+               b"Subject: Undelivered\r\nMessage-ID: <b1@mx>\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/report; report-type=delivery-status; boundary=XX\r\n"
+               b"\r\n--XX\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--XX\r\n"
+               b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+               b"Final-Recipient: rfc822; x@customer.test\r\nAction: failed\r\n"
+               b"Status: 5.1.1\r\n\r\n--XX--\r\n")
+        deliver(dsn, sender="")
+        assert outbound(rg) == []
+        assert any("bounce" in n or "looping" in n for n in notices(rg))
+
+    def test_no_reply_to_no_auto_response_addresses(self, desk):
+        """A sender matching postmaster.no_auto_response gets none."""
+        rg, deliver, _ = desk
+        deliver(mail(sender="postmaster@customer.test"), sender="postmaster@customer.test")
+        assert outbound(rg) == []
+        assert any("no_auto_response" in n for n in notices(rg))
+
+    def test_daily_limit_per_address(self, desk):
+        """At most max_emails_per_address_per_day auto-responses go to one address."""
+        rg, deliver, _ = desk
+        for i in range(4):
+            deliver(mail(subject=f"Problem {i}", mid=f"<p{i}@customer.test>"))
+        out = outbound(rg)
+        assert len(out) == 3 and all(m.kind == "auto-response" for m in out)
+        assert any("already had 3 auto-responses" in n for n in notices(rg))
