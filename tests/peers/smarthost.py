@@ -150,9 +150,16 @@ class _Handler:
     auth_failures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     data_delay: float = 0.0
+    rcpt_delay: float = 0.0
+    rcpt_seen: int = 0
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        self.rcpt_seen += 1
+        if self.rcpt_delay:
+            import asyncio
+
+            await asyncio.sleep(self.rcpt_delay)
         reply = self.script("RCPT", address) if self.script else None
         if reply:
             return reply

@@ -17,7 +17,7 @@ from tests.conftest import free_port
 
 def outbound_toml(relay_port: int, *, submission_port: int | None = None,
                   security: str = "none", extra_relay: str = "", extra_submission: str = "",
-                  retry: str = "1s, 1s, 1s", extra: str = "") -> str:
+                  retry: str = "1s, 1s, 1s", extra: str = "", lease: str = "30s") -> str:
     sub = ""
     if submission_port is not None:
         sub = f"""
@@ -33,7 +33,7 @@ security = "{security}"
 retry = "{retry}"
 poll_interval = "200ms"
 timeout = "10s"
-lease = "30s"
+lease = "{lease}"
 {extra_relay}
 {sub}
 {extra}

@@ -1,0 +1,115 @@
+"""Several nodes on one PostgreSQL queue: FOR UPDATE SKIP LOCKED claims, leases, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+import gateway.outbound.plugin  # noqa: F401 - DKIM builder, auto-response stage
+from gateway.config import load_config
+from gateway.outbound import queue as oq
+from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+from gateway.outbound.rewrite import parse_submission
+from gateway.outbound.sender import Sender
+from gateway.runtime import build_runtime
+from gateway.store import repo
+from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.tables import OutboundMessage
+from tests.integration.outbound.conftest import outbound_toml
+from tests.integration.outbound.test_outbound_restart import received_ids
+from tests.peers.smarthost import AuthSink
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_queue(pg_url, make_confdir):
+    """A migrated PostgreSQL database and a runtime whose relay is set per test."""
+    engines = []
+
+    def make(relay_port: int, n: int):
+        cfg = load_config(make_confdir({"40-outbound.toml": outbound_toml(
+            relay_port, lease="1s", retry="1s*10")}))
+        cfg = dataclasses.replace(cfg, relay=dataclasses.replace(cfg.relay, concurrency=3))
+        rt = build_runtime(cfg)
+        engine = make_engine(pg_url)
+        engines.append(engine)
+        migrate(engine)
+        ids = []
+        with engine.begin() as conn:
+            repo.sync_config(conn, cfg)
+            for i in range(n):
+                mid = f"<pg-{i}@internal.test>"
+                ctx = OutboundContext(
+                    mail_from="app@internal.test", recipients=[f"c{i}@customer.test"],
+                    raw=(f"From: app@internal.test\r\nTo: c{i}@customer.test\r\n"
+                         f"Subject: {i}\r\nMessage-ID: {mid}\r\n\r\nx\r\n").encode(),
+                    trusted=True)
+                parse_submission(ctx, rt)
+                process_in_transaction(ctx, rt, conn)
+                ids.append(mid)
+        return rt, engine, ids
+
+    yield make
+    for e in engines:
+        e.dispose()
+
+
+async def run_senders(rt, url_engine_factory, nodes, until, timeout=60.0):
+    senders = []
+    for name in nodes:
+        engine = url_engine_factory()
+        s = Sender(lambda: rt, BatchWriter(engine), node=name)
+        senders.append((s, engine))
+        await s.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while not await loop.run_in_executor(None, until):
+            assert loop.time() < deadline, "senders did not finish"
+            await asyncio.sleep(0.1)
+    finally:
+        for s, engine in senders:
+            await s.stop()
+            s.writer.close()
+            engine.dispose()
+    return [s for s, _ in senders]
+
+
+def all_sent(engine, n):
+    def check():
+        with engine.connect() as conn:
+            st = list(conn.execute(select(OutboundMessage.status)).scalars())
+        return len(st) == n and all(x == "sent" for x in st)
+    return check
+
+
+class TestTwoNodes:
+    def test_two_claimers_never_send_one_message_twice(self, pg_queue, pg_url):
+        """Two senders on one PostgreSQL queue deliver 60 messages, each exactly once."""
+        with AuthSink() as sink:
+            rt, engine, ids = pg_queue(sink.port, 60)
+            senders = asyncio.run(run_senders(rt, lambda: make_engine(pg_url),
+                                              ["node-a", "node-b"], all_sent(engine, 60)))
+            got = received_ids(sink)
+            assert sorted(got) == sorted(ids)
+            assert sum(s.delivered for s in senders) == 60
+            assert all(s.delivered > 0 for s in senders), [s.delivered for s in senders]
+
+    def test_lease_of_a_dead_node_expires_and_another_node_sends(self, pg_queue, pg_url):
+        """Messages claimed by a node that died are sent by another after the lease, once."""
+        with AuthSink() as sink:
+            rt, engine, ids = pg_queue(sink.port, 5)
+            with engine.begin() as conn:
+                dead = oq.claim(conn, "dead-node", limit=5, lease=1.0)
+            assert len(dead) == 5
+            with engine.begin() as conn:
+                assert oq.claim(conn, "other", limit=5, lease=1.0,
+                                now=datetime.now(UTC)) == []
+            asyncio.run(run_senders(rt, lambda: make_engine(pg_url), ["survivor"],
+                                    all_sent(engine, 5)))
+            assert sorted(received_ids(sink)) == sorted(ids)
