@@ -48,8 +48,6 @@ def which_template(ctx: MessageContext, rt: Runtime, conn: Connection) -> tuple[
         q = rt.config.queue_by_name(ticket.queue) or q
     if q is None:
         return "", ""
-    if ctx.action == "new":
-        return "new", q.auto_response_new
     if ctx.action == "followup":
         if ticket is not None and ticket.state_type in _CLOSED and q.follow_up == "reject":
             return "reject", q.auto_response_reject

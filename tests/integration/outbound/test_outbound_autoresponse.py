@@ -87,7 +87,7 @@ class TestAutoResponse:
         assert f"Dear Jane Doe,\nwe opened ticket {number} (Printer broken)." in body
 
     def test_followup_and_reject_templates(self, desk):
-        """A follow-up gets the follow-up text; one to a closed reject-queue ticket the reject text."""
+        """Follow-up text for a follow-up; reject text for one to a closed reject-queue ticket."""
         rg, deliver, sink = desk
         deliver(mail())
         with rg.gateway.engine.connect() as conn:

@@ -59,7 +59,7 @@ def pg_queue(pg_url, make_confdir):
         e.dispose()
 
 
-async def run_senders(rt, url_engine_factory, nodes, until, timeout=60.0):
+async def run_senders(rt, url_engine_factory, nodes, until, limit=60.0):
     senders = []
     for name in nodes:
         engine = url_engine_factory()
@@ -67,7 +67,7 @@ async def run_senders(rt, url_engine_factory, nodes, until, timeout=60.0):
         senders.append((s, engine))
         await s.start()
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     try:
         while not await loop.run_in_executor(None, until):
             assert loop.time() < deadline, "senders did not finish"

@@ -1,0 +1,86 @@
+"""deskgate send / outqueue, and the example conf.d writing into the var/outbox Maildir."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from gateway.config import load_config
+from gateway.store.tables import Article
+from tests.conftest import free_port
+from tests.integration.outbound.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[3]
+MSG = b"From: agent@internal.test\nTo: cust@customer.test\nSubject: From the shell\n\nhello\n"
+
+
+def cli(conf: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(conf), *args],
+                          input=stdin, capture_output=True, cwd=conf.parent, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+
+
+class TestOutqueueCli:
+    def test_send_then_list_show_retry_delete_flush(self, make_confdir):
+        """send queues with --queue; outqueue lists it (--json fields), retries, deletes."""
+        conf = make_confdir({"40-relay.toml": '[relay]\nhost = "127.0.0.1"\nport = 9\n'})
+        res = cli(conf, "send", "--queue", "Support", "--json", stdin=MSG)
+        assert res.returncode == 0, res.stderr
+        sent = json.loads(res.stdout)
+        assert sent["reply"].startswith("250") and sent["ticket"]
+        listed = json.loads(cli(conf, "outqueue", "list", "--json").stdout)
+        assert [set(m) for m in listed] == [{"id", "queue", "sender", "recipients", "attempts",
+                                             "next_attempt", "last_error"}]
+        m = listed[0]
+        assert (m["id"], m["queue"], m["sender"], m["recipients"], m["attempts"]) == \
+            (sent["id"], "Support", "support@example.org", ["cust@customer.test"], 0)
+        shown = json.loads(cli(conf, "outqueue", "show", str(m["id"]), "--json").stdout)
+        assert "From: Example Support <support@example.org>" in shown["headers"]
+        assert f"[Ticket#{sent['ticket']}]" in shown["headers"]
+        assert cli(conf, "outqueue", "retry", str(m["id"])).returncode == 0
+        assert cli(conf, "outqueue", "retry", "999").returncode == 1
+        assert b"1 queued" in cli(conf, "outqueue", "flush").stdout
+        assert cli(conf, "outqueue", "delete", str(m["id"])).returncode == 0
+        assert json.loads(cli(conf, "outqueue", "list", "--json").stdout) == []
+
+    def test_send_refuses_unknown_queue_and_empty_input(self, make_confdir):
+        """An unknown --queue or an empty message is a data error (65)."""
+        conf = make_confdir()
+        assert cli(conf, "send", "--queue", "Nope", stdin=MSG).returncode == 65
+        assert cli(conf, "send", stdin=b"").returncode == 65
+
+
+class TestExampleConfig:
+    def test_example_conf_delivers_into_var_outbox(self, tmp_path, run_gateway):
+        """The shipped conf.d accepts submission from localhost and writes var/outbox/new."""
+        root = tmp_path / "checkout"
+        shutil.copytree(REPO / "conf.d", root / "conf.d")
+        if (REPO / "policies").is_dir():
+            shutil.copytree(REPO / "policies", root / "policies")
+        cfg = load_config(root / "conf.d")
+        assert cfg.relay.mode == "maildir" and cfg.submission.listen == ("127.0.0.1:8587",)
+        port = free_port()
+        cfg = dataclasses.replace(
+            cfg, submission=dataclasses.replace(cfg.submission, listen=(f"127.0.0.1:{port}",)),
+            dashboard=dataclasses.replace(cfg.dashboard, listen=""))
+        rg = run_gateway(cfg, tcp=False)
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            s.sendmail("agent@internal.test", ["cust@customer.test"],
+                       MSG.replace(b"\n", b"\r\n"))
+        outbox = root / "var" / "outbox" / "new"
+        files = wait_for(lambda: list(outbox.glob("*")) if outbox.is_dir() else [], 20,
+                         "a file in var/outbox/new")
+        data = files[0].read_bytes()
+        assert data.startswith(b"Return-Path: <helpdesk@example.org>")
+        assert b"From: Example Helpdesk <helpdesk@example.org>" in data
+        with rg.gateway.engine.connect() as conn:
+            wait_for(lambda: conn.execute(select(Article.transmission_status)).scalar()
+                     == "sent", 10, "article marked sent")
