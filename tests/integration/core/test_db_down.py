@@ -8,6 +8,8 @@ import shutil
 import smtplib
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -110,6 +112,52 @@ class TestDatabaseDown:
             postfix.wait_log(rf"to=<{r}>.*dsn=2\.1\.5, status=sent", since=after)
         st = store_of(rg)
         assert [t.title for t in st.tickets()] == ["postgres down"]
+        assert len(st.articles()) == 1
+
+    @pytest.mark.postgres
+    def test_postgres_connection_killed_mid_transaction(self, pg_url, postfix, pf_gateway,
+                                                         store_of, monkeypatch):
+        """The server ends the gateway's connection while a message's transaction is open:
+        451 4.3.0, nothing half-stored, and Postfix's retry stores it once."""
+        from gateway.inbound import pipeline
+
+        rg = pf_gateway(db_conf(pg_url))
+        name = pg_url.rsplit("/", 1)[1]
+        real_store = pipeline.COMMIT["store"]
+        in_store = threading.Event()
+        slow = {"on": True}
+
+        def slow_store(ctx, rt, conn):
+            real_store(ctx, rt, conn)
+            if slow["on"]:
+                in_store.set()
+                time.sleep(1.5)
+
+        monkeypatch.setitem(pipeline.COMMIT, "store", slow_store)
+        since = postfix.log_offset()
+        send(postfix, "killed mid transaction")
+        assert in_store.wait(30)
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                killed = conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name}).scalar()
+        finally:
+            admin.dispose()
+        assert killed >= 1
+        for r in RCPTS:
+            postfix.wait_log(rf"to=<{r}>.*dsn=4\.3\.0, status=deferred .*451 4\.3\.0",
+                             since=since)
+        assert store_of(rg).tickets() == []
+        slow["on"] = False
+        after = postfix.log_offset()
+        postfix.flush()
+        postfix.wait_queue_empty(flush=True)
+        for r in RCPTS:
+            postfix.wait_log(rf"to=<{r}>.*dsn=2\.1\.5, status=sent", since=after)
+        st = store_of(rg)
+        assert [t.title for t in st.tickets()] == ["killed mid transaction"]
         assert len(st.articles()) == 1
 
 
