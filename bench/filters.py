@@ -12,6 +12,7 @@ and the ratio; the target is < 1 ms added per message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import sys
@@ -22,8 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import contextlib
 
 from gateway.app import load_plugins  # noqa: E402
 from gateway.commlog import CommObj  # noqa: E402
@@ -48,7 +47,9 @@ email = "support@example.org"
 queue = "Support"
 """
 
-WORDS = ["printer", "invoice", "password", "reset", "vpn", "laptop", "monitor", "license", "renewal", "outage", "mail", "server", "backup", "restore", "order", "delivery", "refund", "account", "login", "error", "crash", "update"]
+WORDS = ["printer", "invoice", "password", "reset", "vpn", "laptop", "monitor", "license",
+         "renewal", "outage", "mail", "server", "backup", "restore", "order", "delivery",
+         "refund", "account", "login", "error", "crash", "update"]
 
 
 def make_filters(n: int, body_share: float, rnd: random.Random) -> str:
@@ -58,7 +59,7 @@ def make_filters(n: int, body_share: float, rnd: random.Random) -> str:
         w1, w2 = rnd.sample(WORDS, 2)
         kind = rnd.random()
         if kind < body_share:
-            match = (f'[{{ header = "Body", value = "{w1}\\\\s+(?P<ref>[A-Z]{{3}}-\\\\d+)" }}]')
+            match = (f'[{{ header = "Body", value = "{w1} id:\\\\s+(?P<ref>[A-Z]{{3}}-\\\\d+)" }}]')
             sets = f'{{ "X-Deskgate-DynamicField-Ref{i}" = "[**\\\\ref**]" }}'
         elif kind < 0.45:
             match = (f'[{{ header = "Subject", value = "\\\\b{w1}\\\\b" }}, '
@@ -84,8 +85,10 @@ def make_filters(n: int, body_share: float, rnd: random.Random) -> str:
 
 def make_message(i: int, rnd: random.Random) -> bytes:
     w = rnd.sample(WORDS, 4)
-    body = "\r\n".join(
-        " ".join(rnd.choice(WORDS) for _ in range(12)) for _ in range(60))  # ~5 KB
+    lines = [" ".join(rnd.choice(WORDS) for _ in range(12)) for _ in range(60)]  # ~5 KB
+    if i % 10 == 0:
+        lines.insert(3, f"{rnd.choice(WORDS)} id: ABC-{i}")
+    body = "\r\n".join(lines)
     return (f"From: User {i} <user.{w[3]}@{w[0]}.example>\r\nTo: support@example.org\r\n"
             f"Cc: other.{w[2]}@{w[1]}.example\r\nSubject: {w[2]} problem with {w[3]} #{i}\r\n"
             f"Message-ID: <bench{i}@{w[0]}.example>\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n"

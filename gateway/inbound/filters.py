@@ -31,7 +31,7 @@ import structlog
 
 from gateway.config import Config, FilterConfig, register_validator
 from gateway.inbound.pipeline import register_prepare
-from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound
+from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
 from gateway.model import MessageContext
 from gateway.runtime import Runtime, register_builder
@@ -69,6 +69,7 @@ class Condition:
     negate: bool
     groups: bool                     # the pattern has capturing groups
     fast: bool                       # bounded backtracking: short values skip the timeout
+    literal: str | None              # casefolded text every match contains (a shortcut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,8 @@ def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[st
             source, param = "param", name
     return Condition(where=where, header=header, lheader=header.lower(), source=source,
                      param=param, kind=kind, pattern=pattern, rx=rx, negate=negate,
-                     groups=rx.groups > 0, fast=backtracking_bound(pattern) is not None)
+                     groups=rx.groups > 0, fast=backtracking_bound(pattern) is not None,
+                     literal=required_literal(pattern) if kind == "value" else None)
 
 
 @register_validator
@@ -277,7 +279,7 @@ def _build(cfg: Config) -> tuple[str, FilterSet]:
 class _View:
     """The message as the filters see it; built once per message."""
 
-    __slots__ = ("_addrs", "ctx", "deadline", "headers")
+    __slots__ = ("_addrs", "_folded", "ctx", "deadline", "headers")
 
     def __init__(self, ctx: MessageContext, deadline: float = float("inf")) -> None:
         self.ctx = ctx
@@ -287,6 +289,13 @@ class _View:
         for k, v in ctx.parsed.headers:
             self.headers.setdefault(k.lower(), []).append(v)
         self._addrs: dict[str, list[str]] = {}
+        self._folded: dict[str, str] = {}
+
+    def folded(self, value: str) -> str:
+        got = self._folded.get(value)
+        if got is None:
+            got = self._folded[value] = fold(value)
+        return got
 
     def values(self, c: Condition) -> list[str]:
         src = c.source
@@ -341,6 +350,8 @@ def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, s
         try:
             if fast and len(v) <= FAST_MAX_LEN:
                 m = rx.fullmatch(v) if email_kind else rx.search(v)
+            elif c.literal is not None and c.literal not in view.folded(v):
+                m = None
             else:
                 budget = min(timeout, view.deadline - time.monotonic())
                 if budget <= 0:

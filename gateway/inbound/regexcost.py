@@ -87,3 +87,41 @@ def _cost(items: list[Any]) -> int | None:
         if total > _MAX_COST:
             return None
     return total
+
+
+def required_literal(pattern: str, min_len: int = 3) -> str | None:
+    """An ASCII text every match must contain (casefolded), or None.
+
+    Taken from the run of literal characters at the start of the pattern (after
+    anchors). Searching for it in the folded value rules most values out with
+    one `in` instead of a timed regex search. `fold` maps every character that
+    matches an ASCII letter under `regex` IGNORECASE (Kelvin K, long s, dotless i,
+    checked over all of Unicode) to that letter, so a value whose fold lacks the
+    literal cannot match.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = list(sre_parse.parse(pattern))
+    except Exception:  # regex-only syntax: no shortcut
+        return None
+    if any(op == c.LITERAL and av == ord("{") for op, av in _walk(tree)):
+        return None
+    chars: list[str] = []
+    for op, av in tree:
+        if op == c.AT and not chars:
+            continue
+        if op != c.LITERAL:
+            break
+        chars.append(chr(av))
+    # sre_parse moves a repeated character into the repeat (ab* = a, b*), so the
+    # run holds only characters every match contains
+    text = "".join(chars)
+    if not text.isascii() or len(text) < min_len:
+        return None
+    return text.casefold()
+
+
+def fold(value: str) -> str:
+    """The value as required_literal() literals are searched in."""
+    return value.casefold().replace("\u0131", "i")

@@ -314,3 +314,32 @@ class TestPatternCost:
         assert len(warns) == 30
         assert "budget is used up" in warns[-1].value
         assert "Queue" not in ctx.params
+
+    @pytest.mark.parametrize(("pattern", "literal"), [
+        (r"printer\s+(?P<ref>x)", "printer"), (r"^Subject: hello", "subject: hello"),
+        (r"\bServer:\s*", "server:"), (r"ab*c", None), (r"(printer)", None),
+        (r"a|bcd", None), (r"Straße", None), (r"x{e<=1}yz", None),
+    ])
+    def test_required_literal(self, pattern, literal):
+        """The literal shortcut takes only the leading literal run, ASCII, 3+ characters."""
+        from gateway.inbound.regexcost import required_literal
+
+        assert required_literal(pattern) == literal
+
+    @pytest.mark.parametrize("text", ["\u212aelvin", "\u017ferver:", "pr\u0131nter", "PRINTER",
+                                      "SERVER:"])
+    def test_literal_shortcut_never_hides_a_match(self, run_policy, text):
+        """Characters that match ASCII letters case-insensitively (K sign, long s, dotless i)
+        still match through the shortcut."""
+        import regex
+
+        pattern = {"\u212a": "kelvin", "\u017f": "server:", "\u0131": "PRINTER"}.get(
+            next((ch for ch in text if not ch.isascii()), ""), text.lower())
+        assert regex.search(pattern, text, regex.IGNORECASE)
+        pol = f"""
+            [[filter]]
+            name = "010"
+            match = [{{ header = "Body", value = "{pattern}\\\\s*" }}]
+            set = {{ "X-Deskgate-Queue" = "Junk" }}
+        """
+        assert run_policy(pol, mail(body=f"x {text} y\n")).params.get("Queue") == "Junk"
