@@ -20,6 +20,7 @@ import contextlib
 import email.parser
 import email.policy
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from gateway import metrics
 from gateway.commlog import Comm, CommObj, write_comm
 from gateway.config import AccountConfig
 from gateway.inbound.poller import state
@@ -101,6 +103,7 @@ class Poller:
         self.gw = gateway
         self._tokens: dict[str, TokenSource] = {}
         self._running: set[str] = set()
+        self.stopping = False
 
     # ------------------------------------------------------------ helpers
 
@@ -192,7 +195,7 @@ class Poller:
                 more, ok = await self._segment(account, session, obj, comm, result, call, pool,
                                                budget - result.fetched, done_keys, errors)
                 await self._db(lambda c: write_comm(c, comm))
-                if not ok or not more or result.fetched >= budget:
+                if not ok or not more or result.fetched >= budget or self.stopping:
                     result.more = more and ok
                     break
         except BaseException as exc:
@@ -224,6 +227,8 @@ class Poller:
             status = "Successful"
         comm.close(status)  # type: ignore[arg-type]
         result.status = status
+        if status == "Failed":
+            metrics.POLLER_ERRORS.labels(account.name).inc()
         result.error = "; ".join(errors)
 
     async def _segment(self, account: AccountConfig, session: Session, obj: CommObj,
@@ -340,6 +345,8 @@ class Poller:
         try:
             for i, m in enumerate(todo):
                 assert pending is not None
+                if self.stopping:        # `serve` is stopping: end cleanly after a commit
+                    return True
                 try:
                     raw = await pending
                 except MailboxError as exc:
@@ -385,8 +392,19 @@ class Poller:
                        comm: Comm, result: RunResult, pool: ThreadPoolExecutor,
                        m: RemoteMessage, raw: bytes, errors: list[str]) -> bool:
         """Deliver one fetched message, then remove it on the server; False ends the run."""
-        outcome = await self.gw.pipeline.deliver(envelope_for(account, raw), comm=comm)
+        gw = self.gw
+        t0 = time.perf_counter()
+        gw.inflight += 1   # Gateway.wait_idle (graceful stop) waits for this commit
+        try:
+            outcome = await gw.pipeline.deliver(envelope_for(account, raw), comm=comm)
+        finally:
+            gw.inflight -= 1
+            if gw.inflight == 0 and gw._idle is not None:   # the app's idle signal
+                gw._idle.set()
         reply = outcome.replies[0]
+        metrics.PIPELINE_SECONDS.labels("poller").observe(time.perf_counter() - t0)
+        metrics.MESSAGES.labels("poller", "in",
+                                "tempfail" if reply.temporary else outcome.action).inc()
         if not reply.ok:
             mobj = comm.obj("Message")
             mobj.log("Error", "Pipeline", f"account {account.name}: message {m.key} not "

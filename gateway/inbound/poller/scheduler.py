@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_FAILURE = 60.0   # a failed run is retried sooner than a long interval
+STOP_GRACE = 30.0            # seconds a stopping poller lets runs finish cleanly
 
 
 class PollerService:
@@ -35,6 +36,7 @@ class PollerService:
         self.poller = Poller(gateway)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[str, IdleWatcher] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
         self._accounts: tuple[AccountConfig, ...] = ()
 
     async def start(self) -> None:
@@ -49,14 +51,22 @@ class PollerService:
             self.gw.reload_hooks.append(self._reload)
         log.info("poller started", accounts=[a.name for a in self._accounts])
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Let runs end after the message being committed, then cancel what is left."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        self.poller.stopping = True
+        for wake in self._wakes.values():
+            wake.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self._wakes.clear()
+        self.poller.stopping = False
 
     async def _reload(self, cfg: Config) -> None:
         new = tuple(a for a in cfg.account if a.valid)
@@ -71,6 +81,7 @@ class PollerService:
     async def _loop(self, acc: AccountConfig) -> None:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
+        self._wakes[acc.name] = wake
         watcher = None
         if acc.type.startswith("imap") and acc.idle:
             token = self.poller.token_source(acc).get if acc.oauth2 is not None else None
@@ -83,7 +94,7 @@ class PollerService:
             watcher.start()
         trigger = "start"
         try:
-            while True:
+            while not self.poller.stopping:
                 wake.clear()
                 try:
                     result = await self.poller.poll(acc, trigger=trigger)

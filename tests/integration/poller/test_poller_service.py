@@ -51,3 +51,19 @@ class TestService:
         mailbox.append("helpdesk", [message(1), message(2)])
         assert wait_for(lambda: count_articles(rg) == 2, 10)
         assert wait_for(lambda: mailbox.count("helpdesk") == 0, 5)
+
+    def test_stop_during_a_drain_loses_nothing(self, mailbox, poller_config, run_gateway):
+        """Stopping mid-drain: every message is either stored and removed, or still there."""
+        mailbox.drop_into_maildir("helpdesk", [message(i) for i in range(300)])
+        rg = run_gateway(poller_config(account_toml(mailbox, "imaps", reconnect_every=50)))
+        assert wait_for(lambda: count_articles(rg) >= 20, 30)
+        svc = next(s for s in rg.gateway.services if s.name == "poller")
+        rg.call(svc.stop())
+        stored = count_articles(rg)
+        assert stored < 300
+        assert stored + mailbox.count("helpdesk") == 300
+        with rg.gateway.engine.connect() as conn:
+            from gateway.store.tables import Communication
+
+            statuses = set(conn.execute(select(Communication.status)).scalars())
+        assert "Processing" not in statuses
