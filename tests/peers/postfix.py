@@ -213,9 +213,10 @@ class Postfix:
 
     def stop(self) -> None:
         if self.running:
+            pid = self._master_pid()      # read first: the pid file goes with the master
             self.run("postfix", "stop", check=False)
             self.running = False
-            self._wait_master_gone()
+            self._wait_gone(pid)
 
     def _master_pid(self) -> int | None:
         pidfile = self.queue / "pid" / "master.pid"
@@ -224,8 +225,7 @@ class Postfix:
         except (OSError, ValueError):
             return None
 
-    def _wait_master_gone(self, timeout: float = 20) -> None:
-        pid = self._master_pid()
+    def _wait_gone(self, pid: int | None, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while pid and time.monotonic() < deadline:
             try:

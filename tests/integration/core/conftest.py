@@ -29,8 +29,8 @@ def postfix() -> Iterator[Postfix]:
         pytest.skip("Postfix binaries missing or not running as root")
     with pfmod.postfix_dir() as base:
         pf = Postfix(base, f"unix:{base / 'lmtp.sock'}")
-        pf.start()
         try:
+            pf.start()        # marks the instance running before it waits for smtpd
             yield pf
         finally:
             pf.stop()
