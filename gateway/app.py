@@ -37,7 +37,8 @@ log = structlog.get_logger(__name__)
 PLUGINS: tuple[str, ...] = (
     "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
     "gateway.inbound.followup", "gateway.web.auth",
-    "gateway.crypto.inbound", "gateway.outbound.plugin", "gateway.inbound.poller.validate",
+    "gateway.crypto.inbound", "gateway.crypto.outbound", "gateway.outbound.plugin",
+    "gateway.inbound.poller.validate",
 )
 
 

@@ -12,6 +12,7 @@ KNOWN = (
     "Queue", "State", "State-PendingTime", "State-Keep", "Priority", "Type", "Service", "SLA",
     "Title", "Owner", "Responsible", "Lock", "CustomerNo", "CustomerUser", "SenderType",
     "IsVisibleForCustomer", "Ignore", "Loop", "BodyDecrypted", "AttachmentCount",
+    "Sign", "Encrypt",   # outbound: per-message S/MIME/PGP request (gateway.crypto.outbound)
     "AttachmentExists", "ArticleKey",
 )
 _KNOWN_LOWER = {k.lower(): k for k in KNOWN}

@@ -199,7 +199,8 @@ class OutboundPipeline:
         except PermanentError as exc:
             log.warning("outbound message refused", error=str(exc))
             return self._failed(comm, conn_obj, ctx, "Error", str(exc),
-                                SmtpReply(554, "5.6.0", str(exc)[:200] or REFUSED.text))
+                                getattr(exc, "reply", None)
+                                or SmtpReply(554, "5.6.0", str(exc)[:200] or REFUSED.text))
         except Exception as exc:
             if is_temporary(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))

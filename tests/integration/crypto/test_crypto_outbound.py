@@ -1,0 +1,198 @@
+"""Outbound S/MIME and PGP through the real outbound pipeline, checked by openssl,
+gpg and dkimpy as the recipient would check them."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from email import message_from_bytes
+from pathlib import Path
+
+import dkim as dkimpy
+import pytest
+
+from gateway.app import Gateway
+from gateway.crypto.inbound import first_part_bytes
+from gateway.outbound.dkim import dns_record, generate_key, key_pem
+from gateway.outbound.pipeline import OutboundContext
+from gateway.outbound.service import outbound_pipeline
+from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, CryptoEnv, openssl
+
+BODY = "Your ticket is solved. Grüße from the helpdesk.\nserver: done01\n"
+
+
+def message(extra: str = "") -> bytes:
+    return (f"From: {SUPPORT}\r\nTo: {CUSTOMER}\r\nSubject: solved\r\n{extra}"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+            "\r\n").encode() + BODY.replace("\n", "\r\n").encode()
+
+
+def submit(env: CryptoEnv, raw: bytes, rcpts: tuple[str, ...] = (CUSTOMER,)):
+    """Run the outbound pipeline (rewrite → crypto → dkim → queue); returns (result, bytes)."""
+    from sqlalchemy import select
+
+    from gateway.outbound.queue import OutboundMessage
+
+    gw = Gateway(env.config)
+    try:
+        gw.prepare_store()
+        ctx = OutboundContext(mail_from=SUPPORT, recipients=list(rcpts), raw=raw,
+                              source="STDIN", account="test", trusted=True,
+                              requested_queue="Support")
+        res = asyncio.run(outbound_pipeline(gw).submit(ctx))
+        data = b""
+        if res.outbound_id:
+            with gw.engine.connect() as conn:
+                data = conn.execute(select(OutboundMessage.data).where(
+                    OutboundMessage.id == res.outbound_id)).scalar_one()
+        return res, bytes(data)
+    finally:
+        gw.close()
+
+
+@pytest.fixture
+def with_customer_cert(crypto_env):
+    sdir = crypto_env.root / "keys" / "smime"
+    shutil.copy(crypto_env.customer.cert, sdir / f"{CUSTOMER}.pem")
+    return crypto_env
+
+
+@pytest.fixture
+def dkim_env(crypto_env):
+    """A DKIM key for example.org in the config; returns the dnsfunc for dkimpy."""
+    key = generate_key()
+    path = crypto_env.root / "keys" / "dkim" / "example.org.s1.pem"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key_pem(key))
+    path.chmod(0o600)
+    (crypto_env.conf / "70-dkim.toml").write_text(
+        f'[[dkim]]\ndomain = "example.org"\nselector = "s1"\nkey_file = "{path}"\n')
+    crypto_env.reload()
+    record = dns_record(key).encode()
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == b"s1._domainkey.example.org." else None
+
+    return dnsfunc
+
+
+def write(tmp: Path, name: str, data: bytes) -> Path:
+    p = tmp / name
+    p.write_bytes(data)
+    return p
+
+
+class TestSmimeOutbound:
+    def test_signed_verifies_with_openssl(self, crypto_env, tmp_path):
+        """sign=smime: multipart/signed sha-256 accepted by openssl smime and cms -verify."""
+        res, data = submit(crypto_env, message("X-Deskgate-Sign: smime\r\n"))
+        assert res.reply.code == 250, res.reply
+        assert b"multipart/signed" in data and b"micalg=sha-256" in data
+        assert b"X-Deskgate-Sign" not in data
+        f = write(tmp_path, "out.eml", data)
+        ca = str(crypto_env.ca.ca_path)
+        r1 = openssl("smime", "-verify", "-in", str(f), "-CAfile", ca)
+        r2 = openssl("cms", "-verify", "-in", str(f), "-CAfile", ca)
+        assert b"Verification successful" in r1.stderr + r2.stderr
+        inner = message_from_bytes(r1.stdout)
+        assert BODY.split("\n")[0] in inner.get_payload(decode=True).decode("utf-8")
+
+    def test_encrypted_decrypts_with_openssl(self, with_customer_cert, tmp_path):
+        """encrypt=required: AES-256 enveloped-data that openssl smime/cms -decrypt opens."""
+        env = with_customer_cert
+        res, data = submit(env, message("X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 250, res.reply
+        assert b"application/pkcs7-mime" in data and b"enveloped-data" in data
+        assert b"helpdesk" not in data.split(b"\r\n\r\n", 1)[1]
+        f = write(tmp_path, "out.eml", data)
+        r1 = openssl("smime", "-decrypt", "-in", str(f), "-recip", str(env.customer.cert),
+                     "-inkey", str(env.customer.key))
+        r2 = openssl("cms", "-decrypt", "-in", str(f), "-recip", str(env.customer.cert),
+                     "-inkey", str(env.customer.key))
+        for out in (r1.stdout, r2.stdout):
+            assert "Grüße" in message_from_bytes(out).get_payload(decode=True).decode("utf-8")
+        printed = openssl("cms", "-cmsout", "-print", "-in", str(f)).stdout
+        assert b"aes-256-cbc" in printed
+
+    def test_sign_then_encrypt(self, with_customer_cert, tmp_path):
+        """sign+encrypt: decrypt with the customer's key, then the inner signature verifies."""
+        env = with_customer_cert
+        res, data = submit(env, message("X-Deskgate-Sign: smime\r\n"
+                                        "X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 250, res.reply
+        f = write(tmp_path, "out.eml", data)
+        dec = openssl("smime", "-decrypt", "-in", str(f), "-recip", str(env.customer.cert),
+                      "-inkey", str(env.customer.key)).stdout
+        g = write(tmp_path, "dec.eml", dec)
+        r = openssl("smime", "-verify", "-in", str(g), "-CAfile", str(env.ca.ca_path))
+        assert b"Verification successful" in r.stderr
+
+    def test_required_without_certificate_refused(self, crypto_env):
+        """encrypt=required and no certificate for the recipient: 5xx, nothing queued."""
+        res, data = submit(crypto_env, message("X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 554 and res.reply.enhanced == "5.7.5"
+        assert "encryption required" in res.reply.text and CUSTOMER in res.reply.text
+        assert res.outbound_id is None and data == b""
+
+    def test_required_with_expired_certificate_refused(self, crypto_env):
+        """An expired recipient certificate is not used: refused, and the reply says expired."""
+        old = crypto_env.ca.issue("Customer", emails=(CUSTOMER,), days=-1, not_before_days=10,
+                                  filename="oldc")
+        shutil.copy(old.cert, crypto_env.root / "keys" / "smime" / f"{CUSTOMER}.pem")
+        res, _ = submit(crypto_env, message("X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 554 and "expired" in res.reply.text
+
+    def test_opportunistic_without_certificate_sends_plain(self, crypto_env):
+        """encrypt=opportunistic and no certificate: queued unencrypted (the log says why)."""
+        res, data = submit(crypto_env, message("X-Deskgate-Encrypt: opportunistic\r\n"))
+        assert res.reply.code == 250
+        assert b"pkcs7" not in data and "Grüße".encode() in data
+
+    def test_dkim_verifies_after_sign_and_encrypt(self, with_customer_cert, dkim_env, tmp_path):
+        """DKIM is applied after S/MIME: dkimpy verifies the final message."""
+        res, data = submit(with_customer_cert, message("X-Deskgate-Sign: smime\r\n"
+                                                       "X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 250
+        assert data.startswith(b"DKIM-Signature:")
+        assert dkimpy.DKIM(data).verify(dnsfunc=dkim_env)
+
+
+class TestPgpOutbound:
+    def test_signed_verifies_with_gpg(self, pgp_env, pgp_keys, tmp_path):
+        """sign=pgp: RFC 3156 multipart/signed whose signature gpg --verify accepts."""
+        res, data = submit(pgp_env, message("X-Deskgate-Sign: pgp\r\n"))
+        assert res.reply.code == 250, res.reply
+        msg = message_from_bytes(data)
+        assert msg.get_content_type() == "multipart/signed"
+        assert msg.get_param("protocol") == "application/pgp-signature"
+        content = first_part_bytes(data, msg.get_boundary())
+        sig = msg.get_payload()[1].get_payload(decode=True)
+        cf, sf = write(tmp_path, "content", content), write(tmp_path, "sig.asc", sig)
+        r = pgp_keys.customer.run("--status-fd", "1", "--verify", str(sf), str(cf))
+        assert b"GOODSIG" in r.stdout and b"VALIDSIG" in r.stdout
+
+    def test_encrypted_and_signed_decrypts_with_gpg(self, pgp_env, pgp_keys, tmp_path):
+        """sign=pgp + encrypt=required: gpg --decrypt with the customer's key, good signature."""
+        res, data = submit(pgp_env, message("X-Deskgate-Sign: pgp\r\n"
+                                            "X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 250, res.reply
+        msg = message_from_bytes(data)
+        assert msg.get_content_type() == "multipart/encrypted"
+        armored = msg.get_payload()[1].get_payload(decode=True)
+        r = pgp_keys.customer.run("--status-fd", "2", "--decrypt", input=armored)
+        assert b"GOODSIG" in r.stderr and b"DECRYPTION_OKAY" in r.stderr
+        inner = message_from_bytes(r.stdout)
+        assert "Grüße" in inner.get_payload(decode=True).decode("utf-8")
+
+    def test_pgp_encrypt_only_roundtrip_inbound(self, pgp_env, pgp_keys, deliver):
+        """What the gateway encrypts to itself (own key added) it can decrypt inbound."""
+        res, data = submit(pgp_env, message("X-Deskgate-Encrypt: required\r\n"))
+        assert res.reply.code == 250
+        d = deliver(data.replace(b"To: " + CUSTOMER.encode(), b"To: " + SUPPORT.encode()))
+        assert d.crypto["decrypted"] and "Grüße" in d.article["body"]
+
+    def test_sign_without_secret_key_refused(self, crypto_env, pgp_keys):
+        """sign=pgp and no secret key for the queue address: refused with a clear 5xx."""
+        crypto_env.stores.pgp.import_(pgp_keys.customer_public)
+        res, _ = submit(crypto_env, message("X-Deskgate-Sign: pgp\r\n"))
+        assert res.reply.code == 554 and "no usable PGP secret key" in res.reply.text
