@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.commlog import CommObj
@@ -223,3 +223,32 @@ class TestEmailAndRepeatedHeaders:
         ctx.parsed = parse_message(raw)
         run_filters(compile_filters(cfg), ctx)
         assert ("Queue" in ctx.params) == reference_email(conds, headers)
+
+
+class TestLiteralShortcut:
+    @settings(max_examples=300, deadline=None)
+    @example(lit="AIK", tail="\\s*", text="a\u0131\u212a")
+    @example(lit="Sak", tail="\\s*", text="\u017fAk")
+    @given(lit=st.text(alphabet="aksiKISA", min_size=3, max_size=5),
+           tail=st.sampled_from(["\\s*", "(?P<n>\\d+)"]),   # unbounded: the timed path
+           text=st.text(alphabet="aksiKISA \u212a\u017f\u0131\u0130\u00df12", max_size=30))
+    def test_shortcut_agrees_with_plain_search(self, lit, tail, text):
+        """With the literal shortcut the condition holds exactly when regex.search finds it."""
+        import regex
+
+        from gateway.inbound.regexcost import required_literal
+
+        pattern = lit + tail
+        assert required_literal(pattern) is not None
+        fc = FilterConfig(name="l", match=({"header": "Body", "value": pattern},),
+                          set={"X-Deskgate-Queue": "Q"})
+        cfg = Config(root=Path("/nonexistent"), conf_dir=Path("/nonexistent/conf.d"),
+                     filters=(fc,))
+        raw = ("From: a@b.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+               + text + "\r\n").encode()
+        ctx = MessageContext(envelope=Envelope("a@b.test", ("c@d.test",), raw),
+                             log=CommObj("Message"))
+        ctx.parsed = parse_message(raw)
+        run_filters(compile_filters(cfg), ctx)
+        expected = regex.search(pattern, ctx.parsed.body, regex.IGNORECASE) is not None
+        assert ("Queue" in ctx.params) == expected
