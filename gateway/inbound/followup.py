@@ -150,6 +150,10 @@ def _find(ctx: MessageContext, rt: Runtime, conn: Connection, notes: list[str]
             continue
         if not rt.config.postmaster.followup_requires_participant:
             return t, "subject", f"Subject names {hook}{number}", None
+        if rt.config.address_by_email(p.from_email) is not None:
+            notes.append(f"Subject names {hook}{number} but the sender {p.from_email} is one of "
+                         "our system addresses (on every article, so no proof of participation)")
+            continue
         if is_participant(conn, t, p.from_email):
             return t, "subject", (f"Subject names {hook}{number} and {p.from_email} is a "
                                   "participant"), None

@@ -150,6 +150,13 @@ class TestParticipants:
         res = deliver(gw, mail(f"Re: [Ticket#{n}]", frm="dave@customer.test"))
         assert res.ticket_number == n
 
+    def test_system_address_as_sender_is_no_participant(self, gateway_for):
+        """Mail claiming to come from our own system address does not attach by number."""
+        gw = gateway_for()
+        n = open_ticket(gw, "possible")
+        res = deliver(gw, mail(f"Re: [Ticket#{n}]", frm="Support <support@example.org>"))
+        assert res.action == "new" and res.ticket_number != n
+
     def test_switch_off_participant_check(self, gateway_for):
         """followup_requires_participant = false accepts anyone naming the number."""
         gw = gateway_for(conf={"60-pm.toml": "[postmaster]\n"
