@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy import Connection
 
 from gateway.commlog import Comm, write_comm
+from gateway.config import Config
 from gateway.outbound import queue as oq
 from gateway.outbound.transport import Attempt, Transport, make_transport
 from gateway.runtime import Runtime
@@ -61,6 +62,7 @@ class Sender:
         self.writer = writer
         cfg = runtime().config
         self.transport = transport or make_transport(cfg)
+        self._relay, self._maildir = cfg.relay, cfg.path(cfg.relay.maildir)
         self.concurrency = max(1, cfg.relay.concurrency)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency,
                                        thread_name_prefix="relay")
@@ -96,6 +98,16 @@ class Sender:
             await asyncio.wait(self._inflight, timeout=60)
         await asyncio.get_running_loop().run_in_executor(None, self.transport.close)
         self.pool.shutdown(wait=False)
+
+    async def reload(self, cfg: Config) -> None:
+        """Reload hook: a changed [relay] gets a new transport; the old one is closed."""
+        if cfg.relay == self._relay and cfg.path(cfg.relay.maildir) == self._maildir:
+            return
+        old, self.transport = self.transport, make_transport(cfg)
+        self._relay, self._maildir = cfg.relay, cfg.path(cfg.relay.maildir)
+        await asyncio.get_running_loop().run_in_executor(None, old.close)
+        log.info("relay settings reloaded", transport=self.transport.name,
+                 relay=self.transport.account)
 
     def poke(self, delay: float = 0.0) -> None:
         """Thread-safe: look for due messages now (or after `delay` seconds)."""

@@ -50,5 +50,6 @@ def sender_service(gw: Gateway) -> Sender | None:
         return None
     sender = Sender(lambda: gw.runtime, gw.writer)
     outbound_pipeline(gw).on_queued = sender.poke
+    gw.reload_hooks.append(sender.reload)
     gw.outbound_sender = sender  # type: ignore[attr-defined]
     return sender

@@ -190,6 +190,11 @@ class SubmissionHandler:
                               recipients=[r.lower() for r in envelope.rcpt_tos], raw=raw,
                               source="SMTP", account=_peer(session.peer), user=user,
                               trusted=True)
+        how = (f"AUTH as {user.name}" if user is not None
+               else "no AUTH, client in allow_networks")
+        tls = "STARTTLS" if server._tls_protocol is not None else "no TLS"
+        ctx.log.log("Info", "Client", f"{_peer(session.peer)} HELO {session.host_name}, "
+                    f"{tls}, {how}")
         result = await self.sub.pipeline.submit(ctx)
         reply = result.reply
         text = reply.text if not result.outbound_id else f"queued as {result.outbound_id}"

@@ -162,8 +162,11 @@ class SmtpTransport(Transport):
                          for c, t in att.codes]
             keep = code == 250 or 400 <= code < 600
         except smtplib.SMTPResponseException as exc:
+            # A reply inside the transaction (e.g. 554 to DATA) means what it says.
             att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.permanent_error = 500 <= exc.smtp_code < 600
             att.codes = []
+            keep = 400 <= exc.smtp_code < 600
             att.note("Error", "Transaction", att.error)
         except (smtplib.SMTPException, OSError) as exc:
             att.error = f"{type(exc).__name__}: {exc}"

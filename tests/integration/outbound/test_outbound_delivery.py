@@ -146,11 +146,12 @@ class TestPermanentFailure:
             pytest.skip("smtp-sink not installed")
         port = free_port()
         with SmtpSink(tmp_path / "sink", options=["-f", "DATA"], port=port):
-            cfg = outbound_config(port)
+            cfg = outbound_config(port, retry="1h")
             rg = run_gateway(cfg)
             submit(cfg)
             wait_for(lambda: statuses(rg.gateway.engine)[:1] == ["failed"], what="failure")
             m = rows(rg.gateway.engine, OutboundMessage)
+            assert m[0].attempts == 1 and m[0].last_error.startswith("5")
             assert len(m) == 2 and m[1].kind == "dsn" and m[1].sender == ""
 
     def test_exhausted_retries_send_dsn(self, outbound_config, run_gateway):

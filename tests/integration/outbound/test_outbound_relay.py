@@ -6,7 +6,14 @@ import smtplib
 
 from sqlalchemy import select
 
-from gateway.store.tables import Article, CommObject, Communication, OutboundMessage, Ticket
+from gateway.store.tables import (
+    Article,
+    CommEntry,
+    CommObject,
+    Communication,
+    OutboundMessage,
+    Ticket,
+)
 from tests.integration.outbound.conftest import statuses, submission_port, wait_for
 from tests.peers.smarthost import AuthSink
 
@@ -48,3 +55,27 @@ class TestSubmissionToRelay:
             with rg.gateway.engine.connect() as conn:
                 m = conn.execute(select(OutboundMessage)).one()
             assert m.attempts == 1
+
+
+class TestReload:
+    def test_reload_switches_the_relay(self, outbound_config, run_gateway):
+        """After a reload with a new [relay] port, queued mail goes to the new smarthost."""
+        with AuthSink() as old, AuthSink() as new:
+            cfg = outbound_config(old.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.sendmail("agent@internal.test", ["cust@customer.test"], MSG)
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="first delivery")
+            conf = cfg.conf_dir / "40-outbound.toml"
+            conf.write_text(conf.read_text().replace(f"port = {old.port}",
+                                                     f"port = {new.port}"))
+            assert rg.call(rg.gateway.reload())
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.sendmail("agent@internal.test", ["cust@customer.test"], MSG)
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"],
+                     what="second delivery")
+            assert len(old.received) == 1 and len(new.received) == 1
+            with rg.gateway.engine.connect() as conn:
+                clients = conn.execute(select(CommEntry.value).where(
+                    CommEntry.key == "Client")).scalars().all()
+            assert clients and "no AUTH, client in allow_networks" in clients[0]
