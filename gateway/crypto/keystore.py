@@ -158,9 +158,27 @@ class SmimeEntry:
 
 
 def _load_key_file(path: Path, passphrase_path: Path | None) -> Any:
+    """Permissions are checked on every use; the parsed key is cached per file version
+    (loading validates the RSA key, which costs tens of ms)."""
     check_private(path)
-    password = read_passphrase(passphrase_path) if passphrase_path else None
-    return load_private_key(path.read_bytes(), password, str(path))
+    if passphrase_path is not None:
+        check_private(passphrase_path)
+    stamp = (str(path), *_mtime(path), str(passphrase_path),
+             *(_mtime(passphrase_path) if passphrase_path else ()))
+    with _KEY_LOCK:
+        key = _KEY_CACHE.get(stamp)
+    if key is None:
+        password = read_passphrase(passphrase_path) if passphrase_path else None
+        key = load_private_key(path.read_bytes(), password, str(path))
+        with _KEY_LOCK:
+            if len(_KEY_CACHE) > 256:
+                _KEY_CACHE.clear()
+            _KEY_CACHE[stamp] = key
+    return key
+
+
+_KEY_CACHE: dict[tuple[object, ...], Any] = {}
+_KEY_LOCK = threading.Lock()
 
 
 def load_private_key(data: bytes, password: bytes | None, name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ def deliver(crypto_env: CryptoEnv) -> Iterator[Callable[..., Delivered]]:
         def spy(ctx: Any, rt: Any) -> None:
             seen["params"] = dict(ctx.params)
             seen["body"] = ctx.parsed.body if ctx.parsed else ""
+            seen["thread"] = threading.current_thread().name
 
         pipeline.register_prepare("zz-test-spy", spy)
         try:
@@ -113,7 +115,8 @@ def deliver(crypto_env: CryptoEnv) -> Iterator[Callable[..., Delivered]]:
             pipeline.PREPARE.pop("zz-test-spy", None)
         with gw.engine.connect() as conn:
             t = ticket_detail(conn, outcome.ticket_number) if outcome.ticket_number else None
-        return Delivered(outcome, t, seen.get("params", {}), seen.get("body", ""))
+        return Delivered(outcome, t, seen.get("params", {}), seen.get("body", ""),
+                         seen.get("thread", ""))
 
     yield run
     for gw in gws:

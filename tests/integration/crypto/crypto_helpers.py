@@ -63,6 +63,7 @@ class Delivered:
     ticket: dict[str, Any] | None
     params: dict[str, str]
     body_seen: str          # the body the filters saw (after decryption)
+    thread: str = ""        # the thread the prepare stages ran on
 
     @property
     def article(self) -> dict[str, Any]:

@@ -65,6 +65,7 @@ class TestSmimeDecrypt:
         assert "PC LOAD LETTER" in d.params["BodyDecrypted"]
         assert "server: print01" in d.body_seen
         assert d.ticket["dynamic_fields"] == {"Server": "print01"}   # filter saw the plaintext
+        assert d.thread.startswith("pipeline")     # decrypted on the worker pool, not the loop
 
     def test_openssl_cms_encrypt_aes256_decrypted(self, crypto_env, deliver, tmp_path):
         """openssl cms -encrypt -aes256 (application/pkcs7-mime) is decrypted in-process."""
