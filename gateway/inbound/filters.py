@@ -265,7 +265,28 @@ def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[st
 def _validate_filters(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     prefixes = tuple(cfg.gateway.header_prefixes)
     for f in cfg.filters:
-        _compile_filter(f, prefixes, lambda e: add(e.file, e.key, e.reason))
+        compiled = _compile_filter(f, prefixes, lambda e: add(e.file, e.key, e.reason))
+        for s in compiled.set if compiled is not None else ():
+            problem = _static_value_problem(cfg, s)
+            if problem:
+                add(f.source, f"filter[{f.name}].set.{s.header}", problem)
+
+
+def _static_value_problem(cfg: Config, s: SetAction) -> str:
+    """A fixed set value that can never work (a typo in a queue, state or priority)."""
+    if s.param is None or s.substitutes:
+        return ""
+    name = s.param.removeprefix("FollowUp-")
+    value = s.template
+    if name == "Queue" and cfg.queue and cfg.queue_by_name(value) is None:
+        return f"queue {value!r} is not defined by any [[queue]]"
+    if name == "State" and value not in cfg.postmaster.states:
+        return f"state {value!r} is not in [postmaster.states]"
+    if name == "Priority" and value not in cfg.postmaster.priorities:
+        return f"priority {value!r} is not in postmaster.priorities"
+    if name == "SenderType" and value not in ("customer", "agent", "system"):
+        return f"sender type {value!r} is not customer, agent or system"
+    return ""
 
 
 @register_builder

@@ -75,6 +75,34 @@ class TestCompile:
         assert "filter[a].set.X-Deskgate-Qeueu: unknown X-header" in text
         assert "[**\\nope**] names no group" in text
 
+    def test_fixed_values_that_cannot_work_are_errors(self, make_confdir):
+        """A typo in a fixed queue, state, priority or sender type is caught by check."""
+        errs = errors_of(make_confdir, """
+            [[filter]]
+            name = "a"
+            match = [{ header = "Subject", value = "x" }]
+            [filter.set]
+            "X-Deskgate-Queue" = "Junkk"
+            "X-OTOBO-FollowUp-State" = "opne"
+            "X-Deskgate-Priority" = "9 urgent"
+            "X-Deskgate-SenderType" = "robot"
+        """)
+        text = "\n".join(errs)
+        assert "filter[a].set.X-Deskgate-Queue: queue 'Junkk' is not defined" in text
+        assert "filter[a].set.X-OTOBO-FollowUp-State: state 'opne'" in text
+        assert "filter[a].set.X-Deskgate-Priority: priority '9 urgent'" in text
+        assert "filter[a].set.X-Deskgate-SenderType: sender type 'robot'" in text
+
+    def test_substituted_values_are_checked_at_run_time(self, policy_config):
+        """A value built from a capture cannot be checked in advance and is accepted."""
+        cfg = policy_config(r"""
+            [[filter]]
+            name = "a"
+            match = [{ header = "Subject", value = "queue=(\\w+)" }]
+            set = { "X-Deskgate-Queue" = "[***]" }
+        """)
+        assert len(compile_filters(cfg).filters) == 1
+
     def test_duplicate_names_are_an_error(self, make_confdir):
         """Two filters with the same name are refused (names define the order)."""
         errs = errors_of(make_confdir, """
