@@ -8,6 +8,9 @@ from email.message import EmailMessage
 
 import pytest
 
+from tests.peers import postfix as pfmod
+from tests.peers.postfix import Postfix
+
 pytestmark = pytest.mark.postfix
 
 SENDER = "customer@customer.test"
@@ -204,6 +207,30 @@ class TestPostfixInternationalised:
         assert article.subject == "Grüße aus Köln"
         assert article.from_email == "jürgen@customer.test"
         assert "Drucker brennt" in article.body
+
+
+class TestPostfixOverTcp:
+    def test_lmtp_over_tcp(self, gateway, store_of):
+        """A Postfix whose transport is lmtp:inet:127.0.0.1:PORT delivers to the TCP
+        listener: three recipients, one unknown bounced, one ticket."""
+        if not pfmod.available():
+            pytest.skip("Postfix binaries missing or not running as root")
+        rg = gateway()
+        with pfmod.postfix_dir() as base:
+            pf = Postfix(base, f"inet:127.0.0.1:{rg.port}")
+            try:
+                pf.start()
+                rcpts = ["support@example.org", "nobody@example.org", "sales@example.org"]
+                send(pf, message("over tcp", ", ".join(rcpts)), rcpts)
+                pf.wait_queue_empty()
+                by_rcpt = {d["to"]: d for d in pf.deliveries() if d["service"] == "deskgate/lmtp"}
+            finally:
+                pf.stop()
+        assert {r: d["status"] for r, d in by_rcpt.items()} == {
+            "support@example.org": "sent", "sales@example.org": "sent",
+            "nobody@example.org": "bounced"}
+        assert f"127.0.0.1[127.0.0.1]:{rg.port}" in by_rcpt["support@example.org"]["relay"]
+        assert len(store_of(rg).tickets()) == 1
 
 class TestPostfixInstance:
     def test_config_clean_and_no_daemon_errors(self, postfix):
