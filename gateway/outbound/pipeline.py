@@ -32,6 +32,7 @@ from gateway import errors
 from gateway.commlog import Comm, CommObj, write_comm
 from gateway.config import QueueConfig, SubmissionUser
 from gateway.errors import PermanentError, SmtpReply
+from gateway.model import Parsed
 from gateway.runtime import Runtime
 from gateway.store.db import BatchWriter, is_temporary
 
@@ -67,6 +68,7 @@ class OutboundContext:
     message_id: str = ""
     data: bytes = b""                   # final bytes (after DKIM)
     crypto: dict[str, Any] = field(default_factory=dict)   # filled by the crypto stage
+    article: Parsed | None = None       # the message as stored (taken before "crypto")
     article_id: int | None = None
     outbound_id: int | None = None
     sender_type: str = "agent"
@@ -116,14 +118,22 @@ def register_outbound_stage(name: str, fn: Stage, *, before: str | None = None) 
 
 
 def run_stages(ctx: OutboundContext, rt: Runtime) -> None:
-    """Parse when needed, then every stage in order; the last one sets ctx.data."""
+    """Parse when needed, then every stage in order; the last one sets ctx.data.
+
+    The article is taken from the message as it is just before "crypto" (so the
+    helpdesk stores what the agent wrote, not ciphertext), and parsed here, on a
+    worker thread, rather than inside the database transaction.
+    """
+    from gateway.inbound.parse import parse_message
+    from gateway.outbound.rewrite import serialize
+
     if ctx.msg is None:
         ctx.msg = message_from_bytes(ctx.raw, policy=compat32)
     for name in OUTBOUND_ORDER:
+        if name in ("crypto", "dkim") and ctx.article is None and ctx.kind != "dsn":
+            ctx.article = parse_message(serialize(ctx.msg))
         STAGES[name](ctx, rt)
     if not ctx.data:
-        from gateway.outbound.rewrite import serialize
-
         ctx.data = serialize(ctx.msg)
 
 

@@ -42,7 +42,7 @@ def store_article(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
 
     if ctx.kind == "dsn":
         return
-    p = parse_message(ctx.data, with_attachments=True)
+    p = ctx.article or parse_message(ctx.data, with_attachments=True)
     cfg = rt.config
     pm = cfg.postmaster
     if ctx.ticket_id is None:
@@ -67,20 +67,26 @@ def store_article(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
     ctx.log.article_id = ctx.article_id
 
 
+# Built once: executing a prebuilt statement with a parameter dict skips SQLAlchemy's
+# per-call statement construction (most of the cost of a small insert).
+_INS_MESSAGE = insert(OutboundMessage).returning(OutboundMessage.id)
+_INS_RCPT = insert(OutboundRecipient)
+
+
 def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
     """Article (unless a DSN), queue row and recipient rows; returns the queue id."""
     store_article(ctx, rt, conn)
     now = utcnow()
-    oid = conn.execute(insert(OutboundMessage).values(
+    oid = int(conn.execute(_INS_MESSAGE, dict(
         kind=ctx.kind, queue=ctx.queue, sender=ctx.sender, return_path=ctx.return_path,
         submitter=(ctx.user.name if ctx.user else ctx.account)[:200],
         message_id=ctx.message_id[:998], ticket_id=ctx.ticket_id, article_id=ctx.article_id,
         data=ctx.data, size=len(ctx.data), status="queued", attempts=0, next_attempt=now,
         lease_until=None, claimed_by="", last_error="", warned=False, created=now,
-        updated=now).returning(OutboundMessage.id)).scalar_one()
-    conn.execute(insert(OutboundRecipient), [
-        {"outbound_id": oid, "address": r, "status": "pending", "attempts": 0, "last_code": 0,
-         "last_reply": "", "updated": now} for r in ctx.recipients])
+        updated=now)).scalar_one())
+    conn.execute(_INS_RCPT, [
+        {"outbound_id": oid, "address": r[:320], "status": "pending", "attempts": 0,
+         "last_code": 0, "last_reply": "", "updated": now} for r in ctx.recipients])
     ctx.outbound_id = oid
     ctx.log.outbound_id = oid
     ctx.log.log("Info", "Queued", f"outbound #{oid} from <{ctx.sender}> to "
