@@ -35,8 +35,30 @@ from gateway.inbound.poller.session import (
 _FETCH_RE = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)")
 
 
+def mutf7(name: str) -> str:
+    """A mailbox name in IMAP's modified UTF-7 (RFC 3501 5.1.3): 'Entwürfe' → 'Entw&APw-rfe'."""
+    out: list[str] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            b64 = base64.b64encode("".join(run).encode("utf-16-be")).rstrip(b"=")
+            out.append("&" + b64.replace(b"/", b",").decode() + "-")
+            run.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run.append(ch)
+    flush()
+    return "".join(out)
+
+
 def quote(name: str) -> str:
-    """An IMAP quoted string (imaplib sends arguments as they are)."""
+    """A mailbox name as an IMAP quoted string (imaplib sends arguments as they are)."""
+    name = mutf7(name)
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

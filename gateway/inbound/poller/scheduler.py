@@ -75,6 +75,11 @@ class PollerService:
         await self.stop()
         await self.start()
 
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """Names of the accounts being polled."""
+        return tuple(self._tasks)
+
     def watcher(self, name: str) -> IdleWatcher | None:
         return self._watchers.get(name)
 
@@ -117,7 +122,6 @@ class PollerService:
 
 
 def factory(gw: Gateway) -> PollerService | None:
-    """SERVICE_FACTORIES entry: the poller when any [[account]] is valid."""
-    if not any(a.valid for a in gw.config.account):
-        return None
+    """SERVICE_FACTORIES entry: always present (it idles without valid accounts), so
+    an [[account]] added by a reload starts polling without a restart."""
     return PollerService(gw)

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from gateway.cli import main
 from gateway.inbound.poller import state
 from gateway.inbound.poller.check import check_account
+from gateway.inbound.poller.imap import quote
 from gateway.store.tables import Article, CommEntry, CommObject, Communication
 from tests.integration.poller.poller_helpers import account_toml, message
 from tests.peers.ca import TestCA
@@ -80,13 +81,14 @@ class TestAfterFetch:
         assert articles(h) == 3
 
     def test_imap_move_to_folder_created_on_demand(self, mailbox, poller_config, harness):
-        """move:Archive moves fetched mail into a folder the server creates (TRYCREATE)."""
+        """move:<folder> moves fetched mail into a folder the server creates (TRYCREATE)."""
         mailbox.append("helpdesk", [message(1), message(2)])
-        h = harness(poller_config(account_toml(mailbox, "imaptls", after_fetch="move:Archive")))
+        h = harness(poller_config(account_toml(mailbox, "imaptls",
+                                               after_fetch="move:Archiv Geprüft")))
         r = h.poll()
         assert (r.status, r.fetched) == ("Successful", 2)
         assert mailbox.count("helpdesk") == 0
-        assert mailbox.count("helpdesk", "Archive") == 2
+        assert mailbox.count("helpdesk", quote("Archiv Geprüft")) == 2
 
     def test_reconnect_every_and_cap_per_run(self, mailbox, poller_config, harness):
         """reconnect_every splits a run into connections; the cap leaves the rest for later."""

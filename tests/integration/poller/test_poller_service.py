@@ -67,3 +67,17 @@ class TestService:
 
             statuses = set(conn.execute(select(Communication.status)).scalars())
         assert "Processing" not in statuses
+
+    def test_reload_starts_a_new_account(self, mailbox, poller_config, run_gateway):
+        """An [[account]] added by a reload starts polling without a restart."""
+        cfg = poller_config(account_toml(mailbox, "pop3s", name="first", interval="1h",
+                                         valid=False))
+        rg = run_gateway(cfg)
+        svc = next(s for s in rg.gateway.services if s.name == "poller")
+        assert svc.accounts == ()                # valid = false: not polled
+        mailbox.append("helpdesk", [message(1)])
+        (cfg.conf_dir / "50-accounts.toml").write_text(
+            account_toml(mailbox, "imaps", name="second", interval="1h"))
+        assert rg.call(rg.gateway.reload()) is True
+        assert wait_for(lambda: count_articles(rg) == 1, 15)
+        assert svc.accounts == ("second",)

@@ -7,7 +7,7 @@ import pytest
 from gateway.app import load_plugins
 from gateway.config import load_config
 from gateway.errors import ConfigErrors
-from gateway.inbound.poller.imap import uid_set
+from gateway.inbound.poller.imap import mutf7, quote, uid_set
 from gateway.inbound.poller.oauth2 import TokenSource, fingerprint
 from gateway.inbound.poller.run import envelope_for, pseudo_recipient
 
@@ -56,6 +56,12 @@ class TestConfig:
 
 
 class TestHelpers:
+    def test_mailbox_names_in_modified_utf7(self):
+        """Non-ASCII folder names are sent in IMAP's modified UTF-7, & escaped."""
+        assert mutf7("Entwürfe") == "Entw&APw-rfe"
+        assert mutf7("日本語") == "&ZeVnLIqe-"
+        assert quote('A&B "x"') == '"A&-B \\"x\\""'
+
     def test_uid_set_compresses_ranges(self):
         """Consecutive UIDs become ranges."""
         assert uid_set([7, 1, 2, 3, 9, 10]) == "1:3,7,9:10"
