@@ -48,6 +48,7 @@ class CryptoEnv:
     customer: Issued
     gnupg_home: Path
     config: Config
+    last_article: dict[str, Any] | None = None
 
     @property
     def stores(self) -> CryptoStores:

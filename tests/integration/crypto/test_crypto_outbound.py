@@ -27,7 +27,8 @@ def message(extra: str = "") -> bytes:
             "\r\n").encode() + BODY.replace("\n", "\r\n").encode()
 
 
-def submit(env: CryptoEnv, raw: bytes, rcpts: tuple[str, ...] = (CUSTOMER,)):
+def submit(env: CryptoEnv, raw: bytes, rcpts: tuple[str, ...] = (CUSTOMER,),
+           queue: str = "Support"):
     """Run the outbound pipeline (rewrite → crypto → dkim → queue); returns (result, bytes)."""
     from sqlalchemy import select
 
@@ -38,13 +39,20 @@ def submit(env: CryptoEnv, raw: bytes, rcpts: tuple[str, ...] = (CUSTOMER,)):
         gw.prepare_store()
         ctx = OutboundContext(mail_from=SUPPORT, recipients=list(rcpts), raw=raw,
                               source="STDIN", account="test", trusted=True,
-                              requested_queue="Support")
+                              requested_queue=queue)
         res = asyncio.run(outbound_pipeline(gw).submit(ctx))
         data = b""
         if res.outbound_id:
             with gw.engine.connect() as conn:
                 data = conn.execute(select(OutboundMessage.data).where(
                     OutboundMessage.id == res.outbound_id)).scalar_one()
+        if res.article_id:
+            from gateway.store.tables import Article
+
+            with gw.engine.connect() as conn:
+                art = conn.execute(select(Article.body, Article.crypto).where(
+                    Article.id == res.article_id)).one()
+            env.last_article = {"body": art.body, "crypto": art.crypto}
         return res, bytes(data)
     finally:
         gw.close()
@@ -155,6 +163,48 @@ class TestSmimeOutbound:
         assert res.reply.code == 250
         assert data.startswith(b"DKIM-Signature:")
         assert dkimpy.DKIM(data).verify(dnsfunc=dkim_env)
+
+
+class TestQueuePolicy:
+    def test_queue_sign_and_required_encrypt(self, with_customer_cert, tmp_path):
+        """[[queue]] sign = smime, encrypt = required: signed+encrypted with the queue's key;
+        the outgoing article shows the text as written and records the crypto."""
+        env = with_customer_cert
+        sec = env.ca.issue("Secure", emails=("secure@example.org",), filename="secure")
+        sdir = env.root / "keys" / "smime"
+        shutil.copy(sec.cert, sdir / "secure@example.org.pem")
+        shutil.copy(sec.key, sdir / "secure@example.org.key")
+        (sdir / "secure@example.org.key").chmod(0o600)
+        (env.conf / "80-secure.toml").write_text(
+            '[[queue]]\nname = "Secure"\naddress = "secure@example.org"\nsign = "smime"\n'
+            'encrypt = "required"\n[[address]]\nemail = "secure@example.org"\n'
+            'queue = "Secure"\n')
+        env.reload()
+        res, data = submit(env, message(), queue="Secure")
+        assert res.reply.code == 250, res.reply
+        assert b"From: secure@example.org" in data and b"enveloped-data" in data
+        f = write(tmp_path, "out.eml", data)
+        dec = openssl("smime", "-decrypt", "-in", str(f), "-recip", str(env.customer.cert),
+                      "-inkey", str(env.customer.key)).stdout
+        g = write(tmp_path, "dec.eml", dec)
+        r = openssl("cms", "-verify", "-in", str(g), "-CAfile", str(env.ca.ca_path),
+                    "-signer", str(tmp_path / "signer.pem"))
+        assert b"Verification successful" in r.stderr
+        assert b"secure@example.org" in openssl("x509", "-in", str(tmp_path / "signer.pem"),
+                                                 "-noout", "-email").stdout
+        assert "Grüße" in env.last_article["body"]
+        assert env.last_article["crypto"]["encrypted"] is True
+        assert env.last_article["crypto"]["signed"] is True
+
+    def test_sign_with_expired_own_certificate_refused(self, crypto_env):
+        """The queue's own certificate has expired: signing is refused, clearly, nothing sent."""
+        old = crypto_env.ca.issue("Support", emails=(SUPPORT,), days=-1, not_before_days=10,
+                                  filename="oldsup")
+        sdir = crypto_env.root / "keys" / "smime"
+        shutil.copy(old.cert, sdir / f"{SUPPORT}.pem")
+        shutil.copy(old.key, sdir / f"{SUPPORT}.key")
+        res, data = submit(crypto_env, message("X-Deskgate-Sign: smime\r\n"))
+        assert res.reply.code == 554 and "expired" in res.reply.text and data == b""
 
 
 class TestPgpOutbound:

@@ -105,6 +105,28 @@ class TestSmimeDecrypt:
         assert [a["filename"] for a in d.article["attachments"]] == ["smime.p7m"]
         assert "Warn Crypto" in _log_entries(crypto_env)
 
+    def test_wrong_stored_passphrase_message_kept(self, crypto_env, deliver, tmp_path):
+        """The key's passphrase file is wrong: stored undecrypted, the error says passphrase."""
+        from cryptography.hazmat.primitives import serialization
+
+        from gateway.crypto.keystore import load_private_key
+
+        sdir = crypto_env.root / "keys" / "smime"
+        key = load_private_key(crypto_env.support.key.read_bytes(), None, "k")
+        (sdir / f"{SUPPORT}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"right")))
+        pp = sdir / f"{SUPPORT}.passphrase"
+        pp.write_text("wrong\n")
+        pp.chmod(0o600)
+        d = deliver(with_headers("e8", encrypt(crypto_env, tmp_path, "cms", "-aes256")))
+        assert d.outcome.action == "new" and d.outcome.replies[0].code == 250
+        assert d.crypto["encrypted"] and not d.crypto["decrypted"]
+        assert "wrong passphrase" in d.crypto["error"]
+        pp.write_text("right\n")
+        d2 = deliver(with_headers("e9", encrypt(crypto_env, tmp_path, "cms", "-aes256")))
+        assert d2.crypto["decrypted"]
+
     def test_encrypted_and_signed_inside(self, crypto_env, deliver, tmp_path):
         """Signed by the customer, then encrypted: decrypted and the inner signature verified."""
         signed = sign(crypto_env, tmp_path, inner_entity())
