@@ -23,6 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("account", nargs="?", help="only this account (default: every valid one)")
     p.add_argument("--list-oversized", action="store_true",
                    help="list messages left on the server because they exceed max_message_size")
+    p.add_argument("--status", action="store_true",
+                   help="show the last run and the last error of each account; poll nothing")
     add_json(p)
     p.set_defaults(func=cmd_fetch)
 
@@ -52,6 +54,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.list_oversized:
         return _list_oversized(args, cfg)
+    if args.status:
+        return _status(args, cfg)
     if args.account:
         acc = cfg.account_by_name(args.account)
         if acc is None:
@@ -105,3 +109,39 @@ def _list_oversized(args: argparse.Namespace, cfg: Any) -> int:
                       r.first_seen.strftime("%Y-%m-%d %H:%M")) for r in rows],
                     ("ACCOUNT", "FOLDER", "KEY", "SIZE", "FROM", "SUBJECT", "SINCE"))
     return EX_OK
+
+
+def _status(args: argparse.Namespace, cfg: Any) -> int:
+    from gateway.inbound.poller import state
+    from gateway.store.db import make_engine, migrate
+
+    engine = make_engine(cfg.database_url)
+    try:
+        migrate(engine)
+        with engine.connect() as conn:
+            known = {s.account: s for s in state.account_status(conn)}
+    finally:
+        engine.dispose()
+    rows = []
+    for acc in cfg.account:
+        if args.account and acc.name != args.account:
+            continue
+        st = known.get(acc.name)
+        d = st.as_dict() if st else {"account": acc.name, "status": "", "last_start": None,
+                                     "last_end": None, "last_fetched": 0, "last_error": "",
+                                     "last_error_at": None, "last_success": None,
+                                     "communication_id": None}
+        d.update(type=acc.type, valid=acc.valid)
+        rows.append(d)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([(r["account"], r["type"], "yes" if r["valid"] else "no",
+                      r["status"] or "never ran", _when(r["last_end"] or r["last_start"]),
+                      r["last_fetched"], r["last_error"]) for r in rows],
+                    ("ACCOUNT", "TYPE", "VALID", "STATUS", "LAST RUN", "FETCHED", "LAST ERROR"))
+    return EX_OK
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"

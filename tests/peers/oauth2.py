@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -25,6 +26,7 @@ class OAuth2Server:
     token_requests: int = 0
     introspections: int = 0
     refused: bool = False             # introspection answers inactive for every token
+    tls: ssl.SSLContext | None = None  # serve https with this server context
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -32,7 +34,8 @@ class OAuth2Server:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def new_refresh_token(self) -> str:
         tok = "rt-" + secrets.token_hex(8)
@@ -73,6 +76,8 @@ class OAuth2Server:
                     self._reply(404, {"error": "not_found"})
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

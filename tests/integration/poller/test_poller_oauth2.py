@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from sqlalchemy import select
 
+from gateway.cli import main
 from gateway.inbound.poller import state
 from gateway.store.tables import CommEntry
 from tests.integration.poller.poller_helpers import account_toml, message
@@ -68,7 +70,7 @@ class TestXOAuth2:
         assert oauth2_server.token_requests == 2
 
     def test_refused_refresh_is_an_error_on_the_account(self, mailbox, oauth2_server,
-                                                        poller_config, harness):
+                                                        poller_config, harness, capsys):
         """A refresh token the server refuses fails the run with an Error and account status."""
         mailbox.append("helpdesk", [message(1)])
         h = harness(poller_config(oauth_account(mailbox, oauth2_server,
@@ -83,6 +85,10 @@ class TestXOAuth2:
         assert any("OAuth2 token refresh refused" in e and "account box" in e for e in errs)
         assert st.status == "Failed" and "invalid_grant" in st.last_error
         assert mailbox.count("helpdesk") == 1
+        capsys.readouterr()
+        assert main(["--config", str(h.gw.config.conf_dir), "fetch", "--status", "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown[0]["status"] == "Failed" and "invalid_grant" in shown[0]["last_error"]
 
     def test_token_refused_by_the_server(self, mailbox, oauth2_server, poller_config, harness):
         """An access token the mail server's introspection calls inactive fails at auth."""
@@ -101,3 +107,42 @@ class TestXOAuth2:
         r = h.poll()
         assert (r.status, r.fetched) == ("Successful", 1), r.error
         assert mailbox.count("helpdesk") == 0
+
+    def test_check_account_with_xoauth2(self, mailbox, oauth2_server, poller_config):
+        """check_account logs in with XOAUTH2 and reports each step."""
+        from gateway.inbound.poller.check import check_account
+
+        rt = oauth2_server.new_refresh_token()
+        cfg = poller_config(oauth_account(mailbox, oauth2_server, type_="imaptls",
+                                          refresh_token=rt))
+        res = check_account(cfg.account[0], cfg)
+        assert res.ok and [s.ok for s in res.steps] == [True] * 5
+        assert "XOAUTH2" in res.step("auth").detail
+
+    def test_https_token_endpoint_is_verified(self, mailbox, oauth2_server, poller_config,
+                                              harness):
+        """An https token endpoint is verified: unknown CA refused, oauth2.tls_ca_file works."""
+        import ssl
+
+        from tests.peers.oauth2 import OAuth2Server
+
+        cert = mailbox.ca.issue("tokens", hosts=("127.0.0.1",), filename="tokens")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert.cert, cert.key)
+        # Same token tables as the endpoint Dovecot asks, served over https.
+        front = OAuth2Server(tls=ctx, refresh_tokens=oauth2_server.refresh_tokens,
+                             access=oauth2_server.access)
+        front.start()
+        try:
+            rt = oauth2_server.new_refresh_token()
+            mailbox.append("helpdesk", [message(1)])
+            h = harness(poller_config(
+                oauth_account(mailbox, front, name="untrusted", refresh_token=rt),
+                oauth_account(mailbox, front, name="trusted", refresh_token=rt,
+                              tls_ca_file=str(mailbox.ca.ca_path))))
+            bad = h.poll("untrusted")
+            assert bad.status == "Failed" and "CERTIFICATE_VERIFY_FAILED" in bad.error
+            good = h.poll("trusted")
+            assert (good.status, good.fetched) == ("Successful", 1), good.error
+        finally:
+            front.stop()
