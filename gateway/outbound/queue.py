@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
 from gateway.outbound.pipeline import OutboundContext
 from gateway.runtime import Runtime
@@ -128,15 +128,16 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     if not ids:
         return []
     until = now + timedelta(seconds=lease)
-    taken: list[int] = []
-    for oid in ids:
-        res = conn.execute(update(OutboundMessage).where(OutboundMessage.id == oid, due)
-                           .values(lease_until=until, claimed_by=node[:200]))
-        if res.rowcount == 1:
-            taken.append(oid)
+    # Compare-and-set: only rows still due are taken (another node may have been faster);
+    # the (node, until) pair then names exactly the rows this call took.
+    conn.execute(update(OutboundMessage).where(OutboundMessage.id.in_(ids), due)
+                 .values(lease_until=until, claimed_by=node[:200]))
+    rows = conn.execute(select(OutboundMessage).where(
+        OutboundMessage.id.in_(ids), OutboundMessage.claimed_by == node[:200],
+        OutboundMessage.lease_until == until)).all()
+    taken = [r.id for r in sorted(rows, key=lambda r: ids.index(r.id))]
     if not taken:
         return []
-    rows = conn.execute(select(OutboundMessage).where(OutboundMessage.id.in_(taken))).all()
     rcpts = conn.execute(select(OutboundRecipient.id, OutboundRecipient.outbound_id,
                                 OutboundRecipient.address)
                          .where(OutboundRecipient.outbound_id.in_(taken),
@@ -196,14 +197,28 @@ class Settled:
     exhausted: bool = False
 
 
+_UPD_RCPT = update(OutboundRecipient).where(OutboundRecipient.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), attempts=OutboundRecipient.attempts + 1,
+    last_code=bindparam("b_code"), last_reply=bindparam("b_reply"), updated=bindparam("b_now"))
+_SEL_FAILED = select(OutboundRecipient.id).where(
+    OutboundRecipient.outbound_id == bindparam("b_id"),
+    OutboundRecipient.status == "failed").limit(1)
+_UPD_ARTICLE = update(Article).where(Article.id == bindparam("b_id")).values(
+    transmission_status=bindparam("b_status"), transmission_error=bindparam("b_error"))
+
+
 def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult], *,
                    schedule: Sequence[float], warn_after: float, error: str = "",
                    now: datetime | None = None) -> Settled:
-    """Write per-recipient outcomes, the next attempt or the final status; free the lease."""
+    """Write per-recipient outcomes, the next attempt or the final status; free the lease.
+
+    `results` covers every recipient that was pending when the message was claimed.
+    """
     now = now or utcnow()
     attempts = msg.attempts + 1
     delay = retry_delay(schedule, attempts)
     st = Settled(status="queued")
+    params = []
     for r in results:
         if r.ok:
             status = "sent"
@@ -214,19 +229,16 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
         else:
             status = "pending"
             st.delayed.append(r)
-        conn.execute(update(OutboundRecipient).where(OutboundRecipient.id == r.row_id).values(
-            status=status, attempts=OutboundRecipient.attempts + 1, last_code=r.code,
-            last_reply=r.reply[:2000], updated=now))
+        params.append({"b_id": r.row_id, "b_status": status, "b_code": r.code,
+                       "b_reply": r.reply[:2000], "b_now": now})
+    if params:
+        conn.execute(_UPD_RCPT, params)
     st.exhausted = delay is None and bool(st.failed) and any(not r.permanent for r in st.failed)
-    pending_left = conn.execute(select(func.count()).select_from(OutboundRecipient).where(
-        OutboundRecipient.outbound_id == msg.id, OutboundRecipient.status == "pending")).scalar()
-    any_failed = conn.execute(select(func.count()).select_from(OutboundRecipient).where(
-        OutboundRecipient.outbound_id == msg.id, OutboundRecipient.status == "failed")).scalar()
     last_error = error or "; ".join(f"<{r.address}>: {r.code} {r.reply}"
                                     for r in (*st.failed, *st.delayed))[:4000]
     values: dict[str, Any] = {"attempts": attempts, "lease_until": None, "claimed_by": "",
                               "updated": now, "last_error": last_error}
-    if pending_left:
+    if st.delayed:
         assert delay is not None
         st.next_attempt = now + timedelta(seconds=delay)
         values["next_attempt"] = st.next_attempt
@@ -235,17 +247,19 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
             st.warn = True
             values["warned"] = True
     else:
-        st.status = "failed" if any_failed else "sent"
+        failed_before = msg.attempts > 0 and not st.failed and conn.execute(
+            _SEL_FAILED, {"b_id": msg.id}).first() is not None
+        st.status = "failed" if st.failed or failed_before else "sent"
         values["status"] = st.status
     conn.execute(update(OutboundMessage).where(OutboundMessage.id == msg.id).values(**values))
     if msg.article_id is not None:
         if st.status == "sent":
-            conn.execute(update(Article).where(Article.id == msg.article_id).values(
-                transmission_status="sent", transmission_error=""))
+            conn.execute(_UPD_ARTICLE, {"b_id": msg.article_id, "b_status": "sent",
+                                        "b_error": ""})
         elif st.failed or st.status == "failed":
             text = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.failed)
-            conn.execute(update(Article).where(Article.id == msg.article_id).values(
-                transmission_status="failed", transmission_error=text[:4000]))
+            conn.execute(_UPD_ARTICLE, {"b_id": msg.article_id, "b_status": "failed",
+                                        "b_error": text[:4000]})
     return st
 
 
