@@ -84,3 +84,13 @@ class TestExampleConfig:
         with rg.gateway.engine.connect() as conn:
             wait_for(lambda: conn.execute(select(Article.transmission_status)).scalar()
                      == "sent", 10, "article marked sent")
+
+
+class TestDkimConfig:
+    def test_check_names_an_unreadable_dkim_key(self, make_confdir):
+        """`deskgate check` refuses a [[dkim]] whose key file cannot be loaded."""
+        conf = make_confdir({"45-dkim.toml": '[[dkim]]\ndomain = "example.org"\n'
+                                             'selector = "s1"\nkey_file = "keys/missing.pem"\n'})
+        res = cli(conf, "check")
+        assert res.returncode == 1
+        assert b"dkim[0].key_file" in res.stderr and b"missing.pem" in res.stderr

@@ -79,3 +79,45 @@ class TestReload:
                 clients = conn.execute(select(CommEntry.value).where(
                     CommEntry.key == "Client")).scalars().all()
             assert clients and "no AUTH, client in allow_networks" in clients[0]
+
+
+class TestDkimEndToEnd:
+    def test_relayed_message_carries_verifiable_signatures(self, tmp_path, outbound_config,
+                                                           run_gateway):
+        """With two [[dkim]] keys (RSA, Ed25519) the relayed copy verifies for both; a
+        header changed in transit makes it fail."""
+        import dkim as dkimpy
+
+        from gateway.outbound.dkim import dns_record, generate_key, key_pem
+
+        keys = {"rsa": generate_key(), "ed": generate_key(True)}
+        dkim_toml = ""
+        for sel, key in keys.items():
+            path = tmp_path / f"{sel}.pem"
+            path.write_bytes(key_pem(key))
+            dkim_toml += f'[[dkim]]\ndomain = "example.org"\nselector = "{sel}"\n' \
+                         f'key_file = "{path}"\n'
+        records = {f"{sel}._domainkey.example.org.".encode(): dns_record(k).encode()
+                   for sel, k in keys.items()}
+
+        def dnsfunc(name, timeout=5):
+            return records.get(name)
+
+        def verify(data, idx):
+            try:
+                return dkimpy.DKIM(data).verify(idx=idx, dnsfunc=dnsfunc)
+            except dkimpy.DKIMException:
+                return False
+
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port, files={"45-dkim.toml": dkim_toml})
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.sendmail("agent@internal.test", ["cust@customer.test"],
+                           MSG.replace(b"X-Deskgate-Queue: Sales", b"X-Deskgate-Queue: Support"))
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            data = sink.received[0].data
+            assert data.count(b"DKIM-Signature:") == 2
+            assert verify(data, 0) and verify(data, 1)
+            tampered = data.replace(b"Subject: [Ticket#", b"Subject: [Ticket #")
+            assert not verify(tampered, 0) and not verify(tampered, 1)
