@@ -29,6 +29,7 @@ from typing import Any, Literal
 import regex
 import structlog
 
+from gateway import metrics
 from gateway.config import Config, FilterConfig, register_validator
 from gateway.inbound.pipeline import register_prepare
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
@@ -420,6 +421,7 @@ def _condition(c: Condition, view: _View, timeout: float, ctx: MessageContext,
                     f"{why}; condition does not hold")
         log.warning("filter pattern timed out", filter=fname, condition=c.where,
                     header=c.header)
+        metrics.FILTER_TIMEOUTS.labels(fname).inc()
     held = (found != c.negate) and not timed_out
     if trace is not None:
         trace.append(ConditionTrace(

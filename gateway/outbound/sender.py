@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import Connection
 
+from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config
 from gateway.outbound import queue as oq
@@ -167,11 +168,13 @@ class Sender:
         results = results_of(m, att)
         rt = self.runtime()
         try:
-            await self.writer.run(lambda conn: record(conn, rt, m, att, results,
-                                                      self.transport))
+            st = await self.writer.run(lambda conn: record(conn, rt, m, att, results,
+                                                           self.transport))
         except Exception:
             log.exception("recording the delivery failed", outbound_id=m.id)
             return
+        metrics.MESSAGES.labels("relay", "out", {"queued": "deferred"}.get(st.status,
+                                                                          st.status)).inc()
         self.delivered += sum(1 for r in results if r.ok)
         if self._wake:
             self._wake.set()

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
 from gateway.outbound.pipeline import OutboundContext, OutboundPipeline
@@ -195,8 +196,12 @@ class SubmissionHandler:
         tls = "STARTTLS" if server._tls_protocol is not None else "no TLS"
         ctx.log.log("Info", "Client", f"{_peer(session.peer)} HELO {session.host_name}, "
                     f"{tls}, {how}")
+        t0 = time.perf_counter()
         result = await self.sub.pipeline.submit(ctx)
         reply = result.reply
+        metrics.PIPELINE_SECONDS.labels("submission").observe(time.perf_counter() - t0)
+        metrics.MESSAGES.labels("submission", "in", "queued" if result.outbound_id else
+                                "tempfail" if reply.temporary else "rejected").inc()
         text = reply.text if not result.outbound_id else f"queued as {result.outbound_id}"
         return f"{reply.code} {reply.enhanced} {text}"
 
