@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
                    help="treat the source as trusted (keep X-Deskgate-/X-OTOBO- headers)")
     t.add_argument("-r", "--recipient", action="append", default=[], metavar="RCPT",
                    help="envelope recipient (repeatable); default: route by To/Cc")
+    t.add_argument("--account", help="as if fetched by this [[account]] (its trusted flag "
+                                     "and dispatch queue)")
     add_json(t)
     t.set_defaults(func=cmd_test)
 
@@ -56,7 +58,7 @@ def _open_db(cfg: Config) -> tuple[Any, str]:
 
 
 def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
-            recipients: tuple[str, ...] = ()) -> dict[str, Any]:
+            recipients: tuple[str, ...] = (), dispatch_queue: str = "") -> dict[str, Any]:
     """The report of `filter test` as a dict (also what --json prints)."""
     from gateway.app import load_plugins
     from gateway.commlog import CommObj
@@ -69,7 +71,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     load_plugins()
     rt = build_runtime(cfg)
     env = Envelope(mail_from="", recipients=recipients, raw=raw, source="FilterTest",
-                   account="filter-test", trusted=trusted)
+                   account="filter-test", trusted=trusted, dispatch_queue=dispatch_queue)
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
     traces: list[FilterTrace] = []
     headers_before = 0
@@ -182,8 +184,17 @@ def cmd_test(args: argparse.Namespace) -> int:
         return EX_DATAERR
     if b"\r\n" not in raw:
         raw = raw.replace(b"\n", b"\r\n")
-    report = explain(cfg, raw, trusted=args.trusted,
-                     recipients=tuple(r.lower() for r in args.recipient))
+    trusted, dispatch = args.trusted, ""
+    if args.account:
+        account = cfg.account_by_name(args.account)
+        if account is None:
+            print(f"filter test: no [[account]] named {args.account!r}", file=sys.stderr)
+            return EX_DATAERR
+        trusted = trusted or account.trusted
+        dispatch = account.queue if account.dispatch == "queue" else ""
+    report = explain(cfg, raw, trusted=trusted,
+                     recipients=tuple(r.lower() for r in args.recipient),
+                     dispatch_queue=dispatch)
     if args.json:
         print_json(report)
     else:

@@ -83,3 +83,25 @@ class TestFilterTestCli:
         err = capsys.readouterr().err
         assert rc == 1
         assert "20-bad.toml: filter[010-noc].match[1].value: invalid regular expression" in err
+
+    def test_account_trust_and_dispatch(self, make_confdir, tmp_path, capsys):
+        """--account applies the account's trusted flag and dispatch queue."""
+        conf = make_confdir({"60-acc.toml": """
+            [[account]]
+            name = "legacy"
+            type = "imaps"
+            host = "imap.example.org"
+            login = "helpdesk"
+            password = "x"
+            trusted = true
+            dispatch = "queue"
+            queue = "Sales"
+            """})
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(mail("x", headers=[("X-Deskgate-Priority", "4 high")]))
+        _rc, out = run_cli(conf, str(msg), "--json", "--account", "legacy", capsys=capsys)
+        report = json.loads(out)
+        assert report["trusted"] is True and report["params"] == {"Priority": "4 high"}
+        assert report["decision"]["queue"] == "Sales"
+        rc, _out = run_cli(conf, str(msg), "--account", "nope", capsys=capsys)
+        assert rc == 65
