@@ -75,6 +75,26 @@ class TestPgpMime:
         assert d.crypto["signed"] and d.crypto["signature_valid"] is False
         assert "no public key" in d.crypto["error"]
 
+    def test_expired_signing_key(self, crypto_env, deliver):
+        """A signature by a PGP key that has since expired: not valid, the error says expired."""
+        import time
+
+        from tests.peers.gpg import GpgPeer
+
+        peer = GpgPeer()
+        try:
+            peer.run("--quick-gen-key", f"Customer <{CUSTOMER}>", "ed25519", "sign",
+                     "seconds=2")
+            sig = peer.detach_sign(INNER, CUSTOMER)
+            crypto_env.stores.pgp.import_(peer.export(CUSTOMER))
+        finally:
+            peer.close()
+        time.sleep(3)
+        d = deliver(pgp_mime_signed(INNER, sig, "p7"))
+        assert d.outcome.action == "new"
+        assert d.crypto["signed"] and d.crypto["signature_valid"] is False
+        assert "expired" in d.crypto["error"]
+
     def test_no_secret_key_message_kept(self, crypto_env, pgp_keys, deliver):
         """Encrypted to a key whose secret the gateway lacks: stored with a clear error."""
         crypto_env.stores.pgp.import_(pgp_keys.customer_public)   # no support secret key
