@@ -184,12 +184,13 @@ def rsa_rates(seconds: float) -> tuple[float, float]:
     key = generate_key()
     pk = parse_pem_private_key(key_pem(key))   # dkimpy's own key form, parsed once
 
-    def rate(fn) -> float:  # type: ignore[no-untyped-def]
-        n, t0 = 0, time.perf_counter()
+    def rate(fn) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+        """(per wall-clock second, per CPU second of this thread = per core)."""
+        n, t0, c0 = 0, time.perf_counter(), time.thread_time()
         while time.perf_counter() - t0 < seconds:
             fn(n)
             n += 1
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), n / max(time.thread_time() - c0, 1e-9)
 
     slow = rate(lambda i: RSASSA_PKCS1_v1_5_sign(hashlib.sha256(b"%d" % i), pk))
     fast = rate(lambda i: key.sign(b"%d" % i, padding.PKCS1v15(), hashes.SHA256()))  # type: ignore[union-attr]
@@ -252,12 +253,14 @@ def main() -> int:
     print(f"ratio DKIM on / off                   {on / off:9.2f}")
     print(f"ratio deskgate (DKIM off) / ceiling   {off / top:9.3f}")
 
-    slow, fast = rsa_rates(args.seconds)
-    print("\n# RSA-2048 PKCS#1 v1.5 signatures, one core")
-    print(f"dkimpy's pure-Python RSA              {slow:9.0f} sig/s  ({1000 / slow:.2f} ms)")
-    print(f"cryptography (deskgate)               {fast:9.0f} sig/s  ({1000 / fast:.2f} ms)")
-    print(f"ratio                                 {fast / slow:9.1f}x  (target >= 1,000 sig/s: "
-          f"{'met' if fast >= 1000 else 'NOT met'})")
+    (slow, slow_cpu), (fast, fast_cpu) = rsa_rates(args.seconds)
+    print("\n# RSA-2048 PKCS#1 v1.5 signatures, one thread (per CPU-second = per core)")
+    print(f"dkimpy's pure-Python RSA              {slow:9.0f} sig/s  "
+          f"({1000 / slow:.2f} ms; {slow_cpu:.0f} per CPU-second)")
+    print(f"cryptography (deskgate)               {fast:9.0f} sig/s  "
+          f"({1000 / fast:.2f} ms; {fast_cpu:.0f} per CPU-second)")
+    print(f"ratio                                 {fast / slow:9.1f}x  (target >= 1,000 sig/s per "
+          f"core: {'met' if fast_cpu >= 1000 else 'NOT met'})")
     dslow, dfast = dkim_sign_rates(args.seconds, args.size)
     print(f"\n# whole DKIM signature of a {args.size} B message (relaxed/relaxed)")
     print(f"dkimpy dkim.sign()                    {dslow:9.0f} msg/s  ({1000 / dslow:.2f} ms)")
