@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver
 
-.PHONY: serve test venv deps system-deps lint typecheck bench clean
+.PHONY: serve test venv deps system-deps exim-debs lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,22 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (tests that need them are skipped)"; fi; \
 	fi
 
+# Debian's Exim for the Exim LMTP test: only downloaded and later extracted into a
+# temp dir by the test, never installed (it conflicts with Postfix).
+EXIM_DEBS := exim4-daemon-light libidn12
+exim-debs:
+	@mkdir -p .cache/debs; cd .cache/debs; \
+	if ! ls exim4-daemon-light_*.deb >/dev/null 2>&1; then \
+	  apt-get download $(EXIM_DEBS) >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1; apt-get download $(EXIM_DEBS) >/dev/null 2>&1; } || \
+	  echo "could not download $(EXIM_DEBS) (the Exim test is skipped)"; \
+	fi
+
 serve: venv
 	$(VENV)/bin/deskgate check
 	$(VENV)/bin/deskgate serve
 
-test: venv system-deps
+test: venv system-deps exim-debs
 	$(VENV)/bin/pytest -q
 
 lint: venv
