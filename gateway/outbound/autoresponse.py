@@ -18,6 +18,7 @@ from email.mime.text import MIMEText
 
 from sqlalchemy import Connection, func, insert, select
 
+from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
 from gateway.inbound.pipeline import register_commit
 from gateway.model import MessageContext
@@ -118,7 +119,13 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
                           ticket_id=ctx.ticket_id, ticket_number=number,
                           sender_type="system")
     out.queue_config = rt.config.queue_by_name(out.queue)
-    oid = process_in_transaction(out, rt, conn)
+    try:
+        oid = process_in_transaction(out, rt, conn)
+    except PermanentError as exc:
+        # e.g. the queue requires encryption and the customer has no key: the
+        # auto-response is not sent, the customer's message is stored all the same.
+        ctx.log.log("Warn", "AutoResponse", f"no auto-response ({kind}): {exc}")
+        return
     conn.execute(insert(AutoResponse).values(address=to, ticket_id=ctx.ticket_id,
                                              outbound_id=oid, sent=datetime.now(UTC)))
     ctx.log.log("Info", "AutoResponse", f"auto-response ({kind}) to <{to}> queued as "

@@ -246,3 +246,49 @@ class TestPgpOutbound:
         crypto_env.stores.pgp.import_(pgp_keys.customer_public)
         res, _ = submit(crypto_env, message("X-Deskgate-Sign: pgp\r\n"))
         assert res.reply.code == 554 and "no usable PGP secret key" in res.reply.text
+
+
+SECURE_QUEUE = ('[[queue]]\nname = "Secure"\naddress = "secure@example.org"\n'
+                'encrypt = "required"\nauto_response_new = "Ticket {ticket_number} received."\n'
+                '[[address]]\nemail = "secure@example.org"\nqueue = "Secure"\n')
+
+
+def outbound_rows(env: CryptoEnv) -> list[bytes]:
+    from sqlalchemy import create_engine, select
+
+    from gateway.store.tables import OutboundMessage
+
+    eng = create_engine(env.config.database_url)
+    with eng.connect() as conn:
+        rows = [bytes(d) for (d,) in conn.execute(select(OutboundMessage.data)).all()]
+    eng.dispose()
+    return rows
+
+
+class TestAutoResponse:
+    def incoming(self) -> bytes:
+        return (f"From: {CUSTOMER}\r\nTo: secure@example.org\r\nSubject: help\r\n"
+                "Message-ID: <ar1@customer.test>\r\n\r\nplease help\r\n").encode()
+
+    def test_required_without_key_stores_mail_and_skips_response(self, crypto_env, deliver):
+        """encrypt=required queue, customer without certificate: the customer's mail is
+        stored (not quarantined) and no auto-response is sent in the clear."""
+        (crypto_env.conf / "80-secure.toml").write_text(SECURE_QUEUE)
+        crypto_env.reload()
+        d = deliver(self.incoming(), rcpts=("secure@example.org",))
+        assert d.outcome.action == "new" and d.ticket["queue"] == "Secure"
+        assert outbound_rows(crypto_env) == []
+
+    def test_required_with_key_sends_encrypted_response(self, with_customer_cert, deliver,
+                                                         tmp_path):
+        """With the customer's certificate the auto-response is queued S/MIME-encrypted."""
+        env = with_customer_cert
+        (env.conf / "80-secure.toml").write_text(SECURE_QUEUE)
+        env.reload()
+        d = deliver(self.incoming(), rcpts=("secure@example.org",))
+        rows = outbound_rows(env)
+        assert len(rows) == 1 and b"enveloped-data" in rows[0]
+        f = write(tmp_path, "ar.eml", rows[0])
+        dec = openssl("smime", "-decrypt", "-in", str(f), "-recip", str(env.customer.cert),
+                      "-inkey", str(env.customer.key)).stdout
+        assert d.ticket["number"].encode() in message_from_bytes(dec).get_payload(decode=True)
