@@ -273,6 +273,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
             sdnotify.notify("READY=1", "STATUS=serving")
 
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
     pidfile = config.state_dir / "run" / "deskgate.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(f"{os.getpid()}\n")
@@ -300,8 +301,13 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)   # the main process decides
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     await stop.wait()
     await gw.stop(servers)
+
+
+# Held back from fork until the event loops have their handlers (see run_serve).
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def _signal_workers(workers: Sequence[int], sig: int) -> None:
@@ -339,6 +345,10 @@ def run_serve(config: Config) -> None:
         socks = gw.bind()
     finally:
         gw.close()
+    # A SIGTERM between the first fork and the handlers of serve() would kill this
+    # process with the default action and leave the workers serving as orphans:
+    # block the signals now; serve() and serve_worker() unblock them once handled.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: list[int] = []
     for _ in range(config.lmtp.workers - 1):
         pid = os.fork()
@@ -352,7 +362,12 @@ def run_serve(config: Config) -> None:
             finally:
                 os._exit(code)
         workers.append(pid)
-    _run(serve(config, socks=socks, workers=workers))
+    try:
+        _run(serve(config, socks=socks, workers=workers))
+    except BaseException:
+        _signal_workers(workers, signal.SIGTERM)   # workers never outlive a failed main
+        _reap(workers)
+        raise
 
 
 def pidfile_path(config: Config) -> Path:
