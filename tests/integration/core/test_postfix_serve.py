@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from gateway.config import load_config
 from gateway.store.db import make_engine
-from gateway.store.tables import Delivery, Ticket
+from gateway.store.tables import Article, Delivery, Ticket
 from tests.integration.core.stored import POSTFIX_SOCKET_CONF, db_conf
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
@@ -102,3 +102,69 @@ class TestServeBehindPostfix:
         assert {d["status"] for d in lines} == {"sent"}, [
             d for d in lines if d["status"] != "sent"][:3]
         assert (tickets, deliveries) == (MESSAGES, 2 * MESSAGES)
+
+
+def count(conf: Path, what) -> int:
+    engine = make_engine(load_config(conf).database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(what)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+class TestStopUnderLoad:
+    def test_sigterm_mid_stream_loses_and_duplicates_nothing(self, postfix, make_confdir,
+                                                             database):
+        """SIGTERM to `deskgate serve` while Postfix is delivering, then a restart and a
+        flush: every message is stored exactly once (no loss, no duplicate article)."""
+        if not shutil.which("smtp-source"):
+            pytest.skip("smtp-source not installed")
+        total = 200
+        root = postfix.base / f"stop-{os.urandom(4).hex()}"
+        conf = make_confdir({"20-postfix.toml": POSTFIX_SOCKET_CONF,
+                             "40-serve.toml": SERVE_CONF, **database}, root=root)
+        root.chmod(0o755)
+        sock = root / "var" / "run" / "lmtp.sock"
+        link = postfix.base / "lmtp.sock"
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(sock)
+        since = postfix.log_offset()
+        with serve(conf) as first:
+            deadline = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            src = subprocess.Popen(["smtp-source", "-s", "5", "-m", str(total), "-l", "2000",
+                                    "-f", "customer@customer.test", "-t",
+                                    "support@example.org", f"127.0.0.1:{postfix.port}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                deadline = time.monotonic() + 60
+                while count(conf, Ticket) < 30 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                first.send_signal(signal.SIGTERM)
+                assert first.wait(60) == 0
+                stopped_at = count(conf, Ticket)
+                sock.unlink(missing_ok=True)   # the next serve binds it anew
+                _, err = src.communicate(timeout=120)
+                assert src.returncode == 0, err
+            finally:
+                if src.poll() is None:
+                    src.kill()
+                    src.wait()
+                if src.stderr:
+                    src.stderr.close()
+        assert stopped_at < total, "the stop came too late to test anything"
+        with serve(conf):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not sock.exists():
+                time.sleep(0.1)
+            postfix.flush()
+            postfix.wait_queue_empty(timeout=120, flush=True)
+            tickets, articles = count(conf, Ticket), count(conf, Article)
+        link.unlink()
+        assert (tickets, articles) == (total, total)
+        sent = [d for d in postfix.deliveries(since)
+                if d["service"] == "deskgate/lmtp" and d["status"] == "sent"]
+        assert len(sent) == total
