@@ -8,9 +8,11 @@ module registers its function under that name (or adds its own stage with
 Two phases touch the database: `resolve` (which queue and ticket the message
 belongs to, the ticket number for the Subject) and `enqueue` (article, ticket,
 outbound queue rows and the communication log, in one transaction). The async
-`OutboundPipeline.submit` runs them on the group-commit writer and the stages on
-a worker thread; `process_in_transaction` runs everything inside a transaction
-the caller already holds (auto-responses, DSNs).
+`OutboundPipeline.submit` resolves on a worker thread with a read-only
+connection (ticket numbers come from blocks reserved in advance), runs the
+stages there, and only `enqueue` goes through the group-commit writer.
+`process_in_transaction` runs everything inside a transaction the caller
+already holds (auto-responses, DSNs).
 """
 
 from __future__ import annotations
@@ -172,11 +174,14 @@ class OutboundPipeline:
         self.writer = writer
         self.executor = executor
         self.on_queued = on_queued
+        from gateway.outbound.rewrite import TicketNumbers
+
+        self.numbers = TicketNumbers(self._reserve,
+                                     lambda: self.runtime().config.gateway.system_id)
 
     async def submit(self, ctx: OutboundContext) -> SubmitResult:
         """Run the message through; 250 only after the queue row is committed."""
         from gateway.outbound.queue import enqueue
-        from gateway.outbound.rewrite import parse_submission, resolve
 
         rt = self.runtime()
         loop = asyncio.get_running_loop()
@@ -188,9 +193,7 @@ class OutboundPipeline:
         ctx.log.log("Info", "Envelope", f"from <{ctx.mail_from}> to "
                     + ", ".join(f"<{r}>" for r in ctx.recipients) + f", {len(ctx.raw)} bytes")
         try:
-            await loop.run_in_executor(self.executor, parse_submission, ctx, rt)
-            await self.writer.run(lambda conn: resolve(ctx, rt, conn))
-            await loop.run_in_executor(self.executor, run_stages, ctx, rt)
+            await loop.run_in_executor(self.executor, self._prepare, ctx, rt)
 
             def job(conn: Connection) -> int:
                 # The writer may re-run a job after a failed batch: log from fresh copies.
@@ -223,6 +226,21 @@ class OutboundPipeline:
         log.info("queued", outbound_id=oid, queue=ctx.queue, ticket=ctx.ticket_number,
                  message_id=ctx.message_id)
         return SubmitResult(QUEUED, oid, ctx.ticket_number, ctx.article_id, ctx.message_id)
+
+    def _prepare(self, ctx: OutboundContext, rt: Runtime) -> None:
+        """Worker thread: parse, resolve on a read-only connection, run the stages."""
+        from gateway.outbound.rewrite import parse_submission, resolve
+
+        parse_submission(ctx, rt)
+        with self.writer.engine.connect() as conn:
+            resolve(ctx, rt, conn, self.numbers.take)
+        run_stages(ctx, rt)
+
+    def _reserve(self, day: str, count: int) -> int:
+        from gateway.outbound.rewrite import reserve_numbers
+
+        return self.writer.submit(lambda conn: reserve_numbers(conn, day, count),
+                                  isolated=True).result()
 
     def _failed(self, comm: Comm, conn_obj: CommObj, ctx: OutboundContext, prio: Any,
                 text: str, reply: SmtpReply) -> SubmitResult:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import email.utils
 import io
 import re
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.generator import BytesGenerator
@@ -102,8 +104,12 @@ def find_ticket(conn: Connection, msg: Message, hook: str) -> tuple[int, str, st
     return None
 
 
-def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
-    """Decide queue and ticket (allocating the number of a new ticket). Re-runnable."""
+def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
+            allocate: Callable[[], str] | None = None) -> None:
+    """Decide queue and ticket, and give a new ticket its number. Re-runnable.
+
+    With `allocate` (a TicketNumbers.take) the connection is only read from, so
+    submission can resolve on a worker thread instead of in the writer."""
     cfg = rt.config
     msg = ctx.msg
     assert msg is not None
@@ -148,10 +154,53 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
     ctx.queue_config = cfg.queue_by_name(queue)
     if ctx.ticket_id is None:
         ctx.new_ticket = True
-        ctx.ticket_number = repo.next_ticket_number(conn, cfg.gateway.system_id)
+        ctx.ticket_number = (allocate() if allocate is not None
+                             else repo.next_ticket_number(conn, cfg.gateway.system_id))
         trace.append(f"new ticket {ctx.ticket_number}")
     ctx.trace = trace
     ctx.log.log("Info", "Queue", "; ".join(trace))
+
+
+class TicketNumbers:
+    """Ticket numbers for outgoing messages, reserved from the shared per-day counter
+    in blocks, so a submission needs no write of its own to learn its number.
+
+    Numbers stay unique across processes and nodes (the counter is advanced
+    atomically); a block's unused numbers are skipped when the process stops.
+    """
+
+    def __init__(self, reserve: Callable[[str, int], int], system_id: Callable[[], str],
+                 block: int = 20) -> None:
+        self.reserve = reserve          # (day, count) → the last number of the block
+        self.system_id = system_id
+        self.block = block
+        self._lock = threading.Lock()
+        self._day = ""
+        self._next = 1
+        self._end = 0
+
+    def take(self) -> str:
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        with self._lock:
+            if day != self._day or self._next > self._end:
+                end = self.reserve(day, self.block)
+                self._day, self._next, self._end = day, end - self.block + 1, end
+            n = self._next
+            self._next += 1
+        return f"{day}{self.system_id()}{n:05d}"
+
+
+def reserve_numbers(conn: Connection, day: str, count: int) -> int:
+    """Advance the day's ticket counter by `count`; returns its new value."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from gateway.store.tables import TicketCounter
+
+    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = ins(TicketCounter).values(day=day, value=count).on_conflict_do_update(
+        index_elements=["day"], set_={"value": TicketCounter.value + count})
+    return int(conn.execute(stmt.returning(TicketCounter.value)).scalar_one())
 
 
 def system_from(ctx: OutboundContext, rt: Runtime) -> tuple[str, str]:

@@ -145,3 +145,23 @@ class TestRewrite:
             ("outgoing", "agent", "queued")
         assert t.number == ctx.ticket_number and t.customer_user == "c@customer.test"
         assert rc.outbound_id == oid and rc.status == "pending"
+
+
+class TestTicketNumbers:
+    def test_blocks_from_two_allocators_never_collide(self, ob_engine):
+        """Two processes' number blocks and the inbound +1 counter never hand out a number twice."""
+        from gateway.outbound.rewrite import TicketNumbers, reserve_numbers
+
+        def reserve(day, count):
+            with ob_engine.begin() as conn:
+                return reserve_numbers(conn, day, count)
+
+        a = TicketNumbers(reserve, lambda: "10", block=3)
+        b = TicketNumbers(reserve, lambda: "10", block=3)
+        got = []
+        for _ in range(5):
+            got += [a.take(), b.take()]
+            with ob_engine.begin() as conn:
+                got.append(repo.next_ticket_number(conn, "10"))
+        assert len(set(got)) == len(got) == 15
+        assert all(n[8:10] == "10" and len(n) == 15 for n in got)
