@@ -23,8 +23,10 @@ _RUN = """set -e
 W="$1"; shift
 mount --bind "$W/passwd" /etc/passwd
 mount --bind "$W/group" /etc/group
-mount -t overlay overlay -o lowerdir="$W/root{lib}:{lib},upperdir=$W/ovl/lu,workdir=$W/ovl/lw" {lib}
-mount -t overlay overlay -o lowerdir="$W/root/usr/sbin:/usr/sbin,upperdir=$W/ovl/su,workdir=$W/ovl/sw" /usr/sbin
+O="$W/ovl"
+mount -t overlay overlay -o lowerdir="$W/root{lib}:{lib},upperdir=$O/lu,workdir=$O/lw" {lib}
+mount -t overlay overlay \
+  -o lowerdir="$W/root/usr/sbin:/usr/sbin,upperdir=$O/su,workdir=$O/sw" /usr/sbin
 exec /usr/sbin/exim4 "$@"
 """
 
@@ -100,7 +102,8 @@ begin retry
 * * F,1h,10m
 """)
 
-    def send(self, sender: str, rcpts: list[str], message: bytes) -> subprocess.CompletedProcess[bytes]:
+    def send(self, sender: str, rcpts: list[str], message: bytes
+             ) -> subprocess.CompletedProcess[bytes]:
         """Submit on stdin and deliver at once (-odi), like a local MTA client would."""
         return subprocess.run(["unshare", "-m", "sh", str(self.work / "run.sh"), str(self.work),
                                "-C", str(self.conf), "-odi", "-f", sender, *rcpts],
