@@ -60,7 +60,7 @@ class TestOtoboFilters:
         assert dropped.action == "ignore"
         assert ticket_count(gw) == 1
 
-    def test_f4_over_lmtp_answers_250(self, config, make_confdir, run_gateway):
+    def test_f4_over_lmtp_answers_250(self, make_confdir, run_gateway):
         """Through the LMTP door an ignored message is answered 250 and stores no ticket."""
         from gateway.config import load_config
 
