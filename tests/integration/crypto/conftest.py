@@ -60,6 +60,11 @@ def crypto_env(make_confdir: Callable[..., Path], tmp_path: Path) -> Iterator[Cr
         name = "020-server-field"
         match = [{ header = "Body", value = "server:\\s+(?P<server>[a-z0-9.]+)" }]
         set = { "X-Deskgate-DynamicField-Server" = "[**\\server**]" }
+
+        [[filter]]
+        name = "030-decrypted-printer"
+        match = [{ header = "X-Deskgate-BodyDecrypted", value = "PC LOAD LETTER" }]
+        set = { "X-Deskgate-DynamicField-Printer" = "jammed" }
         """})
     root = conf.parent
     ca = TestCA(tmp_path / "ca")

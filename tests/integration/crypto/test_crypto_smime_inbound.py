@@ -64,7 +64,8 @@ class TestSmimeDecrypt:
         assert [a["filename"] for a in d.article["attachments"]] == ["invoice.pdf"]
         assert "PC LOAD LETTER" in d.params["BodyDecrypted"]
         assert "server: print01" in d.body_seen
-        assert d.ticket["dynamic_fields"] == {"Server": "print01"}   # filter saw the plaintext
+        # the filters saw the plaintext, as Body and as X-Deskgate-BodyDecrypted
+        assert d.ticket["dynamic_fields"] == {"Server": "print01", "Printer": "jammed"}
         assert d.thread.startswith("pipeline")     # decrypted on the worker pool, not the loop
 
     def test_openssl_cms_encrypt_aes256_decrypted(self, crypto_env, deliver, tmp_path):
@@ -167,6 +168,8 @@ class TestSmimeVerify:
         c = d.crypto
         assert c["signed"] and c["signature_valid"] is True and c["signer"] == CUSTOMER
         assert c["error"] == "" and not c["encrypted"]
+        # not decrypted, so no X-Deskgate-BodyDecrypted: only the Body filter matched
+        assert d.ticket["dynamic_fields"] == {"Server": "print01"}
         assert "PC LOAD LETTER" in d.article["body"]
         assert [a["filename"] for a in d.article["attachments"]] == ["invoice.pdf"]
 
