@@ -162,10 +162,18 @@ class Pop3Session:
         try:
             sizes = {int(n): int(s) for n, s in
                      (line.split()[:2] for line in pop.list()[1])}
+        except (poplib.error_proto, OSError, ValueError) as exc:
+            raise MailboxError("fetch", f"LIST failed: {exc}") from exc
+        try:
             uidls = {int(n): u.decode("ascii", "replace") for n, u in
                      (line.split()[:2] for line in pop.uidl()[1])}
-        except (poplib.error_proto, OSError, ValueError) as exc:
-            raise MailboxError("fetch", f"LIST/UIDL failed: {exc}") from exc
+        except poplib.error_proto as exc:
+            if self.account.after_fetch == "keep":
+                raise MailboxError("folder", "the server has no UIDL, which after_fetch = "
+                                   "\"keep\" needs to recognise messages", temporary=False) from exc
+            uidls = {}    # delete mode works without; oversized ones are keyed by number
+        except (OSError, ValueError) as exc:
+            raise MailboxError("fetch", f"UIDL failed: {exc}") from exc
         out = [RemoteMessage(key=uidls.get(n, f"#{n}"), ref=str(n), size=sizes[n])
                for n in sorted(sizes)]
         return Listing(tuple(out), 0, self.exists)

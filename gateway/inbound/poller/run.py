@@ -183,7 +183,13 @@ class Poller:
                 session = make_session(account, self.gw.config.root, obj, token)
                 result.connections += 1
                 try:
-                    await call(session.open)
+                    try:
+                        await call(session.open)
+                    except MailboxError:
+                        raise
+                    except Exception as exc:   # a library error the session did not map
+                        log.exception("unexpected error while connecting", account=account.name)
+                        raise MailboxError("tcp", f"{type(exc).__name__}: {exc}") from exc
                 except MailboxError as exc:
                     if exc.step == "auth" and account.oauth2 is not None:
                         self.token_source(account).invalidate()
