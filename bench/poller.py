@@ -141,6 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--size", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best counts)")
     ap.add_argument("--stdin", type=int, default=20, help="messages for the deliver-CLI sample")
     args = ap.parse_args()
     from gateway.logs import setup_logging
@@ -154,12 +155,19 @@ def main() -> None:
     try:
         dv.start()
         bench_direct(base / "warmup", messages(50, args.size))   # imports, caches
-        direct = bench_direct(base, msgs)
+        best: dict[str, float] = {}
+        conns: dict[str, int] = {}
+        for r in range(args.rounds):    # interleaved rounds, best of each (shared machine)
+            t = bench_direct(base / f"direct{r}", msgs)
+            best["direct"] = min(best.get("direct", t), t)
+            for type_ in ("imaps", "pop3s"):
+                elapsed, conns[type_] = bench_poll(base / f"r{r}", dv, type_, msgs)
+                best[type_] = min(best.get(type_, elapsed), elapsed)
+        direct = best["direct"]
         rows.append(("Pipeline.deliver, sequential (baseline)", len(msgs), direct))
         for type_ in ("imaps", "pop3s"):
-            elapsed, conns = bench_poll(base, dv, type_, msgs)
-            rows.append((f"poller {type_.upper()} drain ({conns} connections)", len(msgs),
-                         elapsed))
+            rows.append((f"poller {type_.upper()} drain ({conns[type_]} connections)",
+                         len(msgs), best[type_]))
         if args.stdin:
             rows.append(("deskgate deliver < msg (a process each)", args.stdin,
                          bench_stdin(base, msgs[:args.stdin])))
@@ -169,6 +177,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     base_rate = len(msgs) / direct
     print(f"{args.messages} messages of ~{args.size} bytes, SQLite (WAL, synchronous=FULL)")
+    print(f"best of {args.rounds} interleaved rounds per path")
     print(f"{'path':<48} {'msgs':>6} {'seconds':>8} {'msg/s':>8} {'vs baseline':>11}")
     for name, n, secs in rows:
         rate = n / secs
