@@ -33,6 +33,7 @@ from gateway.inbound.poller.session import (
 )
 
 _FETCH_RE = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)")
+_UID_RE = re.compile(rb"UID (\d+)")
 
 
 def mutf7(name: str) -> str:
@@ -246,6 +247,24 @@ class ImapSession:
             if isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes):
                 return item[1]
         return None
+
+    def fetch_many(self, msgs: list[RemoteMessage]) -> list[bytes | None]:
+        """Several whole messages in one UID FETCH; None for those that vanished."""
+        if len(msgs) == 1:
+            return [self.fetch(msgs[0])]
+        data = self._cmd("fetch", "FETCH", ",".join(m.ref for m in msgs), "(BODY.PEEK[])")
+        bodies: dict[int, bytes] = {}
+        for i, item in enumerate(data):
+            if not (isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes)):
+                continue
+            head = item[0] if isinstance(item[0], bytes) else b""
+            m = _UID_RE.search(head)
+            nxt = data[i + 1] if i + 1 < len(data) else None
+            if m is None and isinstance(nxt, bytes):
+                m = _UID_RE.search(nxt)     # UID after the literal
+            if m is not None:
+                bodies[int(m.group(1))] = item[1]
+        return [bodies.get(m.uid) for m in msgs]
 
     def headers(self, msg: RemoteMessage) -> bytes:
         data = self._cmd("fetch", "FETCH", msg.ref,

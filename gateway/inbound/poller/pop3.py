@@ -1,8 +1,9 @@
 """POP3 sessions (pop3, pop3s, pop3tls) on the stdlib poplib, run in a worker thread.
 
-`delete`: DELE after the commit; the server applies deletions only at QUIT, so
-a connection that dies before QUIT leaves every message in place (and the
-pipeline's dedupe absorbs the refetch). `keep`: the runner remembers committed
+`delete`: the messages committed on a connection get DELE when it finishes,
+then QUIT; the server applies deletions only at QUIT, so a connection that dies
+before leaves every message in place (and the pipeline's dedupe absorbs the
+refetch). `keep`: the runner remembers committed
 UIDLs in the database.
 """
 
@@ -58,7 +59,7 @@ class Pop3Session:
         self.pop: poplib.POP3 | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.exists = 0
-        self._deleted = 0
+        self._delete: list[int] = []
 
     def connect(self) -> poplib.POP3:
         acc = self.account
@@ -198,29 +199,33 @@ class Pop3Session:
             return b""
         return b"\r\n".join(lines) + b"\r\n"
 
+    def fetch_many(self, msgs: list[RemoteMessage]) -> list[bytes | None]:
+        return [self.fetch(m) for m in msgs]
+
     def done(self, msg: RemoteMessage) -> None:
-        if self.account.after_fetch == "keep":
-            return
-        pop = self.pop
-        assert pop is not None
-        try:
-            pop.dele(int(msg.ref))
-        except (poplib.error_proto, OSError) as exc:
-            raise MailboxError("remove", f"DELE {msg.ref} failed: {exc}") from exc
-        self._deleted += 1
+        """After the commit: note it; DELE is sent when the connection finishes.
+
+        Bookkeeping only (no I/O), so the runner calls it on its own thread.
+        """
+        if self.account.after_fetch != "keep":
+            self._delete.append(int(msg.ref))
 
     def finish(self) -> None:
-        """QUIT: the server applies the deletions now."""
+        """DELE what was committed, then QUIT: the server applies the deletions now."""
         pop = self.pop
         if pop is None:
             return
         try:
+            for n in self._delete:
+                pop.dele(n)
             pop.quit()
             self.pop = None
-            if self._deleted:
-                self.log.log("Info", "Remove", f"deleted {self._deleted} messages")
+            if self._delete:
+                self.log.log("Info", "Remove", f"deleted {len(self._delete)} messages")
+            self._delete = []
         except (poplib.error_proto, OSError) as exc:
-            raise MailboxError("remove", f"QUIT failed, deletions not applied: {exc}") from exc
+            raise MailboxError("remove", f"DELE/QUIT failed, deletions not applied: {exc}"
+                               ) from exc
         finally:
             self.abort()
 

@@ -337,41 +337,42 @@ class Poller:
     async def _work(self, account: AccountConfig, session: Session, obj: CommObj, comm: Comm,
                     result: RunResult, pool: ThreadPoolExecutor, todo: list[RemoteMessage],
                     handled: set[str], errors: list[str]) -> bool:
-        """Deliver the work list in order; the next message is fetched while one is delivered.
+        """Deliver the work list in order; the next batch is fetched while one is delivered.
 
-        The session thread runs fetch(n+1) and then remove(n), strictly one at a
-        time; remove(n) is only queued after message n is committed.
+        Only the session thread talks to the server (fetch batch n+1, later the
+        removals in finish()); a message is noted for removal after its commit.
         """
         loop = asyncio.get_running_loop()
+        batches = _batches(todo)
 
-        def fetch(m: RemoteMessage) -> asyncio.Future[bytes | None]:
-            return loop.run_in_executor(pool, session.fetch, m)
+        def fetch(batch: list[RemoteMessage]) -> asyncio.Future[list[bytes | None]]:
+            return loop.run_in_executor(pool, session.fetch_many, batch)
 
-        pending = fetch(todo[0]) if todo else None
+        pending = fetch(batches[0]) if batches else None
         try:
-            for i, m in enumerate(todo):
+            for bi, batch in enumerate(batches):
                 assert pending is not None
-                if self.stopping:        # `serve` is stopping: end cleanly after a commit
-                    return True
                 try:
-                    raw = await pending
+                    raws = await pending
                 except MailboxError as exc:
                     pending = None
                     mobj = comm.obj("Message")
-                    mobj.log("Error", "Fetch", f"account {account.name}: message {m.key}: "
-                             f"{exc.reason}")
+                    mobj.log("Error", "Fetch", f"account {account.name}: message "
+                             f"{batch[0].key}: {exc.reason}")
                     mobj.close("Failed")
                     result.failed += 1
                     errors.append(f"Fetch: {exc.reason}")
                     return False
-                pending = fetch(todo[i + 1]) if i + 1 < len(todo) else None
-                if raw is None:          # vanished meanwhile (someone else removed it)
+                pending = fetch(batches[bi + 1]) if bi + 1 < len(batches) else None
+                for m, raw in zip(batch, raws, strict=True):
+                    if self.stopping:        # `serve` is stopping: end cleanly after a commit
+                        return True
+                    if raw is None:          # vanished meanwhile (someone else removed it)
+                        handled.add(m.key)
+                        continue
+                    if not await self._deliver(account, session, comm, result, m, raw, errors):
+                        return False
                     handled.add(m.key)
-                    continue
-                if not await self._deliver(account, session, obj, comm, result, pool, m, raw,
-                                           errors):
-                    return False
-                handled.add(m.key)
             return True
         finally:
             if pending is not None:      # a prefetch still running: let it end first
@@ -394,10 +395,10 @@ class Poller:
         await self._db(lambda c: state.record_oversized(c, account.name, folder, m.key, m.size,
                                                         subject[:1000], sender[:1000], mid[:998]))
 
-    async def _deliver(self, account: AccountConfig, session: Session, obj: CommObj,
-                       comm: Comm, result: RunResult, pool: ThreadPoolExecutor,
-                       m: RemoteMessage, raw: bytes, errors: list[str]) -> bool:
-        """Deliver one fetched message, then remove it on the server; False ends the run."""
+    async def _deliver(self, account: AccountConfig, session: Session, comm: Comm,
+                       result: RunResult, m: RemoteMessage, raw: bytes,
+                       errors: list[str]) -> bool:
+        """Deliver one fetched message and note it for removal; False ends the run."""
         gw = self.gw
         t0 = time.perf_counter()
         gw.inflight += 1   # Gateway.wait_idle (graceful stop) waits for this commit
@@ -426,13 +427,23 @@ class Poller:
             setattr(result, counter, getattr(result, counter) + 1)
         if outcome.ticket_number and len(result.tickets) < 1000:
             result.tickets.append(outcome.ticket_number)
-        try:
-            await asyncio.get_running_loop().run_in_executor(pool, session.done, m)
-        except MailboxError as exc:
-            # Committed, but the server did not take the removal: the next run
-            # refetches it and the dedupe recognises it.
-            errors.append(f"Remove: {exc.reason}")
-            obj.log("Error", "Remove", f"account {account.name}: message {m.key} stored but "
-                    f"not removed from the server: {exc.reason}")
-            return False
+        session.done(m)   # committed: removed (or moved) when the connection finishes
         return True
+
+
+BATCH_MESSAGES = 20
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+def _batches(todo: list[RemoteMessage]) -> list[list[RemoteMessage]]:
+    """Fetch batches: up to BATCH_MESSAGES messages or BATCH_BYTES, at least one."""
+    out: list[list[RemoteMessage]] = []
+    size = 0
+    for m in todo:
+        if out and len(out[-1]) < BATCH_MESSAGES and size + m.size <= BATCH_BYTES:
+            out[-1].append(m)
+            size += m.size
+        else:
+            out.append([m])
+            size = m.size
+    return out
