@@ -3,10 +3,16 @@
 Doors import the objects and count; the dashboard renders the registry. Label
 values are small fixed sets (door, result, account name) — never addresses or
 message ids.
+
+With pre-forked LMTP workers (`[lmtp] workers > 1`) `deskgate serve` sets
+PROMETHEUS_MULTIPROC_DIR before this module is first imported (gateway.cli.core);
+every process then writes its samples to files there and /metrics adds them up,
+so the counters cover all processes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -21,9 +27,11 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
+if not MULTIPROCESS:
+    ProcessCollector(registry=REGISTRY)
+    PlatformCollector(registry=REGISTRY)
 
 MESSAGES = Counter(
     "deskgate_messages", "Messages handled, by door (lmtp, stdin, poller, submission, relay), "
@@ -35,10 +43,10 @@ PIPELINE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 OUTBOUND_QUEUE_DEPTH = Gauge(
     "deskgate_outbound_queue_depth", "Messages waiting in the outbound queue",
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="mostrecent")
 OUTBOUND_QUEUE_OLDEST_SECONDS = Gauge(
     "deskgate_outbound_queue_oldest_seconds", "Age of the oldest message in the outbound queue",
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="mostrecent")
 POLLER_ERRORS = Counter(
     "deskgate_poller_errors", "Failed poll runs (connect, login, fetch) per account",
     ["account"], registry=REGISTRY)
@@ -68,4 +76,11 @@ def render(engine: Engine | None = None) -> tuple[bytes, str]:
     if engine is not None:
         for hook in SCRAPE_HOOKS:
             hook(engine)
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -25,11 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Before any plugin imports prometheus_client: `serve` with pre-forked LMTP
+    # workers needs its multi-process mode chosen first.
+    if getattr(args, "command", None) == "serve":
+        from gateway.cli.core import prepare_serve_process
+
+        prepare_serve_process(args)
     from gateway.app import load_plugins
 
     load_plugins()   # plugins register config validators that `check` must run
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import (
@@ -51,8 +52,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import run_serve
 
     cfg = load(args, quiet_logs=False)
+
     run_serve(cfg)
     return EX_OK
+
+
+def prepare_serve_process(args: argparse.Namespace) -> None:
+    """Runs before the plugins are imported. With [lmtp] workers > 1, switch
+    prometheus_client to multi-process mode (it must be chosen before its first
+    import), so /metrics adds up the counters of every LMTP process."""
+    from gateway.config import load_config
+    from gateway.errors import ConfigErrors
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors:
+        return              # `serve` reports the errors itself
+    if cfg.lmtp.workers > 1:
+        _metrics_multiprocess(cfg.state_dir / "run" / "metrics")
+
+
+def _metrics_multiprocess(directory: Path) -> None:
+    if "prometheus_client" in sys.modules or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in directory.glob("*.db"):
+        f.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -170,3 +170,76 @@ class TestUnitFiles:
         run = root / "run" / "deskgate"
         assert run.is_dir() and oct(run.stat().st_mode & 0o777) == "0o750"
         assert (root / "var" / "lib" / "deskgate").is_dir()
+
+
+class TestWorkersMetrics:
+    def test_counters_cover_prefork_workers(self, make_confdir, tmp_path):
+        """With [lmtp] workers = 2 the LMTP counters at /metrics add up the messages of both
+        processes (prometheus_client multi-process mode)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        port = free_port()
+        conf = make_confdir({"60-w.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'
+                                          '[lmtp]\nworkers = 2\n'})
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env["PYTHONPATH"] = str(REPO)
+        logf = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf),
+                                 "serve"], cwd=tmp_path, env=env, stdout=logf,
+                                stderr=subprocess.STDOUT)
+        try:
+            sock = conf.parent / "var" / "run" / "lmtp.sock"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",  # noqa: S310
+                                                timeout=5) as r:
+                        if json.loads(r.read())["ok"]:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+
+            def session(k: int) -> list[int]:
+                c = LmtpClient(sock)
+                c.lhlo()
+                codes = []
+                for j in range(3):
+                    _, data = c.transaction("a@customer.test", ["support@example.org"],
+                                            message(100 * k + j))
+                    codes += [d[0] for d in data]
+                c.close()
+                return codes
+
+            # The main process paused: the worker must take these connections.
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert len(children) == 1, children
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                codes = session(0) + session(1)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            with ThreadPoolExecutor(6) as ex:
+                codes += [c for cs in ex.map(session, range(2, 8)) for c in cs]
+            assert codes == [250] * 24
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",  # noqa: S310
+                                        timeout=10) as r:
+                body = r.read().decode()
+            total = sum(s.value for f in text_string_to_metric_families(body)
+                        for s in f.samples if s.name == "deskgate_messages_total"
+                        and s.labels.get("door") == "lmtp" and s.labels.get("result") == "new")
+            files = sorted(p.name for p in (conf.parent / "var" / "run" / "metrics").iterdir())
+            assert total == 24, (files, [ln for ln in body.splitlines() if "lmtp" in ln])
+            assert f"counter_{children[0]}.db" in files
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+                logf.close()
