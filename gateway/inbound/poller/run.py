@@ -198,8 +198,13 @@ class Poller:
                     errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
                     break
                 await self._db(lambda c: write_comm(c, comm))   # the Connection comes first
-                more, ok = await self._segment(account, session, obj, comm, result, call, pool,
-                                               budget - result.fetched, done_keys, errors)
+                try:
+                    more, ok = await self._segment(account, session, obj, comm, result, call,
+                                                   pool, budget - result.fetched, done_keys,
+                                                   errors)
+                except BaseException:
+                    pool.submit(session.abort)   # after whatever the thread is doing now
+                    raise
                 await self._db(lambda c: write_comm(c, comm))
                 if not ok or not more or result.fetched >= budget or self.stopping:
                     result.more = more and ok
