@@ -86,7 +86,7 @@ class _Peeler:
 
     # ------------------------------------------------------------ results
 
-    def _fail(self, text: str) -> None:
+    def fail(self, text: str) -> None:
         c = self.out.crypto
         c.error = f"{c.error}; {text}" if c.error else text
 
@@ -98,13 +98,13 @@ class _Peeler:
                                                                        else "")
         if valid and signers and self.from_email not in signers:
             c.signature_valid = False
-            self._fail(f"signature valid, signer mismatch (signed by {', '.join(signers)}, "
+            self.fail(f"signature valid, signer mismatch (signed by {', '.join(signers)}, "
                        f"From is {self.from_email or 'empty'})")
         elif valid:
             c.signature_valid = True
         else:
             c.signature_valid = False
-            self._fail(f"signature invalid: {error}" if error else "signature invalid")
+            self.fail(f"signature invalid: {error}" if error else "signature invalid")
         self.out.notes.append(f"{method} signature: "
                               + ("valid" if c.signature_valid else "not valid")
                               + (f" (signer {c.signer})" if c.signer else ""))
@@ -148,7 +148,7 @@ class _Peeler:
         try:
             inner = smime.decrypt(der, entries)
         except smime.SmimeError as exc:
-            self._fail(f"S/MIME: {exc}")
+            self.fail(f"S/MIME: {exc}")
             return None
         c.decrypted = True
         self.out.notes.append("S/MIME decrypted")
@@ -168,12 +168,12 @@ class _Peeler:
         protocol = str(msg.get_param("protocol") or "").lower()
         parts = msg.get_payload()
         if not isinstance(parts, list) or len(parts) != 2:
-            self._fail("multipart/signed without exactly two parts")
+            self.fail("multipart/signed without exactly two parts")
             return None
         boundary = msg.get_boundary()
         content = first_part_bytes(raw, boundary) if boundary else None
         if content is None:
-            self._fail("multipart/signed: signed part not found")
+            self.fail("multipart/signed: signed part not found")
             return None
         content = canonical(content)
         sig = _payload(parts[1])
@@ -196,12 +196,12 @@ class _Peeler:
         c.encrypted, c.method = True, c.method or "pgp"
         parts = msg.get_payload()
         if not isinstance(parts, list) or len(parts) < 2:
-            self._fail("PGP/MIME: multipart/encrypted without the encrypted part")
+            self.fail("PGP/MIME: multipart/encrypted without the encrypted part")
             return None
         try:
             inner, v = pgp.decrypt(self.stores.pgp, _payload(parts[1]), self.candidates)
         except pgp.PgpError as exc:
-            self._fail(f"PGP: {exc}")
+            self.fail(f"PGP: {exc}")
             return None
         c.decrypted = True
         self.out.notes.append("PGP/MIME decrypted")
@@ -225,7 +225,7 @@ class _Peeler:
                 plain, v = pgp.decrypt(self.stores.pgp, body[start:end].encode("utf-8"),
                                        self.candidates)
             except pgp.PgpError as exc:
-                self._fail(f"PGP: {exc}")
+                self.fail(f"PGP: {exc}")
                 return None
             c.decrypted = True
             self.out.notes.append("inline PGP decrypted")
@@ -275,7 +275,7 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
             p.body = new_body
     except Exception as exc:  # crypto trouble must never lose the message
         log.warning("decrypt stage failed", error=repr(exc), message_id=p.message_id)
-        peeler._fail(f"{type(exc).__name__}: {exc}")
+        peeler.fail(f"{type(exc).__name__}: {exc}")
     c = peeler.out.crypto
     ctx.crypto = c
     if not (c.encrypted or c.signed):
