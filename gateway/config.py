@@ -227,6 +227,7 @@ class RelayConfig:
     concurrency: int = 4
     bounce_sender: str = ""     # envelope sender of DSNs we generate; empty = null sender
     lease: float = conv(parse_duration, 300.0)   # a claimed message is retaken after this
+    allow_plaintext: bool = False   # AUTH with security = "none" must be allowed explicitly
     poll_interval: float = conv(parse_duration, 5.0)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gateway.outbound.checks
 import gateway.outbound.dkim  # noqa: F401 - registers the [[dkim]] validator for every command
 from gateway.cli.common import (
     EX_DATAERR,

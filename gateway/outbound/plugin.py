@@ -4,4 +4,5 @@ validator, and the auto-response commit stage."""
 from __future__ import annotations
 
 import gateway.outbound.autoresponse
+import gateway.outbound.checks
 import gateway.outbound.dkim  # noqa: F401

@@ -94,3 +94,11 @@ class TestDkimConfig:
         res = cli(conf, "check")
         assert res.returncode == 1
         assert b"dkim[0].key_file" in res.stderr and b"missing.pem" in res.stderr
+
+    def test_check_refuses_relay_auth_without_tls(self, make_confdir):
+        """AUTH at the relay with security = "none" needs allow_plaintext = true."""
+        relay = '[relay]\nhost = "127.0.0.1"\nsecurity = "none"\nuser = "gw"\npassword = "x"\n'
+        res = cli(make_confdir({"40-relay.toml": relay}), "check")
+        assert res.returncode == 1 and b"relay.security" in res.stderr
+        res = cli(make_confdir({"40-relay.toml": relay + "allow_plaintext = true\n"}), "check")
+        assert res.returncode == 0, res.stderr
