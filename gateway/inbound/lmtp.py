@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from aiosmtpd.lmtp import LMTP
 
@@ -78,7 +78,7 @@ class LmtpSession(LMTP):
 
     # aiosmtpd calls these on RSET, LHLO and after DATA.
     def _set_post_data_state(self) -> None:
-        super()._set_post_data_state()
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
         self._from = None
         self._rcpts = []
 
@@ -90,7 +90,7 @@ class LmtpSession(LMTP):
             await self.push("501 5.5.4 Syntax: LHLO hostname")
             return
         assert self.session is not None
-        self._set_rset_state()
+        self._set_rset_state()  # type: ignore[no-untyped-call]
         self.session.host_name = arg
         self.session.extended_smtp = True
         lines = [f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
@@ -176,7 +176,7 @@ class LmtpSession(LMTP):
             replies = [errors.TEMPFAIL] * len(rcpts)
         await self.push("\r\n".join(str(r) for r in replies))
 
-    async def _read_data(self) -> bytes | bool | None:
+    async def _read_data(self) -> bytes | Literal[False] | None:
         """Read up to CRLF.CRLF; bytes, False when over the size limit, None on EOF."""
         reader = self._reader
         limit = self.data_size_limit or 0

@@ -92,6 +92,7 @@ def addresses(value: str) -> list[str]:
 
 
 def _filename(part: Message) -> str:
+    name: object
     try:
         name = part.get_filename()
     except Exception:
@@ -199,7 +200,7 @@ def _leaves(msg: Message) -> list[Message]:
         elif part.is_multipart():
             payload = part.get_payload()
             if isinstance(payload, list):
-                stack.extend(reversed(payload))
+                stack.extend(p for p in reversed(payload) if isinstance(p, Message))
         else:
             out.append(part)
     return out
@@ -211,6 +212,8 @@ def _rfc822(part: Message) -> bytes:
         blocks = inner[:1] if part.get_content_type() == "message/rfc822" else inner
         out = []
         for block in blocks:
+            if not isinstance(block, Message):
+                continue
             try:
                 out.append(block.as_bytes())
             except Exception:

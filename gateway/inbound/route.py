@@ -37,8 +37,8 @@ def route(ctx: MessageContext, rt: Runtime) -> None:
     for rcpt in _candidates(ctx):
         addr = cfg.address_by_email(rcpt)
         if addr is not None and addr.queue and addr.valid == "valid":
-            ctx.queue = cfg.queue_by_name(addr.queue).name if cfg.queue_by_name(addr.queue) \
-                else addr.queue
+            q = cfg.queue_by_name(addr.queue)
+            ctx.queue = q.name if q is not None else addr.queue
             ctx.trace.append(f"queue {ctx.queue} from system address {addr.email}")
             return
     ctx.queue = cfg.postmaster.default_queue

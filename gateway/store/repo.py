@@ -193,8 +193,8 @@ def sync_config(conn: Connection, cfg: Config) -> None:
         else:
             conn.execute(insert(SystemAddress).values(email=a.email, **vals))
     emails = {a.email for a in cfg.address}
-    for email, row in existing_a.items():
-        if email not in emails and (row.in_config or row.valid != "invalid"):
+    for email, arow in existing_a.items():
+        if email not in emails and (arow.in_config or arow.valid != "invalid"):
             conn.execute(update(SystemAddress).where(SystemAddress.email == email).values(
                 valid="invalid", in_config=False, changed=now))
 

@@ -215,7 +215,7 @@ class OutboundMessage(Base):
 
     __tablename__ = "outbound_message"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20), default="message")   # message | auto-response | dsn
+    kind: Mapped[str] = mapped_column(String(20), default="message")  # message|auto-response|dsn
     queue: Mapped[str] = mapped_column(String(200), default="")
     sender: Mapped[str] = mapped_column(String(320), default="")       # envelope sender, '' = <>
     return_path: Mapped[str] = mapped_column(String(320), default="")  # DSNs go here

@@ -194,7 +194,7 @@ class TestWorkersMetrics:
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",  # noqa: S310
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
                                                 timeout=5) as r:
                         if json.loads(r.read())["ok"]:
                             break
@@ -225,7 +225,7 @@ class TestWorkersMetrics:
             with ThreadPoolExecutor(6) as ex:
                 codes += [c for cs in ex.map(session, range(2, 8)) for c in cs]
             assert codes == [250] * 24
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                         timeout=10) as r:
                 body = r.read().decode()
             total = sum(s.value for f in text_string_to_metric_families(body)
