@@ -69,6 +69,7 @@ lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+# No connection cache here: tests sharing the instance repoint the socket to a new gateway.
 {transport} unix  -       -       n       -       -       lmtp
   -o syslog_name=postfix/{transport}
   -o lmtp_connection_cache_on_demand=no
