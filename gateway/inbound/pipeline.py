@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
 from gateway.commlog import Comm, CommObj, write_comm
@@ -239,7 +240,13 @@ class Pipeline:
             if is_temporary(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))
                 return self._tempfail(env, f"database: {type(exc).__name__}")
-            log.exception("pipeline commit failed; quarantining")
+            if isinstance(exc, IntegrityError):
+                # Most often the same message committed by another node a moment
+                # ago: the quarantine job looks for that delivery first.
+                log.info("commit conflicted; checking for a concurrent delivery",
+                         error=str(exc.orig)[:200])
+            else:
+                log.exception("pipeline commit failed; quarantining")
             try:
                 done = await self.writer.run(self._quarantine_job(
                     ctx, comm, f"{type(exc).__name__}: {exc}", traceback.format_exc()),
