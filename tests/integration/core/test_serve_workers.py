@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,6 +52,7 @@ class TestServeWorkers:
                                  "serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env={**os.environ,
                                                                 "PYTHONPATH": str(ROOT)})
+        workers: list[int] = []
         try:
             assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 1)
             workers = children_of(proc.pid)
@@ -78,3 +80,6 @@ class TestServeWorkers:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pid in workers:          # never leave a forked worker behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
