@@ -216,3 +216,41 @@ class TestCrash:
             statuses = conn.execute(select(Communication.status).order_by(
                 Communication.id)).scalars().all()
         assert statuses == ["Failed", "Successful"]     # the killed run is closed, not left
+
+
+class TestHostname:
+    def test_certificate_for_another_name_is_refused(self, mailbox, poller_config, harness,
+                                                     tmp_path):
+        """A trusted CA is not enough: the certificate must name the host (IMAPS greeting)."""
+        import socket
+        import ssl
+        import threading
+
+        cert = mailbox.ca.issue("elsewhere", hosts=("mail.elsewhere.test",), filename="else")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert.cert, cert.key)
+        srv = socket.create_server(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+
+        def serve() -> None:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"* OK IMAP4rev1 ready\r\n")
+                    tls.recv(100)
+            except (OSError, ssl.SSLError):
+                pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            h = harness(poller_config(account_toml(mailbox, "imaps", port=port)))
+            r = h.poll()
+        finally:
+            srv.close()
+            t.join(5)
+        assert r.status == "Failed" and "TLS" in r.error
+        assert "mismatch" in r.error and "127.0.0.1" in r.error
