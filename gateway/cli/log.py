@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection, inspect
+
 from gateway import commlog_views as views
 from gateway.cli.common import add_json, load, print_json, print_table
-from gateway.config import parse_duration
+from gateway.config import Config, parse_duration
 from gateway.store.db import make_engine
+
+
+@contextlib.contextmanager
+def _connect(cfg: Config, *, write: bool = False) -> Iterator[Connection]:
+    """A connection to the gateway's database; exit 1 with a hint when it has no schema."""
+    engine = make_engine(cfg.database_url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("communication"):
+                print("deskgate log: the database has no communication log yet; run "
+                      "`deskgate db upgrade` (or start `deskgate serve`)", file=sys.stderr)
+                raise SystemExit(1)
+        with engine.begin() if write else engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def parse_when(value: str) -> datetime:
@@ -88,7 +108,7 @@ def _fmt(dt: datetime | None) -> str:
 
 def cmd_overview(args: argparse.Namespace) -> int:
     cfg = load(args)
-    with make_engine(cfg.database_url).connect() as conn:
+    with _connect(cfg) as conn:
         data = views.overview(conn, period=args.period)
     if args.json:
         print_json(data)
@@ -114,7 +134,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"log list: {exc}", file=sys.stderr)
         return 2
-    with make_engine(cfg.database_url).connect() as conn:
+    with _connect(cfg) as conn:
         rows = views.list_communications(conn, f)
     if args.json:
         print_json(rows)
@@ -127,7 +147,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     cfg = load(args)
-    with make_engine(cfg.database_url).connect() as conn:
+    with _connect(cfg) as conn:
         data = views.get_communication(conn, args.id, priority=args.priority)
     if data is None:
         print(f"log show: no communication {args.id}", file=sys.stderr)
@@ -152,7 +172,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     cfg = load(args)
-    with make_engine(cfg.database_url).begin() as conn:
+    with _connect(cfg, write=True) as conn:
         n = views.purge(conn, successful_after=cfg.gateway.purge_successful_after,
                         all_after=cfg.gateway.purge_all_after)
     if args.json:

@@ -122,3 +122,15 @@ class TestPasswdCli:
         monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
         rc, _, err = run(capsys, "passwd")
         assert rc == 1 and "empty" in err
+
+
+class TestLogCliFreshDatabase:
+    def test_no_schema_gives_a_hint(self, make_confdir, capsys):
+        """Before any migration, log commands exit 1 and say how to create the schema."""
+        conf = make_confdir()
+        for argv in (["log", "list"], ["log", "overview", "--json"], ["log", "show", "1"],
+                     ["log", "purge"]):
+            with pytest.raises(SystemExit) as ei:
+                main(["--config", str(conf), *argv])
+            out, err = capsys.readouterr()
+            assert ei.value.code == 1 and out == "" and "deskgate db upgrade" in err
