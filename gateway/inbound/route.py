@@ -29,7 +29,7 @@ def route(ctx: MessageContext, rt: Runtime) -> None:
             ctx.trace.append(f"queue {q.name} from X-header/filter")
             return
         ctx.log.log("Error", "Queue", f"queue {wanted!r} from X-header/filter does not exist; "
-                    f"using {cfg.postmaster.default_queue}")
+                    "ignored (routing by account, system address, then default queue)")
     if ctx.envelope.dispatch_queue:
         ctx.queue = ctx.envelope.dispatch_queue
         ctx.trace.append(f"queue {ctx.queue} from the mail account (dispatch = queue)")
