@@ -229,6 +229,7 @@ class TestLiteralShortcut:
     @settings(max_examples=300, deadline=None)
     @example(lit="AIK", tail="\\s*", text="a\u0131\u212a")
     @example(lit="Sak", tail="\\s*", text="\u017fAk")
+    @example(lit="AiA", tail="\\s*", text="A\u0130A")
     @given(lit=st.text(alphabet="aksiKISA", min_size=3, max_size=5),
            tail=st.sampled_from(["\\s*", "(?P<n>\\d+)"]),   # unbounded: the timed path
            text=st.text(alphabet="aksiKISA \u212a\u017f\u0131\u0130\u00df12", max_size=30))
