@@ -58,8 +58,9 @@ def serve_bare(sock: str) -> None:
     from aiosmtpd.lmtp import LMTP
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            return "250 OK"
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+            # one reply per recipient, as RFC 2033 wants (aiosmtpd issue #517)
+            return "\r\n".join(["250 OK"] * len(envelope.rcpt_tos))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -80,7 +81,7 @@ def serve_deskgate(sock: str, root: str, stats_file: str) -> None:
     from gateway.config import load_config
     from gateway.logs import setup_logging
 
-    setup_logging("warning", "json")
+    setup_logging("error", "json")
     cfg = load_config(Path(root) / "conf.d")
     if cfg.lmtp.workers > 1:
         # the real `deskgate serve` with pre-forked workers; no latency probe

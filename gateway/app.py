@@ -219,7 +219,8 @@ class Gateway:
         servers = await start_listeners(
             self, socks if socks is not None else self.bind(),
             max_message_size=cfg.lmtp.max_message_size, max_recipients=cfg.lmtp.max_recipients,
-            hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout)
+            hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout,
+            shared=cfg.lmtp.workers > 1)
         self.servers = list(servers)
         if not services:
             return servers

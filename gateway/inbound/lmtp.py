@@ -17,7 +17,7 @@ import grp
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -73,8 +73,15 @@ class LmtpSession(LMTP):
                          loop=loop)
         self.backend = backend
         self.max_recipients = max_recipients
+        self.on_lost: Callable[[], None] | None = None
         self._from: str | None = None
         self._rcpts: list[str] = []
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
 
     # aiosmtpd calls these on RSET, LHLO and after DATA.
     def _set_post_data_state(self) -> None:
@@ -253,11 +260,68 @@ def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o66
     return socks
 
 
+class AcceptLoop:
+    """Accept one connection at a time from a socket shared by several processes.
+
+    asyncio's and uvloop's servers accept every pending connection at once, so
+    with pre-forked workers the first process to wake takes a whole burst (and,
+    with the MTA's connection reuse, keeps it). Accepting one at a time lets the
+    kernel hand each connection to whichever process is waiting, so a busy
+    process takes fewer. Quacks like asyncio.Server for close/wait_closed/is_serving.
+    """
+
+    # Seconds a process waits before its next accept, per session it already has:
+    # the less loaded processes win the next connections of a burst.
+    DELAY_PER_SESSION = 0.002
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], LmtpSession]) -> None:
+        self.sock = sock
+        self.sockets = [sock]
+        self._factory = factory
+        self.active = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _session(self) -> LmtpSession:
+        session = self._factory()
+        self.active += 1
+        session.on_lost = self._lost
+        return session
+
+    def _lost(self) -> None:
+        self.active -= 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.active:
+                await asyncio.sleep(self.DELAY_PER_SESSION * self.active)
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:        # EMFILE and friends: back off, keep serving
+                logging.getLogger(__name__).warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await loop.connect_accepted_socket(self._session, conn)
+            except OSError:
+                conn.close()
+
+    def is_serving(self) -> bool:
+        return not self._task.done()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], *,
                           max_message_size: int, max_recipients: int, hostname: str,
                           timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
-                          ) -> list[asyncio.AbstractServer]:
-    """Serve LMTP on already bound sockets."""
+                          shared: bool = False) -> list[Any]:
+    """Serve LMTP on already bound sockets; `shared` when other processes accept too."""
     loop = asyncio.get_running_loop()
 
     def factory() -> LmtpSession:
@@ -265,9 +329,11 @@ async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], 
                            max_recipients=max_recipients, hostname=hostname, timeout=timeout,
                            loop=loop)
 
-    servers: list[asyncio.AbstractServer] = []
+    servers: list[Any] = []
     for sock in socks:
-        if sock.family == socket.AF_UNIX:
+        if shared:
+            servers.append(AcceptLoop(sock, factory))
+        elif sock.family == socket.AF_UNIX:
             servers.append(await loop.create_unix_server(factory, sock=sock))
         else:
             servers.append(await loop.create_server(factory, sock=sock))

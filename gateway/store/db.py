@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +140,32 @@ class BatchWriter:
         self._started = False
         self.batches = 0
         self.jobs = 0
+        self._lock_path = _sqlite_lock_path(engine)
+        self._lock_fd: int | None = None
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction; on SQLite, serialized across processes by a file lock.
+
+        SQLite lets one writer in at a time and makes the others sleep in its busy
+        handler (1, 2, 5, 10 ms ...), and a transaction that read before another
+        process committed cannot write at all (SQLITE_BUSY_SNAPSHOT). Pre-forked
+        LMTP workers and `deskgate deliver` therefore queue on an flock first,
+        which wakes the next writer the moment the previous one commits.
+        """
+        if self._lock_path is None:
+            return self.engine.begin()
+        return self._locked_begin(self._lock_path)
+
+    @contextlib.contextmanager
+    def _locked_begin(self, path: str) -> Iterator[Connection]:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def start(self) -> None:
         if not self._started:
@@ -167,6 +195,9 @@ class BatchWriter:
             self._q.put(None)
             self._thread.join(timeout)
             self._started = False
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _run(self) -> None:
         stop = False
@@ -221,7 +252,7 @@ class BatchWriter:
         if len(live) > 1:
             results: list[Any] = []
             try:
-                with self.engine.begin() as conn:
+                with self._transaction() as conn:
                     for it in live:
                         results.append(it.job(conn))
             except Exception as exc:
@@ -239,7 +270,7 @@ class BatchWriter:
         delay = 0.05
         for attempt in range(3):
             try:
-                with self.engine.begin() as conn:
+                with self._transaction() as conn:
                     res = it.job(conn)
             except OperationalError as exc:
                 # "database is locked" under contention: a short retry usually fixes it.
@@ -252,6 +283,16 @@ class BatchWriter:
                 return False, exc
             return True, res
         return False, RuntimeError("unreachable")
+
+
+def _sqlite_lock_path(engine: Engine) -> str | None:
+    """`<database>.lock` for a file SQLite database, None for anything else."""
+    if engine.dialect.name != "sqlite":
+        return None
+    db = engine.url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return f"{db}.lock"
 
 
 def ping(engine: Engine) -> bool:
