@@ -58,7 +58,7 @@ def serve_bare(sock: str) -> None:
     from aiosmtpd.lmtp import LMTP
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        async def handle_DATA(self, server, session, envelope):
             # one reply per recipient, as RFC 2033 wants (aiosmtpd issue #517)
             return "\r\n".join(["250 OK"] * len(envelope.rcpt_tos))
 

@@ -124,7 +124,7 @@ def required_literal(pattern: str, min_len: int = 3) -> str | None:
 
 def fold(value: str) -> str:
     """The value as required_literal() literals are searched in."""
-    # U+0130 (capital I with dot) casefolds to "i" + combining dot, U+0131 (dotless i) stays itself, yet
-    # `regex` IGNORECASE matches both with i: map them first (checked against every
-    # code point that matches [a-z] under IGNORECASE).
+    # U+0130 (capital I with dot) casefolds to "i" + combining dot and U+0131
+    # (dotless i) stays itself, yet `regex` IGNORECASE matches both with i: map
+    # them first (checked against every code point matching [a-z] under IGNORECASE).
     return value.replace("\u0130", "i").casefold().replace("\u0131", "i")
