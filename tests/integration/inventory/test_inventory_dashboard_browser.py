@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 from tests.integration.inventory.conftest import account_toml
+from tests.peers.browser import ARTIFACTS, chromium, requires_chromium
 from tests.peers.lmtp import LmtpClient
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-
-pytestmark = [pytest.mark.dovecot, pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="Debian's chromium and chromium-driver are not installed (make system-deps)")]
+pytestmark = [pytest.mark.dovecot, requires_chromium]
 
 POLICIES = {"010-spam.toml": """
     [[filter]]
@@ -34,22 +26,8 @@ POLICIES = {"010-spam.toml": """
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}",
-                "--no-first-run", "--disable-extensions", "--disable-background-networking"):
-        opts.add_argument(arg)
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log"))
-    drv = webdriver.Chrome(service=service, options=opts)
-    drv.set_page_load_timeout(60)
-    try:
+    with chromium(tmp_path, width=1400, page_timeout=60) as drv:
         yield drv
-    finally:
-        drv.quit()          # stops chromium and the chromedriver process it started
 
 
 def msg(n: int, to: str) -> bytes:
