@@ -7,11 +7,14 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigErrors
 from gateway.logs import setup_logging
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 EX_OK = 0
 EX_DATAERR = 65
@@ -62,3 +65,30 @@ def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
 
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def read_stdin_message(command: str) -> bytes | None:
+    """The message on stdin with CRLF line ends; None (and a message) when empty."""
+    raw = sys.stdin.buffer.read()
+    if not raw.strip():
+        print(f"{command}: empty message on stdin", file=sys.stderr)
+        return None
+    if b"\r\n" not in raw:
+        raw = raw.replace(b"\n", b"\r\n")
+    return raw
+
+
+def open_gateway(cfg: Config, command: str) -> Gateway | None:
+    """A Gateway with a migrated store; None (and a message) when the database is down."""
+    from gateway.app import Gateway
+    from gateway.store.db import is_temporary
+
+    try:
+        gw = Gateway(cfg)
+        gw.prepare_store()
+    except Exception as exc:
+        if is_temporary(exc):
+            print(f"{command}: database unavailable: {exc}", file=sys.stderr)
+            return None
+        raise
+    return gw

@@ -17,7 +17,9 @@ from gateway.cli.common import (
     EX_TEMPFAIL,
     add_json,
     load,
+    open_gateway,
     print_json,
+    read_stdin_message,
 )
 
 
@@ -107,31 +109,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from gateway.app import Gateway
     from gateway.model import Envelope
-    from gateway.store.db import is_temporary
 
     cfg = load(args)
-    raw = sys.stdin.buffer.read()
-    if not raw.strip():
-        print("deliver: empty message on stdin", file=sys.stderr)
+    raw = read_stdin_message("deliver")
+    if raw is None:
         return EX_DATAERR
-    if b"\r\n" not in raw:
-        raw = raw.replace(b"\n", b"\r\n")
     account = None
     if args.account:
         account = cfg.account_by_name(args.account)
         if account is None:
             print(f"deliver: no [[account]] named {args.account!r}", file=sys.stderr)
             return EX_NOUSER
-    try:
-        gw = Gateway(cfg)
-        gw.prepare_store()
-    except Exception as exc:
-        if is_temporary(exc):
-            print(f"deliver: database unavailable: {exc}", file=sys.stderr)
-            return EX_TEMPFAIL
-        raise
+    gw = open_gateway(cfg, "deliver")
+    if gw is None:
+        return EX_TEMPFAIL
     try:
         rcpts = [r.lower() for r in args.recipient]
         if rcpts:

@@ -17,8 +17,10 @@ from gateway.cli.common import (
     EX_TEMPFAIL,
     add_json,
     load,
+    open_gateway,
     print_json,
     print_table,
+    read_stdin_message,
 )
 
 
@@ -65,20 +67,15 @@ def register(sub: Any) -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.app import Gateway
     from gateway.inbound.parse import first_address
     from gateway.outbound.pipeline import OutboundContext
     from gateway.outbound.rewrite import header_text, recipients_from_headers
     from gateway.outbound.service import outbound_pipeline
-    from gateway.store.db import is_temporary
 
     cfg = load(args)
-    raw = sys.stdin.buffer.read()
-    if not raw.strip():
-        print("send: empty message on stdin", file=sys.stderr)
+    raw = read_stdin_message("send")
+    if raw is None:
         return EX_DATAERR
-    if b"\r\n" not in raw:
-        raw = raw.replace(b"\n", b"\r\n")
     from email import message_from_bytes
     from email.policy import compat32
 
@@ -90,14 +87,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.queue and cfg.queue_by_name(args.queue) is None:
         print(f"send: no [[queue]] named {args.queue!r}", file=sys.stderr)
         return EX_DATAERR
-    try:
-        gw = Gateway(cfg)
-        gw.prepare_store()
-    except Exception as exc:
-        if is_temporary(exc):
-            print(f"send: database unavailable: {exc}", file=sys.stderr)
-            return EX_TEMPFAIL
-        raise
+    gw = open_gateway(cfg, "send")
+    if gw is None:
+        return EX_TEMPFAIL
     try:
         ctx = OutboundContext(
             mail_from=args.mail_from or first_address(header_text(msg, "From")),
