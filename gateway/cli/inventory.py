@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,45 +17,38 @@ from gateway.config import Config
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("addresses", help="system addresses (files and database)")
-    asub = p.add_subparsers(dest="addresses_command", metavar="ACTION")
-    asub.required = True
-    lp = asub.add_parser("list", help="list system addresses")
-    _add_search(lp)
+    lp = _list_parser(sub, "addresses", "system addresses (files and database)",
+                      "list system addresses", cmd_addresses)[1]
     lp.add_argument("--valid", choices=("valid", "invalid", "invalid-temporarily"),
                     help="only addresses with this validity")
     lp.add_argument("--queue", metavar="Q", help="only addresses of this queue")
-    add_json(lp)
-    lp.set_defaults(func=cmd_addresses)
 
-    p = sub.add_parser("queues", help="queues with their policies and open tickets")
-    qsub = p.add_subparsers(dest="queues_command", metavar="ACTION")
-    qsub.required = True
-    lp = qsub.add_parser("list", help="list queues")
-    _add_search(lp)
-    add_json(lp)
-    lp.set_defaults(func=cmd_queues)
+    _list_parser(sub, "queues", "queues with their policies and open tickets", "list queues",
+                 cmd_queues)
 
-    p = sub.add_parser("accounts", help="mail accounts of the poller")
-    csub = p.add_subparsers(dest="accounts_command", metavar="ACTION")
-    csub.required = True
-    lp = csub.add_parser("list", help="list accounts with their last poll and status")
-    _add_search(lp)
-    add_json(lp)
-    lp.set_defaults(func=cmd_accounts)
+    csub, _ = _list_parser(sub, "accounts", "mail accounts of the poller",
+                           "list accounts with their last poll and status", cmd_accounts)
     cp = csub.add_parser("check", help="connect, authenticate, select the folder and count; "
                                        "fetch and delete nothing")
     cp.add_argument("name", metavar="NAME", help="the [[account]] name")
     add_json(cp)
     cp.set_defaults(func=cmd_accounts_check)
 
-    p = sub.add_parser("filters", help="postmaster filters in evaluation order")
-    fsub = p.add_subparsers(dest="filters_command", metavar="ACTION")
-    fsub.required = True
-    lp = fsub.add_parser("list", help="list filters")
+    _list_parser(sub, "filters", "postmaster filters in evaluation order", "list filters",
+                 cmd_filters)
+
+
+def _list_parser(sub: Any, name: str, help_: str, list_help: str,
+                 func: Callable[[argparse.Namespace], int]) -> tuple[Any, argparse.ArgumentParser]:
+    """`deskgate NAME list [--search TEXT] [--json]`; returns (actions, list parser)."""
+    p = sub.add_parser(name, help=help_)
+    actions = p.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    actions.required = True
+    lp = actions.add_parser("list", help=list_help)
     _add_search(lp)
     add_json(lp)
-    lp.set_defaults(func=cmd_filters)
+    lp.set_defaults(func=func)
+    return actions, lp
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Connection
 
 import gateway.outbound.checks
 import gateway.outbound.dkim  # noqa: F401 - registers the [[dkim]] validator for every command
@@ -167,13 +171,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+@contextlib.contextmanager
+def _transaction(args: argparse.Namespace) -> Iterator[Connection]:
+    """One write transaction on the configured database, engine disposed afterwards."""
+    engine = _engine(args)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import retry_now
 
-    engine = _engine(args)
-    with engine.begin() as conn:
+    with _transaction(args) as conn:
         n = retry_now(conn, args.id)
-    engine.dispose()
     if not n:
         print(f"outqueue: no queued message {args.id}", file=sys.stderr)
         return 1
@@ -184,10 +197,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import remove
 
-    engine = _engine(args)
-    with engine.begin() as conn:
+    with _transaction(args) as conn:
         ok = remove(conn, args.id)
-    engine.dispose()
     if not ok:
         print(f"outqueue: no message {args.id}", file=sys.stderr)
         return 1
@@ -198,10 +209,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_flush(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import retry_now
 
-    engine = _engine(args)
-    with engine.begin() as conn:
+    with _transaction(args) as conn:
         n = retry_now(conn)
-    engine.dispose()
     print(f"{n} queued message(s) will be tried again now")
     return EX_OK
 
