@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.app import load_plugins  # noqa: E402
 from gateway.commlog import CommObj  # noqa: E402
 from gateway.config import load_config  # noqa: E402
-from gateway.crypto.outbound import protect  # noqa: E402
+from gateway.crypto.outbound import protect_copies  # noqa: E402
 from gateway.inbound import pipeline  # noqa: E402
 from gateway.model import Envelope, MessageContext  # noqa: E402
 from gateway.runtime import build_runtime  # noqa: E402
@@ -160,7 +160,7 @@ def main() -> None:
 
         def out(sign: str, enc: str) -> Callable[[], object]:
             def run() -> object:
-                r = protect(plain_out, stores, SUPPORT, [CUSTOMER], sign, enc)
+                (r,) = protect_copies(plain_out, stores, SUPPORT, [CUSTOMER], sign, enc)
                 assert r.info["signed"] or r.info["encrypted"]
                 return r
             return run

@@ -105,11 +105,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         gw.close()
     if args.json:
         print_json({"reply": str(result.reply), "id": result.outbound_id,
-                    "ticket": result.ticket_number, "article_id": result.article_id,
-                    "message_id": result.message_id})
+                    "ids": list(result.outbound_ids), "ticket": result.ticket_number,
+                    "article_id": result.article_id, "message_id": result.message_id})
     elif result.reply.ok:
-        print(f"queued as {result.outbound_id} (ticket {result.ticket_number or '-'}, "
-              f"{result.message_id})")
+        ids = ", ".join(str(i) for i in result.outbound_ids or (result.outbound_id,))
+        print(f"queued as {ids} (ticket {result.ticket_number or '-'}, {result.message_id})")
     else:
         print(f"send: {result.reply}", file=sys.stderr)
     if result.reply.ok:

@@ -8,9 +8,13 @@ encrypt. S/MIME: multipart/signed (detached, SHA-256) and enveloped-data
 both are PGP). The sender's own certificate/key is added as a recipient so the
 stored copy stays readable by the helpdesk.
 
-One message goes to all its recipients, so encryption happens when every
-recipient has a usable key of one method; `opportunistic` otherwise sends it
-unencrypted (logged), `required` refuses it (5xx at submission), never plain.
+Encryption is per recipient: when one method has a usable key for every
+recipient, one copy goes to all of them (preference: the signing method, then
+S/MIME, then PGP). Otherwise the message is split into one copy per method, each
+recipient taking the first method it has a key for. Under `opportunistic` the
+recipients without a key get a plain copy (still signed when asked, logged);
+`required` refuses the whole message (5xx at submission) unless every recipient
+has a key, never sends it plain. Each copy becomes its own outbound queue row.
 """
 
 from __future__ import annotations
@@ -42,9 +46,13 @@ class CryptoRefused(PermanentError):
 
 @dataclass
 class Protected:
+    """One copy of a message as it goes out, and the recipients it goes to."""
+
     data: bytes
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)    # "addr (why)": plain for lack of a key
 
 
 # ---------------------------------------------------------------- MIME plumbing
@@ -167,19 +175,6 @@ def _pgp_recipient(stores: CryptoStores, addr: str) -> tuple[PgpKey | None, str]
     return None, f"{addr} (no key)"
 
 
-def _recipients(stores: CryptoStores, method: str, rcpts: list[str]
-                ) -> tuple[list[Any], list[str]]:
-    keys: list[Any] = []
-    missing: list[str] = []
-    for r in rcpts:
-        k, why = (_smime_recipient if method == "smime" else _pgp_recipient)(stores, r)
-        if k is None:
-            missing.append(why)
-        elif k not in keys:
-            keys.append(k)
-    return keys, missing
-
-
 def _smime_signer(stores: CryptoStores, sender: str) -> SmimeEntry:
     found = [e for e in stores.smime.find(sender, private=True)]
     usable = [e for e in found if not e.expired]
@@ -201,61 +196,146 @@ def _pgp_signer(stores: CryptoStores, sender: str) -> PgpKey:
 # ---------------------------------------------------------------- policy
 
 
-def protect(data: bytes, stores: CryptoStores, sender: str, recipients: list[str],
-            sign: str = "none", encrypt: str = "never") -> Protected:
-    """Sign and/or encrypt a whole message (bytes in, bytes out). Blocking."""
+@dataclass
+class Group:
+    """Recipients that get the same copy: encrypted with `method`, or plain ("")."""
+
+    method: str
+    recipients: list[str] = field(default_factory=list)
+    keys: list[Any] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)   # plain: why, per recipient
+
+
+def _order(sign: str) -> list[str]:
+    """Encryption methods by preference: the signing method first."""
+    return [sign] + [m for m in ("smime", "pgp") if m != sign] if sign != "none" \
+        else ["smime", "pgp"]
+
+
+def partition(stores: CryptoStores, sign: str, recipients: list[str]) -> list[Group]:
+    """Recipients grouped by encryption method; the plain group (if any) comes last.
+
+    A method every recipient has a usable key for makes one group (one copy for
+    all). Otherwise each recipient takes the first method in preference order it
+    has a key for, and those with none form the plain group.
+    """
+    order = _order(sign)
+    found: dict[tuple[str, str], tuple[Any, str]] = {}
+
+    def key(method: str, addr: str) -> tuple[Any, str]:
+        if (method, addr) not in found:
+            found[method, addr] = (_smime_recipient if method == "smime"
+                                   else _pgp_recipient)(stores, addr)
+        return found[method, addr]
+
+    def add(g: Group, addr: str, k: Any) -> None:
+        g.recipients.append(addr)
+        if k not in g.keys:
+            g.keys.append(k)
+
+    for m in order:
+        if all(key(m, r)[0] is not None for r in recipients):
+            whole = Group(m)
+            for r in recipients:
+                add(whole, r, key(m, r)[0])
+            return [whole]
+    groups = {m: Group(m) for m in order}
+    plain = Group("")
+    for r in recipients:
+        m = next((m for m in order if key(m, r)[0] is not None), "")
+        if m:
+            add(groups[m], r, key(m, r)[0])
+        else:
+            plain.recipients.append(r)
+            plain.missing.append(key(order[0], r)[1])
+    return [g for g in (*groups.values(), plain) if g.recipients]
+
+
+def protect_copies(data: bytes, stores: CryptoStores, sender: str, recipients: list[str],
+                   sign: str = "none", encrypt: str = "never") -> list[Protected]:
+    """Sign and/or encrypt a whole message, one copy per recipient group. Blocking.
+
+    Encrypted copies come first, each also to the sender's own certificate/key.
+    Under `opportunistic` recipients without a usable key get a plain copy (signed
+    when `sign` asks for it); `required` refuses unless every recipient has one.
+    """
     if sign not in SIGN or encrypt not in ENCRYPT:
         raise CryptoRefused(f"unknown crypto policy sign={sign!r} encrypt={encrypt!r}")
-    out = Protected(data, {"signed": False, "encrypted": False, "method": "", "signer": ""})
-    if sign == "none" and encrypt == "never":
-        return out
-    outer, entity = split_message(data)
-    entity = seven_bit(entity)
-
-    method, keys = "", list[Any]()
-    if encrypt != "never":
-        order = [sign] + [m for m in ("smime", "pgp") if m != sign] if sign != "none" \
-            else ["smime", "pgp"]
-        first_missing: list[str] = []
-        for m in order:
-            keys, missing = _recipients(stores, m, recipients)
-            if not missing:
-                method = m
-                break
-            first_missing = first_missing or missing
-        if not method:
-            text = "no usable key for " + ", ".join(first_missing)
+    groups = partition(stores, sign, recipients) if encrypt != "never" \
+        else [Group("", list(recipients))]
+    copies = [Protected(data, {"signed": False, "encrypted": False, "method": "", "signer": ""},
+                        recipients=list(g.recipients), missing=list(g.missing))
+              for g in groups]
+    for g, out in zip(groups, copies, strict=True):
+        if g.missing:
+            text = "no usable key for " + ", ".join(g.missing)
             if encrypt == "required":
                 raise CryptoRefused(f"encryption required but {text}; not sent")
             out.notes.append(f"not encrypted: {text}")
-            if sign == "none":
-                return out          # nothing to do: the message goes as submitted
-
+    if sign == "none" and not any(g.method for g in groups):
+        return copies           # nothing to do: the message goes as submitted
+    outer, entity = split_message(data)
+    entity = seven_bit(entity)
+    head = b"\r\n".join([*outer, b"MIME-Version: 1.0"]) + b"\r\n"
     try:
-        pgp_signer: PgpKey | None = None
-        if sign == "smime":
-            entity = smime_signed(entity, _smime_signer(stores, sender))
-            out.info.update(signed=True, signer=sender)
-        elif sign == "pgp":
-            pgp_signer = _pgp_signer(stores, sender)
-            out.info.update(signed=True, signer=sender)
-            if method != "pgp":
-                entity = pgp_signed(entity, stores, pgp_signer)
-        if method == "smime":
-            own = [e for e in stores.smime.find(sender, private=True) if not e.expired][:1]
-            entity = smime_enveloped(entity, keys + [e for e in own if e not in keys])
-        elif method == "pgp":
-            own_keys = [k for k in stores.pgp.find(sender, secret=True, encrypt=True)
-                        if k.usable][:1] if stores.pgp.available() else []
-            entity = pgp_encrypted(entity, stores, keys + [k for k in own_keys if k not in keys],
-                                   pgp_signer if sign == "pgp" else None)
+        sign_entity = _signed_entity(stores, sender, sign, entity)
+        for g, out in zip(groups, copies, strict=True):
+            if g.method == "pgp" and sign == "pgp":
+                # Signed and encrypted in one OpenPGP message.
+                body = _encrypted(stores, sender, g, entity, sign_entity.pgp_key)
+            elif g.method:
+                body = _encrypted(stores, sender, g, sign_entity(), None)
+            elif sign != "none":
+                body = sign_entity()
+            else:
+                continue        # a plain copy of an unsigned message: as submitted
+            if sign != "none":
+                out.info.update(signed=True, signer=sender)
+            out.info.update(encrypted=bool(g.method), method=g.method or sign)
+            out.data = head + body
     except (smime.SmimeError, pgp.PgpError, KeyStoreError) as exc:
         raise CryptoRefused(str(exc)) from None
-    if method:
-        out.info.update(encrypted=True)
-    out.info["method"] = method or (sign if sign != "none" else "")
-    out.data = b"\r\n".join([*outer, b"MIME-Version: 1.0"]) + b"\r\n" + entity
-    return out
+    return copies
+
+
+class _SignedEntity:
+    """The entity signed by the sender, made once and only when a copy needs it."""
+
+    def __init__(self, stores: CryptoStores, entity: bytes, smime_entry: SmimeEntry | None,
+                 pgp_key: PgpKey | None) -> None:
+        self.stores, self.entity = stores, entity
+        self.smime_entry, self.pgp_key = smime_entry, pgp_key
+        self.signed: bytes | None = None
+
+    def __call__(self) -> bytes:
+        if self.signed is None:
+            if self.smime_entry is not None:
+                self.signed = smime_signed(self.entity, self.smime_entry)
+            elif self.pgp_key is not None:
+                self.signed = pgp_signed(self.entity, self.stores, self.pgp_key)
+            else:
+                self.signed = self.entity
+        return self.signed
+
+
+def _signed_entity(stores: CryptoStores, sender: str, sign: str, entity: bytes
+                   ) -> _SignedEntity:
+    """The sender's signing key looked up now: a missing one refuses the whole message."""
+    return _SignedEntity(stores, entity,
+                         _smime_signer(stores, sender) if sign == "smime" else None,
+                         _pgp_signer(stores, sender) if sign == "pgp" else None)
+
+
+def _encrypted(stores: CryptoStores, sender: str, g: Group, entity: bytes,
+               pgp_signer: PgpKey | None) -> bytes:
+    """The entity encrypted to the group's keys and the sender's own."""
+    if g.method == "smime":
+        own = [e for e in stores.smime.find(sender, private=True) if not e.expired][:1]
+        return smime_enveloped(entity, g.keys + [e for e in own if e not in g.keys])
+    own_keys = [k for k in stores.pgp.find(sender, secret=True, encrypt=True)
+                if k.usable][:1] if stores.pgp.available() else []
+    return pgp_encrypted(entity, stores, g.keys + [k for k in own_keys if k not in g.keys],
+                         pgp_signer)
 
 
 def as_message(data: bytes) -> Message:
@@ -268,6 +348,7 @@ def as_message(data: bytes) -> Message:
 
 def crypto_stage(ctx: Any, rt: Any) -> None:
     """Outbound pipeline stage (between rewrite and DKIM)."""
+    from gateway.outbound.pipeline import OutboundCopy
     from gateway.outbound.rewrite import serialize
 
     if ctx.kind == "dsn" or ctx.msg is None:
@@ -280,18 +361,39 @@ def crypto_stage(ctx: Any, rt: Any) -> None:
     stores = rt.crypto if isinstance(rt.crypto, CryptoStores) else stores_for(rt.config)
     sender = ctx.from_email or ""
     try:
-        res = protect(serialize(ctx.msg), stores, sender, list(ctx.recipients), sign, encrypt)
+        copies = protect_copies(serialize(ctx.msg), stores, sender, list(ctx.recipients),
+                                sign, encrypt)
     except CryptoRefused as exc:
         ctx.log.log("Error", "Crypto", str(exc))
         raise
-    ctx.msg = as_message(res.data)
-    ctx.crypto = dict(res.info)
-    for n in res.notes:
-        ctx.log.log("Notice", "Crypto", n)
-    ctx.log.log("Info", "Crypto", f"sign={sign} encrypt={encrypt}: "
-                + ("signed " if res.info["signed"] else "")
-                + (f"encrypted ({res.info['method']})" if res.info["encrypted"] else
-                   "not encrypted"))
+    for c in copies:
+        for n in c.notes:
+            ctx.log.log("Notice", "Crypto", n)
+    ctx.msg = as_message(copies[0].data)
+    ctx.crypto = dict(copies[0].info)
+    prefix = f"sign={sign} encrypt={encrypt}: " + ("signed " if ctx.crypto["signed"] else "")
+    if len(copies) == 1:
+        ctx.log.log("Info", "Crypto", prefix + (f"encrypted ({ctx.crypto['method']})"
+                                                if ctx.crypto["encrypted"] else "not encrypted"))
+        return
+    ctx.copies = [OutboundCopy(c.recipients, ctx.msg if i == 0 else as_message(c.data),
+                               crypto=dict(c.info)) for i, c in enumerate(copies)]
+    ctx.crypto = article_crypto(copies)
+    ctx.log.log("Info", "Crypto", prefix + f"{len(copies)} copies: " + "; ".join(
+        f"encrypted ({c.info['method']}) for " + ", ".join(c.recipients) if c.info["encrypted"]
+        else "plain for " + ", ".join(c.missing or c.recipients) for c in copies))
+
+
+def article_crypto(copies: list[Protected]) -> dict[str, Any]:
+    """What the outgoing article records when its copies differ: encrypted only when
+    every copy is, and who got which copy."""
+    first = copies[0].info
+    return {"signed": first["signed"], "signer": first["signer"],
+            "encrypted": all(c.info["encrypted"] for c in copies),
+            "method": "+".join(dict.fromkeys(c.info["method"] for c in copies
+                                             if c.info["method"])),
+            "copies": [{"recipients": c.recipients, "encrypted": c.info["encrypted"],
+                        "method": c.info["method"]} for c in copies]}
 
 
 def _register() -> None:

@@ -164,13 +164,16 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
 
 
 def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
-    """Serialize the final message and sign it with every key of the From domain."""
+    """Serialize the final message (every copy of it) and sign it with every key of the
+    From domain."""
     from gateway.outbound.rewrite import header_text, serialize
 
     assert ctx.msg is not None
-    ctx.data = serialize(ctx.msg)
     keys = keys_for(rt, ctx.from_email or first_address(header_text(ctx.msg, "From")))
+    for c in ctx.copies:
+        c.data = sign(serialize(c.msg), keys)
+    ctx.data = ctx.copies[0].data if ctx.copies else sign(serialize(ctx.msg), keys)
     if keys:
-        ctx.data = sign(ctx.data, keys)
-        ctx.log.log("Info", "DKIM", "signed with " + ", ".join(
+        ctx.log.log("Info", "DKIM", "signed " + (f"{len(ctx.copies)} copies " if ctx.copies
+                                                 else "") + "with " + ", ".join(
             f"{k.selector}._domainkey.{k.domain} ({k.algorithm.decode()})" for k in keys))

@@ -44,8 +44,25 @@ Kind = Literal["message", "auto-response", "dsn"]
 
 
 @dataclass
+class OutboundCopy:
+    """One form of the message for some of its recipients (one outbound queue row)."""
+
+    recipients: list[str]
+    msg: Message
+    data: bytes = b""                   # final bytes (after DKIM)
+    crypto: dict[str, Any] = field(default_factory=dict)
+    outbound_id: int | None = None
+
+
+@dataclass
 class OutboundContext:
-    """One outgoing message on its way through the stages."""
+    """One outgoing message on its way through the stages.
+
+    Normally one copy goes to all recipients: `msg`, then `data`. A stage may split
+    the message into `copies` (crypto does, when only some recipients have a key);
+    `msg` is then the first copy, and a later stage that changes the message must
+    change every copy.
+    """
 
     mail_from: str                      # envelope sender as submitted
     recipients: list[str]
@@ -70,11 +87,20 @@ class OutboundContext:
     message_id: str = ""
     data: bytes = b""                   # final bytes (after DKIM)
     crypto: dict[str, Any] = field(default_factory=dict)   # filled by the crypto stage
+    copies: list[OutboundCopy] = field(default_factory=list)   # empty: one copy, to all
     article: Parsed | None = None       # the message as stored (taken before "crypto")
     article_id: int | None = None
-    outbound_id: int | None = None
+    outbound_id: int | None = None      # the first queue row
+    outbound_ids: list[int] = field(default_factory=list)   # one queue row per copy
     sender_type: str = "agent"
     trace: list[str] = field(default_factory=list)
+
+    def final_copies(self) -> list[OutboundCopy]:
+        """What goes into the queue: the copies, or the message itself to every recipient."""
+        if self.copies:
+            return self.copies
+        assert self.msg is not None
+        return [OutboundCopy(list(self.recipients), self.msg, self.data, self.crypto)]
 
 
 Stage = Callable[[OutboundContext, Runtime], None]
@@ -137,10 +163,13 @@ def run_stages(ctx: OutboundContext, rt: Runtime) -> None:
         STAGES[name](ctx, rt)
     if not ctx.data:
         ctx.data = serialize(ctx.msg)
+    for c in ctx.copies:
+        c.data = c.data or serialize(c.msg)
 
 
 def process_in_transaction(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
-    """resolve, stages, enqueue inside the caller's transaction; returns the outbound id."""
+    """resolve, stages, enqueue inside the caller's transaction; returns the first outbound
+    id (all of them in ctx.outbound_ids)."""
     from gateway.outbound.queue import enqueue
     from gateway.outbound.rewrite import resolve
 
@@ -154,10 +183,11 @@ def process_in_transaction(ctx: OutboundContext, rt: Runtime, conn: Connection) 
 @dataclass(frozen=True)
 class SubmitResult:
     reply: SmtpReply
-    outbound_id: int | None = None
+    outbound_id: int | None = None      # the first queue row
     ticket_number: str = ""
     article_id: int | None = None
     message_id: str = ""
+    outbound_ids: tuple[int, ...] = ()  # one queue row per copy
 
 
 QUEUED = SmtpReply(250, "2.0.0", "queued")
@@ -223,9 +253,10 @@ class OutboundPipeline:
                                 f"{type(exc).__name__}: {exc}", errors.TEMPFAIL)
         if self.on_queued:
             self.on_queued()
-        log.info("queued", outbound_id=oid, queue=ctx.queue, ticket=ctx.ticket_number,
-                 message_id=ctx.message_id)
-        return SubmitResult(QUEUED, oid, ctx.ticket_number, ctx.article_id, ctx.message_id)
+        log.info("queued", outbound_id=oid, copies=len(ctx.outbound_ids), queue=ctx.queue,
+                 ticket=ctx.ticket_number, message_id=ctx.message_id)
+        return SubmitResult(QUEUED, oid, ctx.ticket_number, ctx.article_id, ctx.message_id,
+                            tuple(ctx.outbound_ids))
 
     def _prepare(self, ctx: OutboundContext, rt: Runtime) -> None:
         """Worker thread: parse, resolve on a read-only connection, run the stages."""

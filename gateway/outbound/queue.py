@@ -74,24 +74,34 @@ _INS_RCPT = insert(OutboundRecipient)
 
 
 def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
-    """Article (unless a DSN), queue row and recipient rows; returns the queue id."""
+    """Article (unless a DSN), one queue row per copy with its recipient rows; returns
+    the first queue id (all of them in ctx.outbound_ids)."""
     store_article(ctx, rt, conn)
     now = utcnow()
-    oid = int(conn.execute(_INS_MESSAGE, dict(
-        kind=ctx.kind, queue=ctx.queue, sender=ctx.sender, return_path=ctx.return_path,
-        submitter=(ctx.user.name if ctx.user else ctx.account)[:200],
-        message_id=ctx.message_id[:998], ticket_id=ctx.ticket_id, article_id=ctx.article_id,
-        data=ctx.data, size=len(ctx.data), status="queued", attempts=0, next_attempt=now,
-        lease_until=None, claimed_by="", last_error="", warned=False, created=now,
-        updated=now)).scalar_one())
-    conn.execute(_INS_RCPT, [
-        {"outbound_id": oid, "address": r[:320], "status": "pending", "attempts": 0,
-         "last_code": 0, "last_reply": "", "updated": now} for r in ctx.recipients])
-    ctx.outbound_id = oid
-    ctx.log.outbound_id = oid
-    ctx.log.log("Info", "Queued", f"outbound #{oid} from <{ctx.sender}> to "
-                f"{len(ctx.recipients)} recipient(s), {len(ctx.data)} bytes"
-                + (f", ticket {ctx.ticket_number}" if ctx.ticket_number else ""))
+    copies = ctx.final_copies()
+    ctx.outbound_ids = []
+    for c in copies:
+        oid = int(conn.execute(_INS_MESSAGE, dict(
+            kind=ctx.kind, queue=ctx.queue, sender=ctx.sender, return_path=ctx.return_path,
+            submitter=(ctx.user.name if ctx.user else ctx.account)[:200],
+            message_id=ctx.message_id[:998], ticket_id=ctx.ticket_id,
+            article_id=ctx.article_id, data=c.data, size=len(c.data), status="queued",
+            attempts=0, next_attempt=now, lease_until=None, claimed_by="", last_error="",
+            warned=False, created=now, updated=now)).scalar_one())
+        conn.execute(_INS_RCPT, [
+            {"outbound_id": oid, "address": r[:320], "status": "pending", "attempts": 0,
+             "last_code": 0, "last_reply": "", "updated": now} for r in c.recipients])
+        c.outbound_id = oid
+        ctx.outbound_ids.append(oid)
+        what = ""
+        if len(copies) > 1:
+            what = (f" ({c.crypto.get('method')}-encrypted)" if c.crypto.get("encrypted")
+                    else " (plain)") + ": " + ", ".join(c.recipients)
+        ctx.log.log("Info", "Queued", f"outbound #{oid} from <{ctx.sender}> to "
+                    f"{len(c.recipients)} recipient(s){what}, {len(c.data)} bytes"
+                    + (f", ticket {ctx.ticket_number}" if ctx.ticket_number else ""))
+    oid = ctx.outbound_ids[0]
+    ctx.outbound_id = ctx.log.outbound_id = oid
     ctx.log.close("Successful")
     return oid
 
@@ -205,6 +215,16 @@ _SEL_FAILED = select(OutboundRecipient.id).where(
     OutboundRecipient.status == "failed").limit(1)
 _UPD_ARTICLE = update(Article).where(Article.id == bindparam("b_id")).values(
     transmission_status=bindparam("b_status"), transmission_error=bindparam("b_error"))
+# An article sent as several copies (one queue row each) is sent once every row is,
+# and stays failed once one of them failed (or was deleted). The status filter lets
+# the lookup use ix_outbound_message_due (article_id has no index; sent rows pile up).
+_OTHER_UNSENT = select(OutboundMessage.id).where(
+    OutboundMessage.status.in_(("queued", "failed")),
+    OutboundMessage.article_id == bindparam("b_id"),
+    OutboundMessage.id != bindparam("b_row")).exists()
+_UPD_ARTICLE_SENT = update(Article).where(
+    Article.id == bindparam("b_id"), Article.transmission_status != "failed",
+    ~_OTHER_UNSENT).values(transmission_status="sent", transmission_error="")
 
 
 def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult], *,
@@ -254,8 +274,7 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
     conn.execute(update(OutboundMessage).where(OutboundMessage.id == msg.id).values(**values))
     if msg.article_id is not None:
         if st.status == "sent":
-            conn.execute(_UPD_ARTICLE, {"b_id": msg.article_id, "b_status": "sent",
-                                        "b_error": ""})
+            conn.execute(_UPD_ARTICLE_SENT, {"b_id": msg.article_id, "b_row": msg.id})
         elif st.failed or st.status == "failed":
             text = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.failed)
             conn.execute(_UPD_ARTICLE, {"b_id": msg.article_id, "b_status": "failed",
@@ -328,11 +347,13 @@ def retry_now(conn: Connection, oid: int | None = None) -> int:
 
 
 def remove(conn: Connection, oid: int) -> bool:
-    """Delete a message from the queue (the article keeps a transmission error)."""
-    m = conn.execute(select(OutboundMessage.article_id).where(OutboundMessage.id == oid)).first()
+    """Delete a message from the queue (the article keeps a transmission error unless
+    this copy was sent)."""
+    m = conn.execute(select(OutboundMessage.article_id, OutboundMessage.status)
+                     .where(OutboundMessage.id == oid)).first()
     if m is None:
         return False
-    if m.article_id is not None:
+    if m.article_id is not None and m.status != "sent":
         conn.execute(update(Article).where(Article.id == m.article_id,
                                            Article.transmission_status != "sent").values(
             transmission_status="failed", transmission_error="deleted from the outbound queue"))

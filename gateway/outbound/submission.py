@@ -202,7 +202,8 @@ class SubmissionHandler:
         metrics.PIPELINE_SECONDS.labels("submission").observe(time.perf_counter() - t0)
         metrics.MESSAGES.labels("submission", "in", "queued" if result.outbound_id else
                                 "tempfail" if reply.temporary else "rejected").inc()
-        text = reply.text if not result.outbound_id else f"queued as {result.outbound_id}"
+        text = reply.text if not result.outbound_id else "queued as " + ", ".join(
+            str(i) for i in result.outbound_ids or (result.outbound_id,))
         return f"{reply.code} {reply.enhanced} {text}"
 
 

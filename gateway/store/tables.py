@@ -211,7 +211,8 @@ class CommEntry(Base):
 
 
 class OutboundMessage(Base):
-    """A message in the durable outbound queue (one row per message, bytes included)."""
+    """A message in the durable outbound queue, bytes included: one row per copy (a
+    message split by encryption has several, all on the same article)."""
 
     __tablename__ = "outbound_message"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

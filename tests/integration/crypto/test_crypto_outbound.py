@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import smtplib
 from email import message_from_bytes
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from gateway.crypto.inbound import first_part_bytes
 from gateway.outbound.dkim import dns_record, generate_key, key_pem
 from gateway.outbound.pipeline import OutboundContext
 from gateway.outbound.service import outbound_pipeline
+from tests.conftest import free_port
 from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, CryptoEnv, openssl
+from tests.peers.ca import Issued
 
 BODY = "Your ticket is solved. Grüße from the helpdesk.\nserver: done01\n"
 
@@ -292,3 +295,170 @@ class TestAutoResponse:
         dec = openssl("smime", "-decrypt", "-in", str(f), "-recip", str(env.customer.cert),
                       "-inkey", str(env.customer.key)).stdout
         assert d.ticket["number"].encode() in message_from_bytes(dec).get_payload(decode=True)
+
+
+OTHER = "other@partner.test"
+
+
+def queued(env: CryptoEnv) -> list[tuple[list[str], bytes, int | None]]:
+    """Every outbound row in id order: (its recipients, its bytes, its article)."""
+    from sqlalchemy import create_engine, select
+
+    from gateway.store.tables import OutboundMessage, OutboundRecipient
+
+    eng = create_engine(env.config.database_url)
+    with eng.connect() as conn:
+        rows = conn.execute(select(OutboundMessage.id, OutboundMessage.data,
+                                   OutboundMessage.article_id).order_by(OutboundMessage.id)).all()
+        rcpts = conn.execute(select(OutboundRecipient.outbound_id, OutboundRecipient.address)
+                             .order_by(OutboundRecipient.id)).all()
+    eng.dispose()
+    return [([a for o, a in rcpts if o == r.id], bytes(r.data), r.article_id) for r in rows]
+
+
+def table_values(env: CryptoEnv, column) -> list:
+    from sqlalchemy import create_engine, select
+
+    eng = create_engine(env.config.database_url)
+    with eng.connect() as conn:
+        values = list(conn.execute(select(column)).scalars())
+    eng.dispose()
+    return values
+
+
+def with_other_cert(env: CryptoEnv) -> Issued:
+    """An S/MIME certificate for OTHER in the store (the correspondent keeps the key)."""
+    other = env.ca.issue("Other", emails=(OTHER,), filename="other")
+    shutil.copy(other.cert, env.root / "keys" / "smime" / f"{OTHER}.pem")
+    return other
+
+
+def smime_decrypt(tmp_path: Path, data: bytes, who: Issued) -> bytes:
+    f = write(tmp_path, "enc.eml", data)
+    return openssl("smime", "-decrypt", "-in", str(f), "-recip", str(who.cert),
+                   "-inkey", str(who.key)).stdout
+
+
+class TestPerRecipient:
+    def test_opportunistic_encrypts_for_those_with_a_certificate(
+            self, with_customer_cert, dkim_env, tmp_path):
+        """One recipient with a certificate, one without: an encrypted copy only to the
+        first, a plain copy only to the second, both DKIM-signed, one article, and the
+        log says who got which."""
+        from gateway.store.tables import Article, CommEntry
+
+        env = with_customer_cert
+        res, _ = submit(env, message(f"Cc: {OTHER}\r\nX-Deskgate-Encrypt: opportunistic\r\n"),
+                        rcpts=(CUSTOMER, OTHER))
+        assert res.reply.code == 250, res.reply
+        (enc_to, enc, art1), (plain_to, plain, art2) = queued(env)
+        assert enc_to == [CUSTOMER] and plain_to == [OTHER]
+        assert list(res.outbound_ids) == sorted(res.outbound_ids) and len(res.outbound_ids) == 2
+        assert res.outbound_id == res.outbound_ids[0]
+        assert b"enveloped-data" in enc and "Grüße".encode() not in enc
+        dec = message_from_bytes(smime_decrypt(tmp_path, enc, env.customer))
+        assert "Grüße" in dec.get_payload(decode=True).decode("utf-8")
+        assert b"pkcs7" not in plain and "Grüße".encode() in plain
+        for data in (enc, plain):
+            assert data.startswith(b"DKIM-Signature:")
+            assert dkimpy.DKIM(data).verify(dnsfunc=dkim_env)
+        assert table_values(env, Article.id) == [res.article_id] == [art1] == [art2]
+        assert "Grüße" in env.last_article["body"]
+        crypto = env.last_article["crypto"]
+        assert crypto["encrypted"] is False and crypto["method"] == "smime"
+        assert [(c["recipients"], c["encrypted"]) for c in crypto["copies"]] == \
+            [([CUSTOMER], True), ([OTHER], False)]
+        logged = " | ".join(table_values(env, CommEntry.value))
+        assert (f"encrypted (smime) for {CUSTOMER}; plain for {OTHER} (no certificate)"
+                in logged)
+
+    def test_opportunistic_plain_copy_is_still_signed(self, with_customer_cert, tmp_path):
+        """sign=smime: the plain copy carries the signature, and the encrypted copy holds
+        the same signed entity."""
+        env = with_customer_cert
+        res, _ = submit(env, message("X-Deskgate-Sign: smime\r\n"
+                                     "X-Deskgate-Encrypt: opportunistic\r\n"),
+                        rcpts=(CUSTOMER, OTHER))
+        assert res.reply.code == 250, res.reply
+        (enc_to, enc, _), (plain_to, plain, _) = queued(env)
+        assert (enc_to, plain_to) == ([CUSTOMER], [OTHER])
+        ca = str(env.ca.ca_path)
+        signed = openssl("smime", "-verify", "-in", str(write(tmp_path, "p.eml", plain)),
+                         "-CAfile", ca)
+        assert b"Verification successful" in signed.stderr
+        inner = write(tmp_path, "dec.eml", smime_decrypt(tmp_path, enc, env.customer))
+        assert b"Verification successful" in openssl("smime", "-verify", "-in", str(inner),
+                                                     "-CAfile", ca).stderr
+
+    def test_smime_and_pgp_recipients_get_a_copy_each(self, pgp_env, pgp_keys, tmp_path):
+        """One recipient with only a PGP key, one with only a certificate, sign=pgp and
+        encrypt=required: a PGP copy (signed inside) that gpg decrypts, and an S/MIME copy
+        that openssl decrypts to the PGP-signed entity; nothing goes plain."""
+        env = pgp_env
+        other = with_other_cert(env)
+        res, _ = submit(env, message(f"Cc: {OTHER}\r\nX-Deskgate-Sign: pgp\r\n"
+                                     "X-Deskgate-Encrypt: required\r\n"),
+                        rcpts=(CUSTOMER, OTHER))
+        assert res.reply.code == 250, res.reply
+        (pgp_to, pgp_copy, _), (smime_to, smime_copy, _) = queued(env)
+        assert (pgp_to, smime_to) == ([CUSTOMER], [OTHER])
+        msg = message_from_bytes(pgp_copy)
+        assert msg.get_content_type() == "multipart/encrypted"
+        r = pgp_keys.customer.run("--status-fd", "2", "--decrypt",
+                                  input=msg.get_payload()[1].get_payload(decode=True))
+        assert b"GOODSIG" in r.stderr and b"DECRYPTION_OKAY" in r.stderr
+        assert "Grüße" in message_from_bytes(r.stdout).get_payload(decode=True).decode("utf-8")
+        assert b"enveloped-data" in smime_copy
+        dec = smime_decrypt(tmp_path, smime_copy, other)
+        inner = message_from_bytes(dec)
+        assert inner.get_content_type() == "multipart/signed"
+        assert inner.get_param("protocol") == "application/pgp-signature"
+        content = write(tmp_path, "content", first_part_bytes(dec, inner.get_boundary()))
+        sig = write(tmp_path, "sig.asc", inner.get_payload()[1].get_payload(decode=True))
+        v = pgp_keys.customer.run("--status-fd", "1", "--verify", str(sig), str(content))
+        assert b"GOODSIG" in v.stdout
+        assert env.last_article["crypto"]["encrypted"] is True
+        assert env.last_article["crypto"]["method"] == "pgp+smime"
+
+    def test_required_with_one_recipient_without_key_refused(self, with_customer_cert):
+        """encrypt=required refuses the whole message when one recipient has no key; the
+        reply names that recipient only; nothing is queued."""
+        env = with_customer_cert
+        res, _ = submit(env, message("X-Deskgate-Encrypt: required\r\n"),
+                        rcpts=(CUSTOMER, OTHER))
+        assert res.reply.code == 554 and res.reply.enhanced == "5.7.5"
+        assert f"no usable key for {OTHER} (no certificate)" in res.reply.text
+        assert CUSTOMER not in res.reply.text
+        assert res.outbound_id is None and res.outbound_ids == () and queued(env) == []
+
+    def test_both_copies_reach_the_smarthost(self, with_customer_cert, run_gateway, tmp_path):
+        """Submitted over SMTP and relayed: the smarthost gets the encrypted copy for one
+        recipient and the plain one for the other; the article becomes sent."""
+        from gateway.store.tables import Article
+        from tests.integration.outbound.conftest import (
+            outbound_toml,
+            statuses,
+            submission_port,
+            wait_for,
+        )
+        from tests.peers.smarthost import AuthSink
+
+        env = with_customer_cert
+        with AuthSink() as sink:
+            (env.conf / "40-outbound.toml").write_text(
+                outbound_toml(sink.port, submission_port=free_port()))
+            env.reload()
+            rg = run_gateway(env.config)
+            with smtplib.SMTP("127.0.0.1", submission_port(env.config)) as s:
+                reply = s.send_message(message_from_bytes(message(
+                    f"Cc: {OTHER}\r\nX-Deskgate-Queue: Support\r\n"
+                    "X-Deskgate-Encrypt: opportunistic\r\n")),
+                    from_addr=SUPPORT, to_addrs=[CUSTOMER, OTHER])
+            assert reply == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"], what="delivery")
+            got = {tuple(m.rcpts): m.data for m in sink.received}
+            assert set(got) == {(CUSTOMER,), (OTHER,)}
+            dec = message_from_bytes(smime_decrypt(tmp_path, got[CUSTOMER,], env.customer))
+            assert "Grüße" in dec.get_payload(decode=True).decode("utf-8")
+            assert b"pkcs7" not in got[OTHER,] and b"Subject: [Ticket#" in got[OTHER,]
+            assert table_values(env, Article.transmission_status) == ["sent"]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 
+import pytest
 from sqlalchemy import select
 
 from gateway.inbound.bounce import parse_dsn
+from gateway.outbound import pipeline
 from gateway.outbound import queue as oq
 from gateway.outbound.dsn import build_dsn
-from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+from gateway.outbound.pipeline import OutboundContext, OutboundCopy, process_in_transaction
 from gateway.outbound.rewrite import parse_submission
 from gateway.outbound.submission import AuthGuard
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
@@ -119,6 +122,92 @@ class TestOutcomes:
         assert set(listed[0]) == {"id", "queue", "sender", "recipients", "attempts",
                                   "next_attempt", "last_error"}
         assert left == [] and art.transmission_status == "failed"
+
+
+@pytest.fixture
+def one_copy_per_recipient():
+    """A stage before DKIM that splits every message into one copy per recipient, the
+    way the crypto stage does when only some recipients have a key."""
+    def split(ctx, rt):
+        ctx.copies = [OutboundCopy([r], ctx.msg if i == 0 else copy.deepcopy(ctx.msg))
+                      for i, r in enumerate(ctx.recipients)]
+
+    stages, order = dict(pipeline.STAGES), list(pipeline.OUTBOUND_ORDER)
+    pipeline.register_outbound_stage("zz-split", split)
+    yield
+    pipeline.STAGES.clear()
+    pipeline.STAGES.update(stages)
+    pipeline.OUTBOUND_ORDER[:] = order
+
+
+def article_status(conn) -> str:
+    return conn.execute(select(Article.transmission_status)).scalar_one()
+
+
+def settle(conn, m, code, reply="ok"):
+    ((rid, addr),) = m.recipients
+    return oq.record_attempt(conn, m, [oq.RcptResult(rid, addr, code, reply)],
+                             schedule=(60.0,), warn_after=0)
+
+
+@pytest.mark.usefixtures("one_copy_per_recipient")
+class TestCopies:
+    def test_one_article_one_row_per_copy(self, ob_engine, rt):
+        """A split message is one article and one queue row per copy, each with its own
+        recipients; the first row's id is returned."""
+        oid = enqueue(ob_engine, rt)
+        with ob_engine.connect() as conn:
+            rows = conn.execute(select(OutboundMessage).order_by(OutboundMessage.id)).all()
+            rcpts = conn.execute(select(OutboundRecipient.outbound_id,
+                                        OutboundRecipient.address)).all()
+            arts = conn.execute(select(Article.id)).scalars().all()
+        assert oid == rows[0].id and len(rows) == 2 and len(arts) == 1
+        assert {r.article_id for r in rows} == set(arts)
+        assert sorted(rcpts) == [(rows[0].id, "a@customer.test"), (rows[1].id, "b@customer.test")]
+
+    def test_article_sent_only_when_every_copy_is(self, ob_engine, rt):
+        """One copy sent and one pending leaves the article queued; the second makes it sent."""
+        enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            m1, m2 = oq.claim(conn, "n", limit=2, lease=60)
+            assert settle(conn, m1, 250).status == "sent"
+            after_first = article_status(conn)
+            assert settle(conn, m2, 250).status == "sent"
+            after_second = article_status(conn)
+        assert (after_first, after_second) == ("queued", "sent")
+
+    def test_failed_copy_keeps_the_article_failed(self, ob_engine, rt):
+        """A copy that failed is not hidden by another copy delivered later."""
+        enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            m1, m2 = oq.claim(conn, "n", limit=2, lease=60)
+            settle(conn, m1, 550, "5.1.1 no user")
+            settle(conn, m2, 250)
+            art = conn.execute(select(Article)).one()
+        assert art.transmission_status == "failed"
+        assert "a@customer.test" in art.transmission_error
+
+    def test_deleted_copy_keeps_the_article_failed(self, ob_engine, rt):
+        """Deleting an unsent copy marks the article failed; the other copy's delivery
+        does not turn it into sent."""
+        enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            m1, m2 = oq.claim(conn, "n", limit=2, lease=60)
+            assert oq.remove(conn, m2.id)
+            settle(conn, m1, 250)
+            art = conn.execute(select(Article)).one()
+        assert art.transmission_status == "failed"
+        assert art.transmission_error == "deleted from the outbound queue"
+
+    def test_deleting_a_sent_copy_changes_nothing(self, ob_engine, rt):
+        """A copy already delivered can be deleted without marking the article failed."""
+        enqueue(ob_engine, rt)
+        with ob_engine.begin() as conn:
+            m1, _ = oq.claim(conn, "n", limit=2, lease=60)
+            settle(conn, m1, 250)
+            assert oq.remove(conn, m1.id)
+            status = article_status(conn)
+        assert status == "queued"
 
 
 class TestDsn:
