@@ -14,6 +14,7 @@ from typing import Literal
 
 from sqlalchemy import Connection, insert, update
 
+from gateway.store.fast import Prepared
 from gateway.store.tables import CommEntry, CommObject, Communication
 
 Priority = Literal["Error", "Warn", "Notice", "Info", "Debug"]
@@ -81,28 +82,28 @@ class Comm:
         self.end = now()
 
 
-_INS_COMM = insert(Communication).returning(Communication.id)
-_INS_OBJ = insert(CommObject).returning(CommObject.id)
-_INS_ENTRY = insert(CommEntry)
+_INS_COMM = Prepared(insert(Communication).returning(Communication.id))
+_INS_OBJ = Prepared(insert(CommObject).returning(CommObject.id))
+_INS_ENTRY = Prepared(insert(CommEntry))
 
 
 def write_comm(conn: Connection, comm: Comm) -> int:
     """Insert (or update, when opened before) the communication with its new objects."""
     if comm.id is None:
-        comm.id = conn.execute(_INS_COMM, {
+        comm.id = _INS_COMM.execute(conn, {
             "transport": "Email", "direction": comm.direction, "status": comm.status,
             "account_type": comm.account_type, "account": comm.account, "start": comm.start,
-            "end": comm.end}).scalar_one()
+            "end": comm.end})
     else:
         conn.execute(update(Communication).where(Communication.id == comm.id)
                      .values(status=comm.status, end=comm.end))
     entries: list[dict[str, object]] = []
     for o in comm.objects:
         if o.id is None:
-            o.id = conn.execute(_INS_OBJ, {
+            o.id = _INS_OBJ.execute(conn, {
                 "communication_id": comm.id, "type": o.type, "status": o.status,
                 "start": o.start, "end": o.end, "article_id": o.article_id,
-                "outbound_id": o.outbound_id}).scalar_one()
+                "outbound_id": o.outbound_id})
         else:
             conn.execute(update(CommObject).where(CommObject.id == o.id).values(
                 status=o.status, end=o.end, article_id=o.article_id,
@@ -110,6 +111,5 @@ def write_comm(conn: Connection, comm: Comm) -> int:
         entries.extend({"object_id": o.id, "communication_id": comm.id, "priority": e.priority,
                         "key": e.key, "value": e.value, "time": e.time} for e in o.entries)
         o.entries = []
-    if entries:
-        conn.execute(_INS_ENTRY, entries)
+    _INS_ENTRY.executemany(conn, entries)
     return comm.id

@@ -305,12 +305,17 @@ def _may_have_crypto(msg: Message, body: str) -> bool:
     return "-----BEGIN PGP" in body
 
 
-_CRYPTO_HINT = re.compile(rb"pkcs7-|application/pgp-|-----BEGIN PGP", re.IGNORECASE)
-
-
 def may_need_crypto(env: Envelope) -> bool:
-    """Mail that may carry S/MIME or PGP is prepared on the worker pool (gpg is a process)."""
-    return _CRYPTO_HINT.search(env.raw) is not None
+    """Mail that may carry S/MIME or PGP is prepared on the worker pool (gpg is a process).
+
+    Plain substring tests on a lowercased copy: several times cheaper than one
+    case-insensitive regex over the whole message, and this runs for every message.
+    """
+    raw = env.raw
+    if b"-----BEGIN PGP" in raw:
+        return True
+    low = raw.lower()
+    return b"pkcs7-" in low or b"application/pgp-" in low
 
 
 register_prepare("decrypt", decrypt_stage, before="trust")

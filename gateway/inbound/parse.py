@@ -78,8 +78,18 @@ def _unfold(value: str) -> str:
     return " ".join(value.replace("\r", "").split("\n")).strip() if "\n" in value else value.strip()
 
 
+# The common shapes `addr@dom` and `Display Name <addr@dom>` (no quotes, comments,
+# groups or second mailbox): read directly; anything else goes to getaddresses.
+_SIMPLE_ADDRESS = re.compile(
+    r"\s*(?:[^\"<>,;:()@\\\[\]]*<([^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:@\\\[\]]+)>"
+    r"|([^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:@\\\[\]]+))\s*")
+
+
 def first_address(value: str) -> str:
     """The e-mail address of the first mailbox in a header value, lowercased."""
+    m = _SIMPLE_ADDRESS.fullmatch(value)
+    if m is not None:
+        return (m.group(1) or m.group(2)).lower()
     pairs = email.utils.getaddresses([value])
     for _name, addr in pairs:
         if "@" in addr:

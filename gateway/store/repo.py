@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.config import Config
 from gateway.model import AttachmentData
+from gateway.store.fast import Prepared
 from gateway.store.tables import (
     Article,
     Attachment,
@@ -62,8 +63,8 @@ def _fit_one(model: Any, key: str, value: str) -> str:
     return str(fit(model, {key: value})[key])
 
 
-# Statements of the inbound hot path are built once; values go in as parameters,
-# so SQLAlchemy reuses the compiled form instead of rebuilding a statement per row.
+# Statements of the inbound hot path are built once and compiled once per dialect;
+# they run on the driver's cursor (gateway.store.fast), values go in as parameters.
 def _counter_stmt(dialect: str) -> Any:
     ins = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = ins(TicketCounter).values(day=bindparam("day"), value=1)
@@ -72,12 +73,12 @@ def _counter_stmt(dialect: str) -> Any:
                                       ).returning(TicketCounter.value)
 
 
-_COUNTER = {d: _counter_stmt(d) for d in ("sqlite", "postgresql")}
-_INS_RAW = insert(RawMessage).returning(RawMessage.id)
-_INS_TICKET = insert(Ticket).returning(Ticket.id)
-_INS_ARTICLE = insert(Article).returning(Article.id)
-_INS_ATTACHMENT = insert(Attachment)
-_INS_DELIVERY = insert(Delivery)
+_COUNTER = {d: Prepared(_counter_stmt(d)) for d in ("sqlite", "postgresql")}
+_INS_RAW = Prepared(insert(RawMessage).returning(RawMessage.id))
+_INS_TICKET = Prepared(insert(Ticket).returning(Ticket.id))
+_INS_ARTICLE = Prepared(insert(Article).returning(Article.id))
+_INS_ATTACHMENT = Prepared(insert(Attachment))
+_INS_DELIVERY = Prepared(insert(Delivery))
 _SEL_DELIVERY = select(Delivery.recipient, Delivery.article_id, Delivery.outcome).where(
     Delivery.content_hash == bindparam("h"), Delivery.message_id == bindparam("mid"),
     Delivery.recipient.in_(bindparam("rcpts", expanding=True)))
@@ -91,22 +92,22 @@ def next_ticket_number(conn: Connection, system_id: str, when: datetime | None =
     day = (when or utcnow()).strftime("%Y%m%d")
     stmt = _COUNTER.get(conn.dialect.name)
     if stmt is None:
-        stmt = _counter_stmt(conn.dialect.name)
-    value = conn.execute(stmt, {"day": day}).scalar_one()
+        stmt = _COUNTER[conn.dialect.name] = Prepared(_counter_stmt(conn.dialect.name))
+    value = stmt.execute(conn, {"day": day})
     return f"{day}{system_id}{value:05d}"
 
 
 def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None) -> int:
-    return int(conn.execute(_INS_RAW, {
+    return int(_INS_RAW.execute(conn, {
         "sha256": sha256 or hashlib.sha256(raw).hexdigest(), "size": len(raw), "data": raw,
-        "created": utcnow()}).scalar_one())
+        "created": utcnow()}))
 
 
 def insert_ticket(conn: Connection, **values: Any) -> int:
     now = utcnow()
     values.setdefault("created", now)
     values.setdefault("changed", now)
-    return int(conn.execute(_INS_TICKET, fit(Ticket, values)).scalar_one())
+    return int(_INS_TICKET.execute(conn, fit(Ticket, values)))
 
 
 def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
@@ -117,9 +118,9 @@ def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
 def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
                    **values: Any) -> int:
     values.setdefault("created", utcnow())
-    article_id = int(conn.execute(_INS_ARTICLE, fit(Article, values)).scalar_one())
+    article_id = int(_INS_ARTICLE.execute(conn, fit(Article, values)))
     if attachments:
-        conn.execute(_INS_ATTACHMENT, [fit(Attachment, {
+        _INS_ATTACHMENT.executemany(conn, [fit(Attachment, {
             "article_id": article_id, "filename": a.filename, "content_type": a.content_type,
             "content_id": a.content_id, "disposition": a.disposition, "size": len(a.content),
             "content": a.content}) for a in attachments])
@@ -153,8 +154,7 @@ def record_deliveries(conn: Connection, message_id: str, content_hash: str,
                              "created": now})
         unique.setdefault(row["recipient"], row)
     rows = list(unique.values())
-    if rows:
-        conn.execute(_INS_DELIVERY, rows)
+    _INS_DELIVERY.executemany(conn, rows)
 
 
 def insert_quarantine(conn: Connection, *, source: str, envelope_from: str,

@@ -1,0 +1,105 @@
+"""Prepared statements on the DBAPI cursor write exactly what Connection.execute writes,
+and fail with the same SQLAlchemy exceptions, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway.store import repo
+from gateway.store.db import is_temporary, make_engine, migrate
+from gateway.store.fast import Prepared
+from gateway.store.tables import Article, Delivery, Ticket
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
+           else f"sqlite:///{tmp_path / 'store.db'}")
+    eng = make_engine(url)
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+WHEN = datetime(2026, 11, 27, 8, 30, 15, 123456, tzinfo=UTC)
+
+
+def _ticket(number: str) -> dict[str, object]:
+    return {"number": number, "title": "Drucker kaputt – «urgent»", "queue": "Raw",
+            "state": "new", "state_type": "new", "priority": "3 normal",
+            "dynamic_fields": {"Server": "mail1", "n": [1, 2]},
+            "created": WHEN, "changed": WHEN}
+
+
+def _row(engine: Engine, number: str) -> dict[str, object]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Ticket).where(Ticket.number == number)).one()
+    d = dict(row._mapping)
+    d.pop("id")
+    d.pop("number")
+    return d
+
+
+def test_same_row_as_sqlalchemy_execute(engine: Engine) -> None:
+    prepared = Prepared(insert(Ticket).returning(Ticket.id))
+    with engine.begin() as conn:
+        fast_id = prepared.execute(conn, _ticket("1"))
+        slow_id = conn.execute(insert(Ticket).returning(Ticket.id), _ticket("2")).scalar_one()
+    assert isinstance(fast_id, int) and fast_id != slow_id
+    fast, slow = _row(engine, "1"), _row(engine, "2")
+    assert fast == slow
+    # JSON and datetimes come back as what went in; defaults were filled in
+    assert fast["dynamic_fields"] == {"Server": "mail1", "n": [1, 2]}
+    assert fast["lock"] == "unlock" and fast["owner"] == "" and fast["pending_until"] is None
+    created = fast["created"]
+    assert isinstance(created, datetime)
+    assert created.replace(tzinfo=UTC) == WHEN
+
+
+def test_factory_defaults_and_missing_required_value(engine: Engine) -> None:
+    prepared = Prepared(insert(Ticket).returning(Ticket.id))
+    values = _ticket("3")
+    del values["dynamic_fields"]           # default=dict
+    with engine.begin() as conn:
+        prepared.execute(conn, values)
+    assert _row(engine, "3")["dynamic_fields"] == {}
+    del values["queue"]                    # NOT NULL, no default: an error, not a NULL
+    with pytest.raises(KeyError, match="queue"), engine.begin() as conn:
+        prepared.execute(conn, {**values, "number": "4"})
+
+
+def test_unique_violation_is_sqlalchemy_integrity_error(engine: Engine) -> None:
+    prepared = Prepared(insert(Delivery))
+    row = {"message_id": "<a@b>", "content_hash": "h" * 64, "recipient": "x@y",
+           "article_id": None, "outcome": "stored", "created": WHEN}
+    with engine.begin() as conn:
+        prepared.executemany(conn, [row])
+    with pytest.raises(IntegrityError) as info, engine.begin() as conn:
+        prepared.executemany(conn, [row])
+    assert not is_temporary(info.value)
+    with engine.connect() as conn:    # the failed transaction left nothing behind
+        assert len(conn.execute(select(Delivery)).all()) == 1
+
+
+def test_counter_upsert_returns_consecutive_values(engine: Engine) -> None:
+    with engine.begin() as conn:
+        numbers = [repo.next_ticket_number(conn, "10", WHEN) for _ in range(3)]
+    assert numbers == ["202611271000001", "202611271000002", "202611271000003"]
+
+
+def test_read_only_sqlite_is_temporary(tmp_path: Path) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'ro.db'}")
+    migrate(eng)
+    eng.dispose()
+    ro = make_engine(f"sqlite:///file:{tmp_path / 'ro.db'}?mode=ro&uri=true")
+    prepared = Prepared(insert(Article).returning(Article.id))
+    with pytest.raises(OperationalError) as info, ro.begin() as conn:
+        prepared.execute(conn, {"ticket_id": 1, "direction": "incoming",
+                                "sender_type": "customer", "created": WHEN})
+    assert is_temporary(info.value)
+    ro.dispose()
