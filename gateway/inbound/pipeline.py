@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection
@@ -33,6 +32,7 @@ from gateway.store import repo
 from gateway.store.db import BatchWriter, is_temporary
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 PrepareStage = Callable[[MessageContext, Runtime], None]
 CommitStage = Callable[[MessageContext, Runtime, Connection], None]
@@ -143,14 +143,25 @@ def _reply_for(ctx: MessageContext) -> errors.SmtpReply:
             "quarantine": errors.QUARANTINED}.get(ctx.action, errors.DELIVERED)
 
 
+def _shallow(obj: T, **changes: Any) -> T:
+    """A shallow copy of a plain dataclass with some fields replaced.
+
+    dataclasses.replace re-runs __init__ and field validation; this runs three
+    times per message on the writer thread, so it copies the instance dict.
+    """
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
+
+
 def _fresh(ctx: MessageContext) -> MessageContext:
     """A copy whose mutable parts a (re)run of the commit stages may change freely."""
-    logobj = dataclasses.replace(ctx.log, entries=list(ctx.log.entries))
-    return dataclasses.replace(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj)
+    logobj = _shallow(ctx.log, entries=list(ctx.log.entries))
+    return _shallow(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj)
 
 
 def _comm_copy(comm: Comm, obj: CommObj) -> Comm:
-    return dataclasses.replace(comm, objects=[obj])
+    return _shallow(comm, objects=[obj])
 
 
 class Pipeline:

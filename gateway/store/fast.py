@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -86,8 +87,7 @@ class Prepared:
                     default = col.default.arg      # type: ignore[attr-defined]
             elif col is not None and col.nullable:
                 default = None
-            fields.append((name, bp.type.dialect_impl(dialect).bind_processor(dialect),
-                           default, factory))
+            fields.append((name, _processor(bp.type, dialect), default, factory))
         plan = _Plan(compiled.string, names, dialect.positional, tuple(fields))
         self._plans[dialect.name] = plan
         return plan
@@ -132,6 +132,27 @@ class Prepared:
             raise _wrap(conn, plan.sql, params, exc) from exc
         finally:
             cur.close()
+
+
+_SQLITE_DATETIME = ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:"
+                    "%(second)02d.%(microsecond)06d")
+
+
+def _processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """SQLAlchemy's bind processor, except SQLite's datetime formatter: the same text
+    from `isoformat` in C instead of a %-format of seven attributes per value."""
+    impl = type_.dialect_impl(dialect)
+    proc: Callable[[Any], Any] | None = impl.bind_processor(dialect)
+    if (dialect.name == "sqlite" and proc is not None
+            and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME):
+        slow = proc
+
+        def fast(value: Any) -> Any:
+            if type(value) is datetime:
+                return value.isoformat(" ", "microseconds")[:26]
+            return slow(value)
+        return fast
+    return proc
 
 
 def _wrap(conn: Connection, sql: str, params: Any, exc: Any) -> StatementError:
