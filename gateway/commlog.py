@@ -14,7 +14,7 @@ from typing import Literal
 
 from sqlalchemy import Connection, insert, update
 
-from gateway.store.fast import Prepared
+from gateway.store.fast import Prepared, deferred
 from gateway.store.tables import CommEntry, CommObject, Communication
 
 Priority = Literal["Error", "Warn", "Notice", "Info", "Debug"]
@@ -113,3 +113,39 @@ def write_comm(conn: Connection, comm: Comm) -> int:
         o.entries = []
     _INS_ENTRY.executemany(conn, entries)
     return comm.id
+
+
+def _comm_row(comm: Comm) -> dict[str, object]:
+    return {"transport": "Email", "direction": comm.direction, "status": comm.status,
+            "account_type": comm.account_type, "account": comm.account, "start": comm.start,
+            "end": comm.end}
+
+
+def _flush_comms(conn: Connection, comms: list[Comm]) -> None:
+    """Communications, their objects and entries: three statements for a whole batch."""
+    for comm, cid in zip(comms, _INS_COMM.insert_rows(conn, [_comm_row(c) for c in comms]),
+                         strict=True):
+        comm.id = cid
+    objs = [o for c in comms for o in c.objects]
+    owners = [c.id for c in comms for _o in c.objects]
+    ids = _INS_OBJ.insert_rows(conn, [{
+        "communication_id": cid, "type": o.type, "status": o.status, "start": o.start,
+        "end": o.end, "article_id": o.article_id, "outbound_id": o.outbound_id}
+        for o, cid in zip(objs, owners, strict=True)])
+    entries: list[dict[str, object]] = []
+    for o, oid, cid in zip(objs, ids, owners, strict=True):
+        o.id = oid
+        entries.extend({"object_id": oid, "communication_id": cid, "priority": e.priority,
+                        "key": e.key, "value": e.value, "time": e.time} for e in o.entries)
+        o.entries = []
+    _INS_ENTRY.insert_rows(conn, entries)
+
+
+def add_comm(conn: Connection, comm: Comm) -> None:
+    """Like write_comm for a finished communication whose id nobody needs now: inside
+    a writer transaction it is written with the others of the batch, at its end."""
+    later = deferred(conn)
+    if later is None or comm.id is not None or any(o.id is not None for o in comm.objects):
+        write_comm(conn, comm)
+        return
+    later.add_item("commlog", _flush_comms, comm)

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
-from gateway.commlog import Comm, CommObj, write_comm
+from gateway.commlog import Comm, CommObj, add_comm
 from gateway.inbound.parse import parse_message
 from gateway.inbound.route import route
 from gateway.inbound.ticket import is_true, store
@@ -194,7 +194,7 @@ class Pipeline:
             cc = _comm_copy(comm, c.log)
             if comm.id is None:
                 cc.close()   # a communication opened by the door is closed by the door
-            write_comm(conn, cc)
+            add_comm(conn, cc)
             return c
         return job
 
@@ -210,7 +210,7 @@ class Pipeline:
                 cc = _comm_copy(comm, c.log)
                 if comm.id is None:
                     cc.close()
-                write_comm(conn, cc)
+                add_comm(conn, cc)
                 return c
             qid = repo.insert_quarantine(conn, source=f"{env.source}:{env.account}",
                                          envelope_from=env.mail_from, recipients=env.recipients,
@@ -223,7 +223,7 @@ class Pipeline:
             cc = _comm_copy(comm, c.log)
             if comm.id is None:
                 cc.close("Warning")
-            write_comm(conn, cc)
+            add_comm(conn, cc)
             return c
         return job
 

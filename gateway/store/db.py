@@ -24,6 +24,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from gateway.store.fast import deferred_writes
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -153,8 +155,14 @@ class BatchWriter:
         which wakes the next writer the moment the previous one commits.
         """
         if self._lock_path is None:
-            return self.engine.begin()
+            return self._begin()
         return self._locked_begin(self._lock_path)
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A transaction whose deferred rows (gateway.store.fast) are written before commit."""
+        with self.engine.begin() as conn, deferred_writes(conn):
+            yield conn
 
     @contextlib.contextmanager
     def _locked_begin(self, path: str) -> Iterator[Connection]:
@@ -162,7 +170,7 @@ class BatchWriter:
             self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 yield conn
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

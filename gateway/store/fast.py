@@ -16,12 +16,13 @@ SQLAlchemy exceptions (OperationalError, IntegrityError, ...), so the callers'
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql import ClauseElement, Insert
@@ -41,6 +42,9 @@ class _Plan:
     names: tuple[str, ...]
     positional: bool
     fields: tuple[_Field, ...]
+    lastrowid: bool = False            # SQLite: the new id from the cursor, no RETURNING
+    values_at: int = -1                # SQLite plain INSERT: where "(?, ...)" starts, for
+                                       # several rows in one statement; -1 = not possible
 
 
 class Prepared:
@@ -60,6 +64,13 @@ class Prepared:
             return self.stmt.table
         return None
 
+    def _returns_only_id(self, table: Table) -> bool:
+        stmt: Any = self.stmt
+        returning = [getattr(c, "key", None) for c in stmt._returning]
+        auto = table.autoincrement_column
+        return (auto is not None and returning == [auto.key] and not stmt._values
+                and stmt._post_values_clause is None)
+
     def _plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect.name)
         if plan is not None:
@@ -68,7 +79,15 @@ class Prepared:
         keys = None
         if table is not None and not self.stmt._values:  # type: ignore[attr-defined]
             keys = [c.key for c in table.c if c is not table.autoincrement_column]
-        compiled = self.stmt.compile(dialect=dialect, column_keys=keys)
+        stmt, lastrowid, plain = self.stmt, False, False
+        if dialect.name == "sqlite" and table is not None and keys is not None:
+            if self._returns_only_id(table):
+                # RETURNING costs SQLite an extra step (and the GIL changes hands once
+                # more per statement); the rowid of the insert is the same number.
+                stmt, lastrowid, plain = insert(table), True, True
+            else:
+                plain = not self.stmt._returning    # type: ignore[attr-defined]
+        compiled = stmt.compile(dialect=dialect, column_keys=keys)
         assert isinstance(compiled, SQLCompiler)
         by_name = {name: bp for bp, name in compiled.bind_names.items()}
         names = tuple(compiled.positiontup or by_name)
@@ -88,7 +107,11 @@ class Prepared:
             elif col is not None and col.nullable:
                 default = None
             fields.append((name, _processor(bp.type, dialect), default, factory))
-        plan = _Plan(compiled.string, names, dialect.positional, tuple(fields))
+        sql = compiled.string
+        values_at = sql.rfind(" VALUES (") + len(" VALUES ") if plain else -1
+        if values_at >= 0 and not sql.endswith(")"):
+            values_at = -1
+        plan = _Plan(sql, names, dialect.positional, tuple(fields), lastrowid, values_at)
         self._plans[dialect.name] = plan
         return plan
 
@@ -113,12 +136,56 @@ class Prepared:
         cur = conn.connection.cursor()
         try:
             cur.execute(plan.sql, params)
+            if plan.lastrowid:
+                return cur.lastrowid
             row = cur.fetchone() if cur.description else None
         except conn.dialect.loaded_dbapi.Error as exc:
             raise _wrap(conn, plan.sql, params, exc) from exc
         finally:
             cur.close()
         return row[0] if row else None
+
+    def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Insert many rows, several per statement where the database allows it;
+        returns the new ids in row order (RETURNING id or SQLite's rowids).
+
+        SQLite gives the rows of one multi-row INSERT consecutive rowids (each is
+        one above the largest), and the writer holds the only write lock, so the
+        ids are lastrowid-n+1 … lastrowid. Chunk sizes are powers of two, so a few
+        statement texts cover every batch size (SQLite caches them prepared).
+        """
+        if not rows:
+            return []
+        plan = self._plan(conn.dialect)
+        if plan.values_at < 0:
+            return [self.execute(conn, r) for r in rows]
+        ids: list[Any] = []
+        width = len(plan.names)
+        limit = 1
+        while limit * 2 * width <= 30000 and limit < 256:
+            limit *= 2
+        head, group = plan.sql[:plan.values_at], plan.sql[plan.values_at:]
+        i = 0
+        cur = conn.connection.cursor()
+        try:
+            while i < len(rows):
+                n = limit
+                while n > len(rows) - i:
+                    n //= 2
+                params: list[Any] = []
+                for r in rows[i:i + n]:
+                    params.extend(self._params(plan, r))
+                sql = head + ", ".join([group] * n)
+                try:
+                    cur.execute(sql, params)
+                except conn.dialect.loaded_dbapi.Error as exc:
+                    raise _wrap(conn, sql, params, exc) from exc
+                last = cur.lastrowid
+                ids.extend(range(last - n + 1, last + 1) if last else [None] * n)
+                i += n
+        finally:
+            cur.close()
+        return ids
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -166,3 +233,55 @@ def _wrap(conn: Connection, sql: str, params: Any, exc: Any) -> StatementError:
                                hide_parameters=True, connection_invalidated=disconnect,
                                dialect=conn.dialect)
     return wrapped
+
+
+# ----------------------------------------------------------------- deferred rows
+
+# The open buffer of this thread's writer transaction, with its Connection.
+_OPEN = threading.local()
+
+
+class Deferred:
+    """Rows nobody reads back in the same transaction, written at its end, many per
+    statement: fewer statements, and on SQLite fewer hand-overs of the GIL between
+    the writer thread and the event loop (each statement step releases it)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Prepared, list[Mapping[str, Any]]] = {}
+        self.hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
+
+    def add(self, stmt: Prepared, row: Mapping[str, Any]) -> None:
+        self.rows.setdefault(stmt, []).append(row)
+
+    def add_item(self, name: str, flush: Callable[[Connection, list[Any]], None],
+                 item: Any) -> None:
+        """Collect `item` under `name`; `flush(conn, items)` writes them all at the end."""
+        self.hooks.setdefault(name, (flush, []))[1].append(item)
+
+    def flush(self, conn: Connection) -> None:
+        for flush, items in self.hooks.values():
+            flush(conn, items)
+        for stmt, rows in self.rows.items():
+            stmt.insert_rows(conn, rows)
+        self.rows.clear()
+        self.hooks.clear()
+
+
+@contextlib.contextmanager
+def deferred_writes(conn: Connection) -> Iterator[Deferred]:
+    """Inside: `deferred(conn)` collects rows; they are written when the block ends
+    without an error (before the caller commits), and dropped with it otherwise."""
+    d = Deferred()
+    outer = getattr(_OPEN, "pair", None)
+    _OPEN.pair = (conn, d)
+    try:
+        yield d
+        d.flush(conn)
+    finally:
+        _OPEN.pair = outer
+
+
+def deferred(conn: Connection) -> Deferred | None:
+    """The buffer of the transaction `conn` is in, when it has one."""
+    pair = getattr(_OPEN, "pair", None)
+    return pair[1] if pair is not None and pair[0] is conn else None

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.config import Config
 from gateway.model import AttachmentData
-from gateway.store.fast import Prepared
+from gateway.store.fast import Prepared, deferred
 from gateway.store.tables import (
     Article,
     Attachment,
@@ -154,7 +154,14 @@ def record_deliveries(conn: Connection, message_id: str, content_hash: str,
                              "created": now})
         unique.setdefault(row["recipient"], row)
     rows = list(unique.values())
-    _INS_DELIVERY.executemany(conn, rows)
+    later = deferred(conn)
+    if later is None:
+        _INS_DELIVERY.executemany(conn, rows)
+        return
+    # Nobody reads them back in this transaction: a second copy of the message in
+    # the same batch is refused by the unique key when they are written.
+    for row in rows:
+        later.add(_INS_DELIVERY, row)
 
 
 def insert_quarantine(conn: Connection, *, source: str, envelope_from: str,

@@ -7,13 +7,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from gateway.commlog import Comm, add_comm
 from gateway.store import repo
 from gateway.store.db import is_temporary, make_engine, migrate
-from gateway.store.fast import Prepared
-from gateway.store.tables import Article, Delivery, Ticket
+from gateway.store.fast import Prepared, deferred_writes
+from gateway.store.tables import (
+    Article,
+    CommEntry,
+    CommObject,
+    Communication,
+    Delivery,
+    Ticket,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -30,7 +38,7 @@ WHEN = datetime(2026, 11, 27, 8, 30, 15, 123456, tzinfo=UTC)
 
 
 def _ticket(number: str) -> dict[str, object]:
-    return {"number": number, "title": "Drucker kaputt – «urgent»", "queue": "Raw",
+    return {"number": number, "title": "Drucker kaputt \u2013 «urgent»", "queue": "Raw",
             "state": "new", "state_type": "new", "priority": "3 normal",
             "dynamic_fields": {"Server": "mail1", "n": [1, 2]},
             "created": WHEN, "changed": WHEN}
@@ -103,3 +111,65 @@ def test_read_only_sqlite_is_temporary(tmp_path: Path) -> None:
                                 "sender_type": "customer", "created": WHEN})
     assert is_temporary(info.value)
     ro.dispose()
+
+
+def _comm(i: int) -> Comm:
+    comm = Comm("Incoming", "LMTP", f"peer{i}")
+    obj = comm.obj("Message")
+    obj.article_id = None
+    for k in range(i % 3 + 1):          # 1, 2 or 3 entries
+        obj.log("Info", f"K{i}", f"entry {k} of message {i}")
+    obj.close("Successful")
+    comm.close()
+    return comm
+
+
+def test_insert_rows_returns_ids_in_row_order(engine: Engine) -> None:
+    """Several rows per statement (chunks of 64, 32, ... on SQLite); ids match the rows."""
+    prepared = Prepared(insert(Ticket).returning(Ticket.id))
+    with engine.begin() as conn:
+        prepared.execute(conn, _ticket("first"))       # ids do not start at 1
+        ids = prepared.insert_rows(conn, [_ticket(f"n{i}") for i in range(100)])
+    assert len(ids) == len(set(ids)) == 100
+    with engine.connect() as conn:
+        by_id = dict(conn.execute(select(Ticket.id, Ticket.number)).all())
+    assert [by_id[i] for i in ids] == [f"n{i}" for i in range(100)]
+
+
+def test_deferred_rows_written_at_the_end_and_linked(engine: Engine) -> None:
+    """Deferred communications keep each object and entry with its own communication."""
+    comms = [_comm(i) for i in range(40)]
+    with engine.begin() as conn, deferred_writes(conn):
+        for c in comms:
+            add_comm(conn, c)
+        # nothing is written before the block ends
+        assert conn.execute(select(func.count()).select_from(Communication)).scalar() == 0
+    with engine.connect() as conn:
+        rows = conn.execute(select(Communication.account, CommEntry.key, CommEntry.value)
+                            .join(CommObject, CommObject.communication_id == Communication.id)
+                            .join(CommEntry, CommEntry.object_id == CommObject.id)
+                            .where(CommEntry.communication_id == Communication.id)).all()
+    assert len(rows) == sum(i % 3 + 1 for i in range(40))
+    for account, key, value in rows:
+        i = int(account.removeprefix("peer"))
+        assert key == f"K{i}" and value.endswith(f"of message {i}")
+    assert all(c.id is not None and c.objects[0].id is not None for c in comms)
+
+
+def test_deferred_rows_dropped_with_a_failed_block(engine: Engine) -> None:
+    with pytest.raises(RuntimeError), engine.begin() as conn, deferred_writes(conn):
+        add_comm(conn, _comm(1))
+        raise RuntimeError("job failed")
+    with engine.begin() as conn:        # and a later transaction does not write them
+        add_comm(conn, _comm(2))        # no buffer: written at once
+    with engine.connect() as conn:
+        assert conn.execute(select(Communication.account)).scalars().all() == ["peer2"]
+
+
+def test_duplicate_delivery_refused_when_deferred_rows_are_written(engine: Engine) -> None:
+    """The unique key still refuses a second delivery of the same message in one batch."""
+    with pytest.raises(IntegrityError), engine.begin() as conn, deferred_writes(conn):
+        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
+        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Delivery)).scalar() == 0
