@@ -216,8 +216,7 @@ _SEL_FAILED = select(OutboundRecipient.id).where(
 _UPD_ARTICLE = update(Article).where(Article.id == bindparam("b_id")).values(
     transmission_status=bindparam("b_status"), transmission_error=bindparam("b_error"))
 # An article sent as several copies (one queue row each) is sent once every row is,
-# and stays failed once one of them failed (or was deleted). The status filter lets
-# the lookup use ix_outbound_message_due (article_id has no index; sent rows pile up).
+# and stays failed once one of them failed (or was deleted).
 _OTHER_UNSENT = select(OutboundMessage.id).where(
     OutboundMessage.status.in_(("queued", "failed")),
     OutboundMessage.article_id == bindparam("b_id"),

@@ -235,7 +235,8 @@ class OutboundMessage(Base):
     warned: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    __table_args__ = (Index("ix_outbound_message_due", "status", "next_attempt"),)
+    __table_args__ = (Index("ix_outbound_message_due", "status", "next_attempt"),
+                      Index("ix_outbound_message_article_id", "article_id"))
 
 
 class OutboundRecipient(Base):
