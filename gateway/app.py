@@ -249,6 +249,9 @@ class Gateway:
         self.writer.close()
         self.executor.shutdown(wait=True)
         self.engine.dispose()
+        crypto = getattr(self.runtime, "crypto", None)
+        if crypto is not None and hasattr(crypto, "close"):
+            crypto.close()      # the gpg-agent of the GnuPG home
 
 
 async def serve(config: Config, *, ready: Callable[[], Any] | None = None,

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -31,6 +34,8 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import Config, register_validator
 from gateway.runtime import register_builder
+
+log = structlog.get_logger(__name__)
 
 
 class KeyStoreError(Exception):
@@ -401,6 +406,24 @@ class PgpStore:
     def available(self) -> bool:
         return self.home.is_dir() and any(self.home.glob("pubring.*"))
 
+    def close(self) -> None:
+        """Stop the gpg-agent that our gpg calls started for this home.
+
+        gpg launches an agent on demand and leaves it running; without this a
+        stopped `deskgate serve` would leave one behind per GnuPG home. Should
+        anything still need it, the next gpg call simply starts a new one.
+        """
+        with self._lock:
+            used, self._gpg = self._gpg is not None, None
+        gpgconf = shutil.which("gpgconf")
+        if not used or gpgconf is None:
+            return
+        try:
+            subprocess.run([gpgconf, "--homedir", str(self.home), "--kill", "gpg-agent"],
+                           capture_output=True, check=False, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not stop gpg-agent", home=str(self.home), error=str(exc))
+
     def _agent_conf(self) -> None:
         """A cheap KDF for the agent's copy of secret keys (unless the admin wrote a conf).
 
@@ -532,6 +555,9 @@ class CryptoStores:
     pgp: PgpStore
     store_decrypted_body: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.pgp.close()
 
 
 def stores_for(cfg: Config) -> CryptoStores:

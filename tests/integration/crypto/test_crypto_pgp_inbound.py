@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+
 import pytest
 
 from gateway.crypto.keystore import KeyStoreError
+from gateway.model import Envelope
 from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, SUPPORT_PASS, crlf
+from tests.peers.gpg import kill_agent
 
 HEAD = (f"From: Customer <{CUSTOMER}>\r\nTo: {SUPPORT}\r\nSubject: vpn broken\r\n"
         "Message-ID: <{mid}@customer.test>\r\nMIME-Version: 1.0\r\n")
@@ -161,3 +166,30 @@ class TestPgpImport:
         fpr = next(k.fingerprint for k in st.all_keys() if k.secret)
         assert st.passphrase_path(fpr).stat().st_mode & 0o077 == 0
         assert st.passphrase(fpr) == SUPPORT_PASS
+
+
+def _agent_running(home) -> bool:
+    res = subprocess.run(["gpg-connect-agent", "--homedir", str(home), "--no-autostart",
+                          "GETINFO pid", "/bye"], capture_output=True, timeout=30, check=False)
+    return b"no gpg-agent running" not in res.stderr and res.stdout.startswith(b"D ")
+
+
+class TestAgentLifetime:
+    def test_closing_the_gateway_stops_its_gpg_agent(self, pgp_env, pgp_keys):
+        """gpg starts an agent for the GnuPG home on the first decrypt; a stopped
+        gateway must not leave it behind."""
+        from gateway.app import Gateway
+
+        armored = pgp_keys.customer.encrypt(INNER, SUPPORT, sign_as=CUSTOMER)
+        kill_agent(pgp_env.gnupg_home)           # the fixture's own imports started one
+        gw = Gateway(pgp_env.config)
+        gw.prepare_store()
+        env = Envelope(mail_from=CUSTOMER, recipients=(SUPPORT,),
+                       raw=crlf(pgp_mime_encrypted(armored, "agent-1")))
+        try:
+            out = asyncio.run(gw.pipeline.deliver(env))
+            assert out.replies[0].ok and out.action == "new"
+            assert _agent_running(pgp_env.gnupg_home)
+        finally:
+            gw.close()
+        assert not _agent_running(pgp_env.gnupg_home)
