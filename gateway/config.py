@@ -353,6 +353,7 @@ class DashboardConfig:
 class CryptoConfig:
     smime_dir: str = "keys/smime"
     smime_ca_file: str = "keys/smime/ca.pem"
+    smime_crl_file: str = ""            # PEM CRLs: when set, a revoked signer is invalid
     gnupg_home: str = "keys/gnupg"
     store_decrypted_body: bool = True
     gpg_binary: str = "gpg"

@@ -138,7 +138,8 @@ class _Peeler:
         der = _payload(msg)
         c = self.out.crypto
         if kind in ("signed-data", "signeddata"):
-            v = smime.verify(der, None, self.stores.smime.ca_file)
+            v = smime.verify(der, None, self.stores.smime.ca_file,
+                             self.stores.smime.crl_file)
             self._signature("smime", v.valid, v.signers, v.error)
             return _parsed(v.content) if v.content else None
         if kind not in ("enveloped-data", "envelopeddata", "authenveloped-data", ""):
@@ -178,7 +179,8 @@ class _Peeler:
         content = canonical(content)
         sig = _payload(parts[1])
         if protocol in SMIME_SIG:
-            v = smime.verify(sig, content, self.stores.smime.ca_file)
+            v = smime.verify(sig, content, self.stores.smime.ca_file,
+                             self.stores.smime.crl_file)
             self._signature("smime", v.valid, v.signers, v.error)
         elif protocol == "application/pgp-signature":
             if not self.stores.pgp.available():

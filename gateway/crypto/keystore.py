@@ -206,9 +206,10 @@ def load_private_key(data: bytes, password: bytes | None, name: str) -> Any:
 class SmimeStore:
     """Certificates and keys in smime_dir plus the CA trust store."""
 
-    def __init__(self, directory: Path, ca_file: Path) -> None:
+    def __init__(self, directory: Path, ca_file: Path, crl_file: Path | None = None) -> None:
         self.dir = directory
         self.ca_file = ca_file
+        self.crl_file = crl_file
         self._lock = threading.Lock()
         self._cache: tuple[tuple[float, ...], list[SmimeEntry]] | None = None
 
@@ -562,7 +563,8 @@ class CryptoStores:
 
 def stores_for(cfg: Config) -> CryptoStores:
     c = cfg.crypto
-    return CryptoStores(SmimeStore(cfg.path(c.smime_dir), cfg.path(c.smime_ca_file)),
+    crl = cfg.path(c.smime_crl_file) if c.smime_crl_file else None
+    return CryptoStores(SmimeStore(cfg.path(c.smime_dir), cfg.path(c.smime_ca_file), crl),
                         PgpStore(cfg.path(c.gnupg_home), c.gpg_binary),
                         c.store_decrypted_body)
 
@@ -574,7 +576,19 @@ def _build(cfg: Config) -> tuple[str, CryptoStores]:
 
 @register_validator
 def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
-    """Private keys and passphrase files in smime_dir must be private to their owner."""
+    """Private keys and passphrase files in smime_dir must be private to their owner;
+    a configured CRL file must exist and hold CRLs."""
+    if cfg.crypto.smime_crl_file:
+        crl = cfg.path(cfg.crypto.smime_crl_file)
+        try:
+            data = crl.read_bytes()
+        except OSError as exc:
+            add(str(cfg.conf_dir), "crypto.smime_crl_file", f"cannot read {crl}: "
+                f"{exc.strerror or exc}")
+        else:
+            if b"-----BEGIN X509 CRL-----" not in data:
+                add(str(cfg.conf_dir), "crypto.smime_crl_file",
+                    f"{crl} holds no PEM CRL (-----BEGIN X509 CRL-----)")
     d = cfg.path(cfg.crypto.smime_dir)
     if not d.is_dir():
         return

@@ -112,16 +112,33 @@ def signer_addresses(sig_der: bytes) -> list[str]:
     return out
 
 
-def verify(sig_der: bytes, content: bytes | None, ca_file: Path) -> Verification:
-    """Verify a detached (content given) or opaque (content None) signature."""
+def verify(sig_der: bytes, content: bytes | None, ca_file: Path,
+           crl_file: Path | None = None) -> Verification:
+    """Verify a detached (content given) or opaque (content None) signature.
+
+    With `crl_file` the signer's certificate is checked against the CRLs in it
+    (`-crl_check`): revoked → invalid, and so is a signer whose CA has no CRL
+    there or whose CRL has expired, as openssl decides.
+    """
     signers = signer_addresses(sig_der)
     if not ca_file.exists():
         return Verification(False, signers, f"no CA trust store ({ca_file})")
     with tempfile.TemporaryDirectory(prefix="dg-smime-") as tmp:
         sig = Path(tmp) / "sig.der"
         sig.write_bytes(sig_der)
+        trust = ca_file
+        if crl_file is not None:
+            # `openssl cms` has no -CRLfile: CRLs are read from the -CAfile file.
+            trust = Path(tmp) / "trust.pem"
+            try:
+                trust.write_bytes(ca_file.read_bytes() + b"\n" + crl_file.read_bytes())
+            except OSError as exc:
+                return Verification(False, signers, f"cannot read the CRL file {crl_file}: "
+                                    f"{exc.strerror or exc}")
         args = [OPENSSL, "cms", "-verify", "-inform", "DER", "-in", str(sig), "-binary",
-                "-CAfile", str(ca_file), "-purpose", "smimesign"]
+                "-CAfile", str(trust), "-purpose", "smimesign"]
+        if crl_file is not None:
+            args.append("-crl_check")
         if content is not None:
             data = Path(tmp) / "content"
             data.write_bytes(content)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,26 @@ class TestCA:
             .sign(self.key, hashes.SHA256()))
         self.ca_path = self.dir / "ca.pem"
         self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def crl(self, revoked: Sequence[Issued] = (), *, days: int = 7,
+            path: Path | None = None) -> Path:
+        """A PEM CRL of this CA revoking `revoked` (days < 0: a CRL already expired)."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+                   .last_update(now - dt.timedelta(hours=1) + dt.timedelta(days=min(days, 0) * 2))
+                   .next_update(now + dt.timedelta(days=days))
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       self.key.public_key()), critical=False)
+                   .add_extension(x509.CRLNumber(1), critical=False))
+        for issued in revoked:
+            serial = x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(now - dt.timedelta(hours=1)).build())
+        path = path or self.dir / "crl.pem"
+        path.write_bytes(builder.sign(self.key, hashes.SHA256())
+                         .public_bytes(serialization.Encoding.PEM))
+        return path
 
     def issue(self, name: str, *, hosts: tuple[str, ...] = (), emails: tuple[str, ...] = (),
               days: int = 30, not_before_days: int = 1, filename: str | None = None) -> Issued:

@@ -7,6 +7,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
 
+import pytest
+
 from tests.integration.crypto.crypto_helpers import (
     CUSTOMER,
     SUPPORT,
@@ -188,6 +190,45 @@ class TestSmimeVerify:
         c = d.crypto
         assert c["signed"] and c["signature_valid"] is False
         assert "modified" in c["error"] or "digest" in c["error"]
+
+    def _with_crl(self, env, *revoked, days=7):
+        env.ca.crl(revoked, days=days, path=env.root / "keys" / "smime" / "crl.pem")
+        (env.conf / "60-crl.toml").write_text(
+            '[crypto]\nsmime_crl_file = "keys/smime/crl.pem"\n')
+        env.reload()
+
+    def test_revoked_signer_invalid_with_crl(self, crypto_env, deliver, tmp_path):
+        """smime_crl_file set and the signer's certificate on the CA's CRL: not valid."""
+        self._with_crl(crypto_env, crypto_env.customer)
+        d = deliver(with_headers("r1", sign(crypto_env, tmp_path, inner_entity())))
+        c = d.crypto
+        assert c["signed"] and c["signature_valid"] is False
+        assert "revoked" in c["error"]
+        assert "PC LOAD LETTER" in d.article["body"]          # stored all the same
+
+    def test_crl_without_the_signer_valid(self, crypto_env, deliver, tmp_path):
+        """A current CRL that lists somebody else: the signature stays valid."""
+        other = crypto_env.ca.issue("Other", emails=("other@example.org",), filename="o")
+        self._with_crl(crypto_env, other)
+        d = deliver(with_headers("r2", sign(crypto_env, tmp_path, inner_entity())))
+        assert d.crypto["signature_valid"] is True and d.crypto["error"] == ""
+
+    def test_expired_crl_makes_signatures_unverifiable(self, crypto_env, deliver, tmp_path):
+        """An out-of-date CRL is not trusted: the admin has to refresh it."""
+        self._with_crl(crypto_env, days=-1)
+        d = deliver(with_headers("r3", sign(crypto_env, tmp_path, inner_entity())))
+        assert d.crypto["signature_valid"] is False and "CRL" in d.crypto["error"]
+
+    def test_check_names_a_missing_crl_file(self, crypto_env):
+        """`deskgate check`: file, key and reason when smime_crl_file cannot be read."""
+        from gateway.config import ConfigErrors, load_config
+
+        (crypto_env.conf / "60-crl.toml").write_text(
+            '[crypto]\nsmime_crl_file = "keys/smime/nowhere.pem"\n')
+        with pytest.raises(ConfigErrors) as info:
+            load_config(crypto_env.conf)
+        assert "crypto.smime_crl_file" in str(info.value)
+        assert "nowhere.pem" in str(info.value)
 
     def test_signer_mismatch(self, crypto_env, deliver, tmp_path):
         """Valid signature by someone else than From: 'signature valid, signer mismatch'."""
