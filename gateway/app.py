@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,10 +22,11 @@ import structlog
 from sqlalchemy import Engine
 
 from gateway import errors, metrics, sdnotify
+from gateway.commlog import Comm, add_comm, write_comm
 from gateway.config import Config, load_config
 from gateway.errors import ConfigErrors, SmtpReply
 from gateway.inbound.pipeline import Pipeline
-from gateway.model import Envelope
+from gateway.model import Envelope, Outcome
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
 from gateway.store.db import BatchWriter, make_engine, migrate
@@ -133,7 +134,7 @@ class Gateway:
         return errors.RCPT_OK
 
     async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
-                      peer: str) -> Sequence[SmtpReply]:
+                      peer: str) -> Outcome:
         env = Envelope(mail_from=mail_from, recipients=tuple(r.lower() for r in rcpts),
                        raw=raw, source="LMTP", account=peer,
                        trusted=self.runtime.config.lmtp.trusted)
@@ -149,7 +150,16 @@ class Gateway:
         result = "tempfail" if outcome.replies and outcome.replies[0].temporary \
             else outcome.action
         metrics.MESSAGES.labels("lmtp", "in", result).inc()
-        return outcome.replies
+        return outcome
+
+    def log_connection(self, comm: Comm) -> None:
+        """Queue an LMTP connection's communication; it is written with the next batch."""
+        try:
+            fut = self.writer.submit(lambda conn: add_comm(conn, comm))
+        except Exception as exc:        # the writer is gone (shutting down)
+            log.warning("LMTP connection not logged", peer=comm.account, error=repr(exc))
+            return
+        fut.add_done_callback(_report_unlogged)
 
     async def wait_idle(self, limit: float) -> bool:
         """Wait until no message is in the pipeline (graceful stop); False after `limit` s."""
@@ -191,8 +201,6 @@ class Gateway:
         return True
 
     def _log_reload_failure(self, text: str) -> None:
-        from gateway.commlog import Comm, write_comm
-
         comm = Comm("Incoming", "Config", "reload")
         obj = comm.obj("Connection")
         obj.log("Error", "Reload", text[:4000])
@@ -252,6 +260,12 @@ class Gateway:
         crypto = getattr(self.runtime, "crypto", None)
         if crypto is not None and hasattr(crypto, "close"):
             crypto.close()      # the gpg-agent of the GnuPG home
+
+
+def _report_unlogged(fut: Future[None]) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.warning("LMTP connection not logged", error=repr(exc)[:300])
 
 
 async def serve(config: Config, *, ready: Callable[[], Any] | None = None,

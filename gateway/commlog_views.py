@@ -198,14 +198,16 @@ def overview(conn: Connection, *, period: float = 86400.0, now: datetime | None 
              ) -> dict[str, Any]:
     """`log overview --json`: {accounts[{account_type, account, status}], failed,
     processing, average_processing_seconds} for the communications of the last `period`
-    seconds; account status from the Connection objects of the same period."""
+    seconds; account status from the Connection objects of the same period (not the
+    LMTP door's: a client's connection is no account of ours)."""
     now = now or datetime.now(UTC)
     since = now - timedelta(seconds=period)
     c = Communication
     rows = conn.execute(select(c.account_type, c.account, CommObject.status)
                         .join(CommObject, CommObject.communication_id == c.id)
                         .where(CommObject.type == "Connection", CommObject.start >= since,
-                               CommObject.status != "Processing")).all()
+                               CommObject.status != "Processing",
+                               c.account_type != "LMTP")).all()
     per: dict[tuple[str, str], list[str]] = {}
     for r in rows:
         per.setdefault((r.account_type, r.account), []).append(r.status)

@@ -148,6 +148,25 @@ class RunningGateway:
         """Run a coroutine on the gateway's loop from the test thread."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
 
+    def logged_connections(self) -> int:
+        """Connection objects in the communication log (LMTP writes one per connection
+        after it closes, asynchronously)."""
+        from sqlalchemy import func, select
+
+        from gateway.store.tables import CommObject
+        with self.gateway.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(CommObject)
+                                    .where(CommObject.type == "Connection")).scalar_one())
+
+    def wait_logged_connections(self, count: int, timeout: float = 10) -> int:
+        """Poll until at least `count` connections are logged; returns how many are."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (n := self.logged_connections()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return n
+
 
 @pytest.fixture
 def run_gateway() -> Iterator[Callable[[Config], RunningGateway]]:

@@ -6,7 +6,8 @@ and reads DATA line by line with a 1,000-byte line limit. This subclass owns
 LHLO, MAIL, RCPT and DATA: one reply per accepted recipient after DATA, in RCPT
 order, DATA read in chunks up to the terminating CRLF.CRLF with dot-unstuffing
 and the size limit, and plain `<local@domain>` paths parsed without the full
-RFC 5322 machinery.
+RFC 5322 machinery. Each connection is written to the communication log when it
+closes (see lmtp_record.py).
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, AnyStr, Literal, Protocol
 
+import structlog
 from aiosmtpd.lmtp import LMTP
 
 from gateway import errors
+from gateway.commlog import Comm
 from gateway.errors import SmtpReply
+from gateway.inbound.lmtp_record import ConnectionRecord
+from gateway.model import Outcome
 
 # aiosmtpd logs every command line at INFO on "mail.log"; that is our job, and costly.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+log = structlog.get_logger(__name__)
 
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 1 << 16
@@ -39,7 +46,10 @@ class LmtpBackend(Protocol):
     def rcpt_status(self, address: str) -> SmtpReply: ...
 
     async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
-                      peer: str) -> Sequence[SmtpReply]: ...
+                      peer: str) -> Outcome: ...
+
+    def log_connection(self, comm: Comm) -> None:
+        """Write a closed connection's communication without blocking; never raises."""
 
 
 def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
@@ -68,6 +78,7 @@ class LmtpSession(LMTP):
 
     def __init__(self, backend: LmtpBackend, *, max_message_size: int, max_recipients: int,
                  hostname: str, timeout: float = 300, loop: Any = None) -> None:
+        self._record: ConnectionRecord | None = None
         super().__init__(None, data_size_limit=max_message_size, hostname=hostname,
                          ident="deskgate LMTP", timeout=timeout, enable_SMTPUTF8=True,
                          loop=loop)
@@ -76,12 +87,30 @@ class LmtpSession(LMTP):
         self.on_lost: Callable[[], None] | None = None
         self._from: str | None = None
         self._rcpts: list[str] = []
+        self._peer = "unix"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.session is not None
+        self._peer = _peer_name(self.session.peer)
+        self._record = ConnectionRecord(self._peer)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
         if self.on_lost is not None:
             self.on_lost()
             self.on_lost = None
+        record, self._record = self._record, None
+        if record is not None:
+            try:
+                self.backend.log_connection(record.finish(error))
+            except Exception:
+                log.exception("LMTP connection not logged", peer=self._peer)
+
+    def _timeout_cb(self) -> None:
+        if self._record is not None:
+            self._record.timed_out = True
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # aiosmtpd calls these on RSET, LHLO and after DATA.
     def _set_post_data_state(self) -> None:
@@ -89,33 +118,55 @@ class LmtpSession(LMTP):
         self._from = None
         self._rcpts = []
 
-    async def _reply(self, reply: SmtpReply) -> None:
-        await self.push(str(reply))
+    def _set_rset_state(self) -> None:
+        super()._set_rset_state()  # type: ignore[no-untyped-call]
+        if self._record is not None:
+            self._record.ended()
+
+    async def push(self, status: AnyStr) -> None:
+        # Our own refusals go through _refuse; this catches aiosmtpd's (unknown command,
+        # line too long, ...).
+        if self._record is not None and isinstance(status, str) and status[:1] in ("4", "5"):
+            self._record.refused("Reply", "", status)
+        await super().push(status)
+
+    async def _refuse(self, key: str, reply: SmtpReply | str, subject: str = "") -> None:
+        """Answer a command with a 4xx/5xx reply and log it on the connection."""
+        text = str(reply)
+        if self._record is not None:
+            self._record.refused(key, subject, text)
+        await super().push(text)
+
+    async def _reply(self, reply: SmtpReply | str) -> None:
+        await super().push(str(reply))
 
     async def smtp_LHLO(self, arg: str) -> None:
         if not arg:
-            await self.push("501 5.5.4 Syntax: LHLO hostname")
+            await self._refuse("LHLO", "501 5.5.4 Syntax: LHLO hostname")
             return
         assert self.session is not None
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self._set_rset_state()
         self.session.host_name = arg
         self.session.extended_smtp = True
+        if self._record is not None:
+            self._record.lhlo(arg)
         lines = [f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
                  "250-8BITMIME", "250-SMTPUTF8", f"250 SIZE {self.data_size_limit}"]
         self.command_size_limits["MAIL"] = 512 + 26 + 10
-        await self.push("\r\n".join(lines))
+        await self._reply("\r\n".join(lines))
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert self.session is not None
         if not self.session.host_name:
-            await self.push("503 5.5.1 Send LHLO first")
+            await self._refuse("MAIL", "503 5.5.1 Send LHLO first")
             return
         if self._from is not None:
-            await self._reply(errors.SmtpReply(503, "5.5.1", "nested MAIL command"))
+            await self._refuse("MAIL", errors.SmtpReply(503, "5.5.1", "nested MAIL command"))
             return
         parsed = parse_path(arg or "", "FROM:")
         if parsed is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            await self._refuse("MAIL", "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]",
+                               f"MAIL {arg or ''}")
             return
         addr, params = parsed
         for p in params:
@@ -123,65 +174,87 @@ class LmtpSession(LMTP):
             key = key.upper()
             if key == "SIZE":
                 if not value.isdigit():
-                    await self._reply(errors.SYNTAX)
+                    await self._refuse("MAIL", errors.SYNTAX, f"<{addr}> {p}")
                     return
                 if int(value) > (self.data_size_limit or 0) > 0:
-                    await self._reply(errors.TOO_BIG)
+                    await self._refuse("MAIL", errors.TOO_BIG, f"<{addr}> {p}")
                     return
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
-                    await self.push("501 5.5.4 BODY must be 7BIT or 8BITMIME")
+                    await self._refuse("MAIL", "501 5.5.4 BODY must be 7BIT or 8BITMIME",
+                                       f"<{addr}> {p}")
                     return
             elif key not in ("SMTPUTF8", "RET", "ENVID", "AUTH"):
-                await self.push(f"555 5.5.4 MAIL parameter {key} not supported")
+                await self._refuse("MAIL", f"555 5.5.4 MAIL parameter {key} not supported",
+                                   f"<{addr}> {p}")
                 return
         self._from = addr
+        if self._record is not None:
+            self._record.mail(addr)
         await self._reply(errors.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if self._from is None:
-            await self.push("503 5.5.1 Need MAIL command")
+            await self._refuse("RCPT", "503 5.5.1 Need MAIL command", f"RCPT {arg or ''}")
             return
         parsed = parse_path(arg or "", "TO:")
         if parsed is None or not parsed[0] or "@" not in parsed[0]:
-            await self._reply(errors.BAD_ADDRESS if parsed else errors.SYNTAX)
+            await self._refuse("RCPT", errors.BAD_ADDRESS if parsed else errors.SYNTAX,
+                               f"RCPT {arg or ''}")
             return
         addr = parsed[0]
         if len(self._rcpts) >= self.max_recipients:
-            await self._reply(errors.TOO_MANY_RCPTS)
+            await self._refuse("RCPT", errors.TOO_MANY_RCPTS, f"<{addr}>")
             return
         reply = self.backend.rcpt_status(addr)
-        if reply.ok:
-            self._rcpts.append(addr)
+        if not reply.ok:
+            await self._refuse("RCPT", reply, f"<{addr}>")
+            return
+        self._rcpts.append(addr)
+        if self._record is not None:
+            self._record.rcpt()
         await self._reply(reply)
 
     async def smtp_DATA(self, arg: str) -> None:
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self._refuse("DATA", "501 5.5.4 Syntax: DATA")
             return
         if self._from is None:
-            await self.push("503 5.5.1 Need MAIL command")
+            await self._refuse("DATA", "503 5.5.1 Need MAIL command")
             return
         if not self._rcpts:
-            await self.push("503 5.5.1 Need RCPT command")
+            await self._refuse("DATA", "503 5.5.1 Need RCPT command", f"from <{self._from}>")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        record = self._record
+        if record is not None:
+            record.data()
+        await self._reply("354 End data with <CR><LF>.<CR><LF>")
         raw = await self._read_data()
         if raw is None:            # connection closed in the middle
             return
         rcpts, mail_from = list(self._rcpts), self._from
         self._set_post_data_state()
         if raw is False:
-            await self.push("\r\n".join(str(errors.TOO_BIG) for _ in rcpts))
+            if record is not None:
+                record.refused("DATA", f"message from <{mail_from}>", str(errors.TOO_BIG))
+                record.too_big()
+            await self._reply("\r\n".join(str(errors.TOO_BIG) for _ in rcpts))
+            if record is not None:
+                record.ended()
             return
-        assert self.session is not None
-        peer = _peer_name(self.session.peer)
+        if record is not None:
+            record.delivering()
+        outcome: Outcome | None = None
         try:
-            replies = await self.backend.deliver(mail_from, rcpts, raw, peer)
+            outcome = await self.backend.deliver(mail_from, rcpts, raw, self._peer)
+            replies: Sequence[SmtpReply] = outcome.replies
         except Exception:
             logging.getLogger(__name__).exception("delivery failed")
             replies = [errors.TEMPFAIL] * len(rcpts)
-        await self.push("\r\n".join(str(r) for r in replies))
+        await self._reply("\r\n".join(str(r) for r in replies))
+        if record is not None:
+            record.message(outcome)
+            record.ended()
 
     async def _read_data(self) -> bytes | Literal[False] | None:
         """Read up to CRLF.CRLF; bytes, False when over the size limit, None on EOF."""

@@ -32,10 +32,14 @@ class Dash:
 
     def deliver(self, message: bytes, rcpts: list[str] | None = None,
                 mail_from: str = "a@customer.test") -> list[int]:
+        """One LMTP connection with one transaction; returns once the connection's
+        own communication is written too."""
+        before = self.rg.logged_connections()
         c = LmtpClient(self.rg.socket_path)
         c.lhlo()
         _, data = c.transaction(mail_from, rcpts or ["support@example.org"], message)
         c.close()
+        assert self.rg.wait_logged_connections(before + 1) == before + 1
         return [d[0] for d in data]
 
 

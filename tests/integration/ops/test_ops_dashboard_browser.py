@@ -37,7 +37,7 @@ class TestDashboardInBrowser:
         browser.find_element(By.LINK_TEXT, "Communications").click()
         WebDriverWait(browser, 30).until(ec.url_contains("/log/list"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#communications tr.comm")
-        assert len(rows) == 4
+        assert len(rows) == 8                   # a message and a connection each
 
         Select(browser.find_element(By.ID, "priority")).select_by_visible_text("Error")
         browser.find_element(By.ID, "apply").click()

@@ -13,23 +13,27 @@ from tests.integration.ops.ops_web import message
 
 class TestPages:
     def test_pages_show_log_and_tickets(self, dashboard):
-        """Overview, list, detail, tickets and ticket pages render what LMTP stored."""
+        """Overview, list, detail, tickets and ticket pages render what LMTP stored and
+        logged: the message's communication and the connection's."""
         d = dashboard()
         assert d.deliver(message(1)) == [250]
         status, headers, body = d.get("/log")
         assert status == 200 and "text/html" in headers["Content-Type"]
         assert 'id="failed"' in body and "Processing now" in body
         status, _, body = d.get("/log/list")
-        assert status == 200 and "1 communication<" in body and "LMTP" in body
+        assert status == 200 and "2 communications<" in body and "LMTP" in body
         with d.rg.gateway.engine.connect() as conn:
             from sqlalchemy import select
 
-            from gateway.store.tables import Communication, Ticket
-            cid = conn.execute(select(Communication.id)).scalar_one()
+            from gateway.store.tables import CommObject, Ticket
+            ids = {t: c for t, c in conn.execute(
+                select(CommObject.type, CommObject.communication_id))}
             number = conn.execute(select(Ticket.number)).scalar_one()
-        status, _, body = d.get(f"/log/{cid}")
+        status, _, body = d.get(f"/log/{ids['Message']}")
         assert status == 200 and "Envelope" in body and "from &lt;a@customer.test&gt;" in body
         assert f"/tickets/{number}" in body
+        status, _, body = d.get(f"/log/{ids['Connection']}")
+        assert status == 200 and "Summary" in body and "1 message(s): 1 stored" in body
         status, _, body = d.get("/tickets")
         assert status == 200 and number in body and "Printer broken 1" in body
         status, _, body = d.get(f"/tickets/{number}")
@@ -82,7 +86,7 @@ class TestPages:
         d.deliver(message(3), mail_from="cust3@customer.test")
         d.deliver(message(5, extra="X-OTOBO-Queue: Nowhere\r\n"))
         _, _, body = d.get("/log/list")
-        assert "2 communications" in body
+        assert "4 communications" in body        # a message and a connection each
         _, _, body = d.get("/log/list?priority=Error")
         assert "1 communication<" in body
         _, _, body = d.get("/log/list?search=cust3%40customer")

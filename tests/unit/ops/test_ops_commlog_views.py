@@ -232,6 +232,20 @@ class TestOverview:
         assert {a["account"]: a["status"] for a in week["accounts"]}["a"] == \
             views.ACCOUNT_INTERMITTENT
 
+    def test_lmtp_connections_are_no_accounts(self, log_engine, add_comm):
+        """LMTP Connection objects (one per client connection) count as failures but add no
+        account to the overview."""
+        now = views.utc(NOW)
+        add_comm(None, obj("Connection", "Failed", start=ago(hours=1)),
+                 account_type="LMTP", account="127.0.0.1:40000", start=ago(hours=1))
+        add_comm(None, obj("Connection", "Successful", start=ago(hours=1)),
+                 account_type="IMAPS", account="a", start=ago(hours=1))
+        with log_engine.connect() as conn:
+            ov = views.overview(conn, period=86400, now=now)
+        assert ov["accounts"] == [{"account_type": "IMAPS", "account": "a",
+                                   "status": views.ACCOUNT_OK}]
+        assert ov["failed"] == 1
+
     def test_empty_log(self, log_engine):
         """An empty log has no accounts, no failures and no average."""
         with log_engine.connect() as conn:

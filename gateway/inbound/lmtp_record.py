@@ -1,0 +1,101 @@
+"""What one LMTP connection leaves in the communication log.
+
+The session feeds a `ConnectionRecord` as commands come in; when the connection
+closes, `finish` turns it into a communication with one Connection object: the
+peer and LHLO name, a Notice per refused command, a summary of the messages and
+an Error when the connection ended in the middle of a transaction. It holds only
+counters and a few entries, so keeping it costs a message next to nothing.
+"""
+
+from __future__ import annotations
+
+from gateway.commlog import Comm, CommObj, Status
+from gateway.model import Outcome
+
+# How a message ended, as the summary counts it.
+STORED, DUPLICATE, TEMPFAIL = "stored", "duplicate", "temporary failure"
+IGNORED, QUARANTINED, TOO_BIG = "ignored", "quarantined", "too big"
+_KIND = {"new": STORED, "followup": STORED, "duplicate": DUPLICATE, "ignore": IGNORED,
+         "quarantine": QUARANTINED}
+
+
+class ConnectionRecord:
+    """The Connection object of one LMTP connection, built while it runs."""
+
+    def __init__(self, peer: str) -> None:
+        self.comm = Comm("Incoming", "LMTP", peer)
+        self.obj: CommObj = self.comm.obj("Connection")
+        self.obj.log("Info", "Connection", f"from {peer}")
+        self.counts = {STORED: 0, DUPLICATE: 0, TEMPFAIL: 0}
+        self.messages = 0
+        self.rcpts_refused = 0
+        self.refusals = 0
+        self.timed_out = False
+        self._mail_from: str | None = None     # set while a transaction is open
+        self._rcpts = 0
+        self._stage = ""
+
+    def lhlo(self, name: str) -> None:
+        self.obj.log("Info", "LHLO", name)
+
+    def refused(self, key: str, subject: str, reply: str) -> None:
+        """A command answered 4xx/5xx: a Notice naming what and the reply sent."""
+        self.refusals += 1
+        if key == "RCPT":
+            self.rcpts_refused += 1
+        self.obj.log("Notice", key, f"{subject} refused: {reply}" if subject else reply)
+
+    def mail(self, mail_from: str) -> None:
+        self._mail_from, self._rcpts, self._stage = mail_from, 0, "before DATA"
+
+    def rcpt(self) -> None:
+        self._rcpts += 1
+
+    def data(self) -> None:
+        self._stage = "during DATA"
+
+    def delivering(self) -> None:
+        self._stage = "before the final reply"
+
+    def message(self, outcome: Outcome | None) -> None:
+        """A message got its final replies; None when delivery raised (temporary)."""
+        if outcome is None or (outcome.replies and outcome.replies[0].temporary):
+            kind = TEMPFAIL
+        else:
+            kind = _KIND.get(outcome.action, STORED)
+        self.messages += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def too_big(self) -> None:
+        self.messages += 1
+        self.counts[TOO_BIG] = self.counts.get(TOO_BIG, 0) + 1
+
+    def ended(self) -> None:
+        """The transaction is over: final reply sent, RSET or LHLO."""
+        self._mail_from = None
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {kind}" for kind, n in self.counts.items()
+                           if n or kind in (STORED, DUPLICATE, TEMPFAIL))
+        return (f"{self.messages} message(s): {counts}; "
+                f"{self.rcpts_refused} recipient(s) refused")
+
+    def finish(self, error: BaseException | None = None) -> Comm:
+        """Close the object and the communication when the connection is gone."""
+        obj = self.obj
+        obj.log("Info", "Summary", self.summary())
+        status: Status = "Successful"
+        if self.refusals or self.counts[TEMPFAIL] or self.counts.get(TOO_BIG):
+            status = "Warning"
+        if self._mail_from is not None:
+            how = "timed out" if self.timed_out else "connection lost"
+            cause = f" ({error})" if error is not None and str(error) else ""
+            obj.log("Error", "Connection",
+                    f"{how} {self._stage} of the transaction from <{self._mail_from}> with "
+                    f"{self._rcpts} recipient(s){cause}")
+            status = "Failed"
+        elif self.timed_out:
+            obj.log("Info", "Connection", "closed after the idle timeout")
+        obj.close(status)
+        self.comm.close(status)
+        return self.comm
