@@ -79,10 +79,12 @@ def _unfold(value: str) -> str:
 
 
 # The common shapes `addr@dom` and `Display Name <addr@dom>` (no quotes, comments,
-# groups or second mailbox): read directly; anything else goes to getaddresses.
+# groups, second mailbox, or whitespace other than space and tab at the ends or
+# between words): read directly; anything else goes to getaddresses. Possessive
+# loops keep it linear on hostile headers.
+_ADDR = r"[^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:@\\\[\]]+"
 _SIMPLE_ADDRESS = re.compile(
-    r"\s*(?:[^\"<>,;:()@\\\[\]]*<([^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:@\\\[\]]+)>"
-    r"|([^<>\s\"(),;:@\\\[\]]+@[^<>\s\"(),;:@\\\[\]]+))\s*")
+    r"[ \t]*(?:(?:[^\s\"<>,;:()@\\\[\]]++[ \t]*)*+<(" + _ADDR + r")>|(" + _ADDR + r"))[ \t]*")
 
 
 def first_address(value: str) -> str:

@@ -32,8 +32,9 @@ _MISSING = object()
 
 
 # One bound value: name, bind processor, default (_MISSING: the caller must give
-# it), whether the default is a factory (dict, list) to call.
-_Field = tuple[str, Callable[[Any], Any] | None, Any, bool]
+# it), whether the default is a factory (dict, list) to call, whether None goes
+# through the processor too (JSON: None is stored as the JSON value null).
+_Field = tuple[str, Callable[[Any], Any] | None, Any, bool, bool]
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,18 @@ class Prepared:
             return self.stmt.table
         return None
 
-    def _returns_only_id(self, table: Table) -> bool:
+    def _bare_insert(self) -> bool:
+        """INSERT INTO t (columns) VALUES (...), nothing else: the only shape the SQLite
+        shortcuts (lastrowid, several rows per statement) may rewrite."""
         stmt: Any = self.stmt
-        returning = [getattr(c, "key", None) for c in stmt._returning]
+        return (not stmt._values and not stmt._multi_values and stmt.select is None
+                and stmt._post_values_clause is None and not stmt._prefixes
+                and not stmt._independent_ctes and not stmt._hints)
+
+    def _returns_only_id(self, table: Table) -> bool:
+        returning = [getattr(c, "key", None) for c in self.stmt._returning]  # type: ignore[attr-defined]
         auto = table.autoincrement_column
-        return (auto is not None and returning == [auto.key] and not stmt._values
-                and stmt._post_values_clause is None)
+        return auto is not None and returning == [auto.key]
 
     def _plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect.name)
@@ -80,7 +87,7 @@ class Prepared:
         if table is not None and not self.stmt._values:  # type: ignore[attr-defined]
             keys = [c.key for c in table.c if c is not table.autoincrement_column]
         stmt, lastrowid, plain = self.stmt, False, False
-        if dialect.name == "sqlite" and table is not None and keys is not None:
+        if dialect.name == "sqlite" and table is not None and self._bare_insert():
             if self._returns_only_id(table):
                 # RETURNING costs SQLite an extra step (and the GIL changes hands once
                 # more per statement); the rowid of the insert is the same number.
@@ -106,7 +113,8 @@ class Prepared:
                     default = col.default.arg      # type: ignore[attr-defined]
             elif col is not None and col.nullable:
                 default = None
-            fields.append((name, _processor(bp.type, dialect), default, factory))
+            fields.append((name, _processor(bp.type, dialect), default, factory,
+                           bool(getattr(bp.type, "should_evaluate_none", False))))
         sql = compiled.string
         values_at = sql.rfind(" VALUES (") + len(" VALUES ") if plain else -1
         if values_at >= 0 and not sql.endswith(")"):
@@ -118,13 +126,13 @@ class Prepared:
     def _params(self, plan: _Plan, values: Mapping[str, Any]) -> Any:
         out = []
         get = values.get
-        for name, proc, default, factory in plan.fields:
+        for name, proc, default, factory, with_none in plan.fields:
             v = get(name, _MISSING)
             if v is _MISSING:
                 if default is _MISSING:
                     raise KeyError(f"{name!r} missing for {plan.sql[:60]!r}")
                 v = default(None) if factory else default
-            if proc is not None and v is not None:
+            if proc is not None and (v is not None or with_none):
                 v = proc(v)
             out.append(v)
         return tuple(out) if plan.positional else dict(zip(plan.names, out, strict=True))
@@ -133,7 +141,7 @@ class Prepared:
         """Run once; the first column of the first returned row (None without RETURNING)."""
         plan = self._plan(conn.dialect)
         params = self._params(plan, values)
-        cur = conn.connection.cursor()
+        cur = _cursor(conn)
         try:
             cur.execute(plan.sql, params)
             if plan.lastrowid:
@@ -166,7 +174,7 @@ class Prepared:
             limit *= 2
         head, group = plan.sql[:plan.values_at], plan.sql[plan.values_at:]
         i = 0
-        cur = conn.connection.cursor()
+        cur = _cursor(conn)
         try:
             while i < len(rows):
                 n = limit
@@ -192,7 +200,7 @@ class Prepared:
             return
         plan = self._plan(conn.dialect)
         params = [self._params(plan, r) for r in rows]
-        cur = conn.connection.cursor()
+        cur = _cursor(conn)
         try:
             cur.executemany(plan.sql, params)
         except conn.dialect.loaded_dbapi.Error as exc:
@@ -220,6 +228,13 @@ def _processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
             return slow(value)
         return fast
     return proc
+
+
+def _cursor(conn: Connection) -> Any:
+    try:
+        return conn.connection.cursor()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrap(conn, "", None, exc) from exc
 
 
 def _wrap(conn: Connection, sql: str, params: Any, exc: Any) -> StatementError:

@@ -159,7 +159,9 @@ def record_deliveries(conn: Connection, message_id: str, content_hash: str,
         _INS_DELIVERY.executemany(conn, rows)
         return
     # Nobody reads them back in this transaction: a second copy of the message in
-    # the same batch is refused by the unique key when they are written.
+    # the same batch is refused by the unique key when they are written, which fails
+    # the batch; the writer then retries job by job, and the copy's dedupe sees the
+    # first one committed (a duplicate, answered 250). Costs time, loses nothing.
     for row in rows:
         later.add(_INS_DELIVERY, row)
 

@@ -173,3 +173,24 @@ def test_duplicate_delivery_refused_when_deferred_rows_are_written(engine: Engin
         repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Delivery)).scalar() == 0
+
+
+def test_none_in_a_json_column_is_json_null_as_with_execute(engine: Engine) -> None:
+    prepared = Prepared(insert(Ticket).returning(Ticket.id))
+    with engine.begin() as conn:
+        prepared.execute(conn, {**_ticket("j1"), "dynamic_fields": None})
+        conn.execute(insert(Ticket), {**_ticket("j2"), "dynamic_fields": None})
+    assert _row(engine, "j1") == _row(engine, "j2")
+
+
+def test_prefixed_insert_is_not_rewritten(engine: Engine) -> None:
+    """INSERT OR IGNORE (SQLite) keeps its prefix: the shortcuts only take bare inserts."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("OR IGNORE is SQLite syntax")
+    prepared = Prepared(insert(Delivery).prefix_with("OR IGNORE").returning(Delivery.id))
+    row = {"message_id": "<p@x>", "content_hash": "h" * 64, "recipient": "x@y",
+           "article_id": None, "outcome": "stored", "created": WHEN}
+    with engine.begin() as conn:
+        first = prepared.execute(conn, row)
+        second = prepared.execute(conn, row)       # ignored, not an IntegrityError
+    assert first is not None and second is None

@@ -87,3 +87,40 @@ class TestBodies:
         p = parse_message(b'From: "Doe, Jane" <Jane.Doe@Example.ORG>\r\nTo: a@x, b@y\r\n\r\n')
         assert p.from_email == "jane.doe@example.org"
         assert p.to_addr == "a@x, b@y"
+
+
+class TestFirstAddress:
+    """The fast path for plain `Name <a@b>` / `a@b` gives what getaddresses gives."""
+
+    @staticmethod
+    def slow(value: str) -> str:
+        import email.utils
+
+        for _n, a in email.utils.getaddresses([value]):
+            if "@" in a:
+                return a.strip().lower()
+        return ""
+
+    def test_agrees_with_getaddresses(self) -> None:
+        import random
+
+        from gateway.inbound.parse import first_address
+
+        spaces = [" ", "\t", "\x0b", "\x85", "\xa0", "\u3000", "\u2028", ""]
+        words = ["Foo", "B\u00e4r", "J.", "o'neil", "x-y", "=?utf-8?q?x?=", '"Q, R"', "(c)"]
+        locals_ = ["a", "a.b", "x+y", "\u00fc", "a-b_c"]
+        domains = ["example.org", "b", "\u00fc.de", "[1.2.3.4]", "d."]
+        rnd = random.Random(1)
+        for _ in range(20000):
+            addr = rnd.choice(locals_) + "@" + rnd.choice(domains)
+            name = rnd.choice(spaces).join(rnd.choice(words) for _ in range(rnd.randint(0, 3)))
+            value = rnd.choice([addr, f"{name} <{addr}>", f"{name}<{addr}>", f"{addr}, x@y"])
+            value = rnd.choice(spaces) + value + rnd.choice(spaces)
+            assert first_address(value) == self.slow(value), repr(value)
+
+    def test_hostile_header_does_not_backtrack(self) -> None:
+        """Long runs of words without an address end quickly (possessive loops)."""
+        from gateway.inbound.parse import first_address
+
+        assert first_address("a " * 50000 + "b") == self.slow("a " * 50000 + "b")
+        assert first_address("x" * 200000) == ""
