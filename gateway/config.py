@@ -327,6 +327,7 @@ class DkimConfig:
     domain: str
     selector: str
     key_file: str
+    subdomains: bool = False    # also sign From: x@any.sub.<domain> (d= stays <domain>)
 
 
 @dataclass(frozen=True)

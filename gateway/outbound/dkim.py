@@ -47,6 +47,7 @@ class DkimKey:
     domain: str
     selector: str
     key: PrivateKey
+    subdomains: bool = False
 
     @property
     def algorithm(self) -> bytes:
@@ -132,7 +133,8 @@ def load_keys(cfg: Config) -> dict[str, list[DkimKey]]:
     keys: dict[str, list[DkimKey]] = {}
     for d in cfg.dkim:
         keys.setdefault(d.domain.lower(), []).append(
-            DkimKey(d.domain.lower(), d.selector, load_private_key(cfg.path(d.key_file))))
+            DkimKey(d.domain.lower(), d.selector, load_private_key(cfg.path(d.key_file)),
+                    d.subdomains))
     return keys
 
 
@@ -159,8 +161,19 @@ def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
 
 
 def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
+    """The keys of the From domain; failing those, the keys of the nearest parent
+    domain that were configured with `subdomains = true` (as OpenDKIM's SubDomains:
+    d= is the parent, which DMARC's relaxed alignment accepts)."""
     table: Mapping[str, list[DkimKey]] = rt.extras.get("dkim") or {}
-    return table.get(from_email.rpartition("@")[2].lower(), [])
+    domain = from_email.rpartition("@")[2].lower().rstrip(".")
+    if domain in table:
+        return table[domain]
+    labels = domain.split(".")
+    for i in range(1, len(labels) - 1):
+        keys = [k for k in table.get(".".join(labels[i:]), []) if k.subdomains]
+        if keys:
+            return keys
+    return []
 
 
 def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:

@@ -15,6 +15,7 @@ from gateway.outbound.dkim import (
     dns_record,
     generate_key,
     include_headers,
+    keys_for,
     load_private_key,
     sign,
 )
@@ -120,3 +121,42 @@ class TestKeygen:
         signed = sign(MSG, [k])
         assert verify(signed, lambda name, timeout=5: record.encode()
                       if name == b"sel._domainkey.example.org." else None)
+
+
+class TestKeyChoice:
+    """Which keys sign a From domain: the domain's own, else a parent's with subdomains."""
+
+    @staticmethod
+    def rt(*keys: DkimKey):
+        from types import SimpleNamespace
+
+        table: dict[str, list[DkimKey]] = {}
+        for k in keys:
+            table.setdefault(k.domain, []).append(k)
+        return SimpleNamespace(extras={"dkim": table})
+
+    def test_exact_domain_only_by_default(self):
+        k = DkimKey("example.org", "s1", generate_key(True))
+        rt = self.rt(k)
+        assert keys_for(rt, "support@example.org") == [k]
+        assert keys_for(rt, "support@EXAMPLE.org") == [k]
+        assert keys_for(rt, "support@eu.example.org") == []
+        assert keys_for(rt, "support@badexample.org") == []
+
+    def test_subdomains_signed_with_the_parent_key(self):
+        parent = DkimKey("example.org", "s1", generate_key(True), subdomains=True)
+        rt = self.rt(parent)
+        assert keys_for(rt, "support@eu.example.org") == [parent]
+        assert keys_for(rt, "support@a.b.example.org") == [parent]
+        assert keys_for(rt, "support@org") == []
+        assert keys_for(rt, "support@notexample.org") == []
+        # d= is the parent domain, and it verifies against the parent's record
+        msg = MSG.replace(b"support@example.org", b"support@eu.example.org")
+        signed = sign(msg, keys_for(rt, "support@eu.example.org"))
+        assert b"d=example.org;" in signed and verify(signed, dns_for(parent))
+
+    def test_own_key_of_the_subdomain_wins(self):
+        parent = DkimKey("example.org", "s1", generate_key(True), subdomains=True)
+        own = DkimKey("eu.example.org", "s1", generate_key(True))
+        rt = self.rt(parent, own)
+        assert keys_for(rt, "support@eu.example.org") == [own]
