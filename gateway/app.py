@@ -291,6 +291,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
             sdnotify.notify("READY=1", "STATUS=serving")
 
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
     pidfile = config.state_dir / "run" / "deskgate.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True)
@@ -319,13 +320,32 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)   # the main process decides
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    # The outbound sender runs in the main process only: an auto-response queued
+    # here wakes it with SIGUSR1 instead of waiting for its next poll.
+    from gateway.outbound.sender import add_waker
+
+    main_pid = os.getppid()
+    add_waker(lambda _delay: _poke_main(main_pid))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     await stop.wait()
     await gw.stop(servers)
 
 
+def _poke_main(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGUSR1)
+
+
+def _wake_sender() -> None:
+    """SIGUSR1: something was queued (by an LMTP worker, or an admin asks): look now."""
+    from gateway.outbound.sender import notify_queued
+
+    notify_queued()
+
+
 # Held back from fork until the event loops have their handlers (see run_serve).
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def _signal_workers(workers: Sequence[int], sig: int) -> None:

@@ -43,6 +43,12 @@ _WAKERS: list[Callable[[float], None]] = []
 _WAKERS_LOCK = threading.Lock()
 
 
+def add_waker(fn: Callable[[float], None]) -> None:
+    """Also call `fn(delay)` whenever this process queues a message (see notify_queued)."""
+    with _WAKERS_LOCK:
+        _WAKERS.append(fn)
+
+
 def notify_queued() -> None:
     with _WAKERS_LOCK:
         wakers = list(_WAKERS)

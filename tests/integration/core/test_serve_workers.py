@@ -83,3 +83,113 @@ class TestServeWorkers:
             for pid in workers:          # never leave a forked worker behind
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def served_by(client: LmtpClient) -> int | None:
+    """The pid of the process holding the server end of this unix-socket connection
+    (`ss` lists each socket's peer inode and owner)."""
+    ino = str(os.fstat(client.sock.fileno()).st_ino)
+    out = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        tokens = line.split()
+        if len(tokens) > 8 and tokens[7] == ino and "pid=" in line:
+            return int(line.split("pid=", 1)[1].split(",", 1)[0])
+    return None
+
+
+def start_serve(conf: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf), "serve"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+DESK = ('[[queue]]\nname = "Desk"\naddress = "desk@example.org"\n'
+        'auto_response_new = "We opened {ticket_number}.\\n"\n'
+        '[[address]]\nemail = "desk@example.org"\nqueue = "Desk"\n')
+
+
+def desk_mail(i: int) -> bytes:
+    return (f"From: c{i}@customer.test\r\nTo: desk@example.org\r\nSubject: help {i}\r\n"
+            f"Message-ID: <aw{i}@c>\r\n\r\nbody\r\n").encode()
+
+
+class TestSenderWakeUp:
+    """The outbound sender polls every relay.poll_interval (60 s here); SIGUSR1 and
+    the LMTP workers' auto-responses wake it at once."""
+
+    def _conf(self, make_confdir, port: int, workers: int) -> Path:
+        from tests.integration.outbound.conftest import outbound_toml
+
+        relay = outbound_toml(port).replace('poll_interval = "200ms"', 'poll_interval = "60s"')
+        return make_confdir({
+            "40-outbound.toml": relay,
+            "50-workers.toml": f"[lmtp]\nworkers = {workers}\n[dashboard]\nlisten = \"\"\n",
+            "60-desk.toml": DESK})
+
+    def test_auto_response_queued_by_a_worker_goes_out_at_once(self, make_confdir):
+        from tests.peers.smarthost import AuthSink
+
+        sink = AuthSink().start()
+        conf = self._conf(make_confdir, sink.port, workers=2)
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        idle: list[LmtpClient] = []
+        try:
+            assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 1)
+            (worker,) = children_of(proc.pid)
+            time.sleep(3)        # the sender's first poll is over: only a wake-up helps now
+            client = None
+            for _ in range(40):  # connect until the worker (not the main process) serves
+                c = LmtpClient(sock)
+                if served_by(c) == worker:
+                    client = c
+                    break
+                idle.append(c)   # kept open: the main process accepts the next more slowly
+            assert client is not None, "no connection reached the LMTP worker"
+            client.lhlo()
+            _, data = client.transaction("c1@customer.test", ["desk@example.org"], desk_mail(1))
+            assert data[0][0] == 250
+            client.close()
+            assert wait_for(lambda: len(sink.received) == 1, 20), \
+                "the worker's auto-response waited for the sender's poll"
+            assert sink.received[0].rcpts == ["c1@customer.test"]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            for c in idle:
+                c.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            sink.stop()
+
+    def test_sigusr1_makes_the_sender_look_now(self, make_confdir):
+        """A message queued by another process (`deskgate send`) goes out on SIGUSR1."""
+        from tests.peers.smarthost import AuthSink
+
+        sink = AuthSink().start()
+        conf = self._conf(make_confdir, sink.port, workers=1)
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(sock.exists)
+            time.sleep(3)
+            msg = (b"From: desk@example.org\r\nTo: someone@customer.test\r\n"
+                   b"Subject: hello\r\n\r\nHi\r\n")
+            r = subprocess.run([sys.executable, "-m", "gateway", "--config", str(conf), "send",
+                                "--queue", "Desk"], input=msg, cwd=ROOT, capture_output=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+            assert r.returncode == 0, r.stderr
+            time.sleep(2)
+            assert sink.received == []      # not before its poll (60 s) ...
+            proc.send_signal(signal.SIGUSR1)
+            assert wait_for(lambda: len(sink.received) == 1, 20)   # ... or a SIGUSR1
+            assert sink.received[0].rcpts == ["someone@customer.test"]
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            sink.stop()
