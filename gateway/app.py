@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import os
 import signal
@@ -348,6 +349,22 @@ def _wake_sender() -> None:
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
+def _die_with(parent: int) -> None:
+    """A worker gets SIGTERM when the main process dies, however it dies (SIGKILL,
+    OOM killer): no orphaned worker keeps accepting LMTP on the shared socket.
+    SIGTERM is blocked until serve_worker handles it, so it stops gracefully."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):      # not Linux: the main process still reaps us
+        return
+    if os.getppid() != parent:             # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _signal_workers(workers: Sequence[int], sig: int) -> None:
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
@@ -389,10 +406,12 @@ def run_serve(config: Config) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: list[int] = []
     for _ in range(config.lmtp.workers - 1):
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:               # the worker: serve, then leave without running atexit
             code = 0
             try:
+                _die_with(parent)
                 _run(serve_worker(config, socks))
             except BaseException:
                 log.exception("LMTP worker failed")

@@ -193,3 +193,28 @@ class TestSenderWakeUp:
                 proc.kill()
                 proc.wait()
             sink.stop()
+
+
+class TestOrphans:
+    def test_workers_stop_when_the_main_process_is_killed(self, make_confdir):
+        """SIGKILL (or the OOM killer) on the main process: its LMTP workers stop too
+        instead of serving on as orphans."""
+        conf = make_confdir({"50-workers.toml": "[lmtp]\nworkers = 3\n"
+                             "[dashboard]\nlisten = \"\"\n"})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        workers: list[int] = []
+        try:
+            assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 2)
+            workers = children_of(proc.pid)
+            time.sleep(0.5)
+            proc.kill()
+            proc.wait()
+            assert wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for w in workers:            # only our own workers, should the test fail
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w, signal.SIGKILL)
