@@ -87,38 +87,44 @@ _INS_OBJ = Prepared(insert(CommObject).returning(CommObject.id))
 _INS_ENTRY = Prepared(insert(CommEntry))
 
 
+def _comm_row(comm: Comm) -> dict[str, object]:
+    return {"transport": "Email", "direction": comm.direction, "status": comm.status,
+            "account_type": comm.account_type, "account": comm.account, "start": comm.start,
+            "end": comm.end}
+
+
+def _obj_row(o: CommObj, comm_id: int | None) -> dict[str, object]:
+    return {"communication_id": comm_id, "type": o.type, "status": o.status, "start": o.start,
+            "end": o.end, "article_id": o.article_id, "outbound_id": o.outbound_id}
+
+
+def _take_entries(o: CommObj, comm_id: int | None) -> list[dict[str, object]]:
+    """The object's new entries as rows (it must have its id); they leave the object."""
+    rows: list[dict[str, object]] = [
+        {"object_id": o.id, "communication_id": comm_id, "priority": e.priority, "key": e.key,
+         "value": e.value, "time": e.time} for e in o.entries]
+    o.entries = []
+    return rows
+
+
 def write_comm(conn: Connection, comm: Comm) -> int:
     """Insert (or update, when opened before) the communication with its new objects."""
     if comm.id is None:
-        comm.id = _INS_COMM.execute(conn, {
-            "transport": "Email", "direction": comm.direction, "status": comm.status,
-            "account_type": comm.account_type, "account": comm.account, "start": comm.start,
-            "end": comm.end})
+        comm.id = _INS_COMM.execute(conn, _comm_row(comm))
     else:
         conn.execute(update(Communication).where(Communication.id == comm.id)
                      .values(status=comm.status, end=comm.end))
     entries: list[dict[str, object]] = []
     for o in comm.objects:
         if o.id is None:
-            o.id = _INS_OBJ.execute(conn, {
-                "communication_id": comm.id, "type": o.type, "status": o.status,
-                "start": o.start, "end": o.end, "article_id": o.article_id,
-                "outbound_id": o.outbound_id})
+            o.id = _INS_OBJ.execute(conn, _obj_row(o, comm.id))
         else:
             conn.execute(update(CommObject).where(CommObject.id == o.id).values(
                 status=o.status, end=o.end, article_id=o.article_id,
                 outbound_id=o.outbound_id))
-        entries.extend({"object_id": o.id, "communication_id": comm.id, "priority": e.priority,
-                        "key": e.key, "value": e.value, "time": e.time} for e in o.entries)
-        o.entries = []
+        entries += _take_entries(o, comm.id)
     _INS_ENTRY.executemany(conn, entries)
     return comm.id
-
-
-def _comm_row(comm: Comm) -> dict[str, object]:
-    return {"transport": "Email", "direction": comm.direction, "status": comm.status,
-            "account_type": comm.account_type, "account": comm.account, "start": comm.start,
-            "end": comm.end}
 
 
 def _flush_comms(conn: Connection, comms: list[Comm]) -> None:
@@ -126,18 +132,12 @@ def _flush_comms(conn: Connection, comms: list[Comm]) -> None:
     for comm, cid in zip(comms, _INS_COMM.insert_rows(conn, [_comm_row(c) for c in comms]),
                          strict=True):
         comm.id = cid
-    objs = [o for c in comms for o in c.objects]
-    owners = [c.id for c in comms for _o in c.objects]
-    ids = _INS_OBJ.insert_rows(conn, [{
-        "communication_id": cid, "type": o.type, "status": o.status, "start": o.start,
-        "end": o.end, "article_id": o.article_id, "outbound_id": o.outbound_id}
-        for o, cid in zip(objs, owners, strict=True)])
+    pairs = [(o, c.id) for c in comms for o in c.objects]
+    ids = _INS_OBJ.insert_rows(conn, [_obj_row(o, cid) for o, cid in pairs])
     entries: list[dict[str, object]] = []
-    for o, oid, cid in zip(objs, ids, owners, strict=True):
+    for (o, cid), oid in zip(pairs, ids, strict=True):
         o.id = oid
-        entries.extend({"object_id": oid, "communication_id": cid, "priority": e.priority,
-                        "key": e.key, "value": e.value, "time": e.time} for e in o.entries)
-        o.entries = []
+        entries += _take_entries(o, cid)
     _INS_ENTRY.insert_rows(conn, entries)
 
 

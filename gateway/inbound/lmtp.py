@@ -78,7 +78,9 @@ class LmtpSession(LMTP):
 
     def __init__(self, backend: LmtpBackend, *, max_message_size: int, max_recipients: int,
                  hostname: str, timeout: float = 300, loop: Any = None) -> None:
-        self._record: ConnectionRecord | None = None
+        # Replaced in connection_made once the peer is known; written once, when lost.
+        self._record = ConnectionRecord("unix")
+        self._logged = False
         super().__init__(None, data_size_limit=max_message_size, hostname=hostname,
                          ident="deskgate LMTP", timeout=timeout, enable_SMTPUTF8=True,
                          loop=loop)
@@ -100,16 +102,15 @@ class LmtpSession(LMTP):
         if self.on_lost is not None:
             self.on_lost()
             self.on_lost = None
-        record, self._record = self._record, None
-        if record is not None:
+        if not self._logged:
+            self._logged = True
             try:
-                self.backend.log_connection(record.finish(error))
+                self.backend.log_connection(self._record.finish(error))
             except Exception:
                 log.exception("LMTP connection not logged", peer=self._peer)
 
     def _timeout_cb(self) -> None:
-        if self._record is not None:
-            self._record.timed_out = True
+        self._record.timed_out = True
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # aiosmtpd calls these on RSET, LHLO and after DATA.
@@ -120,21 +121,19 @@ class LmtpSession(LMTP):
 
     def _set_rset_state(self) -> None:
         super()._set_rset_state()  # type: ignore[no-untyped-call]
-        if self._record is not None:
-            self._record.ended()
+        self._record.ended()
 
     async def push(self, status: AnyStr) -> None:
         # Our own refusals go through _refuse; this catches aiosmtpd's (unknown command,
         # line too long, ...).
-        if self._record is not None and isinstance(status, str) and status[:1] in ("4", "5"):
+        if isinstance(status, str) and status[:1] in ("4", "5"):
             self._record.refused("Reply", "", status)
         await super().push(status)
 
     async def _refuse(self, key: str, reply: SmtpReply | str, subject: str = "") -> None:
         """Answer a command with a 4xx/5xx reply and log it on the connection."""
         text = str(reply)
-        if self._record is not None:
-            self._record.refused(key, subject, text)
+        self._record.refused(key, subject, text)
         await super().push(text)
 
     async def _reply(self, reply: SmtpReply | str) -> None:
@@ -148,8 +147,7 @@ class LmtpSession(LMTP):
         self._set_rset_state()
         self.session.host_name = arg
         self.session.extended_smtp = True
-        if self._record is not None:
-            self._record.lhlo(arg)
+        self._record.lhlo(arg)
         lines = [f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
                  "250-8BITMIME", "250-SMTPUTF8", f"250 SIZE {self.data_size_limit}"]
         self.command_size_limits["MAIL"] = 512 + 26 + 10
@@ -189,8 +187,7 @@ class LmtpSession(LMTP):
                                    f"<{addr}> {p}")
                 return
         self._from = addr
-        if self._record is not None:
-            self._record.mail(addr)
+        self._record.mail(addr)
         await self._reply(errors.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -211,8 +208,7 @@ class LmtpSession(LMTP):
             await self._refuse("RCPT", reply, f"<{addr}>")
             return
         self._rcpts.append(addr)
-        if self._record is not None:
-            self._record.rcpt()
+        self._record.rcpt()
         await self._reply(reply)
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -226,8 +222,7 @@ class LmtpSession(LMTP):
             await self._refuse("DATA", "503 5.5.1 Need RCPT command", f"from <{self._from}>")
             return
         record = self._record
-        if record is not None:
-            record.data()
+        record.data()
         await self._reply("354 End data with <CR><LF>.<CR><LF>")
         raw = await self._read_data()
         if raw is None:            # connection closed in the middle
@@ -235,15 +230,12 @@ class LmtpSession(LMTP):
         rcpts, mail_from = list(self._rcpts), self._from
         self._set_post_data_state()
         if raw is False:
-            if record is not None:
-                record.refused("DATA", f"message from <{mail_from}>", str(errors.TOO_BIG))
-                record.too_big()
+            record.refused("DATA", f"message from <{mail_from}>", str(errors.TOO_BIG))
+            record.too_big()
             await self._reply("\r\n".join(str(errors.TOO_BIG) for _ in rcpts))
-            if record is not None:
-                record.ended()
+            record.ended()
             return
-        if record is not None:
-            record.delivering()
+        record.delivering()
         outcome: Outcome | None = None
         try:
             outcome = await self.backend.deliver(mail_from, rcpts, raw, self._peer)
@@ -252,9 +244,8 @@ class LmtpSession(LMTP):
             logging.getLogger(__name__).exception("delivery failed")
             replies = [errors.TEMPFAIL] * len(rcpts)
         await self._reply("\r\n".join(str(r) for r in replies))
-        if record is not None:
-            record.message(outcome)
-            record.ended()
+        record.message(outcome)
+        record.ended()
 
     async def _read_data(self) -> bytes | Literal[False] | None:
         """Read up to CRLF.CRLF; bytes, False when over the size limit, None on EOF."""

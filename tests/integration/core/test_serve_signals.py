@@ -5,33 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+from tests.peers.serve import alive, children_of, start_serve
 
 
 class TestServeSignals:
@@ -39,10 +15,7 @@ class TestServeSignals:
         """SIGTERM as soon as the worker is forked: the main process exits 0 and
         takes its workers with it (none keeps serving as an orphan)."""
         conf = make_confdir({"50-workers.toml": "[lmtp]\nworkers = 2\n"})
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf),
-                                 "serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = start_serve(conf)
         workers: list[int] = []
         try:
             deadline = time.monotonic() + 30

@@ -14,21 +14,7 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.store.tables import Ticket
 from tests.peers.lmtp import LmtpClient
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d.name))
-    return out
+from tests.peers.serve import ROOT, children_of, start_serve
 
 
 def wait_for(pred, timeout=30.0):
@@ -48,10 +34,7 @@ class TestServeWorkers:
                              "[dashboard]\nlisten = \"\"\n"})
         root = conf.parent
         sock = root / "var" / "run" / "lmtp.sock"
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf),
-                                 "serve"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env={**os.environ,
-                                                                "PYTHONPATH": str(ROOT)})
+        proc = start_serve(conf)
         workers: list[int] = []
         try:
             assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 1)
@@ -95,12 +78,6 @@ def served_by(client: LmtpClient) -> int | None:
         if len(tokens) > 8 and tokens[7] == ino and "pid=" in line:
             return int(line.split("pid=", 1)[1].split(",", 1)[0])
     return None
-
-
-def start_serve(conf: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf), "serve"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 DESK = ('[[queue]]\nname = "Desk"\naddress = "desk@example.org"\n'
