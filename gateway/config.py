@@ -337,6 +337,41 @@ class ClassifierConfig:
     min_confidence: float = 0.7
 
 
+HELPDESK_TYPES = ("none", "otobo-postmaster", "otobo-rest", "znuny-rest", "rt-rest2", "webhook")
+
+
+@dataclass(frozen=True)
+class HelpdeskConfig:
+    """The helpdesk behind deskgate; "none" keeps deskgate standalone."""
+
+    type: Literal["none", "otobo-postmaster", "otobo-rest", "znuny-rest", "rt-rest2",
+                  "webhook"] = "none"
+    command: tuple[str, ...] = ()      # otobo-postmaster: argv, the message on stdin
+    user: str = ""                     # REST login; otobo-postmaster: run the command as
+    group: str = ""                    # otobo-postmaster: run the command with this group
+    url: str = ""                      # REST base / webhook endpoint
+    password: Secret | None = secret("password")
+    token: Secret | None = secret("token")        # rt-rest2
+    secret: Secret | None = secret("secret")      # webhook HMAC-SHA256 key
+    tls_ca_file: str = ""
+    timeout: float = conv(parse_duration, 60.0)
+    retry: tuple[float, ...] = conv(parse_schedule, parse_schedule("1m, 5m, 15m, 1h, 4h, 12h"))
+    lease: float = conv(parse_duration, 300.0)
+    concurrency: int = 4
+    poll_interval: float = conv(parse_duration, 5.0)
+    ticket_url: str = ""               # link template: {id} {number}
+    queues: Mapping[str, str] = field(default_factory=dict)   # deskgate queue -> helpdesk queue
+    attachments: Literal["base64", "link"] = "base64"         # webhook: inline or dashboard links
+    dashboard_url: str = ""            # base URL of the dashboard for attachment links
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "none"
+
+    def helpdesk_queue(self, queue: str) -> str:
+        return self.queues.get(queue, queue)
+
+
 @dataclass(frozen=True)
 class DashboardUser:
     name: str
@@ -399,6 +434,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    helpdesk: HelpdeskConfig = field(default_factory=HelpdeskConfig)
     filters: tuple[FilterConfig, ...] = ()
     policy_files: tuple[Path, ...] = ()
 
@@ -756,6 +792,7 @@ class _TopLevel:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    helpdesk: HelpdeskConfig = field(default_factory=HelpdeskConfig)
 
 
 def _validate_core(cfg: Config, origins: _Origins, default_file: str,
@@ -842,8 +879,49 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
         add(at("submission"), "submission.tls_key", "tls_cert and tls_key go together")
+    _validate_helpdesk(cfg, at, add)
     fnames: set[str] = set()
     for f in cfg.filters:
         if f.name in fnames:
             add(f.source, f"filter[{f.name}].name", f"duplicate filter name {f.name!r}")
         fnames.add(f.name)
+
+
+def _validate_helpdesk(cfg: Config, at: Callable[[str], str],
+                       add: Callable[[str, str, str], None]) -> None:
+    """Each helpdesk type needs its own keys; paths must be readable."""
+    hd = cfg.helpdesk
+    if not hd.enabled:
+        return
+
+    def need(key: str, ok: object, why: str) -> None:
+        if not ok:
+            add(at(f"helpdesk.{key}"), f"helpdesk.{key}", f"required for type = {hd.type!r}: {why}")
+
+    if hd.type == "otobo-postmaster":
+        need("command", hd.command, "the PostMaster command, e.g. "
+             '["/opt/otobo/bin/otobo.Console.pl", "Maint::PostMaster::Read"]')
+    else:
+        need("url", hd.url, "the base URL of the helpdesk's API (or the webhook endpoint)")
+        if hd.url and not hd.url.startswith(("http://", "https://")):
+            add(at("helpdesk.url"), "helpdesk.url", f"{hd.url!r} is not an http:// or https:// URL")
+    if hd.type in ("otobo-rest", "znuny-rest"):
+        need("user", hd.user, "the agent login of the web service")
+        need("password", hd.password is not None, "give password, password_file or password_env")
+    if hd.type == "rt-rest2" and hd.token is None and not (hd.user and hd.password is not None):
+        add(at("helpdesk"), "helpdesk.token", "required for type = 'rt-rest2': give token_file "
+            "(or user and password_file)")
+    if hd.type == "webhook":
+        need("secret", hd.secret is not None, "the HMAC-SHA256 key: give secret_file or secret_env")
+    if hd.tls_ca_file and not cfg.path(hd.tls_ca_file).is_file():
+        add(at("helpdesk.tls_ca_file"), "helpdesk.tls_ca_file",
+            f"{cfg.path(hd.tls_ca_file)} does not exist")
+    if hd.concurrency < 1:
+        add(at("helpdesk.concurrency"), "helpdesk.concurrency", "must be at least 1")
+    for name in hd.queues:
+        if cfg.queue and cfg.queue_by_name(name) is None:
+            add(at("helpdesk.queues"), f"helpdesk.queues.{name}",
+                f"queue {name!r} is not defined by any [[queue]]")
+    if hd.ticket_url and "{id}" not in hd.ticket_url and "{number}" not in hd.ticket_url:
+        add(at("helpdesk.ticket_url"), "helpdesk.ticket_url",
+            "the template needs {id} or {number}")

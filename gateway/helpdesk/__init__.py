@@ -1,0 +1,1 @@
+"""Hand-off of processed mail to the helpdesk agents work in ([helpdesk])."""
