@@ -38,6 +38,7 @@ class WebhookReceiver:
     port: int
     fail_next: int = 0               # answer 500 to this many requests
     hang_seconds: float = 0.0        # sleep before answering (a slow helpdesk)
+    tell_number: bool = True         # answer with a ticket number (a pipe-like helpdesk does not)
     received: list[Received] = field(default_factory=list)
     tickets: dict[str, str] = field(default_factory=dict)    # idempotency key -> ticket id
     _runner: web.AppRunner | None = None
@@ -78,7 +79,14 @@ class WebhookReceiver:
         ticket = doc["ticket"].get("helpdesk_ticket_id") or self.tickets.get(key) \
             or str(1000 + len(self.tickets))
         self.tickets[key] = ticket
-        return web.json_response({"ticket_id": ticket, "ticket_number": f"HD-{ticket}"})
+        if not self.tell_number:
+            return web.json_response({})
+        return web.json_response({"ticket_id": ticket, "ticket_number": self.number(ticket)})
+
+    @staticmethod
+    def number(ticket_id: str) -> str:
+        """The receiver's ticket number of a ticket id (15 digits, like OTOBO's)."""
+        return f"20261203{int(ticket_id):07d}"
 
     def start(self) -> WebhookReceiver:
         ready = threading.Event()

@@ -70,7 +70,7 @@ class TestWebhookHandoff:
         assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
         h = handoffs(rg)[0]
         assert h["helpdesk_ticket_id"] == receiver.tickets[d["idempotency_key"]]
-        assert h["ticket"] == f"HD-{h['helpdesk_ticket_id']}"     # the helpdesk's number
+        assert h["ticket"] == receiver.number(h["helpdesk_ticket_id"])   # the helpdesk's number
 
     def test_no_ticket_number_of_its_own(
             self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
@@ -175,3 +175,72 @@ class TestWebhookHandoff:
         rg.gateway.services[-1].poke()  # type: ignore[attr-defined]
         assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
         assert len(receiver.delivered()) == 1
+
+
+def send(rg: RunningGateway, data: bytes, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(rg.config.conf_dir),
+                          "send", "--json", *args], input=data, capture_output=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def queued_headers(rg: RunningGateway, oid: int) -> str:
+    return str(json.loads(cli(rg, "outqueue", "show", str(oid), "--json").stdout)["headers"])
+
+
+class TestHelpdeskReplies:
+    def test_reply_keeps_the_helpdesk_number_and_joins_the_ticket(
+            self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
+    ) -> None:
+        """The helpdesk's reply keeps its Subject and lands on the ticket it numbered."""
+        rg = webhook_gateway()
+        assert deliver(rg, msg("h1")) == 250
+        assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
+        number = handoffs(rg)[0]["ticket"]
+        reply = (f"From: agent@example.org\r\nTo: alice@customer.test\r\n"
+                 f"Subject: Re: [Ticket#{number}] printer\r\n"
+                 f"In-Reply-To: <h1@customer.test>\r\n\r\nFixed.\r\n").encode()
+        res = send(rg, reply, "--queue", "Support")
+        assert res["ticket"] == number
+        head = queued_headers(rg, res["ids"][0])
+        assert f"Subject: Re: [Ticket#{number}] printer" in head
+        assert head.count("Ticket#") == 1
+        shown = json.loads(cli(rg, "tickets", "show", number, "--json").stdout)
+        assert [a["direction"] for a in shown["articles"]] == ["incoming", "outgoing"]
+
+    def test_no_number_is_allocated_for_outgoing_mail(
+            self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
+    ) -> None:
+        """A new outgoing message without a helpdesk number gets none; one with a number
+        the gateway never saw starts a ticket under the helpdesk's number."""
+        rg = webhook_gateway()
+        plain = (b"From: agent@example.org\r\nTo: bob@customer.test\r\n"
+                 b"Subject: hello\r\n\r\nHi.\r\n")
+        res = send(rg, plain, "--queue", "Support")
+        assert res["ticket"] in ("", None)
+        assert "Subject: hello\r\n" in queued_headers(rg, res["ids"][0]) + "\r\n"
+        numbered = (b"From: agent@example.org\r\nTo: bob@customer.test\r\n"
+                    b"Subject: [Ticket#202612039999999] started in the helpdesk\r\n\r\nHi.\r\n")
+        res = send(rg, numbered, "--queue", "Support")
+        assert res["ticket"] == "202612039999999"
+        shown = json.loads(cli(rg, "tickets", "show", "202612039999999", "--json").stdout)
+        assert shown["articles"][0]["direction"] == "outgoing"
+
+    def test_reply_gives_a_numberless_ticket_the_helpdesk_number(
+            self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
+    ) -> None:
+        """When the hand-off could not tell the number (a pipe), the helpdesk's first reply
+        does: the ticket found by In-Reply-To adopts the number in its Subject."""
+        rg = webhook_gateway()
+        receiver.tell_number = False
+        assert deliver(rg, msg("p1")) == 250
+        assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
+        assert handoffs(rg)[0]["ticket"] == ""
+        reply = (b"From: agent@example.org\r\nTo: alice@customer.test\r\n"
+                 b"Subject: Re: [Ticket#202612030004242] printer\r\n"
+                 b"In-Reply-To: <p1@customer.test>\r\n\r\nOn it.\r\n")
+        send(rg, reply, "--queue", "Support")
+        shown = json.loads(cli(rg, "tickets", "show", "202612030004242", "--json").stdout)
+        assert shown["articles"][0]["message_id"] == "<p1@customer.test>"
+        assert shown["helpdesk"]["ticket_number"] == "202612030004242"
