@@ -214,7 +214,6 @@ class HandoffWorker:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._stats_at = 0.0
         self.delivered = 0
 
     async def start(self) -> None:
@@ -273,7 +272,6 @@ class HandoffWorker:
                             timeout = min(timeout, max(wait, 0.05))
                 except Exception as exc:
                     log.warning("hand-off claim failed", error=str(exc))
-            await self._update_stats()
             for c in claimed:
                 t = asyncio.create_task(self._deliver(c))
                 self._inflight.add(t)
@@ -283,22 +281,6 @@ class HandoffWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-
-    async def _update_stats(self) -> None:
-        now = time.monotonic()
-        if now - self._stats_at < 2.0:
-            return
-        self._stats_at = now
-        try:
-            st = await asyncio.get_running_loop().run_in_executor(
-                self.pool, _stats, self.engine)
-        except Exception as exc:
-            log.debug("hand-off stats failed", error=str(exc))
-            return
-        metrics.HANDOFF_PENDING.set(st.pending)
-        metrics.HANDOFF_FAILED.set(st.failed)
-        metrics.HANDOFF_OLDEST_SECONDS.set(
-            (datetime.now(UTC) - st.oldest_pending).total_seconds() if st.oldest_pending else 0)
 
     async def _deliver(self, c: outbox.Claimed) -> None:
         loop = asyncio.get_running_loop()
@@ -347,11 +329,6 @@ class HandoffWorker:
                         error=str(error)[:300])
         if self._wake:
             self._wake.set()
-
-
-def _stats(engine: Engine) -> outbox.Stats:
-    with engine.connect() as conn:
-        return outbox.stats(conn)
 
 
 def factory(gw: Any) -> HandoffWorker | None:
