@@ -85,12 +85,15 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     if not ids:
         return []
     until = now + timedelta(seconds=lease)
+    # The attempt is counted when it starts: a node that dies while the helpdesk is
+    # answering leaves attempts > 0, so the next try checks the helpdesk first.
     conn.execute(update(Handoff).where(Handoff.id.in_(ids), _due(now))
-                 .values(lease_until=until, claimed_by=node[:200]))
+                 .values(lease_until=until, claimed_by=node[:200],
+                         attempts=Handoff.attempts + 1))
     rows = conn.execute(select(Handoff).where(
         Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.lease_until == until)
         .order_by(Handoff.id)).all()
-    return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts,
+    return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts - 1,
                     dict(r.decisions or {}), _aware(r.created) or now) for r in rows]
 
 
@@ -208,7 +211,7 @@ def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
 def release(conn: Connection, c: Claimed) -> None:
     """Give a claimed row back untouched (the worker is stopping)."""
     conn.execute(update(Handoff).where(Handoff.id == c.id, Handoff.status == "pending")
-                 .values(lease_until=None, claimed_by=""))
+                 .values(lease_until=None, claimed_by="", attempts=c.attempts))
 
 
 # ----------------------------------------------------------------- admin
