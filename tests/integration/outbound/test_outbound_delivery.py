@@ -12,6 +12,7 @@ from gateway.inbound.bounce import parse_dsn
 from gateway.store.tables import Article, CommEntry, OutboundMessage, OutboundRecipient
 from tests.integration.outbound.conftest import statuses, submission_port, wait_for
 from tests.peers.ca import TestCA
+from tests.peers.require import missing_peer
 from tests.peers.smarthost import AuthSink, SmtpSink, free_port
 
 MSG = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n"
@@ -97,7 +98,7 @@ class TestRetries:
     def test_4xx_from_smtp_sink_then_success(self, tmp_path, outbound_config, run_gateway):
         """Postfix smtp-sink answering 4xx to RCPT defers; a well sink then gets it once."""
         if not SmtpSink.available():
-            pytest.skip("smtp-sink not installed")
+            missing_peer("smtp-sink not installed")
         port = free_port()
         cfg = outbound_config(port, retry="1s*20")
         with SmtpSink(tmp_path / "sink1", options=["-r", "RCPT"], port=port):
@@ -143,7 +144,7 @@ class TestPermanentFailure:
     def test_smtp_sink_hard_error_on_data(self, tmp_path, outbound_config, run_gateway):
         """smtp-sink answering 5xx to DATA fails the message and queues a DSN."""
         if not SmtpSink.available():
-            pytest.skip("smtp-sink not installed")
+            missing_peer("smtp-sink not installed")
         port = free_port()
         with SmtpSink(tmp_path / "sink", options=["-f", "DATA"], port=port):
             cfg = outbound_config(port, retry="1h")
