@@ -100,7 +100,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             recipients=rcpts, raw=raw, msg=msg, source="STDIN",
             account=os.environ.get("USER", "stdin"), trusted=True,
             requested_queue=args.queue or "")
-        result = asyncio.run(outbound_pipeline(gw).submit(ctx))
+        result = asyncio.run(outbound_pipeline(gw, one_shot=True).submit(ctx))
     finally:
         gw.close()
     if args.json:

@@ -166,7 +166,8 @@ class TicketNumbers:
     in blocks, so a submission needs no write of its own to learn its number.
 
     Numbers stay unique across processes and nodes (the counter is advanced
-    atomically); a block's unused numbers are skipped when the process stops.
+    atomically); a block's unused numbers are skipped when the process stops, which
+    is why one-shot processes use blocks of 1.
     """
 
     def __init__(self, reserve: Callable[[str, int], int], system_id: Callable[[], str],

@@ -102,3 +102,17 @@ class TestDkimConfig:
         assert res.returncode == 1 and b"relay.security" in res.stderr
         res = cli(make_confdir({"40-relay.toml": relay + "allow_plaintext = true\n"}), "check")
         assert res.returncode == 0, res.stderr
+
+
+class TestSendTicketNumbers:
+    def test_each_send_uses_one_number(self, make_confdir):
+        """Three `deskgate send` processes get three consecutive ticket numbers: a one-shot
+        process reserves only the number it uses."""
+        conf = make_confdir()
+        numbers = []
+        for _ in range(3):
+            res = cli(conf, "send", "--queue", "Support", "--json", stdin=MSG)
+            assert res.returncode == 0, res.stderr
+            numbers.append(json.loads(res.stdout)["ticket"])
+        counters = [int(n[10:]) for n in numbers]
+        assert counters == [counters[0], counters[0] + 1, counters[0] + 2], numbers
