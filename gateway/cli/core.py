@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway import errors
 from gateway.cli.common import (
     EX_DATAERR,
     EX_NOUSER,
@@ -21,6 +22,9 @@ from gateway.cli.common import (
     print_json,
     read_stdin_message,
 )
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 
 def register(sub: Any) -> None:
@@ -108,6 +112,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _no_system_address(gw: Gateway, raw: bytes) -> int | None:
+    """Without -r, To/Cc stand in for the envelope: with unknown_recipient = "reject"
+    and none of them a valid system address, refuse as LMTP would (67, or 75 when
+    one is only invalid-temporarily); None when the message may be delivered."""
+    from gateway.inbound.parse import addresses, parse_message
+
+    parsed = parse_message(raw, with_attachments=False)
+    found = list(dict.fromkeys(addresses(parsed.to_addr) + addresses(parsed.cc_addr)))
+    statuses = [gw.rcpt_status(r) for r in found]
+    if any(s.ok for s in statuses):
+        return None
+    reason = statuses[0] if statuses else errors.RCPT_UNKNOWN
+    print(f"deliver: no system address among To/Cc ({', '.join(found) or 'none'}): {reason}",
+          file=sys.stderr)
+    return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+
+
 def cmd_deliver(args: argparse.Namespace) -> int:
     from gateway.model import Envelope
 
@@ -135,6 +156,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
             if not ok:
                 return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
             rcpts = ok
+        elif account is None and cfg.lmtp.unknown_recipient == "reject":
+            refused = _no_system_address(gw, raw)
+            if refused is not None:
+                return refused
         trusted = args.trusted or (account.trusted if account else False)
         env = Envelope(mail_from=args.mail_from, recipients=tuple(rcpts) or ("",), raw=raw,
                        source=account.type.upper() if account else "STDIN",
