@@ -25,6 +25,7 @@ from gateway.cli.common import (
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.config import Config
 
 
 def register(sub: Any) -> None:
@@ -58,9 +59,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import run_serve
 
     cfg = load(args, quiet_logs=False)
-
-    run_serve(cfg)
+    try:
+        run_serve(cfg)
+    except Exception as exc:
+        reason = startup_failure(cfg, exc)
+        if reason is None:
+            raise
+        print(f"serve: {reason}", file=sys.stderr)
+        return EX_TEMPFAIL if reason.startswith("gateway.database") else 1
     return EX_OK
+
+
+def startup_failure(cfg: Config, exc: BaseException) -> str | None:
+    """One line naming the setting and the reason for what `check` cannot foresee (the
+    database down, a file removed since); None for anything else (a bug: traceback)."""
+    import ssl
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None) or exc
+        detail = " ".join(str(orig).split()) or type(orig).__name__
+        url = make_url(cfg.database_url).render_as_string(hide_password=True)
+        return f"gateway.database ({url}): {detail}"
+    if isinstance(exc, ssl.SSLError):
+        return f"submission.tls_cert/tls_key: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}"
+    return None
 
 
 def prepare_serve_process(args: argparse.Namespace) -> None:

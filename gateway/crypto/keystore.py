@@ -15,9 +15,7 @@ with the CLI is used by a running gateway without a reload.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
-import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from gateway.config import Config, register_validator
+from gateway.privatefiles import not_private, write_private
 from gateway.runtime import register_builder
 
 log = structlog.get_logger(__name__)
@@ -46,14 +45,11 @@ class KeyStoreError(Exception):
 
 
 def check_private(path: Path) -> None:
-    """Refuse a private key or passphrase file that group or others may read."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise KeyStoreError(f"{path}: cannot read: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyStoreError(f"{path}: private key material is readable by group/others "
-                            f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it")
+    """Refuse a private key or passphrase file that group or others may read (the rule
+    every secret file follows: gateway.privatefiles)."""
+    problem = not_private(path)
+    if problem is not None:
+        raise KeyStoreError(problem)
 
 
 def read_passphrase(path: Path) -> bytes:
@@ -61,16 +57,6 @@ def read_passphrase(path: Path) -> bytes:
     check_private(path)
     data = path.read_bytes()
     return data.splitlines()[0] if data.strip() else b""
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable only by its owner (created 0600, never wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
 
 
 def _mtime(*paths: Path) -> tuple[float, ...]:

@@ -42,6 +42,7 @@ class TestRelayTls:
         leaf = ca.issue("smarthost", hosts=("127.0.0.1", "localhost"))
         secret = tmp_path / "relay.pw"
         secret.write_text("relaypw\n")
+        secret.chmod(0o600)
         with AuthSink(leaf.cert, leaf.key, users={"gw": "relaypw"},
                       implicit_tls=security == "tls", auth_required=True) as sink:
             cfg = outbound_config(sink.port, security=security, extra_relay=f"""
