@@ -91,6 +91,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         print_table([_row(d) for d in rows], HEAD)
+    for e in entries:
+        for note in getattr(e, "notes", ()):
+            print(f"note: {note}", file=sys.stderr)
     for d in rows:
         if d["expired"]:
             print(f"warning: {d['fingerprint']} has expired ({d['expires']}); it will not be "
