@@ -890,6 +890,9 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
+    if cfg.classifier.enabled:
+        add(at("classifier.enabled"), "classifier.enabled", "the classifier is not supported "
+            "yet (nothing would use it); remove the key or set it to false")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
         add(at("submission"), "submission.tls_key", "tls_cert and tls_key go together")
     _validate_helpdesk(cfg, at, add)

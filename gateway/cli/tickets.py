@@ -49,7 +49,7 @@ def list_tickets(conn: Connection, *, queue: str | None = None, state: str | Non
 
 
 def ticket_detail(conn: Connection, number: str) -> dict[str, Any] | None:
-    """The JSON of `tickets show N --json` (DESIGN.md names the fields)."""
+    """The JSON of `tickets show N --json` (its field names are a stable contract)."""
     t = conn.execute(select(Ticket).where(Ticket.number == number)).first()
     if t is None:
         return None
