@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver iproute2
+DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver iproute2 postgresql systemd e2fsprogs
 
-.PHONY: serve test venv deps system-deps exim-debs lint typecheck bench clean
+.PHONY: serve test venv deps system-deps exim-debs postgres lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "missing Debian packages:$$missing (tests that need them are skipped)"; fi; \
+	  else echo "missing Debian packages:$$missing (tests that need them are skipped, or fail under CI=true)"; fi; \
 	fi
 
 # Debian's Exim for the Exim LMTP test: only downloaded and later extracted into a
@@ -39,11 +39,27 @@ exim-debs:
 	  echo "could not download $(EXIM_DEBS) (the Exim test is skipped)"; \
 	fi
 
+# The PostgreSQL the multi-node store tests use (127.0.0.1:5432, trust auth for user
+# postgres): installed when missing (as root), started when stopped.
+postgres: system-deps
+	@command -v pg_lsclusters >/dev/null 2>&1 || { echo "PostgreSQL is not installed (run as root to install it)"; exit 0; }; \
+	ver=$$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n1); \
+	if [ -z "$$ver" ] || [ -z "$$(pg_lsclusters -h | awk -v v=$$ver '$$1==v && $$2=="main"')" ]; then \
+	  ver=$${ver:-$$(ls /usr/lib/postgresql | sort -n | tail -n1)}; pg_createcluster $$ver main >/dev/null; fi; \
+	hba=/etc/postgresql/$$ver/main/pg_hba.conf; changed=; \
+	if ! grep -Eq '^host[[:space:]]+all[[:space:]]+(all|postgres)[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust' $$hba; then \
+	  sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' $$hba; changed=1; fi; \
+	if ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+	  echo "starting PostgreSQL $$ver/main"; pg_ctlcluster --skip-systemctl-redirect $$ver main start; \
+	elif [ -n "$$changed" ]; then pg_ctlcluster --skip-systemctl-redirect $$ver main reload; fi; \
+	for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
+	echo "PostgreSQL did not become ready on 127.0.0.1:5432"; exit 1
+
 serve: venv
 	$(VENV)/bin/deskgate check
 	$(VENV)/bin/deskgate serve
 
-test: venv system-deps exim-debs
+test: venv system-deps exim-debs postgres
 	$(VENV)/bin/pytest -q
 
 lint: venv

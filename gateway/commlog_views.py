@@ -1,8 +1,8 @@
 """Read side of the communication log: overview, list, detail, purge.
 
 The CLI (`deskgate log`) and the dashboard show the same data through these
-functions; each takes a Connection and returns plain dicts in the JSON shapes of
-DESIGN.md, so nothing here knows about HTTP or argparse.
+functions; each takes a Connection and returns plain dicts in the JSON shapes
+`deskgate log ... --json` prints, so nothing here knows about HTTP or argparse.
 """
 
 from __future__ import annotations

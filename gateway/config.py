@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.privatefiles import not_private
 
 # ---------------------------------------------------------------- value types
 
@@ -595,10 +596,18 @@ class _Builder:
             return Secret(self.environ[raw])
         path = Path(raw) if Path(raw).is_absolute() else self.root / raw
         try:
-            return Secret(path.read_text().strip())
+            value = Secret(path.read_text().strip())
         except OSError as exc:
             self.error(dotted, f"cannot read {path}: {exc.strerror}")
             return None
+        except UnicodeDecodeError as exc:
+            self.error(dotted, f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}")
+            return None
+        problem = not_private(path)
+        if problem is not None:
+            self.error(dotted, problem)
+            return None
+        return value
 
     def convert(self, hint: Any, f: dataclasses.Field[Any] | None, raw: object, dotted: str) -> Any:
         if f is not None and "conv" in f.metadata:
@@ -693,6 +702,10 @@ def _read_toml_files(files: Iterable[Path], origins: _Origins,
                 data = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             errors.append(ConfigError(str(path), "", f"not valid TOML: {exc}"))
+            continue
+        except UnicodeDecodeError as exc:
+            errors.append(ConfigError(str(path), "", f"not UTF-8 text (TOML files must be): "
+                                      f"{exc.reason} at byte {exc.start}"))
             continue
         except OSError as exc:
             errors.append(ConfigError(str(path), "", f"cannot read: {exc.strerror}"))
@@ -875,6 +888,9 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
+    if cfg.classifier.enabled:
+        add(at("classifier.enabled"), "classifier.enabled", "the classifier is not supported "
+            "yet (nothing would use it); remove the key or set it to false")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
         add(at("submission"), "submission.tls_key", "tls_cert and tls_key go together")
     _validate_helpdesk(cfg, at, add)

@@ -19,7 +19,7 @@ class Runtime:
     filters: Any = None
     # Key stores for S/MIME and PGP (gateway.crypto), built on load/reload.
     crypto: Any = None
-    # Optional classifier (gateway.classify).
+    # Reserved for a classifier; none exists yet (`check` refuses [classifier] enabled).
     classifier: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 

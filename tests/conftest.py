@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.config import Config, load_config
+from tests.peers.require import missing_peer
 
 PG_ADMIN_URL = os.environ.get("DESKGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -79,6 +80,13 @@ valid = "invalid"
 """
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Apply @requires_peer marks: a missing peer skips, or fails under CI=true."""
+    mark = item.get_closest_marker("peer")
+    if mark is not None and mark.kwargs.get("missing"):
+        missing_peer(str(mark.kwargs["missing"]))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,9 +132,7 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
+        missing_peer(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url

@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway import errors
 from gateway.cli.common import (
     EX_DATAERR,
     EX_NOUSER,
@@ -21,6 +22,10 @@ from gateway.cli.common import (
     print_json,
     read_stdin_message,
 )
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.config import Config
 
 
 def register(sub: Any) -> None:
@@ -54,9 +59,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import run_serve
 
     cfg = load(args, quiet_logs=False)
-
-    run_serve(cfg)
+    try:
+        run_serve(cfg)
+    except Exception as exc:
+        reason = startup_failure(cfg, exc)
+        if reason is None:
+            raise
+        print(f"serve: {reason}", file=sys.stderr)
+        return EX_TEMPFAIL if reason.startswith("gateway.database") else 1
     return EX_OK
+
+
+def startup_failure(cfg: Config, exc: BaseException) -> str | None:
+    """One line naming the setting and the reason for what `check` cannot foresee (the
+    database down, a file removed since); None for anything else (a bug: traceback)."""
+    import ssl
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None) or exc
+        detail = " ".join(str(orig).split()) or type(orig).__name__
+        url = make_url(cfg.database_url).render_as_string(hide_password=True)
+        return f"gateway.database ({url}): {detail}"
+    if isinstance(exc, ssl.SSLError):
+        return f"submission.tls_cert/tls_key: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}"
+    return None
 
 
 def prepare_serve_process(args: argparse.Namespace) -> None:
@@ -108,6 +141,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _no_system_address(gw: Gateway, raw: bytes) -> int | None:
+    """Without -r, To/Cc stand in for the envelope: with unknown_recipient = "reject"
+    and none of them a valid system address, refuse as LMTP would (67, or 75 when
+    one is only invalid-temporarily); None when the message may be delivered."""
+    from gateway.inbound.parse import addresses, parse_message
+
+    parsed = parse_message(raw, with_attachments=False)
+    found = list(dict.fromkeys(addresses(parsed.to_addr) + addresses(parsed.cc_addr)))
+    statuses = [gw.rcpt_status(r) for r in found]
+    if any(s.ok for s in statuses):
+        return None
+    reason = statuses[0] if statuses else errors.RCPT_UNKNOWN
+    print(f"deliver: no system address among To/Cc ({', '.join(found) or 'none'}): {reason}",
+          file=sys.stderr)
+    return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+
+
 def cmd_deliver(args: argparse.Namespace) -> int:
     from gateway.model import Envelope
 
@@ -135,6 +185,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
             if not ok:
                 return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
             rcpts = ok
+        elif account is None and cfg.lmtp.unknown_recipient == "reject":
+            refused = _no_system_address(gw, raw)
+            if refused is not None:
+                return refused
         trusted = args.trusted or (account.trusted if account else False)
         env = Envelope(mail_from=args.mail_from, recipients=tuple(rcpts) or ("",), raw=raw,
                        source=account.type.upper() if account else "STDIN",

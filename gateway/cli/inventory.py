@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import inventory
-from gateway.cli.common import EX_NOUSER, add_json, load, print_json, print_table
+from gateway.cli.common import add_json, load, print_json, print_table
 from gateway.config import Config
 
 
@@ -147,7 +147,8 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_check(args: argparse.Namespace) -> int:
-    """Exit 0 when every step works, 1 when one fails, 67 for an unknown account."""
+    """Exit 0 when every step works; 1 when one fails or no such account is configured
+    (the general "an error the message explains" code of docs/cli.md)."""
     from gateway.inbound.poller.check import check_account
 
     cfg = load(args)
@@ -156,7 +157,7 @@ def cmd_accounts_check(args: argparse.Namespace) -> int:
         known = ", ".join(a.name for a in cfg.account) or "none configured"
         print(f"accounts check: no [[account]] named {args.name!r} (accounts: {known})",
               file=sys.stderr)
-        return EX_NOUSER
+        return 1
     result = check_account(account, cfg).as_dict()
     result["valid"] = account.valid
     if args.json:

@@ -21,10 +21,12 @@ def register(sub: Any) -> None:
         ip = asub.add_parser("import", help="import a certificate/key (PEM, DER or PKCS#12)"
                              if kind == "smime" else "import public or secret keys")
         if kind == "smime":
-            ip.add_argument("cert", type=Path, metavar="CERT")
+            ip.add_argument("cert", type=Path, metavar="CERT",
+                            help="the certificate file (PEM, DER or PKCS#12; a PEM may hold "
+                                 "the key too)")
             ip.add_argument("--key", type=Path, help="private key file (PEM or DER)")
         else:
-            ip.add_argument("file", type=Path, metavar="FILE")
+            ip.add_argument("file", type=Path, metavar="FILE", help="armored or binary key file")
         ip.add_argument("--passphrase-file", type=Path,
                         help="file whose first line is the key's passphrase")
         add_json(ip)
@@ -33,7 +35,8 @@ def register(sub: Any) -> None:
         add_json(lp)
         lp.set_defaults(func=cmd_list, kind=kind)
         rp = asub.add_parser("remove", help="remove by address or fingerprint")
-        rp.add_argument("id", metavar="ID")
+        rp.add_argument("id", metavar="ID", help="address or fingerprint" if kind == "pgp"
+                        else "address, fingerprint or file name")
         add_json(rp)
         rp.set_defaults(func=cmd_remove, kind=kind)
 
@@ -91,6 +94,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         print_table([_row(d) for d in rows], HEAD)
+    for e in entries:
+        for note in getattr(e, "notes", ()):
+            print(f"note: {note}", file=sys.stderr)
     for d in rows:
         if d["expired"]:
             print(f"warning: {d['fingerprint']} has expired ({d['expires']}); it will not be "

@@ -100,7 +100,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             recipients=rcpts, raw=raw, msg=msg, source="STDIN",
             account=os.environ.get("USER", "stdin"), trusted=True,
             requested_queue=args.queue or "")
-        result = asyncio.run(outbound_pipeline(gw).submit(ctx))
+        result = asyncio.run(outbound_pipeline(gw, one_shot=True).submit(ctx))
     finally:
         gw.close()
     if args.json:
@@ -217,6 +217,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from gateway.outbound.dkim import dns_record, generate_key, key_pem, zone_line
+    from gateway.privatefiles import write_private
 
     out = Path(args.out) if args.out else None
     if out is None:
@@ -226,11 +227,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print(f"dkim keygen: {out} exists (use --force to replace it)", file=sys.stderr)
         return 1
     key = generate_key(args.ed25519)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key_pem(key))
-    out.chmod(0o600)
+    write_private(out, key_pem(key))
     print(f"; key written to {out}", file=sys.stderr)
     print(f"; add to the configuration:\n; [[dkim]]\n; domain = \"{args.domain}\"\n"
           f"; selector = \"{args.selector}\"\n; key_file = \"{out}\"", file=sys.stderr)

@@ -72,7 +72,7 @@ def helpdesk_state(conn: Connection, ticket_id: int, ticket_url: str = ""
 
 def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
                   ) -> dict[str, Any] | None:
-    """The JSON of `tickets show N --json` (docs/cli.md names the fields)."""
+    """The JSON of `tickets show N --json` (its field names are a stable contract)."""
     t = find_ticket(conn, number)
     if t is None:
         return None

@@ -14,10 +14,9 @@ with the CLI is used by a running gateway without a reload.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import os
 import shutil
-import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from gateway.config import Config, register_validator
+from gateway.privatefiles import not_private, write_private
 from gateway.runtime import register_builder
 
 log = structlog.get_logger(__name__)
@@ -46,14 +46,11 @@ class KeyStoreError(Exception):
 
 
 def check_private(path: Path) -> None:
-    """Refuse a private key or passphrase file that group or others may read."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise KeyStoreError(f"{path}: cannot read: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyStoreError(f"{path}: private key material is readable by group/others "
-                            f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it")
+    """Refuse a private key or passphrase file that group or others may read (the rule
+    every secret file follows: gateway.privatefiles)."""
+    problem = not_private(path)
+    if problem is not None:
+        raise KeyStoreError(problem)
 
 
 def read_passphrase(path: Path) -> bytes:
@@ -61,16 +58,6 @@ def read_passphrase(path: Path) -> bytes:
     check_private(path)
     data = path.read_bytes()
     return data.splitlines()[0] if data.strip() else b""
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable only by its owner (created 0600, never wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
 
 
 def _mtime(*paths: Path) -> tuple[float, ...]:
@@ -129,6 +116,8 @@ class SmimeEntry:
     key_path: Path | None
     passphrase_path: Path | None
     problem: str = ""              # why the private key cannot be used
+    revoked: bool = False          # listed in crypto.smime_crl_file by its issuer
+    notes: tuple[str, ...] = ()    # what an import wants the admin to know
 
     @property
     def fingerprint(self) -> str:
@@ -142,6 +131,11 @@ class SmimeEntry:
     def expired(self) -> bool:
         now = dt.datetime.now(dt.UTC)
         return not (self.cert.not_valid_before_utc <= now <= self.cert.not_valid_after_utc)
+
+    @property
+    def usable(self) -> bool:
+        """Neither expired nor revoked: may sign, and be encrypted to."""
+        return not self.expired and not self.revoked
 
     def private_key(self) -> Any:
         """The private key object; KeyStoreError with the reason when unusable."""
@@ -158,8 +152,8 @@ class SmimeEntry:
                 "issuer": self.cert.issuer.rfc4514_string(),
                 "expires": self.not_after.isoformat(), "private_key": self.key_path is not None,
                 "key_problem": self.problem, "expired": self.expired,
-                # Revocation (CRL/OCSP) is not checked: the admin removes revoked certificates.
-                "revoked": False, "file": str(self.path)}
+                # From crypto.smime_crl_file when configured (deskgate does not ask OCSP).
+                "revoked": self.revoked, "file": str(self.path)}
 
 
 def _load_key_file(path: Path, passphrase_path: Path | None) -> Any:
@@ -174,7 +168,7 @@ def _load_key_file(path: Path, passphrase_path: Path | None) -> Any:
         key = _KEY_CACHE.get(stamp)
     if key is None:
         password = read_passphrase(passphrase_path) if passphrase_path else None
-        key = load_private_key(path.read_bytes(), password, str(path))
+        key, _ = read_private_key(path.read_bytes(), password, str(path))
         with _KEY_LOCK:
             if len(_KEY_CACHE) > 256:
                 _KEY_CACHE.clear()
@@ -188,11 +182,19 @@ _KEY_LOCK = threading.Lock()
 
 def load_private_key(data: bytes, password: bytes | None, name: str) -> Any:
     """PEM or DER private key; clear errors for a missing or wrong passphrase."""
+    return read_private_key(data, password, name)[0]
+
+
+def read_private_key(data: bytes, password: bytes | None, name: str) -> tuple[Any, bool]:
+    """(key, whether the passphrase was needed). A passphrase given for a key that is
+    not encrypted is not an error: OTOBO keeps a passphrase file next to such keys."""
     loader = serialization.load_pem_private_key if b"-----BEGIN" in data \
         else serialization.load_der_private_key
     try:
-        return loader(data, password or None)
+        return loader(data, password or None), bool(password)
     except TypeError as exc:
+        if "not encrypted" in str(exc).lower() and password:
+            return read_private_key(data, None, name)[0], False
         if "encrypted" in str(exc).lower() and not password:
             raise KeyStoreError(f"{name}: the private key is encrypted; give its passphrase "
                                 "(--passphrase-file)") from None
@@ -215,6 +217,8 @@ class SmimeStore:
 
     def entries(self) -> list[SmimeEntry]:
         stamp = _mtime(self.dir, *sorted(self.dir.glob("*"))) if self.dir.is_dir() else (-1,)
+        if self.crl_file is not None:
+            stamp += _mtime(self.crl_file)
         with self._lock:
             if self._cache is None or self._cache[0] != stamp:
                 self._cache = (stamp, self._scan())
@@ -225,6 +229,7 @@ class SmimeStore:
         if not self.dir.is_dir():
             return out
         ca = self.ca_file.resolve() if self.ca_file.exists() else None
+        revoked = revoked_serials(self.crl_file) if self.crl_file is not None else set()
         for pem in sorted(self.dir.glob("*.pem")):
             if ca is not None and pem.resolve() == ca:
                 continue
@@ -232,7 +237,9 @@ class SmimeStore:
                 certs = load_certs(pem.read_bytes())
             except (ValueError, OSError):
                 continue
-            if not certs or is_ca(certs[0]):
+            # A CA certificate in the directory is a chain part, unless it names an
+            # address: `openssl req -x509` makes self-signed S/MIME certificates CA:TRUE.
+            if not certs or (is_ca(certs[0]) and not cert_addresses(certs[0])):
                 continue
             key = pem.with_suffix(".key")
             pp = pem.with_suffix(".passphrase")
@@ -244,17 +251,20 @@ class SmimeStore:
                         check_private(pp)
                 except KeyStoreError as exc:
                     problem = str(exc)
-            out.append(SmimeEntry(pem, certs[0], tuple(certs[1:]), tuple(cert_addresses(certs[0])),
+            cert = certs[0]
+            out.append(SmimeEntry(pem, cert, tuple(certs[1:]), tuple(cert_addresses(cert)),
                                   key if key.exists() else None, pp if pp.exists() else None,
-                                  problem))
+                                  problem, (cert.issuer.public_bytes(), cert.serial_number)
+                                  in revoked))
         return out
 
     def find(self, address: str, *, private: bool = False) -> list[SmimeEntry]:
-        """Entries for an address, valid ones first, newest expiry first."""
+        """Entries for an address, usable ones (not expired, not revoked) first, newest
+        expiry first."""
         address = address.lower()
         found = [e for e in self.entries() if address in e.addresses
                  and (not private or e.key_path is not None)]
-        return sorted(found, key=lambda e: (e.expired, -e.not_after.timestamp()))
+        return sorted(found, key=lambda e: (not e.usable, -e.not_after.timestamp()))
 
     def lookup(self, ident: str) -> list[SmimeEntry]:
         """By address, fingerprint (or a prefix of it) or file name."""
@@ -294,9 +304,14 @@ class SmimeStore:
             cert, chain = certs[0], certs[1:]
             if b"PRIVATE KEY-----" in data and key_file is None:
                 key_file = cert_file
+        notes: list[str] = []
         if key_file is not None:
             check_private(key_file)
-            key_obj = load_private_key(key_file.read_bytes(), passphrase, str(key_file))
+            key_obj, needed = read_private_key(key_file.read_bytes(), passphrase, str(key_file))
+            if passphrase and not needed:
+                notes.append(f"{key_file} is not encrypted: the passphrase was not needed "
+                             "(the key is stored without one)")
+                passphrase = None
         addrs = cert_addresses(cert)
         if not addrs:
             raise KeyStoreError(f"{cert_file}: the certificate names no e-mail address")
@@ -324,7 +339,11 @@ class SmimeStore:
                 Path(f"{base}.passphrase").unlink(missing_ok=True)
         with self._lock:
             self._cache = None
-        return next(e for e in self.entries() if e.path == Path(f"{base}.pem"))
+        entry = next((e for e in self.entries() if e.path == Path(f"{base}.pem")), None)
+        if entry is None:       # written but not listed: say so rather than crash
+            raise KeyStoreError(f"{base}.pem was written but is not listed as an S/MIME "
+                                "certificate")
+        return dataclasses.replace(entry, notes=tuple(notes))
 
     def remove(self, ident: str) -> list[SmimeEntry]:
         found = self.lookup(ident)
@@ -334,6 +353,28 @@ class SmimeStore:
         with self._lock:
             self._cache = None
         return found
+
+
+def revoked_serials(crl_file: Path) -> set[tuple[bytes, int]]:
+    """(issuer name DER, serial) of every certificate the CRLs in `crl_file` revoke;
+    empty when the file cannot be read (`check` reports that)."""
+    try:
+        data = crl_file.read_bytes()
+    except OSError:
+        return set()
+    out: set[tuple[bytes, int]] = set()
+    marker = b"-----END X509 CRL-----"
+    for chunk in data.split(marker)[:-1]:
+        start = chunk.find(b"-----BEGIN X509 CRL-----")
+        if start < 0:
+            continue
+        try:
+            crl = x509.load_pem_x509_crl(chunk[start:] + marker)
+        except ValueError:
+            continue
+        issuer = crl.issuer.public_bytes()
+        out.update((issuer, r.serial_number) for r in crl)
+    return out
 
 
 def _looks_pkcs12(data: bytes) -> bool:

@@ -157,9 +157,11 @@ def pgp_encrypted(entity: bytes, stores: CryptoStores, keys: list[PgpKey],
 
 def _smime_recipient(stores: CryptoStores, addr: str) -> tuple[SmimeEntry | None, str]:
     found = stores.smime.find(addr)
-    usable = [e for e in found if not e.expired]
+    usable = [e for e in found if e.usable]
     if usable:
         return usable[0], ""
+    if found and found[0].revoked:
+        return None, f"{addr} (certificate revoked)"
     if found:
         return None, f"{addr} (certificate expired {found[0].not_after:%Y-%m-%d})"
     return None, f"{addr} (no certificate)"
@@ -177,9 +179,10 @@ def _pgp_recipient(stores: CryptoStores, addr: str) -> tuple[PgpKey | None, str]
 
 def _smime_signer(stores: CryptoStores, sender: str) -> SmimeEntry:
     found = [e for e in stores.smime.find(sender, private=True)]
-    usable = [e for e in found if not e.expired]
+    usable = [e for e in found if e.usable]
     if not usable:
-        why = (f"its certificate expired {found[0].not_after:%Y-%m-%d}" if found
+        why = ("its certificate is revoked" if found and found[0].revoked else
+               f"its certificate expired {found[0].not_after:%Y-%m-%d}" if found
                else "no certificate with a private key")
         raise CryptoRefused(f"cannot sign: {why} for {sender}")
     return usable[0]
@@ -330,7 +333,7 @@ def _encrypted(stores: CryptoStores, sender: str, g: Group, entity: bytes,
                pgp_signer: PgpKey | None) -> bytes:
     """The entity encrypted to the group's keys and the sender's own."""
     if g.method == "smime":
-        own = [e for e in stores.smime.find(sender, private=True) if not e.expired][:1]
+        own = [e for e in stores.smime.find(sender, private=True) if e.usable][:1]
         return smime_enveloped(entity, g.keys + [e for e in own if e not in g.keys])
     own_keys = [k for k in stores.pgp.find(sender, secret=True, encrypt=True)
                 if k.usable][:1] if stores.pgp.available() else []

@@ -190,7 +190,11 @@ class Pipeline:
                 mid = c.parsed.message_id if c.parsed else ""
                 repo.record_deliveries(conn, mid, c.envelope.sha256, c.envelope.recipients,
                                        None, "ignored")
-            c.log.close("Successful" if c.action != "quarantine" else "Warning")
+            # A fallback taken on the way (unknown queue, state, ... in an X-header) is
+            # logged as an Error entry: the message is stored, but with a Warning.
+            warned = c.action == "quarantine" or any(
+                e.priority in ("Error", "Warn") for e in c.log.entries)
+            c.log.close("Warning" if warned else "Successful")
             cc = _comm_copy(comm, c.log)
             if comm.id is None:
                 cc.close()   # a communication opened by the door is closed by the door

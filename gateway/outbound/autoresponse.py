@@ -22,6 +22,7 @@ from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
 from gateway.inbound.pipeline import register_commit
 from gateway.model import MessageContext
+from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.tables import AutoResponse
@@ -104,12 +105,12 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     body = render(template, {"ticket_number": number, "title": ticket.title if ticket else "",
                              "customer": name})
     reply = MIMEText(body, "plain", "utf-8")
-    reply["To"] = to
-    subject = p.subject or (ticket.title if ticket else "")
+    reply["To"] = header_safe(to)
+    subject = header_safe(p.subject or (ticket.title if ticket else "")).strip()
     reply["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     if p.message_id:
-        reply["In-Reply-To"] = p.message_id
-        reply["References"] = (p.references + " " + p.message_id).strip()
+        reply["In-Reply-To"] = header_safe(p.message_id)
+        reply["References"] = header_safe(p.references + " " + p.message_id).strip()
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"

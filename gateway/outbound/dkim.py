@@ -27,6 +27,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from gateway.config import Config, register_validator
 from gateway.inbound.parse import first_address
 from gateway.outbound.pipeline import OutboundContext
+from gateway.privatefiles import not_private
 from gateway.runtime import Runtime, register_builder
 
 OVERSIGNED = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to",
@@ -158,6 +159,10 @@ def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
         except (OSError, ValueError, TypeError) as exc:
             add(where, f"{key}.key_file", f"cannot load {cfg.path(d.key_file)}: "
                 f"{getattr(exc, 'strerror', None) or exc}")
+            continue
+        problem = not_private(cfg.path(d.key_file))
+        if problem is not None:
+            add(where, f"{key}.key_file", problem)
 
 
 def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:

@@ -15,6 +15,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Literal
 
+from gateway.outbound.headers import header_safe
 from gateway.outbound.queue import RcptResult
 
 
@@ -35,7 +36,7 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     """The DSN message as CRLF bytes."""
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
-    report["To"] = to
+    report["To"] = header_safe(to)
     if action == "failed":
         report["Subject"] = "Undelivered Mail Returned to Sender"
     else:
@@ -44,8 +45,8 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)
     report["Auto-Submitted"] = "auto-replied"
     if original_message_id:
-        report["In-Reply-To"] = original_message_id
-        report["References"] = original_message_id
+        report["In-Reply-To"] = header_safe(original_message_id)
+        report["References"] = header_safe(original_message_id)
 
     lines = [f"This is the mail system at host {reporting_mta}.", ""]
     if action == "failed":
@@ -66,13 +67,13 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     blocks = [per_msg]
     for r in results:
         b = Message()
-        b["Final-Recipient"] = f"rfc822; {r.address}"
+        b["Final-Recipient"] = header_safe(f"rfc822; {r.address}")
         b["Action"] = action
         b["Status"] = _enhanced(r.code, r.reply, action)
         if remote_mta:
             b["Remote-MTA"] = f"dns; {remote_mta}"
         if r.code:
-            b["Diagnostic-Code"] = f"smtp; {r.code} {r.reply}".replace("\n", " ")[:900]
+            b["Diagnostic-Code"] = header_safe(f"smtp; {r.code} {r.reply}")[:900]
         if last_attempt:
             b["Last-Attempt-Date"] = email.utils.format_datetime(last_attempt)
         if action == "delayed" and retry_until:

@@ -196,11 +196,16 @@ REFUSED = SmtpReply(554, "5.7.1", "message refused")
 
 
 class OutboundPipeline:
-    """Submission → durable queue. One instance per process."""
+    """Submission → durable queue. One instance per process.
+
+    `number_block` is how many ticket numbers are reserved at a time: a block for a
+    long-running gateway, 1 for a one-shot `deskgate send` (which would otherwise
+    throw away the rest of its block on exit).
+    """
 
     def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter,
                  executor: Executor | None = None,
-                 on_queued: Callable[[], None] | None = None) -> None:
+                 on_queued: Callable[[], None] | None = None, *, number_block: int = 20) -> None:
         self.runtime = runtime
         self.writer = writer
         self.executor = executor
@@ -208,7 +213,8 @@ class OutboundPipeline:
         from gateway.outbound.rewrite import TicketNumbers
 
         self.numbers = TicketNumbers(self._reserve,
-                                     lambda: self.runtime().config.gateway.system_id)
+                                     lambda: self.runtime().config.gateway.system_id,
+                                     block=number_block)
 
     async def submit(self, ctx: OutboundContext) -> SubmitResult:
         """Run the message through; 250 only after the queue row is committed."""

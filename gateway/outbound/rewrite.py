@@ -29,6 +29,7 @@ from sqlalchemy import Connection, or_, select
 from gateway.errors import PermanentError
 from gateway.inbound.parse import addresses, decode_header_value, first_address
 from gateway.inbound.xheaders import canonical
+from gateway.outbound.headers import header_safe
 from gateway.outbound.pipeline import OutboundContext
 from gateway.runtime import Runtime
 from gateway.store import repo
@@ -46,7 +47,9 @@ def serialize(msg: Message) -> bytes:
 
 
 def set_header(msg: Message, name: str, value: str) -> None:
-    """Set `name` at the position of its first occurrence (others dropped), else append."""
+    """Set `name` at the position of its first occurrence (others dropped), else append;
+    the value is made safe first (no control characters, no folding)."""
+    value = header_safe(value)
     lname = name.lower()
     out: list[tuple[str, str]] = []
     done = False
@@ -177,7 +180,8 @@ class TicketNumbers:
     in blocks, so a submission needs no write of its own to learn its number.
 
     Numbers stay unique across processes and nodes (the counter is advanced
-    atomically); a block's unused numbers are skipped when the process stops.
+    atomically); a block's unused numbers are skipped when the process stops, which
+    is why one-shot processes use blocks of 1.
     """
 
     def __init__(self, reserve: Callable[[str, int], int], system_id: Callable[[], str],

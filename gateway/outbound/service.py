@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def outbound_pipeline(gw: Gateway) -> OutboundPipeline:
-    """The Gateway's outbound pipeline (created on first use)."""
+def outbound_pipeline(gw: Gateway, *, one_shot: bool = False) -> OutboundPipeline:
+    """The Gateway's outbound pipeline (created on first use). A `one_shot` process
+    (`deskgate send`) reserves ticket numbers one at a time, so it uses what it takes."""
     existing = getattr(gw, "outbound_pipeline", None)
     if isinstance(existing, OutboundPipeline):
         return existing
-    p = OutboundPipeline(lambda: gw.runtime, gw.writer, gw.executor)
+    p = OutboundPipeline(lambda: gw.runtime, gw.writer, gw.executor,
+                         number_block=1 if one_shot else 20)
     gw.outbound_pipeline = p  # type: ignore[attr-defined]
     return p
 

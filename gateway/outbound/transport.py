@@ -215,7 +215,9 @@ class MaildirTransport(Transport):
                     + "".join(f"X-Deskgate-Envelope-To: <{r}>\r\n" for r in recipients))
         tmp, new = self.dir / "tmp" / name, self.dir / "new" / name
         try:
-            with tmp.open("wb") as fh:
+            # 0640 whatever the umask: the outbox holds customers' mail.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(envelope.encode() + data)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -24,6 +24,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from gateway.config import Config, register_validator
+from gateway.privatefiles import create_private
 from gateway.store.fast import deferred_writes
 
 log = structlog.get_logger(__name__)
@@ -36,8 +38,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """Create the engine; SQLite gets WAL, FULL sync and a busy timeout."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only whatever the umask; SQLite gives -wal and -shm the same mode.
+            create_private(Path(path.split("?", 1)[0]))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -52,6 +56,62 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
                          connect_args={"connect_timeout": 5} if "postgresql" in url else {})
+
+
+SUPPORTED_DATABASES = "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+
+
+def database_problem(url: str) -> str | None:
+    """Why `url` cannot be used as the database, as far as can be told without
+    connecting: an unsupported scheme or driver, or an SQLite file whose directory
+    cannot be written. None when it looks usable."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"not a database URL; use {SUPPORTED_DATABASES}"
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "postgresql":
+        if driver != "psycopg":
+            return (f"driver {driver!r} is not supported for PostgreSQL; "
+                    "use postgresql+psycopg://")
+        return None
+    if backend != "sqlite" or driver != "pysqlite":
+        return f"{parsed.drivername!r} is not supported; use {SUPPORTED_DATABASES}"
+    db = parsed.database or ""
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return _sqlite_path_problem(Path(db))
+
+
+def _sqlite_path_problem(path: Path) -> str | None:
+    """Can the SQLite file (and its -wal/-shm next to it) be created or written?"""
+    import tempfile
+
+    if path.is_dir():
+        return f"{path} is a directory"
+    if path.exists():
+        return None if os.access(path, os.R_OK | os.W_OK) else f"{path} is not writable"
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create {path.parent}: {existing} is not a directory"
+    try:        # a real probe: modes do not stop root, read-only mounts do
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"cannot create files in {existing}: {exc.strerror}"
+    return None
+
+
+@register_validator
+def _validate_database(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+    problem = database_problem(cfg.database_url)
+    if problem is not None:
+        add(str(cfg.conf_dir), "gateway.database", problem)
 
 
 def alembic_config(url: str) -> Any:

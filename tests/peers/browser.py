@@ -8,21 +8,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.peers.require import import_peer, requires_peer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
-requires_chromium = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="Debian's chromium and chromium-driver are not installed (make system-deps)")
+requires_chromium = requires_peer(
+    None if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+    else "Debian's chromium and chromium-driver are not installed (make system-deps)")
 
 
 @contextmanager
 def chromium(tmp_path: Path, *, width: int = 1280, page_timeout: float = 30) -> Iterator[Any]:
     """A headless chromium WebDriver with its own profile; quits chromium and the driver."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    webdriver: Any = import_peer("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()

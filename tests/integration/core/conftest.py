@@ -16,6 +16,7 @@ from gateway.config import load_config
 from tests.integration.core.stored import POSTFIX_SOCKET_CONF, Store
 from tests.peers import postfix as pfmod
 from tests.peers.postfix import Postfix
+from tests.peers.require import missing_peer
 
 if TYPE_CHECKING:
     from tests.conftest import RunningGateway
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 def postfix() -> Iterator[Postfix]:
     """A Postfix instance relaying example.org to <base>/lmtp.sock, shared by a module."""
     if not pfmod.available():
-        pytest.skip("Postfix binaries missing or not running as root")
+        missing_peer("Postfix binaries missing or not running as root")
     with pfmod.postfix_dir() as base:
         pf = Postfix(base, f"unix:{base / 'lmtp.sock'}")
         try:

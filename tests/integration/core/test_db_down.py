@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_ADMIN_URL
 from tests.integration.core.stored import db_conf
+from tests.peers.require import missing_peer, not_applicable
 
 pytestmark = pytest.mark.postfix
 
@@ -41,11 +42,11 @@ def send(postfix, subject: str) -> None:
 def immutable(*paths: Path) -> Iterator[None]:
     """chattr +i: writes fail even for root (file modes do not stop root)."""
     if not shutil.which("chattr"):
-        pytest.skip("chattr not installed")
+        missing_peer("chattr not installed (Debian package e2fsprogs)")
     proc = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
-        pytest.skip(f"chattr +i not possible here: {proc.stderr.strip()}")
+        not_applicable(f"chattr +i not possible here: {proc.stderr.strip()}")
     try:
         yield
     finally:

@@ -8,11 +8,11 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from gateway.store.tables import Quarantine, RawMessage
 from tests.peers.lmtp import LmtpClient
+from tests.peers.require import missing_peer
 
 
 def corpus() -> list[Path]:
@@ -35,7 +35,7 @@ class TestEmailCorpus:
         quarantine) and the listener still answers afterwards."""
         files = corpus()
         if not files:
-            pytest.skip("CPython's test.test_email data is not installed with this Python")
+            missing_peer("CPython's test.test_email data is not installed with this Python")
         rg = gateway()
         client = LmtpClient(rg.socket_path)
         assert client.lhlo()[0] == 250

@@ -22,6 +22,7 @@ from gateway.store.tables import (
     Delivery,
     Ticket,
 )
+from tests.peers.require import not_applicable
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -186,7 +187,7 @@ def test_none_in_a_json_column_is_json_null_as_with_execute(engine: Engine) -> N
 def test_prefixed_insert_is_not_rewritten(engine: Engine) -> None:
     """INSERT OR IGNORE (SQLite) keeps its prefix: the shortcuts only take bare inserts."""
     if engine.dialect.name != "sqlite":
-        pytest.skip("OR IGNORE is SQLite syntax")
+        not_applicable("OR IGNORE is SQLite syntax")
     prepared = Prepared(insert(Delivery).prefix_with("OR IGNORE").returning(Delivery.id))
     row = {"message_id": "<p@x>", "content_hash": "h" * 64, "recipient": "x@y",
            "article_id": None, "outcome": "stored", "created": WHEN}

@@ -10,6 +10,7 @@ import pytest
 
 from tests.peers import postfix as pfmod
 from tests.peers.postfix import Postfix
+from tests.peers.require import missing_peer
 
 pytestmark = pytest.mark.postfix
 
@@ -216,7 +217,7 @@ class TestPostfixOverTcp:
         """A Postfix whose transport is lmtp:inet:127.0.0.1:PORT delivers to the TCP
         listener: three recipients, one unknown bounced, one ticket."""
         if not pfmod.available():
-            pytest.skip("Postfix binaries missing or not running as root")
+            missing_peer("Postfix binaries missing or not running as root")
         rg = gateway()
         with pfmod.postfix_dir() as base:
             pf = Postfix(base, f"inet:127.0.0.1:{rg.port}")

@@ -20,6 +20,7 @@ from gateway.config import load_config
 from gateway.store.db import make_engine
 from gateway.store.tables import Article, Delivery, Ticket
 from tests.integration.core.stored import POSTFIX_SOCKET_CONF, db_conf
+from tests.peers.require import missing_peer
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 
@@ -64,7 +65,7 @@ class TestServeBehindPostfix:
         """150 messages with two recipients each, 10 SMTP sessions into Postfix, relayed over
         LMTP to two gateway workers: 150 tickets, 300 deliveries, nothing deferred."""
         if not shutil.which("smtp-source"):
-            pytest.skip("smtp-source not installed")
+            missing_peer("smtp-source not installed")
         root = postfix.base / f"serve-{os.urandom(4).hex()}"
         conf = make_confdir({"20-postfix.toml": POSTFIX_SOCKET_CONF,
                              "40-serve.toml": SERVE_CONF, **database}, root=root)
@@ -119,7 +120,7 @@ class TestStopUnderLoad:
         """SIGTERM to `deskgate serve` while Postfix is delivering, then a restart and a
         flush: every message is stored exactly once (no loss, no duplicate article)."""
         if not shutil.which("smtp-source"):
-            pytest.skip("smtp-source not installed")
+            missing_peer("smtp-source not installed")
         total = 200
         root = postfix.base / f"stop-{os.urandom(4).hex()}"
         conf = make_confdir({"20-postfix.toml": POSTFIX_SOCKET_CONF,

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from gateway.store.tables import Delivery
+from tests.peers.require import missing_peer
 
 pytestmark = pytest.mark.postfix
 
@@ -18,7 +19,7 @@ SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
 def smtp_source(target: str, *args: str) -> None:
     if not shutil.which(SMTP_SOURCE):
-        pytest.skip("smtp-source (postfix) not installed")
+        missing_peer("smtp-source (postfix) not installed")
     proc = subprocess.run([SMTP_SOURCE, "-L", *args, target], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

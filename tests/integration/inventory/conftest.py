@@ -14,6 +14,7 @@ import pytest
 
 from gateway.config import load_config
 from tests.conftest import RunningGateway, free_port
+from tests.peers.require import missing_peer
 
 
 @dataclass
@@ -65,7 +66,7 @@ def inventory_dovecot() -> Any:
     from tests.peers.ca import TestCA
 
     if not dv.available():
-        pytest.skip("Debian dovecot-imapd/dovecot-pop3d not installed")
+        missing_peer("Debian dovecot-imapd/dovecot-pop3d not installed")
     d = dv.make_dovecot_dir()
     server = dv.Dovecot(d, TestCA(d / "ca"), dict(USERS))
     try:

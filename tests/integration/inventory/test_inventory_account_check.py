@@ -184,11 +184,12 @@ class TestAccountCheckFailures:
         assert last_lines["port"].startswith("FAILED at TCP: ")
 
     def test_unknown_account(self, make_confdir, capsys):
-        """An account name that is not configured exits 67 and lists the known ones."""
+        """An account name that is not configured exits 1 (as docs/cli.md says for a failed
+        check) and lists the known ones."""
         conf = make_confdir({"50-accounts.toml": '[[account]]\nname = "box"\ntype = "imaps"\n'
                                                  'host = "127.0.0.1"\nlogin = "x"\n'
                                                  'password = "y"\n'})
-        assert main(["--config", str(conf), "accounts", "check", "nope"]) == 67
+        assert main(["--config", str(conf), "accounts", "check", "nope"]) == 1
         assert "accounts: box" in capsys.readouterr().err
 
 

@@ -133,6 +133,23 @@ class TestAccess:
         assert headers["X-Frame-Options"] == "DENY"
         assert "default-src 'none'" in headers["Content-Security-Policy"]
 
+    def test_security_headers_are_the_documented_ones(self, dashboard):
+        """Every security header docs/security.md states is sent with exactly that value
+        (the CSP included), and every one sent is documented."""
+        import re
+        from pathlib import Path
+
+        doc = " ".join((Path(__file__).resolve().parents[3] / "docs" / "security.md")
+                       .read_text().split())
+        names = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
+                 "Referrer-Policy")
+        stated = dict(re.findall(rf"`({'|'.join(names)}): ([^`]+)`", doc))
+        d = dashboard()
+        for path in ("/log", "/tickets", "/healthz"):
+            _, headers, _ = d.get(path)
+            sent = {n: headers[n] for n in names if n in headers}
+            assert sent == stated, path
+
 
 class TestMetricsAndHealth:
     def test_metrics_parse_and_count_lmtp(self, dashboard):

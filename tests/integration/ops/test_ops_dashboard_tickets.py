@@ -39,3 +39,15 @@ class TestTicketPage:
                 "error": "no private key for support@example.org"}))
         _, _, body = d.get(f"/tickets/{number}")
         assert "not decrypted" in body and "no private key for support@example.org" in body
+
+    def test_customer_shown_once(self, dashboard):
+        """The Customer row names the customer once (customer_no repeats the address)."""
+        d = dashboard()
+        assert d.deliver(MULTIPART) == [250]
+        with d.rg.gateway.engine.begin() as conn:
+            number, user, no = conn.execute(
+                select(Ticket.number, Ticket.customer_user, Ticket.customer_no)).one()
+        assert user == no == "cust@customer.test"
+        _, _, body = d.get(f"/tickets/{number}")
+        row = body.split("<th>Customer</th>", 1)[1].split("</tr>", 1)[0]
+        assert row.count("cust@customer.test") == 1, row

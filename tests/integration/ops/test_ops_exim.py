@@ -14,9 +14,9 @@ from gateway.config import load_config
 from gateway.store.tables import Article, Ticket
 from tests.integration.ops.ops_web import message
 from tests.peers import exim as exim_peer
+from tests.peers.require import requires_peer
 
-pytestmark = pytest.mark.skipif(exim_peer.unavailable() is not None,
-                                reason=str(exim_peer.unavailable()))
+pytestmark = requires_peer(exim_peer.unavailable())
 
 
 @pytest.fixture

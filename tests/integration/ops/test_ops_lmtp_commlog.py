@@ -72,7 +72,7 @@ class TestLmtpEntries:
 
     def test_duplicate_and_problems_are_logged(self, config, run_gateway):
         """A redelivery logs a Duplicate notice; a bad X-header queue (trusted LMTP) an Error
-        that the priority filter finds."""
+        that the priority filter finds, and that communication is a Warning, not Successful."""
         cfg = dataclasses.replace(config, lmtp=dataclasses.replace(config.lmtp, trusted=True))
         rg = run_gateway(cfg)
         c = LmtpClient(rg.socket_path)
@@ -83,7 +83,9 @@ class TestLmtpEntries:
         c.close()
         first, dup, bad = messages(rg)
         assert [e["key"] for e in dup["objects"][0]["entries"]].count("Duplicate") == 1
-        assert dup["status"] == "Successful"
+        assert dup["status"] == first["status"] == "Successful"
+        assert bad["status"] == "Warning"
+        assert [o["status"] for o in bad["objects"] if o["type"] == "Message"] == ["Warning"]
         assert [d["id"] for d in messages(rg, priority="Error")] == [bad["id"]]
         assert [d["id"] for d in messages(rg, priority="Notice")] == [dup["id"], bad["id"]]
         assert first["id"] not in [d["id"] for d in messages(rg, priority="Warn")]

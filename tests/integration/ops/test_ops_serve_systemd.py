@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.ops.ops_web import message
 from tests.peers.lmtp import LmtpClient
+from tests.peers.require import missing_peer
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEMD = REPO / "systemd"
@@ -139,7 +140,7 @@ class TestUnitFiles:
         """systemd-analyze verify accepts deskgate.service (ExecStart pointed at this
         checkout's interpreter, since /usr/bin/deskgate is not installed here)."""
         if not shutil.which("systemd-analyze"):
-            pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+            missing_peer("systemd-analyze is not installed (Debian package systemd)")
         text = (SYSTEMD / "deskgate.service").read_text()
         for needed in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID",
                        "ProtectSystem=strict", "StateDirectory=deskgate",
@@ -157,7 +158,7 @@ class TestUnitFiles:
         """systemd-sysusers creates the deskgate user and systemd-tmpfiles its directories
         (both run against a scratch root, not this machine)."""
         if not (shutil.which("systemd-sysusers") and shutil.which("systemd-tmpfiles")):
-            pytest.skip("systemd-sysusers/systemd-tmpfiles are not installed")
+            missing_peer("systemd-sysusers/systemd-tmpfiles are not installed")
         root = tmp_path / "root"
         (root / "etc").mkdir(parents=True)
         subprocess.run(["systemd-sysusers", f"--root={root}", str(SYSTEMD / "deskgate.sysusers")],

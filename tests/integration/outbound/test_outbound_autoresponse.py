@@ -145,3 +145,25 @@ class TestSuppression:
         out = outbound(rg)
         assert len(out) == 3 and all(m.kind == "auto-response" for m in out)
         assert any("already had 3 auto-responses" in n for n in notices(rg))
+
+
+class TestControlCharactersInHeaders:
+    @pytest.mark.parametrize("ctl", ["\v", "\f", "\x1c", "\x1e", "\x1f", "\x00", "\x7f"])
+    def test_subject_with_control_character_becomes_ticket_and_reply(self, desk, ctl):
+        """A Subject with a control character (VT, FF, FS, RS, US, NUL, DEL) becomes a
+        ticket, not quarantine; the auto-response carries the subject with it replaced
+        and no injected header."""
+        from gateway.store.tables import Quarantine
+
+        rg, deliver, _sink = desk
+        deliver(mail(subject=f"hello{ctl}Bcc: victim@evil.test"))
+        with rg.gateway.engine.connect() as conn:
+            assert conn.execute(select(Quarantine.id)).all() == []
+            (title,) = conn.execute(select(Ticket.title)).scalars().all()
+        assert "hello" in title
+        (row,) = outbound(rg)
+        reply = message_from_bytes(row.data)
+        subject = str(reply["Subject"])
+        assert subject.endswith("hello Bcc: victim@evil.test"), subject
+        assert not any(ord(c) < 32 or ord(c) == 127 for c in subject)
+        assert reply["Bcc"] is None and reply.get_all("Subject") == [reply["Subject"]]

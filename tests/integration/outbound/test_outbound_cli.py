@@ -102,3 +102,33 @@ class TestDkimConfig:
         assert res.returncode == 1 and b"relay.security" in res.stderr
         res = cli(make_confdir({"40-relay.toml": relay + "allow_plaintext = true\n"}), "check")
         assert res.returncode == 0, res.stderr
+
+
+class TestSendTicketNumbers:
+    def test_each_send_uses_one_number(self, make_confdir):
+        """Three `deskgate send` processes get three consecutive ticket numbers: a one-shot
+        process reserves only the number it uses."""
+        conf = make_confdir()
+        numbers = []
+        for _ in range(3):
+            res = cli(conf, "send", "--queue", "Support", "--json", stdin=MSG)
+            assert res.returncode == 0, res.stderr
+            numbers.append(json.loads(res.stdout)["ticket"])
+        counters = [int(n[10:]) for n in numbers]
+        assert counters == [counters[0], counters[0] + 1, counters[0] + 2], numbers
+
+
+class TestSendControlCharacters:
+    def test_subject_with_control_characters_is_queued(self, make_confdir):
+        """`deskgate send` of a Subject with VT/FS (with and without a ticket number in
+        it) queues the message with the control characters replaced, no injected header."""
+        conf = make_confdir()
+        for subject in (b"hello\x0bBcc: victim@evil.test", b"[Ticket#202612011000001] a\x1cb"):
+            msg = MSG.replace(b"Subject: From the shell", b"Subject: " + subject)
+            res = cli(conf, "send", "--queue", "Support", "--json", stdin=msg)
+            assert res.returncode == 0, res.stderr
+            shown = json.loads(cli(conf, "outqueue", "show",
+                                   str(json.loads(res.stdout)["id"]), "--json").stdout)
+            headers = shown["headers"]
+            assert "\x0b" not in headers and "\x1c" not in headers
+            assert "\nBcc:" not in headers.replace("\r\n", "\n")

@@ -12,6 +12,7 @@ from gateway.inbound.bounce import parse_dsn
 from gateway.store.tables import Article, CommEntry, OutboundMessage, OutboundRecipient
 from tests.integration.outbound.conftest import statuses, submission_port, wait_for
 from tests.peers.ca import TestCA
+from tests.peers.require import missing_peer
 from tests.peers.smarthost import AuthSink, SmtpSink, free_port
 
 MSG = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n"
@@ -41,6 +42,7 @@ class TestRelayTls:
         leaf = ca.issue("smarthost", hosts=("127.0.0.1", "localhost"))
         secret = tmp_path / "relay.pw"
         secret.write_text("relaypw\n")
+        secret.chmod(0o600)
         with AuthSink(leaf.cert, leaf.key, users={"gw": "relaypw"},
                       implicit_tls=security == "tls", auth_required=True) as sink:
             cfg = outbound_config(sink.port, security=security, extra_relay=f"""
@@ -97,7 +99,7 @@ class TestRetries:
     def test_4xx_from_smtp_sink_then_success(self, tmp_path, outbound_config, run_gateway):
         """Postfix smtp-sink answering 4xx to RCPT defers; a well sink then gets it once."""
         if not SmtpSink.available():
-            pytest.skip("smtp-sink not installed")
+            missing_peer("smtp-sink not installed")
         port = free_port()
         cfg = outbound_config(port, retry="1s*20")
         with SmtpSink(tmp_path / "sink1", options=["-r", "RCPT"], port=port):
@@ -143,7 +145,7 @@ class TestPermanentFailure:
     def test_smtp_sink_hard_error_on_data(self, tmp_path, outbound_config, run_gateway):
         """smtp-sink answering 5xx to DATA fails the message and queues a DSN."""
         if not SmtpSink.available():
-            pytest.skip("smtp-sink not installed")
+            missing_peer("smtp-sink not installed")
         port = free_port()
         with SmtpSink(tmp_path / "sink", options=["-f", "DATA"], port=port):
             cfg = outbound_config(port, retry="1h")

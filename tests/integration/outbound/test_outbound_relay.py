@@ -95,6 +95,7 @@ class TestDkimEndToEnd:
         for sel, key in keys.items():
             path = tmp_path / f"{sel}.pem"
             path.write_bytes(key_pem(key))
+            path.chmod(0o600)
             dkim_toml += f'[[dkim]]\ndomain = "example.org"\nselector = "{sel}"\n' \
                          f'key_file = "{path}"\n'
         records = {f"{sel}._domainkey.example.org.".encode(): dns_record(k).encode()

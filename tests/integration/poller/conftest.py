@@ -15,6 +15,7 @@ from tests.integration.poller.poller_helpers import USERS, PollHarness
 from tests.peers import dovecot as dv
 from tests.peers.ca import TestCA
 from tests.peers.oauth2 import OAuth2Server
+from tests.peers.require import missing_peer
 
 pytestmark = pytest.mark.dovecot
 
@@ -30,7 +31,7 @@ def oauth2_server() -> Iterator[OAuth2Server]:
 @pytest.fixture(scope="session")
 def dovecot(oauth2_server: OAuth2Server) -> Iterator[dv.Dovecot]:
     if not dv.available():
-        pytest.skip("Debian dovecot-imapd/dovecot-pop3d not installed")
+        missing_peer("Debian dovecot-imapd/dovecot-pop3d not installed")
     d = dv.make_dovecot_dir()
     ca = TestCA(d / "ca")
     server = dv.Dovecot(d, ca, dict(USERS),

@@ -20,6 +20,7 @@ class TestFetchCli:
         mailbox.append("helpdesk", [message(1), message(2)])
         secret = mailbox.dir / "pw"
         secret.write_text("secret\n")
+        secret.chmod(0o600)
         cfg = poller_config(account_toml(mailbox, "imaps", name="a", password=None,
                                          password_file=str(secret)),
                             account_toml(mailbox, "pop3s", name="off", valid=False))

@@ -72,6 +72,7 @@ class TestMerge:
         """password_file and password_env load secrets that never show in repr()."""
         (tmp_path / "root").mkdir(exist_ok=True)
         (tmp_path / "root" / "pw").write_text("s3cret\n")
+        (tmp_path / "root" / "pw").chmod(0o600)
         conf = make_confdir({"50-relay.toml": """
             [relay]
             host = "smtp.test"

@@ -48,7 +48,7 @@ def run(capsys, *argv):
 
 class TestLogCli:
     def test_list_json_and_filters(self, logged, capsys):
-        """list --json gives DESIGN.md's fields; --priority/--search/--since/--sort filter."""
+        """list --json gives the contract's fields; --priority/--search/--since/--sort filter."""
         conf, (a, b, c) = logged
         rc, out, _ = run(capsys, "--config", str(conf), "log", "list", "--json")
         rows = json.loads(out)
@@ -80,7 +80,7 @@ class TestLogCli:
         assert rc == 2 and "sort must be one of" in err
 
     def test_show_and_overview(self, logged, capsys):
-        """show --json nests objects and entries; overview --json has DESIGN.md's keys."""
+        """show --json nests objects and entries; overview --json has the contract's keys."""
         conf, (_a, b, _c) = logged
         rc, out, _ = run(capsys, "--config", str(conf), "log", "show", str(b), "--json")
         d = json.loads(out)

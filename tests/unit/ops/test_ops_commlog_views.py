@@ -122,7 +122,7 @@ class TestListFilters:
                 views.LogFilter(**kw).validate()
 
     def test_list_json_shape(self, log_engine, add_comm):
-        """Each list item has exactly the keys DESIGN.md names, with UTC times."""
+        """Each list item has exactly the keys of the JSON contract, with UTC times."""
         add_comm("Successful", account="unix")
         with log_engine.connect() as conn:
             (row,) = views.list_communications(conn, views.LogFilter())

@@ -111,6 +111,26 @@ class TestConfigurationReference:
         assert documented - known == set()
 
 
+def _leaf_parsers() -> list[tuple[str, typing.Any]]:
+    """(command path, parser) of every command that takes no further subcommand."""
+    import argparse
+
+    from gateway.cli import build_parser
+
+    out: list[tuple[str, typing.Any]] = []
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            out.append((prefix, parser))
+            return
+        for name, child in subs[0].choices.items():
+            walk(f"{prefix} {name}".strip(), child)
+
+    walk("", build_parser())
+    return out
+
+
 class TestCliAndLinks:
     def test_every_command_in_cli_doc(self):
         """Every top-level `deskgate` command and its actions appear in docs/cli.md."""
@@ -130,6 +150,82 @@ class TestCliAndLinks:
                     missing += [f"{name} {act}" for act in a.choices
                                 if not re.search(rf"deskgate {name}\b[^\n]*\b{act}\b", text)]
         assert not missing, f"not in docs/cli.md: {missing}"
+
+    def test_every_subcommand_and_option_in_cli_doc(self):
+        """Every leaf command of the argument parser (`deskgate keys smime import`, ...) has
+        its usage line in docs/cli.md naming each of its options and arguments, and a table
+        row for each option; nothing in the doc's usage lines is unknown to the parser."""
+        text = (DOCS / "cli.md").read_text()
+        usage = {m.group(1).strip(): m.group(2) for m in
+                 re.finditer(r"^deskgate ((?:[a-z][a-z0-9-]* ?)+?) ?(\[-h\].*)$", text, re.M)}
+        sections = re.split(r"^deskgate ", text, flags=re.M)
+        problems = []
+        leaves = dict(_leaf_parsers())
+        for path, parser in leaves.items():
+            if path not in usage:
+                problems.append(f"deskgate {path}: no usage line")
+                continue
+            line = usage[path]
+            section = next(s for s in sections if s.startswith(path + " [-h]"))
+            for a in parser._actions:
+                if a.option_strings and "-h" in a.option_strings:
+                    continue
+                names = [str(n) for n in (a.option_strings or (a.metavar, a.dest)) if n]
+                shown = max(names, key=len)
+                if not any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", line)
+                           for n in names):
+                    problems.append(f"deskgate {path}: {shown} missing from the usage line")
+                if not any(re.search(rf"^\| `[^`]*(?<![\w-]){re.escape(n)}(?![\w-])", section,
+                                     re.M) for n in names):
+                    problems.append(f"deskgate {path}: {shown} has no row in the option table")
+        problems += [f"deskgate {path}: documented but not a command" for path in usage
+                     if path not in leaves]
+        assert not problems, "\n".join(problems)
+
+    def test_referenced_documents_exist(self):
+        """Every Markdown file that code, tests, docs or the README mention is in the repository
+        (no pointers to design notes that are not shipped)."""
+        shipped = {p.name for p in REPO.glob("*.md")} | {p.name for p in DOCS.glob("*.md")}
+        files = [REPO / "README.md", *DOCS.glob("*.md"), *(REPO / "gateway").rglob("*.py"),
+                 *(REPO / "gateway").rglob("*.html"), *(REPO / "tests").rglob("*.py"),
+                 *(REPO / "conf.d").glob("*.toml"), REPO / "Makefile"]
+        missing = sorted({f"{f.relative_to(REPO)}: {name}" for f in files
+                          for name in re.findall(r"\b[A-Za-z][\w-]*\.md\b", f.read_text())
+                          if name not in shipped})
+        assert not missing
+
+    def test_configuration_headings_are_plain(self):
+        """Each section heading of configuration.md is `### [name]` or `### [[name]]` (no
+        stray backticks from a sentence pasted into the heading)."""
+        headings = re.findall(r"^### (\[.*)$", (DOCS / "configuration.md").read_text(), re.M)
+        assert headings
+        bad = [h for h in headings if not re.fullmatch(r"\[[a-z0-9_.]+\]|\[\[[a-z0-9_.]+\]\]", h)]
+        assert bad == []
+
+    def test_documented_commands_and_extras_exist(self):
+        """Every `deskgate COMMAND` and `deskgate[EXTRA]` that the README and docs name
+        exists (nothing is documented before it is built)."""
+        import argparse
+        import tomllib
+
+        from gateway.cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"]
+        texts = [(REPO / "README.md").read_text(), *(p.read_text() for p in DOCS.glob("*.md"))]
+        # As a command is written: in a code block or in backticks.
+        code = [c for t in texts for c in re.findall(r"```.*?```", t, re.S)]
+        code += [c for t in texts for c in re.findall(r"`[^`]+`", re.sub(r"```.*?```", "", t,
+                                                                           flags=re.S))]
+        commands = {m for c in code for m in re.findall(
+            r"^[ \t]*(?:sudo -u \S+ |\S*bin/)?deskgate (?:(?:-c|--config) \S+ )?([a-z][a-z-]+)",
+            re.sub(r"#.*", "", c.strip("`")), re.M)}
+        named_extras = {m for t in texts for m in re.findall(r"deskgate\[([a-z0-9_-]+)\]", t)}
+        assert {"serve", "check", "keys"} <= commands
+        assert sorted(c for c in commands if c not in sub.choices) == []
+        assert sorted(named_extras - set(extras)) == []
 
     def test_readme_links_docs(self):
         """The README links every document in docs/."""

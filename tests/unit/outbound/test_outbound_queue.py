@@ -229,6 +229,22 @@ class TestDsn:
             ("failed", "5.1.1", "<m1@example.org>")
         assert "a@customer.test" in info.recipient
 
+    def test_control_characters_do_not_reach_dsn_headers(self):
+        """A remote reply and a Message-ID with VT/FF/CR in them become spaces in the DSN's
+        headers: it is still built and parsed, with no injected header."""
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org",
+                         original_message_id="<m1@example.org>\x0bBcc: x@evil.test",
+                         results=[oq.RcptResult(1, "a@customer.test", 550,
+                                                "5.1.1 no\x0csuch\r\nX-Evil: 1")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        msg = message_from_bytes(data)
+        assert msg["Bcc"] is None and msg["In-Reply-To"] == "<m1@example.org> Bcc: x@evil.test"
+        info = parse_dsn(msg)
+        assert info is not None and info.status == "5.1.1"
+        assert b"X-Evil: 1\r\n" not in data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        assert b"Diagnostic-Code: smtp; 550 5.1.1 no such X-Evil: 1" in data
+
 
 class TestAuthGuard:
     def test_lockout_after_max_failures_doubles(self):

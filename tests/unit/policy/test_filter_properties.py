@@ -77,7 +77,7 @@ PARAM = {"x-deskgate-queue": "Queue", "x-otobo-queue": "Queue", "x-deskgate-titl
 
 
 def reference(fs: list[Filt], headers: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The semantics of DESIGN.md, written as plainly as possible."""
+    """The semantics of docs/policies.md, written as plainly as possible."""
     hdrs = {k.lower(): v for k, v in headers.items()}
     params: dict[str, str] = {}
 

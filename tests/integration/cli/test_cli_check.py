@@ -1,0 +1,253 @@
+"""`deskgate check` and `serve` as a new admin meets them, as real processes: secret files
+readable by group/others are refused the same way everywhere, what `serve` would die on
+is found by `check`, and what only `serve` can find is one line, not a traceback. Files
+deskgate creates with mail in them are private whatever the umask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.outbound.dkim import generate_key, key_pem
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def cli(conf: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    """`deskgate -c conf ARGS` as its own process, umask 022 (a login shell's)."""
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(conf), *args],
+                          input=stdin.decode(), capture_output=True, cwd=conf.parent,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          text=True, check=False, preexec_fn=lambda: os.umask(0o022))
+
+
+def openssl_pair(d: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and its unencrypted key, made by openssl (key 0600)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=120)
+    key.chmod(0o600)
+    return cert, key
+
+
+def secret(root: Path, name: str, value: str = "s3cret") -> Path:
+    p = root / "secrets" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(value + "\n")
+    p.chmod(0o600)
+    return p
+
+
+ACCOUNT = """
+[[account]]
+name = "box"
+type = "imaps"
+host = "127.0.0.1"
+login = "helpdesk"
+{key} = "{path}"
+"""
+
+TLS_HEAD = '[relay]\nmode = "maildir"\n\n[submission]\nlisten = ["127.0.0.1:2587"]\n'
+
+SECRET_CASES = {
+    "relay.password_file": ('[relay]\nhost = "127.0.0.1"\nuser = "gw"\npassword_file = "{path}"\n'),
+    "account[0].password_file": ACCOUNT.replace("{key}", "password_file"),
+    "account[0].oauth2.client_secret_file": (
+        ACCOUNT.replace('{key} = "{path}"\n', "") + '[account.oauth2]\nclient_id = "c"\n'
+        'token_url = "https://login.test/token"\nclient_secret_file = "{path}"\n'
+        'refresh_token = "r"\n'),
+    "helpdesk.token_file": ('[helpdesk]\ntype = "rt-rest2"\nurl = "https://rt.test"\n'
+                            'token_file = "{path}"\n'),
+    "helpdesk.secret_file": ('[helpdesk]\ntype = "webhook"\nurl = "https://hook.test/in"\n'
+                             'secret_file = "{path}"\n'),
+    "helpdesk.password_file": ('[helpdesk]\ntype = "otobo-rest"\nurl = "https://otobo.test"\n'
+                               'user = "gw"\npassword_file = "{path}"\n'),
+}
+
+
+class TestSecretFilesMustBePrivate:
+    @pytest.mark.parametrize("key", sorted(SECRET_CASES))
+    def test_group_readable_secret_file_is_refused(self, make_confdir, tmp_path, key):
+        """A `*_file` secret at mode 0644 fails `check` naming the key, the file and the fix;
+        at 0600 the same configuration passes."""
+        path = secret(tmp_path / "root", "s")
+        conf = make_confdir({"50-secret.toml": SECRET_CASES[key].format(path=path)})
+        assert cli(conf, "check").returncode == 0, cli(conf, "check").stderr
+        path.chmod(0o644)
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert f"{key}: {path}: holds a secret but is readable by group/others (mode 0644); " \
+               "run chmod 600 on it" in r.stderr, r.stderr
+
+    def test_submission_tls_key(self, make_confdir, tmp_path):
+        """submission.tls_key at 0640 is refused like the S/MIME keys are."""
+        cert, key = openssl_pair(tmp_path / "root" / "tls")
+        conf = make_confdir({"50-tls.toml": TLS_HEAD
+                                            + f'tls_cert = "{cert}"\ntls_key = "{key}"\n'})
+        assert cli(conf, "check").returncode == 0
+        key.chmod(0o640)
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert f"submission.tls_key: {key}: holds a secret but is readable" in r.stderr
+
+    def test_dkim_key_file(self, make_confdir, tmp_path):
+        """A DKIM key_file readable by others is refused; `dkim keygen` writes one that
+        passes."""
+        conf = make_confdir()
+        made = cli(conf, "dkim", "keygen", "example.org", "s1")
+        assert made.returncode == 0, made.stderr
+        key = conf.parent / "keys" / "dkim" / "example.org.s1.pem"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        other = tmp_path / "other.pem"
+        other.write_bytes(key_pem(generate_key()))
+        other.chmod(0o644)
+        (conf / "45-dkim.toml").write_text(
+            f'[[dkim]]\ndomain = "example.org"\nselector = "s1"\nkey_file = "{key}"\n'
+            f'[[dkim]]\ndomain = "example.org"\nselector = "s2"\nkey_file = "{other}"\n')
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert lines == [f"{conf}: dkim[1].key_file: {other}: holds a secret but is readable "
+                         "by group/others (mode 0644); run chmod 600 on it"], lines
+
+
+class TestCheckFindsWhatServeWouldDieOn:
+    def test_missing_and_unreadable_tls_files(self, make_confdir, tmp_path):
+        """A missing tls_cert or a tls_key that is a directory is named with its path."""
+        cert, key = openssl_pair(tmp_path / "root" / "tls")
+        conf = make_confdir({"50-tls.toml": TLS_HEAD
+                                            + f'tls_cert = "{cert}.gone"\ntls_key = "{key}"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert f"submission.tls_cert: cannot read {cert}.gone: No such file or directory" \
+            in r.stderr
+        (conf / "50-tls.toml").write_text(TLS_HEAD
+                                          + f'tls_cert = "{cert}"\ntls_key = "{tmp_path}"\n')
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert f"submission.tls_key: cannot read {tmp_path}: Is a directory" in r.stderr
+
+    def test_certificate_and_key_that_do_not_match(self, make_confdir, tmp_path):
+        """A certificate with another pair's key fails `check`, not `serve`."""
+        cert, _ = openssl_pair(tmp_path / "root" / "a")
+        _, key = openssl_pair(tmp_path / "root" / "b")
+        conf = make_confdir({"50-tls.toml": TLS_HEAD
+                                            + f'tls_cert = "{cert}"\ntls_key = "{key}"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1 and "do not load as a certificate and its key" in r.stderr
+
+    @pytest.mark.parametrize(("url", "reason"), [
+        ("mysql://u@db.test/desk", "'mysql' is not supported; use sqlite:///PATH or "
+                                   "postgresql+psycopg://USER@HOST/DB"),
+        ("postgresql+psycopg2://u@db.test/desk",
+         "driver 'psycopg2' is not supported for PostgreSQL; use postgresql+psycopg://"),
+        ("not a url", "not a database URL"),
+    ])
+    def test_unsupported_database_url(self, make_confdir, url, reason):
+        """A database URL deskgate cannot use is one `gateway.database` line, no traceback."""
+        conf = make_confdir({"50-db.toml": f'[gateway]\ndatabase = "{url}"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert f"{conf}: gateway.database: {reason}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+    def test_unwritable_sqlite_directory(self, make_confdir, tmp_path):
+        """An SQLite file whose directory cannot be created or written fails `check`
+        (a state_dir below a regular file; a directory in /proc, which even root cannot
+        write)."""
+        (tmp_path / "root").mkdir()
+        (tmp_path / "root" / "plain").write_text("a file\n")
+        conf = make_confdir({"50-db.toml": '[gateway]\nstate_dir = "plain/var"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert f"gateway.database: cannot create {conf.parent}/plain/var: " \
+               f"{conf.parent}/plain is not a directory" in r.stderr, r.stderr
+        (conf / "50-db.toml").write_text(
+            '[gateway]\ndatabase = "sqlite:////proc/deskgate-test/deskgate.db"\n')
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert "gateway.database: cannot create files in /proc: " in r.stderr, r.stderr
+
+    def test_policy_file_not_utf8(self, make_confdir):
+        """A policy file in Latin-1 is one `file: reason` line, exit 1, no traceback."""
+        conf = make_confdir()
+        bad = conf.parent / "policies" / "020-latin1.toml"
+        bad.write_bytes('[[filter]]\nname = "Gr\u00fc\u00dfe"\n'.encode("latin-1"))
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"{bad}: not UTF-8 text (TOML files must be): invalid start byte at byte 21"]
+
+
+class TestClassifierNotBuilt:
+    def test_enabling_the_classifier_is_refused(self, make_confdir):
+        """`[classifier] enabled = true` fails `check` with "not supported yet" instead of
+        being ignored; enabled = false passes."""
+        conf = make_confdir({"60-classifier.toml": "[classifier]\nenabled = true\n"})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert "classifier.enabled: the classifier is not supported yet" in r.stderr
+        (conf / "60-classifier.toml").write_text("[classifier]\nenabled = false\n")
+        assert cli(conf, "check").returncode == 0
+
+
+class TestServeFailsInOneLine:
+    def test_postgres_unreachable(self, make_confdir):
+        """`serve` against a PostgreSQL that does not answer exits 75 with one line naming
+        gateway.database (password hidden) and the reason; no traceback."""
+        with socket.socket() as s:          # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"postgresql+psycopg://postgres:pw@127.0.0.1:{port}/deskgate"
+        conf = make_confdir({"50-db.toml": f'[gateway]\ndatabase = "{url}"\n'})
+        assert cli(conf, "check").returncode == 0
+        r = cli(conf, "serve")
+        assert r.returncode == 75, r.stderr
+        assert "Traceback" not in r.stderr
+        (line,) = [x for x in r.stderr.splitlines() if x.startswith("serve:")]
+        assert line.startswith(f"serve: gateway.database (postgresql+psycopg://postgres:***@"
+                               f"127.0.0.1:{port}/deskgate): ")
+        assert "refused" in line.lower() or "failed" in line.lower(), line
+
+
+class TestCreatedFilesArePrivate:
+    def test_sqlite_files_and_outbox_under_umask_022(self, make_confdir):
+        """Under umask 022 (outside systemd) `serve` creates deskgate.db, -wal and -shm
+        0600 and writes outbox Maildir files 0640; `deliver` and `send` reach them."""
+        conf = make_confdir({"40-relay.toml": '[relay]\nmode = "maildir"\n'
+                                              'maildir = "var/outbox"\npoll_interval = "100ms"\n'})
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(conf), "serve"],
+                                cwd=conf.parent, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(REPO)},
+                                preexec_fn=lambda: os.umask(0o022))
+        try:
+            var = conf.parent / "var"
+            deadline = time.monotonic() + 60
+            while not (var / "run" / "lmtp.sock").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            r = cli(conf, "send", "--queue", "Support",
+                    stdin=b"From: agent@internal.test\nTo: c@customer.test\nSubject: x\n\nhi\n")
+            assert r.returncode == 0, r.stderr
+            new = var / "outbox" / "new"
+            while not (new.is_dir() and any(new.iterdir())) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            files = list(new.iterdir())
+            assert files, "nothing written to the outbox"
+            assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o640}
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in var.glob("deskgate.db*")}
+            assert {"deskgate.db", "deskgate.db-wal", "deskgate.db-shm"} <= set(modes), modes
+            assert set(modes.values()) == {0o600}, modes
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
