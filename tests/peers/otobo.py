@@ -310,6 +310,12 @@ class Otobo:
             r["content"] = base64.b64decode(r["content"] or "")
         return rows
 
+    def plain(self, article_id: int) -> str:
+        """The message as OTOBO stored it for an article (article_data_mime_plain)."""
+        rows = self.query("select body from article_data_mime_plain where article_id = %s",
+                          article_id)
+        return base64.b64decode(rows[0]["body"]).decode("utf-8", "replace") if rows else ""
+
     def dynamic_fields(self, ticket_id: int) -> dict[str, str]:
         return {r["name"]: r["value_text"] for r in self.query(
             "select f.name, v.value_text from dynamic_field_value v"
