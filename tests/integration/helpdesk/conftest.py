@@ -1,5 +1,6 @@
-"""Fixtures of the OTOBO connector tests: one OTOBO source tree and template database
-for the session, a fresh OTOBO database per test, and a deskgate config pointing at it."""
+"""Fixtures of the hand-off tests: a webhook receiver and a gateway handing off to it; one
+OTOBO source tree and template database for the session, a fresh OTOBO database per test,
+and a deskgate config pointing at it."""
 
 from __future__ import annotations
 
@@ -7,13 +8,59 @@ import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from gateway.config import Config, load_config
+from tests.conftest import free_port
 from tests.peers import otobo as ot
+from tests.peers.webhook import WebhookReceiver
 
-pytestmark = pytest.mark.otobo
+if TYPE_CHECKING:
+    from tests.conftest import RunningGateway
+
+SECRET = "s3cret-webhook-key"
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver(secret=SECRET, port=free_port()).start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def webhook_conf(url: str, retry: str = "1s, 1s, 1s", lease: str = "30s") -> str:
+    return f"""
+    [helpdesk]
+    type = "webhook"
+    url = "{url}"
+    secret_file = "secrets/webhook"
+    retry = "{retry}"
+    lease = "{lease}"
+    poll_interval = "0.2s"
+    ticket_url = "https://hd.example/ticket/{{id}}"
+    [helpdesk.queues]
+    Support = "Support::L1"
+    """
+
+
+@pytest.fixture
+def webhook_gateway(receiver: WebhookReceiver, make_confdir: Callable[..., Path],
+                    run_gateway: Callable[..., RunningGateway]
+                    ) -> Callable[..., RunningGateway]:
+    def start(retry: str = "1s, 1s, 1s", policies: dict[str, str] | None = None,
+              extra: str = "") -> RunningGateway:
+        conf = make_confdir({"50-helpdesk.toml": webhook_conf(receiver.url, retry) + extra},
+                            policies=policies)
+        secrets = conf.parent / "secrets"
+        secrets.mkdir(exist_ok=True)
+        (secrets / "webhook").write_text(SECRET + "\n")
+        (secrets / "webhook").chmod(0o600)
+        return run_gateway(load_config(conf))
+    return start
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +68,7 @@ def otobo_site() -> Iterator[ot.OtoboSite]:
     why = ot.missing()
     if why:
         if os.environ.get("CI"):
-            pytest.fail(f"OTOBO cannot run under CI=true: {why}")
+            pytest.fail(f"OTOBO cannot run under CI: {why}")
         pytest.skip(why)
     site = ot.make_site()
     try:

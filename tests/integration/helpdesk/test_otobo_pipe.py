@@ -13,6 +13,8 @@ from gateway.helpdesk.otobo_pipe import OtoboPostmaster
 from tests.integration.helpdesk.items import item, mail
 from tests.peers.otobo import Otobo
 
+pytestmark = pytest.mark.otobo
+
 MakeConfig = Callable[..., Config]
 
 

@@ -14,6 +14,8 @@ from gateway.model import AttachmentData
 from tests.integration.helpdesk.items import item, mail
 from tests.peers.otobo import AGENT, AGENT_PASSWORD, Otobo
 
+pytestmark = pytest.mark.otobo
+
 MakeConfig = Callable[..., Config]
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
 
