@@ -14,7 +14,6 @@ import contextlib
 import grp
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.mime import split_head, strip_prefixed
 
 EX_TEMPFAIL = 75
 STDERR_TAIL = 600
@@ -127,33 +127,16 @@ def crypto_headers(crypto: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-
-
 def rewrite_headers(mime: bytes, prefixes: Sequence[str],
                     headers: Sequence[tuple[str, str]]) -> bytes:
     """Drop every header with one of `prefixes`, append `headers` (full names), keep the
     rest of the message byte for byte."""
-    m = _HEAD_END.search(mime)
-    head, rest = (mime[:m.start()], mime[m.start():]) if m else (mime.rstrip(b"\r\n"), b"")
-    eol = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
-    if not rest:
-        rest = eol + eol
-    lower = tuple(p.lower().encode("ascii", "replace") for p in prefixes)
-    kept: list[bytes] = []
-    dropping = False
-    for line in head.split(b"\n"):
-        line = line.rstrip(b"\r")
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = line.lower().startswith(lower) if lower else False
-        if not dropping:
-            kept.append(line)
-    for name, value in headers:
-        kept.append(encode_header(name, value, eol.decode()).encode("ascii"))
-    return eol.join(kept) + rest
+    head, sep, body = split_head(strip_prefixed(mime, prefixes))
+    eol = "\r\n" if b"\r\n" in head[:4096] else "\n"
+    if not sep:
+        head, sep = head.rstrip(b"\r\n"), (eol + eol).encode()
+    added = "".join(eol + encode_header(n, v, eol) for n, v in headers).encode("ascii")
+    return head + added + sep + body
 
 
 def encode_header(name: str, value: str, eol: str = "\n") -> str:

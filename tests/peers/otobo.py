@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -390,3 +391,59 @@ class Otobo:
         shutil.rmtree(self.site.home / "var" / "tmp" / self.db, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.site.home / "var" / "log" / f"otobo-{self.db}.log").unlink()
+
+
+class HoldingProxy:
+    """A loopback TCP proxy in front of plackup that can hold back the answers to
+    TicketCreate requests (POST .../Ticket) for `hold_seconds`: a helpdesk that has
+    done the work but whose answer has not arrived yet."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.hold_seconds = 0.0
+        self.creates = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self) -> str:
+        return (f"http://127.0.0.1:{self.port}/otobo/nph-genericinterface.pl/Webservice/"
+                f"{WEBSERVICE}")
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=60)
+            with up:
+                first = conn.recv(65536)
+                hold = first.startswith(b"POST ") and first.split(b" ", 2)[1].endswith(b"/Ticket")
+                if hold:
+                    self.creates += 1
+                up.sendall(first)
+                threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
+                answer = b""
+                while chunk := up.recv(65536):
+                    answer += chunk
+                if hold and self.hold_seconds:
+                    time.sleep(self.hold_seconds)
+                conn.sendall(answer)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
