@@ -34,7 +34,6 @@ Log = list[tuple[str, str, str]]
 TICKET_ATTRS = ("Title", "Queue", "State", "Priority", "Type", "Service", "SLA", "Owner",
                 "Responsible", "Lock")
 _PERMANENT = (".MissingParameter", ".InvalidParameter", ".WrongStructure")
-_TEMPORARY_AUTH = (".AuthFail", ".AccessDenied")
 _DF_CACHE_SECONDS = 300.0
 _PENDING_REL = re.compile(r"^\+\s*(\d+)\s*([smhdw]?)$", re.IGNORECASE)
 _PENDING_ABS = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d)(?::\d\d)?$")
@@ -64,6 +63,22 @@ def pending_time(value: str) -> dict[str, int] | None:
         return dict(zip(("Year", "Month", "Day", "Hour", "Minute"), map(int, m.groups()),
                         strict=True))
     return None
+
+
+def history_comment(marker: str, crypto: dict[str, Any]) -> str:
+    """The article's history comment: the hand-off marker, then what deskgate's crypto
+    found (the web service cannot set OTOBO's Crypted/Signed article flags)."""
+    notes = []
+    method = {"smime": "S/MIME", "pgp": "PGP"}.get(str(crypto.get("method", "")), "")
+    if crypto.get("decrypted"):
+        notes.append(f"decrypted ({method})" if method else "decrypted")
+    if crypto.get("signed"):
+        valid = crypto.get("signature_valid")
+        state = "valid" if valid else "not verified" if valid is None else "INVALID"
+        signer = f" by {crypto['signer']}" if crypto.get("signer") else ""
+        notes.append(f"signature {state}{signer}")
+    text = f"%%{marker}" + (" (" + "; ".join(notes) + ")" if notes else "")
+    return text[:200]      # ticket_history.name holds 200 characters
 
 
 class OtoboRest:
@@ -318,7 +333,7 @@ class OtoboRest:
             "ContentType": f"{mime}; charset=utf-8",
             "MessageID": a.get("message_id") or "", "InReplyTo": a.get("in_reply_to") or "",
             "References": a.get("references") or "",
-            "HistoryComment": f"%%{self.marker(item)}",
+            "HistoryComment": history_comment(self.marker(item), item.crypto),
         }
         out: dict[str, Any] = {"Article": article}
         if item.attachments:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
@@ -48,10 +49,17 @@ class TestPipeCreate:
             self, otobo: Otobo, helpdesk_config: MakeConfig) -> None:
         """The item's queue (after [helpdesk.queues]) wins over the deskgate queue name."""
         c = pipe(helpdesk_config, otobo.postmaster_command())
-        it = item(mail("Mapped queue"), decisions={"Queue": "Sales"})
-        it = type(it)(**{**it.__dict__, "queue": "Misc"})
+        it = dataclasses.replace(item(mail("Mapped queue"), decisions={"Queue": "Sales"}),
+                                 queue="Misc")
         c.deliver(it)
         assert otobo.ticket("Mapped queue")["queue"] == "Misc"
+
+    def test_unknown_queue_falls_back_in_otobo(self, otobo: Otobo,
+                                               helpdesk_config: MakeConfig) -> None:
+        """OTOBO puts mail for a queue it does not have into its default queue (exit 0)."""
+        c = pipe(helpdesk_config, otobo.postmaster_command())
+        c.deliver(dataclasses.replace(item(mail("Lost queue")), queue="NoSuchQueue"))
+        assert otobo.ticket("Lost queue")["queue"] == "Raw"
 
     def test_non_ascii_title_survives(self, otobo: Otobo, helpdesk_config: MakeConfig) -> None:
         """A non-ASCII title travels as an RFC 2047 header and arrives decoded."""

@@ -90,6 +90,18 @@ class TestRestCreateAndFollowUp:
         assert (res.ticket_id, res.ticket_number) == (str(t["id"]), t["tn"])
         assert len(otobo.articles(t["id"])) == 2
 
+    def test_crypto_results_in_the_history(self, otobo: Otobo,
+                                           helpdesk_config: MakeConfig) -> None:
+        """Decryption and signature results are in the article's history comment."""
+        c = rest(helpdesk_config, otobo.start_rest())
+        it = item(mail("Signed"), crypto={"encrypted": True, "decrypted": True, "signed": True,
+                                          "signature_valid": True, "method": "pgp",
+                                          "signer": "alice@example.com"})
+        res = c.deliver(it)
+        names = [h["name"] for h in otobo.history(int(res.ticket_id))]
+        assert (f"%%deskgate {it.key} (decrypted (PGP); signature valid by "
+                "alice@example.com)") in names
+
     def test_unknown_dynamic_field_is_skipped_with_a_warning(
             self, otobo: Otobo, helpdesk_config: MakeConfig) -> None:
         """A dynamic field OTOBO does not have is left out; the log says so."""
