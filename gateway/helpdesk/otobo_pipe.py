@@ -82,6 +82,9 @@ def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]
             if key.startswith("DynamicField-"):
                 put(key, d[key])
     else:
+        # OTOBO ignores X-OTOBO-Queue on a follow-up; should it not see one (its queue
+        # rejects follow-ups, say), the new ticket still goes where deskgate routed.
+        put("Queue", item.queue)
         for name in FOLLOW_UP:
             value = d.get(name, "")
             if name == "FollowUp-Queue" and value:

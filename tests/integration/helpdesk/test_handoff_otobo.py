@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -168,6 +169,24 @@ class TestOtoboEndToEnd:
         assert delivered(rg, 3), handoffs(rg)
         assert sorted(t["title"] for t in otobo.tickets()) == [f"while down {i}"
                                                                for i in range(3)]
+
+
+class TestOtoboCheckCli:
+    """`deskgate helpdesk check` against a real OTOBO."""
+
+    @pytest.mark.parametrize("kind", ["pipe", "rest"])
+    def test_check_ok(self, kind: str, otobo: Otobo,
+                      make_confdir: Callable[..., Path]) -> None:
+        """Both connectors log in / run the console and report ok (exit 0)."""
+        conf = make_confdir({"50-helpdesk.toml": pipe_conf(otobo) if kind == "pipe"
+                             else rest_conf(otobo.start_rest())})
+        out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(conf), "helpdesk",
+                              "check", "--json"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        assert doc["ok"] is True and doc["type"] == ("otobo-postmaster" if kind == "pipe"
+                                                     else "otobo-rest")
+        assert AGENT_PASSWORD not in out.stdout
 
 
 class TestOtoboCrash:

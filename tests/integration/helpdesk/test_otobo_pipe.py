@@ -165,6 +165,17 @@ class TestPipeFailures:
             c.deliver(item(mail("slow")))
         assert e.value.temporary and "did not finish within 1 s" in str(e.value)
 
+    def test_runs_as_the_configured_user_and_group(
+            self, helpdesk_config: MakeConfig) -> None:
+        """[helpdesk] user/group: the command runs with that uid and gid."""
+        c = OtoboPostmaster(helpdesk_config(
+            'type = "otobo-postmaster"',
+            'command = ["sh", "-c", "cat >/dev/null; echo $(id -un):$(id -gn) >&2; exit 3"]',
+            'user = "nobody"', 'group = "nogroup"'))
+        with pytest.raises(HandoffError) as e:
+            c.deliver(item(mail("x")))
+        assert str(e.value) == "sh -c exited 3: nobody:nogroup"
+
     def test_missing_command_is_temporary(self, helpdesk_config: MakeConfig) -> None:
         """A command that does not exist: temporary (an admin fixes the path)."""
         c = pipe(helpdesk_config, ["/nonexistent/otobo.Console.pl", "Maint::PostMaster::Read"])

@@ -48,7 +48,8 @@ class TestDecisionHeaders:
         assert canonical_prefix(("X-Deskgate-",)) == "X-OTOBO-"
 
     def test_create_and_followup(self, make_confdir: Callable[..., Path]) -> None:
-        """A create renders new-ticket names (queue = the item's), a follow-up only FollowUp-*."""
+        """A create renders new-ticket names (queue = the item's), a follow-up FollowUp-* and
+        only the queue besides."""
         cfg = load_config(make_confdir({"60.toml": """
             [gateway]
             header_prefixes = ["X-Deskgate-", "X-OTRS-"]
@@ -66,7 +67,7 @@ class TestDecisionHeaders:
         assert "FollowUp-State" not in got
         fu = dataclasses.replace(it, kind="followup")
         got = dict(decision_headers(fu, cfg))
-        assert set(got) == {"FollowUp-State", "FollowUp-SenderType",
+        assert set(got) == {"Queue", "FollowUp-State", "FollowUp-SenderType",
                             "FollowUp-IsVisibleForCustomer", "Loop"}
         rendered = OtoboPostmaster(cfg).render(fu)
         assert b"X-OTRS-FollowUp-State: open\n" in rendered and b"X-OTOBO" not in rendered
