@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.config import load_config
+from gateway.crypto.keystore import stores_for
 from gateway.store.db import make_engine
 from tests.integration.helpdesk.test_handoff_webhook import deliver, handoffs, poke, wait_for
 from tests.peers.ca import TestCA
+from tests.peers.gpg import GpgPeer, kill_agent, short_home
 from tests.peers.lmtp import LmtpClient
 from tests.peers.otobo import AGENT, AGENT_PASSWORD, HoldingProxy, Otobo
 from tests.peers.serve import start_serve
@@ -151,6 +153,51 @@ class TestOtoboEndToEnd:
         assert "The printer says PC LOAD LETTER." in a["body"]
         plain = otobo.plain(a["id"])
         assert "X-OTOBO-BodyDecrypted: yes" in plain and "pkcs7-mime" not in plain
+
+    def test_pgp_encrypted_signed_message_arrives_decrypted_over_rest(
+            self, otobo: Otobo, make_confdir: Callable[..., Path],
+            run_gateway: Callable[..., RunningGateway]) -> None:
+        """PGP/MIME encrypted and signed: OTOBO gets the plaintext, the history comment
+        says decrypted and signature valid."""
+        home = short_home("dgo")
+        cust, admin = GpgPeer(), GpgPeer()
+        try:
+            cust.gen_key("Customer <cust@customer.test>")
+            admin.gen_key("Example Support <support@example.org>", passphrase="hd-pass")
+            cust.import_(admin.export("support@example.org"))
+            conf = make_confdir({"50-helpdesk.toml": rest_conf(otobo.start_rest()),
+                                 "51-crypto.toml": f"""
+                [crypto]
+                gnupg_home = "{home}"
+                """})
+            cfg = load_config(conf)
+            stores = stores_for(cfg)
+            stores.pgp.import_(admin.export_secret("support@example.org", "hd-pass"), "hd-pass")
+            stores.pgp.import_(cust.export("cust@customer.test"))
+            inner = (b'Content-Type: text/plain; charset=utf-8\r\n\r\n'
+                     b"The VPN drops every 5 minutes.\r\n")
+            armored = cust.encrypt(inner, "support@example.org", sign_as="cust@customer.test")
+            raw = (b"From: Customer <cust@customer.test>\r\nTo: support@example.org\r\n"
+                   b"Subject: vpn broken\r\nMessage-ID: <pgp1@customer.test>\r\n"
+                   b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; "
+                   b'protocol="application/pgp-encrypted"; boundary="enc"\r\n\r\n'
+                   b"--enc\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+                   b"\r\n--enc\r\nContent-Type: application/octet-stream\r\n\r\n"
+                   + armored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                   + b"\r\n--enc--\r\n")
+            rg = run_gateway(cfg)
+            assert deliver(rg, raw) == 250
+            assert delivered(rg, 1), handoffs(rg)
+        finally:
+            cust.close()
+            admin.close()
+            kill_agent(home)
+            shutil.rmtree(home, ignore_errors=True)
+        t = otobo.ticket("vpn broken")
+        [a] = otobo.articles(t["id"])
+        assert "The VPN drops every 5 minutes." in a["body"]
+        assert any("(decrypted (PGP); signature valid by cust@customer.test)" in h["name"]
+                   for h in otobo.history(t["id"]))
 
     def test_otobo_down_then_back_everything_arrives_once(
             self, otobo: Otobo, gateway_for: Callable[[str], RunningGateway]) -> None:
