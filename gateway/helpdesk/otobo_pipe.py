@@ -173,16 +173,16 @@ class OtoboPostmaster:
 
     # ------------------------------------------------------------ deliver
 
-    def render(self, item: HandoffItem) -> bytes:
-        """The message as OTOBO gets it: prefixed headers replaced by deskgate's."""
+    def render(self, item: HandoffItem) -> tuple[bytes, list[tuple[str, str]]]:
+        """The message as OTOBO gets it (prefixed headers replaced by deskgate's), and
+        the headers written."""
         headers = [(self.prefix + n, v) for n, v in decision_headers(item, self.config)]
-        return rewrite_headers(item.mime, self.config.gateway.header_prefixes, headers)
+        return rewrite_headers(item.mime, self.config.gateway.header_prefixes, headers), headers
 
     def deliver(self, item: HandoffItem) -> Delivered:
-        message = self.render(item)
+        message, headers = self.render(item)
         code, out, err = self._run(self.argv, message)
-        rendered = [(n, v) for n, v in decision_headers(item, self.config)]
-        log = [("Info", "Headers", ", ".join(f"{self.prefix}{n}: {v}" for n, v in rendered))]
+        log = [("Info", "Headers", ", ".join(f"{n}: {v}" for n, v in headers))]
         if code == 0:
             tail = _tail(out + err)
             if tail:

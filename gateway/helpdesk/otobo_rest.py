@@ -246,7 +246,10 @@ class OtoboRest:
         d = item.decisions
         ticket: dict[str, Any] = {}
         for name in TICKET_ATTRS:
-            value = item.queue if name == "Queue" else d.get(name, "")
+            value = d.get(name, "")
+            if name == "Queue":
+                value = item.queue or self.config.helpdesk.helpdesk_queue(
+                    value or self.config.postmaster.default_queue)
             if value:
                 ticket[name] = value
         ticket.setdefault("Title", item.ticket.get("title") or item.article.get("subject")

@@ -37,6 +37,8 @@ class TestPipeCreate:
             "CustomerNo": "ACME", "DynamicField-Server": "print01"})
         res = c.deliver(it)
         assert res.ticket_id == "" and "exit 0" in res.detail
+        assert res.log[0][:2] == ("Info", "Headers")
+        assert "X-OTOBO-Queue: Support, X-OTOBO-Priority: 5 very high" in res.log[0][2]
         t = otobo.ticket("Printer 42 on fire")
         assert (t["queue"], t["priority"], t["state"]) == ("Support", "5 very high", "open")
         assert (t["customer_user"], t["customer_id"]) == ("alice@example.com", "ACME")

@@ -69,5 +69,5 @@ class TestDecisionHeaders:
         got = dict(decision_headers(fu, cfg))
         assert set(got) == {"Queue", "FollowUp-State", "FollowUp-SenderType",
                             "FollowUp-IsVisibleForCustomer", "Loop"}
-        rendered = OtoboPostmaster(cfg).render(fu)
+        rendered, _ = OtoboPostmaster(cfg).render(fu)
         assert b"X-OTRS-FollowUp-State: open\n" in rendered and b"X-OTOBO" not in rendered
