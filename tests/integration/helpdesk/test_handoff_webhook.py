@@ -288,3 +288,36 @@ class TestHandoffDashboard:
         tid = receiver.tickets[receiver.delivered()[0]["idempotency_key"]]
         assert f'href="https://hd.example/ticket/{tid}"' in ticket
         assert "nothing waiting" in get("/handoff")
+
+
+class TestHelpdeskLifecycle:
+    def test_reload_adds_the_helpdesk_and_check_reports_it(
+            self, make_confdir: Callable[..., Any], run_gateway: Callable[..., RunningGateway],
+            receiver: WebhookReceiver) -> None:
+        """A standalone gateway given a [helpdesk] by reload hands off what arrives from
+        then on; `helpdesk check` pings the receiver and reports OK, then FAIL when the
+        receiver is gone."""
+        from gateway.config import load_config
+        from tests.integration.helpdesk.conftest import SECRET, webhook_conf
+
+        conf = make_confdir()
+        rg = run_gateway(load_config(conf))
+        assert deliver(rg, msg("before")) == 250
+        assert handoffs(rg) == []
+        (conf / "50-helpdesk.toml").write_text(webhook_conf(receiver.url).replace("\n    ", "\n"))
+        secrets = conf.parent / "secrets"
+        secrets.mkdir()
+        (secrets / "webhook").write_text(SECRET)
+        (secrets / "webhook").chmod(0o600)
+        assert rg.call(rg.gateway.reload()) is True
+        assert deliver(rg, msg("after")) == 250
+        docs = receiver.wait_delivered(1)
+        assert [d["article"]["message_id"] for d in docs] == ["<after@customer.test>"]
+        out = cli(rg, "helpdesk", "check", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["ok"] and report["type"] == "webhook"
+        assert receiver.received[-1].doc["event"] == "ping" and receiver.received[-1].signature_ok
+        receiver.stop()
+        out = cli(rg, "helpdesk", "check")
+        assert out.returncode == 1 and "FAIL" in out.stdout
