@@ -329,6 +329,13 @@ class Otobo:
             " join ticket_history_type ht on ht.id = h.history_type_id"
             " where h.ticket_id = %s order by h.id", ticket_id)
 
+    def refuse_connections(self, refuse: bool = True) -> None:
+        """OTOBO's database down (connections refused) or back up."""
+        _admin(f"ALTER DATABASE {self.db} WITH ALLOW_CONNECTIONS {'false' if refuse else 'true'}")
+        if refuse:
+            _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   f"WHERE datname = '{self.db}'")
+
     def log_tail(self) -> str:
         p = self.site.home / "var" / "log" / f"otobo-{self.db}.log"
         return p.read_text(errors="replace")[-3000:] if p.exists() else ""

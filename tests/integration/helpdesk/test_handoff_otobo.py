@@ -199,19 +199,30 @@ class TestOtoboEndToEnd:
         assert any("(decrypted (PGP); signature valid by cust@customer.test)" in h["name"]
                    for h in otobo.history(t["id"]))
 
+    @pytest.mark.parametrize("kind", ["pipe", "rest"])
     def test_otobo_down_then_back_everything_arrives_once(
-            self, otobo: Otobo, gateway_for: Callable[[str], RunningGateway]) -> None:
-        """With OTOBO's web service down LMTP still answers 250; once it is back every
-        message becomes exactly one ticket."""
-        url = otobo.start_rest()
-        otobo.stop_rest()
-        rg = gateway_for(rest_conf(url))
+            self, kind: str, otobo: Otobo,
+            gateway_for: Callable[[str], RunningGateway]) -> None:
+        """With OTOBO down (REST: its web server; pipe: its database) LMTP still answers
+        250; once it is back every message becomes exactly one ticket."""
+        if kind == "rest":
+            url = otobo.start_rest()
+            otobo.stop_rest()
+            rg = gateway_for(rest_conf(url))
+            error = "cannot reach"
+        else:
+            otobo.refuse_connections()
+            rg = gateway_for(pipe_conf(otobo))
+            error = "exited 1: DBI connect("
         for i in range(3):
             assert deliver(rg, msg(f"d{i}", f"while down {i}")) == 250
         assert wait_for(lambda: len(handoffs(rg)) == 3 and all(
-            "cannot reach" in h["last_error"] for h in handoffs(rg)), 30), handoffs(rg)
+            error in h["last_error"] for h in handoffs(rg)), 60), handoffs(rg)
         assert {h["status"] for h in handoffs(rg)} == {"pending"}
-        otobo.start_rest()
+        if kind == "rest":
+            otobo.start_rest()
+        else:
+            otobo.refuse_connections(False)
         poke(rg)
         assert delivered(rg, 3), handoffs(rg)
         assert sorted(t["title"] for t in otobo.tickets()) == [f"while down {i}"
