@@ -23,7 +23,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +226,7 @@ class Otobo:
     workdir: Path
     plack: subprocess.Popen[bytes] | None = None
     port: int = 0
+    tls: tuple[Path, Path] | None = None
     dropped: bool = False
 
     # ------------------------------------------------------------ console
@@ -344,17 +344,22 @@ class Otobo:
 
     @property
     def rest_url(self) -> str:
-        return (f"http://127.0.0.1:{self.port}/otobo/nph-genericinterface.pl/Webservice/"
-                f"{WEBSERVICE}")
+        base = f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
+        return f"{base}/otobo/nph-genericinterface.pl/Webservice/{WEBSERVICE}"
 
-    def start_rest(self) -> str:
-        """Start plackup for this OTOBO on a free loopback port; returns the web service URL."""
+    def start_rest(self, tls: tuple[Path, Path] | None = None) -> str:
+        """Start plackup for this OTOBO on a free loopback port (https with a (cert, key)
+        pair); returns the web service URL."""
         if self.plack is not None and self.plack.poll() is None:
             return self.rest_url
         self.port = self.port or _free_port()
+        self.tls = tls
+        ssl_args = (["--ssl=1", f"--ssl-cert-file={tls[0]}", f"--ssl-key-file={tls[1]}"]
+                    if tls else [])
         log = (self.workdir / "plackup.log").open("ab")
         self.plack = subprocess.Popen(
-            ["plackup", "--host", "127.0.0.1", "-p", str(self.port), "bin/psgi-bin/otobo.psgi"],
+            ["plackup", "--host", "127.0.0.1", "-p", str(self.port), *ssl_args,
+             "bin/psgi-bin/otobo.psgi"],
             cwd=self.site.home, stdout=log, stderr=log, start_new_session=True,
             env={**os.environ, "DESKGATE_OTOBO_DB": self.db})
         log.close()
@@ -364,11 +369,9 @@ class Otobo:
                 raise RuntimeError("plackup exited: "
                                    + (self.workdir / "plackup.log").read_text()[-2000:])
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2):
                     break
-            except OSError as exc:
-                if getattr(exc, "code", None):   # an HTTP error: it answers
-                    break
+            except OSError:
                 time.sleep(0.2)
         else:
             raise RuntimeError("plackup did not answer within 60 s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from gateway.helpdesk.base import HandoffError
 from gateway.helpdesk.otobo_rest import OtoboRest, pending_time
 from gateway.model import AttachmentData
 from tests.integration.helpdesk.items import item, mail
+from tests.peers.ca import TestCA
 from tests.peers.otobo import AGENT, AGENT_PASSWORD, Otobo
 
 pytestmark = pytest.mark.otobo
@@ -191,6 +193,27 @@ class TestRestFailures:
         otobo.query("delete from sessions returning 1")
         c.deliver(item(mail("After")))
         assert [t["title"] for t in otobo.tickets()] == ["Before", "After"]
+
+
+class TestRestTls:
+    """https with the certificate checked against [helpdesk] tls_ca_file."""
+
+    def test_private_ca(self, otobo: Otobo, helpdesk_config: MakeConfig,
+                        tmp_path: Path) -> None:
+        """With tls_ca_file the private CA's certificate is accepted; without it the
+        system store refuses it: a temporary error that says so."""
+        ca = TestCA(tmp_path / "ca")
+        server = ca.issue("otobo", hosts=("localhost",), filename="otobo")
+        url = otobo.start_rest(tls=(server.cert, server.key))
+        assert url.startswith("https://localhost:")
+        base = ['type = "otobo-rest"', f'url = "{url}"', f'user = "{AGENT}"',
+                f'password = "{AGENT_PASSWORD}"']
+        res = OtoboRest(helpdesk_config(*base, f'tls_ca_file = "{ca.ca_path}"')).deliver(
+            item(mail("Over TLS")))
+        assert res.detail == "created" and otobo.ticket("Over TLS")["queue"] == "Raw"
+        with pytest.raises(HandoffError) as e:
+            OtoboRest(helpdesk_config(*base)).deliver(item(mail("Untrusted TLS")))
+        assert e.value.temporary and "CERTIFICATE_VERIFY_FAILED" in str(e.value)
 
 
 class TestRestCheck:
