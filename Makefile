@@ -6,6 +6,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver iproute2 postgresql systemd e2fsprogs
+# OTOBO 11 (tests/peers/otobo.py) runs from a source tarball on these Perl modules
+OTOBO_PACKAGES := libarchive-zip-perl libconst-fast-perl libcapture-tiny-perl libjson-xs-perl \
+  libtimedate-perl libdatetime-perl libcss-minifier-xs-perl libconvert-binhex-perl libdbi-perl \
+  libdbix-connector-perl libfile-chmod-perl libhttp-message-perl libjavascript-minifier-xs-perl \
+  liblist-allutils-perl libwww-perl libmoo-perl libnamespace-autoclean-perl libnet-dns-perl \
+  libnet-smtp-ssl-perl libpath-class-perl libplack-perl libsub-exporter-perl libtemplate-perl \
+  libtext-csv-perl libtext-csv-xs-perl libtext-trim-perl libtry-tiny-perl liburi-perl \
+  libxml-libxml-perl libyaml-libyaml-perl libplack-middleware-header-perl \
+  libplack-middleware-reverseproxy-perl libdbd-pg-perl libmail-imapclient-perl \
+  libauthen-sasl-perl libio-socket-ssl-perl postgresql-client
+DEB_PACKAGES += $(OTOBO_PACKAGES)
 
 .PHONY: serve test venv deps system-deps exim-debs postgres lint typecheck bench clean
 

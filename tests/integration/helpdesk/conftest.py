@@ -1,15 +1,20 @@
-"""Fixtures of the hand-off tests: a webhook receiver and a gateway handing off to it."""
+"""Fixtures of the hand-off tests: a webhook receiver and a gateway handing off to it; one
+OTOBO source tree and template database for the session, a fresh OTOBO database per test,
+and a deskgate config pointing at it."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from tests.conftest import free_port
+from tests.peers import otobo as ot
+from tests.peers.require import missing_peer
 from tests.peers.webhook import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -56,3 +61,36 @@ def webhook_gateway(receiver: WebhookReceiver, make_confdir: Callable[..., Path]
         (secrets / "webhook").chmod(0o600)
         return run_gateway(load_config(conf))
     return start
+
+
+@pytest.fixture(scope="session")
+def otobo_site() -> Iterator[ot.OtoboSite]:
+    why = ot.missing()
+    if why:
+        missing_peer(why)
+    site = ot.make_site()
+    try:
+        yield site
+    finally:
+        site.destroy()
+
+
+@pytest.fixture
+def otobo(otobo_site: ot.OtoboSite, tmp_path: Path) -> Iterator[ot.Otobo]:
+    """A fresh OTOBO (its own database) for one test; its plackup is stopped afterwards."""
+    o = otobo_site.new(tmp_path / "otobo")
+    try:
+        yield o
+    finally:
+        o.drop()
+
+
+@pytest.fixture
+def helpdesk_config(make_confdir: Callable[..., Path]) -> Callable[..., Config]:
+    """helpdesk_config('type = "otobo-rest"', 'url = "..."', ...) → a loaded Config."""
+
+    def make(*lines: str, extra: str = "") -> Config:
+        body = "[helpdesk]\n" + "\n".join(lines) + "\n" + textwrap.dedent(extra)
+        return load_config(make_confdir({"60-helpdesk.toml": body}))
+
+    return make
