@@ -132,7 +132,10 @@ class RtRest2:
             return HandoffError(f"RT refused the login (HTTP 401): check {self.auth_what}")
         if status == 403:
             return HandoffError(detail + " (the RT user lacks a right)")
-        if status in (400, 404, 409, 410, 422):
+        if status == 404:
+            # REST2 answers 404 for paths it does not know: most likely helpdesk.url is wrong.
+            return HandoffError(detail + f" (is {self.account} RT's REST2? check helpdesk.url)")
+        if status in (400, 409, 410, 422):
             return HandoffError(detail, temporary=False)
         return HandoffError(detail)          # 5xx, 408, 429 and anything unexpected
 
@@ -250,6 +253,10 @@ class RtRest2:
         if status == 400 and "Permission Denied" in _message(answer):
             raise HandoffError(f"RT refused the reply on ticket {tid}: {_message(answer)} "
                                "(the RT user needs ReplyToTicket)")
+        if status in (400, 404) and self._ticket_missing(tid):
+            # REST2 answers "Message could not be recorded" (400) for a ticket it lacks.
+            raise HandoffError(f"RT has no ticket {tid} (RT: {_message(answer)})",
+                               temporary=False)
         if not 200 <= status < 300:
             raise self._error(status, answer, f"POST /ticket/{tid}/correspond")
         return Delivered(ticket_id=tid, ticket_number=tid, detail="corresponded", log=log)
@@ -258,6 +265,10 @@ class RtRest2:
 
     def _queue_missing(self, queue: str) -> bool:
         status, _ = self._request("GET", "/queue/" + urllib.parse.quote(queue, safe=""))
+        return status == 404
+
+    def _ticket_missing(self, tid: str) -> bool:
+        status, _ = self._request("GET", f"/ticket/{int(tid)}")
         return status == 404
 
     def _custom_fields(self, queue: str) -> set[str]:

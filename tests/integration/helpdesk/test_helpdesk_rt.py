@@ -247,7 +247,15 @@ class TestErrors:
         """A follow-up for a ticket RT does not have fails for good."""
         with pytest.raises(HandoffError) as exc:
             RtRest2(rt_conf()).deliver(item(kind="followup", rt_ticket="999999"))
-        assert not exc.value.temporary and "999999" in str(exc.value)
+        assert not exc.value.temporary and "RT has no ticket 999999" in str(exc.value)
+
+    def test_wrong_url_path_is_temporary(self, rt5: RtServer,
+                                         rt_conf: Callable[..., Config]) -> None:
+        """RT under another path than helpdesk.url says (404): temporary, a hint to the URL."""
+        with pytest.raises(HandoffError) as exc:
+            RtRest2(rt_conf(url=rt5.url + "/rt")).deliver(item())
+        assert exc.value.temporary and "404" in str(exc.value)
+        assert "check helpdesk.url" in str(exc.value)
 
     def test_wrong_password_is_temporary_and_hides_the_secret(
             self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
