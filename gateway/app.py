@@ -89,9 +89,18 @@ def _poller(gw: Gateway) -> Service | None:
     return factory(gw)
 
 
+def _handoff(gw: Gateway) -> Service | None:
+    if not gw.config.helpdesk.enabled:
+        return None
+    from gateway.helpdesk.worker import factory
+
+    return factory(gw)
+
+
 # Factories of the optional services: (app) → Service | None. Each door adds one.
 SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge,
-                                                                 _sender, _submission, _poller]
+                                                                 _sender, _submission, _poller,
+                                                                 _handoff]
 
 
 class Gateway:
@@ -328,6 +337,10 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
 
     main_pid = os.getppid()
     add_waker(lambda _delay: _poke_main(main_pid))
+    if config.helpdesk.enabled:      # so is the hand-off worker
+        from gateway.helpdesk.worker import add_waker as add_handoff_waker
+
+        add_handoff_waker(lambda: _poke_main(main_pid))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     await stop.wait()
     await gw.stop(servers)
@@ -340,9 +353,11 @@ def _poke_main(pid: int) -> None:
 
 def _wake_sender() -> None:
     """SIGUSR1: something was queued (by an LMTP worker, or an admin asks): look now."""
+    from gateway.helpdesk.worker import notify_queued as handoff_queued
     from gateway.outbound.sender import notify_queued
 
     notify_queued()
+    handoff_queued()
 
 
 # Held back from fork until the event loops have their handlers (see run_serve).
