@@ -87,8 +87,9 @@ class RtRest2:
         if self.base.startswith("https:"):
             self.context = ssl.create_default_context(
                 cafile=str(config.path(hd.tls_ca_file)) if hd.tls_ca_file else None)
-        mapped = list(dict.fromkeys(hd.queues.values()))
-        self.expected_queues = mapped or [hd.helpdesk_queue(q.name) for q in config.queue]
+        # Every deskgate queue as RT will see it (mapped or passed through by name).
+        self.expected_queues = list(dict.fromkeys(
+            [hd.helpdesk_queue(q.name) for q in config.queue] + list(hd.queues.values())))
 
     # ------------------------------------------------------------ HTTP
 

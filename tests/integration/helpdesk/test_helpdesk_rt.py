@@ -307,6 +307,8 @@ class TestCheck:
         assert all(q in steps["queues"][1] for q in ("General", "Support", "Sales", "Junk"))
         assert steps["queue General"][0] == "ok" and steps["queue Support"][0] == "ok"
         assert steps["queue Sales::L1"][0] == "fail"
+        assert steps["queue Junk"][0] == "ok"          # unmapped: checked by its own name
+        assert "queue Raw" not in steps                 # mapped to General
 
     def test_check_wrong_password(self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
         """A refused login is a failed step that names the keys, not the password."""
