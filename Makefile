@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver iproute2 \
-	request-tracker5 rt5-db-postgresql rt5-standalone rt5-clients dbconfig-no-thanks w3m
+	request-tracker5 rt5-db-postgresql rt5-standalone rt5-clients dbconfig-no-thanks w3m msmtp
 
 .PHONY: serve test venv deps system-deps exim-debs lint typecheck bench clean
 

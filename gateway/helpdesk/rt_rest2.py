@@ -161,7 +161,7 @@ class RtRest2:
     def deliver(self, item: HandoffItem) -> Delivered:
         if item.kind == "create":
             return self._create(item)
-        return self._correspond(item)
+        return self._correspond(item, self._ticket_for_followup(item))
 
     def _message_fields(self, item: HandoffItem) -> tuple[dict[str, Any], list[str]]:
         """Content, ContentType and Attachments of the article; warnings for skipped files."""
@@ -196,6 +196,14 @@ class RtRest2:
         requestor = self._requestor(item)
         fields, warnings = self._message_fields(item)
         log: list[tuple[str, str, str]] = [("Notice", "RT", w) for w in warnings]
+        tagged = self._tagged_ticket(subject, requestor)
+        if tagged:
+            # A reply to RT's own mail that deskgate could not join to a ticket it handed
+            # off (RT's mail carries RT's tag and Message-IDs): it belongs to that ticket.
+            res = self._correspond(item, tagged)
+            return Delivered(ticket_id=tagged, ticket_number=tagged, detail=res.detail, log=[
+                *res.log, ("Notice", "RT", f"the Subject carries RT's tag of ticket {tagged} "
+                           f"and {requestor} is on it: added to it, no new ticket")])
         if item.attempts > 0:
             found = self._find_created(item, subject, requestor, fields)
             if found:
@@ -242,8 +250,7 @@ class RtRest2:
         raise HandoffError("follow-up without an RT ticket: no ticket id recorded and no "
                            "[rtname #id] tag in the subject", temporary=False)
 
-    def _correspond(self, item: HandoffItem) -> Delivered:
-        tid = self._ticket_for_followup(item)
+    def _correspond(self, item: HandoffItem, tid: str) -> Delivered:
         fields, warnings = self._message_fields(item)
         log: list[tuple[str, str, str]] = [("Notice", "RT", w) for w in warnings]
         if item.attempts > 0 and self._find_correspondence(item, tid, fields):
@@ -267,6 +274,28 @@ class RtRest2:
     def _queue_missing(self, queue: str) -> bool:
         status, _ = self._request("GET", "/queue/" + urllib.parse.quote(queue, safe=""))
         return status == 404
+
+    def _tagged_ticket(self, subject: str, requestor: str) -> str:
+        """RT's ticket named by an "[rtname #id]" tag in `subject`, when `requestor` is one
+        of its requestors or Ccs (so another system's tag is not mistaken for RT's); or ""."""
+        m = TAG_RE.search(subject)
+        if not m or not requestor:
+            return ""
+        status, t = self._request("GET", f"/ticket/{int(m.group(1))}")
+        if status != 200 or not isinstance(t, dict):
+            return ""
+        people = [p for role in ("Requestor", "Cc") for p in t.get(role) or []
+                  if isinstance(p, dict)]
+        want = requestor.lower()
+        for p in people:
+            name = str(p.get("id") or "")
+            if name.lower() == want:
+                return m.group(1)
+            st, user = self._request("GET", "/user/" + urllib.parse.quote(name, safe=""))
+            if st == 200 and isinstance(user, dict) and \
+                    str(user.get("EmailAddress") or "").lower() == want:
+                return m.group(1)
+        return ""
 
     def _ticket_missing(self, tid: str) -> bool:
         status, _ = self._request("GET", f"/ticket/{int(tid)}")

@@ -167,6 +167,19 @@ Set($RestrictReferrer, 0);
             if rc != 0:
                 raise RuntimeError(f"rt-setup-database {args[1]} failed: {log.read_text()[-2000:]}")
 
+    def insert_initialdata(self, text: str) -> None:
+        """Load more initial data (Perl, as `rt-setup-database --action insert` reads it)."""
+        f = self.dir / f"insert-{uuid.uuid4().hex[:8]}.initialdata"
+        f.write_text(text)
+        log = self.dir / "log" / "setup.log"
+        with log.open("ab") as out:
+            rc = subprocess.run([str(RT_SETUP), "--action", "insert", "--datafile", str(f),
+                                 "--skip-create", "--dba", PG_USER, "--dba-password", ""],
+                                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=300, check=False).returncode
+        if rc != 0:
+            raise RuntimeError(f"rt-setup-database insert failed: {log.read_text()[-2000:]}")
+
     def start(self, timeout: float = 90) -> None:
         """Start rt-server and wait until it answers HTTP."""
         log = (self.dir / "log" / "server.log").open("ab")
@@ -212,16 +225,18 @@ Set($RestrictReferrer, 0);
         p = self.dir / "log" / "server.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def sibling(self) -> RtServer:
+    def sibling(self, extra_config: str = "") -> RtServer:
         """A second rt-server on the same database and site config (another port), not started.
 
-        For tests that stop RT without taking the session's server down."""
+        For tests that stop RT, or change its site config (`extra_config`: more `Set(...)`
+        lines, e.g. outgoing mail), without touching the session's server."""
         other = RtServer(self.dir / f"sibling-{uuid.uuid4().hex[:6]}", db=self.db)
         for sub in ("mason", "confd", "log"):
             (other.dir / sub).mkdir(parents=True, exist_ok=True)
         conf = (self.dir / "RT_SiteConfig.pm").read_text()
         conf = conf.replace(str(self.port), str(other.port)).replace(
             f"{self.dir}/mason", f"{other.dir}/mason")
+        conf = conf.rstrip().removesuffix("1;") + extra_config + "\n1;\n"
         (other.dir / "RT_SiteConfig.pm").write_text(conf)
         (other.dir / "token").write_text(self.token)
         return other

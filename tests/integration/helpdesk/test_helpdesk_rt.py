@@ -161,6 +161,30 @@ class TestFollowUp:
         assert res.ticket_id == tid
         assert rt5.database.transactions(int(tid))[-1].content == "Tagged reply.\n"
 
+    def test_new_message_tagged_for_a_ticket_of_the_sender_corresponds(
+            self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
+        """A "create" whose Subject carries RT's tag of a ticket the sender is requestor of
+        (a reply to RT's mail deskgate could not join) is added to that ticket."""
+        conn = RtRest2(rt_conf())
+        first = item()
+        tid = conn.deliver(first).ticket_id
+        res = conn.deliver(item(subject=f"Re: [hd.test #{tid}] {first.article['subject']}",
+                                body="Reply to RT's mail.\n"))
+        assert (res.ticket_id, res.detail) == (tid, "corresponded")
+        assert any("RT's tag of ticket" in v for _, _, v in res.log)
+        assert rt5.database.transactions(int(tid))[-1].content == "Reply to RT's mail.\n"
+        assert rt5.database.tickets(f"Re: [hd.test #{tid}]%") == []
+
+    def test_tag_of_a_ticket_the_sender_is_not_on_creates(
+            self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
+        """Someone else's message naming that tag gets its own ticket."""
+        conn = RtRest2(rt_conf())
+        tid = conn.deliver(item()).ticket_id
+        other = item(subject=f"Fwd: [hd.test #{tid}] something", sender="mallory@other.test")
+        res = conn.deliver(other)
+        assert res.detail == "created" and res.ticket_id != tid
+        assert rt5.database.ticket(int(res.ticket_id)).requestors == ["mallory@other.test"]
+
     def test_followup_without_any_ticket_is_permanent(self,
                                                       rt_conf: Callable[..., Config]) -> None:
         """Neither an id nor a tag: a permanent error, nothing sent."""
