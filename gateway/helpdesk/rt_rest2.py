@@ -345,9 +345,10 @@ class RtRest2:
         tickets = self._pages("/tickets", {"query": " AND ".join(where),
                                            "fields": "Subject", "orderby": "id",
                                            "order": "DESC"}, SEARCH_LIMIT)
-        want = " ".join(subject.split())
+        # RT keeps the first 200 characters of a subject.
+        want = {" ".join(subject.split()), " ".join(subject[:200].split())}
         for t in tickets:
-            if " ".join(str(t.get("Subject") or "").split()) != want[:200].strip():
+            if " ".join(str(t.get("Subject") or "").split()) not in want:
                 continue
             tid = str(t.get("id") or "")
             create = next(self._transactions(tid, ("Create",), None, "ASC"), None)

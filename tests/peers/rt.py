@@ -17,11 +17,14 @@ import base64
 import contextlib
 import os
 import quopri
+import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -244,6 +247,62 @@ Set($RestrictReferrer, 0);
     @property
     def database(self) -> RtDb:
         return RtDb(self.db)
+
+
+class TlsFront:
+    """HTTPS in front of rt-server (which speaks plain HTTP), as nginx would terminate TLS:
+    a loopback TLS listener that forwards each connection's bytes to RT."""
+
+    def __init__(self, backend_port: int, cert: Path, key: Path) -> None:
+        self.backend_port = backend_port
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def start(self) -> TlsFront:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.sock.close()
+        self.thread.join(5)
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()          # a client that refused our certificate
+            return
+        with tls, socket.create_connection(("127.0.0.1", self.backend_port)) as back:
+            socks: list[Any] = [tls, back]
+            while True:
+                ready, _, _ = select.select(socks, [], [], 30)
+                if not ready:
+                    return
+                for r in ready:
+                    try:
+                        data = r.recv(65536)
+                    except (OSError, ssl.SSLError):
+                        return
+                    if not data:
+                        return
+                    (back if r is tls else tls).sendall(data)
 
 
 def start_rt(workroot: Path | None = None) -> RtServer:

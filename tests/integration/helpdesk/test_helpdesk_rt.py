@@ -15,7 +15,8 @@ from gateway.config import Config, load_config
 from gateway.helpdesk.base import HandoffError, HandoffItem
 from gateway.helpdesk.rt_rest2 import RtRest2
 from gateway.model import AttachmentData
-from tests.peers.rt import AGENT, AGENT_PASSWORD, ROOT_PASSWORD, RtServer
+from tests.peers.ca import TestCA
+from tests.peers.rt import AGENT, AGENT_PASSWORD, ROOT_PASSWORD, RtServer, TlsFront
 
 pytestmark = [pytest.mark.rt, pytest.mark.postgres]
 
@@ -23,7 +24,7 @@ PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
 
 
 def rt_config(make_confdir: Callable[..., Path], rt: RtServer, *, auth: str = "token",
-              url: str = "", extra: str = "") -> Config:
+              url: str = "", extra: str = "", tls_ca: str = "") -> Config:
     """A conf.d with [helpdesk] type = "rt-rest2" pointing at `rt`."""
     root = make_confdir().parent
     if auth == "token":
@@ -38,7 +39,8 @@ def rt_config(make_confdir: Callable[..., Path], rt: RtServer, *, auth: str = "t
         type = "rt-rest2"
         url = "{url or rt.url}"
         timeout = "20s"
-        """) + cred + "\n" + textwrap.dedent("""
+        """) + cred + "\n" + (f'tls_ca_file = "{tls_ca}"\n' if tls_ca else "")
+        + textwrap.dedent("""
         [helpdesk.queues]
         Raw = "General"
         """) + extra)
@@ -208,6 +210,17 @@ class TestExactlyOnce:
         assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
         assert len(rt5.database.tickets(it.article["subject"])) == 1
 
+    def test_create_retry_long_subject_and_html(self, rt5: RtServer,
+                                               rt_conf: Callable[..., Config]) -> None:
+        """A subject longer than RT keeps and an HTML body are still recognised."""
+        conn = RtRest2(rt_conf())
+        subject = f"Long {uuid.uuid4().hex}  " + "very  long subject " * 14
+        html = "<p>The printer<br>\n is <b>on fire</b>  </p>\n"
+        first = conn.deliver(item(subject=subject, html=html))
+        again = conn.deliver(item(subject=subject, html=html, attempts=1))
+        assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
+        assert len(rt5.database.tickets(subject.split()[1][:8].join("%%"))) == 1
+
     def test_create_retry_with_other_content_creates(
             self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
         """Same subject and requestor but another body is a different message: created."""
@@ -315,6 +328,29 @@ class TestErrors:
         with pytest.raises(HandoffError) as exc:
             conn.deliver(item())
         assert exc.value.temporary and "cannot reach RT" in str(exc.value)
+
+
+class TestTls:
+    """https:// RT (TLS terminated in front of it) verified against tls_ca_file."""
+
+    def test_private_ca_verified_with_tls_ca_file(
+            self, rt5: RtServer, rt_conf: Callable[..., Config], tmp_path: Path) -> None:
+        """With the private CA in tls_ca_file the hand-off works over https; without it
+        the system store rejects the certificate: a temporary error, nothing created."""
+        ca = TestCA(tmp_path / "ca")
+        server = ca.issue("rt", hosts=("localhost", "127.0.0.1"), filename="rt")
+        front = TlsFront(rt5.port, server.cert, server.key).start()
+        try:
+            res = RtRest2(rt_conf(url=front.url, extra="", tls_ca=str(ca.ca_path))).deliver(
+                item(queue="Sales"))
+            assert rt5.database.ticket(int(res.ticket_id)).queue == "Sales"
+            it = item()
+            with pytest.raises(HandoffError) as exc:
+                RtRest2(rt_conf(url=front.url)).deliver(it)
+            assert exc.value.temporary and "CERTIFICATE_VERIFY_FAILED" in str(exc.value)
+            assert rt5.database.tickets(it.article["subject"]) == []
+        finally:
+            front.stop()
 
 
 class TestCheck:
