@@ -7,10 +7,12 @@ the number its users see ("[rtname #id]" in subjects).
 
 RT generates the Message-ID of what REST2 creates and keeps no client key, so a
 retry (the answer to an earlier attempt may have been lost) first looks for what
-that attempt left: for a creation, the newest tickets of the queue and requestor
-created since the message was committed whose subject, Create content and file
-names are ours; for a follow-up, the ticket's Correspond transactions since then
-with our content and files. docs/helpdesk-rt.md describes what remains.
+that attempt left: for a creation, the ticket whose "Deskgate-Key" custom field
+holds the hand-off key when the administrator created that field, else the
+newest tickets of the queue and requestor created since the message was
+committed whose subject, Create content and file names are ours; for a
+follow-up, the ticket's Correspond transactions since then with our content and
+files. docs/helpdesk-rt.md describes what remains.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ PRIORITY_MAP = {"1": 0, "2": 25, "3": 50, "4": 75, "5": 100}
 # result (clock differences between deskgate and RT).
 CLOCK_SLACK = timedelta(minutes=10)
 SEARCH_LIMIT = 20           # candidates compared at most per retry
+# A ticket custom field an RT administrator may create for exact retries: deskgate stores
+# the hand-off's key in it and a retry searches for that key.
+KEY_FIELD = "Deskgate-Key"
 
 
 def rt_priority(priority: str) -> int | None:
@@ -204,8 +209,10 @@ class RtRest2:
             return Delivered(ticket_id=tagged, ticket_number=tagged, detail=res.detail, log=[
                 *res.log, ("Notice", "RT", f"the Subject carries RT's tag of ticket {tagged} "
                            f"and {requestor} is on it: added to it, no new ticket")])
+        cfs = self._custom_fields(item.queue)
         if item.attempts > 0:
-            found = self._find_created(item, subject, requestor, fields)
+            found = (self._find_by_key(item) if KEY_FIELD in cfs
+                     else self._find_created(item, subject, requestor, fields))
             if found:
                 return Delivered(ticket_id=found, ticket_number=found, detail="found", log=[
                     *log, ("Notice", "RT", f"ticket {found} from an earlier attempt found; "
@@ -219,14 +226,14 @@ class RtRest2:
             body["Priority"] = prio
         wanted = {k.removeprefix("DynamicField-"): v for k, v in item.decisions.items()
                   if k.startswith("DynamicField-") and v != ""}
-        if wanted:
-            cfs = self._custom_fields(item.queue)
-            present = {name: v for name, v in wanted.items() if name in cfs}
-            for name in sorted(set(wanted) - set(present)):
-                log.append(("Warn", "RT", f"DynamicField-{name}: RT has no ticket custom field "
-                            f"{name!r} on queue {item.queue!r}; value {wanted[name]!r} not set"))
-            if present:
-                body["CustomFields"] = present
+        present = {name: v for name, v in wanted.items() if name in cfs}
+        for name in sorted(set(wanted) - set(present)):
+            log.append(("Warn", "RT", f"DynamicField-{name}: RT has no ticket custom field "
+                        f"{name!r} on queue {item.queue!r}; value {wanted[name]!r} not set"))
+        if KEY_FIELD in cfs:
+            present[KEY_FIELD] = item.key
+        if present:
+            body["CustomFields"] = present
         status, answer = self._request("POST", "/ticket", body)
         # RT refuses a queue that does not exist like one without CreateTicket: tell them apart.
         if (status == 403 and "No permission to create tickets" in _message(answer)
@@ -333,6 +340,12 @@ class RtRest2:
         text_ok = (not ours and not texts) or any(normalize_text(t) == ours for t in texts)
         return text_ok and names == our_names
 
+    def _find_by_key(self, item: HandoffItem) -> str:
+        """The ticket whose Deskgate-Key custom field holds the item's key, or ""."""
+        query = f"CF.{{{KEY_FIELD}}} = {_quote_sql(item.key)}"
+        return next((str(t.get("id") or "") for t in self._pages(
+            "/tickets", {"query": query, "fields": "Subject"}, 1)), "")
+
     def _find_created(self, item: HandoffItem, subject: str, requestor: str,
                       fields: dict[str, Any]) -> str:
         """The id of a ticket an earlier attempt created for this item, or ""."""
@@ -402,7 +415,10 @@ class RtRest2:
                     f"the RT user sees {len(queues)} queue(s): {', '.join(queues) or 'none'}"))
         for q in self.expected_queues:
             if q in queues:
-                out.append(("ok", f"queue {q}", "exists and is visible"))
+                exact = KEY_FIELD in self._custom_fields(q)
+                out.append(("ok", f"queue {q}", "exists and is visible; retries "
+                            + (f"check the {KEY_FIELD} custom field" if exact
+                               else "compare requestor, subject and content")))
             else:
                 out.append(("fail", f"queue {q}", "not found in RT (or the RT user lacks "
                             "SeeQueue on it); map it in [helpdesk.queues]"))

@@ -47,7 +47,8 @@ ROOT_PASSWORD = "password"          # RT's default for root
 AGENT = "deskgate"                  # the connector's RT user
 AGENT_PASSWORD = "deskgate-secret-pw"
 
-# Queues the tests use besides RT's General; "Server" is a ticket custom field on Support.
+# Queues the tests use besides RT's General; "Server" is a ticket custom field on Support,
+# "Deskgate-Key" (the connector's exact retry check) one on Sales.
 EXTRA_INITIALDATA = """
 @Queues = (
     { Name => 'Junk', Description => 'junk', CorrespondAddress => '', CommentAddress => '' },
@@ -58,6 +59,8 @@ EXTRA_INITIALDATA = """
 @CustomFields = (
     { Name => 'Server', Type => 'FreeformSingle', LookupType => 'RT::Queue-RT::Ticket',
       Queue => ['Support'], Description => 'affected server' },
+    { Name => 'Deskgate-Key', Type => 'FreeformSingle', LookupType => 'RT::Queue-RT::Ticket',
+      Queue => ['Sales'], Description => 'hand-off key (exact retries)' },
 );
 @Users = (
     { Name => '%(agent)s', EmailAddress => 'deskgate@hd.test', Password => '%(password)s',

@@ -221,6 +221,26 @@ class TestExactlyOnce:
         assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
         assert len(rt5.database.tickets(subject.split()[1][:8].join("%%"))) == 1
 
+    def test_key_field_makes_the_retry_exact(self, rt5: RtServer,
+                                             rt_conf: Callable[..., Config]) -> None:
+        """Where RT has a Deskgate-Key field (queue Sales) the key is stored and a retry
+        finds the ticket by it even after an agent changed subject and requestor; the
+        same content under another key is another hand-off and is created."""
+        conn = RtRest2(rt_conf())
+        it = item(queue="Sales")
+        first = conn.deliver(it)
+        t = rt5.database.ticket(int(first.ticket_id))
+        assert t.custom_fields == {"Deskgate-Key": it.key}
+        agent = conn.deliver(item(kind="followup", rt_ticket=first.ticket_id))
+        assert agent.detail == "corresponded"
+        retry = HandoffItem(**{**it.__dict__, "attempts": 1,
+                               "article": {**it.article, "subject": "changed by an agent",
+                                           "from_email": "bob@customer.test"}})
+        again = conn.deliver(retry)
+        assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
+        other = conn.deliver(item(queue="Sales", subject=it.article["subject"], attempts=1))
+        assert other.detail == "created" and other.ticket_id != first.ticket_id
+
     def test_create_retry_with_other_content_creates(
             self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
         """Same subject and requestor but another body is a different message: created."""
@@ -359,16 +379,17 @@ class TestCheck:
     def test_check_reports_login_queues_and_mapping(
             self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
         """Login ok with RT's version, the visible queues listed, a missing mapped queue
-        fails."""
-        cfg = rt_conf(extra='Support = "Support"\nSales = "Sales::L1"\n')
+        fails, each queue says how retries are checked."""
+        cfg = rt_conf(extra='Support = "Support"\nSales = "Sales::L1"\nJunk = "Sales"\n')
         steps = {step: (status, text) for status, step, text in RtRest2(cfg).check()}
         assert steps["login"][0] == "ok" and "RT 5." in steps["login"][1]
         assert steps["queues"][0] == "ok"
         assert all(q in steps["queues"][1] for q in ("General", "Support", "Sales", "Junk"))
         assert steps["queue General"][0] == "ok" and steps["queue Support"][0] == "ok"
         assert steps["queue Sales::L1"][0] == "fail"
-        assert steps["queue Junk"][0] == "ok"          # unmapped: checked by its own name
-        assert "queue Raw" not in steps                 # mapped to General
+        assert "queue Raw" not in steps and "queue Junk" not in steps   # mapped
+        assert "compare requestor, subject and content" in steps["queue Support"][1]
+        assert "check the Deskgate-Key custom field" in steps["queue Sales"][1]
 
     def test_check_wrong_password(self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
         """A refused login is a failed step that names the keys, not the password."""
