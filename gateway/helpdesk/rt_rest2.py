@@ -258,6 +258,8 @@ class RtRest2:
                            "[rtname #id] tag in the subject", temporary=False)
 
     def _correspond(self, item: HandoffItem, tid: str) -> Delivered:
+        if not tid.isdigit():
+            raise HandoffError(f"{tid!r} is not an RT ticket id", temporary=False)
         fields, warnings = self._message_fields(item)
         log: list[tuple[str, str, str]] = [("Notice", "RT", w) for w in warnings]
         if item.attempts > 0 and self._find_correspondence(item, tid, fields):
