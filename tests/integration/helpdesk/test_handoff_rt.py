@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.rt, pytest.mark.postgres]
 
 
+POLICY = """
+    [[filter]]
+    name = "010-server"
+    match = [{ header = "Subject", value = "server" }]
+    [filter.set]
+    "X-Deskgate-DynamicField-Server" = "web01"
+    "X-Deskgate-DynamicField-Colour" = "red"
+    """
+
+
 @pytest.fixture
 def rt_gateway(rt5: RtServer, make_confdir: Callable[..., Path],
                run_gateway: Callable[..., RunningGateway]) -> RunningGateway:
@@ -35,7 +45,7 @@ def rt_gateway(rt5: RtServer, make_confdir: Callable[..., Path],
         ticket_url = "{rt5.url}/Ticket/Display.html?id={{id}}"
         [helpdesk.queues]
         Raw = "General"
-        """)})
+        """)}, policies={"10.toml": POLICY})
     secrets = conf.parent / "secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / "rt.token").write_text(rt5.token + "\n")
@@ -88,6 +98,24 @@ class TestRtHandoff:
         assert shown["helpdesk"]["ticket_id"] == str(t.id)
         assert shown["helpdesk"]["state"] == "delivered"
         assert shown["helpdesk"]["url"] == f"{rt5.url}/Ticket/Display.html?id={t.id}"
+
+    def test_filter_decisions_fill_rt_custom_fields_and_log_what_rt_lacks(
+            self, rt5: RtServer, rt_gateway: RunningGateway) -> None:
+        """A filter's DynamicField-Server fills RT's Server field; DynamicField-Colour,
+        which RT lacks, is a Warn in the hand-off's communication log."""
+        tag = uuid.uuid4().hex[:8]
+        subject = f"server down {tag}"
+        assert deliver(rt_gateway, message(f"s-{tag}", subject, "It is down.\r\n")) == 250
+        assert wait_for(lambda: [h["status"] for h in handoffs(rt_gateway)] == ["delivered"],
+                        60)
+        [t] = rt5.database.tickets(subject)
+        assert t.custom_fields == {"Server": "web01"}
+        comms = [c for c in json.loads(cli(rt_gateway, "log", "list", "--json").stdout)
+                 if c["account_type"] == "Handoff"]
+        assert len(comms) == 1 and comms[0]["status"] == "Successful"
+        warn = cli(rt_gateway, "log", "show", str(comms[0]["id"]), "--priority", "Warn",
+                   "--json").stdout
+        assert "RT has no ticket custom field 'Colour'" in warn
 
     def test_helpdesk_check_cli(self, rt_gateway: RunningGateway) -> None:
         """`deskgate helpdesk check --json` logs in to RT and finds every deskgate queue
