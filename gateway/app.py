@@ -119,6 +119,7 @@ class Gateway:
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
+        self.with_services = False     # the main process runs the services, LMTP workers not
 
     # ---------------------------------------------------------------- setup
 
@@ -206,9 +207,24 @@ class Gateway:
             res = hook(cfg)
             if asyncio.iscoroutine(res):
                 await res
+        if self.with_services:
+            await self._switch_handoff(cfg)
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
         return True
+
+    async def _switch_handoff(self, cfg: Config) -> None:
+        """A [helpdesk] added or removed by a reload starts or stops the hand-off worker
+        (rows written meanwhile wait in the outbox)."""
+        running = next((s for s in self.services if s.name == "helpdesk-handoff"), None)
+        if cfg.helpdesk.enabled and running is None:
+            svc = _handoff(self)
+            if svc is not None:
+                await svc.start()
+                self.services.append(svc)
+        elif not cfg.helpdesk.enabled and running is not None:
+            self.services.remove(running)
+            await running.stop()
 
     def _log_reload_failure(self, text: str) -> None:
         comm = Comm("Incoming", "Config", "reload")
@@ -242,6 +258,7 @@ class Gateway:
         self.servers = list(servers)
         if not services:
             return servers
+        self.with_services = True
         for factory in SERVICE_FACTORIES:
             svc = factory(self)
             if svc is not None:

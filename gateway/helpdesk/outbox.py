@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.outbound.queue import retry_delay
@@ -85,12 +85,15 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     if not ids:
         return []
     until = now + timedelta(seconds=lease)
+    # The attempt is counted when it starts: a node that dies while the helpdesk is
+    # answering leaves attempts > 0, so the next try checks the helpdesk first.
     conn.execute(update(Handoff).where(Handoff.id.in_(ids), _due(now))
-                 .values(lease_until=until, claimed_by=node[:200]))
+                 .values(lease_until=until, claimed_by=node[:200],
+                         attempts=Handoff.attempts + 1))
     rows = conn.execute(select(Handoff).where(
         Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.lease_until == until)
         .order_by(Handoff.id)).all()
-    return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts,
+    return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts - 1,
                     dict(r.decisions or {}), _aware(r.created) or now) for r in rows]
 
 
@@ -155,35 +158,40 @@ class Outcome:
     number_taken: bool = False       # the helpdesk's number became the ticket's number
 
 
+# Built once: the outcome of every hand-off runs these on the writer thread.
+_UPD_DELIVERED = update(Handoff).where(Handoff.id == bindparam("b_id")).values(
+    status="delivered", attempts=bindparam("b_attempts"), lease_until=None, claimed_by="",
+    last_error="", updated=bindparam("b_now"), delivered=bindparam("b_now"))
+_UPD_TICKET_ID = update(Ticket).where(Ticket.id == bindparam("b_tid")).values(
+    helpdesk_ticket_id=bindparam("b_value"))
+_UPD_TICKET_NUMBER = update(Ticket).where(Ticket.id == bindparam("b_tid")).values(
+    helpdesk_ticket_number=bindparam("b_value"))
+_OTHER = aliased(Ticket)
+# A ticket without a number takes the helpdesk's, unless another ticket has it.
+_ADOPT = update(Ticket).where(
+    Ticket.id == bindparam("b_tid"), Ticket.number.is_(None),
+    ~select(_OTHER.id).where(_OTHER.number == bindparam("b_number")).exists()).values(
+    number=bindparam("b_number"), helpdesk_ticket_number=bindparam("b_number"))
+
+
 def record_delivered(conn: Connection, c: Claimed, *, ticket_id: str, ticket_number: str,
                      now: datetime | None = None) -> Outcome:
     """Mark the row delivered and keep the helpdesk's ticket on deskgate's ticket."""
     now = now or utcnow()
-    conn.execute(update(Handoff).where(Handoff.id == c.id).values(
-        status="delivered", attempts=c.attempts + 1, lease_until=None, claimed_by="",
-        last_error="", updated=now, delivered=now))
-    taken = False
-    values: dict[str, Any] = {}
+    conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_attempts": c.attempts + 1, "b_now": now})
     if ticket_id:
-        values["helpdesk_ticket_id"] = ticket_id[:100]
+        conn.execute(_UPD_TICKET_ID, {"b_tid": c.ticket_id, "b_value": ticket_id[:100]})
+    taken = False
     if ticket_number:
-        values["helpdesk_ticket_number"] = ticket_number[:100]
-    if values:
-        conn.execute(update(Ticket).where(Ticket.id == c.ticket_id).values(**values))
-    if ticket_number:
+        conn.execute(_UPD_TICKET_NUMBER, {"b_tid": c.ticket_id,
+                                          "b_value": ticket_number[:100]})
         taken = adopt_number(conn, c.ticket_id, ticket_number)
     return Outcome("delivered", c.attempts + 1, number_taken=taken)
 
 
 def adopt_number(conn: Connection, ticket_id: int, number: str) -> bool:
     """Give a ticket without a number the helpdesk's (unless another ticket has it)."""
-    number = number[:40]
-    clash = conn.execute(select(Ticket.id).where(Ticket.number == number,
-                                                 Ticket.id != ticket_id)).first()
-    if clash is not None:
-        return False
-    res = conn.execute(update(Ticket).where(Ticket.id == ticket_id, Ticket.number.is_(None))
-                       .values(number=number, helpdesk_ticket_number=number))
+    res = conn.execute(_ADOPT, {"b_tid": ticket_id, "b_number": number[:40]})
     return bool(res.rowcount)
 
 
@@ -208,7 +216,7 @@ def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
 def release(conn: Connection, c: Claimed) -> None:
     """Give a claimed row back untouched (the worker is stopping)."""
     conn.execute(update(Handoff).where(Handoff.id == c.id, Handoff.status == "pending")
-                 .values(lease_until=None, claimed_by=""))
+                 .values(lease_until=None, claimed_by="", attempts=c.attempts))
 
 
 # ----------------------------------------------------------------- admin

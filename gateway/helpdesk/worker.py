@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ import structlog
 from sqlalchemy import Connection, Engine, select
 
 from gateway import metrics
-from gateway.commlog import Comm, write_comm
+from gateway.commlog import Comm, add_comm
 from gateway.config import Config
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import Connector, Delivered, HandoffError, HandoffItem
@@ -180,7 +181,7 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
             conn_obj.close("Failed")
             msg.close("Warning")
     comm.close()
-    write_comm(conn, comm)
+    add_comm(conn, comm)
     return out
 
 
@@ -213,8 +214,11 @@ class HandoffWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._done: list[_Done] = []
+        # Rows claimed at once: the pool works on `concurrency` of them, the others
+        # wait their turn, so one commit records and claims many.
+        self.slots = self.concurrency * 4
         self._stopping = False
-        self._stats_at = 0.0
         self.delivered = 0
 
     async def start(self) -> None:
@@ -230,11 +234,13 @@ class HandoffWorker:
         remove_waker(self.poke)
         if self._wake:
             self._wake.set()
-        if self._task:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 60)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=60)
+        if self._wake:
+            self._wake.set()
+        if self._task:      # records what finished, claims nothing more
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 60)
         await asyncio.get_running_loop().run_in_executor(None, self.connector.close)
         self.pool.shutdown(wait=False)
 
@@ -256,49 +262,50 @@ class HandoffWorker:
             loop.call_soon_threadsafe(wake.set)
 
     async def _run(self) -> None:
+        """One writer job per cycle records every finished attempt and claims as many
+        new rows as there are free slots: one commit for both, however many."""
         assert self._wake is not None
-        while not self._stopping:
+        while not self._stopping or self._done:
             hd = self.runtime().config.helpdesk
-            free = self.concurrency * 2 - len(self._inflight)
-            claimed: list[outbox.Claimed] = []
+            batch, self._done = self._done, []
+            free = 0 if self._stopping else self.slots - len(self._inflight)
             timeout = hd.poll_interval
-            if free > 0:
+            claimed: list[outbox.Claimed] = []
+            if batch or free > 0:
+                rt = self.runtime()
                 try:
-                    claimed = await self.writer.run(functools.partial(
-                        outbox.claim, node=self.node, limit=free, lease=hd.lease))
-                    if not claimed:
-                        due = await self.writer.run(outbox.next_due)
-                        if due is not None:
-                            wait = (due - datetime.now(UTC)).total_seconds()
-                            timeout = min(timeout, max(wait, 0.05))
-                except Exception as exc:
-                    log.warning("hand-off claim failed", error=str(exc))
-            await self._update_stats()
+                    outcomes, claimed, due = await self.writer.run(functools.partial(
+                        self._cycle, batch=batch, free=free, rt=rt))
+                except Exception:
+                    # The helpdesk may have them but our record failed: the leases expire
+                    # and the rows are tried again, as retries the connectors check first.
+                    log.exception("recording or claiming hand-offs failed",
+                                  recorded=len(batch))
+                    outcomes, due = [], None
+                for d, out in zip(batch, outcomes, strict=False):
+                    self._account(d, out)
+                if due is not None:
+                    timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.05))
             for c in claimed:
                 t = asyncio.create_task(self._deliver(c))
                 self._inflight.add(t)
                 t.add_done_callback(self._inflight.discard)
-            if claimed and len(self._inflight) < self.concurrency * 2:
+            if self._done or (claimed and len(self._inflight) < self.slots):
                 continue
+            if self._stopping and not self._inflight:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
-    async def _update_stats(self) -> None:
-        now = time.monotonic()
-        if now - self._stats_at < 2.0:
-            return
-        self._stats_at = now
-        try:
-            st = await asyncio.get_running_loop().run_in_executor(
-                self.pool, _stats, self.engine)
-        except Exception as exc:
-            log.debug("hand-off stats failed", error=str(exc))
-            return
-        metrics.HANDOFF_PENDING.set(st.pending)
-        metrics.HANDOFF_FAILED.set(st.failed)
-        metrics.HANDOFF_OLDEST_SECONDS.set(
-            (datetime.now(UTC) - st.oldest_pending).total_seconds() if st.oldest_pending else 0)
+    def _cycle(self, conn: Connection, *, batch: list[_Done], free: int, rt: Runtime
+               ) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
+        outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds)
+                    for d in batch]
+        claimed = (outbox.claim(conn, self.node, limit=free, lease=rt.config.helpdesk.lease)
+                   if free > 0 else [])
+        due = outbox.next_due(conn) if not claimed and free > 0 else None
+        return outcomes, claimed, due
 
     async def _deliver(self, c: outbox.Claimed) -> None:
         loop = asyncio.get_running_loop()
@@ -326,32 +333,33 @@ class HandoffWorker:
         except Exception as exc:            # a connector bug: retry, never lose
             log.exception("hand-off connector crashed", handoff=c.id)
             error = HandoffError(f"{type(exc).__name__}: {exc}")
-        seconds = time.perf_counter() - t0
-        try:
-            out = await self.writer.run(lambda conn: record(conn, rt, connector, c, result,
-                                                            error, seconds))
-        except Exception:
-            # The helpdesk has it but our record failed: the lease expires and the
-            # row is tried again, with attempts > 0 so the connector checks first.
-            log.exception("recording the hand-off failed", handoff=c.id)
-            return
+        self._done.append(_Done(c, connector, result, error, time.perf_counter() - t0))
+        if self._wake:
+            self._wake.set()
+
+    def _account(self, d: _Done, out: outbox.Outcome) -> None:
         metrics.HANDOFFS.labels(out.status if out.status != "pending" else "deferred").inc()
         if out.status == "delivered":
             self.delivered += 1
             metrics.HANDOFF_SECONDS.observe(
-                (datetime.now(UTC) - c.created).total_seconds())
-            log.info("handed off", handoff=c.id, ticket=result.ticket_number if result else "",
-                     seconds=round(seconds, 3))
+                (datetime.now(UTC) - d.claimed.created).total_seconds())
+            log.info("handed off", handoff=d.claimed.id,
+                     ticket=d.result.ticket_number if d.result else "",
+                     seconds=round(d.seconds, 3))
         else:
-            log.warning("hand-off failed", handoff=c.id, status=out.status,
-                        error=str(error)[:300])
-        if self._wake:
-            self._wake.set()
+            log.warning("hand-off failed", handoff=d.claimed.id, status=out.status,
+                        error=str(d.error)[:300])
 
 
-def _stats(engine: Engine) -> outbox.Stats:
-    with engine.connect() as conn:
-        return outbox.stats(conn)
+@dataclass
+class _Done:
+    """A finished attempt waiting for its record."""
+
+    claimed: outbox.Claimed
+    connector: Connector
+    result: Delivered | None
+    error: HandoffError | None
+    seconds: float
 
 
 def factory(gw: Any) -> HandoffWorker | None:

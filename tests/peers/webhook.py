@@ -39,6 +39,7 @@ class WebhookReceiver:
     fail_next: int = 0               # answer 500 to this many requests
     hang_seconds: float = 0.0        # sleep before answering (a slow helpdesk)
     tell_number: bool = True         # answer with a ticket number (a pipe-like helpdesk does not)
+    arrived: int = 0                 # requests that reached the handler (before any hang)
     received: list[Received] = field(default_factory=list)
     tickets: dict[str, str] = field(default_factory=dict)    # idempotency key -> ticket id
     _runner: web.AppRunner | None = None
@@ -58,6 +59,7 @@ class WebhookReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.arrived += 1
         headers = dict(request.headers)
         ok = self.verify(headers, body)
         if self.hang_seconds:

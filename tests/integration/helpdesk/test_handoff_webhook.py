@@ -41,6 +41,11 @@ def cli(rg: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
                            *args], capture_output=True, text=True, timeout=60)
 
 
+def poke(rg: RunningGateway) -> None:
+    """Wake the hand-off worker (as an LMTP commit or SIGUSR1 does)."""
+    next(s for s in rg.gateway.services if s.name == "helpdesk-handoff").poke()  # type: ignore[attr-defined]
+
+
 def wait_for(pred: Callable[[], bool], timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -81,7 +86,7 @@ class TestWebhookHandoff:
         assert deliver(rg, msg("n1")) == 250
         assert handoffs(rg)[0]["ticket"] == ""
         receiver.start()
-        rg.gateway.services[-1].poke()  # type: ignore[attr-defined]
+        poke(rg)
         assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered", 30)
         out = cli(rg, "tickets", "show", handoffs(rg)[0]["ticket"], "--json")
         assert out.returncode == 0, out.stderr
@@ -172,7 +177,7 @@ class TestWebhookHandoff:
         receiver.fail_next = 0
         out = cli(rg, "handoff", "retry", str(hid))
         assert out.returncode == 0, out.stderr
-        rg.gateway.services[-1].poke()  # type: ignore[attr-defined]
+        poke(rg)
         assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
         assert len(receiver.delivered()) == 1
 
@@ -244,3 +249,75 @@ class TestHelpdeskReplies:
         shown = json.loads(cli(rg, "tickets", "show", "202612030004242", "--json").stdout)
         assert shown["articles"][0]["message_id"] == "<p1@customer.test>"
         assert shown["helpdesk"]["ticket_number"] == "202612030004242"
+
+
+class TestHandoffDashboard:
+    def test_pages_show_waiting_handoffs_and_the_helpdesk_link(
+            self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
+    ) -> None:
+        """/handoff lists a failed row with its error; the ticket page links the helpdesk
+        ticket once delivered; /metrics counts pending and failed hand-offs."""
+        import urllib.request
+
+        from tests.conftest import free_port
+
+        port = free_port()
+        rg = webhook_gateway(retry="0.2s", extra=f'\n[dashboard]\nlisten = "127.0.0.1:{port}"\n')
+        base = f"http://127.0.0.1:{port}"
+
+        def get(path: str) -> str:
+            with urllib.request.urlopen(base + path, timeout=10) as resp:  # noqa: S310
+                return str(resp.read().decode())
+
+        receiver.fail_next = 100
+        assert deliver(rg, msg("dash1", "<b>bold</b> subject")) == 250
+        assert wait_for(lambda: handoffs(rg)[0]["status"] == "failed")
+        hid = handoffs(rg)[0]["id"]
+        page = get("/handoff")
+        assert f'id="h{hid}"' in page and "HTTP 500" in page and "1 failed" in page
+        item = get(f"/handoff/{hid}")
+        assert "&lt;b&gt;bold&lt;/b&gt; subject" in item and "<b>bold</b>" not in item
+        metrics = get("/metrics")
+        assert "deskgate_handoff_failed 1.0" in metrics
+        receiver.fail_next = 0
+        assert cli(rg, "handoff", "retry", str(hid)).returncode == 0
+        poke(rg)
+        assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
+        number = handoffs(rg)[0]["ticket"]
+        ticket = get(f"/tickets/{number}")
+        tid = receiver.tickets[receiver.delivered()[0]["idempotency_key"]]
+        assert f'href="https://hd.example/ticket/{tid}"' in ticket
+        assert "nothing waiting" in get("/handoff")
+
+
+class TestHelpdeskLifecycle:
+    def test_reload_adds_the_helpdesk_and_check_reports_it(
+            self, make_confdir: Callable[..., Any], run_gateway: Callable[..., RunningGateway],
+            receiver: WebhookReceiver) -> None:
+        """A standalone gateway given a [helpdesk] by reload hands off what arrives from
+        then on; `helpdesk check` pings the receiver and reports OK, then FAIL when the
+        receiver is gone."""
+        from gateway.config import load_config
+        from tests.integration.helpdesk.conftest import SECRET, webhook_conf
+
+        conf = make_confdir()
+        rg = run_gateway(load_config(conf))
+        assert deliver(rg, msg("before")) == 250
+        assert handoffs(rg) == []
+        (conf / "50-helpdesk.toml").write_text(webhook_conf(receiver.url).replace("\n    ", "\n"))
+        secrets = conf.parent / "secrets"
+        secrets.mkdir()
+        (secrets / "webhook").write_text(SECRET)
+        (secrets / "webhook").chmod(0o600)
+        assert rg.call(rg.gateway.reload()) is True
+        assert deliver(rg, msg("after")) == 250
+        docs = receiver.wait_delivered(1)
+        assert [d["article"]["message_id"] for d in docs] == ["<after@customer.test>"]
+        out = cli(rg, "helpdesk", "check", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["ok"] and report["type"] == "webhook"
+        assert receiver.received[-1].doc["event"] == "ping" and receiver.received[-1].signature_ok
+        receiver.stop()
+        out = cli(rg, "helpdesk", "check")
+        assert out.returncode == 1 and "FAIL" in out.stdout
