@@ -210,13 +210,10 @@ class RtRest2:
                 *res.log, ("Notice", "RT", f"the Subject carries RT's tag of ticket {tagged} "
                            f"and {requestor} is on it: added to it, no new ticket")])
         cfs = self._custom_fields(item.queue)
-        # The key search is exact and cheap: done on every attempt, it also covers a try
-        # whose predecessor was never recorded (the process died after RT's answer).
         found = ""
-        if KEY_FIELD in cfs:
-            found = self._find_by_key(item)
-        elif item.attempts > 0:
-            found = self._find_created(item, subject, requestor, fields)
+        if item.attempts > 0:          # a retry: the earlier attempt may have created it
+            found = (self._find_by_key(item) if KEY_FIELD in cfs
+                     else self._find_created(item, subject, requestor, fields))
         if found:
             return Delivered(ticket_id=found, ticket_number=found, detail="found", log=[
                 *log, ("Notice", "RT", f"ticket {found} from an earlier attempt found; "

@@ -241,17 +241,6 @@ class TestExactlyOnce:
         other = conn.deliver(item(queue="Sales", subject=it.article["subject"], attempts=1))
         assert other.detail == "created" and other.ticket_id != first.ticket_id
 
-    def test_key_field_is_checked_on_the_first_attempt_too(
-            self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
-        """With Deskgate-Key even attempts=0 finds the ticket (a try whose predecessor
-        was never recorded because the process died after RT's answer)."""
-        conn = RtRest2(rt_conf())
-        it = item(queue="Sales")
-        first = conn.deliver(it)
-        again = conn.deliver(it)                    # attempts is still 0
-        assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
-        assert len(rt5.database.tickets(it.article["subject"])) == 1
-
     def test_create_retry_with_other_content_creates(
             self, rt5: RtServer, rt_conf: Callable[..., Config]) -> None:
         """Same subject and requestor but another body is a different message: created."""
