@@ -1,6 +1,6 @@
 """Fixtures of the hand-off tests: a webhook receiver and a gateway handing off to it; one
 OTOBO source tree and template database for the session, a fresh OTOBO database per test,
-and a deskgate config pointing at it."""
+and a deskgate config pointing at it; Request Tracker 5 for the session (tests/peers/rt.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from gateway.config import Config, load_config
 from tests.conftest import free_port
 from tests.peers import otobo as ot
 from tests.peers.require import missing_peer
+from tests.peers.rt import rt5
 from tests.peers.webhook import WebhookReceiver
 
 if TYPE_CHECKING:
     from tests.conftest import RunningGateway
 
 SECRET = "s3cret-webhook-key"
+__all__ = ["rt5"]
 
 
 @pytest.fixture
