@@ -180,6 +180,7 @@ def record_delivered(conn: Connection, c: Claimed, *, ticket_id: str, ticket_num
     now = now or utcnow()
     conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_attempts": c.attempts + 1, "b_now": now})
     if ticket_id:
+        absorb(conn, c.ticket_id, ticket_id[:100])
         conn.execute(_UPD_TICKET_ID, {"b_tid": c.ticket_id, "b_value": ticket_id[:100]})
     taken = False
     if ticket_number:
@@ -187,6 +188,28 @@ def record_delivered(conn: Connection, c: Claimed, *, ticket_id: str, ticket_num
                                           "b_value": ticket_number[:100]})
         taken = adopt_number(conn, c.ticket_id, ticket_number)
     return Outcome("delivered", c.attempts + 1, number_taken=taken)
+
+
+def absorb(conn: Connection, ticket_id: int, helpdesk_id: str) -> int:
+    """Move into `ticket_id` the tickets that the helpdesk's own mail opened for the same
+    helpdesk ticket before its hand-off was answered (they have no hand-off of their
+    own), and delete them. Returns how many were merged."""
+    from gateway.store.tables import AutoResponse, OutboundMessage
+
+    others = [r.id for r in conn.execute(select(Ticket.id).where(
+        Ticket.helpdesk_ticket_id == helpdesk_id, Ticket.id != ticket_id,
+        ~select(Handoff.id).where(Handoff.ticket_id == Ticket.id).exists())).all()]
+    for other in others:
+        conn.execute(update(Article).where(Article.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(OutboundMessage).where(OutboundMessage.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(AutoResponse).where(AutoResponse.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(Ticket).where(Ticket.linked_ticket_id == other)
+                     .values(linked_ticket_id=ticket_id))
+        conn.execute(delete(Ticket).where(Ticket.id == other))
+    return len(others)
 
 
 def adopt_number(conn: Connection, ticket_id: int, number: str) -> bool:

@@ -49,7 +49,7 @@ def store_article(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
         customer = first_address(p.to_addr)
         ctx.ticket_id = repo.insert_ticket(
             conn, number=ctx.ticket_number or None,
-            helpdesk_ticket_number=ctx.helpdesk_number,
+            helpdesk_ticket_number=ctx.helpdesk_number, helpdesk_ticket_id=ctx.helpdesk_ref,
             title=(p.subject or "(no subject)")[:1000],
             queue=ctx.queue or pm.default_queue, state=pm.default_state,
             state_type=pm.states.get(pm.default_state, "new"), priority=pm.default_priority,

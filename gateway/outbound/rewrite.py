@@ -87,8 +87,34 @@ def ticket_number_in(subject: str, hook: str) -> str:
     return m.group(1) if m else ""
 
 
-def find_ticket(conn: Connection, msg: Message, hook: str) -> tuple[int, str, str] | None:
+# Request Tracker names its ticket in every mail it sends: "X-RT-Ticket: rtname #123",
+# and "<RT-Ticket-123@organization>" in References.
+_RT_TICKET_RE = re.compile(r"#\s*(\d+)\s*$")
+_RT_REFERENCE_RE = re.compile(r"<RT-Ticket-(\d+)@[^<>\s]+>")
+
+
+def helpdesk_ticket_ref(msg: Message, helpdesk: str) -> str:
+    """The helpdesk's ticket id a mail from the helpdesk names in its headers, or ''."""
+    if helpdesk == "rt-rest2":
+        m = _RT_TICKET_RE.search(header_text(msg, "X-RT-Ticket").strip())
+        if m:
+            return m.group(1)
+        m = _RT_REFERENCE_RE.search(header_text(msg, "References") + " "
+                                    + header_text(msg, "In-Reply-To"))
+        return m.group(1) if m else ""
+    return ""
+
+
+def find_ticket(conn: Connection, msg: Message, hook: str, helpdesk: str = ""
+                ) -> tuple[int, str, str] | None:
     """(id, number, queue) of the ticket a message replies to, or None."""
+    ref = helpdesk_ticket_ref(msg, helpdesk)
+    if ref:
+        row = conn.execute(select(Ticket.id, Ticket.number, Ticket.queue)
+                           .where(Ticket.helpdesk_ticket_id == ref)
+                           .order_by(Ticket.id).limit(1)).first()
+        if row is not None:
+            return row.id, row.number or "", row.queue
     ids = _MSGID_RE.findall(header_text(msg, "In-Reply-To") + " "
                             + header_text(msg, "References"))
     if ids:
@@ -135,7 +161,7 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
             ctx.log.log("Error", "Queue", f"queue {ctx.params['Queue']!r} from X-header does "
                         "not exist; ignored")
     if ctx.ticket_id is None:
-        found = find_ticket(conn, msg, cfg.gateway.ticket_hook)
+        found = find_ticket(conn, msg, cfg.gateway.ticket_hook, cfg.helpdesk.type)
         if found is not None:
             ctx.ticket_id, ctx.ticket_number, tqueue = found
             ctx.new_ticket = False
@@ -164,6 +190,10 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
             ctx.ticket_number = ctx.ticket_number or number
         if ctx.ticket_id is None:
             ctx.new_ticket = True
+            # The helpdesk's mail for a ticket whose hand-off it has not answered yet
+            # (RT mails its auto-reply while it creates the ticket): the new ticket keeps
+            # the helpdesk's id and is merged into the handed-off one when that answer comes.
+            ctx.helpdesk_ref = helpdesk_ticket_ref(msg, cfg.helpdesk.type)
             trace.append(f"new ticket (the helpdesk's {number})" if number
                          else "new ticket (no number: the helpdesk numbers tickets)")
     elif ctx.ticket_id is None:

@@ -152,6 +152,7 @@ def rt_mail(rt_with_documented_scrip: RtServer, make_confdir: Callable[..., Path
         secrets = conf.parent / "secrets"
         secrets.mkdir(exist_ok=True)
         (secrets / "rt.token").write_text(rt5.token + "\n")
+        (secrets / "rt.token").chmod(0o600)
         yield Setup(run_gateway(load_config(conf)), rt, sink)
     finally:
         rt.stop()
@@ -195,6 +196,19 @@ class TestRtMailThroughDeskgate:
         txs = rt_mail.rt.database.transactions(t.id)
         assert [x.type for x in txs] == ["Create", "Correspond", "Correspond"]
         assert f"Still broken ({tag})." in txs[-1].content
+        # deskgate keeps the conversation on one ticket too: RT's mails (joined by their
+        # X-RT-Ticket header; the auto-reply RT sends while it creates the ticket, before
+        # it answers the hand-off, is merged in then) and the customer's reply sit on the
+        # ticket RT numbered, and there is no other ticket.
+        shown = json.loads(cli(rt_mail.rg, "tickets", "show", str(t.id), "--json").stdout)
+        assert shown["helpdesk"]["ticket_id"] == str(t.id)
+        arts = [(a["direction"], a["subject"]) for a in shown["articles"]]
+        assert arts[0] == ("incoming", subject) and arts[-1][0] == "incoming"
+        assert ("outgoing", f"[hd.test #{t.id}] {subject}") in arts
+        assert ("outgoing", f"[hd.test #{t.id}] AutoReply: {subject}") in arts
+        listed = json.loads(cli(rt_mail.rg, "tickets", "list", "--json").stdout)
+        assert [x["number"] for x in listed] == [str(t.id)]
+        assert arts[-1] == ("incoming", f"Re: [hd.test #{t.id}] {subject}")
 
         # RT ran its scrips before it answered the hand-off; deskgate took any mail they
         # sent before answering RT. Once all of it is relayed, nothing echoed the reply.

@@ -29,10 +29,12 @@ def rt_config(make_confdir: Callable[..., Path], rt: RtServer, *, auth: str = "t
     root = make_confdir().parent
     if auth == "token":
         (root / "rt.token").write_text(rt.token + "\n")
+        (root / "rt.token").chmod(0o600)
         cred = 'token_file = "rt.token"'
     else:
         user, password = auth.split(":", 1)
         (root / "rt.pass").write_text(password + "\n")
+        (root / "rt.pass").chmod(0o600)
         cred = f'user = "{user}"\npassword_file = "rt.pass"'
     (root / "conf.d" / "60-helpdesk.toml").write_text(textwrap.dedent(f"""
         [helpdesk]
@@ -329,6 +331,7 @@ class TestErrors:
         bad = RtServer(rt5.dir, db=rt5.db, port=rt5.port)
         cfg = rt_config(make_confdir, bad)
         (cfg.root / "rt.token").write_text("1-27-0123456789abcdef0123456789abcdef\n")
+        (cfg.root / "rt.token").chmod(0o600)
         cfg = load_config(cfg.root / "conf.d")
         with pytest.raises(HandoffError) as exc:
             RtRest2(cfg).deliver(item())
