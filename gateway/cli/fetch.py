@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -49,6 +48,8 @@ def _describe(r: Any) -> str:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.app import Gateway
 
     cfg = load(args)
