@@ -112,6 +112,20 @@ class TestSchemaCheck:
         assert current_revision(old) == head_revision()
         old.dispose()
 
+    @pytest.mark.postgres
+    def test_postgres_fresh_then_current(self, pg_url: str) -> None:
+        """On PostgreSQL the missing alembic_version table of a fresh database leads to
+        the migration (not to an aborted transaction); the next check is a read."""
+        from gateway.store.db import current_revision
+
+        engine = make_engine(pg_url)
+        try:
+            assert ensure_schema(engine) is True
+            assert current_revision(engine) == head_revision()
+            assert ensure_schema(engine) is False
+        finally:
+            engine.dispose()
+
     def test_current_schema_check_does_not_import_alembic(self, tmp_path: Path) -> None:
         """On a current database the check is a read: Alembic is not even imported."""
         url = f"sqlite:///{tmp_path / 'c.db'}"
