@@ -115,21 +115,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
+    if args.via_socket is not None and (not args.recipient or args.account or args.trusted):
+        print("deliver: --via-socket needs -r RCPT and takes neither --account nor "
+              "--trusted (LMTP trust is [lmtp] trusted)", file=sys.stderr)
+        return EX_USAGE
+    raw = read_stdin_message("deliver")
+    if raw is None:
+        return EX_DATAERR
     if args.via_socket is not None:
-        if not args.recipient or args.account or args.trusted:
-            print("deliver: --via-socket needs -r RCPT and takes neither --account nor "
-                  "--trusted (LMTP trust is [lmtp] trusted)", file=sys.stderr)
-            return EX_USAGE
-        raw = read_stdin_message("deliver")
-        if raw is None:
-            return EX_DATAERR
         rc = _deliver_via_socket(args, raw)
         if rc is not None:
             return rc
-    else:
-        raw = read_stdin_message("deliver")
-        if raw is None:
-            return EX_DATAERR
     return _deliver_in_process(args, raw)
 
 
@@ -142,7 +138,7 @@ def _deliver_via_socket(args: argparse.Namespace, raw: bytes) -> int | None:
     if args.via_socket:
         value: str = args.via_socket
         _, sep, port = value.rpartition(":")
-        tcp = sep and port.isdigit() and not value.startswith("/")
+        tcp = bool(sep) and port.isdigit() and not value.startswith("/")
         target = lmtp_target((value if tcp or value.startswith("unix:")
                               else f"unix:{value}",), Path.cwd())
     else:
@@ -150,15 +146,20 @@ def _deliver_via_socket(args: argparse.Namespace, raw: bytes) -> int | None:
         target = lmtp_target(lmtp_listen(conf), conf.parent)
     if target is None:
         return None
+    where = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
     rcpts = [r.lower() for r in args.recipient]
     try:
         result = via_socket.deliver(target, args.mail_from, rcpts, raw)
-    except via_socket.NoGateway:
+    except ValueError as exc:
+        print(f"deliver: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except via_socket.NoGateway as exc:
+        print(f"deliver: no gateway on {where} ({exc}); delivering in-process",
+              file=sys.stderr)
         return None
     except via_socket.LmtpFailed as exc:
         print(f"deliver: LMTP session to the gateway failed: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    where = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
     if args.json:
         print_json({"via": where, "recipients": [
             {"recipient": r, "stage": stage, "reply": str(rep)}

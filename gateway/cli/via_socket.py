@@ -128,7 +128,13 @@ def _dot_stuffed(raw: bytes) -> bytes:
 def deliver(target: Target, mail_from: str, rcpts: list[str], raw: bytes, *,
             hostname: str = "localhost", timeout: float = 300.0) -> Result:
     """One LMTP transaction; NoGateway when nobody listens, LmtpFailed when the
-    session breaks after the greeting."""
+    session breaks after the greeting, ValueError for an address that cannot be
+    sent in an LMTP command."""
+    for addr in (mail_from, *rcpts):
+        if any(c in addr for c in "\r\n<>"):
+            raise ValueError(f"cannot send {addr!r} as an envelope address")
+    if not all(rcpts):
+        raise ValueError("an empty recipient")
     try:
         s = _Session(target, timeout)
     except NoGateway:

@@ -173,6 +173,7 @@ class TestFallback:
         res = deliver(conf, mail("nobody listens"), "--via-socket", "-r", "support@example.org")
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("new: ticket ")
+        assert "no gateway on" in res.stderr and "delivering in-process" in res.stderr
         from gateway.store.db import make_engine
 
         engine = make_engine(load_config(conf).database_url)
@@ -189,3 +190,16 @@ class TestFallback:
         res = deliver(conf, mail("no rcpt"), "--via-socket")
         assert res.returncode == 64
         assert "needs -r" in res.stderr
+
+    def test_address_that_would_inject_a_command(
+            self, make_confdir: Callable[..., Path],
+            run_gateway: Callable[..., RunningGateway]) -> None:
+        """An envelope address with CR/LF or angle brackets is refused (exit 64) before
+        anything is sent; nothing is stored."""
+        conf = make_confdir()
+        rg = run_gateway(load_config(conf), tcp=False)
+        res = deliver(conf, mail("inject"), "--via-socket", "-f", "a@b.test>\r\nRSET",
+                      "-r", "support@example.org")
+        assert res.returncode == 64
+        assert "envelope address" in res.stderr
+        assert Store(rg.gateway.engine).tickets() == []
