@@ -1,4 +1,4 @@
-"""Read-only commands (tickets, log, outqueue list/show) run while a policy or conf.d
+"""Read-only commands (tickets, log, outqueue and handoff list/show) run while a policy or conf.d
 file is broken — exactly when an admin needs to look — with warnings, using only the
 [gateway] keys that locate the database and format ticket numbers."""
 
@@ -71,7 +71,7 @@ class TestBrokenPolicy:
 
     def test_log_and_outqueue(self, delivered: tuple[Path, str],
                               capsys: pytest.CaptureFixture[str]) -> None:
-        """`log list/show/overview` and `outqueue list/show` run as well."""
+        """`log list/show/overview`, `outqueue list/show` and `handoff list` run as well."""
         conf, _ = delivered
         (conf.parent / "policies" / "010-spam.toml").write_text(BROKEN_POLICY)
         rc, out, err = run(capsys, conf, "log", "list", "--json")
@@ -86,6 +86,8 @@ class TestBrokenPolicy:
         assert rc == 0 and json.loads(out) == [], err
         rc, _, err = run(capsys, conf, "outqueue", "show", "1")
         assert rc == 1 and "no message 1" in err
+        rc, out, err = run(capsys, conf, "handoff", "list", "--json")
+        assert rc == 0 and json.loads(out) == [], err
 
     def test_writing_commands_still_refuse(self, delivered: tuple[Path, str],
                                            capsys: pytest.CaptureFixture[str],
