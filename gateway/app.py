@@ -30,7 +30,7 @@ from gateway.inbound.pipeline import Pipeline
 from gateway.model import Envelope, Outcome
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
-from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.db import BatchWriter, ensure_schema, make_engine
 
 log = structlog.get_logger(__name__)
 
@@ -124,8 +124,8 @@ class Gateway:
     # ---------------------------------------------------------------- setup
 
     def prepare_store(self) -> None:
-        """Migrate the schema and mirror queues/addresses from the config."""
-        migrate(self.engine)
+        """Migrate the schema (when behind) and mirror queues/addresses from the config."""
+        ensure_schema(self.engine)
         with self.engine.begin() as conn:
             repo.sync_config(conn, self.config)
 

@@ -14,12 +14,11 @@ from typing import Literal
 
 from sqlalchemy import Connection, insert, update
 
+from gateway.commlog_names import PRIORITIES as PRIORITIES
+from gateway.commlog_names import Priority
+from gateway.commlog_names import Status as Status
 from gateway.store.fast import Prepared, deferred
 from gateway.store.tables import CommEntry, CommObject, Communication
-
-Priority = Literal["Error", "Warn", "Notice", "Info", "Debug"]
-Status = Literal["Processing", "Successful", "Warning", "Failed"]
-PRIORITIES: tuple[Priority, ...] = ("Error", "Warn", "Notice", "Info", "Debug")
 
 
 def now() -> datetime:

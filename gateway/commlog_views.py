@@ -22,13 +22,15 @@ from sqlalchemy import (
     select,
 )
 
-from gateway.commlog import PRIORITIES
+from gateway.commlog_names import (
+    DIRECTIONS,
+    PRIORITIES,
+    SORT_COLUMNS,
+    STATUSES,
+    priorities_at_least,
+)
 from gateway.store.tables import Article, CommEntry, CommObject, Communication, Ticket
 
-STATUSES = ("Processing", "Successful", "Warning", "Failed")
-DIRECTIONS = ("Incoming", "Outgoing")
-SORT_COLUMNS = ("id", "direction", "status", "account_type", "account", "start", "end",
-                "duration")
 ACCOUNT_OK = "ok"
 ACCOUNT_PERMANENT = "permanent connection errors"
 ACCOUNT_INTERMITTENT = "intermittent connection errors"
@@ -39,14 +41,6 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def priorities_at_least(priority: str) -> tuple[str, ...]:
-    """'Warn' → ('Error', 'Warn'): a priority and everything more severe (OTOBO semantics)."""
-    for i, p in enumerate(PRIORITIES):
-        if p.lower() == priority.lower():
-            return PRIORITIES[:i + 1]
-    raise ValueError(f"{priority!r} is not one of {', '.join(PRIORITIES)}")
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,25 @@
-"""Helpers shared by the CLI modules: loading the config, printing JSON and tables."""
+"""Helpers shared by the CLI modules: loading the config, printing JSON and tables.
+
+Every CLI module is imported to build the parser (`deskgate --help` lists them
+all), so they import at the top only what argparse needs; the configuration,
+the store, the pipeline and the rest are imported inside the command that uses
+them. tests/unit/ops/test_ops_coldstart.py keeps it so.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
-
-from gateway.config import Config, load_config
-from gateway.errors import ConfigErrors
-from gateway.logs import setup_logging
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.config import Config
 
 EX_OK = 0
 EX_DATAERR = 65
+EX_USAGE = 64
 EX_NOUSER = 67
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
@@ -25,7 +27,16 @@ EX_CONFIG = 78
 
 
 def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
-    """Load and validate the configuration or exit 1 listing every error."""
+    """Load and validate the configuration or exit 1 listing every error.
+
+    The plugins are imported first: they register the validators of their
+    sections (filters, crypto, DKIM, dashboard, accounts)."""
+    from gateway.app import load_plugins
+    from gateway.config import load_config
+    from gateway.errors import ConfigErrors
+    from gateway.logs import setup_logging
+
+    load_plugins()
     try:
         cfg = load_config(args.config)
     except ConfigErrors as exc:
@@ -36,7 +47,44 @@ def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
     return cfg
 
 
+def load_readonly(args: argparse.Namespace) -> Config:
+    """The configuration of a command that only reads the database.
+
+    It is validated without the plugins' checks, which such a command does not
+    need. When conf.d or a policy file is broken, the errors are printed as
+    warnings and the command goes on with the [gateway] keys that locate the
+    database and format ticket numbers (database, state_dir, ticket_hook): an
+    admin can look at tickets and the log exactly when the files are being fixed.
+    """
+    from gateway.config import Config, GatewayConfig, load_config
+    from gateway.errors import ConfigErrors
+    from gateway.logs import setup_logging
+    from gateway.rawconf import config_dir, read_sections
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors as exc:
+        conf = config_dir(args.config)
+        if not conf.is_dir():
+            for err in exc.errors:
+                print(str(err), file=sys.stderr)
+            raise SystemExit(1) from None
+        for err in exc.errors:
+            print(f"warning: {err}", file=sys.stderr)
+        raw = read_sections(conf, ("gateway",))["gateway"]
+        keys = {k: raw[k] for k in ("database", "state_dir", "ticket_hook")
+                if isinstance(raw.get(k), str)}
+        print("warning: the configuration has errors (`deskgate check` lists them); "
+              "reading the database with [gateway] database, state_dir and ticket_hook only",
+              file=sys.stderr)
+        cfg = Config(root=conf.parent, conf_dir=conf, gateway=GatewayConfig(**keys))
+    setup_logging("warning", cfg.gateway.log_format)
+    return cfg
+
+
 def _default(o: Any) -> Any:
+    from datetime import datetime
+
     if isinstance(o, datetime):
         return o.isoformat()
     if isinstance(o, bytes):
@@ -47,6 +95,8 @@ def _default(o: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
+    import json
+
     json.dump(obj, sys.stdout, indent=2, default=_default, ensure_ascii=False)
     sys.stdout.write("\n")
 

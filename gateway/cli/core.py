@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from gateway.cli.common import (
     EX_NOUSER,
     EX_OK,
     EX_TEMPFAIL,
+    EX_USAGE,
     add_json,
     load,
     open_gateway,
@@ -42,6 +42,10 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--from", dest="mail_from", default="", help="envelope sender")
     p.add_argument("--account", help="process as if fetched by this [[account]]")
     p.add_argument("--trusted", action="store_true", help="honour X-Deskgate-/X-OTOBO- headers")
+    p.add_argument("--via-socket", nargs="?", const="", default=None, metavar="SOCKET",
+                   help="hand the message to the running gateway over LMTP (SOCKET: a unix "
+                        "socket path or HOST:PORT; default: the first of [lmtp] listen) and "
+                        "exit with its answer; deliver in-process when none listens")
     add_json(p)
     p.set_defaults(func=cmd_deliver)
 
@@ -117,9 +121,11 @@ def _metrics_multiprocess(directory: Path) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.app import load_plugins
     from gateway.config import load_config
     from gateway.errors import ConfigErrors
 
+    load_plugins()   # plugins register the validators of their sections
     try:
         cfg = load_config(args.config)
     except ConfigErrors as exc:
@@ -159,12 +165,73 @@ def _no_system_address(gw: Gateway, raw: bytes) -> int | None:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from gateway.model import Envelope
-
-    cfg = load(args)
+    if args.via_socket is not None and (not args.recipient or args.account or args.trusted):
+        print("deliver: --via-socket needs -r RCPT and takes neither --account nor "
+              "--trusted (LMTP trust is [lmtp] trusted)", file=sys.stderr)
+        return EX_USAGE
     raw = read_stdin_message("deliver")
     if raw is None:
         return EX_DATAERR
+    if args.via_socket is not None:
+        rc = _deliver_via_socket(args, raw)
+        if rc is not None:
+            return rc
+    return _deliver_in_process(args, raw)
+
+
+def _deliver_via_socket(args: argparse.Namespace, raw: bytes) -> int | None:
+    """The exit code of an LMTP delivery to the running gateway; None when none listens."""
+    from gateway.cli import via_socket
+    from gateway.rawconf import config_dir, lmtp_listen, lmtp_target
+
+    target: via_socket.Target | None
+    if args.via_socket:
+        value: str = args.via_socket
+        _, sep, port = value.rpartition(":")
+        tcp = bool(sep) and port.isdigit() and not value.startswith("/")
+        target = lmtp_target((value if tcp or value.startswith("unix:")
+                              else f"unix:{value}",), Path.cwd())
+    else:
+        conf = config_dir(args.config)
+        target = lmtp_target(lmtp_listen(conf), conf.parent)
+    if target is None:
+        return None
+    where = target if isinstance(target, str) else f"{target[0]}:{target[1]}"
+    rcpts = [r.lower() for r in args.recipient]
+    try:
+        result = via_socket.deliver(target, args.mail_from, rcpts, raw)
+    except ValueError as exc:
+        print(f"deliver: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except via_socket.NoGateway as exc:
+        print(f"deliver: no gateway on {where} ({exc}); delivering in-process",
+              file=sys.stderr)
+        return None
+    except via_socket.LmtpFailed as exc:
+        print(f"deliver: LMTP session to the gateway failed: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if args.json:
+        print_json({"via": where, "recipients": [
+            {"recipient": r, "stage": stage, "reply": str(rep)}
+            for stage, pairs in (("rcpt", result.refused), ("data", result.delivered))
+            for r, rep in pairs],
+            "refused": str(result.refused_message) if result.refused_message else None})
+    else:
+        for r, rep in result.refused:
+            print(f"deliver: <{r}>: {rep}", file=sys.stderr)
+        if result.refused_message is not None:
+            print(f"deliver: {result.refused_message}", file=sys.stderr)
+        for r, rep in result.delivered:
+            print(f"<{r}>: {rep}", file=sys.stdout if rep.ok else sys.stderr)
+    return result.exit_code()
+
+
+def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
+    import asyncio
+
+    from gateway.model import Envelope
+
+    cfg = load(args)
     account = None
     if args.account:
         account = cfg.account_by_name(args.account)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -49,6 +48,8 @@ def _describe(r: Any) -> str:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.app import Gateway
 
     cfg = load(args)
@@ -93,11 +94,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def _list_oversized(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.inbound.poller import state
-    from gateway.store.db import make_engine, migrate
+    from gateway.store.db import ensure_schema, make_engine
 
     engine = make_engine(cfg.database_url)
     try:
-        migrate(engine)
+        ensure_schema(engine)
         with engine.connect() as conn:
             rows = state.list_oversized(conn, args.account)
     finally:
@@ -113,11 +114,11 @@ def _list_oversized(args: argparse.Namespace, cfg: Any) -> int:
 
 def _status(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.inbound.poller import state
-    from gateway.store.db import make_engine, migrate
+    from gateway.store.db import ensure_schema, make_engine
 
     engine = make_engine(cfg.database_url)
     try:
-        migrate(engine)
+        ensure_schema(engine)
         with engine.connect() as conn:
             known = {s.account: s for s in state.account_status(conn)}
     finally:

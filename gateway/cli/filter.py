@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.common import EX_DATAERR, EX_OK, add_json, load, print_json
-from gateway.config import Config
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 
 def register(sub: Any) -> None:

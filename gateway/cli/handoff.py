@@ -6,11 +6,12 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
+from gateway.cli.common import EX_OK, add_json, load, load_readonly, print_json, print_table
 
-from gateway.cli.common import EX_OK, add_json, load, print_json, print_table
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 def register(sub: Any) -> None:
@@ -47,12 +48,12 @@ def register(sub: Any) -> None:
 
 @contextlib.contextmanager
 def _connection(args: argparse.Namespace, *, write: bool = False) -> Iterator[Connection]:
-    from gateway.store.db import make_engine, migrate
+    from gateway.store.db import ensure_schema, make_engine
 
-    cfg = load(args)
+    cfg = load(args) if write else load_readonly(args)
     engine = make_engine(cfg.database_url)
     try:
-        migrate(engine)
+        ensure_schema(engine)
         with engine.begin() if write else engine.connect() as conn:
             yield conn
     finally:

@@ -6,14 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
-
-from gateway import inventory
 from gateway.cli.common import add_json, load, print_json, print_table
-from gateway.config import Config
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from gateway.config import Config
 
 
 def register(sub: Any) -> None:
@@ -59,6 +59,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
 @contextmanager
 def _store(cfg: Config) -> Iterator[Connection | None]:
     """A connection to the database when it exists; None (config only) otherwise."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway import inventory
+
     try:
         engine = inventory.open_store(cfg)
     except SQLAlchemyError as exc:
@@ -76,6 +80,8 @@ def _store(cfg: Config) -> Iterator[Connection | None]:
 
 
 def _cells(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[list[str]]:
+    from gateway import inventory
+
     return [[inventory.display(r.get(f)) for f in fields] for r in rows]
 
 
@@ -84,6 +90,8 @@ def _headers(fields: tuple[str, ...]) -> list[str]:
 
 
 def cmd_addresses(args: argparse.Namespace) -> int:
+    from gateway import inventory
+
     cfg = load(args)
     with _store(cfg) as conn:
         rows = inventory.list_addresses(cfg, conn, text=args.search, valid=args.valid,
@@ -96,6 +104,8 @@ def cmd_addresses(args: argparse.Namespace) -> int:
 
 
 def cmd_queues(args: argparse.Namespace) -> int:
+    from gateway import inventory
+
     cfg = load(args)
     with _store(cfg) as conn:
         rows = inventory.list_queues(cfg, conn, text=args.search)
@@ -111,6 +121,8 @@ ACCOUNT_TABLE = ("name", "type", "host", "port", "login", "folder", "trusted", "
 
 
 def cmd_accounts(args: argparse.Namespace) -> int:
+    from gateway import inventory
+
     cfg = load(args)
     with _store(cfg) as conn:
         rows = inventory.list_accounts(cfg, conn, text=args.search)
@@ -125,6 +137,8 @@ FILTER_TABLE = ("order", "name", "stop_after_match", "conditions", "settings", "
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
+    from gateway import inventory
+
     cfg = load(args)
     rows = inventory.list_filters(cfg, text=args.search)
     if args.json:

@@ -7,19 +7,31 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, inspect
+from gateway import commlog_names as names
+from gateway.cli.common import add_json, load, load_readonly, print_json, print_table
 
-from gateway import commlog_views as views
-from gateway.cli.common import add_json, load, print_json, print_table
-from gateway.config import Config, parse_duration
-from gateway.store.db import make_engine
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from gateway.config import Config
+
+
+def parse_duration(value: str) -> float:
+    """gateway.config.parse_duration, imported when an option needs it."""
+    from gateway.config import parse_duration as parse
+
+    return parse(value)
 
 
 @contextlib.contextmanager
 def _connect(cfg: Config, *, write: bool = False) -> Iterator[Connection]:
     """A connection to the gateway's database; exit 1 with a hint when it has no schema."""
+    from sqlalchemy import inspect
+
+    from gateway.store.db import make_engine
+
     engine = make_engine(cfg.database_url)
     try:
         with engine.connect() as conn:
@@ -57,7 +69,7 @@ def _duration(value: str) -> float:
 
 def _priority(value: str) -> str:
     try:
-        return views.priorities_at_least(value)[-1]
+        return names.priorities_at_least(value)[-1]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -76,15 +88,15 @@ def register(sub: Any) -> None:
     lp = lsub.add_parser("list", help="communications, newest first")
     lp.add_argument("--since", type=parse_when, help="start at or after (time or '24h' ago)")
     lp.add_argument("--until", type=parse_when, help="start before (time or duration ago)")
-    lp.add_argument("--direction", choices=views.DIRECTIONS)
-    lp.add_argument("--status", choices=views.STATUSES)
+    lp.add_argument("--direction", choices=names.DIRECTIONS)
+    lp.add_argument("--status", choices=names.STATUSES)
     lp.add_argument("--account", help="account name or type (LMTP, IMAPS, SMTP, ...)")
     lp.add_argument("--priority", type=_priority,
                     help="only communications with an entry at this priority or worse "
                          "(Error, Warn, Notice, Info, Debug)")
     lp.add_argument("--search", help="text in any entry (case-insensitive) or the account")
     lp.add_argument("--sort", default="-start",
-                    help=f"column: {', '.join(views.SORT_COLUMNS)}; prefix - to reverse "
+                    help=f"column: {', '.join(names.SORT_COLUMNS)}; prefix - to reverse "
                          "(default -start)")
     lp.add_argument("--limit", type=int, default=100)
     lp.add_argument("--offset", type=int, default=0)
@@ -107,7 +119,9 @@ def _fmt(dt: datetime | None) -> str:
 
 
 def cmd_overview(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    from gateway import commlog_views as views
+
+    cfg = load_readonly(args)
     with _connect(cfg) as conn:
         data = views.overview(conn, period=args.period)
     if args.json:
@@ -124,7 +138,9 @@ def cmd_overview(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    from gateway import commlog_views as views
+
+    cfg = load_readonly(args)
     f = views.LogFilter(since=args.since, until=args.until, direction=args.direction,
                         status=args.status, account=args.account, priority=args.priority,
                         search=args.search, sort=args.sort, limit=args.limit,
@@ -146,7 +162,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    from gateway import commlog_views as views
+
+    cfg = load_readonly(args)
     with _connect(cfg) as conn:
         data = views.get_communication(conn, args.id, priority=args.priority)
     if data is None:
@@ -171,6 +189,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    from gateway import commlog_views as views
+
     cfg = load(args)
     with _connect(cfg, write=True) as conn:
         n = views.purge(conn, successful_after=cfg.gateway.purge_successful_after,

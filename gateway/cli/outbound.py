@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-
-import gateway.outbound.checks
-import gateway.outbound.dkim  # noqa: F401 - registers the [[dkim]] validator for every command
 from gateway.cli.common import (
     EX_DATAERR,
     EX_OK,
     EX_TEMPFAIL,
     add_json,
     load,
+    load_readonly,
     open_gateway,
     print_json,
     print_table,
     read_stdin_message,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 def register(sub: Any) -> None:
@@ -71,6 +70,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.inbound.parse import first_address
     from gateway.outbound.pipeline import OutboundContext
     from gateway.outbound.rewrite import header_text, recipients_from_headers
@@ -117,19 +118,20 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EX_TEMPFAIL if result.reply.temporary else EX_DATAERR
 
 
-def _engine(args: argparse.Namespace) -> Any:
-    from gateway.store.db import make_engine, migrate
+def _engine(args: argparse.Namespace, *, readonly: bool = False) -> Any:
+    """An engine on the migrated database; `readonly` commands run on a broken config."""
+    from gateway.store.db import ensure_schema, make_engine
 
-    cfg = load(args)
+    cfg = load_readonly(args) if readonly else load(args)
     engine = make_engine(cfg.database_url)
-    migrate(engine)
+    ensure_schema(engine)
     return engine
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import list_queue
 
-    engine = _engine(args)
+    engine = _engine(args, readonly=True)
     with engine.connect() as conn:
         rows = list_queue(conn, include_done=args.all)
     engine.dispose()
@@ -149,7 +151,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import show
 
-    engine = _engine(args)
+    engine = _engine(args, readonly=True)
     with engine.connect() as conn:
         d = show(conn, args.id)
     engine.dispose()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select
+from gateway.cli.common import add_json, load_readonly, print_json, print_table
 
-from gateway.cli.common import add_json, load, print_json, print_table
-from gateway.store.db import make_engine
-from gateway.store.tables import Article, Attachment, Ticket
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 def register(sub: Any) -> None:
@@ -41,6 +40,10 @@ def ticket_summary(t: Any) -> dict[str, Any]:
 
 def list_tickets(conn: Connection, *, queue: str | None = None, state: str | None = None,
                  limit: int = 100) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from gateway.store.tables import Ticket
+
     q = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
     if queue:
         q = q.where(Ticket.queue == queue)
@@ -73,6 +76,10 @@ def helpdesk_state(conn: Connection, ticket_id: int, ticket_url: str = ""
 def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
                   ) -> dict[str, Any] | None:
     """The JSON of `tickets show N --json` (its field names are a stable contract)."""
+    from sqlalchemy import select
+
+    from gateway.store.tables import Article, Attachment, Ticket
+
     t = find_ticket(conn, number)
     if t is None:
         return None
@@ -113,7 +120,9 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    from gateway.store.db import make_engine
+
+    cfg = load_readonly(args)
     engine = make_engine(cfg.database_url)
     with engine.connect() as conn:
         rows = list_tickets(conn, queue=args.queue, state=args.state, limit=args.limit)
@@ -129,7 +138,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    from gateway.store.db import make_engine
+
+    cfg = load_readonly(args)
     engine = make_engine(cfg.database_url)
     with engine.connect() as conn:
         detail = ticket_detail(conn, args.number, cfg.helpdesk.ticket_url)
@@ -139,8 +150,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(detail)
         return 0
-    print(f"Ticket#{detail['number'] or '(number from the helpdesk pending)'}  "
-          f"{detail['title']}")
+    print(f"{cfg.gateway.ticket_hook}"
+          f"{detail['number'] or '(number from the helpdesk pending)'}  {detail['title']}")
     print(f"  queue {detail['queue']}  state {detail['state']}  priority {detail['priority']}  "
           f"customer {detail['customer_user']}")
     hd = detail["helpdesk"]

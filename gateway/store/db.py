@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,6 +132,42 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+_REVISION_RE = re.compile(r"^(down_revision|revision)\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+
+
+def head_revision() -> str | None:
+    """The newest migration, read from the revision files without importing Alembic
+    (which takes longer to import than a `deskgate deliver` may take in all);
+    None when the files do not name exactly one head."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for kind, rev in _REVISION_RE.findall(path.read_text(encoding="utf-8")):
+            (revisions if kind == "revision" else parents).add(rev)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def ensure_schema(engine: Engine) -> bool:
+    """Migrate only when the schema is not at the newest revision; True when it ran.
+
+    The check is one read of alembic_version, so commands that run once per
+    message pay no Alembic start-up. A database that cannot be read here goes to
+    migrate(), which raises the real error (down, locked, unwritable).
+    """
+    head = head_revision()
+    if head is not None:
+        try:
+            with engine.connect() as conn:
+                rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        except DBAPIError:
+            rows = []
+        if [r[0] for r in rows] == [head]:
+            return False
+    migrate(engine)
+    return True
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -177,17 +177,21 @@ def sync_config(conn: Connection, cfg: Config) -> None:
     """Mirror [[queue]] and [[address]] into the database.
 
     An address that disappeared from the files stays, marked invalid, because
-    history refers to it; the same for queues.
+    history refers to it; the same for queues. Only rows that differ are written
+    (and get a new `changed`), so an unchanged configuration costs two reads and
+    no write: `deskgate deliver` runs this once per message.
     """
     now = utcnow()
     existing_q = {r.name: r for r in conn.execute(select(Queue)).all()}
     for q in cfg.queue:
         vals = {"address": q.address, "follow_up": q.follow_up, "comment": q.comment,
-                "valid": True, "changed": now}
+                "valid": True}
         if q.name in existing_q:
-            conn.execute(update(Queue).where(Queue.name == q.name).values(**vals))
+            if not _same(existing_q[q.name], vals):
+                conn.execute(update(Queue).where(Queue.name == q.name)
+                             .values(**vals, changed=now))
         else:
-            conn.execute(insert(Queue).values(name=q.name, **vals))
+            conn.execute(insert(Queue).values(name=q.name, **vals, changed=now))
     names = {q.name for q in cfg.queue}
     for name, row in existing_q.items():
         if name not in names and row.valid:
@@ -196,16 +200,22 @@ def sync_config(conn: Connection, cfg: Config) -> None:
     existing_a = {r.email: r for r in conn.execute(select(SystemAddress)).all()}
     for a in cfg.address:
         vals = {"display_name": a.display_name, "queue": a.queue, "valid": a.valid,
-                "comment": a.comment, "source": a.source, "in_config": True, "changed": now}
+                "comment": a.comment, "source": a.source, "in_config": True}
         if a.email in existing_a:
-            conn.execute(update(SystemAddress).where(SystemAddress.email == a.email).values(**vals))
+            if not _same(existing_a[a.email], vals):
+                conn.execute(update(SystemAddress).where(SystemAddress.email == a.email)
+                             .values(**vals, changed=now))
         else:
-            conn.execute(insert(SystemAddress).values(email=a.email, **vals))
+            conn.execute(insert(SystemAddress).values(email=a.email, **vals, changed=now))
     emails = {a.email for a in cfg.address}
     for email, arow in existing_a.items():
         if email not in emails and (arow.in_config or arow.valid != "invalid"):
             conn.execute(update(SystemAddress).where(SystemAddress.email == email).values(
                 valid="invalid", in_config=False, changed=now))
+
+
+def _same(row: Any, vals: dict[str, Any]) -> bool:
+    return all(getattr(row, k) == v for k, v in vals.items())
 
 
 def ticket_by_number(conn: Connection, number: str) -> Any:
