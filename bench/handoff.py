@@ -11,8 +11,13 @@ Every figure comes with a baseline measured in this one invocation:
   hand-off throughput (messages / (last delivered - first committed)) and the
   latency commit → delivered (p50/p99), against the receiver's own rate for the
   same documents POSTed directly with the same concurrency (baseline).
+* otobo-pipe / otobo-rest (--otobo; needs OTOBO's source tarball, see
+  DESKGATE_OTOBO_SRC in tests/peers/otobo.py, and PostgreSQL): a real OTOBO 11
+  behind deskgate. Baselines: the same messages piped into PostMaster::Read one
+  by one (what a pipe transport does), and the same tickets created straight
+  through the REST web service with the same concurrency.
 
-    python bench/handoff.py [--messages 2000] [--rounds 3] [--only lmtp-down|webhook]
+    python bench/handoff.py [--messages 2000] [--rounds 3] [--only lmtp-down|webhook|otobo]
 """
 
 from __future__ import annotations
@@ -102,15 +107,17 @@ def smtp_source(sock: str, messages: int, sessions: int, size: int) -> float:
 class Gateway:
     """`deskgate serve` in a process of its own on a fresh root."""
 
-    def __init__(self, tmp: Path, name: str, helpdesk: str = "") -> None:
+    def __init__(self, tmp: Path, name: str, helpdesk: str = "",
+                 secrets: dict[str, str] | None = None) -> None:
         self.root = tmp / name
         shutil.rmtree(self.root, ignore_errors=True)
         (self.root / "conf.d").mkdir(parents=True)
         self.sock = str(self.root / "lmtp.sock")
         (self.root / "conf.d" / "10.toml").write_text(CONF.format(sock=self.sock) + helpdesk)
-        secret = self.root / "webhook.secret"
-        secret.write_text(SECRET)
-        secret.chmod(0o600)
+        for fname, value in {"webhook.secret": SECRET, **(secrets or {})}.items():
+            secret = self.root / fname
+            secret.write_text(value)
+            secret.chmod(0o600)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(self.root / "conf.d"), "serve"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -239,6 +246,108 @@ def webhook(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def otobo_message(n: int, tag: str) -> bytes:
+    body = f"The printer in room {n} prints nothing but blank pages. " * 60
+    return (f"From: Customer {n} <c{n}@customer.test>\r\nTo: support@example.org\r\n"
+            f"Subject: bench {tag} {n}\r\nMessage-ID: <bench-{tag}-{n}@customer.test>\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+
+
+def lmtp_send(sock: str, messages: list[bytes]) -> None:
+    from tests.peers.lmtp import LmtpClient
+
+    c = LmtpClient(Path(sock))
+    c.lhlo()
+    for m in messages:
+        _, replies = c.transaction("sender@customer.test", ["support@example.org"], m)
+        assert replies[0][0] == 250, replies
+    c.close()
+
+
+def otobo(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """A real OTOBO: deskgate's hand-off (pipe, REST) against feeding OTOBO directly."""
+    from tests.peers import otobo as ot
+
+    why = ot.missing()
+    if why:
+        raise SystemExit(f"OTOBO cannot run here: {why}")
+    n = a.otobo_messages
+    site = ot.make_site()
+    out: dict[str, Any] = {}
+    try:
+        # Pipe baseline: PostMaster::Read once per message, one after the other.
+        o = site.new(tmp / "otobo-direct")
+        msgs = [otobo_message(i, "direct") for i in range(n)]
+        t0 = time.perf_counter()
+        for m in msgs:
+            o.read_mail(m)
+        direct_pipe = n / (time.perf_counter() - t0)
+        o.drop()
+        for kind in ("pipe", "rest"):
+            o = site.new(tmp / f"otobo-{kind}")
+            if kind == "pipe":
+                hd = (f'[helpdesk]\ntype = "otobo-postmaster"\n'
+                      f'command = {json.dumps(o.postmaster_command())}\n')
+            else:
+                url = o.start_rest()
+                hd = (f'[helpdesk]\ntype = "otobo-rest"\nurl = "{url}"\n'
+                      f'user = "{ot.AGENT}"\npassword_file = "otobo.pass"\n')
+            hd += f'retry = "1s*100"\npoll_interval = "0.5s"\nconcurrency = {a.concurrency}\n'
+            gw = Gateway(tmp, f"gw-{kind}", hd, secrets={"otobo.pass": ot.AGENT_PASSWORD})
+            try:
+                lmtp_send(gw.sock, [otobo_message(i, kind) for i in range(n)])
+                if not wait_count(lambda o=o: len(o.tickets()), n, 1200):
+                    raise RuntimeError(f"OTOBO ({kind}) did not get every ticket")
+                time.sleep(1.0)          # the last hand-offs' records
+                times = gw.handoff_times()
+            finally:
+                gw.stop()
+            lat = [d - c for c, d in times]
+            rate = len(times) / (max(d for _, d in times) - min(c for c, _ in times))
+            row = {"deskgate": rate, "p50_ms": pct(lat, 0.5) * 1000,
+                   "p99_ms": pct(lat, 0.99) * 1000}
+            if kind == "pipe":
+                row["direct"] = direct_pipe
+            else:
+                row["direct"] = direct_rest(o.rest_url, n, a.concurrency)
+                o.stop_rest()
+            row["ratio"] = row["deskgate"] / row["direct"]
+            out[kind] = row
+            o.drop()
+            base = "PostMaster::Read serially" if kind == "pipe" else "direct REST creates"
+            print(f"otobo-{kind:4}  {base} {row['direct']:6.1f} msg/s  deskgate hand-off "
+                  f"{rate:6.1f} msg/s  ratio {row['ratio']:.2f}  LMTP 250→ticket in OTOBO "
+                  f"p50 {row['p50_ms']:.0f} ms p99 {row['p99_ms']:.0f} ms", flush=True)
+    finally:
+        site.destroy()
+    return out
+
+
+def direct_rest(url: str, n: int, concurrency: int) -> float:
+    """TicketCreate straight through OTOBO's web service, `concurrency` at a time."""
+    from tests.peers import otobo as ot
+
+    def create(i: int) -> None:
+        body = json.dumps({
+            "UserLogin": ot.AGENT, "Password": ot.AGENT_PASSWORD,
+            "Ticket": {"Title": f"direct {i}", "Queue": "Support", "State": "new",
+                       "Priority": "3 normal", "CustomerUser": f"d{i}@customer.test"},
+            "Article": {"CommunicationChannel": "Email", "Subject": f"direct {i}",
+                        "Body": "The printer prints nothing but blank pages. " * 60,
+                        "ContentType": "text/plain; charset=utf8"}}).encode()
+        req = urllib.request.Request(url + "/Ticket", data=body, method="POST",  # noqa: S310
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 (loopback)
+            answer = json.loads(resp.read())
+        if "TicketID" not in answer:
+            raise RuntimeError(f"OTOBO refused: {answer}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(create, range(n)))
+    return n / (time.perf_counter() - t0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -247,12 +356,15 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=4, help="[helpdesk] concurrency")
-    ap.add_argument("--only", choices=("lmtp-down", "webhook"), action="append")
+    ap.add_argument("--only", choices=("lmtp-down", "webhook", "otobo"), action="append")
+    ap.add_argument("--otobo", action="store_true", help="also measure a real OTOBO")
+    ap.add_argument("--otobo-messages", type=int, default=40,
+                    help="messages per OTOBO scenario (PostMaster::Read takes ~1 s each)")
     a = ap.parse_args()
     if not shutil.which("smtp-source"):
         print("smtp-source not found (Debian package postfix)", file=sys.stderr)
         return 2
-    only = set(a.only or ["lmtp-down", "webhook"])
+    only = set(a.only or ["lmtp-down", "webhook"] + (["otobo"] if a.otobo else []))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dg-bench-handoff-") as td:
         tmp = Path(td)
@@ -261,6 +373,8 @@ def main() -> int:
             results["lmtp_down"] = lmtp_while_down(tmp, a)
         if "webhook" in only:
             results["webhook"] = webhook(tmp, a)
+        if "otobo" in only:
+            results["otobo"] = otobo(tmp, a)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "handoff.json").write_text(json.dumps(results, indent=2))
