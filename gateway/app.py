@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import importlib
 import os
 import signal
@@ -274,6 +276,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
                 workers: Sequence[int] = ()) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are pre-forked LMTP
     processes sharing `socks`; they get our signals and are waited for."""
+    if _PIDLOCK["fd"] is None:      # serve() run without run_serve (tests)
+        lock_pidfile(config)
     gw = Gateway(config)
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
@@ -294,9 +298,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
     loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
-    pidfile = config.state_dir / "run" / "deskgate.pid"
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(f"{os.getpid()}\n")
+    pidfile = pidfile_path(config)
     log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1,
              services=[s.name for s in gw.services], database=_safe_url(config.database_url))
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
@@ -310,6 +312,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     await loop.run_in_executor(None, _reap, workers)
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
+    _release_pidfile()
 
 
 async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
@@ -393,7 +396,9 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(config: Config) -> None:
-    """`deskgate serve`: migrate, bind, fork [lmtp] workers - 1 helpers, serve."""
+    """`deskgate serve`: lock the pid file, migrate, bind, fork [lmtp] workers - 1
+    helpers, serve. Raises errors.InUse when another gateway runs on this configuration."""
+    lock_pidfile(config)
     gw = Gateway(config)
     try:
         gw.prepare_store()
@@ -429,3 +434,45 @@ def run_serve(config: Config) -> None:
 
 def pidfile_path(config: Config) -> Path:
     return config.state_dir / "run" / "deskgate.pid"
+
+
+# The open, flock'ed pid file of this process (inherited by pre-forked workers).
+_PIDLOCK: dict[str, int | None] = {"fd": None}
+
+
+def lock_pidfile(config: Config) -> None:
+    """Take an exclusive flock on the pid file before anything is bound, and write our pid.
+
+    A second `deskgate serve` on the same configuration fails here, before it can
+    touch the first one's sockets. The lock goes with the process (however it dies).
+    """
+    path = pidfile_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        holder = _read_pid(path)
+        raise errors.InUse(f"{path} is locked by a running deskgate serve "
+                    f"(pid {holder or 'unknown'}); stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _PIDLOCK["fd"] = fd
+
+
+def _release_pidfile() -> None:
+    fd = _PIDLOCK["fd"]
+    if fd is not None:
+        _PIDLOCK["fd"] = None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

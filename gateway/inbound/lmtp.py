@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
 import socket
+import stat
+import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, AnyStr, Literal, Protocol
@@ -287,6 +290,42 @@ def _peer_name(peer: Any) -> str:
     return str(peer or "unix")
 
 
+def _unlink_stale(path: Path, spec: str) -> None:
+    """Remove a socket file nobody listens on; refuse when a process still accepts.
+
+    Probing by connecting first (as Postfix and Dovecot do) keeps a second
+    gateway from deleting the live socket of the first one.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except FileNotFoundError:
+        return
+    except ConnectionRefusedError:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise errors.InUse(f"LMTP {spec}: {path} exists and is not a socket") from None
+        path.unlink()             # stale: left by a gateway that died
+        return
+    except OSError as exc:
+        raise errors.InUse(f"LMTP {spec}: cannot probe {path}: {exc.strerror}") from None
+    else:
+        raise errors.InUse(f"LMTP {spec} is in use by pid {_peer_pid(probe)}") from None
+    finally:
+        probe.close()
+
+
+def _peer_pid(sock: socket.socket) -> str:
+    """The pid that listens on a connected unix socket (SO_PEERCRED), or 'unknown'."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return "unknown"
+    return str(struct.unpack("3i", creds)[0])
+
+
 def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o660,
                    socket_group: str = "") -> list[socket.socket]:
     """Bind every `listen` address (unix:PATH relative to root, or HOST:PORT).
@@ -300,10 +339,13 @@ def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o66
             path = Path(spec[5:])
             path = path if path.is_absolute() else root / path
             path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _unlink_stale(path, spec)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
+            try:
+                sock.bind(str(path))
+            except OSError as exc:
+                sock.close()
+                raise errors.InUse(f"LMTP {spec}: cannot bind {path}: {exc.strerror}") from None
             path.chmod(socket_mode)
             if socket_group:
                 try:
@@ -317,7 +359,13 @@ def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o66
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, int(port)))
+            try:
+                sock.bind((host, int(port)))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise errors.InUse(f"LMTP {spec} is in use by another process") from None
+                raise errors.InUse(f"LMTP {spec}: cannot bind: {exc.strerror}") from None
         sock.listen(512)
         sock.setblocking(False)
         socks.append(sock)

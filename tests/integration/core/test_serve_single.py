@@ -1,0 +1,112 @@
+"""One `deskgate serve` per configuration and per socket: a second one refuses to
+start with one line naming what is in use and by which pid, and leaves the
+running gateway untouched."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.peers.lmtp import LmtpClient
+from tests.peers.serve import serve_refused, start_serve
+
+NO_DASHBOARD = "[dashboard]\nlisten = \"\"\n"
+
+
+def _wait_serving(proc: subprocess.Popen[bytes], sock: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the first gateway exited"
+        try:
+            LmtpClient(sock, timeout=5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the first gateway never accepted on its socket")
+
+
+def _delivers(sock: Path, tag: str) -> int:
+    c = LmtpClient(sock)
+    c.lhlo()
+    msg = (f"From: a@c.test\r\nTo: support@example.org\r\nSubject: {tag}\r\n"
+           f"Message-ID: <{tag}@c.test>\r\n\r\nbody\r\n").encode()
+    _, data = c.transaction("a@c.test", ["support@example.org"], msg)
+    c.close()
+    return data[0][0]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class TestSecondServe:
+    def test_same_config_refused_by_pid_file_lock(self, make_confdir):
+        """A second serve on the same conf.d exits non-zero with one line naming the
+        pid file and the first pid; the first keeps its socket, pid file and mail flow."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        pidfile = conf.parent / "var" / "run" / "deskgate.pid"
+        first = start_serve(conf)
+        try:
+            _wait_serving(first, sock)
+            inode = sock.stat().st_ino
+            rc, err = serve_refused(conf)
+            assert rc != 0
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert len(lines) == 1, err
+            assert str(pidfile) in lines[0] and f"pid {first.pid}" in lines[0]
+            assert "Traceback" not in err
+            assert first.poll() is None
+            assert sock.stat().st_ino == inode
+            assert pidfile.read_text().strip() == str(first.pid)
+            assert _delivers(sock, "after-second") == 250
+        finally:
+            _stop(first)
+
+    def test_other_config_same_socket_refused_by_probe(self, make_confdir, tmp_path):
+        """A gateway with its own state dir but the first one's LMTP socket probes it,
+        refuses naming the socket and the listening pid, and unlinks nothing."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        other = make_confdir({"50-x.toml": NO_DASHBOARD + f"[lmtp]\nlisten = [\"unix:{sock}\"]\n"},
+                             root=tmp_path / "other")
+        first = start_serve(conf)
+        try:
+            _wait_serving(first, sock)
+            inode = sock.stat().st_ino
+            rc, err = serve_refused(other)
+            assert rc != 0
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert len(lines) == 1, err
+            assert f"unix:{sock}" in lines[0] and f"pid {first.pid}" in lines[0]
+            assert sock.stat().st_ino == inode
+            assert _delivers(sock, "after-probe") == 250
+        finally:
+            _stop(first)
+
+    def test_stale_socket_of_a_dead_gateway_is_replaced(self, make_confdir):
+        """A socket file nobody listens on (a gateway killed with -9) does not stop a
+        new serve: it is replaced and the new gateway delivers."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        first = start_serve(conf)
+        try:
+            _wait_serving(first, sock)
+        finally:
+            first.kill()
+            first.wait()
+        assert sock.exists()
+        second = start_serve(conf)
+        try:
+            _wait_serving(second, sock)
+            assert _delivers(sock, "after-stale") == 250
+        finally:
+            _stop(second)
