@@ -29,6 +29,7 @@ from gateway.commlog import Comm, add_comm, write_comm
 from gateway.config import Config, load_config
 from gateway.errors import ConfigErrors, SmtpReply
 from gateway.inbound.pipeline import Pipeline
+from gateway.limits import FD_MARGIN, SessionLimit, raise_fd_limit
 from gateway.model import Envelope, Outcome
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
@@ -109,6 +110,8 @@ class Gateway:
         self.pipeline = Pipeline(lambda: self.runtime, self.writer, self.executor)
         self.services: list[Service] = []
         self.servers: list[asyncio.AbstractServer] = []
+        # Session counters of the listeners (lmtp, submission), for /healthz.
+        self.limits: dict[str, SessionLimit] = {}
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
@@ -227,11 +230,16 @@ class Gateway:
         from gateway.inbound.lmtp import start_listeners
 
         cfg = self.config
+        # Room for every LMTP and submission session and the gateway's own files.
+        raise_fd_limit(cfg.lmtp.max_sessions + cfg.submission.max_sessions + 4 * FD_MARGIN)
+        limit = SessionLimit("lmtp", "LMTP", "Incoming", cfg.lmtp.max_sessions,
+                             self.log_connection)
+        self.limits["lmtp"] = limit
         servers = await start_listeners(
             self, socks if socks is not None else self.bind(),
             max_message_size=cfg.lmtp.max_message_size, max_recipients=cfg.lmtp.max_recipients,
             hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout,
-            shared=cfg.lmtp.workers > 1)
+            shared=cfg.lmtp.workers > 1, limit=limit)
         self.servers = list(servers)
         if not services:
             return servers

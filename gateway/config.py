@@ -187,6 +187,7 @@ class LmtpConfig:
     trusted: bool = False
     timeout: float = conv(parse_duration, 300.0)
     workers: int = 1          # LMTP processes sharing the listening sockets (pre-fork)
+    max_sessions: int = 200   # open LMTP connections per process; more get 421 4.7.0
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ class SubmissionConfig:
     max_auth_failures: int = 5
     auth_backoff: float = conv(parse_duration, 60.0)   # first lock-out after max_auth_failures
     timeout: float = conv(parse_duration, 300.0)
+    max_sessions: int = 100         # open submission connections; more get 421 4.7.0
+    max_sessions_per_ip: int = 10   # open connections of one client address
     user: tuple[SubmissionUser, ...] = ()
 
 

@@ -23,7 +23,7 @@ import stat
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, AnyStr, Literal, Protocol
+from typing import Any, AnyStr, Literal, Protocol, cast
 
 import structlog
 from aiosmtpd.lmtp import LMTP
@@ -32,6 +32,7 @@ from gateway import errors
 from gateway.commlog import Comm
 from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_record import ConnectionRecord
+from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
 from gateway.model import Outcome
 
 # aiosmtpd logs every command line at INFO on "mail.log"; that is our job, and costly.
@@ -76,14 +77,18 @@ def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     return addr, rest.split()
 
 
-class LmtpSession(LMTP):
+class LmtpSession(IdleTimer, LMTP):
     """One LMTP connection."""
 
     def __init__(self, backend: LmtpBackend, *, max_message_size: int, max_recipients: int,
-                 hostname: str, timeout: float = 300, loop: Any = None) -> None:
+                 hostname: str, timeout: float = 300, loop: Any = None,
+                 limit: SessionLimit | None = None) -> None:
         # Replaced in connection_made once the peer is known; written once, when lost.
         self._record = ConnectionRecord("unix")
         self._logged = False
+        self._limit = limit
+        self._refused = False
+        self._peer_raw: Any = None
         super().__init__(None, data_size_limit=max_message_size, hostname=hostname,
                          ident="deskgate LMTP", timeout=timeout, enable_SMTPUTF8=True,
                          loop=loop)
@@ -95,12 +100,24 @@ class LmtpSession(LMTP):
         self._peer = "unix"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if self._limit is not None and self._limit.admit(peer) is not None:
+            # Over max_sessions: 421 and close, before any session state exists.
+            self._refused = True
+            cast(asyncio.Transport, transport).write(refusal(self.hostname))
+            transport.close()
+            return
+        self._peer_raw = peer
         super().connection_made(transport)
         assert self.session is not None
         self._peer = _peer_name(self.session.peer)
         self._record = ConnectionRecord(self._peer)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._limit is not None:
+            self._limit.release(self._peer_raw)
         super().connection_lost(error)
         if self.on_lost is not None:
             self.on_lost()
@@ -114,6 +131,8 @@ class LmtpSession(LMTP):
 
     def _timeout_cb(self) -> None:
         self._record.timed_out = True
+        if self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # aiosmtpd calls these on RSET, LHLO and after DATA.
@@ -432,14 +451,15 @@ class AcceptLoop:
 async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], *,
                           max_message_size: int, max_recipients: int, hostname: str,
                           timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
-                          shared: bool = False) -> list[Any]:
+                          shared: bool = False, limit: SessionLimit | None = None
+                          ) -> list[Any]:
     """Serve LMTP on already bound sockets; `shared` when other processes accept too."""
     loop = asyncio.get_running_loop()
 
     def factory() -> LmtpSession:
         return LmtpSession(backend, max_message_size=max_message_size,
                            max_recipients=max_recipients, hostname=hostname, timeout=timeout,
-                           loop=loop)
+                           loop=loop, limit=limit)
 
     servers: list[Any] = []
     for sock in socks:

@@ -19,7 +19,7 @@ import ssl
 import time
 from base64 import b64decode
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
+from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
 from gateway.outbound.pipeline import OutboundContext, OutboundPipeline
 from gateway.runtime import Runtime
 
@@ -207,12 +208,39 @@ class SubmissionHandler:
         return f"{reply.code} {reply.enhanced} {text}"
 
 
-class SubmissionSession(SMTP):
+class SubmissionSession(IdleTimer, SMTP):
     """One submission connection; AUTH checks run off the event loop."""
 
-    def __init__(self, sub: Submission, **kw: Any) -> None:
+    def __init__(self, sub: Submission, limit: SessionLimit | None = None, **kw: Any) -> None:
         super().__init__(SubmissionHandler(sub), authenticator=_never, **kw)
         self.sub = sub
+        self._limit = limit
+        self._admitted: Any = None      # the peer counted in the limit, until released
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._limit is not None:   # not the STARTTLS switch
+            peer = transport.get_extra_info("peername")
+            if self._limit.admit(peer) is not None:
+                self._refused = True
+                cast(asyncio.Transport, transport).write(refusal(self.hostname))
+                transport.close()
+                return
+            self._admitted = (peer,)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._admitted is not None and self._limit is not None:
+            self._limit.release(self._admitted[0])
+            self._admitted = None
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
@@ -288,9 +316,15 @@ class SubmissionService:
 
     name = "submission"
 
-    def __init__(self, sub: Submission, listen: Sequence[str]) -> None:
+    def __init__(self, sub: Submission, listen: Sequence[str], *, lmtp_reserve: int = 0
+                 ) -> None:
         self.sub = sub
         self.listen = listen
+        c = sub.config.submission
+        # Submission may never take the descriptors LMTP needs (lmtp_reserve).
+        self.limit = SessionLimit("submission", "SMTP", "Outgoing", c.max_sessions,
+                                  sub.write_log, max_per_ip=c.max_sessions_per_ip,
+                                  fd_reserve=lmtp_reserve)
         self.servers: list[asyncio.AbstractServer] = []
         self.ports: list[int] = []
 
@@ -301,7 +335,7 @@ class SubmissionService:
 
         def factory() -> SubmissionSession:
             c = self.sub.config.submission
-            return SubmissionSession(self.sub, data_size_limit=c.max_message_size,
+            return SubmissionSession(self.sub, self.limit, data_size_limit=c.max_message_size,
                                      enable_SMTPUTF8=True, hostname=cfg.gateway.hostname,
                                      ident="deskgate submission", tls_context=tls,
                                      timeout=c.timeout, auth_require_tls=True, loop=loop)

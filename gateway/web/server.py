@@ -288,9 +288,22 @@ class Dashboard:
                                                                  self.gw.engine)
         servers = list(getattr(self.gw, "servers", []))
         listeners = [bool(s.is_serving()) for s in servers]
-        ok = db_ok and bool(listeners) and all(listeners)
+        # A listener that is up but would refuse the next connection (max_sessions
+        # reached, descriptors exhausted) cannot accept either: name it and why.
+        not_accepting = {name: why for name, lim in self.gw.limits.items()
+                         if (why := lim.refuses()) is not None}
+        sessions = {name: {"open": lim.active, "max": lim.max_sessions,
+                           "refused": lim.refused_total}
+                    for name, lim in self.gw.limits.items()}
+        for srv, up in zip(servers, listeners, strict=True):
+            if not up:
+                socks = list(getattr(srv, "sockets", None) or [])
+                where = str(socks[0].getsockname()) if socks else "?"
+                not_accepting[f"lmtp {where}"] = "not serving"
+        ok = db_ok and bool(listeners) and all(listeners) and not not_accepting
         body = {"ok": ok, "database": db_ok, "listeners": len(listeners),
-                "listeners_serving": sum(listeners),
+                "listeners_serving": sum(listeners), "not_accepting": not_accepting,
+                "sessions": sessions,
                 "services": [s.name for s in self.gw.services], "time": time.time()}
         return web.Response(text=json.dumps(body) + "\n", content_type="application/json",
                             status=200 if ok else 503)
