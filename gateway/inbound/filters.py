@@ -31,7 +31,7 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig, register_validator
-from gateway.inbound.pipeline import register_prepare
+from gateway.inbound.pipeline import register_prepare, register_runtime_offload
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
 from gateway.model import MessageContext
@@ -44,8 +44,8 @@ _SUBST = regex.compile(r"\[\*\*\*\]|\[\*\*\\(\w+)\*\*\]")
 _PSEUDO = {"AttachmentCount": "attachmentcount", "AttachmentExists": "attachmentexists"}
 _SHOW = 160   # characters of a tested value shown in a trace
 # All timed patterns of one message together get this many filter_timeouts; after
-# that every timed condition counts as timed out. Prepare may run on the event loop,
-# so hostile mail against several slow patterns must not stall it for long.
+# that every timed condition counts as timed out. A filter set with such patterns
+# is evaluated on the worker pool (FilterSet.slow), so they never hold the loop.
 MESSAGE_BUDGET = 5
 
 
@@ -100,6 +100,9 @@ class FilterSet:
     prefixes: tuple[str, ...] = ()
     uses_body: bool = False
     uses_attachments: bool = False
+    # Some pattern may backtrack without bound (regexcost): it can run to its time
+    # budget, so messages are prepared on the worker pool, never on the event loop.
+    slow: bool = False
 
 
 @dataclass
@@ -157,7 +160,8 @@ def compile_filters(cfg: Config) -> FilterSet:
     return FilterSet(filters=tuple(out), timeout=cfg.postmaster.filter_timeout,
                      prefixes=prefixes,
                      uses_body=any(c.source == "body" for c in conds),
-                     uses_attachments=any(c.source.startswith("attachment") for c in conds))
+                     uses_attachments=any(c.source.startswith("attachment") for c in conds),
+                     slow=any(not c.fast for c in conds))
 
 
 def _compile_filter(f: FilterConfig, prefixes: Sequence[str],
@@ -378,8 +382,10 @@ def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, s
                 budget = min(timeout, view.deadline - time.monotonic())
                 if budget <= 0:
                     return False, None, True, v
-                m = (rx.fullmatch(v, timeout=budget) if email_kind
-                     else rx.search(v, timeout=budget))
+                # concurrent: the GIL is released while it runs, so a pattern
+                # running to its budget on a worker thread cannot hold the loop
+                m = (rx.fullmatch(v, timeout=budget, concurrent=True) if email_kind
+                     else rx.search(v, timeout=budget, concurrent=True))
         except TimeoutError:
             return False, None, True, v
         if m is not None:
@@ -517,4 +523,10 @@ def _stage(ctx: MessageContext, rt: Runtime) -> None:
         run_filters(fs, ctx)
 
 
+def _slow_filters(rt: Runtime) -> bool:
+    fs = rt.filters
+    return isinstance(fs, FilterSet) and fs.slow
+
+
 register_prepare("filters", _stage, before="ignore")
+register_runtime_offload(_slow_filters)

@@ -82,10 +82,13 @@ def _route(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
 
 
 # Small plain messages are prepared right on the event loop: a thread hop costs
-# more than parsing 5 KB. Larger ones, and any a stage asks for (gpg, S/MIME),
-# go to the worker pool so one heavy message cannot stall every session.
+# more than parsing 5 KB. Larger ones, any a stage asks for (gpg, S/MIME), and
+# every message while the configuration has a stage that may run long (a filter
+# pattern that can backtrack to its time budget) go to the worker pool, so one
+# heavy or hostile message cannot stall every session.
 INLINE_PREPARE_MAX = 256 * 1024
 OFFLOAD: list[Callable[[Envelope], bool]] = []
+RUNTIME_OFFLOAD: list[Callable[[Runtime], bool]] = []
 
 
 def register_offload(predicate: Callable[[Envelope], bool]) -> None:
@@ -93,8 +96,14 @@ def register_offload(predicate: Callable[[Envelope], bool]) -> None:
     OFFLOAD.append(predicate)
 
 
-def needs_worker(env: Envelope) -> bool:
-    return len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in OFFLOAD)
+def register_runtime_offload(predicate: Callable[[Runtime], bool]) -> None:
+    """A stage whose configuration may make it slow on any message asks for the pool here."""
+    RUNTIME_OFFLOAD.append(predicate)
+
+
+def needs_worker(env: Envelope, rt: Runtime | None = None) -> bool:
+    return (len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in OFFLOAD)
+            or (rt is not None and any(p(rt) for p in RUNTIME_OFFLOAD)))
 
 
 PREPARE: dict[str, PrepareStage] = {"parse": _parse, "trust": _trust, "ignore": _ignore}
@@ -235,7 +244,7 @@ class Pipeline:
         ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
                     + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
         try:
-            if needs_worker(env):
+            if needs_worker(env, rt):
                 await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
                                                                  ctx, rt)
             else:
