@@ -4,8 +4,9 @@ STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
 after TLS (aiosmtpd answers 538 before). Clients inside allow_networks may
 submit without AUTH; everyone else gets 530 at MAIL: never an open relay.
 Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
-client address; past max_auth_failures the client is locked out for a while
-that doubles with every further failure, and a Warn is logged.
+client address, and so are the attempts still being checked; past
+max_auth_failures the client is locked out for a while that doubles with every
+further failure, and a Warn is logged.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ BAD_RCPT = "553 5.1.3 Malformed recipient address"
 
 
 class AuthGuard:
-    """Failed AUTH per client address, with an exponential lock-out."""
+    """Failed AUTH per client address, with an exponential lock-out.
+
+    Attempts whose password check is still running count against the limit too:
+    otherwise parallel connections would all pass the check before the first slow
+    hash failed (40 connections, 40 checks with max_auth_failures = 3).
+    """
 
     def __init__(self, max_failures: int, backoff: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -51,10 +57,31 @@ class AuthGuard:
         self.backoff = backoff
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}
+        self._inflight: dict[str, int] = {}
 
     def locked(self, client: str) -> bool:
         count, until = self._failures.get(client, (0, 0.0))
         return count >= self.max_failures and self.clock() < until
+
+    def begin(self, client: str) -> bool:
+        """Start an attempt; False (refuse it) when locked out or when the failures so
+        far plus the attempts in flight reach the limit (one at a time once past it)."""
+        if self.locked(client):
+            return False
+        count, _ = self._failures.get(client, (0, 0.0))
+        inflight = self._inflight.get(client, 0)
+        if inflight >= max(1, self.max_failures - count):
+            return False
+        self._inflight[client] = inflight + 1
+        return True
+
+    def end(self, client: str) -> None:
+        """An attempt started with begin() is decided (or abandoned)."""
+        n = self._inflight.get(client, 0) - 1
+        if n > 0:
+            self._inflight[client] = n
+        else:
+            self._inflight.pop(client, None)
 
     def failed(self, client: str) -> tuple[int, float]:
         """Count one failure; returns (failures, seconds locked out, 0 = not locked)."""
@@ -245,10 +272,13 @@ class SubmissionSession(IdleTimer, SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
         client = self.session.peer[0] if isinstance(self.session.peer, tuple) else ""
-        if self.sub.guard.locked(client):
+        if not self.sub.guard.begin(client):
             await self.push(LOCKED_OUT)
             return
-        await super().smtp_AUTH(arg)
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.sub.guard.end(client)
 
     async def _check(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         assert self.session is not None
