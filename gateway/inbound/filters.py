@@ -31,7 +31,7 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig, register_validator
-from gateway.inbound.pipeline import register_prepare, register_runtime_offload
+from gateway.inbound.pipeline import Offload, inline_budget, register_prepare
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
 from gateway.model import MessageContext
@@ -44,8 +44,9 @@ _SUBST = regex.compile(r"\[\*\*\*\]|\[\*\*\\(\w+)\*\*\]")
 _PSEUDO = {"AttachmentCount": "attachmentcount", "AttachmentExists": "attachmentexists"}
 _SHOW = 160   # characters of a tested value shown in a trace
 # All timed patterns of one message together get this many filter_timeouts; after
-# that every timed condition counts as timed out. A filter set with such patterns
-# is evaluated on the worker pool (FilterSet.slow), so they never hold the loop.
+# that every timed condition counts as timed out. On the event loop the timed
+# patterns get only the pipeline's INLINE_BUDGET: past it they raise Offload and
+# the message is evaluated again on the worker pool with the full budget.
 MESSAGE_BUDGET = 5
 
 
@@ -100,9 +101,6 @@ class FilterSet:
     prefixes: tuple[str, ...] = ()
     uses_body: bool = False
     uses_attachments: bool = False
-    # Some pattern may backtrack without bound (regexcost): it can run to its time
-    # budget, so messages are prepared on the worker pool, never on the event loop.
-    slow: bool = False
 
 
 @dataclass
@@ -160,8 +158,7 @@ def compile_filters(cfg: Config) -> FilterSet:
     return FilterSet(filters=tuple(out), timeout=cfg.postmaster.filter_timeout,
                      prefixes=prefixes,
                      uses_body=any(c.source == "body" for c in conds),
-                     uses_attachments=any(c.source.startswith("attachment") for c in conds),
-                     slow=any(not c.fast for c in conds))
+                     uses_attachments=any(c.source.startswith("attachment") for c in conds))
 
 
 def _compile_filter(f: FilterConfig, prefixes: Sequence[str],
@@ -305,11 +302,13 @@ def _build(cfg: Config) -> tuple[str, FilterSet]:
 class _View:
     """The message as the filters see it; built once per message."""
 
-    __slots__ = ("_addrs", "_folded", "ctx", "deadline", "headers")
+    __slots__ = ("_addrs", "_folded", "ctx", "deadline", "headers", "inline")
 
-    def __init__(self, ctx: MessageContext, deadline: float = float("inf")) -> None:
+    def __init__(self, ctx: MessageContext, deadline: float = float("inf"),
+                 inline: float | None = None) -> None:
         self.ctx = ctx
         self.deadline = deadline
+        self.inline = inline     # on the event loop: when timed patterns must give up
         self.headers: dict[str, list[str]] = {}
         assert ctx.parsed is not None
         for k, v in ctx.parsed.headers:
@@ -379,14 +378,22 @@ def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, s
             elif c.literal is not None and c.literal not in view.folded(v):
                 m = None
             else:
-                budget = min(timeout, view.deadline - time.monotonic())
+                now = time.monotonic()
+                budget = min(timeout, view.deadline - now)
+                if view.inline is not None:
+                    budget = min(budget, view.inline - now)
+                    if budget <= 0:
+                        raise Offload
                 if budget <= 0:
                     return False, None, True, v
                 # concurrent: the GIL is released while it runs, so a pattern
                 # running to its budget on a worker thread cannot hold the loop
-                m = (rx.fullmatch(v, timeout=budget, concurrent=True) if email_kind
-                     else rx.search(v, timeout=budget, concurrent=True))
+                worker = view.inline is None
+                m = (rx.fullmatch(v, timeout=budget, concurrent=worker) if email_kind
+                     else rx.search(v, timeout=budget, concurrent=worker))
         except TimeoutError:
+            if view.inline is not None:
+                raise Offload from None     # decided on a worker, with the full budget
             return False, None, True, v
         if m is not None:
             return True, m, False, v
@@ -491,7 +498,8 @@ def run_filters(fs: FilterSet, ctx: MessageContext,
     if ctx.parsed is None or not fs.filters:
         return
     timeout = fs.timeout
-    view = _View(ctx, time.monotonic() + MESSAGE_BUDGET * timeout)
+    now, inline = time.monotonic(), inline_budget()
+    view = _View(ctx, now + MESSAGE_BUDGET * timeout, None if inline is None else now + inline)
     for f in fs.filters:
         ctrace: list[ConditionTrace] | None = [] if explain is not None else None
         ok, star, named = _evaluate(f, view, timeout, ctx, ctrace)
@@ -523,10 +531,4 @@ def _stage(ctx: MessageContext, rt: Runtime) -> None:
         run_filters(fs, ctx)
 
 
-def _slow_filters(rt: Runtime) -> bool:
-    fs = rt.filters
-    return isinstance(fs, FilterSet) and fs.slow
-
-
 register_prepare("filters", _stage, before="ignore")
-register_runtime_offload(_slow_filters)

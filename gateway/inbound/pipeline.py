@@ -14,6 +14,7 @@ import contextlib
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import structlog
@@ -82,13 +83,25 @@ def _route(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
 
 
 # Small plain messages are prepared right on the event loop: a thread hop costs
-# more than parsing 5 KB. Larger ones, any a stage asks for (gpg, S/MIME), and
-# every message while the configuration has a stage that may run long (a filter
-# pattern that can backtrack to its time budget) go to the worker pool, so one
-# heavy or hostile message cannot stall every session.
+# more than parsing 5 KB. Larger ones, and any a stage asks for (gpg, S/MIME),
+# go to the worker pool so one heavy message cannot stall every session.
 INLINE_PREPARE_MAX = 256 * 1024
 OFFLOAD: list[Callable[[Envelope], bool]] = []
-RUNTIME_OFFLOAD: list[Callable[[Runtime], bool]] = []
+# On the loop a stage that may run long (a filter regex with a time budget) gets
+# this many seconds in all; past it the stage raises Offload and the message is
+# prepared again from the start on the worker pool, with the full budget. Normal
+# mail stays on the loop; hostile mail holds it for a few milliseconds at most.
+INLINE_BUDGET = 0.002
+_inline: ContextVar[float | None] = ContextVar("deskgate_inline_budget", default=None)
+
+
+class Offload(Exception):
+    """Raised by a stage on the event loop that needs more time than the loop can give."""
+
+
+def inline_budget() -> float | None:
+    """Seconds a stage may spend on the event loop, or None on a worker thread."""
+    return _inline.get()
 
 
 def register_offload(predicate: Callable[[Envelope], bool]) -> None:
@@ -96,14 +109,8 @@ def register_offload(predicate: Callable[[Envelope], bool]) -> None:
     OFFLOAD.append(predicate)
 
 
-def register_runtime_offload(predicate: Callable[[Runtime], bool]) -> None:
-    """A stage whose configuration may make it slow on any message asks for the pool here."""
-    RUNTIME_OFFLOAD.append(predicate)
-
-
-def needs_worker(env: Envelope, rt: Runtime | None = None) -> bool:
-    return (len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in OFFLOAD)
-            or (rt is not None and any(p(rt) for p in RUNTIME_OFFLOAD)))
+def needs_worker(env: Envelope) -> bool:
+    return len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in OFFLOAD)
 
 
 PREPARE: dict[str, PrepareStage] = {"parse": _parse, "trust": _trust, "ignore": _ignore}
@@ -240,15 +247,21 @@ class Pipeline:
         """Process one message for all its recipients; the replies follow the commit."""
         rt = self.runtime()
         comm = comm or Comm("Incoming", env.source, env.account)
-        ctx = MessageContext(envelope=env, log=CommObj("Message"))
-        ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
-                    + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
+        ctx = self._context(env)
         try:
-            if needs_worker(env, rt):
+            if needs_worker(env):
                 await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
                                                                  ctx, rt)
             else:
-                _prepare_safe(ctx, rt)
+                token = _inline.set(INLINE_BUDGET)
+                try:
+                    _prepare_safe(ctx, rt)
+                except Offload:
+                    ctx = self._context(env)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.executor, _prepare_safe, ctx, rt)
+                finally:
+                    _inline.reset(token)
             job = self._commit_job(ctx, rt, comm)
         except Exception as exc:
             log.exception("pipeline prepare failed; quarantining", source=env.source)
@@ -281,6 +294,12 @@ class Pipeline:
         return Outcome(replies=(reply,) * len(env.recipients), action=done.action,
                        ticket_number=done.ticket_number, article_id=done.article_id,
                        detail="; ".join(done.trace))
+
+    def _context(self, env: Envelope) -> MessageContext:
+        ctx = MessageContext(envelope=env, log=CommObj("Message"))
+        ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
+                    + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
+        return ctx
 
     def _tempfail(self, env: Envelope, detail: str) -> Outcome:
         return Outcome(replies=(errors.TEMPFAIL,) * len(env.recipients), action="new",
