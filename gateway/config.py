@@ -386,6 +386,9 @@ class DashboardConfig:
     listen: str = "127.0.0.1:8025"
     token: Secret | None = secret("token")
     user: tuple[DashboardUser, ...] = ()
+    # Host header names accepted without credentials besides the loopback ones
+    # (DNS rebinding): e.g. the name of an SSH tunnel or a reverse proxy.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

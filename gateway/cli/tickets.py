@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from gateway.cli.common import add_json, load, print_json, print_table
+from gateway.commlog_views import MAX_ROWS
 from gateway.store.db import make_engine
 from gateway.store.tables import Article, Attachment, Ticket
 
@@ -89,6 +90,9 @@ def ticket_detail(conn: Connection, number: str) -> dict[str, Any] | None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if not 0 <= args.limit <= MAX_ROWS:
+        print(f"tickets list: --limit must be between 0 and {MAX_ROWS}", file=sys.stderr)
+        return 2
     cfg = load(args)
     engine = make_engine(cfg.database_url)
     with engine.connect() as conn:

@@ -134,13 +134,13 @@ class Submission:
         return None
 
     async def verify(self, login: str, password: str) -> SubmissionUser | None:
-        from gateway.passwords import verify_password
+        from gateway.passwords import DUMMY_HASH, verify_password
 
         user = self.user(login)
         if user is None:
             # Spend the same time as for a real user, so names cannot be probed.
             await asyncio.get_running_loop().run_in_executor(
-                None, verify_password, password, _DUMMY_HASH)
+                None, verify_password, password, DUMMY_HASH)
             return None
         key = hashlib.sha256(f"{user.name}\0{password}\0{user.password_hash}".encode()).hexdigest()
         if key in self._verified:
@@ -166,10 +166,6 @@ class Submission:
         obj.close("Failed")
         comm.close("Failed")
         self.write_log(comm)
-
-
-_DUMMY_HASH = ("$scrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0c2FsdA"
-               "$Ys3NRTwTL0lZ9ZtBxIdS3iVJTDt/bFk0mN8gv5ITHS0")
 
 
 def _peer(peer: Any) -> str:
