@@ -53,13 +53,21 @@ def load_plugins() -> None:
 
 
 class Service(Protocol):
-    """A long-running part of `deskgate serve` (listener, sender, poller, dashboard)."""
+    """A long-running part of `deskgate serve` (listener, sender, poller, dashboard).
+
+    A service that may fail to start without stopping the gateway (the dashboard
+    when its port is taken) has a `running` attribute; reload starts it again.
+    """
 
     name: str
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def is_running(svc: Service) -> bool:
+    return bool(getattr(svc, "running", True))
 
 
 def _dashboard(gw: Gateway) -> Service | None:
@@ -202,6 +210,7 @@ class Gateway:
             res = hook(cfg)
             if asyncio.iscoroutine(res):
                 await res
+        await self._restart_failed_services()
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
         return True
@@ -248,7 +257,28 @@ class Gateway:
             if svc is not None:
                 await svc.start()
                 self.services.append(svc)
+                metrics.SERVICE_UP.labels(svc.name).set(1 if is_running(svc) else 0)
         return servers
+
+    def services_up(self) -> list[str]:
+        return [s.name for s in self.services if is_running(s)]
+
+    def services_down(self) -> list[str]:
+        return [s.name for s in self.services if not is_running(s)]
+
+    async def _restart_failed_services(self) -> None:
+        """Reload: start again what could not start (a dashboard whose port was taken)."""
+        for svc in self.services:
+            if is_running(svc):
+                continue
+            try:
+                await svc.start()
+            except Exception as exc:
+                log.error("service still cannot start", service=svc.name, error=repr(exc))
+            up = is_running(svc)
+            metrics.SERVICE_UP.labels(svc.name).set(1 if up else 0)
+            if up:
+                log.info("service started on reload", service=svc.name)
 
     async def stop(self, servers: Sequence[asyncio.AbstractServer]) -> None:
         for s in servers:
@@ -308,7 +338,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
     pidfile = pidfile_path(config)
     log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1,
-             services=[s.name for s in gw.services], database=_safe_url(config.database_url))
+             services=gw.services_up(), not_running=gw.services_down(),
+             database=_safe_url(config.database_url))
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
     if ready:
         ready()

@@ -55,6 +55,10 @@ FILTER_TIMEOUTS = Counter(
     ["filter"], registry=REGISTRY)
 COMMLOG_PURGED = Counter(
     "deskgate_commlog_purged", "Communications removed by the purge", registry=REGISTRY)
+SERVICE_UP = Gauge(
+    "deskgate_service_up", "1 when a service of serve runs, 0 when it could not start "
+    "(e.g. the dashboard could not bind; reload retries it)", ["service"],
+    registry=REGISTRY, multiprocess_mode="mostrecent")
 RELOADS = Counter(
     "deskgate_reloads", "Configuration reloads by result (ok, refused)", ["result"],
     registry=REGISTRY)

@@ -100,6 +100,7 @@ class Dashboard:
                                             thread_name_prefix="dashboard-hash")
         self.hashing = 0          # basic-auth checks running or waiting for hash_pool
         self.runner: web.AppRunner | None = None
+        self.started_once = False
         self.bound: tuple[str, int] | None = None
         self.app = self.build_app()
 
@@ -353,17 +354,29 @@ class Dashboard:
                 socks = list(getattr(srv, "sockets", None) or [])
                 where = str(socks[0].getsockname()) if socks else "?"
                 not_accepting[f"lmtp {where}"] = "not serving"
-        ok = db_ok and bool(listeners) and all(listeners) and not not_accepting
+        down = self.gw.services_down()
+        ok = db_ok and bool(listeners) and all(listeners) and not not_accepting and not down
         body = {"ok": ok, "database": db_ok, "listeners": len(listeners),
                 "listeners_serving": sum(listeners), "not_accepting": not_accepting,
-                "sessions": sessions,
-                "services": [s.name for s in self.gw.services], "time": time.time()}
+                "sessions": sessions, "services": self.gw.services_up(),
+                "services_not_running": down, "time": time.time()}
         return web.Response(text=json.dumps(body) + "\n", content_type="application/json",
                             status=200 if ok else 503)
 
     # ------------------------------------------------------------ service
 
+    @property
+    def running(self) -> bool:
+        """False when the listen address could not be bound (reload tries again)."""
+        return self.runner is not None
+
     async def start(self) -> None:
+        if self.runner is not None:
+            return
+        if self.started_once:           # a retry on reload: the listen address may be new
+            self.listen = self.gw.config.dashboard.listen
+            self.app = self.build_app()
+        self.started_once = True
         host, port = split_listen(self.listen)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
