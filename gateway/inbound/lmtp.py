@@ -114,14 +114,14 @@ class LmtpSession(IdleTimer, LMTP):
         self._record = ConnectionRecord(self._peer)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.on_lost is not None:       # an AcceptLoop counts refused sessions too
+            self.on_lost()
+            self.on_lost = None
         if self._refused:
             return
         if self._limit is not None:
             self._limit.release(self._peer_raw)
         super().connection_lost(error)
-        if self.on_lost is not None:
-            self.on_lost()
-            self.on_lost = None
         if not self._logged:
             self._logged = True
             try:

@@ -64,12 +64,15 @@ def http_json(url: str) -> tuple[int, dict]:
 
 
 class TestLmtpMaxSessions:
-    def test_over_max_sessions_gets_421_and_a_warning(self, make_confdir, run_gateway):
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_over_max_sessions_gets_421_and_a_warning(self, make_confdir, run_gateway,
+                                                      workers):
         """With max_sessions = 4, a fifth idle connection gets 421 4.7.0 and is closed,
         the communication log gets a Warning naming max_sessions, /healthz says the
-        LMTP listener is not accepting; once one closes a new one is served."""
+        LMTP listener is not accepting; once one closes a new one is served (also
+        with the one-at-a-time accept loop of pre-forked workers)."""
         port = free_port()
-        conf = make_confdir({"50-limits.toml": "[lmtp]\nmax_sessions = 4\n",
+        conf = make_confdir({"50-limits.toml": f"[lmtp]\nmax_sessions = 4\nworkers = {workers}\n",
                              "60-dash.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'})
         rg = run_gateway(load_config(conf))
         held = [LmtpClient(rg.socket_path) for _ in range(4)]
@@ -83,11 +86,18 @@ class TestLmtpMaxSessions:
         assert logged and logged[0][0] == "Warning" and "max_sessions = 4" in logged[0][1]
         status, body = http_json(f"http://127.0.0.1:{port}/healthz")
         assert status == 503 and body["ok"] is False and "lmtp" in body["not_accepting"]
+        for _ in range(3):                      # refused ones leave no session behind
+            extra = LmtpClient(rg.socket_path)
+            assert extra.greeting[0] == 421
+            extra.close()
         held.pop().close()
         again = wait_for(lambda: _greets(rg.socket_path))
         assert again == 220
         for c in held:
             c.close()
+        assert wait_for(lambda: rg.gateway.limits["lmtp"].active == 0)
+        servers = [s for s in rg.gateway.servers if hasattr(s, "active")]
+        assert all(s.active == 0 for s in servers)
 
 
 def _greets(path: Path) -> int | None:
