@@ -881,12 +881,12 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
                 f"queue {u.default_queue!r} is not defined by any [[queue]]")
     if not 1 <= cfg.lmtp.workers <= 64:
         add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
-    for key, value, low in (("lmtp.max_sessions", cfg.lmtp.max_sessions, 1),
-                            ("submission.max_sessions", cfg.submission.max_sessions, 1),
-                            ("submission.max_sessions_per_ip",
-                             cfg.submission.max_sessions_per_ip, 0)):
-        if not low <= value <= 100_000:
-            add(at(key.split(".")[0]), key, f"must be between {low} and 100000")
+    for skey, sessions, low in (("lmtp.max_sessions", cfg.lmtp.max_sessions, 1),
+                                ("submission.max_sessions", cfg.submission.max_sessions, 1),
+                                ("submission.max_sessions_per_ip",
+                                 cfg.submission.max_sessions_per_ip, 0)):
+        if not low <= sessions <= 100_000:
+            add(at(skey.split(".")[0]), skey, f"must be between {low} and 100000")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):

@@ -34,6 +34,7 @@ from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_record import ConnectionRecord
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
 from gateway.model import Outcome
+from gateway.portowner import in_use_by
 
 # aiosmtpd logs every command line at INFO on "mail.log"; that is our job, and costly.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -383,7 +384,8 @@ def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o66
             except OSError as exc:
                 sock.close()
                 if exc.errno == errno.EADDRINUSE:
-                    raise errors.InUse(f"LMTP {spec} is in use by another process") from None
+                    raise errors.InUse(f"LMTP {spec} is in use by {in_use_by(int(port))}"
+                                       ) from None
                 raise errors.InUse(f"LMTP {spec}: cannot bind: {exc.strerror}") from None
         sock.listen(512)
         sock.setblocking(False)

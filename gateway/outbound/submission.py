@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import logging
@@ -28,8 +29,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
+from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
 from gateway.outbound.pipeline import OutboundContext, OutboundPipeline
+from gateway.portowner import in_use_by
 from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -368,7 +371,15 @@ class SubmissionService:
 
         for spec in self.listen:
             host, _, port = spec.rpartition(":")
-            server = await loop.create_server(factory, host.strip("[]"), int(port))
+            try:
+                server = await loop.create_server(factory, host.strip("[]"), int(port))
+            except OSError as exc:
+                for s in self.servers:
+                    s.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise InUse(f"submission {spec} is in use by {in_use_by(int(port))}"
+                                ) from None
+                raise InUse(f"submission {spec}: cannot listen: {exc.strerror}") from None
             self.servers.append(server)
             self.ports.append(server.sockets[0].getsockname()[1])
         log.info("submission listening", listen=list(self.listen), starttls=tls is not None)

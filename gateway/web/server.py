@@ -8,6 +8,7 @@ detail), outbound queue; plus /metrics (Prometheus) and /healthz.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from gateway import commlog_views as views
 from gateway import metrics
 from gateway.cli.tickets import list_tickets, ticket_detail
 from gateway.config import parse_duration, split_listen
+from gateway.portowner import in_use_by
 from gateway.store.db import ping
 from gateway.web.auth import Authenticator, host_allowed
 
@@ -385,8 +387,9 @@ class Dashboard:
             await site.start()
         except OSError as exc:
             # Mail flow matters more than the dashboard: log loudly and keep serving.
-            log.error("dashboard cannot listen; continuing without it", listen=self.listen,
-                      error=str(exc))
+            log.error("dashboard cannot listen; continuing without it (reload retries)",
+                      listen=self.listen, error=str(exc),
+                      held_by=in_use_by(port) if exc.errno == errno.EADDRINUSE else "")
             await self.runner.cleanup()
             self.runner = None
             return

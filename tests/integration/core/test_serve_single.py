@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
 from tests.peers.serve import serve_refused, start_serve
 
@@ -110,3 +111,29 @@ class TestSecondServe:
             assert _delivers(sock, "after-stale") == 250
         finally:
             _stop(second)
+
+    def test_tcp_ports_in_use_are_named_with_their_pid(self, make_confdir, tmp_path):
+        """Another gateway wanting the first one's LMTP TCP port or its submission port
+        exits non-zero with a line naming the address and the first gateway's pid."""
+        lport, sport = free_port(), free_port()
+        tcp = (NO_DASHBOARD + '[relay]\nmode = "maildir"\n'
+               f'[submission]\nlisten = ["127.0.0.1:{sport}"]\n')
+        conf = make_confdir({"50-x.toml": tcp + "[lmtp]\nlisten = "
+                             f'["unix:var/run/lmtp.sock", "127.0.0.1:{lport}"]\n'})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        lmtp_clash = make_confdir({"50-x.toml": NO_DASHBOARD + "[lmtp]\nlisten = "
+                                   f'["unix:var/run/lmtp.sock", "127.0.0.1:{lport}"]\n'},
+                                  root=tmp_path / "b")
+        sub_clash = make_confdir({"50-x.toml": tcp}, root=tmp_path / "c")
+        first = start_serve(conf)
+        try:
+            _wait_serving(first, sock)
+            for other, what in ((lmtp_clash, f"LMTP 127.0.0.1:{lport}"),
+                                (sub_clash, f"submission 127.0.0.1:{sport}")):
+                rc, err = serve_refused(other)
+                assert rc != 0 and "Traceback" not in err, err
+                last = err.strip().splitlines()[-1]
+                assert what in last and f"pid {first.pid}" in last, err
+            assert _delivers(sock, "after-tcp-clash") == 250
+        finally:
+            _stop(first)
