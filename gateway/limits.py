@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from gateway import metrics
 from gateway.commlog import Comm
 
 log = structlog.get_logger(__name__)
@@ -128,6 +129,7 @@ class SessionLimit:
 
     def _refused(self, peer: Any, reason: str) -> None:
         self.refused_total += 1
+        metrics.SESSIONS_REFUSED.labels(self.name).inc()
         self._pending += 1
         self._last_reason = reason
         now = time.monotonic()

@@ -86,6 +86,9 @@ class TestLmtpMaxSessions:
         assert logged and logged[0][0] == "Warning" and "max_sessions = 4" in logged[0][1]
         status, body = http_json(f"http://127.0.0.1:{port}/healthz")
         assert status == 503 and body["ok"] is False and "lmtp" in body["not_accepting"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=10) as resp:
+            assert 'deskgate_sessions_refused_total{listener="lmtp"}' in resp.read().decode()
         for _ in range(3):                      # refused ones leave no session behind
             extra = LmtpClient(rg.socket_path)
             assert extra.greeting[0] == 421
