@@ -454,6 +454,9 @@ def run_serve(config: Config) -> None:
         pid = os.fork()
         if pid == 0:               # the worker: serve, then leave without running atexit
             code = 0
+            # Only the main process holds the pid file lock (closing our copy keeps
+            # it): a new serve may start as soon as the main one is gone.
+            _release_pidfile()
             try:
                 _die_with(parent)
                 _run(serve_worker(config, socks))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import serve_refused, start_serve
+from tests.peers.serve import children_of, serve_refused, start_serve
 
 NO_DASHBOARD = "[dashboard]\nlisten = \"\"\n"
 
@@ -135,5 +135,26 @@ class TestSecondServe:
                 last = err.strip().splitlines()[-1]
                 assert what in last and f"pid {first.pid}" in last, err
             assert _delivers(sock, "after-tcp-clash") == 250
+        finally:
+            _stop(first)
+
+    def test_only_the_main_process_holds_the_pid_file(self, make_confdir):
+        """With pre-forked workers only the main process keeps the locked pid file
+        open, so the lock goes with it (workers finishing their messages do not
+        keep a new serve out)."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD + "[lmtp]\nworkers = 2\n"})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        pidfile = str(conf.parent / "var" / "run" / "deskgate.pid")
+        first = start_serve(conf)
+        try:
+            _wait_serving(first, sock)
+            workers = children_of(first.pid)
+            assert workers
+
+            def holds(pid: int) -> bool:
+                fds = Path(f"/proc/{pid}/fd")
+                return any(str(fd.readlink()) == pidfile for fd in fds.iterdir())
+            assert holds(first.pid)
+            assert not any(holds(w) for w in workers)
         finally:
             _stop(first)
