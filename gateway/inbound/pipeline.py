@@ -1,9 +1,10 @@
 """The inbound pipeline: stages named in two tuples, run by a small engine.
 
 Prepare stages need no database (parse, decrypt, trust, filters, loop) and run
-on a worker thread. Commit stages (dedupe, follow-up, route, store) run inside
-the group-commit transaction of the BatchWriter, so every message's reply waits
-for the commit that holds it. Anything unexpected sends the raw message to the
+on the event loop for small plain messages, on a worker thread otherwise.
+Commit stages (dedupe, follow-up, route, store) run inside the group-commit
+transaction of the BatchWriter, so every message's reply waits for the commit
+that holds it. Anything unexpected sends the raw message to the
 quarantine; a database problem is a temporary failure. Nothing is dropped.
 """
 
@@ -252,16 +253,12 @@ class Pipeline:
             if needs_worker(env):
                 await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
                                                                  ctx, rt)
-            else:
-                token = _inline.set(INLINE_BUDGET)
-                try:
-                    _prepare_safe(ctx, rt)
-                except Offload:
-                    ctx = self._context(env)
-                    await asyncio.get_running_loop().run_in_executor(
-                        self.executor, _prepare_safe, ctx, rt)
-                finally:
-                    _inline.reset(token)
+            elif not _prepare_inline(ctx, rt):
+                # a stage needed more than the loop's budget: start over on a worker
+                log.debug("preparing on the worker pool", source=env.source)
+                ctx = self._context(env)
+                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
+                                                                 ctx, rt)
             job = self._commit_job(ctx, rt, comm)
         except Exception as exc:
             log.exception("pipeline prepare failed; quarantining", source=env.source)
@@ -312,3 +309,15 @@ class Pipeline:
 def _prepare_safe(ctx: MessageContext, rt: Runtime) -> None:
     with contextlib.suppress(Skip):
         prepare(ctx, rt)
+
+
+def _prepare_inline(ctx: MessageContext, rt: Runtime) -> bool:
+    """Prepare on the event loop within INLINE_BUDGET; False when a stage gave up (Offload)."""
+    token = _inline.set(INLINE_BUDGET)
+    try:
+        _prepare_safe(ctx, rt)
+    except Offload:
+        return False
+    finally:
+        _inline.reset(token)
+    return True
