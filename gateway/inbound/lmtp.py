@@ -322,10 +322,12 @@ def _unlink_stale(path: Path, spec: str) -> None:
     probe.settimeout(1.0)
     try:
         probe.connect(str(path))
-    except FileNotFoundError:
+    except FileNotFoundError:     # a dangling symlink (or gone meanwhile)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         return
     except ConnectionRefusedError:
-        if not stat.S_ISSOCK(path.lstat().st_mode):
+        if not stat.S_ISSOCK(path.stat().st_mode):
             raise errors.InUse(f"LMTP {spec}: {path} exists and is not a socket") from None
         path.unlink()             # stale: left by a gateway that died
         return

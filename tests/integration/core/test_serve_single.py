@@ -158,3 +158,33 @@ class TestSecondServe:
             assert not any(holds(w) for w in workers)
         finally:
             _stop(first)
+
+
+class TestBindListeners:
+    def test_regular_file_is_not_replaced(self, tmp_path):
+        """A regular file where the socket should be is refused, not deleted."""
+        from gateway.errors import InUse
+        from gateway.inbound.lmtp import bind_listeners
+
+        path = tmp_path / "lmtp.sock"
+        path.write_text("not a socket")
+        try:
+            bind_listeners([f"unix:{path}"], root=tmp_path)
+        except InUse as exc:
+            assert "is not a socket" in str(exc)
+        else:
+            raise AssertionError("bound over a regular file")
+        assert path.read_text() == "not a socket"
+
+    def test_dangling_symlink_is_replaced(self, tmp_path):
+        """A symlink to a socket that is gone is replaced by the new socket."""
+        from gateway.inbound.lmtp import bind_listeners
+
+        path = tmp_path / "lmtp.sock"
+        path.symlink_to(tmp_path / "gone.sock")
+        socks = bind_listeners([f"unix:{path}"], root=tmp_path)
+        try:
+            assert path.is_socket() and not path.is_symlink()
+        finally:
+            for s in socks:
+                s.close()
