@@ -95,12 +95,12 @@ def find_ticket(conn: Connection, msg: Message, hook: str) -> tuple[int, str, st
             .where(or_(*[Article.message_id == i for i in ids[-20:]]))
             .order_by(Article.id.desc()).limit(1)).first()
         if row is not None:
-            return row.id, row.number, row.queue
+            return row.id, row.number or "", row.queue
     number = ticket_number_in(header_text(msg, "Subject"), hook)
     if number:
         t = repo.ticket_by_number(conn, number)
         if t is not None:
-            return t.id, t.number, t.queue
+            return t.id, t.number or "", t.queue
     return None
 
 
@@ -152,7 +152,18 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
         trace.append(f"queue {queue} (default)")
     ctx.queue = queue
     ctx.queue_config = cfg.queue_by_name(queue)
-    if ctx.ticket_id is None:
+    if cfg.helpdesk.enabled:
+        # The helpdesk numbers its tickets: a reply keeps the number its Subject carries
+        # (adopted by a ticket that has none yet), a message without one gets none.
+        number = ticket_number_in(header_text(msg, "Subject"), cfg.gateway.ticket_hook)
+        if number and number != ctx.ticket_number:
+            ctx.helpdesk_number = number
+            ctx.ticket_number = ctx.ticket_number or number
+        if ctx.ticket_id is None:
+            ctx.new_ticket = True
+            trace.append(f"new ticket (the helpdesk's {number})" if number
+                         else "new ticket (no number: the helpdesk numbers tickets)")
+    elif ctx.ticket_id is None:
         ctx.new_ticket = True
         ctx.ticket_number = (allocate() if allocate is not None
                              else repo.next_ticket_number(conn, cfg.gateway.system_id))
@@ -235,7 +246,7 @@ def rewrite(ctx: OutboundContext, rt: Runtime) -> None:
                    if display else address)
         ctx.from_email = address
         ctx.sender = "" if ctx.kind == "auto-response" else address
-        if ctx.ticket_number:
+        if ctx.ticket_number and not cfg.helpdesk.enabled:
             hook = cfg.gateway.ticket_hook
             subject_raw = msg.get("Subject", "")
             subject_raw = str(subject_raw) if subject_raw is not None else ""
