@@ -7,7 +7,12 @@ machine's ceiling. Every scenario runs the baseline and deskgate back to back in
 this one invocation and prints messages/s and the ratio, plus deskgate's
 end-of-DATA-to-reply latency (p50/p99).
 
-    python bench/lmtp.py [--messages 5000] [--sessions 20] [--quick]
+    python bench/lmtp.py [--messages 5000] [--sessions 20] [--quick] [--filter REGEX]
+
+`--filter REGEX` adds one postmaster filter testing the Subject with REGEX (it
+never matches the load's mail): with a pattern whose backtracking is bounded
+(`^urgent$`) messages are prepared on the event loop; with an unbounded one
+(`urgent.*now`) they go to the worker pool, which is what this measures.
 """
 
 from __future__ import annotations
@@ -147,6 +152,13 @@ def run_load(target: str, *, messages: int, sessions: int, rcpts: int, reuse: bo
 
 
 WORKERS = 1
+FILTER = ""
+FILTER_POLICY = """
+[[filter]]
+name = "bench"
+match = [{{ header = "Subject", value = {pattern} }}]
+set = {{ "X-Deskgate-Queue" = "Support" }}
+"""
 
 
 def start(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -157,6 +169,10 @@ def start(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
         shutil.rmtree(root, ignore_errors=True)
         (root / "conf.d").mkdir(parents=True)
         (root / "conf.d" / "10.toml").write_text(CONF.format(sock=sock, workers=WORKERS))
+        if FILTER:
+            (root / "policies").mkdir()
+            (root / "policies" / "10.toml").write_text(
+                FILTER_POLICY.format(pattern=json.dumps(FILTER)))
         cmd = [sys.executable, __file__, "--serve", "deskgate", sock, str(root), str(stats)]
     elif kind == "bare":
         cmd = [sys.executable, __file__, "--serve", "bare", sock]
@@ -194,12 +210,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 recipient with reuse only")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating baseline/deskgate runs per scenario (medians reported)")
+    ap.add_argument("--filter", default="", metavar="REGEX",
+                    help="one postmaster filter on the Subject with this pattern")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1,
                     help="[lmtp] workers for deskgate (pre-forked processes; baseline stays 1)")
     a = ap.parse_args()
-    global WORKERS
-    WORKERS = a.workers
+    global WORKERS, FILTER
+    WORKERS, FILTER = a.workers, a.filter
     if a.serve:
         if a.serve[0] == "bare":
             serve_bare(a.serve[1])
@@ -246,11 +264,13 @@ def main() -> int:
             row["ratios"] = [d / b for b, d in zip(runs["bare"], runs["deskgate"], strict=True)]
             row["ratio"] = statistics.median(row["ratios"])
             row["workers"] = a.workers
+            row["filter"] = a.filter
             row["p50_ms"] = pct(lat, 0.50) * 1000
             row["p99_ms"] = pct(lat, 0.99) * 1000
             row["per_commit"] = jobs / max(1, batches)
             results.append(row)
-            print(f"workers={a.workers} rcpts={rcpts} reuse={'yes' if reuse else 'no '}  "
+            print(f"filter={a.filter or '-'} workers={a.workers} rcpts={rcpts} "
+                  f"reuse={'yes' if reuse else 'no '}  "
                   f"bare {row['bare']:7.0f} msg/s  deskgate {row['deskgate']:7.0f} msg/s  "
                   f"ratio {row['ratio']:.2f}  "
                   f"DATA→reply p50 {row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms  "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import importlib
 import os
 import signal
@@ -27,6 +29,7 @@ from gateway.commlog import Comm, add_comm, write_comm
 from gateway.config import Config, load_config
 from gateway.errors import ConfigErrors, SmtpReply
 from gateway.inbound.pipeline import Pipeline
+from gateway.limits import FD_MARGIN, SessionLimit, raise_fd_limit
 from gateway.model import Envelope, Outcome
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
@@ -50,13 +53,21 @@ def load_plugins() -> None:
 
 
 class Service(Protocol):
-    """A long-running part of `deskgate serve` (listener, sender, poller, dashboard)."""
+    """A long-running part of `deskgate serve` (listener, sender, poller, dashboard).
+
+    A service that may fail to start without stopping the gateway (the dashboard
+    when its port is taken) has a `running` attribute; reload starts it again.
+    """
 
     name: str
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def is_running(svc: Service) -> bool:
+    return bool(getattr(svc, "running", True))
 
 
 def _dashboard(gw: Gateway) -> Service | None:
@@ -116,6 +127,8 @@ class Gateway:
         self.pipeline = Pipeline(lambda: self.runtime, self.writer, self.executor)
         self.services: list[Service] = []
         self.servers: list[asyncio.AbstractServer] = []
+        # Session counters of the listeners (lmtp, submission), for /healthz.
+        self.limits: dict[str, SessionLimit] = {}
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
@@ -209,6 +222,7 @@ class Gateway:
                 await res
         if self.with_services:
             await self._switch_handoff(cfg)
+        await self._restart_failed_services()
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
         return True
@@ -250,11 +264,16 @@ class Gateway:
         from gateway.inbound.lmtp import start_listeners
 
         cfg = self.config
+        # Room for every LMTP and submission session and the gateway's own files.
+        raise_fd_limit(cfg.lmtp.max_sessions + cfg.submission.max_sessions + 4 * FD_MARGIN)
+        limit = SessionLimit("lmtp", "LMTP", "Incoming", cfg.lmtp.max_sessions,
+                             self.log_connection)
+        self.limits["lmtp"] = limit
         servers = await start_listeners(
             self, socks if socks is not None else self.bind(),
             max_message_size=cfg.lmtp.max_message_size, max_recipients=cfg.lmtp.max_recipients,
             hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout,
-            shared=cfg.lmtp.workers > 1)
+            shared=cfg.lmtp.workers > 1, limit=limit)
         self.servers = list(servers)
         if not services:
             return servers
@@ -264,7 +283,28 @@ class Gateway:
             if svc is not None:
                 await svc.start()
                 self.services.append(svc)
+                metrics.SERVICE_UP.labels(svc.name).set(1 if is_running(svc) else 0)
         return servers
+
+    def services_up(self) -> list[str]:
+        return [s.name for s in self.services if is_running(s)]
+
+    def services_down(self) -> list[str]:
+        return [s.name for s in self.services if not is_running(s)]
+
+    async def _restart_failed_services(self) -> None:
+        """Reload: start again what could not start (a dashboard whose port was taken)."""
+        for svc in self.services:
+            if is_running(svc):
+                continue
+            try:
+                await svc.start()
+            except Exception as exc:
+                log.error("service still cannot start", service=svc.name, error=repr(exc))
+            up = is_running(svc)
+            metrics.SERVICE_UP.labels(svc.name).set(1 if up else 0)
+            if up:
+                log.info("service started on reload", service=svc.name)
 
     async def stop(self, servers: Sequence[asyncio.AbstractServer]) -> None:
         for s in servers:
@@ -300,6 +340,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
                 workers: Sequence[int] = ()) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are pre-forked LMTP
     processes sharing `socks`; they get our signals and are waited for."""
+    if _PIDLOCK["fd"] is None:      # serve() run without run_serve (tests)
+        lock_pidfile(config)
     gw = Gateway(config)
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
@@ -320,11 +362,10 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
     loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
-    pidfile = config.state_dir / "run" / "deskgate.pid"
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    pidfile.write_text(f"{os.getpid()}\n")
+    pidfile = pidfile_path(config)
     log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1,
-             services=[s.name for s in gw.services], database=_safe_url(config.database_url))
+             services=gw.services_up(), not_running=gw.services_down(),
+             database=_safe_url(config.database_url))
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
     if ready:
         ready()
@@ -336,6 +377,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     await loop.run_in_executor(None, _reap, workers)
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
+    _release_pidfile()
 
 
 async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
@@ -425,7 +467,9 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(config: Config) -> None:
-    """`deskgate serve`: migrate, bind, fork [lmtp] workers - 1 helpers, serve."""
+    """`deskgate serve`: lock the pid file, migrate, bind, fork [lmtp] workers - 1
+    helpers, serve. Raises errors.InUse when another gateway runs on this configuration."""
+    lock_pidfile(config)
     gw = Gateway(config)
     try:
         gw.prepare_store()
@@ -442,6 +486,9 @@ def run_serve(config: Config) -> None:
         pid = os.fork()
         if pid == 0:               # the worker: serve, then leave without running atexit
             code = 0
+            # Only the main process holds the pid file lock (closing our copy keeps
+            # it): a new serve may start as soon as the main one is gone.
+            _release_pidfile()
             try:
                 _die_with(parent)
                 _run(serve_worker(config, socks))
@@ -461,3 +508,45 @@ def run_serve(config: Config) -> None:
 
 def pidfile_path(config: Config) -> Path:
     return config.state_dir / "run" / "deskgate.pid"
+
+
+# The open, flock'ed pid file of this process (inherited by pre-forked workers).
+_PIDLOCK: dict[str, int | None] = {"fd": None}
+
+
+def lock_pidfile(config: Config) -> None:
+    """Take an exclusive flock on the pid file before anything is bound, and write our pid.
+
+    A second `deskgate serve` on the same configuration fails here, before it can
+    touch the first one's sockets. The lock goes with the process (however it dies).
+    """
+    path = pidfile_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        holder = _read_pid(path)
+        raise errors.InUse(f"{path} is locked by a running deskgate serve "
+                    f"(pid {holder or 'unknown'}); stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _PIDLOCK["fd"] = fd
+
+
+def _release_pidfile() -> None:
+    fd = _PIDLOCK["fd"]
+    if fd is not None:
+        _PIDLOCK["fd"] = None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -70,6 +70,12 @@ class LogFilter:
                              "reverse)")
         if self.limit < 0 or self.offset < 0:
             raise ValueError("limit and offset cannot be negative")
+        if self.limit > MAX_ROWS or self.offset > MAX_ROWS:
+            raise ValueError(f"limit and offset can be at most {MAX_ROWS}")
+
+
+# The largest limit/offset a database takes (a signed 64-bit integer).
+MAX_ROWS = 2**63 - 1
 
 
 def _duration(conn: Connection) -> ColumnElement[Any]:

@@ -188,6 +188,7 @@ class LmtpConfig:
     trusted: bool = False
     timeout: float = conv(parse_duration, 300.0)
     workers: int = 1          # LMTP processes sharing the listening sockets (pre-fork)
+    max_sessions: int = 200   # open LMTP connections per process; more get 421 4.7.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,8 @@ class SubmissionConfig:
     max_auth_failures: int = 5
     auth_backoff: float = conv(parse_duration, 60.0)   # first lock-out after max_auth_failures
     timeout: float = conv(parse_duration, 300.0)
+    max_sessions: int = 100         # open submission connections; more get 421 4.7.0
+    max_sessions_per_ip: int = 10   # open connections of one client address
     user: tuple[SubmissionUser, ...] = ()
 
 
@@ -382,6 +385,9 @@ class DashboardConfig:
     listen: str = "127.0.0.1:8025"
     token: Secret | None = secret("token")
     user: tuple[DashboardUser, ...] = ()
+    # Host header names accepted without credentials besides the loopback ones
+    # (DNS rebinding): e.g. the name of an SSH tunnel or a reverse proxy.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -886,6 +892,12 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
                 f"queue {u.default_queue!r} is not defined by any [[queue]]")
     if not 1 <= cfg.lmtp.workers <= 64:
         add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
+    for skey, sessions, low in (("lmtp.max_sessions", cfg.lmtp.max_sessions, 1),
+                                ("submission.max_sessions", cfg.submission.max_sessions, 1),
+                                ("submission.max_sessions_per_ip",
+                                 cfg.submission.max_sessions_per_ip, 0)):
+        if not low <= sessions <= 100_000:
+            add(at(skey.split(".")[0]), skey, f"must be between {low} and 100000")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
     if cfg.classifier.enabled:

@@ -57,6 +57,10 @@ class PermanentError(DeskgateError):
     """Something that will not work on a retry (bad data, policy refusal)."""
 
 
+class InUse(DeskgateError):
+    """Something `deskgate serve` needs (pid file, socket, port) is taken; the text names it."""
+
+
 @dataclass(frozen=True)
 class ConfigError:
     file: str

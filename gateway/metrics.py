@@ -55,6 +55,14 @@ FILTER_TIMEOUTS = Counter(
     ["filter"], registry=REGISTRY)
 COMMLOG_PURGED = Counter(
     "deskgate_commlog_purged", "Communications removed by the purge", registry=REGISTRY)
+SESSIONS_REFUSED = Counter(
+    "deskgate_sessions_refused", "Connections answered 421 4.7.0 by a listener (lmtp, "
+    "submission): max_sessions, max_sessions_per_ip or file descriptors", ["listener"],
+    registry=REGISTRY)
+SERVICE_UP = Gauge(
+    "deskgate_service_up", "1 when a service of serve runs, 0 when it could not start "
+    "(e.g. the dashboard could not bind; reload retries it)", ["service"],
+    registry=REGISTRY, multiprocess_mode="mostrecent")
 HANDOFFS = Counter(
     "deskgate_handoffs", "Hand-off attempts to the helpdesk by result (delivered, deferred, "
     "failed)", ["result"], registry=REGISTRY)

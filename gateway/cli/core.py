@@ -61,10 +61,14 @@ def register(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import run_serve
+    from gateway.errors import InUse
 
     cfg = load(args, quiet_logs=False)
     try:
         run_serve(cfg)
+    except InUse as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         reason = startup_failure(cfg, exc)
         if reason is None:

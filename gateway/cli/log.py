@@ -51,6 +51,8 @@ def parse_when(value: str) -> datetime:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
     except ValueError:
         pass
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{value!r} reaches back before year 1") from None
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
@@ -165,8 +167,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from gateway import commlog_views as views
 
     cfg = load_readonly(args)
-    with _connect(cfg) as conn:
-        data = views.get_communication(conn, args.id, priority=args.priority)
+    data = None
+    if 0 < args.id <= views.MAX_ROWS:     # anything else is no database id
+        with _connect(cfg) as conn:
+            data = views.get_communication(conn, args.id, priority=args.priority)
     if data is None:
         print(f"log show: no communication {args.id}", file=sys.stderr)
         return 1

@@ -120,8 +120,12 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from gateway.commlog_views import MAX_ROWS
     from gateway.store.db import make_engine
 
+    if not 0 <= args.limit <= MAX_ROWS:
+        print(f"tickets list: --limit must be between 0 and {MAX_ROWS}", file=sys.stderr)
+        return 2
     cfg = load_readonly(args)
     engine = make_engine(cfg.database_url)
     with engine.connect() as conn:

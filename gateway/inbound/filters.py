@@ -31,7 +31,7 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig, register_validator
-from gateway.inbound.pipeline import register_prepare
+from gateway.inbound.pipeline import Offload, inline_budget, register_prepare
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
 from gateway.model import MessageContext
@@ -44,8 +44,9 @@ _SUBST = regex.compile(r"\[\*\*\*\]|\[\*\*\\(\w+)\*\*\]")
 _PSEUDO = {"AttachmentCount": "attachmentcount", "AttachmentExists": "attachmentexists"}
 _SHOW = 160   # characters of a tested value shown in a trace
 # All timed patterns of one message together get this many filter_timeouts; after
-# that every timed condition counts as timed out. Prepare may run on the event loop,
-# so hostile mail against several slow patterns must not stall it for long.
+# that every timed condition counts as timed out. On the event loop the timed
+# patterns get only the pipeline's INLINE_BUDGET: past it they raise Offload and
+# the message is evaluated again on the worker pool with the full budget.
 MESSAGE_BUDGET = 5
 
 
@@ -301,11 +302,13 @@ def _build(cfg: Config) -> tuple[str, FilterSet]:
 class _View:
     """The message as the filters see it; built once per message."""
 
-    __slots__ = ("_addrs", "_folded", "ctx", "deadline", "headers")
+    __slots__ = ("_addrs", "_folded", "ctx", "deadline", "headers", "inline")
 
-    def __init__(self, ctx: MessageContext, deadline: float = float("inf")) -> None:
+    def __init__(self, ctx: MessageContext, deadline: float = float("inf"),
+                 inline: float | None = None) -> None:
         self.ctx = ctx
         self.deadline = deadline
+        self.inline = inline     # on the event loop: when timed patterns must give up
         self.headers: dict[str, list[str]] = {}
         assert ctx.parsed is not None
         for k, v in ctx.parsed.headers:
@@ -375,12 +378,22 @@ def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, s
             elif c.literal is not None and c.literal not in view.folded(v):
                 m = None
             else:
-                budget = min(timeout, view.deadline - time.monotonic())
+                now = time.monotonic()
+                budget = min(timeout, view.deadline - now)
+                if view.inline is not None:
+                    budget = min(budget, view.inline - now)
+                    if budget <= 0:
+                        raise Offload
                 if budget <= 0:
                     return False, None, True, v
-                m = (rx.fullmatch(v, timeout=budget) if email_kind
-                     else rx.search(v, timeout=budget))
+                # concurrent: the GIL is released while it runs, so a pattern
+                # running to its budget on a worker thread cannot hold the loop
+                worker = view.inline is None
+                m = (rx.fullmatch(v, timeout=budget, concurrent=worker) if email_kind
+                     else rx.search(v, timeout=budget, concurrent=worker))
         except TimeoutError:
+            if view.inline is not None:
+                raise Offload from None     # decided on a worker, with the full budget
             return False, None, True, v
         if m is not None:
             return True, m, False, v
@@ -485,7 +498,8 @@ def run_filters(fs: FilterSet, ctx: MessageContext,
     if ctx.parsed is None or not fs.filters:
         return
     timeout = fs.timeout
-    view = _View(ctx, time.monotonic() + MESSAGE_BUDGET * timeout)
+    now, inline = time.monotonic(), inline_budget()
+    view = _View(ctx, now + MESSAGE_BUDGET * timeout, None if inline is None else now + inline)
     for f in fs.filters:
         ctrace: list[ConditionTrace] | None = [] if explain is not None else None
         ok, star, named = _evaluate(f, view, timeout, ctx, ctrace)

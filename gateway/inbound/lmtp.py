@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import logging
 import os
 import socket
+import stat
+import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, AnyStr, Literal, Protocol
+from typing import Any, AnyStr, Literal, Protocol, cast
 
 import structlog
 from aiosmtpd.lmtp import LMTP
@@ -29,7 +32,9 @@ from gateway import errors
 from gateway.commlog import Comm
 from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_record import ConnectionRecord
+from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
 from gateway.model import Outcome
+from gateway.portowner import in_use_by
 
 # aiosmtpd logs every command line at INFO on "mail.log"; that is our job, and costly.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -73,14 +78,18 @@ def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     return addr, rest.split()
 
 
-class LmtpSession(LMTP):
+class LmtpSession(IdleTimer, LMTP):
     """One LMTP connection."""
 
     def __init__(self, backend: LmtpBackend, *, max_message_size: int, max_recipients: int,
-                 hostname: str, timeout: float = 300, loop: Any = None) -> None:
+                 hostname: str, timeout: float = 300, loop: Any = None,
+                 limit: SessionLimit | None = None) -> None:
         # Replaced in connection_made once the peer is known; written once, when lost.
         self._record = ConnectionRecord("unix")
         self._logged = False
+        self._limit = limit
+        self._refused = False
+        self._peer_raw: Any = None
         super().__init__(None, data_size_limit=max_message_size, hostname=hostname,
                          ident="deskgate LMTP", timeout=timeout, enable_SMTPUTF8=True,
                          loop=loop)
@@ -92,16 +101,28 @@ class LmtpSession(LMTP):
         self._peer = "unix"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if self._limit is not None and self._limit.admit(peer) is not None:
+            # Over max_sessions: 421 and close, before any session state exists.
+            self._refused = True
+            cast(asyncio.Transport, transport).write(refusal(self.hostname))
+            transport.close()
+            return
+        self._peer_raw = peer
         super().connection_made(transport)
         assert self.session is not None
         self._peer = _peer_name(self.session.peer)
         self._record = ConnectionRecord(self._peer)
 
     def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        if self.on_lost is not None:
+        if self.on_lost is not None:       # an AcceptLoop counts refused sessions too
             self.on_lost()
             self.on_lost = None
+        if self._refused:
+            return
+        if self._limit is not None:
+            self._limit.release(self._peer_raw)
+        super().connection_lost(error)
         if not self._logged:
             self._logged = True
             try:
@@ -111,6 +132,8 @@ class LmtpSession(LMTP):
 
     def _timeout_cb(self) -> None:
         self._record.timed_out = True
+        if self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # aiosmtpd calls these on RSET, LHLO and after DATA.
@@ -287,6 +310,44 @@ def _peer_name(peer: Any) -> str:
     return str(peer or "unix")
 
 
+def _unlink_stale(path: Path, spec: str) -> None:
+    """Remove a socket file nobody listens on; refuse when a process still accepts.
+
+    Probing by connecting first (as Postfix and Dovecot do) keeps a second
+    gateway from deleting the live socket of the first one.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except FileNotFoundError:     # a dangling symlink (or gone meanwhile)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    except ConnectionRefusedError:
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise errors.InUse(f"LMTP {spec}: {path} exists and is not a socket") from None
+        path.unlink()             # stale: left by a gateway that died
+        return
+    except OSError as exc:
+        raise errors.InUse(f"LMTP {spec}: cannot probe {path}: {exc.strerror}") from None
+    else:
+        raise errors.InUse(f"LMTP {spec} is in use by pid {_peer_pid(probe)}") from None
+    finally:
+        probe.close()
+
+
+def _peer_pid(sock: socket.socket) -> str:
+    """The pid that listens on a connected unix socket (SO_PEERCRED), or 'unknown'."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return "unknown"
+    return str(struct.unpack("3i", creds)[0])
+
+
 def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o660,
                    socket_group: str = "") -> list[socket.socket]:
     """Bind every `listen` address (unix:PATH relative to root, or HOST:PORT).
@@ -300,10 +361,13 @@ def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o66
             path = Path(spec[5:])
             path = path if path.is_absolute() else root / path
             path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _unlink_stale(path, spec)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
+            try:
+                sock.bind(str(path))
+            except OSError as exc:
+                sock.close()
+                raise errors.InUse(f"LMTP {spec}: cannot bind {path}: {exc.strerror}") from None
             path.chmod(socket_mode)
             if socket_group:
                 try:
@@ -317,7 +381,14 @@ def bind_listeners(listen: Sequence[str], *, root: Path, socket_mode: int = 0o66
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, int(port)))
+            try:
+                sock.bind((host, int(port)))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise errors.InUse(f"LMTP {spec} is in use by {in_use_by(int(port))}"
+                                       ) from None
+                raise errors.InUse(f"LMTP {spec}: cannot bind: {exc.strerror}") from None
         sock.listen(512)
         sock.setblocking(False)
         socks.append(sock)
@@ -384,14 +455,15 @@ class AcceptLoop:
 async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], *,
                           max_message_size: int, max_recipients: int, hostname: str,
                           timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
-                          shared: bool = False) -> list[Any]:
+                          shared: bool = False, limit: SessionLimit | None = None
+                          ) -> list[Any]:
     """Serve LMTP on already bound sockets; `shared` when other processes accept too."""
     loop = asyncio.get_running_loop()
 
     def factory() -> LmtpSession:
         return LmtpSession(backend, max_message_size=max_message_size,
                            max_recipients=max_recipients, hostname=hostname, timeout=timeout,
-                           loop=loop)
+                           loop=loop, limit=limit)
 
     servers: list[Any] = []
     for sock in socks:

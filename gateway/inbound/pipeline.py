@@ -1,9 +1,10 @@
 """The inbound pipeline: stages named in two tuples, run by a small engine.
 
 Prepare stages need no database (parse, decrypt, trust, filters, loop) and run
-on a worker thread. Commit stages (dedupe, follow-up, route, store) run inside
-the group-commit transaction of the BatchWriter, so every message's reply waits
-for the commit that holds it. Anything unexpected sends the raw message to the
+on the event loop for small plain messages, on a worker thread otherwise.
+Commit stages (dedupe, follow-up, route, store) run inside the group-commit
+transaction of the BatchWriter, so every message's reply waits for the commit
+that holds it. Anything unexpected sends the raw message to the
 quarantine; a database problem is a temporary failure. Nothing is dropped.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import structlog
@@ -86,6 +88,21 @@ def _route(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
 # go to the worker pool so one heavy message cannot stall every session.
 INLINE_PREPARE_MAX = 256 * 1024
 OFFLOAD: list[Callable[[Envelope], bool]] = []
+# On the loop a stage that may run long (a filter regex with a time budget) gets
+# this many seconds in all; past it the stage raises Offload and the message is
+# prepared again from the start on the worker pool, with the full budget. Normal
+# mail stays on the loop; hostile mail holds it for a few milliseconds at most.
+INLINE_BUDGET = 0.002
+_inline: ContextVar[float | None] = ContextVar("deskgate_inline_budget", default=None)
+
+
+class Offload(Exception):
+    """Raised by a stage on the event loop that needs more time than the loop can give."""
+
+
+def inline_budget() -> float | None:
+    """Seconds a stage may spend on the event loop, or None on a worker thread."""
+    return _inline.get()
 
 
 def register_offload(predicate: Callable[[Envelope], bool]) -> None:
@@ -235,15 +252,17 @@ class Pipeline:
         """Process one message for all its recipients; the replies follow the commit."""
         rt = self.runtime()
         comm = comm or Comm("Incoming", env.source, env.account)
-        ctx = MessageContext(envelope=env, log=CommObj("Message"))
-        ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
-                    + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
+        ctx = self._context(env)
         try:
             if needs_worker(env):
                 await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
                                                                  ctx, rt)
-            else:
-                _prepare_safe(ctx, rt)
+            elif not _prepare_inline(ctx, rt):
+                # a stage needed more than the loop's budget: start over on a worker
+                log.debug("preparing on the worker pool", source=env.source)
+                ctx = self._context(env)
+                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
+                                                                 ctx, rt)
             job = self._commit_job(ctx, rt, comm)
         except Exception as exc:
             log.exception("pipeline prepare failed; quarantining", source=env.source)
@@ -281,6 +300,12 @@ class Pipeline:
                        ticket_number=done.ticket_number, article_id=done.article_id,
                        detail="; ".join(done.trace), handoff_id=done.handoff_id)
 
+    def _context(self, env: Envelope) -> MessageContext:
+        ctx = MessageContext(envelope=env, log=CommObj("Message"))
+        ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
+                    + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
+        return ctx
+
     def _tempfail(self, env: Envelope, detail: str) -> Outcome:
         return Outcome(replies=(errors.TEMPFAIL,) * len(env.recipients), action="new",
                        detail=detail)
@@ -292,3 +317,15 @@ class Pipeline:
 def _prepare_safe(ctx: MessageContext, rt: Runtime) -> None:
     with contextlib.suppress(Skip):
         prepare(ctx, rt)
+
+
+def _prepare_inline(ctx: MessageContext, rt: Runtime) -> bool:
+    """Prepare on the event loop within INLINE_BUDGET; False when a stage gave up (Offload)."""
+    token = _inline.set(INLINE_BUDGET)
+    try:
+        _prepare_safe(ctx, rt)
+    except Offload:
+        return False
+    finally:
+        _inline.reset(token)
+    return True

@@ -39,8 +39,13 @@ def submission_service(gw: Gateway) -> SubmissionService | None:
     listen = gw.config.submission.listen
     if not listen:
         return None
+    from gateway.limits import FD_MARGIN
+
     sub = Submission(lambda: gw.runtime, outbound_pipeline(gw), comm_writer(gw.writer))
-    return SubmissionService(sub, listen)
+    svc = SubmissionService(sub, listen,
+                            lmtp_reserve=gw.config.lmtp.max_sessions + FD_MARGIN)
+    gw.limits["submission"] = svc.limit
+    return svc
 
 
 def sender_service(gw: Gateway) -> Sender | None:

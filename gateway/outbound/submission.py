@@ -4,14 +4,16 @@ STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
 after TLS (aiosmtpd answers 538 before). Clients inside allow_networks may
 submit without AUTH; everyone else gets 530 at MAIL: never an open relay.
 Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
-client address; past max_auth_failures the client is locked out for a while
-that doubles with every further failure, and a Warn is logged.
+client address, and so are the attempts still being checked; past
+max_auth_failures the client is locked out for a while that doubles with every
+further failure, and a Warn is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import logging
@@ -19,7 +21,7 @@ import ssl
 import time
 from base64 import b64decode
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -27,7 +29,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
+from gateway.errors import InUse
+from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
 from gateway.outbound.pipeline import OutboundContext, OutboundPipeline
+from gateway.portowner import in_use_by
 from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -42,7 +47,12 @@ BAD_RCPT = "553 5.1.3 Malformed recipient address"
 
 
 class AuthGuard:
-    """Failed AUTH per client address, with an exponential lock-out."""
+    """Failed AUTH per client address, with an exponential lock-out.
+
+    Attempts whose password check is still running count against the limit too:
+    otherwise parallel connections would all pass the check before the first slow
+    hash failed (40 connections, 40 checks with max_auth_failures = 3).
+    """
 
     def __init__(self, max_failures: int, backoff: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -50,10 +60,31 @@ class AuthGuard:
         self.backoff = backoff
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}
+        self._inflight: dict[str, int] = {}
 
     def locked(self, client: str) -> bool:
         count, until = self._failures.get(client, (0, 0.0))
         return count >= self.max_failures and self.clock() < until
+
+    def begin(self, client: str) -> bool:
+        """Start an attempt; False (refuse it) when locked out or when the failures so
+        far plus the attempts in flight reach the limit (one at a time once past it)."""
+        if self.locked(client):
+            return False
+        count, _ = self._failures.get(client, (0, 0.0))
+        inflight = self._inflight.get(client, 0)
+        if inflight >= max(1, self.max_failures - count):
+            return False
+        self._inflight[client] = inflight + 1
+        return True
+
+    def end(self, client: str) -> None:
+        """An attempt started with begin() is decided (or abandoned)."""
+        n = self._inflight.get(client, 0) - 1
+        if n > 0:
+            self._inflight[client] = n
+        else:
+            self._inflight.pop(client, None)
 
     def failed(self, client: str) -> tuple[int, float]:
         """Count one failure; returns (failures, seconds locked out, 0 = not locked)."""
@@ -106,13 +137,13 @@ class Submission:
         return None
 
     async def verify(self, login: str, password: str) -> SubmissionUser | None:
-        from gateway.passwords import verify_password
+        from gateway.passwords import DUMMY_HASH, verify_password
 
         user = self.user(login)
         if user is None:
             # Spend the same time as for a real user, so names cannot be probed.
             await asyncio.get_running_loop().run_in_executor(
-                None, verify_password, password, _DUMMY_HASH)
+                None, verify_password, password, DUMMY_HASH)
             return None
         key = hashlib.sha256(f"{user.name}\0{password}\0{user.password_hash}".encode()).hexdigest()
         if key in self._verified:
@@ -138,10 +169,6 @@ class Submission:
         obj.close("Failed")
         comm.close("Failed")
         self.write_log(comm)
-
-
-_DUMMY_HASH = ("$scrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0c2FsdA"
-               "$Ys3NRTwTL0lZ9ZtBxIdS3iVJTDt/bFk0mN8gv5ITHS0")
 
 
 def _peer(peer: Any) -> str:
@@ -207,20 +234,50 @@ class SubmissionHandler:
         return f"{reply.code} {reply.enhanced} {text}"
 
 
-class SubmissionSession(SMTP):
+class SubmissionSession(IdleTimer, SMTP):
     """One submission connection; AUTH checks run off the event loop."""
 
-    def __init__(self, sub: Submission, **kw: Any) -> None:
+    def __init__(self, sub: Submission, limit: SessionLimit | None = None, **kw: Any) -> None:
         super().__init__(SubmissionHandler(sub), authenticator=_never, **kw)
         self.sub = sub
+        self._limit = limit
+        self._admitted: Any = None      # the peer counted in the limit, until released
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._limit is not None:   # not the STARTTLS switch
+            peer = transport.get_extra_info("peername")
+            if self._limit.admit(peer) is not None:
+                self._refused = True
+                cast(asyncio.Transport, transport).write(refusal(self.hostname))
+                transport.close()
+                return
+            self._admitted = (peer,)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._admitted is not None and self._limit is not None:
+            self._limit.release(self._admitted[0])
+            self._admitted = None
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
         client = self.session.peer[0] if isinstance(self.session.peer, tuple) else ""
-        if self.sub.guard.locked(client):
+        if not self.sub.guard.begin(client):
             await self.push(LOCKED_OUT)
             return
-        await super().smtp_AUTH(arg)
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.sub.guard.end(client)
 
     async def _check(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         assert self.session is not None
@@ -288,9 +345,15 @@ class SubmissionService:
 
     name = "submission"
 
-    def __init__(self, sub: Submission, listen: Sequence[str]) -> None:
+    def __init__(self, sub: Submission, listen: Sequence[str], *, lmtp_reserve: int = 0
+                 ) -> None:
         self.sub = sub
         self.listen = listen
+        c = sub.config.submission
+        # Submission may never take the descriptors LMTP needs (lmtp_reserve).
+        self.limit = SessionLimit("submission", "SMTP", "Outgoing", c.max_sessions,
+                                  sub.write_log, max_per_ip=c.max_sessions_per_ip,
+                                  fd_reserve=lmtp_reserve)
         self.servers: list[asyncio.AbstractServer] = []
         self.ports: list[int] = []
 
@@ -301,14 +364,22 @@ class SubmissionService:
 
         def factory() -> SubmissionSession:
             c = self.sub.config.submission
-            return SubmissionSession(self.sub, data_size_limit=c.max_message_size,
+            return SubmissionSession(self.sub, self.limit, data_size_limit=c.max_message_size,
                                      enable_SMTPUTF8=True, hostname=cfg.gateway.hostname,
                                      ident="deskgate submission", tls_context=tls,
                                      timeout=c.timeout, auth_require_tls=True, loop=loop)
 
         for spec in self.listen:
             host, _, port = spec.rpartition(":")
-            server = await loop.create_server(factory, host.strip("[]"), int(port))
+            try:
+                server = await loop.create_server(factory, host.strip("[]"), int(port))
+            except OSError as exc:
+                for s in self.servers:
+                    s.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise InUse(f"submission {spec} is in use by {in_use_by(int(port))}"
+                                ) from None
+                raise InUse(f"submission {spec}: cannot listen: {exc.strerror}") from None
             self.servers.append(server)
             self.ports.append(server.sockets[0].getsockname()[1])
         log.info("submission listening", listen=list(self.listen), starttls=tls is not None)

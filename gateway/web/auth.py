@@ -16,7 +16,10 @@ import ipaddress
 from collections.abc import Callable, Mapping
 
 from gateway.config import Config, DashboardConfig, register_validator, split_listen
-from gateway.passwords import is_hash, verify_password
+from gateway.passwords import DUMMY_HASH, is_hash, verify_password
+
+# Host header names a login-free (loopback) dashboard always accepts.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 def is_loopback(listen: str) -> bool:
@@ -31,6 +34,35 @@ def is_loopback(listen: str) -> bool:
 
 def has_credentials(d: DashboardConfig) -> bool:
     return bool(d.token) or bool(d.user)
+
+
+def host_allowed(d: DashboardConfig, host_header: str | None) -> bool:
+    """May a request with this Host header see a dashboard that asks for no credentials?
+
+    Without credentials the dashboard trusts everyone who can reach loopback; a
+    web page from elsewhere could still reach it by DNS rebinding (its own name
+    resolving to 127.0.0.1), so only loopback names, the listen host and
+    `allowed_hosts` are accepted.
+    """
+    if has_credentials(d):
+        return True
+    host = (host_header or "").strip().lower()
+    if host.startswith("["):                      # [::1]:8025
+        host = host[:host.find("]") + 1] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    if not host:
+        return False
+    if host in LOOPBACK_HOSTS or host.strip("[]") in LOOPBACK_HOSTS:
+        return True
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return True
+    except ValueError:
+        pass
+    allowed = {h.lower() for h in d.allowed_hosts}
+    with_listen = allowed | {split_listen(d.listen)[0].lower()} if d.listen else allowed
+    return host in with_listen or host.strip("[]") in with_listen
 
 
 @register_validator
@@ -90,14 +122,22 @@ class Authenticator:
         return (name, password) if sep else None
 
     def check_basic(self, d: DashboardConfig, name: str, password: str) -> bool:
-        """Blocking (scrypt): call off the event loop."""
+        """Blocking (scrypt): call off the event loop.
+
+        An unknown user costs a hash too (a dummy one), so the time taken does not
+        tell which user names exist.
+        """
         key = hashlib.sha256(password.encode()).digest()
+        known = False
         for u in d.user:
             if u.name != name:
                 continue
+            known = True
             if (u.name, u.password_hash, key) in self._good:
                 return True
             if verify_password(password, u.password_hash):
                 self._good.add((u.name, u.password_hash, key))
                 return True
+        if not known:
+            verify_password(password, DUMMY_HASH)
         return False

@@ -8,6 +8,7 @@ detail), outbound queue; plus /metrics (Prometheus) and /healthz.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,8 +27,9 @@ from gateway import commlog_views as views
 from gateway import metrics
 from gateway.cli.tickets import list_tickets, ticket_detail
 from gateway.config import parse_duration, split_listen
+from gateway.portowner import in_use_by
 from gateway.store.db import ping
-from gateway.web.auth import Authenticator
+from gateway.web.auth import Authenticator, host_allowed
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -37,6 +39,15 @@ T = TypeVar("T")
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 50
+# Numbers in URLs beyond these are refused with 400 (ids are 64-bit in the database).
+MAX_ID = 2**63 - 1
+MAX_PAGE = 10**6
+MAX_PERIOD = 100 * 366 * 86400.0       # durations such as since=24h: a century at most
+# Password hashes (scrypt, ~0.1 s each) run on a pool of their own, at most this
+# many at a time with this many more waiting; beyond that a login gets 503, so a
+# flood of wrong passwords never starves the pages and /healthz.
+HASH_THREADS = 2
+HASH_WAITING = 32
 PERIODS = (("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"),
            ("31d", "last 31 days"))
 
@@ -63,6 +74,14 @@ def make_env() -> jinja2.Environment:
     return env
 
 
+def _id(request: web.Request) -> int:
+    """The {id} of the URL; 400 when it cannot be a database id."""
+    value = int(request.match_info["id"])
+    if value > MAX_ID:
+        raise web.HTTPBadRequest(text=f"no such id: {request.match_info['id']}\n")
+    return value
+
+
 def _query_value(q: Any, key: str) -> str | None:
     v = q.get(key, "")
     return v.strip() or None
@@ -79,14 +98,18 @@ class Dashboard:
         self.env = make_env()
         self.auth = Authenticator()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard")
+        self.hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS,
+                                            thread_name_prefix="dashboard-hash")
+        self.hashing = 0          # basic-auth checks running or waiting for hash_pool
         self.runner: web.AppRunner | None = None
+        self.started_once = False
         self.bound: tuple[str, int] | None = None
         self.app = self.build_app()
 
     # ------------------------------------------------------------ plumbing
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth_mw, self._headers_mw])
+        app = web.Application(middlewares=[self._host_mw, self._auth_mw, self._headers_mw])
         app.add_routes([
             web.get("/", self.index),
             web.get("/log", self.log_overview),
@@ -114,6 +137,29 @@ class Dashboard:
         return await asyncio.get_running_loop().run_in_executor(self.pool, job)
 
     @web.middleware
+    async def _host_mw(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+        """A login-free dashboard answers only to loopback names (DNS rebinding)."""
+        if request.path == "/healthz" or host_allowed(self.gw.config.dashboard,
+                                                      request.headers.get("Host")):
+            return await handler(request)
+        return web.Response(status=421, text="this dashboard answers only to a loopback host "
+                            "name or one of [dashboard] allowed_hosts\n")
+
+    async def _check_basic(self, name: str, password: str) -> bool | None:
+        """Verify on the hash pool; None when too many checks are already waiting."""
+        if self.hashing >= HASH_THREADS + HASH_WAITING:
+            return None
+        self.hashing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.hash_pool, self.auth.check_basic, self.gw.config.dashboard, name,
+                password)
+        finally:
+            self.hashing -= 1
+
+    @web.middleware
     async def _auth_mw(self, request: web.Request,
                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
@@ -123,8 +169,10 @@ class Dashboard:
         ok = self.auth.check_token(d, request.headers, request.query)
         if ok is None:
             pair = self.auth.basic_pair(request.headers)
-            ok = pair is not None and await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.auth.check_basic, d, pair[0], pair[1])
+            ok = pair is not None and await self._check_basic(pair[0], pair[1])
+            if ok is None:
+                return web.Response(status=503, text="too many logins at once; retry\n",
+                                    headers={"Retry-After": "1"})
         if not ok:
             return web.Response(status=401, text="authentication required\n",
                                 headers={"WWW-Authenticate": 'Basic realm="deskgate", '
@@ -176,6 +224,8 @@ class Dashboard:
             period = parse_duration(period_s)
         except ValueError:
             period_s, period = "24h", 86400.0
+        if not 0 <= period <= MAX_PERIOD:
+            raise web.HTTPBadRequest(text=f"period {period_s!r}: at most 100 years\n")
 
         def read(conn: Connection) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
             return views.overview(conn, period=period), views.status_counts(conn, period=period)
@@ -196,9 +246,13 @@ class Dashboard:
             if not v:
                 return None
             try:
-                return datetime.now(UTC) - timedelta(seconds=parse_duration(v))
+                seconds = parse_duration(v)
             except ValueError:
                 pass
+            else:
+                if not 0 <= seconds <= MAX_PERIOD:
+                    raise web.HTTPBadRequest(text=f"{v!r}: a duration of at most 100 years\n")
+                return datetime.now(UTC) - timedelta(seconds=seconds)
             try:
                 dt = datetime.fromisoformat(v)
             except ValueError:
@@ -210,6 +264,8 @@ class Dashboard:
             page = max(1, int(q.get("page", "1") or 1))
         except ValueError:
             page = 1
+        if page > MAX_PAGE:
+            raise web.HTTPBadRequest(text=f"page: at most {MAX_PAGE}\n")
         f = views.LogFilter(
             since=when(params["since"]), until=when(params["until"]),
             direction=params["direction"] or None, status=params["status"] or None,
@@ -240,7 +296,7 @@ class Dashboard:
                            columns=views.SORT_COLUMNS[:-1], sort=f.sort)
 
     async def log_detail(self, request: web.Request) -> web.Response:
-        comm_id = int(request.match_info["id"])
+        comm_id = _id(request)
         priority = _query_value(request.query, "priority")
         if priority and priority not in views.PRIORITIES:
             priority = None
@@ -272,7 +328,7 @@ class Dashboard:
         return self.render(request, "outbound.html", title="Outbound queue", data=data)
 
     async def outbound_item(self, request: web.Request) -> web.Response:
-        oid = int(request.match_info["id"])
+        oid = _id(request)
         data = await self.db(lambda c: read_outbound_item(c, oid))
         if data is None:
             return self.not_found(request, f"There is no outbound message #{oid}.")
@@ -313,16 +369,41 @@ class Dashboard:
                                                                  self.gw.engine)
         servers = list(getattr(self.gw, "servers", []))
         listeners = [bool(s.is_serving()) for s in servers]
-        ok = db_ok and bool(listeners) and all(listeners)
+        # A listener that is up but would refuse the next connection (max_sessions
+        # reached, descriptors exhausted) cannot accept either: name it and why.
+        not_accepting = {name: why for name, lim in self.gw.limits.items()
+                         if (why := lim.refuses()) is not None}
+        sessions = {name: {"open": lim.active, "max": lim.max_sessions,
+                           "refused": lim.refused_total}
+                    for name, lim in self.gw.limits.items()}
+        for srv, up in zip(servers, listeners, strict=True):
+            if not up:
+                socks = list(getattr(srv, "sockets", None) or [])
+                where = str(socks[0].getsockname()) if socks else "?"
+                not_accepting[f"lmtp {where}"] = "not serving"
+        down = self.gw.services_down()
+        ok = db_ok and bool(listeners) and all(listeners) and not not_accepting and not down
         body = {"ok": ok, "database": db_ok, "listeners": len(listeners),
-                "listeners_serving": sum(listeners),
-                "services": [s.name for s in self.gw.services], "time": time.time()}
+                "listeners_serving": sum(listeners), "not_accepting": not_accepting,
+                "sessions": sessions, "services": self.gw.services_up(),
+                "services_not_running": down, "time": time.time()}
         return web.Response(text=json.dumps(body) + "\n", content_type="application/json",
                             status=200 if ok else 503)
 
     # ------------------------------------------------------------ service
 
+    @property
+    def running(self) -> bool:
+        """False when the listen address could not be bound (reload tries again)."""
+        return self.runner is not None
+
     async def start(self) -> None:
+        if self.runner is not None:
+            return
+        if self.started_once:           # a retry on reload: the listen address may be new
+            self.listen = self.gw.config.dashboard.listen
+            self.app = self.build_app()
+        self.started_once = True
         host, port = split_listen(self.listen)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -331,8 +412,9 @@ class Dashboard:
             await site.start()
         except OSError as exc:
             # Mail flow matters more than the dashboard: log loudly and keep serving.
-            log.error("dashboard cannot listen; continuing without it", listen=self.listen,
-                      error=str(exc))
+            log.error("dashboard cannot listen; continuing without it (reload retries)",
+                      listen=self.listen, error=str(exc),
+                      held_by=in_use_by(port) if exc.errno == errno.EADDRINUSE else "")
             await self.runner.cleanup()
             self.runner = None
             return
@@ -347,6 +429,7 @@ class Dashboard:
             await self.runner.cleanup()
             self.runner = None
         self.pool.shutdown(wait=False)
+        self.hash_pool.shutdown(wait=False)
 
 
 def read_outbound(conn: Connection) -> dict[str, Any]:

@@ -37,3 +37,12 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def serve_refused(conf: Path, timeout: float = 60) -> tuple[int, str]:
+    """Run a `deskgate serve` expected to exit by itself: (exit code, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(conf), "serve"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout,
+                          check=False)
+    return proc.returncode, proc.stderr.decode("utf-8", "replace")

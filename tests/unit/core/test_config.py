@@ -151,3 +151,14 @@ class TestErrors:
             "a.toml": "[[filter]]\nname = 'x'\nmatch = []\n",
             "b.toml": "[[filter]]\nname = 'x'\nmatch = []\n"}))
         assert any("duplicate filter name" in e for e in errs)
+
+
+class TestSessionLimitKeys:
+    def test_session_limits_are_range_checked(self, make_confdir):
+        """max_sessions below 1 (or per-IP below 0) is a config error naming the key."""
+        conf = make_confdir({"50-x.toml": "[lmtp]\nmax_sessions = 0\n"
+                                          "[submission]\nmax_sessions_per_ip = -1\n"})
+        with pytest.raises(ConfigErrors) as exc:
+            load_config(conf)
+        keys = {e.key for e in exc.value.errors}
+        assert {"lmtp.max_sessions", "submission.max_sessions_per_ip"} <= keys
