@@ -5,7 +5,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver iproute2 postgresql systemd e2fsprogs
+DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-certificates chromium chromium-driver iproute2 postgresql systemd e2fsprogs \
+	request-tracker5 rt5-db-postgresql rt5-standalone rt5-clients dbconfig-no-thanks w3m msmtp
+# OTOBO 11 (tests/peers/otobo.py) runs from a source tarball on these Perl modules
+OTOBO_PACKAGES := libarchive-zip-perl libconst-fast-perl libcapture-tiny-perl libjson-xs-perl \
+  libtimedate-perl libdatetime-perl libcss-minifier-xs-perl libconvert-binhex-perl libdbi-perl \
+  libdbix-connector-perl libfile-chmod-perl libhttp-message-perl libjavascript-minifier-xs-perl \
+  liblist-allutils-perl libwww-perl libmoo-perl libnamespace-autoclean-perl libnet-dns-perl \
+  libnet-smtp-ssl-perl libpath-class-perl libplack-perl libsub-exporter-perl libtemplate-perl \
+  libtext-csv-perl libtext-csv-xs-perl libtext-trim-perl libtry-tiny-perl liburi-perl \
+  libxml-libxml-perl libyaml-libyaml-perl libplack-middleware-header-perl \
+  libplack-middleware-reverseproxy-perl libdbd-pg-perl libmail-imapclient-perl \
+  libauthen-sasl-perl libio-socket-ssl-perl postgresql-client
+DEB_PACKAGES += $(OTOBO_PACKAGES)
 
 .PHONY: serve test venv deps system-deps exim-debs postgres lint typecheck bench clean
 
@@ -17,14 +29,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Debian packages the tests talk to (real Postfix, Dovecot, gpg, openssl).
-# Installed only when running as root and something is missing.
+# Debian packages the tests talk to (real Postfix, Dovecot, gpg, openssl, Request Tracker).
+# Installed only when running as root and something is missing. postfix is named in the one
+# apt-get call whatever else is missing: request-tracker5 needs an MTA, and with postfix
+# in the same transaction apt never picks another one (which would remove postfix).
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (tests that need them are skipped, or fail under CI=true)"; fi; \
 	fi
 

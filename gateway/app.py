@@ -89,9 +89,18 @@ def _poller(gw: Gateway) -> Service | None:
     return factory(gw)
 
 
+def _handoff(gw: Gateway) -> Service | None:
+    if not gw.config.helpdesk.enabled:
+        return None
+    from gateway.helpdesk.worker import factory
+
+    return factory(gw)
+
+
 # Factories of the optional services: (app) → Service | None. Each door adds one.
 SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge,
-                                                                 _sender, _submission, _poller]
+                                                                 _sender, _submission, _poller,
+                                                                 _handoff]
 
 
 class Gateway:
@@ -110,6 +119,7 @@ class Gateway:
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
+        self.with_services = False     # the main process runs the services, LMTP workers not
 
     # ---------------------------------------------------------------- setup
 
@@ -197,9 +207,24 @@ class Gateway:
             res = hook(cfg)
             if asyncio.iscoroutine(res):
                 await res
+        if self.with_services:
+            await self._switch_handoff(cfg)
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
         return True
+
+    async def _switch_handoff(self, cfg: Config) -> None:
+        """A [helpdesk] added or removed by a reload starts or stops the hand-off worker
+        (rows written meanwhile wait in the outbox)."""
+        running = next((s for s in self.services if s.name == "helpdesk-handoff"), None)
+        if cfg.helpdesk.enabled and running is None:
+            svc = _handoff(self)
+            if svc is not None:
+                await svc.start()
+                self.services.append(svc)
+        elif not cfg.helpdesk.enabled and running is not None:
+            self.services.remove(running)
+            await running.stop()
 
     def _log_reload_failure(self, text: str) -> None:
         comm = Comm("Incoming", "Config", "reload")
@@ -233,6 +258,7 @@ class Gateway:
         self.servers = list(servers)
         if not services:
             return servers
+        self.with_services = True
         for factory in SERVICE_FACTORIES:
             svc = factory(self)
             if svc is not None:
@@ -328,6 +354,10 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
 
     main_pid = os.getppid()
     add_waker(lambda _delay: _poke_main(main_pid))
+    if config.helpdesk.enabled:      # so is the hand-off worker
+        from gateway.helpdesk.worker import add_waker as add_handoff_waker
+
+        add_handoff_waker(lambda: _poke_main(main_pid))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     await stop.wait()
     await gw.stop(servers)
@@ -340,9 +370,11 @@ def _poke_main(pid: int) -> None:
 
 def _wake_sender() -> None:
     """SIGUSR1: something was queued (by an LMTP worker, or an admin asks): look now."""
+    from gateway.helpdesk.worker import notify_queued as handoff_queued
     from gateway.outbound.sender import notify_queued
 
     notify_queued()
+    handoff_queued()
 
 
 # Held back from fork until the event loops have their handlers (see run_serve).

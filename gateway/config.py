@@ -362,8 +362,6 @@ class HelpdeskConfig:
     poll_interval: float = conv(parse_duration, 5.0)
     ticket_url: str = ""               # link template: {id} {number}
     queues: Mapping[str, str] = field(default_factory=dict)   # deskgate queue -> helpdesk queue
-    attachments: Literal["base64", "link"] = "base64"         # webhook: inline or dashboard links
-    dashboard_url: str = ""            # base URL of the dashboard for attachment links
 
     @property
     def enabled(self) -> bool:

@@ -55,6 +55,22 @@ FILTER_TIMEOUTS = Counter(
     ["filter"], registry=REGISTRY)
 COMMLOG_PURGED = Counter(
     "deskgate_commlog_purged", "Communications removed by the purge", registry=REGISTRY)
+HANDOFFS = Counter(
+    "deskgate_handoffs", "Hand-off attempts to the helpdesk by result (delivered, deferred, "
+    "failed)", ["result"], registry=REGISTRY)
+HANDOFF_SECONDS = Histogram(
+    "deskgate_handoff_seconds", "Time from the commit of a message to its delivery into the "
+    "helpdesk", registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400))
+HANDOFF_PENDING = Gauge(
+    "deskgate_handoff_pending", "Hand-offs waiting for the helpdesk", registry=REGISTRY,
+    multiprocess_mode="mostrecent")
+HANDOFF_FAILED = Gauge(
+    "deskgate_handoff_failed", "Hand-offs that failed for good (retry them by hand)",
+    registry=REGISTRY, multiprocess_mode="mostrecent")
+HANDOFF_OLDEST_SECONDS = Gauge(
+    "deskgate_handoff_oldest_pending_seconds", "Age of the oldest pending hand-off",
+    registry=REGISTRY, multiprocess_mode="mostrecent")
 RELOADS = Counter(
     "deskgate_reloads", "Configuration reloads by result (ok, refused)", ["result"],
     registry=REGISTRY)

@@ -114,6 +114,7 @@ class MessageContext:
     linked_ticket_id: int | None = None  # new ticket linked to a closed one
     ticket_number: str = ""
     article_id: int | None = None
+    handoff_id: int | None = None        # the helpdesk hand-off row committed with the article
     trace: list[str] = field(default_factory=list)   # why things happened (filter test, log)
 
     def param(self, name: str, default: str = "") -> str:
@@ -129,3 +130,4 @@ class Outcome:
     ticket_number: str = ""
     article_id: int | None = None
     detail: str = ""
+    handoff_id: int | None = None

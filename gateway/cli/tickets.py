@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
     add_json(lp)
     lp.set_defaults(func=cmd_list)
     sp = tsub.add_parser("show", help="one ticket with its articles")
-    sp.add_argument("number")
+    sp.add_argument("number", help="the ticket number (the helpdesk's, with a helpdesk), "
+                    "or id:N for a ticket whose number the helpdesk has not told yet")
     add_json(sp)
     sp.set_defaults(func=cmd_show)
     from gateway.cli.keys import register_redecrypt
@@ -33,8 +34,8 @@ def register(sub: Any) -> None:
 
 
 def ticket_summary(t: Any) -> dict[str, Any]:
-    return {"number": t.number, "title": t.title, "queue": t.queue, "state": t.state,
-            "priority": t.priority, "created": t.created, "changed": t.changed,
+    return {"number": t.number or "", "id": t.id, "title": t.title, "queue": t.queue,
+            "state": t.state, "priority": t.priority, "created": t.created, "changed": t.changed,
             "customer_user": t.customer_user}
 
 
@@ -48,9 +49,31 @@ def list_tickets(conn: Connection, *, queue: str | None = None, state: str | Non
     return [ticket_summary(t) for t in conn.execute(q).all()]
 
 
-def ticket_detail(conn: Connection, number: str) -> dict[str, Any] | None:
+def find_ticket(conn: Connection, number: str) -> Any:
+    """By number (deskgate's or the helpdesk's), or `id:N` by deskgate's ticket id."""
+    from gateway.store.repo import ticket_by_id, ticket_by_number
+
+    if number.startswith("id:") and number[3:].isdigit() and len(number) < 22:
+        return ticket_by_id(conn, int(number[3:]))
+    return ticket_by_number(conn, number)
+
+
+def helpdesk_state(conn: Connection, ticket_id: int, ticket_url: str = ""
+                   ) -> dict[str, Any] | None:
+    """`helpdesk{type, ticket_id, ticket_number, state, attempts, last_error, url}`."""
+    from gateway.helpdesk.outbox import ticket_state
+
+    hd = ticket_state(conn, ticket_id)
+    if hd is not None:
+        hd["url"] = (ticket_url.replace("{id}", hd["ticket_id"]).replace(
+            "{number}", hd["ticket_number"]) if ticket_url and hd["ticket_id"] else "")
+    return hd
+
+
+def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
+                  ) -> dict[str, Any] | None:
     """The JSON of `tickets show N --json` (its field names are a stable contract)."""
-    t = conn.execute(select(Ticket).where(Ticket.number == number)).first()
+    t = find_ticket(conn, number)
     if t is None:
         return None
     arts = conn.execute(select(Article).where(Article.ticket_id == t.id)
@@ -72,6 +95,7 @@ def ticket_detail(conn: Connection, number: str) -> dict[str, Any] | None:
         "customer_no": t.customer_no, "owner": t.owner, "responsible": t.responsible,
         "lock": t.lock, "pending_until": t.pending_until, "dynamic_fields": t.dynamic_fields,
         "linked_ticket": linked,
+        "helpdesk": helpdesk_state(conn, t.id, ticket_url),
         "articles": [{
             "id": a.id, "message_id": a.message_id, "direction": a.direction,
             "sender_type": a.sender_type, "is_visible_for_customer": a.is_visible_for_customer,
@@ -96,8 +120,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table([(r["number"], r["queue"], r["state"], r["priority"], r["created"]
-                      .strftime("%Y-%m-%d %H:%M") if r["created"] else "", r["title"])
+        print_table([(r["number"] or f"id:{r['id']}", r["queue"], r["state"], r["priority"],
+                      r["created"].strftime("%Y-%m-%d %H:%M") if r["created"] else "",
+                      r["title"])
                      for r in rows], ["NUMBER", "QUEUE", "STATE", "PRIORITY", "CREATED",
                                       "TITLE"])
     return 0
@@ -107,16 +132,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     cfg = load(args)
     engine = make_engine(cfg.database_url)
     with engine.connect() as conn:
-        detail = ticket_detail(conn, args.number)
+        detail = ticket_detail(conn, args.number, cfg.helpdesk.ticket_url)
     if detail is None:
         print(f"tickets show: no ticket {args.number}", file=sys.stderr)
         return 1
     if args.json:
         print_json(detail)
         return 0
-    print(f"Ticket#{detail['number']}  {detail['title']}")
+    print(f"Ticket#{detail['number'] or '(number from the helpdesk pending)'}  "
+          f"{detail['title']}")
     print(f"  queue {detail['queue']}  state {detail['state']}  priority {detail['priority']}  "
           f"customer {detail['customer_user']}")
+    hd = detail["helpdesk"]
+    if hd is not None:
+        print(f"  helpdesk {hd['type']}: {hd['state']}"
+              + (f", ticket {hd['ticket_number'] or hd['ticket_id']}"
+                 if hd["ticket_id"] else "")
+              + (f" {hd['url']}" if hd["url"] else "")
+              + (f" (after {hd['attempts']} attempt(s): {hd['last_error']})"
+                 if hd["state"] != "delivered" and hd["last_error"] else ""))
     for k, v in sorted(detail["dynamic_fields"].items()):
         print(f"  DynamicField {k}: {v}")
     for a in detail["articles"]:

@@ -294,6 +294,18 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
     ctx.trace.append(f"crypto: {summary}" + (f"; {c.error}" if c.error else ""))
 
 
+def unwrap(raw: bytes, msg: Message, rt: Runtime, recipients: list[str],
+           from_email: str) -> Unwrapped:
+    """Peel the S/MIME/PGP layers of a stored message again (the helpdesk hand-off
+    passes on the decrypted MIME, which the store does not keep)."""
+    stores: CryptoStores = rt.crypto if isinstance(rt.crypto, CryptoStores) \
+        else stores_for(rt.config)
+    system = [a for a in recipients if rt.config.address_by_email(a)]
+    peeler = _Peeler(stores, system + [a for a in recipients if a not in system], from_email)
+    peeler.peel(canonical(raw), msg)
+    return peeler.out
+
+
 def _may_have_crypto(msg: Message, body: str) -> bool:
     """Cheap check so plain mail pays nothing."""
     for part in msg.walk():

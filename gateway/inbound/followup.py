@@ -189,7 +189,7 @@ def decide(ctx: MessageContext, rt: Runtime, conn: Connection,
         return None
     t, how, reason, bounced = found
     pm = rt.config.postmaster
-    d = Decision(kind="followup", ticket_id=t.id, ticket_number=t.number, queue=t.queue,
+    d = Decision(kind="followup", ticket_id=t.id, ticket_number=t.number or "", queue=t.queue,
                  how=how, reason=reason, ticket_state=t.state, ticket_state_type=t.state_type,
                  article_id=bounced, notes=notes)
     if how == "bounce":

@@ -273,9 +273,13 @@ class Pipeline:
         log.info("delivered", action=done.action, ticket=done.ticket_number,
                  article=done.article_id, queue=done.queue,
                  message_id=done.parsed.message_id if done.parsed else "")
+        if done.handoff_id is not None:
+            from gateway.helpdesk.worker import notify_queued
+
+            notify_queued()
         return Outcome(replies=(reply,) * len(env.recipients), action=done.action,
                        ticket_number=done.ticket_number, article_id=done.article_id,
-                       detail="; ".join(done.trace))
+                       detail="; ".join(done.trace), handoff_id=done.handoff_id)
 
     def _tempfail(self, env: Envelope, detail: str) -> Outcome:
         return Outcome(replies=(errors.TEMPFAIL,) * len(env.recipients), action="new",

@@ -92,8 +92,11 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     env = ctx.envelope
     raw_id = repo.insert_raw(conn, env.raw, env.sha256)
     pm = rt.config.postmaster
+    helpdesk = rt.config.helpdesk
     if ctx.action == "new" or ctx.ticket_id is None:
-        number = repo.next_ticket_number(conn, rt.config.gateway.system_id)
+        # With a helpdesk behind deskgate the number is the helpdesk's, told by the hand-off.
+        number = (None if helpdesk.enabled
+                  else repo.next_ticket_number(conn, rt.config.gateway.system_id))
         state = checked_state(ctx, rt, "State", pm.default_state)
         title = ctx.param("Title") or p.subject or "(no subject)"
         ctx.ticket_id = repo.insert_ticket(
@@ -109,11 +112,20 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
             dynamic_fields=dynamic_fields(ctx),
             linked_ticket_id=ctx.linked_ticket_id,
         )
-        ctx.ticket_number = number
+        ctx.ticket_number = number or ""
         ctx.action = "new"
     ctx.article_id = repo.insert_article(conn, p.attachments,
                                          ticket_id=ctx.ticket_id,
                                          **article_values(ctx, rt, raw_id))
     ctx.log.article_id = ctx.article_id
     ctx.log.log("Info", "Ticket", f"{'new ticket' if ctx.action == 'new' else 'follow-up to'} "
-                f"{ctx.ticket_number} in queue {ctx.queue}, article {ctx.article_id}")
+                f"{ctx.ticket_number or '(number from the helpdesk)'} in queue {ctx.queue}, "
+                f"article {ctx.article_id}")
+    if helpdesk.enabled:
+        from gateway.helpdesk.outbox import enqueue
+
+        ctx.handoff_id = enqueue(conn, ticket_id=ctx.ticket_id, article_id=ctx.article_id,
+                                 kind="create" if ctx.action == "new" else "followup",
+                                 helpdesk=helpdesk.type, decisions=dict(ctx.params))
+        ctx.log.log("Info", "Handoff", f"queued for the helpdesk ({helpdesk.type}) as "
+                    f"hand-off #{ctx.handoff_id}")

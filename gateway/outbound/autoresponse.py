@@ -100,7 +100,7 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
         ctx.log.log("Notice", "AutoResponse", f"no auto-response ({kind}): {why}")
         return
     ticket = repo.ticket_by_id(conn, ctx.ticket_id)
-    number = ticket.number if ticket is not None else ctx.ticket_number
+    number = (ticket.number if ticket is not None else ctx.ticket_number) or ""
     name = email.utils.parseaddr(p.from_addr)[0] or to
     body = render(template, {"ticket_number": number, "title": ticket.title if ticket else "",
                              "customer": name})

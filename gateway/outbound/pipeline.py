@@ -80,6 +80,8 @@ class OutboundContext:
     queue_config: QueueConfig | None = None
     ticket_id: int | None = None
     ticket_number: str = ""
+    helpdesk_number: str = ""           # the helpdesk's number from the Subject (with [helpdesk])
+    helpdesk_ref: str = ""              # the helpdesk's ticket id its mail names (RT)
     new_ticket: bool = False
     sender: str = ""                    # envelope sender after rewrite ('' = null sender)
     from_email: str = ""                # the system address in From

@@ -48,12 +48,21 @@ def store_article(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
     if ctx.ticket_id is None:
         customer = first_address(p.to_addr)
         ctx.ticket_id = repo.insert_ticket(
-            conn, number=ctx.ticket_number, title=(p.subject or "(no subject)")[:1000],
+            conn, number=ctx.ticket_number or None,
+            helpdesk_ticket_number=ctx.helpdesk_number, helpdesk_ticket_id=ctx.helpdesk_ref,
+            title=(p.subject or "(no subject)")[:1000],
             queue=ctx.queue or pm.default_queue, state=pm.default_state,
             state_type=pm.states.get(pm.default_state, "new"), priority=pm.default_priority,
             type=pm.default_type, customer_no=customer, customer_user=customer,
             dynamic_fields={})
-        ctx.log.log("Info", "Ticket", f"new ticket {ctx.ticket_number} in queue {ctx.queue}")
+        ctx.log.log("Info", "Ticket", f"new ticket {ctx.ticket_number or '(no number)'} in "
+                    f"queue {ctx.queue}")
+    elif ctx.helpdesk_number:
+        from gateway.helpdesk.outbox import adopt_number
+
+        if adopt_number(conn, ctx.ticket_id, ctx.helpdesk_number):
+            ctx.log.log("Info", "Ticket", f"ticket takes the helpdesk's number "
+                        f"{ctx.helpdesk_number} from the reply's Subject")
     raw_id = repo.insert_raw(conn, ctx.data)
     ctx.article_id = repo.insert_article(
         conn, p.attachments, ticket_id=ctx.ticket_id, direction="outgoing",

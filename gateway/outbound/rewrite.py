@@ -87,8 +87,34 @@ def ticket_number_in(subject: str, hook: str) -> str:
     return m.group(1) if m else ""
 
 
-def find_ticket(conn: Connection, msg: Message, hook: str) -> tuple[int, str, str] | None:
+# Request Tracker names its ticket in every mail it sends: "X-RT-Ticket: rtname #123",
+# and "<RT-Ticket-123@organization>" in References.
+_RT_TICKET_RE = re.compile(r"#\s*(\d+)\s*$")
+_RT_REFERENCE_RE = re.compile(r"<RT-Ticket-(\d+)@[^<>\s]+>")
+
+
+def helpdesk_ticket_ref(msg: Message, helpdesk: str) -> str:
+    """The helpdesk's ticket id a mail from the helpdesk names in its headers, or ''."""
+    if helpdesk == "rt-rest2":
+        m = _RT_TICKET_RE.search(header_text(msg, "X-RT-Ticket").strip())
+        if m:
+            return m.group(1)
+        m = _RT_REFERENCE_RE.search(header_text(msg, "References") + " "
+                                    + header_text(msg, "In-Reply-To"))
+        return m.group(1) if m else ""
+    return ""
+
+
+def find_ticket(conn: Connection, msg: Message, hook: str, helpdesk: str = ""
+                ) -> tuple[int, str, str] | None:
     """(id, number, queue) of the ticket a message replies to, or None."""
+    ref = helpdesk_ticket_ref(msg, helpdesk)
+    if ref:
+        row = conn.execute(select(Ticket.id, Ticket.number, Ticket.queue)
+                           .where(Ticket.helpdesk_ticket_id == ref)
+                           .order_by(Ticket.id).limit(1)).first()
+        if row is not None:
+            return row.id, row.number or "", row.queue
     ids = _MSGID_RE.findall(header_text(msg, "In-Reply-To") + " "
                             + header_text(msg, "References"))
     if ids:
@@ -98,12 +124,12 @@ def find_ticket(conn: Connection, msg: Message, hook: str) -> tuple[int, str, st
             .where(or_(*[Article.message_id == i for i in ids[-20:]]))
             .order_by(Article.id.desc()).limit(1)).first()
         if row is not None:
-            return row.id, row.number, row.queue
+            return row.id, row.number or "", row.queue
     number = ticket_number_in(header_text(msg, "Subject"), hook)
     if number:
         t = repo.ticket_by_number(conn, number)
         if t is not None:
-            return t.id, t.number, t.queue
+            return t.id, t.number or "", t.queue
     return None
 
 
@@ -135,7 +161,7 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
             ctx.log.log("Error", "Queue", f"queue {ctx.params['Queue']!r} from X-header does "
                         "not exist; ignored")
     if ctx.ticket_id is None:
-        found = find_ticket(conn, msg, cfg.gateway.ticket_hook)
+        found = find_ticket(conn, msg, cfg.gateway.ticket_hook, cfg.helpdesk.type)
         if found is not None:
             ctx.ticket_id, ctx.ticket_number, tqueue = found
             ctx.new_ticket = False
@@ -155,7 +181,22 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
         trace.append(f"queue {queue} (default)")
     ctx.queue = queue
     ctx.queue_config = cfg.queue_by_name(queue)
-    if ctx.ticket_id is None:
+    if cfg.helpdesk.enabled:
+        # The helpdesk numbers its tickets: a reply keeps the number its Subject carries
+        # (adopted by a ticket that has none yet), a message without one gets none.
+        number = ticket_number_in(header_text(msg, "Subject"), cfg.gateway.ticket_hook)
+        if number and number != ctx.ticket_number:
+            ctx.helpdesk_number = number
+            ctx.ticket_number = ctx.ticket_number or number
+        if ctx.ticket_id is None:
+            ctx.new_ticket = True
+            # The helpdesk's mail for a ticket whose hand-off it has not answered yet
+            # (RT mails its auto-reply while it creates the ticket): the new ticket keeps
+            # the helpdesk's id and is merged into the handed-off one when that answer comes.
+            ctx.helpdesk_ref = helpdesk_ticket_ref(msg, cfg.helpdesk.type)
+            trace.append(f"new ticket (the helpdesk's {number})" if number
+                         else "new ticket (no number: the helpdesk numbers tickets)")
+    elif ctx.ticket_id is None:
         ctx.new_ticket = True
         ctx.ticket_number = (allocate() if allocate is not None
                              else repo.next_ticket_number(conn, cfg.gateway.system_id))
@@ -239,7 +280,7 @@ def rewrite(ctx: OutboundContext, rt: Runtime) -> None:
                    if display else address)
         ctx.from_email = address
         ctx.sender = "" if ctx.kind == "auto-response" else address
-        if ctx.ticket_number:
+        if ctx.ticket_number and not cfg.helpdesk.enabled:
             hook = cfg.gateway.ticket_hook
             subject_raw = msg.get("Subject", "")
             subject_raw = str(subject_raw) if subject_raw is not None else ""

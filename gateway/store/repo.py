@@ -209,7 +209,12 @@ def sync_config(conn: Connection, cfg: Config) -> None:
 
 
 def ticket_by_number(conn: Connection, number: str) -> Any:
-    return conn.execute(select(Ticket).where(Ticket.number == number)).first()
+    """By deskgate's number, else by the helpdesk's (a ticket handed off to a helpdesk)."""
+    row = conn.execute(select(Ticket).where(Ticket.number == number)).first()
+    if row is None and number:
+        row = conn.execute(select(Ticket).where(Ticket.helpdesk_ticket_number == number)
+                           .order_by(Ticket.id).limit(1)).first()
+    return row
 
 
 _SEL_TICKET_BY_ID = select(Ticket).where(Ticket.id == bindparam("tid"))

@@ -68,7 +68,8 @@ class TicketCounter(Base):
 class Ticket(Base):
     __tablename__ = "ticket"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    number: Mapped[str] = mapped_column(String(40), unique=True)
+    # NULL with a helpdesk behind deskgate until the hand-off tells the helpdesk's number.
+    number: Mapped[str | None] = mapped_column(String(40), unique=True, nullable=True)
     title: Mapped[str] = mapped_column(Text, default="")
     queue: Mapped[str] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(100))
@@ -86,6 +87,9 @@ class Ticket(Base):
     dynamic_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
     linked_ticket_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("ticket.id"),
                                                          nullable=True)
+    # The helpdesk's ticket (empty when standalone or not handed off yet).
+    helpdesk_ticket_id: Mapped[str] = mapped_column(String(100), default="")
+    helpdesk_ticket_number: Mapped[str] = mapped_column(String(100), default="", index=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -333,3 +337,32 @@ class PollerToken(Base):
     # token in the config (the operator re-consented) wins over the stored one.
     config_fingerprint: Mapped[str] = mapped_column(String(64), default="")
     changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------- helpdesk hand-off
+
+
+class Handoff(Base):
+    """Outbox of the helpdesk hand-off: one row per stored article, committed with it,
+    delivered in order per ticket by a worker holding a lease."""
+
+    __tablename__ = "handoff"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(BigId, ForeignKey("ticket.id"))
+    article_id: Mapped[int] = mapped_column(BigId)
+    kind: Mapped[str] = mapped_column(String(20))                   # create | followup
+    key: Mapped[str] = mapped_column(String(100))                   # idempotency key
+    helpdesk: Mapped[str] = mapped_column(String(30))               # [helpdesk] type
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claimed_by: Mapped[str] = mapped_column(String(200), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    decisions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    __table_args__ = (Index("ix_handoff_due", "status", "next_attempt"),
+                      Index("ix_handoff_ticket", "ticket_id", "id"),
+                      UniqueConstraint("key", name="uq_handoff_key"))

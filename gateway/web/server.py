@@ -96,6 +96,8 @@ class Dashboard:
             web.get("/tickets/{number}", self.ticket),
             web.get("/outbound", self.outbound),
             web.get(r"/outbound/{id:\d+}", self.outbound_item),
+            web.get("/handoff", self.handoff),
+            web.get(r"/handoff/{id:\d{1,18}}", self.handoff_item),
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),
         ])
@@ -258,7 +260,8 @@ class Dashboard:
 
     async def ticket(self, request: web.Request) -> web.Response:
         number = request.match_info["number"]
-        data = await self.db(lambda c: ticket_detail(c, number))
+        url = self.gw.config.helpdesk.ticket_url
+        data = await self.db(lambda c: ticket_detail(c, number, url))
         if data is None:
             return self.not_found(request, f"There is no ticket {number}.")
         return self.render(request, "ticket.html", title=f"Ticket {number}", t=data,
@@ -275,6 +278,28 @@ class Dashboard:
             return self.not_found(request, f"There is no outbound message #{oid}.")
         return self.render(request, "outbound_item.html", title=f"Outbound message #{oid}",
                            m=data)
+
+    async def handoff(self, request: web.Request) -> web.Response:
+        from gateway.helpdesk import outbox
+
+        def read(conn: Connection) -> tuple[list[dict[str, Any]], outbox.Stats]:
+            return outbox.list_handoffs(conn, limit=500), outbox.stats(conn)
+
+        rows, st = await self.db(read)
+        hd = self.gw.config.helpdesk
+        return self.render(request, "handoff.html", title="Hand-offs to the helpdesk",
+                           rows=rows, configured=hd.enabled, helpdesk=hd.type,
+                           stats={"pending": st.pending, "failed": st.failed,
+                                  "delivered": st.delivered, "oldest": st.oldest_pending})
+
+    async def handoff_item(self, request: web.Request) -> web.Response:
+        from gateway.helpdesk import outbox
+
+        hid = int(request.match_info["id"])
+        data = await self.db(lambda c: outbox.show(c, hid))
+        if data is None:
+            return self.not_found(request, f"There is no hand-off #{hid}.")
+        return self.render(request, "handoff_item.html", title=f"Hand-off #{hid}", h=data)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, ctype = await asyncio.get_running_loop().run_in_executor(
@@ -369,6 +394,22 @@ def outbound_gauges(engine: Any) -> None:
     oldest = views.utc(oldest)
     metrics.OUTBOUND_QUEUE_OLDEST_SECONDS.set(
         (datetime.now(UTC) - oldest).total_seconds() if oldest else 0)
+
+
+@metrics.register_scrape_hook
+def handoff_gauges(engine: Any) -> None:
+    """deskgate_handoff_pending / _failed / _oldest_pending_seconds from the outbox."""
+    from gateway.helpdesk.outbox import stats
+
+    try:
+        with engine.connect() as conn:
+            st = stats(conn)
+    except Exception:  # a scrape must still answer; /healthz reports the database
+        return
+    metrics.HANDOFF_PENDING.set(st.pending)
+    metrics.HANDOFF_FAILED.set(st.failed)
+    metrics.HANDOFF_OLDEST_SECONDS.set(
+        (datetime.now(UTC) - st.oldest_pending).total_seconds() if st.oldest_pending else 0)
 
 
 def factory(gw: Gateway) -> Dashboard | None:

@@ -1,0 +1,159 @@
+"""handoff list|show|retry|delete, helpdesk check."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection
+
+from gateway.cli.common import EX_OK, add_json, load, print_json, print_table
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("handoff", help="hand-offs of processed mail to the helpdesk")
+    hsub = p.add_subparsers(dest="handoff_command", metavar="ACTION")
+    hsub.required = True
+    lp = hsub.add_parser("list", help="hand-offs not delivered yet (pending, failed)")
+    lp.add_argument("--status", choices=("pending", "failed", "delivered", "all"),
+                    help="only this status (default: everything not delivered)")
+    lp.add_argument("--limit", type=int, default=1000)
+    add_json(lp)
+    lp.set_defaults(func=cmd_list)
+    sp = hsub.add_parser("show", help="one hand-off with its decisions and last error")
+    sp.add_argument("id", type=int)
+    add_json(sp)
+    sp.set_defaults(func=cmd_show)
+    rp = hsub.add_parser("retry", help="try a pending or failed hand-off again now "
+                         "(all of them with --all)")
+    rp.add_argument("id", type=int, nargs="?")
+    rp.add_argument("--all", action="store_true", help="every pending and failed hand-off")
+    rp.set_defaults(func=cmd_retry)
+    dp = hsub.add_parser("delete", help="remove a hand-off that is not delivered (the "
+                         "ticket stays in deskgate; the helpdesk never gets this article)")
+    dp.add_argument("id", type=int)
+    dp.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("helpdesk", help="the helpdesk behind deskgate")
+    hsub = p.add_subparsers(dest="helpdesk_command", metavar="ACTION")
+    hsub.required = True
+    cp = hsub.add_parser("check", help="log in to the helpdesk and report what was found")
+    add_json(cp)
+    cp.set_defaults(func=cmd_check)
+
+
+@contextlib.contextmanager
+def _connection(args: argparse.Namespace, *, write: bool = False) -> Iterator[Connection]:
+    from gateway.store.db import make_engine, migrate
+
+    cfg = load(args)
+    engine = make_engine(cfg.database_url)
+    try:
+        migrate(engine)
+        with engine.begin() if write else engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gateway.helpdesk.outbox import list_handoffs
+
+    with _connection(args) as conn:
+        rows = list_handoffs(conn, status=args.status, limit=args.limit)
+    if args.json:
+        print_json(rows)
+        return EX_OK
+    if not rows:
+        print("no hand-offs" + (f" with status {args.status}" if args.status else " waiting"))
+        return EX_OK
+    print_table([[r["id"], r["ticket"] or f"id:{r['ticket_id']}", r["kind"], r["status"],
+                  r["attempts"], f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}"
+                  if r["next_attempt"] else "", r["helpdesk_ticket_number"]
+                  or r["helpdesk_ticket_id"], r["last_error"]] for r in rows],
+                ["ID", "TICKET", "KIND", "STATUS", "TRIES", "NEXT", "HELPDESK TICKET",
+                 "LAST ERROR"])
+    return EX_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.helpdesk.outbox import show
+
+    with _connection(args) as conn:
+        d = show(conn, args.id)
+    if d is None:
+        print(f"handoff: no hand-off {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(d)
+        return EX_OK
+    for k in ("id", "status", "kind", "helpdesk", "ticket", "ticket_id", "article_id",
+              "subject", "from", "message_id", "attempts", "next_attempt", "last_error",
+              "created", "delivered", "helpdesk_ticket_id", "helpdesk_ticket_number", "key",
+              "claimed_by", "lease_until", "waiting_for"):
+        print(f"{k:22} {'' if d[k] is None else d[k]}")
+    print("decisions:")
+    for k, v in sorted(d["decisions"].items()):
+        print(f"  {k}: {v}")
+    return EX_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from gateway.helpdesk.outbox import retry_now
+
+    if (args.id is None) == (not args.all):
+        print("handoff retry: give an ID or --all", file=sys.stderr)
+        return 2
+    with _connection(args, write=True) as conn:
+        n = retry_now(conn, args.id)
+    if args.all:
+        print(f"{n} hand-off(s) will be tried again now")
+        return EX_OK
+    if not n:
+        print(f"handoff: no pending or failed hand-off {args.id}", file=sys.stderr)
+        return 1
+    print(f"hand-off {args.id} will be tried again now")
+    return EX_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from gateway.helpdesk.outbox import remove
+
+    with _connection(args, write=True) as conn:
+        ok = remove(conn, args.id)
+    if not ok:
+        print(f"handoff: no undelivered hand-off {args.id}", file=sys.stderr)
+        return 1
+    print(f"hand-off {args.id} deleted")
+    return EX_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 when every step is ok or warn, 1 when one failed or no helpdesk is set."""
+    from gateway.helpdesk.worker import make_connector
+
+    cfg = load(args)
+    if not cfg.helpdesk.enabled:
+        print("helpdesk check: no helpdesk configured ([helpdesk] type = \"none\"); "
+              "deskgate runs standalone", file=sys.stderr)
+        return 1
+    connector = make_connector(cfg)
+    try:
+        steps = connector.check()
+    except Exception as exc:
+        steps = [("fail", "check", f"{type(exc).__name__}: {exc}")]
+    finally:
+        connector.close()
+    ok = all(s != "fail" for s, _, _ in steps)
+    if args.json:
+        print_json({"type": cfg.helpdesk.type, "account": connector.account, "ok": ok,
+                    "steps": [{"status": s, "step": k, "text": t} for s, k, t in steps]})
+    else:
+        print(f"helpdesk {cfg.helpdesk.type} at {connector.account}")
+        for s, k, t in steps:
+            print(f"  {s.upper():5} {k}: {t}")
+        print("OK" if ok else "FAILED")
+    return EX_OK if ok else 1

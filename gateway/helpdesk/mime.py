@@ -1,0 +1,97 @@
+"""The MIME a helpdesk gets: the original bytes without anybody's X-headers, or the
+decrypted message (with `store_decrypted_body`), built at hand-off time."""
+
+from __future__ import annotations
+
+import email
+import re
+from collections.abc import Sequence
+from email.message import Message
+from email.policy import compat32
+from typing import Any
+
+import structlog
+
+from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def split_head(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header block, separator, body) without touching a byte of either."""
+    m = _HEADER_END.search(raw)
+    if m is None:
+        return raw, b"", b""
+    return raw[:m.start()], raw[m.start():m.end()], raw[m.end():]
+
+
+def header_lines(head: bytes) -> list[bytes]:
+    """Logical header lines, each with its continuation lines (and line ends)."""
+    out: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
+
+
+def strip_prefixed(raw: bytes, prefixes: Sequence[str]) -> bytes:
+    """Remove every header whose name starts with one of `prefixes` (case-insensitive).
+
+    Whatever the sender wrote as X-OTOBO-Queue must not reach the helpdesk; only
+    deskgate's decisions do, rendered by the connector.
+    """
+    head, sep, body = split_head(raw)
+    low = tuple(p.lower().encode() for p in prefixes)
+    kept = [line for line in header_lines(head) if not line.lower().startswith(low)]
+    # The separator starts with the last header's line end: keep exactly one.
+    return b"".join(kept).rstrip(b"\r\n") + sep + body
+
+
+def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: str,
+                   article: dict[str, Any]) -> bytes | None:
+    """The message with its encrypted layers replaced by the plaintext entity, or None
+    when there is nothing to replace (or it cannot be decrypted now)."""
+    from gateway.crypto.inbound import unwrap
+    from gateway.outbound.rewrite import serialize
+
+    msg = email.message_from_bytes(raw, policy=compat32)
+    try:
+        out = unwrap(raw, msg, rt, recipients, from_email)
+    except Exception as exc:       # a key removed since: hand over what is stored
+        log.warning("hand-off: decrypting again failed", error=repr(exc))
+        return None
+    inner = out.inner
+    if inner is None:
+        if "-----BEGIN PGP MESSAGE" in (article.get("body") or "") or not article.get("body"):
+            return None
+        return _with_body(msg, article)    # inline PGP: the stored text is the plaintext
+    new = Message(policy=compat32)
+    for k, v in msg.items():
+        if not k.lower().startswith("content-") and k.lower() != "mime-version":
+            new[k] = v
+    new["MIME-Version"] = "1.0"
+    for k, v in inner.items():
+        if k.lower().startswith("content-"):
+            new[k] = v
+    new.set_payload(inner.get_payload())
+    if inner.preamble is not None:
+        new.preamble = inner.preamble
+    if inner.epilogue is not None:
+        new.epilogue = inner.epilogue
+    return serialize(new)
+
+
+def _with_body(msg: Message, article: dict[str, Any]) -> bytes:
+    from email.mime.text import MIMEText
+
+    from gateway.outbound.rewrite import serialize
+
+    text = MIMEText(article.get("body") or "", "plain", "utf-8")
+    for k, v in msg.items():
+        if not k.lower().startswith("content-") and k.lower() != "mime-version":
+            text[k] = v
+    return serialize(text)

@@ -1,0 +1,282 @@
+"""[helpdesk] type = "otobo-postmaster": pipe each message into OTOBO's PostMaster.
+
+The command (normally `otobo.Console.pl Maint::PostMaster::Read`, without
+`--untrusted`) reads the message on stdin. deskgate's decisions travel as
+X-OTOBO-* headers (X-OTRS-* for Znuny/OTRS: the first configured prefix that is
+not X-Deskgate-): every header with a configured prefix is removed from the
+message first, so only deskgate's values reach the helpdesk, which trusts them.
+The console prints no ticket number, so a delivery answers without ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from email.header import Header
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config
+from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.mime import split_head, strip_prefixed
+
+EX_TEMPFAIL = 75
+STDERR_TAIL = 600
+
+# Header names OTOBO's PostMaster reads for a new ticket (PostmasterX-Header), in order.
+NEW_TICKET = ("Queue", "Priority", "State", "State-PendingTime", "Type", "Service", "SLA",
+              "Title", "Owner", "OwnerID", "Responsible", "ResponsibleID", "Lock",
+              "CustomerNo", "CustomerUser", "SenderType", "IsVisibleForCustomer")
+# ... and for a follow-up (OTOBO ignores the new-ticket ones there).
+FOLLOW_UP = tuple(f"FollowUp-{n}" for n in (
+    "Queue", "Priority", "State", "State-PendingTime", "State-Keep", "Type", "Service", "SLA",
+    "Title", "Owner", "OwnerID", "Responsible", "ResponsibleID", "Lock", "SenderType",
+    "IsVisibleForCustomer"))
+# deskgate's ticket fields that complete the decisions of a new ticket.
+_FROM_TICKET = {"Priority": "priority", "State": "state", "Title": "title",
+                "CustomerUser": "customer_user", "CustomerNo": "customer_no"}
+
+
+def canonical_prefix(prefixes: Sequence[str]) -> str:
+    """The helpdesk's own spelling: the first prefix that is not X-Deskgate-."""
+    for p in prefixes:
+        if p.lower() != "x-deskgate-":
+            return p
+    return "X-OTOBO-"
+
+
+def _yes(value: Any) -> str:
+    return "1" if value in (True, 1, "1", "yes", "true") else "0"
+
+
+def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]:
+    """deskgate's decisions as (name without prefix, value) in OTOBO's header names."""
+    d = item.decisions
+    hd = config.helpdesk
+    out: list[tuple[str, str]] = []
+
+    def put(name: str, value: Any) -> None:
+        if value not in (None, ""):
+            out.append((name, str(value)))
+
+    if item.kind == "create":
+        for name in NEW_TICKET:
+            value: Any = d.get(name, "")
+            if name == "Queue":
+                value = item.queue or hd.helpdesk_queue(d.get("Queue", ""))
+            elif name in _FROM_TICKET and not value:
+                value = item.ticket.get(_FROM_TICKET[name], "")
+            elif name == "SenderType" and not value:
+                value = item.article.get("sender_type", "")
+            elif name == "IsVisibleForCustomer" and not value:
+                vis = item.article.get("is_visible_for_customer")
+                value = "" if vis is None else _yes(vis)
+            put(name, value)
+        for key in sorted(d):
+            if key.startswith("DynamicField-"):
+                put(key, d[key])
+    else:
+        # OTOBO ignores X-OTOBO-Queue on a follow-up; should it not see one (its queue
+        # rejects follow-ups, say), the new ticket still goes where deskgate routed.
+        put("Queue", item.queue)
+        for name in FOLLOW_UP:
+            value = d.get(name, "")
+            if name == "FollowUp-Queue" and value:
+                value = hd.helpdesk_queue(value)
+            elif name == "FollowUp-SenderType" and not value:
+                value = item.article.get("sender_type", "")
+            elif name == "FollowUp-IsVisibleForCustomer" and not value:
+                vis = item.article.get("is_visible_for_customer")
+                value = "" if vis is None else _yes(vis)
+            put(name, value)
+        for key in sorted(d):
+            if key.startswith("FollowUp-DynamicField-"):
+                put(key, d[key])
+    if _yes(d.get("Loop", "")) == "1":
+        put("Loop", "yes")
+    out.extend(crypto_headers(item.crypto))
+    return out
+
+
+def crypto_headers(crypto: dict[str, Any]) -> list[tuple[str, str]]:
+    """What deskgate's crypto found, in the names of OTOBO's Decrypt filter (its GetParam
+    keys and article flags Crypted/CryptedOK/Signed/SignedOK)."""
+    out: list[tuple[str, str]] = []
+    method = {"smime": "S/MIME", "pgp": "PGP"}.get(str(crypto.get("method", "")), "")
+    if crypto.get("decrypted"):
+        out += [("BodyDecrypted", "yes"),
+                ("Crypted", f"Successful decryption ({method})" if method
+                 else "Successful decryption"),
+                ("CryptedOK", "1")]
+    elif crypto.get("encrypted"):
+        out.append(("Crypted", f"Error while decrypting message! {crypto.get('error', '')}"
+                    .strip()))
+    if crypto.get("signed"):
+        signer = str(crypto.get("signer", ""))
+        if crypto.get("signature_valid"):
+            out += [("Signed", f"Good signature from {signer}" if signer
+                     else "Verification OK."), ("SignedOK", "1")]
+        elif crypto.get("signature_valid") is None:
+            out.append(("Signed", "Signed message, but unable to verify!"))
+        else:
+            text = f"Signature verification failed! {crypto.get('error', '')}".strip()
+            out.append(("Signed", text + (f" (signed by {signer})" if signer else "")))
+    return out
+
+
+def rewrite_headers(mime: bytes, prefixes: Sequence[str],
+                    headers: Sequence[tuple[str, str]]) -> bytes:
+    """Drop every header with one of `prefixes`, append `headers` (full names), keep the
+    rest of the message byte for byte."""
+    head, sep, body = split_head(strip_prefixed(mime, prefixes))
+    eol = "\r\n" if b"\r\n" in head[:4096] else "\n"
+    if not sep:
+        head, sep = head.rstrip(b"\r\n"), (eol + eol).encode()
+    added = "".join(eol + encode_header(n, v, eol) for n, v in headers).encode("ascii")
+    return head + added + sep + body
+
+
+def encode_header(name: str, value: str, eol: str = "\n") -> str:
+    """'Name: value' on one logical line: whitespace collapsed (no CR/LF can get in),
+    RFC 2047 words for non-ASCII, folded."""
+    value = " ".join(value.split())
+    try:
+        value.encode("ascii")
+        charset = "us-ascii"
+    except UnicodeEncodeError:
+        charset = "utf-8"
+    return f"{name}: " + Header(value, charset, header_name=name).encode(linesep=eol)
+
+
+class OtoboPostmaster:
+    """Pipe each hand-off into the PostMaster command; exit 0 = taken."""
+
+    type = "otobo-postmaster"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        hd = config.helpdesk
+        self.argv = list(hd.command)
+        if self.argv and not Path(self.argv[0]).is_absolute() and "/" in self.argv[0]:
+            self.argv[0] = str(config.path(self.argv[0]))
+        self.timeout = hd.timeout
+        self.user = hd.user or None
+        self.group = hd.group or None
+        self.prefix = canonical_prefix(config.gateway.header_prefixes)
+        self.account = " ".join(self.argv)
+
+    # ------------------------------------------------------------ deliver
+
+    def render(self, item: HandoffItem) -> tuple[bytes, list[tuple[str, str]]]:
+        """The message as OTOBO gets it (prefixed headers replaced by deskgate's), and
+        the headers written."""
+        headers = [(self.prefix + n, v) for n, v in decision_headers(item, self.config)]
+        return rewrite_headers(item.mime, self.config.gateway.header_prefixes, headers), headers
+
+    def deliver(self, item: HandoffItem) -> Delivered:
+        message, headers = self.render(item)
+        code, out, err = self._run(self.argv, message)
+        log = [("Info", "Headers", ", ".join(f"{n}: {v}" for n, v in headers))]
+        if code == 0:
+            tail = _tail(out + err)
+            if tail:
+                log.append(("Debug", "Output", tail))
+            return Delivered(detail=f"piped to {_short(self.argv)} (exit 0)", log=log)
+        if code == EX_TEMPFAIL:
+            raise HandoffError(f"{_short(self.argv)} exited 75 (EX_TEMPFAIL, try again later)"
+                               + _colon(_tail(err) or _tail(out)), temporary=True)
+        if code < 0:
+            raise HandoffError(f"{_short(self.argv)} was killed by signal {-code}"
+                               + _colon(_tail(err)), temporary=True)
+        raise HandoffError(f"{_short(self.argv)} exited {code}" + _colon(_tail(err) or _tail(out)),
+                           temporary=True)
+
+    def _run(self, argv: list[str], stdin: bytes,
+             timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        """Run argv (no shell) with stdin; kill its process group on timeout."""
+        if not argv:
+            raise HandoffError("[helpdesk] command is empty", temporary=True)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True,
+                                    user=self.user, group=self.group)
+        except (OSError, ValueError, KeyError) as exc:
+            raise HandoffError(f"cannot run {argv[0]}: {exc}", temporary=True) from exc
+        try:
+            out, err = proc.communicate(stdin, timeout=limit)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise HandoffError(f"{_short(argv)} did not finish within {limit:g} s (killed)"
+                               + _colon(_tail(err)), temporary=True) from None
+        return proc.returncode, out, err
+
+    # ------------------------------------------------------------ check
+
+    def check(self) -> list[tuple[str, str, str]]:
+        """The command exists and runs; OTOBO reaches its database."""
+        res: list[tuple[str, str, str]] = []
+        if not self.argv:
+            return [("fail", "command", "[helpdesk] command is empty")]
+        exe = self.argv[0] if "/" in self.argv[0] else shutil.which(self.argv[0])
+        if not exe or not Path(exe).is_file():
+            return [("fail", "command", f"{self.argv[0]} not found")]
+        if not os.access(exe, os.X_OK):
+            return [("fail", "command", f"{exe} is not executable")]
+        res.append(("ok", "command", f"{exe} is executable"))
+        for what, name in (("user", self.user), ("group", self.group)):
+            if name:
+                try:
+                    (pwd.getpwnam if what == "user" else grp.getgrnam)(name)
+                    res.append(("ok", what, f"runs as {what} {name}"))
+                except KeyError:
+                    res.append(("fail", what, f"no such {what}: {name}"))
+                    return res
+        if "--untrusted" in self.argv:
+            res.append(("fail", "trust", "the command has --untrusted: OTOBO would ignore "
+                        f"deskgate's {self.prefix}* headers (queue, priority, ...)"))
+        if "Maint::PostMaster::Read" not in self.argv:
+            res.append(("warn", "otobo", "not an OTOBO PostMaster::Read command; "
+                        "not run (nothing harmless to try)"))
+            return res
+        argv = [a for a in self.argv if a not in ("--untrusted",)]
+        i = argv.index("Maint::PostMaster::Read")
+        argv = [*argv[:i], "Maint::Database::Check",
+                *[a for a in argv[i + 1:] if a == "--allow-root"]]
+        try:
+            code, out, err = self._run(argv, b"", timeout=min(self.timeout, 60))
+        except HandoffError as exc:
+            res.append(("fail", "otobo", str(exc)))
+            return res
+        text = _tail(out + err) or "(no output)"
+        res.append(("ok" if code == 0 else "fail", "otobo",
+                     f"{_short(argv)}: exit {code}: {text}"))
+        return res
+
+    def close(self) -> None:
+        return None
+
+
+def _short(argv: Sequence[str]) -> str:
+    """'otobo.Console.pl Maint::PostMaster::Read' for messages (no directories)."""
+    return " ".join([Path(argv[0]).name, *argv[1:2]]) if argv else ""
+
+
+def _tail(data: bytes) -> str:
+    """The output on one line; when long its start (OTOBO's error message) and its end."""
+    text = " ".join(data.decode("utf-8", "replace").split())
+    if len(text) <= STDERR_TAIL:
+        return text
+    return text[:STDERR_TAIL // 2] + " ... " + text[-STDERR_TAIL // 2:]
+
+
+def _colon(text: str) -> str:
+    return f": {text}" if text else ""

@@ -1,0 +1,347 @@
+"""The hand-off outbox: enqueue with the article, claim in order per ticket, record, admin.
+
+Plain functions of a Connection, so they join the caller's transaction. The row
+is written in the transaction that stores the article, before the MTA gets 250;
+a worker on any node claims due rows with a lease (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL plus a compare-and-set everywhere). A row is only due when every
+earlier row of its ticket is delivered, so a follow-up never overtakes the
+creation of its ticket.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.orm import aliased
+
+from gateway.outbound.queue import retry_delay
+from gateway.store.tables import Article, Attachment, Handoff, RawMessage, Ticket
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+# ----------------------------------------------------------------- enqueue
+
+_INS = insert(Handoff).returning(Handoff.id)
+
+
+def enqueue(conn: Connection, *, ticket_id: int, article_id: int, kind: str, helpdesk: str,
+            decisions: dict[str, str]) -> int:
+    """The outbox row of one stored article (inside the storing transaction)."""
+    now = utcnow()
+    return int(conn.execute(_INS, {
+        "ticket_id": ticket_id, "article_id": article_id, "kind": kind,
+        "key": f"dg-{uuid.uuid4().hex}", "helpdesk": helpdesk, "status": "pending",
+        "attempts": 0, "next_attempt": now, "lease_until": None, "claimed_by": "",
+        "last_error": "", "decisions": decisions, "created": now, "updated": now,
+        "delivered": None}).scalar_one())
+
+
+# ----------------------------------------------------------------- claiming
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    ticket_id: int
+    article_id: int
+    kind: str
+    key: str
+    attempts: int
+    decisions: dict[str, Any]
+    created: datetime
+
+
+_EARLIER = aliased(Handoff)
+
+
+def _due(now: datetime) -> Any:
+    blocked = select(_EARLIER.id).where(_EARLIER.ticket_id == Handoff.ticket_id,
+                                        _EARLIER.id < Handoff.id,
+                                        _EARLIER.status != "delivered").exists()
+    return and_(Handoff.status == "pending", Handoff.next_attempt <= now,
+                or_(Handoff.lease_until.is_(None), Handoff.lease_until < now), ~blocked)
+
+
+def claim(conn: Connection, node: str, *, limit: int, lease: float,
+          now: datetime | None = None) -> list[Claimed]:
+    """Take up to `limit` due rows for `node` until now + lease, oldest first."""
+    now = now or utcnow()
+    q = select(Handoff.id).where(_due(now)).order_by(Handoff.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    ids = list(conn.execute(q).scalars())
+    if not ids:
+        return []
+    until = now + timedelta(seconds=lease)
+    # The attempt is counted when it starts: a node that dies while the helpdesk is
+    # answering leaves attempts > 0, so the next try checks the helpdesk first.
+    conn.execute(update(Handoff).where(Handoff.id.in_(ids), _due(now))
+                 .values(lease_until=until, claimed_by=node[:200],
+                         attempts=Handoff.attempts + 1))
+    rows = conn.execute(select(Handoff).where(
+        Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.lease_until == until)
+        .order_by(Handoff.id)).all()
+    return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts - 1,
+                    dict(r.decisions or {}), _aware(r.created) or now) for r in rows]
+
+
+def next_due(conn: Connection) -> datetime | None:
+    return _aware(conn.execute(select(func.min(Handoff.next_attempt))
+                               .where(Handoff.status == "pending")).scalar())
+
+
+# ----------------------------------------------------------------- loading
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the worker reads for one claimed row (on its own connection)."""
+
+    ticket: dict[str, Any]
+    article: dict[str, Any]
+    attachments: list[Any]
+    raw: bytes
+    earlier_delivered: bool       # an earlier row of this ticket reached the helpdesk
+
+
+_TICKET_KEYS = ("number", "title", "queue", "state", "priority", "type", "service", "sla",
+                "owner", "responsible", "lock", "customer_no", "customer_user",
+                "pending_until", "dynamic_fields", "helpdesk_ticket_id",
+                "helpdesk_ticket_number")
+_ARTICLE_KEYS = ("direction", "sender_type", "is_visible_for_customer", "from_addr",
+                 "from_email", "to_addr", "cc_addr", "reply_to", "subject", "message_id",
+                 "in_reply_to", "references", "content_type", "body", "body_html", "crypto",
+                 "headers")
+
+
+def load(conn: Connection, c: Claimed) -> Loaded | None:
+    """The ticket, article, attachments and raw bytes of a claimed row (None: gone)."""
+    t = conn.execute(select(Ticket).where(Ticket.id == c.ticket_id)).first()
+    a = conn.execute(select(Article).where(Article.id == c.article_id)).first()
+    if t is None or a is None:
+        return None
+    raw = b""
+    if a.raw_id is not None:
+        data = conn.execute(select(RawMessage.data).where(RawMessage.id == a.raw_id)).scalar()
+        raw = bytes(data or b"")
+    atts = conn.execute(select(Attachment).where(Attachment.article_id == a.id)
+                        .order_by(Attachment.id)).all()
+    earlier = conn.execute(select(Handoff.id).where(
+        Handoff.ticket_id == c.ticket_id, Handoff.id < c.id,
+        Handoff.status == "delivered").limit(1)).first() is not None
+    ticket = {k: getattr(t, k) for k in _TICKET_KEYS}
+    pending = _aware(t.pending_until)
+    ticket["pending_until"] = pending.isoformat() if pending else ""
+    article = {k: getattr(a, k) for k in _ARTICLE_KEYS}
+    return Loaded(ticket=ticket, article=article, attachments=list(atts), raw=raw,
+                  earlier_delivered=earlier)
+
+
+# ----------------------------------------------------------------- outcomes
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str                      # delivered | pending | failed
+    attempts: int
+    next_attempt: datetime | None = None
+    number_taken: bool = False       # the helpdesk's number became the ticket's number
+
+
+# Built once: the outcome of every hand-off runs these on the writer thread.
+_UPD_DELIVERED = update(Handoff).where(Handoff.id == bindparam("b_id")).values(
+    status="delivered", attempts=bindparam("b_attempts"), lease_until=None, claimed_by="",
+    last_error="", updated=bindparam("b_now"), delivered=bindparam("b_now"))
+_UPD_TICKET_ID = update(Ticket).where(Ticket.id == bindparam("b_tid")).values(
+    helpdesk_ticket_id=bindparam("b_value"))
+_UPD_TICKET_NUMBER = update(Ticket).where(Ticket.id == bindparam("b_tid")).values(
+    helpdesk_ticket_number=bindparam("b_value"))
+_OTHER = aliased(Ticket)
+# A ticket without a number takes the helpdesk's, unless another ticket has it.
+_ADOPT = update(Ticket).where(
+    Ticket.id == bindparam("b_tid"), Ticket.number.is_(None),
+    ~select(_OTHER.id).where(_OTHER.number == bindparam("b_number")).exists()).values(
+    number=bindparam("b_number"), helpdesk_ticket_number=bindparam("b_number"))
+
+
+def record_delivered(conn: Connection, c: Claimed, *, ticket_id: str, ticket_number: str,
+                     now: datetime | None = None) -> Outcome:
+    """Mark the row delivered and keep the helpdesk's ticket on deskgate's ticket."""
+    now = now or utcnow()
+    conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_attempts": c.attempts + 1, "b_now": now})
+    if ticket_id:
+        absorb(conn, c.ticket_id, ticket_id[:100])
+        conn.execute(_UPD_TICKET_ID, {"b_tid": c.ticket_id, "b_value": ticket_id[:100]})
+    taken = False
+    if ticket_number:
+        conn.execute(_UPD_TICKET_NUMBER, {"b_tid": c.ticket_id,
+                                          "b_value": ticket_number[:100]})
+        taken = adopt_number(conn, c.ticket_id, ticket_number)
+    return Outcome("delivered", c.attempts + 1, number_taken=taken)
+
+
+def absorb(conn: Connection, ticket_id: int, helpdesk_id: str) -> int:
+    """Move into `ticket_id` the tickets that the helpdesk's own mail opened for the same
+    helpdesk ticket before its hand-off was answered (they have no hand-off of their
+    own), and delete them. Returns how many were merged."""
+    from gateway.store.tables import AutoResponse, OutboundMessage
+
+    others = [r.id for r in conn.execute(select(Ticket.id).where(
+        Ticket.helpdesk_ticket_id == helpdesk_id, Ticket.id != ticket_id,
+        ~select(Handoff.id).where(Handoff.ticket_id == Ticket.id).exists())).all()]
+    for other in others:
+        conn.execute(update(Article).where(Article.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(OutboundMessage).where(OutboundMessage.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(AutoResponse).where(AutoResponse.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(Ticket).where(Ticket.linked_ticket_id == other)
+                     .values(linked_ticket_id=ticket_id))
+        conn.execute(delete(Ticket).where(Ticket.id == other))
+    return len(others)
+
+
+def adopt_number(conn: Connection, ticket_id: int, number: str) -> bool:
+    """Give a ticket without a number the helpdesk's (unless another ticket has it)."""
+    res = conn.execute(_ADOPT, {"b_tid": ticket_id, "b_number": number[:40]})
+    return bool(res.rowcount)
+
+
+def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
+                   schedule: tuple[float, ...], now: datetime | None = None) -> Outcome:
+    """A failed attempt: retry on the schedule (±10 % jitter), else failed for good."""
+    now = now or utcnow()
+    attempts = c.attempts + 1
+    delay = retry_delay(schedule, attempts) if temporary else None
+    values: dict[str, Any] = {"attempts": attempts, "lease_until": None, "claimed_by": "",
+                              "last_error": error[:4000], "updated": now}
+    if delay is None:
+        values["status"] = "failed"
+        conn.execute(update(Handoff).where(Handoff.id == c.id).values(**values))
+        return Outcome("failed", attempts)
+    nxt = now + timedelta(seconds=delay)
+    values["next_attempt"] = nxt
+    conn.execute(update(Handoff).where(Handoff.id == c.id).values(**values))
+    return Outcome("pending", attempts, nxt)
+
+
+def release(conn: Connection, c: Claimed) -> None:
+    """Give a claimed row back untouched (the worker is stopping)."""
+    conn.execute(update(Handoff).where(Handoff.id == c.id, Handoff.status == "pending")
+                 .values(lease_until=None, claimed_by="", attempts=c.attempts))
+
+
+# ----------------------------------------------------------------- admin
+
+def _row(h: Any, number: str | None = None, hd_id: str = "", hd_number: str = ""
+         ) -> dict[str, Any]:
+    return {"id": h.id, "ticket": number or "", "ticket_id": h.ticket_id,
+            "article_id": h.article_id, "kind": h.kind, "helpdesk": h.helpdesk,
+            "status": h.status, "attempts": h.attempts,
+            "next_attempt": _aware(h.next_attempt) if h.status == "pending" else None,
+            "last_error": h.last_error, "created": _aware(h.created),
+            "delivered": _aware(h.delivered), "helpdesk_ticket_id": hd_id,
+            "helpdesk_ticket_number": hd_number}
+
+
+def list_handoffs(conn: Connection, *, status: str | None = None, limit: int = 1000,
+                  ticket_id: int | None = None) -> list[dict[str, Any]]:
+    """Rows newest first; default: everything not delivered."""
+    q = (select(Handoff, Ticket.number, Ticket.helpdesk_ticket_id,
+                Ticket.helpdesk_ticket_number)
+         .join(Ticket, Ticket.id == Handoff.ticket_id).order_by(Handoff.id.desc()).limit(limit))
+    if ticket_id is not None:
+        q = q.where(Handoff.ticket_id == ticket_id)
+    if status == "all" or (ticket_id is not None and status is None):
+        pass
+    elif status:
+        q = q.where(Handoff.status == status)
+    else:
+        q = q.where(Handoff.status != "delivered")
+    return [_row(r, r.number, r.helpdesk_ticket_id, r.helpdesk_ticket_number)
+            for r in conn.execute(q).all()]
+
+
+def show(conn: Connection, hid: int) -> dict[str, Any] | None:
+    r = conn.execute(select(Handoff, Ticket.number, Ticket.helpdesk_ticket_id,
+                            Ticket.helpdesk_ticket_number, Article.subject, Article.message_id,
+                            Article.from_addr)
+                     .join(Ticket, Ticket.id == Handoff.ticket_id)
+                     .join(Article, Article.id == Handoff.article_id, isouter=True)
+                     .where(Handoff.id == hid)).first()
+    if r is None:
+        return None
+    h = r
+    d = _row(h, r.number, r.helpdesk_ticket_id, r.helpdesk_ticket_number)
+    waiting = conn.execute(select(Handoff.id).where(
+        Handoff.ticket_id == h.ticket_id, Handoff.id < hid,
+        Handoff.status != "delivered").order_by(Handoff.id).limit(1)).scalar()
+    d.update({"key": h.key, "decisions": dict(h.decisions or {}),
+              "lease_until": _aware(h.lease_until),
+              "claimed_by": h.claimed_by, "subject": r.subject or "",
+              "message_id": r.message_id or "", "from": r.from_addr or "",
+              "waiting_for": waiting})
+    return d
+
+
+def retry_now(conn: Connection, hid: int | None = None) -> int:
+    """Make pending or failed rows (one, or all) due now; returns how many."""
+    q = update(Handoff).where(Handoff.status.in_(("pending", "failed")))
+    if hid is not None:
+        q = q.where(Handoff.id == hid)
+    now = utcnow()
+    return int(conn.execute(q.values(status="pending", next_attempt=now, updated=now))
+               .rowcount)
+
+
+def remove(conn: Connection, hid: int) -> bool:
+    """Delete a row that is not delivered (the article stays in deskgate's store)."""
+    return bool(conn.execute(delete(Handoff).where(Handoff.id == hid,
+                                                   Handoff.status != "delivered")).rowcount)
+
+
+@dataclass(frozen=True)
+class Stats:
+    pending: int
+    failed: int
+    delivered: int
+    oldest_pending: datetime | None
+
+
+def stats(conn: Connection) -> Stats:
+    rows = {status: n for status, n in conn.execute(
+        select(Handoff.status, func.count()).group_by(Handoff.status)).all()}
+    oldest = _aware(conn.execute(select(func.min(Handoff.created))
+                                 .where(Handoff.status == "pending")).scalar())
+    return Stats(int(rows.get("pending", 0)), int(rows.get("failed", 0)),
+                 int(rows.get("delivered", 0)), oldest)
+
+
+def ticket_state(conn: Connection, ticket_id: int) -> dict[str, Any] | None:
+    """`helpdesk{}` of `tickets show --json`: the latest row of a ticket, None without."""
+    r = conn.execute(select(Handoff, Ticket.helpdesk_ticket_id, Ticket.helpdesk_ticket_number)
+                     .join(Ticket, Ticket.id == Handoff.ticket_id)
+                     .where(Handoff.ticket_id == ticket_id)
+                     .order_by(Handoff.id.desc()).limit(1)).first()
+    if r is None:
+        return None
+    h = r
+    return {"type": h.helpdesk, "ticket_id": r.helpdesk_ticket_id,
+            "ticket_number": r.helpdesk_ticket_number, "state": h.status,
+            "attempts": h.attempts, "last_error": h.last_error, "handoff_id": h.id}
+
+
+def message_id_for(key: str, hostname: str) -> str:
+    """A Message-ID for an article that came without one, stable for its hand-off."""
+    return f"<{key}@{hostname or 'localhost'}>"

@@ -1,0 +1,371 @@
+"""The hand-off worker of `deskgate serve`: claims outbox rows and delivers them.
+
+Runs on every node. Claims and outcomes go through the group-commit writer; the
+row's ticket, article and raw bytes are read on a connection of its own, and the
+connector (a subprocess or an HTTP call) runs on a small thread pool, so the
+event loop and the inbound commits never wait for the helpdesk. Each attempt is
+one Outgoing communication (Connection + Message object) in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import Connection, Engine, select
+
+from gateway import metrics
+from gateway.commlog import Comm, add_comm
+from gateway.config import Config
+from gateway.helpdesk import outbox
+from gateway.helpdesk.base import Connector, Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
+from gateway.model import AttachmentData
+from gateway.runtime import Runtime
+from gateway.store.db import BatchWriter
+from gateway.store.tables import Delivery
+
+log = structlog.get_logger(__name__)
+
+CONNECTORS: dict[str, str] = {
+    "otobo-postmaster": "gateway.helpdesk.otobo_pipe:OtoboPostmaster",
+    "otobo-rest": "gateway.helpdesk.otobo_rest:OtoboRest",
+    "znuny-rest": "gateway.helpdesk.otobo_rest:OtoboRest",
+    "rt-rest2": "gateway.helpdesk.rt_rest2:RtRest2",
+    "webhook": "gateway.helpdesk.webhook:Webhook",
+}
+
+
+def make_connector(cfg: Config) -> Connector:
+    """The connector of `[helpdesk] type` (imported only when configured)."""
+    mod, _, cls = CONNECTORS[cfg.helpdesk.type].partition(":")
+    factory: Callable[[Config], Connector] = getattr(importlib.import_module(mod), cls)
+    return factory(cfg)
+
+
+# Wake-up callbacks of running workers: a message committed with a hand-off row is
+# picked up at once instead of at the next poll.
+_WAKERS: list[Callable[[], None]] = []
+_WAKERS_LOCK = threading.Lock()
+
+
+def add_waker(fn: Callable[[], None]) -> None:
+    with _WAKERS_LOCK:
+        _WAKERS.append(fn)
+
+
+def remove_waker(fn: Callable[[], None]) -> None:
+    with _WAKERS_LOCK, contextlib.suppress(ValueError):
+        _WAKERS.remove(fn)
+
+
+def notify_queued() -> None:
+    """Called after the commit that holds a hand-off row."""
+    with _WAKERS_LOCK:
+        wakers = list(_WAKERS)
+    for w in wakers:
+        w()
+
+
+# ----------------------------------------------------------------- building items
+
+def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
+               recipients: list[str]) -> HandoffItem:
+    """The HandoffItem of a claimed row: decisions completed with the stored ticket."""
+    cfg = rt.config
+    t, a = loaded.ticket, dict(loaded.article)
+    if not a.get("message_id"):
+        a["message_id"] = outbox.message_id_for(c.key, cfg.gateway.hostname)
+    kind: Literal["create", "followup"] = "followup" if c.kind == "followup" else "create"
+    if kind == "followup" and not t.get("helpdesk_ticket_id") and not loaded.earlier_delivered:
+        # The helpdesk never saw this ticket (stored before the hand-off was configured,
+        # or its creation was deleted from the outbox): it is new to the helpdesk.
+        kind = "create"
+    decisions = {str(k): str(v) for k, v in c.decisions.items() if v is not None}
+    decisions.pop("BodyDecrypted", None)
+    for key, value in (("Queue", t["queue"]), ("Priority", t["priority"]),
+                       ("State", t["state"]), ("Title", t["title"]), ("Type", t["type"]),
+                       ("CustomerUser", t["customer_user"]), ("CustomerNo", t["customer_no"])):
+        if value and kind == "create":
+            decisions[key] = str(value)
+    for name, value in (t.get("dynamic_fields") or {}).items():
+        if kind == "create":
+            decisions.setdefault(f"DynamicField-{name}", str(value))
+    crypto = dict(a.get("crypto") or {})
+    mime = loaded.raw
+    if crypto.get("decrypted") and cfg.crypto.store_decrypted_body and mime:
+        plain = decrypted_mime(mime, rt, recipients, a.get("from_email") or "", a)
+        if plain is not None:
+            mime = plain
+    mime = strip_prefixed(mime, cfg.gateway.header_prefixes) if mime else mime
+    article = {
+        "from": a["from_addr"], "from_email": a["from_email"], "to": a["to_addr"],
+        "cc": a["cc_addr"], "reply_to": a["reply_to"], "subject": a["subject"],
+        "message_id": a["message_id"], "in_reply_to": a["in_reply_to"],
+        "references": a["references"], "content_type": a["content_type"], "body": a["body"],
+        "body_html": a["body_html"], "sender_type": a["sender_type"],
+        "is_visible_for_customer": a["is_visible_for_customer"],
+    }
+    atts = [AttachmentData(filename=r.filename, content_type=r.content_type,
+                           content=bytes(r.content), content_id=r.content_id,
+                           disposition=r.disposition) for r in loaded.attachments]
+    return HandoffItem(
+        id=c.id, kind=kind, key=c.key, attempts=c.attempts, ticket_id=c.ticket_id,
+        article_id=c.article_id, helpdesk_ticket_id=t.get("helpdesk_ticket_id") or "",
+        helpdesk_ticket_number=t.get("helpdesk_ticket_number") or "",
+        queue=cfg.helpdesk.helpdesk_queue(t["queue"]), decisions=decisions,
+        ticket={k: v for k, v in t.items()}, article=article, attachments=atts,
+        crypto=crypto, mime=mime, created=c.created.isoformat())
+
+
+def read_item(engine: Engine, rt: Runtime, c: outbox.Claimed) -> HandoffItem | None:
+    """Load and build one item on the calling (worker) thread."""
+    with engine.connect() as conn:
+        loaded = outbox.load(conn, c)
+        if loaded is None:
+            return None
+        rcpts = [r for (r,) in conn.execute(select(Delivery.recipient).where(
+            Delivery.article_id == c.article_id)).all()]
+    return build_item(rt, c, loaded, rcpts)
+
+
+# ----------------------------------------------------------------- recording
+
+def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claimed,
+           result: Delivered | None, error: HandoffError | None, seconds: float
+           ) -> outbox.Outcome:
+    """Outcome and communication log of one attempt, in one transaction."""
+    cfg = rt.config.helpdesk
+    comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
+    conn_obj = comm.obj("Connection")
+    msg = comm.obj("Message")
+    msg.article_id = c.article_id
+    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1} to "
+            f"{connector.type}, {seconds * 1000:.0f} ms")
+    if result is not None:
+        for prio, key, value in result.log:
+            conn_obj.log(prio, key, value)  # type: ignore[arg-type]
+        out = outbox.record_delivered(conn, c, ticket_id=result.ticket_id,
+                                      ticket_number=result.ticket_number)
+        what = ", ".join(x for x in (
+            f"helpdesk ticket {result.ticket_number}" if result.ticket_number else "",
+            f"id {result.ticket_id}" if result.ticket_id else "", result.detail) if x)
+        msg.log("Info", "Delivered", what or "delivered")
+        conn_obj.close("Successful")
+        msg.close("Successful")
+    else:
+        assert error is not None
+        conn_obj.log("Error" if not error.temporary else "Warn", "Helpdesk", str(error)[:4000])
+        out = outbox.record_failure(conn, c, str(error), temporary=error.temporary,
+                                    schedule=cfg.retry)
+        if out.status == "failed":
+            why = "permanent error" if not error.temporary else "retries exhausted"
+            msg.log("Error", "Failed", f"{why}: {error}"[:4000] + "; `deskgate handoff retry "
+                    f"{c.id}` tries again")
+            conn_obj.close("Failed")
+            msg.close("Failed")
+        else:
+            assert out.next_attempt is not None
+            msg.log("Warn", "Deferred", f"{error}"[:3000] + f"; next attempt "
+                    f"{out.next_attempt:%Y-%m-%d %H:%M:%S}")
+            conn_obj.close("Failed")
+            msg.close("Warning")
+    comm.close()
+    add_comm(conn, comm)
+    return out
+
+
+def record_missing(conn: Connection, c: outbox.Claimed) -> None:
+    """The row's ticket or article is gone: fail it (nothing to deliver)."""
+    outbox.record_failure(conn, c, "the ticket or article no longer exists", temporary=False,
+                          schedule=())
+
+
+# ----------------------------------------------------------------- the service
+
+class HandoffWorker:
+    name = "helpdesk-handoff"
+
+    def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter, engine: Engine,
+                 *, connector: Connector | None = None, node: str | None = None) -> None:
+        from gateway.outbound.sender import node_name
+
+        self.runtime = runtime
+        self.writer = writer
+        self.engine = engine
+        cfg = runtime().config
+        self._cfg = cfg.helpdesk
+        self.connector = connector or make_connector(cfg)
+        self.concurrency = max(1, cfg.helpdesk.concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency,
+                                       thread_name_prefix="handoff")
+        self.node = node or node_name()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._done: list[_Done] = []
+        # Rows claimed at once: the pool works on `concurrency` of them, the others
+        # wait their turn, so one commit records and claims many.
+        self.slots = self.concurrency * 4
+        self._stopping = False
+        self.delivered = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="helpdesk-handoff")
+        add_waker(self.poke)
+        log.info("helpdesk hand-off started", node=self.node, helpdesk=self.connector.type,
+                 account=self.connector.account)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        remove_waker(self.poke)
+        if self._wake:
+            self._wake.set()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=60)
+        if self._wake:
+            self._wake.set()
+        if self._task:      # records what finished, claims nothing more
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 60)
+        await asyncio.get_running_loop().run_in_executor(None, self.connector.close)
+        self.pool.shutdown(wait=False)
+
+    async def reload(self, cfg: Config) -> None:
+        """A changed [helpdesk] gets a new connector."""
+        if cfg.helpdesk == self._cfg or not cfg.helpdesk.enabled:
+            return
+        old, self.connector = self.connector, make_connector(cfg)
+        self._cfg = cfg.helpdesk
+        await asyncio.get_running_loop().run_in_executor(None, old.close)
+        log.info("helpdesk settings reloaded", helpdesk=self.connector.type)
+
+    def poke(self) -> None:
+        """Thread-safe: look for due rows now."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(wake.set)
+
+    async def _run(self) -> None:
+        """One writer job per cycle records every finished attempt and claims as many
+        new rows as there are free slots: one commit for both, however many."""
+        assert self._wake is not None
+        while not self._stopping or self._done:
+            hd = self.runtime().config.helpdesk
+            batch, self._done = self._done, []
+            free = 0 if self._stopping else self.slots - len(self._inflight)
+            timeout = hd.poll_interval
+            claimed: list[outbox.Claimed] = []
+            if batch or free > 0:
+                rt = self.runtime()
+                try:
+                    outcomes, claimed, due = await self.writer.run(functools.partial(
+                        self._cycle, batch=batch, free=free, rt=rt))
+                except Exception:
+                    # The helpdesk may have them but our record failed: the leases expire
+                    # and the rows are tried again, as retries the connectors check first.
+                    log.exception("recording or claiming hand-offs failed",
+                                  recorded=len(batch))
+                    outcomes, due = [], None
+                for d, out in zip(batch, outcomes, strict=False):
+                    self._account(d, out)
+                if due is not None:
+                    timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.05))
+            for c in claimed:
+                t = asyncio.create_task(self._deliver(c))
+                self._inflight.add(t)
+                t.add_done_callback(self._inflight.discard)
+            if self._done or (claimed and len(self._inflight) < self.slots):
+                continue
+            if self._stopping and not self._inflight:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    def _cycle(self, conn: Connection, *, batch: list[_Done], free: int, rt: Runtime
+               ) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
+        outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds)
+                    for d in batch]
+        claimed = (outbox.claim(conn, self.node, limit=free, lease=rt.config.helpdesk.lease)
+                   if free > 0 else [])
+        due = outbox.next_due(conn) if not claimed and free > 0 else None
+        return outcomes, claimed, due
+
+    async def _deliver(self, c: outbox.Claimed) -> None:
+        loop = asyncio.get_running_loop()
+        rt = self.runtime()
+        connector = self.connector
+        result: Delivered | None = None
+        error: HandoffError | None = None
+        t0 = time.perf_counter()
+        try:
+            item = await loop.run_in_executor(self.pool, read_item, self.engine, rt, c)
+        except Exception as exc:
+            log.warning("hand-off: reading the row failed; retrying later", handoff=c.id,
+                        error=repr(exc))
+            with contextlib.suppress(Exception):
+                await self.writer.run(lambda conn: outbox.release(conn, c))
+            return
+        if item is None:
+            with contextlib.suppress(Exception):
+                await self.writer.run(lambda conn: record_missing(conn, c))
+            return
+        try:
+            result = await loop.run_in_executor(self.pool, connector.deliver, item)
+        except HandoffError as exc:
+            error = exc
+        except Exception as exc:            # a connector bug: retry, never lose
+            log.exception("hand-off connector crashed", handoff=c.id)
+            error = HandoffError(f"{type(exc).__name__}: {exc}")
+        self._done.append(_Done(c, connector, result, error, time.perf_counter() - t0))
+        if self._wake:
+            self._wake.set()
+
+    def _account(self, d: _Done, out: outbox.Outcome) -> None:
+        metrics.HANDOFFS.labels(out.status if out.status != "pending" else "deferred").inc()
+        if out.status == "delivered":
+            self.delivered += 1
+            metrics.HANDOFF_SECONDS.observe(
+                (datetime.now(UTC) - d.claimed.created).total_seconds())
+            log.info("handed off", handoff=d.claimed.id,
+                     ticket=d.result.ticket_number if d.result else "",
+                     seconds=round(d.seconds, 3))
+        else:
+            log.warning("hand-off failed", handoff=d.claimed.id, status=out.status,
+                        error=str(d.error)[:300])
+
+
+@dataclass
+class _Done:
+    """A finished attempt waiting for its record."""
+
+    claimed: outbox.Claimed
+    connector: Connector
+    result: Delivered | None
+    error: HandoffError | None
+    seconds: float
+
+
+def factory(gw: Any) -> HandoffWorker | None:
+    """The worker of a Gateway, when a helpdesk is configured."""
+    if not gw.config.helpdesk.enabled:
+        return None
+    worker = HandoffWorker(lambda: gw.runtime, gw.writer, gw.engine)
+    gw.reload_hooks.append(worker.reload)
+    return worker
