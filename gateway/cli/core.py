@@ -140,6 +140,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             for err in exc.errors:
                 print(str(err), file=sys.stderr)
         return 1
+    from gateway.store.db import sqlite_location_problem
+
+    problem = sqlite_location_problem(cfg.database_url)
+    if problem is not None:
+        if args.json:
+            print_json({"ok": False, "errors": [
+                {"file": str(cfg.conf_dir), "key": "gateway.database", "reason": problem}]})
+        else:
+            print(f"{cfg.conf_dir}: gateway.database: {problem}", file=sys.stderr)
+        return 1
     summary = {"ok": True, "config": str(cfg.conf_dir), "queues": len(cfg.queue),
                "addresses": len(cfg.address), "accounts": len(cfg.account),
                "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim)}

@@ -63,9 +63,8 @@ SUPPORTED_DATABASES = "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
 
 
 def database_problem(url: str) -> str | None:
-    """Why `url` cannot be used as the database, as far as can be told without
-    connecting: an unsupported scheme or driver, or an SQLite file whose directory
-    cannot be written. None when it looks usable."""
+    """Why `url` cannot be used as the database, from the URL alone: an unsupported
+    scheme or driver. None when it looks usable."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -81,26 +80,33 @@ def database_problem(url: str) -> str | None:
         return None
     if backend != "sqlite" or driver != "pysqlite":
         return f"{parsed.drivername!r} is not supported; use {SUPPORTED_DATABASES}"
-    db = parsed.database or ""
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    return _sqlite_path_problem(Path(db))
+    return None
 
 
-def _sqlite_path_problem(path: Path) -> str | None:
-    """Can the SQLite file (and its -wal/-shm next to it) be created or written?"""
+def sqlite_location_problem(url: str) -> str | None:
+    """For `check` only: can the SQLite file (and its -wal/-shm next to it) be created
+    or written? Not a config validator, because a file that is unwritable for a moment
+    must make `deliver` answer 75 (try again), not fail as a configuration error."""
     import tempfile
 
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    db = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" \
+            or db.startswith("file:"):
+        return None
+    path = Path(db)
     if path.is_dir():
         return f"{path} is a directory"
-    if path.exists():
-        return None if os.access(path, os.R_OK | os.W_OK) else f"{path} is not writable"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not writable"
     existing = path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot create {path.parent}: {existing} is not a directory"
-    try:        # a real probe: modes do not stop root, read-only mounts do
+    try:        # a real probe (-wal/-shm go there): modes do not stop root, read-only mounts do
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:

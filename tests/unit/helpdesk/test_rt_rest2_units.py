@@ -55,7 +55,7 @@ class TestConstruction:
         conf = make_confdir({"60-hd.toml": textwrap.dedent(body)})
         (conf.parent / "tok").write_text("1-2-secret-token\n")
         (conf.parent / "pw").write_text("pw-secret\n")
-        (conf.parent / "tok").chmod(0o600)
+        (conf.parent / "tok").chmod(0o600)     # secret files must be private (check)
         (conf.parent / "pw").chmod(0o600)
         return RtRest2(load_config(conf))
 

@@ -220,7 +220,8 @@ class TestCliAndLinks:
         code += [c for t in texts for c in re.findall(r"`[^`]+`", re.sub(r"```.*?```", "", t,
                                                                            flags=re.S))]
         commands = {m for c in code for m in re.findall(
-            r"^[ \t]*(?:sudo -u \S+ |\S*bin/)?deskgate (?:(?:-c|--config) \S+ )?([a-z][a-z-]+)",
+            r"^[ \t]*(?:sudo -u \S+ |\S*bin/)?deskgate (?:(?:-c|--config) \S+ )?"
+            r"([a-z][a-z-]*[a-z])(?=\s|$)",
             re.sub(r"#.*", "", c.strip("`")), re.M)}
         named_extras = {m for t in texts for m in re.findall(r"deskgate\[([a-z0-9_-]+)\]", t)}
         assert {"serve", "check", "keys"} <= commands
