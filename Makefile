@@ -12,7 +12,7 @@ DEB_PACKAGES := postfix dovecot-imapd dovecot-pop3d gnupg openssl sqlite3 ca-cer
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,classify]'
 	touch $@
 
 venv: $(VENV)/.installed
