@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime, timedelta
 
 QUEUES = ("Billing", "Technical", "Sales", "HR")
 
@@ -186,10 +186,11 @@ class Mail:
 
 
 def _fill(rng: random.Random, text: str) -> str:
-    return text.format(n=rng.randint(10000, 99999), d=f"{rng.randint(1, 28)}.{rng.randint(1, 12)}.",
+    return text.format(n=rng.randint(10000, 99999),
+                       d=f"{rng.randint(1, 28)}.{rng.randint(1, 12)}.",
                        a=f"{rng.randint(20, 4000)},{rng.randint(0, 99):02d}",
-                       v=f"{rng.randint(2, 9)}.{rng.randint(0, 20)}", u=rng.choice([5, 20, 50, 250]),
-                       j=rng.choice(JOBS), m=rng.choice(MONTHS))
+                       v=f"{rng.randint(2, 9)}.{rng.randint(0, 20)}",
+                       u=rng.choice([5, 20, 50, 250]), j=rng.choice(JOBS), m=rng.choice(MONTHS))
 
 
 def _typos(rng: random.Random, text: str, rate: float) -> str:
