@@ -391,3 +391,34 @@ class TestLightImports:
                              input=to_bytes(billing_mail(), "helpdesk@example.org"),
                              capture_output=True, cwd=REPO, timeout=120)
         assert b"IMPORTED []" in out.stdout, (out.stdout, out.stderr)
+
+
+class TestHelpdesk:
+    def test_decision_reaches_the_helpdesk(self, classify_conf, tmp_path,
+                                           run_gateway: Callable[..., RunningGateway]):
+        """With a helpdesk, the classifier's queue and priority travel like any decision,
+        and its confidence as the configured dynamic field."""
+        from tests.conftest import free_port
+        from tests.peers.webhook import WebhookReceiver
+
+        receiver = WebhookReceiver(secret="k3y", port=free_port()).start()
+        try:
+            conf = classify_conf(
+                "enabled = true\nmin_confidence = 0.5\nmin_priority_confidence = 0.0\n"
+                'confidence_field = "ClassifierConfidence"',
+                extra=f'\n[helpdesk]\ntype = "webhook"\nurl = "{receiver.url}"\n'
+                      'secret_file = "secrets/webhook"\npoll_interval = "0.2s"\n')
+            (conf.parent / "secrets").mkdir()
+            (conf.parent / "secrets" / "webhook").write_text("k3y\n")
+            (conf.parent / "secrets" / "webhook").chmod(0o600)
+            rg = run_gateway(load_config(conf))
+            assert lmtp(rg, to_bytes(billing_mail(), "helpdesk@example.org")) == 250
+            doc = receiver.wait_delivered(1)[0]
+        finally:
+            receiver.stop()
+        t = newest_ticket(rg.gateway)
+        assert doc["decisions"]["Queue"] == "Billing" == doc["ticket"]["queue"]
+        assert doc["decisions"]["Priority"] == t.priority == t.classification["priority"]
+        conf_value = doc["decisions"]["DynamicField-ClassifierConfidence"]
+        assert conf_value == f"{t.classification['confidence']:.2f}"
+        assert t.dynamic_fields == {"ClassifierConfidence": conf_value}
