@@ -82,6 +82,17 @@ class Featurizer:
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         return self.weight(self.counts(texts))
 
+    def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The row of one text as (columns, values): the same numbers as transform(),
+        without the sparse-matrix bookkeeping that dominates for a single message."""
+        assert self.idf is not None
+        w = self.word.transform([text])
+        c = self.char.transform([text])
+        idx = np.concatenate([w.indices, c.indices + int(self.params["word_features"])])
+        val = (1.0 + np.log(np.concatenate([w.data, c.data]))) * self.idf[idx]
+        norm = float(np.sqrt(np.dot(val, val)))
+        return idx, (val / norm if norm else val).astype(np.float32)
+
 
 # ------------------------------------------------------------------ heads
 
@@ -219,8 +230,7 @@ class Model:
 
     def predict(self, text: str) -> dict[str, Any]:
         """Queue and priority with confidences and the queue's runner-up."""
-        x = self.featurizer.transform([text])
-        idx, vals = x.indices, x.data
+        idx, vals = self.featurizer.one(text)
         out: dict[str, Any] = {}
         p = self.queue.proba_one(idx, vals)
         order = np.argsort(p)[::-1]

@@ -180,3 +180,17 @@ class TestOffload:
         assert not needs_worker(env("support@example.org"))
         build_runtime(load_config(make_confdir({"50-c.toml": "[classifier]\n"})))
         assert not needs_worker(env("helpdesk@example.org"))
+
+
+class TestFeatures:
+    def test_single_message_path_matches_the_batch_features(self, tmp_path):
+        """The per-message features used at delivery equal the training features."""
+        m = load(small_model(tmp_path))
+        for text in ("refund invoice 12 charged twice", "Server down!\nerror 500 äöü",
+                     "", "x"):
+            row = m.featurizer.transform([text])
+            idx, val = m.featurizer.one(text)
+            got = dict(zip(idx.tolist(), val.tolist(), strict=True))
+            want = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+            assert got.keys() == want.keys()
+            assert all(abs(got[k] - want[k]) < 1e-5 for k in want)
