@@ -377,6 +377,26 @@ class TestRetraining:
         assert after["moves"] == VIA_CATCH_ALL + 2
 
 
+    def test_interval_makes_an_old_model_due(self, classify_conf, trained: Trained,
+                                             tmp_path, run_gateway):
+        """serve runs the retraining check; with retrain_interval a model older than the
+        interval is due, a fresh one is not, and without the keys nothing is ever due."""
+        import shutil
+
+        model = tmp_path / "model"
+        shutil.copytree(trained.model, model)
+        rg = run_gateway(load_config(classify_conf("enabled = true\nretrain_interval = '1d'",
+                                                   model=model)))
+        r = next(s for s in rg.gateway.services if s.name == "classifier-retrain")
+        assert r.due() == ""                                    # trained minutes ago
+        meta = json.loads((model / "model.json").read_text())
+        meta["trained_at"] = "2026-01-01T00:00:00+00:00"
+        (model / "model.json").write_text(json.dumps(meta))
+        assert "h old" in r.due()
+        rg.gateway.config = load_config(classify_conf("enabled = true", model=model))
+        assert r.due() == ""
+
+
 class TestLightImports:
     @pytest.mark.parametrize("argv", [["--help"], ["deliver", "-r", "helpdesk@example.org"]])
     def test_cli_does_not_import_scikit_learn(self, classify_conf, argv):
