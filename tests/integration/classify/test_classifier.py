@@ -147,6 +147,12 @@ class TestCli:
         out = capsys.readouterr().out
         assert f"on {TRAIN} tickets" in out and "held-out" in out and "Billing" in out
 
+    def test_train_since_a_future_date_has_nothing_to_learn(self, trained: Trained, capsys):
+        """--since keeps only newer tickets; with none, train says so and exits 1."""
+        assert cli_main(["-c", str(trained.conf), "classify", "train", "--since",
+                         "2100-01-01"]) == 1
+        assert "need at least two queues" in capsys.readouterr().err
+
     def test_status_without_model(self, classify_conf, tmp_path, capsys):
         """status says there is no model and exits 1."""
         conf = classify_conf(model=tmp_path / "nothing")
