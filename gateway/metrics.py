@@ -55,6 +55,13 @@ FILTER_TIMEOUTS = Counter(
     ["filter"], registry=REGISTRY)
 COMMLOG_PURGED = Counter(
     "deskgate_commlog_purged", "Communications removed by the purge", registry=REGISTRY)
+CLASSIFIER_PREDICTIONS = Counter(
+    "deskgate_classifier_predictions", "Messages bound for the default queue that the "
+    "classifier saw, by result (predicted, unavailable, failed)", ["result"], registry=REGISTRY)
+CLASSIFIER_SECONDS = Histogram(
+    "deskgate_classifier_seconds", "Time of one prediction (text normalisation, features, "
+    "both heads)", registry=REGISTRY,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1))
 HANDOFFS = Counter(
     "deskgate_handoffs", "Hand-off attempts to the helpdesk by result (delivered, deferred, "
     "failed)", ["result"], registry=REGISTRY)

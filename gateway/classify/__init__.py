@@ -167,8 +167,11 @@ def predict_stage(ctx: MessageContext, rt: Runtime) -> None:
         return
     if not would_default(ctx, rt):
         return
+    from gateway import metrics
+
     model, problem = clf.current()
     if model is None:
+        metrics.CLASSIFIER_PREDICTIONS.labels("unavailable").inc()
         if _warn_once(problem):
             ctx.log.log("Warn", "Classifier", f"not used: {problem}; {TRAIN_HINT}")
         return
@@ -178,11 +181,15 @@ def predict_stage(ctx: MessageContext, rt: Runtime) -> None:
     try:
         pred = model.predict(message_text(p.subject, p.body, p.body_html))
     except Exception as exc:     # a prediction problem never blocks delivery
+        metrics.CLASSIFIER_PREDICTIONS.labels("failed").inc()
         if _warn_once(f"prediction failed: {type(exc).__name__}: {exc}"):
             ctx.log.log("Warn", "Classifier", f"prediction failed: {type(exc).__name__}: {exc}")
         return
+    took = time.perf_counter() - t0
+    metrics.CLASSIFIER_PREDICTIONS.labels("predicted").inc()
+    metrics.CLASSIFIER_SECONDS.observe(took)
     pred["model"] = model.trained_at
-    pred["milliseconds"] = round((time.perf_counter() - t0) * 1000, 3)
+    pred["milliseconds"] = round(took * 1000, 3)
     ctx.classification = pred
 
 

@@ -188,8 +188,16 @@ class TestRouting:
             self, classify_conf, run_gateway: Callable[..., RunningGateway]):
         """A billing mail to helpdesk@ (default queue) lands in Billing; the decision,
         confidence and runner-up are on the ticket and in the communication log."""
+        from gateway import metrics
+
+        def predicted() -> float:
+            return metrics.REGISTRY.get_sample_value(
+                "deskgate_classifier_predictions_total", {"result": "predicted"}) or 0.0
+
+        before = predicted()
         rg = run_gateway(load_config(classify_conf("enabled = true\nmin_confidence = 0.5")))
         assert lmtp(rg, to_bytes(billing_mail(), "helpdesk@example.org")) == 250
+        assert predicted() == before + 1
         t = newest_ticket(rg.gateway)
         assert t.queue == "Billing"
         c = t.classification
