@@ -456,3 +456,37 @@ class TestHelpdesk:
         conf_value = doc["decisions"]["DynamicField-ClassifierConfidence"]
         assert conf_value == f"{t.classification['confidence']:.2f}"
         assert t.dynamic_fields == {"ClassifierConfidence": conf_value}
+
+
+@pytest.mark.postgres
+class TestPostgres:
+    def test_train_and_move_on_postgresql(self, pg_url, tmp_path, capsys):
+        """The training query, moves and the recorded decision work on PostgreSQL."""
+        from tests.integration.classify.conftest import ADDRESS
+
+        model = tmp_path / "model"
+        conf = write_conf(tmp_path / "pg", model, database=pg_url)
+        gw = Gateway(load_config(conf))
+        mails = generate(200, seed=5)
+        try:
+            gw.prepare_store()
+            numbers = deliver_all(gw, [(to_bytes(m, ADDRESS[m.queue]), ADDRESS[m.queue], "")
+                                       for m in mails])
+        finally:
+            gw.close()
+        assert cli_main(["-c", str(conf), "tickets", "move", numbers[0], "HR"]) == 0
+        capsys.readouterr()
+        assert cli_main(["-c", str(conf), "classify", "train", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["activated"] and out["model"]["moves"] == 1
+        assert out["model"]["tickets"] == 200
+        conf2 = write_conf(tmp_path / "pg2", model, "enabled = true\nmin_confidence = 0.3",
+                           database=pg_url)
+        gw = Gateway(load_config(conf2))
+        try:
+            deliver_all(gw, [(to_bytes(billing_mail(), "helpdesk@example.org"),
+                              "helpdesk@example.org", "")])
+            t = newest_ticket(gw)
+        finally:
+            gw.close()
+        assert t.queue == "Billing" and t.classification["applied_queue"] is True
