@@ -335,7 +335,7 @@ class ClassifierConfig:
     """The optional machine-learning classifier (gateway.classify, deskgate[classify])."""
 
     enabled: bool = False
-    model: str = "var/classifier"
+    model: str = ""                    # model directory; empty: <state_dir>/classifier
     min_confidence: float = 0.7
     min_priority_confidence: float = 0.7
     priority: bool = True              # also predict the priority

@@ -51,7 +51,8 @@ def extra_installed() -> bool:
 
 
 def model_dir(cfg: Config) -> Path:
-    return cfg.path(cfg.classifier.model)
+    """[classifier] model, by default `classifier` under the state directory."""
+    return cfg.path(cfg.classifier.model) if cfg.classifier.model else cfg.state_dir / "classifier"
 
 
 def _warn_once(problem: str) -> bool:

@@ -159,6 +159,17 @@ class TestConfig:
                         "classifier.confidence_field"}
 
 
+    def test_model_directory_defaults_to_the_state_dir(self, make_confdir):
+        """Without [classifier] model the model lives in <state_dir>/classifier; a relative
+        model path is relative to the parent of conf.d."""
+        from gateway.classify import model_dir
+
+        cfg = load_config(make_confdir({"50-c.toml": '[gateway]\nstate_dir = "/srv/dg"\n'}))
+        assert model_dir(cfg) == Path("/srv/dg/classifier")
+        cfg = load_config(make_confdir({"50-c.toml": '[classifier]\nmodel = "models/x"\n'}))
+        assert model_dir(cfg) == cfg.root / "models" / "x"
+
+
 class TestOffload:
     def test_messages_that_may_be_classified_go_to_the_worker_pool(self, make_confdir):
         """With the classifier enabled, mail for the catch-all or an unknown recipient is
