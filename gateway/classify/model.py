@@ -100,7 +100,8 @@ class Featurizer:
 
 @dataclass
 class Head:
-    """One linear classifier: scores = X @ coef.T + intercept, softmax → confidence."""
+    """One linear classifier: scores = X @ coef.T + intercept; the link turns them into
+    confidences that add up to 1."""
 
     classes: list[str]
     coef: np.ndarray            # (k, d) float32
