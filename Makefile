@@ -24,7 +24,7 @@ DEB_PACKAGES += $(OTOBO_PACKAGES)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,classify]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -43,7 +43,7 @@ PLUGINS: tuple[str, ...] = (
     "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
     "gateway.inbound.followup", "gateway.web.auth",
     "gateway.crypto.inbound", "gateway.crypto.outbound", "gateway.outbound.plugin",
-    "gateway.inbound.poller.validate",
+    "gateway.inbound.poller.validate", "gateway.classify",
 )
 
 
@@ -108,10 +108,16 @@ def _handoff(gw: Gateway) -> Service | None:
     return factory(gw)
 
 
+def _retrain(gw: Gateway) -> Service | None:
+    from gateway.classify.service import factory
+
+    return factory(gw)
+
+
 # Factories of the optional services: (app) → Service | None. Each door adds one.
 SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _commlog_purge,
                                                                  _sender, _submission, _poller,
-                                                                 _handoff]
+                                                                 _handoff, _retrain]
 
 
 class Gateway:

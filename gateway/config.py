@@ -336,9 +336,19 @@ class DkimConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
+    """The optional machine-learning classifier (gateway.classify, deskgate[classify])."""
+
     enabled: bool = False
-    model: str = "var/classifier"
+    model: str = ""                    # model directory; empty: <state_dir>/classifier
     min_confidence: float = 0.7
+    min_priority_confidence: float = 0.7
+    priority: bool = True              # also predict the priority
+    accuracy_floor: float = 0.6        # train refuses to activate a model below this
+    min_per_class: int = 20            # queues/priorities with fewer tickets are not learnt
+    exclude_queues: tuple[str, ...] = ()   # never learnt (e.g. Junk)
+    confidence_field: str = ""         # dynamic field that carries the queue confidence
+    retrain_interval: float = conv(parse_duration, 0.0)    # 0: no scheduled retraining
+    retrain_after_moves: int = 0       # retrain once this many tickets were moved (0: off)
 
 
 HELPDESK_TYPES = ("none", "otobo-postmaster", "otobo-rest", "znuny-rest", "rt-rest2", "webhook")
@@ -900,17 +910,32 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
             add(at(skey.split(".")[0]), skey, f"must be between {low} and 100000")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
-    if cfg.classifier.enabled:
-        add(at("classifier.enabled"), "classifier.enabled", "the classifier is not supported "
-            "yet (nothing would use it); remove the key or set it to false")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
         add(at("submission"), "submission.tls_key", "tls_cert and tls_key go together")
     _validate_helpdesk(cfg, at, add)
+    _validate_classifier(cfg, at, add)
     fnames: set[str] = set()
     for f in cfg.filters:
         if f.name in fnames:
             add(f.source, f"filter[{f.name}].name", f"duplicate filter name {f.name!r}")
         fnames.add(f.name)
+
+
+def _validate_classifier(cfg: Config, at: Callable[[str], str],
+                         add: Callable[[str, str, str], None]) -> None:
+    """Ranges of the classifier keys; whether a model is readable is `check`'s business."""
+    cl = cfg.classifier
+    for key in ("min_confidence", "min_priority_confidence", "accuracy_floor"):
+        if not 0.0 <= getattr(cl, key) <= 1.0:
+            add(at(f"classifier.{key}"), f"classifier.{key}", "must be between 0 and 1")
+    if cl.min_per_class < 2:
+        add(at("classifier.min_per_class"), "classifier.min_per_class", "must be at least 2")
+    if cl.retrain_after_moves < 0:
+        add(at("classifier.retrain_after_moves"), "classifier.retrain_after_moves",
+            "cannot be negative")
+    if cl.confidence_field and not re.fullmatch(r"[A-Za-z0-9_-]+", cl.confidence_field):
+        add(at("classifier.confidence_field"), "classifier.confidence_field",
+            "a dynamic field name: letters, digits, _ and - only")
 
 
 def _validate_helpdesk(cfg: Config, at: Callable[[str], str],

@@ -63,6 +63,13 @@ SERVICE_UP = Gauge(
     "deskgate_service_up", "1 when a service of serve runs, 0 when it could not start "
     "(e.g. the dashboard could not bind; reload retries it)", ["service"],
     registry=REGISTRY, multiprocess_mode="mostrecent")
+CLASSIFIER_PREDICTIONS = Counter(
+    "deskgate_classifier_predictions", "Messages bound for the default queue that the "
+    "classifier saw, by result (predicted, unavailable, failed)", ["result"], registry=REGISTRY)
+CLASSIFIER_SECONDS = Histogram(
+    "deskgate_classifier_seconds", "Time of one prediction (text normalisation, features, "
+    "both heads)", registry=REGISTRY,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1))
 HANDOFFS = Counter(
     "deskgate_handoffs", "Hand-off attempts to the helpdesk by result (delivered, deferred, "
     "failed)", ["result"], registry=REGISTRY)

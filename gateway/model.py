@@ -115,6 +115,9 @@ class MessageContext:
     ticket_number: str = ""
     article_id: int | None = None
     handoff_id: int | None = None        # the helpdesk hand-off row committed with the article
+    # The classifier's prediction (gateway.classify), made before the commit for a message
+    # that would land in the default queue; recorded on the ticket when it is new.
+    classification: dict[str, Any] | None = None
     trace: list[str] = field(default_factory=list)   # why things happened (filter test, log)
 
     def param(self, name: str, default: str = "") -> str:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 # Modules of gateway.cli that define register(subparsers). Add yours here.
 COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "passwd", "keys",
-                             "fetch", "outbound", "handoff")
+                             "fetch", "outbound", "handoff", "classify")
 
 
 # Commands run once per message by an MTA: only their module's parser is built

@@ -150,6 +150,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             print(f"{cfg.conf_dir}: gateway.database: {problem}", file=sys.stderr)
         return 1
+    if cfg.classifier.enabled:
+        from gateway.classify import check_model
+
+        problem = check_model(cfg)
+        if problem:
+            if args.json:
+                print_json({"ok": False, "errors": [
+                    {"file": "", "key": "classifier.enabled", "reason": problem}]})
+            else:
+                print(f"classifier.enabled: {problem}", file=sys.stderr)
+            return 1
     summary = {"ok": True, "config": str(cfg.conf_dir), "queues": len(cfg.queue),
                "addresses": len(cfg.address), "accounts": len(cfg.account),
                "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim)}

@@ -127,12 +127,18 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
                 decision["new_state"] = d.new_state
         else:
             route(ctx, rt)
+            from gateway.classify import apply_decision
+
+            apply_decision(ctx, rt)
             decision = {"action": "new", "queue": ctx.queue,
                         "reason": "; ".join(t for t in ctx.trace if t.startswith("queue "))}
             if d is not None:
                 decision["linked_ticket"] = d.ticket_number
                 decision["reason"] = d.reason + "; " + decision["reason"]
         decision["notes"] = notes
+        if decision["action"] == "new" and ctx.classification is not None:
+            decision["classifier"] = ctx.classification
+            decision["priority"] = ctx.param("Priority") or cfg.postmaster.default_priority
     report["decision"] = decision
     return report
 
@@ -173,6 +179,17 @@ def _print(report: dict[str, Any]) -> None:
     else:
         linked = f", linked to {d['linked_ticket']}" if d.get("linked_ticket") else ""
         print(f"decision: new ticket in queue {d['queue']}{linked}: {d['reason']}")
+    c = d.get("classifier")
+    if c is not None:
+        print(f"  classifier: {c['queue']} {c['confidence']:.2f}"
+              + (f", runner-up {c['runner_up']} {c['runner_up_confidence']:.2f}"
+                 if c.get("runner_up") else "")
+              + (" (applied)" if c.get("applied_queue") else " (below min_confidence: "
+                 "default queue kept)"))
+        if c.get("priority"):
+            print(f"  classifier priority: {c['priority']} {c['priority_confidence']:.2f}"
+                  + (" (applied)" if c.get("applied_priority") else " (not applied)")
+                  + f"; priority {d['priority']}")
     for n in d.get("notes", []):
         print(f"  note: {n}")
 

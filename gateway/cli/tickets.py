@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import add_json, load_readonly, print_json, print_table
+from gateway.cli.common import add_json, load, load_readonly, print_json, print_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -27,6 +27,14 @@ def register(sub: Any) -> None:
                     "or id:N for a ticket whose number the helpdesk has not told yet")
     add_json(sp)
     sp.set_defaults(func=cmd_show)
+    mp = tsub.add_parser("move", help="move a ticket to another queue (and priority); the "
+                                      "correction teaches the classifier")
+    mp.add_argument("number", help="the ticket number, or id:N")
+    mp.add_argument("queue", help="the new queue")
+    mp.add_argument("--priority", help="also set this priority")
+    mp.add_argument("--by", default="", help="who moved it (recorded with the move)")
+    add_json(mp)
+    mp.set_defaults(func=cmd_move)
     from gateway.cli.keys import register_redecrypt
 
     register_redecrypt(tsub)
@@ -78,7 +86,7 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
     """The JSON of `tickets show N --json` (its field names are a stable contract)."""
     from sqlalchemy import select
 
-    from gateway.store.tables import Article, Attachment, Ticket
+    from gateway.store.tables import Article, Attachment, Ticket, TicketMove
 
     t = find_ticket(conn, number)
     if t is None:
@@ -101,7 +109,12 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
         **ticket_summary(t), "type": t.type, "service": t.service, "sla": t.sla,
         "customer_no": t.customer_no, "owner": t.owner, "responsible": t.responsible,
         "lock": t.lock, "pending_until": t.pending_until, "dynamic_fields": t.dynamic_fields,
-        "linked_ticket": linked,
+        "linked_ticket": linked, "classification": t.classification or {},
+        "moves": [{"from_queue": m.from_queue, "to_queue": m.to_queue,
+                   "from_priority": m.from_priority, "to_priority": m.to_priority,
+                   "by": m.by, "created": m.created}
+                  for m in conn.execute(select(TicketMove).where(TicketMove.ticket_id == t.id)
+                                        .order_by(TicketMove.id))],
         "helpdesk": helpdesk_state(conn, t.id, ticket_url),
         "articles": [{
             "id": a.id, "message_id": a.message_id, "direction": a.direction,
@@ -166,6 +179,21 @@ def cmd_show(args: argparse.Namespace) -> int:
               + (f" {hd['url']}" if hd["url"] else "")
               + (f" (after {hd['attempts']} attempt(s): {hd['last_error']})"
                  if hd["state"] != "delivered" and hd["last_error"] else ""))
+    c = detail["classification"]
+    if c:
+        print(f"  classifier: {c.get('queue')} {c.get('confidence', 0):.2f}"
+              + (f" (runner-up {c['runner_up']} {c['runner_up_confidence']:.2f})"
+                 if c.get("runner_up") else "")
+              + (" applied" if c.get("applied_queue") else " not applied (below "
+                 "min_confidence)")
+              + (f"; priority {c['priority']} {c['priority_confidence']:.2f}"
+                 + (" applied" if c.get("applied_priority") else " not applied")
+                 if c.get("priority") else ""))
+    for m in detail["moves"]:
+        print(f"  moved {m['created']:%Y-%m-%d %H:%M}{' by ' + m['by'] if m['by'] else ''}: "
+              f"{m['from_queue']} → {m['to_queue']}"
+              + (f", {m['from_priority']} → {m['to_priority']}"
+                 if m["from_priority"] != m["to_priority"] else ""))
     for k, v in sorted(detail["dynamic_fields"].items()):
         print(f"  DynamicField {k}: {v}")
     for a in detail["articles"]:
@@ -177,4 +205,43 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"Attachment: {att['filename']} ({att['content_type']}, {att['size']} bytes)")
         print()
         print(a["body"])
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    from gateway.classify.data import move_ticket
+    from gateway.store.db import make_engine
+
+    cfg = load(args)
+    q = cfg.queue_by_name(args.queue)
+    if q is None:
+        print(f"tickets move: no queue {args.queue!r} ([[queue]] names: "
+              f"{', '.join(x.name for x in cfg.queue)})", file=sys.stderr)
+        return 1
+    if args.priority and args.priority not in cfg.postmaster.priorities:
+        print(f"tickets move: no priority {args.priority!r} (postmaster.priorities: "
+              f"{', '.join(cfg.postmaster.priorities)})", file=sys.stderr)
+        return 1
+    engine = make_engine(cfg.database_url)
+    try:
+        with engine.begin() as conn:
+            t = find_ticket(conn, args.number)
+            if t is None:
+                print(f"tickets move: no ticket {args.number}", file=sys.stderr)
+                return 1
+            before = (t.queue, t.priority)
+            after = (q.name, args.priority or t.priority)
+            if before != after:
+                move_ticket(conn, t, queue=after[0], priority=after[1], by=args.by)
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"ticket": t.number or f"id:{t.id}", "moved": before != after,
+                    "from": {"queue": before[0], "priority": before[1]},
+                    "to": {"queue": after[0], "priority": after[1]}})
+    elif before == after:
+        print(f"ticket {t.number or f'id:{t.id}'} is already in {after[0]} ({after[1]})")
+    else:
+        print(f"ticket {t.number or f'id:{t.id}'}: {before[0]} ({before[1]}) → {after[0]} "
+              f"({after[1]})")
     return 0

@@ -9,7 +9,7 @@ from gateway.model import MessageContext
 from gateway.runtime import Runtime
 
 
-def _candidates(ctx: MessageContext) -> Iterator[str]:
+def candidates(ctx: MessageContext) -> Iterator[str]:
     """Envelope recipients first; To/Cc are parsed only when those did not decide."""
     yield from ctx.envelope.recipients
     if ctx.parsed is not None:
@@ -34,7 +34,7 @@ def route(ctx: MessageContext, rt: Runtime) -> None:
         ctx.queue = ctx.envelope.dispatch_queue
         ctx.trace.append(f"queue {ctx.queue} from the mail account (dispatch = queue)")
         return
-    for rcpt in _candidates(ctx):
+    for rcpt in candidates(ctx):
         addr = cfg.address_by_email(rcpt)
         if addr is not None and addr.queue and addr.valid == "valid":
             q = cfg.queue_by_name(addr.queue)

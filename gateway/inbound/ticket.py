@@ -111,6 +111,7 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
             pending_until=pending_time(ctx.param("State-PendingTime")),
             dynamic_fields=dynamic_fields(ctx),
             linked_ticket_id=ctx.linked_ticket_id,
+            classification=ctx.classification or {},
         )
         ctx.ticket_number = number or ""
         ctx.action = "new"

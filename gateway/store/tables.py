@@ -90,8 +90,26 @@ class Ticket(Base):
     # The helpdesk's ticket (empty when standalone or not handed off yet).
     helpdesk_ticket_id: Mapped[str] = mapped_column(String(100), default="")
     helpdesk_ticket_number: Mapped[str] = mapped_column(String(100), default="", index=True)
+    # The classifier's decision on a new ticket ({} when it did not run): queue, priority,
+    # confidences, runner-up, whether each was applied (gateway.classify).
+    classification: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TicketMove(Base):
+    """An agent's correction of a ticket's queue/priority (`deskgate tickets move`);
+    the ticket keeps the new values, the classifier learns from them."""
+
+    __tablename__ = "ticket_move"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(BigId, ForeignKey("ticket.id"), index=True)
+    from_queue: Mapped[str] = mapped_column(String(200))
+    to_queue: Mapped[str] = mapped_column(String(200))
+    from_priority: Mapped[str] = mapped_column(String(100))
+    to_priority: Mapped[str] = mapped_column(String(100))
+    by: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class RawMessage(Base):

@@ -189,18 +189,6 @@ class TestCheckFindsWhatServeWouldDieOn:
             f"{bad}: not UTF-8 text (TOML files must be): invalid start byte at byte 21"]
 
 
-class TestClassifierNotBuilt:
-    def test_enabling_the_classifier_is_refused(self, make_confdir):
-        """`[classifier] enabled = true` fails `check` with "not supported yet" instead of
-        being ignored; enabled = false passes."""
-        conf = make_confdir({"60-classifier.toml": "[classifier]\nenabled = true\n"})
-        r = cli(conf, "check")
-        assert r.returncode == 1
-        assert "classifier.enabled: the classifier is not supported yet" in r.stderr
-        (conf / "60-classifier.toml").write_text("[classifier]\nenabled = false\n")
-        assert cli(conf, "check").returncode == 0
-
-
 class TestServeFailsInOneLine:
     def test_postgres_unreachable(self, make_confdir):
         """`serve` against a PostgreSQL that does not answer exits 75 with one line naming

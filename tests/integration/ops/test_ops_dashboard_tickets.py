@@ -51,3 +51,24 @@ class TestTicketPage:
         _, _, body = d.get(f"/tickets/{number}")
         row = body.split("<th>Customer</th>", 1)[1].split("</tr>", 1)[0]
         assert row.count("cust@customer.test") == 1, row
+
+    def test_classifier_decision_and_moves(self, dashboard):
+        """The classifier's decision (queue, confidence, runner-up, priority) and the
+        agents' moves are shown on the ticket page."""
+        from gateway.cli import main as cli_main
+
+        d = dashboard()
+        assert d.deliver(MULTIPART) == [250]
+        with d.rg.gateway.engine.begin() as conn:
+            number = conn.execute(select(Ticket.number)).scalar_one()
+            conn.execute(update(Ticket).values(classification={
+                "queue": "Sales", "confidence": 0.81, "runner_up": "Support",
+                "runner_up_confidence": 0.12, "priority": "4 high",
+                "priority_confidence": 0.55, "applied_queue": True,
+                "applied_priority": False}))
+        assert cli_main(["-c", str(d.rg.config.conf_dir), "tickets", "move", number,
+                         "Sales", "--by", "agent7"]) == 0
+        _, _, body = d.get(f"/tickets/{number}")
+        assert "Sales 0.81" in body and "runner-up Support 0.12" in body
+        assert "priority 4 high 0.55 not applied" in body
+        assert "by agent7: Support → Sales" in body
