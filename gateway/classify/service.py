@@ -102,7 +102,7 @@ class Retrainer:
         self._not_before = time.monotonic() + max(cfg.classifier.retrain_interval or 3600, 600)
         try:
             res = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: train_and_activate(cfg, self.gw.engine))
+                None, lambda: train_and_activate(cfg, self.gw.engine, readback=True))
         except ModelError as exc:
             log.warning("classifier retraining: nothing to learn", error=str(exc))
             return False

@@ -25,8 +25,17 @@ def register(sub: Any) -> None:
     t.add_argument("--min-per-class", type=int, metavar="N",
                    help="queues/priorities with fewer tickets are not learnt "
                         "(default: [classifier] min_per_class)")
+    t.add_argument("--no-readback", action="store_true",
+                   help="do not first read the tickets' current queues back from the helpdesk")
     add_json(t)
     t.set_defaults(func=cmd_train)
+    r = csub.add_parser("readback", help="read the current queue/priority of handed-off "
+                                         "tickets back from the helpdesk (OTOBO/Znuny REST, "
+                                         "RT REST2); differences become moves by 'helpdesk'")
+    r.add_argument("--since", type=_date, metavar="DATE",
+                   help="only tickets created on or after DATE (YYYY-MM-DD)")
+    add_json(r)
+    r.set_defaults(func=cmd_readback)
     e = csub.add_parser("evaluate", help="cross-validate on the stored tickets: accuracy, "
                                          "macro-F1, per class, confusion, thresholds")
     e.add_argument("--since", type=_date, metavar="DATE")
@@ -87,16 +96,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         res = train_and_activate(cfg, engine, since=args.since,
                                  min_per_class=args.min_per_class,
-                                 progress=_progress(not args.json))
+                                 progress=_progress(not args.json),
+                                 readback=not args.no_readback)
     except ModelError as exc:
         print(f"classify train: {exc}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
+    rb = res.readback
     if args.json:
         print_json({"activated": res.activated, "refused": res.refused,
-                    "directory": str(model_dir(cfg)), "model": res.meta})
+                    "directory": str(model_dir(cfg)), "model": res.meta,
+                    "readback": None if rb is None or not rb.supported else {
+                        "checked": rb.checked, "moved": rb.moved, "failed": rb.failed}})
     else:
+        if rb is not None and rb.supported:
+            print(f"read back from the helpdesk: {rb.checked} ticket(s), {rb.moved} moved"
+                  + (f", {rb.failed} failed" if rb.failed else ""))
         _print_meta(res.meta)
         if res.activated:
             print(f"model written to {model_dir(cfg)}; a running gateway uses it within "
@@ -105,6 +121,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             print(f"classify train: refused: {res.refused}", file=sys.stderr)
     return EX_OK if res.activated else 1
+
+
+def cmd_readback(args: argparse.Namespace) -> int:
+    """Exit 0 when every ticket was read back, 1 when some failed or the helpdesk cannot
+    be asked (none configured, or the PostMaster pipe / webhook)."""
+    from gateway.classify.readback import read_back
+
+    cfg = load(args)
+    engine = _engine(cfg)
+    try:
+        rb = read_back(cfg, engine, since=args.since, progress=_progress(not args.json))
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"supported": rb.supported, "checked": rb.checked, "moved": rb.moved,
+                    "unknown_queue": rb.unknown_queue, "failed": rb.failed,
+                    "errors": rb.errors})
+    elif not rb.supported:
+        print(f"classify readback: the helpdesk ({cfg.helpdesk.type}) cannot be asked for "
+              "a ticket's queue (only otobo-rest, znuny-rest and rt-rest2 can)",
+              file=sys.stderr)
+    else:
+        print(f"{rb.checked} ticket(s) read back, {rb.moved} moved to the helpdesk's queue, "
+              f"{rb.unknown_queue} in a helpdesk queue deskgate does not know, "
+              f"{rb.failed} failed")
+        for e in rb.errors:
+            print(f"  {e}", file=sys.stderr)
+    return EX_OK if rb.supported and not rb.failed else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

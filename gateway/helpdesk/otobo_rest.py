@@ -191,6 +191,11 @@ class OtoboRest:
             raise HandoffError(f"TicketGet: ticket {ticket_id} not found", temporary=False)
         return dict(tickets[0])
 
+    def ticket_state(self, ticket_id: str) -> tuple[str, str]:
+        """(queue, priority) of a ticket in OTOBO now (the classifier's read-back)."""
+        t = self.ticket_get(ticket_id)
+        return str(t.get("Queue") or ""), str(t.get("Priority") or "")
+
     def search(self, **params: Any) -> list[str]:
         answer = self.call("TicketSearch", "GET", "/Ticket", query=params)
         ids = answer.get("TicketID") or []

@@ -307,6 +307,19 @@ class RtRest2:
                 return m.group(1)
         return ""
 
+    def ticket_state(self, ticket_id: str) -> tuple[str, str]:
+        """(queue name, '') of a ticket in RT now (the classifier's read-back); RT's
+        numeric priority is not mapped back."""
+        if not ticket_id.isdigit():
+            raise HandoffError(f"{ticket_id!r} is not an RT ticket id", temporary=False)
+        t = self._call("GET", f"/ticket/{int(ticket_id)}")
+        queue = t.get("Queue") if isinstance(t, dict) else None
+        qid = str(queue.get("id") or "") if isinstance(queue, dict) else str(queue or "")
+        if not qid.isdigit():
+            return qid, ""
+        q = self._call("GET", f"/queue/{int(qid)}")
+        return (str(q.get("Name") or "") if isinstance(q, dict) else ""), ""
+
     def _ticket_missing(self, tid: str) -> bool:
         status, _ = self._request("GET", f"/ticket/{int(tid)}")
         return status == 404
