@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import aliased
 
-from gateway.outbound.queue import retry_delay
+from gateway.outbound.queue import _aware, retry_delay, utcnow
 from gateway.store.tables import Article, Attachment, Handoff, RawMessage, Ticket
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt
-
 
 # ----------------------------------------------------------------- enqueue
 

@@ -30,7 +30,7 @@ def document(item: HandoffItem) -> dict[str, Any]:
     """The JSON document of one hand-off (docs/helpdesk.md describes every field)."""
     return {
         "version": SCHEMA_VERSION,
-        "event": "ticket.created" if item.kind == "create" else "article.created",
+        "event": document_event(item),
         "idempotency_key": item.key,
         "handoff_id": item.id,
         "attempt": item.attempts + 1,
