@@ -77,6 +77,9 @@ HANDOFF_SECONDS = Histogram(
     "deskgate_handoff_seconds", "Time from the commit of a message to its delivery into the "
     "helpdesk", registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400))
+HANDOFF_HELPDESK_UP = Gauge(
+    "deskgate_handoff_helpdesk_up", "0 while the helpdesk looks down (hand-offs paused, one "
+    "probe per back-off), else 1", registry=REGISTRY, multiprocess_mode="mostrecent")
 HANDOFF_PENDING = Gauge(
     "deskgate_handoff_pending", "Hand-offs waiting for the helpdesk", registry=REGISTRY,
     multiprocess_mode="mostrecent")

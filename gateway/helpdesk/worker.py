@@ -219,6 +219,13 @@ class HandoffWorker:
         # wait their turn, so one commit records and claims many.
         self.slots = self.concurrency * 4
         self._stopping = False
+        # The helpdesk is down (several attempts in a row failed temporarily): like
+        # Postfix's dead destination, claim nothing but one probe per `_backoff`
+        # seconds, so pending rows wait without being charged attempts and the
+        # writer is not kept busy recording failures while LMTP mail keeps coming.
+        self._failures = 0
+        self._down_until = 0.0
+        self._backoff = 0.0
         self.delivered = 0
 
     async def start(self) -> None:
@@ -270,6 +277,12 @@ class HandoffWorker:
             batch, self._done = self._done, []
             free = 0 if self._stopping else self.slots - len(self._inflight)
             timeout = hd.poll_interval
+            if self._backoff:
+                wait = self._down_until - time.monotonic()
+                if wait > 0:
+                    free, timeout = 0, min(timeout, wait)
+                else:                       # one probe at a time while it is down
+                    free = 0 if self._inflight else min(free, 1)
             claimed: list[outbox.Claimed] = []
             if batch or free > 0:
                 rt = self.runtime()
@@ -339,6 +352,7 @@ class HandoffWorker:
 
     def _account(self, d: _Done, out: outbox.Outcome) -> None:
         metrics.HANDOFFS.labels(out.status if out.status != "pending" else "deferred").inc()
+        self._track_health(d)
         if out.status == "delivered":
             self.delivered += 1
             metrics.HANDOFF_SECONDS.observe(
@@ -349,6 +363,36 @@ class HandoffWorker:
         else:
             log.warning("hand-off failed", handoff=d.claimed.id, status=out.status,
                         error=str(d.error)[:300])
+
+
+    def _track_health(self, d: _Done) -> None:
+        """Consecutive temporary failures mark the helpdesk down; a success revives it."""
+        if d.error is None:
+            if self._backoff:
+                log.info("helpdesk reachable again; resuming hand-offs",
+                         helpdesk=self.connector.type)
+            self._failures, self._backoff, self._down_until = 0, 0.0, 0.0
+            metrics.HANDOFF_HELPDESK_UP.set(1)
+            return
+        if not d.error.temporary:
+            return
+        self._failures += 1
+        if self._failures < DOWN_AFTER:
+            return
+        retry = self.runtime().config.helpdesk.retry
+        first = min(max(retry[0] if retry else 60.0, 1.0), MAX_BACKOFF)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF) if self._backoff else first
+        self._down_until = time.monotonic() + self._backoff
+        metrics.HANDOFF_HELPDESK_UP.set(0)
+        log.warning("helpdesk looks down; pausing hand-offs", helpdesk=self.connector.type,
+                    failures=self._failures, probe_in=round(self._backoff, 1),
+                    error=str(d.error)[:300])
+
+
+# Temporary failures in a row that mark the helpdesk down, and the longest pause
+# between two probes while it is.
+DOWN_AFTER = 3
+MAX_BACKOFF = 60.0
 
 
 @dataclass

@@ -321,3 +321,28 @@ class TestHelpdeskLifecycle:
         receiver.stop()
         out = cli(rg, "helpdesk", "check")
         assert out.returncode == 1 and "FAIL" in out.stdout
+
+
+class TestHelpdeskDown:
+    def test_a_down_helpdesk_is_probed_not_hammered(
+            self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
+    ) -> None:
+        """After a few failures in a row the worker only probes: most rows wait untried
+        (no attempt charged, no failure recorded), the up gauge says 0; once the helpdesk
+        answers again every row is delivered once."""
+        from gateway import metrics
+
+        rg = webhook_gateway(retry="1s*50")
+        receiver.fail_next = 10_000
+        for i in range(30):
+            assert deliver(rg, msg(f"dn{i}", f"down {i}")) == 250
+        time.sleep(3)
+        rows = handoffs(rg)
+        untried = [h for h in rows if h["attempts"] == 0]
+        assert len(rows) == 30 and len(untried) >= 10, [h["attempts"] for h in rows]
+        assert receiver.arrived < 30
+        assert metrics.HANDOFF_HELPDESK_UP._value.get() == 0  # type: ignore[attr-defined]
+        receiver.fail_next = 0
+        docs = receiver.wait_delivered(30, 90)
+        assert len({d["idempotency_key"] for d in docs}) == 30 == len(docs)
+        assert metrics.HANDOFF_HELPDESK_UP._value.get() == 1  # type: ignore[attr-defined]
