@@ -15,27 +15,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.outbound.queue import _aware, retry_delay, utcnow
+from gateway.store.repo import insert_handoff
 from gateway.store.tables import Article, Attachment, Handoff, RawMessage, Ticket
 
 # ----------------------------------------------------------------- enqueue
 
-_INS = insert(Handoff).returning(Handoff.id)
 
 
 def enqueue(conn: Connection, *, ticket_id: int, article_id: int, kind: str, helpdesk: str,
             decisions: dict[str, str]) -> int:
     """The outbox row of one stored article (inside the storing transaction)."""
     now = utcnow()
-    return int(conn.execute(_INS, {
+    return insert_handoff(conn, {
         "ticket_id": ticket_id, "article_id": article_id, "kind": kind,
         "key": f"dg-{uuid.uuid4().hex}", "helpdesk": helpdesk, "status": "pending",
         "attempts": 0, "next_attempt": now, "lease_until": None, "claimed_by": "",
         "last_error": "", "decisions": decisions, "created": now, "updated": now,
-        "delivered": None}).scalar_one())
+        "delivered": None})
 
 
 # ----------------------------------------------------------------- claiming

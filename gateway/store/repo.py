@@ -19,6 +19,7 @@ from gateway.store.tables import (
     Article,
     Attachment,
     Delivery,
+    Handoff,
     Quarantine,
     Queue,
     RawMessage,
@@ -216,6 +217,14 @@ def sync_config(conn: Connection, cfg: Config) -> None:
 
 def _same(row: Any, vals: dict[str, Any]) -> bool:
     return all(getattr(row, k) == v for k, v in vals.items())
+
+
+_INS_HANDOFF = Prepared(insert(Handoff).returning(Handoff.id))
+
+
+def insert_handoff(conn: Connection, values: dict[str, Any]) -> int:
+    """The helpdesk hand-off row of a stored article (on the inbound hot path)."""
+    return int(_INS_HANDOFF.execute(conn, values))
 
 
 def ticket_by_number(conn: Connection, number: str) -> Any:
