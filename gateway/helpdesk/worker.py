@@ -379,10 +379,13 @@ class HandoffWorker:
         self._failures += 1
         if self._failures < DOWN_AFTER:
             return
+        now = time.monotonic()
+        if self._backoff and now < self._down_until:
+            return          # an attempt that was under way when it went down
         retry = self.runtime().config.helpdesk.retry
         first = min(max(retry[0] if retry else 60.0, 1.0), MAX_BACKOFF)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF) if self._backoff else first
-        self._down_until = time.monotonic() + self._backoff
+        self._down_until = now + self._backoff
         metrics.HANDOFF_HELPDESK_UP.set(0)
         log.warning("helpdesk looks down; pausing hand-offs", helpdesk=self.connector.type,
                     failures=self._failures, probe_in=round(self._backoff, 1),
