@@ -88,7 +88,7 @@ class Ticket(Base):
     linked_ticket_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("ticket.id"),
                                                          nullable=True)
     # The helpdesk's ticket (empty when standalone or not handed off yet).
-    helpdesk_ticket_id: Mapped[str] = mapped_column(String(100), default="")
+    helpdesk_ticket_id: Mapped[str] = mapped_column(String(100), default="", index=True)
     helpdesk_ticket_number: Mapped[str] = mapped_column(String(100), default="", index=True)
     # The classifier's decision on a new ticket ({} when it did not run): queue, priority,
     # confidences, runner-up, whether each was applied (gateway.classify).

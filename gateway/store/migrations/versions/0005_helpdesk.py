@@ -29,6 +29,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('helpdesk_ticket_number', sa.String(length=100),
                                       nullable=False, server_default=''))
         batch_op.create_index('ix_ticket_helpdesk_ticket_number', ['helpdesk_ticket_number'])
+        batch_op.create_index('ix_ticket_helpdesk_ticket_id', ['helpdesk_ticket_id'])
     op.create_table('handoff',
     sa.Column('id', BigId, nullable=False),
     sa.Column('ticket_id', BigId, nullable=False),
@@ -59,6 +60,7 @@ def downgrade() -> None:
     op.drop_index('ix_handoff_due', table_name='handoff')
     op.drop_table('handoff')
     with op.batch_alter_table('ticket', schema=None) as batch_op:
+        batch_op.drop_index('ix_ticket_helpdesk_ticket_id')
         batch_op.drop_index('ix_ticket_helpdesk_ticket_number')
         batch_op.drop_column('helpdesk_ticket_number')
         batch_op.drop_column('helpdesk_ticket_id')
