@@ -20,7 +20,7 @@ from sqlalchemy.orm import aliased
 
 from gateway.outbound.queue import _aware, retry_delay, utcnow
 from gateway.store.repo import insert_handoff
-from gateway.store.tables import Article, Attachment, Handoff, RawMessage, Ticket
+from gateway.store.tables import Article, Attachment, Delivery, Handoff, RawMessage, Ticket
 
 # ----------------------------------------------------------------- enqueue
 
@@ -101,6 +101,7 @@ class Loaded:
     article: dict[str, Any]
     attachments: list[Any]
     raw: bytes
+    recipients: list[str]         # the envelope recipients it was delivered to
     earlier_delivered: bool       # an earlier row of this ticket reached the helpdesk
 
 
@@ -114,27 +115,47 @@ _ARTICLE_KEYS = ("direction", "sender_type", "is_visible_for_customer", "from_ad
                  "headers")
 
 
-def load(conn: Connection, c: Claimed) -> Loaded | None:
-    """The ticket, article, attachments and raw bytes of a claimed row (None: gone)."""
-    t = conn.execute(select(Ticket).where(Ticket.id == c.ticket_id)).first()
-    a = conn.execute(select(Article).where(Article.id == c.article_id)).first()
-    if t is None or a is None:
-        return None
-    raw = b""
-    if a.raw_id is not None:
-        data = conn.execute(select(RawMessage.data).where(RawMessage.id == a.raw_id)).scalar()
-        raw = bytes(data or b"")
-    atts = conn.execute(select(Attachment).where(Attachment.article_id == a.id)
-                        .order_by(Attachment.id)).all()
-    earlier = conn.execute(select(Handoff.id).where(
-        Handoff.ticket_id == c.ticket_id, Handoff.id < c.id,
-        Handoff.status == "delivered").limit(1)).first() is not None
-    ticket = {k: getattr(t, k) for k in _TICKET_KEYS}
-    pending = _aware(t.pending_until)
-    ticket["pending_until"] = pending.isoformat() if pending else ""
-    article = {k: getattr(a, k) for k in _ARTICLE_KEYS}
-    return Loaded(ticket=ticket, article=article, attachments=list(atts), raw=raw,
-                  earlier_delivered=earlier)
+def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:
+    """Ticket, article, attachments, raw bytes and recipients of claimed rows, by row id,
+    in one query per table (a row whose ticket or article is gone is left out)."""
+    if not claimed:
+        return {}
+    tickets = {t.id: t for t in conn.execute(select(Ticket).where(
+        Ticket.id.in_({c.ticket_id for c in claimed}))).all()}
+    articles = {a.id: a for a in conn.execute(select(Article).where(
+        Article.id.in_({c.article_id for c in claimed}))).all()}
+    raw_ids = {a.raw_id for a in articles.values() if a.raw_id is not None}
+    raws = {r.id: bytes(r.data or b"") for r in conn.execute(select(
+        RawMessage.id, RawMessage.data).where(RawMessage.id.in_(raw_ids))).all()} \
+        if raw_ids else {}
+    atts: dict[int, list[Any]] = {}
+    for r in conn.execute(select(Attachment).where(Attachment.article_id.in_(articles))
+                          .order_by(Attachment.id)).all():
+        atts.setdefault(r.article_id, []).append(r)
+    rcpts: dict[int, list[str]] = {}
+    for article_id, rcpt in conn.execute(select(Delivery.article_id, Delivery.recipient)
+                                         .where(Delivery.article_id.in_(articles))).all():
+        if article_id is not None:
+            rcpts.setdefault(article_id, []).append(rcpt)
+    delivered: dict[int, list[int]] = {}
+    for tid, hid in conn.execute(select(Handoff.ticket_id, Handoff.id).where(
+            Handoff.ticket_id.in_(tickets), Handoff.status == "delivered")).all():
+        delivered.setdefault(tid, []).append(hid)
+    out: dict[int, Loaded] = {}
+    for c in claimed:
+        t, a = tickets.get(c.ticket_id), articles.get(c.article_id)
+        if t is None or a is None:
+            continue
+        ticket = {k: getattr(t, k) for k in _TICKET_KEYS}
+        pending = _aware(t.pending_until)
+        ticket["pending_until"] = pending.isoformat() if pending else ""
+        out[c.id] = Loaded(
+            ticket=ticket, article={k: getattr(a, k) for k in _ARTICLE_KEYS},
+            attachments=atts.get(a.id, []),
+            raw=raws.get(a.raw_id, b"") if a.raw_id is not None else b"",
+            recipients=rcpts.get(a.id, []),
+            earlier_delivered=any(h < c.id for h in delivered.get(c.ticket_id, ())))
+    return out
 
 
 # ----------------------------------------------------------------- outcomes

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from gateway import metrics
 from gateway.commlog import Comm, add_comm
@@ -33,7 +33,6 @@ from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
 from gateway.model import AttachmentData
 from gateway.runtime import Runtime
 from gateway.store.db import BatchWriter
-from gateway.store.tables import Delivery
 
 log = structlog.get_logger(__name__)
 
@@ -128,15 +127,14 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         crypto=crypto, mime=mime, created=c.created.isoformat())
 
 
-def read_item(engine: Engine, rt: Runtime, c: outbox.Claimed) -> HandoffItem | None:
-    """Load and build one item on the calling (worker) thread."""
+def read_items(engine: Engine, rt: Runtime, claimed: list[outbox.Claimed]
+               ) -> dict[int, HandoffItem]:
+    """Load and build the items of claimed rows on the calling (worker) thread, by row id
+    (a row whose ticket or article is gone has none)."""
     with engine.connect() as conn:
-        loaded = outbox.load(conn, c)
-        if loaded is None:
-            return None
-        rcpts = [r for (r,) in conn.execute(select(Delivery.recipient).where(
-            Delivery.article_id == c.article_id)).all()]
-    return build_item(rt, c, loaded, rcpts)
+        loaded = outbox.load(conn, claimed)
+    return {c.id: build_item(rt, c, loaded[c.id], loaded[c.id].recipients)
+            for c in claimed if c.id in loaded}
 
 
 # ----------------------------------------------------------------- recording
@@ -299,8 +297,12 @@ class HandoffWorker:
                     self._account(d, out)
                 if due is not None:
                     timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.05))
+            if claimed:
+                # One read for the whole claim, on the pool; each row's task awaits it.
+                items = asyncio.get_running_loop().run_in_executor(
+                    self.pool, read_items, self.engine, self.runtime(), claimed)
             for c in claimed:
-                t = asyncio.create_task(self._deliver(c))
+                t = asyncio.create_task(self._deliver(c, items))
                 self._inflight.add(t)
                 t.add_done_callback(self._inflight.discard)
             if self._done or (claimed and len(self._inflight) < self.slots):
@@ -320,15 +322,15 @@ class HandoffWorker:
         due = outbox.next_due(conn) if not claimed and free > 0 else None
         return outcomes, claimed, due
 
-    async def _deliver(self, c: outbox.Claimed) -> None:
+    async def _deliver(self, c: outbox.Claimed,
+                       items: asyncio.Future[dict[int, HandoffItem]]) -> None:
         loop = asyncio.get_running_loop()
-        rt = self.runtime()
         connector = self.connector
         result: Delivered | None = None
         error: HandoffError | None = None
         t0 = time.perf_counter()
         try:
-            item = await loop.run_in_executor(self.pool, read_item, self.engine, rt, c)
+            item = (await items).get(c.id)
         except Exception as exc:
             log.warning("hand-off: reading the row failed; retrying later", handoff=c.id,
                         error=repr(exc))
