@@ -1,0 +1,128 @@
+"""The admin pages in a real headless browser (Debian's chromium driven by Selenium)
+against the running gateway, with mail over LMTP to see each change take effect."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+from tests.integration.admin.conftest import ADMIN, VIEWER, message
+from tests.peers.browser import ARTIFACTS, chromium, requires_chromium
+
+pytestmark = requires_chromium
+
+
+def login_url(base: str, user: tuple[str, str], path: str) -> str:
+    """base with the user's basic-auth credentials (chromium keeps them for the origin)."""
+    u = urllib.parse.urlsplit(base)
+    return f"{u.scheme}://{user[0]}:{user[1]}@{u.netloc}{path}"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    (tmp_path / "admin").mkdir()
+    with chromium(tmp_path / "admin", width=1280, page_timeout=60) as drv:
+        yield drv
+
+
+@pytest.fixture
+def viewer_browser(tmp_path):
+    (tmp_path / "viewer").mkdir()
+    with chromium(tmp_path / "viewer", width=1280, page_timeout=60) as drv:
+        yield drv
+
+
+class TestAdminInBrowser:
+    def test_add_address_deliver_then_pause_it(self, admin_dashboard, browser):
+        """Add an address in the form and deliver to it over LMTP; set it
+        invalid-temporarily in the form and see 450 at RCPT; the saved page lists the
+        changes; screenshots of the form and the result."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import Select, WebDriverWait
+
+        d = admin_dashboard()
+        assert d.rcpt("desk@example.org") == 550
+        browser.get(login_url(d.base, ADMIN, "/addresses"))
+        browser.find_element(By.ID, "add-address").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "email")))
+        browser.find_element(By.ID, "email").send_keys("desk@example.org")
+        browser.find_element(By.ID, "display_name").send_keys("Front desk")
+        Select(browser.find_element(By.ID, "queue")).select_by_visible_text("Support")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "admin-address-form.png"))
+        browser.find_element(By.ID, "save").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "verdict")))
+        assert browser.find_element(By.ID, "verdict").text == "Saved, checked and reloaded."
+        changes = browser.find_element(By.ID, "changes").text
+        assert "address desk@example.org added" in changes
+        assert "queue (unset) → 'Support'" in changes
+        browser.save_screenshot(str(ARTIFACTS / "admin-address-saved.png"))
+        assert d.deliver("desk@example.org", message(1, "desk@example.org")) == [250]
+
+        browser.get(d.base + "/addresses?search=desk")
+        browser.find_element(By.ID, "edit-desk@example.org").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "valid")))
+        assert browser.find_element(By.ID, "display_name").get_attribute("value") == "Front desk"
+        Select(browser.find_element(By.ID, "valid")).select_by_visible_text(
+            "invalid-temporarily")
+        browser.find_element(By.ID, "save").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "verdict")))
+        assert "valid (unset) → 'invalid-temporarily'" in browser.find_element(
+            By.ID, "changes").text
+        assert d.rcpt("desk@example.org") == 450
+
+    def test_address_a_queue_uses_cannot_be_invalidated(self, admin_dashboard, browser):
+        """Invalidating support@ (queue Support uses it) shows the error at the validity
+        field and leaves the files byte-identical."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import Select, WebDriverWait
+
+        d = admin_dashboard()
+        before = d.digest()
+        browser.get(login_url(d.base, ADMIN, "/admin/address?email=support%40example.org"))
+        Select(browser.find_element(By.ID, "valid")).select_by_visible_text("invalid")
+        browser.find_element(By.ID, "save").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "error-valid")))
+        assert "queue 'Support' uses it" in browser.find_element(By.ID, "error-valid").text
+        assert browser.find_element(By.ID, "valid").get_attribute("value") == "invalid"
+        browser.save_screenshot(str(ARTIFACTS / "admin-address-error.png"))
+        assert d.digest() == before
+        assert d.rcpt("support@example.org") == 250
+
+    def test_viewer_cannot_reach_the_forms(self, admin_dashboard, viewer_browser):
+        """A viewer sees the addresses without add or edit links and gets 'Not allowed'
+        on the form's URL."""
+        from selenium.webdriver.common.by import By
+
+        d = admin_dashboard()
+        viewer_browser.get(login_url(d.base, VIEWER, "/addresses"))
+        assert viewer_browser.find_elements(By.CSS_SELECTOR, "table#addresses tr.item")
+        assert not viewer_browser.find_elements(By.ID, "add-address")
+        assert not viewer_browser.find_elements(By.CSS_SELECTOR, "a.edit")
+        viewer_browser.get(d.base + "/admin/address")
+        assert viewer_browser.find_element(By.TAG_NAME, "h1").text == "Not allowed"
+
+    def test_cross_origin_post_refused(self, admin_dashboard, browser):
+        """A page of another origin posting the address form (with a valid CSRF token
+        copied into it) to the logged-in admin's dashboard is refused; no file changes."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        d = admin_dashboard()
+        browser.get(login_url(d.base, ADMIN, "/admin/address"))
+        token = browser.find_element(By.NAME, "csrf").get_attribute("value")
+        before = d.digest()
+        page = (f'<form method="post" action="{d.base}/admin/address" id="f">'
+                f'<input name="csrf" value="{token}"><input name="email" '
+                'value="evil@example.org"><input name="valid" value="valid">'
+                '<button id="go">go</button></form>')
+        browser.get("data:text/html," + urllib.parse.quote(page))
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 30).until(ec.url_contains("/admin/address"))
+        assert "refused" in browser.find_element(By.TAG_NAME, "body").text
+        assert d.digest() == before
+        assert d.rcpt("evil@example.org") == 550
