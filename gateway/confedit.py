@@ -23,8 +23,10 @@ from tomlkit.items import AoT, Array, Comment, InlineTable, Table, Whitespace
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, ConfigErrors
 
-# The file deskgate writes new entries of each kind to, inside conf.d.
+# The file deskgate writes new entries of each kind to, inside conf.d (filters:
+# inside the policy directory).
 OWNED_CONF = {"address": "50-admin-addresses.toml"}
+OWNED_POLICY = "500-admin.toml"
 # Keys whose values never appear in a change record.
 SECRET_KEYS = frozenset({"password", "client_secret", "refresh_token", "token", "secret",
                          "passphrase"})
@@ -93,22 +95,57 @@ def upsert(edit: Edit, *, section: str, label: str, source: Path | None,
     for key, new in values.items():
         old = entry.get(key)
         old_plain = old.unwrap() if hasattr(old, "unwrap") else old
-        if new is not None and old_plain == new:
+        new_plain = new.unwrap() if hasattr(new, "unwrap") else new
+        if new is not None and old_plain == new_plain:
             continue
         default = (defaults or {}).get(key)
-        if new is None or (default is not None and new == default):
+        if new is None or (default is not None and new_plain == default):
             if key in entry:
                 del entry[key]
                 edit.changes.append(f"{label}: {key} {shown(key, old_plain)} → "
                                     + ("(unset)" if new is None else
-                                       f"{shown(key, new)} (default)"))
+                                       f"{shown(key, new_plain)} (default)"))
             continue
         _set(entry, key, new)
-        edit.changes.append(f"{label}: {key} {shown(key, old_plain)} → {shown(key, new)}")
+        edit.changes.append(f"{label}: {key} {shown(key, old_plain)} → "
+                            f"{shown(key, new_plain)}")
     if not isinstance(entry, Table | InlineTable):
         raise TypeError(f"{label}: [[{section}]] entries in {path} are not tables")
     edit.files[path] = tomlkit.dumps(doc)
     return position
+
+
+def remove(edit: Edit, *, section: str, label: str, source: Path,
+           match: Callable[[Mapping[str, Any]], bool]) -> None:
+    """Delete the [[section]] entry `match` picks in `source` (the rest of the file stays)."""
+    doc = tomlkit.parse(_text(source, edit))
+    value = doc.get(section)
+    entries = _entries(doc, section)
+    index = next((i for i, e in enumerate(entries) if match(e)), None)
+    if index is None or not isinstance(value, AoT | Array):
+        raise LookupError(f"{label} is no longer in {source}")
+    del value[index]
+    if not _entries(doc, section):
+        del doc[section]
+    edit.files[source] = tomlkit.dumps(doc)
+    edit.changes.append(f"{label} removed")
+
+
+def inline_list(rows: list[dict[str, Any]]) -> Any:
+    """A TOML array of inline tables, one a line (how policies/*.toml write conditions)."""
+    arr = tomlkit.array()
+    for row in rows:
+        t = tomlkit.inline_table()
+        t.update(row)
+        arr.append(t)
+    arr.multiline(True)
+    return arr
+
+
+def inline_table(values: Mapping[str, Any]) -> Any:
+    t = tomlkit.inline_table()
+    t.update(values)
+    return t
 
 
 def _set(entry: Any, key: str, value: Any) -> None:

@@ -40,10 +40,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_routes(dash: Dashboard, app: web.Application) -> None:
+    from gateway.web.admin_filters import FilterPage
+
     pages = AdminPages(dash)
+    filters = FilterPage(pages)
     app.add_routes([
         web.get("/admin/address", pages.guard(pages.address_form)),
         web.post("/admin/address", pages.guard(pages.address_save)),
+        web.get("/admin/filter", pages.guard(filters.form)),
+        web.post("/admin/filter", pages.guard(filters.post)),
     ])
 
 
