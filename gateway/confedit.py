@@ -38,6 +38,7 @@ class Edit:
 
     files: dict[Path, str] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
+    modes: dict[Path, int] = field(default_factory=dict)    # of files it creates
 
 
 def shown(key: str, value: object) -> str:
@@ -191,15 +192,18 @@ def validate(cfg: Config, edit: Edit) -> list[ConfigError]:
     return []
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace the file in one rename; a reader sees the old or the new text, never half."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+def write_atomically(path: Path, text: str, new_mode: int = 0o644) -> None:
+    """Replace the file in one rename; a reader sees the old or the new text, never half.
+
+    An existing file keeps its mode; a new one gets `new_mode` before it has content.
+    """
+    mode = path.stat().st_mode & 0o7777 if path.exists() else new_mode
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(text)
             fh.flush()
-            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         Path(tmp).replace(path)
     except BaseException:
@@ -223,7 +227,7 @@ def apply(edit: Edit) -> dict[Path, str | None]:
     done: dict[Path, str | None] = {}
     try:
         for path, text in edit.files.items():
-            write_atomically(path, text)
+            write_atomically(path, text, edit.modes.get(path, 0o644))
             done[path] = before[path]
     except OSError:
         undo(done)

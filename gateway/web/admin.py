@@ -40,15 +40,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_routes(dash: Dashboard, app: web.Application) -> None:
+    from gateway.web.admin_entries import ACCOUNT, QUEUE, EntryPage
     from gateway.web.admin_filters import FilterPage
 
     pages = AdminPages(dash)
     filters = FilterPage(pages)
+    queues, accounts = EntryPage(pages, QUEUE), EntryPage(pages, ACCOUNT)
     app.add_routes([
         web.get("/admin/address", pages.guard(pages.address_form)),
         web.post("/admin/address", pages.guard(pages.address_save)),
         web.get("/admin/filter", pages.guard(filters.form)),
         web.post("/admin/filter", pages.guard(filters.post)),
+        web.get("/admin/queue", pages.guard(queues.form)),
+        web.post("/admin/queue", pages.guard(queues.post)),
+        web.get("/admin/account", pages.guard(accounts.form)),
+        web.post("/admin/account", pages.guard(accounts.post)),
     ])
 
 
