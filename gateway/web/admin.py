@@ -42,10 +42,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def add_routes(dash: Dashboard, app: web.Application) -> None:
     from gateway.web.admin_entries import ACCOUNT, QUEUE, EntryPage
     from gateway.web.admin_filters import FilterPage
+    from gateway.web.admin_keys import KeysPage
 
     pages = AdminPages(dash)
     filters = FilterPage(pages)
     queues, accounts = EntryPage(pages, QUEUE), EntryPage(pages, ACCOUNT)
+    keys = KeysPage(pages)
     app.add_routes([
         web.get("/admin/address", pages.guard(pages.address_form)),
         web.post("/admin/address", pages.guard(pages.address_save)),
@@ -55,6 +57,8 @@ def add_routes(dash: Dashboard, app: web.Application) -> None:
         web.post("/admin/queue", pages.guard(queues.post)),
         web.get("/admin/account", pages.guard(accounts.form)),
         web.post("/admin/account", pages.guard(accounts.post)),
+        web.get("/admin/keys", pages.guard(keys.show)),
+        web.post("/admin/keys", pages.guard(keys.post)),
     ])
 
 

@@ -183,3 +183,41 @@ class TestFilterFormInBrowser:
         with d.rg.gateway.engine.connect() as conn:
             assert [(t["queue"], t["title"]) for t in list_tickets(conn)] == [
                 ("Sales", "Invoice 77")]
+
+
+class TestKeysInBrowser:
+    def test_upload_smime_key_with_passphrase_then_decrypt(self, admin_dashboard, browser,
+                                                           tmp_path):
+        """Upload a certificate and its passphrase-protected key in the keys page; mail
+        encrypted to it by openssl and delivered over LMTP is stored decrypted."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        from tests.integration.admin.test_admin_keys import (
+            PASSPHRASE,
+            body_of_first_ticket,
+            encrypted_mail,
+            smime_material,
+        )
+
+        d = admin_dashboard()
+        cert, key = smime_material(tmp_path)
+        key_file = tmp_path / "support.key"
+        key_file.write_bytes(key)
+        browser.get(login_url(d.base, ADMIN, "/log"))
+        browser.find_element(By.ID, "nav-keys").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "smime-cert")))
+        browser.find_element(By.ID, "smime-cert").send_keys(str(cert))
+        browser.find_element(By.ID, "smime-key").send_keys(str(key_file))
+        browser.find_element(By.ID, "smime-passphrase").send_keys(PASSPHRASE)
+        browser.find_element(By.ID, "smime-upload").click()
+        WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "done")))
+        assert "imported with its private key" in browser.find_element(By.ID, "done").text
+        rows = browser.find_elements(By.CSS_SELECTOR, "table#smime tr.item")
+        assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [
+            "support@example.org"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "admin-keys.png"))
+        assert d.deliver("support@example.org", encrypted_mail(tmp_path, cert)) == [250]
+        assert "The vault code is 4711." in body_of_first_ticket(d)
