@@ -39,6 +39,16 @@ class Edit:
     files: dict[Path, str] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
     modes: dict[Path, int] = field(default_factory=dict)    # of files it creates
+    # The texts the edit was made from (None: no file): `stale` compares them.
+    base: dict[Path, str | None] = field(default_factory=dict)
+
+    def stale(self) -> list[Path]:
+        """Files changed on disk since the edit read them (another save, an editor)."""
+        return [p for p, text in self.base.items() if _read(p) != text]
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.exists() else None
 
 
 def shown(key: str, value: object) -> str:
@@ -53,7 +63,9 @@ def shown(key: str, value: object) -> str:
 def _text(path: Path, edit: Edit) -> str:
     if path in edit.files:
         return edit.files[path]
-    return path.read_text(encoding="utf-8") if path.exists() else ""
+    text = _read(path)
+    edit.base.setdefault(path, text)
+    return text or ""
 
 
 def _entries(doc: tomlkit.TOMLDocument, section: str) -> list[Any]:
@@ -181,6 +193,19 @@ def merged_index(cfg: Config, edit: Edit, section: str, path: Path, position: in
         value = data.get(section)
         index += len(value) if isinstance(value, list) else 0
     return index + position
+
+
+def config_version(cfg: Config) -> str:
+    """A digest of every configuration and policy file: a form carries the one it was
+    shown with, so a save over a change made meanwhile is refused, not merged."""
+    import hashlib
+
+    h = hashlib.sha256()
+    pdir = cfg.path(cfg.gateway.policies or "policies")
+    for d in (cfg.conf_dir, pdir):
+        for p in sorted(d.glob("*.toml")) if d.is_dir() else ():
+            h.update(str(p).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:32]
 
 
 def validate(cfg: Config, edit: Edit) -> list[ConfigError]:

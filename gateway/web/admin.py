@@ -26,7 +26,7 @@ from gateway.commlog import Comm, write_comm
 from gateway.errors import ConfigError
 from gateway.web.auth import csrf_ok, has_credentials
 from gateway.web.inventory import same_site
-from gateway.web.requestkeys import ROLE, USER
+from gateway.web.requestkeys import ROLE, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -102,23 +102,44 @@ class AdminPages:
                     request, "error.html", status=403, title="Not allowed",
                     message="Changing the configuration needs a dashboard user with "
                     "role = \"admin\".")
+            request[VERSION] = await self.version()
             if request.method == "POST":
                 form = await request.post()
                 if not same_site(request) or not csrf_ok(
                         self.dash.csrf_key, request[USER], str(form.get("csrf", ""))):
                     return web.Response(status=403, text="cross-site request refused\n")
+                if "version" in form and str(form["version"]) != request[VERSION]:
+                    return self.dash.render(
+                        request, "error.html", status=409, title="Changed meanwhile",
+                        message="The configuration changed since this form was shown "
+                        "(another save or an editor). Nothing was written; open the form "
+                        "again.")
             return await handler(request)
         return guarded
+
+    async def version(self) -> str:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.dash.pool, confedit.config_version, self.dash.gw.config)
 
     # ------------------------------------------------------------ saving
 
     async def save(self, request: web.Request, what: str, edit: confedit.Edit
                    ) -> list[ConfigError] | None:
         """Validate, write, reload, log. Errors (nothing written) or None when saved."""
-        gw = self.dash.gw
-        loop = asyncio.get_running_loop()
         if not edit.changes:
             return None
+        async with self.lock:
+            return await self._save(request, what, edit)
+
+    async def _save(self, request: web.Request, what: str, edit: confedit.Edit
+                    ) -> list[ConfigError] | None:
+        gw = self.dash.gw
+        loop = asyncio.get_running_loop()
+        stale = await loop.run_in_executor(self.dash.pool, edit.stale)
+        if stale:
+            return [ConfigError(str(p), "", "changed since this form was read (another save "
+                                "or an editor); nothing was written: open the form again")
+                    for p in stale]
         errors = await loop.run_in_executor(self.dash.pool, confedit.validate, gw.config, edit)
         if errors:
             return errors

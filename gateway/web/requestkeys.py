@@ -12,3 +12,5 @@ from aiohttp import web
 USER = web.RequestKey("user", str)
 # "admin" or "viewer" (the token and a dashboard without credentials only read).
 ROLE = web.RequestKey("role", str)
+# The configuration's version (confedit.config_version) an admin page was built on.
+VERSION = web.RequestKey("version", str)

@@ -32,7 +32,7 @@ from gateway.config import parse_duration, split_listen
 from gateway.portowner import in_use_by
 from gateway.store.db import ping
 from gateway.web.auth import Authenticator, csrf_token, host_allowed, role_of
-from gateway.web.requestkeys import ROLE, USER
+from gateway.web.requestkeys import ROLE, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -213,7 +213,7 @@ class Dashboard:
         user = request.get(USER, "")
         body = self.env.get_template(template).render(
             url=url, token=token, hostname=self.gw.config.gateway.hostname,
-            csrf=csrf_token(self.csrf_key, user), user=user,
+            csrf=csrf_token(self.csrf_key, user), user=user, version=request.get(VERSION, ""),
             admin=request.get(ROLE) == "admin", **ctx)
         return web.Response(text=body, content_type="text/html", status=status)
 

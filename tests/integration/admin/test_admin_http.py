@@ -167,3 +167,25 @@ class TestAddressForm:
         status, html = d.request("/admin/address", data=form(d, email="sales@example.org"))
         assert status == 422 and 'id="error-email"' in html
         assert d.digest() == before
+
+
+class TestConcurrentChanges:
+    def test_form_older_than_the_files_is_refused(self, admin_dashboard):
+        """A form shown before another change (here an editor's) carries the old
+        version: its save is refused with 409 and writes nothing."""
+        import re
+
+        d = admin_dashboard()
+        _, html = d.request("/admin/address?email=promo%40example.org")
+        version = re.search(r'name="version" value="([0-9a-f]+)"', html).group(1)
+        data = form(d, original="promo@example.org", email="promo@example.org",
+                    queue="Sales", comment="edited in the form", version=version)
+        (d.conf / "20-extra.toml").write_text(EXTRA.replace("spring flyer", "by hand"))
+        before = d.digest()
+        status, html = d.request("/admin/address", data=data)
+        assert status == 409 and "changed since this form was shown" in html
+        assert d.digest() == before
+        _, html = d.request("/admin/address?email=promo%40example.org")
+        data["version"] = re.search(r'name="version" value="([0-9a-f]+)"', html).group(1)
+        assert d.request("/admin/address", data=data)[0] == 200
+        assert "edited in the form" in (d.conf / "20-extra.toml").read_text()

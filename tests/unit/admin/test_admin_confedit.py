@@ -116,3 +116,24 @@ class TestValidateAndWrite:
         with pytest.raises(FileNotFoundError):
             confedit.apply(e)
         assert hand.read_text() == HAND
+
+
+class TestStale:
+    def test_edit_knows_when_its_file_changed(self, conf):
+        """An edit remembers the texts it read; a change on disk makes it stale."""
+        c, _cfg = conf
+        e = confedit.Edit()
+        confedit.upsert(e, section="address", label="a", source=c / "20-hand.toml",
+                        owned=c / "50-x.toml", match=lambda t: t.get("email") ==
+                        "promo@example.org", values={"comment": "x"})
+        assert e.stale() == []
+        (c / "20-hand.toml").write_text(HAND + "# touched\n")
+        assert e.stale() == [c / "20-hand.toml"]
+
+    def test_config_version_follows_every_file(self, conf):
+        """The version changes when any conf.d or policy file changes."""
+        c, cfg = conf
+        v1 = confedit.config_version(cfg)
+        assert confedit.config_version(cfg) == v1
+        (c.parent / "policies" / "010.toml").write_text("# new\n")
+        assert confedit.config_version(cfg) != v1
