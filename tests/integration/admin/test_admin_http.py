@@ -94,6 +94,16 @@ class TestAccess:
 
 
 class TestAddressForm:
+    def test_removed_address_has_no_edit_link(self, admin_dashboard):
+        """An address removed from the files (still listed, from the database) offers
+        no edit link; the configured ones do."""
+        d = admin_dashboard()
+        (d.conf / "20-extra.toml").unlink()
+        assert d.rg.call(d.rg.gateway.reload()) is True
+        _, html = d.request("/addresses")
+        assert "promo@example.org" in html and 'id="edit-promo@example.org"' not in html
+        assert 'id="edit-sales@example.org"' in html
+
     def test_add_address_then_deliver(self, admin_dashboard):
         """A new address goes to conf.d/50-admin-addresses.toml, the gateway reloads and
         accepts mail for it into its queue; the log records who added what."""
