@@ -138,6 +138,9 @@ class Gateway:
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         self.reload_hooks: list[Callable[[Config], Awaitable[None] | None]] = []
+        # After a reload asked for from inside (the dashboard's admin pages): the
+        # pre-forked LMTP workers reload too, as on SIGHUP. `serve` sets it.
+        self.reload_others: Callable[[], None] = lambda: None
         self.with_services = False     # the main process runs the services, LMTP workers not
 
     # ---------------------------------------------------------------- setup
@@ -356,6 +359,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    gw.reload_others = lambda: _signal_workers(workers, signal.SIGHUP)
 
     async def reload() -> None:
         sdnotify.reloading()

@@ -388,6 +388,8 @@ class HelpdeskConfig:
 class DashboardUser:
     name: str
     password_hash: str
+    # "admin" may use the pages that change the configuration; "viewer" only reads.
+    role: Literal["admin", "viewer"] = "viewer"
 
 
 @dataclass(frozen=True)
@@ -710,12 +712,16 @@ def default_config_dir() -> Path:
 
 
 def _read_toml_files(files: Iterable[Path], origins: _Origins,
-                     errors: list[ConfigError]) -> dict[str, Any]:
+                     errors: list[ConfigError],
+                     replace: Mapping[Path, str] | None = None) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in files:
         try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
+            if replace is not None and path in replace:
+                data = tomllib.loads(replace[path])
+            else:
+                with path.open("rb") as fh:
+                    data = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             errors.append(ConfigError(str(path), "", f"not valid TOML: {exc}"))
             continue
@@ -741,18 +747,33 @@ def register_validator(fn: Validator) -> Validator:
     return fn
 
 
+def _toml_files(directory: Path, replace: Mapping[Path, str] | None) -> list[Path]:
+    """The *.toml files of a directory, plus those `replace` would add to it."""
+    found = set(directory.glob("*.toml")) if directory.is_dir() else set()
+    for path in replace or {}:
+        if path.parent == directory and path.suffix == ".toml":
+            found.add(path)
+    return sorted(found)
+
+
 def load_config(conf_dir: Path | str | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
-    """Read, merge and validate; raises ConfigErrors listing every problem."""
+                environ: Mapping[str, str] | None = None,
+                replace: Mapping[Path, str] | None = None) -> Config:
+    """Read, merge and validate; raises ConfigErrors listing every problem.
+
+    `replace` maps absolute file paths (in conf.d or the policy directory) to the
+    text to read instead of theirs, new files included: the dashboard validates a
+    change this way before it writes anything.
+    """
     conf = Path(conf_dir) if conf_dir is not None else default_config_dir()
     conf = conf.absolute()
     root = conf.parent
     errors: list[ConfigError] = []
     if not conf.is_dir():
         raise ConfigErrors([ConfigError(str(conf), "", "configuration directory does not exist")])
-    files = sorted(conf.glob("*.toml"))
+    files = _toml_files(conf, replace)
     origins = _Origins()
-    merged = _read_toml_files(files, origins, errors)
+    merged = _read_toml_files(files, origins, errors, replace)
     default_file = str(files[0]) if files else str(conf)
     b = _Builder(root, origins, default_file, environ if environ is not None else os.environ)
 
@@ -768,9 +789,9 @@ def load_config(conf_dir: Path | str | None = None,
     gw = partial.gateway if partial else GatewayConfig()
     pdir = Path(gw.policies) if gw.policies else Path("policies")
     pdir = pdir if pdir.is_absolute() else root / pdir
-    policy_files = tuple(sorted(pdir.glob("*.toml"))) if pdir.is_dir() else ()
+    policy_files = tuple(_toml_files(pdir, replace))
     porigins = _Origins()
-    pmerged = _read_toml_files(policy_files, porigins, errors)
+    pmerged = _read_toml_files(policy_files, porigins, errors, replace)
     pb = _Builder(root, porigins, str(policy_files[0]) if policy_files else str(pdir),
                   b.environ)
     for k in pmerged:

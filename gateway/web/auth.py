@@ -3,7 +3,9 @@
 Without credentials in [dashboard] the dashboard may only listen on loopback
 (`deskgate check` refuses anything else). With credentials configured every page
 but /healthz requires them: `Authorization: Bearer <token>`, `?token=<token>`,
-or HTTP basic auth against [[dashboard.user]] password hashes.
+or HTTP basic auth against [[dashboard.user]] password hashes. Only a basic-auth
+user with role = "admin" may use the pages that change the configuration; every
+form carries a CSRF token bound to the user.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ def is_loopback(listen: str) -> bool:
 
 def has_credentials(d: DashboardConfig) -> bool:
     return bool(d.token) or bool(d.user)
+
+
+def role_of(d: DashboardConfig, name: str) -> str:
+    """The role of a [[dashboard.user]]; the token and a login-free dashboard only read."""
+    return next((u.role for u in d.user if u.name == name), "viewer")
+
+
+def csrf_token(key: bytes, user: str) -> str:
+    """The form token of one user: only our own pages (which know the key) can post."""
+    return hmac.new(key, b"csrf\0" + user.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(key: bytes, user: str, given: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode(), csrf_token(key, user).encode())
 
 
 def host_allowed(d: DashboardConfig, host_header: str | None) -> bool:

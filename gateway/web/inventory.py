@@ -3,7 +3,8 @@
 The lists are the same functions as `deskgate ... list` (gateway/inventory.py),
 searched and sorted on the server (the dashboard serves no JavaScript). The
 account check is the one state-touching action: a POST, behind the dashboard's
-authentication and refused when the browser says it comes from another site.
+authentication and refused without the form's CSRF token or when the browser
+says it comes from another site.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from aiohttp import web
 from sqlalchemy import Connection
 
 from gateway import inventory
+from gateway.web.auth import csrf_ok
+from gateway.web.requestkeys import USER
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -136,9 +139,10 @@ class InventoryPages:
                           noun=("filter", "filters"))
 
     async def account_check(self, request: web.Request) -> web.Response:
-        if not same_site(request):
-            return web.Response(status=403, text="cross-site request refused\n")
         form = await request.post()
+        if not same_site(request) or not csrf_ok(self.dash.csrf_key, request[USER],
+                                                 str(form.get("csrf", ""))):
+            return web.Response(status=403, text="cross-site request refused\n")
         name = str(form.get("account", ""))
         cfg = self.dash.gw.config
         account = cfg.account_by_name(name)

@@ -1,6 +1,7 @@
 """The dashboard: aiohttp on the gateway's own loop, server-rendered Jinja2 pages.
 
-Read-only. Every database read runs on a small thread pool of its own, never on
+Read-only but for the admin pages (gateway/web/admin.py), which need a user of
+role "admin". Every database read runs on a small thread pool of its own, never on
 the event loop. Pages: communication log (overview, list, detail), tickets (list,
 detail), outbound queue; plus /metrics (Prometheus) and /healthz.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,8 @@ from gateway.cli.tickets import list_tickets, ticket_detail
 from gateway.config import parse_duration, split_listen
 from gateway.portowner import in_use_by
 from gateway.store.db import ping
-from gateway.web.auth import Authenticator, host_allowed
+from gateway.web.auth import Authenticator, csrf_token, host_allowed, role_of
+from gateway.web.requestkeys import ROLE, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -97,6 +100,7 @@ class Dashboard:
         self.listen = gw.config.dashboard.listen
         self.env = make_env()
         self.auth = Authenticator()
+        self.csrf_key = secrets.token_bytes(32)     # new each start: old forms stop working
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard")
         self.hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS,
                                             thread_name_prefix="dashboard-hash")
@@ -124,9 +128,10 @@ class Dashboard:
             web.get("/metrics", self.metrics),
             web.get("/healthz", self.healthz),
         ])
-        from gateway.web import inventory
+        from gateway.web import admin, inventory
 
         inventory.add_routes(self, app)
+        admin.add_routes(self, app)
         return app
 
     async def db(self, fn: Callable[[Connection], T]) -> T:
@@ -167,9 +172,12 @@ class Dashboard:
             return await handler(request)
         d = self.gw.config.dashboard
         ok = self.auth.check_token(d, request.headers, request.query)
+        request[USER], request[ROLE] = "", "viewer"
         if ok is None:
             pair = self.auth.basic_pair(request.headers)
             ok = pair is not None and await self._check_basic(pair[0], pair[1])
+            if ok and pair is not None:
+                request[USER], request[ROLE] = pair[0], role_of(d, pair[0])
             if ok is None:
                 return web.Response(status=503, text="too many logins at once; retry\n",
                                     headers={"Retry-After": "1"})
@@ -202,8 +210,11 @@ class Dashboard:
                 p["token"] = token
             return path + ("?" + urlencode(p) if p else "")
 
+        user = request.get(USER, "")
         body = self.env.get_template(template).render(
-            url=url, token=token, hostname=self.gw.config.gateway.hostname, **ctx)
+            url=url, token=token, hostname=self.gw.config.gateway.hostname,
+            csrf=csrf_token(self.csrf_key, user), user=user, version=request.get(VERSION, ""),
+            admin=request.get(ROLE) == "admin", **ctx)
         return web.Response(text=body, content_type="text/html", status=status)
 
     def not_found(self, request: web.Request, what: str) -> web.Response:

@@ -36,6 +36,17 @@ class InventoryDash:
             return exc.code, exc.read().decode()
 
 
+    def csrf(self, query: str = "") -> str:
+        """The CSRF token of the account check forms on /accounts (needs an account)."""
+        import re
+
+        status, html = self.request("/accounts" + query)
+        assert status == 200, html
+        m = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+        assert m, html
+        return m.group(1)
+
+
 @pytest.fixture
 def inventory_dashboard(make_confdir: Callable[..., Any],
                         run_gateway: Callable[..., RunningGateway]

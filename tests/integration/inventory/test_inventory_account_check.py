@@ -201,12 +201,13 @@ class TestAccountCheckInDashboard:
         d = inventory_dashboard({"50-accounts.toml": account_toml(mailbox, "imaps") +
                                  account_toml(mailbox, "pop3s", name="badpw",
                                               password="wrong-password")})
-        status, html = d.request("/accounts/check", data={"account": "box"})
+        token = d.csrf()
+        status, html = d.request("/accounts/check", data={"account": "box", "csrf": token})
         assert status == 200
         assert 'id="verdict" class="ok"' in html
         assert "works: 2 messages waiting" in html
         assert html.count('<td class="ok">ok</td>') == 5
-        status, html = d.request("/accounts/check", data={"account": "badpw"},
+        status, html = d.request("/accounts/check", data={"account": "badpw", "csrf": token},
                                  headers={"Origin": d.base})
         assert status == 200
         assert 'id="verdict" class="Failed"' in html

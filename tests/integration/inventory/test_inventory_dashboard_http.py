@@ -170,23 +170,28 @@ class TestInventoryPages:
         assert [r[1] for r in rows(html, "filters")] == ["020-vip"]
 
     def test_pages_protected_like_the_dashboard(self, inventory_dashboard):
-        """With a token set, lists and the check need it; a cross-site POST is refused."""
+        """With a token set, lists and the check need it; a POST without the form's CSRF
+        token or from another site is refused."""
         d = inventory_dashboard({"50-accounts.toml": ACCOUNTS.format(port=free_port())},
                                 dashboard_extra='token = "t0ken"\n')
         for path in ("/addresses", "/queues", "/accounts", "/filters"):
             assert d.request(path)[0] == 401
             assert d.request(path + "?token=t0ken")[0] == 200
         assert d.request("/accounts/check", data={"account": "legacy"})[0] == 401
-        status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"},
+        token = d.csrf("?token=t0ken")
+        form = {"account": "legacy", "csrf": token}
+        status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"})
+        assert status == 403                    # no CSRF token
+        status, _ = d.request("/accounts/check?token=t0ken", data=form,
                               headers={"Origin": "http://evil.test"})
         assert status == 403
-        status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"},
+        status, _ = d.request("/accounts/check?token=t0ken", data=form,
                               headers={"Sec-Fetch-Site": "cross-site"})
         assert status == 403
-        status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"},
+        status, _ = d.request("/accounts/check?token=t0ken", data=form,
                               headers={"Origin": "null"})
         assert status == 403
-        status, html = d.request("/accounts/check?token=t0ken", data={"account": "nobody"})
+        status, html = d.request("/accounts/check?token=t0ken", data={**form, "account": "nobody"})
         assert status == 404 and "nobody" in html
         _, html = d.request("/accounts?token=t0ken")
         assert 'action="/accounts/check?token=t0ken"' in html

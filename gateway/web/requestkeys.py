@@ -1,0 +1,16 @@
+"""What the dashboard's authentication middleware learns about a request.
+
+Apart from gateway.web.auth, which `deskgate check` imports for its validator
+without wanting aiohttp.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+# The basic-auth user name ("" for the token or a dashboard without credentials).
+USER = web.RequestKey("user", str)
+# "admin" or "viewer" (the token and a dashboard without credentials only read).
+ROLE = web.RequestKey("role", str)
+# The configuration's version (confedit.config_version) an admin page was built on.
+VERSION = web.RequestKey("version", str)

@@ -1,0 +1,132 @@
+"""The keys page: S/MIME and PGP imports and removals through the dashboard, with
+real openssl/gpg producing the keys and the encrypted mail."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+from gateway.cli.tickets import list_tickets, ticket_detail
+from tests.integration.admin.conftest import ADMIN, basic
+from tests.integration.crypto.crypto_helpers import crlf, openssl
+from tests.peers.ca import TestCA
+
+PASSPHRASE = "correct horse battery"
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]
+              ) -> tuple[bytes, str]:
+    """A multipart/form-data body (what a browser sends for a file upload)."""
+    boundary = uuid.uuid4().hex
+    out = b""
+    for k, v in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n"
+                f"{v}\r\n").encode()
+    for k, (name, data) in files.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; "
+                f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                ).encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload(d, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    body, ctype = multipart({"csrf": d.csrf(path="/admin/keys"), **fields}, files)
+    req = urllib.request.Request(d.base + "/admin/keys", data=body,  # noqa: S310
+                                 headers={**basic(ADMIN), "Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def smime_material(tmp: Path) -> tuple[Path, bytes]:
+    """support@example.org's certificate and its private key encrypted with PASSPHRASE."""
+    ca = TestCA(tmp / "ca")
+    issued = ca.issue("Example Support", emails=("support@example.org",))
+    key = openssl("pkey", "-in", str(issued.key), "-aes256", "-passout",
+                  f"pass:{PASSPHRASE}").stdout
+    return issued.cert, key
+
+
+def encrypted_mail(tmp: Path, cert: Path) -> bytes:
+    inner = tmp / "inner.eml"
+    inner.write_bytes(b"Content-Type: text/plain\r\n\r\nThe vault code is 4711.\r\n")
+    out = openssl("smime", "-encrypt", "-aes256", "-in", str(inner), str(cert)).stdout
+    return (b"From: c@customer.test\r\nTo: support@example.org\r\nSubject: sealed\r\n"
+            b"Message-ID: <sealed1@customer.test>\r\n") + crlf(out)
+
+
+def body_of_first_ticket(d) -> str:
+    with d.rg.gateway.engine.connect() as conn:
+        number = list_tickets(conn)[0]["number"]
+        return str(ticket_detail(conn, number)["articles"][0]["body"])
+
+
+class TestSmimeKeys:
+    def test_import_with_passphrase_then_decrypt(self, admin_dashboard, tmp_path):
+        """A certificate and its passphrase-protected key uploaded in the keys page:
+        mail encrypted to it by openssl is decrypted; a wrong passphrase is refused."""
+        d = admin_dashboard()
+        cert, key = smime_material(tmp_path)
+        status, html = upload(d, {"action": "smime-import", "passphrase": "wrong"},
+                              {"cert": ("support.pem", cert.read_bytes()),
+                               "key": ("support.key", key)})
+        assert status == 422 and 'id="error"' in html
+        status, html = upload(d, {"action": "smime-import", "passphrase": PASSPHRASE},
+                              {"cert": ("support.pem", cert.read_bytes()),
+                               "key": ("support.key", key)})
+        assert status == 200, html
+        assert "(support@example.org) imported with its private key" in html
+        assert PASSPHRASE not in html
+        assert d.deliver("support@example.org", encrypted_mail(tmp_path, cert)) == [250]
+        assert "The vault code is 4711." in body_of_first_ticket(d)
+
+    def test_pkcs12_import_and_remove(self, admin_dashboard, tmp_path):
+        """A PKCS#12 file with its passphrase is imported; Remove deletes it."""
+        d = admin_dashboard()
+        ca = TestCA(tmp_path / "ca")
+        issued = ca.issue("Sales", emails=("sales@example.org",))
+        p12 = openssl("pkcs12", "-export", "-in", str(issued.cert), "-inkey",
+                      str(issued.key), "-passout", "pass:p12-pass").stdout
+        status, html = upload(d, {"action": "smime-import", "passphrase": "p12-pass"},
+                              {"cert": ("sales.p12", p12)})
+        assert status == 200, html
+        smime_dir = d.root / "keys" / "smime"
+        assert (smime_dir / "sales@example.org.key").exists()
+        fpr = html.split("S/MIME ")[1].split(" ")[0]
+        status, html = upload(d, {"action": "smime-remove", "id": fpr}, {})
+        assert status == 200 and f"S/MIME {fpr} removed" in html
+        assert not (smime_dir / "sales@example.org.pem").exists()
+
+
+class TestPgpKeys:
+    def test_import_secret_key_with_passphrase(self, admin_dashboard, tmp_path):
+        """A gpg-made secret key with its passphrase is imported and listed."""
+        home = tmp_path / "gnupg"
+        home.mkdir(mode=0o700)
+        gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+               "--passphrase", "pgp-pass"]
+        try:
+            subprocess.run([*gpg, "--quick-gen-key", "Support <support@example.org>",
+                            "rsa2048", "default", "never"], check=True, capture_output=True,
+                           timeout=120)
+            secret = subprocess.run([*gpg, "--armor", "--export-secret-keys"], check=True,
+                                    capture_output=True, timeout=60).stdout
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                           check=False, capture_output=True, timeout=30)
+        d = admin_dashboard()
+        try:
+            status, html = upload(d, {"action": "pgp-import", "passphrase": "pgp-pass"},
+                                  {"pgp_key": ("support.asc", secret)})
+            assert status == 200, html
+            assert "PGP " in html and "imported" in html and "support@example.org" in html
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(d.root / "keys" / "gnupg"), "--kill",
+                            "gpg-agent"], check=False, capture_output=True, timeout=30)
+
