@@ -326,7 +326,9 @@ def train(examples: Sequence[Example], *, min_per_class: int = 20, holdout: floa
         else:
             progress(f"priority: not learnt (fewer than two priorities with {min_per_class} "
                      "tickets)")
-    meta = {"format": FORMAT, "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    # Microseconds: moves made in the second before training must not count as after it.
+    trained_at = datetime.now(UTC).isoformat(timespec="microseconds")
+    meta = {"format": FORMAT, "trained_at": trained_at,
             "tickets": len(examples), "min_per_class": min_per_class, "features": feat.params,
             "train_seconds": round(time.perf_counter() - t0, 2), **(info or {})}
     return Model(feat, qhead, phead, meta)
