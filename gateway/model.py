@@ -119,6 +119,9 @@ class MessageContext:
     # that would land in the default queue; recorded on the ticket when it is new.
     classification: dict[str, Any] | None = None
     trace: list[str] = field(default_factory=list)   # why things happened (filter test, log)
+    # False on the first run of a commit job: the dedupe stage then trusts the unique
+    # delivery row instead of looking (a retry of the message looks).
+    lookup_duplicates: bool = True
 
     def param(self, name: str, default: str = "") -> str:
         return self.params.get(name, default)

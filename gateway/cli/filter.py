@@ -67,6 +67,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     from gateway.inbound import followup, pipeline
     from gateway.inbound.filters import FilterSet, FilterTrace, run_filters
     from gateway.inbound.route import route
+    from gateway.inbound.stages import build_stages
     from gateway.model import Envelope, MessageContext
     from gateway.runtime import build_runtime
 
@@ -77,7 +78,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
     traces: list[FilterTrace] = []
     headers_before = 0
-    for name in pipeline.PREPARE_ORDER:
+    for name, fn, _dropped in build_stages().prepare:
         if name == "ignore":
             continue
         if name == "trust" and ctx.parsed is not None:
@@ -87,7 +88,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
                 run_filters(rt.filters, ctx, traces)
             continue
         try:
-            pipeline.PREPARE[name](ctx, rt)
+            fn(ctx, rt)
         except pipeline.Skip:
             break
         if name == "trust" and ctx.parsed is not None:

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
 
-from gateway.inbound import loop as _loop  # noqa: F401 - registers first: bounce runs after loop
 from gateway.inbound.parse import decode_header_value
-from gateway.inbound.pipeline import register_prepare
 from gateway.model import MessageContext
 from gateway.runtime import Runtime
 
@@ -111,5 +109,3 @@ def detect_bounce(ctx: MessageContext, rt: Runtime) -> None:
     ctx.log.log("Notice", "Bounce", f"delivery status notification ({info.action or '?'}) "
                 f"for {info.original_message_id or 'an unknown message'}: {info.error}")
 
-
-register_prepare("bounce", detect_bounce, before="ignore")

@@ -31,7 +31,7 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig, register_validator
-from gateway.inbound.pipeline import Offload, inline_budget, register_prepare
+from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
 from gateway.model import MessageContext
@@ -525,10 +525,8 @@ def run_filters(fs: FilterSet, ctx: MessageContext,
             break
 
 
-def _stage(ctx: MessageContext, rt: Runtime) -> None:
+def stage(ctx: MessageContext, rt: Runtime) -> None:
     fs = rt.filters
     if isinstance(fs, FilterSet) and fs.filters:
         run_filters(fs, ctx)
 
-
-register_prepare("filters", _stage, before="ignore")

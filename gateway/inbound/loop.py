@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-from gateway.inbound import filters as _filters  # noqa: F401 - registers first: loop runs after
-from gateway.inbound.pipeline import register_prepare
 from gateway.model import MessageContext, Parsed
 from gateway.runtime import Runtime
 
@@ -54,5 +52,3 @@ def detect_loop(ctx: MessageContext, rt: Runtime) -> None:
         ctx.trace.append("loop: set by X-Deskgate-Loop")
         ctx.log.log("Notice", "Loop", "loop flag set by X-Deskgate-Loop")
 
-
-register_prepare("loop", detect_loop, before="ignore")

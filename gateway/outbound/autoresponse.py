@@ -20,7 +20,6 @@ from sqlalchemy import Connection, func, insert, select
 
 from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
-from gateway.inbound.pipeline import register_commit
 from gateway.model import MessageContext
 from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
@@ -133,5 +132,3 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
                 f"#{oid}")
     notify_queued()
 
-
-register_commit("autoresponse", auto_response_stage)
