@@ -64,7 +64,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     """The report of `filter test` as a dict (also what --json prints)."""
     from gateway.app import load_plugins
     from gateway.commlog import CommObj
-    from gateway.inbound import followup, pipeline
+    from gateway.inbound import followup
     from gateway.inbound.filters import FilterSet, FilterTrace, run_filters
     from gateway.inbound.route import route
     from gateway.inbound.stages import build_stages
@@ -87,9 +87,8 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
             if isinstance(rt.filters, FilterSet):
                 run_filters(rt.filters, ctx, traces)
             continue
-        try:
-            fn(ctx, rt)
-        except pipeline.Skip:
+        verdict = fn(ctx, rt)
+        if verdict is not None and verdict.kind != "continue":
             break
         if name == "trust" and ctx.parsed is not None:
             headers_before -= len(ctx.parsed.headers)
@@ -99,6 +98,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
         "message": {"subject": p.subject, "from": p.from_addr, "message_id": p.message_id},
         "trusted": trusted, "stripped_x_headers": headers_before,
         "filters": [t.as_dict() for t in traces],
+        "hits": [h.as_dict() for h in ctx.hits],
         "params": dict(sorted(ctx.params.items())),
         "loop": ctx.loop, "bounce": ctx.is_bounce,
         "bounced_message_id": ctx.bounced_message_id,

@@ -29,7 +29,7 @@ from gateway.inbound.parse import parse_message
 from gateway.inbound.route import route
 from gateway.inbound.ticket import is_true
 from gateway.inbound.xheaders import apply_trust
-from gateway.model import Envelope, MessageContext, Outcome
+from gateway.model import DELIVER, Envelope, MessageContext, Outcome, Verdict
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.db import BatchWriter, is_temporary
@@ -37,27 +37,18 @@ from gateway.store.db import BatchWriter, is_temporary
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-PrepareStage = Callable[[MessageContext, Runtime], None]
-CommitStage = Callable[[MessageContext, Runtime, Connection], None]
-
-
-class Skip(Exception):
-    """Raised by a stage to end the pipeline early (ignore, duplicate).
-
-    The stages after it run only when they are marked `dropped=True` (record).
-    """
-
-
-# A message in one of these states is dropped: only `dropped=True` stages still run.
-DROPPED = ("ignore", "duplicate")
+# A stage returns None (go on) or a Verdict; past one that is not "continue" only
+# the stages marked dropped=True still run (dedupe, record).
+PrepareStage = Callable[[MessageContext, Runtime], Verdict | None]
+CommitStage = Callable[[MessageContext, Runtime, Connection], Verdict | None]
 
 
 class Stage(NamedTuple):
     """One row of the stage table: a name, the function, and whether it also runs
-    for a message already dropped (ignored, duplicate)."""
+    for a message a verdict already ended (ignored, duplicate)."""
 
     name: str
-    fn: Callable[..., None]
+    fn: Callable[..., Verdict | None]
     dropped: bool = False
 
 
@@ -69,7 +60,7 @@ class Stages(NamedTuple):
     commit: tuple[Stage, ...]
     offload: tuple[Callable[[Envelope], bool], ...] = ()
 
-    def with_stage(self, part: str, name: str, fn: Callable[..., None], *,
+    def with_stage(self, part: str, name: str, fn: Callable[..., Verdict | None], *,
                    before: str | None = None) -> Stages:
         """A copy with stage `name` of `part` ("prepare"/"commit") replaced by `fn`, or,
         when there is none by that name, inserted before `before` (or at the end)."""
@@ -84,7 +75,7 @@ class Stages(NamedTuple):
             return self._replace(prepare=tuple(rows))
         return self._replace(commit=tuple(rows))
 
-    def fn(self, part: str, name: str) -> Callable[..., None]:
+    def fn(self, part: str, name: str) -> Callable[..., Verdict | None]:
         """The function of stage `name` in `part` (KeyError when there is none)."""
         for row in self.prepare if part == "prepare" else self.commit:
             if row.name == name:
@@ -102,14 +93,15 @@ def trust(ctx: MessageContext, rt: Runtime) -> None:
     apply_trust(ctx, rt.prefixes)
 
 
-def ignore(ctx: MessageContext, rt: Runtime) -> None:
+def ignore(ctx: MessageContext, rt: Runtime) -> Verdict | None:
     if is_true(ctx.param("Ignore")):
         ctx.action = "ignore"
         ctx.log.log("Notice", "Ignore", "dropped by X-Deskgate-Ignore")
-        raise Skip
+        return Verdict("ignore", "X-Deskgate-Ignore")
+    return None
 
 
-def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> Verdict | None:
     """A message already delivered to these recipients is not stored again.
 
     Skipped when ctx.lookup_duplicates is False (the first run of a commit job):
@@ -117,12 +109,12 @@ def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     the transaction, and the retry of that one message runs with the lookup.
     """
     if not ctx.lookup_duplicates:
-        return
+        return None
     env = ctx.envelope
     mid = ctx.parsed.message_id if ctx.parsed else ""
     seen = repo.find_deliveries(conn, mid, env.sha256, env.recipients)
     if not seen:
-        return
+        return None
     fresh = [r for r in env.recipients if r not in seen]
     article_id, outcome = next(iter(seen.values()))
     if fresh:
@@ -131,7 +123,7 @@ def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     ctx.article_id = article_id
     ctx.log.log("Notice", "Duplicate", f"already delivered (article {article_id}, {outcome}); "
                 "not stored again")
-    raise Skip
+    return Verdict("duplicate", f"article {article_id}, {outcome}")
 
 
 def route_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
@@ -180,35 +172,38 @@ def needs_worker(env: Envelope, offload: Sequence[Callable[[Envelope], bool]]) -
 
 
 def prepare(ctx: MessageContext, rt: Runtime, stages: Sequence[Stage]) -> None:
-    """Run the prepare stages in order; a Skip drops the message (see Skip)."""
-    dropped = ctx.action in DROPPED
+    """Run the prepare stages in order; after a verdict only dropped=True stages run."""
     for st in stages:
-        if dropped and not st.dropped:
+        if ctx.verdict is not None and not st.dropped:
             continue
-        try:
-            st.fn(ctx, rt)
-        except Skip:
-            dropped = True
+        v = st.fn(ctx, rt)
+        if v is not None and v.kind != "continue":
+            ctx.verdict = v
 
 
 def commit(ctx: MessageContext, rt: Runtime, conn: Connection,
            stages: Sequence[Stage]) -> None:
-    """Run the commit stages in order inside the transaction; a message already
-    dropped (ignored) or dropped on the way (duplicate) only goes on through the
+    """Run the commit stages in order inside the transaction; a message with a
+    verdict (ignored at prepare, duplicate on the way) only goes on through the
     `dropped=True` stages (dedupe, record)."""
-    dropped = ctx.action in DROPPED
     for st in stages:
-        if dropped and not st.dropped:
+        if ctx.verdict is not None and not st.dropped:
             continue
-        try:
-            st.fn(ctx, rt, conn)
-        except Skip:
-            dropped = True
+        v = st.fn(ctx, rt, conn)
+        if v is not None and v.kind != "continue":
+            ctx.verdict = v
 
 
-def _reply_for(ctx: MessageContext) -> errors.SmtpReply:
-    return {"duplicate": errors.DUPLICATE, "ignore": errors.IGNORED,
-            "quarantine": errors.QUARANTINED}.get(ctx.action, errors.DELIVERED)
+_REPLIES: dict[str, errors.SmtpReply] = {
+    "deliver": errors.DELIVERED, "duplicate": errors.DUPLICATE, "ignore": errors.IGNORED,
+    "quarantine": errors.QUARANTINED, "tempfail": errors.TEMPFAIL}
+
+
+def smtp_reply(verdict: Verdict) -> errors.SmtpReply:
+    """The one place a verdict becomes the reply each recipient gets."""
+    if verdict.kind == "continue":
+        raise ValueError("a message that ran through every stage is delivered, not continued")
+    return _REPLIES[verdict.kind]
 
 
 def _shallow(obj: T, **changes: Any) -> T:
@@ -225,7 +220,8 @@ def _shallow(obj: T, **changes: Any) -> T:
 def _fresh(ctx: MessageContext) -> MessageContext:
     """A copy whose mutable parts a (re)run of the commit stages may change freely."""
     logobj = _shallow(ctx.log, entries=list(ctx.log.entries))
-    return _shallow(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj)
+    return _shallow(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj,
+                    hits=list(ctx.hits))
 
 
 def _comm_copy(comm: Comm, obj: CommObj) -> Comm:
@@ -270,9 +266,9 @@ class Pipeline:
         def job(conn: Connection) -> MessageContext:
             c = _fresh(ctx)
             env = c.envelope
-            try:
-                dedupe(c, self.runtime(), conn)
-            except Skip:
+            seen = dedupe(c, self.runtime(), conn)
+            if seen is not None:
+                c.verdict = seen
                 c.log.close("Successful")
                 cc = _comm_copy(comm, c.log)
                 if comm.id is None:
@@ -285,6 +281,7 @@ class Pipeline:
             mid = c.parsed.message_id if c.parsed else ""
             repo.record_deliveries(conn, mid, env.sha256, env.recipients, None, "quarantined")
             c.action = "quarantine"
+            c.verdict = Verdict("quarantine", reason)
             c.log.log("Error", "Quarantine", f"message kept raw in quarantine #{qid}: {reason}")
             c.log.close("Failed")
             cc = _comm_copy(comm, c.log)
@@ -335,7 +332,7 @@ class Pipeline:
             except Exception as exc2:
                 log.error("quarantine failed; temporary failure", error=str(exc2))
                 return self._tempfail(env, f"quarantine failed: {type(exc2).__name__}")
-        reply = _reply_for(done)
+        reply = smtp_reply(done.verdict or DELIVER)
         log.info("delivered", action=done.action, ticket=done.ticket_number,
                  article=done.article_id, queue=done.queue,
                  message_id=done.parsed.message_id if done.parsed else "")
@@ -354,8 +351,8 @@ class Pipeline:
         return ctx
 
     def _tempfail(self, env: Envelope, detail: str) -> Outcome:
-        return Outcome(replies=(errors.TEMPFAIL,) * len(env.recipients), action="new",
-                       detail=detail)
+        reply = smtp_reply(Verdict("tempfail", detail))
+        return Outcome(replies=(reply,) * len(env.recipients), action="new", detail=detail)
 
     def deliver_sync(self, env: Envelope, **kw: Any) -> Outcome:
         return asyncio.run(self.deliver(env, **kw))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from gateway import errors
 from gateway.app import Gateway
+from gateway.commlog import CommObj
 from gateway.inbound import pipeline
 from gateway.inbound.pipeline import Stage, Stages
 from gateway.inbound.stages import COMMIT_NAMES, PREPARE_NAMES, build_stages, check_stages
+from gateway.model import CONTINUE, DELIVER, Envelope, MessageContext, Verdict
 
 
 def names(rows: tuple[Stage, ...]) -> list[str]:
@@ -86,36 +89,56 @@ class TestWithStage:
 
 
 class TestEngine:
-    def test_skip_runs_only_dropped_stages(self):
-        """After a stage raises Skip, only the stages marked dropped=True still run."""
+    def test_verdict_runs_only_dropped_stages(self):
+        """After a stage returns a verdict, only the stages marked dropped=True still run,
+        and the verdict stays on the message."""
         ran: list[str] = []
 
-        def mk(name: str, skip: bool = False):
+        def mk(name: str, verdict: Verdict | None = None):
             def fn(ctx, rt, conn):
                 ran.append(name)
-                if skip:
-                    raise pipeline.Skip
+                return verdict
             return fn
 
-        class Ctx:
-            action = "new"
-
+        ctx = MessageContext(envelope=Envelope(mail_from="", recipients=(), raw=b""),
+                             log=CommObj("Message"))
         stages = Stages(prepare=(), commit=(
-            Stage("a", mk("a", skip=True)), Stage("b", mk("b")),
-            Stage("c", mk("c"), dropped=True), Stage("d", mk("d"))))
-        pipeline.commit(Ctx(), None, None, stages.commit)
-        assert ran == ["a", "c"]
+            Stage("a", mk("a", CONTINUE)), Stage("b", mk("b", Verdict("duplicate", "seen"))),
+            Stage("c", mk("c")), Stage("d", mk("d"), dropped=True), Stage("e", mk("e"))))
+        pipeline.commit(ctx, None, None, stages.commit)
+        assert ran == ["a", "b", "d"]
+        assert ctx.verdict == Verdict("duplicate", "seen")
 
     def test_ignored_message_runs_only_dropped_stages(self):
-        """A message already ignored at prepare time only goes through dedupe and record."""
+        """A message ignored at prepare time only goes through dedupe and record."""
         ran: list[str] = []
-
-        class Ctx:
-            action = "ignore"
-
+        ctx = MessageContext(envelope=Envelope(mail_from="", recipients=(), raw=b""),
+                             log=CommObj("Message"), verdict=Verdict("ignore"))
         st = build_stages()
         for row in st.commit:
             st = st.with_stage("commit", row.name,
                                lambda ctx, rt, conn, n=row.name: ran.append(n))
-        pipeline.commit(Ctx(), None, None, st.commit)
+        pipeline.commit(ctx, None, None, st.commit)
         assert ran == ["dedupe", "record"]
+
+
+class TestReplies:
+    def test_one_reply_per_verdict(self):
+        """smtp_reply maps every final verdict to its reply; continue is no final verdict."""
+        assert pipeline.smtp_reply(DELIVER) == errors.DELIVERED
+        assert pipeline.smtp_reply(Verdict("ignore")) == errors.IGNORED
+        assert pipeline.smtp_reply(Verdict("duplicate")) == errors.DUPLICATE
+        assert pipeline.smtp_reply(Verdict("quarantine", "x")) == errors.QUARANTINED
+        assert pipeline.smtp_reply(Verdict("tempfail", "db")) == errors.TEMPFAIL
+        with pytest.raises(ValueError):
+            pipeline.smtp_reply(CONTINUE)
+
+    def test_ignore_stage_returns_a_verdict(self, config):
+        """X-Deskgate-Ignore (trusted) makes the ignore stage return an ignore verdict."""
+        from gateway.runtime import build_runtime
+
+        ctx = MessageContext(envelope=Envelope(mail_from="", recipients=(), raw=b""),
+                             log=CommObj("Message"), params={"Ignore": "yes"})
+        assert pipeline.ignore(ctx, build_runtime(config)) == Verdict("ignore",
+                                                                      "X-Deskgate-Ignore")
+        assert ctx.action == "ignore"
