@@ -100,6 +100,7 @@ def deliver(crypto_env: CryptoEnv) -> Iterator[Callable[..., Delivered]]:
 
     def run(raw: bytes, rcpts: tuple[str, ...] = (SUPPORT,)) -> Delivered:
         from gateway.inbound.stages import build_stages
+        from gateway.outbound.autoresponse import build_requests
 
         seen: dict[str, Any] = {}
 
@@ -114,6 +115,8 @@ def deliver(crypto_env: CryptoEnv) -> Iterator[Callable[..., Delivered]]:
         gw.prepare_store()
         env = Envelope(mail_from=CUSTOMER, recipients=rcpts, raw=crlf(raw))
         outcome = asyncio.run(gw.pipeline.deliver(env))
+        # What the outbound sender does next: build the requested auto-responses.
+        asyncio.run(build_requests(lambda: gw.runtime, gw.writer, gw.engine))
         with gw.engine.connect() as conn:
             t = ticket_detail(conn, outcome.ticket_number) if outcome.ticket_number else None
         return Delivered(outcome, t, seen.get("params", {}), seen.get("body", ""),
