@@ -34,6 +34,7 @@ from gateway.commlog import CommObj  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.crypto.outbound import protect_copies  # noqa: E402
 from gateway.inbound import pipeline  # noqa: E402
+from gateway.inbound.stages import build_stages  # noqa: E402
 from gateway.model import Envelope, MessageContext  # noqa: E402
 from gateway.runtime import build_runtime  # noqa: E402
 from tests.peers.ca import TestCA  # noqa: E402
@@ -116,6 +117,7 @@ def main() -> None:
             admin.close()
 
         load_plugins()
+        stages = build_stages().prepare
         cfg = load_config(conf)
         rt = build_runtime(cfg)
         stores = rt.crypto
@@ -150,7 +152,7 @@ def main() -> None:
                 ctx = MessageContext(envelope=Envelope(mail_from=CUSTOMER,
                                                        recipients=(SUPPORT,), raw=raw),
                                      log=CommObj("Message"))
-                pipeline.prepare(ctx, rt)
+                pipeline.prepare(ctx, rt, stages)
                 if expect == "dec":
                     assert ctx.crypto.decrypted, ctx.crypto
                 if expect == "sig":

@@ -12,7 +12,6 @@ and the ratio; the target is < 1 ms added per message.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import statistics
 import sys
@@ -29,6 +28,7 @@ from gateway.commlog import CommObj  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.inbound import pipeline  # noqa: E402
 from gateway.inbound.filters import FilterSet, run_filters  # noqa: E402
+from gateway.inbound.stages import build_stages  # noqa: E402
 from gateway.logs import setup_logging  # noqa: E402
 from gateway.model import Envelope, MessageContext  # noqa: E402
 from gateway.runtime import Runtime, build_runtime  # noqa: E402
@@ -101,8 +101,7 @@ def prepare_once(rt: Runtime, raw: bytes) -> float:
     env = Envelope(mail_from="a@b.example", recipients=("support@example.org",), raw=raw)
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
     t0 = time.perf_counter()
-    with contextlib.suppress(pipeline.Skip):
-        pipeline.prepare(ctx, rt)
+    pipeline.prepare(ctx, rt, build_stages().prepare)
     return time.perf_counter() - t0
 
 
@@ -110,8 +109,10 @@ def filters_once(rt: Runtime, raw: bytes) -> float:
     """Only the filter stage, on a message already through parse/trust."""
     env = Envelope(mail_from="a@b.example", recipients=("support@example.org",), raw=raw)
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
-    for name in pipeline.PREPARE_ORDER[: pipeline.PREPARE_ORDER.index("filters")]:
-        pipeline.PREPARE[name](ctx, rt)
+    for name, fn, _dropped in build_stages().prepare:
+        if name == "filters":
+            break
+        fn(ctx, rt)
     assert isinstance(rt.filters, FilterSet)
     t0 = time.perf_counter()
     run_filters(rt.filters, ctx)
@@ -204,7 +205,7 @@ def main() -> int:
     for raw in msgs[:200]:
         env = Envelope(mail_from="a@b.example", recipients=("x@y",), raw=raw)
         ctx = MessageContext(envelope=env, log=CommObj("Message"))
-        pipeline.prepare(ctx, rtn)
+        pipeline.prepare(ctx, rtn, build_stages().prepare)
         matched += sum(1 for t in ctx.trace if t.startswith("filter "))
 
     def ms(xs: list[float]) -> str:

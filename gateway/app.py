@@ -28,7 +28,8 @@ from gateway import errors, metrics, sdnotify
 from gateway.commlog import Comm, add_comm, write_comm
 from gateway.config import Config, load_config
 from gateway.errors import ConfigErrors, SmtpReply
-from gateway.inbound.pipeline import Pipeline
+from gateway.inbound.pipeline import Pipeline, Stages
+from gateway.inbound.stages import build_stages
 from gateway.limits import FD_MARGIN, SessionLimit, raise_fd_limit
 from gateway.model import Envelope, Outcome
 from gateway.runtime import Runtime, build_runtime
@@ -37,11 +38,10 @@ from gateway.store.db import BatchWriter, ensure_schema, make_engine
 
 log = structlog.get_logger(__name__)
 
-# Modules that register pipeline stages, runtime builders and config validators
-# when imported. Each door/feature adds its module here.
+# Modules that register runtime builders and config validators when imported.
+# The inbound stages are not here: they are the table of gateway.inbound.stages.
 PLUGINS: tuple[str, ...] = (
-    "gateway.inbound.filters", "gateway.inbound.loop", "gateway.inbound.bounce",
-    "gateway.inbound.followup", "gateway.web.auth",
+    "gateway.inbound.filters", "gateway.web.auth",
     "gateway.crypto.inbound", "gateway.crypto.outbound", "gateway.outbound.plugin",
     "gateway.inbound.poller.validate", "gateway.classify",
 )
@@ -123,14 +123,20 @@ SERVICE_FACTORIES: list[Callable[[Gateway], Service | None]] = [_dashboard, _com
 class Gateway:
     """Everything one deskgate process holds: config, runtime, store, pipeline."""
 
-    def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
+    def __init__(self, config: Config, *, engine: Engine | None = None,
+                 stages: Stages | None = None) -> None:
+        """`stages` replaces the production stage table (tests pass the stages they want)."""
         load_plugins()
         self.config = config
         self.runtime: Runtime = build_runtime(config)
         self.engine = engine or make_engine(config.database_url)
         self.writer = BatchWriter(self.engine, batch_max=config.gateway.batch_max)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pipeline")
-        self.pipeline = Pipeline(lambda: self.runtime, self.writer, self.executor)
+        # The one place the inbound stage table is built (and checked: build_stages
+        # refuses a table with a stage missing or repeated).
+        self.pipeline = Pipeline(lambda: self.runtime, self.writer,
+                                 stages if stages is not None else build_stages(),
+                                 self.executor)
         self.services: list[Service] = []
         self.servers: list[asyncio.AbstractServer] = []
         # Session counters of the listeners (lmtp, submission), for /healthz.

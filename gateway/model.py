@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from gateway.commlog import CommObj
+from gateway.commlog_names import Priority
 from gateway.errors import SmtpReply
 
 
@@ -93,6 +94,52 @@ class Crypto:
 
 Action = Literal["new", "followup", "ignore", "quarantine", "duplicate"]
 
+# continue: the next stage runs. deliver: stored. ignore, duplicate: accepted and
+# dropped (nothing stored). quarantine: kept raw for the postmaster. tempfail: the
+# MTA tries again later.
+VerdictKind = Literal["continue", "deliver", "ignore", "duplicate", "quarantine", "tempfail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a stage decided about a message, as a value.
+
+    A stage returns one (None means continue); gateway.inbound.pipeline.smtp_reply
+    is the one place that turns a verdict into the SMTP reply.
+    """
+
+    kind: VerdictKind
+    reason: str = ""
+
+
+CONTINUE = Verdict("continue")
+DELIVER = Verdict("deliver")
+
+
+# The comm log priority of a hit, by kind (a filter that matched is routine).
+_HIT_PRIORITY: dict[str, Priority] = {"filter": "Info"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One filter or rule evaluated on a message: which, whether it hit, and why.
+
+    `kind` is the stage ("filter", "loop", "bounce"), `name` the filter's or
+    rule's name ("" for the stage's own rule). The communication log, the trace
+    and `filter test` are all written from these.
+    """
+
+    kind: str
+    name: str
+    hit: bool
+    reason: str
+
+    def text(self) -> str:
+        return f"{self.name}: {self.reason}" if self.name else self.reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "hit": self.hit, "reason": self.reason}
+
 
 @dataclass
 class MessageContext:
@@ -119,9 +166,23 @@ class MessageContext:
     # that would land in the default queue; recorded on the ticket when it is new.
     classification: dict[str, Any] | None = None
     trace: list[str] = field(default_factory=list)   # why things happened (filter test, log)
+    # False on the first run of a commit job: the dedupe stage then trusts the unique
+    # delivery row instead of looking (a retry of the message looks).
+    lookup_duplicates: bool = True
+    verdict: Verdict | None = None       # set by the stage that ended the message early
+    hits: list[Hit] = field(default_factory=list)   # every filter/rule evaluated, in order
 
     def param(self, name: str, default: str = "") -> str:
         return self.params.get(name, default)
+
+    def record_hit(self, hit: Hit) -> None:
+        """Record a filter/rule result; one that hit also goes to the trace and the log."""
+        self.hits.append(hit)
+        if hit.hit:
+            self.trace.append(f"{hit.kind} {hit.name}: {hit.reason}" if hit.name
+                              else f"{hit.kind}: {hit.reason}")
+            self.log.log(_HIT_PRIORITY.get(hit.kind, "Notice"), hit.kind.capitalize(),
+                         hit.text())
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import structlog
 from sqlalchemy import Connection
 
 from gateway.config import Config
-from gateway.inbound.pipeline import register_commit, register_offload, register_prepare
 from gateway.inbound.route import candidates
 from gateway.model import Envelope, MessageContext
 from gateway.runtime import Runtime, register_builder
@@ -147,7 +146,7 @@ def would_default(ctx: MessageContext, rt: Runtime) -> bool:
     return True
 
 
-def _may_need_model(env: Envelope) -> bool:
+def may_need_model(env: Envelope) -> bool:
     """Prepare on the worker pool when the message may be classified."""
     cfg = _active
     if cfg is None or env.dispatch_queue:
@@ -266,8 +265,3 @@ def check_model(cfg: Config) -> str:
     if problem == INSTALL_HINT:
         return f"enabled = true but {INSTALL_HINT}"
     return f"enabled = true but {problem}; {TRAIN_HINT}"
-
-
-register_prepare("classify", predict_stage)
-register_commit("classify", apply_stage, before="store")
-register_offload(_may_need_model)

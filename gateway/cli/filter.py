@@ -64,9 +64,10 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     """The report of `filter test` as a dict (also what --json prints)."""
     from gateway.app import load_plugins
     from gateway.commlog import CommObj
-    from gateway.inbound import followup, pipeline
+    from gateway.inbound import followup
     from gateway.inbound.filters import FilterSet, FilterTrace, run_filters
     from gateway.inbound.route import route
+    from gateway.inbound.stages import build_stages
     from gateway.model import Envelope, MessageContext
     from gateway.runtime import build_runtime
 
@@ -77,7 +78,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
     traces: list[FilterTrace] = []
     headers_before = 0
-    for name in pipeline.PREPARE_ORDER:
+    for name, fn, _dropped in build_stages().prepare:
         if name == "ignore":
             continue
         if name == "trust" and ctx.parsed is not None:
@@ -86,9 +87,8 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
             if isinstance(rt.filters, FilterSet):
                 run_filters(rt.filters, ctx, traces)
             continue
-        try:
-            pipeline.PREPARE[name](ctx, rt)
-        except pipeline.Skip:
+        verdict = fn(ctx, rt)
+        if verdict is not None and verdict.kind != "continue":
             break
         if name == "trust" and ctx.parsed is not None:
             headers_before -= len(ctx.parsed.headers)
@@ -98,6 +98,7 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
         "message": {"subject": p.subject, "from": p.from_addr, "message_id": p.message_id},
         "trusted": trusted, "stripped_x_headers": headers_before,
         "filters": [t.as_dict() for t in traces],
+        "hits": [h.as_dict() for h in ctx.hits],
         "params": dict(sorted(ctx.params.items())),
         "loop": ctx.loop, "bounce": ctx.is_bounce,
         "bounced_message_id": ctx.bounced_message_id,

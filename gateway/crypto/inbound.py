@@ -21,7 +21,6 @@ import structlog
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, SmimeEntry, stores_for
 from gateway.inbound.parse import addresses, decode_bytes, extract_bodies
-from gateway.inbound.pipeline import register_offload, register_prepare
 from gateway.model import Crypto, Envelope, MessageContext
 from gateway.runtime import Runtime
 
@@ -330,7 +329,3 @@ def may_need_crypto(env: Envelope) -> bool:
         return True
     low = raw.lower()
     return b"pkcs7-" in low or b"application/pgp-" in low
-
-
-register_prepare("decrypt", decrypt_stage, before="trust")
-register_offload(may_need_crypto)

@@ -204,7 +204,7 @@ def absorb(conn: Connection, ticket_id: int, helpdesk_id: str) -> int:
     """Move into `ticket_id` the tickets that the helpdesk's own mail opened for the same
     helpdesk ticket before its hand-off was answered (they have no hand-off of their
     own), and delete them. Returns how many were merged."""
-    from gateway.store.tables import AutoResponse, OutboundMessage
+    from gateway.store.tables import AutoResponse, AutoResponseRequest, OutboundMessage
 
     others = [r.id for r in conn.execute(select(Ticket.id).where(
         Ticket.helpdesk_ticket_id == helpdesk_id, Ticket.id != ticket_id,
@@ -215,6 +215,8 @@ def absorb(conn: Connection, ticket_id: int, helpdesk_id: str) -> int:
         conn.execute(update(OutboundMessage).where(OutboundMessage.ticket_id == other)
                      .values(ticket_id=ticket_id))
         conn.execute(update(AutoResponse).where(AutoResponse.ticket_id == other)
+                     .values(ticket_id=ticket_id))
+        conn.execute(update(AutoResponseRequest).where(AutoResponseRequest.ticket_id == other)
                      .values(ticket_id=ticket_id))
         conn.execute(update(Ticket).where(Ticket.linked_ticket_id == other)
                      .values(linked_ticket_id=ticket_id))

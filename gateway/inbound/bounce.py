@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
 
-from gateway.inbound import loop as _loop  # noqa: F401 - registers first: bounce runs after loop
 from gateway.inbound.parse import decode_header_value
-from gateway.inbound.pipeline import register_prepare
-from gateway.model import MessageContext
+from gateway.model import Hit, MessageContext
 from gateway.runtime import Runtime
 
 
@@ -102,14 +100,12 @@ def detect_bounce(ctx: MessageContext, rt: Runtime) -> None:
         return
     info = parse_dsn(p.msg)
     if info is None:
+        ctx.hits.append(Hit("bounce", "", False, "not a delivery status notification"))
         return
     ctx.is_bounce = True
     ctx.loop = True
     ctx.bounced_message_id = info.original_message_id
-    ctx.trace.append(f"bounce: DSN ({info.action or 'no action'}) for "
-                     f"{info.original_message_id or 'an unknown message'}: {info.error}")
-    ctx.log.log("Notice", "Bounce", f"delivery status notification ({info.action or '?'}) "
-                f"for {info.original_message_id or 'an unknown message'}: {info.error}")
+    ctx.record_hit(Hit("bounce", "", True, f"delivery status notification "
+                       f"({info.action or '?'}) for "
+                       f"{info.original_message_id or 'an unknown message'}: {info.error}"))
 
-
-register_prepare("bounce", detect_bounce, before="ignore")

@@ -31,10 +31,10 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig, register_validator
-from gateway.inbound.pipeline import Offload, inline_budget, register_prepare
+from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
-from gateway.model import MessageContext
+from gateway.model import Hit, MessageContext
 from gateway.runtime import Runtime, register_builder
 
 log = structlog.get_logger(__name__)
@@ -507,6 +507,7 @@ def run_filters(fs: FilterSet, ctx: MessageContext,
         if ft is not None and explain is not None:
             explain.append(ft)
         if not ok:
+            ctx.hits.append(Hit("filter", f.name, False, "no match"))
             continue
         applied: dict[str, str] = {}
         for s in f.set:
@@ -518,17 +519,14 @@ def run_filters(fs: FilterSet, ctx: MessageContext,
         if ft is not None:
             ft.set, ft.stopped = applied, f.stop_after_match
         shown = ", ".join(f"{k}={v!r}" for k, v in applied.items())
-        ctx.trace.append(f"filter {f.name} matched: {shown}")
-        ctx.log.log("Info", "Filter", f"{f.name} matched; set {shown}")
+        stop = "; stop_after_match" if f.stop_after_match else ""
+        ctx.record_hit(Hit("filter", f.name, True, f"matched; set {shown}{stop}"))
         if f.stop_after_match:
-            ctx.trace.append(f"filter {f.name}: stop_after_match")
             break
 
 
-def _stage(ctx: MessageContext, rt: Runtime) -> None:
+def stage(ctx: MessageContext, rt: Runtime) -> None:
     fs = rt.filters
     if isinstance(fs, FilterSet) and fs.filters:
         run_filters(fs, ctx)
 
-
-register_prepare("filters", _stage, before="ignore")

@@ -25,7 +25,6 @@ from typing import Any, Literal
 from sqlalchemy import Connection, select, update
 
 from gateway.inbound import bounce as _bounce
-from gateway.inbound.pipeline import register_commit
 from gateway.inbound.ticket import checked_priority, checked_state, dynamic_fields, is_true
 from gateway.inbound.ticket import pending_time as parse_pending_time
 from gateway.model import MessageContext
@@ -311,5 +310,3 @@ def followup_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     if d is not None:
         apply(ctx, rt, conn, d)
 
-
-register_commit("followup", followup_stage, before="route")

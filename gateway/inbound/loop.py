@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.inbound import filters as _filters  # noqa: F401 - registers first: loop runs after
-from gateway.inbound.pipeline import register_prepare
-from gateway.model import MessageContext, Parsed
+from gateway.model import Hit, MessageContext, Parsed
 from gateway.runtime import Runtime
 
 _PRECEDENCE = re.compile(r"\b(bulk|junk|list)\b", re.IGNORECASE)
@@ -40,19 +38,15 @@ def detect_loop(ctx: MessageContext, rt: Runtime) -> None:
     if p is None:
         return
     signals = loop_signals(p)
+    ctx.record_hit(Hit("loop", "", bool(signals),
+                       "signal: " + "; ".join(signals) if signals else "no loop signal"))
     if signals:
         ctx.loop = True
-        ctx.trace.append("loop: " + "; ".join(signals))
-        ctx.log.log("Notice", "Loop", "loop signal: " + "; ".join(signals))
     wanted = ctx.param("Loop").strip().lower()
     if wanted in _FALSE and ctx.loop:
         ctx.loop = False
-        ctx.trace.append("loop: cleared by X-Deskgate-Loop = no")
-        ctx.log.log("Notice", "Loop", "loop flag cleared by X-Deskgate-Loop")
+        ctx.record_hit(Hit("loop", "X-Deskgate-Loop", True, "loop flag cleared (no)"))
     elif wanted in _TRUE and not ctx.loop:
         ctx.loop = True
-        ctx.trace.append("loop: set by X-Deskgate-Loop")
-        ctx.log.log("Notice", "Loop", "loop flag set by X-Deskgate-Loop")
+        ctx.record_hit(Hit("loop", "X-Deskgate-Loop", True, "loop flag set (yes)"))
 
-
-register_prepare("loop", detect_loop, before="ignore")

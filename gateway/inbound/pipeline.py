@@ -1,22 +1,23 @@
-"""The inbound pipeline: stages named in two tuples, run by a small engine.
+"""The inbound pipeline engine: runs the stage table of gateway.inbound.stages.
 
-Prepare stages need no database (parse, decrypt, trust, filters, loop) and run
-on the event loop for small plain messages, on a worker thread otherwise.
-Commit stages (dedupe, follow-up, route, store) run inside the group-commit
-transaction of the BatchWriter, so every message's reply waits for the commit
-that holds it. Anything unexpected sends the raw message to the
-quarantine; a database problem is a temporary failure. Nothing is dropped.
+Prepare stages need no database (parse, decrypt, trust, filters, loop, ...) and
+run on the event loop for small plain messages, on a worker thread otherwise.
+Commit stages (dedupe, follow-up, route, store, record, ...) run inside the
+group-commit transaction of the BatchWriter, so every message's reply waits for
+the commit that holds it. The table is built by the composition root (app.py)
+and handed in; nothing registers itself at import time. Anything unexpected
+sends the raw message to the quarantine; a database problem is a temporary
+failure. Nothing is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from sqlalchemy import Connection
@@ -26,9 +27,9 @@ from gateway import errors
 from gateway.commlog import Comm, CommObj, add_comm
 from gateway.inbound.parse import parse_message
 from gateway.inbound.route import route
-from gateway.inbound.ticket import is_true, store
+from gateway.inbound.ticket import is_true
 from gateway.inbound.xheaders import apply_trust
-from gateway.model import Envelope, MessageContext, Outcome
+from gateway.model import DELIVER, Envelope, MessageContext, Outcome, Verdict
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.db import BatchWriter, is_temporary
@@ -36,37 +37,84 @@ from gateway.store.db import BatchWriter, is_temporary
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-PrepareStage = Callable[[MessageContext, Runtime], None]
-CommitStage = Callable[[MessageContext, Runtime, Connection], None]
+# A stage returns None (go on) or a Verdict; past one that is not "continue" only
+# the stages marked dropped=True still run (dedupe, record).
+PrepareStage = Callable[[MessageContext, Runtime], Verdict | None]
+CommitStage = Callable[[MessageContext, Runtime, Connection], Verdict | None]
 
 
-class Skip(Exception):
-    """Raised by a stage to end the pipeline early (ignore, duplicate)."""
+class Stage(NamedTuple):
+    """One row of the stage table: a name, the function, and whether it also runs
+    for a message a verdict already ended (ignored, duplicate)."""
+
+    name: str
+    fn: Callable[..., Verdict | None]
+    dropped: bool = False
 
 
-def _parse(ctx: MessageContext, rt: Runtime) -> None:
+class Stages(NamedTuple):
+    """The whole inbound pipeline as data: the prepare and commit stages in order,
+    and the predicates that send a message to the worker pool."""
+
+    prepare: tuple[Stage, ...]
+    commit: tuple[Stage, ...]
+    offload: tuple[Callable[[Envelope], bool], ...] = ()
+
+    def with_stage(self, part: str, name: str, fn: Callable[..., Verdict | None], *,
+                   before: str | None = None) -> Stages:
+        """A copy with stage `name` of `part` ("prepare"/"commit") replaced by `fn`, or,
+        when there is none by that name, inserted before `before` (or at the end)."""
+        rows = list(self.prepare if part == "prepare" else self.commit)
+        names = [r.name for r in rows]
+        if name in names:
+            old = rows[names.index(name)]
+            rows[names.index(name)] = old._replace(fn=fn)
+        else:
+            rows.insert(names.index(before) if before else len(rows), Stage(name, fn))
+        if part == "prepare":
+            return self._replace(prepare=tuple(rows))
+        return self._replace(commit=tuple(rows))
+
+    def fn(self, part: str, name: str) -> Callable[..., Verdict | None]:
+        """The function of stage `name` in `part` (KeyError when there is none)."""
+        for row in self.prepare if part == "prepare" else self.commit:
+            if row.name == name:
+                return row.fn
+        raise KeyError(f"no {part} stage {name!r}")
+
+
+def parse(ctx: MessageContext, rt: Runtime) -> None:
     ctx.parsed = parse_message(ctx.envelope.raw)
     if ctx.parsed.defects:
         ctx.log.log("Notice", "MIME", "defects: " + ", ".join(sorted(set(ctx.parsed.defects))))
 
 
-def _trust(ctx: MessageContext, rt: Runtime) -> None:
+def trust(ctx: MessageContext, rt: Runtime) -> None:
     apply_trust(ctx, rt.prefixes)
 
 
-def _ignore(ctx: MessageContext, rt: Runtime) -> None:
+def ignore(ctx: MessageContext, rt: Runtime) -> Verdict | None:
     if is_true(ctx.param("Ignore")):
         ctx.action = "ignore"
         ctx.log.log("Notice", "Ignore", "dropped by X-Deskgate-Ignore")
-        raise Skip
+        return Verdict("ignore", "X-Deskgate-Ignore")
+    return None
 
 
-def _dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> Verdict | None:
+    """A message already delivered to these recipients is not stored again.
+
+    Skipped when ctx.lookup_duplicates is False (the first run of a commit job):
+    the unique delivery row still refuses a duplicate at insert time, which fails
+    the transaction, and the retry of that one message runs with the lookup.
+    """
+    if not ctx.lookup_duplicates:
+        return None
     env = ctx.envelope
     mid = ctx.parsed.message_id if ctx.parsed else ""
     seen = repo.find_deliveries(conn, mid, env.sha256, env.recipients)
     if not seen:
-        return
+        return None
     fresh = [r for r in env.recipients if r not in seen]
     article_id, outcome = next(iter(seen.values()))
     if fresh:
@@ -75,19 +123,31 @@ def _dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     ctx.article_id = article_id
     ctx.log.log("Notice", "Duplicate", f"already delivered (article {article_id}, {outcome}); "
                 "not stored again")
-    raise Skip
+    return Verdict("duplicate", f"article {article_id}, {outcome}")
 
 
-def _route(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+def route_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     if ctx.action == "new":
         route(ctx, rt)
+
+
+def record(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+    """Delivery rows of a stored or ignored message (a redelivery is then a duplicate)."""
+    if ctx.action in ("new", "followup"):
+        outcome, article_id = "stored", ctx.article_id
+    elif ctx.action == "ignore":
+        outcome, article_id = "ignored", None
+    else:
+        return
+    mid = ctx.parsed.message_id if ctx.parsed else ""
+    repo.record_deliveries(conn, mid, ctx.envelope.sha256, ctx.envelope.recipients,
+                           article_id, outcome)
 
 
 # Small plain messages are prepared right on the event loop: a thread hop costs
 # more than parsing 5 KB. Larger ones, and any a stage asks for (gpg, S/MIME),
 # go to the worker pool so one heavy message cannot stall every session.
 INLINE_PREPARE_MAX = 256 * 1024
-OFFLOAD: list[Callable[[Envelope], bool]] = []
 # On the loop a stage that may run long (a filter regex with a time budget) gets
 # this many seconds in all; past it the stage raises Offload and the message is
 # prepared again from the start on the worker pool, with the full budget. Normal
@@ -105,59 +165,45 @@ def inline_budget() -> float | None:
     return _inline.get()
 
 
-def register_offload(predicate: Callable[[Envelope], bool]) -> None:
-    """A stage that may block (subprocess, big crypto) asks for the worker pool here."""
-    OFFLOAD.append(predicate)
+def needs_worker(env: Envelope, offload: Sequence[Callable[[Envelope], bool]]) -> bool:
+    """Big messages, and those a stage's offload predicate claims (gpg, S/MIME), go
+    to the worker pool."""
+    return len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in offload)
 
 
-def needs_worker(env: Envelope) -> bool:
-    return len(env.raw) > INLINE_PREPARE_MAX or any(p(env) for p in OFFLOAD)
+def prepare(ctx: MessageContext, rt: Runtime, stages: Sequence[Stage]) -> None:
+    """Run the prepare stages in order; after a verdict only dropped=True stages run."""
+    for st in stages:
+        if ctx.verdict is not None and not st.dropped:
+            continue
+        v = st.fn(ctx, rt)
+        if v is not None and v.kind != "continue":
+            ctx.verdict = v
 
 
-PREPARE: dict[str, PrepareStage] = {"parse": _parse, "trust": _trust, "ignore": _ignore}
-COMMIT: dict[str, CommitStage] = {"route": _route, "store": store}
-
-# The order is data. Other modules register their stage and add its name here.
-PREPARE_ORDER: list[str] = ["parse", "trust", "ignore"]
-COMMIT_ORDER: list[str] = ["route", "store"]
-
-
-def register_prepare(name: str, fn: PrepareStage, *, before: str | None = None) -> None:
-    PREPARE[name] = fn
-    if name not in PREPARE_ORDER:
-        PREPARE_ORDER.insert(PREPARE_ORDER.index(before) if before else len(PREPARE_ORDER), name)
-
-
-def register_commit(name: str, fn: CommitStage, *, before: str | None = None) -> None:
-    COMMIT[name] = fn
-    if name not in COMMIT_ORDER:
-        COMMIT_ORDER.insert(COMMIT_ORDER.index(before) if before else len(COMMIT_ORDER), name)
+def commit(ctx: MessageContext, rt: Runtime, conn: Connection,
+           stages: Sequence[Stage]) -> None:
+    """Run the commit stages in order inside the transaction; a message with a
+    verdict (ignored at prepare, duplicate on the way) only goes on through the
+    `dropped=True` stages (dedupe, record)."""
+    for st in stages:
+        if ctx.verdict is not None and not st.dropped:
+            continue
+        v = st.fn(ctx, rt, conn)
+        if v is not None and v.kind != "continue":
+            ctx.verdict = v
 
 
-def prepare(ctx: MessageContext, rt: Runtime) -> None:
-    for name in PREPARE_ORDER:
-        PREPARE[name](ctx, rt)
+_REPLIES: dict[str, errors.SmtpReply] = {
+    "deliver": errors.DELIVERED, "duplicate": errors.DUPLICATE, "ignore": errors.IGNORED,
+    "quarantine": errors.QUARANTINED, "tempfail": errors.TEMPFAIL}
 
 
-def commit(ctx: MessageContext, rt: Runtime, conn: Connection, *,
-           check_duplicate: bool = True) -> None:
-    """Dedupe, then the commit stages unless the message is ignored.
-
-    With check_duplicate=False the lookup is skipped: the unique delivery row
-    still refuses a duplicate at insert time, which fails the transaction, and
-    the retry of that one message runs with the lookup.
-    """
-    if check_duplicate:
-        _dedupe(ctx, rt, conn)
-    if ctx.action == "ignore":
-        return
-    for name in COMMIT_ORDER:
-        COMMIT[name](ctx, rt, conn)
-
-
-def _reply_for(ctx: MessageContext) -> errors.SmtpReply:
-    return {"duplicate": errors.DUPLICATE, "ignore": errors.IGNORED,
-            "quarantine": errors.QUARANTINED}.get(ctx.action, errors.DELIVERED)
+def smtp_reply(verdict: Verdict) -> errors.SmtpReply:
+    """The one place a verdict becomes the reply each recipient gets."""
+    if verdict.kind == "continue":
+        raise ValueError("a message that ran through every stage is delivered, not continued")
+    return _REPLIES[verdict.kind]
 
 
 def _shallow(obj: T, **changes: Any) -> T:
@@ -174,7 +220,8 @@ def _shallow(obj: T, **changes: Any) -> T:
 def _fresh(ctx: MessageContext) -> MessageContext:
     """A copy whose mutable parts a (re)run of the commit stages may change freely."""
     logobj = _shallow(ctx.log, entries=list(ctx.log.entries))
-    return _shallow(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj)
+    return _shallow(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj,
+                    hits=list(ctx.hits))
 
 
 def _comm_copy(comm: Comm, obj: CommObj) -> Comm:
@@ -185,28 +232,23 @@ class Pipeline:
     """Runs messages through the stages; one instance per process."""
 
     def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter,
-                 executor: Executor | None = None) -> None:
+                 stages: Stages, executor: Executor | None = None) -> None:
         self.runtime = runtime
         self.writer = writer
+        self.stages = stages
         self.executor = executor
 
     def _commit_job(self, ctx: MessageContext, rt: Runtime, comm: Comm
                     ) -> Callable[[Connection], MessageContext]:
         runs = [0]
+        stages = self.stages.commit
 
         def job(conn: Connection) -> MessageContext:
             c = _fresh(ctx)
             runs[0] += 1
-            with contextlib.suppress(Skip):
-                commit(c, rt, conn, check_duplicate=runs[0] > 1)
-            if c.action in ("new", "followup"):
-                mid = c.parsed.message_id if c.parsed else ""
-                repo.record_deliveries(conn, mid, c.envelope.sha256, c.envelope.recipients,
-                                       c.article_id, "stored")
-            elif c.action == "ignore":
-                mid = c.parsed.message_id if c.parsed else ""
-                repo.record_deliveries(conn, mid, c.envelope.sha256, c.envelope.recipients,
-                                       None, "ignored")
+            # The first run trusts the unique delivery row; a retry looks first.
+            c.lookup_duplicates = runs[0] > 1
+            commit(c, rt, conn, stages)
             # A fallback taken on the way (unknown queue, state, ... in an X-header) is
             # logged as an Error entry: the message is stored, but with a Warning.
             warned = c.action == "quarantine" or any(
@@ -224,9 +266,9 @@ class Pipeline:
         def job(conn: Connection) -> MessageContext:
             c = _fresh(ctx)
             env = c.envelope
-            try:
-                _dedupe(c, self.runtime(), conn)
-            except Skip:
+            seen = dedupe(c, self.runtime(), conn)
+            if seen is not None:
+                c.verdict = seen
                 c.log.close("Successful")
                 cc = _comm_copy(comm, c.log)
                 if comm.id is None:
@@ -239,6 +281,7 @@ class Pipeline:
             mid = c.parsed.message_id if c.parsed else ""
             repo.record_deliveries(conn, mid, env.sha256, env.recipients, None, "quarantined")
             c.action = "quarantine"
+            c.verdict = Verdict("quarantine", reason)
             c.log.log("Error", "Quarantine", f"message kept raw in quarantine #{qid}: {reason}")
             c.log.close("Failed")
             cc = _comm_copy(comm, c.log)
@@ -254,15 +297,16 @@ class Pipeline:
         comm = comm or Comm("Incoming", env.source, env.account)
         ctx = self._context(env)
         try:
-            if needs_worker(env):
-                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
-                                                                 ctx, rt)
-            elif not _prepare_inline(ctx, rt):
+            stages = self.stages.prepare
+            if needs_worker(env, self.stages.offload):
+                await asyncio.get_running_loop().run_in_executor(self.executor, prepare,
+                                                                 ctx, rt, stages)
+            elif not _prepare_inline(ctx, rt, stages):
                 # a stage needed more than the loop's budget: start over on a worker
                 log.debug("preparing on the worker pool", source=env.source)
                 ctx = self._context(env)
-                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_safe,
-                                                                 ctx, rt)
+                await asyncio.get_running_loop().run_in_executor(self.executor, prepare,
+                                                                 ctx, rt, stages)
             job = self._commit_job(ctx, rt, comm)
         except Exception as exc:
             log.exception("pipeline prepare failed; quarantining", source=env.source)
@@ -288,7 +332,7 @@ class Pipeline:
             except Exception as exc2:
                 log.error("quarantine failed; temporary failure", error=str(exc2))
                 return self._tempfail(env, f"quarantine failed: {type(exc2).__name__}")
-        reply = _reply_for(done)
+        reply = smtp_reply(done.verdict or DELIVER)
         log.info("delivered", action=done.action, ticket=done.ticket_number,
                  article=done.article_id, queue=done.queue,
                  message_id=done.parsed.message_id if done.parsed else "")
@@ -307,23 +351,18 @@ class Pipeline:
         return ctx
 
     def _tempfail(self, env: Envelope, detail: str) -> Outcome:
-        return Outcome(replies=(errors.TEMPFAIL,) * len(env.recipients), action="new",
-                       detail=detail)
+        reply = smtp_reply(Verdict("tempfail", detail))
+        return Outcome(replies=(reply,) * len(env.recipients), action="new", detail=detail)
 
     def deliver_sync(self, env: Envelope, **kw: Any) -> Outcome:
         return asyncio.run(self.deliver(env, **kw))
 
 
-def _prepare_safe(ctx: MessageContext, rt: Runtime) -> None:
-    with contextlib.suppress(Skip):
-        prepare(ctx, rt)
-
-
-def _prepare_inline(ctx: MessageContext, rt: Runtime) -> bool:
+def _prepare_inline(ctx: MessageContext, rt: Runtime, stages: Sequence[Stage]) -> bool:
     """Prepare on the event loop within INLINE_BUDGET; False when a stage gave up (Offload)."""
     token = _inline.set(INLINE_BUDGET)
     try:
-        _prepare_safe(ctx, rt)
+        prepare(ctx, rt, stages)
     except Offload:
         return False
     finally:

@@ -1,4 +1,5 @@
-"""The store stage: a new ticket, or an article on the follow-up ticket."""
+"""The store stage (a new ticket, or an article on the follow-up ticket) and the
+hand-off stage after it."""
 
 from __future__ import annotations
 
@@ -122,11 +123,18 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     ctx.log.log("Info", "Ticket", f"{'new ticket' if ctx.action == 'new' else 'follow-up to'} "
                 f"{ctx.ticket_number or '(number from the helpdesk)'} in queue {ctx.queue}, "
                 f"article {ctx.article_id}")
-    if helpdesk.enabled:
-        from gateway.helpdesk.outbox import enqueue
 
-        ctx.handoff_id = enqueue(conn, ticket_id=ctx.ticket_id, article_id=ctx.article_id,
-                                 kind="create" if ctx.action == "new" else "followup",
-                                 helpdesk=helpdesk.type, decisions=dict(ctx.params))
-        ctx.log.log("Info", "Handoff", f"queued for the helpdesk ({helpdesk.type}) as "
-                    f"hand-off #{ctx.handoff_id}")
+
+def handoff(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
+    """With a [helpdesk], the stored article's hand-off row, in the same transaction."""
+    helpdesk = rt.config.helpdesk
+    if not helpdesk.enabled or ctx.action not in ("new", "followup") or ctx.article_id is None:
+        return
+    from gateway.helpdesk.outbox import enqueue
+
+    assert ctx.ticket_id is not None
+    ctx.handoff_id = enqueue(conn, ticket_id=ctx.ticket_id, article_id=ctx.article_id,
+                             kind="create" if ctx.action == "new" else "followup",
+                             helpdesk=helpdesk.type, decisions=dict(ctx.params))
+    ctx.log.log("Info", "Handoff", f"queued for the helpdesk ({helpdesk.type}) as "
+                f"hand-off #{ctx.handoff_id}")

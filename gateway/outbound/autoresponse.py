@@ -1,7 +1,9 @@
-"""Auto-responses per queue: a commit stage after "store" of the inbound pipeline.
+"""Auto-responses per queue: a commit stage of the inbound pipeline, built by the sender.
 
-The reply is built, signed and enqueued inside the inbound transaction, so it
-exists exactly when the ticket does. It carries Auto-Submitted: auto-replied,
+The inbound transaction only writes a request row (the unsigned reply), so it
+exists exactly when the ticket does; the outbound sender builds, signs and
+queues it and deletes the request in one transaction (sent once, also across a
+restart), keeping slow crypto off the group-commit writer. It carries Auto-Submitted: auto-replied,
 X-Loop and Precedence: bulk and the null envelope sender (RFC 3834). It is
 never sent to looping mail or bounces, to addresses matching
 postmaster.no_auto_response, to our own system addresses, or more than
@@ -11,21 +13,31 @@ database, so shared by all nodes).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
 from email.mime.text import MIMEText
+from email.policy import compat32
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+import structlog
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
-from gateway.inbound.pipeline import register_commit
 from gateway.model import MessageContext
 from gateway.outbound.headers import header_safe
+from gateway.outbound.pipeline import OutboundContext
 from gateway.runtime import Runtime
 from gateway.store import repo
-from gateway.store.tables import AutoResponse
+from gateway.store.db import BatchWriter
+from gateway.store.tables import AutoResponse, AutoResponseRequest
+
+log = structlog.get_logger(__name__)
 
 _CLOSED = ("closed", "merged", "removed")
 
@@ -84,8 +96,11 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
 
 
 def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
-    """Queue the auto-response for a stored message, when its queue has one."""
-    from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+    """Request the auto-response for a stored message, when its queue has one.
+
+    Only a row is written here, in the inbound transaction: the outbound sender
+    builds, signs and queues it (build_requests), off the group-commit writer.
+    """
     from gateway.outbound.sender import notify_queued
 
     if ctx.action not in ("new", "followup") or ctx.parsed is None or ctx.ticket_id is None:
@@ -114,24 +129,104 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"
-    out = OutboundContext(mail_from="", recipients=[to], raw=b"", msg=reply,
-                          source="AutoResponse", account=rt.config.gateway.hostname,
-                          kind="auto-response", queue=ticket.queue if ticket else ctx.queue,
-                          ticket_id=ctx.ticket_id, ticket_number=number,
-                          sender_type="system")
-    out.queue_config = rt.config.queue_by_name(out.queue)
-    try:
-        oid = process_in_transaction(out, rt, conn)
-    except PermanentError as exc:
-        # e.g. the queue requires encryption and the customer has no key: the
-        # auto-response is not sent, the customer's message is stored all the same.
-        ctx.log.log("Warn", "AutoResponse", f"no auto-response ({kind}): {exc}")
-        return
-    conn.execute(insert(AutoResponse).values(address=to, ticket_id=ctx.ticket_id,
-                                             outbound_id=oid, sent=datetime.now(UTC)))
-    ctx.log.log("Info", "AutoResponse", f"auto-response ({kind}) to <{to}> queued as "
-                f"#{oid}")
+    now = datetime.now(UTC)
+    # Counted at once, so the daily limit holds for messages in the same batch.
+    counter = conn.execute(insert(AutoResponse).values(
+        address=to, ticket_id=ctx.ticket_id, outbound_id=None, sent=now)
+    ).inserted_primary_key
+    assert counter is not None
+    rid = conn.execute(insert(AutoResponseRequest).values(
+        created=now, ticket_id=ctx.ticket_id, ticket_number=number,
+        queue=ticket.queue if ticket else ctx.queue, kind=kind, address=to,
+        counter_id=counter[0], data=reply.as_bytes())).inserted_primary_key
+    assert rid is not None
+    ctx.log.log("Info", "AutoResponse", f"auto-response ({kind}) to <{to}> requested as "
+                f"#{rid[0]}")
     notify_queued()
 
 
-register_commit("autoresponse", auto_response_stage)
+# ---------------------------------------------------------------- building (sender side)
+
+
+def pending_requests(conn: Connection, limit: int = 50) -> list[Any]:
+    """The oldest auto-response requests not built yet."""
+    return list(conn.execute(select(AutoResponseRequest.__table__)
+                             .order_by(AutoResponseRequest.id).limit(limit)).all())
+
+
+def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
+    """The outbound context of a request after rewrite, S/MIME/PGP and DKIM (no writes:
+    `conn` is only read from). Raises PermanentError when it cannot be sent."""
+    from gateway.outbound.pipeline import run_stages
+    from gateway.outbound.rewrite import resolve
+
+    msg = message_from_bytes(bytes(req.data), policy=compat32)
+    out = OutboundContext(mail_from="", recipients=[req.address], raw=b"", msg=msg,
+                          source="AutoResponse", account=rt.config.gateway.hostname,
+                          kind="auto-response", queue=req.queue, ticket_id=req.ticket_id,
+                          ticket_number=req.ticket_number, sender_type="system")
+    out.queue_config = rt.config.queue_by_name(out.queue)
+    resolve(out, rt, conn)
+    run_stages(out, rt)
+    return out
+
+
+def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception
+           ) -> int | None:
+    """In one transaction: take the request (once: a concurrent builder finds it gone)
+    and queue what was built, or log why it is not sent. The new outbound id, or None."""
+    from gateway.commlog import Comm, add_comm
+    from gateway.outbound.queue import enqueue
+
+    taken = conn.execute(delete(AutoResponseRequest).where(AutoResponseRequest.id == req.id))
+    if taken.rowcount != 1:
+        return None
+    if isinstance(built, Exception):
+        # e.g. the queue requires encryption and the customer has no key: the auto-
+        # response is not sent (nor counted); the customer's message is stored already.
+        conn.execute(delete(AutoResponse).where(AutoResponse.id == req.counter_id))
+        comm = Comm("Outgoing", "AutoResponse", rt.config.gateway.hostname)
+        obj = comm.obj("Message")
+        obj.log("Warn", "AutoResponse", f"no auto-response ({req.kind}) to <{req.address}> "
+                f"for ticket {req.ticket_number or req.ticket_id}: {built}")
+        obj.close("Failed")
+        comm.close("Warning")
+        add_comm(conn, comm)
+        return None
+    oid = enqueue(built, rt, conn)
+    conn.execute(update(AutoResponse).where(AutoResponse.id == req.counter_id)
+                 .values(outbound_id=oid))
+    return oid
+
+
+async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
+                         engine: Engine) -> int:
+    """Build and queue every pending auto-response request; how many were queued.
+
+    The signing and encryption run on a worker thread, outside any transaction; only
+    the short enqueue goes through the writer. A request whose build fails for a
+    passing reason stays and is tried again on the next call.
+    """
+    loop = asyncio.get_running_loop()
+    # Through the writer: it runs after the batch that committed the requests.
+    reqs = await writer.run(pending_requests)
+    queued = 0
+    for req in reqs:
+        rt = runtime()
+        built: OutboundContext | Exception
+
+        def make(req: Any = req, rt: Runtime = rt) -> OutboundContext:
+            with engine.connect() as conn:
+                return build(req, rt, conn)
+
+        try:
+            built = await loop.run_in_executor(None, make)
+        except PermanentError as exc:
+            built = exc
+        except Exception as exc:
+            log.warning("auto-response not built; trying again later", request=req.id,
+                        error=repr(exc)[:300])
+            continue
+        oid = await writer.run(functools.partial(finish, rt=rt, req=req, built=built))
+        queued += oid is not None
+    return queued

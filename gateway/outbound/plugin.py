@@ -1,8 +1,7 @@
-"""Imported at startup (app.PLUGINS): registers the DKIM runtime builder and config
-validator, and the auto-response commit stage."""
+"""Imported at startup (app.PLUGINS): registers the DKIM runtime builder and the
+outbound config validators."""
 
 from __future__ import annotations
 
-import gateway.outbound.autoresponse
 import gateway.outbound.checks
 import gateway.outbound.dkim  # noqa: F401

@@ -22,12 +22,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config
 from gateway.outbound import queue as oq
+from gateway.outbound.autoresponse import build_requests
 from gateway.outbound.transport import Attempt, Transport, make_transport
 from gateway.runtime import Runtime
 from gateway.store.db import BatchWriter
@@ -64,9 +65,11 @@ class Sender:
     name = "outbound-sender"
 
     def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter, *,
-                 transport: Transport | None = None, node: str | None = None) -> None:
+                 transport: Transport | None = None, node: str | None = None,
+                 engine: Engine | None = None) -> None:
         self.runtime = runtime
         self.writer = writer
+        self.engine = engine      # with it, the sender also builds requested auto-responses
         cfg = runtime().config
         self.transport = transport or make_transport(cfg)
         self._relay, self._maildir = cfg.relay, cfg.path(cfg.relay.maildir)
@@ -132,6 +135,11 @@ class Sender:
     async def _run(self) -> None:
         assert self._wake is not None
         while not self._stopping:
+            if self.engine is not None:
+                try:
+                    await build_requests(self.runtime, self.writer, self.engine)
+                except Exception as exc:
+                    log.warning("auto-response requests not built", error=repr(exc)[:300])
             rt = self.runtime()
             relay = rt.config.relay
             free = self.concurrency * 2 - len(self._inflight)

@@ -55,7 +55,7 @@ def sender_service(gw: Gateway) -> Sender | None:
     if relay.mode == "smtp" and not relay.host:
         log.warning("no [relay] host: outbound messages stay queued until one is configured")
         return None
-    sender = Sender(lambda: gw.runtime, gw.writer)
+    sender = Sender(lambda: gw.runtime, gw.writer, engine=gw.engine)
     outbound_pipeline(gw).on_queued = sender.poke
     gw.reload_hooks.append(sender.reload)
     gw.outbound_sender = sender  # type: ignore[attr-defined]

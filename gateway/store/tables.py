@@ -288,6 +288,23 @@ class AutoResponse(Base):
     __table_args__ = (Index("ix_auto_response_address_sent", "address", "sent"),)
 
 
+class AutoResponseRequest(Base):
+    """An auto-response decided by the inbound commit, not yet built: the outbound sender
+    turns it into queue rows (rewrite, S/MIME/PGP, DKIM) and deletes it in one
+    transaction, so it is sent once even when the gateway stops in between."""
+
+    __tablename__ = "auto_response_request"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ticket_id: Mapped[int] = mapped_column(BigId)
+    ticket_number: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))          # new | followup | reject
+    address: Mapped[str] = mapped_column(String(320))
+    counter_id: Mapped[int] = mapped_column(BigId)        # its auto_response row
+    data: Mapped[bytes] = mapped_column(LargeBinary)      # the unsigned message
+
+
 # ---------------------------------------------------------------- mailbox poller
 
 

@@ -120,11 +120,10 @@ class TestDatabaseDown:
                                                          store_of, monkeypatch):
         """The server ends the gateway's connection while a message's transaction is open:
         451 4.3.0, nothing half-stored, and Postfix's retry stores it once."""
-        from gateway.inbound import pipeline
-
         rg = pf_gateway(db_conf(pg_url))
         name = pg_url.rsplit("/", 1)[1]
-        real_store = pipeline.COMMIT["store"]
+        stages = rg.gateway.pipeline.stages
+        real_store = stages.fn("commit", "store")
         in_store = threading.Event()
         slow = {"on": True}
 
@@ -134,7 +133,7 @@ class TestDatabaseDown:
                 in_store.set()
                 time.sleep(1.5)
 
-        monkeypatch.setitem(pipeline.COMMIT, "store", slow_store)
+        rg.gateway.pipeline.stages = stages.with_stage("commit", "store", slow_store)
         since = postfix.log_offset()
         send(postfix, "killed mid transaction")
         assert in_store.wait(30)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, text
 
 from gateway.config import load_config
-from gateway.inbound import pipeline
+from gateway.inbound.ticket import store
 from gateway.store.tables import Quarantine, RawMessage
 from tests.integration.core.stored import Store, db_conf
 from tests.peers.lmtp import LmtpClient
@@ -204,7 +204,8 @@ class TestQuarantine:
         def boom(ctx, rt):
             raise RuntimeError("parser exploded")
 
-        monkeypatch.setitem(pipeline.PREPARE, "parse", boom)
+        rg.gateway.pipeline.stages = rg.gateway.pipeline.stages.with_stage("prepare", "parse",
+                                                                           boom)
         raw = msg(b"Subject: crash\r\n", mid=b"<crash@x>")
         c = LmtpClient(rg.socket_path)
         c.lhlo()
@@ -225,7 +226,8 @@ class TestQuarantine:
         def boom(ctx, rt, conn):
             raise ValueError("store exploded")
 
-        monkeypatch.setitem(pipeline.COMMIT, "store", boom)
+        rg.gateway.pipeline.stages = rg.gateway.pipeline.stages.with_stage("commit", "store",
+                                                                           boom)
         raw = msg(b"Subject: crash in store\r\n", mid=b"<crash2@x>")
         c = LmtpClient(rg.socket_path)
         c.lhlo()
@@ -246,7 +248,8 @@ class TestQuarantine:
         def bad_data(ctx, rt, conn):
             conn.execute(text("SELECT CAST('not a number' AS integer)"))
 
-        monkeypatch.setitem(pipeline.COMMIT, "store", bad_data)
+        rg.gateway.pipeline.stages = rg.gateway.pipeline.stages.with_stage("commit", "store",
+                                                                           bad_data)
         raw = msg(b"Subject: data error\r\n", mid=b"<dataerror@x>")
         c = LmtpClient(rg.socket_path)
         c.lhlo()
@@ -299,16 +302,16 @@ class TestRedelivery:
                                                run_gateway, monkeypatch, tmp_path):
         """Two gateways on one database get the same message at the same moment (an MTA
         retrying on another node): both answer 250, one article is stored."""
-        real_store = pipeline.COMMIT["store"]
-
         def slow_store(ctx, rt, conn):
-            real_store(ctx, rt, conn)
+            store(ctx, rt, conn)
             time.sleep(0.5)          # keep both transactions open at the same time
 
-        monkeypatch.setitem(pipeline.COMMIT, "store", slow_store)
         nodes = [run_gateway(load_config(make_confdir(db_conf(db_url_for_nodes),
                                                       root=tmp_path / f"node{i}")))
                  for i in range(2)]
+        for n in nodes:
+            n.gateway.pipeline.stages = n.gateway.pipeline.stages.with_stage("commit", "store",
+                                                                             slow_store)
         raw = msg(b"Subject: race\r\n", mid=b"<race@x>")
         clients = [LmtpClient(n.socket_path) for n in nodes]
         for c in clients:

@@ -99,11 +99,9 @@ def deliver(crypto_env: CryptoEnv) -> Iterator[Callable[..., Delivered]]:
     gws: list[Gateway] = []
 
     def run(raw: bytes, rcpts: tuple[str, ...] = (SUPPORT,)) -> Delivered:
-        from gateway.inbound import pipeline
+        from gateway.inbound.stages import build_stages
+        from gateway.outbound.autoresponse import build_requests
 
-        gw = Gateway(crypto_env.config)
-        gws.append(gw)
-        gw.prepare_store()
         seen: dict[str, Any] = {}
 
         def spy(ctx: Any, rt: Any) -> None:
@@ -111,13 +109,14 @@ def deliver(crypto_env: CryptoEnv) -> Iterator[Callable[..., Delivered]]:
             seen["body"] = ctx.parsed.body if ctx.parsed else ""
             seen["thread"] = threading.current_thread().name
 
-        pipeline.register_prepare("zz-test-spy", spy)
-        try:
-            env = Envelope(mail_from=CUSTOMER, recipients=rcpts, raw=crlf(raw))
-            outcome = asyncio.run(gw.pipeline.deliver(env))
-        finally:
-            pipeline.PREPARE_ORDER.remove("zz-test-spy")
-            pipeline.PREPARE.pop("zz-test-spy", None)
+        gw = Gateway(crypto_env.config,
+                     stages=build_stages().with_stage("prepare", "zz-test-spy", spy))
+        gws.append(gw)
+        gw.prepare_store()
+        env = Envelope(mail_from=CUSTOMER, recipients=rcpts, raw=crlf(raw))
+        outcome = asyncio.run(gw.pipeline.deliver(env))
+        # What the outbound sender does next: build the requested auto-responses.
+        asyncio.run(build_requests(lambda: gw.runtime, gw.writer, gw.engine))
         with gw.engine.connect() as conn:
             t = ticket_detail(conn, outcome.ticket_number) if outcome.ticket_number else None
         return Delivered(outcome, t, seen.get("params", {}), seen.get("body", ""),

@@ -17,6 +17,7 @@ from gateway.crypto.inbound import first_part_bytes
 from gateway.outbound.dkim import dns_record, generate_key, key_pem
 from gateway.outbound.pipeline import OutboundContext
 from gateway.outbound.service import outbound_pipeline
+from gateway.store.tables import AutoResponse, AutoResponseRequest, CommEntry
 from tests.conftest import free_port
 from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, CryptoEnv, openssl
 from tests.peers.ca import Issued
@@ -281,6 +282,12 @@ class TestAutoResponse:
         d = deliver(self.incoming(), rcpts=("secure@example.org",))
         assert d.outcome.action == "new" and d.ticket["queue"] == "Secure"
         assert outbound_rows(crypto_env) == []
+        # the sender logged why, and the refused auto-response does not count for the limit
+        assert table_values(crypto_env, AutoResponse.id) == []
+        assert table_values(crypto_env, AutoResponseRequest.id) == []
+        warns = [v for v in table_values(crypto_env, CommEntry.value)
+                 if v.startswith("no auto-response (new)")]
+        assert len(warns) == 1 and "encrypt" in warns[0].lower(), warns
 
     def test_required_with_key_sends_encrypted_response(self, with_customer_cert, deliver,
                                                          tmp_path):

@@ -95,13 +95,13 @@ class TestLmtpEntries:
                                                               monkeypatch):
         """When a stage crashes the message goes to quarantine: its object is Failed with
         an Error entry, the communication Warning, and the MTA still gets 250."""
-        from gateway.inbound import pipeline
 
         def boom(ctx, rt):
             raise RuntimeError("stage exploded")
 
-        monkeypatch.setitem(pipeline.PREPARE, "trust", boom)
         rg = run_gateway(config)
+        rg.gateway.pipeline.stages = rg.gateway.pipeline.stages.with_stage("prepare", "trust",
+                                                                           boom)
         c = LmtpClient(rg.socket_path)
         c.lhlo()
         _, data = c.transaction("a@customer.test", ["support@example.org"], message(3))

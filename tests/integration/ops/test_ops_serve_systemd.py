@@ -101,38 +101,33 @@ class TestGracefulStop:
         """A stop while a message is in the pipeline waits for its commit and its 250."""
         import asyncio
 
-        from gateway.inbound import pipeline
-
         entered = threading.Event()
 
         def slow(ctx, rt, conn):
             entered.set()
             time.sleep(1.0)
 
-        pipeline.register_commit("test-slow", slow)
-        try:
-            rg = run_gateway(config)
-            result: dict[str, object] = {}
+        rg = run_gateway(config)
+        rg.gateway.pipeline.stages = rg.gateway.pipeline.stages.with_stage("commit",
+                                                                           "test-slow", slow)
+        result: dict[str, object] = {}
 
-            def send() -> None:
-                c = LmtpClient(rg.socket_path)
-                c.lhlo()
-                result["data"] = c.transaction("a@customer.test", ["support@example.org"],
-                                               message(7))[1]
-                c.close()
+        def send() -> None:
+            c = LmtpClient(rg.socket_path)
+            c.lhlo()
+            result["data"] = c.transaction("a@customer.test", ["support@example.org"],
+                                           message(7))[1]
+            c.close()
 
-            t = threading.Thread(target=send)
-            t.start()
-            assert entered.wait(30)
-            assert rg.gateway.inflight == 1
-            fut = asyncio.run_coroutine_threadsafe(rg.gateway.wait_idle(30), rg.loop)
-            assert fut.result(30) is True
-            t.join(30)
-            assert [d[0] for d in result["data"]] == [250]
-            assert rg.gateway.inflight == 0
-        finally:
-            pipeline.COMMIT_ORDER.remove("test-slow")
-            pipeline.COMMIT.pop("test-slow")
+        t = threading.Thread(target=send)
+        t.start()
+        assert entered.wait(30)
+        assert rg.gateway.inflight == 1
+        fut = asyncio.run_coroutine_threadsafe(rg.gateway.wait_idle(30), rg.loop)
+        assert fut.result(30) is True
+        t.join(30)
+        assert [d[0] for d in result["data"]] == [250]
+        assert rg.gateway.inflight == 0
 
 
 class TestUnitFiles:

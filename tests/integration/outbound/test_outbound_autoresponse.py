@@ -8,7 +8,13 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway.config import load_config
-from gateway.store.tables import CommEntry, OutboundMessage, Ticket
+from gateway.store.tables import (
+    AutoResponse,
+    AutoResponseRequest,
+    CommEntry,
+    OutboundMessage,
+    Ticket,
+)
 from tests.integration.outbound.conftest import outbound_toml, wait_for
 from tests.peers.lmtp import LmtpClient
 from tests.peers.smarthost import AuthSink
@@ -59,6 +65,11 @@ def desk(make_confdir, run_gateway):
 def outbound(rg) -> list:
     with rg.gateway.engine.connect() as conn:
         return conn.execute(select(OutboundMessage).order_by(OutboundMessage.id)).all()
+
+
+def requests(rg) -> list:
+    with rg.gateway.engine.connect() as conn:
+        return conn.execute(select(AutoResponseRequest.__table__)).all()
 
 
 def notices(rg) -> list[str]:
@@ -113,7 +124,7 @@ class TestSuppression:
         """Mail with a loop signal gets no auto-response (the reason is logged)."""
         rg, deliver, _ = desk
         deliver(mail(extra=extra))
-        assert outbound(rg) == []
+        assert outbound(rg) == [] and requests(rg) == []
         assert any("looping mail" in n for n in notices(rg))
 
     def test_no_reply_to_bounce(self, desk):
@@ -127,14 +138,14 @@ class TestSuppression:
                b"Final-Recipient: rfc822; x@customer.test\r\nAction: failed\r\n"
                b"Status: 5.1.1\r\n\r\n--XX--\r\n")
         deliver(dsn, sender="")
-        assert outbound(rg) == []
+        assert outbound(rg) == [] and requests(rg) == []
         assert any("bounce" in n or "looping" in n for n in notices(rg))
 
     def test_no_reply_to_no_auto_response_addresses(self, desk):
         """A sender matching postmaster.no_auto_response gets none."""
         rg, deliver, _ = desk
         deliver(mail(sender="postmaster@customer.test"), sender="postmaster@customer.test")
-        assert outbound(rg) == []
+        assert outbound(rg) == [] and requests(rg) == []
         assert any("no_auto_response" in n for n in notices(rg))
 
     def test_daily_limit_per_address(self, desk):
@@ -142,8 +153,9 @@ class TestSuppression:
         rg, deliver, _ = desk
         for i in range(4):
             deliver(mail(subject=f"Problem {i}", mid=f"<p{i}@customer.test>"))
-        out = outbound(rg)
+        out = wait_for(lambda: len(outbound(rg)) >= 3 and outbound(rg), what="3 queued")
         assert len(out) == 3 and all(m.kind == "auto-response" for m in out)
+        assert requests(rg) == []
         assert any("already had 3 auto-responses" in n for n in notices(rg))
 
 
@@ -161,9 +173,105 @@ class TestControlCharactersInHeaders:
             assert conn.execute(select(Quarantine.id)).all() == []
             (title,) = conn.execute(select(Ticket.title)).scalars().all()
         assert "hello" in title
-        (row,) = outbound(rg)
+        (row,) = wait_for(lambda: outbound(rg), what="the auto-response queued")
         reply = message_from_bytes(row.data)
         subject = str(reply["Subject"])
         assert subject.endswith("hello Bcc: victim@evil.test"), subject
         assert not any(ord(c) < 32 or ord(c) == 127 for c in subject)
         assert reply["Bcc"] is None and reply.get_all("Subject") == [reply["Subject"]]
+
+
+class TestRequests:
+    """The inbound commit only requests the auto-response; the sender builds it."""
+
+    def test_commit_writes_a_request_not_a_queue_row(self, make_confdir):
+        """The inbound transaction holds a request row (counted for the daily limit) and no
+        outbound row; build_requests turns it into one queue row and removes it."""
+        import asyncio
+
+        from gateway.app import Gateway
+        from gateway.model import Envelope
+        from gateway.outbound.autoresponse import build_requests
+
+        conf = make_confdir({"40-outbound.toml": outbound_toml(9), "50-desk.toml": DESK})
+        gw = Gateway(load_config(conf))
+        try:
+            gw.prepare_store()
+            env = Envelope(mail_from="jane@customer.test", recipients=("desk@example.org",),
+                           raw=mail())
+            assert asyncio.run(gw.pipeline.deliver(env)).action == "new"
+            with gw.engine.connect() as conn:
+                assert conn.execute(select(OutboundMessage.id)).all() == []
+                (req,) = conn.execute(select(AutoResponseRequest.__table__)).all()
+                (counter,) = conn.execute(select(AutoResponse.__table__)).all()
+            assert req.address == "jane@customer.test" and req.kind == "new"
+            assert counter.id == req.counter_id and counter.outbound_id is None
+
+            async def build() -> int:
+                return await build_requests(lambda: gw.runtime, gw.writer, gw.engine)
+
+            assert asyncio.run(build()) == 1
+            assert asyncio.run(build()) == 0          # nothing left: not queued twice
+            with gw.engine.connect() as conn:
+                (row,) = conn.execute(select(OutboundMessage)).all()
+                assert conn.execute(select(AutoResponseRequest.id)).all() == []
+                assert conn.execute(select(AutoResponse.outbound_id)).scalar() == row.id
+            msg = message_from_bytes(row.data)
+            assert row.kind == "auto-response" and msg["Auto-Submitted"] == "auto-replied"
+            assert msg["From"] == "Example Desk <desk@example.org>"   # rewritten by the sender
+        finally:
+            gw.close()
+
+    def test_request_taken_once(self, make_confdir):
+        """Two builders finishing the same request (two nodes): one queue row."""
+        import asyncio
+
+        from gateway.app import Gateway
+        from gateway.model import Envelope
+        from gateway.outbound.autoresponse import build, finish, pending_requests
+
+        conf = make_confdir({"40-outbound.toml": outbound_toml(9), "50-desk.toml": DESK})
+        gw = Gateway(load_config(conf))
+        try:
+            gw.prepare_store()
+            env = Envelope(mail_from="jane@customer.test", recipients=("desk@example.org",),
+                           raw=mail())
+            asyncio.run(gw.pipeline.deliver(env))
+            with gw.engine.connect() as conn:
+                (req,) = pending_requests(conn)
+                a, b = build(req, gw.runtime, conn), build(req, gw.runtime, conn)
+            with gw.engine.begin() as conn:
+                first = finish(conn, gw.runtime, req, a)
+            with gw.engine.begin() as conn:
+                second = finish(conn, gw.runtime, req, b)
+            assert first is not None and second is None
+            with gw.engine.connect() as conn:
+                assert len(conn.execute(select(OutboundMessage.id)).all()) == 1
+        finally:
+            gw.close()
+
+    def test_request_committed_before_a_stop_is_sent_after_restart(self, make_confdir,
+                                                                     run_gateway):
+        """A gateway that stops right after the inbound commit (no sender ran) leaves the
+        request; the next gateway's sender builds and sends it, once."""
+        import asyncio
+
+        from gateway.app import Gateway
+        from gateway.model import Envelope
+
+        sink = AuthSink().start()
+        try:
+            conf = make_confdir({"40-outbound.toml": outbound_toml(sink.port),
+                                 "50-desk.toml": DESK})
+            gw = Gateway(load_config(conf))
+            gw.prepare_store()
+            env = Envelope(mail_from="jane@customer.test", recipients=("desk@example.org",),
+                           raw=mail())
+            asyncio.run(gw.pipeline.deliver(env))
+            gw.close()                                  # gone before anything was built
+            rg = run_gateway(load_config(conf))
+            wait_for(lambda: len(sink.received) == 1, what="auto-response after restart")
+            assert sink.received[0].rcpts == ["jane@customer.test"]
+            assert requests(rg) == [] and len(outbound(rg)) == 1
+        finally:
+            sink.stop()

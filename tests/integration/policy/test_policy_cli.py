@@ -62,6 +62,9 @@ class TestFilterTestCli:
         assert report["decision"]["how"] == "subject"
         assert [f["name"] for f in report["filters"]] == ["010-noc", "020-never"]
         assert report["filters"][0]["conditions"][0]["held"] is False
+        assert [(h["kind"], h["name"], h["hit"]) for h in report["hits"]] == [
+            ("filter", "010-noc", False), ("filter", "020-never", False),
+            ("loop", "", False), ("bounce", "", False)]
         assert ticket_count(gw) == before
 
     def test_trusted_flag_and_ignore(self, make_confdir, tmp_path, capsys):

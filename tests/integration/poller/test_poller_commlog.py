@@ -60,16 +60,14 @@ class TestRunLog:
     def test_message_that_crashes_the_pipeline_is_quarantined_then_removed(
             self, mailbox, poller_config, harness, monkeypatch):
         """A pipeline crash quarantines the raw message, removes it, and warns."""
-        real_parse = pipeline.PREPARE["parse"]
-
         def parse(ctx, rt):
             if b"Subject: Crash" in ctx.envelope.raw:
                 raise RuntimeError("parser bug")
-            real_parse(ctx, rt)
+            pipeline.parse(ctx, rt)
 
-        monkeypatch.setitem(pipeline.PREPARE, "parse", parse)
         mailbox.append("helpdesk", [message(1), message(2, subject="Crash me")])
         h = harness(poller_config(account_toml(mailbox, "pop3s")))
+        h.gw.pipeline.stages = h.gw.pipeline.stages.with_stage("prepare", "parse", parse)
         r = h.poll()
         assert (r.status, r.new, r.quarantined) == ("Warning", 1, 1)
         assert mailbox.count("helpdesk") == 0

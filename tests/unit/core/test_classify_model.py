@@ -176,11 +176,16 @@ class TestOffload:
         prepared on the worker pool; mail for another queue's address is not; with the
         classifier disabled nothing changes."""
         from gateway.app import load_plugins
-        from gateway.inbound.pipeline import needs_worker
+        from gateway.inbound import pipeline
+        from gateway.inbound.stages import build_stages
         from gateway.model import Envelope
         from gateway.runtime import build_runtime
 
         load_plugins()
+        offload = build_stages().offload
+
+        def needs_worker(e: Envelope) -> bool:
+            return pipeline.needs_worker(e, offload)
 
         def env(rcpt: str) -> Envelope:
             return Envelope(mail_from="", recipients=(rcpt,), raw=b"Subject: x\r\n\r\nx\r\n")

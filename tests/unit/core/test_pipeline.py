@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 
 from gateway import errors
 from gateway.app import Gateway
-from gateway.inbound import pipeline
 from gateway.model import Envelope
 from gateway.store import repo
 from gateway.store.tables import Article, Attachment, Delivery, Quarantine, RawMessage, Ticket
@@ -146,7 +145,7 @@ class TestNeverLoseNeverDuplicate:
         """A stage that raises → raw message in quarantine, answered 250 after commit."""
         def boom(ctx, rt):
             raise RuntimeError("stage exploded")
-        monkeypatch.setitem(pipeline.PREPARE, "trust", boom)
+        gw.pipeline.stages = gw.pipeline.stages.with_stage("prepare", "trust", boom)
         out = deliver(gw, msg())
         assert out.replies[0] == errors.QUARANTINED
         with gw.engine.connect() as c:
@@ -161,7 +160,7 @@ class TestNeverLoseNeverDuplicate:
         """A commit stage that raises (not a DB error) also quarantines."""
         def boom(ctx, rt, conn):
             raise ValueError("bad routing")
-        monkeypatch.setitem(pipeline.COMMIT, "route", boom)
+        gw.pipeline.stages = gw.pipeline.stages.with_stage("commit", "route", boom)
         out = deliver(gw, msg())
         assert out.action == "quarantine" and out.replies[0].ok
         assert count(gw, Quarantine) == 1 and count(gw, Article) == 0

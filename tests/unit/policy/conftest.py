@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,10 +11,12 @@ import gateway.app
 from gateway.commlog import CommObj
 from gateway.config import Config, load_config
 from gateway.inbound import pipeline
+from gateway.inbound.stages import build_stages
 from gateway.model import Envelope, MessageContext
 from gateway.runtime import Runtime, build_runtime
 
 gateway.app.load_plugins()
+STAGES = build_stages()
 
 
 @pytest.fixture
@@ -35,8 +36,7 @@ def prepared(rt: Runtime, raw: bytes, *, trusted: bool = False,
     env = Envelope(mail_from="carla@customer.test", recipients=recipients, raw=raw,
                    trusted=trusted)
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
-    with contextlib.suppress(pipeline.Skip):
-        pipeline.prepare(ctx, rt)
+    pipeline.prepare(ctx, rt, STAGES.prepare)
     return ctx
 
 
