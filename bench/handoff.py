@@ -41,7 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.peers.webhook import WebhookReceiver  # noqa: E402  (after the path setup)
+from bench.lmtp import wait_socket  # noqa: E402  (after the path setup)
+from tests.peers.webhook import WebhookReceiver  # noqa: E402
 
 SECRET = "bench-secret"  # noqa: S105 (a throwaway HMAC key for the local receiver)
 CONF = """
@@ -79,20 +80,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_socket(path: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(path)
-                    return
-            except OSError:
-                pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} did not come up")
 
 
 def smtp_source(sock: str, messages: int, sessions: int, size: int) -> float:

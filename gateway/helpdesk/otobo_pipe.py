@@ -51,6 +51,16 @@ def canonical_prefix(prefixes: Sequence[str]) -> str:
     return "X-OTOBO-"
 
 
+def _from_article(name: str, item: HandoffItem) -> Any:
+    """SenderType / IsVisibleForCustomer as the stored article has them ('' otherwise)."""
+    if name == "SenderType":
+        return item.article.get("sender_type", "")
+    if name == "IsVisibleForCustomer":
+        vis = item.article.get("is_visible_for_customer")
+        return "" if vis is None else _yes(vis)
+    return ""
+
+
 def _yes(value: Any) -> str:
     return "1" if value in (True, 1, "1", "yes", "true") else "0"
 
@@ -72,11 +82,8 @@ def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]
                 value = item.queue or hd.helpdesk_queue(d.get("Queue", ""))
             elif name in _FROM_TICKET and not value:
                 value = item.ticket.get(_FROM_TICKET[name], "")
-            elif name == "SenderType" and not value:
-                value = item.article.get("sender_type", "")
-            elif name == "IsVisibleForCustomer" and not value:
-                vis = item.article.get("is_visible_for_customer")
-                value = "" if vis is None else _yes(vis)
+            elif not value:
+                value = _from_article(name, item)
             put(name, value)
         for key in sorted(d):
             if key.startswith("DynamicField-"):
@@ -89,11 +96,8 @@ def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]
             value = d.get(name, "")
             if name == "FollowUp-Queue" and value:
                 value = hd.helpdesk_queue(value)
-            elif name == "FollowUp-SenderType" and not value:
-                value = item.article.get("sender_type", "")
-            elif name == "FollowUp-IsVisibleForCustomer" and not value:
-                vis = item.article.get("is_visible_for_customer")
-                value = "" if vis is None else _yes(vis)
+            elif not value:
+                value = _from_article(name.removeprefix("FollowUp-"), item)
             put(name, value)
         for key in sorted(d):
             if key.startswith("FollowUp-DynamicField-"):
