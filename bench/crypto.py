@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import load_plugins  # noqa: E402
 from gateway.commlog import CommObj  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.crypto.outbound import protect_copies  # noqa: E402
@@ -116,7 +115,6 @@ def main() -> None:
         finally:
             admin.close()
 
-        load_plugins()
         stages = build_stages().prepare
         cfg = load_config(conf)
         rt = build_runtime(cfg)

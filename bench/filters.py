@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import load_plugins  # noqa: E402
 from gateway.commlog import CommObj  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.inbound import pipeline  # noqa: E402
@@ -168,7 +167,6 @@ def main() -> int:
     ap.add_argument("--e2e", type=int, default=500, metavar="N",
                     help="also N messages through the whole pipeline into SQLite (0: skip)")
     args = ap.parse_args()
-    load_plugins()
     setup_logging("warning")
     rnd = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -82,9 +82,10 @@ def serve_bare(sock: str) -> None:
 def serve_deskgate(sock: str, root: str, stats_file: str) -> None:
     import uvloop
 
-    from gateway.app import Gateway, run_serve
+    from gateway.app import Gateway
     from gateway.config import load_config
     from gateway.logs import setup_logging
+    from gateway.supervise import run_serve
 
     setup_logging("error", "json")
     cfg = load_config(Path(root) / "conf.d")

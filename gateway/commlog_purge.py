@@ -12,7 +12,7 @@ from gateway import metrics
 from gateway.commlog_views import purge_candidates, purge_ids
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +26,7 @@ class PurgeService:
 
     name = "commlog-purge"
 
-    def __init__(self, gw: Gateway, *, first_run_after: float = FIRST_RUN_AFTER,
+    def __init__(self, gw: Host, *, first_run_after: float = FIRST_RUN_AFTER,
                  interval: float = INTERVAL) -> None:
         self.gw = gw
         self.first_run_after = first_run_after
@@ -73,5 +73,5 @@ class PurgeService:
         return total
 
 
-def factory(gw: Gateway) -> PurgeService:
+def factory(gw: Host) -> PurgeService:
     return PurgeService(gw)

@@ -736,17 +736,6 @@ def _read_toml_files(files: Iterable[Path], origins: _Origins,
     return merged
 
 
-# Validators run after building; each may add errors. Other modules append
-# their own (e.g. the policy engine compiles filters) with `register_validator`.
-Validator = Callable[["Config", Callable[[str, str, str], None]], None]
-_VALIDATORS: list[Validator] = []
-
-
-def register_validator(fn: Validator) -> Validator:
-    _VALIDATORS.append(fn)
-    return fn
-
-
 def _toml_files(directory: Path, replace: Mapping[Path, str] | None) -> list[Path]:
     """The *.toml files of a directory, plus those `replace` would add to it."""
     found = set(directory.glob("*.toml")) if directory.is_dir() else set()
@@ -758,12 +747,15 @@ def _toml_files(directory: Path, replace: Mapping[Path, str] | None) -> list[Pat
 
 def load_config(conf_dir: Path | str | None = None,
                 environ: Mapping[str, str] | None = None,
-                replace: Mapping[Path, str] | None = None) -> Config:
+                replace: Mapping[Path, str] | None = None, *,
+                section_checks: bool = True) -> Config:
     """Read, merge and validate; raises ConfigErrors listing every problem.
 
     `replace` maps absolute file paths (in conf.d or the policy directory) to the
     text to read instead of theirs, new files included: the dashboard validates a
-    change this way before it writes anything.
+    change this way before it writes anything. `section_checks=False` leaves out
+    the checks of gateway.validators (and the imports they need) for a command
+    that only reads a few keys; serve, check and reload always run them.
     """
     conf = Path(conf_dir) if conf_dir is not None else default_config_dir()
     conf = conf.absolute()
@@ -819,8 +811,13 @@ def load_config(conf_dir: Path | str | None = None,
         errors.append(ConfigError(file, key, reason))
 
     _validate_core(cfg, origins, default_file, add)
-    for fn in _VALIDATORS:
-        fn(cfg, add)
+    # The checks of the other sections (filters, crypto, DKIM, dashboard, ...): their
+    # modules import this one, so the table is imported here, when it is needed.
+    if section_checks:
+        from gateway.validators import validators
+
+        for v in validators():
+            v.fn(cfg, add)
     if errors:
         raise ConfigErrors(errors)
     return cfg

@@ -13,7 +13,7 @@ so the counters cover all processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -93,22 +93,17 @@ RELOADS = Counter(
     "deskgate_reloads", "Configuration reloads by result (ok, refused)", ["result"],
     registry=REGISTRY)
 
-# Functions run (off the event loop) right before each scrape, to refresh gauges
+# A function run (off the event loop) right before a scrape, to refresh gauges
 # that are read from the database, e.g. the outbound queue's depth and age.
 ScrapeHook = Callable[[Engine], None]
-SCRAPE_HOOKS: list[ScrapeHook] = []
 
 
-def register_scrape_hook(fn: ScrapeHook) -> ScrapeHook:
-    if fn not in SCRAPE_HOOKS:
-        SCRAPE_HOOKS.append(fn)
-    return fn
-
-
-def render(engine: Engine | None = None) -> tuple[bytes, str]:
-    """Run the scrape hooks and return (body, content type). Blocking: call off the loop."""
+def render(engine: Engine | None = None,
+           hooks: Sequence[ScrapeHook] = ()) -> tuple[bytes, str]:
+    """Run `hooks` on the engine and return (body, content type). Blocking: call off
+    the loop."""
     if engine is not None:
-        for hook in SCRAPE_HOOKS:
+        for hook in hooks:
             hook(engine)
     if MULTIPROCESS:
         from prometheus_client import multiprocess

@@ -6,44 +6,77 @@ started with until it is answered.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
+
+if TYPE_CHECKING:
+    from gateway.classify import Classifier
+    from gateway.crypto.keystore import CryptoStores
+    from gateway.inbound.filters import FilterSet
+    from gateway.outbound.dkim import DkimKey
 
 
 @dataclass(frozen=True)
 class Runtime:
     config: Config
     # Compiled postmaster filters (gateway.inbound.filters), built on load/reload.
-    filters: Any = None
-    # Key stores for S/MIME and PGP (gateway.crypto), built on load/reload.
-    crypto: Any = None
-    # Reserved for a classifier; none exists yet (`check` refuses [classifier] enabled).
-    classifier: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    filters: FilterSet | None = None
+    # Key stores for S/MIME and PGP (gateway.crypto.keystore), built on load/reload.
+    crypto: CryptoStores | None = None
+    # The queue/priority classifier when [classifier] enabled (gateway.classify).
+    classifier: Classifier | None = None
+    # DKIM signing keys by domain, from [[dkim]] (gateway.outbound.dkim).
+    dkim: Mapping[str, list[DkimKey]] = field(default_factory=dict)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
         return self.config.gateway.header_prefixes
 
 
-# Builders run by build_runtime, in order; each returns (field name, value).
-# Modules that add to the Runtime register a builder here.
-_BUILDERS: list[Any] = []
+@dataclass(frozen=True)
+class Builder:
+    field: str                       # the Runtime field it fills
+    fn: Callable[[Config], Any]
 
 
-def register_builder(fn: Any) -> Any:
-    _BUILDERS.append(fn)
-    return fn
+def build_builders() -> tuple[Builder, ...]:
+    """The table of what a Runtime is built from (imports each builder's module)."""
+    from gateway.classify import build_classifier
+    from gateway.crypto.keystore import stores_for
+    from gateway.inbound.filters import compile_filters
+    from gateway.outbound.dkim import load_keys
+
+    table = (
+        Builder("filters", compile_filters),
+        Builder("crypto", stores_for),
+        Builder("classifier", build_classifier),
+        Builder("dkim", load_keys),
+    )
+    check_builders(table)
+    return table
+
+
+def check_builders(table: tuple[Builder, ...]) -> None:
+    """Startup check: one builder for every Runtime field but `config`; RuntimeError if not."""
+    wanted = [f.name for f in dataclasses.fields(Runtime) if f.name != "config"]
+    names = [b.field for b in table]
+    problems = [f"{n!r} missing" for n in wanted if n not in names]
+    problems += [f"{n!r} present {names.count(n)} times" for n in dict.fromkeys(names)
+                 if names.count(n) > 1]
+    problems += [f"{n!r} is no Runtime field" for n in names if n not in wanted]
+    if problems:
+        raise RuntimeError("runtime builder table: " + "; ".join(problems))
+
+
+_TABLE: list[tuple[Builder, ...]] = []
 
 
 def build_runtime(config: Config) -> Runtime:
-    values: dict[str, Any] = {}
-    for fn in _BUILDERS:
-        name, value = fn(config)
-        values[name] = value
-    known = {"filters", "crypto", "classifier"}
-    extras = {k: v for k, v in values.items() if k not in known}
-    return Runtime(config=config, extras=extras,
-                   **{k: v for k, v in values.items() if k in known})
+    """Build every field from the config (on load and on each reload)."""
+    if not _TABLE:
+        _TABLE.append(build_builders())
+    return Runtime(config=config, **{b.field: b.fn(config) for b in _TABLE[0]})

@@ -1,6 +1,6 @@
 """Machine-learning classification of new tickets' queue and priority (deskgate[classify]).
 
-This module is a plugin and stays light: scikit-learn and numpy are imported by
+This module stays light: scikit-learn and numpy are imported by
 gateway.classify.model, and only when `[classifier] enabled = true` and a message
 needs a prediction (or by `deskgate classify`).
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Connection
@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 from gateway.config import Config
 from gateway.inbound.route import candidates
 from gateway.model import Envelope, MessageContext
-from gateway.runtime import Runtime, register_builder
+from gateway.runtime import Runtime
 
 if TYPE_CHECKING:
     from gateway.classify.model import Model
@@ -118,11 +118,11 @@ class Classifier:
             return None, f"{self.directory}: {type(exc).__name__}: {exc}"
 
 
-@register_builder
-def _build(cfg: Config) -> tuple[str, Any]:
+def build_classifier(cfg: Config) -> Classifier | None:
+    """The Runtime's classifier (a row of gateway.runtime's builder table)."""
     global _active
     _active = cfg if cfg.classifier.enabled else None
-    return "classifier", Classifier(cfg) if cfg.classifier.enabled else None
+    return Classifier(cfg) if cfg.classifier.enabled else None
 
 
 # The config of the latest Runtime with the classifier enabled (for the offload

@@ -14,12 +14,12 @@ import structlog
 from gateway.classify import model_dir
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
 
 
-def _trained_at(gw: Gateway) -> datetime | None:
+def _trained_at(gw: Host) -> datetime | None:
     import json
 
     try:
@@ -34,7 +34,7 @@ class Retrainer:
 
     name = "classifier-retrain"
 
-    def __init__(self, gw: Gateway, poll: float = 60.0) -> None:
+    def __init__(self, gw: Host, poll: float = 60.0) -> None:
         self.gw = gw
         self.poll = poll
         self._task: asyncio.Task[None] | None = None
@@ -114,6 +114,6 @@ class Retrainer:
         return True
 
 
-def factory(gw: Gateway) -> Retrainer | None:
+def factory(gw: Host) -> Retrainer | None:
     """Always present in the main process: a reload may switch retraining on."""
     return Retrainer(gw)

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hot = _hot_module(argv)
     parser = build_parser((hot,) if hot else COMMANDS)
     args = parser.parse_args(argv)
-    # Before any plugin imports prometheus_client: `serve` with pre-forked LMTP
+    # Before any module imports prometheus_client: `serve` with pre-forked LMTP
     # workers needs its multi-process mode chosen first.
     if getattr(args, "command", None) == "serve":
         from gateway.cli.core import prepare_serve_process

@@ -27,16 +27,12 @@ EX_CONFIG = 78
 
 
 def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
-    """Load and validate the configuration or exit 1 listing every error.
-
-    The plugins are imported first: they register the validators of their
-    sections (filters, crypto, DKIM, dashboard, accounts)."""
-    from gateway.app import load_plugins
+    """Load and validate the configuration (every check of gateway.validators)
+    or exit 1 listing every error."""
     from gateway.config import load_config
     from gateway.errors import ConfigErrors
     from gateway.logs import setup_logging
 
-    load_plugins()
     try:
         cfg = load_config(args.config)
     except ConfigErrors as exc:
@@ -50,11 +46,12 @@ def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
 def load_readonly(args: argparse.Namespace) -> Config:
     """The configuration of a command that only reads the database.
 
-    It is validated without the plugins' checks, which such a command does not
-    need. When conf.d or a policy file is broken, the errors are printed as
-    warnings and the command goes on with the [gateway] keys that locate the
-    database and format ticket numbers (database, state_dir, ticket_hook): an
-    admin can look at tickets and the log exactly when the files are being fixed.
+    It is validated without the section checks of gateway.validators (keys,
+    certificates, DKIM, ...), which such a command does not need. When conf.d or
+    a policy file is broken, the errors are printed as warnings and the command
+    goes on with the [gateway] keys that locate the database and format ticket
+    numbers (database, state_dir, ticket_hook): an admin can look at tickets and
+    the log exactly when the files are being fixed.
     """
     from gateway.config import Config, GatewayConfig, load_config
     from gateway.errors import ConfigErrors
@@ -62,7 +59,7 @@ def load_readonly(args: argparse.Namespace) -> Config:
     from gateway.rawconf import config_dir, read_sections
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, section_checks=False)
     except ConfigErrors as exc:
         conf = config_dir(args.config)
         if not conf.is_dir():

@@ -60,8 +60,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.app import run_serve
     from gateway.errors import InUse
+    from gateway.supervise import run_serve
 
     cfg = load(args, quiet_logs=False)
     try:
@@ -101,14 +101,16 @@ def startup_failure(cfg: Config, exc: BaseException) -> str | None:
 
 
 def prepare_serve_process(args: argparse.Namespace) -> None:
-    """Runs before the plugins are imported. With [lmtp] workers > 1, switch
+    """Runs before the services' modules are imported. With [lmtp] workers > 1, switch
     prometheus_client to multi-process mode (it must be chosen before its first
-    import), so /metrics adds up the counters of every LMTP process."""
+    import), so /metrics adds up the counters of every LMTP process. The section
+    checks are left out here (their modules import prometheus_client); serve runs
+    them when it loads the configuration again."""
     from gateway.config import load_config
     from gateway.errors import ConfigErrors
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, section_checks=False)
     except ConfigErrors:
         return              # `serve` reports the errors itself
     if cfg.lmtp.workers > 1:
@@ -125,11 +127,9 @@ def _metrics_multiprocess(directory: Path) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.app import load_plugins
     from gateway.config import load_config
     from gateway.errors import ConfigErrors
 
-    load_plugins()   # plugins register the validators of their sections
     try:
         cfg = load_config(args.config)
     except ConfigErrors as exc:
@@ -306,7 +306,7 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from gateway.app import pidfile_path
+    from gateway.supervise import pidfile_path
 
     cfg = load(args)
     path = pidfile_path(cfg)

@@ -62,7 +62,6 @@ def _open_db(cfg: Config) -> tuple[Any, str]:
 def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
             recipients: tuple[str, ...] = (), dispatch_queue: str = "") -> dict[str, Any]:
     """The report of `filter test` as a dict (also what --json prints)."""
-    from gateway.app import load_plugins
     from gateway.commlog import CommObj
     from gateway.inbound import followup
     from gateway.inbound.filters import FilterSet, FilterTrace, run_filters
@@ -71,7 +70,6 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
     from gateway.model import Envelope, MessageContext
     from gateway.runtime import build_runtime
 
-    load_plugins()
     rt = build_runtime(cfg)
     env = Envelope(mail_from="", recipients=recipients, raw=raw, source="FilterTest",
                    account="filter-test", trusted=trusted, dispatch_queue=dispatch_queue)

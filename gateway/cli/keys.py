@@ -131,13 +131,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_redecrypt(args: argparse.Namespace) -> int:
-    from gateway.app import load_plugins
     from gateway.crypto.redecrypt import redecrypt_ticket
     from gateway.runtime import build_runtime
     from gateway.store.db import make_engine
 
     cfg = load(args)
-    load_plugins()
     rt = build_runtime(cfg)
     engine = make_engine(cfg.database_url)
     try:

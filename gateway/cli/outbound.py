@@ -73,7 +73,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import asyncio
 
     from gateway.inbound.parse import first_address
-    from gateway.outbound.pipeline import OutboundContext
+    from gateway.outbound.context import OutboundContext
     from gateway.outbound.rewrite import header_text, recipients_from_headers
     from gateway.outbound.service import outbound_pipeline
 

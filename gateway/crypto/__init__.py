@@ -1,6 +1,7 @@
 """S/MIME and PGP: key stores, inbound decrypt/verify, outbound sign/encrypt.
 
-gateway.app PLUGINS imports gateway.crypto.inbound, which registers the runtime
-builder and the config validator (keystore); its "decrypt" stage is a row of the
-table in gateway.inbound.stages.
+The key stores are a field of the Runtime (built by gateway.runtime's builder
+table) and checked by the "crypto" row of gateway.validators; "decrypt" is a
+row of the inbound stage table (gateway.inbound.stages) and "crypto" one of
+the outbound stage table (gateway.outbound.stages).
 """

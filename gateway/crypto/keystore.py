@@ -31,9 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from gateway.config import Config, register_validator
+from gateway.config import Config
 from gateway.privatefiles import not_private, write_private
-from gateway.runtime import register_builder
 
 log = structlog.get_logger(__name__)
 
@@ -610,13 +609,7 @@ def stores_for(cfg: Config) -> CryptoStores:
                         c.store_decrypted_body)
 
 
-@register_builder
-def _build(cfg: Config) -> tuple[str, CryptoStores]:
-    return "crypto", stores_for(cfg)
-
-
-@register_validator
-def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_crypto(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     """Private keys and passphrase files in smime_dir must be private to their owner;
     a configured CRL file must exist and hold CRLs."""
     if cfg.crypto.smime_crl_file:

@@ -26,11 +26,15 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, KeyStoreError, PgpKey, SmimeEntry, stores_for
 from gateway.errors import PermanentError, SmtpReply
+from gateway.outbound.context import OutboundCopy
+
+if TYPE_CHECKING:
+    pass
 
 SIGN = ("none", "smime", "pgp")
 ENCRYPT = ("never", "opportunistic", "required")
@@ -351,7 +355,6 @@ def as_message(data: bytes) -> Message:
 
 def crypto_stage(ctx: Any, rt: Any) -> None:
     """Outbound pipeline stage (between rewrite and DKIM)."""
-    from gateway.outbound.pipeline import OutboundCopy
     from gateway.outbound.rewrite import serialize
 
     if ctx.kind == "dsn" or ctx.msg is None:
@@ -397,12 +400,3 @@ def article_crypto(copies: list[Protected]) -> dict[str, Any]:
                                              if c.info["method"])),
             "copies": [{"recipients": c.recipients, "encrypted": c.info["encrypted"],
                         "method": c.info["method"]} for c in copies]}
-
-
-def _register() -> None:
-    from gateway.outbound.pipeline import register_outbound_stage
-
-    register_outbound_stage("crypto", crypto_stage)
-
-
-_register()

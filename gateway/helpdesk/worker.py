@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine
@@ -33,6 +33,9 @@ from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
 from gateway.model import AttachmentData
 from gateway.runtime import Runtime
 from gateway.store.db import BatchWriter
+
+if TYPE_CHECKING:
+    from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
 
@@ -411,8 +414,8 @@ class _Done:
     seconds: float
 
 
-def factory(gw: Any) -> HandoffWorker | None:
-    """The worker of a Gateway, when a helpdesk is configured."""
+def factory(gw: Host) -> HandoffWorker | None:
+    """The worker of a gateway process, when a helpdesk is configured."""
     if not gw.config.helpdesk.enabled:
         return None
     worker = HandoffWorker(lambda: gw.runtime, gw.writer, gw.engine)

@@ -30,12 +30,12 @@ import regex
 import structlog
 
 from gateway import metrics
-from gateway.config import Config, FilterConfig, register_validator
+from gateway.config import Config, FilterConfig
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
 from gateway.model import Hit, MessageContext
-from gateway.runtime import Runtime, register_builder
+from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -263,8 +263,7 @@ def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[st
                      literal=required_literal(pattern) if kind == "value" else None)
 
 
-@register_validator
-def _validate_filters(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_filters(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     prefixes = tuple(cfg.gateway.header_prefixes)
     for f in cfg.filters:
         compiled = _compile_filter(f, prefixes, lambda e: add(e.file, e.key, e.reason))
@@ -289,11 +288,6 @@ def _static_value_problem(cfg: Config, s: SetAction) -> str:
     if name == "SenderType" and value not in ("customer", "agent", "system"):
         return f"sender type {value!r} is not customer, agent or system"
     return ""
-
-
-@register_builder
-def _build(cfg: Config) -> tuple[str, FilterSet]:
-    return "filters", compile_filters(cfg)
 
 
 # ---------------------------------------------------------------- evaluating

@@ -30,8 +30,8 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
+from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import header_safe
-from gateway.outbound.pipeline import OutboundContext
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.db import BatchWriter

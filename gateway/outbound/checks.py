@@ -1,23 +1,21 @@
-"""Configuration checks of the outbound side (registered with config.register_validator)."""
+"""Configuration checks of the outbound side (rows of the table in gateway.validators)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.config import Config, register_validator
+from gateway.config import Config
 from gateway.privatefiles import not_private
 
 
-@register_validator
-def _relay_plaintext_auth(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_relay(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     r = cfg.relay
     if r.mode == "smtp" and r.user and r.security == "none" and not r.allow_plaintext:
         add(str(cfg.conf_dir), "relay.security", 'AUTH with security = "none" sends the relay '
             'password in clear; use "starttls" or "tls", or set allow_plaintext = true')
 
 
-@register_validator
-def _submission_tls(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_submission_tls(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     """tls_cert and tls_key must be readable, the key private to its owner, and the
     two must load as a pair, so `check` finds what `serve` would die on."""
     import ssl

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy
 
-from gateway.config import Config, register_validator
+from gateway.config import Config
 from gateway.inbound.parse import first_address
-from gateway.outbound.pipeline import OutboundContext
+from gateway.outbound.context import OutboundContext
 from gateway.privatefiles import not_private
-from gateway.runtime import Runtime, register_builder
+from gateway.runtime import Runtime
 
 OVERSIGNED = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to",
               b"in-reply-to", b"references")
@@ -139,13 +139,7 @@ def load_keys(cfg: Config) -> dict[str, list[DkimKey]]:
     return keys
 
 
-@register_builder
-def _dkim_builder(cfg: Config) -> tuple[str, Mapping[str, list[DkimKey]]]:
-    return "dkim", load_keys(cfg)
-
-
-@register_validator
-def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     seen: set[tuple[str, str]] = set()
     for i, d in enumerate(cfg.dkim):
         key = f"dkim[{i}]"
@@ -169,7 +163,7 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
     """The keys of the From domain; failing those, the keys of the nearest parent
     domain that were configured with `subdomains = true` (as OpenDKIM's SubDomains:
     d= is the parent, which DMARC's relaxed alignment accepts)."""
-    table: Mapping[str, list[DkimKey]] = rt.extras.get("dkim") or {}
+    table = rt.dkim
     domain = from_email.rpartition("@")[2].lower().rstrip(".")
     if domain in table:
         return table[domain]

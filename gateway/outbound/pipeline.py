@@ -1,9 +1,8 @@
 """The outbound pipeline: resolve → rewrite → crypto → dkim → enqueue.
 
-The order of the message-changing stages is data (`OUTBOUND_ORDER`), run by a
-small engine. "crypto" is a named slot that does nothing until the S/MIME/PGP
-module registers its function under that name (or adds its own stage with
-`register_outbound_stage`); DKIM is always the last change to the message.
+The message-changing stages are a table (gateway.outbound.stages: rewrite,
+crypto, dkim), run in order by `run_stages`; DKIM is always the last change to
+the message. The per-message state is gateway.outbound.context.OutboundContext.
 
 Two phases touch the database: `resolve` (which queue and ticket the message
 belongs to, the ticket number for the Subject) and `enqueue` (article, ticket,
@@ -21,134 +20,32 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes
-from email.message import Message
 from email.policy import compat32
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection
 
 from gateway import errors
 from gateway.commlog import Comm, CommObj, write_comm
-from gateway.config import QueueConfig, SubmissionUser
 from gateway.errors import PermanentError, SmtpReply
-from gateway.model import Parsed
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.stages import OutboundStages, default_stages
 from gateway.runtime import Runtime
 from gateway.store.db import BatchWriter, is_temporary
 
 log = structlog.get_logger(__name__)
-
-Kind = Literal["message", "auto-response", "dsn"]
-
-
-@dataclass
-class OutboundCopy:
-    """One form of the message for some of its recipients (one outbound queue row)."""
-
-    recipients: list[str]
-    msg: Message
-    data: bytes = b""                   # final bytes (after DKIM)
-    crypto: dict[str, Any] = field(default_factory=dict)
-    outbound_id: int | None = None
-
-
-@dataclass
-class OutboundContext:
-    """One outgoing message on its way through the stages.
-
-    Normally one copy goes to all recipients: `msg`, then `data`. A stage may split
-    the message into `copies` (crypto does, when only some recipients have a key);
-    `msg` is then the first copy, and a later stage that changes the message must
-    change every copy.
-    """
-
-    mail_from: str                      # envelope sender as submitted
-    recipients: list[str]
-    raw: bytes                          # as submitted
-    log: CommObj = field(default_factory=lambda: CommObj("Message"))
-    source: str = "SMTP"                # communication-log account type: SMTP, STDIN, ...
-    account: str = ""                   # user name or peer
-    user: SubmissionUser | None = None
-    trusted: bool = False               # authenticated or from allow_networks
-    kind: Kind = "message"
-    requested_queue: str = ""           # `deskgate send --queue`
-    msg: Message | None = None          # compat32 message; stages change it in place or swap it
-    params: dict[str, str] = field(default_factory=dict)   # internal X-headers (trusted only)
-    queue: str = ""
-    queue_config: QueueConfig | None = None
-    ticket_id: int | None = None
-    ticket_number: str = ""
-    helpdesk_number: str = ""           # the helpdesk's number from the Subject (with [helpdesk])
-    helpdesk_ref: str = ""              # the helpdesk's ticket id its mail names (RT)
-    new_ticket: bool = False
-    sender: str = ""                    # envelope sender after rewrite ('' = null sender)
-    from_email: str = ""                # the system address in From
-    return_path: str = ""               # where DSNs go ('' = nobody)
-    message_id: str = ""
-    data: bytes = b""                   # final bytes (after DKIM)
-    crypto: dict[str, Any] = field(default_factory=dict)   # filled by the crypto stage
-    copies: list[OutboundCopy] = field(default_factory=list)   # empty: one copy, to all
-    article: Parsed | None = None       # the message as stored (taken before "crypto")
-    article_id: int | None = None
-    outbound_id: int | None = None      # the first queue row
-    outbound_ids: list[int] = field(default_factory=list)   # one queue row per copy
-    sender_type: str = "agent"
-    trace: list[str] = field(default_factory=list)
-
-    def final_copies(self) -> list[OutboundCopy]:
-        """What goes into the queue: the copies, or the message itself to every recipient."""
-        if self.copies:
-            return self.copies
-        assert self.msg is not None
-        return [OutboundCopy(list(self.recipients), self.msg, self.data, self.crypto)]
-
-
-Stage = Callable[[OutboundContext, Runtime], None]
 
 
 def _copy_obj(o: CommObj) -> CommObj:
     return dataclasses.replace(o, entries=list(o.entries))
 
 
-def _crypto_slot(ctx: OutboundContext, rt: Runtime) -> None:
-    """Placeholder for S/MIME and PGP signing/encryption (registered by gateway.crypto)."""
-
-
-def _rewrite(ctx: OutboundContext, rt: Runtime) -> None:
-    from gateway.outbound.rewrite import rewrite
-
-    rewrite(ctx, rt)
-
-
-def _dkim(ctx: OutboundContext, rt: Runtime) -> None:
-    from gateway.outbound.dkim import dkim_stage
-
-    dkim_stage(ctx, rt)
-
-
-STAGES: dict[str, Stage] = {"rewrite": _rewrite, "crypto": _crypto_slot, "dkim": _dkim}
-OUTBOUND_ORDER: list[str] = ["rewrite", "crypto", "dkim"]
-
-
-def register_outbound_stage(name: str, fn: Stage, *, before: str | None = None) -> None:
-    """Add a stage (or replace one of that name). New stages go before `before`,
-    by default before "dkim": nothing may change the message after DKIM."""
-    if name == "dkim" and "dkim" in STAGES and fn is not STAGES["dkim"]:
-        STAGES["dkim"] = fn
-        return
-    if before is None:
-        before = "dkim"
-    if before not in OUTBOUND_ORDER:
-        raise ValueError(f"no outbound stage {before!r} to insert {name!r} before")
-    STAGES[name] = fn
-    if name not in OUTBOUND_ORDER:
-        OUTBOUND_ORDER.insert(OUTBOUND_ORDER.index(before), name)
-
-
-def run_stages(ctx: OutboundContext, rt: Runtime) -> None:
-    """Parse when needed, then every stage in order; the last one sets ctx.data.
+def run_stages(ctx: OutboundContext, rt: Runtime, stages: OutboundStages | None = None) -> None:
+    """Parse when needed, then every stage in order (the table of
+    gateway.outbound.stages unless `stages` is given); the last one sets ctx.data.
 
     The article is taken from the message as it is just before "crypto" (so the
     helpdesk stores what the agent wrote, not ciphertext), and parsed here, on a
@@ -159,17 +56,18 @@ def run_stages(ctx: OutboundContext, rt: Runtime) -> None:
 
     if ctx.msg is None:
         ctx.msg = message_from_bytes(ctx.raw, policy=compat32)
-    for name in OUTBOUND_ORDER:
-        if name in ("crypto", "dkim") and ctx.article is None and ctx.kind != "dsn":
+    for stage in stages if stages is not None else default_stages():
+        if stage.name in ("crypto", "dkim") and ctx.article is None and ctx.kind != "dsn":
             ctx.article = parse_message(serialize(ctx.msg))
-        STAGES[name](ctx, rt)
+        stage.fn(ctx, rt)
     if not ctx.data:
         ctx.data = serialize(ctx.msg)
     for c in ctx.copies:
         c.data = c.data or serialize(c.msg)
 
 
-def process_in_transaction(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
+def process_in_transaction(ctx: OutboundContext, rt: Runtime, conn: Connection,
+                           stages: OutboundStages | None = None) -> int:
     """resolve, stages, enqueue inside the caller's transaction; returns the first outbound
     id (all of them in ctx.outbound_ids)."""
     from gateway.outbound.queue import enqueue
@@ -178,7 +76,7 @@ def process_in_transaction(ctx: OutboundContext, rt: Runtime, conn: Connection) 
     if ctx.msg is None:
         ctx.msg = message_from_bytes(ctx.raw, policy=compat32)
     resolve(ctx, rt, conn)
-    run_stages(ctx, rt)
+    run_stages(ctx, rt, stages)
     return enqueue(ctx, rt, conn)
 
 
@@ -206,8 +104,10 @@ class OutboundPipeline:
 
     def __init__(self, runtime: Callable[[], Runtime], writer: BatchWriter,
                  executor: Executor | None = None,
-                 on_queued: Callable[[], None] | None = None, *, number_block: int = 20) -> None:
+                 on_queued: Callable[[], None] | None = None, *, number_block: int = 20,
+                 stages: OutboundStages | None = None) -> None:
         self.runtime = runtime
+        self.stages = stages
         self.writer = writer
         self.executor = executor
         self.on_queued = on_queued
@@ -273,7 +173,7 @@ class OutboundPipeline:
         parse_submission(ctx, rt)
         with self.writer.engine.connect() as conn:
             resolve(ctx, rt, conn, self.numbers.take)
-        run_stages(ctx, rt)
+        run_stages(ctx, rt, self.stages)
 
     def _reserve(self, day: str, count: int) -> int:
         from gateway.outbound.rewrite import reserve_numbers

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
-from gateway.outbound.pipeline import OutboundContext
+from gateway.outbound.context import OutboundContext
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient

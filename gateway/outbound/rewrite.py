@@ -29,8 +29,8 @@ from sqlalchemy import Connection, or_, select
 from gateway.errors import PermanentError
 from gateway.inbound.parse import addresses, decode_header_value, first_address
 from gateway.inbound.xheaders import canonical
+from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import header_safe
-from gateway.outbound.pipeline import OutboundContext
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.tables import Article, Ticket

@@ -251,8 +251,9 @@ def _retry_until(m: oq.Claimed, schedule: tuple[float, ...]) -> datetime:
 def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
                results: list[oq.RcptResult], transport: Transport, *,
                retry_until: datetime | None = None) -> int:
+    from gateway.outbound.context import OutboundContext
     from gateway.outbound.dsn import build_dsn
-    from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+    from gateway.outbound.pipeline import process_in_transaction
 
     cfg = rt.config
     data = build_dsn(action=action, reporting_mta=cfg.gateway.hostname, to=m.return_path,

@@ -1,8 +1,8 @@
-"""Wiring of the outbound door into a Gateway: the pipeline, submission listener, sender.
+"""Wiring of the outbound door into a process: the pipeline, submission listener, sender.
 
 app.py lists `submission_service` and `sender_service` in SERVICE_FACTORIES; the
-pipeline object is created once per Gateway and shared by both and by
-`deskgate send`.
+pipeline object is created once per process (Host.outbound) and shared by both
+and by `deskgate send`.
 """
 
 from __future__ import annotations
@@ -14,26 +14,23 @@ import structlog
 from gateway.outbound.pipeline import OutboundPipeline
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.interfaces import Host
     from gateway.outbound.sender import Sender
     from gateway.outbound.submission import SubmissionService
 
 log = structlog.get_logger(__name__)
 
 
-def outbound_pipeline(gw: Gateway, *, one_shot: bool = False) -> OutboundPipeline:
-    """The Gateway's outbound pipeline (created on first use). A `one_shot` process
+def outbound_pipeline(gw: Host, *, one_shot: bool = False) -> OutboundPipeline:
+    """The process's outbound pipeline (created on first use). A `one_shot` process
     (`deskgate send`) reserves ticket numbers one at a time, so it uses what it takes."""
-    existing = getattr(gw, "outbound_pipeline", None)
-    if isinstance(existing, OutboundPipeline):
-        return existing
-    p = OutboundPipeline(lambda: gw.runtime, gw.writer, gw.executor,
-                         number_block=1 if one_shot else 20)
-    gw.outbound_pipeline = p  # type: ignore[attr-defined]
-    return p
+    if gw.outbound is None:
+        gw.outbound = OutboundPipeline(lambda: gw.runtime, gw.writer, gw.executor,
+                                       number_block=1 if one_shot else 20)
+    return gw.outbound
 
 
-def submission_service(gw: Gateway) -> SubmissionService | None:
+def submission_service(gw: Host) -> SubmissionService | None:
     from gateway.outbound.submission import Submission, SubmissionService, comm_writer
 
     listen = gw.config.submission.listen
@@ -48,7 +45,7 @@ def submission_service(gw: Gateway) -> SubmissionService | None:
     return svc
 
 
-def sender_service(gw: Gateway) -> Sender | None:
+def sender_service(gw: Host) -> Sender | None:
     from gateway.outbound.sender import Sender
 
     relay = gw.config.relay
@@ -58,5 +55,4 @@ def sender_service(gw: Gateway) -> Sender | None:
     sender = Sender(lambda: gw.runtime, gw.writer, engine=gw.engine)
     outbound_pipeline(gw).on_queued = sender.poke
     gw.reload_hooks.append(sender.reload)
-    gw.outbound_sender = sender  # type: ignore[attr-defined]
     return sender

@@ -31,7 +31,8 @@ from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
-from gateway.outbound.pipeline import OutboundContext, OutboundPipeline
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.pipeline import OutboundPipeline
 from gateway.portowner import in_use_by
 from gateway.runtime import Runtime
 

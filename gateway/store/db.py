@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from gateway.config import Config, register_validator
+from gateway.config import Config
 from gateway.privatefiles import create_private
 from gateway.store.fast import deferred_writes
 
@@ -114,8 +114,7 @@ def sqlite_location_problem(url: str) -> str | None:
     return None
 
 
-@register_validator
-def _validate_database(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_database(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     problem = database_problem(cfg.database_url)
     if problem is not None:
         add(str(cfg.conf_dir), "gateway.database", problem)

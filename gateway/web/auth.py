@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
 
-from gateway.config import Config, DashboardConfig, register_validator, split_listen
+from gateway.config import Config, DashboardConfig, split_listen
 from gateway.passwords import DUMMY_HASH, is_hash, verify_password
 
 # Host header names a login-free (loopback) dashboard always accepts.
@@ -81,8 +81,7 @@ def host_allowed(d: DashboardConfig, host_header: str | None) -> bool:
     return host in with_listen or host.strip("[]") in with_listen
 
 
-@register_validator
-def _validate(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+def validate_dashboard(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     d = cfg.dashboard
     where = str(cfg.conf_dir)
     for i, u in enumerate(d.user):

@@ -35,7 +35,7 @@ from gateway.web.auth import Authenticator, csrf_token, host_allowed, role_of
 from gateway.web.requestkeys import ROLE, USER, VERSION
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -95,7 +95,7 @@ class Dashboard:
 
     name = "dashboard"
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Host) -> None:
         self.gw = gw
         self.listen = gw.config.dashboard.listen
         self.env = make_env()
@@ -370,7 +370,7 @@ class Dashboard:
 
     async def metrics(self, request: web.Request) -> web.Response:
         body, ctype = await asyncio.get_running_loop().run_in_executor(
-            self.pool, metrics.render, self.gw.engine)
+            self.pool, metrics.render, self.gw.engine, SCRAPE_HOOKS)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = ctype
         return resp
@@ -471,7 +471,6 @@ def read_outbound_item(conn: Connection, oid: int) -> dict[str, Any] | None:
     return outq.show(conn, oid)
 
 
-@metrics.register_scrape_hook
 def outbound_gauges(engine: Any) -> None:
     """deskgate_outbound_queue_depth / _oldest_seconds from the queued messages."""
     try:
@@ -490,7 +489,6 @@ def outbound_gauges(engine: Any) -> None:
         (datetime.now(UTC) - oldest).total_seconds() if oldest else 0)
 
 
-@metrics.register_scrape_hook
 def handoff_gauges(engine: Any) -> None:
     """deskgate_handoff_pending / _failed / _oldest_pending_seconds from the outbox."""
     from gateway.helpdesk.outbox import stats
@@ -506,7 +504,11 @@ def handoff_gauges(engine: Any) -> None:
         (datetime.now(UTC) - st.oldest_pending).total_seconds() if st.oldest_pending else 0)
 
 
-def factory(gw: Gateway) -> Dashboard | None:
+# Run before each /metrics scrape: the gauges read from the database.
+SCRAPE_HOOKS: tuple[metrics.ScrapeHook, ...] = (outbound_gauges, handoff_gauges)
+
+
+def factory(gw: Host) -> Dashboard | None:
     """SERVICE_FACTORIES entry: the dashboard unless [dashboard] listen is empty."""
     if not gw.config.dashboard.listen:
         return None

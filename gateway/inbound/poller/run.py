@@ -40,7 +40,7 @@ from gateway.inbound.poller.session import MailboxError, RemoteMessage, Session
 from gateway.model import Envelope
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -97,9 +97,9 @@ class RunResult:
 
 
 class Poller:
-    """Polls accounts for one Gateway; holds per-account token caches and locks."""
+    """Polls accounts for one gateway process; holds per-account token caches and locks."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Host) -> None:
         self.gw = gateway
         self._tokens: dict[str, TokenSource] = {}
         self._running: set[str] = set()
@@ -404,15 +404,9 @@ class Poller:
                        result: RunResult, m: RemoteMessage, raw: bytes,
                        errors: list[str]) -> bool:
         """Deliver one fetched message and note it for removal; False ends the run."""
-        gw = self.gw
         t0 = time.perf_counter()
-        gw.inflight += 1   # Gateway.wait_idle (graceful stop) waits for this commit
-        try:
-            outcome = await gw.pipeline.deliver(envelope_for(account, raw), comm=comm)
-        finally:
-            gw.inflight -= 1
-            if gw.inflight == 0 and gw._idle is not None:   # the app's idle signal
-                gw._idle.set()
+        # In flight until committed: a graceful stop waits for it.
+        outcome = await self.gw.deliver_envelope(envelope_for(account, raw), comm)
         reply = outcome.replies[0]
         metrics.PIPELINE_SECONDS.labels("poller").observe(time.perf_counter() - t0)
         metrics.MESSAGES.labels("poller", "in",

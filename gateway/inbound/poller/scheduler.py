@@ -20,7 +20,7 @@ from gateway.inbound.poller.idle import IdleWatcher
 from gateway.inbound.poller.run import Poller
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,7 @@ STOP_GRACE = 30.0            # seconds a stopping poller lets runs finish cleanl
 class PollerService:
     name = "poller"
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Host) -> None:
         self.gw = gateway
         self.poller = Poller(gateway)
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -121,7 +121,7 @@ class PollerService:
                 await loop.run_in_executor(None, watcher.stop)
 
 
-def factory(gw: Gateway) -> PollerService | None:
+def factory(gw: Host) -> PollerService | None:
     """SERVICE_FACTORIES entry: always present (it idles without valid accounts), so
     an [[account]] added by a reload starts polling without a restart."""
     return PollerService(gw)

@@ -1,16 +1,15 @@
-"""Config checks for [[account]] beyond the core ones (registered as a plugin)."""
+"""Config checks for [[account]] beyond the core ones (a row of gateway.validators)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from gateway.config import Config, register_validator
+from gateway.config import Config
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-@register_validator
 def validate_accounts(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     for i, acc in enumerate(cfg.account):
         key = f"account[{i}]"

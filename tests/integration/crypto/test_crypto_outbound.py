@@ -14,8 +14,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.crypto.inbound import first_part_bytes
+from gateway.outbound.context import OutboundContext
 from gateway.outbound.dkim import dns_record, generate_key, key_pem
-from gateway.outbound.pipeline import OutboundContext
 from gateway.outbound.service import outbound_pipeline
 from gateway.store.tables import AutoResponse, AutoResponseRequest, CommEntry
 from tests.conftest import free_port

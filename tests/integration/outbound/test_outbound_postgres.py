@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-import gateway.outbound.plugin  # noqa: F401 - DKIM builder, auto-response stage
 from gateway.config import load_config
 from gateway.outbound import queue as oq
-from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.pipeline import process_in_transaction
 from gateway.outbound.rewrite import parse_submission
 from gateway.outbound.sender import Sender
 from gateway.runtime import build_runtime

@@ -175,13 +175,11 @@ class TestOffload:
         """With the classifier enabled, mail for the catch-all or an unknown recipient is
         prepared on the worker pool; mail for another queue's address is not; with the
         classifier disabled nothing changes."""
-        from gateway.app import load_plugins
         from gateway.inbound import pipeline
         from gateway.inbound.stages import build_stages
         from gateway.model import Envelope
         from gateway.runtime import build_runtime
 
-        load_plugins()
         offload = build_stages().offload
 
         def needs_worker(e: Envelope) -> bool:

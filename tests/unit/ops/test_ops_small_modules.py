@@ -70,8 +70,6 @@ class TestDashboardAccessConfig:
 
     def test_public_listen_needs_credentials(self, make_confdir):
         """`check` refuses a non-loopback dashboard without token or users."""
-        import gateway.web.auth  # noqa: F401 - registers the validator
-
         conf = make_confdir({"60-d.toml": '[dashboard]\nlisten = "0.0.0.0:8025"\n'})
         with pytest.raises(ConfigErrors) as ei:
             load_config(conf)
@@ -82,8 +80,6 @@ class TestDashboardAccessConfig:
 
     def test_user_hash_must_be_a_hash(self, make_confdir):
         """A [[dashboard.user]] password_hash that is not a `deskgate passwd` hash is an error."""
-        import gateway.web.auth  # noqa: F401
-
         conf = make_confdir({"60-d.toml": '[[dashboard.user]]\nname = "a"\n'
                                           'password_hash = "plaintext"\n'})
         with pytest.raises(ConfigErrors) as ei:
@@ -114,13 +110,9 @@ class TestMetrics:
             seen.append(engine)
             metrics.OUTBOUND_QUEUE_DEPTH.set(7)
 
-        metrics.register_scrape_hook(hook)
-        try:
-            metrics.FILTER_TIMEOUTS.labels("010-spam").inc()
-            metrics.POLLER_ERRORS.labels("legacy").inc()
-            body, ctype = metrics.render(engine="E")  # type: ignore[arg-type]
-        finally:
-            metrics.SCRAPE_HOOKS.remove(hook)
+        metrics.FILTER_TIMEOUTS.labels("010-spam").inc()
+        metrics.POLLER_ERRORS.labels("legacy").inc()
+        body, ctype = metrics.render(engine="E", hooks=(hook,))  # type: ignore[arg-type]
         assert seen == ["E"] and ctype.startswith("text/plain")
         fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
         assert fams["deskgate_outbound_queue_depth"].samples[0].value == 7

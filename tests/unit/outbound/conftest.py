@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-import gateway.outbound.plugin  # noqa: F401 - DKIM builder, auto-response stage
 from gateway.config import Config
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo

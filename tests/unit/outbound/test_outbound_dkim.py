@@ -133,7 +133,7 @@ class TestKeyChoice:
         table: dict[str, list[DkimKey]] = {}
         for k in keys:
             table.setdefault(k.domain, []).append(k)
-        return SimpleNamespace(extras={"dkim": table})
+        return SimpleNamespace(dkim=table)
 
     def test_exact_domain_only_by_default(self):
         k = DkimKey("example.org", "s1", generate_key(True))

@@ -7,15 +7,15 @@ import random
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 
-import pytest
 from sqlalchemy import select
 
 from gateway.inbound.bounce import parse_dsn
-from gateway.outbound import pipeline
 from gateway.outbound import queue as oq
+from gateway.outbound.context import OutboundContext, OutboundCopy
 from gateway.outbound.dsn import build_dsn
-from gateway.outbound.pipeline import OutboundContext, OutboundCopy, process_in_transaction
+from gateway.outbound.pipeline import process_in_transaction
 from gateway.outbound.rewrite import parse_submission
+from gateway.outbound.stages import OutboundStage, build_outbound_stages
 from gateway.outbound.submission import AuthGuard
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
 
@@ -23,12 +23,12 @@ RAW = (b"From: app@internal.test\r\nTo: a@customer.test, b@customer.test\r\n"
        b"Subject: Hello\r\n\r\nbody\r\n")
 
 
-def enqueue(engine, rt, rcpts=("a@customer.test", "b@customer.test")) -> int:
+def enqueue(engine, rt, rcpts=("a@customer.test", "b@customer.test"), stages=None) -> int:
     ctx = OutboundContext(mail_from="app@internal.test", recipients=list(rcpts), raw=RAW,
                           trusted=True)
     with engine.begin() as conn:
         parse_submission(ctx, rt)
-        return process_in_transaction(ctx, rt, conn)
+        return process_in_transaction(ctx, rt, conn, stages)
 
 
 class TestClaims:
@@ -124,20 +124,15 @@ class TestOutcomes:
         assert left == [] and art.transmission_status == "failed"
 
 
-@pytest.fixture
-def one_copy_per_recipient():
-    """A stage before DKIM that splits every message into one copy per recipient, the
-    way the crypto stage does when only some recipients have a key."""
-    def split(ctx, rt):
-        ctx.copies = [OutboundCopy([r], ctx.msg if i == 0 else copy.deepcopy(ctx.msg))
-                      for i, r in enumerate(ctx.recipients)]
+def split(ctx, rt):
+    """In the crypto row: one copy per recipient, the way the crypto stage splits a
+    message when only some recipients have a key."""
+    ctx.copies = [OutboundCopy([r], ctx.msg if i == 0 else copy.deepcopy(ctx.msg))
+                  for i, r in enumerate(ctx.recipients)]
 
-    stages, order = dict(pipeline.STAGES), list(pipeline.OUTBOUND_ORDER)
-    pipeline.register_outbound_stage("zz-split", split)
-    yield
-    pipeline.STAGES.clear()
-    pipeline.STAGES.update(stages)
-    pipeline.OUTBOUND_ORDER[:] = order
+
+SPLIT = tuple(OutboundStage(s.name, split) if s.name == "crypto" else s
+              for s in build_outbound_stages())
 
 
 def article_status(conn) -> str:
@@ -150,12 +145,11 @@ def settle(conn, m, code, reply="ok"):
                              schedule=(60.0,), warn_after=0)
 
 
-@pytest.mark.usefixtures("one_copy_per_recipient")
 class TestCopies:
     def test_one_article_one_row_per_copy(self, ob_engine, rt):
         """A split message is one article and one queue row per copy, each with its own
         recipients; the first row's id is returned."""
-        oid = enqueue(ob_engine, rt)
+        oid = enqueue(ob_engine, rt, stages=SPLIT)
         with ob_engine.connect() as conn:
             rows = conn.execute(select(OutboundMessage).order_by(OutboundMessage.id)).all()
             rcpts = conn.execute(select(OutboundRecipient.outbound_id,
@@ -167,7 +161,7 @@ class TestCopies:
 
     def test_article_sent_only_when_every_copy_is(self, ob_engine, rt):
         """One copy sent and one pending leaves the article queued; the second makes it sent."""
-        enqueue(ob_engine, rt)
+        enqueue(ob_engine, rt, stages=SPLIT)
         with ob_engine.begin() as conn:
             m1, m2 = oq.claim(conn, "n", limit=2, lease=60)
             assert settle(conn, m1, 250).status == "sent"
@@ -178,7 +172,7 @@ class TestCopies:
 
     def test_failed_copy_keeps_the_article_failed(self, ob_engine, rt):
         """A copy that failed is not hidden by another copy delivered later."""
-        enqueue(ob_engine, rt)
+        enqueue(ob_engine, rt, stages=SPLIT)
         with ob_engine.begin() as conn:
             m1, m2 = oq.claim(conn, "n", limit=2, lease=60)
             settle(conn, m1, 550, "5.1.1 no user")
@@ -190,7 +184,7 @@ class TestCopies:
     def test_deleted_copy_keeps_the_article_failed(self, ob_engine, rt):
         """Deleting an unsent copy marks the article failed; the other copy's delivery
         does not turn it into sent."""
-        enqueue(ob_engine, rt)
+        enqueue(ob_engine, rt, stages=SPLIT)
         with ob_engine.begin() as conn:
             m1, m2 = oq.claim(conn, "n", limit=2, lease=60)
             assert oq.remove(conn, m2.id)
@@ -201,7 +195,7 @@ class TestCopies:
 
     def test_deleting_a_sent_copy_changes_nothing(self, ob_engine, rt):
         """A copy already delivered can be deleted without marking the article failed."""
-        enqueue(ob_engine, rt)
+        enqueue(ob_engine, rt, stages=SPLIT)
         with ob_engine.begin() as conn:
             m1, _ = oq.claim(conn, "n", limit=2, lease=60)
             settle(conn, m1, 250)

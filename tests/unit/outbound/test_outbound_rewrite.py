@@ -11,7 +11,8 @@ import pytest
 from gateway.config import SubmissionUser
 from gateway.errors import PermanentError
 from gateway.inbound.parse import decode_header_value
-from gateway.outbound.pipeline import OutboundContext, process_in_transaction
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.pipeline import process_in_transaction
 from gateway.outbound.rewrite import parse_submission, recipients_from_headers, resolve, rewrite
 from gateway.store import repo
 

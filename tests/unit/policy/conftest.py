@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import gateway.app
 from gateway.commlog import CommObj
 from gateway.config import Config, load_config
 from gateway.inbound import pipeline
@@ -15,7 +14,6 @@ from gateway.inbound.stages import build_stages
 from gateway.model import Envelope, MessageContext
 from gateway.runtime import Runtime, build_runtime
 
-gateway.app.load_plugins()
 STAGES = build_stages()
 
 

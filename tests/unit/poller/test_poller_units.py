@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.app import load_plugins
 from gateway.config import load_config
 from gateway.errors import ConfigErrors
 from gateway.inbound.poller.imap import mutf7, quote, uid_set
@@ -26,7 +25,6 @@ client_id = "abc"
 
 
 def load(make_confdir, **kw):
-    load_plugins()
     values = {"type": "imaps", "extra": "", "url": "https://login.example/token",
               "oauth": 'refresh_token = "rt"'}
     values.update(kw)

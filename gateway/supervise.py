@@ -1,0 +1,248 @@
+"""Process supervision of `deskgate serve`: the pid file lock, the pre-forked LMTP
+workers, signals (SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 wakes the sender).
+
+The main process runs a Gateway with every service; each pre-forked worker runs
+one with LMTP only, on the same sockets. The Gateway itself (what runs) is the
+composition root in gateway.app; this module only decides how many and how long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway import errors, sdnotify
+from gateway.app import Gateway
+from gateway.config import Config
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
+                socks: Sequence[socket.socket] | None = None,
+                workers: Sequence[int] = ()) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are pre-forked LMTP
+    processes sharing `socks`; they get our signals and are waited for."""
+    if _PIDLOCK["fd"] is None:      # serve() run without run_serve (tests)
+        lock_pidfile(config)
+    gw = Gateway(config)
+    if socks is None:
+        await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
+    servers = await gw.start(socks)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    gw.reload_others = lambda: _signal_workers(workers, signal.SIGHUP)
+
+    async def reload() -> None:
+        sdnotify.reloading()
+        _signal_workers(workers, signal.SIGHUP)
+        try:
+            await gw.reload()
+        finally:
+            sdnotify.notify("READY=1", "STATUS=serving")
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
+    pidfile = pidfile_path(config)
+    log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1,
+             services=gw.services_up(), not_running=gw.services_down(),
+             database=_safe_url(config.database_url))
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
+    if ready:
+        ready()
+    await stop.wait()
+    sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing messages in flight")
+    log.info("stopping: no new connections, finishing messages in flight")
+    _signal_workers(workers, signal.SIGTERM)
+    await gw.stop(servers)
+    await loop.run_in_executor(None, _reap, workers)
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+    _release_pidfile()
+
+
+async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
+    """A pre-forked LMTP worker: LMTP on the shared sockets, no other service."""
+    gw = Gateway(config)
+    servers = await gw.start(socks, services=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)   # the main process decides
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    # The outbound sender runs in the main process only: an auto-response queued
+    # here wakes it with SIGUSR1 instead of waiting for its next poll.
+    from gateway.outbound.sender import add_waker
+
+    main_pid = os.getppid()
+    add_waker(lambda _delay: _poke_main(main_pid))
+    if config.helpdesk.enabled:      # so is the hand-off worker
+        from gateway.helpdesk.worker import add_waker as add_handoff_waker
+
+        add_handoff_waker(lambda: _poke_main(main_pid))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    await stop.wait()
+    await gw.stop(servers)
+
+
+def _poke_main(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGUSR1)
+
+
+def _wake_sender() -> None:
+    """SIGUSR1: something was queued (by an LMTP worker, or an admin asks): look now."""
+    from gateway.helpdesk.worker import notify_queued as handoff_queued
+    from gateway.outbound.sender import notify_queued
+
+    notify_queued()
+    handoff_queued()
+
+
+# Held back from fork until the event loops have their handlers (see run_serve).
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+
+
+def _die_with(parent: int) -> None:
+    """A worker gets SIGTERM when the main process dies, however it dies (SIGKILL,
+    OOM killer): no orphaned worker keeps accepting LMTP on the shared socket.
+    SIGTERM is blocked until serve_worker handles it, so it stops gracefully."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):      # not Linux: the main process still reaps us
+        return
+    if os.getppid() != parent:             # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _signal_workers(workers: Sequence[int], sig: int) -> None:
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _reap(workers: Sequence[int]) -> None:
+    for pid in workers:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def run_serve(config: Config) -> None:
+    """`deskgate serve`: lock the pid file, migrate, bind, fork [lmtp] workers - 1
+    helpers, serve. Raises errors.InUse when another gateway runs on this configuration."""
+    lock_pidfile(config)
+    gw = Gateway(config)
+    try:
+        gw.prepare_store()
+        socks = gw.bind()
+    finally:
+        gw.close()
+    # A SIGTERM between the first fork and the handlers of serve() would kill this
+    # process with the default action and leave the workers serving as orphans:
+    # block the signals now; serve() and serve_worker() unblock them once handled.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    workers: list[int] = []
+    for _ in range(config.lmtp.workers - 1):
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:               # the worker: serve, then leave without running atexit
+            code = 0
+            # Only the main process holds the pid file lock (closing our copy keeps
+            # it): a new serve may start as soon as the main one is gone.
+            _release_pidfile()
+            try:
+                _die_with(parent)
+                _run(serve_worker(config, socks))
+            except BaseException:
+                log.exception("LMTP worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    try:
+        _run(serve(config, socks=socks, workers=workers))
+    except BaseException:
+        _signal_workers(workers, signal.SIGTERM)   # workers never outlive a failed main
+        _reap(workers)
+        raise
+
+
+def pidfile_path(config: Config) -> Path:
+    return config.state_dir / "run" / "deskgate.pid"
+
+
+# The open, flock'ed pid file of this process (inherited by pre-forked workers).
+_PIDLOCK: dict[str, int | None] = {"fd": None}
+
+
+def lock_pidfile(config: Config) -> None:
+    """Take an exclusive flock on the pid file before anything is bound, and write our pid.
+
+    A second `deskgate serve` on the same configuration fails here, before it can
+    touch the first one's sockets. The lock goes with the process (however it dies).
+    """
+    path = pidfile_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        holder = _read_pid(path)
+        raise errors.InUse(f"{path} is locked by a running deskgate serve "
+                    f"(pid {holder or 'unknown'}); stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _PIDLOCK["fd"] = fd
+
+
+def _release_pidfile() -> None:
+    fd = _PIDLOCK["fd"]
+    if fd is not None:
+        _PIDLOCK["fd"] = None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
