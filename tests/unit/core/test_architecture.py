@@ -88,6 +88,7 @@ class TestImportRules:
         assert {"gateway/interfaces.py", "gateway/validators.py"} <= named
         assert sorted(n for n in named if not (REPO / n).is_file()) == []
 
+    @pytest.mark.slow
     def test_every_module_imports_alone(self):
         """Each gateway module imports in a process that imported no other gateway
         module first (third-party libraries preloaded, one forked child per module)."""
