@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
@@ -119,6 +120,17 @@ class Probe:
         self.commit_at = self.commit_at_cpu = 0.0
         self.handoff: list[float] = []
         self.done_at: dict[int, float] = {}
+        self.gc = 0.0
+        self.gc_runs = [0, 0, 0]
+        self._gc_t0 = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """gc.callbacks hook: time spent collecting, on whichever thread it happens."""
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.gc += time.perf_counter() - self._gc_t0
+            self.gc_runs[info["generation"]] += 1
 
     def wrap(self, key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         # CPU time of the calling thread: the wall time of a stage on the writer
@@ -243,8 +255,14 @@ def run_once(base: Path, name: str, kind: str, a: argparse.Namespace,
             profiling.set()
             profiles.append(mine := cProfile.Profile())
             mine.enable()
+        if probe is not None:
+            gc.callbacks.append(probe.on_gc)
         t0 = time.perf_counter()
-        await asyncio.gather(*(session() for _ in range(a.concurrency)))
+        try:
+            await asyncio.gather(*(session() for _ in range(a.concurrency)))
+        finally:
+            if probe is not None:
+                gc.callbacks.remove(probe.on_gc)
         wall = time.perf_counter() - t0
         if profile:
             mine.disable()     # this thread's; the others end with their threads
@@ -273,6 +291,8 @@ def run_once(base: Path, name: str, kind: str, a: argparse.Namespace,
         res["flush_us"] = probe.flush * us
         res["commit_us"] = probe.commit * us
         res["commit_cpu_us"] = probe.commit_cpu * us
+        res["gc_us"] = probe.gc * us
+        res["gc_runs"] = probe.gc_runs
         res["handoff_ms"] = sorted(probe.handoff)[len(probe.handoff) // 2] * 1e3 \
             if probe.handoff else float("nan")
     if profile:
@@ -335,6 +355,8 @@ def report(full: list[dict[str, Any]], base: list[dict[str, Any]], a: argparse.N
           f"{writer_cpu / total:6.1%}")
     print(f"COMMIT + fsync (wall, per message) {med(full, 'commit_us'):.0f} µs; "
           f"writer → loop hand-off p50 {med(full, 'handoff_ms'):.2f} ms")
+    print(f"garbage collection (included above, on either thread) {med(full, 'gc_us'):.0f} µs/msg; "
+          f"collections of generation 0/1/2 in the last run: {full[-1]['gc_runs']}")
     return {"args": vars(a), "wall_us": wall, "loop_cpu_us": loop_cpu,
             "writer_cpu_us": writer_cpu, "ratio": ratio,
             "rows": [{"stage": n, "thread": t, "us": v} for n, t, v in rows],
