@@ -23,7 +23,7 @@ def _codec(charset: str | None, fallback: str = "utf-8") -> str:
     name = _CHARSET_ALIASES.get(name, name)
     try:
         return codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):   # ValueError: a NUL in the name
         return fallback
 
 
@@ -106,11 +106,9 @@ def addresses(value: str) -> list[str]:
 def _filename(part: Message) -> str:
     name: object
     try:
+        # filename= of Content-Disposition, else name= of Content-Type (old mailers)
         name = part.get_filename()
     except Exception:
-        name = None
-    if name is None:
-        # Content-Type: name= (old mailers)
         try:
             name = part.get_param("name")
         except Exception:
@@ -136,6 +134,36 @@ def _payload(part: Message) -> bytes:
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# A header line as the compat32 feed parser reads it without a defect: a name of
+# printable ASCII other than ':' (no space: "From " lines and "Name : x" are not
+# headers to it), then ':'.
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
+
+
+def _plain_headers(head: str) -> Message | None:
+    """The header block (without its last line end) as the feed parser would read it,
+    for the shape it reads without a defect: name-colon lines and their continuation
+    lines, CRLF or LF line ends. None for anything else (the feed parser decides)."""
+    if "\r" in head.replace("\r\n", ""):
+        return None
+    lines = head.split("\n")
+    msg = Message(policy=compat32)
+    name = ""
+    value: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not name:
+                return None
+            value.append("\n" + line)
+            continue
+        if not _HEADER_NAME.match(line):
+            return None
+        if name:
+            msg.set_raw(name, "".join(value).rstrip("\r\n"))
+        name, _, first = line.partition(":")
+        value = [first.lstrip(" \t")]
+    msg.set_raw(name, "".join(value).rstrip("\r\n"))
+    return msg
 
 
 def _message(raw: bytes) -> Message:
@@ -143,7 +171,9 @@ def _message(raw: bytes) -> Message:
     m = _HEADER_END.search(raw)
     if m is None or m.start() == 0:
         return message_from_bytes(raw, policy=compat32)
-    msg = message_from_bytes(raw[:m.end()], policy=compat32)
+    msg = _plain_headers(raw[:m.start()].decode("ascii", "surrogateescape"))
+    if msg is None:
+        msg = message_from_bytes(raw[:m.end()], policy=compat32)
     if msg.get_content_maintype() in ("multipart", "message") or msg.defects:
         return message_from_bytes(raw, policy=compat32)
     msg.set_payload(raw[m.end():].decode("ascii", "surrogateescape"))
@@ -154,34 +184,46 @@ def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     """Parse raw bytes. Never raises for malformed input; defects are recorded."""
     msg = _message(raw)
     headers = [(k, decode_header_value(v)) for k, v in msg.raw_items()]
+    # One pass over the headers instead of one per field read below.
+    first: dict[str, str] = {}
+    every: dict[str, list[str]] = {}
+    for k, v in headers:
+        lk = k.lower()
+        if lk not in first:
+            first[lk] = v
+            every[lk] = [v]
+        else:
+            every[lk].append(v)
     p = Parsed(msg=msg, headers=headers)
-    p.subject = p.header("Subject")
-    p.from_addr = p.header("From")
+    p.subject = first.get("subject", "")
+    p.from_addr = first.get("from", "")
     p.from_email = first_address(p.from_addr)
-    p.to_addr = ", ".join(p.header_all("To"))
-    p.cc_addr = ", ".join(p.header_all("Cc"))
-    p.reply_to = p.header("Reply-To")
-    p.message_id = p.header("Message-ID").strip()
-    p.in_reply_to = p.header("In-Reply-To").strip()
-    p.references = p.header("References").strip()
+    p.to_addr = ", ".join(every.get("to", ()))
+    p.cc_addr = ", ".join(every.get("cc", ()))
+    p.reply_to = first.get("reply-to", "")
+    p.message_id = first.get("message-id", "").strip()
+    p.in_reply_to = first.get("in-reply-to", "").strip()
+    p.references = first.get("references", "").strip()
     p.content_type = msg.get_content_type()
     p.defects = [type(d).__name__ for d in msg.defects]
-    extract_bodies(msg, p, with_attachments=with_attachments)
+    extract_bodies(msg, p, with_attachments=with_attachments, top_type=p.content_type)
     return p
 
 
-def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) -> None:
-    """Fill body, body_html and attachments of p from a (possibly inner) MIME tree."""
+def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
+                   top_type: str | None = None) -> None:
+    """Fill body, body_html and attachments of p from a (possibly inner) MIME tree.
+
+    `top_type` is msg's content type when the caller has it already.
+    """
     p.body, p.body_html, p.attachments = "", None, []
     text_done = False
-    for part in _leaves(msg):
-        ctype = part.get_content_type()
+    for part, ctype in _leaves(msg, top_type):
+        maintype = ctype.split("/")[0]
         disp = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         fname = _filename(part)
         is_attachment = disp == "attachment" or (bool(fname) and disp != "inline") \
-            or ctype not in ("text/plain", "text/html")
-        if ctype == "message/rfc822" or part.get_content_maintype() == "message":
-            is_attachment = True
+            or ctype not in ("text/plain", "text/html") or maintype == "message"
         if not is_attachment and ctype == "text/plain" and not text_done:
             p.body = decode_bytes(_payload(part), part.get_content_charset()).replace("\r\n", "\n")
             text_done = True
@@ -190,8 +232,7 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) ->
             p.body_html = decode_bytes(_payload(part), part.get_content_charset())
             continue
         if with_attachments:
-            content = _rfc822(part) if part.get_content_maintype() == "message" \
-                else _payload(part)
+            content = _rfc822(part) if maintype == "message" else _payload(part)
             p.attachments.append(AttachmentData(
                 filename=fname or _default_name(ctype, len(p.attachments) + 1),
                 content_type=ctype, content=content,
@@ -201,20 +242,26 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True) ->
         p.body = html_to_text(p.body_html)
 
 
-def _leaves(msg: Message) -> list[Message]:
-    """Leaf parts in order; an attached message (message/rfc822) is one leaf."""
-    out: list[Message] = []
+def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, str]]:
+    """Leaf parts in order with their content types; an attached message
+    (message/rfc822) is one leaf."""
+    out: list[tuple[Message, str]] = []
+    if top_type is None:
+        top_type = msg.get_content_type()
+    if not msg.is_multipart():
+        return [(msg, top_type)]        # single part: the common case
     stack = [msg]
     while stack:
         part = stack.pop()
-        if part.get_content_maintype() == "message" and part is not msg:
-            out.append(part)
+        ctype = top_type if part is msg else part.get_content_type()
+        if part is not msg and ctype.split("/")[0] == "message":
+            out.append((part, ctype))
         elif part.is_multipart():
             payload = part.get_payload()
             if isinstance(payload, list):
                 stack.extend(p for p in reversed(payload) if isinstance(p, Message))
         else:
-            out.append(part)
+            out.append((part, ctype))
     return out
 
 

@@ -299,13 +299,13 @@ class Pipeline:
         try:
             stages = self.stages.prepare
             if needs_worker(env, self.stages.offload):
-                await asyncio.get_running_loop().run_in_executor(self.executor, prepare,
+                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_off_loop,
                                                                  ctx, rt, stages)
             elif not _prepare_inline(ctx, rt, stages):
                 # a stage needed more than the loop's budget: start over on a worker
                 log.debug("preparing on the worker pool", source=env.source)
                 ctx = self._context(env)
-                await asyncio.get_running_loop().run_in_executor(self.executor, prepare,
+                await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_off_loop,
                                                                  ctx, rt, stages)
             job = self._commit_job(ctx, rt, comm)
         except Exception as exc:
@@ -356,6 +356,15 @@ class Pipeline:
 
     def deliver_sync(self, env: Envelope, **kw: Any) -> Outcome:
         return asyncio.run(self.deliver(env, **kw))
+
+
+def _prepare_off_loop(ctx: MessageContext, rt: Runtime, stages: Sequence[Stage]) -> None:
+    """Prepare on a worker thread. The content hash (raw message row, delivery rows,
+    dedupe) is taken here too, so the one writer thread never hashes a big message
+    while every message of its batch waits for the commit; a small one (prepared on
+    the loop) is hashed by the writer, which costs it less than a second GIL hand-off."""
+    _ = ctx.envelope.sha256          # computed once, kept on the envelope
+    prepare(ctx, rt, stages)
 
 
 def _prepare_inline(ctx: MessageContext, rt: Runtime, stages: Sequence[Stage]) -> bool:

@@ -180,3 +180,32 @@ class TestNeverLoseNeverDuplicate:
         out = deliver(gw, msg(extra="X-Deskgate-Ignore: yes\r\n"), trusted=True)
         assert out.action == "ignore" and out.replies[0].ok
         assert count(gw, Ticket) == 0 and count(gw, Delivery) == 1
+
+
+class TestBigMessages:
+    def test_big_message_reaches_the_writer_hashed(self, config):
+        """A message prepared on the worker pool (big) comes to the commit stages with its
+        content hash taken, and its raw row and delivery rows carry that hash."""
+        from gateway.inbound.pipeline import INLINE_PREPARE_MAX
+        from gateway.inbound.stages import build_stages
+
+        seen: list[bool] = []
+
+        def probe(ctx, rt, conn):
+            seen.append("sha256" in vars(ctx.envelope))
+
+        gw = Gateway(config, stages=build_stages().with_stage("commit", "probe", probe,
+                                                              before="dedupe"))
+        gw.prepare_store()
+        try:
+            raw = msg(mid="<big@c.test>", body="x" * (INLINE_PREPARE_MAX + 10))
+            out = deliver(gw, raw)
+            assert out.replies[0].ok and seen == [True]
+            import hashlib
+
+            digest = hashlib.sha256(raw).hexdigest()
+            with gw.engine.connect() as c:
+                assert c.execute(select(RawMessage.sha256)).scalar_one() == digest
+                assert c.execute(select(Delivery.content_hash)).scalar_one() == digest
+        finally:
+            gw.close()
