@@ -145,6 +145,11 @@ class LmtpSession(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of input held (unanswered commands or the message being received)."""
+        return len(self._buf)
+
     # ------------------------------------------------------------ transport
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
