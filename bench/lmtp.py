@@ -135,6 +135,7 @@ def serve_session(sock: str, port: str) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        Path(sock).unlink(missing_ok=True)     # left by the previous round
         unix = socket.socket(socket.AF_UNIX)
         unix.bind(sock)
         tcp = socket.socket()
