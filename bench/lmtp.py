@@ -133,9 +133,10 @@ def serve_session(sock: str, port: str) -> None:
         def log_connection(self, comm):
             pass
 
+    Path(sock).unlink(missing_ok=True)         # left by the previous round
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        Path(sock).unlink(missing_ok=True)     # left by the previous round
         unix = socket.socket(socket.AF_UNIX)
         unix.bind(sock)
         tcp = socket.socket()
