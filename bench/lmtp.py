@@ -1,13 +1,34 @@
 #!/usr/bin/env python3
-"""LMTP throughput: deskgate's full pipeline against a bare aiosmtpd LMTP sink.
+"""LMTP throughput and latency: deskgate's full pipeline against a bare aiosmtpd
+LMTP sink (and, with --workers 2, against Haraka).
 
-Both servers run in their own process on uvloop; Postfix's smtp-source is the
-load (`-L`, 5 KB messages, 20 sessions) and Postfix's smtp-sink gives the
-machine's ceiling. Every scenario runs the baseline and deskgate back to back in
-this one invocation and prints messages/s and the ratio, plus deskgate's
-end-of-DATA-to-reply latency (p50/p99).
+Every server runs in its own process; Postfix's smtp-source is the load (5 KB
+messages, 20 sessions) and Postfix's smtp-sink gives the machine's ceiling.
+Scenarios: TCP on 127.0.0.1 and the unix socket, connection reuse (`-d`) and a
+new connection per message, 1 and 5 recipients. Each scenario alternates
+baseline and deskgate rounds in this one invocation and reports medians and the
+median of the per-round ratios. Then, per scenario, a paced client of this
+script sends at half of deskgate's measured peak rate and reports the
+end-of-DATA → last reply latency (p50/p99) seen by the client.
 
-    python bench/lmtp.py [--messages 5000] [--sessions 20] [--quick] [--filter REGEX]
+    python bench/lmtp.py [--messages 3000] [--sessions 20] [--rounds 3] [--quick]
+                         [--transport tcp,unix] [--workers 2] [--no-haraka]
+                         [--compare-with PATH] [--session-sink] [--filter REGEX]
+
+`--workers 2` runs deskgate with `[lmtp] workers = 2` (pre-forked processes; the
+baseline stays one process), connection reuse only, and adds Haraka to the TCP
+rounds: Haraka from the npm registry (installed once under
+~/.cache/deskgate-bench/haraka), SMTP on a loopback port, one plugin that
+answers the reverse-DNS hook locally and accepts every recipient and every
+message at queue time (then discards it), log level warn, Haraka's default of
+one process. smtp-source drives it in SMTP mode. Without npm this part is
+skipped with a message.
+
+`--compare-with PATH` also runs the deskgate of another checkout (for example
+the previous commit in a `git worktree`) in the same rounds: before/after.
+
+`--session-sink` also runs deskgate's LMTP session alone, with a backend that
+accepts and drops every message: the protocol layer's share, next to aiosmtpd's.
 
 `--filter REGEX` adds one postmaster filter testing the Subject with REGEX (it
 never matches the load's mail): with a pattern whose backtracking is bounded
@@ -39,9 +60,11 @@ CONF = """
 hostname = "bench.test"
 state_dir = "var"
 [lmtp]
-listen = ["unix:{sock}"]
+listen = ["unix:{sock}", "127.0.0.1:{port}"]
 workers = {workers}
 unknown_recipient = "default-queue"
+[dashboard]
+listen = "127.0.0.1:{dash}"
 [postmaster]
 default_queue = "Raw"
 [[queue]]
@@ -54,11 +77,20 @@ email = "support@example.org"
 queue = "Support"
 """
 
+HARAKA_PLUGIN = """\
+// deskgate bench: no DNS, accept every recipient, accept and discard at queue time.
+exports.hook_lookup_rdns = function (next) { next(OK, 'localhost'); };
+exports.hook_rcpt = function (next) { next(OK); };
+exports.hook_queue = function (next) { next(OK); };
+"""
+HARAKA_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+    / "deskgate-bench" / "haraka"
+
 
 # ------------------------------------------------------------------ servers
 
-def serve_bare(sock: str) -> None:
-    """aiosmtpd's LMTP class with a handler that only answers 250."""
+def serve_bare(sock: str, port: str) -> None:
+    """aiosmtpd's LMTP class with a handler that only answers 250, on both sockets."""
     import uvloop
     from aiosmtpd.lmtp import LMTP
 
@@ -69,17 +101,64 @@ def serve_bare(sock: str) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(
-            lambda: LMTP(Handler(), hostname="bare", loop=loop), sock)
+        servers = [await loop.create_unix_server(
+                       lambda: LMTP(Handler(), hostname="bare", loop=loop), sock),
+                   await loop.create_server(
+                       lambda: LMTP(Handler(), hostname="bare", loop=loop), "127.0.0.1",
+                       int(port))]
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
-        server.close()
+        for s in servers:
+            s.close()
 
     uvloop.run(main())
 
 
-def serve_deskgate(sock: str, root: str, stats_file: str) -> None:
+def serve_session(sock: str, port: str) -> None:
+    """deskgate's LMTP session with a backend that accepts and drops: the protocol alone."""
+    import uvloop
+
+    from gateway import errors
+    from gateway.inbound.lmtp import start_listeners
+    from gateway.model import Outcome
+
+    class Backend:
+        def rcpt_status(self, address):
+            return errors.RCPT_OK
+
+        async def deliver(self, mail_from, rcpts, raw, peer):
+            return Outcome(replies=(errors.DELIVERED,) * len(rcpts), action="new")
+
+        def log_connection(self, comm):
+            pass
+
+    Path(sock).unlink(missing_ok=True)         # left by the previous round
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind(sock)
+        tcp = socket.socket()
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", int(port)))
+        for s in (unix, tcp):
+            s.listen(512)
+            s.setblocking(False)
+        servers = await start_listeners(Backend(), [unix, tcp], max_message_size=50 << 20,
+                                        max_recipients=1000, hostname="session")
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        for srv in servers:
+            srv.close()
+
+    uvloop.run(main())
+
+
+def serve_deskgate(root: str, code: str) -> None:
+    """deskgate as configured in root/conf.d, from the checkout `code`."""
+    sys.path.insert(0, code)
     import uvloop
 
     from gateway.app import Gateway
@@ -90,22 +169,10 @@ def serve_deskgate(sock: str, root: str, stats_file: str) -> None:
     setup_logging("error", "json")
     cfg = load_config(Path(root) / "conf.d")
     if cfg.lmtp.workers > 1:
-        # the real `deskgate serve` with pre-forked workers; no latency probe
-        Path(stats_file).write_text(json.dumps({"latencies": [], "batches": 0, "jobs": 0}))
-        run_serve(cfg)
+        run_serve(cfg)            # the real `deskgate serve` with pre-forked workers
         return
     gw = Gateway(cfg)
     gw.prepare_store()
-    latencies: list[float] = []
-    orig = gw.deliver
-
-    async def timed(mail_from, rcpts, raw, peer):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        res = await orig(mail_from, rcpts, raw, peer)
-        latencies.append(time.perf_counter() - t0)
-        return res
-
-    gw.deliver = timed  # type: ignore[method-assign]
 
     async def main() -> None:
         servers = await gw.start()
@@ -116,11 +183,9 @@ def serve_deskgate(sock: str, root: str, stats_file: str) -> None:
         await gw.stop(servers)
 
     uvloop.run(main())
-    Path(stats_file).write_text(json.dumps({
-        "latencies": latencies, "batches": gw.writer.batches, "jobs": gw.writer.jobs}))
 
 
-# ------------------------------------------------------------------ driver
+# ------------------------------------------------------------------ helpers
 
 def wait_socket(path: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
@@ -136,8 +201,26 @@ def wait_socket(path: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{path} did not come up")
 
 
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"127.0.0.1:{port} did not come up")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_load(target: str, *, messages: int, sessions: int, rcpts: int, reuse: bool,
              size: int, lmtp: bool = True) -> float:
+    """smtp-source against target; messages/s."""
     args = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
             "-f", "sender@load.test", "-t", "support@example.org", "-M", "load.test"]
     if lmtp:
@@ -152,48 +235,72 @@ def run_load(target: str, *, messages: int, sessions: int, rcpts: int, reuse: bo
     return messages / (time.perf_counter() - t0)
 
 
-WORKERS = 1
-FILTER = ""
-FILTER_POLICY = """
-[[filter]]
-name = "bench"
-match = [{{ header = "Subject", value = {pattern} }}]
-set = {{ "X-Deskgate-Queue" = "Support" }}
-"""
-
-
-def start(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    sock = str(tmp / f"{kind}.sock")
-    stats = tmp / f"{kind}.json"
-    if kind == "deskgate":
-        root = tmp / "root"
-        shutil.rmtree(root, ignore_errors=True)
-        (root / "conf.d").mkdir(parents=True)
-        (root / "conf.d" / "10.toml").write_text(CONF.format(sock=sock, workers=WORKERS))
-        if FILTER:
-            (root / "policies").mkdir()
-            (root / "policies" / "10.toml").write_text(
-                FILTER_POLICY.format(pattern=json.dumps(FILTER)))
-        cmd = [sys.executable, __file__, "--serve", "deskgate", sock, str(root), str(stats)]
-    elif kind == "bare":
-        cmd = [sys.executable, __file__, "--serve", "bare", sock]
+async def _open(target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if target.startswith("unix:"):
+        reader, writer = await asyncio.open_unix_connection(target[5:])
     else:
-        cmd = ["smtp-sink", "-L"]
-        if os.geteuid() == 0:
-            cmd += ["-u", "postfix"]
-        cmd += [f"unix:{sock}", "1000"]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    wait_socket(sock)
-    return proc, sock, stats
+        host, _, port = target.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+    await _reply(reader)                                    # 220
+    writer.write(b"LHLO paced.test\r\n")
+    await _reply(reader)
+    return reader, writer
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+async def _reply(reader: asyncio.StreamReader) -> int:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed")
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
+async def paced(target: str, *, rate: float, messages: int, sessions: int, rcpts: int,
+                reuse: bool, size: int) -> list[float]:
+    """Send `messages` at `rate`/s over up to `sessions` LMTP connections (pipelined
+    MAIL/RCPT/DATA as Postfix does); the seconds from the final dot to the last reply."""
+    loop = asyncio.get_running_loop()
+    line = b"x" * 78 + b"\r\n"
+    filler = line * max(1, size // len(line))
+    envelope = (b"MAIL FROM:<sender@load.test>\r\n"
+                + b"RCPT TO:<support@example.org>\r\n" * rcpts + b"DATA\r\n")
+    start = loop.time() + 0.2
+    latencies: list[float] = []
+    taken = 0
+
+    async def session() -> None:
+        nonlocal taken
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while taken < messages:
+            i = taken
+            taken += 1
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if conn is None:
+                conn = await _open(target)
+            reader, writer = conn
+            writer.write(envelope)
+            for _ in range(rcpts + 2):
+                await _reply(reader)
+            writer.write(b"From: <sender@load.test>\r\nTo: <support@example.org>\r\n"
+                         b"Subject: paced\r\nMessage-ID: <%d.%d@load.test>\r\n\r\n"
+                         % (i, os.getpid()) + filler + b".\r\n")
+            t0 = time.perf_counter()
+            for _ in range(rcpts):
+                await _reply(reader)
+            latencies.append(time.perf_counter() - t0)
+            if not reuse:
+                writer.write(b"QUIT\r\n")
+                writer.close()
+                conn = None
+        if conn is not None:
+            conn[1].write(b"QUIT\r\n")
+            conn[1].close()
+
+    await asyncio.gather(*(session() for _ in range(sessions)))
+    return latencies
 
 
 def pct(values: list[float], p: float) -> float:
@@ -203,82 +310,223 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
+# ------------------------------------------------------------------ contenders
+
+FILTER_POLICY = """
+[[filter]]
+name = "bench"
+match = [{{ header = "Subject", value = {pattern} }}]
+set = {{ "X-Deskgate-Queue" = "Support" }}
+"""
+
+
+class Server:
+    """One contender's process, listening on a unix socket and a TCP port."""
+
+    def __init__(self, kind: str, tmp: Path, args: argparse.Namespace) -> None:
+        self.kind, self.sock, self.port = kind, str(tmp / f"{kind}.sock"), free_port()
+        code = str(ROOT)
+        if kind == "before":
+            code = str(Path(args.compare_with).resolve())
+        if kind in ("deskgate", "before"):
+            root = tmp / f"root-{kind}"
+            shutil.rmtree(root, ignore_errors=True)
+            (root / "conf.d").mkdir(parents=True)
+            (root / "conf.d" / "10.toml").write_text(CONF.format(
+                sock=self.sock, port=self.port, workers=args.workers, dash=free_port()))
+            if args.filter:
+                (root / "policies").mkdir()
+                (root / "policies" / "10.toml").write_text(
+                    FILTER_POLICY.format(pattern=json.dumps(args.filter)))
+            cmd = [sys.executable, __file__, "--serve", "deskgate", str(root), code]
+        elif kind in ("bare", "session"):
+            cmd = [sys.executable, __file__, "--serve", kind, self.sock, str(self.port)]
+        elif kind == "haraka":
+            cmd = ["node", str(HARAKA_CACHE / "node_modules" / ".bin" / "haraka"), "-c",
+                   str(haraka_config(tmp, self.port))]
+        else:
+            cmd = ["smtp-sink", "-L"]
+            if os.geteuid() == 0:
+                cmd += ["-u", "postfix"]
+            cmd += [f"unix:{self.sock}", "1000"]
+        self.proc = subprocess.Popen(cmd, cwd=code, stdout=subprocess.DEVNULL)
+        if kind == "haraka":
+            wait_port(self.port)
+        else:
+            wait_socket(self.sock)
+            if kind != "sink":
+                wait_port(self.port)
+
+    def target(self, transport: str) -> str:
+        return f"unix:{self.sock}" if transport == "unix" else f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def haraka_available() -> str:
+    """'' when Haraka can run (installing it from npm once), else why not."""
+    exe = HARAKA_CACHE / "node_modules" / ".bin" / "haraka"
+    if not exe.exists():
+        if not (shutil.which("npm") and shutil.which("node")):
+            return "npm/node not found (Debian package npm)"
+        HARAKA_CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"installing Haraka from npm into {HARAKA_CACHE} ...", flush=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix",
+                        str(HARAKA_CACHE), "Haraka@^3.3"], check=False,
+                       stdout=subprocess.DEVNULL)
+    return "" if exe.exists() else "npm install Haraka failed"
+
+
+def haraka_config(tmp: Path, port: int) -> Path:
+    d = tmp / "haraka"
+    # Haraka's own defaults (connection.ini and friends), then ours on top.
+    shutil.copytree(HARAKA_CACHE / "node_modules" / "Haraka" / "config", d / "config",
+                    dirs_exist_ok=True)
+    (d / "plugins").mkdir(exist_ok=True)
+    (d / "plugins" / "bench_accept.js").write_text(HARAKA_PLUGIN)
+    (d / "config" / "plugins").write_text("bench_accept\n")
+    (d / "config" / "smtp.ini").write_text(f"listen=127.0.0.1:{port}\n")
+    (d / "config" / "log.ini").write_text("[main]\nlevel=warn\n")
+    (d / "config" / "me").write_text("haraka.bench.test\n")
+    return d
+
+
+# ------------------------------------------------------------------ driver
+
+def measure(kinds: list[str], tmp: Path, args: argparse.Namespace, transport: str,
+            rcpts: int, reuse: bool) -> dict[str, list[float]]:
+    """Alternating rounds of every contender; messages/s per contender and round."""
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for kind in kinds:
+            server = Server(kind, tmp, args)
+            try:
+                runs[kind].append(run_load(
+                    server.target(transport), messages=args.messages,
+                    sessions=args.sessions, rcpts=rcpts, reuse=reuse, size=args.size,
+                    lmtp=kind != "haraka"))
+            finally:
+                server.stop()
+    return runs
+
+
+def latency(tmp: Path, args: argparse.Namespace, transport: str, rcpts: int, reuse: bool,
+            rate: float) -> list[float]:
+    server = Server("deskgate", tmp, args)
+    try:
+        n = max(200, min(args.messages, int(rate * 10)))
+        return asyncio.run(paced(server.target(transport), rate=rate, messages=n,
+                                 sessions=args.sessions, rcpts=rcpts, reuse=reuse,
+                                 size=args.size))
+    finally:
+        server.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--quick", action="store_true", help="1 recipient with reuse only")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating baseline/deskgate runs per scenario (medians reported)")
+    ap.add_argument("--transport", default="tcp,unix", help="tcp, unix or both")
     ap.add_argument("--filter", default="", metavar="REGEX",
                     help="one postmaster filter on the Subject with this pattern")
-    ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1,
                     help="[lmtp] workers for deskgate (pre-forked processes; baseline stays 1)")
+    ap.add_argument("--no-haraka", action="store_true", help="skip Haraka with --workers > 1")
+    ap.add_argument("--compare-with", default="", metavar="PATH",
+                    help="also run the deskgate of this checkout (before/after)")
+    ap.add_argument("--session-sink", action="store_true",
+                    help="also run deskgate's LMTP session with an accept-and-drop backend")
+    ap.add_argument("--no-latency", action="store_true", help="skip the paced latency runs")
+    ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    global WORKERS, FILTER
-    WORKERS, FILTER = a.workers, a.filter
     if a.serve:
         if a.serve[0] == "bare":
-            serve_bare(a.serve[1])
+            serve_bare(a.serve[1], a.serve[2])
+        elif a.serve[0] == "session":
+            serve_session(a.serve[1], a.serve[2])
         else:
-            serve_deskgate(*a.serve[1:4])
+            serve_deskgate(a.serve[1], a.serve[2])
         return 0
     if not shutil.which("smtp-source"):
         print("smtp-source not found (Debian package postfix)", file=sys.stderr)
         return 2
-    scenarios = [(1, True)] if a.quick else [(1, True), (1, False), (5, True), (5, False)]
+    transports = [t for t in a.transport.split(",") if t in ("tcp", "unix")]
+    pairs = [(1, True)] if a.quick else [(1, True), (1, False), (5, True), (5, False)]
+    if a.workers > 1:
+        pairs = [p for p in pairs if p[1]]          # workers are compared with reuse
+    haraka_why = "not with --workers 1" if a.workers <= 1 else \
+        "--no-haraka" if a.no_haraka else haraka_available()
+    if a.workers > 1 and haraka_why:
+        print(f"Haraka skipped: {haraka_why}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="dg-bench-") as td:
         tmp = Path(td)
         tmp.chmod(0o755)
-        proc, sock, _ = start("sink", tmp)
+        sink_server = Server("sink", tmp, a)
         try:
-            sink = run_load(f"unix:{sock}", messages=a.messages, sessions=a.sessions, rcpts=1,
-                            reuse=True, size=a.size)
+            sink = run_load(sink_server.target("unix"), messages=a.messages,
+                            sessions=a.sessions, rcpts=1, reuse=True, size=a.size)
         finally:
-            stop(proc)
-        print(f"smtp-sink ceiling (1 rcpt, reuse): {sink:8.0f} msg/s")
-        for rcpts, reuse in scenarios:
-            row: dict[str, object] = {"rcpts": rcpts, "reuse": reuse}
-            runs: dict[str, list[float]] = {"bare": [], "deskgate": []}
-            lat: list[float] = []
-            jobs = batches = 0
-            # Alternate baseline and deskgate so both see the same machine load.
-            for _ in range(a.rounds):
-                for kind in ("bare", "deskgate"):
-                    proc, sock, stats = start(kind, tmp)
-                    try:
-                        runs[kind].append(run_load(f"unix:{sock}", messages=a.messages,
-                                                   sessions=a.sessions, rcpts=rcpts,
-                                                   reuse=reuse, size=a.size))
-                    finally:
-                        stop(proc)
-                    if kind == "deskgate":
-                        st = json.loads(stats.read_text())
-                        lat += st["latencies"]
-                        jobs += st["jobs"]
-                        batches += st["batches"]
-            row["bare"] = statistics.median(runs["bare"])
-            row["deskgate"] = statistics.median(runs["deskgate"])
-            row["ratios"] = [d / b for b, d in zip(runs["bare"], runs["deskgate"], strict=True)]
-            row["ratio"] = statistics.median(row["ratios"])
-            row["workers"] = a.workers
-            row["filter"] = a.filter
-            row["p50_ms"] = pct(lat, 0.50) * 1000
-            row["p99_ms"] = pct(lat, 0.99) * 1000
-            row["per_commit"] = jobs / max(1, batches)
-            results.append(row)
-            print(f"filter={a.filter or '-'} workers={a.workers} rcpts={rcpts} "
-                  f"reuse={'yes' if reuse else 'no '}  "
-                  f"bare {row['bare']:7.0f} msg/s  deskgate {row['deskgate']:7.0f} msg/s  "
-                  f"ratio {row['ratio']:.2f}  "
-                  f"DATA→reply p50 {row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms  "
-                  f"messages/commit {row['per_commit']:.1f}", flush=True)
+            sink_server.stop()
+        print(f"smtp-sink ceiling (unix, 1 rcpt, reuse): {sink:8.0f} msg/s", flush=True)
+        for transport in transports:
+            for rcpts, reuse in pairs:
+                kinds = ["bare", "deskgate"]
+                if a.compare_with:
+                    kinds.append("before")
+                if a.session_sink:
+                    kinds.append("session")
+                if transport == "tcp" and a.workers > 1 and not haraka_why:
+                    kinds.append("haraka")
+                runs = measure(kinds, tmp, a, transport, rcpts, reuse)
+                row: dict[str, object] = {"transport": transport, "rcpts": rcpts,
+                                          "reuse": reuse, "workers": a.workers,
+                                          "filter": a.filter, "runs": runs}
+                for k in kinds:
+                    row[k] = statistics.median(runs[k])
+                    if k != "bare":
+                        row[f"{k}/bare"] = statistics.median(
+                            d / b for b, d in zip(runs["bare"], runs[k], strict=True))
+                if "haraka" in kinds:
+                    row["deskgate/haraka"] = statistics.median(
+                        d / h for h, d in zip(runs["haraka"], runs["deskgate"], strict=True))
+                text = (f"workers={a.workers} {transport:4} rcpts={rcpts} "
+                        f"reuse={'yes' if reuse else 'no '}  bare {row['bare']:6.0f}  "
+                        f"deskgate {row['deskgate']:6.0f} msg/s  "
+                        f"ratio {row['deskgate/bare']:.2f}")
+                if "before" in kinds:
+                    text += (f"  (before {row['before']:6.0f}, ratio "
+                             f"{row['before/bare']:.2f})")
+                if "session" in kinds:
+                    text += (f"  (session alone {row['session']:6.0f}, ratio "
+                             f"{row['session/bare']:.2f})")
+                if "haraka" in kinds:
+                    text += (f"  Haraka {row['haraka']:6.0f}, deskgate/Haraka "
+                             f"{row['deskgate/haraka']:.2f}")
+                if not a.no_latency:
+                    rate = float(row["deskgate"]) / 2          # type: ignore[arg-type]
+                    lat = latency(tmp, a, transport, rcpts, reuse, rate)
+                    row["paced_rate"] = rate
+                    row["p50_ms"] = pct(lat, 0.50) * 1000
+                    row["p99_ms"] = pct(lat, 0.99) * 1000
+                    text += (f"  at {rate:.0f} msg/s: DATA→reply p50 {row['p50_ms']:.1f} ms "
+                             f"p99 {row['p99_ms']:.1f} ms")
+                print(text, flush=True)
+                results.append(row)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "lmtp.json").write_text(json.dumps({"sink": sink, "results": results}, indent=2))
+    name = "lmtp.json" if a.workers <= 1 else f"lmtp-workers{a.workers}.json"
+    (out / name).write_text(json.dumps({"sink": sink, "results": results}, indent=2))
     return 0
 
 

@@ -212,6 +212,6 @@ class TestLmtpConnections:
         notices = [(k, v) for p, k, v in entries(d) if p == "Notice"]
         assert notices == [
             ("RCPT", "RCPT TO:<support@example.org> refused: 503 5.5.1 Need MAIL command"),
-            ("Reply", '500 Error: command "FROB" not recognized')]
+            ("Reply", '500 5.5.1 Error: command "FROB" not recognized')]
         assert entries(d)[-1][2] == ("0 message(s): 0 stored, 0 duplicate, "
                                      "0 temporary failure; 1 recipient(s) refused")
