@@ -129,7 +129,8 @@ class Gateway:
         load_plugins()
         self.config = config
         self.runtime: Runtime = build_runtime(config)
-        self.engine = engine or make_engine(config.database_url)
+        self.engine = engine or make_engine(config.database_url,
+                                            fast_path=config.store.fast_path)
         self.writer = BatchWriter(self.engine, batch_max=config.gateway.batch_max)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pipeline")
         # The one place the inbound stage table is built (and checked: build_stages
@@ -194,7 +195,7 @@ class Gateway:
     def log_connection(self, comm: Comm) -> None:
         """Queue an LMTP connection's communication; it is written with the next batch."""
         try:
-            fut = self.writer.submit(lambda conn: add_comm(conn, comm))
+            fut = self.writer.submit_deferring(lambda conn, later: add_comm(conn, comm, later))
         except Exception as exc:        # the writer is gone (shutting down)
             log.warning("LMTP connection not logged", peer=comm.account, error=repr(exc))
             return

@@ -33,7 +33,7 @@ from gateway.model import MessageContext
 from gateway.outbound.headers import header_safe
 from gateway.outbound.pipeline import OutboundContext
 from gateway.runtime import Runtime
-from gateway.store import repo
+from gateway.store import Deferred, repo
 from gateway.store.db import BatchWriter
 from gateway.store.tables import AutoResponse, AutoResponseRequest
 
@@ -171,8 +171,8 @@ def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
     return out
 
 
-def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception
-           ) -> int | None:
+def finish(conn: Connection, later: Deferred | None, rt: Runtime, req: Any,
+           built: OutboundContext | Exception) -> int | None:
     """In one transaction: take the request (once: a concurrent builder finds it gone)
     and queue what was built, or log why it is not sent. The new outbound id, or None."""
     from gateway.commlog import Comm, add_comm
@@ -191,7 +191,7 @@ def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exc
                 f"for ticket {req.ticket_number or req.ticket_id}: {built}")
         obj.close("Failed")
         comm.close("Warning")
-        add_comm(conn, comm)
+        add_comm(conn, comm, later)
         return None
     oid = enqueue(built, rt, conn)
     conn.execute(update(AutoResponse).where(AutoResponse.id == req.counter_id)
@@ -227,6 +227,7 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
             log.warning("auto-response not built; trying again later", request=req.id,
                         error=repr(exc)[:300])
             continue
-        oid = await writer.run(functools.partial(finish, rt=rt, req=req, built=built))
+        oid = await writer.run_deferring(functools.partial(finish, rt=rt, req=req,
+                                                           built=built))
         queued += oid is not None
     return queued

@@ -11,9 +11,8 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.commlog import Comm, add_comm
-from gateway.store import repo
+from gateway.store import Prepared, deferred_writes, repo
 from gateway.store.db import is_temporary, make_engine, migrate
-from gateway.store.fast import Prepared, deferred_writes
 from gateway.store.tables import (
     Article,
     CommEntry,
@@ -140,9 +139,9 @@ def test_insert_rows_returns_ids_in_row_order(engine: Engine) -> None:
 def test_deferred_rows_written_at_the_end_and_linked(engine: Engine) -> None:
     """Deferred communications keep each object and entry with its own communication."""
     comms = [_comm(i) for i in range(40)]
-    with engine.begin() as conn, deferred_writes(conn):
+    with engine.begin() as conn, deferred_writes(conn) as later:
         for c in comms:
-            add_comm(conn, c)
+            add_comm(conn, c, later)
         # nothing is written before the block ends
         assert conn.execute(select(func.count()).select_from(Communication)).scalar() == 0
     with engine.connect() as conn:
@@ -158,8 +157,8 @@ def test_deferred_rows_written_at_the_end_and_linked(engine: Engine) -> None:
 
 
 def test_deferred_rows_dropped_with_a_failed_block(engine: Engine) -> None:
-    with pytest.raises(RuntimeError), engine.begin() as conn, deferred_writes(conn):
-        add_comm(conn, _comm(1))
+    with pytest.raises(RuntimeError), engine.begin() as conn, deferred_writes(conn) as later:
+        add_comm(conn, _comm(1), later)
         raise RuntimeError("job failed")
     with engine.begin() as conn:        # and a later transaction does not write them
         add_comm(conn, _comm(2))        # no buffer: written at once
@@ -169,9 +168,9 @@ def test_deferred_rows_dropped_with_a_failed_block(engine: Engine) -> None:
 
 def test_duplicate_delivery_refused_when_deferred_rows_are_written(engine: Engine) -> None:
     """The unique key still refuses a second delivery of the same message in one batch."""
-    with pytest.raises(IntegrityError), engine.begin() as conn, deferred_writes(conn):
-        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
-        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
+    with pytest.raises(IntegrityError), engine.begin() as conn, deferred_writes(conn) as later:
+        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored", later)
+        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored", later)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Delivery)).scalar() == 0
 
