@@ -27,6 +27,7 @@ Only gateway.store imports this module; others use `gateway.store.Prepared` and
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -144,7 +145,9 @@ class Prepared:
                 stmt, lastrowid, plain = insert(table), True, True
             else:
                 plain = not self.stmt._returning    # type: ignore[attr-defined]
-        compiled = stmt.compile(dialect=dialect, column_keys=keys)
+        # for_executemany: no implicit "RETURNING id" (PostgreSQL adds one to a single-row
+        # INSERT for the ORM); only what the statement asks for comes back, as with execute.
+        compiled = stmt.compile(dialect=dialect, column_keys=keys, for_executemany=True)
         assert isinstance(compiled, SQLCompiler)
         by_name = {name: bp for bp, name in compiled.bind_names.items()}
         names = tuple(compiled.positiontup or by_name)
@@ -255,7 +258,10 @@ class Prepared:
         if not rows:
             return
         if not fast_path_on(conn):
-            conn.execute(self.stmt, [dict(r) for r in rows])  # type: ignore[call-overload]
+            # SQLAlchemy takes the columns of a many-row execute from its first row:
+            # one call per run of rows that give the same keys, in row order.
+            for _, run in itertools.groupby(rows, key=lambda r: tuple(sorted(r))):
+                conn.execute(self.stmt, [dict(r) for r in run])  # type: ignore[call-overload]
             return
         plan = self._plan(conn.dialect)
         params = [self._params(plan, r) for r in rows]
