@@ -8,11 +8,16 @@ this one invocation and prints messages/s and the ratio, plus deskgate's
 end-of-DATA-to-reply latency (p50/p99).
 
     python bench/lmtp.py [--messages 5000] [--sessions 20] [--quick] [--filter REGEX]
+                         [--fast-path-off]
 
 `--filter REGEX` adds one postmaster filter testing the Subject with REGEX (it
 never matches the load's mail): with a pattern whose backtracking is bounded
 (`^urgent$`) messages are prepared on the event loop; with an unbounded one
 (`urgent.*now`) they go to the worker pool, which is what this measures.
+
+`--fast-path-off` adds a third server to every round: deskgate with
+DESKGATE_STORE_FAST_PATH=0 (prepared statements through plain SQLAlchemy), and
+prints its rate and its ratio to deskgate with the fast path.
 """
 
 from __future__ import annotations
@@ -164,7 +169,10 @@ set = {{ "X-Deskgate-Queue" = "Support" }}
 def start(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     sock = str(tmp / f"{kind}.sock")
     stats = tmp / f"{kind}.json"
-    if kind == "deskgate":
+    env = dict(os.environ)
+    if kind == "deskgate-plain":
+        env["DESKGATE_STORE_FAST_PATH"] = "0"
+    if kind.startswith("deskgate"):
         root = tmp / "root"
         shutil.rmtree(root, ignore_errors=True)
         (root / "conf.d").mkdir(parents=True)
@@ -181,7 +189,7 @@ def start(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
         if os.geteuid() == 0:
             cmd += ["-u", "postfix"]
         cmd += [f"unix:{sock}", "1000"]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     wait_socket(sock)
     return proc, sock, stats
 
@@ -212,6 +220,8 @@ def main() -> int:
                     help="alternating baseline/deskgate runs per scenario (medians reported)")
     ap.add_argument("--filter", default="", metavar="REGEX",
                     help="one postmaster filter on the Subject with this pattern")
+    ap.add_argument("--fast-path-off", action="store_true",
+                    help="also run deskgate with DESKGATE_STORE_FAST_PATH=0 in every round")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1,
                     help="[lmtp] workers for deskgate (pre-forked processes; baseline stays 1)")
@@ -241,12 +251,13 @@ def main() -> int:
         print(f"smtp-sink ceiling (1 rcpt, reuse): {sink:8.0f} msg/s")
         for rcpts, reuse in scenarios:
             row: dict[str, object] = {"rcpts": rcpts, "reuse": reuse}
-            runs: dict[str, list[float]] = {"bare": [], "deskgate": []}
+            kinds = ("bare", "deskgate") + (("deskgate-plain",) if a.fast_path_off else ())
+            runs: dict[str, list[float]] = {k: [] for k in kinds}
             lat: list[float] = []
             jobs = batches = 0
             # Alternate baseline and deskgate so both see the same machine load.
             for _ in range(a.rounds):
-                for kind in ("bare", "deskgate"):
+                for kind in kinds:
                     proc, sock, stats = start(kind, tmp)
                     try:
                         runs[kind].append(run_load(f"unix:{sock}", messages=a.messages,
@@ -263,6 +274,10 @@ def main() -> int:
             row["deskgate"] = statistics.median(runs["deskgate"])
             row["ratios"] = [d / b for b, d in zip(runs["bare"], runs["deskgate"], strict=True)]
             row["ratio"] = statistics.median(row["ratios"])
+            if a.fast_path_off:
+                row["deskgate_plain"] = statistics.median(runs["deskgate-plain"])
+                row["fast_over_plain"] = statistics.median(
+                    [f / p for f, p in zip(runs["deskgate"], runs["deskgate-plain"], strict=True)])
             row["workers"] = a.workers
             row["filter"] = a.filter
             row["p50_ms"] = pct(lat, 0.50) * 1000
@@ -275,6 +290,9 @@ def main() -> int:
                   f"ratio {row['ratio']:.2f}  "
                   f"DATA→reply p50 {row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms  "
                   f"messages/commit {row['per_commit']:.1f}", flush=True)
+            if a.fast_path_off:
+                print(f"  fast path off: deskgate {row['deskgate_plain']:7.0f} msg/s  "
+                      f"fast/plain {row['fast_over_plain']:.2f}", flush=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "lmtp.json").write_text(json.dumps({"sink": sink, "results": results}, indent=2))
