@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 
 
@@ -22,6 +23,8 @@ class Runtime:
     # Reserved for a classifier; none exists yet (`check` refuses [classifier] enabled).
     classifier: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # What the stages take "now" from (tests give a gateway.testing.FakeClock).
+    clock: Clock = field(default_factory=SystemClock)
 
     @property
     def prefixes(self) -> tuple[str, ...]:

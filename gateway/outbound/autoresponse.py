@@ -18,7 +18,7 @@ import email.utils
 import functools
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.mime.text import MIMEText
 from email.policy import compat32
@@ -89,7 +89,7 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
     if cfg.address_by_email(to) is not None:
         return f"{to} is a system address"
     limit = cfg.postmaster.max_emails_per_address_per_day
-    if sent_today(conn, to, datetime.now(UTC)) >= limit:
+    if sent_today(conn, to, rt.clock.now()) >= limit:
         return f"{to} already had {limit} auto-responses today " \
                "(postmaster.max_emails_per_address_per_day)"
     return ""
@@ -129,7 +129,7 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"
-    now = datetime.now(UTC)
+    now = rt.clock.now()
     # Counted at once, so the daily limit holds for messages in the same batch.
     counter = conn.execute(insert(AutoResponse).values(
         address=to, ticket_id=ctx.ticket_id, outbound_id=None, sent=now)

@@ -97,10 +97,11 @@ def next_ticket_number(conn: Connection, system_id: str, when: datetime | None =
     return f"{day}{system_id}{value:05d}"
 
 
-def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None) -> int:
+def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None,
+               created: datetime | None = None) -> int:
     return int(_INS_RAW.execute(conn, {
         "sha256": sha256 or hashlib.sha256(raw).hexdigest(), "size": len(raw), "data": raw,
-        "created": utcnow()}))
+        "created": created or utcnow()}))
 
 
 def insert_ticket(conn: Connection, **values: Any) -> int:
