@@ -221,8 +221,11 @@ def _run(engine: Engine, statements: dict[str, Prepared]) -> tuple[list[Any], di
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
-    """Two migrated databases of one kind: one engine with the fast path, one without."""
+def engine_pair(request: pytest.FixtureRequest, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Engine, Engine]]:
+    """Two migrated databases of one kind: one engine with the fast path, one without
+    (whatever DESKGATE_STORE_FAST_PATH the suite runs with)."""
+    monkeypatch.delenv("DESKGATE_STORE_FAST_PATH", raising=False)
     urls: list[str] = []
     admin = None
     if request.param == "sqlite":

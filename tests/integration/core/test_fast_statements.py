@@ -25,6 +25,12 @@ from gateway.store.tables import (
 from tests.peers.require import not_applicable
 
 
+@pytest.fixture(autouse=True)
+def _fast_path_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the fast path itself, whatever the suite runs with."""
+    monkeypatch.delenv("DESKGATE_STORE_FAST_PATH", raising=False)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
