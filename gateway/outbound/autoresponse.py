@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -171,8 +170,8 @@ def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
     return out
 
 
-def finish(conn: Connection, later: Deferred | None, rt: Runtime, req: Any,
-           built: OutboundContext | Exception) -> int | None:
+def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception,
+           later: Deferred | None = None) -> int | None:
     """In one transaction: take the request (once: a concurrent builder finds it gone)
     and queue what was built, or log why it is not sent. The new outbound id, or None."""
     from gateway.commlog import Comm, add_comm
@@ -197,6 +196,14 @@ def finish(conn: Connection, later: Deferred | None, rt: Runtime, req: Any,
     conn.execute(update(AutoResponse).where(AutoResponse.id == req.counter_id)
                  .values(outbound_id=oid))
     return oid
+
+
+def _finish_job(rt: Runtime, req: Any, built: OutboundContext | Exception
+                ) -> Callable[[Connection, Deferred], int | None]:
+    """finish() as a writer job that gets the transaction's buffer for its log entry."""
+    def job(conn: Connection, later: Deferred) -> int | None:
+        return finish(conn, rt, req, built, later)
+    return job
 
 
 async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
@@ -227,7 +234,6 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
             log.warning("auto-response not built; trying again later", request=req.id,
                         error=repr(exc)[:300])
             continue
-        oid = await writer.run_deferring(functools.partial(finish, rt=rt, req=req,
-                                                           built=built))
+        oid = await writer.run_deferring(_finish_job(rt, req, built))
         queued += oid is not None
     return queued
