@@ -14,6 +14,7 @@ end-of-DATA → last reply latency (p50/p99) seen by the client.
     python bench/lmtp.py [--messages 3000] [--sessions 20] [--rounds 3] [--quick]
                          [--transport tcp,unix] [--workers 2] [--no-haraka]
                          [--compare-with PATH] [--session-sink] [--filter REGEX]
+                         [--fast-path-off]
 
 `--workers 2` runs deskgate with `[lmtp] workers = 2` (pre-forked processes; the
 baseline stays one process), connection reuse only, and adds Haraka to the TCP
@@ -26,6 +27,9 @@ skipped with a message.
 
 `--compare-with PATH` also runs the deskgate of another checkout (for example
 the previous commit in a `git worktree`) in the same rounds: before/after.
+
+`--fast-path-off` also runs deskgate with DESKGATE_STORE_FAST_PATH=0 (the store's
+plain `Connection.execute` path) in every round.
 
 `--session-sink` also runs deskgate's LMTP session alone, with a backend that
 accepts and drops every message: the protocol layer's share, next to aiosmtpd's.
@@ -328,7 +332,10 @@ class Server:
         code = str(ROOT)
         if kind == "before":
             code = str(Path(args.compare_with).resolve())
-        if kind in ("deskgate", "before"):
+        env = dict(os.environ)
+        if kind == "plain":
+            env["DESKGATE_STORE_FAST_PATH"] = "0"
+        if kind in ("deskgate", "before", "plain"):
             root = tmp / f"root-{kind}"
             shutil.rmtree(root, ignore_errors=True)
             (root / "conf.d").mkdir(parents=True)
@@ -349,7 +356,7 @@ class Server:
             if os.geteuid() == 0:
                 cmd += ["-u", "postfix"]
             cmd += [f"unix:{self.sock}", "1000"]
-        self.proc = subprocess.Popen(cmd, cwd=code, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, cwd=code, stdout=subprocess.DEVNULL, env=env)
         if kind == "haraka":
             wait_port(self.port)
         else:
@@ -446,6 +453,8 @@ def main() -> int:
                     help="also run the deskgate of this checkout (before/after)")
     ap.add_argument("--session-sink", action="store_true",
                     help="also run deskgate's LMTP session with an accept-and-drop backend")
+    ap.add_argument("--fast-path-off", action="store_true",
+                    help="also run deskgate with DESKGATE_STORE_FAST_PATH=0 in every round")
     ap.add_argument("--no-latency", action="store_true", help="skip the paced latency runs")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -484,6 +493,8 @@ def main() -> int:
                 kinds = ["bare", "deskgate"]
                 if a.compare_with:
                     kinds.append("before")
+                if a.fast_path_off:
+                    kinds.append("plain")
                 if a.session_sink:
                     kinds.append("session")
                 if transport == "tcp" and a.workers > 1 and not haraka_why:
@@ -507,6 +518,9 @@ def main() -> int:
                 if "before" in kinds:
                     text += (f"  (before {row['before']:6.0f}, ratio "
                              f"{row['before/bare']:.2f})")
+                if "plain" in kinds:
+                    text += (f"  (fast path off {row['plain']:6.0f}, ratio "
+                             f"{row['plain/bare']:.2f})")
                 if "session" in kinds:
                     text += (f"  (session alone {row['session']:6.0f}, ratio "
                              f"{row['session/bare']:.2f})")

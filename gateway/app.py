@@ -94,7 +94,8 @@ class Gateway:
         """`stages` replaces the production stage table (tests pass the stages they want)."""
         self.config = config
         self.runtime: Runtime = build_runtime(config)
-        self.engine = engine or make_engine(config.database_url)
+        self.engine = engine or make_engine(config.database_url,
+                                            fast_path=config.store.fast_path)
         self.writer = BatchWriter(self.engine, batch_max=config.gateway.batch_max)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pipeline")
         # The one place the inbound stage table is built (and checked: build_stages

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, insert, update
 from gateway.commlog_names import PRIORITIES as PRIORITIES
 from gateway.commlog_names import Priority
 from gateway.commlog_names import Status as Status
-from gateway.store.fast import Prepared, deferred
+from gateway.store import Deferred, Prepared
 from gateway.store.tables import CommEntry, CommObject, Communication
 
 
@@ -81,9 +81,9 @@ class Comm:
         self.end = now()
 
 
-_INS_COMM = Prepared(insert(Communication).returning(Communication.id))
-_INS_OBJ = Prepared(insert(CommObject).returning(CommObject.id))
-_INS_ENTRY = Prepared(insert(CommEntry))
+_INS_COMM = Prepared(insert(Communication).returning(Communication.id), "communication.insert")
+_INS_OBJ = Prepared(insert(CommObject).returning(CommObject.id), "comm_object.insert")
+_INS_ENTRY = Prepared(insert(CommEntry), "comm_entry.insert")
 
 
 def _comm_row(comm: Comm) -> dict[str, object]:
@@ -140,10 +140,10 @@ def _flush_comms(conn: Connection, comms: list[Comm]) -> None:
     _INS_ENTRY.insert_rows(conn, entries)
 
 
-def add_comm(conn: Connection, comm: Comm) -> None:
-    """Like write_comm for a finished communication whose id nobody needs now: inside
-    a writer transaction it is written with the others of the batch, at its end."""
-    later = deferred(conn)
+def add_comm(conn: Connection, comm: Comm, later: Deferred | None = None) -> None:
+    """Like write_comm for a finished communication whose id nobody needs now: with
+    `later` (the writer transaction's buffer) it is written with the others of the
+    batch, at the end of the transaction."""
     if later is None or comm.id is not None or any(o.id is not None for o in comm.objects):
         write_comm(conn, comm)
         return

@@ -177,6 +177,13 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    # Hot-path inserts run on the driver's cursor (gateway.store.Prepared); false runs
+    # them through plain SQLAlchemy (slower, same rows). DESKGATE_STORE_FAST_PATH wins.
+    fast_path: bool = True
+
+
+@dataclass(frozen=True)
 class LmtpConfig:
     listen: tuple[str, ...] = conv(lambda v: tuple(parse_listen(x) for x in v),
                                    ("unix:var/run/lmtp.sock", "127.0.0.1:8024"))
@@ -440,6 +447,7 @@ class Config:
     root: Path
     conf_dir: Path
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
@@ -826,6 +834,7 @@ def load_config(conf_dir: Path | str | None = None,
 @dataclass(frozen=True)
 class _TopLevel:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)

@@ -85,7 +85,7 @@ def open_store(cfg: Config) -> Engine | None:
         path = url.split("///", 1)[1] if "///" in url else ""
         if not path or path == ":memory:" or not Path(path).is_file():
             return None
-    engine = make_engine(url)
+    engine = make_engine(url, fast_path=cfg.store.fast_path)
     try:
         with engine.connect() as conn:
             if not inspect(conn).has_table(SystemAddress.__tablename__):

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.commlog import CommObj
 from gateway.commlog_names import Priority
 from gateway.errors import SmtpReply
+
+if TYPE_CHECKING:
+    from gateway.store import Deferred
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,9 @@ class MessageContext:
     lookup_duplicates: bool = True
     verdict: Verdict | None = None       # set by the stage that ended the message early
     hits: list[Hit] = field(default_factory=list)   # every filter/rule evaluated, in order
+    # The buffer of the writer transaction this run of the commit stages is in (rows
+    # written at its end, gateway.store.Deferred); None outside a writer job.
+    deferred: Deferred | None = None
 
     def param(self, name: str, default: str = "") -> str:
         return self.params.get(name, default)

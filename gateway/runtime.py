@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Runtime:
     classifier: Classifier | None = None
     # DKIM signing keys by domain, from [[dkim]] (gateway.outbound.dkim).
     dkim: Mapping[str, list[DkimKey]] = field(default_factory=dict)
+    # What the stages take "now" from (tests give a gateway.testing.FakeClock).
+    clock: Clock = field(default_factory=SystemClock)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -55,6 +58,7 @@ def build_builders() -> tuple[Builder, ...]:
         Builder("crypto", stores_for),
         Builder("classifier", build_classifier),
         Builder("dkim", load_keys),
+        Builder("clock", lambda _config: SystemClock()),
     )
     check_builders(table)
     return table

@@ -79,7 +79,7 @@ def _progress(enabled: bool) -> Any:
 def _engine(cfg: Any) -> Any:
     from gateway.store.db import make_engine, migrate
 
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     migrate(engine)
     return engine
 

@@ -325,7 +325,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from gateway.store.db import current_revision, make_engine, migrate
 
     cfg = load(args)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     migrate(engine)
     with engine.begin() as conn:
         repo.sync_config(conn, cfg)

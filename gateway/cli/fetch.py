@@ -96,7 +96,7 @@ def _list_oversized(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.inbound.poller import state
     from gateway.store.db import ensure_schema, make_engine
 
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     try:
         ensure_schema(engine)
         with engine.connect() as conn:
@@ -116,7 +116,7 @@ def _status(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.inbound.poller import state
     from gateway.store.db import ensure_schema, make_engine
 
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     try:
         ensure_schema(engine)
         with engine.connect() as conn:

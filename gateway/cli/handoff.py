@@ -51,7 +51,7 @@ def _connection(args: argparse.Namespace, *, write: bool = False) -> Iterator[Co
     from gateway.store.db import ensure_schema, make_engine
 
     cfg = load(args) if write else load_readonly(args)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     try:
         ensure_schema(engine)
         with engine.begin() if write else engine.connect() as conn:

@@ -137,7 +137,7 @@ def cmd_redecrypt(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     rt = build_runtime(cfg)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     try:
         with engine.begin() as conn:
             results = redecrypt_ticket(conn, rt, args.number)

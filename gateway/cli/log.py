@@ -32,7 +32,7 @@ def _connect(cfg: Config, *, write: bool = False) -> Iterator[Connection]:
 
     from gateway.store.db import make_engine
 
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     try:
         with engine.connect() as conn:
             if not inspect(conn).has_table("communication"):

@@ -123,7 +123,7 @@ def _engine(args: argparse.Namespace, *, readonly: bool = False) -> Any:
     from gateway.store.db import ensure_schema, make_engine
 
     cfg = load_readonly(args) if readonly else load(args)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     ensure_schema(engine)
     return engine
 

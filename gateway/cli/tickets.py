@@ -140,7 +140,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"tickets list: --limit must be between 0 and {MAX_ROWS}", file=sys.stderr)
         return 2
     cfg = load_readonly(args)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     with engine.connect() as conn:
         rows = list_tickets(conn, queue=args.queue, state=args.state, limit=args.limit)
     if args.json:
@@ -158,7 +158,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from gateway.store.db import make_engine
 
     cfg = load_readonly(args)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     with engine.connect() as conn:
         detail = ticket_detail(conn, args.number, cfg.helpdesk.ticket_url)
     if detail is None:
@@ -222,7 +222,7 @@ def cmd_move(args: argparse.Namespace) -> int:
         print(f"tickets move: no priority {args.priority!r} (postmaster.priorities: "
               f"{', '.join(cfg.postmaster.priorities)})", file=sys.stderr)
         return 1
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
     try:
         with engine.begin() as conn:
             t = find_ticket(conn, args.number)

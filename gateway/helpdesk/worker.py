@@ -32,6 +32,7 @@ from gateway.helpdesk.base import Connector, Delivered, HandoffError, HandoffIte
 from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
 from gateway.model import AttachmentData
 from gateway.runtime import Runtime
+from gateway.store import Deferred
 from gateway.store.db import BatchWriter
 
 if TYPE_CHECKING:
@@ -143,9 +144,10 @@ def read_items(engine: Engine, rt: Runtime, claimed: list[outbox.Claimed]
 # ----------------------------------------------------------------- recording
 
 def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claimed,
-           result: Delivered | None, error: HandoffError | None, seconds: float
-           ) -> outbox.Outcome:
-    """Outcome and communication log of one attempt, in one transaction."""
+           result: Delivered | None, error: HandoffError | None, seconds: float,
+           later: Deferred | None = None) -> outbox.Outcome:
+    """Outcome and communication log of one attempt, in one transaction (the log with
+    the transaction's deferred rows when `later` is given)."""
     cfg = rt.config.helpdesk
     comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
     conn_obj = comm.obj("Connection")
@@ -182,7 +184,7 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
             conn_obj.close("Failed")
             msg.close("Warning")
     comm.close()
-    add_comm(conn, comm)
+    add_comm(conn, comm, later)
     return out
 
 
@@ -288,7 +290,7 @@ class HandoffWorker:
             if batch or free > 0:
                 rt = self.runtime()
                 try:
-                    outcomes, claimed, due = await self.writer.run(functools.partial(
+                    outcomes, claimed, due = await self.writer.run_deferring(functools.partial(
                         self._cycle, batch=batch, free=free, rt=rt))
                 except Exception:
                     # The helpdesk may have them but our record failed: the leases expire
@@ -316,10 +318,10 @@ class HandoffWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
-    def _cycle(self, conn: Connection, *, batch: list[_Done], free: int, rt: Runtime
-               ) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
-        outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds)
-                    for d in batch]
+    def _cycle(self, conn: Connection, later: Deferred, *, batch: list[_Done], free: int,
+               rt: Runtime) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
+        outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds,
+                           later) for d in batch]
         claimed = (outbox.claim(conn, self.node, limit=free, lease=rt.config.helpdesk.lease)
                    if free > 0 else [])
         due = outbox.next_due(conn) if not claimed and free > 0 else None

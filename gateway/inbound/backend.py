@@ -75,7 +75,7 @@ class InboundBackend:
     def log_connection(self, comm: Comm) -> None:
         """Queue an LMTP connection's communication; it is written with the next batch."""
         try:
-            fut = self.writer.submit(lambda conn: add_comm(conn, comm))
+            fut = self.writer.submit_deferring(lambda conn, later: add_comm(conn, comm, later))
         except Exception as exc:        # the writer is gone (shutting down)
             log.warning("LMTP connection not logged", peer=comm.account, error=repr(exc))
             return

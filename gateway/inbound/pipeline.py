@@ -31,7 +31,7 @@ from gateway.inbound.ticket import is_true
 from gateway.inbound.xheaders import apply_trust
 from gateway.model import DELIVER, Envelope, MessageContext, Outcome, Verdict
 from gateway.runtime import Runtime
-from gateway.store import repo
+from gateway.store import Deferred, repo
 from gateway.store.db import BatchWriter, is_temporary
 
 log = structlog.get_logger(__name__)
@@ -118,7 +118,7 @@ def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> Verdict | None
     fresh = [r for r in env.recipients if r not in seen]
     article_id, outcome = next(iter(seen.values()))
     if fresh:
-        repo.record_deliveries(conn, mid, env.sha256, fresh, article_id, outcome)
+        repo.record_deliveries(conn, mid, env.sha256, fresh, article_id, outcome, ctx.deferred)
     ctx.action = "duplicate"
     ctx.article_id = article_id
     ctx.log.log("Notice", "Duplicate", f"already delivered (article {article_id}, {outcome}); "
@@ -141,7 +141,7 @@ def record(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
         return
     mid = ctx.parsed.message_id if ctx.parsed else ""
     repo.record_deliveries(conn, mid, ctx.envelope.sha256, ctx.envelope.recipients,
-                           article_id, outcome)
+                           article_id, outcome, ctx.deferred)
 
 
 # Small plain messages are prepared right on the event loop: a thread hop costs
@@ -217,11 +217,12 @@ def _shallow(obj: T, **changes: Any) -> T:
     return new
 
 
-def _fresh(ctx: MessageContext) -> MessageContext:
-    """A copy whose mutable parts a (re)run of the commit stages may change freely."""
+def _fresh(ctx: MessageContext, later: Deferred | None = None) -> MessageContext:
+    """A copy whose mutable parts a (re)run of the commit stages may change freely,
+    bound to the buffer of the transaction that run is in."""
     logobj = _shallow(ctx.log, entries=list(ctx.log.entries))
     return _shallow(ctx, params=dict(ctx.params), trace=list(ctx.trace), log=logobj,
-                    hits=list(ctx.hits))
+                    hits=list(ctx.hits), deferred=later)
 
 
 def _comm_copy(comm: Comm, obj: CommObj) -> Comm:
@@ -239,12 +240,12 @@ class Pipeline:
         self.executor = executor
 
     def _commit_job(self, ctx: MessageContext, rt: Runtime, comm: Comm
-                    ) -> Callable[[Connection], MessageContext]:
+                    ) -> Callable[[Connection, Deferred], MessageContext]:
         runs = [0]
         stages = self.stages.commit
 
-        def job(conn: Connection) -> MessageContext:
-            c = _fresh(ctx)
+        def job(conn: Connection, later: Deferred) -> MessageContext:
+            c = _fresh(ctx, later)
             runs[0] += 1
             # The first run trusts the unique delivery row; a retry looks first.
             c.lookup_duplicates = runs[0] > 1
@@ -257,14 +258,14 @@ class Pipeline:
             cc = _comm_copy(comm, c.log)
             if comm.id is None:
                 cc.close()   # a communication opened by the door is closed by the door
-            add_comm(conn, cc)
+            add_comm(conn, cc, later)
             return c
         return job
 
     def _quarantine_job(self, ctx: MessageContext, comm: Comm, reason: str, detail: str
-                        ) -> Callable[[Connection], MessageContext]:
-        def job(conn: Connection) -> MessageContext:
-            c = _fresh(ctx)
+                        ) -> Callable[[Connection, Deferred], MessageContext]:
+        def job(conn: Connection, later: Deferred) -> MessageContext:
+            c = _fresh(ctx, later)
             env = c.envelope
             seen = dedupe(c, self.runtime(), conn)
             if seen is not None:
@@ -273,13 +274,14 @@ class Pipeline:
                 cc = _comm_copy(comm, c.log)
                 if comm.id is None:
                     cc.close()
-                add_comm(conn, cc)
+                add_comm(conn, cc, later)
                 return c
             qid = repo.insert_quarantine(conn, source=f"{env.source}:{env.account}",
                                          envelope_from=env.mail_from, recipients=env.recipients,
                                          reason=reason, detail=detail, raw=env.raw)
             mid = c.parsed.message_id if c.parsed else ""
-            repo.record_deliveries(conn, mid, env.sha256, env.recipients, None, "quarantined")
+            repo.record_deliveries(conn, mid, env.sha256, env.recipients, None, "quarantined",
+                                   later)
             c.action = "quarantine"
             c.verdict = Verdict("quarantine", reason)
             c.log.log("Error", "Quarantine", f"message kept raw in quarantine #{qid}: {reason}")
@@ -287,7 +289,7 @@ class Pipeline:
             cc = _comm_copy(comm, c.log)
             if comm.id is None:
                 cc.close("Warning")
-            add_comm(conn, cc)
+            add_comm(conn, cc, later)
             return c
         return job
 
@@ -313,7 +315,7 @@ class Pipeline:
             job = self._quarantine_job(ctx, comm, f"{type(exc).__name__}: {exc}",
                                        traceback.format_exc())
         try:
-            done = await self.writer.run(job)
+            done = await self.writer.run_deferring(job)
         except Exception as exc:
             if is_temporary(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))
@@ -326,7 +328,7 @@ class Pipeline:
             else:
                 log.exception("pipeline commit failed; quarantining")
             try:
-                done = await self.writer.run(self._quarantine_job(
+                done = await self.writer.run_deferring(self._quarantine_job(
                     ctx, comm, f"{type(exc).__name__}: {exc}", traceback.format_exc()),
                     isolated=True)
             except Exception as exc2:

@@ -91,13 +91,14 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     p = ctx.parsed
     assert p is not None
     env = ctx.envelope
-    raw_id = repo.insert_raw(conn, env.raw, env.sha256)
+    now = rt.clock.now()
+    raw_id = repo.insert_raw(conn, env.raw, env.sha256, created=now)
     pm = rt.config.postmaster
     helpdesk = rt.config.helpdesk
     if ctx.action == "new" or ctx.ticket_id is None:
         # With a helpdesk behind deskgate the number is the helpdesk's, told by the hand-off.
         number = (None if helpdesk.enabled
-                  else repo.next_ticket_number(conn, rt.config.gateway.system_id))
+                  else repo.next_ticket_number(conn, rt.config.gateway.system_id, now))
         state = checked_state(ctx, rt, "State", pm.default_state)
         title = ctx.param("Title") or p.subject or "(no subject)"
         ctx.ticket_id = repo.insert_ticket(
@@ -109,15 +110,15 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
             responsible=ctx.param("Responsible"), lock=ctx.param("Lock", "unlock") or "unlock",
             customer_no=ctx.param("CustomerNo") or p.from_email,
             customer_user=ctx.param("CustomerUser") or p.from_email,
-            pending_until=pending_time(ctx.param("State-PendingTime")),
+            pending_until=pending_time(ctx.param("State-PendingTime"), now),
             dynamic_fields=dynamic_fields(ctx),
             linked_ticket_id=ctx.linked_ticket_id,
-            classification=ctx.classification or {},
+            classification=ctx.classification or {}, created=now, changed=now,
         )
         ctx.ticket_number = number or ""
         ctx.action = "new"
     ctx.article_id = repo.insert_article(conn, p.attachments,
-                                         ticket_id=ctx.ticket_id,
+                                         ticket_id=ctx.ticket_id, created=now,
                                          **article_values(ctx, rt, raw_id))
     ctx.log.article_id = ctx.article_id
     ctx.log.log("Info", "Ticket", f"{'new ticket' if ctx.action == 'new' else 'follow-up to'} "

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.mime.text import MIMEText
 from email.policy import compat32
@@ -33,7 +32,7 @@ from gateway.model import MessageContext
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
-from gateway.store import repo
+from gateway.store import Deferred, repo
 from gateway.store.db import BatchWriter
 from gateway.store.tables import AutoResponse, AutoResponseRequest
 
@@ -89,7 +88,7 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
     if cfg.address_by_email(to) is not None:
         return f"{to} is a system address"
     limit = cfg.postmaster.max_emails_per_address_per_day
-    if sent_today(conn, to, datetime.now(UTC)) >= limit:
+    if sent_today(conn, to, rt.clock.now()) >= limit:
         return f"{to} already had {limit} auto-responses today " \
                "(postmaster.max_emails_per_address_per_day)"
     return ""
@@ -129,7 +128,7 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"
-    now = datetime.now(UTC)
+    now = rt.clock.now()
     # Counted at once, so the daily limit holds for messages in the same batch.
     counter = conn.execute(insert(AutoResponse).values(
         address=to, ticket_id=ctx.ticket_id, outbound_id=None, sent=now)
@@ -171,8 +170,8 @@ def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
     return out
 
 
-def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception
-           ) -> int | None:
+def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception,
+           later: Deferred | None = None) -> int | None:
     """In one transaction: take the request (once: a concurrent builder finds it gone)
     and queue what was built, or log why it is not sent. The new outbound id, or None."""
     from gateway.commlog import Comm, add_comm
@@ -191,12 +190,20 @@ def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exc
                 f"for ticket {req.ticket_number or req.ticket_id}: {built}")
         obj.close("Failed")
         comm.close("Warning")
-        add_comm(conn, comm)
+        add_comm(conn, comm, later)
         return None
     oid = enqueue(built, rt, conn)
     conn.execute(update(AutoResponse).where(AutoResponse.id == req.counter_id)
                  .values(outbound_id=oid))
     return oid
+
+
+def _finish_job(rt: Runtime, req: Any, built: OutboundContext | Exception
+                ) -> Callable[[Connection, Deferred], int | None]:
+    """finish() as a writer job that gets the transaction's buffer for its log entry."""
+    def job(conn: Connection, later: Deferred) -> int | None:
+        return finish(conn, rt, req, built, later)
+    return job
 
 
 async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
@@ -227,6 +234,6 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
             log.warning("auto-response not built; trying again later", request=req.id,
                         error=repr(exc)[:300])
             continue
-        oid = await writer.run(functools.partial(finish, rt=rt, req=req, built=built))
+        oid = await writer.run_deferring(_finish_job(rt, req, built))
         queued += oid is not None
     return queued

@@ -27,7 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from gateway.config import Config
 from gateway.privatefiles import create_private
-from gateway.store.fast import deferred_writes
+from gateway.store.fast import FAST_PATH_OPTION, Deferred
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -35,15 +35,38 @@ T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """Create the engine; SQLite gets WAL, FULL sync and a busy timeout."""
+FAST_PATH_ENV = "DESKGATE_STORE_FAST_PATH"
+_ENV_ON = {"1": True, "true": True, "yes": True, "on": True,
+           "0": False, "false": False, "no": False, "off": False}
+
+
+def fast_path_setting(configured: bool = True) -> bool:
+    """Whether prepared statements take the fast path: DESKGATE_STORE_FAST_PATH when it
+    is set (an emergency switch that needs no configuration change), else `configured`
+    ([store] fast_path)."""
+    value = os.environ.get(FAST_PATH_ENV, "").strip().lower()
+    if not value:
+        return configured
+    if value not in _ENV_ON:
+        raise ValueError(f"{FAST_PATH_ENV}={value!r}: use 1/true/on or 0/false/off")
+    return _ENV_ON[value]
+
+
+def make_engine(url: str, *, pool_size: int = 5, fast_path: bool = True) -> Engine:
+    """Create the engine; SQLite gets WAL, FULL sync and a busy timeout.
+
+    `fast_path=False` (or DESKGATE_STORE_FAST_PATH=0) makes every prepared statement
+    (gateway.store.Prepared) run through plain `Connection.execute`.
+    """
+    options = {FAST_PATH_OPTION: fast_path_setting(fast_path)}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Owner-only whatever the umask; SQLite gives -wal and -shm the same mode.
             create_private(Path(path.split("?", 1)[0]))
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               execution_options=options)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -56,7 +79,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
         return engine
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
-                         connect_args={"connect_timeout": 5} if "postgresql" in url else {})
+                         connect_args={"connect_timeout": 5} if "postgresql" in url else {},
+                         execution_options=options)
 
 
 SUPPORTED_DATABASES = "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
@@ -118,6 +142,10 @@ def validate_database(cfg: Config, add: Callable[[str, str, str], None]) -> None
     problem = database_problem(cfg.database_url)
     if problem is not None:
         add(str(cfg.conf_dir), "gateway.database", problem)
+    try:
+        fast_path_setting()
+    except ValueError as exc:     # the environment, not a file: named by its variable
+        add(str(cfg.conf_dir), "store.fast_path", str(exc))
 
 
 def alembic_config(url: str) -> Any:
@@ -199,10 +227,13 @@ def is_temporary(exc: BaseException) -> bool:
 
 Job = Callable[[Connection], T]
 
+def _plain(job: Callable[[Connection], T]) -> Callable[[Connection, Deferred], T]:
+    return lambda conn, _later: job(conn)
+
 
 @dataclass
 class _Item:
-    job: Callable[[Connection], Any]
+    job: Callable[[Connection, Deferred], Any]
     future: Future[Any] | None        # for threads (submit)
     isolated: bool
     afuture: asyncio.Future[Any] | None = None   # for coroutines (run)
@@ -234,6 +265,11 @@ class BatchWriter:
     transaction. Every caller's future resolves only after the commit that
     holds its writes. When a batch fails, each job is retried in a transaction
     of its own, so one bad message cannot take its neighbours down with it.
+
+    Jobs queued with `run_deferring`/`submit_deferring` also get the
+    transaction's Deferred buffer as their second argument: rows added to it are
+    written, many per statement, after the last job of the transaction and
+    before its commit, and are dropped with a failed transaction.
     """
 
     def __init__(self, engine: Engine, *, batch_max: int = 64, name: str = "db-writer") -> None:
@@ -247,7 +283,7 @@ class BatchWriter:
         self._lock_path = _sqlite_lock_path(engine)
         self._lock_fd: int | None = None
 
-    def _transaction(self) -> contextlib.AbstractContextManager[Connection]:
+    def _transaction(self) -> contextlib.AbstractContextManager[tuple[Connection, Deferred]]:
         """A write transaction; on SQLite, serialized across processes by a file lock.
 
         SQLite lets one writer in at a time and makes the others sleep in its busy
@@ -261,19 +297,21 @@ class BatchWriter:
         return self._locked_begin(self._lock_path)
 
     @contextlib.contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """A transaction whose deferred rows (gateway.store.fast) are written before commit."""
-        with self.engine.begin() as conn, deferred_writes(conn):
-            yield conn
+    def _begin(self) -> Iterator[tuple[Connection, Deferred]]:
+        """A transaction and its buffer; the deferred rows are written before the commit."""
+        with self.engine.begin() as conn:
+            later = Deferred()
+            yield conn, later
+            later.flush(conn)
 
     @contextlib.contextmanager
-    def _locked_begin(self, path: str) -> Iterator[Connection]:
+    def _locked_begin(self, path: str) -> Iterator[tuple[Connection, Deferred]]:
         if self._lock_fd is None:
             self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            with self._begin() as conn:
-                yield conn
+            with self._begin() as tx:
+                yield tx
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -284,6 +322,11 @@ class BatchWriter:
 
     def submit(self, job: Callable[[Connection], T], *, isolated: bool = False) -> Future[T]:
         """Queue a job from any thread; isolated jobs run in a transaction of their own."""
+        return self.submit_deferring(_plain(job), isolated=isolated)
+
+    def submit_deferring(self, job: Callable[[Connection, Deferred], T], *,
+                         isolated: bool = False) -> Future[T]:
+        """Like submit, for a job of (Connection, the transaction's Deferred buffer)."""
         self.start()
         fut: Future[T] = Future()
         self._q.put(_Item(job, fut, isolated))
@@ -295,6 +338,11 @@ class BatchWriter:
         All waiters of one commit are woken by a single loop callback, which keeps
         the writer thread from handing the GIL back and forth once per message.
         """
+        return await self.run_deferring(_plain(job), isolated=isolated)
+
+    async def run_deferring(self, job: Callable[[Connection, Deferred], T], *,
+                            isolated: bool = False) -> T:
+        """Like run, for a job of (Connection, the transaction's Deferred buffer)."""
         self.start()
         afut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._q.put(_Item(job, None, isolated, afut))
@@ -362,9 +410,9 @@ class BatchWriter:
         if len(live) > 1:
             results: list[Any] = []
             try:
-                with self._transaction() as conn:
+                with self._transaction() as (conn, later):
                     for it in live:
-                        results.append(it.job(conn))
+                        results.append(it.job(conn, later))
             except Exception as exc:
                 log.warning("batch failed, retrying one by one", error=repr(exc)[:300],
                             size=len(live))
@@ -380,8 +428,8 @@ class BatchWriter:
         delay = 0.05
         for attempt in range(3):
             try:
-                with self._transaction() as conn:
-                    res = it.job(conn)
+                with self._transaction() as (conn, later):
+                    res = it.job(conn, later)
             except OperationalError as exc:
                 # "database is locked" under contention: a short retry usually fixes it.
                 if "locked" in str(exc).lower() and attempt < 2:

@@ -11,12 +11,25 @@ afterwards each call only converts its parameters and runs the driver's cursor
 inside the caller's transaction. Driver errors come back as the usual
 SQLAlchemy exceptions (OperationalError, IntegrityError, ...), so the callers'
 "temporary or not" decisions stay the same.
+
+Planning a statement reads private attributes of SQLAlchemy's Insert and of its
+SQLite DateTime type, and the SQLite shortcuts compute row ids from lastrowid:
+pyproject.toml pins SQLAlchemy's minor version for that. An engine made with
+`fast_path=False` (config `[store] fast_path`, environment DESKGATE_STORE_FAST_PATH)
+runs every Prepared through plain `Connection.execute` instead, touching none of
+it; tests/integration/core/test_fast_equivalence.py runs every named statement
+both ways on SQLite and PostgreSQL and compares what they write and return. One
+difference is left, for a programming error only: a row without a required value
+is a KeyError on the fast path, the database's IntegrityError on the plain one.
+
+Only gateway.store imports this module; others use `gateway.store.Prepared` and
+`gateway.store.Deferred`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +42,23 @@ from sqlalchemy.sql import ClauseElement, Insert
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _MISSING = object()
+
+# The execution option that turns the fast path off for an engine or connection
+# (set by make_engine); any other value, or none, leaves it on.
+FAST_PATH_OPTION = "deskgate_fast_path"
+
+# Every named statement, by name: the equivalence test runs each of them.
+_REGISTRY: dict[str, Prepared] = {}
+
+
+def prepared_statements() -> dict[str, Prepared]:
+    """The named statements created so far (import their modules first)."""
+    return dict(_REGISTRY)
+
+
+def fast_path_on(conn: Connection) -> bool:
+    """False when the engine or connection was configured to skip the fast path."""
+    return conn.get_execution_options().get(FAST_PATH_OPTION, True) is not False
 
 
 # One bound value: name, bind processor, default (_MISSING: the caller must give
@@ -54,11 +84,34 @@ class Prepared:
     For a bare `insert(Table)` every column except an autoincrement primary key
     is written; a missing value takes the column's Python default (scalar or
     factory), else it is an error — nothing is silently NULL.
+
+    `name` registers the statement for the equivalence test (product statements
+    must have one; the names are unique). `dialect` names the one dialect a
+    dialect-specific statement (an upsert) is meant for.
     """
 
-    def __init__(self, stmt: ClauseElement) -> None:
+    def __init__(self, stmt: ClauseElement, name: str | None = None, *,
+                 dialect: str | None = None) -> None:
         self.stmt = stmt
+        self.name = name
+        self.dialect = dialect
         self._plans: dict[str, _Plan] = {}
+        if name is not None:
+            if name in _REGISTRY:
+                raise ValueError(f"a prepared statement named {name!r} exists already")
+            _REGISTRY[name] = self
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.name or self.stmt})"
+
+    # ------------------------------------------------------- plain SQLAlchemy path
+
+    def _plain_execute(self, conn: Connection, values: Mapping[str, Any]) -> Any:
+        result = conn.execute(self.stmt, dict(values))  # type: ignore[call-overload]
+        if not result.returns_rows:
+            return None
+        row = result.first()
+        return row[0] if row is not None else None
 
     def _table(self) -> Table | None:
         if isinstance(self.stmt, Insert) and isinstance(self.stmt.table, Table):
@@ -94,7 +147,9 @@ class Prepared:
                 stmt, lastrowid, plain = insert(table), True, True
             else:
                 plain = not self.stmt._returning    # type: ignore[attr-defined]
-        compiled = stmt.compile(dialect=dialect, column_keys=keys)
+        # for_executemany: no implicit "RETURNING id" (PostgreSQL adds one to a single-row
+        # INSERT for the ORM); only what the statement asks for comes back, as with execute.
+        compiled = stmt.compile(dialect=dialect, column_keys=keys, for_executemany=True)
         assert isinstance(compiled, SQLCompiler)
         by_name = {name: bp for bp, name in compiled.bind_names.items()}
         names = tuple(compiled.positiontup or by_name)
@@ -139,6 +194,8 @@ class Prepared:
 
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> Any:
         """Run once; the first column of the first returned row (None without RETURNING)."""
+        if not fast_path_on(conn):
+            return self._plain_execute(conn, values)
         plan = self._plan(conn.dialect)
         params = self._params(plan, values)
         cur = _cursor(conn)
@@ -155,7 +212,8 @@ class Prepared:
 
     def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Insert many rows, several per statement where the database allows it;
-        returns the new ids in row order (RETURNING id or SQLite's rowids).
+        returns what `execute` returns for each row, in row order: the new ids for
+        an INSERT ... RETURNING id, else None.
 
         SQLite gives the rows of one multi-row INSERT consecutive rowids (each is
         one above the largest), and the writer holds the only write lock, so the
@@ -164,6 +222,8 @@ class Prepared:
         """
         if not rows:
             return []
+        if not fast_path_on(conn):
+            return [self._plain_execute(conn, r) for r in rows]
         plan = self._plan(conn.dialect)
         if plan.values_at < 0:
             return [self.execute(conn, r) for r in rows]
@@ -189,7 +249,8 @@ class Prepared:
                 except conn.dialect.loaded_dbapi.Error as exc:
                     raise _wrap(conn, sql, params, exc) from exc
                 last = cur.lastrowid
-                ids.extend(range(last - n + 1, last + 1) if last else [None] * n)
+                ids.extend(range(last - n + 1, last + 1) if last and plan.lastrowid
+                           else [None] * n)
                 i += n
         finally:
             cur.close()
@@ -197,6 +258,12 @@ class Prepared:
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
+            return
+        if not fast_path_on(conn):
+            # SQLAlchemy takes the columns of a many-row execute from its first row:
+            # one call per run of rows that give the same keys, in row order.
+            for _, run in itertools.groupby(rows, key=lambda r: tuple(sorted(r))):
+                conn.execute(self.stmt, [dict(r) for r in run])  # type: ignore[call-overload]
             return
         plan = self._plan(conn.dialect)
         params = [self._params(plan, r) for r in rows]
@@ -252,14 +319,15 @@ def _wrap(conn: Connection, sql: str, params: Any, exc: Any) -> StatementError:
 
 # ----------------------------------------------------------------- deferred rows
 
-# The open buffer of this thread's writer transaction, with its Connection.
-_OPEN = threading.local()
-
-
 class Deferred:
     """Rows nobody reads back in the same transaction, written at its end, many per
     statement: fewer statements, and on SQLite fewer hand-overs of the GIL between
-    the writer thread and the event loop (each statement step releases it)."""
+    the writer thread and the event loop (each statement step releases it).
+
+    The writer (gateway.store.db.BatchWriter) makes one per transaction and hands
+    it to the jobs that ask for it; they pass it on to the functions that defer
+    rows (repo.record_deliveries, commlog.add_comm).
+    """
 
     def __init__(self) -> None:
         self.rows: dict[Prepared, list[Mapping[str, Any]]] = {}
@@ -284,19 +352,8 @@ class Deferred:
 
 @contextlib.contextmanager
 def deferred_writes(conn: Connection) -> Iterator[Deferred]:
-    """Inside: `deferred(conn)` collects rows; they are written when the block ends
-    without an error (before the caller commits), and dropped with it otherwise."""
+    """A buffer for the transaction `conn` is in: its rows are written when the block
+    ends without an error (before the caller commits), and dropped with it otherwise."""
     d = Deferred()
-    outer = getattr(_OPEN, "pair", None)
-    _OPEN.pair = (conn, d)
-    try:
-        yield d
-        d.flush(conn)
-    finally:
-        _OPEN.pair = outer
-
-
-def deferred(conn: Connection) -> Deferred | None:
-    """The buffer of the transaction `conn` is in, when it has one."""
-    pair = getattr(_OPEN, "pair", None)
-    return pair[1] if pair is not None and pair[0] is conn else None
+    yield d
+    d.flush(conn)

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.config import Config
 from gateway.model import AttachmentData
-from gateway.store.fast import Prepared, deferred
+from gateway.store.fast import Deferred, Prepared
 from gateway.store.tables import (
     Article,
     Attachment,
@@ -74,12 +74,14 @@ def _counter_stmt(dialect: str) -> Any:
                                       ).returning(TicketCounter.value)
 
 
-_COUNTER = {d: Prepared(_counter_stmt(d)) for d in ("sqlite", "postgresql")}
-_INS_RAW = Prepared(insert(RawMessage).returning(RawMessage.id))
-_INS_TICKET = Prepared(insert(Ticket).returning(Ticket.id))
-_INS_ARTICLE = Prepared(insert(Article).returning(Article.id))
-_INS_ATTACHMENT = Prepared(insert(Attachment))
-_INS_DELIVERY = Prepared(insert(Delivery))
+# The two databases deskgate supports (db.database_problem refuses others).
+_COUNTER = {d: Prepared(_counter_stmt(d), f"ticket_counter.next.{d}", dialect=d)
+            for d in ("sqlite", "postgresql")}
+_INS_RAW = Prepared(insert(RawMessage).returning(RawMessage.id), "raw_message.insert")
+_INS_TICKET = Prepared(insert(Ticket).returning(Ticket.id), "ticket.insert")
+_INS_ARTICLE = Prepared(insert(Article).returning(Article.id), "article.insert")
+_INS_ATTACHMENT = Prepared(insert(Attachment), "attachment.insert")
+_INS_DELIVERY = Prepared(insert(Delivery), "delivery.insert")
 _SEL_DELIVERY = select(Delivery.recipient, Delivery.article_id, Delivery.outcome).where(
     Delivery.content_hash == bindparam("h"), Delivery.message_id == bindparam("mid"),
     Delivery.recipient.in_(bindparam("rcpts", expanding=True)))
@@ -91,17 +93,15 @@ _SEL_DELIVERY_ONE = select(Delivery.recipient, Delivery.article_id, Delivery.out
 def next_ticket_number(conn: Connection, system_id: str, when: datetime | None = None) -> str:
     """YYYYMMDD + system_id + a per-day counter (atomic on SQLite and PostgreSQL)."""
     day = (when or utcnow()).strftime("%Y%m%d")
-    stmt = _COUNTER.get(conn.dialect.name)
-    if stmt is None:
-        stmt = _COUNTER[conn.dialect.name] = Prepared(_counter_stmt(conn.dialect.name))
-    value = stmt.execute(conn, {"day": day})
+    value = _COUNTER[conn.dialect.name].execute(conn, {"day": day})
     return f"{day}{system_id}{value:05d}"
 
 
-def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None) -> int:
+def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None,
+               created: datetime | None = None) -> int:
     return int(_INS_RAW.execute(conn, {
         "sha256": sha256 or hashlib.sha256(raw).hexdigest(), "size": len(raw), "data": raw,
-        "created": utcnow()}))
+        "created": created or utcnow()}))
 
 
 def insert_ticket(conn: Connection, **values: Any) -> int:
@@ -143,7 +143,10 @@ def find_deliveries(conn: Connection, message_id: str, content_hash: str,
 
 
 def record_deliveries(conn: Connection, message_id: str, content_hash: str,
-                      recipients: Iterable[str], article_id: int | None, outcome: str) -> None:
+                      recipients: Iterable[str], article_id: int | None, outcome: str,
+                      later: Deferred | None = None) -> None:
+    """One delivery row per distinct recipient; with `later` (the writer transaction's
+    buffer) they are written at the end of the transaction, with the batch's others."""
     now = utcnow()
     # One row per distinct recipient: the same address may come twice in one
     # envelope (RCPT TO:<Support@x> and <support@x> are lowercased alike), and a
@@ -155,7 +158,6 @@ def record_deliveries(conn: Connection, message_id: str, content_hash: str,
                              "created": now})
         unique.setdefault(row["recipient"], row)
     rows = list(unique.values())
-    later = deferred(conn)
     if later is None:
         _INS_DELIVERY.executemany(conn, rows)
         return
@@ -219,7 +221,7 @@ def _same(row: Any, vals: dict[str, Any]) -> bool:
     return all(getattr(row, k) == v for k, v in vals.items())
 
 
-_INS_HANDOFF = Prepared(insert(Handoff).returning(Handoff.id))
+_INS_HANDOFF = Prepared(insert(Handoff).returning(Handoff.id), "handoff.insert")
 
 
 def insert_handoff(conn: Connection, values: dict[str, Any]) -> int:

@@ -73,7 +73,8 @@ def check_account(account: AccountConfig, config: Config | None = None, *,
         if engine is None and config is not None:
             from gateway.store.db import make_engine, migrate
 
-            engine = own_engine = make_engine(config.database_url)
+            engine = own_engine = make_engine(config.database_url,
+                                              fast_path=config.store.fast_path)
             migrate(engine)
         token = _token_source(account, root, engine).get
     cls = ImapSession if account.type.startswith("imap") else Pop3Session

@@ -3,17 +3,17 @@ and fail with the same SQLAlchemy exceptions, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.commlog import Comm, add_comm
-from gateway.store import repo
-from gateway.store.db import is_temporary, make_engine, migrate
-from gateway.store.fast import Prepared, deferred_writes
+from gateway.store import Deferred, Prepared, deferred_writes, repo
+from gateway.store.db import BatchWriter, is_temporary, make_engine, migrate
 from gateway.store.tables import (
     Article,
     CommEntry,
@@ -23,6 +23,12 @@ from gateway.store.tables import (
     Ticket,
 )
 from tests.peers.require import not_applicable
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the fast path itself, whatever the suite runs with."""
+    monkeypatch.delenv("DESKGATE_STORE_FAST_PATH", raising=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -140,9 +146,9 @@ def test_insert_rows_returns_ids_in_row_order(engine: Engine) -> None:
 def test_deferred_rows_written_at_the_end_and_linked(engine: Engine) -> None:
     """Deferred communications keep each object and entry with its own communication."""
     comms = [_comm(i) for i in range(40)]
-    with engine.begin() as conn, deferred_writes(conn):
+    with engine.begin() as conn, deferred_writes(conn) as later:
         for c in comms:
-            add_comm(conn, c)
+            add_comm(conn, c, later)
         # nothing is written before the block ends
         assert conn.execute(select(func.count()).select_from(Communication)).scalar() == 0
     with engine.connect() as conn:
@@ -158,8 +164,8 @@ def test_deferred_rows_written_at_the_end_and_linked(engine: Engine) -> None:
 
 
 def test_deferred_rows_dropped_with_a_failed_block(engine: Engine) -> None:
-    with pytest.raises(RuntimeError), engine.begin() as conn, deferred_writes(conn):
-        add_comm(conn, _comm(1))
+    with pytest.raises(RuntimeError), engine.begin() as conn, deferred_writes(conn) as later:
+        add_comm(conn, _comm(1), later)
         raise RuntimeError("job failed")
     with engine.begin() as conn:        # and a later transaction does not write them
         add_comm(conn, _comm(2))        # no buffer: written at once
@@ -169,9 +175,9 @@ def test_deferred_rows_dropped_with_a_failed_block(engine: Engine) -> None:
 
 def test_duplicate_delivery_refused_when_deferred_rows_are_written(engine: Engine) -> None:
     """The unique key still refuses a second delivery of the same message in one batch."""
-    with pytest.raises(IntegrityError), engine.begin() as conn, deferred_writes(conn):
-        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
-        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored")
+    with pytest.raises(IntegrityError), engine.begin() as conn, deferred_writes(conn) as later:
+        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored", later)
+        repo.record_deliveries(conn, "<m@x>", "h" * 64, ["a@x"], None, "stored", later)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Delivery)).scalar() == 0
 
@@ -195,3 +201,75 @@ def test_prefixed_insert_is_not_rewritten(engine: Engine) -> None:
         first = prepared.execute(conn, row)
         second = prepared.execute(conn, row)       # ignored, not an IntegrityError
     assert first is not None and second is None
+
+
+class TestWriterBuffer:
+    """The BatchWriter hands each transaction's Deferred buffer to the jobs that ask."""
+
+    def test_rows_of_one_batch_written_before_its_commit(self, engine: Engine) -> None:
+        """Deferring jobs of one batch share the buffer; their rows are there after the
+        commit their futures wait for."""
+        writer = BatchWriter(engine)
+        seen: list[int] = []
+
+        def job(conn: Connection, later: Deferred) -> None:
+            seen.append(id(later))
+            repo.record_deliveries(conn, f"<{len(seen)}@x>", "h" * 64, ["a@x"], None, "stored",
+                                   later)
+            add_comm(conn, _comm(len(seen)), later)
+            # nothing written yet: the rows wait for the end of the transaction
+            assert conn.execute(select(func.count()).select_from(Delivery)).scalar() == 0
+
+        try:
+            gate = threading.Event()
+            writer.submit(lambda conn: gate.wait(10))     # holds the writer: the next queue up
+            futures = [writer.submit_deferring(job) for _ in range(5)]
+            gate.set()
+            for f in futures:
+                f.result(10)
+        finally:
+            writer.close()
+        assert len(set(seen)) == 1            # one transaction, one buffer
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(Delivery)).scalar() == 5
+            assert conn.execute(select(func.count()).select_from(Communication)).scalar() == 5
+
+    def test_failed_batch_drops_its_buffer_and_retries_with_a_fresh_one(
+            self, engine: Engine) -> None:
+        """A batch that fails is retried job by job: the good job's rows are written
+        once, the failing job's rows never."""
+        writer = BatchWriter(engine)
+
+        def good(conn: Connection, later: Deferred) -> str:
+            add_comm(conn, _comm(1), later)
+            return "ok"
+
+        def bad(conn: Connection, later: Deferred) -> None:
+            add_comm(conn, _comm(2), later)
+            raise RuntimeError("this job fails")
+
+        try:
+            gate = threading.Event()
+            writer.submit(lambda conn: gate.wait(10))
+            ok, failed = writer.submit_deferring(good), writer.submit_deferring(bad)
+            gate.set()
+            assert ok.result(10) == "ok"
+            with pytest.raises(RuntimeError):
+                failed.result(10)
+        finally:
+            writer.close()
+        with engine.connect() as conn:
+            assert conn.execute(select(Communication.account)).scalars().all() == ["peer1"]
+
+    def test_plain_jobs_write_at_once(self, engine: Engine) -> None:
+        """Without the buffer (a plain job), add_comm writes the rows right away."""
+        writer = BatchWriter(engine)
+
+        def job(conn: Connection) -> int:
+            add_comm(conn, _comm(3))
+            return int(conn.execute(select(func.count()).select_from(CommEntry)).scalar_one())
+
+        try:
+            assert writer.submit(job).result(10) == 1
+        finally:
+            writer.close()

@@ -162,3 +162,23 @@ class TestSessionLimitKeys:
             load_config(conf)
         keys = {e.key for e in exc.value.errors}
         assert {"lmtp.max_sessions", "submission.max_sessions_per_ip"} <= keys
+
+
+class TestStoreKeys:
+    def test_fast_path_defaults_on_and_takes_a_boolean(self, make_confdir):
+        """[store] fast_path is true unless set; a value that is not a boolean is refused."""
+        assert load_config(make_confdir()).store.fast_path is True
+        off = make_confdir({"50-s.toml": "[store]\nfast_path = false\n"})
+        assert load_config(off).store.fast_path is False
+        errs = errors_of(make_confdir({"50-s.toml": "[store]\nfast_path = 'no'\n"}))
+        assert any("50-s.toml: store.fast_path" in e for e in errs)
+
+    def test_unreadable_environment_switch_is_refused(self, make_confdir, monkeypatch):
+        """`check` names DESKGATE_STORE_FAST_PATH when it holds something else than on/off."""
+        import gateway.store.db  # noqa: F401  (registers the store's validators)
+
+        monkeypatch.setenv("DESKGATE_STORE_FAST_PATH", "sometimes")
+        errs = errors_of(make_confdir())
+        assert any("store.fast_path" in e and "DESKGATE_STORE_FAST_PATH" in e for e in errs)
+        monkeypatch.setenv("DESKGATE_STORE_FAST_PATH", "off")
+        assert load_config(make_confdir()).store.fast_path is True   # the file's value
