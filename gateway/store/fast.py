@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
-from sqlalchemy.sql import ClauseElement, Insert
+from sqlalchemy.sql import ClauseElement, Insert, sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _MISSING = object()
@@ -73,9 +74,14 @@ class _Plan:
     names: tuple[str, ...]
     positional: bool
     fields: tuple[_Field, ...]
+    # One row's values -> the driver's parameters (tuple or dict), made by _converter.
+    convert: Callable[[Mapping[str, Any]], Any]
     lastrowid: bool = False            # SQLite: the new id from the cursor, no RETURNING
     values_at: int = -1                # SQLite plain INSERT: where "(?, ...)" starts, for
                                        # several rows in one statement; -1 = not possible
+    # Multi-row statement text by number of rows (powers of two up to row_limit).
+    multi_sql: Mapping[int, str] = field(default_factory=dict)
+    row_limit: int = 1
 
 
 class Prepared:
@@ -154,6 +160,7 @@ class Prepared:
         by_name = {name: bp for bp, name in compiled.bind_names.items()}
         names = tuple(compiled.positiontup or by_name)
         fields: list[_Field] = []
+        kinds: list[tuple[str, Any]] = []
         for name in names:
             bp = by_name[name]
             default: Any = _MISSING
@@ -168,36 +175,35 @@ class Prepared:
                     default = col.default.arg      # type: ignore[attr-defined]
             elif col is not None and col.nullable:
                 default = None
-            fields.append((name, _processor(bp.type, dialect), default, factory,
+            proc, kind, dumps = _processor(bp.type, dialect)
+            fields.append((name, proc, default, factory,
                            bool(getattr(bp.type, "should_evaluate_none", False))))
+            kinds.append((kind, dumps))
         sql = compiled.string
         values_at = sql.rfind(" VALUES (") + len(" VALUES ") if plain else -1
         if values_at >= 0 and not sql.endswith(")"):
             values_at = -1
-        plan = _Plan(sql, names, dialect.positional, tuple(fields), lastrowid, values_at)
+        limit, multi_sql = 1, {}
+        if values_at >= 0:
+            while limit * 2 * len(names) <= 30000 and limit < 256:
+                limit *= 2
+            head, group = sql[:values_at], sql[values_at:]
+            n = limit
+            while n >= 1:
+                multi_sql[n] = head + ", ".join([group] * n)
+                n //= 2
+        convert = _converter(tuple(fields), kinds, dialect, sql)
+        plan = _Plan(sql, names, dialect.positional, tuple(fields), convert, lastrowid,
+                     values_at, multi_sql, limit)
         self._plans[dialect.name] = plan
         return plan
-
-    def _params(self, plan: _Plan, values: Mapping[str, Any]) -> Any:
-        out = []
-        get = values.get
-        for name, proc, default, factory, with_none in plan.fields:
-            v = get(name, _MISSING)
-            if v is _MISSING:
-                if default is _MISSING:
-                    raise KeyError(f"{name!r} missing for {plan.sql[:60]!r}")
-                v = default(None) if factory else default
-            if proc is not None and (v is not None or with_none):
-                v = proc(v)
-            out.append(v)
-        return tuple(out) if plan.positional else dict(zip(plan.names, out, strict=True))
 
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> Any:
         """Run once; the first column of the first returned row (None without RETURNING)."""
         if not fast_path_on(conn):
             return self._plain_execute(conn, values)
         plan = self._plan(conn.dialect)
-        params = self._params(plan, values)
+        params = plan.convert(values)
         cur = _cursor(conn)
         try:
             cur.execute(plan.sql, params)
@@ -228,11 +234,7 @@ class Prepared:
         if plan.values_at < 0:
             return [self.execute(conn, r) for r in rows]
         ids: list[Any] = []
-        width = len(plan.names)
-        limit = 1
-        while limit * 2 * width <= 30000 and limit < 256:
-            limit *= 2
-        head, group = plan.sql[:plan.values_at], plan.sql[plan.values_at:]
+        limit, multi_sql, convert = plan.row_limit, plan.multi_sql, plan.convert
         i = 0
         cur = _cursor(conn)
         try:
@@ -240,10 +242,8 @@ class Prepared:
                 n = limit
                 while n > len(rows) - i:
                     n //= 2
-                params: list[Any] = []
-                for r in rows[i:i + n]:
-                    params.extend(self._params(plan, r))
-                sql = head + ", ".join([group] * n)
+                params = list(itertools.chain.from_iterable(map(convert, rows[i:i + n])))
+                sql = multi_sql[n]
                 try:
                     cur.execute(sql, params)
                 except conn.dialect.loaded_dbapi.Error as exc:
@@ -266,7 +266,7 @@ class Prepared:
                 conn.execute(self.stmt, [dict(r) for r in run])  # type: ignore[call-overload]
             return
         plan = self._plan(conn.dialect)
-        params = [self._params(plan, r) for r in rows]
+        params = list(map(plan.convert, rows))
         cur = _cursor(conn)
         try:
             cur.executemany(plan.sql, params)
@@ -279,22 +279,114 @@ class Prepared:
 _SQLITE_DATETIME = ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:"
                     "%(second)02d.%(microsecond)06d")
 
+# What a converter may do instead of calling a field's bind processor.
+_PLAIN, _SQLITE_DT, _JSON = "plain", "sqlite-datetime", "json"
 
-def _processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
-    """SQLAlchemy's bind processor, except SQLite's datetime formatter: the same text
-    from `isoformat` in C instead of a %-format of seven attributes per value."""
+
+def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | None, str, Any]:
+    """SQLAlchemy's bind processor for `type_`, how `_converter` may shortcut it, and
+    the JSON serializer it calls (for the JSON shortcut).
+
+    SQLite's datetime formatter %-formats seven attributes into `_storage_format`;
+    for an exact `datetime` the same text is `isoformat` in C, cut before any UTC
+    offset (the formatter ignores tzinfo too). SQLAlchemy's JSON processor calls the
+    dialect's serializer (json.dumps without arguments unless the engine sets one)
+    on anything but None and its NULL markers; for an exact dict or list the
+    converter calls the serializer itself. Everything else goes through `proc`.
+    """
     impl = type_.dialect_impl(dialect)
     proc: Callable[[Any], Any] | None = impl.bind_processor(dialect)
-    if (dialect.name == "sqlite" and proc is not None
-            and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME):
-        slow = proc
+    if proc is None:
+        return None, _PLAIN, None
+    if dialect.name == "sqlite" and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME:
+        return proc, _SQLITE_DT, None
+    cls = type(impl)
+    if (isinstance(impl, sqltypes.JSON)
+            and cls.bind_processor is sqltypes.JSON.bind_processor
+            and cls._make_bind_processor is sqltypes.JSON._make_bind_processor
+            and impl._str_impl.bind_processor(dialect) is None):
+        return proc, _JSON, dialect._json_serializer or json.dumps
+    return proc, _PLAIN, None
 
-        def fast(value: Any) -> Any:
-            if type(value) is datetime:
-                return value.isoformat(" ", "microseconds")[:26]
-            return slow(value)
-        return fast
-    return proc
+
+def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
+               dialect: Dialect, sql: str) -> Callable[[Mapping[str, Any]], Any]:
+    """One function per plan that turns a row's values into the driver's parameters,
+    with the same values `_slow_params` gives, without a loop over the fields.
+
+    Generated as one tuple (or dict) expression and compiled here. The generated
+    text holds only identifiers made here (_p0, _d0, ...) and `repr` of the field
+    names, which are str; the objects are passed in through the namespace.
+    """
+    ns: dict[str, Any] = {"_M": _MISSING, "_dt": datetime, "_jt": (dict, list),
+                          "_missing": lambda values: _raise_missing(fields, sql, values)}
+    exprs = []
+    for i, ((name, proc, default, factory, with_none), (kind, dumps)) in enumerate(
+            zip(fields, kinds, strict=True)):
+        if not isinstance(name, str) or not name.isprintable():
+            raise ValueError(f"unexpected bind name {name!r}")
+        key = repr(name)
+        if default is _MISSING:
+            src = f"values[{key}]"
+        elif factory:
+            ns[f"_d{i}"] = default
+            src = f"(_d{i}(None) if (_s{i} := get({key}, _M)) is _M else _s{i})"
+        else:
+            ns[f"_d{i}"] = default
+            src = f"get({key}, _d{i})"
+        if proc is None:
+            exprs.append(src)
+            continue
+        ns[f"_p{i}"] = proc
+        v = f"_v{i}"
+        rest = f"_p{i}({v})" if with_none else f"(None if {v} is None else _p{i}({v}))"
+        if kind == _SQLITE_DT:
+            exprs.append(f'({v}.isoformat(" ", "microseconds")[:26] '
+                         f"if type({v} := {src}) is _dt else {rest})")
+        elif kind == _JSON:
+            ns[f"_j{i}"] = dumps
+            exprs.append(f"(_j{i}({v}) if type({v} := {src}) in _jt else {rest})")
+        else:
+            exprs.append(f"_p{i}({src})" if with_none
+                         else f"(None if ({v} := {src}) is None else _p{i}({v}))")
+    if dialect.positional:
+        body = "(" + "".join(e + ", " for e in exprs) + ")"
+    else:
+        body = "{" + ", ".join(f"{f[0]!r}: {e}" for f, e in zip(fields, exprs, strict=True)) + "}"
+    code = ("def convert(values):\n"
+            "    get = values.get\n"
+            "    try:\n"
+            f"        return {body}\n"
+            "    except KeyError:\n"
+            "        _missing(values)\n"
+            "        raise\n")
+    exec(compile(code, f"<prepared {sql[:40]!r}>", "exec"), ns)  # noqa: S102 - text built above
+    convert: Callable[[Mapping[str, Any]], Any] = ns["convert"]
+    return convert
+
+
+def _raise_missing(fields: Sequence[_Field], sql: str, values: Mapping[str, Any]) -> None:
+    """The KeyError for the first field without a value and without a default, if any."""
+    for name, _proc, default, _factory, _with_none in fields:
+        if default is _MISSING and name not in values:
+            raise KeyError(f"{name!r} missing for {sql[:60]!r}")
+
+
+def _slow_params(plan: _Plan, values: Mapping[str, Any]) -> Any:
+    """The parameters `plan.convert` must give, field by field (the reference the
+    tests compare the generated converters with)."""
+    out = []
+    get = values.get
+    for name, proc, default, factory, with_none in plan.fields:
+        v = get(name, _MISSING)
+        if v is _MISSING:
+            if default is _MISSING:
+                raise KeyError(f"{name!r} missing for {plan.sql[:60]!r}")
+            v = default(None) if factory else default
+        if proc is not None and (v is not None or with_none):
+            v = proc(v)
+        out.append(v)
+    return tuple(out) if plan.positional else dict(zip(plan.names, out, strict=True))
 
 
 def _cursor(conn: Connection) -> Any:
