@@ -311,8 +311,9 @@ def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | Non
 
 def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
                dialect: Dialect, sql: str) -> Callable[[Mapping[str, Any]], Any]:
-    """One function per plan that turns a row's values into the driver's parameters,
-    with the same values `_slow_params` gives, without a loop over the fields.
+    """One function per plan that turns a row's values into the driver's parameters:
+    each field's value, else its default (a factory is called), through its bind
+    processor unless it is None (JSON: None too). No loop over the fields per row.
 
     Generated as one tuple (or dict) expression and compiled here. The generated
     text holds only identifiers made here (_p0, _d0, ...) and `repr` of the field
@@ -370,23 +371,6 @@ def _raise_missing(fields: Sequence[_Field], sql: str, values: Mapping[str, Any]
     for name, _proc, default, _factory, _with_none in fields:
         if default is _MISSING and name not in values:
             raise KeyError(f"{name!r} missing for {sql[:60]!r}")
-
-
-def _slow_params(plan: _Plan, values: Mapping[str, Any]) -> Any:
-    """The parameters `plan.convert` must give, field by field (the reference the
-    tests compare the generated converters with)."""
-    out = []
-    get = values.get
-    for name, proc, default, factory, with_none in plan.fields:
-        v = get(name, _MISSING)
-        if v is _MISSING:
-            if default is _MISSING:
-                raise KeyError(f"{name!r} missing for {plan.sql[:60]!r}")
-            v = default(None) if factory else default
-        if proc is not None and (v is not None or with_none):
-            v = proc(v)
-        out.append(v)
-    return tuple(out) if plan.positional else dict(zip(plan.names, out, strict=True))
 
 
 def _cursor(conn: Connection) -> Any:

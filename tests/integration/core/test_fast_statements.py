@@ -4,7 +4,7 @@ and fail with the same SQLAlchemy exceptions, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -188,6 +188,21 @@ def test_none_in_a_json_column_is_json_null_as_with_execute(engine: Engine) -> N
         prepared.execute(conn, {**_ticket("j1"), "dynamic_fields": None})
         conn.execute(insert(Ticket), {**_ticket("j2"), "dynamic_fields": None})
     assert _row(engine, "j1") == _row(engine, "j2")
+
+
+def test_naive_offset_and_missing_datetimes_as_with_execute(engine: Engine) -> None:
+    """A naive datetime, one with a non-UTC offset, a date without microseconds and a
+    None in a nullable datetime column are stored as Connection.execute stores them."""
+    prepared = Prepared(insert(Ticket).returning(Ticket.id))
+    india = timezone(timedelta(hours=5, minutes=30))
+    for pending in (None, datetime(2026, 12, 1, 9, 0, tzinfo=india)):
+        values = {**_ticket("x"), "created": WHEN.replace(tzinfo=None),
+                  "changed": datetime(2026, 3, 4, 23, 59, 59, tzinfo=india),
+                  "pending_until": pending, "classification": {"queue": "Raw", "p": 0.5}}
+        with engine.begin() as conn:
+            prepared.execute(conn, {**values, "number": f"d{pending is None}"})
+            conn.execute(insert(Ticket), {**values, "number": f"e{pending is None}"})
+        assert _row(engine, f"d{pending is None}") == _row(engine, f"e{pending is None}")
 
 
 def test_prefixed_insert_is_not_rewritten(engine: Engine) -> None:
