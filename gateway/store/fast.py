@@ -8,9 +8,12 @@ that bookkeeping — not SQLite's commit — was most of what a message cost.
 A `Prepared` statement is compiled once per dialect by SQLAlchemy itself (same
 SQL, same bind processors for datetimes and JSON, same casts for PostgreSQL);
 afterwards each call only converts its parameters and runs the driver's cursor
-inside the caller's transaction. Driver errors come back as the usual
-SQLAlchemy exceptions (OperationalError, IntegrityError, ...), so the callers'
-"temporary or not" decisions stay the same.
+inside the caller's transaction. The conversion is one function per statement and
+dialect, generated from the plan (`_converter`): no loop over the fields per row,
+SQLite datetimes and JSON dicts and lists formatted inline, the exact text the
+processors give (tests/unit/core/test_fast_converter.py compares them). Driver
+errors come back as the usual SQLAlchemy exceptions (OperationalError,
+IntegrityError, ...), so the callers' "temporary or not" decisions stay the same.
 
 Planning a statement reads private attributes of SQLAlchemy's Insert and of its
 SQLite DateTime type, and the SQLite shortcuts compute row ids from lastrowid:
