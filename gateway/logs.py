@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import weakref
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -96,6 +97,18 @@ def _fallback(obj: Any) -> Any:
         return repr(obj)
 
 
+_LEVEL = {"warn": "warning", "exception": "error"}
+
+
+def _level_and_time(logger: Any, method_name: str,
+                    event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """structlog's add_log_level and TimeStamper(fmt="iso", utc=True) in one call: the
+    same keys in the same order, one function call per line instead of four."""
+    event_dict["level"] = _LEVEL.get(method_name, method_name)
+    event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return event_dict
+
+
 # json.dumps with a `default` builds a new encoder for every line; this one is built once.
 _JSON = json.JSONEncoder(default=_fallback)
 
@@ -113,8 +126,7 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _level_and_time,
             structlog.processors.format_exc_info,
             renderer,
         ],
