@@ -151,16 +151,16 @@ def instrument(gw: Any, probe: Probe) -> None:
     from sqlalchemy import event
 
     writer, wall, cpu = gw.writer, time.perf_counter, time.thread_time
-    orig_run = writer.run
+    orig_run = writer.run_deferring
 
-    async def run(job: Callable[[Any], Any], **kw: Any) -> Any:
+    async def run(job: Callable[[Any, Any], Any], **kw: Any) -> Any:
         batch = [0]
 
-        def timed(conn: Any) -> Any:
+        def timed(conn: Any, later: Any) -> Any:
             batch[0] = writer.batches
             t0 = cpu()
             try:
-                return job(conn)
+                return job(conn, later)
             finally:
                 probe.job_end = cpu()
                 probe.job += probe.job_end - t0
@@ -183,7 +183,7 @@ def instrument(gw: Any, probe: Probe) -> None:
             probe.done_at[writer.batches] = now
             probe.commit_at = probe.job_end = 0.0
 
-    writer.run = run
+    writer.run_deferring = run     # what the pipeline queues its commit jobs with
     event.listen(gw.engine, "commit", on_commit)
     event.listen(gw.engine.pool, "checkin", on_checkin)
 

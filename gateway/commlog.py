@@ -25,7 +25,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     priority: Priority
     key: str

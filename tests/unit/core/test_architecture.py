@@ -143,7 +143,8 @@ class TestBuilderTable:
     def test_one_builder_per_runtime_field(self):
         """The builders fill exactly the Runtime's fields other than config."""
         table = runtime.build_builders()
-        assert sorted(b.field for b in table) == ["classifier", "clock", "crypto", "dkim", "filters"]
+        assert sorted(b.field for b in table) == [
+            "classifier", "clock", "crypto", "dkim", "filters"]
 
     def test_missing_or_unknown_builder_refused(self):
         """A table missing a field's builder, or building a field Runtime lacks, is refused."""

@@ -95,3 +95,50 @@ class TestLogLines:
 
         asyncio.run(main())
         assert stderr.events() == ["last words"]
+
+
+class Opaque:
+    """A value JSON has no type for."""
+
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+class TestLineContent:
+    def test_a_json_line_has_the_fields_level_and_utc_timestamp_in_order(
+            self, stderr: Recorder) -> None:
+        """Fields as given, then event, level and an ISO UTC timestamp ending in Z."""
+        stderr.install()
+        structlog.get_logger("t").warning("stored", ticket="2026120310000001", article=7)
+        line = json.loads("".join(stderr.writes))
+        assert list(line) == ["ticket", "article", "event", "level", "timestamp"]
+        assert line["level"] == "warning"
+        assert line["article"] == 7
+        assert line["timestamp"].endswith("Z")
+        assert "+00:00" not in line["timestamp"]
+
+    def test_exception_is_logged_at_level_error_with_its_traceback(
+            self, stderr: Recorder) -> None:
+        """log.exception gives level "error" and the rendered traceback."""
+        stderr.install()
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            structlog.get_logger("t").exception("failed")
+        line = json.loads("".join(stderr.writes))
+        assert line["level"] == "error"
+        assert "ValueError: boom" in line["exception"]
+
+    def test_a_value_without_a_json_type_is_rendered_as_its_repr(
+            self, stderr: Recorder) -> None:
+        """Objects JSON cannot encode are logged as their repr, not dropped."""
+        stderr.install()
+        structlog.get_logger("t").info("odd", value=Opaque())
+        assert json.loads("".join(stderr.writes))["value"] == "<opaque>"
+
+    def test_one_write_per_line_outside_a_loop(self, stderr: Recorder) -> None:
+        """A line and its newline are one write."""
+        stderr.install()
+        structlog.get_logger("t").info("one")
+        assert stderr.writes == ['{"event": "one", "level": "info", "timestamp": "'
+                                 + json.loads(stderr.writes[0])["timestamp"] + '"}\n']
