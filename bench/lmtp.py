@@ -168,11 +168,14 @@ def serve_deskgate(root: str, code: str) -> None:
     from gateway.app import Gateway
     from gateway.config import load_config
     from gateway.logs import setup_logging
-    from gateway.supervise import run_serve
 
     setup_logging("error", "json")
     cfg = load_config(Path(root) / "conf.d")
     if cfg.lmtp.workers > 1:
+        try:
+            from gateway.supervise import run_serve
+        except ImportError:       # a --compare-with checkout from before gateway/supervise.py
+            from gateway.app import run_serve  # type: ignore[attr-defined,no-redef]
         run_serve(cfg)            # the real `deskgate serve` with pre-forked workers
         return
     gw = Gateway(cfg)
