@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, event, select
 
 from gateway.config import load_config
 from gateway.store import FAST_PATH_OPTION
@@ -28,10 +27,9 @@ from gateway.store.tables import (
     Quarantine,
     Ticket,
 )
-from tests.conftest import PG_ADMIN_URL, RunningGateway
+from tests.conftest import RunningGateway, fresh_pg_database
 from tests.integration.core.stored import db_conf
 from tests.peers.lmtp import LmtpClient
-from tests.peers.require import missing_peer
 
 TRUSTED = {"40-trusted.toml": "[lmtp]\ntrusted = true\n"}
 FROM = "kunde@customer.test"
@@ -137,19 +135,8 @@ def _boom_on_subject(fn: Callable[..., Any]) -> Callable[..., Any]:
 @pytest.fixture
 def second_pg_url() -> Iterator[str]:
     """One more fresh PostgreSQL database (pg_url gives one per test)."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"deskgate_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        missing_peer(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database() as url:
+        yield url
 
 
 class TestFastPathOff:
