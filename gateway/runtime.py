@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.tablecheck import once_each
 
 if TYPE_CHECKING:
     from gateway.classify import Classifier
@@ -67,11 +68,7 @@ def build_builders() -> tuple[Builder, ...]:
 def check_builders(table: tuple[Builder, ...]) -> None:
     """Startup check: one builder for every Runtime field but `config`; RuntimeError if not."""
     wanted = [f.name for f in dataclasses.fields(Runtime) if f.name != "config"]
-    names = [b.field for b in table]
-    problems = [f"{n!r} missing" for n in wanted if n not in names]
-    problems += [f"{n!r} present {names.count(n)} times" for n in dict.fromkeys(names)
-                 if names.count(n) > 1]
-    problems += [f"{n!r} is no Runtime field" for n in names if n not in wanted]
+    problems = once_each(wanted, (b.field for b in table), unknown="is no Runtime field")
     if problems:
         raise RuntimeError("runtime builder table: " + "; ".join(problems))
 

@@ -8,11 +8,11 @@ check_validators() refuses a table with a check missing or repeated.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import Config
+from gateway.tablecheck import once_each
 
 Add = Callable[[str, str, str], None]
 ValidatorFn = Callable[[Config, Add], None]
@@ -53,10 +53,7 @@ def build_validators() -> tuple[Validator, ...]:
 
 def check_validators(table: tuple[Validator, ...]) -> None:
     """Startup check: every check of NAMES present exactly once; raises RuntimeError."""
-    count = Counter(v.name for v in table)
-    problems = [f"{n!r} missing" for n in NAMES if count[n] == 0]
-    problems += [f"{n!r} present {c} times" for n, c in count.items() if c > 1]
-    problems += [f"{n!r} unknown" for n in count if n not in NAMES]
+    problems = once_each(NAMES, (v.name for v in table))
     if problems:
         raise RuntimeError("config validator table: " + "; ".join(problems))
 

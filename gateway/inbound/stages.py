@@ -17,9 +17,8 @@ ignored message is recorded as such, so its redelivery is a duplicate.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from gateway.inbound.pipeline import Stage, Stages
+from gateway.tablecheck import once_each
 
 PREPARE_NAMES = ("parse", "decrypt", "trust", "filters", "loop", "bounce", "ignore", "classify")
 COMMIT_NAMES = ("dedupe", "followup", "route", "classify", "store", "handoff", "record",
@@ -68,10 +67,7 @@ def check_stages(stages: Stages) -> None:
     problems: list[str] = []
     for part, expected, rows in (("prepare", PREPARE_NAMES, stages.prepare),
                                  ("commit", COMMIT_NAMES, stages.commit)):
-        count = Counter(r.name for r in rows)
-        problems += [f"{part} stage {n!r} missing" for n in expected if count[n] == 0]
-        problems += [f"{part} stage {n!r} present {c} times" for n, c in count.items() if c > 1]
-        problems += [f"{part} stage {n!r} unknown" for n in count if n not in expected]
+        problems += once_each(expected, (r.name for r in rows), prefix=f"{part} stage ")
         problems += [f"{part} stage {r.name!r} is not callable" for r in rows
                      if not callable(r.fn)]
     if problems:

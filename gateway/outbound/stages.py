@@ -10,12 +10,12 @@ or with anything after DKIM. Tests hand the pipeline the stages they want.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.outbound.context import OutboundContext
+from gateway.tablecheck import once_each
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -54,10 +54,7 @@ def check_outbound_stages(stages: OutboundStages) -> None:
 
     Raises RuntimeError naming what is wrong.
     """
-    count = Counter(s.name for s in stages)
-    problems = [f"stage {n!r} missing" for n in ORDER if count[n] == 0]
-    problems += [f"stage {n!r} present {c} times" for n, c in count.items() if c > 1]
-    problems += [f"stage {n!r} unknown" for n in count if n not in ORDER]
+    problems = once_each(ORDER, (s.name for s in stages), prefix="stage ")
     problems += [f"stage {s.name!r} is not callable" for s in stages if not callable(s.fn)]
     if not problems and tuple(s.name for s in stages) != ORDER:
         problems.append("stages out of order (expected " + " → ".join(ORDER) + ")")
