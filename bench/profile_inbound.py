@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +175,7 @@ def instrument(gw: Any, probe: Probe) -> None:
         if probe.job_end:
             probe.flush += probe.commit_at_cpu - probe.job_end
 
-    def on_checkin(dbapi_conn: Any, record: Any) -> None:
+    def committed() -> None:
         if probe.commit_at:
             now = wall()
             probe.commit += now - probe.commit_at
@@ -183,9 +183,17 @@ def instrument(gw: Any, probe: Probe) -> None:
             probe.done_at[writer.batches] = now
             probe.commit_at = probe.job_end = 0.0
 
+    orig_tx = writer._transaction
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[Any]:
+        with orig_tx() as tx:
+            yield tx
+        committed()     # the transaction's context has committed (and unlocked)
+
     writer.run_deferring = run     # what the pipeline queues its commit jobs with
+    writer._transaction = transaction
     event.listen(gw.engine, "commit", on_commit)
-    event.listen(gw.engine.pool, "checkin", on_checkin)
 
 
 def stage_table(kind: str, probe: Probe | None) -> Any:

@@ -21,6 +21,7 @@ import structlog
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, SmimeEntry, stores_for
 from gateway.inbound.parse import addresses, decode_bytes, extract_bodies
+from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.model import Crypto, Envelope, MessageContext
 from gateway.runtime import Runtime
 
@@ -259,6 +260,10 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
     p = ctx.parsed
     if p is None or not _may_have_crypto(p.msg, p.body):
         return
+    if inline_budget() is not None:
+        # On the event loop: may_need_crypto's cheap look missed it (an odd spelling of
+        # the content type). gpg and openssl are processes: start over on the worker pool.
+        raise Offload
     stores: CryptoStores = rt.crypto if isinstance(rt.crypto, CryptoStores) \
         else stores_for(rt.config)
     cfg = rt.config
@@ -321,11 +326,22 @@ def _may_have_crypto(msg: Message, body: str) -> bool:
 def may_need_crypto(env: Envelope) -> bool:
     """Mail that may carry S/MIME or PGP is prepared on the worker pool (gpg is a process).
 
-    Plain substring tests on a lowercased copy: several times cheaper than one
-    case-insensitive regex over the whole message, and this runs for every message.
+    This runs for every message, so it looks only where crypto usually shows: an
+    armored PGP block in the raw bytes, and the top-level header block (lowercased,
+    so only that is copied). What it misses (crypto in a nested part, an armored
+    block inside base64) is still caught: the decrypt stage, when it finds crypto on
+    the event loop, raises Offload and the message is prepared again on the worker
+    pool.
     """
     raw = env.raw
     if b"-----BEGIN PGP" in raw:
         return True
-    low = raw.lower()
-    return b"pkcs7-" in low or b"application/pgp-" in low
+    # S/MIME and PGP/MIME name themselves in the top-level Content-Type (protocol=...)
+    end = raw.find(b"\n\r\n", 0, _HEAD_LOOK)
+    lf = raw.find(b"\n\n", 0, end if end >= 0 else _HEAD_LOOK)
+    head = raw[:lf if lf >= 0 else end if end >= 0 else _HEAD_LOOK].lower()
+    return b"pkcs7" in head or b"pgp-" in head
+
+
+# How much of a message without an empty line may_need_crypto reads as its header.
+_HEAD_LOOK = 64 * 1024

@@ -98,7 +98,8 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     if ctx.action == "new" or ctx.ticket_id is None:
         # With a helpdesk behind deskgate the number is the helpdesk's, told by the hand-off.
         number = (None if helpdesk.enabled
-                  else repo.next_ticket_number(conn, rt.config.gateway.system_id, now))
+                  else repo.next_ticket_number(conn, rt.config.gateway.system_id, now,
+                                                 ctx.deferred))
         state = checked_state(ctx, rt, "State", pm.default_state)
         title = ctx.param("Title") or p.subject or "(no subject)"
         ctx.ticket_id = repo.insert_ticket(

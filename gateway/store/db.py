@@ -282,6 +282,7 @@ class BatchWriter:
         self.jobs = 0
         self._lock_path = _sqlite_lock_path(engine)
         self._lock_fd: int | None = None
+        self._conn: Connection | None = None     # the writer thread's own connection
 
     def _transaction(self) -> contextlib.AbstractContextManager[tuple[Connection, Deferred]]:
         """A write transaction; on SQLite, serialized across processes by a file lock.
@@ -298,11 +299,31 @@ class BatchWriter:
 
     @contextlib.contextmanager
     def _begin(self) -> Iterator[tuple[Connection, Deferred]]:
-        """A transaction and its buffer; the deferred rows are written before the commit."""
-        with self.engine.begin() as conn:
-            later = Deferred()
-            yield conn, later
-            later.flush(conn)
+        """A transaction and its buffer; the deferred rows are written before the commit.
+
+        The writer keeps one connection for all its transactions: taking one from the
+        pool and giving it back (with the pool's rollback and, on PostgreSQL, its
+        pre-ping) cost more than the statements of a small batch. A transaction that
+        fails closes it, so the next one starts on a fresh connection (a database that
+        went away and came back is reconnected, as the pre-ping would have done).
+        """
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._conn = self.engine.connect()
+        try:
+            with conn.begin():
+                later = Deferred()
+                yield conn, later
+                later.flush(conn)
+        except BaseException:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     @contextlib.contextmanager
     def _locked_begin(self, path: str) -> Iterator[tuple[Connection, Deferred]]:
@@ -353,6 +374,8 @@ class BatchWriter:
             self._q.put(None)
             self._thread.join(timeout)
             self._started = False
+        if not self._thread.is_alive():
+            self._drop_connection()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -435,6 +458,10 @@ class BatchWriter:
                 if "locked" in str(exc).lower() and attempt < 2:
                     time.sleep(delay)
                     delay *= 4
+                    continue
+                # The kept connection was cut (the server restarted, an idle timeout):
+                # once more on a fresh one, as the pool's pre-ping would have done.
+                if exc.connection_invalidated and attempt == 0:
                     continue
                 return False, exc
             except Exception as exc:

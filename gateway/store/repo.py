@@ -90,11 +90,48 @@ _SEL_DELIVERY_ONE = select(Delivery.recipient, Delivery.article_id, Delivery.out
     Delivery.recipient == bindparam("rcpt"))
 
 
-def next_ticket_number(conn: Connection, system_id: str, when: datetime | None = None) -> str:
-    """YYYYMMDD + system_id + a per-day counter (atomic on SQLite and PostgreSQL)."""
+def next_ticket_number(conn: Connection, system_id: str, when: datetime | None = None,
+                       later: Deferred | None = None) -> str:
+    """YYYYMMDD + system_id + a per-day counter (atomic on SQLite and PostgreSQL).
+
+    With `later` (the writer transaction's buffer) the first number of a day in the
+    transaction is taken from the database and the next ones are counted here; the
+    counter row is set to the last one when the transaction ends, before its commit.
+    The first upsert holds the row's write lock until that commit (PostgreSQL's row
+    lock, SQLite's one writer), so no other transaction or node can count in between;
+    a rolled-back transaction takes its numbers back with it.
+    """
     day = (when or utcnow()).strftime("%Y%m%d")
-    value = _COUNTER[conn.dialect.name].execute(conn, {"day": day})
+    tx = conn.get_transaction()
+    kept = conn.info.get(_COUNTING)
+    counting: dict[str, list[int]] | None = kept[1] if kept and kept[0] is tx else None
+    if counting is not None and day in counting:
+        box = counting[day]
+        box[1] += 1
+        return f"{day}{system_id}{box[1]:05d}"
+    value = int(_COUNTER[conn.dialect.name].execute(conn, {"day": day}))
+    if later is not None and tx is not None:
+        if counting is None:
+            counting = {}
+            conn.info[_COUNTING] = (tx, counting)
+        counting[day] = [value, value]
+        later.add_item("ticket_counter", _save_counters, (day, counting[day]))
     return f"{day}{system_id}{value:05d}"
+
+
+# built once, so SQLAlchemy compiles it once (its compiled cache is keyed by the statement)
+_SET_COUNTER = update(TicketCounter).where(TicketCounter.day == bindparam("d")).values(
+    value=bindparam("v"))
+# conn.info key: (the transaction, {day: [first, last]}) of the numbers counted in memory
+_COUNTING = "deskgate_ticket_counter"
+
+
+def _save_counters(conn: Connection, days: list[tuple[str, list[int]]]) -> None:
+    """End of the transaction: the counter rows take the last number counted in memory."""
+    for day, (first, last) in days:
+        if last > first:
+            conn.execute(_SET_COUNTER, {"d": day, "v": last})
+    conn.info.pop(_COUNTING, None)
 
 
 def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None,

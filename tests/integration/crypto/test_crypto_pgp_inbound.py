@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 
 import pytest
@@ -136,6 +137,26 @@ class TestInlinePgp:
         assert "BEGIN PGP" not in d.article["body"]
         assert d.ticket["dynamic_fields"] == {"Server": "tok01"}
         assert "reset my token" in d.params["BodyDecrypted"]
+
+    def test_inline_in_base64_found_on_the_loop_decrypted_on_the_pool(self, pgp_env, pgp_keys,
+                                                                      deliver):
+        """An armored block inside a base64 body escapes the cheap look before the
+        pipeline (may_need_crypto sees neither the armor nor a crypto content type); the
+        decrypt stage finds it on the event loop and the message is prepared again on
+        the worker pool, where gpg decrypts it."""
+        from gateway.crypto.inbound import may_need_crypto
+
+        armored = pgp_keys.customer.encrypt(b"Base64 secret: unlock account 42\n",
+                                            SUPPORT, sign_as=CUSTOMER)
+        raw = crlf(HEAD.format(mid="i3").encode() + b"Content-Type: text/plain; charset=utf-8\n"
+                   b"Content-Transfer-Encoding: base64\n\n"
+                   + base64.encodebytes(crlf(armored)))
+        assert not may_need_crypto(Envelope(mail_from=CUSTOMER, recipients=(SUPPORT,), raw=raw))
+        d = deliver(raw)
+        c = d.crypto
+        assert c["encrypted"] and c["decrypted"] and c["signature_valid"] is True
+        assert "unlock account 42" in d.article["body"]
+        assert d.thread.startswith("pipeline")     # gpg ran on the worker pool, not the loop
 
     def test_inline_clearsigned(self, pgp_env, pgp_keys, deliver):
         """A clearsigned body verifies and the stored body is the cleartext."""

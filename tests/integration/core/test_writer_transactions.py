@@ -1,0 +1,186 @@
+"""The group-commit writer's transactions on both backends: ticket numbers counted
+within one transaction, and the writer's kept connection (failed transactions,
+a connection the server cut)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select, text
+
+from gateway.app import Gateway
+from gateway.config import load_config
+from gateway.model import Envelope
+from gateway.store import repo
+from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.tables import Ticket, TicketCounter
+
+WHEN = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+DAY = "20261203"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = make_engine(db_url)
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def writer(engine):
+    w = BatchWriter(engine)
+    yield w
+    w.close()
+
+
+def counter(engine, day=DAY) -> int | None:
+    with engine.connect() as c:
+        return c.execute(select(TicketCounter.value).where(TicketCounter.day == day)).scalar()
+
+
+def serial(number: str) -> int:
+    return int(number[-5:])
+
+
+class TestNumbersInOneTransaction:
+    def test_counted_in_memory_and_saved_at_the_end(self, engine, writer):
+        """The first number of a transaction comes from the counter row, the next ones
+        are counted in memory; the row holds the last one after the commit, and the
+        next transaction goes on from there."""
+        def job(conn, later):
+            first = repo.next_ticket_number(conn, "10", WHEN, later)
+            # the row still says `first` inside the transaction: nothing written per number
+            mid = conn.execute(select(TicketCounter.value)).scalar()
+            rest = [repo.next_ticket_number(conn, "10", WHEN, later) for _ in range(4)]
+            return [first, *rest], mid
+
+        numbers, mid = writer.submit_deferring(job).result()
+        assert [serial(n) for n in numbers] == [1, 2, 3, 4, 5]
+        assert all(n.startswith(f"{DAY}10") for n in numbers)
+        assert mid == 1
+        assert counter(engine) == 5
+        after = writer.submit_deferring(
+            lambda conn, later: repo.next_ticket_number(conn, "10", WHEN, later)).result()
+        assert serial(after) == 6 and counter(engine) == 6
+
+    def test_a_plain_call_in_the_same_transaction_goes_on_counting(self, engine, writer):
+        """A call without the buffer (outbound code, tests) in a transaction that is
+        counting in memory takes the next number from memory, not a stale row."""
+        def job(conn, later):
+            a = repo.next_ticket_number(conn, "10", WHEN, later)
+            b = repo.next_ticket_number(conn, "10", WHEN)
+            c = repo.next_ticket_number(conn, "10", WHEN, later)
+            return [a, b, c]
+
+        numbers = writer.submit_deferring(job).result()
+        assert [serial(n) for n in numbers] == [1, 2, 3]
+        assert counter(engine) == 3
+
+    def test_days_are_counted_apart(self, engine, writer):
+        tomorrow = WHEN.replace(day=4)
+
+        def job(conn, later):
+            return [repo.next_ticket_number(conn, "10", w, later)
+                    for w in (WHEN, tomorrow, WHEN, tomorrow, tomorrow)]
+
+        numbers = writer.submit_deferring(job).result()
+        assert [serial(n) for n in numbers] == [1, 1, 2, 2, 3]
+        assert counter(engine) == 2 and counter(engine, "20261204") == 3
+
+    def test_a_failed_transaction_gives_its_numbers_back(self, engine, writer):
+        """Numbers counted in a transaction that rolls back are not used up, and the
+        next transaction does not pick up the failed one's memory."""
+        def failing(conn, later):
+            for _ in range(3):
+                repo.next_ticket_number(conn, "10", WHEN, later)
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            writer.submit_deferring(failing, isolated=True).result()
+        assert counter(engine) is None
+        again = writer.submit_deferring(
+            lambda conn, later: [repo.next_ticket_number(conn, "10", WHEN, later)
+                                 for _ in range(2)]).result()
+        assert [serial(n) for n in again] == [1, 2]
+        assert counter(engine) == 2
+
+    def test_concurrent_deliveries_get_unique_consecutive_numbers(self, db_url, make_confdir):
+        """Many messages at once share commits: their numbers are distinct and without
+        gaps, and the counter row ends at the last one."""
+        root = make_confdir()
+        if db_url.startswith("postgresql"):
+            (root / "90-db.toml").write_text(f'[gateway]\ndatabase = "{db_url}"\n')
+        gw = Gateway(load_config(root))
+        try:
+            gw.prepare_store()
+
+            async def many() -> list[str]:
+                outs = await asyncio.gather(*(gw.pipeline.deliver(Envelope(
+                    mail_from="a@customer.test", recipients=("support@example.org",),
+                    raw=(f"From: a@customer.test\r\nTo: support@example.org\r\n"
+                         f"Subject: n{i}\r\nMessage-ID: <n{i}@c.test>\r\n\r\nhi\r\n").encode()))
+                    for i in range(40)))
+                return [o.ticket_number for o in outs]
+
+            numbers = asyncio.run(many())
+            assert gw.writer.batches < gw.writer.jobs     # commits were shared
+            serials = sorted(serial(n) for n in numbers)
+            assert serials == list(range(serials[0], serials[0] + 40))
+            with gw.engine.connect() as c:
+                stored = c.execute(select(Ticket.number)).scalars().all()
+                last = c.execute(select(TicketCounter.value)).scalar()
+            assert sorted(stored) == sorted(numbers)
+            assert last == serials[-1]
+        finally:
+            gw.close()
+
+
+class TestKeptConnection:
+    def test_one_connection_for_many_transactions(self, engine, writer):
+        """The writer keeps its connection between transactions (no checkout per batch)."""
+        seen = [writer.submit(lambda conn: conn).result() for _ in range(3)]
+        assert seen[0] is seen[1] is seen[2] and not seen[0].closed
+
+    def test_a_failed_transaction_starts_the_next_on_a_fresh_connection(self, engine, writer):
+        first = writer.submit(lambda conn: conn).result()
+
+        def bad(conn):
+            conn.execute(text("SELECT * FROM no_such_table"))
+
+        with pytest.raises(Exception, match="no_such_table"):
+            writer.submit(bad, isolated=True).result()
+        assert first.closed                 # given back to the pool (reset there)
+        second = writer.submit(lambda conn: conn).result()
+        assert second is not first and not second.closed
+        assert writer.submit(lambda conn: conn.execute(text("SELECT 1")).scalar()).result() == 1
+
+    @pytest.mark.postgres
+    def test_a_connection_the_server_cut_is_replaced_without_an_error(self, pg_url):
+        """PostgreSQL ends the writer's idle connection (restart, idle timeout): the next
+        job runs on a new connection instead of failing, as the pool's pre-ping would."""
+        eng = make_engine(pg_url)
+        migrate(eng)
+        w = BatchWriter(eng)
+        try:
+            pid = w.submit(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar()
+                           ).result()
+            with eng.connect() as admin:
+                assert admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+            number = w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN)).result()
+            assert serial(number) == 1
+            new_pid = w.submit(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar()
+                               ).result()
+            assert new_pid != pid
+        finally:
+            w.close()
+            eng.dispose()
