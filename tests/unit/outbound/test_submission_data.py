@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,6 +117,24 @@ class TestFraming:
         points = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
         parts = [wire[a:b] for a, b in itertools.pairwise(points)]
         assert asyncio.run(read_fed(parts))[:2] == (body, b"NOOP\r\n")
+
+
+PATHS = ["<a@b>", "<a@b> SIZE=10", "<a@b>  SIZE=10 BODY=8BITMIME", "<a@b>\tX",
+         "<a.b+c@x-y.example.org>", "<A@B.C>", "<o'brien@x.ie>", "<a..b@c>", "<.a@b>",
+         "<a@b.>", "<a@-b>", "<a@[1.2.3.4]>", "<@r:a@b>", '<"q x"@b>', "<>",
+         "<a@b>x", "<a@b> (c) SIZE=1", "a@b", "<a@b", "<a b@c>", "<ä@b.test> SMTPUTF8", ""]
+
+
+class TestAddressParsing:
+    @pytest.mark.parametrize("arg", PATHS)
+    async def test_same_as_aiosmtpd(self, arg):
+        """The fast path gives aiosmtpd's address and the same parameters (they are
+        split on whitespace), malformed ones included."""
+        loop = asyncio.get_running_loop()
+        session = SubmissionSession(None, None, hostname="gw.test", loop=loop)  # type: ignore[arg-type]
+        mine, theirs = session._getaddr(arg), SMTP._getaddr(session, arg)
+        assert mine[0] == theirs[0]
+        assert (mine[1] or "").split() == (theirs[1] or "").split()
 
 
 class Pipeline:
