@@ -51,10 +51,12 @@ class DataScanner:
         body: bytes | None = None
         if not self.too_big:
             with memoryview(buf) as view:
-                if buf.find(b"\r\n.", 0, idx + 2) >= 0:
-                    body = bytes(view[:idx + 2]).replace(b"\r\n.", b"\r\n")[2:]
-                else:
-                    body = bytes(view[2:idx + 2])
+                body = bytes(view[2:idx + 2])
+            # replace() hands back the same object when there is nothing to replace;
+            # the first line's dot follows the CRLF the buffer starts with.
+            body = body.replace(b"\r\n.", b"\r\n")
+            if body[:1] == b".":
+                body = body[1:]
             if limit and len(body) > limit:
                 body = None
         del buf[:idx + 5]
