@@ -54,6 +54,7 @@ queue = "Support"
 listen = ["127.0.0.1:{sub_port}"]
 allow_networks = ["127.0.0.0/8"]
 max_message_size = "1MiB"
+max_sessions_per_ip = 0       # smtp-source -d reconnects before the old session is released
 [relay]
 host = "127.0.0.1"
 port = {relay_port}
@@ -151,6 +152,7 @@ def relay_run(tmp: Path, *, dkim: bool, messages: int, sessions: int, size: int,
     if dkim:
         key = root / "dkim.pem"
         key.write_bytes(key_pem(generate_key()))
+        key.chmod(0o600)          # `check` refuses a key that group or others may read
         conf += DKIM_CONF.format(key=key)
     (root / "conf.d" / "10.toml").write_text(conf)
     log = (root / "serve.log").open("wb")

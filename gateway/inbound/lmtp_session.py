@@ -2,7 +2,8 @@
 
 Bytes are parsed where they arrive (`data_received`): command lines are split
 out of the buffer and answered without a coroutine per line, DATA is scanned
-in bulk for CRLF.CRLF and dot-unstuffed in one pass once complete, and replies
+in bulk for CRLF.CRLF and dot-unstuffed in one pass once complete (the framing
+is gateway.smtpdata's, shared with the submission listener), and replies
 produced by one batch of input leave in one write. Only a delivery runs as a
 task; while it runs, further input waits in the buffer (reading pauses when
 that buffer grows), so pipelined commands are answered in order after the
@@ -10,7 +11,8 @@ per-recipient replies.
 
 Line endings: a command line may end in CRLF or a bare LF (the CR is dropped).
 Inside DATA only CRLF.CRLF ends the message; a bare LF is content and is
-stored as sent, so "LF.LF" can never end a message early (no smuggling).
+stored as sent, so "LF.LF" can never end a message early (no smuggling); a
+line's first dot is removed (RFC 5321 4.5.2).
 BDAT/CHUNKING is not offered.
 """
 
@@ -29,10 +31,10 @@ from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_record import ConnectionRecord
 from gateway.limits import IDLE_COMMANDS, SessionLimit, idle_timeout, refusal
 from gateway.model import Outcome
+from gateway.smtpdata import DATA_GO_AHEAD, DataScanner
 
 log = structlog.get_logger(__name__)
 
-_TERMINATOR = b"\r\n.\r\n"
 # RFC 5321 4.5.3.1.4: 512 octets per command line; MAIL may carry SIZE= and SMTPUTF8.
 COMMAND_LIMIT = 512
 MAIL_LIMIT = 512 + 26 + 10
@@ -44,7 +46,6 @@ PAUSE_AT = 256 * 1024
 BOGUS_LIMIT = 5
 
 # Replies of the protocol layer (the gateway's own are in gateway.errors).
-DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 RSET_OK = "250 2.0.0 OK"
 BYE = "221 2.0.0 Bye"
 VRFY_CANNOT = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
@@ -129,8 +130,7 @@ class LmtpSession(asyncio.Protocol):
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._in_data = False      # the buffer holds message data (after a 354)
-        self._scan = 0             # where the next search for CRLF.CRLF starts
-        self._too_big = False      # the message went over the limit: discarding it
+        self._data = DataScanner()
         self._skipping = False     # discarding an over-long command line
         self._busy = False         # a delivery is running
         self._closing = False      # QUIT or a fatal refusal: ignore further input
@@ -295,31 +295,13 @@ class LmtpSession(asyncio.Protocol):
 
     def _scan_data(self) -> bool:
         """Look for the end of the message; True once the message is complete."""
-        buf = self._buf
-        idx = buf.find(_TERMINATOR, self._scan)
+        # buf starts with the CRLF that ended the DATA line (see smtp_DATA); over the
+        # limit the scanner keeps only what may start the terminator.
+        idx = self._data.find(self._buf, self.data_size_limit)
         if idx < 0:
-            limit = self.data_size_limit
-            if limit and len(buf) > limit + 2 + 4:
-                # Over the limit: keep only what may start the terminator.
-                self._too_big = True
-                del buf[:-4]
-            self._scan = max(0, len(buf) - 4)
             return False
-        # buf starts with the CRLF that ended the DATA line, so a stuffed dot on the
-        # first line is found like any other, and an empty message is CRLF.CRLF.
-        body: bytes | None = None
-        if not self._too_big:
-            if buf.find(b"\r\n..", 0, idx + 2) >= 0:
-                body = bytes(buf[:idx + 2].replace(b"\r\n..", b"\r\n."))[2:]
-            else:
-                with memoryview(buf) as view:
-                    body = bytes(view[2:idx + 2])
-            if self.data_size_limit and len(body) > self.data_size_limit:
-                body = None
-        del buf[:idx + 5]
+        body = self._data.take(self._buf, idx, self.data_size_limit)
         self._in_data = False
-        self._too_big = False
-        self._scan = 0
         self._message(body)
         return True
 
@@ -444,7 +426,6 @@ class LmtpSession(asyncio.Protocol):
         # the one that ended the DATA line (see _scan_data).
         self._buf = bytearray(b"\r\n") + self._buf
         self._in_data = True
-        self._scan = 0
 
     def smtp_RSET(self, arg: str) -> None:
         if arg:

@@ -7,6 +7,10 @@ Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
 client address, and so are the attempts still being checked; past
 max_auth_failures the client is locked out for a while that doubles with every
 further failure, and a Warn is logged.
+
+aiosmtpd runs the session; DATA is read in bulk by gateway.smtpdata instead of
+aiosmtpd's line-by-line loop (only CRLF.CRLF ends a message, lines of any
+length, over max_message_size refused with 552 without holding the message).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from base64 import b64decode
@@ -24,9 +29,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import structlog
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
-from gateway import metrics
+from gateway import errors, metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
 from gateway.errors import InUse
@@ -35,6 +40,7 @@ from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import OutboundPipeline
 from gateway.portowner import in_use_by
 from gateway.runtime import Runtime
+from gateway.smtpdata import DATA_GO_AHEAD, read_data
 
 log = structlog.get_logger(__name__)
 logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -45,6 +51,14 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 BAD_RCPT = "553 5.1.3 Malformed recipient address"
+# A MAIL FROM / RCPT TO path that is a plain <local@domain>, then parameters.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([^(]*))?\Z")
+# aiosmtpd's replies at DATA, kept as they were
+NEED_RCPT = "503 Error: need RCPT command"
+DATA_SYNTAX = "501 Syntax: DATA"
+STRICT_ASCII = "500 Error: strict ASCII mode"
 
 
 class AuthGuard:
@@ -244,6 +258,14 @@ class SubmissionSession(IdleTimer, SMTP):
         self._limit = limit
         self._admitted: Any = None      # the peer counted in the limit, until released
         self._refused = False
+        self._data = bytearray()        # the message being received
+        self._in_data = False
+        self._data_active = 0.0         # when the idle timer was last re-armed by data
+
+    @property
+    def data_buffered(self) -> int:
+        """Bytes of the message being received that the session holds."""
+        return len(self._data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and self._limit is not None:   # not the STARTTLS switch
@@ -268,6 +290,67 @@ class SubmissionSession(IdleTimer, SMTP):
         if self.transport is not None and not self.transport.is_closing():
             cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA (replies, hooks, decode_data) with the message read in bulk."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None and self.session is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(NEED_RCPT)
+            return
+        if arg:
+            await self.push(DATA_SYNTAX)
+            return
+        await self.push(DATA_GO_AHEAD)
+        self._data_active = self.loop.time()
+        self._in_data = True
+        try:
+            raw = await read_data(self._reader, self._data, self.data_size_limit)
+        finally:
+            self._in_data = False
+            self._data = bytearray()
+        if raw is None:
+            await self.push(str(errors.TOO_BIG))
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        content: str | bytes = raw
+        if self._decode_data:
+            if self.enable_SMTPUTF8:
+                content = raw.decode("utf-8", errors="surrogateescape")
+            else:
+                try:
+                    content = raw.decode("ascii", errors="strict")
+                except UnicodeDecodeError:
+                    await self.push(STRICT_ASCII)
+                    return
+        self.envelope.content = content
+        self.envelope.original_content = raw
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    def data_received(self, data: bytes) -> None:
+        """Message data counts as activity for the idle timeout (re-armed at most ten
+        times per timeout): a large message on a slow link is not cut off while it arrives."""
+        if self._in_data:
+            now = self.loop.time()
+            if now - self._data_active >= min(1.0, self._timeout_duration / 10):
+                self._data_active = now
+                self._reset_timeout()
+        super().data_received(data)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parsing, with a plain <local@domain> taken by a
+        regular expression (1 µs instead of 45 µs in the RFC 5322 header parser, twice
+        per message); anything else (quotes, comments, routes, <>) goes to that parser."""
+        m = _PLAIN_PATH.match(arg)
+        if m is None or self.local_part_limit:
+            return super()._getaddr(arg)
+        return m.group(1), m.group(2) or ""
 
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None

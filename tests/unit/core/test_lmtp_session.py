@@ -160,12 +160,13 @@ class TestDataFraming:
         assert backend.delivered[1][0] == ""
 
     async def test_bare_lf_is_content(self):
-        """LF.LF and CRLF.LF do not end DATA; bare LFs are stored as sent."""
+        """LF.LF and CRLF.LF do not end DATA; bare LFs are stored as sent, and a line's
+        first dot is removed even when the client did not double it (RFC 5321 4.5.2)."""
         backend = Backend()
         s, _t = await ready_for_data(backend)
-        s.data_received(b"a\n.\nb\r\n.\nc\r\n.\r\n")
+        s.data_received(b"a\n.\nb\r\n.\nc\r\n.x\r\n.\r\n")
         await settle()
-        assert [d[2] for d in backend.delivered] == [b"a\n.\nb\r\n.\nc\r\n"]
+        assert [d[2] for d in backend.delivered] == [b"a\n.\nb\r\n\nc\r\nx\r\n"]
 
     async def test_bare_lf_command_lines(self):
         """Command lines ending in a bare LF are accepted like CRLF ones."""
