@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from gateway import errors, sdnotify
+from gateway import errors, heap, sdnotify
 from gateway.app import Gateway
 from gateway.config import Config
 
@@ -40,6 +40,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
     servers = await gw.start(socks)
+    _settle_heap(gw)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -80,6 +81,7 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     """A pre-forked LMTP worker: LMTP on the shared sockets, no other service."""
     gw = Gateway(config)
     servers = await gw.start(socks, services=False)
+    _settle_heap(gw)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -99,6 +101,16 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     await stop.wait()
     await gw.stop(servers)
+
+
+def _settle_heap(gw: Gateway) -> None:
+    """Freeze the start-up heap (gateway.heap), and again after every reload."""
+    def after_reload(_cfg: Config) -> None:
+        heap.settle()
+
+    frozen = heap.settle()
+    gw.reload_hooks.append(after_reload)
+    log.debug("start-up heap frozen", objects=frozen)
 
 
 def _poke_main(pid: int) -> None:
