@@ -283,6 +283,7 @@ class BatchWriter:
         self._lock_path = _sqlite_lock_path(engine)
         self._lock_fd: int | None = None
         self._conn: Connection | None = None     # the writer thread's own connection
+        self._holding = False      # the writer thread holds the lock file (_write_lock)
 
     def _transaction(self) -> contextlib.AbstractContextManager[tuple[Connection, Deferred]]:
         """A write transaction; on SQLite, serialized across processes by a file lock.
@@ -293,7 +294,7 @@ class BatchWriter:
         LMTP workers and `deskgate deliver` therefore queue on an flock first,
         which wakes the next writer the moment the previous one commits.
         """
-        if self._lock_path is None:
+        if self._lock_path is None or self._holding:
             return self._begin()
         return self._locked_begin(self._lock_path)
 
@@ -386,22 +387,49 @@ class BatchWriter:
             first = self._q.get()
             if first is None:
                 break
-            batch = [first]
-            if not first.isolated:
-                while len(batch) < self.batch_max:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    if nxt.isolated:
-                        self._run_batch(batch)
-                        batch = [nxt]
-                        break
-                    batch.append(nxt)
-            self._run_batch(batch)
+            with self._write_lock():
+                stop = self._collect_and_run(first)
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Hold the cross-process write lock (SQLite file) from before the batch is
+        collected until it is committed: what arrives while another process writes
+        joins this batch, so pre-forked workers share one fsync among more messages
+        instead of taking turns with small batches."""
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _collect_and_run(self, first: _Item) -> bool:
+        """Take what is queued behind `first` (up to batch_max) and run it; True when
+        the stop marker was among it."""
+        stop = False
+        batch = [first]
+        if not first.isolated:
+            while len(batch) < self.batch_max:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                if nxt.isolated:
+                    self._run_batch(batch)
+                    batch = [nxt]
+                    break
+                batch.append(nxt)
+        self._run_batch(batch)
+        return stop
 
     def _run_batch(self, batch: list[_Item]) -> None:
         settled: _Settled = {}

@@ -5,6 +5,9 @@ a connection the server cut)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -182,5 +185,33 @@ class TestKeptConnection:
                                ).result()
             assert new_pid != pid
         finally:
+            w.close()
+            eng.dispose()
+
+
+class TestBatchesAcrossProcesses:
+    def test_what_arrives_while_another_process_writes_joins_the_batch(self, tmp_path):
+        """The writer takes the database's lock file before it collects its batch: the
+        jobs queued while another process (here: this test) holds it are committed
+        together, with one fsync, instead of one small batch after another."""
+        db = tmp_path / "store.db"
+        eng = make_engine(f"sqlite:///{db}")
+        migrate(eng)
+        w = BatchWriter(eng)
+        fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)       # the other process is writing
+            first = w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN))
+            time.sleep(0.3)                      # the writer now waits for the lock
+            rest = [w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN))
+                    for _ in range(9)]
+            time.sleep(0.1)
+            assert not first.done()              # nothing is written while the lock is held
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            numbers = [f.result(10) for f in [first, *rest]]
+            assert sorted(serial(n) for n in numbers) == list(range(1, 11))
+            assert (w.batches, w.jobs) == (1, 10)
+        finally:
+            os.close(fd)
             w.close()
             eng.dispose()
