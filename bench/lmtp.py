@@ -7,11 +7,16 @@ messages, 20 sessions) and Postfix's smtp-sink gives the machine's ceiling.
 Scenarios: TCP on 127.0.0.1 and the unix socket, connection reuse (`-d`) and a
 new connection per message, 1 and 5 recipients. Each scenario alternates
 baseline and deskgate rounds in this one invocation and reports medians and the
-median of the per-round ratios. Then, per scenario, a paced client of this
+median of the per-round ratios. Each server first gets --warmup messages (500) of
+the same scenario, untimed, so a round measures the steady state rather than the
+first compiled statements and the new database's first pages; the server
+process's CPU time per message (its pre-forked workers included) is reported too,
+which a loaded machine disturbs less than the rates. Then, per scenario, a paced client of this
 script sends at half of deskgate's measured peak rate and reports the
 end-of-DATA → last reply latency (p50/p99) seen by the client.
 
     python bench/lmtp.py [--messages 3000] [--sessions 20] [--rounds 3] [--quick]
+                         [--warmup 500]
                          [--transport tcp,unix] [--workers 2] [--no-haraka]
                          [--compare-with PATH] [--session-sink] [--filter REGEX]
                          [--fast-path-off]
@@ -422,13 +427,37 @@ def measure(kinds: list[str], tmp: Path, args: argparse.Namespace, transport: st
         for kind in kinds:
             server = Server(kind, tmp, args)
             try:
-                runs[kind].append(run_load(
-                    server.target(transport), messages=args.messages,
-                    sessions=args.sessions, rcpts=rcpts, reuse=reuse, size=args.size,
-                    lmtp=kind != "haraka"))
+                load = dict(sessions=args.sessions, rcpts=rcpts, reuse=reuse, size=args.size,
+                            lmtp=kind != "haraka")
+                if args.warmup:
+                    run_load(server.target(transport), messages=args.warmup, **load)
+                cpu0, t0 = server_cpu(server.proc.pid), time.perf_counter()
+                runs[kind].append(run_load(server.target(transport), messages=args.messages,
+                                           **load))
+                cpu = server_cpu(server.proc.pid) - cpu0
+                runs.setdefault(f"{kind} cpu", []).append(cpu / args.messages * 1e6)
+                runs.setdefault(f"{kind} cores", []).append(cpu / (time.perf_counter() - t0))
             finally:
                 server.stop()
     return runs
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a server process and its children (pre-forked
+    workers; Haraka's node), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def latency(tmp: Path, args: argparse.Namespace, transport: str, rcpts: int, reuse: bool,
@@ -464,6 +493,9 @@ def main() -> int:
     ap.add_argument("--fast-path-off", action="store_true",
                     help="also run deskgate with DESKGATE_STORE_FAST_PATH=0 in every round")
     ap.add_argument("--no-latency", action="store_true", help="skip the paced latency runs")
+    ap.add_argument("--warmup", type=int, default=500, metavar="N",
+                    help="messages each server gets before every timed round (caches, "
+                         "compiled statements, the new database's first pages)")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -513,6 +545,8 @@ def main() -> int:
                                           "filter": a.filter, "runs": runs}
                 for k in kinds:
                     row[k] = statistics.median(runs[k])
+                    row[f"{k} cpu_us"] = statistics.median(runs[f"{k} cpu"])
+                    row[f"{k} cores"] = statistics.median(runs[f"{k} cores"])
                     if k != "bare":
                         row[f"{k}/bare"] = statistics.median(
                             d / b for b, d in zip(runs["bare"], runs[k], strict=True))
@@ -535,6 +569,8 @@ def main() -> int:
                 if "haraka" in kinds:
                     text += (f"  Haraka {row['haraka']:6.0f}, deskgate/Haraka "
                              f"{row['deskgate/haraka']:.2f}")
+                text += "\n    server CPU per message (cores busy): " + ", ".join(
+                    f"{k} {row[f'{k} cpu_us']:.0f} µs ({row[f'{k} cores']:.2f})" for k in kinds)
                 if not a.no_latency:
                     rate = float(row["deskgate"]) / 2          # type: ignore[arg-type]
                     lat = latency(tmp, a, transport, rcpts, reuse, rate)
