@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class SmtpReply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
+
+    @cached_property
+    def wire(self) -> bytes:
+        """The reply line as the listeners send it (CRLF included), made once."""
+        return f"{self}\r\n".encode("utf-8", "surrogateescape")
 
 
 # Named replies, so no literal is scattered around the listeners.

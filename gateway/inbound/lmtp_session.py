@@ -308,7 +308,8 @@ class LmtpSession(asyncio.Protocol):
     # ------------------------------------------------------------ output
 
     def _reply(self, reply: SmtpReply | str) -> None:
-        self._out.append(f"{reply}\r\n".encode("utf-8", "surrogateescape"))
+        self._out.append(reply.wire if isinstance(reply, SmtpReply)
+                         else f"{reply}\r\n".encode("utf-8", "surrogateescape"))
 
     def _refuse(self, key: str, reply: SmtpReply | str, subject: str = "") -> None:
         """Answer a command with a 4xx/5xx reply and log it on the connection."""
@@ -482,7 +483,7 @@ class LmtpSession(asyncio.Protocol):
             logging.getLogger(__name__).exception("delivery failed")
             replies = [errors.TEMPFAIL] * len(rcpts)
         # RFC 2033: one reply per accepted recipient, in RCPT order.
-        self._reply("\r\n".join(str(r) for r in replies))
+        self._out += [r.wire for r in replies]
         self._record.message(outcome)
         self._record.ended()
         self._busy = False
