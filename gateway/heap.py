@@ -8,10 +8,11 @@ old ones: rare in steady traffic, common after a burst of connections or a
 reload), and one took ~70 ms on the event loop of a 2-vCPU machine: every session
 waits meanwhile. `settle()` moves what exists into the
 permanent generation (gc.freeze), so a full collection walks only what was made
-since. It is called once the listeners are up and again after a reload (which
-first puts everything back, so the previous configuration's cycles can still be
-collected). Reference counting frees frozen objects as usual; only cyclic garbage
-among them waits for the next settle().
+since. It is called once the listeners are up and again after a reload by SIGHUP
+(which first puts everything back, so the previous configuration's cycles can
+still be collected; that one collection pauses the process once). Reference
+counting frees frozen objects as usual; only cyclic garbage among them (of
+messages in flight at that moment, say) waits for the next settle().
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
     servers = await gw.start(socks)
-    _settle_heap(gw)
+    _settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -52,7 +52,7 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
         sdnotify.reloading()
         _signal_workers(workers, signal.SIGHUP)
         try:
-            await gw.reload()
+            await _reload_and_settle(gw)
         finally:
             sdnotify.notify("READY=1", "STATUS=serving")
 
@@ -81,12 +81,13 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     """A pre-forked LMTP worker: LMTP on the shared sockets, no other service."""
     gw = Gateway(config)
     servers = await gw.start(socks, services=False)
-    _settle_heap(gw)
+    _settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)   # the main process decides
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gw.reload()))
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: asyncio.ensure_future(_reload_and_settle(gw)))
     loop.add_signal_handler(signal.SIGUSR1, lambda: None)
     # The outbound sender runs in the main process only: an auto-response queued
     # here wakes it with SIGUSR1 instead of waiting for its next poll.
@@ -103,14 +104,18 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     await gw.stop(servers)
 
 
-def _settle_heap(gw: Gateway) -> None:
-    """Freeze the start-up heap (gateway.heap), and again after every reload."""
-    def after_reload(_cfg: Config) -> None:
-        heap.settle()
-
+def _settle_heap() -> None:
+    """Freeze the start-up heap (gateway.heap); again after each reload, once the
+    reload has swapped everything (services switched and restarted included)."""
     frozen = heap.settle()
-    gw.reload_hooks.append(after_reload)
-    log.debug("start-up heap frozen", objects=frozen)
+    log.debug("heap frozen", objects=frozen)
+
+
+async def _reload_and_settle(gw: Gateway) -> None:
+    try:
+        await gw.reload()
+    finally:
+        _settle_heap()
 
 
 def _poke_main(pid: int) -> None:

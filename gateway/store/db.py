@@ -284,6 +284,8 @@ class BatchWriter:
         self._lock_fd: int | None = None
         self._conn: Connection | None = None     # the writer thread's own connection
         self._holding = False      # the writer thread holds the lock file (_write_lock)
+        self._ping = engine.dialect.name != "sqlite"     # a file cannot hang up
+        self._commit_failed = False   # the last transaction failed in its COMMIT
 
     def _transaction(self) -> contextlib.AbstractContextManager[tuple[Connection, Deferred]]:
         """A write transaction; on SQLite, serialized across processes by a file lock.
@@ -303,22 +305,58 @@ class BatchWriter:
         """A transaction and its buffer; the deferred rows are written before the commit.
 
         The writer keeps one connection for all its transactions: taking one from the
-        pool and giving it back (with the pool's rollback and, on PostgreSQL, its
-        pre-ping) cost more than the statements of a small batch. A transaction that
-        fails closes it, so the next one starts on a fresh connection (a database that
-        went away and came back is reconnected, as the pre-ping would have done).
+        pool and giving it back (with the pool's rollback) cost more than the
+        statements of a small batch. A server database's connection is pinged before
+        each transaction, as the pool's pre-ping did, and replaced when the server cut
+        it (a restart, an idle timeout): a transaction is never run again after its
+        connection failed, because its COMMIT may have reached the server. A
+        transaction that fails closes it, so the next one starts on a fresh one.
         """
         conn = self._conn
+        if conn is not None and not (conn.closed or conn.invalidated) and self._ping \
+                and not self._alive(conn):
+            self._drop_connection()
+            conn = None
         if conn is None or conn.closed or conn.invalidated:
             conn = self._conn = self.engine.connect()
+        tx = conn.begin()
         try:
-            with conn.begin():
-                later = Deferred()
-                yield conn, later
-                later.flush(conn)
+            later = Deferred()
+            yield conn, later
+            later.flush(conn)
         except BaseException:
+            with contextlib.suppress(Exception):
+                tx.rollback()
             self._drop_connection()
             raise
+        try:
+            tx.commit()
+        except BaseException:
+            # Whether the database has it is unknown (the connection may have broken
+            # after the server committed): the jobs are not run again (_run_items).
+            self._commit_failed = True
+            self._drop_connection()
+            raise
+
+    def _alive(self, conn: Connection) -> bool:
+        """The pool's pre-ping on the kept connection (a server database only)."""
+        try:
+            dbapi_conn = conn.connection.dbapi_connection
+            return dbapi_conn is not None and bool(conn.dialect.do_ping(dbapi_conn))
+        except Exception:
+            return False
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep before a retry without keeping the other processes from the lock file."""
+        fd = self._lock_fd
+        if self._holding and fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                time.sleep(seconds)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            time.sleep(seconds)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -328,14 +366,13 @@ class BatchWriter:
 
     @contextlib.contextmanager
     def _locked_begin(self, path: str) -> Iterator[tuple[Connection, Deferred]]:
-        if self._lock_fd is None:
-            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fd = self._lock_file(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             with self._begin() as tx:
                 yield tx
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def start(self) -> None:
         if not self._started:
@@ -375,8 +412,12 @@ class BatchWriter:
             self._q.put(None)
             self._thread.join(timeout)
             self._started = False
-        if not self._thread.is_alive():
-            self._drop_connection()
+        if self._thread.is_alive():
+            # Still in a transaction after `timeout`: its connection and lock file stay
+            # its own (closing them under it would drop the lock mid-transaction).
+            log.warning("database writer still busy at close", timeout=timeout)
+            return
+        self._drop_connection()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -399,15 +440,19 @@ class BatchWriter:
         if self._lock_path is None:
             yield
             return
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fd = self._lock_file(self._lock_path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         self._holding = True
         try:
             yield
         finally:
             self._holding = False
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_file(self, path: str) -> int:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._lock_fd
 
     def _collect_and_run(self, first: _Item) -> bool:
         """Take what is queued behind `first` (up to batch_max) and run it; True when
@@ -460,11 +505,21 @@ class BatchWriter:
         self.jobs += len(live)
         if len(live) > 1:
             results: list[Any] = []
+            self._commit_failed = False
             try:
                 with self._transaction() as (conn, later):
                     for it in live:
                         results.append(it.job(conn, later))
             except Exception as exc:
+                if self._commit_failed:
+                    # A job run again could write its rows twice (an outbound message
+                    # queued twice): every waiter gets the error, the MTA retries, and
+                    # the inbound dedupe finds what did commit.
+                    log.error("commit failed; the batch is not run again", size=len(live),
+                              error=repr(exc)[:300])
+                    for it in live:
+                        self._set(it, False, exc, settled)
+                    return
                 log.warning("batch failed, retrying one by one", error=repr(exc)[:300],
                             size=len(live))
             else:
@@ -478,18 +533,16 @@ class BatchWriter:
     def _run_one(self, it: _Item) -> tuple[bool, Any]:
         delay = 0.05
         for attempt in range(3):
+            self._commit_failed = False
             try:
                 with self._transaction() as (conn, later):
                     res = it.job(conn, later)
             except OperationalError as exc:
-                # "database is locked" under contention: a short retry usually fixes it.
-                if "locked" in str(exc).lower() and attempt < 2:
-                    time.sleep(delay)
+                # "database is locked" under contention: a short retry usually fixes it
+                # (never after the COMMIT itself failed: it may have gone through).
+                if "locked" in str(exc).lower() and attempt < 2 and not self._commit_failed:
+                    self._pause(delay)
                     delay *= 4
-                    continue
-                # The kept connection was cut (the server restarted, an idle timeout):
-                # once more on a fresh one, as the pool's pre-ping would have done.
-                if exc.connection_invalidated and attempt == 0:
                     continue
                 return False, exc
             except Exception as exc:

@@ -188,6 +188,89 @@ class TestKeptConnection:
             w.close()
             eng.dispose()
 
+    @pytest.mark.postgres
+    def test_a_job_whose_commit_failed_is_not_run_again(self, pg_url):
+        """The server committed, then the connection broke before the reply: the job
+        is reported failed (the MTA retries; inbound dedupe finds the delivery), not run
+        a second time on a new connection, which would write its rows twice."""
+        import psycopg
+
+        eng = make_engine(pg_url)
+        migrate(eng)
+        with eng.begin() as c:
+            c.execute(text("CREATE TABLE probe_rows (id serial primary key, note text)"))
+        w = BatchWriter(eng)
+        orig = eng.dialect.do_commit
+        cut = []
+
+        def do_commit(dbapi_conn):
+            orig(dbapi_conn)                       # the server has it ...
+            if not cut:
+                cut.append(1)
+                dbapi_conn.dbapi_connection.close()   # ... the answer never comes
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        eng.dialect.do_commit = do_commit
+        try:
+            job = w.submit(lambda conn: conn.execute(
+                text("INSERT INTO probe_rows (note) VALUES ('one')")))
+            with pytest.raises(Exception, match="closed the connection"):
+                job.result(10)
+            eng.dialect.do_commit = orig
+            with eng.connect() as c:
+                assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 1
+            # and the writer goes on, on a new connection
+            assert w.submit(lambda conn: conn.execute(text("SELECT 1")).scalar()).result() == 1
+        finally:
+            eng.dialect.do_commit = orig
+            w.close()
+            eng.dispose()
+
+    @pytest.mark.postgres
+    def test_a_batch_whose_commit_failed_is_not_run_again_one_by_one(self, pg_url):
+        """The same for a batch: its jobs are not retried one by one (which a failure of
+        one of its jobs would do), each waiter gets the error."""
+        import threading
+
+        import psycopg
+
+        eng = make_engine(pg_url)
+        migrate(eng)
+        with eng.begin() as c:
+            c.execute(text("CREATE TABLE probe_rows (id serial primary key, note text)"))
+        w = BatchWriter(eng)
+        orig = eng.dialect.do_commit
+        commits = []
+
+        def do_commit(dbapi_conn):
+            orig(dbapi_conn)
+            commits.append(1)
+            if len(commits) == 2:                  # the second transaction: the batch
+                dbapi_conn.dbapi_connection.close()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        gate = threading.Event()
+        eng.dialect.do_commit = do_commit
+        try:
+            first = w.submit(lambda conn: gate.wait(5))
+            time.sleep(0.2)                        # the writer is inside the first job
+            jobs = [w.submit(lambda conn, i=i: conn.execute(
+                text("INSERT INTO probe_rows (note) VALUES (:n)"), {"n": f"m{i}"}))
+                for i in range(3)]
+            gate.set()
+            assert first.result(10) is True
+            for job in jobs:
+                with pytest.raises(Exception, match="closed the connection"):
+                    job.result(10)
+            eng.dialect.do_commit = orig
+            with eng.connect() as c:
+                assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 3
+            assert (w.batches, w.jobs) == (2, 4)
+        finally:
+            eng.dialect.do_commit = orig
+            w.close()
+            eng.dispose()
+
 
 class TestBatchesAcrossProcesses:
     def test_what_arrives_while_another_process_writes_joins_the_batch(self, tmp_path):
@@ -213,5 +296,36 @@ class TestBatchesAcrossProcesses:
             assert (w.batches, w.jobs) == (1, 10)
         finally:
             os.close(fd)
+            w.close()
+            eng.dispose()
+
+    def test_a_retry_pause_lets_the_other_processes_write(self, tmp_path):
+        """While the writer waits before retrying ("database is locked") it lets go of
+        the lock file, so the other workers are not held up by its sleep."""
+        db = tmp_path / "store.db"
+        eng = make_engine(f"sqlite:///{db}")
+        migrate(eng)
+        w = BatchWriter(eng)
+        other = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            def other_can_lock() -> bool:
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                fcntl.flock(other, fcntl.LOCK_UN)
+                return True
+
+            with w._write_lock():
+                assert not other_can_lock()
+                import threading
+                pausing = threading.Thread(target=w._pause, args=(0.5,))
+                pausing.start()
+                time.sleep(0.1)
+                assert other_can_lock()
+                pausing.join()
+                assert not other_can_lock()        # taken back after the pause
+        finally:
+            os.close(other)
             w.close()
             eng.dispose()

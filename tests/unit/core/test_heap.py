@@ -42,19 +42,21 @@ def test_settle_freezes_what_exists_and_collects_cycles_first(unfrozen):
 
 
 def test_serve_settles_after_start_and_after_each_reload(monkeypatch):
-    """supervise freezes once the listeners are up and adds a reload hook that does
-    it again."""
+    """supervise freezes once the listeners are up, and after a SIGHUP reload once
+    the reload is done (even a refused one)."""
+    import asyncio
+
     from gateway import supervise
 
     calls: list[str] = []
     monkeypatch.setattr(heap, "settle", lambda: calls.append("settle") or 1)
 
     class FakeGateway:
-        reload_hooks: list = []
+        async def reload(self) -> bool:
+            calls.append("reload")
+            return False
 
-    gw = FakeGateway()
-    supervise._settle_heap(gw)   # type: ignore[arg-type]
+    supervise._settle_heap()
     assert calls == ["settle"]
-    for hook in gw.reload_hooks:
-        hook(None)
-    assert calls == ["settle", "settle"]
+    asyncio.run(supervise._reload_and_settle(FakeGateway()))   # type: ignore[arg-type]
+    assert calls == ["settle", "reload", "settle"]
