@@ -108,7 +108,10 @@ class SmtpSink:
 
     def messages(self) -> list[SinkMessage]:
         out = []
-        for f in sorted(self.dump_dir.glob("*")):
+        # In arrival order: the names are the time to the second plus a random number,
+        # so two transactions within one second would otherwise come in random order.
+        files = sorted(self.dump_dir.glob("*"), key=lambda f: (f.stat().st_mtime_ns, f.name))
+        for f in files:
             raw = f.read_bytes()
             head, _, body = raw.partition(b"\nReceived: ")
             mail_from, rcpts = "", []

@@ -183,7 +183,8 @@ class TestRtMailThroughDeskgate:
         rt_mail.agent_answers(t.id, f"We are on it ({tag}).")
         assert wait_for(lambda: len(rt_mail.relayed_to(alice)) == 2, 60)
         answer = rt_mail.relayed_to(alice)[1]
-        assert str(answer["Subject"]) == f"[hd.test #{t.id}] {subject}"
+        assert str(answer["Subject"]) == f"[hd.test #{t.id}] {subject}", \
+            [(str(m["Subject"]), str(m["Message-ID"])) for m in rt_mail.relayed_to(alice)]
         assert f"We are on it ({tag})." in body_text(answer)
 
         reply = message(f"r-{tag}", f"Re: {answer['Subject']}", f"Still broken ({tag}).\r\n",
