@@ -10,7 +10,6 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -23,21 +22,6 @@ from gateway.store.tables import Base, Queue, SystemAddress, Ticket
 from tests.integration.core.stored import db_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_url")
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
-@pytest.fixture
-def engine(db_url):
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 class TestMigrations:

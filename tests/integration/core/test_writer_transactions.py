@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -24,26 +25,45 @@ WHEN = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 DAY = "20261203"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_url")
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
-@pytest.fixture
-def engine(db_url):
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
 @pytest.fixture
 def writer(engine):
     w = BatchWriter(engine)
     yield w
     w.close()
+
+
+@pytest.fixture
+def cut_commit(pg_url):
+    """cut_commit(n) → (engine, writer) on PostgreSQL with a table probe_rows, whose
+    n-th COMMIT reaches the server and then loses its connection before the answer."""
+    import psycopg
+
+    made: list[tuple] = []
+
+    def make(n: int):
+        eng = make_engine(pg_url)
+        migrate(eng)
+        with eng.begin() as c:
+            c.execute(text("CREATE TABLE probe_rows (id serial primary key, note text)"))
+        orig = eng.dialect.do_commit
+        commits: list[int] = []
+
+        def do_commit(dbapi_conn):
+            orig(dbapi_conn)                       # the server has it ...
+            commits.append(1)
+            if len(commits) == n:
+                dbapi_conn.dbapi_connection.close()   # ... the answer never comes
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        eng.dialect.do_commit = do_commit
+        w = BatchWriter(eng)
+        made.append((eng, w))
+        return eng, w
+
+    yield make
+    for eng, w in made:
+        w.close()
+        eng.dispose()
 
 
 def counter(engine, day=DAY) -> int | None:
@@ -189,88 +209,39 @@ class TestKeptConnection:
             eng.dispose()
 
     @pytest.mark.postgres
-    def test_a_job_whose_commit_failed_is_not_run_again(self, pg_url):
+    def test_a_job_whose_commit_failed_is_not_run_again(self, cut_commit):
         """The server committed, then the connection broke before the reply: the job
         is reported failed (the MTA retries; inbound dedupe finds the delivery), not run
         a second time on a new connection, which would write its rows twice."""
-        import psycopg
-
-        eng = make_engine(pg_url)
-        migrate(eng)
-        with eng.begin() as c:
-            c.execute(text("CREATE TABLE probe_rows (id serial primary key, note text)"))
-        w = BatchWriter(eng)
-        orig = eng.dialect.do_commit
-        cut = []
-
-        def do_commit(dbapi_conn):
-            orig(dbapi_conn)                       # the server has it ...
-            if not cut:
-                cut.append(1)
-                dbapi_conn.dbapi_connection.close()   # ... the answer never comes
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-
-        eng.dialect.do_commit = do_commit
-        try:
-            job = w.submit(lambda conn: conn.execute(
-                text("INSERT INTO probe_rows (note) VALUES ('one')")))
-            with pytest.raises(Exception, match="closed the connection"):
-                job.result(10)
-            eng.dialect.do_commit = orig
-            with eng.connect() as c:
-                assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 1
-            # and the writer goes on, on a new connection
-            assert w.submit(lambda conn: conn.execute(text("SELECT 1")).scalar()).result() == 1
-        finally:
-            eng.dialect.do_commit = orig
-            w.close()
-            eng.dispose()
+        eng, w = cut_commit(1)
+        job = w.submit(lambda conn: conn.execute(
+            text("INSERT INTO probe_rows (note) VALUES ('one')")))
+        with pytest.raises(Exception, match="closed the connection"):
+            job.result(10)
+        with eng.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 1
+        # and the writer goes on, on a new connection
+        assert w.submit(lambda conn: conn.execute(text("SELECT 1")).scalar()).result() == 1
 
     @pytest.mark.postgres
-    def test_a_batch_whose_commit_failed_is_not_run_again_one_by_one(self, pg_url):
+    def test_a_batch_whose_commit_failed_is_not_run_again_one_by_one(self, cut_commit):
         """The same for a batch: its jobs are not retried one by one (which a failure of
         one of its jobs would do), each waiter gets the error."""
-        import threading
-
-        import psycopg
-
-        eng = make_engine(pg_url)
-        migrate(eng)
-        with eng.begin() as c:
-            c.execute(text("CREATE TABLE probe_rows (id serial primary key, note text)"))
-        w = BatchWriter(eng)
-        orig = eng.dialect.do_commit
-        commits = []
-
-        def do_commit(dbapi_conn):
-            orig(dbapi_conn)
-            commits.append(1)
-            if len(commits) == 2:                  # the second transaction: the batch
-                dbapi_conn.dbapi_connection.close()
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-
+        eng, w = cut_commit(2)                     # the second transaction: the batch
         gate = threading.Event()
-        eng.dialect.do_commit = do_commit
-        try:
-            first = w.submit(lambda conn: gate.wait(5))
-            time.sleep(0.2)                        # the writer is inside the first job
-            jobs = [w.submit(lambda conn, i=i: conn.execute(
-                text("INSERT INTO probe_rows (note) VALUES (:n)"), {"n": f"m{i}"}))
-                for i in range(3)]
-            gate.set()
-            assert first.result(10) is True
-            for job in jobs:
-                with pytest.raises(Exception, match="closed the connection"):
-                    job.result(10)
-            eng.dialect.do_commit = orig
-            with eng.connect() as c:
-                assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 3
-            assert (w.batches, w.jobs) == (2, 4)
-        finally:
-            eng.dialect.do_commit = orig
-            w.close()
-            eng.dispose()
-
+        first = w.submit(lambda conn: gate.wait(5))
+        time.sleep(0.2)                            # the writer is inside the first job
+        jobs = [w.submit(lambda conn, i=i: conn.execute(
+            text("INSERT INTO probe_rows (note) VALUES (:n)"), {"n": f"m{i}"}))
+            for i in range(3)]
+        gate.set()
+        assert first.result(10) is True
+        for job in jobs:
+            with pytest.raises(Exception, match="closed the connection"):
+                job.result(10)
+        with eng.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 3
+        assert (w.batches, w.jobs) == (2, 4)
 
 class TestBatchesAcrossProcesses:
     def test_what_arrives_while_another_process_writes_joins_the_batch(self, tmp_path):
@@ -318,7 +289,6 @@ class TestBatchesAcrossProcesses:
 
             with w._write_lock():
                 assert not other_can_lock()
-                import threading
                 pausing = threading.Thread(target=w._pause, args=(0.5,))
                 pausing.start()
                 time.sleep(0.1)
