@@ -261,8 +261,9 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
     if p is None or not _may_have_crypto(p.msg, p.body):
         return
     if inline_budget() is not None:
-        # On the event loop: may_need_crypto's cheap look missed it (an odd spelling of
-        # the content type). gpg and openssl are processes: start over on the worker pool.
+        # On the event loop: may_need_crypto's cheap look missed it (a nested part, an
+        # armored block inside base64). gpg and openssl are processes: start over on
+        # the worker pool.
         raise Offload
     stores: CryptoStores = rt.crypto if isinstance(rt.crypto, CryptoStores) \
         else stores_for(rt.config)

@@ -243,59 +243,57 @@ class TestKeptConnection:
             assert c.execute(text("SELECT count(*) FROM probe_rows")).scalar() == 3
         assert (w.batches, w.jobs) == (2, 4)
 
+@pytest.fixture
+def sqlite_writer(tmp_path):
+    """(writer, other): a writer on a SQLite file, and another open file description
+    of its lock file, as another process would hold it."""
+    db = tmp_path / "store.db"
+    eng = make_engine(f"sqlite:///{db}")
+    migrate(eng)
+    w = BatchWriter(eng)
+    other = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    yield w, other
+    os.close(other)
+    w.close()
+    eng.dispose()
+
+
 class TestBatchesAcrossProcesses:
-    def test_what_arrives_while_another_process_writes_joins_the_batch(self, tmp_path):
+    def test_what_arrives_while_another_process_writes_joins_the_batch(self, sqlite_writer):
         """The writer takes the database's lock file before it collects its batch: the
         jobs queued while another process (here: this test) holds it are committed
         together, with one fsync, instead of one small batch after another."""
-        db = tmp_path / "store.db"
-        eng = make_engine(f"sqlite:///{db}")
-        migrate(eng)
-        w = BatchWriter(eng)
-        fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)       # the other process is writing
-            first = w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN))
-            time.sleep(0.3)                      # the writer now waits for the lock
-            rest = [w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN))
-                    for _ in range(9)]
-            time.sleep(0.1)
-            assert not first.done()              # nothing is written while the lock is held
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            numbers = [f.result(10) for f in [first, *rest]]
-            assert sorted(serial(n) for n in numbers) == list(range(1, 11))
-            assert (w.batches, w.jobs) == (1, 10)
-        finally:
-            os.close(fd)
-            w.close()
-            eng.dispose()
+        w, fd = sqlite_writer
+        fcntl.flock(fd, fcntl.LOCK_EX)           # the other process is writing
+        first = w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN))
+        time.sleep(0.3)                          # the writer now waits for the lock
+        rest = [w.submit(lambda conn: repo.next_ticket_number(conn, "10", WHEN))
+                for _ in range(9)]
+        time.sleep(0.1)
+        assert not first.done()                  # nothing is written while the lock is held
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        numbers = [f.result(10) for f in [first, *rest]]
+        assert sorted(serial(n) for n in numbers) == list(range(1, 11))
+        assert (w.batches, w.jobs) == (1, 10)
 
-    def test_a_retry_pause_lets_the_other_processes_write(self, tmp_path):
+    def test_a_retry_pause_lets_the_other_processes_write(self, sqlite_writer):
         """While the writer waits before retrying ("database is locked") it lets go of
         the lock file, so the other workers are not held up by its sleep."""
-        db = tmp_path / "store.db"
-        eng = make_engine(f"sqlite:///{db}")
-        migrate(eng)
-        w = BatchWriter(eng)
-        other = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            def other_can_lock() -> bool:
-                try:
-                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False
-                fcntl.flock(other, fcntl.LOCK_UN)
-                return True
+        w, other = sqlite_writer
 
-            with w._write_lock():
-                assert not other_can_lock()
-                pausing = threading.Thread(target=w._pause, args=(0.5,))
-                pausing.start()
-                time.sleep(0.1)
-                assert other_can_lock()
-                pausing.join()
-                assert not other_can_lock()        # taken back after the pause
-        finally:
-            os.close(other)
-            w.close()
-            eng.dispose()
+        def other_can_lock() -> bool:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+        with w._write_lock():
+            assert not other_can_lock()
+            pausing = threading.Thread(target=w._pause, args=(0.5,))
+            pausing.start()
+            time.sleep(0.1)
+            assert other_can_lock()
+            pausing.join()
+            assert not other_can_lock()          # taken back after the pause
