@@ -177,7 +177,7 @@ def serve_deskgate(root: str, code: str) -> None:
 
     setup_logging("error", "json")
     cfg = load_config(Path(root) / "conf.d")
-    if cfg.lmtp.workers > 1:
+    if cfg.lmtp.workers > 1 or getattr(getattr(cfg, "store", None), "commit_process", False):
         try:
             from gateway.supervise import run_serve
         except ImportError:       # a --compare-with checkout from before gateway/supervise.py
@@ -348,12 +348,13 @@ class Server:
         env = dict(os.environ)
         if kind == "plain":
             env["DESKGATE_STORE_FAST_PATH"] = "0"
-        if kind in ("deskgate", "before", "plain"):
+        if kind in ("deskgate", "before", "plain", "inproc"):
             root = tmp / f"root-{kind}"
             shutil.rmtree(root, ignore_errors=True)
             (root / "conf.d").mkdir(parents=True)
             (root / "conf.d" / "10.toml").write_text(CONF.format(
-                sock=self.sock, port=self.port, workers=args.workers, dash=free_port()))
+                sock=self.sock, port=self.port, workers=args.workers, dash=free_port())
+                + ("[store]\ncommit_process = false\n" if kind == "inproc" else ""))
             if args.filter:
                 (root / "policies").mkdir()
                 (root / "policies" / "10.toml").write_text(
@@ -492,6 +493,8 @@ def main() -> int:
                     help="also run deskgate's LMTP session with an accept-and-drop backend")
     ap.add_argument("--fast-path-off", action="store_true",
                     help="also run deskgate with DESKGATE_STORE_FAST_PATH=0 in every round")
+    ap.add_argument("--commit-in-process", action="store_true",
+                    help="also run deskgate with [store] commit_process = false in every round")
     ap.add_argument("--no-latency", action="store_true", help="skip the paced latency runs")
     ap.add_argument("--warmup", type=int, default=500, metavar="N",
                     help="messages each server gets before every timed round (caches, "
@@ -535,6 +538,8 @@ def main() -> int:
                     kinds.append("before")
                 if a.fast_path_off:
                     kinds.append("plain")
+                if a.commit_in_process:
+                    kinds.append("inproc")
                 if a.session_sink:
                     kinds.append("session")
                 if transport == "tcp" and a.workers > 1 and not haraka_why:
@@ -563,6 +568,9 @@ def main() -> int:
                 if "plain" in kinds:
                     text += (f"  (fast path off {row['plain']:6.0f}, ratio "
                              f"{row['plain/bare']:.2f})")
+                if "inproc" in kinds:
+                    text += (f"  (commit in the LMTP process {row['inproc']:6.0f}, ratio "
+                             f"{row['inproc/bare']:.2f})")
                 if "session" in kinds:
                     text += (f"  (session alone {row['session']:6.0f}, ratio "
                              f"{row['session/bare']:.2f})")

@@ -276,6 +276,8 @@ class Gateway:
         self.close()
 
     def close(self) -> None:
+        if self.pipeline.remote is not None:
+            self.pipeline.remote.close()
         self.writer.close()
         self.executor.shutdown(wait=True)
         self.engine.dispose()

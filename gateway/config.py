@@ -181,6 +181,9 @@ class StoreConfig:
     # Hot-path inserts run on the driver's cursor (gateway.store.Prepared); false runs
     # them through plain SQLAlchemy (slower, same rows). DESKGATE_STORE_FAST_PATH wins.
     fast_path: bool = True
+    # `deskgate serve` runs the inbound commit in a process of its own, fed by every
+    # LMTP process (gateway.inbound.commitproc); false: each LMTP process commits itself.
+    commit_process: bool = True
 
 
 @dataclass(frozen=True)

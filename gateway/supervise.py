@@ -31,12 +31,14 @@ log = structlog.get_logger(__name__)
 
 async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
                 socks: Sequence[socket.socket] | None = None,
-                workers: Sequence[int] = ()) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are pre-forked LMTP
-    processes sharing `socks`; they get our signals and are waited for."""
+                workers: Sequence[int] = (), commit_sock: socket.socket | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are the pre-forked LMTP
+    processes sharing `socks` and the commit process; they get our signals and are
+    waited for. `commit_sock` connects this process to the commit process."""
     if _PIDLOCK["fd"] is None:      # serve() run without run_serve (tests)
         lock_pidfile(config)
     gw = Gateway(config)
+    await _connect_commit(gw, commit_sock)
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
     servers = await gw.start(socks)
@@ -77,9 +79,11 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     _release_pidfile()
 
 
-async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
+async def serve_worker(config: Config, socks: Sequence[socket.socket],
+                       commit_sock: socket.socket | None = None) -> None:
     """A pre-forked LMTP worker: LMTP on the shared sockets, no other service."""
     gw = Gateway(config)
+    await _connect_commit(gw, commit_sock)
     servers = await gw.start(socks, services=False)
     _settle_heap()
     stop = asyncio.Event()
@@ -102,6 +106,27 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket]) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     await stop.wait()
     await gw.stop(servers)
+
+
+async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
+    """Send this LMTP process's prepared messages to the commit process."""
+    if sock is None:
+        return
+    from gateway.inbound.commitproc import CommitClient
+
+    client = CommitClient(sock)
+    await client.connect()
+    gw.pipeline.remote = client
+
+
+def _serve_commits(config: Config, socks: list[socket.socket], parent: int) -> None:
+    """The commit process (gateway.inbound.commitproc): the inbound commit of every
+    LMTP process, in one writer."""
+    from gateway.inbound.commitproc import run_commit_process
+
+    gw = Gateway(config)
+    _settle_heap()
+    run_commit_process(gw, socks, lambda: _poke_main(parent))
 
 
 def _settle_heap() -> None:
@@ -150,6 +175,16 @@ def _die_with(parent: int) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+# Process names (ps -o comm, top, /proc/PID/comm) of the forked processes.
+LMTP_WORKER_NAME = "deskgate-lmtp"
+COMMIT_PROCESS_NAME = "deskgate-commit"
+
+
+def _set_name(name: str) -> None:
+    """Name this process as `ps` and `top` show it (Linux; 15 bytes at most)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def _signal_workers(workers: Sequence[int], sig: int) -> None:
@@ -194,7 +229,33 @@ def run_serve(config: Config) -> None:
     # block the signals now; serve() and serve_worker() unblock them once handled.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: list[int] = []
-    for _ in range(config.lmtp.workers - 1):
+    # One socketpair per LMTP process (the main one first): client end, commit end.
+    pairs = ([socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+              for _ in range(config.lmtp.workers)] if config.store.commit_process else [])
+    if pairs:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:               # the commit process
+            code = 0
+            _release_pidfile()
+            try:
+                _set_name(COMMIT_PROCESS_NAME)
+                _die_with(parent)
+                for sock in socks:     # it never accepts LMTP: a stopped gateway's
+                    sock.close()       # socket must not go on queueing connections
+                for client, _ in pairs:
+                    client.close()
+                _serve_commits(config, [end for _, end in pairs], parent)
+            except BaseException:
+                log.exception("commit process failed")
+                code = 1
+            finally:
+                os._exit(code)
+        workers.append(pid)
+        for _, end in pairs:
+            end.close()
+    clients = [client for client, _ in pairs]
+    for n in range(1, config.lmtp.workers):
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:               # the worker: serve, then leave without running atexit
@@ -203,18 +264,27 @@ def run_serve(config: Config) -> None:
             # it): a new serve may start as soon as the main one is gone.
             _release_pidfile()
             try:
+                _set_name(LMTP_WORKER_NAME)
                 _die_with(parent)
-                _run(serve_worker(config, socks))
+                for i, client in enumerate(clients):
+                    if i != n:
+                        client.close()
+                _run(serve_worker(config, socks, clients[n] if clients else None))
             except BaseException:
                 log.exception("LMTP worker failed")
                 code = 1
             finally:
                 os._exit(code)
         workers.append(pid)
+    for client in clients[1:]:
+        client.close()
     try:
-        _run(serve(config, socks=socks, workers=workers))
+        _run(serve(config, socks=socks, workers=workers,
+                   commit_sock=clients[0] if clients else None))
     except BaseException:
         _signal_workers(workers, signal.SIGTERM)   # workers never outlive a failed main
+        for client in clients[:1]:
+            client.close()     # the commit process stops once every LMTP process is gone
         _reap(workers)
         raise
 

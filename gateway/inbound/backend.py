@@ -88,6 +88,9 @@ class InboundBackend:
 
     def log_connection(self, comm: Comm) -> None:
         """Queue an LMTP connection's communication; it is written with the next batch."""
+        remote = self.pipeline.remote
+        if remote is not None and remote.log_connection(comm):
+            return
         try:
             fut = self.writer.submit_deferring(lambda conn, later: add_comm(conn, comm, later))
         except Exception as exc:        # the writer is gone (shutting down)

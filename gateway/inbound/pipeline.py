@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
 from gateway.commlog import Comm, CommObj, add_comm
+from gateway.inbound.commitproc import CommitClient, RemoteCommitError, failed_temporarily
 from gateway.inbound.parse import parse_message
 from gateway.inbound.route import route
 from gateway.inbound.ticket import is_true
@@ -238,8 +239,11 @@ class Pipeline:
         self.writer = writer
         self.stages = stages
         self.executor = executor
+        # The commit process's connection (gateway.inbound.commitproc), in an LMTP
+        # process of `deskgate serve`; None: commit in this process's writer.
+        self.remote: CommitClient | None = None
 
-    def _commit_job(self, ctx: MessageContext, rt: Runtime, comm: Comm
+    def commit_job(self, ctx: MessageContext, rt: Runtime, comm: Comm
                     ) -> Callable[[Connection, Deferred], MessageContext]:
         runs = [0]
         stages = self.stages.commit
@@ -309,22 +313,25 @@ class Pipeline:
                 ctx = self._context(env)
                 await asyncio.get_running_loop().run_in_executor(self.executor, _prepare_off_loop,
                                                                  ctx, rt, stages)
-            job = self._commit_job(ctx, rt, comm)
+            job = self.commit_job(ctx, rt, comm)
+            prepared = True
         except Exception as exc:
             log.exception("pipeline prepare failed; quarantining", source=env.source)
             job = self._quarantine_job(ctx, comm, f"{type(exc).__name__}: {exc}",
                                        traceback.format_exc())
+            prepared = False
         try:
-            done = await self.writer.run_deferring(job)
+            done = await self._commit(job, ctx, comm, prepared)
         except Exception as exc:
-            if is_temporary(exc):
+            if is_temporary(exc) or failed_temporarily(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))
                 return self._tempfail(env, f"database: {type(exc).__name__}")
-            if isinstance(exc, IntegrityError):
+            if isinstance(exc, IntegrityError | RemoteCommitError) and (
+                    not isinstance(exc, RemoteCommitError) or exc.kind == "integrity"):
                 # Most often the same message committed by another node a moment
                 # ago: the quarantine job looks for that delivery first.
                 log.info("commit conflicted; checking for a concurrent delivery",
-                         error=str(exc.orig)[:200])
+                         error=str(getattr(exc, "orig", exc))[:200])
             else:
                 log.exception("pipeline commit failed; quarantining")
             try:
@@ -345,6 +352,17 @@ class Pipeline:
         return Outcome(replies=(reply,) * len(env.recipients), action=done.action,
                        ticket_number=done.ticket_number, article_id=done.article_id,
                        detail="; ".join(done.trace), handoff_id=done.handoff_id)
+
+    async def _commit(self, job: Callable[[Connection, Deferred], MessageContext],
+                      ctx: MessageContext, comm: Comm, prepared: bool) -> MessageContext:
+        """Run the commit job: in the commit process when there is one and the
+        message was prepared (one that failed to prepare is quarantined here, with
+        its traceback), else in this process's writer."""
+        remote = self.remote
+        if prepared and remote is not None and remote.up:
+            fields = await remote.commit(ctx, comm)
+            return _shallow(ctx, **fields)
+        return await self.writer.run_deferring(job)
 
     def _context(self, env: Envelope) -> MessageContext:
         ctx = MessageContext(envelope=env, log=CommObj("Message"))

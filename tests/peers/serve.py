@@ -30,6 +30,28 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def named_children(pid: int, name: str) -> list[int]:
+    """The children of `pid` whose process name (/proc/PID/comm) is `name`."""
+    out = []
+    for child in children_of(pid):
+        try:
+            if (Path(f"/proc/{child}") / "comm").read_text().strip() == name:
+                out.append(child)
+        except OSError:
+            continue
+    return out
+
+
+def lmtp_workers_of(pid: int) -> list[int]:
+    """The pre-forked LMTP workers of a `deskgate serve` (named deskgate-lmtp)."""
+    return named_children(pid, "deskgate-lmtp")
+
+
+def commit_process_of(pid: int) -> list[int]:
+    """The commit process of a `deskgate serve` (named deskgate-commit), as a list."""
+    return named_children(pid, "deskgate-commit")
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting to be reaped does not count)."""
     try:

@@ -15,7 +15,7 @@ from tests.conftest import free_port
 from tests.integration.admin.conftest import ADMIN, USERS, basic
 from tests.integration.core.test_serve_workers import served_by, wait_for
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import children_of, start_serve
+from tests.peers.serve import lmtp_workers_of, start_serve
 
 
 def http(base: str, path: str, data: dict[str, str] | None = None) -> tuple[int, str]:
@@ -39,8 +39,8 @@ class TestAdminSaveReloadsWorkers:
         workers: list[int] = []
         idle: list[LmtpClient] = []
         try:
-            assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 1)
-            workers = children_of(proc.pid)
+            assert wait_for(lambda: sock.exists() and len(lmtp_workers_of(proc.pid)) >= 1)
+            workers = lmtp_workers_of(proc.pid)
             (worker,) = workers
 
             def up() -> bool:

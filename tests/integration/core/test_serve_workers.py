@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.store.tables import Ticket
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import ROOT, children_of, start_serve
+from tests.peers.serve import ROOT, children_of, commit_process_of, lmtp_workers_of, start_serve
 
 
 def wait_for(pred, timeout=30.0):
@@ -37,8 +37,10 @@ class TestServeWorkers:
         proc = start_serve(conf)
         workers: list[int] = []
         try:
-            assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 1)
-            workers = children_of(proc.pid)
+            assert wait_for(lambda: sock.exists() and len(lmtp_workers_of(proc.pid)) >= 1
+                            and len(commit_process_of(proc.pid)) == 1)
+            workers = children_of(proc.pid)     # the LMTP worker and the commit process
+            assert len(workers) == 2
             time.sleep(0.5)
             for n in range(6):
                 c = LmtpClient(sock)
@@ -112,8 +114,8 @@ class TestSenderWakeUp:
         proc = start_serve(conf)
         idle: list[LmtpClient] = []
         try:
-            assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 1)
-            (worker,) = children_of(proc.pid)
+            assert wait_for(lambda: sock.exists() and len(lmtp_workers_of(proc.pid)) >= 1)
+            (worker,) = lmtp_workers_of(proc.pid)
             time.sleep(3)        # the sender's first poll is over: only a wake-up helps now
             client = None
             for _ in range(40):  # connect until the worker (not the main process) serves
@@ -182,8 +184,11 @@ class TestOrphans:
         proc = start_serve(conf)
         workers: list[int] = []
         try:
-            assert wait_for(lambda: sock.exists() and len(children_of(proc.pid)) >= 2)
+            # two LMTP workers and the commit process
+            assert wait_for(lambda: sock.exists() and len(lmtp_workers_of(proc.pid)) >= 2
+                            and len(commit_process_of(proc.pid)) == 1)
             workers = children_of(proc.pid)
+            assert len(workers) == 3
             time.sleep(0.5)
             proc.kill()
             proc.wait()
