@@ -16,6 +16,7 @@ import fcntl
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ log = structlog.get_logger(__name__)
 
 async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
                 socks: Sequence[socket.socket] | None = None,
-                workers: Sequence[int] = (), commit_sock: socket.socket | None = None) -> None:
+                workers: Sequence[int] = (), commit_sock: socket.socket | None = None,
+                commit_pid: int | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are the pre-forked LMTP
     processes sharing `socks` and the commit process; they get our signals and are
     waited for. `commit_sock` connects this process to the commit process."""
@@ -39,6 +41,9 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
         lock_pidfile(config)
     gw = Gateway(config)
     await _connect_commit(gw, commit_sock)
+    if commit_pid is not None and gw.pipeline.remote is not None:
+        # a commit process that died is reaped at once (no zombie until the stop)
+        gw.pipeline.remote.on_lost = lambda: _reap_now(commit_pid)
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
     servers = await gw.start(socks)
@@ -62,7 +67,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
     pidfile = pidfile_path(config)
-    log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1,
+    log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1 - (commit_pid is not None),
+             commit_process=gw.pipeline.remote is not None,
              services=gw.services_up(), not_running=gw.services_down(),
              database=_safe_url(config.database_url))
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
@@ -199,6 +205,15 @@ def _reap(workers: Sequence[int]) -> None:
             os.waitpid(pid, 0)
 
 
+def _reap_now(pid: int) -> None:
+    """Reap a child whose socket just closed: it is exiting, but may not be a
+    zombie yet, so wait for it on a thread of its own."""
+    def wait() -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    threading.Thread(target=wait, name="reap", daemon=True).start()
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -232,6 +247,7 @@ def run_serve(config: Config) -> None:
     # One socketpair per LMTP process (the main one first): client end, commit end.
     pairs = ([socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
               for _ in range(config.lmtp.workers)] if config.store.commit_process else [])
+    commit_pid = None
     if pairs:
         parent = os.getpid()
         pid = os.fork()
@@ -252,6 +268,7 @@ def run_serve(config: Config) -> None:
             finally:
                 os._exit(code)
         workers.append(pid)
+        commit_pid = pid
         for _, end in pairs:
             end.close()
     clients = [client for client, _ in pairs]
@@ -280,7 +297,7 @@ def run_serve(config: Config) -> None:
         client.close()
     try:
         _run(serve(config, socks=socks, workers=workers,
-                   commit_sock=clients[0] if clients else None))
+                   commit_sock=clients[0] if clients else None, commit_pid=commit_pid))
     except BaseException:
         _signal_workers(workers, signal.SIGTERM)   # workers never outlive a failed main
         for client in clients[:1]:

@@ -136,6 +136,7 @@ class CommitClient(asyncio.Protocol):
         self.next_id = 0
         self.up = False
         self.closing = False
+        self.on_lost: Callable[[], None] = lambda: None    # after an unexpected loss
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,6 +158,7 @@ class CommitClient(asyncio.Protocol):
             log.error("commit process gone; this process commits in its own writer from now "
                       "on (restart deskgate to get the commit process back)",
                       waiting=len(waiting))
+            self.on_lost()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf

@@ -393,11 +393,15 @@ class Dashboard:
                 where = str(socks[0].getsockname()) if socks else "?"
                 not_accepting[f"lmtp {where}"] = "not serving"
         down = self.gw.services_down()
+        remote = getattr(getattr(self.gw, "pipeline", None), "remote", None)
+        # "gone": this process commits in its own writer (slower; nothing is lost)
+        commit_process = "off" if remote is None else "up" if remote.up else "gone"
         ok = db_ok and bool(listeners) and all(listeners) and not not_accepting and not down
         body = {"ok": ok, "database": db_ok, "listeners": len(listeners),
                 "listeners_serving": sum(listeners), "not_accepting": not_accepting,
                 "sessions": sessions, "services": self.gw.services_up(),
-                "services_not_running": down, "time": time.time()}
+                "services_not_running": down, "commit_process": commit_process,
+                "time": time.time()}
         return web.Response(text=json.dumps(body) + "\n", content_type="application/json",
                             status=200 if ok else 503)
 

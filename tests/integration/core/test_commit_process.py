@@ -1,0 +1,350 @@
+"""The commit process of `deskgate serve` ([store] commit_process): every LMTP
+process sends its prepared messages there and answers only after that process
+committed them; a commit process that fails costs a 4xx, never a message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway.app import Gateway
+from gateway.commlog import Comm
+from gateway.config import load_config
+from gateway.inbound import commitproc
+from gateway.inbound.commitproc import CommitClient, CommitServer, frame, portable
+from gateway.model import Envelope, MessageContext
+from gateway.store.tables import Communication, Delivery, Quarantine, Ticket
+from tests.conftest import free_port
+from tests.peers.lmtp import LmtpClient
+from tests.peers.serve import commit_process_of, lmtp_workers_of, start_serve
+
+NO_DASHBOARD = '[dashboard]\nlisten = ""\n'
+
+
+def wait_for(pred, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def mail(tag: str, to: str = "support@example.org") -> bytes:
+    return (f"From: c@customer.test\r\nTo: {to}\r\nSubject: {tag}\r\n"
+            f"Message-ID: <{tag}@customer.test>\r\n\r\nbody of {tag}\r\n").encode()
+
+
+def send(sock: Path, tag: str, to: str = "support@example.org") -> int:
+    c = LmtpClient(sock)
+    try:
+        c.lhlo()
+        _, data = c.transaction("c@customer.test", [to], mail(tag, to))
+        return int(data[0][0])
+    finally:
+        c.close()
+
+
+def count(db: Path, table) -> int:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def opens(pid: int, path: Path) -> bool:
+    """The process has the file open."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if fd.readlink() == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except Exception:
+            proc.kill()
+            proc.wait()
+
+
+class TestServe:
+    def test_lmtp_workers_commit_in_the_commit_process(self, make_confdir):
+        """workers = 2: messages to both LMTP processes are stored; only the commit
+        process opens the database for them (the worker never does), and a SIGTERM
+        stops it with the rest."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD + "[lmtp]\nworkers = 2\n"})
+        root = conf.parent
+        sock, db = root / "var" / "run" / "lmtp.sock", root / "var" / "deskgate.db"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(lambda: sock.exists() and len(lmtp_workers_of(proc.pid)) == 1
+                            and len(commit_process_of(proc.pid)) == 1)
+            (worker,), (committer,) = lmtp_workers_of(proc.pid), commit_process_of(proc.pid)
+            time.sleep(0.5)
+            for n in range(20):
+                assert send(sock, f"w{n}") == 250
+            assert count(db, Ticket) == 20
+            assert opens(committer, db.resolve())
+            assert not opens(worker, db.resolve())
+            # every connection's record went through the commit process too
+            assert wait_for(lambda: count(db, Communication) >= 40, 10)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+            assert wait_for(lambda: not Path(f"/proc/{committer}").exists(), 20), \
+                Path(f"/proc/{committer}/stat").read_text()
+        finally:
+            stop(proc)
+
+    def test_commit_in_process_when_switched_off(self, make_confdir):
+        """commit_process = false: no commit process; the LMTP process commits."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD + "[store]\ncommit_process = false\n"})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(sock.exists)
+            assert send(sock, "inproc") == 250
+            assert commit_process_of(proc.pid) == []
+            assert count(conf.parent / "var" / "deskgate.db", Ticket) == 1
+        finally:
+            stop(proc)
+
+    def test_reload_reaches_the_commit_process(self, make_confdir):
+        """An address added by SIGHUP routes the next message to its queue: the
+        route stage runs in the commit process, which reloaded too."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD
+                             + '[lmtp]\nunknown_recipient = "default-queue"\n'})
+        root = conf.parent
+        sock, db = root / "var" / "run" / "lmtp.sock", root / "var" / "deskgate.db"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
+            assert send(sock, "before", "fresh@example.org") == 250
+            (conf / "60-fresh.toml").write_text(
+                '[[address]]\nemail = "fresh@example.org"\nqueue = "Sales"\n')
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(2)
+            assert send(sock, "after", "fresh@example.org") == 250
+            engine = create_engine(f"sqlite:///{db}")
+            with engine.connect() as conn:
+                queues = dict(conn.execute(select(Ticket.title, Ticket.queue)).all())
+            engine.dispose()
+            assert queues == {"before": "Raw", "after": "Sales"}
+        finally:
+            stop(proc)
+
+    def test_killed_commit_process_costs_no_message(self, make_confdir):
+        """SIGKILL of the commit process: the LMTP process commits itself from then
+        on, the gateway goes on storing every message once, and /healthz says so."""
+        port = free_port()
+        conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'})
+        root = conf.parent
+        sock, db = root / "var" / "run" / "lmtp.sock", root / "var" / "deskgate.db"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
+            (committer,) = commit_process_of(proc.pid)
+            assert wait_for(lambda: health(port) is not None)
+            assert health(port)["commit_process"] == "up"
+            assert send(sock, "k0") == 250
+            os.kill(committer, signal.SIGKILL)
+            # reaped at once: gone, not a zombie
+            assert wait_for(lambda: not Path(f"/proc/{committer}").exists(), 20), \
+                Path(f"/proc/{committer}/stat").read_text()
+            codes = [send(sock, f"k{n}") for n in range(1, 6)]
+            assert codes == [250] * 5
+            assert count(db, Ticket) == 6
+            assert proc.poll() is None
+            h = health(port)
+            assert h["commit_process"] == "gone" and h["ok"] is True
+        finally:
+            stop(proc)
+
+
+# ------------------------------------------------------------------ in one process
+
+class Pair:
+    """A commit server (on its own Gateway) and an LMTP-side Gateway sending to it."""
+
+    def __init__(self, conf: Path) -> None:
+        cfg = load_config(conf)
+        self.server_gw = Gateway(cfg)
+        self.server_gw.prepare_store()
+        self.lmtp_gw = Gateway(cfg)
+        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server = CommitServer(self.server_gw, [self.b])
+        self.server.start()
+        self.client = CommitClient(self.a)
+
+    async def connect(self) -> None:
+        await self.client.connect()
+        self.lmtp_gw.pipeline.remote = self.client
+
+    async def close(self) -> None:
+        self.lmtp_gw.close()
+        for _ in range(100):            # the transport closes on the loop
+            if self.server.all_gone.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert self.server.all_gone.is_set()
+        self.server_gw.close()
+
+
+@pytest.fixture
+async def pair(make_confdir):
+    p = Pair(make_confdir())
+    await p.connect()
+    yield p
+    await p.close()
+
+
+class TestClientServer:
+    async def test_commit_goes_to_the_server(self, pair):
+        out = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("remote"), "peer")
+        assert [r.code for r in out.replies] == [250]
+        assert out.action == "new" and out.ticket_number and out.article_id
+        assert pair.server_gw.writer.jobs >= 1
+        assert pair.lmtp_gw.writer.jobs == 0     # nothing committed on the LMTP side
+        again = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                           mail("remote"), "peer")
+        assert again.action == "duplicate" and again.replies[0].code == 250
+
+    async def test_database_trouble_in_the_commit_process_is_a_4xx(self, pair, monkeypatch):
+        def locked(ctx, rt, comm):
+            def job(conn, later):
+                raise OperationalError("INSERT", {}, Exception("database is locked"))
+            return job
+        monkeypatch.setattr(pair.server_gw.pipeline, "commit_job", locked)
+        out = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("locked"), "peer")
+        assert out.replies[0].code == 451 and out.replies[0].temporary
+        assert pair.client.up           # one failed commit does not end the connection
+
+    async def test_other_commit_errors_quarantine_the_message(self, pair, monkeypatch):
+        def broken(ctx, rt, comm):
+            def job(conn, later):
+                raise IntegrityError("INSERT", {}, Exception("unique constraint failed"))
+            return job
+        monkeypatch.setattr(pair.server_gw.pipeline, "commit_job", broken)
+        out = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("broken"), "peer")
+        assert out.action == "quarantine" and out.replies[0].code == 250
+        engine = pair.lmtp_gw.engine
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(Quarantine)).scalar() == 1
+
+    async def test_lost_commit_process_answers_waiting_messages_4xx(self, pair, monkeypatch):
+        """The commit process dies while a message waits: 451 (the MTA retries; a
+        commit that did happen is then answered as a duplicate); the next message
+        is committed by the LMTP process itself."""
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def hang(ctx, rt, comm):
+            def job(conn, later):
+                loop.call_soon_threadsafe(started.set)
+                time.sleep(0.5)
+                raise OperationalError("INSERT", {}, Exception("never answered"))
+            return job
+        monkeypatch.setattr(pair.server_gw.pipeline, "commit_job", hang)
+        waiting = asyncio.ensure_future(pair.lmtp_gw.deliver(
+            "c@customer.test", ["support@example.org"], mail("lost"), "peer"))
+        await started.wait()
+        pair.b.shutdown(socket.SHUT_RDWR)       # as if the process died
+        out = await waiting
+        assert out.replies[0].code == 451
+        assert not pair.client.up
+        nxt = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("after"), "peer")
+        assert nxt.replies[0].code == 250
+        assert pair.lmtp_gw.writer.jobs >= 1
+        with pair.lmtp_gw.engine.connect() as conn:
+            mids = {r[0] for r in conn.execute(select(Delivery.message_id)).all()}
+        assert "<after@customer.test>" in mids or "after@customer.test" in mids
+
+    async def test_connection_records_go_to_the_commit_process(self, pair):
+        comm = Comm("Incoming", "LMTP", "peer")
+        comm.obj("Connection").log("Info", "Connection", "test record")
+        comm.close("Successful")
+        pair.lmtp_gw.log_connection(comm)
+        engine = pair.lmtp_gw.engine
+
+        def logged() -> bool:
+            with engine.connect() as conn:
+                return bool(conn.execute(select(func.count()).select_from(
+                    Communication)).scalar())
+        deadline = time.monotonic() + 10
+        while not logged() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert logged()
+        assert pair.lmtp_gw.writer.jobs == 0
+
+
+class TestWire:
+    def test_replies_split_at_every_offset_resolve_in_order(self):
+        """Frames cut anywhere by the socket are put together again."""
+        a, b = socket.socketpair()
+        a.close()
+        b.close()
+        loop = asyncio.new_event_loop()
+        try:
+            data = (frame((1, True, {"action": "new"}))
+                    + frame((2, False, ("temporary", "database is locked")))
+                    + frame((3, True, {"action": "duplicate"})))
+            for cut in range(len(data) + 1):
+                c = CommitClient(a)
+                fs = {rid: loop.create_future() for rid in (1, 2, 3)}
+                c.pending.update(fs)
+                c.data_received(data[:cut])
+                c.data_received(data[cut:])
+                assert fs[1].result() == {"action": "new"}
+                assert fs[3].result() == {"action": "duplicate"}
+                exc = fs[2].exception()
+                assert isinstance(exc, commitproc.RemoteCommitError) and exc.temporary
+                assert not c.buf
+        finally:
+            loop.close()
+
+    def test_portable_context_drops_the_message_object_except_for_bounces(self):
+        from gateway.inbound.parse import parse_message
+
+        raw = mail("p")
+        env = Envelope(mail_from="c@customer.test", recipients=("support@example.org",),
+                       raw=raw)
+        from gateway.commlog import CommObj
+
+        ctx = MessageContext(envelope=env, log=CommObj("Message"))
+        ctx.parsed = parse_message(raw)
+        sent = pickle.loads(pickle.dumps(portable(ctx)))
+        assert sent.parsed.msg is None and ctx.parsed.msg is not None
+        assert sent.parsed.subject == "p" and sent.envelope.raw == raw
+        ctx.is_bounce = True
+        sent = pickle.loads(pickle.dumps(portable(ctx)))
+        assert sent.parsed.msg is not None and sent.parsed.msg["Subject"] == "p"
