@@ -67,7 +67,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
     pidfile = pidfile_path(config)
-    log.info("deskgate serving", lmtp=list(config.lmtp.listen), lmtp_workers=len(workers) + 1 - (commit_pid is not None),
+    log.info("deskgate serving", lmtp=list(config.lmtp.listen),
+             lmtp_workers=len(workers) + 1 - (commit_pid is not None),
              commit_process=gw.pipeline.remote is not None,
              services=gw.services_up(), not_running=gw.services_down(),
              database=_safe_url(config.database_url))

@@ -300,8 +300,9 @@ class TestClientServer:
             with engine.connect() as conn:
                 return bool(conn.execute(select(func.count()).select_from(
                     Communication)).scalar())
-        deadline = time.monotonic() + 10
-        while not logged() and time.monotonic() < deadline:
+        for _ in range(200):
+            if logged():
+                break
             await asyncio.sleep(0.05)
         assert logged()
         assert pair.lmtp_gw.writer.jobs == 0
@@ -342,9 +343,9 @@ class TestWire:
 
         ctx = MessageContext(envelope=env, log=CommObj("Message"))
         ctx.parsed = parse_message(raw)
-        sent = pickle.loads(pickle.dumps(portable(ctx)))
+        sent = pickle.loads(pickle.dumps(portable(ctx)))  # noqa: S301
         assert sent.parsed.msg is None and ctx.parsed.msg is not None
         assert sent.parsed.subject == "p" and sent.envelope.raw == raw
         ctx.is_bounce = True
-        sent = pickle.loads(pickle.dumps(portable(ctx)))
+        sent = pickle.loads(pickle.dumps(portable(ctx)))  # noqa: S301
         assert sent.parsed.msg is not None and sent.parsed.msg["Subject"] == "p"
