@@ -86,18 +86,19 @@ def frame(obj: Any) -> bytes:
 
 
 def portable(ctx: MessageContext) -> MessageContext:
-    """The context as it is sent: without the parsed email.message.Message object
-    (the commit stages read the parsed fields; only the follow-up of a bounce
-    reads the Message, so a bounce keeps it)."""
-    p = ctx.parsed
-    if p is None or ctx.is_bounce:
-        return ctx
+    """The context as it is sent: without the prepare stages' rule results (`hits`,
+    read by `filter test` only; what hit is in the trace and the log) and without
+    the parsed email.message.Message object (the commit stages read the parsed
+    fields; only the follow-up of a bounce reads the Message, so a bounce keeps it)."""
     new = object.__new__(MessageContext)
     new.__dict__.update(ctx.__dict__)
-    parsed = object.__new__(type(p))
-    parsed.__dict__.update(p.__dict__)
-    parsed.msg = None  # type: ignore[assignment]
-    new.parsed = parsed
+    new.hits = []
+    p = ctx.parsed
+    if p is not None and not ctx.is_bounce:
+        parsed = object.__new__(type(p))
+        parsed.__dict__.update(p.__dict__)
+        parsed.msg = None  # type: ignore[assignment]
+        new.parsed = parsed
     return new
 
 
@@ -202,6 +203,7 @@ class CommitClient(asyncio.Protocol):
 
     def close(self) -> None:
         self.closing = True
+        self.up = False
         if self.transport is not None:
             self.transport.close()
         else:
@@ -238,9 +240,9 @@ class _Conn:
                     if size - at - 4 < n:
                         break
                     # from our own LMTP process over a socketpair made before the fork
-                    req = pickle.loads(memoryview(buf)[at + 4:at + 4 + n])  # noqa: S301
+                    req = memoryview(buf)[at + 4:at + 4 + n]
                     at += 4 + n
-                    self.server.handle(self, *req)
+                    self.server.take(self, req)
                 if at:
                     del buf[:at]
         except OSError as exc:
@@ -306,6 +308,20 @@ class CommitServer:
     def start(self) -> None:
         for c in self.conns:
             c.start()
+
+    def take(self, conn: _Conn, data: memoryview) -> None:
+        """Reader thread: one request frame. A request that cannot be read or queued
+        is answered with an error; the connection goes on."""
+        rid = 0
+        try:
+            rid, op, ctx, comm = pickle.loads(data)  # noqa: S301 (see _read)
+            self.handle(conn, rid, op, ctx, comm)
+        except Exception as exc:
+            log.exception("commit process: request failed", request=rid)
+            if rid:
+                conn.out.put(frame((rid, False, ("error", f"{type(exc).__name__}: {exc}"[:2000]))))
+        finally:
+            data.release()
 
     def handle(self, conn: _Conn, rid: int, op: str, ctx: MessageContext | None,
                comm: Comm) -> None:

@@ -260,6 +260,23 @@ class TestClientServer:
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(Quarantine)).scalar() == 1
 
+    async def test_a_request_that_cannot_be_queued_is_answered(self, pair, monkeypatch):
+        """A request the commit process cannot even queue gets an error reply (the
+        message is quarantined), and the connection serves the next one."""
+        real = pair.server_gw.pipeline.commit_job
+
+        def refuse(ctx, rt, comm):
+            if ctx.parsed.subject == "refused":
+                raise RuntimeError("cannot build the job")
+            return real(ctx, rt, comm)
+        monkeypatch.setattr(pair.server_gw.pipeline, "commit_job", refuse)
+        out = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("refused"), "peer")
+        assert out.action == "quarantine"
+        nxt = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("next"), "peer")
+        assert nxt.action == "new" and pair.client.up
+
     async def test_lost_commit_process_answers_waiting_messages_4xx(self, pair, monkeypatch):
         """The commit process dies while a message waits: 451 (the MTA retries; a
         commit that did happen is then answered as a duplicate); the next message
