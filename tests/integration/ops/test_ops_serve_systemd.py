@@ -21,6 +21,7 @@ from tests.conftest import free_port
 from tests.integration.ops.ops_web import message
 from tests.peers.lmtp import LmtpClient
 from tests.peers.require import missing_peer
+from tests.peers.serve import lmtp_workers_of
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEMD = REPO / "systemd"
@@ -211,7 +212,7 @@ class TestWorkersMetrics:
                 return codes
 
             # The main process paused: the worker must take these connections.
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            children = lmtp_workers_of(proc.pid)
             assert len(children) == 1, children
             os.kill(proc.pid, signal.SIGSTOP)
             try:
