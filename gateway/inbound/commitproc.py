@@ -90,6 +90,7 @@ def portable(ctx: MessageContext) -> MessageContext:
     read by `filter test` only; what hit is in the trace and the log) and without
     the parsed email.message.Message object (the commit stages read the parsed
     fields; only the follow-up of a bounce reads the Message, so a bounce keeps it)."""
+    _ = ctx.envelope.sha256     # hashed here: the commit process has the busier core
     new = object.__new__(MessageContext)
     new.__dict__.update(ctx.__dict__)
     new.hits = []
