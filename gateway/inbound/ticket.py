@@ -81,7 +81,8 @@ def article_values(ctx: MessageContext, rt: Runtime, raw_id: int) -> dict[str, o
         "message_id": p.message_id, "in_reply_to": p.in_reply_to, "references": p.references,
         "content_type": p.content_type, "body": body,
         "body_html": p.body_html if store_body else None,
-        "headers": [list(h) for h in p.headers], "loop": ctx.loop,
+        # (name, value) pairs: JSON writes a tuple as the list [name, value].
+        "headers": p.headers, "loop": ctx.loop,
         "crypto": ctx.crypto.as_dict(), "raw_id": raw_id,
     }
 

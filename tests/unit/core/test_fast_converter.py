@@ -171,6 +171,53 @@ class TestConverter:
         with pytest.raises(KeyError, match="'n' missing for"):
             convert({})
 
+    def test_sqlite_datetime_same_object_again(self) -> None:
+        """The text of the last datetime formatted is reused only for that very object: an
+        equal time with another offset, or the next object, is formatted anew."""
+        proc = DateTime(timezone=True).dialect_impl(DIALECTS["sqlite"]).bind_processor(
+            DIALECTS["sqlite"])
+        assert proc is not None
+        aware = WHEN.replace(tzinfo=UTC)
+        same_instant = aware.astimezone(timezone(timedelta(hours=-3)))   # equal, other text
+        later = aware + timedelta(microseconds=1)
+        order = [aware, aware, same_instant, aware, later, later, WHEN, aware]
+        texts = [_converted(DIALECTS["sqlite"], {"n": 1, "naive": v, "aware": v, "maybe": v})
+                 for v in order]
+        for v, got in zip(order, texts, strict=True):
+            assert got["naive"] == got["aware"] == got["maybe"] == proc(v)
+        assert texts[2]["aware"] != texts[0]["aware"] and same_instant == aware
+
+    @pytest.mark.parametrize("value", [
+        {}, [], {"a": [1, 2]}, [[]], [{}], {"z": {"\u00fc": ["\u2013", 1.5, True, None]}, "a": 1},
+        [("Subject", "x"), ("X-Empty", "")], {1: "int key", 2.5: "float", None: 0, False: 1},
+        [float("nan"), float("inf"), -float("inf"), 10**30, -0.0, "\x00\ud800"],
+        {"big": list(range(50)), "nested": [[[[{"deep": "é"}]]]]},
+    ])
+    def test_json_text_is_json_dumps(self, value: Any) -> None:
+        """The JSON shortcut writes exactly json.dumps's text (the converter's default
+        serializer), empty containers included."""
+        from gateway.store.fast import _json_dumps
+
+        assert _json_dumps(value) == json.dumps(value)
+        got = _converted(DIALECTS["sqlite"], {"n": 1, "naive": WHEN, "aware": WHEN, "doc": value})
+        assert got["doc"] == json.dumps(value)
+
+    def test_json_shortcut_errors_as_json_dumps(self) -> None:
+        """What json.dumps refuses, the shortcut refuses with the same error; a refused
+        value leaves nothing behind that would spoil the next one."""
+        from gateway.store.fast import _json_dumps
+
+        loop: list[Any] = []
+        loop.append(loop)
+        for bad in ({"when": WHEN}, [b"bytes"], loop, {("tuple", "key"): 1}):
+            with pytest.raises((TypeError, ValueError)) as ours:
+                _json_dumps(bad)
+            with pytest.raises((TypeError, ValueError)) as stock:
+                json.dumps(bad)
+            assert (type(ours.value), str(ours.value)) == (type(stock.value), str(stock.value))
+        inner = {"x": 1}
+        assert _json_dumps([inner, inner]) == json.dumps([inner, inner])
+
     def test_processor_key_error_is_not_taken_for_a_missing_value(self) -> None:
         """A KeyError raised while converting a present value propagates unchanged."""
 
