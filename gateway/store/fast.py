@@ -186,10 +186,10 @@ class Prepared:
                     default = col.default.arg      # type: ignore[attr-defined]
             elif col is not None and col.nullable:
                 default = None
-            proc, kind, dumps = _processor(bp.type, dialect)
+            proc, kind, extra = _processor(bp.type, dialect)
             fields.append((name, proc, default, factory,
                            bool(getattr(bp.type, "should_evaluate_none", False))))
-            kinds.append((kind, dumps))
+            kinds.append((kind, extra))
         sql = compiled.string
         values_at = sql.rfind(" VALUES (") + len(" VALUES ") if plain else -1
         if values_at >= 0 and not sql.endswith(")"):
@@ -213,7 +213,7 @@ class Prepared:
         """Run once; the first column of the first returned row (None without RETURNING)."""
         if not fast_path_on(conn):
             return self._plain_execute(conn, values)
-        plan = self._plan(conn.dialect)
+        plan = self._plans.get(conn.dialect.name) or self._plan(conn.dialect)
         params = plan.convert(values)
         cur = _cursor(conn)
         try:
@@ -291,12 +291,12 @@ _SQLITE_DATETIME = ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:"
                     "%(second)02d.%(microsecond)06d")
 
 # What a converter may do instead of calling a field's bind processor.
-_PLAIN, _SQLITE_DT, _JSON = "plain", "sqlite-datetime", "json"
+_PLAIN, _SQLITE_DT, _JSON, _BOOL = "plain", "sqlite-datetime", "json", "bool"
 
 
 def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | None, str, Any]:
     """SQLAlchemy's bind processor for `type_`, how `_converter` may shortcut it, and
-    the JSON serializer it calls (for the JSON shortcut).
+    what the shortcut needs (the JSON serializer; the Boolean's values for True, False).
 
     SQLite's datetime formatter %-formats seven attributes into `_storage_format`;
     for an exact `datetime` the same text is the `isoformat` of its date and of its
@@ -305,7 +305,9 @@ def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | Non
     (json.dumps without arguments unless the engine sets one) on anything but None
     and its NULL markers; for an exact dict or list the converter calls the
     serializer itself, or `_json_dumps` (json.dumps's text, cheaper) when the
-    serializer is json.dumps. Everything else goes through `proc`.
+    serializer is json.dumps. SQLAlchemy's Boolean processor checks the value and
+    makes True and False the dialect's 1/0 or True/False: the converter puts in
+    what the processor gave for them once. Everything else goes through `proc`.
     """
     impl = type_.dialect_impl(dialect)
     proc: Callable[[Any], Any] | None = impl.bind_processor(dialect)
@@ -314,6 +316,10 @@ def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | Non
     if dialect.name == "sqlite" and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME:
         return proc, _SQLITE_DT, None
     cls = type(impl)
+    if (isinstance(impl, sqltypes.Boolean)
+            and cls.bind_processor is sqltypes.Boolean.bind_processor
+            and cls._strict_as_bool is sqltypes.Boolean._strict_as_bool):
+        return proc, _BOOL, (proc(True), proc(False))
     if (isinstance(impl, sqltypes.JSON)
             and cls.bind_processor is sqltypes.JSON.bind_processor
             and cls._make_bind_processor is sqltypes.JSON._make_bind_processor
@@ -372,7 +378,7 @@ def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
                           "_sdt": _sqlite_datetime,
                           "_missing": lambda values: _raise_missing(fields, sql, values)}
     exprs = []
-    for i, ((name, proc, default, factory, with_none), (kind, dumps)) in enumerate(
+    for i, ((name, proc, default, factory, with_none), (kind, extra)) in enumerate(
             zip(fields, kinds, strict=True)):
         if not isinstance(name, str) or not name.isprintable():
             raise ValueError(f"unexpected bind name {name!r}")
@@ -393,8 +399,12 @@ def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
         rest = f"_p{i}({v})" if with_none else f"(None if {v} is None else _p{i}({v}))"
         if kind == _SQLITE_DT:
             exprs.append(f"(_sdt({v}) if type({v} := {src}) is _dt else {rest})")
+        elif kind == _BOOL:
+            ns[f"_t{i}"], ns[f"_f{i}"] = extra
+            exprs.append(f"(_t{i} if ({v} := {src}) is True else _f{i} if {v} is False "
+                         f"else {rest})")
         elif kind == _JSON:
-            ns[f"_j{i}"] = dumps
+            ns[f"_j{i}"] = extra
             exprs.append(f"(_j{i}({v}) if type({v} := {src}) in _jt else {rest})")
         else:
             exprs.append(f"_p{i}({src})" if with_none

@@ -150,9 +150,10 @@ def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None,
 
 
 def insert_ticket(conn: Connection, **values: Any) -> int:
-    now = utcnow()
-    values.setdefault("created", now)
-    values.setdefault("changed", now)
+    if "created" not in values or "changed" not in values:
+        now = utcnow()
+        values.setdefault("created", now)
+        values.setdefault("changed", now)
     return int(_INS_TICKET.execute(conn, fit(Ticket, values)))
 
 
@@ -163,7 +164,8 @@ def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
 
 def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
                    **values: Any) -> int:
-    values.setdefault("created", utcnow())
+    if "created" not in values:
+        values["created"] = utcnow()
     article_id = int(_INS_ARTICLE.execute(conn, fit(Article, values)))
     if attachments:
         _INS_ATTACHMENT.executemany(conn, [fit(Attachment, {

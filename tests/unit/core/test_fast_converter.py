@@ -107,13 +107,17 @@ ROWS: dict[str, dict[str, Any]] = {
     "offset, no microseconds, early year": {
         "n": 2, "naive": datetime(5, 1, 2, 3, 4, 5),
         "aware": datetime(2026, 3, 4, 23, 59, 59, tzinfo=timezone(timedelta(hours=5, minutes=30))),
-        "maybe": WHEN.replace(microsecond=7, tzinfo=UTC), "doc": [], "doc_or_null": {"x": None}},
+        "maybe": WHEN.replace(microsecond=7, tzinfo=UTC), "doc": [], "doc_or_null": {"x": None},
+        "flag": 1},
     "date, datetime subclass, JSON scalars": {
         "n": 3, "naive": date(2026, 1, 31), "aware": _Stamp(2026, 2, 1, 1, 2, 3, 4, tzinfo=UTC),
         "maybe": _Stamp(2026, 2, 1), "doc": "text \u00e4", "doc_or_null": 0, "label": "x",
         "tag": "given", "flag": False},
     "JSON None, NULL markers and a dict subclass": {
-        "n": 4, "naive": WHEN, "aware": WHEN, "doc": None, "doc_or_null": OrderedDict(b=1, a=2)},
+        "n": 4, "naive": WHEN, "aware": WHEN, "doc": None, "doc_or_null": OrderedDict(b=1, a=2),
+        "flag": 0},
+    "empty JSON, boolean None": {"n": 7, "naive": WHEN, "aware": WHEN, "doc": {},
+                                 "doc_or_null": [], "flag": None},
     "JSON.NULL and null()": {"n": 5, "naive": WHEN, "aware": WHEN, "doc": JSON.NULL,
                              "doc_or_null": null()},
     "nested non-ASCII JSON": {"n": 6, "naive": WHEN, "aware": WHEN,
@@ -217,6 +221,19 @@ class TestConverter:
             assert (type(ours.value), str(ours.value)) == (type(stock.value), str(stock.value))
         inner = {"x": 1}
         assert _json_dumps([inner, inner]) == json.dumps([inner, inner])
+
+    @pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+    def test_boolean_values_refused_as_by_the_processor(self, dialect_name: str) -> None:
+        """True and False become the dialect's own values; what the Boolean processor
+        refuses (2, "yes") is refused with its error."""
+        dialect = DIALECTS[dialect_name]
+        row = {"n": 1, "naive": WHEN, "aware": WHEN}
+        native = dialect.supports_native_boolean
+        assert _converted(dialect, {**row, "flag": True})["flag"] == (True if native else 1)
+        assert _converted(dialect, {**row, "flag": False})["flag"] == (False if native else 0)
+        for bad, error in ((2, ValueError), ("yes", TypeError)):
+            with pytest.raises(error, match=r"Not a boolean|is not None, True, or False"):
+                _converted(dialect, {**row, "flag": bad})
 
     def test_processor_key_error_is_not_taken_for_a_missing_value(self) -> None:
         """A KeyError raised while converting a present value propagates unchanged."""
