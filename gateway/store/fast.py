@@ -37,7 +37,7 @@ import json
 import json.encoder
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
@@ -334,17 +334,24 @@ def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | Non
 # Replaced as one tuple, so a thread reading it never sees one's object with
 # another's text; holding the object keeps its id from being reused.
 _last_sqlite_datetime: tuple[datetime | None, str] = (None, "")
+# The date of the last one and its text with the separator: the date rarely changes.
+_last_sqlite_day: tuple[date | None, str] = (None, "")
 
 
 def _sqlite_datetime(value: datetime) -> str:
     """SQLite's stored text of an exact `datetime`: what SQLAlchemy's formatter gives
     ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.
-    %(microsecond)06d", any offset ignored) at half the cost of the aware isoformat."""
-    global _last_sqlite_datetime
+    %(microsecond)06d", any offset ignored) at a third of the cost of the aware
+    isoformat: the date's and the (naive) time's isoformat."""
+    global _last_sqlite_datetime, _last_sqlite_day
     last = _last_sqlite_datetime
     if last[0] is value:
         return last[1]
-    text = value.date().isoformat() + " " + value.time().isoformat("microseconds")
+    day = value.date()
+    known = _last_sqlite_day
+    if known[0] != day:
+        known = _last_sqlite_day = (day, day.isoformat() + " ")
+    text = known[1] + value.time().isoformat("microseconds")
     _last_sqlite_datetime = (value, text)
     return text
 

@@ -177,14 +177,17 @@ class TestConverter:
 
     def test_sqlite_datetime_same_object_again(self) -> None:
         """The text of the last datetime formatted is reused only for that very object: an
-        equal time with another offset, or the next object, is formatted anew."""
+        equal time with another offset, or the next object, is formatted anew (on
+        another day too)."""
         proc = DateTime(timezone=True).dialect_impl(DIALECTS["sqlite"]).bind_processor(
             DIALECTS["sqlite"])
         assert proc is not None
         aware = WHEN.replace(tzinfo=UTC)
         same_instant = aware.astimezone(timezone(timedelta(hours=-3)))   # equal, other text
         later = aware + timedelta(microseconds=1)
-        order = [aware, aware, same_instant, aware, later, later, WHEN, aware]
+        next_day = aware + timedelta(days=1)
+        order = [aware, aware, same_instant, aware, later, later, WHEN, aware, next_day,
+                 later, datetime(5, 1, 2, 3, 4, 5), next_day]
         texts = [_converted(DIALECTS["sqlite"], {"n": 1, "naive": v, "aware": v, "maybe": v})
                  for v in order]
         for v, got in zip(order, texts, strict=True):
