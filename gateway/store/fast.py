@@ -10,8 +10,9 @@ SQL, same bind processors for datetimes and JSON, same casts for PostgreSQL);
 afterwards each call only converts its parameters and runs the driver's cursor
 inside the caller's transaction. The conversion is one function per statement and
 dialect, generated from the plan (`_converter`): no loop over the fields per row,
-SQLite datetimes and JSON dicts and lists formatted inline, the exact text the
-processors give (tests/unit/core/test_fast_converter.py compares them). Driver
+SQLite datetimes, JSON dicts and lists and True/False formatted without the
+processors' layers, to the exact value they give (tests/unit/core/
+test_fast_converter.py compares them). Driver
 errors come back as the usual SQLAlchemy exceptions (OperationalError,
 IntegrityError, ...), so the callers' "temporary or not" decisions stay the same.
 
