@@ -159,6 +159,8 @@ def _find(ctx: MessageContext, rt: Runtime, conn: Connection, notes: list[str]
         notes.append(f"Subject names {hook}{number} but {p.from_email or 'the sender'} is not "
                      "a participant of that ticket")
     for how, value in (("in-reply-to", p.in_reply_to), ("references", p.references)):
+        if not value:           # most new mail: nothing to look up
+            continue
         ids = message_ids(value)
         if how == "references":
             ids.reverse()           # the newest reference first

@@ -81,7 +81,8 @@ def article_values(ctx: MessageContext, rt: Runtime, raw_id: int) -> dict[str, o
         "message_id": p.message_id, "in_reply_to": p.in_reply_to, "references": p.references,
         "content_type": p.content_type, "body": body,
         "body_html": p.body_html if store_body else None,
-        "headers": [list(h) for h in p.headers], "loop": ctx.loop,
+        # (name, value) pairs: JSON writes a tuple as the list [name, value].
+        "headers": p.headers, "loop": ctx.loop,
         "crypto": ctx.crypto.as_dict(), "raw_id": raw_id,
     }
 
@@ -93,25 +94,27 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     env = ctx.envelope
     now = rt.clock.now()
     raw_id = repo.insert_raw(conn, env.raw, env.sha256, created=now)
-    pm = rt.config.postmaster
-    helpdesk = rt.config.helpdesk
+    cfg = rt.config
+    pm = cfg.postmaster
     if ctx.action == "new" or ctx.ticket_id is None:
         # With a helpdesk behind deskgate the number is the helpdesk's, told by the hand-off.
-        number = (None if helpdesk.enabled
-                  else repo.next_ticket_number(conn, rt.config.gateway.system_id, now,
+        number = (None if cfg.helpdesk.enabled
+                  else repo.next_ticket_number(conn, cfg.gateway.system_id, now,
                                                  ctx.deferred))
         state = checked_state(ctx, rt, "State", pm.default_state)
-        title = ctx.param("Title") or p.subject or "(no subject)"
+        param = ctx.params.get      # ctx.param, a dozen times
+        title = param("Title", "") or p.subject or "(no subject)"
+        pending = param("State-PendingTime", "")
         ctx.ticket_id = repo.insert_ticket(
             conn, number=number, title=title[:1000], queue=ctx.queue or pm.default_queue,
             state=state, state_type=pm.states.get(state, "new"),
             priority=checked_priority(ctx, rt, "Priority", pm.default_priority),
-            type=ctx.param("Type", pm.default_type), service=ctx.param("Service"),
-            sla=ctx.param("SLA"), owner=ctx.param("Owner"),
-            responsible=ctx.param("Responsible"), lock=ctx.param("Lock", "unlock") or "unlock",
-            customer_no=ctx.param("CustomerNo") or p.from_email,
-            customer_user=ctx.param("CustomerUser") or p.from_email,
-            pending_until=pending_time(ctx.param("State-PendingTime"), now),
+            type=param("Type", pm.default_type), service=param("Service", ""),
+            sla=param("SLA", ""), owner=param("Owner", ""),
+            responsible=param("Responsible", ""), lock=param("Lock", "unlock") or "unlock",
+            customer_no=param("CustomerNo", "") or p.from_email,
+            customer_user=param("CustomerUser", "") or p.from_email,
+            pending_until=pending_time(pending, now) if pending else None,
             dynamic_fields=dynamic_fields(ctx),
             linked_ticket_id=ctx.linked_ticket_id,
             classification=ctx.classification or {}, created=now, changed=now,

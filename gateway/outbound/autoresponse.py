@@ -100,13 +100,13 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     Only a row is written here, in the inbound transaction: the outbound sender
     builds, signs and queues it (build_requests), off the group-commit writer.
     """
-    from gateway.outbound.sender import notify_queued
-
     if ctx.action not in ("new", "followup") or ctx.parsed is None or ctx.ticket_id is None:
         return
     kind, template = which_template(ctx, rt, conn)
     if not template:
         return
+    from gateway.outbound.sender import notify_queued  # not for a queue without one
+
     p = ctx.parsed
     to = first_address(p.reply_to) or p.from_email
     why = suppression(ctx, rt, conn, to)

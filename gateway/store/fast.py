@@ -10,8 +10,9 @@ SQL, same bind processors for datetimes and JSON, same casts for PostgreSQL);
 afterwards each call only converts its parameters and runs the driver's cursor
 inside the caller's transaction. The conversion is one function per statement and
 dialect, generated from the plan (`_converter`): no loop over the fields per row,
-SQLite datetimes and JSON dicts and lists formatted inline, the exact text the
-processors give (tests/unit/core/test_fast_converter.py compares them). Driver
+SQLite datetimes, JSON dicts and lists and True/False formatted without the
+processors' layers, to the exact value they give (tests/unit/core/
+test_fast_converter.py compares them). Driver
 errors come back as the usual SQLAlchemy exceptions (OperationalError,
 IntegrityError, ...), so the callers' "temporary or not" decisions stay the same.
 
@@ -34,9 +35,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import json.encoder
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
@@ -46,6 +48,13 @@ from sqlalchemy.sql import ClauseElement, Insert, sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _MISSING = object()
+
+# What json.dumps passes its encoder for objects it cannot serialize (a TypeError).
+_JSON_DEFAULT = json.JSONEncoder().default
+# The C encoder json.dumps builds for each call (None without the C accelerator) and
+# its string escaper (ensure_ascii).
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_encode_ascii: Any = json.encoder.encode_basestring_ascii
 
 # The execution option that turns the fast path off for an engine or connection
 # (set by make_engine); any other value, or none, leaves it on.
@@ -178,10 +187,10 @@ class Prepared:
                     default = col.default.arg      # type: ignore[attr-defined]
             elif col is not None and col.nullable:
                 default = None
-            proc, kind, dumps = _processor(bp.type, dialect)
+            proc, kind, extra = _processor(bp.type, dialect)
             fields.append((name, proc, default, factory,
                            bool(getattr(bp.type, "should_evaluate_none", False))))
-            kinds.append((kind, dumps))
+            kinds.append((kind, extra))
         sql = compiled.string
         values_at = sql.rfind(" VALUES (") + len(" VALUES ") if plain else -1
         if values_at >= 0 and not sql.endswith(")"):
@@ -205,7 +214,7 @@ class Prepared:
         """Run once; the first column of the first returned row (None without RETURNING)."""
         if not fast_path_on(conn):
             return self._plain_execute(conn, values)
-        plan = self._plan(conn.dialect)
+        plan = self._plans.get(conn.dialect.name) or self._plan(conn.dialect)
         params = plan.convert(values)
         cur = _cursor(conn)
         try:
@@ -283,19 +292,23 @@ _SQLITE_DATETIME = ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:"
                     "%(second)02d.%(microsecond)06d")
 
 # What a converter may do instead of calling a field's bind processor.
-_PLAIN, _SQLITE_DT, _JSON = "plain", "sqlite-datetime", "json"
+_PLAIN, _SQLITE_DT, _JSON, _BOOL = "plain", "sqlite-datetime", "json", "bool"
 
 
 def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | None, str, Any]:
     """SQLAlchemy's bind processor for `type_`, how `_converter` may shortcut it, and
-    the JSON serializer it calls (for the JSON shortcut).
+    what the shortcut needs (the JSON serializer; the Boolean's values for True, False).
 
     SQLite's datetime formatter %-formats seven attributes into `_storage_format`;
-    for an exact `datetime` the same text is `isoformat` in C, cut before any UTC
-    offset (the formatter ignores tzinfo too). SQLAlchemy's JSON processor calls the
-    dialect's serializer (json.dumps without arguments unless the engine sets one)
-    on anything but None and its NULL markers; for an exact dict or list the
-    converter calls the serializer itself. Everything else goes through `proc`.
+    for an exact `datetime` the same text is the `isoformat` of its date and of its
+    time (which drops any UTC offset, as the formatter ignores tzinfo too): see
+    `_sqlite_datetime`. SQLAlchemy's JSON processor calls the dialect's serializer
+    (json.dumps without arguments unless the engine sets one) on anything but None
+    and its NULL markers; for an exact dict or list the converter calls the
+    serializer itself, or `_json_dumps` (json.dumps's text, cheaper) when the
+    serializer is json.dumps. SQLAlchemy's Boolean processor checks the value and
+    makes True and False the dialect's 1/0 or True/False: the converter puts in
+    what the processor gave for them once. Everything else goes through `proc`.
     """
     impl = type_.dialect_impl(dialect)
     proc: Callable[[Any], Any] | None = impl.bind_processor(dialect)
@@ -304,12 +317,59 @@ def _processor(type_: Any, dialect: Dialect) -> tuple[Callable[[Any], Any] | Non
     if dialect.name == "sqlite" and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME:
         return proc, _SQLITE_DT, None
     cls = type(impl)
+    if (isinstance(impl, sqltypes.Boolean)
+            and cls.bind_processor is sqltypes.Boolean.bind_processor
+            and cls._strict_as_bool is sqltypes.Boolean._strict_as_bool):
+        return proc, _BOOL, (proc(True), proc(False))
     if (isinstance(impl, sqltypes.JSON)
             and cls.bind_processor is sqltypes.JSON.bind_processor
             and cls._make_bind_processor is sqltypes.JSON._make_bind_processor
             and impl._str_impl.bind_processor(dialect) is None):
-        return proc, _JSON, dialect._json_serializer or json.dumps
+        dumps = dialect._json_serializer or json.dumps
+        return proc, _JSON, _json_dumps if dumps is json.dumps else dumps
     return proc, _PLAIN, None
+
+
+# The last datetime formatted for SQLite and its text: the same object is often bound
+# several times in a row (a message's raw, ticket and article rows share one `now`).
+# Replaced as one tuple, so a thread reading it never sees one's object with
+# another's text; holding the object keeps its id from being reused.
+_last_sqlite_datetime: tuple[datetime | None, str] = (None, "")
+# The date of the last one and its text with the separator: the date rarely changes.
+_last_sqlite_day: tuple[date | None, str] = (None, "")
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    """SQLite's stored text of an exact `datetime`: what SQLAlchemy's formatter gives
+    ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.
+    %(microsecond)06d", any offset ignored) at a third of the cost of the aware
+    isoformat: the date's and the (naive) time's isoformat."""
+    global _last_sqlite_datetime, _last_sqlite_day
+    last = _last_sqlite_datetime
+    if last[0] is value:
+        return last[1]
+    day = value.date()
+    known = _last_sqlite_day
+    if known[0] != day:
+        known = _last_sqlite_day = (day, day.isoformat() + " ")
+    text = known[1] + value.time().isoformat("microseconds")
+    _last_sqlite_datetime = (value, text)
+    return text
+
+
+_EMPTY_JSON = {dict: "{}", list: "[]"}
+
+
+def _json_dumps(value: dict[Any, Any] | list[Any]) -> str:
+    """json.dumps(value) for an exact dict or list, without its wrapper layers: an empty
+    one is a constant; otherwise the C encoder json.dumps would use, built with the
+    same arguments (a new circular-reference memo for every call, as json.dumps)."""
+    if not value:
+        return _EMPTY_JSON[type(value)]
+    if _c_make_encoder is None:     # no C accelerator: json.dumps itself
+        return json.dumps(value)
+    return "".join(_c_make_encoder({}, _JSON_DEFAULT, _encode_ascii, None, ": ", ", ",
+                                   False, False, True)(value, 0))
 
 
 def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
@@ -323,9 +383,10 @@ def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
     names, which are str; the objects are passed in through the namespace.
     """
     ns: dict[str, Any] = {"_M": _MISSING, "_dt": datetime, "_jt": (dict, list),
+                          "_sdt": _sqlite_datetime,
                           "_missing": lambda values: _raise_missing(fields, sql, values)}
     exprs = []
-    for i, ((name, proc, default, factory, with_none), (kind, dumps)) in enumerate(
+    for i, ((name, proc, default, factory, with_none), (kind, extra)) in enumerate(
             zip(fields, kinds, strict=True)):
         if not isinstance(name, str) or not name.isprintable():
             raise ValueError(f"unexpected bind name {name!r}")
@@ -345,10 +406,13 @@ def _converter(fields: Sequence[_Field], kinds: Sequence[tuple[str, Any]],
         v = f"_v{i}"
         rest = f"_p{i}({v})" if with_none else f"(None if {v} is None else _p{i}({v}))"
         if kind == _SQLITE_DT:
-            exprs.append(f'({v}.isoformat(" ", "microseconds")[:26] '
-                         f"if type({v} := {src}) is _dt else {rest})")
+            exprs.append(f"(_sdt({v}) if type({v} := {src}) is _dt else {rest})")
+        elif kind == _BOOL:
+            ns[f"_t{i}"], ns[f"_f{i}"] = extra
+            exprs.append(f"(_t{i} if ({v} := {src}) is True else _f{i} if {v} is False "
+                         f"else {rest})")
         elif kind == _JSON:
-            ns[f"_j{i}"] = dumps
+            ns[f"_j{i}"] = extra
             exprs.append(f"(_j{i}({v}) if type({v} := {src}) in _jt else {rest})")
         else:
             exprs.append(f"_p{i}({src})" if with_none
@@ -413,12 +477,18 @@ class Deferred:
         self.hooks: dict[str, tuple[Callable[[Connection, list[Any]], None], list[Any]]] = {}
 
     def add(self, stmt: Prepared, row: Mapping[str, Any]) -> None:
-        self.rows.setdefault(stmt, []).append(row)
+        rows = self.rows.get(stmt)
+        if rows is None:
+            rows = self.rows[stmt] = []
+        rows.append(row)
 
     def add_item(self, name: str, flush: Callable[[Connection, list[Any]], None],
                  item: Any) -> None:
         """Collect `item` under `name`; `flush(conn, items)` writes them all at the end."""
-        self.hooks.setdefault(name, (flush, []))[1].append(item)
+        hook = self.hooks.get(name)
+        if hook is None:
+            hook = self.hooks[name] = (flush, [])
+        hook[1].append(item)
 
     def flush(self, conn: Connection) -> None:
         for flush, items in self.hooks.values():

@@ -101,7 +101,7 @@ def next_ticket_number(conn: Connection, system_id: str, when: datetime | None =
     lock, SQLite's one writer), so no other transaction or node can count in between;
     a rolled-back transaction takes its numbers back with it.
     """
-    day = (when or utcnow()).strftime("%Y%m%d")
+    day = _day(when or utcnow())
     tx = conn.get_transaction()
     kept = conn.info.get(_COUNTING)
     counting: dict[str, list[int]] | None = kept[1] if kept and kept[0] is tx else None
@@ -117,6 +117,14 @@ def next_ticket_number(conn: Connection, system_id: str, when: datetime | None =
         counting[day] = [value, value]
         later.add_item("ticket_counter", _save_counters, (day, counting[day]))
     return f"{day}{system_id}{value:05d}"
+
+
+def _day(when: datetime) -> str:
+    """when.strftime("%Y%m%d") without strftime's cost (once per message); a year
+    before 1000 goes to strftime, whose %Y is not zero-padded on every platform."""
+    if when.year < 1000:
+        return when.strftime("%Y%m%d")
+    return f"{when.year}{when.month:02d}{when.day:02d}"
 
 
 # built once, so SQLAlchemy compiles it once (its compiled cache is keyed by the statement)
@@ -142,9 +150,10 @@ def insert_raw(conn: Connection, raw: bytes, sha256: str | None = None,
 
 
 def insert_ticket(conn: Connection, **values: Any) -> int:
-    now = utcnow()
-    values.setdefault("created", now)
-    values.setdefault("changed", now)
+    if "created" not in values or "changed" not in values:
+        now = utcnow()
+        values.setdefault("created", now)
+        values.setdefault("changed", now)
     return int(_INS_TICKET.execute(conn, fit(Ticket, values)))
 
 
@@ -155,7 +164,8 @@ def update_ticket(conn: Connection, ticket_id: int, **values: Any) -> None:
 
 def insert_article(conn: Connection, attachments: Sequence[AttachmentData] = (),
                    **values: Any) -> int:
-    values.setdefault("created", utcnow())
+    if "created" not in values:
+        values["created"] = utcnow()
     article_id = int(_INS_ARTICLE.execute(conn, fit(Article, values)))
     if attachments:
         _INS_ATTACHMENT.executemany(conn, [fit(Attachment, {

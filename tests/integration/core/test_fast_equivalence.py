@@ -81,7 +81,9 @@ def _ticket(refs: Refs, tag: str) -> list[dict[str, Any]]:
                "priority": "3 normal", "created": WHEN, "changed": WHEN}
     nones = {**minimal, "number": None, "pending_until": None, "linked_ticket_id": None,
              "dynamic_fields": None}
-    return [full, minimal, nones]
+    # as the store stage writes a new ticket: empty JSON objects, one datetime for both
+    empties = {**minimal, "number": f"n-{tag}-3", "dynamic_fields": {}, "classification": {}}
+    return [full, minimal, nones, empties]
 
 
 def _article(refs: Refs, tag: str) -> list[dict[str, Any]]:
@@ -98,7 +100,10 @@ def _article(refs: Refs, tag: str) -> list[dict[str, Any]]:
     minimal = {"ticket_id": refs["ticket"], "direction": "outgoing", "sender_type": "agent",
                "created": WHEN}
     nones = {**minimal, "body_html": None, "raw_id": None}
-    return [full, minimal, nones]
+    # as the store stage writes it: the parsed (name, value) header pairs, no crypto
+    pairs = {**minimal, "headers": [("Subject", UNICODE), ("X-Empty", "")], "crypto": {}}
+    empties = {**minimal, "headers": [], "crypto": {}}
+    return [full, minimal, nones, pairs, empties]
 
 
 def _attachment(refs: Refs, tag: str) -> list[dict[str, Any]]:

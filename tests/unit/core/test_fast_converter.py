@@ -107,13 +107,17 @@ ROWS: dict[str, dict[str, Any]] = {
     "offset, no microseconds, early year": {
         "n": 2, "naive": datetime(5, 1, 2, 3, 4, 5),
         "aware": datetime(2026, 3, 4, 23, 59, 59, tzinfo=timezone(timedelta(hours=5, minutes=30))),
-        "maybe": WHEN.replace(microsecond=7, tzinfo=UTC), "doc": [], "doc_or_null": {"x": None}},
+        "maybe": WHEN.replace(microsecond=7, tzinfo=UTC), "doc": [], "doc_or_null": {"x": None},
+        "flag": 1},
     "date, datetime subclass, JSON scalars": {
         "n": 3, "naive": date(2026, 1, 31), "aware": _Stamp(2026, 2, 1, 1, 2, 3, 4, tzinfo=UTC),
         "maybe": _Stamp(2026, 2, 1), "doc": "text \u00e4", "doc_or_null": 0, "label": "x",
         "tag": "given", "flag": False},
     "JSON None, NULL markers and a dict subclass": {
-        "n": 4, "naive": WHEN, "aware": WHEN, "doc": None, "doc_or_null": OrderedDict(b=1, a=2)},
+        "n": 4, "naive": WHEN, "aware": WHEN, "doc": None, "doc_or_null": OrderedDict(b=1, a=2),
+        "flag": 0},
+    "empty JSON, boolean None": {"n": 7, "naive": WHEN, "aware": WHEN, "doc": {},
+                                 "doc_or_null": [], "flag": None},
     "JSON.NULL and null()": {"n": 5, "naive": WHEN, "aware": WHEN, "doc": JSON.NULL,
                              "doc_or_null": null()},
     "nested non-ASCII JSON": {"n": 6, "naive": WHEN, "aware": WHEN,
@@ -170,6 +174,66 @@ class TestConverter:
             convert({"n": 1})
         with pytest.raises(KeyError, match="'n' missing for"):
             convert({})
+
+    def test_sqlite_datetime_same_object_again(self) -> None:
+        """The text of the last datetime formatted is reused only for that very object: an
+        equal time with another offset, or the next object, is formatted anew (on
+        another day too)."""
+        proc = DateTime(timezone=True).dialect_impl(DIALECTS["sqlite"]).bind_processor(
+            DIALECTS["sqlite"])
+        assert proc is not None
+        aware = WHEN.replace(tzinfo=UTC)
+        same_instant = aware.astimezone(timezone(timedelta(hours=-3)))   # equal, other text
+        later = aware + timedelta(microseconds=1)
+        next_day = aware + timedelta(days=1)
+        order = [aware, aware, same_instant, aware, later, later, WHEN, aware, next_day,
+                 later, datetime(5, 1, 2, 3, 4, 5), next_day]
+        texts = [_converted(DIALECTS["sqlite"], {"n": 1, "naive": v, "aware": v, "maybe": v})
+                 for v in order]
+        for v, got in zip(order, texts, strict=True):
+            assert got["naive"] == got["aware"] == got["maybe"] == proc(v)
+        assert texts[2]["aware"] != texts[0]["aware"] and same_instant == aware
+
+    @pytest.mark.parametrize("value", [
+        {}, [], {"a": [1, 2]}, [[]], [{}], {"z": {"\u00fc": ["\u2013", 1.5, True, None]}, "a": 1},
+        [("Subject", "x"), ("X-Empty", "")], {1: "int key", 2.5: "float", None: 0, False: 1},
+        [float("nan"), float("inf"), -float("inf"), 10**30, -0.0, "\x00\ud800"],
+        {"big": list(range(50)), "nested": [[[[{"deep": "é"}]]]]},
+    ])
+    def test_json_text_is_json_dumps(self, value: Any) -> None:
+        """The JSON shortcut writes exactly json.dumps's text (the converter's default
+        serializer), empty containers included."""
+        got = _converted(DIALECTS["sqlite"], {"n": 1, "naive": WHEN, "aware": WHEN, "doc": value})
+        assert got["doc"] == json.dumps(value)
+
+    def test_json_shortcut_errors_as_json_dumps(self) -> None:
+        """What json.dumps refuses, the shortcut refuses with the same error; a refused
+        value leaves nothing behind that would spoil the next one."""
+        loop: list[Any] = []
+        loop.append(loop)
+        row = {"n": 1, "naive": WHEN, "aware": WHEN}
+        for bad in ({"when": WHEN}, [b"bytes"], loop, {("tuple", "key"): 1}):
+            with pytest.raises((TypeError, ValueError)) as ours:
+                _converted(DIALECTS["sqlite"], {**row, "doc": bad})
+            with pytest.raises((TypeError, ValueError)) as stock:
+                json.dumps(bad)
+            assert (type(ours.value), str(ours.value)) == (type(stock.value), str(stock.value))
+        inner = {"x": 1}
+        assert _converted(DIALECTS["sqlite"], {**row, "doc": [inner, inner]})["doc"] == \
+            json.dumps([inner, inner])
+
+    @pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+    def test_boolean_values_refused_as_by_the_processor(self, dialect_name: str) -> None:
+        """True and False become the dialect's own values; what the Boolean processor
+        refuses (2, "yes") is refused with its error."""
+        dialect = DIALECTS[dialect_name]
+        row = {"n": 1, "naive": WHEN, "aware": WHEN}
+        native = dialect.supports_native_boolean
+        assert _converted(dialect, {**row, "flag": True})["flag"] == (True if native else 1)
+        assert _converted(dialect, {**row, "flag": False})["flag"] == (False if native else 0)
+        for bad, error in ((2, ValueError), ("yes", TypeError)):
+            with pytest.raises(error, match=r"Not a boolean|is not None, True, or False"):
+                _converted(dialect, {**row, "flag": bad})
 
     def test_processor_key_error_is_not_taken_for_a_missing_value(self) -> None:
         """A KeyError raised while converting a present value propagates unchanged."""
