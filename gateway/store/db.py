@@ -14,7 +14,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +237,7 @@ class _Item:
     future: Future[Any] | None        # for threads (submit)
     isolated: bool
     afuture: asyncio.Future[Any] | None = None   # for coroutines (run)
+    callback: Callable[[bool, Any], None] | None = None   # for run_here: (ok, result)
 
     def start(self) -> bool:
         if self.future is not None:
@@ -407,6 +408,23 @@ class BatchWriter:
         self._q.put(_Item(job, None, isolated, afut))
         return await afut
 
+    def run_here(self, jobs: Sequence[tuple[Callable[[Connection, Deferred], Any],
+                                            Callable[[bool, Any], None]]]) -> None:
+        """Run jobs in batches of up to batch_max on the calling thread, with the
+        same transactions, lock, retries and deferred rows as the writer thread;
+        each callback gets (ok, result or exception) after its job's commit.
+
+        For a process in which this calling thread is the writer's only user (the
+        commit process, gateway.inbound.commitproc): the writer thread is not
+        started, so the two never share the kept connection.
+        """
+        if self._started:
+            raise RuntimeError("run_here on a writer whose thread runs")
+        items = [_Item(job, None, False, None, cb) for job, cb in jobs]
+        for at in range(0, len(items), self.batch_max):
+            with self._write_lock():
+                self._run_batch(items[at:at + self.batch_max])
+
     def close(self, timeout: float = 30.0) -> None:
         if self._started:
             self._q.put(None)
@@ -495,6 +513,8 @@ class BatchWriter:
                 it.future.set_result(value)
             else:
                 it.future.set_exception(value)
+        elif it.callback is not None:
+            it.callback(ok, value)
 
     def _run_items(self, batch: list[_Item],
                    settled: _Settled) -> None:
