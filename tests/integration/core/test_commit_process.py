@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.app import Gateway
-from gateway.commlog import Comm
+from gateway.commlog import Comm, CommObj
 from gateway.config import load_config
 from gateway.inbound import commitproc
 from gateway.inbound.commitproc import CommitClient, CommitServer, frame, portable
@@ -332,23 +332,66 @@ class TestWire:
         a.close()
         b.close()
         loop = asyncio.new_event_loop()
+        new = tuple("new" if f == "action" else None for f in commitproc.RESULT_FIELDS)
+        dup = tuple("duplicate" if f == "action" else None for f in commitproc.RESULT_FIELDS)
         try:
-            data = (frame((1, True, {"action": "new"}))
+            data = (frame((1, True, new))
                     + frame((2, False, ("temporary", "database is locked")))
-                    + frame((3, True, {"action": "duplicate"})))
+                    + frame((3, True, dup)))
             for cut in range(len(data) + 1):
                 c = CommitClient(a)
                 fs = {rid: loop.create_future() for rid in (1, 2, 3)}
                 c.pending.update(fs)
                 c.data_received(data[:cut])
                 c.data_received(data[cut:])
-                assert fs[1].result() == {"action": "new"}
-                assert fs[3].result() == {"action": "duplicate"}
+                assert fs[1].result()["action"] == "new"
+                assert fs[3].result()["action"] == "duplicate"
+                assert set(fs[3].result()) == set(commitproc.RESULT_FIELDS)
                 exc = fs[2].exception()
                 assert isinstance(exc, commitproc.RemoteCommitError) and exc.temporary
                 assert not c.buf
         finally:
             loop.close()
+
+    def test_pack_and_unpack_keep_every_field(self, config):
+        """A prepared message with an attachment, X-header parameters, log entries
+        and a verdict comes out of the wire form equal, field by field."""
+        from email.message import EmailMessage
+
+        from gateway.inbound.pipeline import prepare
+        from gateway.inbound.stages import build_stages
+        from gateway.model import Verdict
+        from gateway.runtime import build_runtime
+
+        m = EmailMessage()
+        m["From"] = "Customer <c@customer.test>"
+        m["To"] = "support@example.org"
+        m["Subject"] = "packed"
+        m["Message-ID"] = "<packed@customer.test>"
+        m["X-Deskgate-Priority"] = "5 very high"
+        m.set_content("body ü\n")
+        m.add_attachment(b"\x00\x01pdf", maintype="application", subtype="pdf",
+                         filename="a.pdf")
+        raw = m.as_bytes()
+        env = Envelope(mail_from="c@customer.test", recipients=("support@example.org",),
+                       raw=raw, account="peer", trusted=True)
+        ctx = MessageContext(envelope=env, log=CommObj("Message"))
+        ctx.log.log("Info", "Envelope", "from <c@customer.test>")
+        prepare(ctx, build_runtime(config), build_stages().prepare)
+        ctx.verdict = Verdict("ignore", "test")
+        comm = Comm("Incoming", "LMTP", "peer")
+        comm.obj("Connection").log("Notice", "RCPT", "refused")
+        sent = pickle.loads(pickle.dumps(commitproc.pack(ctx, comm)))  # noqa: S301
+        got, got_comm = commitproc.unpack(sent)
+        want = portable(ctx)
+        assert got.parsed.attachments and got.parsed.attachments[0].content == b"\x00\x01pdf"
+        assert got.params and got.params == ctx.params
+        for name in commitproc._CTX_REST:
+            assert getattr(got, name) == getattr(want, name), name
+        assert got.envelope == env and got.envelope.sha256 == env.sha256
+        assert got.parsed == want.parsed
+        assert got.log == ctx.log and got.log.entries and got.log.entries == ctx.log.entries
+        assert got_comm == comm and got_comm.objects[0].entries[0].value == "refused"
 
     def test_portable_context_drops_the_message_object_except_for_bounces(self):
         from gateway.inbound.parse import parse_message
@@ -356,8 +399,6 @@ class TestWire:
         raw = mail("p")
         env = Envelope(mail_from="c@customer.test", recipients=("support@example.org",),
                        raw=raw)
-        from gateway.commlog import CommObj
-
         ctx = MessageContext(envelope=env, log=CommObj("Message"))
         ctx.parsed = parse_message(raw)
         sent = pickle.loads(pickle.dumps(portable(ctx)))  # noqa: S301
