@@ -487,6 +487,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="[lmtp] workers for deskgate (pre-forked processes; baseline stays 1)")
     ap.add_argument("--no-haraka", action="store_true", help="skip Haraka with --workers > 1")
+    ap.add_argument("--haraka", action="store_true",
+                    help="add Haraka to the TCP rounds with --workers 1 too")
     ap.add_argument("--compare-with", default="", metavar="PATH",
                     help="also run the deskgate of this checkout (before/after)")
     ap.add_argument("--session-sink", action="store_true",
@@ -516,9 +518,10 @@ def main() -> int:
     pairs = [(1, True)] if a.quick else [(1, True), (1, False), (5, True), (5, False)]
     if a.workers > 1:
         pairs = [p for p in pairs if p[1]]          # workers are compared with reuse
-    haraka_why = "not with --workers 1" if a.workers <= 1 else \
+    want_haraka = a.workers > 1 or a.haraka
+    haraka_why = "not with --workers 1 (add --haraka)" if not want_haraka else \
         "--no-haraka" if a.no_haraka else haraka_available()
-    if a.workers > 1 and haraka_why:
+    if want_haraka and haraka_why:
         print(f"Haraka skipped: {haraka_why}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="dg-bench-") as td:
@@ -542,7 +545,7 @@ def main() -> int:
                     kinds.append("inproc")
                 if a.session_sink:
                     kinds.append("session")
-                if transport == "tcp" and a.workers > 1 and not haraka_why:
+                if transport == "tcp" and want_haraka and not haraka_why:
                     kinds.append("haraka")
                 runs = measure(kinds, tmp, a, transport, rcpts, reuse)
                 row: dict[str, object] = {"transport": transport, "rcpts": rcpts,
