@@ -39,11 +39,17 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     waited for. `commit_sock` connects this process to the commit process."""
     if _PIDLOCK["fd"] is None:      # serve() run without run_serve (tests)
         lock_pidfile(config)
+    workers = list(workers)       # a commit process that dies leaves the list
     gw = Gateway(config)
     await _connect_commit(gw, commit_sock)
     if commit_pid is not None and gw.pipeline.remote is not None:
-        # a commit process that died is reaped at once (no zombie until the stop)
-        gw.pipeline.remote.on_lost = lambda: _reap_now(commit_pid)
+        def commit_process_died() -> None:
+            # reaped at once (no zombie until the stop), and never signalled again:
+            # its pid may belong to another process by then
+            if commit_pid in workers:
+                workers.remove(commit_pid)
+            _reap_now(commit_pid)
+        gw.pipeline.remote.on_lost = commit_process_died
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
     servers = await gw.start(socks)
@@ -126,14 +132,14 @@ async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
     gw.pipeline.remote = client
 
 
-def _serve_commits(config: Config, socks: list[socket.socket], parent: int) -> None:
+def _serve_commits(config: Config, socks: list[socket.socket], parent: int) -> int:
     """The commit process (gateway.inbound.commitproc): the inbound commit of every
-    LMTP process, in one writer."""
+    LMTP process, in one writer; its exit status."""
     from gateway.inbound.commitproc import run_commit_process
 
     gw = Gateway(config)
     _settle_heap()
-    run_commit_process(gw, socks, lambda: _poke_main(parent))
+    return run_commit_process(gw, socks, lambda: _poke_main(parent))
 
 
 def _settle_heap() -> None:
@@ -262,7 +268,7 @@ def run_serve(config: Config) -> None:
                     sock.close()       # socket must not go on queueing connections
                 for client, _ in pairs:
                     client.close()
-                _serve_commits(config, [end for _, end in pairs], parent)
+                code = _serve_commits(config, [end for _, end in pairs], parent)
             except BaseException:
                 log.exception("commit process failed")
                 code = 1

@@ -73,7 +73,9 @@ class CommitHost(Protocol):
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
-_LEN = struct.Struct("!I")
+# A frame: the pickle's length, the request id, the pickle. The id is outside the
+# pickle so that a frame whose pickle cannot be read is still answered.
+_HEAD = struct.Struct("!IQ")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 # What a committed message's context sends back: all the LMTP process needs for
 # its reply, its log line and its metrics.
@@ -81,9 +83,24 @@ RESULT_FIELDS = ("verdict", "action", "ticket_id", "ticket_number", "article_id"
                  "handoff_id", "queue", "trace")
 
 
-def frame(obj: Any) -> bytes:
+def frame(rid: int, obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=_PROTOCOL)
-    return _LEN.pack(len(data)) + data
+    return _HEAD.pack(len(data), rid) + data
+
+
+def split(buf: bytearray) -> list[tuple[int, bytes]]:
+    """The whole frames at the start of buf as (id, pickle), removed from it."""
+    at, size, out = 0, len(buf), []
+    hsize = _HEAD.size
+    while size - at >= hsize:
+        n, rid = _HEAD.unpack_from(buf, at)
+        if size - at - hsize < n:
+            break
+        out.append((rid, bytes(buf[at + hsize:at + hsize + n])))
+        at += hsize + n
+    if at:
+        del buf[:at]
+    return out
 
 
 def portable(ctx: MessageContext) -> MessageContext:
@@ -234,25 +251,21 @@ class CommitClient(asyncio.Protocol):
             self.on_lost()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        at, size = 0, len(buf)
-        while size - at >= 4:
-            (n,) = _LEN.unpack_from(buf, at)
-            if size - at - 4 < n:
-                break
-            # from the commit process over a socketpair made before the fork
-            rid, ok, payload = pickle.loads(memoryview(buf)[at + 4:at + 4 + n])  # noqa: S301
-            at += 4 + n
+        self.buf += data
+        for rid, body in split(self.buf):
             fut = self.pending.pop(rid, None)
             if fut is None or fut.done():
+                continue
+            try:
+                # from the commit process over a socketpair made before the fork
+                ok, payload = pickle.loads(body)  # noqa: S301
+            except Exception as exc:
+                fut.set_exception(RemoteCommitError("error", f"unreadable reply: {exc!r}"))
                 continue
             if ok:
                 fut.set_result(dict(zip(RESULT_FIELDS, payload, strict=True)))
             else:
                 fut.set_exception(RemoteCommitError(*payload))
-        if at:
-            del buf[:at]
 
     # requests
     async def commit(self, ctx: MessageContext, comm: Comm) -> dict[str, Any]:
@@ -261,9 +274,10 @@ class CommitClient(asyncio.Protocol):
             raise CommitUnavailable("the commit process is not connected")
         self.next_id += 1
         rid = self.next_id
+        data = frame(rid, ("commit", pack(ctx, comm)))
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
-        self._send(frame((rid, "commit", pack(ctx, comm))))
+        self._send(data)
         return await fut
 
     def _send(self, data: bytes) -> None:
@@ -282,7 +296,7 @@ class CommitClient(asyncio.Protocol):
         """Queue an LMTP connection record; False when the commit process is gone."""
         if not self.up or self.transport is None:
             return False
-        self._send(frame((0, "comm", comm_out(comm))))
+        self._send(frame(0, ("comm", comm_out(comm))))
         return True
 
     def close(self) -> None:
@@ -302,40 +316,34 @@ class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
-        self.out: list[bytes] = []      # replies of the batch being committed
+        self.out = bytearray()         # replies not yet sent
+        self.open = True
 
-    def frames(self) -> list[memoryview] | None:
+    def frames(self) -> list[tuple[int, bytes]] | None:
         """Read what is there (the socket is ready); the whole request frames in it,
-        or None at end of file."""
+        or None when the LMTP process is gone (end of file, or a reset: it died with
+        replies unread)."""
         try:
             data = self.sock.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
             return []
+        except OSError:
+            return None
         if not data:
             return None
-        buf = self.buf
-        buf += data
-        at, size, out = 0, len(buf), []
-        while size - at >= 4:
-            (n,) = _LEN.unpack_from(buf, at)
-            if size - at - 4 < n:
-                break
-            out.append(memoryview(bytes(buf[at + 4:at + 4 + n])))
-            at += 4 + n
-        if at:
-            del buf[:at]
-        return out
+        self.buf += data
+        return split(self.buf)
 
-    def flush(self) -> bool:
-        """Send the batch's replies in one write; False when the LMTP process is gone."""
-        if not self.out:
-            return True
-        data = b"".join(self.out)
-        self.out.clear()
+    def send(self) -> bool:
+        """Send what the socket takes now; the rest waits for it to be writable.
+        False when the LMTP process is gone."""
         try:
-            self.sock.sendall(data)
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return True
         except OSError:
             return False
+        del self.out[:n]
         return True
 
 
@@ -354,6 +362,7 @@ class CommitServer:
         self.gw = gw
         self.conns = [_Conn(s) for s in socks]
         self.all_gone = threading.Event()
+        self.failed = False
         self._thread = threading.Thread(target=self._loop, name="commit-loop", daemon=True)
         if not self.conns:
             self.all_gone.set()
@@ -361,46 +370,73 @@ class CommitServer:
     def start(self) -> None:
         self._thread.start()
 
+    def loop_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _loop(self) -> None:
         sel = selectors.DefaultSelector()
         for c in self.conns:
             c.sock.setblocking(False)
             sel.register(c.sock, selectors.EVENT_READ, c)
-        open_conns = len(self.conns)
         try:
-            while open_conns:
+            while any(c.open for c in self.conns):
                 jobs: list[tuple[Callable[[Connection, Deferred], Any],
                                  Callable[[bool, Any], None]]] = []
-                for key, _ in sel.select(timeout=1.0):
+                for key, events in sel.select(timeout=1.0):
                     conn: _Conn = key.data
-                    frames = conn.frames()
-                    if frames is None:
-                        sel.unregister(conn.sock)
-                        open_conns -= 1
+                    if events & selectors.EVENT_WRITE and not conn.send():
+                        self._gone(sel, conn)
                         continue
-                    for data in frames:
-                        self.take(conn, data, jobs)
+                    if events & selectors.EVENT_READ:
+                        frames = conn.frames()
+                        if frames is None:
+                            self._gone(sel, conn)
+                            continue
+                        for rid, body in frames:
+                            self.take(conn, rid, body, jobs)
                 if jobs:
-                    self.gw.writer.run_here(jobs)
-                for c in self.conns:
-                    if c.out and not c.flush():
-                        log.warning("commit process: an LMTP process went away before "
-                                    "its replies")
+                    self.gw.writer.run_here(jobs, after=lambda: self._flush(sel))
+                self._flush(sel)
         except Exception:
+            self.failed = True
             log.exception("commit process: the commit loop failed")
         finally:
             sel.close()
             self.all_gone.set()
 
-    def take(self, conn: _Conn, data: memoryview,
+    def _flush(self, sel: selectors.BaseSelector) -> None:
+        """After each transaction: send the replies it made (what a socket does not
+        take now is sent when it is writable)."""
+        for c in self.conns:
+            if not c.open or not c.out:
+                continue
+            if not c.send():
+                self._gone(sel, c)
+            elif c.out:
+                sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+            else:
+                sel.modify(c.sock, selectors.EVENT_READ, c)
+
+    def _gone(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """An LMTP process went away: its replies have nobody to go to."""
+        if not conn.open:
+            return
+        conn.open = False
+        if conn.out:
+            log.warning("commit process: an LMTP process went away before its replies",
+                        bytes=len(conn.out))
+            conn.out.clear()
+        sel.unregister(conn.sock)
+        conn.sock.close()
+
+    def take(self, conn: _Conn, rid: int, data: bytes,
              jobs: list[tuple[Callable[[Connection, Deferred], Any],
                               Callable[[bool, Any], None]]]) -> None:
         """One request frame: its job joins the batch. A request that cannot be read
         or queued is answered with an error; the connection goes on."""
-        rid = 0
         try:
             # from our own LMTP process over a socketpair made before the fork
-            rid, op, body = pickle.loads(data)  # noqa: S301
+            op, body = pickle.loads(data)  # noqa: S301
             if op == "commit":
                 gw = self.gw
                 ctx, comm = unpack(body)
@@ -413,8 +449,7 @@ class CommitServer:
         except Exception as exc:
             log.exception("commit process: request failed", request=rid)
             if rid:
-                conn.out.append(frame((rid, False,
-                                       ("error", f"{type(exc).__name__}: {exc}"[:2000]))))
+                conn.out += frame(rid, (False, ("error", f"{type(exc).__name__}: {exc}"[:2000])))
 
     def reload(self) -> None:
         """SIGHUP: the configuration the commit stages see (the main process
@@ -437,16 +472,17 @@ def _reply(conn: _Conn, rid: int, ok: bool, value: Any) -> None:
     """After the commit (or its failure): the request's answer, sent with the batch's."""
     if ok:
         d = value.__dict__
-        msg: tuple[Any, ...] = (rid, True, tuple([d[k] for k in RESULT_FIELDS]))
+        msg: tuple[Any, ...] = (True, tuple([d[k] for k in RESULT_FIELDS]))
     else:
         kind = ("temporary" if is_temporary(value) else
                 "integrity" if isinstance(value, IntegrityError) else "error")
-        msg = (rid, False, (kind, f"{type(value).__name__}: {value}"[:2000]))
+        msg = (False, (kind, f"{type(value).__name__}: {value}"[:2000]))
     try:
-        data = frame(msg)
+        data = frame(rid, msg)
     except Exception as pexc:       # an unpicklable result must not lose the reply
-        data = frame((rid, False, ("error", f"result not sendable: {pexc!r}"[:2000])))
-    conn.out.append(data)
+        data = frame(rid, (False, ("error", f"result not sendable: {pexc!r}"[:2000])))
+    if conn.open:
+        conn.out += data
 
 
 def _comm_job(comm: Comm) -> Callable[[Connection, Deferred], None]:
@@ -464,10 +500,15 @@ STOP_WAIT = 90.0
 
 
 def run_commit_process(gw: CommitHost, socks: list[socket.socket],
-                       wake_main: Callable[[], None]) -> None:
+                       wake_main: Callable[[], None]) -> int:
     """The commit process's main thread: serve until every LMTP process has closed
     its socket after a stop (SIGTERM; SIGINT is the main process's to decide), reload
-    on SIGHUP. The signals are blocked by `deskgate serve` before it forks."""
+    on SIGHUP; the exit status (1 when the commit loop failed).
+
+    `deskgate serve` forks with the signals blocked: the loop thread keeps them
+    blocked, this thread handles them and unblocks them (so a gpg-agent started by
+    a reload gets a normal signal mask)."""
+    from gateway import heap
     from gateway.outbound.sender import add_waker
 
     # An auto-response committed here is sent by the main process's sender.
@@ -478,24 +519,37 @@ def run_commit_process(gw: CommitHost, socks: list[socket.socket],
         add_handoff_waker(wake_main)
     server = CommitServer(gw, socks)
     server.start()
+    got: set[int] = set()
+    woken = threading.Event()
+
+    def on_signal(signo: int, _frame: object) -> None:
+        got.add(signo)
+        woken.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP,
+                                                signal.SIGINT, signal.SIGUSR1})
     log.debug("commit process serving", lmtp_processes=len(socks), pid=os.getpid())
-    stopping = False
-    waits = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1}
     while not server.all_gone.is_set():
-        if stopping:
+        woken.wait(1.0)
+        woken.clear()
+        if signal.SIGHUP in got:
+            got.discard(signal.SIGHUP)
+            server.reload()
+            heap.settle()
+        if signal.SIGTERM in got:
             if not server.all_gone.wait(STOP_WAIT):
                 log.warning("commit process: LMTP processes still connected after "
                             f"{STOP_WAIT:.0f} s; stopping")
             break
-        sig = signal.sigtimedwait(waits, 1.0)
-        if sig is None:
-            continue
-        if sig.si_signo == signal.SIGHUP:
-            server.reload()
-        elif sig.si_signo == signal.SIGTERM:
-            stopping = True
+    if server.loop_alive():
+        return 1        # still in a transaction: exit without closing under it
     # Not gw.close(): the gpg-agent of the GnuPG home is the main process's to stop.
     with contextlib.suppress(Exception):
         gw.writer.close()
     with contextlib.suppress(Exception):
         gw.engine.dispose()
+    return 1 if server.failed else 0

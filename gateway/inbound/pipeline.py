@@ -382,7 +382,9 @@ def _prepare_off_loop(ctx: MessageContext, rt: Runtime, stages: Sequence[Stage])
     """Prepare on a worker thread. The content hash (raw message row, delivery rows,
     dedupe) is taken here too, so the one writer thread never hashes a big message
     while every message of its batch waits for the commit; a small one (prepared on
-    the loop) is hashed by the writer, which costs it less than a second GIL hand-off."""
+    the loop) is hashed when it is sent to the commit process (gateway.inbound.
+    commitproc.portable), or by the writer when this process commits itself, which
+    costs it less than a second GIL hand-off."""
     _ = ctx.envelope.sha256          # computed once, kept on the envelope
     prepare(ctx, rt, stages)
 

@@ -409,10 +409,12 @@ class BatchWriter:
         return await afut
 
     def run_here(self, jobs: Sequence[tuple[Callable[[Connection, Deferred], Any],
-                                            Callable[[bool, Any], None]]]) -> None:
+                                            Callable[[bool, Any], None]]],
+                 after: Callable[[], None] | None = None) -> None:
         """Run jobs in batches of up to batch_max on the calling thread, with the
         same transactions, lock, retries and deferred rows as the writer thread;
-        each callback gets (ok, result or exception) after its job's commit.
+        each callback gets (ok, result or exception) after its job's commit, and
+        `after` runs after each batch's callbacks (to send their replies at once).
 
         For a process in which this calling thread is the writer's only user (the
         commit process, gateway.inbound.commitproc): the writer thread is not
@@ -424,6 +426,8 @@ class BatchWriter:
         for at in range(0, len(items), self.batch_max):
             with self._write_lock():
                 self._run_batch(items[at:at + self.batch_max])
+            if after is not None:
+                after()
 
     def close(self, timeout: float = 30.0) -> None:
         if self._started:

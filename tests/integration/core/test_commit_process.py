@@ -13,6 +13,7 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -325,6 +326,124 @@ class TestClientServer:
         assert pair.lmtp_gw.writer.jobs == 0
 
 
+def _unreadable() -> None:
+    raise ValueError("this pickle cannot be loaded")
+
+
+class Unreadable:
+    """Pickles fine, fails to unpickle."""
+
+    def __reduce__(self):
+        return (_unreadable, ())
+
+
+class FakeWriter:
+    """Answers every job at once with a long trace (replies bigger than the socket buffer)."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def run_here(self, jobs, after=None):
+        for _job, cb in jobs:
+            self.jobs += 1
+            fields = {k: None for k in commitproc.RESULT_FIELDS}
+            fields["trace"] = ["x" * 4000]
+            cb(True, SimpleNamespace(**fields))
+        if after is not None:
+            after()
+
+
+def fake_server(socks):
+    gw = SimpleNamespace(writer=FakeWriter(), runtime=None, config=None,
+                         pipeline=SimpleNamespace(commit_job=lambda ctx, rt, comm: None))
+    server = CommitServer(gw, socks)
+    server.start()
+    return server, gw
+
+
+def request(rid: int) -> bytes:
+    env = Envelope(mail_from="c@customer.test", recipients=("support@example.org",),
+                   raw=b"Subject: x\r\n\r\nx\r\n")
+    ctx = MessageContext(envelope=env, log=CommObj("Message"))
+    return frame(rid, ("commit", commitproc.pack(ctx, Comm("Incoming", "LMTP", "p"))))
+
+
+def read_replies(sock: socket.socket, want: int, timeout: float = 20) -> dict[int, tuple]:
+    sock.settimeout(timeout)
+    buf, got = bytearray(), {}
+    while len(got) < want:
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        buf += data
+        for rid, body in commitproc.split(buf):
+            assert rid not in got
+            got[rid] = pickle.loads(body)  # noqa: S301
+    return got
+
+
+class TestServerSockets:
+    def test_replies_wait_for_a_slow_reader_and_none_is_lost(self):
+        """4 MB of replies to an LMTP process that does not read for a while: every
+        reply arrives, whole and once (none dropped when the socket buffer fills)."""
+        a, b = socket.socketpair()
+        server, gw = fake_server([b])
+        try:
+            for rid in range(1, 1001):
+                a.sendall(request(rid))
+            assert wait_for(lambda: gw.writer.jobs == 1000, 20)
+            time.sleep(0.3)          # the commit process now waits for the socket
+            got = read_replies(a, 1000)
+            assert sorted(got) == list(range(1, 1001))
+            assert all(ok for ok, _ in got.values())
+            assert server.loop_alive()
+        finally:
+            a.close()
+            assert server.all_gone.wait(10)
+
+    def test_an_lmtp_process_that_dies_with_replies_unread_leaves_the_others_served(self):
+        """A worker killed with replies unread (its socket is reset): the commit
+        process serves the other LMTP processes on."""
+        a1, b1 = socket.socketpair()
+        a2, b2 = socket.socketpair()
+        server, gw = fake_server([b1, b2])
+        try:
+            for rid in range(1, 50):
+                a1.sendall(request(rid))
+            assert wait_for(lambda: gw.writer.jobs == 49, 10)
+            a1.sendall(request(50))
+            a1.close()                         # dies with replies and a request unread
+            time.sleep(0.3)
+            a2.sendall(request(7))
+            assert read_replies(a2, 1) == {7: read_replies_ok(7)}
+            assert server.loop_alive()
+        finally:
+            a2.close()
+            assert server.all_gone.wait(10)
+        assert not server.failed
+
+    def test_a_request_whose_pickle_cannot_be_read_is_answered(self):
+        a, b = socket.socketpair()
+        server, _ = fake_server([b])
+        try:
+            body = pickle.dumps(("commit", Unreadable()))
+            a.sendall(commitproc._HEAD.pack(len(body), 42) + body)
+            a.sendall(request(43))
+            got = read_replies(a, 2)
+            ok, (kind, text) = got[42]
+            assert not ok and kind == "error" and "cannot be loaded" in text
+            assert got[43][0] is True
+        finally:
+            a.close()
+            assert server.all_gone.wait(10)
+
+
+def read_replies_ok(_rid: int) -> tuple:
+    fields = {k: None for k in commitproc.RESULT_FIELDS}
+    fields["trace"] = ["x" * 4000]
+    return (True, tuple(fields[k] for k in commitproc.RESULT_FIELDS))
+
+
 class TestWire:
     def test_replies_split_at_every_offset_resolve_in_order(self):
         """Frames cut anywhere by the socket are put together again."""
@@ -335,9 +454,9 @@ class TestWire:
         new = tuple("new" if f == "action" else None for f in commitproc.RESULT_FIELDS)
         dup = tuple("duplicate" if f == "action" else None for f in commitproc.RESULT_FIELDS)
         try:
-            data = (frame((1, True, new))
-                    + frame((2, False, ("temporary", "database is locked")))
-                    + frame((3, True, dup)))
+            data = (frame(1, (True, new))
+                    + frame(2, (False, ("temporary", "database is locked")))
+                    + frame(3, (True, dup)))
             for cut in range(len(data) + 1):
                 c = CommitClient(a)
                 fs = {rid: loop.create_future() for rid in (1, 2, 3)}
