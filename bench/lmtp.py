@@ -19,7 +19,7 @@ end-of-DATA → last reply latency (p50/p99) seen by the client.
                          [--warmup 500]
                          [--transport tcp,unix] [--workers 2] [--no-haraka]
                          [--compare-with PATH] [--session-sink] [--filter REGEX]
-                         [--fast-path-off]
+                         [--fast-path-off] [--commit-in-process] [--haraka]
 
 `--workers 2` runs deskgate with `[lmtp] workers = 2` (pre-forked processes; the
 baseline stays one process), connection reuse only, and adds Haraka to the TCP
@@ -35,6 +35,13 @@ the previous commit in a `git worktree`) in the same rounds: before/after.
 
 `--fast-path-off` also runs deskgate with DESKGATE_STORE_FAST_PATH=0 (the store's
 plain `Connection.execute` path) in every round.
+
+`--commit-in-process` also runs deskgate with `[store] commit_process = false`
+(each LMTP process commits in its own writer thread, no commit process) in every
+round. deskgate itself runs as `deskgate serve` does (run_serve: the commit
+process, and the pre-forked workers with --workers).
+
+`--haraka` adds Haraka to the TCP rounds with --workers 1 as well.
 
 `--session-sink` also runs deskgate's LMTP session alone, with a backend that
 accepts and drops every message: the protocol layer's share, next to aiosmtpd's.
