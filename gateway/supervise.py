@@ -237,8 +237,8 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(config: Config) -> None:
-    """`deskgate serve`: lock the pid file, migrate, bind, fork [lmtp] workers - 1
-    helpers, serve. Raises errors.InUse when another gateway runs on this configuration."""
+    """`deskgate serve`: lock the pid file, migrate, bind, fork the commit process
+    ([store] commit_process) and [lmtp] workers - 1 LMTP workers, serve. Raises errors.InUse when another gateway runs on this configuration."""
     lock_pidfile(config)
     gw = Gateway(config)
     try:
@@ -256,50 +256,27 @@ def run_serve(config: Config) -> None:
               for _ in range(config.lmtp.workers)] if config.store.commit_process else [])
     commit_pid = None
     if pairs:
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:               # the commit process
-            code = 0
-            _release_pidfile()
-            try:
-                _set_name(COMMIT_PROCESS_NAME)
-                _die_with(parent)
-                for sock in socks:     # it never accepts LMTP: a stopped gateway's
-                    sock.close()       # socket must not go on queueing connections
-                for client, _ in pairs:
-                    client.close()
-                code = _serve_commits(config, [end for _, end in pairs], parent)
-            except BaseException:
-                log.exception("commit process failed")
-                code = 1
-            finally:
-                os._exit(code)
-        workers.append(pid)
-        commit_pid = pid
+        def commit_process(parent: int) -> int:
+            for sock in socks:     # it never accepts LMTP: a stopped gateway's
+                sock.close()       # socket must not go on queueing connections
+            for client, _ in pairs:
+                client.close()
+            return _serve_commits(config, [end for _, end in pairs], parent)
+
+        commit_pid = _fork(COMMIT_PROCESS_NAME, "commit process", commit_process)
+        workers.append(commit_pid)
         for _, end in pairs:
             end.close()
     clients = [client for client, _ in pairs]
     for n in range(1, config.lmtp.workers):
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:               # the worker: serve, then leave without running atexit
-            code = 0
-            # Only the main process holds the pid file lock (closing our copy keeps
-            # it): a new serve may start as soon as the main one is gone.
-            _release_pidfile()
-            try:
-                _set_name(LMTP_WORKER_NAME)
-                _die_with(parent)
-                for i, client in enumerate(clients):
-                    if i != n:
-                        client.close()
-                _run(serve_worker(config, socks, clients[n] if clients else None))
-            except BaseException:
-                log.exception("LMTP worker failed")
-                code = 1
-            finally:
-                os._exit(code)
-        workers.append(pid)
+        def lmtp_worker(_parent: int, n: int = n) -> int:
+            for i, client in enumerate(clients):
+                if i != n:
+                    client.close()
+            _run(serve_worker(config, socks, clients[n] if clients else None))
+            return 0
+
+        workers.append(_fork(LMTP_WORKER_NAME, "LMTP worker", lmtp_worker))
     for client in clients[1:]:
         client.close()
     try:
@@ -311,6 +288,28 @@ def run_serve(config: Config) -> None:
             client.close()     # the commit process stops once every LMTP process is gone
         _reap(workers)
         raise
+
+
+def _fork(name: str, what: str, body: Callable[[int], int]) -> int:
+    """Fork a child named `name` (ps, top) that runs body(parent pid) and leaves
+    with its exit status, without running atexit; its pid. Only the main process
+    holds the pid file lock (closing the child's copy keeps it): a new serve may
+    start as soon as the main one is gone. The child gets SIGTERM when the main
+    process dies (_die_with)."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    _release_pidfile()
+    try:
+        _set_name(name)
+        _die_with(parent)
+        code = body(parent)
+    except BaseException:
+        log.exception(f"{what} failed")
+    finally:
+        os._exit(code)
 
 
 def pidfile_path(config: Config) -> Path:
