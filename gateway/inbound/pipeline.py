@@ -326,8 +326,8 @@ class Pipeline:
             if is_temporary(exc) or failed_temporarily(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))
                 return self._tempfail(env, f"database: {type(exc).__name__}")
-            if isinstance(exc, IntegrityError | RemoteCommitError) and (
-                    not isinstance(exc, RemoteCommitError) or exc.kind == "integrity"):
+            if isinstance(exc, IntegrityError) or (
+                    isinstance(exc, RemoteCommitError) and exc.kind == "integrity"):
                 # Most often the same message committed by another node a moment
                 # ago: the quarantine job looks for that delivery first.
                 log.info("commit conflicted; checking for a concurrent delivery",
