@@ -238,7 +238,8 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 def run_serve(config: Config) -> None:
     """`deskgate serve`: lock the pid file, migrate, bind, fork the commit process
-    ([store] commit_process) and [lmtp] workers - 1 LMTP workers, serve. Raises errors.InUse when another gateway runs on this configuration."""
+    ([store] commit_process) and [lmtp] workers - 1 LMTP workers, serve.
+    Raises errors.InUse when another gateway runs on this configuration."""
     lock_pidfile(config)
     gw = Gateway(config)
     try:
