@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,6 +18,27 @@ def start_serve(conf: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf), "serve"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll `pred` every 50 ms until it is true; False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a serve still running and wait for it (SIGKILL after 60 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def children_of(pid: int) -> list[int]:

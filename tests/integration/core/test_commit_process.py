@@ -28,18 +28,15 @@ from gateway.model import Envelope, MessageContext
 from gateway.store.tables import Communication, Delivery, Quarantine, Ticket
 from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import commit_process_of, lmtp_workers_of, start_serve
+from tests.peers.serve import (
+    commit_process_of,
+    lmtp_workers_of,
+    start_serve,
+    stop_serve,
+    wait_for,
+)
 
 NO_DASHBOARD = '[dashboard]\nlisten = ""\n'
-
-
-def wait_for(pred, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def mail(tag: str, to: str = "support@example.org") -> bytes:
@@ -85,16 +82,6 @@ def health(port: int) -> dict | None:
         return None
 
 
-def stop(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except Exception:
-            proc.kill()
-            proc.wait()
-
-
 class TestServe:
     def test_lmtp_workers_commit_in_the_commit_process(self, make_confdir):
         """workers = 2: messages to both LMTP processes are stored; only the commit
@@ -121,7 +108,7 @@ class TestServe:
             assert wait_for(lambda: not Path(f"/proc/{committer}").exists(), 20), \
                 Path(f"/proc/{committer}/stat").read_text()
         finally:
-            stop(proc)
+            stop_serve(proc)
 
     def test_commit_in_process_when_switched_off(self, make_confdir):
         """commit_process = false: no commit process; the LMTP process commits."""
@@ -134,7 +121,7 @@ class TestServe:
             assert commit_process_of(proc.pid) == []
             assert count(conf.parent / "var" / "deskgate.db", Ticket) == 1
         finally:
-            stop(proc)
+            stop_serve(proc)
 
     def test_reload_reaches_the_commit_process(self, make_confdir):
         """An address added by SIGHUP routes the next message to its queue: the
@@ -158,7 +145,7 @@ class TestServe:
             engine.dispose()
             assert queues == {"before": "Raw", "after": "Sales"}
         finally:
-            stop(proc)
+            stop_serve(proc)
 
     def test_killed_commit_process_costs_no_message(self, make_confdir):
         """SIGKILL of the commit process: the LMTP process commits itself from then
@@ -185,7 +172,7 @@ class TestServe:
             h = health(port)
             assert h["commit_process"] == "gone" and h["ok"] is True
         finally:
-            stop(proc)
+            stop_serve(proc)
 
 
 # ------------------------------------------------------------------ in one process

@@ -14,16 +14,14 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.store.tables import Ticket
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import ROOT, children_of, commit_process_of, lmtp_workers_of, start_serve
-
-
-def wait_for(pred, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.peers.serve import (
+    ROOT,
+    children_of,
+    commit_process_of,
+    lmtp_workers_of,
+    start_serve,
+    wait_for,
+)
 
 
 class TestServeWorkers:
