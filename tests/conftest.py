@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import textwrap
 import threading
 import uuid
@@ -19,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.config import Config, load_config
+from tests.peers.ports import free_port
 from tests.peers.require import missing_peer
 
 PG_ADMIN_URL = os.environ.get("DESKGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -88,10 +88,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         missing_peer(str(mark.kwargs["missing"]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

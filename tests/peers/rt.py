@@ -37,6 +37,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.peers.ports import free_port
+
 PG_HOST = os.environ.get("DESKGATE_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DESKGATE_TEST_PG_PORT", "5432"))
 PG_USER = "postgres"
@@ -97,10 +99,6 @@ def available() -> bool:
     return RT_SERVER.exists() and RT_SETUP.exists() and shutil.which("perl") is not None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
