@@ -117,7 +117,7 @@ class RawMessage(Base):
 
     __tablename__ = "raw_message"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))     # not indexed: no query looks it up
     size: Mapped[int] = mapped_column(BigInteger)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -131,7 +131,7 @@ class Article(Base):
     sender_type: Mapped[str] = mapped_column(String(20))        # customer | agent | system
     is_visible_for_customer: Mapped[bool] = mapped_column(Boolean, default=True)
     from_addr: Mapped[str] = mapped_column(Text, default="")
-    from_email: Mapped[str] = mapped_column(String(320), default="", index=True)
+    from_email: Mapped[str] = mapped_column(String(320), default="")   # not indexed (0008)
     to_addr: Mapped[str] = mapped_column(Text, default="")
     cc_addr: Mapped[str] = mapped_column(Text, default="")
     reply_to: Mapped[str] = mapped_column(Text, default="")

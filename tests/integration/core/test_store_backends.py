@@ -42,6 +42,38 @@ class TestMigrations:
             diffs = compare_metadata(ctx, Base.metadata)
         assert diffs == []
 
+    def test_0008_drops_the_unused_random_key_indexes(self, engine, db_url):
+        """raw_message.sha256 and article.from_email lose their indexes (no query uses
+        them; each cost a random leaf page per stored message), rows stay, and the
+        downgrade puts the indexes back."""
+        from alembic import command
+
+        def indexes(table: str) -> set[str]:
+            return {ix["name"] for ix in inspect(engine).get_indexes(table)}
+
+        cfg = alembic_config(db_url)
+
+        def to(rev: str, down: bool) -> None:
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                (command.downgrade if down else command.upgrade)(cfg, rev)
+
+        assert "ix_raw_message_sha256" not in indexes("raw_message")
+        assert "ix_article_from_email" not in indexes("article")
+        assert "ix_article_message_id" in indexes("article")    # the follow-up lookup's
+        to("0007_auto_response_request", True)
+        assert "ix_raw_message_sha256" in indexes("raw_message")
+        assert "ix_article_from_email" in indexes("article")
+        with engine.begin() as conn:
+            raw_id = repo.insert_raw(conn, b"Subject: kept\r\n\r\nbody\r\n")
+        to("head", False)
+        assert "ix_raw_message_sha256" not in indexes("raw_message")
+        assert "ix_article_from_email" not in indexes("article")
+        with engine.connect() as conn:
+            from gateway.store.tables import RawMessage
+            data = conn.execute(select(RawMessage.data).where(RawMessage.id == raw_id)).scalar()
+        assert data == b"Subject: kept\r\n\r\nbody\r\n"
+
 
 def _numbers_in_thread(engine, n: int) -> list[str]:
     out = []
