@@ -287,6 +287,9 @@ class BatchWriter:
         self._holding = False      # the writer thread holds the lock file (_write_lock)
         self._ping = engine.dialect.name != "sqlite"     # a file cannot hang up
         self._commit_failed = False   # the last transaction failed in its COMMIT
+        db = engine.url.database
+        self._checkpointer = (Checkpointer(db, self._lock_path)
+                              if self._lock_path is not None and db else None)
 
     def _transaction(self) -> contextlib.AbstractContextManager[tuple[Connection, Deferred]]:
         """A write transaction; on SQLite, serialized across processes by a file lock.
@@ -320,6 +323,11 @@ class BatchWriter:
             conn = None
         if conn is None or conn.closed or conn.invalidated:
             conn = self._conn = self.engine.connect()
+            if self._checkpointer is not None:
+                # The Checkpointer copies the WAL back off this thread; the writer
+                # itself only checkpoints when that falls far behind.
+                conn.connection.dbapi_connection.execute(   # type: ignore[union-attr]
+                    f"PRAGMA wal_autocheckpoint={Checkpointer.FALLBACK_PAGES}")
         tx = conn.begin()
         try:
             later = Deferred()
@@ -338,6 +346,8 @@ class BatchWriter:
             self._commit_failed = True
             self._drop_connection()
             raise
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def _alive(self, conn: Connection) -> bool:
         """The pool's pre-ping on the kept connection (a server database only)."""
@@ -443,6 +453,8 @@ class BatchWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def _run(self) -> None:
         stop = False
@@ -573,6 +585,90 @@ class BatchWriter:
                 return False, exc
             return True, res
         return False, RuntimeError("unreachable")
+
+
+class Checkpointer:
+    """Copies a SQLite database's WAL back into the database file on a thread of its
+    own, so that the writer's COMMIT is only the WAL append and its fsync.
+
+    Left to SQLite, the connection whose COMMIT takes the WAL past 1000 pages runs
+    the checkpoint inside that COMMIT: it reads every page back from the WAL,
+    writes it into the database file and syncs both, while the messages of the
+    batch wait for their 250 (about a fifth of the commit process's time per
+    message). Here, every CHECKPOINT_EVERY commits, a PASSIVE checkpoint copies
+    what is in the WAL without blocking anybody (SQLite runs it outside Python's
+    interpreter lock, so on the other core); a second PASSIVE pass holding the
+    writers' lock file copies the few pages committed meanwhile, so the WAL is
+    complete and the next transaction starts it again from the beginning instead
+    of growing it. The writer's own checkpoint stays as a fallback, at
+    FALLBACK_PAGES. Durability is unchanged: SQLite syncs the WAL before
+    copying from it and the database file after.
+    """
+
+    CHECKPOINT_EVERY = 25
+    FALLBACK_PAGES = 10000
+
+    def __init__(self, database: str, lock_path: str) -> None:
+        self.database, self.lock_path = database, lock_path
+        self.runs = 0
+        self._commits = 0
+        self._due = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0                   # the process the thread runs in (fork: none)
+
+    def committed(self) -> None:
+        """After each commit of the writer (its thread): wake the checkpoint when due."""
+        self._commits += 1
+        if self._commits < self.CHECKPOINT_EVERY or self._closing:
+            return
+        self._commits = 0
+        if self._thread is None or self._pid != os.getpid():
+            # First due (a `deskgate deliver` never gets here), or a forked process
+            # (the commit process, a worker) where the parent's thread does not run.
+            self._due = threading.Event()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, args=(self._due,),
+                                            name="db-checkpoint", daemon=True)
+            self._thread.start()
+        self._due.set()
+
+    def close(self) -> None:
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return
+        self._closing = True
+        self._due.set()
+        thread.join(30)
+        self._thread = None
+        self._closing = False
+
+    def _run(self, due: threading.Event) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(self.database, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                due.wait()
+                due.clear()
+                if self._closing:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    self.runs += 1
+                except (sqlite3.Error, OSError) as exc:
+                    # The writer's fallback checkpoint still bounds the WAL.
+                    log.warning("WAL checkpoint failed", error=str(exc)[:300])
+        finally:
+            os.close(fd)
+            conn.close()
 
 
 def _sqlite_lock_path(engine: Engine) -> str | None:
