@@ -324,10 +324,15 @@ class BatchWriter:
         if conn is None or conn.closed or conn.invalidated:
             conn = self._conn = self.engine.connect()
             if self._checkpointer is not None:
+                dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None
                 # The Checkpointer copies the WAL back off this thread; the writer
                 # itself only checkpoints when that falls far behind.
-                conn.connection.dbapi_connection.execute(   # type: ignore[union-attr]
-                    f"PRAGMA wal_autocheckpoint={Checkpointer.FALLBACK_PAGES}")
+                dbapi.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.FALLBACK_PAGES}")
+                # Statement journals in memory: on disk, every few batches opened,
+                # wrote and unlinked a file in /var/tmp. The writer runs small
+                # statements only (no big sorts that would want the disk).
+                dbapi.execute("PRAGMA temp_store=MEMORY")
         tx = conn.begin()
         try:
             later = Deferred()

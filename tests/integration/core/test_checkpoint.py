@@ -50,7 +50,9 @@ def test_checkpoints_run_on_their_own_thread_and_the_wal_stays_small(db):
     assert any(t.name == "db-checkpoint" for t in threading.enumerate())
     with writer._conn.begin():       # the writer's connection leaves checkpoints alone
         pages = writer._conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        temp_store = writer._conn.exec_driver_sql("PRAGMA temp_store").scalar()
     assert pages == Checkpointer.FALLBACK_PAGES
+    assert temp_store == 2            # MEMORY: no statement journal files in /var/tmp
     # The rows reached the database file while the WAL was started over again
     # (a checkpoint that never completes would leave a WAL of ~24 MB here).
     assert path.stat().st_size > 1500 * 8192
