@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import structlog
 from gateway import errors, heap, sdnotify
 from gateway.app import Gateway
 from gateway.config import Config
+from gateway.metrics import COMMIT_RESTARTS
 
 log = structlog.get_logger(__name__)
 
@@ -33,23 +35,21 @@ log = structlog.get_logger(__name__)
 async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
                 socks: Sequence[socket.socket] | None = None,
                 workers: Sequence[int] = (), commit_sock: socket.socket | None = None,
-                commit_pid: int | None = None) -> None:
+                commit_pid: int | None = None,
+                worker_controls: Sequence[socket.socket] = ()) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. `workers` are the pre-forked LMTP
     processes sharing `socks` and the commit process; they get our signals and are
-    waited for. `commit_sock` connects this process to the commit process."""
+    waited for. `commit_sock` connects this process to the commit process;
+    `worker_controls` reach each LMTP worker, to hand it the socket of a new
+    commit process after a restart."""
     if _PIDLOCK["fd"] is None:      # serve() run without run_serve (tests)
         lock_pidfile(config)
     workers = list(workers)       # a commit process that dies leaves the list
     gw = Gateway(config)
     await _connect_commit(gw, commit_sock)
+    keeper = None
     if commit_pid is not None and gw.pipeline.remote is not None:
-        def commit_process_died() -> None:
-            # reaped at once (no zombie until the stop), and never signalled again:
-            # its pid may belong to another process by then
-            if commit_pid in workers:
-                workers.remove(commit_pid)
-            _reap_now(commit_pid)
-        gw.pipeline.remote.on_lost = commit_process_died
+        keeper = CommitKeeper(gw, workers, commit_pid, worker_controls)
     if socks is None:
         await asyncio.get_running_loop().run_in_executor(None, gw.prepare_store)
     servers = await gw.start(socks)
@@ -84,6 +84,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     await stop.wait()
     sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing messages in flight")
     log.info("stopping: no new connections, finishing messages in flight")
+    if keeper is not None:
+        keeper.stop()        # a commit process that dies now is not started again
     _signal_workers(workers, signal.SIGTERM)
     await gw.stop(servers)
     await loop.run_in_executor(None, _reap, workers)
@@ -93,10 +95,14 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
 
 
 async def serve_worker(config: Config, socks: Sequence[socket.socket],
-                       commit_sock: socket.socket | None = None) -> None:
-    """A pre-forked LMTP worker: LMTP on the shared sockets, no other service."""
+                       commit_sock: socket.socket | None = None,
+                       control: socket.socket | None = None) -> None:
+    """A pre-forked LMTP worker: LMTP on the shared sockets, no other service.
+    `control` brings the socket of a commit process the main process started again."""
     gw = Gateway(config)
     await _connect_commit(gw, commit_sock)
+    if control is not None:
+        _listen_for_commit_sockets(gw, control)
     servers = await gw.start(socks, services=False)
     _settle_heap()
     stop = asyncio.Event()
@@ -130,6 +136,112 @@ async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
     client = CommitClient(sock)
     await client.connect()
     gw.pipeline.remote = client
+
+
+def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
+    """A worker's side of its control socket: each message carries the socket of a
+    new commit process, which this process sends its prepared messages to from then on."""
+    loop = asyncio.get_running_loop()
+    control.setblocking(False)
+
+    def readable() -> None:
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(control, 64, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            fds = []
+            _msg = b""
+        if not _msg and not fds:       # the main process is gone
+            loop.remove_reader(control.fileno())
+            return
+        for fd in fds:
+            task = asyncio.ensure_future(_connect_commit(gw, socket.socket(fileno=fd)))
+            connecting.add(task)
+            task.add_done_callback(connecting.discard)
+
+    connecting: set[asyncio.Future[None]] = set()
+    loop.add_reader(control.fileno(), readable)
+
+
+class CommitKeeper:
+    """The main process's watch on the commit process: when it dies, its pid leaves
+    the list of children (reaped at once, never signalled again: the pid may belong to
+    another process by then) and a new one is started after a pause (1 s, doubling
+    up to 60 s while new ones die within a minute): its socket goes to this process
+    and, over their control sockets, to the LMTP workers. Meanwhile each LMTP process
+    commits in its own writer (nothing waits for the new one)."""
+
+    FIRST_PAUSE = 1.0
+    MAX_PAUSE = 60.0
+    STEADY = 60.0        # a commit process that lived this long resets the pause
+
+    def __init__(self, gw: Gateway, workers: list[int], pid: int,
+                 controls: Sequence[socket.socket]) -> None:
+        self.gw, self.workers, self.controls = gw, workers, list(controls)
+        self.pid: int | None = pid
+        self.pause = self.FIRST_PAUSE
+        self.started = time.monotonic()
+        self.restarts = 0
+        self.stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._watch()
+
+    def _watch(self) -> None:
+        remote = self.gw.pipeline.remote
+        if remote is not None:
+            remote.on_lost = self._lost
+
+    def _lost(self) -> None:
+        pid, self.pid = self.pid, None
+        if pid is not None:
+            if pid in self.workers:
+                self.workers.remove(pid)
+            _reap_now(pid)
+        if self.stopping:
+            return
+        if time.monotonic() - self.started >= self.STEADY:
+            self.pause = self.FIRST_PAUSE
+        log.warning("commit process gone; starting a new one", pause=self.pause)
+        self._task = asyncio.ensure_future(self._restart(self.pause))
+        self.pause = min(self.pause * 2, self.MAX_PAUSE)
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _restart(self, pause: float) -> None:
+        await asyncio.sleep(pause)
+        if self.stopping:
+            return
+        from gateway.inbound.commitproc import spawn
+
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                 for _ in range(1 + len(self.controls))]
+        try:
+            pid = spawn(self.gw.config.conf_dir, [end for _, end in pairs], os.getpid())
+        except OSError as exc:
+            for client, _ in pairs:
+                client.close()
+            log.error("commit process not started", error=str(exc))
+            self._lost()
+            return
+        finally:
+            for _, end in pairs:
+                end.close()
+        self.pid, self.started = pid, time.monotonic()
+        self.workers.append(pid)
+        self.restarts += 1
+        COMMIT_RESTARTS.inc()
+        for control, (client, _) in zip(self.controls, pairs[1:], strict=True):
+            # a worker that is gone: the commit process sees that end close
+            with contextlib.suppress(OSError):
+                socket.send_fds(control, [b"commit"], [client.fileno()])
+            client.close()
+        await _connect_commit(self.gw, pairs[0][0])
+        self._watch()
+        log.warning("commit process started again", pid=pid, restarts=self.restarts)
 
 
 def _serve_commits(config: Config, socks: list[socket.socket], parent: int) -> int:
@@ -269,20 +381,31 @@ def run_serve(config: Config) -> None:
         for _, end in pairs:
             end.close()
     clients = [client for client, _ in pairs]
+    # One control socket per worker (main end, worker end), made after the commit
+    # process's fork: the socket of a restarted commit process travels on it.
+    controls = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in clients[1:]]
     for n in range(1, config.lmtp.workers):
         def lmtp_worker(_parent: int, n: int = n) -> int:
             for i, client in enumerate(clients):
                 if i != n:
                     client.close()
-            _run(serve_worker(config, socks, clients[n] if clients else None))
+            for i, (main_end, worker_end) in enumerate(controls, start=1):
+                main_end.close()
+                if i != n:
+                    worker_end.close()
+            _run(serve_worker(config, socks, clients[n] if clients else None,
+                              controls[n - 1][1] if controls else None))
             return 0
 
         workers.append(_fork(LMTP_WORKER_NAME, "LMTP worker", lmtp_worker))
     for client in clients[1:]:
         client.close()
+    for _, worker_end in controls:
+        worker_end.close()
     try:
         _run(serve(config, socks=socks, workers=workers,
-                   commit_sock=clients[0] if clients else None, commit_pid=commit_pid))
+                   commit_sock=clients[0] if clients else None, commit_pid=commit_pid,
+                   worker_controls=[main_end for main_end, _ in controls]))
     except BaseException:
         _signal_workers(workers, signal.SIGTERM)   # workers never outlive a failed main
         for client in clients[:1]:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +93,15 @@ def serve_refused(conf: Path, timeout: float = 60) -> tuple[int, str]:
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout,
                           check=False)
     return proc.returncode, proc.stderr.decode("utf-8", "replace")
+
+
+def served_by(client: Any) -> int | None:
+    """The pid of the process holding the server end of this unix-socket connection
+    (`ss` lists each socket's peer inode and owner)."""
+    ino = str(os.fstat(client.sock.fileno()).st_ino)
+    out = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        tokens = line.split()
+        if len(tokens) > 8 and tokens[7] == ino and "pid=" in line:
+            return int(line.split("pid=", 1)[1].split(",", 1)[0])
+    return None

@@ -13,9 +13,8 @@ import urllib.request
 
 from tests.conftest import free_port
 from tests.integration.admin.conftest import ADMIN, USERS, basic
-from tests.integration.core.test_serve_workers import served_by, wait_for
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import lmtp_workers_of, start_serve
+from tests.peers.serve import lmtp_workers_of, served_by, start_serve, wait_for
 
 
 def http(base: str, path: str, data: dict[str, str] | None = None) -> tuple[int, str]:

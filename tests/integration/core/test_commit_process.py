@@ -5,6 +5,7 @@ committed them; a commit process that fails costs a 4xx, never a message."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -12,6 +13,7 @@ import signal
 import socket
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +33,7 @@ from tests.peers.lmtp import LmtpClient
 from tests.peers.serve import (
     commit_process_of,
     lmtp_workers_of,
+    served_by,
     start_serve,
     stop_serve,
     wait_for,
@@ -147,17 +150,21 @@ class TestServe:
         finally:
             stop_serve(proc)
 
-    def test_killed_commit_process_costs_no_message(self, make_confdir):
-        """SIGKILL of the commit process: the LMTP process commits itself from then
-        on, the gateway goes on storing every message once, and /healthz says so."""
+    def test_killed_commit_process_costs_no_message_and_is_started_again(self, make_confdir):
+        """SIGKILL of the commit process: the LMTP processes commit themselves
+        meanwhile (every message stored once, /healthz says "gone"), then a new commit
+        process serves both of them again: while it is stopped (SIGSTOP) no message
+        gets its reply, and every one gets it once it runs on."""
         port = free_port()
-        conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'})
+        conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'
+                             "[lmtp]\nworkers = 2\n"})
         root = conf.parent
         sock, db = root / "var" / "run" / "lmtp.sock", root / "var" / "deskgate.db"
         proc = start_serve(conf)
         try:
-            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
-            (committer,) = commit_process_of(proc.pid)
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1
+                            and len(lmtp_workers_of(proc.pid)) == 1)
+            (committer,), (worker,) = commit_process_of(proc.pid), lmtp_workers_of(proc.pid)
             assert wait_for(lambda: health(port) is not None)
             assert health(port)["commit_process"] == "up"
             assert send(sock, "k0") == 250
@@ -167,12 +174,105 @@ class TestServe:
                 Path(f"/proc/{committer}/stat").read_text()
             codes = [send(sock, f"k{n}") for n in range(1, 6)]
             assert codes == [250] * 5
-            assert count(db, Ticket) == 6
             assert proc.poll() is None
-            h = health(port)
-            assert h["commit_process"] == "gone" and h["ok"] is True
+            assert wait_for(lambda: [p for p in commit_process_of(proc.pid)
+                                     if p != committer], 20)
+            (again,) = commit_process_of(proc.pid)
+            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up", 20)
+            time.sleep(0.5)           # the worker got its socket too
+            # one connection to each LMTP process
+            by: dict[int, LmtpClient] = {}
+            for _ in range(60):
+                c = LmtpClient(sock)
+                c.lhlo()
+                pid = served_by(c)
+                if pid is not None and pid not in by:
+                    by[pid] = c
+                else:
+                    c.close()
+                if len(by) == 2:
+                    break
+            assert set(by) == {proc.pid, worker}
+            os.kill(again, signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(2) as pool:
+                    futures = [pool.submit(c.transaction, "c@customer.test",
+                                           ["support@example.org"], mail(f"s{pid}"))
+                               for pid, c in by.items()]
+                    time.sleep(1.5)
+                    assert not any(f.done() for f in futures)   # both wait for it
+                    os.kill(again, signal.SIGCONT)
+                    assert [int(f.result(30)[1][0][0]) for f in futures] == [250, 250]
+            finally:
+                os.kill(again, signal.SIGCONT)
+                for c in by.values():
+                    c.close()
+            assert count(db, Ticket) == 8
+            assert health(port)["ok"] is True
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+            assert wait_for(lambda: not Path(f"/proc/{again}").exists(), 20)
         finally:
             stop_serve(proc)
+
+
+    def test_a_commit_process_that_cannot_start_is_tried_again_later(self, make_confdir):
+        """A commit process killed while the configuration files are broken: the new
+        one cannot start, the LMTP process goes on committing itself (250), the main
+        process tries again after growing pauses, and once the files are fixed a new
+        commit process runs (counted in deskgate_commit_process_restarts_total)."""
+        port = free_port()
+        conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
+            assert wait_for(lambda: health(port) is not None)
+            (committer,) = commit_process_of(proc.pid)
+            broken = conf / "90-broken.toml"
+            broken.write_text("[lmtp]\nworkers = -1\n")
+            os.kill(committer, signal.SIGKILL)
+            assert wait_for(lambda: not Path(f"/proc/{committer}").exists(), 20)
+            time.sleep(2.5)            # the first new one (after 1 s) could not start
+            assert [send(sock, f"b{n}") for n in range(3)] == [250] * 3
+            assert health(port)["commit_process"] == "gone"
+            broken.unlink()
+            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up", 30)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            restarts = [float(line.split()[-1]) for line in metrics.splitlines()
+                        if line.startswith("deskgate_commit_process_restarts_total")]
+            assert restarts and restarts[0] >= 2
+            assert send(sock, "fixed") == 250
+            assert proc.poll() is None
+        finally:
+            stop_serve(proc)
+
+    def test_a_commit_process_started_again_dies_with_the_main_process(self, make_confdir):
+        """The new commit process (a new interpreter, not a fork) also gets SIGTERM
+        when the main process is SIGKILLed, and stops."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        again: list[int] = []
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
+            (committer,) = commit_process_of(proc.pid)
+            os.kill(committer, signal.SIGKILL)
+            assert wait_for(lambda: [p for p in commit_process_of(proc.pid)
+                                     if p != committer], 20)
+            again = commit_process_of(proc.pid)
+            assert send(sock, "after") == 250
+            proc.kill()
+            proc.wait(10)
+            assert wait_for(lambda: not Path(f"/proc/{again[0]}").exists()
+                            or "Z" in Path(f"/proc/{again[0]}/stat").read_text().split()[2],
+                            20)
+        finally:
+            stop_serve(proc)
+            for pid in again:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ in one process

@@ -19,6 +19,7 @@ from tests.peers.serve import (
     children_of,
     commit_process_of,
     lmtp_workers_of,
+    served_by,
     start_serve,
     wait_for,
 )
@@ -66,18 +67,6 @@ class TestServeWorkers:
             for pid in workers:          # never leave a forked worker behind
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def served_by(client: LmtpClient) -> int | None:
-    """The pid of the process holding the server end of this unix-socket connection
-    (`ss` lists each socket's peer inode and owner)."""
-    ino = str(os.fstat(client.sock.fileno()).st_ino)
-    out = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        tokens = line.split()
-        if len(tokens) > 8 and tokens[7] == ino and "pid=" in line:
-            return int(line.split("pid=", 1)[1].split(",", 1)[0])
-    return None
 
 
 DESK = ('[[queue]]\nname = "Desk"\naddress = "desk@example.org"\n'
