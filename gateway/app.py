@@ -177,6 +177,7 @@ class Gateway:
                 await res
         if self.with_services:
             await self._switch_handoff(cfg)
+            await self._start_sender()
         await self._restart_failed_services()
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
@@ -194,6 +195,17 @@ class Gateway:
         elif not cfg.helpdesk.enabled and running is not None:
             self.services.remove(running)
             await running.stop()
+
+    async def _start_sender(self) -> None:
+        """A [relay] host added by a reload starts the outbound sender that had none
+        at start (mail queued meanwhile goes out now)."""
+        if any(s.name == "outbound-sender" for s in self.services):
+            return
+        svc = _sender(self)
+        if svc is not None:
+            await svc.start()
+            self.services.append(svc)
+            log.info("outbound sender started: [relay] configured")
 
     def _log_reload_failure(self, text: str) -> None:
         comm = Comm("Incoming", "Config", "reload")

@@ -194,14 +194,14 @@ def account_status(statuses: list[str]) -> str:
     return ACCOUNT_INTERMITTENT
 
 
-def overview(conn: Connection, *, period: float = 86400.0, now: datetime | None = None
-             ) -> dict[str, Any]:
+def overview(conn: Connection, *, period: float = 86400.0, now: datetime | None = None,
+             since: datetime | None = None) -> dict[str, Any]:
     """`log overview --json`: {accounts[{account_type, account, status}], failed,
     processing, average_processing_seconds} for the communications of the last `period`
-    seconds; account status from the Connection objects of the same period (not the
-    LMTP door's: a client's connection is no account of ours)."""
+    seconds (or since `since`); account status from the Connection objects of the same
+    period (not the LMTP door's: a client's connection is no account of ours)."""
     now = now or datetime.now(UTC)
-    since = now - timedelta(seconds=period)
+    since = since or now - timedelta(seconds=period)
     c = Communication
     rows = conn.execute(select(c.account_type, c.account, CommObject.status)
                         .join(CommObject, CommObject.communication_id == c.id)

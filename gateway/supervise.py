@@ -16,6 +16,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -215,12 +216,11 @@ class CommitKeeper:
         await asyncio.sleep(pause)
         if self.stopping:
             return
-        from gateway.inbound.commitproc import spawn
-
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                  for _ in range(1 + len(self.controls))]
         try:
-            pid = spawn(self.gw.config.conf_dir, [end for _, end in pairs], os.getpid())
+            pid = spawn_commit_process(self.gw.config.conf_dir, [end for _, end in pairs],
+                                       os.getpid())
         except OSError as exc:
             for client, _ in pairs:
                 client.close()
@@ -480,3 +480,56 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- a new commit process
+
+def spawn_commit_process(conf_dir: Path, ends: Sequence[socket.socket], parent: int) -> int:
+    """Start a commit process serving `ends` (the commit ends of new socketpairs, one
+    per LMTP process) for the main process `parent`; its pid.
+
+    A new interpreter (posix_spawn), not a fork: the main process has threads
+    running by now (its writer, the sender, ...), and a forked copy of a process
+    with threads may inherit a lock another thread held. It reads the
+    configuration from conf_dir, as a reload does.
+    """
+    import gateway
+
+    fds = [s.fileno() for s in ends]
+    root = str(Path(gateway.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    argv = [sys.executable, "-m", "gateway.supervise", str(conf_dir), str(parent),
+            *map(str, fds)]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    try:
+        return os.posix_spawn(sys.executable, argv, env)
+    finally:
+        for fd in fds:
+            os.set_inheritable(fd, False)
+
+
+def _commit_process_main(argv: list[str]) -> int:
+    """The entry of a spawned commit process: CONF_DIR PARENT_PID FD..."""
+    from gateway.config import load_config
+    from gateway.logs import setup_logging
+
+    conf_dir, parent, fds = Path(argv[0]), int(argv[1]), [int(a) for a in argv[2:]]
+    # as after the fork in run_serve: run_commit_process unblocks them once its
+    # handlers are in place, on this thread only
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    _set_name(COMMIT_PROCESS_NAME)
+    _die_with(parent)
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    try:
+        config = load_config(conf_dir)
+    except Exception as exc:
+        print(f"deskgate commit process: configuration not loaded: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.gateway.log_level, config.gateway.log_format)
+    return _serve_commits(config, socks, parent)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_commit_process_main(sys.argv[1:]))

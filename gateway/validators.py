@@ -25,13 +25,13 @@ class Validator:
 
 
 NAMES = ("database", "dashboard", "filters", "crypto", "dkim", "relay", "submission-tls",
-         "accounts")
+         "accounts", "lmtp")
 
 
 def build_validators() -> tuple[Validator, ...]:
     """The production table (imports every checking module)."""
     from gateway.crypto import keystore
-    from gateway.inbound import filters
+    from gateway.inbound import filters, lmtp
     from gateway.inbound.poller import validate as poller
     from gateway.outbound import checks, dkim
     from gateway.store import db
@@ -46,6 +46,7 @@ def build_validators() -> tuple[Validator, ...]:
         Validator("relay", checks.validate_relay),
         Validator("submission-tls", checks.validate_submission_tls),
         Validator("accounts", poller.validate_accounts),
+        Validator("lmtp", lmtp.validate_lmtp),
     )
     check_validators(table)
     return table

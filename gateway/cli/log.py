@@ -84,6 +84,8 @@ def register(sub: Any) -> None:
     op = lsub.add_parser("overview", help="account status, failures, in progress, timing")
     op.add_argument("--period", type=_duration, default=86400.0,
                     help="look back this far (default 24h)")
+    op.add_argument("--since", type=parse_when,
+                    help="from this time on (a time, or a duration ago as --period)")
     add_json(op)
     op.set_defaults(func=cmd_overview)
 
@@ -125,7 +127,7 @@ def cmd_overview(args: argparse.Namespace) -> int:
 
     cfg = load_readonly(args)
     with _connect(cfg) as conn:
-        data = views.overview(conn, period=args.period)
+        data = views.overview(conn, period=args.period, since=args.since)
     if args.json:
         print_json(data)
         return 0

@@ -26,8 +26,8 @@ for a commit that failed in its own writer).
 If the commit process is gone, every message waiting for it gets a temporary
 failure (its commit may or may not have happened; the MTA's retry is answered as a
 duplicate if it did) and the LMTP process commits in its own writer until the main
-process has started a new commit process (`spawn`, a fresh interpreter) and handed
-it new socketpairs: its own directly, each worker's over the worker's control socket.
+process has started a new commit process (gateway.supervise, a fresh interpreter)
+and handed it new socketpairs: its own directly, each worker's over the worker's control socket.
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ import selectors
 import signal
 import socket
 import struct
-import sys
 import threading
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import structlog
@@ -564,56 +562,3 @@ def run_commit_process(gw: CommitHost, socks: list[socket.socket],
         gw.engine.dispose()
     return 1 if server.failed else 0
 
-
-# ---------------------------------------------------------------- a new commit process
-
-def spawn(conf_dir: Path, ends: Sequence[socket.socket], parent: int) -> int:
-    """Start a commit process serving `ends` (the commit ends of new socketpairs, one
-    per LMTP process) for the main process `parent`; its pid.
-
-    A new interpreter (posix_spawn), not a fork: the main process has threads
-    running by now (its writer, the sender, ...), and a forked copy of a process
-    with threads may inherit a lock another thread held. It reads the
-    configuration from conf_dir, as a reload does.
-    """
-    import gateway
-
-    fds = [s.fileno() for s in ends]
-    root = str(Path(gateway.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    argv = [sys.executable, "-m", "gateway.inbound.commitproc", str(conf_dir), str(parent),
-            *map(str, fds)]
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    try:
-        return os.posix_spawn(sys.executable, argv, env)
-    finally:
-        for fd in fds:
-            os.set_inheritable(fd, False)
-
-
-def _main(argv: list[str]) -> int:
-    """The entry of a spawned commit process: CONF_DIR PARENT_PID FD..."""
-    from gateway import supervise
-    from gateway.config import load_config
-    from gateway.logs import setup_logging
-
-    conf_dir, parent, fds = Path(argv[0]), int(argv[1]), [int(a) for a in argv[2:]]
-    # as after the fork in `deskgate serve`: run_commit_process unblocks them once
-    # its handlers are in place, on this thread only
-    signal.pthread_sigmask(signal.SIG_BLOCK, supervise._SIGNALS)
-    supervise._set_name(supervise.COMMIT_PROCESS_NAME)
-    supervise._die_with(parent)
-    socks = [socket.socket(fileno=fd) for fd in fds]
-    try:
-        config = load_config(conf_dir)
-    except Exception as exc:
-        print(f"deskgate commit process: configuration not loaded: {exc}", file=sys.stderr)
-        return 1
-    setup_logging(config.gateway.log_level, config.gateway.log_format)
-    return supervise._serve_commits(config, socks, parent)
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -187,7 +187,8 @@ def _compile_filter(f: FilterConfig, prefixes: Sequence[str],
     for key, template in f.set.items():
         param = canonical(key, prefixes) if key[:2].lower() == "x-" else None
         if param is None and _has_prefix(key, prefixes):
-            bad(f"set.{key}", "unknown X-header (see the X-headers list in the design)")
+            bad(f"set.{key}", "unknown X-header (docs/policies.md lists them, "
+                "under X-headers and trust)")
             continue
         if param in _PSEUDO:
             bad(f"set.{key}", f"{param} is computed from the message and cannot be set")

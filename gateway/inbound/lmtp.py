@@ -18,12 +18,15 @@ import stat
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import errors
 from gateway.inbound.lmtp_session import LmtpBackend, LmtpSession, parse_path
 from gateway.limits import SessionLimit
 from gateway.portowner import in_use_by
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 __all__ = ["AcceptLoop", "LmtpBackend", "LmtpSession", "bind_listeners", "parse_path",
            "start_listeners"]
@@ -193,3 +196,16 @@ async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], 
         else:
             servers.append(await loop.create_server(factory, sock=sock))
     return servers
+
+
+def validate_lmtp(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+    """`lmtp.socket_group` names a group of this system: otherwise the socket keeps
+    the process's group and the MTA (postfix, Debian-exim) cannot open it."""
+    group = cfg.lmtp.socket_group
+    if not group:
+        return
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        add(str(cfg.conf_dir), "lmtp.socket_group",
+            f"no group {group!r} on this system (`getent group {group}` finds none)")

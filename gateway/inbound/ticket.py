@@ -105,6 +105,10 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
         param = ctx.params.get      # ctx.param, a dozen times
         title = param("Title", "") or p.subject or "(no subject)"
         pending = param("State-PendingTime", "")
+        pending_until = pending_time(pending, now) if pending else None
+        if pending and pending_until is None:
+            # as for FollowUp-State-PendingTime: stored, with an Error entry that says why
+            ctx.log.log("Error", "State-PendingTime", f"{pending!r} is not a time")
         ctx.ticket_id = repo.insert_ticket(
             conn, number=number, title=title[:1000], queue=ctx.queue or pm.default_queue,
             state=state, state_type=pm.states.get(state, "new"),
@@ -114,7 +118,7 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
             responsible=param("Responsible", ""), lock=param("Lock", "unlock") or "unlock",
             customer_no=param("CustomerNo", "") or p.from_email,
             customer_user=param("CustomerUser", "") or p.from_email,
-            pending_until=pending_time(pending, now) if pending else None,
+            pending_until=pending_until,
             dynamic_fields=dynamic_fields(ctx),
             linked_ticket_id=ctx.linked_ticket_id,
             classification=ctx.classification or {}, created=now, changed=now,

@@ -396,7 +396,11 @@ class Dashboard:
         remote = getattr(getattr(self.gw, "pipeline", None), "remote", None)
         # "gone": this process commits in its own writer (slower; nothing is lost)
         commit_process = "off" if remote is None else "up" if remote.up else "gone"
-        ok = db_ok and bool(listeners) and all(listeners) and not not_accepting and not down
+        # A node without LMTP (`[lmtp] listen = []`: a poller or submission node)
+        # needs no listener to be healthy; one with LMTP configured needs them all.
+        wanted = bool(self.gw.config.lmtp.listen)
+        ok = (db_ok and (bool(listeners) or not wanted) and all(listeners)
+              and not not_accepting and not down)
         body = {"ok": ok, "database": db_ok, "listeners": len(listeners),
                 "listeners_serving": sum(listeners), "not_accepting": not_accepting,
                 "sessions": sessions, "services": self.gw.services_up(),

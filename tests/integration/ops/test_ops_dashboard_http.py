@@ -179,6 +179,37 @@ class TestMetricsAndHealth:
                      result="duplicate") >= 1
         assert value(body, "deskgate_pipeline_seconds_count", door="lmtp") == c0 + 2
 
+    def test_healthz_of_a_node_without_lmtp(self, make_confdir):
+        """`[lmtp] listen = []` (a node that only polls or only runs submission):
+        `deskgate serve` reports healthy without any LMTP listener."""
+        import urllib.request
+
+        from tests.conftest import free_port
+        from tests.peers.serve import start_serve, stop_serve, wait_for
+
+        port = free_port()
+        conf = make_confdir({"60-node.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'
+                                             "[lmtp]\nlisten = []\n"})
+        proc = start_serve(conf)
+        got: dict[str, object] = {}
+
+        def healthz() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    got.update(status=r.status, body=json.loads(r.read()))
+            except urllib.error.HTTPError as exc:
+                got.update(status=exc.code, body=json.loads(exc.read()))
+            except OSError:
+                return False
+            return True
+
+        try:
+            assert wait_for(healthz, 60)
+            assert got["body"]["listeners"] == 0
+            assert got["status"] == 200 and got["body"]["ok"] is True
+        finally:
+            stop_serve(proc)
+
     def test_healthz(self, dashboard):
         """/healthz answers 200 with the database and listeners up, 503 when a listener is down."""
         d = dashboard()

@@ -81,6 +81,30 @@ class TestReload:
             assert clients and "no AUTH, client in allow_networks" in clients[0]
 
 
+    def test_a_relay_added_by_reload_starts_the_sender(self, outbound_config, run_gateway):
+        """No [relay] host at start (no submission: mail from `deskgate send` and
+        auto-responses): it stays queued, no sender runs; a reload that adds the host
+        starts the sender, and the queued mail goes out."""
+        from tests.integration.outbound.test_outbound_cli import cli
+
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port, submission=False)
+            conf = cfg.conf_dir / "40-outbound.toml"
+            with_host = conf.read_text()
+            conf.write_text(with_host.replace('host = "127.0.0.1"', 'host = ""'))
+            from gateway.config import load_config
+            rg = run_gateway(load_config(cfg.conf_dir))
+            assert "outbound-sender" not in [s.name for s in rg.gateway.services]
+            res = cli(cfg.conf_dir, "send", "--queue", "Sales", stdin=MSG)
+            assert res.returncode == 0, res.stderr
+            assert statuses(rg.gateway.engine) == ["queued"]
+            conf.write_text(with_host)
+            assert rg.call(rg.gateway.reload())
+            assert "outbound-sender" in [s.name for s in rg.gateway.services]
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="sent after reload")
+            assert len(sink.received) == 1
+
+
 class TestDkimEndToEnd:
     def test_relayed_message_carries_verifiable_signatures(self, tmp_path, outbound_config,
                                                            run_gateway):

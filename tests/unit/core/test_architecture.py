@@ -182,6 +182,8 @@ BROKEN = {
     "accounts": ('[[account]]\nname = "a"\ntype = "imaps"\nhost = "imap.test"\n'
                  'login = "l"\npassword = "p"\ninterval = 0\n', "account[0].interval",
                  "at least 1s"),
+    "lmtp": ('[lmtp]\nsocket_group = "no-such-group-here"\n', "lmtp.socket_group",
+             "no group 'no-such-group-here'"),
 }
 BROKEN_POLICY = ('[[filter]]\nname = "bad"\n[[filter.match]]\nheader = "Subject"\n'
                  'value = "(["\n[filter.set]\n"X-Deskgate-Queue" = "Support"\n')

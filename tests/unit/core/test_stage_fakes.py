@@ -161,6 +161,18 @@ class TestCommitStages:
         [a] = store.rows(Article)
         assert a.subject == "Drucker kaputt" and a.ticket_id == t.id
 
+    def test_unreadable_pending_time_of_a_new_ticket_is_an_error_entry(self, store):
+        """X-Deskgate-State-PendingTime that is no time: the ticket is stored without
+        one and the communication log says why (as for the follow-up's)."""
+        ctx = context(MAIL)
+        ctx.queue = "Support"
+        ctx.params["State-PendingTime"] = "next tuesday"
+        commit(store, ctx, runtime(), ticket.store)
+        [t] = store.rows(Ticket)
+        assert t.pending_until is None
+        assert [(e.priority, e.value) for e in ctx.log.entries
+                if e.key == "State-PendingTime"] == [("Error", "'next tuesday' is not a time")]
+
     def test_followup_by_subject_number_from_a_participant(self, store):
         """A subject naming an existing ticket, from its customer, continues it; from a
         stranger it does not."""

@@ -103,6 +103,10 @@ class TestLogCli:
         rc, out, _ = run(capsys, "--config", str(conf), "log", "overview", "--period", "30d",
                          "--json")
         assert rc == 0 and json.loads(out)["failed"] == 1
+        rc, out, _ = run(capsys, "--config", str(conf), "log", "overview", "--since",
+                         "2099-01-01", "--json")
+        assert rc == 0 and json.loads(out)["failed"] == 0
+        assert json.loads(out)["average_processing_seconds"] is None
 
     def test_purge(self, logged, capsys):
         """log purge removes the successful communication older than 7 days only."""
