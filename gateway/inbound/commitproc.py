@@ -44,6 +44,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import structlog
@@ -138,6 +139,24 @@ _OBJ = _names(CommObj)
 _COMM = _names(Comm)
 _CTX_REST = tuple(n for n in _names(MessageContext)
                   if n not in ("envelope", "parsed", "log"))
+_TIMES = frozenset({"start", "end", "received_at"})     # of CommObj, Comm, Envelope
+
+
+# Times travel as integer microseconds since the epoch when they are UTC (what
+# deskgate makes): a pickled datetime runs its reduce and a timezone's on both
+# sides, about a third of a message's pickling. Any other value travels as it is.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _t_out(v: Any) -> Any:
+    if type(v) is datetime and v.tzinfo is UTC:
+        return (v - _EPOCH) // _US
+    return v
+
+
+def _t_in(v: Any) -> Any:
+    return _EPOCH + timedelta(microseconds=v) if type(v) is int else v
 
 
 def _build(cls: type[_T], names: tuple[str, ...], values: Any) -> _T:
@@ -148,26 +167,32 @@ def _build(cls: type[_T], names: tuple[str, ...], values: Any) -> _T:
 
 def _obj_out(o: CommObj) -> tuple[Any, ...]:
     d = o.__dict__
-    entries = [(e.priority, e.key, e.value, e.time) for e in o.entries]
-    return tuple([entries if n == "entries" else d[n] for n in _OBJ])
+    entries = [(e.priority, e.key, e.value, _t_out(e.time)) for e in o.entries]
+    return tuple([entries if n == "entries" else _t_out(d[n]) if n in _TIMES else d[n]
+                  for n in _OBJ])
 
 
 def _obj_in(t: tuple[Any, ...]) -> CommObj:
     o = _build(CommObj, _OBJ, t)
-    entries: list[tuple[Any, ...]] = o.__dict__["entries"]
-    o.entries = [Entry(*e) for e in entries]
+    d = o.__dict__
+    d["start"], d["end"] = _t_in(d["start"]), _t_in(d["end"])
+    entries: list[tuple[Any, ...]] = d["entries"]
+    o.entries = [Entry(p, k, v, _t_in(tm)) for p, k, v, tm in entries]
     return o
 
 
 def comm_out(comm: Comm) -> tuple[Any, ...]:
     d = comm.__dict__
     objects = [_obj_out(o) for o in comm.objects]
-    return tuple([objects if n == "objects" else d[n] for n in _COMM])
+    return tuple([objects if n == "objects" else _t_out(d[n]) if n in _TIMES else d[n]
+                  for n in _COMM])
 
 
 def comm_in(t: tuple[Any, ...]) -> Comm:
     comm = _build(Comm, _COMM, t)
-    objects: list[tuple[Any, ...]] = comm.__dict__["objects"]
+    d = comm.__dict__
+    d["start"], d["end"] = _t_in(d["start"]), _t_in(d["end"])
+    objects: list[tuple[Any, ...]] = d["objects"]
     comm.objects = [_obj_in(o) for o in objects]
     return comm
 
@@ -177,7 +202,7 @@ def pack(ctx: MessageContext, comm: Comm) -> tuple[Any, ...]:
     ctx = portable(ctx)
     env, p = ctx.envelope.__dict__, ctx.parsed
     d = ctx.__dict__
-    return (tuple([env[n] for n in _ENV]), env["sha256"],
+    return (tuple([_t_out(env[n]) if n in _TIMES else env[n] for n in _ENV]), env["sha256"],
             None if p is None else tuple([p.__dict__[n] for n in _PARSED]),
             _obj_out(ctx.log), tuple([d[n] for n in _CTX_REST]), comm_out(comm))
 
@@ -185,6 +210,7 @@ def pack(ctx: MessageContext, comm: Comm) -> tuple[Any, ...]:
 def unpack(t: tuple[Any, ...]) -> tuple[MessageContext, Comm]:
     envt, sha, pt, logt, rest, commt = t
     env = _build(Envelope, _ENV, envt)
+    env.__dict__["received_at"] = _t_in(env.__dict__["received_at"])
     env.__dict__["sha256"] = sha            # the cached_property's value
     ctx = _build(MessageContext, _CTX_REST, rest)
     ctx.envelope, ctx.log = env, _obj_in(logt)

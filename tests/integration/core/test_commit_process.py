@@ -14,6 +14,7 @@ import socket
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -598,6 +599,18 @@ class TestWire:
         assert got.parsed == want.parsed
         assert got.log == ctx.log and got.log.entries and got.log.entries == ctx.log.entries
         assert got_comm == comm and got_comm.objects[0].entries[0].value == "refused"
+        # UTC times travel as microseconds (cheaper than pickled datetimes), exactly
+        wire = commitproc.pack(ctx, comm)
+        assert all(type(v) is int for v in (wire[0][commitproc._ENV.index("received_at")],
+                                                wire[5][commitproc._COMM.index("start")]))
+        assert got.envelope.received_at == env.received_at
+        assert got.envelope.received_at.tzinfo is UTC
+        # any other time goes as it is
+        from datetime import timedelta, timezone
+        local = datetime(2026, 12, 4, 10, 0, 0, 123457, tzinfo=timezone(timedelta(hours=1)))
+        assert commitproc._t_in(commitproc._t_out(local)) == local
+        naive = datetime(2026, 12, 4, 10, 0)
+        assert commitproc._t_out(naive) is naive
 
     def test_portable_context_drops_the_message_object_except_for_bounces(self):
         from gateway.inbound.parse import parse_message
