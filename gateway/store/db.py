@@ -602,7 +602,8 @@ class Checkpointer:
     batch wait for their 250 (about a fifth of the commit process's time per
     message). Here, every CHECKPOINT_EVERY commits, a PASSIVE checkpoint copies
     what is in the WAL without blocking anybody (SQLite runs it outside Python's
-    interpreter lock, so on the other core); a second PASSIVE pass holding the
+    interpreter lock, so on the other core), repeated while the writer committed
+    more than CATCH_UP_PAGES during the previous one; a last PASSIVE pass holding the
     writers' lock file copies the few pages committed meanwhile, so the WAL is
     complete and the next transaction starts it again from the beginning instead
     of growing it. The writer's own checkpoint stays as a fallback, at
@@ -612,6 +613,7 @@ class Checkpointer:
 
     CHECKPOINT_EVERY = 25
     FALLBACK_PAGES = 10000
+    CATCH_UP_PASSES, CATCH_UP_PAGES = 3, 64
 
     def __init__(self, database: str, lock_path: str) -> None:
         self.database, self.lock_path = database, lock_path
@@ -661,7 +663,17 @@ class Checkpointer:
                 if self._closing:
                     return
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    log_pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1]
+                    # What the writer committed meanwhile is copied without the lock too
+                    # while it is more than a few pages, so that the pass under the lock
+                    # (the writer waits for it) copies only the last commits' pages:
+                    # ~2 instead of ~3.5 ms of waiting per checkpoint.
+                    for _ in range(self.CATCH_UP_PASSES):
+                        before = log_pages
+                        log_pages = conn.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1]
+                        if log_pages - before < self.CATCH_UP_PAGES:
+                            break
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

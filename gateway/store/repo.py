@@ -127,9 +127,10 @@ def _day(when: datetime) -> str:
     return f"{when.year}{when.month:02d}{when.day:02d}"
 
 
-# built once, so SQLAlchemy compiles it once (its compiled cache is keyed by the statement)
-_SET_COUNTER = update(TicketCounter).where(TicketCounter.day == bindparam("d")).values(
-    value=bindparam("v"))
+# Once per transaction that counted: on the driver's cursor, as the inserts (through
+# SQLAlchemy's execute it cost the writer ~35 µs per batch).
+_SET_COUNTER = Prepared(update(TicketCounter).where(TicketCounter.day == bindparam("d"))
+                        .values(value=bindparam("v")), "ticket_counter.set")
 # conn.info key: (the transaction, {day: [first, last]}) of the numbers counted in memory
 _COUNTING = "deskgate_ticket_counter"
 
@@ -138,7 +139,7 @@ def _save_counters(conn: Connection, days: list[tuple[str, list[int]]]) -> None:
     """End of the transaction: the counter rows take the last number counted in memory."""
     for day, (first, last) in days:
         if last > first:
-            conn.execute(_SET_COUNTER, {"d": day, "v": last})
+            _SET_COUNTER.execute(conn, {"d": day, "v": last})
     conn.info.pop(_COUNTING, None)
 
 

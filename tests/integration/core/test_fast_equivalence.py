@@ -162,6 +162,11 @@ def _counter(refs: Refs, tag: str) -> list[dict[str, Any]]:
     return [{"day": "20261127"}, {"day": "20261127"}, {"day": "20261128"}]
 
 
+def _counter_set(refs: Refs, tag: str) -> list[dict[str, Any]]:
+    # a day the upserts wrote, and one no row has (nothing to update)
+    return [{"d": "20261127", "v": 41}, {"d": "20261199", "v": 3}]
+
+
 CASES: dict[str, Case] = {
     "ticket.insert": _ticket,
     "article.insert": _article,
@@ -174,6 +179,7 @@ CASES: dict[str, Case] = {
     "comm_entry.insert": _comm_entry,
     "ticket_counter.next.sqlite": _counter,
     "ticket_counter.next.postgresql": _counter,
+    "ticket_counter.set": _counter_set,
 }
 
 
