@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from gateway.config import load_config
 from gateway.store.tables import CommEntry, Communication
 from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import ROOT
+from tests.peers.serve import ROOT, stop_serve
 
 MAILDIR = '[relay]\nmode = "maildir"\n'
 
@@ -213,13 +212,7 @@ def low_fd_serve(make_confdir) -> Iterator[tuple[Path, int, int, subprocess.Pope
     try:
         yield conf.parent, sport, dport, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_serve(proc)
 
 
 class TestLmtpReserve:

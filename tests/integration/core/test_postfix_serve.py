@@ -21,6 +21,7 @@ from gateway.store.db import make_engine
 from gateway.store.tables import Article, Delivery, Ticket
 from tests.integration.core.stored import POSTFIX_SOCKET_CONF, db_conf
 from tests.peers.require import missing_peer
+from tests.peers.serve import stop_serve
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 
@@ -42,13 +43,7 @@ def serve(conf: Path):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_serve(proc)
         if proc.stderr:
             proc.stderr.close()
 

@@ -4,14 +4,13 @@ running gateway untouched."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
-from tests.peers.serve import children_of, serve_refused, start_serve
+from tests.peers.serve import children_of, serve_refused, start_serve, stop_serve
 
 NO_DASHBOARD = "[dashboard]\nlisten = \"\"\n"
 
@@ -38,16 +37,6 @@ def _delivers(sock: Path, tag: str) -> int:
     return data[0][0]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class TestSecondServe:
     def test_same_config_refused_by_pid_file_lock(self, make_confdir):
         """A second serve on the same conf.d exits non-zero with one line naming the
@@ -70,7 +59,7 @@ class TestSecondServe:
             assert pidfile.read_text().strip() == str(first.pid)
             assert _delivers(sock, "after-second") == 250
         finally:
-            _stop(first)
+            stop_serve(first)
 
     def test_other_config_same_socket_refused_by_probe(self, make_confdir, tmp_path):
         """A gateway with its own state dir but the first one's LMTP socket probes it,
@@ -91,7 +80,7 @@ class TestSecondServe:
             assert sock.stat().st_ino == inode
             assert _delivers(sock, "after-probe") == 250
         finally:
-            _stop(first)
+            stop_serve(first)
 
     def test_stale_socket_of_a_dead_gateway_is_replaced(self, make_confdir):
         """A socket file nobody listens on (a gateway killed with -9) does not stop a
@@ -110,7 +99,7 @@ class TestSecondServe:
             _wait_serving(second, sock)
             assert _delivers(sock, "after-stale") == 250
         finally:
-            _stop(second)
+            stop_serve(second)
 
     def test_tcp_ports_in_use_are_named_with_their_pid(self, make_confdir, tmp_path):
         """Another gateway wanting the first one's LMTP TCP port or its submission port
@@ -136,7 +125,7 @@ class TestSecondServe:
                 assert what in last and f"pid {first.pid}" in last, err
             assert _delivers(sock, "after-tcp-clash") == 250
         finally:
-            _stop(first)
+            stop_serve(first)
 
     def test_only_the_main_process_holds_the_pid_file(self, make_confdir):
         """With pre-forked workers only the main process keeps the locked pid file
@@ -162,7 +151,7 @@ class TestSecondServe:
             assert holds(first.pid)
             assert not any(holds(w) for w in workers)
         finally:
-            _stop(first)
+            stop_serve(first)
 
 
 class TestBindListeners:

@@ -13,7 +13,7 @@ import time
 import urllib.request
 
 from tests.conftest import free_port
-from tests.peers.serve import ROOT
+from tests.peers.serve import ROOT, stop_serve
 
 
 def _startup_line(log: str) -> dict | None:
@@ -76,10 +76,4 @@ class TestDashboardBind:
             assert 'deskgate_service_up{service="dashboard"} 1.0' in metrics
         finally:
             blocker.close()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_serve(proc)

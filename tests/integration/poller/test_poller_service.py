@@ -9,17 +9,9 @@ from sqlalchemy import func, select
 
 from gateway.store.tables import Article
 from tests.integration.poller.poller_helpers import account_toml, message
+from tests.peers.serve import wait_for
 
 pytestmark = pytest.mark.dovecot
-
-
-def wait_for(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def count_articles(rg) -> int:
