@@ -147,13 +147,12 @@ def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
 
     def readable() -> None:
         try:
-            _msg, fds, _flags, _addr = socket.recv_fds(control, 64, 4)
+            msg, fds, _flags, _addr = socket.recv_fds(control, 64, 4)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            fds = []
-            _msg = b""
-        if not _msg and not fds:       # the main process is gone
+            msg, fds = b"", []
+        if not msg and not fds:        # the main process is gone
             loop.remove_reader(control.fileno())
             return
         for fd in fds:

@@ -587,4 +587,3 @@ def run_commit_process(gw: CommitHost, socks: list[socket.socket],
     with contextlib.suppress(Exception):
         gw.engine.dispose()
     return 1 if server.failed else 0
-
