@@ -195,11 +195,19 @@ def account_status(statuses: list[str]) -> str:
 
 
 def overview(conn: Connection, *, period: float = 86400.0, now: datetime | None = None,
-             since: datetime | None = None) -> dict[str, Any]:
+             since: datetime | None = None, status: str | None = None,
+             priority: str | None = None, search: str | None = None) -> dict[str, Any]:
     """`log overview --json`: {accounts[{account_type, account, status}], failed,
     processing, average_processing_seconds} for the communications of the last `period`
     seconds (or since `since`); account status from the Connection objects of the same
-    period (not the LMTP door's: a client's connection is no account of ours)."""
+    period (not the LMTP door's: a client's connection is no account of ours).
+
+    `status`, `priority` and `search` narrow the communications counted as `log list`
+    does (a status, an entry at that priority or worse, a text in an entry or the
+    account): `--priority Error` gives the accounts and timings of what went wrong."""
+    match = LogFilter(status=status, priority=priority, search=search)
+    match.validate()
+    narrow = _where(match)
     now = now or datetime.now(UTC)
     since = since or now - timedelta(seconds=period)
     c = Communication
@@ -207,19 +215,19 @@ def overview(conn: Connection, *, period: float = 86400.0, now: datetime | None 
                         .join(CommObject, CommObject.communication_id == c.id)
                         .where(CommObject.type == "Connection", CommObject.start >= since,
                                CommObject.status != "Processing",
-                               c.account_type != "LMTP")).all()
+                               c.account_type != "LMTP", *narrow)).all()
     per: dict[tuple[str, str], list[str]] = {}
     for r in rows:
         per.setdefault((r.account_type, r.account), []).append(r.status)
     accounts = [{"account_type": t, "account": a, "status": account_status(s)}
                 for (t, a), s in sorted(per.items())]
     failed = conn.execute(select(func.count()).select_from(c)
-                          .where(c.start >= since, c.status == "Failed")).scalar_one()
+                          .where(c.start >= since, c.status == "Failed", *narrow)).scalar_one()
     processing = conn.execute(select(func.count()).select_from(c)
-                              .where(c.status == "Processing")).scalar_one()
+                              .where(c.status == "Processing", *narrow)).scalar_one()
     avg = conn.execute(select(func.avg(_duration(conn)))
                        .where(c.start >= since, c.end.is_not(None),
-                              c.status != "Processing")).scalar()
+                              c.status != "Processing", *narrow)).scalar()
     return {"accounts": accounts, "failed": int(failed), "processing": int(processing),
             "average_processing_seconds": round(float(avg), 6) if avg is not None else None}
 

@@ -86,6 +86,13 @@ def register(sub: Any) -> None:
                     help="look back this far (default 24h)")
     op.add_argument("--since", type=parse_when,
                     help="from this time on (a time, or a duration ago as --period)")
+    op.add_argument("--status", choices=names.STATUSES,
+                    help="only communications with this status")
+    op.add_argument("--priority", type=_priority,
+                    help="only communications with an entry at this priority or worse "
+                         "(Error, Warn, Notice, Info, Debug)")
+    op.add_argument("--search", help="only communications with this text in an entry "
+                                     "(case-insensitive) or the account")
     add_json(op)
     op.set_defaults(func=cmd_overview)
 
@@ -127,7 +134,8 @@ def cmd_overview(args: argparse.Namespace) -> int:
 
     cfg = load_readonly(args)
     with _connect(cfg) as conn:
-        data = views.overview(conn, period=args.period, since=args.since)
+        data = views.overview(conn, period=args.period, since=args.since, status=args.status,
+                              priority=args.priority, search=args.search)
     if args.json:
         print_json(data)
         return 0

@@ -108,6 +108,26 @@ class TestLogCli:
         assert rc == 0 and json.loads(out)["failed"] == 0
         assert json.loads(out)["average_processing_seconds"] is None
 
+    def test_overview_filters(self, logged, capsys):
+        """overview --status/--priority/--search count only the matching communications."""
+        conf, _ = logged
+        base = ["--config", str(conf), "log", "overview", "--period", "30d", "--json"]
+        _, out, _ = run(capsys, *base, "--priority", "Error")
+        ov = json.loads(out)
+        assert ov["failed"] == 1 and [a["account"] for a in ov["accounts"]] == ["legacy"]
+        _, out, _ = run(capsys, *base, "--search", "UNIX SAID")
+        ov = json.loads(out)
+        assert ov["failed"] == 0 and ov["accounts"] == []
+        assert ov["average_processing_seconds"] == pytest.approx(2.0, abs=0.01)
+        _, out, _ = run(capsys, *base, "--status", "Successful")
+        ov = json.loads(out)
+        assert ov["failed"] == 0 and ov["accounts"] == []
+        _, out, _ = run(capsys, *base, "--status", "Failed", "--search", "legacy")
+        assert json.loads(out)["failed"] == 1
+        with pytest.raises(SystemExit) as ei:
+            main([*base, "--priority", "Fatal"])
+        assert ei.value.code == 2
+
     def test_purge(self, logged, capsys):
         """log purge removes the successful communication older than 7 days only."""
         conf, (a, b, _c) = logged
