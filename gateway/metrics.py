@@ -90,8 +90,8 @@ HANDOFF_OLDEST_SECONDS = Gauge(
     "deskgate_handoff_oldest_pending_seconds", "Age of the oldest pending hand-off",
     registry=REGISTRY, multiprocess_mode="mostrecent")
 COMMIT_RESTARTS = Counter(
-    "deskgate_commit_process_restarts", "Commit processes started again after the previous "
-    "one died", registry=REGISTRY)
+    "deskgate_commit_process_restarts", "Attempts to start a commit process again after "
+    "the previous one died (one that then refuses or fails counts too)", registry=REGISTRY)
 RELOADS = Counter(
     "deskgate_reloads", "Configuration reloads by result (ok, refused)", ["result"],
     registry=REGISTRY)

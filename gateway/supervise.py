@@ -14,6 +14,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -136,7 +137,12 @@ async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
 
     client = CommitClient(sock)
     await client.connect()
-    gw.pipeline.remote = client
+    old, gw.pipeline.remote = gw.pipeline.remote, client
+    if old is not None:
+        # A commit process that still runs (only this connection broke, or another
+        # process's did): what it is committing is answered; then this end closes,
+        # so it stops once no LMTP process is left on it.
+        old.retire()
 
 
 def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
@@ -151,10 +157,11 @@ def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            msg, fds = b"", []
-        if not msg and not fds:        # the main process is gone
+            # (a datagram socket does not report its peer's close: a worker whose
+            # main process is gone gets SIGTERM instead, _die_with)
             loop.remove_reader(control.fileno())
             return
+        del msg
         for fd in fds:
             task = asyncio.ensure_future(_connect_commit(gw, socket.socket(fileno=fd)))
             connecting.add(task)
@@ -179,6 +186,8 @@ class CommitKeeper:
     def __init__(self, gw: Gateway, workers: list[int], pid: int,
                  controls: Sequence[socket.socket]) -> None:
         self.gw, self.workers, self.controls = gw, workers, list(controls)
+        for control in self.controls:   # a worker that stops reading never blocks us
+            control.setblocking(False)
         self.pid: int | None = pid
         self.pause = self.FIRST_PAUSE
         self.started = time.monotonic()
@@ -197,6 +206,11 @@ class CommitKeeper:
         if pid is not None:
             if pid in self.workers:
                 self.workers.remove(pid)
+            # Most often it died; if only the connection broke, it stops (it finishes
+            # what the LMTP workers still send it first). The pid is still ours to
+            # signal: it is reaped only below.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
             _reap_now(pid)
         if self.stopping:
             return
@@ -215,32 +229,41 @@ class CommitKeeper:
         await asyncio.sleep(pause)
         if self.stopping:
             return
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                 for _ in range(1 + len(self.controls))]
+        # An attempt counts as a start for the pause: one that fails at once is
+        # tried again after a longer one.
+        self.started = time.monotonic()
+        pairs: list[tuple[socket.socket, socket.socket]] = []
         try:
-            pid = spawn_commit_process(self.gw.config.conf_dir, [end for _, end in pairs],
-                                       os.getpid())
-        except OSError as exc:
-            for client, _ in pairs:
-                client.close()
-            log.error("commit process not started", error=str(exc))
-            self._lost()
-            return
-        finally:
+            for _ in range(1 + len(self.controls)):
+                pairs.append(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+            self.pid = spawn_commit_process(self.gw.config, [end for _, end in pairs],
+                                            os.getpid())
+            self.workers.append(self.pid)
+            self.restarts += 1
+            COMMIT_RESTARTS.inc()
             for _, end in pairs:
                 end.close()
-        self.pid, self.started = pid, time.monotonic()
-        self.workers.append(pid)
-        self.restarts += 1
-        COMMIT_RESTARTS.inc()
+            # This process first: from here on its loss is watched (and the pid
+            # signalled and reaped), whatever happens to the workers' hand-over.
+            await _connect_commit(self.gw, pairs[0][0])
+            self._watch()
+        except Exception as exc:      # no socket (EMFILE), no process, no connection
+            log.error("commit process not started", error=str(exc))
+            for client, end in pairs:
+                client.close()
+                end.close()
+            self._lost()
+            return
         for control, (client, _) in zip(self.controls, pairs[1:], strict=True):
-            # a worker that is gone: the commit process sees that end close
-            with contextlib.suppress(OSError):
+            try:
                 socket.send_fds(control, [b"commit"], [client.fileno()])
+            except BlockingIOError:
+                log.warning("an LMTP worker does not read its control socket; it goes on "
+                            "committing in its own writer")
+            except OSError:
+                pass        # a worker that is gone: the commit process sees that end close
             client.close()
-        await _connect_commit(self.gw, pairs[0][0])
-        self._watch()
-        log.warning("commit process started again", pid=pid, restarts=self.restarts)
+        log.warning("commit process started again", pid=self.pid, restarts=self.restarts)
 
 
 def _serve_commits(config: Config, socks: list[socket.socket], parent: int) -> int:
@@ -483,49 +506,69 @@ def _read_pid(path: Path) -> int | None:
 
 # ---------------------------------------------------------------- a new commit process
 
-def spawn_commit_process(conf_dir: Path, ends: Sequence[socket.socket], parent: int) -> int:
+def spawn_commit_process(config: Config, ends: Sequence[socket.socket], parent: int) -> int:
     """Start a commit process serving `ends` (the commit ends of new socketpairs, one
-    per LMTP process) for the main process `parent`; its pid.
+    per LMTP process) for the main process `parent`, with `config` (the running
+    configuration, not the files as they are now); its pid.
 
     A new interpreter (posix_spawn), not a fork: the main process has threads
     running by now (its writer, the sender, ...), and a forked copy of a process
-    with threads may inherit a lock another thread held. It reads the
-    configuration from conf_dir, as a reload does.
+    with threads may inherit a lock another thread held. A new interpreter imports
+    deskgate as installed now: it refuses to serve when that is not the code this
+    process runs (an upgrade since `deskgate serve` started), as the two would read
+    each other's messages by field order (gateway.inbound.commitproc.fingerprint).
     """
-    import gateway
+    import tempfile
 
-    fds = [s.fileno() for s in ends]
-    root = str(Path(gateway.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    argv = [sys.executable, "-m", "gateway.supervise", str(conf_dir), str(parent),
-            *map(str, fds)]
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    try:
-        return os.posix_spawn(sys.executable, argv, env)
-    finally:
+    import gateway
+    from gateway.inbound.commitproc import fingerprint
+
+    with tempfile.TemporaryFile() as conf:
+        pickle.dump(config, conf, protocol=pickle.HIGHEST_PROTOCOL)
+        conf.flush()
+        conf.seek(0)            # the child's descriptor shares this offset
+        fds = [conf.fileno(), *(s.fileno() for s in ends)]
+        root = str(Path(gateway.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        # -P: the package from `root`, never a gateway/ in the current directory
+        argv = [sys.executable, "-P", "-m", "gateway.supervise", str(parent), fingerprint(),
+                *map(str, fds)]
         for fd in fds:
-            os.set_inheritable(fd, False)
+            os.set_inheritable(fd, True)
+        try:
+            # signals blocked from the start, as after run_serve's fork: a SIGHUP
+            # forwarded to it while it imports must not kill it
+            return os.posix_spawn(sys.executable, argv, env, setsigmask=_SIGNALS)
+        finally:
+            for fd in fds:
+                os.set_inheritable(fd, False)
 
 
 def _commit_process_main(argv: list[str]) -> int:
-    """The entry of a spawned commit process: CONF_DIR PARENT_PID FD..."""
-    from gateway.config import load_config
+    """The entry of a spawned commit process: PARENT_PID FINGERPRINT CONFIG_FD FD..."""
+    from gateway.inbound.commitproc import fingerprint
     from gateway.logs import setup_logging
 
-    conf_dir, parent, fds = Path(argv[0]), int(argv[1]), [int(a) for a in argv[2:]]
-    # as after the fork in run_serve: run_commit_process unblocks them once its
-    # handlers are in place, on this thread only
+    parent, wanted = int(argv[0]), argv[1]
+    conf_fd, fds = int(argv[2]), [int(a) for a in argv[3:]]
+    # as after the fork in run_serve (posix_spawn blocked them already): run_commit_
+    # process unblocks them once its handlers are in place, on this thread only
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     _set_name(COMMIT_PROCESS_NAME)
     _die_with(parent)
     socks = [socket.socket(fileno=fd) for fd in fds]
-    try:
-        config = load_config(conf_dir)
-    except Exception as exc:
-        print(f"deskgate commit process: configuration not loaded: {exc}", file=sys.stderr)
-        return 1
+    if fingerprint() != wanted:
+        import gateway
+
+        print(f"deskgate commit process: not started: the deskgate installed now "
+              f"({gateway.__version__}, {Path(gateway.__file__).parent}) is not the one "
+              "`deskgate serve` runs; the LMTP processes commit in their own writer until "
+              "deskgate serve is restarted", file=sys.stderr)
+        return 3
+    with os.fdopen(conf_fd, "rb") as f:
+        # written by our main process (spawn_commit_process), same code as checked above
+        config: Config = pickle.load(f)  # noqa: S301
     setup_logging(config.gateway.log_level, config.gateway.log_format)
     return _serve_commits(config, socks, parent)
 

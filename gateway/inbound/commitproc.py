@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import pickle
 import selectors
@@ -86,6 +87,17 @@ RESULT_FIELDS = ("verdict", "action", "ticket_id", "ticket_number", "article_id"
                  "handoff_id", "queue", "trace")
 
 
+def fingerprint() -> str:
+    """What both ends of the wire must agree on: deskgate's version and the field
+    order of every object sent as a tuple. A commit process started from other code
+    (installed since `deskgate serve` started) refuses to serve (gateway.supervise)."""
+    import gateway
+
+    text = repr((gateway.__version__, _PROTOCOL, _ENV, _PARSED, _OBJ, _COMM, _CTX_REST,
+                 RESULT_FIELDS))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def frame(rid: int, obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=_PROTOCOL)
     return _HEAD.pack(len(data), rid) + data
@@ -125,7 +137,8 @@ def portable(ctx: MessageContext) -> MessageContext:
 
 
 # The wire form of a message: its objects as tuples of their fields (by name, in
-# dataclass order; both ends run the same code, forked from one process). Pickling
+# dataclass order; both ends run the same code: forked from one process, or checked
+# with fingerprint() when the commit process was started again). Pickling
 # tuples of plain values costs a fraction of pickling the dataclasses, whose
 # generic reduce runs Python code per object on both sides. Whatever a field holds
 # (Crypto, Verdict, attachments, a bounce's Message) is pickled as it is.
@@ -286,13 +299,17 @@ class CommitClient(asyncio.Protocol):
             try:
                 # from the commit process over a socketpair made before the fork
                 ok, payload = pickle.loads(body)  # noqa: S301
+                result = (dict(zip(RESULT_FIELDS, payload, strict=True)) if ok
+                          else RemoteCommitError(*payload))
             except Exception as exc:
                 fut.set_exception(RemoteCommitError("error", f"unreadable reply: {exc!r}"))
                 continue
-            if ok:
-                fut.set_result(dict(zip(RESULT_FIELDS, payload, strict=True)))
+            if isinstance(result, RemoteCommitError):
+                fut.set_exception(result)
             else:
-                fut.set_exception(RemoteCommitError(*payload))
+                fut.set_result(result)
+        if self.closing and not self.pending:
+            self.close()            # retired, and the last answer is in
 
     # requests
     async def commit(self, ctx: MessageContext, comm: Comm) -> dict[str, Any]:
@@ -325,6 +342,14 @@ class CommitClient(asyncio.Protocol):
             return False
         self._send(frame(0, ("comm", comm_out(comm))))
         return True
+
+    def retire(self) -> None:
+        """Take no more requests; close once the requests sent have their answers
+        (or the commit process goes away)."""
+        self.closing = True
+        self.up = False
+        if not self.pending:
+            self.close()
 
     def close(self) -> None:
         self.closing = True

@@ -602,11 +602,11 @@ class Checkpointer:
     batch wait for their 250 (about a fifth of the commit process's time per
     message). Here, every CHECKPOINT_EVERY commits, a PASSIVE checkpoint copies
     what is in the WAL without blocking anybody (SQLite runs it outside Python's
-    interpreter lock, so on the other core), repeated while the writer committed
-    more than CATCH_UP_PAGES during the previous one; a last PASSIVE pass holding the
-    writers' lock file copies the few pages committed meanwhile, so the WAL is
-    complete and the next transaction starts it again from the beginning instead
-    of growing it. The writer's own checkpoint stays as a fallback, at
+    interpreter lock, so on the other core), repeated (up to CATCH_UP_PASSES times)
+    while the WAL grew by CATCH_UP_PAGES or more during the previous pass; a last
+    PASSIVE pass holding the writers' lock file copies the few pages committed
+    meanwhile, so the WAL is complete and the next transaction starts it again
+    from the beginning instead of growing it. The writer's own checkpoint stays as a fallback, at
     FALLBACK_PAGES. Durability is unchanged: SQLite syncs the WAL before
     copying from it and the database file after.
     """
@@ -620,47 +620,57 @@ class Checkpointer:
         self.runs = 0
         self._commits = 0
         self._due = threading.Event()
-        self._closing = False
+        self._stop = threading.Event()      # the running thread's; a new one gets its own
         self._thread: threading.Thread | None = None
-        self._pid = 0                   # the process the thread runs in (fork: none)
 
     def committed(self) -> None:
         """After each commit of the writer (its thread): wake the checkpoint when due."""
         self._commits += 1
-        if self._commits < self.CHECKPOINT_EVERY or self._closing:
+        if self._commits < self.CHECKPOINT_EVERY:
             return
         self._commits = 0
-        if self._thread is None or self._pid != os.getpid():
-            # First due (a `deskgate deliver` never gets here), or a forked process
-            # (the commit process, a worker) where the parent's thread does not run.
-            self._due = threading.Event()
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, args=(self._due,),
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            # First due (a `deskgate deliver` never gets here), a forked process whose
+            # parent's thread does not run here, or a thread that died: a new one.
+            if thread is not None and not self._stop.is_set():
+                log.warning("WAL checkpoint thread had stopped; starting it again")
+            self._due, self._stop = threading.Event(), threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(self._due, self._stop),
                                             name="db-checkpoint", daemon=True)
             self._thread.start()
         self._due.set()
 
     def close(self) -> None:
         thread = self._thread
-        if thread is None or self._pid != os.getpid():
+        if thread is None:
             return
-        self._closing = True
+        self._stop.set()
         self._due.set()
-        thread.join(30)
         self._thread = None
-        self._closing = False
+        if thread.is_alive():
+            thread.join(30)
+        if thread.is_alive():
+            # in a checkpoint that waits on the disk: it stops after it (its own
+            # stop event); a commit after this starts a new thread
+            log.warning("WAL checkpoint thread still busy at close")
 
-    def _run(self, due: threading.Event) -> None:
+    def _run(self, due: threading.Event, stop: threading.Event) -> None:
         import sqlite3
 
-        conn = sqlite3.connect(self.database, timeout=30, isolation_level=None,
-                               check_same_thread=False)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            conn = sqlite3.connect(self.database, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint thread not started", error=str(exc)[:300])
+            return
+        fd = -1
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             while True:
                 due.wait()
                 due.clear()
-                if self._closing:
+                if stop.is_set():
                     return
                 try:
                     log_pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][1]
@@ -683,8 +693,12 @@ class Checkpointer:
                 except (sqlite3.Error, OSError) as exc:
                     # The writer's fallback checkpoint still bounds the WAL.
                     log.warning("WAL checkpoint failed", error=str(exc)[:300])
+        except Exception:
+            # the next due checkpoint starts a new thread (committed)
+            log.exception("WAL checkpoint thread stopped")
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             conn.close()
 
 

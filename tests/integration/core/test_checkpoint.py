@@ -81,6 +81,7 @@ def test_a_long_reader_does_not_stop_the_writer(db):
     deadline = time.monotonic() + 10
     while writer._checkpointer.runs < runs + 2 and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert writer._checkpointer.runs >= runs + 2
     insert(writer, 1)                # starts the WAL over after the complete checkpoint
     assert count(path) == 281
     assert Path(f"{path}-wal").stat().st_size < 4 << 20
@@ -98,17 +99,27 @@ def test_close_stops_the_thread_and_a_later_commit_starts_it_again(db):
     assert cp._thread is not None and cp._thread.is_alive() and cp._thread is not thread
 
 
-def test_a_forked_process_starts_its_own_thread(db):
-    """After a fork (the commit process, LMTP workers) the parent's thread does not
-    run in the child: the first due checkpoint there starts one."""
-    _path, writer = db
-    insert(writer, Checkpointer.CHECKPOINT_EVERY)
+def test_a_thread_that_died_is_started_again(db, tmp_path):
+    """A checkpoint thread that stopped (here: its lock file cannot be opened) is
+    replaced at the next due checkpoint, instead of leaving the WAL to the writer's
+    fallback inside a COMMIT."""
+    path, writer = db
     cp = writer._checkpointer
-    parent_thread = cp._thread
-    cp._pid = -1                     # what a forked child sees
+    lock_path = cp.lock_path
+    cp.lock_path = str(tmp_path / "missing" / "cp.db.lock")
     insert(writer, Checkpointer.CHECKPOINT_EVERY)
-    assert cp._thread is not parent_thread and cp._thread.is_alive()
-    assert cp._pid == os.getpid()
+    dead = cp._thread
+    assert dead is not None
+    dead.join(10)
+    assert not dead.is_alive() and cp.runs == 0
+    cp.lock_path = lock_path
+    insert(writer, Checkpointer.CHECKPOINT_EVERY)
+    assert cp._thread is not dead and cp._thread.is_alive()
+    deadline = time.monotonic() + 10
+    while cp.runs < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cp.runs >= 1
+    assert count(path) == 2 * Checkpointer.CHECKPOINT_EVERY
 
 
 def test_an_in_memory_database_has_none():

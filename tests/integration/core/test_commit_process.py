@@ -9,8 +9,11 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +35,7 @@ from gateway.store.tables import Communication, Delivery, Quarantine, Ticket
 from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
 from tests.peers.serve import (
+    ROOT,
     commit_process_of,
     lmtp_workers_of,
     served_by,
@@ -217,11 +221,53 @@ class TestServe:
             stop_serve(proc)
 
 
-    def test_a_commit_process_that_cannot_start_is_tried_again_later(self, make_confdir):
-        """A commit process killed while the configuration files are broken: the new
-        one cannot start, the LMTP process goes on committing itself (250), the main
-        process tries again after growing pauses, and once the files are fixed a new
-        commit process runs (counted in deskgate_commit_process_restarts_total)."""
+    def test_a_commit_process_from_other_code_is_refused_and_tried_again(
+            self, make_confdir, tmp_path):
+        """deskgate upgraded while serve runs: the commit process started again comes
+        from the installed code, which is not the running one, so it refuses to serve
+        (the two would read each other's messages by field order). The LMTP process
+        goes on committing itself (250), the main process tries again after growing
+        pauses, and once the installed code is the running one again a new commit
+        process runs (each start counted in deskgate_commit_process_restarts_total)."""
+        port = free_port()
+        conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        pkg = tmp_path / "installed"
+        shutil.copytree(ROOT / "gateway", pkg / "gateway",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        init = pkg / "gateway" / "__init__.py"
+        original = init.read_text()
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(conf),
+                                 "serve"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(pkg)})
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
+            assert wait_for(lambda: health(port) is not None)
+            (committer,) = commit_process_of(proc.pid)
+            init.write_text(original.replace('__version__ = "', '__version__ = "99.0+'))
+            os.kill(committer, signal.SIGKILL)
+            assert wait_for(lambda: not Path(f"/proc/{committer}").exists(), 20)
+            time.sleep(2.5)            # the first new one (after 1 s) refused
+            assert [send(sock, f"b{n}") for n in range(3)] == [250] * 3
+            assert health(port)["commit_process"] == "gone"
+            init.write_text(original)
+            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up", 30)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            restarts = [float(line.split()[-1]) for line in metrics.splitlines()
+                        if line.startswith("deskgate_commit_process_restarts_total")]
+            assert restarts and restarts[0] >= 2
+            assert send(sock, "fixed") == 250
+            assert proc.poll() is None
+        finally:
+            stop_serve(proc)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert "is not the one `deskgate serve` runs" in err and "99.0+" in err
+
+    def test_a_commit_process_started_again_runs_the_running_configuration(
+            self, make_confdir):
+        """Files edited but not reloaded do not reach a new commit process: it runs
+        with what the other processes run (here the files are even broken)."""
         port = free_port()
         conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'})
         sock = conf.parent / "var" / "run" / "lmtp.sock"
@@ -230,21 +276,12 @@ class TestServe:
             assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
             assert wait_for(lambda: health(port) is not None)
             (committer,) = commit_process_of(proc.pid)
-            broken = conf / "90-broken.toml"
-            broken.write_text("[lmtp]\nworkers = -1\n")
+            (conf / "90-broken.toml").write_text("[lmtp]\nworkers = -1\n")
             os.kill(committer, signal.SIGKILL)
-            assert wait_for(lambda: not Path(f"/proc/{committer}").exists(), 20)
-            time.sleep(2.5)            # the first new one (after 1 s) could not start
-            assert [send(sock, f"b{n}") for n in range(3)] == [250] * 3
-            assert health(port)["commit_process"] == "gone"
-            broken.unlink()
-            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up", 30)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                metrics = r.read().decode()
-            restarts = [float(line.split()[-1]) for line in metrics.splitlines()
-                        if line.startswith("deskgate_commit_process_restarts_total")]
-            assert restarts and restarts[0] >= 2
-            assert send(sock, "fixed") == 250
+            assert wait_for(lambda: [p for p in commit_process_of(proc.pid)
+                                     if p != committer], 20)
+            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up", 20)
+            assert send(sock, "running") == 250
             assert proc.poll() is None
         finally:
             stop_serve(proc)
@@ -394,6 +431,63 @@ class TestClientServer:
         with pair.lmtp_gw.engine.connect() as conn:
             mids = {r[0] for r in conn.execute(select(Delivery.message_id)).all()}
         assert "<after@customer.test>" in mids or "after@customer.test" in mids
+
+    async def test_a_retired_client_closes_after_its_last_answer(self, pair):
+        """A new commit process's socket replaces the connection (_connect_commit):
+        the old one takes no more messages, answers those it has, then closes, so
+        the old commit process can stop."""
+        waiting = asyncio.ensure_future(pair.lmtp_gw.deliver(
+            "c@customer.test", ["support@example.org"], mail("inflight"), "peer"))
+        for _ in range(5000):
+            if pair.client.pending:
+                break
+            await asyncio.sleep(0.001)
+        assert pair.client.pending
+        pair.client.retire()
+        assert not pair.client.up
+        out = await waiting
+        assert out.replies[0].code == 250 and out.action == "new"
+        assert pair.server_gw.writer.jobs >= 1 and pair.lmtp_gw.writer.jobs == 0
+        for _ in range(100):
+            if pair.server.all_gone.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert pair.server.all_gone.is_set()     # the commit process saw it close
+        nxt = await pair.lmtp_gw.deliver("c@customer.test", ["support@example.org"],
+                                         mail("own"), "peer")
+        assert nxt.replies[0].code == 250 and pair.lmtp_gw.writer.jobs >= 1
+
+    async def test_a_reply_of_the_wrong_shape_fails_only_its_message(self):
+        """A reply whose fields do not match (a commit process from other code) is
+        an error for that message; the connection stays up for the next answer."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        client = CommitClient(a)
+        await client.connect()
+        try:
+            loop = asyncio.get_running_loop()
+            first = loop.create_future()
+            second = loop.create_future()
+            client.pending.update({1: first, 2: second})
+            good = tuple(range(len(commitproc.RESULT_FIELDS)))
+            b.sendall(frame(1, (True, (1, 2))) + frame(2, (True, good)))
+            with pytest.raises(commitproc.RemoteCommitError) as err:
+                await asyncio.wait_for(first, 5)
+            assert err.value.kind == "error" and "unreadable reply" in str(err.value)
+            assert (await asyncio.wait_for(second, 5))["ticket_id"] == 2
+            assert client.up
+        finally:
+            client.close()
+            b.close()
+
+    def test_fingerprint_follows_the_wire_fields(self, monkeypatch):
+        before = commitproc.fingerprint()
+        assert before == commitproc.fingerprint() and len(before) == 16
+        monkeypatch.setattr(commitproc, "RESULT_FIELDS", commitproc.RESULT_FIELDS[::-1])
+        assert commitproc.fingerprint() != before
+        monkeypatch.undo()
+        import gateway
+        monkeypatch.setattr(gateway, "__version__", "99.0")
+        assert commitproc.fingerprint() != before
 
     async def test_connection_records_go_to_the_commit_process(self, pair):
         comm = Comm("Incoming", "LMTP", "peer")
@@ -608,7 +702,8 @@ class TestWire:
         # any other time goes as it is
         from datetime import timedelta, timezone
         local = datetime(2026, 12, 4, 10, 0, 0, 123457, tzinfo=timezone(timedelta(hours=1)))
-        assert commitproc._t_in(commitproc._t_out(local)) == local
+        back = commitproc._t_in(commitproc._t_out(local))
+        assert back == local and back.tzinfo == local.tzinfo and back.hour == 10
         naive = datetime(2026, 12, 4, 10, 0)
         assert commitproc._t_out(naive) is naive
 
