@@ -190,11 +190,11 @@ class Gateway:
         if cfg.helpdesk.enabled and running is None:
             svc = _handoff(self)
             if svc is not None:
-                await svc.start()
-                self.services.append(svc)
+                await self._add_service(svc)
         elif not cfg.helpdesk.enabled and running is not None:
             self.services.remove(running)
             await running.stop()
+            metrics.SERVICE_UP.labels(running.name).set(0)
 
     async def _start_sender(self) -> None:
         """A [relay] host added by a reload starts the outbound sender that had none
@@ -203,9 +203,22 @@ class Gateway:
             return
         svc = _sender(self)
         if svc is not None:
+            await self._add_service(svc)
+            if svc in self.services:
+                log.info("outbound sender started: [relay] configured")
+
+    async def _add_service(self, svc: Service) -> None:
+        """A service a reload adds: started and kept, with its up metric. One that
+        cannot start is logged and left out (the next reload tries again) instead
+        of failing the reload with the new configuration already in place."""
+        try:
             await svc.start()
-            self.services.append(svc)
-            log.info("outbound sender started: [relay] configured")
+        except Exception as exc:
+            log.error("service cannot start", service=svc.name, error=repr(exc))
+            metrics.SERVICE_UP.labels(svc.name).set(0)
+            return
+        self.services.append(svc)
+        metrics.SERVICE_UP.labels(svc.name).set(1 if is_running(svc) else 0)
 
     def _log_reload_failure(self, text: str) -> None:
         comm = Comm("Incoming", "Config", "reload")

@@ -6,6 +6,7 @@ import smtplib
 
 from sqlalchemy import select
 
+from gateway import metrics
 from gateway.store.tables import (
     Article,
     CommEntry,
@@ -101,8 +102,47 @@ class TestReload:
             conf.write_text(with_host)
             assert rg.call(rg.gateway.reload())
             assert "outbound-sender" in [s.name for s in rg.gateway.services]
+            assert metrics.SERVICE_UP.labels("outbound-sender")._value.get() == 1
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="sent after reload")
             assert len(sink.received) == 1
+
+    def test_a_sender_that_cannot_start_on_reload_leaves_the_reload_done(
+            self, outbound_config, run_gateway, monkeypatch):
+        """The sender a reload adds fails to start: the reload still completes (new
+        configuration, counted ok), the sender is reported down and tried again by
+        the next reload."""
+        from gateway import app
+        from gateway.config import load_config
+
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port, submission=False)
+            conf = cfg.conf_dir / "40-outbound.toml"
+            with_host = conf.read_text()
+            conf.write_text(with_host.replace('host = "127.0.0.1"', 'host = ""'))
+            rg = run_gateway(load_config(cfg.conf_dir))
+            real = app._sender
+            tries: list[str] = []
+
+            def failing(host):
+                svc = real(host)
+
+                async def start() -> None:
+                    tries.append("start")
+                    raise OSError("cannot start")
+                svc.start = start
+                return svc
+            monkeypatch.setattr(app, "_sender", failing)
+            ok_before = metrics.RELOADS.labels("ok")._value.get()
+            conf.write_text(with_host)
+            assert rg.call(rg.gateway.reload()) is True
+            assert tries == ["start"]
+            assert rg.gateway.config.relay.host == "127.0.0.1"
+            assert metrics.RELOADS.labels("ok")._value.get() == ok_before + 1
+            assert "outbound-sender" not in [s.name for s in rg.gateway.services]
+            assert metrics.SERVICE_UP.labels("outbound-sender")._value.get() == 0
+            monkeypatch.setattr(app, "_sender", real)
+            assert rg.call(rg.gateway.reload()) is True
+            assert "outbound-sender" in [s.name for s in rg.gateway.services]
 
 
 class TestDkimEndToEnd:
