@@ -1,1 +1,1 @@
-"""Read-only dashboard, /metrics and /healthz, served by `deskgate serve`."""
+"""The dashboard (read-only but for the admin pages), /metrics and /healthz."""
