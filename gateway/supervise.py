@@ -153,7 +153,7 @@ def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
 
     def readable() -> None:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(control, 64, 4)
+            _msg, fds, _flags, _addr = socket.recv_fds(control, 64, 4)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -161,7 +161,6 @@ def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
             # main process is gone gets SIGTERM instead, _die_with)
             loop.remove_reader(control.fileno())
             return
-        del msg
         for fd in fds:
             task = asyncio.ensure_future(_connect_commit(gw, socket.socket(fileno=fd)))
             connecting.add(task)
