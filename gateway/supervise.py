@@ -65,9 +65,8 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
 
     async def reload() -> None:
         sdnotify.reloading()
-        _signal_workers(workers, signal.SIGHUP)
         try:
-            await _reload_and_settle(gw)
+            await reload_everywhere(gw, workers)
         finally:
             sdnotify.notify("READY=1", "STATUS=serving")
 
@@ -282,11 +281,27 @@ def _settle_heap() -> None:
     log.debug("heap frozen", objects=frozen)
 
 
-async def _reload_and_settle(gw: Gateway) -> None:
+async def _reload_and_settle(gw: Gateway) -> bool:
     try:
-        await gw.reload()
+        return await gw.reload()
     finally:
         _settle_heap()
+
+
+async def reload_everywhere(gw: Gateway, others: Sequence[int]) -> bool:
+    """SIGHUP in the main process: reload here first (validate, write queues and
+    addresses to the database), then, only if that worked, the LMTP workers and the
+    commit process, as the dashboard's admin pages do. A reload this process refused
+    or failed leaves every process on the running configuration, never some on
+    the old one and some on the new."""
+    try:
+        ok = await _reload_and_settle(gw)
+    except Exception:
+        log.exception("reload failed; the other processes keep the running configuration")
+        return False
+    if ok:
+        _signal_workers(others, signal.SIGHUP)
+    return ok
 
 
 def _poke_main(pid: int) -> None:
