@@ -34,7 +34,7 @@ if not MULTIPROCESS:
     PlatformCollector(registry=REGISTRY)
 
 MESSAGES = Counter(
-    "deskgate_messages", "Messages handled, by door (lmtp, stdin, poller, submission, relay), "
+    "deskgate_messages", "Messages handled, by door (lmtp, poller, submission, relay), "
     "direction (in, out) and result (new, followup, duplicate, ignore, quarantine, tempfail, "
     "sent, deferred, bounced, ...)", ["door", "direction", "result"], registry=REGISTRY)
 PIPELINE_SECONDS = Histogram(
