@@ -131,6 +131,7 @@ class TestStopUnderLoad:
             deadline = time.monotonic() + 30
             while not sock.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
+            assert sock.exists(), "the first serve did not come up"
             src = subprocess.Popen(["smtp-source", "-s", "5", "-m", str(total), "-l", "2000",
                                     "-f", "customer@customer.test", "-t",
                                     "support@example.org", f"127.0.0.1:{postfix.port}"],
@@ -151,7 +152,8 @@ class TestStopUnderLoad:
                     src.wait()
                 if src.stderr:
                     src.stderr.close()
-        assert stopped_at < total, "the stop came too late to test anything"
+        # the stop came while Postfix was delivering: some stored, not all
+        assert 30 <= stopped_at < total, stopped_at
         with serve(conf):
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not sock.exists():

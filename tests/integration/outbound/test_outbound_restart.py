@@ -110,8 +110,11 @@ class TestRestart:
             wait_for(lambda: db_statuses(db) == ["sent"] * 5, 30, "delivery after restart")
             assert sorted(received_ids(sink)) == sorted(ids)
 
-    def test_crash_mid_send_is_recovered_without_duplicates(self, serve_setup):
-        """Killed (SIGKILL) while the relay is answering RCPT: after restart, one copy each."""
+    def test_crash_before_data_is_retried_and_each_message_sent_once(self, serve_setup):
+        """Killed (SIGKILL) while the relay is answering RCPT, before any DATA: after the
+        restart the interrupted send is taken up again (its lease expires) and every
+        message arrives exactly once. (A kill after the relay accepted DATA but before
+        the row says sent would send that message again: at least once, as any MTA.)"""
         with AuthSink() as sink:
             sink.handler.rcpt_delay = 3.0
             serve, port, db = serve_setup(sink.port, retry="1s*30")

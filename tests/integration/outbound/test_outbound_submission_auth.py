@@ -62,5 +62,5 @@ password_hash = "{pw_hash}"
             for s in conns:
                 s.close()
         assert len(codes) == 40
-        assert codes.count(535) <= 3
+        assert 1 <= codes.count(535) <= 3     # some were checked, never more than 3
         assert codes.count(454) == 40 - codes.count(535)

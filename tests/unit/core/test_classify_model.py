@@ -27,15 +27,18 @@ class Boom:
         return (Path.touch, (MARKER,))
 
 
-def small_model(tmp_path: Path) -> Path:
+def trained_small():
     words = {"Billing": "invoice refund payment charged twice credit note",
              "Technical": "error login password server crash reset timeout",
              "Sales": "quote price discount offer demo licence seats"}
     ex = [Example(f"{w.split()[i % 6]} {w.split()[(i + 2) % 6]} case {i}", q,
                   "3 normal" if i % 3 else "4 high")
           for q, w in words.items() for i in range(12)]
-    model = train(ex, min_per_class=5)
-    save(model, tmp_path / "m")
+    return train(ex, min_per_class=5)
+
+
+def small_model(tmp_path: Path) -> Path:
+    save(trained_small(), tmp_path / "m")
     return tmp_path / "m"
 
 
@@ -51,8 +54,13 @@ def rewrite_arrays(directory: Path, arrays: dict[str, object], *, pickle_ok: boo
 class TestModelFiles:
     def test_round_trip(self, tmp_path):
         """A saved model loads back and predicts the same."""
-        d = small_model(tmp_path)
+        model = trained_small()
+        d = tmp_path / "m"
+        save(model, d)
         m = load(d)
+        for text in ("please refund the invoice charged twice", "server crash after login",
+                     "a quote for ten seats", "unrelated words entirely"):
+            assert m.predict(text) == model.predict(text)      # as before it was saved
         p = m.predict("please refund the invoice charged twice")
         assert p["queue"] == "Billing" and 0 < p["confidence"] <= 1
         assert p["runner_up"] in ("Sales", "Technical")

@@ -56,7 +56,48 @@ def test_serve_settles_after_start_and_after_each_reload(monkeypatch):
             calls.append("reload")
             return False
 
-    supervise._settle_heap()
-    assert calls == ["settle"]
-    asyncio.run(supervise._reload_and_settle(FakeGateway()))   # type: ignore[arg-type]
-    assert calls == ["settle", "reload", "settle"]
+    assert asyncio.run(supervise.reload_everywhere(FakeGateway(), [])) is False  # type: ignore[arg-type]
+    assert calls == ["reload", "settle"]
+
+
+def test_serve_freezes_the_heap_once_it_listens(monkeypatch, config):
+    """serve() settles the heap after its Gateway started (listeners and services
+    up), not before, and serves on until SIGTERM."""
+    import asyncio
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from gateway import supervise
+
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "settle", lambda: calls.append("settle") or 1)
+
+    class FakeGateway:
+        def __init__(self, _config: object) -> None:
+            self.pipeline = SimpleNamespace(remote=None)
+
+        def prepare_store(self) -> None:
+            calls.append("prepare")
+
+        async def start(self, socks: object = None) -> list[object]:
+            calls.append("start")
+            return []
+
+        def services_up(self) -> list[str]:
+            return []
+
+        def services_down(self) -> list[str]:
+            return []
+
+        async def stop(self, servers: object) -> None:
+            calls.append("stop")
+
+    monkeypatch.setattr(supervise, "Gateway", FakeGateway)
+
+    def ready() -> None:
+        calls.append("ready")
+        os.kill(os.getpid(), signal.SIGTERM)     # handled by serve's loop: a stop
+
+    asyncio.run(supervise.serve(config, ready=ready))
+    assert calls == ["prepare", "start", "settle", "ready", "stop"]

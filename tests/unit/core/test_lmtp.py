@@ -156,6 +156,11 @@ class TestData:
         assert client.cmd("DATA")[0] == 354
         client.sock.sendall(b".\r\n")
         assert client.reply()[0] == 250
+        assert tickets(rg) == 1
+        with rg.gateway.engine.connect() as c:
+            (title,) = c.execute(select(Ticket.title)).one()
+            (body,) = c.execute(select(Article.body)).one()
+        assert title == "(no subject)" and body == ""
 
     def test_disconnect_in_data_stores_nothing(self, rg):
         """A connection lost in the middle of DATA stores nothing and hurts nobody."""

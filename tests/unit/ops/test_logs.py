@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
@@ -106,16 +108,25 @@ class Opaque:
 
 class TestLineContent:
     def test_a_json_line_has_the_fields_level_and_utc_timestamp_in_order(
-            self, stderr: Recorder) -> None:
-        """Fields as given, then event, level and an ISO UTC timestamp ending in Z."""
-        stderr.install()
-        structlog.get_logger("t").warning("stored", ticket="2026120310000001", article=7)
+            self, stderr: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Fields as given, then event, level and an ISO UTC timestamp ending in Z
+        (UTC even on a host whose local time is not)."""
+        monkeypatch.setenv("TZ", "DGT+3")      # POSIX form, UTC-3, no zoneinfo needed
+        time.tzset()
+        try:
+            stderr.install()
+            structlog.get_logger("t").warning("stored", ticket="2026120310000001", article=7)
+        finally:
+            monkeypatch.undo()
+            time.tzset()
         line = json.loads("".join(stderr.writes))
         assert list(line) == ["ticket", "article", "event", "level", "timestamp"]
         assert line["level"] == "warning"
         assert line["article"] == 7
         assert line["timestamp"].endswith("Z")
         assert "+00:00" not in line["timestamp"]
+        stamp = datetime.fromisoformat(line["timestamp"].removesuffix("Z")).replace(tzinfo=UTC)
+        assert abs(stamp - datetime.now(UTC)) < timedelta(minutes=5)
 
     def test_exception_is_logged_at_level_error_with_its_traceback(
             self, stderr: Recorder) -> None:

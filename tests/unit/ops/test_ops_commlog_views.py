@@ -129,6 +129,8 @@ class TestListFilters:
         assert set(row) == {"id", "direction", "status", "account_type", "account", "start",
                             "end"}
         assert row["start"] == NOW and row["end"] == NOW + timedelta(seconds=1)
+        # the same instants, in UTC (an aware local time would compare equal too)
+        assert row["start"].utcoffset() == timedelta(0) == row["end"].utcoffset()
 
 
 class TestDetail:

@@ -93,17 +93,46 @@ class TestRewrite:
         assert ctx.msg["From"] == "Example Support <support@example.org>"
         assert ctx.sender == "support@example.org"
 
-    def test_display_name_with_specials_is_quoted(self, rt):
-        """A display name with RFC 5322 specials is quoted; non-ASCII is RFC 2047-encoded."""
-        assert email.utils.formataddr(("Support, Inc.", "s@example.org")) == \
-            '"Support, Inc." <s@example.org>'
-        from gateway.outbound.rewrite import set_header
+    def test_display_name_with_specials_is_quoted(self, tmp_path, make_confdir):
+        """A queue's display name with RFC 5322 specials is quoted in the From that
+        rewrite writes; a non-ASCII one is RFC 2047-encoded (the header stays ASCII)."""
+        from gateway.config import load_config
+        from gateway.runtime import build_runtime
+        from gateway.store.db import make_engine, migrate
 
-        msg = message_from_bytes(BASE, policy=compat32)
-        set_header(msg, "From", email.utils.formataddr(("Süpport", "s@example.org"),
-                                                       charset="utf-8"))
-        assert decode_header_value(msg["From"]) == "Süpport <s@example.org>"
-        assert msg["From"].isascii()
+        cfg = load_config(make_confdir({"50-names.toml": """
+[[queue]]
+name = "Special"
+address = "special@example.org"
+[[queue]]
+name = "Umlaut"
+address = "umlaut@example.org"
+[[address]]
+email = "special@example.org"
+display_name = "Support, Inc."
+queue = "Special"
+[[address]]
+email = "umlaut@example.org"
+display_name = "Süpport (Zürich)"
+queue = "Umlaut"
+"""}))
+        engine = make_engine(f"sqlite:///{tmp_path / 'names.db'}")
+        migrate(engine)
+        rt = build_runtime(cfg)
+        try:
+            with engine.begin() as conn:
+                repo.sync_config(conn, cfg)
+                special = run(ctx_for(b"X-Deskgate-Queue: Special\r\n" + BASE), rt, conn)
+                umlaut = run(ctx_for(b"X-Deskgate-Queue: Umlaut\r\n" + BASE), rt, conn)
+        finally:
+            engine.dispose()
+        assert special.msg["From"] == '"Support, Inc." <special@example.org>'
+        assert email.utils.parseaddr(special.msg["From"]) == ("Support, Inc.",
+                                                                "special@example.org")
+        assert umlaut.msg["From"].isascii() and "=?utf-8?" in umlaut.msg["From"]
+        # one encoded word: the parentheses inside it are not a comment
+        assert umlaut.msg["From"] == "=?utf-8?b?U8O8cHBvcnQgKFrDvHJpY2gp?= <umlaut@example.org>"
+        assert decode_header_value(umlaut.msg["From"]) == "Süpport (Zürich) <umlaut@example.org>"
 
     def test_internal_headers_and_bcc_stripped_ids_added(self, ob_engine, rt):
         """X-Deskgate-/X-OTOBO-/X-OTRS- headers and Bcc go; Message-ID and Date are added."""
