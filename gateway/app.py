@@ -171,13 +171,22 @@ class Gateway:
             return False
         await self.writer.run(lambda conn: repo.sync_config(conn, cfg), isolated=True)
         self.config, self.runtime = cfg, rt
-        for hook in self.reload_hooks:
-            res = hook(cfg)
-            if asyncio.iscoroutine(res):
-                await res
+        # From here on the new configuration is in place (and the other processes
+        # follow it): a service that cannot follow is logged, not a failed reload.
+        for hook in list(self.reload_hooks):
+            try:
+                res = hook(cfg)
+                if asyncio.iscoroutine(res):
+                    await res
+            except Exception as exc:
+                log.error("reload: a service did not take the new configuration",
+                          hook=getattr(hook, "__qualname__", repr(hook)), error=repr(exc))
         if self.with_services:
-            await self._switch_handoff(cfg)
-            await self._start_sender()
+            try:
+                await self._switch_handoff(cfg)
+                await self._start_sender()
+            except Exception as exc:
+                log.error("reload: a service could not be switched", error=repr(exc))
         await self._restart_failed_services()
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
@@ -188,37 +197,44 @@ class Gateway:
         (rows written meanwhile wait in the outbox)."""
         running = next((s for s in self.services if s.name == "helpdesk-handoff"), None)
         if cfg.helpdesk.enabled and running is None:
-            svc = _handoff(self)
-            if svc is not None:
-                await self._add_service(svc)
+            await self._add_service(_handoff)
         elif not cfg.helpdesk.enabled and running is not None:
             self.services.remove(running)
-            await running.stop()
+            hook = getattr(running, "reload", None)
+            if hook in self.reload_hooks:
+                self.reload_hooks.remove(hook)
             metrics.SERVICE_UP.labels(running.name).set(0)
+            await running.stop()
 
     async def _start_sender(self) -> None:
         """A [relay] host added by a reload starts the outbound sender that had none
         at start (mail queued meanwhile goes out now)."""
         if any(s.name == "outbound-sender" for s in self.services):
             return
-        svc = _sender(self)
-        if svc is not None:
-            await self._add_service(svc)
-            if svc in self.services:
-                log.info("outbound sender started: [relay] configured")
+        if await self._add_service(_sender) is not None:
+            log.info("outbound sender started: [relay] configured")
 
-    async def _add_service(self, svc: Service) -> None:
-        """A service a reload adds: started and kept, with its up metric. One that
-        cannot start is logged and left out (the next reload tries again) instead
-        of failing the reload with the new configuration already in place."""
+    async def _add_service(self, make: ServiceFactory) -> Service | None:
+        """A service a reload adds: made, started and kept, with its up metric. One
+        that cannot start is logged, stopped and left out with the reload hooks its
+        factory registered (the next reload tries again) instead of failing the
+        reload with the new configuration already in place."""
+        hooks = len(self.reload_hooks)
+        svc = make(self)
+        if svc is None:
+            return None
         try:
             await svc.start()
         except Exception as exc:
             log.error("service cannot start", service=svc.name, error=repr(exc))
+            del self.reload_hooks[hooks:]
+            with contextlib.suppress(Exception):
+                await svc.stop()
             metrics.SERVICE_UP.labels(svc.name).set(0)
-            return
+            return None
         self.services.append(svc)
         metrics.SERVICE_UP.labels(svc.name).set(1 if is_running(svc) else 0)
+        return svc
 
     def _log_reload_failure(self, text: str) -> None:
         comm = Comm("Incoming", "Config", "reload")

@@ -179,6 +179,7 @@ class CommitKeeper:
 
     FIRST_PAUSE = 1.0
     MAX_PAUSE = 60.0
+    READY_WAIT = 120.0   # for a new interpreter's imports and database, on a cold cache
     STEADY = 60.0        # a commit process that lived this long resets the pause
 
     def __init__(self, gw: Gateway, workers: list[int], pid: int,
@@ -230,6 +231,8 @@ class CommitKeeper:
         # An attempt counts as a start for the pause: one that fails at once is
         # tried again after a longer one.
         self.started = time.monotonic()
+        self.restarts += 1
+        COMMIT_RESTARTS.inc()
         pairs: list[tuple[socket.socket, socket.socket]] = []
         try:
             for _ in range(1 + len(self.controls)):
@@ -237,16 +240,17 @@ class CommitKeeper:
             self.pid = spawn_commit_process(self.gw.config, [end for _, end in pairs],
                                             os.getpid())
             self.workers.append(self.pid)
-            self.restarts += 1
-            COMMIT_RESTARTS.inc()
             for _, end in pairs:
                 end.close()
+            # Nothing goes to it before it said it is ready (it may refuse: other code
+            # installed); meanwhile every LMTP process goes on committing itself.
+            await _wait_ready(pairs[0][0], self.READY_WAIT)
             # This process first: from here on its loss is watched (and the pid
             # signalled and reaped), whatever happens to the workers' hand-over.
             await _connect_commit(self.gw, pairs[0][0])
             self._watch()
-        except Exception as exc:      # no socket (EMFILE), no process, no connection
-            log.error("commit process not started", error=str(exc))
+        except Exception as exc:      # no socket (EMFILE), no process, not ready
+            log.error("commit process not started", error=str(exc) or type(exc).__name__)
             for client, end in pairs:
                 client.close()
                 end.close()
@@ -264,13 +268,36 @@ class CommitKeeper:
         log.warning("commit process started again", pid=self.pid, restarts=self.restarts)
 
 
-def _serve_commits(config: Config, socks: list[socket.socket], parent: int) -> int:
+async def _wait_ready(sock: socket.socket, within: float) -> None:
+    """Wait for a new commit process's READY on its socket to this process; raises
+    when it closes the socket first (it refused or failed to start) or takes longer
+    than `within` seconds. Reads only those bytes: replies come only after requests."""
+    from gateway.inbound.commitproc import READY
+
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    got = b""
+    async with asyncio.timeout(within):
+        while len(got) < len(READY):
+            chunk = await loop.sock_recv(sock, len(READY) - len(got))
+            if not chunk:
+                raise ConnectionError("it stopped before it was ready (see its error above)")
+            got += chunk
+    if got != READY:
+        raise ConnectionError(f"unexpected greeting {got!r}")
+
+
+def _serve_commits(config: Config, socks: list[socket.socket], parent: int, *,
+                   announce: bool = False) -> int:
     """The commit process (gateway.inbound.commitproc): the inbound commit of every
-    LMTP process, in one writer; its exit status."""
-    from gateway.inbound.commitproc import run_commit_process
+    LMTP process, in one writer; its exit status. `announce`: tell the main process
+    (on the first socket) that it is ready, before any request can come."""
+    from gateway.inbound.commitproc import READY, run_commit_process
 
     gw = Gateway(config)
     _settle_heap()
+    if announce:
+        socks[0].sendall(READY)
     return run_commit_process(gw, socks, lambda: _poke_main(parent))
 
 
@@ -528,9 +555,11 @@ def spawn_commit_process(config: Config, ends: Sequence[socket.socket], parent: 
     A new interpreter (posix_spawn), not a fork: the main process has threads
     running by now (its writer, the sender, ...), and a forked copy of a process
     with threads may inherit a lock another thread held. A new interpreter imports
-    deskgate as installed now: it refuses to serve when that is not the code this
-    process runs (an upgrade since `deskgate serve` started), as the two would read
-    each other's messages by field order (gateway.inbound.commitproc.fingerprint).
+    deskgate as installed now: it refuses to serve when that is another version or
+    lays out the messages between the processes differently (an upgrade since
+    `deskgate serve` started), as the two would read each other's messages by
+    field order (gateway.inbound.commitproc.fingerprint). Once it can serve it
+    sends READY on its first socket (_wait_ready).
     """
     import tempfile
 
@@ -584,7 +613,7 @@ def _commit_process_main(argv: list[str]) -> int:
         # written by our main process (spawn_commit_process), same code as checked above
         config: Config = pickle.load(f)  # noqa: S301
     setup_logging(config.gateway.log_level, config.gateway.log_format)
-    return _serve_commits(config, socks, parent)
+    return _serve_commits(config, socks, parent, announce=True)
 
 
 if __name__ == "__main__":

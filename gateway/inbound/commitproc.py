@@ -87,6 +87,10 @@ RESULT_FIELDS = ("verdict", "action", "ticket_id", "ticket_number", "article_id"
                  "handoff_id", "queue", "trace")
 
 
+# What a commit process started again (gateway.supervise) sends first, once it can serve.
+READY = b"DGREADY\n"
+
+
 def fingerprint() -> str:
     """What both ends of the wire must agree on: deskgate's version and the field
     order of every object sent as a tuple. A commit process started from other code
@@ -355,6 +359,8 @@ class CommitClient(asyncio.Protocol):
         self.closing = True
         self.up = False
         if self.transport is not None:
+            if self._out:           # queued this loop iteration (connection records)
+                self._write_out()   # the transport sends them before it closes
             self.transport.close()
         else:
             self.sock.close()

@@ -614,6 +614,7 @@ class Checkpointer:
     CHECKPOINT_EVERY = 25
     FALLBACK_PAGES = 10000
     CATCH_UP_PASSES, CATCH_UP_PAGES = 3, 64
+    RETRY_AFTER = 60.0          # seconds between starts of a thread that keeps dying
 
     def __init__(self, database: str, lock_path: str) -> None:
         self.database, self.lock_path = database, lock_path
@@ -622,6 +623,7 @@ class Checkpointer:
         self._due = threading.Event()
         self._stop = threading.Event()      # the running thread's; a new one gets its own
         self._thread: threading.Thread | None = None
+        self._started_at = 0.0
 
     def committed(self) -> None:
         """After each commit of the writer (its thread): wake the checkpoint when due."""
@@ -632,9 +634,14 @@ class Checkpointer:
         thread = self._thread
         if thread is None or not thread.is_alive():
             # First due (a `deskgate deliver` never gets here), a forked process whose
-            # parent's thread does not run here, or a thread that died: a new one.
+            # parent's thread does not run here, or a thread that died: a new one,
+            # but not more than once per RETRY_AFTER for one that keeps dying (its
+            # lock file cannot be opened, ...: each death logs its traceback).
             if thread is not None and not self._stop.is_set():
+                if time.monotonic() - self._started_at < self.RETRY_AFTER:
+                    return
                 log.warning("WAL checkpoint thread had stopped; starting it again")
+            self._started_at = time.monotonic()
             self._due, self._stop = threading.Event(), threading.Event()
             self._thread = threading.Thread(target=self._run, args=(self._due, self._stop),
                                             name="db-checkpoint", daemon=True)

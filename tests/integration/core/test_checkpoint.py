@@ -114,12 +114,15 @@ def test_a_thread_that_died_is_started_again(db, tmp_path):
     assert not dead.is_alive() and cp.runs == 0
     cp.lock_path = lock_path
     insert(writer, Checkpointer.CHECKPOINT_EVERY)
+    assert cp._thread is dead           # not again within RETRY_AFTER of its start
+    cp.RETRY_AFTER = 0.0
+    insert(writer, Checkpointer.CHECKPOINT_EVERY)
     assert cp._thread is not dead and cp._thread.is_alive()
     deadline = time.monotonic() + 10
     while cp.runs < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cp.runs >= 1
-    assert count(path) == 2 * Checkpointer.CHECKPOINT_EVERY
+    assert count(path) == 3 * Checkpointer.CHECKPOINT_EVERY
 
 
 def test_an_in_memory_database_has_none():

@@ -133,9 +133,11 @@ class TestReload:
                 return svc
             monkeypatch.setattr(app, "_sender", failing)
             ok_before = metrics.RELOADS.labels("ok")._value.get()
+            hooks = list(rg.gateway.reload_hooks)
             conf.write_text(with_host)
             assert rg.call(rg.gateway.reload()) is True
             assert tries == ["start"]
+            assert rg.gateway.reload_hooks == hooks     # the failed sender's hook is gone
             assert rg.gateway.config.relay.host == "127.0.0.1"
             assert metrics.RELOADS.labels("ok")._value.get() == ok_before + 1
             assert "outbound-sender" not in [s.name for s in rg.gateway.services]
