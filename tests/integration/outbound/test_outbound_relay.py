@@ -89,17 +89,12 @@ class TestReload:
         from tests.integration.outbound.test_outbound_cli import cli
 
         with AuthSink() as sink:
-            cfg = outbound_config(sink.port, submission=False)
-            conf = cfg.conf_dir / "40-outbound.toml"
-            with_host = conf.read_text()
-            conf.write_text(with_host.replace('host = "127.0.0.1"', 'host = ""'))
-            from gateway.config import load_config
-            rg = run_gateway(load_config(cfg.conf_dir))
+            cfg, rg, add_host = started_without_relay_host(sink, outbound_config, run_gateway)
             assert "outbound-sender" not in [s.name for s in rg.gateway.services]
             res = cli(cfg.conf_dir, "send", "--queue", "Sales", stdin=MSG)
             assert res.returncode == 0, res.stderr
             assert statuses(rg.gateway.engine) == ["queued"]
-            conf.write_text(with_host)
+            add_host()
             assert rg.call(rg.gateway.reload())
             assert "outbound-sender" in [s.name for s in rg.gateway.services]
             assert metrics.SERVICE_UP.labels("outbound-sender")._value.get() == 1
@@ -112,14 +107,9 @@ class TestReload:
         configuration, counted ok), the sender is reported down and tried again by
         the next reload."""
         from gateway import app
-        from gateway.config import load_config
 
         with AuthSink() as sink:
-            cfg = outbound_config(sink.port, submission=False)
-            conf = cfg.conf_dir / "40-outbound.toml"
-            with_host = conf.read_text()
-            conf.write_text(with_host.replace('host = "127.0.0.1"', 'host = ""'))
-            rg = run_gateway(load_config(cfg.conf_dir))
+            _cfg, rg, add_host = started_without_relay_host(sink, outbound_config, run_gateway)
             real = app._sender
             tries: list[str] = []
 
@@ -134,7 +124,7 @@ class TestReload:
             monkeypatch.setattr(app, "_sender", failing)
             ok_before = metrics.RELOADS.labels("ok")._value.get()
             hooks = list(rg.gateway.reload_hooks)
-            conf.write_text(with_host)
+            add_host()
             assert rg.call(rg.gateway.reload()) is True
             assert tries == ["start"]
             assert rg.gateway.reload_hooks == hooks     # the failed sender's hook is gone
@@ -145,6 +135,19 @@ class TestReload:
             monkeypatch.setattr(app, "_sender", real)
             assert rg.call(rg.gateway.reload()) is True
             assert "outbound-sender" in [s.name for s in rg.gateway.services]
+
+
+def started_without_relay_host(sink, outbound_config, run_gateway):
+    """A gateway whose [relay] has no host (no submission, so the configuration is
+    valid): (its config, the running gateway, a function that puts the sink's host
+    back into the file for a reload)."""
+    from gateway.config import load_config
+
+    cfg = outbound_config(sink.port, submission=False)
+    conf = cfg.conf_dir / "40-outbound.toml"
+    with_host = conf.read_text()
+    conf.write_text(with_host.replace('host = "127.0.0.1"', 'host = ""'))
+    return cfg, run_gateway(load_config(cfg.conf_dir)), lambda: conf.write_text(with_host)
 
 
 class TestDkimEndToEnd:
