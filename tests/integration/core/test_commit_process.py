@@ -71,6 +71,19 @@ def count(db: Path, table) -> int:
         engine.dispose()
 
 
+def connection_record(text: str) -> Comm:
+    """A closed LMTP connection record with one Info entry."""
+    comm = Comm("Incoming", "LMTP", "peer")
+    comm.obj("Connection").log("Info", "Connection", text)
+    comm.close("Successful")
+    return comm
+
+
+def communications(engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Communication)).scalar())
+
+
 def opens(pid: int, path: Path) -> bool:
     """The process has the file open."""
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -468,17 +481,12 @@ class TestClientServer:
     async def test_records_queued_when_the_connection_closes_are_sent(self, pair):
         """A connection record queued in the same loop iteration as the close (a
         retire, a stop) still reaches the commit process."""
-        comm = Comm("Incoming", "LMTP", "peer")
-        comm.obj("Connection").log("Info", "Connection", "queued just before close")
-        comm.close("Successful")
-        assert pair.client.log_connection(comm)
+        assert pair.client.log_connection(connection_record("queued just before close"))
         pair.client.retire()            # nothing pending: closes at once
         engine = pair.server_gw.engine
 
         def logged() -> int:
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(
-                    Communication)).scalar())
+            return communications(engine)
         for _ in range(100):
             if pair.server.all_gone.is_set() and logged():
                 break
@@ -518,16 +526,11 @@ class TestClientServer:
         assert commitproc.fingerprint() != before
 
     async def test_connection_records_go_to_the_commit_process(self, pair):
-        comm = Comm("Incoming", "LMTP", "peer")
-        comm.obj("Connection").log("Info", "Connection", "test record")
-        comm.close("Successful")
-        pair.lmtp_gw.log_connection(comm)
+        pair.lmtp_gw.log_connection(connection_record("test record"))
         engine = pair.lmtp_gw.engine
 
         def logged() -> bool:
-            with engine.connect() as conn:
-                return bool(conn.execute(select(func.count()).select_from(
-                    Communication)).scalar())
+            return bool(communications(engine))
         for _ in range(200):
             if logged():
                 break
