@@ -173,7 +173,8 @@ class Delivery(Base):
     message_id: Mapped[str] = mapped_column(String(998))
     content_hash: Mapped[str] = mapped_column(String(64))
     recipient: Mapped[str] = mapped_column(String(320))
-    article_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    # the hand-off and `keys redecrypt` read an article's recipients by it (0009)
+    article_id: Mapped[int | None] = mapped_column(BigId, nullable=True, index=True)
     outcome: Mapped[str] = mapped_column(String(20))    # stored | ignored | quarantined
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     __table_args__ = (UniqueConstraint("content_hash", "recipient", "message_id",

@@ -75,6 +75,91 @@ class TestMigrations:
         assert data == b"Subject: kept\r\n\r\nbody\r\n"
 
 
+    def test_0009_indexes_delivery_article_id(self, engine, db_url):
+        """delivery.article_id gets an index (the hand-off reads an article's recipients
+        by it); the downgrade takes it away again and keeps the rows."""
+        from alembic import command
+
+        def indexes() -> set[str]:
+            return {ix["name"] for ix in inspect(engine).get_indexes("delivery")}
+
+        cfg = alembic_config(db_url)
+
+        def to(rev: str, down: bool) -> None:
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                (command.downgrade if down else command.upgrade)(cfg, rev)
+
+        assert "ix_delivery_article_id" in indexes()
+        to("0008_drop_unused_indexes", True)
+        assert "ix_delivery_article_id" not in indexes()
+        with engine.begin() as conn:
+            repo.record_deliveries(conn, "<kept@x>", "f" * 64, ["a@x"], 7, "stored")
+        to("head", False)
+        assert "ix_delivery_article_id" in indexes()
+        with engine.connect() as conn:
+            from gateway.store.tables import Delivery
+            rows = conn.execute(select(Delivery.article_id, Delivery.recipient)).all()
+        assert [tuple(r) for r in rows] == [(7, "a@x")]
+
+
+class TestHandoffLoadPlans:
+    def test_load_reads_no_table_whole(self, engine):
+        """Every statement the hand-off worker runs to load a claimed article finds its
+        rows through an index: none reads the delivery table (one row per accepted
+        message and recipient) or another table whole. Checked with each backend's
+        own plan of the statements `outbox.load` really sends; on PostgreSQL with
+        sequential scans discouraged, so a tiny table still shows whether an index
+        can be used."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy import event
+
+        from gateway.helpdesk import outbox
+
+        with engine.begin() as conn:
+            tid = repo.insert_ticket(conn, number="202612050000001", title="t", queue="Raw",
+                                     state="new", state_type="new", priority="3 normal")
+            aid = repo.insert_article(conn, ticket_id=tid, direction="incoming",
+                                      sender_type="customer", subject="s", body="b")
+            repo.record_deliveries(conn, "<m@x>", "a" * 64, ["one@x", "two@x"], aid, "stored")
+            for n in range(30):      # other articles' deliveries, which must not be read
+                repo.record_deliveries(conn, f"<o{n}@x>", f"{n:064d}", ["z@x"], aid + 1 + n,
+                                       "stored")
+            hid = outbox.enqueue(conn, ticket_id=tid, article_id=aid, kind="create",
+                                 helpdesk="webhook", decisions={})
+        claimed = [outbox.Claimed(hid, tid, aid, "create", "k", 0, {}, datetime.now(UTC))]
+        sent: list[tuple[str, object]] = []
+
+        def capture(conn, cursor, statement, parameters, context, executemany):
+            sent.append((statement, parameters))
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            with engine.connect() as conn:
+                loaded = outbox.load(conn, claimed)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        assert sorted(loaded[hid].recipients) == ["one@x", "two@x"]
+        assert any("delivery" in sql for sql, _ in sent)
+        whole: list[str] = []
+        with engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            cur = raw.cursor()
+            if engine.dialect.name == "sqlite":
+                for sql, params in sent:
+                    cur.execute("EXPLAIN QUERY PLAN " + sql, params)
+                    whole += [f"{sql[:60]}: {r[-1]}" for r in cur.fetchall()
+                              if r[-1].startswith("SCAN ") and " USING " not in r[-1]]
+            else:
+                cur.execute("SET LOCAL enable_seqscan = off")
+                for sql, params in sent:
+                    cur.execute("EXPLAIN " + sql, params)
+                    whole += [f"{sql[:60]}: {r[0]}" for r in cur.fetchall()
+                              if "Seq Scan" in r[0]]
+        assert whole == []
+
+
 def _numbers_in_thread(engine, n: int) -> list[str]:
     out = []
     for _ in range(n):
