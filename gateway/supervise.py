@@ -74,6 +74,10 @@ async def serve(config: Config, *, ready: Callable[[], Any] | None = None,
     loop.add_signal_handler(signal.SIGUSR1, _wake_sender)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # blocked by run_serve until now
     pidfile = pidfile_path(config)
+    from gateway.config import process_advice
+
+    for key, reason in process_advice(config):
+        log.warning("configuration costs throughput on this machine", key=key, reason=reason)
     log.info("deskgate serving", lmtp=list(config.lmtp.listen),
              lmtp_workers=len(workers) + 1 - (commit_pid is not None),
              commit_process=gw.pipeline.remote is not None,

@@ -161,12 +161,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             else:
                 print(f"classifier.enabled: {problem}", file=sys.stderr)
             return 1
+    from gateway.config import process_advice
+
+    advice = process_advice(cfg)
     summary = {"ok": True, "config": str(cfg.conf_dir), "queues": len(cfg.queue),
                "addresses": len(cfg.address), "accounts": len(cfg.account),
-               "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim)}
+               "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim),
+               "warnings": [{"key": key, "reason": reason} for key, reason in advice]}
     if args.json:
         print_json(summary)
     else:
+        for key, reason in advice:       # valid, but costs throughput here
+            print(f"warning: {key}: {reason}", file=sys.stderr)
         print(f"{cfg.conf_dir}: OK ({summary['queues']} queues, {summary['addresses']} "
               f"addresses, {summary['accounts']} accounts, {summary['filters']} filters)")
     return EX_OK
