@@ -357,7 +357,7 @@ class Dashboard:
         return self.render(request, "handoff.html", title="Hand-offs to the helpdesk",
                            rows=rows, configured=hd.enabled, helpdesk=hd.type,
                            stats={"pending": st.pending, "failed": st.failed,
-                                  "delivered": st.delivered, "oldest": st.oldest_pending})
+                                  "oldest": st.oldest_pending})
 
     async def handoff_item(self, request: web.Request) -> web.Response:
         from gateway.helpdesk import outbox

@@ -103,6 +103,57 @@ class TestMigrations:
         assert [tuple(r) for r in rows] == [(7, "a@x")]
 
 
+def _statements(engine, fn):
+    """(the statements `fn(conn)` sends with their parameters, what it returns)."""
+    from sqlalchemy import event
+
+    sent: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.connect() as conn:
+            result = fn(conn)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    return sent, result
+
+
+def _whole_scans(engine, sent) -> list[str]:
+    """The steps of the backend's own plans of `sent` that read a table or an index
+    whole: SQLite's SCAN (of the table or of an index), PostgreSQL's Seq Scan and
+    index scans without an index condition. On PostgreSQL sequential scans are
+    discouraged, so a tiny table still shows whether an index can be used."""
+    def walk(node):
+        yield node
+        for child in node.get("Plans", ()):
+            yield from walk(child)
+
+    whole: list[str] = []
+    with engine.begin() as conn:
+        cur = conn.connection.driver_connection.cursor()
+        if engine.dialect.name == "sqlite":
+            for sql, params in sent:
+                cur.execute("EXPLAIN QUERY PLAN " + sql, params)
+                whole += [f"{sql[:60]}: {r[-1]}" for r in cur.fetchall()
+                          if r[-1].startswith("SCAN ")]
+        else:
+            cur.execute("SET LOCAL enable_seqscan = off")
+            for sql, params in sent:
+                cur.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+                plan = cur.fetchone()[0][0]["Plan"]
+                whole += [f"{sql[:60]}: {n['Node Type']} on "
+                          f"{n.get('Index Name') or n.get('Relation Name')}"
+                          for n in walk(plan)
+                          if n["Node Type"] == "Seq Scan"
+                          or (n["Node Type"] in ("Index Scan", "Index Only Scan",
+                                                 "Bitmap Index Scan")
+                              and "Index Cond" not in n)]
+    return whole
+
+
 class TestHandoffLoadPlans:
     def test_load_reads_no_table_whole(self, engine):
         """Every statement the hand-off worker runs to load a claimed article finds its
@@ -112,8 +163,6 @@ class TestHandoffLoadPlans:
         sequential scans discouraged, so a tiny table still shows whether an index
         can be used."""
         from datetime import UTC, datetime
-
-        from sqlalchemy import event
 
         from gateway.helpdesk import outbox
 
@@ -129,35 +178,64 @@ class TestHandoffLoadPlans:
             hid = outbox.enqueue(conn, ticket_id=tid, article_id=aid, kind="create",
                                  helpdesk="webhook", decisions={})
         claimed = [outbox.Claimed(hid, tid, aid, "create", "k", 0, {}, datetime.now(UTC))]
-        sent: list[tuple[str, object]] = []
-
-        def capture(conn, cursor, statement, parameters, context, executemany):
-            sent.append((statement, parameters))
-
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
-            with engine.connect() as conn:
-                loaded = outbox.load(conn, claimed)
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
+        sent, loaded = _statements(engine, lambda conn: outbox.load(conn, claimed))
         assert sorted(loaded[hid].recipients) == ["one@x", "two@x"]
         assert any("delivery" in sql for sql, _ in sent)
-        whole: list[str] = []
+        assert _whole_scans(engine, sent) == []
+
+
+class TestHandoffDashboardPlans:
+    def test_stats_and_waiting_rows_read_no_delivered_row(self, engine):
+        """/metrics (every scrape) and the /handoff page count the pending and failed
+        rows and list those waiting through ix_handoff_due, without reading the
+        delivered rows (after a year nearly the whole outbox), by each backend's plan."""
+        from sqlalchemy import update
+
+        from gateway.helpdesk import outbox
+        from gateway.store.tables import Handoff
+
         with engine.begin() as conn:
-            raw = conn.connection.driver_connection
-            cur = raw.cursor()
-            if engine.dialect.name == "sqlite":
-                for sql, params in sent:
-                    cur.execute("EXPLAIN QUERY PLAN " + sql, params)
-                    whole += [f"{sql[:60]}: {r[-1]}" for r in cur.fetchall()
-                              if r[-1].startswith("SCAN ") and " USING " not in r[-1]]
-            else:
-                cur.execute("SET LOCAL enable_seqscan = off")
-                for sql, params in sent:
-                    cur.execute("EXPLAIN " + sql, params)
-                    whole += [f"{sql[:60]}: {r[0]}" for r in cur.fetchall()
-                              if "Seq Scan" in r[0]]
-        assert whole == []
+            tid = repo.insert_ticket(conn, number="202612050000001", title="t", queue="Raw",
+                                     state="new", state_type="new", priority="3 normal")
+            ids = [outbox.enqueue(conn, ticket_id=tid, article_id=n, kind="followup",
+                                  helpdesk="webhook", decisions={}) for n in range(40)]
+            conn.execute(update(Handoff).where(Handoff.id.in_(ids[:37]))
+                         .values(status="delivered"))
+            conn.execute(update(Handoff).where(Handoff.id == ids[37]).values(status="failed"))
+        sent, (st, rows) = _statements(engine, lambda conn: (
+            outbox.stats(conn), outbox.list_handoffs(conn, limit=500)))
+        assert (st.pending, st.failed) == (2, 1)
+        assert [r["id"] for r in rows] == [ids[39], ids[38], ids[37]]
+        assert _whole_scans(engine, sent) == []
+
+
+class TestCommlogPurgePlans:
+    def test_purge_candidates_read_only_old_communications(self, engine):
+        """The daily purge finds Successful communications past successful_after and any
+        past all_after through ix_communication_start, oldest first, without reading
+        the whole log, by each backend's plan."""
+        from datetime import UTC, datetime, timedelta
+
+        from sqlalchemy import insert
+
+        from gateway.commlog_views import purge_candidates
+        from gateway.store.tables import Communication
+
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            def comm(days: float, status: str) -> int:
+                return int(conn.execute(insert(Communication).values(
+                    direction="Incoming", status=status, account_type="LMTP",
+                    start=now - timedelta(days=days)).returning(Communication.id)).scalar_one())
+
+            ancient = comm(40, "Failed")
+            old_ok, _kept_failed = comm(10, "Successful"), comm(10, "Failed")
+            for _ in range(20):
+                comm(1, "Successful")
+        sent, ids = _statements(engine, lambda conn: purge_candidates(
+            conn, successful_after=7 * 86400, all_after=31 * 86400, now=now))
+        assert ids == [ancient, old_ok]
+        assert _whole_scans(engine, sent) == []
 
 
 def _numbers_in_thread(engine, n: int) -> list[str]:
