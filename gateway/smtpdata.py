@@ -25,22 +25,33 @@ class DataScanner:
 
     Each search starts 4 bytes before where the last one ended, so a message is
     scanned once however it is cut into reads. `limit` counts the message after
-    unstuffing (RFC 1870); 0 or None is no limit.
+    unstuffing (RFC 1870); 0 or None is no limit. While a message is under the
+    limit on the wire nothing is counted; past it, the dots that unstuffing will
+    remove are counted once, so a message is never refused for its stuffing.
     """
 
-    __slots__ = ("scan", "too_big")
+    __slots__ = ("counted", "dots", "scan", "too_big")
 
     def __init__(self) -> None:
         self.scan = 0
         self.too_big = False
+        self.dots = 0          # stuffed dots seen in buf[:counted]
+        self.counted = 0
 
     def find(self, buf: bytearray, limit: int | None) -> int:
         """Index of the terminator in buf, or -1; over the limit buf is cut to 4 bytes."""
         idx = buf.find(TERMINATOR, self.scan)
         if idx >= 0:
             return idx
-        if limit and len(buf) > limit + 2 + 4:
-            self.too_big = True
+        if limit and not self.too_big and len(buf) > limit + 2 + 4:
+            # Over the limit on the wire; a line's first dot will be removed, so count
+            # those before calling the message too big (each byte once: from here on
+            # only what arrived since). "\r\n." cannot overlap itself, so an occurrence
+            # ending at the end of buf leaves nothing to count twice.
+            self.dots += buf.count(b"\r\n.", self.counted)
+            self.counted = len(buf) - 2
+            self.too_big = len(buf) - self.dots > limit + 2 + 4
+        if self.too_big:
             del buf[:-4]
         self.scan = max(0, len(buf) - 4)
         return -1
@@ -60,7 +71,7 @@ class DataScanner:
             if limit and len(body) > limit:
                 body = None
         del buf[:idx + 5]
-        self.scan = 0
+        self.scan = self.dots = self.counted = 0
         self.too_big = False
         return body
 

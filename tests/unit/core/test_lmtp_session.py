@@ -267,6 +267,25 @@ class TestLimits:
         await settle()
         assert [len(d[2]) for d in backend.delivered] == [12]
 
+    async def test_limit_counts_unstuffed_bytes_across_reads(self):
+        """A message exactly at the limit after unstuffing is delivered however it is cut
+        into reads, though its stuffed dots put it over the limit on the wire."""
+        body = b".\r\n" * 99 + b"z\r\n"                  # 300 bytes, 399 on the wire
+        wire = body.replace(b".", b"..") + b".\r\n"
+        for size in (1, 7, 50, 398):
+            backend = Backend()
+            s, t = await ready_for_data(backend, limit=300)
+            for i in range(0, len(wire), size):
+                s.data_received(wire[i:i + size])
+            await settle()
+            assert [d[2] for d in backend.delivered] == [body], size
+            s.data_received(b"MAIL FROM:<>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n")
+            wire2 = b"z" + wire                               # 301 bytes: too big
+            for i in range(0, len(wire2), size):
+                s.data_received(wire2[i:i + size])
+            await settle()
+            assert codes(t.take())[-1] == 552, size
+
     async def test_over_long_command_line(self):
         """A command line over 512 bytes gets 500 5.5.2; one with no end in sight is
         dropped as it arrives, answered once, and the session goes on."""

@@ -106,6 +106,14 @@ class TestFraming:
         assert (await read_fed([stuff(body)], limit=300))[0] == body
         assert (await read_fed([stuff(b"z" + body)], limit=300))[0] is None
 
+    async def test_limit_counts_unstuffed_bytes_across_reads(self):
+        """Read in pieces (past the reader's line limit), a message of exactly the limit
+        after unstuffing is still read; one byte more is not."""
+        body = b".\r\n" * 999 + b"z\r\n"         # 3,000 bytes, 3,999 on the wire
+        for wire, want in ((stuff(body), body), (stuff(b"z" + body), None)):
+            parts = [wire[i:i + 700] for i in range(0, len(wire), 700)]
+            assert (await read_fed(parts, limit=3000))[0] == want
+
     @settings(max_examples=300, deadline=None)
     @given(lines=st.lists(st.text(alphabet=".\r\nab\xe4", max_size=8), max_size=12),
            cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=4))
