@@ -52,6 +52,7 @@ VRFY_CANNOT = "252 2.5.2 Cannot VRFY user, but will accept message and attempt d
 EXPN_NO = "502 5.5.1 EXPN not implemented"
 BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
 LINE_TOO_LONG = "500 5.5.2 Command line too long"
+BAD_UTF8 = "500 5.5.2 Error: bad UTF-8 syntax"
 TOO_MANY_BOGUS = "502 5.5.1 Too many unrecognized commands, goodbye."
 NEED_LHLO = "503 5.5.1 Send LHLO first"
 NEED_MAIL = "503 5.5.1 Need MAIL command"
@@ -285,10 +286,17 @@ class LmtpSession(asyncio.Protocol):
         if handler is None:
             self._unknown(verb)
             return
+        try:
+            arg = arg_b.strip().decode("utf-8")
+        except UnicodeDecodeError:
+            # Postfix's answer; an address the store cannot encode would be taken at
+            # MAIL/RCPT and then fail every delivery attempt with 451.
+            self._refuse("Reply", BAD_UTF8)
+            return
         if verb not in IDLE_COMMANDS:
             self._deadline = self._loop.time() + self.timeout
         try:
-            handler(self, arg_b.strip().decode("utf-8", "surrogateescape"))
+            handler(self, arg)
         except Exception:
             log.exception("LMTP command failed", command=verb, peer=self._peer)
             self._refuse("Reply", str(errors.TEMPFAIL))

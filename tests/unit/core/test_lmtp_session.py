@@ -243,6 +243,20 @@ class TestReplies:
         assert codes(lines) == [552, 501, 501, 555, 250]
         assert lines[0].startswith("552 5.3.4")
 
+    async def test_invalid_utf8_command_refused(self):
+        """A command line that is not UTF-8 gets 500 5.5.2 (as Postfix answers), so no
+        address the store cannot keep is accepted; UTF-8 addresses are fine."""
+        backend = Backend()
+        s, t = open_session(backend)
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<\xff@y.test>\r\n"
+                        b"MAIL FROM:<\xc3\xa4@y.test> SMTPUTF8\r\nRCPT TO:<a\xe4@x.test>\r\n"
+                        b"RCPT TO:<\xc3\xa4@x.test>\r\nDATA\r\nhi\r\n.\r\n")
+        await settle()
+        lines = t.take()
+        assert codes(lines) == [250, 500, 250, 500, 250, 354, 250]
+        assert lines[6].startswith("500 5.5.2")
+        assert [(d[0], d[1]) for d in backend.delivered] == [("\u00e4@y.test", ["\u00e4@x.test"])]
+
 
 class TestLimits:
     async def test_over_size_is_discarded_while_reading(self):
