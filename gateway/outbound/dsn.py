@@ -83,9 +83,13 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     status_part.set_payload(blocks)  # type: ignore[arg-type]
     report.attach(status_part)
 
+    # The header bytes as they were sent: 8-bit ones (a raw UTF-8 Subject) pass through
+    # the generator unchanged as surrogates, in a part marked 8bit.
     headers_part = MIMEBase("text", "rfc822-headers")
-    headers_part.set_payload(original_headers.decode("utf-8", "replace").rstrip("\r\n")
+    headers_part.set_payload(original_headers.rstrip(b"\r\n").decode("ascii", "surrogateescape")
                              + "\r\n")
+    if not original_headers.isascii():
+        headers_part["Content-Transfer-Encoding"] = "8bit"
     report.attach(headers_part)
     data = report.as_bytes()
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -15,8 +15,10 @@ from gateway.outbound.context import OutboundContext, OutboundCopy
 from gateway.outbound.dsn import build_dsn
 from gateway.outbound.pipeline import process_in_transaction
 from gateway.outbound.rewrite import parse_submission
+from gateway.outbound.sender import record
 from gateway.outbound.stages import OutboundStage, build_outbound_stages
 from gateway.outbound.submission import AuthGuard
+from gateway.outbound.transport import Attempt, Transport
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
 
 RAW = (b"From: app@internal.test\r\nTo: a@customer.test, b@customer.test\r\n"
@@ -238,6 +240,46 @@ class TestDsn:
         assert info is not None and info.status == "5.1.1"
         assert b"X-Evil: 1\r\n" not in data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
         assert b"Diagnostic-Code: smtp; 550 5.1.1 no such X-Evil: 1" in data
+
+    def test_8bit_original_headers_are_returned_as_sent(self):
+        """A message with raw UTF-8 (and invalid 8-bit) in its headers gets a DSN whose
+        text/rfc822-headers part holds those header bytes unchanged, marked 8bit."""
+        headers = ("From: s@example.org\r\nSubject: Grüße\r\nMessage-ID: <m1@example.org>"
+                   ).encode() + b"\r\nX-Raw: \xff"
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=headers, original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(1, "a@customer.test", 550, "5.1.1 no user")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        msg = message_from_bytes(data)
+        (part,) = [p for p in msg.walk() if p.get_content_type() == "text/rfc822-headers"]
+        assert part["Content-Transfer-Encoding"] == "8bit"
+        assert part.get_payload(decode=True) == headers + b"\r\n"
+        info = parse_dsn(msg)
+        assert info is not None and info.original_message_id == "<m1@example.org>"
+
+    def test_rejected_8bit_message_is_recorded_and_bounced(self, ob_engine, rt):
+        """A 550 for a message with raw UTF-8 in its headers is recorded (failed, not left
+        leased to be sent again) and its DSN is queued with those headers in it."""
+        raw = RAW.replace(b"To: a@customer.test,", "To: Jörg <a@customer.test>,".encode())
+        ctx = OutboundContext(mail_from="app@internal.test", recipients=["a@customer.test"],
+                              raw=raw, trusted=True)
+        with ob_engine.begin() as conn:
+            parse_submission(ctx, rt)
+            process_in_transaction(ctx, rt, conn)
+        with ob_engine.begin() as conn:
+            (m,) = oq.claim(conn, "n", limit=1, lease=60)
+            ((rid, addr),) = m.recipients
+            st = record(conn, rt, m, Attempt(),
+                        [oq.RcptResult(rid, addr, 550, "5.1.1 no user")], Transport())
+        with ob_engine.connect() as conn:
+            rows = conn.execute(select(OutboundMessage.kind, OutboundMessage.status,
+                                       OutboundMessage.data).order_by(OutboundMessage.id)).all()
+            (dsn_to,) = conn.execute(select(OutboundRecipient.address).where(
+                OutboundRecipient.outbound_id != m.id)).scalars().all()
+        assert st.status == "failed" and [r[:2] for r in rows] == [("message", "failed"),
+                                                                    ("dsn", "queued")]
+        assert dsn_to == "app@internal.test"
+        assert "To: Jörg <a@customer.test>,".encode() in rows[1].data
 
 
 class TestAuthGuard:
