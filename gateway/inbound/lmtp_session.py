@@ -81,6 +81,10 @@ def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     if arg[:len(keyword)].upper() != keyword:
         return None
     arg = arg[len(keyword):].lstrip()
+    if '"' in arg:                                  # "john doe"@example.org
+        start = _local_start(arg)
+        if arg.startswith('"', start):
+            return _quoted_path(arg, start)
     if arg.startswith("<"):
         end = arg.find(">")
         if end < 0:
@@ -93,6 +97,54 @@ def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     if addr.startswith("@") and ":" in addr:         # source route: @a,@b:user@host
         addr = addr.split(":", 1)[1]
     if any(c in addr for c in " <>\t\r\n"):
+        return None
+    return addr, rest.split()
+
+
+def _quoted_end(s: str, i: int) -> int:
+    """Index just past the quoted string that starts at s[i], or -1 when it is not one
+    (RFC 5321 4.1.2: printable characters, space, quoted pairs; UTF-8 with SMTPUTF8)."""
+    i += 1
+    n = len(s)
+    while i < n:
+        c = s[i]
+        if c == '"':
+            return i + 1
+        if c == "\\":
+            i += 1
+            if i >= n or not " " <= s[i] <= "~":
+                return -1
+        elif c < " " or c == "\x7f":
+            return -1
+        i += 1
+    return -1
+
+
+def _local_start(arg: str) -> int:
+    """Where the local part of '<@a,@b:local@host>' (or without brackets) starts."""
+    start = 1 if arg.startswith("<") else 0
+    if arg.startswith("@", start):                   # source route
+        return arg.find(":", start) + 1
+    return start
+
+
+def _quoted_path(arg: str, start: int) -> tuple[str, list[str]] | None:
+    """parse_path for a path whose local part is the quoted string at arg[start]."""
+    end = _quoted_end(arg, start)
+    if end < 0:
+        return None
+    if arg.startswith("<"):
+        close = arg.find(">", end)
+        if close < 0:
+            return None
+        addr, rest = arg[start:close], arg[close + 1:]
+        if rest and not rest.startswith(" "):
+            return None
+    else:
+        domain, _, rest = arg[end:].partition(" ")
+        addr = arg[start:end] + domain
+    domain = addr[end - start:]
+    if not domain.startswith("@") or any(c in domain for c in ' "<>\t\r\n'):
         return None
     return addr, rest.split()
 

@@ -243,6 +243,21 @@ class TestReplies:
         assert codes(lines) == [552, 501, 501, 555, 250]
         assert lines[0].startswith("552 5.3.4")
 
+    async def test_quoted_local_part(self):
+        """A quoted local part may hold spaces, '>' and quoted pairs (RFC 5321 4.1.2); a
+        quote left open is a syntax error."""
+        backend = Backend()
+        s, t = open_session(backend)
+        s.data_received(b'LHLO mta\r\nMAIL FROM:<"john doe"@y.test> SIZE=10\r\n'
+                        b'RCPT TO:<"a>b \\" c"@x.test>\r\nRCPT TO:<@r.test:"d e"@x.test>\r\n'
+                        b'RCPT TO:"f g"@x.test\r\nDATA\r\nhi\r\n.\r\n'
+                        b'MAIL FROM:<"open@y.test>\r\nMAIL FROM:<"a"b c@y.test>\r\n')
+        await settle()
+        assert codes(t.take()) == [250, 250, 250, 250, 250, 354, 250, 250, 250, 501, 501]
+        assert backend.delivered == [('"john doe"@y.test', ['"a>b \\" c"@x.test',
+                                                             '"d e"@x.test', '"f g"@x.test'],
+                                      b"hi\r\n")]
+
     async def test_invalid_utf8_command_refused(self):
         """A command line that is not UTF-8 gets 500 5.5.2 (as Postfix answers), so no
         address the store cannot keep is accepted; UTF-8 addresses are fine."""
