@@ -65,6 +65,16 @@ def set_header(msg: Message, name: str, value: str) -> None:
     msg._headers = out  # type: ignore[attr-defined]
 
 
+def raw_header(msg: Message, name: str) -> str:
+    """The first `name` field's value as stored: 8-bit bytes stay surrogate escapes, so
+    written back they are the bytes that came in (msg.get turns them into U+FFFD)."""
+    lname = name.lower()
+    for k, v in msg._headers:  # type: ignore[attr-defined]
+        if k.lower() == lname:
+            return str(v)
+    return ""
+
+
 def header_text(msg: Message, name: str) -> str:
     return decode_header_value(msg.get(name, ""))
 
@@ -282,8 +292,7 @@ def rewrite(ctx: OutboundContext, rt: Runtime) -> None:
         ctx.sender = "" if ctx.kind == "auto-response" else address
         if ctx.ticket_number and not cfg.helpdesk.enabled:
             hook = cfg.gateway.ticket_hook
-            subject_raw = msg.get("Subject", "")
-            subject_raw = str(subject_raw) if subject_raw is not None else ""
+            subject_raw = raw_header(msg, "Subject")
             if ticket_number_in(decode_header_value(subject_raw), hook) != ctx.ticket_number:
                 tag = f"[{hook}{ctx.ticket_number}]"
                 set_header(msg, "Subject", f"{tag} {subject_raw}".rstrip())

@@ -13,7 +13,13 @@ from gateway.errors import PermanentError
 from gateway.inbound.parse import decode_header_value
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import process_in_transaction
-from gateway.outbound.rewrite import parse_submission, recipients_from_headers, resolve, rewrite
+from gateway.outbound.rewrite import (
+    parse_submission,
+    recipients_from_headers,
+    resolve,
+    rewrite,
+    serialize,
+)
 from gateway.store import repo
 
 
@@ -145,6 +151,15 @@ queue = "Umlaut"
         assert "bcc" not in names
         assert ctx.msg["Message-ID"].endswith("@example.org>") and ctx.msg["Date"]
         assert names.index("from") == 0   # the rewritten From keeps its position
+
+    def test_8bit_subject_keeps_its_bytes_behind_the_ticket_number(self, ob_engine, rt):
+        """A raw UTF-8 Subject gets the [Ticket#N] tag and keeps its own bytes (it came
+        out as U+FFFD replacement characters)."""
+        raw = BASE.replace(b"Subject: Hello", "Subject: Grüße".encode())
+        with ob_engine.begin() as conn:
+            ctx = run(ctx_for(raw), rt, conn)
+        data = serialize(ctx.msg)
+        assert f"Subject: [Ticket#{ctx.ticket_number}] Grüße\r\n".encode() in data
 
     def test_existing_message_id_kept(self, ob_engine, rt):
         """A Message-ID given by the client is kept."""
