@@ -431,7 +431,7 @@ class LmtpSession(asyncio.Protocol):
             key, _, value = p.partition("=")
             key = key.upper()
             if key == "SIZE":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):   # not '²', which int() refuses
                     self._refuse("MAIL", errors.SYNTAX, f"<{addr}> {p}")
                     return
                 if int(value) > self.data_size_limit > 0:
@@ -459,7 +459,14 @@ class LmtpSession(asyncio.Protocol):
         if parsed is None or not parsed[0] or "@" not in parsed[0]:
             self._refuse("RCPT", errors.BAD_ADDRESS if parsed else errors.SYNTAX, f"RCPT {arg}")
             return
-        addr = parsed[0]
+        addr, params = parsed
+        for p in params:
+            # DSN's NOTIFY and ORCPT are ignored, as RET and ENVID are at MAIL.
+            key = p.partition("=")[0].upper()
+            if key not in ("NOTIFY", "ORCPT"):
+                self._refuse("RCPT", f"555 5.5.4 RCPT parameter {key} not supported",
+                             f"<{addr}> {p}")
+                return
         if len(self._rcpts) >= self.max_recipients:
             self._refuse("RCPT", errors.TOO_MANY_RCPTS, f"<{addr}>")
             return

@@ -243,6 +243,27 @@ class TestReplies:
         assert codes(lines) == [552, 501, 501, 555, 250]
         assert lines[0].startswith("552 5.3.4")
 
+    async def test_rcpt_parameters(self):
+        """RCPT parameters are checked like MAIL's: an unknown one gets 555 and the recipient
+        is not accepted; the DSN ones (NOTIFY, ORCPT) are ignored like RET and ENVID."""
+        backend = Backend()
+        s, t = open_session(backend)
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\n"
+                        b"RCPT TO:<a@x.test> FOO=1\r\n"
+                        b"RCPT TO:<b@x.test> NOTIFY=NEVER ORCPT=rfc822;b@x.test\r\n"
+                        b"DATA\r\nhi\r\n.\r\n")
+        await settle()
+        lines = t.take()
+        assert codes(lines) == [250, 250, 555, 250, 354, 250]
+        assert lines[7].startswith("555 5.5.4")
+        assert [d[1] for d in backend.delivered] == [["b@x.test"]]
+
+    async def test_size_with_non_ascii_digits(self):
+        """SIZE= with digits other than ASCII ones is a syntax error, not a local problem."""
+        s, t = open_session(Backend())
+        s.data_received("LHLO mta\r\nMAIL FROM:<s@y.test> SIZE=\u00b2\r\n".encode())
+        assert codes(t.take()) == [250, 501]
+
     async def test_quoted_local_part(self):
         """A quoted local part may hold spaces, '>' and quoted pairs (RFC 5321 4.1.2); a
         quote left open is a syntax error."""
