@@ -89,7 +89,8 @@ def parse_submission(ctx: OutboundContext, rt: Runtime) -> None:
             if key is not None:
                 ctx.params.setdefault(key, decode_header_value(value))
     if ctx.kind == "message" and not ctx.return_path:
-        ctx.return_path = ctx.mail_from or first_address(header_text(ctx.msg, "From"))
+        # The null sender asks for no DSN (RFC 5321 4.5.5): no return path then.
+        ctx.return_path = ctx.mail_from
 
 
 def ticket_number_in(subject: str, hook: str) -> str:

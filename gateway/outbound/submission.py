@@ -229,7 +229,9 @@ class SubmissionHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         user = getattr(session, "deskgate_user", None)
-        ctx = OutboundContext(mail_from=envelope.mail_from or "",
+        # aiosmtpd hands the null sender over as "<>"
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        ctx = OutboundContext(mail_from=mail_from,
                               recipients=[r.lower() for r in envelope.rcpt_tos], raw=raw,
                               source="SMTP", account=_peer(session.peer), user=user,
                               trusted=True)

@@ -25,8 +25,8 @@ from gateway.store import repo
 
 def ctx_for(raw: bytes, **kw) -> OutboundContext:
     kw.setdefault("trusted", True)
-    return OutboundContext(mail_from="app@internal.test", recipients=["c@customer.test"],
-                           raw=raw, **kw)
+    kw.setdefault("mail_from", "app@internal.test")
+    return OutboundContext(recipients=["c@customer.test"], raw=raw, **kw)
 
 
 def run(ctx, rt, conn):
@@ -160,6 +160,14 @@ queue = "Umlaut"
             ctx = run(ctx_for(raw), rt, conn)
         data = serialize(ctx.msg)
         assert f"Subject: [Ticket#{ctx.ticket_number}] Grüße\r\n".encode() in data
+
+    def test_null_sender_gets_no_return_path(self, ob_engine, rt):
+        """A message submitted with the null sender has nobody to send DSNs to (it got
+        its From address); any other sender is the return path."""
+        with ob_engine.begin() as conn:
+            null = run(ctx_for(BASE, mail_from=""), rt, conn)
+            app = run(ctx_for(BASE), rt, conn)
+        assert null.return_path == "" and app.return_path == "app@internal.test"
 
     def test_existing_message_id_kept(self, ob_engine, rt):
         """A Message-ID given by the client is kept."""

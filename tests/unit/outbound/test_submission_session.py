@@ -1,0 +1,97 @@
+"""The submission session's envelope and AUTH on a real socket, with a recording pipeline.
+
+TLS is left out here (auth_require_tls=False) so the AUTH exchanges can be read in
+plain text; AUTH only after STARTTLS is covered by the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from base64 import b64encode
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.config import SubmissionConfig, SubmissionUser
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.pipeline import QUEUED, SubmitResult
+from gateway.outbound.submission import Submission, SubmissionSession
+from gateway.passwords import hash_password
+from gateway.testing import config, runtime
+
+
+class Pipeline:
+    """Records the contexts the handler submits and queues nothing."""
+
+    def __init__(self) -> None:
+        self.ctxs: list[OutboundContext] = []
+
+    async def submit(self, ctx: OutboundContext) -> SubmitResult:
+        self.ctxs.append(ctx)
+        return SubmitResult(reply=QUEUED, outbound_id=len(self.ctxs))
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def cmd(self, line: bytes) -> str:
+        """Send one line; the last line of the reply."""
+        self.writer.write(line + b"\r\n")
+        await self.writer.drain()
+        while True:
+            got = await asyncio.wait_for(self.reader.readline(), 10)
+            assert got, "connection closed"
+            if got[3:4] != b"-":
+                return got.decode().rstrip("\r\n")
+
+
+def b64(data: bytes) -> bytes:
+    return b64encode(data)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[Callable[..., Any]]:
+    """session(networks=...) → (Client after EHLO, the recording Pipeline); user app/pw."""
+    servers: list[asyncio.AbstractServer] = []
+    writers: list[asyncio.StreamWriter] = []
+    user = SubmissionUser(name="app", password_hash=hash_password("pw", ln=4))
+
+    async def make(networks: tuple[str, ...] = ("10.0.0.0/8",)) -> tuple[Client, Pipeline]:
+        rt = runtime(config(submission=SubmissionConfig(user=(user,),
+                                                        allow_networks=networks)))
+        pipeline = Pipeline()
+        sub = Submission(lambda: rt, pipeline, lambda comm: None)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SubmissionSession(sub, None, data_size_limit=1 << 20,
+                                      enable_SMTPUTF8=True, hostname="gw.test", timeout=30,
+                                      auth_require_tls=False, loop=loop), "127.0.0.1", 0)
+        servers.append(server)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        writers.append(writer)
+        client = Client(reader, writer)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220 ")
+        assert (await client.cmd(b"EHLO app.test")).startswith("250 ")
+        return client, pipeline
+
+    yield make
+    for w in writers:
+        w.close()
+    for s in servers:
+        s.close()
+        await s.wait_closed()
+
+
+class TestEnvelope:
+    async def test_null_sender_is_submitted_as_empty(self, session):
+        """MAIL FROM:<> reaches the pipeline as the null sender '' (it arrived as the
+        string '<>', a return path DSNs were sent to)."""
+        c, pipeline = await session(networks=("127.0.0.0/8",))
+        assert (await c.cmd(b"MAIL FROM:<>")).startswith("250")
+        assert (await c.cmd(b"RCPT TO:<cust@customer.test>")).startswith("250")
+        assert (await c.cmd(b"DATA")).startswith("354")
+        assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
+        assert [x.mail_from for x in pipeline.ctxs] == [""]
