@@ -134,8 +134,10 @@ class OutboundPipeline:
             await loop.run_in_executor(self.executor, self._prepare, ctx, rt)
 
             def job(conn: Connection) -> int:
-                # The writer may re-run a job after a failed batch: log from fresh copies.
+                # The writer may re-run a job after a failed batch: log from fresh copies,
+                # and forget the ticket a rolled-back run created.
                 ctx.log = _copy_obj(msg_obj)
+                ctx.ticket_id, ctx.article_id = ticket_id, None
                 oid = enqueue(ctx, rt, conn)
                 cc = Comm("Outgoing", ctx.source, ctx.account, start=comm.start,
                           objects=[_copy_obj(conn_obj), ctx.log])
@@ -144,7 +146,7 @@ class OutboundPipeline:
                 write_comm(conn, cc)
                 return oid
 
-            msg_obj = ctx.log
+            msg_obj, ticket_id = ctx.log, ctx.ticket_id
 
             oid = await self.writer.run(job)
         except PermanentError as exc:

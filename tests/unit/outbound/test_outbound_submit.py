@@ -1,0 +1,47 @@
+"""OutboundPipeline.submit against a migrated SQLite store and the group-commit writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.pipeline import OutboundPipeline
+from gateway.store.db import BatchWriter
+from gateway.store.tables import Article, OutboundMessage, Ticket
+
+RAW = (b"From: app@internal.test\r\nTo: c@customer.test\r\nSubject: Hello\r\n\r\nbody\r\n")
+
+
+class RerunWriter(BatchWriter):
+    """Runs each job once in a transaction that is rolled back (a batch that failed for
+    a neighbour's sake), then again on its own, as the writer does."""
+
+    async def run(self, job: Any, *, isolated: bool = False) -> Any:
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            job(conn)
+            trans.rollback()
+        return await super().run(job, isolated=isolated)
+
+
+class TestSubmit:
+    async def test_job_run_again_after_a_failed_batch(self, ob_engine, rt):
+        """Run again after its batch was rolled back, a message on a new ticket is queued
+        on a ticket that exists (it kept the rolled-back ticket's id and got 451)."""
+        writer = RerunWriter(ob_engine)
+        try:
+            pipeline = OutboundPipeline(lambda: rt, writer)
+            ctx = OutboundContext(mail_from="app@internal.test", recipients=["c@customer.test"],
+                                  raw=RAW, trusted=True)
+            result = await pipeline.submit(ctx)
+        finally:
+            writer.close()
+        with ob_engine.connect() as conn:
+            tickets = conn.execute(select(Ticket.id, Ticket.number)).all()
+            arts = conn.execute(select(Article.ticket_id)).scalars().all()
+            rows = conn.execute(select(OutboundMessage.ticket_id)).scalars().all()
+        assert result.reply.code == 250
+        assert [t.number for t in tickets] == [result.ticket_number]
+        assert arts == rows == [tickets[0].id]
