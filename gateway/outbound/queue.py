@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from gateway.outbound.context import OutboundContext
 from gateway.runtime import Runtime
@@ -170,9 +181,15 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     return [out[i] for i in taken]
 
 
+# A leased message (being delivered, here or by another node) is due again when its
+# lease runs out, not at its next_attempt, which has passed.
+_DUE_AT = case((OutboundMessage.lease_until > OutboundMessage.next_attempt,
+                OutboundMessage.lease_until), else_=OutboundMessage.next_attempt)
+
+
 def next_due(conn: Connection) -> datetime | None:
     """When the earliest queued message becomes due (None: the queue is empty)."""
-    return _aware(conn.execute(select(func.min(OutboundMessage.next_attempt))
+    return _aware(conn.execute(select(func.min(_DUE_AT))
                                .where(OutboundMessage.status == "queued")).scalar())
 
 

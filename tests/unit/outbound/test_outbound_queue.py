@@ -45,6 +45,24 @@ class TestClaims:
         assert [m.id for m in a] == [oid] and b == [] and [m.id for m in c] == [oid]
         assert [addr for _, addr in a[0].recipients] == ["a@customer.test", "b@customer.test"]
 
+    def test_next_due_waits_for_the_lease(self, ob_engine, rt):
+        """A claimed message is next due when its lease runs out, not at its (past) next
+        attempt: the sender polled every 50 ms while a message was being delivered."""
+        enqueue(ob_engine, rt)
+        later = enqueue(ob_engine, rt)
+        now = datetime.now(UTC)
+        with ob_engine.begin() as conn:
+            conn.execute(OutboundMessage.__table__.update().where(
+                OutboundMessage.id == later).values(next_attempt=now + timedelta(minutes=10)))
+            (m,) = oq.claim(conn, "n", limit=1, lease=120, now=now)
+            leased = oq.next_due(conn)
+            conn.execute(OutboundMessage.__table__.update().where(
+                OutboundMessage.id == later).values(next_attempt=now + timedelta(minutes=1)))
+            sooner = oq.next_due(conn)
+        assert m.id != later
+        assert leased is not None and leased - now == timedelta(minutes=2)
+        assert sooner is not None and sooner - now == timedelta(minutes=1)
+
     def test_not_due_messages_are_not_claimed(self, ob_engine, rt):
         """A message whose next attempt lies in the future stays put."""
         enqueue(ob_engine, rt)
