@@ -1,7 +1,8 @@
 """SMTP submission listener (aiosmtpd on the serve loop).
 
 STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
-after TLS (aiosmtpd answers 538 before). Clients inside allow_networks may
+after TLS (aiosmtpd answers 538 before); a PLAIN authorization identity other than
+the user's own is refused. Clients inside allow_networks may
 submit without AUTH; everyone else gets 530 at MAIL: never an open relay.
 Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
 client address, and so are the attempts still being checked; past
@@ -394,6 +395,11 @@ class SubmissionSession(IdleTimer, SMTP):
         if len(parts) != 3:
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
+        if parts[0] and parts[0] != parts[1]:
+            # No user may act as another (RFC 4616 authzid): refused, and counted.
+            assert self.session is not None
+            self.sub.auth_failed(self.session.peer, parts[1].decode("utf-8", "replace"))
+            return AuthResult(success=False, handled=False, message=AUTH_BAD)
         return await self._check("PLAIN", parts[1], parts[2])
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:

@@ -95,3 +95,21 @@ class TestEnvelope:
         assert (await c.cmd(b"DATA")).startswith("354")
         assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
         assert [x.mail_from for x in pipeline.ctxs] == [""]
+
+
+class TestAuthPlain:
+    async def test_authzid_empty_or_the_user_itself(self, session):
+        """AUTH PLAIN with an empty authorization identity, or the user's own name,
+        authenticates; MAIL is then accepted."""
+        for authzid in (b"", b"app"):
+            c, _ = await session()
+            assert (await c.cmd(b"AUTH PLAIN " + b64(authzid + b"\0app\0pw"))).startswith(
+                "235 ")
+            assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+
+    async def test_authzid_of_another_identity_is_refused(self, session):
+        """Asking to act as another identity (RFC 4616 authzid) fails with 535 even with
+        the right password, as Postfix's SASL does; it was accepted as the user."""
+        c, _ = await session()
+        assert (await c.cmd(b"AUTH PLAIN " + b64(b"root\0app\0pw"))).startswith("535 5.7.8")
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("530")
