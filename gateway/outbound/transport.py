@@ -161,6 +161,16 @@ class SmtpTransport(Transport):
             att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
                          for c, t in att.codes]
             keep = code == 250 or 400 <= code < 600
+        except smtplib.SMTPDataError as exc:
+            # The DATA command refused: the recipients taken at RCPT get that answer, the
+            # others keep their own (a 450 at RCPT is retried, a 550 is not retried).
+            att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.permanent_error = 500 <= exc.smtp_code < 600
+            reply = (exc.smtp_code, _text(exc.smtp_error))
+            att.codes = ([reply if c in (250, 251) else (c, t) for c, t in att.codes]
+                         if len(att.codes) == len(recipients) else [])
+            keep = 400 <= exc.smtp_code < 600
+            att.note("Error", "Data", att.error)
         except smtplib.SMTPResponseException as exc:
             # A reply inside the transaction (e.g. 554 to DATA) means what it says.
             att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"

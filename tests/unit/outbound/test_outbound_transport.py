@@ -1,0 +1,81 @@
+"""The SMTP transport against a smarthost whose replies are scripted line by line: what
+each recipient's outcome is when the DATA command itself is refused (a real Postfix
+does this with smtpd_data_restrictions after per-recipient 4xx/5xx at RCPT)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from gateway.config import RelayConfig
+from gateway.outbound.transport import SmtpTransport
+
+
+class ScriptedSmarthost:
+    """One connection; answers each command with the reply `script` gives for it."""
+
+    def __init__(self, rcpt: dict[str, str], data: str) -> None:
+        self.rcpt, self.data = rcpt, data
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.commands: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        conn.settimeout(10)
+        f = conn.makefile("rwb")
+        f.write(b"220 smarthost.test ESMTP\r\n")
+        f.flush()
+        for raw in f:
+            line = raw.decode().rstrip("\r\n")
+            self.commands.append(line)
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                reply = "250-smarthost.test\r\n250 8BITMIME"
+            elif verb == "RCPT":
+                addr = line[line.index("<") + 1:line.index(">")]
+                reply = self.rcpt.get(addr, "250 2.1.5 OK")
+            elif verb == "DATA":
+                reply = self.data
+            elif verb == "QUIT":
+                f.write(b"221 bye\r\n")
+                f.flush()
+                break
+            else:
+                reply = "250 2.0.0 OK"
+            f.write(reply.encode() + b"\r\n")
+            f.flush()
+        conn.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("data_reply", "codes"), [
+    ("554 5.7.1 Data command rejected", [554, 450, 550]),
+    ("451 4.3.0 Try again later", [451, 450, 550]),
+])
+def test_refused_data_command_keeps_each_recipients_own_answer(data_reply, codes):
+    """a@ 250 at RCPT gets the DATA command's answer; b@ 450 stays temporary (retried,
+    not bounced with a), c@ 550 stays permanent (not retried with a)."""
+    host = ScriptedSmarthost({"b@x.test": "450 4.2.0 Mailbox busy",
+                              "c@x.test": "550 5.1.1 No such user"}, data_reply)
+    transport = SmtpTransport(RelayConfig(host="127.0.0.1", port=host.port, security="none",
+                                          timeout=10.0), local_hostname="deskgate.test")
+    try:
+        att = transport.deliver("app@deskgate.test", ["a@x.test", "b@x.test", "c@x.test"],
+                                b"Subject: t\r\n\r\nbody\r\n")
+    finally:
+        transport.close()
+    host.thread.join(10)
+    assert [c for c, _ in att.codes] == codes
+    assert att.codes[0][1] == data_reply[4:]
+    assert att.error == data_reply
+    # the connection stays usable (pooled, then closed with QUIT)
+    assert [c.split(" ", 1)[0].upper() for c in host.commands] == [
+        "EHLO", "MAIL", "RCPT", "RCPT", "RCPT", "DATA", "QUIT"]
