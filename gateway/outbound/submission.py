@@ -67,8 +67,13 @@ class AuthGuard:
 
     Attempts whose password check is still running count against the limit too:
     otherwise parallel connections would all pass the check before the first slow
-    hash failed (40 connections, 40 checks with max_auth_failures = 3).
+    hash failed (40 connections, 40 checks with max_auth_failures = 3). A client's
+    failures are forgotten FORGET_AFTER seconds after its last failure or the end of
+    its last lock-out, so an application that mistypes now and then is not locked
+    out for a day by failures of weeks ago.
     """
+
+    FORGET_AFTER = 3600.0
 
     def __init__(self, max_failures: int, backoff: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -78,8 +83,16 @@ class AuthGuard:
         self._failures: dict[str, tuple[int, float]] = {}
         self._inflight: dict[str, int] = {}
 
-    def locked(self, client: str) -> bool:
+    def _state(self, client: str) -> tuple[int, float]:
+        """(failures, locked until) of a client; (0, 0) once they are forgotten."""
         count, until = self._failures.get(client, (0, 0.0))
+        if count and self.clock() > until + self.FORGET_AFTER:
+            self._failures.pop(client, None)
+            return 0, 0.0
+        return count, until
+
+    def locked(self, client: str) -> bool:
+        count, until = self._state(client)
         return count >= self.max_failures and self.clock() < until
 
     def begin(self, client: str) -> bool:
@@ -87,7 +100,7 @@ class AuthGuard:
         far plus the attempts in flight reach the limit (one at a time once past it)."""
         if self.locked(client):
             return False
-        count, _ = self._failures.get(client, (0, 0.0))
+        count, _ = self._state(client)
         inflight = self._inflight.get(client, 0)
         if inflight >= max(1, self.max_failures - count):
             return False
@@ -104,7 +117,7 @@ class AuthGuard:
 
     def failed(self, client: str) -> tuple[int, float]:
         """Count one failure; returns (failures, seconds locked out, 0 = not locked)."""
-        count, _ = self._failures.get(client, (0, 0.0))
+        count, _ = self._state(client)
         count += 1
         lock = 0.0
         if count >= self.max_failures:

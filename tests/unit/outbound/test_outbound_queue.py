@@ -314,3 +314,23 @@ class TestAuthGuard:
         assert g.failed("1.2.3.4") == (4, 20.0)
         g.succeeded("1.2.3.4")
         assert not g.locked("1.2.3.4")
+
+    def test_failures_are_forgotten_an_hour_after_the_last(self):
+        """A failure now and then never adds up to a lock-out; failures in a row do, and
+        the count goes on doubling the lock while the failures keep coming."""
+        now = [0.0]
+        g = AuthGuard(3, 10.0, clock=lambda: now[0])
+        for day in range(5):               # one mistyped password a day
+            now[0] = day * 86400.0
+            assert g.failed("1.2.3.4") == (1, 0.0)
+        assert not g.locked("1.2.3.4")
+        now[0] = 10 * 86400.0
+        g.failed("1.2.3.4")
+        g.failed("1.2.3.4")
+        assert g.failed("1.2.3.4")[0] == 3 and g.locked("1.2.3.4")
+        now[0] += 10.0 + 3000.0            # within the hour after the lock-out ended
+        assert g.failed("1.2.3.4") == (4, 20.0)
+        now[0] += 20.0 + 3601.0            # more than an hour after it
+        assert not g.locked("1.2.3.4") and g.begin("1.2.3.4")
+        g.end("1.2.3.4")
+        assert g.failed("1.2.3.4") == (1, 0.0)
