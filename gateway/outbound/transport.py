@@ -139,7 +139,20 @@ class SmtpTransport(Transport):
             return att
         keep = False
         try:
-            code, text = conn.mail(sender)
+            options: list[str] = []
+            if not (sender.isascii() and all(r.isascii() for r in recipients)):
+                # RFC 6531: a non-ASCII address needs SMTPUTF8 on every hop; a relay
+                # without it can never take this message, so each recipient fails now
+                # (5.6.7) instead of being retried for the whole schedule.
+                if not conn.has_extn("smtputf8"):
+                    reply = (553, "5.6.7 the relay does not offer SMTPUTF8, which a "
+                             "non-ASCII address needs")
+                    att.codes = [reply] * len(recipients)
+                    att.note("Error", "MailFrom", f"<{sender}>: {reply[0]} {reply[1]}")
+                    keep = True
+                    return att
+                options.append("SMTPUTF8")
+            code, text = conn.mail(sender, options)
             att.note("Debug", "MailFrom", f"<{sender}>: {code} {_text(text)}")
             if code != 250:
                 att.codes = [(code, _text(text))] * len(recipients)

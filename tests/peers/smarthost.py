@@ -196,8 +196,9 @@ class _Handler:
 
 class _Controller(Controller):
     def __init__(self, handler: _Handler, *, tls: ssl.SSLContext | None, port: int,
-                 implicit_tls: bool, auth_required: bool) -> None:
+                 implicit_tls: bool, auth_required: bool, smtputf8: bool = True) -> None:
         self._tls = tls
+        self._smtputf8 = smtputf8
         self._implicit = implicit_tls
         self._auth_required = auth_required
         super().__init__(handler, hostname="127.0.0.1", port=port,
@@ -213,7 +214,7 @@ class _Controller(Controller):
                     require_starttls=False,
                     auth_required=self._auth_required and not self._implicit,
                     auth_require_tls=not self._implicit, authenticator=h.authenticate,
-                    enable_SMTPUTF8=True)
+                    enable_SMTPUTF8=self._smtputf8)
 
     def _trigger_server(self) -> None:
         # The base class opens a TLS connection with verification to wake the server;
@@ -231,7 +232,8 @@ class AuthSink:
 
     def __init__(self, cert: Path | None = None, key: Path | None = None, *,
                  users: dict[str, str] | None = None, implicit_tls: bool = False,
-                 auth_required: bool = False, port: int | None = None) -> None:
+                 auth_required: bool = False, port: int | None = None,
+                 smtputf8: bool = True) -> None:
         tls = None
         if cert and key:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -239,7 +241,8 @@ class AuthSink:
         self.handler = _Handler(users or {})
         self.port = port or free_port()
         self.controller = _Controller(self.handler, tls=tls, port=self.port,
-                                      implicit_tls=implicit_tls, auth_required=auth_required)
+                                      implicit_tls=implicit_tls, auth_required=auth_required,
+                                      smtputf8=smtputf8)
 
     @property
     def received(self) -> list[Received]:

@@ -185,3 +185,46 @@ class TestPermanentFailure:
             sink.set_script(None)
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"], what="delivery")
             assert len(sink.received) == 2
+
+
+UTF8_MSG = ("From: app@internal.test\r\nTo: jörg@kunde.test\r\nSubject: Grüße\r\n"
+            "Message-ID: <utf8-1@internal.test>\r\n\r\nbody\r\n").encode()
+
+
+def submit_utf8(cfg, rcpt: str) -> None:
+    with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+        assert s.sendmail("app@internal.test", [rcpt], UTF8_MSG,
+                          mail_options=["SMTPUTF8"]) == {}
+
+
+class TestInternationalAddresses:
+    def test_non_ascii_recipient_relayed_with_smtputf8(self, outbound_config, run_gateway):
+        """A recipient with a UTF-8 local part goes to a smarthost that offers SMTPUTF8,
+        with MAIL FROM ... SMTPUTF8, and arrives as sent."""
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port)
+            rg = run_gateway(cfg)
+            submit_utf8(cfg, "jörg@kunde.test")
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            (got,) = sink.received
+            assert got.rcpts == ["jörg@kunde.test"]
+            assert "Grüße".encode() in got.data
+
+    def test_relay_without_smtputf8_fails_at_once_with_a_dsn(self, outbound_config,
+                                                             run_gateway):
+        """A smarthost that does not offer SMTPUTF8 can never take the message: the
+        recipient fails on the first attempt with 5.6.7 and the submitter gets a DSN,
+        instead of attempts for the whole retry schedule."""
+        with AuthSink(smtputf8=False) as sink:
+            cfg = outbound_config(sink.port, retry="1h*5")
+            rg = run_gateway(cfg)
+            submit_utf8(cfg, "jörg@kunde.test")
+            wait_for(lambda: statuses(rg.gateway.engine)[:1] == ["failed"], what="failure")
+            m = rows(rg.gateway.engine, OutboundMessage)
+            assert m[0].attempts == 1
+            (r,) = [x for x in rows(rg.gateway.engine, OutboundRecipient)
+                    if x.outbound_id == m[0].id]
+            assert r.status == "failed" and r.last_code == 553 and "5.6.7" in r.last_reply
+            assert len(m) == 2 and m[1].kind == "dsn"
+            assert sink.received == [] or all(x.rcpts != ["jörg@kunde.test"]
+                                              for x in sink.received)
