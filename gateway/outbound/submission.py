@@ -265,8 +265,25 @@ class SubmissionHandler:
         return f"{reply.code} {reply.enhanced} {text}"
 
 
+class _Session(Session):
+    """aiosmtpd's Session without its warning on every write of the legacy
+    `login_data` (aiosmtpd itself sets it after each successful AUTH, so each login
+    logged "Session.login_data is deprecated" at warning level)."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
 class SubmissionSession(IdleTimer, SMTP):
     """One submission connection; AUTH checks run off the event loop."""
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     def __init__(self, sub: Submission, limit: SessionLimit | None = None, **kw: Any) -> None:
         super().__init__(SubmissionHandler(sub), authenticator=_never, **kw)
@@ -390,7 +407,6 @@ class SubmissionSession(IdleTimer, SMTP):
                                  else "")
         self.session.deskgate_user = user  # type: ignore[attr-defined]
         log.info("submission AUTH ok", user=name, mechanism=mechanism)
-        # auth_data without a .login attribute: aiosmtpd warns about login_data otherwise
         return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
 
@@ -86,8 +87,10 @@ class TestNoOpenRelay:
 class TestAuthenticatedSubmission:
     @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
     def test_auth_after_starttls_submits_with_user_default_queue(
-            self, mech, tls_submission, run_gateway):
-        """After STARTTLS, AUTH PLAIN/LOGIN lets the user send; their default queue applies."""
+            self, mech, tls_submission, run_gateway, caplog):
+        """After STARTTLS, AUTH PLAIN/LOGIN lets the user send; their default queue applies;
+        the login logs no warning."""
+        caplog.set_level(logging.WARNING, logger="mail.log")
         with AuthSink() as sink:
             cfg, ctx = tls_submission(sink.port)
             rg = run_gateway(cfg)
@@ -103,6 +106,8 @@ class TestAuthenticatedSubmission:
             with rg.gateway.engine.connect() as conn:
                 assert conn.execute(select(Ticket.queue)).scalar() == "Support"
             assert sink.received[0].mail_from == "support@example.org"
+        assert [r.getMessage() for r in caplog.records if r.name == "mail.log"
+                and r.levelno >= logging.WARNING] == []
 
     def test_x_header_queue_from_authenticated_client(self, tls_submission, run_gateway):
         """An authenticated client's X-Deskgate-Queue beats the user's default queue."""
