@@ -24,6 +24,20 @@ from tests.integration.core.stored import db_conf
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+def _indexes(engine, table: str) -> set[str]:
+    return {ix["name"] for ix in inspect(engine).get_indexes(table)}
+
+
+def _migrate(engine, db_url: str, rev: str, *, down: bool) -> None:
+    """Alembic's upgrade or downgrade to `rev` on the engine's database."""
+    from alembic import command
+
+    cfg = alembic_config(db_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, rev)
+
+
 class TestMigrations:
     def test_fresh_database_migrated_to_head(self, engine, db_url):
         """migrate() brings an empty database to the single head; running it again is a no-op."""
@@ -46,17 +60,11 @@ class TestMigrations:
         """raw_message.sha256 and article.from_email lose their indexes (no query uses
         them; each cost a random leaf page per stored message), rows stay, and the
         downgrade puts the indexes back."""
-        from alembic import command
-
         def indexes(table: str) -> set[str]:
-            return {ix["name"] for ix in inspect(engine).get_indexes(table)}
-
-        cfg = alembic_config(db_url)
+            return _indexes(engine, table)
 
         def to(rev: str, down: bool) -> None:
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                (command.downgrade if down else command.upgrade)(cfg, rev)
+            _migrate(engine, db_url, rev, down=down)
 
         assert "ix_raw_message_sha256" not in indexes("raw_message")
         assert "ix_article_from_email" not in indexes("article")
@@ -74,29 +82,16 @@ class TestMigrations:
             data = conn.execute(select(RawMessage.data).where(RawMessage.id == raw_id)).scalar()
         assert data == b"Subject: kept\r\n\r\nbody\r\n"
 
-
     def test_0009_indexes_delivery_article_id(self, engine, db_url):
         """delivery.article_id gets an index (the hand-off reads an article's recipients
         by it); the downgrade takes it away again and keeps the rows."""
-        from alembic import command
-
-        def indexes() -> set[str]:
-            return {ix["name"] for ix in inspect(engine).get_indexes("delivery")}
-
-        cfg = alembic_config(db_url)
-
-        def to(rev: str, down: bool) -> None:
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                (command.downgrade if down else command.upgrade)(cfg, rev)
-
-        assert "ix_delivery_article_id" in indexes()
-        to("0008_drop_unused_indexes", True)
-        assert "ix_delivery_article_id" not in indexes()
+        assert "ix_delivery_article_id" in _indexes(engine, "delivery")
+        _migrate(engine, db_url, "0008_drop_unused_indexes", down=True)
+        assert "ix_delivery_article_id" not in _indexes(engine, "delivery")
         with engine.begin() as conn:
             repo.record_deliveries(conn, "<kept@x>", "f" * 64, ["a@x"], 7, "stored")
-        to("head", False)
-        assert "ix_delivery_article_id" in indexes()
+        _migrate(engine, db_url, "head", down=False)
+        assert "ix_delivery_article_id" in _indexes(engine, "delivery")
         with engine.connect() as conn:
             from gateway.store.tables import Delivery
             rows = conn.execute(select(Delivery.article_id, Delivery.recipient)).all()
