@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.outbound.queue import _aware, retry_delay, utcnow
@@ -55,12 +55,15 @@ class Claimed:
 _EARLIER = aliased(Handoff)
 
 
+# An earlier row of the same ticket is not delivered yet.
+_BLOCKED = select(_EARLIER.id).where(_EARLIER.ticket_id == Handoff.ticket_id,
+                                     _EARLIER.id < Handoff.id,
+                                     _EARLIER.status != "delivered").exists()
+
+
 def _due(now: datetime) -> Any:
-    blocked = select(_EARLIER.id).where(_EARLIER.ticket_id == Handoff.ticket_id,
-                                        _EARLIER.id < Handoff.id,
-                                        _EARLIER.status != "delivered").exists()
     return and_(Handoff.status == "pending", Handoff.next_attempt <= now,
-                or_(Handoff.lease_until.is_(None), Handoff.lease_until < now), ~blocked)
+                or_(Handoff.lease_until.is_(None), Handoff.lease_until < now), ~_BLOCKED)
 
 
 def claim(conn: Connection, node: str, *, limit: int, lease: float,
@@ -86,9 +89,18 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
                     dict(r.decisions or {}), _aware(r.created) or now) for r in rows]
 
 
+# A leased row (being handed off, here or by another node) is due again when its lease
+# runs out, not at its next_attempt, which has passed.
+_DUE_AT = case((Handoff.lease_until > Handoff.next_attempt, Handoff.lease_until),
+               else_=Handoff.next_attempt)
+
+
 def next_due(conn: Connection) -> datetime | None:
-    return _aware(conn.execute(select(func.min(Handoff.next_attempt))
-                               .where(Handoff.status == "pending")).scalar())
+    """When the earliest pending row becomes claimable (None: none will by itself). A row
+    held back by an earlier one of its ticket is left out: it follows that row's delivery
+    (claimed in the same cycle) or an admin's retry or delete (seen at the next poll)."""
+    return _aware(conn.execute(select(func.min(_DUE_AT))
+                               .where(Handoff.status == "pending", ~_BLOCKED)).scalar())
 
 
 # ----------------------------------------------------------------- loading
