@@ -2,9 +2,11 @@
 
 One TokenSource per account and process: the access token is cached and
 refreshed before it expires; a refresh token the server rotates is written to
-the database at once (the old one may already be dead); a refused refresh is a
-MailboxError("auth") that the runner logs as an Error and records on the
-account, never a silent stop. Blocking (urllib): called from session threads.
+the database at once (the old one may already be dead) and read from there
+before every refresh, so processes and nodes sharing the account follow the
+rotation; a refused refresh is a MailboxError("auth") that the runner logs as
+an Error and records on the account, never a silent stop. Blocking (urllib):
+called from session threads.
 """
 
 from __future__ import annotations
@@ -75,13 +77,23 @@ class TokenSource:
             self._expires = 0.0
 
     def _current_refresh_token(self) -> str:
-        if self._refresh is None:
-            configured = str(self.cfg.refresh_token or "")
+        """The newest refresh token, read again before every refresh: another process
+        (`deskgate fetch`, a second node) may have rotated it, and the one this
+        process used last is then dead. The stored one counts while the configured
+        token is the one it replaced."""
+        configured = str(self.cfg.refresh_token or "")
+        try:
             stored = self._load(self.account)
-            if stored and stored[1] == fingerprint(configured):
-                self._refresh = stored[0]
-            else:
-                self._refresh = configured
+        except Exception:
+            if self._refresh is None:
+                raise
+            log.warning("oauth2: stored refresh token unreadable; using the last one",
+                        account=self.account, exc_info=True)
+            return self._refresh
+        if stored and stored[1] == fingerprint(configured):
+            self._refresh = stored[0]
+        elif self._refresh is None:
+            self._refresh = configured
         return self._refresh
 
     def _fetch(self) -> str:

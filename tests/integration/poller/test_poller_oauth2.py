@@ -146,3 +146,22 @@ class TestXOAuth2:
             assert (good.status, good.fetched) == ("Successful", 1), good.error
         finally:
             front.stop()
+
+    def test_refresh_token_rotated_by_another_process_is_picked_up(
+            self, mailbox, oauth2_server, poller_config, harness):
+        """A refresh token rotated by another process or node is used, not the dead one."""
+        oauth2_server.rotate = True
+        oauth2_server.lifetime = 2
+        rt = oauth2_server.new_refresh_token()
+        cfg = poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt))
+        serve = harness(cfg)
+        assert serve.poll().status == "Successful"
+        other = harness(cfg)            # a second process on the same database
+        assert other.poll().status == "Successful"
+        time.sleep(1.6)                 # serve's access token has expired
+        mailbox.append("helpdesk", [message(1)])
+        r = serve.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        with serve.gw.engine.connect() as conn:
+            stored, _ = state.stored_refresh_token(conn, "box")
+        assert oauth2_server.refresh_tokens == {stored}
