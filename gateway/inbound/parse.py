@@ -117,7 +117,32 @@ def _filename(part: Message) -> str:
             name = email.utils.collapse_rfc2231_value(name)
     if not name:
         return ""
+    if "\ufffd" in name:
+        # 8-bit bytes in the header: compat32 gave them back as U+FFFD; read them again
+        name = _text_part(part).get_filename() or name
     return decode_header_value(str(name))
+
+
+def _header_text(part: Message, name: str) -> str:
+    """A header with 8-bit bytes as text (UTF-8, else Latin-1): compat32 hands such a
+    header out as an email.header.Header, whose str() turns those bytes into U+FFFD."""
+    lname = name.lower()
+    for k, v in part.raw_items():
+        if k.lower() == lname:
+            if not isinstance(v, str):
+                return str(v)
+            return decode_bytes(v.encode("utf-8", "surrogateescape"), "utf-8")
+    return ""
+
+
+def _text_part(part: Message) -> Message:
+    """A part's Content-Type and Content-Disposition as text, for their parameters."""
+    text = Message(policy=compat32)
+    for name in ("Content-Type", "Content-Disposition"):
+        value = _header_text(part, name)
+        if value:
+            text[name] = value
+    return text
 
 
 def _payload(part: Message) -> bytes:
@@ -220,7 +245,10 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
     text_done = False
     for part, ctype in _leaves(msg, top_type):
         maintype = ctype.split("/")[0]
-        disp = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        disp_value = part.get("Content-Disposition") or ""
+        if not isinstance(disp_value, str):     # 8-bit bytes in it (see _header_text)
+            disp_value = _header_text(part, "Content-Disposition")
+        disp = disp_value.split(";")[0].strip().lower()
         fname = _filename(part)
         is_attachment = disp == "attachment" or (bool(fname) and disp != "inline") \
             or ctype not in ("text/plain", "text/html") or maintype == "message"
@@ -233,10 +261,13 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
             continue
         if with_attachments:
             content = _rfc822(part) if maintype == "message" else _payload(part)
+            cid = part.get("Content-ID") or ""
+            if not isinstance(cid, str):
+                cid = _header_text(part, "Content-ID")
             p.attachments.append(AttachmentData(
                 filename=fname or _default_name(ctype, len(p.attachments) + 1),
                 content_type=ctype, content=content,
-                content_id=(part.get("Content-ID") or "").strip().strip("<>"),
+                content_id=cid.strip().strip("<>"),
                 disposition=disp or "attachment"))
     if not text_done and p.body_html is not None:
         p.body = html_to_text(p.body_html)

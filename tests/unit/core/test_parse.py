@@ -160,3 +160,44 @@ class TestHeaderBlock:
         """A charset name with a NUL byte falls back to UTF-8 instead of raising."""
         p = parse_message(b"Content-Type: text/plain; charset=\"ab\x00c\"\r\n\r\nhi\r\n")
         assert p.body == "hi\n"
+
+
+class TestEightBitPartHeaders:
+    """Raw UTF-8 in MIME part headers (common without SMTPUTF8): compat32 hands such
+    a header out as an email.header.Header, not a str."""
+
+    @staticmethod
+    def mixed(part_headers: bytes) -> bytes:
+        return (b"From: a@b.test\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+                b"Content-Type: text/plain\r\n\r\nbody\r\n--B\r\n" + part_headers
+                + b"\r\ndata\r\n--B--\r\n")
+
+    def test_8bit_disposition_filename(self):
+        """A raw UTF-8 filename in Content-Disposition is read as UTF-8 (it used to raise,
+        sending an ordinary message to the quarantine)."""
+        p = parse_message(self.mixed(
+            b"Content-Type: application/pdf\r\n"
+            b"Content-Disposition: attachment; filename=\"Rechnung M\xc3\xa4rz.pdf\"\r\n"))
+        assert p.body.strip() == "body"
+        assert [(a.filename, a.disposition, a.content) for a in p.attachments] == [
+            ("Rechnung März.pdf", "attachment", b"data")]
+
+    def test_8bit_content_type_name(self):
+        """A raw UTF-8 name= in Content-Type keeps its letters (not U+FFFD)."""
+        p = parse_message(self.mixed(b"Content-Type: image/png; name=\"Bild \xc3\xbc.png\"\r\n"))
+        assert [a.filename for a in p.attachments] == ["Bild ü.png"]
+
+    def test_latin1_filename(self):
+        """A raw Latin-1 filename (not UTF-8) is read as Latin-1."""
+        p = parse_message(self.mixed(
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=caf\xe9.txt\r\n"))
+        assert [a.filename for a in p.attachments] == ["café.txt"]
+
+    def test_8bit_content_id_and_disposition(self):
+        """8-bit bytes in Content-ID or in the disposition word do not raise."""
+        p = parse_message(self.mixed(b"Content-Type: image/png\r\n"
+                                     b"Content-ID: <bild-\xc3\xbc@x>\r\n"
+                                     b"Content-Disposition: inl\xe9ne\r\n"))
+        [a] = p.attachments
+        assert a.content_id == "bild-ü@x" and a.content == b"data"
