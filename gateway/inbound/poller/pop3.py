@@ -175,7 +175,8 @@ class Pop3Session:
             uidls = {}    # delete mode works without; oversized ones are keyed by number
         except (OSError, ValueError) as exc:
             raise MailboxError("fetch", f"UIDL failed: {exc}") from exc
-        out = [RemoteMessage(key=uidls.get(n, f"#{n}"), ref=str(n), size=sizes[n])
+        out = [RemoteMessage(key=uidls.get(n, f"#{n}"), ref=str(n), size=sizes[n],
+                             stable=n in uidls)
                for n in sorted(sizes)]
         return Listing(tuple(out), 0, self.exists)
 

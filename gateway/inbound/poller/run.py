@@ -302,7 +302,9 @@ class Poller:
 
         handled: set[str] = set(big_keys)
         ok = await self._work(account, session, obj, comm, result, pool, todo, handled, errors)
-        done_keys.update(handled)
+        # Skipped on the next connection of this run; a message number (POP3 without
+        # UIDL) names another message there, so only stable keys are carried over.
+        done_keys.update(m.key for m in listing.messages if m.stable and m.key in handled)
 
         # Keep mode: remember how far every message is handled (UIDs in order) or
         # which UIDLs are; a message that failed stays below the mark.

@@ -37,12 +37,15 @@ class MailboxError(Exception):
 @dataclass(frozen=True)
 class RemoteMessage:
     """One message on the server. `key` is stable across sessions (IMAP
-    "<uidvalidity>:<uid>", POP3 UIDL); `ref` addresses it in this session."""
+    "<uidvalidity>:<uid>", POP3 UIDL) unless `stable` is false (a POP3 server
+    without UIDL: "#<number>", which names another message on the next
+    connection); `ref` addresses it in this session."""
 
     key: str
     ref: str          # IMAP UID, POP3 message number
     size: int
     uid: int = 0      # IMAP UID (0 for POP3)
+    stable: bool = True
 
 
 @dataclass(frozen=True)

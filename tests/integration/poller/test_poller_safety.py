@@ -103,6 +103,23 @@ class TestAfterFetch:
         assert articles(h) == 7
 
 
+    def test_pop3_without_uidl_drains_across_reconnects(self, mailbox, poller_config, harness,
+                                                         monkeypatch):
+        """Without UIDL, message numbers of one connection do not hide mail on the next."""
+        import poplib
+
+        def no_uidl(self, which=None):
+            raise poplib.error_proto(b"-ERR Unknown command: UIDL")
+
+        monkeypatch.setattr(poplib.POP3, "uidl", no_uidl)
+        mailbox.append("helpdesk", [message(i) for i in range(5)])
+        h = harness(poller_config(account_toml(mailbox, "pop3s", reconnect_every=2)))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new, r.more) == ("Successful", 5, 5, False), r.error
+        assert mailbox.count("helpdesk") == 0
+        assert articles(h) == 5
+
+
 class TestFailures:
     def test_wrong_password_fails_loudly_and_keeps_mail(self, mailbox, poller_config, harness):
         """A refused login is an Error naming the account; the run and account are Failed."""
