@@ -25,6 +25,18 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def storable(text: str) -> str:
+    """Text PostgreSQL takes: NUL and lone surrogates (bytes a command-line argument
+    could not decode) become U+FFFD. A refused log entry fails the quarantine's
+    transaction too, so the message would be answered 4xx on every attempt."""
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 @dataclass(slots=True)
 class Entry:
     priority: Priority
@@ -47,7 +59,10 @@ class CommObj:
     id: int | None = None
 
     def log(self, priority: Priority, key: str, value: object) -> None:
-        self.entries.append(Entry(priority, key, str(value)))
+        text = str(value)
+        if "\x00" in text or not text.isascii():
+            text = storable(text)
+        self.entries.append(Entry(priority, key, text))
 
     def close(self, status: Status) -> None:
         self.status = status

@@ -14,6 +14,7 @@ from sqlalchemy import select, text
 
 from gateway.config import load_config
 from gateway.inbound.ticket import store
+from gateway.model import Envelope
 from gateway.store.tables import Quarantine, RawMessage
 from tests.integration.core.stored import Store, db_conf
 from tests.peers.lmtp import LmtpClient
@@ -258,6 +259,33 @@ class TestQuarantine:
         assert [code for code, _ in data] == [250, 250]
         [q] = store_of(rg).quarantine()
         assert "DataError" in q.reason and bytes(q.raw) == as_sent(raw)
+
+
+class TestUnstorableEnvelope:
+    def test_nul_in_mail_from_stored(self, backend_gateway, store_of):
+        """A NUL byte in MAIL FROM (accepted by the LMTP listener) is stored like any other
+        message; PostgreSQL refused it in the communication log, and in the quarantine's
+        log too, so the message was answered 451 on every attempt."""
+        rg = backend_gateway
+        raw = msg(b"Subject: nul sender\r\n", mid=b"<nulsender@x>")
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("a\x00b@customer.test", RCPTS[:1], raw)
+        c.close()
+        assert [code for code, _ in data] == [250]
+        assert kept(rg, as_sent(raw)) == "article"
+        assert [t.title for t in store_of(rg).tickets()] == ["nul sender"]
+
+    def test_undecodable_sender_argument_stored(self, backend_gateway, store_of):
+        """A sender that reached `deskgate deliver -f` as bytes that are not UTF-8 (a lone
+        surrogate in Python) is stored too, not answered with a temporary failure."""
+        rg = backend_gateway
+        raw = msg(b"Subject: 8-bit sender\r\n", mid=b"<8bitsender@x>")
+        env = Envelope(mail_from="a\udcffb@customer.test", recipients=(RCPTS[0],), raw=raw,
+                       source="STDIN", account="stdin")
+        out = rg.call(rg.gateway.pipeline.deliver(env))
+        assert [r.code for r in out.replies] == [250] and out.action == "new"
+        assert [t.title for t in store_of(rg).tickets()] == ["8-bit sender"]
 
 
 class TestPipelining:
