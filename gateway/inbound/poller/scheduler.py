@@ -1,6 +1,7 @@
 """The poller inside `deskgate serve`: one task per valid account that polls at
 start, then every `interval`, at once again while the per-run cap left mail
 waiting, and within seconds when the account's IDLE watcher sees new mail.
+Failed runs are retried with a growing delay (retry_delay).
 
 One node at a time per account is enforced by run.Poller (advisory lock on
 PostgreSQL, flock on SQLite); a node that does not get the lock skips the run.
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-RETRY_AFTER_FAILURE = 60.0   # a failed run is retried sooner than a long interval
+RETRY_AFTER_FAILURE = 60.0   # a failed run is retried sooner than a long interval ...
+MAX_BACKOFF = 300.0          # ... then the delay doubles up to the interval (at least this)
 STOP_GRACE = 30.0            # seconds a stopping poller lets runs finish cleanly
 
 
@@ -98,6 +100,7 @@ class PollerService:
             self._watchers[acc.name] = watcher
             watcher.start()
         trigger = "start"
+        failures = 0
         try:
             while not self.poller.stopping:
                 wake.clear()
@@ -105,11 +108,12 @@ class PollerService:
                     result = await self.poller.poll(acc, trigger=trigger)
                 except Exception:  # the loop must survive a broken run
                     log.exception("poll run crashed", account=acc.name)
-                    delay = RETRY_AFTER_FAILURE
+                    failures += 1
+                    delay = retry_delay(acc, failures)
                 else:
-                    delay = (0.0 if result.more else
-                             min(acc.interval, RETRY_AFTER_FAILURE)
-                             if result.status == "Failed" else acc.interval)
+                    failures = failures + 1 if result.status == "Failed" else 0
+                    delay = (retry_delay(acc, failures) if failures else
+                             0.0 if result.more else acc.interval)
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=max(delay, 0.0) or 0.001)
                     trigger = "idle"
@@ -119,6 +123,15 @@ class PollerService:
             if watcher is not None:
                 self._watchers.pop(acc.name, None)
                 await loop.run_in_executor(None, watcher.stop)
+
+
+def retry_delay(acc: AccountConfig, failures: int) -> float:
+    """Seconds before the next run after `failures` failed runs in a row: a minute
+    (or the interval, when shorter), doubling with every further failure, so a
+    wrong password or a dead token endpoint is not tried again every minute for
+    ever; at most the interval, or MAX_BACKOFF when the interval is shorter."""
+    first = min(acc.interval, RETRY_AFTER_FAILURE)
+    return float(min(first * 2 ** min(failures - 1, 32), max(acc.interval, MAX_BACKOFF)))
 
 
 def factory(gw: Host) -> PollerService | None:

@@ -115,3 +115,33 @@ class TestTokenSource:
         now[0] += 100
         assert ts.get() == "at2"
         assert calls[0]["grant_type"] == "refresh_token" and calls[0]["refresh_token"] == "rt"
+
+
+class TestSchedule:
+    async def test_failed_runs_back_off(self, make_confdir, monkeypatch):
+        """Failed runs are retried after growing delays, and on the interval after a success."""
+        import asyncio
+        from types import SimpleNamespace
+
+        from gateway.inbound.poller.run import RunResult
+        from gateway.inbound.poller.scheduler import PollerService
+
+        cfg = load(make_confdir, type="pop3s", extra='interval = "1s"')
+        service = PollerService(SimpleNamespace(config=cfg))   # type: ignore[arg-type]
+        statuses = ["Failed"] * 5 + ["Successful", "Failed"]
+        delays: list[float] = []
+
+        async def poll(acc, *, trigger):
+            return RunResult(acc.name, acc.type, status=statuses[len(delays)])
+
+        async def wait_for(aw, timeout):  # noqa: ASYNC109 - stands in for asyncio.wait_for
+            aw.close()
+            delays.append(timeout)
+            if len(delays) == len(statuses):
+                service.poller.stopping = True
+            raise TimeoutError
+
+        monkeypatch.setattr(service.poller, "poll", poll)
+        monkeypatch.setattr(asyncio, "wait_for", wait_for)
+        await service._loop(cfg.account[0])
+        assert delays == [1, 2, 4, 8, 16, 1, 1]
