@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.http import opener, redirect_note
 
 Log = list[tuple[str, str, str]]
 # Ticket attributes TicketCreate/TicketUpdate take by name, and the decision behind each.
@@ -96,6 +97,7 @@ class OtoboRest:
         self._ssl: ssl.SSLContext | None = None
         if hd.tls_ca_file:
             self._ssl = ssl.create_default_context(cafile=str(config.path(hd.tls_ca_file)))
+        self._opener = opener(self._ssl)
         self._session = ""
         self._lock = threading.Lock()
         self._dfs: tuple[float, frozenset[str]] | None = None
@@ -114,10 +116,11 @@ class OtoboRest:
         op = f"{method} {path.split('?')[0]}"
         try:
             # [helpdesk] url is checked to be http:// or https:// when the config loads
-            with urllib.request.urlopen(req, timeout=self.timeout,  # noqa: S310
-                                        context=self._ssl) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
+            if note := redirect_note(exc):
+                raise HandoffError(f"{op}: OTOBO answered HTTP {exc.code}{note}") from None
             raw = exc.read() or b""
             try:
                 answer = json.loads(raw)

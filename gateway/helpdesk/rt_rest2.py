@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.http import opener, redirect_note
 
 API = "/REST/2.0"
 # RT's subject tag: "[rtname #123]" (rtname may hold spaces and dots).
@@ -92,6 +93,7 @@ class RtRest2:
         if self.base.startswith("https:"):
             self.context = ssl.create_default_context(
                 cafile=str(config.path(hd.tls_ca_file)) if hd.tls_ca_file else None)
+        self._opener = opener(self.context)
         # Every deskgate queue as RT will see it (mapped or passed through by name).
         self.expected_queues = list(dict.fromkeys(
             [hd.helpdesk_queue(q.name) for q in config.queue] + list(hd.queues.values())))
@@ -110,10 +112,12 @@ class RtRest2:
         req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (http/https)
                                      headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout,  # noqa: S310 (http/https)
-                                        context=self.context) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
+            if note := redirect_note(exc):
+                raise HandoffError(f"RT answered HTTP {exc.code} to {method} "
+                                   f"{path}{note}") from None
             status, raw = exc.code, (exc.read(20000) if exc.fp else b"")
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)

@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.http import opener, redirect_note
 
 SCHEMA_VERSION = 1
 
@@ -74,16 +75,18 @@ class Webhook:
         self.secret = str(hd.secret or "")
         self.timeout = hd.timeout
         self.context = tls_context(config) if hd.url.startswith("https:") else None
+        self._opener = opener(self.context)
 
     def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         # The URL scheme is checked by the config validator: http:// or https:// only.
         req = urllib.request.Request(self.url, data=body, method="POST",  # noqa: S310
                                      headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout,  # noqa: S310
-                                        context=self.context) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 return resp.status, resp.read(65536)
         except urllib.error.HTTPError as exc:
+            if note := redirect_note(exc):
+                raise HandoffError(f"{self.account} answered HTTP {exc.code}{note}") from None
             return exc.code, exc.read(2000) if exc.fp else b""
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)

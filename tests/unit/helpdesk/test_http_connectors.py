@@ -1,0 +1,86 @@
+"""The HTTP connectors (webhook, OTOBO REST, RT REST2) against a scripted local server."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.helpdesk.base import Connector, HandoffError
+from gateway.helpdesk.otobo_rest import OtoboRest
+from gateway.helpdesk.rt_rest2 import RtRest2
+from gateway.helpdesk.webhook import Webhook
+from tests.integration.helpdesk.items import item, mail
+from tests.unit.helpdesk.fakehttp import FakeHttp, fake_http
+
+
+@pytest.fixture
+def server() -> Iterator[FakeHttp]:
+    with fake_http() as f:
+        yield f
+
+
+@pytest.fixture
+def connector(make_confdir: Callable[..., Path], server: FakeHttp
+              ) -> Callable[[str, str], Connector]:
+    """connector('webhook', '/hook') → the connector of that type at the fake server."""
+
+    def make(kind: str, path: str) -> Connector:
+        auth = {"webhook": 'secret_file = "sec"', "otobo-rest": 'user = "deskgate"\n'
+                'password_file = "sec"', "rt-rest2": 'token_file = "sec"'}[kind]
+        conf = make_confdir({"60-hd.toml": textwrap.dedent(f"""
+            [helpdesk]
+            type = "{kind}"
+            url = "{server.url}{path}"
+            {auth}
+            timeout = "5s"
+            """)})
+        (conf.parent / "sec").write_text("s3cret\n")
+        (conf.parent / "sec").chmod(0o600)
+        cfg = load_config(conf)
+        cls = {"webhook": Webhook, "otobo-rest": OtoboRest, "rt-rest2": RtRest2}[kind]
+        return cls(cfg)  # type: ignore[no-any-return]
+
+    return make
+
+
+class TestRedirects:
+    """A redirect is not followed: urllib would repeat a POST as a GET without its body
+    (and send the credentials to wherever Location points)."""
+
+    def test_webhook_post_redirected_is_not_taken_for_delivered(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """A 301 to /hook/ whose GET answers 200 is an error naming the new URL, not a
+        delivery of a document nobody stored."""
+        server.on("POST", "/hook", (301, {"Location": f"{server.url}/hook/"}, ""))
+        server.on("GET", "/hook/", (200, {}, {"ticket_id": "1"}))
+        with pytest.raises(HandoffError) as exc:
+            connector("webhook", "/hook").deliver(item(mail("hello")))
+        assert exc.value.temporary
+        assert "redirect" in str(exc.value) and f"{server.url}/hook/" in str(exc.value)
+        assert [(r.method, r.path) for r in server.requests] == [("POST", "/hook")]
+
+    def test_rt_redirect_is_not_followed_with_the_token(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """RT's answer 302 is a temporary error naming Location; the token is not sent on."""
+        server.on("GET", "/REST/2.0/queue/Raw", (302, {"Location": "http://127.0.0.1:9/x"}, ""))
+        server.on("POST", "/REST/2.0/ticket",
+                  (302, {"Location": f"{server.url}/elsewhere"}, ""))
+        with pytest.raises(HandoffError) as exc:
+            connector("rt-rest2", "").deliver(item(mail("hello")))
+        assert exc.value.temporary and "redirect" in str(exc.value)
+        assert all(r.path != "/elsewhere" for r in server.requests)
+
+    def test_otobo_redirect_is_not_followed(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """OTOBO's web server redirecting (http → https, say) is a temporary error."""
+        server.on("POST", "/ws/Session", (301, {"Location": f"{server.url}/other"}, ""))
+        server.on("GET", "/other", (200, {}, {"SessionID": "x"}))
+        with pytest.raises(HandoffError) as exc:
+            connector("otobo-rest", "/ws").deliver(item(mail("hello")))
+        assert exc.value.temporary and f"{server.url}/other" in str(exc.value)
+        assert [(r.method, r.path) for r in server.requests] == [("POST", "/ws/Session")]
+
