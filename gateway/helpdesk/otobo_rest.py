@@ -347,12 +347,19 @@ class OtoboRest:
             "HistoryComment": history_comment(self.marker(item), item.crypto),
         }
         out: dict[str, Any] = {"Article": article}
-        if item.attachments:
-            out["Attachment"] = [{
-                "Content": base64.b64encode(att.content).decode("ascii"),
-                "ContentType": att.content_type or "application/octet-stream",
-                "Filename": att.filename or f"attachment-{i + 1}",
-            } for i, att in enumerate(item.attachments)]
+        files = []
+        for i, att in enumerate(item.attachments):
+            name = att.filename or f"attachment-{i + 1}"
+            if not att.content:
+                # TicketCreate/TicketUpdate refuse the whole article (MissingParameter).
+                log.append(("Notice", "Attachment", f"attachment {name!r} is empty: not "
+                            "passed on (OTOBO refuses a file without content)"))
+                continue
+            files.append({"Content": base64.b64encode(att.content).decode("ascii"),
+                          "ContentType": att.content_type or "application/octet-stream",
+                          "Filename": name})
+        if files:
+            out["Attachment"] = files
         if dfs:
             known = self.dynamic_fields()
             if known is not None:

@@ -13,8 +13,9 @@ from gateway.helpdesk.base import Connector, HandoffError
 from gateway.helpdesk.otobo_rest import OtoboRest
 from gateway.helpdesk.rt_rest2 import RtRest2
 from gateway.helpdesk.webhook import Webhook
+from gateway.model import AttachmentData
 from tests.integration.helpdesk.items import item, mail
-from tests.unit.helpdesk.fakehttp import FakeHttp, fake_http
+from tests.unit.helpdesk.fakehttp import Answer, FakeHttp, Request, fake_http
 
 
 @pytest.fixture
@@ -84,3 +85,32 @@ class TestRedirects:
         assert exc.value.temporary and f"{server.url}/other" in str(exc.value)
         assert [(r.method, r.path) for r in server.requests] == [("POST", "/ws/Session")]
 
+
+def otobo_ticket_create(req: Request) -> Answer:
+    """OTOBO 11's TicketCreate checks: every attachment needs Content, ContentType and
+    Filename with data (Kernel/GenericInterface/Operation/Ticket/TicketCreate.pm)."""
+    for att in req.json.get("Attachment") or []:
+        for needed in ("Content", "ContentType", "Filename"):
+            if not att.get(needed):
+                return 200, {}, {"Error": {
+                    "ErrorCode": "TicketCreate.MissingParameter",
+                    "ErrorMessage": f"TicketCreate: Attachment->{needed}  parameter is missing!"}}
+    return 200, {}, {"TicketID": "7", "TicketNumber": "2026120310000071", "ArticleID": "9"}
+
+
+class TestOtoboAttachments:
+    def test_an_empty_file_does_not_fail_the_ticket(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """OTOBO refuses an attachment without content (MissingParameter, permanent): the
+        empty file is left out with a Notice and the ticket is created with the others."""
+        server.on("POST", "/ws/Session", (200, {}, {"SessionID": "sid"}))
+        server.on("POST", "/ws/Ticket", otobo_ticket_create)
+        atts = [AttachmentData(filename="empty.txt", content_type="text/plain", content=b""),
+                AttachmentData(filename="Prüfbericht.pdf", content_type="application/pdf",
+                               content=b"%PDF-1.4")]
+        res = connector("otobo-rest", "/ws").deliver(item(mail("report", attachments=atts)))
+        assert (res.ticket_id, res.detail) == ("7", "created")
+        sent = server.requests[-1].json["Attachment"]
+        assert [a["Filename"] for a in sent] == ["Prüfbericht.pdf"]
+        assert ("Notice", "Attachment", "attachment 'empty.txt' is empty: not passed on "
+                "(OTOBO refuses a file without content)") in res.log
