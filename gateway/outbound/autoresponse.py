@@ -74,6 +74,10 @@ def sent_today(conn: Connection, address: str, now: datetime) -> int:
         or 0)
 
 
+# RFC 5321 4.5.3.1: 64 + 1 + 255; the length of auto_response.address
+_ADDRESS_MAX = 320
+
+
 def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> str:
     """Why no auto-response may go to `to` ('' = it may)."""
     cfg = rt.config
@@ -83,6 +87,9 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
         return "the message is looping mail"
     if not to:
         return "no sender address"
+    if len(to) > _ADDRESS_MAX or "\x00" in to:
+        # the counter's column refuses it (PostgreSQL), and no reply could reach it
+        return f"{to[:80]!r} is not an address a reply can go to"
     if re.search(cfg.postmaster.no_auto_response, to, re.IGNORECASE):
         return f"{to} matches postmaster.no_auto_response"
     if cfg.address_by_email(to) is not None:

@@ -159,6 +159,33 @@ class TestSuppression:
         assert any("already had 3 auto-responses" in n for n in notices(rg))
 
 
+class TestUnusableSender:
+    @pytest.mark.postgres
+    @pytest.mark.parametrize("sender", ["a\x00b@customer.test", "c" * 600 + "@customer.test"],
+                             ids=["nul", "over-320"])
+    def test_unusable_sender_stored_without_auto_response(self, make_confdir, run_gateway,
+                                                          pg_url, sender):
+        """A From address no reply can go to (a NUL byte, longer than an address may be)
+        gets no auto-response and the message is stored; PostgreSQL refused the address
+        in the auto-response counter, which sent the whole message to the quarantine."""
+        from gateway.store.tables import Quarantine
+
+        conf = make_confdir({"50-desk.toml": DESK,
+                             "60-db.toml": f'[gateway]\ndatabase = "{pg_url}"\n'})
+        rg = run_gateway(load_config(conf))
+        client = LmtpClient(rg.socket_path)
+        client.lhlo()
+        _, replies = client.transaction("jane@customer.test", ["desk@example.org"],
+                                        mail(sender=sender))
+        client.close()
+        assert [c for c, _ in replies] == [250]
+        with rg.gateway.engine.connect() as conn:
+            assert conn.execute(select(Quarantine.reason)).scalars().all() == []
+            assert conn.execute(select(Ticket.title)).scalars().all() == ["Printer broken"]
+        assert requests(rg) == []
+        assert any("not an address" in n for n in notices(rg))
+
+
 class TestControlCharactersInHeaders:
     @pytest.mark.parametrize("ctl", ["\v", "\f", "\x1c", "\x1e", "\x1f", "\x00", "\x7f"])
     def test_subject_with_control_character_becomes_ticket_and_reply(self, desk, ctl):
