@@ -13,6 +13,7 @@ import base64
 import contextlib
 import poplib
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,25 @@ from gateway.inbound.poller.session import (
 )
 
 # poplib refuses lines over 2048 bytes; real mail has longer ones (RFC 5322 allows 998
-# characters, and broken mailers send more). The limit only guards against a server
-# that never sends a line end.
+# characters, and broken mailers send whole attachments as one base64 line). A line
+# is never longer than its message, and a message over max_message_size is never
+# retrieved, so the limit is raised to the largest max_message_size of the accounts
+# in use; it only guards against a server that never sends a line end.
 setattr(poplib, "_MAXLINE", 1024 * 1024)  # noqa: B010 - private, untyped
+_MAXLINE_LOCK = threading.Lock()
+
+
+def _allow_lines_of(size: int) -> None:
+    with _MAXLINE_LOCK:
+        if getattr(poplib, "_MAXLINE", 0) < size + 2:
+            setattr(poplib, "_MAXLINE", size + 2)  # noqa: B010 - private, untyped
+
+
+def _short(exc: BaseException) -> str:
+    """An error for the log: poplib puts the offending server line into it (a line
+    of the message, perhaps megabytes)."""
+    text = str(exc)
+    return text if len(text) <= 300 else text[:300] + f"... ({len(text)} characters)"
 
 
 def _continuation(line: bytes) -> bool:
@@ -60,6 +77,7 @@ class Pop3Session:
         self.capabilities: frozenset[str] = frozenset()
         self.exists = 0
         self._delete: list[int] = []
+        _allow_lines_of(account.max_message_size)
 
     def connect(self) -> poplib.POP3:
         acc = self.account
@@ -186,9 +204,9 @@ class Pop3Session:
         try:
             _, lines, _ = pop.retr(int(msg.ref))
         except poplib.error_proto as exc:
-            raise MailboxError("fetch", f"RETR {msg.ref} refused: {exc}") from exc
+            raise MailboxError("fetch", f"RETR {msg.ref} refused: {_short(exc)}") from exc
         except OSError as exc:
-            raise MailboxError("fetch", f"connection lost: {exc}") from exc
+            raise MailboxError("fetch", f"connection lost: {_short(exc)}") from exc
         return b"\r\n".join(lines) + b"\r\n"
 
     def headers(self, msg: RemoteMessage) -> bytes:
@@ -225,7 +243,7 @@ class Pop3Session:
                 self.log.log("Info", "Remove", f"deleted {len(self._delete)} messages")
             self._delete = []
         except (poplib.error_proto, OSError) as exc:
-            raise MailboxError("remove", f"DELE/QUIT failed, deletions not applied: {exc}"
+            raise MailboxError("remove", f"DELE/QUIT failed, deletions not applied: {_short(exc)}"
                                ) from exc
         finally:
             self.abort()

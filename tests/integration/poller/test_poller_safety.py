@@ -120,6 +120,16 @@ class TestAfterFetch:
         assert articles(h) == 5
 
 
+    def test_pop3_line_longer_than_a_mebibyte(self, mailbox, poller_config, harness):
+        """A message with a 1.5 MB line (base64 without line breaks) is fetched over POP3."""
+        long_line = "A" * 1_500_000
+        mailbox.append("helpdesk", [message(1, extra=f"X-Blob: {long_line}\r\n"), message(2)])
+        h = harness(poller_config(account_toml(mailbox, "pop3s")))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new) == ("Successful", 2, 2), r.error
+        assert mailbox.count("helpdesk") == 0
+
+
 class TestFailures:
     def test_wrong_password_fails_loudly_and_keeps_mail(self, mailbox, poller_config, harness):
         """A refused login is an Error naming the account; the run and account are Failed."""
