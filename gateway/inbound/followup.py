@@ -34,7 +34,9 @@ from gateway.store.tables import Article, Ticket
 
 Kind = Literal["followup", "reject", "new-ticket", "bounce"]
 _MSGID = re.compile(r"<[^<>\s]+>")
-MAX_REFERENCES = 200   # newest References looked up; hostile mail may carry thousands
+# References (the newest) and In-Reply-To ids (the first) looked up; hostile mail
+# may carry thousands
+MAX_REFERENCES = 200
 
 
 @dataclass
@@ -164,7 +166,8 @@ def _find(ctx: MessageContext, rt: Runtime, conn: Connection, notes: list[str]
         ids = message_ids(value)
         if how == "references":
             ids.reverse()           # the newest reference first
-            ids = ids[:MAX_REFERENCES]
+        # one query for them all: thousands would pass the database's parameter limit
+        ids = ids[:MAX_REFERENCES]
         found = _articles_by_message_ids(conn, ids)
         for mid in ids:
             row = found.get(mid)

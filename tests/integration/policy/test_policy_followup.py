@@ -216,6 +216,20 @@ class TestThreading:
         res = deliver(gw, mail(f"Re: [Ticket#{b}]", in_reply_to="<a-2@customer.test>"))
         assert res.ticket_number == b != a
 
+    @pytest.mark.parametrize("backend", ["sqlite",
+                                         pytest.param("postgresql", marks=pytest.mark.postgres)])
+    def test_in_reply_to_with_thousands_of_ids(self, gateway_for, request, backend):
+        """An In-Reply-To with 40,000 ids is looked up by its first ones (as References by its
+        newest): the first threads the reply. All of them went into one query, which
+        PostgreSQL refused (over 65,535 parameters), answering 451 on every attempt."""
+        conf = ({"30-db.toml": f'[gateway]\ndatabase = "{request.getfixturevalue("pg_url")}"\n'}
+                if backend == "postgresql" else {})
+        gw = gateway_for(conf=conf)
+        n = deliver(gw, mail("printer", mid="<orig-9@customer.test>")).ticket_number
+        junk = " ".join(f"<j{i}@x.test>" for i in range(40_000))
+        res = deliver(gw, mail("Re: printer", in_reply_to=f"<orig-9@customer.test> {junk}"))
+        assert res.action == "followup" and res.ticket_number == n
+
     def test_unrelated_references_open_new_ticket(self, gateway_for):
         """References to nothing stored open a new ticket."""
         gw = gateway_for()
