@@ -114,3 +114,28 @@ class TestOtoboAttachments:
         assert [a["Filename"] for a in sent] == ["Prüfbericht.pdf"]
         assert ("Notice", "Attachment", "attachment 'empty.txt' is empty: not passed on "
                 "(OTOBO refuses a file without content)") in res.log
+
+
+class TestRtKeyField:
+    def test_queue_lookup_failing_is_temporary_not_a_ticket_without_key(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """RT failing to tell the queue's custom fields (HTTP 503) is retried: creating
+        the ticket without Deskgate-Key would make a later retry's key search miss it
+        (a second ticket after a lost answer)."""
+        server.on("GET", "/REST/2.0/queue/Raw", (503, {}, {"message": "busy"}))
+        server.on("POST", "/REST/2.0/ticket", (201, {}, {"id": 5}))
+        with pytest.raises(HandoffError) as exc:
+            connector("rt-rest2", "").deliver(item(mail("hello")))
+        assert exc.value.temporary and "503" in str(exc.value)
+        assert ("POST", "/REST/2.0/ticket") not in [(r.method, r.path)
+                                                     for r in server.requests]
+
+    def test_key_is_stored_with_the_ticket(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """With the Deskgate-Key field on the queue the key travels with the ticket."""
+        server.on("GET", "/REST/2.0/queue/Raw", (200, {}, {"TicketCustomFields": [
+            {"name": "Deskgate-Key"}]}))
+        server.on("POST", "/REST/2.0/ticket", (201, {}, {"id": 5}))
+        it = item(mail("hello"))
+        assert connector("rt-rest2", "").deliver(it).ticket_id == "5"
+        assert server.requests[-1].json["CustomFields"] == {"Deskgate-Key": it.key}
