@@ -54,10 +54,14 @@ def decode_header_value(value: object) -> str:
             raw = value.encode("ascii", "surrogateescape")
             return decode_bytes(raw, "utf-8")
         return _unfold(value)
+    if not value.isascii():
+        # 8-bit bytes next to encoded words: decode_header hands Latin-1 characters back
+        # as the same bytes (decoded below), a surrogate as the text '\\udcxx'
+        value = value.encode("utf-8", "surrogateescape").decode("latin-1")
     try:
         parts = decode_header(value)
     except Exception:
-        return _unfold(value)
+        return _unfold(decode_bytes(value.encode("latin-1"), "utf-8"))
     out: list[str] = []
     prev_encoded = False
     for chunk, cs in parts:

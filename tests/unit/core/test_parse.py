@@ -27,6 +27,17 @@ class TestHeaders:
         assert p.subject == "Grüße"
 
 
+    def test_raw_8bit_next_to_encoded_words(self):
+        """8-bit bytes in a header that also has encoded words are read as UTF-8 (else
+        Latin-1), not stored as the text '\\udcc3'."""
+        p = parse_message(b"Subject: =?utf-8?q?Re:?= Gr\xc3\xbc\xc3\x9fe\r\n"
+                          b"From: =?utf-8?q?J=C3=BCrgen?= <j\xc3\xbcrgen@x.test>\r\n"
+                          b"Reply-To: =?iso-8859-1?q?K=F6ln?= caf\xe9 <k@x.test>\r\n\r\nx\r\n")
+        assert p.subject == "Re: Grüße"
+        assert (p.from_addr, p.from_email) == ("Jürgen <jürgen@x.test>", "jürgen@x.test")
+        assert p.reply_to == "Köln café <k@x.test>"
+
+
 class TestBodies:
     def test_quoted_printable_latin1(self):
         """A QP body is decoded with its declared charset; CRLF becomes LF."""
