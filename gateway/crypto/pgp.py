@@ -27,13 +27,30 @@ class PgpVerification:
     error: str = ""
 
 
+# Statuses python-gnupg records for a signature (GOODSIG, BADSIG, ERRSIG, EXPSIG,
+# EXPKEYSIG, REVKEYSIG, NO_PUBKEY); a decryption records others (NO_SECKEY, ...).
+_SIG_STATUSES = frozenset({"signature good", "signature valid", "signature bad",
+                           "signature error", "signature expired", "no public key",
+                           "signing key has expired", "signing key was revoked"})
+
+
+def _has_signature(res: Any) -> bool:
+    """Whether gpg reported a signature at all. A decryption result's key_id alone
+    does not say so: python-gnupg sets it from ENC_TO (a key the message is
+    encrypted to) and NO_SECKEY."""
+    if getattr(res, "valid", False) or getattr(res, "signature_id", None) \
+            or getattr(res, "sig_info", None):
+        return True
+    return any(p.get("status") in _SIG_STATUSES for p in getattr(res, "problems", None) or ())
+
+
 def _verification(store: PgpStore, res: Any) -> PgpVerification:
     """A python-gnupg Verify/Crypt result → our verdict; signers from the key's UIDs."""
+    if not _has_signature(res):
+        return PgpVerification(signed=False)
     status = getattr(res, "status", "") or ""
     fpr = getattr(res, "pubkey_fingerprint", None) or getattr(res, "fingerprint", None) or ""
     key_id = getattr(res, "key_id", None) or ""
-    if not (getattr(res, "signature_id", None) or key_id or fpr or getattr(res, "sig_info", None)):
-        return PgpVerification(signed=False)
     key: PgpKey | None = None
     if fpr:
         key = next((k for k in store.all_keys() if k.fingerprint == fpr), None) \

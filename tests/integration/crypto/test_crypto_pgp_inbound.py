@@ -57,6 +57,35 @@ class TestPgpMime:
         assert d.ticket["queue"] == "Support"
         assert d.ticket["dynamic_fields"] == {"Server": "vpn02"}
 
+    def test_encrypted_unsigned_is_not_signed(self, pgp_env, pgp_keys, deliver):
+        """Encrypted without a signature (PGP/MIME and inline): not reported as signed."""
+        armored = pgp_keys.customer.encrypt(INNER, SUPPORT)
+        for raw in (pgp_mime_encrypted(armored, "u1"),
+                    inline(pgp_keys.customer.encrypt(b"inline secret\n", SUPPORT), "u2")):
+            c = deliver(raw).crypto
+            assert c["decrypted"] and c["signed"] is False
+            assert c["signature_valid"] is None and c["signer"] == "" and c["error"] == ""
+
+    def test_encrypted_to_several_keys_of_which_we_hold_one(self, pgp_env, pgp_keys, deliver):
+        """Encrypted to a third party's key and ours: decrypted with ours; the other
+        recipient's key is not taken for a signer."""
+        from tests.peers.gpg import GpgPeer
+
+        other = GpgPeer()
+        try:
+            other.gen_key("Other <other@elsewhere.test>")
+            pgp_keys.customer.import_(other.export("other@elsewhere.test"))
+        finally:
+            other.close()
+        for signed in (False, True):
+            args = ["--armor", "--encrypt", "-r", "other@elsewhere.test", "-r", SUPPORT]
+            args += ["--sign", "--local-user", CUSTOMER] if signed else []
+            armored = pgp_keys.customer.run(*args, input=INNER).stdout
+            c = deliver(pgp_mime_encrypted(armored, f"several-{signed}")).crypto
+            assert c["decrypted"] and c["error"] == ""
+            assert c["signed"] is signed
+            assert c["signature_valid"] is (True if signed else None)
+
     def test_signed_valid(self, pgp_env, pgp_keys, deliver):
         """multipart/signed with a gpg detached signature over the canonical part: valid."""
         sig = pgp_keys.customer.detach_sign(INNER, CUSTOMER)
