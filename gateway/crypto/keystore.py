@@ -14,8 +14,10 @@ with the CLI is used by a running gateway without a reload.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import shutil
 import subprocess
 import threading
@@ -418,6 +420,41 @@ def _uid_email(uid: str) -> str:
     return addr.lower() if "@" in addr else ""
 
 
+# Seconds a gpg call may take; then it is killed (a stuck gpg-agent, a lock in the
+# GnuPG home) and the result says so, instead of holding a worker thread for ever.
+GPG_TIMEOUT = 30
+
+
+def timed_out(res: Any) -> bool:
+    """Whether this python-gnupg result comes from a gpg killed after GPG_TIMEOUT."""
+    return bool(getattr(res, "timed_out", False))
+
+
+@functools.cache
+def _timed_gpg_class() -> Any:
+    """gnupg.GPG whose every gpg process is killed after GPG_TIMEOUT seconds
+    (python-gnupg itself waits for gpg without a limit)."""
+    import gnupg
+
+    def kill(process: Any, result: Any) -> None:
+        result.timed_out = True
+        with contextlib.suppress(OSError):
+            process.kill()
+
+    class TimedGPG(gnupg.GPG):  # type: ignore[misc]
+        def _collect_output(self, process: Any, result: Any, writer: Any = None,
+                            stdin: Any = None) -> Any:
+            timer = threading.Timer(GPG_TIMEOUT, kill, (process, result))
+            timer.daemon = True
+            timer.start()
+            try:
+                return super()._collect_output(process, result, writer, stdin)
+            finally:
+                timer.cancel()
+
+    return TimedGPG
+
+
 class PgpStore:
     """The GnuPG home. gpg runs as a subprocess per call: never on the event loop."""
 
@@ -432,13 +469,11 @@ class PgpStore:
 
     @property
     def gpg(self) -> Any:
-        import gnupg
-
         with self._lock:
             if self._gpg is None:
                 self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._agent_conf()
-                self._gpg = gnupg.GPG(gnupghome=str(self.home), gpgbinary=self.binary,
+                self._gpg = _timed_gpg_class()(gnupghome=str(self.home), gpgbinary=self.binary,
                                       options=["--trust-model", "always", "--no-auto-key-locate",
                                                "--no-auto-key-retrieve"])
                 self._gpg.encoding = "utf-8"

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.crypto.keystore import PgpKey, PgpStore
+from gateway.crypto import keystore
+from gateway.crypto.keystore import PgpKey, PgpStore, timed_out
 
 
 class PgpError(Exception):
@@ -106,7 +107,13 @@ def decrypt(store: PgpStore, data: bytes, prefer: list[str]) -> tuple[bytes, Pgp
     raise PgpError(_decrypt_reason(last))
 
 
+def _timeout_text() -> str:
+    return f"gpg did not answer within {keystore.GPG_TIMEOUT} s"
+
+
 def _decrypt_reason(res: Any) -> str:
+    if timed_out(res):
+        return "cannot decrypt: " + _timeout_text()
     err = res.stderr or ""
     low = err.lower()
     if "bad passphrase" in low or "bad_passphrase" in low:
@@ -125,18 +132,21 @@ def verify_detached(store: PgpStore, content: bytes, signature: bytes) -> PgpVer
         sig = Path(tmp) / "sig.asc"
         sig.write_bytes(signature)
         res = store.gpg.verify_data(str(sig), content)
-    v = _verification(store, res)
-    v.signed = True
-    if not v.valid and not v.error:
-        v.error = "signature invalid"
-    return v
+    return _verdict(store, res)
 
 
 def verify_clearsigned(store: PgpStore, text: bytes) -> PgpVerification:
     res = store.gpg.verify(text)
+    return _verdict(store, res)
+
+
+def _verdict(store: PgpStore, res: Any) -> PgpVerification:
+    """The verdict on a signature checked on its own (there is one, whatever gpg said)."""
     v = _verification(store, res)
     v.signed = True
-    if not v.valid and not v.error:
+    if timed_out(res):
+        v.valid, v.error = False, _timeout_text()
+    elif not v.valid and not v.error:
         v.error = "signature invalid"
     return v
 
@@ -171,6 +181,8 @@ def sign_detached(store: PgpStore, content: bytes, key: PgpKey) -> bytes:
 
 
 def _sign_reason(res: Any) -> str:
+    if timed_out(res):
+        return _timeout_text()
     low = (res.stderr or "").lower()
     if "bad passphrase" in low or "bad_passphrase" in low:
         return "wrong passphrase"
@@ -190,6 +202,6 @@ def encrypt(store: PgpStore, content: bytes, recipients: list[PgpKey],
         kw["extra_args"] += ["--digest-algo", "SHA256"]
     res = store.gpg.encrypt(content, [k.fingerprint for k in recipients], **kw)
     if not res.ok:
-        raise PgpError("cannot encrypt: " + (_sign_reason(res) if signer else
+        raise PgpError("cannot encrypt: " + (_sign_reason(res) if signer or timed_out(res) else
                                              (res.status or "gpg failed")))
     return bytes(res.data)

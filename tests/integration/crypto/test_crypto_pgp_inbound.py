@@ -153,6 +153,28 @@ class TestPgpMime:
         assert "wrong passphrase" in d.crypto["error"]
         assert d.outcome.action == "new"
 
+    def test_hanging_gpg_times_out_and_the_message_is_kept(self, pgp_env, pgp_keys, deliver,
+                                                          monkeypatch, tmp_path):
+        """A gpg that never answers is stopped after the timeout: stored with a clear error."""
+        import time
+
+        from gateway.crypto import keystore
+
+        wrapper = tmp_path / "gpg-hangs"
+        wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --decrypt ] && exec sleep 20;'
+                           ' done\nexec gpg "$@"\n')
+        wrapper.chmod(0o755)
+        (pgp_env.conf / "60-gpg.toml").write_text(f'[crypto]\ngpg_binary = "{wrapper}"\n')
+        pgp_env.reload()
+        monkeypatch.setattr(keystore, "GPG_TIMEOUT", 2)
+        armored = pgp_keys.customer.encrypt(INNER, SUPPORT)
+        t0 = time.monotonic()
+        d = deliver(pgp_mime_encrypted(armored, "hang1"))
+        assert time.monotonic() - t0 < 15
+        assert d.outcome.action == "new" and d.outcome.replies[0].code == 250
+        assert d.crypto["encrypted"] and not d.crypto["decrypted"]
+        assert "gpg did not answer within 2 s" in d.crypto["error"]
+
 
 class TestInlinePgp:
     def test_inline_encrypted_and_signed(self, pgp_env, pgp_keys, deliver):
