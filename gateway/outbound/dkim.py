@@ -27,6 +27,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from gateway.config import Config
 from gateway.inbound.parse import first_address
 from gateway.outbound.context import OutboundContext
+from gateway.outbound.headers import fold_long_lines
 from gateway.privatefiles import not_private
 from gateway.runtime import Runtime
 
@@ -176,15 +177,16 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
 
 
 def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
-    """Serialize the final message (every copy of it) and sign it with every key of the
-    From domain."""
+    """Serialize the final message (every copy of it), fold header lines over 998
+    octets, and sign it with every key of the From domain."""
     from gateway.outbound.rewrite import header_text, serialize
 
     assert ctx.msg is not None
     keys = keys_for(rt, ctx.from_email or first_address(header_text(ctx.msg, "From")))
     for c in ctx.copies:
-        c.data = sign(serialize(c.msg), keys)
-    ctx.data = ctx.copies[0].data if ctx.copies else sign(serialize(ctx.msg), keys)
+        c.data = sign(fold_long_lines(serialize(c.msg)), keys)
+    ctx.data = ctx.copies[0].data if ctx.copies else sign(fold_long_lines(serialize(ctx.msg)),
+                                                          keys)
     if keys:
         ctx.log.log("Info", "DKIM", "signed " + (f"{len(ctx.copies)} copies " if ctx.copies
                                                  else "") + "with " + ", ".join(

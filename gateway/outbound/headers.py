@@ -5,7 +5,8 @@ A customer's Subject may carry control characters (VT, FF, FS, RS, NUL, ...). Py
 email generator treats several of them as line breaks, so copied into a reply they
 either inject a header or make the generator refuse the message; either way the
 customer's mail would be lost to quarantine. Folding is undone and every other
-control character becomes a space.
+control character becomes a space. The other way round, `fold_long_lines` folds
+a header line longer than RFC 5322 allows before the message is DKIM-signed.
 """
 
 from __future__ import annotations
@@ -21,3 +22,36 @@ _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]+")
 def header_safe(value: str) -> str:
     """`value` unfolded, with each run of control characters replaced by one space."""
     return _UNSAFE.sub(" ", _FOLD.sub("", value))
+
+
+MAX_LINE = 998          # RFC 5322 2.1.1: octets per line, without the CRLF
+FOLD_AT = 78            # where a line that must be folded is folded (RFC 5322's "should")
+_WSP_RUN = re.compile(rb"(?<![ \t])(?=[ \t])")
+
+
+def fold_long_lines(data: bytes) -> bytes:
+    """`data` with every header line over MAX_LINE octets folded at its whitespace.
+
+    A relay must break such a line, and where it breaks it inside a word it changes
+    what DKIM signed. Folding (CRLF before existing whitespace) changes nothing the
+    field means. A line without whitespace is left as it is.
+    """
+    sep = data.find(b"\r\n\r\n")
+    head = data if sep < 0 else data[:sep]
+    if len(head) <= MAX_LINE or all(len(ln) <= MAX_LINE for ln in head.split(b"\r\n")):
+        return data
+    lines: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if len(line) <= MAX_LINE:
+            lines.append(line)
+            continue
+        pieces = _WSP_RUN.split(line)
+        cur = pieces[0]
+        for piece in pieces[1:]:
+            if len(cur) + len(piece) > FOLD_AT and cur.strip():
+                lines.append(cur)
+                cur = piece
+            else:
+                cur += piece
+        lines.append(cur)
+    return b"\r\n".join(lines) + (b"" if sep < 0 else data[sep:])

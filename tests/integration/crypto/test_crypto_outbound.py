@@ -168,6 +168,22 @@ class TestSmimeOutbound:
         assert data.startswith(b"DKIM-Signature:")
         assert dkimpy.DKIM(data).verify(dnsfunc=dkim_env)
 
+    def test_dkim_signed_headers_stay_within_998_octets(self, crypto_env, dkim_env):
+        """A long folded Subject (the ticket tag is added, which unfolds it) goes out
+        folded again, every line within RFC 5322's 998 octets, so no relay has to break
+        a signed line; dkimpy verifies the message, whose 8-bit body is kept as sent."""
+        words = " ".join(["=?utf-8?q?Gr=C3=BC=C3=9Fe_aus_dem_Helpdesk?="] * 60)
+        subject = "\r\n ".join(words[i:i + 500] for i in range(0, len(words), 500)).replace(
+            "\r\n  ", "\r\n ")
+        raw = message().replace(b"Subject: solved", b"Subject: " + subject.encode())
+        res, data = submit(crypto_env, raw)
+        assert res.reply.code == 250
+        head = data.split(b"\r\n\r\n", 1)[0]
+        assert max(len(line) for line in head.split(b"\r\n")) <= 998
+        assert b"Gr=C3=BC=C3=9Fe_aus_dem_Helpdesk" in head
+        assert "Grüße".encode() in data
+        assert dkimpy.DKIM(data).verify(dnsfunc=dkim_env)
+
 
 class TestQueuePolicy:
     def test_queue_sign_and_required_encrypt(self, with_customer_cert, tmp_path):

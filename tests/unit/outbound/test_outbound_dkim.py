@@ -160,3 +160,26 @@ class TestKeyChoice:
         own = DkimKey("eu.example.org", "s1", generate_key(True))
         rt = self.rt(parent, own)
         assert keys_for(rt, "support@eu.example.org") == [own]
+
+
+class TestFoldLongLines:
+    def test_long_line_folded_at_whitespace_and_still_verifies(self):
+        """A header line over 998 octets is folded at whitespace; the body is untouched."""
+        from gateway.outbound.headers import fold_long_lines
+
+        long_cc = b"Cc: " + b", ".join(b"p%d@customer.test" % i for i in range(80))
+        msg = MSG.replace(b"Subject:", long_cc + b"\r\nX-Token: " + b"t" * 1200
+                          + b"\r\nSubject:")
+        folded = fold_long_lines(msg)
+        lines = folded.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        # the token has no whitespace to fold it at: it stays one long word
+        assert [ln for ln in lines if len(ln) > 998] == [b" " + b"t" * 1200]
+        assert folded.replace(b"\r\n ", b" ") == msg
+        k = DkimKey("example.org", "s1", generate_key(True))
+        assert verify(sign(folded, [k]), dns_for(k))
+
+    def test_short_lines_unchanged(self):
+        """A message whose lines are all short comes back as the same object."""
+        from gateway.outbound.headers import fold_long_lines
+
+        assert fold_long_lines(MSG) is MSG
