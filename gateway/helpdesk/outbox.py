@@ -260,12 +260,6 @@ def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
     return Outcome("pending", attempts, nxt)
 
 
-def release(conn: Connection, c: Claimed) -> None:
-    """Give a claimed row back untouched (the worker is stopping)."""
-    conn.execute(update(Handoff).where(Handoff.id == c.id, Handoff.status == "pending")
-                 .values(lease_until=None, claimed_by="", attempts=c.attempts))
-
-
 # ----------------------------------------------------------------- admin
 
 # The statuses of rows not delivered (status is pending | delivered | failed).

@@ -4,7 +4,9 @@ Runs on every node. Claims and outcomes go through the group-commit writer; the
 row's ticket, article and raw bytes are read on a connection of its own, and the
 connector (a subprocess or an HTTP call) runs on a small thread pool, so the
 event loop and the inbound commits never wait for the helpdesk. Each attempt is
-one Outgoing communication (Connection + Message object) in the log.
+one Outgoing communication (Connection + Message object) in the log. A row that
+cannot be read or built is recorded as a failed attempt of its own, so it never
+holds back the rows claimed with it.
 """
 
 from __future__ import annotations
@@ -131,14 +133,51 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         crypto=crypto, mime=mime, created=c.created.isoformat())
 
 
+class ItemError(HandoffError):
+    """A claimed row that never reached the connector: its item could not be read or
+    built from the store (temporary: retried on the schedule), or its ticket or article
+    is gone (permanent). deskgate's side, not the helpdesk's."""
+
+
+MISSING = "the ticket or article no longer exists"
+
+
 def read_items(engine: Engine, rt: Runtime, claimed: list[outbox.Claimed]
-               ) -> dict[int, HandoffItem]:
-    """Load and build the items of claimed rows on the calling (worker) thread, by row id
-    (a row whose ticket or article is gone has none)."""
-    with engine.connect() as conn:
-        loaded = outbox.load(conn, claimed)
-    return {c.id: build_item(rt, c, loaded[c.id], loaded[c.id].recipients)
-            for c in claimed if c.id in loaded}
+               ) -> dict[int, HandoffItem | ItemError]:
+    """The items of claimed rows by row id, loaded and built on the calling (worker)
+    thread, each on its own: a row whose stored data cannot be read or built gets an
+    ItemError and the others are delivered."""
+    try:
+        with engine.connect() as conn:
+            loaded = outbox.load(conn, claimed)
+    except Exception:
+        log.exception("hand-off: reading the claimed rows failed; reading them one by one",
+                      handoffs=len(claimed))
+        return {c.id: _read_one(engine, rt, c) for c in claimed}
+    return {c.id: _build(rt, c, loaded.get(c.id)) for c in claimed}
+
+
+def _read_one(engine: Engine, rt: Runtime, c: outbox.Claimed) -> HandoffItem | ItemError:
+    try:
+        with engine.connect() as conn:
+            loaded = outbox.load(conn, [c])
+    except Exception as exc:
+        log.exception("hand-off: reading the row failed", handoff=c.id)
+        return ItemError(f"reading the stored ticket or article failed: "
+                         f"{type(exc).__name__}: {exc}"[:2000])
+    return _build(rt, c, loaded.get(c.id))
+
+
+def _build(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded | None
+           ) -> HandoffItem | ItemError:
+    if loaded is None:
+        return ItemError(MISSING, temporary=False)
+    try:
+        return build_item(rt, c, loaded, loaded.recipients)
+    except Exception as exc:
+        log.exception("hand-off: building the item failed", handoff=c.id)
+        return ItemError(f"building the hand-off from the stored ticket and article failed: "
+                         f"{type(exc).__name__}: {exc}"[:2000])
 
 
 # ----------------------------------------------------------------- recording
@@ -150,12 +189,15 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
     the transaction's deferred rows when `later` is given)."""
     cfg = rt.config.helpdesk
     comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
-    conn_obj = comm.obj("Connection")
+    # The Connection object tells what the helpdesk said: none for an item that never
+    # reached the connector.
+    conn_obj = comm.obj("Connection") if not isinstance(error, ItemError) else None
     msg = comm.obj("Message")
     msg.article_id = c.article_id
     msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1} to "
             f"{connector.type}, {seconds * 1000:.0f} ms")
     if result is not None:
+        assert conn_obj is not None
         for prio, key, value in result.log:
             conn_obj.log(prio, key, value)  # type: ignore[arg-type]
         out = outbox.record_delivered(conn, c, ticket_id=result.ticket_id,
@@ -168,30 +210,30 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
         msg.close("Successful")
     else:
         assert error is not None
-        conn_obj.log("Error" if not error.temporary else "Warn", "Helpdesk", str(error)[:4000])
+        if conn_obj is None:
+            msg.log("Error", "Item", f"not handed to {connector.type}: {error}"[:4000])
+        else:
+            conn_obj.log("Error" if not error.temporary else "Warn", "Helpdesk",
+                         str(error)[:4000])
+            conn_obj.close("Failed")
         out = outbox.record_failure(conn, c, str(error), temporary=error.temporary,
                                     schedule=cfg.retry)
         if out.status == "failed":
             why = "permanent error" if not error.temporary else "retries exhausted"
-            msg.log("Error", "Failed", f"{why}: {error}"[:4000] + "; `deskgate handoff retry "
-                    f"{c.id}` tries again")
-            conn_obj.close("Failed")
+            # An ItemError is permanent only when the ticket or article is gone.
+            then = (f"`deskgate handoff delete {c.id}` removes the row"
+                    if isinstance(error, ItemError) and not error.temporary
+                    else f"`deskgate handoff retry {c.id}` tries again")
+            msg.log("Error", "Failed", f"{why}: {error}"[:4000] + f"; {then}")
             msg.close("Failed")
         else:
             assert out.next_attempt is not None
             msg.log("Warn", "Deferred", f"{error}"[:3000] + f"; next attempt "
                     f"{out.next_attempt:%Y-%m-%d %H:%M:%S}")
-            conn_obj.close("Failed")
             msg.close("Warning")
     comm.close()
     add_comm(conn, comm, later)
     return out
-
-
-def record_missing(conn: Connection, c: outbox.Claimed) -> None:
-    """The row's ticket or article is gone: fail it (nothing to deliver)."""
-    outbox.record_failure(conn, c, "the ticket or article no longer exists", temporary=False,
-                          schedule=())
 
 
 # ----------------------------------------------------------------- the service
@@ -328,31 +370,32 @@ class HandoffWorker:
         return outcomes, claimed, due
 
     async def _deliver(self, c: outbox.Claimed,
-                       items: asyncio.Future[dict[int, HandoffItem]]) -> None:
+                       items: asyncio.Future[dict[int, HandoffItem | ItemError]]) -> None:
         loop = asyncio.get_running_loop()
         connector = self.connector
         result: Delivered | None = None
         error: HandoffError | None = None
         t0 = time.perf_counter()
         try:
-            item = (await items).get(c.id)
-        except Exception as exc:
-            log.warning("hand-off: reading the row failed; retrying later", handoff=c.id,
-                        error=repr(exc))
-            with contextlib.suppress(Exception):
-                await self.writer.run(lambda conn: outbox.release(conn, c))
-            return
+            item: HandoffItem | ItemError | None = (await items).get(c.id)
+        except Exception as exc:            # a last guard: read_items catches its own
+            log.exception("hand-off: reading the row failed", handoff=c.id)
+            item = ItemError(f"reading the row failed: {type(exc).__name__}: {exc}"[:2000])
         if item is None:
-            with contextlib.suppress(Exception):
-                await self.writer.run(lambda conn: record_missing(conn, c))
-            return
-        try:
-            result = await loop.run_in_executor(self.pool, connector.deliver, item)
-        except HandoffError as exc:
-            error = exc
-        except Exception as exc:            # a connector bug: retry, never lose
-            log.exception("hand-off connector crashed", handoff=c.id)
-            error = HandoffError(f"{type(exc).__name__}: {exc}")
+            item = ItemError(MISSING, temporary=False)
+        if isinstance(item, ItemError):
+            # Recorded like a failed attempt (on the schedule, or failed for good when
+            # the article is gone): given back untouched it would be claimed again at
+            # once, round after round, with the rows claimed alongside it.
+            error = item
+        else:
+            try:
+                result = await loop.run_in_executor(self.pool, connector.deliver, item)
+            except HandoffError as exc:
+                error = exc
+            except Exception as exc:            # a connector bug: retry, never lose
+                log.exception("hand-off connector crashed", handoff=c.id)
+                error = HandoffError(f"{type(exc).__name__}: {exc}")
         self._done.append(_Done(c, connector, result, error, time.perf_counter() - t0))
         if self._wake:
             self._wake.set()
@@ -373,7 +416,10 @@ class HandoffWorker:
 
 
     def _track_health(self, d: _Done) -> None:
-        """Consecutive temporary failures mark the helpdesk down; a success revives it."""
+        """Consecutive temporary failures mark the helpdesk down; a success revives it.
+        A row that never reached the connector tells nothing about the helpdesk."""
+        if isinstance(d.error, ItemError):
+            return
         if d.error is None:
             if self._backoff:
                 log.info("helpdesk reachable again; resuming hand-offs",

@@ -1,0 +1,201 @@
+"""The hand-off worker on SQLite with the webhook connector at a scripted local server:
+what it records when a row cannot be handed to the connector at all."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, select, text
+
+from gateway import metrics
+from gateway.config import load_config
+from gateway.helpdesk import outbox
+from gateway.helpdesk.webhook import Webhook
+from gateway.helpdesk.worker import HandoffWorker
+from gateway.runtime import Runtime, build_runtime
+from gateway.store import repo
+from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.tables import Article, CommEntry, CommObject, Communication, Handoff
+from tests.unit.helpdesk.fakehttp import FakeHttp, fake_http
+
+
+@dataclass
+class Setup:
+    engine: Engine
+    rt: Runtime
+    server: FakeHttp
+
+
+@pytest.fixture
+def setup(make_confdir: Callable[..., Path], tmp_path: Path) -> Iterator[Setup]:
+    """A migrated store, and a config handing off to a webhook at the fake server that
+    retries after an hour (so a deferred row stays deferred during a test)."""
+    with fake_http() as server:
+        server.on("POST", "/hook", (200, {}, {"ticket_id": "41", "ticket_number": "1041"}))
+        conf = make_confdir({"60-hd.toml": textwrap.dedent(f"""
+            [helpdesk]
+            type = "webhook"
+            url = "{server.url}/hook"
+            secret_file = "sec"
+            retry = "1h, 1h"
+            poll_interval = "0.1s"
+            """)})
+        (conf.parent / "sec").write_text("s3cret\n")
+        (conf.parent / "sec").chmod(0o600)
+        cfg = load_config(conf)
+        engine = make_engine(f"sqlite:///{tmp_path / 'hd.db'}")
+        migrate(engine)
+        with engine.begin() as conn:
+            repo.sync_config(conn, cfg)
+        try:
+            yield Setup(engine, build_runtime(cfg), server)
+        finally:
+            engine.dispose()
+
+
+def seed(engine: Engine, subject: str, **ticket: Any) -> tuple[int, int]:
+    """A new ticket with one article and its hand-off row: (row id, article id)."""
+    with engine.begin() as conn:
+        tid = repo.insert_ticket(conn, **{
+            "number": None, "title": subject, "queue": "Raw", "state": "new",
+            "state_type": "new", "priority": "3 normal", "dynamic_fields": {}, **ticket})
+        aid = repo.insert_article(conn, ticket_id=tid, direction="incoming",
+                                  sender_type="customer", subject=subject,
+                                  from_addr="alice@customer.test",
+                                  from_email="alice@customer.test")
+        hid = outbox.enqueue(conn, ticket_id=tid, article_id=aid, kind="create",
+                             helpdesk="webhook", decisions={})
+    return hid, aid
+
+
+def row(engine: Engine, hid: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(Handoff).where(Handoff.id == hid)).one()
+
+
+def entries(engine: Engine, article_id: int) -> list[tuple[str, str, str]]:
+    """(priority, key, value) of the Handoff communications about an article."""
+    with engine.connect() as conn:
+        comms = select(CommObject.communication_id).join(
+            Communication, Communication.id == CommObject.communication_id).where(
+            Communication.account_type == "Handoff", CommObject.article_id == article_id)
+        return [(e.priority, e.key, e.value) for e in conn.execute(
+            select(CommEntry).where(CommEntry.communication_id.in_(comms))
+            .order_by(CommEntry.id)).all()]
+
+
+def handoffs_total(result: str) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "deskgate_handoffs_total", {"result": result}) or 0.0
+
+
+async def wait(done: Callable[[], bool], within: float = 10) -> None:
+    """Poll `done()` (it reads the database) until it holds or `within` seconds pass."""
+    for _ in range(int(within / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running(s: Setup) -> AsyncIterator[HandoffWorker]:
+    """The hand-off worker of `s` with its own writer, stopped on exit."""
+    writer = BatchWriter(s.engine)
+    writer.start()
+    worker = HandoffWorker(lambda: s.rt, writer, s.engine, connector=Webhook(s.rt.config),
+                           node="n1")
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+        writer.close()
+
+
+async def run_worker(s: Setup, done: Callable[[], bool]) -> None:
+    """Run the worker until `done()` holds (10 s at most), then stop it."""
+    async with running(s):
+        await wait(done)
+
+
+class TestRowThatCannotBeBuilt:
+    """A row whose stored data makes building its hand-off raise (here a ticket whose
+    dynamic fields are a list) is one failed attempt, not a stall of the whole claim."""
+
+    async def test_the_other_rows_of_the_claim_are_delivered(self, setup: Setup) -> None:
+        """The rows claimed with it reach the helpdesk; it is not sent, and not claimed
+        again and again: one attempt, the error kept, the next one on the schedule."""
+        bad, _ = seed(setup.engine, "bad", dynamic_fields=["legacy"])
+        good, _ = seed(setup.engine, "good")
+        await run_worker(setup, lambda: row(setup.engine, good).status == "delivered")
+        assert row(setup.engine, good).status == "delivered"
+        assert len([r for r in setup.server.requests if r.method == "POST"]) == 1
+        r = row(setup.engine, bad)
+        assert (r.status, r.attempts, r.lease_until) == ("pending", 1, None)
+        assert "AttributeError" in r.last_error
+        assert r.next_attempt.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(minutes=50)
+
+    async def test_it_is_logged_as_an_error_and_counted(self, setup: Setup) -> None:
+        """The communication log has an Error entry on the article saying why, and
+        deskgate_handoffs_total counts the attempt as deferred."""
+        bad, article = seed(setup.engine, "bad", dynamic_fields=["legacy"])
+        before = handoffs_total("deferred")
+        await run_worker(setup, lambda: row(setup.engine, bad).attempts == 1
+                         and row(setup.engine, bad).lease_until is None)
+        logged = entries(setup.engine, article)
+        assert any(p == "Error" and "AttributeError" in v for p, _, v in logged), logged
+        assert any(k == "Deferred" for _, k, _ in logged), logged
+        assert handoffs_total("deferred") == before + 1
+
+    async def test_a_row_that_cannot_be_read_does_not_hold_back_the_others(
+            self, setup: Setup) -> None:
+        """A ticket whose stored JSON does not decode fails the read of the whole claim:
+        the rows are read again one by one, the others are delivered and it is deferred."""
+        bad, _ = seed(setup.engine, "bad")
+        good, _ = seed(setup.engine, "good")
+        with setup.engine.begin() as conn:
+            conn.execute(text("UPDATE ticket SET dynamic_fields = '{not json' WHERE id = "
+                              "(SELECT ticket_id FROM handoff WHERE id = :h)"), {"h": bad})
+        await run_worker(setup, lambda: row(setup.engine, good).status == "delivered"
+                         and row(setup.engine, bad).lease_until is None)
+        assert row(setup.engine, good).status == "delivered"
+        r = row(setup.engine, bad)
+        assert (r.status, r.attempts) == ("pending", 1)
+        assert "reading the stored ticket or article failed" in r.last_error
+
+    async def test_it_does_not_make_the_helpdesk_look_down(self, setup: Setup) -> None:
+        """Rows that never reached the helpdesk say nothing about it: after several of
+        them a new row is delivered at once, not after a probe back-off."""
+        bad = [seed(setup.engine, f"bad {n}", dynamic_fields=["legacy"])[0] for n in range(4)]
+        async with running(setup) as worker:
+            await wait(lambda: all(row(setup.engine, h).attempts == 1
+                                   and row(setup.engine, h).lease_until is None for h in bad))
+            good, _ = seed(setup.engine, "good")
+            worker.poke()
+            await wait(lambda: row(setup.engine, good).status == "delivered", 5)
+        assert row(setup.engine, good).status == "delivered"
+
+
+class TestRowWhoseArticleIsGone:
+    async def test_it_fails_with_a_log_entry_and_a_count(self, setup: Setup) -> None:
+        """An article deleted before its hand-off: the row fails at once, with an Error in
+        the communication log and deskgate_handoffs_total{result="failed"} counted."""
+        hid, article = seed(setup.engine, "gone")
+        with setup.engine.begin() as conn:
+            conn.execute(delete(Article).where(Article.id == article))
+        before = handoffs_total("failed")
+        await run_worker(setup, lambda: row(setup.engine, hid).status == "failed")
+        assert row(setup.engine, hid).status == "failed"
+        assert "no longer exists" in row(setup.engine, hid).last_error
+        logged = entries(setup.engine, article)
+        assert any(p == "Error" and "no longer exists" in v for p, _, v in logged), logged
+        assert handoffs_total("failed") == before + 1
+        assert setup.server.requests == []
