@@ -147,6 +147,13 @@ class RtRest2:
             return HandoffError(detail + f" (is {self.account} RT's REST2? check helpdesk.url)")
         if status in (400, 409, 410, 422):
             return HandoffError(detail, temporary=False)
+        if status == 413:
+            # The message is as large on every retry: failed until the limit is raised.
+            return HandoffError(
+                f"RT answered HTTP 413 to {what}: the request is too large for RT or the web "
+                "server in front of it (the message with its attachments, base64-encoded); "
+                "raise that server's request size limit (e.g. nginx client_max_body_size), "
+                "then retry the hand-off", temporary=False)
         return HandoffError(detail)          # 5xx, 408, 429 and anything unexpected
 
     def _pages(self, path: str, query: dict[str, str], limit: int) -> Iterator[dict[str, Any]]:

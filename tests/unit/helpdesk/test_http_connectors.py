@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,31 @@ class TestRtKeyField:
         it = item(mail("hello"))
         assert connector("rt-rest2", "").deliver(it).ticket_id == "5"
         assert server.requests[-1].json["CustomFields"] == {"Deskgate-Key": it.key}
+
+
+class TestRtTooLarge:
+    """RT (or the web server in front of it) refusing the request as too large (HTTP 413)
+    fails at once, as OTOBO's and the webhook's 413 do: the same message is as large on
+    every retry."""
+
+    def test_new_ticket_413_is_permanent_and_says_why(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """A ticket too large for RT is a permanent error naming the limit to raise."""
+        server.on("GET", "/REST/2.0/queue/Raw", (200, {}, {"TicketCustomFields": []}))
+        server.on("POST", "/REST/2.0/ticket", (413, {"Content-Type": "text/html"},
+                                               "<html><body><h1>413 Request Entity Too "
+                                               "Large</h1></body></html>"))
+        with pytest.raises(HandoffError) as exc:
+            connector("rt-rest2", "").deliver(item(mail("big", attachments=[AttachmentData(
+                filename="scan.pdf", content_type="application/pdf", content=b"%PDF" * 64)])))
+        assert not exc.value.temporary
+        assert "413" in str(exc.value) and "too large" in str(exc.value)
+
+    def test_follow_up_413_is_permanent(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """The same for a reply added to an RT ticket."""
+        server.on("POST", "/REST/2.0/ticket/5/correspond", (413, {}, ""))
+        it = replace(item(mail("big")), kind="followup", helpdesk_ticket_id="5")
+        with pytest.raises(HandoffError) as exc:
+            connector("rt-rest2", "").deliver(it)
+        assert not exc.value.temporary and "too large" in str(exc.value)
