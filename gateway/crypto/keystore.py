@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import re
 import shutil
 import subprocess
 import threading
@@ -179,6 +180,9 @@ def _load_key_file(path: Path, passphrase_path: Path | None) -> Any:
 
 _KEY_CACHE: dict[tuple[object, ...], Any] = {}
 _KEY_LOCK = threading.Lock()
+# An address usable as the name of its files in smime_dir: local@domain with no
+# path separator, control character or leading dot.
+_FILE_ADDRESS = re.compile(r"[^./\\\x00-\x1f\x7f@][^/\\\x00-\x1f\x7f]*@[^/\\\x00-\x1f\x7f@]+")
 
 
 def load_private_key(data: bytes, password: bytes | None, name: str) -> Any:
@@ -324,8 +328,8 @@ class SmimeStore:
                 raise KeyStoreError("the private key does not belong to the certificate")
             if not isinstance(key_obj, rsa.RSAPrivateKey):
                 raise KeyStoreError("only RSA keys are supported for S/MIME")
+        base = self._file_base(addrs)
         self.dir.mkdir(parents=True, exist_ok=True)
-        base = self.dir / addrs[0]
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
         Path(f"{base}.pem").write_bytes(pem)
         if key_obj is not None:
@@ -345,6 +349,24 @@ class SmimeStore:
             raise KeyStoreError(f"{base}.pem was written but is not listed as an S/MIME "
                                 "certificate")
         return dataclasses.replace(entry, notes=tuple(notes))
+
+    def _file_base(self, addrs: list[str]) -> Path:
+        """`<smime_dir>/<address>` for the first address that is a plain file name.
+
+        The addresses come from the certificate (a customer's, say): one such as `ca`
+        or `../x@y` would otherwise overwrite the trusted CA file or write outside
+        the store.
+        """
+        special = {p.resolve() for p in (self.ca_file, self.crl_file) if p is not None}
+        for a in addrs:
+            if not _FILE_ADDRESS.fullmatch(a):
+                continue
+            base = self.dir / a
+            if not {Path(f"{base}{s}").resolve() for s in (".pem", ".key", ".passphrase")
+                    } & special:
+                return base
+        raise KeyStoreError(f"the certificate names no address that can be a file name "
+                            f"in {self.dir} ({', '.join(map(repr, addrs))})")
 
     def remove(self, ident: str) -> list[SmimeEntry]:
         found = self.lookup(ident)

@@ -104,6 +104,27 @@ class TestSmimeKeys:
         assert not (smime_dir / "sales@example.org.pem").exists()
 
 
+    def test_certificate_address_cannot_name_another_file(self, admin_dashboard, tmp_path):
+        """A certificate whose address is no plain address (`ca`, the trust store's
+        name, or one with `../`) is refused: the CA file stays and nothing is written
+        outside the store."""
+        d = admin_dashboard()
+        smime_dir = d.root / "keys" / "smime"
+        smime_dir.mkdir(parents=True, exist_ok=True)
+        trusted = TestCA(tmp_path / "trusted").ca_path.read_bytes()
+        (smime_dir / "ca.pem").write_bytes(trusted)
+        evil = TestCA(tmp_path / "evil")
+        for address in ("ca", "../../conf.d/99-evil@example.org"):
+            issued = evil.issue("Evil", emails=(address,), filename="evil")
+            status, html = upload(d, {"action": "smime-import"},
+                                  {"cert": ("evil.pem", issued.cert.read_bytes()),
+                                   "key": ("evil.key", issued.key.read_bytes())})
+            assert status == 422 and 'id="error"' in html, html
+        assert (smime_dir / "ca.pem").read_bytes() == trusted
+        assert not list((d.root / "conf.d").glob("99-evil*"))
+        assert not list(smime_dir.glob("*.key"))
+
+
 class TestPgpKeys:
     def test_import_secret_key_with_passphrase(self, admin_dashboard, tmp_path):
         """A gpg-made secret key with its passphrase is imported and listed."""
