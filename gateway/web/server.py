@@ -77,6 +77,14 @@ def make_env() -> jinja2.Environment:
     return env
 
 
+def _security_headers(headers: Any) -> None:
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Content-Security-Policy",
+                       "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'")
+
+
 def _id(request: web.Request) -> int:
     """The {id} of the URL; 400 when it cannot be a database id."""
     value = int(request.match_info["id"])
@@ -113,7 +121,8 @@ class Dashboard:
     # ------------------------------------------------------------ plumbing
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._host_mw, self._auth_mw, self._headers_mw])
+        # Headers outermost: refusals (401, 421) and errors (400, 404) carry them too.
+        app = web.Application(middlewares=[self._headers_mw, self._host_mw, self._auth_mw])
         app.add_routes([
             web.get("/", self.index),
             web.get("/log", self.log_overview),
@@ -191,12 +200,12 @@ class Dashboard:
     async def _headers_mw(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
-        resp = await handler(request)
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
-        resp.headers.setdefault("Content-Security-Policy",
-                                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'")
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:      # 400, 404, 405, redirects: raised, not returned
+            _security_headers(exc.headers)
+            raise
+        _security_headers(resp.headers)
         return resp
 
     def render(self, request: web.Request, template: str, status: int = 200,

@@ -11,6 +11,22 @@ from gateway.passwords import hash_password
 from tests.integration.ops.ops_web import message
 
 
+def post(url: str) -> tuple[int, dict[str, str], str]:
+    """POST an empty form; (status, headers, body) of the error answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, data=b"", timeout=30) as resp:  # noqa: S310
+            return resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
+                    "Referrer-Policy")
+
+
 class TestPages:
     def test_pages_show_log_and_tickets(self, dashboard):
         """Overview, list, detail, tickets and ticket pages render what LMTP stored and
@@ -150,6 +166,27 @@ class TestAccess:
             sent = {n: headers[n] for n in names if n in headers}
             assert sent == stated, path
 
+
+    def test_security_headers_on_refusals_and_errors(self, dashboard):
+        """421, 400 (its text quotes the URL), 404 and 405 answers carry the same
+        security headers as the pages."""
+        d = dashboard()
+        _, page, _ = d.get("/log")
+        answers = [d.get("/log", {"Host": "evil.test"}), d.get("/log/99999999999999999999"),
+                   d.get("/no/such/page"), post(d.base + "/metrics")]
+        assert [a[0] for a in answers] == [421, 400, 404, 405]
+        for status, headers, _ in answers:
+            assert {n: headers.get(n) for n in SECURITY_HEADERS} == {
+                n: page[n] for n in SECURITY_HEADERS}, status
+
+    def test_security_headers_on_401(self, dashboard):
+        """The login prompt (401) carries the pages' security headers too."""
+        d = dashboard('token = "s3cret-token"\n')
+        _, page, _ = d.get("/log", {"Authorization": "Bearer s3cret-token"})
+        status, headers, _ = d.get("/log")
+        assert status == 401
+        assert {n: headers.get(n) for n in SECURITY_HEADERS} == {
+            n: page[n] for n in SECURITY_HEADERS}
 
 class TestMetricsAndHealth:
     def test_metrics_parse_and_count_lmtp(self, dashboard):
