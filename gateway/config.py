@@ -128,7 +128,9 @@ def split_listen(value: str) -> tuple[str, int]:
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$|^[^@\s<>]+@localhost$")
 
 
-def parse_email(value: str) -> str:
+def parse_email(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
     if not _EMAIL_RE.match(value):
         raise ValueError(f"{value!r} is not an e-mail address")
     return value.lower()
@@ -139,10 +141,24 @@ def parse_network(value: str) -> str:
     return value
 
 
-def parse_mode(value: str) -> int:
+def parse_mode(value: object) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string such as '0660', got {type(value).__name__}")
     if not re.fullmatch(r"0?[0-7]{3}", value):
         raise ValueError(f"{value!r} is not an octal file mode such as 0660")
     return int(value, 8)
+
+
+def each_string(fn: Callable[[str], str]) -> Callable[[object], tuple[str, ...]]:
+    """A converter for a list of strings, each going through fn."""
+    def convert(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of strings, got {type(value).__name__}")
+        for v in value:
+            if not isinstance(v, str):
+                raise ValueError(f"expected a list of strings, got {type(v).__name__} {v!r}")
+        return tuple(fn(v) for v in value)
+    return convert
 
 
 def conv(fn: Callable[[Any], Any], default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -188,7 +204,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class LmtpConfig:
-    listen: tuple[str, ...] = conv(lambda v: tuple(parse_listen(x) for x in v),
+    listen: tuple[str, ...] = conv(each_string(parse_listen),
                                    ("unix:var/run/lmtp.sock", "127.0.0.1:8024"))
     max_message_size: int = conv(parse_size, 50 * 1024 * 1024)
     max_recipients: int = 1000
@@ -210,10 +226,10 @@ class SubmissionUser:
 
 @dataclass(frozen=True)
 class SubmissionConfig:
-    listen: tuple[str, ...] = conv(lambda v: tuple(parse_listen(x) for x in v), ())
+    listen: tuple[str, ...] = conv(each_string(parse_listen), ())
     tls_cert: str = ""
     tls_key: str = ""
-    allow_networks: tuple[str, ...] = conv(lambda v: tuple(parse_network(x) for x in v),
+    allow_networks: tuple[str, ...] = conv(each_string(parse_network),
                                            ("127.0.0.0/8", "::1/128"))
     max_message_size: int = conv(parse_size, 50 * 1024 * 1024)
     max_recipients: int = 100
@@ -572,6 +588,7 @@ class _Builder:
             else:
                 toml_names[name] = f.name
         kwargs: dict[str, Any] = {}
+        given: set[str] = set()     # fields present in the table, valid or not
         ok = True
         for tkey, raw in table.items():
             dotted = f"{key}.{tkey}" if key else tkey
@@ -582,6 +599,7 @@ class _Builder:
                 ok = False
                 continue
             f = fields[fname]
+            given.add(fname)
             if "secret" in f.metadata:
                 value = self._secret(f.metadata["secret"], tkey, raw, dotted)
                 if value is None:
@@ -601,7 +619,7 @@ class _Builder:
                 self.error(dotted, str(exc))
                 ok = False
         for f in fields.values():
-            if (f.name not in kwargs and f.default is dataclasses.MISSING
+            if (f.name not in given and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING):
                 name = f"{key}.{f.name.rstrip('_')}" if key else f.name
                 self.error(name, "required key is missing")
@@ -910,6 +928,9 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         if acc.name in names:
             add(at(key), f"{key}.name", f"duplicate account {acc.name!r}")
         names.add(acc.name)
+        if not 0 <= acc.port < 65536:
+            add(at(key), f"{key}.port",
+                "must be between 1 and 65535 (0: the default port of the type)")
         if acc.dispatch == "queue" and not acc.queue:
             add(at(key), f"{key}.queue", "required when dispatch = \"queue\"")
         if acc.queue and acc.queue.lower() not in queue_names:
@@ -930,6 +951,23 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         if u.default_queue and u.default_queue.lower() not in queue_names:
             add(at(f"submission.user[{i}]"), f"submission.user[{i}].default_queue",
                 f"queue {u.default_queue!r} is not defined by any [[queue]]")
+    for ckey, count in (("gateway.batch_max", cfg.gateway.batch_max),
+                        ("lmtp.max_recipients", cfg.lmtp.max_recipients),
+                        ("submission.max_recipients", cfg.submission.max_recipients),
+                        ("relay.concurrency", cfg.relay.concurrency)):
+        if count < 1:
+            add(at(ckey), ckey, "must be at least 1")
+    if not 0 < cfg.relay.port < 65536:
+        add(at("relay.port"), "relay.port", "must be between 1 and 65535")
+    prefixes = cfg.gateway.header_prefixes
+    if not prefixes:
+        add(at("gateway.header_prefixes"), "gateway.header_prefixes",
+            "needs at least one prefix (the first is canonical), e.g. [\"X-Deskgate-\"]")
+    for prefix in prefixes:
+        if not re.fullmatch(r"X-[A-Za-z0-9]+(-[A-Za-z0-9]+)*-", prefix, re.IGNORECASE):
+            add(at("gateway.header_prefixes"), "gateway.header_prefixes",
+                f"{prefix!r} is not an X-header prefix such as 'X-OTOBO-' (X-, letters, "
+                "digits and -, ending in -)")
     if not 1 <= cfg.lmtp.workers <= 64:
         add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
     for skey, sessions, low in (("lmtp.max_sessions", cfg.lmtp.max_sessions, 1),

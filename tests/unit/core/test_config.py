@@ -182,3 +182,67 @@ class TestStoreKeys:
         assert any("store.fast_path" in e and "DESKGATE_STORE_FAST_PATH" in e for e in errs)
         monkeypatch.setenv("DESKGATE_STORE_FAST_PATH", "off")
         assert load_config(make_confdir()).store.fast_path is True   # the file's value
+
+
+def refused(conf) -> dict[str, str]:
+    """key → 'file: key: reason' of every error; fails on anything but ConfigErrors."""
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(conf)
+    return {e.key: str(e) for e in exc.value.errors}
+
+
+ACCOUNT = """
+[[account]]
+name = "box"
+type = "imaps"
+host = "imap.test"
+login = "u"
+password = "p"
+"""
+
+
+class TestWrongValueTypes:
+    def test_listen_given_as_a_string_or_with_numbers(self, make_confdir):
+        """A listen address given as a string (not a list) or a list holding a number is
+        an error naming the key, not a traceback and not one error per character."""
+        errs = refused(make_confdir({"50-x.toml": "[lmtp]\nlisten = 'unix:var/x.sock'\n"
+                                                  "[submission]\nlisten = [8587]\n"
+                                                  "allow_networks = [1]\n"}))
+        assert errs["lmtp.listen"].endswith("lmtp.listen: expected a list of strings, got str")
+        assert errs["submission.listen"].endswith("expected a list of strings, got int 8587")
+        assert "submission.allow_networks" in errs
+
+    def test_converted_key_of_the_wrong_type(self, make_confdir):
+        """A number where a mode or an address is expected says what is expected, and a
+        given key is never also reported as missing."""
+        errs = refused(make_confdir({"50-x.toml": "[lmtp]\nsocket_mode = 432\n"
+                                                  "[[address]]\nemail = 1\n"}))
+        assert errs["lmtp.socket_mode"].endswith("expected a string such as '0660', got int")
+        assert errs["address[5].email"].endswith("expected a string, got int")
+        assert not any("required key is missing" in e for e in errs.values())
+
+    def test_ports_out_of_range(self, make_confdir):
+        """relay.port and account.port outside 1..65535 are refused (account 0: default)."""
+        errs = refused(make_confdir({"50-x.toml": "[relay]\nport = 70000\n"
+                                                  + ACCOUNT + "port = -1\n"}))
+        assert errs["relay.port"].endswith("must be between 1 and 65535")
+        assert errs["account[0].port"].endswith("must be between 1 and 65535 (0: the default "
+                                                "port of the type)")
+        ok = make_confdir({"50-x.toml": ACCOUNT + "port = 0\n"})
+        assert load_config(ok).account[0].effective_port == 993
+
+    @pytest.mark.parametrize("key", ["gateway.batch_max", "lmtp.max_recipients",
+                                     "submission.max_recipients", "relay.concurrency"])
+    def test_counts_below_one(self, make_confdir, key):
+        """A batch size, recipient limit or concurrency below 1 is refused, not left to
+        fail (or be quietly raised to 1) at run time."""
+        section, name = key.split(".")
+        errs = refused(make_confdir({"50-x.toml": f"[{section}]\n{name} = 0\n"}))
+        assert errs[key].endswith(f"{key}: must be at least 1")
+
+    @pytest.mark.parametrize("value", ["[]", "['Foo-']", "['X-Deskgate']"])
+    def test_header_prefixes(self, make_confdir, value):
+        """header_prefixes needs at least one prefix, each of the form X-...-."""
+        errs = refused(make_confdir({"50-x.toml": f"[gateway]\nheader_prefixes = {value}\n"}))
+        assert "gateway.header_prefixes" in errs
+
