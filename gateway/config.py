@@ -810,6 +810,8 @@ def load_config(conf_dir: Path | str | None = None,
     gw = partial.gateway if partial else GatewayConfig()
     pdir = Path(gw.policies) if gw.policies else Path("policies")
     pdir = pdir if pdir.is_absolute() else root / pdir
+    if gw.policies and not pdir.is_dir():     # the default may be missing: no filters
+        b.error("gateway.policies", f"{pdir} does not exist or is not a directory")
     policy_files = tuple(_toml_files(pdir, replace))
     porigins = _Origins()
     pmerged = _read_toml_files(policy_files, porigins, errors, replace)

@@ -246,3 +246,19 @@ class TestWrongValueTypes:
         errs = refused(make_confdir({"50-x.toml": f"[gateway]\nheader_prefixes = {value}\n"}))
         assert "gateway.header_prefixes" in errs
 
+
+class TestPolicyDirectory:
+    def test_configured_policy_directory_that_does_not_exist(self, make_confdir):
+        """[gateway] policies naming a missing directory (or a file) is an error, not a
+        configuration without filters."""
+        errs = refused(make_confdir({"50-x.toml": "[gateway]\npolicies = 'polices'\n"}))
+        assert errs["gateway.policies"].endswith("does not exist or is not a directory")
+        conf = make_confdir({"50-x.toml": "[gateway]\npolicies = '10-base.toml'\n"})
+        (conf.parent / "10-base.toml").write_text("")
+        assert "gateway.policies" in refused(conf)
+
+    def test_default_policy_directory_may_be_missing(self, make_confdir):
+        """Without [gateway] policies, no policies/ directory means no filters."""
+        conf = make_confdir()
+        (conf.parent / "policies").rmdir()
+        assert load_config(conf).filters == ()
