@@ -39,6 +39,8 @@ class Edit:
     files: dict[Path, str] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
     modes: dict[Path, int] = field(default_factory=dict)    # of files it creates
+    # Files it writes a secret into: written readable by their owner only.
+    private: set[Path] = field(default_factory=set)
     # The texts the edit was made from (None: no file): `stale` compares them.
     base: dict[Path, str | None] = field(default_factory=dict)
 
@@ -217,12 +219,16 @@ def validate(cfg: Config, edit: Edit) -> list[ConfigError]:
     return []
 
 
-def write_atomically(path: Path, text: str, new_mode: int = 0o644) -> None:
+def write_atomically(path: Path, text: str, new_mode: int = 0o644, *,
+                     private: bool = False) -> None:
     """Replace the file in one rename; a reader sees the old or the new text, never half.
 
     An existing file keeps its mode; a new one gets `new_mode` before it has content.
+    `private` (the text holds a secret): group and others lose every permission.
     """
     mode = path.stat().st_mode & 0o7777 if path.exists() else new_mode
+    if private:
+        mode &= 0o700
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -252,7 +258,8 @@ def apply(edit: Edit) -> dict[Path, str | None]:
     done: dict[Path, str | None] = {}
     try:
         for path, text in edit.files.items():
-            write_atomically(path, text, edit.modes.get(path, 0o644))
+            write_atomically(path, text, edit.modes.get(path, 0o644),
+                             private=path in edit.private)
             done[path] = before[path]
     except OSError:
         undo(done)

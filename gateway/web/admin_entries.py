@@ -273,6 +273,8 @@ class EntryPage:
         path = next(iter(edit.files))
         index = confedit.merged_index(cfg, edit, kind.section, path, position)
         edit.modes[path] = kind.mode
+        if any(f.kind == "secret" and values[f.name] for f in kind.fields):
+            edit.private.add(path)      # a typed secret: no longer group/other-readable
         errors = await self.admin.save(request, label, edit)
         if errors:
             from gateway.web.admin import field_errors

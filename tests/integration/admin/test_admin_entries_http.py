@@ -75,11 +75,14 @@ class TestQueueForm:
 class TestAccountForm:
     def test_secret_kept_unless_given_and_never_shown(self, admin_dashboard):
         """The form never shows the password; saving with it empty keeps it, only the
-        changed keys are rewritten (interval stays "10m"); a new password is redacted
-        in the change record."""
+        changed keys are rewritten (interval stays "10m") and the file keeps its mode;
+        a new password is redacted in the change record and leaves the file readable
+        by its owner only."""
         port = free_port()
         d = admin_dashboard()
-        (d.conf / "30-accounts.toml").write_text(ACCOUNT.format(port=port))
+        accounts = d.conf / "30-accounts.toml"
+        accounts.write_text(ACCOUNT.format(port=port))
+        accounts.chmod(0o644)
         assert d.rg.call(d.rg.gateway.reload()) is True
         status, html = d.request("/admin/account?name=legacy")
         assert status == 200 and "s3cret" not in html and 'value="10m"' in html
@@ -88,11 +91,13 @@ class TestAccountForm:
         assert status == 200, html
         text = (d.conf / "30-accounts.toml").read_text()
         assert text == ACCOUNT.format(port=port) + 'comment = "moved"\n'
+        assert stat.S_IMODE(accounts.stat().st_mode) == 0o644
         status, html = d.request("/admin/account", data=account_values(
             d, port, comment="moved", password="n3w-pw"))
         assert status == 200
         assert "password *** → ***" in html and "n3w-pw" not in html
-        assert 'password = "n3w-pw"' in (d.conf / "30-accounts.toml").read_text()
+        assert 'password = "n3w-pw"' in accounts.read_text()
+        assert stat.S_IMODE(accounts.stat().st_mode) == 0o600
 
     def test_new_account_with_oauth2_file_is_private(self, admin_dashboard):
         """A new account with an [account.oauth2] table goes to a 0600 file; a missing
