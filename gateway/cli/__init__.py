@@ -61,5 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        from gateway.cli.common import EX_TEMPFAIL, configured_database_url, database_failure
+
+        line = database_failure(configured_database_url(args), exc)
+        if line is None:
+            raise
+        print(f"deskgate {args.command}: {line}", file=sys.stderr)
+        return EX_TEMPFAIL
     sys.stdout.flush()
     return int(rc or 0)

@@ -26,9 +26,9 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
-def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
+def load(args: argparse.Namespace, *, quiet_logs: bool = True, refused: int = 1) -> Config:
     """Load and validate the configuration (every check of gateway.validators)
-    or exit 1 listing every error."""
+    or exit `refused` listing every error."""
     from gateway.config import load_config
     from gateway.errors import ConfigErrors
     from gateway.logs import setup_logging
@@ -38,7 +38,7 @@ def load(args: argparse.Namespace, *, quiet_logs: bool = True) -> Config:
     except ConfigErrors as exc:
         for err in exc.errors:
             print(str(err), file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(refused) from None
     setup_logging("warning" if quiet_logs else cfg.gateway.log_level, cfg.gateway.log_format)
     return cfg
 
@@ -77,6 +77,42 @@ def load_readonly(args: argparse.Namespace) -> Config:
         cfg = Config(root=conf.parent, conf_dir=conf, gateway=GatewayConfig(**keys))
     setup_logging("warning", cfg.gateway.log_format)
     return cfg
+
+
+def database_failure(url: str, exc: BaseException) -> str | None:
+    """`gateway.database (URL, password hidden): reason` in one line when exc says the
+    database does not answer (down, locked, unreachable); None for anything else."""
+    if "sqlalchemy" not in sys.modules:     # no database was touched
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from gateway.store.db import is_temporary
+
+    if not (isinstance(exc, SQLAlchemyError) and is_temporary(exc)):
+        return None
+    orig = getattr(exc, "orig", None) or exc
+    detail = " ".join(str(orig).split()) or type(orig).__name__
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = "?"
+    return f"gateway.database ({shown}): {detail}"
+
+
+def configured_database_url(args: argparse.Namespace) -> str:
+    """The database URL of --config, also when the configuration has errors."""
+    from gateway.config import Config, GatewayConfig, load_config
+    from gateway.errors import ConfigErrors
+    from gateway.rawconf import config_dir, read_sections
+
+    try:
+        return load_config(args.config, section_checks=False).database_url
+    except ConfigErrors:
+        conf = config_dir(args.config)
+        raw = read_sections(conf, ("gateway",))["gateway"]
+        keys = {k: raw[k] for k in ("database", "state_dir") if isinstance(raw.get(k), str)}
+        return Config(root=conf.parent, conf_dir=conf, gateway=GatewayConfig(**keys)).database_url
 
 
 def _default(o: Any) -> Any:
@@ -135,7 +171,8 @@ def open_gateway(cfg: Config, command: str) -> Gateway | None:
         gw.prepare_store()
     except Exception as exc:
         if is_temporary(exc):
-            print(f"{command}: database unavailable: {exc}", file=sys.stderr)
+            line = database_failure(cfg.database_url, exc)
+            print(f"{command}: {line or f'database unavailable: {exc}'}", file=sys.stderr)
             return None
         raise
     return gw

@@ -262,7 +262,7 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
 
     from gateway.model import Envelope
 
-    cfg = load(args)
+    cfg = load(args, refused=EX_TEMPFAIL)   # a file being edited: the MTA retries later
     account = None
     if args.account:
         account = cfg.account_by_name(args.account)

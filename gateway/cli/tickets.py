@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.common import add_json, load, load_readonly, print_json, print_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+
+    from gateway.config import Config
 
 
 def register(sub: Any) -> None:
@@ -132,16 +136,33 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
     }
 
 
+@contextlib.contextmanager
+def _connect(cfg: Config) -> Iterator[Connection]:
+    """A connection to the gateway's database; exit 1 with a hint when it has no schema."""
+    from sqlalchemy import inspect
+
+    from gateway.store.db import make_engine
+
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("ticket"):
+                print("deskgate tickets: the database has no tickets yet; run "
+                      "`deskgate db upgrade` (or start `deskgate serve`)", file=sys.stderr)
+                raise SystemExit(1)
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from gateway.commlog_views import MAX_ROWS
-    from gateway.store.db import make_engine
 
     if not 0 <= args.limit <= MAX_ROWS:
         print(f"tickets list: --limit must be between 0 and {MAX_ROWS}", file=sys.stderr)
         return 2
     cfg = load_readonly(args)
-    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
-    with engine.connect() as conn:
+    with _connect(cfg) as conn:
         rows = list_tickets(conn, queue=args.queue, state=args.state, limit=args.limit)
     if args.json:
         print_json(rows)
@@ -155,11 +176,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from gateway.store.db import make_engine
-
     cfg = load_readonly(args)
-    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
-    with engine.connect() as conn:
+    with _connect(cfg) as conn:
         detail = ticket_detail(conn, args.number, cfg.helpdesk.ticket_url)
     if detail is None:
         print(f"tickets show: no ticket {args.number}", file=sys.stderr)

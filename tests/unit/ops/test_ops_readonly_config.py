@@ -92,12 +92,13 @@ class TestBrokenPolicy:
     def test_writing_commands_still_refuse(self, delivered: tuple[Path, str],
                                            capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-        """`deliver` (which runs the filters) still refuses a broken policy: exit 1."""
+        """`deliver` (which runs the filters) still refuses a broken policy: exit 75, so
+        the MTA keeps the message queued until the file is fixed."""
         conf, _ = delivered
         (conf.parent / "policies" / "010-spam.toml").write_text(BROKEN_POLICY)
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Subject: x\n\nx\n")))
         rc, _, err = run(capsys, conf, "deliver", "-r", "support@example.org")
-        assert rc == 1 and "not valid TOML" in err
+        assert rc == 75 and "not valid TOML" in err
 
 
 class TestBrokenConfD:
