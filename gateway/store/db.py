@@ -157,12 +157,23 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+# pg_advisory_xact_lock key of migrate(): "deskgate" in ASCII.
+MIGRATION_LOCK = 0x6465736B67617465
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent).
+
+    On PostgreSQL the nodes that start at the same time take turns on an advisory
+    lock held until the migration's commit: the first migrates, the others wait and
+    then find the schema at the newest revision.
+    """
     from alembic import command
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

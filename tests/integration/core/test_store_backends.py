@@ -10,6 +10,7 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -96,6 +97,31 @@ class TestMigrations:
             from gateway.store.tables import Delivery
             rows = conn.execute(select(Delivery.article_id, Delivery.recipient)).all()
         assert [tuple(r) for r in rows] == [(7, "a@x")]
+
+
+MIGRATE_CHILD = """
+import sys
+from gateway.store.db import make_engine, migrate
+migrate(make_engine(sys.argv[1]))
+"""
+
+
+@pytest.mark.postgres
+def test_nodes_migrating_at_once_all_start(pg_url):
+    """Nodes that start together on an empty PostgreSQL database all migrate it without
+    an error: one builds the schema, the others wait for it and find it at head."""
+    procs = [subprocess.Popen([sys.executable, "-c", MIGRATE_CHILD, pg_url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO_ROOT) for _ in range(3)]
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    engine = make_engine(pg_url)
+    try:
+        head = ScriptDirectory.from_config(alembic_config(pg_url)).get_heads()
+        assert current_revision(engine) == head[0]
+    finally:
+        engine.dispose()
 
 
 def _statements(engine, fn):
