@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -224,6 +224,10 @@ def insert_quarantine(conn: Connection, *, source: str, envelope_from: str,
         detail=detail, raw=raw, created=utcnow()))).returning(Quarantine.id)).scalar_one()
 
 
+# pg_advisory_xact_lock key of sync_config's writes: "dg-confs" in ASCII.
+CONFIG_LOCK = 0x64672D636F6E6673
+
+
 def sync_config(conn: Connection, cfg: Config) -> None:
     """Mirror [[queue]] and [[address]] into the database.
 
@@ -231,38 +235,65 @@ def sync_config(conn: Connection, cfg: Config) -> None:
     history refers to it; the same for queues. Only rows that differ are written
     (and get a new `changed`), so an unchanged configuration costs two reads and
     no write: `deskgate deliver` runs this once per message.
+
+    On PostgreSQL, nodes that find the same rows to write at the same moment (they
+    start together, or `deliver` after a configuration change) take turns on an
+    advisory lock held until the commit, and the later one reads again: what the
+    first one wrote is then there, instead of a unique-key error.
     """
+    if not _sync_config(conn, cfg, write=False):
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CONFIG_LOCK})
+    _sync_config(conn, cfg, write=True)
+
+
+def _sync_config(conn: Connection, cfg: Config, *, write: bool) -> bool:
+    """Whether the rows differ from the configuration; with `write`, make them equal."""
     now = utcnow()
+    differs = False
+
+    def change(stmt: Any) -> bool:
+        nonlocal differs
+        differs = True
+        if write:
+            conn.execute(stmt)
+        return not write        # True: stop here, the answer is known
+
     existing_q = {r.name: r for r in conn.execute(select(Queue)).all()}
     for q in cfg.queue:
         vals = {"address": q.address, "follow_up": q.follow_up, "comment": q.comment,
                 "valid": True}
         if q.name in existing_q:
-            if not _same(existing_q[q.name], vals):
-                conn.execute(update(Queue).where(Queue.name == q.name)
-                             .values(**vals, changed=now))
-        else:
-            conn.execute(insert(Queue).values(name=q.name, **vals, changed=now))
+            if not _same(existing_q[q.name], vals) and change(
+                    update(Queue).where(Queue.name == q.name).values(**vals, changed=now)):
+                return True
+        elif change(insert(Queue).values(name=q.name, **vals, changed=now)):
+            return True
     names = {q.name for q in cfg.queue}
     for name, row in existing_q.items():
-        if name not in names and row.valid:
-            conn.execute(update(Queue).where(Queue.name == name).values(valid=False, changed=now))
+        if name not in names and row.valid and change(
+                update(Queue).where(Queue.name == name).values(valid=False, changed=now)):
+            return True
 
     existing_a = {r.email: r for r in conn.execute(select(SystemAddress)).all()}
     for a in cfg.address:
         vals = {"display_name": a.display_name, "queue": a.queue, "valid": a.valid,
                 "comment": a.comment, "source": a.source, "in_config": True}
         if a.email in existing_a:
-            if not _same(existing_a[a.email], vals):
-                conn.execute(update(SystemAddress).where(SystemAddress.email == a.email)
-                             .values(**vals, changed=now))
-        else:
-            conn.execute(insert(SystemAddress).values(email=a.email, **vals, changed=now))
+            if not _same(existing_a[a.email], vals) and change(
+                    update(SystemAddress).where(SystemAddress.email == a.email)
+                    .values(**vals, changed=now)):
+                return True
+        elif change(insert(SystemAddress).values(email=a.email, **vals, changed=now)):
+            return True
     emails = {a.email for a in cfg.address}
     for email, arow in existing_a.items():
-        if email not in emails and (arow.in_config or arow.valid != "invalid"):
-            conn.execute(update(SystemAddress).where(SystemAddress.email == email).values(
-                valid="invalid", in_config=False, changed=now))
+        if email not in emails and (arow.in_config or arow.valid != "invalid") and change(
+                update(SystemAddress).where(SystemAddress.email == email).values(
+                    valid="invalid", in_config=False, changed=now)):
+            return True
+    return differs
 
 
 def _same(row: Any, vals: dict[str, Any]) -> bool:

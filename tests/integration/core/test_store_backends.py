@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -350,5 +351,41 @@ class TestConfigMirror:
                     SystemAddress.email == "billing@example.org")).one()
                 queue = conn.execute(select(Queue).where(Queue.name == "Billing")).one()
             assert (addr.valid, addr.in_config, queue.valid) == ("valid", True, True)
+        finally:
+            engine.dispose()
+
+    @pytest.mark.postgres
+    def test_two_nodes_mirroring_the_same_new_config_at_once(self, make_confdir, pg_url):
+        """Two nodes start (or `deliver`) with the same new queues and addresses at the
+        same moment: the second waits for the first and finds the rows there, instead of
+        failing on their unique names."""
+        import threading
+
+        cfg = load_config(make_confdir(db_conf(pg_url)))
+        engine = make_engine(pg_url)
+        try:
+            migrate(engine)
+            errors: list[BaseException] = []
+            started = threading.Event()
+
+            def second() -> None:
+                started.set()
+                try:
+                    with engine.begin() as conn:
+                        repo.sync_config(conn, cfg)
+                except BaseException as exc:   # reported below
+                    errors.append(exc)
+
+            with engine.begin() as conn:
+                repo.sync_config(conn, cfg)
+                t = threading.Thread(target=second)
+                t.start()
+                started.wait(5)
+                time.sleep(0.5)          # the second one is in its transaction now
+            t.join(30)
+            assert errors == []
+            with engine.connect() as conn:
+                names = sorted(conn.execute(select(Queue.name)).scalars())
+            assert names == sorted(q.name for q in cfg.queue)
         finally:
             engine.dispose()
