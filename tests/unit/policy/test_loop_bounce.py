@@ -15,6 +15,8 @@ LOOP_HEADERS = [
     ("Auto-Submitted", "auto-generated"), ("Auto-Submitted", "auto-replied"),
     ("Auto-Submitted", "auto-notified; owner-email=x@y.test"),
     ("List-Id", "<users.lists.customer.test>"), ("Mailing-List", "list users@customer.test"),
+    ("List-Unsubscribe", "<mailto:leave@news.customer.test>"),
+    ("X-Auto-Response-Suppress", "All"), ("X-Auto-Response-Suppress", "OOF, AutoReply"),
 ]
 
 
@@ -28,9 +30,11 @@ class TestLoop:
 
     @pytest.mark.parametrize(("name", "value"), [("Auto-Submitted", "no"),
                                                  ("Precedence", "first-class"),
-                                                 ("Auto-Submitted", "No ")])
+                                                 ("Auto-Submitted", "No "),
+                                                 ("X-Auto-Response-Suppress", "DR, NDR, RN")])
     def test_non_loop_values(self, run_policy, name, value):
-        """Auto-Submitted: no and other Precedence values are not loops."""
+        """Auto-Submitted: no, other Precedence values and an X-Auto-Response-Suppress
+        that only suppresses receipts are not loops."""
         assert run_policy("", mail(headers=[(name, value)])).loop is False
 
     def test_plain_mail_is_no_loop(self, run_policy):
