@@ -5,8 +5,9 @@ exists exactly when the ticket does; the outbound sender builds, signs and
 queues it and deletes the request in one transaction (sent once, also across a
 restart), keeping slow crypto off the group-commit writer. It carries Auto-Submitted: auto-replied,
 X-Loop and Precedence: bulk and the null envelope sender (RFC 3834). It is
-never sent to looping mail or bounces, to addresses matching
-postmaster.no_auto_response, to our own system addresses, or more than
+never sent to looping mail or bounces, to mail with the null envelope sender,
+to addresses matching postmaster.no_auto_response, for mail from or to our own
+system addresses, or more than
 max_emails_per_address_per_day times a day to one address (counted in the
 database, so shared by all nodes).
 """
@@ -78,6 +79,24 @@ def sent_today(conn: Connection, address: str, now: datetime) -> int:
 _ADDRESS_MAX = 320
 
 
+# Doors whose empty envelope sender is MAIL FROM:<> (or `deliver` without -f); a
+# poller's is empty also when the message has no Return-Path.
+_ENVELOPE_KNOWN = ("LMTP", "STDIN")
+
+
+def null_sender(ctx: MessageContext) -> bool:
+    """Whether the message came with the null envelope sender <> (RFC 3834 2: never
+    answered automatically). Postfix's pipe passes it as MAILER-DAEMON."""
+    mail_from = ctx.envelope.mail_from
+    if mail_from:
+        return mail_from.lower() == "mailer-daemon"
+    if ctx.envelope.source in _ENVELOPE_KNOWN:
+        return True
+    p = ctx.parsed
+    return p is not None and any(k.lower() == "return-path" and v.strip() == "<>"
+                                 for k, v in p.headers)
+
+
 def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> str:
     """Why no auto-response may go to `to` ('' = it may)."""
     cfg = rt.config
@@ -85,6 +104,8 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
         return "the message is a bounce"
     if ctx.loop:      # Precedence, X-Loop, Auto-Submitted, List-Id... (gateway.inbound.loop)
         return "the message is looping mail"
+    if null_sender(ctx):
+        return "the message has the null envelope sender <>"
     if not to:
         return "no sender address"
     if len(to) > _ADDRESS_MAX or "\x00" in to:
@@ -92,8 +113,11 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
         return f"{to[:80]!r} is not an address a reply can go to"
     if re.search(cfg.postmaster.no_auto_response, to, re.IGNORECASE):
         return f"{to} matches postmaster.no_auto_response"
-    if cfg.address_by_email(to) is not None:
-        return f"{to} is a system address"
+    p = ctx.parsed
+    # mail from ourselves: also when its Reply-To names someone else
+    for own in (to, p.from_email if p is not None else "", ctx.envelope.mail_from):
+        if own and cfg.address_by_email(own) is not None:
+            return f"{own} is a system address"
     limit = cfg.postmaster.max_emails_per_address_per_day
     if sent_today(conn, to, rt.clock.now()) >= limit:
         return f"{to} already had {limit} auto-responses today " \
