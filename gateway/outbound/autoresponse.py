@@ -79,9 +79,11 @@ def sent_today(conn: Connection, address: str, now: datetime) -> int:
 _ADDRESS_MAX = 320
 
 
-# Doors whose empty envelope sender is MAIL FROM:<> (or `deliver` without -f); a
-# poller's is empty also when the message has no Return-Path.
-_ENVELOPE_KNOWN = ("LMTP", "STDIN")
+# Doors whose empty envelope sender is MAIL FROM:<>. A poller's is empty also when
+# the message has no Return-Path, and `deliver`'s when it was run without -f (as
+# OTOBO's PostMaster pipe is): the sender is unknown then, not null, and the
+# message's Return-Path says which it is.
+_ENVELOPE_KNOWN = ("LMTP",)
 
 
 def null_sender(ctx: MessageContext) -> bool:

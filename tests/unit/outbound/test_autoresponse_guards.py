@@ -68,6 +68,18 @@ class TestNullSender:
         unknown.envelope = dataclasses.replace(unknown.envelope, source="IMAPS")
         assert requested(store, rt, unknown)
 
+    def test_deliver_without_f_is_an_unknown_sender_not_a_null_one(self, store, rt):
+        """`deskgate deliver` run without -f (an MDA that passes no sender, as OTOBO's
+        PostMaster pipe) leaves the sender unknown: an auto-response goes out unless the
+        message's Return-Path is <>."""
+        unknown = context(MAIL, mail_from="")
+        unknown.envelope = dataclasses.replace(unknown.envelope, source="STDIN")
+        assert requested(store, rt, unknown)
+        nul = context(b"Return-Path: <>\r\n" + MAIL.replace(b"<m1@", b"<m3@"),
+                      mail_from="")
+        nul.envelope = dataclasses.replace(nul.envelope, source="STDIN")
+        assert not requested(store, rt, nul)
+
     def test_ordinary_sender_gets_one(self, store, rt):
         """The guard leaves a normal message alone."""
         assert requested(store, rt, context(MAIL))
