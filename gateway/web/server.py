@@ -122,7 +122,14 @@ class Dashboard:
 
     def build_app(self) -> web.Application:
         # Headers outermost: refusals (401, 421) and errors (400, 404) carry them too.
-        app = web.Application(middlewares=[self._headers_mw, self._host_mw, self._auth_mw])
+        # The body limit fits the largest form: the filter dry run's message of up to
+        # MAX_MESSAGE bytes, which URL-encoding makes up to three times larger (aiohttp's
+        # default of 1 MiB answered a bare 413 from ~350 KB on). Bodies are read only
+        # after the host and login checks.
+        from gateway.web.admin_filters import MAX_MESSAGE
+
+        app = web.Application(middlewares=[self._headers_mw, self._host_mw, self._auth_mw],
+                              client_max_size=3 * MAX_MESSAGE + 64 * 1024)
         app.add_routes([
             web.get("/", self.index),
             web.get("/log", self.log_overview),
