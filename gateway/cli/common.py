@@ -9,11 +9,14 @@ them. tests/unit/ops/test_ops_coldstart.py keeps it so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from gateway.app import Gateway
     from gateway.config import Config
 
@@ -176,3 +179,26 @@ def open_gateway(cfg: Config, command: str) -> Gateway | None:
             return None
         raise
     return gw
+
+
+@contextlib.contextmanager
+def connect_store(cfg: Config, command: str, table: str, missing: str, *,
+                  write: bool = False) -> Iterator[Connection]:
+    """A connection to the gateway's database (a transaction with `write`); exit 1 with
+    "deskgate COMMAND: the database has no MISSING yet; run `deskgate db upgrade` ..."
+    when `table` is not there."""
+    from sqlalchemy import inspect
+
+    from gateway.store.db import make_engine
+
+    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(table):
+                print(f"deskgate {command}: the database has no {missing} yet; run "
+                      "`deskgate db upgrade` (or start `deskgate serve`)", file=sys.stderr)
+                raise SystemExit(1)
+        with engine.begin() if write else engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()

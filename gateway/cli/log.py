@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway import commlog_names as names
-from gateway.cli.common import add_json, load, load_readonly, print_json, print_table
+from gateway.cli.common import add_json, connect_store, load, load_readonly, print_json, print_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -25,24 +24,8 @@ def parse_duration(value: str) -> float:
     return parse(value)
 
 
-@contextlib.contextmanager
-def _connect(cfg: Config, *, write: bool = False) -> Iterator[Connection]:
-    """A connection to the gateway's database; exit 1 with a hint when it has no schema."""
-    from sqlalchemy import inspect
-
-    from gateway.store.db import make_engine
-
-    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
-    try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table("communication"):
-                print("deskgate log: the database has no communication log yet; run "
-                      "`deskgate db upgrade` (or start `deskgate serve`)", file=sys.stderr)
-                raise SystemExit(1)
-        with engine.begin() if write else engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
+def _connect(cfg: Config, *, write: bool = False) -> contextlib.AbstractContextManager[Connection]:
+    return connect_store(cfg, "log", "communication", "communication log", write=write)
 
 
 def parse_when(value: str) -> datetime:

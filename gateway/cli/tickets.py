@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import add_json, load, load_readonly, print_json, print_table
+from gateway.cli.common import add_json, connect_store, load, load_readonly, print_json, print_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -136,23 +135,8 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
     }
 
 
-@contextlib.contextmanager
-def _connect(cfg: Config) -> Iterator[Connection]:
-    """A connection to the gateway's database; exit 1 with a hint when it has no schema."""
-    from sqlalchemy import inspect
-
-    from gateway.store.db import make_engine
-
-    engine = make_engine(cfg.database_url, fast_path=cfg.store.fast_path)
-    try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table("ticket"):
-                print("deskgate tickets: the database has no tickets yet; run "
-                      "`deskgate db upgrade` (or start `deskgate serve`)", file=sys.stderr)
-                raise SystemExit(1)
-            yield conn
-    finally:
-        engine.dispose()
+def _connect(cfg: Config) -> contextlib.AbstractContextManager[Connection]:
+    return connect_store(cfg, "tickets", "ticket", "tickets")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

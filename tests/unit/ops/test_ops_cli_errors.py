@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from tests.unit.ops.test_ops_readonly_config import run
 
 MAIL = b"From: a@customer.test\nTo: support@example.org\nSubject: hi\n\nhello\n"
-
-
-def run(capsys: pytest.CaptureFixture[str], conf: Path, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(["--config", str(conf), *argv])
-    except SystemExit as exc:
-        rc = int(exc.code or 0)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def closed_port() -> int:
