@@ -24,7 +24,7 @@ end-of-DATA → last reply latency (p50/p99) seen by the client.
                          [--warmup 500] [--haraka-warmup 6000]
                          [--transport tcp,unix] [--workers 2] [--no-haraka]
                          [--compare-with PATH] [--session-sink] [--filter REGEX]
-                         [--fast-path-off] [--commit-in-process] [--haraka]
+                         [--fast-path-off] [--commit-in-process] [--haraka] [--breakdown]
 
 `--workers 2` runs deskgate with `[lmtp] workers = 2` (pre-forked processes; the
 baseline stays one process), connection reuse only, and adds Haraka to the TCP
@@ -48,6 +48,13 @@ process, and the pre-forked workers with --workers).
 
 `--haraka` adds Haraka to the TCP rounds with --workers 1 as well.
 
+`--breakdown` splits deskgate's CPU per message by process: the main LMTP process,
+the pre-forked workers, the commit process and its busiest thread (the commit loop;
+the rest is the WAL checkpoint thread), next to the load generator's CPU and the
+cores the machine left idle. Where the idle cores are many while every process
+waits for a CPU in turn, the rounds are bound by the hand-offs between processes,
+not by one of them.
+
 `--session-sink` also runs deskgate's LMTP session alone, with a backend that
 accepts and drops every message: the protocol layer's share, next to aiosmtpd's.
 
@@ -64,6 +71,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -445,10 +453,17 @@ def measure(kinds: list[str], tmp: Path, args: argparse.Namespace, transport: st
                 warmup = args.haraka_warmup if kind == "haraka" else args.warmup
                 if warmup:
                     run_load(server.target(transport), messages=warmup, **load)
+                split = args.breakdown and kind in ("deskgate", "before")
+                if split:
+                    snap0 = cpu_snapshot(server.proc.pid)
                 cpu0, t0 = server_cpu(server.proc.pid), time.perf_counter()
                 runs[kind].append(run_load(server.target(transport), messages=args.messages,
                                            **load))
                 cpu = server_cpu(server.proc.pid) - cpu0
+                if split:
+                    for part, value in cpu_split(snap0, cpu_snapshot(server.proc.pid),
+                                                 args.messages).items():
+                        runs.setdefault(f"{kind} split {part}", []).append(value)
                 runs.setdefault(f"{kind} cpu", []).append(cpu / args.messages * 1e6)
                 runs.setdefault(f"{kind} cores", []).append(cpu / (time.perf_counter() - t0))
             finally:
@@ -472,6 +487,56 @@ def server_cpu(pid: int) -> float:
         if int(entry) == pid or int(fields[1]) == pid:
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def cpu_snapshot(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each part of a deskgate server (its main LMTP process,
+    the pre-forked LMTP workers, the commit process and, in it, the busiest thread:
+    the commit loop), of this script's finished children (the load generator), and
+    of the whole machine (idle, softirq) from /proc/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    snap: dict[str, float] = {"main": 0.0, "workers": 0.0, "commit": 0.0,
+                              "commit loop": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                name, fields = f.read().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):
+            continue
+        parent, own = int(fields.split()[1]), int(entry) == pid
+        if not (own or parent == pid):
+            continue
+        used = sum(int(v) for v in fields.split()[11:13]) / tick
+        part = "main" if own else "commit" if name == "deskgate-commit" else "workers"
+        snap[part] += used
+        if part == "commit":
+            threads = []
+            for tid in os.listdir(f"/proc/{entry}/task"):
+                with contextlib.suppress(OSError), \
+                        open(f"/proc/{entry}/task/{tid}/schedstat") as f:
+                    threads.append(int(f.read().split()[0]) / 1e9)
+            snap["commit loop"] += max(threads, default=0.0)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    snap["load generator"] = ru.ru_utime + ru.ru_stime
+    with open("/proc/stat") as f:
+        cpu = [int(v) / tick for v in f.readline().split()[1:]]
+    snap["machine idle"] = cpu[3] + cpu[4]              # idle + iowait
+    snap["machine softirq"] = cpu[6]
+    snap["wall"] = time.perf_counter()
+    return snap
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float],
+              messages: int) -> dict[str, float]:
+    """Per part: CPU µs per message; the machine's idle and softirq as cores."""
+    wall = after["wall"] - before["wall"]
+    out = {k: (after[k] - before[k]) / messages * 1e6 for k in before
+           if k != "wall" and not k.startswith("machine")}
+    for k in ("machine idle", "machine softirq"):
+        out[f"{k} cores"] = (after[k] - before[k]) / wall
+    return out
 
 
 def latency(tmp: Path, args: argparse.Namespace, transport: str, rcpts: int, reuse: bool,
@@ -511,6 +576,10 @@ def main() -> int:
     ap.add_argument("--commit-in-process", action="store_true",
                     help="also run deskgate with [store] commit_process = false in every round")
     ap.add_argument("--no-latency", action="store_true", help="skip the paced latency runs")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="split deskgate's CPU per message by process (main, workers, "
+                         "commit process and its commit loop), next to the load "
+                         "generator's and the machine's idle cores")
     ap.add_argument("--warmup", type=int, default=500, metavar="N",
                     help="messages each server gets before every timed round (caches, "
                          "compiled statements, the new database's first pages)")
@@ -598,6 +667,16 @@ def main() -> int:
                              f"{row['deskgate/haraka']:.2f}")
                 text += "\n    server CPU per message (cores busy): " + ", ".join(
                     f"{k} {row[f'{k} cpu_us']:.0f} µs ({row[f'{k} cores']:.2f})" for k in kinds)
+                for k in kinds:
+                    parts = {key.split(" split ", 1)[1]: statistics.median(v)
+                             for key, v in runs.items() if key.startswith(f"{k} split ")}
+                    if parts:
+                        row[f"{k} split"] = parts
+                        text += f"\n    {k} CPU µs per message by part: " + ", ".join(
+                            f"{n} {v:.0f}" for n, v in parts.items()
+                            if not n.startswith("machine")) + (
+                            f"; machine idle {parts['machine idle cores']:.2f} cores, "
+                            f"softirq {parts['machine softirq cores']:.2f}")
                 if not a.no_latency:
                     rate = float(row["deskgate"]) / 2          # type: ignore[arg-type]
                     lat = latency(tmp, a, transport, rcpts, reuse, rate)
