@@ -223,15 +223,29 @@ def write_atomically(path: Path, text: str, new_mode: int = 0o644, *,
                      private: bool = False) -> None:
     """Replace the file in one rename; a reader sees the old or the new text, never half.
 
-    An existing file keeps its mode; a new one gets `new_mode` before it has content.
-    `private` (the text holds a secret): group and others lose every permission.
+    An existing file keeps its mode and, as far as this process may give it, its
+    owner and group; a new one gets `new_mode` before it has content. A symlink (a
+    conf.d entry kept elsewhere, as admins do with shared files) stays a link: its
+    target is replaced. `private` (the text holds a secret): group and others lose
+    every permission.
     """
-    mode = path.stat().st_mode & 0o7777 if path.exists() else new_mode
+    if path.is_symlink():
+        path = path.resolve()
+    old = path.stat() if path.exists() else None
+    mode = old.st_mode & 0o7777 if old is not None else new_mode
     if private:
         mode &= 0o700
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                # root may give the file back to its owner; a user only to a group it
+                # is in: otherwise the new file stays this process's
+                try:
+                    os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+                except PermissionError:
+                    with contextlib.suppress(PermissionError):
+                        os.fchown(fh.fileno(), -1, old.st_gid)
             os.fchmod(fh.fileno(), mode)
             fh.write(text)
             fh.flush()

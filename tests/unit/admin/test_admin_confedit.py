@@ -108,6 +108,38 @@ class TestValidateAndWrite:
         confedit.undo(before)
         assert hand.read_text() == HAND and not (c / "50-new.toml").exists()
 
+    def test_symlinked_file_stays_a_symlink(self, conf, tmp_path):
+        """A conf.d entry that links elsewhere keeps its link; the target gets the text."""
+        c, _cfg = conf
+        shared = tmp_path / "etc-shared"
+        shared.mkdir()
+        target = shared / "hand.toml"
+        (c / "20-hand.toml").replace(target)
+        target.chmod(0o640)
+        (c / "20-hand.toml").symlink_to(target)
+        before = confedit.apply(confedit.Edit(files={c / "20-hand.toml": HAND + "# more\n"}))
+        link = c / "20-hand.toml"
+        assert link.is_symlink() and link.resolve() == target
+        assert target.read_text() == HAND + "# more\n"
+        assert target.stat().st_mode & 0o777 == 0o640
+        assert not [p for p in [*c.iterdir(), *shared.iterdir()] if p.name.endswith(".tmp")]
+        confedit.undo(before)
+        assert link.is_symlink() and target.read_text() == HAND
+
+    def test_apply_keeps_the_group(self, conf):
+        """A file given to the gateway's group keeps that group after a write."""
+        import grp
+        import os
+
+        c, _cfg = conf
+        hand = c / "20-hand.toml"
+        other = next((g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getgid()), None)
+        if other is None or os.geteuid() != 0:
+            pytest.skip("needs root and a second group to give the file away")
+        os.chown(hand, -1, other)
+        confedit.apply(confedit.Edit(files={hand: HAND + "\n"}))
+        assert hand.stat().st_gid == other
+
     def test_apply_is_all_or_nothing(self, conf, tmp_path):
         """When a later file cannot be written, the earlier ones are put back."""
         c, _cfg = conf
