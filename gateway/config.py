@@ -828,6 +828,8 @@ def load_config(conf_dir: Path | str | None = None,
     for i, raw in enumerate(raw_filters):
         built = pb.build(FilterConfig, raw, f"filter[{i}]")
         if built is not None:
+            if not built.name.strip():
+                pb.error(f"filter[{i}].name", "must not be empty (filters run in name order)")
             filters.append(built)
     errors.extend(b.errors)
     errors.extend(pb.errors)
@@ -881,6 +883,9 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
     queue_names = {q.name.lower(): q for q in cfg.queue}
     seen: set[str] = set()
     for i, q in enumerate(cfg.queue):
+        if not q.name.strip():
+            add(at(f"queue[{i}]"), f"queue[{i}].name", "must not be empty")
+            continue
         if q.name.lower() in seen:
             add(at(f"queue[{i}]"), f"queue[{i}].name", f"duplicate queue {q.name!r}")
         seen.add(q.name.lower())
@@ -898,6 +903,9 @@ def _validate_core(cfg: Config, origins: _Origins, default_file: str,
         if kind not in ("new", "open", "pending", "closed", "merged", "removed"):
             add(at("postmaster.states"), f"postmaster.states.{name}",
                 f"state type {kind!r} is not one of new, open, pending, closed, merged, removed")
+    if pm.filter_timeout <= 0:
+        add(at("postmaster.filter_timeout"), "postmaster.filter_timeout",
+            "must be more than 0 (a duration such as 50ms)")
     try:
         re.compile(pm.no_auto_response)
     except re.error as exc:

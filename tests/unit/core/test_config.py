@@ -262,3 +262,60 @@ class TestPolicyDirectory:
         conf = make_confdir()
         (conf.parent / "policies").rmdir()
         assert load_config(conf).filters == ()
+
+
+class TestNamesAndFilterTimeout:
+    @pytest.mark.parametrize("name", ["", "  "])
+    def test_empty_queue_name(self, make_confdir, name):
+        """A [[queue]] whose name is empty (or blank) is an error naming file and key."""
+        errs = refused(make_confdir({"50-x.toml": f"[[queue]]\nname = '{name}'\n"}))
+        assert errs["queue[4].name"].endswith("50-x.toml: queue[4].name: must not be empty")
+
+    @pytest.mark.parametrize("name", ["", " "])
+    def test_empty_filter_name(self, make_confdir, name):
+        """A [[filter]] whose name is empty (or blank) is an error naming its policy file."""
+        errs = refused(make_confdir(policies={
+            "a.toml": "[[filter]]\nname = 'ok'\nmatch = []\n",
+            "b.toml": f"[[filter]]\nname = '{name}'\nmatch = []\n"}))
+        assert errs["filter[1].name"].endswith("b.toml: filter[1].name: must not be empty "
+                                               "(filters run in name order)")
+
+    @pytest.mark.parametrize("value", ["0", "'0s'", "'0ms'", "-1", "'-5ms'"])
+    def test_filter_timeout_must_be_positive(self, make_confdir, value):
+        """A filter time budget of zero or less is refused, not a budget every pattern
+        exceeds."""
+        errs = refused(make_confdir({"50-x.toml": f"[postmaster]\nfilter_timeout = {value}\n"}))
+        assert errs["postmaster.filter_timeout"].startswith(
+            str(make_confdir() / "50-x.toml") + ": postmaster.filter_timeout: ")
+
+    def test_filter_timeout_zero_says_what_is_expected(self, make_confdir):
+        """The reason for 0 names the lower bound and an example."""
+        errs = refused(make_confdir({"50-x.toml": "[postmaster]\nfilter_timeout = '0s'\n"}))
+        assert errs["postmaster.filter_timeout"].endswith(
+            "must be more than 0 (a duration such as 50ms)")
+
+    @pytest.mark.parametrize("conf_file, policy_file", [
+        ("[[queue]]\nname = ''\n", ""),
+        ("", "[[filter]]\nname = ''\nmatch = [{ header = 'From', value = 'y' }]\n"),
+        ("[postmaster]\nfilter_timeout = 0\n", ""),
+    ], ids=["queue-name", "filter-name", "filter-timeout"])
+    def test_reload_refuses_them(self, make_confdir, conf_file, policy_file):
+        """A reload that would bring an empty queue name, an empty filter name or a zero
+        filter timeout is refused and the running configuration stays."""
+        import asyncio
+
+        from gateway.app import Gateway
+
+        conf = make_confdir(policies={"a.toml": "[[filter]]\nname = 'ok'\n"
+                                                "match = [{ header = 'Subject', value = 'x' }]\n"})
+        gw = Gateway(load_config(conf))
+        gw.prepare_store()
+        try:
+            (conf / "50-x.toml").write_text(conf_file)
+            (conf.parent / "policies" / "b.toml").write_text(policy_file)
+            assert asyncio.run(gw.reload()) is False
+            assert gw.config.postmaster.filter_timeout == 0.05
+            assert [f.name for f in gw.config.filters] == ["ok"]
+            assert len(gw.config.queue) == 4
+        finally:
+            gw.close()
