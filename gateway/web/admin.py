@@ -86,7 +86,7 @@ def field_errors(errors: list[ConfigError], prefix: str, fields: tuple[str, ...]
 class AdminPages:
     def __init__(self, dash: Dashboard) -> None:
         self.dash = dash
-        self.lock = asyncio.Lock()      # one save at a time: validate, write, reload
+        self.lock = dash.save_lock      # one save at a time: validate, write, reload
 
     def guard(self, handler: Handler) -> Handler:
         """Admins only; POSTs only with the CSRF token from a same-site page."""

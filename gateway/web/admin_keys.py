@@ -111,12 +111,13 @@ class KeysPage:
             finally:
                 stores.close()
 
-        try:
-            done = await asyncio.get_running_loop().run_in_executor(self.dash.pool, run)
-        except (KeyStoreError, OSError, ValueError) as exc:
-            return await self.page(request, error=str(exc), status=422)
-        if await self.dash.gw.reload():    # new stores in every process
-            self.dash.gw.reload_others()
+        async with self.admin.lock:     # not in the middle of a configuration save
+            try:
+                done = await asyncio.get_running_loop().run_in_executor(self.dash.pool, run)
+            except (KeyStoreError, OSError, ValueError) as exc:
+                return await self.page(request, error=str(exc), status=422)
+            if await self.dash.gw.reload():    # new stores in every process
+                self.dash.gw.reload_others()
         self.admin.record(request_user(request), f"keys {action}",
                           confedit.Edit(changes=done))
         return await self.page(request, done=done)

@@ -113,6 +113,9 @@ class Dashboard:
         self.hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS,
                                             thread_name_prefix="dashboard-hash")
         self.hashing = 0          # basic-auth checks running or waiting for hash_pool
+        # one admin change at a time (configuration saves, key imports): validate or
+        # import, write, reload
+        self.save_lock = asyncio.Lock()
         self.runner: web.AppRunner | None = None
         self.started_once = False
         self.bound: tuple[str, int] | None = None

@@ -151,3 +151,28 @@ class TestPgpKeys:
             subprocess.run(["gpgconf", "--homedir", str(d.root / "keys" / "gnupg"), "--kill",
                             "gpg-agent"], check=False, capture_output=True, timeout=30)
 
+
+
+class TestKeysAndSaves:
+    def test_key_change_waits_for_a_save_in_progress(self, admin_dashboard, tmp_path):
+        """A keys-page change (write, reload) waits while a configuration save holds the
+        admin lock, as two saves do: a reload never runs in the middle of another."""
+        import asyncio
+        import threading
+
+        d = admin_dashboard()
+        dash = next(s for s in d.rg.gateway.services if s.name == "dashboard")
+        cert, _key = smime_material(tmp_path)
+        lock: asyncio.Lock = dash.save_lock  # type: ignore[attr-defined]
+        d.rg.call(lock.acquire())
+        result: list[tuple[int, str]] = []
+        t = threading.Thread(target=lambda: result.append(
+            upload(d, {"action": "smime-import"}, {"cert": ("support.pem", cert.read_bytes())})))
+        t.start()
+        try:
+            t.join(2.0)
+            assert t.is_alive() and not result     # still waiting for the lock
+        finally:
+            d.rg.loop.call_soon_threadsafe(lock.release)
+        t.join(60)
+        assert result and result[0][0] == 200 and "imported" in result[0][1]
