@@ -456,9 +456,13 @@ class LmtpSession(asyncio.Protocol):
             self._refuse("RCPT", NEED_MAIL, f"RCPT {arg}")
             return
         parsed = parse_path(arg, "TO:")
-        if parsed is None or not parsed[0] or "@" not in parsed[0]:
-            self._refuse("RCPT", errors.BAD_ADDRESS if parsed else errors.SYNTAX, f"RCPT {arg}")
-            return
+        if parsed is None or "@" not in parsed[0]:
+            if parsed is None or parsed[0].lower() != "postmaster":
+                self._refuse("RCPT", errors.BAD_ADDRESS if parsed else errors.SYNTAX,
+                             f"RCPT {arg}")
+                return
+            # RFC 5321 4.5.1: the bare postmaster is accepted, as the gateway's own.
+            parsed = f"postmaster@{self.hostname}", parsed[1]
         addr, params = parsed
         for p in params:
             # DSN's NOTIFY and ORCPT are ignored, as RET and ENVID are at MAIL.
@@ -472,8 +476,13 @@ class LmtpSession(asyncio.Protocol):
             return
         reply = self.backend.rcpt_status(addr)
         if not reply.ok:
-            self._refuse("RCPT", reply, f"<{addr}>")
-            return
+            own = f"postmaster@{self.hostname}".lower()
+            if reply != errors.RCPT_UNKNOWN or addr.lower() != own:
+                self._refuse("RCPT", reply, f"<{addr}>")
+                return
+            # The gateway's postmaster is accepted even when it is no system address
+            # (RFC 5321 4.5.1); the pipeline routes it like mail to an unknown address.
+            reply = errors.RCPT_OK
         self._rcpts.append(addr)
         self._record.rcpt()
         self._reply(reply)

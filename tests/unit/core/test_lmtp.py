@@ -103,6 +103,32 @@ class TestRecipients:
             assert conn.execute(select(Ticket.queue)).scalar() == "Raw"
 
 
+class TestPostmaster:
+    def test_bare_postmaster_lands_in_the_default_queue(self, rg, client):
+        """With unknown_recipient = "reject", RCPT TO:<Postmaster> is still accepted and,
+        with no system address in To/Cc, becomes a ticket in postmaster.default_queue."""
+        msg = (MSG % 10).replace(b"To: support@example.org", b"To: postmaster")
+        rcpt, data = client.transaction("a@c.test", ["Postmaster"], msg)
+        assert rcpt[0] == (250, "2.1.5 recipient OK") and data[0][0] == 250
+        with rg.gateway.engine.connect() as conn:
+            assert conn.execute(select(Ticket.queue)).scalar() == "Raw"
+
+    def test_postmaster_system_address_routes(self, make_confdir, run_gateway):
+        """A system address postmaster@<gateway.hostname> takes the bare postmaster to its
+        queue."""
+        from gateway.config import load_config
+        conf = make_confdir({"50.toml": "[[address]]\nemail = 'postmaster@helpdesk.test'\n"
+                                        "queue = 'Sales'\n"})
+        rg = run_gateway(load_config(conf))
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        rcpt, data = c.transaction("a@c.test", ["postmaster"], MSG % 11)
+        c.close()
+        assert rcpt[0][0] == 250 and data[0][0] == 250
+        with rg.gateway.engine.connect() as conn:
+            assert conn.execute(select(Ticket.queue)).scalar() == "Sales"
+
+
 class TestData:
     def test_size_limit_after_data(self, rg, client):
         """Over max_message_size: 552 5.3.4 for each recipient, nothing stored."""

@@ -294,6 +294,58 @@ class TestReplies:
         assert [(d[0], d[1]) for d in backend.delivered] == [("\u00e4@y.test", ["\u00e4@x.test"])]
 
 
+class Refusing(Backend):
+    """Knows no address at all, as `unknown_recipient = "reject"` with none configured."""
+
+    def rcpt_status(self, address: str) -> SmtpReply:
+        return errors.RCPT_UNKNOWN
+
+
+class TestPostmaster:
+    async def test_bare_postmaster_is_accepted_in_any_case(self):
+        """RCPT TO:<postmaster> without a domain (any case, also after a source route) is
+        accepted though the backend knows no such address (RFC 5321 4.5.1), and delivered
+        as postmaster@ the gateway's hostname."""
+        backend = Refusing()
+        s, t = open_session(backend)
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<postmaster>\r\n"
+                        b"RCPT TO:<PostMaster>\r\nRCPT TO:<@r.test:POSTMASTER>\r\n"
+                        b"RCPT TO:<a@x.test>\r\nDATA\r\nhi\r\n.\r\n")
+        await settle()
+        assert codes(t.take()) == [250, 250, 250, 250, 250, 550, 354, 250, 250, 250]
+        assert [d[1] for d in backend.delivered] == [["postmaster@gw.test"] * 3]
+
+    async def test_postmaster_at_the_hostname_is_accepted(self):
+        """postmaster@ the gateway's hostname is accepted too, though the backend knows no
+        such address; postmaster at another domain is up to the backend."""
+        backend = Refusing()
+        s, t = open_session(backend)
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<Postmaster@GW.test>\r\n"
+                        b"RCPT TO:<postmaster@x.test>\r\n")
+        assert codes(t.take()) == [250, 250, 250, 550]
+
+    async def test_configured_postmaster_address_decides(self):
+        """When postmaster@ the hostname is a system address, its validity applies to the
+        bare postmaster too."""
+
+        class Disabled(Backend):
+            def rcpt_status(self, address: str) -> SmtpReply:
+                return errors.RCPT_INVALID if address == "postmaster@gw.test" \
+                    else errors.RCPT_OK
+
+        s, t = open_session(Disabled())
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<postmaster>\r\n")
+        assert t.take()[-1] == str(errors.RCPT_INVALID)
+
+    async def test_other_bare_local_parts_are_refused(self):
+        """Any other local part without a domain is still a malformed address."""
+        s, t = open_session(Backend())
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<root>\r\n"
+                        b"RCPT TO:<postmasters>\r\nRCPT TO:<\"postmaster\">\r\n"
+                        b"RCPT TO:<>\r\n")
+        assert codes(t.take()) == [250, 250, 553, 553, 501, 553]
+
+
 class TestLimits:
     async def test_over_size_is_discarded_while_reading(self):
         """A message far over the limit never sits in the buffer: 552 5.3.4 per recipient,
