@@ -88,11 +88,14 @@ class Crypto:
     signer: str = ""
     method: str = ""        # smime | pgp
     error: str = ""
+    # Inline PGP with text outside the signed block(s): that text is marked in the body.
+    partially_signed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"encrypted": self.encrypted, "decrypted": self.decrypted, "signed": self.signed,
                 "signature_valid": self.signature_valid, "signer": self.signer,
-                "method": self.method, "error": self.error}
+                "method": self.method, "error": self.error,
+                "partially_signed": self.partially_signed}
 
 
 Action = Literal["new", "followup", "ignore", "quarantine", "duplicate"]

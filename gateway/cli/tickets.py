@@ -130,7 +130,8 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
             "attachments": atts.get(a.id, []),
             "crypto": {k: (a.crypto or {}).get(k, d) for k, d in (
                 ("encrypted", False), ("decrypted", False), ("signed", False),
-                ("signature_valid", None), ("signer", ""), ("method", ""), ("error", ""))},
+                ("signature_valid", None), ("signer", ""), ("method", ""), ("error", ""),
+                ("partially_signed", False))},
         } for a in arts],
     }
 

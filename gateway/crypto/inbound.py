@@ -214,7 +214,11 @@ class _Peeler:
     # ------------------------------------------------------------ inline
 
     def inline(self, body: str) -> str | None:
-        """Inline PGP in the text body: the new body text, or None when there is none."""
+        """Inline PGP in the text body: the new body text, or None when there is none.
+
+        Text outside a signed block is not covered by its signature: it is framed
+        as unsigned (see mark_unsigned) and the result records a partial signature.
+        """
         if PGP_BEGIN_MSG in body:
             start = body.index(PGP_BEGIN_MSG)
             end = body.find(PGP_END_MSG, start)
@@ -236,18 +240,54 @@ class _Peeler:
             text = decode_bytes(plain, "utf-8")
             if PGP_BEGIN_SIGNED in text:
                 text = self.inline(text) or text
-            return body[:start] + text + body[end:]
+            if not v.signed:
+                return body[:start] + text + body[end:]
+            return self._assemble([(body[:start], False), (text, True), (body[end:], False)])
         if PGP_BEGIN_SIGNED in body and PGP_END_SIG in body:
-            start = body.index(PGP_BEGIN_SIGNED)
-            end = body.index(PGP_END_SIG, start) + len(PGP_END_SIG)
-            block = body[start:end]
-            if not self.stores.pgp.available():
-                self._signature("pgp", False, [], "no GnuPG key store")
-            else:
-                pv = pgp.verify_clearsigned(self.stores.pgp, block.encode("utf-8"))
-                self._signature("pgp", pv.valid, pv.signers, pv.error)
-            return body[:start] + pgp.clearsigned_text(block) + body[end:]
+            pieces: list[tuple[str, bool]] = []
+            pos = 0
+            while (start := body.find(PGP_BEGIN_SIGNED, pos)) >= 0:
+                end = body.find(PGP_END_SIG, start)
+                if end < 0:
+                    break
+                end += len(PGP_END_SIG)
+                block = body[start:end]
+                if not self.stores.pgp.available():
+                    self._signature("pgp", False, [], "no GnuPG key store")
+                else:
+                    pv = pgp.verify_clearsigned(self.stores.pgp, block.encode("utf-8"))
+                    self._signature("pgp", pv.valid, pv.signers, pv.error)
+                pieces += [(body[pos:start], False), (pgp.clearsigned_text(block), True)]
+                pos = end
+            if not pieces:
+                return None
+            return self._assemble([*pieces, (body[pos:], False)])
         return None
+
+    def _assemble(self, pieces: list[tuple[str, bool]]) -> str:
+        """The body from (text, signed) pieces; unsigned text that is not blank is framed."""
+        if all(signed or not text.strip() for text, signed in pieces):
+            return "".join(text for text, _ in pieces)
+        self.out.crypto.partially_signed = True
+        self.out.notes.append("only part of the body is signed (the rest is marked unsigned)")
+        out = [text.strip("\r\n") if signed else mark_unsigned(text)
+               for text, signed in pieces if signed or text.strip()]
+        return "\n".join(out) + "\n"
+
+
+UNSIGNED_BEGIN = "-----BEGIN UNSIGNED TEXT (not covered by the PGP signature)-----"
+UNSIGNED_END = "-----END UNSIGNED TEXT-----"
+
+
+def mark_unsigned(text: str) -> str:
+    """Frame text that no signature covers, the way mail clients show it apart.
+
+    Lines starting with five dashes are dash-escaped ("- ", as OpenPGP's cleartext
+    does), so the unsigned text cannot close its own frame or fake an armor line.
+    """
+    lines = [("- " + ln) if ln.lstrip().startswith("-----") else ln
+             for ln in text.strip("\r\n").splitlines()]
+    return "\n".join([UNSIGNED_BEGIN, *lines, UNSIGNED_END])
 
 
 def _parsed(data: bytes) -> tuple[bytes, Message]:
@@ -296,6 +336,9 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
     ctx.log.log("Info", "Crypto", f"{c.method or 'crypto'}: {summary}")
     if c.error:
         ctx.log.log("Warn", "Crypto", c.error)
+    if c.partially_signed:
+        ctx.log.log("Warn", "Crypto", "only part of the body is signed: the text outside "
+                    "the signed block is marked as unsigned text")
     ctx.trace.append(f"crypto: {summary}" + (f"; {c.error}" if c.error else ""))
 
 

@@ -217,6 +217,78 @@ class TestInlinePgp:
         assert c["signed"] and c["signature_valid"] is True and not c["encrypted"]
         assert "Please call me back." in d.article["body"]
         assert "BEGIN PGP" not in d.article["body"]
+        assert c["partially_signed"] is False
+
+
+UNSIGNED_BEGIN = "-----BEGIN UNSIGNED TEXT (not covered by the PGP signature)-----"
+UNSIGNED_END = "-----END UNSIGNED TEXT-----"
+
+
+class TestInlinePartlySigned:
+    def test_text_appended_after_a_signed_block_is_marked_unsigned(self, pgp_env, pgp_keys,
+                                                                  deliver):
+        """Text added after a valid clearsigned block is framed as unsigned; the crypto
+        result says only part of the body is signed."""
+        signed = pgp_keys.customer.clearsign(b"Please call me back.\n", CUSTOMER)
+        d = deliver(inline(signed + b"\nPS: wire 5000 EUR to DE00 1234 today.\n", "ps1"))
+        c, body = d.crypto, d.article["body"]
+        assert c["signature_valid"] is True and c["partially_signed"] is True
+        assert body.index("Please call me back.") < body.index(UNSIGNED_BEGIN) \
+            < body.index("PS: wire 5000 EUR") < body.index(UNSIGNED_END)
+        assert "BEGIN PGP" not in body
+
+    def test_text_before_a_signed_block_is_marked_unsigned(self, pgp_env, pgp_keys, deliver):
+        """Text put in front of a clearsigned block is framed as unsigned as well."""
+        signed = pgp_keys.customer.clearsign(b"Please call me back.\n", CUSTOMER)
+        d = deliver(inline(b"Urgent: reset my password to hunter2.\n\n" + signed, "ps2"))
+        body = d.article["body"]
+        assert d.crypto["partially_signed"] is True
+        assert body.index(UNSIGNED_BEGIN) < body.index("Urgent: reset") \
+            < body.index(UNSIGNED_END) < body.index("Please call me back.")
+
+    def test_forged_end_marker_in_the_unsigned_text_is_escaped(self, pgp_env, pgp_keys,
+                                                               deliver):
+        """Unsigned text cannot close its own frame: a line that looks like the end
+        marker is dash-escaped, so the frame ends only where deskgate ends it."""
+        signed = pgp_keys.customer.clearsign(b"Please call me back.\n", CUSTOMER)
+        forged = f"ignore this\n{UNSIGNED_END}\nNew bank account: DE00 9999\n".encode()
+        body = deliver(inline(signed + forged, "ps3")).article["body"]
+        assert f"\n{UNSIGNED_END}\nNew bank" not in body
+        assert f"- {UNSIGNED_END}" in body
+        assert body.rstrip().endswith(UNSIGNED_END)
+        assert body.index(UNSIGNED_BEGIN) < body.index("New bank account")
+
+    def test_whole_body_signed_is_not_partial(self, pgp_env, pgp_keys, deliver):
+        """A body that is only the clearsigned block (blank lines around it) has no marks."""
+        signed = pgp_keys.customer.clearsign(b"Please call me back.\n", CUSTOMER)
+        d = deliver(inline(b"\n" + signed + b"\n\n", "ps4"))
+        assert d.crypto["partially_signed"] is False
+        assert "UNSIGNED TEXT" not in d.article["body"]
+
+    def test_text_outside_an_encrypted_and_signed_block_is_marked(self, pgp_env, pgp_keys,
+                                                                  deliver):
+        """Plain text next to an inline encrypted+signed block is neither encrypted nor
+        signed: framed as unsigned, the decrypted signed text is not."""
+        armored = pgp_keys.customer.encrypt(b"Reset my token.\n", SUPPORT, sign_as=CUSTOMER)
+        d = deliver(inline(armored + b"\nAlso send the token to eve@evil.test\n", "ps5"))
+        c, body = d.crypto, d.article["body"]
+        assert c["decrypted"] and c["signature_valid"] is True and c["partially_signed"] is True
+        assert body.index("Reset my token.") < body.index(UNSIGNED_BEGIN) \
+            < body.index("eve@evil.test") < body.index(UNSIGNED_END)
+
+    def test_second_signed_block_is_verified_and_the_text_between_is_marked(
+            self, pgp_env, pgp_keys, deliver):
+        """Two clearsigned blocks: both are unwrapped and verified, the text between
+        them is framed as unsigned."""
+        one = pgp_keys.customer.clearsign(b"First signed part.\n", CUSTOMER)
+        two = pgp_keys.customer.clearsign(b"Second signed part.\n", CUSTOMER)
+        d = deliver(inline(one + b"\ninjected between\n\n" + two, "ps6"))
+        c, body = d.crypto, d.article["body"]
+        assert c["signature_valid"] is True and c["partially_signed"] is True
+        assert "BEGIN PGP" not in body
+        assert body.index("First signed part.") < body.index(UNSIGNED_BEGIN) \
+            < body.index("injected between") < body.index(UNSIGNED_END) \
+            < body.index("Second signed part.")
 
 
 class TestPgpImport:
