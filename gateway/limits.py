@@ -165,6 +165,12 @@ def idle_timeout(hostname: str) -> bytes:
     return f"421 4.4.2 {hostname} idle timeout, closing\r\n".encode()
 
 
+def too_many_errors(hostname: str) -> str:
+    """The reply that ends a session after too many bad commands (Postfix's): a client
+    takes the 421 as "try again later", not as a refusal of its mail."""
+    return f"421 4.7.0 {hostname} Error: too many errors"
+
+
 class IdleTimer:
     """Mixin for aiosmtpd sessions: NOOP/RSET/VRFY/EXPN/HELP do not reset the timeout.
 

@@ -29,7 +29,7 @@ from gateway import errors
 from gateway.commlog import Comm
 from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_record import ConnectionRecord
-from gateway.limits import IDLE_COMMANDS, SessionLimit, idle_timeout, refusal
+from gateway.limits import IDLE_COMMANDS, SessionLimit, idle_timeout, refusal, too_many_errors
 from gateway.model import Outcome
 from gateway.smtpdata import DATA_GO_AHEAD, DataScanner
 
@@ -53,7 +53,6 @@ EXPN_NO = "502 5.5.1 EXPN not implemented"
 BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
 LINE_TOO_LONG = "500 5.5.2 Command line too long"
 BAD_UTF8 = "500 5.5.2 Error: bad UTF-8 syntax"
-TOO_MANY_BOGUS = "502 5.5.1 Too many unrecognized commands, goodbye."
 NEED_LHLO = "503 5.5.1 Send LHLO first"
 NEED_MAIL = "503 5.5.1 Need MAIL command"
 NEED_RCPT = "503 5.5.1 Need RCPT command"
@@ -388,7 +387,7 @@ class LmtpSession(asyncio.Protocol):
     def _unknown(self, verb: str) -> None:
         self._bogus += 1
         if self._bogus >= BOGUS_LIMIT:
-            self._refuse("Reply", TOO_MANY_BOGUS)
+            self._refuse("Reply", too_many_errors(self.hostname))
             self._close()
             return
         shown = f' "{verb}"' if len(verb) <= 16 and verb.isalnum() else ""

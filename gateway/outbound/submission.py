@@ -36,7 +36,7 @@ from gateway import errors, metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
 from gateway.errors import InUse
-from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal
+from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import OutboundPipeline
 from gateway.portowner import in_use_by
@@ -60,6 +60,8 @@ _PLAIN_PATH = re.compile(
 NEED_RCPT = "503 Error: need RCPT command"
 DATA_SYNTAX = "501 Syntax: DATA"
 STRICT_ASCII = "500 Error: strict ASCII mode"
+# aiosmtpd's answer to the fifth unknown command, replaced by Postfix's 421
+AIOSMTPD_TOO_MANY = "502 5.5.1 Too many unrecognized commands, goodbye."
 
 
 class AuthGuard:
@@ -318,6 +320,13 @@ class SubmissionSession(IdleTimer, SMTP):
             self._limit.release(self._admitted[0])
             self._admitted = None
         super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        """aiosmtpd's push, with its 502 after too many unknown commands answered 421
+        (the session closes either way; a 5xx would read as a refusal of the mail)."""
+        if status == AIOSMTPD_TOO_MANY:
+            status = too_many_errors(self.hostname)
+        await super().push(status)
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -97,6 +97,17 @@ class TestEnvelope:
         assert [x.mail_from for x in pipeline.ctxs] == [""]
 
 
+class TestErrors:
+    async def test_too_many_unknown_commands_end_with_421(self, session):
+        """The fifth unknown command ends the session with 421 4.7.0 (Postfix's "too many
+        errors"), which a client takes as "try again later", not aiosmtpd's 502."""
+        c, _ = await session()
+        for verb in (b"X1", b"X2", b"X3", b"X4"):
+            assert (await c.cmd(verb)).startswith("500 ")
+        assert await c.cmd(b"X5") == "421 4.7.0 gw.test Error: too many errors"
+        assert await asyncio.wait_for(c.reader.read(), 10) == b""
+
+
 class TestAuthPlain:
     async def test_authzid_empty_or_the_user_itself(self, session):
         """AUTH PLAIN with an empty authorization identity, or the user's own name,
