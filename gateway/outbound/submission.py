@@ -2,7 +2,8 @@
 
 STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
 after TLS (aiosmtpd answers 538 before); a PLAIN authorization identity other than
-the user's own is refused. Clients inside allow_networks may
+the user's own is refused, and so is an empty response ("=" as the initial one), as a
+wrong password is. Clients inside allow_networks may
 submit without AUTH; everyone else gets 530 at MAIL: never an open relay.
 Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
 client address, and so are the attempts still being checked; past
@@ -418,17 +419,29 @@ class SubmissionSession(IdleTimer, SMTP):
         log.info("submission AUTH ok", user=name, mechanism=mechanism)
         return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
+    async def _initial_response(self, arg: str) -> bytes | None:
+        """AUTH's decoded initial response ("=" is an empty one, RFC 4954 4); None once
+        501 is answered to one that is not base64."""
+        if arg == "=":
+            return b""
+        try:
+            return b64decode(arg.encode(), validate=True)
+        except ValueError:
+            await self.push("501 5.5.2 Can't decode base64")
+            return None
+
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        blob: bytes | None
         if len(args) == 1:
-            blob = await self.challenge_auth("")
-            if not isinstance(blob, bytes):
-                return AuthResult(success=False, handled=True)
+            response = await self.challenge_auth("")
+            blob = response if isinstance(response, bytes) else None
         else:
-            try:
-                blob = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False, handled=True)
+            blob = await self._initial_response(args[1])
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        if not blob:
+            # An empty response names no user and no password: a failed attempt.
+            return await self._check("PLAIN", b"", b"")
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             await self.push("501 5.5.2 Can't split auth value")
@@ -441,16 +454,14 @@ class SubmissionSession(IdleTimer, SMTP):
         return await self._check("PLAIN", parts[1], parts[2])
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        login: bytes | None
         if len(args) == 1:
-            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-            if not isinstance(login, bytes):
-                return AuthResult(success=False, handled=True)
+            response = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            login = response if isinstance(response, bytes) else None
         else:
-            try:
-                login = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False, handled=True)
+            login = await self._initial_response(args[1])
+        if login is None:
+            return AuthResult(success=False, handled=True)
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
         if not isinstance(password, bytes):
             return AuthResult(success=False, handled=True)

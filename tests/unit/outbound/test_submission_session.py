@@ -58,9 +58,10 @@ async def session() -> AsyncIterator[Callable[..., Any]]:
     writers: list[asyncio.StreamWriter] = []
     user = SubmissionUser(name="app", password_hash=hash_password("pw", ln=4))
 
-    async def make(networks: tuple[str, ...] = ("10.0.0.0/8",)) -> tuple[Client, Pipeline]:
-        rt = runtime(config(submission=SubmissionConfig(user=(user,),
-                                                        allow_networks=networks)))
+    async def make(networks: tuple[str, ...] = ("10.0.0.0/8",), max_auth_failures: int = 5
+                   ) -> tuple[Client, Pipeline]:
+        rt = runtime(config(submission=SubmissionConfig(
+            user=(user,), allow_networks=networks, max_auth_failures=max_auth_failures)))
         pipeline = Pipeline()
         sub = Submission(lambda: rt, pipeline, lambda comm: None)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
@@ -124,3 +125,34 @@ class TestAuthPlain:
         c, _ = await session()
         assert (await c.cmd(b"AUTH PLAIN " + b64(b"root\0app\0pw"))).startswith("535 5.7.8")
         assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("530")
+
+
+class TestEmptyResponse:
+    async def test_plain_equals_is_an_empty_response(self, session):
+        """AUTH PLAIN = (RFC 4954: an empty initial response) fails as a wrong password
+        does, 535 5.7.8, not as bad base64; an undecodable response is still 501."""
+        c, _ = await session()
+        assert (await c.cmd(b"AUTH PLAIN =")).startswith("535 5.7.8")
+        assert (await c.cmd(b"AUTH PLAIN ==")).startswith("501 5.5.2")
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("530")
+
+    async def test_empty_line_after_plain_challenge(self, session):
+        """An empty line answering AUTH PLAIN's challenge is an empty response too: 535."""
+        c, _ = await session()
+        assert await c.cmd(b"AUTH PLAIN") == "334 "
+        assert (await c.cmd(b"")).startswith("535 5.7.8")
+
+    async def test_login_equals_is_an_empty_user_name(self, session):
+        """AUTH LOGIN = is an empty user name: the password is asked for, then 535."""
+        c, _ = await session()
+        assert (await c.cmd(b"AUTH LOGIN =")).startswith("334 ")
+        assert (await c.cmd(b64(b"pw"))).startswith("535 5.7.8")
+
+    async def test_empty_responses_count_as_failures(self, session):
+        """Empty responses count toward max_auth_failures like wrong passwords: past the
+        limit the client is locked out, even with the right password."""
+        c, _ = await session(max_auth_failures=2)
+        assert (await c.cmd(b"AUTH PLAIN =")).startswith("535")
+        assert (await c.cmd(b"AUTH LOGIN =")).startswith("334 ")
+        assert (await c.cmd(b64(b"pw"))).startswith("535")
+        assert (await c.cmd(b"AUTH PLAIN " + b64(b"\0app\0pw"))).startswith("454 4.7.0")
