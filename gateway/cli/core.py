@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.supervise import run_serve
 
     cfg = load(args, quiet_logs=False)
+    _warn_inline_secrets(cfg)
     try:
         run_serve(cfg)
     except InUse as exc:
@@ -76,6 +77,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: {reason}", file=sys.stderr)
         return EX_TEMPFAIL if reason.startswith("gateway.database") else 1
     return EX_OK
+
+
+def _warn_inline_secrets(cfg: Config) -> None:
+    """Log each inline secret that group or others may read (`check` lists them too)."""
+    import structlog
+
+    from gateway.inline_secrets import inline_secret_warnings
+
+    log = structlog.get_logger(__name__)
+    for key, reason in inline_secret_warnings(cfg.conf_dir):
+        log.warning("a secret in the configuration is readable by group or others",
+                    key=key, reason=reason)
 
 
 def startup_failure(cfg: Config, exc: BaseException) -> str | None:
@@ -162,8 +175,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"classifier.enabled: {problem}", file=sys.stderr)
             return 1
     from gateway.config import process_advice
+    from gateway.inline_secrets import inline_secret_warnings
 
-    advice = process_advice(cfg)
+    advice = process_advice(cfg) + inline_secret_warnings(cfg.conf_dir)
     summary = {"ok": True, "config": str(cfg.conf_dir), "queues": len(cfg.queue),
                "addresses": len(cfg.address), "accounts": len(cfg.account),
                "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim),
@@ -171,7 +185,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        for key, reason in advice:       # valid, but costs throughput here
+        for key, reason in advice:       # valid, but costs throughput or exposes a secret
             print(f"warning: {key}: {reason}", file=sys.stderr)
         print(f"{cfg.conf_dir}: OK ({summary['queues']} queues, {summary['addresses']} "
               f"addresses, {summary['accounts']} accounts, {summary['filters']} filters)")

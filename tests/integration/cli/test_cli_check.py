@@ -5,6 +5,7 @@ deskgate creates with mail in them are private whatever the umask."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.outbound.dkim import generate_key, key_pem
+from tests.peers.serve import stop_serve
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -239,3 +241,59 @@ class TestCreatedFilesArePrivate:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
+
+
+INLINE = '[relay]\nhost = "127.0.0.1"\nuser = "gw"\npassword = "s3cret"\n'
+
+
+class TestInlineSecretsInReadableFiles:
+    def test_check_warns_and_passes(self, make_confdir):
+        """`check` warns about an inline password in a 0644 file (text and --json), names
+        the file, its mode and the fix, never the secret, and still exits 0; at 0600 the
+        warning is gone."""
+        conf = make_confdir({"50-relay.toml": INLINE})
+        (conf / "50-relay.toml").chmod(0o644)
+        r = cli(conf, "check")
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.startswith(f"warning: relay.password: {conf / '50-relay.toml'} "
+                                   "(mode 0644) holds the secret inline and others may read "
+                                   "it: chmod 600 it"), r.stderr
+        assert "password_file" in r.stderr
+        j = cli(conf, "check", "--json")
+        assert j.returncode == 0
+        report = json.loads(j.stdout)
+        assert report["ok"] is True
+        assert [w["key"] for w in report["warnings"]] == ["relay.password"]
+        assert "s3cret" not in r.stderr + r.stdout + j.stdout
+        (conf / "50-relay.toml").chmod(0o600)
+        assert json.loads(cli(conf, "check", "--json").stdout)["warnings"] == []
+
+    def test_serve_logs_the_warning_at_start(self, make_confdir, tmp_path):
+        """`serve` starts and logs the same warning (key, reason) before it serves."""
+        conf = make_confdir({"50-relay.toml": '[gateway]\nlog_format = "json"\n' + INLINE})
+        (conf / "50-relay.toml").chmod(0o604)
+        out = tmp_path / "serve.log"
+        with out.open("wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(conf), "serve"],
+                                    cwd=conf.parent, stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            records: list[dict[str, object]] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+                records = [json.loads(x) for x in out.read_text().splitlines()
+                           if x.startswith("{")]
+                if any(r.get("event") == "deskgate serving" for r in records):
+                    break
+            events = [r.get("event") for r in records]
+            assert "deskgate serving" in events, out.read_text()[-2000:]
+            warned = [r for r in records if r.get("key") == "relay.password"]
+            assert len(warned) == 1, records
+            assert warned[0]["level"] == "warning"
+            assert "(mode 0604) holds the secret inline and others may read it" in str(
+                warned[0]["reason"])
+            assert events.index(warned[0]["event"]) < events.index("deskgate serving")
+            assert "s3cret" not in out.read_text()
+        finally:
+            stop_serve(proc)
