@@ -321,7 +321,8 @@ class PollerFolder(Base):
 
 
 class PollerSeen(Base):
-    """POP3 `keep` mode: UIDLs already committed (POP3 has no ordered UIDs)."""
+    """Committed messages the server still holds: POP3 `keep` mode's UIDLs (POP3 has
+    no ordered UIDs); IMAP delete/move mode's flagged \\Deleted awaiting EXPUNGE."""
 
     __tablename__ = "poller_seen"
     account: Mapped[str] = mapped_column(String(200), primary_key=True)

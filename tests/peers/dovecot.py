@@ -43,6 +43,7 @@ class Dovecot:
     ca: TestCA
     users: dict[str, str]
     oauth2_introspection_url: str = ""
+    extra_conf: str = ""     # appended to dovecot.conf (e.g. an imap_capability without UIDPLUS)
     ports: dict[str, int] = field(default_factory=dict)
     conf: Path = field(init=False)
     mail_uid: int = field(init=False)
@@ -148,6 +149,7 @@ service stats {{
 protocol pop3 {{
   pop3_uidl_format = %08Xu%08Xv
 }}
+{self.extra_conf}
 """)
         subprocess.run(["dovecot", "-c", str(self.conf)], check=True, timeout=30,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

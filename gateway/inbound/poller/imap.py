@@ -1,10 +1,16 @@
 """IMAP sessions (imap, imaps, imaptls) on the stdlib imaplib, run in a worker thread.
 
 `delete`: when the connection finishes, the UIDs committed on it get one UID
-STORE \\Deleted and UID EXPUNGE (UIDPLUS; else EXPUNGE). `move:<folder>`: one
-UID MOVE (or COPY + \\Deleted), creating the folder on [TRYCREATE]. `keep`: the
-folder is opened read-only (EXAMINE) and bodies are read with BODY.PEEK, so no
-flag changes; the runner keeps UIDVALIDITY + last UID in the database.
+STORE \\Deleted and UID EXPUNGE of exactly those UIDs (UIDPLUS). `move:<folder>`:
+one UID MOVE (or COPY + \\Deleted), creating the folder on [TRYCREATE]. `keep`:
+the folder is opened read-only (EXAMINE) and bodies are read with BODY.PEEK, so
+no flag changes; the runner keeps UIDVALIDITY + last UID in the database.
+
+A message another client flagged \\Deleted and did not expunge is that client's:
+it is not fetched and never expunged by us. A plain EXPUNGE (a server without
+UIDPLUS) would remove it too, so it is sent only while no message but ours
+carries \\Deleted; until then ours stay flagged (the runner remembers them and
+does not fetch them again) and are expunged by a later connection.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from gateway.inbound.poller.session import (
     xoauth2,
 )
 
-_FETCH_RE = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)")
+_FETCH_RE = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)|FLAGS \(([^)]*)\)")
 _UID_RE = re.compile(rb"UID (\d+)")
 
 
@@ -95,7 +101,9 @@ class ImapSession:
         self.capabilities: frozenset[str] = frozenset()
         self.exists = 0
         self.uidvalidity = 0
-        self._expunge: list[int] = []
+        self._expunge: list[int] = []    # committed on this connection
+        self._waiting: list[int] = []    # ours, flagged \\Deleted by an earlier connection
+        self.unexpunged: list[str] = []  # keys of ours still flagged after finish()
         self.readonly = account.after_fetch == "keep"
 
     # ------------------------------------------------------------ connect
@@ -221,22 +229,25 @@ class ImapSession:
         if self.exists == 0:
             return Listing((), self.uidvalidity, 0)
         start = (after_uid or 0) + 1
-        data = self._cmd("fetch", "FETCH", f"{start}:*", "(UID RFC822.SIZE)")
+        data = self._cmd("fetch", "FETCH", f"{start}:*", "(UID RFC822.SIZE FLAGS)")
         out: list[RemoteMessage] = []
         for item in data:
             line = item[0] if isinstance(item, tuple) else item
             if not isinstance(line, bytes):
                 continue
             uid = size = -1
+            deleted = False
             for m in _FETCH_RE.finditer(line):
                 if m.group(1):
                     uid = int(m.group(1))
-                else:
+                elif m.group(2):
                     size = int(m.group(2))
+                else:
+                    deleted = b"\\DELETED" in m.group(3).upper().split()
             if uid < start or size < 0:
                 continue   # "n:*" always includes the highest UID, even below n
             out.append(RemoteMessage(key=f"{self.uidvalidity}:{uid}", ref=str(uid), size=size,
-                                     uid=uid))
+                                     uid=uid, deleted=deleted))
         out.sort(key=lambda m: m.uid)
         return Listing(tuple(out), self.uidvalidity, self.exists)
 
@@ -284,11 +295,20 @@ class ImapSession:
         if self.account.after_fetch != "keep":
             self._expunge.append(msg.uid)
 
+    def waiting(self, msg: RemoteMessage) -> None:
+        """A message of ours an earlier connection flagged \\Deleted but could not
+        expunge: expunge it with this connection's (no I/O now)."""
+        self._waiting.append(msg.uid)
+
+    def marked(self) -> list[str]:
+        """Keys of the messages finish() flags \\Deleted or expunges."""
+        return [f"{self.uidvalidity}:{u}" for u in (*self._expunge, *self._waiting)]
+
     def _apply_removals(self) -> None:
-        imap = self.imap
-        assert imap is not None
         action = self.account.after_fetch
         uids = self._expunge
+        uidplus = "UIDPLUS" in self.capabilities
+        flagged = list(self._waiting)
         for i in range(0, len(uids), 500):
             chunk = uid_set(uids[i:i + 500])
             if action.startswith("move:"):
@@ -298,15 +318,38 @@ class ImapSession:
                     continue
                 self._try_create("COPY", chunk, folder)
             self._cmd("remove", "STORE", chunk, "+FLAGS.SILENT", "(\\Deleted)")
-            if "UIDPLUS" in self.capabilities:
+            flagged += uids[i:i + 500]
+            if uidplus:
                 self._cmd("remove", "EXPUNGE", chunk)
-        if "UIDPLUS" not in self.capabilities and not (action.startswith("move:")
-                                                       and "MOVE" in self.capabilities):
-            typ, data = imap.expunge()
-            if typ != "OK":
-                raise MailboxError("remove", f"EXPUNGE answered {typ}: {_text(data)}")
-        verb = "moved to " + action[5:] if action.startswith("move:") else "deleted"
-        self.log.log("Info", "Remove", f"{verb}: {len(uids)} messages")
+        if uidplus:
+            for i in range(0, len(self._waiting), 500):
+                self._cmd("remove", "EXPUNGE", uid_set(self._waiting[i:i + 500]))
+        elif flagged:
+            self._expunge_unless_foreign(flagged)
+        if uids:
+            verb = "moved to " + action[5:] if action.startswith("move:") else "deleted"
+            self.log.log("Info", "Remove", f"{verb}: {len(uids)} messages")
+
+    def _expunge_unless_foreign(self, ours: list[int]) -> None:
+        """EXPUNGE (no UIDPLUS) only while no message but ours carries \\Deleted."""
+        imap = self.imap
+        assert imap is not None
+        found: set[int] = set()
+        for line in self._cmd("remove", "SEARCH", "DELETED"):
+            if isinstance(line, bytes):
+                found.update(int(u) for u in line.split() if u.isdigit())
+        foreign = found - set(ours)
+        if foreign:
+            self.unexpunged = [f"{self.uidvalidity}:{u}" for u in sorted(found & set(ours))]
+            self.log.log("Notice", "Remove", f"{len(ours)} messages flagged \\Deleted but not "
+                         f"expunged: {len(foreign)} other messages carry \\Deleted from another "
+                         "client and the server has no UIDPLUS (UID EXPUNGE), so an EXPUNGE "
+                         "would remove them too; ours are not fetched again and are expunged "
+                         "once no other message is flagged")
+            return
+        typ, data = imap.expunge()
+        if typ != "OK":
+            raise MailboxError("remove", f"EXPUNGE answered {typ}: {_text(data)}")
 
     def _try_create(self, cmd: str, uids: str, folder: str) -> None:
         imap = self.imap
@@ -328,9 +371,9 @@ class ImapSession:
         if imap is None:
             return
         try:
-            if self._expunge:
+            if self._expunge or self._waiting:
                 self._apply_removals()
-                self._expunge = []
+                self._expunge, self._waiting = [], []
             with contextlib.suppress(Exception):
                 imap.logout()
         finally:

@@ -275,12 +275,16 @@ class Poller:
             await call(session.abort)
             return False, False
 
+        messages = listing.messages
+        if imap and not keep:
+            messages = await self._flagged(account, session, obj, messages)
+
         # Oversized messages stay on the server (an Error once); the rest is the work list.
         known_big = await self._db(lambda c: state.known_oversized(c, account.name, folder))
         big: list[RemoteMessage] = []
         todo: list[RemoteMessage] = []
         more = False
-        for m in listing.messages:
+        for m in messages:
             if m.size > account.max_message_size:
                 big.append(m)
             elif m.key in seen or m.key in done_keys:
@@ -325,6 +329,9 @@ class Poller:
                 state.forget_seen(c, account.name, present)
             await self._db(remember)
 
+        marked = session.marked() if isinstance(session, ImapSession) else []
+        if marked:   # remembered first: a message flagged and left is known as ours
+            await self._db(lambda c: state.add_seen(c, account.name, marked))
         try:
             # Also after a failed message: what was committed before it is removed now.
             await call(session.finish)
@@ -333,6 +340,9 @@ class Poller:
             obj.close("Failed")
             errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
             return False, False
+        if marked and isinstance(session, ImapSession):
+            left = session.unexpunged
+            await self._db(lambda c: state.forget_seen(c, account.name, left))
         if not ok:
             obj.close("Failed")
             return False, False
@@ -340,6 +350,34 @@ class Poller:
                 + (", more waiting" if more else ""))
         obj.close("Successful")
         return more, True
+
+    async def _flagged(self, account: AccountConfig, session: Session, obj: CommObj,
+                       messages: tuple[RemoteMessage, ...]) -> tuple[RemoteMessage, ...]:
+        """IMAP delete/move: the messages to consider, without those flagged \\Deleted.
+
+        A flagged message is another client's (it is left alone) or ours, committed
+        and flagged by an earlier connection that could not expunge it (remembered
+        in the database): that one is expunged with this connection's.
+        """
+        flagged = [m.key for m in messages if m.deleted]
+
+        def prune(c: Any) -> set[str]:
+            state.forget_seen(c, account.name, flagged)
+            return state.seen_uidls(c, account.name)
+
+        ours = await self._db(prune)
+        foreign = 0
+        for m in messages:
+            if not m.deleted:
+                continue
+            if m.key in ours and isinstance(session, ImapSession):
+                session.waiting(m)
+            else:
+                foreign += 1
+        if foreign:
+            obj.log("Info", "Deleted", f"{foreign} messages flagged \\Deleted by another "
+                    "client: left alone (neither fetched nor expunged)")
+        return tuple(m for m in messages if not m.deleted)
 
     async def _work(self, account: AccountConfig, session: Session, obj: CommObj, comm: Comm,
                     result: RunResult, pool: ThreadPoolExecutor, todo: list[RemoteMessage],

@@ -46,6 +46,7 @@ class RemoteMessage:
     size: int
     uid: int = 0      # IMAP UID (0 for POP3)
     stable: bool = True
+    deleted: bool = False   # IMAP: flagged \Deleted (by another client, or ours awaiting EXPUNGE)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,10 @@ def set_folder_position(conn: Connection, account: str, folder: str, uidvalidity
              "last_uid": last_uid, "changed": utcnow()})
 
 
-# ---------------------------------------------------------------- POP3 keep
+# ---------------------------------------------------------------- committed, still on the server
+# POP3 keep: the UIDLs committed. IMAP delete/move: the keys ("<uidvalidity>:<uid>")
+# of messages committed and flagged \Deleted whose EXPUNGE waits (no UIDPLUS and
+# another client's message flagged too); they are not fetched again.
 
 
 def seen_uidls(conn: Connection, account: str) -> set[str]:
@@ -69,7 +72,7 @@ def add_seen(conn: Connection, account: str, uidls: Iterable[str]) -> None:
 
 
 def forget_seen(conn: Connection, account: str, present: Iterable[str]) -> None:
-    """Drop remembered UIDLs that are no longer on the server (the list stays small)."""
+    """Drop remembered keys that are not in `present` (the list stays small)."""
     keep = set(present)
     gone = [u for u in seen_uidls(conn, account) if u not in keep]
     for i in range(0, len(gone), 500):

@@ -1,0 +1,139 @@
+"""A mailbox shared with other IMAP clients: what they flagged \\Deleted is theirs.
+
+Delete mode removes only the messages deskgate committed: UID EXPUNGE with
+UIDPLUS; without it no EXPUNGE while another client's message carries \\Deleted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from gateway.store.tables import CommEntry
+from tests.integration.poller.poller_helpers import USERS, account_toml, message
+from tests.peers import dovecot as dv
+from tests.peers.ca import TestCA
+from tests.peers.require import missing_peer
+
+pytestmark = pytest.mark.dovecot
+
+# Dovecot's capabilities after login, less UIDPLUS and MOVE.
+NO_UIDPLUS = ("imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE "
+              "LITERAL+ NAMESPACE CHILDREN UNSELECT")
+
+
+def flag_deleted(server: dv.Dovecot, subject: str, *, on: bool = True) -> None:
+    """Another client sets (or clears) \\Deleted on one message and does not expunge."""
+    c = server.imap("helpdesk")
+    try:
+        c.select("INBOX")
+        _, data = c.uid("SEARCH", None, "SUBJECT", f'"{subject}"')
+        uids = data[0].split()
+        assert len(uids) == 1, data
+        typ, _ = c.uid("STORE", uids[0].decode(), "+FLAGS.SILENT" if on else "-FLAGS.SILENT",
+                       "(\\Deleted)")
+        assert typ == "OK"
+    finally:
+        c.logout()      # LOGOUT, not CLOSE: nothing is expunged
+
+
+def mailbox_state(server: dv.Dovecot) -> dict[str, bool]:
+    """Subject → flagged \\Deleted, for every message still in INBOX."""
+    c = server.imap("helpdesk")
+    try:
+        _, exists = c.select("INBOX", readonly=True)
+        if not int(exists[0] or 0):
+            return {}
+        _, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        out: dict[str, bool] = {}
+        for item in data:
+            if isinstance(item, tuple):
+                subject = item[1].decode().split(":", 1)[1].strip()
+                out[subject] = b"\\Deleted" in item[0]
+        return out
+    finally:
+        c.logout()
+
+
+def notes(h, key: str) -> list[str]:
+    with h.gw.engine.connect() as conn:
+        return list(conn.execute(select(CommEntry.value).where(CommEntry.key == key))
+                    .scalars())
+
+
+@pytest.fixture(scope="class")
+def plain_dovecot() -> Iterator[dv.Dovecot]:
+    """A Dovecot of its own that announces neither UIDPLUS nor MOVE."""
+    if not dv.available():
+        missing_peer("Debian dovecot-imapd/dovecot-pop3d not installed")
+    d = dv.make_dovecot_dir()
+    server = dv.Dovecot(d, TestCA(d / "ca"), dict(USERS), extra_conf=NO_UIDPLUS)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class TestWithUidplus:
+    def test_another_clients_deleted_message_survives(self, mailbox, poller_config, harness):
+        """UID EXPUNGE removes ours; the message another client flagged stays, unfetched."""
+        mailbox.append("helpdesk", [message(1), message(2, subject="Theirs"), message(3)])
+        flag_deleted(mailbox, "Theirs")
+        h = harness(poller_config(account_toml(mailbox, "imaps")))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new) == ("Successful", 2, 2), r.error
+        assert mailbox_state(mailbox) == {"Theirs": True}
+        assert h.poll().fetched == 0
+        assert mailbox_state(mailbox) == {"Theirs": True}
+
+    def test_move_without_copying_another_clients_deleted_message(
+            self, mailbox, poller_config, harness):
+        """move: the message another client flagged is neither fetched nor moved."""
+        mailbox.append("helpdesk", [message(1), message(2, subject="Theirs")])
+        flag_deleted(mailbox, "Theirs")
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="move:Done")))
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        assert mailbox_state(mailbox) == {"Theirs": True}
+        assert mailbox.count("helpdesk", "Done") == 1
+
+
+class TestWithoutUidplus:
+    def test_no_expunge_while_another_client_has_deleted_mail(
+            self, plain_dovecot, poller_config, harness):
+        """Without UIDPLUS ours stay flagged until no other message is; never fetched twice."""
+        server = plain_dovecot
+        server.clear("helpdesk")
+        server.append("helpdesk", [message(1), message(2, subject="Theirs"), message(3)])
+        flag_deleted(server, "Theirs")
+        h = harness(poller_config(account_toml(server, "imaps")))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new) == ("Successful", 2, 2), r.error
+        assert mailbox_state(server) == {"Problem 1": True, "Theirs": True, "Problem 3": True}
+        held = notes(h, "Remove")
+        assert any("not expunged" in n and "another client" in n for n in held), held
+
+        r = h.poll()                                   # ours are not fetched again
+        assert (r.status, r.fetched, r.duplicate) == ("Successful", 0, 0), r.error
+        assert mailbox_state(server) == {"Problem 1": True, "Theirs": True, "Problem 3": True}
+
+        flag_deleted(server, "Theirs", on=False)       # the other client changed its mind
+        r = h.poll()
+        assert (r.status, r.fetched, r.new) == ("Successful", 1, 1), r.error
+        assert mailbox_state(server) == {}
+
+    def test_expunge_when_nothing_else_is_deleted(self, plain_dovecot, poller_config,
+                                                  harness):
+        """Without UIDPLUS and without another client's \\Deleted mail, EXPUNGE runs."""
+        server = plain_dovecot
+        server.clear("helpdesk")
+        server.append("helpdesk", [message(1), message(2)])
+        h = harness(poller_config(account_toml(server, "imaptls")))
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 2), r.error
+        assert mailbox_state(server) == {}
