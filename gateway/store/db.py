@@ -78,9 +78,43 @@ def make_engine(url: str, *, pool_size: int = 5, fast_path: bool = True) -> Engi
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
-                         connect_args={"connect_timeout": 5} if "postgresql" in url else {},
-                         execution_options=options)
+    engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                           connect_args={"connect_timeout": 5} if "postgresql" in url else {},
+                           execution_options=options)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _pg_session_defaults)
+    return engine
+
+
+# Session settings of deskgate's PostgreSQL connections, each unless the site sets it:
+# in the URL (?options=-c%20lock_timeout%3D5s), PGOPTIONS, ALTER ROLE/DATABASE ... SET
+# or postgresql.conf. A lock held by a stuck session (an admin's open psql transaction,
+# a hung node) then makes a delivery fail with a 451 after lock_timeout instead of
+# waiting until the MTA gives up, and a hung node's open transaction, with its locks,
+# ends after idle_in_transaction_session_timeout.
+PG_SESSION_DEFAULTS = {
+    "lock_timeout": "10s",
+    "statement_timeout": "60s",
+    "idle_in_transaction_session_timeout": "60s",
+}
+
+# One round trip: only the settings nobody set (source "default") are changed.
+_PG_SET_DEFAULTS = (
+    "SELECT set_config(s.name, d.setting, false)"
+    " FROM unnest(%s::text[], %s::text[]) AS d(name, setting)"
+    " JOIN pg_settings AS s ON s.name = d.name WHERE s.source = 'default'")
+
+
+def _pg_session_defaults(dbapi_conn: Any, _record: Any) -> None:
+    """On each new PostgreSQL connection: deskgate's PG_SESSION_DEFAULTS."""
+    names = list(PG_SESSION_DEFAULTS)
+    autocommit = dbapi_conn.autocommit
+    # Outside a transaction: a SET inside one would be undone by its rollback.
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute(_PG_SET_DEFAULTS, (names, [PG_SESSION_DEFAULTS[n] for n in names]))
+    finally:
+        dbapi_conn.autocommit = autocommit
 
 
 SUPPORTED_DATABASES = "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
@@ -173,7 +207,16 @@ def migrate(engine: Engine) -> None:
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            # No statement_timeout for a migration (it may build an index over a big
+            # table), and no lock_timeout while waiting for another node's; its own
+            # statements keep the session's lock_timeout: an ALTER TABLE queued behind a
+            # stuck session's lock would hold up every node's statements behind it.
+            lock_timeout = conn.execute(text("SHOW lock_timeout")).scalar_one()
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
+            conn.execute(text("SET LOCAL lock_timeout = 0"))
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            conn.execute(text("SELECT set_config('lock_timeout', :v, true)"),
+                         {"v": lock_timeout})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
