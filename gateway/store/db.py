@@ -98,6 +98,10 @@ PG_SESSION_DEFAULTS = {
     "idle_in_transaction_session_timeout": "60s",
 }
 
+# serialization_failure and deadlock_detected: PostgreSQL's documentation asks that the
+# transaction be run again.
+PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+
 # One round trip: only the settings nobody set (source "default") are changed.
 _PG_SET_DEFAULTS = (
     "SELECT set_config(s.name, d.setting, false)"
@@ -416,6 +420,14 @@ class BatchWriter:
         except Exception:
             return False
 
+    def _conflict(self, exc: OperationalError) -> bool:
+        """A failure that running the transaction again may avoid. PostgreSQL's by its
+        SQLSTATE: its message text quotes the statement's values (a subject "account
+        locked"), and a lock timeout run again would only wait as long again."""
+        if self.engine.dialect.name == "postgresql":
+            return getattr(exc.orig, "sqlstate", None) in PG_RETRY_SQLSTATES
+        return "locked" in str(exc).lower()
+
     def _pause(self, seconds: float) -> None:
         """Sleep before a retry without keeping the other processes from the lock file."""
         fd = self._lock_fd
@@ -633,9 +645,10 @@ class BatchWriter:
                 with self._transaction() as (conn, later):
                     res = it.job(conn, later)
             except OperationalError as exc:
-                # "database is locked" under contention: a short retry usually fixes it
-                # (never after the COMMIT itself failed: it may have gone through).
-                if "locked" in str(exc).lower() and attempt < 2 and not self._commit_failed:
+                # "database is locked" under contention, a PostgreSQL deadlock or
+                # serialization failure: a short retry usually fixes it (never after the
+                # COMMIT itself failed: it may have gone through).
+                if attempt < 2 and not self._commit_failed and self._conflict(exc):
                     self._pause(delay)
                     delay *= 4
                     continue

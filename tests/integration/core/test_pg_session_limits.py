@@ -1,14 +1,17 @@
 """PostgreSQL sessions of deskgate: lock, statement and idle-in-transaction timeouts
-(a lock held by a stuck session gives a prompt 451, not a wait for ever)."""
+(a lock held by a stuck session gives a prompt 451, not a wait for ever), and the
+writer running a transaction again after a deadlock or serialization failure."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from gateway.store import db
 from gateway.store.db import MIGRATION_LOCK, BatchWriter, make_engine, migrate
@@ -209,3 +212,114 @@ class TestHeldLock:
         assert self.redeliver(rg)[0] == 250
         assert len(st.articles()) == 1
 
+
+class TestConflictRetry:
+    def test_a_deadlocked_transaction_is_run_again(self, probe, plain):
+        """A real deadlock with another session (SQLSTATE 40P01): the writer's
+        transaction is the victim and runs again, with success, instead of failing."""
+        eng, w = probe()
+        theirs, ours = threading.Event(), threading.Event()
+
+        def other_session() -> None:
+            with plain.connect() as c:
+                # the writer's session (1 s) detects the deadlock, so it is the victim
+                c.execute(text("SET deadlock_timeout = '30s'"))
+                c.execute(text("UPDATE probe SET v = v + 10 WHERE id = 2"))
+                theirs.set()
+                assert ours.wait(10)
+                c.execute(text("UPDATE probe SET v = v + 10 WHERE id = 1"))
+                c.commit()
+
+        runs: list[int] = []
+
+        def job(conn: Connection) -> int:
+            runs.append(1)
+            conn.execute(text("UPDATE probe SET v = v + 1 WHERE id = 1"))
+            ours.set()
+            conn.execute(text("UPDATE probe SET v = v + 1 WHERE id = 2"))
+            return len(runs)
+
+        t = threading.Thread(target=other_session)
+        t.start()
+        try:
+            assert theirs.wait(10)
+            assert w.submit(job).result(30) == 2
+        finally:
+            ours.set()
+            t.join(30)
+        assert probe_values(eng) == [11, 11]
+
+    def test_a_serialization_failure_is_run_again(self, probe, plain):
+        """A repeatable-read transaction whose row another session changed meanwhile
+        (SQLSTATE 40001) runs again on a new snapshot."""
+        eng, w = probe()
+        runs: list[int] = []
+
+        def job(conn: Connection) -> int:
+            runs.append(1)
+            conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            conn.execute(text("SELECT v FROM probe WHERE id = 1")).scalar()
+            if len(runs) == 1:
+                with plain.begin() as other:
+                    other.execute(text("UPDATE probe SET v = v + 10 WHERE id = 1"))
+            conn.execute(text("UPDATE probe SET v = v + 1 WHERE id = 1"))
+            return len(runs)
+
+        assert w.submit(job).result(30) == 2
+        assert probe_values(eng) == [11, 0]
+
+    def test_a_conflict_that_persists_fails_after_a_few_runs(self, probe, plain):
+        """A transaction that keeps failing with a serialization failure is run three
+        times in all, then its waiter gets the error (a 451 for a message)."""
+        with plain.begin() as c:
+            c.execute(text("CREATE FUNCTION conflict() RETURNS int LANGUAGE plpgsql AS $$ "
+                           "BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = "
+                           "'serialization_failure'; END $$"))
+        _eng, w = probe()
+        runs: list[int] = []
+
+        def job(conn: Connection) -> Any:
+            runs.append(1)
+            return conn.execute(text("SELECT conflict()")).scalar()
+
+        with pytest.raises(OperationalError, match="conflict"):
+            w.submit(job).result(30)
+        assert len(runs) == 3
+
+    def test_a_commit_that_failed_with_a_conflict_is_not_run_again(self, probe, plain):
+        """A serialization failure raised by the COMMIT itself: the transaction is not
+        run again (whether the server has it is not known in general)."""
+        with plain.begin() as c:
+            c.execute(text("CREATE FUNCTION conflict_at_commit() RETURNS trigger "
+                           "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'conflict at commit' "
+                           "USING ERRCODE = 'serialization_failure'; END $$"))
+            c.execute(text("CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON probe "
+                           "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                           "EXECUTE FUNCTION conflict_at_commit()"))
+        eng, w = probe()
+        runs: list[int] = []
+
+        def job(conn: Connection) -> None:
+            runs.append(1)
+            conn.execute(text("INSERT INTO probe VALUES (3, 0)"))
+
+        with pytest.raises(OperationalError, match="conflict at commit"):
+            w.submit(job).result(30)
+        assert len(runs) == 1
+        assert probe_values(eng) == [0, 0]
+
+    def test_a_lock_timeout_is_not_run_again(self, probe, held_lock):
+        """A lock timeout is answered at once, not waited for three times over, also
+        when the statement's values happen to contain the word "locked"."""
+        _eng, w = probe("?options=-c%20lock_timeout%3D300ms")
+        held_lock("UPDATE probe SET v = 5 WHERE id = 1")
+        runs: list[int] = []
+
+        def job(conn: Connection) -> None:
+            runs.append(1)
+            conn.execute(text("UPDATE probe SET v = v + 1 WHERE id = 1 AND :subject <> ''"),
+                         {"subject": "Your account is locked"})
+
+        with pytest.raises(OperationalError, match="lock timeout"):
+            w.submit(job).result(30)
+        assert len(runs) == 1
