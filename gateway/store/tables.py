@@ -339,6 +339,9 @@ class PollerOversized(Base):
     folder: Mapped[str] = mapped_column(String(500))
     key: Mapped[str] = mapped_column(String(200))        # "<uidvalidity>:<uid>" or the UIDL
     size: Mapped[int] = mapped_column(BigInteger)
+    # The max_message_size it was left under (None: recorded before 0010): IMAP keep
+    # mode reads past it, so it is fetched only once the configured limit is larger.
+    size_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     subject: Mapped[str] = mapped_column(Text, default="")
     sender: Mapped[str] = mapped_column(Text, default="")
     message_id: Mapped[str] = mapped_column(Text, default="")

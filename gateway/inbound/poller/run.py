@@ -280,10 +280,15 @@ class Poller:
             messages = await self._flagged(account, session, obj, messages)
 
         # Oversized messages stay on the server (an Error once); the rest is the work list.
+        size_limit = account.max_message_size
         known_big = await self._db(lambda c: state.known_oversized(c, account.name, folder))
         big: list[RemoteMessage] = []
         todo: list[RemoteMessage] = []
         more = False
+        if keep and imap:   # left below the mark as oversized: fetched once the limit allows
+            todo = await self._oversized_again(account, obj, folder, uidvalidity,
+                                               after_uid or 0)
+            todo, more = todo[:limit], len(todo) > limit
         for m in messages:
             if m.size > account.max_message_size:
                 big.append(m)
@@ -299,13 +304,17 @@ class Poller:
         result.oversized += len(big)
         big_keys = [m.key for m in big]
         if big_keys:
-            await self._db(lambda c: state.touch_oversized(c, account.name, folder, big_keys))
+            await self._db(lambda c: state.touch_oversized(c, account.name, folder, big_keys,
+                                                           size_limit))
         if not (keep and imap):   # a full listing: forget what left the server
             present = [m.key for m in listing.messages]
             await self._db(lambda c: state.forget_oversized(c, account.name, folder, present))
 
         handled: set[str] = set(big_keys)
         ok = await self._work(account, session, obj, comm, result, pool, todo, handled, errors)
+        fetched_big = [m.key for m in todo if m.key in known_big and m.key in handled]
+        if fetched_big:   # the limit was raised: no longer left on the server
+            await self._db(lambda c: state.drop_oversized(c, account.name, folder, fetched_big))
         # Skipped on the next connection of this run; a message number (POP3 without
         # UIDL) names another message there, so only stable keys are carried over.
         done_keys.update(m.key for m in listing.messages if m.stable and m.key in handled)
@@ -424,6 +433,31 @@ class Poller:
                 with contextlib.suppress(Exception):
                     await pending
 
+    async def _oversized_again(self, account: AccountConfig, obj: CommObj, folder: str,
+                               uidvalidity: int, below: int) -> list[RemoteMessage]:
+        """IMAP keep: the messages below the folder position that were left as
+        oversized under a smaller max_message_size and fit the current one."""
+        limit = account.max_message_size
+        rows = await self._db(lambda c: state.oversized_under_smaller_limit(
+            c, account.name, folder, limit))
+        again: list[RemoteMessage] = []
+        still: list[str] = []
+        for key, size in rows:
+            uv, _, uid = key.partition(":")
+            if uv != str(uidvalidity) or not uid.isdigit() or int(uid) > below:
+                continue     # another UIDVALIDITY, or above the mark (listed anyway)
+            if size > limit:
+                still.append(key)
+            else:
+                again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
+        if still:
+            await self._db(lambda c: state.touch_oversized(c, account.name, folder, still,
+                                                           limit))
+        if again:
+            obj.log("Info", "Oversized", f"{len(again)} messages left as oversized fit "
+                    f"max_message_size ({limit} bytes) now: fetching them")
+        return sorted(again, key=lambda m: m.uid)
+
     async def _oversized(self, account: AccountConfig, session: Session, obj: CommObj,
                          call: Any, folder: str, m: RemoteMessage) -> None:
         try:
@@ -438,6 +472,7 @@ class Poller:
                 f"max_message_size ({account.max_message_size} bytes); left on the server, "
                 "see `deskgate fetch --list-oversized`")
         await self._db(lambda c: state.record_oversized(c, account.name, folder, m.key, m.size,
+                                                        account.max_message_size,
                                                         subject[:1000], sender[:1000], mid[:998]))
 
     async def _deliver(self, account: AccountConfig, session: Session, comm: Comm,

@@ -89,6 +89,7 @@ class Oversized:
     folder: str
     key: str
     size: int
+    limit: int | None     # the max_message_size it was left under (None: not known)
     subject: str
     sender: str
     message_id: str
@@ -97,8 +98,8 @@ class Oversized:
 
     def as_dict(self) -> dict[str, Any]:
         return {"account": self.account, "folder": self.folder, "key": self.key,
-                "size": self.size, "subject": self.subject, "from": self.sender,
-                "message_id": self.message_id, "first_seen": self.first_seen,
+                "size": self.size, "limit": self.limit, "subject": self.subject,
+                "from": self.sender, "message_id": self.message_id, "first_seen": self.first_seen,
                 "last_seen": self.last_seen}
 
 
@@ -108,39 +109,58 @@ def known_oversized(conn: Connection, account: str, folder: str) -> set[str]:
 
 
 def record_oversized(conn: Connection, account: str, folder: str, key: str, size: int,
-                     subject: str, sender: str, message_id: str) -> None:
+                     limit: int, subject: str, sender: str, message_id: str) -> None:
     now = utcnow()
     _upsert(conn, PollerOversized, ["account", "folder", "key"],
             {"account": account, "folder": folder, "key": key, "size": size,
-             "subject": subject, "sender": sender, "message_id": message_id,
-             "first_seen": now, "last_seen": now})
+             "size_limit": limit, "subject": subject, "sender": sender,
+             "message_id": message_id, "first_seen": now, "last_seen": now})
 
 
-def touch_oversized(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:
+def touch_oversized(conn: Connection, account: str, folder: str, keys: Iterable[str],
+                    limit: int) -> None:
+    """Seen again, over `limit` (the max_message_size now)."""
     keys = list(keys)
     for i in range(0, len(keys), 500):
         conn.execute(update(PollerOversized).where(
             PollerOversized.account == account, PollerOversized.folder == folder,
-            PollerOversized.key.in_(keys[i:i + 500])).values(last_seen=utcnow()))
+            PollerOversized.key.in_(keys[i:i + 500])).values(last_seen=utcnow(),
+                                                              size_limit=limit))
+
+
+def oversized_under_smaller_limit(conn: Connection, account: str, folder: str,
+                                  limit: int) -> list[tuple[str, int]]:
+    """(key, size) of the messages left under a limit smaller than `limit` (or an
+    unknown one): IMAP keep mode, which reads past them, looks at them again."""
+    rows = conn.execute(select(PollerOversized.key, PollerOversized.size).where(
+        PollerOversized.account == account, PollerOversized.folder == folder,
+        (PollerOversized.size_limit.is_(None)) | (PollerOversized.size_limit < limit))).all()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def drop_oversized(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:
+    """Fetched after all (the limit was raised), or gone from the server."""
+    keys = list(keys)
+    for i in range(0, len(keys), 500):
+        conn.execute(delete(PollerOversized).where(
+            PollerOversized.account == account, PollerOversized.folder == folder,
+            PollerOversized.key.in_(keys[i:i + 500])))
 
 
 def forget_oversized(conn: Connection, account: str, folder: str,
                      present: Iterable[str]) -> None:
     """Oversized messages someone removed from the server leave the list."""
     keep = set(present)
-    gone = [k for k in known_oversized(conn, account, folder) if k not in keep]
-    for i in range(0, len(gone), 500):
-        conn.execute(delete(PollerOversized).where(
-            PollerOversized.account == account, PollerOversized.folder == folder,
-            PollerOversized.key.in_(gone[i:i + 500])))
+    drop_oversized(conn, account, folder,
+                   [k for k in known_oversized(conn, account, folder) if k not in keep])
 
 
 def list_oversized(conn: Connection, account: str | None = None) -> list[Oversized]:
     q = select(PollerOversized).order_by(PollerOversized.account, PollerOversized.first_seen)
     if account:
         q = q.where(PollerOversized.account == account)
-    return [Oversized(r.account, r.folder, r.key, r.size, r.subject, r.sender, r.message_id,
-                      r.first_seen, r.last_seen) for r in conn.execute(q).all()]
+    return [Oversized(r.account, r.folder, r.key, r.size, r.size_limit, r.subject, r.sender,
+                      r.message_id, r.first_seen, r.last_seen) for r in conn.execute(q).all()]
 
 
 # ---------------------------------------------------------------- account status

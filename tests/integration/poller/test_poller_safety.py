@@ -202,6 +202,35 @@ class TestFailures:
         listed = json.loads(capsys.readouterr().out)
         assert [(x["account"], x["subject"]) for x in listed] == [("box", "Huge")]
         assert listed[0]["size"] > 30_000
+        assert listed[0]["limit"] == 10_000
+
+    def test_imap_keep_fetches_oversized_once_the_limit_allows(self, mailbox, poller_config,
+                                                                harness, capsys):
+        """keep: a message left as oversized is fetched after max_message_size is raised."""
+        mailbox.append("helpdesk", [message(1), message(2, size=30_000, subject="Huge"),
+                                    message(3)])
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                               max_message_size="10KB")))
+        r = h.poll()
+        assert (r.fetched, r.oversized) == (2, 1)
+        mailbox.append("helpdesk", [message(4)])
+        h.gw.config = poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                                 max_message_size="20KB"))
+        r = h.poll()                     # raised, but still too small: still left
+        assert (r.status, r.fetched, r.new) == ("Successful", 1, 1), r.error
+        capsys.readouterr()
+        assert main(["--config", str(h.gw.config.conf_dir), "fetch", "--list-oversized",
+                     "--json"]) == 0
+        assert [x["limit"] for x in json.loads(capsys.readouterr().out)] == [20_000]
+        h.gw.config = poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                                 max_message_size="1MB"))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new, r.oversized) == ("Successful", 1, 1, 0), r.error
+        assert h.poll().fetched == 0
+        assert articles(h) == 4
+        assert mailbox.count("helpdesk") == 4
+        with h.gw.engine.connect() as conn:
+            assert state.list_oversized(conn, "box") == []
 
 
 KILLER = """
