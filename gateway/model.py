@@ -90,12 +90,15 @@ class Crypto:
     error: str = ""
     # Inline PGP with text outside the signed block(s): that text is marked in the body.
     partially_signed: bool = False
+    # Every signature found, in order: {method, signer, key_id, fingerprint, valid, error}.
+    signatures: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"encrypted": self.encrypted, "decrypted": self.decrypted, "signed": self.signed,
                 "signature_valid": self.signature_valid, "signer": self.signer,
                 "method": self.method, "error": self.error,
-                "partially_signed": self.partially_signed}
+                "partially_signed": self.partially_signed,
+                "signatures": [dict(s) for s in self.signatures]}
 
 
 Action = Literal["new", "followup", "ignore", "quarantine", "duplicate"]

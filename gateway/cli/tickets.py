@@ -131,7 +131,7 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
             "crypto": {k: (a.crypto or {}).get(k, d) for k, d in (
                 ("encrypted", False), ("decrypted", False), ("signed", False),
                 ("signature_valid", None), ("signer", ""), ("method", ""), ("error", ""),
-                ("partially_signed", False))},
+                ("partially_signed", False), ("signatures", []))},
         } for a in arts],
     }
 

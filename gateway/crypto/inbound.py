@@ -91,23 +91,51 @@ class _Peeler:
         c.error = f"{c.error}; {text}" if c.error else text
 
     def _signature(self, method: str, valid: bool, signers: list[str], error: str) -> None:
+        """One signature known by its signers' addresses (S/MIME, or no key store)."""
+        self._signatures(method, [pgp.PgpSignature("", "", signers, valid, error)])
+
+    def _signatures(self, method: str, sigs: list[pgp.PgpSignature]) -> None:
+        """Record every signature of one layer or block; finish() gives the verdict."""
         c = self.out.crypto
         c.signed = True
         c.method = c.method or method
-        c.signer = self.from_email if self.from_email in signers else (signers[0] if signers
-                                                                       else "")
-        if valid and signers and self.from_email not in signers:
+        for s in sigs:
+            signer = self.from_email if self.from_email in s.signers else (
+                s.signers[0] if s.signers else "")
+            c.signatures.append({"method": method, "signer": signer, "key_id": s.key_id,
+                                 "fingerprint": s.fingerprint, "valid": s.valid,
+                                 "error": s.error})
+            if not s.valid:
+                who = signer or (f"key {s.key_id}" if s.key_id else "")
+                error = s.error or "signature invalid"
+                if len(sigs) > 1 and who and not (s.key_id and s.key_id in error):
+                    error += f" ({who})"
+                self.fail(f"signature invalid: {error}")
+            self.out.notes.append(f"{method} signature: "
+                                  + ("valid" if s.valid else "not valid")
+                                  + (f" (signer {signer})" if signer else ""))
+
+    def finish(self) -> Unwrapped:
+        """The message's verdict over every signature recorded.
+
+        Valid only when every signature is good and one of them is the sender's
+        (From); a signature that cannot be checked (no public key) is not good.
+        """
+        c = self.out.crypto
+        if not c.signatures:
+            return self.out
+        signers = list(dict.fromkeys(s["signer"] for s in c.signatures if s["signer"]))
+        c.signer = self.from_email if self.from_email in signers else (
+            signers[0] if signers else "")
+        if not all(s["valid"] for s in c.signatures):
+            c.signature_valid = False
+        elif signers and not (self.from_email and self.from_email in signers):
             c.signature_valid = False
             self.fail(f"signature valid, signer mismatch (signed by {', '.join(signers)}, "
-                       f"From is {self.from_email or 'empty'})")
-        elif valid:
-            c.signature_valid = True
+                      f"From is {self.from_email or 'empty'})")
         else:
-            c.signature_valid = False
-            self.fail(f"signature invalid: {error}" if error else "signature invalid")
-        self.out.notes.append(f"{method} signature: "
-                              + ("valid" if c.signature_valid else "not valid")
-                              + (f" (signer {c.signer})" if c.signer else ""))
+            c.signature_valid = True
+        return self.out
 
     # ------------------------------------------------------------ layers
 
@@ -187,7 +215,7 @@ class _Peeler:
                 self._signature("pgp", False, [], "no GnuPG key store")
             else:
                 pv = pgp.verify_detached(self.stores.pgp, content, sig)
-                self._signature("pgp", pv.valid, pv.signers, pv.error)
+                self._signatures("pgp", pv.signatures)
         else:
             return None
         inner = parts[0]
@@ -208,7 +236,7 @@ class _Peeler:
         c.decrypted = True
         self.out.notes.append("PGP/MIME decrypted")
         if v.signed:
-            self._signature("pgp", v.valid, v.signers, v.error)
+            self._signatures("pgp", v.signatures)
         return _parsed(inner)
 
     # ------------------------------------------------------------ inline
@@ -236,7 +264,7 @@ class _Peeler:
             c.decrypted = True
             self.out.notes.append("inline PGP decrypted")
             if v.signed:
-                self._signature("pgp", v.valid, v.signers, v.error)
+                self._signatures("pgp", v.signatures)
             text = decode_bytes(plain, "utf-8")
             if PGP_BEGIN_SIGNED in text:
                 text = self.inline(text) or text
@@ -256,7 +284,7 @@ class _Peeler:
                     self._signature("pgp", False, [], "no GnuPG key store")
                 else:
                     pv = pgp.verify_clearsigned(self.stores.pgp, block.encode("utf-8"))
-                    self._signature("pgp", pv.valid, pv.signers, pv.error)
+                    self._signatures("pgp", pv.signatures)
                 pieces += [(body[pos:start], False), (pgp.clearsigned_text(block), True)]
                 pos = end
             if not pieces:
@@ -323,7 +351,7 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
     except Exception as exc:  # crypto trouble must never lose the message
         log.warning("decrypt stage failed", error=repr(exc), message_id=p.message_id)
         peeler.fail(f"{type(exc).__name__}: {exc}")
-    c = peeler.out.crypto
+    c = peeler.finish().crypto
     ctx.crypto = c
     if not (c.encrypted or c.signed):
         return
@@ -351,7 +379,7 @@ def unwrap(raw: bytes, msg: Message, rt: Runtime, recipients: list[str],
     system = [a for a in recipients if rt.config.address_by_email(a)]
     peeler = _Peeler(stores, system + [a for a in recipients if a not in system], from_email)
     peeler.peel(canonical(raw), msg)
-    return peeler.out
+    return peeler.finish()
 
 
 def _may_have_crypto(msg: Message, body: str) -> bool:

@@ -20,12 +20,26 @@ class PgpError(Exception):
 
 
 @dataclass
+class PgpSignature:
+    """One signature as gpg reported it (a message may carry several)."""
+
+    key_id: str
+    fingerprint: str = ""
+    signers: list[str] = field(default_factory=list)     # addresses of the signing key
+    valid: bool = False
+    error: str = ""
+
+
+@dataclass
 class PgpVerification:
+    """The signatures gpg found; valid only when there is one and every one is good."""
+
     signed: bool
     valid: bool = False
     signers: list[str] = field(default_factory=list)
     fingerprint: str = ""
     error: str = ""
+    signatures: list[PgpSignature] = field(default_factory=list)
 
 
 # Statuses python-gnupg records for a signature (GOODSIG, BADSIG, ERRSIG, EXPSIG,
@@ -33,6 +47,12 @@ class PgpVerification:
 _SIG_STATUSES = frozenset({"signature good", "signature valid", "signature bad",
                            "signature error", "signature expired", "no public key",
                            "signing key has expired", "signing key was revoked"})
+
+# gpg's status keywords that give the verdict on one signature (doc/DETAILS in GnuPG).
+_SIG_VERDICTS = {"GOODSIG": "", "BADSIG": "signature bad", "ERRSIG": "signature error",
+                 "EXPSIG": "signature expired", "EXPKEYSIG": "signing key has expired",
+                 "REVKEYSIG": "signing key was revoked"}
+_STATUS = "[GNUPG:] "
 
 
 def _has_signature(res: Any) -> bool:
@@ -45,8 +65,67 @@ def _has_signature(res: Any) -> bool:
     return any(p.get("status") in _SIG_STATUSES for p in getattr(res, "problems", None) or ())
 
 
+def _status_signatures(stderr: str) -> list[dict[str, str]]:
+    """Each signature's status lines from gpg's status output, one dict per signature.
+
+    python-gnupg keeps only the last signature's verdict, so with several the
+    answer would be whatever signature came last. gpg starts each with NEWSIG.
+    """
+    out: list[dict[str, str]] = []
+    cur: dict[str, str] | None = None
+    for line in stderr.splitlines():
+        if not line.startswith(_STATUS):
+            continue
+        key, _, value = line[len(_STATUS):].partition(" ")
+        parts = value.split()
+        if key == "NEWSIG":
+            cur = {}
+            out.append(cur)
+        elif key in _SIG_VERDICTS and parts:
+            if cur is None or "verdict" in cur:       # no NEWSIG (older gpg)
+                cur = {}
+                out.append(cur)
+            cur["verdict"], cur["key_id"] = key, parts[0].upper()
+            if key == "ERRSIG":
+                cur["rc"] = parts[5] if len(parts) > 5 else ""
+                cur["fingerprint"] = parts[6].upper() if len(parts) > 6 else ""
+        elif key == "VALIDSIG" and cur is not None and parts:
+            # the primary key's fingerprint when a subkey made the signature
+            cur["fingerprint"] = (parts[9] if len(parts) > 9 else parts[0]).upper()
+            cur["validsig"] = "1"
+    return [g for g in out if "verdict" in g]
+
+
+def _signature(store: PgpStore, st: dict[str, str]) -> PgpSignature:
+    key_id, fpr = st["key_id"], st.get("fingerprint", "")
+    key: PgpKey | None = None
+    if fpr:
+        key = next((k for k in store.all_keys() if k.fingerprint == fpr), None) \
+            or store.by_keyid(fpr[-16:])
+    if key is None:
+        key = store.by_keyid(key_id)
+    verdict = st["verdict"]
+    valid = verdict == "GOODSIG" and "validsig" in st
+    error = "" if valid else _SIG_VERDICTS[verdict] or "signature invalid"
+    if verdict == "ERRSIG" and (st.get("rc") == "9" or key is None):
+        error = f"no public key for signer {key_id}"
+    return PgpSignature(key_id, key.fingerprint if key else fpr,
+                        list(key.addresses) if key else [], valid, error)
+
+
 def _verification(store: PgpStore, res: Any) -> PgpVerification:
-    """A python-gnupg Verify/Crypt result → our verdict; signers from the key's UIDs."""
+    """A python-gnupg Verify/Crypt result → our verdict on every signature in it."""
+    found = _status_signatures(getattr(res, "stderr", "") or "")
+    if not found:
+        return _single_verification(store, res)
+    sigs = [_signature(store, st) for st in found]
+    bad = [s for s in sigs if not s.valid]
+    return PgpVerification(True, not bad, list(dict.fromkeys(a for s in sigs for a in s.signers)),
+                           sigs[0].fingerprint, "; ".join(s.error for s in bad), sigs)
+
+
+def _single_verification(store: PgpStore, res: Any) -> PgpVerification:
+    """The verdict from python-gnupg's fields alone (no status lines to read)."""
     if not _has_signature(res):
         return PgpVerification(signed=False)
     status = getattr(res, "status", "") or ""
@@ -74,7 +153,9 @@ def _verification(store: PgpStore, res: Any) -> PgpVerification:
             error = status if status != "decryption ok" else "signature invalid"
         else:
             error = "signature invalid"
-    return PgpVerification(True, valid, signers, key.fingerprint if key else fpr, error)
+    fingerprint = key.fingerprint if key else fpr
+    return PgpVerification(True, valid, signers, fingerprint, error,
+                           [PgpSignature(key_id, fingerprint, signers, valid, error)])
 
 
 def _candidates(store: PgpStore, prefer: list[str]) -> list[str | None]:
@@ -148,6 +229,8 @@ def _verdict(store: PgpStore, res: Any) -> PgpVerification:
         v.valid, v.error = False, _timeout_text()
     elif not v.valid and not v.error:
         v.error = "signature invalid"
+    if not v.signatures:
+        v.signatures = [PgpSignature("", v.fingerprint, list(v.signers), v.valid, v.error)]
     return v
 
 

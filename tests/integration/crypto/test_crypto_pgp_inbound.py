@@ -291,6 +291,100 @@ class TestInlinePartlySigned:
             < body.index("Second signed part.")
 
 
+COLLEAGUE = "colleague@customer.test"
+
+
+@pytest.fixture(scope="module")
+def colleague(pgp_keys):
+    """A second signer's key in the correspondent's GnuPG home; its public key."""
+    home = pgp_keys.customer
+    if home.run("--list-secret-keys", COLLEAGUE, check=False).returncode != 0:
+        home.gen_key(f"Colleague <{COLLEAGUE}>")
+    return home.export(COLLEAGUE)
+
+
+def _sigs(c):
+    return sorted((s["signer"], s["valid"]) for s in c["signatures"])
+
+
+def signed_by_two(content: bytes, sig: bytes, mid: str) -> bytes:
+    """multipart/signed whose signature part (base64) holds the given OpenPGP packets."""
+    return HEAD.format(mid=mid).encode() + crlf(
+        b'Content-Type: multipart/signed; micalg=pgp-sha256; '
+        b'protocol="application/pgp-signature"; boundary="sig"\n\n--sig\n'
+        + content + b"\n--sig\nContent-Type: application/pgp-signature\n"
+        b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(sig) + b"--sig--\n")
+
+
+class TestSeveralSignatures:
+    def test_two_valid_signatures_are_both_recorded(self, pgp_env, pgp_keys, colleague,
+                                                    deliver):
+        """Clearsigned by the sender and a colleague (both keys known): both recorded,
+        each with signer, key id and fingerprint; the message is valid."""
+        pgp_env.stores.pgp.import_(colleague)
+        signed = pgp_keys.customer.run("--clearsign", "-u", CUSTOMER, "-u", COLLEAGUE,
+                                       input=b"Signed by two.\n").stdout
+        c = deliver(inline(signed, "two1")).crypto
+        assert c["signature_valid"] is True and c["signer"] == CUSTOMER and c["error"] == ""
+        assert _sigs(c) == [(COLLEAGUE, True), (CUSTOMER, True)]
+        fprs = {pgp_keys.customer.fingerprint(CUSTOMER), pgp_keys.customer.fingerprint(COLLEAGUE)}
+        assert {s["fingerprint"] for s in c["signatures"]} == fprs
+        assert {s["key_id"] for s in c["signatures"]} == {f[-16:] for f in fprs}
+        assert all(s["method"] == "pgp" for s in c["signatures"])
+
+    def test_a_bad_signature_next_to_a_good_one_makes_the_message_invalid(
+            self, pgp_env, pgp_keys, colleague, deliver):
+        """The sender's good signature and a colleague's bad one: both recorded, the
+        message is not valid and the error names the bad signer."""
+        pgp_env.stores.pgp.import_(colleague)
+        cust = pgp_keys.customer
+        good = cust.run("--detach-sign", "-u", CUSTOMER, input=crlf(INNER)).stdout
+        bad = cust.run("--detach-sign", "-u", COLLEAGUE, input=b"something else\n").stdout
+        c = deliver(signed_by_two(INNER, good + bad, "two2")).crypto
+        assert c["signed"] and c["signature_valid"] is False and c["signer"] == CUSTOMER
+        assert _sigs(c) == [(COLLEAGUE, False), (CUSTOMER, True)]
+        assert "signature invalid: signature bad" in c["error"] and COLLEAGUE in c["error"]
+
+    def test_signature_by_an_unknown_key_makes_the_message_invalid(self, pgp_env, pgp_keys,
+                                                                   colleague, deliver):
+        """A second signature whose key the gateway lacks cannot be checked: recorded
+        with its key id, and the message is not valid."""
+        signed = pgp_keys.customer.run("--clearsign", "-u", COLLEAGUE, "-u", CUSTOMER,
+                                       input=b"Signed by two.\n").stdout
+        c = deliver(inline(signed, "two3")).crypto
+        assert c["signature_valid"] is False and c["signer"] == CUSTOMER
+        unknown = next(s for s in c["signatures"] if not s["valid"])
+        assert unknown["key_id"] == pgp_keys.customer.fingerprint(COLLEAGUE)[-16:]
+        assert unknown["signer"] == ""
+        assert "no public key" in c["error"]
+
+    def test_encrypted_and_signed_by_two(self, pgp_env, pgp_keys, colleague, deliver):
+        """Encrypted and signed by two keys: both signatures recorded after decryption."""
+        pgp_env.stores.pgp.import_(colleague)
+        armored = pgp_keys.customer.run("--armor", "--encrypt", "-r", SUPPORT, "--sign",
+                                        "-u", CUSTOMER, "-u", COLLEAGUE, input=INNER).stdout
+        c = deliver(pgp_mime_encrypted(armored, "two4")).crypto
+        assert c["decrypted"] and c["signature_valid"] is True
+        assert _sigs(c) == [(COLLEAGUE, True), (CUSTOMER, True)]
+
+    def test_valid_signatures_none_by_the_sender_are_not_valid(self, pgp_env, pgp_keys,
+                                                               colleague, deliver):
+        """Only a colleague signed (validly): recorded as valid, the message is not valid
+        for the sender in From."""
+        pgp_env.stores.pgp.import_(colleague)
+        signed = pgp_keys.customer.run("--clearsign", "-u", COLLEAGUE,
+                                       input=b"Signed by the colleague.\n").stdout
+        c = deliver(inline(signed, "two5")).crypto
+        assert _sigs(c) == [(COLLEAGUE, True)]
+        assert c["signature_valid"] is False and "signer mismatch" in c["error"]
+
+    def test_a_single_signature_is_one_entry(self, pgp_env, pgp_keys, deliver):
+        """One good signature: one entry, the message valid as before."""
+        sig = pgp_keys.customer.detach_sign(INNER, CUSTOMER)
+        c = deliver(pgp_mime_signed(INNER, sig, "two6")).crypto
+        assert _sigs(c) == [(CUSTOMER, True)] and c["signature_valid"] is True
+
+
 class TestPgpImport:
     def test_wrong_passphrase_refused(self, crypto_env, pgp_keys):
         """Importing a protected secret key with a wrong passphrase: clear error, key not kept."""
