@@ -41,7 +41,9 @@ def _read(path: str) -> bytes:
 
 def _open_db(cfg: Config) -> tuple[Any, str]:
     """(engine or None, status) without creating anything."""
-    from sqlalchemy import create_engine, inspect
+    from sqlalchemy import inspect
+
+    from gateway.store.db import make_engine
 
     url = cfg.database_url
     if url.startswith("sqlite:///"):
@@ -49,7 +51,8 @@ def _open_db(cfg: Config) -> tuple[Any, str]:
         if path != ":memory:" and not Path(path).exists():
             return None, "no database"
     try:
-        engine = create_engine(url)
+        # deskgate's own engine: its connect and (PostgreSQL) lock timeouts
+        engine = make_engine(url, fast_path=cfg.store.fast_path)
         with engine.connect() as conn:
             if not inspect(conn).has_table("ticket"):
                 engine.dispose()
@@ -104,6 +107,8 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
             {"priority": e.priority, "key": e.key, "value": e.value} for e in ctx.log.entries],
     }
     decision: dict[str, Any] = {}
+    from sqlalchemy.exc import SQLAlchemyError
+
     from gateway.inbound.ticket import is_true
 
     engine, db_status = _open_db(cfg)
@@ -118,6 +123,11 @@ def explain(cfg: Config, raw: bytes, *, trusted: bool = False,
                 with engine.connect() as conn:
                     d = followup.decide(ctx, rt, conn, notes)
                     conn.rollback()
+            except SQLAlchemyError as exc:
+                # a table locked by another session (lock timeout), the server gone
+                report["database"] = (
+                    f"database busy or gone ({type(getattr(exc, 'orig', exc)).__name__})")
+                notes.append("follow-up detection skipped: the database did not answer")
             finally:
                 engine.dispose()
         if d is not None and d.kind != "new-ticket":

@@ -108,3 +108,43 @@ class TestFilterTestCli:
         assert report["decision"]["queue"] == "Sales"
         rc, _out = run_cli(conf, str(msg), "--account", "nope", capsys=capsys)
         assert rc == 65
+
+
+class TestFilterTestDatabaseBusy:
+    def test_held_lock_gives_an_answer_not_a_hang(self, make_confdir, pg_url, tmp_path,
+                                                   capsys):
+        """A table locked by another session (an admin's ALTER, a stuck node): `filter
+        test` still reports, within the lock timeout, and says the database is busy."""
+        import threading
+
+        from sqlalchemy import create_engine, text
+
+        from gateway.store.db import make_engine, migrate
+        from tests.integration.core.stored import db_conf
+
+        eng = make_engine(pg_url)
+        migrate(eng)
+        eng.dispose()
+        conf = make_confdir(db_conf(pg_url), policies={"10.toml": POLICY})
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(mail("Re: [Ticket#2026010110000001] printer"))
+        admin = create_engine(pg_url)
+        holder = admin.connect()
+        holder.execute(text("LOCK TABLE ticket IN ACCESS EXCLUSIVE MODE"))
+        got: list[tuple[int, str]] = []
+        t = threading.Thread(target=lambda: got.append(
+            run_cli(conf, str(msg), "--json", capsys=capsys)), daemon=True)
+        try:
+            t.start()
+            t.join(30)          # deskgate's default lock timeout on PostgreSQL: 10 s
+        finally:
+            holder.rollback()
+            holder.close()
+            admin.dispose()
+        t.join(15)
+        assert got, "filter test did not answer while the table was locked"
+        rc, out = got[0]
+        report = json.loads(out)
+        assert rc == 0 and report["database"].startswith("database busy")
+        assert report["decision"]["action"] == "new"
+        assert any("follow-up" in n for n in report["decision"]["notes"])
