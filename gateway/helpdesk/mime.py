@@ -4,6 +4,7 @@ decrypted message (with `store_decrypted_body`), built at hand-off time."""
 from __future__ import annotations
 
 import email
+import email.utils
 import re
 from collections.abc import Sequence
 from email.message import Message
@@ -49,6 +50,69 @@ def strip_prefixed(raw: bytes, prefixes: Sequence[str]) -> bytes:
     kept = [line for line in header_lines(head) if not line.lower().startswith(low)]
     # The separator starts with the last header's line end: keep exactly one.
     return b"".join(kept).rstrip(b"\r\n") + sep + body
+
+
+_NAME_PARAM = re.compile(rb"name\*?(\d+\*?)?\s*=", re.IGNORECASE)
+
+
+def safe_mime_filenames(raw: bytes) -> bytes:
+    """The message with the filename= and name= parameters of every part replaced by
+    their safe form (gateway.helpdesk.filenames); `raw` itself when all are safe.
+
+    A message with a multipart/signed part is returned unchanged: rewriting it would
+    touch signed bytes (or re-fold signed headers) and break the signature.
+    """
+    from gateway.helpdesk.filenames import safe_filename
+    from gateway.inbound.parse import decode_header_value
+
+    if not _NAME_PARAM.search(raw):
+        return raw
+    msg = email.message_from_bytes(raw, policy=compat32)
+    parts = list(msg.walk())
+    if any(p.get_content_type() == "multipart/signed" for p in parts):
+        return raw
+    changed, position = False, 0
+    for part in parts:
+        if part.is_multipart():
+            continue
+        for header, param in (("Content-Disposition", "filename"), ("Content-Type", "name")):
+            value = _param(part, param, header)
+            if value is None:
+                continue
+            if param == "filename" or _param(part, "filename", "Content-Disposition") is None:
+                position += 1
+            name = decode_header_value(value)
+            safe = safe_filename(name, position)
+            if safe == name:
+                continue
+            part.set_param(param, safe, header=header, replace=True,
+                           charset=None if safe.isascii() else "utf-8")
+            changed = True
+    if not changed:
+        return raw
+    head = split_head(raw)[0]
+    return _flatten(msg, "\r\n" if b"\r\n" in head[:4096] else "\n")
+
+
+def _param(part: Message, param: str, header: str) -> str | None:
+    """A parameter's value (RFC 2231 decoded); None when absent or unreadable."""
+    try:
+        value = part.get_param(param, header=header)
+    except Exception:      # a header compat32 cannot split: leave it as sent
+        return None
+    if isinstance(value, tuple):
+        return email.utils.collapse_rfc2231_value(value)
+    return None if value is None else str(value)
+
+
+def _flatten(msg: Message, linesep: str) -> bytes:
+    import io
+    from email.generator import BytesGenerator
+
+    buf = io.BytesIO()
+    BytesGenerator(buf, mangle_from_=False, maxheaderlen=0,
+                   policy=compat32.clone(linesep=linesep)).flatten(msg)
+    return buf.getvalue()
 
 
 def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: str,

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
-from gateway.helpdesk.mime import split_head, strip_prefixed
+from gateway.helpdesk.mime import safe_mime_filenames, split_head, strip_prefixed
 
 EX_TEMPFAIL = 75
 STDERR_TAIL = 600
@@ -181,7 +181,8 @@ class OtoboPostmaster:
         """The message as OTOBO gets it (prefixed headers replaced by deskgate's), and
         the headers written."""
         headers = [(self.prefix + n, v) for n, v in decision_headers(item, self.config)]
-        return rewrite_headers(item.mime, self.config.gateway.header_prefixes, headers), headers
+        mime = safe_mime_filenames(item.mime)
+        return rewrite_headers(mime, self.config.gateway.header_prefixes, headers), headers
 
     def deliver(self, item: HandoffItem) -> Delivered:
         message, headers = self.render(item)

@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.filenames import safe_filename
 from gateway.helpdesk.http import opener, redirect_note
 
 Log = list[tuple[str, str, str]]
@@ -349,7 +350,7 @@ class OtoboRest:
         out: dict[str, Any] = {"Article": article}
         files = []
         for i, att in enumerate(item.attachments):
-            name = att.filename or f"attachment-{i + 1}"
+            name = safe_filename(att.filename, i + 1)
             if not att.content:
                 # TicketCreate/TicketUpdate refuse the whole article (MissingParameter).
                 log.append(("Notice", "Attachment", f"attachment {name!r} is empty: not "

@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.filenames import safe_filename
 from gateway.helpdesk.http import opener, redirect_note
 
 API = "/REST/2.0"
@@ -190,11 +191,12 @@ class RtRest2:
             fields.update(Content=str(a.get("body") or ""), ContentType="text/plain")
         files, warnings = [], []
         for n, att in enumerate(item.attachments, 1):
+            name = safe_filename(att.filename, n)
             if not att.content:
                 # REST2 refuses a file without content.
-                warnings.append(f"attachment {att.filename or n!s} is empty and was not sent")
+                warnings.append(f"attachment {name} is empty and was not sent")
                 continue
-            files.append({"FileName": att.filename or f"attachment-{n}",
+            files.append({"FileName": name,
                           "FileType": att.content_type or "application/octet-stream",
                           "FileContent": base64.b64encode(att.content).decode("ascii")})
         if files:

@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.filenames import safe_filename
 from gateway.helpdesk.http import opener, redirect_note
 
 SCHEMA_VERSION = 1
@@ -40,11 +41,12 @@ def document(item: HandoffItem) -> dict[str, Any]:
         "article": {"id": item.article_id, **item.article},
         "decisions": item.decisions,
         "crypto": item.crypto,
-        "attachments": [{"filename": a.filename, "content_type": a.content_type,
+        "attachments": [{"filename": safe_filename(a.filename, n),
+                         "content_type": a.content_type,
                          "size": len(a.content), "content_id": a.content_id,
                          "disposition": a.disposition,
                          "content_base64": base64.b64encode(a.content).decode("ascii")}
-                        for a in item.attachments],
+                        for n, a in enumerate(item.attachments, 1)],
     }
 
 

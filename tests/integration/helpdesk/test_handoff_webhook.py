@@ -96,6 +96,28 @@ class TestWebhookHandoff:
         assert shown["helpdesk"]["ticket_id"] == handoffs(rg)[0]["helpdesk_ticket_id"]
         assert shown["helpdesk"]["url"].startswith("https://hd.example/ticket/")
 
+    def test_attachment_names_are_safe_for_the_helpdesk_and_kept_in_deskgate(
+            self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
+    ) -> None:
+        """The helpdesk gets `x` for an attachment named ../../etc/x; deskgate's ticket
+        keeps the name the customer sent."""
+        rg = webhook_gateway()
+        data = (b"From: Alice <alice@customer.test>\r\nTo: support@example.org\r\n"
+                b"Subject: files\r\nMessage-ID: <f1@customer.test>\r\nMIME-Version: 1.0\r\n"
+                b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+                b"Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n"
+                b"Content-Type: application/octet-stream\r\n"
+                b'Content-Disposition: attachment; filename="../../etc/x"\r\n'
+                b"Content-Transfer-Encoding: base64\r\n\r\nQUJD\r\n--b--\r\n")
+        assert deliver(rg, data) == 250
+        doc = receiver.wait_delivered(1)[0]
+        assert [a["filename"] for a in doc["attachments"]] == ["x"]
+        assert wait_for(lambda: handoffs(rg)[0]["status"] == "delivered")
+        out = cli(rg, "tickets", "show", handoffs(rg)[0]["ticket"], "--json")
+        assert out.returncode == 0, out.stderr
+        stored = json.loads(out.stdout)["articles"][0]["attachments"]
+        assert [a["filename"] for a in stored] == ["../../etc/x"]
+
     def test_untrusted_x_headers_do_not_reach_the_helpdesk(
             self, webhook_gateway: Callable[..., RunningGateway], receiver: WebhookReceiver
     ) -> None:

@@ -168,3 +168,53 @@ class TestRtTooLarge:
         with pytest.raises(HandoffError) as exc:
             connector("rt-rest2", "").deliver(it)
         assert not exc.value.temporary and "too large" in str(exc.value)
+
+
+class TestAttachmentNames:
+    """Each HTTP connector hands the helpdesk safe file names; the item (what deskgate
+    stored) keeps the customer's."""
+
+    def test_otobo_rest(self, server: FakeHttp,
+                        connector: Callable[[str, str], Connector]) -> None:
+        """TicketCreate gets the safe Filename of every attachment."""
+        from tests.unit.helpdesk.test_attachment_names import SAFE, UNSAFE, unsafe_item
+
+        server.on("POST", "/ws/Session", (200, {}, {"SessionID": "sid"}))
+        server.on("POST", "/ws/Ticket", otobo_ticket_create)
+        it = unsafe_item()
+        connector("otobo-rest", "/ws").deliver(it)
+        assert [a["Filename"] for a in server.requests[-1].json["Attachment"]] == SAFE
+        assert it.attachments == UNSAFE
+
+    def test_rt_rest2(self, server: FakeHttp,
+                      connector: Callable[[str, str], Connector]) -> None:
+        """POST /ticket carries the safe FileName of every attachment."""
+        from tests.unit.helpdesk.test_attachment_names import SAFE, UNSAFE, unsafe_item
+
+        server.on("GET", "/REST/2.0/queue/Raw", (200, {}, {"TicketCustomFields": []}))
+        server.on("POST", "/REST/2.0/ticket", (201, {}, {"id": 5}))
+        it = unsafe_item()
+        assert connector("rt-rest2", "").deliver(it).ticket_id == "5"
+        assert [a["FileName"] for a in server.requests[-1].json["Attachments"]] == SAFE
+        assert it.attachments == UNSAFE
+
+    def test_rt_rest2_empty_file_warning_uses_the_safe_name(
+            self, server: FakeHttp, connector: Callable[[str, str], Connector]) -> None:
+        """The note about a skipped empty file names it safely (no control characters)."""
+        server.on("GET", "/REST/2.0/queue/Raw", (200, {}, {"TicketCustomFields": []}))
+        server.on("POST", "/REST/2.0/ticket", (201, {}, {"id": 5}))
+        it = replace(item(mail("x")), attachments=[
+            AttachmentData(filename="../e\x1b.txt", content_type="text/plain", content=b"")])
+        res = connector("rt-rest2", "").deliver(it)
+        assert ("Notice", "RT", "attachment e.txt is empty and was not sent") in res.log
+
+    def test_webhook(self, server: FakeHttp,
+                     connector: Callable[[str, str], Connector]) -> None:
+        """The webhook document's attachments[].filename is the safe name."""
+        from tests.unit.helpdesk.test_attachment_names import SAFE, UNSAFE, unsafe_item
+
+        server.on("POST", "/hook", (200, {}, {"ticket_id": "1"}))
+        it = unsafe_item()
+        connector("webhook", "/hook").deliver(it)
+        assert [a["filename"] for a in server.requests[-1].json["attachments"]] == SAFE
+        assert it.attachments == UNSAFE
