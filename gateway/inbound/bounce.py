@@ -1,5 +1,6 @@
-"""Bounces: recognise a DSN (RFC 3464 multipart/report; report-type=delivery-status)
-and find the Message-ID of the message it reports on.
+"""Bounces: recognise a DSN (RFC 3464 multipart/report; report-type=delivery-status,
+internationalized ones of RFC 6533 too) and find the Message-ID of the message it
+reports on.
 
 The prepare stage only reads the message: it marks ctx.is_bounce, ctx.loop (a DSN
 never gets an auto-response) and ctx.bounced_message_id. The follow-up stage
@@ -8,6 +9,7 @@ matches that id to a stored outgoing article and records the failure on it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
@@ -38,22 +40,52 @@ def is_dsn(msg: Message) -> bool:
     return str(msg.get_param("report-type", "") or "").lower() == "delivery-status"
 
 
+def _text_blocks(text: str) -> list[Message]:
+    return [HeaderParser().parsestr(chunk.strip() + "\n")
+            for chunk in text.replace("\r\n", "\n").split("\n\n") if chunk.strip()]
+
+
 def _blocks(part: Message) -> list[Message]:
-    """The header blocks of a message/delivery-status part."""
+    """The field blocks of a message/(global-)delivery-status part.
+
+    The email package splits message/delivery-status into blocks; a
+    message/global-delivery-status part (RFC 6533) it parses as one embedded message
+    whose header is the first block and whose body holds the others.
+    """
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [b for b in payload if isinstance(b, Message)]
+        blocks = [b for b in payload if isinstance(b, Message)]
+        if part.get_content_type() == "message/global-delivery-status" and len(blocks) == 1:
+            body = blocks[0].get_payload(decode=True)     # the bytes as they came
+            if isinstance(body, bytes):
+                blocks += _text_blocks(body.decode("utf-8", "replace"))
+        return blocks
     if isinstance(payload, str):
-        return [HeaderParser().parsestr(chunk.strip() + "\n")
-                for chunk in payload.replace("\r\n", "\n").split("\n\n") if chunk.strip()]
+        return _text_blocks(payload)
     return []
 
 
+_EMBEDDED = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+
+
 def _field(value: object) -> str:
-    """'rfc822; user@x' → 'user@x'; 'smtp; 550 5.1.1 no' → '550 5.1.1 no'."""
+    """'rfc822; user@x' → 'user@x'; 'smtp; 550 5.1.1 no' → '550 5.1.1 no';
+    'utf-8; j\\x{F6}rg@x' → 'jörg@x' (RFC 6533's escapes decoded)."""
     text = decode_header_value(value).strip()
     kind, sep, rest = text.partition(";")
-    return rest.strip() if sep and kind.strip().isalnum() else text
+    kind = kind.strip()
+    if not (sep and kind.replace("-", "").isalnum()):
+        return text
+    rest = rest.strip()
+    if kind.lower() == "utf-8" and "\\x{" in rest:
+        rest = _EMBEDDED.sub(_code_point, rest)
+    return rest
+
+
+def _code_point(m: re.Match[str]) -> str:
+    """The character of a \\x{HEX} escape; the escape itself when it names none."""
+    cp = int(m[1], 16)
+    return chr(cp) if cp <= 0x10FFFF and not 0xD800 <= cp <= 0xDFFF else m[0]
 
 
 def _message_id(value: object) -> str:
@@ -80,11 +112,12 @@ def parse_dsn(msg: Message) -> DsnInfo | None:
                     diagnostic = _field(block.get("Diagnostic-Code", ""))
                     recipient = _field(block.get("Original-Recipient", "")
                                        or block.get("Final-Recipient", ""))
-        elif ctype in ("message/rfc822", "message/global") and not mid:
+        elif ctype in ("message/rfc822", "message/global", "message/global-headers") \
+                and not mid:
             inner = part.get_payload()
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
                 mid = _message_id(inner[0].get("Message-ID", ""))
-        elif ctype in ("text/rfc822-headers", "text/global-headers") and not mid:
+        elif ctype == "text/rfc822-headers" and not mid:
             payload = part.get_payload(decode=True)
             text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
             mid = _message_id(HeaderParser().parsestr(text).get("Message-ID", ""))

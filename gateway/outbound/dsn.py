@@ -2,11 +2,17 @@
 
 A DSN goes out through the same queue with the null envelope sender (or
 `relay.bounce_sender`), so it can itself never cause another DSN.
+
+A non-ASCII recipient is reported as RFC 6533 asks: `Final-Recipient: utf-8;
+<address>`, raw UTF-8, in a message/global-delivery-status part; ASCII ones keep
+`rfc822;` (in a message/delivery-status part when every address is ASCII).
+Original headers in UTF-8 come back as message/global-headers.
 """
 
 from __future__ import annotations
 
 import email.utils
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import Message
@@ -27,6 +33,46 @@ def _enhanced(code: int, reply: str, action: str) -> str:
     if action == "delayed":
         return "4.0.0"
     return "5.0.0" if code >= 500 or code == 0 else "4.0.0"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _RawParts:
+    """8-bit bodies of message/* parts, written as they are.
+
+    The generator writes a message/* part given as text only when it is ASCII, so such
+    a part holds a placeholder until the report is generated; the boundary is chosen
+    here so that it cannot occur in what replaces the placeholders.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[bytes, bytes] = {}
+
+    def put(self, part: MIMEBase, body: bytes) -> None:
+        token = f"deskgate-raw-part-{len(self.parts)}-{secrets.token_hex(8)}"
+        part.set_payload(token)
+        part["Content-Transfer-Encoding"] = "8bit"
+        self.parts[token.encode()] = body
+
+    def fill(self, report: MIMEMultipart) -> bytes:
+        """The report as bytes with every placeholder replaced by its body."""
+        if not self.parts:
+            return report.as_bytes()
+        bodies = b"\n".join(self.parts.values())
+        boundary = f"=_deskgate_{secrets.token_hex(12)}"
+        while boundary.encode() in bodies:         # as good as never
+            boundary = f"=_deskgate_{secrets.token_hex(12)}"
+        report.set_boundary(boundary)
+        data = report.as_bytes()
+        for token, body in self.parts.items():
+            data = data.replace(token, body)
+        return data
 
 
 def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: str,
@@ -61,13 +107,15 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     text = "\n".join(lines) + "\n"
     report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 
+    raw = _RawParts()
     per_msg = Message()
     per_msg["Reporting-MTA"] = f"dns; {reporting_mta}"
     per_msg["Arrival-Date"] = email.utils.format_datetime(arrival)
     blocks = [per_msg]
     for r in results:
         b = Message()
-        b["Final-Recipient"] = header_safe(f"rfc822; {r.address}")
+        kind = "rfc822" if r.address.isascii() else "utf-8"
+        b["Final-Recipient"] = header_safe(f"{kind}; {r.address}")
         b["Action"] = action
         b["Status"] = _enhanced(r.code, r.reply, action)
         if remote_mta:
@@ -79,17 +127,30 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         if action == "delayed" and retry_until:
             b["Will-Retry-Until"] = email.utils.format_datetime(retry_until)
         blocks.append(b)
-    status_part = MIMEBase("message", "delivery-status")
-    status_part.set_payload(blocks)  # type: ignore[arg-type]
+    if all(r.address.isascii() for r in results):
+        status_part = MIMEBase("message", "delivery-status")
+        status_part.set_payload(blocks)  # type: ignore[arg-type]
+    else:
+        # The fields as written, UTF-8 unencoded (the generator would apply RFC 2047 to
+        # header blocks), carried as surrogates like the headers part below.
+        status_part = MIMEBase("message", "global-delivery-status")
+        fields = "\r\n\r\n".join("\r\n".join(f"{k}: {v}" for k, v in b.items())
+                                   for b in blocks) + "\r\n"
+        raw.put(status_part, fields.encode("utf-8", "surrogateescape"))
     report.attach(status_part)
 
-    # The header bytes as they were sent: 8-bit ones (a raw UTF-8 Subject) pass through
-    # the generator unchanged as surrogates, in a part marked 8bit.
-    headers_part = MIMEBase("text", "rfc822-headers")
-    headers_part.set_payload(original_headers.rstrip(b"\r\n").decode("ascii", "surrogateescape")
-                             + "\r\n")
-    if not original_headers.isascii():
-        headers_part["Content-Transfer-Encoding"] = "8bit"
+    # The header bytes as they were sent, in a part marked 8bit when they are not ASCII:
+    # UTF-8 ones (RFC 6532) as message/global-headers, other 8-bit bytes (which pass the
+    # generator as surrogates) as text/rfc822-headers.
+    returned = original_headers.rstrip(b"\r\n") + b"\r\n"
+    if original_headers.isascii() or not _is_utf8(original_headers):
+        headers_part = MIMEBase("text", "rfc822-headers")
+        headers_part.set_payload(returned.decode("ascii", "surrogateescape"))
+        if not original_headers.isascii():
+            headers_part["Content-Transfer-Encoding"] = "8bit"
+    else:
+        headers_part = MIMEBase("message", "global-headers")
+        raw.put(headers_part, returned)
     report.attach(headers_part)
-    data = report.as_bytes()
+    data = raw.fill(report)
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -6,6 +6,9 @@ import copy
 import random
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
+from email.message import Message
+from email.parser import BytesParser, HeaderParser
+from email.policy import default as default_policy
 
 from sqlalchemy import select
 
@@ -273,6 +276,76 @@ class TestDsn:
         assert part["Content-Transfer-Encoding"] == "8bit"
         assert part.get_payload(decode=True) == headers + b"\r\n"
         info = parse_dsn(msg)
+        assert info is not None and info.original_message_id == "<m1@example.org>"
+
+    def test_non_ascii_recipient_is_rfc6533(self):
+        """A non-ASCII recipient is written raw as `Final-Recipient: utf-8; <address>` in a
+        message/global-delivery-status part (8bit), never in RFC 2047 form; an ASCII one
+        in the same DSN keeps `rfc822;`. Python's parser and the bounce parser read both."""
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org\r\nMessage-ID: <m1@example.org>",
+                         original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(1, "j\u00f6rg@b\u00fccher.test", 550,
+                                                "5.1.1 no such user"),
+                                  oq.RcptResult(2, "a@customer.test", 550, "5.1.1 no user")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        assert b"=?" not in data
+        assert "Final-Recipient: utf-8; j\u00f6rg@b\u00fccher.test\r\n".encode() in data
+        assert b"Final-Recipient: rfc822; a@customer.test\r\n" in data
+        msg = BytesParser(policy=default_policy).parsebytes(data)
+        assert msg.get_param("report-type") == "delivery-status"
+        (part,) = [p for p in msg.walk()
+                   if p.get_content_type() == "message/global-delivery-status"]
+        assert part["Content-Transfer-Encoding"] == "8bit"
+        assert not [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+        # Python parses a message/* part as one embedded message: the per-message fields
+        # are its header, the per-recipient blocks its body.
+        (per_msg,) = part.get_payload()
+        assert per_msg["Reporting-MTA"] == "dns; helpdesk.test"
+        body = per_msg.get_payload(decode=True).decode("utf-8")
+        blocks = [HeaderParser(policy=default_policy).parsestr(b)
+                  for b in body.split("\r\n\r\n") if b.strip()]
+        assert [(b["Final-Recipient"], b["Action"], b["Status"]) for b in blocks] == [
+            ("utf-8; j\u00f6rg@b\u00fccher.test", "failed", "5.1.1"),
+            ("rfc822; a@customer.test", "failed", "5.1.1")]
+        info = parse_dsn(message_from_bytes(data))
+        assert info is not None
+        assert (info.recipient, info.status, info.original_message_id) == \
+            ("j\u00f6rg@b\u00fccher.test", "5.1.1", "<m1@example.org>")
+
+    def test_ascii_dsn_keeps_delivery_status(self):
+        """With ASCII addresses only, the status part stays message/delivery-status with
+        `rfc822;` recipients (RFC 3464)."""
+        data = build_dsn(action="delayed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org",
+                         original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(1, "a@customer.test", 451, "4.3.0 later")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        msg = message_from_bytes(data)
+        (part,) = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+        blocks = part.get_payload()
+        assert isinstance(blocks[1], Message)
+        assert blocks[1]["Final-Recipient"] == "rfc822; a@customer.test"
+        assert "global" not in data.decode()
+
+    def test_utf8_original_headers_are_returned_as_global_headers(self):
+        """Original headers in UTF-8 (RFC 6532) come back unchanged in a
+        message/global-headers part (RFC 6533), marked 8bit; the bounce parser still finds
+        the Message-ID there."""
+        headers = ("From: J\u00f6rg <j\u00f6rg@example.org>\r\nSubject: Gr\u00fc\u00dfe\r\n"
+                   "Message-ID: <m1@example.org>").encode()
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=headers, original_message_id="",
+                         results=[oq.RcptResult(1, "a@customer.test", 550, "5.1.1 no user")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        msg = BytesParser(policy=default_policy).parsebytes(data)
+        (part,) = [p for p in msg.walk() if p.get_content_type() == "message/global-headers"]
+        assert part["Content-Transfer-Encoding"] == "8bit"
+        assert not [p for p in msg.walk() if p.get_content_type() == "text/rfc822-headers"]
+        assert headers + b"\r\n" in data
+        (returned,) = part.get_payload()
+        assert returned["Subject"] == "Gr\u00fc\u00dfe"
+        info = parse_dsn(message_from_bytes(data))
         assert info is not None and info.original_message_id == "<m1@example.org>"
 
     def test_rejected_8bit_message_is_recorded_and_bounced(self, ob_engine, rt):

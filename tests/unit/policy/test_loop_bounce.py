@@ -77,6 +77,28 @@ class TestBounce:
         info = parse_dsn(parse_message(raw).msg)
         assert info is not None and info.original_message_id == "<out2@example.org>"
 
+    def test_global_dsn_rfc6533(self):
+        """A DSN as Postfix writes it for an SMTPUTF8 message (RFC 6533): the recipient
+        blocks of its message/global-delivery-status part are read, a `utf-8;` address
+        (\\x{..} escapes decoded) is the recipient, and the Message-ID comes from the
+        message/global-headers part."""
+        raw = ("MIME-Version: 1.0\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+               'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n'
+               "\r\n--b\r\nContent-Type: text/plain\r\n\r\nsorry\r\n"
+               "--b\r\nContent-Type: message/global-delivery-status\r\n"
+               "Content-Transfer-Encoding: 8bit\r\n\r\n"
+               "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
+               "Final-Recipient: utf-8; j\u00f6rg\\x{20}b@b\u00fccher.test\r\nAction: failed\r\n"
+               "Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 unknown\r\n\r\n"
+               "--b\r\nContent-Type: message/global-headers\r\n"
+               "Content-Transfer-Encoding: 8bit\r\n\r\n"
+               "From: J\u00f6rg <support@example.org>\r\nMessage-ID: <out5@example.org>\r\n"
+               "\r\n--b--\r\n").encode()
+        info = parse_dsn(parse_message(raw).msg)
+        assert info is not None
+        assert (info.action, info.status, info.recipient, info.original_message_id) == (
+            "failed", "5.1.1", "j\u00f6rg b@b\u00fccher.test", "<out5@example.org>")
+
     def test_not_a_dsn(self):
         """A plain message and a multipart/report of another type are no DSN."""
         assert parse_dsn(parse_message(mail()).msg) is None
