@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, text
 
 from gateway.classify.text import message_text
 from gateway.store.tables import Article, Ticket, TicketMove
@@ -24,7 +24,13 @@ class Example:
 
 def load_examples(conn: Connection, *, since: datetime | None = None,
                   exclude_queues: tuple[str, ...] = ()) -> list[Example]:
-    """Tickets (created since `since`) outside the excluded queues, oldest first."""
+    """Tickets (created since `since`) outside the excluded queues, oldest first.
+
+    On PostgreSQL the read runs without the session's statement timeout (60 s by
+    default, gateway.store.db): on a big store it may take longer, and it is an
+    admin's batch job, not a delivery that must answer in time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SET LOCAL statement_timeout = 0"))   # this transaction only
     first = (select(Article.ticket_id, func.min(Article.id).label("article_id"))
              .where(Article.direction == "incoming", Article.sender_type == "customer")
              .group_by(Article.ticket_id).subquery())

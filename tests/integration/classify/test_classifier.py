@@ -490,3 +490,23 @@ class TestPostgres:
         finally:
             gw.close()
         assert t.queue == "Billing" and t.classification["applied_queue"] is True
+
+    def test_training_read_is_not_bound_by_the_statement_timeout(self, pg_url):
+        """Reading every ticket for training may take longer than deskgate's statement
+        timeout on a big store: that one read runs without it."""
+        from sqlalchemy import text
+
+        from gateway.classify.data import load_examples
+        from gateway.store.db import make_engine, migrate
+
+        eng = make_engine(pg_url)
+        try:
+            migrate(eng)
+            with eng.connect() as conn:
+                assert conn.execute(text("SHOW statement_timeout")).scalar() != "0"
+                assert load_examples(conn) == []
+                assert conn.execute(text("SHOW statement_timeout")).scalar() == "0"
+                conn.rollback()
+                assert conn.execute(text("SHOW statement_timeout")).scalar() != "0"
+        finally:
+            eng.dispose()
