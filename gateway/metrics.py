@@ -50,6 +50,10 @@ OUTBOUND_QUEUE_OLDEST_SECONDS = Gauge(
 POLLER_ERRORS = Counter(
     "deskgate_poller_errors", "Failed poll runs (connect, login, fetch) per account",
     ["account"], registry=REGISTRY)
+POLLER_MESSAGE_FAILURES = Counter(
+    "deskgate_poller_message_failures", "Messages a poll run left on the server because "
+    "they failed temporarily for a reason of their own (retried next run) per account",
+    ["account"], registry=REGISTRY)
 FILTER_TIMEOUTS = Counter(
     "deskgate_filter_timeouts", "Postmaster filter patterns that ran out of their time budget",
     ["filter"], registry=REGISTRY)

@@ -350,6 +350,21 @@ class PollerOversized(Base):
     __table_args__ = (UniqueConstraint("account", "folder", "key", name="uq_poller_oversized"),)
 
 
+class PollerRetry(Base):
+    """IMAP `keep` mode: messages below the folder position that failed temporarily
+    for a reason of their own; each run tries them again until one succeeds."""
+
+    __tablename__ = "poller_retry"
+    account: Mapped[str] = mapped_column(String(200), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(500), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)   # "<uidvalidity>:<uid>"
+    size: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    first_failed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_failed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class PollerAccount(Base):
     """Status of a poller account: the last run and the last error (never silent)."""
 

@@ -2,7 +2,11 @@
 
 The order per message is fixed: fetch → Pipeline.deliver (returns after the
 commit) → delete/move/remember on the server side. A temporary pipeline
-outcome leaves the message where it is and ends the run. A crash between the
+outcome (451) leaves the message where it is. When the database takes a write
+right after it, the failure was the message's own (a row the store refuses, a
+quarantine that fails): the run goes on with the next message and the next run
+tries it again (IMAP keep mode remembers it in poller_retry, past the folder
+position). When the database does not, the run ends: nothing later is fetched. A crash between the
 commit and the removal refetches the message next time; the pipeline's dedupe
 (Message-ID + content hash + the account's pseudo-recipient) answers
 "duplicate" and the removal is done then.
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import structlog
 
@@ -230,7 +234,7 @@ class Poller:
             if o.status == "Processing":
                 o.close("Failed")
         conn_failed = any(o.type == "Connection" and o.status == "Failed" for o in comm.objects)
-        if conn_failed or result.failed:
+        if conn_failed:     # also a run a failed message ended (database down, fetch)
             status = "Failed"
         elif result.quarantined or any(o.status == "Warning" for o in comm.objects):
             status = "Warning"
@@ -285,10 +289,10 @@ class Poller:
         big: list[RemoteMessage] = []
         todo: list[RemoteMessage] = []
         more = False
-        if keep and imap:   # left below the mark as oversized: fetched once the limit allows
-            todo = await self._oversized_again(account, obj, folder, uidvalidity,
-                                               after_uid or 0)
+        if keep and imap:   # below the mark: failed before, or oversized under a smaller limit
+            todo = await self._below_mark(account, obj, folder, uidvalidity, after_uid or 0)
             todo, more = todo[:limit], len(todo) > limit
+        again = {m.key for m in todo}
         for m in messages:
             if m.size > account.max_message_size:
                 big.append(m)
@@ -311,7 +315,9 @@ class Poller:
             await self._db(lambda c: state.forget_oversized(c, account.name, folder, present))
 
         handled: set[str] = set(big_keys)
-        ok = await self._work(account, session, obj, comm, result, pool, todo, handled, errors)
+        left: list[tuple[RemoteMessage, str]] = []   # failed on their own: next run
+        ok = await self._work(account, session, obj, comm, result, pool, todo, handled, left,
+                              errors)
         fetched_big = [m.key for m in todo if m.key in known_big and m.key in handled]
         if fetched_big:   # the limit was raised: no longer left on the server
             await self._db(lambda c: state.drop_oversized(c, account.name, folder, fetched_big))
@@ -322,14 +328,24 @@ class Poller:
         # Keep mode: remember how far every message is handled (UIDs in order) or
         # which UIDLs are; a message that failed stays below the mark.
         if keep and imap:
+            # A message left for the next run is remembered in poller_retry, so the
+            # mark moves past it and the messages after it are not fetched again.
+            left_keys = {m.key for m, _ in left}
             position = after_uid or 0
             for m in listing.messages:
-                if m.key not in handled:
+                if m.key not in handled and m.key not in left_keys:
                     break
                 position = m.uid
-            if position != (after_uid or 0):
-                await self._db(lambda c: state.set_folder_position(c, account.name, folder,
-                                                                     uidvalidity, position))
+            done_again = [k for k in again if k in handled]
+
+            def note(c: Any) -> None:
+                for m, reason in left:
+                    state.record_retry(c, account.name, folder, m.key, m.size, reason)
+                state.drop_retries(c, account.name, folder, done_again)
+                if position != (after_uid or 0):
+                    state.set_folder_position(c, account.name, folder, uidvalidity, position)
+            if left or done_again or position != (after_uid or 0):
+                await self._db(note)
         elif keep:
             fresh = [m.key for m in todo if m.key in handled]
             present = [m.key for m in listing.messages]
@@ -350,14 +366,15 @@ class Poller:
             errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
             return False, False
         if marked and isinstance(session, ImapSession):
-            left = session.unexpunged
-            await self._db(lambda c: state.forget_seen(c, account.name, left))
+            flagged = session.unexpunged
+            await self._db(lambda c: state.forget_seen(c, account.name, flagged))
         if not ok:
             obj.close("Failed")
             return False, False
         obj.log("Info", "Summary", f"{len(todo)} messages processed on this connection"
+                + (f", {len(left)} left on the server to try again" if left else "")
                 + (", more waiting" if more else ""))
-        obj.close("Successful")
+        obj.close("Warning" if left else "Successful")
         return more, True
 
     async def _flagged(self, account: AccountConfig, session: Session, obj: CommObj,
@@ -390,7 +407,8 @@ class Poller:
 
     async def _work(self, account: AccountConfig, session: Session, obj: CommObj, comm: Comm,
                     result: RunResult, pool: ThreadPoolExecutor, todo: list[RemoteMessage],
-                    handled: set[str], errors: list[str]) -> bool:
+                    handled: set[str], left: list[tuple[RemoteMessage, str]],
+                    errors: list[str]) -> bool:
         """Deliver the work list in order; the next batch is fetched while one is delivered.
 
         Only the session thread talks to the server (fetch batch n+1, later the
@@ -424,23 +442,41 @@ class Poller:
                     if raw is None:          # vanished meanwhile (someone else removed it)
                         handled.add(m.key)
                         continue
-                    if not await self._deliver(account, session, comm, result, m, raw, errors):
+                    done, why = await self._deliver(account, session, comm, result, m, raw,
+                                                    errors)
+                    if done == "stop":
                         return False
-                    handled.add(m.key)
+                    if done == "left":
+                        left.append((m, why))
+                    else:
+                        handled.add(m.key)
             return True
         finally:
             if pending is not None:      # a prefetch still running: let it end first
                 with contextlib.suppress(Exception):
                     await pending
 
-    async def _oversized_again(self, account: AccountConfig, obj: CommObj, folder: str,
-                               uidvalidity: int, below: int) -> list[RemoteMessage]:
-        """IMAP keep: the messages below the folder position that were left as
-        oversized under a smaller max_message_size and fit the current one."""
+    async def _below_mark(self, account: AccountConfig, obj: CommObj, folder: str,
+                          uidvalidity: int, below: int) -> list[RemoteMessage]:
+        """IMAP keep: the messages below the folder position to fetch again: those
+        that failed for a reason of their own, and those left as oversized under a
+        smaller max_message_size that fit the current one."""
         limit = account.max_message_size
-        rows = await self._db(lambda c: state.oversized_under_smaller_limit(
-            c, account.name, folder, limit))
+
+        def read(c: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+            return (state.retries(c, account.name, folder),
+                    state.oversized_under_smaller_limit(c, account.name, folder, limit))
+
+        failed, rows = await self._db(read)
         again: list[RemoteMessage] = []
+        for key, size in failed:
+            uv, _, uid = key.partition(":")
+            if uv == str(uidvalidity) and uid.isdigit() and int(uid) <= below:
+                again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
+        if again:
+            obj.log("Info", "Retry", f"{len(again)} messages that failed before: "
+                    "trying them again")
+        retried = len(again)
         still: list[str] = []
         for key, size in rows:
             uv, _, uid = key.partition(":")
@@ -453,10 +489,11 @@ class Poller:
         if still:
             await self._db(lambda c: state.touch_oversized(c, account.name, folder, still,
                                                            limit))
-        if again:
-            obj.log("Info", "Oversized", f"{len(again)} messages left as oversized fit "
+        fit = len(again) - retried
+        if fit > 0:
+            obj.log("Info", "Oversized", f"{fit} messages left as oversized fit "
                     f"max_message_size ({limit} bytes) now: fetching them")
-        return sorted(again, key=lambda m: m.uid)
+        return sorted({m.key: m for m in again}.values(), key=lambda m: m.uid)
 
     async def _oversized(self, account: AccountConfig, session: Session, obj: CommObj,
                          call: Any, folder: str, m: RemoteMessage) -> None:
@@ -476,9 +513,13 @@ class Poller:
                                                         subject[:1000], sender[:1000], mid[:998]))
 
     async def _deliver(self, account: AccountConfig, session: Session, comm: Comm,
-                       result: RunResult, m: RemoteMessage, raw: bytes,
-                       errors: list[str]) -> bool:
-        """Deliver one fetched message and note it for removal; False ends the run."""
+                       result: RunResult, m: RemoteMessage, raw: bytes, errors: list[str]
+                       ) -> tuple[Literal["done", "left", "stop"], str]:
+        """Deliver one fetched message and note it for removal.
+
+        "left": it failed for a reason of its own and stays for the next run;
+        "stop": it failed while the database is down, which ends the run.
+        """
         t0 = time.perf_counter()
         # In flight until committed: a graceful stop waits for it.
         outcome = await self.gw.deliver_envelope(envelope_for(account, raw), comm)
@@ -487,13 +528,23 @@ class Poller:
         metrics.MESSAGES.labels("poller", "in",
                                 "tempfail" if reply.temporary else outcome.action).inc()
         if not reply.ok:
+            reason = f"{reply}; {outcome.detail}"
+            up = await self._database_up(account)
             mobj = comm.obj("Message")
-            mobj.log("Error", "Pipeline", f"account {account.name}: message {m.key} not "
-                     f"processed ({reply}; {outcome.detail}); left on the server for the next run")
+            if up:
+                mobj.log("Error", "Pipeline", f"account {account.name}: message {m.key} not "
+                         f"processed ({reason}); left on the server and tried again by the "
+                         "next run; the database is up, so the run goes on with the next "
+                         "message")
+                metrics.POLLER_MESSAGE_FAILURES.labels(account.name).inc()
+            else:
+                mobj.log("Error", "Pipeline", f"account {account.name}: message {m.key} not "
+                         f"processed ({reason}); the database takes no writes: left on the "
+                         "server, the run ends here")
             mobj.close("Failed")
             result.failed += 1
-            errors.append(f"Pipeline: {reply}")
-            return False
+            errors.append(f"Pipeline: message {m.key}: {reply}")
+            return ("left" if up else "stop"), reason[:2000]
         result.fetched += 1
         counter = {"quarantine": "quarantined", "ignore": "ignored"}.get(outcome.action,
                                                                           outcome.action)
@@ -502,6 +553,16 @@ class Poller:
         if outcome.ticket_number and len(result.tickets) < 1000:
             result.tickets.append(outcome.ticket_number)
         session.done(m)   # committed: removed (or moved) when the connection finishes
+        return "done", ""
+
+    async def _database_up(self, account: AccountConfig) -> bool:
+        """After a 451: does the database take a write? If so, the failure was the message's."""
+        try:
+            await self._db(lambda c: state.touch_account(c, account.name))
+        except Exception as exc:
+            log.warning("database unavailable; the poll run ends", account=account.name,
+                        error=repr(exc)[:300])
+            return False
         return True
 
 

@@ -19,6 +19,7 @@ from gateway.store.tables import (
     PollerAccount,
     PollerFolder,
     PollerOversized,
+    PollerRetry,
     PollerSeen,
     PollerToken,
 )
@@ -163,6 +164,39 @@ def list_oversized(conn: Connection, account: str | None = None) -> list[Oversiz
                       r.message_id, r.first_seen, r.last_seen) for r in conn.execute(q).all()]
 
 
+# ---------------------------------------------------------------- IMAP keep: retries
+
+
+def record_retry(conn: Connection, account: str, folder: str, key: str, size: int,
+                 reason: str) -> None:
+    """A message failed for a reason of its own: tried again by the next runs."""
+    now = utcnow()
+    where = (PollerRetry.account == account, PollerRetry.folder == folder,
+             PollerRetry.key == key)
+    if conn.execute(select(PollerRetry.key).where(*where)).first() is None:
+        conn.execute(insert(PollerRetry).values(account=account, folder=folder, key=key,
+                                                size=size, attempts=1, reason=reason,
+                                                first_failed=now, last_failed=now))
+    else:
+        conn.execute(update(PollerRetry).where(*where).values(
+            attempts=PollerRetry.attempts + 1, reason=reason, last_failed=now))
+
+
+def retries(conn: Connection, account: str, folder: str) -> list[tuple[str, int]]:
+    """(key, size) of the messages waiting to be tried again."""
+    rows = conn.execute(select(PollerRetry.key, PollerRetry.size).where(
+        PollerRetry.account == account, PollerRetry.folder == folder)).all()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def drop_retries(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:
+    keys = list(keys)
+    for i in range(0, len(keys), 500):
+        conn.execute(delete(PollerRetry).where(
+            PollerRetry.account == account, PollerRetry.folder == folder,
+            PollerRetry.key.in_(keys[i:i + 500])))
+
+
 # ---------------------------------------------------------------- account status
 
 
@@ -229,6 +263,12 @@ def run_started(conn: Connection, account: str, comm_id: int | None) -> None:
     else:
         conn.execute(update(PollerAccount).where(PollerAccount.account == account)
                      .values(**values))
+
+
+def touch_account(conn: Connection, account: str) -> None:
+    """A write that tells whether the database takes writes now (after a 451)."""
+    conn.execute(update(PollerAccount).where(PollerAccount.account == account)
+                 .values(status="Processing"))
 
 
 def run_finished(conn: Connection, account: str, status: str, fetched: int,
