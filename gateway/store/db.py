@@ -101,6 +101,9 @@ PG_SESSION_DEFAULTS = {
 # serialization_failure and deadlock_detected: PostgreSQL's documentation asks that the
 # transaction be run again.
 PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections: the
+# server, not the message (class 08, connection exceptions, too).
+_PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 # One round trip: only the settings nobody set (source "default") are changed.
 _PG_SET_DEFAULTS = (
@@ -633,9 +636,40 @@ class BatchWriter:
                 for it, res in zip(live, results, strict=True):
                     self._set(it, True, res, settled)
                 return
+        started = time.monotonic()
+        failed_all: BaseException | None = None
         for it in live:
+            if failed_all is not None:
+                self._set(it, False, failed_all, settled)
+                continue
             ok, value = self._run_one(it)
             self._set(it, ok, value, settled)
+            if not ok and self._not_the_message(value, time.monotonic() - started):
+                failed_all = value
+        if failed_all is not None:
+            log.warning("database unavailable; the rest of the batch fails without a try",
+                        error=repr(failed_all)[:300])
+
+    # Seconds the messages of a failed batch may spend being run one by one against
+    # a lock another session holds before the rest fail at once (4xx): a table lock
+    # (an ALTER TABLE, a CREATE INDEX, LOCK TABLE) would otherwise make each wait the
+    # lock timeout in turn, while a row lock holds up only the message that needs it.
+    ONE_BY_ONE_BUDGET = 20.0
+
+    def _not_the_message(self, exc: BaseException, spent: float) -> bool:
+        """Did a message run alone fail because of the database rather than itself, so
+        that the rest of its batch would fail the same way? PostgreSQL only: a server
+        that cannot be reached even on a new connection, or a lock timeout once the
+        one-by-one budget is spent. (SQLite's failures are its file's: unchanged.)"""
+        if self.engine.dialect.name != "postgresql" or not isinstance(exc, DBAPIError):
+            return False
+        state = getattr(exc.orig, "sqlstate", None)
+        if exc.connection_invalidated or isinstance(exc, InterfaceError) or (
+                isinstance(exc, OperationalError) and state is None):
+            return True          # connection refused, timed out, reset
+        if state is not None and (state.startswith("08") or state in _PG_UNAVAILABLE):
+            return True
+        return state == "55P03" and spent >= self.ONE_BY_ONE_BUDGET     # lock_not_available
 
     def _run_one(self, it: _Item) -> tuple[bool, Any]:
         delay = 0.05
