@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import quopri
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 import dkim as dkimpy
@@ -128,6 +130,67 @@ def sign(data: bytes, keys: Sequence[DkimKey], now: int | None = None) -> bytes:
     return signature_headers(data, keys, now) + data if keys else data
 
 
+# ----------------------------------------------------------------- 8-bit bodies
+
+# Whose parts must keep their bytes: re-encoding them breaks that signature or cipher.
+_SEALED = ("multipart/signed", "multipart/encrypted")
+
+
+def seven_bit_body(msg: Message) -> Message:
+    """Re-encode 8-bit body parts before signing: text quoted-printable, the rest base64.
+
+    A relay whose next hop lacks 8BITMIME converts 8-bit parts to 7 bits itself, which
+    changes the body after signing (RFC 6376 section 5.3 asks the signer to convert
+    first). Headers stay as they are; parts under multipart/signed or
+    multipart/encrypted are left alone (they stay 8-bit, announced as BODY=8BITMIME).
+    The message is changed in place and returned.
+    """
+    if not msg.is_multipart() and _eight_bit(msg) and "MIME-Version" not in msg:
+        msg["MIME-Version"] = "1.0"
+        if "Content-Type" not in msg:
+            msg["Content-Type"] = 'text/plain; charset="utf-8"'
+    _recode(msg)
+    return msg
+
+
+def _eight_bit(part: Message) -> bool:
+    payload = part.get_payload()
+    return isinstance(payload, str) and not payload.isascii()
+
+
+def _recode(part: Message) -> None:
+    if part.get_content_type() in _SEALED:
+        return
+    if part.is_multipart():
+        for sub in part.get_payload():
+            if isinstance(sub, Message):
+                _recode(sub)
+        return
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if not _eight_bit(part) or cte in ("quoted-printable", "base64"):
+        return
+    raw = part.get_payload(decode=True)
+    data = raw if isinstance(raw, bytes) else b""
+    del part["Content-Transfer-Encoding"]
+    if part.get_content_maintype() == "text":
+        if part.get_param("charset") is None:
+            part.set_param("charset", _charset(data))
+        text = data.replace(b"\r\n", b"\n")
+        part.set_payload(quopri.encodestring(text).decode("ascii"))
+        part["Content-Transfer-Encoding"] = "quoted-printable"
+    else:
+        part.set_payload(base64.encodebytes(data).decode("ascii"))
+        part["Content-Transfer-Encoding"] = "base64"
+
+
+def _charset(data: bytes) -> str:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown-8bit"         # RFC 1428: 8-bit text of an unknown charset
+    return "utf-8"
+
+
 # ----------------------------------------------------------------- runtime
 
 def load_keys(cfg: Config) -> dict[str, list[DkimKey]]:
@@ -177,16 +240,17 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
 
 
 def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
-    """Serialize the final message (every copy of it), fold header lines over 998
-    octets, and sign it with every key of the From domain."""
+    """Serialize the final message (every copy of it) with 8-bit parts re-encoded to
+    7 bits, fold header lines over 998 octets, and sign it with every key of the
+    From domain."""
     from gateway.outbound.rewrite import header_text, serialize
 
     assert ctx.msg is not None
     keys = keys_for(rt, ctx.from_email or first_address(header_text(ctx.msg, "From")))
     for c in ctx.copies:
-        c.data = sign(fold_long_lines(serialize(c.msg)), keys)
-    ctx.data = ctx.copies[0].data if ctx.copies else sign(fold_long_lines(serialize(ctx.msg)),
-                                                          keys)
+        c.data = sign(fold_long_lines(serialize(seven_bit_body(c.msg))), keys)
+    ctx.data = ctx.copies[0].data if ctx.copies else sign(
+        fold_long_lines(serialize(seven_bit_body(ctx.msg))), keys)
     if keys:
         ctx.log.log("Info", "DKIM", "signed " + (f"{len(ctx.copies)} copies " if ctx.copies
                                                  else "") + "with " + ", ".join(

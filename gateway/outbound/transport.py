@@ -152,6 +152,10 @@ class SmtpTransport(Transport):
                     keep = True
                     return att
                 options.append("SMTPUTF8")
+            if not data.isascii() and conn.has_extn("8bitmime"):
+                # RFC 6152: 8-bit content is announced (DKIM re-encodes what it may,
+                # a part under a signature keeps its bytes).
+                options.append("BODY=8BITMIME")
             code, text = conn.mail(sender, options)
             att.note("Debug", "MailFrom", f"<{sender}>: {code} {_text(text)}")
             if code != 250:

@@ -183,3 +183,82 @@ class TestFoldLongLines:
         from gateway.outbound.headers import fold_long_lines
 
         assert fold_long_lines(MSG) is MSG
+
+
+def _msg(head: bytes, body: bytes):
+    from email import message_from_bytes
+    from email.policy import compat32
+
+    return message_from_bytes(head + b"\r\n" + body, policy=compat32)
+
+
+HEAD_8BIT = (b"From: support@example.org\r\nTo: cust@customer.test\r\nSubject: Bestellung\r\n"
+             b"MIME-Version: 1.0\r\n")
+
+
+class TestSevenBitBody:
+    def test_8bit_text_becomes_quoted_printable_with_the_same_text(self):
+        """An 8-bit text part is re-encoded quoted-printable; it decodes to the same text."""
+        from email import message_from_bytes
+        from email.policy import compat32
+
+        from gateway.outbound.dkim import seven_bit_body
+        from gateway.outbound.rewrite import serialize
+
+        text = "Grüße aus Köln,\r\nIhre Bestellung ist unterwegs. " + "ä" * 60 + "\r\n"
+        msg = _msg(HEAD_8BIT + b"Content-Type: text/plain; charset=utf-8\r\n"
+                   b"Content-Transfer-Encoding: 8bit\r\n", text.encode())
+        out = serialize(seven_bit_body(msg))
+        assert out.isascii() and b"Content-Transfer-Encoding: quoted-printable" in out
+        assert max(len(ln) for ln in out.split(b"\r\n")) <= 78
+        back = message_from_bytes(out, policy=compat32)
+        assert back.get_payload(decode=True).decode("utf-8").replace("\r\n", "\n") \
+            == text.replace("\r\n", "\n")
+
+    def test_8bit_binary_part_becomes_base64(self):
+        """A non-text part sent 8-bit is re-encoded base64, its bytes unchanged."""
+        from email import message_from_bytes
+        from email.policy import compat32
+
+        from gateway.outbound.dkim import seven_bit_body
+        from gateway.outbound.rewrite import serialize
+
+        blob = bytes(range(128, 256)) * 2
+        body = (b"--b\r\nContent-Type: text/plain\r\n\r\nplain ascii\r\n--b\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: 8bit\r\n"
+                b"\r\n" + blob + b"\r\n--b--\r\n")
+        out = serialize(seven_bit_body(_msg(
+            HEAD_8BIT + b'Content-Type: multipart/mixed; boundary="b"\r\n', body)))
+        assert out.isascii()
+        parts = message_from_bytes(out, policy=compat32).get_payload()
+        assert parts[1]["Content-Transfer-Encoding"] == "base64"
+        assert parts[1].get_payload(decode=True) == blob
+        assert parts[0].get_payload() == "plain ascii"
+
+    def test_non_mime_8bit_body_gets_mime_headers(self):
+        """A body without MIME headers that has 8-bit bytes is declared UTF-8 text and
+        re-encoded."""
+        from gateway.outbound.dkim import seven_bit_body
+        from gateway.outbound.rewrite import serialize
+
+        head = b"From: support@example.org\r\nTo: cust@customer.test\r\nSubject: x\r\n"
+        out = serialize(seven_bit_body(_msg(head, "Grüße\r\n".encode())))
+        assert out.isascii()
+        assert b"MIME-Version: 1.0" in out and b'charset="utf-8"' in out
+        assert b"Gr=C3=BC=C3=9Fe" in out
+
+    def test_signed_parts_and_ascii_messages_are_left_alone(self):
+        """Inside multipart/signed nothing is re-encoded (it would break that signature);
+        an all-ASCII message serializes byte for byte as before."""
+        from gateway.outbound.dkim import seven_bit_body
+        from gateway.outbound.rewrite import serialize
+
+        signed = (b"--s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Content-Transfer-Encoding: 8bit\r\n\r\n" + "Grüße\r\n".encode()
+                  + b"--s\r\nContent-Type: application/pgp-signature\r\n\r\nSIG\r\n--s--\r\n")
+        head = HEAD_8BIT + (b'Content-Type: multipart/signed; protocol="application/pgp-'
+                            b'signature"; micalg=pgp-sha256; boundary="s"\r\n')
+        assert serialize(seven_bit_body(_msg(head, signed))) == serialize(_msg(head, signed))
+        assert serialize(seven_bit_body(_msg(MSG.partition(b"\r\n\r\n")[0] + b"\r\n",
+                                             b"Hello  there \r\n"))) \
+            == serialize(_msg(MSG.partition(b"\r\n\r\n")[0] + b"\r\n", b"Hello  there \r\n"))
