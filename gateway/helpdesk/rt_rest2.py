@@ -43,6 +43,8 @@ PRIORITY_MAP = {"1": 0, "2": 25, "3": 50, "4": 75, "5": 100}
 # How far before the commit time of the message a retry looks for an earlier attempt's
 # result (clock differences between deskgate and RT).
 CLOCK_SLACK = timedelta(minutes=10)
+# More than the widest distance of a time zone from UTC (UTC-12 .. UTC+14).
+TIMEZONE_SPAN = timedelta(hours=26)
 SEARCH_LIMIT = 20           # candidates compared at most per retry
 # A ticket custom field an RT administrator may create for exact retries: deskgate stores
 # the hand-off's key in it and a retry searches for that key.
@@ -388,13 +390,20 @@ class RtRest2:
             where.append(f"Requestor.EmailAddress = {_quote_sql(requestor)}")
         since = self._since(item)
         if since is not None:
-            where.append(f"Created >= {_quote_sql(since.strftime('%Y-%m-%d %H:%M:%S'))}")
+            # RT reads a date in TicketSQL in its user's (or its own) time zone, which
+            # REST2 does not tell: the query gets a bound a day early, whatever the
+            # zone, and the exact one is applied below to the UTC times REST2 returns.
+            coarse = since - TIMEZONE_SPAN
+            where.append(f"Created >= {_quote_sql(coarse.strftime('%Y-%m-%d %H:%M:%S'))}")
         tickets = self._pages("/tickets", {"query": " AND ".join(where),
-                                           "fields": "Subject", "orderby": "id",
+                                           "fields": "Subject,Created", "orderby": "id",
                                            "order": "DESC"}, SEARCH_LIMIT)
         # RT keeps the first 200 characters of a subject.
         want = {" ".join(subject.split()), " ".join(subject[:200].split())}
         for t in tickets:
+            created = _parse_time(str(t.get("Created") or ""))
+            if since is not None and created is not None and created < since:
+                break                   # newest first: the rest are older still
             if " ".join(str(t.get("Subject") or "").split()) not in want:
                 continue
             tid = str(t.get("id") or "")

@@ -212,6 +212,25 @@ class TestExactlyOnce:
         assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
         assert len(rt5.database.tickets(it.article["subject"])) == 1
 
+    def test_create_retry_when_rt_runs_west_of_utc(
+            self, rt5: RtServer, make_confdir: Callable[..., Path]) -> None:
+        """RT reads a date in a ticket search in its own time zone: with RT on New York
+        time, a retry a moment after the lost answer still finds the ticket."""
+        from datetime import UTC, datetime
+
+        ny = rt5.sibling("\nSet($Timezone, 'America/New_York');")
+        ny.start()
+        try:
+            conn = RtRest2(rt_config(make_confdir, ny))
+            now = datetime.now(UTC).isoformat()
+            it = item(created=now)
+            first = conn.deliver(it)
+            again = conn.deliver(item(subject=it.article["subject"], attempts=1, created=now))
+        finally:
+            ny.stop()
+        assert (again.ticket_id, again.detail) == (first.ticket_id, "found")
+        assert len(rt5.database.tickets(it.article["subject"])) == 1
+
     def test_create_retry_long_subject_and_html(self, rt5: RtServer,
                                                rt_conf: Callable[..., Config]) -> None:
         """A subject longer than RT keeps and an HTML body are still recognised."""
