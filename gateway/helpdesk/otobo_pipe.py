@@ -123,7 +123,13 @@ def crypto_headers(crypto: dict[str, Any]) -> list[tuple[str, str]]:
                     .strip()))
     if crypto.get("signed"):
         signer = str(crypto.get("signer", ""))
-        if crypto.get("signature_valid"):
+        if crypto.get("signature_valid") and crypto.get("partially_signed"):
+            # text around an inline signed block: no "signed OK" flag for the article
+            out.append(("Signed", (f"Good signature from {signer}, but " if signer
+                                   else "Verification OK, but ")
+                        + "only part of the message is signed (text outside the signed "
+                        "block is marked UNSIGNED TEXT in the body deskgate stored)"))
+        elif crypto.get("signature_valid"):
             out += [("Signed", f"Good signature from {signer}" if signer
                      else "Verification OK."), ("SignedOK", "1")]
         elif crypto.get("signature_valid") is None:

@@ -77,6 +77,8 @@ def history_comment(marker: str, crypto: dict[str, Any]) -> str:
     if crypto.get("signed"):
         valid = crypto.get("signature_valid")
         state = "valid" if valid else "not verified" if valid is None else "INVALID"
+        if valid and crypto.get("partially_signed"):
+            state = "valid for part of the message only"
         signer = f" by {crypto['signer']}" if crypto.get("signer") else ""
         notes.append(f"signature {state}{signer}")
     text = f"%%{marker}" + (" (" + "; ".join(notes) + ")" if notes else "")

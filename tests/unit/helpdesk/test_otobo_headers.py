@@ -71,3 +71,29 @@ class TestDecisionHeaders:
                             "FollowUp-IsVisibleForCustomer", "Loop"}
         rendered, _ = OtoboPostmaster(cfg).render(fu)
         assert b"X-OTRS-FollowUp-State: open\n" in rendered and b"X-OTOBO" not in rendered
+
+
+class TestPartlySigned:
+    """A valid signature that covers only part of the body is not shown as signed OK."""
+
+    VALID = {"signed": True, "signature_valid": True, "signer": "alice@customer.test",
+             "method": "pgp"}
+
+    def test_pipe_headers_say_partly_signed_without_signed_ok(self) -> None:
+        """The pipe gets a Signed text that says so and no SignedOK flag."""
+        from gateway.helpdesk.otobo_pipe import crypto_headers
+
+        whole = dict(crypto_headers(self.VALID))
+        assert whole["SignedOK"] == "1"
+        part = dict(crypto_headers({**self.VALID, "partially_signed": True}))
+        assert "SignedOK" not in part
+        assert "alice@customer.test" in part["Signed"]
+        assert "only part of the message is signed" in part["Signed"]
+
+    def test_rest_history_comment_says_partly_signed(self) -> None:
+        """The REST hand-off's history comment names the partial signature."""
+        from gateway.helpdesk.otobo_rest import history_comment
+
+        assert "signature valid by alice" in history_comment("k", self.VALID)
+        text = history_comment("k", {**self.VALID, "partially_signed": True})
+        assert "valid for part of the message only" in text and "by alice" in text
