@@ -135,7 +135,9 @@ class TestValidateAndWrite:
         hand = c / "20-hand.toml"
         other = next((g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getgid()), None)
         if other is None or os.geteuid() != 0:
-            pytest.skip("needs root and a second group to give the file away")
+            from tests.peers.require import missing_peer
+
+            missing_peer("root and a second group, to give the file away")
         os.chown(hand, -1, other)
         confedit.apply(confedit.Edit(files={hand: HAND + "\n"}))
         assert hand.stat().st_gid == other
