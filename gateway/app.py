@@ -31,7 +31,8 @@ from gateway.model import Envelope, Outcome
 from gateway.outbound.pipeline import OutboundPipeline
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
-from gateway.store.db import BatchWriter, ensure_schema, make_engine
+from gateway.store.db import ensure_schema, make_engine
+from gateway.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
 

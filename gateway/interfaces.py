@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from gateway.model import Envelope, Outcome
     from gateway.outbound.pipeline import OutboundPipeline
     from gateway.runtime import Runtime
-    from gateway.store.db import BatchWriter
+    from gateway.store.writer import BatchWriter
 
 # Called after a reload swapped in a new Config (awaited when it returns an awaitable).
 ReloadHook = Callable[["Config"], "Awaitable[None] | None"]

@@ -35,7 +35,7 @@ from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
 from gateway.model import AttachmentData
 from gateway.runtime import Runtime
 from gateway.store import Deferred
-from gateway.store.db import BatchWriter
+from gateway.store.writer import BatchWriter
 
 if TYPE_CHECKING:
     from gateway.interfaces import Host

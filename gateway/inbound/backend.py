@@ -21,7 +21,7 @@ from gateway.errors import SmtpReply
 from gateway.inbound.pipeline import Pipeline
 from gateway.model import Envelope, Outcome
 from gateway.runtime import Runtime
-from gateway.store.db import BatchWriter
+from gateway.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
 

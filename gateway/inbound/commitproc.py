@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from gateway.inbound.pipeline import Pipeline
     from gateway.runtime import Runtime
     from gateway.store import Deferred
-    from gateway.store.db import BatchWriter
+    from gateway.store.writer import BatchWriter
 
 
 class CommitHost(Protocol):

@@ -33,7 +33,8 @@ from gateway.inbound.xheaders import apply_trust
 from gateway.model import DELIVER, Envelope, MessageContext, Outcome, Verdict
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
-from gateway.store.db import BatchWriter, is_temporary
+from gateway.store.db import is_temporary
+from gateway.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

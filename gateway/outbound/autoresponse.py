@@ -34,8 +34,8 @@ from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
-from gateway.store.db import BatchWriter
 from gateway.store.tables import AutoResponse, AutoResponseRequest
+from gateway.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
 

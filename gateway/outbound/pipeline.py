@@ -34,7 +34,8 @@ from gateway.errors import PermanentError, SmtpReply
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.stages import OutboundStages, default_stages
 from gateway.runtime import Runtime
-from gateway.store.db import BatchWriter, is_temporary
+from gateway.store.db import is_temporary
+from gateway.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
 

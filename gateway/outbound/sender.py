@@ -31,7 +31,7 @@ from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
 from gateway.outbound.transport import Attempt, Transport, make_transport
 from gateway.runtime import Runtime
-from gateway.store.db import BatchWriter
+from gateway.store.writer import BatchWriter
 
 if TYPE_CHECKING:
     pass

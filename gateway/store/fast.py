@@ -467,7 +467,7 @@ class Deferred:
     statement: fewer statements, and on SQLite fewer hand-overs of the GIL between
     the writer thread and the event loop (each statement step releases it).
 
-    The writer (gateway.store.db.BatchWriter) makes one per transaction and hands
+    The writer (gateway.store.writer.BatchWriter) makes one per transaction and hands
     it to the jobs that ask for it; they pass it on to the functions that defer
     rows (repo.record_deliveries, commlog.add_comm).
     """

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from gateway.store.db import BatchWriter, Checkpointer, make_engine
+from gateway.store.checkpoint import Checkpointer
+from gateway.store.db import make_engine
+from gateway.store.writer import BatchWriter
 
 BLOB = os.urandom(8192)
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.commlog import Comm, add_comm
 from gateway.store import Deferred, Prepared, deferred_writes, repo
-from gateway.store.db import BatchWriter, is_temporary, make_engine, migrate
+from gateway.store.db import is_temporary, make_engine, migrate
 from gateway.store.tables import (
     Article,
     CommEntry,
@@ -22,6 +22,7 @@ from gateway.store.tables import (
     Delivery,
     Ticket,
 )
+from gateway.store.writer import BatchWriter
 from tests.peers.require import not_applicable
 
 

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
-from gateway.store.db import BatchWriter, make_engine
+from gateway.store.db import make_engine
+from gateway.store.writer import BatchWriter
 from tests.peers.ports import free_port
 
 pytestmark = pytest.mark.postgres

@@ -14,7 +14,8 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.store import db
-from gateway.store.db import MIGRATION_LOCK, BatchWriter, make_engine, migrate
+from gateway.store.db import MIGRATION_LOCK, make_engine, migrate
+from gateway.store.writer import BatchWriter
 from tests.integration.core.stored import Store, db_conf
 from tests.peers.lmtp import LmtpClient
 

@@ -18,8 +18,9 @@ from gateway.app import Gateway
 from gateway.config import load_config
 from gateway.model import Envelope
 from gateway.store import repo
-from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.db import make_engine, migrate
 from gateway.store.tables import Ticket, TicketCounter
+from gateway.store.writer import BatchWriter
 
 WHEN = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 DAY = "20261203"

@@ -17,8 +17,9 @@ from gateway.outbound.rewrite import parse_submission
 from gateway.outbound.sender import Sender
 from gateway.runtime import build_runtime
 from gateway.store import repo
-from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.db import make_engine, migrate
 from gateway.store.tables import OutboundMessage
+from gateway.store.writer import BatchWriter
 from tests.integration.outbound.conftest import outbound_toml
 from tests.integration.outbound.test_outbound_restart import received_ids
 from tests.peers.smarthost import AuthSink

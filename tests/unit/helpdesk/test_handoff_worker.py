@@ -22,8 +22,9 @@ from gateway.helpdesk.webhook import Webhook
 from gateway.helpdesk.worker import HandoffWorker
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
-from gateway.store.db import BatchWriter, make_engine, migrate
+from gateway.store.db import make_engine, migrate
 from gateway.store.tables import Article, CommEntry, CommObject, Communication, Handoff
+from gateway.store.writer import BatchWriter
 from tests.unit.helpdesk.fakehttp import FakeHttp, fake_http
 
 

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import OutboundPipeline
-from gateway.store.db import BatchWriter
 from gateway.store.tables import Article, OutboundMessage, Ticket
+from gateway.store.writer import BatchWriter
 
 RAW = (b"From: app@internal.test\r\nTo: c@customer.test\r\nSubject: Hello\r\n\r\nbody\r\n")
 
