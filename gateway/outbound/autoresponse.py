@@ -31,7 +31,7 @@ from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
 from gateway.outbound.context import OutboundContext
-from gateway.outbound.headers import header_safe
+from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
 from gateway.store.tables import AutoResponse, AutoResponseRequest
@@ -154,10 +154,14 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     reply = MIMEText(body, "plain", "utf-8")
     reply["To"] = header_safe(to)
     subject = header_safe(p.subject or (ticket.title if ticket else "")).strip()
-    reply["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
-    if p.message_id:
-        reply["In-Reply-To"] = header_safe(p.message_id)
-        reply["References"] = header_safe(p.references + " " + p.message_id).strip()
+    subject = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    # Within 998 octets a line (RFC 5322 2.1.1) however long the customer's words are.
+    reply["Subject"] = encode_long_words(subject)
+    # A Message-ID too long for any line is left out (it must not be encoded).
+    in_reply_to = ids_that_fit(header_safe(p.message_id))
+    if in_reply_to:
+        reply["In-Reply-To"] = in_reply_to
+        reply["References"] = ids_that_fit(header_safe(p.references + " " + p.message_id))
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"

@@ -21,7 +21,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Literal
 
-from gateway.outbound.headers import header_safe
+from gateway.outbound.headers import header_safe, ids_that_fit
 from gateway.outbound.queue import RcptResult
 
 
@@ -90,9 +90,11 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     report["Date"] = email.utils.format_datetime(datetime.now(UTC))
     report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)
     report["Auto-Submitted"] = "auto-replied"
-    if original_message_id:
-        report["In-Reply-To"] = header_safe(original_message_id)
-        report["References"] = header_safe(original_message_id)
+    # A Message-ID too long for a line (RFC 5322 2.1.1) is left out: it must not be encoded.
+    in_reply_to = ids_that_fit(header_safe(original_message_id))
+    if in_reply_to:
+        report["In-Reply-To"] = in_reply_to
+        report["References"] = in_reply_to
 
     lines = [f"This is the mail system at host {reporting_mta}.", ""]
     if action == "failed":

@@ -6,12 +6,16 @@ email generator treats several of them as line breaks, so copied into a reply th
 either inject a header or make the generator refuse the message; either way the
 customer's mail would be lost to quarantine. Folding is undone and every other
 control character becomes a space. The other way round, `fold_long_lines` folds
-a header line longer than RFC 5322 allows before the message is DKIM-signed.
+a header line longer than RFC 5322 allows before the message is DKIM-signed; it
+can fold only at whitespace, so a word too long for a line is RFC 2047-encoded
+first (`encode_long_words`) or, where encoding is not allowed (Message-IDs),
+left out (`ids_that_fit`).
 """
 
 from __future__ import annotations
 
 import re
+from email.header import Header
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # C0 controls except TAB, DEL, C1 NEL and the Unicode line/paragraph separators:
@@ -55,3 +59,31 @@ def fold_long_lines(data: bytes) -> bytes:
                 cur += piece
         lines.append(cur)
     return b"\r\n".join(lines) + (b"" if sep < 0 else data[sep:])
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _encoded(word: str) -> str:
+    # Encoded words of at most FOLD_AT octets, separated by spaces: a decoder joins
+    # adjacent encoded words without the space (RFC 2047 6.2), so the text is the same.
+    return Header(word, "utf-8").encode(linesep="\n", maxlinelen=FOLD_AT).replace("\n ", " ")
+
+
+def encode_long_words(value: str) -> str:
+    """`value` (unstructured text, such as a Subject) with every word too long for a
+    folded line written as RFC 2047 encoded words, as mail clients do, so that the
+    field can be folded within FOLD_AT octets. A value that is not ASCII is left as it
+    is: the generator encodes it whole, in encoded words it folds."""
+    if not value.isascii():
+        return value
+    return _WORD.sub(lambda m: m.group() if len(m.group()) < FOLD_AT else _encoded(m.group()),
+                     value)
+
+
+def ids_that_fit(value: str) -> str:
+    """The whitespace-separated words of `value` (Message-IDs for In-Reply-To and
+    References, which must not be encoded) that a folded line can hold, in order; a
+    longer one is left out, since written it would make a line over MAX_LINE octets."""
+    return " ".join(w for w in value.split()
+                    if len(w.encode("utf-8", "surrogateescape")) < MAX_LINE)

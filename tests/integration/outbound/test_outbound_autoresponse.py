@@ -302,3 +302,69 @@ class TestRequests:
             assert requests(rg) == [] and len(outbound(rg)) == 1
         finally:
             sink.stop()
+
+
+def header_lines(data: bytes) -> list[bytes]:
+    """The header lines of a message as received (without their line ends)."""
+    head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    return head.split(b"\n")
+
+
+@pytest.fixture
+def desk_sink(tmp_path, make_confdir, run_gateway):
+    """A running gateway with the Desk queue, relaying to Postfix's smtp-sink."""
+    from tests.peers.require import missing_peer
+    from tests.peers.smarthost import SmtpSink
+
+    if not SmtpSink.available():
+        missing_peer("smtp-sink (Postfix) not installed")
+    sink = SmtpSink(tmp_path / "sink").start()
+    conf = make_confdir({"40-outbound.toml": outbound_toml(sink.port), "50-desk.toml": DESK})
+    rg = run_gateway(load_config(conf))
+    client = LmtpClient(rg.socket_path)
+    client.lhlo()
+
+    def deliver(msg: bytes) -> bytes:
+        """The auto-response to `msg` as smtp-sink received it."""
+        _, replies = client.transaction("jane@customer.test", ["desk@example.org"], msg)
+        assert [c for c, _ in replies] == [250]
+        (got,) = wait_for(lambda: sink.count() >= 1 and sink.messages(),
+                          what="auto-response received by smtp-sink")
+        return got.data
+
+    yield rg, deliver
+    client.close()
+    sink.stop()
+
+
+class TestLongHeaders:
+    @pytest.mark.parametrize("word", ["x" * 3000, "ä" * 3000], ids=["ascii", "utf-8"])
+    def test_subject_without_spaces_folds_within_998_octets(self, desk_sink, word):
+        """A 3,000-character Subject without spaces: every header line of the
+        auto-response smtp-sink receives is at most 998 octets (RFC 5322 2.1.1), and
+        the Subject still reads "[Ticket#N] Re: " and the whole customer subject."""
+        from email.policy import default
+
+        rg, deliver = desk_sink
+        data = deliver(mail(subject=word) if word.isascii() else mail(
+            subject="=?utf-8?b?" + __import__("base64").b64encode(word.encode()).decode()
+            + "?="))
+        assert max(len(ln) for ln in header_lines(data)) <= 998
+        with rg.gateway.engine.connect() as conn:
+            number = conn.execute(select(Ticket.number)).scalar()
+        msg = message_from_bytes(data, policy=default)
+        assert str(msg["Subject"]) == f"[Ticket#{number}] Re: {word}"
+
+    def test_long_message_ids_never_make_a_line_over_998_octets(self, desk_sink):
+        """A customer Message-ID that fits a line only folded, and a References id too
+        long for any line: In-Reply-To and References keep the first (folded), leave out
+        the second, and no header line is over 998 octets."""
+        _rg, deliver = desk_sink
+        long_id = "<" + "n" * 970 + "@customer.test>"        # 986 octets
+        huge = "<" + "m" * 990 + "@customer.test>"           # 1,006 octets
+        data = deliver(mail(mid=f"\r\n {long_id}",
+                            extra=f"References: <r1@customer.test>\r\n {huge}\r\n"))
+        assert max(len(ln) for ln in header_lines(data)) <= 998
+        msg = message_from_bytes(data)
+        assert msg["In-Reply-To"].strip() == long_id
+        assert msg["References"].split() == ["<r1@customer.test>", long_id]

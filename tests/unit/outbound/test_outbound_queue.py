@@ -262,6 +262,22 @@ class TestDsn:
         assert b"X-Evil: 1\r\n" not in data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
         assert b"Diagnostic-Code: smtp; 550 5.1.1 no such X-Evil: 1" in data
 
+    def test_header_lines_stay_within_998_octets(self):
+        """An original Message-ID as long as the queue keeps (998 octets) and a long
+        remote reply: no header line of the DSN is over 998 octets (RFC 5322 2.1.1);
+        the Message-ID that cannot fit a line is left out of In-Reply-To/References."""
+        mid = "<" + "m" * 984 + "@example.org>"
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org",
+                         original_message_id=mid,
+                         results=[oq.RcptResult(1, "a@customer.test", 550,
+                                                "5.1.1 " + "x" * 900)],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        assert max(len(ln) for ln in data.split(b"\r\n")) <= 998
+        msg = message_from_bytes(data)
+        assert msg["In-Reply-To"] is None and msg["References"] is None
+        assert parse_dsn(msg) is not None
+
     def test_8bit_original_headers_are_returned_as_sent(self):
         """A message with raw UTF-8 (and invalid 8-bit) in its headers gets a DSN whose
         text/rfc822-headers part holds those header bytes unchanged, marked 8bit."""
