@@ -6,7 +6,9 @@ A DSN goes out through the same queue with the null envelope sender (or
 A non-ASCII recipient is reported as RFC 6533 asks: `Final-Recipient: utf-8;
 <address>`, raw UTF-8, in a message/global-delivery-status part; ASCII ones keep
 `rfc822;` (in a message/delivery-status part when every address is ASCII).
-Original headers in UTF-8 come back as message/global-headers.
+Original headers in UTF-8 come back as message/global-headers. A non-ASCII return
+path is written in To: as raw UTF-8 (RFC 6532), and the DSN, whose recipient it is,
+goes out with SMTPUTF8 (gateway.outbound.transport).
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     """The DSN message as CRLF bytes."""
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
-    report["To"] = header_safe(to)
+    # A UTF-8 address stays raw UTF-8 (RFC 6532; the DSN goes with SMTPUTF8 because its
+    # recipient is not ASCII): an RFC 2047 encoded word is no address. As surrogates, the
+    # generator writes the bytes as they are.
+    raw_to = header_safe(to).encode("utf-8", "surrogateescape")
+    report["To"] = raw_to.decode("ascii", "surrogateescape")
     if action == "failed":
         report["Subject"] = "Undelivered Mail Returned to Sender"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 from email import message_from_bytes
 
@@ -11,6 +12,7 @@ from sqlalchemy import select
 from gateway.inbound.bounce import parse_dsn
 from gateway.store.tables import Article, CommEntry, OutboundMessage, OutboundRecipient
 from tests.integration.outbound.conftest import statuses, submission_port, wait_for
+from tests.peers import postfix as pfmod
 from tests.peers.ca import TestCA
 from tests.peers.require import missing_peer
 from tests.peers.smarthost import AuthSink, SmtpSink, free_port
@@ -228,3 +230,44 @@ class TestInternationalAddresses:
             assert len(m) == 2 and m[1].kind == "dsn"
             assert sink.received == [] or all(x.rcpts != ["jörg@kunde.test"]
                                               for x in sink.received)
+
+    def test_dsn_to_a_utf8_return_path_has_a_raw_utf8_to_and_goes_with_smtputf8(
+            self, outbound_config, run_gateway):
+        """The DSN for a message from jörg@kunde.test goes through a real Postfix with
+        SMTPUTF8 (its Received line says UTF8SMTP, RFC 6531 3.7.4) and arrives with To: as raw UTF-8
+        (RFC 6532), not an RFC 2047 encoded word, which is no address."""
+        if not pfmod.available():
+            missing_peer("Postfix binaries missing or not running as root")
+        with AuthSink() as sink, pfmod.postfix_dir() as base:
+            pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
+            pf.write_config()
+            pf.run("postconf", "-e",
+                   f"transport_maps=inline:{{ kunde.test=smtp:[127.0.0.1]:{sink.port} }}",
+                   "relay_domains=kunde.test, customer.test",
+                   "smtpd_recipient_restrictions=check_recipient_access "
+                   "inline:{ gone@customer.test=REJECT }, "
+                   "permit_mynetworks, reject")
+            with (pf.conf / "master.cf").open("a") as fh:
+                fh.write("smtp      unix  -       -       n       -       -       smtp\n")
+            pf.run("postfix", "start")
+            pf.running = True
+            try:
+                pf._wait_listening()
+                cfg = outbound_config(pf.port, retry="1h")
+                rg = run_gateway(cfg)
+                with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                    s.sendmail("jörg@kunde.test", ["gone@customer.test"], UTF8_MSG,
+                               mail_options=["SMTPUTF8"])
+                wait_for(lambda: sink.received, timeout=30, what="the DSN behind Postfix")
+            finally:
+                pf.stop()
+        assert statuses(rg.gateway.engine)[0] == "failed"
+        (dsn,) = sink.received
+        assert dsn.mail_from == "" and dsn.rcpts == ["jörg@kunde.test"]
+        head = re.sub(rb"\r\n[ \t]+", b" ", dsn.data.split(b"\r\n\r\n", 1)[0])
+        assert "To: jörg@kunde.test".encode() in head.split(b"\r\n")
+        received = [ln for ln in head.split(b"\r\n") if ln.startswith(b"Received:")]
+        assert any(b"with UTF8SMTP" in ln and b"helpdesk.test" in ln for ln in received), \
+            received
+        info = parse_dsn(message_from_bytes(dsn.data))
+        assert info is not None and info.action == "failed" and info.status == "5.7.1"
