@@ -25,6 +25,7 @@ from gateway.errors import ConfigErrors, SmtpReply
 from gateway.inbound.backend import InboundBackend
 from gateway.inbound.pipeline import Pipeline, Stages
 from gateway.inbound.stages import build_stages
+from gateway.inline_secrets import log_inline_secret_warnings
 from gateway.interfaces import Host, ReloadHook, Service, ServiceFactory, is_running
 from gateway.limits import FD_MARGIN, SessionLimit, raise_fd_limit
 from gateway.model import Envelope, Outcome
@@ -191,6 +192,11 @@ class Gateway:
         await self._restart_failed_services()
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
+        if self.with_services:
+            # As `serve` does at start; the main process only (the LMTP workers reload
+            # too), so each reload warns once.
+            await asyncio.get_running_loop().run_in_executor(
+                None, log_inline_secret_warnings, cfg.conf_dir)
         return True
 
     async def _switch_handoff(self, cfg: Config) -> None:

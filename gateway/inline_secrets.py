@@ -4,8 +4,9 @@ A `…_file` secret that is not private refuses the configuration
 (gateway.privatefiles); an inline one is the admin's choice and stays valid, but
 the file then needs the same care. A conf.d file may be readable by the
 gateway's own group (root:deskgate 0640, as /etc/deskgate is); any other group
-or the rest of the world reading a secret is a warning for `check` and `serve`.
-The warning names the file and its mode, never the secret.
+or the rest of the world reading a secret is a warning for `check`, for `serve`
+at start and after each reload that worked (SIGHUP, `deskgate reload`, a dashboard
+save). The warning names the file and its mode, never the secret.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
+
 from gateway.config import Config
+
+log = structlog.get_logger(__name__)
 
 
 def _secret_keys(cls: type, prefix: str) -> list[str]:
@@ -125,3 +130,10 @@ def inline_secret_warnings(conf_dir: Path, gid: int | None = None) -> list[tuple
         if readable:
             out.extend((key, _reason(path, st, gid, key)) for key in keys)
     return out
+
+
+def log_inline_secret_warnings(conf_dir: Path) -> None:
+    """Log each inline secret that group or others may read (`check` lists them too)."""
+    for key, reason in inline_secret_warnings(conf_dir):
+        log.warning("a secret in the configuration is readable by group or others",
+                    key=key, reason=reason)

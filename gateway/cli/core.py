@@ -61,10 +61,11 @@ def register(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.errors import InUse
+    from gateway.inline_secrets import log_inline_secret_warnings
     from gateway.supervise import run_serve
 
     cfg = load(args, quiet_logs=False)
-    _warn_inline_secrets(cfg)
+    log_inline_secret_warnings(cfg.conf_dir)
     try:
         run_serve(cfg)
     except InUse as exc:
@@ -77,18 +78,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: {reason}", file=sys.stderr)
         return EX_TEMPFAIL if reason.startswith("gateway.database") else 1
     return EX_OK
-
-
-def _warn_inline_secrets(cfg: Config) -> None:
-    """Log each inline secret that group or others may read (`check` lists them too)."""
-    import structlog
-
-    from gateway.inline_secrets import inline_secret_warnings
-
-    log = structlog.get_logger(__name__)
-    for key, reason in inline_secret_warnings(cfg.conf_dir):
-        log.warning("a secret in the configuration is readable by group or others",
-                    key=key, reason=reason)
 
 
 def startup_failure(cfg: Config, exc: BaseException) -> str | None:

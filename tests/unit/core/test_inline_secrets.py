@@ -118,3 +118,53 @@ class TestInlineSecretWarnings:
         conf = private_base(make_confdir({"50-x.toml": "[relay\npassword = 'x'\n"}))
         (conf / "50-x.toml").chmod(0o644)
         assert inline_secret_warnings(conf) == []
+
+
+WARNING = "a secret in the configuration is readable by group or others"
+
+
+class TestReloadWarning:
+    """A reload (SIGHUP, `deskgate reload`, a dashboard save) warns as `serve` does."""
+
+    def test_a_reload_that_brings_a_readable_secret_warns_once(self, make_confdir,
+                                                              run_gateway):
+        """A world-readable file with an inline secret added before a reload: the
+        reload logs the warning once, naming key and file, never the secret."""
+        from structlog.testing import capture_logs
+
+        conf = private_base(make_confdir())
+        rg = run_gateway(load_config(conf))
+        (conf / "50-x.toml").write_text(CASES["dashboard.token"])
+        (conf / "50-x.toml").chmod(0o644)
+        with capture_logs() as logs:
+            assert rg.call(rg.gateway.reload()) is True
+        warned = [e for e in logs if e["event"] == WARNING]
+        assert [e["key"] for e in warned] == ["dashboard.token"]
+        assert str(conf / "50-x.toml") in warned[0]["reason"]
+        assert "s3cret" not in repr(logs)
+
+    def test_no_warning_from_a_refused_reload_or_a_worker(self, make_confdir, run_gateway):
+        """A reload refused for an invalid configuration keeps the running one and does
+        not warn; an LMTP worker's reload (no services) leaves the warning to the main
+        process, so one reload warns once."""
+        import asyncio
+
+        from structlog.testing import capture_logs
+
+        from gateway.app import Gateway
+
+        conf = private_base(make_confdir())
+        rg = run_gateway(load_config(conf))
+        (conf / "50-x.toml").write_text(CASES["dashboard.token"] + "bogus = 1\n")
+        (conf / "50-x.toml").chmod(0o644)
+        with capture_logs() as logs:
+            assert rg.call(rg.gateway.reload()) is False
+        assert [e for e in logs if e["event"] == WARNING] == []
+        (conf / "50-x.toml").write_text(CASES["dashboard.token"])
+        worker = Gateway(load_config(conf))
+        try:
+            with capture_logs() as logs:
+                assert asyncio.run(worker.reload()) is True
+        finally:
+            worker.close()
+        assert [e for e in logs if e["event"] == WARNING] == []
