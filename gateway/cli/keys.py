@@ -157,4 +157,23 @@ def cmd_redecrypt(args: argparse.Namespace) -> int:
             print(f"article {r.article_id}: decrypted={c['decrypted']} "
                   f"signature_valid={c['signature_valid']} signer={c['signer'] or '-'}"
                   + (f" error: {c['error']}" if c["error"] else ""))
+            for line in signature_lines(c):
+                print(f"  {line}")
     return EX_OK
+
+
+def signature_lines(crypto: dict[str, Any]) -> list[str]:
+    """The partial signing and each signature of a crypto result, as an admin reads
+    them: signer, key id and whether it is valid (and why not)."""
+    out = []
+    if crypto.get("partially_signed"):
+        out.append("partially signed: text outside the signed block is not covered by a "
+                   "signature")
+    for n, s in enumerate(crypto.get("signatures") or [], 1):
+        key = s.get("key_id") or s.get("fingerprint") or ""
+        verdict = "valid" if s.get("valid") else (
+            "NOT valid" + (f" ({s['error']})" if s.get("error") else ""))
+        out.append(f"signature {n} ({s.get('method') or '-'}): "
+                   f"{s.get('signer') or 'unknown signer'}"
+                   + (f", key {key}" if key else "") + f": {verdict}")
+    return out

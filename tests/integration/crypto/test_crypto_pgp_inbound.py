@@ -431,3 +431,35 @@ class TestAgentLifetime:
         finally:
             gw.close()
         assert not _agent_running(pgp_env.gnupg_home)
+
+
+class TestRedecryptText:
+    def test_text_output_shows_partial_signing_and_every_signature(self, pgp_env, pgp_keys,
+                                                                   colleague, deliver):
+        """`tickets redecrypt N` without --json: one line per signature with its signer,
+        key id and whether it is valid (why not), and a line saying that only part of
+        the body is signed."""
+        import contextlib
+        import io
+
+        from gateway.cli import main
+
+        signed = pgp_keys.customer.run("--clearsign", "-u", COLLEAGUE, "-u", CUSTOMER,
+                                       input=b"Signed by two.\n").stdout
+        d = deliver(inline(b"Added by someone.\n\n" + signed, "rd1"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["--config", str(pgp_env.conf), "tickets", "redecrypt",
+                       d.ticket["number"]])
+        assert rc == 0
+        lines = out.getvalue().splitlines()
+        assert lines[0].startswith("article ") and "signature_valid=False" in lines[0]
+        assert "  partially signed: text outside the signed block is not covered by a " \
+               "signature" in lines
+        ours = pgp_keys.customer.fingerprint(CUSTOMER)[-16:]
+        theirs = pgp_keys.customer.fingerprint(COLLEAGUE)[-16:]
+        sigs = sorted(ln.strip().split(" ", 3)[3] for ln in lines if ln.startswith("  signature "))
+        assert len(sigs) == 2
+        assert sigs[0] == f"{CUSTOMER}, key {ours}: valid"
+        assert sigs[1].startswith(f"unknown signer, key {theirs}: NOT valid (")
+        assert "no public key" in sigs[1]
