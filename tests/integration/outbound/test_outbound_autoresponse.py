@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from email import message_from_bytes
 
 import pytest
@@ -346,9 +347,8 @@ class TestLongHeaders:
         from email.policy import default
 
         rg, deliver = desk_sink
-        data = deliver(mail(subject=word) if word.isascii() else mail(
-            subject="=?utf-8?b?" + __import__("base64").b64encode(word.encode()).decode()
-            + "?="))
+        encoded = "=?utf-8?b?" + base64.b64encode(word.encode()).decode() + "?="
+        data = deliver(mail(subject=word if word.isascii() else encoded))
         assert max(len(ln) for ln in header_lines(data)) <= 998
         with rg.gateway.engine.connect() as conn:
             number = conn.execute(select(Ticket.number)).scalar()
