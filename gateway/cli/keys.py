@@ -162,6 +162,24 @@ def cmd_redecrypt(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def crypto_lines(crypto: dict[str, Any]) -> list[str]:
+    """A crypto result as `tickets show` writes it: one line (encrypted/decrypted,
+    signed by whom and whether valid, the error), then signature_lines indented."""
+    method = f" ({crypto['method']})" if crypto.get("method") else ""
+    parts = []
+    if crypto.get("encrypted"):
+        parts.append(f"encrypted{method}, "
+                     + ("decrypted" if crypto.get("decrypted") else "not decrypted"))
+    if crypto.get("signed"):
+        valid = crypto.get("signature_valid")
+        verdict = "valid" if valid else "not verified" if valid is None else "NOT valid"
+        signer = f" by {crypto['signer']}" if crypto.get("signer") else ""
+        parts.append(f"signed{method}{signer}: {verdict}")
+    if crypto.get("error"):
+        parts.append(f"error: {crypto['error']}")
+    return ["Crypto: " + "; ".join(parts)] + ["  " + ln for ln in signature_lines(crypto)]
+
+
 def signature_lines(crypto: dict[str, Any]) -> list[str]:
     """The partial signing and each signature of a crypto result, as an admin reads
     them: signer, key id and whether it is valid (and why not)."""

@@ -203,7 +203,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"\n--- article {a['id']} ({a['direction']}, {a['sender_type']}) {a['created']}")
         print(f"From: {a['from']}\nTo: {a['to']}\nSubject: {a['subject']}")
         if a["crypto"]["encrypted"] or a["crypto"]["signed"]:
-            print(f"Crypto: {a['crypto']}")
+            from gateway.cli.keys import crypto_lines
+
+            print("\n".join(crypto_lines(a["crypto"])))
         for att in a["attachments"]:
             print(f"Attachment: {att['filename']} ({att['content_type']}, {att['size']} bytes)")
         print()

@@ -463,3 +463,26 @@ class TestRedecryptText:
         assert sigs[0] == f"{CUSTOMER}, key {ours}: valid"
         assert sigs[1].startswith(f"unknown signer, key {theirs}: NOT valid (")
         assert "no public key" in sigs[1]
+
+
+class TestShowText:
+    def test_tickets_show_reads_the_crypto_result(self, pgp_env, pgp_keys, deliver):
+        """`tickets show N` without --json writes the crypto result as sentences, with the
+        partial signing and each signature, not as a raw dictionary."""
+        import contextlib
+        import io
+
+        from gateway.cli import main
+
+        signed = pgp_keys.customer.run("--clearsign", "-u", CUSTOMER,
+                                       input=b"Signed part.\n").stdout
+        d = deliver(inline(b"Added by someone.\n\n" + signed, "show1"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["--config", str(pgp_env.conf), "tickets", "show", d.ticket["number"]])
+        assert rc == 0
+        text = out.getvalue()
+        assert "{'" not in text
+        assert f"Crypto: signed (pgp) by {CUSTOMER}: valid" in text
+        assert "  partially signed: text outside the signed block is not covered" in text
+        assert f"  signature 1 (pgp): {CUSTOMER}, key " in text
