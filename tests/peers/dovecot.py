@@ -214,6 +214,14 @@ protocol pop3 {{
             os.chown(tmp, self.mail_uid, self.mail_gid)
             tmp.rename(base / "new" / name)
 
+    def message_file(self, user: str, needle: bytes) -> Path:
+        """The Maildir file of the INBOX message that contains `needle`."""
+        base = self.dir / "mail" / user
+        for path in sorted([*base.glob("new/*"), *base.glob("cur/*")]):
+            if needle in path.read_bytes():
+                return path
+        raise LookupError(f"no message of {user} contains {needle!r}")
+
     def count(self, user: str, folder: str = "INBOX") -> int:
         """Messages in a folder that are not flagged \\Deleted."""
         c = self.imap(user)

@@ -20,14 +20,17 @@ import contextlib
 import imaplib
 import re
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.commlog import CommObj
 from gateway.config import AccountConfig
 from gateway.inbound.poller.session import (
     TIMEOUT,
+    Fetched,
     Listing,
     MailboxError,
+    Refused,
     RemoteMessage,
     TokenGetter,
     classify_os_error,
@@ -251,31 +254,65 @@ class ImapSession:
         out.sort(key=lambda m: m.uid)
         return Listing(tuple(out), self.uidvalidity, self.exists)
 
-    def fetch(self, msg: RemoteMessage) -> bytes | None:
-        """The whole message, or None when it vanished meanwhile."""
-        data = self._cmd("fetch", "FETCH", msg.ref, "(BODY.PEEK[])")
-        for item in data:
-            if isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes):
-                return item[1]
-        return None
+    def _fetch_bodies(self, uids: str) -> tuple[dict[int, bytes], Refused | None]:
+        """One UID FETCH of whole messages: the bodies by UID (-1: no UID given) and
+        the server's refusal, if it answered NO or closed the connection with a BYE.
 
-    def fetch_many(self, msgs: list[RemoteMessage]) -> list[bytes | None]:
-        """Several whole messages in one UID FETCH; None for those that vanished."""
+        A connection that ends without a BYE is lost, not a refusal (MailboxError).
+        """
+        imap = self.imap
+        assert imap is not None
+        try:
+            typ, data = imap.uid("FETCH", uids, "(BODY.PEEK[])")
+        except (OSError, imaplib.IMAP4.abort) as exc:
+            bye = imap.untagged_responses.get("BYE")
+            if not bye or isinstance(exc, OSError):
+                raise MailboxError("fetch", f"connection lost: {exc}") from exc
+            # What arrived before the BYE is whole: imaplib reads each literal completely.
+            bodies = _bodies(imap.untagged_responses.get("FETCH", []))
+            self.abort()
+            return bodies, Refused(f"* BYE {_text(bye[-1])}", closed=True)
+        except imaplib.IMAP4.error as exc:
+            raise MailboxError("fetch", f"UID FETCH {uids} failed: {exc}") from exc
+        if typ == "NO":
+            # imaplib leaves the FETCH responses of a NO behind: take them, so they
+            # are neither lost nor mistaken for the next command's.
+            return (_bodies(imap.untagged_responses.pop("FETCH", [])),
+                    Refused(f"NO {_text(data)}"))
+        if typ != "OK":
+            raise MailboxError("fetch", f"UID FETCH {uids} answered {typ}: {_text(data)}")
+        return _bodies(data), None
+
+    def fetch(self, msg: RemoteMessage) -> Fetched:
+        """The whole message, the server's refusal, or None when it vanished meanwhile."""
+        bodies, refused = self._fetch_bodies(msg.ref)
+        body = bodies.get(msg.uid, bodies.get(-1))
+        return body if body is not None else refused
+
+    def fetch_many(self, msgs: list[RemoteMessage]) -> list[Fetched]:
+        """Several whole messages in one UID FETCH; None for those that vanished.
+
+        After a NO, a message without a body is the refused one when it is the only
+        one; several are asked for one by one, so each gets its own answer (Dovecot
+        closes the connection when asked again for the one it refused). After a BYE
+        nothing more can be asked here: those without a body are refused, unsure.
+        """
         if len(msgs) == 1:
             return [self.fetch(msgs[0])]
-        data = self._cmd("fetch", "FETCH", ",".join(m.ref for m in msgs), "(BODY.PEEK[])")
-        bodies: dict[int, bytes] = {}
-        for i, item in enumerate(data):
-            if not (isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes)):
-                continue
-            head = item[0] if isinstance(item[0], bytes) else b""
-            m = _UID_RE.search(head)
-            nxt = data[i + 1] if i + 1 < len(data) else None
-            if m is None and isinstance(nxt, bytes):
-                m = _UID_RE.search(nxt)     # UID after the literal
-            if m is not None:
-                bodies[int(m.group(1))] = item[1]
-        return [bodies.get(m.uid) for m in msgs]
+        bodies, refused = self._fetch_bodies(",".join(m.ref for m in msgs))
+        missing = [m for m in msgs if m.uid not in bodies]
+        out: list[Fetched] = []
+        for m in msgs:
+            body = bodies.get(m.uid)
+            if body is not None or refused is None:
+                out.append(body)
+            elif len(missing) == 1 and not refused.closed:
+                out.append(refused)
+            elif self.imap is None:
+                out.append(Refused(refused.answer, closed=True, sure=False))
+            else:
+                out.append(self.fetch(m))
+        return out
 
     def headers(self, msg: RemoteMessage) -> bytes:
         data = self._cmd("fetch", "FETCH", msg.ref,
@@ -388,6 +425,21 @@ class ImapSession:
 
     def count(self) -> int:
         return self.exists
+
+
+def _bodies(data: Sequence[object]) -> dict[int, bytes]:
+    """Message literals of FETCH responses by UID; -1 for one without a UID."""
+    bodies: dict[int, bytes] = {}
+    for i, item in enumerate(data):
+        if not (isinstance(item, tuple) and len(item) >= 2 and isinstance(item[1], bytes)):
+            continue
+        head = item[0] if isinstance(item[0], bytes) else b""
+        m = _UID_RE.search(head)
+        nxt = data[i + 1] if i + 1 < len(data) else None
+        if m is None and isinstance(nxt, bytes):
+            m = _UID_RE.search(nxt)     # UID after the literal
+        bodies.setdefault(int(m.group(1)) if m is not None else -1, item[1])
+    return bodies
 
 
 def _auth_text(exc: BaseException) -> str:

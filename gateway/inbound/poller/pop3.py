@@ -21,8 +21,10 @@ from gateway.commlog import CommObj
 from gateway.config import AccountConfig
 from gateway.inbound.poller.session import (
     TIMEOUT,
+    Fetched,
     Listing,
     MailboxError,
+    Refused,
     RemoteMessage,
     TokenGetter,
     classify_os_error,
@@ -48,7 +50,7 @@ def _allow_lines_of(size: int) -> None:
             setattr(poplib, "_MAXLINE", size + 2)  # noqa: B010 - private, untyped
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException | str) -> str:
     """An error for the log: poplib puts the offending server line into it (a line
     of the message, perhaps megabytes)."""
     text = str(exc)
@@ -198,13 +200,18 @@ class Pop3Session:
                for n in sorted(sizes)]
         return Listing(tuple(out), 0, self.exists)
 
-    def fetch(self, msg: RemoteMessage) -> bytes | None:
+    def fetch(self, msg: RemoteMessage) -> Fetched:
+        """The whole message, or the server's -ERR for it (the connection stays usable)."""
         pop = self.pop
         assert pop is not None
         try:
             _, lines, _ = pop.retr(int(msg.ref))
         except poplib.error_proto as exc:
-            raise MailboxError("fetch", f"RETR {msg.ref} refused: {_short(exc)}") from exc
+            answer = exc.args[0] if exc.args else b""
+            if isinstance(answer, bytes) and answer.startswith(b"-ERR"):
+                return Refused(_short(_text(answer)))
+            # Not the server's answer (a line too long, say): the stream is out of step.
+            raise MailboxError("fetch", f"RETR {msg.ref} failed: {_short(exc)}") from exc
         except OSError as exc:
             raise MailboxError("fetch", f"connection lost: {_short(exc)}") from exc
         return b"\r\n".join(lines) + b"\r\n"
@@ -218,7 +225,7 @@ class Pop3Session:
             return b""
         return b"\r\n".join(lines) + b"\r\n"
 
-    def fetch_many(self, msgs: list[RemoteMessage]) -> list[bytes | None]:
+    def fetch_many(self, msgs: list[RemoteMessage]) -> list[Fetched]:
         return [self.fetch(m) for m in msgs]
 
     def done(self, msg: RemoteMessage) -> None:

@@ -6,7 +6,9 @@ outcome (451) leaves the message where it is. When the database takes a write
 right after it, the failure was the message's own (a row the store refuses, a
 quarantine that fails): the run goes on with the next message and the next run
 tries it again (IMAP keep mode remembers it in poller_retry, past the folder
-position). When the database does not, the run ends: nothing later is fetched. A crash between the
+position). When the database does not, the run ends: nothing later is fetched. A
+message the server refuses to hand over (NO, BYE, -ERR for it alone) is left the
+same way; a connection lost without such an answer ends the run. A crash between the
 commit and the removal refetches the message next time; the pipeline's dedupe
 (Message-ID + content hash + the account's pseudo-recipient) answers
 "duplicate" and the removal is done then.
@@ -40,7 +42,13 @@ from gateway.inbound.poller.imap import ImapSession
 from gateway.inbound.poller.lease import AccountLock
 from gateway.inbound.poller.oauth2 import TokenSource
 from gateway.inbound.poller.pop3 import Pop3Session
-from gateway.inbound.poller.session import MailboxError, RemoteMessage, Session
+from gateway.inbound.poller.session import (
+    Fetched,
+    MailboxError,
+    Refused,
+    RemoteMessage,
+    Session,
+)
 from gateway.model import Envelope
 
 if TYPE_CHECKING:
@@ -73,6 +81,15 @@ def make_session(account: AccountConfig, root: Any, obj: CommObj,
                  token: Callable[[], str] | None) -> Session:
     cls = ImapSession if account.type.startswith("imap") else Pop3Session
     return cls(account, root, obj, token)
+
+
+@dataclass
+class Progress:
+    """What the connections of one run hand on to the next connection."""
+
+    done: set[str] = field(default_factory=set)     # stable keys handled or left: skipped
+    singly: set[str] = field(default_factory=set)   # fetched one at a time (see Refused.sure)
+    carry: set[str] = field(default_factory=set)    # committed, to remove on the next one
 
 
 @dataclass
@@ -173,7 +190,7 @@ class Poller:
         result.communication_id = comm.id
         token = self.token_source(account).get if account.oauth2 is not None else None
         budget = account.max_messages_per_run
-        done_keys: set[str] = set()
+        progress = Progress()
         errors: list[str] = []
         log.info("poll run started", account=account.name, trigger=trigger)
         try:
@@ -204,7 +221,7 @@ class Poller:
                 await self._db(lambda c: write_comm(c, comm))   # the Connection comes first
                 try:
                     more, ok = await self._segment(account, session, obj, comm, result, call,
-                                                   pool, budget - result.fetched, done_keys,
+                                                   pool, budget - result.fetched, progress,
                                                    errors)
                 except BaseException:
                     pool.submit(session.abort)   # after whatever the thread is doing now
@@ -248,9 +265,14 @@ class Poller:
 
     async def _segment(self, account: AccountConfig, session: Session, obj: CommObj,
                        comm: Comm, result: RunResult, call: Any, pool: ThreadPoolExecutor,
-                       budget: int, done_keys: set[str], errors: list[str]
+                       budget: int, progress: Progress, errors: list[str]
                        ) -> tuple[bool, bool]:
-        """Work one connection; returns (more mail waiting, connection ended cleanly)."""
+        """Work one connection; returns (more mail waiting, connection ended cleanly).
+
+        A server that closes the connection as its answer to one message (Dovecot
+        does, for a message it cannot read) ends it cleanly with more waiting: the
+        run goes on on a new connection, where what was committed is removed.
+        """
         imap = account.type.startswith("imap")
         keep = account.after_fetch == "keep"
         folder = account.folder if imap else ""
@@ -282,6 +304,9 @@ class Poller:
         messages = listing.messages
         if imap and not keep:
             messages = await self._flagged(account, session, obj, messages)
+        for m in listing.messages:     # committed on a connection the server closed
+            if m.key in progress.carry:
+                session.done(m)
 
         # Oversized messages stay on the server (an Error once); the rest is the work list.
         size_limit = account.max_message_size
@@ -291,12 +316,13 @@ class Poller:
         more = False
         if keep and imap:   # below the mark: failed before, or oversized under a smaller limit
             todo = await self._below_mark(account, obj, folder, uidvalidity, after_uid or 0)
+            todo = [m for m in todo if m.key not in progress.done]
             todo, more = todo[:limit], len(todo) > limit
         again = {m.key for m in todo}
         for m in messages:
             if m.size > account.max_message_size:
                 big.append(m)
-            elif m.key in seen or m.key in done_keys:
+            elif m.key in seen or m.key in progress.done:
                 continue
             elif len(todo) < limit:
                 todo.append(m)
@@ -316,21 +342,25 @@ class Poller:
 
         handled: set[str] = set(big_keys)
         left: list[tuple[RemoteMessage, str]] = []   # failed on their own: next run
-        ok = await self._work(account, session, obj, comm, result, pool, todo, handled, left,
-                              errors)
+        committed: list[RemoteMessage] = []
+        outcome = await self._work(account, session, comm, result, pool, todo, handled, left,
+                                   committed, progress.singly, errors)
+        ok = outcome != "stop"
         fetched_big = [m.key for m in todo if m.key in known_big and m.key in handled]
         if fetched_big:   # the limit was raised: no longer left on the server
             await self._db(lambda c: state.drop_oversized(c, account.name, folder, fetched_big))
         # Skipped on the next connection of this run; a message number (POP3 without
         # UIDL) names another message there, so only stable keys are carried over.
-        done_keys.update(m.key for m in listing.messages if m.stable and m.key in handled)
+        # A message left is not tried again by this run either.
+        left_keys = {m.key for m, _ in left}
+        progress.done.update(m.key for m in (*listing.messages, *todo)   # todo: below the mark
+                             if m.stable and (m.key in handled or m.key in left_keys))
 
         # Keep mode: remember how far every message is handled (UIDs in order) or
         # which UIDLs are; a message that failed stays below the mark.
         if keep and imap:
             # A message left for the next run is remembered in poller_retry, so the
             # mark moves past it and the messages after it are not fetched again.
-            left_keys = {m.key for m, _ in left}
             position = after_uid or 0
             for m in listing.messages:
                 if m.key not in handled and m.key not in left_keys:
@@ -354,6 +384,15 @@ class Poller:
                 state.forget_seen(c, account.name, present)
             await self._db(remember)
 
+        if outcome == "closed":
+            # Removing needs a connection: the next one removes what was committed
+            # here (should the run end first, the next run's dedupe recognises it).
+            progress.carry.update(m.key for m in committed)
+            obj.log("Notice", "Connection", f"the server closed the connection after "
+                    f"refusing a message; {len(committed)} messages committed on it, "
+                    "reconnecting for the others")
+            obj.close("Warning")
+            return True, True
         marked = session.marked() if isinstance(session, ImapSession) else []
         if marked:   # remembered first: a message flagged and left is known as ours
             await self._db(lambda c: state.add_seen(c, account.name, marked))
@@ -365,6 +404,7 @@ class Poller:
             obj.close("Failed")
             errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
             return False, False
+        progress.carry.clear()
         if marked and isinstance(session, ImapSession):
             flagged = session.unexpunged
             await self._db(lambda c: state.forget_seen(c, account.name, flagged))
@@ -405,19 +445,22 @@ class Poller:
                     "client: left alone (neither fetched nor expunged)")
         return tuple(m for m in messages if not m.deleted)
 
-    async def _work(self, account: AccountConfig, session: Session, obj: CommObj, comm: Comm,
+    async def _work(self, account: AccountConfig, session: Session, comm: Comm,
                     result: RunResult, pool: ThreadPoolExecutor, todo: list[RemoteMessage],
                     handled: set[str], left: list[tuple[RemoteMessage, str]],
-                    errors: list[str]) -> bool:
+                    committed: list[RemoteMessage], singly: set[str], errors: list[str]
+                    ) -> Literal["done", "stop", "closed"]:
         """Deliver the work list in order; the next batch is fetched while one is delivered.
 
         Only the session thread talks to the server (fetch batch n+1, later the
         removals in finish()); a message is noted for removal after its commit.
+        "stop": the run ends here; "closed": the server closed the connection with
+        its refusal of a message, the run goes on on a new one.
         """
         loop = asyncio.get_running_loop()
-        batches = _batches(todo)
+        batches = _batches(todo, singly)
 
-        def fetch(batch: list[RemoteMessage]) -> asyncio.Future[list[bytes | None]]:
+        def fetch(batch: list[RemoteMessage]) -> asyncio.Future[list[Fetched]]:
             return loop.run_in_executor(pool, session.fetch_many, batch)
 
         pending = fetch(batches[0]) if batches else None
@@ -434,27 +477,53 @@ class Poller:
                     mobj.close("Failed")
                     result.failed += 1
                     errors.append(f"Fetch: {exc.reason}")
-                    return False
-                pending = fetch(batches[bi + 1]) if bi + 1 < len(batches) else None
+                    return "stop"
+                closed = any(isinstance(r, Refused) and r.closed for r in raws)
+                pending = (fetch(batches[bi + 1]) if bi + 1 < len(batches) and not closed
+                           else None)
                 for m, raw in zip(batch, raws, strict=True):
                     if self.stopping:        # `serve` is stopping: end cleanly after a commit
-                        return True
+                        return "closed" if closed else "done"
                     if raw is None:          # vanished meanwhile (someone else removed it)
                         handled.add(m.key)
+                        continue
+                    if isinstance(raw, Refused):
+                        if raw.sure:
+                            self._refused(account, comm, result, m, raw, errors)
+                            left.append((m, f"refused by the server: {raw.answer}"[:2000]))
+                        else:
+                            singly.add(m.key)
                         continue
                     done, why = await self._deliver(account, session, comm, result, m, raw,
                                                     errors)
                     if done == "stop":
-                        return False
+                        return "stop"
                     if done == "left":
                         left.append((m, why))
                     else:
                         handled.add(m.key)
-            return True
+                        committed.append(m)
+                if closed:
+                    return "closed"
+            return "done"
         finally:
             if pending is not None:      # a prefetch still running: let it end first
                 with contextlib.suppress(Exception):
                     await pending
+
+    def _refused(self, account: AccountConfig, comm: Comm, result: RunResult,
+                 m: RemoteMessage, refused: Refused, errors: list[str]) -> None:
+        """The server would not hand over one message: logged, counted, left for next run."""
+        where = f"UID {m.uid}" if account.type.startswith("imap") else f"RETR {m.ref}"
+        mobj = comm.obj("Message")
+        mobj.log("Error", "Fetch", f"account {account.name}: message {m.key} ({where}): "
+                 f"the server refused to hand it over ({refused.answer}); left on the "
+                 "server and tried again by the next run; the run goes on with the other "
+                 "messages")
+        mobj.close("Failed")
+        metrics.POLLER_MESSAGE_FAILURES.labels(account.name).inc()
+        result.failed += 1
+        errors.append(f"Fetch: message {m.key}: {refused.answer}")
 
     async def _below_mark(self, account: AccountConfig, obj: CommObj, folder: str,
                           uidvalidity: int, below: int) -> list[RemoteMessage]:
@@ -570,12 +639,15 @@ BATCH_MESSAGES = 20
 BATCH_BYTES = 8 * 1024 * 1024
 
 
-def _batches(todo: list[RemoteMessage]) -> list[list[RemoteMessage]]:
-    """Fetch batches: up to BATCH_MESSAGES messages or BATCH_BYTES, at least one."""
+def _batches(todo: list[RemoteMessage], singly: set[str] | frozenset[str] = frozenset()
+             ) -> list[list[RemoteMessage]]:
+    """Fetch batches: up to BATCH_MESSAGES messages or BATCH_BYTES, at least one; the
+    messages in `singly` each in a batch of their own."""
     out: list[list[RemoteMessage]] = []
     size = 0
     for m in todo:
-        if out and len(out[-1]) < BATCH_MESSAGES and size + m.size <= BATCH_BYTES:
+        if (out and len(out[-1]) < BATCH_MESSAGES and size + m.size <= BATCH_BYTES
+                and m.key not in singly and out[-1][0].key not in singly):
             out[-1].append(m)
             size += m.size
         else:

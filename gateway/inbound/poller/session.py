@@ -50,6 +50,26 @@ class RemoteMessage:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """The server would not hand over a message (IMAP NO or BYE on its UID FETCH,
+    POP3 -ERR on its RETR): it stays there and the run goes on with the others.
+
+    `answer` is the server's text. `closed`: the server ended the connection with
+    its answer (Dovecot's default for a message it cannot read), so the run goes on
+    on a new one. `sure` is false for the messages of a several-message FETCH the
+    server closed the connection on: one of them was refused, maybe not this one,
+    so each is fetched on its own on the next connection.
+    """
+
+    answer: str
+    closed: bool = False
+    sure: bool = True
+
+
+Fetched = bytes | Refused | None   # None: the message vanished meanwhile
+
+
+@dataclass(frozen=True)
 class Listing:
     messages: tuple[RemoteMessage, ...]
     uidvalidity: int = 0     # IMAP only
@@ -66,9 +86,9 @@ class Session(Protocol):
 
     def listing(self, *, after_uid: int | None = None) -> Listing: ...
 
-    def fetch(self, msg: RemoteMessage) -> bytes | None: ...
+    def fetch(self, msg: RemoteMessage) -> Fetched: ...
 
-    def fetch_many(self, msgs: list[RemoteMessage]) -> list[bytes | None]: ...
+    def fetch_many(self, msgs: list[RemoteMessage]) -> list[Fetched]: ...
 
     def headers(self, msg: RemoteMessage) -> bytes: ...
 
