@@ -106,9 +106,11 @@ def _list_oversized(args: argparse.Namespace, cfg: Any) -> int:
     if args.json:
         print_json([r.as_dict() for r in rows])
     else:
-        print_table([(r.account, r.folder or "-", r.key, r.size, r.sender, r.subject,
+        # LIMIT: the max_message_size it was left under ("-": recorded before that was kept)
+        print_table([(r.account, r.folder or "-", r.key, r.size,
+                      "-" if r.limit is None else r.limit, r.sender, r.subject,
                       r.first_seen.strftime("%Y-%m-%d %H:%M")) for r in rows],
-                    ("ACCOUNT", "FOLDER", "KEY", "SIZE", "FROM", "SUBJECT", "SINCE"))
+                    ("ACCOUNT", "FOLDER", "KEY", "SIZE", "LIMIT", "FROM", "SUBJECT", "SINCE"))
     return EX_OK
 
 

@@ -49,3 +49,16 @@ class TestFetchCli:
         """An account name that is not configured exits 67."""
         cfg = poller_config(account_toml(mailbox, "imaps"))
         assert main(["--config", str(cfg.conf_dir), "fetch", "nope"]) == 67
+
+    def test_list_oversized_text_shows_the_limit(self, mailbox, poller_config, harness,
+                                                  capsys):
+        """`fetch --list-oversized` prints the max_message_size each message was left under."""
+        mailbox.append("helpdesk", [message(1, size=30_000, subject="Huge")])
+        cfg = poller_config(account_toml(mailbox, "imaps", max_message_size="10KB"))
+        assert harness(cfg).poll().oversized == 1
+        capsys.readouterr()
+        assert main(["--config", str(cfg.conf_dir), "fetch", "--list-oversized"]) == 0
+        header, row = capsys.readouterr().out.splitlines()
+        columns = header.split()
+        assert columns[columns.index("SIZE") + 1] == "LIMIT"
+        assert row.split()[columns.index("LIMIT")] == "10000"
