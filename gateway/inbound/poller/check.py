@@ -17,6 +17,7 @@ from gateway.commlog import CommObj
 from gateway.config import AccountConfig, Config
 from gateway.inbound.poller import state
 from gateway.inbound.poller.imap import ImapSession
+from gateway.inbound.poller.lease import refresh_lock
 from gateway.inbound.poller.oauth2 import TokenSource
 from gateway.inbound.poller.pop3 import Pop3Session
 from gateway.inbound.poller.session import STEPS, MailboxError, resolve
@@ -76,7 +77,8 @@ def check_account(account: AccountConfig, config: Config | None = None, *,
             engine = own_engine = make_engine(config.database_url,
                                               fast_path=config.store.fast_path)
             migrate(engine)
-        token = _token_source(account, root, engine).get
+        run_dir = config.state_dir / "run" if config is not None else None
+        token = _token_source(account, root, engine, run_dir).get
     cls = ImapSession if account.type.startswith("imap") else Pop3Session
     session = cls(account, root, obj, token)
     if isinstance(session, ImapSession):
@@ -136,7 +138,8 @@ def _tls_detail(session: Any) -> str:
     return describe_tls(getattr(conn, "sock", None))
 
 
-def _token_source(account: AccountConfig, root: Path, engine: Engine | None) -> TokenSource:
+def _token_source(account: AccountConfig, root: Path, engine: Engine | None,
+                  run_dir: Path | None) -> TokenSource:
     def load(name: str) -> tuple[str, str] | None:
         if engine is None:
             return None
@@ -150,4 +153,8 @@ def _token_source(account: AccountConfig, root: Path, engine: Engine | None) -> 
         with engine.begin() as conn:
             state.store_refresh_token(conn, name, token, fp)
 
-    return TokenSource(account, root, load, save)
+    if engine is None or run_dir is None:
+        return TokenSource(account, root, load, save)
+    db, where = engine, run_dir   # a refresh waits for one of `serve` or another check
+    return TokenSource(account, root, load, save,
+                       guard=lambda: refresh_lock(db, where, account.name))

@@ -7,10 +7,16 @@ before every refresh, so processes and nodes sharing the account follow the
 rotation; a refused refresh is a MailboxError("auth") that the runner logs as
 an Error and records on the account, never a silent stop. Blocking (urllib):
 called from session threads.
+
+A refresh (read the newest refresh token, redeem it, store the one it rotates
+to) runs under `guard`, one at a time per account across processes and nodes:
+runs and IDLE watchers of one account refresh independently, and a rotated
+refresh token redeemed twice is refused (some providers then revoke it all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import ssl
@@ -20,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import structlog
@@ -36,6 +43,8 @@ MARGIN_SHARE = 0.25    # ... or a quarter of the lifetime for short-lived tokens
 # load(account) → (refresh_token, config fingerprint) | None; save(account, token, fp)
 Load = Callable[[str], "tuple[str, str] | None"]
 Save = Callable[[str, str, str], None]
+# guard() → held while one refresh runs; raises MailboxError when it cannot be had
+Guard = Callable[[], AbstractContextManager[object]]
 
 
 def fingerprint(token: str) -> str:
@@ -46,12 +55,13 @@ class TokenSource:
     """Access tokens for one account."""
 
     def __init__(self, account: AccountConfig, root: Path, load: Load, save: Save,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 guard: Guard = contextlib.nullcontext) -> None:
         assert account.oauth2 is not None
         self.account = account.name
         self.cfg: OAuth2Config = account.oauth2
         self.root = root
-        self._load, self._save = load, save
+        self._load, self._save, self._guard = load, save, guard
         self._clock = clock
         self._lock = threading.Lock()
         self._access = ""
@@ -68,7 +78,10 @@ class TokenSource:
         with self._lock:
             if self._access and self._clock() < self._expires:
                 return self._access
-            return self._fetch()
+            if self.cfg.grant == "client_credentials":
+                return self._fetch()     # no refresh token to redeem twice
+            with self._guard():
+                return self._fetch()
 
     def invalidate(self) -> None:
         """The server refused the token: fetch a new one next time."""

@@ -39,7 +39,7 @@ from gateway.commlog import Comm, CommObj, write_comm
 from gateway.config import AccountConfig
 from gateway.inbound.poller import state
 from gateway.inbound.poller.imap import ImapSession
-from gateway.inbound.poller.lease import AccountLock
+from gateway.inbound.poller.lease import AccountLock, refresh_lock
 from gateway.inbound.poller.oauth2 import TokenSource
 from gateway.inbound.poller.pop3 import Pop3Session
 from gateway.inbound.poller.session import (
@@ -131,7 +131,9 @@ class Poller:
     def token_source(self, account: AccountConfig) -> TokenSource:
         ts = self._tokens.get(account.name)
         if ts is None or not ts.matches(account):
-            ts = TokenSource(account, self.gw.config.root, self._load_token, self._save_token)
+            run_dir = self.gw.config.state_dir / "run"
+            ts = TokenSource(account, self.gw.config.root, self._load_token, self._save_token,
+                             guard=lambda: refresh_lock(self.gw.engine, run_dir, account.name))
             self._tokens[account.name] = ts
         return ts
 

@@ -10,8 +10,10 @@ from sqlalchemy import select
 
 from gateway.cli import main
 from gateway.inbound.poller import state
+from gateway.inbound.poller.idle import IdleWatcher
 from gateway.store.tables import CommEntry
 from tests.integration.poller.poller_helpers import account_toml, message
+from tests.peers.serve import wait_for
 
 pytestmark = pytest.mark.dovecot
 
@@ -162,6 +164,41 @@ class TestXOAuth2:
         mailbox.append("helpdesk", [message(1)])
         r = serve.poll()
         assert (r.status, r.fetched) == ("Successful", 1), r.error
+        with serve.gw.engine.connect() as conn:
+            stored, _ = state.stored_refresh_token(conn, "box")
+        assert oauth2_server.refresh_tokens == {stored}
+
+
+class TestOneRefreshAtATime:
+    def test_idle_watcher_and_a_run_elsewhere_redeem_each_refresh_token_once(
+            self, mailbox, oauth2_server, poller_config, harness, monkeypatch):
+        """An IDLE watcher and another process's run refreshing at once: no token redeemed twice."""
+        oauth2_server.rotate = True     # a used refresh token is refused from then on
+        rt = oauth2_server.new_refresh_token()
+        answers: list[int] = []
+        redeem = oauth2_server._token
+
+        def slow(form):
+            time.sleep(0.5)             # both refreshes are under way at the same time
+            code, body = redeem(form)
+            answers.append(code)
+            return code, body
+
+        monkeypatch.setattr(oauth2_server, "_token", slow)
+        cfg = poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt))
+        serve, fetch = harness(cfg), harness(cfg)      # two processes, one database
+        acc = cfg.account_by_name("box")
+        watcher = IdleWatcher(acc, cfg.root, lambda: None,
+                              serve.poller.token_source(acc).get)
+        mailbox.append("helpdesk", [message(1)])
+        watcher.start()
+        try:
+            r = fetch.poll()
+            assert (r.status, r.fetched) == ("Successful", 1), r.error
+            assert wait_for(watcher.idling.is_set, 15)
+        finally:
+            watcher.stop()
+        assert answers == [200, 200]
         with serve.gw.engine.connect() as conn:
             stored, _ = state.stored_refresh_token(conn, "box")
         assert oauth2_server.refresh_tokens == {stored}
