@@ -52,7 +52,8 @@ POLLER_ERRORS = Counter(
     ["account"], registry=REGISTRY)
 POLLER_MESSAGE_FAILURES = Counter(
     "deskgate_poller_message_failures", "Messages a poll run left on the server because "
-    "they failed temporarily for a reason of their own (retried next run) per account",
+    "the server would not hand them over or they failed temporarily for a reason of "
+    "their own (retried next run) per account",
     ["account"], registry=REGISTRY)
 FILTER_TIMEOUTS = Counter(
     "deskgate_filter_timeouts", "Postmaster filter patterns that ran out of their time budget",
