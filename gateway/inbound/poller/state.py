@@ -139,13 +139,18 @@ def oversized_under_smaller_limit(conn: Connection, account: str, folder: str,
     return [(str(r[0]), int(r[1])) for r in rows]
 
 
-def drop_oversized(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:
-    """Fetched after all (the limit was raised), or gone from the server."""
+def _drop_keys(conn: Connection, table: type[PollerOversized] | type[PollerRetry],
+               account: str, folder: str, keys: Iterable[str]) -> None:
+    """Delete the rows of `keys` of one account's folder, 500 keys per statement."""
     keys = list(keys)
     for i in range(0, len(keys), 500):
-        conn.execute(delete(PollerOversized).where(
-            PollerOversized.account == account, PollerOversized.folder == folder,
-            PollerOversized.key.in_(keys[i:i + 500])))
+        conn.execute(delete(table).where(table.account == account, table.folder == folder,
+                                         table.key.in_(keys[i:i + 500])))
+
+
+def drop_oversized(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:
+    """Fetched after all (the limit was raised), or gone from the server."""
+    _drop_keys(conn, PollerOversized, account, folder, keys)
 
 
 def forget_oversized(conn: Connection, account: str, folder: str,
@@ -190,11 +195,8 @@ def retries(conn: Connection, account: str, folder: str) -> list[tuple[str, int]
 
 
 def drop_retries(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:
-    keys = list(keys)
-    for i in range(0, len(keys), 500):
-        conn.execute(delete(PollerRetry).where(
-            PollerRetry.account == account, PollerRetry.folder == folder,
-            PollerRetry.key.in_(keys[i:i + 500])))
+    """Fetched after all, or gone from the server."""
+    _drop_keys(conn, PollerRetry, account, folder, keys)
 
 
 # ---------------------------------------------------------------- account status

@@ -9,7 +9,7 @@ import dataclasses
 import textwrap
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from gateway import metrics
@@ -18,7 +18,7 @@ from gateway.inbound import pipeline
 from gateway.inbound.poller import state
 from gateway.inbound.poller.lease import AccountLock
 from gateway.store.tables import Article, CommEntry, CommObject, Quarantine
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import pg_unreachable
 from tests.integration.poller.poller_helpers import account_toml, message
 
 pytestmark = pytest.mark.dovecot
@@ -45,23 +45,6 @@ def poison(h, subject: str = "Poison") -> None:
 def failures(account: str) -> float:
     return metrics.REGISTRY.get_sample_value("deskgate_poller_message_failures_total",
                                              {"account": account}) or 0.0
-
-
-@contextlib.contextmanager
-def pg_unreachable(url: str):
-    """Refuse new connections to the test database and end the open ones."""
-    name = url.rsplit("/", 1)[1]
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
-        yield
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        admin.dispose()
 
 
 class TestMessageFailure:
