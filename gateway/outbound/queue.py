@@ -181,6 +181,20 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     return [out[i] for i in taken]
 
 
+def renew(conn: Connection, node: str, ids: Sequence[int], *, lease: float,
+          now: datetime | None = None) -> int:
+    """Extend the leases `node` still holds on `ids` (deliveries under way or waiting for a
+    worker) to now + lease, so that a slow transfer is not taken and sent again by
+    another node; returns how many were extended."""
+    if not ids:
+        return 0
+    now = now or utcnow()
+    return conn.execute(update(OutboundMessage).where(
+        OutboundMessage.id.in_(list(ids)), OutboundMessage.claimed_by == node[:200],
+        OutboundMessage.status == "queued", OutboundMessage.lease_until.is_not(None))
+        .values(lease_until=now + timedelta(seconds=lease))).rowcount
+
+
 # A leased message (being delivered, here or by another node) is due again when its
 # lease runs out, not at its next_attempt, which has passed.
 _DUE_AT = case((OutboundMessage.lease_until > OutboundMessage.next_attempt,

@@ -81,6 +81,8 @@ class Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._leased: set[int] = set()      # claimed here, outcome not yet recorded
+        self._keeper: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
 
@@ -90,6 +92,7 @@ class Sender:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="outbound-sender")
+        self._keeper = asyncio.create_task(self._keep_leases(), name="outbound-leases")
         with _WAKERS_LOCK:
             _WAKERS.append(self.poke)
         log.info("outbound sender started", node=self.node, transport=self.transport.name,
@@ -106,6 +109,10 @@ class Sender:
                 await asyncio.wait_for(self._task, 60)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=60)
+        if self._keeper:
+            self._keeper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._keeper
         await asyncio.get_running_loop().run_in_executor(None, self.transport.close)
         self.pool.shutdown(wait=False)
 
@@ -158,6 +165,7 @@ class Sender:
                 except Exception as exc:
                     log.warning("outbound claim failed", error=str(exc))
             for m in claimed:
+                self._leased.add(m.id)
                 t = asyncio.create_task(self._deliver(m))
                 self._inflight.add(t)
                 t.add_done_callback(self._inflight.discard)
@@ -167,7 +175,30 @@ class Sender:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the messages this sender holds, every third of a lease:
+        a transfer (or a wait for a free worker) longer than `relay.lease` must not let
+        another node, or this one, take the message and send it a second time."""
+        while not self._stopping:
+            lease = self.runtime().config.relay.lease
+            await asyncio.sleep(max(0.1, lease / 3))
+            ids = sorted(self._leased)
+            if not ids:
+                continue
+            try:
+                await self.writer.run(functools.partial(oq.renew, node=self.node, ids=ids,
+                                                        lease=lease))
+            except Exception as exc:
+                log.warning("outbound leases not renewed", error=str(exc)[:300],
+                            messages=len(ids))
+
     async def _deliver(self, m: oq.Claimed) -> None:
+        try:
+            await self._deliver_leased(m)
+        finally:
+            self._leased.discard(m.id)
+
+    async def _deliver_leased(self, m: oq.Claimed) -> None:
         loop = asyncio.get_running_loop()
         rcpts = [a for _, a in m.recipients]
         try:

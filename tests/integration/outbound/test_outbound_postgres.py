@@ -114,3 +114,17 @@ class TestTwoNodes:
             asyncio.run(run_senders(rt, lambda: make_engine(pg_url), ["survivor"],
                                     all_sent(engine, 5)))
             assert sorted(received_ids(sink)) == sorted(ids)
+
+
+class TestSlowTransfer:
+    def test_a_send_longer_than_the_lease_is_not_taken_by_another_node(self, pg_queue, pg_url):
+        """A delivery still under way when the lease would run out keeps it: sent once."""
+        with AuthSink() as sink:
+            sink.handler.data_delay = 3.5      # the smarthost answers the dot after 3.5 s
+            rt, engine, ids = pg_queue(sink.port, 1)
+            senders = asyncio.run(run_senders(rt, lambda: make_engine(pg_url),
+                                              ["node-a", "node-b"], all_sent(engine, 1)))
+            assert received_ids(sink) == ids
+            assert sum(s.delivered for s in senders) == 1
+            with engine.connect() as conn:
+                assert conn.execute(select(OutboundMessage.attempts)).scalar_one() == 1
