@@ -89,6 +89,19 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
                     dict(r.decisions or {}), _aware(r.created) or now) for r in rows]
 
 
+def renew(conn: Connection, node: str, ids: list[int], *, lease: float,
+          now: datetime | None = None) -> int:
+    """Extend the leases `node` holds on rows it is still handing off (a slow helpdesk,
+    or rows waiting for a free connector thread), so that no node takes them again
+    while their attempt runs. Returns how many leases were extended."""
+    if not ids:
+        return 0
+    now = now or utcnow()
+    return int(conn.execute(update(Handoff).where(
+        Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.status == "pending")
+        .values(lease_until=now + timedelta(seconds=lease))).rowcount)
+
+
 # A leased row (being handed off, here or by another node) is due again when its lease
 # runs out, not at its next_attempt, which has passed.
 _DUE_AT = case((Handoff.lease_until > Handoff.next_attempt, Handoff.lease_until),

@@ -264,6 +264,12 @@ class HandoffWorker:
         # wait their turn, so one commit records and claims many.
         self.slots = self.concurrency * 4
         self._stopping = False
+        # Rows claimed and not recorded yet (queued for a connector thread, being
+        # delivered, or waiting for their record): their leases are renewed every
+        # third of `lease`, so a slow helpdesk never sees a row twice from here or
+        # from another node while its first attempt is still running.
+        self._held: set[int] = set()
+        self._renew_at = 0.0
         # The helpdesk is down (several attempts in a row failed temporarily): like
         # Postfix's dead destination, claim nothing but one probe per `_backoff`
         # seconds, so pending rows wait without being charged attempts and the
@@ -329,17 +335,26 @@ class HandoffWorker:
                 else:                       # one probe at a time while it is down
                     free = 0 if self._inflight else min(free, 1)
             claimed: list[outbox.Claimed] = []
-            if batch or free > 0:
+            finished = {d.claimed.id for d in batch}
+            renew = sorted(self._held - finished) \
+                if self._held and time.monotonic() >= self._renew_at else []
+            if batch or free > 0 or renew:
                 rt = self.runtime()
+                held_before = bool(self._held - finished)
                 try:
                     outcomes, claimed, due = await self.writer.run_deferring(functools.partial(
-                        self._cycle, batch=batch, free=free, rt=rt))
+                        self._cycle, batch=batch, free=free, rt=rt, renew=renew))
                 except Exception:
                     # The helpdesk may have them but our record failed: the leases expire
                     # and the rows are tried again, as retries the connectors check first.
                     log.exception("recording or claiming hand-offs failed",
                                   recorded=len(batch))
                     outcomes, due = [], None
+                else:
+                    if renew or (claimed and not held_before):
+                        self._renew_at = time.monotonic() + hd.lease / 3
+                self._held -= finished
+                self._held.update(c.id for c in claimed)
                 for d, out in zip(batch, outcomes, strict=False):
                     self._account(d, out)
                 if due is not None:
@@ -354,6 +369,8 @@ class HandoffWorker:
                 t.add_done_callback(self._inflight.discard)
             if self._done or (claimed and len(self._inflight) < self.slots):
                 continue
+            if self._held:
+                timeout = min(timeout, max(self._renew_at - time.monotonic(), 0.05))
             if self._stopping and not self._inflight:
                 break
             with contextlib.suppress(TimeoutError):
@@ -361,9 +378,12 @@ class HandoffWorker:
             self._wake.clear()
 
     def _cycle(self, conn: Connection, later: Deferred, *, batch: list[_Done], free: int,
-               rt: Runtime) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
+               rt: Runtime, renew: list[int]
+               ) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
         outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds,
                            later) for d in batch]
+        if renew:
+            outbox.renew(conn, self.node, renew, lease=rt.config.helpdesk.lease)
         claimed = (outbox.claim(conn, self.node, limit=free, lease=rt.config.helpdesk.lease)
                    if free > 0 else [])
         due = outbox.next_due(conn) if not claimed and free > 0 else None
