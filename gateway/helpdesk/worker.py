@@ -338,6 +338,7 @@ class HandoffWorker:
             finished = {d.claimed.id for d in batch}
             renew = sorted(self._held - finished) \
                 if self._held and time.monotonic() >= self._renew_at else []
+            unrecorded = False
             if batch or free > 0 or renew:
                 rt = self.runtime()
                 held_before = bool(self._held - finished)
@@ -345,15 +346,18 @@ class HandoffWorker:
                     outcomes, claimed, due = await self.writer.run_deferring(functools.partial(
                         self._cycle, batch=batch, free=free, rt=rt, renew=renew))
                 except Exception:
-                    # The helpdesk may have them but our record failed: the leases expire
-                    # and the rows are tried again, as retries the connectors check first.
-                    log.exception("recording or claiming hand-offs failed",
-                                  recorded=len(batch))
-                    outcomes, due = [], None
+                    # The helpdesk has answered these attempts and only our record failed
+                    # (the database went away, say): keep them, and their leases, and
+                    # record them again shortly. Left to their leases they would be sent
+                    # to the helpdesk once more.
+                    log.exception("recording or claiming hand-offs failed; recording them "
+                                  "again shortly", recorded=len(batch))
+                    self._done[:0] = batch
+                    outcomes, due, unrecorded = [], None, True
                 else:
                     if renew or (claimed and not held_before):
                         self._renew_at = time.monotonic() + hd.lease / 3
-                self._held -= finished
+                    self._held -= finished
                 self._held.update(c.id for c in claimed)
                 for d, out in zip(batch, outcomes, strict=False):
                     self._account(d, out)
@@ -367,7 +371,9 @@ class HandoffWorker:
                 t = asyncio.create_task(self._deliver(c, items))
                 self._inflight.add(t)
                 t.add_done_callback(self._inflight.discard)
-            if self._done or (claimed and len(self._inflight) < self.slots):
+            if unrecorded:
+                timeout = min(timeout, RECORD_AGAIN)
+            elif self._done or (claimed and len(self._inflight) < self.slots):
                 continue
             if self._held:
                 timeout = min(timeout, max(self._renew_at - time.monotonic(), 0.05))
@@ -464,6 +470,9 @@ class HandoffWorker:
                     failures=self._failures, probe_in=round(self._backoff, 1),
                     error=str(d.error)[:300])
 
+
+# Seconds between two tries to record finished attempts while the database fails.
+RECORD_AGAIN = 1.0
 
 # Temporary failures in a row that mark the helpdesk down, and the longest pause
 # between two probes while it is.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from gateway.config import load_config
 from gateway.helpdesk import outbox
@@ -96,3 +97,36 @@ class TestSlowHelpdesk:
             await asyncio.sleep(0.5)
         assert receiver.arrived == 1
         assert len(receiver.tickets) == 1
+
+
+class FlakyWriter(BatchWriter):
+    """A writer whose first job recording a finished attempt fails (the database went
+    away for a moment between the helpdesk's answer and deskgate's record)."""
+
+    failed = 0
+
+    async def run_deferring(self, job: Any, *, isolated: bool = False) -> Any:
+        if not self.failed and getattr(job, "keywords", {}).get("batch"):
+            self.failed += 1
+            raise OperationalError("UPDATE handoff", {}, Exception("server closed the "
+                                                                  "connection"))
+        return await super().run_deferring(job, isolated=isolated)
+
+
+class TestStoreFailure:
+    async def test_an_answer_whose_record_failed_is_recorded_not_sent_again(
+            self, receiver: WebhookReceiver, make_confdir: Callable[..., Path],
+            tmp_path: Path) -> None:
+        """The record of a delivery fails once: the worker records it again instead of
+        letting the lease run out, so the helpdesk gets the message once."""
+        engine, rt = setup(make_confdir, receiver, tmp_path, lease="1s")
+        hid = seed(engine, "record")
+        writer = FlakyWriter(engine)
+        async with running(engine, rt, writer):
+            assert await wait(lambda: status(engine, hid) == "delivered")
+            await asyncio.sleep(1.5)
+        assert writer.failed == 1
+        assert receiver.arrived == 1
+        with engine.connect() as conn:
+            assert conn.execute(select(Handoff.attempts).where(Handoff.id == hid)
+                                ).scalar() == 1
