@@ -211,18 +211,37 @@ class Sender:
             log.exception("delivery crashed", outbound_id=m.id)
             att = Attempt(error=f"{type(exc).__name__}: {exc}")
         results = results_of(m, att)
-        rt = self.runtime()
-        try:
-            st = await self.writer.run(lambda conn: record(conn, rt, m, att, results,
-                                                           self.transport))
-        except Exception:
-            log.exception("recording the delivery failed", outbound_id=m.id)
+        st = await self._record(m, att, results)
+        if st is None:
             return
         metrics.MESSAGES.labels("relay", "out", {"queued": "deferred"}.get(st.status,
                                                                           st.status)).inc()
         self.delivered += sum(1 for r in results if r.ok)
         if self._wake:
             self._wake.set()
+
+
+    # Seconds between tries to write an attempt's outcome the database refused.
+    RECORD_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+    async def _record(self, m: oq.Claimed, att: Attempt,
+                      results: list[oq.RcptResult]) -> oq.Settled | None:
+        """Write the attempt's outcome, trying again while the database refuses it: the
+        lease stays renewed meanwhile, so a message the smarthost took is not claimed
+        and sent again. None when the sender stopped first (the lease then runs out)."""
+        tries = 0
+        while True:
+            job = functools.partial(record, rt=self.runtime(), m=m, att=att,
+                                    results=results, transport=self.transport)
+            try:
+                return await self.writer.run(job)
+            except Exception:
+                log.exception("recording the delivery failed", outbound_id=m.id,
+                              delivered=sum(1 for r in results if r.ok), tries=tries + 1)
+            if self._stopping:
+                return None
+            await asyncio.sleep(self.RECORD_RETRY[min(tries, len(self.RECORD_RETRY) - 1)])
+            tries += 1
 
 
 def results_of(m: oq.Claimed, att: Attempt) -> list[oq.RcptResult]:

@@ -32,9 +32,9 @@ def pg_queue(pg_url, make_confdir):
     """A migrated PostgreSQL database and a runtime whose relay is set per test."""
     engines = []
 
-    def make(relay_port: int, n: int):
+    def make(relay_port: int, n: int, lease: str = "1s"):
         cfg = load_config(make_confdir({"40-outbound.toml": outbound_toml(
-            relay_port, lease="1s", retry="1s*10")}))
+            relay_port, lease=lease, retry="1s*10")}))
         cfg = dataclasses.replace(cfg, relay=dataclasses.replace(cfg.relay, concurrency=3))
         rt = build_runtime(cfg)
         engine = make_engine(pg_url)
@@ -128,3 +128,41 @@ class TestSlowTransfer:
             assert sum(s.delivered for s in senders) == 1
             with engine.connect() as conn:
                 assert conn.execute(select(OutboundMessage.attempts)).scalar_one() == 1
+
+
+class TestRecordingFails:
+    def test_a_delivery_whose_outcome_cannot_be_written_at_once_is_not_sent_again(
+            self, pg_queue, pg_url):
+        """A 250 the database refuses to record for a while is recorded later, not resent."""
+        import threading
+        import time
+
+        from sqlalchemy import text
+
+        with AuthSink() as sink:
+            sink.handler.data_delay = 1.0
+            rt, engine, ids = pg_queue(sink.port, 1, lease="10s")
+            held = threading.Event()
+
+            def hold_the_row() -> None:
+                # Once the send is under way, a session locks the queue row for longer
+                # than the senders' lock_timeout (shorter than the lease): writing the
+                # 250 fails with 55P03 for a while.
+                while not sink.handler.rcpt_seen:
+                    time.sleep(0.02)
+                with engine.begin() as conn:
+                    conn.execute(text("SELECT id FROM outbound_message FOR UPDATE"))
+                    held.set()
+                    time.sleep(3.0)
+
+            locker = threading.Thread(target=hold_the_row)
+            locker.start()
+            sep = "&" if "?" in pg_url else "?"
+            short = f"{pg_url}{sep}options=-c%20lock_timeout%3D500ms"
+            try:
+                asyncio.run(run_senders(rt, lambda: make_engine(short), ["node-a"],
+                                        all_sent(engine, 1)))
+            finally:
+                locker.join()
+            assert held.is_set()
+            assert received_ids(sink) == ids
