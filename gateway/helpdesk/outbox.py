@@ -50,6 +50,7 @@ class Claimed:
     attempts: int
     decisions: dict[str, Any]
     created: datetime
+    node: str = ""              # who claimed it ("": not known, e.g. built by hand)
 
 
 _EARLIER = aliased(Handoff)
@@ -86,7 +87,8 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
         Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.lease_until == until)
         .order_by(Handoff.id)).all()
     return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts - 1,
-                    dict(r.decisions or {}), _aware(r.created) or now) for r in rows]
+                    dict(r.decisions or {}), _aware(r.created) or now, r.claimed_by)
+            for r in rows]
 
 
 def renew(conn: Connection, node: str, ids: list[int], *, lease: float,
@@ -187,7 +189,9 @@ def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str                      # delivered | pending | failed
+    # delivered | pending | failed | superseded (a failure not recorded: the lease ran
+    # out and the row was delivered or taken by another attempt meanwhile)
+    status: str
     attempts: int
     next_attempt: datetime | None = None
     number_taken: bool = False       # the helpdesk's number became the ticket's number
@@ -257,19 +261,29 @@ def adopt_number(conn: Connection, ticket_id: int, number: str) -> bool:
 
 def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
                    schedule: tuple[float, ...], now: datetime | None = None) -> Outcome:
-    """A failed attempt: retry on the schedule (±10 % jitter), else failed for good."""
+    """A failed attempt: retry on the schedule (±10 % jitter), else failed for good.
+
+    Only while the row is still this attempt's: one whose lease ran out and that was
+    delivered or claimed by another attempt meanwhile is left alone ("superseded"),
+    so a late failure never makes a delivered row pending (sent again) nor frees a
+    row another node is handing off."""
     now = now or utcnow()
     attempts = c.attempts + 1
     delay = retry_delay(schedule, attempts) if temporary else None
     values: dict[str, Any] = {"attempts": attempts, "lease_until": None, "claimed_by": "",
                               "last_error": error[:4000], "updated": now}
+    mine = update(Handoff).where(Handoff.id == c.id, Handoff.status == "pending")
+    if c.node:
+        mine = mine.where(Handoff.claimed_by == c.node)
     if delay is None:
         values["status"] = "failed"
-        conn.execute(update(Handoff).where(Handoff.id == c.id).values(**values))
+        if not conn.execute(mine.values(**values)).rowcount:
+            return Outcome("superseded", attempts)
         return Outcome("failed", attempts)
     nxt = now + timedelta(seconds=delay)
     values["next_attempt"] = nxt
-    conn.execute(update(Handoff).where(Handoff.id == c.id).values(**values))
+    if not conn.execute(mine.values(**values)).rowcount:
+        return Outcome("superseded", attempts)
     return Outcome("pending", attempts, nxt)
 
 

@@ -218,7 +218,11 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
             conn_obj.close("Failed")
         out = outbox.record_failure(conn, c, str(error), temporary=error.temporary,
                                     schedule=cfg.retry)
-        if out.status == "failed":
+        if out.status == "superseded":
+            msg.log("Warn", "Superseded", f"{error}"[:3000] + "; not recorded: the lease "
+                    "ran out and the hand-off was delivered or taken by another attempt")
+            msg.close("Warning")
+        elif out.status == "failed":
             why = "permanent error" if not error.temporary else "retries exhausted"
             # An ItemError is permanent only when the ticket or article is gone.
             then = (f"`deskgate handoff delete {c.id}` removes the row"
@@ -427,7 +431,8 @@ class HandoffWorker:
             self._wake.set()
 
     def _account(self, d: _Done, out: outbox.Outcome) -> None:
-        metrics.HANDOFFS.labels(out.status if out.status != "pending" else "deferred").inc()
+        metrics.HANDOFFS.labels(out.status if out.status in ("delivered", "failed")
+                                else "deferred").inc()
         self._track_health(d)
         if out.status == "delivered":
             self.delivered += 1

@@ -57,3 +57,37 @@ class TestNextDue:
                                   schedule=())
             assert outbox.claim(conn, "n1", limit=5, lease=300) == []
             assert outbox.next_due(conn) is None
+
+
+class TestStaleAttempt:
+    def test_a_late_failure_does_not_undo_another_nodes_delivery(self, engine: Engine
+                                                                 ) -> None:
+        """An attempt whose lease ran out and whose row another node then delivered
+        records its failure without making the row pending (and sent) again."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            [stale] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            [other] = outbox.claim(conn, "n2", limit=5, lease=5,
+                                   now=now + timedelta(seconds=10))
+            outbox.record_delivered(conn, other, ticket_id="41", ticket_number="1041")
+            out = outbox.record_failure(conn, stale, "timed out", temporary=True,
+                                        schedule=(60.0,))
+            assert out.status == "superseded"
+            assert outbox.claim(conn, "n3", limit=5, lease=5,
+                                now=now + timedelta(hours=2)) == []
+            assert outbox.show(conn, hid)["status"] == "delivered"  # type: ignore[index]
+
+    def test_a_late_failure_leaves_the_lease_of_the_node_now_trying(self, engine: Engine
+                                                                    ) -> None:
+        """A stale failure leaves the row to the node that holds it now: no third node
+        can claim it while that node's attempt runs."""
+        seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            [stale] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            assert outbox.claim(conn, "n2", limit=5, lease=300,
+                                now=now + timedelta(seconds=10))
+            outbox.record_failure(conn, stale, "timed out", temporary=True, schedule=(0.0,))
+            assert outbox.claim(conn, "n3", limit=5, lease=5,
+                                now=now + timedelta(seconds=20)) == []
