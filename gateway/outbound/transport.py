@@ -59,6 +59,11 @@ def tls_context(cfg: RelayConfig, root: Config | None = None) -> ssl.SSLContext:
     return ctx
 
 
+# Seconds the DATA phase may take, the answer to the final dot included (Postfix's
+# smtp_data_done_timeout): relay.timeout bounds every other command.
+DATA_DONE_TIMEOUT = 600.0
+
+
 class SmtpTransport(Transport):
     name = "SMTP"
 
@@ -71,6 +76,19 @@ class SmtpTransport(Transport):
         self._pool: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
         self.pool_size = pool_size
+
+    def _data(self, conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+        """DATA, the message and the smarthost's answer to the final dot, which may take
+        as long as DATA_DONE_TIMEOUT: a content scan there is normal, and a timeout
+        would send the message again although the smarthost may have taken it."""
+        sock = conn.sock
+        if sock is not None:
+            sock.settimeout(max(self.cfg.timeout, DATA_DONE_TIMEOUT))
+        try:
+            return conn.data(data)
+        finally:
+            if conn.sock is not None:
+                conn.sock.settimeout(self.cfg.timeout)
 
     def _connect(self, att: Attempt) -> smtplib.SMTP:
         cfg = self.cfg
@@ -173,7 +191,7 @@ class SmtpTransport(Transport):
                 conn.rset()
                 keep = True
                 return att
-            code, text = conn.data(data)
+            code, text = self._data(conn, data)
             att.note("Info", "Data", f"{code} {_text(text)}")
             att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
                          for c, t in att.codes]

@@ -79,3 +79,24 @@ def test_refused_data_command_keeps_each_recipients_own_answer(data_reply, codes
     # the connection stays usable (pooled, then closed with QUIT)
     assert [c.split(" ", 1)[0].upper() for c in host.commands] == [
         "EHLO", "MAIL", "RCPT", "RCPT", "RCPT", "DATA", "QUIT"]
+
+
+class TestFinalDotWait:
+    def test_a_smarthost_slow_to_answer_the_dot_is_waited_for(self):
+        """A smarthost that scans the content before answering the final dot (longer
+        than relay.timeout, as Postfix's smtp_data_done_timeout allows 600 s) gets its
+        250 read: no timeout, so the message is not sent a second time."""
+        from tests.peers.smarthost import AuthSink
+
+        with AuthSink() as sink:
+            sink.handler.data_delay = 2.5
+            transport = SmtpTransport(RelayConfig(host="127.0.0.1", port=sink.port,
+                                                  security="none", timeout=1.0),
+                                      local_hostname="deskgate.test")
+            try:
+                att = transport.deliver("app@deskgate.test", ["a@x.test"],
+                                        b"Subject: t\r\n\r\nbody\r\n")
+            finally:
+                transport.close()
+        assert att.error == "" and [c for c, _ in att.codes] == [250]
+        assert len(sink.received) == 1
