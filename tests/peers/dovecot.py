@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,3 +271,21 @@ def make_dovecot_dir() -> Path:
     d = Path(tempfile.mkdtemp(prefix="deskgate-dovecot-"))
     d.chmod(0o755)
     return d
+
+
+@contextlib.contextmanager
+def own_dovecot(users: dict[str, str], extra_conf: str) -> Iterator[Dovecot]:
+    """A Dovecot of a test's own with `extra_conf` (capabilities, failure modes the
+    session's server must not have), stopped and removed afterwards."""
+    from tests.peers.require import missing_peer
+
+    if not available():
+        missing_peer("Debian dovecot-imapd/dovecot-pop3d not installed")
+    d = make_dovecot_dir()
+    server = Dovecot(d, TestCA(d / "ca"), dict(users), extra_conf=extra_conf)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)

@@ -212,6 +212,20 @@ class Postfix:
         self.running = True
         self._wait_listening()
 
+    def start_relaying(self, routes: dict[str, int], *settings: str) -> None:
+        """Start as a relay that hands mail for each domain of `routes` to that port on
+        127.0.0.1 over SMTP (deskgate's relay in front, a sink behind); `settings` are
+        more `postconf -e` lines."""
+        self.write_config()
+        maps = ", ".join(f"{dom}=smtp:[127.0.0.1]:{port}" for dom, port in routes.items())
+        self.run("postconf", "-e", f"transport_maps=inline:{{ {maps} }}",
+                 f"relay_domains={', '.join(routes)}", *settings)
+        with (self.conf / "master.cf").open("a") as fh:
+            fh.write("smtp      unix  -       -       n       -       -       smtp\n")
+        self.run("postfix", "start")
+        self.running = True
+        self._wait_listening()
+
     def stop(self) -> None:
         if self.running:
             pid = self._master_pid()      # read first: the pid file goes with the master

@@ -102,16 +102,8 @@ class TestEightBitBody:
         files, verify = dkim_files
         with _sink(tmp_path, "sink", ["-8"]) as sink, pfmod.postfix_dir() as base:
             pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
-            pf.write_config()
-            pf.run("postconf", "-e",
-                   f"transport_maps=inline:{{ customer.test=smtp:[127.0.0.1]:{sink.port} }}",
-                   "relay_domains=customer.test")
-            with (pf.conf / "master.cf").open("a") as fh:
-                fh.write("smtp      unix  -       -       n       -       -       smtp\n")
-            pf.run("postfix", "start")
-            pf.running = True
+            pf.start_relaying({"customer.test": sink.port})
             try:
-                pf._wait_listening()
                 cfg = outbound_config(pf.port, files=files)
                 rg = run_gateway(cfg)
                 _send(cfg, rg, MSG_8BIT)

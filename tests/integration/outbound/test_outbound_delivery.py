@@ -240,19 +240,12 @@ class TestInternationalAddresses:
             missing_peer("Postfix binaries missing or not running as root")
         with AuthSink() as sink, pfmod.postfix_dir() as base:
             pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
-            pf.write_config()
-            pf.run("postconf", "-e",
-                   f"transport_maps=inline:{{ kunde.test=smtp:[127.0.0.1]:{sink.port} }}",
-                   "relay_domains=kunde.test, customer.test",
-                   "smtpd_recipient_restrictions=check_recipient_access "
-                   "inline:{ gone@customer.test=REJECT }, "
-                   "permit_mynetworks, reject")
-            with (pf.conf / "master.cf").open("a") as fh:
-                fh.write("smtp      unix  -       -       n       -       -       smtp\n")
-            pf.run("postfix", "start")
-            pf.running = True
+            pf.start_relaying({"kunde.test": sink.port},
+                              "relay_domains=kunde.test, customer.test",
+                              "smtpd_recipient_restrictions=check_recipient_access "
+                              "inline:{ gone@customer.test=REJECT }, "
+                              "permit_mynetworks, reject")
             try:
-                pf._wait_listening()
                 cfg = outbound_config(pf.port, retry="1h")
                 rg = run_gateway(cfg)
                 with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:

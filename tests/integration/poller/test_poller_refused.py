@@ -5,7 +5,6 @@ does not hold up the other mail of the mailbox."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from gateway import metrics
 from gateway.store.tables import Article, CommEntry
 from tests.integration.poller.poller_helpers import USERS, account_toml, message
 from tests.peers import dovecot as dv
-from tests.peers.ca import TestCA
-from tests.peers.require import missing_peer
 
 pytestmark = pytest.mark.dovecot
 
@@ -59,17 +56,8 @@ def unreadable(server: dv.Dovecot, subject: str) -> Iterator[Path]:
 def dovecot_no_after(dovecot: dv.Dovecot) -> Iterator[dv.Dovecot]:
     """A second Dovecot that answers a FETCH it cannot complete with a tagged NO
     (imap_fetch_failure = no-after) instead of BYE."""
-    if not dv.available():
-        missing_peer("Debian dovecot-imapd/dovecot-pop3d not installed")
-    d = dv.make_dovecot_dir()
-    server = dv.Dovecot(d, TestCA(d / "ca"), dict(USERS),
-                        extra_conf="imap_fetch_failure = no-after\n")
-    try:
-        server.start()
+    with dv.own_dovecot(USERS, "imap_fetch_failure = no-after\n") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class TestRefusedMessage:

@@ -6,7 +6,6 @@ UIDPLUS; without it no EXPUNGE while another client's message carries \\Deleted.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -15,8 +14,6 @@ from sqlalchemy import select
 from gateway.store.tables import CommEntry
 from tests.integration.poller.poller_helpers import USERS, account_toml, message
 from tests.peers import dovecot as dv
-from tests.peers.ca import TestCA
-from tests.peers.require import missing_peer
 
 pytestmark = pytest.mark.dovecot
 
@@ -67,16 +64,8 @@ def notes(h, key: str) -> list[str]:
 @pytest.fixture(scope="class")
 def plain_dovecot() -> Iterator[dv.Dovecot]:
     """A Dovecot of its own that announces neither UIDPLUS nor MOVE."""
-    if not dv.available():
-        missing_peer("Debian dovecot-imapd/dovecot-pop3d not installed")
-    d = dv.make_dovecot_dir()
-    server = dv.Dovecot(d, TestCA(d / "ca"), dict(USERS), extra_conf=NO_UIDPLUS)
-    try:
-        server.start()
+    with dv.own_dovecot(USERS, NO_UIDPLUS) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class TestWithUidplus:
