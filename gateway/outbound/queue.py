@@ -143,6 +143,7 @@ class Claimed:
     created: datetime
     warned: bool
     recipients: list[tuple[int, str]] = field(default_factory=list)   # (row id, address)
+    node: str = ""              # who claimed it ("": not known, e.g. built by hand)
 
 
 def claim(conn: Connection, node: str, *, limit: int, lease: float,
@@ -175,7 +176,8 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
                          .order_by(OutboundRecipient.id)).all()
     out = {r.id: Claimed(r.id, r.kind, r.queue, r.sender, r.return_path, r.message_id,
                          r.article_id, r.ticket_id, r.data, r.attempts,
-                         _aware(r.created) or now, r.warned) for r in rows}
+                         _aware(r.created) or now, r.warned, node=r.claimed_by)
+           for r in rows}
     for rc in rcpts:
         out[rc.outbound_id].recipients.append((rc.id, rc.address))
     return [out[i] for i in taken]
@@ -238,13 +240,20 @@ def retry_delay(schedule: Sequence[float], attempts: int, rng: random.Random | N
 class Settled:
     """What record_attempt decided, for DSNs and the log."""
 
-    status: str                                   # queued | sent | failed
+    # queued | sent | failed, or not recorded: superseded (the lease ran out and the row
+    # was delivered or taken by another attempt meanwhile) | deleted (by an admin)
+    status: str
     failed: list[RcptResult] = field(default_factory=list)     # permanently failed now
     delayed: list[RcptResult] = field(default_factory=list)    # still pending
     sent: list[RcptResult] = field(default_factory=list)
     next_attempt: datetime | None = None
     warn: bool = False                            # a delayed DSN is due now
     exhausted: bool = False
+    unrecorded: list[RcptResult] = field(default_factory=list)   # superseded | deleted
+
+    @property
+    def recorded(self) -> bool:
+        return self.status not in ("superseded", "deleted")
 
 
 _UPD_RCPT = update(OutboundRecipient).where(OutboundRecipient.id == bindparam("b_id")).values(
@@ -272,6 +281,11 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
     """Write per-recipient outcomes, the next attempt or the final status; free the lease.
 
     `results` covers every recipient that was pending when the message was claimed.
+    Only while the row is still this attempt's (queued and claimed by msg.node): an
+    attempt whose lease ran out and whose row was delivered or claimed by another
+    attempt meanwhile, or deleted by an admin, changes nothing ("superseded",
+    "deleted"), so a late outcome never makes a delivered row queued again (sent
+    twice) nor frees a row another node is delivering.
     """
     now = now or utcnow()
     attempts = msg.attempts + 1
@@ -290,8 +304,6 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
             st.delayed.append(r)
         params.append({"b_id": r.row_id, "b_status": status, "b_code": r.code,
                        "b_reply": r.reply[:2000], "b_now": now})
-    if params:
-        conn.execute(_UPD_RCPT, params)
     st.exhausted = delay is None and bool(st.failed) and any(not r.permanent for r in st.failed)
     last_error = error or "; ".join(f"<{r.address}>: {r.code} {r.reply}"
                                     for r in (*st.failed, *st.delayed))[:4000]
@@ -310,7 +322,16 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
             _SEL_FAILED, {"b_id": msg.id}).first() is not None
         st.status = "failed" if st.failed or failed_before else "sent"
         values["status"] = st.status
-    conn.execute(update(OutboundMessage).where(OutboundMessage.id == msg.id).values(**values))
+    mine = update(OutboundMessage).where(OutboundMessage.id == msg.id,
+                                         OutboundMessage.status == "queued")
+    if msg.node:
+        mine = mine.where(OutboundMessage.claimed_by == msg.node)
+    if not conn.execute(mine.values(**values)).rowcount:
+        gone = conn.execute(select(OutboundMessage.id)
+                            .where(OutboundMessage.id == msg.id)).first() is None
+        return Settled(status="deleted" if gone else "superseded", unrecorded=list(results))
+    if params:
+        conn.execute(_UPD_RCPT, params)
     if msg.article_id is not None:
         if st.status == "sent":
             conn.execute(_UPD_ARTICLE_SENT, {"b_id": msg.article_id, "b_row": msg.id})

@@ -214,6 +214,8 @@ class Sender:
         st = await self._record(m, att, results)
         if st is None:
             return
+        if not st.recorded:
+            log.warning("delivery outcome not recorded", outbound_id=m.id, reason=st.status)
         metrics.MESSAGES.labels("relay", "out", {"queued": "deferred"}.get(st.status,
                                                                           st.status)).inc()
         self.delivered += sum(1 for r in results if r.ok)
@@ -273,6 +275,18 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     msg.article_id = m.article_id
     msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
             f"{m.kind} from <{m.sender}>, {m.message_id}")
+    if not st.recorded:
+        replies = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.unrecorded)
+        if st.status == "deleted":
+            msg.log("Notice", "Deleted", f"{replies}; not recorded: the message was deleted "
+                    "from the queue while this attempt ran, it is not tried again"[:3000])
+        else:
+            msg.log("Warn", "Superseded", f"{replies}; not recorded: the lease ran out and "
+                    "the message was delivered or taken by another attempt"[:3000])
+        msg.close("Warning")
+        comm.close()
+        write_comm(conn, comm)
+        return st
     for r in st.sent:
         msg.log("Info", "Delivered", f"<{r.address}>: {r.code} {r.reply}")
     for r in st.delayed:

@@ -423,3 +423,70 @@ class TestAuthGuard:
         assert not g.locked("1.2.3.4") and g.begin("1.2.3.4")
         g.end("1.2.3.4")
         assert g.failed("1.2.3.4") == (1, 0.0)
+
+
+def outcome_of(conn, oid):
+    m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).one()
+    rc = conn.execute(select(OutboundRecipient.status, OutboundRecipient.attempts,
+                             OutboundRecipient.last_code)
+                      .where(OutboundRecipient.outbound_id == oid)).all()
+    return m, rc
+
+
+class TestLateOutcomes:
+    def test_late_failure_after_another_node_delivered_leaves_the_row_sent(self, ob_engine,
+                                                                          rt):
+        """An attempt whose lease ran out and that fails after another node delivered the
+        message does not make it queued again (sent twice): superseded, row untouched."""
+        oid = enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        now = datetime.now(UTC)
+        with ob_engine.begin() as conn:
+            (slow,) = oq.claim(conn, "node-a", limit=1, lease=1, now=now)
+            (fast,) = oq.claim(conn, "node-b", limit=1, lease=60,
+                               now=now + timedelta(seconds=2))
+            assert settle(conn, fast, 250).status == "sent"
+            st = settle(conn, slow, 451, "4.3.0 later")
+            m, rc = outcome_of(conn, oid)
+            art = article_status(conn)
+        assert st.status == "superseded"
+        assert (m.status, m.attempts, m.last_error) == ("sent", 1, "")
+        assert rc == [("sent", 1, 250)] and art == "sent"
+
+    def test_late_outcome_leaves_the_lease_of_the_node_delivering_now(self, ob_engine, rt):
+        """A late outcome does not free the row another node holds (a third node could
+        take it and send it again while the second one is still at it)."""
+        oid = enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        now = datetime.now(UTC)
+        with ob_engine.begin() as conn:
+            (slow,) = oq.claim(conn, "node-a", limit=1, lease=1, now=now)
+            oq.claim(conn, "node-b", limit=1, lease=60, now=now + timedelta(seconds=2))
+            st = settle(conn, slow, 451, "4.3.0 later")
+            m, rc = outcome_of(conn, oid)
+            third = oq.claim(conn, "node-c", limit=1, lease=60,
+                             now=now + timedelta(seconds=3))
+        assert st.status == "superseded"
+        assert (m.status, m.claimed_by, m.attempts) == ("queued", "node-b", 0)
+        assert m.lease_until is not None and rc == [("pending", 0, 0)] and third == []
+
+    def test_superseded_attempt_is_logged_and_bounces_nothing(self, ob_engine, rt):
+        """A late 550 after another node delivered queues no DSN and is logged as
+        Superseded with the smarthost's answer."""
+        from gateway.store.tables import CommEntry
+
+        oid = enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        now = datetime.now(UTC)
+        with ob_engine.begin() as conn:
+            (slow,) = oq.claim(conn, "node-a", limit=1, lease=1, now=now)
+            (fast,) = oq.claim(conn, "node-b", limit=1, lease=60,
+                               now=now + timedelta(seconds=2))
+            settle(conn, fast, 250)
+            ((rid, addr),) = slow.recipients
+            st = record(conn, rt, slow, Attempt(),
+                        [oq.RcptResult(rid, addr, 550, "5.1.1 no user")], Transport())
+            kinds = conn.execute(select(OutboundMessage.kind)).scalars().all()
+            entries = conn.execute(select(CommEntry.priority, CommEntry.key, CommEntry.value)
+                                   .where(CommEntry.key == "Superseded")).all()
+            m, _ = outcome_of(conn, oid)
+        assert st.status == "superseded" and kinds == ["message"] and m.status == "sent"
+        assert len(entries) == 1 and entries[0].priority == "Warn"
+        assert "550 5.1.1 no user" in entries[0].value
