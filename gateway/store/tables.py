@@ -352,7 +352,8 @@ class PollerOversized(Base):
 
 class PollerRetry(Base):
     """IMAP `keep` mode: messages below the folder position that failed temporarily
-    for a reason of their own; each run tries them again until one succeeds."""
+    for a reason of their own (each run tries them again until one succeeds), or
+    that another client had flagged \\Deleted (attempts 0; fetched once unflagged)."""
 
     __tablename__ = "poller_retry"
     account: Mapped[str] = mapped_column(String(200), primary_key=True)

@@ -7,10 +7,11 @@ the folder is opened read-only (EXAMINE) and bodies are read with BODY.PEEK, so
 no flag changes; the runner keeps UIDVALIDITY + last UID in the database.
 
 A message another client flagged \\Deleted and did not expunge is that client's:
-it is not fetched and never expunged by us. A plain EXPUNGE (a server without
-UIDPLUS) would remove it too, so it is sent only while no message but ours
-carries \\Deleted; until then ours stay flagged (the runner remembers them and
-does not fetch them again) and are expunged by a later connection.
+no mode fetches it while it carries the flag, and it is never expunged by us.
+A plain EXPUNGE (a server without UIDPLUS) would remove it too, so it is sent
+only while no message but ours carries \\Deleted; until then ours stay flagged
+(the runner remembers them and does not fetch them again) and are expunged by a
+later connection.
 """
 
 from __future__ import annotations
@@ -233,6 +234,23 @@ class ImapSession:
             return Listing((), self.uidvalidity, 0)
         start = (after_uid or 0) + 1
         data = self._cmd("fetch", "FETCH", f"{start}:*", "(UID RFC822.SIZE FLAGS)")
+        # "n:*" always includes the highest UID, even below n
+        out = [m for m in self._listed(data) if m.uid >= start]
+        return Listing(tuple(out), self.uidvalidity, self.exists)
+
+    def lookup(self, uids: list[int]) -> dict[int, RemoteMessage]:
+        """Size and flags of the given UIDs, by UID; those no longer there are missing."""
+        if not uids or self.exists == 0:
+            return {}
+        out: dict[int, RemoteMessage] = {}
+        for i in range(0, len(uids), 500):
+            data = self._cmd("fetch", "FETCH", uid_set(uids[i:i + 500]),
+                             "(UID RFC822.SIZE FLAGS)")
+            out.update((m.uid, m) for m in self._listed(data))
+        return out
+
+    def _listed(self, data: list[object]) -> list[RemoteMessage]:
+        """The messages of FETCH (UID RFC822.SIZE FLAGS) responses, by UID."""
         out: list[RemoteMessage] = []
         for item in data:
             line = item[0] if isinstance(item, tuple) else item
@@ -247,12 +265,12 @@ class ImapSession:
                     size = int(m.group(2))
                 else:
                     deleted = b"\\DELETED" in m.group(3).upper().split()
-            if uid < start or size < 0:
-                continue   # "n:*" always includes the highest UID, even below n
+            if uid < 0 or size < 0:
+                continue
             out.append(RemoteMessage(key=f"{self.uidvalidity}:{uid}", ref=str(uid), size=size,
                                      uid=uid, deleted=deleted))
         out.sort(key=lambda m: m.uid)
-        return Listing(tuple(out), self.uidvalidity, self.exists)
+        return out
 
     def _fetch_bodies(self, uids: str) -> tuple[dict[int, bytes], Refused | None]:
         """One UID FETCH of whole messages: the bodies by UID (-1: no UID given) and

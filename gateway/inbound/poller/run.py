@@ -304,8 +304,12 @@ class Poller:
             return False, False
 
         messages = listing.messages
+        held: list[RemoteMessage] = []   # keep: flagged \\Deleted by another client
         if imap and not keep:
             messages = await self._flagged(account, session, obj, messages)
+        elif imap:
+            held = [m for m in messages if m.deleted]
+            messages = tuple(m for m in messages if not m.deleted)
         for m in listing.messages:     # committed on a connection the server closed
             if m.key in progress.carry:
                 session.done(m)
@@ -316,11 +320,26 @@ class Poller:
         big: list[RemoteMessage] = []
         todo: list[RemoteMessage] = []
         more = False
-        if keep and imap:   # below the mark: failed before, or oversized under a smaller limit
-            todo = await self._below_mark(account, obj, folder, uidvalidity, after_uid or 0)
+        again: set[str] = set()
+        if keep and imap:   # below the mark: failed before, held, or oversized before
+            try:
+                todo, n_flagged = await self._below_mark(account, session, obj, call, folder,
+                                                         uidvalidity, after_uid or 0)
+            except MailboxError as exc:
+                obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
+                obj.close("Failed")
+                errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+                await call(session.abort)
+                return False, False
             todo = [m for m in todo if m.key not in progress.done]
+            again = {m.key for m in todo}
+            big = [m for m in todo if m.size > size_limit]   # a held one may be oversized
+            todo = [m for m in todo if m.size <= size_limit]
             todo, more = todo[:limit], len(todo) > limit
-        again = {m.key for m in todo}
+            if held or n_flagged:
+                obj.log("Info", "Deleted", f"{len(held) + n_flagged} messages flagged "
+                        "\\Deleted by another client: left alone (not fetched while they "
+                        "carry the flag)")
         for m in messages:
             if m.size > account.max_message_size:
                 big.append(m)
@@ -363,9 +382,12 @@ class Poller:
         if keep and imap:
             # A message left for the next run is remembered in poller_retry, so the
             # mark moves past it and the messages after it are not fetched again.
+            # So is a message flagged \\Deleted by another client: fetched should the
+            # flag be taken back.
+            held_keys = {m.key for m in held}
             position = after_uid or 0
             for m in listing.messages:
-                if m.key not in handled and m.key not in left_keys:
+                if m.key not in handled and m.key not in left_keys and m.key not in held_keys:
                     break
                 position = m.uid
             done_again = [k for k in again if k in handled]
@@ -373,10 +395,11 @@ class Poller:
             def note(c: Any) -> None:
                 for m, reason in left:
                     state.record_retry(c, account.name, folder, m.key, m.size, reason)
+                state.hold_deleted(c, account.name, folder, [(m.key, m.size) for m in held])
                 state.drop_retries(c, account.name, folder, done_again)
                 if position != (after_uid or 0):
                     state.set_folder_position(c, account.name, folder, uidvalidity, position)
-            if left or done_again or position != (after_uid or 0):
+            if left or held or done_again or position != (after_uid or 0):
                 await self._db(note)
         elif keep:
             fresh = [m.key for m in todo if m.key in handled]
@@ -527,26 +550,29 @@ class Poller:
         result.failed += 1
         errors.append(f"Fetch: message {m.key}: {refused.answer}")
 
-    async def _below_mark(self, account: AccountConfig, obj: CommObj, folder: str,
-                          uidvalidity: int, below: int) -> list[RemoteMessage]:
+    async def _below_mark(self, account: AccountConfig, session: Session, obj: CommObj,
+                          call: Any, folder: str, uidvalidity: int, below: int
+                          ) -> tuple[list[RemoteMessage], int]:
         """IMAP keep: the messages below the folder position to fetch again: those
-        that failed for a reason of their own, and those left as oversized under a
-        smaller max_message_size that fit the current one."""
+        that failed for a reason of their own, those held while another client had
+        them flagged \\Deleted, and those left as oversized under a smaller
+        max_message_size that fit the current one. Also: how many of them carry
+        \\Deleted now (they are not fetched)."""
         limit = account.max_message_size
 
-        def read(c: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        def read(c: Any) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
             return (state.retries(c, account.name, folder),
                     state.oversized_under_smaller_limit(c, account.name, folder, limit))
 
         failed, rows = await self._db(read)
         again: list[RemoteMessage] = []
-        for key, size in failed:
+        failures: set[str] = set()   # the others were held while flagged \\Deleted
+        for key, size, attempts in failed:
             uv, _, uid = key.partition(":")
             if uv == str(uidvalidity) and uid.isdigit() and int(uid) <= below:
                 again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
-        if again:
-            obj.log("Info", "Retry", f"{len(again)} messages that failed before: "
-                    "trying them again")
+                if attempts > 0:
+                    failures.add(key)
         retried = len(again)
         still: list[str] = []
         for key, size in rows:
@@ -560,11 +586,27 @@ class Poller:
         if still:
             await self._db(lambda c: state.touch_oversized(c, account.name, folder, still,
                                                            limit))
-        fit = len(again) - retried
+        # Their flags now: one another client flagged \\Deleted meanwhile is not fetched
+        # (one gone from the server is fetched as vanished, which forgets it).
+        now: dict[int, RemoteMessage] = {}
+        if again and isinstance(session, ImapSession):
+            now = await call(session.lookup, sorted({m.uid for m in again}))
+        flagged = {m.key for m in again if m.uid in now and now[m.uid].deleted}
+        n_failed = len(failures - flagged)
+        if n_failed:
+            obj.log("Info", "Retry", f"{n_failed} messages that failed before: "
+                    "trying them again")
+        n_unheld = sum(1 for m in again[:retried]
+                       if m.key not in failures and m.key not in flagged)
+        if n_unheld:
+            obj.log("Info", "Deleted", f"{n_unheld} messages another client had flagged "
+                    "\\Deleted no longer carry the flag: fetching them")
+        fit = sum(1 for m in again[retried:] if m.key not in flagged)
         if fit > 0:
             obj.log("Info", "Oversized", f"{fit} messages left as oversized fit "
                     f"max_message_size ({limit} bytes) now: fetching them")
-        return sorted({m.key: m for m in again}.values(), key=lambda m: m.uid)
+        out = {m.key: now.get(m.uid, m) for m in again if m.key not in flagged}
+        return sorted(out.values(), key=lambda m: m.uid), len(flagged)
 
     async def _oversized(self, account: AccountConfig, session: Session, obj: CommObj,
                          call: Any, folder: str, m: RemoteMessage) -> None:

@@ -170,6 +170,8 @@ def list_oversized(conn: Connection, account: str | None = None) -> list[Oversiz
 
 
 # ---------------------------------------------------------------- IMAP keep: retries
+# Below the folder position: messages that failed for a reason of their own, and
+# messages passed over while another client had them flagged \\Deleted.
 
 
 def record_retry(conn: Connection, account: str, folder: str, key: str, size: int,
@@ -187,11 +189,24 @@ def record_retry(conn: Connection, account: str, folder: str, key: str, size: in
             attempts=PollerRetry.attempts + 1, reason=reason, last_failed=now))
 
 
-def retries(conn: Connection, account: str, folder: str) -> list[tuple[str, int]]:
-    """(key, size) of the messages waiting to be tried again."""
-    rows = conn.execute(select(PollerRetry.key, PollerRetry.size).where(
+def hold_deleted(conn: Connection, account: str, folder: str,
+                 messages: Iterable[tuple[str, int]]) -> None:
+    """(key, size) of messages passed over while another client has them flagged
+    \\Deleted: looked at again by the next runs (0 attempts: none failed)."""
+    known = {k for k, _, _ in retries(conn, account, folder)}
+    now = utcnow()
+    rows = [{"account": account, "folder": folder, "key": k, "size": size, "attempts": 0,
+             "reason": "flagged \\Deleted by another client", "first_failed": now,
+             "last_failed": now} for k, size in messages if k not in known]
+    if rows:
+        conn.execute(insert(PollerRetry).values(rows))
+
+
+def retries(conn: Connection, account: str, folder: str) -> list[tuple[str, int, int]]:
+    """(key, size, attempts) of the messages waiting to be tried again."""
+    rows = conn.execute(select(PollerRetry.key, PollerRetry.size, PollerRetry.attempts).where(
         PollerRetry.account == account, PollerRetry.folder == folder)).all()
-    return [(str(r[0]), int(r[1])) for r in rows]
+    return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
 
 def drop_retries(conn: Connection, account: str, folder: str, keys: Iterable[str]) -> None:

@@ -1,7 +1,8 @@
 """A mailbox shared with other IMAP clients: what they flagged \\Deleted is theirs.
 
-Delete mode removes only the messages deskgate committed: UID EXPUNGE with
-UIDPLUS; without it no EXPUNGE while another client's message carries \\Deleted.
+No mode fetches such a message. Delete mode removes only the messages deskgate
+committed: UID EXPUNGE with UIDPLUS; without it no EXPUNGE while another client's
+message carries \\Deleted.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from gateway.store.tables import CommEntry
+from gateway.inbound.poller import state
+from gateway.store.tables import CommEntry, Ticket
 from tests.integration.poller.poller_helpers import USERS, account_toml, message
 from tests.peers import dovecot as dv
 
@@ -59,6 +61,11 @@ def notes(h, key: str) -> list[str]:
     with h.gw.engine.connect() as conn:
         return list(conn.execute(select(CommEntry.value).where(CommEntry.key == key))
                     .scalars())
+
+
+def titles(h) -> list[str]:
+    with h.gw.engine.connect() as conn:
+        return sorted(conn.execute(select(Ticket.title)).scalars())
 
 
 @pytest.fixture(scope="class")
@@ -126,3 +133,56 @@ class TestWithoutUidplus:
         r = h.poll()
         assert (r.status, r.fetched) == ("Successful", 2), r.error
         assert mailbox_state(server) == {}
+
+
+class TestKeep:
+    def test_keep_does_not_fetch_another_clients_deleted_message(
+            self, mailbox, poller_config, harness):
+        """keep: a message flagged \\Deleted is not fetched, the others after it are."""
+        mailbox.append("helpdesk", [message(1), message(2, subject="Theirs"), message(3)])
+        flag_deleted(mailbox, "Theirs")
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep")))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new) == ("Successful", 2, 2), r.error
+        assert titles(h) == ["Problem 1", "Problem 3"]
+        assert any("another client" in n for n in notes(h, "Deleted")), notes(h, "Deleted")
+        r = h.poll()
+        assert (r.status, r.fetched, r.duplicate) == ("Successful", 0, 0), r.error
+        assert mailbox_state(mailbox) == {"Problem 1": False, "Theirs": True,
+                                          "Problem 3": False}
+
+    def test_keep_fetches_it_once_the_flag_is_taken_back(self, mailbox, poller_config,
+                                                         harness):
+        """keep: as in delete mode, a message no longer flagged is fetched, once."""
+        mailbox.append("helpdesk", [message(1, subject="Theirs"), message(2)])
+        flag_deleted(mailbox, "Theirs")
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep")))
+        assert h.poll().fetched == 1
+        mailbox.append("helpdesk", [message(3)])
+        r = h.poll()                                   # still flagged: only the new one
+        assert (r.status, r.fetched, r.duplicate) == ("Successful", 1, 0), r.error
+        flag_deleted(mailbox, "Theirs", on=False)
+        r = h.poll()
+        assert (r.status, r.fetched, r.new, r.duplicate) == ("Successful", 1, 1, 0), r.error
+        assert titles(h) == ["Problem 2", "Problem 3", "Theirs"]
+        assert h.poll().fetched == 0
+
+    def test_keep_leaves_an_oversized_message_taken_back(self, mailbox, poller_config,
+                                                         harness):
+        """keep: a message too big when its flag is taken back is left as oversized."""
+        mailbox.append("helpdesk", [message(1, size=30_000, subject="Theirs"), message(2)])
+        flag_deleted(mailbox, "Theirs")
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                               max_message_size="10KB")))
+        r = h.poll()
+        assert (r.fetched, r.oversized) == (1, 0), r.error
+        flag_deleted(mailbox, "Theirs", on=False)
+        r = h.poll()
+        assert (r.status, r.fetched, r.oversized) == ("Successful", 0, 1), r.error
+        assert titles(h) == ["Problem 2"]
+        with h.gw.engine.connect() as conn:
+            assert [o.subject for o in state.list_oversized(conn, "box")] == ["Theirs"]
+        h.gw.config = poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                                 max_message_size="1MB"))
+        assert h.poll().fetched == 1
+        assert titles(h) == ["Problem 2", "Theirs"]
