@@ -53,6 +53,7 @@ def register(sub: Any) -> None:
     rp.set_defaults(func=cmd_retry)
     dp = osub.add_parser("delete", help="remove a message from the queue")
     dp.add_argument("id", type=int)
+    add_json(dp)
     dp.set_defaults(func=cmd_delete)
     fp = osub.add_parser("flush", help="try every queued message again now")
     fp.set_defaults(func=cmd_flush)
@@ -200,11 +201,20 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import remove
 
     with _transaction(args) as conn:
-        ok = remove(conn, args.id)
-    if not ok:
+        gone = remove(conn, args.id)
+    if gone is None:
         print(f"outqueue: no message {args.id}", file=sys.stderr)
         return 1
-    print(f"message {args.id} deleted")
+    if args.json:
+        print_json({"id": gone.id, "deleted": True, "status": gone.status,
+                    "in_delivery": gone.in_delivery, "claimed_by": gone.claimed_by,
+                    "lease_until": gone.lease_until})
+    elif gone.in_delivery:
+        print(f"message {args.id} deleted while {gone.claimed_by} was delivering it: that "
+              "attempt may still hand it to the relay, but its outcome is not recorded and "
+              "the message is not tried again")
+    else:
+        print(f"message {args.id} deleted ({gone.status})")
     return EX_OK
 
 

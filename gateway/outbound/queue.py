@@ -406,17 +406,36 @@ def retry_now(conn: Connection, oid: int | None = None) -> int:
     return conn.execute(q.values(next_attempt=utcnow(), updated=utcnow())).rowcount
 
 
-def remove(conn: Connection, oid: int) -> bool:
+@dataclass(frozen=True)
+class Removed:
+    """A message `remove` deleted, as it was then."""
+
+    id: int
+    status: str                 # queued | sent | failed
+    claimed_by: str             # the node delivering it ("": none)
+    lease_until: datetime | None
+
+    @property
+    def in_delivery(self) -> bool:
+        """An attempt was under way: it may still hand the message to the smarthost, but
+        its outcome is not recorded and the message is not tried again."""
+        return (self.status == "queued" and bool(self.claimed_by)
+                and self.lease_until is not None and self.lease_until > utcnow())
+
+
+def remove(conn: Connection, oid: int) -> Removed | None:
     """Delete a message from the queue (the article keeps a transmission error unless
-    this copy was sent)."""
-    m = conn.execute(select(OutboundMessage.article_id, OutboundMessage.status)
+    this copy was sent). An attempt under way finds the row gone and records nothing
+    (record_attempt: "deleted"), like `postsuper -d` on Postfix's active queue."""
+    m = conn.execute(select(OutboundMessage.article_id, OutboundMessage.status,
+                            OutboundMessage.claimed_by, OutboundMessage.lease_until)
                      .where(OutboundMessage.id == oid)).first()
     if m is None:
-        return False
+        return None
     if m.article_id is not None and m.status != "sent":
         conn.execute(update(Article).where(Article.id == m.article_id,
                                            Article.transmission_status != "sent").values(
             transmission_status="failed", transmission_error="deleted from the outbound queue"))
     conn.execute(delete(OutboundRecipient).where(OutboundRecipient.outbound_id == oid))
     conn.execute(delete(OutboundMessage).where(OutboundMessage.id == oid))
-    return True
+    return Removed(oid, m.status, m.claimed_by, _aware(m.lease_until))

@@ -9,14 +9,16 @@ import shutil
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy import select
 
 from gateway.config import load_config
-from gateway.store.tables import Article
+from gateway.store.tables import Article, CommEntry, OutboundMessage
 from tests.conftest import free_port
-from tests.integration.outbound.conftest import wait_for
+from tests.integration.outbound.conftest import submission_port, wait_for
+from tests.peers.smarthost import AuthSink
 
 REPO = Path(__file__).resolve().parents[3]
 MSG = b"From: agent@internal.test\nTo: cust@customer.test\nSubject: From the shell\n\nhello\n"
@@ -132,3 +134,39 @@ class TestSendControlCharacters:
             headers = shown["headers"]
             assert "\x0b" not in headers and "\x1c" not in headers
             assert "\nBcc:" not in headers.replace("\r\n", "\n")
+
+
+class TestDeleteWhileDelivering:
+    def test_delete_wins_over_the_attempt_under_way(self, outbound_config, run_gateway):
+        """`outqueue delete --json` on a message the sender is delivering says so; the
+        attempt's 4xx then neither brings the row back nor leads to another try, and the
+        communication log says the outcome was not recorded because of the delete."""
+        with AuthSink() as sink:
+            sink.handler.data_delay = 2.0
+            sink.set_script(lambda stage, _: "451 4.3.0 try later" if stage == "DATA"
+                            else None)
+            cfg = outbound_config(sink.port, retry="1s*5")
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.sendmail("agent@internal.test", ["cust@customer.test"],
+                           MSG.replace(b"\n", b"\r\n"))
+            wait_for(lambda: sink.handler.rcpt_seen, what="a delivery under way")
+            with rg.gateway.engine.connect() as conn:
+                oid = conn.execute(select(OutboundMessage.id)).scalar_one()
+            res = cli(cfg.conf_dir, "outqueue", "delete", str(oid), "--json")
+            assert res.returncode == 0, res.stderr
+            out = json.loads(res.stdout)
+            assert out["id"] == oid and out["deleted"] is True
+            assert out["status"] == "queued" and out["in_delivery"] is True
+            assert out["claimed_by"]
+
+            def deleted_entry():
+                with rg.gateway.engine.connect() as conn:
+                    return conn.execute(select(CommEntry.value)
+                                        .where(CommEntry.key == "Deleted")).scalars().all()
+            (entry,) = wait_for(deleted_entry, what="the attempt's end")
+            assert "451 4.3.0 try later" in entry
+            time.sleep(2.5)                  # retry = 1s: a second attempt would be under way
+            assert sink.handler.rcpt_seen == 1
+            with rg.gateway.engine.connect() as conn:
+                assert conn.execute(select(OutboundMessage.id)).all() == []
