@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
     dp = hsub.add_parser("delete", help="remove a hand-off that is not delivered (the "
                          "ticket stays in deskgate; the helpdesk never gets this article)")
     dp.add_argument("id", type=int)
+    add_json(dp)
     dp.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("helpdesk", help="the helpdesk behind deskgate")
@@ -121,14 +122,28 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from gateway.helpdesk.outbox import remove
+    """The delete wins over an attempt under way (`postsuper -d` on the active queue):
+    that attempt may still reach the helpdesk, but its result is not recorded."""
+    from gateway.helpdesk.outbox import remove, status_of
 
     with _connection(args, write=True) as conn:
-        ok = remove(conn, args.id)
-    if not ok:
-        print(f"handoff: no undelivered hand-off {args.id}", file=sys.stderr)
+        gone = remove(conn, args.id)
+        status = status_of(conn, args.id) if gone is None else None
+    if gone is None:
+        why = ("is already delivered; nothing to delete" if status == "delivered"
+               else "does not exist")
+        print(f"handoff: hand-off {args.id} {why}", file=sys.stderr)
         return 1
-    print(f"hand-off {args.id} deleted")
+    if args.json:
+        print_json({"id": gone.id, "deleted": True, "status": gone.status,
+                    "attempts": gone.attempts, "in_delivery": gone.in_delivery,
+                    "claimed_by": gone.claimed_by, "lease_until": gone.lease_until})
+    elif gone.in_delivery:
+        print(f"hand-off {args.id} deleted while {gone.claimed_by} was handing it off: that "
+              "attempt may still reach the helpdesk, but its result is not recorded and "
+              "the hand-off is not tried again")
+    else:
+        print(f"hand-off {args.id} deleted ({gone.status})")
     return EX_OK
 
 

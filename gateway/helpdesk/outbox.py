@@ -190,15 +190,18 @@ def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:
 @dataclass(frozen=True)
 class Outcome:
     # delivered | pending | failed | superseded (a failure not recorded: the lease ran
-    # out and the row was delivered or taken by another attempt meanwhile)
+    # out and the row was delivered or taken by another attempt meanwhile) | deleted
+    # (nothing recorded: `deskgate handoff delete` removed the row while it was tried)
     status: str
     attempts: int
     next_attempt: datetime | None = None
     number_taken: bool = False       # the helpdesk's number became the ticket's number
 
 
-# Built once: the outcome of every hand-off runs these on the writer thread.
-_UPD_DELIVERED = update(Handoff).where(Handoff.id == bindparam("b_id")).values(
+# Built once: the outcome of every hand-off runs these on the writer thread. A row is
+# matched by id and key: SQLite gives the id of a deleted last row to the next one.
+_UPD_DELIVERED = update(Handoff).where(Handoff.id == bindparam("b_id"),
+                                       Handoff.key == bindparam("b_key")).values(
     status="delivered", attempts=bindparam("b_attempts"), lease_until=None, claimed_by="",
     last_error="", updated=bindparam("b_now"), delivered=bindparam("b_now"))
 _UPD_TICKET_ID = update(Ticket).where(Ticket.id == bindparam("b_tid")).values(
@@ -215,9 +218,14 @@ _ADOPT = update(Ticket).where(
 
 def record_delivered(conn: Connection, c: Claimed, *, ticket_id: str, ticket_number: str,
                      now: datetime | None = None) -> Outcome:
-    """Mark the row delivered and keep the helpdesk's ticket on deskgate's ticket."""
+    """Mark the row delivered and keep the helpdesk's ticket on deskgate's ticket.
+
+    A row deleted by `deskgate handoff delete` while the attempt ran stays deleted and
+    the helpdesk's answer is not kept ("deleted"): the admin's delete wins."""
     now = now or utcnow()
-    conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_attempts": c.attempts + 1, "b_now": now})
+    if not conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_key": c.key,
+                                         "b_attempts": c.attempts + 1, "b_now": now}).rowcount:
+        return Outcome("deleted", c.attempts + 1)
     if ticket_id:
         absorb(conn, c.ticket_id, ticket_id[:100])
         conn.execute(_UPD_TICKET_ID, {"b_tid": c.ticket_id, "b_value": ticket_id[:100]})
@@ -272,19 +280,20 @@ def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
     delay = retry_delay(schedule, attempts) if temporary else None
     values: dict[str, Any] = {"attempts": attempts, "lease_until": None, "claimed_by": "",
                               "last_error": error[:4000], "updated": now}
-    mine = update(Handoff).where(Handoff.id == c.id, Handoff.status == "pending")
+    mine = update(Handoff).where(Handoff.id == c.id, Handoff.key == c.key,
+                                 Handoff.status == "pending")
     if c.node:
         mine = mine.where(Handoff.claimed_by == c.node)
+    nxt = None
     if delay is None:
         values["status"] = "failed"
-        if not conn.execute(mine.values(**values)).rowcount:
-            return Outcome("superseded", attempts)
-        return Outcome("failed", attempts)
-    nxt = now + timedelta(seconds=delay)
-    values["next_attempt"] = nxt
+    else:
+        nxt = values["next_attempt"] = now + timedelta(seconds=delay)
     if not conn.execute(mine.values(**values)).rowcount:
-        return Outcome("superseded", attempts)
-    return Outcome("pending", attempts, nxt)
+        exists = conn.execute(select(Handoff.id).where(Handoff.id == c.id,
+                                                       Handoff.key == c.key)).first()
+        return Outcome("superseded" if exists else "deleted", attempts)
+    return Outcome("failed", attempts) if nxt is None else Outcome("pending", attempts, nxt)
 
 
 # ----------------------------------------------------------------- admin
@@ -355,10 +364,39 @@ def retry_now(conn: Connection, hid: int | None = None) -> int:
                .rowcount)
 
 
-def remove(conn: Connection, hid: int) -> bool:
-    """Delete a row that is not delivered (the article stays in deskgate's store)."""
-    return bool(conn.execute(delete(Handoff).where(Handoff.id == hid,
-                                                   Handoff.status != "delivered")).rowcount)
+@dataclass(frozen=True)
+class Removed:
+    """A row `remove` deleted, as it was: `in_delivery` when a node was handing it off
+    at that moment (that attempt may still reach the helpdesk; its result is not
+    recorded)."""
+
+    id: int
+    status: str                  # pending | failed
+    attempts: int
+    claimed_by: str              # the node that claimed it last ("" when none holds it)
+    lease_until: datetime | None
+    in_delivery: bool
+
+
+def remove(conn: Connection, hid: int, now: datetime | None = None) -> Removed | None:
+    """Delete a row that is not delivered (the article stays in deskgate's store), even
+    while a node hands it off: the delete wins, as `postsuper -d` does on Postfix's
+    active queue. None when there is no such row."""
+    now = now or utcnow()
+    r = conn.execute(delete(Handoff).where(Handoff.id == hid, Handoff.status != "delivered")
+                     .returning(Handoff.status, Handoff.attempts, Handoff.claimed_by,
+                                Handoff.lease_until)).first()
+    if r is None:
+        return None
+    lease = _aware(r.lease_until)
+    live = bool(r.claimed_by) and lease is not None and lease > now
+    return Removed(hid, r.status, r.attempts, r.claimed_by if live else "",
+                   lease if live else None, live)
+
+
+def status_of(conn: Connection, hid: int) -> str | None:
+    """pending | delivered | failed, None when there is no row `hid`."""
+    return conn.execute(select(Handoff.status).where(Handoff.id == hid)).scalar()
 
 
 @dataclass(frozen=True)

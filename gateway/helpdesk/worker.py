@@ -205,9 +205,14 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
         what = ", ".join(x for x in (
             f"helpdesk ticket {result.ticket_number}" if result.ticket_number else "",
             f"id {result.ticket_id}" if result.ticket_id else "", result.detail) if x)
-        msg.log("Info", "Delivered", what or "delivered")
         conn_obj.close("Successful")
-        msg.close("Successful")
+        if out.status == "deleted":
+            msg.log("Notice", "Deleted", f"the helpdesk took it ({what or 'delivered'}); "
+                    f"{_DELETED}")
+            msg.close("Warning")
+        else:
+            msg.log("Info", "Delivered", what or "delivered")
+            msg.close("Successful")
     else:
         assert error is not None
         if conn_obj is None:
@@ -218,7 +223,10 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
             conn_obj.close("Failed")
         out = outbox.record_failure(conn, c, str(error), temporary=error.temporary,
                                     schedule=cfg.retry)
-        if out.status == "superseded":
+        if out.status == "deleted":
+            msg.log("Notice", "Deleted", f"{error}"[:3000] + f"; {_DELETED}")
+            msg.close("Warning")
+        elif out.status == "superseded":
             msg.log("Warn", "Superseded", f"{error}"[:3000] + "; not recorded: the lease "
                     "ran out and the hand-off was delivered or taken by another attempt")
             msg.close("Warning")
@@ -238,6 +246,10 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
     comm.close()
     add_comm(conn, comm, later)
     return out
+
+
+_DELETED = ("not recorded: the hand-off was deleted (`deskgate handoff delete`) while "
+            "this attempt ran")
 
 
 # ----------------------------------------------------------------- the service
@@ -431,10 +443,14 @@ class HandoffWorker:
             self._wake.set()
 
     def _account(self, d: _Done, out: outbox.Outcome) -> None:
-        metrics.HANDOFFS.labels(out.status if out.status in ("delivered", "failed")
+        metrics.HANDOFFS.labels(out.status if out.status in ("delivered", "failed", "deleted")
                                 else "deferred").inc()
         self._track_health(d)
-        if out.status == "delivered":
+        if out.status == "deleted":
+            log.warning("hand-off deleted while it was tried; its result is not recorded",
+                        handoff=d.claimed.id, delivered=d.result is not None,
+                        error=str(d.error or "")[:300])
+        elif out.status == "delivered":
             self.delivered += 1
             metrics.HANDOFF_SECONDS.observe(
                 (datetime.now(UTC) - d.claimed.created).total_seconds())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ from gateway.helpdesk.worker import HandoffWorker
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
 from gateway.store.db import make_engine, migrate
-from gateway.store.tables import Article, CommEntry, CommObject, Communication, Handoff
+from gateway.store.tables import (
+    Article,
+    CommEntry,
+    CommObject,
+    Communication,
+    Handoff,
+    Ticket,
+)
 from gateway.store.writer import BatchWriter
 from tests.unit.helpdesk.fakehttp import FakeHttp, fake_http
 
@@ -200,3 +208,54 @@ class TestRowWhoseArticleIsGone:
         assert any(p == "Error" and "no longer exists" in v for p, _, v in logged), logged
         assert handoffs_total("failed") == before + 1
         assert setup.server.requests == []
+
+
+class TestDeletedWhileHandedOff:
+    """`deskgate handoff delete` on a row whose attempt is under way: the delete wins and
+    the attempt's result is logged, not written back."""
+
+    @staticmethod
+    async def delete_during_attempt(s: Setup, answer: tuple[int, dict[str, str], Any]
+                                    ) -> tuple[int, int]:
+        arrived, release = threading.Event(), threading.Event()
+
+        def slow(_r: Any) -> tuple[int, dict[str, str], Any]:
+            arrived.set()
+            release.wait(10)
+            return answer
+
+        s.server.on("POST", "/hook", slow)
+        hid, article = seed(s.engine, "deleted")
+        async with running(s):
+            await wait(arrived.is_set)
+            with s.engine.begin() as conn:
+                gone = outbox.remove(conn, hid)
+            assert gone is not None and gone.in_delivery
+            release.set()
+            await wait(lambda: any(k == "Deleted" for _, k, _ in entries(s.engine, article)))
+        return hid, article
+
+    async def test_a_delivery_is_not_written_back(self, setup: Setup) -> None:
+        """The helpdesk's ticket is not recorded on deskgate's ticket, the row stays gone,
+        and the log says what the helpdesk answered and that it was not recorded."""
+        before = handoffs_total("deleted")
+        hid, article = await self.delete_during_attempt(
+            setup, (200, {}, {"ticket_id": "41", "ticket_number": "1041"}))
+        with setup.engine.connect() as conn:
+            assert outbox.show(conn, hid) is None
+            t = conn.execute(select(Ticket).join(Article, Article.ticket_id == Ticket.id)
+                             .where(Article.id == article)).one()
+        assert t.number is None and not t.helpdesk_ticket_id
+        logged = entries(setup.engine, article)
+        assert not any(k == "Delivered" for _, k, _ in logged), logged
+        assert any(k == "Deleted" and "1041" in v and "not recorded" in v
+                   for _, k, v in logged), logged
+        assert handoffs_total("deleted") == before + 1
+
+    async def test_a_failure_is_not_called_superseded(self, setup: Setup) -> None:
+        """A failed attempt of the deleted row is logged as such, not as an attempt
+        another node took over."""
+        _, article = await self.delete_during_attempt(setup, (500, {}, "down"))
+        logged = entries(setup.engine, article)
+        assert not any(k in ("Superseded", "Deferred") for _, k, _ in logged), logged
+        assert any(k == "Deleted" and "HTTP 500" in v for _, k, v in logged), logged

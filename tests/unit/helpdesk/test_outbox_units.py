@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from gateway.helpdesk import outbox
 from gateway.store import repo
 from gateway.store.db import make_engine, migrate
+from gateway.store.tables import Ticket
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def seed(engine: Engine, kinds: tuple[str, ...]) -> list[int]:
 
 
 class TestNextDue:
-    def test_a_row_in_flight_is_due_when_its_lease_ends(self, engine: Engine) -> None:
+    def test_a_row_in_delivery_is_due_when_its_lease_ends(self, engine: Engine) -> None:
         """A claimed row is next due when its lease runs out, not at its past next
         attempt: the worker polled every 50 ms while a hand-off was under way."""
         seed(engine, ("create",))
@@ -91,3 +92,65 @@ class TestStaleAttempt:
             outbox.record_failure(conn, stale, "timed out", temporary=True, schedule=(0.0,))
             assert outbox.claim(conn, "n3", limit=5, lease=5,
                                 now=now + timedelta(seconds=20)) == []
+
+
+class TestDeletedDuringAttempt:
+    """`deskgate handoff delete` wins over an attempt under way (as `postsuper -d` on
+    Postfix's active queue): the attempt's result is not written back."""
+
+    def test_the_delete_reports_the_attempt_under_way(self, engine: Engine) -> None:
+        """Deleting a row a node has claimed says which node was handing it off."""
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            outbox.claim(conn, "n1", limit=5, lease=300)
+            gone = outbox.remove(conn, hid)
+        assert gone is not None
+        assert (gone.id, gone.status, gone.in_delivery, gone.claimed_by) == \
+            (hid, "pending", True, "n1")
+
+    def test_a_delete_of_a_row_at_rest_names_no_attempt(self, engine: Engine) -> None:
+        """A row nobody is handing off is deleted without an attempt to speak of."""
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            gone = outbox.remove(conn, hid)
+        assert gone is not None and not gone.in_delivery and gone.claimed_by == ""
+
+    def test_a_delivery_after_the_delete_writes_nothing_back(self, engine: Engine) -> None:
+        """The helpdesk's answer to an attempt whose row was deleted meanwhile is not
+        recorded: the row stays gone and the ticket takes no helpdesk id or number."""
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            [c] = outbox.claim(conn, "n1", limit=5, lease=300)
+            assert outbox.remove(conn, hid) is not None
+            out = outbox.record_delivered(conn, c, ticket_id="41", ticket_number="1041")
+            assert out.status == "deleted"
+            assert outbox.show(conn, hid) is None
+            t = conn.execute(select(Ticket).where(Ticket.id == c.ticket_id)).one()
+        assert t.number is None
+        assert not t.helpdesk_ticket_id and not t.helpdesk_ticket_number
+
+    def test_a_failure_after_the_delete_is_reported_as_deleted(self, engine: Engine) -> None:
+        """A failed attempt of a deleted row is 'deleted', not taken for another
+        attempt's delivery ('superseded')."""
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            [c] = outbox.claim(conn, "n1", limit=5, lease=300)
+            assert outbox.remove(conn, hid) is not None
+            out = outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=(60.0,))
+        assert out.status == "deleted"
+
+    def test_a_row_that_reuses_the_id_is_left_alone(self, engine: Engine) -> None:
+        """SQLite gives the id of a deleted last row to the next one: the late answer
+        of the deleted row's attempt does not deliver the new row."""
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            [c] = outbox.claim(conn, "n1", limit=5, lease=300)
+            assert outbox.remove(conn, hid) is not None
+        [new] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            assert outbox.record_delivered(conn, c, ticket_id="41",
+                                           ticket_number="1041").status == "deleted"
+            assert outbox.record_failure(conn, c, "HTTP 500", temporary=False,
+                                         schedule=()).status == "deleted"
+            shown = outbox.show(conn, new)
+        assert shown is not None and shown["status"] == "pending"

@@ -1,0 +1,88 @@
+"""`deskgate handoff delete|retry` on rows in every state, an attempt under way included."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.helpdesk import outbox
+from gateway.store.db import make_engine, migrate
+from tests.unit.helpdesk.test_outbox_units import seed
+
+
+@dataclass
+class Store:
+    conf: Path
+    engine: Engine
+
+
+@pytest.fixture
+def store(make_confdir: Callable[..., Path]) -> Iterator[Store]:
+    """conf.d and the migrated database it names."""
+    conf = make_confdir()
+    engine = make_engine(load_config(conf).database_url)
+    migrate(engine)
+    yield Store(conf, engine)
+    engine.dispose()
+
+
+def run(capsys: pytest.CaptureFixture[str], s: Store, *argv: str) -> tuple[int, str, str]:
+    try:
+        rc = main(["--config", str(s.conf), "handoff", *argv])
+    except SystemExit as exc:
+        rc = int(exc.code or 0)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+class TestDelete:
+    def test_a_row_being_handed_off_is_deleted_and_the_attempt_named(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """The delete wins over the attempt under way, and says that this attempt may
+        still reach the helpdesk and that its result will not be recorded."""
+        [hid] = seed(store.engine, ("create",))
+        with store.engine.begin() as conn:
+            outbox.claim(conn, "node-a", limit=5, lease=300)
+        rc, out, _ = run(capsys, store, "delete", str(hid))
+        assert rc == 0
+        assert f"hand-off {hid} deleted" in out
+        assert "node-a" in out and "not recorded" in out
+        with store.engine.connect() as conn:
+            assert outbox.show(conn, hid) is None
+
+    def test_json_tells_whether_an_attempt_was_under_way(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json: {id, deleted, status, attempts, in_delivery, claimed_by, lease_until}."""
+        busy, idle = seed(store.engine, ("create",)) + seed(store.engine, ("create",))
+        with store.engine.begin() as conn:
+            outbox.claim(conn, "node-a", limit=1, lease=300)
+        rc, out, _ = run(capsys, store, "delete", str(busy), "--json")
+        assert rc == 0
+        doc = json.loads(out)
+        assert (doc["id"], doc["deleted"], doc["status"], doc["attempts"]) == \
+            (busy, True, "pending", 1)
+        assert (doc["in_delivery"], doc["claimed_by"]) == (True, "node-a")
+        assert doc["lease_until"]
+        rc, out, _ = run(capsys, store, "delete", str(idle), "--json")
+        doc = json.loads(out)
+        assert (rc, doc["in_delivery"], doc["claimed_by"], doc["lease_until"]) == \
+            (0, False, "", None)
+
+    def test_a_delivered_row_is_not_deleted(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """A delivered row stays, and the answer says it was delivered."""
+        [hid] = seed(store.engine, ("create",))
+        with store.engine.begin() as conn:
+            [c] = outbox.claim(conn, "node-a", limit=5, lease=300)
+            outbox.record_delivered(conn, c, ticket_id="41", ticket_number="1041")
+        rc, _, err = run(capsys, store, "delete", str(hid))
+        assert rc == 1 and "already delivered" in err
+        with store.engine.connect() as conn:
+            assert outbox.show(conn, hid) is not None
