@@ -29,7 +29,7 @@ from gateway.commlog import Comm, write_comm
 from gateway.config import Config
 from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
-from gateway.outbound.transport import Attempt, Transport, make_transport
+from gateway.outbound.transport import Attempt, Transport, error_reply, make_transport
 from gateway.runtime import Runtime
 from gateway.store.writer import BatchWriter
 
@@ -250,13 +250,8 @@ def results_of(m: oq.Claimed, att: Attempt) -> list[oq.RcptResult]:
     if att.codes and len(att.codes) == len(m.recipients):
         return [oq.RcptResult(rid, addr, code, text)
                 for (rid, addr), (code, text) in zip(m.recipients, att.codes, strict=True)]
-    code = 0
-    if att.error[:3].isdigit():
-        code = int(att.error[:3])
-        if code >= 500 and not att.permanent_error:
-            code = 400 + code % 100   # AUTH/greeting refusals are our problem: retry
-    return [oq.RcptResult(rid, addr, code, att.error or "not delivered")
-            for rid, addr in m.recipients]
+    code, text = error_reply(att)
+    return [oq.RcptResult(rid, addr, code, text) for rid, addr in m.recipients]
 
 
 def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,

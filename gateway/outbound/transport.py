@@ -174,13 +174,63 @@ class SmtpTransport(Transport):
                 # RFC 6152: 8-bit content is announced (DKIM re-encodes what it may,
                 # a part under a signature keeps its bytes).
                 options.append("BODY=8BITMIME")
+            keep = self._transactions(conn, att, sender, recipients, data, options)
+        finally:
+            if keep:
+                self._put(conn)
+            else:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        return att
+
+    def _transactions(self, conn: smtplib.SMTP, att: Attempt, sender: str,
+                      recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
+        """One transaction for every recipient, then at once a following one for those
+        the smarthost refused with "452 too many recipients" (RFC 5321 4.5.3.1.10) in a
+        transaction that delivered others, as Postfix's client does: a recipient limit
+        is no failure of the message and costs no retry interval. Sets att.codes (or
+        att.error); returns whether the connection may be reused."""
+        replies: list[tuple[int, str] | None] = [None] * len(recipients)
+        todo = list(range(len(recipients)))
+        while True:
+            t = Attempt(log=att.log)
+            keep = self._transaction(conn, t, sender, [recipients[i] for i in todo], data,
+                                     options)
+            if t.error:
+                att.error, att.permanent_error = t.error, t.permanent_error
+            if len(t.codes) != len(todo):
+                # The transaction failed as a whole: its error is the answer for every
+                # recipient an earlier transaction did not deliver.
+                if any(r is not None for r in replies):
+                    fill = error_reply(t)
+                    att.codes = [r or fill for r in replies]
+                return keep
+            for i, reply in zip(todo, t.codes, strict=True):
+                replies[i] = reply
+            later = [i for i, (code, text) in zip(todo, t.codes, strict=True)
+                     if _too_many(code, text)]
+            delivered = any(200 <= code < 300 for code, _ in t.codes)
+            if not (later and delivered and keep):
+                break
+            code, text = t.codes[todo.index(later[0])]
+            att.note("Info", "Recipients", f"{len(later)} recipient(s) refused with {code} "
+                     f"{text}: sent in a following transaction")
+            todo = later
+        att.codes = [r for r in replies if r is not None]
+        return keep
+
+    def _transaction(self, conn: smtplib.SMTP, att: Attempt, sender: str,
+                     recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
+        """MAIL, RCPT for each recipient, DATA; returns whether the connection may be
+        reused."""
+        keep = False
+        try:
             code, text = conn.mail(sender, options)
             att.note("Debug", "MailFrom", f"<{sender}>: {code} {_text(text)}")
             if code != 250:
                 att.codes = [(code, _text(text))] * len(recipients)
                 conn.rset()
-                keep = True
-                return att
+                return True
             accepted = []
             for r in recipients:
                 code, text = conn.rcpt(r)
@@ -189,8 +239,7 @@ class SmtpTransport(Transport):
                     accepted.append(r)
             if not accepted:
                 conn.rset()
-                keep = True
-                return att
+                return True
             code, text = self._data(conn, data)
             att.note("Info", "Data", f"{code} {_text(text)}")
             att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
@@ -217,13 +266,7 @@ class SmtpTransport(Transport):
             att.error = f"{type(exc).__name__}: {exc}"
             att.codes = []
             att.note("Error", "Transaction", att.error)
-        finally:
-            if keep:
-                self._put(conn)
-            else:
-                with contextlib.suppress(Exception):
-                    conn.close()
-        return att
+        return keep
 
     def close(self) -> None:
         with self._lock:
@@ -235,6 +278,22 @@ class SmtpTransport(Transport):
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _too_many(code: int, text: str) -> bool:
+    """A refusal of a recipient for the number of recipients (RFC 5321 4.5.3.1.10: 452,
+    or the 552 of RFC 821 that clients should read as temporary)."""
+    return code == 452 or (code == 552 and text.startswith("5.5.3"))
+
+
+def error_reply(att: Attempt) -> tuple[int, str]:
+    """The (code, text) every recipient gets from an attempt that failed as a whole: a
+    5xx is kept only when it refused the message itself (an AUTH or greeting refusal
+    is ours to fix: retried); no reply at all is code 0 (temporary)."""
+    code = int(att.error[:3]) if att.error[:3].isdigit() else 0
+    if code >= 500 and not att.permanent_error:
+        code = 400 + code % 100
+    return code, att.error or "not delivered"
 
 
 class MaildirTransport(Transport):

@@ -117,6 +117,39 @@ class TestRetries:
             assert len(msgs) == 1 and msgs[0].rcpts == ["cust@customer.test"]
 
 
+class TestRecipientLimit:
+    def test_recipients_refused_with_452_too_many_go_in_a_following_transaction(
+            self, outbound_config, run_gateway):
+        """A Postfix smarthost with smtpd_recipient_limit = 2 answers the third RCPT
+        `452 4.5.3 Error: too many recipients` (RFC 5321 4.5.3.1.10): the rest goes in
+        following transactions at once, in the same attempt, as Postfix's own client does;
+        no recipient waits for the retry schedule (1h here)."""
+        if not pfmod.available():
+            missing_peer("Postfix binaries missing or not running as root")
+        rcpts = [f"c{i}@customer.test" for i in range(5)]
+        with AuthSink() as sink, pfmod.postfix_dir() as base:
+            pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
+            pf.start_relaying({"customer.test": sink.port}, "smtpd_recipient_limit=2")
+            try:
+                cfg = outbound_config(pf.port, retry="1h")
+                rg = run_gateway(cfg)
+                submit(cfg, rcpts=rcpts)
+                (m,) = wait_for(lambda: [m for m in rows(rg.gateway.engine, OutboundMessage)
+                                         if m.attempts], timeout=30, what="the attempt")
+                assert (m.status, m.attempts) == ("sent", 1), m.last_error
+                wait_for(lambda: sorted(r for m in sink.received for r in m.rcpts) == rcpts,
+                         timeout=30, what="every recipient behind Postfix")
+            finally:
+                pf.stop()
+        with rg.gateway.engine.connect() as conn:
+            notes = conn.execute(select(CommEntry.value)
+                                 .where(CommEntry.key == "Recipients")).scalars().all()
+        assert notes and all("452 4.5.3 Error: too many recipients" in n for n in notes)
+        rc = rows(rg.gateway.engine, OutboundRecipient)
+        assert [(r.status, r.attempts, r.last_code) for r in rc] == [("sent", 1, 250)] * 5
+        assert len(sink.received) >= 3
+
+
 class TestPermanentFailure:
     def test_550_sends_dsn_to_submitter_and_marks_article(self, outbound_config, run_gateway):
         """A 550 for one recipient: DSN (null sender) to the submitter, article error, Error log."""

@@ -100,3 +100,57 @@ class TestFinalDotWait:
                 transport.close()
         assert att.error == "" and [c for c, _ in att.codes] == [250]
         assert len(sink.received) == 1
+
+
+def relay_to(port: int) -> SmtpTransport:
+    return SmtpTransport(RelayConfig(host="127.0.0.1", port=port, security="none",
+                                     timeout=10.0), local_hostname="deskgate.test")
+
+
+class TestTooManyRecipients:
+    def test_recipients_over_the_limit_go_in_following_transactions(self):
+        """A smarthost taking two recipients per transaction (452 4.5.3 for the others)
+        gets the rest in following transactions within one delivery; a 451 to the last
+        transaction's DATA defers only its recipient, the others stay delivered."""
+        from tests.peers.smarthost import AuthSink
+
+        seen = {"rcpt": 0}
+
+        def script(stage: str, addr: str) -> str | None:
+            if stage == "RCPT":
+                seen["rcpt"] += 1
+                return "452 4.5.3 Too many recipients" if seen["rcpt"] > 2 else None
+            seen["rcpt"] = 0
+            return "451 4.3.0 Try again later" if addr == "e@x.test" else None
+
+        rcpts = ["a@x.test", "b@x.test", "c@x.test", "d@x.test", "e@x.test"]
+        with AuthSink() as sink:
+            sink.set_script(script)
+            transport = relay_to(sink.port)
+            try:
+                att = transport.deliver("app@deskgate.test", rcpts, b"Subject: t\r\n\r\nb\r\n")
+            finally:
+                transport.close()
+        assert [c for c, _ in att.codes] == [250, 250, 250, 250, 451]
+        assert [r.rcpts for r in sink.received] == [rcpts[:2], rcpts[2:4]]
+        assert att.codes[4] == (451, "4.3.0 Try again later")
+
+    def test_a_452_without_progress_is_not_sent_again(self):
+        """A recipient answered 452 even alone in its transaction is deferred (no loop):
+        one following transaction, then the attempt ends."""
+        from tests.peers.smarthost import AuthSink
+
+        with AuthSink() as sink:
+            sink.set_script(lambda stage, addr: "452 4.5.3 Too many recipients"
+                            if stage == "RCPT" and addr == "c@x.test" else None)
+            transport = relay_to(sink.port)
+            try:
+                att = transport.deliver("app@deskgate.test", ["a@x.test", "b@x.test",
+                                                              "c@x.test"],
+                                        b"Subject: t\r\n\r\nb\r\n")
+            finally:
+                transport.close()
+            seen = sink.handler.rcpt_seen
+        assert [c for c, _ in att.codes] == [250, 250, 452] and att.error == ""
+        assert [r.rcpts for r in sink.received] == [["a@x.test", "b@x.test"]]
+        assert seen == 4
