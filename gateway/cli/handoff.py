@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
                          "(all of them with --all)")
     rp.add_argument("id", type=int, nargs="?")
     rp.add_argument("--all", action="store_true", help="every pending and failed hand-off")
+    add_json(rp)
     rp.set_defaults(func=cmd_retry)
     dp = hsub.add_parser("delete", help="remove a hand-off that is not delivered (the "
                          "ticket stays in deskgate; the helpdesk never gets this article)")
@@ -93,7 +94,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print_json(d)
         return EX_OK
     for k in ("id", "status", "kind", "helpdesk", "ticket", "ticket_id", "article_id",
-              "subject", "from", "message_id", "attempts", "next_attempt", "last_error",
+              "subject", "from", "message_id", "attempts", "earlier_attempts",
+              "next_attempt", "last_error",
               "created", "delivered", "helpdesk_ticket_id", "helpdesk_ticket_number", "key",
               "claimed_by", "lease_until", "waiting_for"):
         print(f"{k:22} {'' if d[k] is None else d[k]}")
@@ -104,20 +106,36 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.helpdesk.outbox import retry_now
+    """Each row retried starts a fresh cycle of attempts (`postsuper -r`); a row being
+    handed off right now is left to that attempt."""
+    from gateway.helpdesk.outbox import retry_now, show, status_of
 
     if (args.id is None) == (not args.all):
         print("handoff retry: give an ID or --all", file=sys.stderr)
         return 2
     with _connection(args, write=True) as conn:
-        n = retry_now(conn, args.id)
-    if args.all:
-        print(f"{n} hand-off(s) will be tried again now")
-        return EX_OK
-    if not n:
-        print(f"handoff: no pending or failed hand-off {args.id}", file=sys.stderr)
+        res = retry_now(conn, args.id)
+        status = status_of(conn, args.id) if args.id is not None else None
+        busy = {args.id: show(conn, args.id)} if args.id in res.in_delivery else {}
+    if not args.all and not res.retried and not res.in_delivery:
+        why = "is already delivered" if status == "delivered" else "does not exist"
+        print(f"handoff: hand-off {args.id} {why}", file=sys.stderr)
         return 1
-    print(f"hand-off {args.id} will be tried again now")
+    if args.json:
+        print_json({"retried": res.retried, "in_delivery": res.in_delivery})
+        return EX_OK
+    fresh = "with a fresh cycle of attempts on [helpdesk] retry"
+    if args.all:
+        print(f"{len(res.retried)} hand-off(s) will be tried again now, {fresh}")
+        if res.in_delivery:
+            print(f"{len(res.in_delivery)} being handed off right now: left to that attempt")
+    elif res.retried:
+        print(f"hand-off {args.id} will be tried again now, {fresh}")
+    else:
+        d = busy.get(args.id) or {}
+        print(f"hand-off {args.id} is being handed off right now by "
+              f"{d.get('claimed_by') or 'another node'}: its result decides what happens "
+              "next (nothing changed)")
     return EX_OK
 
 

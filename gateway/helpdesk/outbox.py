@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from gateway.commlog import Comm, write_comm
 from gateway.outbound.queue import _aware, retry_delay, utcnow
 from gateway.store.repo import insert_handoff
 from gateway.store.tables import Article, Attachment, Delivery, Handoff, RawMessage, Ticket
@@ -33,7 +34,8 @@ def enqueue(conn: Connection, *, ticket_id: int, article_id: int, kind: str, hel
     return insert_handoff(conn, {
         "ticket_id": ticket_id, "article_id": article_id, "kind": kind,
         "key": f"dg-{uuid.uuid4().hex}", "helpdesk": helpdesk, "status": "pending",
-        "attempts": 0, "next_attempt": now, "lease_until": None, "claimed_by": "",
+        "attempts": 0, "earlier_attempts": 0, "next_attempt": now, "lease_until": None,
+        "claimed_by": "",
         "last_error": "", "decisions": decisions, "created": now, "updated": now,
         "delivered": None})
 
@@ -51,6 +53,7 @@ class Claimed:
     decisions: dict[str, Any]
     created: datetime
     node: str = ""              # who claimed it ("": not known, e.g. built by hand)
+    earlier: int = 0            # attempts before `deskgate handoff retry` began this cycle
 
 
 _EARLIER = aliased(Handoff)
@@ -87,7 +90,8 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
         Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.lease_until == until)
         .order_by(Handoff.id)).all()
     return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts - 1,
-                    dict(r.decisions or {}), _aware(r.created) or now, r.claimed_by)
+                    dict(r.decisions or {}), _aware(r.created) or now, r.claimed_by,
+                    r.earlier_attempts)
             for r in rows]
 
 
@@ -347,6 +351,7 @@ def show(conn: Connection, hid: int) -> dict[str, Any] | None:
         Handoff.ticket_id == h.ticket_id, Handoff.id < hid,
         Handoff.status != "delivered").order_by(Handoff.id).limit(1)).scalar()
     d.update({"key": h.key, "decisions": dict(h.decisions or {}),
+              "earlier_attempts": h.earlier_attempts,
               "lease_until": _aware(h.lease_until),
               "claimed_by": h.claimed_by, "subject": r.subject or "",
               "message_id": r.message_id or "", "from": r.from_addr or "",
@@ -354,14 +359,62 @@ def show(conn: Connection, hid: int) -> dict[str, Any] | None:
     return d
 
 
-def retry_now(conn: Connection, hid: int | None = None) -> int:
-    """Make pending or failed rows (one, or all) due now; returns how many."""
-    q = update(Handoff).where(Handoff.status.in_(("pending", "failed")))
+@dataclass(frozen=True)
+class Retried:
+    retried: list[int]           # due now, with a fresh cycle of attempts
+    in_delivery: list[int]       # being handed off right now: left to that attempt
+
+
+def _at_rest(now: datetime) -> Any:
+    """No node is handing the row off (none claimed it, or its lease ran out)."""
+    return or_(Handoff.claimed_by == "", Handoff.lease_until.is_(None),
+               Handoff.lease_until <= now)
+
+
+def retry_now(conn: Connection, hid: int | None = None, *, now: datetime | None = None
+              ) -> Retried:
+    """Make pending or failed rows (one, or all) due now, each with a fresh cycle of
+    attempts on [helpdesk] retry, as `postsuper -r` requeues a message: a failed row is
+    not failed again by its next failure. The attempts so far move to earlier_attempts,
+    so the next attempt still checks the helpdesk first (an earlier one may have got
+    through). Each reset is logged on its article. A row a node is handing off right
+    now is left to that attempt: its record counts on the attempts it was claimed with."""
+    now = now or utcnow()
+    q = select(Handoff.id, Handoff.article_id, Handoff.status, Handoff.attempts,
+               Handoff.earlier_attempts, Handoff.last_error, Handoff.claimed_by,
+               Handoff.lease_until).where(Handoff.status.in_(_WAITING)).order_by(Handoff.id)
     if hid is not None:
         q = q.where(Handoff.id == hid)
-    now = utcnow()
-    return int(conn.execute(q.values(status="pending", next_attempt=now, updated=now))
-               .rowcount)
+    rows = conn.execute(q).all()
+    busy = [r.id for r in rows if r.claimed_by and (_aware(r.lease_until) or now) > now]
+    idle = {r.id: r for r in rows if r.id not in busy}
+    keys = list(idle)
+    done: list[int] = []
+    for i in range(0, len(keys), 500):
+        done += conn.execute(update(Handoff).where(
+            Handoff.id.in_(keys[i:i + 500]), Handoff.status.in_(_WAITING), _at_rest(now))
+            .values(status="pending", next_attempt=now, attempts=0,
+                    earlier_attempts=Handoff.earlier_attempts + Handoff.attempts,
+                    lease_until=None, claimed_by="", updated=now)
+            .returning(Handoff.id)).scalars().all()
+    done.sort()
+    if done:
+        comm = Comm("Outgoing", "Handoff", "deskgate handoff retry")
+        for rid in done:
+            r = idle[rid]
+            msg = comm.obj("Message")
+            msg.article_id = r.article_id
+            tried = f"{r.attempts} attempt{'s' if r.attempts != 1 else ''}" + (
+                f" ({r.earlier_attempts} more before an earlier retry)"
+                if r.earlier_attempts else "")
+            msg.log("Notice", "Retry", f"hand-off #{rid} retried by hand: it was {r.status} "
+                    f"after {tried}" + (f", last error: {r.last_error[:1000]}"
+                                         if r.last_error else "")
+                    + "; a fresh cycle of attempts on [helpdesk] retry starts now")
+            msg.close("Successful")
+        comm.close("Successful")
+        write_comm(conn, comm)
+    return Retried(done, sorted(set(busy) | (set(idle) - set(done))))
 
 
 @dataclass(frozen=True)

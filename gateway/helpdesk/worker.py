@@ -125,7 +125,7 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
                            content=bytes(r.content), content_id=r.content_id,
                            disposition=r.disposition) for r in loaded.attachments]
     return HandoffItem(
-        id=c.id, kind=kind, key=c.key, attempts=c.attempts, ticket_id=c.ticket_id,
+        id=c.id, kind=kind, key=c.key, attempts=c.earlier + c.attempts, ticket_id=c.ticket_id,
         article_id=c.article_id, helpdesk_ticket_id=t.get("helpdesk_ticket_id") or "",
         helpdesk_ticket_number=t.get("helpdesk_ticket_number") or "",
         queue=cfg.helpdesk.helpdesk_queue(t["queue"]), decisions=decisions,
@@ -194,8 +194,9 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
     conn_obj = comm.obj("Connection") if not isinstance(error, ItemError) else None
     msg = comm.obj("Message")
     msg.article_id = c.article_id
-    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1} to "
-            f"{connector.type}, {seconds * 1000:.0f} ms")
+    earlier = f" ({c.earlier} before a retry by hand)" if c.earlier else ""
+    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1}"
+            f"{earlier} to {connector.type}, {seconds * 1000:.0f} ms")
     if result is not None:
         assert conn_obj is not None
         for prio, key, value in result.log:

@@ -410,7 +410,9 @@ class Handoff(Base):
     key: Mapped[str] = mapped_column(String(100))                   # idempotency key
     helpdesk: Mapped[str] = mapped_column(String(30))               # [helpdesk] type
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|delivered|failed
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)       # of the current cycle
+    # attempts of the cycles before `deskgate handoff retry` started a fresh one
+    earlier_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     claimed_by: Mapped[str] = mapped_column(String(200), default="")

@@ -99,3 +99,26 @@ class TestTwoNodes:
             assert [c.attempts for c in later] == [1]
             assert conn.execute(select(Handoff.claimed_by)).scalar() == "other"
         engine.dispose()
+
+
+class TestAdminOnPostgres:
+    def test_retry_starts_afresh_and_delete_wins_over_the_attempt(self, pg_url: str) -> None:
+        """On PostgreSQL too: a retried failed row starts a fresh cycle with its earlier
+        attempts kept, a row deleted during its attempt stays deleted and the attempt's
+        answer is not recorded."""
+        seed(pg_url, tickets=2, per_ticket=1)
+        engine = create_engine(pg_url)
+        try:
+            with engine.begin() as conn:
+                first, second = outbox.claim(conn, "n1", limit=2, lease=300)
+                outbox.record_failure(conn, first, "HTTP 500", temporary=True, schedule=())
+                assert outbox.retry_now(conn).retried == [first.id]
+                assert outbox.retry_now(conn).in_delivery == [second.id]
+                [again] = outbox.claim(conn, "n2", limit=5, lease=300)
+                assert (again.id, again.attempts, again.earlier) == (first.id, 0, 1)
+                gone = outbox.remove(conn, second.id)
+                assert gone is not None and (gone.in_delivery, gone.claimed_by) == (True, "n1")
+                assert outbox.record_delivered(conn, second, ticket_id="7",
+                                               ticket_number="107").status == "deleted"
+        finally:
+            engine.dispose()

@@ -86,3 +86,31 @@ class TestDelete:
         assert rc == 1 and "already delivered" in err
         with store.engine.connect() as conn:
             assert outbox.show(conn, hid) is not None
+
+
+class TestRetry:
+    def test_a_failed_row_starts_afresh_and_the_answer_says_so(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """A failed row is pending again with no attempts of its new cycle."""
+        [hid] = seed(store.engine, ("create",))
+        with store.engine.begin() as conn:
+            [c] = outbox.claim(conn, "node-a", limit=5, lease=300)
+            outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=())
+        rc, out, _ = run(capsys, store, "retry", str(hid))
+        assert rc == 0 and f"hand-off {hid} will be tried again now" in out
+        assert "fresh" in out
+        rc, out, _ = run(capsys, store, "show", str(hid), "--json")
+        doc = json.loads(out)
+        assert (doc["status"], doc["attempts"], doc["earlier_attempts"]) == ("pending", 0, 1)
+
+    def test_a_row_being_handed_off_is_named_not_reset(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json lists the rows retried and those left to the attempt under way."""
+        busy, idle = seed(store.engine, ("create",)) + seed(store.engine, ("create",))
+        with store.engine.begin() as conn:
+            outbox.claim(conn, "node-a", limit=1, lease=300)
+        rc, out, _ = run(capsys, store, "retry", str(busy))
+        assert rc == 0 and "node-a" in out and "right now" in out
+        rc, out, _ = run(capsys, store, "retry", "--all", "--json")
+        assert rc == 0
+        assert json.loads(out) == {"retried": [idle], "in_delivery": [busy]}

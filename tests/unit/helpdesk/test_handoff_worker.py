@@ -259,3 +259,21 @@ class TestDeletedWhileHandedOff:
         logged = entries(setup.engine, article)
         assert not any(k in ("Superseded", "Deferred") for _, k, _ in logged), logged
         assert any(k == "Deleted" and "HTTP 500" in v for _, k, v in logged), logged
+
+
+class TestRetriedByHand:
+    async def test_the_helpdesk_is_told_it_is_a_retry(self, setup: Setup) -> None:
+        """After `handoff retry` of a failed row the webhook document counts every
+        attempt so far (the fresh cycle does not make it look like a first try)."""
+        hid, _ = seed(setup.engine, "failed before")
+        with setup.engine.begin() as conn:
+            for _ in range(2):
+                [c] = outbox.claim(conn, "n0", limit=5, lease=300,
+                                   now=datetime.now(UTC) + timedelta(hours=3))
+                outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=(1.0,))
+            assert outbox.retry_now(conn, hid).retried == [hid]
+        await run_worker(setup, lambda: row(setup.engine, hid).status == "delivered")
+        [req] = [r for r in setup.server.requests if r.method == "POST"]
+        assert req.json["attempt"] == 3
+        assert (row(setup.engine, hid).status, row(setup.engine, hid).attempts) == \
+            ("delivered", 1)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from gateway.helpdesk import outbox
 from gateway.store import repo
 from gateway.store.db import make_engine, migrate
-from gateway.store.tables import Ticket
+from gateway.store.tables import CommEntry, CommObject, Handoff, Ticket
 
 
 @pytest.fixture
@@ -154,3 +154,67 @@ class TestDeletedDuringAttempt:
                                          schedule=()).status == "deleted"
             shown = outbox.show(conn, new)
         assert shown is not None and shown["status"] == "pending"
+
+
+class TestRetryByHand:
+    """`deskgate handoff retry` starts a fresh cycle of attempts (as `postsuper -r`)."""
+
+    @staticmethod
+    def failed_row(engine: Engine) -> int:
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            [c] = outbox.claim(conn, "n1", limit=5, lease=300)
+            assert outbox.record_failure(conn, c, "HTTP 500", temporary=True,
+                                         schedule=()).status == "failed"
+        return hid
+
+    def test_a_retried_failed_row_gets_the_whole_schedule_again(self, engine: Engine
+                                                                ) -> None:
+        """One failure after the retry is deferred on the schedule's first step, not
+        failed again at once for the attempts of the cycle before."""
+        hid = self.failed_row(engine)
+        with engine.begin() as conn:
+            assert outbox.retry_now(conn, hid).retried == [hid]
+            shown = outbox.show(conn, hid)
+            assert shown is not None and (shown["status"], shown["attempts"]) == ("pending", 0)
+            [c] = outbox.claim(conn, "n1", limit=5, lease=300)
+            out = outbox.record_failure(conn, c, "HTTP 500", temporary=True,
+                                        schedule=(60.0, 3600.0))
+        assert out.status == "pending" and out.attempts == 1
+        assert out.next_attempt is not None
+        assert out.next_attempt < datetime.now(UTC) + timedelta(seconds=70)
+
+    def test_the_attempt_after_a_retry_still_checks_the_helpdesk_first(
+            self, engine: Engine) -> None:
+        """The earlier attempts are kept apart: the claim after a retry knows the row
+        was tried before (a REST connector then looks for the ticket an earlier attempt
+        may have created)."""
+        hid = self.failed_row(engine)
+        with engine.begin() as conn:
+            outbox.retry_now(conn, hid)
+            [c] = outbox.claim(conn, "n1", limit=5, lease=300)
+        assert (c.attempts, c.earlier) == (0, 1)
+
+    def test_the_reset_is_in_the_communication_log(self, engine: Engine) -> None:
+        """A Retry entry on the article says what the row had and that it starts
+        afresh."""
+        hid = self.failed_row(engine)
+        with engine.begin() as conn:
+            outbox.retry_now(conn, hid)
+            aid = conn.execute(select(Handoff.article_id).where(Handoff.id == hid)).scalar()
+            logged = [(e.key, e.value) for e in conn.execute(
+                select(CommEntry).join(CommObject, CommObject.id == CommEntry.object_id)
+                .where(CommObject.article_id == aid)).all()]
+        assert any(k == "Retry" and "failed" in v and "1 attempt" in v and "HTTP 500" in v
+                   for k, v in logged), logged
+
+    def test_a_row_being_handed_off_is_left_to_its_attempt(self, engine: Engine) -> None:
+        """A row claimed by a live node is not reset under its attempt (whose record
+        would count on the old attempts): it is reported as in delivery."""
+        [hid] = seed(engine, ("create",))
+        with engine.begin() as conn:
+            outbox.claim(conn, "n1", limit=5, lease=300)
+            res = outbox.retry_now(conn, hid)
+            shown = outbox.show(conn, hid)
+        assert (res.retried, res.in_delivery) == ([], [hid])
+        assert shown is not None and (shown["attempts"], shown["claimed_by"]) == (1, "n1")
