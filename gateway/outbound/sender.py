@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import socket
@@ -31,6 +32,7 @@ from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
 from gateway.outbound.transport import Attempt, Transport, error_reply, make_transport
 from gateway.runtime import Runtime
+from gateway.store.db import is_temporary
 from gateway.store.writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -230,14 +232,29 @@ class Sender:
                       results: list[oq.RcptResult]) -> oq.Settled | None:
         """Write the attempt's outcome, trying again while the database refuses it: the
         lease stays renewed meanwhile, so a message the smarthost took is not claimed
-        and sent again. None when the sender stopped first (the lease then runs out)."""
+        and sent again. A crash (an error that is not the database's, e.g. building the
+        DSN) would fail the same way every time: the outcome is then written once more
+        without DSNs, with the crash as an Error in the log, so the message settles
+        (the attempt counts, the schedule ends it) instead of staying leased for ever.
+        None when the sender stopped first, or when that too crashed (the lease then
+        runs out)."""
         tries = 0
+        crash = ""
         while True:
             job = functools.partial(record, rt=self.runtime(), m=m, att=att,
-                                    results=results, transport=self.transport)
+                                    results=results, transport=self.transport, crash=crash)
             try:
                 return await self.writer.run(job)
-            except Exception:
+            except Exception as exc:
+                if not is_temporary(exc):
+                    if crash:
+                        log.exception("recording the delivery crashed again; left to its "
+                                      "lease", outbound_id=m.id, crash=crash)
+                        return None
+                    crash = f"{type(exc).__name__}: {exc}"[:1000]
+                    log.exception("recording the delivery crashed; recording it without "
+                                  "DSNs", outbound_id=m.id)
+                    continue
                 log.exception("recording the delivery failed", outbound_id=m.id,
                               delivered=sum(1 for r in results if r.ok), tries=tries + 1)
             if self._stopping:
@@ -255,15 +272,23 @@ def results_of(m: oq.Claimed, att: Attempt) -> list[oq.RcptResult]:
 
 
 def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
-           results: list[oq.RcptResult], transport: Transport) -> oq.Settled:
-    """Outcomes, communication log and DSNs, in one transaction. Re-runnable."""
+           results: list[oq.RcptResult], transport: Transport, crash: str = "") -> oq.Settled:
+    """Outcomes, communication log and DSNs, in one transaction. Re-runnable.
+
+    With `crash` (an earlier run crashed) no DSN is built, each that was due is an
+    Error naming the crash, and the smarthost's texts lose NUL characters (which a
+    database may refuse)."""
     relay = rt.config.relay
+    error = att.error
+    if crash:
+        results = [dataclasses.replace(r, reply=_clean(r.reply)) for r in results]
+        error = _clean(error)
     st = oq.record_attempt(conn, m, results, schedule=relay.retry, warn_after=relay.warn_after,
-                           error=att.error)
+                           error=error)
     comm = Comm("Outgoing", transport.name, transport.account)
     c = comm.obj("Connection")
     for prio, key, value in att.log:
-        c.log(prio, key, value)  # type: ignore[arg-type]
+        c.log(prio, key, _clean(value) if crash else value)  # type: ignore[arg-type]
     c.close("Failed" if att.error else "Successful")
     msg = comm.obj("Message")
     msg.outbound_id = m.id
@@ -290,17 +315,29 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     for r in st.failed:
         why = "retries exhausted" if not r.permanent else "permanent failure"
         msg.log("Error", "Failed", f"<{r.address}>: {r.code} {r.reply} ({why})")
-    msg.close("Failed" if st.failed else "Warning" if st.delayed else "Successful")
+    if crash:
+        msg.log("Error", "Record", f"recording this attempt crashed ({crash}); recorded "
+                "without DSNs"[:3000])
+    msg.close("Failed" if st.failed or crash else "Warning" if st.delayed else "Successful")
     comm.close()
+    notices: list[tuple[str, str, list[oq.RcptResult], datetime | None]] = []
     if st.failed and m.kind == "message" and m.return_path:
-        oid = _queue_dsn(conn, rt, m, "failed", st.failed, transport)
-        msg.log("Notice", "DSN", f"failure notice to <{m.return_path}> queued as #{oid}")
+        notices.append(("failed", "failure", st.failed, None))
     if st.warn and m.return_path and st.delayed:
-        oid = _queue_dsn(conn, rt, m, "delayed", st.delayed, transport,
-                         retry_until=_retry_until(m, relay.retry))
-        msg.log("Notice", "DSN", f"delay notice to <{m.return_path}> queued as #{oid}")
+        notices.append(("delayed", "delay", st.delayed, _retry_until(m, relay.retry)))
+    for action, what, rs, until in notices:
+        if crash:
+            msg.log("Error", "DSN", f"{what} notice to <{m.return_path}> not queued: "
+                    f"{crash}"[:3000])
+            continue
+        oid = _queue_dsn(conn, rt, m, action, rs, transport, retry_until=until)
+        msg.log("Notice", "DSN", f"{what} notice to <{m.return_path}> queued as #{oid}")
     write_comm(conn, comm)
     return st
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", " ")
 
 
 def _retry_until(m: oq.Claimed, schedule: tuple[float, ...]) -> datetime:
