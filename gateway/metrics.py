@@ -47,6 +47,10 @@ OUTBOUND_QUEUE_DEPTH = Gauge(
 OUTBOUND_QUEUE_OLDEST_SECONDS = Gauge(
     "deskgate_outbound_queue_oldest_seconds", "Age of the oldest message in the outbound queue",
     registry=REGISTRY, multiprocess_mode="mostrecent")
+GAUGE_REFRESH_ERRORS = Counter(
+    "deskgate_gauge_refresh_errors", "Scrapes whose database read for gauges failed (the "
+    "database down or locked), by the gauges it refreshes (outbound_queue); those gauges "
+    "are NaN in that scrape, never their last value", ["gauges"], registry=REGISTRY)
 POLLER_ERRORS = Counter(
     "deskgate_poller_errors", "Failed poll runs (connect, login, fetch) per account",
     ["account"], registry=REGISTRY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -508,7 +509,12 @@ def outbound_gauges(engine: Any) -> None:
         with engine.connect() as conn:
             n, oldest = conn.execute(select(func.count(), func.min(m.created))
                                      .where(m.status == "queued")).one()
-    except Exception:  # a scrape must still answer; /healthz reports the database
+    except Exception:
+        # A scrape must still answer (/healthz reports the database), but not with the
+        # last values as if they were current: a queue growing unseen would look calm.
+        metrics.GAUGE_REFRESH_ERRORS.labels("outbound_queue").inc()
+        metrics.OUTBOUND_QUEUE_DEPTH.set(math.nan)
+        metrics.OUTBOUND_QUEUE_OLDEST_SECONDS.set(math.nan)
         return
     metrics.OUTBOUND_QUEUE_DEPTH.set(n or 0)
     oldest = views.utc(oldest)

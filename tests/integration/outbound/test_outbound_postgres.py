@@ -166,3 +166,39 @@ class TestRecordingFails:
                 locker.join()
             assert held.is_set()
             assert received_ids(sink) == ids
+
+
+class TestQueueGauges:
+    def test_a_failed_refresh_is_visible_not_the_last_value(self, pg_queue, pg_url):
+        """With the database gone, /metrics does not repeat the last queue depth and
+        age as if they were current: both are NaN and the failure is counted."""
+        import math
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from gateway import metrics
+        from gateway.web.server import outbound_gauges
+        from tests.conftest import pg_unreachable
+
+        def scrape(engine) -> dict[str, float]:
+            body = metrics.render(engine, (outbound_gauges,))[0].decode()
+            out = {}
+            for fam in text_string_to_metric_families(body):
+                for s in fam.samples:
+                    if s.name.startswith("deskgate_outbound_queue_") or (
+                            s.name == "deskgate_gauge_refresh_errors_total"
+                            and s.labels.get("gauges") == "outbound_queue"):
+                        out[s.name] = s.value
+            return out
+
+        _, engine, _ = pg_queue(1, 2)
+        before = scrape(engine)
+        with pg_unreachable(pg_url):
+            during = scrape(engine)
+        after = scrape(engine)
+        assert before["deskgate_outbound_queue_depth"] == 2
+        assert math.isnan(during["deskgate_outbound_queue_depth"])
+        assert math.isnan(during["deskgate_outbound_queue_oldest_seconds"])
+        assert during.get("deskgate_gauge_refresh_errors_total", 0) == \
+            before.get("deskgate_gauge_refresh_errors_total", 0) + 1
+        assert after["deskgate_outbound_queue_depth"] == 2
