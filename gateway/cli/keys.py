@@ -180,6 +180,11 @@ def crypto_lines(crypto: dict[str, Any]) -> list[str]:
     return ["Crypto: " + "; ".join(parts)] + ["  " + ln for ln in signature_lines(crypto)]
 
 
+def _no_signer(sig: dict[str, Any]) -> str:
+    # a good signature has a known key: with no signer, that key names no address
+    return "signer without e-mail address" if sig.get("valid") else "unknown signer"
+
+
 def signature_lines(crypto: dict[str, Any]) -> list[str]:
     """The partial signing and each signature of a crypto result, as an admin reads
     them: signer, key id and whether it is valid (and why not)."""
@@ -192,6 +197,6 @@ def signature_lines(crypto: dict[str, Any]) -> list[str]:
         verdict = "valid" if s.get("valid") else (
             "NOT valid" + (f" ({s['error']})" if s.get("error") else ""))
         out.append(f"signature {n} ({s.get('method') or '-'}): "
-                   f"{s.get('signer') or 'unknown signer'}"
+                   f"{s.get('signer') or _no_signer(s)}"
                    + (f", key {key}" if key else "") + f": {verdict}")
     return out

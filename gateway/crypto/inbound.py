@@ -83,6 +83,7 @@ class _Peeler:
         self.candidates = candidates      # system addresses first, then other recipients
         self.from_email = from_email
         self.out = Unwrapped()
+        self._no_address: list[str] = []     # good signatures whose key names no address
 
     # ------------------------------------------------------------ results
 
@@ -93,6 +94,12 @@ class _Peeler:
     def _signature(self, method: str, valid: bool, signers: list[str], error: str) -> None:
         """One signature known by its signers' addresses (S/MIME, or no key store)."""
         self._signatures(method, [pgp.PgpSignature("", "", signers, valid, error)])
+
+    def _smime_signatures(self, v: smime.Verification) -> None:
+        """Every SignerInfo of an S/MIME signature, each with its certificate."""
+        self._signatures("smime", [
+            pgp.PgpSignature("", s.fingerprint, s.addresses, s.valid, s.error, s.subject)
+            for s in v.signatures] or [pgp.PgpSignature("", "", v.signers, v.valid, v.error)])
 
     def _signatures(self, method: str, sigs: list[pgp.PgpSignature]) -> None:
         """Record every signature of one layer or block; finish() gives the verdict."""
@@ -105,8 +112,11 @@ class _Peeler:
             c.signatures.append({"method": method, "signer": signer, "key_id": s.key_id,
                                  "fingerprint": s.fingerprint, "valid": s.valid,
                                  "error": s.error})
+            if s.valid and not s.signers:
+                self._no_address.append(_described(method, s))
             if not s.valid:
-                who = signer or (f"key {s.key_id}" if s.key_id else "")
+                who = signer or (f"key {s.key_id}" if s.key_id else "") or (
+                    _described(method, s) if s.name else "")
                 error = s.error or "signature invalid"
                 if len(sigs) > 1 and who and not (s.key_id and s.key_id in error):
                     error += f" ({who})"
@@ -119,7 +129,8 @@ class _Peeler:
         """The message's verdict over every signature recorded.
 
         Valid only when every signature is good and one of them is the sender's
-        (From); a signature that cannot be checked (no public key) is not good.
+        (From); a signature that cannot be checked (no public key) is not good, and
+        one by a key or certificate without an e-mail address is nobody's.
         """
         c = self.out.crypto
         if not c.signatures:
@@ -129,9 +140,11 @@ class _Peeler:
             signers[0] if signers else "")
         if not all(s["valid"] for s in c.signatures):
             c.signature_valid = False
-        elif signers and not (self.from_email and self.from_email in signers):
+        elif not (self.from_email and self.from_email in signers):
             c.signature_valid = False
-            self.fail(f"signature valid, signer mismatch (signed by {', '.join(signers)}, "
+            by = ([f"signed by {', '.join(signers)}"] if signers else []) + [
+                f"{who} has no e-mail address" for who in dict.fromkeys(self._no_address)]
+            self.fail(f"signature valid, signer mismatch ({'; '.join(by)}, "
                       f"From is {self.from_email or 'empty'})")
         else:
             c.signature_valid = True
@@ -168,7 +181,7 @@ class _Peeler:
         if kind in ("signed-data", "signeddata"):
             v = smime.verify(der, None, self.stores.smime.ca_file,
                              self.stores.smime.crl_file)
-            self._signature("smime", v.valid, v.signers, v.error)
+            self._smime_signatures(v)
             return _parsed(v.content) if v.content else None
         if kind not in ("enveloped-data", "envelopeddata", "authenveloped-data", ""):
             return None   # compressed-data, certs-only: left as they are
@@ -209,7 +222,7 @@ class _Peeler:
         if protocol in SMIME_SIG:
             v = smime.verify(sig, content, self.stores.smime.ca_file,
                              self.stores.smime.crl_file)
-            self._signature("smime", v.valid, v.signers, v.error)
+            self._smime_signatures(v)
         elif protocol == "application/pgp-signature":
             if not self.stores.pgp.available():
                 self._signature("pgp", False, [], "no GnuPG key store")
@@ -301,6 +314,13 @@ class _Peeler:
         out = [text.strip("\r\n") if signed else mark_unsigned(text)
                for text, signed in pieces if signed or text.strip()]
         return "\n".join(out) + "\n"
+
+
+def _described(method: str, s: pgp.PgpSignature) -> str:
+    """A signing key or certificate as the error names it (it has no address to show)."""
+    if method == "smime":
+        return f"certificate {s.name or s.fingerprint or '(unknown)'}"
+    return f"key {s.fingerprint or s.key_id or '(unknown)'}" + (f' "{s.name}"' if s.name else "")
 
 
 UNSIGNED_BEGIN = "-----BEGIN UNSIGNED TEXT (not covered by the PGP signature)-----"

@@ -28,6 +28,7 @@ class PgpSignature:
     signers: list[str] = field(default_factory=list)     # addresses of the signing key
     valid: bool = False
     error: str = ""
+    name: str = ""          # the key's first user id (an S/MIME certificate's subject)
 
 
 @dataclass
@@ -110,7 +111,8 @@ def _signature(store: PgpStore, st: dict[str, str]) -> PgpSignature:
     if verdict == "ERRSIG" and (st.get("rc") == "9" or key is None):
         error = f"no public key for signer {key_id}"
     return PgpSignature(key_id, key.fingerprint if key else fpr,
-                        list(key.addresses) if key else [], valid, error)
+                        list(key.addresses) if key else [], valid, error,
+                        key.uids[0] if key and key.uids else "")
 
 
 def _verification(store: PgpStore, res: Any) -> PgpVerification:
@@ -208,16 +210,23 @@ def _decrypt_reason(res: Any) -> str:
     return f"cannot decrypt: {res.status or 'gpg failed'}"
 
 
+# In batch mode (python-gnupg always passes --batch) gpg exits at the first bad
+# signature, so the signatures after it would never be checked or reported. A
+# verification asks nothing (and --no-tty forbids it), so batch mode is turned
+# off again for it; decryption keeps it (a passphrase is only read in batch mode).
+_VERIFY_ARGS = ["--no-batch"]
+
+
 def verify_detached(store: PgpStore, content: bytes, signature: bytes) -> PgpVerification:
     with tempfile.TemporaryDirectory(prefix="dg-pgp-") as tmp:
         sig = Path(tmp) / "sig.asc"
         sig.write_bytes(signature)
-        res = store.gpg.verify_data(str(sig), content)
+        res = store.gpg.verify_data(str(sig), content, extra_args=_VERIFY_ARGS)
     return _verdict(store, res)
 
 
 def verify_clearsigned(store: PgpStore, text: bytes) -> PgpVerification:
-    res = store.gpg.verify(text)
+    res = store.gpg.verify(text, extra_args=_VERIFY_ARGS)
     return _verdict(store, res)
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from gateway.crypto.keystore import SmimeEntry, cert_addresses, is_ca
+from gateway.crypto.keystore import SmimeEntry, cert_addresses, fingerprint
 
 OPENSSL = "openssl"
 TIMEOUT = 30
@@ -36,11 +36,25 @@ class SmimeError(Exception):
 
 
 @dataclass
+class SignerResult:
+    """One SignerInfo's verdict; `addresses` and `subject` come from its certificate."""
+
+    addresses: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    subject: str = ""
+    valid: bool = False
+    error: str = ""
+
+
+@dataclass
 class Verification:
+    """Every SignerInfo checked on its own; valid only when each one is."""
+
     valid: bool
     signers: list[str] = field(default_factory=list)     # signer certificate addresses
     error: str = ""
     content: bytes = b""                                   # opaque signed-data only
+    signatures: list[SignerResult] = field(default_factory=list)
 
 
 def decrypt(der: bytes, entries: list[SmimeEntry]) -> bytes:
@@ -99,61 +113,138 @@ def _verify_reason(stderr: bytes) -> str:
     return "verification failed: " + _first_error(stderr)
 
 
-def signer_addresses(sig_der: bytes) -> list[str]:
-    """Addresses of the end-entity certificates carried in a signature."""
-    try:
-        certs = pkcs7.load_der_pkcs7_certificates(sig_der)
-    except ValueError:
-        return []
-    out: list[str] = []
-    for c in certs:
-        if not is_ca(c):
-            out += [a for a in cert_addresses(c) if a not in out]
-    return out
-
-
 def verify(sig_der: bytes, content: bytes | None, ca_file: Path,
            crl_file: Path | None = None) -> Verification:
     """Verify a detached (content given) or opaque (content None) signature.
 
+    Each SignerInfo is checked by its own `openssl cms -verify` (one call would
+    stop at the first bad one and name no signer), and its signer is the
+    certificate openssl matched to it, not any certificate the message carries.
     With `crl_file` the signer's certificate is checked against the CRLs in it
     (`-crl_check`): revoked → invalid, and so is a signer whose CA has no CRL
     there or whose CRL has expired, as openssl decides.
     """
-    signers = signer_addresses(sig_der)
-    if not ca_file.exists():
-        return Verification(False, signers, f"no CA trust store ({ca_file})")
+    results: list[SignerResult] = []
+    out = b""
     with tempfile.TemporaryDirectory(prefix="dg-smime-") as tmp:
-        sig = Path(tmp) / "sig.der"
-        sig.write_bytes(sig_der)
+        d = Path(tmp)
+        problem = "" if ca_file.exists() else f"no CA trust store ({ca_file})"
         trust = ca_file
-        if crl_file is not None:
+        if crl_file is not None and not problem:
             # `openssl cms` has no -CRLfile: CRLs are read from the -CAfile file.
-            trust = Path(tmp) / "trust.pem"
+            trust = d / "trust.pem"
             try:
                 trust.write_bytes(ca_file.read_bytes() + b"\n" + crl_file.read_bytes())
             except OSError as exc:
-                return Verification(False, signers, f"cannot read the CRL file {crl_file}: "
-                                    f"{exc.strerror or exc}")
-        args = [OPENSSL, "cms", "-verify", "-inform", "DER", "-in", str(sig), "-binary",
-                "-CAfile", str(trust), "-purpose", "smimesign"]
-        if crl_file is not None:
-            args.append("-crl_check")
+                problem = f"cannot read the CRL file {crl_file}: {exc.strerror or exc}"
+        data = None
         if content is not None:
-            data = Path(tmp) / "content"
+            data = d / "content"
             data.write_bytes(content)
-            args += ["-content", str(data)]
-        r = subprocess.run(args, capture_output=True, timeout=TIMEOUT, check=False)
-    if r.returncode == 0:
-        return Verification(True, signers, content=r.stdout if content is None else b"")
-    out = b""
-    if content is None:
-        # Opaque: still recover the content so the message can be read.
-        r2 = subprocess.run([OPENSSL, "cms", "-verify", "-inform", "DER", "-noverify",
-                             "-nosigs", "-binary"], input=sig_der, capture_output=True,
-                            timeout=TIMEOUT, check=False)
-        out = r2.stdout if r2.returncode == 0 else b""
-    return Verification(False, signers, _verify_reason(r.stderr), content=out)
+        for i, part in enumerate(cms_split_signers(sig_der)):
+            sig, signer = d / f"sig{i}.der", d / f"signer{i}.pem"
+            sig.write_bytes(part)
+            base = [OPENSSL, "cms", "-verify", "-inform", "DER", "-in", str(sig), "-binary",
+                    "-signer", str(signer)] + (["-content", str(data)] if data else [])
+            error = problem
+            if not problem:
+                args = [*base, "-CAfile", str(trust), "-purpose", "smimesign"]
+                if crl_file is not None:
+                    args.append("-crl_check")
+                r = subprocess.run(args, capture_output=True, timeout=TIMEOUT, check=False)
+                error = "" if r.returncode == 0 else _verify_reason(r.stderr)
+            if error:
+                # Which certificate signed (and, opaque, the content so the message can
+                # be read), without checking anything.
+                r = subprocess.run([*base, "-noverify", "-nosigs"], capture_output=True,
+                                   timeout=TIMEOUT, check=False)
+            out = out or (r.stdout if r.returncode == 0 else b"")
+            results.append(_signer_result(signer, error))
+    valid = bool(results) and all(x.valid for x in results)
+    return Verification(valid, list(dict.fromkeys(a for x in results for a in x.addresses)),
+                        "; ".join(x.error for x in results if not x.valid),
+                        content=out if content is None else b"", signatures=results)
+
+
+def _signer_result(signer_pem: Path, error: str) -> SignerResult:
+    try:
+        cert = x509.load_pem_x509_certificates(signer_pem.read_bytes())[0]
+    except (OSError, ValueError, IndexError):
+        return SignerResult(error=error or "signer certificate not found")
+    return SignerResult(cert_addresses(cert), fingerprint(cert), cert.subject.rfc4514_string(),
+                        not error, error)
+
+
+# ------------------------------------------------- CMS SignedData, one signer at a time
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(start of contents, end of contents, end of element) of the BER element at pos."""
+    p = pos + 1
+    if data[pos] & 0x1F == 0x1F:             # high tag number
+        while data[p] & 0x80:
+            p += 1
+        p += 1
+    first = data[p]
+    p += 1
+    if first == 0x80:                        # indefinite length: up to end-of-contents
+        if not data[pos] & 0x20:
+            raise ValueError("indefinite length on a primitive element")
+        q = p
+        while data[q:q + 2] != b"\0\0":
+            q = _tlv(data, q)[2]
+        return p, q, q + 2
+    if first & 0x80:
+        n = first & 0x7F
+        length, p = int.from_bytes(data[p:p + n], "big"), p + n
+    else:
+        length = first
+    if p + length > len(data):
+        raise ValueError("element runs past the end")
+    return p, p + length, p + length
+
+
+def _children(data: bytes, start: int, end: int) -> list[bytes]:
+    out = []
+    while start < end and data[start:start + 2] != b"\0\0":
+        nxt = _tlv(data, start)[2]
+        out.append(data[start:nxt])
+        start = nxt
+    return out
+
+
+def _der(tag: int, contents: bytes) -> bytes:
+    n = len(contents)
+    if n < 0x80:
+        return bytes([tag, n]) + contents
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + contents
+
+
+def cms_split_signers(der: bytes) -> list[bytes]:
+    """A ContentInfo with SignedData, once per SignerInfo with only that one in it.
+
+    Everything else (certificates, CRLs, encapsulated content) is copied byte for
+    byte, so each copy verifies exactly as its SignerInfo does in the original.
+    One signer, or anything that does not parse as SignedData: [der] unchanged,
+    for openssl to judge.
+    """
+    try:
+        s, e, _ = _tlv(der, 0)
+        oid, explicit = _children(der, s, e)[:2]
+        s, e, _ = _tlv(explicit, 0)
+        signed_data = _children(explicit, s, e)[0]
+        s, e, _ = _tlv(signed_data, 0)
+        fields = _children(signed_data, s, e)
+        if signed_data[0] != 0x30 or len(fields) < 4 or fields[-1][0] != 0x31:
+            return [der]
+        s, e, _ = _tlv(fields[-1], 0)
+        infos = _children(fields[-1], s, e)
+    except (IndexError, ValueError, RecursionError):   # not ours to judge: openssl's
+        return [der]
+    if len(infos) < 2:
+        return [der]
+    head = b"".join(fields[:-1])
+    return [_der(0x30, oid + _der(0xA0, _der(0x30, head + _der(0x31, si)))) for si in infos]
 
 
 # ---------------------------------------------------------------- outbound

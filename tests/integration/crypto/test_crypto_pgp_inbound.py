@@ -385,6 +385,104 @@ class TestSeveralSignatures:
         assert _sigs(c) == [(CUSTOMER, True)] and c["signature_valid"] is True
 
 
+    def test_a_bad_first_signature_does_not_hide_the_others(self, pgp_env, pgp_keys,
+                                                            colleague, deliver):
+        """A detached set whose first signature is bad: gpg goes on to the next, so
+        every signature is recorded (bad, then good ones) and the message is not valid."""
+        pgp_env.stores.pgp.import_(colleague)
+        cust = pgp_keys.customer
+        bad = cust.run("--detach-sign", "-u", COLLEAGUE, input=b"something else\n").stdout
+        good = cust.run("--detach-sign", "-u", CUSTOMER, input=crlf(INNER)).stdout
+        also = cust.run("--detach-sign", "-u", COLLEAGUE, input=crlf(INNER)).stdout
+        c = deliver(signed_by_two(INNER, bad + good + also, "two7")).crypto
+        assert [(s["signer"], s["valid"]) for s in c["signatures"]] == [
+            (COLLEAGUE, False), (CUSTOMER, True), (COLLEAGUE, True)]
+        assert c["signatures"][0]["error"] == "signature bad"
+        assert c["signatures"][0]["fingerprint"] == cust.fingerprint(COLLEAGUE)
+        assert c["signed"] and c["signature_valid"] is False and c["signer"] == CUSTOMER
+        assert "signature invalid: signature bad" in c["error"] and COLLEAGUE in c["error"]
+
+    def test_a_bad_first_signature_in_a_clearsigned_block(self, pgp_env, pgp_keys,
+                                                          colleague, deliver):
+        """A clearsigned block whose armor holds a bad signature before the sender's good
+        one: both recorded, the message not valid."""
+        pgp_env.stores.pgp.import_(colleague)
+        cust = pgp_keys.customer
+        block = cust.clearsign(b"Signed text.\n", CUSTOMER)
+        head, _, armor = block.partition(b"-----BEGIN PGP SIGNATURE-----")
+        good = cust.run("--dearmor", input=b"-----BEGIN PGP SIGNATURE-----" + armor).stdout
+        bad = cust.run("--detach-sign", "--textmode", "-u", COLLEAGUE,
+                       input=b"Other text.\n").stdout
+        both = base64.encodebytes(bad + good)
+        signed = (head + b"-----BEGIN PGP SIGNATURE-----\n\n" + both
+                  + b"-----END PGP SIGNATURE-----\n")
+        c = deliver(inline(signed, "two8")).crypto
+        assert [(s["signer"], s["valid"]) for s in c["signatures"]] == [
+            (COLLEAGUE, False), (CUSTOMER, True)]
+        assert c["signature_valid"] is False and "signature bad" in c["error"]
+
+
+NOMAIL = "Build Server"
+
+
+@pytest.fixture(scope="module")
+def nomail_key(pgp_keys):
+    """A key whose only user id names no e-mail address; its public key."""
+    home = pgp_keys.customer
+    if home.run("--list-secret-keys", NOMAIL, check=False).returncode != 0:
+        home.gen_key(NOMAIL)
+    return home.export(NOMAIL)
+
+
+class TestSignerWithoutAddress:
+    def test_good_signature_by_a_key_without_address_is_not_the_senders(
+            self, pgp_env, pgp_keys, nomail_key, deliver):
+        """A good signature by a known key that has no e-mail address cannot be From's:
+        recorded as a good signature, the message not valid, the reason says why."""
+        pgp_env.stores.pgp.import_(nomail_key)
+        fpr = pgp_keys.customer.fingerprint(NOMAIL)
+        sig = pgp_keys.customer.detach_sign(INNER, NOMAIL)
+        c = deliver(pgp_mime_signed(INNER, sig, "na1")).crypto
+        assert [(s["signer"], s["valid"], s["fingerprint"]) for s in c["signatures"]] == [
+            ("", True, fpr)]
+        assert c["signed"] and c["signature_valid"] is False and c["signer"] == ""
+        assert "signer mismatch" in c["error"] and "no e-mail address" in c["error"]
+        assert fpr[-16:] in c["error"]
+
+    def test_tickets_show_says_the_key_has_no_address(self, pgp_env, pgp_keys, nomail_key,
+                                                      deliver):
+        """`tickets show N` names a good signature by a key without address as such,
+        not as an unknown signer, and gives the reason in the crypto line."""
+        import contextlib
+        import io
+
+        from gateway.cli import main
+
+        pgp_env.stores.pgp.import_(nomail_key)
+        sig = pgp_keys.customer.detach_sign(INNER, NOMAIL)
+        d = deliver(pgp_mime_signed(INNER, sig, "na3"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["--config", str(pgp_env.conf), "tickets", "show", d.ticket["number"]])
+        assert rc == 0
+        text = out.getvalue()
+        key_id = pgp_keys.customer.fingerprint(NOMAIL)[-16:]
+        assert f"signature 1 (pgp): signer without e-mail address, key {key_id}: valid" in text
+        assert "has no e-mail address" in text and "NOT valid" in text
+
+    def test_no_address_key_next_to_the_senders_signature(self, pgp_env, pgp_keys,
+                                                          nomail_key, deliver):
+        """The sender's good signature and a good one by a key without address: every
+        signature is good and one is the sender's, so the message is valid."""
+        pgp_env.stores.pgp.import_(nomail_key)
+        signed = pgp_keys.customer.run("--clearsign", "-u", CUSTOMER, "-u", NOMAIL,
+                                       input=b"Signed by two.\n").stdout
+        c = deliver(inline(signed, "na2")).crypto
+        assert sorted((s["signer"], s["valid"]) for s in c["signatures"]) == [
+            ("", True), (CUSTOMER, True)]
+        assert c["signature_valid"] is True and c["signer"] == CUSTOMER and c["error"] == ""
+
+
 class TestPgpImport:
     def test_wrong_passphrase_refused(self, crypto_env, pgp_keys):
         """Importing a protected secret key with a wrong passphrase: clear error, key not kept."""

@@ -261,6 +261,141 @@ class TestSmimeVerify:
         assert "expired" in d.crypto["error"]
 
 
+COLLEAGUE = "colleague@customer.test"
+
+
+def sign_by(tmp: Path, data: bytes, *signers, extra: tuple[str, ...] = ()) -> bytes:
+    """openssl smime -sign with one -signer/-inkey pair per Issued (several SignerInfos)."""
+    src = tmp / "tosign.eml"
+    src.write_bytes(data)
+    args = [a for s in signers for a in ("-signer", str(s.cert), "-inkey", str(s.key))]
+    return openssl("smime", "-sign", *extra, "-in", str(src), *args).stdout
+
+
+def cert_fingerprint(issued) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(issued.cert.read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex().upper()
+
+
+def _sigs(c):
+    """(signer, valid) of each entry; sorted, as a SET OF SignerInfo has no signing order."""
+    return sorted((s["signer"], s["valid"]) for s in c["signatures"])
+
+
+def _entry(c, signer):
+    return next(s for s in c["signatures"] if s["signer"] == signer)
+
+
+class TestSmimeSeveralSigners:
+    @pytest.fixture
+    def colleague(self, crypto_env):
+        return crypto_env.ca.issue("Colleague", emails=(COLLEAGUE,), filename="colleague")
+
+    def test_two_signers_both_recorded(self, crypto_env, colleague, deliver, tmp_path):
+        """Two SignerInfos, both good: one entry each (signer from its certificate,
+        its fingerprint), the message valid because one of them is From."""
+        raw = with_headers("m1", sign_by(tmp_path, inner_entity(), colleague,
+                                         crypto_env.customer))
+        c = deliver(raw).crypto
+        assert _sigs(c) == [(COLLEAGUE, True), (CUSTOMER, True)]
+        assert _entry(c, COLLEAGUE)["fingerprint"] == cert_fingerprint(colleague)
+        assert _entry(c, CUSTOMER)["fingerprint"] == cert_fingerprint(crypto_env.customer)
+        assert all(s["method"] == "smime" and s["error"] == "" for s in c["signatures"])
+        assert c["signature_valid"] is True and c["signer"] == CUSTOMER and c["error"] == ""
+
+    def test_one_untrusted_signer_of_two(self, crypto_env, deliver, tmp_path):
+        """The sender's good signature next to one whose CA is not trusted: both
+        recorded, each with its own verdict; the message is not valid."""
+        from tests.peers.ca import TestCA
+
+        rogue = TestCA(tmp_path / "rogue").issue("Rogue", emails=("rogue@evil.test",),
+                                                 filename="r")
+        raw = with_headers("m2", sign_by(tmp_path, inner_entity(), crypto_env.customer,
+                                         rogue))
+        c = deliver(raw).crypto
+        assert _sigs(c) == [(CUSTOMER, True), ("rogue@evil.test", False)]
+        assert "not trusted" in _entry(c, "rogue@evil.test")["error"]
+        assert _entry(c, CUSTOMER)["error"] == ""
+        assert c["signature_valid"] is False and c["signer"] == CUSTOMER
+        assert "not trusted" in c["error"] and "rogue@evil.test" in c["error"]
+
+    def test_revoked_signer_of_two(self, crypto_env, colleague, deliver, tmp_path):
+        """With a CRL revoking the sender's certificate: the sender's entry says revoked,
+        the colleague's stays good, the message is not valid."""
+        crypto_env.ca.crl([crypto_env.customer],
+                          path=crypto_env.root / "keys" / "smime" / "crl.pem")
+        (crypto_env.conf / "60-crl.toml").write_text(
+            '[crypto]\nsmime_crl_file = "keys/smime/crl.pem"\n')
+        crypto_env.reload()
+        raw = with_headers("m3", sign_by(tmp_path, inner_entity(), crypto_env.customer,
+                                         colleague))
+        c = deliver(raw).crypto
+        assert _sigs(c) == [(COLLEAGUE, True), (CUSTOMER, False)]
+        assert "revoked" in _entry(c, CUSTOMER)["error"]
+        assert c["signature_valid"] is False and "revoked" in c["error"]
+
+    def test_two_signers_none_of_them_the_sender(self, crypto_env, colleague, deliver,
+                                                 tmp_path):
+        """Both good, neither is From: signer mismatch naming both."""
+        other = crypto_env.ca.issue("Other", emails=("other@customer.test",), filename="o")
+        raw = with_headers("m4", sign_by(tmp_path, inner_entity(), colleague, other))
+        c = deliver(raw).crypto
+        assert _sigs(c) == [(COLLEAGUE, True), ("other@customer.test", True)]
+        assert c["signature_valid"] is False and "signer mismatch" in c["error"]
+        assert COLLEAGUE in c["error"] and "other@customer.test" in c["error"]
+
+    def test_opaque_two_signers(self, crypto_env, colleague, deliver, tmp_path):
+        """signed-data (-nodetach) with two SignerInfos: both verified, content extracted."""
+        raw = with_headers("m5", sign_by(tmp_path, inner_entity(), crypto_env.customer,
+                                         colleague, extra=("-nodetach",)))
+        d = deliver(raw)
+        assert _sigs(d.crypto) == [(COLLEAGUE, True), (CUSTOMER, True)]
+        assert d.crypto["signature_valid"] is True
+        assert "PC LOAD LETTER" in d.article["body"]
+
+    def test_opaque_tampered_two_signers(self, crypto_env, colleague, deliver, tmp_path):
+        """signed-data whose content changed: every signer's entry is not valid, the
+        content is still extracted."""
+        out = sign_by(tmp_path, inner_entity(), crypto_env.customer, colleague,
+                      extra=("-nodetach", "-binary"))
+        raw = with_headers("m6", out)
+        d = deliver(raw)
+        assert d.crypto["signature_valid"] is True     # untouched: the baseline holds
+        import base64
+        import email
+
+        msg = email.message_from_bytes(raw)
+        der = bytearray(msg.get_payload(decode=True))
+        at = bytes(der).index(b"PC LOAD LETTER")
+        der[at:at + 2] = b"XX"
+        tampered = with_headers("m7", b"MIME-Version: 1.0\nContent-Disposition: attachment; "
+                                b'filename="smime.p7m"\nContent-Type: application/'
+                                b'x-pkcs7-mime; smime-type=signed-data; name="smime.p7m"\n'
+                                b"Content-Transfer-Encoding: base64\n\n"
+                                + base64.encodebytes(bytes(der)))
+        d = deliver(tampered)
+        assert _sigs(d.crypto) == [(COLLEAGUE, False), (CUSTOMER, False)]
+        assert d.crypto["signature_valid"] is False
+        assert "XX LOAD LETTER" in d.article["body"]
+
+
+class TestSmimeSignerWithoutAddress:
+    def test_certificate_without_address_is_not_the_senders(self, crypto_env, deliver,
+                                                            tmp_path):
+        """A good signature by a trusted certificate that names no e-mail address cannot
+        be From's: recorded as good, the message not valid, the reason says why."""
+        nameless = crypto_env.ca.issue("Build Server", filename="build")
+        c = deliver(with_headers("n1", sign_by(tmp_path, inner_entity(), nameless))).crypto
+        assert [(s["signer"], s["valid"], s["fingerprint"]) for s in c["signatures"]] == [
+            ("", True, cert_fingerprint(nameless))]
+        assert c["signed"] and c["signature_valid"] is False and c["signer"] == ""
+        assert "signer mismatch" in c["error"] and "no e-mail address" in c["error"]
+        assert "Build Server" in c["error"]
+
+
 def _log_entries(env: CryptoEnv) -> str:
     from sqlalchemy import create_engine, select
 

@@ -1,5 +1,6 @@
 """Pure MIME helpers of the crypto stages: exact signed bytes, entity split, 7-bit
-re-encoding, opaque re-serialisation, clearsigned text, permission checks."""
+re-encoding, opaque re-serialisation, clearsigned text, permission checks, the
+split of a CMS signature into one copy per signer."""
 
 from __future__ import annotations
 
@@ -104,3 +105,35 @@ class TestPermissions:
         p.write_text("x")
         p.chmod(0o600)
         check_private(p)
+
+
+class TestCmsSplitSigners:
+    def test_input_that_is_no_signed_data_is_passed_on_unchanged(self):
+        """Garbage, truncated DER, a lone INTEGER and deep indefinite nesting are handed
+        to openssl as they are, never raised."""
+        from gateway.crypto.smime import cms_split_signers
+
+        deep = b"\x30\x80" * 5000
+        for der in (b"", b"\x00", b"not DER at all", b"\x30\x82\x05\x6f\x06\x09",
+                    b"\x02\x01\x05", deep):
+            assert cms_split_signers(der) == [der]
+
+    def test_two_signer_infos_become_two_copies(self):
+        """A hand-built SignedData with two SignerInfos (one of them BER indefinite
+        length) gives two ContentInfos, each with the other fields byte for byte."""
+        from gateway.crypto.smime import cms_split_signers
+
+        oid = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"
+        head = b"\x02\x01\x01" + b"\x31\x00" + b"\x30\x80\x06\x01\x01\x00\x00"
+        si1, si2 = b"\x30\x03\x02\x01\x01", b"\x30\x80\x02\x01\x02\x00\x00"
+        sd = b"\x30" + bytes([len(head) + 2 + len(si1) + len(si2)]) + head \
+            + b"\x31" + bytes([len(si1) + len(si2)]) + si1 + si2
+        der = b"\x30\x80" + oid + b"\xa0\x80" + sd + b"\x00\x00\x00\x00"
+
+        def wrap(si: bytes) -> bytes:
+            inner = b"\x30" + bytes([len(head) + 2 + len(si)]) + head \
+                + b"\x31" + bytes([len(si)]) + si
+            body = oid + b"\xa0" + bytes([len(inner)]) + inner
+            return b"\x30" + bytes([len(body)]) + body
+
+        assert cms_split_signers(der) == [wrap(si1), wrap(si2)]
