@@ -74,11 +74,40 @@ def make_engine(url: str, *, pool_size: int = 5, fast_path: bool = True) -> Engi
 
         return engine
     engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True,
-                           connect_args={"connect_timeout": 5} if "postgresql" in url else {},
+                           connect_args=_pg_connect_defaults(url) if "postgresql" in url else {},
                            execution_options=options)
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _pg_session_defaults)
     return engine
+
+
+# libpq parameters of deskgate's PostgreSQL connections, each unless the URL sets it
+# (?keepalives_idle=60) or, for connect_timeout, PGCONNECT_TIMEOUT does. libpq leaves
+# keepalives to the kernel (first probe after 2 hours) and has no TCP user timeout, so
+# a database host that vanishes without a RST (power off, partition) left a query
+# waiting on recv for hours; statement_timeout is the server's and does not help. With
+# these a dead peer is noticed within about 30 s: 10 s idle, then 4 probes 5 s apart,
+# and data sent but not acknowledged for 30 s ends the connection.
+PG_TCP_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "4",
+    "tcp_user_timeout": "30000",
+}
+# The libpq parameters that have an environment variable of their own.
+_PG_ENV = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def _pg_connect_defaults(url: str) -> dict[str, str]:
+    """PG_TCP_DEFAULTS less what the URL (or libpq's environment) sets: SQLAlchemy
+    passes connect_args over the URL's query."""
+    from sqlalchemy.engine import make_url
+
+    given = make_url(url).query
+    return {k: v for k, v in PG_TCP_DEFAULTS.items()
+            if k not in given and not os.environ.get(_PG_ENV.get(k, ""), "")}
 
 
 # Session settings of deskgate's PostgreSQL connections, each unless the site sets it:

@@ -1,9 +1,12 @@
 """PostgreSQL sessions of deskgate: lock, statement and idle-in-transaction timeouts
-(a lock held by a stuck session gives a prompt 451, not a wait for ever), and the
+(a lock held by a stuck session gives a prompt 451, not a wait for ever), TCP
+keepalives and user timeout (a database host that vanished is noticed), and the
 writer running a transaction again after a deadlock or serialization failure."""
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,6 +81,26 @@ def held_lock(plain: Engine) -> Iterator[Callable[[str], Connection]]:
     for conn in held:
         conn.rollback()
         conn.close()
+
+
+TCP_KEYS = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+            "tcp_user_timeout", "connect_timeout")
+
+
+def tcp_state(engine: Engine) -> tuple[dict[str, str], dict[str, int]]:
+    """The connection's libpq parameters (of TCP_KEYS, those set) and what the
+    kernel has on its socket."""
+    with engine.connect() as conn:
+        pg = conn.connection.dbapi_connection
+        params = pg.info.get_parameters()
+        with socket.socket(fileno=os.dup(pg.pgconn.socket)) as s:
+            kernel = {
+                "keepalive": s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "idle": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "interval": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "count": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                "user_timeout_ms": s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)}
+    return {k: v for k, v in params.items() if k in TCP_KEYS}, kernel
 
 
 def probe_values(engine: Engine) -> list[int]:
@@ -156,6 +179,47 @@ class TestSessionSettings:
             assert settings(eng, "lock_timeout") == {"lock_timeout": "300ms"}
         finally:
             t.join(10)
+            eng.dispose()
+
+
+class TestTcpSettings:
+    def test_a_vanished_host_is_noticed_within_a_minute(self, pg_url):
+        """Without settings in the URL the socket has keepalives that give up on a
+        silent host within a minute and a TCP user timeout as short, not the kernel's
+        two hours before the first probe."""
+        eng = make_engine(pg_url)
+        try:
+            params, kernel = tcp_state(eng)
+            assert kernel["keepalive"] == 1
+            assert kernel["idle"] + kernel["interval"] * kernel["count"] <= 60, kernel
+            assert 0 < kernel["user_timeout_ms"] <= 60_000, kernel
+            assert params == db.PG_TCP_DEFAULTS
+            assert params["keepalives_idle"] == str(kernel["idle"])
+            assert params["tcp_user_timeout"] == str(kernel["user_timeout_ms"])
+        finally:
+            eng.dispose()
+
+    def test_the_url_wins(self, pg_url):
+        """Parameters in the URL are kept (connect_timeout too); the others get the
+        defaults."""
+        eng = make_engine(pg_url + "?keepalives_idle=300&tcp_user_timeout=0"
+                          "&connect_timeout=20")
+        try:
+            params, kernel = tcp_state(eng)
+            assert (kernel["idle"], kernel["user_timeout_ms"]) == (300, 0)
+            assert kernel["interval"] == int(db.PG_TCP_DEFAULTS["keepalives_interval"])
+            assert params == {**db.PG_TCP_DEFAULTS, "keepalives_idle": "300",
+                              "tcp_user_timeout": "0", "connect_timeout": "20"}
+        finally:
+            eng.dispose()
+
+    def test_pgconnect_timeout_wins(self, pg_url, monkeypatch):
+        """PGCONNECT_TIMEOUT in the environment is kept as libpq would keep it."""
+        monkeypatch.setenv("PGCONNECT_TIMEOUT", "17")
+        eng = make_engine(pg_url)
+        try:
+            assert tcp_state(eng)[0]["connect_timeout"] == "17"
+        finally:
             eng.dispose()
 
 
