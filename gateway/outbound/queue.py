@@ -322,13 +322,17 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
             _SEL_FAILED, {"b_id": msg.id}).first() is not None
         st.status = "failed" if st.failed or failed_before else "sent"
         values["status"] = st.status
+    # By id and content: SQLite gives a deleted last row's id to the next message.
     mine = update(OutboundMessage).where(OutboundMessage.id == msg.id,
+                                         OutboundMessage.message_id == msg.message_id,
+                                         OutboundMessage.size == len(msg.data),
                                          OutboundMessage.status == "queued")
     if msg.node:
         mine = mine.where(OutboundMessage.claimed_by == msg.node)
     if not conn.execute(mine.values(**values)).rowcount:
-        gone = conn.execute(select(OutboundMessage.id)
-                            .where(OutboundMessage.id == msg.id)).first() is None
+        gone = conn.execute(select(OutboundMessage.id).where(
+            OutboundMessage.id == msg.id, OutboundMessage.message_id == msg.message_id,
+            OutboundMessage.size == len(msg.data))).first() is None
         return Settled(status="deleted" if gone else "superseded", unrecorded=list(results))
     if params:
         conn.execute(_UPD_RCPT, params)

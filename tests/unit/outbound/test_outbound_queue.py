@@ -490,3 +490,23 @@ class TestLateOutcomes:
         assert st.status == "superseded" and kinds == ["message"] and m.status == "sent"
         assert len(entries) == 1 and entries[0].priority == "Warn"
         assert "550 5.1.1 no user" in entries[0].value
+
+
+class TestDeletedWhileDelivering:
+    def test_a_late_outcome_of_a_deleted_row_does_not_land_on_its_successor(self, ob_engine,
+                                                                           rt):
+        """SQLite gives a deleted last row's id to the next message: the late outcome of
+        the deleted one (even with the same node holding the new one) records nothing."""
+        old = enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        with ob_engine.begin() as conn:
+            (slow,) = oq.claim(conn, "node-a", limit=1, lease=60)
+            assert oq.remove(conn, old)
+        new = enqueue(ob_engine, rt, rcpts=("b@customer.test",))
+        with ob_engine.begin() as conn:
+            (fresh,) = oq.claim(conn, "node-a", limit=1, lease=60)
+            st = settle(conn, slow, 550, "5.1.1 no user")
+            m, rc = outcome_of(conn, new)
+        assert new == old and fresh.id == new        # the id was given again
+        assert st.status == "deleted"
+        assert (m.status, m.attempts, m.claimed_by) == ("queued", 0, "node-a")
+        assert rc == [("pending", 0, 0)]
