@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, cast
 
@@ -128,7 +129,11 @@ def _local_start(arg: str) -> int:
 
 
 def _quoted_path(arg: str, start: int) -> tuple[str, list[str]] | None:
-    """parse_path for a path whose local part is the quoted string at arg[start]."""
+    """parse_path for a path whose local part is the quoted string at arg[start].
+
+    The address comes back with the least quoting (RFC 5321 4.1.2: all quoted forms
+    are equivalent), so '"support"@example.org' is 'support@example.org'. Without a
+    domain only a local part that needs no quoting is a path (the postmaster)."""
     end = _quoted_end(arg, start)
     if end < 0:
         return None
@@ -143,9 +148,32 @@ def _quoted_path(arg: str, start: int) -> tuple[str, list[str]] | None:
         domain, _, rest = arg[end:].partition(" ")
         addr = arg[start:end] + domain
     domain = addr[end - start:]
-    if not domain.startswith("@") or any(c in domain for c in ' "<>\t\r\n'):
+    if any(c in domain for c in ' "<>\t\r\n'):
         return None
-    return addr, rest.split()
+    local = _unquote(addr[:end - start])
+    if not domain:
+        return (local, rest.split()) if _DOT_STRING.fullmatch(local) else None
+    if not domain.startswith("@"):
+        return None
+    return _least_quoted(local) + domain, rest.split()
+
+
+# RFC 5321 4.1.2 Dot-string; atext also takes UTF-8 beyond ASCII (RFC 6531).
+_DOT_STRING = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+                         r"(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+)*")
+
+
+def _unquote(quoted: str) -> str:
+    """The content of a quoted string: '"a\\"b"' → 'a"b'."""
+    return re.sub(r"\\(.)", r"\1", quoted[1:-1])
+
+
+def _least_quoted(local: str) -> str:
+    """A local part as a Dot-string when it is one, else quoted with only '"' and '\\'
+    escaped."""
+    if _DOT_STRING.fullmatch(local):
+        return local
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def peer_name(peer: Any) -> str:

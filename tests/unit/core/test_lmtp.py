@@ -128,6 +128,35 @@ class TestPostmaster:
         with rg.gateway.engine.connect() as conn:
             assert conn.execute(select(Ticket.queue)).scalar() == "Sales"
 
+    def test_quoted_postmaster_routes_as_the_postmaster(self, make_confdir, run_gateway):
+        """<"postmaster"> and <"PostMaster"@hostname> are the postmaster too (RFC 5321
+        4.1.2): the system address postmaster@<gateway.hostname> takes them to its queue."""
+        from gateway.config import load_config
+        conf = make_confdir({"50.toml": "[[address]]\nemail = 'postmaster@helpdesk.test'\n"
+                                        "queue = 'Sales'\n"})
+        rg = run_gateway(load_config(conf))
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        replies = [c.transaction("a@c.test", [rcpt], MSG % n)
+                   for n, rcpt in ((12, '"postmaster"'), (13, '"PostMaster"@helpdesk.test'))]
+        c.close()
+        assert [(r[0][0], d[0][0]) for r, d in replies] == [(250, 250), (250, 250)]
+        with rg.gateway.engine.connect() as conn:
+            assert list(conn.execute(select(Ticket.queue)).scalars()) == ["Sales", "Sales"]
+
+
+class TestQuotedLocalPart:
+    def test_needless_quotes_name_the_system_address(self, rg, client):
+        """RCPT TO:<"sales"@example.org> is sales@example.org: accepted and routed to its
+        queue; a quoted unknown address stays unknown."""
+        msg = (MSG % 14).replace(b"To: support@", b"To: \"sales\"@")
+        rcpt, data = client.transaction("a@c.test", ['"sales"@example.org',
+                                                     '"ghost"@example.org'], msg)
+        assert [(c, t[:5]) for c, t in rcpt] == [(250, "2.1.5"), (550, "5.1.1")]
+        assert [c for c, _ in data] == [250]
+        with rg.gateway.engine.connect() as conn:
+            assert conn.execute(select(Ticket.queue)).scalar() == "Sales"
+
 
 class TestData:
     def test_size_limit_after_data(self, rg, client):

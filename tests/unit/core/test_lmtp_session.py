@@ -285,6 +285,22 @@ class TestReplies:
                                                              '"d e"@x.test', '"f g"@x.test'],
                                       b"hi\r\n")]
 
+    async def test_needless_quoting_is_dropped(self):
+        """A quoted local part that needs no quoting is the same mailbox (RFC 5321 4.1.2:
+        all quoted forms are equivalent): it is passed on in the form with the least
+        quoting, the one system addresses are written in."""
+        backend = Backend()
+        s, t = open_session(backend)
+        s.data_received(b'LHLO mta\r\nMAIL FROM:<"s.t"@y.test>\r\nRCPT TO:<"a"@x.test>\r\n'
+                        b'RCPT TO:<"b\\c"@x.test>\r\nRCPT TO:<"a..b"@x.test>\r\n'
+                        b'RCPT TO:<"d\\ e"@x.test>\r\nRCPT TO:<"f\\"g"@x.test>\r\n'
+                        b'RCPT TO:<"\xc3\xa4"@x.test>\r\nDATA\r\nhi\r\n.\r\n')
+        await settle()
+        assert codes(t.take()) == [250, 250, 250, 250, 250, 250, 250, 250, 354] + [250] * 6
+        assert backend.delivered == [("s.t@y.test", ["a@x.test", "bc@x.test", '"a..b"@x.test',
+                                                     '"d e"@x.test', '"f\\"g"@x.test',
+                                                     "\u00e4@x.test"], b"hi\r\n")]
+
     async def test_invalid_utf8_command_refused(self):
         """A command line that is not UTF-8 gets 500 5.5.2 (as Postfix answers), so no
         address the store cannot keep is accepted; UTF-8 addresses are fine."""
@@ -343,13 +359,27 @@ class TestPostmaster:
         s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<postmaster>\r\n")
         assert t.take()[-1] == str(errors.RCPT_INVALID)
 
+    async def test_quoted_postmaster_is_the_postmaster(self):
+        """A quoted postmaster, with or without the gateway's hostname, is the same
+        mailbox (RFC 5321 4.1.2: all quoted forms are equivalent) and accepted as one."""
+        backend = Refusing()
+        s, t = open_session(backend)
+        s.data_received(b'LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<"postmaster">\r\n'
+                        b'RCPT TO:<"Post\\master">\r\nRCPT TO:<@r.test:"POSTMASTER">\r\n'
+                        b'RCPT TO:<"postmaster"@gw.test>\r\nDATA\r\nhi\r\n.\r\n')
+        await settle()
+        assert codes(t.take()) == [250, 250, 250, 250, 250, 250, 354, 250, 250, 250, 250]
+        assert [d[1] for d in backend.delivered] == [["postmaster@gw.test"] * 4]
+
     async def test_other_bare_local_parts_are_refused(self):
-        """Any other local part without a domain is still a malformed address."""
+        """Any other local part without a domain is still a malformed address, quoted
+        or not."""
         s, t = open_session(Backend())
         s.data_received(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<root>\r\n"
-                        b"RCPT TO:<postmasters>\r\nRCPT TO:<\"postmaster\">\r\n"
+                        b"RCPT TO:<postmasters>\r\nRCPT TO:<\"root\">\r\n"
+                        b"RCPT TO:<\"post master\">\r\nRCPT TO:<\"a@b\">\r\n"
                         b"RCPT TO:<>\r\n")
-        assert codes(t.take()) == [250, 250, 553, 553, 501, 553]
+        assert codes(t.take()) == [250, 250, 553, 553, 553, 501, 501, 553]
 
 
 class TestLimits:
