@@ -20,7 +20,6 @@ import re
 import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
 from gateway.helpdesk.filenames import safe_filename
-from gateway.helpdesk.http import opener, redirect_note
+from gateway.helpdesk.http import opener, redirect_note, request
 
 Log = list[tuple[str, str, str]]
 # Ticket attributes TicketCreate/TicketUpdate take by name, and the decision behind each.
@@ -119,12 +118,15 @@ class OtoboRest:
         op = f"{method} {path.split('?')[0]}"
         try:
             # [helpdesk] url is checked to be http:// or https:// when the config loads
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            if note := redirect_note(exc):
-                raise HandoffError(f"{op}: OTOBO answered HTTP {exc.code}{note}") from None
-            raw = exc.read() or b""
+            got = request(self._opener, req, self.timeout)
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)
+            raise HandoffError(f"{op}: cannot reach {self.url}: {reason}",
+                               temporary=True) from None
+        raw = got.body
+        if (err := got.error) is not None:
+            if note := redirect_note(err):
+                raise HandoffError(f"{op}: OTOBO answered HTTP {err.code}{note}")
             try:
                 answer = json.loads(raw)
             except ValueError:
@@ -132,13 +134,9 @@ class OtoboRest:
             if isinstance(answer, dict) and isinstance(answer.get("Error"), dict):
                 return answer
             text = " ".join(raw.decode("utf-8", "replace").split())[:300]
-            raise HandoffError(f"{op}: OTOBO answered HTTP {exc.code} {exc.reason}"
+            raise HandoffError(f"{op}: OTOBO answered HTTP {err.code} {err.reason}"
                                + (f": {text}" if text else ""),
-                               temporary=exc.code != 413) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise HandoffError(f"{op}: cannot reach {self.url}: {reason}",
-                               temporary=True) from None
+                               temporary=err.code != 413)
         try:
             answer = json.loads(raw)
         except ValueError:

@@ -21,7 +21,6 @@ import base64
 import json
 import re
 import ssl
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -32,7 +31,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
 from gateway.helpdesk.filenames import safe_filename
-from gateway.helpdesk.http import opener, redirect_note
+from gateway.helpdesk.http import opener, redirect_note, request
 
 API = "/REST/2.0"
 # RT's subject tag: "[rtname #123]" (rtname may hold spaces and dots).
@@ -115,16 +114,15 @@ class RtRest2:
         req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (http/https)
                                      headers=headers)
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            if note := redirect_note(exc):
-                raise HandoffError(f"RT answered HTTP {exc.code} to {method} "
-                                   f"{path}{note}") from None
-            status, raw = exc.code, (exc.read(20000) if exc.fp else b"")
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            got = request(self._opener, req, self.timeout)
+        except OSError as exc:
             reason = getattr(exc, "reason", exc)
             raise HandoffError(f"cannot reach RT at {self.account}: {reason}") from None
+        status, raw = got.status, got.body
+        if got.error is not None:
+            if note := redirect_note(got.error):
+                raise HandoffError(f"RT answered HTTP {status} to {method} {path}{note}")
+            raw = raw[:20000]
         try:
             return status, json.loads(raw) if raw.strip() else None
         except ValueError:

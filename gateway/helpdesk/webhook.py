@@ -15,7 +15,6 @@ import hmac
 import json
 import ssl
 import time
-import urllib.error
 import urllib.request
 from datetime import date, datetime
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
 from gateway.helpdesk.filenames import safe_filename
-from gateway.helpdesk.http import opener, redirect_note
+from gateway.helpdesk.http import opener, redirect_note, request
 
 SCHEMA_VERSION = 1
 
@@ -84,15 +83,15 @@ class Webhook:
         req = urllib.request.Request(self.url, data=body, method="POST",  # noqa: S310
                                      headers=headers)
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.status, resp.read(65536)
-        except urllib.error.HTTPError as exc:
-            if note := redirect_note(exc):
-                raise HandoffError(f"{self.account} answered HTTP {exc.code}{note}") from None
-            return exc.code, exc.read(2000) if exc.fp else b""
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            answer = request(self._opener, req, self.timeout, limit=65536)
+        except OSError as exc:
             reason = getattr(exc, "reason", exc)
             raise HandoffError(f"cannot reach {self.account}: {reason}") from None
+        if answer.error is None:
+            return answer.status, answer.body
+        if note := redirect_note(answer.error):
+            raise HandoffError(f"{self.account} answered HTTP {answer.status}{note}")
+        return answer.status, answer.body[:2000]
 
     def deliver(self, item: HandoffItem) -> Delivered:
         body = json.dumps(document(item), default=_default, ensure_ascii=False).encode()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +18,7 @@ from gateway.helpdesk.rt_rest2 import RtRest2
 from gateway.helpdesk.webhook import Webhook
 from gateway.model import AttachmentData
 from tests.integration.helpdesk.items import item, mail
+from tests.peers.ca import TestCA
 from tests.unit.helpdesk.fakehttp import Answer, FakeHttp, Request, fake_http
 
 
@@ -30,7 +33,7 @@ def connector(make_confdir: Callable[..., Path], server: FakeHttp
               ) -> Callable[[str, str], Connector]:
     """connector('webhook', '/hook') → the connector of that type at the fake server."""
 
-    def make(kind: str, path: str) -> Connector:
+    def make(kind: str, path: str, timeout: str = "5s") -> Connector:
         auth = {"webhook": 'secret_file = "sec"', "otobo-rest": 'user = "deskgate"\n'
                 'password_file = "sec"', "rt-rest2": 'token_file = "sec"'}[kind]
         conf = make_confdir({"60-hd.toml": textwrap.dedent(f"""
@@ -38,7 +41,7 @@ def connector(make_confdir: Callable[..., Path], server: FakeHttp
             type = "{kind}"
             url = "{server.url}{path}"
             {auth}
-            timeout = "5s"
+            timeout = "{timeout}"
             """)})
         (conf.parent / "sec").write_text("s3cret\n")
         (conf.parent / "sec").chmod(0o600)
@@ -47,6 +50,65 @@ def connector(make_confdir: Callable[..., Path], server: FakeHttp
         return cls(cfg)  # type: ignore[no-any-return]
 
     return make
+
+
+class TestTotalDeadline:
+    """`[helpdesk] timeout` bounds a whole request, from connecting to the last byte of
+    the answer: a helpdesk that trickles its answer a byte at a time (each byte well
+    within the timeout) no longer holds a worker thread, and the row's lease, for ever."""
+
+    @pytest.mark.parametrize(("kind", "path"), [("webhook", "/hook"), ("otobo-rest", "/ws"),
+                                                ("rt-rest2", "")])
+    def test_a_trickled_answer_fails_as_temporary_after_the_timeout(
+            self, server: FakeHttp, connector: Callable[..., Connector], kind: str,
+            path: str) -> None:
+        """An answer sent one byte every 0.2 s against a 1 s timeout: the attempt ends
+        about a second later with a temporary error that says it timed out."""
+        server.on("POST", "/hook", (200, {}, {"ticket_id": "41", "padding": "x" * 40}))
+        server.trickle = 0.2
+        c = connector(kind, path, timeout="1s")
+        t0 = time.monotonic()
+        with pytest.raises(HandoffError) as exc:
+            c.deliver(item(mail("hello")))
+        took = time.monotonic() - t0
+        assert exc.value.temporary
+        assert "timed out" in str(exc.value) and "1 s" in str(exc.value)
+        assert took < 2.5, f"the attempt took {took:.1f} s"
+
+    def test_over_tls_too(self, make_confdir: Callable[..., Path], tmp_path: Path) -> None:
+        """https: the deadline reaches the connection after TLS has taken it over."""
+        ca = TestCA(tmp_path / "ca")
+        leaf = ca.issue("hook", hosts=("127.0.0.1",), filename="hook")
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(leaf.cert, leaf.key)
+        with fake_http(tls) as server:
+            server.on("POST", "/hook", (200, {}, {"ticket_id": "41", "padding": "x" * 40}))
+            conf = make_confdir({"60-hd.toml": textwrap.dedent(f"""
+                [helpdesk]
+                type = "webhook"
+                url = "{server.url}/hook"
+                secret_file = "sec"
+                tls_ca_file = "{ca.ca_path}"
+                timeout = "1s"
+                """)})
+            (conf.parent / "sec").write_text("s3cret\n")
+            (conf.parent / "sec").chmod(0o600)
+            hook = Webhook(load_config(conf))
+            assert hook.deliver(item(mail("hello"))).ticket_id == "41"
+            server.trickle = 0.2
+            t0 = time.monotonic()
+            with pytest.raises(HandoffError) as exc:
+                hook.deliver(item(mail("hello")))
+        assert exc.value.temporary and "timed out" in str(exc.value)
+        assert time.monotonic() - t0 < 2.5
+
+    def test_a_prompt_answer_is_delivered(
+            self, server: FakeHttp, connector: Callable[..., Connector]) -> None:
+        """The deadline takes nothing from an answer that comes in time."""
+        server.on("POST", "/hook", (200, {}, {"ticket_id": "41", "ticket_number": "1041"}))
+        for _ in range(3):
+            assert connector("webhook", "/hook", timeout="1s").deliver(
+                item(mail("hello"))).ticket_number == "1041"
 
 
 class TestRedirects:
