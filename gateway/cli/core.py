@@ -263,6 +263,7 @@ def _deliver_via_socket(args: argparse.Namespace, raw: bytes) -> int | None:
 def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
     import asyncio
 
+    from gateway.inbound.lmtp_session import least_quoted_path
     from gateway.model import Envelope
 
     cfg = load(args, refused=EX_TEMPFAIL)   # a file being edited: the MTA retries later
@@ -275,8 +276,9 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
     gw = open_gateway(cfg, "deliver")
     if gw is None:
         return EX_TEMPFAIL
+    mail_from = least_quoted_path(args.mail_from)
     try:
-        rcpts = [r.lower() for r in args.recipient]
+        rcpts = [least_quoted_path(r).lower() for r in args.recipient]
         if rcpts:
             statuses = [gw.rcpt_status(r) for r in rcpts]
             ok = [r for r, s in zip(rcpts, statuses, strict=True) if s.ok]
@@ -291,7 +293,7 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
             if refused is not None:
                 return refused
         trusted = args.trusted or (account.trusted if account else False)
-        env = Envelope(mail_from=args.mail_from, recipients=tuple(rcpts) or ("",), raw=raw,
+        env = Envelope(mail_from=mail_from, recipients=tuple(rcpts) or ("",), raw=raw,
                        source=account.type.upper() if account else "STDIN",
                        account=account.name if account else "stdin", trusted=trusted,
                        dispatch_queue=account.queue if account and account.dispatch == "queue"

@@ -101,6 +101,14 @@ def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     return addr, rest.split()
 
 
+def least_quoted_path(address: str) -> str:
+    """An envelope address given outside LMTP (`deliver -r/-f`) as LMTP passes the same
+    path on: '"support"@example.org' is 'support@example.org'; an address LMTP would
+    refuse as syntax comes back as given."""
+    parsed = parse_path(f"<{address}>", "")
+    return parsed[0] if parsed is not None and not parsed[1] else address
+
+
 def _quoted_end(s: str, i: int) -> int:
     """Index just past the quoted string that starts at s[i], or -1 when it is not one
     (RFC 5321 4.1.2: printable characters, space, quoted pairs; UTF-8 with SMTPUTF8)."""

@@ -4,6 +4,7 @@ Every test runs real `deskgate` processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -70,6 +71,35 @@ class TestDeliverWithoutRecipient:
         r = cli(conf, "deliver", stdin=mail("nobody@elsewhere.test", 4))
         assert r.returncode == 0, r.stderr
         assert tickets(conf) == 1
+
+
+class TestDeliverAddressesAsLmtp:
+    def test_quoted_local_part_needing_no_quotes_is_the_plain_address(self, make_confdir):
+        """-r '"support"@example.org' is support@example.org and opens a ticket in its queue,
+        and -f '"alice"@customer.test' is alice@customer.test, as LMTP takes them."""
+        conf = make_confdir()
+        r = cli(conf, "deliver", "-r", '"support"@example.org', "-f", '"alice"@customer.test',
+                "--json", stdin=mail("support@example.org", 6))
+        assert r.returncode == 0, r.stderr
+        number = json.loads(r.stdout)["ticket"]
+        shown = cli(conf, "tickets", "show", number, "--json")
+        assert json.loads(shown.stdout)["queue"] == "Support", shown.stderr
+        comms = json.loads(cli(conf, "log", "list", "--json").stdout)
+        entries = [e["value"] for c in comms
+                   for o in json.loads(cli(conf, "log", "show", str(c["id"]),
+                                           "--json").stdout)["objects"]
+                   for e in o["entries"] if e["key"] == "Envelope"]
+        assert entries and entries[0].startswith(
+            "from <alice@customer.test> to <support@example.org>,"), entries
+
+    def test_quoted_local_part_that_needs_quotes_stays_quoted(self, make_confdir):
+        """-r '"john doe"@example.org' is no system address: refused with 67 naming it
+        quoted, as LMTP refuses RCPT TO:<"john doe"@example.org>."""
+        conf = make_confdir()
+        r = cli(conf, "deliver", "-r", '"john doe"@example.org', stdin=mail("x@example.org", 7))
+        assert r.returncode == 67, r.stderr
+        assert '<"john doe"@example.org>' in r.stderr
+        assert tickets(conf) == 0
 
 
 class TestExitCodesAsDocumented:
