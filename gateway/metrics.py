@@ -49,8 +49,11 @@ OUTBOUND_QUEUE_OLDEST_SECONDS = Gauge(
     registry=REGISTRY, multiprocess_mode="mostrecent")
 GAUGE_REFRESH_ERRORS = Counter(
     "deskgate_gauge_refresh_errors", "Scrapes whose database read for gauges failed (the "
-    "database down or locked), by the gauges it refreshes (outbound_queue); those gauges "
-    "are NaN in that scrape, never their last value", ["gauges"], registry=REGISTRY)
+    "database down or locked), by the gauges it refreshes (outbound_queue, handoff); those "
+    "gauges are NaN in that scrape, never their last value", ["gauges"], registry=REGISTRY)
+# Every series exists at 0 from the start, so that increase() sees the first failure.
+for _gauges in ("outbound_queue", "handoff"):
+    GAUGE_REFRESH_ERRORS.labels(_gauges)
 POLLER_ERRORS = Counter(
     "deskgate_poller_errors", "Failed poll runs (connect, login, fetch) per account",
     ["account"], registry=REGISTRY)

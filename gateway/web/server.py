@@ -14,7 +14,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,8 @@ from gateway.web.auth import Authenticator, csrf_token, host_allowed, role_of
 from gateway.web.requestkeys import ROLE, USER, VERSION
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
     from gateway.interfaces import Host
 
 log = structlog.get_logger(__name__)
@@ -499,25 +501,39 @@ def read_outbound_item(conn: Connection, oid: int) -> dict[str, Any] | None:
     return outq.show(conn, oid)
 
 
+def _read_for_gauges(engine: Any, name: str, gauges: Sequence[Gauge],
+                     read: Callable[[Connection], T]) -> T | None:
+    """read(conn) for a scrape hook; None when the database does not answer, with
+    `gauges` set to NaN for this scrape and deskgate_gauge_refresh_errors_total{gauges=
+    name} counting it."""
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except Exception:
+        # A scrape must still answer (/healthz reports the database), but not with the
+        # last values as if they were current: a backlog growing unseen would look calm.
+        metrics.GAUGE_REFRESH_ERRORS.labels(name).inc()
+        for gauge in gauges:
+            gauge.set(math.nan)
+        return None
+
+
 def outbound_gauges(engine: Any) -> None:
     """deskgate_outbound_queue_depth / _oldest_seconds from the queued messages."""
     try:
         from gateway.store.tables import OutboundMessage as m
     except ImportError:
         return
-    try:
-        with engine.connect() as conn:
-            n, oldest = conn.execute(select(func.count(), func.min(m.created))
-                                     .where(m.status == "queued")).one()
-    except Exception:
-        # A scrape must still answer (/healthz reports the database), but not with the
-        # last values as if they were current: a queue growing unseen would look calm.
-        metrics.GAUGE_REFRESH_ERRORS.labels("outbound_queue").inc()
-        metrics.OUTBOUND_QUEUE_DEPTH.set(math.nan)
-        metrics.OUTBOUND_QUEUE_OLDEST_SECONDS.set(math.nan)
+    row = _read_for_gauges(
+        engine, "outbound_queue",
+        (metrics.OUTBOUND_QUEUE_DEPTH, metrics.OUTBOUND_QUEUE_OLDEST_SECONDS),
+        lambda conn: conn.execute(select(func.count(), func.min(m.created))
+                                  .where(m.status == "queued")).one())
+    if row is None:
         return
+    n, created = row
     metrics.OUTBOUND_QUEUE_DEPTH.set(n or 0)
-    oldest = views.utc(oldest)
+    oldest = views.utc(created)
     metrics.OUTBOUND_QUEUE_OLDEST_SECONDS.set(
         (datetime.now(UTC) - oldest).total_seconds() if oldest else 0)
 
@@ -526,10 +542,11 @@ def handoff_gauges(engine: Any) -> None:
     """deskgate_handoff_pending / _failed / _oldest_pending_seconds from the outbox."""
     from gateway.helpdesk.outbox import stats
 
-    try:
-        with engine.connect() as conn:
-            st = stats(conn)
-    except Exception:  # a scrape must still answer; /healthz reports the database
+    st = _read_for_gauges(
+        engine, "handoff",
+        (metrics.HANDOFF_PENDING, metrics.HANDOFF_FAILED, metrics.HANDOFF_OLDEST_SECONDS),
+        stats)
+    if st is None:
         return
     metrics.HANDOFF_PENDING.set(st.pending)
     metrics.HANDOFF_FAILED.set(st.failed)
