@@ -74,12 +74,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no hand-offs" + (f" with status {args.status}" if args.status else " waiting"))
         return EX_OK
     print_table([[r["id"], r["ticket"] or f"id:{r['ticket_id']}", r["kind"], r["status"],
-                  r["attempts"], f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}"
-                  if r["next_attempt"] else "", r["helpdesk_ticket_number"]
+                  r["attempts"], _attempt(r) or (f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}"
+                  if r["next_attempt"] else ""), r["helpdesk_ticket_number"]
                   or r["helpdesk_ticket_id"], r["last_error"]] for r in rows],
                 ["ID", "TICKET", "KIND", "STATUS", "TRIES", "NEXT", "HELPDESK TICKET",
                  "LAST ERROR"])
     return EX_OK
+
+
+def _attempt(r: dict[str, Any]) -> str:
+    """What the node that claimed a pending row is doing: handing it off now, or
+    nothing any more (its lease ran out without an outcome: it died or hung)."""
+    if r["in_delivery"]:
+        return f"in delivery by {r['claimed_by']}"
+    if r["claimed_by"]:
+        return (f"attempt by {r['claimed_by']} did not finish (lease ran out "
+                f"{r['lease_until']:%Y-%m-%d %H:%M:%S}; it counts as failed)")
+    return ""
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -97,8 +108,10 @@ def cmd_show(args: argparse.Namespace) -> int:
               "subject", "from", "message_id", "attempts", "earlier_attempts",
               "next_attempt", "last_error",
               "created", "delivered", "helpdesk_ticket_id", "helpdesk_ticket_number", "key",
-              "claimed_by", "lease_until", "waiting_for"):
+              "claimed_by", "lease_until", "in_delivery", "waiting_for"):
         print(f"{k:22} {'' if d[k] is None else d[k]}")
+    if d["status"] == "pending" and _attempt(d):
+        print(f"{'attempt':22} {_attempt(d)}")
     print("decisions:")
     for k, v in sorted(d["decisions"].items()):
         print(f"  {k}: {v}")

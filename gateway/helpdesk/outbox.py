@@ -108,6 +108,64 @@ def renew(conn: Connection, node: str, ids: list[int], *, lease: float,
         .values(lease_until=now + timedelta(seconds=lease))).rowcount)
 
 
+# The last_error of an attempt that ended without an outcome of its own.
+LOST = "hand-off attempt did not finish (the process ended or hung)"
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A claim whose lease ran out with no outcome, recorded as a failed attempt."""
+
+    claimed: Claimed             # as it was claimed (node, attempts before it)
+    lease_until: datetime
+    outcome: Outcome             # pending (next_attempt on the schedule) | failed
+
+
+def expire(conn: Connection, node: str, *, schedule: tuple[float, ...],
+           held: set[int] | frozenset[int] = frozenset(), limit: int = 100,
+           now: datetime | None = None) -> list[Lost]:
+    """Record each claim whose lease ran out without an outcome (its node was killed,
+    crashed or hung) as a temporary failure: the attempt, counted at its claim, now
+    also moves the row along the schedule, to its next step counted from the end of
+    the lease, or to failed after the last one. Without this a message that kills the
+    process on every attempt would be claimed again at each lease's end, for ever.
+    The rows in `held` that `node` claimed are left alone: its attempts still run."""
+    now = now or utcnow()
+    q = (select(Handoff).where(Handoff.status == "pending", Handoff.next_attempt <= now,
+                               Handoff.claimed_by != "", Handoff.lease_until < now)
+         .order_by(Handoff.id).limit(limit))
+    if held:
+        q = q.where(~and_(Handoff.claimed_by == node[:200], Handoff.id.in_(held)))
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    out: list[Lost] = []
+    for r in conn.execute(q).all():
+        lease = _aware(r.lease_until) or now
+        attempts = max(r.attempts, 1)
+        delay = retry_delay(schedule, attempts)
+        error = (f"{LOST}: claimed by {r.claimed_by}, no outcome by the end of its lease "
+                 f"at {lease:%Y-%m-%d %H:%M:%S} UTC")
+        values: dict[str, Any] = {"attempts": attempts, "lease_until": None,
+                                  "claimed_by": "", "last_error": error, "updated": now}
+        nxt = None
+        if delay is None:
+            values["status"] = "failed"
+        else:
+            nxt = values["next_attempt"] = lease + timedelta(seconds=delay)
+        # Compare-and-set: another node may have recorded it meanwhile.
+        if not conn.execute(update(Handoff).where(
+                Handoff.id == r.id, Handoff.key == r.key, Handoff.status == "pending",
+                Handoff.claimed_by == r.claimed_by, Handoff.lease_until == r.lease_until)
+                .values(**values)).rowcount:
+            continue
+        claimed = Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, attempts - 1,
+                          dict(r.decisions or {}), _aware(r.created) or now, r.claimed_by,
+                          r.earlier_attempts)
+        out.append(Lost(claimed, lease, Outcome("failed", attempts) if nxt is None
+                        else Outcome("pending", attempts, nxt)))
+    return out
+
+
 # A leased row (being handed off, here or by another node) is due again when its lease
 # runs out, not at its next_attempt, which has passed.
 _DUE_AT = case((Handoff.lease_until > Handoff.next_attempt, Handoff.lease_until),
@@ -305,15 +363,21 @@ def record_failure(conn: Connection, c: Claimed, error: str, *, temporary: bool,
 # The statuses of rows not delivered (status is pending | delivered | failed).
 _WAITING = ("pending", "failed")
 
-def _row(h: Any, number: str | None = None, hd_id: str = "", hd_number: str = ""
-         ) -> dict[str, Any]:
+def _row(h: Any, number: str | None = None, hd_id: str = "", hd_number: str = "",
+         now: datetime | None = None) -> dict[str, Any]:
+    # A pending row claimed by a node: in delivery while the lease lasts; after it, that
+    # attempt did not finish (the node died or hung) until a node records it (expire).
+    lease = _aware(h.lease_until)
+    claimed = h.claimed_by if h.status == "pending" else ""
     return {"id": h.id, "ticket": number or "", "ticket_id": h.ticket_id,
             "article_id": h.article_id, "kind": h.kind, "helpdesk": h.helpdesk,
             "status": h.status, "attempts": h.attempts,
             "next_attempt": _aware(h.next_attempt) if h.status == "pending" else None,
             "last_error": h.last_error, "created": _aware(h.created),
             "delivered": _aware(h.delivered), "helpdesk_ticket_id": hd_id,
-            "helpdesk_ticket_number": hd_number}
+            "helpdesk_ticket_number": hd_number,
+            "in_delivery": bool(claimed) and lease is not None and lease > (now or utcnow()),
+            "claimed_by": claimed, "lease_until": lease if claimed else None}
 
 
 def list_handoffs(conn: Connection, *, status: str | None = None, limit: int = 1000,
@@ -324,6 +388,7 @@ def list_handoffs(conn: Connection, *, status: str | None = None, limit: int = 1
          .join(Ticket, Ticket.id == Handoff.ticket_id).order_by(Handoff.id.desc()).limit(limit))
     if ticket_id is not None:
         q = q.where(Handoff.ticket_id == ticket_id)
+    now = utcnow()
     if status == "all" or (ticket_id is not None and status is None):
         pass
     elif status:
@@ -332,7 +397,7 @@ def list_handoffs(conn: Connection, *, status: str | None = None, limit: int = 1
         # Not `!= 'delivered'`: that reads the delivered rows (nearly all) backwards
         # until `limit` others turn up; the two statuses come from ix_handoff_due.
         q = q.where(Handoff.status.in_(_WAITING))
-    return [_row(r, r.number, r.helpdesk_ticket_id, r.helpdesk_ticket_number)
+    return [_row(r, r.number, r.helpdesk_ticket_id, r.helpdesk_ticket_number, now)
             for r in conn.execute(q).all()]
 
 

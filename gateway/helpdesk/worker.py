@@ -249,6 +249,33 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
     return out
 
 
+def record_lost(conn: Connection, connector: Connector, lost: outbox.Lost,
+                later: Deferred | None = None) -> None:
+    """The communication log of an attempt that ended without an outcome (its node was
+    killed or hung past the lease), which `outbox.expire` recorded as failed. It has no
+    Connection object: what the helpdesk said, if anything, is not known."""
+    c, out = lost.claimed, lost.outcome
+    comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
+    msg = comm.obj("Message")
+    msg.article_id = c.article_id
+    earlier = f" ({c.earlier} before a retry by hand)" if c.earlier else ""
+    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1}"
+            f"{earlier} to {connector.type} by {c.node}: no outcome by the end of its "
+            f"lease at {lost.lease_until:%Y-%m-%d %H:%M:%S} UTC")
+    why = (f"{outbox.LOST}; it counts as a failed attempt (the helpdesk may have got it: "
+           "the next attempt checks first)")
+    if out.status == "failed":
+        msg.log("Error", "Failed", f"retries exhausted: {why}; `deskgate handoff retry "
+                f"{c.id}` tries again")
+        msg.close("Failed")
+    else:
+        assert out.next_attempt is not None
+        msg.log("Warn", "Deferred", f"{why}; next attempt {out.next_attempt:%Y-%m-%d %H:%M:%S}")
+        msg.close("Warning")
+    comm.close()
+    add_comm(conn, comm, later)
+
+
 _DELETED = ("not recorded: the hand-off was deleted (`deskgate handoff delete`) while "
             "this attempt ran")
 
@@ -360,8 +387,9 @@ class HandoffWorker:
                 rt = self.runtime()
                 held_before = bool(self._held - finished)
                 try:
-                    outcomes, claimed, due = await self.writer.run_deferring(functools.partial(
-                        self._cycle, batch=batch, free=free, rt=rt, renew=renew))
+                    outcomes, lost, claimed, due = await self.writer.run_deferring(
+                        functools.partial(self._cycle, batch=batch, free=free, rt=rt,
+                                          renew=renew, held=frozenset(self._held)))
                 except Exception:
                     # The helpdesk has answered these attempts and only our record failed
                     # (the database went away, say): keep them, and their leases, and
@@ -370,7 +398,7 @@ class HandoffWorker:
                     log.exception("recording or claiming hand-offs failed; recording them "
                                   "again shortly", recorded=len(batch))
                     self._done[:0] = batch
-                    outcomes, due, unrecorded = [], None, True
+                    outcomes, lost, due, unrecorded = [], [], None, True
                 else:
                     if renew or (claimed and not held_before):
                         self._renew_at = time.monotonic() + hd.lease / 3
@@ -378,6 +406,8 @@ class HandoffWorker:
                 self._held.update(c.id for c in claimed)
                 for d, out in zip(batch, outcomes, strict=False):
                     self._account(d, out)
+                for one in lost:
+                    self._account_lost(one)
                 if due is not None:
                     timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.05))
             if claimed:
@@ -401,16 +431,24 @@ class HandoffWorker:
             self._wake.clear()
 
     def _cycle(self, conn: Connection, later: Deferred, *, batch: list[_Done], free: int,
-               rt: Runtime, renew: list[int]
-               ) -> tuple[list[outbox.Outcome], list[outbox.Claimed], datetime | None]:
+               rt: Runtime, renew: list[int], held: frozenset[int]
+               ) -> tuple[list[outbox.Outcome], list[outbox.Lost], list[outbox.Claimed],
+                          datetime | None]:
+        hd = rt.config.helpdesk
         outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds,
                            later) for d in batch]
         if renew:
-            outbox.renew(conn, self.node, renew, lease=rt.config.helpdesk.lease)
-        claimed = (outbox.claim(conn, self.node, limit=free, lease=rt.config.helpdesk.lease)
-                   if free > 0 else [])
+            outbox.renew(conn, self.node, renew, lease=hd.lease)
+        lost: list[outbox.Lost] = []
+        if free > 0:
+            # Attempts that ended with their process: counted before claiming, so that a
+            # message that kills every attempt runs out of the schedule.
+            lost = outbox.expire(conn, self.node, schedule=hd.retry, held=held)
+            for one in lost:
+                record_lost(conn, self.connector, one, later)
+        claimed = outbox.claim(conn, self.node, limit=free, lease=hd.lease) if free > 0 else []
         due = outbox.next_due(conn) if not claimed and free > 0 else None
-        return outcomes, claimed, due
+        return outcomes, lost, claimed, due
 
     async def _deliver(self, c: outbox.Claimed,
                        items: asyncio.Future[dict[int, HandoffItem | ItemError]]) -> None:
@@ -462,6 +500,15 @@ class HandoffWorker:
             log.warning("hand-off failed", handoff=d.claimed.id, status=out.status,
                         error=str(d.error)[:300])
 
+    @staticmethod
+    def _account_lost(lost: outbox.Lost) -> None:
+        """An attempt that ended with its process counts like a temporary failure; it
+        says nothing about the helpdesk (the message itself may kill the process)."""
+        out = lost.outcome
+        metrics.HANDOFFS.labels("failed" if out.status == "failed" else "deferred").inc()
+        log.warning("hand-off attempt did not finish (the process ended or hung)",
+                    handoff=lost.claimed.id, node=lost.claimed.node, attempts=out.attempts,
+                    status=out.status)
 
     def _track_health(self, d: _Done) -> None:
         """Consecutive temporary failures mark the helpdesk down; a success revives it.

@@ -100,6 +100,31 @@ class TestTwoNodes:
             assert conn.execute(select(Handoff.claimed_by)).scalar() == "other"
         engine.dispose()
 
+    def test_an_attempt_that_did_not_finish_is_recorded_once(self, pg_url: str) -> None:
+        """Two nodes find the lapsed claim of a dead one at the same moment: one records
+        it as a failed attempt (the other skips the locked row), and it is deferred on
+        the schedule, not taken again at once."""
+        seed(pg_url, tickets=1, per_ticket=1)
+        engine = create_engine(pg_url)
+        now = datetime.now(UTC)
+        later = now + timedelta(seconds=6)
+        try:
+            with engine.begin() as conn:
+                outbox.claim(conn, "dead", limit=10, lease=5, now=now)
+            with engine.begin() as a, engine.begin() as b:
+                lost_a = outbox.expire(a, "a", schedule=(60.0,), now=later)
+                lost_b = outbox.expire(b, "b", schedule=(60.0,), now=later)
+            assert (len(lost_a), lost_b) == (1, [])
+            assert lost_a[0].outcome.status == "pending"
+            with engine.begin() as conn:
+                assert outbox.expire(conn, "b", schedule=(60.0,), now=later) == []
+                assert outbox.claim(conn, "b", limit=10, lease=5, now=later) == []
+                r = conn.execute(select(Handoff)).one()
+            assert (r.attempts, r.claimed_by, r.status) == (1, "", "pending")
+            assert "did not finish" in r.last_error
+        finally:
+            engine.dispose()
+
 
 class TestAdminOnPostgres:
     def test_retry_starts_afresh_and_delete_wins_over_the_attempt(self, pg_url: str) -> None:

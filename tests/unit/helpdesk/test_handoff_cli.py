@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.helpdesk import outbox
 from gateway.store.db import make_engine, migrate
+from gateway.store.tables import Handoff
 from tests.unit.helpdesk.test_outbox_units import seed
 
 
@@ -114,3 +116,50 @@ class TestRetry:
         rc, out, _ = run(capsys, store, "retry", "--all", "--json")
         assert rc == 0
         assert json.loads(out) == {"retried": [idle], "in_delivery": [busy]}
+
+
+class TestListAndShow:
+    """`handoff list|show` tell an attempt under way from one whose node died."""
+
+    def test_an_attempt_under_way_is_named(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json: in_delivery, claimed_by and lease_until; the table names the node."""
+        [hid] = seed(store.engine, ("create",))
+        with store.engine.begin() as conn:
+            outbox.claim(conn, "node-a", limit=5, lease=300)
+        rc, out, _ = run(capsys, store, "list", "--json")
+        [doc] = json.loads(out)
+        assert (rc, doc["id"], doc["in_delivery"], doc["claimed_by"]) == \
+            (0, hid, True, "node-a")
+        assert doc["lease_until"]
+        rc, out, _ = run(capsys, store, "list")
+        assert rc == 0 and "in delivery by node-a" in out
+        rc, out, _ = run(capsys, store, "show", str(hid), "--json")
+        assert json.loads(out)["in_delivery"] is True
+
+    def test_an_attempt_that_did_not_finish_is_told(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """A claim whose lease ran out (its node was killed) is not in delivery, and the
+        table says that attempt did not finish before any node has recorded it."""
+        [hid] = seed(store.engine, ("create",))
+        past = datetime.now(UTC) - timedelta(seconds=10)
+        with store.engine.begin() as conn:
+            conn.execute(update(Handoff).values(next_attempt=past))
+            assert outbox.claim(conn, "node-a", limit=5, lease=1, now=past)
+        rc, out, _ = run(capsys, store, "list", "--json")
+        [doc] = json.loads(out)
+        assert (doc["in_delivery"], doc["claimed_by"], doc["attempts"]) == \
+            (False, "node-a", 1)
+        rc, out, _ = run(capsys, store, "list")
+        assert "attempt by node-a did not finish" in out
+        rc, out, _ = run(capsys, store, "show", str(hid))
+        assert rc == 0 and "attempt by node-a did not finish" in out
+
+    def test_a_row_at_rest_is_not_in_delivery(
+            self, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """A row nobody holds has in_delivery false and no node."""
+        seed(store.engine, ("create",))
+        rc, out, _ = run(capsys, store, "list", "--json")
+        [doc] = json.loads(out)
+        assert (rc, doc["in_delivery"], doc["claimed_by"], doc["lease_until"]) == \
+            (0, False, "", None)

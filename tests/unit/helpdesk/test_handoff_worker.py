@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, select, text
+from sqlalchemy import Engine, delete, select, text, update
 
 from gateway import metrics
 from gateway.config import load_config
 from gateway.helpdesk import outbox
-from gateway.helpdesk.webhook import Webhook
-from gateway.helpdesk.worker import HandoffWorker
+from gateway.helpdesk.worker import HandoffWorker, make_connector
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
 from gateway.store.db import make_engine, migrate
@@ -119,7 +118,7 @@ async def running(s: Setup) -> AsyncIterator[HandoffWorker]:
     """The hand-off worker of `s` with its own writer, stopped on exit."""
     writer = BatchWriter(s.engine)
     writer.start()
-    worker = HandoffWorker(lambda: s.rt, writer, s.engine, connector=Webhook(s.rt.config),
+    worker = HandoffWorker(lambda: s.rt, writer, s.engine, connector=make_connector(s.rt.config),
                            node="n1")
     await worker.start()
     try:
@@ -277,3 +276,109 @@ class TestRetriedByHand:
         assert req.json["attempt"] == 3
         assert (row(setup.engine, hid).status, row(setup.engine, hid).attempts) == \
             ("delivered", 1)
+
+
+def died(engine: Engine, hid: int, *, failures: int = 0, ago: float = 2.0) -> None:
+    """`failures` attempts of row `hid` failed with HTTP 500, then one was claimed by a
+    node that died (SIGKILL, the OOM killer) and recorded nothing: its 1 s lease ran out
+    `ago` - 1 seconds ago."""
+    dead_at = datetime.now(UTC) - timedelta(seconds=ago)
+    with engine.begin() as conn:
+        queued = dead_at - timedelta(hours=failures, minutes=1)
+        conn.execute(update(Handoff).where(Handoff.id == hid)
+                     .values(created=queued, next_attempt=queued))
+        for n in range(failures, 0, -1):
+            at = dead_at - timedelta(hours=n)
+            [c] = outbox.claim(conn, "n0", limit=5, lease=300, now=at)
+            outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=(1.0,) * 9,
+                                  now=at)
+        [c] = outbox.claim(conn, "dead", limit=5, lease=1, now=dead_at)
+    assert c.id == hid
+
+
+class TestAttemptThatDidNotFinish:
+    """An attempt whose process died (SIGKILL, the OOM killer, a crash in a library) or
+    hung past its lease records no outcome of its own: it counts as a failed attempt when
+    its lease has run out, so [helpdesk] retry runs out for it as for any failure."""
+
+    async def test_it_is_deferred_on_the_schedule_with_the_reason(self, setup: Setup
+                                                                 ) -> None:
+        """The row is not taken again at once: the lost attempt is recorded as a
+        temporary failure saying why, the next one waits for the schedule's step."""
+        hid, article = seed(setup.engine, "lost")
+        died(setup.engine, hid)
+        before = handoffs_total("deferred")
+        await run_worker(setup, lambda: row(setup.engine, hid).claimed_by == "")
+        r = row(setup.engine, hid)
+        assert (r.status, r.attempts, r.lease_until) == ("pending", 1, None)
+        assert "did not finish" in r.last_error
+        assert r.next_attempt.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(minutes=50)
+        assert setup.server.requests == []
+        logged = entries(setup.engine, article)
+        assert any(k == "Deferred" and "did not finish" in v for _, k, v in logged), logged
+        assert handoffs_total("deferred") == before + 1
+
+    async def test_the_last_attempt_on_the_schedule_fails_the_row(self, setup: Setup
+                                                                  ) -> None:
+        """retry = "1h, 1h" allows three attempts: when the third one died the row is
+        failed, with an Error in the communication log, and not sent a fourth time."""
+        hid, article = seed(setup.engine, "lost thrice")
+        died(setup.engine, hid, failures=2)
+        before = handoffs_total("failed")
+        await run_worker(setup, lambda: row(setup.engine, hid).status == "failed")
+        r = row(setup.engine, hid)
+        assert (r.status, r.attempts, r.claimed_by) == ("failed", 3, "")
+        assert "did not finish" in r.last_error
+        assert setup.server.requests == []
+        logged = entries(setup.engine, article)
+        assert any(p == "Error" and k == "Failed" and "did not finish" in v
+                   for p, k, v in logged), logged
+        assert handoffs_total("failed") == before + 1
+
+    async def test_the_next_attempt_is_a_retry(self, setup: Setup) -> None:
+        """When its step of the schedule has passed the row is tried again, and the
+        helpdesk is told it is the second attempt (the lost one may have got through)."""
+        hid, _ = seed(setup.engine, "lost long ago")
+        died(setup.engine, hid, ago=3 * 3600)
+        await run_worker(setup, lambda: row(setup.engine, hid).status == "delivered")
+        [req] = [r for r in setup.server.requests if r.method == "POST"]
+        assert req.json["attempt"] == 2
+        assert (row(setup.engine, hid).status, row(setup.engine, hid).attempts) == \
+            ("delivered", 2)
+
+    async def test_otobo_rest_finds_the_ticket_the_lost_attempt_created(
+            self, setup: Setup, make_confdir: Callable[..., Path], tmp_path: Path) -> None:
+        """The attempt that died may have created the ticket: the next one looks for it
+        (TicketSearch, the history's marker) and does not create a second one."""
+        conf = make_confdir({"60-hd.toml": textwrap.dedent(f"""
+            [helpdesk]
+            type = "otobo-rest"
+            url = "{setup.server.url}/ws"
+            user = "deskgate"
+            password_file = "sec"
+            retry = "1h, 1h"
+            poll_interval = "0.1s"
+            """)}, root=tmp_path / "otobo")
+        (conf.parent / "sec").write_text("s3cret\n")
+        (conf.parent / "sec").chmod(0o600)
+        rt = build_runtime(load_config(conf))
+        hid, _ = seed(setup.engine, "lost after TicketCreate")
+        key = row(setup.engine, hid).key
+        s = setup.server
+        s.on("POST", "/ws/Session", (200, {}, {"SessionID": "sid"}))
+        s.on("GET", "/ws/Ticket", (200, {}, {"TicketID": ["7"]}))
+        s.on("GET", "/ws/TicketHistory/7", (200, {}, {"TicketHistory": [
+            {"TicketID": "7", "History": [{"Name": f"created by deskgate {key}"}]}]}))
+        s.on("GET", "/ws/Ticket/7", (200, {}, {"Ticket": [
+            {"TicketID": "7", "TicketNumber": "2026120310000071"}]}))
+        s.on("POST", "/ws/Ticket", (200, {}, {"TicketID": "8", "TicketNumber": "2"}))
+        died(setup.engine, hid, ago=3 * 3600)
+        await run_worker(Setup(setup.engine, rt, s),
+                         lambda: row(setup.engine, hid).status == "delivered")
+        assert row(setup.engine, hid).status == "delivered"
+        assert ("GET", "/ws/TicketHistory/7") in [(r.method, r.path) for r in s.requests]
+        assert ("POST", "/ws/Ticket") not in [(r.method, r.path) for r in s.requests]
+        with setup.engine.connect() as conn:
+            t = conn.execute(select(Ticket).join(Handoff, Handoff.ticket_id == Ticket.id)
+                             .where(Handoff.id == hid)).one()
+        assert (t.helpdesk_ticket_id, t.helpdesk_ticket_number) == ("7", "2026120310000071")

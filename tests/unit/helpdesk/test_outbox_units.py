@@ -218,3 +218,95 @@ class TestRetryByHand:
             shown = outbox.show(conn, hid)
         assert (res.retried, res.in_delivery) == ([], [hid])
         assert shown is not None and (shown["attempts"], shown["claimed_by"]) == (1, "n1")
+
+
+class TestAttemptThatDidNotFinish:
+    """A claim whose lease ran out with no outcome (the node died or hung) is recorded
+    as a failed attempt by `expire`, so the schedule runs out for it too."""
+
+    def test_a_lapsed_claim_is_a_temporary_failure_on_the_schedule(self, engine: Engine
+                                                                   ) -> None:
+        """After its lease the row is pending with the reason and the next attempt one
+        step of the schedule after the lease ended; the claim after it is a retry."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "dead", limit=5, lease=5, now=now)
+            assert outbox.expire(conn, "n1", schedule=(60.0,),
+                                 now=now + timedelta(seconds=4)) == []
+            [lost] = outbox.expire(conn, "n1", schedule=(60.0,),
+                                   now=now + timedelta(seconds=10))
+            shown = outbox.show(conn, hid)
+            assert outbox.claim(conn, "n1", limit=5, lease=5,
+                                now=now + timedelta(seconds=20)) == []
+            [again] = outbox.claim(conn, "n1", limit=5, lease=5,
+                                   now=now + timedelta(seconds=80))
+        assert (lost.claimed.id, lost.claimed.node, lost.outcome.status) == \
+            (hid, "dead", "pending")
+        assert shown is not None
+        assert (shown["status"], shown["attempts"], shown["claimed_by"]) == ("pending", 1, "")
+        assert "did not finish" in shown["last_error"] and "dead" in shown["last_error"]
+        lease_end = now + timedelta(seconds=5)
+        assert lease_end + timedelta(seconds=53) < shown["next_attempt"] < \
+            lease_end + timedelta(seconds=67)
+        assert again.attempts == 1                   # the connector looks first
+
+    def test_it_is_counted_once(self, engine: Engine) -> None:
+        """Two nodes that both find the lapsed claim record it once."""
+        seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "dead", limit=5, lease=5, now=now)
+            later = now + timedelta(seconds=10)
+            assert len(outbox.expire(conn, "n1", schedule=(60.0,), now=later)) == 1
+            assert outbox.expire(conn, "n2", schedule=(60.0,), now=later) == []
+
+    def test_after_the_last_step_the_row_fails(self, engine: Engine) -> None:
+        """A lapsed claim that was the schedule's last attempt fails the row."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "dead", limit=5, lease=5, now=now)
+            [lost] = outbox.expire(conn, "n1", schedule=(), now=now + timedelta(seconds=10))
+            shown = outbox.show(conn, hid)
+        assert lost.outcome.status == "failed"
+        assert shown is not None and (shown["status"], shown["attempts"]) == ("failed", 1)
+
+    def test_the_rows_the_node_still_holds_are_left_to_it(self, engine: Engine) -> None:
+        """A node whose renewal came late does not expire its own running attempts."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            assert outbox.expire(conn, "n1", schedule=(60.0,), held={hid},
+                                 now=now + timedelta(seconds=10)) == []
+            assert len(outbox.expire(conn, "n2", schedule=(60.0,), held={hid},
+                                     now=now + timedelta(seconds=10))) == 1
+
+    def test_a_late_failure_of_the_lost_attempt_changes_nothing(self, engine: Engine
+                                                               ) -> None:
+        """The hung attempt that fails after all is superseded: the row stays on the
+        step the expiry gave it."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            [c] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            outbox.expire(conn, "n2", schedule=(60.0,), now=now + timedelta(seconds=10))
+            before = outbox.show(conn, hid)
+            out = outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=(1.0,))
+            after = outbox.show(conn, hid)
+        assert out.status == "superseded"
+        assert before == after
+
+    def test_a_late_delivery_of_the_lost_attempt_is_kept(self, engine: Engine) -> None:
+        """The hung attempt that got through after all is recorded: the helpdesk has
+        the ticket, so the row is delivered and not sent again."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            [c] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            outbox.expire(conn, "n2", schedule=(), now=now + timedelta(seconds=10))
+            out = outbox.record_delivered(conn, c, ticket_id="41", ticket_number="1041")
+            shown = outbox.show(conn, hid)
+        assert out.status == "delivered"
+        assert shown is not None and (shown["status"], shown["last_error"]) == ("delivered", "")
