@@ -166,6 +166,15 @@ def cmd_show(args: argparse.Namespace) -> int:
               "message_id", "attempts", "next_attempt", "last_error", "ticket_id",
               "article_id", "size", "created"):
         print(f"{k:13} {d[k]}")
+    if d["status"] == "queued" and d["claimed_by"] and d["lease_until"] is not None:
+        from gateway.outbound.queue import utcnow
+
+        if d["lease_until"] > utcnow():
+            print(f"{'in delivery':13} by {d['claimed_by']} (lease until {d['lease_until']})")
+        else:
+            print(f"{'lost attempt':13} {d['claimed_by']} did not finish its attempt (its lease "
+                  f"ran out at {d['lease_until']}); the next sender to take the message "
+                  "counts it as a failed attempt")
     print("recipients:")
     for r in d["recipient_status"]:
         print(f"  <{r['address']}> {r['status']} after {r['attempts']} tries"

@@ -4,7 +4,11 @@ Plain functions of a Connection, so they join the caller's transaction. A
 sender claims due messages by setting a lease (`FOR UPDATE SKIP LOCKED` on
 PostgreSQL, and a compare-and-set on the lease everywhere), so several nodes
 never send the same message; a node that dies mid-send leaves a lease that
-expires, and the message is taken again.
+expires, and the message is taken again. Such a claim whose lease ran out
+without an outcome is a lost attempt: the next claim says so (Claimed.lost_by),
+and the sender records it as a failed attempt instead of delivering, so a
+message that kills (or hangs) every process delivering it still runs out of its
+schedule and bounces.
 """
 
 from __future__ import annotations
@@ -144,25 +148,52 @@ class Claimed:
     warned: bool
     recipients: list[tuple[int, str]] = field(default_factory=list)   # (row id, address)
     node: str = ""              # who claimed it ("": not known, e.g. built by hand)
+    # A lost attempt: the node whose claim's lease ran out without an outcome (its
+    # process ended or hung) and when it ran out. Record it, do not deliver.
+    lost_by: str = ""
+    lost_until: datetime | None = None
+
+
+# The reply every recipient of a lost attempt gets (code 0: temporary, as a connection
+# that failed), and the message's last_error.
+LOST_REASON = "delivery attempt did not finish (the process ended or hung)"
 
 
 def claim(conn: Connection, node: str, *, limit: int, lease: float,
           now: datetime | None = None) -> list[Claimed]:
-    """Take up to `limit` due messages for `node` until now + lease."""
+    """Take up to `limit` due messages for `node` until now + lease.
+
+    A message whose earlier claim's lease ran out without an outcome comes back with
+    lost_by set: that attempt is to be recorded as failed (record_attempt with
+    LOST_REASON), not delivered now; the next try follows the schedule."""
     now = now or utcnow()
     due = and_(OutboundMessage.status == "queued", OutboundMessage.next_attempt <= now,
                or_(OutboundMessage.lease_until.is_(None), OutboundMessage.lease_until < now))
-    q = select(OutboundMessage.id).where(due).order_by(OutboundMessage.next_attempt).limit(limit)
+    q = (select(OutboundMessage.id, OutboundMessage.claimed_by, OutboundMessage.lease_until)
+         .where(due).order_by(OutboundMessage.next_attempt).limit(limit))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
-    ids = list(conn.execute(q).scalars())
-    if not ids:
+    found = conn.execute(q).all()
+    if not found:
         return []
+    ids = [r.id for r in found]
     until = now + timedelta(seconds=lease)
+    mark = {"lease_until": until, "claimed_by": node[:200]}
     # Compare-and-set: only rows still due are taken (another node may have been faster);
-    # the (node, until) pair then names exactly the rows this call took.
-    conn.execute(update(OutboundMessage).where(OutboundMessage.id.in_(ids), due)
-                 .values(lease_until=until, claimed_by=node[:200]))
+    # the (node, until) pair then names exactly the rows this call took. A lost claim is
+    # taken only while it is the same claim (its node and lease), so exactly one node
+    # records each lost attempt.
+    fresh = [r.id for r in found if r.lease_until is None]
+    if fresh:
+        conn.execute(update(OutboundMessage).where(
+            OutboundMessage.id.in_(fresh), due, OutboundMessage.lease_until.is_(None))
+            .values(**mark))
+    lost: dict[int, tuple[str, datetime | None]] = {}
+    for r in found:
+        if r.lease_until is not None and conn.execute(update(OutboundMessage).where(
+                OutboundMessage.id == r.id, due, OutboundMessage.lease_until == r.lease_until,
+                OutboundMessage.claimed_by == r.claimed_by).values(**mark)).rowcount:
+            lost[r.id] = (r.claimed_by or "an unknown node", _aware(r.lease_until))
     rows = conn.execute(select(OutboundMessage).where(
         OutboundMessage.id.in_(ids), OutboundMessage.claimed_by == node[:200],
         OutboundMessage.lease_until == until)).all()
@@ -176,7 +207,9 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
                          .order_by(OutboundRecipient.id)).all()
     out = {r.id: Claimed(r.id, r.kind, r.queue, r.sender, r.return_path, r.message_id,
                          r.article_id, r.ticket_id, r.data, r.attempts,
-                         _aware(r.created) or now, r.warned, node=r.claimed_by)
+                         _aware(r.created) or now, r.warned, node=r.claimed_by,
+                         lost_by=lost.get(r.id, ("", None))[0],
+                         lost_until=lost.get(r.id, ("", None))[1])
            for r in rows}
     for rc in rcpts:
         out[rc.outbound_id].recipients.append((rc.id, rc.address))

@@ -4,7 +4,9 @@ Deliveries run on a small thread pool (smtplib blocks); claims and outcomes go
 through the group-commit writer. Per attempt one communication (Outgoing) is
 logged with a Connection object (connect, TLS, AUTH) and a Message object
 (per-recipient results). Permanent failures and an exhausted schedule send a
-DSN to the submitter; `warn_after` sends one "delayed" DSN.
+DSN to the submitter; `warn_after` sends one "delayed" DSN. A claim whose lease
+ran out without an outcome (the node's process ended or hung mid-delivery) is
+recorded as a failed attempt (Lost) by whichever sender takes the message next.
 """
 
 from __future__ import annotations
@@ -204,7 +206,12 @@ class Sender:
         loop = asyncio.get_running_loop()
         rcpts = [a for _, a in m.recipients]
         try:
-            if rcpts:
+            if m.lost_by:
+                # An earlier attempt never ended: count it; the next try is on schedule.
+                log.warning("delivery attempt lost", outbound_id=m.id, node=m.lost_by,
+                            lease_until=str(m.lost_until))
+                att = Attempt(error=oq.LOST_REASON)
+            elif rcpts:
                 att = await loop.run_in_executor(self.pool, self.transport.deliver, m.sender,
                                                  rcpts, m.data)
             else:
@@ -218,8 +225,9 @@ class Sender:
             return
         if not st.recorded:
             log.warning("delivery outcome not recorded", outbound_id=m.id, reason=st.status)
-        metrics.MESSAGES.labels("relay", "out", {"queued": "deferred"}.get(st.status,
-                                                                          st.status)).inc()
+        result = "lost" if m.lost_by and st.recorded else \
+            {"queued": "deferred"}.get(st.status, st.status)
+        metrics.MESSAGES.labels("relay", "out", result).inc()
         self.delivered += sum(1 for r in results if r.ok)
         if self._wake:
             self._wake.set()
@@ -235,22 +243,37 @@ class Sender:
         and sent again. A crash (an error that is not the database's, e.g. building the
         DSN) would fail the same way every time: the outcome is then written once more
         without DSNs, with the crash as an Error in the log, so the message settles
-        (the attempt counts, the schedule ends it) instead of staying leased for ever.
-        None when the sender stopped first, or when that too crashed (the lease then
-        runs out)."""
+        (the attempt counts, the schedule ends it) instead of staying leased for ever;
+        when that crashes too, the queue's outcome alone is written (no log, no DSN).
+        None when the sender stopped first, or when even that crashed: the lease then
+        runs out and the next claim records the attempt as lost."""
         tries = 0
         crash = ""
+        bare = False
         while True:
-            job = functools.partial(record, rt=self.runtime(), m=m, att=att,
-                                    results=results, transport=self.transport, crash=crash)
+            job: Callable[[Connection], oq.Settled]
+            if bare:
+                job = functools.partial(record_bare, rt=self.runtime(), m=m, att=att,
+                                        results=results)
+            else:
+                job = functools.partial(record, rt=self.runtime(), m=m, att=att,
+                                        results=results, transport=self.transport,
+                                        crash=crash)
             try:
                 return await self.writer.run(job)
             except Exception as exc:
                 if not is_temporary(exc):
-                    if crash:
-                        log.exception("recording the delivery crashed again; left to its "
-                                      "lease", outbound_id=m.id, crash=crash)
+                    if bare:
+                        log.exception("writing the outcome alone crashed too; left to its "
+                                      "lease, then counted as a lost attempt",
+                                      outbound_id=m.id, crash=crash)
                         return None
+                    if crash:
+                        log.exception("recording the delivery crashed again; writing the "
+                                      "queue's outcome alone, without log or DSN",
+                                      outbound_id=m.id, crash=crash)
+                        bare = True
+                        continue
                     crash = f"{type(exc).__name__}: {exc}"[:1000]
                     log.exception("recording the delivery crashed; recording it without "
                                   "DSNs", outbound_id=m.id)
@@ -286,15 +309,22 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     st = oq.record_attempt(conn, m, results, schedule=relay.retry, warn_after=relay.warn_after,
                            error=error)
     comm = Comm("Outgoing", transport.name, transport.account)
-    c = comm.obj("Connection")
-    for prio, key, value in att.log:
-        c.log(prio, key, _clean(value) if crash else value)  # type: ignore[arg-type]
-    c.close("Failed" if att.error else "Successful")
+    if not m.lost_by:       # a lost attempt left no account of its connection
+        c = comm.obj("Connection")
+        for prio, key, value in att.log:
+            c.log(prio, key, _clean(value) if crash else value)  # type: ignore[arg-type]
+        c.close("Failed" if att.error else "Successful")
     msg = comm.obj("Message")
     msg.outbound_id = m.id
     msg.article_id = m.article_id
     msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
-            f"{m.kind} from <{m.sender}>, {m.message_id}")
+            f"{m.kind} from <{m.sender}>, {_clean(m.message_id)}")
+    if m.lost_by and st.recorded:
+        ran_out = f"{m.lost_until:%Y-%m-%d %H:%M:%S}" if m.lost_until else "?"
+        msg.log("Error", "Lost", f"attempt {m.attempts + 1} by {m.lost_by}: "
+                f"{oq.LOST_REASON}; its lease ran out at {ran_out} UTC without an outcome, "
+                "so it counts as a failed attempt (the message may or may not have reached "
+                "the relay)"[:3000])
     if not st.recorded:
         replies = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.unrecorded)
         if st.status == "deleted":
@@ -334,6 +364,17 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         msg.log("Notice", "DSN", f"{what} notice to <{m.return_path}> queued as #{oid}")
     write_comm(conn, comm)
     return st
+
+
+def record_bare(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
+                results: list[oq.RcptResult]) -> oq.Settled:
+    """The queue's outcome alone (no communication log, no DSN), for an attempt whose
+    full record crashed twice: the attempt still counts and the schedule still ends
+    the message."""
+    relay = rt.config.relay
+    results = [dataclasses.replace(r, reply=_clean(r.reply)) for r in results]
+    return oq.record_attempt(conn, m, results, schedule=relay.retry,
+                             warn_after=relay.warn_after, error=_clean(att.error))
 
 
 def _clean(text: str) -> str:

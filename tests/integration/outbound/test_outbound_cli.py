@@ -53,6 +53,25 @@ class TestOutqueueCli:
         assert cli(conf, "outqueue", "delete", str(m["id"])).returncode == 0
         assert json.loads(cli(conf, "outqueue", "list", "--json").stdout) == []
 
+    def test_show_names_an_attempt_that_did_not_finish(self, make_confdir):
+        """A message whose lease ran out without an outcome (its node was killed) is shown
+        as a lost attempt with the node that held it."""
+        from sqlalchemy import create_engine
+
+        from gateway.outbound import queue as oq
+
+        conf = make_confdir({"40-relay.toml": '[relay]\nhost = "127.0.0.1"\nport = 9\n'})
+        sent = json.loads(cli(conf, "send", "--json", stdin=MSG).stdout)
+        engine = create_engine(load_config(conf).database_url)
+        try:
+            with engine.begin() as conn:
+                assert len(oq.claim(conn, "dead-node", limit=1, lease=0.1)) == 1
+        finally:
+            engine.dispose()
+        time.sleep(0.2)
+        out = cli(conf, "outqueue", "show", str(sent["id"])).stdout.decode()
+        assert "lost attempt" in out and "dead-node did not finish" in out
+
     def test_send_refuses_unknown_queue_and_empty_input(self, make_confdir):
         """An unknown --queue or an empty message is a data error (65)."""
         conf = make_confdir()

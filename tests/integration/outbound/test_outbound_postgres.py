@@ -102,7 +102,8 @@ class TestTwoNodes:
             assert all(s.delivered > 0 for s in senders), [s.delivered for s in senders]
 
     def test_lease_of_a_dead_node_expires_and_another_node_sends(self, pg_queue, pg_url):
-        """Messages claimed by a node that died are sent by another after the lease, once."""
+        """Messages claimed by a node that died are sent by another after the lease, once;
+        the dead node's attempt counts (lost), so each took two."""
         with AuthSink() as sink:
             rt, engine, ids = pg_queue(sink.port, 5)
             with engine.begin() as conn:
@@ -114,6 +115,9 @@ class TestTwoNodes:
             asyncio.run(run_senders(rt, lambda: make_engine(pg_url), ["survivor"],
                                     all_sent(engine, 5)))
             assert sorted(received_ids(sink)) == sorted(ids)
+            with engine.connect() as conn:
+                tries = conn.execute(select(OutboundMessage.attempts)).scalars().all()
+            assert tries == [2] * 5
 
 
 class TestSlowTransfer:

@@ -7,15 +7,17 @@ import signal
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
 
-from gateway.store.tables import OutboundMessage
+from gateway.store.tables import CommEntry, OutboundMessage
 from tests.conftest import free_port
 from tests.integration.outbound.conftest import outbound_toml, wait_for
-from tests.peers.smarthost import AuthSink, wait_port
+from tests.peers.require import missing_peer
+from tests.peers.smarthost import AuthSink, SmtpSink, wait_port
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -128,3 +130,72 @@ class TestRestart:
             wait_for(lambda: db_statuses(db) == ["sent"] * 3, 30, "delivery after the crash")
             got = received_ids(sink)
             assert sorted(got) == sorted(ids), got
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an established TCP connection to 127.0.0.1:`port`."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        f = line.split()
+        if (int(f[2].rsplit(":", 1)[1], 16) == port and f[3] == "01"
+                and f"socket:[{f[9]}]" in inodes):
+            return True
+    return False
+
+
+def queue_rows(db: Path) -> list:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(OutboundMessage).order_by(OutboundMessage.id)).all()
+    finally:
+        engine.dispose()
+
+
+def lost_entries(db: Path) -> list[str]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(CommEntry.value)
+                                     .where(CommEntry.key == "Lost")).scalars())
+    finally:
+        engine.dispose()
+
+
+class TestKilledMidDelivery:
+    def test_a_message_whose_delivery_kills_the_process_ends_in_a_dsn(self, serve_setup,
+                                                                       tmp_path):
+        """SIGKILL while Postfix's smtp-sink holds the DATA command, after every restart:
+        each killed delivery counts as an attempt (Lost in the communication log), and
+        when relay.retry runs out the message fails with a DSN to the submitter instead
+        of being taken again after every lease for ever."""
+        if not SmtpSink.available():
+            missing_peer("smtp-sink not installed")
+        with SmtpSink(tmp_path / "sink", options=["-w", "3600"], dump=False) as sink:
+            serve, port, db = serve_setup(sink.port, retry="1s, 1s")
+            serve.start(port)
+            submit_many(port, 1)
+            for attempt in range(3):
+                assert serve.proc is not None
+                pid = serve.proc.pid
+
+                def in_data(attempt: int = attempt, pid: int = pid) -> bool:
+                    rows = queue_rows(db)
+                    return (bool(rows) and rows[0].attempts == attempt
+                            and rows[0].lease_until is not None
+                            and connected_to(pid, sink.port))
+
+                wait_for(in_data, 30, f"delivery {attempt + 1} waiting at DATA")
+                time.sleep(0.5)                    # EHLO, MAIL, RCPT: then DATA waits
+                serve.stop(signal.SIGKILL)
+                serve.start(port)
+            wait_for(lambda: queue_rows(db)[0].status == "failed", 30, "the message failed")
+            wait_for(lambda: len(queue_rows(db)) == 2, 10, "the DSN")
+            first, dsn = queue_rows(db)
+            assert first.attempts == 3 and "did not finish" in first.last_error
+            assert dsn.kind == "dsn"
+            assert len(lost_entries(db)) == 3

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
 from gateway.outbound import dsn
+from gateway.outbound import queue as oq
+from gateway.outbound import sender as sender_module
 from gateway.outbound.sender import Sender
 from gateway.outbound.transport import Attempt, Transport
 from gateway.runtime import build_runtime
@@ -39,14 +43,50 @@ class Refusing(Transport):
         return Attempt(codes=[(550, "5.1.1 no such user")] * len(recipients))
 
 
-def fast_runtime(config, retry=(0.2, 0.2)):
+class Accepting(Transport):
+    """Every recipient delivered."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def deliver(self, sender, recipients, data) -> Attempt:
+        self.calls += 1
+        return Attempt(codes=[(250, "2.0.0 queued")] * len(recipients))
+
+
+class Deferring(Transport):
+    """Every recipient deferred (451)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def deliver(self, sender, recipients, data) -> Attempt:
+        self.calls += 1
+        return Attempt(codes=[(451, "4.3.0 try later")] * len(recipients))
+
+
+class Hanging(Transport):
+    """A delivery that never comes back (until the test releases it): with the lease
+    keeper stopped, the sender's process is as good as dead or hung."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+
+    def deliver(self, sender, recipients, data) -> Attempt:
+        self.calls += 1
+        self.release.wait(60)
+        return Attempt(codes=[(250, "2.0.0 late")] * len(recipients))
+
+
+def fast_runtime(config, retry=(0.2, 0.2), lease=30.0, concurrency=4):
     cfg = dataclasses.replace(config, relay=dataclasses.replace(
-        config.relay, host="127.0.0.1", retry=retry, poll_interval=0.1, lease=30.0,
-        warn_after=0.0))
+        config.relay, host="127.0.0.1", retry=retry, poll_interval=0.1, lease=lease,
+        warn_after=0.0, concurrency=concurrency))
     return build_runtime(cfg)
 
 
-def run_sender(engine, rt, transport, until, limit=15.0):
+def run_sender(engine, rt, transport, until, limit=15.0, before_stop=None):
     async def main() -> None:
         writer = BatchWriter(engine)
         s = Sender(lambda: rt, writer, transport=transport, node="node-a")
@@ -57,6 +97,8 @@ def run_sender(engine, rt, transport, until, limit=15.0):
                     break
                 await asyncio.sleep(0.1)
         finally:
+            if before_stop is not None:
+                before_stop()
             await s.stop()
             writer.close()
     asyncio.run(main())
@@ -105,3 +147,106 @@ class TestCrashedAttempts:
         assert m.lease_until is None
         (err,) = entries(ob_engine, "DSN")
         assert err.priority == "Error" and "ValueError: cannot build this DSN" in err.value
+
+
+LOST = "delivery attempt did not finish (the process ended or hung)"
+
+
+def claim_and_die(engine, node="dead-node", lease=0.3):
+    """A node claims the message and never records an outcome (killed mid-delivery)."""
+    with engine.begin() as conn:
+        (m,) = oq.claim(conn, node, limit=1, lease=lease)
+    return m
+
+
+class TestLostAttempts:
+    def test_an_attempt_whose_process_died_counts(self, ob_engine, config):
+        """A claim whose lease ran out without an outcome is a failed attempt: counted,
+        logged as Lost with the reason and the node, and the next try is the next one."""
+        rt = fast_runtime(config, lease=0.3)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        claim_and_die(ob_engine)
+        t = Accepting()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued")
+        (m,) = rows(ob_engine)
+        assert (m.status, m.attempts, t.calls) == ("sent", 2, 1)
+        (lost,) = entries(ob_engine, "Lost")
+        assert lost.priority == "Error" and LOST in lost.value and "dead-node" in lost.value
+        (deferred,) = entries(ob_engine, "Deferred")
+        assert LOST in deferred.value
+
+    def test_attempts_that_never_finish_end_in_a_dsn(self, ob_engine, config, monkeypatch):
+        """A message whose every delivery hangs (or kills the process) is not taken
+        again for ever: each lease that runs out is an attempt, and when the schedule
+        runs out the message fails with a DSN to the submitter."""
+        async def no_renewals(self) -> None:
+            return None
+
+        monkeypatch.setattr(Sender, "_keep_leases", no_renewals)
+        rt = fast_runtime(config, lease=0.5, concurrency=6)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        t = Hanging()
+        try:
+            run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued",
+                       limit=20.0, before_stop=t.release.set)
+        finally:
+            t.release.set()
+        first = rows(ob_engine)[0]
+        assert (first.status, first.attempts) == ("failed", 3)
+        assert LOST in first.last_error
+        assert [r.kind for r in rows(ob_engine)] == ["message", "dsn"]
+        assert len(entries(ob_engine, "Lost")) == 3
+        # each attempt reached the smarthost once; the late answers changed nothing
+        assert t.calls >= 3
+
+    def test_lost_attempts_keep_the_retry_delays(self, ob_engine, config):
+        """The try after a lost attempt waits the schedule's delay, as after a 451."""
+        rt = fast_runtime(config, retry=(60.0,), lease=0.3)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        claim_and_die(ob_engine)
+        t = Accepting()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].attempts > 0, limit=5.0)
+        (m,) = rows(ob_engine)
+        wait = (m.next_attempt.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
+        assert (m.status, m.attempts, t.calls) == ("queued", 1, 0)
+        assert 50 <= wait <= 67 and m.lease_until is None and m.claimed_by == ""
+
+
+class TestRecordingCrashes:
+    def test_recording_that_always_crashes_still_ends_the_message(self, ob_engine, config,
+                                                                   monkeypatch):
+        """When writing the outcome crashes, and so does the write without DSNs, the
+        attempt still counts: the schedule ends the message instead of a new try every
+        relay.lease for ever."""
+        def broken(conn, comm):
+            raise ValueError("the log refuses this")
+
+        monkeypatch.setattr(sender_module, "write_comm", broken)
+        rt = fast_runtime(config, lease=0.5)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        t = Deferring()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued")
+        (m,) = rows(ob_engine)
+        assert (m.status, m.attempts, t.calls) == ("failed", 3, 3)
+        assert m.lease_until is None
+
+    def test_an_outcome_never_written_counts_when_its_lease_runs_out(self, ob_engine,
+                                                                      config, monkeypatch):
+        """No write of the first attempt's outcome succeeds: the message is left to its
+        lease, and when that runs out the attempt counts as lost."""
+        real = oq.record_attempt
+
+        def first_fails(conn, msg, *a, **kw):
+            if msg.attempts == 0 and not getattr(msg, "lost_by", ""):   # attempt 1
+                raise ValueError("cannot write this outcome")
+            return real(conn, msg, *a, **kw)
+
+        monkeypatch.setattr(oq, "record_attempt", first_fails)
+        rt = fast_runtime(config, lease=0.5)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        t = Accepting()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued")
+        (m,) = rows(ob_engine)
+        assert (m.status, m.attempts, t.calls) == ("sent", 2, 2)
+        (lost,) = entries(ob_engine, "Lost")
+        assert LOST in lost.value
