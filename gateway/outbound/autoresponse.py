@@ -18,15 +18,17 @@ import asyncio
 import email.utils
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.mime.text import MIMEText
 from email.policy import compat32
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
+from gateway import metrics
 from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
@@ -34,6 +36,7 @@ from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
+from gateway.store.db import is_temporary
 from gateway.store.tables import AutoResponse, AutoResponseRequest
 from gateway.store.writer import BatchWriter
 
@@ -184,10 +187,14 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
 # ---------------------------------------------------------------- building (sender side)
 
 
-def pending_requests(conn: Connection, limit: int = 50) -> list[Any]:
-    """The oldest auto-response requests not built yet."""
-    return list(conn.execute(select(AutoResponseRequest.__table__)
-                             .order_by(AutoResponseRequest.id).limit(limit)).all())
+def pending_requests(conn: Connection, limit: int = 50,
+                     now: datetime | None = None) -> list[Any]:
+    """The oldest auto-response requests not built yet that are due (one whose build
+    crashed waits for its next attempt)."""
+    now = now or datetime.now(UTC)
+    return list(conn.execute(select(AutoResponseRequest.__table__).where(or_(
+        AutoResponseRequest.next_attempt.is_(None), AutoResponseRequest.next_attempt <= now))
+        .order_by(AutoResponseRequest.id).limit(limit)).all())
 
 
 def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
@@ -207,6 +214,10 @@ def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
     return out
 
 
+class GivenUp(Exception):
+    """A request whose builds crashed until relay.retry ran out."""
+
+
 def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception,
            later: Deferred | None = None) -> int | None:
     """In one transaction: take the request (once: a concurrent builder finds it gone)
@@ -223,10 +234,11 @@ def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exc
         conn.execute(delete(AutoResponse).where(AutoResponse.id == req.counter_id))
         comm = Comm("Outgoing", "AutoResponse", rt.config.gateway.hostname)
         obj = comm.obj("Message")
-        obj.log("Warn", "AutoResponse", f"no auto-response ({req.kind}) to <{req.address}> "
-                f"for ticket {req.ticket_number or req.ticket_id}: {built}")
+        obj.log("Error" if isinstance(built, GivenUp) else "Warn", "AutoResponse",
+                f"no auto-response ({req.kind}) to <{req.address}> for ticket "
+                f"{req.ticket_number or req.ticket_id}: {built}"[:3000])
         obj.close("Failed")
-        comm.close("Warning")
+        comm.close("Failed" if isinstance(built, GivenUp) else "Warning")
         add_comm(conn, comm, later)
         return None
     oid = enqueue(built, rt, conn)
@@ -243,13 +255,42 @@ def _finish_job(rt: Runtime, req: Any, built: OutboundContext | Exception
     return job
 
 
+def build_failed(conn: Connection, rt: Runtime, req: Any, error: str,
+                 later: Deferred | None = None, now: datetime | None = None) -> bool:
+    """Count a crashed build: the request waits for relay.retry's next delay, or, when
+    the schedule has run out, is given up (finish() with GivenUp). True if given up."""
+    from gateway.outbound.queue import retry_delay
+
+    now = now or datetime.now(UTC)
+    attempts = req.attempts + 1
+    delay = retry_delay(rt.config.relay.retry, attempts)
+    if delay is None:
+        finish(conn, rt, req, GivenUp(
+            f"building it crashed {attempts} times, the last time with {error}; given up "
+            "(relay.retry ran out)"), later)
+        return True
+    conn.execute(update(AutoResponseRequest).where(
+        AutoResponseRequest.id == req.id, AutoResponseRequest.attempts == req.attempts)
+        .values(attempts=attempts, next_attempt=now + timedelta(seconds=delay),
+                last_error=error))
+    return False
+
+
+def _failed_job(rt: Runtime, req: Any, error: str) -> Callable[[Connection, Deferred], bool]:
+    def job(conn: Connection, later: Deferred) -> bool:
+        return build_failed(conn, rt, req, error, later)
+    return job
+
+
 async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
                          engine: Engine) -> int:
     """Build and queue every pending auto-response request; how many were queued.
 
     The signing and encryption run on a worker thread, outside any transaction; only
-    the short enqueue goes through the writer. A request whose build fails for a
-    passing reason stays and is tried again on the next call.
+    the short enqueue goes through the writer. A request whose build fails because
+    of the database stays and is tried again on the next call; one whose build
+    crashed otherwise is tried again on relay.retry and given up when it runs out
+    (counted as deskgate_messages_total{door="autoresponse",result="failed"}).
     """
     loop = asyncio.get_running_loop()
     # Through the writer: it runs after the batch that committed the requests.
@@ -268,9 +309,20 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
         except PermanentError as exc:
             built = exc
         except Exception as exc:
-            log.warning("auto-response not built; trying again later", request=req.id,
-                        error=repr(exc)[:300])
+            if isinstance(exc, SQLAlchemyError) and is_temporary(exc):
+                log.warning("auto-response not built; trying again later", request=req.id,
+                            error=repr(exc)[:300])
+                continue
+            log.exception("building the auto-response crashed", request=req.id,
+                          attempts=req.attempts + 1)
+            error = f"{type(exc).__name__}: {exc}".replace("\x00", " ")[:1000]
+            if await writer.run_deferring(_failed_job(rt, req, error)):
+                metrics.MESSAGES.labels("autoresponse", "out", "failed").inc()
             continue
         oid = await writer.run_deferring(_finish_job(rt, req, built))
         queued += oid is not None
+        if oid is not None:
+            metrics.MESSAGES.labels("autoresponse", "out",
+                                    "refused" if isinstance(built, Exception) else "queued"
+                                    ).inc()
     return queued

@@ -368,3 +368,103 @@ class TestLongHeaders:
         msg = message_from_bytes(data)
         assert msg["In-Reply-To"].strip() == long_id
         assert msg["References"].split() == ["<r1@customer.test>", long_id]
+
+
+class TestBuildFailures:
+    """A request whose build crashes is not rebuilt on every pass of the sender for ever."""
+
+    @staticmethod
+    def gateway_with_request(make_confdir):
+        import asyncio
+
+        from gateway.app import Gateway
+        from gateway.model import Envelope
+
+        conf = make_confdir({"40-outbound.toml": outbound_toml(9, retry="200ms, 200ms"),
+                             "50-desk.toml": DESK})
+        gw = Gateway(load_config(conf))
+        gw.prepare_store()
+        env = Envelope(mail_from="jane@customer.test", recipients=("desk@example.org",),
+                       raw=mail())
+        asyncio.run(gw.pipeline.deliver(env))
+        return gw
+
+    @staticmethod
+    def build_now(gw) -> int:
+        import asyncio
+
+        from gateway.outbound.autoresponse import build_requests
+
+        async def run() -> int:
+            return await build_requests(lambda: gw.runtime, gw.writer, gw.engine)
+        return asyncio.run(run())
+
+    def test_a_build_that_keeps_crashing_is_given_up(self, make_confdir, monkeypatch):
+        """Failed builds are tried again on relay.retry; when it runs out the request is
+        given up: an Error naming the crash, counted as result="failed", nothing queued
+        and the daily counter not charged."""
+        import time
+
+        from gateway import metrics
+        from gateway.outbound import autoresponse
+
+        calls = []
+
+        def broken(req, rt, conn):
+            calls.append(time.monotonic())
+            raise RuntimeError("the signing library crashed")
+
+        monkeypatch.setattr(autoresponse, "build", broken)
+        labels = {"door": "autoresponse", "direction": "out", "result": "failed"}
+        before = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels) or 0
+        gw = self.gateway_with_request(make_confdir)
+        try:
+            for _ in range(30):
+                self.build_now(gw)
+                with gw.engine.connect() as conn:
+                    if not conn.execute(select(AutoResponseRequest.id)).all():
+                        break
+                time.sleep(0.05)
+            with gw.engine.connect() as conn:
+                left = conn.execute(select(AutoResponseRequest.id)).all()
+                counters = conn.execute(select(AutoResponse.id)).all()
+                queued = conn.execute(select(OutboundMessage.id)).all()
+                errors = conn.execute(select(CommEntry.value).where(
+                    CommEntry.key == "AutoResponse", CommEntry.priority == "Error")
+                    ).scalars().all()
+        finally:
+            gw.close()
+        assert left == [] and queued == [] and counters == []
+        assert len(calls) == 3                            # the first build and two retries
+        assert calls[1] - calls[0] >= 0.15 and calls[2] - calls[1] >= 0.15
+        (err,) = errors
+        assert "RuntimeError: the signing library crashed" in err and "3" in err
+        after = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels)
+        assert after == before + 1
+
+    def test_a_database_failure_while_building_is_retried_without_counting(
+            self, make_confdir, monkeypatch):
+        """A build that fails because of the database is tried again on the next pass and
+        never gives the request up."""
+        from sqlalchemy.exc import OperationalError
+
+        from gateway.outbound import autoresponse
+
+        real = autoresponse.build
+        failures = []
+
+        def locked(req, rt, conn):
+            if len(failures) < 6:
+                failures.append(1)
+                raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+            return real(req, rt, conn)
+
+        monkeypatch.setattr(autoresponse, "build", locked)
+        gw = self.gateway_with_request(make_confdir)
+        try:
+            queued = [self.build_now(gw) for _ in range(7)]
+            with gw.engine.connect() as conn:
+                rows = conn.execute(select(OutboundMessage.kind)).scalars().all()
+        finally:
+            gw.close()
+        assert queued == [0] * 6 + [1] and rows == ["auto-response"]
