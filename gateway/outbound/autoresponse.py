@@ -222,12 +222,18 @@ def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exc
            later: Deferred | None = None) -> int | None:
     """In one transaction: take the request (once: a concurrent builder finds it gone)
     and queue what was built, or log why it is not sent. The new outbound id, or None."""
+    return settle(conn, rt, req, built, later)[1]
+
+
+def settle(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception,
+           later: Deferred | None = None) -> tuple[bool, int | None]:
+    """finish(), and whether this call took the request (False: another builder did)."""
     from gateway.commlog import Comm, add_comm
     from gateway.outbound.queue import enqueue
 
     taken = conn.execute(delete(AutoResponseRequest).where(AutoResponseRequest.id == req.id))
     if taken.rowcount != 1:
-        return None
+        return False, None
     if isinstance(built, Exception):
         # e.g. the queue requires encryption and the customer has no key: the auto-
         # response is not sent (nor counted); the customer's message is stored already.
@@ -240,18 +246,18 @@ def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exc
         obj.close("Failed")
         comm.close("Failed" if isinstance(built, GivenUp) else "Warning")
         add_comm(conn, comm, later)
-        return None
+        return True, None
     oid = enqueue(built, rt, conn)
     conn.execute(update(AutoResponse).where(AutoResponse.id == req.counter_id)
                  .values(outbound_id=oid))
-    return oid
+    return True, oid
 
 
 def _finish_job(rt: Runtime, req: Any, built: OutboundContext | Exception
-                ) -> Callable[[Connection, Deferred], int | None]:
-    """finish() as a writer job that gets the transaction's buffer for its log entry."""
-    def job(conn: Connection, later: Deferred) -> int | None:
-        return finish(conn, rt, req, built, later)
+                ) -> Callable[[Connection, Deferred], tuple[bool, int | None]]:
+    """settle() as a writer job that gets the transaction's buffer for its log entry."""
+    def job(conn: Connection, later: Deferred) -> tuple[bool, int | None]:
+        return settle(conn, rt, req, built, later)
     return job
 
 
@@ -319,10 +325,9 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
             if await writer.run_deferring(_failed_job(rt, req, error)):
                 metrics.MESSAGES.labels("autoresponse", "out", "failed").inc()
             continue
-        oid = await writer.run_deferring(_finish_job(rt, req, built))
+        taken, oid = await writer.run_deferring(_finish_job(rt, req, built))
         queued += oid is not None
-        if oid is not None:
+        if taken:
             metrics.MESSAGES.labels("autoresponse", "out",
-                                    "refused" if isinstance(built, Exception) else "queued"
-                                    ).inc()
+                                    "queued" if oid is not None else "refused").inc()
     return queued

@@ -468,3 +468,30 @@ class TestBuildFailures:
         finally:
             gw.close()
         assert queued == [0] * 6 + [1] and rows == ["auto-response"]
+
+    def test_a_refused_build_is_counted_once(self, make_confdir, monkeypatch):
+        """A build refused for a reason of the message (no key, say) is not sent, logged as
+        a Warn and counted once as result="refused", at once (no retries)."""
+        from gateway import metrics
+        from gateway.errors import PermanentError
+        from gateway.outbound import autoresponse
+
+        def refused(req, rt, conn):
+            raise PermanentError("no key for jane@customer.test")
+
+        monkeypatch.setattr(autoresponse, "build", refused)
+        labels = {"door": "autoresponse", "direction": "out", "result": "refused"}
+        before = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels) or 0
+        gw = self.gateway_with_request(make_confdir)
+        try:
+            assert [self.build_now(gw) for _ in range(2)] == [0, 0]
+            with gw.engine.connect() as conn:
+                left = conn.execute(select(AutoResponseRequest.id)).all()
+                warns = conn.execute(select(CommEntry.priority).where(
+                    CommEntry.key == "AutoResponse", CommEntry.value.contains("no key"))
+                    ).scalars().all()
+        finally:
+            gw.close()
+        assert left == [] and warns == ["Warn"]
+        after = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels)
+        assert after == before + 1
