@@ -1,0 +1,190 @@
+"""Checks of a built Config that one key's type cannot express: names defined once,
+references between sections, the keys each helpdesk type needs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from gateway.config.sections import Config
+
+
+def validate_core(cfg: Config, at: Callable[[str], str],
+                  add: Callable[[str, str, str], None]) -> None:
+    """The checks across sections that need no other module; `at(key)` is the file
+    that set a key, `add(file, key, reason)` records an error."""
+    pm = cfg.postmaster
+    queue_names = {q.name.lower(): q for q in cfg.queue}
+    seen: set[str] = set()
+    for i, q in enumerate(cfg.queue):
+        if not q.name.strip():
+            add(at(f"queue[{i}]"), f"queue[{i}].name", "must not be empty")
+            continue
+        if q.name.lower() in seen:
+            add(at(f"queue[{i}]"), f"queue[{i}].name", f"duplicate queue {q.name!r}")
+        seen.add(q.name.lower())
+    if pm.default_queue.lower() not in queue_names and cfg.queue:
+        add(at("postmaster.default_queue"), "postmaster.default_queue",
+            f"queue {pm.default_queue!r} is not defined by any [[queue]]")
+    for key, value in (("default_state", pm.default_state), ("followup_state", pm.followup_state)):
+        if value not in pm.states:
+            add(at(f"postmaster.{key}"), f"postmaster.{key}", f"state {value!r} is not in "
+                "[postmaster.states]")
+    if pm.default_priority not in pm.priorities:
+        add(at("postmaster.default_priority"), "postmaster.default_priority",
+            f"priority {pm.default_priority!r} is not in postmaster.priorities")
+    for name, kind in pm.states.items():
+        if kind not in ("new", "open", "pending", "closed", "merged", "removed"):
+            add(at("postmaster.states"), f"postmaster.states.{name}",
+                f"state type {kind!r} is not one of new, open, pending, closed, merged, removed")
+    if pm.filter_timeout <= 0:
+        add(at("postmaster.filter_timeout"), "postmaster.filter_timeout",
+            "must be more than 0 (a duration such as 50ms)")
+    try:
+        re.compile(pm.no_auto_response)
+    except re.error as exc:
+        add(at("postmaster.no_auto_response"), "postmaster.no_auto_response",
+            f"invalid regular expression: {exc}")
+
+    emails: set[str] = set()
+    for i, a in enumerate(cfg.address):
+        key = f"address[{i}]"
+        if a.email in emails:
+            add(at(key), f"{key}.email", f"duplicate system address {a.email!r}")
+        emails.add(a.email)
+        if a.queue and a.queue.lower() not in queue_names:
+            add(at(key), f"{key}.queue", f"queue {a.queue!r} is not defined by any [[queue]]")
+    for i, q in enumerate(cfg.queue):
+        key = f"queue[{i}]"
+        if not q.address:
+            continue
+        addr = cfg.address_by_email(q.address)
+        if addr is None:
+            add(at(key), f"{key}.address", f"{q.address!r} is not a system address ([[address]])")
+        elif addr.valid != "valid":
+            add(at(key), f"{key}.address", f"system address {q.address!r} is {addr.valid} but "
+                f"queue {q.name!r} uses it; an address may only be invalidated when no queue "
+                "uses it")
+
+    names: set[str] = set()
+    for i, acc in enumerate(cfg.account):
+        key = f"account[{i}]"
+        if acc.name in names:
+            add(at(key), f"{key}.name", f"duplicate account {acc.name!r}")
+        names.add(acc.name)
+        if not 0 <= acc.port < 65536:
+            add(at(key), f"{key}.port",
+                "must be between 1 and 65535 (0: the default port of the type)")
+        if acc.dispatch == "queue" and not acc.queue:
+            add(at(key), f"{key}.queue", "required when dispatch = \"queue\"")
+        if acc.queue and acc.queue.lower() not in queue_names:
+            add(at(key), f"{key}.queue", f"queue {acc.queue!r} is not defined by any [[queue]]")
+        if acc.type in ("imap", "pop3") and not acc.allow_plaintext and acc.oauth2 is None:
+            add(at(key), f"{key}.type", f"{acc.type} sends the password without TLS; use "
+                f"{acc.type}s or {acc.type}tls, or set allow_plaintext = true")
+        if acc.password is None and acc.oauth2 is None:
+            add(at(key), f"{key}.password", "give password, password_file, password_env or an "
+                "[account.oauth2] table")
+        af = acc.after_fetch
+        allowed = af in ("delete", "keep") or (af.startswith("move:") and len(af) > 5
+                                               and acc.type.startswith("imap"))
+        if not allowed:
+            add(at(key), f"{key}.after_fetch", f"{af!r} is not delete, keep" +
+                (" or move:<folder>" if acc.type.startswith("imap") else " (POP3 has no folders)"))
+    for i, u in enumerate(cfg.submission.user):
+        if u.default_queue and u.default_queue.lower() not in queue_names:
+            add(at(f"submission.user[{i}]"), f"submission.user[{i}].default_queue",
+                f"queue {u.default_queue!r} is not defined by any [[queue]]")
+    for ckey, count in (("gateway.batch_max", cfg.gateway.batch_max),
+                        ("lmtp.max_recipients", cfg.lmtp.max_recipients),
+                        ("submission.max_recipients", cfg.submission.max_recipients),
+                        ("relay.concurrency", cfg.relay.concurrency)):
+        if count < 1:
+            add(at(ckey), ckey, "must be at least 1")
+    if not 0 < cfg.relay.port < 65536:
+        add(at("relay.port"), "relay.port", "must be between 1 and 65535")
+    prefixes = cfg.gateway.header_prefixes
+    if not prefixes:
+        add(at("gateway.header_prefixes"), "gateway.header_prefixes",
+            "needs at least one prefix (the first is canonical), e.g. [\"X-Deskgate-\"]")
+    for prefix in prefixes:
+        if not re.fullmatch(r"X-[A-Za-z0-9]+(-[A-Za-z0-9]+)*-", prefix, re.IGNORECASE):
+            add(at("gateway.header_prefixes"), "gateway.header_prefixes",
+                f"{prefix!r} is not an X-header prefix such as 'X-OTOBO-' (X-, letters, "
+                "digits and -, ending in -)")
+    if not 1 <= cfg.lmtp.workers <= 64:
+        add(at("lmtp.workers"), "lmtp.workers", "must be between 1 and 64")
+    for skey, sessions, low in (("lmtp.max_sessions", cfg.lmtp.max_sessions, 1),
+                                ("submission.max_sessions", cfg.submission.max_sessions, 1),
+                                ("submission.max_sessions_per_ip",
+                                 cfg.submission.max_sessions_per_ip, 0)):
+        if not low <= sessions <= 100_000:
+            add(at(skey.split(".")[0]), skey, f"must be between {low} and 100000")
+    if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
+        add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
+    if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
+        add(at("submission"), "submission.tls_key", "tls_cert and tls_key go together")
+    _validate_helpdesk(cfg, at, add)
+    _validate_classifier(cfg, at, add)
+    fnames: set[str] = set()
+    for f in cfg.filters:
+        if f.name in fnames:
+            add(f.source, f"filter[{f.name}].name", f"duplicate filter name {f.name!r}")
+        fnames.add(f.name)
+
+
+def _validate_classifier(cfg: Config, at: Callable[[str], str],
+                         add: Callable[[str, str, str], None]) -> None:
+    """Ranges of the classifier keys; whether a model is readable is `check`'s business."""
+    cl = cfg.classifier
+    for key in ("min_confidence", "min_priority_confidence", "accuracy_floor"):
+        if not 0.0 <= getattr(cl, key) <= 1.0:
+            add(at(f"classifier.{key}"), f"classifier.{key}", "must be between 0 and 1")
+    if cl.min_per_class < 2:
+        add(at("classifier.min_per_class"), "classifier.min_per_class", "must be at least 2")
+    if cl.retrain_after_moves < 0:
+        add(at("classifier.retrain_after_moves"), "classifier.retrain_after_moves",
+            "cannot be negative")
+    if cl.confidence_field and not re.fullmatch(r"[A-Za-z0-9_-]+", cl.confidence_field):
+        add(at("classifier.confidence_field"), "classifier.confidence_field",
+            "a dynamic field name: letters, digits, _ and - only")
+
+
+def _validate_helpdesk(cfg: Config, at: Callable[[str], str],
+                       add: Callable[[str, str, str], None]) -> None:
+    """Each helpdesk type needs its own keys; paths must be readable."""
+    hd = cfg.helpdesk
+    if not hd.enabled:
+        return
+
+    def need(key: str, ok: object, why: str) -> None:
+        if not ok:
+            add(at(f"helpdesk.{key}"), f"helpdesk.{key}", f"required for type = {hd.type!r}: {why}")
+
+    if hd.type == "otobo-postmaster":
+        need("command", hd.command, "the PostMaster command, e.g. "
+             '["/opt/otobo/bin/otobo.Console.pl", "Maint::PostMaster::Read"]')
+    else:
+        need("url", hd.url, "the base URL of the helpdesk's API (or the webhook endpoint)")
+        if hd.url and not hd.url.startswith(("http://", "https://")):
+            add(at("helpdesk.url"), "helpdesk.url", f"{hd.url!r} is not an http:// or https:// URL")
+    if hd.type in ("otobo-rest", "znuny-rest"):
+        need("user", hd.user, "the agent login of the web service")
+        need("password", hd.password is not None, "give password, password_file or password_env")
+    if hd.type == "rt-rest2" and hd.token is None and not (hd.user and hd.password is not None):
+        add(at("helpdesk"), "helpdesk.token", "required for type = 'rt-rest2': give token_file "
+            "(or user and password_file)")
+    if hd.type == "webhook":
+        need("secret", hd.secret is not None, "the HMAC-SHA256 key: give secret_file or secret_env")
+    if hd.tls_ca_file and not cfg.path(hd.tls_ca_file).is_file():
+        add(at("helpdesk.tls_ca_file"), "helpdesk.tls_ca_file",
+            f"{cfg.path(hd.tls_ca_file)} does not exist")
+    if hd.concurrency < 1:
+        add(at("helpdesk.concurrency"), "helpdesk.concurrency", "must be at least 1")
+    for name in hd.queues:
+        if cfg.queue and cfg.queue_by_name(name) is None:
+            add(at("helpdesk.queues"), f"helpdesk.queues.{name}",
+                f"queue {name!r} is not defined by any [[queue]]")
+    if hd.ticket_url and "{id}" not in hd.ticket_url and "{number}" not in hd.ticket_url:
+        add(at("helpdesk.ticket_url"), "helpdesk.ticket_url",
+            "the template needs {id} or {number}")
