@@ -9,9 +9,12 @@ administrator can set `[helpdesk] url` to it.
 
 urllib's timeout applies to each socket operation: a helpdesk that sends its
 answer a byte every few seconds held a connector thread, and the lease of its
-row, for ever. `request` gives the whole request — connecting, TLS, sending,
-the answer to its last byte — `[helpdesk] timeout` in all: when it runs out the
-connection is shut down and the request fails with TimeoutError.
+row, for ever; and each address of the helpdesk's name was given the whole
+timeout to connect, so a name whose addresses drop SYNs cost one timeout per
+address. `request` gives the whole request — resolving the name, connecting to
+its addresses in turn, TLS, sending, the answer to its last byte —
+`[helpdesk] timeout` in all: when it runs out the connection is shut down and the
+request fails with TimeoutError.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -42,6 +46,7 @@ class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+        self._end = time.monotonic() + seconds
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -54,6 +59,61 @@ class _Deadline:
             if self.expired:
                 _shut(dup)
 
+    def left(self) -> float:
+        return self._end - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.expired or self.left() <= 0
+
+    def open_connection(self, address: tuple[str, int], timeout: float,
+                        source_address: tuple[str, int] | None = None) -> socket.socket:
+        """socket.create_connection with what is left of the deadline, not `timeout`,
+        for the name's resolution and for all its addresses together."""
+        host, port = address
+        err: OSError | None = None
+        for family, kind, proto, _, sockaddr in self._resolve(host, port):
+            left = self.left()
+            if left <= 0:
+                break
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(left)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                err = exc
+                continue
+            sock.settimeout(timeout)
+            return sock
+        if err is not None and self.left() > 0:
+            raise err
+        raise TimeoutError(f"connecting to {host} port {port} timed out")
+
+    def _resolve(self, host: str, port: int) -> list[Any]:
+        """getaddrinfo, given no more than what is left: a resolver that does not
+        answer is left to finish in its own thread."""
+        with contextlib.suppress(socket.gaierror):       # an address: nothing to wait for
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                      flags=socket.AI_NUMERICHOST)
+        found: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as exc:
+                found.append(exc)
+            done.set()
+
+        threading.Thread(target=run, name="helpdesk-resolve", daemon=True).start()
+        if not done.wait(max(self.left(), 0)):
+            raise TimeoutError(f"resolving {host} timed out")
+        if isinstance(found[0], OSError):
+            raise found[0]
+        return list(found[0])
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
@@ -62,6 +122,7 @@ class _Deadline:
 
     def __enter__(self) -> _Deadline:
         _current.deadline = self
+        self._end = time.monotonic() + self.seconds
         self._timer.start()
         return self
 
@@ -84,8 +145,10 @@ _current = threading.local()       # the _Deadline of the request this thread is
 
 class _Watched(http.client.HTTPConnection):
     def connect(self) -> None:
-        super().connect()    # TCP only: HTTPSConnection wraps the socket after this
         deadline: _Deadline | None = getattr(_current, "deadline", None)
+        if deadline is not None:      # name and addresses within the deadline too
+            self._create_connection = deadline.open_connection
+        super().connect()    # TCP only: HTTPSConnection wraps the socket after this
         if deadline is not None and self.sock is not None:
             deadline.watch(self.sock)
 
@@ -132,7 +195,7 @@ def request(op: urllib.request.OpenerDirector, req: urllib.request.Request,
         with deadline:
             answer = _exchange(op, req, timeout, limit)
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        if deadline.expired:
+        if deadline.passed():
             raise TimeoutError(_late(timeout)) from None
         if isinstance(exc, OSError):
             raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import textwrap
 import time
@@ -19,6 +21,7 @@ from gateway.helpdesk.webhook import Webhook
 from gateway.model import AttachmentData
 from tests.integration.helpdesk.items import item, mail
 from tests.peers.ca import TestCA
+from tests.peers.ports import free_port
 from tests.unit.helpdesk.fakehttp import Answer, FakeHttp, Request, fake_http
 
 
@@ -109,6 +112,65 @@ class TestTotalDeadline:
         for _ in range(3):
             assert connector("webhook", "/hook", timeout="1s").deliver(
                 item(mail("hello"))).ticket_number == "1041"
+
+
+@contextlib.contextmanager
+def blackholed(addresses: tuple[str, ...]) -> Iterator[int]:
+    """A port on each of `addresses` where a connect hangs: a listener with backlog 0
+    whose queue is filled by one connection nobody accepts, so Linux drops further
+    SYNs (the client retransmits them, as towards a firewall that drops them)."""
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        for addr in addresses:
+            lsn = stack.enter_context(socket.socket())
+            lsn.bind((addr, port))
+            lsn.listen(0)
+            filler = stack.enter_context(socket.socket())
+            filler.connect((addr, port))
+            probe = stack.enter_context(socket.socket())
+            probe.settimeout(0.3)
+            with contextlib.suppress(TimeoutError):
+                probe.connect((addr, port))
+                pytest.skip(f"a full backlog on {addr} does not hold a connect here")
+        yield port
+
+
+class TestDeadlineCoversConnect:
+    """The deadline counts from before the name is resolved and the first address is
+    tried: a helpdesk name whose addresses all drop SYNs costs `[helpdesk] timeout`
+    once, not once per address."""
+
+    def test_three_addresses_that_drop_syns_cost_one_timeout(
+            self, make_confdir: Callable[..., Path],
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        addrs = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+        real = socket.getaddrinfo
+
+        def resolve(host: object, port: object, *args: object, **kw: object) -> object:
+            if host == "helpdesk.test":     # the name's three A records
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                        for a in addrs]
+            return real(host, port, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        with blackholed(addrs) as port:
+            conf = make_confdir({"60-hd.toml": textwrap.dedent(f"""
+                [helpdesk]
+                type = "webhook"
+                url = "http://helpdesk.test:{port}/hook"
+                secret_file = "sec"
+                timeout = "1s"
+                """)})
+            (conf.parent / "sec").write_text("s3cret\n")
+            (conf.parent / "sec").chmod(0o600)
+            hook = Webhook(load_config(conf))
+            t0 = time.monotonic()
+            with pytest.raises(HandoffError) as exc:
+                hook.deliver(item(mail("hello")))
+            took = time.monotonic() - t0
+        assert exc.value.temporary
+        assert "timed out" in str(exc.value) and "1 s" in str(exc.value)
+        assert took < 1.8, f"the attempt took {took:.1f} s against a 1 s timeout"
 
 
 class TestRedirects:
