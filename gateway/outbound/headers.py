@@ -87,3 +87,27 @@ def ids_that_fit(value: str) -> str:
     longer one is left out, since written it would make a line over MAX_LINE octets."""
     return " ".join(w for w in value.split()
                     if len(w.encode("utf-8", "surrogateescape")) < MAX_LINE)
+
+
+# A MIME part of RFC 6533 (message/global-headers, message/global-delivery-status) or
+# RFC 6532 (message/global): UTF-8 header fields carried as a body.
+_GLOBAL_PART = re.compile(rb"^content-type:[ \t]*message/global", re.IGNORECASE | re.MULTILINE)
+
+
+def needs_smtputf8(data: bytes) -> bool:
+    """Whether the message `data` (CRLF) carries internationalized header fields raw:
+    UTF-8 in its own header section (RFC 6532) or in a message/global* part left 8-bit
+    (a DSN returning such headers, RFC 6533). Such a message goes with SMTPUTF8
+    (RFC 6531 3.4), whatever its envelope. 8-bit bytes that are not UTF-8 make no
+    RFC 6532 message: they are 8-bit content (BODY=8BITMIME) as before."""
+    if data.isascii():
+        return False
+    sep = data.find(b"\r\n\r\n")
+    head = data if sep < 0 else data[:sep]
+    if not head.isascii():
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+    return _GLOBAL_PART.search(data) is not None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import Config, RelayConfig
+from gateway.outbound.headers import needs_smtputf8
 
 
 @dataclass
@@ -170,6 +171,16 @@ class SmtpTransport(Transport):
                     keep = True
                     return att
                 options.append("SMTPUTF8")
+            elif needs_smtputf8(data):
+                # UTF-8 header fields (RFC 6532), or a DSN returning them (RFC 6533),
+                # with an ASCII envelope: SMTPUTF8 where the relay offers it; to one
+                # that does not they go as 8-bit content, as before, rather than not at
+                # all (a DSN to an ASCII return path must still arrive).
+                if conn.has_extn("smtputf8"):
+                    options.append("SMTPUTF8")
+                else:
+                    att.note("Notice", "MailFrom", "UTF-8 header fields sent without "
+                             "SMTPUTF8: the relay does not offer it")
             if not data.isascii() and conn.has_extn("8bitmime"):
                 # RFC 6152: 8-bit content is announced (DKIM re-encodes what it may,
                 # a part under a signature keeps its bytes).

@@ -297,3 +297,70 @@ class TestInternationalAddresses:
             received
         info = parse_dsn(message_from_bytes(dsn.data))
         assert info is not None and info.action == "failed" and info.status == "5.7.1"
+
+    def test_utf8_headers_with_an_ascii_envelope_still_go_to_a_relay_without_smtputf8(
+            self, outbound_config, run_gateway):
+        """UTF-8 header fields alone do not make a relay without SMTPUTF8 refuse the
+        message (as a UTF-8 address does): it is sent as 8-bit content, with a Notice."""
+        msg = ("From: Jörg <app@internal.test>\r\nTo: cust@customer.test\r\n"
+               "Subject: Grüße\r\nMessage-ID: <utf8-hdr-2@internal.test>\r\n\r\nbody\r\n")
+        with AuthSink(smtputf8=False) as sink:
+            cfg = outbound_config(sink.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.sendmail("app@internal.test", ["cust@customer.test"], msg.encode(),
+                           mail_options=["SMTPUTF8"])
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            (got,) = sink.received
+            assert b"Subject: [Ticket#" in got.data and "Grüße".encode() in got.data
+        notes = [e.value for e in rows(rg.gateway.engine, CommEntry)]
+        assert any("without SMTPUTF8" in v for v in notes), notes
+
+    def test_dsn_returning_utf8_headers_to_an_ascii_return_path_goes_with_smtputf8(
+            self, outbound_config, run_gateway):
+        """A message with ASCII addresses but raw UTF-8 headers (RFC 6532: a UTF-8 From
+        display name and Subject) is bounced with those headers as message/global-headers,
+        and the DSN carrying them goes through a real Postfix with SMTPUTF8 (UTF8SMTP in
+        its Received line), although its own envelope is ASCII."""
+        if not pfmod.available():
+            missing_peer("Postfix binaries missing or not running as root")
+        msg = ("From: Jörg Müller <app@kunde.test>\r\nTo: gone@customer.test\r\n"
+               "Subject: Grüße aus Köln\r\nMessage-ID: <utf8-hdr-1@kunde.test>\r\n\r\n"
+               "body\r\n").encode()
+        with AuthSink() as sink, pfmod.postfix_dir() as base:
+            pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
+            pf.write_config()
+            pf.run("postconf", "-e",
+                   f"transport_maps=inline:{{ kunde.test=smtp:[127.0.0.1]:{sink.port} }}",
+                   "relay_domains=kunde.test, customer.test",
+                   "smtpd_recipient_restrictions=check_recipient_access "
+                   "inline:{ gone@customer.test=REJECT }, "
+                   "permit_mynetworks, reject")
+            with (pf.conf / "master.cf").open("a") as fh:
+                fh.write("smtp      unix  -       -       n       -       -       smtp\n")
+            pf.run("postfix", "start")
+            pf.running = True
+            try:
+                pf._wait_listening()
+                cfg = outbound_config(pf.port, retry="1h")
+                rg = run_gateway(cfg)
+                with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                    s.sendmail("app@kunde.test", ["gone@customer.test"], msg,
+                               mail_options=["SMTPUTF8"])
+                wait_for(lambda: sink.received, timeout=30, what="the DSN behind Postfix")
+            finally:
+                pf.stop()
+        assert statuses(rg.gateway.engine)[0] == "failed"
+        (dsn,) = sink.received
+        assert dsn.mail_from == "" and dsn.rcpts == ["app@kunde.test"]
+        head = re.sub(rb"\r\n[ \t]+", b" ", dsn.data.split(b"\r\n\r\n", 1)[0])
+        received = [ln for ln in head.split(b"\r\n") if ln.startswith(b"Received:")]
+        assert any(b"with UTF8SMTP" in ln and b"helpdesk.test" in ln for ln in received), \
+            received
+        parsed = message_from_bytes(dsn.data)
+        (returned,) = [p for p in parsed.walk()
+                       if p.get_content_type() == "message/global-headers"]
+        assert returned["Content-Transfer-Encoding"] == "8bit"
+        assert "Grüße aus Köln".encode() in dsn.data
+        info = parse_dsn(parsed)
+        assert info is not None and info.action == "failed" and info.status == "5.7.1"
