@@ -63,7 +63,7 @@ def _connection(args: argparse.Namespace, *, write: bool = False) -> Iterator[Co
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gateway.helpdesk.outbox import list_handoffs
+    from gateway.helpdesk.outbox import attempt_note, list_handoffs
 
     with _connection(args) as conn:
         rows = list_handoffs(conn, status=args.status, limit=args.limit)
@@ -74,7 +74,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no hand-offs" + (f" with status {args.status}" if args.status else " waiting"))
         return EX_OK
     print_table([[r["id"], r["ticket"] or f"id:{r['ticket_id']}", r["kind"], r["status"],
-                  r["attempts"], _attempt(r) or (f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}"
+                  r["attempts"], attempt_note(r) or (f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}"
                   if r["next_attempt"] else ""), r["helpdesk_ticket_number"]
                   or r["helpdesk_ticket_id"], r["last_error"]] for r in rows],
                 ["ID", "TICKET", "KIND", "STATUS", "TRIES", "NEXT", "HELPDESK TICKET",
@@ -82,19 +82,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _attempt(r: dict[str, Any]) -> str:
-    """What the node that claimed a pending row is doing: handing it off now, or
-    nothing any more (its lease ran out without an outcome: it died or hung)."""
-    if r["in_delivery"]:
-        return f"in delivery by {r['claimed_by']}"
-    if r["claimed_by"]:
-        return (f"attempt by {r['claimed_by']} did not finish (lease ran out "
-                f"{r['lease_until']:%Y-%m-%d %H:%M:%S}; it counts as failed)")
-    return ""
-
-
 def cmd_show(args: argparse.Namespace) -> int:
-    from gateway.helpdesk.outbox import show
+    from gateway.helpdesk.outbox import attempt_note, show
 
     with _connection(args) as conn:
         d = show(conn, args.id)
@@ -110,8 +99,8 @@ def cmd_show(args: argparse.Namespace) -> int:
               "created", "delivered", "helpdesk_ticket_id", "helpdesk_ticket_number", "key",
               "claimed_by", "lease_until", "in_delivery", "waiting_for"):
         print(f"{k:22} {'' if d[k] is None else d[k]}")
-    if d["status"] == "pending" and _attempt(d):
-        print(f"{'attempt':22} {_attempt(d)}")
+    if attempt_note(d):
+        print(f"{'attempt':22} {attempt_note(d)}")
     print("decisions:")
     for k, v in sorted(d["decisions"].items()):
         print(f"  {k}: {v}")

@@ -11,6 +11,7 @@ creation of its ticket.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -380,6 +381,18 @@ def _row(h: Any, number: str | None = None, hd_id: str = "", hd_number: str = ""
             "claimed_by": claimed, "lease_until": lease if claimed else None}
 
 
+def attempt_note(r: Mapping[str, Any]) -> str:
+    """What the node that claimed a pending row (a row of `list_handoffs`, `show` or
+    `ticket_state`) is doing: handing it off now, or nothing any more (its lease ran
+    out without an outcome: it died or hung); "" when no node holds it."""
+    if r.get("status", r.get("state")) != "pending" or not r["claimed_by"]:
+        return ""
+    if r["in_delivery"]:
+        return f"in delivery by {r['claimed_by']}"
+    return (f"attempt by {r['claimed_by']} did not finish (lease ran out "
+            f"{r['lease_until']:%Y-%m-%d %H:%M:%S}; it counts as failed)")
+
+
 def list_handoffs(conn: Connection, *, status: str | None = None, limit: int = 1000,
                   ticket_id: int | None = None) -> list[dict[str, Any]]:
     """Rows newest first; default: everything not delivered."""
@@ -544,9 +557,12 @@ def ticket_state(conn: Connection, ticket_id: int) -> dict[str, Any] | None:
     if r is None:
         return None
     h = r
+    row = _row(h)
     return {"type": h.helpdesk, "ticket_id": r.helpdesk_ticket_id,
             "ticket_number": r.helpdesk_ticket_number, "state": h.status,
-            "attempts": h.attempts, "last_error": h.last_error, "handoff_id": h.id}
+            "attempts": h.attempts, "last_error": h.last_error, "handoff_id": h.id,
+            "in_delivery": row["in_delivery"], "claimed_by": row["claimed_by"],
+            "lease_until": row["lease_until"]}
 
 
 def message_id_for(key: str, hostname: str) -> str:

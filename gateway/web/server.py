@@ -353,6 +353,10 @@ class Dashboard:
         data = await self.db(lambda c: ticket_detail(c, number, url))
         if data is None:
             return self.not_found(request, f"There is no ticket {number}.")
+        if data["helpdesk"]:
+            from gateway.helpdesk.outbox import attempt_note
+
+            data["helpdesk"]["attempt"] = attempt_note(data["helpdesk"])
         return self.render(request, "ticket.html", title=f"Ticket {number}", t=data,
                            hook=self.gw.config.gateway.ticket_hook)
 
@@ -375,6 +379,8 @@ class Dashboard:
             return outbox.list_handoffs(conn, limit=500), outbox.stats(conn)
 
         rows, st = await self.db(read)
+        for r in rows:
+            r["attempt"] = outbox.attempt_note(r)
         hd = self.gw.config.helpdesk
         return self.render(request, "handoff.html", title="Hand-offs to the helpdesk",
                            rows=rows, configured=hd.enabled, helpdesk=hd.type,
@@ -388,6 +394,7 @@ class Dashboard:
         data = await self.db(lambda c: outbox.show(c, hid))
         if data is None:
             return self.not_found(request, f"There is no hand-off #{hid}.")
+        data["attempt"] = outbox.attempt_note(data)
         return self.render(request, "handoff_item.html", title=f"Hand-off #{hid}", h=data)
 
     async def metrics(self, request: web.Request) -> web.Response:
