@@ -116,6 +116,10 @@ class Gateway:
         # After a reload asked for from inside (the dashboard's admin pages): the
         # pre-forked LMTP workers reload too, as on SIGHUP. `serve` sets it.
         self.reload_others: Callable[[], None] = lambda: None
+        # The pre-forked LMTP workers that commit in their own writer because their
+        # connection to the commit process is gone ("lmtp worker N"), for /healthz.
+        # `serve` sets it; the workers report over their control sockets.
+        self.commit_lost_by_workers: Callable[[], list[str]] = lambda: []
         self.with_services = False     # the main process runs the services, LMTP workers not
 
     # ---------------------------------------------------------------- setup

@@ -88,6 +88,8 @@ class Host(Protocol):
     outbound: OutboundPipeline | None
     # After a reload asked for from inside (the dashboard): the other processes too.
     reload_others: Callable[[], None]
+    # The LMTP workers committing in their own writer, without the commit process.
+    commit_lost_by_workers: Callable[[], list[str]]
 
     async def reload(self) -> bool:
         """Re-read the configuration; False (and the old one kept) when it is invalid."""

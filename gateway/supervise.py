@@ -105,9 +105,10 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket],
     """A pre-forked LMTP worker: LMTP on the shared sockets, no other service.
     `control` brings the socket of a commit process the main process started again."""
     gw = Gateway(config)
-    await _connect_commit(gw, commit_sock)
+    report = _commit_reporter(gw, control) if commit_sock is not None else None
+    await _connect_commit(gw, commit_sock, report)
     if control is not None:
-        _listen_for_commit_sockets(gw, control)
+        _listen_for_commit_sockets(gw, control, report)
     servers = await gw.start(socks, services=False)
     _settle_heap()
     stop = asyncio.Event()
@@ -132,8 +133,10 @@ async def serve_worker(config: Config, socks: Sequence[socket.socket],
     await gw.stop(servers)
 
 
-async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
-    """Send this LMTP process's prepared messages to the commit process."""
+async def _connect_commit(gw: Gateway, sock: socket.socket | None,
+                          report: Callable[[], None] | None = None) -> None:
+    """Send this LMTP process's prepared messages to the commit process. `report`
+    (an LMTP worker's) tells the main process now and whenever the connection is lost."""
     if sock is None:
         return
     from gateway.inbound.commitproc import CommitClient
@@ -141,6 +144,9 @@ async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
     client = CommitClient(sock)
     await client.connect()
     old, gw.pipeline.remote = gw.pipeline.remote, client
+    if report is not None:
+        client.on_lost = report
+        report()
     if old is not None:
         # A commit process that still runs (only this connection broke, or another
         # process's did): what it is committing is answered; then this end closes,
@@ -148,7 +154,26 @@ async def _connect_commit(gw: Gateway, sock: socket.socket | None) -> None:
         old.retire()
 
 
-def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
+COMMIT_UP, COMMIT_GONE = b"commit up", b"commit gone"
+
+
+def _commit_reporter(gw: Gateway, control: socket.socket | None
+                     ) -> Callable[[], None] | None:
+    """A worker's report to the main process, over its control socket, of whether it
+    sends its messages to the commit process (COMMIT_UP) or commits itself (COMMIT_GONE)."""
+    if control is None:
+        return None
+
+    def report() -> None:
+        remote = gw.pipeline.remote
+        with contextlib.suppress(OSError):      # a main process that is gone: SIGTERM
+            control.send(COMMIT_UP if remote is not None and remote.up else COMMIT_GONE)
+
+    return report
+
+
+def _listen_for_commit_sockets(gw: Gateway, control: socket.socket,
+                               report: Callable[[], None] | None = None) -> None:
     """A worker's side of its control socket: each message carries the socket of a
     new commit process, which this process sends its prepared messages to from then on."""
     loop = asyncio.get_running_loop()
@@ -165,7 +190,8 @@ def _listen_for_commit_sockets(gw: Gateway, control: socket.socket) -> None:
             loop.remove_reader(control.fileno())
             return
         for fd in fds:
-            task = asyncio.ensure_future(_connect_commit(gw, socket.socket(fileno=fd)))
+            task = asyncio.ensure_future(_connect_commit(gw, socket.socket(fileno=fd),
+                                                         report))
             connecting.add(task)
             task.add_done_callback(connecting.discard)
 
@@ -189,8 +215,15 @@ class CommitKeeper:
     def __init__(self, gw: Gateway, workers: list[int], pid: int,
                  controls: Sequence[socket.socket]) -> None:
         self.gw, self.workers, self.controls = gw, workers, list(controls)
-        for control in self.controls:   # a worker that stops reading never blocks us
-            control.setblocking(False)
+        # Per LMTP worker (numbered from 1, as its control socket): whether it sends its
+        # messages to the commit process, as it last reported.
+        self.worker_up = [True] * len(self.controls)
+        loop = asyncio.get_running_loop()
+        for n, control in enumerate(self.controls):
+            control.setblocking(False)  # a worker that stops reading never blocks us
+            loop.add_reader(control.fileno(), self._read_report, n, control)
+        gw.commit_lost_by_workers = lambda: [f"lmtp worker {n + 1}" for n, up
+                                             in enumerate(self.worker_up) if not up]
         self.pid: int | None = pid
         self.pause = self.FIRST_PAUSE
         self.started = time.monotonic()
@@ -198,6 +231,19 @@ class CommitKeeper:
         self.stopping = False
         self._task: asyncio.Task[None] | None = None
         self._watch()
+
+    def _read_report(self, n: int, control: socket.socket) -> None:
+        """A worker's COMMIT_UP or COMMIT_GONE (_commit_reporter)."""
+        while True:
+            try:
+                msg = control.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                asyncio.get_running_loop().remove_reader(control.fileno())
+                return
+            if msg in (COMMIT_UP, COMMIT_GONE):
+                self.worker_up[n] = msg == COMMIT_UP
 
     def _watch(self) -> None:
         remote = self.gw.pipeline.remote
@@ -225,6 +271,9 @@ class CommitKeeper:
 
     def stop(self) -> None:
         self.stopping = True
+        for control in self.controls:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(control.fileno())
         if self._task is not None:
             self._task.cancel()
 

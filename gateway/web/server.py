@@ -423,8 +423,12 @@ class Dashboard:
                 not_accepting[f"lmtp {where}"] = "not serving"
         down = self.gw.services_down()
         remote = getattr(getattr(self.gw, "pipeline", None), "remote", None)
-        # "gone": this process commits in its own writer (slower; nothing is lost)
-        commit_process = "off" if remote is None else "up" if remote.up else "gone"
+        # "gone": this process, or an LMTP worker (it reports to this one), commits in
+        # its own writer (slower; nothing is lost)
+        gone_in = [] if remote is None or remote.up else ["main"]
+        if remote is not None:
+            gone_in += self.gw.commit_lost_by_workers()
+        commit_process = "off" if remote is None else "gone" if gone_in else "up"
         # A node without LMTP (`[lmtp] listen = []`: a poller or submission node)
         # needs no listener to be healthy; one with LMTP configured needs them all.
         wanted = bool(self.gw.config.lmtp.listen)
@@ -434,6 +438,7 @@ class Dashboard:
                 "listeners_serving": sum(listeners), "not_accepting": not_accepting,
                 "sessions": sessions, "services": self.gw.services_up(),
                 "services_not_running": down, "commit_process": commit_process,
+                "commit_process_gone_in": gone_in,
                 "time": time.time()}
         return web.Response(text=json.dumps(body) + "\n", content_type="application/json",
                             status=200 if ok else 503)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import pickle
@@ -101,6 +102,34 @@ def health(port: int) -> dict | None:
             return json.loads(r.read())
     except OSError:
         return None
+
+
+def cut_commit_link(worker: int, committer: int) -> None:
+    """Break the connection between an LMTP worker and the commit process, and only
+    that one: shut down the worker's socket (a copy taken with pidfd_getfd; `ss` lists
+    each socket's peer inode and owners)."""
+    out = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    owners: dict[str, list[tuple[int, int]]] = {}
+    peer_of: dict[str, str] = {}
+    for line in out.splitlines():
+        tokens = line.split()
+        if len(tokens) > 8 and "pid=" in line:
+            peer_of[tokens[5]] = tokens[7]
+            owners[tokens[5]] = [(int(u.split("pid=")[1].split(",")[0]),
+                                  int(u.split("fd=")[1].split(")")[0]))
+                                 for u in line.split("users:", 1)[1].split("),(")]
+    fds = [fd for ino, who in owners.items() for pid, fd in who if pid == worker
+           and any(p == committer for p, _ in owners.get(peer_of[ino], []))]
+    assert len(fds) == 1, (fds, out)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(worker)
+    try:
+        copy = libc.syscall(438, pidfd, fds[0], 0)      # pidfd_getfd (x86_64)
+        assert copy >= 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(pidfd)
+    with socket.socket(fileno=copy) as s:
+        s.shutdown(socket.SHUT_RDWR)
 
 
 class TestServe:
@@ -230,6 +259,35 @@ class TestServe:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
             assert wait_for(lambda: not Path(f"/proc/{again}").exists(), 20)
+        finally:
+            stop_serve(proc)
+
+
+    def test_a_worker_that_lost_the_commit_process_shows_in_healthz(self, make_confdir):
+        """workers = 2: when only the worker's connection to the commit process breaks,
+        the worker commits in its own writer (250 all the same) and /healthz, served by
+        the main process whose own connection is fine, says so: "gone", naming the
+        worker; ok stays true."""
+        port = free_port()
+        conf = make_confdir({"50-x.toml": f'[dashboard]\nlisten = "127.0.0.1:{port}"\n'
+                             "[lmtp]\nworkers = 2\n"})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1
+                            and len(lmtp_workers_of(proc.pid)) == 1)
+            (committer,), (worker,) = commit_process_of(proc.pid), lmtp_workers_of(proc.pid)
+            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up")
+            assert health(port)["commit_process_gone_in"] == []
+            cut_commit_link(worker, committer)
+            assert wait_for(lambda: health(port)["commit_process"] == "gone", 10), \
+                health(port)
+            h = health(port)
+            assert h["commit_process_gone_in"] == ["lmtp worker 1"] and h["ok"] is True
+            # the worker still answers, committing itself; the main process still
+            # uses the commit process
+            assert {send(sock, f"c{n}") for n in range(10)} == {250}
+            assert commit_process_of(proc.pid) == [committer]
         finally:
             stop_serve(proc)
 
