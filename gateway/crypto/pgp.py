@@ -180,6 +180,8 @@ def decrypt(store: PgpStore, data: bytes, prefer: list[str]) -> tuple[bytes, Pgp
     for pw in _candidates(store, prefer):
         res = store.gpg.decrypt(data, passphrase=pw,
                                 extra_args=["--pinentry-mode", "loopback"])
+        if _STATUS + "BADSIG " in (res.stderr or ""):
+            return _decrypt_signed(store, data, pw)
         if res.ok:
             return res.data, _verification(store, res)
         last = res
@@ -188,6 +190,32 @@ def decrypt(store: PgpStore, data: bytes, prefer: list[str]) -> tuple[bytes, Pgp
             break       # another passphrase would not help
     assert last is not None
     raise PgpError(_decrypt_reason(last))
+
+
+def _decrypt_signed(store: PgpStore, data: bytes, pw: str | None
+                    ) -> tuple[bytes, PgpVerification]:
+    """Decrypt a message whose signatures gpg stopped checking at a bad one.
+
+    Decryption runs in batch mode (gpg reads a passphrase only then), and in batch
+    mode gpg exits at the first bad signature: the signatures after it are never
+    checked, and the decryption is not even reported as done. So the encryption
+    layer alone is taken off (--unwrap, batch mode, passphrase) and the signed
+    message inside is read again without batch mode, where gpg checks every
+    signature. Only then: a message without a bad signature costs one gpg run.
+    """
+    unwrapped = store.gpg.decrypt(data, passphrase=pw,
+                                  extra_args=["--pinentry-mode", "loopback", "--unwrap"])
+    if not unwrapped.ok or not unwrapped.data:
+        raise PgpError(_decrypt_reason(unwrapped))
+    # Nothing is left to decrypt, so nothing may ask for a passphrase.
+    res = store.gpg.decrypt(bytes(unwrapped.data),
+                            extra_args=[*_VERIFY_ARGS, "--pinentry-mode", "error"])
+    if timed_out(res):
+        raise PgpError("cannot decrypt: " + _timeout_text())
+    if _STATUS + "PLAINTEXT " not in (res.stderr or ""):
+        raise PgpError("cannot decrypt: gpg did not read the signed message inside "
+                       f"the encryption ({res.status or 'gpg failed'})")
+    return bytes(res.data), _verdict(store, res)
 
 
 def _timeout_text() -> str:

@@ -421,6 +421,62 @@ class TestSeveralSignatures:
             (COLLEAGUE, False), (CUSTOMER, True)]
         assert c["signature_valid"] is False and "signature bad" in c["error"]
 
+    def test_encrypted_with_a_bad_first_signature_records_every_signature(
+            self, pgp_env, pgp_keys, colleague, deliver):
+        """Encrypted and signed by two (one-pass, as gpg --encrypt --sign makes it) whose
+        first signature is bad: decrypted, both signatures recorded in order, not valid
+        (PGP/MIME and inline)."""
+        pgp_env.stores.pgp.import_(colleague)
+        armored = encrypted_with_bad_first_signature(pgp_keys.customer, INNER, COLLEAGUE,
+                                                     CUSTOMER)
+        text = encrypted_with_bad_first_signature(pgp_keys.customer, b"inline secret\n",
+                                                  COLLEAGUE, CUSTOMER)
+        for raw, shown in ((pgp_mime_encrypted(armored, "two9"), "VPN drops"),
+                           (inline(text, "two10"), "inline secret")):
+            d = deliver(raw)
+            c = d.crypto
+            assert c["encrypted"] and c["decrypted"], c["error"]
+            assert [(s["signer"], s["valid"]) for s in c["signatures"]] == [
+                (COLLEAGUE, False), (CUSTOMER, True)]
+            assert c["signatures"][0]["error"] == "signature bad"
+            assert c["signatures"][1]["fingerprint"] == pgp_keys.customer.fingerprint(CUSTOMER)
+            assert c["signed"] and c["signature_valid"] is False and c["signer"] == CUSTOMER
+            assert "signature bad" in c["error"] and COLLEAGUE in c["error"]
+            assert shown in d.article["body"]
+
+
+def _packets(peer, data: bytes) -> list[bytes]:
+    """The top-level OpenPGP packets of data, cut where gpg --list-packets says."""
+    listing = peer.run("--list-packets", input=data).stdout.decode()
+    out = []
+    for line in listing.splitlines():
+        if line.startswith("# off="):
+            f = dict(w.split("=", 1) for w in line[2:].split() if "=" in w)
+            off, size = int(f["off"]), int(f["hlen"]) + int(f["plen"])
+            out.append(data[off:off + size])
+    return out
+
+
+def encrypted_with_bad_first_signature(peer, content: bytes, bad_signer: str,
+                                       good_signer: str) -> bytes:
+    """gpg --encrypt --sign -u BAD -u GOOD, except that BAD's signature packet (the
+    first after the data) was made over other data; to SUPPORT, armored.
+
+    gpg signs and encrypts in one go, so the signed stream is made with --sign, the
+    bad signer's packet swapped for one from a signature over other text, and the
+    result encrypted as it is (--no-literal)."""
+    signed = peer.run("--sign", "--compress-algo", "none", "-u", bad_signer, "-u",
+                      good_signer, input=content).stdout
+    other = peer.run("--sign", "--compress-algo", "none", "-u", bad_signer, "-u",
+                     good_signer, input=b"something else\n").stdout
+    ops1, ops2, literal, _replaced, sig_good = _packets(peer, signed)
+    swapped = _packets(peer, other)[3]
+    assert peer.fingerprint(bad_signer)[-16:] in peer.run(
+        "--list-packets", input=swapped).stdout.decode().upper()
+    inner = ops1 + ops2 + literal + swapped + sig_good
+    return peer.run("--armor", "--encrypt", "--no-literal", "-r", SUPPORT,
+                    input=inner).stdout
+
 
 NOMAIL = "Build Server"
 
