@@ -216,9 +216,7 @@ class Poller:
                 except MailboxError as exc:
                     if exc.step == "auth" and account.oauth2 is not None:
                         self.token_source(account).invalidate()
-                    obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
-                    obj.close("Failed")
-                    errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+                    _step_failed(obj, account, exc, errors)
                     break
                 await self._db(lambda c: write_comm(c, comm))   # the Connection comes first
                 try:
@@ -297,9 +295,7 @@ class Poller:
         try:
             listing = await call(session.listing, after_uid=after_uid)
         except MailboxError as exc:
-            obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
-            obj.close("Failed")
-            errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+            _step_failed(obj, account, exc, errors)
             await call(session.abort)
             return False, False
 
@@ -326,9 +322,7 @@ class Poller:
                 todo, n_flagged = await self._below_mark(account, session, obj, call, folder,
                                                          uidvalidity, after_uid or 0)
             except MailboxError as exc:
-                obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
-                obj.close("Failed")
-                errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+                _step_failed(obj, account, exc, errors)
                 await call(session.abort)
                 return False, False
             todo = [m for m in todo if m.key not in progress.done]
@@ -425,9 +419,7 @@ class Poller:
             # Also after a failed message: what was committed before it is removed now.
             await call(session.finish)
         except MailboxError as exc:
-            obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
-            obj.close("Failed")
-            errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
+            _step_failed(obj, account, exc, errors)
             return False, False
         progress.carry.clear()
         if marked and isinstance(session, ImapSession):
@@ -681,6 +673,15 @@ class Poller:
 
 BATCH_MESSAGES = 20
 BATCH_BYTES = 8 * 1024 * 1024
+
+
+def _step_failed(obj: CommObj, account: AccountConfig, exc: MailboxError,
+                 errors: list[str]) -> None:
+    """A step of the mailbox session failed: an Error on the connection, which ends
+    Failed, and the run's error list."""
+    obj.log("Error", STEP_KEY[exc.step], f"account {account.name}: {exc.reason}")
+    obj.close("Failed")
+    errors.append(f"{STEP_KEY[exc.step]}: {exc.reason}")
 
 
 def _batches(todo: list[RemoteMessage], singly: set[str] | frozenset[str] = frozenset()
