@@ -33,7 +33,7 @@ from gateway.errors import PermanentError
 from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
 from gateway.outbound.context import OutboundContext
-from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit
+from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit, raw_utf8
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
 from gateway.store.db import is_temporary
@@ -155,7 +155,9 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     body = render(template, {"ticket_number": number, "title": ticket.title if ticket else "",
                              "customer": name})
     reply = MIMEText(body, "plain", "utf-8")
-    reply["To"] = header_safe(to)
+    # Address and Message-IDs raw (RFC 6532) when not ASCII: an encoded word is
+    # neither (RFC 2047 5); the generator would encode a non-ASCII str.
+    reply["To"] = raw_utf8(header_safe(to))
     subject = header_safe(p.subject or (ticket.title if ticket else "")).strip()
     subject = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     # Within 998 octets a line (RFC 5322 2.1.1) however long the customer's words are.
@@ -163,8 +165,9 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     # A Message-ID too long for any line is left out (it must not be encoded).
     in_reply_to = ids_that_fit(header_safe(p.message_id))
     if in_reply_to:
-        reply["In-Reply-To"] = in_reply_to
-        reply["References"] = ids_that_fit(header_safe(p.references + " " + p.message_id))
+        reply["In-Reply-To"] = raw_utf8(in_reply_to)
+        reply["References"] = raw_utf8(
+            ids_that_fit(header_safe(p.references + " " + p.message_id)))
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"

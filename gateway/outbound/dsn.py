@@ -23,7 +23,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Literal
 
-from gateway.outbound.headers import header_safe, ids_that_fit
+from gateway.outbound.headers import header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.queue import RcptResult
 
 
@@ -87,8 +87,7 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     # A UTF-8 address stays raw UTF-8 (RFC 6532; the DSN goes with SMTPUTF8 because its
     # recipient is not ASCII): an RFC 2047 encoded word is no address. As surrogates, the
     # generator writes the bytes as they are.
-    raw_to = header_safe(to).encode("utf-8", "surrogateescape")
-    report["To"] = raw_to.decode("ascii", "surrogateescape")
+    report["To"] = raw_utf8(header_safe(to))
     if action == "failed":
         report["Subject"] = "Undelivered Mail Returned to Sender"
     else:
@@ -96,8 +95,9 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     report["Date"] = email.utils.format_datetime(datetime.now(UTC))
     report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)
     report["Auto-Submitted"] = "auto-replied"
-    # A Message-ID too long for a line (RFC 5322 2.1.1) is left out: it must not be encoded.
-    in_reply_to = ids_that_fit(header_safe(original_message_id))
+    # A Message-ID too long for a line (RFC 5322 2.1.1) is left out: it must not be
+    # encoded, not even when it is UTF-8 (RFC 6532: written raw, like To:).
+    in_reply_to = raw_utf8(ids_that_fit(header_safe(original_message_id)))
     if in_reply_to:
         report["In-Reply-To"] = in_reply_to
         report["References"] = in_reply_to

@@ -28,6 +28,16 @@ def header_safe(value: str) -> str:
     return _UNSAFE.sub(" ", _FOLD.sub("", value))
 
 
+def raw_utf8(value: str) -> str:
+    """`value` for a header field that must not hold RFC 2047 encoded words (an
+    address, a Message-ID), to be written as raw UTF-8 (RFC 6532): as surrogates,
+    which the email generator writes as the bytes they stand for instead of
+    encoding them. An ASCII value is returned as it is."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("ascii", "surrogateescape")
+
+
 MAX_LINE = 998          # RFC 5322 2.1.1: octets per line, without the CRLF
 FOLD_AT = 78            # where a line that must be folded is folded (RFC 5322's "should")
 _WSP_RUN = re.compile(rb"(?<![ \t])(?=[ \t])")

@@ -495,3 +495,59 @@ class TestBuildFailures:
         assert left == [] and warns == ["Warn"]
         after = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels)
         assert after == before + 1
+
+
+class TestEncodedWordsOnlyWhereAllowed:
+    def test_utf8_address_and_message_id_are_never_encoded_words(self, desk):
+        """A customer writing from jörg@kunde.test with a UTF-8 Message-ID (RFC 6532):
+        the auto-response's To, In-Reply-To and References carry them raw, not as
+        RFC 2047 encoded words (which are no address and no msg-id); the UTF-8 Subject
+        may be encoded."""
+        _rg, deliver, sink = desk
+        deliver(mail(sender="Jörg Müller <jörg@kunde.test>", subject="Grüße",
+                     mid="<grüße-1@kunde.test>",
+                     extra="References: <r1@kunde.test> <grüße-0@kunde.test>\r\n"))
+        wait_for(lambda: len(sink.received) == 1, what="auto-response delivered")
+        got = sink.received[0]
+        assert got.rcpts == ["jörg@kunde.test"]
+        fields = dict(ln.split(b": ", 1) for ln in header_lines(got.data)
+                      if not ln[:1].isspace() and b": " in ln)
+        assert fields[b"To"].decode() == "jörg@kunde.test"
+        assert fields[b"In-Reply-To"].decode() == "<grüße-1@kunde.test>"
+        assert fields[b"References"].decode().split() == [
+            "<r1@kunde.test>", "<grüße-0@kunde.test>", "<grüße-1@kunde.test>"]
+
+
+class TestLongBodyLines:
+    def test_a_template_line_longer_than_998_octets_is_sent_within_the_limit(
+            self, tmp_path, make_confdir, run_gateway):
+        """A template whose line (a 1,500-character URL) is longer than 998 octets:
+        every line smtp-sink receives is at most 998 octets (RFC 5322 2.1.1), and the
+        decoded body still holds the whole URL."""
+        from tests.peers.require import missing_peer
+        from tests.peers.smarthost import SmtpSink
+
+        if not SmtpSink.available():
+            missing_peer("smtp-sink (Postfix) not installed")
+        url = "https://example.org/kb?" + "a" * 1500
+        desk = DESK.replace('auto_response_new = "Dear {customer},',
+                            f'auto_response_new = "See {url} ,')
+        sink = SmtpSink(tmp_path / "sink").start()
+        try:
+            conf = make_confdir({"40-outbound.toml": outbound_toml(sink.port),
+                                 "50-desk.toml": desk})
+            rg = run_gateway(load_config(conf))
+            client = LmtpClient(rg.socket_path)
+            client.lhlo()
+            _, replies = client.transaction("jane@customer.test", ["desk@example.org"],
+                                            mail())
+            client.close()
+            assert [c for c, _ in replies] == [250]
+            (got,) = wait_for(lambda: sink.count() >= 1 and sink.messages(),
+                              what="auto-response received by smtp-sink")
+        finally:
+            sink.stop()
+        data = got.data
+        assert max(len(ln) for ln in data.replace(b"\r\n", b"\n").split(b"\n")) <= 998
+        body = message_from_bytes(data).get_payload(decode=True).decode()
+        assert f"See {url} ," in body

@@ -16,6 +16,7 @@ from gateway.inbound.bounce import parse_dsn
 from gateway.outbound import queue as oq
 from gateway.outbound.context import OutboundContext, OutboundCopy
 from gateway.outbound.dsn import build_dsn
+from gateway.outbound.headers import needs_smtputf8
 from gateway.outbound.pipeline import process_in_transaction
 from gateway.outbound.rewrite import parse_submission
 from gateway.outbound.sender import record
@@ -277,6 +278,22 @@ class TestDsn:
         msg = message_from_bytes(data)
         assert msg["In-Reply-To"] is None and msg["References"] is None
         assert parse_dsn(msg) is not None
+
+    def test_utf8_message_id_is_written_raw_not_as_encoded_words(self):
+        """A UTF-8 original Message-ID (RFC 6532) is written raw in In-Reply-To and
+        References, where an RFC 2047 encoded word is no msg-id; the DSN, now an RFC 6532
+        message, is one the transport sends with SMTPUTF8."""
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers="From: s@example.org\r\nMessage-ID: "
+                                          "<grüße-1@example.org>".encode(),
+                         original_message_id="<grüße-1@example.org>",
+                         results=[oq.RcptResult(1, "a@customer.test", 550, "5.1.1 no")],
+                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+        head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        assert "In-Reply-To: <grüße-1@example.org>".encode() in head
+        assert "References: <grüße-1@example.org>".encode() in head
+        assert b"=?" not in b"\r\n".join(head)
+        assert needs_smtputf8(data)
 
     def test_8bit_original_headers_are_returned_as_sent(self):
         """A message with raw UTF-8 (and invalid 8-bit) in its headers gets a DSN whose
