@@ -15,8 +15,11 @@ database, so shared by all nodes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import functools
 import re
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -221,6 +224,53 @@ class GivenUp(Exception):
     """A request whose builds crashed until relay.retry ran out."""
 
 
+# The last_error of a request while it is built: what stays when the build ends the
+# process (SIGKILL, the OOM killer) or hangs it, and no outcome is ever written.
+UNFINISHED = "building it did not finish (the process ended or hung)"
+
+
+def begin_build(conn: Connection, rt: Runtime, req: Any, later: Deferred | None = None,
+                now: datetime | None = None) -> str:
+    """Count a build before it starts, so that one that never returns its outcome has
+    counted too: attempts + 1, the next attempt where relay.retry puts the next build
+    (relay.lease after the last one) and last_error UNFINISHED until the outcome is
+    written. A request whose previous build did not finish is given up instead when
+    the schedule has run out. 'build', 'given-up', or 'skip' (another builder has it)."""
+    from gateway.outbound.queue import retry_delay
+
+    now = now or datetime.now(UTC)
+    schedule = rt.config.relay.retry
+    if req.last_error == UNFINISHED and retry_delay(schedule, req.attempts) is None:
+        finish(conn, rt, req, GivenUp(
+            f"building it did not finish (the process ended or hung) after {req.attempts} "
+            "builds; given up (relay.retry ran out)"), later)
+        return "given-up"
+    attempts = req.attempts + 1
+    delay = retry_delay(schedule, attempts)
+    wait = delay if delay is not None else rt.config.relay.lease
+    counted = conn.execute(update(AutoResponseRequest).where(
+        AutoResponseRequest.id == req.id, AutoResponseRequest.attempts == req.attempts)
+        .values(attempts=attempts, next_attempt=now + timedelta(seconds=wait),
+                last_error=UNFINISHED)).rowcount
+    return "build" if counted == 1 else "skip"
+
+
+def uncount_build(conn: Connection, req: Any) -> None:
+    """Take back begin_build's count: the build failed because of the database."""
+    conn.execute(update(AutoResponseRequest).where(
+        AutoResponseRequest.id == req.id, AutoResponseRequest.attempts == req.attempts + 1,
+        AutoResponseRequest.last_error == UNFINISHED)
+        .values(attempts=req.attempts, next_attempt=req.next_attempt,
+                last_error=req.last_error))
+
+
+# Counts begin_build made for builds the database failed, not taken back yet because
+# the database did not answer then either (per writer, so per gateway): taken back
+# before the next pass builds anything.
+_uncounted: weakref.WeakKeyDictionary[BatchWriter, dict[int, Any]] = \
+    weakref.WeakKeyDictionary()
+
+
 def finish(conn: Connection, rt: Runtime, req: Any, built: OutboundContext | Exception,
            later: Deferred | None = None) -> int | None:
     """In one transaction: take the request (once: a concurrent builder finds it gone)
@@ -266,8 +316,9 @@ def _finish_job(rt: Runtime, req: Any, built: OutboundContext | Exception
 
 def build_failed(conn: Connection, rt: Runtime, req: Any, error: str,
                  later: Deferred | None = None, now: datetime | None = None) -> bool:
-    """Count a crashed build: the request waits for relay.retry's next delay, or, when
-    the schedule has run out, is given up (finish() with GivenUp). True if given up."""
+    """Record a crashed build (`req` as read before begin_build counted it): the request
+    waits for relay.retry's next delay, or, when the schedule has run out, is given up
+    (finish() with GivenUp). True if given up."""
     from gateway.outbound.queue import retry_delay
 
     now = now or datetime.now(UTC)
@@ -279,9 +330,8 @@ def build_failed(conn: Connection, rt: Runtime, req: Any, error: str,
             "(relay.retry ran out)"), later)
         return True
     conn.execute(update(AutoResponseRequest).where(
-        AutoResponseRequest.id == req.id, AutoResponseRequest.attempts == req.attempts)
-        .values(attempts=attempts, next_attempt=now + timedelta(seconds=delay),
-                last_error=error))
+        AutoResponseRequest.id == req.id, AutoResponseRequest.attempts == attempts)
+        .values(next_attempt=now + timedelta(seconds=delay), last_error=error))
     return False
 
 
@@ -299,15 +349,33 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
     the short enqueue goes through the writer. A request whose build fails because
     of the database stays and is tried again on the next call; one whose build
     crashed otherwise is tried again on relay.retry and given up when it runs out
-    (counted as deskgate_messages_total{door="autoresponse",result="failed"}).
+    (counted as deskgate_messages_total{door="autoresponse",result="failed"}). Each
+    build is counted before it starts, so one that ends the process counts as well.
     """
     loop = asyncio.get_running_loop()
+    owed = _uncounted.setdefault(writer, {})
+    for rid, req in list(owed.items()):
+        await writer.run(functools.partial(uncount_build, req=req))
+        del owed[rid]
     # Through the writer: it runs after the batch that committed the requests.
     reqs = await writer.run(pending_requests)
     queued = 0
     for req in reqs:
         rt = runtime()
         built: OutboundContext | Exception
+
+        def begin(conn: Connection, later: Deferred, req: Any = req,
+                  rt: Runtime = rt) -> str:
+            return begin_build(conn, rt, req, later)
+
+        if req.last_error == UNFINISHED:
+            log.warning("the last build of the auto-response did not finish",
+                        request=req.id, attempts=req.attempts)
+        started = await writer.run_deferring(begin)
+        if started == "given-up":
+            metrics.MESSAGES.labels("autoresponse", "out", "failed").inc()
+        if started != "build":
+            continue
 
         def make(req: Any = req, rt: Runtime = rt) -> OutboundContext:
             with engine.connect() as conn:
@@ -321,6 +389,10 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
             if isinstance(exc, SQLAlchemyError) and is_temporary(exc):
                 log.warning("auto-response not built; trying again later", request=req.id,
                             error=repr(exc)[:300])
+                owed[req.id] = req          # the database's failure does not count
+                with contextlib.suppress(SQLAlchemyError):
+                    await writer.run(functools.partial(uncount_build, req=req))
+                    del owed[req.id]
                 continue
             log.exception("building the auto-response crashed", request=req.id,
                           attempts=req.attempts + 1)

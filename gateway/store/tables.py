@@ -304,7 +304,7 @@ class AutoResponseRequest(Base):
     address: Mapped[str] = mapped_column(String(320))
     counter_id: Mapped[int] = mapped_column(BigId)        # its auto_response row
     data: Mapped[bytes] = mapped_column(LargeBinary)      # the unsigned message
-    # Builds that crashed (the database's failures are not counted), when to build it
+    # Builds started (counted before each; the database's failures are not), when to build it
     # again and why the last one failed; given up when relay.retry runs out.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),

@@ -374,13 +374,13 @@ class TestBuildFailures:
     """A request whose build crashes is not rebuilt on every pass of the sender for ever."""
 
     @staticmethod
-    def gateway_with_request(make_confdir):
+    def gateway_with_request(make_confdir, lease="30s", retry="200ms, 200ms"):
         import asyncio
 
         from gateway.app import Gateway
         from gateway.model import Envelope
 
-        conf = make_confdir({"40-outbound.toml": outbound_toml(9, retry="200ms, 200ms"),
+        conf = make_confdir({"40-outbound.toml": outbound_toml(9, retry=retry, lease=lease),
                              "50-desk.toml": DESK})
         gw = Gateway(load_config(conf))
         gw.prepare_store()
@@ -398,6 +398,83 @@ class TestBuildFailures:
         async def run() -> int:
             return await build_requests(lambda: gw.runtime, gw.writer, gw.engine)
         return asyncio.run(run())
+
+    def test_a_build_that_never_returns_counts(self, make_confdir, monkeypatch):
+        """A build that ends the process (SIGKILL, the OOM killer: simulated by SystemExit
+        from the build, which leaves no outcome) counts as a build: the request is built
+        again on relay.retry and given up when it runs out, as a build that raised is."""
+        import contextlib
+        import time
+
+        from gateway import metrics
+        from gateway.outbound import autoresponse
+
+        calls = []
+
+        def killed(req, rt, conn):
+            calls.append(time.monotonic())
+            raise SystemExit("killed while building")
+
+        monkeypatch.setattr(autoresponse, "build", killed)
+        labels = {"door": "autoresponse", "direction": "out", "result": "failed"}
+        before = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels) or 0
+        gw = self.gateway_with_request(make_confdir, lease="300ms")
+        try:
+            for _ in range(30):
+                with contextlib.suppress(SystemExit):
+                    self.build_now(gw)
+                with gw.engine.connect() as conn:
+                    if not conn.execute(select(AutoResponseRequest.id)).all():
+                        break
+                time.sleep(0.05)
+            with gw.engine.connect() as conn:
+                left = conn.execute(select(AutoResponseRequest.id)).all()
+                counters = conn.execute(select(AutoResponse.id)).all()
+                queued = conn.execute(select(OutboundMessage.id)).all()
+                errors = conn.execute(select(CommEntry.value).where(
+                    CommEntry.key == "AutoResponse", CommEntry.priority == "Error")
+                    ).scalars().all()
+        finally:
+            gw.close()
+        assert left == [] and queued == [] and counters == []
+        assert len(calls) == 3                            # the first build and two retries
+        assert calls[1] - calls[0] >= 0.15 and calls[2] - calls[1] >= 0.15
+        (err,) = errors
+        assert "did not finish" in err and "3" in err
+        after = metrics.REGISTRY.get_sample_value("deskgate_messages_total", labels)
+        assert after == before + 1
+
+    def test_a_database_failure_counts_not_even_when_the_count_cannot_be_taken_back(
+            self, make_confdir, monkeypatch):
+        """The build is counted before it starts; when the database fails the build and
+        still fails when that count is taken back, it is taken back at the next pass,
+        which builds the request at once (no relay.retry delay, nothing counted)."""
+        from sqlalchemy.exc import OperationalError
+
+        from gateway.outbound import autoresponse
+
+        real_build, real_uncount = autoresponse.build, autoresponse.uncount_build
+        down = {"build": True, "uncount": True}      # the database is away meanwhile
+
+        def locked(name, real):
+            def call(*args, **kw):
+                if down[name]:
+                    raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+                return real(*args, **kw)
+            return call
+
+        monkeypatch.setattr(autoresponse, "build", locked("build", real_build))
+        monkeypatch.setattr(autoresponse, "uncount_build", locked("uncount", real_uncount))
+        gw = self.gateway_with_request(make_confdir, retry="1h")
+        try:
+            queued = [self.build_now(gw)]
+            down.update(build=False, uncount=False)          # it is back
+            queued.append(self.build_now(gw))
+            with gw.engine.connect() as conn:
+                rows = conn.execute(select(OutboundMessage.kind)).scalars().all()
+        finally:
+            gw.close()
+        assert queued == [0, 1] and rows == ["auto-response"]
 
     def test_a_build_that_keeps_crashing_is_given_up(self, make_confdir, monkeypatch):
         """Failed builds are tried again on relay.retry; when it runs out the request is
