@@ -29,7 +29,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from gateway.config import Config
 from gateway.inbound.parse import first_address
 from gateway.outbound.context import OutboundContext
-from gateway.outbound.headers import fold_long_lines
+from gateway.outbound.headers import MAX_LINE, fold_long_lines
 from gateway.privatefiles import not_private
 from gateway.runtime import Runtime
 
@@ -137,15 +137,18 @@ _SEALED = ("multipart/signed", "multipart/encrypted")
 
 
 def seven_bit_body(msg: Message) -> Message:
-    """Re-encode 8-bit body parts before signing: text quoted-printable, the rest base64.
+    """Re-encode 8-bit body parts, and parts with a line over 998 octets, before
+    signing: text quoted-printable, the rest base64.
 
-    A relay whose next hop lacks 8BITMIME converts 8-bit parts to 7 bits itself, which
-    changes the body after signing (RFC 6376 section 5.3 asks the signer to convert
-    first). Headers stay as they are; parts under multipart/signed or
+    A relay whose next hop lacks 8BITMIME converts 8-bit parts to 7 bits itself, and
+    a relay breaks a line longer than RFC 5322 allows (Postfix's
+    smtp_line_length_limit inserts CRLF SP); either changes the body after signing
+    (RFC 6376 section 5.3 asks the signer to convert first). Headers stay as they
+    are; parts under multipart/signed or
     multipart/encrypted are left alone (they stay 8-bit, announced as BODY=8BITMIME).
     The message is changed in place and returned.
     """
-    if not msg.is_multipart() and _eight_bit(msg) and "MIME-Version" not in msg:
+    if not msg.is_multipart() and _unsendable(msg) and "MIME-Version" not in msg:
         msg["MIME-Version"] = "1.0"
         if "Content-Type" not in msg:
             msg["Content-Type"] = 'text/plain; charset="utf-8"'
@@ -153,9 +156,13 @@ def seven_bit_body(msg: Message) -> Message:
     return msg
 
 
-def _eight_bit(part: Message) -> bool:
+def _unsendable(part: Message) -> bool:
+    """8-bit, or with a line longer than RFC 5322 2.1.1 allows (998 octets)."""
     payload = part.get_payload()
-    return isinstance(payload, str) and not payload.isascii()
+    if not isinstance(payload, str):
+        return False
+    return not payload.isascii() or any(len(ln.rstrip("\r")) > MAX_LINE
+                                        for ln in payload.split("\n"))
 
 
 def _recode(part: Message) -> None:
@@ -167,7 +174,7 @@ def _recode(part: Message) -> None:
                 _recode(sub)
         return
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    if not _eight_bit(part) or cte in ("quoted-printable", "base64"):
+    if not _unsendable(part) or cte in ("quoted-printable", "base64"):
         return
     raw = part.get_payload(decode=True)
     data = raw if isinstance(raw, bytes) else b""
@@ -240,9 +247,9 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
 
 
 def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
-    """Serialize the final message (every copy of it) with 8-bit parts re-encoded to
-    7 bits, fold header lines over 998 octets, and sign it with every key of the
-    From domain."""
+    """Serialize the final message (every copy of it) with 8-bit parts and parts with
+    overlong lines re-encoded to 7 bits, fold header lines over 998 octets, and sign
+    it with every key of the From domain."""
     from gateway.outbound.rewrite import header_text, serialize
 
     assert ctx.msg is not None

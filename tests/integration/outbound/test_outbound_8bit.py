@@ -127,3 +127,37 @@ class TestEightBitBody:
         assert "Grüße".encode() in data
         assert "BODY=8BITMIME" in _mail_args(sink)
         assert verify(data)
+
+
+# An application's HTML on one line: 7-bit, but longer than the 998 octets a line may
+# have (RFC 5322 2.1.1).
+LONG_LINE = "<p>" + "Ihre Bestellung ist unterwegs. " * 60 + "</p>"
+MSG_LONG_LINE = (b"From: Agent Smith <agent@internal.test>\r\nTo: cust@customer.test\r\n"
+                 b"Subject: Your order\r\nX-Deskgate-Queue: Support\r\nMIME-Version: 1.0\r\n"
+                 b"Content-Type: text/html; charset=us-ascii\r\n\r\n"
+                 + LONG_LINE.encode() + b"\r\n")
+
+
+class TestLongBodyLines:
+    def test_signature_survives_a_relay_that_breaks_long_lines(
+            self, tmp_path, outbound_config, run_gateway, dkim_files):
+        """A 7-bit body line over 998 octets: deskgate → Postfix (which breaks lines
+        over smtp_line_length_limit) → smtp-sink; what arrives still verifies and
+        decodes to the same text."""
+        if not pfmod.available():
+            missing_peer("Postfix binaries missing or not running as root")
+        files, verify = dkim_files
+        with _sink(tmp_path, "sink", []) as sink, pfmod.postfix_dir() as base:
+            pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
+            pf.start_relaying({"customer.test": sink.port})
+            try:
+                cfg = outbound_config(pf.port, files=files)
+                rg = run_gateway(cfg)
+                _send(cfg, rg, MSG_LONG_LINE)
+                wait_for(lambda: sink.messages(), what="the message behind Postfix")
+                data = sink.messages()[0].data
+            finally:
+                pf.stop()
+        assert max(len(ln) for ln in data.replace(b"\r\n", b"\n").split(b"\n")) <= 998
+        assert verify(data)
+        assert _text(data) == LONG_LINE + "\n"

@@ -247,6 +247,37 @@ class TestSevenBitBody:
         assert b"MIME-Version: 1.0" in out and b'charset="utf-8"' in out
         assert b"Gr=C3=BC=C3=9Fe" in out
 
+    def test_7bit_lines_over_998_octets_are_re_encoded(self):
+        """A 7-bit part with a line over 998 octets (RFC 5322 2.1.1) is re-encoded, text
+        quoted-printable and the rest base64, so no relay has to break the line; the
+        content is unchanged. A message without MIME headers gets them."""
+        from email import message_from_bytes
+        from email.policy import compat32
+
+        from gateway.outbound.dkim import seven_bit_body
+        from gateway.outbound.rewrite import serialize
+
+        html = "<p>" + "Ihre Bestellung ist unterwegs. " * 40 + "</p>\r\n"
+        blob = b'{"items": [' + b"1, " * 500 + b"2]}"
+        body = (b"--b\r\nContent-Type: text/html; charset=us-ascii\r\n\r\n" + html.encode()
+                + b"--b\r\nContent-Type: application/json\r\n"
+                b"Content-Transfer-Encoding: 7bit\r\n\r\n" + blob + b"\r\n--b--\r\n")
+        out = serialize(seven_bit_body(_msg(
+            HEAD_8BIT + b'Content-Type: multipart/mixed; boundary="b"\r\n', body)))
+        assert max(len(ln) for ln in out.split(b"\r\n")) <= 78
+        parts = message_from_bytes(out, policy=compat32).get_payload()
+        assert parts[0]["Content-Transfer-Encoding"] == "quoted-printable"
+        assert parts[0].get_payload(decode=True).decode().replace("\r\n", "\n") \
+            == html.rstrip()      # the last line break belongs to the boundary
+        assert parts[0].get_param("charset") == "us-ascii"
+        assert parts[1]["Content-Transfer-Encoding"] == "base64"
+        assert parts[1].get_payload(decode=True) == blob
+
+        head = b"From: support@example.org\r\nTo: cust@customer.test\r\nSubject: x\r\n"
+        out = serialize(seven_bit_body(_msg(head, html.encode())))
+        assert max(len(ln) for ln in out.split(b"\r\n")) <= 78
+        assert b"MIME-Version: 1.0" in out and b"quoted-printable" in out
+
     def test_signed_parts_and_ascii_messages_are_left_alone(self):
         """Inside multipart/signed nothing is re-encoded (it would break that signature);
         an all-ASCII message serializes byte for byte as before."""
