@@ -57,6 +57,8 @@ BAD_RCPT = "553 5.1.3 Malformed recipient address"
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([^(]*))?\Z")
+# MAIL FROM's AUTH=<mailbox> parameter (RFC 4954 5), a value of at least one character.
+_AUTH_PARAM = re.compile(r"[ \t]+AUTH=[^ \t]+(?=[ \t]|\Z)", re.IGNORECASE)
 # aiosmtpd's replies at DATA, kept as they were
 NEED_RCPT = "503 Error: need RCPT command"
 DATA_SYNTAX = "501 Syntax: DATA"
@@ -385,6 +387,15 @@ class SubmissionSession(IdleTimer, SMTP):
                 self._data_active = now
                 self._reset_timeout()
         super().data_received(data)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """aiosmtpd's MAIL, which also takes the AUTH= parameter of RFC 4954 wherever
+        AUTH is advertised (Exim adds AUTH=<> once it has authenticated; aiosmtpd
+        answered 555). Its value is not used: the sender is rewritten anyway."""
+        if arg and (not self._auth_require_tls or self._tls_protocol is not None):
+            arg = _AUTH_PARAM.sub("", arg, count=1)
+        await super().smtp_MAIL(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT address parsing, with a plain <local@domain> taken by a

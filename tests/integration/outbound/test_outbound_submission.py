@@ -109,6 +109,22 @@ class TestAuthenticatedSubmission:
         assert [r.getMessage() for r in caplog.records if r.name == "mail.log"
                 and r.levelno >= logging.WARNING] == []
 
+    def test_mail_from_auth_parameter_is_accepted(self, tls_submission, run_gateway):
+        """MAIL FROM's AUTH= parameter (RFC 4954 5), which Exim adds after it has
+        authenticated (AUTH=<> when it knows no submitter) and Postfix with
+        smtp_send_dummy_mail_auth, is accepted; two transactions on one connection."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.starttls(context=ctx)
+                s.login("app", "s3cret")
+                for param in ("AUTH=<>", "AUTH=<app@internal.test>"):
+                    assert s.sendmail("app@internal.test", ["cust@customer.test"], MSG,
+                                      mail_options=[param]) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"],
+                     what="delivery")
+
     def test_x_header_queue_from_authenticated_client(self, tls_submission, run_gateway):
         """An authenticated client's X-Deskgate-Queue beats the user's default queue."""
         with AuthSink() as sink:
