@@ -198,8 +198,8 @@ def hold_deleted(conn: Connection, account: str, folder: str,
     rows = [{"account": account, "folder": folder, "key": k, "size": size, "attempts": 0,
              "reason": "flagged \\Deleted by another client", "first_failed": now,
              "last_failed": now} for k, size in messages if k not in known]
-    if rows:
-        conn.execute(insert(PollerRetry).values(rows))
+    for i in range(0, len(rows), 500):    # a statement takes at most 65535 parameters
+        conn.execute(insert(PollerRetry).values(rows[i:i + 500]))
 
 
 def retries(conn: Connection, account: str, folder: str) -> list[tuple[str, int, int]]:

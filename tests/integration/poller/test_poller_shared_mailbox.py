@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from gateway.config import load_config
 from gateway.inbound.poller import state
-from gateway.store.tables import CommEntry, Ticket
+from gateway.store.tables import CommEntry, PollerRetry, Ticket
 from tests.integration.poller.poller_helpers import USERS, account_toml, message
 from tests.peers import dovecot as dv
 
@@ -186,3 +187,32 @@ class TestKeep:
                                                  max_message_size="1MB"))
         assert h.poll().fetched == 1
         assert titles(h) == ["Problem 2", "Theirs"]
+
+    @pytest.mark.postgres
+    def test_keep_holds_thousands_of_deleted_messages_on_postgresql(
+            self, mailbox, make_confdir, pg_url, harness):
+        """keep: a folder whose messages another client all flagged \\Deleted (a
+        mail client that marks deleted messages and does not expunge) is held whole,
+        more messages than one statement takes parameters for (PostgreSQL: 65535)."""
+        n = 8300
+        mailbox.drop_into_maildir("helpdesk", [message(i) for i in range(n)])
+        c = mailbox.imap("helpdesk")
+        try:
+            c.select("INBOX")
+            typ, _ = c.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Deleted)")
+            assert typ == "OK"
+        finally:
+            c.logout()
+        conf = make_confdir({"40-db.toml": f'[gateway]\ndatabase = "{pg_url}"\n',
+                             "50-accounts.toml": account_toml(mailbox, "imaps",
+                                                              after_fetch="keep")})
+        h = harness(load_config(conf))
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 0), r.error
+        with h.gw.engine.connect() as conn:
+            held = conn.execute(select(func.count()).select_from(PollerRetry)).scalar()
+        assert held == n
+        mailbox.append("helpdesk", [message(n, subject="After them")])
+        r = h.poll()
+        assert (r.status, r.fetched, r.new) == ("Successful", 1, 1), r.error
+        assert titles(h) == ["After them"]
