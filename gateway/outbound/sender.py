@@ -28,7 +28,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 
 from gateway import metrics
-from gateway.commlog import Comm, write_comm
+from gateway.commlog import Comm, storable, write_comm
 from gateway.config import Config
 from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
@@ -298,27 +298,24 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
            results: list[oq.RcptResult], transport: Transport, crash: str = "") -> oq.Settled:
     """Outcomes, communication log and DSNs, in one transaction. Re-runnable.
 
-    With `crash` (an earlier run crashed) no DSN is built, each that was due is an
-    Error naming the crash, and the smarthost's texts lose NUL characters (which a
-    database may refuse)."""
+    The smarthost's texts are written storable (a NUL, which PostgreSQL refuses, would
+    otherwise crash the record and cost the DSN). With `crash` (an earlier run crashed)
+    no DSN is built and each that was due is an Error naming the crash."""
     relay = rt.config.relay
-    error = att.error
-    if crash:
-        results = [dataclasses.replace(r, reply=_clean(r.reply)) for r in results]
-        error = _clean(error)
+    results = _storable(results)
     st = oq.record_attempt(conn, m, results, schedule=relay.retry, warn_after=relay.warn_after,
-                           error=error)
+                           error=storable(att.error))
     comm = Comm("Outgoing", transport.name, transport.account)
     if not m.lost_by:       # a lost attempt left no account of its connection
         c = comm.obj("Connection")
         for prio, key, value in att.log:
-            c.log(prio, key, _clean(value) if crash else value)  # type: ignore[arg-type]
+            c.log(prio, key, value)  # type: ignore[arg-type]
         c.close("Failed" if att.error else "Successful")
     msg = comm.obj("Message")
     msg.outbound_id = m.id
     msg.article_id = m.article_id
     msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
-            f"{m.kind} from <{m.sender}>, {_clean(m.message_id)}")
+            f"{m.kind} from <{m.sender}>, {m.message_id}")
     if m.lost_by and st.recorded:
         ran_out = f"{m.lost_until:%Y-%m-%d %H:%M:%S}" if m.lost_until else "?"
         msg.log("Error", "Lost", f"attempt {m.attempts + 1} by {m.lost_by}: "
@@ -372,13 +369,12 @@ def record_bare(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     full record crashed twice: the attempt still counts and the schedule still ends
     the message."""
     relay = rt.config.relay
-    results = [dataclasses.replace(r, reply=_clean(r.reply)) for r in results]
-    return oq.record_attempt(conn, m, results, schedule=relay.retry,
-                             warn_after=relay.warn_after, error=_clean(att.error))
+    return oq.record_attempt(conn, m, _storable(results), schedule=relay.retry,
+                             warn_after=relay.warn_after, error=storable(att.error))
 
 
-def _clean(text: str) -> str:
-    return text.replace("\x00", " ")
+def _storable(results: list[oq.RcptResult]) -> list[oq.RcptResult]:
+    return [dataclasses.replace(r, reply=storable(r.reply)) for r in results]
 
 
 def _retry_until(m: oq.Claimed, schedule: tuple[float, ...]) -> datetime:

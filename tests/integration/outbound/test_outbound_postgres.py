@@ -206,3 +206,33 @@ class TestQueueGauges:
         assert during.get("deskgate_gauge_refresh_errors_total", 0) == \
             before.get("deskgate_gauge_refresh_errors_total", 0) + 1
         assert after["deskgate_outbound_queue_depth"] == 2
+
+
+class TestRefusalWithNul:
+    def test_a_refusal_whose_text_holds_a_nul_still_bounces(self, pg_queue, pg_url):
+        """A smarthost refusing a recipient for good with a NUL byte in its reply text
+        (PostgreSQL takes no NUL in text): the message fails and the DSN goes back to
+        the submitter, the text stored without the NUL."""
+        from gateway.store.tables import CommEntry
+
+        with AuthSink() as sink:
+            sink.set_script(lambda stage, _: "550 5.1.1 no such\x00user" if stage == "RCPT"
+                            else None)
+            rt, engine, _ids = pg_queue(sink.port, 1)
+
+            def settled() -> bool:
+                with engine.connect() as conn:
+                    return conn.execute(select(OutboundMessage.status)
+                                        .order_by(OutboundMessage.id)).scalars().first() \
+                        != "queued"
+
+            asyncio.run(run_senders(rt, lambda: make_engine(pg_url), ["node-a"], settled))
+            with engine.connect() as conn:
+                rows = conn.execute(select(OutboundMessage).order_by(OutboundMessage.id)).all()
+                dsn_errors = conn.execute(select(CommEntry.value).where(
+                    CommEntry.key == "DSN", CommEntry.priority == "Error")).scalars().all()
+        first = rows[0]
+        assert (first.status, first.attempts) == ("failed", 1)
+        assert "5.1.1 no such" in first.last_error and "\x00" not in first.last_error
+        assert dsn_errors == []
+        assert [r.kind for r in rows] == ["message", "dsn"]
