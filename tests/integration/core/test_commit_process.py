@@ -280,8 +280,9 @@ class TestServe:
             assert wait_for(lambda: (health(port) or {}).get("commit_process") == "up")
             assert health(port)["commit_process_gone_in"] == []
             cut_commit_link(worker, committer)
-            assert wait_for(lambda: health(port)["commit_process"] == "gone", 10), \
-                health(port)
+            # a /healthz that does not answer in time (a loaded machine) is asked again
+            assert wait_for(lambda: (health(port) or {}).get("commit_process") == "gone",
+                            30), health(port)
             h = health(port)
             assert h["commit_process_gone_in"] == ["lmtp worker 1"] and h["ok"] is True
             # the worker still answers, committing itself; the main process still

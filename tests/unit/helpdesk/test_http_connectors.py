@@ -170,7 +170,8 @@ class TestDeadlineCoversConnect:
             took = time.monotonic() - t0
         assert exc.value.temporary
         assert "timed out" in str(exc.value) and "1 s" in str(exc.value)
-        assert took < 1.8, f"the attempt took {took:.1f} s against a 1 s timeout"
+        # one timeout per address would be 3 s; the slack is for a loaded machine
+        assert took < 2.5, f"the attempt took {took:.1f} s against a 1 s timeout"
 
 
 class TestRedirects:
