@@ -198,8 +198,8 @@ def hold_deleted(conn: Connection, account: str, folder: str,
     rows = [{"account": account, "folder": folder, "key": k, "size": size, "attempts": 0,
              "reason": "flagged \\Deleted by another client", "first_failed": now,
              "last_failed": now} for k, size in messages if k not in known]
-    for i in range(0, len(rows), 500):    # a statement takes at most 65535 parameters
-        conn.execute(insert(PollerRetry).values(rows[i:i + 500]))
+    if rows:    # executemany: one VALUES list of them all could pass a statement's
+        conn.execute(insert(PollerRetry), rows)   # parameter limit (65535 on PostgreSQL)
 
 
 def retries(conn: Connection, account: str, folder: str) -> list[tuple[str, int, int]]:
