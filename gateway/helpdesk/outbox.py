@@ -377,7 +377,7 @@ def _row(h: Any, number: str | None = None, hd_id: str = "", hd_number: str = ""
             "last_error": h.last_error, "created": _aware(h.created),
             "delivered": _aware(h.delivered), "helpdesk_ticket_id": hd_id,
             "helpdesk_ticket_number": hd_number,
-            "in_delivery": bool(claimed) and lease is not None and lease > (now or utcnow()),
+            "in_delivery": _in_delivery(claimed, lease, now or utcnow()),
             "claimed_by": claimed, "lease_until": lease if claimed else None}
 
 
@@ -443,6 +443,13 @@ class Retried:
     in_delivery: list[int]       # being handed off right now: left to that attempt
 
 
+def _in_delivery(claimed_by: str, lease_until: datetime | None, now: datetime) -> bool:
+    """A node is handing the row off now: it claimed it and its lease lasts (the
+    opposite of _at_rest)."""
+    lease = _aware(lease_until)
+    return bool(claimed_by) and lease is not None and lease > now
+
+
 def _at_rest(now: datetime) -> Any:
     """No node is handing the row off (none claimed it, or its lease ran out)."""
     return or_(Handoff.claimed_by == "", Handoff.lease_until.is_(None),
@@ -464,7 +471,7 @@ def retry_now(conn: Connection, hid: int | None = None, *, now: datetime | None 
     if hid is not None:
         q = q.where(Handoff.id == hid)
     rows = conn.execute(q).all()
-    busy = [r.id for r in rows if r.claimed_by and (_aware(r.lease_until) or now) > now]
+    busy = [r.id for r in rows if _in_delivery(r.claimed_by, r.lease_until, now)]
     idle = {r.id: r for r in rows if r.id not in busy}
     keys = list(idle)
     done: list[int] = []
@@ -519,10 +526,9 @@ def remove(conn: Connection, hid: int, now: datetime | None = None) -> Removed |
                                 Handoff.lease_until)).first()
     if r is None:
         return None
-    lease = _aware(r.lease_until)
-    live = bool(r.claimed_by) and lease is not None and lease > now
+    live = _in_delivery(r.claimed_by, r.lease_until, now)
     return Removed(hid, r.status, r.attempts, r.claimed_by if live else "",
-                   lease if live else None, live)
+                   _aware(r.lease_until) if live else None, live)
 
 
 def status_of(conn: Connection, hid: int) -> str | None:
