@@ -149,6 +149,9 @@ class _Handler:
     auth_failures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     data_delay: float = 0.0
+    # When set: DATA is answered only once the event is set (at most 60 s), so a test can
+    # act while a delivery is certainly under way, however slow the machine.
+    data_gate: threading.Event | None = None
     rcpt_delay: float = 0.0
     rcpt_seen: int = 0
 
@@ -166,10 +169,15 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.data_delay:
-            import asyncio
+        import asyncio
 
+        if self.data_delay:
             await asyncio.sleep(self.data_delay)
+        if self.data_gate is not None:
+            for _ in range(1200):
+                if self.data_gate.is_set():
+                    break
+                await asyncio.sleep(0.05)
         reply = self.script("DATA", ",".join(envelope.rcpt_tos)) if self.script else None
         if reply:
             return reply

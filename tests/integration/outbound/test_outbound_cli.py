@@ -9,6 +9,7 @@ import shutil
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -161,7 +162,7 @@ class TestDeleteWhileDelivering:
         attempt's 4xx then neither brings the row back nor leads to another try, and the
         communication log says the outcome was not recorded because of the delete."""
         with AuthSink() as sink:
-            sink.handler.data_delay = 2.0
+            gate = sink.handler.data_gate = threading.Event()   # DATA waits for the delete
             sink.set_script(lambda stage, _: "451 4.3.0 try later" if stage == "DATA"
                             else None)
             cfg = outbound_config(sink.port, retry="1s*5")
@@ -178,6 +179,7 @@ class TestDeleteWhileDelivering:
             assert out["id"] == oid and out["deleted"] is True
             assert out["status"] == "queued" and out["in_delivery"] is True
             assert out["claimed_by"]
+            gate.set()
 
             def deleted_entry():
                 with rg.gateway.engine.connect() as conn:
