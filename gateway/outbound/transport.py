@@ -214,7 +214,9 @@ class SmtpTransport(Transport):
                 # recipient an earlier transaction did not deliver.
                 if any(r is not None for r in replies):
                     fill = error_reply(t)
-                    att.codes = [r or fill for r in replies]
+                    for i in todo:
+                        replies[i] = fill
+                    att.codes = [r for r in replies if r is not None]
                 return keep
             for i, reply in zip(todo, t.codes, strict=True):
                 replies[i] = reply

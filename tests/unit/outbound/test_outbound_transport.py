@@ -154,3 +154,35 @@ class TestTooManyRecipients:
         assert [c for c, _ in att.codes] == [250, 250, 452] and att.error == ""
         assert [r.rcpts for r in sink.received] == [["a@x.test", "b@x.test"]]
         assert seen == 4
+
+    def test_a_following_transaction_that_fails_as_a_whole_answers_its_recipients(self):
+        """The smarthost stalls in the following transaction (longer than relay.timeout):
+        its recipients get that failure as their answer, not the 452 of the transaction
+        before; those the first transaction delivered stay delivered."""
+        import time
+
+        from tests.peers.smarthost import AuthSink
+
+        seen = {"rcpt": 0}
+
+        def script(stage: str, addr: str) -> str | None:
+            if stage == "RCPT":
+                seen["rcpt"] += 1
+                if seen["rcpt"] == 5:
+                    time.sleep(2.0)        # the first RCPT of the following transaction
+                return "452 4.5.3 Too many recipients" if seen["rcpt"] in (3, 4) else None
+            return None
+
+        rcpts = ["a@x.test", "b@x.test", "c@x.test", "d@x.test"]
+        with AuthSink() as sink:
+            sink.set_script(script)
+            transport = SmtpTransport(RelayConfig(host="127.0.0.1", port=sink.port,
+                                                  security="none", timeout=0.5),
+                                      local_hostname="deskgate.test")
+            try:
+                att = transport.deliver("app@deskgate.test", rcpts, b"Subject: t\r\n\r\nb\r\n")
+            finally:
+                transport.close()
+            assert [r.rcpts for r in sink.received] == [rcpts[:2]]
+        assert [c for c, _ in att.codes] == [250, 250, 0, 0]
+        assert att.codes[2][1] == att.error and "timed out" in att.error
