@@ -322,14 +322,46 @@ def _default_name(ctype: str, n: int) -> str:
     return f"file-{n}.{ext}"
 
 
-def html_to_text(html: str) -> str:
-    """A plain rendering of an HTML body for helpdesks that show text."""
-    import html as htmlmod
-    import re
+_SCRIPT_OPEN = re.compile(r"(?i)<(script|style)\b")
+_SCRIPT_CLOSE = {"script": re.compile(r"(?i)</script>"), "style": re.compile(r"(?i)</style>")}
 
-    text = re.sub(r"(?is)<(script|style)\b.*?</\1>", "", html)
+
+def _drop_scripts(html: str) -> str:
+    """html without <script>...</script> and <style>...</style>. One pass: a tag whose
+    closing tag no longer follows is left as text, as are all later ones of its kind
+    (the regex `<(script|style)\b.*?</\1>` scanned to the end for each of them)."""
+    out: list[str] = []
+    pos = 0
+    unclosed: set[str] = set()
+    while True:
+        m = _SCRIPT_OPEN.search(html, pos)
+        if m is None:
+            break
+        tag = m.group(1).lower()
+        end = None if tag in unclosed else _SCRIPT_CLOSE[tag].search(html, m.end())
+        if end is None:
+            unclosed.add(tag)
+            if len(unclosed) == 2:
+                break
+            out.append(html[pos:m.end()])
+        else:
+            out.append(html[pos:m.start()])
+        pos = m.end() if end is None else end.end()
+    out.append(html[pos:])
+    return "".join(out)
+
+
+def html_to_text(html: str) -> str:
+    """A plain rendering of an HTML body for helpdesks that show text. Linear in the
+    length of the HTML, also for hostile input (runs of '<' without '>')."""
+    import html as htmlmod
+
+    text = _drop_scripts(html)
     text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</h[1-6]>|</li>", "\n", text)
-    text = re.sub(r"<[^>]+>", "", text)
+    # A '<' with no '>' after it is text; only the part up to the last '>' can hold tags,
+    # and there every '<' finds its '>' at once.
+    last = text.rfind(">") + 1
+    text = re.sub(r"<[^>]+>", "", text[:last]) + text[last:]
     text = htmlmod.unescape(text)
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r"\n\s*\n\s*\n+", "\n\n", text).strip()
