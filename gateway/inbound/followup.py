@@ -37,6 +37,9 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 # References (the newest) and In-Reply-To ids (the first) looked up; hostile mail
 # may carry thousands
 MAX_REFERENCES = 200
+# Distinct ticket numbers of a Subject looked up, in order (OTOBO takes the first only);
+# hostile mail may name thousands, each a query and a log entry
+MAX_SUBJECT_NUMBERS = 10
 
 
 @dataclass
@@ -67,8 +70,10 @@ def _hook_re(hook: str) -> re.Pattern[str]:
 
 
 def subject_numbers(subject: str, hook: str) -> list[str]:
-    """Ticket numbers named in a subject, in order ('RE: [Ticket#2026...] x')."""
-    return [m.group(1) for m in _hook_re(hook).finditer(subject)] if hook else []
+    """Ticket numbers named in a subject, in order, each once ('RE: [Ticket#2026...] x')."""
+    if not hook:
+        return []
+    return list(dict.fromkeys(m.group(1) for m in _hook_re(hook).finditer(subject)))
 
 
 def strip_number(title: str, number: str, hook: str) -> str:
@@ -144,7 +149,11 @@ def _find(ctx: MessageContext, rt: Runtime, conn: Connection, notes: list[str]
                                      f"({ctx.bounced_message_id})"), row.id
         notes.append(f"DSN names {ctx.bounced_message_id}, which is no outgoing article of ours")
     hook = rt.config.gateway.ticket_hook
-    for number in subject_numbers(p.subject, hook):
+    numbers = subject_numbers(p.subject, hook)
+    if len(numbers) > MAX_SUBJECT_NUMBERS:
+        notes.append(f"Subject names {len(numbers)} ticket numbers; only the first "
+                     f"{MAX_SUBJECT_NUMBERS} are looked up")
+    for number in numbers[:MAX_SUBJECT_NUMBERS]:
         t = repo.ticket_by_number(conn, number)
         if t is None:
             notes.append(f"Subject names {hook}{number}, which does not exist")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
+import pytest
+from sqlalchemy import select
+
+from gateway.store.tables import CommEntry
 from tests.integration.policy.conftest import add_outgoing, deliver, set_state, ticket, ticket_count
 from tests.unit.policy.mails import mail
 
@@ -178,6 +182,30 @@ class TestParticipants:
         gw = gateway_for()
         res = deliver(gw, mail("Re: [Ticket#2020010110099999] old"))
         assert res.action == "new"
+
+
+    def test_subject_with_thousands_of_numbers(self, gateway_for):
+        """A Subject naming 20,000 ticket numbers is looked up by its first few: one
+        query and one communication log entry per number made it take seconds and
+        flooded the log (a 50 MiB Subject: hours)."""
+        gw = gateway_for()
+        n = open_ticket(gw, "possible")
+        junk = " ".join(f"Ticket#20200101100{i:05d}" for i in range(20_000))
+        res = deliver(gw, mail(f"Re: [Ticket#{n}] {junk}"))
+        assert res.action == "followup" and res.ticket_number == n
+
+        fresh = gateway_for()
+        start = time.perf_counter()
+        deliver(fresh, mail("Re: printer"))
+        plain = time.perf_counter() - start
+        start = time.perf_counter()
+        res = deliver(fresh, mail(f"Re: {junk}"))
+        assert time.perf_counter() - start < 20 * plain + 0.5
+        assert res.action == "new"
+        with fresh.engine.connect() as conn:
+            notes = conn.execute(select(CommEntry.value).where(CommEntry.key == "FollowUp")
+                                 ).scalars().all()
+        assert 0 < len(notes) <= 20, len(notes)
 
 
 class TestThreading:
