@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import metrics
 from gateway.commlog import Comm, storable, write_comm
@@ -262,7 +263,9 @@ class Sender:
             try:
                 return await self.writer.run(job)
             except Exception as exc:
-                if not is_temporary(exc):
+                # Only the database's own failures are worth waiting for; an OSError
+                # from building the DSN (a key file deskgate may not read) is a crash.
+                if not (isinstance(exc, SQLAlchemyError) and is_temporary(exc)):
                     if bare:
                         log.exception("writing the outcome alone crashed too; left to its "
                                       "lease, then counted as a lost attempt",

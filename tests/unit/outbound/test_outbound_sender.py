@@ -148,6 +148,25 @@ class TestCrashedAttempts:
         (err,) = entries(ob_engine, "DSN")
         assert err.priority == "Error" and "ValueError: cannot build this DSN" in err.value
 
+    def test_a_file_error_while_recording_is_a_crash_not_the_databases(
+            self, ob_engine, config, monkeypatch):
+        """An OSError building the DSN (a signing passphrase file deskgate may not read)
+        is no failure of the database: the outcome is written without the DSN at once,
+        instead of being tried again every 30 s for as long as the process runs."""
+        def unreadable(**kw):
+            raise PermissionError(13, "Permission denied", "keys/gnupg/passphrase")
+
+        monkeypatch.setattr(dsn, "build_dsn", unreadable)
+        rt = fast_runtime(config)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        t = Refusing()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued",
+                   limit=10.0)
+        (m,) = rows(ob_engine)
+        assert (m.status, m.attempts, t.calls) == ("failed", 1, 1)
+        (err,) = entries(ob_engine, "DSN")
+        assert err.priority == "Error" and "PermissionError" in err.value
+
 
 LOST = "delivery attempt did not finish (the process ended or hung)"
 
