@@ -4,11 +4,14 @@ and decodes what the helpdesk needs by hand."""
 
 from __future__ import annotations
 
+import binascii
 import codecs
+import email.base64mime
+import email.quoprimime
 import email.utils
 import re
 from email import message_from_bytes
-from email.header import decode_header
+from email.errors import HeaderParseError
 from email.message import Message
 from email.policy import compat32
 
@@ -59,7 +62,7 @@ def decode_header_value(value: object) -> str:
         # as the same bytes (decoded below), a surrogate as the text '\\udcxx'
         value = value.encode("utf-8", "surrogateescape").decode("latin-1")
     try:
-        parts = decode_header(value)
+        parts = decode_words(value)
     except Exception:
         return _unfold(decode_bytes(value.encode("latin-1"), "utf-8"))
     out: list[str] = []
@@ -76,6 +79,71 @@ def decode_header_value(value: object) -> str:
         out.append(text)
         prev_encoded = encoded
     return _unfold("".join(out))
+
+
+# An RFC 2047 encoded word, as email.header reads it (its ecre, which is not public API)
+_ENCODED_WORD = re.compile(r"""
+  =\?                   # literal =?
+  (?P<charset>[^?]*?)   # non-greedy up to the next ? is the charset
+  \?                    # literal ?
+  (?P<encoding>[qQbB])  # either a "q" or a "b", case insensitive
+  \?                    # literal ?
+  (?P<encoded>.*?)      # non-greedy up to the next ?= is the encoded string
+  \?=                   # literal ?=
+  """, re.VERBOSE | re.MULTILINE)
+
+
+def decode_words(header: str) -> list[tuple[bytes | str, str | None]]:
+    """email.header.decode_header for a str, in linear time: that one pops the front of
+    a list for every word and joins bytes by +=, so a Subject of 100,000 encoded words
+    took half a minute. Same splitting, joining and errors (HeaderParseError)."""
+    if not _ENCODED_WORD.search(header):
+        return [(header, None)]
+    words: list[tuple[str, str | None, str | None]] = []
+    for line in header.splitlines():
+        # after the last '?=' no encoded word can end: the pattern would look for one from
+        # every '=?' there to the end of the line
+        cut = line.rfind("?=") + 2
+        parts = _ENCODED_WORD.split(line[:cut]) if cut >= 2 else [line]
+        parts[-1] += line[cut:] if cut >= 2 else ""
+        unencoded = parts[0].lstrip()
+        if unencoded:
+            words.append((unencoded, None, None))
+        for i in range(1, len(parts), 4):
+            words.append((parts[i + 2], parts[i + 1].lower(), parts[i].lower()))
+            if parts[i + 3]:
+                words.append((parts[i + 3], None, None))
+    # whitespace between two encoded words is dropped
+    kept = [w for n, w in enumerate(words)
+            if not (0 < n < len(words) - 1 and words[n + 1][1] and words[n - 1][1]
+                    and w[0].isspace())]
+    collapsed: list[tuple[bytes | str, str | None]] = []
+    run: list[bytes] = []
+    run_charset: str | None = None
+    for text, encoding, charset in kept:
+        if encoding is None:
+            word = bytes(text, "raw-unicode-escape")
+        elif encoding == "q":
+            word = bytes(email.quoprimime.header_decode(text), "raw-unicode-escape")
+        elif encoding == "b":
+            paderr = len(text) % 4
+            if paderr:
+                text += "==="[:4 - paderr]
+            try:
+                word = email.base64mime.decode(text)
+            except binascii.Error:
+                raise HeaderParseError("Base64 decoding error") from None
+        else:
+            raise AssertionError("Unexpected encoding: " + encoding)
+        if run and charset != run_charset:
+            collapsed.append((b"".join(run), run_charset))
+            run = []
+        if run and charset is None:
+            run.append(b" ")
+        run.append(word)
+        run_charset = charset
+    collapsed.append((b"".join(run), run_charset))
+    return collapsed
 
 
 def _unfold(value: str) -> str:
