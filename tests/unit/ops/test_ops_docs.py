@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from gateway import config as C
+from gateway.config.load import _TopLevel
 
 REPO = Path(__file__).resolve().parents[3]
 DOCS = REPO / "docs"
@@ -79,7 +80,7 @@ def config_keys() -> list[tuple[str, dataclasses.Field[object]]]:
                 continue
             out.append((prefix + f.metadata.get("secret", f.name.rstrip("_")), f))
 
-    walk(C._TopLevel, "")
+    walk(_TopLevel, "")
     walk(C.FilterConfig, "filter.")
     return out
 
