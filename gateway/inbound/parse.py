@@ -277,9 +277,24 @@ def _message(raw: bytes) -> Message:
     return msg
 
 
+# 'Name : value' (RFC 5322 4.5, obs-optional): white space between the name and the colon
+_OBS_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.MULTILINE)
+
+
+def _obs_header_names(raw: bytes) -> bytes:
+    """raw with 'Name :' header lines of the top-level header block as 'Name:'. The feed
+    parser ends the header block at such a line, so it and every header after it went
+    into the body. Only what is parsed changes; the stored message keeps its bytes."""
+    m = _HEADER_END.search(raw)
+    end = m.start() if m is not None else len(raw)
+    if _OBS_NAME.search(raw, 0, end) is None:
+        return raw
+    return _OBS_NAME.sub(rb"\1:", raw[:end]) + raw[end:]
+
+
 def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     """Parse raw bytes. Never raises for malformed input; defects are recorded."""
-    msg = _message(raw)
+    msg = _message(_obs_header_names(raw))
     headers = [(k, decode_header_value(v)) for k, v in msg.raw_items()]
     # One pass over the headers instead of one per field read below.
     first: dict[str, str] = {}

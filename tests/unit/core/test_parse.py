@@ -248,6 +248,22 @@ class TestHeaderBlock:
             assert fast.get_unixfrom() == slow.get_unixfrom(), raw
             assert [type(d) for d in fast.defects] == [type(d) for d in slow.defects], raw
 
+    def test_space_before_the_colon(self) -> None:
+        """'Subject : x' (RFC 5322 obsolete syntax, still sent by old mailers) is a header:
+        the parser took it for the start of the body, which lost it and every header
+        after it (Message-ID, In-Reply-To, Content-Type) into the body."""
+        p = parse_message(b"From: a@b.test\r\nSubject : Hello\r\nIn-Reply-To\t: <r@x>\r\n"
+                          b"Message-ID: <m@x>\r\nMIME-Version: 1.0\r\n"
+                          b"Content-Type : multipart/mixed; boundary=B\r\n\r\n"
+                          b"--B\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+                          b"--B\r\nContent-Type: application/pdf\r\n\r\npdf\r\n--B--\r\n")
+        assert (p.subject, p.in_reply_to, p.message_id) == ("Hello", "<r@x>", "<m@x>")
+        assert [k for k, _v in p.headers] == ["From", "Subject", "In-Reply-To", "Message-ID",
+                                              "MIME-Version", "Content-Type"]
+        assert p.body == "body" and [a.content for a in p.attachments] == [b"pdf"]
+        plain = parse_message(b"Subject : Hello\nTo: c@d.test\n\nbody : text\n")
+        assert (plain.subject, plain.to_addr, plain.body) == ("Hello", "c@d.test", "body : text\n")
+
     def test_folded_header_keeps_its_line_breaks(self) -> None:
         """A folded Subject is unfolded in the parsed fields, raw in the Message."""
         p = parse_message(b"Subject: a long\r\n\tsubject\r\nTo: x@y\r\n\r\nbody\r\n")
