@@ -69,7 +69,7 @@ def config_keys() -> list[tuple[str, dataclasses.Field[object]]]:
     out: list[tuple[str, dataclasses.Field[object]]] = []
 
     def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls, vars(C))
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name == "source":
                 continue
