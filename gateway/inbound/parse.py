@@ -21,13 +21,21 @@ _CHARSET_ALIASES = {"unknown-8bit": "latin-1", "x-unknown": "latin-1", "us-ascii
                     "ansi_x3.4-1968": "ascii", "cp-850": "cp850", "x-user-defined": "latin-1"}
 
 
+# Python codecs that are no MIME charset: Python's own escapes, IDNA (host names), and one
+# that always fails. Bytes-to-bytes codecs (base64, zlib, rot13, ...) fail the trial below.
+_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode",
+                           "undefined"})
+
+
 def _codec(charset: str | None, fallback: str = "utf-8") -> str:
     name = (charset or fallback).strip().strip('"').lower()
     name = _CHARSET_ALIASES.get(name, name)
     try:
-        return codecs.lookup(name).name
-    except (LookupError, ValueError):   # ValueError: a NUL in the name
+        codec = codecs.lookup(name).name
+        b"x".decode(codec, "replace")    # LookupError: not a text encoding (base64, ...)
+    except (LookupError, ValueError):   # ValueError: a NUL in the name, UnicodeError
         return fallback
+    return fallback if codec in _NOT_CHARSETS else codec
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:

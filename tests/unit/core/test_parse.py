@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.inbound.parse import decode_header_value, parse_message
 
 
@@ -87,6 +89,21 @@ class TestBodies:
         p = parse_message(b"Content-Type: text/plain; charset=iso-8859-1\r\n"
                           b"Content-Transfer-Encoding: quoted-printable\r\n\r\nS=FC=DF\r\nx\r\n")
         assert p.body == "Süß\nx\n"
+
+    @pytest.mark.parametrize("charset", [
+        "base64", "hex", "zlib", "bz2", "rot13", "uu", "quopri", "idna", "punycode",
+        "undefined", "unicode_escape", "raw_unicode_escape"])
+    def test_charset_label_of_a_python_only_codec(self, charset):
+        """A charset label that names one of Python's codecs that is no MIME charset
+        (bytes-to-bytes, IDNA, Python escapes) is an unknown charset: the message is
+        read as UTF-8. It raised, and the message went to the quarantine."""
+        cs = charset.encode()
+        p = parse_message(b"From: a@b.test\r\nSubject: =?" + cs + b"?q?caf=C3=A9_=5CN?=\r\n"
+                          b"Content-Type: text/plain; charset=" + cs + b"\r\n"
+                          b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+                          b"caf\xc3\xa9 \\N{x} \\u00e9\r\n")
+        assert p.subject == "caf\u00e9 \\N"
+        assert p.body == "caf\u00e9 \\N{x} \\u00e9\n"
 
     def test_wrong_declared_charset(self):
         """Bytes that do not fit the declared charset still decode (never raise)."""
