@@ -16,7 +16,6 @@ new-ticket → a new ticket linked to the old one. `decide` only reads, so
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, select, update
 
 from gateway.inbound import bounce as _bounce
+from gateway.inbound.parse import addresses
 from gateway.inbound.ticket import checked_priority, checked_state, dynamic_fields, is_true
 from gateway.inbound.ticket import pending_time as parse_pending_time
 from gateway.model import MessageContext
@@ -130,7 +130,7 @@ def is_participant(conn: Connection, ticket: Any, sender: str) -> bool:
         if r.from_email.lower() == sender:
             return True
         vals = [r.from_addr, r.to_addr, r.cc_addr, r.reply_to]
-        if any(a.lower() == sender for _n, a in email.utils.getaddresses([v for v in vals if v])):
+        if any(sender in addresses(v) for v in vals if v):
             return True
     return False
 

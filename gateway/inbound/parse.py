@@ -167,20 +167,26 @@ _SIMPLE_ADDRESS = re.compile(
     r"[ \t]*(?:(?:[^\s\"<>,;:()@\\\[\]]++[ \t]*)*+<(" + _ADDR + r")>|(" + _ADDR + r"))[ \t]*")
 
 
+_ANY_ADDRESS = re.compile(_ADDR)
+
+
 def first_address(value: str) -> str:
     """The e-mail address of the first mailbox in a header value, lowercased."""
     m = _SIMPLE_ADDRESS.fullmatch(value)
     if m is not None:
         return (m.group(1) or m.group(2)).lower()
-    pairs = email.utils.getaddresses([value])
-    for _name, addr in pairs:
-        if "@" in addr:
-            return addr.strip().lower()
-    return ""
+    found = addresses(value)
+    return found[0] if found else ""
 
 
 def addresses(value: str) -> list[str]:
-    return [a.strip().lower() for _n, a in email.utils.getaddresses([value]) if "@" in a]
+    """The e-mail addresses of a header value, lowercased. Comments nested deeper than
+    Python's address parser can recurse are read as bare addresses instead of raising."""
+    try:
+        pairs = email.utils.getaddresses([value])
+    except RecursionError:
+        return [a.lower() for a in _ANY_ADDRESS.findall(value)]
+    return [a.strip().lower() for _n, a in pairs if "@" in a]
 
 
 def _filename(part: Message) -> str:

@@ -184,6 +184,24 @@ class TestParticipants:
         assert res.action == "new"
 
 
+    def test_hostile_address_header_on_the_ticket(self, gateway_for):
+        """An article whose Cc nests 2,000 comments does not stop the participant check:
+        Python's address parser recursed too deep on it, so every later follow-up by
+        Subject from anyone but the customer went to the quarantine."""
+        gw = gateway_for()
+        cc = "colleague@customer.test, " + "(" * 2000 + "x@y.test"
+        n = deliver(gw, mail("printer", cc=cc)).ticket_number
+        res = deliver(gw, mail(f"Re: [Ticket#{n}] printer", frm="colleague@customer.test"))
+        assert res.action == "followup" and res.ticket_number == n
+
+    def test_hostile_from_is_stored(self, gateway_for):
+        """A From nesting 2,000 comments is stored as a ticket (its address as far as it
+        can be read), not quarantined."""
+        gw = gateway_for()
+        res = deliver(gw, mail("printer", frm="(" * 2000 + "Carla <carla@customer.test>"))
+        assert res.action == "new"
+        assert ticket(gw, res.ticket_number)["customer_user"] == "carla@customer.test"
+
     def test_subject_with_thousands_of_numbers(self, gateway_for):
         """A Subject naming 20,000 ticket numbers is looked up by its first few: one
         query and one communication log entry per number made it take seconds and
