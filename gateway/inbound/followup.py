@@ -66,7 +66,8 @@ class Decision:
 
 @functools.lru_cache(maxsize=8)
 def _hook_re(hook: str) -> re.Pattern[str]:
-    return re.compile(re.escape(hook) + r"\s*:?\s*(\d{4,})", re.IGNORECASE)
+    # \s*(?::\s*)? rather than \s*:?\s*, which tries every split of a run of white space
+    return re.compile(re.escape(hook) + r"\s*(?::\s*)?(\d{4,})", re.IGNORECASE)
 
 
 def subject_numbers(subject: str, hook: str) -> list[str]:
@@ -78,8 +79,10 @@ def subject_numbers(subject: str, hook: str) -> list[str]:
 
 def strip_number(title: str, number: str, hook: str) -> str:
     """The title without `[<hook><number>]` / `<hook>: <number>` (for a linked new ticket)."""
-    rx = re.compile(r"\[?\s*" + re.escape(hook) + r"\s*:?\s*" + re.escape(number) + r"\s*\]?",
-                    re.IGNORECASE)
+    # as [?\s*<hook>\s*:?\s*<number>\s*]? but linear: white space before the hook is
+    # taken from the start of its run only (not tried again from every position in it)
+    rx = re.compile(r"(?:\[|(?<!\s)|(?!\s))\s*" + re.escape(hook) + r"\s*(?::\s*)?"
+                    + re.escape(number) + r"\s*\]?", re.IGNORECASE)
     out = rx.sub("", title)
     return re.sub(r"\s{2,}", " ", out).strip() or title
 

@@ -142,6 +142,40 @@ class TestSubjectNumbers:
         assert strip_number("RE: [Ticket#2026112610000017] printer", "2026112610000017",
                             "Ticket#") == "RE: printer"
 
+    def test_white_space_runs_are_linear(self):
+        """A Subject with long runs of white space (after the hook, or anywhere for the
+        title) is searched in linear time: the patterns tried every split of a run between
+        two \\s*, and every start in it (100 KB: minutes)."""
+        import time
+
+        n = 200_000
+        for subject in ("Ticket#" + " " * n + "x", "Ticket#:" + " " * n + "x",
+                        "x" + " " * n + "Ticket#", ("Ticket#" + " " * 50) * (n // 57)):
+            start = time.perf_counter()
+            subject_numbers(subject, "Ticket#")
+            strip_number(subject, "2026112610000017", "Ticket#")
+            assert time.perf_counter() - start < 1, subject[:20]
+
+    def test_same_matches_as_before(self):
+        """The linear patterns find and remove what the plain ones did."""
+        import random
+        import re
+
+        def numbers(subject: str) -> list[str]:
+            return [m.group(1) for m in re.finditer(r"Ticket\#\s*:?\s*(\d{4,})", subject,
+                                                     re.IGNORECASE)]
+
+        def strip(title: str, number: str) -> str:
+            rx = re.compile(r"\[?\s*Ticket\#\s*:?\s*" + number + r"\s*\]?", re.IGNORECASE)
+            return re.sub(r"\s{2,}", " ", rx.sub("", title)).strip() or title
+
+        pieces = ["Ticket#", "ticket#", " ", "\t", ":", "[", "]", "1234", "2026", "x", "\n"]
+        rnd = random.Random(5)
+        for _ in range(20000):
+            subject = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+            assert subject_numbers(subject, "Ticket#") == list(dict.fromkeys(numbers(subject)))
+            assert strip_number(subject, "1234", "Ticket#") == strip(subject, "1234"), subject
+
     def test_message_ids(self):
         """References lists are split into Message-IDs."""
         assert message_ids("<a@x> <b@y>\r\n <c@z>") == ["<a@x>", "<b@y>", "<c@z>"]
