@@ -31,6 +31,7 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig
+from gateway.inbound.parse import addresses
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
@@ -336,7 +337,11 @@ class _View:
         got = self._addrs.get(key)
         if got is None:
             vals = [v for v in self.values(c) if v]
-            got = [a.strip() for _n, a in email.utils.getaddresses(vals) if a.strip()]
+            try:
+                got = [a.strip() for _n, a in email.utils.getaddresses(vals) if a.strip()]
+            except RecursionError:
+                # comments nested deeper than the parser recurses: the bare addresses
+                got = [a for v in vals for a in addresses(v)]
             self._addrs[key] = got
         return got
 

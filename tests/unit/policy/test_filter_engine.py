@@ -174,6 +174,14 @@ class TestEvaluate:
         assert "Queue" not in run_policy(pol, mail(cc="bigboss@customer.test")).params
         assert "Queue" not in run_policy(pol, mail(cc="boss@customer.test.evil")).params
 
+    def test_email_in_a_header_nesting_comments_too_deep_for_the_parser(self, run_policy):
+        """An address header whose comments nest deeper than Python's address parser can
+        recurse is read as the bare addresses in it, not a crash of the filter."""
+        pol = one('[{ header = "Cc", email = "boss@customer\\\\.test" }]')
+        deep = "(" * 1200 + ")" * 1200
+        ctx = run_policy(pol, mail(cc=f"boss@customer.test {deep}"))
+        assert ctx.params["Queue"] == "Junk"
+
     def test_missing_header_is_empty_string(self, run_policy):
         """A missing header matches ^$ and fails any pattern needing a character."""
         assert run_policy(one('[{ header = "X-Spam-Flag", value = "^$" }]'),
