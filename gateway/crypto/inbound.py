@@ -20,7 +20,7 @@ import structlog
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, SmimeEntry, stores_for
-from gateway.inbound.parse import addresses, decode_bytes, extract_bodies
+from gateway.inbound.parse import addresses, decode_bytes, extract_bodies, part_filename
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.model import Crypto, Envelope, MessageContext
 from gateway.runtime import Runtime
@@ -165,7 +165,7 @@ class _Peeler:
     def _step(self, raw: bytes, msg: Message) -> tuple[bytes, Message] | None:
         ctype = msg.get_content_type()
         if ctype in SMIME_TYPES or (ctype == "application/octet-stream"
-                                    and (msg.get_filename() or "").lower().endswith(".p7m")):
+                                    and part_filename(msg).lower().endswith(".p7m")):
             return self._smime_mime(msg)
         if ctype == "multipart/signed":
             return self._multipart_signed(raw, msg)
@@ -408,7 +408,7 @@ def _may_have_crypto(msg: Message, body: str) -> bool:
         ct = part.get_content_type()
         if ct in SMIME_TYPES or ct in ("multipart/signed", "multipart/encrypted") or (
                 ct == "application/octet-stream"
-                and (part.get_filename() or "").lower().endswith(".p7m")):
+                and part_filename(part).lower().endswith(".p7m")):
             return True
         if part is not msg and not part.is_multipart():
             break    # only the top-level structure decides; deep parts are attachments

@@ -189,7 +189,9 @@ def addresses(value: str) -> list[str]:
     return [a.strip().lower() for _n, a in pairs if "@" in a]
 
 
-def _filename(part: Message) -> str:
+def part_filename(part: Message) -> str:
+    """A part's file name, decoded; '' when it has none or its parameters cannot be read
+    (an RFC 2231 charset with a NUL, garbage): never an exception."""
     name: object
     try:
         # filename= of Content-Disposition, else name= of Content-Type (old mailers)
@@ -350,7 +352,7 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
         if not isinstance(disp_value, str):     # 8-bit bytes in it (see _header_text)
             disp_value = _header_text(part, "Content-Disposition")
         disp = disp_value.split(";")[0].strip().lower()
-        fname = _filename(part)
+        fname = part_filename(part)
         is_attachment = disp == "attachment" or (bool(fname) and disp != "inline") \
             or ctype not in ("text/plain", "text/html") or maintype == "message"
         if not is_attachment and ctype == "text/plain" and not text_done:

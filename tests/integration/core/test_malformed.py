@@ -276,6 +276,20 @@ class TestUnstorableEnvelope:
         assert kept(rg, as_sent(raw)) == "article"
         assert [t.title for t in store_of(rg).tickets()] == ["nul sender"]
 
+    def test_nul_in_an_attachment_filename_charset_is_a_ticket(self, gateway):
+        """A first part of application/octet-stream whose RFC 2231 filename charset holds a
+        NUL (the crypto check reads its filename) is stored as a ticket, not quarantined."""
+        rg = gateway()
+        raw = boundary_msg(b"--BOUND\r\nContent-Type: application/octet-stream\r\n"
+                           b"Content-Disposition: attachment; filename*=ut\x00f-8''a.p7m\r\n"
+                           b"\r\ndata\r\n--BOUND--\r\n")
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("customer@customer.test", RCPTS[:1], raw)
+        c.close()
+        assert [code for code, _ in data] == [250]
+        assert kept(rg, as_sent(raw)) == "article"
+
     def test_undecodable_sender_argument_stored(self, backend_gateway, store_of):
         """A sender that reached `deskgate deliver -f` as bytes that are not UTF-8 (a lone
         surrogate in Python) is stored too, not answered with a temporary failure."""
