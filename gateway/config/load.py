@@ -12,27 +12,14 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
 from gateway.config.sections import (
-    AccountConfig,
-    AddressConfig,
-    ClassifierConfig,
     Config,
-    CryptoConfig,
-    DashboardConfig,
-    DkimConfig,
     FilterConfig,
     GatewayConfig,
-    HelpdeskConfig,
-    LmtpConfig,
-    PostmasterConfig,
-    QueueConfig,
-    RelayConfig,
-    StoreConfig,
-    SubmissionConfig,
 )
 from gateway.config.validate import validate_core
 from gateway.config.values import Secret
@@ -315,8 +302,7 @@ def load_config(conf_dir: Path | str | None = None,
     default_file = str(files[0]) if files else str(conf)
     b = _Builder(root, origins, default_file, environ if environ is not None else os.environ)
 
-    internal = {"root", "conf_dir", "filters", "policy_files"}
-    top_fields = {f.name for f in dataclasses.fields(Config)} - internal
+    top_fields = {f.name for f in dataclasses.fields(_TopLevel)}
     raw_top = {k: v for k, v in merged.items() if k in top_fields}
     for k in merged:
         if k not in top_fields:
@@ -373,19 +359,10 @@ def load_config(conf_dir: Path | str | None = None,
     return cfg
 
 
-@dataclass(frozen=True)
-class _TopLevel:
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
-    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
-    relay: RelayConfig = field(default_factory=RelayConfig)
-    postmaster: PostmasterConfig = field(default_factory=PostmasterConfig)
-    queue: tuple[QueueConfig, ...] = ()
-    address: tuple[AddressConfig, ...] = ()
-    account: tuple[AccountConfig, ...] = ()
-    dkim: tuple[DkimConfig, ...] = ()
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
-    crypto: CryptoConfig = field(default_factory=CryptoConfig)
-    helpdesk: HelpdeskConfig = field(default_factory=HelpdeskConfig)
+# The sections of conf.d: Config's fields but those the loader fills in itself, as a
+# dataclass of their own that _Builder builds from the merged TOML.
+_INTERNAL = ("root", "conf_dir", "filters", "policy_files")
+_HINTS = typing.get_type_hints(Config)
+_TopLevel = dataclasses.make_dataclass("_TopLevel", [
+    (f.name, _HINTS[f.name], field(default=f.default, default_factory=f.default_factory))
+    for f in dataclasses.fields(Config) if f.name not in _INTERNAL], frozen=True)
