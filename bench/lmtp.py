@@ -51,9 +51,10 @@ process, and the pre-forked workers with --workers).
 `--breakdown` splits deskgate's CPU per message by process: the main LMTP process,
 the pre-forked workers, the commit process and its busiest thread (the commit loop;
 the rest is the WAL checkpoint thread), next to the load generator's CPU and the
-cores the machine left idle. Where the idle cores are many while every process
-waits for a CPU in turn, the rounds are bound by the hand-offs between processes,
-not by one of them.
+cores the machine left idle, and how long each part's threads were ready to run
+but waited for a CPU (/proc schedstat, in cores). Where the idle cores are many
+while every process waits for a CPU in turn, the rounds are bound by the
+hand-offs between processes, not by one of them.
 
 `--session-sink` also runs deskgate's LMTP session alone, with a backend that
 accepts and drops every message: the protocol layer's share, next to aiosmtpd's.
@@ -511,6 +512,14 @@ def cpu_snapshot(pid: int) -> dict[str, float]:
         used = sum(int(v) for v in fields.split()[11:13]) / tick
         part = "main" if own else "commit" if name == "deskgate-commit" else "workers"
         snap[part] += used
+        # Time its threads were ready to run but waited for a CPU (schedstat's second
+        # field): what the machine's idle cores do not show.
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{entry}/task"):
+                with contextlib.suppress(OSError, IndexError, ValueError), \
+                        open(f"/proc/{entry}/task/{tid}/schedstat") as f:
+                    snap[f"{part} runq"] = snap.get(f"{part} runq", 0.0) \
+                        + int(f.read().split()[1]) / 1e9
         if part == "commit":
             threads = []
             for tid in os.listdir(f"/proc/{entry}/task"):
@@ -533,9 +542,12 @@ def cpu_split(before: dict[str, float], after: dict[str, float],
     """Per part: CPU µs per message; the machine's idle and softirq as cores."""
     wall = after["wall"] - before["wall"]
     out = {k: (after[k] - before[k]) / messages * 1e6 for k in before
-           if k != "wall" and not k.startswith("machine")}
+           if k != "wall" and not k.startswith("machine") and not k.endswith(" runq")}
     for k in ("machine idle", "machine softirq"):
         out[f"{k} cores"] = (after[k] - before[k]) / wall
+    for k in before:
+        if k.endswith(" runq") and k in after:
+            out[f"{k} cores"] = (after[k] - before[k]) / wall
     return out
 
 
@@ -674,9 +686,12 @@ def main() -> int:
                         row[f"{k} split"] = parts
                         text += f"\n    {k} CPU µs per message by part: " + ", ".join(
                             f"{n} {v:.0f}" for n, v in parts.items()
-                            if not n.startswith("machine")) + (
+                            if not n.startswith("machine") and not n.endswith(" cores")) + (
                             f"; machine idle {parts['machine idle cores']:.2f} cores, "
                             f"softirq {parts['machine softirq cores']:.2f}")
+                        text += "; waiting for a CPU (cores): " + ", ".join(
+                            f"{n[:-len(' runq cores')]} {v:.2f}" for n, v in parts.items()
+                            if n.endswith(" runq cores"))
                 if not a.no_latency:
                     rate = float(row["deskgate"]) / 2          # type: ignore[arg-type]
                     lat = latency(tmp, a, transport, rcpts, reuse, rate)
