@@ -7,6 +7,10 @@ event loop and the inbound commits never wait for the helpdesk. Each attempt is
 one Outgoing communication (Connection + Message object) in the log. A row that
 cannot be read or built is recorded as a failed attempt of its own, so it never
 holds back the rows claimed with it.
+
+This module schedules the attempts; the items they hand off are read and built
+in gateway.helpdesk.items and each attempt is recorded in gateway.helpdesk.recording
+(their names are importable from here too).
 """
 
 from __future__ import annotations
@@ -21,18 +25,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Connection, Engine
 
 from gateway import metrics
-from gateway.commlog import Comm, add_comm
 from gateway.config import Config
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import Connector, Delivered, HandoffError, HandoffItem
-from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
-from gateway.model import AttachmentData
+from gateway.helpdesk.items import MISSING as MISSING
+from gateway.helpdesk.items import ItemError as ItemError
+from gateway.helpdesk.items import build_item as build_item
+from gateway.helpdesk.items import read_items as read_items
+from gateway.helpdesk.recording import record as record
+from gateway.helpdesk.recording import record_lost as record_lost
 from gateway.runtime import Runtime
 from gateway.store import Deferred
 from gateway.store.writer import BatchWriter
@@ -80,204 +87,6 @@ def notify_queued() -> None:
         wakers = list(_WAKERS)
     for w in wakers:
         w()
-
-
-# ----------------------------------------------------------------- building items
-
-def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
-               recipients: list[str]) -> HandoffItem:
-    """The HandoffItem of a claimed row: decisions completed with the stored ticket."""
-    cfg = rt.config
-    t, a = loaded.ticket, dict(loaded.article)
-    if not a.get("message_id"):
-        a["message_id"] = outbox.message_id_for(c.key, cfg.gateway.hostname)
-    kind: Literal["create", "followup"] = "followup" if c.kind == "followup" else "create"
-    if kind == "followup" and not t.get("helpdesk_ticket_id") and not loaded.earlier_delivered:
-        # The helpdesk never saw this ticket (stored before the hand-off was configured,
-        # or its creation was deleted from the outbox): it is new to the helpdesk.
-        kind = "create"
-    decisions = {str(k): str(v) for k, v in c.decisions.items() if v is not None}
-    decisions.pop("BodyDecrypted", None)
-    for key, value in (("Queue", t["queue"]), ("Priority", t["priority"]),
-                       ("State", t["state"]), ("Title", t["title"]), ("Type", t["type"]),
-                       ("CustomerUser", t["customer_user"]), ("CustomerNo", t["customer_no"])):
-        if value and kind == "create":
-            decisions[key] = str(value)
-    for name, value in (t.get("dynamic_fields") or {}).items():
-        if kind == "create":
-            decisions.setdefault(f"DynamicField-{name}", str(value))
-    crypto = dict(a.get("crypto") or {})
-    mime = loaded.raw
-    if crypto.get("decrypted") and cfg.crypto.store_decrypted_body and mime:
-        plain = decrypted_mime(mime, rt, recipients, a.get("from_email") or "", a)
-        if plain is not None:
-            mime = plain
-    mime = strip_prefixed(mime, cfg.gateway.header_prefixes) if mime else mime
-    article = {
-        "from": a["from_addr"], "from_email": a["from_email"], "to": a["to_addr"],
-        "cc": a["cc_addr"], "reply_to": a["reply_to"], "subject": a["subject"],
-        "message_id": a["message_id"], "in_reply_to": a["in_reply_to"],
-        "references": a["references"], "content_type": a["content_type"], "body": a["body"],
-        "body_html": a["body_html"], "sender_type": a["sender_type"],
-        "is_visible_for_customer": a["is_visible_for_customer"],
-    }
-    atts = [AttachmentData(filename=r.filename, content_type=r.content_type,
-                           content=bytes(r.content), content_id=r.content_id,
-                           disposition=r.disposition) for r in loaded.attachments]
-    return HandoffItem(
-        id=c.id, kind=kind, key=c.key, attempts=c.earlier + c.attempts, ticket_id=c.ticket_id,
-        article_id=c.article_id, helpdesk_ticket_id=t.get("helpdesk_ticket_id") or "",
-        helpdesk_ticket_number=t.get("helpdesk_ticket_number") or "",
-        queue=cfg.helpdesk.helpdesk_queue(t["queue"]), decisions=decisions,
-        ticket={k: v for k, v in t.items()}, article=article, attachments=atts,
-        crypto=crypto, mime=mime, created=c.created.isoformat())
-
-
-class ItemError(HandoffError):
-    """A claimed row that never reached the connector: its item could not be read or
-    built from the store (temporary: retried on the schedule), or its ticket or article
-    is gone (permanent). deskgate's side, not the helpdesk's."""
-
-
-MISSING = "the ticket or article no longer exists"
-
-
-def read_items(engine: Engine, rt: Runtime, claimed: list[outbox.Claimed]
-               ) -> dict[int, HandoffItem | ItemError]:
-    """The items of claimed rows by row id, loaded and built on the calling (worker)
-    thread, each on its own: a row whose stored data cannot be read or built gets an
-    ItemError and the others are delivered."""
-    try:
-        with engine.connect() as conn:
-            loaded = outbox.load(conn, claimed)
-    except Exception:
-        log.exception("hand-off: reading the claimed rows failed; reading them one by one",
-                      handoffs=len(claimed))
-        return {c.id: _read_one(engine, rt, c) for c in claimed}
-    return {c.id: _build(rt, c, loaded.get(c.id)) for c in claimed}
-
-
-def _read_one(engine: Engine, rt: Runtime, c: outbox.Claimed) -> HandoffItem | ItemError:
-    try:
-        with engine.connect() as conn:
-            loaded = outbox.load(conn, [c])
-    except Exception as exc:
-        log.exception("hand-off: reading the row failed", handoff=c.id)
-        return ItemError(f"reading the stored ticket or article failed: "
-                         f"{type(exc).__name__}: {exc}"[:2000])
-    return _build(rt, c, loaded.get(c.id))
-
-
-def _build(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded | None
-           ) -> HandoffItem | ItemError:
-    if loaded is None:
-        return ItemError(MISSING, temporary=False)
-    try:
-        return build_item(rt, c, loaded, loaded.recipients)
-    except Exception as exc:
-        log.exception("hand-off: building the item failed", handoff=c.id)
-        return ItemError(f"building the hand-off from the stored ticket and article failed: "
-                         f"{type(exc).__name__}: {exc}"[:2000])
-
-
-# ----------------------------------------------------------------- recording
-
-def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claimed,
-           result: Delivered | None, error: HandoffError | None, seconds: float,
-           later: Deferred | None = None) -> outbox.Outcome:
-    """Outcome and communication log of one attempt, in one transaction (the log with
-    the transaction's deferred rows when `later` is given)."""
-    cfg = rt.config.helpdesk
-    comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
-    # The Connection object tells what the helpdesk said: none for an item that never
-    # reached the connector.
-    conn_obj = comm.obj("Connection") if not isinstance(error, ItemError) else None
-    msg = comm.obj("Message")
-    msg.article_id = c.article_id
-    earlier = f" ({c.earlier} before a retry by hand)" if c.earlier else ""
-    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1}"
-            f"{earlier} to {connector.type}, {seconds * 1000:.0f} ms")
-    if result is not None:
-        assert conn_obj is not None
-        for prio, key, value in result.log:
-            conn_obj.log(prio, key, value)  # type: ignore[arg-type]
-        out = outbox.record_delivered(conn, c, ticket_id=result.ticket_id,
-                                      ticket_number=result.ticket_number)
-        what = ", ".join(x for x in (
-            f"helpdesk ticket {result.ticket_number}" if result.ticket_number else "",
-            f"id {result.ticket_id}" if result.ticket_id else "", result.detail) if x)
-        conn_obj.close("Successful")
-        if out.status == "deleted":
-            msg.log("Notice", "Deleted", f"the helpdesk took it ({what or 'delivered'}); "
-                    f"{_DELETED}")
-            msg.close("Warning")
-        else:
-            msg.log("Info", "Delivered", what or "delivered")
-            msg.close("Successful")
-    else:
-        assert error is not None
-        if conn_obj is None:
-            msg.log("Error", "Item", f"not handed to {connector.type}: {error}"[:4000])
-        else:
-            conn_obj.log("Error" if not error.temporary else "Warn", "Helpdesk",
-                         str(error)[:4000])
-            conn_obj.close("Failed")
-        out = outbox.record_failure(conn, c, str(error), temporary=error.temporary,
-                                    schedule=cfg.retry)
-        if out.status == "deleted":
-            msg.log("Notice", "Deleted", f"{error}"[:3000] + f"; {_DELETED}")
-            msg.close("Warning")
-        elif out.status == "superseded":
-            msg.log("Warn", "Superseded", f"{error}"[:3000] + "; not recorded: the lease "
-                    "ran out and the hand-off was delivered or taken by another attempt")
-            msg.close("Warning")
-        elif out.status == "failed":
-            why = "permanent error" if not error.temporary else "retries exhausted"
-            # An ItemError is permanent only when the ticket or article is gone.
-            then = (f"`deskgate handoff delete {c.id}` removes the row"
-                    if isinstance(error, ItemError) and not error.temporary
-                    else f"`deskgate handoff retry {c.id}` tries again")
-            msg.log("Error", "Failed", f"{why}: {error}"[:4000] + f"; {then}")
-            msg.close("Failed")
-        else:
-            assert out.next_attempt is not None
-            msg.log("Warn", "Deferred", f"{error}"[:3000] + f"; next attempt "
-                    f"{out.next_attempt:%Y-%m-%d %H:%M:%S}")
-            msg.close("Warning")
-    comm.close()
-    add_comm(conn, comm, later)
-    return out
-
-
-def record_lost(conn: Connection, connector: Connector, lost: outbox.Lost,
-                later: Deferred | None = None) -> None:
-    """The communication log of an attempt that ended without an outcome (its node was
-    killed or hung past the lease), which `outbox.expire` recorded as failed. It has no
-    Connection object: what the helpdesk said, if anything, is not known."""
-    c, out = lost.claimed, lost.outcome
-    comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
-    msg = comm.obj("Message")
-    msg.article_id = c.article_id
-    earlier = f" ({c.earlier} before a retry by hand)" if c.earlier else ""
-    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1}"
-            f"{earlier} to {connector.type} by {c.node}: no outcome by the end of its "
-            f"lease at {lost.lease_until:%Y-%m-%d %H:%M:%S} UTC")
-    why = (f"{outbox.LOST}; it counts as a failed attempt (the helpdesk may have got it: "
-           "the next attempt checks first)")
-    if out.status == "failed":
-        msg.log("Error", "Failed", f"retries exhausted: {why}; `deskgate handoff retry "
-                f"{c.id}` tries again")
-        msg.close("Failed")
-    else:
-        assert out.next_attempt is not None
-        msg.log("Warn", "Deferred", f"{why}; next attempt {out.next_attempt:%Y-%m-%d %H:%M:%S}")
-        msg.close("Warning")
-    comm.close()
-    add_comm(conn, comm, later)
-
-
-_DELETED = ("not recorded: the hand-off was deleted (`deskgate handoff delete`) while "
-            "this attempt ran")
 
 
 # ----------------------------------------------------------------- the service
