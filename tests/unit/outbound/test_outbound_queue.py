@@ -10,7 +10,7 @@ from email.message import Message
 from email.parser import BytesParser, HeaderParser
 from email.policy import default as default_policy
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from gateway.inbound.bounce import parse_dsn
 from gateway.outbound import queue as oq
@@ -548,13 +548,63 @@ class TestLostClaims:
             "queued", 1, "", oq.LOST_REASON)
         assert rc == [("pending", 1, 0)]
 
-    def test_a_lost_claim_is_taken_by_one_node_only(self, ob_engine, rt):
-        """Two nodes after the same lost claim: one records it, the other gets nothing."""
-        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+    def test_a_lost_claim_is_taken_by_one_node_only(self, claim_engine, rt):
+        """Two nodes after the same lost claim, the second's claim landing between the
+        first's read of the due rows and its write: one of them records it, the other
+        gets nothing."""
+        oid = enqueue(claim_engine, rt, rcpts=("a@customer.test",))
         now = datetime.now(UTC)
-        with ob_engine.begin() as conn:
+        with claim_engine.begin() as conn:
             oq.claim(conn, "node-a", limit=1, lease=1, now=now)
-            first = oq.claim(conn, "node-b", limit=1, lease=60, now=now + timedelta(seconds=2))
-            second = oq.claim(conn, "node-c", limit=1, lease=60,
-                              now=now + timedelta(seconds=3))
-        assert [m.lost_by for m in first] == ["node-a"] and second == []
+        b, c = claim_racing(claim_engine, now + timedelta(seconds=2), b_lease=60,
+                            c_now=now + timedelta(seconds=2))
+        with claim_engine.connect() as conn:
+            row, _ = outcome_of(conn, oid)
+        takers = [(node, m.lost_by) for node, got in (("node-b", b), ("node-c", c))
+                  for m in got]
+        assert len(takers) == 1 and takers[0][1] == "node-a"
+        assert row.claimed_by == takers[0][0]
+
+    def test_a_lost_claim_taken_meanwhile_is_not_taken_again(self, claim_engine, rt):
+        """The claim a node read is no longer the row's once another node took it, even
+        when that node's lease has run out too by the time of the write (a short lease,
+        or a clock ahead): the lost attempt is still taken once, by one node."""
+        oid = enqueue(claim_engine, rt, rcpts=("a@customer.test",))
+        now = datetime.now(UTC)
+        with claim_engine.begin() as conn:
+            oq.claim(conn, "node-a", limit=1, lease=1, now=now)
+        b, c = claim_racing(claim_engine, now + timedelta(seconds=2), b_lease=1,
+                            c_now=now + timedelta(seconds=4))
+        with claim_engine.connect() as conn:
+            row, _ = outcome_of(conn, oid)
+        takers = [(node, m.lost_by) for node, got in (("node-b", b), ("node-c", c))
+                  for m in got]
+        assert len(takers) == 1 and takers[0][1] == "node-a"
+        assert row.claimed_by == takers[0][0]
+
+
+def claim_racing(engine, b_now, *, b_lease, c_now):
+    """node-c claims; between its read of the due rows and its first write, node-b's
+    whole claim runs on another connection and commits (as a second node's would).
+    Returns (node-b's claim, node-c's claim). On PostgreSQL node-c's read holds the
+    rows (FOR UPDATE SKIP LOCKED), so node-b's claim skips them."""
+    b: list[oq.Claimed] = []
+    fired: list[bool] = []
+
+    table = OutboundMessage.__tablename__.upper()
+
+    def meanwhile(conn, cursor, statement, *args):
+        if fired or not statement.lstrip().upper().startswith(f"UPDATE {table} "):
+            return
+        fired.append(True)
+        with engine.begin() as other:
+            b.extend(oq.claim(other, "node-b", limit=1, lease=b_lease, now=b_now))
+
+    with engine.begin() as conn:
+        event.listen(conn, "before_cursor_execute", meanwhile)
+        try:
+            c = oq.claim(conn, "node-c", limit=1, lease=60, now=c_now)
+        finally:
+            event.remove(conn, "before_cursor_execute", meanwhile)
+    assert fired, "node-c's claim wrote nothing: no race was run"
+    return b, c
