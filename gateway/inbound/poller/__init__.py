@@ -14,7 +14,9 @@ socket in gateway/inbound/poller/idle.py.
 
 Modules: session.py (shared types, TLS), imap.py, pop3.py, oauth2.py (tokens),
 state.py (database), lease.py (one node per account), run.py (one poll run),
-check.py (`check_account`), idle.py, scheduler.py (the service in `serve`).
+connection.py (one connection of a run), deliver.py (its work list), keep.py
+(what after_fetch = "keep" remembers), check.py (`check_account`), idle.py,
+scheduler.py (the service in `serve`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""after_fetch = "keep": what the poller remembers of mail it leaves on the server.
+
+IMAP keeps a folder position (UIDVALIDITY and the highest UID handled in
+order) and, below it, the messages to fetch again (poller_retry: failed for a
+reason of their own, or held while another client had them flagged \\Deleted)
+and those left as oversized. POP3 keeps the UIDLs it has seen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gateway.commlog import CommObj
+from gateway.config import AccountConfig
+from gateway.inbound.poller import state
+from gateway.inbound.poller.imap import ImapSession
+from gateway.inbound.poller.session import RemoteMessage, Session
+
+if TYPE_CHECKING:
+    from gateway.inbound.poller.run import Poller
+
+
+async def start_position(poller: Poller, account: AccountConfig, obj: CommObj, folder: str,
+                         uidvalidity: int) -> int:
+    """IMAP keep: the UID the folder was handled up to (0 after a UIDVALIDITY change)."""
+    pos = await poller._db(lambda c: state.folder_position(c, account.name, folder))
+    after_uid = 0
+    if pos is not None and pos[0] == uidvalidity:
+        after_uid = pos[1]
+    elif pos is not None:
+        obj.log("Notice", "UIDVALIDITY", f"{folder}: UIDVALIDITY changed from {pos[0]} "
+                f"to {uidvalidity}; reading the folder again (the dedupe recognises "
+                "messages already stored)")
+    return after_uid
+
+
+async def below_mark(poller: Poller, account: AccountConfig, session: Session, obj: CommObj,
+                     call: Any, folder: str, uidvalidity: int, below: int
+                     ) -> tuple[list[RemoteMessage], int]:
+    """IMAP keep: the messages below the folder position to fetch again: those
+    that failed for a reason of their own, those held while another client had
+    them flagged \\Deleted, and those left as oversized under a smaller
+    max_message_size that fit the current one. Also: how many of them carry
+    \\Deleted now (they are not fetched)."""
+    limit = account.max_message_size
+
+    def read(c: Any) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
+        return (state.retries(c, account.name, folder),
+                state.oversized_under_smaller_limit(c, account.name, folder, limit))
+
+    failed, rows = await poller._db(read)
+    again: list[RemoteMessage] = []
+    failures: set[str] = set()   # the others were held while flagged \\Deleted
+    for key, size, attempts in failed:
+        uv, _, uid = key.partition(":")
+        if uv == str(uidvalidity) and uid.isdigit() and int(uid) <= below:
+            again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
+            if attempts > 0:
+                failures.add(key)
+    retried = len(again)
+    still: list[str] = []
+    for key, size in rows:
+        uv, _, uid = key.partition(":")
+        if uv != str(uidvalidity) or not uid.isdigit() or int(uid) > below:
+            continue     # another UIDVALIDITY, or above the mark (listed anyway)
+        if size > limit:
+            still.append(key)
+        else:
+            again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
+    if still:
+        await poller._db(lambda c: state.touch_oversized(c, account.name, folder, still,
+                                                         limit))
+    # Their flags now: one another client flagged \\Deleted meanwhile is not fetched
+    # (one gone from the server is fetched as vanished, which forgets it).
+    now: dict[int, RemoteMessage] = {}
+    if again and isinstance(session, ImapSession):
+        now = await call(session.lookup, sorted({m.uid for m in again}))
+    flagged = {m.key for m in again if m.uid in now and now[m.uid].deleted}
+    n_failed = len(failures - flagged)
+    if n_failed:
+        obj.log("Info", "Retry", f"{n_failed} messages that failed before: "
+                "trying them again")
+    n_unheld = sum(1 for m in again[:retried]
+                   if m.key not in failures and m.key not in flagged)
+    if n_unheld:
+        obj.log("Info", "Deleted", f"{n_unheld} messages another client had flagged "
+                "\\Deleted no longer carry the flag: fetching them")
+    fit = sum(1 for m in again[retried:] if m.key not in flagged)
+    if fit > 0:
+        obj.log("Info", "Oversized", f"{fit} messages left as oversized fit "
+                f"max_message_size ({limit} bytes) now: fetching them")
+    out = {m.key: now.get(m.uid, m) for m in again if m.key not in flagged}
+    return sorted(out.values(), key=lambda m: m.uid), len(flagged)
+
+
+async def note_position(poller: Poller, account: AccountConfig, folder: str, uidvalidity: int,
+                        mark: int, listed: tuple[RemoteMessage, ...],
+                        held: list[RemoteMessage], handled: set[str],
+                        left: list[tuple[RemoteMessage, str]], again: set[str]) -> None:
+    """IMAP keep, after a connection's work: remember how far every message is handled
+    (UIDs in order); a message that failed stays below the mark.
+
+    A message left for the next run is remembered in poller_retry, so the mark
+    moves past it and the messages after it are not fetched again. So is a
+    message flagged \\Deleted by another client: fetched should the flag be taken
+    back.
+    """
+    left_keys = {m.key for m, _ in left}
+    held_keys = {m.key for m in held}
+    position = mark
+    for m in listed:
+        if m.key not in handled and m.key not in left_keys and m.key not in held_keys:
+            break
+        position = m.uid
+    done_again = [k for k in again if k in handled]
+
+    def note(c: Any) -> None:
+        for m, reason in left:
+            state.record_retry(c, account.name, folder, m.key, m.size, reason)
+        state.hold_deleted(c, account.name, folder, [(m.key, m.size) for m in held])
+        state.drop_retries(c, account.name, folder, done_again)
+        if position != mark:
+            state.set_folder_position(c, account.name, folder, uidvalidity, position)
+    if left or held or done_again or position != mark:
+        await poller._db(note)
+
+
+async def remember_seen(poller: Poller, account: AccountConfig, todo: list[RemoteMessage],
+                        handled: set[str], listed: tuple[RemoteMessage, ...]) -> None:
+    """POP3 keep, after a connection's work: the UIDLs handled are seen; those no
+    longer listed are forgotten."""
+    fresh = [m.key for m in todo if m.key in handled]
+    present = [m.key for m in listed]
+
+    def remember(c: Any) -> None:
+        state.add_seen(c, account.name, fresh)
+        state.forget_seen(c, account.name, present)
+    await poller._db(remember)
