@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.crypto import keystore
+from gateway.crypto import pgpkeyring
 from gateway.crypto.keystore import PgpKey, PgpStore, timed_out
 
 
@@ -219,7 +219,7 @@ def _decrypt_signed(store: PgpStore, data: bytes, pw: str | None
 
 
 def _timeout_text() -> str:
-    return f"gpg did not answer within {keystore.GPG_TIMEOUT} s"
+    return f"gpg did not answer within {pgpkeyring.GPG_TIMEOUT} s"
 
 
 def _decrypt_reason(res: Any) -> str:

@@ -158,7 +158,7 @@ class TestPgpMime:
         """A gpg that never answers is stopped after the timeout: stored with a clear error."""
         import time
 
-        from gateway.crypto import keystore
+        from gateway.crypto import pgpkeyring
 
         wrapper = tmp_path / "gpg-hangs"
         wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --decrypt ] && exec sleep 20;'
@@ -166,7 +166,7 @@ class TestPgpMime:
         wrapper.chmod(0o755)
         (pgp_env.conf / "60-gpg.toml").write_text(f'[crypto]\ngpg_binary = "{wrapper}"\n')
         pgp_env.reload()
-        monkeypatch.setattr(keystore, "GPG_TIMEOUT", 2)
+        monkeypatch.setattr(pgpkeyring, "GPG_TIMEOUT", 2)
         armored = pgp_keys.customer.encrypt(INNER, SUPPORT)
         t0 = time.monotonic()
         d = deliver(pgp_mime_encrypted(armored, "hang1"))

@@ -1,0 +1,257 @@
+"""The PGP keyring: a GnuPG home driven through python-gnupg.
+
+The passphrase of a secret key is kept in `<gnupg_home>/deskgate-passphrases/<FPR>`.
+Keys are trusted as imported (gpg runs with `--trust-model always`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.crypto.keyfiles import KeyStoreError, mtimes, read_passphrase
+from gateway.privatefiles import write_private
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PgpKey:
+    fingerprint: str
+    addresses: tuple[str, ...]
+    uids: tuple[str, ...]
+    expires: dt.datetime | None
+    secret: bool
+    expired: bool
+    revoked: bool
+    can_encrypt: bool
+    can_sign: bool
+    subkeys: tuple[str, ...] = ()      # key ids and fingerprints of subkeys
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.fingerprint, "addresses": list(self.addresses), "uids": list(self.uids),
+                "fingerprint": self.fingerprint,
+                "expires": self.expires.isoformat() if self.expires else None,
+                "private_key": self.secret, "expired": self.expired, "revoked": self.revoked}
+
+    @property
+    def usable(self) -> bool:
+        return not (self.expired or self.revoked)
+
+
+def _uid_email(uid: str) -> str:
+    import email.utils
+
+    addr = email.utils.parseaddr(uid)[1]
+    return addr.lower() if "@" in addr else ""
+
+
+# Seconds a gpg call may take; then it is killed (a stuck gpg-agent, a lock in the
+# GnuPG home) and the result says so, instead of holding a worker thread for ever.
+GPG_TIMEOUT = 30
+
+
+def timed_out(res: Any) -> bool:
+    """Whether this python-gnupg result comes from a gpg killed after GPG_TIMEOUT."""
+    return bool(getattr(res, "timed_out", False))
+
+
+@functools.cache
+def _timed_gpg_class() -> Any:
+    """gnupg.GPG whose every gpg process is killed after GPG_TIMEOUT seconds
+    (python-gnupg itself waits for gpg without a limit)."""
+    import gnupg
+
+    def kill(process: Any, result: Any) -> None:
+        result.timed_out = True
+        with contextlib.suppress(OSError):
+            process.kill()
+
+    class TimedGPG(gnupg.GPG):  # type: ignore[misc]
+        def _collect_output(self, process: Any, result: Any, writer: Any = None,
+                            stdin: Any = None) -> Any:
+            timer = threading.Timer(GPG_TIMEOUT, kill, (process, result))
+            timer.daemon = True
+            timer.start()
+            try:
+                return super()._collect_output(process, result, writer, stdin)
+            finally:
+                timer.cancel()
+
+    return TimedGPG
+
+
+class PgpStore:
+    """The GnuPG home. gpg runs as a subprocess per call: never on the event loop."""
+
+    PASS_DIR = "deskgate-passphrases"  # noqa: S105 - a directory name, not a password
+
+    def __init__(self, home: Path, binary: str = "gpg") -> None:
+        self.home = home
+        self.binary = binary
+        self._gpg: Any = None
+        self._lock = threading.Lock()
+        self._cache: tuple[tuple[float, ...], list[PgpKey]] | None = None
+
+    @property
+    def gpg(self) -> Any:
+        with self._lock:
+            if self._gpg is None:
+                self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._agent_conf()
+                self._gpg = _timed_gpg_class()(gnupghome=str(self.home), gpgbinary=self.binary,
+                                      options=["--trust-model", "always", "--no-auto-key-locate",
+                                               "--no-auto-key-retrieve"])
+                self._gpg.encoding = "utf-8"
+            return self._gpg
+
+    def available(self) -> bool:
+        return self.home.is_dir() and any(self.home.glob("pubring.*"))
+
+    def close(self) -> None:
+        """Stop the gpg-agent that our gpg calls started for this home.
+
+        gpg launches an agent on demand and leaves it running; without this a
+        stopped `deskgate serve` would leave one behind per GnuPG home. Should
+        anything still need it, the next gpg call simply starts a new one.
+        """
+        with self._lock:
+            used, self._gpg = self._gpg is not None, None
+        gpgconf = shutil.which("gpgconf")
+        if not used or gpgconf is None:
+            return
+        try:
+            subprocess.run([gpgconf, "--homedir", str(self.home), "--kill", "gpg-agent"],
+                           capture_output=True, check=False, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not stop gpg-agent", home=str(self.home), error=str(exc))
+
+    def _agent_conf(self) -> None:
+        """A cheap KDF for the agent's copy of secret keys (unless the admin wrote a conf).
+
+        The passphrase is stored next to the key so the gateway can work unattended;
+        a slow KDF would only cost ~1 s per message without adding protection.
+        """
+        conf = self.home / "gpg-agent.conf"
+        if not conf.exists():
+            conf.write_text("# written by deskgate: see README, S/MIME and PGP\n"
+                            "s2k-count 65536\n")
+
+    def all_keys(self) -> list[PgpKey]:
+        if not self.available():
+            return []
+        stamp = mtimes(self.home / "pubring.kbx", self.home / "pubring.gpg",
+                       self.home / "private-keys-v1.d", self.home / self.PASS_DIR)
+        with self._lock:
+            if self._cache is not None and self._cache[0] == stamp:
+                return self._cache[1]
+        keys = self._list()
+        with self._lock:
+            self._cache = (stamp, keys)
+        return keys
+
+    def _list(self) -> list[PgpKey]:
+        gpg = self.gpg
+        secret = {k["fingerprint"] for k in gpg.list_keys(secret=True)}
+        out: list[PgpKey] = []
+        now = dt.datetime.now(dt.UTC)
+        for k in gpg.list_keys():
+            uids = tuple(k.get("uids") or ())
+            expires = None
+            if k.get("expires"):
+                expires = dt.datetime.fromtimestamp(int(k["expires"]), dt.UTC)
+            cap = k.get("cap", "")
+            subs: list[str] = []
+            for sk in k.get("subkeys") or ():
+                subs += [s for s in (sk[0], sk[2]) if s]
+            out.append(PgpKey(
+                fingerprint=k["fingerprint"], uids=uids,
+                addresses=tuple(a for a in (_uid_email(u) for u in uids) if a),
+                expires=expires, secret=k["fingerprint"] in secret,
+                expired=k.get("trust") == "e" or bool(expires and expires < now),
+                revoked=k.get("trust") == "r", can_encrypt="E" in cap, can_sign="S" in cap,
+                subkeys=(k.get("keyid", ""), *subs)))
+        return out
+
+    def find(self, address: str, *, secret: bool = False, encrypt: bool = False,
+             sign: bool = False) -> list[PgpKey]:
+        address = address.lower()
+        return [k for k in self.all_keys() if address in k.addresses and (not secret or k.secret)
+                and (not encrypt or k.can_encrypt) and (not sign or k.can_sign)]
+
+    def lookup(self, ident: str) -> list[PgpKey]:
+        ident_u = ident.replace(" ", "").upper()
+        return [k for k in self.all_keys() if ident.lower() in k.addresses
+                or (len(ident_u) >= 8 and (k.fingerprint.endswith(ident_u)
+                                           or k.fingerprint.startswith(ident_u)))]
+
+    def by_keyid(self, keyid: str) -> PgpKey | None:
+        keyid = keyid.upper()
+        for k in self.all_keys():
+            if k.fingerprint.endswith(keyid) or any(s.upper().endswith(keyid) for s in k.subkeys):
+                return k
+        return None
+
+    def passphrase_path(self, fpr: str) -> Path:
+        return self.home / self.PASS_DIR / fpr
+
+    def passphrase(self, fpr: str) -> str | None:
+        p = self.passphrase_path(fpr)
+        if not p.exists():
+            return None
+        return read_passphrase(p).decode("utf-8")
+
+    # ------------------------------------------------------------ admin
+
+    def import_(self, data: bytes, passphrase: str | None = None) -> list[PgpKey]:
+        gpg = self.gpg
+        before = {k.fingerprint: k.secret for k in self.all_keys()}
+        res = gpg.import_keys(data)
+        fprs = list(dict.fromkeys(res.fingerprints))
+        if not fprs:
+            raise KeyStoreError("no OpenPGP key found in the file"
+                                + (f" ({res.stderr.strip().splitlines()[-1]})"
+                                   if res.stderr.strip() else ""))
+        self._cache = None
+        keys = [k for k in self.all_keys() if k.fingerprint in fprs]
+        for k in keys:
+            if not k.secret:
+                continue
+            if not self._can_sign(k.fingerprint, passphrase):
+                if not before.get(k.fingerprint):
+                    gpg.delete_keys(k.fingerprint, secret=True, expect_passphrase=False)
+                    self._cache = None
+                raise KeyStoreError(
+                    f"{k.fingerprint}: wrong passphrase for the secret key" if passphrase
+                    else f"{k.fingerprint}: the secret key is protected; give its passphrase "
+                         "(--passphrase-file)")
+            if passphrase:
+                write_private(self.passphrase_path(k.fingerprint), passphrase.encode() + b"\n")
+                (self.home / self.PASS_DIR).chmod(0o700)
+        self._cache = None
+        return [k for k in self.all_keys() if k.fingerprint in fprs]
+
+    def _can_sign(self, fpr: str, passphrase: str | None) -> bool:
+        res = self.gpg.sign(b"deskgate passphrase check", keyid=fpr, passphrase=passphrase,
+                            detach=True, extra_args=["--pinentry-mode", "loopback"])
+        return bool(res.data)
+
+    def remove(self, ident: str) -> list[PgpKey]:
+        found = self.lookup(ident)
+        gpg = self.gpg
+        for k in found:
+            if k.secret:
+                gpg.delete_keys(k.fingerprint, secret=True, expect_passphrase=False)
+            gpg.delete_keys(k.fingerprint)
+            self.passphrase_path(k.fingerprint).unlink(missing_ok=True)
+        self._cache = None
+        return found
