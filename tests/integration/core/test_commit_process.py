@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.app import Gateway
 from gateway.commlog import Comm, CommObj
 from gateway.config import load_config
-from gateway.inbound import commitproc
+from gateway.inbound import commitproc, commitwire
 from gateway.inbound.commitproc import CommitClient, CommitServer, frame, portable
 from gateway.model import Envelope, MessageContext
 from gateway.store.tables import Communication, Delivery, Quarantine, Ticket
@@ -563,7 +563,7 @@ class TestClientServer:
             first = loop.create_future()
             second = loop.create_future()
             client.pending.update({1: first, 2: second})
-            good = tuple(range(len(commitproc.RESULT_FIELDS)))
+            good = tuple(range(len(commitwire.RESULT_FIELDS)))
             b.sendall(frame(1, (True, (1, 2))) + frame(2, (True, good)))
             with pytest.raises(commitproc.RemoteCommitError) as err:
                 await asyncio.wait_for(first, 5)
@@ -575,14 +575,14 @@ class TestClientServer:
             b.close()
 
     def test_fingerprint_follows_the_wire_fields(self, monkeypatch):
-        before = commitproc.fingerprint()
-        assert before == commitproc.fingerprint() and len(before) == 16
-        monkeypatch.setattr(commitproc, "RESULT_FIELDS", commitproc.RESULT_FIELDS[::-1])
-        assert commitproc.fingerprint() != before
+        before = commitwire.fingerprint()
+        assert before == commitwire.fingerprint() and len(before) == 16
+        monkeypatch.setattr(commitwire, "RESULT_FIELDS", commitwire.RESULT_FIELDS[::-1])
+        assert commitwire.fingerprint() != before
         monkeypatch.undo()
         import gateway
         monkeypatch.setattr(gateway, "__version__", "99.0")
-        assert commitproc.fingerprint() != before
+        assert commitwire.fingerprint() != before
 
     async def test_connection_records_go_to_the_commit_process(self, pair):
         pair.lmtp_gw.log_connection(connection_record("test record"))
@@ -618,7 +618,7 @@ class FakeWriter:
     def run_here(self, jobs, after=None):
         for _job, cb in jobs:
             self.jobs += 1
-            fields = {k: None for k in commitproc.RESULT_FIELDS}
+            fields = {k: None for k in commitwire.RESULT_FIELDS}
             fields["trace"] = ["x" * 4000]
             cb(True, SimpleNamespace(**fields))
         if after is not None:
@@ -637,7 +637,7 @@ def request(rid: int) -> bytes:
     env = Envelope(mail_from="c@customer.test", recipients=("support@example.org",),
                    raw=b"Subject: x\r\n\r\nx\r\n")
     ctx = MessageContext(envelope=env, log=CommObj("Message"))
-    return frame(rid, ("commit", commitproc.pack(ctx, Comm("Incoming", "LMTP", "p"))))
+    return frame(rid, ("commit", commitwire.pack(ctx, Comm("Incoming", "LMTP", "p"))))
 
 
 def read_replies(sock: socket.socket, want: int, timeout: float = 20) -> dict[int, tuple]:
@@ -648,7 +648,7 @@ def read_replies(sock: socket.socket, want: int, timeout: float = 20) -> dict[in
         if not data:
             break
         buf += data
-        for rid, body in commitproc.split(buf):
+        for rid, body in commitwire.split(buf):
             assert rid not in got
             got[rid] = pickle.loads(body)  # noqa: S301
     return got
@@ -699,7 +699,7 @@ class TestServerSockets:
         server, _ = fake_server([b])
         try:
             body = pickle.dumps(("commit", Unreadable()))
-            a.sendall(commitproc._HEAD.pack(len(body), 42) + body)
+            a.sendall(commitwire._HEAD.pack(len(body), 42) + body)
             a.sendall(request(43))
             got = read_replies(a, 2)
             ok, (kind, text) = got[42]
@@ -711,9 +711,9 @@ class TestServerSockets:
 
 
 def read_replies_ok(_rid: int) -> tuple:
-    fields = {k: None for k in commitproc.RESULT_FIELDS}
+    fields = {k: None for k in commitwire.RESULT_FIELDS}
     fields["trace"] = ["x" * 4000]
-    return (True, tuple(fields[k] for k in commitproc.RESULT_FIELDS))
+    return (True, tuple(fields[k] for k in commitwire.RESULT_FIELDS))
 
 
 class TestWire:
@@ -723,8 +723,8 @@ class TestWire:
         a.close()
         b.close()
         loop = asyncio.new_event_loop()
-        new = tuple("new" if f == "action" else None for f in commitproc.RESULT_FIELDS)
-        dup = tuple("duplicate" if f == "action" else None for f in commitproc.RESULT_FIELDS)
+        new = tuple("new" if f == "action" else None for f in commitwire.RESULT_FIELDS)
+        dup = tuple("duplicate" if f == "action" else None for f in commitwire.RESULT_FIELDS)
         try:
             data = (frame(1, (True, new))
                     + frame(2, (False, ("temporary", "database is locked")))
@@ -737,7 +737,7 @@ class TestWire:
                 c.data_received(data[cut:])
                 assert fs[1].result()["action"] == "new"
                 assert fs[3].result()["action"] == "duplicate"
-                assert set(fs[3].result()) == set(commitproc.RESULT_FIELDS)
+                assert set(fs[3].result()) == set(commitwire.RESULT_FIELDS)
                 exc = fs[2].exception()
                 assert isinstance(exc, commitproc.RemoteCommitError) and exc.temporary
                 assert not c.buf
@@ -772,30 +772,30 @@ class TestWire:
         ctx.verdict = Verdict("ignore", "test")
         comm = Comm("Incoming", "LMTP", "peer")
         comm.obj("Connection").log("Notice", "RCPT", "refused")
-        sent = pickle.loads(pickle.dumps(commitproc.pack(ctx, comm)))  # noqa: S301
-        got, got_comm = commitproc.unpack(sent)
+        sent = pickle.loads(pickle.dumps(commitwire.pack(ctx, comm)))  # noqa: S301
+        got, got_comm = commitwire.unpack(sent)
         want = portable(ctx)
         assert got.parsed.attachments and got.parsed.attachments[0].content == b"\x00\x01pdf"
         assert got.params and got.params == ctx.params
-        for name in commitproc._CTX_REST:
+        for name in commitwire._CTX_REST:
             assert getattr(got, name) == getattr(want, name), name
         assert got.envelope == env and got.envelope.sha256 == env.sha256
         assert got.parsed == want.parsed
         assert got.log == ctx.log and got.log.entries and got.log.entries == ctx.log.entries
         assert got_comm == comm and got_comm.objects[0].entries[0].value == "refused"
         # UTC times travel as microseconds (cheaper than pickled datetimes), exactly
-        wire = commitproc.pack(ctx, comm)
-        assert all(type(v) is int for v in (wire[0][commitproc._ENV.index("received_at")],
-                                                wire[5][commitproc._COMM.index("start")]))
+        wire = commitwire.pack(ctx, comm)
+        assert all(type(v) is int for v in (wire[0][commitwire._ENV.index("received_at")],
+                                                wire[5][commitwire._COMM.index("start")]))
         assert got.envelope.received_at == env.received_at
         assert got.envelope.received_at.tzinfo is UTC
         # any other time goes as it is
         from datetime import timedelta, timezone
         local = datetime(2026, 12, 4, 10, 0, 0, 123457, tzinfo=timezone(timedelta(hours=1)))
-        back = commitproc._t_in(commitproc._t_out(local))
+        back = commitwire._t_in(commitwire._t_out(local))
         assert back == local and back.tzinfo == local.tzinfo and back.hour == 10
         naive = datetime(2026, 12, 4, 10, 0)
-        assert commitproc._t_out(naive) is naive
+        assert commitwire._t_out(naive) is naive
 
     def test_portable_context_drops_the_message_object_except_for_bounces(self):
         from gateway.inbound.parse import parse_message
