@@ -92,7 +92,6 @@ class LmtpConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
-
     @property
     def buffered(self) -> int:
         """Bytes of input held (unanswered commands or the message being received)."""

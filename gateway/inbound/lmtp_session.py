@@ -51,7 +51,7 @@ BOGUS_LIMIT = 5
 
 
 class LmtpSession(LmtpConnection):
-    """One LMTP connection."""
+    """One LMTP connection: the dialogue on the lines and messages LmtpConnection reads."""
 
     _COMMANDS: ClassVar[dict[str, Callable[[LmtpSession, str], None]]]
 
