@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +63,9 @@ def register(sub: Any) -> None:
     dsub = p.add_subparsers(dest="dkim_command", metavar="ACTION")
     dsub.required = True
     kp = dsub.add_parser("keygen", help="write a DKIM key and print its DNS TXT record")
-    kp.add_argument("domain")
-    kp.add_argument("selector")
+    kp.add_argument("domain", type=_dkim_domain, help="the signing domain (d=)")
+    kp.add_argument("selector", type=_dkim_selector,
+                    help="the selector (s=): letters, digits, hyphens, dots")
     kp.add_argument("--ed25519", action="store_true", help="Ed25519 instead of RSA-2048")
     kp.add_argument("--out", help="key file (default keys/dkim/DOMAIN.SELECTOR.pem)")
     kp.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -234,6 +236,35 @@ def cmd_flush(args: argparse.Namespace) -> int:
         n = retry_now(conn)
     print(f"{n} queued message(s) will be tried again now")
     return EX_OK
+
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _dns_labels(name: str) -> bool:
+    """True when name is dot-separated labels of letters, digits and inner hyphens."""
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(x) for x in name.split("."))
+
+
+def _dkim_selector(value: str) -> str:
+    """RFC 6376 3.1: selector = sub-domain *("." sub-domain)."""
+    if not _dns_labels(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a selector (letters, digits and hyphens, labels "
+            "separated by dots)")
+    return value
+
+
+def _dkim_domain(value: str) -> str:
+    """The signing domain (d=): a DNS name; an internationalised one is checked by its
+    A-labels (IDNA) and kept as given."""
+    try:
+        ascii_name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if not _dns_labels(ascii_name) or "." not in ascii_name:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a domain name such as example.org")
+    return value
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
