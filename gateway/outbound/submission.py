@@ -12,7 +12,10 @@ further failure, and a Warn is logged.
 
 aiosmtpd runs the session; DATA is read in bulk by gateway.smtpdata instead of
 aiosmtpd's line-by-line loop (only CRLF.CRLF ends a message, lines of any
-length, over max_message_size refused with 552 without holding the message).
+length, over max_message_size refused with 552 5.3.4 without holding the message).
+EHLO advertises PIPELINING (aiosmtpd reads one command line at a time from its
+stream, so a pipelined group is answered in order) and ENHANCEDSTATUSCODES, so
+aiosmtpd's own replies get an enhanced code on their way out (push).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, cast
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
-from gateway import errors, metrics
+from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config, SubmissionUser
 from gateway.errors import InUse
@@ -59,12 +62,38 @@ _PLAIN_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([^(]*))?\Z")
 # MAIL FROM's AUTH=<mailbox> parameter (RFC 4954 5), a value of at least one character.
 _AUTH_PARAM = re.compile(r"[ \t]+AUTH=[^ \t]+(?=[ \t]|\Z)", re.IGNORECASE)
-# aiosmtpd's replies at DATA, kept as they were
-NEED_RCPT = "503 Error: need RCPT command"
-DATA_SYNTAX = "501 Syntax: DATA"
-STRICT_ASCII = "500 Error: strict ASCII mode"
+# Postfix's refusal of a message over the size limit, at MAIL (SIZE=) and after DATA
+SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit"
+# aiosmtpd's replies at DATA, with an enhanced status code
+NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+STRICT_ASCII = "500 5.5.2 Error: strict ASCII mode"
 # aiosmtpd's answer to the fifth unknown command, replaced by Postfix's 421
 AIOSMTPD_TOO_MANY = "502 5.5.1 Too many unrecognized commands, goodbye."
+# aiosmtpd's refusal of MAIL FROM SIZE= over the limit, replaced by Postfix's
+AIOSMTPD_SIZE = "552 Error: message size exceeds fixed maximum message size"
+# The EHLO keywords added to aiosmtpd's (RFC 2920, RFC 2034).
+PIPELINING = "250-PIPELINING"
+ENHANCEDSTATUSCODES = "250-ENHANCEDSTATUSCODES"
+# The enhanced status code (RFC 3463) given to an aiosmtpd reply that has none, by
+# reply code (Postfix's for the same replies); any other code gets X.0.0.
+ENHANCED_BY_CODE = {"220": "2.0.0", "221": "2.0.0", "250": "2.0.0", "252": "2.0.0",
+                    "454": "4.7.0", "500": "5.5.2", "501": "5.5.4", "502": "5.5.1",
+                    "503": "5.5.1", "530": "5.7.0", "552": "5.3.4", "554": "5.7.0",
+                    "555": "5.5.4"}
+_HAS_ENHANCED = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
+
+
+def with_enhanced_code(status: str) -> str:
+    """A 2xx/4xx/5xx reply line with an enhanced status code (RFC 2034), inserted after
+    the reply code where the line has none; other lines are returned as they are."""
+    if status == AIOSMTPD_SIZE:
+        return SIZE_EXCEEDED
+    code, sep = status[:3], status[3:4]
+    if (status[:1] not in ("2", "4", "5") or not code.isdigit() or sep not in (" ", "")
+            or _HAS_ENHANCED.match(status)):
+        return status
+    return f"{code} {ENHANCED_BY_CODE.get(code, status[0] + '.0.0')} {status[4:]}".rstrip()
 
 
 class AuthGuard:
@@ -220,6 +249,14 @@ class SubmissionHandler:
     def _may_submit(self, session: Session) -> bool:
         return bool(session.authenticated) or self.sub.allowed_network(session.peer)
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """aiosmtpd's EHLO reply with PIPELINING first and ENHANCEDSTATUSCODES last
+        among the keywords (the session adds the codes to aiosmtpd's replies)."""
+        session.host_name = hostname
+        return [responses[0], PIPELINING, *responses[1:-1], ENHANCEDSTATUSCODES,
+                responses[-1]]
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         if not self._may_submit(session):
@@ -299,6 +336,9 @@ class SubmissionSession(IdleTimer, SMTP):
         self._data = bytearray()        # the message being received
         self._in_data = False
         self._data_active = 0.0         # when the idle timer was last re-armed by data
+        # The greeting and the replies to EHLO/HELO carry no enhanced code (RFC 2034 3).
+        self._greeted = False
+        self._in_ehlo = False
 
     @property
     def data_buffered(self) -> int:
@@ -326,10 +366,32 @@ class SubmissionSession(IdleTimer, SMTP):
 
     async def push(self, status: Any) -> None:
         """aiosmtpd's push, with its 502 after too many unknown commands answered 421
-        (the session closes either way; a 5xx would read as a refusal of the mail)."""
+        (the session closes either way; a 5xx would read as a refusal of the mail), and
+        an enhanced status code added to its replies that have none: ENHANCEDSTATUSCODES
+        is advertised, so every reply but the greeting and EHLO/HELO's carries one."""
         if status == AIOSMTPD_TOO_MANY:
             status = too_many_errors(self.hostname)
+        elif not self._greeted:
+            self._greeted = True        # aiosmtpd's first push is the greeting
+        elif isinstance(status, str) and not self._in_ehlo:
+            status = with_enhanced_code(status)
         await super().push(status)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_ehlo = False
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -359,7 +421,7 @@ class SubmissionSession(IdleTimer, SMTP):
             self._in_data = False
             self._data = bytearray()
         if raw is None:
-            await self.push(str(errors.TOO_BIG))
+            await self.push(SIZE_EXCEEDED)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         content: str | bytes = raw

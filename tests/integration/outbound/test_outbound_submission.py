@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
+import socket
 import ssl
 
 import pytest
@@ -12,7 +14,9 @@ from sqlalchemy import func, select
 from gateway.passwords import hash_password
 from gateway.store.tables import CommEntry, OutboundMessage, Ticket
 from tests.integration.outbound.conftest import statuses, submission_port, wait_for
+from tests.peers import postfix as pfmod
 from tests.peers.ca import TestCA
+from tests.peers.require import missing_peer
 from tests.peers.smarthost import AuthSink
 
 MSG = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n\r\nbody\r\n")
@@ -178,3 +182,86 @@ class TestLimits:
                     s.sendmail("app@internal.test", ["cust@customer.test"], big)
                 assert "552" in str(err.value)
             assert count_queued(rg.gateway.engine) == 0
+
+    def test_size_refusals_carry_5_3_4(self, tls_submission, run_gateway):
+        """SIZE= over max_message_size at MAIL and a message over it after DATA are both
+        answered 552 5.3.4 Message size exceeds fixed limit (Postfix's), with
+        ENHANCEDSTATUSCODES advertised; the MAIL refusal leaves no transaction."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port, networks='["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                assert s.has_extn("enhancedstatuscodes") and s.has_extn("pipelining")
+                assert s.mail("app@internal.test", ["SIZE=30000"]) == (
+                    552, b"5.3.4 Message size exceeds fixed limit")
+                assert s.rcpt("cust@customer.test")[0] == 503
+                assert s.mail("app@internal.test")[0] == 250
+                assert s.rcpt("cust@customer.test")[0] == 250
+                assert s.data(MSG + b"x" * 30000 + b"\r\n") == (
+                    552, b"5.3.4 Message size exceeds fixed limit")
+            assert count_queued(rg.gateway.engine) == 0
+
+
+class TestStartTlsPipelining:
+    def test_commands_pipelined_behind_starttls_are_discarded(
+            self, tls_submission, run_gateway):
+        """A command written in the same packet as STARTTLS (before the handshake) is
+        thrown away, not run inside TLS (RFC 3207 4.2, RFC 2920 3.1): the first reply
+        after the handshake is the one to the first command sent over TLS."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            run_gateway(cfg)
+            with socket.create_connection(("127.0.0.1", submission_port(cfg)), 10) as raw:
+                f = raw.makefile("rb")
+                assert f.readline().startswith(b"220 ")
+                raw.sendall(b"EHLO app.test\r\n")
+                while f.readline()[3:4] == b"-":
+                    pass
+                raw.sendall(b"STARTTLS\r\nMAIL FROM:<app@internal.test>\r\n")
+                assert f.readline() == b"220 2.0.0 Ready to start TLS\r\n"
+                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"NOOP\r\n")
+                    assert tls.recv(1024) == b"250 2.0.0 OK\r\n"
+
+
+class TestPostfixClient:
+    def test_postfix_relays_through_submission_with_pipelining(
+            self, tls_submission, run_gateway):
+        """Postfix's SMTP client relaying into the submission port sees PIPELINING and
+        sends MAIL, the RCPTs and DATA before reading a reply; the RCPT refused in the
+        group (452, over max_recipients) is deferred alone and sent on the next try."""
+        if not pfmod.available():
+            missing_peer("Postfix binaries missing or not running as root")
+        with AuthSink() as sink, pfmod.postfix_dir() as base:
+            cfg, _ = tls_submission(sink.port, networks='["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            pf = pfmod.Postfix(base, "inet:127.0.0.1:1", sink_domain="discard.test")
+            pf.start_relaying({"customer.test": submission_port(cfg)},
+                              "debug_peer_list=127.0.0.1", "debug_peer_level=2",
+                              "smtp_tls_security_level=none")
+            try:
+                with smtplib.SMTP("127.0.0.1", pf.port) as s:
+                    s.sendmail("app@discard.test", [f"r{i}@customer.test" for i in range(3)],
+                               MSG)
+                pf.wait_log(r"to=<r2@customer\.test>.*status=deferred", timeout=30)
+                pf.wait_log(r"to=<r2@customer\.test>.*status=sent", timeout=30)
+                wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"],
+                         what="delivery")
+                lines = [ln for ln in pf.log_lines() if "postfix/smtp[" in ln]
+            finally:
+                pf.stop()
+        assert any("PIPELINING" in ln for ln in lines)
+        # Postfix logs each command it writes ("> host: CMD") and each reply ("< host:
+        # CODE"): with pipelining the whole group is written before the first reply.
+        talk = [ln.split("]: ", 1)[1] for ln in lines
+                if re.search(r"\]: [<>] \S+:\d+: ", ln)]
+        talk = [t.split(": ", 1)[1] if t.startswith((">", "<")) else t for t in talk]
+        first_mail = next(i for i, t in enumerate(talk) if t.startswith("MAIL FROM:"))
+        group = talk[first_mail:first_mail + 5]
+        assert [t.split(":")[0].split(" ")[0] for t in group] == [
+            "MAIL", "RCPT", "RCPT", "RCPT", "DATA"], talk
+        assert talk[first_mail + 5:first_mail + 10] == [
+            "250 2.1.0 OK", "250 2.1.5 OK", "250 2.1.5 OK", "452 4.5.3 Too many recipients",
+            "354 End data with <CR><LF>.<CR><LF>"], talk
+        assert sorted(len(m.rcpts) for m in sink.received) == [1, 2]
