@@ -56,25 +56,40 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="only rows with TEXT in a shown field (case-insensitive)")
 
 
+class _Store:
+    """The database of an inventory list: conn is None before the first `db upgrade`
+    (nothing to read) and when the database does not answer (then `unreadable`)."""
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.unreadable = False
+
+
 @contextmanager
-def _store(cfg: Config) -> Iterator[Connection | None]:
-    """A connection to the database when it exists; None (config only) otherwise."""
+def _store(cfg: Config) -> Iterator[_Store]:
+    """The configured database when it exists; config only (with a warning naming
+    gateway.database and the reason) when it does not answer."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway import inventory
+    from gateway.cli.common import database_failure
 
+    store = _Store()
     try:
         engine = inventory.open_store(cfg)
     except SQLAlchemyError as exc:
-        print(f"warning: database not readable, showing the configuration only: "
-              f"{exc.__class__.__name__}", file=sys.stderr)
+        line = database_failure(cfg.database_url, exc) or exc.__class__.__name__
+        print(f"warning: database not readable, showing the configuration only: {line}",
+              file=sys.stderr)
+        store.unreadable = True
         engine = None
     if engine is None:
-        yield None
+        yield store
         return
     try:
         with engine.connect() as conn:
-            yield conn
+            store.conn = conn
+            yield store
     finally:
         engine.dispose()
 
@@ -93,8 +108,8 @@ def cmd_addresses(args: argparse.Namespace) -> int:
     from gateway import inventory
 
     cfg = load(args)
-    with _store(cfg) as conn:
-        rows = inventory.list_addresses(cfg, conn, text=args.search, valid=args.valid,
+    with _store(cfg) as store:
+        rows = inventory.list_addresses(cfg, store.conn, text=args.search, valid=args.valid,
                                         queue=args.queue)
     if args.json:
         print_json(rows)
@@ -107,8 +122,10 @@ def cmd_queues(args: argparse.Namespace) -> int:
     from gateway import inventory
 
     cfg = load(args)
-    with _store(cfg) as conn:
-        rows = inventory.list_queues(cfg, conn, text=args.search)
+    with _store(cfg) as store:
+        rows = inventory.list_queues(cfg, store.conn, text=args.search)
+    if store.unreadable:     # not counted: unknown, not 0
+        rows = [{**r, "open_tickets": None} for r in rows]
     if args.json:
         print_json(rows)
     else:
@@ -124,8 +141,8 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     from gateway import inventory
 
     cfg = load(args)
-    with _store(cfg) as conn:
-        rows = inventory.list_accounts(cfg, conn, text=args.search)
+    with _store(cfg) as store:
+        rows = inventory.list_accounts(cfg, store.conn, text=args.search)
     if args.json:
         print_json(rows)
     else:

@@ -51,3 +51,38 @@ class TestDkimKeygenNames:
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("s-2026.a._domainkey.exämple.org. IN TXT"), r.stdout
         assert (conf.parent / "keys" / "dkim" / "exämple.org.s-2026.a.pem").is_file()
+
+
+class TestInventoryWithTheDatabaseDown:
+    def test_lists_say_which_database_and_why_and_claim_no_counts(self, make_confdir):
+        """With the database down, `queues list` still lists the files' queues (exit 0, as
+        docs/cli.md says) but the warning names gateway.database with its URL (password
+        hidden) and the reason, and OPEN_TICKETS is unknown (null), not a made-up 0."""
+        import json
+
+        from tests.conftest import free_port
+
+        port = free_port()
+        conf = make_confdir({"90-db.toml": f"""
+            [gateway]
+            database = "postgresql+psycopg://gw:hunter2@127.0.0.1:{port}/nothing"
+            """})
+        r = cli(conf, "queues", "list", "--json")
+        assert r.returncode == 0, r.stderr
+        assert (f"gateway.database (postgresql+psycopg://gw:***@127.0.0.1:{port}/nothing): "
+                in r.stderr), r.stderr
+        assert "hunter2" not in r.stderr
+        rows = json.loads(r.stdout)
+        assert rows and {row["open_tickets"] for row in rows} == {None}, rows
+        section = (REPO / "docs" / "cli.md").read_text().split("## deskgate queues", 1)[0]
+        assert "`addresses list`, `queues list` and `accounts list`" in section
+
+    def test_no_database_yet_is_zero_open_tickets(self, make_confdir):
+        """Before the first `db upgrade` there is nothing to count: open_tickets is 0 and
+        nothing is warned."""
+        import json
+
+        conf = make_confdir()
+        r = cli(conf, "queues", "list", "--json")
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert {row["open_tickets"] for row in json.loads(r.stdout)} == {0}
