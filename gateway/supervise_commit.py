@@ -266,10 +266,11 @@ def spawn_commit_process(config: Config, ends: Sequence[socket.socket], parent: 
     A new interpreter (posix_spawn), not a fork: the main process has threads
     running by now (its writer, the sender, ...), and a forked copy of a process
     with threads may inherit a lock another thread held. A new interpreter imports
-    deskgate as installed now: it refuses to serve when that is another version or
-    lays out the messages between the processes differently (an upgrade since
-    `deskgate serve` started), as the two would read each other's messages by
-    field order (gateway.inbound.commitwire.fingerprint). Once it can serve it
+    deskgate as installed now: it refuses to serve when that is another version, lays
+    out the messages between the processes differently or has other code in the
+    modules that make the wire (an upgrade or reinstall since `deskgate serve`
+    started), as the two would read each other's messages by field order
+    (gateway.inbound.commitwire.fingerprint). Once it can serve it
     sends READY on its first socket (_wait_ready).
     """
     import tempfile

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import pickle
 import struct
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.commlog import Comm, CommObj, Entry
@@ -38,14 +40,46 @@ READY = b"DGREADY\n"
 
 
 def fingerprint() -> str:
-    """What both ends of the wire must agree on: deskgate's version and the field
-    order of every object sent as a tuple. A commit process started from other code
-    (installed since `deskgate serve` started) refuses to serve (gateway.supervise_commit)."""
+    """What both ends of the wire must agree on: deskgate's version, the field order
+    of every object sent as a tuple, and the code of the modules the wire is made of
+    (WIRE_MODULES, as loaded). A commit process started from other code (installed
+    since `deskgate serve` started, under the same version or not) refuses to serve
+    (gateway.supervise_commit)."""
     import gateway
 
     text = repr((gateway.__version__, _PROTOCOL, _ENV, _PARSED, _OBJ, _COMM, _CTX_REST,
-                 RESULT_FIELDS))
+                 RESULT_FIELDS, _CODE))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The modules whose code decides what a message looks like on the wire and how each
+# end reads it: the message model, the communication log, this module and the two
+# ends. A reinstall of the same version (a local patch, a checkout, a development
+# install) that changes one of them changes the fingerprint.
+WIRE_MODULES = ("gateway.model", "gateway.commlog", "gateway.inbound.commitwire",
+                "gateway.inbound.commitproc", "gateway.inbound.commitserver")
+
+
+def code_digest(modules: tuple[str, ...]) -> str:
+    """A hash of the files `modules` are loaded from (found, not imported)."""
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        if origin is None:
+            data = b"not found"
+        else:
+            try:
+                data = Path(origin).read_bytes()
+            except OSError:     # not a file (in a zip): its place still counts
+                data = origin.encode()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+# Read once, when this process imports the wire: the code it runs.
+_CODE = code_digest(WIRE_MODULES)
 
 
 def frame(rid: int, obj: Any) -> bytes:

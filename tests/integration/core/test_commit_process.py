@@ -575,6 +575,7 @@ class TestClientServer:
             b.close()
 
     def test_fingerprint_follows_the_wire_fields(self, monkeypatch):
+        """The fingerprint changes with the order of the fields sent and the version."""
         before = commitwire.fingerprint()
         assert before == commitwire.fingerprint() and len(before) == 16
         monkeypatch.setattr(commitwire, "RESULT_FIELDS", commitwire.RESULT_FIELDS[::-1])
@@ -717,6 +718,34 @@ def read_replies_ok(_rid: int) -> tuple:
 
 
 class TestWire:
+    def test_fingerprint_follows_the_code_of_the_wire(self, tmp_path):
+        """Other code under the same version (a local patch, a checkout) has another
+        fingerprint when it changes a module the wire is made of (the message model,
+        the communication log, the wire itself), so a commit process started from it
+        refuses to serve; the same code has the same fingerprint in every process."""
+        pkg = tmp_path / "installed"
+        shutil.copytree(ROOT / "gateway", pkg / "gateway",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+
+        def installed() -> str:
+            """The fingerprint of the copy, in a new interpreter (as a commit process)."""
+            return subprocess.run(
+                [sys.executable, "-P", "-c",
+                 "from gateway.inbound.commitwire import fingerprint; print(fingerprint())"],
+                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(pkg)},
+                capture_output=True, text=True, check=True).stdout.strip()
+
+        same = installed()
+        assert same == commitwire.fingerprint()
+        for module in ("model.py", "commlog.py", "inbound/commitwire.py",
+                       "inbound/commitproc.py", "inbound/commitserver.py"):
+            path = pkg / "gateway" / module
+            original = path.read_text()
+            path.write_text(original + "\n# patched\n")
+            assert installed() != same, module
+            path.write_text(original)
+        assert installed() == same
+
     def test_replies_split_at_every_offset_resolve_in_order(self):
         """Frames cut anywhere by the socket are put together again."""
         a, b = socket.socketpair()
