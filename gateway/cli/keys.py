@@ -86,8 +86,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         else:
             entries = stores.pgp.import_(args.file.read_bytes(),
                                          pw.decode("utf-8") if pw else None)
-    except (KeyStoreError, OSError) as exc:
+    except KeyStoreError as exc:
         print(f"keys {args.kind} import: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except OSError as exc:
+        print(f"keys {args.kind} import: {exc.filename}: cannot read: {exc.strerror}",
+              file=sys.stderr)
         return EX_DATAERR
     rows = [e.as_dict() for e in entries]
     if args.json:

@@ -86,3 +86,17 @@ class TestInventoryWithTheDatabaseDown:
         r = cli(conf, "queues", "list", "--json")
         assert r.returncode == 0 and r.stderr == "", r.stderr
         assert {row["open_tickets"] for row in json.loads(r.stdout)} == {0}
+
+
+class TestKeyImportOfAMissingFile:
+    @pytest.mark.parametrize("kind", ["smime", "pgp"])
+    def test_names_the_file_and_the_reason(self, make_confdir, kind):
+        """`keys smime|pgp import` of a file that is not there exits 65 with one line
+        naming the file and why it cannot be read (as --key does), not a Python errno
+        tuple."""
+        conf = make_confdir()
+        missing = conf.parent / "nowhere.pem"
+        r = cli(conf, "keys", kind, "import", str(missing))
+        assert r.returncode == 65, r.stderr
+        assert r.stderr == (f"keys {kind} import: {missing}: cannot read: "
+                            "No such file or directory\n"), r.stderr
