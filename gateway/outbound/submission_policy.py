@@ -1,0 +1,248 @@
+"""What the submission sessions share, and the policy they apply.
+
+Submission holds the configuration access, the users, the outbound pipeline and
+the AuthGuard; SubmissionHandler is the aiosmtpd handler: who may submit at
+MAIL/RCPT (AUTH or allow_networks), the recipient limit, the EHLO keywords, and
+the pipeline at DATA. The protocol side is SubmissionSession in
+gateway.outbound.submission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import metrics
+from gateway.commlog import Comm
+from gateway.config import Config, SubmissionUser
+from gateway.outbound.context import OutboundContext
+from gateway.outbound.pipeline import OutboundPipeline
+from gateway.outbound.submission_replies import (
+    AUTH_REQUIRED,
+    BAD_RCPT,
+    ENHANCEDSTATUSCODES,
+    PIPELINING,
+    TOO_MANY_RCPTS,
+)
+from gateway.runtime import Runtime
+
+# The listener's logger name, as before these classes had a module of their own.
+log = structlog.get_logger("gateway.outbound.submission")
+
+
+class AuthGuard:
+    """Failed AUTH per client address, with an exponential lock-out.
+
+    Attempts whose password check is still running count against the limit too:
+    otherwise parallel connections would all pass the check before the first slow
+    hash failed (40 connections, 40 checks with max_auth_failures = 3). A client's
+    failures are forgotten FORGET_AFTER seconds after its last failure or the end of
+    its last lock-out, so an application that mistypes now and then is not locked
+    out for a day by failures of weeks ago.
+    """
+
+    FORGET_AFTER = 3600.0
+
+    def __init__(self, max_failures: int, backoff: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max(1, max_failures)
+        self.backoff = backoff
+        self.clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._inflight: dict[str, int] = {}
+
+    def _state(self, client: str) -> tuple[int, float]:
+        """(failures, locked until) of a client; (0, 0) once they are forgotten."""
+        count, until = self._failures.get(client, (0, 0.0))
+        if count and self.clock() > until + self.FORGET_AFTER:
+            self._failures.pop(client, None)
+            return 0, 0.0
+        return count, until
+
+    def locked(self, client: str) -> bool:
+        count, until = self._state(client)
+        return count >= self.max_failures and self.clock() < until
+
+    def begin(self, client: str) -> bool:
+        """Start an attempt; False (refuse it) when locked out or when the failures so
+        far plus the attempts in flight reach the limit (one at a time once past it)."""
+        if self.locked(client):
+            return False
+        count, _ = self._state(client)
+        inflight = self._inflight.get(client, 0)
+        if inflight >= max(1, self.max_failures - count):
+            return False
+        self._inflight[client] = inflight + 1
+        return True
+
+    def end(self, client: str) -> None:
+        """An attempt started with begin() is decided (or abandoned)."""
+        n = self._inflight.get(client, 0) - 1
+        if n > 0:
+            self._inflight[client] = n
+        else:
+            self._inflight.pop(client, None)
+
+    def failed(self, client: str) -> tuple[int, float]:
+        """Count one failure; returns (failures, seconds locked out, 0 = not locked)."""
+        count, _ = self._state(client)
+        count += 1
+        lock = 0.0
+        if count >= self.max_failures:
+            lock = min(self.backoff * 2 ** (count - self.max_failures), 86400.0)
+        self._failures[client] = (count, self.clock() + lock)
+        if len(self._failures) > 10000:     # forget the oldest entries
+            for k in list(self._failures)[:1000]:
+                self._failures.pop(k, None)
+        return count, lock
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+class Submission:
+    """What the sessions share: config access, users, the pipeline, the AUTH guard."""
+
+    def __init__(self, runtime: Callable[[], Runtime], pipeline: OutboundPipeline,
+                 write_log: Callable[[Comm], None]) -> None:
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.write_log = write_log
+        cfg = runtime().config.submission
+        self.guard = AuthGuard(cfg.max_auth_failures, cfg.auth_backoff)
+        self._verified: dict[str, float] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.runtime().config
+
+    def allowed_network(self, peer: Any) -> bool:
+        host = peer[0] if isinstance(peer, tuple) else ""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(n, strict=False)
+                   for n in self.config.submission.allow_networks)
+
+    def user(self, name: str) -> SubmissionUser | None:
+        for u in self.config.submission.user:
+            if u.name == name:
+                return u
+        return None
+
+    async def verify(self, login: str, password: str) -> SubmissionUser | None:
+        from gateway.passwords import DUMMY_HASH, verify_password
+
+        user = self.user(login)
+        if user is None:
+            # Spend the same time as for a real user, so names cannot be probed.
+            await asyncio.get_running_loop().run_in_executor(
+                None, verify_password, password, DUMMY_HASH)
+            return None
+        key = hashlib.sha256(f"{user.name}\0{password}\0{user.password_hash}".encode()).hexdigest()
+        if key in self._verified:
+            return user
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password, user.password_hash)
+        if ok:
+            if len(self._verified) > 1000:
+                self._verified.clear()
+            self._verified[key] = time.monotonic()
+            return user
+        return None
+
+    def auth_failed(self, peer: Any, login: str) -> None:
+        client = peer[0] if isinstance(peer, tuple) else str(peer)
+        count, lock = self.guard.failed(client)
+        log.warning("submission AUTH failed", client=client, login=login, failures=count,
+                    locked_for=lock)
+        comm = Comm("Outgoing", "SMTP", _peer(peer))
+        obj = comm.obj("Connection")
+        obj.log("Warn", "Auth", f"AUTH failed for {login!r} from {client} ({count} failures"
+                + (f"; locked out for {lock:.0f}s" if lock else "") + ")")
+        obj.close("Failed")
+        comm.close("Failed")
+        self.write_log(comm)
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")
+
+
+class SubmissionHandler:
+    """aiosmtpd handler: policy at MAIL/RCPT, the pipeline at DATA."""
+
+    def __init__(self, sub: Submission) -> None:
+        self.sub = sub
+
+    def _may_submit(self, session: Session) -> bool:
+        return bool(session.authenticated) or self.sub.allowed_network(session.peer)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """aiosmtpd's EHLO reply with PIPELINING first and ENHANCEDSTATUSCODES last
+        among the keywords (the session adds the codes to aiosmtpd's replies)."""
+        session.host_name = hostname
+        return [responses[0], PIPELINING, *responses[1:-1], ENHANCEDSTATUSCODES,
+                responses[-1]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if not self._may_submit(session):
+            log.info("submission refused: not authenticated", client=_peer(session.peer))
+            return AUTH_REQUIRED
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self._may_submit(session):
+            return AUTH_REQUIRED
+        if len(envelope.rcpt_tos) >= self.sub.config.submission.max_recipients:
+            return TOO_MANY_RCPTS
+        if "@" not in address or any(c in address for c in " <>"):
+            return BAD_RCPT
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self._may_submit(session):
+            return AUTH_REQUIRED
+        raw = envelope.original_content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        user = getattr(session, "deskgate_user", None)
+        # aiosmtpd hands the null sender over as "<>"
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        ctx = OutboundContext(mail_from=mail_from,
+                              recipients=[r.lower() for r in envelope.rcpt_tos], raw=raw,
+                              source="SMTP", account=_peer(session.peer), user=user,
+                              trusted=True)
+        how = (f"AUTH as {user.name}" if user is not None
+               else "no AUTH, client in allow_networks")
+        tls = "STARTTLS" if server._tls_protocol is not None else "no TLS"
+        ctx.log.log("Info", "Client", f"{_peer(session.peer)} HELO {session.host_name}, "
+                    f"{tls}, {how}")
+        t0 = time.perf_counter()
+        result = await self.sub.pipeline.submit(ctx)
+        reply = result.reply
+        metrics.PIPELINE_SECONDS.labels("submission").observe(time.perf_counter() - t0)
+        metrics.MESSAGES.labels("submission", "in", "queued" if result.outbound_id else
+                                "tempfail" if reply.temporary else "rejected").inc()
+        text = reply.text if not result.outbound_id else "queued as " + ", ".join(
+            str(i) for i in result.outbound_ids or (result.outbound_id,))
+        return f"{reply.code} {reply.enhanced} {text}"
