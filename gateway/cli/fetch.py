@@ -53,15 +53,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from gateway.app import Gateway
 
     cfg = load(args)
+    acc = cfg.account_by_name(args.account) if args.account else None
+    if args.account and acc is None:
+        print(f"fetch: no [[account]] named {args.account!r}", file=sys.stderr)
+        return EX_NOUSER
     if args.list_oversized:
         return _list_oversized(args, cfg)
     if args.status:
         return _status(args, cfg)
-    if args.account:
-        acc = cfg.account_by_name(args.account)
-        if acc is None:
-            print(f"fetch: no [[account]] named {args.account!r}", file=sys.stderr)
-            return EX_NOUSER
+    if acc is not None:
         if not acc.valid:
             print(f"fetch: account {acc.name!r} has valid = false", file=sys.stderr)
             return EX_NOUSER

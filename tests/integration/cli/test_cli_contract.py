@@ -100,3 +100,32 @@ class TestKeyImportOfAMissingFile:
         assert r.returncode == 65, r.stderr
         assert r.stderr == (f"keys {kind} import: {missing}: cannot read: "
                             "No such file or directory\n"), r.stderr
+
+
+class TestFetchNamesAConfiguredAccount:
+    @pytest.mark.parametrize("mode", ["--status", "--list-oversized"])
+    def test_unknown_account_is_67_in_every_mode(self, make_confdir, mode):
+        """`fetch --status NAME` and `fetch --list-oversized NAME` of an account that is
+        not configured exit 67 naming it, as `fetch NAME` does (docs/cli.md: 67 for an
+        unknown account), instead of an empty table that reads as "nothing to report"."""
+        conf = make_confdir()
+        r = cli(conf, "fetch", mode, "tpyo")
+        assert r.returncode == 67, (r.stdout, r.stderr)
+        assert r.stderr == "fetch: no [[account]] named 'tpyo'\n", r.stderr
+        assert r.stdout == ""
+
+    @pytest.mark.parametrize("mode", ["--status", "--list-oversized"])
+    def test_a_disabled_account_can_still_be_looked_at(self, make_confdir, mode):
+        """Neither mode polls, so an account with valid = false is shown (exit 0)."""
+        conf = make_confdir({"60-acc.toml": """
+            [[account]]
+            name = "old"
+            type = "imaps"
+            host = "127.0.0.1"
+            login = "x"
+            password = "pw"
+            valid = false
+            """})
+        (conf / "60-acc.toml").chmod(0o600)
+        r = cli(conf, "fetch", mode, "old", "--json")
+        assert r.returncode == 0, r.stderr
