@@ -3,8 +3,10 @@
 The inbound transaction only writes a request row (the unsigned reply), so it
 exists exactly when the ticket does; the outbound sender builds, signs and
 queues it and deletes the request in one transaction (sent once, also across a
-restart), keeping slow crypto off the group-commit writer. It carries Auto-Submitted: auto-replied,
-X-Loop and Precedence: bulk and the null envelope sender (RFC 3834). It is
+restart), keeping slow crypto off the group-commit writer; a build has
+BUILD_TIMEOUT seconds, and one that takes longer counts as a failed build. It
+carries Auto-Submitted: auto-replied, X-Loop and Precedence: bulk and the null
+envelope sender (RFC 3834). It is
 never sent to looping mail or bounces, to mail with the null envelope sender,
 to addresses matching postmaster.no_auto_response, for mail from or to our own
 system addresses, or more than
@@ -19,13 +21,14 @@ import contextlib
 import email.utils
 import functools
 import re
+import threading
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.mime.text import MIMEText
 from email.policy import compat32
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
@@ -216,12 +219,59 @@ def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
                           ticket_number=req.ticket_number, sender_type="system")
     out.queue_config = rt.config.queue_by_name(out.queue)
     resolve(out, rt, conn)
+    # The reads are done: no transaction stays open (idle on PostgreSQL, holding back
+    # SQLite's checkpoint) while the crypto runs, which may hang.
+    conn.rollback()
     run_stages(out, rt)
     return out
 
 
 class GivenUp(Exception):
     """A request whose builds crashed until relay.retry ran out."""
+
+
+# Seconds a build (rewrite, S/MIME/PGP, DKIM) may take. One that takes longer (a gpg
+# whose child never ends, a gpg-agent waiting for a smart card's PIN) counts as a
+# failed build, tried again on relay.retry and given up when it runs out, as one that
+# crashed; its thread is left to end on its own (each gpg and openssl call is stopped
+# after 30 s, but a child that keeps gpg's output open outlives that). The requests
+# after it are built meanwhile, and the sender builds beside its deliveries.
+BUILD_TIMEOUT = 120.0
+
+_T = TypeVar("_T")
+
+
+def _in_thread(fn: Callable[[], _T]) -> asyncio.Future[_T]:
+    """fn() on a thread of its own, its outcome as a future of the running loop. A
+    daemon thread: one that never returns holds up neither the loop's default executor
+    nor the end of the process."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[_T] = loop.create_future()
+
+    def done(value: _T) -> None:
+        if not fut.done():
+            fut.set_result(value)
+
+    def failed(exc: BaseException) -> None:
+        if not fut.done():
+            fut.set_exception(exc)
+
+    def run() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:   # SystemExit too: the build's, for the awaiting task
+            with contextlib.suppress(RuntimeError):      # the loop is closed by now
+                loop.call_soon_threadsafe(failed, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(done, value)
+
+    threading.Thread(target=run, name="autoresponse-build", daemon=True).start()
+    return fut
+
+
+class BuildTimedOut(Exception):
+    """A build that was still running after BUILD_TIMEOUT seconds."""
 
 
 # The last_error of a request while it is built: what stays when the build ends the
@@ -326,7 +376,7 @@ def build_failed(conn: Connection, rt: Runtime, req: Any, error: str,
     delay = retry_delay(rt.config.relay.retry, attempts)
     if delay is None:
         finish(conn, rt, req, GivenUp(
-            f"building it crashed {attempts} times, the last time with {error}; given up "
+            f"building it failed {attempts} times, the last time with {error}; given up "
             "(relay.retry ran out)"), later)
         return True
     conn.execute(update(AutoResponseRequest).where(
@@ -345,14 +395,14 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
                          engine: Engine) -> int:
     """Build and queue every pending auto-response request; how many were queued.
 
-    The signing and encryption run on a worker thread, outside any transaction; only
-    the short enqueue goes through the writer. A request whose build fails because
-    of the database stays and is tried again on the next call; one whose build
-    crashed otherwise is tried again on relay.retry and given up when it runs out
+    The signing and encryption run on a thread of their own, outside any transaction,
+    for BUILD_TIMEOUT seconds at most; only the short enqueue goes through the writer.
+    A request whose build fails because of the database stays and is tried again on
+    the next call; one whose build crashed otherwise, or took longer than
+    BUILD_TIMEOUT, is tried again on relay.retry and given up when it runs out
     (counted as deskgate_messages_total{door="autoresponse",result="failed"}). Each
     build is counted before it starts, so one that ends the process counts as well.
     """
-    loop = asyncio.get_running_loop()
     owed = _uncounted.setdefault(writer, {})
     for rid, req in list(owed.items()):
         await writer.run(functools.partial(uncount_build, req=req))
@@ -382,7 +432,14 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
                 return build(req, rt, conn)
 
         try:
-            built = await loop.run_in_executor(None, make)
+            building = _in_thread(make)
+            finished, _ = await asyncio.wait({building}, timeout=BUILD_TIMEOUT)
+            if not finished:
+                building.cancel()           # what it returns, should it ever, is dropped
+                raise BuildTimedOut(f"building it took longer than {BUILD_TIMEOUT:g} s (a "
+                                    "gpg or openssl that did not return, a gpg-agent "
+                                    "waiting for a PIN?)")
+            built = building.result()
         except PermanentError as exc:
             built = exc
         except Exception as exc:
@@ -394,9 +451,14 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
                     await writer.run(functools.partial(uncount_build, req=req))
                     del owed[req.id]
                 continue
-            log.exception("building the auto-response crashed", request=req.id,
-                          attempts=req.attempts + 1)
-            error = f"{type(exc).__name__}: {exc}".replace("\x00", " ")[:1000]
+            if isinstance(exc, BuildTimedOut):
+                log.error("building the auto-response did not finish in time",
+                          request=req.id, attempts=req.attempts + 1, seconds=BUILD_TIMEOUT)
+                error = f"a timeout: {exc}"
+            else:
+                log.exception("building the auto-response crashed", request=req.id,
+                              attempts=req.attempts + 1)
+                error = f"{type(exc).__name__}: {exc}".replace("\x00", " ")[:1000]
             if await writer.run_deferring(_failed_job(rt, req, error)):
                 metrics.MESSAGES.labels("autoresponse", "out", "failed").inc()
             continue

@@ -7,6 +7,8 @@ logged with a Connection object (connect, TLS, AUTH) and a Message object
 DSN to the submitter; `warn_after` sends one "delayed" DSN. A claim whose lease
 ran out without an outcome (the node's process ended or hung mid-delivery) is
 recorded as a failed attempt (Lost) by whichever sender takes the message next.
+Requested auto-responses are built by a task of their own beside the claims, so a
+build that hangs (until autoresponse.BUILD_TIMEOUT) holds up no delivery.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Sender:
         self._inflight: set[asyncio.Task[None]] = set()
         self._leased: set[int] = set()      # claimed here, outcome not yet recorded
         self._keeper: asyncio.Task[None] | None = None
+        self._builder: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
 
@@ -112,6 +115,13 @@ class Sender:
         if self._task:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 60)
+        if self._builder is not None and not self._builder.done():
+            # A build under way has a moment to finish; one that does not is counted
+            # already and is built again after relay.retry's delay.
+            await asyncio.wait({self._builder}, timeout=self.BUILDER_GRACE)
+            self._builder.cancel()
+            with contextlib.suppress(BaseException):
+                await self._builder
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=60)
         if self._keeper:
@@ -144,14 +154,15 @@ class Sender:
 
     # ---------------------------------------------------------------- loop
 
+    # Seconds stop() waits for an auto-response build under way before cancelling it.
+    BUILDER_GRACE = 5.0
+
     async def _run(self) -> None:
         assert self._wake is not None
         while not self._stopping:
-            if self.engine is not None:
-                try:
-                    await build_requests(self.runtime, self.writer, self.engine)
-                except Exception as exc:
-                    log.warning("auto-response requests not built", error=repr(exc)[:300])
+            if self.engine is not None and (self._builder is None or self._builder.done()):
+                self._builder = asyncio.create_task(self._build(),
+                                                    name="autoresponse-builder")
             rt = self.runtime()
             relay = rt.config.relay
             free = self.concurrency * 2 - len(self._inflight)
@@ -179,6 +190,19 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    async def _build(self) -> None:
+        """One pass over the auto-response requests, on its own task: the claims and
+        deliveries go on while it builds (a hung build ends after BUILD_TIMEOUT as a
+        failed build). What it queued is claimed at once."""
+        assert self.engine is not None
+        try:
+            queued = await build_requests(self.runtime, self.writer, self.engine)
+        except Exception as exc:
+            log.warning("auto-response requests not built", error=repr(exc)[:300])
+            return
+        if queued:
+            self.poke()
 
     async def _keep_leases(self) -> None:
         """Renew the leases of the messages this sender holds, every third of a lease:
