@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
                                       "activate the model unless below accuracy_floor")
     t.add_argument("--since", type=_date, metavar="DATE",
                    help="only tickets created on or after DATE (YYYY-MM-DD)")
-    t.add_argument("--min-per-class", type=int, metavar="N",
+    t.add_argument("--min-per-class", type=_at_least_2, metavar="N",
                    help="queues/priorities with fewer tickets are not learnt "
                         "(default: [classifier] min_per_class)")
     t.add_argument("--no-readback", action="store_true",
@@ -39,8 +39,8 @@ def register(sub: Any) -> None:
     e = csub.add_parser("evaluate", help="cross-validate on the stored tickets: accuracy, "
                                          "macro-F1, per class, confusion, thresholds")
     e.add_argument("--since", type=_date, metavar="DATE")
-    e.add_argument("--min-per-class", type=int, metavar="N")
-    e.add_argument("--folds", type=int, default=5, help="stratified folds (default 5)")
+    e.add_argument("--min-per-class", type=_at_least_2, metavar="N")
+    e.add_argument("--folds", type=_at_least_2, default=5, help="stratified folds (default 5)")
     e.add_argument("--priority", action="store_true", help="evaluate the priority, not the "
                                                             "queue")
     add_json(e)
@@ -56,6 +56,18 @@ def _date(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
     return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def _at_least_2(value: str) -> int:
+    """A count of tickets per class or of folds: as [classifier] min_per_class, at least 2
+    (one ticket of a class cannot be both learnt from and tested on)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{n} is too small: at least 2")
+    return n
 
 
 def _need_extra(command: str) -> bool:
@@ -165,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     try:
-        result = cross_validate(examples, folds=max(2, args.folds),
+        result = cross_validate(examples, folds=args.folds,
                                 min_per_class=args.min_per_class or cfg.classifier.min_per_class,
                                 attr="priority" if args.priority else "queue",
                                 progress=_progress(not args.json))

@@ -129,3 +129,28 @@ class TestFetchNamesAConfiguredAccount:
         (conf / "60-acc.toml").chmod(0o600)
         r = cli(conf, "fetch", mode, "old", "--json")
         assert r.returncode == 0, r.stderr
+
+
+class TestClassifyCountsAreChecked:
+    @pytest.mark.parametrize("args", [
+        ("train", "--min-per-class", "1"),
+        ("train", "--min-per-class", "-5"),
+        ("evaluate", "--min-per-class", "1"),
+        ("evaluate", "--folds", "1"),
+        ("evaluate", "--folds", "-1"),
+    ])
+    def test_values_the_configuration_would_refuse_are_wrong_usage(self, make_confdir, args):
+        """`--min-per-class` below 2 (the least `[classifier] min_per_class` takes) and
+        `--folds` below 2 are refused as wrong usage (exit 2, naming the option) before
+        any ticket is read; with tickets in two queues `--min-per-class 1` crashed the
+        learner with a traceback."""
+        conf = make_confdir()
+        assert cli(conf, "db", "upgrade").returncode == 0
+        for n, to in enumerate(["support@example.org"] * 3 + ["sales@example.org"]):
+            mail = (f"From: c{n}@customer.test\nTo: {to}\nSubject: printer {n}\n"
+                    f"Message-ID: <m{n}@customer.test>\n\nThe printer is broken.\n")
+            assert cli(conf, "deliver", stdin=mail.encode()).returncode == 0
+        r = cli(conf, "classify", *args)
+        assert r.returncode == 2, r.stderr
+        assert f"argument {args[1]}: " in r.stderr and "at least 2" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
