@@ -1,7 +1,8 @@
 """RFC 2033 LMTP listeners: binding, the shared accept loop, serving.
 
-The session itself (protocol parsing, replies, delivery) is in lmtp_session.py;
-each connection is written to the communication log when it closes (see
+The session itself is in three modules: lmtp_syntax.py (limits, reply texts,
+path parsing), lmtp_connection.py (transport, buffering, DATA framing, flow
+control) and lmtp_session.py (the commands and the delivery); each connection is written to the communication log when it closes (see
 lmtp_record.py).
 """
 
