@@ -15,7 +15,9 @@ aiosmtpd's line-by-line loop (only CRLF.CRLF ends a message, lines of any
 length, over max_message_size refused with 552 5.3.4 without holding the message).
 EHLO advertises PIPELINING (aiosmtpd reads one command line at a time from its
 stream, so a pipelined group is answered in order) and ENHANCEDSTATUSCODES, so
-aiosmtpd's own replies get an enhanced code on their way out (push).
+aiosmtpd's own replies get an enhanced code on their way out (push). A command
+that raises is answered 451 4.3.0 with a generic text (handle_exception), not
+aiosmtpd's permanent 500 with the exception's text; the cause is logged.
 
 This module is the protocol side (SubmissionSession) and the listener
 (SubmissionService); what the sessions share and the policy at MAIL/RCPT/DATA are
@@ -35,13 +37,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, TLSSetupException, syntax
 
 from gateway.commlog import Comm, write_comm
 from gateway.config import Config
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
-from gateway.outbound.submission_policy import AuthGuard, Submission, SubmissionHandler
+from gateway.outbound.submission_policy import (
+    AuthGuard,
+    Submission,
+    SubmissionHandler,
+    peer_text,
+)
 from gateway.outbound.submission_replies import (
     AIOSMTPD_SIZE,
     AIOSMTPD_TOO_MANY,
@@ -52,6 +59,7 @@ from gateway.outbound.submission_replies import (
     DATA_SYNTAX,
     ENHANCED_BY_CODE,
     ENHANCEDSTATUSCODES,
+    INTERNAL_ERROR,
     LOCKED_OUT,
     NEED_RCPT,
     PIPELINING,
@@ -65,7 +73,8 @@ from gateway.smtpdata import DATA_GO_AHEAD, read_data
 
 # Importable from here as before the policy and the replies had modules of their own.
 __all__ = ["AIOSMTPD_SIZE", "AIOSMTPD_TOO_MANY", "AUTH_BAD", "AUTH_OK", "AUTH_REQUIRED",
-           "BAD_RCPT", "DATA_SYNTAX", "ENHANCEDSTATUSCODES", "ENHANCED_BY_CODE", "LOCKED_OUT",
+           "BAD_RCPT", "DATA_SYNTAX", "ENHANCEDSTATUSCODES", "ENHANCED_BY_CODE",
+           "INTERNAL_ERROR", "LOCKED_OUT",
            "NEED_RCPT", "PIPELINING", "SIZE_EXCEEDED", "STRICT_ASCII", "TOO_MANY_RCPTS",
            "AuthGuard", "Submission", "SubmissionHandler", "SubmissionService",
            "SubmissionSession", "comm_writer", "server_tls_context", "with_enhanced_code"]
@@ -167,6 +176,24 @@ class SubmissionSession(IdleTimer, SMTP):
         finally:
             self._in_ehlo = False
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A command that raised (a bug, an error nobody caught) is answered 451 4.3.0
+        with a generic text, a temporary refusal the client retries, instead of
+        aiosmtpd's permanent 500 carrying the exception's text; the cause goes to the
+        log and the communication log. aiosmtpd pushes the reply and reads the next
+        command (after a failed STARTTLS handshake it closes the connection instead)."""
+        assert self.session is not None
+        peer = self.session.peer
+        if isinstance(error, TLSSetupException):
+            log.info("submission STARTTLS handshake failed", client=peer_text(peer),
+                     error=repr(error.__cause__ or error))
+            return INTERNAL_ERROR
+        command = _command_of(error)
+        log.error("submission command failed; answered 451 4.3.0", command=command,
+                  client=peer_text(peer), exc_info=error)
+        self.sub.internal_error(peer, command, error, INTERNAL_ERROR[:9])
+        return INTERNAL_ERROR
+
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
@@ -210,8 +237,12 @@ class SubmissionSession(IdleTimer, SMTP):
                     return
         self.envelope.content = content
         self.envelope.original_content = raw
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            # The transaction ends with the reply to the message, whatever it is (RFC 5321
+            # 4.1.1.4), also 451 after an exception: the next MAIL needs no RSET.
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
     def data_received(self, data: bytes) -> None:
@@ -313,6 +344,18 @@ class SubmissionSession(IdleTimer, SMTP):
         if not isinstance(password, bytes):
             return AuthResult(success=False, handled=True)
         return await self._check("LOGIN", login, password)
+
+
+def _command_of(error: BaseException) -> str:
+    """The command whose smtp_* method raised (aiosmtpd runs each command in one), from
+    the traceback; '' when none is on it."""
+    tb = error.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_name
+        if name.startswith("smtp_"):
+            return name[5:]
+        tb = tb.tb_next
+    return ""
 
 
 def _never(*_: Any) -> AuthResult:

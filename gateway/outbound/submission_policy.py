@@ -13,17 +13,18 @@ import asyncio
 import hashlib
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import func, select
 
 from gateway import metrics
 from gateway.commlog import Comm
 from gateway.config import Config, SubmissionUser
 from gateway.outbound.context import OutboundContext
-from gateway.outbound.pipeline import OutboundPipeline
+from gateway.outbound.pipeline import QUEUED, OutboundPipeline, SubmitResult
 from gateway.outbound.submission_replies import (
     AUTH_REQUIRED,
     BAD_RCPT,
@@ -32,6 +33,7 @@ from gateway.outbound.submission_replies import (
     TOO_MANY_RCPTS,
 )
 from gateway.runtime import Runtime
+from gateway.store.tables import OutboundMessage
 
 # The listener's logger name, as before these classes had a module of their own.
 log = structlog.get_logger("gateway.outbound.submission")
@@ -166,7 +168,7 @@ class Submission:
         count, lock = self.guard.failed(client)
         log.warning("submission AUTH failed", client=client, login=login, failures=count,
                     locked_for=lock)
-        comm = Comm("Outgoing", "SMTP", _peer(peer))
+        comm = Comm("Outgoing", "SMTP", peer_text(peer))
         obj = comm.obj("Connection")
         obj.log("Warn", "Auth", f"AUTH failed for {login!r} from {client} ({count} failures"
                 + (f"; locked out for {lock:.0f}s" if lock else "") + ")")
@@ -174,8 +176,42 @@ class Submission:
         comm.close("Failed")
         self.write_log(comm)
 
+    def internal_error(self, peer: Any, command: str, error: BaseException,
+                       answered: str) -> None:
+        """A command that raised, in the communication log: the command, the cause and
+        what the client was answered. Never raises (its caller is answering the client)."""
+        try:
+            comm = Comm("Outgoing", "SMTP", peer_text(peer))
+            obj = comm.obj("Connection")
+            obj.log("Error", "Submission", f"{command or '?'}: {type(error).__name__}: "
+                    f"{error}"[:3900] + f"; answered {answered}")
+            obj.close("Failed")
+            comm.close("Failed")
+            self.write_log(comm)
+        except Exception:
+            log.exception("submission: the communication log entry was not written",
+                          client=peer_text(peer), command=command)
 
-def _peer(peer: Any) -> str:
+    async def queued(self, ids: Sequence[int], message_id: str) -> bool:
+        """Whether the queue rows of a message are committed (False when the database
+        cannot tell). Asked only after the pipeline raised where it may have committed."""
+        engine = self.pipeline.writer.engine
+
+        def count() -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(OutboundMessage).where(
+                    OutboundMessage.id.in_(list(ids)),
+                    OutboundMessage.message_id == message_id[:998])).scalar_one())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, count) == len(ids)
+        except Exception:
+            log.exception("submission: cannot tell whether the message was queued",
+                          outbound_ids=list(ids))
+            return False
+
+
+def peer_text(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer or "")
@@ -201,7 +237,7 @@ class SubmissionHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         if not self._may_submit(session):
-            log.info("submission refused: not authenticated", client=_peer(session.peer))
+            log.info("submission refused: not authenticated", client=peer_text(session.peer))
             return AUTH_REQUIRED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -230,19 +266,35 @@ class SubmissionHandler:
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         ctx = OutboundContext(mail_from=mail_from,
                               recipients=[r.lower() for r in envelope.rcpt_tos], raw=raw,
-                              source="SMTP", account=_peer(session.peer), user=user,
+                              source="SMTP", account=peer_text(session.peer), user=user,
                               trusted=True)
         how = (f"AUTH as {user.name}" if user is not None
                else "no AUTH, client in allow_networks")
         tls = "STARTTLS" if server._tls_protocol is not None else "no TLS"
-        ctx.log.log("Info", "Client", f"{_peer(session.peer)} HELO {session.host_name}, "
+        ctx.log.log("Info", "Client", f"{peer_text(session.peer)} HELO {session.host_name}, "
                     f"{tls}, {how}")
         t0 = time.perf_counter()
-        result = await self.sub.pipeline.submit(ctx)
+        try:
+            result = await self.sub.pipeline.submit(ctx)
+        except Exception as exc:
+            # Nothing queued: the session's handle_exception answers 451 4.3.0. Queued
+            # before it raised: 250, as a 4xx would have the client send it twice.
+            ids = list(ctx.outbound_ids)
+            if not ids or not await self.sub.queued(ids, ctx.message_id):
+                raise
+            log.error("submission command failed after the message was queued; "
+                      "answered 250", command="DATA", client=peer_text(session.peer),
+                      outbound_ids=ids, exc_info=exc)
+            self.sub.internal_error(session.peer, "DATA", exc, "250")
+            result = SubmitResult(QUEUED, ids[0], ctx.ticket_number, ctx.article_id,
+                                  ctx.message_id, tuple(ids))
         reply = result.reply
-        metrics.PIPELINE_SECONDS.labels("submission").observe(time.perf_counter() - t0)
-        metrics.MESSAGES.labels("submission", "in", "queued" if result.outbound_id else
-                                "tempfail" if reply.temporary else "rejected").inc()
         text = reply.text if not result.outbound_id else "queued as " + ", ".join(
             str(i) for i in result.outbound_ids or (result.outbound_id,))
+        try:    # counted after the queue commit: a failure here must not answer 4xx
+            metrics.PIPELINE_SECONDS.labels("submission").observe(time.perf_counter() - t0)
+            metrics.MESSAGES.labels("submission", "in", "queued" if result.outbound_id else
+                                    "tempfail" if reply.temporary else "rejected").inc()
+        except Exception:
+            log.exception("submission: metrics not counted", outbound_id=result.outbound_id)
         return f"{reply.code} {reply.enhanced} {text}"

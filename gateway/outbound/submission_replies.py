@@ -11,6 +11,9 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 BAD_RCPT = "553 5.1.3 Malformed recipient address"
+# A command that failed inside deskgate (an exception): temporary, and generic; the
+# cause goes to the log, not to the client.
+INTERNAL_ERROR = "451 4.3.0 Error: internal server error, try again later"
 # Postfix's refusal of a message over the size limit, at MAIL (SIZE=) and after DATA
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit"
 # aiosmtpd's replies at DATA, with an enhanced status code

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from gateway.commlog import Comm
 from gateway.config import SubmissionConfig, SubmissionUser
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import QUEUED, SubmitResult
@@ -22,10 +24,12 @@ from gateway.testing import config, runtime
 
 
 class Pipeline:
-    """Records the contexts the handler submits and queues nothing."""
+    """Records the contexts the handler submits and queues nothing; `comms` holds the
+    communication log entries the listener wrote."""
 
     def __init__(self) -> None:
         self.ctxs: list[OutboundContext] = []
+        self.comms: list[Comm] = []
 
     async def submit(self, ctx: OutboundContext) -> SubmitResult:
         self.ctxs.append(ctx)
@@ -63,7 +67,7 @@ async def session() -> AsyncIterator[Callable[..., Any]]:
         rt = runtime(config(submission=SubmissionConfig(
             user=(user,), allow_networks=networks, max_auth_failures=max_auth_failures)))
         pipeline = Pipeline()
-        sub = Submission(lambda: rt, pipeline, lambda comm: None)  # type: ignore[arg-type]
+        sub = Submission(lambda: rt, pipeline, pipeline.comms.append)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: SubmissionSession(sub, None, data_size_limit=1 << 20,
@@ -156,3 +160,59 @@ class TestEmptyResponse:
         assert (await c.cmd(b"AUTH LOGIN =")).startswith("334 ")
         assert (await c.cmd(b64(b"pw"))).startswith("535")
         assert (await c.cmd(b"AUTH PLAIN " + b64(b"\0app\0pw"))).startswith("454 4.7.0")
+
+
+class TestInternalError:
+    async def test_auth_failure_is_451_and_logs_no_auth_data(self, session, monkeypatch):
+        """An exception in the password check at AUTH is answered 451 4.3.0 with a generic
+        text (aiosmtpd answered 500 with the exception's text); the log and the
+        communication log name AUTH, the client and the cause but neither the password nor
+        the AUTH line; the attempt is not counted as a failure and the next AUTH works."""
+        verify = Submission.verify
+        calls = []
+
+        async def flaky(self, login, password):
+            calls.append(login)
+            if len(calls) == 1:
+                raise OSError("password database unreadable")
+            return await verify(self, login, password)
+
+        monkeypatch.setattr(Submission, "verify", flaky)
+        c, pipeline = await session(max_auth_failures=1)
+        line = b"AUTH PLAIN " + b64(b"\0app\0Zq9-secret")
+        with capture_logs() as logs:
+            reply = await c.cmd(line)
+        assert reply == "451 4.3.0 Error: internal server error, try again later"
+        failed = [e for e in logs if e["event"].startswith("submission command failed")]
+        assert [(e["command"], e["client"][:10]) for e in failed] == [("AUTH", "127.0.0.1:")]
+        assert "password database unreadable" in repr(failed[0]["exc_info"])
+        entries = [e for comm in pipeline.comms for o in comm.objects for e in o.entries]
+        assert [(e.priority, e.value) for e in entries] == [
+            ("Error", "AUTH: OSError: password database unreadable; answered 451 4.3.0")]
+        for secret in (b"Zq9-secret", line[11:]):
+            assert secret.decode() not in repr(logs) + repr(pipeline.comms)
+        assert (await c.cmd(b"AUTH PLAIN " + b64(b"\0app\0pw"))).startswith("235 ")
+
+    async def test_mail_failure_is_451_and_mail_works_again(self, session, monkeypatch):
+        """An exception at MAIL is answered 451 4.3.0; no transaction is left open, so
+        the next MAIL is accepted and the message is submitted once."""
+        from gateway.outbound.submission_policy import SubmissionHandler
+
+        handle_mail = SubmissionHandler.handle_MAIL
+        calls = []
+
+        async def flaky(self, *args):
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyError("mail_options")
+            return await handle_mail(self, *args)
+
+        monkeypatch.setattr(SubmissionHandler, "handle_MAIL", flaky)
+        c, pipeline = await session(networks=("127.0.0.0/8",))
+        assert await c.cmd(b"MAIL FROM:<app@internal.test>") == (
+            "451 4.3.0 Error: internal server error, try again later")
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+        assert (await c.cmd(b"RCPT TO:<cust@customer.test>")).startswith("250")
+        assert (await c.cmd(b"DATA")).startswith("354")
+        assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
+        assert len(pipeline.ctxs) == 1
