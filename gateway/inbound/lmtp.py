@@ -2,8 +2,8 @@
 
 The session itself is in three modules: lmtp_syntax.py (limits, reply texts,
 path parsing), lmtp_connection.py (transport, buffering, DATA framing, flow
-control) and lmtp_session.py (the commands and the delivery); each connection is written to the communication log when it closes (see
-lmtp_record.py).
+control) and lmtp_session.py (the commands and the delivery). Each connection
+is written to the communication log when it closes (see lmtp_record.py).
 """
 
 from __future__ import annotations
