@@ -28,6 +28,8 @@ EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
+MAX_ID = 2**63 - 1      # row ids are 64-bit: a larger number names no row (and overflows)
+
 
 def load(args: argparse.Namespace, *, quiet_logs: bool = True, refused: int = 1) -> Config:
     """Load and validate the configuration (every check of gateway.validators)

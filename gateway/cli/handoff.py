@@ -8,7 +8,15 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import EX_OK, add_json, load, load_readonly, print_json, print_table
+from gateway.cli.common import (
+    EX_OK,
+    MAX_ID,
+    add_json,
+    load,
+    load_readonly,
+    print_json,
+    print_table,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -65,6 +73,9 @@ def _connection(args: argparse.Namespace, *, write: bool = False) -> Iterator[Co
 def cmd_list(args: argparse.Namespace) -> int:
     from gateway.helpdesk.outbox import attempt_note, list_handoffs
 
+    if not 0 <= args.limit <= MAX_ID:
+        print(f"handoff list: --limit must be between 0 and {MAX_ID}", file=sys.stderr)
+        return 2
     with _connection(args) as conn:
         rows = list_handoffs(conn, status=args.status, limit=args.limit)
     if args.json:
@@ -86,7 +97,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from gateway.helpdesk.outbox import attempt_note, show
 
     with _connection(args) as conn:
-        d = show(conn, args.id)
+        d = show(conn, args.id) if args.id <= MAX_ID else None
     if d is None:
         print(f"handoff: no hand-off {args.id}", file=sys.stderr)
         return 1
@@ -115,6 +126,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if (args.id is None) == (not args.all):
         print("handoff retry: give an ID or --all", file=sys.stderr)
         return 2
+    if args.id is not None and args.id > MAX_ID:
+        print(f"handoff: hand-off {args.id} does not exist", file=sys.stderr)
+        return 1
     with _connection(args, write=True) as conn:
         res = retry_now(conn, args.id)
         status = status_of(conn, args.id) if args.id is not None else None
@@ -146,6 +160,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     that attempt may still reach the helpdesk, but its result is not recorded."""
     from gateway.helpdesk.outbox import remove, status_of
 
+    if args.id > MAX_ID:
+        print(f"handoff: hand-off {args.id} does not exist", file=sys.stderr)
+        return 1
     with _connection(args, write=True) as conn:
         gone = remove(conn, args.id)
         status = status_of(conn, args.id) if gone is None else None

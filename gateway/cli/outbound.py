@@ -15,6 +15,7 @@ from gateway.cli.common import (
     EX_DATAERR,
     EX_OK,
     EX_TEMPFAIL,
+    MAX_ID,
     add_json,
     load,
     load_readonly,
@@ -156,7 +157,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     engine = _engine(args, readonly=True)
     with engine.connect() as conn:
-        d = show(conn, args.id)
+        d = show(conn, args.id) if args.id <= MAX_ID else None
     engine.dispose()
     if d is None:
         print(f"outqueue: no message {args.id}", file=sys.stderr)
@@ -200,7 +201,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import retry_now
 
     with _transaction(args) as conn:
-        n = retry_now(conn, args.id)
+        n = retry_now(conn, args.id) if args.id <= MAX_ID else 0
     if not n:
         print(f"outqueue: no queued message {args.id}", file=sys.stderr)
         return 1
@@ -212,7 +213,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from gateway.outbound.queue import remove
 
     with _transaction(args) as conn:
-        gone = remove(conn, args.id)
+        gone = remove(conn, args.id) if args.id <= MAX_ID else None
     if gone is None:
         print(f"outqueue: no message {args.id}", file=sys.stderr)
         return 1

@@ -154,3 +154,34 @@ class TestClassifyCountsAreChecked:
         assert r.returncode == 2, r.stderr
         assert f"argument {args[1]}: " in r.stderr and "at least 2" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+BEYOND = str(2**63)     # no 64-bit row id is this large
+
+
+class TestIdsNoRowCanHave:
+    @pytest.mark.parametrize(("args", "message"), [
+        (("outqueue", "show", BEYOND), f"outqueue: no message {BEYOND}\n"),
+        (("outqueue", "retry", BEYOND), f"outqueue: no queued message {BEYOND}\n"),
+        (("outqueue", "delete", BEYOND), f"outqueue: no message {BEYOND}\n"),
+        (("handoff", "show", BEYOND), f"handoff: no hand-off {BEYOND}\n"),
+        (("handoff", "retry", BEYOND), f"handoff: hand-off {BEYOND} does not exist\n"),
+        (("handoff", "delete", BEYOND), f"handoff: hand-off {BEYOND} does not exist\n"),
+    ])
+    def test_is_an_unknown_id(self, make_confdir, args, message):
+        """An id larger than any database id is an unknown id: exit 1 with the usual
+        one-line message (docs/cli.md), not an OverflowError traceback."""
+        conf = make_confdir()
+        assert cli(conf, "db", "upgrade").returncode == 0
+        r = cli(conf, *args)
+        assert (r.returncode, r.stderr) == (1, message), r.stderr
+
+    @pytest.mark.parametrize("limit", ["-3", BEYOND])
+    def test_handoff_list_limit_out_of_range_is_wrong_usage(self, make_confdir, limit):
+        """`handoff list --limit` outside 0..2**63-1 is refused (exit 2) as `tickets list`
+        refuses it; -3 listed everything and 2**63 crashed."""
+        conf = make_confdir()
+        assert cli(conf, "db", "upgrade").returncode == 0
+        r = cli(conf, "handoff", "list", "--limit", limit)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("handoff list: --limit must be between 0 and "), r.stderr
