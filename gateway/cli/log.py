@@ -82,8 +82,8 @@ def register(sub: Any) -> None:
     lp = lsub.add_parser("list", help="communications, newest first")
     lp.add_argument("--since", type=parse_when, help="start at or after (time or '24h' ago)")
     lp.add_argument("--until", type=parse_when, help="start before (time or duration ago)")
-    lp.add_argument("--direction", choices=names.DIRECTIONS)
-    lp.add_argument("--status", choices=names.STATUSES)
+    lp.add_argument("--direction", choices=names.DIRECTIONS, help="only this direction")
+    lp.add_argument("--status", choices=names.STATUSES, help="only this status")
     lp.add_argument("--account", help="account name or type (LMTP, IMAPS, SMTP, ...)")
     lp.add_argument("--priority", type=_priority,
                     help="only communications with an entry at this priority or worse "
@@ -92,13 +92,14 @@ def register(sub: Any) -> None:
     lp.add_argument("--sort", default="-start",
                     help=f"column: {', '.join(names.SORT_COLUMNS)}; prefix - to reverse "
                          "(default -start)")
-    lp.add_argument("--limit", type=int, default=100)
-    lp.add_argument("--offset", type=int, default=0)
+    lp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    lp.add_argument("--offset", type=int, default=0,
+                    help="skip this many first (default 0), to page with --limit")
     add_json(lp)
     lp.set_defaults(func=cmd_list)
 
     sp = lsub.add_parser("show", help="one communication with its objects and entries")
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=int, help="communication id (as log list shows it)")
     sp.add_argument("--priority", type=_priority, help="only entries at this priority or worse")
     add_json(sp)
     sp.set_defaults(func=cmd_show)

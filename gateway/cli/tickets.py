@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     lp = tsub.add_parser("list", help="list tickets, newest first")
     lp.add_argument("--queue", help="only this queue")
     lp.add_argument("--state", help="only this state")
-    lp.add_argument("--limit", type=int, default=100)
+    lp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     add_json(lp)
     lp.set_defaults(func=cmd_list)
     sp = tsub.add_parser("show", help="one ticket with its articles")
