@@ -162,8 +162,13 @@ class OutboundPipeline:
                 log.exception("outbound pipeline failed; temporary failure")
             return self._failed(comm, conn_obj, ctx, "Error",
                                 f"{type(exc).__name__}: {exc}", errors.TEMPFAIL)
+        # Committed: from here on nothing may turn the 250 into an error reply (the
+        # client would send the message again). The sender polls on its own too.
         if self.on_queued:
-            self.on_queued()
+            try:
+                self.on_queued()
+            except Exception:
+                log.exception("queued, but waking the sender failed", outbound_id=oid)
         log.info("queued", outbound_id=oid, copies=len(ctx.outbound_ids), queue=ctx.queue,
                  ticket=ctx.ticket_number, message_id=ctx.message_id)
         return SubmitResult(QUEUED, oid, ctx.ticket_number, ctx.article_id, ctx.message_id,
@@ -190,5 +195,9 @@ class OutboundPipeline:
         ctx.log.close("Failed")
         conn_obj.close("Failed")
         comm.close("Failed")
-        self.writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
+        try:
+            self.writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
+        except Exception:
+            # the reply matters more than its log entry (a writer that is closing)
+            log.exception("refusal not written to the communication log", reply=reply.code)
         return SubmitResult(reply)

@@ -135,17 +135,21 @@ class TestCommandFailure:
 
     def test_failure_after_the_message_is_queued_is_answered_250(
             self, open_submission, run_gateway):
-        """An exception after the queue row is committed (here the sender's wake-up call)
-        is answered 250 with the queue id, never 4xx: a client retrying it would send the
-        message twice. The message is queued and delivered once; the cause is logged."""
+        """An exception after the queue row is committed (here raised by the pipeline's
+        submit once it has queued the message) is answered 250 with the queue id, never
+        4xx: a client retrying it would send the message twice. The message is queued
+        and delivered once; the cause is logged."""
         with AuthSink() as sink:
             cfg = open_submission(sink.port)
             rg = run_gateway(cfg)
+            pipeline = rg.gateway.outbound
+            real_submit = pipeline.submit
 
-            def broken_wake() -> None:
+            async def submit_then_fail(ctx: Any) -> Any:
+                await real_submit(ctx)
                 raise RuntimeError("sender gone")
 
-            rg.gateway.outbound.on_queued = broken_wake
+            pipeline.submit = submit_then_fail
             with capture_logs() as logs, smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
                 s.ehlo()
                 assert s.mail("app@internal.test")[0] == 250

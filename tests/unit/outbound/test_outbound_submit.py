@@ -45,3 +45,49 @@ class TestSubmit:
         assert result.reply.code == 250
         assert [t.number for t in tickets] == [result.ticket_number]
         assert arts == rows == [tickets[0].id]
+
+    async def test_a_wake_up_that_fails_after_the_commit_still_answers_queued(
+            self, ob_engine, rt, caplog):
+        """The sender's wake-up runs after the commit: when it raises, the message is
+        queued all the same and submit answers 250 (a 4xx would make the client send it
+        a second time)."""
+        writer = BatchWriter(ob_engine)
+
+        def broken_wake() -> None:
+            raise RuntimeError("wake-up failed")
+
+        try:
+            pipeline = OutboundPipeline(lambda: rt, writer, on_queued=broken_wake)
+            ctx = OutboundContext(mail_from="app@internal.test", recipients=["c@customer.test"],
+                                  raw=RAW, trusted=True)
+            result = await pipeline.submit(ctx)
+        finally:
+            writer.close()
+        with ob_engine.connect() as conn:
+            rows = conn.execute(select(OutboundMessage.id)).scalars().all()
+        assert result.reply.code == 250
+        assert rows == [result.outbound_id]
+
+    async def test_a_failure_that_cannot_be_logged_still_answers_its_reply(self, ob_engine, rt):
+        """A refused message whose communication log cannot be queued (the writer is
+        closed) still gets its own reply, not an exception out of submit."""
+        writer = BatchWriter(ob_engine)
+        pipeline = OutboundPipeline(lambda: rt, writer)
+        ctx = OutboundContext(mail_from="app@internal.test", recipients=["c@customer.test"],
+                              raw=b"not a message", trusted=True)
+
+        def refuse(*_a: Any) -> None:
+            from gateway.errors import PermanentError
+
+            raise PermanentError("refused for the test")
+
+        def closed(*_a: Any, **_k: Any) -> Any:
+            raise RuntimeError("writer closed")
+
+        pipeline._prepare = refuse      # type: ignore[method-assign]
+        writer.submit = closed          # type: ignore[method-assign]
+        try:
+            result = await pipeline.submit(ctx)
+        finally:
+            BatchWriter.close(writer)
+        assert result.reply.code == 554
