@@ -39,6 +39,16 @@ ADDRESS_DEFAULTS = {"display_name": "", "queue": "", "valid": "valid", "comment"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class StaleFile(ConfigError):
+    """A file the save would write changed on disk after the form's edit read it."""
+
+
+def refusal_status(errors: list[ConfigError]) -> int:
+    """409 when a file changed meanwhile (another save, an editor), as the form-version
+    check answers; 422 for a configuration that does not validate."""
+    return 409 if any(isinstance(e, StaleFile) for e in errors) else 422
+
+
 def add_routes(dash: Dashboard, app: web.Application) -> None:
     from gateway.web.admin_entries import ACCOUNT, QUEUE, EntryPage
     from gateway.web.admin_filters import FilterPage
@@ -137,7 +147,7 @@ class AdminPages:
         loop = asyncio.get_running_loop()
         stale = await loop.run_in_executor(self.dash.pool, edit.stale)
         if stale:
-            return [ConfigError(str(p), "", "changed since this form was read (another save "
+            return [StaleFile(str(p), "", "changed since this form was read (another save "
                                 "or an editor); nothing was written: open the form again")
                     for p in stale]
         errors = await loop.run_in_executor(self.dash.pool, confedit.validate, gw.config, edit)
@@ -249,7 +259,8 @@ class AdminPages:
             by_field, other = field_errors(errors, f"address[{index}]", ADDRESS_FIELDS,
                                            queue_uses)
             return self._address_page(request, original=original, values=values,
-                                      errors=by_field, other=other, status=422)
+                                      errors=by_field, other=other,
+                                      status=refusal_status(errors))
         return self.saved(request, f"System address {values['email']} saved", edit,
                           "/addresses")
 

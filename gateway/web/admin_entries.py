@@ -277,7 +277,7 @@ class EntryPage:
             edit.private.add(path)      # a typed secret: no longer group/other-readable
         errors = await self.admin.save(request, label, edit)
         if errors:
-            from gateway.web.admin import field_errors
+            from gateway.web.admin import field_errors, refusal_status
 
             names = tuple(f.name for f in kind.fields)
             placed, other = field_errors(errors, f"{kind.section}[{index}]", names)
@@ -287,6 +287,7 @@ class EntryPage:
                     placed.setdefault(f"oauth2.{e.key[len(prefix):]}", []).append(e.reason)
                     other = [o for o in other if o != str(e)]
             return self._page(request, original=original, v=values, errors=placed,
-                              other=other, status=422, has_secret=secrets)
+                              other=other, status=refusal_status(errors),
+                              has_secret=secrets)
         return self.admin.saved(request, f"{kind.noun.capitalize()} {name} saved", edit,
                                 kind.list_url)

@@ -195,9 +195,11 @@ class FilterPage:
                                        message)
         errors = await self.admin.save(request, f"filter {original or v['name']}", edit)
         if errors:
+            from gateway.web.admin import refusal_status
+
             placed, other = place_errors(errors, v["name"], cond_keys, set_keys)
             return self._page(request, original=original, v=v, errors=placed, other=other,
-                              message=message, status=422)
+                              message=message, status=refusal_status(errors))
         return self.admin.saved(request, f"Filter {v['name']} saved", edit, "/filters")
 
     async def _dry_run(self, request: web.Request, original: str, v: dict[str, Any],
@@ -241,6 +243,9 @@ class FilterPage:
                               other=[str(exc)], status=409)
         errors = await self.admin.save(request, f"filter {name} deleted", edit)
         if errors:
+            from gateway.web.admin import refusal_status
+
             return self._page(request, original=name, v=from_config(current),
-                              other=[str(e) for e in errors], status=422)
+                              other=[str(e) for e in errors],
+                              status=refusal_status(errors))
         return self.admin.saved(request, f"Filter {name} deleted", edit, "/filters")

@@ -199,3 +199,41 @@ class TestConcurrentChanges:
         data["version"] = re.search(r'name="version" value="([0-9a-f]+)"', html).group(1)
         assert d.request("/admin/address", data=data)[0] == 200
         assert "edited in the form" in (d.conf / "20-extra.toml").read_text()
+
+    def test_two_saves_at_once_second_gets_409(self, admin_dashboard):
+        """Two admins save the same form version at once: one save is written, the other
+        is refused with 409 (as a form older than the files) and writes nothing."""
+        import re
+        import threading
+
+        d = admin_dashboard()
+        dash = next(s for s in d.rg.gateway.services if s.name == "dashboard")
+        _, html = d.request("/admin/address?email=promo%40example.org")
+        version = re.search(r'name="version" value="([0-9a-f]+)"', html).group(1)
+        forms = {who: form(d, original="promo@example.org", email="promo@example.org",
+                           queue="Sales", comment=f"by {who}", version=version)
+                 for who in ("a", "b")}
+        d.rg.call(dash.save_lock.acquire())     # both pass the version check, then wait
+        results: dict[str, tuple[int, str]] = {}
+        threads = [threading.Thread(target=lambda w=w: results.__setitem__(
+            w, d.request("/admin/address", data=forms[w]))) for w in forms]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(dash.save_lock._waiters or ()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        async def release() -> None:
+            dash.save_lock.release()
+
+        d.rg.call(release())
+        for t in threads:
+            t.join(60)
+        statuses = sorted(s for s, _ in results.values())
+        assert statuses == [200, 409], results
+        loser = next(h for s, h in results.values() if s == 409)
+        assert "changed since this form was read" in loser
+        text = (d.conf / "20-extra.toml").read_text()
+        winner = next(w for w, (s, _) in results.items() if s == 200)
+        assert f'comment = "by {winner}"' in text and text.count("comment = ") == 1
+        assert len([e for e in change_log(d, 3) if e[0] == "User"]) == 1
