@@ -31,7 +31,7 @@ import structlog
 
 from gateway import metrics
 from gateway.config import Config, FilterConfig
-from gateway.inbound.parse import addresses
+from gateway.inbound.parse import addresses, decode_bytes, decode_header_value
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, backtracking_bound, fold, required_literal
 from gateway.inbound.xheaders import canonical
@@ -337,13 +337,31 @@ class _View:
         got = self._addrs.get(key)
         if got is None:
             vals = [v for v in self.values(c) if v]
+            raw = self._raw(c.lheader) if c.source == "header" else []
+            if any("=?" in v for v in raw):
+                vals = [v for v in raw if v.strip()]
             try:
                 got = [a.strip() for _n, a in email.utils.getaddresses(vals) if a.strip()]
             except RecursionError:
                 # comments nested deeper than the parser recurses: the bare addresses
                 got = [a for v in vals for a in addresses(v)]
+            got = [a if a.isascii() else _text(a) for a in got]
             self._addrs[key] = got
         return got
+
+    def _raw(self, lname: str) -> list[str]:
+        """The header's values as they came, when they are still what the filters see.
+
+        Addresses are read from these: decoded first, an encoded display name such as
+        `=?utf-8?q?Doe=2C_John?=` or `=?utf-8?q?boss=40example.org?=` would read as
+        more addresses than the header has. A header a filter set is read as set.
+        """
+        p = self.ctx.parsed
+        assert p is not None
+        raw = [str(v) for k, v in p.msg.raw_items() if k.lower() == lname]
+        if [decode_header_value(v) for v in raw] != self.headers.get(lname, []):
+            return []
+        return raw
 
     def set(self, name: str, value: str) -> None:
         p = self.ctx.parsed
@@ -363,6 +381,11 @@ class _View:
         p.headers = out
         self.headers[lname] = [value]
         self._addrs.pop(lname, None)
+
+
+def _text(value: str) -> str:
+    """An address read from a raw header: its 8-bit bytes (UTF-8, else Latin-1) as text."""
+    return decode_bytes(value.encode("utf-8", "surrogateescape"), "utf-8")
 
 
 def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, str]:
