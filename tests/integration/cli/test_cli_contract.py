@@ -185,3 +185,25 @@ class TestIdsNoRowCanHave:
         r = cli(conf, "handoff", "list", "--limit", limit)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("handoff list: --limit must be between 0 and "), r.stderr
+
+
+class TestDeliverEnvelopeAddresses:
+    @pytest.mark.parametrize("args", [
+        ("-r", "support@example.org", "-f", "alice@customer.test\r\nX-Injected: 1"),
+        ("-r", "support@example.org\nRCPT TO:<sales@example.org>"),
+        ("-r", "<support@example.org>"),
+        ("-r", ""),
+    ])
+    def test_an_address_no_mta_can_send_is_wrong_usage_in_process_too(self, make_confdir,
+                                                                         args):
+        """In-process `deliver` refuses an envelope address with CR, LF, < or > (and an
+        empty recipient) with 64 (EX_USAGE) and stores nothing, as `--via-socket` does;
+        a sender with CR LF in it was stored and delivered (exit 0)."""
+        conf = make_confdir()
+        mail = (b"From: alice@customer.test\nTo: support@example.org\nSubject: hi\n"
+                b"Message-ID: <env1@customer.test>\n\nHello\n")
+        r = cli(conf, "deliver", *args, stdin=mail)
+        assert r.returncode == 64, (r.stdout, r.stderr)
+        assert r.stderr.startswith("deliver: "), r.stderr
+        listed = cli(conf, "tickets", "list", "--json")
+        assert listed.stdout.strip() in ("", "[]"), listed.stdout
