@@ -185,8 +185,14 @@ def _compile_filter(f: FilterConfig, prefixes: Sequence[str],
     if not f.match and not f.any:
         bad("match", "a filter needs at least one condition in match or any")
     sets: list[SetAction] = []
+    seen: dict[str, str] = {}          # what a key sets (param or header) → the key
     for key, template in f.set.items():
         param = canonical(key, prefixes) if key[:2].lower() == "x-" else None
+        first = seen.setdefault(param or key.lower(), key)
+        if first != key:
+            bad(f"set.{key}", f"sets the same header as {first!r}; which value wins "
+                "would depend on the order of the keys (set each once)")
+            continue
         if param is None and _has_prefix(key, prefixes):
             bad(f"set.{key}", "unknown X-header (docs/policies.md lists them, "
                 "under X-headers and trust)")

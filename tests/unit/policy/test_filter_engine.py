@@ -103,6 +103,26 @@ class TestCompile:
         """)
         assert len(compile_filters(cfg).filters) == 1
 
+    def test_same_x_header_twice_in_one_set_is_refused(self, make_confdir):
+        """One filter setting the same X-header under two prefixes (or in two cases) is
+        ambiguous and refused by check, naming file, filter and both keys."""
+        pol = one('[{ header = "Subject", value = "printer" }]',
+                  '{ "X-OTOBO-Queue" = "Sales", "X-Deskgate-Queue" = "Junk" }')
+        with pytest.raises(ConfigErrors) as ei:
+            load_config(make_confdir(policies={"030-dup.toml": pol}))
+        text = "\n".join(str(e) for e in ei.value.errors)
+        assert "030-dup.toml" in text
+        assert "filter[010].set.X-Deskgate-Queue" in text
+        assert "X-OTOBO-Queue" in text
+
+    def test_same_plain_header_twice_in_one_set_is_refused(self, make_confdir):
+        """`X-Marker` and `x-marker` in one set name the same header: refused."""
+        pol = one('[{ header = "Subject", value = "printer" }]',
+                  '{ "X-Marker" = "a", "x-marker" = "b" }')
+        with pytest.raises(ConfigErrors) as ei:
+            load_config(make_confdir(policies={"030-dup.toml": pol}))
+        assert any("filter[010].set.x-marker" in str(e) for e in ei.value.errors)
+
     def test_duplicate_names_are_an_error(self, make_confdir):
         """Two filters with the same name are refused (names define the order)."""
         errs = errors_of(make_confdir, """
