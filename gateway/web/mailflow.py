@@ -11,16 +11,21 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from aiohttp import web
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, func, inspect, select
 
 from gateway import commlog_views as views
-from gateway.cli.tickets import list_tickets, ticket_detail
+from gateway.cli.tickets import ticket_detail
 from gateway.config import parse_duration
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
 
 PAGE_SIZE = 50
+# The ticket list pages through every ticket; the outbound and hand-off pages show at
+# most this many waiting rows (and count them all).
+TICKET_PAGE = 100
+OUTBOUND_SHOWN = 500
+HANDOFF_SHOWN = 500
 # Numbers in URLs beyond these are refused with 400 (ids are 64-bit in the database).
 MAX_ID = 2**63 - 1
 MAX_PAGE = 10**6
@@ -51,6 +56,17 @@ def _id(request: web.Request) -> int:
     if value > MAX_ID:
         raise web.HTTPBadRequest(text=f"no such id: {request.match_info['id']}\n")
     return value
+
+
+def _page_number(q: Any) -> int:
+    """The ?page= of a paged list (1 when missing or not a number); 400 beyond MAX_PAGE."""
+    try:
+        page = max(1, int(q.get("page", "1") or 1))
+    except ValueError:
+        page = 1
+    if page > MAX_PAGE:
+        raise web.HTTPBadRequest(text=f"page: at most {MAX_PAGE}\n")
+    return page
 
 
 def _query_value(q: Any, key: str) -> str | None:
@@ -113,12 +129,7 @@ class MailFlowPages:
                 return None
             return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
-        try:
-            page = max(1, int(q.get("page", "1") or 1))
-        except ValueError:
-            page = 1
-        if page > MAX_PAGE:
-            raise web.HTTPBadRequest(text=f"page: at most {MAX_PAGE}\n")
+        page = _page_number(q)
         f = views.LogFilter(
             since=when(params["since"]), until=when(params["until"]),
             direction=params["direction"] or None, status=params["status"] or None,
@@ -163,9 +174,13 @@ class MailFlowPages:
     async def tickets(self, request: web.Request) -> web.Response:
         queue = _query_value(request.query, "queue")
         state = _query_value(request.query, "state")
-        rows = await self.dash.db(lambda c: list_tickets(c, queue=queue, state=state, limit=200))
+        page = _page_number(request.query)
+        size = TICKET_PAGE
+        rows, total = await self.dash.db(lambda c: read_tickets(
+            c, queue=queue, state=state, limit=size, offset=(page - 1) * size))
         return self.dash.render(request, "tickets.html", title="Tickets", rows=rows,
-                                queue=queue or "", state=state or "",
+                                queue=queue or "", state=state or "", total=total,
+                                page=page, pages=max(1, (total + size - 1) // size),
                                 queues=[q.name for q in self.dash.gw.config.queue])
 
     async def ticket(self, request: web.Request) -> web.Response:
@@ -197,14 +212,15 @@ class MailFlowPages:
         from gateway.helpdesk import outbox
 
         def read(conn: Connection) -> tuple[list[dict[str, Any]], outbox.Stats]:
-            return outbox.list_handoffs(conn, limit=500), outbox.stats(conn)
+            return outbox.list_handoffs(conn, limit=HANDOFF_SHOWN), outbox.stats(conn)
 
         rows, st = await self.dash.db(read)
         for r in rows:
             r["attempt"] = outbox.attempt_note(r)
         hd = self.dash.gw.config.helpdesk
         return self.dash.render(request, "handoff.html", title="Hand-offs to the helpdesk",
-                                rows=rows, configured=hd.enabled, helpdesk=hd.type,
+                                rows=rows, total=st.pending + st.failed,
+                                configured=hd.enabled, helpdesk=hd.type,
                                 stats={"pending": st.pending, "failed": st.failed,
                                        "oldest": st.oldest_pending})
 
@@ -219,24 +235,41 @@ class MailFlowPages:
         return self.dash.render(request, "handoff_item.html", title=f"Hand-off #{hid}", h=data)
 
 
+def read_tickets(conn: Connection, *, queue: str | None, state: str | None, limit: int,
+                 offset: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of `tickets list` (newest first) and how many tickets match in all."""
+    from gateway.cli.tickets import ticket_summary
+    from gateway.store.tables import Ticket
+
+    where = [c for c in (Ticket.queue == queue if queue else None,
+                         Ticket.state == state if state else None) if c is not None]
+    rows = conn.execute(select(Ticket).where(*where).order_by(Ticket.id.desc())
+                        .limit(limit).offset(offset)).all()
+    total = conn.execute(select(func.count()).select_from(Ticket).where(*where)).scalar_one()
+    return [ticket_summary(t) for t in rows], int(total)
+
+
 def read_outbound(conn: Connection) -> dict[str, Any]:
-    """The waiting outbound queue and the 50 most recently finished messages."""
+    """The oldest waiting outbound messages (and how many wait in all) and the 50 most
+    recently finished ones."""
     try:
         from gateway.outbound import queue as outq
         from gateway.store.tables import OutboundMessage
     except ImportError:
-        return {"available": False, "waiting": [], "done": []}
+        return {"available": False, "waiting": [], "total": 0, "done": []}
     if "outbound_message" not in set(inspect(conn).get_table_names()):
-        return {"available": False, "waiting": [], "done": []}
-    waiting = outq.list_queue(conn, include_done=False, limit=500)
+        return {"available": False, "waiting": [], "total": 0, "done": []}
+    waiting = outq.list_queue(conn, include_done=False, limit=OUTBOUND_SHOWN)
     m = OutboundMessage
+    total = conn.execute(select(func.count()).select_from(m)
+                         .where(m.status == "queued")).scalar_one()
     done = [{"id": r.id, "queue": r.queue, "sender": r.sender, "status": r.status,
              "attempts": r.attempts, "updated": r.updated, "last_error": r.last_error}
             for r in conn.execute(select(m.id, m.queue, m.sender, m.status, m.attempts,
                                          m.updated, m.last_error)
                                   .where(m.status != "queued").order_by(m.id.desc())
                                   .limit(50)).all()]
-    return {"available": True, "waiting": waiting, "done": done}
+    return {"available": True, "waiting": waiting, "total": int(total), "done": done}
 
 
 def read_outbound_item(conn: Connection, oid: int) -> dict[str, Any] | None:
