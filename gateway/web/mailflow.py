@@ -16,6 +16,7 @@ from sqlalchemy import Connection, func, inspect, select
 from gateway import commlog_views as views
 from gateway.cli.tickets import ticket_detail
 from gateway.config import parse_duration
+from gateway.web import logdetail
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -26,6 +27,8 @@ PAGE_SIZE = 50
 TICKET_PAGE = 100
 OUTBOUND_SHOWN = 500
 HANDOFF_SHOWN = 500
+# Objects of one communication per page (a poll run has one per fetched message).
+OBJECTS_PAGE = 100
 # Numbers in URLs beyond these are refused with 400 (ids are 64-bit in the database).
 MAX_ID = 2**63 - 1
 MAX_PAGE = 10**6
@@ -165,11 +168,18 @@ class MailFlowPages:
         priority = _query_value(request.query, "priority")
         if priority and priority not in views.PRIORITIES:
             priority = None
-        data = await self.dash.db(lambda c: views.get_communication(c, comm_id, priority=priority))
+        page = _page_number(request.query)
+        size = OBJECTS_PAGE
+        data = await self.dash.db(lambda c: logdetail.read_page(
+            c, comm_id, priority=priority, limit=size, offset=(page - 1) * size))
         if data is None:
             return self.dash.not_found(request, f"There is no communication #{comm_id}.")
+        n = data["object_count"]
         return self.dash.render(request, "log_detail.html", title=f"Communication #{comm_id}",
-                                c=data, priority=priority or "", priorities=views.PRIORITIES)
+                                c=data, priority=priority or "", priorities=views.PRIORITIES,
+                                page=page, pages=max(1, (n + size - 1) // size),
+                                first=min(n, (page - 1) * size + 1),
+                                last=(page - 1) * size + len(data["objects"]))
 
     async def tickets(self, request: web.Request) -> web.Response:
         queue = _query_value(request.query, "queue")

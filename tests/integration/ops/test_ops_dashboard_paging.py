@@ -1,5 +1,6 @@
-"""Big tables on the dashboard: the ticket list pages through every ticket, and the
-outbound and hand-off pages count everything waiting while they show a bounded part."""
+"""Big tables on the dashboard: the ticket list and a communication's objects page
+through everything, and the outbound and hand-off pages count everything waiting while
+they show a bounded part."""
 
 from __future__ import annotations
 
@@ -80,3 +81,36 @@ class TestWaitingCounts:
         assert "Waiting and failed (4)" in body and "the newest 2 are shown" in body
         table = body.split('id="handoffs"', 1)[1].split("</table>", 1)[0]
         assert f'id="h{rows[3]}"' in table and f'id="h{rows[0]}"' not in table
+
+
+class TestCommunicationPaging:
+    def test_objects_of_a_big_communication_come_a_page_at_a_time(self, dashboard,
+                                                                   monkeypatch):
+        """A communication with more objects than a page (a poll run with one Message
+        object per fetched message) shows a page of objects with their entries, says
+        which of how many, and links to the next page; the priority filter stays on
+        the links."""
+        from gateway.commlog import Comm, write_comm
+
+        monkeypatch.setattr(mailflow, "OBJECTS_PAGE", 2)
+        d = dashboard()
+        comm = Comm("Incoming", "IMAPS", "big-box")
+        for n in range(5):
+            obj = comm.obj("Message")
+            obj.log("Info", "Fetched", f"message number {n}")
+            obj.log("Error", "Pipeline", f"failure number {n}")
+            obj.close("Failed")
+        comm.close("Failed")
+        with d.rg.gateway.engine.begin() as conn:
+            cid = write_comm(conn, comm)
+        status, _, body = d.get(f"/log/{cid}")
+        assert status == 200
+        assert "objects 1 to 2 of 5" in body and "page 1 of 3" in body
+        assert "message number 1" in body and "message number 2" not in body
+        assert f'href="/log/{cid}?page=2"' in body
+        _, _, body = d.get(f"/log/{cid}?page=3&priority=Error")
+        assert "objects 5 to 5 of 5" in body and "failure number 4" in body
+        assert "message number 4" not in body and "failure number 3" not in body
+        assert f'href="/log/{cid}?priority=Error&amp;page=2"' in body
+        _, _, body = d.get(f"/log/{cid}?page=9")
+        assert 'class="object"' not in body and "no objects on this page; 5 in all" in body
