@@ -120,6 +120,18 @@ def configured_database_url(args: argparse.Namespace) -> str:
         return Config(root=conf.parent, conf_dir=conf, gateway=GatewayConfig(**keys)).database_url
 
 
+def envelope_problem(mail_from: str, rcpts: list[str]) -> str:
+    """Why -f/-r cannot be an envelope (CR, LF, < or > in an address, an empty
+    recipient: nothing an MTA sends), in-process as over LMTP,
+    and for `send` as over SMTP; "" when they can."""
+    for addr in (mail_from, *rcpts):
+        if any(c in addr for c in "\r\n<>"):
+            return f"cannot use {addr!r} as an envelope address (CR, LF, < or > in it)"
+    if not all(rcpts):
+        return "an empty recipient (-r '')"
+    return ""
+
+
 def _default(o: Any) -> Any:
     from datetime import datetime
 

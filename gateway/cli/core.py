@@ -17,6 +17,7 @@ from gateway.cli.common import (
     EX_TEMPFAIL,
     EX_USAGE,
     add_json,
+    envelope_problem,
     load,
     open_gateway,
     print_json,
@@ -203,7 +204,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         print("deliver: --via-socket needs -r RCPT and takes neither --account nor "
               "--trusted (LMTP trust is [lmtp] trusted)", file=sys.stderr)
         return EX_USAGE
-    problem = _envelope_problem(args.mail_from, args.recipient)
+    problem = envelope_problem(args.mail_from, args.recipient)
     if problem:
         print(f"deliver: {problem}", file=sys.stderr)
         return EX_USAGE
@@ -215,17 +216,6 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         if rc is not None:
             return rc
     return _deliver_in_process(args, raw)
-
-
-def _envelope_problem(mail_from: str, rcpts: list[str]) -> str:
-    """Why -f/-r cannot be an envelope (CR, LF, < or > in an address, an empty
-    recipient: nothing an MTA sends), in-process as over LMTP; "" when they can."""
-    for addr in (mail_from, *rcpts):
-        if any(c in addr for c in "\r\n<>"):
-            return f"cannot use {addr!r} as an envelope address (CR, LF, < or > in it)"
-    if not all(rcpts):
-        return "an empty recipient (-r '')"
-    return ""
 
 
 def _deliver_via_socket(args: argparse.Namespace, raw: bytes) -> int | None:

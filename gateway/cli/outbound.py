@@ -15,8 +15,10 @@ from gateway.cli.common import (
     EX_DATAERR,
     EX_OK,
     EX_TEMPFAIL,
+    EX_USAGE,
     MAX_ID,
     add_json,
+    envelope_problem,
     load,
     load_readonly,
     open_gateway,
@@ -81,6 +83,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     from gateway.outbound.rewrite import header_text, recipients_from_headers
     from gateway.outbound.service import outbound_pipeline
 
+    problem = envelope_problem(args.mail_from, args.recipient)
+    if problem:
+        print(f"send: {problem}", file=sys.stderr)
+        return EX_USAGE
     cfg = load(args)
     raw = read_stdin_message("send")
     if raw is None:

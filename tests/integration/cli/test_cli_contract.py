@@ -207,3 +207,24 @@ class TestDeliverEnvelopeAddresses:
         assert r.stderr.startswith("deliver: "), r.stderr
         listed = cli(conf, "tickets", "list", "--json")
         assert listed.stdout.strip() in ("", "[]"), listed.stdout
+
+
+class TestSendEnvelopeAddresses:
+    @pytest.mark.parametrize("args", [
+        ("-r", "alice@customer.test>\r\nRCPT TO:<evil@elsewhere.test"),
+        ("-r", "alice@customer.test\nbob@customer.test"),
+        ("-r", ""),
+        ("-f", "bounces@example.org\r\nX-Injected: 1"),
+        ("-f", "<bounces@example.org>"),
+    ])
+    def test_an_address_no_smtp_client_could_give_is_wrong_usage(self, make_confdir, args):
+        """`send -r/-f` with CR, LF, < or > in an address, or an empty -r, exits 64
+        (EX_USAGE) and queues nothing. Such a recipient was queued (exit 0), to be put
+        into an RCPT TO line for the smarthost, and an empty one queued as <>."""
+        conf = make_confdir()
+        assert cli(conf, "db", "upgrade").returncode == 0
+        mail = b"From: support@example.org\nTo: alice@customer.test\nSubject: hi\n\nHello\n"
+        r = cli(conf, "send", *args, stdin=mail)
+        assert r.returncode == 64, (r.stdout, r.stderr)
+        assert r.stderr.startswith("send: "), r.stderr
+        assert cli(conf, "outqueue", "list", "--all", "--json").stdout.strip() == "[]"
