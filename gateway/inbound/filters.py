@@ -117,13 +117,13 @@ class ConditionTrace:
     tested: str
     matched: str
     reason: str
-    used: bool = True        # False: an `any` condition after the one that held
+    used: bool = True        # False: a delivery does not evaluate it (explained only)
 
     def as_dict(self) -> dict[str, Any]:
         return {"condition": self.where, "header": self.header, "kind": self.kind,
                 "pattern": self.pattern, "not": self.negate, "held": self.held,
                 "timed_out": self.timed_out, "tested": self.tested, "matched": self.matched,
-                "reason": self.reason}
+                "reason": self.reason, "used": self.used}
 
 
 @dataclass
@@ -454,9 +454,18 @@ def _short(s: str) -> str:
 
 
 def _condition(c: Condition, view: _View, timeout: float, ctx: MessageContext,
-               fname: str, trace: list[ConditionTrace] | None) -> tuple[bool, Any]:
+               fname: str, trace: list[ConditionTrace] | None, extra: bool = False
+               ) -> tuple[bool, Any]:
+    """Test one condition. `extra`: one only an explaining run evaluates (a delivery
+    stops before it), so its time counts against no budget and its timeout is not logged."""
+    start = time.monotonic()
     found, m, timed_out, tested = _test(c, view, timeout)
-    if timed_out:
+    if extra:
+        spent = time.monotonic() - start
+        view.deadline += spent
+        if view.inline is not None:
+            view.inline += spent
+    elif timed_out:
         why = (f"timed out after {timeout * 1000:g} ms" if time.monotonic() < view.deadline
                else "timed out: the message's filter time budget is used up")
         ctx.log.log("Warn", "Filter", f"{fname} {c.where}: pattern '{c.pattern}' on {c.header} "
@@ -470,13 +479,17 @@ def _condition(c: Condition, view: _View, timeout: float, ctx: MessageContext,
             where=c.where, header=c.header, kind=c.kind, pattern=c.pattern, negate=c.negate,
             held=held, found=found, timed_out=timed_out, tested=_short(tested),
             matched=_short(m.group(0)) if m is not None else "",
-            reason=_reason(c, found, held, timed_out, tested, m, timeout)))
+            reason=_reason(c, found, held, timed_out, tested, m, timeout), used=not extra))
     return held, (m if found and not c.negate and c.groups else None)
 
 
 def _evaluate(f: Filter, view: _View, timeout: float, ctx: MessageContext,
               trace: list[ConditionTrace] | None) -> tuple[bool, str | None, dict[str, str]]:
-    """Whether the filter holds, and its captures ([***], named groups)."""
+    """Whether the filter holds, and its captures ([***], named groups).
+
+    With `trace` every condition is evaluated and recorded; those a delivery would not
+    reach are marked unused and cost the message's time budget nothing, so the
+    explanation comes to the delivery's result."""
     star: str | None = None
     named: dict[str, str] = {}
     ok = True
@@ -488,8 +501,10 @@ def _evaluate(f: Filter, view: _View, timeout: float, ctx: MessageContext,
             named[k] = v or ""
 
     for c in f.match:
-        held, m = _condition(c, view, timeout, ctx, f.name, trace)
-        if not held:
+        held, m = _condition(c, view, timeout, ctx, f.name, trace, extra=not ok)
+        if trace is not None and not trace[-1].used:
+            trace[-1].reason += " (not reached on delivery: an earlier condition failed)"
+        elif not held:
             ok = False
             if trace is None:
                 return False, None, {}
@@ -500,10 +515,12 @@ def _evaluate(f: Filter, view: _View, timeout: float, ctx: MessageContext,
         for c in f.any:
             if any_ok and trace is None:
                 break
-            held, m = _condition(c, view, timeout, ctx, f.name, trace)
-            if any_ok and trace is not None:
-                trace[-1].used = False
-                trace[-1].reason += " (not needed: an earlier `any` condition held)"
+            held, m = _condition(c, view, timeout, ctx, f.name, trace,
+                                 extra=any_ok or not ok)
+            if trace is not None and not trace[-1].used:
+                trace[-1].reason += (" (not needed: an earlier `any` condition held)" if any_ok
+                                     else " (not reached on delivery: a match condition "
+                                     "failed)")
             elif held:
                 any_ok = True
                 if m is not None:

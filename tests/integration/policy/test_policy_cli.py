@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway.cli import main
-from tests.integration.policy.conftest import deliver, ticket_count
+from tests.integration.policy.conftest import deliver, ticket, ticket_count
 from tests.unit.policy.mails import mail
 
 POLICY = r"""
@@ -148,3 +148,38 @@ class TestFilterTestDatabaseBusy:
         assert rc == 0 and report["database"].startswith("database busy")
         assert report["decision"]["action"] == "new"
         assert any("follow-up" in n for n in report["decision"]["notes"])
+
+
+class TestFilterTestAgreesWithDelivery:
+    SLOW = "\n".join(f"""
+[[filter]]
+name = "{i:03d}-slow"
+match = [{{ header = "Subject", value = "^zzz$" }}, {{ header = "Subject", value = "(a|aa)+$" }}]
+set = {{ "X-Deskgate-Queue" = "Junk" }}
+""" for i in range(8)) + """
+[[filter]]
+name = "900-printer"
+match = [{ header = "Body", value = "printer.*jammed" }]
+set = { "X-Deskgate-Queue" = "Sales" }
+"""
+
+    def test_conditions_the_delivery_skips_cost_filter_test_no_budget(self, gateway_for,
+                                                                      tmp_path, capsys):
+        """`filter test` evaluates conditions a delivery skips (after one that failed) to
+        explain them; their time does not count against the message's filter budget, so
+        a later filter matches in the report exactly when it matches in the delivery."""
+        conf = {"60-pm.toml": "[postmaster]\nfilter_timeout = \"20ms\"\n"}
+        gw = gateway_for({"10.toml": self.SLOW}, conf=conf)
+        raw = mail("a" * 40 + "!", body="the printer is jammed again\n")
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(raw)
+        _rc, out = run_cli(gw.config.conf_dir, str(msg), "--json", capsys=capsys)
+        report = json.loads(out)
+        delivered = ticket(gw, deliver(gw, raw).ticket_number)
+        assert delivered["queue"] == "Sales"
+        assert report["params"].get("Queue") == "Sales"
+        assert [f["name"] for f in report["filters"] if f["matched"]] == ["900-printer"]
+        skipped = [c for f in report["filters"][:8] for c in f["conditions"][1:]]
+        assert all(c["timed_out"] and c["used"] is False for c in skipped)
+        assert "not reached on delivery" in skipped[0]["reason"]
+        assert not [e for e in report["log"] if e["priority"] == "Warn"]
