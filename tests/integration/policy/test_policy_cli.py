@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from sqlalchemy import select
+
 from gateway.cli import main
+from gateway.store.tables import CommEntry
 from tests.integration.policy.conftest import deliver, ticket, ticket_count
-from tests.unit.policy.mails import mail
+from tests.unit.policy.mails import dsn, mail
 
 POLICY = r"""
 [[filter]]
@@ -183,3 +187,57 @@ set = { "X-Deskgate-Queue" = "Sales" }
         assert all(c["timed_out"] and c["used"] is False for c in skipped)
         assert "not reached on delivery" in skipped[0]["reason"]
         assert not [e for e in report["log"] if e["priority"] == "Warn"]
+
+    AGREE = r"""
+[[filter]]
+name = "010-encoded"
+match = [{ header = "subject", value = "störung" }]
+set = { "X-Deskgate-Queue" = "Sales", "X-Marker" = "st" }
+
+[[filter]]
+name = "020-tag"
+match = [{ header = "X-Tag", value = "^beta$" }, { header = "x-marker", value = "st" }]
+set = { "X-OTOBO-Priority" = "4 high" }
+
+[[filter]]
+name = "030-boss"
+match = [{ header = "From", email = "boss@example\\.org" }]
+set = { "X-Deskgate-Queue" = "Junk" }
+
+[[filter]]
+name = "040-queue-seen"
+match = [{ header = "X-OTRS-Queue", value = "^sales$" }]
+any = [{ header = "Body", value = "zzz" }, { header = "Body", value = "(?P<w>jammed)" }]
+set = { "X-Deskgate-DynamicField-Word" = "[**\\w**]" }
+"""
+
+    @pytest.mark.parametrize("raw", [
+        mail("=?utf-8?b?U3TDtnJ1bmc=?= im Netz", headers=[("X-Tag", "alpha"), ("X-Tag", "beta")]),
+        mail("=?utf-8?q?St=C3=B6rung?=", frm="=?utf-8?q?boss=40example.org?= <m@evil.test>",
+             headers=[("Precedence", "bulk")]),
+        mail("Störung", headers=[("X-OTOBO-Queue", "Junk"), ("List-Id", "<l.customer.test>")]),
+        dsn("<never@example.org>"),
+    ], ids=["encoded-repeated", "encoded-from-loop", "untrusted-x-header", "dsn"])
+    def test_same_hits_params_and_queue_as_delivery(self, gateway_for, tmp_path, capsys, raw):
+        """filter test reports the filter, loop and bounce hits, the X-header values and the
+        queue that the delivery of the same message has."""
+        gw = gateway_for({"10.toml": self.AGREE})
+        msg = tmp_path / "m.eml"
+        msg.write_bytes(raw)
+        _rc, out = run_cli(gw.config.conf_dir, str(msg), "--json", "-r",
+                           "support@example.org", capsys=capsys)
+        report = json.loads(out)
+        outcome = deliver(gw, raw)
+        t = ticket(gw, outcome.ticket_number)
+        keys = ("Filter", "Loop", "Bounce", "UntrustedHeaders")
+        with gw.engine.connect() as conn:
+            logged = [(e.priority, e.key, e.value) for e in conn.execute(
+                select(CommEntry).where(CommEntry.key.in_(keys)).order_by(CommEntry.id))]
+        assert logged == [(e["priority"], e["key"], e["value"]) for e in report["log"]
+                          if e["key"] in keys]
+        assert logged                   # every one of these messages hits something
+        assert report["decision"]["queue"] == t["queue"]
+        assert report["params"].get("Priority", "3 normal") == t["priority"]
+        assert {k.removeprefix("DynamicField-"): v for k, v in report["params"].items()
+                if k.startswith("DynamicField-")} == t["dynamic_fields"]
+        assert report["loop"] is t["articles"][0]["loop"]
