@@ -225,8 +225,13 @@ class AdminPages:
         current = cfg.address_by_email(original) if original else None
         if original and current is None:
             return self.dash.not_found(request, f"There is no system address {original!r}.")
-        if values["valid"] not in VALIDITIES:
-            values["valid"] = "valid"
+        if values["valid"] not in (*VALIDITIES, ""):
+            # Not silently "valid": that would put an invalid address back into service.
+            return self._address_page(
+                request, original=original, values=values, status=422,
+                errors={"valid": [f"{values['valid']!r} is not one of "
+                                  + ", ".join(VALIDITIES)]})
+        values["valid"] = values["valid"] or "valid"
         if not original and cfg.address_by_email(values["email"]) is not None:
             return self._address_page(
                 request, original="", values=values, status=422,

@@ -237,3 +237,19 @@ class TestConcurrentChanges:
         winner = next(w for w, (s, _) in results.items() if s == 200)
         assert f'comment = "by {winner}"' in text and text.count("comment = ") == 1
         assert len([e for e in change_log(d, 3) if e[0] == "User"]) == 1
+
+
+class TestAddressFormInput:
+    def test_unknown_validity_is_refused_not_read_as_valid(self, admin_dashboard):
+        """A validity that is none of the three (a client other than the form) is
+        refused at the field; it was saved as valid, putting an invalid address back
+        into service."""
+        d = admin_dashboard()
+        before = d.digest()
+        status, html = d.request("/admin/address", data=form(
+            d, original="old@example.org", email="old@example.org", queue="Support",
+            valid="Invalid"))
+        assert status == 422 and 'id="error-valid"' in html
+        assert "&#39;Invalid&#39; is not one of valid, invalid, invalid-temporarily" in html
+        assert d.digest() == before
+        assert d.rcpt("old@example.org") == 550
