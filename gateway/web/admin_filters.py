@@ -55,10 +55,26 @@ def read_form(form: MultiDictProxy[Any]) -> dict[str, Any]:
             "stop_after_match": bool(form.get("stop_after_match")),
             "comment": str(form.get("comment", "")).strip(),
             "conditions": [{**c, "header": c["header"].strip(),
-                            "group": c["group"] if c["group"] in ("match", "any") else "match",
-                            "kind": c["kind"] if c["kind"] in ("value", "email") else "value",
+                            "group": c["group"] or "match", "kind": c["kind"] or "value",
                             "not": bool(c["not"])} for c in conds],
             "sets": [{"header": s["header"].strip(), "value": s["value"]} for s in sets]}
+
+
+def choice_errors(v: dict[str, Any]) -> dict[str, list[str]]:
+    """Condition rows whose group or kind is none of the choices, by form place ('c3').
+
+    Refused, not read as `match`/`value`: an `any` condition taken for `match` would
+    turn an OR into an AND without a word.
+    """
+    out: dict[str, list[str]] = {}
+    for n, c in enumerate(v["conditions"]):
+        if not c["header"] and not c["pattern"]:
+            continue                # an empty row: ignored
+        if c["group"] not in ("match", "any"):
+            out.setdefault(f"c{n}", []).append(f"{c['group']!r} is neither match nor any")
+        if c["kind"] not in ("value", "email"):
+            out.setdefault(f"c{n}", []).append(f"{c['kind']!r} is neither value nor email")
+    return out
 
 
 def from_config(f: Any) -> dict[str, Any]:
@@ -130,6 +146,12 @@ class FilterPage:
               dry: dict[str, Any] | None = None, message: str = "",
               status: int = 200) -> web.Response:
         cfg = self.dash.gw.config
+        # The form is shown again without its empty rows: errors move with their rows.
+        kept_c = [n for n, c in enumerate(v["conditions"]) if c["header"] or c["pattern"]]
+        kept_s = [n for n, x in enumerate(v["sets"]) if x["header"]]
+        moved = {**{f"c{n}": f"c{i}" for i, n in enumerate(kept_c)},
+                 **{f"s{n}": f"s{i}" for i, n in enumerate(kept_s)}}
+        errors = {moved.get(k, k): e for k, e in (errors or {}).items()}
         v = {**v, "conditions": [c for c in v["conditions"] if c["header"] or c["pattern"]] + [
             {"group": "match", "header": "", "kind": "value", "pattern": "", "not": False}
             for _ in range(BLANK_CONDITIONS)],
@@ -182,6 +204,10 @@ class FilterPage:
         message = str(form.get("message", ""))
         if action == "delete" and original:
             return await self._delete(request, original)
+        unknown = choice_errors(v)
+        if unknown:
+            return self._page(request, original=original, v=v, message=message, status=422,
+                              errors=unknown)
         if not original and any(f.name == v["name"] for f in cfg.filters):
             return self._page(request, original="", v=v, message=message, status=422,
                               errors={"name": [f"filter {v['name']!r} exists already"]})

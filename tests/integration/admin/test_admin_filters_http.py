@@ -119,3 +119,35 @@ class TestFilterForm:
             d, s1_header="X-Deskgate-Qeueu", s1_value="Junk"))
         assert status == 422 and 'id="error-s1"' in html and "unknown X-header" in html
         assert d.digest() == before
+
+
+class TestFilterFormInput:
+    def test_unknown_group_or_kind_is_refused_not_read_as_match(self, admin_dashboard):
+        """A condition whose list or test is none of the choices (a client other than
+        the form) is refused at its row; it was saved as `match`/`value`, turning an
+        `any` into an AND."""
+        d = admin_dashboard()
+        before = d.digest()
+        status, html = d.request("/admin/filter", data=filter_form(d, c0_group="Any"))
+        assert status == 422 and 'id="error-c0"' in html
+        assert "&#39;Any&#39; is neither match nor any" in html
+        status, html = d.request("/admin/filter", data=filter_form(d, c0_kind="mail"))
+        assert status == 422 and "&#39;mail&#39; is neither value nor email" in html
+        assert d.digest() == before
+
+    def test_error_shown_at_the_row_that_has_it_after_a_blank_row(self, admin_dashboard):
+        """A bad regex typed into the second of the blank rows (the first left empty)
+        is shown next to that condition as the form shows it again, not next to a
+        blank row; the same for a set row."""
+        d = admin_dashboard()
+        before = d.digest()
+        status, html = d.request("/admin/filter", data=filter_form(
+            d, c2_group="match", c2_header="From", c2_kind="value", c2_pattern="(unclosed"))
+        assert status == 422 and d.digest() == before
+        row = html.split('id="c1_pattern"', 1)[1].split("</tr>", 1)[0]
+        assert 'value="(unclosed"' in row and 'id="error-c1"' in row
+        status, html = d.request("/admin/filter", data=filter_form(
+            d, s2_header="", s3_header="X-Deskgate-Bogus", s3_value="x"))
+        assert status == 422 and d.digest() == before
+        row = html.split('id="s2_header"', 1)[1].split("</tr>", 1)[0]
+        assert 'value="X-Deskgate-Bogus"' in row and 'id="error-s2"' in row
