@@ -65,16 +65,24 @@ class Decision:
 
 
 @functools.lru_cache(maxsize=8)
-def _hook_re(hook: str) -> re.Pattern[str]:
+def _hook_re(hook: str, system_id: str = "") -> re.Pattern[str]:
+    # Our numbers are YYYYMMDD + system_id + counter: a system_id that is not all digits
+    # is part of them (a helpdesk's numbers are digits)
+    ours = "" if system_id.isdigit() or not system_id else \
+        r"\d{8}" + re.escape(system_id) + r"\d+|"
     # \s*(?::\s*)? rather than \s*:?\s*, which tries every split of a run of white space
-    return re.compile(re.escape(hook) + r"\s*(?::\s*)?(\d{4,})", re.IGNORECASE)
+    return re.compile(re.escape(hook) + r"\s*(?::\s*)?(" + ours + r"\d{4,})", re.IGNORECASE)
 
 
-def subject_numbers(subject: str, hook: str) -> list[str]:
+def subject_numbers(subject: str, hook: str, system_id: str = "") -> list[str]:
     """Ticket numbers named in a subject, in order, each once ('RE: [Ticket#2026...] x')."""
     if not hook:
         return []
-    return list(dict.fromkeys(m.group(1) for m in _hook_re(hook).finditer(subject)))
+    found = (m.group(1) for m in _hook_re(hook, system_id).finditer(subject))
+    # the hook is matched ignoring case; so is our system_id, written as configured
+    cut = 8 + len(system_id)
+    return list(dict.fromkeys(n if n.isdigit() else n[:8] + system_id + n[cut:]
+                              for n in found))
 
 
 def strip_number(title: str, number: str, hook: str) -> str:
@@ -152,7 +160,7 @@ def _find(ctx: MessageContext, rt: Runtime, conn: Connection, notes: list[str]
                                      f"({ctx.bounced_message_id})"), row.id
         notes.append(f"DSN names {ctx.bounced_message_id}, which is no outgoing article of ours")
     hook = rt.config.gateway.ticket_hook
-    numbers = subject_numbers(p.subject, hook)
+    numbers = subject_numbers(p.subject, hook, rt.config.gateway.system_id)
     if len(numbers) > MAX_SUBJECT_NUMBERS:
         notes.append(f"Subject names {len(numbers)} ticket numbers; only the first "
                      f"{MAX_SUBJECT_NUMBERS} are looked up")

@@ -177,6 +177,16 @@ class TestParticipants:
         res = deliver(gw, mail(f"Re: [Ticket#{n}]"))
         assert res.action == "new" and res.ticket_number != n
 
+    def test_system_id_with_letters(self, gateway_for):
+        """With a system_id that is not all digits a reply naming the ticket's number (and
+        the number written in lower case) continues it; only its date part was read, so
+        every reply opened a new ticket."""
+        gw = gateway_for(conf={"60-g.toml": '[gateway]\nsystem_id = "HD"\n'})
+        n = deliver(gw, mail("printer")).ticket_number
+        assert "HD" in n
+        assert deliver(gw, mail(f"Re: [Ticket#{n}] printer")).ticket_number == n
+        assert deliver(gw, mail(f"Re: [ticket#{n.lower()}] printer")).ticket_number == n
+
     def test_unknown_number_opens_new_ticket(self, gateway_for):
         """A number that does not exist is no follow-up."""
         gw = gateway_for()

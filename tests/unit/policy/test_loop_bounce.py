@@ -137,6 +137,17 @@ class TestSubjectNumbers:
         assert subject_numbers("Re: [Req-123456] x", "Req-") == ["123456"]
         assert subject_numbers("Re: Ticket 2026112610000017", "Ticket#") == []
 
+    def test_system_id_that_is_not_digits(self):
+        """With system_id "HD" our numbers (YYYYMMDD + HD + counter) are found whole;
+        a number of digits only (a helpdesk's) still is."""
+        assert subject_numbers("Re: [Ticket#20261206HD00017] x", "Ticket#", "HD") == [
+            "20261206HD00017"]
+        assert subject_numbers("Re: [ticket#20261206hd00017] x", "Ticket#", "HD") == [
+            "20261206HD00017"]
+        assert subject_numbers("Re: [Ticket#1234567] x", "Ticket#", "HD") == ["1234567"]
+        assert subject_numbers("Re: [Ticket#2026112610000017] x", "Ticket#", "10") == [
+            "2026112610000017"]
+
     def test_strip_number(self):
         """The old number is removed from the title of a linked new ticket."""
         assert strip_number("RE: [Ticket#2026112610000017] printer", "2026112610000017",
