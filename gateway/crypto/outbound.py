@@ -26,15 +26,13 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, KeyStoreError, PgpKey, SmimeEntry, stores_for
-from gateway.errors import PermanentError, SmtpReply
+from gateway.crypto.pgpkeyring import GpgUnavailable
+from gateway.errors import PermanentError, SmtpReply, TemporaryError
 from gateway.outbound.context import OutboundCopy
-
-if TYPE_CHECKING:
-    pass
 
 SIGN = ("none", "smime", "pgp")
 ENCRYPT = ("never", "opportunistic", "required")
@@ -46,6 +44,13 @@ class CryptoRefused(PermanentError):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.reply = SmtpReply(554, "5.7.5", text[:400])
+
+
+class CryptoUnavailable(TemporaryError):
+    """gpg could not sign, encrypt or list the keys now (it timed out, could not be
+    started, could not reach its agent): nothing is known against the message, so it
+    is tried again later (a submission is answered 451, an auto-response built again
+    on relay.retry), never refused or sent unprotected for it."""
 
 
 @dataclass
@@ -265,7 +270,17 @@ def protect_copies(data: bytes, stores: CryptoStores, sender: str, recipients: l
     Encrypted copies come first, each also to the sender's own certificate/key.
     Under `opportunistic` recipients without a usable key get a plain copy (signed
     when `sign` asks for it); `required` refuses unless every recipient has one.
+    CryptoRefused for a key or policy problem, CryptoUnavailable when gpg gave no
+    answer (try again later).
     """
+    try:
+        return _protect_copies(data, stores, sender, recipients, sign, encrypt)
+    except GpgUnavailable as exc:        # also while looking the keys up
+        raise CryptoUnavailable(str(exc)) from None
+
+
+def _protect_copies(data: bytes, stores: CryptoStores, sender: str, recipients: list[str],
+                    sign: str, encrypt: str) -> list[Protected]:
     if sign not in SIGN or encrypt not in ENCRYPT:
         raise CryptoRefused(f"unknown crypto policy sign={sign!r} encrypt={encrypt!r}")
     groups = partition(stores, sign, recipients) if encrypt != "never" \
@@ -300,7 +315,13 @@ def protect_copies(data: bytes, stores: CryptoStores, sender: str, recipients: l
                 out.info.update(signed=True, signer=sender)
             out.info.update(encrypted=bool(g.method), method=g.method or sign)
             out.data = head + body
-    except (smime.SmimeError, pgp.PgpError, KeyStoreError) as exc:
+    except GpgUnavailable:
+        raise
+    except pgp.PgpError as exc:
+        if exc.temporary:
+            raise CryptoUnavailable(str(exc)) from None
+        raise CryptoRefused(str(exc)) from None
+    except (smime.SmimeError, KeyStoreError) as exc:
         raise CryptoRefused(str(exc)) from None
     return copies
 
@@ -371,6 +392,9 @@ def crypto_stage(ctx: Any, rt: Any) -> None:
                                 sign, encrypt)
     except CryptoRefused as exc:
         ctx.log.log("Error", "Crypto", str(exc))
+        raise
+    except CryptoUnavailable as exc:
+        ctx.log.log("Warn", "Crypto", f"{exc}; not sent now, tried again later")
         raise
     for c in copies:
         for n in c.notes:

@@ -16,7 +16,15 @@ from gateway.crypto.keystore import PgpKey, PgpStore, timed_out
 
 
 class PgpError(Exception):
-    """Decryption, signing or encryption failed; the text says why (never a secret)."""
+    """Decryption, signing or encryption failed; the text says why (never a secret).
+
+    `temporary`: gpg gave no verdict on the keys (it timed out, was killed, could not
+    reach its agent): the same call may work later.
+    """
+
+    def __init__(self, text: str, *, temporary: bool = False) -> None:
+        super().__init__(text)
+        self.temporary = temporary
 
 
 @dataclass
@@ -296,19 +304,65 @@ def sign_detached(store: PgpStore, content: bytes, key: PgpKey) -> bytes:
         key.fingerprint), detach=True, extra_args=["--pinentry-mode", "loopback",
                                                     "--digest-algo", "SHA256"])
     if not res.data:
-        raise PgpError(f"cannot sign with {key.fingerprint}: " + _sign_reason(res))
+        raise PgpError(f"cannot sign with {key.fingerprint}: " + _sign_reason(res),
+                       temporary=_temporary(res))
     return bytes(res.data)
 
 
 def _sign_reason(res: Any) -> str:
     if timed_out(res):
         return _timeout_text()
+    if _temporary(res):
+        # gpg's own words: without its agent gpg also says "No secret key".
+        return _failure_text(res) or res.status or "gpg failed"
     low = (res.stderr or "").lower()
     if "bad passphrase" in low or "bad_passphrase" in low:
         return "wrong passphrase"
     if "no secret key" in low or "no_seckey" in low:
         return "no secret key"
-    return res.status or "gpg failed"
+    return _failure_text(res) or res.status or "gpg failed"
+
+
+# gpg error codes (libgpg-error, the low 16 bits of a FAILURE/ERROR status code) that
+# are about a key or recipient itself: another try gives the same answer. Any other
+# failure (no agent, an IPC error, a timeout, gpg killed) is temporary.
+_KEY_ERRORS = frozenset({
+    6, 7, 9, 11, 16, 17,   # bad public/secret key, no public key, bad passphrase,
+                           # no user id, no secret key
+    37, 53, 54, 58,        # invalid user id, unusable public/secret key, no data (no
+                           # usable key for a recipient)
+    94, 101, 107, 125,     # certificate revoked/expired, ambiguous name, wrong key usage
+    153, 177, 181, 220,    # key expired, no passphrase, missing key, no name
+})
+
+
+def _failure_codes(res: Any) -> list[int]:
+    """The error codes of gpg's FAILURE and ERROR status lines."""
+    out = []
+    for line in (getattr(res, "stderr", "") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == _STATUS.strip() and \
+                parts[1] in ("FAILURE", "ERROR") and parts[3].isdigit():
+            out.append(int(parts[3]) & 0xFFFF)
+    return out
+
+
+def _failure_text(res: Any) -> str:
+    """gpg's own last words on the failure ("signing failed: No agent running")."""
+    lines = [ln[5:].strip() for ln in (getattr(res, "stderr", "") or "").splitlines()
+             if ln.startswith("gpg: ") and "failed: " in ln]
+    return lines[-1] if lines else ""
+
+
+def _temporary(res: Any) -> bool:
+    """Whether a failed sign/encrypt says nothing about the keys, so a later try may
+    work: a timeout, or no FAILURE/ERROR code that is a key problem."""
+    if timed_out(res):
+        return True
+    low = (getattr(res, "stderr", "") or "").lower()
+    if "bad_passphrase" in low or "missing_passphrase" in low:
+        return False
+    return not any(c in _KEY_ERRORS for c in _failure_codes(res))
 
 
 def encrypt(store: PgpStore, content: bytes, recipients: list[PgpKey],
@@ -323,5 +377,6 @@ def encrypt(store: PgpStore, content: bytes, recipients: list[PgpKey],
     res = store.gpg.encrypt(content, [k.fingerprint for k in recipients], **kw)
     if not res.ok:
         raise PgpError("cannot encrypt: " + (_sign_reason(res) if signer or timed_out(res) else
-                                             (res.status or "gpg failed")))
+                                             (res.status or _failure_text(res)
+                                              or "gpg failed")), temporary=_temporary(res))
     return bytes(res.data)

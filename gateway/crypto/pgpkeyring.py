@@ -65,6 +65,23 @@ def timed_out(res: Any) -> bool:
     return bool(getattr(res, "timed_out", False))
 
 
+class GpgUnavailable(KeyStoreError):
+    """gpg gave no answer: it timed out, could not be started or failed to list the
+    keys (its agent not reachable). Temporary: the same call may work later, and what
+    it would have said about the keys is unknown (not "no key")."""
+
+
+def _check_listing(res: Any) -> None:
+    """Raise GpgUnavailable unless this key listing is gpg's complete answer."""
+    if timed_out(res):
+        raise GpgUnavailable(f"listing the keys: gpg did not answer within {GPG_TIMEOUT} s")
+    rc = getattr(res, "returncode", 0)
+    if rc:
+        last = (getattr(res, "stderr", "") or "").strip().splitlines()[-1:]
+        raise GpgUnavailable(f"listing the keys: gpg failed (exit status {rc})"
+                             + (f": {last[0][:200]}" if last else ""))
+
+
 @functools.cache
 def _timed_gpg_class() -> Any:
     """gnupg.GPG whose every gpg process is killed after GPG_TIMEOUT seconds
@@ -108,9 +125,13 @@ class PgpStore:
             if self._gpg is None:
                 self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._agent_conf()
-                self._gpg = _timed_gpg_class()(gnupghome=str(self.home), gpgbinary=self.binary,
-                                      options=["--trust-model", "always", "--no-auto-key-locate",
-                                               "--no-auto-key-retrieve"])
+                try:
+                    self._gpg = _timed_gpg_class()(
+                        gnupghome=str(self.home), gpgbinary=self.binary,
+                        options=["--trust-model", "always", "--no-auto-key-locate",
+                                 "--no-auto-key-retrieve"])
+                except (OSError, ValueError) as exc:    # python-gnupg runs gpg once here
+                    raise GpgUnavailable(f"cannot run gpg ({self.binary}): {exc}") from None
                 self._gpg.encoding = "utf-8"
             return self._gpg
 
@@ -161,10 +182,16 @@ class PgpStore:
 
     def _list(self) -> list[PgpKey]:
         gpg = self.gpg
-        secret = {k["fingerprint"] for k in gpg.list_keys(secret=True)}
+        # A listing gpg did not finish is not kept as "no keys": that would read as
+        # "no key" (a refusal, or a plain copy) until the keyring changes.
+        secret_keys = gpg.list_keys(secret=True)
+        _check_listing(secret_keys)
+        secret = {k["fingerprint"] for k in secret_keys}
+        public = gpg.list_keys()
+        _check_listing(public)
         out: list[PgpKey] = []
         now = dt.datetime.now(dt.UTC)
-        for k in gpg.list_keys():
+        for k in public:
             uids = tuple(k.get("uids") or ())
             expires = None
             if k.get("expires"):

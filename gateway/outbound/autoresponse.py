@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, up
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import metrics
-from gateway.errors import PermanentError
+from gateway.errors import PermanentError, TemporaryError
 from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
 from gateway.outbound.context import OutboundContext
@@ -208,7 +208,8 @@ def pending_requests(conn: Connection, limit: int = 50,
 
 def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
     """The outbound context of a request after rewrite, S/MIME/PGP and DKIM (no writes:
-    `conn` is only read from). Raises PermanentError when it cannot be sent."""
+    `conn` is only read from). Raises PermanentError when it cannot be sent, and a
+    TemporaryError when it cannot be built now (gpg timed out): built again later."""
     from gateway.outbound.pipeline import run_stages
     from gateway.outbound.rewrite import resolve
 
@@ -365,10 +366,12 @@ def _finish_job(rt: Runtime, req: Any, built: OutboundContext | Exception
 
 
 def build_failed(conn: Connection, rt: Runtime, req: Any, error: str,
-                 later: Deferred | None = None, now: datetime | None = None) -> bool:
+                 later: Deferred | None = None, now: datetime | None = None, *,
+                 warn: bool = False) -> bool:
     """Record a crashed build (`req` as read before begin_build counted it): the request
-    waits for relay.retry's next delay, or, when the schedule has run out, is given up
-    (finish() with GivenUp). True if given up."""
+    waits for relay.retry's next delay (with `warn`, a Warn in the communication log
+    says so and why), or, when the schedule has run out, is given up (finish() with
+    GivenUp). True if given up."""
     from gateway.outbound.queue import retry_delay
 
     now = now or datetime.now(UTC)
@@ -382,12 +385,24 @@ def build_failed(conn: Connection, rt: Runtime, req: Any, error: str,
     conn.execute(update(AutoResponseRequest).where(
         AutoResponseRequest.id == req.id, AutoResponseRequest.attempts == attempts)
         .values(next_attempt=now + timedelta(seconds=delay), last_error=error))
+    if warn:
+        from gateway.commlog import Comm, add_comm
+
+        comm = Comm("Outgoing", "AutoResponse", rt.config.gateway.hostname)
+        obj = comm.obj("Message")
+        obj.log("Warn", "AutoResponse", f"auto-response ({req.kind}) to <{req.address}> "
+                f"for ticket {req.ticket_number or req.ticket_id} not built ({error}); "
+                f"built again in {delay:g} s"[:3000])
+        obj.close("Warning")
+        comm.close("Warning")
+        add_comm(conn, comm, later)
     return False
 
 
-def _failed_job(rt: Runtime, req: Any, error: str) -> Callable[[Connection, Deferred], bool]:
+def _failed_job(rt: Runtime, req: Any, error: str, warn: bool = False
+                ) -> Callable[[Connection, Deferred], bool]:
     def job(conn: Connection, later: Deferred) -> bool:
-        return build_failed(conn, rt, req, error, later)
+        return build_failed(conn, rt, req, error, later, warn=warn)
     return job
 
 
@@ -455,11 +470,16 @@ async def build_requests(runtime: Callable[[], Runtime], writer: BatchWriter,
                 log.error("building the auto-response did not finish in time",
                           request=req.id, attempts=req.attempts + 1, seconds=BUILD_TIMEOUT)
                 error = f"a timeout: {exc}"
+            elif isinstance(exc, TemporaryError):   # gpg timed out, its agent unreachable
+                log.warning("auto-response not built; trying again later", request=req.id,
+                            attempts=req.attempts + 1, error=str(exc)[:300])
+                error = f"a temporary failure: {exc}".replace("\x00", " ")[:1000]
             else:
                 log.exception("building the auto-response crashed", request=req.id,
                               attempts=req.attempts + 1)
                 error = f"{type(exc).__name__}: {exc}".replace("\x00", " ")[:1000]
-            if await writer.run_deferring(_failed_job(rt, req, error)):
+            if await writer.run_deferring(_failed_job(rt, req, error,
+                                                      isinstance(exc, TemporaryError))):
                 metrics.MESSAGES.labels("autoresponse", "out", "failed").inc()
             continue
         taken, oid = await writer.run_deferring(_finish_job(rt, req, built))
