@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple, TypeVar
 
 import structlog
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
@@ -34,6 +34,7 @@ from gateway.model import DELIVER, Envelope, MessageContext, Outcome, Verdict
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
 from gateway.store.db import is_temporary
+from gateway.store.tables import Article, Ticket
 from gateway.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
@@ -123,9 +124,27 @@ def dedupe(ctx: MessageContext, rt: Runtime, conn: Connection) -> Verdict | None
         repo.record_deliveries(conn, mid, env.sha256, fresh, article_id, outcome, ctx.deferred)
     ctx.action = "duplicate"
     ctx.article_id = article_id
-    ctx.log.log("Notice", "Duplicate", f"already delivered (article {article_id}, {outcome}); "
+    where = f"article {article_id}"
+    if article_id is not None:      # an ignored or quarantined delivery stored no article
+        ctx.ticket_id, ctx.ticket_number = _ticket_of(conn, article_id)
+        where = f"ticket {ctx.ticket_number or '(number from the helpdesk)'}, {where}"
+    ctx.log.log("Notice", "Duplicate", f"already delivered ({where}, {outcome}); "
                 "not stored again")
-    return Verdict("duplicate", f"article {article_id}, {outcome}")
+    return Verdict("duplicate", f"{where}, {outcome}")
+
+
+# Only a duplicate looks its ticket up; a new message knows it from the store stage.
+_SEL_ARTICLE_TICKET = select(Ticket.id, Ticket.number, Ticket.helpdesk_ticket_number).join(
+    Article, Article.ticket_id == Ticket.id).where(Article.id == bindparam("aid"))
+
+
+def _ticket_of(conn: Connection, article_id: int) -> tuple[int | None, str]:
+    """The id and number of the article's ticket: deskgate's number, else the helpdesk's
+    (as `tickets show` finds it), "" while the helpdesk has not told it."""
+    row = conn.execute(_SEL_ARTICLE_TICKET, {"aid": article_id}).first()
+    if row is None:
+        return None, ""
+    return row.id, row.number or row.helpdesk_ticket_number or ""
 
 
 def route_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:

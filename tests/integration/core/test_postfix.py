@@ -7,7 +7,10 @@ import smtplib
 from email.message import EmailMessage
 
 import pytest
+from sqlalchemy import select
+from structlog.testing import capture_logs
 
+from gateway.store.tables import CommEntry
 from tests.peers import postfix as pfmod
 from tests.peers.postfix import Postfix
 from tests.peers.require import missing_peer
@@ -149,7 +152,9 @@ class TestPostfixRetries:
     def test_reply_lost_after_commit_redelivery_stored_once(self, postfix, pf_gateway,
                                                             store_of, monkeypatch):
         """The gateway commits but Postfix sees a 4xx (as when the reply is lost); Postfix's
-        retry of the same message is answered 250 and does not add a second article."""
+        retry of the same message is answered 250 and does not add a second article. The
+        redelivery's log line and its Duplicate entry in the communication log name the
+        ticket and article of the first delivery."""
         rg = pf_gateway()
         real = rg.gateway.deliver
 
@@ -165,12 +170,23 @@ class TestPostfixRetries:
         assert len(store_of(rg).articles()) == 1
         monkeypatch.setattr(rg.gateway, "deliver", real)
         after = postfix.log_offset()
-        postfix.flush()
-        postfix.wait_queue_empty(flush=True)
+        with capture_logs() as logs:
+            postfix.flush()
+            postfix.wait_queue_empty(flush=True)
         [d] = [d for d in postfix.deliveries(after) if d["status"] == "sent"]
         assert "250 2.1.5 already delivered" in d["text"]
         st = store_of(rg)
         assert len(st.tickets()) == 1 and len(st.articles()) == 1
+        [ticket], [article] = st.tickets(), st.articles()
+        assert ticket.number
+        [line] = [e for e in logs if e["event"] == "delivered"]
+        assert (line["action"], line["ticket"], line["article"]) == (
+            "duplicate", ticket.number, article.id)
+        with rg.gateway.engine.connect() as conn:
+            dup = [e.value for e in conn.execute(select(CommEntry).where(
+                CommEntry.key == "Duplicate"))]
+        assert dup == [f"already delivered (ticket {ticket.number}, article {article.id}, "
+                       "stored); not stored again"]
 
     def test_message_over_gateway_limit_bounced_552(self, postfix, pf_gateway, store_of):
         """A message Postfix accepts but that exceeds the gateway's max_message_size (1 MiB,

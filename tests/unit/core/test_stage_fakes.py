@@ -197,7 +197,7 @@ class TestCommitStages:
 
     def test_record_then_dedupe_finds_the_duplicate(self, store):
         """record writes the delivery rows (deferred to the end of the transaction); the
-        same message again is a duplicate verdict."""
+        same message again is a duplicate verdict naming the first one's ticket and article."""
         rt = runtime()
         first = context(MAIL)
         first.queue = "Support"
@@ -205,7 +205,10 @@ class TestCommitStages:
         assert [d.outcome for d in store.rows(Delivery)] == ["stored"]
         again = context(MAIL)
         commit(store, again, rt, pipeline.dedupe, ticket.store)
-        assert again.verdict == Verdict("duplicate", f"article {first.article_id}, stored")
+        assert again.verdict == Verdict(
+            "duplicate", f"ticket {first.ticket_number}, article {first.article_id}, stored")
+        assert (again.ticket_id, again.ticket_number, again.article_id) == (
+            first.ticket_id, first.ticket_number, first.article_id)
         assert store.count(Article) == 1
 
     def test_auto_response_daily_limit_follows_the_clock(self, store):
