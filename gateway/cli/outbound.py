@@ -46,6 +46,8 @@ def register(sub: Any) -> None:
     osub.required = True
     lp = osub.add_parser("list", help="messages waiting for delivery")
     lp.add_argument("--all", action="store_true", help="include sent and failed messages")
+    lp.add_argument("--limit", type=int, default=1000,
+                    help="at most this many rows, oldest first (default 1000)")
     add_json(lp)
     lp.set_defaults(func=cmd_list)
     sp = osub.add_parser("show", help="one message with its recipients")
@@ -139,14 +141,31 @@ def _engine(args: argparse.Namespace, *, readonly: bool = False) -> Any:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gateway.outbound.queue import list_queue
+    from sqlalchemy import func, select
 
+    from gateway.outbound.queue import list_queue
+    from gateway.store.tables import OutboundMessage
+
+    if not 1 <= args.limit <= MAX_ID:
+        print(f"outqueue list: --limit must be between 1 and {MAX_ID}", file=sys.stderr)
+        return 2
     engine = _engine(args, readonly=True)
     with engine.connect() as conn:
-        rows = list_queue(conn, include_done=args.all)
+        rows = list_queue(conn, include_done=args.all, limit=args.limit)
+        total = len(rows)
+        if total == args.limit:     # perhaps cut: count what the list would hold
+            q = select(func.count()).select_from(OutboundMessage)
+            if not args.all:
+                q = q.where(OutboundMessage.status == "queued")
+            total = conn.execute(q).scalar_one()
     engine.dispose()
+    cut = ""
+    if total > len(rows):
+        cut = f"showing {len(rows)} of {total} (use --limit to see more)"
     if args.json:
         print_json(rows)
+        if cut:
+            print(f"outqueue list: {cut}", file=sys.stderr)
         return EX_OK
     if not rows:
         print("outbound queue is empty")
@@ -155,6 +174,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                   r["attempts"], f"{r['next_attempt']:%Y-%m-%d %H:%M:%S}",
                   r.get("status", ""), r["last_error"]] for r in rows],
                 ["ID", "QUEUE", "SENDER", "RECIPIENTS", "TRIES", "NEXT", "STATUS", "LAST ERROR"])
+    if cut:
+        print(cut)
     return EX_OK
 
 

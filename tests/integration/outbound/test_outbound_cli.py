@@ -80,6 +80,68 @@ class TestOutqueueCli:
         assert cli(conf, "send", stdin=b"").returncode == 65
 
 
+def _fill_queue(conf: Path, n: int, *, status: str = "queued") -> None:
+    """Insert n messages straight into the outbound queue (as many sends would)."""
+    from datetime import UTC, datetime
+
+    from gateway.store.db import ensure_schema, make_engine
+
+    now = datetime.now(UTC)
+    engine = make_engine(load_config(conf).database_url)
+    try:
+        ensure_schema(engine)
+        with engine.begin() as conn:
+            conn.execute(OutboundMessage.__table__.insert(), [
+                {"queue": "Support", "sender": "support@example.org", "data": b"x",
+                 "status": status, "next_attempt": now, "created": now, "updated": now}
+                for _ in range(n)])
+    finally:
+        engine.dispose()
+
+
+class TestOutqueueListLimit:
+    def test_text_list_says_when_it_is_cut(self, make_confdir):
+        """A queue longer than the default 1000 rows lists 1000 and says "showing 1000 of
+        1005"; --limit N lists N and says so; a list that is not cut says nothing."""
+        conf = make_confdir()
+        _fill_queue(conf, 1005)
+        _fill_queue(conf, 3, status="sent")
+        res = cli(conf, "outqueue", "list")
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.decode().splitlines()
+        assert lines[-1] == "showing 1000 of 1005 (use --limit to see more)"
+        assert len([x for x in lines if x.split()[:1] and x.split()[0].isdigit()]) == 1000
+        lines = cli(conf, "outqueue", "list", "--limit", "2").stdout.decode().splitlines()
+        assert lines[-1] == "showing 2 of 1005 (use --limit to see more)"
+        assert len(lines) == 1 + 2 + 1     # header, two rows, the note
+        res = cli(conf, "outqueue", "list", "--all", "--limit", "2000")
+        assert "showing" not in res.stdout.decode()
+        lines = cli(conf, "outqueue", "list", "--all", "--limit", "1007").stdout.decode()
+        assert lines.splitlines()[-1] == "showing 1007 of 1008 (use --limit to see more)"
+
+    def test_json_stays_a_list(self, make_confdir):
+        """--json prints the documented list (at most --limit rows); the cut is noted on
+        stderr only, so the output still parses as the list it was."""
+        conf = make_confdir()
+        _fill_queue(conf, 5)
+        res = cli(conf, "outqueue", "list", "--json", "--limit", "3")
+        assert res.returncode == 0, res.stderr
+        rows = json.loads(res.stdout)
+        assert isinstance(rows, list) and len(rows) == 3
+        assert "showing 3 of 5" in res.stderr.decode()
+        res = cli(conf, "outqueue", "list", "--json")
+        assert len(json.loads(res.stdout)) == 5 and b"showing" not in res.stderr
+
+    def test_limit_out_of_range_is_a_usage_error(self, make_confdir):
+        """--limit below 1 or beyond a row id is refused with exit 2 and a message."""
+        conf = make_confdir()
+        for bad in ("0", "-1", str(2**63)):
+            res = cli(conf, "outqueue", "list", "--limit", bad)
+            assert res.returncode == 2, (bad, res.stderr)
+            assert b"--limit must be between 1 and" in res.stderr
+            assert res.stdout == b""
+
+
 class TestExampleConfig:
     def test_example_conf_delivers_into_var_outbox(self, tmp_path, run_gateway):
         """The shipped conf.d accepts submission from localhost and writes var/outbox/new."""
