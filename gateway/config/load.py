@@ -11,7 +11,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
@@ -269,6 +269,19 @@ def _read_toml_files(files: Iterable[Path], origins: _Origins,
     return merged
 
 
+def _in_its_file(add: Callable[[str, str, str], None], origins: _Origins,
+                 conf: str) -> Callable[[str, str, str], None]:
+    """`add` for the section checks: an error they file under the conf.d directory is
+    filed under the file that set its key (for dkim[1].x the file that defined that
+    [[dkim]] entry). A key no file sets, at its default, stays under the directory;
+    errors a check names a file for itself (an account's, a policy file) are kept."""
+
+    def add_in_file(file: str, key: str, reason: str) -> None:
+        add(origins.file(key, conf) if file == conf and key else file, key, reason)
+
+    return add_in_file
+
+
 def _toml_files(directory: Path, replace: Mapping[Path, str] | None) -> list[Path]:
     """The *.toml files of a directory, plus those `replace` would add to it."""
     found = set(directory.glob("*.toml")) if directory.is_dir() else set()
@@ -353,7 +366,7 @@ def load_config(conf_dir: Path | str | None = None,
         from gateway.validators import validators
 
         for v in validators():
-            v.fn(cfg, add)
+            v.fn(cfg, _in_its_file(add, origins, str(conf)))
     if errors:
         raise ConfigErrors(errors)
     return cfg

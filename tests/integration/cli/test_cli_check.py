@@ -119,8 +119,26 @@ class TestSecretFilesMustBePrivate:
         r = cli(conf, "check")
         assert r.returncode == 1
         lines = r.stderr.strip().splitlines()
-        assert lines == [f"{conf}: dkim[1].key_file: {other}: holds a secret but is readable "
-                         "by group/others (mode 0644); run chmod 600 on it"], lines
+        assert lines == [f"{conf}/45-dkim.toml: dkim[1].key_file: {other}: holds a secret but "
+                         "is readable by group/others (mode 0644); run chmod 600 on it"], lines
+
+
+class TestErrorsNameTheFile:
+    def test_dkim_key_file_missing(self, make_confdir):
+        """A [[dkim]] in 20-dkim.toml with a missing key_file: `check` names that file, the
+        key and the reason, in text and in --json; not the conf.d directory."""
+        conf = make_confdir({"20-dkim.toml": '[[dkim]]\ndomain = "example.org"\n'
+                                             'selector = "s1"\nkey_file = "keys/gone.pem"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"{conf}/20-dkim.toml: dkim[0].key_file: cannot load "
+            f"{conf.parent}/keys/gone.pem: No such file or directory"], r.stderr
+        r = cli(conf, "check", "--json")
+        assert r.returncode == 1
+        assert json.loads(r.stdout)["errors"] == [{
+            "file": f"{conf}/20-dkim.toml", "key": "dkim[0].key_file",
+            "reason": f"cannot load {conf.parent}/keys/gone.pem: No such file or directory"}]
 
 
 class TestCheckFindsWhatServeWouldDieOn:
@@ -160,7 +178,7 @@ class TestCheckFindsWhatServeWouldDieOn:
         conf = make_confdir({"50-db.toml": f'[gateway]\ndatabase = "{url}"\n'})
         r = cli(conf, "check")
         assert r.returncode == 1
-        assert f"{conf}: gateway.database: {reason}" in r.stderr, r.stderr
+        assert f"{conf}/50-db.toml: gateway.database: {reason}" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
 
     def test_unwritable_sqlite_directory(self, make_confdir, tmp_path):

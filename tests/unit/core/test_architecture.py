@@ -196,7 +196,7 @@ BROKEN_POLICY = ('[[filter]]\nname = "bad"\n[[filter.match]]\nheader = "Subject"
 class TestCheckRunsEveryValidator:
     def test_check_reports_an_error_of_each_kind(self, make_confdir):
         """`deskgate check --json` in a fresh process reports one error of each
-        validator's kind, each with its file, key and reason."""
+        validator's kind, each with the file that holds the key, the key and the reason."""
         conf = make_confdir({f"50-{i}-{name}.toml": toml
                              for i, (name, (toml, _, _)) in enumerate(BROKEN.items())},
                             policies={"100-bad.toml": BROKEN_POLICY})
@@ -207,10 +207,10 @@ class TestCheckRunsEveryValidator:
         report = json.loads(proc.stdout)
         assert report["ok"] is False
         errors = report["errors"]
-        for name, (_, key, words) in BROKEN.items():
+        for i, (name, (_, key, words)) in enumerate(BROKEN.items()):
             hits = [e for e in errors if e["key"] == key and words in e["reason"]]
             assert hits, f"{name}: no error at {key} in {errors}"
-            assert hits[0]["file"], name
+            assert hits[0]["file"] == str(conf / f"50-{i}-{name}.toml"), (name, hits)
         policy = [e for e in errors if e["key"].startswith("filter[bad]")]
         assert policy and policy[0]["file"].endswith("100-bad.toml")
         assert set(BROKEN) | {"filters"} == set(NAMES)
