@@ -3,12 +3,17 @@
 Imports go through the same store code as `deskgate keys ... import` (the
 uploaded files are written to a private temporary directory first, as the CLI
 reads files); a passphrase is kept where that code keeps it and never logged.
-After a change the gateway reloads so every process sees the new keys.
+After a change the gateway reloads so every process sees the new keys; when it
+refuses to (the stores no longer validate, or the configuration does not), the
+store is put back as it was before the change, as a configuration save puts its
+files back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +27,58 @@ if TYPE_CHECKING:
     from gateway.web.admin import AdminPages
 
 MAX_KEY_FILE = 512 * 1024
+MAX_REASON = 2000               # characters of a refused reload's errors shown
+
+# Every regular file under a store's directory: path -> (bytes, mode).
+Snapshot = dict[Path, tuple[bytes, int]]
+
+
+def snapshot(root: Path) -> Snapshot:
+    """The regular files under root with their bytes and modes (symlinks, sockets
+    and the like are neither read nor touched)."""
+    out: Snapshot = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode):
+                    out[p] = (p.read_bytes(), stat.S_IMODE(st.st_mode))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def restore(root: Path, before: Snapshot) -> None:
+    """Put the files under root back as `snapshot` found them: files added since are
+    removed, changed or removed ones written back (atomically, with their mode)."""
+    now = snapshot(root)
+    for p in now.keys() - before.keys():
+        p.unlink(missing_ok=True)
+    for p, (data, mode) in before.items():
+        if now.get(p) == (data, mode):
+            continue
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".restore")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), mode)
+        tmp.replace(p)
+
+
+def refusal_reason(conf_dir: Path) -> str:
+    """Why the configuration (key stores included) does not load, "" when it does
+    (the reload failed for another reason, which the communication log holds)."""
+    from gateway.config import load_config
+    from gateway.errors import ConfigErrors
+
+    try:
+        load_config(conf_dir)
+    except ConfigErrors as exc:
+        text = str(exc)
+        return text if len(text) <= MAX_REASON else text[:MAX_REASON] + " …"
+    return ""
 
 
 def _upload(form: Any, name: str) -> bytes | None:
@@ -111,13 +168,31 @@ class KeysPage:
             finally:
                 stores.close()
 
+        c = cfg.crypto
+        root = cfg.path(c.smime_dir if action.startswith("smime-") else c.gnupg_home)
+        loop = asyncio.get_running_loop()
         async with self.admin.lock:     # not in the middle of a configuration save
             try:
-                done = await asyncio.get_running_loop().run_in_executor(self.dash.pool, run)
+                before = await loop.run_in_executor(self.dash.pool, snapshot, root)
+                done = await loop.run_in_executor(self.dash.pool, run)
             except (KeyStoreError, OSError, ValueError) as exc:
                 return await self.page(request, error=str(exc), status=422)
-            if await self.dash.gw.reload():    # new stores in every process
-                self.dash.gw.reload_others()
+            if not await self.dash.gw.reload():
+                # The runtime refused the changed store: put it back, as a save does.
+                reason = await loop.run_in_executor(
+                    self.dash.pool, refusal_reason, cfg.conf_dir)
+                why = reason or "see the communication log"
+                try:
+                    await loop.run_in_executor(self.dash.pool, restore, root, before)
+                except OSError as exc:
+                    return await self.page(request, status=500, error=(
+                        f"the gateway refused to reload with the changed key store ({why}), "
+                        f"and putting the store back failed ({exc}): {root} holds the "
+                        "change; fix the cause and reload"))
+                return await self.page(request, status=422, error=(
+                    f"the gateway refused to reload with the changed key store; it was put "
+                    f"back as it was, nothing was changed: {why}"))
+            self.dash.gw.reload_others()     # new stores in every process
         self.admin.record(request_user(request), f"keys {action}",
                           confedit.Edit(changes=done))
         return await self.page(request, done=done)

@@ -176,3 +176,99 @@ class TestKeysAndSaves:
             d.rg.loop.call_soon_threadsafe(lock.release)
         t.join(60)
         assert result and result[0][0] == 200 and "imported" in result[0][1]
+
+
+def gpg_secret_key(tmp: Path, passphrase: str) -> bytes:
+    """An armored Ed25519 secret key for support@example.org made by gpg."""
+    home = tmp / "gnupg-maker"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+           "--passphrase", passphrase]
+    try:
+        subprocess.run([*gpg, "--quick-gen-key", "Support <support@example.org>",
+                        "ed25519", "default", "never"], check=True, capture_output=True,
+                       timeout=120)
+        return subprocess.run([*gpg, "--armor", "--export-secret-keys"], check=True,
+                              capture_output=True, timeout=60).stdout
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       check=False, capture_output=True, timeout=30)
+
+
+def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every regular file under root (relative name: bytes, mode)."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode & 0o777)
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def loosen(smime_dir: Path) -> Path:
+    """A private key file that others may read, put into the store behind the gateway's
+    back: the key stores no longer validate, so the next reload is refused."""
+    smime_dir.mkdir(parents=True, exist_ok=True)
+    loose = smime_dir / "loose@example.org.key"
+    loose.write_bytes(b"not really a key\n")
+    loose.chmod(0o644)
+    return loose
+
+
+class TestRefusedReload:
+    def test_smime_import_is_taken_back(self, admin_dashboard, tmp_path):
+        """An S/MIME import whose reload is refused is not shown as done: the page
+        answers 422 with the refusal and its reason, and the store is as it was (no
+        certificate or key of the import; the file that broke it untouched)."""
+        d = admin_dashboard()
+        smime_dir = d.root / "keys" / "smime"
+        loose = loosen(smime_dir)
+        before = files_under(smime_dir)
+        cert, key = smime_material(tmp_path)
+        status, html = upload(d, {"action": "smime-import", "passphrase": PASSPHRASE},
+                              {"cert": ("support.pem", cert.read_bytes()),
+                               "key": ("support.key", key)})
+        assert status == 422, html
+        assert 'id="error"' in html and 'id="done"' not in html
+        assert "refused to reload" in html and "loose@example.org.key" in html
+        assert files_under(smime_dir) == before
+        loose.chmod(0o600)
+        status, html = upload(d, {"action": "smime-import", "passphrase": PASSPHRASE},
+                              {"cert": ("support.pem", cert.read_bytes()),
+                               "key": ("support.key", key)})
+        assert status == 200 and "imported with its private key" in html, html
+
+    def test_smime_remove_is_taken_back(self, admin_dashboard, tmp_path):
+        """A removal whose reload is refused puts the certificate, its key and its
+        passphrase back as they were (bytes and modes), and the page still lists it."""
+        d = admin_dashboard()
+        cert, key = smime_material(tmp_path)
+        status, html = upload(d, {"action": "smime-import", "passphrase": PASSPHRASE},
+                              {"cert": ("support.pem", cert.read_bytes()),
+                               "key": ("support.key", key)})
+        assert status == 200, html
+        fpr = html.split("S/MIME ")[1].split(" ")[0]
+        smime_dir = d.root / "keys" / "smime"
+        loosen(smime_dir)
+        before = files_under(smime_dir)
+        assert {"support@example.org.pem", "support@example.org.key"} <= set(before)
+        status, html = upload(d, {"action": "smime-remove", "id": fpr}, {})
+        assert status == 422 and "refused to reload" in html and 'id="done"' not in html
+        assert files_under(smime_dir) == before
+        assert fpr in d.request("/admin/keys")[1]
+
+    def test_pgp_import_is_taken_back(self, admin_dashboard, tmp_path):
+        """A PGP import whose reload is refused leaves the GnuPG home without the key
+        and without its passphrase file."""
+        secret = gpg_secret_key(tmp_path, "pgp-pass")
+        d = admin_dashboard()
+        home = d.root / "keys" / "gnupg"
+        loosen(d.root / "keys" / "smime")
+        try:
+            status, html = upload(d, {"action": "pgp-import", "passphrase": "pgp-pass"},
+                                  {"pgp_key": ("support.asc", secret)})
+            assert status == 422 and "refused to reload" in html, html
+            assert 'id="done"' not in html
+            left = files_under(home) if home.exists() else {}
+            assert not [n for n in left if n.startswith(("pubring", "private-keys-v1.d/",
+                                                         "deskgate-passphrases/"))], left
+            assert "support@example.org" not in d.request("/admin/keys")[1]
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                           check=False, capture_output=True, timeout=30)
