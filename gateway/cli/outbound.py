@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,32 +265,23 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def _dns_labels(name: str) -> bool:
-    """True when name is dot-separated labels of letters, digits and inner hyphens."""
-    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(x) for x in name.split("."))
-
-
 def _dkim_selector(value: str) -> str:
-    """RFC 6376 3.1: selector = sub-domain *("." sub-domain)."""
-    if not _dns_labels(value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a selector (letters, digits and hyphens, labels "
-            "separated by dots)")
+    """The selector (s=), checked as `check` checks [[dkim]] selector."""
+    from gateway.outbound.dkim import selector_problem
+
+    problem = selector_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
 def _dkim_domain(value: str) -> str:
-    """The signing domain (d=): a DNS name; an internationalised one is checked by its
-    A-labels (IDNA) and kept as given."""
-    try:
-        ascii_name = value.encode("idna").decode("ascii")
-    except UnicodeError:
-        ascii_name = ""
-    if not _dns_labels(ascii_name) or "." not in ascii_name:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a domain name such as example.org")
+    """The signing domain (d=), checked as `check` checks [[dkim]] domain."""
+    from gateway.outbound.dkim import domain_problem
+
+    problem = domain_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import quopri
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -210,11 +211,47 @@ def load_keys(cfg: Config) -> dict[str, list[DkimKey]]:
     return keys
 
 
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _dns_labels(name: str) -> bool:
+    """True when name is dot-separated labels of letters, digits and inner hyphens."""
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(x) for x in name.split("."))
+
+
+def selector_problem(value: str) -> str | None:
+    """Why `value` cannot be a selector (s=), None when it can. RFC 6376 3.1:
+    selector = sub-domain *("." sub-domain). `dkim keygen` and `check` both use it."""
+    if _dns_labels(value):
+        return None
+    return (f"{value!r} is not a selector (letters, digits and hyphens, labels "
+            "separated by dots)")
+
+
+def domain_problem(value: str) -> str | None:
+    """Why `value` cannot be a signing domain (d=), None when it can: a DNS name of at
+    least two labels; an internationalised one is checked by its A-labels (IDNA) and
+    kept as given. `dkim keygen` and `check` both use it."""
+    try:
+        ascii_name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if not _dns_labels(ascii_name) or "." not in ascii_name:
+        return f"{value!r} is not a domain name such as example.org"
+    return None
+
+
 def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
+    """Each [[dkim]]: domain and selector DNS names (they go into d= and s= of every
+    signature), a selector not listed twice for a domain, a loadable private key file."""
     seen: set[tuple[str, str]] = set()
     for i, d in enumerate(cfg.dkim):
         key = f"dkim[{i}]"
-        where = str(cfg.conf_dir)
+        where = str(cfg.conf_dir)   # load_config files it under the file of this entry
+        for name, problem in (("domain", domain_problem(d.domain)),
+                              ("selector", selector_problem(d.selector))):
+            if problem is not None:
+                add(where, f"{key}.{name}", problem)
         if (d.domain.lower(), d.selector) in seen:
             add(where, f"{key}.selector", f"selector {d.selector!r} of {d.domain} is "
                 "listed twice")

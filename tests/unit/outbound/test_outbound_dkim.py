@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -10,11 +11,14 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
+from gateway.config import load_config
+from gateway.errors import ConfigErrors
 from gateway.outbound.dkim import (
     DkimKey,
     dns_record,
     generate_key,
     include_headers,
+    key_pem,
     keys_for,
     load_private_key,
     sign,
@@ -293,3 +297,48 @@ class TestSevenBitBody:
         assert serialize(seven_bit_body(_msg(MSG.partition(b"\r\n\r\n")[0] + b"\r\n",
                                              b"Hello  there \r\n"))) \
             == serialize(_msg(MSG.partition(b"\r\n\r\n")[0] + b"\r\n", b"Hello  there \r\n"))
+
+
+class TestConfiguredNames:
+    """[[dkim]] domain and selector are checked as `dkim keygen` checks them."""
+
+    @pytest.fixture
+    def key_file(self, tmp_path: Path) -> Path:
+        p = tmp_path / "k.pem"
+        p.write_bytes(key_pem(generate_key(True)))
+        p.chmod(0o600)
+        return p
+
+    @pytest.mark.parametrize(("domain", "selector", "key", "words"), [
+        ("example.org", "bad sel", "selector", "'bad sel' is not a selector"),
+        ("example.org", "s1;h=x", "selector", "is not a selector"),
+        ("example.org", "s1.", "selector", "is not a selector"),
+        ("example.org", "", "selector", "is not a selector"),
+        ("example.org", "-s1", "selector", "is not a selector"),
+        ("bad domain", "s1", "domain", "'bad domain' is not a domain name"),
+        ("example..org", "s1", "domain", "is not a domain name"),
+        ('example.org"; x=', "s1", "domain", "is not a domain name"),
+        ("localhost", "s1", "domain", "is not a domain name"),
+    ])
+    def test_name_dns_cannot_hold_is_refused(self, make_confdir, key_file, domain, selector,
+                                             key, words):
+        """A selector or domain that is no DNS name (it would be written into s= or d= of
+        every signature) fails `check` with the file, the key and the reason."""
+        conf = make_confdir({"40-dkim.toml": f'[[dkim]]\ndomain = {json.dumps(domain)}\n'
+                                             f'selector = {json.dumps(selector)}\n'
+                                             f'key_file = "{key_file}"\n'})
+        with pytest.raises(ConfigErrors) as exc:
+            load_config(conf)
+        errs = [str(e) for e in exc.value.errors]
+        assert len(errs) == 1, errs
+        assert errs[0].startswith(f"{conf / '40-dkim.toml'}: dkim[0].{key}: "), errs
+        assert words in errs[0], errs
+
+    def test_dns_names_are_accepted(self, make_confdir, key_file):
+        """Dotted selectors with hyphens and an internationalised domain pass, as
+        `dkim keygen` accepts them."""
+        conf = make_confdir({"40-dkim.toml": f'[[dkim]]\ndomain = "exämple.org"\n'
+                                             f'selector = "s-2026.a"\nkey_file = "{key_file}"\n'
+                                             f'[[dkim]]\ndomain = "Example.ORG"\n'
+                                             f'selector = "S1"\nkey_file = "{key_file}"\n'})
+        assert [d.selector for d in load_config(conf).dkim] == ["s-2026.a", "S1"]
