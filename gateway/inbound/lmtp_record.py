@@ -2,9 +2,12 @@
 
 The session feeds a `ConnectionRecord` as commands come in; when the connection
 closes, `finish` turns it into a communication with one Connection object: the
-peer and LHLO name, a Notice per refused command, a summary of the messages and
+peer and LHLO name, a Notice per refused command (the first MAX_REFUSALS_LOGGED
+of them; one more Notice counts those left out), a summary of the messages and
 an Error when the connection ended in the middle of a transaction. It holds only
-counters and a few entries, so keeping it costs a message next to nothing.
+counters and a bounded number of entries, so keeping it costs a message next to
+nothing, and a connection refused recipient after recipient (a dictionary attack
+relayed by the MTA) does not grow one communication without end.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ STORED, DUPLICATE, TEMPFAIL = "stored", "duplicate", "temporary failure"
 IGNORED, QUARANTINED, TOO_BIG = "ignored", "quarantined", "too big"
 _KIND = {"new": STORED, "followup": STORED, "duplicate": DUPLICATE, "ignore": IGNORED,
          "quarantine": QUARANTINED}
+MAX_REFUSALS_LOGGED = 100     # Notices for refused commands on one connection
 
 
 class ConnectionRecord:
@@ -30,6 +34,7 @@ class ConnectionRecord:
         self.messages = 0
         self.rcpts_refused = 0
         self.refusals = 0
+        self.unlogged: dict[str, int] = {}     # refusals past the cap, by key
         self.timed_out = False
         self._mail_from: str | None = None     # set while a transaction is open
         self._rcpts = 0
@@ -43,7 +48,21 @@ class ConnectionRecord:
         self.refusals += 1
         if key == "RCPT":
             self.rcpts_refused += 1
+        if self.refusals > MAX_REFUSALS_LOGGED:
+            self.unlogged[key] = self.unlogged.get(key, 0) + 1
+            return
         self.obj.log("Notice", key, f"{subject} refused: {reply}" if subject else reply)
+
+    def unlogged_note(self) -> str:
+        """What the Notice for the refusals past the cap says, "" when there were none."""
+        n = sum(self.unlogged.values())
+        if not n:
+            return ""
+        if set(self.unlogged) == {"RCPT"}:
+            return f"{n} more refused recipient{'s' * (n != 1)} not logged"
+        kinds = ", ".join(f"{c} {k}" for k, c in
+                          sorted(self.unlogged.items(), key=lambda kc: (-kc[1], kc[0])))
+        return f"{n} more refused command{'s' * (n != 1)} not logged ({kinds})"
 
     def mail(self, mail_from: str) -> None:
         self._mail_from, self._rcpts, self._stage = mail_from, 0, "before DATA"
@@ -83,6 +102,9 @@ class ConnectionRecord:
     def finish(self, error: BaseException | None = None) -> Comm:
         """Close the object and the communication when the connection is gone."""
         obj = self.obj
+        note = self.unlogged_note()
+        if note:
+            obj.log("Notice", "Refused", note)
         obj.log("Info", "Summary", self.summary())
         status: Status = "Successful"
         if self.refusals or self.counts[TEMPFAIL] or self.counts.get(TOO_BIG):

@@ -215,3 +215,51 @@ class TestLmtpConnections:
             ("Reply", '500 5.5.1 Error: command "FROB" not recognized')]
         assert entries(d)[-1][2] == ("0 message(s): 0 stored, 0 duplicate, "
                                      "0 temporary failure; 1 recipient(s) refused")
+
+
+class TestLmtpRefusalCap:
+    def test_300_refused_recipients_log_100_and_one_more(self, config, run_gateway):
+        """A connection refusing 300 recipients logs the first 100 as Notices and one
+        Notice for the 200 left out; the summary still counts all 300, and a message
+        after them is stored as usual."""
+        rg = run_gateway(config)
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        assert c.cmd("MAIL FROM:<probe@customer.test>")[0] == 250
+        for n in range(300):
+            assert c.cmd(f"RCPT TO:<nobody{n}@example.org>")[0] == 550
+        assert c.cmd("RSET")[0] == 250
+        _, data = c.transaction("a@customer.test", ["support@example.org"], message(1))
+        assert [d[0] for d in data] == [250]
+        c.close()
+        (d,) = connections(rg)
+        assert d["status"] == "Warning"
+        notices = [(k, v) for p, k, v in entries(d) if p == "Notice"]
+        assert len(notices) == 101
+        assert notices[:100] == [("RCPT", f"<nobody{n}@example.org> refused: "
+                                          "550 5.1.1 no such system address")
+                                 for n in range(100)]
+        assert notices[100] == ("Refused", "200 more refused recipients not logged")
+        assert entries(d)[-1] == ("Info", "Summary", "1 message(s): 1 stored, 0 duplicate, "
+                                  "0 temporary failure; 300 recipient(s) refused")
+        assert len(entries(d)) <= 106
+        assert len(messages(rg)) == 1
+
+    def test_other_refused_commands_count_towards_the_cap(self, config, run_gateway):
+        """Refused commands of any kind share the cap; the Notice for those left out
+        names how many of each."""
+        rg = run_gateway(config)
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        for _ in range(99):
+            assert c.cmd("RCPT TO:<support@example.org>")[0] == 503
+        for _ in range(3):
+            assert c.cmd("FROB")[0] == 500
+        assert c.cmd("RCPT TO:<support@example.org>")[0] == 503
+        c.close()
+        (d,) = connections(rg)
+        notices = [(k, v) for p, k, v in entries(d) if p == "Notice"]
+        assert [k for k, _ in notices] == ["RCPT"] * 99 + ["Reply", "Refused"]
+        assert notices[-1][1] == "3 more refused commands not logged (2 Reply, 1 RCPT)"
+        assert entries(d)[-1][2] == ("0 message(s): 0 stored, 0 duplicate, "
+                                     "0 temporary failure; 100 recipient(s) refused")
