@@ -60,6 +60,24 @@ def tls_context(cfg: RelayConfig, root: Config | None = None) -> ssl.SSLContext:
     return ctx
 
 
+# An address holding CR or LF can go on no SMTP command line: smtplib refuses it
+# (ValueError) or its address parser sends it to another address (for
+# "a@x>\r\nRCPT TO:<b@y" to a@x). Such an address (queued before `deskgate send`
+# refused them, or by another path) fails at once and for good, as Postfix fails an
+# address of bad syntax, and the message's other recipients are still sent.
+LINE_BREAK_RECIPIENT = (553, "5.1.3 address contains a line break")
+LINE_BREAK_SENDER = (553, "5.1.7 sender address contains a line break")
+
+
+def has_line_break(address: str) -> bool:
+    return "\r" in address or "\n" in address
+
+
+def shown(address: str) -> str:
+    """The address for a log line: CR and LF written as \\r and \\n."""
+    return address.replace("\r", "\\r").replace("\n", "\\n")
+
+
 # Seconds the DATA phase may take, the answer to the final dot included (Postfix's
 # smtp_data_done_timeout): relay.timeout bounds every other command.
 DATA_DONE_TIMEOUT = 600.0
@@ -144,18 +162,45 @@ class SmtpTransport(Transport):
             conn.quit()
 
     def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
+        """An address with a line break fails at once (see LINE_BREAK_RECIPIENT); the
+        other recipients go to the smarthost."""
         att = Attempt()
+        if has_line_break(sender):
+            att.codes = [LINE_BREAK_SENDER] * len(recipients)
+            att.note("Error", "MailFrom", f"<{shown(sender)}>: {LINE_BREAK_SENDER[0]} "
+                     f"{LINE_BREAK_SENDER[1]}; not sent")
+            return att
+        bad = {i for i, r in enumerate(recipients) if has_line_break(r)}
+        if not bad:
+            self._deliver(att, sender, recipients, data)
+            return att
+        for i in sorted(bad):
+            att.note("Error", "Recipient", f"<{shown(recipients[i])}>: "
+                     f"{LINE_BREAK_RECIPIENT[0]} {LINE_BREAK_RECIPIENT[1]}; not sent")
+        good = [r for i, r in enumerate(recipients) if i not in bad]
+        if good:
+            self._deliver(att, sender, good, data)
+        # An attempt that failed as a whole gives the others its error (temporary or not).
+        rest = iter(att.codes if len(att.codes) == len(good) else
+                    [error_reply(att)] * len(good))
+        att.codes = [LINE_BREAK_RECIPIENT if i in bad else next(rest)
+                     for i in range(len(recipients))]
+        return att
+
+    def _deliver(self, att: Attempt, sender: str, recipients: Sequence[str],
+                 data: bytes) -> None:
+        """Connect (or reuse a connection) and send; sets att.codes or att.error."""
         try:
             conn = self._get(att)
         except smtplib.SMTPResponseException as exc:
             att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
             att.permanent_error = False      # an AUTH/greeting refusal is ours to fix: retry
             att.note("Error", "Connect", f"{self.account}: {att.error}")
-            return att
+            return
         except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
             att.error = f"{type(exc).__name__}: {exc}"
             att.note("Error", "Connect", f"{self.account}: {att.error}")
-            return att
+            return
         keep = False
         try:
             options: list[str] = []
@@ -169,7 +214,7 @@ class SmtpTransport(Transport):
                     att.codes = [reply] * len(recipients)
                     att.note("Error", "MailFrom", f"<{sender}>: {reply[0]} {reply[1]}")
                     keep = True
-                    return att
+                    return
                 options.append("SMTPUTF8")
             elif needs_smtputf8(data):
                 # UTF-8 header fields (RFC 6532), or a DSN returning them (RFC 6533),
@@ -192,7 +237,6 @@ class SmtpTransport(Transport):
             else:
                 with contextlib.suppress(Exception):
                     conn.close()
-        return att
 
     def _transactions(self, conn: smtplib.SMTP, att: Attempt, sender: str,
                       recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
