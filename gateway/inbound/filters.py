@@ -20,7 +20,6 @@ Semantics follow OTOBO's MatchDBSource, with decisions made on purpose:
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from gateway.inbound.filter_compile import (
     compile_filters,
     validate_filters,
 )
-from gateway.inbound.parse import addresses, decode_bytes, decode_header_value
+from gateway.inbound.parse import decode_header_value, mailboxes
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, fold
 from gateway.model import Hit, MessageContext
@@ -144,12 +143,7 @@ class _View:
             raw = self._raw(c.lheader) if c.source == "header" else []
             if any("=?" in v for v in raw):
                 vals = [v for v in raw if v.strip()]
-            try:
-                got = [a.strip() for _n, a in email.utils.getaddresses(vals) if a.strip()]
-            except RecursionError:
-                # comments nested deeper than the parser recurses: the bare addresses
-                got = [a for v in vals for a in addresses(v)]
-            got = [a if a.isascii() else _text(a) for a in got]
+            got = [a.strip() for _n, a in mailboxes(vals) if a.strip()]
             self._addrs[key] = got
         return got
 
@@ -185,11 +179,6 @@ class _View:
         p.headers = out
         self.headers[lname] = [value]
         self._addrs.pop(lname, None)
-
-
-def _text(value: str) -> str:
-    """An address read from a raw header: its 8-bit bytes (UTF-8, else Latin-1) as text."""
-    return decode_bytes(value.encode("utf-8", "surrogateescape"), "utf-8")
 
 
 def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, str]:

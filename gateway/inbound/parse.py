@@ -10,6 +10,7 @@ import email.base64mime
 import email.quoprimime
 import email.utils
 import re
+from collections.abc import Sequence
 from email import message_from_bytes
 from email.errors import HeaderParseError
 from email.message import Message
@@ -189,6 +190,59 @@ def addresses(value: str) -> list[str]:
     return [a.strip().lower() for _n, a in pairs if "@" in a]
 
 
+def mailboxes(values: Sequence[str]) -> list[tuple[str, str]]:
+    """(display name, address) of every mailbox in address header values.
+
+    Give the values as they came, not decoded: decoded first, an encoded display name
+    such as `=?utf-8?q?Doe=2C_John?=` or `=?utf-8?q?boss=40example.org?=` reads as more
+    addresses than the header has. Names come back as written (still encoded words),
+    addresses with their 8-bit bytes as text (UTF-8, else Latin-1) and not decoded
+    otherwise: RFC 2047 allows no encoded word in an address. Comments nested deeper
+    than the parser recurses give the bare addresses, without names."""
+    try:
+        pairs = email.utils.getaddresses(list(values))
+    except RecursionError:
+        pairs = [("", a) for v in values for a in _ANY_ADDRESS.findall(v)]
+    return [(n, a if a.isascii() else _eight_bit_text(a)) for n, a in pairs]
+
+
+def _eight_bit_text(value: str) -> str:
+    """A value read from a raw header: its 8-bit bytes (UTF-8, else Latin-1) as text."""
+    return decode_bytes(value.encode("utf-8", "surrogateescape"), "utf-8")
+
+
+# RFC 5322 specials other than '.' (which the address parser takes in a name): a decoded
+# display name holding one is quoted
+_NAME_SPECIALS = frozenset('()<>[]:;@\\,"')
+
+
+def address_header_text(raw: str) -> tuple[str, list[str]]:
+    """(text, addresses) of an address header (From, To, Cc, Reply-To) as it came.
+
+    The text is for people and for the address parser alike: display names decoded,
+    quoted where they hold a special character, so that reading the text again gives
+    the addresses of the header as written (`"Doe, John" <jd@x.test>`, not
+    `Doe, John <jd@x.test>` with an address `Doe`). A header without encoded words is
+    only decoded (as decode_header_value). The addresses are lowercased, those with '@'.
+    """
+    if "=?" not in raw:
+        text = decode_header_value(raw)
+        return text, addresses(text)
+    shown: list[str] = []
+    found: list[str] = []
+    for name, addr in mailboxes([raw]):
+        addr = addr.strip()
+        name = decode_header_value(name)
+        if not name and not addr:
+            continue
+        if "@" in addr:
+            found.append(addr.lower())
+        if name and any(c in _NAME_SPECIALS for c in name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        shown.append(f"{name} <{addr}>" if name else addr)
+    return ", ".join(shown), found
+
+
 def part_filename(part: Message) -> str:
     """A part's file name, decoded; '' when it has none or its parameters cannot be read
     (an RFC 2231 charset with a NUL, garbage): never an exception."""
@@ -308,24 +362,41 @@ def _obs_header_names(raw: bytes) -> bytes:
     return _OBS_NAME.sub(rb"\1:", raw[:end]) + raw[end:]
 
 
+# Headers whose addresses are read before their encoded words are decoded
+_ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
+
+
 def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     """Parse raw bytes. Never raises for malformed input; defects are recorded."""
     msg = _message(_obs_header_names(raw))
-    headers = [(k, decode_header_value(v)) for k, v in msg.raw_items()]
+    headers: list[tuple[str, str]] = []
     # One pass over the headers instead of one per field read below.
     first: dict[str, str] = {}
     every: dict[str, list[str]] = {}
-    for k, v in headers:
+    encoded: list[str] = []     # address headers with encoded words: read from raw below
+    for k, rv in msg.raw_items():
+        v = decode_header_value(rv)
+        headers.append((k, v))
         lk = k.lower()
+        if lk in _ADDRESS_HEADERS and isinstance(rv, str) and "=?" in rv \
+                and lk not in encoded:
+            encoded.append(lk)
         if lk not in first:
             first[lk] = v
             every[lk] = [v]
         else:
             every[lk].append(v)
+    from_email: str | None = None
+    for lk in encoded:
+        texts = [address_header_text(str(rv)) for k, rv in msg.raw_items() if k.lower() == lk]
+        first[lk] = texts[0][0]
+        every[lk] = [t for t, _a in texts]
+        if lk == "from":
+            from_email = texts[0][1][0] if texts[0][1] else ""
     p = Parsed(msg=msg, headers=headers)
     p.subject = first.get("subject", "")
     p.from_addr = first.get("from", "")
-    p.from_email = first_address(p.from_addr)
+    p.from_email = first_address(p.from_addr) if from_email is None else from_email
     p.to_addr = ", ".join(every.get("to", ()))
     p.cc_addr = ", ".join(every.get("cc", ()))
     p.reply_to = first.get("reply-to", "")

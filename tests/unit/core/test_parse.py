@@ -241,6 +241,98 @@ class TestFirstAddress:
         assert first_address("x" * 200000) == ""
 
 
+class TestEncodedAddresses:
+    """Addresses are read from an address header as it came, before RFC 2047 display
+    names are decoded; the fields show the names decoded."""
+
+    @staticmethod
+    def parse(**headers: str) -> object:
+        head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+        return parse_message(head.encode() + b"Subject: x\r\n\r\nbody\r\n")
+
+    def test_encoded_name_that_reads_as_an_address(self):
+        """`=?utf-8?q?boss=40example.org?= <mallory@evil.test>` is from mallory, with the
+        display name boss@example.org: the field keeps it quoted, so it reads the same
+        when the stored From is parsed again (follow-up participants, auto-responses)."""
+        import email.utils
+
+        from gateway.inbound.parse import addresses
+
+        p = self.parse(From="=?utf-8?q?boss=40example.org?= <mallory@evil.test>",
+                       Reply_To="=?utf-8?q?boss=40example.org?= <mallory@evil.test>")
+        assert p.from_email == "mallory@evil.test"
+        assert p.from_addr == '"boss@example.org" <mallory@evil.test>'
+        assert addresses(p.from_addr) == addresses(p.reply_to) == ["mallory@evil.test"]
+        assert email.utils.parseaddr(p.from_addr) == ("boss@example.org", "mallory@evil.test")
+
+    def test_encoded_name_with_a_comma(self):
+        """`=?utf-8?q?Doe=2C_John?= <jd@x.test>` is one mailbox, not `Doe` and John's."""
+        import email.utils
+
+        from gateway.inbound.parse import addresses
+
+        p = self.parse(From="=?utf-8?q?Doe=2C_John?= <jd@x.test>",
+                       To="=?utf-8?q?Doe=2C_John?= <jd@x.test>, =?utf-8?q?Ann?= <a@x.test>",
+                       Cc="=?utf-8?q?Smith=2C_Ann?= <as@x.test>")
+        assert (p.from_email, p.from_addr) == ("jd@x.test", '"Doe, John" <jd@x.test>')
+        assert p.to_addr == '"Doe, John" <jd@x.test>, Ann <a@x.test>'
+        assert p.cc_addr == '"Smith, Ann" <as@x.test>'
+        assert email.utils.getaddresses([p.to_addr, p.cc_addr]) == [
+            ("Doe, John", "jd@x.test"), ("Ann", "a@x.test"), ("Smith, Ann", "as@x.test")]
+        assert addresses(p.to_addr) == ["jd@x.test", "a@x.test"]
+
+    def test_encoded_name_with_a_quote_and_a_backslash(self):
+        """A decoded name with `"` or `\\` in it is quoted with those escaped."""
+        import email.utils
+
+        p = self.parse(From="=?utf-8?q?Jo_=22JJ=22_a=5Cb=2C?= <jj@x.test>")
+        assert email.utils.parseaddr(p.from_addr) == ('Jo "JJ" a\\b,', "jj@x.test")
+        assert p.from_email == "jj@x.test"
+
+    def test_plain_ascii_from_is_as_written(self):
+        """A From without encoded words is unchanged, its address lowercased."""
+        p = self.parse(From="Carla Customer <Carla@Customer.TEST>", To="a@x, B <b@y>")
+        assert (p.from_addr, p.from_email) == ("Carla Customer <Carla@Customer.TEST>",
+                                               "carla@customer.test")
+        assert p.to_addr == "a@x, B <b@y>"
+
+    def test_raw_utf8_display_name(self):
+        """A display name in raw 8-bit UTF-8 is read as UTF-8, the address as written."""
+        p = parse_message("From: Jörg Müller <joerg@customer.test>\r\n"
+                          "To: Åsa <åsa@bücher.test>\r\n\r\nx\r\n".encode())
+        assert (p.from_addr, p.from_email) == ("Jörg Müller <joerg@customer.test>",
+                                               "joerg@customer.test")
+        assert p.to_addr == "Åsa <åsa@bücher.test>"
+
+    def test_encoded_name_without_specials_is_not_quoted(self):
+        """An encoded name that needs no quotes reads as before: `Jörg Müller <j@x>`,
+        also next to raw 8-bit bytes."""
+        p = parse_message(b"From: =?iso-8859-1?q?J=F6rg_M=FCller?= <j@x.test>\r\n"
+                          b"To: =?utf-8?q?J=C3=BCrgen?= <j\xc3\xbcrgen@x.test>\r\n\r\nx\r\n")
+        assert (p.from_addr, p.from_email) == ("Jörg Müller <j@x.test>", "j@x.test")
+        assert p.to_addr == "Jürgen <jürgen@x.test>"
+
+    def test_encoded_word_in_the_address_stays_as_written(self):
+        """RFC 2047 forbids encoded words in an addr-spec: such an address is not decoded,
+        and an encoded word that only decodes to an address is no address."""
+        p = self.parse(From="=?utf-8?q?boss?=@example.org",
+                       To="=?utf-8?q?boss=40example.org?=")
+        assert (p.from_addr, p.from_email) == ("=?utf-8?q?boss?=@example.org",
+                                               "=?utf-8?q?boss?=@example.org")
+        assert p.to_addr == "=?utf-8?q?boss=40example.org?="
+        from gateway.inbound.parse import addresses
+
+        assert addresses(p.to_addr) == []
+
+    def test_encoded_comment_and_header_list(self):
+        """A comment in encoded words names the mailbox; Parsed.headers keeps every
+        header decoded as written (what the filters' value conditions see)."""
+        p = self.parse(From="jd@x.test (=?utf-8?q?Doe=2C_John?=)")
+        assert (p.from_addr, p.from_email) == ('"Doe, John" <jd@x.test>', "jd@x.test")
+        raw = "jd@x.test (=?utf-8?q?Doe=2C_John?=)"
+        assert ("From", decode_header_value(raw)) in p.headers
+
+
 class TestHeaderBlock:
     """Header blocks read without the feed parser give what the feed parser gives."""
 
