@@ -243,7 +243,7 @@ class SmimeStore:
             try:
                 p12 = pkcs12.load_pkcs12(data, passphrase or None)
             except ValueError:
-                raise KeyStoreError(f"{cert_file}: wrong passphrase, or not a PKCS#12 "
+                raise KeyStoreError(f"{cert_file}: wrong passphrase, or a damaged PKCS#12 "
                                     "file") from None
             if p12.cert is None:
                 raise KeyStoreError(f"{cert_file}: the PKCS#12 file holds no certificate")
@@ -254,8 +254,8 @@ class SmimeStore:
             try:
                 certs = load_certs(data)
             except ValueError:
-                raise KeyStoreError(f"{cert_file}: neither a PEM/DER certificate nor "
-                                    "PKCS#12") from None
+                raise KeyStoreError(f"{cert_file}: neither a PEM/DER certificate nor a "
+                                    "PKCS#12 file") from None
             if not certs:
                 raise KeyStoreError(f"{cert_file}: no certificate in the file")
             cert, chain = certs[0], certs[1:]
@@ -353,8 +353,17 @@ def revoked_serials(crl_file: Path) -> set[tuple[bytes, int]]:
 
 
 def _looks_pkcs12(data: bytes) -> bool:
-    try:
-        x509.load_der_x509_certificate(data)
-    except ValueError:
-        return True
-    return False
+    """Whether `data` starts as a PKCS#12 PFX does (RFC 7292): a DER SEQUENCE whose first
+    element is the version, INTEGER 3. A DER certificate's first element is a SEQUENCE,
+    a DER private key's INTEGER 0 or 1; text is no SEQUENCE at all."""
+    if len(data) < 5 or data[0] != 0x30:
+        return False
+    first = data[1]
+    if first & 0x80 and first != 0x80:         # long form; 0x80: BER, length not given
+        size = first & 0x7F
+        if size > 4:
+            return False
+        start = 2 + size
+    else:
+        start = 2
+    return data[start:start + 3] == b"\x02\x01\x03"

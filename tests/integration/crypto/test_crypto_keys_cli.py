@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from gateway.cli import main
 from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, SUPPORT_PASS, openssl
 
@@ -124,6 +126,50 @@ class TestSmimeKeysCli:
         row = next(e for e in listed(crypto_env.conf, "smime")
                    if e["addresses"] == ["old@example.org"])
         assert row["expired"] is True
+
+
+def smime_store_files(crypto_env) -> set[str]:
+    return {f.name for f in (crypto_env.root / "keys" / "smime").iterdir()}
+
+
+class TestSmimeImportOfNoCertificateFormat:
+    @pytest.mark.parametrize("mode", [0o644, 0o600])
+    @pytest.mark.parametrize(("name", "content"), [
+        ("notes.txt", b"just some notes, no certificate\n"),
+        ("blob.bin", bytes(range(256))),
+        ("key.der", None),       # a DER private key: a SEQUENCE, but no PKCS#12 (version 3)
+    ])
+    def test_says_it_is_neither_a_certificate_nor_pkcs12(self, crypto_env, tmp_path, mode,
+                                                         name, content):
+        """A file that is neither a PEM/DER certificate nor PKCS#12 is refused (exit 65)
+        with that reason, whatever its mode: anything that did not parse as a DER
+        certificate was taken for PKCS#12, so a 0644 text file 'holds a secret but is
+        readable by group/others' and a 0600 one was 'not a PKCS#12 file' after a
+        passphrase question it never had."""
+        path = tmp_path / name
+        if content is None:
+            openssl("pkey", "-in", str(crypto_env.customer.key), "-outform", "DER",
+                    "-out", str(path))
+        else:
+            path.write_bytes(content)
+        path.chmod(mode)
+        before = smime_store_files(crypto_env)
+        r = cli(crypto_env.conf, "keys", "smime", "import", str(path))
+        assert (r.returncode, r.stderr) == (65, f"keys smime import: {path}: neither a "
+                                                "PEM/DER certificate nor a PKCS#12 file\n")
+        assert smime_store_files(crypto_env) == before
+
+    def test_a_pkcs12_file_readable_by_others_is_still_refused_as_such(self, crypto_env,
+                                                                       tmp_path):
+        """A real PKCS#12 file (it holds the private key) with mode 0644 is still refused
+        for its mode."""
+        sales = crypto_env.ca.issue("Sales", emails=("sales@example.org",), filename="sales")
+        p12 = tmp_path / "sales.p12"
+        openssl("pkcs12", "-export", "-in", str(sales.cert), "-inkey", str(sales.key),
+                "-out", str(p12), "-passout", "pass:p12secret")
+        p12.chmod(0o644)
+        r = cli(crypto_env.conf, "keys", "smime", "import", str(p12))
+        assert r.returncode == 65 and "readable by group/others" in r.stderr, r.stderr
 
 
 class TestPgpKeysCli:
