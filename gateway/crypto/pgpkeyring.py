@@ -9,9 +9,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import io
+import os
+import selectors
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +60,9 @@ def _uid_email(uid: str) -> str:
     return addr.lower() if "@" in addr else ""
 
 
-# Seconds a gpg call may take; then it is killed (a stuck gpg-agent, a lock in the
-# GnuPG home) and the result says so, instead of holding a worker thread for ever.
+# Seconds a gpg call may take; then it is killed with every process it started (a
+# stuck gpg-agent, a lock in the GnuPG home) and the result says so, instead of
+# holding a worker thread for ever.
 GPG_TIMEOUT = 30
 
 
@@ -82,27 +88,110 @@ def _check_listing(res: Any) -> None:
                              + (f": {last[0][:200]}" if last else ""))
 
 
+# Seconds the pipes of a gpg that was killed (or has exited) get to reach their end.
+_PIPE_GRACE = 1.0
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the process group a process leads (started with start_new_session):
+    gpg and every child it left, which could hold its pipes open."""
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def drain(process: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, bool]:
+    """(stdout, stderr, timed out) of a process started with start_new_session.
+
+    Read here, not by threads that wait for the end of the pipes: a child that keeps
+    them open (gpg's, or one that left the group) would hold such a thread for ever.
+    At the deadline the process group is killed; the pipes then get _PIPE_GRACE
+    seconds, as they do once the process itself has exited, and are given up.
+    """
+    assert process.stdout is not None and process.stderr is not None
+    chunks: dict[int, list[bytes]] = {process.stdout.fileno(): [], process.stderr.fileno(): []}
+    stop: float | None = None          # when the pipes are given up
+    timed = False
+    with selectors.DefaultSelector() as sel:
+        for fd in chunks:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            now = time.monotonic()
+            if stop is None and now >= deadline:
+                timed, stop = True, now + _PIPE_GRACE
+                kill_group(process)
+            elif stop is None and process.poll() is not None:
+                stop = now + _PIPE_GRACE
+            if stop is not None and now >= stop:
+                kill_group(process)   # what is left of the group holds the pipes
+                break
+            for key, _ in sel.select(min((stop or deadline) - now, 0.5)):
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fd)
+    return (b"".join(chunks[process.stdout.fileno()]),
+            b"".join(chunks[process.stderr.fileno()]), timed)
+
+
 @functools.cache
 def _timed_gpg_class() -> Any:
-    """gnupg.GPG whose every gpg process is killed after GPG_TIMEOUT seconds
-    (python-gnupg itself waits for gpg without a limit)."""
+    """gnupg.GPG whose every gpg call ends after GPG_TIMEOUT seconds at most.
+
+    python-gnupg waits for gpg without a limit, and for the end of gpg's output pipes
+    on threads of its own: a gpg killed on time still held the caller when a child of
+    it kept the pipes open. Here gpg leads a process group of its own, its output is
+    read by the calling thread up to the deadline, and the whole group is killed then.
+    """
     import gnupg
 
-    def kill(process: Any, result: Any) -> None:
-        result.timed_out = True
-        with contextlib.suppress(OSError):
-            process.kill()
-
     class TimedGPG(gnupg.GPG):  # type: ignore[misc]
+        def _open_subprocess(self, args: list[str], passphrase: bool = False) -> Any:
+            cmd = self.make_args(args, passphrase)
+            try:
+                return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=self.env,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise GpgUnavailable(f"cannot run gpg ({self.gpgbinary}): "
+                                     f"{exc.strerror or exc}") from None
+
+        def _handle_io(self, args: list[str], fileobj: Any, result: Any, *rest: Any,
+                       **kw: Any) -> Any:
+            try:
+                return super()._handle_io(args, fileobj, result, *rest, **kw)
+            except BrokenPipeError:
+                # python-gnupg raises its writer thread's error after the result is
+                # complete: gpg ended (killed at the timeout, or failed) before it had
+                # read all its input, and the result says why.
+                if timed_out(result) or result.returncode:
+                    return result
+                raise
+
         def _collect_output(self, process: Any, result: Any, writer: Any = None,
                             stdin: Any = None) -> Any:
-            timer = threading.Timer(GPG_TIMEOUT, kill, (process, result))
-            timer.daemon = True
-            timer.start()
+            out, err, timed = drain(process, time.monotonic() + GPG_TIMEOUT)
+            if timed:
+                result.timed_out = True
+            if writer is not None:
+                # It closes stdin itself; with gpg's group killed it gets EPIPE. (Closing
+                # stdin here would wait for the lock of a write that never ends.)
+                writer.join(_PIPE_GRACE)
+            elif stdin is not None:
+                with contextlib.suppress(OSError):
+                    stdin.close()
             try:
-                return super()._collect_output(process, result, writer, stdin)
-            finally:
-                timer.cancel()
+                process.wait(timeout=_PIPE_GRACE)
+            except subprocess.TimeoutExpired:     # still running: not after this
+                kill_group(process)
+                result.timed_out = True
+                process.wait()
+            for f in (process.stdout, process.stderr):
+                f.close()
+            self._read_response(io.StringIO(err.decode(self.encoding, "replace")), result)
+            self._read_data(io.BytesIO(out), result, self.on_data, self.buffer_size)
+            result.returncode = process.returncode
+            return process.returncode
 
     return TimedGPG
 

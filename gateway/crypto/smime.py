@@ -14,10 +14,14 @@ Two things it cannot do go to the `openssl` command line:
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,6 +37,43 @@ TIMEOUT = 30
 
 class SmimeError(Exception):
     """Decryption or signing failed; the text says why (never a secret)."""
+
+
+def _run(args: list[str], data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """openssl, stopped after TIMEOUT seconds together with any child it started.
+
+    subprocess.run(timeout=...) kills only openssl itself and leaves a child that
+    holds its pipes running; here openssl leads a process group of its own and the
+    whole group is killed (gateway.crypto.pgpkeyring.drain, as for gpg).
+    """
+    from gateway.crypto.pgpkeyring import drain
+
+    try:
+        proc = subprocess.Popen(args, bufsize=0, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    except OSError as exc:
+        raise SmimeError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
+    with proc:
+        # Fed by a thread: a message larger than the pipe holds would block here for
+        # good if openssl stopped reading; killing the group ends the thread.
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, data or b""),
+                                  name="openssl-input", daemon=True)
+        feeder.start()
+        out, err, timed = drain(proc, time.monotonic() + TIMEOUT)
+        feeder.join(1.0)
+        rc = proc.wait()
+    if timed:
+        raise SmimeError(f"openssl did not answer within {TIMEOUT} s")
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    with contextlib.suppress(OSError, ValueError):   # openssl ended before reading it all
+        while view:
+            view = view[pipe.write(view) or 0:]        # unbuffered: it may write a part
+        pipe.close()
 
 
 @dataclass
@@ -86,7 +127,7 @@ def _openssl_decrypt(der: bytes, e: SmimeEntry) -> bytes:
             "-inkey", str(e.key_path)]
     if e.passphrase_path is not None:
         args += ["-passin", f"file:{e.passphrase_path}"]
-    r = subprocess.run(args, input=der, capture_output=True, timeout=TIMEOUT, check=False)
+    r = _run(args, der)
     if r.returncode != 0:
         raise SmimeError("cannot decrypt: " + _first_error(r.stderr))
     return r.stdout
@@ -151,13 +192,12 @@ def verify(sig_der: bytes, content: bytes | None, ca_file: Path,
                 args = [*base, "-CAfile", str(trust), "-purpose", "smimesign"]
                 if crl_file is not None:
                     args.append("-crl_check")
-                r = subprocess.run(args, capture_output=True, timeout=TIMEOUT, check=False)
+                r = _run(args)
                 error = "" if r.returncode == 0 else _verify_reason(r.stderr)
             if error:
                 # Which certificate signed (and, opaque, the content so the message can
                 # be read), without checking anything.
-                r = subprocess.run([*base, "-noverify", "-nosigs"], capture_output=True,
-                                   timeout=TIMEOUT, check=False)
+                r = _run([*base, "-noverify", "-nosigs"])
             out = out or (r.stdout if r.returncode == 0 else b"")
             results.append(_signer_result(signer, error))
     valid = bool(results) and all(x.valid for x in results)

@@ -231,12 +231,11 @@ class GivenUp(Exception):
     """A request whose builds crashed until relay.retry ran out."""
 
 
-# Seconds a build (rewrite, S/MIME/PGP, DKIM) may take. One that takes longer (a gpg
-# whose child never ends, a gpg-agent waiting for a smart card's PIN) counts as a
-# failed build, tried again on relay.retry and given up when it runs out, as one that
-# crashed; its thread is left to end on its own (each gpg and openssl call is stopped
-# after 30 s, but a child that keeps gpg's output open outlives that). The requests
-# after it are built meanwhile, and the sender builds beside its deliveries.
+# Seconds a build (rewrite, S/MIME/PGP, DKIM) may take. One that takes longer (several
+# gpg calls that each run into their 30 s, after which gpg is killed with every child
+# it started) counts as a failed build, tried again on relay.retry and given up when
+# it runs out, as one that crashed; its thread is left to end on its own. The
+# requests after it are built meanwhile, and the sender builds beside its deliveries.
 BUILD_TIMEOUT = 120.0
 
 _T = TypeVar("_T")

@@ -44,8 +44,8 @@ OTHER = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Invoice
 
 class HungGpg:
     """A gpg wrapper: listing keys goes to the real gpg, signing starts a child that
-    keeps gpg's stdout and stderr open and never ends (as a gpg-agent waiting for a
-    smart card's PIN would), so neither gpg's own timeout nor killing gpg ends it."""
+    keeps gpg's stdout and stderr open and does not end (as a gpg-agent waiting for a
+    smart card's PIN would) until gpg's 30 s timeout kills gpg's process group."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "gpg-hangs"
