@@ -156,7 +156,10 @@ class OutboundPipeline:
                                 getattr(exc, "reply", None)
                                 or SmtpReply(554, "5.6.0", str(exc)[:200] or REFUSED.text))
         except Exception as exc:
-            if is_temporary(exc):
+            if isinstance(exc, errors.TemporaryError):
+                # a known temporary cause (gpg not answering): no traceback needed
+                log.warning("temporary failure", error=str(exc)[:300])
+            elif is_temporary(exc):
                 log.warning("database unavailable; temporary failure", error=str(exc))
             else:
                 log.exception("outbound pipeline failed; temporary failure")

@@ -91,3 +91,29 @@ class TestSubmit:
         finally:
             BatchWriter.close(writer)
         assert result.reply.code == 554
+
+    async def test_a_temporary_error_is_a_warning_and_451(self, ob_engine, rt):
+        """A stage that raises a TemporaryError (gpg not answering) gets 451 and one
+        warning naming the cause, not an error with a traceback."""
+        from structlog.testing import capture_logs
+
+        from gateway.errors import TemporaryError
+
+        writer = BatchWriter(ob_engine)
+        pipeline = OutboundPipeline(lambda: rt, writer)
+        ctx = OutboundContext(mail_from="app@internal.test", recipients=["c@customer.test"],
+                              raw=RAW, trusted=True)
+
+        def unavailable(*_a: Any) -> None:
+            raise TemporaryError("gpg did not answer within 30 s")
+
+        pipeline._prepare = unavailable     # type: ignore[method-assign]
+        try:
+            with capture_logs() as logs:
+                result = await pipeline.submit(ctx)
+        finally:
+            writer.close()
+        assert result.reply.code == 451
+        [entry] = [e for e in logs if e["log_level"] in ("warning", "error")]
+        assert entry["log_level"] == "warning" and "exc_info" not in entry
+        assert "gpg did not answer" in entry["error"]
