@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import EX_DATAERR, EX_OK, add_json, load, print_json, print_table
+from gateway.cli.common import (
+    EX_DATAERR,
+    EX_OK,
+    EX_TEMPFAIL,
+    add_json,
+    load,
+    print_json,
+    print_table,
+)
 
 
 def register(sub: Any) -> None:
@@ -75,8 +83,15 @@ def _row(d: dict[str, Any]) -> list[Any]:
 HEAD = ["ADDRESSES", "FINGERPRINT", "EXPIRES", "PRIVATE", "FLAGS"]
 
 
+def _unavailable(args: argparse.Namespace, exc: Exception) -> int:
+    """gpg gave no answer (timed out, failed, could not be started): one line, exit 75."""
+    print(f"keys {args.kind} {args.keys_action}: {exc}; try again later", file=sys.stderr)
+    return EX_TEMPFAIL
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from gateway.crypto.keystore import KeyStoreError
+    from gateway.crypto.pgpkeyring import GpgUnavailable
 
     stores = _stores(args)
     try:
@@ -86,6 +101,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         else:
             entries = stores.pgp.import_(args.file.read_bytes(),
                                          pw.decode("utf-8") if pw else None)
+    except GpgUnavailable as exc:
+        return _unavailable(args, exc)
     except KeyStoreError as exc:
         print(f"keys {args.kind} import: {exc}", file=sys.stderr)
         return EX_DATAERR
@@ -109,8 +126,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from gateway.crypto.pgpkeyring import GpgUnavailable
+
     stores = _stores(args)
-    entries = stores.smime.entries() if args.kind == "smime" else stores.pgp.all_keys()
+    try:
+        entries = stores.smime.entries() if args.kind == "smime" else stores.pgp.all_keys()
+    except GpgUnavailable as exc:
+        return _unavailable(args, exc)
     rows = [e.as_dict() for e in entries]
     if args.json:
         print_json(rows)
@@ -120,9 +142,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from gateway.crypto.pgpkeyring import GpgUnavailable
+
     stores = _stores(args)
     store = stores.smime if args.kind == "smime" else stores.pgp
-    removed = [e.as_dict() for e in store.remove(args.id)]
+    try:
+        removed = [e.as_dict() for e in store.remove(args.id)]
+    except GpgUnavailable as exc:
+        return _unavailable(args, exc)
     if not removed:
         print(f"keys {args.kind} remove: nothing matches {args.id!r}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import structlog
 
 from gateway.crypto import pgp, smime
 from gateway.crypto.keystore import CryptoStores, SmimeEntry, stores_for
+from gateway.crypto.pgpkeyring import GpgUnavailable
 from gateway.inbound.parse import addresses, decode_bytes, extract_bodies, part_filename
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.model import Crypto, Envelope, MessageContext
@@ -368,6 +369,9 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
         new_body = peeler.inline(p.body) if ("-----BEGIN PGP" in p.body) else None
         if new_body is not None:
             p.body = new_body
+    except GpgUnavailable as exc:   # the key listing timed out or failed: say why
+        log.warning("decrypt stage: gpg unavailable", error=str(exc), message_id=p.message_id)
+        peeler.fail(f"PGP: {exc}")
     except Exception as exc:  # crypto trouble must never lose the message
         log.warning("decrypt stage failed", error=repr(exc), message_id=p.message_id)
         peeler.fail(f"{type(exc).__name__}: {exc}")
