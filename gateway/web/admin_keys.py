@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway import confedit
 from gateway.crypto.keystore import KeyStoreError, stores_for
+from gateway.crypto.pgpkeyring import GpgUnavailable
 
 if TYPE_CHECKING:
     from gateway.web.admin import AdminPages
@@ -101,17 +102,28 @@ class KeysPage:
                    status: int = 200) -> web.Response:
         cfg = self.dash.gw.config
 
-        def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
             stores = stores_for(cfg)
             try:
-                pgp = [k.as_dict() for k in stores.pgp.all_keys()] \
-                    if stores.pgp.available() else []
-                return [e.as_dict() for e in stores.smime.entries()], pgp
+                smime = [e.as_dict() for e in stores.smime.entries()]
+                try:
+                    pgp = [k.as_dict() for k in stores.pgp.all_keys()] \
+                        if stores.pgp.available() else []
+                except GpgUnavailable as exc:     # timed out, failed, not started
+                    return smime, [], str(exc)
+                return smime, pgp, ""
             finally:
                 stores.close()
 
-        smime, pgp = await asyncio.get_running_loop().run_in_executor(
+        smime, pgp, pgp_error = await asyncio.get_running_loop().run_in_executor(
             self.dash.pool, read)
+        if pgp_error:
+            # The S/MIME part still shows; a temporary failure is 503 unless the page
+            # already reports another outcome (a refusal, a change that was made).
+            error = "; ".join(filter(None, (
+                error, f"the PGP keys cannot be listed now ({pgp_error}); try again later")))
+            if status == 200 and not done:
+                status = 503
         return self.dash.render(request, "admin_keys.html", title="Keys", status=status,
                                 smime=smime, pgp=pgp, error=error,
                                 done=done or [])
@@ -175,6 +187,9 @@ class KeysPage:
             try:
                 before = await loop.run_in_executor(self.dash.pool, snapshot, root)
                 done = await loop.run_in_executor(self.dash.pool, run)
+            except GpgUnavailable as exc:     # not the upload's fault: nothing changed
+                return await self.page(request, error=f"{exc}; nothing was changed, try "
+                                       "again later", status=503)
             except (KeyStoreError, OSError, ValueError) as exc:
                 return await self.page(request, error=str(exc), status=422)
             if not await self.dash.gw.reload():

@@ -272,3 +272,36 @@ class TestRefusedReload:
         finally:
             subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
                            check=False, capture_output=True, timeout=30)
+
+
+class TestGpgUnavailable:
+    def test_keys_page_names_the_cause_and_still_lists_smime(self, admin_dashboard, tmp_path,
+                                                             monkeypatch):
+        """A gpg that fails or hangs while the PGP keys are listed: the keys page answers
+        503 with the cause, and still lists the S/MIME certificates (not a 500)."""
+        from gateway.crypto import pgpkeyring
+
+        monkeypatch.setattr(pgpkeyring, "GPG_TIMEOUT", 2)
+        gpg = tmp_path / "gpg-wrapper"
+        gpg.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --list-keys|'
+                       '--list-secret-keys)\n  [ -e "$0.hang" ] && exec sleep 20\n'
+                       "  echo 'gpg: keydb_search failed' >&2; exit 2;;\n"
+                       'esac; done\nexec gpg "$@"\n')
+        gpg.chmod(0o755)
+        d = admin_dashboard(extra=f'\n[crypto]\ngpg_binary = "{gpg}"\n')
+        cert, key = smime_material(tmp_path)
+        status, html = upload(d, {"action": "smime-import", "passphrase": PASSPHRASE},
+                              {"cert": ("support.pem", cert.read_bytes()),
+                               "key": ("support.key", key)})
+        assert status == 200, html
+        home = d.root / "keys" / "gnupg"
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (home / "pubring.kbx").write_bytes(b"")
+        status, html = d.request("/admin/keys")
+        assert status == 503, html
+        assert 'id="error"' in html and "the PGP keys cannot be listed now" in html
+        assert "gpg failed (exit status 2)" in html and "support@example.org" in html
+        Path(str(gpg) + ".hang").touch()
+        status, html = d.request("/admin/keys")
+        assert status == 503 and "gpg did not answer within 2 s" in html, html
+        assert "support@example.org" in html
