@@ -79,9 +79,8 @@ def register(sub: Any) -> None:
 def cmd_send(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.inbound.parse import first_address
     from gateway.outbound.context import OutboundContext
-    from gateway.outbound.rewrite import header_text, recipients_from_headers
+    from gateway.outbound.rewrite import from_address, recipients_from_headers
     from gateway.outbound.service import outbound_pipeline
 
     problem = envelope_problem(args.mail_from, args.recipient)
@@ -108,7 +107,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         return EX_TEMPFAIL
     try:
         ctx = OutboundContext(
-            mail_from=args.mail_from or first_address(header_text(msg, "From")),
+            mail_from=args.mail_from or from_address(msg),
             recipients=rcpts, raw=raw, msg=msg, source="STDIN",
             account=os.environ.get("USER", "stdin"), trusted=True,
             requested_queue=args.queue or "")

@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy
 
 from gateway.config import Config
-from gateway.inbound.parse import first_address
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import MAX_LINE, fold_long_lines
 from gateway.privatefiles import not_private
@@ -287,10 +286,10 @@ def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
     """Serialize the final message (every copy of it) with 8-bit parts and parts with
     overlong lines re-encoded to 7 bits, fold header lines over 998 octets, and sign
     it with every key of the From domain."""
-    from gateway.outbound.rewrite import header_text, serialize
+    from gateway.outbound.rewrite import from_address, serialize
 
     assert ctx.msg is not None
-    keys = keys_for(rt, ctx.from_email or first_address(header_text(ctx.msg, "From")))
+    keys = keys_for(rt, ctx.from_email or from_address(ctx.msg))
     for c in ctx.copies:
         c.data = sign(fold_long_lines(serialize(seven_bit_body(c.msg))), keys)
     ctx.data = ctx.copies[0].data if ctx.copies else sign(

@@ -27,7 +27,7 @@ from email.policy import compat32
 from sqlalchemy import Connection, or_, select
 
 from gateway.errors import PermanentError
-from gateway.inbound.parse import addresses, decode_header_value, first_address
+from gateway.inbound.parse import address_header_text, decode_header_value
 from gateway.inbound.xheaders import canonical
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import header_safe
@@ -77,6 +77,13 @@ def raw_header(msg: Message, name: str) -> str:
 
 def header_text(msg: Message, name: str) -> str:
     return decode_header_value(msg.get(name, ""))
+
+
+def from_address(msg: Message) -> str:
+    """The address of the first mailbox of From, read from the header as it came (an
+    encoded display name spelling an address is a name, not that address)."""
+    found = address_header_text(msg.get("From", ""))[1]
+    return found[0] if found else ""
 
 
 def parse_submission(ctx: OutboundContext, rt: Runtime) -> None:
@@ -180,7 +187,7 @@ def resolve(ctx: OutboundContext, rt: Runtime, conn: Connection,
                 queue = tqueue
                 trace.append(f"queue {queue} from ticket {ctx.ticket_number}")
     if not queue:
-        addr = cfg.address_by_email(first_address(header_text(msg, "From")))
+        addr = cfg.address_by_email(from_address(msg))
         if addr is not None and addr.queue and cfg.queue_by_name(addr.queue):
             queue = cfg.queue_by_name(addr.queue).name  # type: ignore[union-attr]
             trace.append(f"queue {queue} from system address {addr.email}")
@@ -266,7 +273,7 @@ def system_from(ctx: OutboundContext, rt: Runtime) -> tuple[str, str]:
     if ctx.queue_config is not None and ctx.queue_config.address:
         candidates.append(ctx.queue_config.address)
     assert ctx.msg is not None
-    own = cfg.address_by_email(first_address(header_text(ctx.msg, "From")))
+    own = cfg.address_by_email(from_address(ctx.msg))
     if own is not None and own.valid == "valid":
         candidates.append(own.email)
     default_q = cfg.queue_by_name(cfg.postmaster.default_queue)
@@ -310,6 +317,6 @@ def recipients_from_headers(msg: Message) -> list[str]:
     seen: dict[str, None] = {}
     for name in ("To", "Cc", "Bcc"):
         for value in msg.get_all(name, []):
-            for a in addresses(decode_header_value(value)):
+            for a in address_header_text(value)[1]:
                 seen.setdefault(a, None)
     return list(seen)

@@ -14,6 +14,7 @@ from gateway.inbound.parse import decode_header_value
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import process_in_transaction
 from gateway.outbound.rewrite import (
+    from_address,
     parse_submission,
     recipients_from_headers,
     resolve,
@@ -218,3 +219,26 @@ class TestTicketNumbers:
                 got.append(repo.next_ticket_number(conn, "10"))
         assert len(set(got)) == len(got) == 15
         assert all(n[8:10] == "10" and len(n) == 15 for n in got)
+
+
+class TestEncodedDisplayNames:
+    """Addresses of a submitted message are read from its headers as they came: an
+    RFC 2047 display name is a name, never an address."""
+
+    def test_recipients_from_headers_ignore_an_address_in_an_encoded_name(self):
+        """`deskgate send` without -r sends to the address of To, not to the address
+        an encoded display name decodes to, nor to a name with a comma split in two."""
+        msg = message_from_bytes(
+            b"From: app@internal.test\r\n"
+            b"To: =?utf-8?q?victim=40x.test?= <a@b.test>\r\n"
+            b"Cc: =?utf-8?q?Doe=2C_John?= <jd@x.test>\r\n\r\nbody\r\n", policy=compat32)
+        assert recipients_from_headers(msg) == ["a@b.test", "jd@x.test"]
+
+    def test_from_address_ignores_an_address_in_an_encoded_name(self):
+        """The From address is the mailbox's, not a system address spelled in its
+        encoded display name (which would pick that address's queue, identity and
+        DKIM key)."""
+        msg = message_from_bytes(
+            b"From: =?utf-8?q?support=40example.org?= <app@internal.test>\r\n"
+            b"To: c@customer.test\r\n\r\nbody\r\n", policy=compat32)
+        assert from_address(msg) == "app@internal.test"
