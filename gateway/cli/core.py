@@ -147,11 +147,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     problem = sqlite_location_problem(cfg.database_url)
     if problem is not None:
+        file = cfg.file_of("gateway.database")
         if args.json:
             print_json({"ok": False, "errors": [
-                {"file": str(cfg.conf_dir), "key": "gateway.database", "reason": problem}]})
+                {"file": file, "key": "gateway.database", "reason": problem}]})
         else:
-            print(f"{cfg.conf_dir}: gateway.database: {problem}", file=sys.stderr)
+            print(f"{file}: gateway.database: {problem}", file=sys.stderr)
         return 1
     if cfg.classifier.enabled:
         from gateway.classify import check_model

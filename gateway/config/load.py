@@ -353,7 +353,7 @@ def load_config(conf_dir: Path | str | None = None,
         raise ConfigErrors(errors)
 
     cfg = Config(root=root, conf_dir=conf, filters=tuple(sorted(filters, key=lambda f: f.name)),
-                 policy_files=policy_files,
+                 policy_files=policy_files, key_files=dict(origins.by_key),
                  **{f.name: getattr(partial, f.name) for f in dataclasses.fields(_TopLevel)})
 
     def add(file: str, key: str, reason: str) -> None:
@@ -374,7 +374,7 @@ def load_config(conf_dir: Path | str | None = None,
 
 # The sections of conf.d: Config's fields but those the loader fills in itself, as a
 # dataclass of their own that _Builder builds from the merged TOML.
-_INTERNAL = ("root", "conf_dir", "filters", "policy_files")
+_INTERNAL = ("root", "conf_dir", "filters", "policy_files", "key_files")
 _HINTS = typing.get_type_hints(Config)
 _TopLevel = dataclasses.make_dataclass("_TopLevel", [
     (f.name, _HINTS[f.name], field(default=f.default, default_factory=f.default_factory))

@@ -330,6 +330,17 @@ class Config:
     helpdesk: HelpdeskConfig = field(default_factory=HelpdeskConfig)
     filters: tuple[FilterConfig, ...] = ()
     policy_files: tuple[Path, ...] = ()
+    # dotted key (queue[2], gateway.database, ...) -> the conf.d file that set it
+    key_files: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def file_of(self, key: str) -> str:
+        """The conf.d file that sets a dotted key: for a key left at its default, the file
+        that has its section (or array entry); the conf.d directory when no file has."""
+        while key:
+            if key in self.key_files:
+                return self.key_files[key]
+            key = key.rpartition(".")[0]
+        return str(self.conf_dir)
 
     def path(self, value: str) -> Path:
         """Resolve a configured path: relative ones are relative to the parent of conf.d."""

@@ -198,6 +198,22 @@ class TestCheckFindsWhatServeWouldDieOn:
         assert r.returncode == 1
         assert "gateway.database: cannot create files in /proc: " in r.stderr, r.stderr
 
+    def test_sqlite_location_names_the_file_that_sets_the_database(self, make_confdir):
+        """An SQLite location `check` refuses is reported at the conf.d file that sets
+        gateway.database, in text and in --json, not at the conf.d directory."""
+        conf = make_confdir({"50-db.toml": '[gateway]\n'
+                             'database = "sqlite:////proc/deskgate-test/deskgate.db"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"{conf}/50-db.toml: gateway.database: cannot create files "
+                               "in /proc: "), r.stderr
+        r = cli(conf, "check", "--json")
+        assert r.returncode == 1
+        (err,) = json.loads(r.stdout)["errors"]
+        assert err["file"] == f"{conf}/50-db.toml" and err["key"] == "gateway.database", err
+        assert err["reason"].startswith("cannot create files in /proc: "), err
+
     def test_policy_file_not_utf8(self, make_confdir):
         """A policy file in Latin-1 is one `file: reason` line, exit 1, no traceback."""
         conf = make_confdir()

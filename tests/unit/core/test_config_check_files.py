@@ -126,3 +126,20 @@ class TestSectionChecksNameTheFile:
                    for e in errs), errs
         assert any(e.startswith(f"{conf.parent / 'policies' / '100-bad.toml'}: ")
                    for e in errs), errs
+
+
+class TestConfigNamesTheFileOfAKey:
+    def test_file_of_a_key_set_in_a_file(self, make_confdir):
+        """Config.file_of gives the conf.d file that sets a key, for a nested key and for an
+        entry of an array of tables."""
+        conf = make_confdir({"50-db.toml": '[gateway]\ndatabase = "sqlite:///var/x.db"\n',
+                             "60-q.toml": '[[queue]]\nname = "Extra"\n'})
+        cfg = load_config(conf)
+        assert cfg.file_of("gateway.database") == str(conf / "50-db.toml")
+        assert cfg.file_of(f"queue[{len(cfg.queue) - 1}].name") == str(conf / "60-q.toml")
+
+    def test_key_no_file_sets_is_the_directory(self, make_confdir):
+        """A key whose section no file has is answered with the conf.d directory."""
+        conf = make_confdir()
+        cfg = load_config(conf)
+        assert cfg.file_of("store.fast_path") == str(conf)
