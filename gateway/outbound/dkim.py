@@ -240,6 +240,14 @@ def domain_problem(value: str) -> str | None:
     return None
 
 
+def _dns_form(domain: str) -> str:
+    """A domain as DNS compares it: lower case, by its A-labels when it has any."""
+    try:
+        return domain.lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain.lower()
+
+
 def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
     """Each [[dkim]]: domain and selector DNS names (they go into d= and s= of every
     signature), a selector not listed twice for a domain, a loadable private key file."""
@@ -251,10 +259,11 @@ def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
                               ("selector", selector_problem(d.selector))):
             if problem is not None:
                 add(where, f"{key}.{name}", problem)
-        if (d.domain.lower(), d.selector) in seen:
+        dns_name = (_dns_form(d.domain), d.selector.lower())  # DNS names ignore case
+        if dns_name in seen:
             add(where, f"{key}.selector", f"selector {d.selector!r} of {d.domain} is "
                 "listed twice")
-        seen.add((d.domain.lower(), d.selector))
+        seen.add(dns_name)
         try:
             load_private_key(cfg.path(d.key_file))
         except (OSError, ValueError, TypeError) as exc:

@@ -342,3 +342,21 @@ class TestConfiguredNames:
                                              f'[[dkim]]\ndomain = "Example.ORG"\n'
                                              f'selector = "S1"\nkey_file = "{key_file}"\n'})
         assert [d.selector for d in load_config(conf).dkim] == ["s-2026.a", "S1"]
+
+    @pytest.mark.parametrize(("first", "second"), [
+        (("example.org", "s1"), ("example.org", "S1")),
+        (("example.org", "Sel.A"), ("EXAMPLE.org", "sel.a")),
+        (("exämple.org", "s1"), ("xn--exmple-cua.org", "s1")),
+    ])
+    def test_selector_listed_twice_whatever_its_case(self, make_confdir, key_file, first,
+                                                     second):
+        """The same selector of the same domain, spelt in another case (or the domain by
+        its A-labels), is one DNS name listed twice: refused at the second entry."""
+        conf = make_confdir({"40-dkim.toml": "".join(
+            f'[[dkim]]\ndomain = "{d}"\nselector = "{s}"\nkey_file = "{key_file}"\n'
+            for d, s in (first, second))})
+        with pytest.raises(ConfigErrors) as exc:
+            load_config(conf)
+        errs = [str(e) for e in exc.value.errors]
+        assert errs == [f"{conf / '40-dkim.toml'}: dkim[1].selector: selector {second[1]!r} "
+                        f"of {second[0]} is listed twice"], errs
