@@ -37,6 +37,26 @@ class Attempt:
         self.log.append((priority, key, value))
 
 
+# An address holding CR or LF can go on no SMTP command line: smtplib refuses it
+# (ValueError) or its address parser sends it to another address (for
+# "a@x>\r\nRCPT TO:<b@y" to a@x). Such an address (queued before `deskgate send`
+# refused them, or by another path) fails at once and for good, as Postfix fails an
+# address of bad syntax, and the message's other recipients are still sent. The
+# Maildir transport does the same: written into its Return-Path or
+# X-Deskgate-Envelope-To line, such an address would add header lines of its own.
+LINE_BREAK_RECIPIENT = (553, "5.1.3 address contains a line break")
+LINE_BREAK_SENDER = (553, "5.1.7 sender address contains a line break")
+
+
+def has_line_break(address: str) -> bool:
+    return "\r" in address or "\n" in address
+
+
+def shown(address: str) -> str:
+    """The address for a log line: CR and LF written as \\r and \\n."""
+    return address.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class Transport:
     """Delivers one message to its recipients; returns per-recipient (code, text)."""
 
@@ -44,6 +64,35 @@ class Transport:
     account = ""
 
     def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
+        """An address with a line break fails at once (see LINE_BREAK_RECIPIENT); the
+        other recipients go to `_send`."""
+        att = Attempt()
+        if has_line_break(sender):
+            att.codes = [LINE_BREAK_SENDER] * len(recipients)
+            att.note("Error", "MailFrom", f"<{shown(sender)}>: {LINE_BREAK_SENDER[0]} "
+                     f"{LINE_BREAK_SENDER[1]}; not sent")
+            return att
+        bad = {i for i, r in enumerate(recipients) if has_line_break(r)}
+        if not bad:
+            self._send(att, sender, recipients, data)
+            return att
+        for i in sorted(bad):
+            att.note("Error", "Recipient", f"<{shown(recipients[i])}>: "
+                     f"{LINE_BREAK_RECIPIENT[0]} {LINE_BREAK_RECIPIENT[1]}; not sent")
+        good = [r for i, r in enumerate(recipients) if i not in bad]
+        if good:
+            self._send(att, sender, good, data)
+        # An attempt that failed as a whole gives the others its error (temporary or not).
+        rest = iter(att.codes if len(att.codes) == len(good) else
+                    [error_reply(att)] * len(good))
+        att.codes = [LINE_BREAK_RECIPIENT if i in bad else next(rest)
+                     for i in range(len(recipients))]
+        return att
+
+    def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
+              data: bytes) -> None:
+        """Deliver to `recipients`, none of whose addresses (nor `sender`) holds a line
+        break; sets att.codes (one per recipient) or att.error."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -58,24 +107,6 @@ def tls_context(cfg: RelayConfig, root: Config | None = None) -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
-
-
-# An address holding CR or LF can go on no SMTP command line: smtplib refuses it
-# (ValueError) or its address parser sends it to another address (for
-# "a@x>\r\nRCPT TO:<b@y" to a@x). Such an address (queued before `deskgate send`
-# refused them, or by another path) fails at once and for good, as Postfix fails an
-# address of bad syntax, and the message's other recipients are still sent.
-LINE_BREAK_RECIPIENT = (553, "5.1.3 address contains a line break")
-LINE_BREAK_SENDER = (553, "5.1.7 sender address contains a line break")
-
-
-def has_line_break(address: str) -> bool:
-    return "\r" in address or "\n" in address
-
-
-def shown(address: str) -> str:
-    """The address for a log line: CR and LF written as \\r and \\n."""
-    return address.replace("\r", "\\r").replace("\n", "\\n")
 
 
 # Seconds the DATA phase may take, the answer to the final dot included (Postfix's
@@ -161,34 +192,8 @@ class SmtpTransport(Transport):
         with contextlib.suppress(Exception):
             conn.quit()
 
-    def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
-        """An address with a line break fails at once (see LINE_BREAK_RECIPIENT); the
-        other recipients go to the smarthost."""
-        att = Attempt()
-        if has_line_break(sender):
-            att.codes = [LINE_BREAK_SENDER] * len(recipients)
-            att.note("Error", "MailFrom", f"<{shown(sender)}>: {LINE_BREAK_SENDER[0]} "
-                     f"{LINE_BREAK_SENDER[1]}; not sent")
-            return att
-        bad = {i for i, r in enumerate(recipients) if has_line_break(r)}
-        if not bad:
-            self._deliver(att, sender, recipients, data)
-            return att
-        for i in sorted(bad):
-            att.note("Error", "Recipient", f"<{shown(recipients[i])}>: "
-                     f"{LINE_BREAK_RECIPIENT[0]} {LINE_BREAK_RECIPIENT[1]}; not sent")
-        good = [r for i, r in enumerate(recipients) if i not in bad]
-        if good:
-            self._deliver(att, sender, good, data)
-        # An attempt that failed as a whole gives the others its error (temporary or not).
-        rest = iter(att.codes if len(att.codes) == len(good) else
-                    [error_reply(att)] * len(good))
-        att.codes = [LINE_BREAK_RECIPIENT if i in bad else next(rest)
-                     for i in range(len(recipients))]
-        return att
-
-    def _deliver(self, att: Attempt, sender: str, recipients: Sequence[str],
-                 data: bytes) -> None:
+    def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
+              data: bytes) -> None:
         """Connect (or reuse a connection) and send; sets att.codes or att.error."""
         try:
             conn = self._get(att)
@@ -366,14 +371,17 @@ class MaildirTransport(Transport):
         for sub in ("tmp", "new", "cur"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
 
-    def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
-        att = Attempt()
+    def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
+              data: bytes) -> None:
         with self._lock:
             self._seq += 1
             seq = self._seq
         name = f"{time.time():.6f}.{os.getpid()}_{seq}.{socket.gethostname()}"
-        envelope = (f"Return-Path: <{sender}>\r\n"
-                    + "".join(f"X-Deskgate-Envelope-To: <{r}>\r\n" for r in recipients))
+        # deliver() kept every address with CR or LF out; shown() makes sure none is
+        # ever written raw into these header lines.
+        envelope = (f"Return-Path: <{shown(sender)}>\r\n"
+                    + "".join(f"X-Deskgate-Envelope-To: <{shown(r)}>\r\n"
+                              for r in recipients))
         tmp, new = self.dir / "tmp" / name, self.dir / "new" / name
         try:
             # 0640 whatever the umask: the outbox holds customers' mail.
@@ -386,10 +394,9 @@ class MaildirTransport(Transport):
         except OSError as exc:
             att.error = f"cannot write {new}: {exc.strerror}"
             att.note("Error", "Maildir", att.error)
-            return att
+            return
         att.codes = [(250, f"written to {new.name}")] * len(recipients)
         att.note("Info", "Maildir", f"written to {new}")
-        return att
 
 
 def make_transport(cfg: Config) -> Transport:

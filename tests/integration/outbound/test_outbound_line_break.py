@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email import message_from_bytes
+from pathlib import Path
 
 from sqlalchemy import insert, select
 
@@ -122,3 +123,76 @@ class TestRecipientWithALineBreak:
         assert got["cust@customer.test"][0] == "pending"
         assert got["cust@customer.test"][1] == 0 and got["cust@customer.test"][3] == 1
         assert statuses(engine) == ["queued", "queued"]      # the message and its DSN
+
+
+def maildir_config(outbound_config, outbox: Path):
+    return outbound_config(free_port(), submission=False, retry="1h*5",
+                           extra_relay=f'mode = "maildir"\nmaildir = "{outbox}"\n')
+
+
+def written(outbox: Path) -> list[bytes]:
+    return [f.read_bytes() for f in sorted((outbox / "new").iterdir())]
+
+
+def head_lines(data: bytes) -> list[bytes]:
+    """The header section's lines of a file, split at CR LF, a lone CR and a lone LF
+    (as any reader of the file may split them)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+
+class TestMaildirTransport:
+    def test_a_recipient_with_a_line_break_fails_and_is_not_written(
+            self, tmp_path, outbound_config, run_gateway):
+        """relay.mode = "maildir": the two recipients with CR LF fail on the first attempt
+        with 553 5.1.3 and a DSN, as with the smarthost; the file holds an
+        X-Deskgate-Envelope-To line for each of the two others only, and no line of its
+        header section comes from an address. Before, every recipient got 250 and the
+        file's header had the lines 'RCPT TO:<victim@elsewhere.test>' and ')a@...'."""
+        outbox = tmp_path / "outbox"
+        rg = run_gateway(maildir_config(outbound_config, outbox))
+        engine = rg.gateway.engine
+        oid = queue_row(engine, "support@example.org",
+                        ["cust@customer.test", BAD, RAISES, "other@customer.test"])
+        wait_for(lambda: statuses(engine) == ["failed", "sent"], what="failure and DSN")
+        got = recipients(engine, oid)
+        assert got["cust@customer.test"][:2] == ("sent", 250)
+        assert got["other@customer.test"][:2] == ("sent", 250)
+        for bad in (BAD, RAISES):
+            assert got[bad] == ("failed", 553, "5.1.3 address contains a line break", 1)
+        first, dsn = written(outbox)
+        assert head_lines(first)[:3] == [b"Return-Path: <support@example.org>",
+                                         b"X-Deskgate-Envelope-To: <cust@customer.test>",
+                                         b"X-Deskgate-Envelope-To: <other@customer.test>"]
+        assert first.endswith(MSG)
+        assert b"victim" not in first and b"RCPT" not in first and b"(c" not in first
+        assert head_lines(dsn)[:2] == [b"Return-Path: <>",
+                                       b"X-Deskgate-Envelope-To: <support@example.org>"]
+        info = parse_dsn(message_from_bytes(dsn))
+        assert info is not None and (info.action, info.status) == ("failed", "5.1.3")
+        with engine.connect() as conn:
+            failed = [e.value for e in conn.execute(select(CommEntry).where(
+                CommEntry.key == "Failed"))]
+        assert len(failed) == 2
+        assert all("553 5.1.3 address contains a line break (permanent failure)" in f
+                   for f in failed), failed
+
+    def test_a_sender_with_a_line_break_writes_nothing_but_the_dsn(
+            self, tmp_path, outbound_config, run_gateway):
+        """A return path with LF fails every recipient with 553 5.1.7 on the first attempt;
+        the only file written is the DSN (before, the message was written with an
+        'X-Injected: 1' header line and every recipient got 250)."""
+        outbox = tmp_path / "outbox"
+        rg = run_gateway(maildir_config(outbound_config, outbox))
+        engine = rg.gateway.engine
+        oid = queue_row(engine, "support@example.org\nX-Injected: 1",
+                        ["cust@customer.test", "other@customer.test"])
+        wait_for(lambda: statuses(engine) == ["failed", "sent"], what="failure and DSN")
+        got = recipients(engine, oid)
+        assert {a: r[:3] for a, r in got.items()} == {
+            a: ("failed", 553, "5.1.7 sender address contains a line break")
+            for a in ("cust@customer.test", "other@customer.test")}
+        (dsn,) = written(outbox)
+        assert head_lines(dsn)[:2] == [b"Return-Path: <>",
+                                       b"X-Deskgate-Envelope-To: <support@example.org>"]
+        assert b"X-Injected: 1\r\n" not in dsn.split(b"\r\n\r\n", 1)[0]
