@@ -13,6 +13,10 @@ Semantics follow OTOBO's MatchDBSource, with decisions made on purpose:
   (evaluated in order up to the first that holds);
 - `[***]` is group 1 of the last positive condition that has groups, `[**\\name**]`
   a named group of any of them (later conditions win);
+- a `set` of Subject, From, To, Cc, Reply-To, In-Reply-To, References or Body also
+  changes the parsed field read from it (parse.set_header), as OTOBO's Set changes
+  GetParam: the article, the ticket title, the customer user and follow-up detection
+  follow the set value; the raw message stays as it came;
 - a pattern that exceeds `postmaster.filter_timeout` makes its condition fail, negated
   or not (an undecided condition never fires a filter), and is logged as Warn; all
   timed patterns of one message share MESSAGE_BUDGET times filter_timeout.
@@ -38,7 +42,7 @@ from gateway.inbound.filter_compile import (
     compile_filters,
     validate_filters,
 )
-from gateway.inbound.parse import decode_header_value, mailboxes
+from gateway.inbound.parse import decode_header_value, mailboxes, set_header
 from gateway.inbound.pipeline import Offload, inline_budget
 from gateway.inbound.regexcost import FAST_MAX_LEN, fold
 from gateway.model import Hit, MessageContext
@@ -164,21 +168,11 @@ class _View:
     def set(self, name: str, value: str) -> None:
         p = self.ctx.parsed
         assert p is not None
-        lname = name.lower()
-        out: list[tuple[str, str]] = []
-        done = False
-        for k, v in p.headers:
-            if k.lower() == lname:
-                if not done:
-                    out.append((name, value))
-                    done = True
-            else:
-                out.append((k, v))
-        if not done:
-            out.append((name, value))
-        p.headers = out
-        self.headers[lname] = [value]
-        self._addrs.pop(lname, None)
+        stored = set_header(p, name, value)
+        if stored is not None:
+            lname = name.lower()
+            self.headers[lname] = [stored]
+            self._addrs.pop(lname, None)
 
 
 def _test(c: Condition, view: _View, timeout: float) -> tuple[bool, Any, bool, str]:

@@ -16,7 +16,7 @@ from gateway.model import AttachmentData, Parsed
 
 __all__ = ["addresses", "decode_bytes", "decode_header_value", "decode_words",
            "extract_bodies", "first_address", "html_to_text", "mailboxes", "parse_message",
-           "part_filename"]
+           "part_filename", "set_header"]
 
 
 # The common shapes `addr@dom` and `Display Name <addr@dom>` (no quotes, comments,
@@ -267,6 +267,53 @@ def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     p.defects = [type(d).__name__ for d in msg.defects]
     extract_bodies(msg, p, with_attachments=with_attachments, top_type=p.content_type)
     return p
+
+
+def set_header(p: Parsed, name: str, value: str) -> str | None:
+    """A postmaster filter's `set` of `name`: the header list and the field read from it.
+
+    As OTOBO's GetParam, what the ticket and article are made from follows the set
+    value: Subject, From (with from_email), To, Cc, Reply-To, In-Reply-To and
+    References. The header replaces the first occurrence and drops the others (one
+    value); address headers are stored as address_header_text gives them, so that
+    reading the stored header again gives the same addresses. `Body` is no header:
+    it replaces the text body and drops the HTML body, which would still show what
+    the filter replaced. Message-ID changes only the header list (duplicate
+    detection keys on the message's own). Returns the value now in the header list,
+    None for Body. p.msg, the message as it came, is not touched.
+    """
+    lname = name.lower()
+    if lname == "body":
+        p.body, p.body_html = value, None
+        return None
+    if lname in _ADDRESS_HEADERS:
+        value, found = address_header_text(value)
+        if lname == "from":
+            p.from_addr, p.from_email = value, found[0] if found else ""
+        elif lname == "to":
+            p.to_addr = value
+        elif lname == "cc":
+            p.cc_addr = value
+        else:
+            p.reply_to = value
+    elif lname == "subject":
+        p.subject = value
+    elif lname == "in-reply-to":
+        p.in_reply_to = value.strip()
+    elif lname == "references":
+        p.references = value.strip()
+    out: list[tuple[str, str]] = []
+    done = False
+    for k, v in p.headers:
+        if k.lower() != lname:
+            out.append((k, v))
+        elif not done:
+            out.append((name, value))
+            done = True
+    if not done:
+        out.append((name, value))
+    p.headers = out
+    return value
 
 
 def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,

@@ -121,3 +121,49 @@ class TestSetSameKey:
         """
         ctx = run_policy(pol, mail())
         assert ctx.params["Queue"] == "Sales"
+
+
+class TestSetParsedFields:
+    def test_set_from_with_encoded_name_is_one_mailbox(self, run_policy):
+        """A From set with an encoded 'Doe, John' is one address to the fields and to a later
+        filter's `email` condition."""
+        pol = one('[{ header = "Subject", value = "printer" }]',
+                  '{ "From" = "=?utf-8?q?Doe=2C_John?= <jd@customer.test>" }') + one(
+            '[{ header = "From", email = "jd@customer\\\\.test" }]').replace('"010"', '"020"')
+        ctx = run_policy(pol, mail())
+        p = ctx.parsed
+        assert p is not None
+        assert p.from_addr == '"Doe, John" <jd@customer.test>'
+        assert p.from_email == "jd@customer.test"
+        assert p.header_all("From") == [p.from_addr]
+        assert ctx.params["Queue"] == "Junk"
+
+    def test_set_to_replaces_every_to_header(self, run_policy):
+        """A message with two To headers keeps one, the set value, in the list and the field."""
+        raw = mail(headers=[("To", "second@example.org")])
+        ctx = run_policy(one('[{ header = "Subject", value = "printer" }]',
+                             '{ "To" = "sales@example.org" }'), raw)
+        p = ctx.parsed
+        assert p is not None
+        assert p.header_all("To") == ["sales@example.org"]
+        assert p.to_addr == "sales@example.org"
+
+    def test_set_body_is_seen_by_a_later_body_condition(self, run_policy):
+        """Body set by a filter is the body later filters test; no Body header appears."""
+        pol = one('[{ header = "Body", value = "jammed" }]', '{ "Body" = "redacted" }') + one(
+            '[{ header = "Body", value = "^redacted$" }]').replace('"010"', '"020"')
+        ctx = run_policy(pol, mail())
+        p = ctx.parsed
+        assert p is not None
+        assert p.body == "redacted"
+        assert p.header_all("Body") == []
+        assert ctx.params["Queue"] == "Junk"
+
+    def test_set_message_id_changes_only_the_header_list(self, run_policy):
+        """Message-ID stays the message's own (duplicate detection keys on it)."""
+        ctx = run_policy(one('[{ header = "Subject", value = "printer" }]',
+                             '{ "Message-ID" = "<other@x.test>" }'), mail(mid="<own@x.test>"))
+        p = ctx.parsed
+        assert p is not None
+        assert p.message_id == "<own@x.test>"
+        assert p.header_all("Message-ID") == ["<other@x.test>"]
