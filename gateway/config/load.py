@@ -21,7 +21,7 @@ from gateway.config.sections import (
     FilterConfig,
     GatewayConfig,
 )
-from gateway.config.validate import validate_core
+from gateway.config.validate import name_problem, validate_core
 from gateway.config.values import Secret
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.privatefiles import not_private
@@ -346,6 +346,10 @@ def load_config(conf_dir: Path | str | None = None,
         if built is not None:
             if not built.name.strip():
                 pb.error(f"filter[{i}].name", "must not be empty (filters run in name order)")
+            problem = name_problem(built.name)
+            if problem is not None:     # left out: its later errors' keys would hold it
+                pb.error(f"filter[{i}].name", problem)
+                continue
             filters.append(built)
     errors.extend(b.errors)
     errors.extend(pb.errors)

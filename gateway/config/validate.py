@@ -4,15 +4,53 @@ references between sections, the keys each helpdesk type needs."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 
 from gateway.config.sections import Config
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a queue, account, filter or user (or be a display name),
+    None when it can: a control character or line break (newline, tab, NUL, NEL, U+2028)
+    would split log lines, CLI tables and header values such as X-Deskgate-Queue."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        return f"{name!r} contains a control character; a name is one line of printable text"
+    return None
+
+
+def _validate_names(cfg: Config, at: Callable[[str], str],
+                    add: Callable[[str, str, str], None]) -> None:
+    """Every name the configuration gives, and the queue names it refers to by name
+    where no [[queue]] has to match them, is one line of printable text."""
+    names: list[tuple[str, str, str]] = [
+        (f"queue[{i}]", f"queue[{i}].name", q.name) for i, q in enumerate(cfg.queue)]
+    names += [(f"address[{i}]", f"address[{i}].display_name", a.display_name)
+              for i, a in enumerate(cfg.address)]
+    names += [(f"account[{i}]", f"account[{i}].name", a.name)
+              for i, a in enumerate(cfg.account)]
+    names += [(f"submission.user[{i}]", f"submission.user[{i}].name", u.name)
+              for i, u in enumerate(cfg.submission.user)]
+    names += [(f"dashboard.user[{i}]", f"dashboard.user[{i}].name", u.name)
+              for i, u in enumerate(cfg.dashboard.user)]
+    names.append(("postmaster.default_queue", "postmaster.default_queue",
+                  cfg.postmaster.default_queue))
+    for ours, theirs in cfg.helpdesk.queues.items():
+        if name_problem(ours) is None:
+            names.append((f"helpdesk.queues.{ours}", f"helpdesk.queues.{ours}", theirs))
+        else:               # the key itself cannot be shown in a key: name the table
+            names.append(("helpdesk.queues", "helpdesk.queues", ours))
+    for where, key, name in names:
+        problem = name_problem(name)
+        if problem is not None:
+            add(at(where), key, problem)
 
 
 def validate_core(cfg: Config, at: Callable[[str], str],
                   add: Callable[[str, str, str], None]) -> None:
     """The checks across sections that need no other module; `at(key)` is the file
     that set a key, `add(file, key, reason)` records an error."""
+    _validate_names(cfg, at, add)
     pm = cfg.postmaster
     queue_names = {q.name.lower(): q for q in cfg.queue}
     seen: set[str] = set()
@@ -23,7 +61,8 @@ def validate_core(cfg: Config, at: Callable[[str], str],
         if q.name.lower() in seen:
             add(at(f"queue[{i}]"), f"queue[{i}].name", f"duplicate queue {q.name!r}")
         seen.add(q.name.lower())
-    if pm.default_queue.lower() not in queue_names and cfg.queue:
+    if (pm.default_queue.lower() not in queue_names and cfg.queue
+            and name_problem(pm.default_queue) is None):
         add(at("postmaster.default_queue"), "postmaster.default_queue",
             f"queue {pm.default_queue!r} is not defined by any [[queue]]")
     for key, value in (("default_state", pm.default_state), ("followup_state", pm.followup_state)):
@@ -182,7 +221,7 @@ def _validate_helpdesk(cfg: Config, at: Callable[[str], str],
     if hd.concurrency < 1:
         add(at("helpdesk.concurrency"), "helpdesk.concurrency", "must be at least 1")
     for name in hd.queues:
-        if cfg.queue and cfg.queue_by_name(name) is None:
+        if cfg.queue and cfg.queue_by_name(name) is None and name_problem(name) is None:
             add(at("helpdesk.queues"), f"helpdesk.queues.{name}",
                 f"queue {name!r} is not defined by any [[queue]]")
     if hd.ticket_url and "{id}" not in hd.ticket_url and "{number}" not in hd.ticket_url:

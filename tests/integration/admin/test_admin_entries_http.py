@@ -3,6 +3,7 @@ secrets kept or replaced but never shown, errors at their field."""
 
 from __future__ import annotations
 
+import re
 import stat
 import tomllib
 
@@ -69,6 +70,33 @@ class TestQueueForm:
             follow_up="reject", sign="none", encrypt="never", auto_response_new="",
             auto_response_followup="", auto_response_reject="", comment=""))
         assert status == 422 and 'id="error-address"' in html
+        assert d.digest() == before
+
+    def test_queue_name_with_a_line_break_refused(self, admin_dashboard):
+        """A queue name with a newline (it would break log lines and the X-Deskgate-Queue
+        header) is refused with 422 at the name field; nothing is written."""
+        d = admin_dashboard()
+        before = d.digest()
+        status, html = d.request("/admin/queue", data=entry_form(
+            d, "/admin/queue", name="A\nB", address="", follow_up="possible",
+            sign="none", encrypt="never", auto_response_new="", auto_response_followup="",
+            auto_response_reject="", comment=""))
+        assert status == 422, html
+        m = re.search(r'id="error-name">([^<]*)<', html)
+        assert m and "contains a control character" in m.group(1), html
+        assert d.digest() == before
+        assert d.rg.gateway.config.queue_by_name("A\nB") is None
+
+    def test_display_name_with_a_line_break_refused(self, admin_dashboard):
+        """The address form refuses a display name with a newline at its field (422)."""
+        d = admin_dashboard()
+        before = d.digest()
+        status, html = d.request("/admin/address", data={
+            "csrf": d.csrf(), "original": "", "email": "new@example.org", "queue": "Raw",
+            "valid": "valid", "display_name": "Help\r\nBcc: x@evil.test", "comment": ""})
+        assert status == 422, html
+        m = re.search(r'id="error-display_name">([^<]*)<', html)
+        assert m and "contains a control character" in m.group(1), html
         assert d.digest() == before
 
 

@@ -140,6 +140,16 @@ class TestErrorsNameTheFile:
             "file": f"{conf}/20-dkim.toml", "key": "dkim[0].key_file",
             "reason": f"cannot load {conf.parent}/keys/gone.pem: No such file or directory"}]
 
+    def test_queue_name_with_a_newline(self, make_confdir):
+        """A queue name with a newline fails `check` with one line naming the file, the
+        key and the name escaped."""
+        conf = make_confdir({"60-q.toml": '[[queue]]\nname = "A\\nB"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"{conf}/60-q.toml: queue[4].name: 'A\\nB' contains a control character; "
+            "a name is one line of printable text"], r.stderr
+
 
 class TestCheckFindsWhatServeWouldDieOn:
     def test_missing_and_unreadable_tls_files(self, make_confdir, tmp_path):
