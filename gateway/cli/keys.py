@@ -225,8 +225,9 @@ def signature_lines(crypto: dict[str, Any]) -> list[str]:
                    "signature")
     for n, s in enumerate(crypto.get("signatures") or [], 1):
         key = s.get("key_id") or s.get("fingerprint") or ""
+        why = f" ({s['error']})" if s.get("error") else ""
         verdict = "valid" if s.get("valid") else (
-            "NOT valid" + (f" ({s['error']})" if s.get("error") else ""))
+            "not checked" if s.get("valid") is None else "NOT valid") + why
         out.append(f"signature {n} ({s.get('method') or '-'}): "
                    f"{s.get('signer') or _no_signer(s)}"
                    + (f", key {key}" if key else "") + f": {verdict}")

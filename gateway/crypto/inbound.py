@@ -110,9 +110,14 @@ class _Peeler:
         for s in sigs:
             signer = self.from_email if self.from_email in s.signers else (
                 s.signers[0] if s.signers else "")
+            # null: gpg gave no verdict (it did not answer), which is not a bad signature
             c.signatures.append({"method": method, "signer": signer, "key_id": s.key_id,
-                                 "fingerprint": s.fingerprint, "valid": s.valid,
-                                 "error": s.error})
+                                 "fingerprint": s.fingerprint,
+                                 "valid": s.valid if s.checked else None, "error": s.error})
+            if not s.checked:
+                self.fail(f"signature not checked: {s.error}")
+                self.out.notes.append(f"{method} signature: not checked")
+                continue
             if s.valid and not s.signers:
                 self._no_address.append(_described(method, s))
             if not s.valid:
@@ -131,7 +136,8 @@ class _Peeler:
 
         Valid only when every signature is good and one of them is the sender's
         (From); a signature that cannot be checked (no public key) is not good, and
-        one by a key or certificate without an e-mail address is nobody's.
+        one by a key or certificate without an e-mail address is nobody's. Unknown
+        (None, "not verified") when gpg gave no verdict on one and none is bad.
         """
         c = self.out.crypto
         if not c.signatures:
@@ -139,8 +145,10 @@ class _Peeler:
         signers = list(dict.fromkeys(s["signer"] for s in c.signatures if s["signer"]))
         c.signer = self.from_email if self.from_email in signers else (
             signers[0] if signers else "")
-        if not all(s["valid"] for s in c.signatures):
+        if any(s["valid"] is False for s in c.signatures):
             c.signature_valid = False
+        elif any(s["valid"] is None for s in c.signatures):
+            c.signature_valid = None
         elif not (self.from_email and self.from_email in signers):
             c.signature_valid = False
             by = ([f"signed by {', '.join(signers)}"] if signers else []) + [
@@ -371,7 +379,7 @@ def decrypt_stage(ctx: MessageContext, rt: Runtime) -> None:
             p.body = new_body
     except GpgUnavailable as exc:   # the key listing timed out or failed: say why
         log.warning("decrypt stage: gpg unavailable", error=str(exc), message_id=p.message_id)
-        peeler.fail(f"PGP: {exc}")
+        peeler.fail(f"PGP: {exc} ({pgp.REDECRYPT_LATER})")
     except Exception as exc:  # crypto trouble must never lose the message
         log.warning("decrypt stage failed", error=repr(exc), message_id=p.message_id)
         peeler.fail(f"{type(exc).__name__}: {exc}")

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.crypto import pgpkeyring
 from gateway.crypto.keystore import PgpKey, PgpStore, timed_out
+from gateway.crypto.pgpkeyring import GpgUnavailable
 
 
 class PgpError(Exception):
@@ -37,11 +38,15 @@ class PgpSignature:
     valid: bool = False
     error: str = ""
     name: str = ""          # the key's first user id (an S/MIME certificate's subject)
+    # False when gpg gave no verdict (timed out, could not be started, ended without a
+    # status line): the signature is neither good nor bad, and error says why.
+    checked: bool = True
 
 
 @dataclass
 class PgpVerification:
-    """The signatures gpg found; valid only when there is one and every one is good."""
+    """The signatures gpg found; valid only when there is one and every one is good.
+    `checked` is False when gpg gave no verdict at all (see PgpSignature.checked)."""
 
     signed: bool
     valid: bool = False
@@ -49,6 +54,7 @@ class PgpVerification:
     fingerprint: str = ""
     error: str = ""
     signatures: list[PgpSignature] = field(default_factory=list)
+    checked: bool = True
 
 
 # Statuses python-gnupg records for a signature (GOODSIG, BADSIG, ERRSIG, EXPSIG,
@@ -197,7 +203,7 @@ def decrypt(store: PgpStore, data: bytes, prefer: list[str]) -> tuple[bytes, Pgp
         if not any(t in err for t in ("bad passphrase", "bad_passphrase", "missing_passphrase")):
             break       # another passphrase would not help
     assert last is not None
-    raise PgpError(_decrypt_reason(last))
+    raise _decrypt_error(last)
 
 
 def _decrypt_signed(store: PgpStore, data: bytes, pw: str | None
@@ -214,12 +220,12 @@ def _decrypt_signed(store: PgpStore, data: bytes, pw: str | None
     unwrapped = store.gpg.decrypt(data, passphrase=pw,
                                   extra_args=["--pinentry-mode", "loopback", "--unwrap"])
     if not unwrapped.ok or not unwrapped.data:
-        raise PgpError(_decrypt_reason(unwrapped))
+        raise _decrypt_error(unwrapped)
     # Nothing is left to decrypt, so nothing may ask for a passphrase.
     res = store.gpg.decrypt(bytes(unwrapped.data),
                             extra_args=[*_VERIFY_ARGS, "--pinentry-mode", "error"])
-    if timed_out(res):
-        raise PgpError("cannot decrypt: " + _timeout_text())
+    if cause := no_answer(res):
+        raise PgpError(temporary_decrypt_text(cause), temporary=True)
     if _STATUS + "PLAINTEXT " not in (res.stderr or ""):
         raise PgpError("cannot decrypt: gpg did not read the signed message inside "
                        f"the encryption ({res.status or 'gpg failed'})")
@@ -230,9 +236,38 @@ def _timeout_text() -> str:
     return f"gpg did not answer within {pgpkeyring.GPG_TIMEOUT} s"
 
 
-def _decrypt_reason(res: Any) -> str:
+def no_answer(res: Any) -> str:
+    """Why gpg gave no verdict, or "" when it did: it timed out, was killed by a
+    signal, or exited non-zero without a single status line (it could not even start
+    its work: a lock in the GnuPG home, an agent it cannot reach, a broken install).
+    Such a failure says nothing about the message or the keys."""
     if timed_out(res):
-        return "cannot decrypt: " + _timeout_text()
+        return _timeout_text()
+    rc = getattr(res, "returncode", 0)
+    err = getattr(res, "stderr", "") or ""
+    if rc and (rc < 0 or _STATUS not in err):
+        last = err.strip().splitlines()[-1:]
+        return (f"gpg gave no answer (exit status {rc}"
+                + (f": {last[0][:200]}" if last else "") + ")")
+    return ""
+
+
+# What an undecrypted message's error says when gpg gave no answer: it was not the
+# message, and `deskgate tickets redecrypt` decrypts it once gpg answers again.
+REDECRYPT_LATER = "temporary; deskgate tickets redecrypt can decrypt it later"
+
+
+def temporary_decrypt_text(cause: str) -> str:
+    return f"cannot decrypt now: {cause} ({REDECRYPT_LATER})"
+
+
+def _decrypt_error(res: Any) -> PgpError:
+    if cause := no_answer(res):
+        return PgpError(temporary_decrypt_text(cause), temporary=True)
+    return PgpError(_decrypt_reason(res))
+
+
+def _decrypt_reason(res: Any) -> str:
     err = res.stderr or ""
     low = err.lower()
     if "bad passphrase" in low or "bad_passphrase" in low:
@@ -254,25 +289,36 @@ _VERIFY_ARGS = ["--no-batch"]
 
 
 def verify_detached(store: PgpStore, content: bytes, signature: bytes) -> PgpVerification:
-    with tempfile.TemporaryDirectory(prefix="dg-pgp-") as tmp:
-        sig = Path(tmp) / "sig.asc"
-        sig.write_bytes(signature)
-        res = store.gpg.verify_data(str(sig), content, extra_args=_VERIFY_ARGS)
-    return _verdict(store, res)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dg-pgp-") as tmp:
+            sig = Path(tmp) / "sig.asc"
+            sig.write_bytes(signature)
+            res = store.gpg.verify_data(str(sig), content, extra_args=_VERIFY_ARGS)
+        return _verdict(store, res)
+    except GpgUnavailable as exc:      # gpg not started, or the key listing failed
+        return unchecked(str(exc))
 
 
 def verify_clearsigned(store: PgpStore, text: bytes) -> PgpVerification:
-    res = store.gpg.verify(text, extra_args=_VERIFY_ARGS)
-    return _verdict(store, res)
+    try:
+        return _verdict(store, store.gpg.verify(text, extra_args=_VERIFY_ARGS))
+    except GpgUnavailable as exc:
+        return unchecked(str(exc))
+
+
+def unchecked(cause: str) -> PgpVerification:
+    """A signature gpg gave no verdict on: not valid, not invalid; cause says why."""
+    return PgpVerification(True, False, error=cause, checked=False,
+                           signatures=[PgpSignature("", error=cause, checked=False)])
 
 
 def _verdict(store: PgpStore, res: Any) -> PgpVerification:
     """The verdict on a signature checked on its own (there is one, whatever gpg said)."""
+    if cause := no_answer(res):
+        return unchecked(cause)
     v = _verification(store, res)
     v.signed = True
-    if timed_out(res):
-        v.valid, v.error = False, _timeout_text()
-    elif not v.valid and not v.error:
+    if not v.valid and not v.error:
         v.error = "signature invalid"
     if not v.signatures:
         v.signatures = [PgpSignature("", v.fingerprint, list(v.signers), v.valid, v.error)]

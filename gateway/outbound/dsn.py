@@ -25,6 +25,7 @@ from typing import Literal
 
 from gateway.outbound.headers import header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.queue import RcptResult
+from gateway.outbound.transport import shown
 
 
 def _enhanced(code: int, reply: str, action: str) -> str:
@@ -111,7 +112,9 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
                      "Delivery will be retried; no action is needed.")
     lines.append("")
     for r in results:
-        lines.append(f"<{r.address}>: {r.code or ''} {r.reply}".rstrip())
+        # The address as its own text only (the status fields below keep it readable by
+        # programs): a line break in it would start a line of its own here.
+        lines.append(f"<{shown(r.address)}>: {r.code or ''} {r.reply}".rstrip())
     text = "\n".join(lines) + "\n"
     report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 

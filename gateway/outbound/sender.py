@@ -35,7 +35,13 @@ from gateway.commlog import Comm, storable, write_comm
 from gateway.config import Config
 from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
-from gateway.outbound.transport import Attempt, Transport, error_reply, make_transport
+from gateway.outbound.transport import (
+    Attempt,
+    Transport,
+    error_reply,
+    make_transport,
+    shown,
+)
 from gateway.runtime import Runtime
 from gateway.store.db import is_temporary
 from gateway.store.writer import BatchWriter
@@ -326,7 +332,8 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     """Outcomes, communication log and DSNs, in one transaction. Re-runnable.
 
     The smarthost's texts are written storable (a NUL, which PostgreSQL refuses, would
-    otherwise crash the record and cost the DSN). With `crash` (an earlier run crashed)
+    otherwise crash the record and cost the DSN), the addresses as `shown` (a line
+    break in a queued one would otherwise split its entry). With `crash` (an earlier run crashed)
     no DSN is built and each that was due is an Error naming the crash."""
     relay = rt.config.relay
     results = _storable(results)
@@ -342,7 +349,7 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     msg.outbound_id = m.id
     msg.article_id = m.article_id
     msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
-            f"{m.kind} from <{m.sender}>, {m.message_id}")
+            f"{m.kind} from <{shown(m.sender)}>, {m.message_id}")
     if m.lost_by and st.recorded:
         ran_out = f"{m.lost_until:%Y-%m-%d %H:%M:%S}" if m.lost_until else "?"
         msg.log("Error", "Lost", f"attempt {m.attempts + 1} by {m.lost_by}: "
@@ -350,7 +357,8 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
                 "so it counts as a failed attempt (the message may or may not have reached "
                 "the relay)"[:3000])
     if not st.recorded:
-        replies = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.unrecorded)
+        replies = "; ".join(f"<{shown(r.address)}>: {r.code} {r.reply}"
+                            for r in st.unrecorded)
         if st.status == "deleted":
             msg.log("Notice", "Deleted", f"{replies}; not recorded: the message was deleted "
                     "from the queue while this attempt ran, it is not tried again"[:3000])
@@ -362,13 +370,13 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         write_comm(conn, comm)
         return st
     for r in st.sent:
-        msg.log("Info", "Delivered", f"<{r.address}>: {r.code} {r.reply}")
+        msg.log("Info", "Delivered", f"<{shown(r.address)}>: {r.code} {r.reply}")
     for r in st.delayed:
-        msg.log("Warn", "Deferred", f"<{r.address}>: {r.code} {r.reply}; next attempt "
+        msg.log("Warn", "Deferred", f"<{shown(r.address)}>: {r.code} {r.reply}; next attempt "
                 f"{st.next_attempt:%Y-%m-%d %H:%M:%S}" if st.next_attempt else "")
     for r in st.failed:
         why = "retries exhausted" if not r.permanent else "permanent failure"
-        msg.log("Error", "Failed", f"<{r.address}>: {r.code} {r.reply} ({why})")
+        msg.log("Error", "Failed", f"<{shown(r.address)}>: {r.code} {r.reply} ({why})")
     if crash:
         msg.log("Error", "Record", f"recording this attempt crashed ({crash}); recorded "
                 "without DSNs"[:3000])
@@ -381,11 +389,11 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         notices.append(("delayed", "delay", st.delayed, _retry_until(m, relay.retry)))
     for action, what, rs, until in notices:
         if crash:
-            msg.log("Error", "DSN", f"{what} notice to <{m.return_path}> not queued: "
+            msg.log("Error", "DSN", f"{what} notice to <{shown(m.return_path)}> not queued: "
                     f"{crash}"[:3000])
             continue
         oid = _queue_dsn(conn, rt, m, action, rs, transport, retry_until=until)
-        msg.log("Notice", "DSN", f"{what} notice to <{m.return_path}> queued as #{oid}")
+        msg.log("Notice", "DSN", f"{what} notice to <{shown(m.return_path)}> queued as #{oid}")
     write_comm(conn, comm)
     return st
 

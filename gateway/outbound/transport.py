@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -52,9 +53,27 @@ def has_line_break(address: str) -> bool:
     return "\r" in address or "\n" in address
 
 
+# What some reader takes for the end of a line, or cannot show: C0 controls, DEL, C1
+# controls (NEL among them), the Unicode line and paragraph separators, and the lone
+# surrogates of bytes that were not UTF-8.
+_NOT_SHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if "\udc80" <= c <= "\udcff":          # surrogateescape: the byte it stands for
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
 def shown(address: str) -> str:
-    """The address for a log line: CR and LF written as \\r and \\n."""
-    return address.replace("\r", "\\r").replace("\n", "\\n")
+    """The address for a log line or a DSN's readable text, on one line: CR, LF and TAB
+    written as \\r, \\n and \\t, other controls, line separators and undecodable
+    bytes as \\xNN or \\uNNNN. Other non-ASCII characters (a UTF-8 address) stay."""
+    return _NOT_SHOWN.sub(_escape, address)
 
 
 class Transport:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email import message_from_bytes
+from email.parser import BytesParser
+from email.policy import default as default_policy
 from pathlib import Path
 
 from sqlalchemy import insert, select
@@ -196,3 +198,35 @@ class TestMaildirTransport:
         assert head_lines(dsn)[:2] == [b"Return-Path: <>",
                                        b"X-Deskgate-Envelope-To: <support@example.org>"]
         assert b"X-Injected: 1\r\n" not in dsn.split(b"\r\n\r\n", 1)[0]
+
+
+class TestLoggedAndReported:
+    def test_log_entries_and_the_dsn_show_the_addresses_escaped(
+            self, tmp_path, outbound_config, run_gateway):
+        """For a sender with LF and a recipient with CR LF, no entry of the communication
+        log holds a raw CR or LF: the Attempt entry names the sender and the Failed entry
+        the recipient with the breaks written as \\r and \\n. The DSN parses without
+        defects and its readable part shows the recipient on one line (before, the entries
+        held the raw breaks and the readable part had a line 'RCPT TO:<victim...')."""
+        outbox = tmp_path / "outbox"
+        rg = run_gateway(maildir_config(outbound_config, outbox))
+        engine = rg.gateway.engine
+        queue_row(engine, "support@example.org\nX-Injected: 1", [BAD, "cust@customer.test"])
+        wait_for(lambda: statuses(engine) == ["failed", "sent"], what="failure and DSN")
+        with engine.connect() as conn:
+            entries = [(e.key, e.value) for e in conn.execute(select(CommEntry))]
+        assert not [v for _, v in entries if "\r" in v or "\n" in v], entries
+        attempts = [v for k, v in entries if k == "Attempt"]
+        assert any("message from <support@example.org\\nX-Injected: 1>," in v
+                   for v in attempts), attempts
+        failed = [v for k, v in entries if k == "Failed"]
+        assert "<evil@customer.test>\\r\\nRCPT TO:<victim@elsewhere.test>: 553 5.1.7" \
+            in "".join(failed)
+        (dsn,) = written(outbox)
+        msg = BytesParser(policy=default_policy).parsebytes(dsn)
+        assert all(not p.defects for p in msg.walk())
+        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        lines = text.get_content().splitlines()
+        assert not [ln for ln in lines if ln.startswith("RCPT")], lines
+        assert ("<evil@customer.test>\\r\\nRCPT TO:<victim@elsewhere.test>: 553 5.1.7 "
+                "sender address contains a line break") in lines

@@ -381,6 +381,48 @@ class TestDsn:
         info = parse_dsn(message_from_bytes(data))
         assert info is not None and info.original_message_id == "<m1@example.org>"
 
+    def test_addresses_with_line_breaks_are_shown_escaped_in_the_readable_part(self):
+        """Recipients holding CR LF, VT, NEL or U+2028 (each a line break to some reader)
+        are shown in the human-readable part with those characters written as escapes:
+        the DSN parses without defects and no line of that part starts with what followed
+        a break. Before, '<a@customer.test>: 250 ok' and 'X-Injected: 1>: 553 ...' were
+        two lines of it."""
+        bad = ["a@customer.test>: 250 ok\r\nX-Injected: 1", "b@customer.test\x0bInjected",
+               "c@customer.test\x85Injected", "d@customer.test\u2028Injected"]
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org",
+                         original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(i, a, 553, "5.1.3 address contains a line "
+                                                "break") for i, a in enumerate(bad)],
+                         remote_mta="", arrival=datetime.now(UTC))
+        msg = BytesParser(policy=default_policy).parsebytes(data)
+        assert all(not p.defects for p in msg.walk())
+        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        lines = text.get_content().splitlines()
+        assert not [ln for ln in lines if ln.startswith(("X-Injected", "Injected"))], lines
+        assert [ln for ln in lines if ln.startswith("<")] == [
+            "<a@customer.test>: 250 ok\\r\\nX-Injected: 1>: 553 5.1.3 address contains a "
+            "line break",
+            "<b@customer.test\\x0bInjected>: 553 5.1.3 address contains a line break",
+            "<c@customer.test\\x85Injected>: 553 5.1.3 address contains a line break",
+            "<d@customer.test\\u2028Injected>: 553 5.1.3 address contains a line break"]
+        info = parse_dsn(message_from_bytes(data))
+        assert info is not None and info.status == "5.1.3"
+
+    def test_a_utf8_address_is_shown_as_written(self):
+        """A UTF-8 address (SMTPUTF8) is no bad address: the readable part shows it as it
+        is, not escaped."""
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
+                         original_headers=b"From: s@example.org",
+                         original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(1, "j\u00f6rg@b\u00fccher.test", 550,
+                                                "5.1.1 no such user")],
+                         remote_mta="", arrival=datetime.now(UTC))
+        msg = BytesParser(policy=default_policy).parsebytes(data)
+        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        assert "<j\u00f6rg@b\u00fccher.test>: 550 5.1.1 no such user" in \
+            text.get_content().splitlines()
+
     def test_rejected_8bit_message_is_recorded_and_bounced(self, ob_engine, rt):
         """A 550 for a message with raw UTF-8 in its headers is recorded (failed, not left
         leased to be sent again) and its DSN is queued with those headers in it."""
