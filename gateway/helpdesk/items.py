@@ -5,18 +5,34 @@ thread, each row on its own, so a row that cannot be read or built fails alone
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import Engine
 
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import HandoffError, HandoffItem
-from gateway.helpdesk.mime import decrypted_mime, strip_prefixed
+from gateway.helpdesk.mime import DecryptLater, decrypted_mime, strip_prefixed
 from gateway.model import AttachmentData
+from gateway.outbound.queue import retry_delay
 from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+
+# The connectors that pass the message on whole (HandoffItem.mime). The others send the
+# stored article, whose body and attachments are already the decrypted ones (with
+# `crypto.store_decrypted_body`): for them the message is not decrypted again.
+PASSES_MIME = frozenset({"otobo-postmaster"})
+
+# What an attempt's build has to say in its communication log, by (row id, attempts
+# before it): taken by gateway.helpdesk.recording when the attempt is recorded.
+_NOTES: dict[tuple[int, int], str] = {}
+
+
+def take_note(c: outbox.Claimed) -> str:
+    """The build's note of this attempt ("" when none), once."""
+    return _NOTES.pop((c.id, c.attempts), "")
+
 
 def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
                recipients: list[str]) -> HandoffItem:
@@ -42,10 +58,9 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
             decisions.setdefault(f"DynamicField-{name}", str(value))
     crypto = dict(a.get("crypto") or {})
     mime = loaded.raw
-    if crypto.get("decrypted") and cfg.crypto.store_decrypted_body and mime:
-        plain = decrypted_mime(mime, rt, recipients, a.get("from_email") or "", a)
-        if plain is not None:
-            mime = plain
+    if crypto.get("decrypted") and cfg.crypto.store_decrypted_body and mime \
+            and cfg.helpdesk.type in PASSES_MIME:
+        mime = _decrypted(rt, c, mime, recipients, a, crypto)
     mime = strip_prefixed(mime, cfg.gateway.header_prefixes) if mime else mime
     article = {
         "from": a["from_addr"], "from_email": a["from_email"], "to": a["to_addr"],
@@ -65,6 +80,33 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         queue=cfg.helpdesk.helpdesk_queue(t["queue"]), decisions=decisions,
         ticket={k: v for k, v in t.items()}, article=article, attachments=atts,
         crypto=crypto, mime=mime, created=c.created.isoformat())
+
+
+def _decrypted(rt: Runtime, c: outbox.Claimed, raw: bytes, recipients: list[str],
+               a: dict[str, Any], crypto: dict[str, Any]) -> bytes:
+    """The decrypted MIME for the helpdesk. A temporary failure (gpg not answering) is
+    a failed attempt, retried on the schedule; the last attempt of the schedule, and a
+    permanent failure, hand over what the store holds (a ticket that arrives without
+    its plaintext MIME beats no ticket) with a note in the attempt's log."""
+    last = retry_delay(rt.config.helpdesk.retry, c.attempts + 1) is None
+    try:
+        got = decrypted_mime(raw, rt, recipients, str(a.get("from_email") or ""), a,
+                             later=not last)
+    except DecryptLater as exc:
+        raise ItemError(f"decrypting the stored message again failed: {exc}; "
+                        "tried again on the schedule (its last attempt hands over what "
+                        "the store holds)") from None
+    if got.failure:
+        what = ("the stored text of the article as text/plain (no attachments, no HTML)"
+                if got.mime is not None else "the message as received (encrypted)")
+        why = "retries exhausted" if got.temporary else "permanent error"
+        if got.mime is None:
+            # Its crypto results must not tell the helpdesk the body is decrypted.
+            crypto["decrypted"] = False
+            crypto["error"] = f"decrypting again at hand-off failed: {got.failure}"
+        _NOTES[(c.id, c.attempts)] = (f"the helpdesk gets {what}: decrypting the stored "
+                                      f"message again failed ({why}): {got.failure}")[:4000]
+    return got.mime if got.mime is not None else raw
 
 
 class ItemError(HandoffError):
@@ -108,6 +150,9 @@ def _build(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded | None
         return ItemError(MISSING, temporary=False)
     try:
         return build_item(rt, c, loaded, loaded.recipients)
+    except ItemError as exc:
+        log.warning("hand-off: the item cannot be built now", handoff=c.id, error=str(exc))
+        return exc
     except Exception as exc:
         log.exception("hand-off: building the item failed", handoff=c.id)
         return ItemError(f"building the hand-off from the stored ticket and article failed: "

@@ -7,6 +7,7 @@ import email
 import email.utils
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import Message
 from email.policy import compat32
 from typing import Any
@@ -115,24 +116,73 @@ def _flatten(msg: Message, linesep: str) -> bytes:
     return buf.getvalue()
 
 
+class DecryptLater(Exception):
+    """Decrypting the stored message again failed for a reason that may pass: gpg or
+    openssl did not answer within its timeout, could not be started, or gpg could not
+    reach its agent. The text says why."""
+
+
+# What the crypto layer says (gateway.crypto: GpgUnavailable, PgpError, SmimeError, or
+# the error text the peeler keeps) when it gave no verdict on the keys or the message.
+_TEMPORARY = re.compile(r"did not answer within|cannot run |listing the keys: gpg failed"
+                        r"|gpg gave no answer|cannot decrypt now|\(temporary;"
+                        r"|no agent running|can't connect to the agent|ipc connect call"
+                        r"|ipc call has been cancelled|agent_unavailable", re.IGNORECASE)
+
+
+def temporary_failure(text: str) -> bool:
+    """Whether a decryption's error text says it may work on a later try (not a missing
+    key, a wrong passphrase or a damaged message)."""
+    return bool(_TEMPORARY.search(text))
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """The helpdesk's MIME of an encrypted message: `mime` None means the stored form as
+    received; `failure` says why decrypting again failed ("" when it did not)."""
+
+    mime: bytes | None
+    failure: str = ""
+    temporary: bool = False       # the failure may pass (handed over on the last attempt)
+
+
 def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: str,
-                   article: dict[str, Any]) -> bytes | None:
-    """The message with its encrypted layers replaced by the plaintext entity, or None
-    when there is nothing to replace (or it cannot be decrypted now)."""
+                   article: dict[str, Any], *, later: bool = False) -> Rebuilt:
+    """The message with its encrypted layers replaced by the plaintext entity (mime None
+    when there is nothing to replace).
+
+    When decrypting again fails: with `later` a temporary failure raises DecryptLater
+    (the hand-off is tried again); otherwise, and for a permanent failure (no key, wrong
+    passphrase, damaged message), the fallback: the stored text of the article as
+    text/plain when the article holds it, else the stored form, with `failure` set.
+    """
     from gateway.crypto.inbound import unwrap
+    from gateway.crypto.pgpkeyring import GpgUnavailable
     from gateway.outbound.rewrite import serialize
 
     msg = email.message_from_bytes(raw, policy=compat32)
+    failure, temporary = "", False
     try:
         out = unwrap(raw, msg, rt, recipients, from_email)
-    except Exception as exc:       # a key removed since: hand over what is stored
-        log.warning("hand-off: decrypting again failed", error=repr(exc))
-        return None
-    inner = out.inner
+    except Exception as exc:
+        failure = str(exc) or type(exc).__name__
+        temporary = (isinstance(exc, GpgUnavailable) or bool(getattr(exc, "temporary", False))
+                     or temporary_failure(failure))
+        inner = None
+    else:
+        c = out.crypto
+        if c.encrypted and not c.decrypted:
+            failure = c.error or "the message could not be decrypted"
+            temporary = temporary_failure(failure)
+        inner = out.inner
+    if failure:
+        if temporary and later:
+            raise DecryptLater(failure)
+        log.warning("hand-off: decrypting again failed; handing over the stored form",
+                    error=failure, temporary=temporary)
+        return Rebuilt(_stored_text(msg, article), failure, temporary)
     if inner is None:
-        if "-----BEGIN PGP MESSAGE" in (article.get("body") or "") or not article.get("body"):
-            return None
-        return _with_body(msg, article)    # inline PGP: the stored text is the plaintext
+        return Rebuilt(_stored_text(msg, article))    # inline PGP: nothing to peel
     new = Message(policy=compat32)
     for k, v in msg.items():
         if not k.lower().startswith("content-") and k.lower() != "mime-version":
@@ -146,7 +196,16 @@ def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: s
         new.preamble = inner.preamble
     if inner.epilogue is not None:
         new.epilogue = inner.epilogue
-    return serialize(new)
+    return Rebuilt(serialize(new))
+
+
+def _stored_text(msg: Message, article: dict[str, Any]) -> bytes | None:
+    """The stored (decrypted) text of the article as text/plain; None (the stored form)
+    when the article holds no plaintext."""
+    body = article.get("body") or ""
+    if not body or "-----BEGIN PGP MESSAGE" in body:
+        return None
+    return _with_body(msg, article)
 
 
 def _with_body(msg: Message, article: dict[str, Any]) -> bytes:

@@ -9,7 +9,7 @@ from sqlalchemy import Connection
 from gateway.commlog import Comm, add_comm
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import Connector, Delivered, HandoffError
-from gateway.helpdesk.items import ItemError
+from gateway.helpdesk.items import ItemError, take_note
 from gateway.runtime import Runtime
 from gateway.store import Deferred
 
@@ -29,6 +29,8 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
     earlier = f" ({c.earlier} before a retry by hand)" if c.earlier else ""
     msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1}"
             f"{earlier} to {connector.type}, {seconds * 1000:.0f} ms")
+    if note := take_note(c):
+        msg.log("Notice", "Crypto", note)
     if result is not None:
         assert conn_obj is not None
         for prio, key, value in result.log:
