@@ -77,7 +77,12 @@ class _Builder:
     def error(self, key: str, reason: str) -> None:
         self.errors.append(ConfigError(self.origins.file(key, self.default_file), key, reason))
 
-    def build(self, cls: type, table: object, key: str) -> Any:
+    def build(self, cls: type, table: object, key: str, *,
+              salvage: frozenset[str] = frozenset()) -> Any:
+        """`cls` from a TOML table, every problem recorded; None when any key is invalid,
+        except that a table whose invalid keys are all unknown or in `salvage` is built
+        without them (at their defaults), for the checks that find its other problems:
+        the errors already recorded keep the whole configuration from being used."""
         if not isinstance(table, dict):
             self.error(key, f"expected a table, got {type(table).__name__}")
             return None
@@ -93,6 +98,7 @@ class _Builder:
                 toml_names[name] = f.name
         kwargs: dict[str, Any] = {}
         given: set[str] = set()     # fields present in the table, valid or not
+        failed: set[str] = set()    # fields whose value is invalid
         ok = True
         for tkey, raw in table.items():
             dotted = f"{key}.{tkey}" if key else tkey
@@ -108,30 +114,37 @@ class _Builder:
                 value = self._secret(f.metadata["secret"], tkey, raw, dotted)
                 if value is None:
                     ok = False
+                    failed.add(fname)
                     continue
                 if fname in kwargs:
                     self.error(dotted, f"give only one of {f.metadata['secret']}, "
                                        f"{f.metadata['secret']}_file, {f.metadata['secret']}_env")
                     ok = False
+                    failed.add(fname)
                 kwargs[fname] = value
                 continue
             try:
                 kwargs[fname] = self.convert(hints[fname], f, raw, dotted)
             except _Invalid:
                 ok = False
+                failed.add(fname)
             except (ValueError, TypeError) as exc:
                 self.error(dotted, str(exc))
                 ok = False
+                failed.add(fname)
         for f in fields.values():
             if (f.name not in given and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING):
                 name = f"{key}.{f.name.rstrip('_')}" if key else f.name
                 self.error(name, "required key is missing")
                 ok = False
+                failed.add(f.name)
         if "source" in fields:
             kwargs["source"] = self.origins.file(key, self.default_file)
-        if not ok:
+        if not ok and not failed <= salvage:
             return None
+        for name in failed:
+            kwargs.pop(name, None)
         return cls(**kwargs)
 
     def _secret(self, name: str, tkey: str, raw: object, dotted: str) -> Secret | None:
@@ -342,7 +355,7 @@ def load_config(conf_dir: Path | str | None = None,
         pb.error("filter", "use [[filter]] (an array of tables)")
         raw_filters = []
     for i, raw in enumerate(raw_filters):
-        built = pb.build(FilterConfig, raw, f"filter[{i}]")
+        built = pb.build(FilterConfig, raw, f"filter[{i}]", salvage=_FILTER_SALVAGE)
         if built is not None:
             if not built.name.strip():
                 pb.error(f"filter[{i}].name", "must not be empty (filters run in name order)")
@@ -375,6 +388,11 @@ def load_config(conf_dir: Path | str | None = None,
         raise ConfigErrors(errors)
     return cfg
 
+
+# Keys of a [[filter]] that may be invalid while the rest of it is still checked (its
+# conditions and set keys), so one run reports all of its problems; not match or any,
+# whose absence the filter check reports as a problem of its own.
+_FILTER_SALVAGE = frozenset({"stop_after_match", "comment", "set"})
 
 # The sections of conf.d: Config's fields but those the loader fills in itself, as a
 # dataclass of their own that _Builder builds from the merged TOML.

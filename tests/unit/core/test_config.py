@@ -319,3 +319,48 @@ class TestNamesAndFilterTimeout:
             assert len(gw.config.queue) == 4
         finally:
             gw.close()
+
+
+BROKEN_FILTER = """
+[[filter]]
+name = "bad"
+stop_after_match = "yes"
+comment = 5
+[[filter.match]]
+header = "Subject"
+value = "(["
+[filter.set]
+"X-Deskgate-Nope" = "x"
+"""
+
+
+class TestBrokenFilterReportedWhole:
+    def test_type_errors_and_filter_checks_in_one_run(self, make_confdir):
+        """A [[filter]] with wrong value types is still checked: its invalid regular
+        expression and unknown X-header are reported in the same run as the type errors,
+        each with the policy file, the key and the reason."""
+        conf = make_confdir(policies={"10-bad.toml": BROKEN_FILTER})
+        where = conf.parent / "policies" / "10-bad.toml"
+        errs = errors_of(conf)
+        assert errs == [
+            f"{where}: filter[0].stop_after_match: expected true or false, got 'yes'",
+            f"{where}: filter[0].comment: expected a string, got int",
+            f"{where}: filter[bad].match[0].value: invalid regular expression '([': "
+            "unterminated character set at position 2",
+            f"{where}: filter[bad].set.X-Deskgate-Nope: unknown X-header (docs/policies.md "
+            "lists them, under X-headers and trust)"], errs
+
+    def test_broken_conditions_are_not_reported_as_missing(self, make_confdir):
+        """A filter whose match is not a list of tables gets that error only, not also
+        'needs at least one condition' for the conditions it could not read."""
+        conf = make_confdir(policies={"10-bad.toml": '[[filter]]\nname = "bad"\n'
+                                                     'match = "Subject"\n'})
+        where = conf.parent / "policies" / "10-bad.toml"
+        assert errors_of(conf) == [f"{where}: filter[0].match: expected a list, got str"]
+
+    def test_a_filter_without_a_usable_name_is_not_checked_further(self, make_confdir):
+        """A filter whose name is not a string reports that, and nothing under a name."""
+        conf = make_confdir(policies={"10-bad.toml": BROKEN_FILTER.replace('"bad"', "7")})
+        errs = errors_of(conf)
+        assert [e.split(": ")[1] for e in errs] == [
+            "filter[0].name", "filter[0].stop_after_match", "filter[0].comment"], errs
