@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from sqlalchemy import Connection, func, inspect, select
 
 from gateway import commlog_views as views
-from gateway.cli.tickets import ticket_detail
 from gateway.config import parse_duration
-from gateway.web import logdetail
+from gateway.web import logdetail, ticketdetail
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -29,6 +28,8 @@ OUTBOUND_SHOWN = 500
 HANDOFF_SHOWN = 500
 # Objects of one communication per page (a poll run has one per fetched message).
 OBJECTS_PAGE = 100
+# Articles of one ticket per page (a mail loop can leave tens of thousands).
+ARTICLES_PAGE = 100
 # Numbers in URLs beyond these are refused with 400 (ids are 64-bit in the database).
 MAX_ID = 2**63 - 1
 MAX_PAGE = 10**6
@@ -196,15 +197,23 @@ class MailFlowPages:
     async def ticket(self, request: web.Request) -> web.Response:
         number = request.match_info["number"]
         url = self.dash.gw.config.helpdesk.ticket_url
-        data = await self.dash.db(lambda c: ticket_detail(c, number, url))
+        page = _page_number(request.query)
+        size = ARTICLES_PAGE
+        data = await self.dash.db(lambda c: ticketdetail.read_page(
+            c, number, url, limit=size, offset=(page - 1) * size))
         if data is None:
             return self.dash.not_found(request, f"There is no ticket {number}.")
         if data["helpdesk"]:
             from gateway.helpdesk.outbox import attempt_note
 
             data["helpdesk"]["attempt"] = attempt_note(data["helpdesk"])
+        n = data["article_count"]
         return self.dash.render(request, "ticket.html", title=f"Ticket {number}", t=data,
-                                hook=self.dash.gw.config.gateway.ticket_hook)
+                                hook=self.dash.gw.config.gateway.ticket_hook,
+                                here="/tickets/" + quote(number, safe=":"), page=page,
+                                pages=max(1, (n + size - 1) // size),
+                                first=min(n, (page - 1) * size + 1),
+                                last=(page - 1) * size + len(data["articles"]))
 
     async def outbound(self, request: web.Request) -> web.Response:
         data = await self.dash.db(read_outbound)

@@ -1,6 +1,6 @@
-"""Big tables on the dashboard: the ticket list and a communication's objects page
-through everything, and the outbound and hand-off pages count everything waiting while
-they show a bounded part."""
+"""Big tables on the dashboard: the ticket list, a ticket's articles and a
+communication's objects page through everything, and the outbound and hand-off pages
+count everything waiting while they show a bounded part."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select
 
-from gateway.store.tables import OutboundMessage, OutboundRecipient, Ticket
+from gateway.store.tables import (
+    Article,
+    Attachment,
+    OutboundMessage,
+    OutboundRecipient,
+    Ticket,
+)
 from gateway.web import mailflow
 from tests.integration.ops.ops_web import message
 from tests.unit.helpdesk.test_outbox_units import seed
@@ -46,6 +52,67 @@ class TestTicketPaging:
         _, _, body = d.get("/tickets?queue=Sales")
         assert 'id="ticket-count">0 tickets' in body and numbers_on(body) == []
         assert d.get("/tickets?page=99999999")[0] == 400
+
+
+def article_ids_on(body: str) -> list[int]:
+    """The ids of the articles a ticket page shows, in page order."""
+    return [int(i) for i in re.findall(r'<h2 class="article">Article ([0-9]+) ', body)]
+
+
+class TestTicketArticlePaging:
+    def test_articles_of_a_big_ticket_come_a_page_at_a_time(self, dashboard, monkeypatch):
+        """A ticket with more articles than a page (a mail loop that slipped through)
+        shows a page of them, oldest first, with only their attachments, says which of
+        how many and links to the neighbouring pages; a page past the end says how many
+        there are, and a page number beyond 10^6 is 400. Before, every article was read
+        and shown on one page."""
+        monkeypatch.setattr(mailflow, "ARTICLES_PAGE", 2)
+        d = dashboard()
+        assert d.deliver(message(0)) == [250]
+        engine = d.rg.gateway.engine
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            tid, number = conn.execute(select(Ticket.id, Ticket.number)).one()
+            for n in range(1, 5):
+                aid = conn.execute(insert(Article).values(
+                    ticket_id=tid, direction="incoming", sender_type="customer",
+                    from_addr="cust0@customer.test", subject=f"Re: loop {n}",
+                    body=f"loop body {n}", created=now).returning(Article.id)).scalar_one()
+                if n == 3:
+                    conn.execute(insert(Attachment).values(
+                        article_id=aid, filename="loop-3.txt", content_type="text/plain",
+                        size=1, content=b"x"))
+            ids = list(conn.execute(select(Article.id).where(Article.ticket_id == tid)
+                                    .order_by(Article.id)).scalars())
+        status, _, body = d.get(f"/tickets/{number}")
+        assert status == 200
+        assert article_ids_on(body) == ids[:2]
+        assert "articles 1 to 2 of 5" in body and "page 1 of 3" in body
+        assert "Hello, message 0." in body and "loop body 1" in body
+        assert "loop body 2" not in body and "loop-3.txt" not in body
+        assert f'href="/tickets/{number}?page=2"' in body and 'class="prev"' not in body
+        _, _, body = d.get(f"/tickets/{number}?page=2")
+        assert article_ids_on(body) == ids[2:4] and "loop-3.txt" in body
+        assert "articles 3 to 4 of 5" in body
+        _, _, body = d.get(f"/tickets/{number}?page=3")
+        assert article_ids_on(body) == ids[4:] and "articles 5 to 5 of 5" in body
+        assert f'href="/tickets/{number}?page=2"' in body and 'class="next"' not in body
+        assert "Re: loop 4" in body and 'id="ticket"' in body
+        _, _, body = d.get(f"/tickets/{number}?page=9")
+        assert article_ids_on(body) == [] and "no articles on this page; 5 in all" in body
+        assert d.get(f"/tickets/{number}?page=99999999")[0] == 400
+
+    def test_a_small_ticket_shows_its_count_and_no_pager(self, dashboard):
+        """A ticket whose articles fit one page shows them all, with their number, and
+        no page links."""
+        d = dashboard()
+        assert d.deliver(message(0)) == [250]
+        with d.rg.gateway.engine.connect() as conn:
+            number = conn.execute(select(Ticket.number)).scalar_one()
+        status, _, body = d.get(f"/tickets/{number}")
+        assert status == 200 and len(article_ids_on(body)) == 1
+        assert 'id="article-count">1 article<' in body
+        assert 'class="next"' not in body and "page 1 of" not in body
 
 
 class TestWaitingCounts:
