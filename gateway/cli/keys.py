@@ -142,6 +142,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from gateway.crypto.keystore import KeyStoreError
     from gateway.crypto.pgpkeyring import GpgUnavailable
 
     stores = _stores(args)
@@ -150,6 +151,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
         removed = [e.as_dict() for e in store.remove(args.id)]
     except GpgUnavailable as exc:
         return _unavailable(args, exc)
+    except KeyStoreError as exc:      # gpg refused the deletion: its reason
+        print(f"keys {args.kind} remove: {exc}", file=sys.stderr)
+        return EX_DATAERR
     if not removed:
         print(f"keys {args.kind} remove: nothing matches {args.id!r}", file=sys.stderr)
         return 1

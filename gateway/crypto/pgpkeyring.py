@@ -362,12 +362,43 @@ class PgpStore:
         return bool(res.data)
 
     def remove(self, ident: str) -> list[PgpKey]:
+        """Remove the keys matching ident (secret key, public key, stored passphrase).
+
+        Raises GpgUnavailable when gpg gave no answer to a deletion (timed out, or
+        exited non-zero without saying why) and KeyStoreError when it refused one
+        (DELETE_PROBLEM); the message names the key that was not removed and any
+        removed before it.
+        """
         found = self.lookup(ident)
         gpg = self.gpg
-        for k in found:
-            if k.secret:
-                gpg.delete_keys(k.fingerprint, secret=True, expect_passphrase=False)
-            gpg.delete_keys(k.fingerprint)
-            self.passphrase_path(k.fingerprint).unlink(missing_ok=True)
-        self._cache = None
+        done: list[str] = []
+        try:
+            for k in found:
+                if k.secret:
+                    _check_deletion(gpg.delete_keys(k.fingerprint, secret=True,
+                                                    expect_passphrase=False),
+                                    f"the secret key {k.fingerprint}", done)
+                    done.append(f"the secret key {k.fingerprint}")
+                _check_deletion(gpg.delete_keys(k.fingerprint), f"the key {k.fingerprint}",
+                                done)
+                done.append(f"the key {k.fingerprint}")
+                self.passphrase_path(k.fingerprint).unlink(missing_ok=True)
+        finally:
+            self._cache = None
         return found
+
+
+def _check_deletion(res: Any, what: str, done: list[str]) -> None:
+    """Raise unless gpg answered that this deletion was done."""
+    before = f" ({', '.join(done)} was removed before that)" if done else ""
+    status = str(getattr(res, "status", "ok") or "ok")
+    rc = getattr(res, "returncode", 0)
+    if timed_out(res):
+        raise GpgUnavailable(f"{what} was not removed: gpg did not answer within "
+                             f"{GPG_TIMEOUT} s{before}")
+    if status != "ok":           # DELETE_PROBLEM: gpg's reason
+        raise KeyStoreError(f"{what} was not removed: gpg: {status}{before}")
+    if rc:
+        last = (getattr(res, "stderr", "") or "").strip().splitlines()[-1:]
+        raise GpgUnavailable(f"{what} was not removed: gpg failed (exit status {rc})"
+                             + (f": {last[0][:200]}" if last else "") + before)

@@ -13,8 +13,15 @@ import pytest
 from gateway.crypto import pgpkeyring
 from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, CryptoEnv
 from tests.integration.crypto.test_crypto_keys_cli import cli
-from tests.integration.crypto.test_crypto_outbound_temporary import LISTING, use_gpg, wrapper
+from tests.integration.crypto.test_crypto_outbound_temporary import (
+    LISTING,
+    use_gpg,
+    wrapper,
+)
 from tests.integration.crypto.test_crypto_pgp_inbound import INNER, pgp_mime_encrypted
+
+# gpg's options for deleting a key (python-gnupg: --delete-key, --yes --delete-secret-key).
+DELETING = "--delete-key|--delete-secret-key|--delete-keys|--delete-secret-keys"
 
 # What each broken gpg is, and the words of the error it must give.
 BROKEN = {"hangs": ("exec sleep 20", "gpg did not answer within 2 s"),
@@ -88,6 +95,62 @@ class TestKeysPgpImportRemove:
         assert len(r.stderr.strip().splitlines()) == 1
         use_gpg(pgp_env, "gpg")
         assert any(k.addresses == (CUSTOMER,) for k in pgp_env.stores.pgp.all_keys())
+
+    @pytest.mark.parametrize("how", sorted(BROKEN))
+    @pytest.mark.parametrize("who", [CUSTOMER, SUPPORT])
+    def test_remove_whose_deletion_gets_no_answer(self, pgp_env, tmp_path, short_gpg_timeout,
+                                                  how, who):
+        """The lookup works but gpg's deletion hangs or fails: exit 75 with one line that
+        names the cause, nothing on stdout, and the key is still listed (it was reported
+        removed). For the secret key's address the secret key is kept too."""
+        then, words = BROKEN[how]
+        use_gpg(pgp_env, wrapper(tmp_path, DELETING, then))
+        r = cli(pgp_env.conf, "keys", "pgp", "remove", who)
+        assert r.returncode == 75, (r.stdout, r.stderr)
+        assert r.stdout == ""
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("keys pgp remove: ") and words in lines[0]
+        assert "not removed" in lines[0] and lines[0].endswith("try again later")
+        use_gpg(pgp_env, "gpg")
+        keys = [k for k in pgp_env.stores.pgp.all_keys() if who in k.addresses]
+        assert len(keys) == 1 and keys[0].secret is (who == SUPPORT)
+
+    def test_remove_says_what_was_removed_before_the_failure(self, pgp_env, tmp_path,
+                                                             short_gpg_timeout):
+        """The secret key was deleted, the public key's deletion hangs: exit 75 and the
+        line says the secret key was removed; the public key is still listed."""
+        fpr = next(k.fingerprint for k in pgp_env.stores.pgp.all_keys() if k.secret)
+        use_gpg(pgp_env, wrapper(tmp_path, "--delete-key", "exec sleep 20"))
+        r = cli(pgp_env.conf, "keys", "pgp", "remove", SUPPORT)
+        assert r.returncode == 75 and r.stdout == ""
+        assert f"the key {fpr} was not removed: gpg did not answer within 2 s (the " \
+               f"secret key {fpr} was removed before that)" in r.stderr
+        use_gpg(pgp_env, "gpg")
+        keys = [k for k in pgp_env.stores.pgp.all_keys() if SUPPORT in k.addresses]
+        assert len(keys) == 1 and not keys[0].secret
+
+    def test_remove_that_gpg_refuses(self, pgp_env, tmp_path):
+        """gpg answers the deletion with a DELETE_PROBLEM: exit 65 with gpg's reason in
+        one line, and the key is still listed."""
+        use_gpg(pgp_env, wrapper(tmp_path, DELETING,
+                                 "echo '[GNUPG:] DELETE_PROBLEM 3' >&2; exit 2"))
+        r = cli(pgp_env.conf, "keys", "pgp", "remove", CUSTOMER, "--json")
+        assert r.returncode == 65 and r.stdout == ""
+        assert r.stderr.startswith("keys pgp remove: ") and "Ambiguous specification" in r.stderr
+        assert "not removed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        use_gpg(pgp_env, "gpg")
+        assert any(CUSTOMER in k.addresses for k in pgp_env.stores.pgp.all_keys())
+
+    def test_remove_with_gpg_answering_removes(self, pgp_env):
+        """The real gpg removes both keys of the secret key's address and the stored
+        passphrase: exit 0, the key no longer listed."""
+        fpr = next(k.fingerprint for k in pgp_env.stores.pgp.all_keys() if k.secret)
+        r = cli(pgp_env.conf, "keys", "pgp", "remove", SUPPORT)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"removed {fpr}")
+        assert not any(SUPPORT in k.addresses for k in pgp_env.stores.pgp.all_keys())
+        assert not pgp_env.stores.pgp.passphrase_path(fpr).exists()
 
     @pytest.mark.parametrize("how", sorted(BROKEN))
     def test_import(self, pgp_env, pgp_keys, tmp_path, short_gpg_timeout, how):
