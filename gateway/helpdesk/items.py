@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import HandoffError, HandoffItem
 from gateway.helpdesk.mime import DecryptLater, decrypted_mime, strip_prefixed
+from gateway.helpdesk.setfields import set_body, set_headers, with_set_values
 from gateway.model import AttachmentData
 from gateway.outbound.queue import retry_delay
 from gateway.runtime import Runtime
@@ -62,6 +63,12 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
             and cfg.helpdesk.type in PASSES_MIME:
         mime = _decrypted(rt, c, mime, recipients, a, crypto)
     mime = strip_prefixed(mime, cfg.gateway.header_prefixes) if mime else mime
+    if mime and cfg.helpdesk.type in PASSES_MIME:
+        # The helpdesk makes its article (and finds follow-ups) from this message: it
+        # carries what the postmaster filters set, as deskgate's article does.
+        mime = with_set_values(
+            mime, set_headers(loaded.raw, a.get("headers")),
+            set_body(mime, a, crypto, cfg.crypto.store_decrypted_body))
     article = {
         "from": a["from_addr"], "from_email": a["from_email"], "to": a["to_addr"],
         "cc": a["cc_addr"], "reply_to": a["reply_to"], "subject": a["subject"],

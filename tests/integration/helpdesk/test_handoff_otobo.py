@@ -296,3 +296,79 @@ class TestOtoboCrash:
         assert t["title"] == "killed mid answer"
         assert (h["helpdesk_ticket_id"], h["attempts"]) == (str(t["id"]), 2)
         assert proxy.creates == 1
+
+
+# A web form's mail: the subject and the customer come from filters (OTOBO's classic
+# case); a message naming a ticket only in its body is threaded by a set Subject.
+SET_POLICY = r"""
+[[filter]]
+name = "020-webform"
+match = [{ header = "Subject", value = "^web form$" },
+         { header = "Body", value = "email:\\s*(?P<who>\\S+@\\S+)" }]
+[filter.set]
+"Subject" = "Printer order from the web form"
+"From" = "Web Customer <[**\\who**]>"
+"Body" = "The customer wants a printer."
+
+[[filter]]
+name = "030-reference"
+match = [{ header = "Body", value = "our reference:\\s*(\\d+)" }]
+set = { "Subject" = "Re: [Ticket#[***]] printer" }
+"""
+
+
+def plain_msg(n: str, subject: str, body: str, frm: str = "Alice <alice@customer.test>"
+              ) -> bytes:
+    return (f"From: {frm}\r\nTo: support@example.org\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{n}@customer.test>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"\r\n{body}").encode()
+
+
+class TestOtoboGetsFilterSetValues:
+    """What a postmaster filter set (Subject, From, Body) is what the helpdesk gets."""
+
+    @pytest.mark.parametrize("kind", ["pipe", "rest"])
+    def test_set_subject_from_and_body_are_the_articles(
+            self, kind: str, otobo: Otobo, make_confdir: Callable[..., Path],
+            run_gateway: Callable[..., RunningGateway]) -> None:
+        """OTOBO's article has the set Subject, From and Body, not the original ones."""
+        conf = pipe_conf(otobo) if kind == "pipe" else rest_conf(otobo.start_rest())
+        rg = run_gateway(load_config(make_confdir({"50-helpdesk.toml": conf},
+                                                  policies={"10.toml": SET_POLICY})))
+        raw = plain_msg("w1", "web form", "email: dora@customer.test\r\nplease call\r\n",
+                        frm="Web form <noreply@web.example.org>")
+        assert deliver(rg, raw) == 250
+        assert delivered(rg, 1), handoffs(rg)
+        t = otobo.ticket("Printer order from the web form")
+        assert t["customer_user"] == "dora@customer.test"
+        [a] = otobo.articles(t["id"])
+        assert a["subject"] == "Printer order from the web form"
+        assert "dora@customer.test" in a["from"] and "noreply" not in a["from"]
+        assert a["body"].strip() == "The customer wants a printer."
+
+    def test_set_subject_with_ticket_number_is_a_follow_up_in_otobo(
+            self, otobo: Otobo, make_confdir: Callable[..., Path],
+            run_gateway: Callable[..., RunningGateway]) -> None:
+        """A message deskgate threads because a filter set Subject to carry the ticket
+        number becomes an article of that ticket in OTOBO, not a new ticket."""
+        from sqlalchemy import update
+
+        from gateway.store.tables import Ticket
+
+        rg = run_gateway(load_config(make_confdir({"50-helpdesk.toml": pipe_conf(otobo)},
+                                                  policies={"10.toml": SET_POLICY})))
+        assert deliver(rg, plain_msg("f1", "printer jammed", "It is jammed.\r\n")) == 250
+        assert delivered(rg, 1), handoffs(rg)
+        t = otobo.ticket("printer jammed")
+        # The pipe cannot report OTOBO's number; deskgate learns it from the helpdesk's
+        # first reply through its relay. Here it is told directly.
+        with rg.gateway.engine.begin() as conn:
+            conn.execute(update(Ticket).values(helpdesk_ticket_number=t["tn"]))
+        assert deliver(rg, plain_msg("f2", "no number here",
+                                     f"Hello,\r\nour reference: {t['tn']}\r\n")) == 250
+        assert delivered(rg, 2), handoffs(rg)
+        assert [h["kind"] for h in handoffs(rg)] == ["followup", "create"]
+        assert [x["id"] for x in otobo.tickets()] == [t["id"]]
+        arts = otobo.articles(t["id"])
+        assert [x["subject"] for x in arts] == ["printer jammed",
+                                               f"Re: [Ticket#{t['tn']}] printer"]
