@@ -35,6 +35,12 @@ POLICY = """
 def rt_gateway(rt5: RtServer, make_confdir: Callable[..., Path],
                run_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     """A gateway handing off to the session's RT (deskgate queue Support → RT Support)."""
+    return rt_gateway_with(rt5, make_confdir, run_gateway, POLICY)
+
+
+def rt_gateway_with(rt5: RtServer, make_confdir: Callable[..., Path],
+                    run_gateway: Callable[..., RunningGateway], policy: str
+                    ) -> RunningGateway:
     conf = make_confdir({"50-helpdesk.toml": textwrap.dedent(f"""
         [helpdesk]
         type = "rt-rest2"
@@ -45,7 +51,7 @@ def rt_gateway(rt5: RtServer, make_confdir: Callable[..., Path],
         ticket_url = "{rt5.url}/Ticket/Display.html?id={{id}}"
         [helpdesk.queues]
         Raw = "General"
-        """)}, policies={"10.toml": POLICY})
+        """)}, policies={"10.toml": policy})
     secrets = conf.parent / "secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / "rt.token").write_text(rt5.token + "\n")
@@ -62,6 +68,30 @@ def message(mid: str, subject: str, body: str, extra: str = "") -> bytes:
 
 class TestRtHandoff:
     """Mail over LMTP becomes an RT ticket, and its follow-up RT correspondence."""
+
+    def test_filter_set_subject_from_and_body_reach_rt(
+            self, rt5: RtServer, make_confdir: Callable[..., Path],
+            run_gateway: Callable[..., RunningGateway]) -> None:
+        """What a postmaster filter set (Subject, From, Body) is RT's subject, requestor
+        and content: RT gets deskgate's article, not the original message."""
+        tag = uuid.uuid4().hex[:8]
+        rg = rt_gateway_with(rt5, make_confdir, run_gateway, rf"""
+            [[filter]]
+            name = "010-webform"
+            match = [{{ header = "Subject", value = "^web form {tag}$" }},
+                     {{ header = "Body", value = "email:\\s*(?P<who>\\S+@\\S+)" }}]
+            [filter.set]
+            "Subject" = "Printer order {tag}"
+            "From" = "Web Customer <[**\\who**]>"
+            "Body" = "The customer wants a printer."
+            """)
+        assert deliver(rg, message(f"w-{tag}", f"web form {tag}",
+                                   "email: dora@customer.test\r\nplease call\r\n")) == 250
+        assert wait_for(lambda: [h["status"] for h in handoffs(rg)] == ["delivered"], 60)
+        [t] = rt5.database.tickets(f"Printer order {tag}")
+        assert t.requestors == ["dora@customer.test"]
+        [create] = rt5.database.transactions(t.id)
+        assert create.content.strip() == "The customer wants a printer."
 
     def test_create_and_followup_reach_rt(self, rt5: RtServer,
                                           rt_gateway: RunningGateway) -> None:
