@@ -82,8 +82,14 @@ def header_text(msg: Message, name: str) -> str:
 def from_address(msg: Message) -> str:
     """The address of the first mailbox of From, read from the header as it came (an
     encoded display name spelling an address is a name, not that address)."""
-    found = address_header_text(msg.get("From", ""))[1]
+    found = address_header_text(_as_text(msg.get("From", "")))[1]
     return found[0] if found else ""
+
+
+def _as_text(value: object) -> str:
+    """A header value as text: compat32 gives an email.header.Header (not a str) for
+    a header with raw 8-bit bytes; its str() is the text with those bytes decoded."""
+    return value if isinstance(value, str) else str(value)
 
 
 def parse_submission(ctx: OutboundContext, rt: Runtime) -> None:
@@ -317,6 +323,6 @@ def recipients_from_headers(msg: Message) -> list[str]:
     seen: dict[str, None] = {}
     for name in ("To", "Cc", "Bcc"):
         for value in msg.get_all(name, []):
-            for a in address_header_text(value)[1]:
+            for a in address_header_text(_as_text(value))[1]:
                 seen.setdefault(a, None)
     return list(seen)

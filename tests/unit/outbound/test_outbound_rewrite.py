@@ -242,3 +242,12 @@ class TestEncodedDisplayNames:
             b"From: =?utf-8?q?support=40example.org?= <app@internal.test>\r\n"
             b"To: c@customer.test\r\n\r\nbody\r\n", policy=compat32)
         assert from_address(msg) == "app@internal.test"
+
+    def test_headers_with_raw_utf8_are_read_too(self):
+        """compat32 hands a header with raw 8-bit bytes over as an email.header.Header,
+        not a str: From and To are read from it all the same."""
+        msg = message_from_bytes(
+            "From: Jörg <j@x.test>\r\nTo: Zoë <z@y.test>\r\n\r\nbody\r\n".encode(),
+            policy=compat32)
+        assert from_address(msg) == "j@x.test"
+        assert recipients_from_headers(msg) == ["z@y.test"]
