@@ -120,6 +120,11 @@ def _dumps(obj: Any, **_kw: Any) -> str:
     return _JSON.encode(obj)
 
 
+# structlog keeps each logger once it has logged (cheaper per line). The test suite turns
+# this off: structlog.testing.capture_logs cannot see a logger cached before it.
+CACHE_LOGGERS = True
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -135,7 +140,7 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         # WriteLogger: one write of the line with its newline (print makes two, and a flush)
         logger_factory=structlog.WriteLoggerFactory(file=_STDERR),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")

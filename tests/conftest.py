@@ -14,12 +14,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.config import Config, load_config
 from tests.peers.ports import free_port
 from tests.peers.require import missing_peer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import gateway.logs
+
+    gateway.logs.CACHE_LOGGERS = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Every test starts from structlog's defaults: no level filter, no logger cached.
+    An in-process CLI run configures logging at warning level and, with caching, keeps
+    its loggers; a later test's capture_logs then saw nothing (order-dependent)."""
+    structlog.reset_defaults()
+
 
 PG_ADMIN_URL = os.environ.get("DESKGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
