@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import structlog
 from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
@@ -31,10 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> None:
-    """Every test starts from structlog's defaults: no level filter, no logger cached.
-    An in-process CLI run configures logging at warning level and, with caching, keeps
-    its loggers; a later test's capture_logs then saw nothing (order-dependent)."""
-    structlog.reset_defaults()
+    """Every test starts from the same logging: deskgate's own (stderr, info level),
+    with no logger cached. An in-process CLI run configures it at warning level and,
+    with caching, kept its loggers: a later test's capture_logs then saw nothing,
+    depending on the order the tests ran in."""
+    from gateway.logs import setup_logging
+
+    setup_logging("info", "console")
 
 
 PG_ADMIN_URL = os.environ.get("DESKGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
