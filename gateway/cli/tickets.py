@@ -84,18 +84,27 @@ def helpdesk_state(conn: Connection, ticket_id: int, ticket_url: str = ""
     return hd
 
 
-def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
-                  ) -> dict[str, Any] | None:
-    """The JSON of `tickets show N --json` (its field names are a stable contract)."""
-    from sqlalchemy import select
+def ticket_detail(conn: Connection, number: str, ticket_url: str = "", *,
+                  limit: int | None = None, offset: int = 0) -> dict[str, Any] | None:
+    """The JSON of `tickets show N --json` (its field names are a stable contract).
+
+    With `limit` (the dashboard's ticket page) only the articles offset ..
+    offset+limit-1 in id order are read, and `article_count` counts them all."""
+    from sqlalchemy import func, select
 
     from gateway.store.tables import Article, Attachment, Ticket, TicketMove
 
     t = find_ticket(conn, number)
     if t is None:
         return None
-    arts = conn.execute(select(Article).where(Article.ticket_id == t.id)
-                        .order_by(Article.id)).all()
+    query = select(Article).where(Article.ticket_id == t.id).order_by(Article.id)
+    paged: dict[str, Any] = {}
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+        paged["article_count"] = int(conn.execute(
+            select(func.count()).select_from(Article)
+            .where(Article.ticket_id == t.id)).scalar_one())
+    arts = conn.execute(query).all()
     att_rows = conn.execute(select(Attachment.article_id, Attachment.filename,
                                    Attachment.content_type, Attachment.size)
                             .where(Attachment.article_id.in_([a.id for a in arts]))
@@ -119,6 +128,7 @@ def ticket_detail(conn: Connection, number: str, ticket_url: str = ""
                   for m in conn.execute(select(TicketMove).where(TicketMove.ticket_id == t.id)
                                         .order_by(TicketMove.id))],
         "helpdesk": helpdesk_state(conn, t.id, ticket_url),
+        **paged,
         "articles": [{
             "id": a.id, "message_id": a.message_id, "direction": a.direction,
             "sender_type": a.sender_type, "is_visible_for_customer": a.is_visible_for_customer,
