@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 
+# The articles `tickets show` prints unless --limit says otherwise: a ticket a mail loop
+# grew to thousands of articles is not read into memory whole.
+SHOW_LIMIT = 100
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("tickets", help="tickets, articles, attachments, crypto results")
     tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION")
@@ -28,6 +33,10 @@ def register(sub: Any) -> None:
     sp = tsub.add_parser("show", help="one ticket with its articles")
     sp.add_argument("number", help="the ticket number (the helpdesk's, with a helpdesk), "
                     "or id:N for a ticket whose number the helpdesk has not told yet")
+    sp.add_argument("--limit", type=int, default=SHOW_LIMIT,
+                    help=f"at most this many articles, oldest first (default {SHOW_LIMIT})")
+    sp.add_argument("--offset", type=int, default=0,
+                    help="leave out this many articles first (default 0)")
     add_json(sp)
     sp.set_defaults(func=cmd_show)
     mp = tsub.add_parser("move", help="move a ticket to another queue (and priority); the "
@@ -171,12 +180,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.commlog_views import MAX_ROWS
+
+    for option, value in (("--limit", args.limit), ("--offset", args.offset)):
+        if not 0 <= value <= MAX_ROWS:
+            print(f"tickets show: {option} must be between 0 and {MAX_ROWS}", file=sys.stderr)
+            return 2
     cfg = load_readonly(args)
     with _connect(cfg) as conn:
-        detail = ticket_detail(conn, args.number, cfg.helpdesk.ticket_url)
+        detail = ticket_detail(conn, args.number, cfg.helpdesk.ticket_url,
+                               limit=args.limit, offset=args.offset)
     if detail is None:
         print(f"tickets show: no ticket {args.number}", file=sys.stderr)
         return 1
+    shown, count = len(detail["articles"]), detail["article_count"]
+    detail["article_offset"] = args.offset
+    detail["articles_left_out"] = count - shown
     if args.json:
         print_json(detail)
         return 0
@@ -209,6 +228,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                  if m["from_priority"] != m["to_priority"] else ""))
     for k, v in sorted(detail["dynamic_fields"].items()):
         print(f"  DynamicField {k}: {v}")
+    print(f"  {_articles_line(count, args.offset, shown)}")
     for a in detail["articles"]:
         print(f"\n--- article {a['id']} ({a['direction']}, {a['sender_type']}) {a['created']}")
         print(f"From: {a['from']}\nTo: {a['to']}\nSubject: {a['subject']}")
@@ -221,6 +241,18 @@ def cmd_show(args: argparse.Namespace) -> int:
         print()
         print(a["body"])
     return 0
+
+
+def _articles_line(count: int, offset: int, shown: int) -> str:
+    """How many articles the ticket has, and which of them are printed when not all."""
+    if shown == count:
+        return f"{count} article{'' if count == 1 else 's'}"
+    if not shown:
+        return f"no articles shown (--offset {offset}); {count} in all"
+    after = (f" (--offset {offset + shown} for the next)"
+             if offset + shown < count else "")
+    return (f"articles {offset + 1} to {offset + shown} of {count} shown; "
+            f"{count - shown} left out{after}")
 
 
 def cmd_move(args: argparse.Namespace) -> int:
