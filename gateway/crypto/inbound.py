@@ -99,8 +99,10 @@ class _Peeler:
     def _smime_signatures(self, v: smime.Verification) -> None:
         """Every SignerInfo of an S/MIME signature, each with its certificate."""
         self._signatures("smime", [
-            pgp.PgpSignature("", s.fingerprint, s.addresses, s.valid, s.error, s.subject)
-            for s in v.signatures] or [pgp.PgpSignature("", "", v.signers, v.valid, v.error)])
+            pgp.PgpSignature("", s.fingerprint, s.addresses, s.valid, s.error, s.subject,
+                             checked=s.checked)
+            for s in v.signatures] or [pgp.PgpSignature("", "", v.signers, v.valid, v.error,
+                                                        checked=v.checked)])
 
     def _signatures(self, method: str, sigs: list[pgp.PgpSignature]) -> None:
         """Record every signature of one layer or block; finish() gives the verdict."""
@@ -110,7 +112,8 @@ class _Peeler:
         for s in sigs:
             signer = self.from_email if self.from_email in s.signers else (
                 s.signers[0] if s.signers else "")
-            # null: gpg gave no verdict (it did not answer), which is not a bad signature
+            # null: gpg or openssl gave no verdict (it did not answer), which is not a
+            # bad signature
             c.signatures.append({"method": method, "signer": signer, "key_id": s.key_id,
                                  "fingerprint": s.fingerprint,
                                  "valid": s.valid if s.checked else None, "error": s.error})
@@ -137,7 +140,8 @@ class _Peeler:
         Valid only when every signature is good and one of them is the sender's
         (From); a signature that cannot be checked (no public key) is not good, and
         one by a key or certificate without an e-mail address is nobody's. Unknown
-        (None, "not verified") when gpg gave no verdict on one and none is bad.
+        (None, "not verified") when gpg or openssl gave no verdict on one and none
+        is bad.
         """
         c = self.out.crypto
         if not c.signatures:

@@ -85,17 +85,22 @@ class SignerResult:
     subject: str = ""
     valid: bool = False
     error: str = ""
+    # False when openssl gave no verdict (it did not answer within TIMEOUT, or could
+    # not be started): the signature is neither good nor bad, and error says why.
+    checked: bool = True
 
 
 @dataclass
 class Verification:
-    """Every SignerInfo checked on its own; valid only when each one is."""
+    """Every SignerInfo checked on its own; valid only when each one is.
+    `checked` is False when openssl gave no verdict on one of them."""
 
     valid: bool
     signers: list[str] = field(default_factory=list)     # signer certificate addresses
     error: str = ""
     content: bytes = b""                                   # opaque signed-data only
     signatures: list[SignerResult] = field(default_factory=list)
+    checked: bool = True
 
 
 def decrypt(der: bytes, entries: list[SmimeEntry]) -> bytes:
@@ -164,9 +169,14 @@ def verify(sig_der: bytes, content: bytes | None, ca_file: Path,
     With `crl_file` the signer's certificate is checked against the CRLs in it
     (`-crl_check`): revoked → invalid, and so is a signer whose CA has no CRL
     there or whose CRL has expired, as openssl decides.
+
+    An openssl that gives no answer (past TIMEOUT, or not started) gives no verdict:
+    that SignerInfo is not checked, and so is every one after it, without starting
+    openssl again (a hanging openssl would cost a timeout per call).
     """
     results: list[SignerResult] = []
     out = b""
+    no_answer = ""        # why openssl gave no answer, once it did not
     with tempfile.TemporaryDirectory(prefix="dg-smime-") as tmp:
         d = Path(tmp)
         problem = "" if ca_file.exists() else f"no CA trust store ({ca_file})"
@@ -183,36 +193,49 @@ def verify(sig_der: bytes, content: bytes | None, ca_file: Path,
             data = d / "content"
             data.write_bytes(content)
         for i, part in enumerate(cms_split_signers(sig_der)):
+            if no_answer:          # openssl gave no answer for an earlier SignerInfo
+                results.append(SignerResult(error=no_answer, checked=False))
+                continue
             sig, signer = d / f"sig{i}.der", d / f"signer{i}.pem"
             sig.write_bytes(part)
             base = [OPENSSL, "cms", "-verify", "-inform", "DER", "-in", str(sig), "-binary",
                     "-signer", str(signer)] + (["-content", str(data)] if data else [])
-            error = problem
-            if not problem:
-                args = [*base, "-CAfile", str(trust), "-purpose", "smimesign"]
-                if crl_file is not None:
-                    args.append("-crl_check")
-                r = _run(args)
-                error = "" if r.returncode == 0 else _verify_reason(r.stderr)
+            error, checked = problem, True
+            r: subprocess.CompletedProcess[bytes] | None = None
+            try:
+                if not problem:
+                    args = [*base, "-CAfile", str(trust), "-purpose", "smimesign"]
+                    if crl_file is not None:
+                        args.append("-crl_check")
+                    r = _run(args)
+                    error = "" if r.returncode == 0 else _verify_reason(r.stderr)
+            except SmimeError as exc:
+                no_answer = error = str(exc)
+                checked = False
             if error:
                 # Which certificate signed (and, opaque, the content so the message can
                 # be read), without checking anything.
-                r = _run([*base, "-noverify", "-nosigs"])
-            out = out or (r.stdout if r.returncode == 0 else b"")
-            results.append(_signer_result(signer, error))
+                try:
+                    r = _run([*base, "-noverify", "-nosigs"])
+                except SmimeError as exc:
+                    no_answer, r = no_answer or str(exc), None
+            if r is not None:
+                out = out or (r.stdout if r.returncode == 0 else b"")
+            results.append(_signer_result(signer, error, checked))
     valid = bool(results) and all(x.valid for x in results)
     return Verification(valid, list(dict.fromkeys(a for x in results for a in x.addresses)),
                         "; ".join(x.error for x in results if not x.valid),
-                        content=out if content is None else b"", signatures=results)
+                        content=out if content is None else b"", signatures=results,
+                        checked=all(x.checked for x in results))
 
 
-def _signer_result(signer_pem: Path, error: str) -> SignerResult:
+def _signer_result(signer_pem: Path, error: str, checked: bool = True) -> SignerResult:
     try:
         cert = x509.load_pem_x509_certificates(signer_pem.read_bytes())[0]
     except (OSError, ValueError, IndexError):
-        return SignerResult(error=error or "signer certificate not found")
+        return SignerResult(error=error or "signer certificate not found", checked=checked)
     return SignerResult(cert_addresses(cert), fingerprint(cert), cert.subject.rfc4514_string(),
-                        not error, error)
+                        not error, error, checked)
 
 
 # ------------------------------------------------- CMS SignedData, one signer at a time

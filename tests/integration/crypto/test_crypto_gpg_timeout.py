@@ -177,14 +177,16 @@ class TestTimedGpg:
 class TestOpenssl:
     def test_openssl_whose_child_holds_the_pipes_ends(self, crypto_env: CryptoEnv, holder,
                                                       short_timeouts, monkeypatch):
-        """An openssl verification past its timeout raises SmimeError naming it within a
-        few seconds, and the child it left holding the pipes is gone."""
+        """An openssl verification past its timeout ends within a few seconds with the
+        signature not checked, naming the timeout, and the child it left holding the
+        pipes is gone."""
         h = holder("openssl", "-verify")
         monkeypatch.setattr(smime, "OPENSSL", str(h.path))
-        took, exc, _ = bounded(lambda: smime.verify(b"\x30\x03\x02\x01\x00", b"content",
+        took, exc, v = bounded(lambda: smime.verify(b"\x30\x03\x02\x01\x00", b"content",
                                                     crypto_env.root / "keys/smime/ca.pem"),
-                               TIMEOUT + SLACK)
-        assert isinstance(exc, smime.SmimeError), exc
-        assert "openssl did not answer within 2 s" in str(exc)
-        assert took < TIMEOUT + SLACK
+                               2 * TIMEOUT + SLACK)
+        assert exc is None, exc
+        assert not v.checked and not v.valid
+        assert "openssl did not answer within 2 s" in v.error
+        assert took < 2 * TIMEOUT + SLACK      # the check, then the signer lookup
         assert h.started() and gone(h.started())
