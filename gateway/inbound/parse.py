@@ -82,25 +82,86 @@ def address_header_text(raw: str) -> tuple[str, list[str]]:
     The text is for people and for the address parser alike: display names decoded,
     quoted where they hold a special character, so that reading the text again gives
     the addresses of the header as written (`"Doe, John" <jd@x.test>`, not
-    `Doe, John <jd@x.test>` with an address `Doe`). A header without encoded words is
-    only decoded (as decode_header_value). The addresses are lowercased, those with '@'.
+    `Doe, John <jd@x.test>` with an address `Doe`). A group keeps its shape
+    (`Team: a@x.test, b@x.test;`, `undisclosed-recipients:;`), its name decoded as a
+    display name is. A header without encoded words is only decoded (as
+    decode_header_value). The addresses are lowercased, those with '@'.
     """
     if "=?" not in raw:
         text = decode_header_value(raw)
         return text, addresses(text)
     shown: list[str] = []
     found: list[str] = []
+    for group, chunk in _groups(raw):
+        members = _mailbox_texts(chunk, found)
+        if group is None:
+            shown.extend(members)
+        else:
+            name = _display_name(decode_header_value(group))
+            shown.append(f"{name}:{' ' + ', '.join(members) if members else ''};")
+    return ", ".join(shown), found
+
+
+def _mailbox_texts(raw: str, found: list[str]) -> list[str]:
+    """The mailboxes of a list as text (names decoded); their addresses go to found."""
+    shown: list[str] = []
     for name, addr in mailboxes([raw]):
         addr = addr.strip()
-        name = decode_header_value(name)
+        name = _display_name(decode_header_value(name))
         if not name and not addr:
             continue
         if "@" in addr:
             found.append(addr.lower())
-        if name and any(c in _NAME_SPECIALS for c in name):
-            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         shown.append(f"{name} <{addr}>" if name else addr)
-    return ", ".join(shown), found
+    return shown
+
+
+def _display_name(name: str) -> str:
+    """A decoded display name, quoted when it holds a special character."""
+    if name and any(c in _NAME_SPECIALS for c in name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
+def _groups(raw: str) -> list[tuple[str | None, str]]:
+    """An address list split at its groups: (group name as written, its members) or
+    (None, mailboxes outside any group), in order. A ':' or ';' counts only outside
+    quoted strings, comments and angle addresses; a group without its ';' ends with
+    the header. One pass: hostile headers stay linear."""
+    if ":" not in raw:
+        return [(None, raw)]
+    parts: list[tuple[str | None, str]] = []
+    group: str | None = None
+    start = item = 0            # the current chunk; the current address in it
+    quoted = angle = escaped = False
+    depth = 0                   # comment nesting
+    for i, c in enumerate(raw):
+        if escaped:
+            escaped = False
+        elif c == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = c != '"'
+        elif depth:
+            depth += 1 if c == "(" else -1 if c == ")" else 0
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth = 1
+        elif angle:
+            angle = c != ">"
+        elif c == "<":
+            angle = True
+        elif group is None and c == ",":
+            item = i + 1
+        elif group is None and c == ":":
+            parts.append((None, raw[start:item]))
+            group, start = raw[item:i], i + 1
+        elif group is not None and c == ";":
+            parts.append((group, raw[start:i]))
+            group, start, item = None, i + 1, i + 1
+    parts.append((group, raw[start:]))
+    return parts
 
 
 def part_filename(part: Message) -> str:
