@@ -334,14 +334,14 @@ def set_header(p: Parsed, name: str, value: str) -> str | None:
     """A postmaster filter's `set` of `name`: the header list and the field read from it.
 
     As OTOBO's GetParam, what the ticket and article are made from follows the set
-    value: Subject, From (with from_email), To, Cc, Reply-To, In-Reply-To and
-    References. The header replaces the first occurrence and drops the others (one
-    value); address headers are stored as address_header_text gives them, so that
-    reading the stored header again gives the same addresses. `Body` is no header:
-    it replaces the text body and drops the HTML body, which would still show what
-    the filter replaced. Message-ID changes only the header list (duplicate
-    detection keys on the message's own). Returns the value now in the header list,
-    None for Body. p.msg, the message as it came, is not touched.
+    value: Subject, From (with from_email), To, Cc, Reply-To, In-Reply-To, References
+    and Message-ID (also what duplicate detection keys on: the same filters give the
+    same value for the same message). The header replaces the first occurrence and
+    drops the others (one value); address headers are stored as address_header_text
+    gives them, so that reading the stored header again gives the same addresses.
+    `Body` is no header: it replaces the text body and drops the HTML body, which
+    would still show what the filter replaced. Returns the value now in the header
+    list, None for Body. p.msg, the message as it came, is not touched.
     """
     lname = name.lower()
     if lname == "body":
@@ -363,6 +363,8 @@ def set_header(p: Parsed, name: str, value: str) -> str | None:
         p.in_reply_to = value.strip()
     elif lname == "references":
         p.references = value.strip()
+    elif lname == "message-id":
+        p.message_id = value.strip()
     out: list[tuple[str, str]] = []
     done = False
     for k, v in p.headers:

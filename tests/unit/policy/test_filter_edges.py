@@ -159,11 +159,12 @@ class TestSetParsedFields:
         assert p.header_all("Body") == []
         assert ctx.params["Queue"] == "Junk"
 
-    def test_set_message_id_changes_only_the_header_list(self, run_policy):
-        """Message-ID stays the message's own (duplicate detection keys on it)."""
+    def test_set_message_id_changes_the_field_too(self, run_policy):
+        """A set Message-ID is the header and the field the article and duplicate
+        detection read, as a set Subject or In-Reply-To is."""
         ctx = run_policy(one('[{ header = "Subject", value = "printer" }]',
-                             '{ "Message-ID" = "<other@x.test>" }'), mail(mid="<own@x.test>"))
+                             '{ "Message-ID" = " <other@x.test> " }'), mail(mid="<own@x.test>"))
         p = ctx.parsed
         assert p is not None
-        assert p.message_id == "<own@x.test>"
-        assert p.header_all("Message-ID") == ["<other@x.test>"]
+        assert p.message_id == "<other@x.test>"
+        assert p.header_all("Message-ID") == [" <other@x.test> "]
