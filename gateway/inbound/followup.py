@@ -25,7 +25,13 @@ from sqlalchemy import Connection, select, update
 
 from gateway.inbound import bounce as _bounce
 from gateway.inbound.parse import addresses
-from gateway.inbound.ticket import checked_priority, checked_state, dynamic_fields, is_true
+from gateway.inbound.ticket import (
+    checked_priority,
+    checked_state,
+    dynamic_fields,
+    is_set,
+    pending_ignored,
+)
 from gateway.inbound.ticket import pending_time as parse_pending_time
 from gateway.model import MessageContext
 from gateway.runtime import Runtime
@@ -235,7 +241,7 @@ def decide(ctx: MessageContext, rt: Runtime, conn: Connection,
         d.kind = "new-ticket"
         d.reason += f"; ticket is {t.state} and queue {t.queue} opens a new ticket"
         return d
-    keep = is_true(ctx.param("FollowUp-State-Keep"))
+    keep = is_set(ctx.param("FollowUp-State-Keep"))
     if keep:
         d.new_state = None
     elif ctx.param("FollowUp-State"):
@@ -256,7 +262,10 @@ def _ticket_changes(ctx: MessageContext, rt: Runtime, t: Any, d: Decision) -> di
         if vals["state_type"] != "pending":
             vals["pending_until"] = None
     pend = ctx.param("FollowUp-State-PendingTime")
-    if pend:
+    # the state the ticket is left in (OTOBO sets a pending time for a pending one only)
+    if pend and vals.get("state_type", t.state_type) != "pending":
+        pending_ignored(ctx, "FollowUp-State-PendingTime", pend, vals.get("state", t.state))
+    elif pend:
         when = parse_pending_time(pend)
         if when is None:
             ctx.log.log("Error", "FollowUp-State-PendingTime", f"{pend!r} is not a time")

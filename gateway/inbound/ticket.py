@@ -13,12 +13,29 @@ from gateway.runtime import Runtime
 from gateway.store import repo
 
 _TRUE = ("1", "yes", "true", "on")
+# what deskgate documents as false; OTOBO's Perl test of State-Keep knows only "" and "0"
+_FALSE = ("", "0", "no", "false", "off")
 _REL_TIME = re.compile(r"^\+\s*(\d+)\s*([smhdw])$", re.IGNORECASE)
 _REL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def is_true(value: str) -> bool:
-    return value.strip().lower() in _TRUE
+    """Ignore, IsVisibleForCustomer: 1, yes, true or on, and (as OTOBO tests
+    X-OTOBO-Ignore, /(yes|true)/i) any value holding yes or true; any case."""
+    value = value.strip().lower()
+    return value in _TRUE or "yes" in value or "true" in value
+
+
+def is_set(value: str) -> bool:
+    """FollowUp-State-Keep: OTOBO keeps the state for any value but empty and 0 (Perl
+    truth); deskgate's false words no, false and off keep nothing either."""
+    return value.strip().lower() not in _FALSE
+
+
+def pending_ignored(ctx: MessageContext, key: str, value: str, state: str) -> None:
+    """OTOBO sets a pending time only for a pending state: say why this one was not."""
+    ctx.log.log("Notice", key, f"pending time {value!r} ignored: state {state!r} is not a "
+                "pending state")
 
 
 def pending_time(value: str, now: datetime | None = None) -> datetime | None:
@@ -104,14 +121,19 @@ def store(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
         state = checked_state(ctx, rt, "State", pm.default_state)
         param = ctx.params.get      # ctx.param, a dozen times
         title = param("Title", "") or p.subject or "(no subject)"
+        state_type = pm.states.get(state, "new")
         pending = param("State-PendingTime", "")
-        pending_until = pending_time(pending, now) if pending else None
-        if pending and pending_until is None:
-            # as for FollowUp-State-PendingTime: stored, with an Error entry that says why
-            ctx.log.log("Error", "State-PendingTime", f"{pending!r} is not a time")
+        pending_until = None
+        if pending and state_type != "pending":
+            pending_ignored(ctx, "State-PendingTime", pending, state)
+        elif pending:
+            pending_until = pending_time(pending, now)
+            if pending_until is None:
+                # as for FollowUp-State-PendingTime: stored, with an Error entry that says why
+                ctx.log.log("Error", "State-PendingTime", f"{pending!r} is not a time")
         ctx.ticket_id = repo.insert_ticket(
             conn, number=number, title=title[:1000], queue=ctx.queue or pm.default_queue,
-            state=state, state_type=pm.states.get(state, "new"),
+            state=state, state_type=state_type,
             priority=checked_priority(ctx, rt, "Priority", pm.default_priority),
             type=param("Type", pm.default_type), service=param("Service", ""),
             sla=param("SLA", ""), owner=param("Owner", ""),

@@ -11,7 +11,7 @@ from tests.integration.policy.conftest import deliver, set_state, ticket
 from tests.unit.policy.mails import mail
 
 NEW_TICKET = [
-    ("Queue", "Sales"), ("State", "open"), ("Priority", "4 high"), ("Type", "Incident"),
+    ("Queue", "Sales"), ("State", "pending reminder"), ("Priority", "4 high"), ("Type", "Incident"),
     ("Service", "Printing"), ("SLA", "Gold"), ("Title", "Printer floor 3"),
     ("Owner", "agent1"), ("Responsible", "agent2"), ("Lock", "lock"),
     ("CustomerNo", "C-1001"), ("CustomerUser", "carla"), ("SenderType", "agent"),
@@ -22,7 +22,7 @@ NEW_TICKET = [
 
 def check_new_ticket(t: dict) -> None:
     assert (t["queue"], t["state"], t["priority"], t["type"]) == (
-        "Sales", "open", "4 high", "Incident")
+        "Sales", "pending reminder", "4 high", "Incident")
     assert (t["service"], t["sla"], t["title"]) == ("Printing", "Gold", "Printer floor 3")
     assert (t["owner"], t["responsible"], t["lock"]) == ("agent1", "agent2", "lock")
     assert (t["customer_no"], t["customer_user"]) == ("C-1001", "carla")

@@ -152,6 +152,7 @@ class TestCommitStages:
         rt = runtime(clock=clock)
         ctx = context(MAIL)
         ctx.queue = "Support"
+        ctx.params["State"] = "pending reminder"
         ctx.params["State-PendingTime"] = "+2d"
         commit(store, ctx, rt, ticket.store)
         [t] = store.rows(Ticket)
@@ -162,10 +163,12 @@ class TestCommitStages:
         assert a.subject == "Drucker kaputt" and a.ticket_id == t.id
 
     def test_unreadable_pending_time_of_a_new_ticket_is_an_error_entry(self, store):
-        """X-Deskgate-State-PendingTime that is no time: the ticket is stored without
-        one and the communication log says why (as for the follow-up's)."""
+        """X-Deskgate-State-PendingTime that is no time (for a pending state): the ticket
+        is stored without one and the communication log says why (as for the
+        follow-up's)."""
         ctx = context(MAIL)
         ctx.queue = "Support"
+        ctx.params["State"] = "pending reminder"
         ctx.params["State-PendingTime"] = "next tuesday"
         commit(store, ctx, runtime(), ticket.store)
         [t] = store.rows(Ticket)
