@@ -147,7 +147,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     problem = sqlite_location_problem(cfg.database_url)
     if problem is not None:
-        file = cfg.file_of("gateway.database")
+        file, why = cfg.database_origin()
+        problem = f"{problem} ({why})" if why else problem
         if args.json:
             print_json({"ok": False, "errors": [
                 {"file": file, "key": "gateway.database", "reason": problem}]})

@@ -55,10 +55,20 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], fname: str, prefix: str,
                 origins.by_key[f"{dotted}[{start + i}]"] = fname
         else:
             dst[key] = value
-            origins.by_key[dotted] = fname
-            if isinstance(value, list):
-                for i in range(len(value)):
-                    origins.by_key[f"{dotted}[{i}]"] = fname
+            _record(value, fname, dotted, origins)
+
+
+def _record(value: Any, fname: str, dotted: str, origins: _Origins) -> None:
+    """`dotted` and every key in it come from `fname`: a section's keys are recorded
+    one by one even in the first file that has it, so that a key left at its default
+    can be told from one a file sets (Config.database_origin)."""
+    origins.by_key[dotted] = fname
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _record(inner, fname, f"{dotted}.{key}", origins)
+    elif isinstance(value, list):
+        for i in range(len(value)):
+            origins.by_key[f"{dotted}[{i}]"] = fname
 
 
 def _resolve_hints(cls: type) -> dict[str, Any]:

@@ -342,6 +342,23 @@ class Config:
             key = key.rpartition(".")[0]
         return str(self.conf_dir)
 
+    def database_origin(self) -> tuple[str, str]:
+        """Where to report a problem with the database location: the file that sets
+        gateway.database, and, when it is empty (set to "" or by no file), a note that
+        the default under gateway.state_dir is meant and which file sets that. Not
+        file_of, which names the first file with a [gateway] section for a key no file
+        sets, one that may have nothing to do with the database."""
+        setter = self.key_files.get("gateway.database")
+        if self.gateway.database:
+            return setter or self.file_of("gateway.database"), ""
+        state = self.key_files.get("gateway.state_dir")
+        default = (f"the default {self.database_url}, from gateway.state_dir "
+                   + (f"in {state}" if state else f"at its default {self.gateway.state_dir!r}"))
+        if setter:
+            return setter, f"gateway.database is empty: {default}"
+        return str(self.conf_dir), (f"no file under {self.conf_dir} sets gateway.database: "
+                                    f"{default}")
+
     def path(self, value: str) -> Path:
         """Resolve a configured path: relative ones are relative to the parent of conf.d."""
         p = Path(value)

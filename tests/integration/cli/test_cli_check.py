@@ -224,6 +224,39 @@ class TestCheckFindsWhatServeWouldDieOn:
         assert err["file"] == f"{conf}/50-db.toml" and err["key"] == "gateway.database", err
         assert err["reason"].startswith("cannot create files in /proc: "), err
 
+    def test_default_database_location_says_no_file_sets_it(self, make_confdir):
+        """With gateway.database set by no file, a refused SQLite location is reported at
+        the conf.d directory, saying that no file under it sets the key and where the
+        default comes from (the file that sets state_dir), not at the first file with a
+        [gateway] section (10-base.toml, which sets neither)."""
+        conf = make_confdir({"50-state.toml": '[gateway]\nstate_dir = "/proc/deskgate-t"\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"{conf}: gateway.database: cannot create files in /proc: "), \
+            r.stderr
+        assert line.endswith(f" (no file under {conf} sets gateway.database: the default "
+                             "sqlite:////proc/deskgate-t/deskgate.db, from gateway.state_dir "
+                             f"in {conf}/50-state.toml)"), r.stderr
+        r = cli(conf, "check", "--json")
+        (err,) = json.loads(r.stdout)["errors"]
+        assert err["file"] == str(conf) and err["key"] == "gateway.database", err
+        assert f"no file under {conf} sets gateway.database" in err["reason"], err
+
+    def test_empty_database_names_the_file_that_empties_it(self, make_confdir):
+        """gateway.database = "" in a file: a refused location of the default it stands for
+        is reported at that file, saying it is empty and where the default comes from."""
+        conf = make_confdir({"50-state.toml": '[gateway]\nstate_dir = "/proc/deskgate-t"\n',
+                             "60-db.toml": '[gateway]\ndatabase = ""\n'})
+        r = cli(conf, "check")
+        assert r.returncode == 1
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"{conf}/60-db.toml: gateway.database: cannot create files "
+                               "in /proc: "), r.stderr
+        assert line.endswith(" (gateway.database is empty: the default "
+                             "sqlite:////proc/deskgate-t/deskgate.db, from gateway.state_dir "
+                             f"in {conf}/50-state.toml)"), r.stderr
+
     def test_policy_file_not_utf8(self, make_confdir):
         """A policy file in Latin-1 is one `file: reason` line, exit 1, no traceback."""
         conf = make_confdir()

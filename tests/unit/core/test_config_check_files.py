@@ -138,6 +138,36 @@ class TestConfigNamesTheFileOfAKey:
         assert cfg.file_of("gateway.database") == str(conf / "50-db.toml")
         assert cfg.file_of(f"queue[{len(cfg.queue) - 1}].name") == str(conf / "60-q.toml")
 
+    def test_database_origin_of_a_database_no_file_sets(self, make_confdir):
+        """With gateway.database set by no file (state_dir at its default), its origin is
+        the conf.d directory with a note saying so, not the first [gateway] file."""
+        conf = make_confdir()
+        cfg = load_config(conf)
+        assert cfg.file_of("gateway.database") == str(conf / "10-base.toml")
+        assert cfg.database_origin() == (str(conf), (
+            f"no file under {conf} sets gateway.database: the default "
+            f"sqlite:///{conf.parent}/var/deskgate.db, from gateway.state_dir in "
+            f"{conf / '10-base.toml'}"))
+        (conf / "10-base.toml").write_text(
+            (conf / "10-base.toml").read_text().replace('state_dir = "var"\n', ""))
+        assert cfg.database_origin() != load_config(conf).database_origin()
+        assert load_config(conf).database_origin()[1].endswith(
+            "from gateway.state_dir at its default 'var'")
+
+    def test_database_origin_of_a_set_or_emptied_database(self, make_confdir):
+        """A database set in a file is reported there without a note; one set to "" is
+        reported at that file, saying it is empty."""
+        conf = make_confdir({"50-db.toml": '[gateway]\ndatabase = "sqlite:///x.db"\n'})
+        assert load_config(conf).database_origin() == (str(conf / "50-db.toml"), "")
+        (conf / "50-db.toml").write_text('[gateway]\ndatabase = ""\n')
+        file, why = load_config(conf).database_origin()
+        assert file == str(conf / "50-db.toml")
+        assert why.startswith("gateway.database is empty: the default sqlite:///"), why
+        (conf / "50-db.toml").unlink()      # emptied in the first file with [gateway]
+        base = conf / "10-base.toml"
+        base.write_text(base.read_text().replace("[gateway]\n", '[gateway]\ndatabase = ""\n'))
+        assert load_config(conf).database_origin()[0] == str(base)
+
     def test_key_no_file_sets_is_the_directory(self, make_confdir):
         """A key whose section no file has is answered with the conf.d directory."""
         conf = make_confdir()
