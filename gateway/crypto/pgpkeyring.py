@@ -329,6 +329,11 @@ class PgpStore:
     # ------------------------------------------------------------ admin
 
     def import_(self, data: bytes, passphrase: str | None = None) -> list[PgpKey]:
+        """Import every key in data, all or nothing: when one is refused (a protected
+        secret key without its passphrase, a wrong one) or a step fails, the keys this
+        import added and the passphrase files it wrote are removed again and the error
+        says so. A key that was there before stays (gpg may have merged new user ids
+        or signatures from the file into it)."""
         gpg = self.gpg
         before = {k.fingerprint: k.secret for k in self.all_keys()}
         res = gpg.import_keys(data)
@@ -337,24 +342,70 @@ class PgpStore:
             raise KeyStoreError("no OpenPGP key found in the file"
                                 + (f" ({res.stderr.strip().splitlines()[-1]})"
                                    if res.stderr.strip() else ""))
+        written: dict[Path, bytes | None] = {}     # passphrase files: what they held
+        try:
+            self._cache = None
+            keys = [k for k in self.all_keys() if k.fingerprint in fprs]
+            for k in keys:
+                if not k.secret:
+                    continue
+                if not self._can_sign(k.fingerprint, passphrase):
+                    raise KeyStoreError(
+                        f"{k.fingerprint}: wrong passphrase for the secret key" if passphrase
+                        else f"{k.fingerprint}: the secret key is protected; give its "
+                             "passphrase (--passphrase-file)")
+                if passphrase:
+                    path = self.passphrase_path(k.fingerprint)
+                    written.setdefault(path, path.read_bytes() if path.exists() else None)
+                    write_private(path, passphrase.encode() + b"\n")
+                    (self.home / self.PASS_DIR).chmod(0o700)
+            self._cache = None
+            return [k for k in self.all_keys() if k.fingerprint in fprs]
+        except (KeyStoreError, OSError) as exc:
+            why = str(exc) if isinstance(exc, KeyStoreError) else \
+                f"cannot write {exc.filename}: {exc.strerror or exc}"
+            left = self._undo_import(fprs, before, written)
+            text = (f"{why}; nothing was imported" if not left else
+                    f"{why}; the import was not undone completely: {'; '.join(left)}")
+            # GpgUnavailable stays what it is: the CLI and the dashboard say "try later"
+            cls = type(exc) if isinstance(exc, KeyStoreError) else KeyStoreError
+            raise cls(text) from None
+
+    def _undo_import(self, fprs: list[str], before: dict[str, bool],
+                     written: dict[Path, bytes | None]) -> list[str]:
+        """Remove what a failed import added: the keys that were not there, the secret
+        parts of keys that had none, the passphrase files it wrote (put back as they
+        were). What could not be undone, one text each."""
+        left: list[str] = []
+        for path, old in written.items():
+            try:
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write_private(path, old)
+            except OSError as exc:
+                left.append(f"{path}: {exc.strerror or exc}")
         self._cache = None
-        keys = [k for k in self.all_keys() if k.fingerprint in fprs]
-        for k in keys:
-            if not k.secret:
+        try:
+            now = {k.fingerprint: k.secret for k in self.all_keys()}
+        except KeyStoreError as exc:
+            return [*left, f"the keys {', '.join(f for f in fprs if f not in before)} may "
+                    f"be left ({exc})"]
+        gpg = self.gpg
+        for fpr in fprs:
+            if fpr not in now:
                 continue
-            if not self._can_sign(k.fingerprint, passphrase):
-                if not before.get(k.fingerprint):
-                    gpg.delete_keys(k.fingerprint, secret=True, expect_passphrase=False)
-                    self._cache = None
-                raise KeyStoreError(
-                    f"{k.fingerprint}: wrong passphrase for the secret key" if passphrase
-                    else f"{k.fingerprint}: the secret key is protected; give its passphrase "
-                         "(--passphrase-file)")
-            if passphrase:
-                write_private(self.passphrase_path(k.fingerprint), passphrase.encode() + b"\n")
-                (self.home / self.PASS_DIR).chmod(0o700)
+            try:
+                if now[fpr] and not before.get(fpr):
+                    _check_deletion(gpg.delete_keys(fpr, secret=True,
+                                                    expect_passphrase=False),
+                                    f"the secret key {fpr}", [])
+                if fpr not in before:
+                    _check_deletion(gpg.delete_keys(fpr), f"the key {fpr}", [])
+            except KeyStoreError as exc:
+                left.append(str(exc))
         self._cache = None
-        return [k for k in self.all_keys() if k.fingerprint in fprs]
+        return left
 
     def _can_sign(self, fpr: str, passphrase: str | None) -> bool:
         res = self.gpg.sign(b"deskgate passphrase check", keyid=fpr, passphrase=passphrase,

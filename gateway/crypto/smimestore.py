@@ -9,9 +9,12 @@ not be readable by group or others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,26 +284,61 @@ class SmimeStore:
             if not isinstance(key_obj, rsa.RSAPrivateKey):
                 raise KeyStoreError("only RSA keys are supported for S/MIME")
         base = self._file_base(addrs)
-        self.dir.mkdir(parents=True, exist_ok=True)
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
-        Path(f"{base}.pem").write_bytes(pem)
+        writes: list[tuple[Path, bytes | None]] = [(Path(f"{base}.pem"), pem)]
         if key_obj is not None:
             algo: serialization.KeySerializationEncryption = (
                 serialization.BestAvailableEncryption(passphrase) if passphrase
                 else serialization.NoEncryption())
-            write_private(Path(f"{base}.key"), key_obj.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, algo))
-            if passphrase:
-                write_private(Path(f"{base}.passphrase"), passphrase + b"\n")
-            else:
-                Path(f"{base}.passphrase").unlink(missing_ok=True)
-        with self._lock:
-            self._cache = None
-        entry = next((e for e in self.entries() if e.path == Path(f"{base}.pem")), None)
-        if entry is None:       # written but not listed: say so rather than crash
-            raise KeyStoreError(f"{base}.pem was written but is not listed as an S/MIME "
-                                "certificate")
+            writes += [(Path(f"{base}.key"), key_obj.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, algo)),
+                       (Path(f"{base}.passphrase"),
+                        passphrase + b"\n" if passphrase else None)]
+        entry = self._write_all(writes)
         return dataclasses.replace(entry, notes=tuple(notes))
+
+    def _write_all(self, writes: list[tuple[Path, bytes | None]]) -> SmimeEntry:
+        """Write (None: remove) the files of one import, all or nothing: when a write
+        fails, or the certificate is not listed afterwards, every file is put back as
+        it was and KeyStoreError names the reason."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot create {self.dir}: {exc.strerror or exc}; nothing "
+                                "was imported") from None
+        touched = [q for p, _ in writes for q in (p, p.with_name(p.name + ".tmp"))]
+        saved = _save(touched)
+        current = writes[0][0]
+        try:
+            for current, data in writes:
+                if data is None:
+                    current.unlink(missing_ok=True)
+                elif current.suffix == ".pem":
+                    current.write_bytes(data)
+                else:
+                    write_private(current, data)
+            with self._lock:
+                self._cache = None
+            entry = next((e for e in self.entries() if e.path == writes[0][0]), None)
+            if entry is None:       # written but not listed: say so rather than crash
+                raise KeyStoreError(f"{writes[0][0]} was written but is not listed as an "
+                                    "S/MIME certificate")
+            return entry
+        except (OSError, KeyStoreError) as exc:
+            why = (f"cannot write {current}: {exc.strerror or exc}"
+                   if isinstance(exc, OSError) else str(exc))
+            try:
+                _put_back(saved)
+            except OSError as back:
+                raise KeyStoreError(
+                    f"{why}; putting the files back failed ({back.filename}: "
+                    f"{back.strerror or back}): check "
+                    f"{', '.join(str(p) for p, _ in writes)}") from None
+            finally:
+                with self._lock:
+                    self._cache = None
+            raise KeyStoreError(f"{why}; nothing was imported, {self.dir} is as it "
+                                "was") from None
 
     def _file_base(self, addrs: list[str]) -> Path:
         """`<smime_dir>/<address>` for the first address that is a plain file name.
@@ -328,6 +366,55 @@ class SmimeStore:
         with self._lock:
             self._cache = None
         return found
+
+
+# A file as an import found it: its bytes and mode, None when there was none, or
+# "other" for something that is no regular file (left alone).
+_Saved = dict[Path, tuple[bytes, int] | str | None]
+
+
+def _save(paths: list[Path]) -> _Saved:
+    out: _Saved = {}
+    for p in paths:
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            out[p] = None
+            continue
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {p}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            out[p] = "other"
+            continue
+        try:
+            out[p] = (p.read_bytes(), stat.S_IMODE(st.st_mode))
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {p}: {exc.strerror or exc}") from None
+    return out
+
+
+def _put_back(saved: _Saved) -> None:
+    """The files as _save found them (written atomically, with their mode)."""
+    for p, old in saved.items():
+        if old == "other":
+            continue
+        if old is None:
+            with contextlib.suppress(IsADirectoryError):
+                p.unlink(missing_ok=True)
+            continue
+        assert isinstance(old, tuple)
+        data, mode = old
+        try:
+            if p.read_bytes() == data and stat.S_IMODE(p.stat().st_mode) == mode:
+                continue
+        except OSError:
+            pass
+        tmp = p.with_name(p.name + ".restore")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), mode)
+        tmp.replace(p)
 
 
 def revoked_serials(crl_file: Path) -> set[tuple[bytes, int]]:
