@@ -20,6 +20,20 @@ SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 STRICT_ASCII = "500 5.5.2 Error: strict ASCII mode"
+# HELP (RFC 5321 4.1.1.8: 214); the commands the listener takes, STARTTLS where offered
+HELP = "214 2.0.0 Commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET"
+HELP_STARTTLS = HELP + " STARTTLS"
+# VRFY confirms nothing, as Postfix with disable_vrfy_command = yes
+VRFY_DISABLED = "502 5.5.1 VRFY command is disabled"
+# MAIL FROM / RCPT TO syntax, Postfix's replies (gateway.outbound.submission_syntax)
+MAIL_SYNTAX = "501 5.5.4 Syntax: MAIL FROM:<address>"
+RCPT_SYNTAX = "501 5.5.4 Syntax: RCPT TO:<address>"
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+BAD_SIZE = "501 5.5.4 Bad message size syntax"
+UNSUPPORTED_OPTION = "555 5.5.4 Unsupported option"
+NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 # aiosmtpd's answer to the fifth unknown command, replaced by Postfix's 421
 AIOSMTPD_TOO_MANY = "502 5.5.1 Too many unrecognized commands, goodbye."
 # aiosmtpd's refusal of MAIL FROM SIZE= over the limit, replaced by Postfix's
@@ -46,3 +60,10 @@ def with_enhanced_code(status: str) -> str:
             or _HAS_ENHANCED.match(status)):
         return status
     return f"{code} {ENHANCED_BY_CODE.get(code, status[0] + '.0.0')} {status[4:]}".rstrip()
+
+
+def unsupported_option(param: str) -> str:
+    """Postfix's 555 for a MAIL/RCPT parameter, naming it where it can be sent back."""
+    if param.isascii() and param.isprintable():
+        return f"{UNSUPPORTED_OPTION}: {param}"
+    return UNSUPPORTED_OPTION

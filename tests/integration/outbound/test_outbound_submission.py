@@ -87,6 +87,20 @@ class TestNoOpenRelay:
                 assert "PLAIN" in s.esmtp_features["auth"] and \
                     "LOGIN" in s.esmtp_features["auth"]
 
+    def test_help_lists_starttls_until_it_is_used(self, tls_submission, run_gateway):
+        """HELP is answered 214 2.0.0; it names STARTTLS while STARTTLS is offered."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                assert s.docmd("HELP") == (214, b"2.0.0 Commands: AUTH DATA EHLO HELO HELP "
+                                                b"MAIL NOOP QUIT RCPT RSET STARTTLS")
+                s.starttls(context=ctx)
+                s.ehlo()
+                assert s.docmd("HELP") == (214, b"2.0.0 Commands: AUTH DATA EHLO HELO HELP "
+                                                b"MAIL NOOP QUIT RCPT RSET")
+
 
 class TestAuthenticatedSubmission:
     @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
