@@ -54,6 +54,18 @@ GAUGE_REFRESH_ERRORS = Counter(
 # Every series exists at 0 from the start, so that increase() sees the first failure.
 for _gauges in ("outbound_queue", "handoff"):
     GAUGE_REFRESH_ERRORS.labels(_gauges)
+LMTP_RCPT_REFUSED = Counter(
+    "deskgate_lmtp_recipients_refused", "Recipients the LMTP listener refused at RCPT, by "
+    "reply code and reason: unknown (no such system address), invalid (address disabled), "
+    "temporarily_invalid, too_many (over lmtp.max_recipients), syntax, parameter (an "
+    "unsupported RCPT parameter), sequence (RCPT before MAIL), other",
+    ["code", "reason"], registry=REGISTRY)
+# The reasons with the code each is answered with, as series at 0 from the start.
+LMTP_RCPT_REFUSALS = (("550", "unknown"), ("550", "invalid"), ("450", "temporarily_invalid"),
+                      ("452", "too_many"), ("501", "syntax"), ("553", "syntax"),
+                      ("555", "parameter"), ("503", "sequence"))
+for _code, _reason in LMTP_RCPT_REFUSALS:
+    LMTP_RCPT_REFUSED.labels(_code, _reason)
 POLLER_ERRORS = Counter(
     "deskgate_poller_errors", "Failed poll runs (connect, login, fetch) per account",
     ["account"], registry=REGISTRY)

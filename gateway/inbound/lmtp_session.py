@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import structlog
 
-from gateway import errors
+from gateway import errors, metrics
 from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_connection import PAUSE_AT, LmtpBackend, LmtpConnection, peer_name
 from gateway.inbound.lmtp_syntax import (
@@ -48,6 +48,10 @@ log = structlog.get_logger(__name__)
 
 # Unknown commands a client may send before it is disconnected.
 BOGUS_LIMIT = 5
+
+# Why the backend refused a recipient, for the refused-recipients counter.
+_BACKEND_REASONS = {errors.RCPT_UNKNOWN: "unknown", errors.RCPT_INVALID: "invalid",
+                    errors.RCPT_TEMP_INVALID: "temporarily_invalid"}
 
 
 class LmtpSession(LmtpConnection):
@@ -163,15 +167,21 @@ class LmtpSession(LmtpConnection):
         self._record.mail(addr)
         self._reply(errors.SENDER_OK)
 
+    def _refuse_rcpt(self, reason: str, reply: SmtpReply | str, subject: str) -> None:
+        """Refuse a recipient and count it; accepted recipients are not counted."""
+        text = str(reply)
+        metrics.LMTP_RCPT_REFUSED.labels(text[:3], reason).inc()
+        self._refuse("RCPT", text, subject)
+
     def smtp_RCPT(self, arg: str) -> None:
         if self._from is None:
-            self._refuse("RCPT", NEED_MAIL, f"RCPT {arg}")
+            self._refuse_rcpt("sequence", NEED_MAIL, f"RCPT {arg}")
             return
         parsed = parse_path(arg, "TO:")
         if parsed is None or "@" not in parsed[0]:
             if parsed is None or parsed[0].lower() != "postmaster":
-                self._refuse("RCPT", errors.BAD_ADDRESS if parsed else errors.SYNTAX,
-                             f"RCPT {arg}")
+                self._refuse_rcpt("syntax", errors.BAD_ADDRESS if parsed else errors.SYNTAX,
+                                  f"RCPT {arg}")
                 return
             # RFC 5321 4.5.1: the bare postmaster is accepted, as the gateway's own.
             parsed = f"postmaster@{self.hostname}", parsed[1]
@@ -180,17 +190,17 @@ class LmtpSession(LmtpConnection):
             # DSN's NOTIFY and ORCPT are ignored, as RET and ENVID are at MAIL.
             key = p.partition("=")[0].upper()
             if key not in ("NOTIFY", "ORCPT"):
-                self._refuse("RCPT", f"555 5.5.4 RCPT parameter {key} not supported",
-                             f"<{addr}> {p}")
+                self._refuse_rcpt("parameter", f"555 5.5.4 RCPT parameter {key} not supported",
+                                  f"<{addr}> {p}")
                 return
         if len(self._rcpts) >= self.max_recipients:
-            self._refuse("RCPT", errors.TOO_MANY_RCPTS, f"<{addr}>")
+            self._refuse_rcpt("too_many", errors.TOO_MANY_RCPTS, f"<{addr}>")
             return
         reply = self.backend.rcpt_status(addr)
         if not reply.ok:
             own = f"postmaster@{self.hostname}".lower()
             if reply != errors.RCPT_UNKNOWN or addr.lower() != own:
-                self._refuse("RCPT", reply, f"<{addr}>")
+                self._refuse_rcpt(_BACKEND_REASONS.get(reply, "other"), reply, f"<{addr}>")
                 return
             # The gateway's postmaster is accepted even when it is no system address
             # (RFC 5321 4.5.1); the pipeline routes it like mail to an unknown address.
