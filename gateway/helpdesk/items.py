@@ -58,10 +58,13 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         if kind == "create":
             decisions.setdefault(f"DynamicField-{name}", str(value))
     crypto = dict(a.get("crypto") or {})
+    atts = [AttachmentData(filename=r.filename, content_type=r.content_type,
+                           content=bytes(r.content), content_id=r.content_id,
+                           disposition=r.disposition) for r in loaded.attachments]
     mime = loaded.raw
     if crypto.get("decrypted") and cfg.crypto.store_decrypted_body and mime \
             and cfg.helpdesk.type in PASSES_MIME:
-        mime = _decrypted(rt, c, mime, recipients, a, crypto)
+        mime = _decrypted(rt, c, mime, recipients, a, crypto, atts)
     mime = strip_prefixed(mime, cfg.gateway.header_prefixes) if mime else mime
     if mime and cfg.helpdesk.type in PASSES_MIME:
         # The helpdesk makes its article (and finds follow-ups) from this message: it
@@ -77,9 +80,6 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         "body_html": a["body_html"], "sender_type": a["sender_type"],
         "is_visible_for_customer": a["is_visible_for_customer"],
     }
-    atts = [AttachmentData(filename=r.filename, content_type=r.content_type,
-                           content=bytes(r.content), content_id=r.content_id,
-                           disposition=r.disposition) for r in loaded.attachments]
     return HandoffItem(
         id=c.id, kind=kind, key=c.key, attempts=c.earlier + c.attempts, ticket_id=c.ticket_id,
         article_id=c.article_id, helpdesk_ticket_id=t.get("helpdesk_ticket_id") or "",
@@ -90,22 +90,24 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
 
 
 def _decrypted(rt: Runtime, c: outbox.Claimed, raw: bytes, recipients: list[str],
-               a: dict[str, Any], crypto: dict[str, Any]) -> bytes:
+               a: dict[str, Any], crypto: dict[str, Any], atts: list[AttachmentData]
+               ) -> bytes:
     """The decrypted MIME for the helpdesk. A temporary failure (gpg not answering) is
     a failed attempt, retried on the schedule; the last attempt of the schedule, and a
-    permanent failure, hand over what the store holds (a ticket that arrives without
-    its plaintext MIME beats no ticket) with a note in the attempt's log."""
+    permanent failure, hand over what the store holds, the article's text, HTML and
+    attachments `atts` (a ticket that arrives without its plaintext MIME beats no
+    ticket) with a note in the attempt's log."""
     last = retry_delay(rt.config.helpdesk.retry, c.attempts + 1) is None
     try:
         got = decrypted_mime(raw, rt, recipients, str(a.get("from_email") or ""), a,
-                             later=not last)
+                             later=not last, attachments=atts)
     except DecryptLater as exc:
         raise ItemError(f"decrypting the stored message again failed: {exc}; "
                         "tried again on the schedule (its last attempt hands over what "
                         "the store holds)") from None
     if got.failure:
-        what = ("the stored text of the article as text/plain (no attachments, no HTML)"
-                if got.mime is not None else "the message as received (encrypted)")
+        what = (_stored_what(a, atts) if got.mime is not None
+                else "the message as received (encrypted)")
         why = "retries exhausted" if got.temporary else "permanent error"
         if got.mime is None:
             # Its crypto results must not tell the helpdesk the body is decrypted.
@@ -114,6 +116,16 @@ def _decrypted(rt: Runtime, c: outbox.Claimed, raw: bytes, recipients: list[str]
         _NOTES[(c.id, c.attempts)] = (f"the helpdesk gets {what}: decrypting the stored "
                                       f"message again failed ({why}): {got.failure}")[:4000]
     return got.mime if got.mime is not None else raw
+
+
+def _stored_what(a: dict[str, Any], atts: list[AttachmentData]) -> str:
+    """What the fallback built from the store holds, for the attempt's note."""
+    held = (["its HTML"] if a.get("body_html") else []) + (
+        [f"{len(atts)} attachment{'s' if len(atts) != 1 else ''}"] if atts else [])
+    if not held:
+        return "the stored text of the article as text/plain (no attachments, no HTML)"
+    return (f"the stored text of the article with {' and '.join(held)}, as stored "
+            "(rebuilt from the store, not the original MIME)")
 
 
 class ItemError(HandoffError):

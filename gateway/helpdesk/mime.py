@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from gateway.model import AttachmentData
 from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -147,14 +148,17 @@ class Rebuilt:
 
 
 def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: str,
-                   article: dict[str, Any], *, later: bool = False) -> Rebuilt:
+                   article: dict[str, Any], *, later: bool = False,
+                   attachments: Sequence[AttachmentData] = ()) -> Rebuilt:
     """The message with its encrypted layers replaced by the plaintext entity (mime None
     when there is nothing to replace).
 
     When decrypting again fails: with `later` a temporary failure raises DecryptLater
     (the hand-off is tried again); otherwise, and for a permanent failure (no key, wrong
-    passphrase, damaged message), the fallback: the stored text of the article as
-    text/plain when the article holds it, else the stored form, with `failure` set.
+    passphrase, damaged message), the fallback: the message rebuilt from what the store
+    holds for the article (its text, its HTML and `attachments`, the article's stored
+    attachments) when the article holds its plaintext, else the stored form, with
+    `failure` set.
     """
     from gateway.crypto.inbound import unwrap
     from gateway.crypto.pgpkeyring import GpgUnavailable
@@ -180,9 +184,10 @@ def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: s
             raise DecryptLater(failure)
         log.warning("hand-off: decrypting again failed; handing over the stored form",
                     error=failure, temporary=temporary)
-        return Rebuilt(_stored_text(msg, article), failure, temporary)
+        return Rebuilt(_stored_article(msg, article, attachments), failure, temporary)
     if inner is None:
-        return Rebuilt(_stored_text(msg, article))    # inline PGP: nothing to peel
+        # Inline PGP: nothing to peel; the stored text replaces the armored one.
+        return Rebuilt(_stored_article(msg, article, html=False))
     new = Message(policy=compat32)
     for k, v in msg.items():
         if not k.lower().startswith("content-") and k.lower() != "mime-version":
@@ -199,22 +204,90 @@ def decrypted_mime(raw: bytes, rt: Runtime, recipients: list[str], from_email: s
     return Rebuilt(serialize(new))
 
 
-def _stored_text(msg: Message, article: dict[str, Any]) -> bytes | None:
-    """The stored (decrypted) text of the article as text/plain; None (the stored form)
-    when the article holds no plaintext."""
-    body = article.get("body") or ""
-    if not body or "-----BEGIN PGP MESSAGE" in body:
-        return None
-    return _with_body(msg, article)
-
-
-def _with_body(msg: Message, article: dict[str, Any]) -> bytes:
+def _stored_article(msg: Message, article: dict[str, Any],
+                    attachments: Sequence[AttachmentData] = (), *, html: bool = True
+                    ) -> bytes | None:
+    """The message as the store holds the article, under its original headers:
+    multipart/mixed (with attachments) of the text, or multipart/alternative of text
+    and HTML, and the attachments; None (the stored form) when the article holds no
+    plaintext."""
+    from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
     from gateway.outbound.rewrite import serialize
 
-    text = MIMEText(article.get("body") or "", "plain", "utf-8")
+    body = article.get("body") or ""
+    if not body or "-----BEGIN PGP MESSAGE" in body:
+        return None
+    body_html = (article.get("body_html") or "") if html else ""
+    top = _entity(MIMEText(body, "plain", "utf-8"))
+    if body_html:
+        top = _entity(MIMEMultipart("alternative", _subparts=[
+            top, _entity(MIMEText(body_html, "html", "utf-8"))]))
+    if attachments:
+        top = _entity(MIMEMultipart("mixed", _subparts=[
+            top, *(_attachment_part(n, a) for n, a in enumerate(attachments, 1))]))
+    _original_headers(msg, top)
+    return serialize(top)
+
+
+def _entity(part: Message) -> Message:
+    """A part built by email.mime without its MIME-Version (the message has one)."""
+    del part["MIME-Version"]
+    return part
+
+
+def _attachment_part(position: int, a: AttachmentData) -> Message:
+    """The `position`th stored attachment as a MIME part: its bytes (base64; a message/*
+    part as a message, which may not be encoded), its name (in its safe form), type,
+    Content-ID and disposition."""
+    from email.encoders import encode_base64
+    from email.mime.base import MIMEBase
+
+    from gateway.helpdesk.filenames import safe_filename
+    from gateway.outbound.rewrite import serialize
+
+    maintype, _, subtype = (a.content_type or "").lower().partition("/")
+    if not (_TOKEN.fullmatch(maintype) and _TOKEN.fullmatch(subtype)):
+        maintype, subtype = "application", "octet-stream"
+    part: Message | None = None
+    if maintype == "message":
+        # Parsed as the part it was, so each message type is written back its own way
+        # (a message may not be base64-encoded).
+        part = email.message_from_bytes(
+            f"Content-Type: {maintype}/{subtype}\n\n".encode() + a.content, policy=compat32)
+        try:
+            serialize(part)
+        except Exception:       # a part the email package cannot write back: as bytes
+            part = None
+    if part is None:
+        part = _entity(MIMEBase(maintype, subtype))
+        part.set_payload(a.content)
+        encode_base64(part)
+    name = safe_filename(a.filename, position)   # what every hand-off gives the helpdesk
+    charset = None if name.isascii() else "utf-8"
+    part.set_param("name", name, charset=charset)
+    disposition = (a.disposition or "").lower()
+    part["Content-Disposition"] = disposition if _TOKEN.fullmatch(disposition) \
+        else "attachment"
+    part.set_param("filename", name, header="Content-Disposition", charset=charset)
+    cid = "".join(c for c in a.content_id if c.isascii() and c.isprintable() and c != " ")
+    if cid:
+        part["Content-ID"] = f"<{cid}>"
+    return part
+
+
+_TOKEN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _original_headers(msg: Message, into: Message) -> None:
+    """The original headers but its Content-* ones, before `into`'s, with MIME-Version."""
+    own = into.items()
+    for k in list(into.keys()):
+        del into[k]
     for k, v in msg.items():
         if not k.lower().startswith("content-") and k.lower() != "mime-version":
-            text[k] = v
-    return serialize(text)
+            into[k] = v
+    into["MIME-Version"] = "1.0"
+    for k, v in own:
+        into[k] = v
