@@ -276,14 +276,13 @@ class SmimeStore:
         if not addrs:
             raise KeyStoreError(f"{cert_file}: the certificate names no e-mail address")
         if key_obj is not None:
-            pub = serialization.PublicFormat.SubjectPublicKeyInfo
-            enc = serialization.Encoding.DER
-            if key_obj.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(
-                    enc, pub):
+            if not _same_public_key(key_obj, cert):
                 raise KeyStoreError("the private key does not belong to the certificate")
             if not isinstance(key_obj, rsa.RSAPrivateKey):
                 raise KeyStoreError("only RSA keys are supported for S/MIME")
         base = self._file_base(addrs)
+        if key_obj is None:
+            _check_stored_key(base, cert, cert_file)
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
         writes: list[tuple[Path, bytes | None]] = [(Path(f"{base}.pem"), pem)]
         if key_obj is not None:
@@ -366,6 +365,37 @@ class SmimeStore:
         with self._lock:
             self._cache = None
         return found
+
+
+def _same_public_key(key_obj: Any, cert: x509.Certificate) -> bool:
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return bool(key_obj.public_key().public_bytes(enc, pub)
+                == cert.public_key().public_bytes(enc, pub))
+
+
+def _check_stored_key(base: Path, cert: x509.Certificate, cert_file: Path) -> None:
+    """A certificate imported without a key keeps the address's stored key (and
+    passphrase): refuse it unless that key belongs to it, so signing and decryption
+    never use a key of another certificate. A renewal for the same key passes."""
+    key = Path(f"{base}.key")
+    if not key.exists():
+        return
+    pp = Path(f"{base}.passphrase")
+    address = base.name
+    try:
+        stored = _load_key_file(key, pp if pp.exists() else None)
+    except (KeyStoreError, OSError) as exc:
+        why = (f"{exc.filename}: cannot read: {exc.strerror or exc}"
+               if isinstance(exc, OSError) else str(exc))
+        raise KeyStoreError(
+            f"{cert_file}: cannot check the certificate for {address} against the stored "
+            f"private key {key} ({why}); nothing was imported") from None
+    if not _same_public_key(stored, cert):
+        raise KeyStoreError(
+            f"{cert_file}: the certificate for {address} does not match the stored private "
+            f"key {key}; import the new private key with it, or remove the pair first "
+            f"(deskgate keys smime remove {address}); nothing was imported")
 
 
 # A file as an import found it: its bytes and mode, None when there was none, or
