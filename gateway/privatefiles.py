@@ -10,6 +10,7 @@ systemd (whose unit sets UMask=0027).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -29,13 +30,21 @@ def not_private(path: Path) -> str | None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable only by its owner (created 0600, never wider)."""
+    """Write a file readable only by its owner (created 0600, never wider), replacing
+    it at once; when the write or the rename fails, its error is raised and the
+    temporary file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, 0o600)    # a leftover .tmp would keep its wider mode
+            fh.write(data)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def create_private(path: Path, mode: int = 0o600) -> None:
