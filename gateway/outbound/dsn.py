@@ -14,7 +14,9 @@ goes out with SMTPUTF8 (gateway.outbound.transport).
 from __future__ import annotations
 
 import email.utils
+import re
 import secrets
+import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import Message
@@ -23,9 +25,29 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Literal
 
-from gateway.outbound.headers import header_safe, ids_that_fit, raw_utf8
+from gateway.outbound.headers import FOLD_AT, header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.queue import RcptResult
-from gateway.outbound.transport import shown
+from gateway.outbound.transport import reply_line, shown
+
+# A reply is reported whole, every line of a multi-line one (as Postfix's bounce
+# does), up to REPLY_MAX characters; a word is cut to WORD_MAX, so that a folded line
+# stays within RFC 5322's 998 octets.
+REPLY_MAX = 2000
+WORD_MAX = 900
+_LONG_WORD = re.compile(rf"\S{{{WORD_MAX + 1},}}")
+
+
+def _reply(r: RcptResult) -> str:
+    """The recipient's reply on one line (reply_line), for both parts of the DSN."""
+    text = reply_line(r.code, r.reply) if r.code else shown(r.reply)
+    return _LONG_WORD.sub(lambda m: m.group()[:WORD_MAX], text)[:REPLY_MAX]
+
+
+def _wrapped(line: str, indent: str) -> list[str]:
+    """`line` folded at its spaces into lines of at most FOLD_AT characters (a longer
+    word stays whole), each after the first starting with `indent`."""
+    return textwrap.wrap(line, width=FOLD_AT, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False) or [line]
 
 
 def _enhanced(code: int, reply: str, action: str) -> str:
@@ -113,8 +135,9 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     lines.append("")
     for r in results:
         # The address as its own text only (the status fields below keep it readable by
-        # programs): a line break in it would start a line of its own here.
-        lines.append(f"<{shown(r.address)}>: {r.code or ''} {r.reply}".rstrip())
+        # programs): a line break in it would start a line of its own here. Wrapped as
+        # Postfix wraps it, the continuation lines indented.
+        lines += _wrapped(f"<{shown(r.address)}>: {_reply(r)}".rstrip(), "    ")
     text = "\n".join(lines) + "\n"
     report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 
@@ -132,7 +155,7 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         if remote_mta:
             b["Remote-MTA"] = f"dns; {remote_mta}"
         if r.code:
-            b["Diagnostic-Code"] = header_safe(f"smtp; {r.code} {r.reply}")[:900]
+            b["Diagnostic-Code"] = f"smtp; {_reply(r)}"
         if last_attempt:
             b["Last-Attempt-Date"] = email.utils.format_datetime(last_attempt)
         if action == "delayed" and retry_until:
@@ -145,7 +168,9 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         # The fields as written, UTF-8 unencoded (the generator would apply RFC 2047 to
         # header blocks), carried as surrogates like the headers part below.
         status_part = MIMEBase("message", "global-delivery-status")
-        fields = "\r\n\r\n".join("\r\n".join(f"{k}: {v}" for k, v in b.items())
+        # Folded here, as the generator folds the ASCII ones.
+        fields = "\r\n\r\n".join("\r\n".join("\r\n".join(_wrapped(f"{k}: {v}", " "))
+                                               for k, v in b.items())
                                    for b in blocks) + "\r\n"
         raw.put(status_part, fields.encode("utf-8", "surrogateescape"))
     report.attach(status_part)

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 
 from gateway.outbound.context import OutboundContext
+from gateway.outbound.transport import reply_line, reply_text, shown
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
@@ -338,8 +339,9 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
         params.append({"b_id": r.row_id, "b_status": status, "b_code": r.code,
                        "b_reply": r.reply[:2000], "b_now": now})
     st.exhausted = delay is None and bool(st.failed) and any(not r.permanent for r in st.failed)
-    last_error = error or "; ".join(f"<{r.address}>: {r.code} {r.reply}"
-                                    for r in (*st.failed, *st.delayed))[:4000]
+    # On one line (the dashboard's and outqueue's column): an address and a reply are
+    # written as the DSN shows them, a multi-line reply as Postfix logs it.
+    last_error = (shown(error) or _outcomes((*st.failed, *st.delayed)))[:4000]
     values: dict[str, Any] = {"attempts": attempts, "lease_until": None, "claimed_by": "",
                               "updated": now, "last_error": last_error}
     if st.delayed:
@@ -373,20 +375,26 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
         if st.status == "sent":
             conn.execute(_UPD_ARTICLE_SENT, {"b_id": msg.article_id, "b_row": msg.id})
         elif st.failed or st.status == "failed":
-            text = "; ".join(f"<{r.address}>: {r.code} {r.reply}" for r in st.failed)
             conn.execute(_UPD_ARTICLE, {"b_id": msg.article_id, "b_status": "failed",
-                                        "b_error": text[:4000]})
+                                        "b_error": _outcomes(st.failed)[:4000]})
     return st
+
+
+def _outcomes(results: Sequence[RcptResult]) -> str:
+    return "; ".join(f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}" for r in results)
 
 
 # ----------------------------------------------------------------- admin
 
+# What outqueue and the dashboard show is on one line: addresses and texts with their
+# control characters escaped as shown() writes them (a last_error stored before they
+# were escaped too).
 def _row_json(m: Any, rcpts: Sequence[Any]) -> dict[str, Any]:
-    return {"id": m.id, "queue": m.queue, "sender": m.sender,
-            "recipients": [r.address for r in rcpts if r.status == "pending"]
-            or [r.address for r in rcpts],
+    return {"id": m.id, "queue": m.queue, "sender": shown(m.sender),
+            "recipients": [shown(r.address) for r in rcpts if r.status == "pending"]
+            or [shown(r.address) for r in rcpts],
             "attempts": m.attempts, "next_attempt": _aware(m.next_attempt),
-            "last_error": m.last_error}
+            "last_error": shown(m.last_error)}
 
 
 def list_queue(conn: Connection, *, include_done: bool = False,
@@ -423,14 +431,15 @@ def show(conn: Connection, oid: int) -> dict[str, Any] | None:
     rcpts = conn.execute(select(OutboundRecipient).where(OutboundRecipient.outbound_id == oid)
                          .order_by(OutboundRecipient.id)).all()
     d = _row_json(m, rcpts)
-    d.update({"status": m.status, "kind": m.kind, "message_id": m.message_id,
-              "return_path": m.return_path, "submitter": m.submitter,
+    d.update({"status": m.status, "kind": m.kind, "message_id": shown(m.message_id),
+              "return_path": shown(m.return_path), "submitter": shown(m.submitter),
               "ticket_id": m.ticket_id, "article_id": m.article_id, "size": m.size,
               "created": _aware(m.created), "lease_until": _aware(m.lease_until),
               "claimed_by": m.claimed_by,
-              "recipient_status": [{"address": r.address, "status": r.status,
+              "recipient_status": [{"address": shown(r.address), "status": r.status,
                                     "attempts": r.attempts, "last_code": r.last_code,
-                                    "last_reply": r.last_reply} for r in rcpts],
+                                    "last_reply": reply_text(r.last_code, r.last_reply)}
+                                   for r in rcpts],
               "headers": m.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")})
     return d
 

@@ -40,6 +40,7 @@ from gateway.outbound.transport import (
     Transport,
     error_reply,
     make_transport,
+    reply_line,
     shown,
 )
 from gateway.runtime import Runtime
@@ -332,8 +333,9 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     """Outcomes, communication log and DSNs, in one transaction. Re-runnable.
 
     The smarthost's texts are written storable (a NUL, which PostgreSQL refuses, would
-    otherwise crash the record and cost the DSN), the addresses as `shown` (a line
-    break in a queued one would otherwise split its entry). With `crash` (an earlier run crashed)
+    otherwise crash the record and cost the DSN), the addresses as `shown` and the
+    replies as `reply_line` (a line break in a queued address or a multi-line reply
+    would otherwise split its entry). With `crash` (an earlier run crashed)
     no DSN is built and each that was due is an Error naming the crash."""
     relay = rt.config.relay
     results = _storable(results)
@@ -357,7 +359,7 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
                 "so it counts as a failed attempt (the message may or may not have reached "
                 "the relay)"[:3000])
     if not st.recorded:
-        replies = "; ".join(f"<{shown(r.address)}>: {r.code} {r.reply}"
+        replies = "; ".join(f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}"
                             for r in st.unrecorded)
         if st.status == "deleted":
             msg.log("Notice", "Deleted", f"{replies}; not recorded: the message was deleted "
@@ -370,13 +372,14 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         write_comm(conn, comm)
         return st
     for r in st.sent:
-        msg.log("Info", "Delivered", f"<{shown(r.address)}>: {r.code} {r.reply}")
+        msg.log("Info", "Delivered", f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}")
     for r in st.delayed:
-        msg.log("Warn", "Deferred", f"<{shown(r.address)}>: {r.code} {r.reply}; next attempt "
-                f"{st.next_attempt:%Y-%m-%d %H:%M:%S}" if st.next_attempt else "")
+        msg.log("Warn", "Deferred", f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}; "
+                f"next attempt {st.next_attempt:%Y-%m-%d %H:%M:%S}" if st.next_attempt else "")
     for r in st.failed:
         why = "retries exhausted" if not r.permanent else "permanent failure"
-        msg.log("Error", "Failed", f"<{shown(r.address)}>: {r.code} {r.reply} ({why})")
+        msg.log("Error", "Failed",
+                f"<{shown(r.address)}>: {reply_line(r.code, r.reply)} ({why})")
     if crash:
         msg.log("Error", "Record", f"recording this attempt crashed ({crash}); recorded "
                 "without DSNs"[:3000])

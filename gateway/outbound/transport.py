@@ -29,8 +29,12 @@ from gateway.outbound.headers import needs_smtputf8
 class Attempt:
     """What happened on the wire, for the communication log and the queue."""
 
-    codes: list[tuple[int, str]] = field(default_factory=list)   # per recipient, in order
-    error: str = ""                 # connection-level failure (all recipients temporary)
+    # Per recipient, in order; a reply's text as smtplib gives it (a multi-line one with
+    # LF between its lines: see reply_line).
+    codes: list[tuple[int, str]] = field(default_factory=list)
+    # A failure of the whole attempt, on one line (reply_line, shown): temporary for all
+    # recipients unless permanent_error.
+    error: str = ""
     permanent_error: bool = False   # e.g. 5xx to MAIL FROM or DATA
     log: list[tuple[str, str, str]] = field(default_factory=list)   # (priority, key, value)
 
@@ -74,6 +78,25 @@ def shown(address: str) -> str:
     written as \\r, \\n and \\t, other controls, line separators and undecodable
     bytes as \\xNN or \\uNNNN. Other non-ASCII characters (a UTF-8 address) stay."""
     return _NOT_SHOWN.sub(_escape, address)
+
+
+def reply_text(code: int, text: str) -> str:
+    """A reply's text on one line, for the queue, a log line or a DSN: smtplib joins the
+    lines of a multi-line reply with LF; here each line after the first follows its
+    code, as Postfix writes such a reply ("5.1.1 first 550 5.1.1 last"). Control
+    characters are written as shown() writes them."""
+    first, *rest = (ln.rstrip("\r") for ln in text.split("\n"))
+    if not code or not rest:
+        return shown(text)
+    *middle, last = rest
+    return shown(" ".join([first, *(f"{code}-{ln}" for ln in middle), f"{code} {last}"]))
+
+
+def reply_line(code: int, text: str) -> str:
+    """`code text` on one line (see reply_text): "550-5.1.1 first 550 5.1.1 last" for a
+    multi-line reply, as in Postfix's log and bounces."""
+    more = bool(code) and "\n" in text
+    return f"{code}{'-' if more else ' '}{reply_text(code, text)}"
 
 
 class Transport:
@@ -217,12 +240,12 @@ class SmtpTransport(Transport):
         try:
             conn = self._get(att)
         except smtplib.SMTPResponseException as exc:
-            att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.error = reply_line(exc.smtp_code, _text(exc.smtp_error))
             att.permanent_error = False      # an AUTH/greeting refusal is ours to fix: retry
             att.note("Error", "Connect", f"{self.account}: {att.error}")
             return
         except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            att.error = f"{type(exc).__name__}: {exc}"
+            att.error = shown(f"{type(exc).__name__}: {exc}")
             att.note("Error", "Connect", f"{self.account}: {att.error}")
             return
         keep = False
@@ -236,7 +259,7 @@ class SmtpTransport(Transport):
                     reply = (553, "5.6.7 the relay does not offer SMTPUTF8, which a "
                              "non-ASCII address needs")
                     att.codes = [reply] * len(recipients)
-                    att.note("Error", "MailFrom", f"<{sender}>: {reply[0]} {reply[1]}")
+                    att.note("Error", "MailFrom", f"<{shown(sender)}>: {reply[0]} {reply[1]}")
                     keep = True
                     return
                 options.append("SMTPUTF8")
@@ -294,8 +317,8 @@ class SmtpTransport(Transport):
             if not (later and delivered and keep):
                 break
             code, text = t.codes[todo.index(later[0])]
-            att.note("Info", "Recipients", f"{len(later)} recipient(s) refused with {code} "
-                     f"{text}: sent in a following transaction")
+            att.note("Info", "Recipients", f"{len(later)} recipient(s) refused with "
+                     f"{reply_line(code, text)}: sent in a following transaction")
             todo = later
         att.codes = [r for r in replies if r is not None]
         return keep
@@ -307,7 +330,7 @@ class SmtpTransport(Transport):
         keep = False
         try:
             code, text = conn.mail(sender, options)
-            att.note("Debug", "MailFrom", f"<{sender}>: {code} {_text(text)}")
+            att.note("Debug", "MailFrom", f"<{shown(sender)}>: {reply_line(code, _text(text))}")
             if code != 250:
                 att.codes = [(code, _text(text))] * len(recipients)
                 conn.rset()
@@ -322,14 +345,14 @@ class SmtpTransport(Transport):
                 conn.rset()
                 return True
             code, text = self._data(conn, data)
-            att.note("Info", "Data", f"{code} {_text(text)}")
+            att.note("Info", "Data", reply_line(code, _text(text)))
             att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
                          for c, t in att.codes]
             keep = code == 250 or 400 <= code < 600
         except smtplib.SMTPDataError as exc:
             # The DATA command refused: the recipients taken at RCPT get that answer, the
             # others keep their own (a 450 at RCPT is retried, a 550 is not retried).
-            att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.error = reply_line(exc.smtp_code, _text(exc.smtp_error))
             att.permanent_error = 500 <= exc.smtp_code < 600
             reply = (exc.smtp_code, _text(exc.smtp_error))
             att.codes = ([reply if c in (250, 251) else (c, t) for c, t in att.codes]
@@ -338,13 +361,13 @@ class SmtpTransport(Transport):
             att.note("Error", "Data", att.error)
         except smtplib.SMTPResponseException as exc:
             # A reply inside the transaction (e.g. 554 to DATA) means what it says.
-            att.error = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            att.error = reply_line(exc.smtp_code, _text(exc.smtp_error))
             att.permanent_error = 500 <= exc.smtp_code < 600
             att.codes = []
             keep = 400 <= exc.smtp_code < 600
             att.note("Error", "Transaction", att.error)
         except (smtplib.SMTPException, OSError) as exc:
-            att.error = f"{type(exc).__name__}: {exc}"
+            att.error = shown(f"{type(exc).__name__}: {exc}")
             att.codes = []
             att.note("Error", "Transaction", att.error)
         return keep

@@ -248,8 +248,9 @@ class TestDsn:
         assert "a@customer.test" in info.recipient
 
     def test_control_characters_do_not_reach_dsn_headers(self):
-        """A remote reply and a Message-ID with VT/FF/CR in them become spaces in the DSN's
-        headers: it is still built and parsed, with no injected header."""
+        """A remote reply with FF and CR LF in it is written with the FF escaped and its two
+        lines as one (550-... 550 ..., as Postfix does), a Message-ID's VT becomes a space:
+        the DSN is still built and parsed, with no injected header."""
         data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
                          original_headers=b"From: s@example.org",
                          original_message_id="<m1@example.org>\x0bBcc: x@evil.test",
@@ -261,7 +262,7 @@ class TestDsn:
         info = parse_dsn(msg)
         assert info is not None and info.status == "5.1.1"
         assert b"X-Evil: 1\r\n" not in data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-        assert b"Diagnostic-Code: smtp; 550 5.1.1 no such X-Evil: 1" in data
+        assert b"Diagnostic-Code: smtp; 550-5.1.1 no\\x0csuch 550 X-Evil: 1" in data
 
     def test_header_lines_stay_within_998_octets(self):
         """An original Message-ID as long as the queue keeps (998 octets) and a long
@@ -386,7 +387,8 @@ class TestDsn:
         are shown in the human-readable part with those characters written as escapes:
         the DSN parses without defects and no line of that part starts with what followed
         a break. Before, '<a@customer.test>: 250 ok' and 'X-Injected: 1>: 553 ...' were
-        two lines of it."""
+        two lines of it. (A line longer than 78 characters is wrapped, its continuation
+        indented, as Postfix wraps it.)"""
         bad = ["a@customer.test>: 250 ok\r\nX-Injected: 1", "b@customer.test\x0bInjected",
                "c@customer.test\x85Injected", "d@customer.test\u2028Injected"]
         data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
@@ -400,6 +402,7 @@ class TestDsn:
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
         lines = text.get_content().splitlines()
         assert not [ln for ln in lines if ln.startswith(("X-Injected", "Injected"))], lines
+        lines = "\n".join(lines).replace("\n    ", " ").splitlines()     # unwrapped
         assert [ln for ln in lines if ln.startswith("<")] == [
             "<a@customer.test>: 250 ok\\r\\nX-Injected: 1>: 553 5.1.3 address contains a "
             "line break",

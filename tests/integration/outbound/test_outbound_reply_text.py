@@ -1,0 +1,251 @@
+"""What a refused recipient leaves behind: the queue's last_error, the article's
+transmission error, `deskgate outqueue list/show --json` and the DSN, for an address with
+a line break and for a smarthost's multi-line or control-character replies (a real
+smtplib client against a small SMTP server on 127.0.0.1 whose RCPT replies are given)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from email.parser import BytesParser
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from gateway.config import Config
+from gateway.inbound.bounce import parse_dsn
+from gateway.outbound.transport import make_transport
+from gateway.runtime import build_runtime
+from gateway.store import repo
+from gateway.store.db import make_engine, migrate
+from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
+from tests.unit.outbound.test_outbound_queue import enqueue
+from tests.unit.outbound.test_outbound_sender import run_sender
+
+REPO = Path(__file__).resolve().parents[3]
+# smtplib's quoteaddr reads this one as <evil@customer.test>; it fails with 553 5.1.3.
+BAD = "evil@customer.test>\r\nRCPT TO:<victim@elsewhere.test"
+# What no stored or printed text may hold raw: C0 controls, DEL, C1, U+2028/2029.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# The same, but the line breaks of JSON's own indented layout.
+CONTROL_BUT_LF = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class _Session(socketserver.StreamRequestHandler):
+    server: Smarthost
+
+    def _reply(self, text: str) -> None:
+        self.wfile.write(text.encode() + b"\r\n")
+        self.wfile.flush()
+
+    def handle(self) -> None:
+        self._reply("220 smarthost.test ESMTP")
+        rcpts: list[str] = []
+        for raw in self.rfile:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+            if verb == "EHLO":
+                self._reply("250-smarthost.test\r\n250 8BITMIME")
+            elif verb == "MAIL":
+                rcpts = []
+                self._reply("250 2.1.0 OK")
+            elif verb == "RCPT":
+                addr = line[line.index("<") + 1:line.rindex(">")]
+                reply = self.server.replies.get(addr, "250 2.1.5 OK")
+                if reply.startswith("2"):
+                    rcpts.append(addr)
+                self._reply(reply)
+            elif verb == "DATA":
+                self._reply("354 go ahead")
+                data = b""
+                for chunk in self.rfile:
+                    if chunk == b".\r\n":
+                        break
+                    data += chunk[1:] if chunk.startswith(b"..") else chunk
+                self.server.received.append((rcpts, data))
+                self._reply("250 2.0.0 queued")
+            elif verb == "QUIT":
+                self._reply("221 2.0.0 bye")
+                return
+            else:
+                self._reply("250 2.0.0 OK")
+
+
+class Smarthost(socketserver.ThreadingTCPServer):
+    """Answers RCPT TO:<addr> with replies[addr] (CR LF between the lines of a
+    multi-line reply), 250 otherwise; keeps each message it takes."""
+
+    daemon_threads = True
+
+    def __init__(self, replies: dict[str, str]) -> None:
+        super().__init__(("127.0.0.1", 0), _Session)
+        self.replies = replies
+        self.received: list[tuple[list[str], bytes]] = []
+        self.port = self.server_address[1]
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.fixture
+def smarthost() -> Iterator[Smarthost]:
+    host = Smarthost({})
+    yield host
+    host.stop()
+
+
+def cli(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(conf), *args],
+                          capture_output=True, cwd=conf.parent, timeout=60, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+
+
+def attempt(cfg: Config, rcpts: tuple[str, ...], *, rewrite: dict[str, str] | None = None,
+            until: str = "attempted") -> tuple[Engine, int]:
+    """Queue a message (with its article) to `rcpts` through the outbound pipeline, give
+    recipients the queued addresses `rewrite` names (as a row queued before `deskgate send`
+    refused such addresses), run the sender with the configured relay until the first
+    attempt is recorded (or, with until="dsn", the DSN is sent too)."""
+    engine = make_engine(cfg.database_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        repo.sync_config(conn, cfg)
+    rt = build_runtime(cfg)
+    oid = enqueue(engine, rt, rcpts=rcpts)
+    with engine.begin() as conn:
+        for old, new in (rewrite or {}).items():
+            conn.execute(update(OutboundRecipient).where(
+                OutboundRecipient.outbound_id == oid, OutboundRecipient.address == old)
+                .values(address=new))
+
+    def done() -> bool:
+        with engine.connect() as conn:
+            rows = conn.execute(select(OutboundMessage.status, OutboundMessage.attempts)
+                                .order_by(OutboundMessage.id)).all()
+        if until == "dsn":
+            return [r.status for r in rows] == ["failed", "sent"]
+        return rows[0].attempts >= 1
+
+    run_sender(engine, rt, make_transport(cfg), done)
+    assert done(), "the attempt was not recorded"
+    return engine, oid
+
+
+def strings(value: object) -> Iterator[str]:
+    """Every string in a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+def unwrapped(text: str) -> list[str]:
+    """The lines of a DSN's readable part, each continuation line (indented, as Postfix
+    wraps them) joined to the line it continues."""
+    lines: list[str] = []
+    for ln in text.splitlines():
+        if ln.startswith("    ") and lines:
+            lines[-1] += " " + ln.strip()
+        else:
+            lines.append(ln)
+    return lines
+
+
+class TestStoredErrorsAreOneLine:
+    def test_last_error_transmission_error_and_outqueue_json_hold_no_control_characters(
+            self, smarthost, outbound_config):
+        """A recipient with CR LF (553, not sent) and one the smarthost defers with a
+        two-line reply holding ESC and DEL: the queue's last_error, the article's
+        transmission error and `outqueue list/show --json` name both with every control
+        character written as an escape (\\r, \\n, \\x1b, \\x7f), the two reply lines as
+        one (450-... 450 ...). Before, last_error and the transmission error held the
+        address's raw CR LF and the reply's LF, ESC and DEL, and list --json printed DEL
+        raw."""
+        smarthost.replies["a@customer.test"] = (
+            "450-4.2.0 <a@customer.test>\x1b[31m mailbox busy\r\n450 4.2.0 try\x7f later")
+        cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
+        engine, oid = attempt(cfg, ("a@customer.test", "b@customer.test"),
+                              rewrite={"b@customer.test": BAD})
+        with engine.connect() as conn:
+            m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).one()
+            art = conn.execute(select(Article).where(Article.id == m.article_id)).one()
+        assert (m.status, m.attempts) == ("queued", 1)
+        bad_shown = ("<evil@customer.test>\\r\\nRCPT TO:<victim@elsewhere.test>: "
+                     "553 5.1.3 address contains a line break")
+        deferred = ("<a@customer.test>: 450-4.2.0 <a@customer.test>\\x1b[31m mailbox busy "
+                    "450 4.2.0 try\\x7f later")
+        assert not CONTROL.search(m.last_error), repr(m.last_error)
+        assert m.last_error == f"{bad_shown}; {deferred}"
+        assert art.transmission_status == "failed"
+        assert not CONTROL.search(art.transmission_error), repr(art.transmission_error)
+        assert art.transmission_error == bad_shown
+
+        res = cli(cfg.conf_dir, "outqueue", "list", "--json")
+        assert res.returncode == 0, res.stderr
+        assert not CONTROL_BUT_LF.search(res.stdout), repr(res.stdout)
+        (row,) = json.loads(res.stdout)
+        assert row["last_error"] == m.last_error
+        assert not [s for s in strings(row) if CONTROL.search(s)], row
+
+        res = cli(cfg.conf_dir, "outqueue", "show", str(oid), "--json")
+        assert res.returncode == 0, res.stderr
+        shown = json.loads(res.stdout)
+        shown.pop("headers")        # the message's header block, lines as they are
+        assert not CONTROL_BUT_LF.search(json.dumps(shown, ensure_ascii=False, indent=2))
+        assert not [s for s in strings(shown) if CONTROL.search(s)], shown
+        assert {(r["address"], r["last_code"], r["last_reply"])
+                for r in shown["recipient_status"]} == {
+            ("a@customer.test", 450, "4.2.0 <a@customer.test>\\x1b[31m mailbox busy "
+             "450 4.2.0 try\\x7f later"),
+            ("evil@customer.test>\\r\\nRCPT TO:<victim@elsewhere.test", 553,
+             "5.1.3 address contains a line break")}
+
+        text = cli(cfg.conf_dir, "outqueue", "show", str(oid))
+        assert "\x1b" not in text.stdout and "\x7f" not in text.stdout
+        assert not [ln for ln in text.stdout.splitlines() if ln.startswith("RCPT TO")]
+        engine.dispose()
+
+
+class TestMultiLineReplies:
+    def test_the_dsn_carries_every_line_of_a_multiline_refusal(self, smarthost,
+                                                               outbound_config):
+        """RCPT answered '550-5.1.1 first line' / '550 5.1.1 second line': the DSN's
+        Diagnostic-Code is 'smtp; 550-5.1.1 first line 550 5.1.1 second line' (as
+        Postfix's bounce writes a multi-line reply) and the readable part says the
+        same on one (wrapped) line; the DSN parses without defects. Before, the
+        Diagnostic-Code lost the second line's code and the readable part broke the reply
+        into two lines, the second starting with '5.1.1 second line'."""
+        smarthost.replies["a@customer.test"] = ("550-5.1.1 first line\r\n"
+                                                "550 5.1.1 second line")
+        cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
+        engine, _ = attempt(cfg, ("a@customer.test",), until="dsn")
+        engine.dispose()
+        dsns = [data for _, data in smarthost.received if b"multipart/report" in data]
+        assert len(dsns) == 1
+        msg = BytesParser(policy=default_policy).parsebytes(dsns[0])
+        assert all(not p.defects for p in msg.walk()), [p.defects for p in msg.walk()]
+        info = parse_dsn(BytesParser().parsebytes(dsns[0]))
+        assert info is not None and info.status == "5.1.1"
+        assert info.diagnostic == "550-5.1.1 first line 550 5.1.1 second line"
+        head = dsns[0].split(b"\r\n\r\n", 1)[0]
+        assert b"\r\n\r\n" in dsns[0] and not re.search(rb"(?<!\r)\n", head)
+        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        lines = unwrapped(text.get_content())
+        assert "<a@customer.test>: 550-5.1.1 first line 550 5.1.1 second line" in lines
+        assert not [ln for ln in text.get_content().splitlines()
+                    if ln.startswith("5.1.1")], text.get_content()
