@@ -29,6 +29,7 @@ from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
 from gateway.helpdesk.filenames import safe_filename
 from gateway.helpdesk.http import opener, redirect_note, request
+from gateway.inbound.ticket import is_set
 
 Log = list[tuple[str, str, str]]
 # Ticket attributes TicketCreate/TicketUpdate take by name, and the decision behind each.
@@ -271,7 +272,9 @@ class OtoboRest:
         if d.get("CustomerNo"):
             ticket["CustomerID"] = d["CustomerNo"]
         if d.get("State-PendingTime"):
-            self._pending(ticket, d["State-PendingTime"], log)
+            state = ticket["State"]
+            self._pending(ticket, "State-PendingTime", d["State-PendingTime"], state,
+                          self._is_pending(state), log)
         body = self._payload(item, {k[13:]: v for k, v in d.items()
                                     if k.startswith("DynamicField-")}, log)
         body["Ticket"] = ticket
@@ -300,14 +303,23 @@ class OtoboRest:
                                 else value)
         # OTOBO's PostMaster: a follow-up moves a ticket that is not new to
         # PostmasterFollowUpState, unless FollowUp-State-Keep.
-        keep = d.get("FollowUp-State-Keep", "").lower() in ("1", "yes", "true")
+        keep = is_set(d.get("FollowUp-State-Keep", ""))
         if not keep and not ticket.get("State") and not str(t.get("StateType", "")).startswith(
                 "new"):
             ticket["State"] = self.config.postmaster.followup_state
         if keep:
             ticket.pop("State", None)
         if d.get("FollowUp-State-PendingTime"):
-            self._pending(ticket, d["FollowUp-State-PendingTime"], log)
+            # the state the follow-up leaves the ticket in: the one it sets, else its own
+            own = str(t.get("State") or "")
+            state = ticket.get("State") or own
+            pending = self._is_pending(state, str(t.get("StateType") or "") if state == own
+                                       else "")
+            self._pending(ticket, "FollowUp-State-PendingTime",
+                          d["FollowUp-State-PendingTime"], state, pending, log)
+            if "PendingTime" in ticket:
+                # OTOBO's TicketUpdate sets a pending time only together with a State
+                ticket.setdefault("State", state)
         body = self._payload(item, {k[22:]: v for k, v in d.items()
                                     if k.startswith("FollowUp-DynamicField-")}, log)
         body["Article"]["HistoryType"] = "FollowUp"
@@ -319,7 +331,21 @@ class OtoboRest:
                     f"{tn} (id {target})" + (f"; set {ticket}" if ticket else "")))
         return Delivered(target, tn, "updated", log)
 
-    def _pending(self, ticket: dict[str, Any], value: str, log: Log) -> None:
+    def _is_pending(self, state: str, otobo_type: str = "") -> bool:
+        """Whether `state` is a pending state: its type in [postmaster.states], else
+        the type OTOBO reported for it (a state deskgate does not list)."""
+        known = self.config.postmaster.states.get(state)
+        if known is not None:
+            return known == "pending"
+        return otobo_type.lower().startswith("pending")
+
+    def _pending(self, ticket: dict[str, Any], key: str, value: str, state: str,
+                 pending: bool, log: Log) -> None:
+        """PendingTime from `value`, for a pending state only (as deskgate's store)."""
+        if not pending:
+            log.append(("Notice", key, f"pending time {value!r} ignored: state {state!r} is "
+                        "not a pending state"))
+            return
         pt = pending_time(value)
         if pt is None:
             log.append(("Warn", "PendingTime", f"{value!r} is not a pending time OTOBO "
