@@ -66,6 +66,31 @@ class TestLoop:
         """
         assert run_policy(force, mail(frm="robot@customer.test")).loop is True
 
+    @pytest.mark.parametrize("value", ["1", "yes", "On", "TRUE", "Yes please", "true."])
+    def test_loop_values_that_set_the_flag(self, run_policy, value):
+        """Loop sets the flag for the values Ignore drops a message for: 1, yes, true,
+        on, and any value holding yes or true, in any case."""
+        force = f"""
+            [[filter]]
+            name = "010-robot"
+            match = [{{ header = "From", email = "robot@.*" }}]
+            set = {{ "X-OTOBO-Loop" = "{value}" }}
+        """
+        assert run_policy(force, mail(frm="robot@customer.test")).loop is True
+
+    @pytest.mark.parametrize(("value", "loop"), [("no", False), ("0", False), ("OFF", False),
+                                                 ("false", False), ("maybe", True)])
+    def test_loop_values_that_clear_or_leave_the_flag(self, run_policy, value, loop):
+        """Loop 0, no, false or off clears a detected loop; another word leaves it."""
+        clear = f"""
+            [[filter]]
+            name = "010-our-list"
+            match = [{{ header = "List-Id", value = "users" }}]
+            set = {{ "X-Deskgate-Loop" = "{value}" }}
+        """
+        ctx = run_policy(clear, mail(headers=[("List-Id", "<users.lists.customer.test>")]))
+        assert ctx.loop is loop
+
 
 class TestBounce:
     @pytest.mark.parametrize("returned", ["message", "headers"])
