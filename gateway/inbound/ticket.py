@@ -81,15 +81,20 @@ def dynamic_fields(ctx: MessageContext, prefix: str = "") -> dict[str, str]:
 
 
 def article_values(ctx: MessageContext, rt: Runtime, raw_id: int) -> dict[str, object]:
+    """The article's columns. As OTOBO's PostMaster, a follow-up's article reads
+    FollowUp-SenderType and FollowUp-IsVisibleForCustomer (a new ticket's the names
+    without FollowUp-); missing or empty, they are customer and visible."""
     p = ctx.parsed
     assert p is not None
     store_body = rt.config.crypto.store_decrypted_body or not ctx.crypto.decrypted
     body = p.body if store_body else "(encrypted; the decrypted text is not stored)"
-    sender_type = ctx.param("SenderType", "customer") or "customer"
+    lead = "FollowUp-" if ctx.action == "followup" else ""
+    sender_type = ctx.param(f"{lead}SenderType", "customer") or "customer"
     if sender_type not in ("customer", "agent", "system"):
-        ctx.log.log("Error", "SenderType", f"sender type {sender_type!r} unknown; using customer")
+        ctx.log.log("Error", f"{lead}SenderType",
+                    f"sender type {sender_type!r} unknown; using customer")
         sender_type = "customer"
-    visible = ctx.param("IsVisibleForCustomer", "1")
+    visible = ctx.param(f"{lead}IsVisibleForCustomer", "1")
     return {
         "direction": "incoming", "sender_type": sender_type,
         "is_visible_for_customer": is_true(visible) if visible else True,
