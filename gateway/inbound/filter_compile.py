@@ -11,7 +11,7 @@ import regex
 
 from gateway.config import Config, FilterConfig
 from gateway.inbound.regexcost import backtracking_bound, required_literal
-from gateway.inbound.xheaders import canonical
+from gateway.inbound.xheaders import canonical, unknown_hint
 
 _COND_KEYS = frozenset({"header", "value", "email", "not"})
 # [***] and [**\name**] in a set value
@@ -125,8 +125,8 @@ def _compile_filter(f: FilterConfig, prefixes: Sequence[str],
                 "would depend on the order of the keys (set each once)")
             continue
         if param is None and _has_prefix(key, prefixes):
-            bad(f"set.{key}", "unknown X-header (docs/policies.md lists them, "
-                "under X-headers and trust)")
+            bad(f"set.{key}", f"unknown X-header{unknown_hint(key, prefixes)} "
+                "(docs/policies.md lists them, under X-headers and trust)")
             continue
         if param in _PSEUDO:
             bad(f"set.{key}", f"{param} is computed from the message and cannot be set")
