@@ -13,10 +13,11 @@ Semantics follow OTOBO's MatchDBSource, with decisions made on purpose:
   (evaluated in order up to the first that holds);
 - `[***]` is group 1 of the last positive condition that has groups, `[**\\name**]`
   a named group of any of them (later conditions win);
-- a `set` of Subject, From, To, Cc, Reply-To, In-Reply-To, References or Body also
-  changes the parsed field read from it (parse.set_header), as OTOBO's Set changes
-  GetParam: the article, the ticket title, the customer user and follow-up detection
-  follow the set value; the raw message stays as it came;
+- a `set` of Subject, From, To, Cc, Reply-To, Message-ID, In-Reply-To, References or
+  Body also changes the parsed field read from it (parse.set_header), as OTOBO's Set
+  changes GetParam: the article, the ticket title, the customer user, follow-up
+  detection and (Message-ID) the article's message_id and the key duplicate detection
+  uses follow the set value; the raw message stays as it came;
 - a pattern that exceeds `postmaster.filter_timeout` makes its condition fail, negated
   or not (an undecided condition never fires a filter), and is logged as Warn; all
   timed patterns of one message share MESSAGE_BUDGET times filter_timeout.
