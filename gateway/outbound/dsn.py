@@ -50,14 +50,17 @@ def _wrapped(line: str, indent: str) -> list[str]:
                          break_long_words=False, break_on_hyphens=False) or [line]
 
 
-def _enhanced(code: int, reply: str, action: str) -> str:
-    head = reply.split(" ", 1)[0] if reply else ""
+def _enhanced(r: RcptResult, action: str) -> str:
+    """The Status: the enhanced code the server gave at the start of its reply, else
+    X.0.0 from the reply's class. A 5xx that is retried (RcptResult.temporary) is
+    reported in class 4, as Postfix's soft bounce reports it."""
+    head = r.reply.split(" ", 1)[0] if r.reply else ""
     parts = head.split(".")
     if len(parts) == 3 and all(p.isdigit() for p in parts) and head[0] in "245":
-        return head
-    if action == "delayed":
+        return "4" + head[1:] if r.temporary and head[0] == "5" else head
+    if action == "delayed" or r.temporary:
         return "4.0.0"
-    return "5.0.0" if code >= 500 or code == 0 else "4.0.0"
+    return "5.0.0" if r.code >= 500 or r.code == 0 else "4.0.0"
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -151,7 +154,7 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         kind = "rfc822" if r.address.isascii() else "utf-8"
         b["Final-Recipient"] = header_safe(f"{kind}; {r.address}")
         b["Action"] = action
-        b["Status"] = _enhanced(r.code, r.reply, action)
+        b["Status"] = _enhanced(r, action)
         if remote_mta:
             b["Remote-MTA"] = f"dns; {remote_mta}"
         if r.code:

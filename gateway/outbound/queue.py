@@ -251,6 +251,8 @@ class RcptResult:
     address: str
     code: int                 # SMTP code; 0 = not tried (connection failed)
     reply: str
+    # A 5xx that refused the connection, not the message (transport.retried): retried.
+    temporary: bool = False
 
     @property
     def ok(self) -> bool:
@@ -258,7 +260,7 @@ class RcptResult:
 
     @property
     def permanent(self) -> bool:
-        return 500 <= self.code < 600
+        return 500 <= self.code < 600 and not self.temporary
 
 
 def retry_delay(schedule: Sequence[float], attempts: int, rng: random.Random | None = None

@@ -41,6 +41,7 @@ from gateway.outbound.transport import (
     error_reply,
     make_transport,
     reply_line,
+    retried,
     shown,
 )
 from gateway.runtime import Runtime
@@ -321,11 +322,10 @@ class Sender:
 
 
 def results_of(m: oq.Claimed, att: Attempt) -> list[oq.RcptResult]:
-    if att.codes and len(att.codes) == len(m.recipients):
-        return [oq.RcptResult(rid, addr, code, text)
-                for (rid, addr), (code, text) in zip(m.recipients, att.codes, strict=True)]
-    code, text = error_reply(att)
-    return [oq.RcptResult(rid, addr, code, text) for rid, addr in m.recipients]
+    codes = (att.codes if att.codes and len(att.codes) == len(m.recipients)
+             else [error_reply(att)] * len(m.recipients))
+    return [oq.RcptResult(rid, addr, code, text, temporary=retried(att, (code, text)))
+            for (rid, addr), (code, text) in zip(m.recipients, codes, strict=True)]
 
 
 def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,

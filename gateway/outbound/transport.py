@@ -36,10 +36,19 @@ class Attempt:
     # recipients unless permanent_error.
     error: str = ""
     permanent_error: bool = False   # e.g. 5xx to MAIL FROM or DATA
+    # The server's reply that failed the whole attempt, (code, text) as smtplib gives it
+    # (the text without its code); (0, "") when no reply did (a timeout, a crash).
+    refusal: tuple[int, str] = (0, "")
     log: list[tuple[str, str, str]] = field(default_factory=list)   # (priority, key, value)
 
     def note(self, priority: str, key: str, value: str) -> None:
         self.log.append((priority, key, value))
+
+    def refused(self, code: int, text: str, *, permanent: bool) -> None:
+        """The whole attempt failed with the server's reply `code text`."""
+        self.refusal = (code, text)
+        self.error = reply_line(code, text)
+        self.permanent_error = permanent
 
 
 # An address holding CR or LF can go on no SMTP command line: smtplib refuses it
@@ -240,8 +249,8 @@ class SmtpTransport(Transport):
         try:
             conn = self._get(att)
         except smtplib.SMTPResponseException as exc:
-            att.error = reply_line(exc.smtp_code, _text(exc.smtp_error))
-            att.permanent_error = False      # an AUTH/greeting refusal is ours to fix: retry
+            # An AUTH/greeting refusal is ours to fix: retried, even a 5xx (error_reply).
+            att.refused(exc.smtp_code, _text(exc.smtp_error), permanent=False)
             att.note("Error", "Connect", f"{self.account}: {att.error}")
             return
         except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
@@ -300,6 +309,7 @@ class SmtpTransport(Transport):
                                      options)
             if t.error:
                 att.error, att.permanent_error = t.error, t.permanent_error
+                att.refusal = t.refusal
             if len(t.codes) != len(todo):
                 # The transaction failed as a whole: its error is the answer for every
                 # recipient an earlier transaction did not deliver.
@@ -333,8 +343,7 @@ class SmtpTransport(Transport):
             att.note("Debug", "MailFrom", f"<{shown(sender)}>: {reply_line(code, _text(text))}")
             if code != 250:
                 att.codes = [(code, _text(text))] * len(recipients)
-                conn.rset()
-                return True
+                return _reset(conn)
             accepted = []
             for r in recipients:
                 code, text = conn.rcpt(r)
@@ -342,8 +351,7 @@ class SmtpTransport(Transport):
                 if code in (250, 251):
                     accepted.append(r)
             if not accepted:
-                conn.rset()
-                return True
+                return _reset(conn)
             code, text = self._data(conn, data)
             att.note("Info", "Data", reply_line(code, _text(text)))
             att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
@@ -352,17 +360,17 @@ class SmtpTransport(Transport):
         except smtplib.SMTPDataError as exc:
             # The DATA command refused: the recipients taken at RCPT get that answer, the
             # others keep their own (a 450 at RCPT is retried, a 550 is not retried).
-            att.error = reply_line(exc.smtp_code, _text(exc.smtp_error))
-            att.permanent_error = 500 <= exc.smtp_code < 600
-            reply = (exc.smtp_code, _text(exc.smtp_error))
+            att.refused(exc.smtp_code, _text(exc.smtp_error),
+                        permanent=500 <= exc.smtp_code < 600)
+            reply = att.refusal
             att.codes = ([reply if c in (250, 251) else (c, t) for c, t in att.codes]
                          if len(att.codes) == len(recipients) else [])
             keep = 400 <= exc.smtp_code < 600
             att.note("Error", "Data", att.error)
         except smtplib.SMTPResponseException as exc:
             # A reply inside the transaction (e.g. 554 to DATA) means what it says.
-            att.error = reply_line(exc.smtp_code, _text(exc.smtp_error))
-            att.permanent_error = 500 <= exc.smtp_code < 600
+            att.refused(exc.smtp_code, _text(exc.smtp_error),
+                        permanent=500 <= exc.smtp_code < 600)
             att.codes = []
             keep = 400 <= exc.smtp_code < 600
             att.note("Error", "Transaction", att.error)
@@ -390,14 +398,31 @@ def _too_many(code: int, text: str) -> bool:
     return code == 452 or (code == 552 and text.startswith("5.5.3"))
 
 
+def _reset(conn: smtplib.SMTP) -> bool:
+    """RSET after a transaction the server refused; whether the connection may be
+    reused. A server that closed the connection after its refusal (MAIL FROM answered
+    554, then gone) leaves that refusal as the answer, not the closed connection."""
+    try:
+        return conn.rset()[0] == 250
+    except (smtplib.SMTPException, OSError):
+        return False
+
+
 def error_reply(att: Attempt) -> tuple[int, str]:
-    """The (code, text) every recipient gets from an attempt that failed as a whole: a
-    5xx is kept only when it refused the message itself (an AUTH or greeting refusal
-    is ours to fix: retried); no reply at all is code 0 (temporary)."""
-    code = int(att.error[:3]) if att.error[:3].isdigit() else 0
-    if code >= 500 and not att.permanent_error:
-        code = 400 + code % 100
-    return code, att.error or "not delivered"
+    """The (code, text) every recipient gets from an attempt that failed as a whole: the
+    server's reply as it gave it (its code once, before the text, as for a reply to
+    RCPT), or code 0 (temporary) with the error when no reply did. A 5xx that refused
+    the connection rather than the message is retried (see retried)."""
+    if att.refusal[0]:
+        return att.refusal
+    return 0, att.error or "not delivered"
+
+
+def retried(att: Attempt, reply: tuple[int, str]) -> bool:
+    """Whether a recipient's 5xx `reply` is the attempt's refusal of the connection
+    (greeting, EHLO, STARTTLS, AUTH): a refusal of the relay's that is ours to fix, so
+    retried like a 4xx (Postfix's soft bounce), while the reply is reported as given."""
+    return (not att.permanent_error and reply[0] >= 500 and reply == att.refusal)
 
 
 class MaildirTransport(Transport):

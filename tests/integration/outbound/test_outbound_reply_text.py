@@ -26,7 +26,7 @@ from gateway.outbound.transport import make_transport
 from gateway.runtime import build_runtime
 from gateway.store import repo
 from gateway.store.db import make_engine, migrate
-from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
+from gateway.store.tables import Article, CommEntry, OutboundMessage, OutboundRecipient
 from tests.unit.outbound.test_outbound_queue import enqueue
 from tests.unit.outbound.test_outbound_sender import run_sender
 
@@ -47,8 +47,11 @@ class _Session(socketserver.StreamRequestHandler):
         self.wfile.flush()
 
     def handle(self) -> None:
-        self._reply("220 smarthost.test ESMTP")
+        self._reply(self.server.greeting)
+        if not self.server.greeting.startswith("220"):
+            return
         rcpts: list[str] = []
+        refuse = False
         for raw in self.rfile:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
@@ -56,6 +59,13 @@ class _Session(socketserver.StreamRequestHandler):
                 self._reply("250-smarthost.test\r\n250 8BITMIME")
             elif verb == "MAIL":
                 rcpts = []
+                # A DSN (null sender) is always taken.
+                refuse = not line.upper().startswith("MAIL FROM:<>")
+                if refuse and self.server.mail_reply:
+                    self._reply(self.server.mail_reply)
+                    if self.server.close_after == "MAIL":
+                        return
+                    continue
                 self._reply("250 2.1.0 OK")
             elif verb == "RCPT":
                 addr = line[line.index("<") + 1:line.rindex(">")]
@@ -64,6 +74,11 @@ class _Session(socketserver.StreamRequestHandler):
                     rcpts.append(addr)
                 self._reply(reply)
             elif verb == "DATA":
+                if refuse and self.server.data_reply:
+                    self._reply(self.server.data_reply)
+                    if self.server.close_after == "DATA":
+                        return
+                    continue
                 self._reply("354 go ahead")
                 data = b""
                 for chunk in self.rfile:
@@ -81,13 +96,20 @@ class _Session(socketserver.StreamRequestHandler):
 
 class Smarthost(socketserver.ThreadingTCPServer):
     """Answers RCPT TO:<addr> with replies[addr] (CR LF between the lines of a
-    multi-line reply), 250 otherwise; keeps each message it takes."""
+    multi-line reply), 250 otherwise; MAIL and the DATA command of a message with a
+    sender (not a DSN) with mail_reply and data_reply when one is set (then closes the
+    connection if close_after names that command); greets with `greeting` (and closes
+    the connection when it is no 220); keeps each message it takes."""
 
     daemon_threads = True
 
     def __init__(self, replies: dict[str, str]) -> None:
         super().__init__(("127.0.0.1", 0), _Session)
         self.replies = replies
+        self.mail_reply = ""
+        self.data_reply = ""
+        self.close_after = ""
+        self.greeting = "220 smarthost.test ESMTP"
         self.received: list[tuple[list[str], bytes]] = []
         self.port = self.server_address[1]
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -249,3 +271,104 @@ class TestMultiLineReplies:
         assert "<a@customer.test>: 550-5.1.1 first line 550 5.1.1 second line" in lines
         assert not [ln for ln in text.get_content().splitlines()
                     if ln.startswith("5.1.1")], text.get_content()
+
+
+def the_dsn(host: Smarthost) -> bytes:
+    dsns = [data for _, data in host.received if b"multipart/report" in data]
+    assert len(dsns) == 1, host.received
+    return dsns[0]
+
+
+class TestWholeTransactionRefused:
+    @pytest.mark.parametrize(("stage", "close_after"), [
+        ("DATA", ""), ("DATA", "DATA"), ("MAIL", ""), ("MAIL", "MAIL")])
+    def test_the_recipient_and_the_dsn_carry_the_servers_reply_once(
+            self, smarthost, outbound_config, stage, close_after):
+        """The smarthost refuses the whole transaction with '554 5.7.1 rejected' (to the
+        DATA command or to MAIL FROM, keeping the connection or closing it after its
+        answer): each recipient's reply, the queue's last_error, the article's
+        transmission error, the communication log and the DSN carry the reply once,
+        and the DSN's Status is the server's 5.7.1 (Diagnostic-Code 'smtp; 554 5.7.1
+        rejected'), as Postfix's bounce. Before, a smarthost closing the connection
+        after refusing MAIL FROM left the recipients deferred with the closed
+        connection as their reply."""
+        if stage == "DATA":
+            smarthost.data_reply = "554 5.7.1 rejected"
+        else:
+            smarthost.mail_reply = "554 5.7.1 rejected"
+        smarthost.close_after = close_after
+        cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
+        engine, oid = attempt(cfg, ("a@customer.test", "b@customer.test"), until="dsn")
+        with engine.connect() as conn:
+            m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).one()
+            art = conn.execute(select(Article).where(Article.id == m.article_id)).one()
+            rcpts = conn.execute(select(OutboundRecipient.address, OutboundRecipient.status,
+                                        OutboundRecipient.last_code,
+                                        OutboundRecipient.last_reply)
+                                 .where(OutboundRecipient.outbound_id == oid)
+                                 .order_by(OutboundRecipient.id)).all()
+            logged = [v for (v,) in conn.execute(select(CommEntry.value))]
+        engine.dispose()
+        assert [tuple(r) for r in rcpts] == [
+            ("a@customer.test", "failed", 554, "5.7.1 rejected"),
+            ("b@customer.test", "failed", 554, "5.7.1 rejected")]
+        assert "554 554" not in m.last_error and "554 5.7.1 rejected" in m.last_error
+        assert art.transmission_error == ("<a@customer.test>: 554 5.7.1 rejected; "
+                                          "<b@customer.test>: 554 5.7.1 rejected")
+        assert not [v for v in logged if "554 554" in v], logged
+        assert "<a@customer.test>: 554 5.7.1 rejected (permanent failure)" in logged
+        data = the_dsn(smarthost)
+        assert b"554 554" not in data
+        msg = BytesParser(policy=default_policy).parsebytes(data)
+        report = next(p for p in msg.walk()
+                      if p.get_content_type() == "message/delivery-status")
+        blocks = report.get_payload()[1:]
+        assert [(b["Status"], b["Diagnostic-Code"]) for b in blocks] == [
+            ("5.7.1", "smtp; 554 5.7.1 rejected")] * 2
+        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        assert "<a@customer.test>: 554 5.7.1 rejected" in unwrapped(text.get_content())
+
+    @pytest.mark.parametrize(("greeting", "code", "text"), [
+        ("554 5.7.1 no service here", 554, "5.7.1 no service here"),
+        ("421 4.3.2 busy", 421, "4.3.2 busy")])
+    def test_a_refused_connection_defers_with_the_servers_reply_once(
+            self, smarthost, outbound_config, greeting, code, text):
+        """The smarthost greets with a refusal: every recipient is deferred (a refusal of
+        the connection is the relay's to fix, retried even when 5xx) with the server's
+        reply once, '554 5.7.1 no service here' in the recipient's reply, the queue's
+        last_error and the communication log. Before, they read '454 554 5.7.1 no
+        service here' and '421 421 4.3.2 busy'."""
+        smarthost.greeting = greeting
+        cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
+        engine, oid = attempt(cfg, ("a@customer.test",))
+        with engine.connect() as conn:
+            m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).one()
+            rcpt = conn.execute(select(OutboundRecipient.status, OutboundRecipient.last_code,
+                                       OutboundRecipient.last_reply)
+                                .where(OutboundRecipient.outbound_id == oid)).one()
+            logged = [v for (v,) in conn.execute(select(CommEntry.value))]
+        engine.dispose()
+        assert (m.status, tuple(rcpt)) == ("queued", ("pending", code, text))
+        assert m.last_error == greeting
+        deferred = [v for v in logged if v.startswith("<a@customer.test>: ")]
+        assert len(deferred) == 1 and deferred[0].startswith(
+            f"<a@customer.test>: {greeting}; next attempt "), deferred
+
+    def test_a_refused_connection_defers_the_others_of_a_refused_address(
+            self, smarthost, outbound_config):
+        """A queued address with CR LF fails for good (553 5.1.3); the other recipient,
+        whose connection the smarthost refused with 554 5.7.1, is deferred with that reply
+        once, not failed."""
+        smarthost.greeting = "554 5.7.1 no service here"
+        cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
+        engine, oid = attempt(cfg, ("a@customer.test", "b@customer.test"),
+                              rewrite={"b@customer.test": BAD})
+        with engine.connect() as conn:
+            rcpts = conn.execute(select(OutboundRecipient.status, OutboundRecipient.last_code,
+                                        OutboundRecipient.last_reply)
+                                 .where(OutboundRecipient.outbound_id == oid)
+                                 .order_by(OutboundRecipient.id)).all()
+        engine.dispose()
+        assert [tuple(r) for r in rcpts] == [
+            ("pending", 554, "5.7.1 no service here"),
+            ("failed", 553, "5.1.3 address contains a line break")]

@@ -107,3 +107,25 @@ class TestDiagnosticCode:
         info = parse_dsn(message_from_bytes(data))
         assert info is not None and info.status == "5.1.1"
         assert info.recipient == "j\u00f6rg@b\u00fccher.test"
+
+
+class TestStatus:
+    def test_a_retried_5xx_is_reported_in_class_4_with_the_servers_reply(self):
+        """A relay refusing the connection with 554 5.7.1 (retried, as a refusal of the
+        relay is ours to fix): the delay notice says Status 4.7.1 and Diagnostic-Code
+        'smtp; 554 5.7.1 no service', as Postfix's soft bounce reports it."""
+        data = build_dsn(action="delayed", reporting_mta="helpdesk.test",
+                         to="app@internal.test", original_headers=b"From: s@example.org",
+                         original_message_id="<m1@example.org>",
+                         results=[oq.RcptResult(1, "a@x.test", 554, "5.7.1 no service",
+                                                temporary=True)],
+                         remote_mta="smarthost.test", arrival=datetime.now(UTC))
+        info = parse_dsn(message_from_bytes(data))
+        assert info is not None
+        assert (info.status, info.diagnostic) == ("4.7.1", "554 5.7.1 no service")
+
+    def test_a_refusal_without_an_enhanced_code_gets_x00_from_its_class(self):
+        """'554 no thanks' (no enhanced code) gives Status 5.0.0."""
+        info = parse_dsn(message_from_bytes(dsn("a@x.test", 554, "no thanks")))
+        assert info is not None
+        assert (info.status, info.diagnostic) == ("5.0.0", "554 no thanks")
