@@ -25,6 +25,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
 from gateway.helpdesk.mime import safe_mime_filenames, split_head, strip_prefixed
+from gateway.inbound.ticket import is_set, is_true
 
 EX_TEMPFAIL = 75
 STDERR_TAIL = 600
@@ -65,6 +66,25 @@ def _yes(value: Any) -> str:
     return "1" if value in (True, 1, "1", "yes", "true") else "0"
 
 
+def _truth(name: str, value: str, item: HandoffItem) -> str:
+    """A yes/no decision in a form OTOBO reads as deskgate decided it: OTOBO keeps the
+    state for any value but empty and 0 ('no' too) and stores a visibility flag as it
+    is given, so the pipe sends 1 (or 0, or nothing), never the raw value."""
+    if name == "FollowUp-State-Keep":
+        return "1" if is_set(value) else ""
+    # IsVisibleForCustomer / FollowUp-IsVisibleForCustomer: the stored article holds
+    # deskgate's decision (missing or empty is visible)
+    decided = _from_article("IsVisibleForCustomer", item)
+    if decided:
+        return str(decided)
+    return ("1" if is_true(value) else "0") if value.strip() else ""
+
+
+# The yes/no decisions rendered by _truth.
+_TRUTHS = frozenset({"IsVisibleForCustomer", "FollowUp-IsVisibleForCustomer",
+                     "FollowUp-State-Keep"})
+
+
 def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]:
     """deskgate's decisions as (name without prefix, value) in OTOBO's header names."""
     d = item.decisions
@@ -80,6 +100,8 @@ def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]
             value: Any = d.get(name, "")
             if name == "Queue":
                 value = item.queue or hd.helpdesk_queue(d.get("Queue", ""))
+            elif name in _TRUTHS:
+                value = _truth(name, value, item)
             elif name in _FROM_TICKET and not value:
                 value = item.ticket.get(_FROM_TICKET[name], "")
             elif not value:
@@ -96,13 +118,17 @@ def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]
             value = d.get(name, "")
             if name == "FollowUp-Queue" and value:
                 value = hd.helpdesk_queue(value)
+            elif name in _TRUTHS:
+                value = _truth(name, value, item)
             elif not value:
                 value = _from_article(name.removeprefix("FollowUp-"), item)
             put(name, value)
         for key in sorted(d):
             if key.startswith("FollowUp-DynamicField-"):
                 put(key, d[key])
-    if _yes(d.get("Loop", "")) == "1":
+    # OTOBO takes any X-OTOBO-Loop but empty and 0 as a loop ('no' too): only deskgate's
+    # own true values send one
+    if is_true(d.get("Loop", "")):
         put("Loop", "yes")
     out.extend(crypto_headers(item.crypto))
     return out

@@ -120,6 +120,29 @@ class TestPipeFollowUp:
         assert [a["body"] for a in otobo.articles(t["id"])] == ["Hello helpdesk.\n",
                                                                "Still broken.\n"]
 
+    def test_state_keep_no_and_visibility_as_deskgate_decided(
+            self, otobo: Otobo, helpdesk_config: MakeConfig) -> None:
+        """FollowUp-State-Keep: no keeps nothing in deskgate, and OTOBO (which would keep
+        the state for 'no') moves the pending ticket to open too; IsVisibleForCustomer
+        off arrives as an article the customer does not see."""
+        c = pipe(helpdesk_config, otobo.postmaster_command())
+        first = item(mail("Waiting mouse"), decisions={
+            "State": "pending reminder", "State-PendingTime": "+2d",
+            "IsVisibleForCustomer": "off"})
+        first = dataclasses.replace(first, article={**first.article,
+                                                    "is_visible_for_customer": False})
+        c.deliver(first)
+        assert otobo.ticket("Waiting mouse")["state"] == "pending reminder"
+        reply = item(mail("Re: Waiting mouse", "Any news?\n",
+                          in_reply_to=first.article["message_id"]),
+                     kind="followup", queue="Raw",
+                     decisions={"FollowUp-State-Keep": "no",
+                                "FollowUp-IsVisibleForCustomer": "yes"})
+        c.deliver(reply)
+        [t] = otobo.tickets()
+        assert t["state"] == "open"
+        assert [a["visible"] for a in otobo.articles(t["id"])] == [0, 1]
+
     def test_follow_up_by_ticket_number_in_subject(
             self, otobo: Otobo, helpdesk_config: MakeConfig) -> None:
         """A message with [Ticket#N] of a ticket OTOBO created itself threads into it."""
