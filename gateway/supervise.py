@@ -7,15 +7,20 @@ one with LMTP only, on the same sockets. The Gateway itself (what runs) is the
 composition root in gateway.app; this module only decides how many and how long.
 The commit process's supervision (a new one when it dies) is gateway.supervise_commit's;
 forking, the pid file lock and the signal plumbing are gateway.supervise_fork's.
+The directories serve needs are made here first, each failure named by its setting.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import pwd
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -50,8 +55,9 @@ from gateway.supervise_fork import (
 
 __all__ = [     # the commit process's supervision and the pid file, importable from here
     "COMMIT_GONE", "COMMIT_PROCESS_NAME", "COMMIT_UP", "LMTP_WORKER_NAME", "CommitKeeper",
-    "lock_pidfile", "pidfile_path", "reload_everywhere", "run_serve", "serve", "serve_worker",
-    "spawn_commit_process",
+    "DirectoryProblem", "WorkDir", "directory_problem", "directory_warnings",
+    "lock_pidfile", "pidfile_path", "prepare_directories", "reload_everywhere", "run_serve",
+    "serve", "serve_worker", "spawn_commit_process", "work_directories",
 ]
 
 log = structlog.get_logger(__name__)
@@ -204,9 +210,11 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(config: Config) -> None:
-    """`deskgate serve`: lock the pid file, migrate, bind, fork the commit process
-    ([store] commit_process) and [lmtp] workers - 1 LMTP workers, serve.
-    Raises errors.InUse when another gateway runs on this configuration."""
+    """`deskgate serve`: make its directories, lock the pid file, migrate, bind, fork the
+    commit process ([store] commit_process) and [lmtp] workers - 1 LMTP workers, serve.
+    Raises DirectoryProblem when a directory cannot be made or written, errors.InUse
+    when another gateway runs on this configuration."""
+    prepare_directories(config)
     lock_pidfile(config)
     gw = Gateway(config)
     try:
@@ -268,3 +276,135 @@ def run_serve(config: Config) -> None:
         _reap(workers)
         raise
 
+
+# ---------------------------------------------------------------- directories
+
+
+class DirectoryProblem(Exception):
+    """A directory serve needs cannot be created or written; the text names the setting."""
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """A directory deskgate creates or writes, and the setting that puts it there."""
+
+    key: str            # as configuration errors name it: relay.maildir, lmtp.listen[0]
+    value: str          # the key's value as written, or its default
+    resolved: Path      # what the value resolves to (the file, for a socket or database)
+    directory: Path     # the directory to create or write
+    use: str = ""       # who writes it later; "" for serve, which makes it before serving
+
+    def setting(self, config: Config) -> str:
+        """`"VALUE" (in FILE)`, or `(the default)` when no file sets the key."""
+        file = config.key_files.get(self.key)
+        where = f"in {file}" if file else "the default"
+        return f"{json.dumps(self.value, ensure_ascii=False)} ({where})"
+
+
+def work_directories(config: Config) -> list[WorkDir]:
+    """The directories `serve` makes before it serves (the pid file's, the SQLite
+    database's, the metrics', the LMTP sockets', the outbox Maildir), then those written
+    later on (the key stores, the classifier's model); each directory once."""
+    from sqlalchemy.engine import make_url
+
+    state, gw = config.state_dir, config.gateway
+    found = [WorkDir("gateway.state_dir", gw.state_dir, state, state / "run")]
+    url = make_url(config.database_url)
+    db = url.database or ""
+    if url.get_backend_name() == "sqlite" and db and db != ":memory:" \
+            and not db.startswith("file:"):
+        found.append(WorkDir("gateway.database", gw.database, Path(db), Path(db).parent)
+                     if gw.database else         # the default, in state_dir
+                     WorkDir("gateway.state_dir", gw.state_dir, state, state))
+    if config.lmtp.workers > 1:
+        found.append(WorkDir("gateway.state_dir", gw.state_dir, state, state / "run" / "metrics"))
+    for i, spec in enumerate(config.lmtp.listen):
+        if spec.startswith("unix:"):
+            sock = config.path(spec[5:])
+            found.append(WorkDir(f"lmtp.listen[{i}]", spec, sock, sock.parent))
+    if config.relay.mode == "maildir":
+        outbox = config.path(config.relay.maildir)
+        found.append(WorkDir("relay.maildir", config.relay.maildir, outbox, outbox))
+    c = config.crypto
+    found += [WorkDir("crypto.gnupg_home", c.gnupg_home, config.path(c.gnupg_home),
+                      config.path(c.gnupg_home), "gpg writes there whenever deskgate signs, "
+                      "encrypts or decrypts with PGP or PGP keys are imported"),
+              WorkDir("crypto.smime_dir", c.smime_dir, config.path(c.smime_dir),
+                      config.path(c.smime_dir), "importing S/MIME keys (`deskgate keys "
+                      "smime import`, the dashboard's key pages) writes there")]
+    if config.classifier.enabled:
+        model = config.classifier.model
+        found.append(WorkDir("classifier.model", model, config.path(model), config.path(model),
+                             "training the classifier writes its model there") if model else
+                     WorkDir("gateway.state_dir", gw.state_dir, state, state / "classifier",
+                             "training the classifier writes its model there "
+                             "(classifier.model is empty)"))
+    unique: dict[Path, WorkDir] = {}
+    for w in found:
+        unique.setdefault(w.directory, w)
+    return list(unique.values())
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK,
+                     effective_ids=os.access in os.supports_effective_ids)
+
+
+def directory_problem(directory: Path, *, create: bool) -> str | None:
+    """Why this process's user cannot create or write `directory`; None when it can.
+    With `create` the missing directories are made; without it nothing is, and the
+    nearest existing one is asked (os.access): what `check` can tell cheaply."""
+    missing: list[Path] = []
+    existing = directory
+    # os.path.exists: Path.exists raises on a directory we may not search (3.11)
+    while not os.path.exists(existing) and existing != existing.parent:  # noqa: PTH110
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        return (f"cannot create {missing[-1]}: {existing} is not a directory" if missing
+                else f"{existing} is not a directory")
+    if missing and not create:
+        return (None if _writable(existing) else
+                f"cannot create {missing[-1]}: {existing} is not writable by user {_user()}")
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:       # made meanwhile, or a symlink that leads nowhere
+            if not path.is_dir():
+                return f"cannot create {path}: it exists and is not a directory"
+        except OSError as exc:
+            return f"cannot create {path}: {exc.strerror or exc}"
+    if not _writable(directory):
+        return f"{directory} is not writable by user {_user()}"
+    return None
+
+
+def prepare_directories(config: Config) -> None:
+    """Make the directories serve needs before it serves; the first it cannot make or
+    write raises DirectoryProblem naming the key, the file that sets it and the reason."""
+    for w in work_directories(config):
+        if not w.use:
+            problem = directory_problem(w.directory, create=True)
+            if problem is not None:
+                raise DirectoryProblem(f"{w.key} = {w.setting(config)} resolves to "
+                                       f"{w.resolved}: {problem}")
+
+
+def directory_warnings(config: Config) -> list[tuple[str, str]]:
+    """For `check`: (key, reason) for every directory of work_directories that its user
+    could not create or write. Creates nothing."""
+    warnings = []
+    for w in work_directories(config):
+        problem = directory_problem(w.directory, create=False)
+        if problem is not None:
+            warnings.append((w.key, f"{w.setting(config)} resolves to {w.resolved}: {problem}; "
+                             f"{w.use or '`serve` stops on it'} (checked as user {_user()}: "
+                             "run `deskgate check` as the user `deskgate serve` runs as)"))
+    return warnings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -63,13 +64,13 @@ def register(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.errors import InUse
     from gateway.inline_secrets import log_inline_secret_warnings
-    from gateway.supervise import run_serve
+    from gateway.supervise import DirectoryProblem, run_serve
 
     cfg = load(args, quiet_logs=False)
     log_inline_secret_warnings(cfg.conf_dir)
     try:
         run_serve(cfg)
-    except InUse as exc:
+    except (InUse, DirectoryProblem) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
@@ -117,7 +118,8 @@ def prepare_serve_process(args: argparse.Namespace) -> None:
     except ConfigErrors:
         return              # `serve` reports the errors itself
     if cfg.lmtp.workers > 1:
-        _metrics_multiprocess(cfg.state_dir / "run" / "metrics")
+        with contextlib.suppress(OSError):    # serve names the setting and stops
+            _metrics_multiprocess(cfg.state_dir / "run" / "metrics")
 
 
 def _metrics_multiprocess(directory: Path) -> None:
@@ -168,8 +170,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             return 1
     from gateway.config import process_advice
     from gateway.inline_secrets import inline_secret_warnings
+    from gateway.supervise import directory_warnings
 
-    advice = process_advice(cfg) + inline_secret_warnings(cfg.conf_dir)
+    advice = (process_advice(cfg) + inline_secret_warnings(cfg.conf_dir)
+              + directory_warnings(cfg))
     summary = {"ok": True, "config": str(cfg.conf_dir), "queues": len(cfg.queue),
                "addresses": len(cfg.address), "accounts": len(cfg.account),
                "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim),
@@ -177,7 +181,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        for key, reason in advice:       # valid, but costs throughput or exposes a secret
+        for key, reason in advice:   # valid, but slow, exposes a secret or serve stops on it
             print(f"warning: {key}: {reason}", file=sys.stderr)
         print(f"{cfg.conf_dir}: OK ({summary['queues']} queues, {summary['addresses']} "
               f"addresses, {summary['accounts']} accounts, {summary['filters']} filters)")
