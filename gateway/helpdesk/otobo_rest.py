@@ -40,6 +40,10 @@ _DF_CACHE_SECONDS = 300.0
 _PENDING_REL = re.compile(r"^\+\s*(\d+)\s*([smhdw]?)$", re.IGNORECASE)
 _PENDING_ABS = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d)(?::\d\d)?$")
 _UNIT_MINUTES = {"": 1 / 60, "s": 1 / 60, "m": 1, "h": 60, "d": 1440, "w": 10080}
+# OTOBO's Ticket::Frontend::PendingDiffTime (86400 s): what its agent frontends add to
+# now when an agent picks a pending state. TicketUpdate refuses a pending State
+# without a PendingTime; TicketCreate would leave the ticket without a reminder time.
+DEFAULT_PENDING_DIFF = 1440      # minutes
 
 
 class OtoboError(HandoffError):
@@ -271,10 +275,13 @@ class OtoboRest:
                                   or "")
         if d.get("CustomerNo"):
             ticket["CustomerID"] = d["CustomerNo"]
+        state = ticket["State"]
         if d.get("State-PendingTime"):
-            state = ticket["State"]
             self._pending(ticket, "State-PendingTime", d["State-PendingTime"], state,
                           self._is_pending(state), log)
+        if "PendingTime" not in ticket and self._is_pending(state):
+            self._default_pending(ticket, "State-PendingTime", d.get("State-PendingTime", ""),
+                                  state, log)
         body = self._payload(item, {k[13:]: v for k, v in d.items()
                                     if k.startswith("DynamicField-")}, log)
         body["Ticket"] = ticket
@@ -320,6 +327,7 @@ class OtoboRest:
             if "PendingTime" in ticket:
                 # OTOBO's TicketUpdate sets a pending time only together with a State
                 ticket.setdefault("State", state)
+        self._pending_state_needs_time(ticket, t, d.get("FollowUp-State-PendingTime", ""), log)
         body = self._payload(item, {k[22:]: v for k, v in d.items()
                                     if k.startswith("FollowUp-DynamicField-")}, log)
         body["Article"]["HistoryType"] = "FollowUp"
@@ -338,6 +346,31 @@ class OtoboRest:
         if known is not None:
             return known == "pending"
         return otobo_type.lower().startswith("pending")
+
+    def _pending_state_needs_time(self, ticket: dict[str, Any], t: dict[str, Any],
+                                  value: str, log: Log) -> None:
+        """A follow-up that sets a pending state without a usable time: the ticket's own
+        state is not sent again (it keeps its pending time, as in deskgate's store),
+        another one gets OTOBO's default time (TicketUpdate refuses it without one)."""
+        state = str(ticket.get("State") or "")
+        if not state or "PendingTime" in ticket:
+            return
+        own = str(t.get("State") or "")
+        if not self._is_pending(state, str(t.get("StateType") or "") if state == own else ""):
+            return
+        if state == own:
+            ticket.pop("State")
+        else:
+            self._default_pending(ticket, "FollowUp-State-PendingTime", value, state, log)
+
+    def _default_pending(self, ticket: dict[str, Any], key: str, value: str, state: str,
+                         log: Log) -> None:
+        """OTOBO's default pending time for a pending state that has no usable one."""
+        ticket["PendingTime"] = {"Diff": DEFAULT_PENDING_DIFF}
+        why = f"{value!r} is no pending time" if value.strip() else "no pending time given"
+        log.append(("Notice", key, f"{why}: state {state!r} is a pending state, so OTOBO's "
+                    "default pending time was sent: now + 24 hours (OTOBO's "
+                    "Ticket::Frontend::PendingDiffTime 86400 s)"))
 
     def _pending(self, ticket: dict[str, Any], key: str, value: str, state: str,
                  pending: bool, log: Log) -> None:

@@ -56,3 +56,25 @@ class TestRestPendingTicket:
         assert until(otobo, res.ticket_id) == 0
         assert ("Notice", "State-PendingTime", "pending time '+2d' ignored: state 'open' is "
                 "not a pending state") in res.log
+
+
+class TestRestPendingStateWithoutTime:
+    def test_pending_states_without_time_get_otobos_default(
+            self, otobo: Otobo, helpdesk_config: MakeConfig) -> None:
+        """A new ticket and a follow-up that set a pending state without a pending time
+        reach OTOBO, pending for its default 24 hours, with a Notice each."""
+        c = rest(helpdesk_config, otobo.start_rest())
+        res = c.deliver(item(mail("No time"), decisions={"State": "pending reminder"}))
+        assert otobo.ticket("No time")["state"] == "pending reminder"
+        assert abs(until(otobo, res.ticket_id) - (time.time() + 86400)) < 600
+        assert [e[:2] for e in res.log if e[0] == "Notice"] == [
+            ("Notice", "State-PendingTime")]
+        other = c.deliver(item(mail("Open first"), decisions={"State": "open"}))
+        fu = c.deliver(item(mail("Re: Open first"), kind="followup",
+                            helpdesk_ticket_id=other.ticket_id,
+                            decisions={"FollowUp-State": "pending auto close+"}))
+        assert fu.detail == "updated"
+        assert otobo.ticket("Open first")["state"] == "pending auto close+"
+        assert abs(until(otobo, other.ticket_id) - (time.time() + 86400)) < 600
+        assert [e[:2] for e in fu.log if e[0] == "Notice"] == [
+            ("Notice", "FollowUp-State-PendingTime")]

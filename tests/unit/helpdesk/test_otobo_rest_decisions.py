@@ -140,3 +140,74 @@ class TestPendingTimeOnlyForPendingStates:
                              state="waiting for customer", state_type="pending auto")
         assert body["Ticket"] == {"State": "waiting for customer",
                                   "PendingTime": {"Diff": 180}}
+
+
+def refuses_pending_without_time(op: str, answer: dict[str, Any]) -> Callable[[Request], Answer]:
+    """OTOBO's TicketCreate/TicketUpdate: a pending State without PendingTime is refused
+    (TicketUpdate answers MissingParameter)."""
+    def handle(r: Request) -> Answer:
+        t = (r.json or {}).get("Ticket") or {}
+        if "pending" in str(t.get("State", "")) and not t.get("PendingTime"):
+            return 200, {}, {"Error": {"ErrorCode": f"{op}.MissingParameter",
+                                       "ErrorMessage": "Can't set a ticket on a pending "
+                                       "state without pendig time!"}}
+        return 200, {}, answer
+    return handle
+
+
+def defaulted(key: str, state: str, why: str) -> tuple[str, str, str]:
+    return ("Notice", key, f"{why}: state {state!r} is a pending state, so OTOBO's default "
+            "pending time was sent: now + 24 hours (OTOBO's Ticket::Frontend::PendingDiffTime "
+            "86400 s)")
+
+
+class TestPendingStateWithoutTime:
+    @pytest.fixture(autouse=True)
+    def refusing(self, server: FakeHttp) -> None:
+        server.on("POST", "/ws/Ticket", refuses_pending_without_time(
+            "TicketCreate", {"TicketID": "7", "TicketNumber": "2026120610000071",
+                             "ArticleID": "9"}))
+        server.on("PATCH", "/ws/Ticket/7", refuses_pending_without_time(
+            "TicketUpdate", {"TicketID": "7", "ArticleID": "10"}))
+
+    def test_new_ticket_in_a_pending_state_without_time(self, deliver: Deliver) -> None:
+        """State pending reminder and no State-PendingTime: the ticket arrives, pending
+        for OTOBO's default 24 hours, and a Notice says so."""
+        body, log = deliver("create", {"State": "pending reminder"})
+        assert body["Ticket"]["State"] == "pending reminder"
+        assert body["Ticket"]["PendingTime"] == {"Diff": 1440}
+        assert defaulted("State-PendingTime", "pending reminder",
+                         "no pending time given") in log
+
+    def test_new_ticket_with_a_time_otobo_cannot_take(self, deliver: Deliver) -> None:
+        """A State-PendingTime that is no time: the default, after the Warn."""
+        body, log = deliver("create", {"State": "pending reminder",
+                                       "State-PendingTime": "tomorrow"})
+        assert body["Ticket"]["PendingTime"] == {"Diff": 1440}
+        assert defaulted("State-PendingTime", "pending reminder",
+                         "'tomorrow' is no pending time") in log
+
+    def test_followup_setting_a_pending_state_without_time(self, deliver: Deliver) -> None:
+        """FollowUp-State pending reminder on an open ticket without a time: the
+        follow-up arrives and the ticket is pending for 24 hours."""
+        body, log = deliver("followup", {"FollowUp-State": "pending reminder"})
+        assert body["Ticket"] == {"State": "pending reminder", "PendingTime": {"Diff": 1440}}
+        assert defaulted("FollowUp-State-PendingTime", "pending reminder",
+                         "no pending time given") in log
+
+    def test_followup_with_a_time_otobo_cannot_take(self, deliver: Deliver) -> None:
+        """FollowUp-State-PendingTime that is no time, with a pending FollowUp-State."""
+        body, log = deliver("followup", {"FollowUp-State": "pending auto close+",
+                                         "FollowUp-State-PendingTime": "soon"})
+        assert body["Ticket"] == {"State": "pending auto close+",
+                                  "PendingTime": {"Diff": 1440}}
+        assert defaulted("FollowUp-State-PendingTime", "pending auto close+",
+                         "'soon' is no pending time") in log
+
+    def test_followup_naming_the_tickets_own_pending_state(self, deliver: Deliver) -> None:
+        """FollowUp-State the ticket already has, without a time: the state is not sent,
+        so the ticket keeps its state and its pending time, as in deskgate's store."""
+        body, log = deliver("followup", {"FollowUp-State": "pending reminder"},
+                            state="pending reminder", state_type="pending reminder")
+        assert "Ticket" not in body
+        assert not [e for e in log if "PendingTime" in e[1]]
