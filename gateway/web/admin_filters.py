@@ -19,7 +19,7 @@ from multidict import MultiDictProxy
 from gateway import confedit
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, ConfigErrors
-from gateway.inbound.xheaders import KNOWN
+from gateway.inbound.xheaders import FOLLOWUP_ONLY, KNOWN
 
 if TYPE_CHECKING:
     from gateway.web.admin import AdminPages
@@ -32,9 +32,21 @@ FILTER_DEFAULTS: dict[str, Any] = {"any": [], "set": {}, "stop_after_match": Fal
                                    "comment": ""}
 
 
+_COMPUTED = ("AttachmentCount", "AttachmentExists")
+# Recognised after FollowUp- too, but no follow-up reads them (docs/policies.md,
+# Follow-ups): not suggested in that form.
+_NOT_FOR_FOLLOWUPS = ("Ignore", "Loop", "BodyDecrypted", "Sign", "Encrypt", "ArticleKey",
+                      *_COMPUTED)
+
+
 def set_headers(prefix: str) -> list[str]:
-    """The documented X-headers a filter may set (computed ones excluded)."""
-    return [prefix + k for k in KNOWN if k not in ("AttachmentCount", "AttachmentExists")]
+    """The documented X-headers a filter may set (computed ones excluded): the names
+    for a new ticket and the message, then the FollowUp- ones that change a follow-up
+    (FollowUp-State-Keep among them, which exists only in that form)."""
+    plain = [k for k in KNOWN if k not in _COMPUTED]
+    followup = [f"FollowUp-{k}" for k in (*KNOWN, *FOLLOWUP_ONLY)
+                if k not in _NOT_FOR_FOLLOWUPS]
+    return [prefix + k for k in (*plain, *followup)]
 
 
 def _rows(form: MultiDictProxy[Any], fmt: str, keys: tuple[str, ...]) -> list[dict[str, str]]:
