@@ -47,6 +47,18 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def put_back(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` back to `path` with exactly `mode` (what an undo restores: a key
+    file as it was before a failed import), replacing it at once through a temporary
+    file created owner-only."""
+    tmp = path.with_name(path.name + ".restore")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        os.fchmod(fh.fileno(), mode)
+    tmp.replace(path)
+
+
 def create_private(path: Path, mode: int = 0o600) -> None:
     """Create `path` empty with `mode` when it does not exist yet (an existing file
     keeps the mode its admin gave it)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import os
 import re
 import stat
 import threading
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from gateway.crypto.keyfiles import KeyStoreError, check_private, mtimes, read_passphrase
-from gateway.privatefiles import write_private
+from gateway.privatefiles import put_back, write_private
 
 
 def cert_addresses(cert: x509.Certificate) -> list[str]:
@@ -439,12 +438,7 @@ def _put_back(saved: _Saved) -> None:
                 continue
         except OSError:
             pass
-        tmp = p.with_name(p.name + ".restore")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), mode)
-        tmp.replace(p)
+        put_back(p, data, mode)
 
 
 def revoked_serials(crl_file: Path) -> set[tuple[bytes, int]]:

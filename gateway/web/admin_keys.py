@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway import confedit
 from gateway.crypto.keystore import KeyStoreError, stores_for
 from gateway.crypto.pgpkeyring import GpgUnavailable
+from gateway.privatefiles import put_back
 
 if TYPE_CHECKING:
     from gateway.web.admin import AdminPages
@@ -60,12 +61,7 @@ def restore(root: Path, before: Snapshot) -> None:
         if now.get(p) == (data, mode):
             continue
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".restore")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), mode)
-        tmp.replace(p)
+        put_back(p, data, mode)
 
 
 def refusal_reason(conf_dir: Path) -> str:
