@@ -121,12 +121,16 @@ def configured_database_url(args: argparse.Namespace) -> str:
 
 
 def envelope_problem(mail_from: str, rcpts: list[str]) -> str:
-    """Why -f/-r cannot be an envelope (CR, LF, < or > in an address, an empty
-    recipient: nothing an MTA sends), in-process as over LMTP,
-    and for `send` as over SMTP; "" when they can."""
+    """Why -f/-r cannot be an envelope (a control character such as CR or LF, < or >
+    in an address, an empty recipient: nothing an MTA sends), in-process as over LMTP,
+    and for `send` as over SMTP, whose relay refuses the same addresses; "" when they
+    can."""
+    from gateway.outbound.transport import address_refusal
+
     for addr in (mail_from, *rcpts):
-        if any(c in addr for c in "\r\n<>"):
-            return f"cannot use {addr!r} as an envelope address (CR, LF, < or > in it)"
+        if address_refusal(addr) or "<" in addr or ">" in addr:
+            return (f"cannot use {addr!r} as an envelope address (a control character, "
+                    "< or > in it)")
     if not all(rcpts):
         return "an empty recipient (-r '')"
     return ""

@@ -15,9 +15,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# RFC 5321 4.1.2 atext, with UTF-8 beyond ASCII (RFC 6531) but not the lone
-# surrogates that stand for bytes that are no UTF-8 (surrogateescape).
-_U = "\u0080-\ud7ff\ue000-\U0010ffff"
+# RFC 5321 4.1.2 atext, with UTF-8 beyond ASCII (RFC 6531) but not the C1 controls
+# (refused as C0 controls are, and as the relay refuses them: transport.address_refusal)
+# nor the lone surrogates that stand for bytes that are no UTF-8 (surrogateescape).
+_U = "\u00a0-\ud7ff\ue000-\U0010ffff"
 _ATEXT = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U}]"
 # The dots of a local part are not checked, as Postfix does not (a.@example.org exists).
 _DOT_LOCAL = rf"\.*{_ATEXT}[.A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U}]*"

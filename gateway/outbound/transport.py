@@ -53,17 +53,28 @@ class Attempt:
 
 # An address holding CR or LF can go on no SMTP command line: smtplib refuses it
 # (ValueError) or its address parser sends it to another address (for
-# "a@x>\r\nRCPT TO:<b@y" to a@x). Such an address (queued before `deskgate send`
+# "a@x>\r\nRCPT TO:<b@y" to a@x). Nor may any other control character (NUL, TAB, ESC,
+# DEL, a C1 control such as NEL: RFC 5321 and 6531 allow none in a path), which
+# smtplib would hand over as it is. Such an address (queued before `deskgate send`
 # refused them, or by another path) fails at once and for good, as Postfix fails an
 # address of bad syntax, and the message's other recipients are still sent. The
 # Maildir transport does the same: written into its Return-Path or
 # X-Deskgate-Envelope-To line, such an address would add header lines of its own.
 LINE_BREAK_RECIPIENT = (553, "5.1.3 address contains a line break")
 LINE_BREAK_SENDER = (553, "5.1.7 sender address contains a line break")
+CONTROL_RECIPIENT = (553, "5.1.3 address contains a control character")
+CONTROL_SENDER = (553, "5.1.7 sender address contains a control character")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def has_line_break(address: str) -> bool:
-    return "\r" in address or "\n" in address
+def address_refusal(address: str, *, sender: bool = False) -> tuple[int, str] | None:
+    """The 553 an envelope address with a control character gets (a line break named
+    as such); None for an address that may go on an SMTP command line."""
+    if "\r" in address or "\n" in address:
+        return LINE_BREAK_SENDER if sender else LINE_BREAK_RECIPIENT
+    if _CONTROL.search(address):
+        return CONTROL_SENDER if sender else CONTROL_RECIPIENT
+    return None
 
 
 # What some reader takes for the end of a line, or cannot show: C0 controls, DEL, C1
@@ -115,35 +126,35 @@ class Transport:
     account = ""
 
     def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
-        """An address with a line break fails at once (see LINE_BREAK_RECIPIENT); the
+        """An address with a control character fails at once (see address_refusal); the
         other recipients go to `_send`."""
         att = Attempt()
-        if has_line_break(sender):
-            att.codes = [LINE_BREAK_SENDER] * len(recipients)
-            att.note("Error", "MailFrom", f"<{shown(sender)}>: {LINE_BREAK_SENDER[0]} "
-                     f"{LINE_BREAK_SENDER[1]}; not sent")
+        if refused := address_refusal(sender, sender=True):
+            att.codes = [refused] * len(recipients)
+            att.note("Error", "MailFrom", f"<{shown(sender)}>: {refused[0]} {refused[1]}; "
+                     "not sent")
             return att
-        bad = {i for i, r in enumerate(recipients) if has_line_break(r)}
+        bad = {i: refused for i, r in enumerate(recipients)
+               if (refused := address_refusal(r)) is not None}
         if not bad:
             self._send(att, sender, recipients, data)
             return att
-        for i in sorted(bad):
+        for i, refused in sorted(bad.items()):
             att.note("Error", "Recipient", f"<{shown(recipients[i])}>: "
-                     f"{LINE_BREAK_RECIPIENT[0]} {LINE_BREAK_RECIPIENT[1]}; not sent")
+                     f"{refused[0]} {refused[1]}; not sent")
         good = [r for i, r in enumerate(recipients) if i not in bad]
         if good:
             self._send(att, sender, good, data)
         # An attempt that failed as a whole gives the others its error (temporary or not).
         rest = iter(att.codes if len(att.codes) == len(good) else
                     [error_reply(att)] * len(good))
-        att.codes = [LINE_BREAK_RECIPIENT if i in bad else next(rest)
-                     for i in range(len(recipients))]
+        att.codes = [bad[i] if i in bad else next(rest) for i in range(len(recipients))]
         return att
 
     def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
               data: bytes) -> None:
-        """Deliver to `recipients`, none of whose addresses (nor `sender`) holds a line
-        break; sets att.codes (one per recipient) or att.error."""
+        """Deliver to `recipients`, none of whose addresses (nor `sender`) holds a
+        control character; sets att.codes (one per recipient) or att.error."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -444,8 +455,8 @@ class MaildirTransport(Transport):
             self._seq += 1
             seq = self._seq
         name = f"{time.time():.6f}.{os.getpid()}_{seq}.{socket.gethostname()}"
-        # deliver() kept every address with CR or LF out; shown() makes sure none is
-        # ever written raw into these header lines.
+        # deliver() kept every address with a control character out; shown() makes
+        # sure none is ever written raw into these header lines.
         envelope = (f"Return-Path: <{shown(sender)}>\r\n"
                     + "".join(f"X-Deskgate-Envelope-To: <{shown(r)}>\r\n"
                               for r in recipients))

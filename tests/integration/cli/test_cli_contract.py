@@ -193,12 +193,15 @@ class TestDeliverEnvelopeAddresses:
         ("-r", "support@example.org\nRCPT TO:<sales@example.org>"),
         ("-r", "<support@example.org>"),
         ("-r", ""),
+        ("-r", "support\x1b@example.org"),
+        ("-r", "support@example.org", "-f", "alice\x7f@customer.test"),
     ])
     def test_an_address_no_mta_can_send_is_wrong_usage_in_process_too(self, make_confdir,
                                                                          args):
-        """In-process `deliver` refuses an envelope address with CR, LF, < or > (and an
-        empty recipient) with 64 (EX_USAGE) and stores nothing, as `--via-socket` does;
-        a sender with CR LF in it was stored and delivered (exit 0)."""
+        """In-process `deliver` refuses an envelope address with a control character
+        (CR, LF, ESC, DEL), < or > (and an empty recipient) with 64 (EX_USAGE) and
+        stores nothing, as `--via-socket` does; a sender with CR LF (or ESC, DEL) in it
+        was stored and delivered (exit 0)."""
         conf = make_confdir()
         mail = (b"From: alice@customer.test\nTo: support@example.org\nSubject: hi\n"
                 b"Message-ID: <env1@customer.test>\n\nHello\n")
@@ -216,11 +219,17 @@ class TestSendEnvelopeAddresses:
         ("-r", ""),
         ("-f", "bounces@example.org\r\nX-Injected: 1"),
         ("-f", "<bounces@example.org>"),
+        ("-r", "alice\x1b[31m@customer.test"),
+        ("-r", "alice\tbob@customer.test"),
+        ("-r", "alice\x85@customer.test"),
+        ("-f", "bounces\x7f@example.org"),
     ])
     def test_an_address_no_smtp_client_could_give_is_wrong_usage(self, make_confdir, args):
-        """`send -r/-f` with CR, LF, < or > in an address, or an empty -r, exits 64
-        (EX_USAGE) and queues nothing. Such a recipient was queued (exit 0), to be put
-        into an RCPT TO line for the smarthost, and an empty one queued as <>."""
+        """`send -r/-f` with a control character (CR, LF, TAB, ESC, DEL, NEL), < or > in
+        an address, or an empty -r, exits 64 (EX_USAGE) and queues nothing. Such a
+        recipient was queued (exit 0), to be put into an RCPT TO line for the smarthost
+        (with a control character other than CR or LF, until the transport refused it
+        too), and an empty one queued as <>."""
         conf = make_confdir()
         assert cli(conf, "db", "upgrade").returncode == 0
         mail = b"From: support@example.org\nTo: alice@customer.test\nSubject: hi\n\nHello\n"

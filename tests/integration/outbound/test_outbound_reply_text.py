@@ -134,10 +134,11 @@ def cli(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def attempt(cfg: Config, rcpts: tuple[str, ...], *, rewrite: dict[str, str] | None = None,
-            until: str = "attempted") -> tuple[Engine, int]:
+            until: str = "attempted", sender: str = "") -> tuple[Engine, int]:
     """Queue a message (with its article) to `rcpts` through the outbound pipeline, give
-    recipients the queued addresses `rewrite` names (as a row queued before `deskgate send`
-    refused such addresses), run the sender with the configured relay until the first
+    recipients the queued addresses `rewrite` names (and the message the envelope
+    `sender`, if given: as a row queued before `deskgate send` refused such
+    addresses), run the sender with the configured relay until the first
     attempt is recorded (or, with until="dsn", the DSN is sent too)."""
     engine = make_engine(cfg.database_url)
     migrate(engine)
@@ -150,6 +151,9 @@ def attempt(cfg: Config, rcpts: tuple[str, ...], *, rewrite: dict[str, str] | No
             conn.execute(update(OutboundRecipient).where(
                 OutboundRecipient.outbound_id == oid, OutboundRecipient.address == old)
                 .values(address=new))
+        if sender:
+            conn.execute(update(OutboundMessage).where(OutboundMessage.id == oid)
+                         .values(sender=sender))
 
     def done() -> bool:
         with engine.connect() as conn:

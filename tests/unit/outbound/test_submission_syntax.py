@@ -160,6 +160,7 @@ class TestMailFrom:
         b"<\xff@internal.test>", b"<a@internal..test>", b"<a@>", b"<@internal.test>",
         b"<a@b c.test>", b"<a@-b.test>", b"<a@[1.2.3.4.5]>", b'<a"b@internal.test>',
         b"<a@internal.test(comment)>", b"<@relay.test:>", b"<a\x01b@internal.test>",
+        b"<a\xc2\x85b@internal.test>", b'<"a\xc2\x9b"@internal.test>',
     ])
     async def test_malformed_paths_are_501_5_1_7(self, session, arg):
         """A sender that is no RFC 5321 path (spaces inside <>, text glued to '>',
@@ -225,7 +226,8 @@ class TestRcptTo:
     @pytest.mark.parametrize("arg", [
         b"<>", b"<c @customer.test>", b"<c@customer.test>junk", b"<c@customer.test",
         b"c@customer.test>", b"<<c@customer.test>>", b"<c@customer..test>", b"<@customer.test>",
-        b"<\xff@customer.test>", b"",
+        b"<\xff@customer.test>", b"", b"<c\x1b@customer.test>", b"<c\x7f@customer.test>",
+        b"<c\xc2\x85@customer.test>", b"<c@customer\xc2\x80.test>",
     ])
     async def test_malformed_paths_are_501_5_1_3(self, session, arg):
         """An empty or malformed recipient is refused with Postfix's 501 5.1.3; the
