@@ -16,6 +16,7 @@ from email.parser import HeaderParser
 
 from gateway.inbound.parse import decode_header_value
 from gateway.model import Hit, MessageContext
+from gateway.outbound.transport import shown
 from gateway.runtime import Runtime
 
 
@@ -29,9 +30,12 @@ class DsnInfo:
 
     @property
     def error(self) -> str:
+        """The recipient, Status and Diagnostic-Code on one line (the article's
+        transmission error, the log): control characters written as deskgate's own
+        DSNs and queue write them (transport.shown)."""
         parts = [x for x in (self.status, self.diagnostic) if x]
         text = " ".join(parts) or "delivery failed (no status given)"
-        return f"{self.recipient}: {text}" if self.recipient else text
+        return shown(f"{self.recipient}: {text}" if self.recipient else text)
 
 
 def is_dsn(msg: Message) -> bool:
@@ -66,11 +70,17 @@ def _blocks(part: Message) -> list[Message]:
 
 
 _EMBEDDED = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+# A fold: the line break before a continuation line's white space (RFC 5322 2.2.3).
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 def _field(value: object) -> str:
     """'rfc822; user@x' → 'user@x'; 'smtp; 550 5.1.1 no' → '550 5.1.1 no';
-    'utf-8; j\\x{F6}rg@x' → 'jörg@x' (RFC 6533's escapes decoded)."""
+    'utf-8; j\\x{F6}rg@x' → 'jörg@x' (RFC 6533's escapes decoded). A folded value is
+    unfolded as RFC 5322 unfolds it: the line break goes, the white space after it
+    stays (one space where a reply was folded at a space)."""
+    if isinstance(value, str):
+        value = _FOLD.sub("", value)
     text = decode_header_value(value).strip()
     kind, sep, rest = text.partition(";")
     kind = kind.strip()

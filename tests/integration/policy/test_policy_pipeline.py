@@ -149,6 +149,23 @@ class TestBounces:
         assert bounce["subject"] == "Undelivered Mail Returned to Sender"
         assert bounce["loop"] is True
 
+    def test_dsn_text_is_recorded_unfolded_and_on_one_line(self, gateway_for):
+        """A DSN whose Diagnostic-Code is folded and holds ESC and DEL: the outgoing
+        article's transmission error reads it unfolded (one space where it was folded)
+        with the controls escaped as the outbound side escapes them. Before, it held
+        two spaces and the raw ESC and DEL."""
+        gw = gateway_for()
+        n = deliver(gw, mail("please call me")).ticket_number
+        out_id = add_outgoing(gw, n, "<answer3@helpdesk.test>", to="gone@customer.test")
+        deliver(gw, dsn("<answer3@helpdesk.test>", diagnostic=(
+            "smtp; 550 5.1.1 <gone@customer.test>:\r\n Recipient address rejected:"
+            " \x1b[31mgone\x7f")))
+        with gw.engine.connect() as conn:
+            error = conn.execute(select(Article.transmission_error).where(
+                Article.id == out_id)).scalar_one()
+        assert error == ("gone@customer.test: 5.1.1 550 5.1.1 <gone@customer.test>: "
+                         "Recipient address rejected: \\x1b[31mgone\\x7f")
+
     def test_dsn_with_headers_only(self, gateway_for):
         """A DSN returning only the headers (text/rfc822-headers) is matched too."""
         gw = gateway_for()

@@ -131,6 +131,45 @@ class TestBounce:
         assert (info.action, info.status, info.recipient, info.original_message_id) == (
             "failed", "5.1.1", "j\u00f6rg b@b\u00fccher.test", "<out5@example.org>")
 
+    def test_a_folded_diagnostic_code_is_unfolded_as_rfc_5322_unfolds(self):
+        """Only the CR LF of a fold goes, the space after it stays: a Diagnostic-Code
+        folded before '550 5.1.1 Please' reads '... not exist. 550 5.1.1 Please ...'
+        with one space. Before, the fold became two spaces."""
+        raw = dsn("<out6@example.org>", diagnostic=(
+            "smtp; 550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+            " 550 5.1.1 Please try double-checking the address"))
+        info = parse_dsn(parse_message(raw).msg)
+        assert info is not None
+        assert info.diagnostic == ("550-5.1.1 The email account that you tried to reach "
+                                   "does not exist. 550 5.1.1 Please try double-checking "
+                                   "the address")
+
+    def test_a_folded_global_diagnostic_code_is_unfolded(self):
+        """The same in a message/global-delivery-status part (RFC 6533), folded at its
+        spaces as deskgate's own DSNs are."""
+        raw = ("MIME-Version: 1.0\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+               'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n'
+               "\r\n--b\r\nContent-Type: message/global-delivery-status\r\n"
+               "Content-Transfer-Encoding: 8bit\r\n\r\n"
+               "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
+               "Final-Recipient: utf-8; j\u00f6rg@b\u00fccher.test\r\nAction: failed\r\n"
+               "Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such\r\n user here\r\n"
+               "\r\n--b--\r\n").encode()
+        info = parse_dsn(parse_message(raw).msg)
+        assert info is not None and info.diagnostic == "550 5.1.1 no such user here"
+
+    def test_control_characters_of_the_dsn_are_escaped_in_its_error(self):
+        """The error recorded as the article's transmission error names the recipient,
+        Status and Diagnostic-Code on one line, their control characters written as the
+        outbound side writes them (\\x1b, \\x7f, \\t). Before, ESC and DEL went in
+        raw."""
+        raw = dsn("<out7@example.org>", recipient="go\x7fne@customer.test",
+                  diagnostic="smtp; 550 5.1.1 \x1b[31mno such\tuser\x1b[0m")
+        info = parse_dsn(parse_message(raw).msg)
+        assert info is not None
+        assert info.error == ("go\\x7fne@customer.test: 5.1.1 550 5.1.1 \\x1b[31mno "
+                              "such\\tuser\\x1b[0m")
+
     def test_not_a_dsn(self):
         """A plain message and a multipart/report of another type are no DSN."""
         assert parse_dsn(parse_message(mail()).msg) is None
