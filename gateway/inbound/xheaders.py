@@ -53,7 +53,9 @@ def unknown_hint(name: str, prefixes: Sequence[str]) -> str:
         return (f"; a state is kept only on a follow-up: {prefix}FollowUp-"
                 f"{_FOLLOWUP_ONLY_LOWER[rest.lower()]}")
     names = [*KNOWN, *(f"FollowUp-{k}" for k in (*KNOWN, *FOLLOWUP_ONLY))]
-    close = difflib.get_close_matches(rest.lower(), [n.lower() for n in names], n=1)
+    # 0.75: a misspelling (Quee, Priorty), not any name sharing a few letters (Nope)
+    close = difflib.get_close_matches(rest.lower(), [n.lower() for n in names], n=1,
+                                      cutoff=0.75)
     if not close:
         return ""
     spelled = next(n for n in names if n.lower() == close[0])
