@@ -148,5 +148,14 @@ def decode_words(header: str) -> list[tuple[bytes | str, str | None]]:
     return collapsed
 
 
+# A fold: the line break and the white space that starts the next line.
+_FOLD = re.compile(r"\n[ \t]*")
+
+
 def _unfold(value: str) -> str:
-    return " ".join(value.replace("\r", "").split("\n")).strip() if "\n" in value else value.strip()
+    """The header's text on one line: each fold reads as one space (as mail programs
+    show a folded Subject and OTOBO's parser unfolds it), not as a space and the
+    next line's indentation."""
+    if "\n" not in value:
+        return value.strip()
+    return _FOLD.sub(" ", value.replace("\r", "")).strip()

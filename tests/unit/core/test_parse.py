@@ -376,8 +376,19 @@ class TestHeaderBlock:
     def test_folded_header_keeps_its_line_breaks(self) -> None:
         """A folded Subject is unfolded in the parsed fields, raw in the Message."""
         p = parse_message(b"Subject: a long\r\n\tsubject\r\nTo: x@y\r\n\r\nbody\r\n")
-        assert p.subject == "a long \tsubject"
+        assert p.subject == "a long subject"
         assert p.msg["Subject"] == "a long\r\n\tsubject"
+
+    @pytest.mark.parametrize("folded", [b"Re: your\r\n order", b"Re: your\r\n\torder",
+                                        b"Re: your\r\n  \t order", b"Re: your\n order",
+                                        b"=?utf-8?q?Re=3A_your?=\r\n order"])
+    def test_a_fold_is_one_space(self, folded: bytes) -> None:
+        """A fold (line break and the white space that starts the next line) reads as
+        one space, as mail programs show it and OTOBO's parser unfolds it: the Subject
+        and the ticket title were 'Re: your  order' (two spaces) or held a tab."""
+        p = parse_message(b"Subject: " + folded + b"\r\nTo: a@b.test\r\n\r\nbody\r\n")
+        assert p.subject == "Re: your order"
+        assert decode_header_value(folded.decode()) == "Re: your order"
 
     def test_nul_in_charset_does_not_raise(self) -> None:
         """A charset name with a NUL byte falls back to UTF-8 instead of raising."""
