@@ -7,7 +7,9 @@ errors are collected before giving up, so `deskgate check` shows them at once.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 import tomllib
 import types
 import typing
@@ -77,8 +79,9 @@ def _resolve_hints(cls: type) -> dict[str, Any]:
 
 class _Builder:
     def __init__(self, root: Path, origins: _Origins, default_file: str,
-                 environ: Mapping[str, str]) -> None:
+                 environ: Mapping[str, str], *, conf_d: bool = True) -> None:
         self.root = root
+        self.conf_d = conf_d      # False: a policy file, where conf.d's sections are no hint
         self.origins = origins
         self.default_file = default_file
         self.environ = environ
@@ -94,7 +97,11 @@ class _Builder:
         without them (at their defaults), for the checks that find its other problems:
         the errors already recorded keep the whole configuration from being used."""
         if not isinstance(table, dict):
-            self.error(key, f"expected a table, got {type(table).__name__}")
+            if isinstance(table, list) and table and all(isinstance(e, dict) for e in table):
+                name = _table_name(key)
+                self.error(key, f"write [{name}], not [[{name}]]")
+            else:
+                self.error(key, f"expected a table, got {type(table).__name__}")
             return None
         hints = _resolve_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -115,7 +122,7 @@ class _Builder:
             fname = toml_names.get(tkey)
             if fname is None or fname in ("source",):
                 close = [n for n in toml_names if n != "source"]
-                self.error(dotted, "unknown key" + _suggest(tkey, close))
+                self.error(dotted, _unknown_key(tkey, key, close, conf_d=self.conf_d))
                 ok = False
                 continue
             f = fields[fname]
@@ -201,6 +208,9 @@ class _Builder:
                 raise ValueError(f"{raw!r} is not one of: {', '.join(map(str, args))}")
             return raw
         if origin is tuple:
+            if isinstance(raw, dict) and dataclasses.is_dataclass(args[0]):
+                name = _table_name(dotted)
+                raise ValueError(f"write [[{name}]] (one per entry), not [{name}]")
             if not isinstance(raw, list):
                 raise ValueError(f"expected a list, got {type(raw).__name__}")
             item = args[0]
@@ -248,6 +258,49 @@ class _Builder:
 
 class _Invalid(Exception):
     """A nested value was invalid; its error is already recorded."""
+
+
+def _unknown_key(tkey: str, table: str, names: Iterable[str], *, conf_d: bool) -> str:
+    """Why `tkey` of `table` is refused: the conf.d sections that have such a key (it was
+    put in the wrong one), else the key of this table it is closest to (a typo)."""
+    name = _table_name(table)
+    homes = [h for h in _key_homes().get(tkey, ()) if h.strip("[]") != name] if conf_d else []
+    if homes and name:
+        where = f"[[{name}]]" if table.endswith("]") else f"[{name}]"
+        return f"unknown key in {where}; {tkey} is a key of {', '.join(homes)}"
+    return "unknown key" + _suggest(tkey, names)
+
+
+def _table_name(key: str) -> str:
+    """`submission.user[0]` -> `submission.user`."""
+    return re.sub(r"\[[^]]*\]", "", key)
+
+
+@functools.cache
+def _key_homes() -> dict[str, tuple[str, ...]]:
+    """Each key name of conf.d -> the sections that have it, as their headers are
+    written (`[lmtp]`, `[[account]]`, `[account.oauth2]`), in the order of Config."""
+    homes: dict[str, list[str]] = {}
+
+    def walk(cls: type, name: str, array: bool) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "source":
+                continue
+            hint = hints[f.name]
+            inner = [a for a in (hint, *typing.get_args(hint))
+                     if dataclasses.is_dataclass(a) and isinstance(a, type)]
+            if inner:
+                walk(inner[0], f"{name}.{f.name}" if name else f.name,
+                     typing.get_origin(hint) is tuple)
+                continue
+            base = f.metadata.get("secret", f.name.rstrip("_"))
+            for suffix in ("", "_file", "_env") if "secret" in f.metadata else ("",):
+                homes.setdefault(base + suffix, []).append(
+                    f"[[{name}]]" if array else f"[{name}]")
+
+    walk(_TopLevel, "", False)
+    return {k: tuple(v) for k, v in homes.items()}
 
 
 def _suggest(word: str, names: Iterable[str]) -> str:
@@ -340,9 +393,17 @@ def load_config(conf_dir: Path | str | None = None,
 
     top_fields = {f.name for f in dataclasses.fields(_TopLevel)}
     raw_top = {k: v for k, v in merged.items() if k in top_fields}
-    for k in merged:
-        if k not in top_fields:
+    for k, v in merged.items():
+        if k in top_fields:
+            continue
+        if isinstance(v, dict) or (isinstance(v, list) and v
+                                   and all(isinstance(e, dict) for e in v)):
             b.error(k, "unknown section" + _suggest(k, top_fields))
+        else:       # `key = value` above the first [section] header of a file
+            homes = _key_homes().get(k, ())
+            b.error(k, "a key outside any [section]" + (
+                f"; {k} is a key of {', '.join(homes)}" if homes
+                else "; put it under the [section] it belongs to"))
     partial = b.build(_TopLevel, raw_top, "")
 
     # Policies: <root>/policies/*.toml unless [gateway] policies says otherwise.
@@ -355,7 +416,7 @@ def load_config(conf_dir: Path | str | None = None,
     porigins = _Origins()
     pmerged = _read_toml_files(policy_files, porigins, errors, replace)
     pb = _Builder(root, porigins, str(policy_files[0]) if policy_files else str(pdir),
-                  b.environ)
+                  b.environ, conf_d=False)
     for k in pmerged:
         if k != "filter":
             pb.error(k, "unknown section in a policy file (only [[filter]] is allowed)")

@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Callable
 
 from gateway.config.sections import Config
+from gateway.passwords import is_hash
 
 
 def name_problem(name: str) -> str | None:
@@ -124,6 +125,9 @@ def validate_core(cfg: Config, at: Callable[[str], str],
         if acc.password is None and acc.oauth2 is None:
             add(at(key), f"{key}.password", "give password, password_file, password_env or an "
                 "[account.oauth2] table")
+        elif acc.password is not None and acc.oauth2 is not None:    # the password is unused
+            add(at(key), f"{key}.password", "give a password (password, password_file or "
+                "password_env) or an [account.oauth2] table, not both")
         af = acc.after_fetch
         allowed = af in ("delete", "keep") or (af.startswith("move:") and len(af) > 5
                                                and acc.type.startswith("imap"))
@@ -131,6 +135,9 @@ def validate_core(cfg: Config, at: Callable[[str], str],
             add(at(key), f"{key}.after_fetch", f"{af!r} is not delete, keep" +
                 (" or move:<folder>" if acc.type.startswith("imap") else " (POP3 has no folders)"))
     for i, u in enumerate(cfg.submission.user):
+        if not is_hash(u.password_hash):      # a placeholder or the password itself
+            add(at(f"submission.user[{i}]"), f"submission.user[{i}].password_hash",
+                "not a hash made by `deskgate passwd`")
         if u.default_queue and u.default_queue.lower() not in queue_names:
             add(at(f"submission.user[{i}]"), f"submission.user[{i}].default_queue",
                 f"queue {u.default_queue!r} is not defined by any [[queue]]")
