@@ -140,8 +140,9 @@ class Gateway:
         return self.inbound.rcpt_status(address)
 
     async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
-                      peer: str) -> Outcome:
-        return await self.inbound.deliver(mail_from, rcpts, raw, peer)
+                      peer: str, *, client: str = "", queue_id: str = "") -> Outcome:
+        return await self.inbound.deliver(mail_from, rcpts, raw, peer, client=client,
+                                          queue_id=queue_id)
 
     def log_connection(self, comm: Comm) -> None:
         self.inbound.log_connection(comm)

@@ -13,6 +13,10 @@ STATUSES = ("Processing", "Successful", "Warning", "Failed")
 DIRECTIONS = ("Incoming", "Outgoing")
 SORT_COLUMNS = ("id", "direction", "status", "account_type", "account", "start", "end",
                 "duration")
+# Entry keys an administrator searches for: a message's original SMTP client, and the
+# queue ID the MTA gave it (from the MTA's XFORWARD, LMTP only).
+CLIENT = "Client"
+QUEUE_ID = "QueueID"
 
 
 def priorities_at_least(priority: str) -> tuple[str, ...]:

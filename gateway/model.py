@@ -30,6 +30,10 @@ class Envelope:
     trusted: bool = False
     dispatch_queue: str = ""       # set by a poller account with dispatch = "queue"
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # What the MTA said with XFORWARD: the original SMTP client and its own queue ID.
+    # For the communication log and the log line only; nothing is decided on them.
+    mta_client: str = ""
+    mta_queue_id: str = ""
 
     @cached_property
     def sha256(self) -> str:

@@ -74,10 +74,11 @@ class InboundBackend:
                 self._idle.set()
 
     async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
-                      peer: str) -> Outcome:
+                      peer: str, *, client: str = "", queue_id: str = "") -> Outcome:
         env = Envelope(mail_from=mail_from, recipients=tuple(r.lower() for r in rcpts),
                        raw=raw, source="LMTP", account=peer,
-                       trusted=self.runtime().config.lmtp.trusted)
+                       trusted=self.runtime().config.lmtp.trusted, mta_client=client,
+                       mta_queue_id=queue_id)
         t0 = time.perf_counter()
         outcome = await self.run(env)
         _LMTP_SECONDS.observe(time.perf_counter() - t0)

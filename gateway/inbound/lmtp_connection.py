@@ -46,7 +46,11 @@ class LmtpBackend(Protocol):
     def rcpt_status(self, address: str) -> SmtpReply: ...
 
     async def deliver(self, mail_from: str, rcpts: Sequence[str], raw: bytes,
-                      peer: str) -> Outcome: ...
+                      peer: str, *, client: str = "", queue_id: str = "") -> Outcome:
+        """Deliver one message. `client` and `queue_id` are what the MTA said with
+        XFORWARD (the original SMTP client, its own queue ID), for the log only; they
+        are passed only when the MTA sent XFORWARD."""
+        ...
 
     def log_connection(self, comm: Comm) -> None:
         """Write a closed connection's communication without blocking; never raises."""

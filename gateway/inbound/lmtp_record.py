@@ -8,9 +8,14 @@ an Error when the connection ended in the middle of a transaction. It holds only
 counters and a bounded number of entries, so keeping it costs a message next to
 nothing, and a connection refused recipient after recipient (a dictionary attack
 relayed by the MTA) does not grow one communication without end.
+
+`forwarded_client` writes what the MTA said about the original SMTP client of a
+message (XFORWARD) as the message's Client entry.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from gateway.commlog import Comm, CommObj, Status
 from gateway.model import Outcome
@@ -121,3 +126,24 @@ class ConnectionRecord:
         obj.close(status)
         self.comm.close(status)
         return self.comm
+
+
+LOCAL_SUBMISSION = "local submission (no client address)"
+
+
+def forwarded_client(attrs: Mapping[str, str | None]) -> str:
+    """The original client of an XFORWARD transaction as Postfix logs one:
+    'mx.example.org[192.0.2.1]:4711 HELO mx.example.org, ESMTP, login alice'; "" when
+    the MTA sent no ADDR. ADDR=[UNAVAILABLE] marks a local submission to the MTA, whose
+    other client attributes are ignored (XFORWARD_README)."""
+    addr = attrs.get("ADDR")
+    if not addr:
+        return LOCAL_SUBMISSION if "ADDR" in attrs else ""
+    port = attrs.get("PORT")
+    text = f"{attrs.get('NAME') or 'unknown'}[{addr}]" + (f":{port}" if port else "")
+    helo = attrs.get("HELO")
+    if helo:
+        text += f" HELO {helo}"
+    proto, login = attrs.get("PROTO"), attrs.get("LOGIN")
+    return ", ".join([text, *([proto] if proto else []),
+                      *([f"login {login}"] if login else [])])

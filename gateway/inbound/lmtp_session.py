@@ -2,8 +2,12 @@
 
 LmtpConnection (lmtp_connection.py) splits command lines and messages out of
 the input; this class answers them. After DATA, one reply per accepted
-recipient, in RCPT order. PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8
-and SIZE are offered; BDAT/CHUNKING is not.
+recipient, in RCPT order. PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8,
+SIZE and XFORWARD are offered; BDAT/CHUNKING is not.
+
+XFORWARD (Postfix's XFORWARD_README) names the original SMTP client and the MTA's
+queue ID of the next transaction; they reach the message's communication log and
+its log line (queue_id=) and nothing else: no filter or route reads them.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import structlog
+from structlog.contextvars import bind_contextvars
 
 from gateway import errors, metrics
 from gateway.errors import SmtpReply
 from gateway.inbound.lmtp_connection import PAUSE_AT, LmtpBackend, LmtpConnection, peer_name
+from gateway.inbound.lmtp_record import forwarded_client
 from gateway.inbound.lmtp_syntax import (
     BAD_SYNTAX,
     BAD_UTF8,
@@ -32,8 +38,12 @@ from gateway.inbound.lmtp_syntax import (
     NESTED_MAIL,
     RSET_OK,
     VRFY_CANNOT,
+    XFORWARD_ATTRS,
+    XFORWARD_IN_MAIL,
+    XFORWARD_OK,
     least_quoted_path,
     parse_path,
+    parse_xforward,
     syntax_reply,
 )
 from gateway.limits import IDLE_COMMANDS, SessionLimit, too_many_errors
@@ -53,6 +63,10 @@ BOGUS_LIMIT = 5
 _BACKEND_REASONS = {errors.RCPT_UNKNOWN: "unknown", errors.RCPT_INVALID: "invalid",
                     errors.RCPT_TEMP_INVALID: "temporarily_invalid"}
 
+_LHLO_REPLY = ("250-{host}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n"
+               "250-8BITMIME\r\n250-SMTPUTF8\r\n250-XFORWARD " + " ".join(XFORWARD_ATTRS)
+               + "\r\n250 SIZE {size}")
+
 
 class LmtpSession(LmtpConnection):
     """One LMTP connection: the dialogue on the lines and messages LmtpConnection reads."""
@@ -70,6 +84,9 @@ class LmtpSession(LmtpConnection):
         self._lhlo = ""
         self._from: str | None = None
         self._rcpts: list[str] = []
+        # XFORWARD attributes for the next transaction (None: none sent); an unknown
+        # value ([UNAVAILABLE]) is None.
+        self._xforward: dict[str, str | None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ input
@@ -119,6 +136,7 @@ class LmtpSession(LmtpConnection):
     def _reset(self) -> None:
         self._from = None
         self._rcpts = []
+        self._xforward = None
         self._record.ended()
 
     def smtp_LHLO(self, arg: str) -> None:
@@ -128,8 +146,26 @@ class LmtpSession(LmtpConnection):
         self._reset()
         self._lhlo = arg
         self._record.lhlo(arg)
-        self._reply(f"250-{self.hostname}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n"
-                    f"250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE {self.data_size_limit}")
+        self._reply(_LHLO_REPLY.format(host=self.hostname, size=self.data_size_limit))
+
+    def smtp_XFORWARD(self, arg: str) -> None:
+        """Attributes of the next transaction's original client (XFORWARD_README): each
+        command overwrites the attributes it names; [UNAVAILABLE] erases one."""
+        if not self._lhlo:
+            self._refuse("XFORWARD", NEED_LHLO)
+            return
+        if self._from is not None:
+            self._refuse("XFORWARD", XFORWARD_IN_MAIL)
+            return
+        attrs = parse_xforward(arg)
+        if isinstance(attrs, str):
+            self._refuse("XFORWARD", attrs)
+            return
+        if self._xforward is None:
+            self._xforward = attrs
+        else:
+            self._xforward.update(attrs)
+        self._reply(XFORWARD_OK)
 
     def smtp_MAIL(self, arg: str) -> None:
         if not self._lhlo:
@@ -261,6 +297,9 @@ class LmtpSession(LmtpConnection):
         """The final dot arrived: refuse an over-size message or start its delivery."""
         rcpts, mail_from = self._rcpts, self._from or ""
         self._from, self._rcpts = None, []
+        forwarded = self._xforward
+        if forwarded is not None:          # it applied to this transaction only
+            self._xforward = None
         record = self._record
         if raw is None:
             record.refused("DATA", f"message from <{mail_from}>", str(errors.TOO_BIG))
@@ -270,12 +309,22 @@ class LmtpSession(LmtpConnection):
             return
         record.delivering()
         self._busy = True
-        self._task = self._loop.create_task(self._deliver(mail_from, rcpts, raw))
+        self._task = self._loop.create_task(self._deliver(mail_from, rcpts, raw, forwarded))
 
-    async def _deliver(self, mail_from: str, rcpts: list[str], raw: bytes) -> None:
+    async def _deliver(self, mail_from: str, rcpts: list[str], raw: bytes,
+                       forwarded: dict[str, str | None] | None) -> None:
         outcome: Outcome | None = None
         try:
-            outcome = await self.backend.deliver(mail_from, rcpts, raw, self._peer)
+            if forwarded is None:
+                outcome = await self.backend.deliver(mail_from, rcpts, raw, self._peer)
+            else:
+                queue_id = forwarded.get("IDENT") or ""
+                if queue_id:
+                    # This task's context only: the message's log lines get queue_id=.
+                    bind_contextvars(queue_id=queue_id)
+                outcome = await self.backend.deliver(
+                    mail_from, rcpts, raw, self._peer, client=forwarded_client(forwarded),
+                    queue_id=queue_id)
             replies: Sequence[SmtpReply] = outcome.replies
         except Exception:
             logging.getLogger(__name__).exception("delivery failed")

@@ -3,7 +3,8 @@
 parse_path reads the argument of MAIL FROM: and RCPT TO: as RFC 5321 4.1.2 writes
 it (angle brackets, source routes, quoted local parts) and gives the address back
 with the least quoting; least_quoted_path does the same for an address given on
-the command line. The session that uses these is in lmtp_session.py.
+the command line. parse_xforward reads Postfix's XFORWARD command. The session
+that uses these is in lmtp_session.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ NEED_LHLO = "503 5.5.1 Send LHLO first"
 NEED_MAIL = "503 5.5.1 Need MAIL command"
 NEED_RCPT = "503 5.5.1 Need RCPT command"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+XFORWARD_OK = "250 2.0.0 Ok"
+XFORWARD_IN_MAIL = "503 5.5.1 Error: MAIL transaction in progress"
+
+# XFORWARD (Postfix's XFORWARD_README): the attributes offered in the LHLO reply, in
+# that order. The values are for the log only; nothing is decided on them.
+XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE", "LOGIN")
+# An attribute value is at most 255 characters (XFORWARD_README, note 1); a longer one
+# is cut to this for the log.
+XFORWARD_VALUE_LIMIT = 255
+_XFORWARD_NAMES = frozenset(XFORWARD_ATTRS)
+_UNKNOWN = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
 
 
 def syntax_reply(usage: str) -> str:
@@ -58,6 +70,80 @@ def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     if any(c in addr for c in " <>\t\r\n"):
         return None
     return addr, rest.split()
+
+
+_HEX = frozenset("0123456789ABCDEFabcdef")
+
+
+def xtext_decode(value: str) -> str | None:
+    """An RFC 3461 xtext value decoded ('+2B' is '+'), None when malformed. Decoded
+    bytes that are not UTF-8 stay as surrogates (printable() shows them as \\xNN)."""
+    if "+" not in value:
+        return value
+    out = bytearray()
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == "+":
+            pair = value[i + 1:i + 3]
+            if len(pair) != 2 or not all(h in _HEX for h in pair):
+                return None
+            out.append(int(pair, 16))
+            i += 3
+        else:
+            out += c.encode("utf-8", "surrogateescape")
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+# What a reader of a log line could take for a line end, or cannot show: C0 controls,
+# DEL, C1 controls (NEL among them), the Unicode line and paragraph separators and the
+# lone surrogates of bytes that were not UTF-8.
+_NOT_SHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if "\udc80" <= c <= "\udcff":          # surrogateescape: the byte it stands for
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def printable(text: str, limit: int = XFORWARD_VALUE_LIMIT) -> str:
+    """A client-chosen value for the log, on one line: controls and line separators
+    written as escapes (\\r, \\n, \\t, \\xNN, \\uNNNN), cut to `limit` characters."""
+    if _NOT_SHOWN.search(text):
+        text = _NOT_SHOWN.sub(_escape, text)
+    return text[:limit] + "…" if len(text) > limit else text
+
+
+def parse_xforward(arg: str) -> dict[str, str | None] | str:
+    """'NAME=mx.example.org IDENT=3CF6B2AAE8' → {'NAME': 'mx.example.org', 'IDENT': ...};
+    an unknown value ([UNAVAILABLE], [TEMPUNAVAIL]) is None. Values are decoded and
+    made printable(). A malformed command gives its 501 reply instead (nothing of it
+    is taken)."""
+    words = arg.split()
+    if not words:
+        return syntax_reply("XFORWARD attribute=value...")
+    attrs: dict[str, str | None] = {}
+    for word in words:
+        name, eq, value = word.partition("=")
+        name = name.upper()
+        if not eq or not name:
+            return syntax_reply("XFORWARD attribute=value...")
+        if name not in _XFORWARD_NAMES:
+            return f"501 5.5.4 Bad XFORWARD attribute name: {printable(name, 32)}"
+        if value.upper() in _UNKNOWN:
+            attrs[name] = None
+            continue
+        decoded = xtext_decode(value)
+        if decoded is None:
+            return f"501 5.5.4 Bad XFORWARD {name} syntax"
+        attrs[name] = printable(decoded)
+    return attrs
 
 
 def least_quoted_path(address: str) -> str:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
 from gateway.commlog import Comm, CommObj, add_comm
+from gateway.commlog_names import CLIENT, QUEUE_ID
 from gateway.inbound.commitproc import CommitClient, RemoteCommitError, failed_temporarily
 from gateway.inbound.parse import parse_message
 from gateway.inbound.route import route
@@ -388,6 +389,10 @@ class Pipeline:
         ctx = MessageContext(envelope=env, log=CommObj("Message"))
         ctx.log.log("Info", "Envelope", f"from <{env.mail_from}> to "
                     + ", ".join(f"<{r}>" for r in env.recipients) + f", {len(env.raw)} bytes")
+        if env.mta_client:              # XFORWARD: informational, nothing reads it back
+            ctx.log.log("Info", CLIENT, env.mta_client)
+        if env.mta_queue_id:
+            ctx.log.log("Info", QUEUE_ID, env.mta_queue_id)
         return ctx
 
     def _tempfail(self, env: Envelope, detail: str) -> Outcome:

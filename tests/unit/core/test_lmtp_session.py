@@ -189,14 +189,16 @@ class TestReplies:
                                                                     "b@x.test")]
 
     async def test_lhlo_extensions(self):
-        """LHLO lists PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8 and SIZE, no
-        CHUNKING."""
+        """LHLO lists PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, XFORWARD and
+        SIZE, no CHUNKING."""
         s, t = open_session(Backend(), limit=5000)
         s.data_received(b"LHLO mta\r\n")
         lines = t.take()
         assert [x[4:] for x in lines] == ["gw.test", "PIPELINING", "ENHANCEDSTATUSCODES",
-                                          "8BITMIME", "SMTPUTF8", "SIZE 5000"]
-        assert [x[3] for x in lines] == ["-"] * 5 + [" "]
+                                          "8BITMIME", "SMTPUTF8",
+                                          "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE LOGIN",
+                                          "SIZE 5000"]
+        assert [x[3] for x in lines] == ["-"] * 6 + [" "]
 
     async def test_simple_commands(self):
         """NOOP, RSET, VRFY, EXPN, HELP answer with enhanced status codes."""
@@ -261,7 +263,7 @@ class TestReplies:
         await settle()
         lines = t.take()
         assert codes(lines) == [250, 250, 555, 250, 354, 250]
-        assert lines[7].startswith("555 5.5.4")
+        assert [x[:9] for x in lines if x[:3] == "555"] == ["555 5.5.4"]
         assert [d[1] for d in backend.delivered] == [["b@x.test"]]
 
     async def test_size_with_non_ascii_digits(self):
@@ -312,7 +314,7 @@ class TestReplies:
         await settle()
         lines = t.take()
         assert codes(lines) == [250, 500, 250, 500, 250, 354, 250]
-        assert lines[6].startswith("500 5.5.2")
+        assert [x[:9] for x in lines if x[:3] == "500"] == ["500 5.5.2"] * 2
         assert [(d[0], d[1]) for d in backend.delivered] == [("\u00e4@y.test", ["\u00e4@x.test"])]
 
 
@@ -539,8 +541,8 @@ async def test_real_socket_split_terminator(cut, tmp_path):
         reader, writer = await asyncio.open_unix_connection(path)
         await reader.readline()
         writer.write(b"LHLO mta\r\nMAIL FROM:<s@y.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n")
-        for _ in range(9):
-            await reader.readline()
+        while not (await reader.readline()).startswith(b"354 "):
+            pass
         tail = b"body\r\n.\r\n"
         writer.write(tail[:4 + cut])
         await writer.drain()
