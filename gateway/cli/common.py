@@ -125,7 +125,7 @@ def envelope_problem(mail_from: str, rcpts: list[str]) -> str:
     in an address, an empty recipient: nothing an MTA sends), in-process as over LMTP,
     and for `send` as over SMTP, whose relay refuses the same addresses; "" when they
     can."""
-    from gateway.outbound.transport import address_refusal
+    from gateway.textsafe import address_refusal
 
     for addr in (mail_from, *rcpts):
         if address_refusal(addr) or "<" in addr or ">" in addr:

@@ -16,8 +16,8 @@ from email.parser import HeaderParser
 
 from gateway.inbound.parse import decode_header_value
 from gateway.model import Hit, MessageContext
-from gateway.outbound.transport import shown
 from gateway.runtime import Runtime
+from gateway.textsafe import shown
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class DsnInfo:
     def error(self) -> str:
         """The recipient, Status and Diagnostic-Code on one line (the article's
         transmission error, the log): control characters written as deskgate's own
-        DSNs and queue write them (transport.shown)."""
+        DSNs and queue write them (textsafe.shown)."""
         parts = [x for x in (self.status, self.diagnostic) if x]
         text = " ".join(parts) or "delivery failed (no status given)"
         return shown(f"{self.recipient}: {text}" if self.recipient else text)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.textsafe import printable as _printable
+
 # RFC 5321 4.5.3.1.4: 512 octets per command line; MAIL may carry SIZE= and SMTPUTF8.
 COMMAND_LIMIT = 512
 MAIL_LIMIT = 512 + 26 + 10
@@ -96,28 +98,10 @@ def xtext_decode(value: str) -> str | None:
     return out.decode("utf-8", "surrogateescape")
 
 
-# What a reader of a log line could take for a line end, or cannot show: C0 controls,
-# DEL, C1 controls (NEL among them), the Unicode line and paragraph separators and the
-# lone surrogates of bytes that were not UTF-8.
-_NOT_SHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
-
-
-def _escape(m: re.Match[str]) -> str:
-    c = m.group()
-    if c in _ESCAPES:
-        return _ESCAPES[c]
-    if "\udc80" <= c <= "\udcff":          # surrogateescape: the byte it stands for
-        return f"\\x{ord(c) - 0xDC00:02x}"
-    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-
-
 def printable(text: str, limit: int = XFORWARD_VALUE_LIMIT) -> str:
     """A client-chosen value for the log, on one line: controls and line separators
     written as escapes (\\r, \\n, \\t, \\xNN, \\uNNNN), cut to `limit` characters."""
-    if _NOT_SHOWN.search(text):
-        text = _NOT_SHOWN.sub(_escape, text)
-    return text[:limit] + "…" if len(text) > limit else text
+    return _printable(text, limit)
 
 
 def parse_xforward(arg: str) -> dict[str, str | None] | str:

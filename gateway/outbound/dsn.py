@@ -27,7 +27,7 @@ from typing import Literal
 
 from gateway.outbound.headers import FOLD_AT, header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.queue import RcptResult
-from gateway.outbound.transport import reply_line, shown
+from gateway.textsafe import reply_line, shown
 
 # A reply is reported whole, every line of a multi-line one (as Postfix's bounce
 # does), up to REPLY_MAX characters; a word is cut to WORD_MAX, so that a folded line

@@ -33,10 +33,10 @@ from sqlalchemy import (
 )
 
 from gateway.outbound.context import OutboundContext
-from gateway.outbound.transport import reply_line, reply_text, shown
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
+from gateway.textsafe import reply_line, reply_text, shown
 
 
 def utcnow() -> datetime:

@@ -40,13 +40,12 @@ from gateway.outbound.transport import (
     Transport,
     error_reply,
     make_transport,
-    reply_line,
     retried,
-    shown,
 )
 from gateway.runtime import Runtime
 from gateway.store.db import is_temporary
 from gateway.store.writer import BatchWriter
+from gateway.textsafe import reply_line, shown
 
 if TYPE_CHECKING:
     pass

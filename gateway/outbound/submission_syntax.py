@@ -16,7 +16,7 @@ import ipaddress
 import re
 
 # RFC 5321 4.1.2 atext, with UTF-8 beyond ASCII (RFC 6531) but not the C1 controls
-# (refused as C0 controls are, and as the relay refuses them: transport.address_refusal)
+# (refused as C0 controls are, and as the relay refuses them: textsafe.address_refusal)
 # nor the lone surrogates that stand for bytes that are no UTF-8 (surrogateescape).
 _U = "\u00a0-\ud7ff\ue000-\U0010ffff"
 _ATEXT = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U}]"

@@ -12,7 +12,7 @@ from email.policy import default as default_policy
 from gateway.inbound.bounce import parse_dsn
 from gateway.outbound import queue as oq
 from gateway.outbound.dsn import build_dsn
-from gateway.outbound.transport import reply_line, reply_text
+from gateway.textsafe import reply_line, reply_text
 
 # As smtplib gives Gmail's unknown-user reply: the lines' texts, without their codes.
 GMAIL = ("5.1.1 The email account that you tried to reach does not exist. Please try\n"
