@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from gateway.inbound.ticket import is_true
 from gateway.model import AttachmentData
 
 
@@ -48,7 +49,8 @@ class HandoffItem:
     # customer_user, customer_no, dynamic_fields, ...
     ticket: dict[str, Any]
     # The article: from, to, cc, reply_to, subject, message_id, in_reply_to,
-    # references, content_type, body, body_html, sender_type, is_visible_for_customer.
+    # references, content_type, body, body_html, sender_type, is_visible_for_customer,
+    # loop.
     article: dict[str, Any]
     attachments: list[AttachmentData]
     crypto: dict[str, Any]         # encrypted, decrypted, signed, signature_valid, signer, ...
@@ -56,6 +58,16 @@ class HandoffItem:
     # untrusted X-headers removed, or with store_decrypted_body the decrypted MIME.
     mime: bytes
     created: str = ""              # ISO time the message was committed
+
+    @property
+    def loop(self) -> bool:
+        """deskgate found the message looping (the stored article's flag, after a filter's
+        Loop; an item without it: a true Loop decision): the helpdesk must not
+        auto-respond to it."""
+        flag = self.article.get("loop")
+        if flag is not None:
+            return bool(flag)
+        return is_true(str(self.decisions.get("Loop", "")))
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         "references": a["references"], "content_type": a["content_type"], "body": a["body"],
         "body_html": a["body_html"], "sender_type": a["sender_type"],
         "is_visible_for_customer": a["is_visible_for_customer"],
+        # deskgate found it looping (auto-reply, list, bounce; a filter's Loop set or
+        # cleared it): the connectors keep the helpdesk from auto-responding to it
+        "loop": bool(a.get("loop")),
     }
     return HandoffItem(
         id=c.id, kind=kind, key=c.key, attempts=c.earlier + c.attempts, ticket_id=c.ticket_id,

@@ -126,9 +126,11 @@ def decision_headers(item: HandoffItem, config: Config) -> list[tuple[str, str]]
         for key in sorted(d):
             if key.startswith("FollowUp-DynamicField-"):
                 put(key, d[key])
-    # OTOBO takes any X-OTOBO-Loop but empty and 0 as a loop ('no' too): only deskgate's
-    # own true values send one
-    if is_true(d.get("Loop", "")):
+    # Whatever signal deskgate found (OTOBO's own check knows only Precedence, X-Loop,
+    # Mailing-List and Auto-Submitted, not X-Autoreply, List-Id, X-Auto-Response-Suppress,
+    # a DSN...) or a filter's Loop: yes: OTOBO sends no auto-response. A filter's Loop: no
+    # sends none: OTOBO takes any X-OTOBO-Loop but empty and 0 as a loop ('no' too).
+    if item.loop:
         put("Loop", "yes")
     out.extend(crypto_headers(item.crypto))
     return out

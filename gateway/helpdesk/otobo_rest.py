@@ -44,6 +44,11 @@ _UNIT_MINUTES = {"": 1 / 60, "s": 1 / 60, "m": 1, "h": 60, "d": 1440, "w": 10080
 # now when an agent picks a pending state. TicketUpdate refuses a pending State
 # without a PendingTime; TicketCreate would leave the ticket without a reminder time.
 DEFAULT_PENDING_DIFF = 1440      # minutes
+# The article's AutoResponseType for mail deskgate found looping. The operations insist on
+# a valid type (their default "auto reply" / "auto follow up" answers the sender) and pass
+# OTOBO no mail header, so no X-OTOBO-Loop; "auto remove" is a type OTOBO still lists but
+# no longer sends itself, so a queue normally has no response of that type.
+NO_AUTO_RESPONSE = "auto remove"
 
 
 class OtoboError(HandoffError):
@@ -285,7 +290,7 @@ class OtoboRest:
         body = self._payload(item, {k[13:]: v for k, v in d.items()
                                     if k.startswith("DynamicField-")}, log)
         body["Ticket"] = ticket
-        answer = self._send_df_tolerant("TicketCreate", "POST", "/Ticket", body, log)
+        answer = self._send("TicketCreate", "POST", "/Ticket", body, log)
         tid, tn = str(answer.get("TicketID", "")), str(answer.get("TicketNumber", ""))
         if not tid:
             raise HandoffError(f"TicketCreate: no TicketID in OTOBO's answer: {answer!r:.200}")
@@ -333,8 +338,8 @@ class OtoboRest:
         body["Article"]["HistoryType"] = "FollowUp"
         if ticket:
             body["Ticket"] = ticket
-        answer = self._send_df_tolerant("TicketUpdate", "PATCH",
-                                        f"/Ticket/{urllib.parse.quote(target)}", body, log)
+        answer = self._send("TicketUpdate", "PATCH", f"/Ticket/{urllib.parse.quote(target)}",
+                            body, log)
         log.append(("Info", "TicketUpdate", f"article {answer.get('ArticleID', '')} on ticket "
                     f"{tn} (id {target})" + (f"; set {ticket}" if ticket else "")))
         return Delivered(target, tn, "updated", log)
@@ -406,6 +411,11 @@ class OtoboRest:
             "References": a.get("references") or "",
             "HistoryComment": history_comment(self.marker(item), item.crypto),
         }
+        if item.loop:
+            article["AutoResponseType"] = NO_AUTO_RESPONSE
+            log.append(("Info", "AutoResponseType", f"{NO_AUTO_RESPONSE!r}: deskgate found "
+                        "the message looping (auto-reply, list or bounce), so OTOBO is not "
+                        "to answer it with the queue's auto reply or auto follow up"))
         out: dict[str, Any] = {"Article": article}
         files = []
         for i, att in enumerate(item.attachments):
@@ -430,6 +440,23 @@ class OtoboRest:
             if dfs:
                 out["DynamicField"] = [{"Name": k, "Value": v} for k, v in sorted(dfs.items())]
         return out
+
+    def _send(self, operation: str, method: str, path: str, body: dict[str, Any],
+              log: Log) -> dict[str, Any]:
+        """Send; an OTOBO that refuses the loop's AutoResponseType (an administrator set
+        that type invalid) gets the article again with its default type rather than
+        lose it."""
+        try:
+            return self._send_df_tolerant(operation, method, path, body, log)
+        except OtoboError as exc:
+            if "AutoResponseType" not in exc.message \
+                    or "AutoResponseType" not in body["Article"]:
+                raise
+            del body["Article"]["AutoResponseType"]
+            log.append(("Warn", "AutoResponseType", f"{exc}; sent again with OTOBO's default "
+                        "type: the queue's auto-response to this looping message may have "
+                        f"gone out (set the type {NO_AUTO_RESPONSE!r} valid again)"))
+            return self._send_df_tolerant(operation, method, path, body, log)
 
     def _send_df_tolerant(self, operation: str, method: str, path: str,
                           body: dict[str, Any], log: Log) -> dict[str, Any]:

@@ -84,7 +84,7 @@ _TICKET_KEYS = ("number", "title", "queue", "state", "priority", "type", "servic
 _ARTICLE_KEYS = ("direction", "sender_type", "is_visible_for_customer", "from_addr",
                  "from_email", "to_addr", "cc_addr", "reply_to", "subject", "message_id",
                  "in_reply_to", "references", "content_type", "body", "body_html", "crypto",
-                 "headers")
+                 "headers", "loop")
 
 
 def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:

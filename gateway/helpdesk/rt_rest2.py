@@ -234,6 +234,17 @@ class RtRest2:
         body: dict[str, Any] = {"Queue": item.queue, "Subject": subject, **fields}
         if requestor:
             body["Requestor"] = requestor
+        if item.loop and requestor:
+            # RT's squelch list of the ticket (People → "Unchecked boxes disable
+            # notifications"): "On Create Autoreply To Requestors" skips the sender, as for
+            # mail rt-mailgate finds auto-generated. REST2 passes only a plain value on to
+            # Ticket->Create, so the ticket's list, not the Create transaction's
+            # (TransSquelchMailTo, a list, is dropped): RT's later mail skips it too.
+            body["SquelchMailTo"] = requestor
+            log.append(("Info", "RT", f"SquelchMailTo {requestor}: deskgate found the "
+                        "message looping (auto-reply, list or bounce), so RT mails its sender "
+                        "no auto-reply and no other mail of this ticket (an agent can tick "
+                        "the address again on the ticket's People page)"))
         prio = rt_priority(str(item.decisions.get("Priority") or item.ticket.get("priority")
                                or ""))
         if prio is not None:
@@ -276,6 +287,11 @@ class RtRest2:
             raise HandoffError(f"{tid!r} is not an RT ticket id", temporary=False)
         fields, warnings = self._message_fields(item)
         log: list[tuple[str, str, str]] = [("Notice", "RT", w) for w in warnings]
+        if item.loop:
+            log.append(("Notice", "RT", "deskgate found the message looping (auto-reply, "
+                        "list or bounce); REST2's correspond takes no squelch list, so only "
+                        "RT's scrips keep RT from mailing it back to its sender (see "
+                        "docs/helpdesk-rt.md)"))
         if item.attempts > 0 and self._find_correspondence(item, tid, fields):
             return Delivered(ticket_id=tid, ticket_number=tid, detail="found", log=[
                 *log, ("Notice", "RT", f"correspondence on ticket {tid} from an earlier "
