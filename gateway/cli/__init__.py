@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # Modules of gateway.cli that define register(subparsers). Add yours here.
 COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "passwd", "keys",
@@ -17,12 +18,31 @@ COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "p
 HOT_COMMANDS: dict[str, str] = {"deliver": "core"}
 
 
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after its name. After it (`top`
+    False) they default to SUPPRESS: a command's parser sets `config` only when it is
+    given there, and then it wins over the value parsed before the command name."""
+    parser.add_argument(
+        "--config", "-c", metavar="DIR", default=None if top else argparse.SUPPRESS,
+        help=("configuration directory (default: $DESKGATE_CONFIG, ./conf.d, "
+              "/etc/deskgate/conf.d); also accepted after the command, where it wins "
+              "over one given before it") if top else argparse.SUPPRESS)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of a command (and of its actions): it takes the global options too,
+    as `postconf -c DIR` and `doveconf -c FILE` do; `deskgate -h` documents them once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_options(self, top=False)
+
+
 def build_parser(modules: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deskgate", description="Mail gateway for helpdesks.")
-    parser.add_argument("--config", "-c", metavar="DIR",
-                        help="configuration directory (default: $DESKGATE_CONFIG, ./conf.d, "
-                             "/etc/deskgate/conf.d)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_global_options(parser, top=True)
+    # An action's subparsers inherit parser_class from their parent: every level has them.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
     for name in modules:
         importlib.import_module(f"gateway.cli.{name}").register(sub)

@@ -4,6 +4,7 @@ and the README links the documents."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -171,6 +172,8 @@ class TestCliAndLinks:
             for a in parser._actions:
                 if a.option_strings and "-h" in a.option_strings:
                     continue
+                if a.help == argparse.SUPPRESS:     # a global option: see the next test
+                    continue
                 names = [str(n) for n in (a.option_strings or (a.metavar, a.dest)) if n]
                 shown = max(names, key=len)
                 if not any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", line)
@@ -182,6 +185,20 @@ class TestCliAndLinks:
         problems += [f"deskgate {path}: documented but not a command" for path in usage
                      if path not in leaves]
         assert not problems, "\n".join(problems)
+
+    def test_global_options_documented_once(self):
+        """The global options every command also takes after its name (hidden in each
+        command's help) are the top-level parser's, and docs/cli.md's introduction says
+        they go before or after the command and which one wins."""
+        from gateway.cli import build_parser
+
+        top = {s for a in build_parser()._actions for s in a.option_strings} - {"-h", "--help"}
+        hidden = {s for _, parser in _leaf_parsers() for a in parser._actions
+                  if a.help == argparse.SUPPRESS for s in a.option_strings}
+        assert hidden == top
+        intro = (DOCS / "cli.md").read_text().split("\n## ", 1)[0]
+        assert "deskgate COMMAND [--config DIR] ..." in intro
+        assert "the one after the command wins" in intro
 
     def test_referenced_documents_exist(self):
         """Every Markdown file that code, tests, docs or the README mention is in the repository
