@@ -1,7 +1,8 @@
 """A few keys read straight from conf.d, without building or validating the configuration.
 
 For what must work when the configuration as a whole does not (a read-only
-command while a policy file is broken) and for what must start in a few
+command while a policy file is broken, `dkim keygen` writing the key file a
+[[dkim]] already names) and for what must start in a few
 milliseconds (`deskgate deliver --via-socket`, which needs only the LMTP
 socket). Files are read in the same order as gateway.config and a later value
 wins; a file that is not valid TOML is skipped (`deskgate check` reports it).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +32,38 @@ def config_dir(value: str | Path | None) -> Path:
     return (local if local.is_dir() else Path("/etc/deskgate/conf.d")).absolute()
 
 
-def read_sections(conf: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """The tables `names` of conf.d/*.toml, merged key by key (a later file wins)."""
-    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+def _documents(conf: Path) -> Iterator[dict[str, Any]]:
+    """Each conf.d/*.toml that is valid TOML, parsed, in file order."""
     try:
         files = sorted(conf.glob("*.toml"))
     except OSError:
-        return out
+        return
     for path in files:
         try:
             with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError):
+                yield tomllib.load(fh)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             continue
+
+
+def read_sections(conf: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The tables `names` of conf.d/*.toml, merged key by key (a later file wins)."""
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for data in _documents(conf):
         for name in names:
             table = data.get(name)
             if isinstance(table, dict):
                 out[name].update(table)
+    return out
+
+
+def read_entries(conf: Path, name: str) -> list[dict[str, Any]]:
+    """The [[name]] entries of conf.d/*.toml, in file order (arrays of tables append)."""
+    out: list[dict[str, Any]] = []
+    for data in _documents(conf):
+        entries = data.get(name)
+        if isinstance(entries, list):
+            out += [e for e in entries if isinstance(e, dict)]
     return out
 
 

@@ -71,7 +71,8 @@ def register(sub: Any) -> None:
     kp.add_argument("selector", type=_dkim_selector,
                     help="the selector (s=): letters, digits, hyphens, dots")
     kp.add_argument("--ed25519", action="store_true", help="Ed25519 instead of RSA-2048")
-    kp.add_argument("--out", help="key file (default keys/dkim/DOMAIN.SELECTOR.pem)")
+    kp.add_argument("--out", help="key file (default: the key_file of the [[dkim]] with this "
+                    "domain and selector, else keys/dkim/DOMAIN.SELECTOR.pem)")
     kp.add_argument("--force", action="store_true", help="overwrite an existing file")
     kp.set_defaults(func=cmd_keygen)
 
@@ -284,21 +285,52 @@ def _dkim_domain(value: str) -> str:
     return value
 
 
+def _keygen_file(args: argparse.Namespace) -> tuple[Path | None, str, bool]:
+    """Where keygen writes the key: (path, '', whether a [[dkim]] names it), or
+    (None, why it cannot tell, False).
+
+    Only conf.d's [[dkim]] entries are read, not the whole configuration: the key
+    file an entry names does not exist yet, and a broken unrelated setting must not
+    keep the key from being made (`check` reports those)."""
+    from gateway.rawconf import config_dir, read_entries
+
+    if args.out:
+        return Path(args.out), "", False
+    conf = config_dir(args.config)
+    if not conf.is_dir():
+        return None, f"{conf}: configuration directory does not exist", False
+    named = sorted({e["key_file"] for e in read_entries(conf, "dkim")
+                    if isinstance(e.get("domain"), str)
+                    and e["domain"].lower() == args.domain.lower()
+                    and e.get("selector") == args.selector
+                    and isinstance(e.get("key_file"), str) and e["key_file"].strip()})
+    if len(named) > 1:
+        return None, (f"the [[dkim]] entries for {args.domain} selector {args.selector} "
+                      f"name different key files ({', '.join(named)}); give --out"), False
+    # Relative paths are relative to the parent of conf.d, as Config.path resolves them.
+    path = Path(named[0] if named else f"keys/dkim/{args.domain}.{args.selector}.pem")
+    return (path if path.is_absolute() else conf.parent / path), "", bool(named)
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from gateway.outbound.dkim import dns_record, generate_key, key_pem, zone_line
     from gateway.privatefiles import write_private
 
-    out = Path(args.out) if args.out else None
+    out, problem, configured = _keygen_file(args)
     if out is None:
-        cfg = load(args)
-        out = cfg.path(f"keys/dkim/{args.domain}.{args.selector}.pem")
+        print(f"dkim keygen: {problem}", file=sys.stderr)
+        return 1
     if out.exists() and not args.force:
         print(f"dkim keygen: {out} exists (use --force to replace it)", file=sys.stderr)
         return 1
     key = generate_key(args.ed25519)
     write_private(out, key_pem(key))
     print(f"; key written to {out}", file=sys.stderr)
-    print(f"; add to the configuration:\n; [[dkim]]\n; domain = \"{args.domain}\"\n"
-          f"; selector = \"{args.selector}\"\n; key_file = \"{out}\"", file=sys.stderr)
+    if configured:
+        print(f"; the [[dkim]] for {args.domain} selector {args.selector} names this file",
+              file=sys.stderr)
+    else:
+        print(f"; add to the configuration:\n; [[dkim]]\n; domain = \"{args.domain}\"\n"
+              f"; selector = \"{args.selector}\"\n; key_file = \"{out}\"", file=sys.stderr)
     print(zone_line(args.domain, args.selector, dns_record(key)))
     return EX_OK
