@@ -426,10 +426,19 @@ def load_config(conf_dir: Path | str | None = None,
         pb.error("filter", "use [[filter]] (an array of tables)")
         raw_filters = []
     for i, raw in enumerate(raw_filters):
-        built = pb.build(FilterConfig, raw, f"filter[{i}]", salvage=_FILTER_SALVAGE)
+        # Messages name a filter filter[name] as the filter checks do, or filter[i]
+        # when it has no usable name; its own builder files them under its file.
+        name = raw.get("name") if isinstance(raw, dict) else None
+        usable = isinstance(name, str) and bool(name.strip()) and name_problem(name) is None
+        fb = _Builder(root, _Origins(), porigins.file(f"filter[{i}]", pb.default_file),
+                      b.environ, conf_d=False)
+        built = fb.build(FilterConfig, raw, f"filter[{name}]" if usable else f"filter[{i}]",
+                         salvage=_FILTER_SALVAGE)
+        pb.errors.extend(fb.errors)
         if built is not None:
-            if not built.name.strip():
+            if not built.name.strip():  # left out: the checks would name it filter[]
                 pb.error(f"filter[{i}].name", "must not be empty (filters run in name order)")
+                continue
             problem = name_problem(built.name)
             if problem is not None:     # left out: its later errors' keys would hold it
                 pb.error(f"filter[{i}].name", problem)

@@ -3,6 +3,7 @@ gateway.inbound.filters runs, and the checks `deskgate check` reports for them."
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -158,7 +159,7 @@ def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[st
     unknown = set(raw) - _COND_KEYS
     if unknown:
         bad(where, f"unknown key(s) {', '.join(sorted(unknown))} (allowed: header, value, "
-            "email, not)")
+            f"email, not){_cond_key_hint(sorted(unknown))}")
         return None
     header = raw.get("header")
     if not isinstance(header, str) or not header.strip():
@@ -200,6 +201,20 @@ def _compile_condition(raw: Mapping[str, Any], where: str, prefixes: Sequence[st
                      param=param, kind=kind, pattern=pattern, rx=rx, negate=negate,
                      groups=rx.groups > 0, fast=backtracking_bound(pattern) is not None,
                      literal=required_literal(pattern) if kind == "value" else None)
+
+
+def _cond_key_hint(unknown: Sequence[str]) -> str:
+    """'; did you mean header?' for misspelt condition keys (heder, vlaue), '' when none
+    is close to a known key."""
+    # 0.75 as for X-headers (xheaders.unknown_hint): a misspelling, not any short word
+    close = {k: difflib.get_close_matches(k.lower(), sorted(_COND_KEYS), n=1, cutoff=0.75)
+             for k in unknown}
+    hits = [(k, m[0]) for k, m in close.items() if m]
+    if not hits:
+        return ""
+    if len(unknown) == 1:
+        return f"; did you mean {hits[0][1]}?"
+    return f"; did you mean {', '.join(f'{m} for {k}' for k, m in hits)}?"
 
 
 def validate_filters(cfg: Config, add: Callable[[str, str, str], None]) -> None:

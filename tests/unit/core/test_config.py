@@ -343,8 +343,8 @@ class TestBrokenFilterReportedWhole:
         where = conf.parent / "policies" / "10-bad.toml"
         errs = errors_of(conf)
         assert errs == [
-            f"{where}: filter[0].stop_after_match: expected true or false, got 'yes'",
-            f"{where}: filter[0].comment: expected a string, got int",
+            f"{where}: filter[bad].stop_after_match: expected true or false, got 'yes'",
+            f"{where}: filter[bad].comment: expected a string, got int",
             f"{where}: filter[bad].match[0].value: invalid regular expression '([': "
             "unterminated character set at position 2",
             f"{where}: filter[bad].set.X-Deskgate-Nope: unknown X-header (docs/policies.md "
@@ -356,7 +356,7 @@ class TestBrokenFilterReportedWhole:
         conf = make_confdir(policies={"10-bad.toml": '[[filter]]\nname = "bad"\n'
                                                      'match = "Subject"\n'})
         where = conf.parent / "policies" / "10-bad.toml"
-        assert errors_of(conf) == [f"{where}: filter[0].match: expected a list, got str"]
+        assert errors_of(conf) == [f"{where}: filter[bad].match: expected a list, got str"]
 
     def test_a_filter_without_a_usable_name_is_not_checked_further(self, make_confdir):
         """A filter whose name is not a string reports that, and nothing under a name."""
@@ -364,3 +364,28 @@ class TestBrokenFilterReportedWhole:
         errs = errors_of(conf)
         assert [e.split(": ")[1] for e in errs] == [
             "filter[0].name", "filter[0].stop_after_match", "filter[0].comment"], errs
+
+    def test_each_filter_named_in_its_own_file(self, make_confdir):
+        """Filters of two policy files are named by name in every message, each under the
+        file that holds it, also when the name has a dot or looks like an index."""
+        conf = make_confdir(policies={
+            "10-a.toml": '[[filter]]\nname = "first"\nmatch = [{ header = "X", value = "x" }]\n',
+            "20-b.toml": BROKEN_FILTER.replace('"bad"', '"spam.rules"')
+            + '[[filter]]\nname = "0"\ncomment = 1\nmatch = [{ header = "X", value = "[" }]\n'})
+        where = conf.parent / "policies" / "20-b.toml"
+        errs = errors_of(conf)
+        assert [e for e in errs if "comment" in e] == [
+            f"{where}: filter[spam.rules].comment: expected a string, got int",
+            f"{where}: filter[0].comment: expected a string, got int"], errs
+        assert f"{where}: filter[spam.rules].stop_after_match: expected true or false, got " \
+               "'yes'" in errs, errs
+        assert all(e.startswith(f"{where}: filter[spam.rules].") or
+                   e.startswith(f"{where}: filter[0].") for e in errs), errs
+
+    @pytest.mark.parametrize("name", ["''", "' '"])
+    def test_a_filter_with_an_empty_name_is_named_by_index(self, make_confdir, name):
+        """A filter whose name is empty is filter[index] in its messages, never filter[]."""
+        conf = make_confdir(policies={"10-bad.toml": BROKEN_FILTER.replace('"bad"', name)})
+        errs = errors_of(conf)
+        assert [e.split(": ")[1] for e in errs] == [
+            "filter[0].stop_after_match", "filter[0].comment", "filter[0].name"], errs

@@ -63,6 +63,30 @@ class TestCompile:
         assert "filter[b].match[0]: give exactly one of value" in text
         assert "filter[c].match[0].header: required" in text
 
+    @pytest.mark.parametrize(("cond", "hint"), [
+        ('heder = "Subject", value = "x"', "heder (allowed: header, value, email, not); "
+                                           "did you mean header?"),
+        ('header = "Subject", vlaue = "x"', "vlaue (allowed: header, value, email, not); "
+                                            "did you mean value?"),
+        ('header = "From", emial = "x"', "emial (allowed: header, value, email, not); "
+                                         "did you mean email?"),
+        ('heder = "From", vlaue = "x"', "heder, vlaue (allowed: header, value, email, not); "
+                                        "did you mean header for heder, value for vlaue?"),
+        ('header = "From", value = "x", colour = "red"',
+         "colour (allowed: header, value, email, not)"),
+    ])
+    def test_misspelt_condition_key_gets_a_hint(self, make_confdir, cond, hint):
+        """A condition key close to a known one (heder, vlaue) gets 'did you mean ...?', as
+        an unknown X-header does; a key like no known one gets the list only."""
+        errs = errors_of(make_confdir, f"""
+            [[filter]]
+            name = "a"
+            match = [{{ {cond} }}]
+            set = {{ "X-Deskgate-Queue" = "Junk" }}
+        """)
+        assert [e.split(": ", 1)[1] for e in errs] == [
+            f"filter[a].match[0]: unknown key(s) {hint}"], errs
+
     def test_unknown_x_header_and_unknown_named_group(self, make_confdir):
         """Setting an unknown X-Deskgate- header or naming a missing group is refused."""
         errs = errors_of(make_confdir, r"""
