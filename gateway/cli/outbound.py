@@ -203,7 +203,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         else:
             print(f"{'lost attempt':13} {d['claimed_by']} did not finish its attempt (its lease "
                   f"ran out at {d['lease_until']}); the next sender to take the message "
-                  "counts it as a failed attempt")
+                  "sends it again (an interrupted attempt does not count)")
     print("recipients:")
     for r in d["recipient_status"]:
         print(f"  <{r['address']}> {r['status']} after {r['attempts']} tries"

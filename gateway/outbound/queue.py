@@ -5,16 +5,21 @@ sender claims due messages by setting a lease (`FOR UPDATE SKIP LOCKED` on
 PostgreSQL, and a compare-and-set on the lease everywhere), so several nodes
 never send the same message; a node that dies mid-send leaves a lease that
 expires, and the message is taken again. Such a claim whose lease ran out
-without an outcome is a lost attempt: the next claim says so (Claimed.lost_by),
-and the sender records it as a failed attempt instead of delivering, so a
-message that kills (or hangs) every process delivering it still runs out of its
-schedule and bounces.
+without an outcome is an interrupted attempt: the next claim says so
+(Claimed.lost_by). As with Postfix's crashed delivery agent it is no failed
+attempt: only a finished attempt counts against relay.retry. The sender delivers
+again at once; when that attempt is interrupted too (Claimed.lost_again) the
+message is deferred, and a message that kills every process delivering it
+bounces once its time in the queue (the sum of relay.retry) has run out.
+Each claim has a name of its own (the sender's node and a number): an attempt
+checks it before MAIL FROM and when recording, so a late one sends and
+records nothing once another claim took the message.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -148,29 +153,39 @@ class Claimed:
     created: datetime
     warned: bool
     recipients: list[tuple[int, str]] = field(default_factory=list)   # (row id, address)
-    node: str = ""              # who claimed it ("": not known, e.g. built by hand)
-    # A lost attempt: the node whose claim's lease ran out without an outcome (its
-    # process ended or hung) and when it ran out. Record it, do not deliver.
+    node: str = ""              # the claim ("": not known, e.g. built by hand)
+    # An interrupted attempt: the claim whose lease ran out without an outcome (its
+    # process ended or hung) and when it ran out. Not counted; delivered again now,
+    # unless that claim had itself taken over an interrupted one (lost_again):
+    # then deferred, not counted either (record_attempt with counted=False).
     lost_by: str = ""
     lost_until: datetime | None = None
+    lost_again: bool = False
 
 
-# The reply every recipient of a lost attempt gets (code 0: temporary, as a connection
-# that failed), and the message's last_error.
+# The message's last_error from the claim that takes over an interrupted attempt, and
+# every recipient's reply when such a message is deferred or bounced without delivery.
+INTERRUPTED = ("previous attempt was interrupted (the process delivering it ended or "
+               "hung); not counted as an attempt")
+# Older rows may hold it (counted lost attempts of earlier releases).
 LOST_REASON = "delivery attempt did not finish (the process ended or hung)"
 
 
 def claim(conn: Connection, node: str, *, limit: int, lease: float,
-          now: datetime | None = None) -> list[Claimed]:
-    """Take up to `limit` due messages for `node` until now + lease.
+          now: datetime | None = None, exclude: Collection[int] = ()) -> list[Claimed]:
+    """Take up to `limit` due messages for the claim `node` until now + lease (a sender
+    names each claim of its own; `exclude`: the messages it is still delivering).
 
     A message whose earlier claim's lease ran out without an outcome comes back with
-    lost_by set: that attempt is to be recorded as failed (record_attempt with
-    LOST_REASON), not delivered now; the next try follows the schedule."""
+    lost_by set, and its last_error says INTERRUPTED: deliver it now, or, with
+    lost_again, record it uncounted (record_attempt counted=False)."""
     now = now or utcnow()
     due = and_(OutboundMessage.status == "queued", OutboundMessage.next_attempt <= now,
                or_(OutboundMessage.lease_until.is_(None), OutboundMessage.lease_until < now))
-    q = (select(OutboundMessage.id, OutboundMessage.claimed_by, OutboundMessage.lease_until)
+    if exclude:
+        due = and_(due, OutboundMessage.id.not_in(list(exclude)))
+    q = (select(OutboundMessage.id, OutboundMessage.claimed_by, OutboundMessage.lease_until,
+                OutboundMessage.last_error)
          .where(due).order_by(OutboundMessage.next_attempt).limit(limit))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
@@ -189,12 +204,14 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
         conn.execute(update(OutboundMessage).where(
             OutboundMessage.id.in_(fresh), due, OutboundMessage.lease_until.is_(None))
             .values(**mark))
-    lost: dict[int, tuple[str, datetime | None]] = {}
+    lost: dict[int, tuple[str, datetime | None, bool]] = {}
     for r in found:
         if r.lease_until is not None and conn.execute(update(OutboundMessage).where(
                 OutboundMessage.id == r.id, due, OutboundMessage.lease_until == r.lease_until,
-                OutboundMessage.claimed_by == r.claimed_by).values(**mark)).rowcount:
-            lost[r.id] = (r.claimed_by or "an unknown node", _aware(r.lease_until))
+                OutboundMessage.claimed_by == r.claimed_by).values(
+                    **mark, last_error=INTERRUPTED)).rowcount:
+            lost[r.id] = (r.claimed_by or "an unknown node", _aware(r.lease_until),
+                          r.last_error == INTERRUPTED)
     rows = conn.execute(select(OutboundMessage).where(
         OutboundMessage.id.in_(ids), OutboundMessage.claimed_by == node[:200],
         OutboundMessage.lease_until == until)).all()
@@ -209,26 +226,32 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     out = {r.id: Claimed(r.id, r.kind, r.queue, r.sender, r.return_path, r.message_id,
                          r.article_id, r.ticket_id, r.data, r.attempts,
                          _aware(r.created) or now, r.warned, node=r.claimed_by,
-                         lost_by=lost.get(r.id, ("", None))[0],
-                         lost_until=lost.get(r.id, ("", None))[1])
+                         lost_by=lost.get(r.id, ("", None, False))[0],
+                         lost_until=lost.get(r.id, ("", None, False))[1],
+                         lost_again=lost.get(r.id, ("", None, False))[2])
            for r in rows}
     for rc in rcpts:
         out[rc.outbound_id].recipients.append((rc.id, rc.address))
     return [out[i] for i in taken]
 
 
-def renew(conn: Connection, node: str, ids: Sequence[int], *, lease: float,
+def renew(conn: Connection, held: Mapping[int, str], *, lease: float,
           now: datetime | None = None) -> int:
-    """Extend the leases `node` still holds on `ids` (deliveries under way or waiting for a
-    worker) to now + lease, so that a slow transfer is not taken and sent again by
-    another node; returns how many were extended."""
-    if not ids:
-        return 0
+    """Extend the leases of the claims still held (message id → its claim, deliveries
+    under way or waiting for a worker) to now + lease, so that a slow transfer is not
+    taken and sent again by another node; returns how many were extended. A message
+    another claim took meanwhile is not extended (0 for a single one: do not send)."""
     now = now or utcnow()
-    return conn.execute(update(OutboundMessage).where(
-        OutboundMessage.id.in_(list(ids)), OutboundMessage.claimed_by == node[:200],
-        OutboundMessage.status == "queued", OutboundMessage.lease_until.is_not(None))
-        .values(lease_until=now + timedelta(seconds=lease))).rowcount
+    by: dict[str, list[int]] = {}
+    for oid, name in held.items():
+        by.setdefault(name[:200], []).append(oid)
+    n = 0
+    for name, ids in by.items():
+        n += conn.execute(update(OutboundMessage).where(
+            OutboundMessage.id.in_(ids), OutboundMessage.claimed_by == name,
+            OutboundMessage.status == "queued", OutboundMessage.lease_until.is_not(None))
+            .values(lease_until=now + timedelta(seconds=lease))).rowcount
+    return n
 
 
 # A leased message (being delivered, here or by another node) is due again when its
@@ -272,6 +295,19 @@ def retry_delay(schedule: Sequence[float], attempts: int, rng: random.Random | N
     return base * (rng or random).uniform(0.9, 1.1)
 
 
+def interrupted_delay(schedule: Sequence[float], age: float,
+                      rng: random.Random | None = None) -> float | None:
+    """Seconds until the next try of a message whose attempts were interrupted twice in a
+    row, by its time in the queue (as Postfix backs off by age): the schedule's delay
+    reached by now, ±10 %; None once the schedule's whole time has passed."""
+    passed = 0.0
+    for base in schedule:
+        passed += base
+        if age < passed:
+            return base * (rng or random).uniform(0.9, 1.1)
+    return None
+
+
 @dataclass
 class Settled:
     """What record_attempt decided, for DSNs and the log."""
@@ -295,6 +331,10 @@ class Settled:
 _UPD_RCPT = update(OutboundRecipient).where(OutboundRecipient.id == bindparam("b_id")).values(
     status=bindparam("b_status"), attempts=OutboundRecipient.attempts + 1,
     last_code=bindparam("b_code"), last_reply=bindparam("b_reply"), updated=bindparam("b_now"))
+_UPD_RCPT_UNCOUNTED = update(OutboundRecipient).where(
+    OutboundRecipient.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), last_code=bindparam("b_code"),
+    last_reply=bindparam("b_reply"), updated=bindparam("b_now"))
 _SEL_FAILED = select(OutboundRecipient.id).where(
     OutboundRecipient.outbound_id == bindparam("b_id"),
     OutboundRecipient.status == "failed").limit(1)
@@ -313,8 +353,12 @@ _UPD_ARTICLE_SENT = update(Article).where(
 
 def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult], *,
                    schedule: Sequence[float], warn_after: float, error: str = "",
-                   now: datetime | None = None) -> Settled:
+                   now: datetime | None = None, counted: bool = True) -> Settled:
     """Write per-recipient outcomes, the next attempt or the final status; free the lease.
+
+    counted=False: no attempt was made (the one before was interrupted again); the
+    attempt counts stay, the delay follows the message's age (interrupted_delay) and
+    the message fails only once the schedule's whole time has passed.
 
     `results` covers every recipient that was pending when the message was claimed.
     Only while the row is still this attempt's (queued and claimed by msg.node): an
@@ -324,8 +368,9 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
     twice) nor frees a row another node is delivering.
     """
     now = now or utcnow()
-    attempts = msg.attempts + 1
-    delay = retry_delay(schedule, attempts)
+    attempts = msg.attempts + 1 if counted else msg.attempts
+    delay = (retry_delay(schedule, attempts) if counted else
+             interrupted_delay(schedule, (now - msg.created).total_seconds()))
     st = Settled(status="queued")
     params = []
     for r in results:
@@ -372,7 +417,7 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
             OutboundMessage.size == len(msg.data))).first() is None
         return Settled(status="deleted" if gone else "superseded", unrecorded=list(results))
     if params:
-        conn.execute(_UPD_RCPT, params)
+        conn.execute(_UPD_RCPT if counted else _UPD_RCPT_UNCOUNTED, params)
     if msg.article_id is not None:
         if st.status == "sent":
             conn.execute(_UPD_ARTICLE_SENT, {"b_id": msg.article_id, "b_row": msg.id})

@@ -5,8 +5,11 @@ through the group-commit writer. Per attempt one communication (Outgoing) is
 logged with a Connection object (connect, TLS, AUTH) and a Message object
 (per-recipient results). Permanent failures and an exhausted schedule send a
 DSN to the submitter; `warn_after` sends one "delayed" DSN. A claim whose lease
-ran out without an outcome (the node's process ended or hung mid-delivery) is
-recorded as a failed attempt (Lost) by whichever sender takes the message next.
+ran out without an outcome (the node's process ended or hung mid-delivery) is no
+failed attempt: whichever sender takes the message next logs it (Warn
+Interrupted) and delivers at once, or defers it when that was interrupted too.
+Each claim is checked (and its lease renewed) just before the transfer starts:
+one another node took meanwhile is not sent.
 Requested auto-responses are built by a task of their own beside the claims, so a
 build that hangs (until autoresponse.BUILD_TIMEOUT) holds up no delivery.
 """
@@ -95,7 +98,8 @@ class Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._leased: set[int] = set()      # claimed here, outcome not yet recorded
+        self._leased: dict[int, str] = {}   # claimed here (id → claim), not yet recorded
+        self._claims = 0
         self._keeper: asyncio.Task[None] | None = None
         self._builder: asyncio.Task[None] | None = None
         self._stopping = False
@@ -176,10 +180,14 @@ class Sender:
             claimed: list[oq.Claimed] = []
             timeout = relay.poll_interval
             if free > 0:
+                self._claims += 1
                 try:
+                    # A name per claim: a late attempt of an earlier claim of this node
+                    # cannot pass for the current one.
                     claimed = await self.writer.run(
-                        functools.partial(oq.claim, node=self.node, limit=free,
-                                          lease=relay.lease))
+                        functools.partial(oq.claim, node=f"{self.node[:180]}#{self._claims}",
+                                          limit=free, lease=relay.lease,
+                                          exclude=frozenset(self._leased)))
                     if not claimed:
                         due = await self.writer.run(oq.next_due)
                         if due is not None:
@@ -188,7 +196,7 @@ class Sender:
                 except Exception as exc:
                     log.warning("outbound claim failed", error=str(exc))
             for m in claimed:
-                self._leased.add(m.id)
+                self._leased[m.id] = m.node
                 t = asyncio.create_task(self._deliver(m))
                 self._inflight.add(t)
                 t.add_done_callback(self._inflight.discard)
@@ -218,34 +226,48 @@ class Sender:
         while not self._stopping:
             lease = self.runtime().config.relay.lease
             await asyncio.sleep(max(0.1, lease / 3))
-            ids = sorted(self._leased)
-            if not ids:
+            held = dict(self._leased)
+            if not held:
                 continue
             try:
-                await self.writer.run(functools.partial(oq.renew, node=self.node, ids=ids,
-                                                        lease=lease))
+                await self.writer.run(functools.partial(oq.renew, held=held, lease=lease))
             except Exception as exc:
                 log.warning("outbound leases not renewed", error=str(exc)[:300],
-                            messages=len(ids))
+                            messages=len(held))
 
     async def _deliver(self, m: oq.Claimed) -> None:
         try:
             await self._deliver_leased(m)
         finally:
-            self._leased.discard(m.id)
+            self._leased.pop(m.id, None)
 
     async def _deliver_leased(self, m: oq.Claimed) -> None:
         loop = asyncio.get_running_loop()
         rcpts = [a for _, a in m.recipients]
+        if m.lost_by:
+            # An earlier attempt never ended: not a failed attempt, shown as a Warn.
+            log.warning("previous attempt was interrupted", outbound_id=m.id,
+                        node=m.lost_by, lease_until=str(m.lost_until),
+                        deferred=m.lost_again)
+            metrics.MESSAGES.labels("relay", "out", "lost").inc()
+            try:
+                await self.writer.run(functools.partial(
+                    record_interrupted, m=m, transport=self.transport))
+            except Exception as exc:
+                log.warning("interrupted attempt not logged", outbound_id=m.id,
+                            error=str(exc)[:300])
         try:
-            if m.lost_by:
-                # An earlier attempt never ended: count it; the next try is on schedule.
-                log.warning("delivery attempt lost", outbound_id=m.id, node=m.lost_by,
-                            lease_until=str(m.lost_until))
-                att = Attempt(error=oq.LOST_REASON)
+            if m.lost_again:
+                att = Attempt(error=oq.INTERRUPTED)
             elif rcpts:
-                att = await loop.run_in_executor(self.pool, self.transport.deliver, m.sender,
-                                                 rcpts, m.data)
+                got = await loop.run_in_executor(self.pool, self._deliver_held, m, rcpts)
+                if got is None:
+                    # Another claim took the message before this transfer started.
+                    log.warning("claim lost before MAIL FROM: not sent", outbound_id=m.id,
+                                claim=m.node)
+                    metrics.MESSAGES.labels("relay", "out", "superseded").inc()
+                    return
+                att = got
             else:
                 att = Attempt()
         except Exception as exc:
@@ -257,13 +279,36 @@ class Sender:
             return
         if not st.recorded:
             log.warning("delivery outcome not recorded", outbound_id=m.id, reason=st.status)
-        result = "lost" if m.lost_by and st.recorded else \
-            {"queued": "deferred"}.get(st.status, st.status)
+        result = {"queued": "deferred"}.get(st.status, st.status)
         metrics.MESSAGES.labels("relay", "out", result).inc()
         self.delivered += sum(1 for r in results if r.ok)
         if self._wake:
             self._wake.set()
 
+
+    # Seconds the check of a claim before its transfer may take.
+    CLAIM_CHECK_TIMEOUT = 30.0
+
+    def _deliver_held(self, m: oq.Claimed, rcpts: list[str]) -> Attempt | None:
+        """On a worker thread: renew the claim, then deliver; None (nothing sent) when
+        another claim took the message while it waited for a worker or since the last
+        renewal. When the database does not answer, the transfer goes ahead: the lease
+        was held at the last renewal, and no other node can claim without the database
+        either."""
+        loop = self._loop
+        if loop is not None and m.node:
+            job = functools.partial(oq.renew, held={m.id: m.node},
+                                    lease=self.runtime().config.relay.lease)
+            try:
+                held = asyncio.run_coroutine_threadsafe(self.writer.run(job), loop).result(
+                    self.CLAIM_CHECK_TIMEOUT)
+            except Exception as exc:
+                log.warning("claim not checked before the transfer", outbound_id=m.id,
+                            error=str(exc)[:300])
+            else:
+                if not held:
+                    return None
+        return self.transport.deliver(m.sender, rcpts, m.data)
 
     # Seconds between tries to write an attempt's outcome the database refused.
     RECORD_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -278,7 +323,7 @@ class Sender:
         (the attempt counts, the schedule ends it) instead of staying leased for ever;
         when that crashes too, the queue's outcome alone is written (no log, no DSN).
         None when the sender stopped first, or when even that crashed: the lease then
-        runs out and the next claim records the attempt as lost."""
+        runs out and the next claim takes the message as an interrupted attempt."""
         tries = 0
         crash = ""
         bare = False
@@ -299,7 +344,7 @@ class Sender:
                 if not (isinstance(exc, SQLAlchemyError) and is_temporary(exc)):
                     if bare:
                         log.exception("writing the outcome alone crashed too; left to its "
-                                      "lease, then counted as a lost attempt",
+                                      "lease, then taken as an interrupted attempt",
                                       outbound_id=m.id, crash=crash)
                         return None
                     if crash:
@@ -339,9 +384,9 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     relay = rt.config.relay
     results = _storable(results)
     st = oq.record_attempt(conn, m, results, schedule=relay.retry, warn_after=relay.warn_after,
-                           error=storable(att.error))
+                           error=storable(att.error), counted=not m.lost_again)
     comm = Comm("Outgoing", transport.name, transport.account)
-    if not m.lost_by:       # a lost attempt left no account of its connection
+    if not m.lost_again:       # no connection was made
         c = comm.obj("Connection")
         for prio, key, value in att.log:
             c.log(prio, key, value)  # type: ignore[arg-type]
@@ -349,14 +394,12 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     msg = comm.obj("Message")
     msg.outbound_id = m.id
     msg.article_id = m.article_id
-    msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
-            f"{m.kind} from <{shown(m.sender)}>, {m.message_id}")
-    if m.lost_by and st.recorded:
-        ran_out = f"{m.lost_until:%Y-%m-%d %H:%M:%S}" if m.lost_until else "?"
-        msg.log("Error", "Lost", f"attempt {m.attempts + 1} by {m.lost_by}: "
-                f"{oq.LOST_REASON}; its lease ran out at {ran_out} UTC without an outcome, "
-                "so it counts as a failed attempt (the message may or may not have reached "
-                "the relay)"[:3000])
+    if m.lost_again:
+        msg.log("Info", "Attempt", f"outbound #{m.id}, {m.kind} from <{shown(m.sender)}>, "
+                f"{m.message_id}: not sent now, the last two attempts were interrupted")
+    else:
+        msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
+                f"{m.kind} from <{shown(m.sender)}>, {m.message_id}")
     if not st.recorded:
         replies = "; ".join(f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}"
                             for r in st.unrecorded)
@@ -376,7 +419,8 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         msg.log("Warn", "Deferred", f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}; "
                 f"next attempt {st.next_attempt:%Y-%m-%d %H:%M:%S}" if st.next_attempt else "")
     for r in st.failed:
-        why = "retries exhausted" if not r.permanent else "permanent failure"
+        why = ("permanent failure" if r.permanent else "time in the queue ran out"
+               if m.lost_again else "retries exhausted")
         msg.log("Error", "Failed",
                 f"<{shown(r.address)}>: {reply_line(r.code, r.reply)} ({why})")
     if crash:
@@ -407,7 +451,26 @@ def record_bare(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     the message."""
     relay = rt.config.relay
     return oq.record_attempt(conn, m, _storable(results), schedule=relay.retry,
-                             warn_after=relay.warn_after, error=storable(att.error))
+                             warn_after=relay.warn_after, error=storable(att.error),
+                             counted=not m.lost_again)
+
+
+def record_interrupted(conn: Connection, m: oq.Claimed, transport: Transport) -> None:
+    """The Warn (Interrupted) for an attempt whose lease ran out without an outcome, in
+    its own transaction: it stays in the log even when the next attempt dies too."""
+    comm = Comm("Outgoing", transport.name, transport.account)
+    msg = comm.obj("Message")
+    msg.outbound_id = m.id
+    msg.article_id = m.article_id
+    ran_out = f"{m.lost_until:%Y-%m-%d %H:%M:%S}" if m.lost_until else "?"
+    then = ("it was interrupted twice in a row, so the message waits for the retry "
+            "schedule" if m.lost_again else "delivering again now")
+    msg.log("Warn", "Interrupted", f"outbound #{m.id}: {oq.INTERRUPTED}; the attempt by "
+            f"{m.lost_by} ended without an outcome (its lease ran out at {ran_out} UTC) and "
+            f"may or may not have reached the relay; {then}"[:3000])
+    msg.close("Warning")
+    comm.close()
+    write_comm(conn, comm)
 
 
 def _storable(results: list[oq.RcptResult]) -> list[oq.RcptResult]:

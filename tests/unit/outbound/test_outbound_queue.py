@@ -576,22 +576,23 @@ class TestDeletedWhileDelivering:
 
 class TestLostClaims:
     def test_a_claim_whose_lease_ran_out_comes_back_as_lost(self, ob_engine, rt):
-        """A node that claimed and never recorded (killed) is named on the next claim,
-        which records the attempt as failed: counted, deferred on the schedule."""
+        """A node that claimed and never recorded (killed) is named on the next claim;
+        the interrupted attempt is not counted and the message's last error says so;
+        when that claim is interrupted too, the one after knows (lost_again)."""
         oid = enqueue(ob_engine, rt, rcpts=("a@customer.test",))
         now = datetime.now(UTC)
         with ob_engine.begin() as conn:
             (dead,) = oq.claim(conn, "node-a", limit=1, lease=1, now=now)
-            (m,) = oq.claim(conn, "node-b", limit=1, lease=60, now=now + timedelta(seconds=2))
-            record(conn, rt, m, Attempt(error=oq.LOST_REASON),
-                   [oq.RcptResult(rid, a, 0, oq.LOST_REASON) for rid, a in m.recipients],
-                   Transport())
+            (m,) = oq.claim(conn, "node-b", limit=1, lease=1, now=now + timedelta(seconds=2))
             row, rc = outcome_of(conn, oid)
-        assert dead.lost_by == "" and m.lost_by == "node-a"
+            (again,) = oq.claim(conn, "node-c", limit=1, lease=60,
+                                now=now + timedelta(seconds=4))
+        assert dead.lost_by == "" and m.lost_by == "node-a" and not m.lost_again
         assert m.lost_until == now + timedelta(seconds=1)
         assert (row.status, row.attempts, row.claimed_by, row.last_error) == (
-            "queued", 1, "", oq.LOST_REASON)
-        assert rc == [("pending", 1, 0)]
+            "queued", 0, "node-b", oq.INTERRUPTED)
+        assert rc == [("pending", 0, 0)]
+        assert again.lost_by == "node-b" and again.lost_again and again.attempts == 0
 
     def test_a_lost_claim_is_taken_by_one_node_only(self, claim_engine, rt):
         """Two nodes after the same lost claim, the second's claim landing between the

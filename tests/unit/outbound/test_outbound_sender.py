@@ -48,9 +48,11 @@ class Accepting(Transport):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.to: list[list[str]] = []
 
     def deliver(self, sender, recipients, data) -> Attempt:
         self.calls += 1
+        self.to.append(list(recipients))
         return Attempt(codes=[(250, "2.0.0 queued")] * len(recipients))
 
 
@@ -168,9 +170,6 @@ class TestCrashedAttempts:
         assert err.priority == "Error" and "PermissionError" in err.value
 
 
-LOST = "delivery attempt did not finish (the process ended or hung)"
-
-
 def claim_and_die(engine, node="dead-node", lease=0.3):
     """A node claims the message and never records an outcome (killed mid-delivery)."""
     with engine.begin() as conn:
@@ -178,57 +177,106 @@ def claim_and_die(engine, node="dead-node", lease=0.3):
     return m
 
 
+INTERRUPTED = "previous attempt was interrupted"
+
+
+def claim_and_die_twice(engine):
+    """Two attempts in a row end without an outcome: the second one took over the first's
+    lost claim (delivering again at once) and was killed too."""
+    with engine.begin() as conn:
+        oq.claim(conn, "dead-1", limit=1, lease=0.01)
+    import time
+
+    time.sleep(0.05)
+    with engine.begin() as conn:
+        (m,) = oq.claim(conn, "dead-2", limit=1, lease=0.3)
+    assert m.lost_by == "dead-1"
+    return m
+
+
 class TestLostAttempts:
-    def test_an_attempt_whose_process_died_counts(self, ob_engine, config):
-        """A claim whose lease ran out without an outcome is a failed attempt: counted,
-        logged as Lost with the reason and the node, and the next try is the next one."""
-        rt = fast_runtime(config, lease=0.3)
-        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
-        claim_and_die(ob_engine)
-        t = Accepting()
-        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued")
-        (m,) = rows(ob_engine)
-        assert (m.status, m.attempts, t.calls) == ("sent", 2, 1)
-        (lost,) = entries(ob_engine, "Lost")
-        assert lost.priority == "Error" and LOST in lost.value and "dead-node" in lost.value
-        (deferred,) = entries(ob_engine, "Deferred")
-        assert LOST in deferred.value
-
-    def test_attempts_that_never_finish_end_in_a_dsn(self, ob_engine, config, monkeypatch):
-        """A message whose every delivery hangs (or kills the process) is not taken
-        again for ever: each lease that runs out is an attempt, and when the schedule
-        runs out the message fails with a DSN to the submitter."""
-        async def no_renewals(self) -> None:
-            return None
-
-        monkeypatch.setattr(Sender, "_keep_leases", no_renewals)
-        rt = fast_runtime(config, lease=0.5, concurrency=6)
-        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
-        t = Hanging()
-        try:
-            run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued",
-                       limit=20.0, before_stop=t.release.set)
-        finally:
-            t.release.set()
-        first = rows(ob_engine)[0]
-        assert (first.status, first.attempts) == ("failed", 3)
-        assert LOST in first.last_error
-        assert [r.kind for r in rows(ob_engine)] == ["message", "dsn"]
-        assert len(entries(ob_engine, "Lost")) == 3
-        # each attempt reached the smarthost once; the late answers changed nothing
-        assert t.calls >= 3
-
-    def test_lost_attempts_keep_the_retry_delays(self, ob_engine, config):
-        """The try after a lost attempt waits the schedule's delay, as after a 451."""
+    def test_an_interrupted_attempt_does_not_count_and_is_retried_at_once(self, ob_engine,
+                                                                          config):
+        """A claim whose lease ran out without an outcome is no failed attempt: the next
+        sender delivers at once (not after the schedule's delay), the attempt count only
+        holds the finished attempt, no Failed or Deferred entry, and a Warn Interrupted
+        names the node."""
         rt = fast_runtime(config, retry=(60.0,), lease=0.3)
         enqueue(ob_engine, rt, rcpts=("a@customer.test",))
         claim_and_die(ob_engine)
         t = Accepting()
-        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].attempts > 0, limit=5.0)
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued",
+                   limit=5.0)
+        (m,) = rows(ob_engine)
+        assert (m.status, m.attempts, t.calls, m.last_error) == ("sent", 1, 1, "")
+        (lost,) = entries(ob_engine, "Interrupted")
+        assert lost.priority == "Warn" and INTERRUPTED in lost.value
+        assert "dead-node" in lost.value
+        assert entries(ob_engine, "Deferred") == [] and entries(ob_engine, "Failed") == []
+        assert entries(ob_engine, "Lost") == []
+
+    def test_an_attempt_interrupted_again_is_deferred_without_counting(self, ob_engine,
+                                                                      config):
+        """When the attempt that took over a lost claim is interrupted too, the message is
+        deferred (a message that kills every process is not taken again at once for
+        ever), still without counting an attempt."""
+        rt = fast_runtime(config, retry=(60.0, 60.0), lease=0.3)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        claim_and_die_twice(ob_engine)
+        t = Accepting()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].lease_until is None,
+                   limit=5.0)
         (m,) = rows(ob_engine)
         wait = (m.next_attempt.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
-        assert (m.status, m.attempts, t.calls) == ("queued", 1, 0)
-        assert 50 <= wait <= 67 and m.lease_until is None and m.claimed_by == ""
+        assert (m.status, m.attempts, t.calls) == ("queued", 0, 0)
+        assert 50 <= wait <= 67 and m.claimed_by == "" and INTERRUPTED in m.last_error
+        assert [e.priority for e in entries(ob_engine, "Interrupted")] == ["Warn"]
+        assert entries(ob_engine, "Failed") == []
+
+    def test_attempts_that_never_finish_end_in_a_dsn(self, ob_engine, config):
+        """A message whose every delivery kills the process is not taken again for ever:
+        once its time in the queue (the sum of relay.retry) has run out, the next
+        interruption fails it with a DSN to the submitter; none counts as an attempt."""
+        rt = fast_runtime(config, retry=(0.1, 0.1), lease=0.3)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        claim_and_die_twice(ob_engine)          # its lease runs out 0.35 s from now
+        t = Accepting()
+        run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued",
+                   limit=5.0)
+        first = rows(ob_engine)[0]
+        assert (first.status, first.attempts) == ("failed", 0)
+        assert ["a@customer.test"] not in t.to          # only the DSN may have gone
+        assert INTERRUPTED in first.last_error
+        assert [r.kind for r in rows(ob_engine)] == ["message", "dsn"]
+        assert [e.priority for e in entries(ob_engine, "Interrupted")] == ["Warn"]
+        (failed,) = entries(ob_engine, "Failed")
+        assert failed.priority == "Error" and INTERRUPTED in failed.value
+
+    def test_a_sender_does_not_take_again_what_it_is_still_delivering(self, ob_engine,
+                                                                      config, monkeypatch):
+        """A delivery of this process that outlives its lease (the lease not renewed: the
+        database was out of reach) is not taken and sent a second time by the same
+        sender while it is under way; its late 250 is recorded."""
+        async def no_renewals(self) -> None:
+            return None
+
+        monkeypatch.setattr(Sender, "_keep_leases", no_renewals)
+        rt = fast_runtime(config, lease=0.3, concurrency=4)
+        enqueue(ob_engine, rt, rcpts=("a@customer.test",))
+        t = Hanging()
+        calls_while_hung: list[int] = []
+
+        def release() -> None:
+            calls_while_hung.append(t.calls)
+            t.release.set()
+
+        try:
+            run_sender(ob_engine, rt, t, lambda: False, limit=1.5, before_stop=release)
+        finally:
+            t.release.set()
+        (m,) = rows(ob_engine)
+        assert calls_while_hung == [1]
+        assert (m.status, m.attempts, t.calls) == ("sent", 1, 1)
 
 
 class TestRecordingCrashes:
@@ -249,14 +297,17 @@ class TestRecordingCrashes:
         assert (m.status, m.attempts, t.calls) == ("failed", 3, 3)
         assert m.lease_until is None
 
-    def test_an_outcome_never_written_counts_when_its_lease_runs_out(self, ob_engine,
-                                                                      config, monkeypatch):
+    def test_an_outcome_never_written_is_delivered_again_when_its_lease_runs_out(
+            self, ob_engine, config, monkeypatch):
         """No write of the first attempt's outcome succeeds: the message is left to its
-        lease, and when that runs out the attempt counts as lost."""
+        lease, and when that runs out it is delivered again (at least once), the
+        interrupted attempt not counted."""
         real = oq.record_attempt
+        first: list[oq.Claimed] = []
 
         def first_fails(conn, msg, *a, **kw):
-            if msg.attempts == 0 and not getattr(msg, "lost_by", ""):   # attempt 1
+            first[:] = first or [msg]
+            if msg is first[0]:                 # every write of attempt 1
                 raise ValueError("cannot write this outcome")
             return real(conn, msg, *a, **kw)
 
@@ -266,6 +317,6 @@ class TestRecordingCrashes:
         t = Accepting()
         run_sender(ob_engine, rt, t, lambda: rows(ob_engine)[0].status != "queued")
         (m,) = rows(ob_engine)
-        assert (m.status, m.attempts, t.calls) == ("sent", 2, 2)
-        (lost,) = entries(ob_engine, "Lost")
-        assert LOST in lost.value
+        assert (m.status, m.attempts, t.calls) == ("sent", 1, 2)
+        (lost,) = entries(ob_engine, "Interrupted")
+        assert INTERRUPTED in lost.value
