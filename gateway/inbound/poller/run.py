@@ -218,8 +218,10 @@ class Poller:
                                    "; ".join(errors)[:4000])
 
             await asyncio.shield(self._db(finished))
-        log.info("poll run finished", account=account.name, status=result.status,
-                 fetched=result.fetched, failed=result.failed, error=result.error or None)
+        # A failed run is an error in the log too: seen with log_level = "warning".
+        emit = {"Failed": log.error, "Warning": log.warning}.get(result.status, log.info)
+        emit("poll run finished", account=account.name, status=result.status,
+             fetched=result.fetched, failed=result.failed, error=result.error or None)
 
     def _close(self, account: AccountConfig, comm: Comm, result: RunResult,
                errors: list[str]) -> None:

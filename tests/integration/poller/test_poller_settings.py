@@ -1,0 +1,130 @@
+"""Each documented [[account]] setting against the real Dovecot, and what an
+administrator sees when accounts fail: `deskgate fetch`, the log, the
+communication log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from gateway.cli import main
+from gateway.inbound.poller import state
+from gateway.store.tables import CommEntry, CommObject, Communication, Ticket
+from tests.integration.poller.poller_helpers import account_toml, message
+from tests.peers.ca import TestCA
+from tests.peers.ports import free_port
+
+pytestmark = pytest.mark.dovecot
+
+
+def queues(h) -> dict[str, str]:
+    """Ticket title → queue."""
+    with h.gw.engine.connect() as conn:
+        return dict(conn.execute(select(Ticket.title, Ticket.queue)).all())
+
+
+def errors_of(h, account: str) -> list[str]:
+    with h.gw.engine.connect() as conn:
+        return list(conn.execute(
+            select(CommEntry.value).join(CommObject, CommEntry.object_id == CommObject.id)
+            .join(Communication, CommObject.communication_id == Communication.id)
+            .where(Communication.account == account, CommEntry.priority == "Error"))
+            .scalars())
+
+
+class TestSettings:
+    def test_folder_is_the_one_fetched(self, mailbox, poller_config, harness):
+        """folder: only that folder is fetched and emptied; INBOX is left alone."""
+        mailbox.append("helpdesk", [message(1, subject="In the inbox")])
+        mailbox.append("helpdesk", [message(2, subject="In Tickets")], folder="Tickets")
+        h = harness(poller_config(account_toml(mailbox, "imaps", folder="Tickets")))
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        assert list(queues(h)) == ["In Tickets"]
+        assert mailbox.count("helpdesk", "Tickets") == 0
+        assert mailbox.count("helpdesk") == 1
+
+    @pytest.mark.parametrize("type_", ["imaps", "pop3s"])
+    def test_dispatch_and_trust(self, type_, mailbox, poller_config, harness):
+        """dispatch = "queue" puts mail into the account's queue whatever its To; a
+        queue X-header counts only for a trusted account."""
+        header = "X-OTOBO-Queue: Support\r\n"
+        mailbox.append("helpdesk", [message(1, to="sales@example.org", subject="Plain"),
+                                    message(2, to="sales@example.org", subject="Header",
+                                            extra=header)])
+        h = harness(poller_config(account_toml(mailbox, type_, dispatch="queue",
+                                               queue="Raw")))
+        assert h.poll().new == 2
+        assert queues(h) == {"Plain": "Raw", "Header": "Raw"}
+        mailbox.append("helpdesk", [message(3, to="sales@example.org", subject="By To"),
+                                    message(4, to="sales@example.org", subject="Trusted",
+                                            extra=header)])
+        h2 = harness(poller_config(account_toml(mailbox, type_, name="t", trusted=True)))
+        assert h2.poll("t").new == 2
+        assert queues(h2) == {"Plain": "Raw", "Header": "Raw", "By To": "Sales",
+                              "Trusted": "Support"}
+
+    def test_pop3_oversized_reported_once(self, mailbox, poller_config, harness):
+        """POP3: an oversized message stays, with one Error, however many runs see it."""
+        mailbox.append("helpdesk", [message(1), message(2, size=30_000, subject="Huge")])
+        h = harness(poller_config(account_toml(mailbox, "pop3s", max_message_size="10KB")))
+        r = h.poll()
+        assert (r.fetched, r.oversized, r.status) == (1, 1, "Successful"), r.error
+        assert (h.poll().oversized, h.poll().oversized) == (1, 1)
+        assert mailbox.count("helpdesk") == 1
+        errs = [e for e in errors_of(h, "box") if "max_message_size" in e]
+        assert len(errs) == 1 and "Huge" in errs[0]
+
+
+class TestFailingAccounts:
+    def accounts(self, mailbox, tmp_path) -> list[str]:
+        other = TestCA(tmp_path / "other-ca", name="someone else")
+        return [account_toml(mailbox, "imaps", name="good"),
+                account_toml(mailbox, "pop3s", name="badpw", password="wrong"),
+                account_toml(mailbox, "imaps", name="down", port=free_port()),
+                account_toml(mailbox, "imaptls", name="badcert",
+                             tls_ca_file=str(other.ca_path))]
+
+    def test_fetch_names_each_failing_account_on_one_line(self, mailbox, poller_config,
+                                                         tmp_path, capsys):
+        """`deskgate fetch`: one line per failing account naming it and the cause, exit
+        75; the good account is fetched all the same."""
+        mailbox.append("helpdesk", [message(1)])
+        cfg = poller_config(*self.accounts(mailbox, tmp_path))
+        capsys.readouterr()
+        assert main(["--config", str(cfg.conf_dir), "fetch"]) == 75
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 4, lines
+        by_name = {line.split(" ", 1)[0]: line for line in lines}
+        assert "Successful: 1 fetched" in by_name["good"]
+        assert "Failed" in by_name["badpw"] and "Authentication" in by_name["badpw"]
+        assert "Failed" in by_name["down"] and "refused the connection" in by_name["down"]
+        assert "Failed" in by_name["badcert"] and "not trusted" in by_name["badcert"]
+        assert main(["--config", str(cfg.conf_dir), "fetch", "--json", "down"]) == 75
+        (row,) = json.loads(capsys.readouterr().out)
+        assert row["status"] == "Failed" and "refused the connection" in row["error"]
+
+    def test_failed_run_is_an_error_in_the_log_and_communication_log(
+            self, mailbox, poller_config, harness, tmp_path):
+        """A failed run is logged as an error naming the account and the cause (seen with
+        log_level = "warning" too), and an Error in its communication."""
+        mailbox.append("helpdesk", [message(1)])
+        h = harness(poller_config(*self.accounts(mailbox, tmp_path)))
+        causes = {"badpw": "refused", "down": "refused the connection",
+                  "badcert": "not trusted"}
+        with capture_logs() as logs:
+            assert h.poll("good").status == "Successful"
+            for name in causes:
+                assert h.poll(name).status == "Failed"
+        for name, cause in causes.items():
+            bad = [e for e in logs if e.get("account") == name
+                   and e["log_level"] in ("error", "warning")]
+            assert len(bad) == 1, (name, logs)
+            assert cause in bad[0]["error"]
+            errs = errors_of(h, name)
+            assert len(errs) == 1 and f"account {name}" in errs[0] and cause in errs[0]
+        assert not [e for e in logs if e.get("account") == "good"
+                    and e["log_level"] in ("error", "warning")]
