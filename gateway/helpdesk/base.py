@@ -58,6 +58,9 @@ class HandoffItem:
     # untrusted X-headers removed, or with store_decrypted_body the decrypted MIME.
     mime: bytes
     created: str = ""              # ISO time the message was committed
+    # The Message-ID of the newest article of this ticket the helpdesk took earlier
+    # ("" when none has one): a follow-up the helpdesk threads by References names it.
+    helpdesk_message_id: str = ""
 
     @property
     def loop(self) -> bool:

@@ -12,7 +12,12 @@ from sqlalchemy import Engine
 
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import HandoffError, HandoffItem
-from gateway.helpdesk.mime import DecryptLater, decrypted_mime, strip_prefixed
+from gateway.helpdesk.mime import (
+    DecryptLater,
+    decrypted_mime,
+    is_message_id,
+    strip_prefixed,
+)
 from gateway.helpdesk.setfields import set_body, set_headers, with_set_values
 from gateway.model import AttachmentData
 from gateway.outbound.queue import retry_delay
@@ -89,7 +94,17 @@ def build_item(rt: Runtime, c: outbox.Claimed, loaded: outbox.Loaded,
         helpdesk_ticket_number=t.get("helpdesk_ticket_number") or "",
         queue=cfg.helpdesk.helpdesk_queue(t["queue"]), decisions=decisions,
         ticket={k: v for k, v in t.items()}, article=article, attachments=atts,
-        crypto=crypto, mime=mime, created=c.created.isoformat())
+        crypto=crypto, mime=mime, created=c.created.isoformat(),
+        helpdesk_message_id=_taken_message_id(loaded, cfg.helpdesk.type))
+
+
+def _taken_message_id(loaded: outbox.Loaded, helpdesk: str) -> str:
+    """The Message-ID of the newest earlier article of the ticket this helpdesk took,
+    in a form a helpdesk can look up by References ("" when there is none)."""
+    for took, mid in loaded.delivered_message_ids:
+        if took == helpdesk and is_message_id(mid):
+            return mid
+    return ""
 
 
 def _decrypted(rt: Runtime, c: outbox.Claimed, raw: bytes, recipients: list[str],

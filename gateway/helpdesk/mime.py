@@ -54,6 +54,57 @@ def strip_prefixed(raw: bytes, prefixes: Sequence[str]) -> bytes:
     return b"".join(kept).rstrip(b"\r\n") + sep + body
 
 
+_MSGID = re.compile(r"<[^<>\s]+>")
+_MSGID_B = re.compile(rb"<[^<>\s]+>")
+FOLD_AT = 78
+
+
+def is_message_id(value: str) -> bool:
+    """`value` is one `<id>`, as a helpdesk looks a Message-ID up (no spaces, no text)."""
+    return bool(_MSGID.fullmatch(value))
+
+
+def add_reference(raw: bytes, message_id: str) -> bytes:
+    """The message with `message_id` appended to its References header (after the ones
+    it has, on a continuation line); a message without References gets one, its
+    In-Reply-To ids first (RFC 5322 3.6.4). `raw` itself when References or In-Reply-To
+    already name it. The other header lines and the body are kept byte for byte."""
+    head, sep, body = split_head(raw)
+    eol = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
+    mid = message_id.encode("ascii")
+    lines = header_lines(head)
+
+    def named(name: bytes) -> list[int]:
+        return [i for i, line in enumerate(lines)
+                if line.split(b":", 1)[0].strip().lower() == name]
+
+    refs, irt = named(b"references"), named(b"in-reply-to")
+    seen = [m for i in refs + irt for m in _MSGID_B.findall(lines[i].split(b":", 1)[1])]
+    if mid in seen:
+        return raw
+    if not sep:
+        sep = eol + eol
+    if refs:
+        # OTOBO (Mail::Internet) reads the first References header
+        first = refs[0]
+        lines[first] = lines[first].rstrip(b"\r\n") + eol + b" " + mid + eol
+        return b"".join(lines).rstrip(b"\r\n") + sep + body
+    ids = [*dict.fromkeys(m for i in irt for m in _MSGID_B.findall(
+        lines[i].split(b":", 1)[1])), mid]
+    return head.rstrip(b"\r\n") + eol + _folded(b"References:", ids, eol) + sep + body
+
+
+def _folded(name: bytes, words: list[bytes], eol: bytes) -> bytes:
+    """'Name: w1 w2 ...' folded before a word that would pass FOLD_AT characters."""
+    out, line = [], name
+    for w in words:
+        if line != name and len(line) + 1 + len(w) > FOLD_AT:
+            out.append(line)
+            line = b""
+        line += b" " + w
+    return eol.join([*out, line])
+
+
 _NAME_PARAM = re.compile(rb"name\*?(\d+\*?)?\s*=", re.IGNORECASE)
 
 

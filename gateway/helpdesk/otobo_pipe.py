@@ -24,7 +24,12 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
-from gateway.helpdesk.mime import safe_mime_filenames, split_head, strip_prefixed
+from gateway.helpdesk.mime import (
+    add_reference,
+    safe_mime_filenames,
+    split_head,
+    strip_prefixed,
+)
 from gateway.inbound.ticket import is_set, is_true
 
 EX_TEMPFAIL = 75
@@ -168,6 +173,35 @@ def crypto_headers(crypto: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def followup_link(item: HandoffItem, mime: bytes
+                  ) -> tuple[bytes, list[tuple[str, str, str]]]:
+    """A follow-up's message with References naming the newest article of the ticket
+    OTOBO took earlier, and the log entries saying so.
+
+    OTOBO decides again whether mail is a follow-up, from what it can see: deskgate's
+    link may be a Message-ID OTOBO never got (deskgate's auto-response) or deskgate's
+    own ticket number; its References check (PostMaster::CheckFollowUpModule###0200-
+    References) finds an article it has. Without one the message goes as it is, with
+    a Notice: OTOBO may open a new ticket."""
+    if item.kind != "followup":
+        return mime, []
+    mid = item.helpdesk_message_id
+    if not mid:
+        number = item.ticket.get("number") or item.ticket_id
+        return mime, [("Notice", "Follow-up", (
+            f"OTOBO may open a new ticket for this follow-up of ticket {number}: no "
+            "article of the ticket handed over to OTOBO earlier has a Message-ID, so the "
+            "piped message names none OTOBO knows in its References; OTOBO files it by "
+            "what it finds itself (its ticket number in the Subject, References or "
+            "In-Reply-To of an article it has)"))]
+    linked = add_reference(mime, mid)
+    if linked == mime:
+        return mime, []
+    return linked, [("Info", "References", (
+        f"{mid} added (the newest article of the ticket OTOBO took earlier), so OTOBO "
+        "files the follow-up into that ticket"))]
+
+
 def rewrite_headers(mime: bytes, prefixes: Sequence[str],
                     headers: Sequence[tuple[str, str]]) -> bytes:
     """Drop every header with one of `prefixes`, append `headers` (full names), keep the
@@ -212,16 +246,22 @@ class OtoboPostmaster:
     # ------------------------------------------------------------ deliver
 
     def render(self, item: HandoffItem) -> tuple[bytes, list[tuple[str, str]]]:
-        """The message as OTOBO gets it (prefixed headers replaced by deskgate's), and
-        the headers written."""
+        """The message as OTOBO gets it (prefixed headers replaced by deskgate's, a
+        follow-up's References naming an article OTOBO has), and the headers written."""
+        message, headers, _ = self._render(item)
+        return message, headers
+
+    def _render(self, item: HandoffItem
+                ) -> tuple[bytes, list[tuple[str, str]], list[tuple[str, str, str]]]:
         headers = [(self.prefix + n, v) for n, v in decision_headers(item, self.config)]
-        mime = safe_mime_filenames(item.mime)
-        return rewrite_headers(mime, self.config.gateway.header_prefixes, headers), headers
+        mime, log = followup_link(item, safe_mime_filenames(item.mime))
+        return (rewrite_headers(mime, self.config.gateway.header_prefixes, headers),
+                headers, log)
 
     def deliver(self, item: HandoffItem) -> Delivered:
-        message, headers = self.render(item)
+        message, headers, linked = self._render(item)
         code, out, err = self._run(self.argv, message)
-        log = [("Info", "Headers", ", ".join(f"{n}: {v}" for n, v in headers))]
+        log = [("Info", "Headers", ", ".join(f"{n}: {v}" for n, v in headers)), *linked]
         if code == 0:
             tail = _tail(out + err)
             if tail:

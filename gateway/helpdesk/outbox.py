@@ -75,6 +75,9 @@ class Loaded:
     raw: bytes
     recipients: list[str]         # the envelope recipients it was delivered to
     earlier_delivered: bool       # an earlier row of this ticket reached the helpdesk
+    # (helpdesk type, Message-ID) of the articles of earlier rows of this ticket that
+    # reached a helpdesk, newest first; articles without a Message-ID left out
+    delivered_message_ids: tuple[tuple[str, str], ...] = ()
 
 
 _TICKET_KEYS = ("number", "title", "queue", "state", "priority", "type", "service", "sla",
@@ -88,8 +91,9 @@ _ARTICLE_KEYS = ("direction", "sender_type", "is_visible_for_customer", "from_ad
 
 
 def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:
-    """Ticket, article, attachments, raw bytes and recipients of claimed rows, by row id,
-    in one query per table (a row whose ticket or article is gone is left out)."""
+    """Ticket, article, attachments, raw bytes, recipients and the Message-IDs the
+    helpdesk took of claimed rows, by row id, in one query per table (a row whose
+    ticket or article is gone is left out)."""
     if not claimed:
         return {}
     tickets = {t.id: t for t in conn.execute(select(Ticket).where(
@@ -109,15 +113,19 @@ def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:
                                          .where(Delivery.article_id.in_(articles))).all():
         if article_id is not None:
             rcpts.setdefault(article_id, []).append(rcpt)
-    delivered: dict[int, list[int]] = {}
-    for tid, hid in conn.execute(select(Handoff.ticket_id, Handoff.id).where(
-            Handoff.ticket_id.in_(tickets), Handoff.status == "delivered")).all():
-        delivered.setdefault(tid, []).append(hid)
+    delivered: dict[int, list[tuple[int, str, str]]] = {}
+    for tid, hid, helpdesk, mid in conn.execute(
+            select(Handoff.ticket_id, Handoff.id, Handoff.helpdesk, Article.message_id)
+            .outerjoin(Article, Article.id == Handoff.article_id)
+            .where(Handoff.ticket_id.in_(tickets), Handoff.status == "delivered")
+            .order_by(Handoff.id.desc())).all():
+        delivered.setdefault(tid, []).append((hid, helpdesk or "", (mid or "").strip()))
     out: dict[int, Loaded] = {}
     for c in claimed:
         t, a = tickets.get(c.ticket_id), articles.get(c.article_id)
         if t is None or a is None:
             continue
+        earlier = [(h, mid) for hid, h, mid in delivered.get(c.ticket_id, ()) if hid < c.id]
         ticket = {k: getattr(t, k) for k in _TICKET_KEYS}
         pending = _aware(t.pending_until)
         ticket["pending_until"] = pending.isoformat() if pending else ""
@@ -126,7 +134,8 @@ def load(conn: Connection, claimed: list[Claimed]) -> dict[int, Loaded]:
             attachments=atts.get(a.id, []),
             raw=raws.get(a.raw_id, b"") if a.raw_id is not None else b"",
             recipients=rcpts.get(a.id, []),
-            earlier_delivered=any(h < c.id for h in delivered.get(c.ticket_id, ())))
+            earlier_delivered=bool(earlier),
+            delivered_message_ids=tuple((h, mid) for h, mid in earlier if mid))
     return out
 
 
