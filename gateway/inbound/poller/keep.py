@@ -31,6 +31,10 @@ async def start_position(poller: Poller, account: AccountConfig, obj: CommObj, f
         obj.log("Notice", "UIDVALIDITY", f"{folder}: UIDVALIDITY changed from {pos[0]} "
                 f"to {uidvalidity}; reading the folder again (the dedupe recognises "
                 "messages already stored)")
+        # The old UIDs name nothing now: what was remembered under them (retries,
+        # oversized messages) goes; the messages are listed again under new UIDs.
+        await poller._db(lambda c: state.new_uidvalidity(c, account.name, folder,
+                                                         uidvalidity))
     return after_uid
 
 

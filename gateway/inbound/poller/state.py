@@ -53,6 +53,16 @@ def set_folder_position(conn: Connection, account: str, folder: str, uidvalidity
              "last_uid": last_uid, "changed": utcnow()})
 
 
+def new_uidvalidity(conn: Connection, account: str, folder: str, uidvalidity: int) -> None:
+    """The folder was recreated (keep mode): start it at UID 0 of the new
+    UIDVALIDITY and drop the retries and oversized messages of any other."""
+    mine = f"{uidvalidity}:"
+    for table in (PollerRetry, PollerOversized):
+        conn.execute(delete(table).where(table.account == account, table.folder == folder,
+                                         ~table.key.startswith(mine, autoescape=True)))
+    set_folder_position(conn, account, folder, uidvalidity, 0)
+
+
 # ---------------------------------------------------------------- committed, still on the server
 # POP3 keep: the UIDLs committed. IMAP delete/move: the keys ("<uidvalidity>:<uid>")
 # of messages committed and flagged \Deleted whose EXPUNGE waits (no UIDPLUS and

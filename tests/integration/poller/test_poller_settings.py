@@ -79,6 +79,29 @@ class TestSettings:
         assert len(errs) == 1 and "Huge" in errs[0]
 
 
+class TestUidvalidity:
+    def test_keep_oversized_listed_once_after_a_uidvalidity_change(
+            self, mailbox, poller_config, harness):
+        """A recreated folder: the oversized message it had is listed once, not under
+        both UIDVALIDITYs; nothing is stored twice."""
+        big = message(2, size=30_000, subject="Huge")
+        mailbox.append("helpdesk", [message(1), big], folder="Tickets")
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                               folder="Tickets", max_message_size="10KB")))
+        assert (h.poll().new, h.poll().fetched) == (1, 0)
+        c = mailbox.imap("helpdesk")
+        c.delete("Tickets")
+        c.logout()
+        mailbox.append("helpdesk", [big], folder="Tickets")
+        r = h.poll()
+        assert (r.fetched, r.oversized) == (0, 1), r.error
+        with h.gw.engine.connect() as conn:
+            listed = state.list_oversized(conn, "box")
+            position = state.folder_position(conn, "box", "Tickets")
+        assert [o.subject for o in listed] == ["Huge"]
+        assert position is not None and listed[0].key.startswith(f"{position[0]}:")
+
+
 class TestFailingAccounts:
     def accounts(self, mailbox, tmp_path) -> list[str]:
         other = TestCA(tmp_path / "other-ca", name="someone else")
