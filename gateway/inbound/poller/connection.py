@@ -37,6 +37,7 @@ class Progress:
     done: set[str] = field(default_factory=set)     # stable keys handled or left: skipped
     singly: set[str] = field(default_factory=set)   # fetched one at a time (see Refused.sure)
     carry: set[str] = field(default_factory=set)    # committed, to remove on the next one
+    big: set[str] = field(default_factory=set)      # oversized, left on the server
 
 
 def step_failed(obj: CommObj, account: AccountConfig, exc: MailboxError,
@@ -124,8 +125,9 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
     for m in big:
         if m.key not in known_big:
             await oversized(poller, account, session, obj, call, folder, m)
-    result.oversized += len(big)
     big_keys = [m.key for m in big]
+    progress.big.update(big_keys)
+    result.oversized = len(progress.big)    # each once, however many connections saw it
     if big_keys:
         await poller._db(lambda c: state.touch_oversized(c, account.name, folder, big_keys,
                                                          size_limit))

@@ -41,16 +41,17 @@ async def start_position(poller: Poller, account: AccountConfig, obj: CommObj, f
 async def below_mark(poller: Poller, account: AccountConfig, session: Session, obj: CommObj,
                      call: Any, folder: str, uidvalidity: int, below: int
                      ) -> tuple[list[RemoteMessage], int]:
-    """IMAP keep: the messages below the folder position to fetch again: those
+    """IMAP keep: the messages below the folder position to look at again: those
     that failed for a reason of their own, those held while another client had
-    them flagged \\Deleted, and those left as oversized under a smaller
-    max_message_size that fit the current one. Also: how many of them carry
-    \\Deleted now (they are not fetched)."""
+    them flagged \\Deleted, and those left as oversized (fetched once they fit
+    max_message_size; the others are returned too, so the run counts them as
+    still waiting, and those gone from the server leave the oversized list).
+    Also: how many of them carry \\Deleted now (they are not fetched)."""
     limit = account.max_message_size
 
     def read(c: Any) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
         return (state.retries(c, account.name, folder),
-                state.oversized_under_smaller_limit(c, account.name, folder, limit))
+                state.oversized_sizes(c, account.name, folder))
 
     failed, rows = await poller._db(read)
     again: list[RemoteMessage] = []
@@ -62,23 +63,23 @@ async def below_mark(poller: Poller, account: AccountConfig, session: Session, o
             if attempts > 0:
                 failures.add(key)
     retried = len(again)
-    still: list[str] = []
     for key, size in rows:
         uv, _, uid = key.partition(":")
         if uv != str(uidvalidity) or not uid.isdigit() or int(uid) > below:
             continue     # another UIDVALIDITY, or above the mark (listed anyway)
-        if size > limit:
-            still.append(key)
-        else:
-            again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
-    if still:
-        await poller._db(lambda c: state.touch_oversized(c, account.name, folder, still,
-                                                         limit))
-    # Their flags now: one another client flagged \\Deleted meanwhile is not fetched
-    # (one gone from the server is fetched as vanished, which forgets it).
+        again.append(RemoteMessage(key=key, ref=uid, size=size, uid=int(uid)))
+    # Their flags and sizes now: one another client flagged \\Deleted meanwhile is not
+    # fetched (a retry gone from the server is fetched as vanished, which forgets it).
     now: dict[int, RemoteMessage] = {}
     if again and isinstance(session, ImapSession):
         now = await call(session.lookup, sorted({m.uid for m in again}))
+    big = again[retried:]
+    gone = [m.key for m in big if m.uid not in now]
+    if gone:
+        await poller._db(lambda c: state.drop_oversized(c, account.name, folder, gone))
+        obj.log("Info", "Oversized", f"{len(gone)} messages left as oversized are no "
+                "longer on the server: no longer listed")
+    again = again[:retried] + [now[m.uid] for m in big if m.uid in now]
     flagged = {m.key for m in again if m.uid in now and now[m.uid].deleted}
     n_failed = len(failures - flagged)
     if n_failed:
@@ -89,7 +90,7 @@ async def below_mark(poller: Poller, account: AccountConfig, session: Session, o
     if n_unheld:
         obj.log("Info", "Deleted", f"{n_unheld} messages another client had flagged "
                 "\\Deleted no longer carry the flag: fetching them")
-    fit = sum(1 for m in again[retried:] if m.key not in flagged)
+    fit = sum(1 for m in again[retried:] if m.key not in flagged and m.size <= limit)
     if fit > 0:
         obj.log("Info", "Oversized", f"{fit} messages left as oversized fit "
                 f"max_message_size ({limit} bytes) now: fetching them")

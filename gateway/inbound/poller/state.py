@@ -139,13 +139,10 @@ def touch_oversized(conn: Connection, account: str, folder: str, keys: Iterable[
                                                               size_limit=limit))
 
 
-def oversized_under_smaller_limit(conn: Connection, account: str, folder: str,
-                                  limit: int) -> list[tuple[str, int]]:
-    """(key, size) of the messages left under a limit smaller than `limit` (or an
-    unknown one): IMAP keep mode, which reads past them, looks at them again."""
+def oversized_sizes(conn: Connection, account: str, folder: str) -> list[tuple[str, int]]:
+    """(key, size) of the messages of one account's folder left as oversized."""
     rows = conn.execute(select(PollerOversized.key, PollerOversized.size).where(
-        PollerOversized.account == account, PollerOversized.folder == folder,
-        (PollerOversized.size_limit.is_(None)) | (PollerOversized.size_limit < limit))).all()
+        PollerOversized.account == account, PollerOversized.folder == folder)).all()
     return [(str(r[0]), int(r[1])) for r in rows]
 
 

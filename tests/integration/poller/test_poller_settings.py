@@ -151,3 +151,38 @@ class TestFailingAccounts:
             assert len(errs) == 1 and f"account {name}" in errs[0] and cause in errs[0]
         assert not [e for e in logs if e.get("account") == "good"
                     and e["log_level"] in ("error", "warning")]
+
+
+class TestKeepOversizedGone:
+    def test_keep_forgets_an_oversized_message_removed_from_the_server(
+            self, mailbox, poller_config, harness):
+        """keep: an oversized message someone deleted on the server leaves
+        --list-oversized, as in the other modes."""
+        mailbox.append("helpdesk", [message(1), message(2, size=30_000, subject="Huge"),
+                                    message(3)])
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                               max_message_size="10KB")))
+        assert (h.poll().oversized, h.poll().oversized) == (1, 1)
+        c = mailbox.imap("helpdesk")
+        c.select("INBOX")
+        _, data = c.search(None, "LARGER", "20000")
+        c.store(data[0].decode(), "+FLAGS.SILENT", "(\\Deleted)")
+        c.expunge()
+        c.logout()
+        r = h.poll()
+        assert (r.status, r.fetched, r.oversized) == ("Successful", 0, 0), r.error
+        with h.gw.engine.connect() as conn:
+            assert state.list_oversized(conn, "box") == []
+
+    @pytest.mark.parametrize("after_fetch", ["delete", "keep"])
+    def test_oversized_counted_once_per_run_across_connections(
+            self, after_fetch, mailbox, poller_config, harness):
+        """A run of several connections (reconnect_every) counts an oversized message once."""
+        mailbox.append("helpdesk", [message(1), message(2, size=30_000, subject="Huge"),
+                                    *[message(i) for i in range(3, 8)]])
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch=after_fetch,
+                                               max_message_size="10KB", reconnect_every=2)))
+        r = h.poll()
+        assert (r.fetched, r.oversized, r.connections) == (6, 1, 3), r.error
+        r = h.poll()
+        assert (r.fetched, r.oversized) == (0, 1), r.error
