@@ -55,13 +55,23 @@ class IdleWatcher:
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            refused = False
             try:
                 self._session_loop()
                 failures = 0
             except (MailboxError, OSError) as exc:
                 reason = exc.reason if isinstance(exc, MailboxError) else str(exc)
-                log.warning("idle connection lost; retrying", account=self.account.name,
-                            error=reason)
+                refused = (isinstance(exc, MailboxError) and exc.step == "auth"
+                           and not exc.temporary)
+                if refused:
+                    # A refused login is not tried again within seconds: each try is an
+                    # authentication failure on the server (fail2ban, account lockout),
+                    # and the poll runs report it and back off themselves.
+                    log.warning("idle login refused; trying again after the interval",
+                                account=self.account.name, error=reason)
+                else:
+                    log.warning("idle connection lost; retrying", account=self.account.name,
+                                error=reason)
                 failures += 1
             finally:
                 self.idling.clear()
@@ -70,7 +80,9 @@ class IdleWatcher:
                     s.abort()
             if self.supported is False:
                 return
-            if not self._stop.is_set():
+            if refused:
+                self._stop.wait(max(float(self.account.interval), BACKOFF[-1]))
+            elif not self._stop.is_set():
                 self._stop.wait(BACKOFF[min(failures, len(BACKOFF) - 1)] if failures else 1.0)
 
     def _session_loop(self) -> None:

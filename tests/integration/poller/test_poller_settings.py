@@ -186,3 +186,29 @@ class TestKeepOversizedGone:
         assert (r.fetched, r.oversized, r.connections) == (6, 1, 3), r.error
         r = h.poll()
         assert (r.fetched, r.oversized) == (0, 1), r.error
+
+
+class TestIdleLogin:
+    def test_refused_login_is_not_retried_within_seconds(self, mailbox, poller_config,
+                                                          monkeypatch):
+        """The IDLE watcher of an account with a wrong password does not log in again
+        after its reconnect delay (poll runs already report it; repeated failures get
+        the gateway's address banned by fail2ban): it waits the account's interval."""
+        import time
+
+        from gateway.inbound.poller import idle
+        from gateway.inbound.poller.idle import IdleWatcher
+
+        monkeypatch.setattr(idle, "BACKOFF", (0.2, 0.2, 0.2, 0.2))   # a lost connection
+
+        cfg = poller_config(account_toml(mailbox, "imaps", password="wrong", interval="10m"))
+        acc = cfg.account_by_name("box")
+        watcher = IdleWatcher(acc, cfg.root, lambda: None)
+        with capture_logs() as logs:
+            watcher.start()
+            time.sleep(3)
+            watcher.stop()
+        refused = [e for e in logs if e.get("account") == "box"
+                   and e["log_level"] == "warning"]
+        assert len(refused) == 1, refused
+        assert "refused" in refused[0]["error"]
