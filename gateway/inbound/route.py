@@ -8,18 +8,31 @@ from gateway.inbound.parse import addresses
 from gateway.model import MessageContext
 from gateway.runtime import Runtime
 
+# The headers OTOBO's dispatching (PostMaster::DestQueue) reads, in its order: a
+# Bcc to a system address shows only in Delivered-To/X-Original-To of fetched mail.
+_BEFORE_TO = ("Resent-To", "Envelope-To")
+_AFTER_CC = ("Delivered-To", "X-Original-To")
+
 
 def candidates(ctx: MessageContext) -> Iterator[str]:
-    """Envelope recipients first; To/Cc are parsed only when those did not decide."""
+    """Envelope recipients first; the headers are parsed only when those did not decide."""
     yield from ctx.envelope.recipients
-    if ctx.parsed is not None:
-        yield from addresses(ctx.parsed.to_addr)
-        yield from addresses(ctx.parsed.cc_addr)
+    p = ctx.parsed
+    if p is not None:
+        for name in _BEFORE_TO:
+            for value in p.header_all(name):
+                yield from addresses(value)
+        yield from addresses(p.to_addr)
+        yield from addresses(p.cc_addr)
+        for name in _AFTER_CC:
+            for value in p.header_all(name):
+                yield from addresses(value)
 
 
 def route(ctx: MessageContext, rt: Runtime) -> None:
     """Queue from X-header/filter, else the account's queue, else the first system
-    address among the recipients (envelope, then To/Cc), else the default queue."""
+    address among the recipients (envelope, then the headers OTOBO reads), else the
+    default queue."""
     cfg = rt.config
     wanted = ctx.param("Queue")
     if wanted:

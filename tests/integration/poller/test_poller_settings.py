@@ -67,6 +67,25 @@ class TestSettings:
         assert queues(h2) == {"Plain": "Raw", "Header": "Raw", "By To": "Sales",
                               "Trusted": "Support"}
 
+    @pytest.mark.parametrize(("to", "header", "queue"), [
+        ("customer@customer.test", "X-Original-To: sales@example.org", "Sales"),
+        ("customer@customer.test", "Delivered-To: sales@example.org", "Sales"),
+        ("customer@customer.test", "Envelope-To: sales@example.org", "Sales"),
+        ("support@example.org", "Resent-To: sales@example.org", "Sales"),
+        ("support@example.org", "Delivered-To: helpdesk@example.org", "Support"),
+    ])
+    def test_dispatch_to_finds_the_system_address_as_otobo_does(
+            self, to, header, queue, mailbox, poller_config, harness):
+        """dispatch = "to": a system address only in Bcc (named by the Delivered-To or
+        X-Original-To the MTA added) or in Resent-To/Envelope-To picks the queue, as
+        OTOBO's dispatching looks at those headers too (in its order: Resent-To,
+        Envelope-To, To, Cc, Delivered-To, X-Original-To)."""
+        mailbox.append("helpdesk", [message(1, to=to, subject="Bcc",
+                                            extra=header + "\r\n")])
+        h = harness(poller_config(account_toml(mailbox, "imaps")))
+        assert h.poll().new == 1
+        assert queues(h) == {"Bcc": queue}
+
     def test_pop3_oversized_reported_once(self, mailbox, poller_config, harness):
         """POP3: an oversized message stays, with one Error, however many runs see it."""
         mailbox.append("helpdesk", [message(1), message(2, size=30_000, subject="Huge")])
