@@ -96,7 +96,9 @@ CLASSIFIER_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1))
 HANDOFFS = Counter(
     "deskgate_handoffs", "Hand-off attempts to the helpdesk by result (delivered, deferred, "
-    "failed; deleted: the hand-off was deleted while it was tried)", ["result"], registry=REGISTRY)
+    "failed; deleted: the hand-off was deleted while it was tried; interrupted: its process "
+    "ended or hung, not counted as a try; superseded: another claim took it over)", ["result"],
+    registry=REGISTRY)
 HANDOFF_SECONDS = Histogram(
     "deskgate_handoff_seconds", "Time from the commit of a message to its delivery into the "
     "helpdesk", registry=REGISTRY,

@@ -22,7 +22,7 @@ _WAITING = ("pending", "failed")
 def _row(h: Any, number: str | None = None, hd_id: str = "", hd_number: str = "",
          now: datetime | None = None) -> dict[str, Any]:
     # A pending row claimed by a node: in delivery while the lease lasts; after it, that
-    # attempt did not finish (the node died or hung) until a node records it (expire).
+    # attempt did not finish (the node died or hung) until a node takes it back (expire).
     lease = _aware(h.lease_until)
     claimed = h.claimed_by if h.status == "pending" else ""
     return {"id": h.id, "ticket": number or "", "ticket_id": h.ticket_id,
@@ -45,7 +45,7 @@ def attempt_note(r: Mapping[str, Any]) -> str:
     if r["in_delivery"]:
         return f"in delivery by {r['claimed_by']}"
     return (f"attempt by {r['claimed_by']} did not finish (lease ran out "
-            f"{r['lease_until']:%Y-%m-%d %H:%M:%S}; it counts as failed)")
+            f"{r['lease_until']:%Y-%m-%d %H:%M:%S}; handed off again, not counted)")
 
 
 def list_handoffs(conn: Connection, *, status: str | None = None, limit: int = 1000,

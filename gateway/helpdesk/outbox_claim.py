@@ -4,17 +4,21 @@ renewed while the attempt runs, and the attempt's outcome recorded.
 A worker on any node claims due rows with a lease (`FOR UPDATE SKIP LOCKED` on
 PostgreSQL plus a compare-and-set everywhere). A row is only due when every
 earlier row of its ticket is delivered, so a follow-up never overtakes the
-creation of its ticket. Plain functions of a Connection, so they join the
-caller's transaction.
+creation of its ticket. Each claim has a name of its own (node and number,
+gateway.store.claims): it is renewed, checked before the hand-off and recorded
+by that name, so a late attempt of a claim another one took over (its lease ran
+out, outbox_expiry took it back) neither hands off nor records anything. Plain
+functions of a Connection, so they join the caller's transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.outbound.queue import _aware, retry_delay, utcnow
@@ -32,8 +36,17 @@ class Claimed:
     attempts: int
     decisions: dict[str, Any]
     created: datetime
-    node: str = ""              # who claimed it ("": not known, e.g. built by hand)
+    node: str = ""              # the claim ("": not known, e.g. built by hand)
     earlier: int = 0            # attempts before `deskgate handoff retry` began this cycle
+    # An earlier attempt of this row was interrupted (its process ended or hung) and is
+    # not counted in `attempts`: the helpdesk may have it, so this one checks first.
+    interrupted: bool = False
+
+
+# The start of the last_error of a row whose last attempt was interrupted: written when
+# the lapsed claim is taken back (outbox_expiry), kept until an attempt finishes.
+INTERRUPTED = ("previous attempt was interrupted (the process handing it off ended or "
+               "hung); not counted as an attempt")
 
 
 _EARLIER = aliased(Handoff)
@@ -46,13 +59,16 @@ _BLOCKED = select(_EARLIER.id).where(_EARLIER.ticket_id == Handoff.ticket_id,
 
 
 def _due(now: datetime) -> Any:
+    # A row whose lease ran out is not due until outbox_expiry has taken the interrupted
+    # attempt back (uncounted, logged): only a row no claim holds is claimed.
     return and_(Handoff.status == "pending", Handoff.next_attempt <= now,
-                or_(Handoff.lease_until.is_(None), Handoff.lease_until < now), ~_BLOCKED)
+                Handoff.lease_until.is_(None), ~_BLOCKED)
 
 
 def claim(conn: Connection, node: str, *, limit: int, lease: float,
           now: datetime | None = None) -> list[Claimed]:
-    """Take up to `limit` due rows for `node` until now + lease, oldest first."""
+    """Take up to `limit` due rows for the claim `node` until now + lease, oldest
+    first (a worker names each claim of its own: gateway.store.claims.claim_name)."""
     now = now or utcnow()
     q = select(Handoff.id).where(_due(now)).order_by(Handoff.id).limit(limit)
     if conn.dialect.name == "postgresql":
@@ -71,21 +87,27 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
         .order_by(Handoff.id)).all()
     return [Claimed(r.id, r.ticket_id, r.article_id, r.kind, r.key, r.attempts - 1,
                     dict(r.decisions or {}), _aware(r.created) or now, r.claimed_by,
-                    r.earlier_attempts)
+                    r.earlier_attempts, interrupted=r.last_error.startswith(INTERRUPTED))
             for r in rows]
 
 
-def renew(conn: Connection, node: str, ids: list[int], *, lease: float,
+def renew(conn: Connection, held: Mapping[int, str], *, lease: float,
           now: datetime | None = None) -> int:
-    """Extend the leases `node` holds on rows it is still handing off (a slow helpdesk,
-    or rows waiting for a free connector thread), so that no node takes them again
-    while their attempt runs. Returns how many leases were extended."""
-    if not ids:
-        return 0
+    """Extend the leases of the claims still held (row id → its claim: a slow
+    helpdesk, or rows waiting for a free connector thread), so that no node takes them
+    again while their attempt runs. Returns how many leases were extended; a row
+    another claim took meanwhile is not (0 for a single one: do not hand it off)."""
     now = now or utcnow()
-    return int(conn.execute(update(Handoff).where(
-        Handoff.id.in_(ids), Handoff.claimed_by == node[:200], Handoff.status == "pending")
-        .values(lease_until=now + timedelta(seconds=lease))).rowcount)
+    by: dict[str, list[int]] = {}
+    for hid, name in held.items():
+        by.setdefault(name[:200], []).append(hid)
+    n = 0
+    for name, ids in by.items():
+        n += int(conn.execute(update(Handoff).where(
+            Handoff.id.in_(ids), Handoff.claimed_by == name, Handoff.status == "pending",
+            Handoff.lease_until.is_not(None))
+            .values(lease_until=now + timedelta(seconds=lease))).rowcount)
+    return n
 
 
 # A leased row (being handed off, here or by another node) is due again when its lease
@@ -106,8 +128,8 @@ def next_due(conn: Connection) -> datetime | None:
 
 @dataclass(frozen=True)
 class Outcome:
-    # delivered | pending | failed | superseded (a failure not recorded: the lease ran
-    # out and the row was delivered or taken by another attempt meanwhile) | deleted
+    # delivered | pending | failed | superseded (a result not recorded: the lease ran
+    # out and the row was delivered or taken by another claim meanwhile) | deleted
     # (nothing recorded: `deskgate handoff delete` removed the row while it was tried)
     status: str
     attempts: int
@@ -117,8 +139,12 @@ class Outcome:
 
 # Built once: the outcome of every hand-off runs these on the writer thread. A row is
 # matched by id and key: SQLite gives the id of a deleted last row to the next one.
-_UPD_DELIVERED = update(Handoff).where(Handoff.id == bindparam("b_id"),
-                                       Handoff.key == bindparam("b_key")).values(
+# A delivery is recorded while no other claim holds the row and none delivered it: by
+# its own claim, or after that claim was taken back (pending or failed, unclaimed).
+_UPD_DELIVERED = update(Handoff).where(
+    Handoff.id == bindparam("b_id"), Handoff.key == bindparam("b_key"),
+    Handoff.status != "delivered",
+    Handoff.claimed_by.in_([bindparam("b_claim"), ""])).values(
     status="delivered", attempts=bindparam("b_attempts"), lease_until=None, claimed_by="",
     last_error="", updated=bindparam("b_now"), delivered=bindparam("b_now"))
 _UPD_TICKET_ID = update(Ticket).where(Ticket.id == bindparam("b_tid")).values(
@@ -138,11 +164,16 @@ def record_delivered(conn: Connection, c: Claimed, *, ticket_id: str, ticket_num
     """Mark the row delivered and keep the helpdesk's ticket on deskgate's ticket.
 
     A row deleted by `deskgate handoff delete` while the attempt ran stays deleted and
-    the helpdesk's answer is not kept ("deleted"): the admin's delete wins."""
+    the helpdesk's answer is not kept ("deleted"): the admin's delete wins. A row
+    another claim holds or delivered (this attempt's lease ran out and the row was
+    taken over) is left to it ("superseded"): a late answer is not recorded over the
+    new claim's."""
     now = now or utcnow()
-    if not conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_key": c.key,
+    if not conn.execute(_UPD_DELIVERED, {"b_id": c.id, "b_key": c.key, "b_claim": c.node,
                                          "b_attempts": c.attempts + 1, "b_now": now}).rowcount:
-        return Outcome("deleted", c.attempts + 1)
+        exists = conn.execute(select(Handoff.id).where(Handoff.id == c.id,
+                                                       Handoff.key == c.key)).first()
+        return Outcome("superseded" if exists else "deleted", c.attempts + 1)
     if ticket_id:
         absorb(conn, c.ticket_id, ticket_id[:100])
         conn.execute(_UPD_TICKET_ID, {"b_tid": c.ticket_id, "b_value": ticket_id[:100]})

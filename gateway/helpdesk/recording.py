@@ -10,6 +10,7 @@ from gateway.commlog import Comm, add_comm
 from gateway.helpdesk import outbox
 from gateway.helpdesk.base import Connector, Delivered, HandoffError
 from gateway.helpdesk.items import ItemError, take_note
+from gateway.helpdesk.outbox_claim import INTERRUPTED
 from gateway.runtime import Runtime
 from gateway.store import Deferred
 
@@ -45,6 +46,11 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
             msg.log("Notice", "Deleted", f"the helpdesk took it ({what or 'delivered'}); "
                     f"{_DELETED}")
             msg.close("Warning")
+        elif out.status == "superseded":
+            msg.log("Warn", "Superseded", f"the helpdesk took it ({what or 'delivered'}); "
+                    f"{_SUPERSEDED} (that attempt looks in the helpdesk first where the "
+                    "connector can)")
+            msg.close("Warning")
         else:
             msg.log("Info", "Delivered", what or "delivered")
             msg.close("Successful")
@@ -62,8 +68,7 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
             msg.log("Notice", "Deleted", f"{error}"[:3000] + f"; {_DELETED}")
             msg.close("Warning")
         elif out.status == "superseded":
-            msg.log("Warn", "Superseded", f"{error}"[:3000] + "; not recorded: the lease "
-                    "ran out and the hand-off was delivered or taken by another attempt")
+            msg.log("Warn", "Superseded", f"{error}"[:3000] + f"; {_SUPERSEDED}")
             msg.close("Warning")
         elif out.status == "failed":
             why = "permanent error" if not error.temporary else "retries exhausted"
@@ -83,28 +88,34 @@ def record(conn: Connection, rt: Runtime, connector: Connector, c: outbox.Claime
     return out
 
 
-def record_lost(conn: Connection, connector: Connector, lost: outbox.Lost,
-                later: Deferred | None = None) -> None:
+def record_interrupted(conn: Connection, connector: Connector, lost: outbox.Lost,
+                       later: Deferred | None = None) -> None:
     """The communication log of an attempt that ended without an outcome (its node was
-    killed or hung past the lease), which `outbox.expire` recorded as failed. It has no
+    killed or hung past the lease), which `outbox.expire` took back uncounted: a Warn
+    Interrupted, and when the row ran out of time an Error Failed. It has no
     Connection object: what the helpdesk said, if anything, is not known."""
     c, out = lost.claimed, lost.outcome
     comm = Comm("Outgoing", "Handoff", f"{connector.type} {connector.account}"[:200])
     msg = comm.obj("Message")
     msg.article_id = c.article_id
-    earlier = f" ({c.earlier} before a retry by hand)" if c.earlier else ""
-    msg.log("Info", "Attempt", f"hand-off #{c.id} ({c.kind}) attempt {c.attempts + 1}"
-            f"{earlier} to {connector.type} by {c.node}: no outcome by the end of its "
-            f"lease at {lost.lease_until:%Y-%m-%d %H:%M:%S} UTC")
-    why = (f"{outbox.LOST}; it counts as a failed attempt (the helpdesk may have got it: "
-           "the next attempt checks first)")
-    if out.status == "failed":
-        msg.log("Error", "Failed", f"retries exhausted: {why}; `deskgate handoff retry "
-                f"{c.id}` tries again")
-        msg.close("Failed")
+    if not lost.again:
+        then = "handing it off again now (that attempt looks in the helpdesk first)"
+    elif out.status == "failed":
+        then = ("it was interrupted twice in a row and its time in the outbox (the sum of "
+                "[helpdesk] retry) has run out")
     else:
         assert out.next_attempt is not None
-        msg.log("Warn", "Deferred", f"{why}; next attempt {out.next_attempt:%Y-%m-%d %H:%M:%S}")
+        then = ("it was interrupted twice in a row, so it waits for [helpdesk] retry: "
+                f"next attempt {out.next_attempt:%Y-%m-%d %H:%M:%S}")
+    msg.log("Warn", "Interrupted", f"hand-off #{c.id} ({c.kind}): {INTERRUPTED}; the "
+            f"attempt by {c.node} ended without an outcome (its lease ran out at "
+            f"{lost.lease_until:%Y-%m-%d %H:%M:%S} UTC) and may or may not have reached "
+            f"the helpdesk; {then}"[:4000])
+    if out.status == "failed":
+        msg.log("Error", "Failed", f"time in the outbox ran out: {INTERRUPTED}; "
+                f"`deskgate handoff retry {c.id}` tries again")
+        msg.close("Failed")
+    else:
         msg.close("Warning")
     comm.close()
     add_comm(conn, comm, later)
@@ -112,3 +123,5 @@ def record_lost(conn: Connection, connector: Connector, lost: outbox.Lost,
 
 _DELETED = ("not recorded: the hand-off was deleted (`deskgate handoff delete`) while "
             "this attempt ran")
+_SUPERSEDED = ("not recorded: this attempt's lease ran out and another claim took the "
+               "hand-off over or delivered it")

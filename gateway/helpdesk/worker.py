@@ -6,7 +6,10 @@ connector (a subprocess or an HTTP call) runs on a small thread pool, so the
 event loop and the inbound commits never wait for the helpdesk. Each attempt is
 one Outgoing communication (Connection + Message object) in the log. A row that
 cannot be read or built is recorded as a failed attempt of its own, so it never
-holds back the rows claimed with it.
+holds back the rows claimed with it. Each claim has a name of its own and is checked
+(its lease renewed) just before the connector runs: a row another node took over
+meanwhile is not handed off. An attempt whose process ended or hung (its lease ran
+out) is taken back uncounted, logged as Interrupted, and handed off again at once.
 
 This module schedules the attempts; the items they hand off are read and built
 in gateway.helpdesk.items and each attempt is recorded in gateway.helpdesk.recording
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib
 import threading
@@ -39,9 +43,10 @@ from gateway.helpdesk.items import ItemError as ItemError
 from gateway.helpdesk.items import build_item as build_item
 from gateway.helpdesk.items import read_items as read_items
 from gateway.helpdesk.recording import record as record
-from gateway.helpdesk.recording import record_lost as record_lost
+from gateway.helpdesk.recording import record_interrupted as record_interrupted
 from gateway.runtime import Runtime
 from gateway.store import Deferred
+from gateway.store.claims import claim_name, still_held
 from gateway.store.writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -120,8 +125,10 @@ class HandoffWorker:
         # Rows claimed and not recorded yet (queued for a connector thread, being
         # delivered, or waiting for their record): their leases are renewed every
         # third of `lease`, so a slow helpdesk never sees a row twice from here or
-        # from another node while its first attempt is still running.
-        self._held: set[int] = set()
+        # from another node while its first attempt is still running. Row id → its
+        # claim (each claim has a name of its own: node and number).
+        self._held: dict[int, str] = {}
+        self._claims = 0
         self._renew_at = 0.0
         # The helpdesk is down (several attempts in a row failed temporarily): like
         # Postfix's dead destination, claim nothing but one probe per `_backoff`
@@ -189,16 +196,19 @@ class HandoffWorker:
                     free = 0 if self._inflight else min(free, 1)
             claimed: list[outbox.Claimed] = []
             finished = {d.claimed.id for d in batch}
-            renew = sorted(self._held - finished) \
-                if self._held and time.monotonic() >= self._renew_at else []
+            still = {i: n for i, n in self._held.items() if i not in finished}
+            renew = still if still and time.monotonic() >= self._renew_at else {}
             unrecorded = False
             if batch or free > 0 or renew:
                 rt = self.runtime()
-                held_before = bool(self._held - finished)
+                held_before = bool(still)
+                if free > 0:
+                    self._claims += 1
                 try:
                     outcomes, lost, claimed, due = await self.writer.run_deferring(
                         functools.partial(self._cycle, batch=batch, free=free, rt=rt,
-                                          renew=renew, held=frozenset(self._held)))
+                                          renew=renew, held=dict(self._held),
+                                          name=claim_name(self.node, self._claims)))
                 except Exception:
                     # The helpdesk has answered these attempts and only our record failed
                     # (the database went away, say): keep them, and their leases, and
@@ -211,12 +221,13 @@ class HandoffWorker:
                 else:
                     if renew or (claimed and not held_before):
                         self._renew_at = time.monotonic() + hd.lease / 3
-                    self._held -= finished
-                self._held.update(c.id for c in claimed)
+                    for i in finished:
+                        self._held.pop(i, None)
+                self._held.update((c.id, c.node) for c in claimed)
                 for d, out in zip(batch, outcomes, strict=False):
                     self._account(d, out)
                 for one in lost:
-                    self._account_lost(one)
+                    self._account_interrupted(one)
                 if due is not None:
                     timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.05))
             if claimed:
@@ -240,22 +251,22 @@ class HandoffWorker:
             self._wake.clear()
 
     def _cycle(self, conn: Connection, later: Deferred, *, batch: list[_Done], free: int,
-               rt: Runtime, renew: list[int], held: frozenset[int]
+               rt: Runtime, renew: dict[int, str], held: dict[int, str], name: str
                ) -> tuple[list[outbox.Outcome], list[outbox.Lost], list[outbox.Claimed],
                           datetime | None]:
         hd = rt.config.helpdesk
         outcomes = [record(conn, rt, d.connector, d.claimed, d.result, d.error, d.seconds,
                            later) for d in batch]
         if renew:
-            outbox.renew(conn, self.node, renew, lease=hd.lease)
+            outbox.renew(conn, renew, lease=hd.lease)
         lost: list[outbox.Lost] = []
         if free > 0:
-            # Attempts that ended with their process: counted before claiming, so that a
-            # message that kills every attempt runs out of the schedule.
-            lost = outbox.expire(conn, self.node, schedule=hd.retry, held=held)
+            # Attempts that ended with their process, taken back before claiming: not
+            # counted, due again at once (deferred when interrupted twice in a row).
+            lost = outbox.expire(conn, schedule=hd.retry, held=held)
             for one in lost:
-                record_lost(conn, self.connector, one, later)
-        claimed = outbox.claim(conn, self.node, limit=free, lease=hd.lease) if free > 0 else []
+                record_interrupted(conn, self.connector, one, later)
+        claimed = outbox.claim(conn, name, limit=free, lease=hd.lease) if free > 0 else []
         due = outbox.next_due(conn) if not claimed and free > 0 else None
         return outcomes, lost, claimed, due
 
@@ -279,8 +290,23 @@ class HandoffWorker:
             # once, round after round, with the rows claimed alongside it.
             error = item
         else:
+            if c.interrupted:
+                # The interrupted attempt is not counted, but it may have reached the
+                # helpdesk: this one is a retry to the connector (it looks first).
+                item = dataclasses.replace(item, attempts=item.attempts + 1)
             try:
-                result = await loop.run_in_executor(self.pool, connector.deliver, item)
+                got = await loop.run_in_executor(self.pool, self._deliver_held, c,
+                                                 connector, item)
+                if got is None:
+                    # Another claim took the row before this attempt started.
+                    log.warning("claim lost before the hand-off: not handed off",
+                                handoff=c.id, claim=c.node)
+                    metrics.HANDOFFS.labels("superseded").inc()
+                    self._held.pop(c.id, None)
+                    if self._wake:
+                        self._wake.set()
+                    return
+                result = got
             except HandoffError as exc:
                 error = exc
             except Exception as exc:            # a connector bug: retry, never lose
@@ -290,9 +316,23 @@ class HandoffWorker:
         if self._wake:
             self._wake.set()
 
+    def _deliver_held(self, c: outbox.Claimed, connector: Connector, item: HandoffItem
+                      ) -> Delivered | None:
+        """On a connector thread: renew the claim, then hand off; None (nothing handed
+        off) when another claim took the row while it waited for a thread or since the
+        last renewal."""
+        loop = self._loop
+        if loop is not None and c.node:
+            job = functools.partial(outbox.renew, held={c.id: c.node},
+                                    lease=self.runtime().config.helpdesk.lease)
+            if not still_held(loop, self.writer, job, handoff=c.id):
+                return None
+        return connector.deliver(item)
+
     def _account(self, d: _Done, out: outbox.Outcome) -> None:
-        metrics.HANDOFFS.labels(out.status if out.status in ("delivered", "failed", "deleted")
-                                else "deferred").inc()
+        metrics.HANDOFFS.labels(
+            out.status if out.status in ("delivered", "failed", "deleted", "superseded")
+            else "deferred").inc()
         self._track_health(d)
         if out.status == "deleted":
             log.warning("hand-off deleted while it was tried; its result is not recorded",
@@ -305,19 +345,25 @@ class HandoffWorker:
             log.info("handed off", handoff=d.claimed.id,
                      ticket=d.result.ticket_number if d.result else "",
                      seconds=round(d.seconds, 3))
+        elif out.status == "superseded":
+            log.warning("hand-off result not recorded: another claim took the row over",
+                        handoff=d.claimed.id, claim=d.claimed.node,
+                        delivered=d.result is not None, error=str(d.error or "")[:300])
         else:
             log.warning("hand-off failed", handoff=d.claimed.id, status=out.status,
                         error=str(d.error)[:300])
 
     @staticmethod
-    def _account_lost(lost: outbox.Lost) -> None:
-        """An attempt that ended with its process counts like a temporary failure; it
-        says nothing about the helpdesk (the message itself may kill the process)."""
+    def _account_interrupted(lost: outbox.Lost) -> None:
+        """An attempt that ended with its process is no failed attempt; it says nothing
+        about the helpdesk (the message itself may kill the process)."""
         out = lost.outcome
-        metrics.HANDOFFS.labels("failed" if out.status == "failed" else "deferred").inc()
-        log.warning("hand-off attempt did not finish (the process ended or hung)",
-                    handoff=lost.claimed.id, node=lost.claimed.node, attempts=out.attempts,
-                    status=out.status)
+        metrics.HANDOFFS.labels("interrupted").inc()
+        if out.status == "failed":
+            metrics.HANDOFFS.labels("failed").inc()
+        log.warning("previous attempt was interrupted", handoff=lost.claimed.id,
+                    node=lost.claimed.node, lease_until=str(lost.lease_until),
+                    deferred=lost.again, status=out.status, attempts=out.attempts)
 
     def _track_health(self, d: _Done) -> None:
         """Consecutive temporary failures mark the helpdesk down; a success revives it.

@@ -46,6 +46,7 @@ from gateway.outbound.transport import (
     retried,
 )
 from gateway.runtime import Runtime
+from gateway.store.claims import CHECK_TIMEOUT, claim_name, still_held
 from gateway.store.db import is_temporary
 from gateway.store.writer import BatchWriter
 from gateway.textsafe import reply_line, shown
@@ -185,7 +186,7 @@ class Sender:
                     # A name per claim: a late attempt of an earlier claim of this node
                     # cannot pass for the current one.
                     claimed = await self.writer.run(
-                        functools.partial(oq.claim, node=f"{self.node[:180]}#{self._claims}",
+                        functools.partial(oq.claim, node=claim_name(self.node, self._claims),
                                           limit=free, lease=relay.lease,
                                           exclude=frozenset(self._leased)))
                     if not claimed:
@@ -287,27 +288,19 @@ class Sender:
 
 
     # Seconds the check of a claim before its transfer may take.
-    CLAIM_CHECK_TIMEOUT = 30.0
+    CLAIM_CHECK_TIMEOUT = CHECK_TIMEOUT
 
     def _deliver_held(self, m: oq.Claimed, rcpts: list[str]) -> Attempt | None:
         """On a worker thread: renew the claim, then deliver; None (nothing sent) when
         another claim took the message while it waited for a worker or since the last
-        renewal. When the database does not answer, the transfer goes ahead: the lease
-        was held at the last renewal, and no other node can claim without the database
-        either."""
+        renewal (gateway.store.claims.still_held)."""
         loop = self._loop
         if loop is not None and m.node:
             job = functools.partial(oq.renew, held={m.id: m.node},
                                     lease=self.runtime().config.relay.lease)
-            try:
-                held = asyncio.run_coroutine_threadsafe(self.writer.run(job), loop).result(
-                    self.CLAIM_CHECK_TIMEOUT)
-            except Exception as exc:
-                log.warning("claim not checked before the transfer", outbound_id=m.id,
-                            error=str(exc)[:300])
-            else:
-                if not held:
-                    return None
+            if not still_held(loop, self.writer, job, timeout=self.CLAIM_CHECK_TIMEOUT,
+                              outbound_id=m.id):
+                return None
         return self.transport.deliver(m.sender, rcpts, m.data)
 
     # Seconds between tries to write an attempt's outcome the database refused.

@@ -86,13 +86,15 @@ class TestKillDuringHandoff:
 
 
 class TestKilledOnEveryAttempt:
-    def test_the_schedule_runs_out_and_the_row_fails(
+    def test_the_time_in_the_outbox_runs_out_and_the_row_fails(
             self, receiver: WebhookReceiver, make_confdir: Callable[..., Path],
             capsys: pytest.CaptureFixture[str]) -> None:
         """A hand-off whose every attempt kills the process (kill -9 while the helpdesk
-        holds the request) counts each attempt when its lease runs out: with retry =
-        "0.3s" the third start fails the row after two attempts, with the reason in
-        `handoff list`/`show` and an Error in the communication log."""
+        holds the request) is not tried for ever, though no interrupted attempt counts:
+        the second start hands it off again at once (the first interruption), and when
+        that is interrupted too the third start, its time in the outbox past retry =
+        "0.3s", fails the row with the reason in `handoff list`/`show`, a Warn
+        Interrupted for each and an Error in the communication log."""
         conf = make_confdir({"50-helpdesk.toml": webhook_conf(receiver.url, retry="0.3s",
                                                               lease="2s")})
         secrets = conf.parent / "secrets"
@@ -138,8 +140,8 @@ class TestKilledOnEveryAttempt:
             finally:
                 stop_serve(proc)
             [row] = rows()
-            assert (row["status"], row["attempts"]) == ("failed", 2)
-            assert "did not finish" in str(row["last_error"])
+            assert (row["status"], row["attempts"]) == ("failed", 0)
+            assert "previous attempt was interrupted" in str(row["last_error"])
             assert receiver.arrived == 2               # not sent a third time
             with engine.connect() as conn:
                 logged = [(e.priority, e.key, e.value) for e in conn.execute(
@@ -147,11 +149,12 @@ class TestKilledOnEveryAttempt:
                     .where(CommObject.article_id == row["article_id"])).all()]
         finally:
             engine.dispose()
-        assert any(p == "Error" and k == "Failed" and "did not finish" in v
+        assert any(p == "Error" and k == "Failed" and "interrupted" in v
                    for p, k, v in logged), logged
+        assert [p for p, k, _ in logged if k == "Interrupted"] == ["Warn", "Warn"]
         assert main(["--config", str(conf), "handoff", "list"]) == 0
         listed = capsys.readouterr().out
-        assert "failed" in listed and "did not finish" in listed
+        assert "failed" in listed and "interrupted" in listed
         assert main(["--config", str(conf), "handoff", "show", str(row["id"])]) == 0
         shown = capsys.readouterr().out
-        assert "did not finish" in shown
+        assert "previous attempt was interrupted" in shown

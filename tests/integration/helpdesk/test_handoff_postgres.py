@@ -83,45 +83,66 @@ class TestTwoNodes:
             by_ticket.setdefault(tid, []).append(hid)
         assert all(v == sorted(v) for v in by_ticket.values())
 
-    def test_expired_lease_is_taken_by_another_node_as_a_retry(self, pg_url: str) -> None:
-        """A node that died after claiming leaves attempts counted: the row is taken again
-        after the lease by another node, which sees a retry (attempts > 0)."""
-        seed(pg_url, tickets=1, per_ticket=1)
-        engine = create_engine(pg_url)
-        now = datetime.now(UTC)
-        with engine.begin() as conn:
-            first = outbox.claim(conn, "dead", limit=10, lease=5, now=now)
-        assert [c.attempts for c in first] == [0]
-        with engine.begin() as conn:
-            assert outbox.claim(conn, "other", limit=10, lease=5, now=now) == []
-            later = outbox.claim(conn, "other", limit=10, lease=5,
-                                 now=now + timedelta(seconds=6))
-            assert [c.attempts for c in later] == [1]
-            assert conn.execute(select(Handoff.claimed_by)).scalar() == "other"
-        engine.dispose()
-
-    def test_an_attempt_that_did_not_finish_is_recorded_once(self, pg_url: str) -> None:
-        """Two nodes find the lapsed claim of a dead one at the same moment: one records
-        it as a failed attempt (the other skips the locked row), and it is deferred on
-        the schedule, not taken again at once."""
+    def test_an_interrupted_attempt_is_taken_back_once_and_not_counted(self, pg_url: str
+                                                                       ) -> None:
+        """Two nodes find the lapsed claim of a dead one at the same moment: one takes it
+        back (the other skips the locked row) without counting the attempt, and the
+        row is due at once; the next claim sees a retry (the helpdesk may have it)."""
         seed(pg_url, tickets=1, per_ticket=1)
         engine = create_engine(pg_url)
         now = datetime.now(UTC)
         later = now + timedelta(seconds=6)
         try:
             with engine.begin() as conn:
-                outbox.claim(conn, "dead", limit=10, lease=5, now=now)
+                [first] = outbox.claim(conn, "dead#1", limit=10, lease=5, now=now)
+                assert outbox.claim(conn, "other#1", limit=10, lease=5,
+                                    now=later) == []       # not before it is taken back
+            assert first.attempts == 0
             with engine.begin() as a, engine.begin() as b:
-                lost_a = outbox.expire(a, "a", schedule=(60.0,), now=later)
-                lost_b = outbox.expire(b, "b", schedule=(60.0,), now=later)
+                lost_a = outbox.expire(a, schedule=(60.0,), now=later)
+                lost_b = outbox.expire(b, schedule=(60.0,), now=later)
             assert (len(lost_a), lost_b) == (1, [])
-            assert lost_a[0].outcome.status == "pending"
+            assert (lost_a[0].outcome.status, lost_a[0].again) == ("pending", False)
             with engine.begin() as conn:
-                assert outbox.expire(conn, "b", schedule=(60.0,), now=later) == []
-                assert outbox.claim(conn, "b", limit=10, lease=5, now=later) == []
+                assert outbox.expire(conn, schedule=(60.0,), now=later) == []
+                [again] = outbox.claim(conn, "b#1", limit=10, lease=5, now=later)
                 r = conn.execute(select(Handoff)).one()
-            assert (r.attempts, r.claimed_by, r.status) == (1, "", "pending")
-            assert "did not finish" in r.last_error
+            assert (again.attempts, again.interrupted) == (0, True)
+            assert (r.attempts, r.claimed_by, r.status) == (1, "b#1", "pending")
+            assert "previous attempt was interrupted" in r.last_error
+        finally:
+            engine.dispose()
+
+    def test_a_second_interruption_is_deferred_and_a_late_result_changes_nothing(
+            self, pg_url: str) -> None:
+        """The claim that took over dies too: the row is deferred without counting; the
+        first dead claim's late delivery is not recorded over the row (superseded), nor
+        its late failure."""
+        seed(pg_url, tickets=1, per_ticket=1)
+        engine = create_engine(pg_url)
+        now = datetime.now(UTC)
+        try:
+            with engine.begin() as conn:
+                [first] = outbox.claim(conn, "dead#1", limit=10, lease=5, now=now)
+                outbox.expire(conn, schedule=(600.0,), now=now + timedelta(seconds=6))
+                [second] = outbox.claim(conn, "dead#2", limit=10, lease=5,
+                                        now=now + timedelta(seconds=6))
+                late = outbox.record_delivered(conn, first, ticket_id="41",
+                                               ticket_number="1041")
+                assert late.status == "superseded"
+            with engine.begin() as a, engine.begin() as b:
+                lost_a = outbox.expire(a, schedule=(600.0,), now=now + timedelta(seconds=12))
+                lost_b = outbox.expire(b, schedule=(600.0,), now=now + timedelta(seconds=12))
+            assert (len(lost_a), lost_b) == (1, [])
+            assert (lost_a[0].again, lost_a[0].outcome.status) == (True, "pending")
+            with engine.begin() as conn:
+                assert outbox.record_failure(conn, second, "HTTP 500", temporary=True,
+                                             schedule=(1.0,)).status == "superseded"
+                r = conn.execute(select(Handoff)).one()
+            assert (r.status, r.attempts, r.claimed_by, r.lease_until) == \
+                ("pending", 0, "", None)
+            assert r.next_attempt > now + timedelta(seconds=500)
+            assert "previous attempt was interrupted" in r.last_error
         finally:
             engine.dispose()
 

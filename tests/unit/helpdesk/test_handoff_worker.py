@@ -7,6 +7,7 @@ import asyncio
 import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from sqlalchemy import Engine, delete, select, text, update
 from gateway import metrics
 from gateway.config import load_config
 from gateway.helpdesk import outbox
+from gateway.helpdesk.base import Delivered, HandoffError
+from gateway.helpdesk.recording import record
 from gateway.helpdesk.worker import HandoffWorker, make_connector
 from gateway.runtime import Runtime, build_runtime
 from gateway.store import repo
@@ -278,73 +281,129 @@ class TestRetriedByHand:
             ("delivered", 1)
 
 
-def died(engine: Engine, hid: int, *, failures: int = 0, ago: float = 2.0) -> None:
+def died(engine: Engine, hid: int, *, failures: int = 0, ago: float = 2.0,
+         queued: float = 60.0) -> None:
     """`failures` attempts of row `hid` failed with HTTP 500, then one was claimed by a
     node that died (SIGKILL, the OOM killer) and recorded nothing: its 1 s lease ran out
-    `ago` - 1 seconds ago."""
+    `ago` - 1 seconds ago. The row was queued `queued` seconds (plus an hour per
+    failure) before that claim."""
     dead_at = datetime.now(UTC) - timedelta(seconds=ago)
     with engine.begin() as conn:
-        queued = dead_at - timedelta(hours=failures, minutes=1)
+        at_first = dead_at - timedelta(hours=failures, seconds=queued)
         conn.execute(update(Handoff).where(Handoff.id == hid)
-                     .values(created=queued, next_attempt=queued))
+                     .values(created=at_first, next_attempt=at_first))
         for n in range(failures, 0, -1):
             at = dead_at - timedelta(hours=n)
-            [c] = outbox.claim(conn, "n0", limit=5, lease=300, now=at)
+            [c] = outbox.claim(conn, "n0#1", limit=5, lease=300, now=at)
             outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=(1.0,) * 9,
                                   now=at)
-        [c] = outbox.claim(conn, "dead", limit=5, lease=1, now=dead_at)
+        [c] = outbox.claim(conn, "dead#1", limit=5, lease=1, now=dead_at)
     assert c.id == hid
+
+
+def died_twice(engine: Engine, hid: int, *, queued: float = 60.0) -> None:
+    """Two attempts in a row ended without an outcome: the first node died, another
+    took its lapsed claim over (handing it off again at once) and died too; the
+    second one's 1 s lease ran out a second ago."""
+    now = datetime.now(UTC)
+    died(engine, hid, ago=10.0, queued=queued)
+    with engine.begin() as conn:
+        [lost] = outbox.expire(conn, schedule=(3600.0,), now=now - timedelta(seconds=5))
+        assert not lost.again
+        [c] = outbox.claim(conn, "dead-2#1", limit=5, lease=1,
+                           now=now - timedelta(seconds=2))
+    assert c.id == hid
+
+
+def interrupted_total() -> float:
+    return handoffs_total("interrupted")
 
 
 class TestAttemptThatDidNotFinish:
     """An attempt whose process died (SIGKILL, the OOM killer, a crash in a library) or
-    hung past its lease records no outcome of its own: it counts as a failed attempt when
-    its lease has run out, so [helpdesk] retry runs out for it as for any failure."""
+    hung past its lease records no outcome of its own. As with the outbound queue it
+    is no failed attempt: the next worker logs it and hands the row off again at once;
+    only when that attempt is interrupted too is the row deferred, by its time in the
+    outbox, and it fails once that time exceeds the sum of [helpdesk] retry."""
 
-    async def test_it_is_deferred_on_the_schedule_with_the_reason(self, setup: Setup
-                                                                 ) -> None:
-        """The row is not taken again at once: the lost attempt is recorded as a
-        temporary failure saying why, the next one waits for the schedule's step."""
+    async def test_it_is_retried_at_once_without_counting(self, setup: Setup) -> None:
+        """The row is handed off again at once (not after the schedule's hour): its
+        attempts hold only the finished attempt, the communication log has a Warn
+        Interrupted naming the dead node and no Deferred or Failed entry, and
+        deskgate_handoffs_total counts it as interrupted."""
         hid, article = seed(setup.engine, "lost")
         died(setup.engine, hid)
-        before = handoffs_total("deferred")
+        before, deferred = interrupted_total(), handoffs_total("deferred")
+        await run_worker(setup, lambda: row(setup.engine, hid).status == "delivered")
+        r = row(setup.engine, hid)
+        assert (r.status, r.attempts, r.last_error) == ("delivered", 1, "")
+        assert len([q for q in setup.server.requests if q.method == "POST"]) == 1
+        logged = entries(setup.engine, article)
+        [warn] = [(p, v) for p, k, v in logged if k == "Interrupted"]
+        assert warn[0] == "Warn" and "dead#1" in warn[1]
+        assert "previous attempt was interrupted" in warn[1]
+        assert not any(k in ("Deferred", "Failed") for _, k, _ in logged), logged
+        assert interrupted_total() == before + 1
+        assert handoffs_total("deferred") == deferred
+
+    async def test_it_keeps_the_attempts_of_earlier_failures(self, setup: Setup) -> None:
+        """retry = "1h, 1h" allows three attempts: after two failures the attempt that
+        died is not the third, so the row is handed off once more and delivered."""
+        hid, _ = seed(setup.engine, "lost after two failures")
+        died(setup.engine, hid, failures=2)
+        await run_worker(setup, lambda: row(setup.engine, hid).status == "delivered")
+        r = row(setup.engine, hid)
+        assert (r.status, r.attempts) == ("delivered", 3)
+        [req] = [q for q in setup.server.requests if q.method == "POST"]
+        assert req.json["attempt"] == 4          # the interrupted one may have got through
+
+    async def test_a_second_interruption_is_deferred_without_counting(
+            self, setup: Setup) -> None:
+        """When the attempt that took over is interrupted too, the row is not handed off
+        again at once: it waits for the retry delay its time in the outbox has reached
+        (1h), no attempt counted, with a second Warn Interrupted."""
+        hid, article = seed(setup.engine, "lost twice")
+        died_twice(setup.engine, hid)
+        before = interrupted_total()
         await run_worker(setup, lambda: row(setup.engine, hid).claimed_by == "")
         r = row(setup.engine, hid)
-        assert (r.status, r.attempts, r.lease_until) == ("pending", 1, None)
-        assert "did not finish" in r.last_error
-        assert r.next_attempt.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(minutes=50)
+        assert (r.status, r.attempts, r.lease_until) == ("pending", 0, None)
+        assert "previous attempt was interrupted" in r.last_error and "dead-2" in r.last_error
+        wait_s = (r.next_attempt.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
+        assert 3000 < wait_s < 4000
         assert setup.server.requests == []
         logged = entries(setup.engine, article)
-        assert any(k == "Deferred" and "did not finish" in v for _, k, v in logged), logged
-        assert handoffs_total("deferred") == before + 1
+        assert [p for p, k, _ in logged if k == "Interrupted"] == ["Warn"]
+        assert not any(k in ("Deferred", "Failed") for _, k, _ in logged), logged
+        assert interrupted_total() == before + 1
 
-    async def test_the_last_attempt_on_the_schedule_fails_the_row(self, setup: Setup
-                                                                  ) -> None:
-        """retry = "1h, 1h" allows three attempts: when the third one died the row is
-        failed, with an Error in the communication log, and not sent a fourth time."""
-        hid, article = seed(setup.engine, "lost thrice")
-        died(setup.engine, hid, failures=2)
+    async def test_interruptions_past_the_schedule_fail_the_row(self, setup: Setup) -> None:
+        """A row whose attempts kill every process is not tried for ever: once its time
+        in the outbox exceeds the sum of retry (2h), a second interruption in a row
+        fails it, with an Error in the communication log, none counted."""
+        hid, article = seed(setup.engine, "lost twice, long queued")
+        died_twice(setup.engine, hid, queued=3 * 3600)
         before = handoffs_total("failed")
         await run_worker(setup, lambda: row(setup.engine, hid).status == "failed")
         r = row(setup.engine, hid)
-        assert (r.status, r.attempts, r.claimed_by) == ("failed", 3, "")
-        assert "did not finish" in r.last_error
+        assert (r.status, r.attempts, r.claimed_by) == ("failed", 0, "")
+        assert "previous attempt was interrupted" in r.last_error
         assert setup.server.requests == []
         logged = entries(setup.engine, article)
-        assert any(p == "Error" and k == "Failed" and "did not finish" in v
+        assert any(p == "Error" and k == "Failed" and "interrupted" in v
                    for p, k, v in logged), logged
         assert handoffs_total("failed") == before + 1
 
     async def test_the_next_attempt_is_a_retry(self, setup: Setup) -> None:
-        """When its step of the schedule has passed the row is tried again, and the
-        helpdesk is told it is the second attempt (the lost one may have got through)."""
+        """The row is tried again, and the helpdesk is told it is the second attempt
+        (the interrupted one may have got through); only the finished one counts."""
         hid, _ = seed(setup.engine, "lost long ago")
         died(setup.engine, hid, ago=3 * 3600)
         await run_worker(setup, lambda: row(setup.engine, hid).status == "delivered")
         [req] = [r for r in setup.server.requests if r.method == "POST"]
         assert req.json["attempt"] == 2
         assert (row(setup.engine, hid).status, row(setup.engine, hid).attempts) == \
-            ("delivered", 2)
+            ("delivered", 1)
 
     async def test_otobo_rest_finds_the_ticket_the_lost_attempt_created(
             self, setup: Setup, make_confdir: Callable[..., Path], tmp_path: Path) -> None:
@@ -382,3 +441,116 @@ class TestAttemptThatDidNotFinish:
             t = conn.execute(select(Ticket).join(Handoff, Handoff.ticket_id == Ticket.id)
                              .where(Handoff.id == hid)).one()
         assert (t.helpdesk_ticket_id, t.helpdesk_ticket_number) == ("7", "2026120310000071")
+
+
+class TestClaimTakenOver:
+    """Each claim has a name of its own (node and number): an attempt whose claim
+    another node took over neither hands the row off nor records its result."""
+
+    async def test_a_row_taken_while_waiting_for_a_thread_is_not_sent(
+            self, setup: Setup) -> None:
+        """Two rows, one connector thread: the first is held at the helpdesk while
+        another node takes the second over (this node's lease had run out); when the
+        thread is free the claim is checked first and the second is not sent, and the
+        other node's claim is left as it is."""
+        arrived, release = threading.Event(), threading.Event()
+
+        def slow(_r: Any) -> tuple[int, dict[str, str], Any]:
+            arrived.set()
+            release.wait(10)
+            return (200, {}, {"ticket_id": "41", "ticket_number": "1041"})
+
+        setup.server.on("POST", "/hook", slow)
+        async with running(setup) as worker:
+            worker.pool.shutdown(wait=False)
+            worker.pool = ThreadPoolExecutor(max_workers=1)
+            first, _ = seed(setup.engine, "first")
+            second, article = seed(setup.engine, "second")
+            worker.poke()
+            await wait(lambda: arrived.is_set()
+                       and row(setup.engine, second).claimed_by.startswith("n1#"))
+            assert arrived.is_set()
+            until = datetime.now(UTC) + timedelta(minutes=10)
+            with setup.engine.begin() as conn:
+                conn.execute(update(Handoff).where(Handoff.id == second)
+                             .values(claimed_by="n2#1", lease_until=until))
+            release.set()
+            await wait(lambda: row(setup.engine, first).status == "delivered")
+            await asyncio.sleep(0.5)
+        assert row(setup.engine, first).status == "delivered"
+        assert len([q for q in setup.server.requests if q.method == "POST"]) == 1
+        r = row(setup.engine, second)
+        assert (r.status, r.claimed_by) == ("pending", "n2#1")
+        assert r.lease_until.replace(tzinfo=UTC) == until
+        assert entries(setup.engine, article) == []
+
+    def test_a_late_delivery_is_not_recorded_over_the_new_claim(self, setup: Setup
+                                                                ) -> None:
+        """The hung attempt whose claim was taken over gets the helpdesk's answer after
+        all: it is logged as Superseded and not recorded; the new claim's own answer
+        is."""
+        hid, article = seed(setup.engine, "late")
+        connector = make_connector(setup.rt.config)
+        now = datetime.now(UTC)
+        with setup.engine.begin() as conn:
+            [old] = outbox.claim(conn, "n1#1", limit=5, lease=1, now=now)
+            outbox.expire(conn, schedule=(3600.0,), now=now + timedelta(seconds=5))
+            [new] = outbox.claim(conn, "n2#1", limit=5, lease=300,
+                                 now=now + timedelta(seconds=5))
+            late = record(conn, setup.rt, connector, old,
+                          Delivered(ticket_id="41", ticket_number="1041"), None, 9.0)
+        r = row(setup.engine, hid)
+        assert late.status == "superseded"
+        assert (r.status, r.claimed_by, r.attempts) == ("pending", "n2#1", 1)
+        with setup.engine.connect() as conn:
+            t = conn.execute(select(Ticket).where(Ticket.id == r.ticket_id)).one()
+        assert not t.helpdesk_ticket_id and t.number is None
+        logged = entries(setup.engine, article)
+        assert any(p == "Warn" and k == "Superseded" and "1041" in v
+                   for p, k, v in logged), logged
+        assert not any(k == "Delivered" for _, k, _ in logged), logged
+        with setup.engine.begin() as conn:
+            mine = record(conn, setup.rt, connector, new,
+                          Delivered(ticket_id="42", ticket_number="1042"), None, 0.1)
+        assert mine.status == "delivered"
+        assert (row(setup.engine, hid).status, row(setup.engine, hid).attempts) == \
+            ("delivered", 1)
+
+    def test_a_late_delivery_after_the_new_claim_delivered_changes_nothing(
+            self, setup: Setup) -> None:
+        """The new claim delivered first: the old one's late answer does not overwrite
+        the helpdesk ticket or the attempts it recorded."""
+        hid, _ = seed(setup.engine, "late after delivery")
+        connector = make_connector(setup.rt.config)
+        now = datetime.now(UTC)
+        with setup.engine.begin() as conn:
+            [old] = outbox.claim(conn, "n1#1", limit=5, lease=1, now=now)
+            outbox.expire(conn, schedule=(3600.0,), now=now + timedelta(seconds=5))
+            [new] = outbox.claim(conn, "n2#1", limit=5, lease=300,
+                                 now=now + timedelta(seconds=5))
+            record(conn, setup.rt, connector, new,
+                   Delivered(ticket_id="42", ticket_number="1042"), None, 0.1)
+            late = record(conn, setup.rt, connector, old,
+                          Delivered(ticket_id="41", ticket_number="1041"), None, 9.0)
+            t = conn.execute(select(Ticket).join(Handoff, Handoff.ticket_id == Ticket.id)
+                             .where(Handoff.id == hid)).one()
+        assert late.status == "superseded"
+        assert (t.helpdesk_ticket_id, t.helpdesk_ticket_number) == ("42", "1042")
+        assert row(setup.engine, hid).attempts == 1
+
+    def test_a_late_failure_does_not_free_the_new_claim(self, setup: Setup) -> None:
+        """The old claim's late failure is Superseded: the row stays with the new claim,
+        its attempts unchanged."""
+        hid, _ = seed(setup.engine, "late failure")
+        connector = make_connector(setup.rt.config)
+        now = datetime.now(UTC)
+        with setup.engine.begin() as conn:
+            [old] = outbox.claim(conn, "n1#1", limit=5, lease=1, now=now)
+            outbox.expire(conn, schedule=(3600.0,), now=now + timedelta(seconds=5))
+            outbox.claim(conn, "n2#1", limit=5, lease=300,
+                                 now=now + timedelta(seconds=5))
+            late = record(conn, setup.rt, connector, old, None,
+                          HandoffError("HTTP 500"), 9.0)
+        r = row(setup.engine, hid)
+        assert late.status == "superseded"
+        assert (r.status, r.claimed_by, r.attempts) == ("pending", "n2#1", 1)

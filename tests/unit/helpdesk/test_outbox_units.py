@@ -69,6 +69,7 @@ class TestStaleAttempt:
         now = datetime.now(UTC)
         with engine.begin() as conn:
             [stale] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0,), now=now + timedelta(seconds=10))
             [other] = outbox.claim(conn, "n2", limit=5, lease=5,
                                    now=now + timedelta(seconds=10))
             outbox.record_delivered(conn, other, ticket_id="41", ticket_number="1041")
@@ -87,6 +88,7 @@ class TestStaleAttempt:
         now = datetime.now(UTC)
         with engine.begin() as conn:
             [stale] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0,), now=now + timedelta(seconds=10))
             assert outbox.claim(conn, "n2", limit=5, lease=300,
                                 now=now + timedelta(seconds=10))
             outbox.record_failure(conn, stale, "timed out", temporary=True, schedule=(0.0,))
@@ -220,92 +222,138 @@ class TestRetryByHand:
         assert shown is not None and (shown["attempts"], shown["claimed_by"]) == (1, "n1")
 
 
-class TestAttemptThatDidNotFinish:
-    """A claim whose lease ran out with no outcome (the node died or hung) is recorded
-    as a failed attempt by `expire`, so the schedule runs out for it too."""
+INTERRUPTED = "previous attempt was interrupted"
 
-    def test_a_lapsed_claim_is_a_temporary_failure_on_the_schedule(self, engine: Engine
-                                                                   ) -> None:
-        """After its lease the row is pending with the reason and the next attempt one
-        step of the schedule after the lease ended; the claim after it is a retry."""
+
+class TestAttemptThatDidNotFinish:
+    """A claim whose lease ran out with no outcome (the node died or hung) is taken back
+    by `expire` as an interrupted attempt: not counted, handed off again at once;
+    deferred by its time in the outbox when the attempt before was interrupted too."""
+
+    def test_a_lapsed_claim_is_retried_at_once_uncounted(self, engine: Engine) -> None:
+        """After its lease the row is pending, due now, its attempt uncounted, the reason
+        and the node in last_error; the claim after it is told the helpdesk may have
+        it (interrupted) and counts one attempt."""
         [hid] = seed(engine, ("create",))
         now = datetime.now(UTC)
         with engine.begin() as conn:
-            outbox.claim(conn, "dead", limit=5, lease=5, now=now)
-            assert outbox.expire(conn, "n1", schedule=(60.0,),
+            outbox.claim(conn, "dead#1", limit=5, lease=5, now=now)
+            assert outbox.expire(conn, schedule=(60.0,),
                                  now=now + timedelta(seconds=4)) == []
-            [lost] = outbox.expire(conn, "n1", schedule=(60.0,),
+            assert outbox.claim(conn, "n1#1", limit=5, lease=5,
+                                now=now + timedelta(seconds=10)) == []  # not before expire
+            [lost] = outbox.expire(conn, schedule=(60.0,),
                                    now=now + timedelta(seconds=10))
             shown = outbox.show(conn, hid)
-            assert outbox.claim(conn, "n1", limit=5, lease=5,
-                                now=now + timedelta(seconds=20)) == []
-            [again] = outbox.claim(conn, "n1", limit=5, lease=5,
-                                   now=now + timedelta(seconds=80))
-        assert (lost.claimed.id, lost.claimed.node, lost.outcome.status) == \
-            (hid, "dead", "pending")
+            [again] = outbox.claim(conn, "n1#1", limit=5, lease=5,
+                                   now=now + timedelta(seconds=10))
+            after = outbox.show(conn, hid)
+        assert (lost.claimed.id, lost.claimed.node, lost.outcome.status, lost.again) == \
+            (hid, "dead#1", "pending", False)
         assert shown is not None
-        assert (shown["status"], shown["attempts"], shown["claimed_by"]) == ("pending", 1, "")
-        assert "did not finish" in shown["last_error"] and "dead" in shown["last_error"]
-        lease_end = now + timedelta(seconds=5)
-        assert lease_end + timedelta(seconds=53) < shown["next_attempt"] < \
-            lease_end + timedelta(seconds=67)
-        assert again.attempts == 1                   # the connector looks first
+        assert (shown["status"], shown["attempts"], shown["claimed_by"]) == ("pending", 0, "")
+        assert INTERRUPTED in shown["last_error"] and "dead#1" in shown["last_error"]
+        assert shown["next_attempt"] <= now + timedelta(seconds=10)
+        assert (again.attempts, again.interrupted) == (0, True)
+        assert after is not None and after["attempts"] == 1
 
-    def test_it_is_counted_once(self, engine: Engine) -> None:
-        """Two nodes that both find the lapsed claim record it once."""
+    def test_a_second_interruption_is_deferred_by_age_uncounted(self, engine: Engine
+                                                               ) -> None:
+        """The attempt that took over is interrupted too: the row waits for the retry
+        delay its time in the outbox has reached, its attempts unchanged."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "dead#1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0, 600.0), now=now + timedelta(seconds=10))
+            outbox.claim(conn, "dead#2", limit=5, lease=5, now=now + timedelta(seconds=10))
+            later = now + timedelta(seconds=90)
+            [lost] = outbox.expire(conn, schedule=(60.0, 600.0), now=later)
+            shown = outbox.show(conn, hid)
+        assert (lost.again, lost.outcome.status, lost.outcome.attempts) == \
+            (True, "pending", 0)
+        assert shown is not None and (shown["attempts"], shown["claimed_by"]) == (0, "")
+        assert INTERRUPTED in shown["last_error"] and "dead#2" in shown["last_error"]
+        # 90 s in the outbox: past the first step (60 s), so the second's 600 s ±10 %
+        assert later + timedelta(seconds=530) < shown["next_attempt"] < \
+            later + timedelta(seconds=670)
+
+    def test_it_is_taken_back_once(self, engine: Engine) -> None:
+        """Two nodes that both find the lapsed claim take it back once."""
         seed(engine, ("create",))
         now = datetime.now(UTC)
         with engine.begin() as conn:
-            outbox.claim(conn, "dead", limit=5, lease=5, now=now)
+            outbox.claim(conn, "dead#1", limit=5, lease=5, now=now)
             later = now + timedelta(seconds=10)
-            assert len(outbox.expire(conn, "n1", schedule=(60.0,), now=later)) == 1
-            assert outbox.expire(conn, "n2", schedule=(60.0,), now=later) == []
+            assert len(outbox.expire(conn, schedule=(60.0,), now=later)) == 1
+            assert outbox.expire(conn, schedule=(60.0,), now=later) == []
 
-    def test_after_the_last_step_the_row_fails(self, engine: Engine) -> None:
-        """A lapsed claim that was the schedule's last attempt fails the row."""
+    def test_past_the_schedule_a_second_interruption_fails_the_row(self, engine: Engine
+                                                                  ) -> None:
+        """Interrupted twice in a row after its time in the outbox exceeded the sum of
+        the schedule: the row fails, no attempt counted."""
         [hid] = seed(engine, ("create",))
         now = datetime.now(UTC)
         with engine.begin() as conn:
-            outbox.claim(conn, "dead", limit=5, lease=5, now=now)
-            [lost] = outbox.expire(conn, "n1", schedule=(), now=now + timedelta(seconds=10))
+            outbox.claim(conn, "dead#1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0,), now=now + timedelta(seconds=10))
+            outbox.claim(conn, "dead#2", limit=5, lease=5, now=now + timedelta(seconds=10))
+            [lost] = outbox.expire(conn, schedule=(60.0,), now=now + timedelta(seconds=70))
             shown = outbox.show(conn, hid)
-        assert lost.outcome.status == "failed"
-        assert shown is not None and (shown["status"], shown["attempts"]) == ("failed", 1)
+        assert (lost.again, lost.outcome.status) == (True, "failed")
+        assert shown is not None and (shown["status"], shown["attempts"]) == ("failed", 0)
 
     def test_the_rows_the_node_still_holds_are_left_to_it(self, engine: Engine) -> None:
-        """A node whose renewal came late does not expire its own running attempts."""
+        """A node whose renewal came late does not take back its own running claims;
+        another node does."""
         [hid] = seed(engine, ("create",))
         now = datetime.now(UTC)
         with engine.begin() as conn:
-            outbox.claim(conn, "n1", limit=5, lease=5, now=now)
-            assert outbox.expire(conn, "n1", schedule=(60.0,), held={hid},
+            outbox.claim(conn, "n1#1", limit=5, lease=5, now=now)
+            assert outbox.expire(conn, schedule=(60.0,), held={hid: "n1#1"},
                                  now=now + timedelta(seconds=10)) == []
-            assert len(outbox.expire(conn, "n2", schedule=(60.0,), held={hid},
+            assert len(outbox.expire(conn, schedule=(60.0,), held={hid: "n1#0"},
                                      now=now + timedelta(seconds=10))) == 1
 
     def test_a_late_failure_of_the_lost_attempt_changes_nothing(self, engine: Engine
                                                                ) -> None:
-        """The hung attempt that fails after all is superseded: the row stays on the
-        step the expiry gave it."""
+        """The hung attempt that fails after all is superseded: the row stays as the
+        expiry left it."""
         [hid] = seed(engine, ("create",))
         now = datetime.now(UTC)
         with engine.begin() as conn:
-            [c] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
-            outbox.expire(conn, "n2", schedule=(60.0,), now=now + timedelta(seconds=10))
+            [c] = outbox.claim(conn, "n1#1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0,), now=now + timedelta(seconds=10))
             before = outbox.show(conn, hid)
             out = outbox.record_failure(conn, c, "HTTP 500", temporary=True, schedule=(1.0,))
             after = outbox.show(conn, hid)
         assert out.status == "superseded"
         assert before == after
 
+    def test_a_renewal_of_an_earlier_claim_does_not_hold_the_new_one(self, engine: Engine
+                                                                     ) -> None:
+        """Claims are renewed by name: a late renewal of this node's earlier claim
+        extends nothing once the row has a new claim, even one of the same node."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "n1#1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0,), now=now + timedelta(seconds=10))
+            outbox.claim(conn, "n1#2", limit=5, lease=5, now=now + timedelta(seconds=10))
+            assert outbox.renew(conn, {hid: "n1#1"}, lease=300,
+                                now=now + timedelta(seconds=11)) == 0
+            assert outbox.renew(conn, {hid: "n1#2"}, lease=300,
+                                now=now + timedelta(seconds=11)) == 1
+
     def test_a_late_delivery_of_the_lost_attempt_is_kept(self, engine: Engine) -> None:
-        """The hung attempt that got through after all is recorded: the helpdesk has
-        the ticket, so the row is delivered and not sent again."""
+        """The hung attempt that got through after all, before another claim took the
+        row, is recorded: the helpdesk has the ticket, so the row is delivered and not
+        sent again."""
         [hid] = seed(engine, ("create",))
         now = datetime.now(UTC)
         with engine.begin() as conn:
             [c] = outbox.claim(conn, "n1", limit=5, lease=5, now=now)
-            outbox.expire(conn, "n2", schedule=(), now=now + timedelta(seconds=10))
+            outbox.expire(conn, schedule=(), now=now + timedelta(seconds=10))
             out = outbox.record_delivered(conn, c, ticket_id="41", ticket_number="1041")
             shown = outbox.show(conn, hid)
         assert out.status == "delivered"
