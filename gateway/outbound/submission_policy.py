@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from gateway import metrics
 from gateway.commlog import Comm
+from gateway.commlog_names import CLIENT
 from gateway.config import Config, SubmissionUser
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.pipeline import QUEUED, OutboundPipeline, SubmitResult
@@ -271,7 +272,7 @@ class SubmissionHandler:
         how = (f"AUTH as {user.name}" if user is not None
                else "no AUTH, client in allow_networks")
         tls = "STARTTLS" if server._tls_protocol is not None else "no TLS"
-        ctx.log.log("Info", "Client", f"{peer_text(session.peer)} HELO {session.host_name}, "
+        ctx.log.log("Info", CLIENT, f"{peer_text(session.peer)} HELO {session.host_name}, "
                     f"{tls}, {how}")
         t0 = time.perf_counter()
         try:
