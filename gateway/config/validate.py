@@ -128,6 +128,10 @@ def validate_core(cfg: Config, at: Callable[[str], str],
         elif acc.password is not None and acc.oauth2 is not None:    # the password is unused
             add(at(key), f"{key}.password", "give a password (password, password_file or "
                 "password_env) or an [account.oauth2] table, not both")
+        # POP3 serves one mailbox (the INBOX): another folder would be ignored.
+        if acc.type.startswith("pop3") and acc.folder.upper() != "INBOX":
+            add(at(key), f"{key}.folder", f"{acc.folder!r}: POP3 has no folders; folder "
+                "applies to IMAP accounts (remove it, or use an IMAP type)")
         af = acc.after_fetch
         allowed = af in ("delete", "keep") or (af.startswith("move:") and len(af) > 5
                                                and acc.type.startswith("imap"))

@@ -53,6 +53,36 @@ class TestConfig:
         assert key in [e.key for e in exc.value.errors]
 
 
+class TestFolderOnPop3:
+    """folder names an IMAP folder: POP3 serves one mailbox, so check refuses another."""
+
+    @staticmethod
+    def load(make_confdir, type_: str, folder: str):
+        return load_config(make_confdir({"50-acc.toml": f"""
+            [[account]]
+            name = "legacy"
+            type = "{type_}"
+            host = "h"
+            login = "l"
+            password = "p"
+            folder = "{folder}"
+            """}))
+
+    @pytest.mark.parametrize("type_", ["pop3s", "pop3tls"])
+    def test_a_folder_on_a_pop3_account_is_refused(self, make_confdir, type_):
+        """The error names the file, the key and why: the setting cannot take effect."""
+        with pytest.raises(ConfigErrors) as exc:
+            self.load(make_confdir, type_, "Tickets")
+        [err] = [e for e in exc.value.errors if e.key == "account[0].folder"]
+        assert err.file.endswith("50-acc.toml")
+        assert "POP3 has no folders; folder applies to IMAP accounts" in err.reason
+
+    def test_inbox_on_a_pop3_account_and_a_folder_on_imap_are_accepted(self, make_confdir):
+        """folder = "INBOX" names the mailbox POP3 serves; IMAP takes any folder."""
+        assert self.load(make_confdir, "pop3s", "inbox").account[0].type == "pop3s"
+        assert self.load(make_confdir, "imaps", "Tickets").account[0].folder == "Tickets"
+
+
 class TestHelpers:
     def test_mailbox_names_in_modified_utf7(self):
         """Non-ASCII folder names are sent in IMAP's modified UTF-7, & escaped."""
