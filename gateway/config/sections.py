@@ -200,6 +200,16 @@ class AccountConfig:
     def effective_port(self) -> int:
         return self.port or _ACCOUNT_PORTS[self.type]
 
+    def oversized(self, size: int) -> bool:
+        """Over max_message_size; 0 is no limit, as for lmtp and submission."""
+        return 0 < self.max_message_size < size
+
+    @property
+    def size_limit_text(self) -> str:
+        """max_message_size as the communication log names it."""
+        return (f"max_message_size ({self.max_message_size} bytes)" if self.max_message_size
+                else "max_message_size (0: no limit)")
+
 
 @dataclass(frozen=True)
 class DkimConfig:

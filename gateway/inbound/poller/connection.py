@@ -106,15 +106,15 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
             return False, False
         todo = [m for m in todo if m.key not in progress.done]
         again = {m.key for m in todo}
-        big = [m for m in todo if m.size > size_limit]   # a held one may be oversized
-        todo = [m for m in todo if m.size <= size_limit]
+        big = [m for m in todo if account.oversized(m.size)]   # a held one may be too
+        todo = [m for m in todo if not account.oversized(m.size)]
         todo, more = todo[:limit], len(todo) > limit
         if held or n_flagged:
             obj.log("Info", "Deleted", f"{len(held) + n_flagged} messages flagged "
                     "\\Deleted by another client: left alone (not fetched while they "
                     "carry the flag)")
     for m in messages:
-        if m.size > account.max_message_size:
+        if account.oversized(m.size):
             big.append(m)
         elif m.key in seen or m.key in progress.done:
             continue

@@ -47,8 +47,6 @@ async def below_mark(poller: Poller, account: AccountConfig, session: Session, o
     max_message_size; the others are returned too, so the run counts them as
     still waiting, and those gone from the server leave the oversized list).
     Also: how many of them carry \\Deleted now (they are not fetched)."""
-    limit = account.max_message_size
-
     def read(c: Any) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
         return (state.retries(c, account.name, folder),
                 state.oversized_sizes(c, account.name, folder))
@@ -90,10 +88,11 @@ async def below_mark(poller: Poller, account: AccountConfig, session: Session, o
     if n_unheld:
         obj.log("Info", "Deleted", f"{n_unheld} messages another client had flagged "
                 "\\Deleted no longer carry the flag: fetching them")
-    fit = sum(1 for m in again[retried:] if m.key not in flagged and m.size <= limit)
+    fit = sum(1 for m in again[retried:]
+              if m.key not in flagged and not account.oversized(m.size))
     if fit > 0:
         obj.log("Info", "Oversized", f"{fit} messages left as oversized fit "
-                f"max_message_size ({limit} bytes) now: fetching them")
+                f"{account.size_limit_text} now: fetching them")
     out = {m.key: now.get(m.uid, m) for m in again if m.key not in flagged}
     return sorted(out.values(), key=lambda m: m.uid), len(flagged)
 

@@ -39,7 +39,8 @@ from gateway.inbound.poller.session import (
 # characters, and broken mailers send whole attachments as one base64 line). A line
 # is never longer than its message, and a message over max_message_size is never
 # retrieved, so the limit is raised to the largest max_message_size of the accounts
-# in use; it only guards against a server that never sends a line end.
+# in use (with max_message_size = 0, no limit, to the size of each message fetched);
+# it only guards against a server that never sends a line end.
 setattr(poplib, "_MAXLINE", 1024 * 1024)  # noqa: B010 - private, untyped
 _MAXLINE_LOCK = threading.Lock()
 
@@ -204,6 +205,8 @@ class Pop3Session:
         """The whole message, or the server's -ERR for it (the connection stays usable)."""
         pop = self.pop
         assert pop is not None
+        if not self.account.max_message_size:   # no limit: its lines fit the message
+            _allow_lines_of(msg.size)
         try:
             _, lines, _ = pop.retr(int(msg.ref))
         except poplib.error_proto as exc:

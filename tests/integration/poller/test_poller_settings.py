@@ -98,6 +98,24 @@ class TestSettings:
         assert len(errs) == 1 and "Huge" in errs[0]
 
 
+class TestNoSizeLimit:
+    @pytest.mark.parametrize(("type_", "after_fetch"), [
+        ("imaps", "delete"), ("imaps", "keep"), ("pop3s", "delete"), ("pop3s", "keep")])
+    def test_max_message_size_0_fetches_every_message(self, type_, after_fetch, mailbox,
+                                                      poller_config, harness):
+        """max_message_size = 0 means no limit, as for lmtp and submission: a large
+        message is fetched, none is left as oversized."""
+        mailbox.append("helpdesk", [message(1), message(2, size=30_000, subject="Huge")])
+        h = harness(poller_config(account_toml(mailbox, type_, after_fetch=after_fetch,
+                                               max_message_size=0)))
+        r = h.poll()
+        assert (r.status, r.fetched, r.new, r.oversized) == ("Successful", 2, 2, 0), r.error
+        assert set(queues(h)) == {"Problem 1", "Huge"}
+        assert errors_of(h, "box") == []
+        with h.gw.engine.connect() as conn:
+            assert state.list_oversized(conn, "box") == []
+
+
 class TestUidvalidity:
     def test_keep_oversized_listed_once_after_a_uidvalidity_change(
             self, mailbox, poller_config, harness):
