@@ -57,7 +57,8 @@ def enqueue(conn: Connection, *, ticket_id: int, article_id: int, kind: str, hel
     return insert_handoff(conn, {
         "ticket_id": ticket_id, "article_id": article_id, "kind": kind,
         "key": f"dg-{uuid.uuid4().hex}", "helpdesk": helpdesk, "status": "pending",
-        "attempts": 0, "earlier_attempts": 0, "next_attempt": now, "lease_until": None,
+        "attempts": 0, "earlier_attempts": 0, "cycle_started": now, "next_attempt": now,
+        "lease_until": None,
         "claimed_by": "",
         "last_error": "", "decisions": decisions, "created": now, "updated": now,
         "delivered": None})

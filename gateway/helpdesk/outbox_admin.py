@@ -115,7 +115,8 @@ def retry_now(conn: Connection, hid: int | None = None, *, now: datetime | None 
               ) -> Retried:
     """Make pending or failed rows (one, or all) due now, each with a fresh cycle of
     attempts on [helpdesk] retry, as `postsuper -r` requeues a message: a failed row is
-    not failed again by its next failure. The attempts so far move to earlier_attempts,
+    not failed again by its next failure, nor by two interruptions in a row for the time
+    it spent in the outbox before (cycle_started). The attempts so far move to earlier_attempts,
     so the next attempt still checks the helpdesk first (an earlier one may have got
     through). Each reset is logged on its article. A row a node is handing off right
     now is left to that attempt: its record counts on the attempts it was claimed with."""
@@ -135,7 +136,7 @@ def retry_now(conn: Connection, hid: int | None = None, *, now: datetime | None 
             Handoff.id.in_(keys[i:i + 500]), Handoff.status.in_(_WAITING), _at_rest(now))
             .values(status="pending", next_attempt=now, attempts=0,
                     earlier_attempts=Handoff.earlier_attempts + Handoff.attempts,
-                    lease_until=None, claimed_by="", updated=now)
+                    cycle_started=now, lease_until=None, claimed_by="", updated=now)
             .returning(Handoff.id)).scalars().all()
     done.sort()
     if done:

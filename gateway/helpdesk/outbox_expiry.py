@@ -67,8 +67,10 @@ def expire(conn: Connection, *, schedule: tuple[float, ...],
                                   "claimed_by": "", "last_error": error, "updated": now}
         outcome = Outcome("pending", attempts, now)
         if again:
-            created = _aware(r.created) or now
-            delay = interrupted_delay(schedule, (now - created).total_seconds())
+            # Its time in the outbox counts from the start of the current cycle: an
+            # admin's `deskgate handoff retry` gives the whole schedule again.
+            started = _aware(r.cycle_started) or now
+            delay = interrupted_delay(schedule, (now - started).total_seconds())
             if delay is None:
                 values["status"] = "failed"
                 outcome = Outcome("failed", attempts)

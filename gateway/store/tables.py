@@ -419,6 +419,9 @@ class Handoff(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)       # of the current cycle
     # attempts of the cycles before `deskgate handoff retry` started a fresh one
     earlier_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the current cycle began: queued, or `deskgate handoff retry`. A row whose
+    # attempts are interrupted twice in a row is deferred, then failed, by the time since.
+    cycle_started: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_attempt: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     claimed_by: Mapped[str] = mapped_column(String(200), default="")

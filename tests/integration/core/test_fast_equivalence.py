@@ -130,10 +130,10 @@ def _handoff(refs: Refs, tag: str) -> list[dict[str, Any]]:
             "key": f"k-{tag}", "helpdesk": "otobo", "status": "pending", "attempts": 2,
             "next_attempt": BERLIN, "lease_until": WHEN, "claimed_by": "node-1",
             "last_error": UNICODE, "decisions": {"Queue": "Raw", "DynamicField-ü": "ja"},
-            "created": WHEN, "updated": BERLIN, "delivered": None}
+            "created": WHEN, "cycle_started": BERLIN, "updated": BERLIN, "delivered": None}
     minimal = {"ticket_id": refs["ticket"], "article_id": refs["article"], "kind": "followup",
                "key": f"m-{tag}", "helpdesk": "rt", "next_attempt": WHEN, "created": WHEN,
-               "updated": WHEN}
+               "cycle_started": WHEN, "updated": WHEN}
     return [full, minimal]
 
 

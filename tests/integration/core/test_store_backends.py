@@ -99,6 +99,36 @@ class TestMigrations:
             rows = conn.execute(select(Delivery.article_id, Delivery.recipient)).all()
         assert [tuple(r) for r in rows] == [(7, "a@x")]
 
+    def test_0014_starts_the_cycle_of_existing_handoffs_at_their_creation(
+            self, engine, db_url):
+        """handoff.cycle_started of a row queued before 0014 is its creation time (its
+        time in the outbox is measured as before); the downgrade drops the column."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy import column, insert, table
+
+        _migrate(engine, db_url, "0013_auto_response_build_retry", down=True)
+        assert "cycle_started" not in {c["name"] for c in inspect(engine).get_columns(
+            "handoff")}
+        created = datetime(2026, 11, 30, 8, 15, tzinfo=UTC)
+        old = table("handoff", *(column(n) for n in (
+            "ticket_id", "article_id", "kind", "key", "helpdesk", "status", "attempts",
+            "earlier_attempts", "next_attempt", "claimed_by", "last_error", "decisions",
+            "created", "updated")))
+        with engine.begin() as conn:
+            tid = repo.insert_ticket(conn, number=None, title="t", queue="Raw", state="new",
+                                     state_type="new", priority="3 normal", dynamic_fields={})
+            conn.execute(insert(old).values(
+                ticket_id=tid, article_id=1, kind="create", key="dg-old", helpdesk="webhook",
+                status="pending", attempts=2, earlier_attempts=0, next_attempt=created,
+                claimed_by="", last_error="", decisions="{}", created=created,
+                updated=created))
+        _migrate(engine, db_url, "head", down=False)
+        with engine.connect() as conn:
+            from gateway.store.tables import Handoff
+            started = conn.execute(select(Handoff.cycle_started)).scalar_one()
+        assert started.replace(tzinfo=started.tzinfo or UTC) == created
+
 
 MIGRATE_CHILD = """
 import sys

@@ -291,7 +291,8 @@ def died(engine: Engine, hid: int, *, failures: int = 0, ago: float = 2.0,
     with engine.begin() as conn:
         at_first = dead_at - timedelta(hours=failures, seconds=queued)
         conn.execute(update(Handoff).where(Handoff.id == hid)
-                     .values(created=at_first, next_attempt=at_first))
+                     .values(created=at_first, cycle_started=at_first,
+                             next_attempt=at_first))
         for n in range(failures, 0, -1):
             at = dead_at - timedelta(hours=n)
             [c] = outbox.claim(conn, "n0#1", limit=5, lease=300, now=at)

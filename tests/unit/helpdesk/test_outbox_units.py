@@ -210,6 +210,27 @@ class TestRetryByHand:
         assert any(k == "Retry" and "failed" in v and "1 attempt" in v and "HTTP 500" in v
                    for k, v in logged), logged
 
+    def test_interruptions_after_a_retry_count_its_time_from_the_retry(
+            self, engine: Engine) -> None:
+        """A row retried by hand days after it was created and then interrupted twice in
+        a row waits for the retry delay reached since the retry, not failed at once for
+        the days before it."""
+        hid = self.failed_row(engine)
+        then = datetime.now(UTC) + timedelta(days=3)
+        with engine.begin() as conn:
+            assert outbox.retry_now(conn, hid, now=then).retried == [hid]
+            outbox.claim(conn, "dead#1", limit=5, lease=5, now=then)
+            outbox.expire(conn, schedule=(60.0, 600.0), now=then + timedelta(seconds=10))
+            outbox.claim(conn, "dead#2", limit=5, lease=5, now=then + timedelta(seconds=10))
+            later = then + timedelta(seconds=90)
+            [lost] = outbox.expire(conn, schedule=(60.0, 600.0), now=later)
+            shown = outbox.show(conn, hid)
+        assert (lost.again, lost.outcome.status) == (True, "pending")
+        assert shown is not None and shown["status"] == "pending"
+        # 90 s since the retry: past the first step (60 s), so the second's 600 s ±10 %
+        assert later + timedelta(seconds=530) < shown["next_attempt"] < \
+            later + timedelta(seconds=670)
+
     def test_a_row_being_handed_off_is_left_to_its_attempt(self, engine: Engine) -> None:
         """A row claimed by a live node is not reset under its attempt (whose record
         would count on the old attempts): it is reported as in delivery."""
