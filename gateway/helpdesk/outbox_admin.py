@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, select, update
+from sqlalchemy import Connection, case, delete, func, literal, or_, select, update
 
 from gateway.commlog import Comm, write_comm
+from gateway.helpdesk.outbox_claim import INTERRUPTED
 from gateway.outbound.queue import _aware, utcnow
 from gateway.store.tables import Article, Handoff, Ticket
 
@@ -85,6 +86,7 @@ def show(conn: Connection, hid: int) -> dict[str, Any] | None:
         Handoff.status != "delivered").order_by(Handoff.id).limit(1)).scalar()
     d.update({"key": h.key, "decisions": dict(h.decisions or {}),
               "earlier_attempts": h.earlier_attempts,
+              "cycle_started": _aware(h.cycle_started),
               "lease_until": _aware(h.lease_until),
               "claimed_by": h.claimed_by, "subject": r.subject or "",
               "message_id": r.message_id or "", "from": r.from_addr or "",
@@ -109,6 +111,16 @@ def _at_rest(now: datetime) -> Any:
     """No node is handing the row off (none claimed it, or its lease ran out)."""
     return or_(Handoff.claimed_by == "", Handoff.lease_until.is_(None),
                Handoff.lease_until <= now)
+
+
+# An interruption before the retry is history, not the first of two in a row in the
+# new cycle (outbox_expiry defers a row whose last_error says it was interrupted):
+# its text stays, behind what happened since.
+RETRIED = "retried by hand (deskgate handoff retry); before: "
+_LAST_ERROR_AFTER_RETRY = case(
+    (Handoff.last_error.startswith(INTERRUPTED, autoescape=True),
+     literal(RETRIED) + Handoff.last_error),
+    else_=Handoff.last_error)
 
 
 def retry_now(conn: Connection, hid: int | None = None, *, now: datetime | None = None
@@ -136,7 +148,8 @@ def retry_now(conn: Connection, hid: int | None = None, *, now: datetime | None 
             Handoff.id.in_(keys[i:i + 500]), Handoff.status.in_(_WAITING), _at_rest(now))
             .values(status="pending", next_attempt=now, attempts=0,
                     earlier_attempts=Handoff.earlier_attempts + Handoff.attempts,
-                    cycle_started=now, lease_until=None, claimed_by="", updated=now)
+                    cycle_started=now, lease_until=None, claimed_by="", updated=now,
+                    last_error=_LAST_ERROR_AFTER_RETRY)
             .returning(Handoff.id)).scalars().all()
     done.sort()
     if done:

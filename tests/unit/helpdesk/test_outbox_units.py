@@ -231,6 +231,29 @@ class TestRetryByHand:
         assert later + timedelta(seconds=530) < shown["next_attempt"] < \
             later + timedelta(seconds=670)
 
+    def test_the_first_interruption_after_a_retry_is_retried_at_once(
+            self, engine: Engine) -> None:
+        """A row whose last attempt was interrupted, retried by hand: the next
+        interruption is the first of the new cycle, handed off again at once (it was
+        taken for the second in a row and waited for the retry schedule). last_error
+        still tells what happened before the retry."""
+        [hid] = seed(engine, ("create",))
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            outbox.claim(conn, "dead#1", limit=5, lease=5, now=now)
+            outbox.expire(conn, schedule=(60.0, 600.0), now=now + timedelta(seconds=10))
+            assert outbox.retry_now(conn, hid, now=now + timedelta(seconds=20)).retried == [hid]
+            shown = outbox.show(conn, hid)
+            assert shown is not None and INTERRUPTED in shown["last_error"]
+            # `handoff show` tells when the current cycle began
+            assert shown["cycle_started"] == now + timedelta(seconds=20)
+            outbox.claim(conn, "dead#2", limit=5, lease=5, now=now + timedelta(seconds=20))
+            later = now + timedelta(seconds=30)
+            [lost] = outbox.expire(conn, schedule=(60.0, 600.0), now=later)
+            shown = outbox.show(conn, hid)
+        assert (lost.again, lost.outcome.status) == (False, "pending")
+        assert shown is not None and shown["next_attempt"] <= later
+
     def test_a_row_being_handed_off_is_left_to_its_attempt(self, engine: Engine) -> None:
         """A row claimed by a live node is not reset under its attempt (whose record
         would count on the old attempts): it is reported as in delivery."""
