@@ -320,7 +320,8 @@ class SubmissionSession(IdleTimer, SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         """RCPT TO with the path syntax of gateway.outbound.submission_syntax; no
-        parameters (DSN is not advertised); the null path is no recipient."""
+        parameters (DSN is not advertised); the null path is no recipient; the bare
+        postmaster (any case) is postmaster@<gateway.hostname>."""
         if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
             return
         assert self.envelope is not None and self.session is not None
@@ -338,6 +339,10 @@ class SubmissionSession(IdleTimer, SMTP):
         if params:
             await self.push(unsupported_option(params[0]))
             return
+        if "@" not in address and address.lower() == "postmaster":
+            # RFC 5321 4.5.1: the bare postmaster is accepted, as the gateway's own (as
+            # the LMTP listener takes it, and Postfix appends @$myorigin).
+            address = f"postmaster@{self.hostname}"
         await self.push(await self.event_handler.handle_RCPT(
             self, self.session, self.envelope, address, []))
 

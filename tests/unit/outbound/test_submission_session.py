@@ -102,6 +102,32 @@ class TestEnvelope:
         assert [x.mail_from for x in pipeline.ctxs] == [""]
 
 
+class TestPostmaster:
+    async def test_bare_postmaster_in_any_case_is_the_gateways_postmaster(self, session):
+        """RCPT TO:<postmaster> without a domain, in any case and quoted, is accepted
+        (RFC 5321 4.5.1 requires it) as postmaster@<gateway.hostname>; it was refused
+        with 553 5.1.3. Another local part without a domain is still refused."""
+        c, pipeline = await session(networks=("127.0.0.0/8",))
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+        for path in (b"<Postmaster>", b"<postmaster>", b"<POSTMASTER>", b'<"postmaster">',
+                     b"postmaster"):
+            assert await c.cmd(b"RCPT TO:" + path) == "250 2.1.5 OK", path
+        assert (await c.cmd(b"RCPT TO:<webmaster>")).startswith("553 5.1.3")
+        assert (await c.cmd(b"RSET")).startswith("250")
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+        assert (await c.cmd(b"RCPT TO:<Postmaster>")).startswith("250")
+        assert (await c.cmd(b"DATA")).startswith("354")
+        assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
+        assert pipeline.ctxs[0].recipients == ["postmaster@gw.test"]
+
+    async def test_postmaster_needs_auth_like_any_recipient(self, session):
+        """The postmaster is no way around AUTH: outside allow_networks MAIL is 530."""
+        c, pipeline = await session()
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("530 5.7.0")
+        assert (await c.cmd(b"RCPT TO:<Postmaster>")).startswith("503")
+        assert pipeline.ctxs == []
+
+
 class TestErrors:
     async def test_too_many_unknown_commands_end_with_421(self, session):
         """The fifth unknown command ends the session with 421 4.7.0 (Postfix's "too many

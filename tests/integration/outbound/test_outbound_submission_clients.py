@@ -1,0 +1,79 @@
+"""The submission listener with real clients (smtplib, msmtp), where a Postfix
+administrator expects what Postfix's submission service does."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import ssl
+import subprocess
+import textwrap
+
+import pytest
+
+from gateway.passwords import hash_password
+from tests.integration.outbound.conftest import statuses, submission_port, wait_for
+from tests.peers.ca import TestCA
+from tests.peers.require import missing_peer
+from tests.peers.smarthost import AuthSink
+
+MSG = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n\r\nbody\r\n")
+MSMTP = "/usr/bin/msmtp"
+
+
+@pytest.fixture
+def tls_submission(tmp_path, outbound_config):
+    """make(relay_port) → (config with STARTTLS, user app / s3cret, loopback allowed
+    only when asked; the client's TLS context)."""
+    ca = TestCA(tmp_path / "ca")
+    leaf = ca.issue("submission", hosts=("127.0.0.1", "localhost"))
+    pw_hash = hash_password("s3cret", ln=4)
+
+    def make(relay_port: int, *, networks: str = '["10.0.0.0/8"]'):
+        cfg = outbound_config(relay_port, extra_submission=f"""
+tls_cert = "{leaf.cert}"
+tls_key = "{leaf.key}"
+allow_networks = {networks}
+[[submission.user]]
+name = "app"
+password_hash = "{pw_hash}"
+""")
+        return cfg, ssl.create_default_context(cafile=str(ca.ca_path))
+
+    return make
+
+
+def msmtp(tmp_path, port: int, recipients: list[str], message: bytes, *,
+          auth: bool = False, ca: str = "") -> subprocess.CompletedProcess[bytes]:
+    if not shutil.which(MSMTP):
+        missing_peer("msmtp not installed: run make system-deps")
+    rc = tmp_path / "msmtprc"
+    tls = f"tls on\ntls_starttls on\ntls_trust_file {ca}" if ca else "tls off"
+    creds = "auth plain\nuser app\npassword s3cret" if auth else "auth off"
+    rc.write_text(textwrap.dedent(f"""\
+        account deskgate
+        host 127.0.0.1
+        port {port}
+        from app@internal.test
+        """) + tls + "\n" + creds + "\naccount default : deskgate\n")
+    rc.chmod(0o600)
+    return subprocess.run([MSMTP, "-C", str(rc), "--", *recipients], input=message,
+                          capture_output=True, timeout=60)
+
+
+class TestPostmaster:
+    def test_bare_postmaster_reaches_the_gateway_hostnames_postmaster(
+            self, tmp_path, tls_submission, run_gateway):
+        """RCPT TO:<Postmaster> (smtplib) and a bare postmaster from msmtp are accepted
+        and relayed to postmaster@<gateway.hostname> (RFC 5321 4.5.1); they were
+        refused with 553 5.1.3."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port, networks='["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                assert s.sendmail("app@internal.test", ["Postmaster"], MSG) == {}
+            done = msmtp(tmp_path, submission_port(cfg), ["postmaster"], MSG)
+            assert done.returncode == 0, done.stderr
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"],
+                     what="delivery")
+            assert [m.rcpts for m in sink.received] == [["postmaster@helpdesk.test"]] * 2
