@@ -54,6 +54,7 @@ from gateway.outbound.submission_replies import (
     AIOSMTPD_SIZE,
     AIOSMTPD_TOO_MANY,
     AUTH_BAD,
+    AUTH_IN_TRANSACTION,
     AUTH_OK,
     AUTH_REQUIRED,
     BAD_RCPT,
@@ -351,7 +352,12 @@ class SubmissionSession(IdleTimer, SMTP):
         return not self._auth_require_tls or self._tls_protocol is not None
 
     async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH behind the lock-out; refused inside a mail transaction
+        (RFC 4954 4: 503), before the password is checked or counted."""
         assert self.session is not None
+        if self.envelope is not None and self.envelope.mail_from:
+            await self.push(AUTH_IN_TRANSACTION)
+            return
         client = self.session.peer[0] if isinstance(self.session.peer, tuple) else ""
         if not self.sub.guard.begin(client):
             await self.push(LOCKED_OUT)

@@ -9,6 +9,8 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 LOCKED_OUT = "454 4.7.0 Too many failed authentication attempts; try again later"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
+# AUTH inside a mail transaction (RFC 4954 4), Postfix's reply
+AUTH_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 BAD_RCPT = "553 5.1.3 Malformed recipient address"
 # A command that failed inside deskgate (an exception): temporary, and generic; the

@@ -157,6 +157,21 @@ class TestAuthPlain:
         assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("530")
 
 
+class TestAuthInTransaction:
+    async def test_auth_after_mail_is_refused_with_503(self, session):
+        """AUTH inside a mail transaction is refused with 503 5.5.1 (RFC 4954 4, Postfix's
+        "MAIL transaction in progress"), for a right password too, and nothing is
+        checked or counted; after RSET the same AUTH succeeds. It authenticated."""
+        c, _ = await session(networks=("127.0.0.0/8",), max_auth_failures=1)
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+        for line in (b"AUTH PLAIN " + b64(b"\0app\0pw"), b"AUTH PLAIN " + b64(b"\0app\0no"),
+                     b"AUTH LOGIN"):
+            assert await c.cmd(line) == "503 5.5.1 Error: MAIL transaction in progress"
+        assert (await c.cmd(b"RCPT TO:<cust@customer.test>")).startswith("250")
+        assert (await c.cmd(b"RSET")).startswith("250")
+        assert (await c.cmd(b"AUTH PLAIN " + b64(b"\0app\0pw"))).startswith("235 ")
+
+
 class TestEmptyResponse:
     async def test_plain_equals_is_an_empty_response(self, session):
         """AUTH PLAIN = (RFC 4954: an empty initial response) fails as a wrong password
