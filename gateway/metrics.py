@@ -34,9 +34,10 @@ if not MULTIPROCESS:
     PlatformCollector(registry=REGISTRY)
 
 MESSAGES = Counter(
-    "deskgate_messages", "Messages handled, by door (lmtp, poller, submission, relay), "
-    "direction (in, out) and result (new, followup, duplicate, ignore, quarantine, tempfail, "
-    "sent, deferred, bounced, ...)", ["door", "direction", "result"], registry=REGISTRY)
+    "deskgate_messages", "Messages handled, by door (lmtp, poller, submission, relay, "
+    "autoresponse), direction (in, out) and result (new, followup, duplicate, ignore, "
+    "quarantine, tempfail; queued, rejected; sent, deferred, failed, lost, superseded, "
+    "deleted; refused)", ["door", "direction", "result"], registry=REGISTRY)
 PIPELINE_SECONDS = Histogram(
     "deskgate_pipeline_seconds", "Time from a message's arrival to its reply (after commit)",
     ["door"], registry=REGISTRY,
