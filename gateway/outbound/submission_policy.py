@@ -265,8 +265,9 @@ class SubmissionHandler:
         user = getattr(session, "deskgate_user", None)
         # aiosmtpd hands the null sender over as "<>"
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
-        ctx = OutboundContext(mail_from=mail_from,
-                              recipients=[r.lower() for r in envelope.rcpt_tos], raw=raw,
+        # A recipient given twice is sent to once (Postfix's cleanup drops duplicates).
+        recipients = list(dict.fromkeys(r.lower() for r in envelope.rcpt_tos))
+        ctx = OutboundContext(mail_from=mail_from, recipients=recipients, raw=raw,
                               source="SMTP", account=peer_text(session.peer), user=user,
                               trusted=True)
         how = (f"AUTH as {user.name}" if user is not None

@@ -77,3 +77,17 @@ class TestPostmaster:
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent", "sent"],
                      what="delivery")
             assert [m.rcpts for m in sink.received] == [["postmaster@helpdesk.test"]] * 2
+
+
+class TestDuplicateRecipients:
+    def test_smarthost_gets_a_repeated_recipient_once(self, tls_submission, run_gateway):
+        """smtplib names a recipient twice (the second time in capitals): one queue row
+        recipient, one RCPT TO at the smarthost."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port, networks='["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                assert s.sendmail("app@internal.test", ["cust@customer.test",
+                                                        "CUST@customer.test"], MSG) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            assert [m.rcpts for m in sink.received] == [["cust@customer.test"]]

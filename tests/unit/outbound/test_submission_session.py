@@ -102,6 +102,21 @@ class TestEnvelope:
         assert [x.mail_from for x in pipeline.ctxs] == [""]
 
 
+class TestDuplicateRecipients:
+    async def test_a_recipient_given_twice_is_sent_to_once(self, session):
+        """The same recipient in two RCPTs (also in another case) is accepted each time
+        and submitted once, as Postfix's cleanup drops duplicate recipients; it was
+        queued twice, so the smarthost got RCPT TO twice for one message."""
+        c, pipeline = await session(networks=("127.0.0.0/8",))
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+        for rcpt in (b"<cust@customer.test>", b"<b@customer.test>", b"<Cust@Customer.TEST>",
+                     b"<cust@customer.test>"):
+            assert (await c.cmd(b"RCPT TO:" + rcpt)).startswith("250 2.1.5"), rcpt
+        assert (await c.cmd(b"DATA")).startswith("354")
+        assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
+        assert pipeline.ctxs[0].recipients == ["cust@customer.test", "b@customer.test"]
+
+
 class TestPostmaster:
     async def test_bare_postmaster_in_any_case_is_the_gateways_postmaster(self, session):
         """RCPT TO:<postmaster> without a domain, in any case and quoted, is accepted
