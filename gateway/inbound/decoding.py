@@ -11,8 +11,11 @@ import email.quoprimime
 import re
 from email.errors import HeaderParseError
 
-_CHARSET_ALIASES = {"unknown-8bit": "latin-1", "x-unknown": "latin-1", "us-ascii": "ascii",
-                    "ansi_x3.4-1968": "ascii", "cp-850": "cp850", "x-user-defined": "latin-1"}
+# unknown-8bit (RFC 1428), x-unknown and x-user-defined say only that the charset is not
+# known: read as undeclared text is (UTF-8, else Latin-1), as Thunderbird does; taken as
+# Latin-1 they turned the UTF-8 most such mail is into mojibake ("GrÃ¼ÃŸe")
+_CHARSET_ALIASES = {"unknown-8bit": "utf-8", "x-unknown": "utf-8", "us-ascii": "ascii",
+                    "ansi_x3.4-1968": "ascii", "cp-850": "cp850", "x-user-defined": "utf-8"}
 
 
 # Python codecs that are no MIME charset: Python's own escapes, IDNA (host names), and one
