@@ -6,6 +6,7 @@ database threads (Dashboard.db).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -63,14 +64,14 @@ def _id(request: web.Request) -> int:
 
 
 def _page_number(q: Any) -> int:
-    """The ?page= of a paged list (1 when missing or not a number); 400 beyond MAX_PAGE."""
-    try:
-        page = max(1, int(q.get("page", "1") or 1))
-    except ValueError:
-        page = 1
-    if page > MAX_PAGE:
-        raise web.HTTPBadRequest(text=f"page: at most {MAX_PAGE}\n")
-    return page
+    """The ?page= of a paged list: 1 when missing or empty; 400 for anything but a whole
+    number from 1 to MAX_PAGE (a negative or mistyped page is a broken link, not page 1)."""
+    raw = q.get("page", "").strip()
+    if not raw:
+        return 1
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not 1 <= int(raw) <= MAX_PAGE:
+        raise web.HTTPBadRequest(text=f"page: a whole number from 1 to {MAX_PAGE}\n")
+    return int(raw)
 
 
 def _query_value(q: Any, key: str) -> str | None:
