@@ -23,7 +23,7 @@ from gateway.config.sections import (
     FilterConfig,
     GatewayConfig,
 )
-from gateway.config.validate import name_problem, validate_core
+from gateway.config.validate import below_free_table, name_problem, validate_core
 from gateway.config.values import Secret
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.privatefiles import not_private
@@ -231,9 +231,12 @@ class _Builder:
             if not isinstance(raw, dict):
                 raise ValueError(f"expected a table, got {type(raw).__name__}")
             if args and args[1] is str:
-                for k, v in raw.items():
-                    if not isinstance(v, str):
-                        raise ValueError(f"{k}: expected a string, got {type(v).__name__}")
+                wrong = [(k, v) for k, v in raw.items() if not isinstance(v, str)]
+                for k, v in wrong:   # each at its own key: postmaster.states.NAME
+                    self.error(f"{dotted}.{k}", f"expected a string, got {type(v).__name__}"
+                               + below_free_table(dotted, k))
+                if wrong:
+                    raise _Invalid
             return dict(raw)
         if hint is Any:
             return raw

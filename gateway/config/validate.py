@@ -3,7 +3,10 @@ references between sections, the keys each helpdesk type needs."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
+import typing
 import unicodedata
 from collections.abc import Callable
 
@@ -18,6 +21,36 @@ def name_problem(name: str) -> str | None:
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
         return f"{name!r} contains a control character; a name is one line of printable text"
     return None
+
+
+# The tables of conf.d whose keys are names the administrator chooses.
+FREE_TABLES = ("postmaster.states", "helpdesk.queues")
+
+
+@functools.cache
+def _section_keys(section: str) -> frozenset[str]:
+    """The key names of a table section of conf.d (`postmaster` -> default_queue, ...)."""
+    cls = typing.get_type_hints(Config)[section]
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        base = f.metadata.get("secret", f.name.rstrip("_"))
+        names.update(base + s for s in (("", "_file", "_env") if "secret" in f.metadata
+                                        else ("",)))
+    return frozenset(names)
+
+
+def below_free_table(table: str, name: str) -> str:
+    """For an entry `name` of a table of free names ([postmaster.states],
+    [helpdesk.queues]) that is named like a key of the section above it: where that key
+    belongs. TOML puts every key below the [postmaster.states] header into that table,
+    so `no_auto_response` written after it is taken for a state. "" otherwise."""
+    if table not in FREE_TABLES:
+        return ""
+    section, _, leaf = table.partition(".")
+    if name == leaf or name not in _section_keys(section):
+        return ""
+    return (f"; {name} is a key of [{section}]: a key below the [{table}] header belongs "
+            "to that table; write it above the header")
 
 
 def _validate_names(cfg: Config, at: Callable[[str], str],
@@ -76,7 +109,8 @@ def validate_core(cfg: Config, at: Callable[[str], str],
     for name, kind in pm.states.items():
         if kind not in ("new", "open", "pending", "closed", "merged", "removed"):
             add(at("postmaster.states"), f"postmaster.states.{name}",
-                f"state type {kind!r} is not one of new, open, pending, closed, merged, removed")
+                f"state type {kind!r} is not one of new, open, pending, closed, merged, removed"
+                + below_free_table("postmaster.states", name))
     if pm.filter_timeout <= 0:
         add(at("postmaster.filter_timeout"), "postmaster.filter_timeout",
             "must be more than 0 (a duration such as 50ms)")
@@ -234,7 +268,8 @@ def _validate_helpdesk(cfg: Config, at: Callable[[str], str],
     for name in hd.queues:
         if cfg.queue and cfg.queue_by_name(name) is None and name_problem(name) is None:
             add(at("helpdesk.queues"), f"helpdesk.queues.{name}",
-                f"queue {name!r} is not defined by any [[queue]]")
+                f"queue {name!r} is not defined by any [[queue]]"
+                + below_free_table("helpdesk.queues", name))
     if hd.ticket_url and "{id}" not in hd.ticket_url and "{number}" not in hd.ticket_url:
         add(at("helpdesk.ticket_url"), "helpdesk.ticket_url",
             "the template needs {id} or {number}")

@@ -1,0 +1,87 @@
+"""[postmaster.states] and [helpdesk.queues] take names the administrator chooses. A key
+of the section above them written below their header (TOML puts it into the table) is
+named as such by `check`, at the key it was written as."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigErrors
+
+NO_AUTO = r"(MAILER-DAEMON|postmaster|abuse)@.+?\..+?"
+
+
+def errors_of(conf) -> list[str]:
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(conf, environ={})
+    return [str(e) for e in exc.value.errors]
+
+
+HINT = ("{key} is a key of [{section}]: a key below the [{table}] header belongs to that "
+        "table; write it above the header")
+
+
+class TestKeysBelowAFreeTable:
+    def test_no_auto_response_below_the_states(self, make_confdir):
+        """The [postmaster] example of the design puts no_auto_response after the
+        [postmaster.states] header: `check` says where the key belongs instead of
+        only calling the regex a bad state type."""
+        conf = make_confdir({"50-x.toml": f"""
+            [postmaster.states]
+            "new" = "new"
+            "open" = "open"
+            no_auto_response = '{NO_AUTO}'
+            """})
+        hint = HINT.format(key="no_auto_response", section="postmaster",
+                           table="postmaster.states")
+        assert errors_of(conf) == [
+            f"{conf / '50-x.toml'}: postmaster.states.no_auto_response: state type "
+            f"{NO_AUTO!r} is not one of new, open, pending, closed, merged, removed; {hint}"]
+
+    def test_a_value_that_is_no_string_is_named_by_its_key(self, make_confdir):
+        """Every entry that is no string is an error at its own key (not one error at
+        postmaster.states for the first of them), with the hint for a [postmaster] key."""
+        conf = make_confdir({"50-x.toml": """
+            [postmaster.states]
+            "new" = "new"
+            "open" = "open"
+            max_emails_per_address_per_day = 40
+            "waiting" = 3
+            """})
+        hint = HINT.format(key="max_emails_per_address_per_day", section="postmaster",
+                           table="postmaster.states")
+        assert errors_of(conf) == [
+            f"{conf / '50-x.toml'}: postmaster.states.max_emails_per_address_per_day: "
+            f"expected a string, got int; {hint}",
+            f"{conf / '50-x.toml'}: postmaster.states.waiting: expected a string, got int"]
+
+    def test_a_misspelt_state_type_gets_no_hint(self, make_confdir):
+        """A state of its own with a wrong type keeps the plain reason."""
+        conf = make_confdir({"50-x.toml": """
+            [postmaster.states]
+            "new" = "new"
+            "open" = "open"
+            "waiting" = "pendng"
+            """})
+        assert errors_of(conf) == [
+            f"{conf / '50-x.toml'}: postmaster.states.waiting: state type 'pendng' is not "
+            "one of new, open, pending, closed, merged, removed"]
+
+    def test_helpdesk_key_below_the_queue_map(self, make_confdir):
+        """ticket_url written after [helpdesk.queues] is not taken for a queue name
+        without a word about where it belongs."""
+        conf = make_confdir({"50-x.toml": """
+            [helpdesk]
+            type = "webhook"
+            url = "https://helpdesk.example.org/hook"
+            secret = "s3cret"
+            [helpdesk.queues]
+            Support = "Support::L1"
+            ticket_url = "https://helpdesk.example.org/ticket/{id}"
+            """})
+        (conf / "50-x.toml").chmod(0o600)
+        hint = HINT.format(key="ticket_url", section="helpdesk", table="helpdesk.queues")
+        assert errors_of(conf) == [
+            f"{conf / '50-x.toml'}: helpdesk.queues.ticket_url: queue 'ticket_url' is not "
+            f"defined by any [[queue]]; {hint}"]
