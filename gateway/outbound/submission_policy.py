@@ -31,6 +31,7 @@ from gateway.outbound.submission_replies import (
     BAD_RCPT,
     ENHANCEDSTATUSCODES,
     PIPELINING,
+    STARTTLS_FIRST,
     TOO_MANY_RCPTS,
 )
 from gateway.runtime import Runtime
@@ -227,6 +228,14 @@ class SubmissionHandler:
     def _may_submit(self, session: Session) -> bool:
         return bool(session.authenticated) or self.sub.allowed_network(session.peer)
 
+    @staticmethod
+    def _refusal(server: SMTP) -> str:
+        """530 for a client that may not submit: STARTTLS first while it is offered and
+        not used (AUTH is offered only after it), else AUTH."""
+        if server.tls_context is not None and server._tls_protocol is None:
+            return STARTTLS_FIRST
+        return AUTH_REQUIRED
+
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         """aiosmtpd's EHLO reply with PIPELINING first and ENHANCEDSTATUSCODES last
@@ -239,7 +248,7 @@ class SubmissionHandler:
                           address: str, mail_options: list[str]) -> str:
         if not self._may_submit(session):
             log.info("submission refused: not authenticated", client=peer_text(session.peer))
-            return AUTH_REQUIRED
+            return self._refusal(server)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -247,7 +256,7 @@ class SubmissionHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if not self._may_submit(session):
-            return AUTH_REQUIRED
+            return self._refusal(server)
         if len(envelope.rcpt_tos) >= self.sub.config.submission.max_recipients:
             return TOO_MANY_RCPTS
         if "@" not in address or any(c in address for c in " <>"):
@@ -258,7 +267,7 @@ class SubmissionHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if not self._may_submit(session):
-            return AUTH_REQUIRED
+            return self._refusal(server)
         raw = envelope.original_content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")

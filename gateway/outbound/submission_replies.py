@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
+# The same refusal while STARTTLS, which AUTH needs, is offered and not yet used (RFC
+# 3207 4, Postfix's reply with smtpd_tls_security_level = encrypt)
+STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
 LOCKED_OUT = "454 4.7.0 Too many failed authentication attempts; try again later"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_BAD = "535 5.7.8 Authentication credentials invalid"

@@ -91,3 +91,29 @@ class TestDuplicateRecipients:
                                                         "CUST@customer.test"], MSG) == {}
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
             assert [m.rcpts for m in sink.received] == [["cust@customer.test"]]
+
+
+class TestStartTlsFirst:
+    def test_mail_before_starttls_asks_for_starttls(self, tmp_path, tls_submission,
+                                                    run_gateway):
+        """A client outside allow_networks that sends MAIL before STARTTLS is told
+        530 5.7.0 Must issue a STARTTLS command first (Postfix's reply with
+        smtpd_tls_security_level = encrypt): AUTH is not even offered before TLS, so
+        "Authentication required" sent it the wrong way. After STARTTLS, MAIL without
+        AUTH is 530 5.7.0 Authentication required. msmtp without TLS shows the reply."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            run_gateway(cfg)
+            port = submission_port(cfg)
+            with smtplib.SMTP("127.0.0.1", port) as s:
+                s.ehlo()
+                assert s.mail("app@internal.test") == (
+                    530, b"5.7.0 Must issue a STARTTLS command first")
+                s.starttls(context=ctx)
+                s.ehlo()
+                assert s.mail("app@internal.test") == (
+                    530, b"5.7.0 Authentication required")
+            done = msmtp(tmp_path, port, ["cust@customer.test"], MSG)
+            assert done.returncode != 0
+            assert b"Must issue a STARTTLS command first" in done.stderr, done.stderr
+            assert sink.received == []
