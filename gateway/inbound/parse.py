@@ -424,6 +424,8 @@ def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, st
     if top_type is None:
         top_type = msg.get_content_type()
     if not msg.is_multipart():
+        if top_type.startswith("multipart/"):
+            return _leaves(*_unsplit(msg))
         return [(msg, top_type)]        # single part: the common case
     stack = [msg]
     while stack:
@@ -435,9 +437,39 @@ def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, st
             payload = part.get_payload()
             if isinstance(payload, list):
                 stack.extend(p for p in reversed(payload) if isinstance(p, Message))
+        elif ctype.startswith("multipart/"):
+            found, ftype = _unsplit(part)
+            if found is part:
+                out.append((part, ftype))
+            else:
+                stack.append(found)
         else:
             out.append((part, ctype))
     return out
+
+
+# A delimiter line ('--' and a boundary of 1 to 70 characters, RFC 2046 5.1.1) followed
+# by a part header: what a multipart's body is split at when its boundary parameter is
+# missing or is not the one the body uses.
+_DELIMITER = re.compile(r"^--([^\s\"\\][^\r\n\"\\]{0,69}?)[ \t]*\r?\n(?i:content-[\w-]+:)",
+                        re.MULTILINE)
+
+
+def _unsplit(part: Message) -> tuple[Message, str]:
+    """A multipart the parser could not split (no boundary parameter, or one the body
+    never uses), as mail programs read it: split at the boundary its body does use, else
+    its body is text. (the multipart with its parts, its type) or (part, 'text/plain')."""
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return part, "text/plain"
+    m = _DELIMITER.search(payload)
+    if m is not None:
+        head = f'Content-Type: {part.get_content_type()}; boundary="{m.group(1)}"\n\n'
+        found = message_from_bytes((head + payload).encode("utf-8", "surrogateescape"),
+                                   policy=compat32)
+        if found.is_multipart():
+            return found, found.get_content_type()
+    return part, "text/plain"
 
 
 def _rfc822(part: Message) -> bytes:

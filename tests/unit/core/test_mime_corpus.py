@@ -189,9 +189,9 @@ CORPUS: dict[str, Case] = {
 
 # Cases deskgate does not yet handle as described (each removed with its fix)
 PENDING = {"1000-nested-multiparts", "300-nested-forwards", "bare-cr-in-body",
-           "boundary-not-declared", "inline-image-without-file-name",
-           "message-partial-second-fragment", "multipart-without-any-delimiter",
-           "pdf-without-file-name", "wrong-boundary"}
+           "inline-image-without-file-name",
+           "message-partial-second-fragment",
+           "pdf-without-file-name"}
 
 
 @pytest.fixture(scope="module")
