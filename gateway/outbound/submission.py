@@ -76,6 +76,7 @@ from gateway.outbound.submission_replies import (
     RCPT_SYNTAX,
     SIZE_EXCEEDED,
     STRICT_ASCII,
+    TLS_ACTIVE,
     TOO_MANY_RCPTS,
     VRFY_DISABLED,
     unsupported_option,
@@ -204,6 +205,15 @@ class SubmissionSession(IdleTimer, SMTP):
         if self.transport is not None and not self.transport.is_closing():
             cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS, refused once TLS is active (RFC 3207 4), with Postfix's
+        reply: aiosmtpd started a second handshake inside TLS, which broke the session."""
+        if not arg and self._tls_protocol is not None:
+            await self.push(TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

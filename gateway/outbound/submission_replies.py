@@ -38,6 +38,8 @@ BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 BAD_SIZE = "501 5.5.4 Bad message size syntax"
 UNSUPPORTED_OPTION = "555 5.5.4 Unsupported option"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+# STARTTLS once TLS is active (RFC 3207 4), Postfix's reply
+TLS_ACTIVE = "554 5.5.1 Error: TLS already active"
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 # aiosmtpd's answer to the fifth unknown command, replaced by Postfix's 421
 AIOSMTPD_TOO_MANY = "502 5.5.1 Too many unrecognized commands, goodbye."

@@ -117,3 +117,23 @@ class TestStartTlsFirst:
             assert done.returncode != 0
             assert b"Must issue a STARTTLS command first" in done.stderr, done.stderr
             assert sink.received == []
+
+
+class TestStartTlsTwice:
+    def test_starttls_inside_tls_is_refused_and_the_session_goes_on(
+            self, tls_submission, run_gateway):
+        """STARTTLS on a connection that already uses TLS is answered 554 5.5.1 Error: TLS
+        already active (Postfix's reply; RFC 3207 4) and the session goes on: AUTH and a
+        message follow. It was answered 220 and the server started a second handshake
+        inside TLS, which broke the connection."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.starttls(context=ctx)
+                s.ehlo()
+                assert s.docmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")
+                assert s.noop() == (250, b"2.0.0 OK")
+                s.login("app", "s3cret")
+                assert s.sendmail("app@internal.test", ["cust@customer.test"], MSG) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
