@@ -397,7 +397,7 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
         is_attachment = disp == "attachment" or (bool(fname) and disp != "inline") \
             or ctype not in ("text/plain", "text/html") or maintype == "message"
         if not is_attachment and ctype == "text/plain" and not text_done:
-            p.body = decode_bytes(_payload(part), part.get_content_charset()).replace("\r\n", "\n")
+            p.body = _lf(decode_bytes(_payload(part), part.get_content_charset()))
             text_done = True
             continue
         if not is_attachment and ctype == "text/html" and p.body_html is None:
@@ -415,6 +415,12 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
                 disposition=disp or "attachment"))
     if not text_done and p.body_html is not None:
         p.body = html_to_text(p.body_html)
+
+
+def _lf(text: str) -> str:
+    """text with LF line ends: CRLF and a bare CR (old Mac mailers) each become one LF."""
+    text = text.replace("\r\n", "\n")
+    return text.replace("\r", "\n") if "\r" in text else text
 
 
 def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, str]]:
@@ -528,7 +534,7 @@ def html_to_text(html: str) -> str:
     length of the HTML, also for hostile input (runs of '<' without '>')."""
     import html as htmlmod
 
-    text = _drop_scripts(html)
+    text = _drop_scripts(_lf(html))
     text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</h[1-6]>|</li>", "\n", text)
     # A '<' with no '>' after it is text; only the part up to the last '>' can hold tags,
     # and there every '<' finds its '>' at once.

@@ -168,6 +168,9 @@ CORPUS: dict[str, Case] = {
                        from_addr=""),
     "html-only": Case(typed(b"text/html; charset=utf-8", b"<p>Hello <b>you</b></p>\r\n"),
                       body="Hello you"),
+    "html-only-crlf-lines": Case(typed(b"text/html; charset=utf-8",
+                                       b"<p>line one</p>\r\n<p>line\r\ntwo</p>\r\n"),
+                                 body="line one\n\nline\ntwo"),
     "alternative-with-only-html": Case(typed(
         b"multipart/alternative; boundary=A",
         b"--A\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>only html</p>\r\n--A--\r\n"),
@@ -188,7 +191,7 @@ CORPUS: dict[str, Case] = {
 
 
 # Cases deskgate does not yet handle as described (each removed with its fix)
-PENDING = {"1000-nested-multiparts", "300-nested-forwards", "bare-cr-in-body",
+PENDING = {"1000-nested-multiparts", "300-nested-forwards",
            "inline-image-without-file-name",
            "message-partial-second-fragment",
            "pdf-without-file-name"}
