@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import math
 from collections.abc import Callable, Mapping
 
 from gateway.config import Config, DashboardConfig, split_listen
@@ -156,3 +157,82 @@ class Authenticator:
         if not known:
             verify_password(password, DUMMY_HASH)
         return False
+
+
+class LoginThrottle:
+    """Failed logins per client address, as Dovecot's auth penalty and fail2ban do it.
+
+    The first FREE failed logins from an address cost nothing (typos). After that the
+    address must wait before its next try, 1 s after the FREE-th failure, twice as long
+    after each further one, at most MAX_WAIT; while it waits its logins are refused
+    (429) without being checked, the right password too (otherwise the answer would
+    tell which guess was right), and only one of its logins is checked at a time. A
+    successful login clears the address's count; so do FORGET seconds without a
+    failure. At most `size` addresses are remembered (the least recently failed go).
+    Requests without credentials are no failures and never waited for.
+    """
+
+    FREE = 5
+    MAX_WAIT = 60
+    FORGET = 3600.0
+
+    def __init__(self, *, clock: Callable[[], float] | None = None, size: int = 10000) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._size = size
+        # address -> [failures, time of the last failure, checks running]
+        self._seen: dict[str, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _wait(self, failures: float) -> float:
+        if failures < self.FREE:
+            return 0.0
+        return float(min(2 ** int(failures - self.FREE), self.MAX_WAIT))
+
+    def begin(self, addr: str) -> int:
+        """0 when a login from addr may be checked now (then call end), else the whole
+        seconds it must wait."""
+        now = self._clock()
+        e = self._seen.get(addr)
+        if e is not None and now - e[1] > self.FORGET and not e[2]:
+            del self._seen[addr]
+            e = None
+        if e is None or e[0] < self.FREE:
+            if e is not None:
+                e[2] += 1
+            return 0
+        left = e[1] + self._wait(e[0]) - now
+        if left > 0 or e[2]:
+            return max(1, math.ceil(left))
+        e[2] += 1
+        return 0
+
+    def end(self, addr: str, *, ok: bool | None) -> None:
+        """The outcome of a check begin allowed (None: not decided, e.g. too busy)."""
+        e = self._seen.get(addr)
+        if e is not None:
+            e[2] = max(0, e[2] - 1)
+        if ok is None:
+            return
+        if ok:
+            if e is not None and not e[2]:
+                del self._seen[addr]
+            elif e is not None:
+                e[0] = 0
+            return
+        now = self._clock()
+        if e is None:
+            if len(self._seen) >= self._size:
+                self._prune(now)
+            e = self._seen[addr] = [0, now, 0]
+        e[0] += 1
+        e[1] = now
+
+    def _prune(self, now: float) -> None:
+        for a in [a for a, e in self._seen.items() if now - e[1] > self.FORGET and not e[2]]:
+            del self._seen[a]
+        while len(self._seen) >= self._size:
+            del self._seen[min(self._seen, key=lambda a: self._seen[a][1])]

@@ -29,7 +29,14 @@ from gateway import commlog_views as views
 from gateway.config import split_listen
 from gateway.portowner import in_use_by
 from gateway.web import mailflow, monitoring
-from gateway.web.auth import Authenticator, csrf_token, host_allowed, role_of
+from gateway.web.auth import (
+    Authenticator,
+    LoginThrottle,
+    csrf_token,
+    has_credentials,
+    host_allowed,
+    role_of,
+)
 from gateway.web.monitoring import handoff_gauges, outbound_gauges
 from gateway.web.requestkeys import ROLE, USER, VERSION
 
@@ -90,6 +97,7 @@ class Dashboard:
         self.listen = gw.config.dashboard.listen
         self.env = make_env()
         self.auth = Authenticator()
+        self.throttle = LoginThrottle()     # failed logins per client address
         self.csrf_key = secrets.token_bytes(32)     # new each start: old forms stop working
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard")
         self.hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS,
@@ -160,21 +168,45 @@ class Dashboard:
         if request.path == "/healthz":
             return await handler(request)
         d = self.gw.config.dashboard
-        ok = self.auth.check_token(d, request.headers, request.query)
         request[USER], request[ROLE] = "", "viewer"
-        if ok is None:
-            pair = self.auth.basic_pair(request.headers)
-            ok = pair is not None and await self._check_basic(pair[0], pair[1])
-            if ok and pair is not None:
-                request[USER], request[ROLE] = pair[0], role_of(d, pair[0])
+        if not has_credentials(d):
+            return await handler(request)
+        authorization = request.headers.get("Authorization", "")
+        if not authorization and "token" not in request.query:
+            return self._login_refused("authentication required\n")
+        # Credentials were given: a failed check counts against the client's address.
+        addr = request.remote or ""
+        wait = self.throttle.begin(addr)
+        if wait:
+            return web.Response(status=429, text="too many failed logins from this "
+                                f"address; try again in {wait} s\n",
+                                headers={"Retry-After": str(wait)})
+        ok: bool | None = None
+        try:
+            ok = self.auth.check_token(d, request.headers, request.query)
             if ok is None:
-                return web.Response(status=503, text="too many logins at once; retry\n",
-                                    headers={"Retry-After": "1"})
+                pair = self.auth.basic_pair(request.headers)
+                ok = pair is not None and await self._check_basic(pair[0], pair[1])
+                if ok and pair is not None:
+                    request[USER], request[ROLE] = pair[0], role_of(d, pair[0])
+        finally:
+            self.throttle.end(addr, ok=ok)
+        if ok is None:
+            return web.Response(status=503, text="too many logins at once; retry\n",
+                                headers={"Retry-After": "1"})
         if not ok:
-            return web.Response(status=401, text="authentication required\n",
-                                headers={"WWW-Authenticate": 'Basic realm="deskgate", '
-                                         'charset="UTF-8"'})
+            basic = authorization.lower().startswith("basic ")
+            log.info("dashboard login failed", client=addr,
+                     method="basic" if basic else "token")
+            return self._login_refused("wrong user name or password\n" if basic
+                                       else "wrong token\n")
         return await handler(request)
+
+    @staticmethod
+    def _login_refused(text: str) -> web.Response:
+        return web.Response(status=401, text=text,
+                            headers={"WWW-Authenticate": 'Basic realm="deskgate", '
+                                     'charset="UTF-8"'})
 
     @web.middleware
     async def _headers_mw(self, request: web.Request,
