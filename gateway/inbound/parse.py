@@ -5,6 +5,8 @@ and decodes what the helpdesk needs by hand."""
 from __future__ import annotations
 
 import email.utils
+import functools
+import mimetypes
 import re
 from collections.abc import Sequence
 from email import message_from_bytes
@@ -494,9 +496,31 @@ def _rfc822(part: Message) -> bytes:
     return _payload(part)
 
 
+# Extensions of unnamed attachments where Python's table has none or an odd first one
+_EXTENSIONS = {"message/rfc822": "eml", "text/html": "html", "text/plain": "txt",
+               "message/delivery-status": "txt", "text/rfc822-headers": "txt",
+               "message/disposition-notification": "txt", "text/calendar": "ics",
+               "application/ics": "ics", "text/vcard": "vcf", "application/xml": "xml",
+               "text/xml": "xml", "image/jpeg": "jpg", "application/ms-tnef": "dat",
+               "application/pgp-signature": "asc", "application/pgp-keys": "asc",
+               "application/pkcs7-signature": "p7s", "application/x-pkcs7-signature": "p7s",
+               "application/pkcs7-mime": "p7m", "application/x-pkcs7-mime": "p7m",
+               "application/octet-stream": "bin"}
+
+
+@functools.cache
+def _mime_types() -> mimetypes.MimeTypes:
+    """Python's built-in table only: the same names on every host (no /etc/mime.types)."""
+    return mimetypes.MimeTypes(filenames=())
+
+
 def _default_name(ctype: str, n: int) -> str:
-    ext = {"message/rfc822": "eml", "text/html": "html", "text/plain": "txt",
-           "message/delivery-status": "txt"}.get(ctype, "bin")
+    """The name of an attachment sent without one: file-<n> and the extension of its type
+    (file-1.pdf, file-2.png), .bin when the type has none, so that it opens as what it is."""
+    ext = _EXTENSIONS.get(ctype)
+    if ext is None:
+        guessed = _mime_types().guess_extension(ctype, strict=False)
+        ext = guessed[1:] if guessed else "bin"
     return f"file-{n}.{ext}"
 
 

@@ -191,10 +191,7 @@ CORPUS: dict[str, Case] = {
 
 
 # Cases deskgate does not yet handle as described (each removed with its fix)
-PENDING = {"1000-nested-multiparts", "300-nested-forwards",
-           "inline-image-without-file-name",
-           "message-partial-second-fragment",
-           "pdf-without-file-name"}
+PENDING = {"1000-nested-multiparts", "300-nested-forwards", "message-partial-second-fragment"}
 
 
 @pytest.fixture(scope="module")
