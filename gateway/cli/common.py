@@ -137,10 +137,12 @@ def envelope_problem(mail_from: str, rcpts: list[str]) -> str:
 
 
 def _default(o: Any) -> Any:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     if isinstance(o, datetime):
-        return o.isoformat()
+        # Every time deskgate stores is UTC; SQLite hands it back without the offset,
+        # PostgreSQL with it: the JSON says +00:00 either way.
+        return (o if o.tzinfo else o.replace(tzinfo=UTC)).isoformat()
     if isinstance(o, bytes):
         return o.decode("utf-8", "replace")
     if isinstance(o, set | frozenset | tuple):
