@@ -57,6 +57,7 @@ from gateway.outbound.submission_replies import (
     AUTH_IN_TRANSACTION,
     AUTH_OK,
     AUTH_REQUIRED,
+    AUTH_SYNTAX,
     BAD_RCPT,
     BAD_RECIPIENT,
     BAD_SENDER,
@@ -113,6 +114,11 @@ class _Session(Session):
 
 class SubmissionSession(IdleTimer, SMTP):
     """One submission connection; AUTH checks run off the event loop."""
+
+    # AUTH LOGIN's prompts as Postfix (Cyrus SASL) and Dovecot send them; aiosmtpd's end
+    # in a NUL byte.
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
@@ -363,11 +369,20 @@ class SubmissionSession(IdleTimer, SMTP):
 
     async def smtp_AUTH(self, arg: str) -> None:
         """aiosmtpd's AUTH behind the lock-out; refused inside a mail transaction
-        (RFC 4954 4: 503), before the password is checked or counted."""
+        (RFC 4954 4: 503), before the password is checked or counted; the mechanism in
+        any case; Postfix's 501 without one."""
         assert self.session is not None
         if self.envelope is not None and self.envelope.mail_from:
             await self.push(AUTH_IN_TRANSACTION)
             return
+        if (self.session.extended_smtp and self._auth_offered()
+                and not self.session.authenticated):
+            args = (arg or "").split()
+            if not 1 <= len(args) <= 2:
+                await self.push(AUTH_SYNTAX)
+                return
+            # SASL mechanism names in any case, as Dovecot and Cyrus SASL take them.
+            arg = " ".join([args[0].upper(), *args[1:]])
         client = self.session.peer[0] if isinstance(self.session.peer, tuple) else ""
         if not self.sub.guard.begin(client):
             await self.push(LOCKED_OUT)

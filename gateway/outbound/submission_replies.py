@@ -12,6 +12,8 @@ STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
 LOCKED_OUT = "454 4.7.0 Too many failed authentication attempts; try again later"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
+# AUTH without a mechanism, or with more than a mechanism and a response (Postfix)
+AUTH_SYNTAX = "501 5.5.4 Syntax: AUTH mechanism"
 # AUTH inside a mail transaction (RFC 4954 4), Postfix's reply
 AUTH_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"

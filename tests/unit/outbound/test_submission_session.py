@@ -187,6 +187,32 @@ class TestAuthInTransaction:
         assert (await c.cmd(b"AUTH PLAIN " + b64(b"\0app\0pw"))).startswith("235 ")
 
 
+class TestAuthReplies:
+    async def test_auth_without_mechanism_is_a_syntax_error(self, session):
+        """AUTH without a mechanism is answered Postfix's 501 5.5.4 Syntax: AUTH
+        mechanism (it was aiosmtpd's "Not enough value") and counts as no failure."""
+        c, _ = await session(max_auth_failures=1)
+        assert await c.cmd(b"AUTH") == "501 5.5.4 Syntax: AUTH mechanism"
+        assert await c.cmd(b"AUTH PLAIN a b") == "501 5.5.4 Syntax: AUTH mechanism"
+        assert (await c.cmd(b"AUTH PLAIN " + b64(b"\0app\0pw"))).startswith("235 ")
+
+    async def test_mechanism_name_in_any_case(self, session):
+        """The mechanism is taken in any case (AUTH plain, AUTH Login), as Postfix with
+        Dovecot or Cyrus SASL takes it; it was 504 Unrecognized authentication type."""
+        c, _ = await session()
+        assert await c.cmd(b"AUTH Login") == "334 " + b64(b"Username:").decode()
+        assert await c.cmd(b"*") == "501 5.7.0 Auth aborted"
+        assert (await c.cmd(b"AUTH plain " + b64(b"\0app\0pw"))).startswith("235 ")
+
+    async def test_login_challenges_are_username_and_password(self, session):
+        """AUTH LOGIN asks "Username:" and "Password:" in base64, as Postfix (Cyrus SASL)
+        and Dovecot do; aiosmtpd sent "User Name" and "Password" each with a NUL byte."""
+        c, _ = await session()
+        assert await c.cmd(b"AUTH LOGIN") == "334 " + b64(b"Username:").decode()
+        assert await c.cmd(b64(b"app")) == "334 " + b64(b"Password:").decode()
+        assert (await c.cmd(b64(b"pw"))).startswith("235 ")
+
+
 class TestEmptyResponse:
     async def test_plain_equals_is_an_empty_response(self, session):
         """AUTH PLAIN = (RFC 4954: an empty initial response) fails as a wrong password
