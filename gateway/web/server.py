@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 import structlog
@@ -75,6 +75,8 @@ def make_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["t"] = _fmt_time
+    # One path segment of a link (a helpdesk's ticket number may hold ?, # or /).
+    env.filters["seg"] = lambda value: quote(str(value), safe=":")
     env.globals["duration"] = _fmt_duration
     return env
 

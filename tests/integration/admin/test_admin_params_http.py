@@ -61,3 +61,36 @@ class TestParameters:
                      "/log/1?priority=nonsense", "/addresses?sort=-nonsense"):
             status, body = d.request(path)
             assert status < 500, (path, status, body)
+
+    def test_ticket_links_work_for_any_helpdesk_number(self, running):
+        """With a helpdesk behind deskgate the ticket number is the helpdesk's, which
+        may hold ?, # or %: every link to the ticket (ticket list, communication, its
+        hand-off) still leads to the ticket's page."""
+        import html
+        import re
+        from datetime import UTC, datetime
+
+        from sqlalchemy import insert, update
+
+        from gateway.store.tables import Article, Handoff
+
+        d, _, comm = running
+        odd = "RT-5?x=1#y%2F"
+        now = datetime.now(UTC)
+        with d.rg.gateway.engine.begin() as conn:
+            tid = conn.execute(select(Ticket.id)).scalar_one()
+            conn.execute(update(Ticket).where(Ticket.id == tid).values(number=odd))
+            aid = conn.execute(select(Article.id)).scalar_one()
+            hid = conn.execute(insert(Handoff).values(
+                ticket_id=tid, article_id=aid, kind="create", key="odd-1", helpdesk="rt-rest2",
+                status="failed", cycle_started=now, next_attempt=now, created=now,
+                updated=now).returning(Handoff.id)).scalar_one()
+        for page in ("/tickets", f"/log/{comm}", "/handoff", f"/handoff/{hid}"):
+            status, body = d.request(page)
+            assert status == 200, page
+            links = [html.unescape(h) for h in re.findall(r'href="(/tickets/[^"]*)"', body)]
+            assert links, page
+            for link in links:
+                status, target = d.request(link)
+                assert status == 200, (page, link, status)
+                assert html.escape(odd) in target, (page, link)
