@@ -5,7 +5,7 @@ private key or passphrase) must not be readable by group or others: `check`,
 `serve` and every command refuse one that is. Files deskgate creates that hold
 mail or credentials (the SQLite database, outbox Maildir files, imported keys)
 are created owner-only whatever the umask, so they are private also outside
-systemd (whose unit sets UMask=0027).
+systemd (whose unit sets UMask=0007).
 """
 
 from __future__ import annotations
