@@ -289,9 +289,32 @@ def _obs_header_names(raw: bytes) -> bytes:
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
 
 
+def _flat(raw: bytes) -> Message:
+    """raw's top-level headers with everything after them as one text payload."""
+    m = _HEADER_END.search(raw)
+    end = m.end() if m is not None else len(raw)
+    msg = message_from_bytes(raw[:end], policy=compat32)
+    msg.set_payload(raw[end:].decode("ascii", "surrogateescape"))
+    return msg
+
+
 def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     """Parse raw bytes. Never raises for malformed input; defects are recorded."""
-    msg = _message(_obs_header_names(raw))
+    raw = _obs_header_names(raw)
+    try:
+        return _parsed(_message(raw), with_attachments)
+    except RecursionError:
+        # MIME nested deeper than the parser recurses (a thousand multiparts in each
+        # other): the top-level headers, and the rest is text, as a reader without MIME
+        # sees it; the raw message is stored as it came anyway
+        p = _parsed(_flat(raw), with_attachments, top_type="text/plain")
+        p.defects.append("NestingTooDeep")
+        return p
+
+
+def _parsed(msg: Message, with_attachments: bool, top_type: str | None = None) -> Parsed:
+    """The Parsed of a parsed message; `top_type` overrides its content type for the
+    bodies."""
     headers: list[tuple[str, str]] = []
     # One pass over the headers instead of one per field read below.
     first: dict[str, str] = {}
@@ -328,7 +351,8 @@ def parse_message(raw: bytes, *, with_attachments: bool = True) -> Parsed:
     p.references = first.get("references", "").strip()
     p.content_type = msg.get_content_type()
     p.defects = [type(d).__name__ for d in msg.defects]
-    extract_bodies(msg, p, with_attachments=with_attachments, top_type=p.content_type)
+    extract_bodies(msg, p, with_attachments=with_attachments,
+                   top_type=top_type or p.content_type)
     return p
 
 
@@ -490,10 +514,44 @@ def _rfc822(part: Message) -> bytes:
                 continue
             try:
                 out.append(block.as_bytes())
+            except RecursionError:
+                out.append(_text_bytes(block))
             except Exception:
                 out.append(str(block).encode("utf-8", "replace"))
         return b"\n".join(out)
     return _payload(part)
+
+
+def _text_bytes(msg: Message) -> bytes:
+    """msg as text, without recursion: for messages attached to messages deeper than the
+    generator recurses. Each part's headers as parsed, a blank line, its payload; the
+    parts of a multipart between its boundary lines (preamble and epilogue left out)."""
+    out: list[bytes] = []
+    stack: list[Message | bytes] = [msg]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        head = "".join(f"{k}: {v}\n" for k, v in item.raw_items()) + "\n"
+        out.append(head.encode("utf-8", "surrogateescape"))
+        payload = item.get_payload()
+        if isinstance(payload, str):
+            out.append(payload.encode("utf-8", "surrogateescape"))
+            continue
+        if not isinstance(payload, list):
+            continue
+        boundary = item.get_boundary() if item.get_content_maintype() == "multipart" else None
+        pieces: list[Message | bytes] = []
+        for sub in payload:
+            if boundary is not None:
+                pieces.append(f"\n--{boundary}\n".encode("utf-8", "surrogateescape"))
+            pieces.append(sub if isinstance(sub, Message)
+                          else str(sub).encode("utf-8", "surrogateescape"))
+        if boundary is not None:
+            pieces.append(f"\n--{boundary}--\n".encode("utf-8", "surrogateescape"))
+        stack.extend(reversed(pieces))
+    return b"".join(out)
 
 
 # Extensions of unnamed attachments where Python's table has none or an odd first one

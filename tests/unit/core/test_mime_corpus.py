@@ -191,7 +191,7 @@ CORPUS: dict[str, Case] = {
 
 
 # Cases deskgate does not yet handle as described (each removed with its fix)
-PENDING = {"1000-nested-multiparts", "300-nested-forwards", "message-partial-second-fragment"}
+PENDING = {"message-partial-second-fragment"}
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,6 @@ def test_corpus_message_becomes_a_readable_article(name, stages):
 
 
 class TestDetails:
-    @pytest.mark.xfail(reason="not handled yet")
     def test_deep_nesting_keeps_the_text(self):
         """Nested deeper than the parser recurses: the body is the message's text as sent,
         with a defect recorded, instead of an exception (the message went to the
@@ -244,7 +243,6 @@ class TestDetails:
         assert "deep down" in p.body
         assert "NestingTooDeep" in p.defects
 
-    @pytest.mark.xfail(reason="not handled yet")
     def test_deep_forwards_keep_the_text(self):
         """Forwards nested 300 deep: the outer text is the body, the rest is kept."""
         p = parse_message(forwarded(300))
