@@ -19,6 +19,7 @@ from tests.peers.smarthost import AuthSink
 
 MSG = (b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n\r\nbody\r\n")
 MSMTP = "/usr/bin/msmtp"
+PASSWORD = "s3cret"        # user app's, in tls_submission
 
 
 @pytest.fixture
@@ -44,12 +45,13 @@ password_hash = "{pw_hash}"
 
 
 def msmtp(tmp_path, port: int, recipients: list[str], message: bytes, *,
-          auth: bool = False, ca: str = "") -> subprocess.CompletedProcess[bytes]:
+          auth: bool = False, ca: str = "", password: str = PASSWORD
+          ) -> subprocess.CompletedProcess[bytes]:
     if not shutil.which(MSMTP):
         missing_peer("msmtp not installed: run make system-deps")
     rc = tmp_path / "msmtprc"
     tls = f"tls on\ntls_starttls on\ntls_trust_file {ca}" if ca else "tls off"
-    creds = "auth plain\nuser app\npassword s3cret" if auth else "auth off"
+    creds = f"auth plain\nuser app\npassword {password}" if auth else "auth off"
     rc.write_text(textwrap.dedent(f"""\
         account deskgate
         host 127.0.0.1
@@ -137,3 +139,56 @@ class TestStartTlsTwice:
                 s.login("app", "s3cret")
                 assert s.sendmail("app@internal.test", ["cust@customer.test"], MSG) == {}
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+
+
+class TestAsPostfix:
+    """What already answers as Postfix's submission service, with real clients."""
+
+    def test_oversized_message_without_size_is_552_and_the_connection_goes_on(
+            self, tls_submission, run_gateway, outbound_config):
+        """A message over max_message_size sent without SIZE= is refused after DATA with
+        552 5.3.4 and the next message on the same connection is queued."""
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port, extra_submission='max_message_size = "20KiB"')
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                assert s.has_extn("size") and s.esmtp_features["size"] == str(20 * 1024)
+                assert s.mail("app@internal.test") == (250, b"2.1.0 OK")
+                assert s.rcpt("cust@customer.test")[0] == 250
+                assert s.data(MSG + b"x" * 30000 + b"\r\n") == (
+                    552, b"5.3.4 Message size exceeds fixed limit")
+                assert s.noop() == (250, b"2.0.0 OK")
+                assert s.sendmail("app@internal.test", ["cust@customer.test"], MSG) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+
+    def test_msmtp_with_a_wrong_password_gets_535(self, tmp_path, tls_submission,
+                                                  run_gateway):
+        """msmtp with STARTTLS and a wrong password fails with 535 5.7.8; nothing sent."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port)
+            rg = run_gateway(cfg)
+            rc_ca = str(tmp_path / "ca" / "ca.pem")
+            done = msmtp(tmp_path, submission_port(cfg), ["cust@customer.test"], MSG,
+                         auth=True, ca=rc_ca, password="wrong")
+            assert done.returncode != 0
+            assert b"535 5.7.8" in done.stderr, done.stderr
+            done = msmtp(tmp_path, submission_port(cfg), ["cust@customer.test"], MSG,
+                         auth=True, ca=rc_ca)
+            assert done.returncode == 0, done.stderr
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+
+    def test_smtputf8_address_and_long_line(self, tls_submission, run_gateway):
+        """SMTPUTF8 and 8BITMIME are offered; a UTF-8 recipient with SMTPUTF8 and a body
+        line of 2000 octets are accepted and relayed (the smarthost offers SMTPUTF8)."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port, networks='["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                assert s.has_extn("smtputf8") and s.has_extn("8bitmime")
+                body = MSG + b"y" * 2000 + b"\r\n"
+                assert s.sendmail("app@internal.test", ["jörg@customer.test"], body,
+                                  mail_options=["SMTPUTF8", "BODY=8BITMIME"]) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            assert sink.received[0].rcpts == ["jörg@customer.test"]
