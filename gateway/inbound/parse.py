@@ -264,8 +264,13 @@ def _message(raw: bytes) -> Message:
     msg = _plain_headers(raw[:m.start()].decode("ascii", "surrogateescape"))
     if msg is None:
         msg = message_from_bytes(raw[:m.end()], policy=compat32)
-    if msg.get_content_maintype() in ("multipart", "message") or msg.defects:
+    ctype = msg.get_content_type()
+    if (ctype.startswith(("multipart/", "message/")) and ctype != "message/partial") \
+            or msg.defects:
         return message_from_bytes(raw, policy=compat32)
+    # message/partial (RFC 2046 5.2.2) is a fragment: only the first one starts with the
+    # headers of the message it is part of; read as a message, a later one lost the
+    # first lines of its text as headers
     msg.set_payload(raw[m.end():].decode("ascii", "surrogateescape"))
     return msg
 

@@ -190,10 +190,6 @@ CORPUS: dict[str, Case] = {
 }
 
 
-# Cases deskgate does not yet handle as described (each removed with its fix)
-PENDING = {"message-partial-second-fragment"}
-
-
 @pytest.fixture(scope="module")
 def stages():
     return build_stages()
@@ -212,8 +208,6 @@ def deliver(raw: bytes, stages) -> FakeStore:
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_corpus_message_becomes_a_readable_article(name, stages):
-    if name in PENDING:
-        pytest.xfail("not handled yet")
     case = CORPUS[name]
     store = deliver(case.raw, stages)
     try:
