@@ -587,26 +587,30 @@ def _default_name(ctype: str, n: int) -> str:
     return f"file-{n}.{ext}"
 
 
-_SCRIPT_OPEN = re.compile(r"(?i)<(script|style)\b")
-_SCRIPT_CLOSE = {"script": re.compile(r"(?i)</script>"), "style": re.compile(r"(?i)</style>")}
+# What holds no text for a reader: scripts, styles, the title, comments (Outlook puts
+# markup in conditional comments). Each is dropped up to its closing tag, the first of
+# each kind after it (as `<!--.*?-->|<(script|style|title)\b.*?</\1>` does).
+_HIDDEN_OPEN = re.compile(r"(?i)<(script|style|title)\b|<(!--)")
+_HIDDEN_CLOSE = {"script": re.compile(r"(?i)</script>"), "style": re.compile(r"(?i)</style>"),
+                 "title": re.compile(r"(?i)</title>"), "!--": re.compile("-->")}
 
 
-def _drop_scripts(html: str) -> str:
-    """html without <script>...</script> and <style>...</style>. One pass: a tag whose
-    closing tag no longer follows is left as text, as are all later ones of its kind
-    (the regex `<(script|style)\b.*?</\1>` scanned to the end for each of them)."""
+def _drop_hidden(html: str) -> str:
+    """html without scripts, styles, title and comments. One pass: an opening whose
+    closing no longer follows is left as text, as are all later ones of its kind (the
+    regex scanned to the end for each of them)."""
     out: list[str] = []
     pos = 0
     unclosed: set[str] = set()
     while True:
-        m = _SCRIPT_OPEN.search(html, pos)
+        m = _HIDDEN_OPEN.search(html, pos)
         if m is None:
             break
-        tag = m.group(1).lower()
-        end = None if tag in unclosed else _SCRIPT_CLOSE[tag].search(html, m.end())
+        kind = (m.group(1) or m.group(2)).lower()
+        end = None if kind in unclosed else _HIDDEN_CLOSE[kind].search(html, m.end())
         if end is None:
-            unclosed.add(tag)
-            if len(unclosed) == 2:
+            unclosed.add(kind)
+            if len(unclosed) == len(_HIDDEN_CLOSE):
                 break
             out.append(html[pos:m.end()])
         else:
@@ -621,7 +625,7 @@ def html_to_text(html: str) -> str:
     length of the HTML, also for hostile input (runs of '<' without '>')."""
     import html as htmlmod
 
-    text = _drop_scripts(_lf(html))
+    text = _drop_hidden(_lf(html))
     text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</h[1-6]>|</li>", "\n", text)
     # A '<' with no '>' after it is text; only the part up to the last '>' can hold tags,
     # and there every '<' finds its '>' at once.
