@@ -282,8 +282,11 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
     if args.account:
         account = cfg.account_by_name(args.account)
         if account is None:
+            # conf.d and the MTA's command disagree (an account renamed or removed): as
+            # with a refused configuration the MTA keeps the mail; 67 would bounce it
+            # as "user unknown" though its recipients are known.
             print(f"deliver: no [[account]] named {args.account!r}", file=sys.stderr)
-            return EX_NOUSER
+            return EX_TEMPFAIL
     gw = open_gateway(cfg, "deliver")
     if gw is None:
         return EX_TEMPFAIL
