@@ -73,6 +73,7 @@ from gateway.outbound.submission_replies import (
     NEED_MAIL,
     NEED_RCPT,
     NESTED_MAIL,
+    NO_VALID_RCPTS,
     PIPELINING,
     RCPT_SYNTAX,
     SIZE_EXCEEDED,
@@ -230,7 +231,8 @@ class SubmissionSession(IdleTimer, SMTP):
             return
         assert self.envelope is not None and self.session is not None
         if not self.envelope.rcpt_tos:
-            await self.push(NEED_RCPT)
+            # Postfix's replies: no transaction yet, or every RCPT of it refused.
+            await self.push(NO_VALID_RCPTS if self.envelope.mail_from else NEED_RCPT)
             return
         if arg:
             await self.push(DATA_SYNTAX)

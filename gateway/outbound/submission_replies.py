@@ -25,6 +25,7 @@ INTERNAL_ERROR = "451 4.3.0 Error: internal server error, try again later"
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed limit"
 # aiosmtpd's replies at DATA, with an enhanced status code
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+NO_VALID_RCPTS = "554 5.5.1 Error: no valid recipients"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 STRICT_ASCII = "500 5.5.2 Error: strict ASCII mode"
 # HELP (RFC 5321 4.1.1.8: 214); the commands the listener takes, STARTTLS where offered

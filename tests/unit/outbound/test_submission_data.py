@@ -306,11 +306,12 @@ class TestSession:
         assert lst.sessions[0].data_buffered == 0
 
     async def test_aiosmtpd_replies_kept(self, listen):
-        """DATA without RCPT is 503, with an argument 501; HELP DATA is answered 214."""
+        """DATA after MAIL without RCPT is 554 (Postfix's "no valid recipients"), with an
+        argument 501; HELP DATA is answered 214."""
         lst = await listen()
         c = await listen.connect(lst)
         await c.send(b"EHLO app.test\r\nMAIL FROM:<app@internal.test>\r\nDATA\r\n")
-        assert await c.replies(3) == [250, 250, 503]
+        assert await c.replies(3) == [250, 250, 554]
         await c.send(b"RCPT TO:<cust@customer.test>\r\nDATA now\r\nHELP DATA\r\n")
         assert await c.replies(3) == [250, 501, 214]
         assert lst.pipeline.raws == []

@@ -102,6 +102,22 @@ class TestEnvelope:
         assert [x.mail_from for x in pipeline.ctxs] == [""]
 
 
+class TestDataWithoutRecipients:
+    async def test_pipelined_data_after_refused_recipients_is_554(self, session):
+        """MAIL, a refused RCPT and DATA written in one go (PIPELINING): DATA is refused
+        with Postfix's 554 5.5.1 Error: no valid recipients (it was 503 need RCPT, a
+        sequence error) and no message is read; DATA with no MAIL at all stays 503."""
+        c, pipeline = await session(networks=("127.0.0.0/8",))
+        assert await c.cmd(b"DATA") == "503 5.5.1 Error: need RCPT command"
+        c.writer.write(b"MAIL FROM:<app@internal.test>\r\nRCPT TO:<nobody>\r\nDATA\r\n")
+        replies = [(await asyncio.wait_for(c.reader.readline(), 10)).decode().rstrip()
+                   for _ in range(3)]
+        assert replies == ["250 2.1.0 OK", "553 5.1.3 Malformed recipient address",
+                           "554 5.5.1 Error: no valid recipients"]
+        assert (await c.cmd(b"RSET")).startswith("250")
+        assert pipeline.ctxs == []
+
+
 class TestDuplicateRecipients:
     async def test_a_recipient_given_twice_is_sent_to_once(self, session):
         """The same recipient in two RCPTs (also in another case) is accepted each time
