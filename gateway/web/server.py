@@ -85,8 +85,10 @@ def _security_headers(headers: Any) -> None:
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
+    # default-src covers neither form targets, <base> nor framing: said separately.
     headers.setdefault("Content-Security-Policy",
-                       "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'")
+                       "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+                       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 class Dashboard:

@@ -189,3 +189,30 @@ class TestHostileContentIsText:
             status, body = d.request(page)
             assert status == 200
             assert_inert(page, body)
+
+
+class TestHeaders:
+    def test_policy_limits_forms_frames_and_base_and_sets_no_cookie(self, admin_dashboard):
+        """Should markup ever slip through, the policy still keeps it harmless: no
+        script, no form posting elsewhere, no <base> re-pointing the links, no framing.
+        The dashboard keeps no session: no answer sets a cookie."""
+        import urllib.error
+        import urllib.request
+
+        from tests.integration.admin.conftest import basic
+
+        d = admin_dashboard()
+        for path, user in (("/log", ADMIN), ("/admin/filter", ADMIN), ("/nope", ADMIN),
+                           ("/log", None), ("/log", ("root", "wrong"))):
+            req = urllib.request.Request(d.base + path,  # noqa: S310 - loopback
+                                         headers=basic(user) if user else {})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+                    headers = resp.headers
+            except urllib.error.HTTPError as exc:
+                headers = exc.headers
+            csp = [p.strip() for p in headers["Content-Security-Policy"].split(";")]
+            for directive in ("default-src 'none'", "form-action 'self'",
+                              "frame-ancestors 'none'", "base-uri 'none'"):
+                assert directive in csp, (path, csp)
+            assert "Set-Cookie" not in headers, path
