@@ -159,6 +159,22 @@ class Authenticator:
         return False
 
 
+def client_key(remote: str | None) -> str:
+    """Whose failed logins a request counts to: its IPv4 address, or the /64 of its
+    IPv6 address (one host usually has a whole /64 to rotate through)."""
+    if not remote:
+        return ""
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class LoginThrottle:
     """Failed logins per client address, as Dovecot's auth penalty and fail2ban do it.
 

@@ -32,6 +32,7 @@ from gateway.web import mailflow, monitoring
 from gateway.web.auth import (
     Authenticator,
     LoginThrottle,
+    client_key,
     csrf_token,
     has_credentials,
     host_allowed,
@@ -179,7 +180,7 @@ class Dashboard:
         if not authorization and "token" not in request.query:
             return self._login_refused("authentication required\n")
         # Credentials were given: a failed check counts against the client's address.
-        addr = request.remote or ""
+        addr = client_key(request.remote)
         wait = self.throttle.begin(addr)
         if wait:
             return web.Response(status=429, text="too many failed logins from this "
@@ -200,7 +201,7 @@ class Dashboard:
                                 headers={"Retry-After": "1"})
         if not ok:
             basic = authorization.lower().startswith("basic ")
-            log.info("dashboard login failed", client=addr,
+            log.info("dashboard login failed", client=request.remote,
                      method="basic" if basic else "token")
             return self._login_refused("wrong user name or password\n" if basic
                                        else "wrong token\n")

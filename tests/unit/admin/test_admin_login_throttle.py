@@ -69,3 +69,17 @@ class TestLoginThrottle:
         for i in range(1000):
             fail(t, f"10.0.{i // 256}.{i % 256}")
         assert len(t) <= 100
+
+
+class TestClientKey:
+    def test_ipv6_counts_per_64_and_ipv4_per_address(self):
+        """One IPv6 host usually has a whole /64: its addresses share one count, as
+        they would when it rotated through them; IPv4 addresses count one by one."""
+        from gateway.web.auth import client_key
+
+        assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9")
+        assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+        assert client_key("::ffff:192.0.2.1") == client_key("192.0.2.1")
+        assert client_key("192.0.2.1") != client_key("192.0.2.2")
+        assert client_key(None) == client_key("") == ""
+        assert client_key("not an address") == "not an address"
