@@ -3,8 +3,10 @@
 STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
 after TLS (aiosmtpd answers 538 before); a PLAIN authorization identity other than
 the user's own is refused, and so is an empty response ("=" as the initial one), as a
-wrong password is. Clients inside allow_networks may
-submit without AUTH; everyone else gets 530 at MAIL: never an open relay.
+wrong password is; AUTH inside a mail transaction is 503, STARTTLS inside TLS 554
+(Postfix's replies). Clients inside allow_networks may submit without AUTH;
+everyone else gets 530 at MAIL ("Must issue a STARTTLS command first" while
+STARTTLS is offered and unused): never an open relay.
 Password checks (scrypt) run on a worker thread. Failed AUTH is counted per
 client address, and so are the attempts still being checked; past
 max_auth_failures the client is locked out for a while that doubles with every
@@ -19,7 +21,8 @@ aiosmtpd's own replies get an enhanced code on their way out (push). A command
 that raises is answered 451 4.3.0 with a generic text (handle_exception), not
 aiosmtpd's permanent 500 with the exception's text; the cause is logged. MAIL and
 RCPT are deskgate's own (the path syntax of submission_syntax, Postfix's 501/555
-replies), HELP is 214 and VRFY is disabled (502 5.5.1), as in Postfix.
+replies; the bare postmaster of RFC 5321 4.5.1 is postmaster@<gateway.hostname>),
+HELP is 214 and VRFY is disabled (502 5.5.1), as in Postfix.
 
 This module is the protocol side (SubmissionSession) and the listener
 (SubmissionService); what the sessions share and the policy at MAIL/RCPT/DATA are
@@ -32,23 +35,24 @@ import asyncio
 import contextlib
 import errno
 import logging
-import ssl
 from base64 import b64decode
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, TLSSetupException, syntax
 
-from gateway.commlog import Comm, write_comm
-from gateway.config import Config
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
 from gateway.outbound.submission_policy import (
     AuthGuard,
     Submission,
     SubmissionHandler,
+    comm_writer,
+    command_of,
+    no_authenticator,
     peer_text,
+    server_tls_context,
 )
 from gateway.outbound.submission_replies import (
     AIOSMTPD_SIZE,
@@ -125,7 +129,7 @@ class SubmissionSession(IdleTimer, SMTP):
         return _Session(self.loop)
 
     def __init__(self, sub: Submission, limit: SessionLimit | None = None, **kw: Any) -> None:
-        super().__init__(SubmissionHandler(sub), authenticator=_never, **kw)
+        super().__init__(SubmissionHandler(sub), authenticator=no_authenticator, **kw)
         self.sub = sub
         self._limit = limit
         self._admitted: Any = None      # the peer counted in the limit, until released
@@ -202,7 +206,7 @@ class SubmissionSession(IdleTimer, SMTP):
             log.info("submission STARTTLS handshake failed", client=peer_text(peer),
                      error=repr(error.__cause__ or error))
             return INTERNAL_ERROR
-        command = _command_of(error)
+        command = command_of(error)
         log.error("submission command failed; answered 451 4.3.0", command=command,
                   client=peer_text(peer), exc_info=error)
         self.sub.internal_error(peer, command, error, INTERNAL_ERROR[:9])
@@ -456,31 +460,6 @@ class SubmissionSession(IdleTimer, SMTP):
         return await self._check("LOGIN", login, password)
 
 
-def _command_of(error: BaseException) -> str:
-    """The command whose smtp_* method raised (aiosmtpd runs each command in one), from
-    the traceback; '' when none is on it."""
-    tb = error.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_name
-        if name.startswith("smtp_"):
-            return name[5:]
-        tb = tb.tb_next
-    return ""
-
-
-def _never(*_: Any) -> AuthResult:
-    return AuthResult(success=False)
-
-
-def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
-    sub = cfg.submission
-    if not (sub.tls_cert and sub.tls_key):
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(cfg.path(sub.tls_cert)), str(cfg.path(sub.tls_key)))
-    return ctx
-
-
 class SubmissionService:
     """The listeners of [submission] listen."""
 
@@ -531,9 +510,3 @@ class SubmissionService:
         for s in self.servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.wait_closed(), 10)
-
-
-def comm_writer(writer: Any) -> Callable[[Comm], None]:
-    def write(comm: Comm) -> None:
-        writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
-    return write

@@ -3,8 +3,8 @@
 Submission holds the configuration access, the users, the outbound pipeline and
 the AuthGuard; SubmissionHandler is the aiosmtpd handler: who may submit at
 MAIL/RCPT (AUTH or allow_networks), the recipient limit, the EHLO keywords, and
-the pipeline at DATA. The protocol side is SubmissionSession in
-gateway.outbound.submission.
+the pipeline at DATA; and the listener's helpers (TLS context, log writer). The
+protocol side is SubmissionSession in gateway.outbound.submission.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from sqlalchemy import func, select
 
 from gateway import metrics
-from gateway.commlog import Comm
+from gateway.commlog import Comm, write_comm
 from gateway.commlog_names import CLIENT
 from gateway.config import Config, SubmissionUser
 from gateway.outbound.context import OutboundContext
@@ -309,3 +310,35 @@ class SubmissionHandler:
         except Exception:
             log.exception("submission: metrics not counted", outbound_id=result.outbound_id)
         return f"{reply.code} {reply.enhanced} {text}"
+
+
+def command_of(error: BaseException) -> str:
+    """The command whose smtp_* method raised (aiosmtpd runs each command in one), from
+    the traceback; '' when none is on it."""
+    tb = error.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_name
+        if name.startswith("smtp_"):
+            return name[5:]
+        tb = tb.tb_next
+    return ""
+
+
+def no_authenticator(*_: Any) -> AuthResult:
+    """aiosmtpd's authenticator, never used: the session checks passwords itself."""
+    return AuthResult(success=False)
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    sub = cfg.submission
+    if not (sub.tls_cert and sub.tls_key):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cfg.path(sub.tls_cert)), str(cfg.path(sub.tls_key)))
+    return ctx
+
+
+def comm_writer(writer: Any) -> Callable[[Comm], None]:
+    def write(comm: Comm) -> None:
+        writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
+    return write
