@@ -459,7 +459,9 @@ def load_config(conf_dir: Path | str | None = None,
     def add(file: str, key: str, reason: str) -> None:
         errors.append(ConfigError(file, key, reason))
 
-    validate_core(cfg, lambda key: origins.file(key, default_file), add)
+    # A key no file sets (at its default, in no file's section) is filed under the
+    # directory, as the section checks file it (_in_its_file).
+    validate_core(cfg, lambda key: origins.file(key, str(conf)), add)
     # The checks of the other sections (filters, crypto, DKIM, dashboard, ...): their
     # modules import this one, so the table is imported here, when it is needed.
     if section_checks:

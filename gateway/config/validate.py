@@ -108,7 +108,7 @@ def validate_core(cfg: Config, at: Callable[[str], str],
             f"priority {pm.default_priority!r} is not in postmaster.priorities")
     for name, kind in pm.states.items():
         if kind not in ("new", "open", "pending", "closed", "merged", "removed"):
-            add(at("postmaster.states"), f"postmaster.states.{name}",
+            add(at(f"postmaster.states.{name}"), f"postmaster.states.{name}",
                 f"state type {kind!r} is not one of new, open, pending, closed, merged, removed"
                 + below_free_table("postmaster.states", name))
     if pm.filter_timeout <= 0:
@@ -203,11 +203,12 @@ def validate_core(cfg: Config, at: Callable[[str], str],
                                 ("submission.max_sessions_per_ip",
                                  cfg.submission.max_sessions_per_ip, 0)):
         if not low <= sessions <= 100_000:
-            add(at(skey.split(".")[0]), skey, f"must be between {low} and 100000")
+            add(at(skey), skey, f"must be between {low} and 100000")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
-        add(at("relay"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
+        add(at("relay.host"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
-        add(at("submission"), "submission.tls_key", "tls_cert and tls_key go together")
+        add(at("submission.tls_cert" if cfg.submission.tls_cert else "submission.tls_key"),
+            "submission.tls_key", "tls_cert and tls_key go together")
     _validate_helpdesk(cfg, at, add)
     _validate_classifier(cfg, at, add)
     fnames: set[str] = set()
