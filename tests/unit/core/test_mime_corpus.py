@@ -130,6 +130,9 @@ CORPUS: dict[str, Case] = {
         b'Content-Disposition: attachment; filename="../../etc/passwd"\r\n'),
         body="See attached.", attachments=[("../../etc/passwd", "application/octet-stream",
                                             b"\x00\x01\x02\x03")]),
+    "file-name-with-nul": Case(attached(
+        b'Content-Type: text/plain\r\nContent-Disposition: attachment; filename="a\x00b.txt"\r\n'),
+        body="See attached.", attachments=[("a\ufffdb.txt", "text/plain", b"\x00\x01\x02\x03")]),
     "pdf-without-file-name": Case(attached(
         b"Content-Type: application/pdf\r\nContent-Disposition: attachment\r\n", b"JVBERg=="),
         body="See attached.", attachments=[("file-1.pdf", "application/pdf", b"%PDF")]),
