@@ -205,7 +205,8 @@ def validate_core(cfg: Config, at: Callable[[str], str],
         if not low <= sessions <= 100_000:
             add(at(skey), skey, f"must be between {low} and 100000")
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
-        add(at("relay.host"), "relay.host", "required when mode = \"smtp\" and submission is enabled")
+        add(at("relay.host"), "relay.host",
+            "required when mode = \"smtp\" and submission is enabled")
     if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
         add(at("submission.tls_cert" if cfg.submission.tls_cert else "submission.tls_key"),
             "submission.tls_key", "tls_cert and tls_key go together")
