@@ -240,9 +240,11 @@ class SubmissionHandler:
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         """aiosmtpd's EHLO reply with PIPELINING first and ENHANCEDSTATUSCODES last
-        among the keywords (the session adds the codes to aiosmtpd's replies)."""
+        among the keywords (the session adds the codes to aiosmtpd's replies), and
+        SIZE 0 where aiosmtpd lists no SIZE because there is no limit (RFC 1870)."""
         session.host_name = hostname
-        return [responses[0], PIPELINING, *responses[1:-1], ENHANCEDSTATUSCODES,
+        size = [] if server.data_size_limit else ["250-SIZE 0"]
+        return [responses[0], PIPELINING, *size, *responses[1:-1], ENHANCEDSTATUSCODES,
                 responses[-1]]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,

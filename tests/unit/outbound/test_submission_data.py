@@ -327,3 +327,21 @@ class TestSession:
         await c.send(b".\r\n")
         assert await c.replies() == [250]
         assert lst.pipeline.raws == [b"slow line\r\n" * 10]
+
+
+class TestSizeKeyword:
+    @pytest.mark.parametrize(("limit", "keyword"), [(1 << 20, b"250-SIZE 1048576"),
+                                                    (0, b"250-SIZE 0")])
+    async def test_ehlo_advertises_size_also_without_a_limit(self, listen, limit, keyword):
+        """EHLO lists SIZE with the limit, and SIZE 0 with max_message_size = 0 (no fixed
+        limit, RFC 1870), as the LMTP listener does and Postfix lists SIZE; without a
+        limit SIZE was missing, so clients never declared the size."""
+        lst = await listen(data_size_limit=limit)
+        c = await listen.connect(lst)
+        await c.send(b"EHLO app.test\r\n")
+        lines = []
+        while not lines or lines[-1][3:4] != b" ":
+            lines.append((await asyncio.wait_for(c.reader.readline(), 10)).rstrip())
+        assert [ln for ln in lines if ln[4:8] == b"SIZE"] == [keyword]
+        await c.send(b"MAIL FROM:<app@internal.test> SIZE=3000000\r\n")
+        assert await c.replies() == [552 if limit else 250]
