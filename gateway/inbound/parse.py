@@ -444,7 +444,9 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
                 content_type=ctype, content=content,
                 content_id=cid.strip().strip("<>"),
                 disposition=disp or "attachment"))
-    if not text_done and p.body_html is not None:
+    # no text part, or an empty one next to the HTML (mailers that fill in only the HTML
+    # of multipart/alternative): the text is the HTML's
+    if p.body_html is not None and (not text_done or not p.body.strip()):
         p.body = html_to_text(p.body_html)
 
 

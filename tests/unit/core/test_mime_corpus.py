@@ -178,6 +178,11 @@ CORPUS: dict[str, Case] = {
         b"multipart/alternative; boundary=A",
         b"--A\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>only html</p>\r\n--A--\r\n"),
         body="only html"),
+    "alternative-with-empty-text-part": Case(typed(
+        b"multipart/alternative; boundary=A",
+        b"--A\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\r\n"
+        b"--A\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>the real text</p>\r\n--A--\r\n"),
+        body="the real text"),
     "message-partial-second-fragment": Case(typed(
         b'message/partial; id="frag@customer.test"; number=2; total=2',
         b"continued: the second half\r\nof the message\r\n"),
