@@ -181,8 +181,9 @@ class LoginThrottle:
     The first FREE failed logins from an address cost nothing (typos). After that the
     address must wait before its next try, 1 s after the FREE-th failure, twice as long
     after each further one, at most MAX_WAIT; while it waits its logins are refused
-    (429) without being checked, the right password too (otherwise the answer would
-    tell which guess was right), and only one of its logins is checked at a time. A
+    without being checked (503 with Retry-After, as when too many logins are being
+    checked at once), the right password too (otherwise the answer would tell which
+    guess was right), and only one of its logins is checked at a time. A
     successful login clears the address's count; so do FORGET seconds without a
     failure. At most `size` addresses are remembered (the least recently failed go).
     Requests without credentials are no failures and never waited for.

@@ -183,7 +183,8 @@ class Dashboard:
         addr = client_key(request.remote)
         wait = self.throttle.begin(addr)
         if wait:
-            return web.Response(status=429, text="too many failed logins from this "
+            # 503 as for too many logins at once: the client is to retry later.
+            return web.Response(status=503, text="too many failed logins from this "
                                 f"address; try again in {wait} s\n",
                                 headers={"Retry-After": str(wait)})
         ok: bool | None = None

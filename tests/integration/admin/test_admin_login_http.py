@@ -29,7 +29,7 @@ class TestLogin:
         assert d.request("/log", user=ADMIN)[0] == 200
 
     def test_failed_logins_slow_an_address_down(self, admin_dashboard, monkeypatch):
-        """After the free failed logins the address gets 429 with Retry-After, the
+        """After the free failed logins the address gets 503 with Retry-After, the
         credentials unchecked (the right password too, or the limit would tell the
         right one); once the wait is over the right password logs in, and that clears
         the count."""
@@ -43,12 +43,12 @@ class TestLogin:
         for _ in range(LoginThrottle.FREE):
             assert d.request("/log", user=(VIEWER[0], "guess"))[0] == 401
         status, body = d.request("/log", user=ADMIN)
-        assert status == 429 and "failed logins" in body, body
+        assert status == 503 and "too many failed logins" in body, body
         req = urllib.request.Request(d.base + "/log",  # noqa: S310 - loopback
                                      headers=basic((VIEWER[0], "guess")))
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(req, timeout=30)  # noqa: S310 - loopback
-        assert refused.value.code == 429
+        assert refused.value.code == 503
         assert 25 <= int(refused.value.headers["Retry-After"]) <= 30
         monkeypatch.setattr(LoginThrottle, "_wait", lambda self, n: 0.0)   # waited
         assert d.request("/log", user=ADMIN)[0] == 200
