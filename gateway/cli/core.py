@@ -291,6 +291,7 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
     if gw is None:
         return EX_TEMPFAIL
     mail_from = least_quoted_path(args.mail_from)
+    deferred = False
     try:
         rcpts = [least_quoted_path(r).lower() for r in args.recipient]
         if rcpts:
@@ -301,6 +302,9 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
                     print(f"deliver: <{r}>: {s}", file=sys.stderr)
             if not ok:
                 return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+            # The others are delivered; one exit code stands for every recipient, so a
+            # 4xx for one of them makes it 75 (the retry is a duplicate for the others).
+            deferred = any(s.temporary for s in statuses)
             rcpts = ok
         elif account is None and cfg.lmtp.unknown_recipient == "reject":
             refused = _no_system_address(gw, raw)
@@ -326,7 +330,7 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
     else:
         print(f"deliver: {reply}", file=sys.stderr)
     if reply.ok:
-        return EX_OK
+        return EX_TEMPFAIL if deferred else EX_OK
     return EX_TEMPFAIL if reply.temporary else EX_DATAERR
 
 

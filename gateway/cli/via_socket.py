@@ -71,7 +71,9 @@ class Result:
             return EX_TEMPFAIL if self.refused_message.temporary else EX_DATAERR
         if not self.delivered:
             return EX_TEMPFAIL if any(r.temporary for _, r in self.refused) else EX_NOUSER
-        if any(r.temporary for _, r in self.delivered):
+        # One exit code for every recipient: a 4xx for one of them is 75, or the MTA
+        # takes it as delivered; the retry finds the others' copies stored (duplicates).
+        if any(r.temporary for _, r in (*self.delivered, *self.refused)):
             return EX_TEMPFAIL
         if any(not r.ok for _, r in self.delivered):
             return EX_DATAERR
