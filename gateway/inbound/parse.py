@@ -185,7 +185,26 @@ def part_filename(part: Message) -> str:
     if "\ufffd" in name:
         # 8-bit bytes in the header: compat32 gave them back as U+FFFD; read them again
         name = _text_part(part).get_filename() or name
+    elif not name.isascii():
+        name = _without_charset(part, str(name))
     return decode_header_value(str(name))
+
+
+def _without_charset(part: Message, name: str) -> str:
+    """An RFC 2231 name with an empty charset (filename*=''K%C3%B6ln.pdf) read as
+    undeclared text is (UTF-8, else Latin-1): compat32 gave its bytes back as Latin-1."""
+    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        try:
+            value = part.get_param(param, header=header)
+        except Exception:
+            return name
+        if isinstance(value, tuple):
+            if value[0] or not all(ord(c) < 256 for c in name):
+                return name
+            return decode_bytes(name.encode("latin-1"), None)
+        if value is not None:
+            return name
+    return name
 
 
 def _header_text(part: Message, name: str) -> str:

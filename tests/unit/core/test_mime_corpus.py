@@ -118,6 +118,10 @@ CORPUS: dict[str, Case] = {
         b"Content-Type: text/csv\r\n"
         b"Content-Disposition: attachment; filename*=iso-8859-1'de'K%F6ln.csv\r\n"),
         body="See attached.", attachments=[("Köln.csv", "text/csv", b"\x00\x01\x02\x03")]),
+    "rfc2231-without-charset": Case(attached(
+        b"Content-Type: text/csv\r\n"
+        b"Content-Disposition: attachment; filename*=''K%C3%B6ln%20%E2%82%AC.csv\r\n"),
+        body="See attached.", attachments=[("Köln €.csv", "text/csv", b"\x00\x01\x02\x03")]),
     "encoded-word-file-name": Case(attached(
         b"Content-Type: application/pdf\r\n"
         b'Content-Disposition: attachment; filename="=?UTF-8?B?w6RwZmVs?= '
