@@ -27,6 +27,7 @@ from typing import Literal
 
 from gateway.outbound.headers import FOLD_AT, header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.queue import RcptResult
+from gateway.outbound.transport import failure_status, host_name
 from gateway.textsafe import reply_line, shown
 
 # A reply is reported whole, every line of a multi-line one (as Postfix's bounce
@@ -37,10 +38,19 @@ WORD_MAX = 900
 _LONG_WORD = re.compile(rf"\S{{{WORD_MAX + 1},}}")
 
 
-def _reply(r: RcptResult) -> str:
-    """The recipient's reply on one line (reply_line), for both parts of the DSN."""
-    text = reply_line(r.code, r.reply) if r.code else shown(r.reply)
+def _cut(text: str) -> str:
     return _LONG_WORD.sub(lambda m: m.group()[:WORD_MAX], text)[:REPLY_MAX]
+
+
+def _reply(r: RcptResult) -> str:
+    """The recipient's reply on one line (reply_line), for the Diagnostic-Code."""
+    return _cut(reply_line(r.code, r.reply) if r.code else shown(r.reply))
+
+
+def _reason(r: RcptResult) -> str:
+    """Why, as Postfix's bounce says it in its readable part: the reply with the server
+    and the command it answered (RcptResult.reason)."""
+    return _cut(r.reason)
 
 
 def _wrapped(line: str, indent: str) -> list[str]:
@@ -58,9 +68,10 @@ def _enhanced(r: RcptResult, action: str) -> str:
     parts = head.split(".")
     if len(parts) == 3 and all(p.isdigit() for p in parts) and head[0] in "245":
         return "4" + head[1:] if r.temporary and head[0] == "5" else head
+    detail = "0.0" if r.code else failure_status(r.reply)
     if action == "delayed" or r.temporary:
-        return "4.0.0"
-    return "5.0.0" if r.code >= 500 or r.code == 0 else "4.0.0"
+        return f"4.{detail}"
+    return f"5.{detail}" if r.code >= 500 or r.code == 0 else f"4.{detail}"
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -105,9 +116,12 @@ class _RawParts:
 
 def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: str,
               original_headers: bytes, original_message_id: str, results: Sequence[RcptResult],
-              remote_mta: str, arrival: datetime, last_attempt: datetime | None = None,
-              retry_until: datetime | None = None) -> bytes:
-    """The DSN message as CRLF bytes."""
+              arrival: datetime, last_attempt: datetime | None = None,
+              retry_until: datetime | None = None, queue_id: int | None = None,
+              sender: str | None = None) -> bytes:
+    """The DSN message as CRLF bytes. Each result names the server that answered
+    (RcptResult.host, its Remote-MTA); `queue_id` and `sender` (the message's envelope
+    sender) are reported as Postfix's X-Postfix-Queue-ID and X-Postfix-Sender are."""
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
     # A UTF-8 address stays raw UTF-8 (RFC 6532; the DSN goes with SMTPUTF8 because its
@@ -140,13 +154,18 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         # The address as its own text only (the status fields below keep it readable by
         # programs): a line break in it would start a line of its own here. Wrapped as
         # Postfix wraps it, the continuation lines indented.
-        lines += _wrapped(f"<{shown(r.address)}>: {_reply(r)}".rstrip(), "    ")
+        lines += _wrapped(f"<{shown(r.address)}>: {_reason(r)}".rstrip(), "    ")
     text = "\n".join(lines) + "\n"
     report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 
     raw = _RawParts()
     per_msg = Message()
     per_msg["Reporting-MTA"] = f"dns; {reporting_mta}"
+    if queue_id is not None:
+        per_msg["X-Deskgate-Queue-ID"] = str(queue_id)
+    if sender is not None:
+        per_msg["X-Deskgate-Sender"] = header_safe(
+            f"{'rfc822' if sender.isascii() else 'utf-8'}; {sender}")
     per_msg["Arrival-Date"] = email.utils.format_datetime(arrival)
     blocks = [per_msg]
     for r in results:
@@ -155,10 +174,13 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         b["Final-Recipient"] = header_safe(f"{kind}; {r.address}")
         b["Action"] = action
         b["Status"] = _enhanced(r, action)
-        if remote_mta:
-            b["Remote-MTA"] = f"dns; {remote_mta}"
-        if r.code:
-            b["Diagnostic-Code"] = f"smtp; {_reply(r)}"
+        if r.host and r.code:
+            # Only a server that answered is named (Postfix names none for a failed
+            # connection); deskgate's own refusals (no host) name none either.
+            b["Remote-MTA"] = f"dns; {host_name(r.host)}"
+        # A failure without a reply in a diagnostic type of deskgate's own, as
+        # Postfix writes "X-Postfix; connect to ...".
+        b["Diagnostic-Code"] = f"smtp; {_reply(r)}" if r.code else f"X-Deskgate; {_reply(r)}"
         if last_attempt:
             b["Last-Attempt-Date"] = email.utils.format_datetime(last_attempt)
         if action == "delayed" and retry_until:

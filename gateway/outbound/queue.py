@@ -38,10 +38,11 @@ from sqlalchemy import (
 )
 
 from gateway.outbound.context import OutboundContext
+from gateway.outbound.transport import Reply, said
 from gateway.runtime import Runtime
 from gateway.store import repo
 from gateway.store.tables import Article, OutboundMessage, OutboundRecipient
-from gateway.textsafe import reply_line, reply_text, shown
+from gateway.textsafe import reply_text, shown
 
 
 def utcnow() -> datetime:
@@ -276,6 +277,16 @@ class RcptResult:
     reply: str
     # A 5xx that refused the connection, not the message (transport.retried): retried.
     temporary: bool = False
+    # Where the reply came from (transport.Reply): the server, "name[address]" ("":
+    # deskgate's own refusal, or no reply), and the command it answered.
+    host: str = ""
+    command: str = ""
+
+    @property
+    def reason(self) -> str:
+        """Why, on one line, as Postfix writes it ("host mx.example.org[192.0.2.1]
+        said: 550 5.1.1 ... (in reply to RCPT TO command)"; transport.said)."""
+        return said(Reply(self.code, self.reply, self.host, self.command))
 
     @property
     def ok(self) -> bool:
@@ -428,7 +439,7 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
 
 
 def _outcomes(results: Sequence[RcptResult]) -> str:
-    return "; ".join(f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}" for r in results)
+    return "; ".join(f"<{shown(r.address)}>: {r.reason}" for r in results)
 
 
 # ----------------------------------------------------------------- admin

@@ -40,6 +40,7 @@ from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
 from gateway.outbound.transport import (
     Attempt,
+    Reply,
     Transport,
     error_reply,
     make_transport,
@@ -361,8 +362,10 @@ class Sender:
 def results_of(m: oq.Claimed, att: Attempt) -> list[oq.RcptResult]:
     codes = (att.codes if att.codes and len(att.codes) == len(m.recipients)
              else [error_reply(att)] * len(m.recipients))
-    return [oq.RcptResult(rid, addr, code, text, temporary=retried(att, (code, text)))
-            for (rid, addr), (code, text) in zip(m.recipients, codes, strict=True)]
+    return [oq.RcptResult(rid, addr, reply[0], reply[1], temporary=retried(att, reply),
+                          host=reply.host if isinstance(reply, Reply) else "",
+                          command=reply.command if isinstance(reply, Reply) else "")
+            for (rid, addr), reply in zip(m.recipients, codes, strict=True)]
 
 
 def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
@@ -371,9 +374,10 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
 
     The smarthost's texts are written storable (a NUL, which PostgreSQL refuses, would
     otherwise crash the record and cost the DSN), the addresses as `shown` and the
-    replies as `reply_line` (a line break in a queued address or a multi-line reply
-    would otherwise split its entry). With `crash` (an earlier run crashed)
-    no DSN is built and each that was due is an Error naming the crash."""
+    replies as their reason (RcptResult.reason: on one line, with the server and the
+    command, as Postfix logs them; a line break in a queued address or a multi-line
+    reply would otherwise split its entry). With `crash` (an earlier run crashed) no
+    DSN is built and each that was due is an Error naming the crash."""
     relay = rt.config.relay
     results = _storable(results)
     st = oq.record_attempt(conn, m, results, schedule=relay.retry, warn_after=relay.warn_after,
@@ -394,7 +398,7 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         msg.log("Info", "Attempt", f"outbound #{m.id} attempt {m.attempts + 1}, "
                 f"{m.kind} from <{shown(m.sender)}>, {m.message_id}")
     if not st.recorded:
-        replies = "; ".join(f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}"
+        replies = "; ".join(f"<{shown(r.address)}>: {r.reason}"
                             for r in st.unrecorded)
         if st.status == "deleted":
             msg.log("Notice", "Deleted", f"{replies}; not recorded: the message was deleted "
@@ -409,13 +413,13 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     for r in st.sent:
         msg.log("Info", "Delivered", f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}")
     for r in st.delayed:
-        msg.log("Warn", "Deferred", f"<{shown(r.address)}>: {reply_line(r.code, r.reply)}; "
+        msg.log("Warn", "Deferred", f"<{shown(r.address)}>: {r.reason}; "
                 f"next attempt {st.next_attempt:%Y-%m-%d %H:%M:%S}" if st.next_attempt else "")
     for r in st.failed:
         why = ("permanent failure" if r.permanent else "time in the queue ran out"
                if m.lost_again else "retries exhausted")
         msg.log("Error", "Failed",
-                f"<{shown(r.address)}>: {reply_line(r.code, r.reply)} ({why})")
+                f"<{shown(r.address)}>: {r.reason} ({why})")
     if crash:
         msg.log("Error", "Record", f"recording this attempt crashed ({crash}); recorded "
                 "without DSNs"[:3000])
@@ -485,8 +489,8 @@ def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
     data = build_dsn(action=action, reporting_mta=cfg.gateway.hostname, to=m.return_path,
                      original_headers=m.data.split(b"\r\n\r\n", 1)[0],
                      original_message_id=m.message_id, results=results,
-                     remote_mta=cfg.relay.host if transport.name == "SMTP" else "",
-                     arrival=m.created, last_attempt=datetime.now(UTC), retry_until=retry_until)
+                     arrival=m.created, last_attempt=datetime.now(UTC), retry_until=retry_until,
+                     queue_id=m.id, sender=m.sender)
     ctx = OutboundContext(mail_from=cfg.relay.bounce_sender, recipients=[m.return_path],
                           raw=data, source="DSN", account=cfg.gateway.hostname, kind="dsn",
                           queue=m.queue)

@@ -19,10 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, RelayConfig
 from gateway.outbound.headers import needs_smtputf8
 from gateway.textsafe import address_refusal, reply_line, shown
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 @dataclass
@@ -44,11 +48,68 @@ class Attempt:
     def note(self, priority: str, key: str, value: str) -> None:
         self.log.append((priority, key, value))
 
-    def refused(self, code: int, text: str, *, permanent: bool) -> None:
-        """The whole attempt failed with the server's reply `code text`."""
-        self.refusal = (code, text)
-        self.error = reply_line(code, text)
+    def refused(self, reply: Reply, *, permanent: bool) -> None:
+        """The whole attempt failed with the server's `reply`."""
+        self.refusal = reply
+        self.error = said(reply)
         self.permanent_error = permanent
+
+
+class Reply(tuple[int, str]):
+    """A server's reply (code, text as smtplib gives it) that knows where it came from:
+    `host`, the server as Postfix names it ("name[address]"; "" for a refusal of
+    deskgate's own), and `command`, what it answered ("RCPT TO", "end of DATA",
+    "greeting", ...). It compares and unpacks as the pair (code, text)."""
+
+    host: str
+    command: str
+
+    def __new__(cls, code: int, text: str, host: str = "", command: str = "") -> Reply:
+        self = super().__new__(cls, (code, text))
+        self.host, self.command = host, command
+        return self
+
+
+def said(reply: tuple[int, str]) -> str:
+    """Why a recipient was not delivered, on one line, as Postfix writes it in its log,
+    its queue listing and its bounces: the server and the command the reply answered
+    ("host mx.example.org[192.0.2.1] said: 550 5.1.1 ... (in reply to RCPT TO
+    command)"). A reply of deskgate's own, or a failure without a reply (code 0, whose
+    text says already what happened), as it is."""
+    code, text = reply
+    line = reply_line(code, text) if code else shown(text)
+    host = reply.host if isinstance(reply, Reply) else ""
+    if not code or not host:
+        return line
+    command = reply.command if isinstance(reply, Reply) else ""
+    if command == "greeting":
+        return f"host {host} refused to talk to me: {line}"
+    if command == "STARTTLS":
+        return f"TLS is required, but host {host} refused to start TLS: {line}"
+    if command == "AUTH":
+        return f"SASL authentication failed; server {host} said: {line}"
+    return f"host {host} said: {line} (in reply to {command} command)"
+
+
+# What a failure without a reply was, as RFC 3463 subject.detail of its Status (as
+# Postfix reports them), by how its text starts.
+_FAILURE_STATUS = (("connect to ", "4.1"), ("lost connection with ", "4.2"),
+                   ("conversation with ", "4.2"), ("Host or domain name not found", "4.3"),
+                   ("TLS is required, but was not offered", "7.4"),
+                   ("Server certificate not verified", "7.5"), ("Cannot start TLS", "7.5"),
+                   ("SASL authentication failed", "7.0"))
+
+
+def failure_status(text: str) -> str:
+    """The subject.detail of a failure without a reply (its text as the transport wrote
+    it): "4.1" for a failed connect, "0.0" when nothing more is known."""
+    return next((status for start, status in _FAILURE_STATUS if text.startswith(start)),
+                "0.0")
+
+
+def host_name(host: str) -> str:
+    """The server's name in a `said` host ("name[address]" → "name")."""
+    return host.rpartition("[")[0] if host.endswith("]") else host
 
 
 # An address holding CR or LF can go on no SMTP command line: smtplib refuses it
@@ -116,6 +177,108 @@ def tls_context(cfg: RelayConfig, root: Config | None = None) -> ssl.SSLContext:
     return ctx
 
 
+# Postfix's names for the commands a reply answered ("in reply to RCPT TO command").
+_COMMANDS = {"MAIL": "MAIL FROM", "RCPT": "RCPT TO", "DATA": "DATA", "EHLO": "EHLO",
+             "HELO": "HELO", "STARTTLS": "STARTTLS", "AUTH": "AUTH", "RSET": "RSET",
+             "NOOP": "NOOP", "QUIT": "QUIT"}
+# What was under way when a connection was lost or timed out ("while ..."), by the
+# command last sent ("": none yet).
+_DOING = {"": "receiving the initial server greeting",
+          "EHLO": "performing the EHLO handshake", "HELO": "performing the HELO handshake",
+          "STARTTLS": "performing the TLS handshake",
+          "AUTH": "performing the SASL authentication",
+          "MAIL FROM": "sending MAIL FROM", "RCPT TO": "sending RCPT TO",
+          "DATA": "sending DATA command", "message body": "sending message body",
+          "end of DATA": "sending end of data -- message may be sent more than once"}
+
+
+class _Failed(Exception):
+    """A connection that could not be used: why, as a server's Reply or a text."""
+
+    def __init__(self, why: Reply | str) -> None:
+        super().__init__(str(why))
+        self.why = why
+
+
+class _Client(smtplib.SMTP):
+    """smtplib's client that knows the server it talks to (`peer`, "name[address]", the
+    name as configured) and what it last sent (`command`, in Postfix's words; "" before
+    the first command, while the greeting is awaited)."""
+
+    def __init__(self, host: str, *, local_hostname: str, timeout: float,
+                 context: ssl.SSLContext | None = None) -> None:
+        super().__init__(local_hostname=local_hostname, timeout=timeout)
+        self._host = host           # the name STARTTLS verifies, as smtplib keeps it
+        self.peer = host
+        self.command = ""
+        self.implicit_tls = context   # TLS from the start (security = "tls")
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        """Each address of `host` in turn, as create_connection does, naming the one
+        tried (for "connect to name[address]:port: Connection refused")."""
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise _Failed(f"Host or domain name not found. Name service error for "
+                          f"name={shown(host)}: {exc.strerror}") from exc
+        error: OSError | None = None
+        for family, kind, proto, _, address in found:
+            self.peer = f"{host}[{address[0]}]"
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            if self.implicit_tls is None:
+                return sock
+            return self.implicit_tls.wrap_socket(sock, server_hostname=self._host)
+        why = ("Connection timed out" if isinstance(error, TimeoutError)
+               else error.strerror or str(error) if error else "no address")
+        raise _Failed(f"connect to {shown(self.peer)}:{port}: {why}")
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        # AUTH LOGIN's continuation lines are no commands of their own.
+        self.command = _COMMANDS.get(cmd.upper(), self.command)
+        super().putcmd(cmd, args)
+
+    def getreply(self) -> tuple[int, bytes]:
+        reply = super().getreply()
+        if self.command == "DATA" and reply[0] == 354:
+            self.command = "message body"
+        return reply
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        super().send(s)
+        if self.command == "message body":
+            self.command = "end of DATA"
+
+    def reply(self, code: int, text: bytes | str) -> Reply:
+        """The server's reply to the command last sent."""
+        return Reply(code, _text(text), shown(self.peer), self.command or "greeting")
+
+    def failure(self, exc: Exception) -> Reply | str:
+        """What `exc`, raised while talking to the server, means, as Postfix says it."""
+        peer = shown(self.peer)
+        if isinstance(exc, _Failed):
+            return exc.why
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return self.reply(exc.smtp_code, exc.smtp_error)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (f"Server certificate not verified: host {peer}: certificate verify "
+                    f"failed: {exc.verify_message}")
+        if isinstance(exc, ssl.SSLError) and self.command in ("", "STARTTLS"):
+            return f"Cannot start TLS: handshake failure with host {peer}: {exc.reason or exc}"
+        if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
+            doing = _DOING.get(self.command, f"sending {self.command}")
+            if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+                return f"conversation with {peer} timed out while {doing}"
+            return f"lost connection with {peer} while {doing}"
+        return shown(f"{type(exc).__name__}: {exc}")
+
+
 # Seconds the DATA phase may take, the answer to the final dot included (Postfix's
 # smtp_data_done_timeout): relay.timeout bounds every other command.
 DATA_DONE_TIMEOUT = 600.0
@@ -130,11 +293,11 @@ class SmtpTransport(Transport):
         self.local_hostname = local_hostname
         self.account = f"{cfg.host}:{cfg.port}"
         self.ssl = tls_context(cfg, root) if cfg.security != "none" else None
-        self._pool: list[smtplib.SMTP] = []
+        self._pool: list[_Client] = []
         self._lock = threading.Lock()
         self.pool_size = pool_size
 
-    def _data(self, conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    def _data(self, conn: _Client, data: bytes) -> tuple[int, bytes]:
         """DATA, the message and the smarthost's answer to the final dot, which may take
         as long as DATA_DONE_TIMEOUT: a content scan there is normal, and a timeout
         would send the message again although the smarthost may have taken it."""
@@ -147,36 +310,49 @@ class SmtpTransport(Transport):
             if conn.sock is not None:
                 conn.sock.settimeout(self.cfg.timeout)
 
-    def _connect(self, att: Attempt) -> smtplib.SMTP:
+    def _connect(self, att: Attempt) -> _Client:
+        """A new connection, greeted, with TLS and AUTH as configured; raises _Failed
+        saying why not."""
         cfg = self.cfg
-        conn: smtplib.SMTP
-        if cfg.security == "tls":
-            conn = smtplib.SMTP_SSL(cfg.host, cfg.port, local_hostname=self.local_hostname,
-                                    timeout=cfg.timeout, context=self.ssl)
-            att.note("Info", "TLS", f"implicit TLS to {self.account}, certificate verified")
-        else:
-            conn = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.local_hostname,
-                                timeout=cfg.timeout)
-            att.note("Info", "Connect", f"connected to {self.account}")
+        conn = _Client(cfg.host, local_hostname=self.local_hostname, timeout=cfg.timeout,
+                       context=self.ssl if cfg.security == "tls" else None)
         try:
+            code, text = conn.connect(cfg.host, cfg.port)
+            if code != 220:
+                raise _Failed(conn.reply(code, text))
+            if cfg.security == "tls":
+                att.note("Info", "TLS", f"implicit TLS to {shown(conn.peer)}:{cfg.port}, "
+                         "certificate verified")
+            else:
+                att.note("Info", "Connect", f"connected to {shown(conn.peer)}:{cfg.port}")
             conn.ehlo()
             if cfg.security == "starttls":
                 if not conn.has_extn("starttls"):
-                    raise smtplib.SMTPNotSupportedError(
-                        "the relay does not offer STARTTLS (security = \"starttls\")")
+                    raise _Failed("TLS is required, but was not offered by host "
+                                  f"{shown(conn.peer)}")
                 conn.starttls(context=self.ssl)
                 conn.ehlo()
                 att.note("Info", "TLS", "STARTTLS done, certificate verified")
             if cfg.user:
-                conn.login(cfg.user, str(cfg.password or ""))
+                try:
+                    conn.login(cfg.user, str(cfg.password or ""))
+                except smtplib.SMTPResponseException:
+                    raise
+                except smtplib.SMTPException as exc:
+                    raise _Failed(f"SASL authentication failed: server {shown(conn.peer)} "
+                                  f"offered no supported authentication mechanism") from exc
                 att.note("Info", "Auth", f"authenticated as {cfg.user}")
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise _Failed(conn.failure(exc)) from exc
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
             raise
         return conn
 
-    def _get(self, att: Attempt) -> smtplib.SMTP:
+    def _get(self, att: Attempt) -> _Client:
         with self._lock:
             conn = self._pool.pop() if self._pool else None
         if conn is not None:
@@ -191,7 +367,7 @@ class SmtpTransport(Transport):
                 conn.close()
         return self._connect(att)
 
-    def _put(self, conn: smtplib.SMTP) -> None:
+    def _put(self, conn: _Client) -> None:
         with self._lock:
             if len(self._pool) < self.pool_size:
                 self._pool.append(conn)
@@ -204,14 +380,14 @@ class SmtpTransport(Transport):
         """Connect (or reuse a connection) and send; sets att.codes or att.error."""
         try:
             conn = self._get(att)
-        except smtplib.SMTPResponseException as exc:
-            # An AUTH/greeting refusal is ours to fix: retried, even a 5xx (error_reply).
-            att.refused(exc.smtp_code, _text(exc.smtp_error), permanent=False)
-            att.note("Error", "Connect", f"{self.account}: {att.error}")
-            return
-        except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            att.error = shown(f"{type(exc).__name__}: {exc}")
-            att.note("Error", "Connect", f"{self.account}: {att.error}")
+        except _Failed as exc:
+            if isinstance(exc.why, Reply):
+                # An AUTH/greeting refusal is ours to fix: retried, even a 5xx
+                # (error_reply).
+                att.refused(exc.why, permanent=False)
+            else:
+                att.error = exc.why
+            att.note("Error", "Connect", att.error)
             return
         keep = False
         try:
@@ -250,7 +426,7 @@ class SmtpTransport(Transport):
                 with contextlib.suppress(Exception):
                     conn.close()
 
-    def _transactions(self, conn: smtplib.SMTP, att: Attempt, sender: str,
+    def _transactions(self, conn: _Client, att: Attempt, sender: str,
                       recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
         """One transaction for every recipient, then at once a following one for those
         the smarthost refused with "452 too many recipients" (RFC 5321 4.5.3.1.10) in a
@@ -289,7 +465,7 @@ class SmtpTransport(Transport):
         att.codes = [r for r in replies if r is not None]
         return keep
 
-    def _transaction(self, conn: smtplib.SMTP, att: Attempt, sender: str,
+    def _transaction(self, conn: _Client, att: Attempt, sender: str,
                      recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
         """MAIL, RCPT for each recipient, DATA; returns whether the connection may be
         reused."""
@@ -298,40 +474,41 @@ class SmtpTransport(Transport):
             code, text = conn.mail(sender, options)
             att.note("Debug", "MailFrom", f"<{shown(sender)}>: {reply_line(code, _text(text))}")
             if code != 250:
-                att.codes = [(code, _text(text))] * len(recipients)
+                att.codes = [conn.reply(code, text)] * len(recipients)
                 return _reset(conn)
             accepted = []
             for r in recipients:
                 code, text = conn.rcpt(r)
-                att.codes.append((code, _text(text)))
+                att.codes.append(conn.reply(code, text))
                 if code in (250, 251):
                     accepted.append(r)
             if not accepted:
                 return _reset(conn)
             code, text = self._data(conn, data)
-            att.note("Info", "Data", reply_line(code, _text(text)))
-            att.codes = [(code, _text(text)) if c in (250, 251) else (c, t)
-                         for c, t in att.codes]
+            done = conn.reply(code, text)
+            att.note("Info", "Data", said(done) if code != 250 else reply_line(*done))
+            att.codes = [done if r[0] in (250, 251) else r for r in att.codes]
             keep = code == 250 or 400 <= code < 600
         except smtplib.SMTPDataError as exc:
             # The DATA command refused: the recipients taken at RCPT get that answer, the
             # others keep their own (a 450 at RCPT is retried, a 550 is not retried).
-            att.refused(exc.smtp_code, _text(exc.smtp_error),
+            att.refused(conn.reply(exc.smtp_code, exc.smtp_error),
                         permanent=500 <= exc.smtp_code < 600)
             reply = att.refusal
-            att.codes = ([reply if c in (250, 251) else (c, t) for c, t in att.codes]
+            att.codes = ([reply if r[0] in (250, 251) else r for r in att.codes]
                          if len(att.codes) == len(recipients) else [])
             keep = 400 <= exc.smtp_code < 600
             att.note("Error", "Data", att.error)
         except smtplib.SMTPResponseException as exc:
             # A reply inside the transaction (e.g. 554 to DATA) means what it says.
-            att.refused(exc.smtp_code, _text(exc.smtp_error),
+            att.refused(conn.reply(exc.smtp_code, exc.smtp_error),
                         permanent=500 <= exc.smtp_code < 600)
             att.codes = []
             keep = 400 <= exc.smtp_code < 600
             att.note("Error", "Transaction", att.error)
         except (smtplib.SMTPException, OSError) as exc:
-            att.error = shown(f"{type(exc).__name__}: {exc}")
+            why = conn.failure(exc)
+            att.error = why if isinstance(why, str) else said(why)
             att.codes = []
             att.note("Error", "Transaction", att.error)
         return keep
@@ -354,7 +531,7 @@ def _too_many(code: int, text: str) -> bool:
     return code == 452 or (code == 552 and text.startswith("5.5.3"))
 
 
-def _reset(conn: smtplib.SMTP) -> bool:
+def _reset(conn: _Client) -> bool:
     """RSET after a transaction the server refused; whether the connection may be
     reused. A server that closed the connection after its refusal (MAIL FROM answered
     554, then gone) leaves that refusal as the answer, not the closed connection."""

@@ -33,6 +33,8 @@ from tests.unit.outbound.test_outbound_sender import run_sender
 REPO = Path(__file__).resolve().parents[3]
 # smtplib's quoteaddr reads this one as <evil@customer.test>; it fails with 553 5.1.3.
 BAD = "evil@customer.test>\r\nRCPT TO:<victim@elsewhere.test"
+# The smarthost as Postfix names it in a reason: "host 127.0.0.1[127.0.0.1] said: ...".
+HOST = "127.0.0.1[127.0.0.1]"
 # What no stored or printed text may hold raw: C0 controls, DEL, C1, U+2028/2029.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # The same, but the line breaks of JSON's own indented layout.
@@ -213,8 +215,9 @@ class TestStoredErrorsAreOneLine:
         assert (m.status, m.attempts) == ("queued", 1)
         bad_shown = ("<evil@customer.test>\\r\\nRCPT TO:<victim@elsewhere.test>: "
                      "553 5.1.3 address contains a line break")
-        deferred = ("<a@customer.test>: 450-4.2.0 <a@customer.test>\\x1b[31m mailbox busy "
-                    "450 4.2.0 try\\x7f later")
+        deferred = (f"<a@customer.test>: host {HOST} said: 450-4.2.0 "
+                    "<a@customer.test>\\x1b[31m mailbox busy 450 4.2.0 try\\x7f later "
+                    "(in reply to RCPT TO command)")
         assert not CONTROL.search(m.last_error), repr(m.last_error)
         assert m.last_error == f"{bad_shown}; {deferred}"
         assert art.transmission_status == "failed"
@@ -272,7 +275,8 @@ class TestMultiLineReplies:
         assert b"\r\n\r\n" in dsns[0] and not re.search(rb"(?<!\r)\n", head)
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
         lines = unwrapped(text.get_content())
-        assert "<a@customer.test>: 550-5.1.1 first line 550 5.1.1 second line" in lines
+        assert (f"<a@customer.test>: host {HOST} said: 550-5.1.1 first line 550 5.1.1 "
+                "second line (in reply to RCPT TO command)") in lines
         assert not [ln for ln in text.get_content().splitlines()
                     if ln.startswith("5.1.1")], text.get_content()
 
@@ -317,10 +321,12 @@ class TestWholeTransactionRefused:
             ("a@customer.test", "failed", 554, "5.7.1 rejected"),
             ("b@customer.test", "failed", 554, "5.7.1 rejected")]
         assert "554 554" not in m.last_error and "554 5.7.1 rejected" in m.last_error
-        assert art.transmission_error == ("<a@customer.test>: 554 5.7.1 rejected; "
-                                          "<b@customer.test>: 554 5.7.1 rejected")
+        command = "DATA" if stage == "DATA" else "MAIL FROM"
+        said = f"host {HOST} said: 554 5.7.1 rejected (in reply to {command} command)"
+        assert art.transmission_error == (f"<a@customer.test>: {said}; "
+                                          f"<b@customer.test>: {said}")
         assert not [v for v in logged if "554 554" in v], logged
-        assert "<a@customer.test>: 554 5.7.1 rejected (permanent failure)" in logged
+        assert f"<a@customer.test>: {said} (permanent failure)" in logged
         data = the_dsn(smarthost)
         assert b"554 554" not in data
         msg = BytesParser(policy=default_policy).parsebytes(data)
@@ -330,7 +336,7 @@ class TestWholeTransactionRefused:
         assert [(b["Status"], b["Diagnostic-Code"]) for b in blocks] == [
             ("5.7.1", "smtp; 554 5.7.1 rejected")] * 2
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
-        assert "<a@customer.test>: 554 5.7.1 rejected" in unwrapped(text.get_content())
+        assert f"<a@customer.test>: {said}" in unwrapped(text.get_content())
 
     @pytest.mark.parametrize(("greeting", "code", "text"), [
         ("554 5.7.1 no service here", 554, "5.7.1 no service here"),
@@ -353,10 +359,11 @@ class TestWholeTransactionRefused:
             logged = [v for (v,) in conn.execute(select(CommEntry.value))]
         engine.dispose()
         assert (m.status, tuple(rcpt)) == ("queued", ("pending", code, text))
-        assert m.last_error == greeting
+        said = f"host {HOST} refused to talk to me: {greeting}"
+        assert m.last_error == said
         deferred = [v for v in logged if v.startswith("<a@customer.test>: ")]
         assert len(deferred) == 1 and deferred[0].startswith(
-            f"<a@customer.test>: {greeting}; next attempt "), deferred
+            f"<a@customer.test>: {said}; next attempt "), deferred
 
     def test_a_refused_connection_defers_the_others_of_a_refused_address(
             self, smarthost, outbound_config):
@@ -376,3 +383,62 @@ class TestWholeTransactionRefused:
         assert [tuple(r) for r in rcpts] == [
             ("pending", 554, "5.7.1 no service here"),
             ("failed", 553, "5.1.3 address contains a line break")]
+
+
+class TestReasonsAsPostfixWritesThem:
+    def test_a_refusal_at_rcpt_to_names_the_host_and_the_command_everywhere(
+            self, smarthost, outbound_config):
+        """RCPT TO refused with 550 5.1.1: the queue's last_error, `outqueue list --json`,
+        the communication log and the DSN's readable part say 'host
+        127.0.0.1[127.0.0.1] said: 550 5.1.1 ... (in reply to RCPT TO command)', as
+        Postfix does; the DSN's Diagnostic-Code is the reply alone, its Remote-MTA the
+        smarthost, its per-message fields name the queue id and the sender; the
+        recipient's last_reply stays the server's reply."""
+        smarthost.replies["a@customer.test"] = "550 5.1.1 <a@customer.test>: unknown user"
+        cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
+        engine, oid = attempt(cfg, ("a@customer.test",), until="dsn")
+        with engine.connect() as conn:
+            m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).one()
+            logged = [v for (v,) in conn.execute(select(CommEntry.value))]
+        engine.dispose()
+        said = (f"host {HOST} said: 550 5.1.1 <a@customer.test>: unknown user "
+                "(in reply to RCPT TO command)")
+        assert m.last_error == f"<a@customer.test>: {said}"
+        assert f"<a@customer.test>: {said} (permanent failure)" in logged
+        res = cli(cfg.conf_dir, "outqueue", "list", "--all", "--json")
+        assert res.returncode == 0, res.stderr
+        row = next(r for r in json.loads(res.stdout) if r["id"] == oid)
+        assert row["last_error"] == m.last_error
+        res = cli(cfg.conf_dir, "outqueue", "show", str(oid), "--json")
+        (rcpt,) = json.loads(res.stdout)["recipient_status"]
+        assert (rcpt["last_code"], rcpt["last_reply"]) == (
+            550, "5.1.1 <a@customer.test>: unknown user")
+
+        msg = BytesParser(policy=default_policy).parsebytes(the_dsn(smarthost))
+        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        assert f"<a@customer.test>: {said}" in unwrapped(text.get_content())
+        report = next(p for p in msg.walk()
+                      if p.get_content_type() == "message/delivery-status")
+        per_msg, block = report.get_payload()
+        assert (per_msg["X-Deskgate-Queue-ID"], per_msg["X-Deskgate-Sender"]) == (
+            str(oid), f"rfc822; {m.sender}")
+        assert (block["Remote-MTA"], block["Diagnostic-Code"]) == (
+            "dns; 127.0.0.1", "smtp; 550 5.1.1 <a@customer.test>: unknown user")
+
+    def test_a_smarthost_that_is_down_is_named_with_its_address_and_port(
+            self, outbound_config):
+        """Nothing listens on the relay's port: the message is deferred and its
+        last_error and log say 'connect to 127.0.0.1[127.0.0.1]:PORT: Connection
+        refused', as Postfix does."""
+        from tests.conftest import free_port
+
+        port = free_port()
+        cfg = outbound_config(port, submission=False, retry="1h*5")
+        engine, oid = attempt(cfg, ("a@customer.test",))
+        with engine.connect() as conn:
+            m = conn.execute(select(OutboundMessage).where(OutboundMessage.id == oid)).one()
+            logged = [v for (v,) in conn.execute(select(CommEntry.value))]
+        engine.dispose()
+        said = f"connect to {HOST}:{port}: Connection refused"
+        assert (m.status, m.last_error) == ("queued", said)
+        assert said in logged

@@ -30,7 +30,7 @@ def dsn(address: str, code: int, reply: str) -> bytes:
                      original_headers=b"From: s@example.org",
                      original_message_id="<m1@example.org>",
                      results=[oq.RcptResult(1, address, code, reply)],
-                     remote_mta="smarthost.test", arrival=datetime.now(UTC))
+                     arrival=datetime.now(UTC))
 
 
 def status_lines(data: bytes) -> list[bytes]:
@@ -119,7 +119,7 @@ class TestStatus:
                          original_message_id="<m1@example.org>",
                          results=[oq.RcptResult(1, "a@x.test", 554, "5.7.1 no service",
                                                 temporary=True)],
-                         remote_mta="smarthost.test", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         info = parse_dsn(message_from_bytes(data))
         assert info is not None
         assert (info.status, info.diagnostic) == ("4.7.1", "554 5.7.1 no service")

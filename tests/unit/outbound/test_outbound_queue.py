@@ -236,7 +236,7 @@ class TestDsn:
                          original_message_id="<m1@example.org>",
                          results=[oq.RcptResult(1, "a@customer.test", 550,
                                                 "5.1.1 no such user")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = message_from_bytes(data)
         assert msg.get_content_type() == "multipart/report"
         assert msg.get_param("report-type") == "delivery-status"
@@ -256,7 +256,7 @@ class TestDsn:
                          original_message_id="<m1@example.org>\x0bBcc: x@evil.test",
                          results=[oq.RcptResult(1, "a@customer.test", 550,
                                                 "5.1.1 no\x0csuch\r\nX-Evil: 1")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = message_from_bytes(data)
         assert msg["Bcc"] is None and msg["In-Reply-To"] == "<m1@example.org> Bcc: x@evil.test"
         info = parse_dsn(msg)
@@ -274,7 +274,7 @@ class TestDsn:
                          original_message_id=mid,
                          results=[oq.RcptResult(1, "a@customer.test", 550,
                                                 "5.1.1 " + "x" * 900)],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         assert max(len(ln) for ln in data.split(b"\r\n")) <= 998
         msg = message_from_bytes(data)
         assert msg["In-Reply-To"] is None and msg["References"] is None
@@ -289,7 +289,7 @@ class TestDsn:
                                           "<grüße-1@example.org>".encode(),
                          original_message_id="<grüße-1@example.org>",
                          results=[oq.RcptResult(1, "a@customer.test", 550, "5.1.1 no")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
         assert "In-Reply-To: <grüße-1@example.org>".encode() in head
         assert "References: <grüße-1@example.org>".encode() in head
@@ -304,7 +304,7 @@ class TestDsn:
         data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
                          original_headers=headers, original_message_id="<m1@example.org>",
                          results=[oq.RcptResult(1, "a@customer.test", 550, "5.1.1 no user")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = message_from_bytes(data)
         (part,) = [p for p in msg.walk() if p.get_content_type() == "text/rfc822-headers"]
         assert part["Content-Transfer-Encoding"] == "8bit"
@@ -322,7 +322,7 @@ class TestDsn:
                          results=[oq.RcptResult(1, "j\u00f6rg@b\u00fccher.test", 550,
                                                 "5.1.1 no such user"),
                                   oq.RcptResult(2, "a@customer.test", 550, "5.1.1 no user")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         assert b"=?" not in data
         assert "Final-Recipient: utf-8; j\u00f6rg@b\u00fccher.test\r\n".encode() in data
         assert b"Final-Recipient: rfc822; a@customer.test\r\n" in data
@@ -354,7 +354,7 @@ class TestDsn:
                          original_headers=b"From: s@example.org",
                          original_message_id="<m1@example.org>",
                          results=[oq.RcptResult(1, "a@customer.test", 451, "4.3.0 later")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = message_from_bytes(data)
         (part,) = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
         blocks = part.get_payload()
@@ -371,7 +371,7 @@ class TestDsn:
         data = build_dsn(action="failed", reporting_mta="helpdesk.test", to="app@internal.test",
                          original_headers=headers, original_message_id="",
                          results=[oq.RcptResult(1, "a@customer.test", 550, "5.1.1 no user")],
-                         remote_mta="127.0.0.1:25", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = BytesParser(policy=default_policy).parsebytes(data)
         (part,) = [p for p in msg.walk() if p.get_content_type() == "message/global-headers"]
         assert part["Content-Transfer-Encoding"] == "8bit"
@@ -396,7 +396,7 @@ class TestDsn:
                          original_message_id="<m1@example.org>",
                          results=[oq.RcptResult(i, a, 553, "5.1.3 address contains a line "
                                                 "break") for i, a in enumerate(bad)],
-                         remote_mta="", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = BytesParser(policy=default_policy).parsebytes(data)
         assert all(not p.defects for p in msg.walk())
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
@@ -420,7 +420,7 @@ class TestDsn:
                          original_message_id="<m1@example.org>",
                          results=[oq.RcptResult(1, "j\u00f6rg@b\u00fccher.test", 550,
                                                 "5.1.1 no such user")],
-                         remote_mta="", arrival=datetime.now(UTC))
+                         arrival=datetime.now(UTC))
         msg = BytesParser(policy=default_policy).parsebytes(data)
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
         assert "<j\u00f6rg@b\u00fccher.test>: 550 5.1.1 no such user" in \

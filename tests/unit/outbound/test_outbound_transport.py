@@ -75,7 +75,8 @@ def test_refused_data_command_keeps_each_recipients_own_answer(data_reply, codes
     host.thread.join(10)
     assert [c for c, _ in att.codes] == codes
     assert att.codes[0][1] == data_reply[4:]
-    assert att.error == data_reply
+    assert att.error == (f"host 127.0.0.1[127.0.0.1] said: {data_reply} "
+                         "(in reply to DATA command)")
     # the connection stays usable (pooled, then closed with QUIT)
     assert [c.split(" ", 1)[0].upper() for c in host.commands] == [
         "EHLO", "MAIL", "RCPT", "RCPT", "RCPT", "DATA", "QUIT"]
