@@ -9,6 +9,7 @@ import re
 import typing
 import unicodedata
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from gateway.config.sections import Config
 from gateway.passwords import is_hash
@@ -51,6 +52,14 @@ def below_free_table(table: str, name: str) -> str:
         return ""
     return (f"; {name} is a key of [{section}]: a key below the [{table}] header belongs "
             "to that table; write it above the header")
+
+
+def _has_login(url: str) -> bool:
+    """Whether an http(s) URL has user@ or user:password@ before its host."""
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:      # a malformed URL: the scheme check names it
+        return False
 
 
 def _validate_names(cfg: Config, at: Callable[[str], str],
@@ -252,7 +261,12 @@ def _validate_helpdesk(cfg: Config, at: Callable[[str], str],
              '["/opt/otobo/bin/otobo.Console.pl", "Maint::PostMaster::Read"]')
     else:
         need("url", hd.url, "the base URL of the helpdesk's API (or the webhook endpoint)")
-        if hd.url and not hd.url.startswith(("http://", "https://")):
+        if _has_login(hd.url):     # the URL is not repeated: it may hold a password
+            add(at("helpdesk.url"), "helpdesk.url", "a login in the URL (user@ or "
+                "user:password@ before the host) is not supported and would be shown with "
+                "the URL; remove it (REST: the login goes in helpdesk.user, the password in "
+                "password_file or password_env)")
+        elif hd.url and not hd.url.startswith(("http://", "https://")):
             add(at("helpdesk.url"), "helpdesk.url", f"{hd.url!r} is not an http:// or https:// URL")
     if hd.type in ("otobo-rest", "znuny-rest"):
         need("user", hd.user, "the agent login of the web service")

@@ -85,3 +85,27 @@ class TestKeysBelowAFreeTable:
         assert errors_of(conf) == [
             f"{conf / '50-x.toml'}: helpdesk.queues.ticket_url: queue 'ticket_url' is not "
             f"defined by any [[queue]]; {hint}"]
+
+
+class TestHelpdeskUrlWithCredentials:
+    @pytest.mark.parametrize("url", ["https://deskgate:hunter2@helpdesk.example.org/hook",
+                                     "https://deskgate@helpdesk.example.org/hook"])
+    def test_is_refused_without_showing_the_password(self, make_confdir, url):
+        """helpdesk.url with user[:password]@ was accepted by check; the connectors took
+        `user:password@host` for the host name (every hand-off failed: name not known)
+        and `helpdesk check` printed the password with the URL. check refuses it, says
+        where a REST login and password go, and does not repeat the password."""
+        conf = make_confdir({"50-x.toml": f"""
+            [helpdesk]
+            type = "webhook"
+            url = "{url}"
+            secret = "s3cret"
+            """})
+        (conf / "50-x.toml").chmod(0o600)
+        errs = errors_of(conf)
+        assert errs == [
+            f"{conf / '50-x.toml'}: helpdesk.url: a login in the URL (user@ or "
+            "user:password@ before the host) is not supported and would be shown with the "
+            "URL; remove it (REST: the login goes in helpdesk.user, the password in "
+            "password_file or password_env)"], errs
+        assert "hunter2" not in "".join(errs)
