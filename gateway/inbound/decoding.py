@@ -12,8 +12,8 @@ import re
 from email.errors import HeaderParseError
 
 # unknown-8bit (RFC 1428), x-unknown and x-user-defined say only that the charset is not
-# known: read as undeclared text is (UTF-8, else Latin-1), as Thunderbird does; taken as
-# Latin-1 they turned the UTF-8 most such mail is into mojibake ("GrÃ¼ÃŸe")
+# known: read as undeclared text is (UTF-8, else Windows-1252), as Thunderbird does; taken
+# as Latin-1 they turned the UTF-8 most such mail is into mojibake ("GrÃ¼ÃŸe")
 _CHARSET_ALIASES = {"unknown-8bit": "utf-8", "x-unknown": "utf-8", "us-ascii": "ascii",
                     "ansi_x3.4-1968": "ascii", "cp-850": "cp850", "x-user-defined": "utf-8"}
 
@@ -35,9 +35,30 @@ def _codec(charset: str | None, fallback: str = "utf-8") -> str:
     return fallback if codec in _NOT_CHARSETS else codec
 
 
+def _latin1_byte(exc: UnicodeError) -> tuple[str, int]:
+    """Error handler: a byte Windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+    is read as Latin-1, so that the Windows-1252 reading never fails."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error("deskgate-latin1", _latin1_byte)
+
+
+def _windows_1252(data: bytes) -> str:
+    """8-bit text as Windows-1252: what mail labelled ISO-8859-1 (or US-ASCII, or nothing)
+    from Windows is, and how browsers (WHATWG) and Thunderbird read that label: 0x80-0x9F
+    are quotes, dashes and the euro sign, never the C1 controls of ISO-8859-1."""
+    return data.decode("cp1252", "deskgate-latin1")
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode with the declared charset; fall back to UTF-8, then Latin-1, never fail."""
+    """Decode with the declared charset; fall back to UTF-8, then Windows-1252 (a superset
+    of Latin-1's printable characters), never fail."""
     codec = _codec(charset)
+    if codec == "iso8859-1":
+        return _windows_1252(data)
     try:
         return data.decode(codec)
     except UnicodeDecodeError:
@@ -47,7 +68,9 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             pass
-    return data.decode(codec if codec not in ("utf-8", "ascii") else "latin-1", errors="replace")
+    if codec in ("utf-8", "ascii"):
+        return _windows_1252(data)
+    return data.decode(codec, errors="replace")
 
 
 def decode_header_value(value: object) -> str:

@@ -100,6 +100,15 @@ CORPUS: dict[str, Case] = {
     "x-user-defined-utf8-bytes": Case(text(b'"x-user-defined"', "Grüße\r\n".encode()),
                                       body="Grüße"),
     "utf8-without-dash": Case(text(b"utf8", "Grüße\r\n".encode()), body="Grüße"),
+    # Outlook's Windows-1252 labelled ISO-8859-1: 0x80-0x9F are its quotes and euro sign
+    # (never the C1 controls of ISO-8859-1), as browsers and Thunderbird read them
+    "windows-1252-labelled-latin1": Case(text(b"iso-8859-1", b"don\x92t pay \x80 5\r\n"),
+                                         body="don\u2019t pay \u20ac 5"),
+    "windows-1252-labelled-ascii": Case(text(b"us-ascii", b"\x93quoted\x94\r\n"),
+                                        body="\u201cquoted\u201d"),
+    "windows-1252-undeclared-html": Case(typed(
+        b"text/html", b'<meta charset="windows-1252"><p>K\xf6ln \x80</p>\r\n'),
+        body="K\xf6ln \u20ac"),
     "latin1-bytes-labelled-utf8": Case(text(b"utf-8", "Grüße\r\n".encode("latin-1")),
                                        body="Grüße"),
     "base64-with-garbage-and-spaces": Case(
