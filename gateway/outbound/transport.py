@@ -325,13 +325,13 @@ class SmtpTransport(Transport):
                          "certificate verified")
             else:
                 att.note("Info", "Connect", f"connected to {shown(conn.peer)}:{cfg.port}")
-            conn.ehlo()
+            _hello(conn)
             if cfg.security == "starttls":
                 if not conn.has_extn("starttls"):
                     raise _Failed("TLS is required, but was not offered by host "
                                   f"{shown(conn.peer)}")
                 conn.starttls(context=self.ssl)
-                conn.ehlo()
+                _hello(conn)
                 att.note("Info", "TLS", "STARTTLS done, certificate verified")
             if cfg.user:
                 try:
@@ -519,6 +519,16 @@ class SmtpTransport(Transport):
         for c in pool:
             with contextlib.suppress(Exception):
                 c.quit()
+
+
+def _hello(conn: _Client) -> None:
+    """EHLO, or HELO where EHLO is refused (as Postfix falls back); a refused HELO
+    refuses the connection (SMTPHeloError, retried: ours to fix)."""
+    code, _ = conn.ehlo()
+    if not 200 <= code < 300:
+        code, text = conn.helo()
+        if not 200 <= code < 300:
+            raise smtplib.SMTPHeloError(code, text)
 
 
 def _text(value: bytes | str) -> str:

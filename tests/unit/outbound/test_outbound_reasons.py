@@ -157,6 +157,23 @@ class TestRepliesNameTheHostAndCommand:
         said = f"host {HOST} refused to talk to me: 554 5.7.1 go away"
         assert (att.error, r.reason, r.temporary) == (said, said, True)
 
+    def test_a_refused_ehlo_and_helo(self, peer):
+        """554 to EHLO and to HELO: 'host ... said: 554 ... (in reply to HELO command)',
+        retried as a refusal of the connection, and no MAIL FROM is sent (before, MAIL
+        FROM went out after the refused EHLO and its answer was reported)."""
+        peer.ehlo = "554 5.7.1 go away"
+        peer.replies["HELO"] = "554 5.7.1 go away"
+        peer.replies["MAIL"] = "503 5.5.1 say hello first"
+        att, (r,) = deliver(peer.port, ["a@x.test"])
+        said = f"host {HOST} said: 554 5.7.1 go away (in reply to HELO command)"
+        assert (att.error, r.reason, r.temporary) == (said, said, True)
+
+    def test_a_refused_ehlo_falls_back_to_helo(self, peer):
+        """EHLO refused, HELO taken (an old server): the message is delivered."""
+        peer.ehlo = "502 5.5.2 no EHLO here"
+        att, (r,) = deliver(peer.port, ["a@x.test"])
+        assert (att.error, r.code) == ("", 250)
+
     def test_a_refused_authentication(self, peer):
         """535 to AUTH: 'SASL authentication failed; server ... said: 535 ...'."""
         peer.ehlo = "250-peer.test\r\n250 AUTH PLAIN"
