@@ -397,8 +397,8 @@ class SmtpTransport(Transport):
                 # without it can never take this message, so each recipient fails now
                 # (5.6.7) instead of being retried for the whole schedule.
                 if not conn.has_extn("smtputf8"):
-                    reply = (553, "5.6.7 the relay does not offer SMTPUTF8, which a "
-                             "non-ASCII address needs")
+                    reply = (553, "5.6.7 SMTPUTF8 is required, but was not offered by "
+                             f"host {shown(conn.peer)}")
                     att.codes = [reply] * len(recipients)
                     att.note("Error", "MailFrom", f"<{shown(sender)}>: {reply[0]} {reply[1]}")
                     keep = True

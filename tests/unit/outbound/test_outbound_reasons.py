@@ -237,6 +237,17 @@ class TestFailuresWithoutAReply:
         assert att.error == (f"TLS is required, but host {HOST} refused to start TLS: "
                              "454 4.7.0 TLS not available")
 
+    def test_smtputf8_not_offered(self):
+        """A UTF-8 address to a relay without SMTPUTF8 fails for good (553 5.6.7):
+        'SMTPUTF8 is required, but was not offered by host ...', naming it as Postfix
+        does (before: 'the relay does not offer SMTPUTF8', no host)."""
+        from tests.peers.smarthost import AuthSink
+
+        with AuthSink(smtputf8=False) as sink:
+            _, (r,) = deliver(sink.port, ["j\u00f6rg@kunde.test"])
+        assert r.permanent and r.reason == (
+            f"553 5.6.7 SMTPUTF8 is required, but was not offered by host {HOST}")
+
     def test_a_certificate_that_is_not_trusted(self, tmp_path):
         """Implicit TLS to a server whose certificate no trusted CA issued: 'Server
         certificate not verified' with the host and the reason."""
