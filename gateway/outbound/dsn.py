@@ -5,7 +5,8 @@ A DSN goes out through the same queue with the null envelope sender (or
 
 A non-ASCII recipient is reported as RFC 6533 asks: `Final-Recipient: utf-8;
 <address>`, raw UTF-8, in a message/global-delivery-status part; ASCII ones keep
-`rfc822;` (in a message/delivery-status part when every address is ASCII).
+`rfc822;` (in a message/delivery-status part when every address, the envelope
+sender's too, is ASCII).
 Original headers in UTF-8 come back as message/global-headers. A non-ASCII return
 path is written in To: as raw UTF-8 (RFC 6532), and the DSN, whose recipient it is,
 goes out with SMTPUTF8 (gateway.outbound.transport).
@@ -161,12 +162,13 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     raw = _RawParts()
     per_msg = Message()
     per_msg["Reporting-MTA"] = f"dns; {reporting_mta}"
+    per_msg["Arrival-Date"] = email.utils.format_datetime(arrival)
+    # Extension fields come last (RFC 3464 2.2).
     if queue_id is not None:
         per_msg["X-Deskgate-Queue-ID"] = str(queue_id)
     if sender is not None:
         per_msg["X-Deskgate-Sender"] = header_safe(
             f"{'rfc822' if sender.isascii() else 'utf-8'}; {sender}")
-    per_msg["Arrival-Date"] = email.utils.format_datetime(arrival)
     blocks = [per_msg]
     for r in results:
         b = Message()
@@ -186,7 +188,7 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         if action == "delayed" and retry_until:
             b["Will-Retry-Until"] = email.utils.format_datetime(retry_until)
         blocks.append(b)
-    if all(r.address.isascii() for r in results):
+    if all(r.address.isascii() for r in results) and (sender or "").isascii():
         status_part = MIMEBase("message", "delivery-status")
         status_part.set_payload(blocks)  # type: ignore[arg-type]
     else:

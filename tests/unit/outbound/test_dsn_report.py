@@ -77,6 +77,30 @@ class TestStructure:
         assert per_msg["X-Deskgate-Sender"] == "rfc822; app@internal.test"
         assert per_msg["Final-Recipient"] is None
 
+    def test_fields_in_the_order_of_rfc_3464(self):
+        """RFC 3464 2.2 and 2.3 give the fields in order, extension fields (X-) last:
+        Reporting-MTA, Arrival-Date, then the queue id and the sender; Final-Recipient,
+        Action, Status, Remote-MTA, Diagnostic-Code, Last-Attempt-Date,
+        Will-Retry-Until."""
+        msg = report([REFUSED], action="delayed", queue_id=42, sender="app@internal.test",
+                     retry_until=LAST + timedelta(days=4))
+        per_msg, rcpt = blocks(msg)
+        assert per_msg.keys() == ["Reporting-MTA", "Arrival-Date", "X-Deskgate-Queue-ID",
+                                  "X-Deskgate-Sender"]
+        assert rcpt.keys() == ["Final-Recipient", "Action", "Status", "Remote-MTA",
+                               "Diagnostic-Code", "Last-Attempt-Date", "Will-Retry-Until"]
+
+    def test_a_utf8_sender_makes_the_status_part_global(self):
+        """A UTF-8 envelope sender is 'utf-8; jörg@kunde.test' raw, which only a
+        message/global-delivery-status part may hold (RFC 6533), not an RFC 2047
+        encoded word in a message/delivery-status part."""
+        data = build_dsn(action="failed", reporting_mta="helpdesk.test",
+                         to="j\u00f6rg@kunde.test", original_headers=b"From: a@b.test",
+                         original_message_id="", results=[REFUSED], arrival=ARRIVAL,
+                         sender="j\u00f6rg@kunde.test")
+        assert b"Content-Type: message/global-delivery-status" in data
+        assert "X-Deskgate-Sender: utf-8; j\u00f6rg@kunde.test\r\n".encode() in data
+
     def test_per_recipient_fields_of_a_refusal(self):
         """A refusal at RCPT TO: Final-Recipient, Action, Status from the reply,
         Remote-MTA the server that refused (by name), Diagnostic-Code the reply alone,
