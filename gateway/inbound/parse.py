@@ -478,13 +478,12 @@ def _lf(text: str) -> str:
 def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, str]]:
     """Leaf parts in order with their content types; an attached message
     (message/rfc822) is one leaf."""
-    out: list[tuple[Message, str]] = []
     if top_type is None:
         top_type = msg.get_content_type()
-    if not msg.is_multipart():
-        if top_type.startswith("multipart/"):
-            return _leaves(*_unsplit(msg))
+    if not msg.is_multipart() and not top_type.startswith("multipart/"):
         return [(msg, top_type)]        # single part: the common case
+    out: list[tuple[Message, str]] = []
+    reread: int | None = None           # characters _unsplit may still parse again
     stack = [msg]
     while stack:
         part = stack.pop()
@@ -496,10 +495,18 @@ def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, st
             if isinstance(payload, list):
                 stack.extend(p for p in reversed(payload) if isinstance(p, Message))
         elif ctype.startswith("multipart/"):
-            found, ftype = _unsplit(part)
-            if found is part:
-                out.append((part, ftype))
+            # Its parts were not found. Splitting it parses its body again, so all such
+            # splits together parse at most twice the first one's body: multiparts in
+            # multiparts, each re-read whole, took time quadratic in their number.
+            body = part.get_payload()
+            text = body if isinstance(body, str) else ""
+            if reread is None:
+                reread = 2 * len(text)
+            found = _unsplit(part, text) if len(text) <= reread else None
+            if found is None:
+                out.append((part, "text/plain"))
             else:
+                reread -= len(text)
                 stack.append(found)
         else:
             out.append((part, ctype))
@@ -513,13 +520,17 @@ _DELIMITER = re.compile(r"^--([^\s\"\\][^\r\n\"\\]{0,69}?)[ \t]*\r?\n(?i:content
                         re.MULTILINE)
 
 
-def _unsplit(part: Message) -> tuple[Message, str]:
-    """A multipart the parser could not split (no boundary parameter, or one the body
-    never uses), as mail programs read it: split at the boundary its body does use, else
-    its body is text. (the multipart with its parts, its type) or (part, 'text/plain')."""
-    payload = part.get_payload()
-    if not isinstance(payload, str):
-        return part, "text/plain"
+def _unsplit(part: Message, payload: str) -> Message | None:
+    """A multipart the parser could not split (no boundary parameter, or one its body
+    `payload` never uses), as mail programs read it: split at the boundary its body does
+    use; None when there is none (its body is text)."""
+    m = _DELIMITER.search(payload)
+    if m is None:
+        return None
+    head = f'Content-Type: {part.get_content_type()}; boundary="{m.group(1)}"\n\n'
+    found = message_from_bytes((head + payload).encode("utf-8", "surrogateescape"),
+                               policy=compat32)
+    return found if found.is_multipart() else None
     m = _DELIMITER.search(payload)
     if m is not None:
         head = f'Content-Type: {part.get_content_type()}; boundary="{m.group(1)}"\n\n'
