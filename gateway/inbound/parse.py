@@ -513,11 +513,13 @@ def _leaves(msg: Message, top_type: str | None = None) -> list[tuple[Message, st
     return out
 
 
-# A delimiter line ('--' and a boundary of 1 to 70 characters, RFC 2046 5.1.1) followed
-# by a part header: what a multipart's body is split at when its boundary parameter is
-# missing or is not the one the body uses.
-_DELIMITER = re.compile(r"^--([^\s\"\\][^\r\n\"\\]{0,69}?)[ \t]*\r?\n(?i:content-[\w-]+:)",
-                        re.MULTILINE)
+# A delimiter line ('--' and a boundary of 1 to 70 characters, not ending in a space,
+# RFC 2046 5.1.1) followed by a part header: what a multipart's body is split at when its
+# boundary parameter is missing or is not the one the body uses. Only one length of the
+# boundary can be followed by the line's trailing white space: linear in the line.
+_DELIMITER = re.compile(
+    r"^--([^\s\"\\](?:[^\r\n\"\\]{0,68}[^\s\"\\])?)[ \t]*+\r?\n(?i:content-[\w-]+:)",
+    re.MULTILINE)
 
 
 def _unsplit(part: Message, payload: str) -> Message | None:

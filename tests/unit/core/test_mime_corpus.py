@@ -288,6 +288,21 @@ class TestDetails:
         budget = 50 * (time.perf_counter() - start) + 0.5
         assert took(chain(4000)) < budget
 
+    def test_long_delimiter_like_lines_are_linear(self):
+        """A multipart without a usable boundary whose body has a '--' line of a megabyte
+        of spaces: looking for its delimiter takes about the time of reading it (it took
+        seventy times that, a second per megabyte)."""
+        import time
+
+        def took(body: bytes) -> float:
+            start = time.perf_counter()
+            parse_message(typed(b"multipart/mixed", body))
+            return time.perf_counter() - start
+
+        size = 1_000_000
+        budget = 10 * took(b"x" * size + b"\r\n") + 0.1
+        assert took(b"--x" + b" " * size + b"y\r\n") < budget
+
     def test_digest_parts_are_messages(self):
         """Parts of a multipart/digest default to message/rfc822 and are kept as .eml."""
         p = parse_message(CORPUS["digest"].raw)
