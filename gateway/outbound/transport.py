@@ -479,6 +479,13 @@ class SmtpTransport(Transport):
             accepted = []
             for r in recipients:
                 code, text = conn.rcpt(r)
+                if code == 421:
+                    # The server closes the connection (RFC 5321 3.8): its reply is the
+                    # answer for every recipient of the transaction, and is retried.
+                    att.refused(conn.reply(code, text), permanent=False)
+                    att.codes = [att.refusal] * len(recipients)
+                    att.note("Error", "Recipients", att.error)
+                    return False
                 att.codes.append(conn.reply(code, text))
                 if code in (250, 251):
                     accepted.append(r)

@@ -47,7 +47,10 @@ class _Session(socketserver.StreamRequestHandler):
                 self._reply(p.ehlo)
             elif verb == "RCPT":
                 addr = line[line.index("<") + 1:line.rindex(">")]
-                self._reply(p.rcpt.get(addr, "250 2.1.5 OK"))
+                reply = p.rcpt.get(addr, "250 2.1.5 OK")
+                self._reply(reply)
+                if reply.startswith("421"):
+                    return
             elif verb == "DATA":
                 reply = p.replies.get("DATA", "354 go ahead")
                 self._reply(reply)
@@ -68,9 +71,9 @@ class _Session(socketserver.StreamRequestHandler):
 
 class Peer(socketserver.ThreadingTCPServer):
     """Greets with `greeting` (None: says nothing for `hang` seconds), answers EHLO with
-    `ehlo`, RCPT TO:<a> with rcpt[a], any other command VERB with replies[VERB] (the
-    end of the data with replies["DOT"]), and closes the connection instead of
-    answering `close_at` (a verb, or "DOT")."""
+    `ehlo`, RCPT TO:<a> with rcpt[a] (closing the connection after a 421), any other
+    command VERB with replies[VERB] (the end of the data with replies["DOT"]), and
+    closes the connection instead of answering `close_at` (a verb, or "DOT")."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -125,6 +128,17 @@ class TestRepliesNameTheHostAndCommand:
         assert a.ok and (b.code, b.reply) == (550, "5.1.1 <b@x.test>: no such user")
         assert b.reason == (f"host {HOST} said: 550 5.1.1 <b@x.test>: no such user "
                             "(in reply to RCPT TO command)")
+
+    def test_a_421_at_rcpt_to_closes_the_connection(self, peer):
+        """421 to the second RCPT TO, then the connection closed (a server shutting
+        down): every recipient is deferred with 'host ... said: 421 4.7.0 ... (in reply
+        to RCPT TO command)' (before: 'lost connection ... while sending RCPT TO' for
+        all, the server's reply lost)."""
+        peer.rcpt["b@x.test"] = "421 4.7.0 closing, too many errors"
+        _, results = deliver(peer.port, ["a@x.test", "b@x.test", "c@x.test"])
+        said = (f"host {HOST} said: 421 4.7.0 closing, too many errors "
+                "(in reply to RCPT TO command)")
+        assert [(r.code, r.reason, r.permanent) for r in results] == [(421, said, False)] * 3
 
     def test_a_refusal_at_mail_from(self, peer):
         """554 to MAIL FROM: every recipient's reason says 'in reply to MAIL FROM'."""
