@@ -459,7 +459,8 @@ def extract_bodies(msg: Message, p: Parsed, *, with_attachments: bool = True,
             if not isinstance(cid, str):
                 cid = _header_text(part, "Content-ID")
             p.attachments.append(AttachmentData(
-                filename=fname or _default_name(ctype, len(p.attachments) + 1),
+                filename=fname or _message_name(part, ctype)
+                or _default_name(ctype, len(p.attachments) + 1),
                 content_type=ctype, content=content,
                 content_id=cid.strip().strip("<>"),
                 disposition=disp or "attachment"))
@@ -591,6 +592,29 @@ def _text_bytes(msg: Message) -> bytes:
             pieces.append(f"\n--{boundary}--\n".encode("utf-8", "surrogateescape"))
         stack.extend(reversed(pieces))
     return b"".join(out)
+
+
+# What no file name may hold (on Windows): in a name deskgate makes up, each becomes '_'
+_NOT_IN_NAMES = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+
+
+def _message_name(part: Message, ctype: str) -> str:
+    """The name of an attached message sent without one: its Subject and '.eml', as
+    OTOBO names it; '' for another type or without a Subject."""
+    if ctype != "message/rfc822":
+        return ""
+    inner = part.get_payload()
+    if not isinstance(inner, list) or not inner or not isinstance(inner[0], Message):
+        return ""
+    subject = _header_text(inner[0], "Subject")
+    if "=?" in subject:
+        subject = decode_header_value(subject)
+    name = _NOT_IN_NAMES.sub("_", _unfold_name(subject)).strip(" .")[:150].rstrip(" .")
+    return name + ".eml" if name else ""
+
+
+def _unfold_name(value: str) -> str:
+    return " ".join(value.split())
 
 
 # Extensions of unnamed attachments where Python's table has none or an odd first one

@@ -303,11 +303,24 @@ class TestDetails:
         budget = 10 * took(b"x" * size + b"\r\n") + 0.1
         assert took(b"--x" + b" " * size + b"y\r\n") < budget
 
+    def test_attached_message_is_named_after_its_subject(self):
+        """An attached message without a file name is named after its Subject, as OTOBO
+        names it (characters no file name may hold become '_'); file-N.eml without one."""
+        p = parse_message(mixed(
+            PLAIN, b"Content-Type: message/rfc822\r\n\r\n"
+            b"Subject: =?utf-8?q?Re:_Drucker_kaputt_/_Gr=C3=BC=C3=9Fe?=\r\n\r\nfirst\r\n",
+            b"Content-Type: message/rfc822\r\n\r\nFrom: a@b.test\r\n\r\nsecond\r\n",
+            b"Content-Type: message/rfc822\r\n"
+            b"Content-Disposition: attachment; filename=given.eml\r\n\r\n"
+            b"Subject: not this\r\n\r\nthird\r\n"))
+        assert [a.filename for a in p.attachments] == [
+            "Re_ Drucker kaputt _ Grüße.eml", "file-2.eml", "given.eml"]
+
     def test_digest_parts_are_messages(self):
         """Parts of a multipart/digest default to message/rfc822 and are kept as .eml."""
         p = parse_message(CORPUS["digest"].raw)
         assert [(a.filename, a.content_type) for a in p.attachments] == [
-            ("file-1.eml", "message/rfc822"), ("file-2.eml", "message/rfc822")]
+            ("one.eml", "message/rfc822"), ("two.eml", "message/rfc822")]
         assert b"second" in p.attachments[1].content
 
     def test_html_title_and_comments_are_no_text(self):
