@@ -157,6 +157,10 @@ CORPUS: dict[str, Case] = {
         b'Content-Disposition: attachment; filename="winmail.dat"\r\n', b"eJ8+IgAA"),
         body="See attached.",
         attachments=[("winmail.dat", "application/ms-tnef", b"\x78\x9f\x3e\x22\x00\x00")]),
+    # uuencode inside text stays text, as in OTOBO (MIME::Parser without extract_uuencode)
+    "uuencoded-in-text": Case(text(b"us-ascii", b"The file:\r\n\r\nbegin 644 t.txt\r\n"
+                                   b"+:&5L;&\\@=V]R;&0*\r\n`\r\nend\r\n", cte=b"7bit"),
+                              body="The file:\n\nbegin 644 t.txt\n+:&5L;&\\@=V]R;&0*\n`\nend"),
     "uuencoded-part": Case(typed(
         b"application/octet-stream; name=t.txt",
         b"begin 644 t.txt\r\n+:&5L;&\\@=V]R;&0*\r\n`\r\nend\r\n",
@@ -168,6 +172,9 @@ CORPUS: dict[str, Case] = {
         body="body"),
     "bare-lf": Case(HEAD.replace(b"\r\n", b"\n") + b"\nline one\nline two\n",
                     body="line one\nline two"),
+    "bare-cr-everywhere": Case(
+        b"From: Carla <carla@customer.test>\rSubject: corpus\r\rline one\rline two\r",
+        body="line one\nline two"),
     "bare-cr-in-body": Case(HEAD + b"\r\nline one\rline two\rline three\r\n",
                             body="line one\nline two\nline three"),
     "8bit-subject-and-from": Case(
