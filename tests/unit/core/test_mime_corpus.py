@@ -170,6 +170,11 @@ CORPUS: dict[str, Case] = {
     "10000-header-lines": Case(
         HEAD + b"".join(b"X-H: %d\r\n" % i for i in range(10_000)) + b"\r\nbody\r\n",
         body="body"),
+    # a line that is no header ends the header, as Postfix and Python's parser read it:
+    # it and what follows are the body, nothing is dropped
+    "header-line-without-colon": Case(
+        HEAD + b"This line has no colon\r\nX-After: 1\r\n\r\nbody\r\n",
+        body="This line has no colon\nX-After: 1\n\nbody"),
     "bare-lf": Case(HEAD.replace(b"\r\n", b"\n") + b"\nline one\nline two\n",
                     body="line one\nline two"),
     "bare-cr-everywhere": Case(
