@@ -29,13 +29,69 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
               "over one given before it") if top else argparse.SUPPRESS)
 
 
+class DashValue(argparse.Action):
+    """Stores the one value of an option that may begin with "-" (`log list --sort
+    -duration`, `--search -ERR`): a command's parser takes it after a space as well as
+    after "=", where argparse alone would read the word as an unknown option."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+
+
 class _CommandParser(argparse.ArgumentParser):
     """The parser of a command (and of its actions): it takes the global options too,
     as `postconf -c DIR` and `doveconf -c FILE` do; `deskgate -h` documents them once."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Filled by add_argument, which the base class calls already (for -h).
+        self._option_names: set[str] = set()
+        self._dash_value_options: set[str] = set()
         super().__init__(*args, **kwargs)
         _add_global_options(self, top=False)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self._option_names.update(action.option_strings)
+        if isinstance(action, DashValue):
+            self._dash_value_options.update(action.option_strings)
+        return action
+
+    def _takes_dash_value(self, arg: str) -> bool:
+        """Whether `arg` names a DashValue option, also abbreviated as argparse allows."""
+        if arg in self._dash_value_options:
+            return True
+        if not arg.startswith("--") or "=" in arg or arg in self._option_names:
+            return False
+        named = [o for o in self._option_names if o.startswith(arg)]
+        return self.allow_abbrev and len(named) == 1 and named[0] in self._dash_value_options
+
+    def _join_dash_values(self, args: Sequence[str]) -> list[str]:
+        """`--sort -duration` as `--sort=-duration`. A following word that begins with
+        "--" stays an option (`--sort --json` is still a missing value); nothing after
+        the "--" terminator is touched."""
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                out.extend(args[i:])
+                break
+            nxt = args[i + 1] if i + 1 < len(args) else ""
+            if nxt.startswith("-") and not nxt.startswith("--") and self._takes_dash_value(arg):
+                out.append(f"{arg}={nxt}")
+                i += 2
+                continue
+            out.append(arg)
+            i += 1
+        return out
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None and self._dash_value_options:
+            args = self._join_dash_values(args)
+        return super().parse_known_args(args, namespace)
 
 
 def build_parser(modules: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from gateway.cli import DashValue
 from gateway.cli.common import add_json, load, print_json, print_table
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def _list_parser(sub: Any, name: str, help_: str, list_help: str,
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--search", metavar="TEXT",
+    p.add_argument("--search", action=DashValue, metavar="TEXT",
                    help="only rows with TEXT in a shown field (case-insensitive)")
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway import commlog_names as names
+from gateway.cli import DashValue
 from gateway.cli.common import add_json, connect_store, load, load_readonly, print_json, print_table
 
 if TYPE_CHECKING:
@@ -74,8 +75,9 @@ def register(sub: Any) -> None:
     op.add_argument("--priority", type=_priority,
                     help="only communications with an entry at this priority or worse "
                          "(Error, Warn, Notice, Info, Debug)")
-    op.add_argument("--search", help="only communications with this text in an entry "
-                                     "(case-insensitive) or the account")
+    op.add_argument("--search", action=DashValue,
+                    help="only communications with this text in an entry "
+                         "(case-insensitive) or the account")
     add_json(op)
     op.set_defaults(func=cmd_overview)
 
@@ -88,8 +90,9 @@ def register(sub: Any) -> None:
     lp.add_argument("--priority", type=_priority,
                     help="only communications with an entry at this priority or worse "
                          "(Error, Warn, Notice, Info, Debug)")
-    lp.add_argument("--search", help="text in any entry (case-insensitive) or the account")
-    lp.add_argument("--sort", default="-start",
+    lp.add_argument("--search", action=DashValue,
+                    help="text in any entry (case-insensitive) or the account")
+    lp.add_argument("--sort", action=DashValue, default="-start",
                     help=f"column: {', '.join(names.SORT_COLUMNS)}; prefix - to reverse "
                          "(default -start)")
     lp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
