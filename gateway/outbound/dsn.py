@@ -154,8 +154,8 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     for r in results:
         # The address as its own text only (the status fields below keep it readable by
         # programs): a line break in it would start a line of its own here. Wrapped as
-        # Postfix wraps it, the continuation lines indented.
-        lines += _wrapped(f"<{shown(r.address)}>: {_reason(r)}".rstrip(), "    ")
+        # Postfix wraps it, the continuation lines indented, a blank line after it.
+        lines += [*_wrapped(f"<{shown(r.address)}>: {_reason(r)}".rstrip(), "    "), ""]
     text = "\n".join(lines) + "\n"
     report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 

@@ -147,6 +147,17 @@ class TestReadablePart:
         assert ("<a@customer.test>: host mx.customer.test[192.0.2.1] said: 550 5.1.1 "
                 "<a@customer.test>: no such user (in reply to RCPT TO command)") in text
 
+    def test_a_blank_line_after_each_recipient(self):
+        """Each recipient's entry is followed by a blank line, as in Postfix's bounce,
+        so that wrapped entries stay apart."""
+        other = oq.RcptResult(2, "b@customer.test", 0, "connect to mx.customer.test"
+                              "[192.0.2.1]:25: Connection timed out")
+        msg = report([REFUSED, other])
+        entries = readable(msg).rstrip("\n").split("\n\n")
+        assert entries[-2].startswith("<a@customer.test>: host ")
+        assert entries[-1].startswith("<b@customer.test>: connect to ")
+        assert msg.get_payload()[0].get_payload(decode=True).endswith(b"out\r\n\r\n")
+
     def test_a_bounce_processor_still_reads_the_reply(self):
         """parse_dsn (as a helpdesk reads a bounce) gets the Status and the reply itself
         from the Diagnostic-Code, without the host."""
