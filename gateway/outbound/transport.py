@@ -5,6 +5,12 @@ loop. Connections are pooled and reused across messages. TLS certificates are
 verified (the system store, or `tls_ca_file` to pin a private CA); AUTH is used
 when `user` is set and never over a connection without TLS unless
 `security = "none"` was chosen explicitly.
+
+Every reply knows the server that gave it and the command it answered (Reply), and
+every failure without a reply is written as Postfix writes it, so that the queue,
+the communication log and DSNs give the reason as a Postfix admin reads it ("host
+relay[192.0.2.1] said: 550 ... (in reply to RCPT TO command)", "connect to
+relay[192.0.2.1]:25: Connection refused"; see `said`).
 """
 
 from __future__ import annotations
@@ -570,7 +576,7 @@ def error_reply(att: Attempt) -> tuple[int, str]:
 
 def retried(att: Attempt, reply: tuple[int, str]) -> bool:
     """Whether a recipient's 5xx `reply` is the attempt's refusal of the connection
-    (greeting, EHLO, STARTTLS, AUTH): a refusal of the relay's that is ours to fix, so
+    (greeting, HELO, STARTTLS, AUTH): a refusal of the relay's that is ours to fix, so
     retried like a 4xx (Postfix's soft bounce), while the reply is reported as given."""
     return (not att.permanent_error and reply[0] >= 500 and reply == att.refusal)
 
