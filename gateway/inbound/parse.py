@@ -229,7 +229,25 @@ def _text_part(part: Message) -> Message:
     return text
 
 
+# The Content-Transfer-Encoding values compat32's get_payload(decode=True) knows as
+# they are written; anything else is looked at once more (_cte_token).
+_CTE_AS_IS = frozenset(("7bit", "8bit", "binary", "base64", "quoted-printable"))
+
+
+def _cte_token(part: Message) -> None:
+    """Make a Content-Transfer-Encoding written with blanks or quotes around it
+    ('base64 ', '"quoted-printable"') the token it names, so that the part is decoded:
+    compat32 compares the value as written and hands such a part back undecoded."""
+    value = part.get("Content-Transfer-Encoding")
+    if not isinstance(value, str) or value.lower() in _CTE_AS_IS:
+        return
+    token = value.strip(" \t\r\n\"'").lower()
+    if token != value.lower() and token in _CTE_AS_IS:
+        part.replace_header("Content-Transfer-Encoding", token)
+
+
 def _payload(part: Message) -> bytes:
+    _cte_token(part)
     try:
         data = part.get_payload(decode=True)
     except Exception:

@@ -437,3 +437,37 @@ class TestEightBitPartHeaders:
                                      b"Content-Disposition: inl\xe9ne\r\n"))
         [a] = p.attachments
         assert a.content_id == "bild-ü@x" and a.content == b"data"
+
+
+class TestTransferEncodingSpelling:
+    """A Content-Transfer-Encoding with blanks around it, in quotes or in capitals is
+    still the encoding it names (RFC 2045's value is a token; mailers add the rest):
+    the part is decoded, not shown as base64 or quoted-printable text."""
+
+    @pytest.mark.parametrize("cte", ["base64 ", " base64", '"base64"', "BASE64\t", "'base64'"])
+    def test_base64_spellings(self, cte):
+        raw = (f"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+               f"Content-Type: text/plain; charset=utf-8\r\n"
+               f"Content-Transfer-Encoding: {cte}\r\n\r\n"
+               "R3LDvMOfZSBhdXMgS8O2bG4=\r\n").encode()
+        assert parse_message(raw).body.strip() == "Grüße aus Köln"
+
+    @pytest.mark.parametrize("cte", ['"quoted-printable"', "quoted-printable ",
+                                     "Quoted-Printable"])
+    def test_quoted_printable_spellings(self, cte):
+        raw = (f"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+               f"Content-Type: text/plain; charset=utf-8\r\n"
+               f"Content-Transfer-Encoding: {cte}\r\n\r\n"
+               "Gr=C3=BC=C3=9Fe aus K=C3=B6ln\r\n").encode()
+        assert parse_message(raw).body.strip() == "Grüße aus Köln"
+
+    def test_attachment_with_quoted_base64(self):
+        raw = (b"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+               b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+               b"--b\r\nContent-Type: application/pdf; name=a.pdf\r\n"
+               b"Content-Disposition: attachment; filename=a.pdf\r\n"
+               b"Content-Transfer-Encoding: \"base64\" \r\n\r\n"
+               b"JVBERi0xLjQK\r\n--b--\r\n")
+        p = parse_message(raw)
+        assert [a.content for a in p.attachments] == [b"%PDF-1.4\n"]
