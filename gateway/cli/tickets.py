@@ -85,11 +85,11 @@ def helpdesk_state(conn: Connection, ticket_id: int, ticket_url: str = ""
                    ) -> dict[str, Any] | None:
     """`helpdesk{type, ticket_id, ticket_number, state, attempts, last_error, url}`."""
     from gateway.helpdesk.outbox import ticket_state
+    from gateway.helpdesk.ticketlink import helpdesk_link
 
     hd = ticket_state(conn, ticket_id)
     if hd is not None:
-        hd["url"] = (ticket_url.replace("{id}", hd["ticket_id"]).replace(
-            "{number}", hd["ticket_number"]) if ticket_url and hd["ticket_id"] else "")
+        hd["url"] = helpdesk_link(ticket_url, hd)
     return hd
 
 

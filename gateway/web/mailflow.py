@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from sqlalchemy import Connection, func, inspect, select
@@ -208,7 +208,6 @@ class MailFlowPages:
             from gateway.helpdesk.outbox import attempt_note
 
             data["helpdesk"]["attempt"] = attempt_note(data["helpdesk"])
-            data["helpdesk"]["url"] = helpdesk_link(url, data["helpdesk"])
         n = data["article_count"]
         return self.dash.render(request, "ticket.html", title=f"Ticket {number}", t=data,
                                 hook=self.dash.gw.config.gateway.ticket_hook,
@@ -254,22 +253,6 @@ class MailFlowPages:
             return self.dash.not_found(request, f"There is no hand-off #{hid}.")
         data["attempt"] = outbox.attempt_note(data)
         return self.dash.render(request, "handoff_item.html", title=f"Hand-off #{hid}", h=data)
-
-
-def helpdesk_link(ticket_url: str, hd: dict[str, Any]) -> str:
-    """The link to the helpdesk's ticket, "" when there is none to give.
-
-    The ticket id and number come from the helpdesk's answers, so they are URL-quoted
-    into [helpdesk] ticket_url (an id cannot add parameters to the link), and only an
-    http or https link is given: with ticket_url = "{id}" an id such as
-    javascript:… stays text.
-    """
-    tid, tnum = str(hd.get("ticket_id") or ""), str(hd.get("ticket_number") or "")
-    if not ticket_url or not tid:
-        return ""
-    link = ticket_url.replace("{id}", quote(tid, safe="")).replace(
-        "{number}", quote(tnum, safe=""))
-    return link if urlsplit(link).scheme.lower() in ("http", "https") else ""
 
 
 def read_tickets(conn: Connection, *, queue: str | None, state: str | None, limit: int,
