@@ -12,6 +12,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from gateway.config.sections import Config
+from gateway.config.values import email_problem
 from gateway.passwords import is_hash
 
 
@@ -213,6 +214,9 @@ def validate_core(cfg: Config, at: Callable[[str], str],
                                  cfg.submission.max_sessions_per_ip, 0)):
         if not low <= sessions <= 100_000:
             add(at(skey), skey, f"must be between {low} and 100000")
+    bounce = cfg.relay.bounce_sender
+    if bounce and (problem := email_problem(bounce)) is not None:   # "": the null sender
+        add(at("relay.bounce_sender"), "relay.bounce_sender", problem)
     if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
         add(at("relay.host"), "relay.host",
             "required when mode = \"smtp\" and submission is enabled")

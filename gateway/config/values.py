@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
@@ -111,11 +112,30 @@ def split_listen(value: str) -> tuple[str, int]:
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$|^[^@\s<>]+@localhost$")
 
 
+def email_problem(value: str) -> str | None:
+    """Why `value` cannot be an e-mail address of the configuration, None when it can.
+    A control character (NUL, CR, LF, TAB, DEL, a C1 control, a line separator) or a
+    space of any kind would cut or split the address in an SMTP command, a header or a
+    log line, and no mail could ever be addressed to it."""
+    for c in value:
+        if unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            return (f"{value!r} contains a control character ({ascii(c)[1:-1]}); an e-mail "
+                    "address is printable text without spaces")
+    spaces = [c for c in value if unicodedata.category(c) == "Zs"]
+    if not _EMAIL_RE.match("".join(c for c in value if c not in spaces)):
+        return f"{value!r} is not an e-mail address"
+    if spaces:
+        return (f"{value!r} contains a space ({ascii(spaces[0])[1:-1]}); an e-mail address "
+                "is printable text without spaces")
+    return None
+
+
 def parse_email(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type(value).__name__}")
-    if not _EMAIL_RE.match(value):
-        raise ValueError(f"{value!r} is not an e-mail address")
+    problem = email_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value.lower()
 
 
