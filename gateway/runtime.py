@@ -35,6 +35,11 @@ class Runtime:
     dkim: Mapping[str, list[DkimKey]] = field(default_factory=dict)
     # What the stages take "now" from (tests give a gateway.testing.FakeClock).
     clock: Clock = field(default_factory=SystemClock)
+    # System addresses removed from conf.d: the database keeps them as invalid, and the
+    # doors that decide per recipient (LMTP RCPT, `deliver`) refuse them as invalid
+    # ones. Read from the database on load/reload (gateway.store.repo.load_retired), so
+    # a RCPT costs no query.
+    retired: frozenset[str] = frozenset()
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -53,6 +58,7 @@ def build_builders() -> tuple[Builder, ...]:
     from gateway.crypto.keystore import stores_for
     from gateway.inbound.filters import compile_filters
     from gateway.outbound.dkim import load_keys
+    from gateway.store.repo import load_retired
 
     table = (
         Builder("filters", compile_filters),
@@ -60,6 +66,7 @@ def build_builders() -> tuple[Builder, ...]:
         Builder("classifier", build_classifier),
         Builder("dkim", load_keys),
         Builder("clock", lambda _config: SystemClock()),
+        Builder("retired", load_retired),
     )
     check_builders(table)
     return table

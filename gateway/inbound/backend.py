@@ -51,9 +51,13 @@ class InboundBackend:
         self._idle: asyncio.Event | None = None
 
     def rcpt_status(self, address: str) -> SmtpReply:
-        cfg = self.runtime().config
+        rt = self.runtime()
+        cfg = rt.config
         addr = cfg.address_by_email(address)
         if addr is None:
+            # Removed from conf.d, kept in the database as invalid: not a stranger.
+            if address.lower() in rt.retired:
+                return errors.RCPT_INVALID
             if cfg.lmtp.unknown_recipient == "default-queue":
                 return errors.RCPT_OK
             return errors.RCPT_UNKNOWN

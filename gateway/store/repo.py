@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, text, update
@@ -298,6 +299,54 @@ def _sync_config(conn: Connection, cfg: Config, *, write: bool) -> bool:
 
 def _same(row: Any, vals: dict[str, Any]) -> bool:
     return all(getattr(row, k) == v for k, v in vals.items())
+
+
+_SEL_ADDRESS_EMAILS = select(SystemAddress.email)
+
+
+def retired_addresses(conn: Connection, cfg: Config) -> frozenset[str]:
+    """The system addresses the database knows and `cfg` no longer has: removed from
+    the files, they stay in the database as invalid (sync_config), and RCPT refuses
+    them as invalid (550 5.2.1) instead of as unknown. Also right before sync_config
+    wrote `cfg` (a reload builds its runtime first): an address just removed is in
+    the database, not in `cfg`."""
+    configured = {a.email for a in cfg.address}
+    return frozenset(e for e in conn.execute(_SEL_ADDRESS_EMAILS).scalars()
+                     if e not in configured)
+
+
+def load_retired(cfg: Config) -> frozenset[str]:
+    """retired_addresses over a connection of its own: the Runtime builder, run when a
+    process loads or reloads its configuration, so RCPT looks an address up in a set
+    instead of the database. Empty when there is nothing to read yet (no SQLite file,
+    no table before the first migration; the file is not created here) and, logged,
+    when the database cannot be read: those addresses then answer as unknown until
+    the next reload."""
+    import structlog
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.store.db import make_engine
+
+    url = make_url(cfg.database_url)
+    db = url.database or ""
+    if url.get_backend_name() == "sqlite" and (
+            not db or db == ":memory:" or (not db.startswith("file:") and not Path(db).exists())):
+        return frozenset()
+    engine = make_engine(cfg.database_url, pool_size=1, fast_path=False)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(SystemAddress.__tablename__):
+                return frozenset()
+            return retired_addresses(conn, cfg)
+    except SQLAlchemyError as exc:
+        structlog.get_logger(__name__).warning(
+            "retired system addresses not read; they answer as unknown until a reload",
+            error=" ".join(str(getattr(exc, "orig", None) or exc).split())[:500])
+        return frozenset()
+    finally:
+        engine.dispose()
 
 
 _INS_HANDOFF = Prepared(insert(Handoff).returning(Handoff.id), "handoff.insert")

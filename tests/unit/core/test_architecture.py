@@ -148,7 +148,7 @@ class TestBuilderTable:
         """The builders fill exactly the Runtime's fields other than config."""
         table = runtime.build_builders()
         assert sorted(b.field for b in table) == [
-            "classifier", "clock", "crypto", "dkim", "filters"]
+            "classifier", "clock", "crypto", "dkim", "filters", "retired"]
 
     def test_missing_or_unknown_builder_refused(self):
         """A table missing a field's builder, or building a field Runtime lacks, is refused."""
