@@ -105,6 +105,9 @@ class RelayConfig:
     timeout: float = conv(parse_duration, 60.0)
     concurrency: int = 4
     bounce_sender: str = ""     # envelope sender of DSNs we generate; empty = null sender
+    # A failure DSN returns a message up to this size whole, a larger one as its headers
+    # (Postfix's bounce_size_limit); 0: always the headers.
+    bounce_size_limit: int = conv(parse_size, 50000)
     lease: float = conv(parse_duration, 300.0)   # a claimed message is retaken after this
     allow_plaintext: bool = False   # AUTH with security = "none" must be allowed explicitly
     poll_interval: float = conv(parse_duration, 5.0)

@@ -1,5 +1,11 @@
 """RFC 3464 delivery status notifications (failed and delayed) for the submitter.
 
+A failure notice returns the message whole (message/rfc822) when it is not larger
+than `relay.bounce_size_limit`, else only its headers (text/rfc822-headers), as
+Postfix's bounce_size_limit decides; a delay notice returns the headers only. What
+comes back is the message as deskgate queued and sent it (the copy for the failed
+recipients), the original of RFC 6522 as Postfix returns its queue file's content.
+
 A DSN goes out through the same queue with the null envelope sender (or
 `relay.bounce_sender`), so it can itself never cause another DSN.
 
@@ -7,7 +13,8 @@ A non-ASCII recipient is reported as RFC 6533 asks: `Final-Recipient: utf-8;
 <address>`, raw UTF-8, in a message/global-delivery-status part; ASCII ones keep
 `rfc822;` (in a message/delivery-status part when every address, the envelope
 sender's too, is ASCII).
-Original headers in UTF-8 come back as message/global-headers. A non-ASCII return
+Original headers in UTF-8 come back as message/global-headers, a whole message with
+UTF-8 headers as message/global. A non-ASCII return
 path is written in To: as raw UTF-8 (RFC 6532), and the DSN, whose recipient it is,
 goes out with SMTPUTF8 (gateway.outbound.transport).
 """
@@ -94,10 +101,10 @@ class _RawParts:
     def __init__(self) -> None:
         self.parts: dict[bytes, bytes] = {}
 
-    def put(self, part: MIMEBase, body: bytes) -> None:
+    def put(self, part: MIMEBase, body: bytes, cte: str = "8bit") -> None:
         token = f"deskgate-raw-part-{len(self.parts)}-{secrets.token_hex(8)}"
         part.set_payload(token)
-        part["Content-Transfer-Encoding"] = "8bit"
+        part["Content-Transfer-Encoding"] = cte
         self.parts[token.encode()] = body
 
     def fill(self, report: MIMEMultipart) -> bytes:
@@ -119,10 +126,16 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
               original_headers: bytes, original_message_id: str, results: Sequence[RcptResult],
               arrival: datetime, last_attempt: datetime | None = None,
               retry_until: datetime | None = None, queue_id: int | None = None,
-              sender: str | None = None) -> bytes:
+              sender: str | None = None, original: bytes | None = None,
+              bounce_size_limit: int = 0) -> bytes:
     """The DSN message as CRLF bytes. Each result names the server that answered
     (RcptResult.host, its Remote-MTA); `queue_id` and `sender` (the message's envelope
-    sender) are reported as Postfix's X-Postfix-Queue-ID and X-Postfix-Sender are."""
+    sender) are reported as Postfix's X-Postfix-Queue-ID and X-Postfix-Sender are.
+    A failure notice returns `original` (the whole message) when it is given and not
+    larger than `bounce_size_limit` (0: never); otherwise `original_headers` come
+    back."""
+    whole = (action == "failed" and original is not None
+             and bounce_size_limit > 0 and len(original) <= bounce_size_limit)
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
     # A UTF-8 address stays raw UTF-8 (RFC 6532; the DSN goes with SMTPUTF8 because its
@@ -150,7 +163,8 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     else:
         lines.append("Your message has not been delivered yet to one or more recipients. "
                      "Delivery will be retried; no action is needed.")
-    lines.append("")
+    lines += ["The message is attached below." if whole else "Its headers are attached below.",
+              ""]
     for r in results:
         # The address as its own text only (the status fields below keep it readable by
         # programs): a line break in it would start a line of its own here. Wrapped as
@@ -202,6 +216,10 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         raw.put(status_part, fields.encode("utf-8", "surrogateescape"))
     report.attach(status_part)
 
+    if whole:
+        assert original is not None
+        report.attach(_whole_message(original, raw))
+        return _crlf(raw.fill(report))
     # The header bytes as they were sent, in a part marked 8bit when they are not ASCII:
     # UTF-8 ones (RFC 6532) as message/global-headers, other 8-bit bytes (which pass the
     # generator as surrogates) as text/rfc822-headers.
@@ -215,5 +233,22 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
         headers_part = MIMEBase("message", "global-headers")
         raw.put(headers_part, returned)
     report.attach(headers_part)
-    data = raw.fill(report)
+    return _crlf(raw.fill(report))
+
+
+def _whole_message(original: bytes, raw: _RawParts) -> MIMEBase:
+    """The message's bytes as they were sent: message/global when its headers are UTF-8
+    (RFC 6532, RFC 6533 section 3), else message/rfc822; marked 8bit when any byte of it
+    is (7bit otherwise)."""
+    headers = original.split(b"\r\n\r\n", 1)[0]
+    if headers.isascii() or not _is_utf8(headers):
+        part = MIMEBase("message", "rfc822")
+    else:
+        part = MIMEBase("message", "global")
+    body = original if original.endswith(b"\r\n") else original + b"\r\n"
+    raw.put(part, body, "7bit" if original.isascii() else "8bit")
+    return part
+
+
+def _crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

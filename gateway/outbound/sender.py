@@ -490,7 +490,8 @@ def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
                      original_headers=m.data.split(b"\r\n\r\n", 1)[0],
                      original_message_id=m.message_id, results=results,
                      arrival=m.created, last_attempt=datetime.now(UTC), retry_until=retry_until,
-                     queue_id=m.id, sender=m.sender)
+                     queue_id=m.id, sender=m.sender, original=m.data,
+                     bounce_size_limit=cfg.relay.bounce_size_limit)
     ctx = OutboundContext(mail_from=cfg.relay.bounce_sender, recipients=[m.return_path],
                           raw=data, source="DSN", account=cfg.gateway.hostname, kind="dsn",
                           queue=m.queue)

@@ -319,12 +319,15 @@ class TestInternationalAddresses:
         notes = [e.value for e in rows(rg.gateway.engine, CommEntry)]
         assert any("without SMTPUTF8" in v for v in notes), notes
 
+    @pytest.mark.parametrize(("limit", "part"), [
+        ("", "message/global"), ("bounce_size_limit = 0", "message/global-headers")])
     def test_dsn_returning_utf8_headers_to_an_ascii_return_path_goes_with_smtputf8(
-            self, outbound_config, run_gateway):
+            self, outbound_config, run_gateway, limit, part):
         """A message with ASCII addresses but raw UTF-8 headers (RFC 6532: a UTF-8 From
-        display name and Subject) is bounced with those headers as message/global-headers,
-        and the DSN carrying them goes through a real Postfix with SMTPUTF8 (UTF8SMTP in
-        its Received line), although its own envelope is ASCII."""
+        display name and Subject) is bounced whole as message/global (or, with
+        relay.bounce_size_limit = 0, its headers as message/global-headers), and the DSN
+        carrying them goes through a real Postfix with SMTPUTF8 (UTF8SMTP in its Received
+        line), although its own envelope is ASCII."""
         if not pfmod.available():
             missing_peer("Postfix binaries missing or not running as root")
         msg = ("From: Jörg Müller <app@kunde.test>\r\nTo: gone@customer.test\r\n"
@@ -345,7 +348,7 @@ class TestInternationalAddresses:
             pf.running = True
             try:
                 pf._wait_listening()
-                cfg = outbound_config(pf.port, retry="1h")
+                cfg = outbound_config(pf.port, retry="1h", extra_relay=limit)
                 rg = run_gateway(cfg)
                 with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
                     s.sendmail("app@kunde.test", ["gone@customer.test"], msg,
@@ -361,8 +364,7 @@ class TestInternationalAddresses:
         assert any(b"with UTF8SMTP" in ln and b"helpdesk.test" in ln for ln in received), \
             received
         parsed = message_from_bytes(dsn.data)
-        (returned,) = [p for p in parsed.walk()
-                       if p.get_content_type() == "message/global-headers"]
+        (returned,) = [p for p in parsed.walk() if p.get_content_type() == part]
         assert returned["Content-Transfer-Encoding"] == "8bit"
         assert "Grüße aus Köln".encode() in dsn.data
         info = parse_dsn(parsed)
