@@ -76,6 +76,7 @@ class SubmissionUser:
 @dataclass(frozen=True)
 class SubmissionConfig:
     listen: tuple[str, ...] = conv(each_string(parse_listen), ())
+    tls_listen: tuple[str, ...] = conv(each_string(parse_listen), ())   # implicit TLS
     tls_cert: str = ""
     tls_key: str = ""
     allow_networks: tuple[str, ...] = conv(each_string(parse_network),

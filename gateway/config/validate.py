@@ -189,6 +189,7 @@ def validate_core(cfg: Config, at: Callable[[str], str],
         if u.default_queue and u.default_queue.lower() not in queue_names:
             add(at(f"submission.user[{i}]"), f"submission.user[{i}].default_queue",
                 f"queue {u.default_queue!r} is not defined by any [[queue]]")
+    _validate_submission_auth(cfg, at, add)
     for ckey, count in (("gateway.batch_max", cfg.gateway.batch_max),
                         ("lmtp.max_recipients", cfg.lmtp.max_recipients),
                         ("submission.max_recipients", cfg.submission.max_recipients),
@@ -230,6 +231,20 @@ def validate_core(cfg: Config, at: Callable[[str], str],
         if f.name in fnames:
             add(f.source, f"filter[{f.name}].name", f"duplicate filter name {f.name!r}")
         fnames.add(f.name)
+
+
+def _validate_submission_auth(cfg: Config, at: Callable[[str], str],
+                              add: Callable[[str, str, str], None]) -> None:
+    """Submission users need a certificate: AUTH is offered only after STARTTLS (as
+    Postfix's smtpd_tls_auth_only), so on a listener without one none could log in."""
+    sub = cfg.submission
+    if not (sub.user and sub.listen) or sub.tls_cert or sub.tls_key:
+        return     # (only one of the pair set: "tls_cert and tls_key go together")
+    names = ", ".join(repr(u.name) for u in sub.user)
+    add(at("submission.listen"), "submission.tls_cert",
+        f"required when [[submission.user]] is set ({names}): AUTH is offered only after "
+        "STARTTLS, so without tls_cert and tls_key none of them can ever log in (clients "
+        "in allow_networks submit without AUTH)")
 
 
 def _validate_classifier(cfg: Config, at: Callable[[str], str],
