@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from gateway import metrics
 from gateway.commlog import Comm, write_comm
@@ -129,6 +129,7 @@ class Gateway:
         ensure_schema(self.engine)
         with self.engine.begin() as conn:
             repo.sync_config(conn, self.config)
+            _read_retired(self.runtime, conn)
 
     # ---------------------------------------------------------------- inbound
 
@@ -176,7 +177,11 @@ class Gateway:
             metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(repr(exc))
             return False
-        await self.writer.run(lambda conn: repo.sync_config(conn, cfg), isolated=True)
+        def sync(conn: Connection) -> None:
+            repo.sync_config(conn, cfg)
+            _read_retired(rt, conn)
+
+        await self.writer.run(sync, isolated=True)
         self.config, self.runtime = cfg, rt
         # From here on the new configuration is in place (and the other processes
         # follow it): a service that cannot follow is logged, not a failed reload.
@@ -336,3 +341,10 @@ class Gateway:
         self.engine.dispose()
         if self.runtime.crypto is not None:
             self.runtime.crypto.close()     # the gpg-agent of the GnuPG home
+
+
+def _read_retired(rt: Runtime, conn: Connection) -> None:
+    """The runtime's retired addresses, read on a connection open anyway (a Runtime
+    that tests built with a set of their own has nothing to read)."""
+    if isinstance(rt.retired, repo.RetiredAddresses):
+        rt.retired.read(conn)

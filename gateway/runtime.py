@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,10 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     # System addresses removed from conf.d: the database keeps them as invalid, and the
     # doors that decide per recipient (LMTP RCPT, `deliver`) refuse them as invalid
-    # ones. Read from the database on load/reload (gateway.store.repo.load_retired), so
-    # a RCPT costs no query.
-    retired: frozenset[str] = frozenset()
+    # ones. Read from the database once per load/reload (gateway.store.repo.
+    # RetiredAddresses: by Gateway.prepare_store and reload after sync_config, else at
+    # the first lookup), so a RCPT costs no query.
+    retired: AbstractSet[str] = frozenset()
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -58,7 +60,7 @@ def build_builders() -> tuple[Builder, ...]:
     from gateway.crypto.keystore import stores_for
     from gateway.inbound.filters import compile_filters
     from gateway.outbound.dkim import load_keys
-    from gateway.store.repo import load_retired
+    from gateway.store.repo import RetiredAddresses
 
     table = (
         Builder("filters", compile_filters),
@@ -66,7 +68,7 @@ def build_builders() -> tuple[Builder, ...]:
         Builder("classifier", build_classifier),
         Builder("dkim", load_keys),
         Builder("clock", lambda _config: SystemClock()),
-        Builder("retired", load_retired),
+        Builder("retired", RetiredAddresses),
     )
     check_builders(table)
     return table

@@ -4,7 +4,8 @@ compose into one transaction (the group commit of the inbound path)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,39 @@ def load_retired(cfg: Config) -> frozenset[str]:
         return frozenset()
     finally:
         engine.dispose()
+
+
+class RetiredAddresses(AbstractSet[str]):
+    """The retired addresses of one configuration (retired_addresses), read when first
+    needed: on its own connection (load_retired) at the first lookup, or on a
+    connection the caller has open (`read`), as Gateway.prepare_store and every
+    reload do right after sync_config. So building a Runtime opens no database
+    connection, and a `deskgate deliver` to a configured address never reads them.
+    Read twice by two threads at once gives the same set twice: no lock."""
+
+    __slots__ = ("_config", "_emails")
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._emails: frozenset[str] | None = None
+
+    def read(self, conn: Connection) -> None:
+        self._emails = retired_addresses(conn, self._config)
+
+    def _get(self) -> frozenset[str]:
+        emails = self._emails
+        if emails is None:
+            emails = self._emails = load_retired(self._config)
+        return emails
+
+    def __contains__(self, email: object) -> bool:
+        return email in self._get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 _INS_HANDOFF = Prepared(insert(Handoff).returning(Handoff.id), "handoff.insert")
