@@ -218,12 +218,14 @@ def validate_core(cfg: Config, at: Callable[[str], str],
     bounce = cfg.relay.bounce_sender
     if bounce and (problem := email_problem(bounce)) is not None:   # "": the null sender
         add(at("relay.bounce_sender"), "relay.bounce_sender", problem)
-    if cfg.relay.mode == "smtp" and not cfg.relay.host and cfg.submission.listen:
+    sub = cfg.submission
+    if cfg.relay.mode == "smtp" and not cfg.relay.host and (sub.listen or sub.tls_listen):
         add(at("relay.host"), "relay.host",
             "required when mode = \"smtp\" and submission is enabled")
-    if bool(cfg.submission.tls_cert) != bool(cfg.submission.tls_key):
-        add(at("submission.tls_cert" if cfg.submission.tls_cert else "submission.tls_key"),
+    if bool(sub.tls_cert) != bool(sub.tls_key):
+        add(at("submission.tls_cert" if sub.tls_cert else "submission.tls_key"),
             "submission.tls_key", "tls_cert and tls_key go together")
+    _validate_tls_listen(cfg, at, add)
     _validate_helpdesk(cfg, at, add)
     _validate_classifier(cfg, at, add)
     fnames: set[str] = set()
@@ -245,6 +247,24 @@ def _validate_submission_auth(cfg: Config, at: Callable[[str], str],
         f"required when [[submission.user]] is set ({names}): AUTH is offered only after "
         "STARTTLS, so without tls_cert and tls_key none of them can ever log in (clients "
         "in allow_networks submit without AUTH)")
+
+
+def _validate_tls_listen(cfg: Config, at: Callable[[str], str],
+                        add: Callable[[str, str, str], None]) -> None:
+    """[submission] tls_listen: TCP addresses, none also in listen, and a certificate."""
+    sub = cfg.submission
+    if not sub.tls_listen:
+        return
+    key = "submission.tls_listen"
+    if not (sub.tls_cert and sub.tls_key):
+        add(at(key), key, "implicit TLS needs tls_cert and tls_key (the certificate the TLS "
+            "handshake presents)")
+    for spec in sub.tls_listen:
+        if spec.startswith("unix:"):
+            add(at(key), key, f"{spec!r} is not HOST:PORT (implicit TLS listens on TCP)")
+        elif spec in sub.listen:
+            add(at(key), key, f"{spec!r} is also in submission.listen; a socket speaks either "
+                "STARTTLS (listen) or implicit TLS (tls_listen)")
 
 
 def _validate_classifier(cfg: Config, at: Callable[[str], str],

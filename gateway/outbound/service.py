@@ -34,12 +34,13 @@ def submission_service(gw: Host) -> SubmissionService | None:
     from gateway.outbound.submission import Submission, SubmissionService, comm_writer
 
     listen = gw.config.submission.listen
-    if not listen:
+    tls_listen = gw.config.submission.tls_listen
+    if not (listen or tls_listen):
         return None
     from gateway.limits import FD_MARGIN
 
     sub = Submission(lambda: gw.runtime, outbound_pipeline(gw), comm_writer(gw.writer))
-    svc = SubmissionService(sub, listen,
+    svc = SubmissionService(sub, listen, tls_listen=tls_listen,
                             lmtp_reserve=gw.config.lmtp.max_sessions + FD_MARGIN)
     gw.limits["submission"] = svc.limit
     return svc

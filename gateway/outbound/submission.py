@@ -1,7 +1,10 @@
 """SMTP submission listener (aiosmtpd on the serve loop).
 
-STARTTLS is offered when tls_cert/tls_key are set; AUTH PLAIN and LOGIN only
-after TLS (aiosmtpd answers 538 before); a PLAIN authorization identity other than
+STARTTLS is offered on `listen` when tls_cert/tls_key are set; AUTH PLAIN and LOGIN
+only after TLS (aiosmtpd answers 538 before). On `tls_listen` (implicit TLS, RFC 8314,
+Postfix's smtpd_tls_wrappermode) the connection starts with the TLS handshake: no
+STARTTLS, AUTH at once, the same policy; a failed handshake is logged and counted as
+a refused connection, and the listener goes on; a PLAIN authorization identity other than
 the user's own is refused, and so is an empty response ("=" as the initial one), as a
 wrong password is; AUTH inside a mail transaction is 503, STARTTLS inside TLS 554
 (Postfix's replies). Clients inside allow_networks may submit without AUTH;
@@ -35,6 +38,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import ssl
 from base64 import b64decode
 from collections.abc import Sequence
 from typing import Any, cast
@@ -42,6 +46,7 @@ from typing import Any, cast
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, TLSSetupException, syntax
 
+from gateway import metrics
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
 from gateway.outbound.submission_policy import (
@@ -128,9 +133,11 @@ class SubmissionSession(IdleTimer, SMTP):
     def _create_session(self) -> Session:
         return _Session(self.loop)
 
-    def __init__(self, sub: Submission, limit: SessionLimit | None = None, **kw: Any) -> None:
+    def __init__(self, sub: Submission, limit: SessionLimit | None = None, *,
+                 implicit_tls: bool = False, **kw: Any) -> None:
         super().__init__(SubmissionHandler(sub), authenticator=no_authenticator, **kw)
         self.sub = sub
+        self.implicit_tls = implicit_tls  # a connection of tls_listen: TLS from the start
         self._limit = limit
         self._admitted: Any = None      # the peer counted in the limit, until released
         self._refused = False
@@ -158,7 +165,7 @@ class SubmissionSession(IdleTimer, SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
+        if self._refused or self.transport is None:    # None: tls_listen, never connected
             return
         if self._admitted is not None and self._limit is not None:
             self._limit.release(self._admitted[0])
@@ -221,7 +228,7 @@ class SubmissionSession(IdleTimer, SMTP):
     async def smtp_STARTTLS(self, arg: str) -> None:
         """aiosmtpd's STARTTLS, refused once TLS is active (RFC 3207 4), with Postfix's
         reply: aiosmtpd started a second handshake inside TLS, which broke the session."""
-        if not arg and self._tls_protocol is not None:
+        if not arg and (self._tls_protocol is not None or self.implicit_tls):
             await self.push(TLS_ACTIVE)
             return
         await super().smtp_STARTTLS(arg)
@@ -460,15 +467,61 @@ class SubmissionSession(IdleTimer, SMTP):
         return await self._check("LOGIN", login, password)
 
 
+class TlsFirst(asyncio.Protocol):
+    """A connection of [submission] tls_listen: the TLS handshake, then a
+    SubmissionSession on the TLS transport. A handshake that fails (a client speaking
+    plain text, a scanner, a timeout) is logged and counted as a refused connection;
+    the listener goes on."""
+
+    def __init__(self, service: SubmissionService, tls: ssl.SSLContext,
+                 session: SubmissionSession) -> None:
+        self.service = service
+        self.tls = tls
+        self.session = session
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The task runs before the loop first reads the socket, so start_tls gets the
+        # client's first byte (the ClientHello); data_received never sees one.
+        self.transport = transport
+        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        self.service.handshakes.add(task)
+        task.add_done_callback(self.service.handshakes.discard)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
+        try:
+            tls_transport = await loop.start_tls(
+                cast(asyncio.WriteTransport, transport), self.session, self.tls,
+                server_side=True, ssl_handshake_timeout=self.service.handshake_timeout)
+        except (OSError, EOFError, asyncio.CancelledError) as exc:
+            transport.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.service.handshake_failed(peer, exc)
+            return
+        if tls_transport is None:       # the connection ended meanwhile
+            transport.close()
+            return
+        self.session.connection_made(tls_transport)
+
+
 class SubmissionService:
-    """The listeners of [submission] listen."""
+    """The listeners of [submission] listen (STARTTLS) and tls_listen (implicit TLS)."""
 
     name = "submission"
 
-    def __init__(self, sub: Submission, listen: Sequence[str], *, lmtp_reserve: int = 0
-                 ) -> None:
+    def __init__(self, sub: Submission, listen: Sequence[str], *, lmtp_reserve: int = 0,
+                 tls_listen: Sequence[str] = ()) -> None:
         self.sub = sub
         self.listen = listen
+        self.tls_listen = tls_listen
+        self.handshakes: set[asyncio.Task[None]] = set()
         c = sub.config.submission
         # Submission may never take the descriptors LMTP needs (lmtp_reserve).
         self.limit = SessionLimit("submission", "SMTP", "Outgoing", c.max_sessions,
@@ -476,37 +529,62 @@ class SubmissionService:
                                   fd_reserve=lmtp_reserve)
         self.servers: list[asyncio.AbstractServer] = []
         self.ports: list[int] = []
+        self.tls_ports: list[int] = []
+        self.handshake_timeout = c.timeout
+
+    def handshake_failed(self, peer: Any, error: BaseException) -> None:
+        """A connection of tls_listen whose TLS handshake failed: logged as a failed
+        STARTTLS handshake is, and counted with the refused connections."""
+        log.info("submission TLS handshake failed", client=peer_text(peer),
+                 error=repr(error)[:300])
+        self.limit.refused_total += 1
+        metrics.SESSIONS_REFUSED.labels(self.name).inc()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.sub.config
         tls = server_tls_context(cfg)
 
-        def factory() -> SubmissionSession:
+        def factory(implicit_tls: bool = False) -> SubmissionSession:
             c = self.sub.config.submission
+            # On tls_listen the connection is TLS already: no STARTTLS, AUTH at once.
             return SubmissionSession(self.sub, self.limit, data_size_limit=c.max_message_size,
                                      enable_SMTPUTF8=True, hostname=cfg.gateway.hostname,
-                                     ident="deskgate submission", tls_context=tls,
-                                     timeout=c.timeout, auth_require_tls=True, loop=loop)
+                                     ident="deskgate submission",
+                                     tls_context=None if implicit_tls else tls,
+                                     timeout=c.timeout, auth_require_tls=not implicit_tls,
+                                     implicit_tls=implicit_tls, loop=loop)
 
-        for spec in self.listen:
+        def tls_first() -> asyncio.Protocol:
+            assert tls is not None          # check: tls_listen needs tls_cert/tls_key
+            return TlsFirst(self, tls, factory(implicit_tls=True))
+
+        specs = [(spec, False) for spec in self.listen]
+        specs += [(spec, True) for spec in self.tls_listen]
+        for spec, implicit in specs:
             host, _, port = spec.rpartition(":")
             try:
-                server = await loop.create_server(factory, host.strip("[]"), int(port))
+                server = await loop.create_server(tls_first if implicit else factory,
+                                                  host.strip("[]"), int(port))
             except OSError as exc:
                 for s in self.servers:
                     s.close()
+                what = "submission tls_listen" if implicit else "submission"
                 if exc.errno == errno.EADDRINUSE:
-                    raise InUse(f"submission {spec} is in use by {in_use_by(int(port))}"
+                    raise InUse(f"{what} {spec} is in use by {in_use_by(int(port))}"
                                 ) from None
-                raise InUse(f"submission {spec}: cannot listen: {exc.strerror}") from None
+                raise InUse(f"{what} {spec}: cannot listen: {exc.strerror}") from None
             self.servers.append(server)
-            self.ports.append(server.sockets[0].getsockname()[1])
-        log.info("submission listening", listen=list(self.listen), starttls=tls is not None)
+            (self.tls_ports if implicit else self.ports).append(
+                server.sockets[0].getsockname()[1])
+        log.info("submission listening", listen=list(self.listen), starttls=tls is not None,
+                 tls_listen=list(self.tls_listen))
 
     async def stop(self) -> None:
         for s in self.servers:
             s.close()
+        for task in list(self.handshakes):      # handshakes not yet done
+            task.cancel()
         for s in self.servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.wait_closed(), 10)

@@ -284,7 +284,7 @@ class SubmissionHandler:
                               trusted=True)
         how = (f"AUTH as {user.name}" if user is not None
                else "no AUTH, client in allow_networks")
-        tls = "STARTTLS" if server._tls_protocol is not None else "no TLS"
+        tls = tls_of(server)
         ctx.log.log("Info", CLIENT, f"{peer_text(session.peer)} HELO {session.host_name}, "
                     f"{tls}, {how}")
         t0 = time.perf_counter()
@@ -312,6 +312,16 @@ class SubmissionHandler:
         except Exception:
             log.exception("submission: metrics not counted", outbound_id=result.outbound_id)
         return f"{reply.code} {reply.enhanced} {text}"
+
+
+def tls_of(server: SMTP) -> str:
+    """How a session's connection is protected, for the communication log: STARTTLS,
+    implicit TLS (a connection of tls_listen, TLS from its first byte) or no TLS."""
+    if server._tls_protocol is not None:
+        return "STARTTLS"
+    if server.transport is not None and server.transport.get_extra_info("ssl_object"):
+        return "implicit TLS"
+    return "no TLS"
 
 
 def command_of(error: BaseException) -> str:
