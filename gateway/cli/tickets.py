@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.cli.common import add_json, connect_store, load, load_readonly, print_json, print_table
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from sqlalchemy import Connection
 
     from gateway.config import Config
@@ -25,7 +27,7 @@ def register(sub: Any) -> None:
     tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION")
     tsub.required = True
     lp = tsub.add_parser("list", help="list tickets, newest first")
-    lp.add_argument("--queue", help="only this queue")
+    lp.add_argument("--queue", help="only this queue (its name in any case)")
     lp.add_argument("--state", help="only this state")
     lp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     add_json(lp)
@@ -58,15 +60,29 @@ def ticket_summary(t: Any) -> dict[str, Any]:
             "customer_user": t.customer_user}
 
 
+def queue_spellings(cfg: Config) -> list[str]:
+    """Every queue name the configuration writes: [[queue]] names and the keys that refer
+    to a queue by name (case-insensitively, so a ticket may carry any of them)."""
+    return ([q.name for q in cfg.queue] + [cfg.postmaster.default_queue]
+            + [a.queue for a in cfg.address] + [a.queue for a in cfg.account]
+            + [u.default_queue for u in cfg.submission.user])
+
+
 def list_tickets(conn: Connection, *, queue: str | None = None, state: str | None = None,
-                 limit: int = 100) -> list[dict[str, Any]]:
-    from sqlalchemy import select
+                 limit: int = 100, spellings: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Newest first. `queue` matches regardless of case, as the configuration compares
+    queue names: SQL's lower() folds ASCII only on SQLite, so the names of `spellings`
+    (queue_spellings) that fold to the same are matched as written too ("BÜRO" finds
+    the tickets of [[queue]] "Büro")."""
+    from sqlalchemy import func, or_, select
 
     from gateway.store.tables import Ticket
 
     q = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
     if queue:
-        q = q.where(Ticket.queue == queue)
+        folded = queue.lower()
+        names = sorted({queue, *(n for n in spellings if n.lower() == folded)})
+        q = q.where(or_(Ticket.queue.in_(names), func.lower(Ticket.queue) == folded))
     if state:
         q = q.where(Ticket.state == state)
     return [ticket_summary(t) for t in conn.execute(q).all()]
@@ -167,7 +183,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 2
     cfg = load_readonly(args)
     with _connect(cfg) as conn:
-        rows = list_tickets(conn, queue=args.queue, state=args.state, limit=args.limit)
+        rows = list_tickets(conn, queue=args.queue, state=args.state, limit=args.limit,
+                            spellings=queue_spellings(cfg))
     if args.json:
         print_json(rows)
     else:
