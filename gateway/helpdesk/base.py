@@ -10,11 +10,21 @@ permanent → failed at once).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from gateway.inbound.ticket import is_true
 from gateway.model import AttachmentData
+
+
+def one_line(text: str) -> str:
+    """A subject as a helpdesk can store and show it: control characters (line breaks,
+    tabs, NUL, bell) and line or paragraph separators as spaces, runs of blanks as one.
+    A subject decoded from encoded words may hold any of them; RT drops a line break
+    (joining the words around it) and keeps the others."""
+    return " ".join("".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                            for c in text).split())
 
 
 class HandoffError(Exception):

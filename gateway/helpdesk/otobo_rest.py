@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.config import Config
-from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem, one_line
 from gateway.helpdesk.filenames import safe_filename
 from gateway.helpdesk.http import opener, redirect_note, request
 from gateway.inbound.ticket import is_set
@@ -49,6 +49,8 @@ DEFAULT_PENDING_DIFF = 1440      # minutes
 # OTOBO no mail header, so no X-OTOBO-Loop; "auto remove" is a type OTOBO still lists but
 # no longer sends itself, so a queue normally has no response of that type.
 NO_AUTO_RESPONSE = "auto remove"
+# The body of an article whose message has no text (as the RT hand-off sends it).
+NO_TEXT = "(no text)"
 
 
 class OtoboError(HandoffError):
@@ -271,8 +273,7 @@ class OtoboRest:
                     value or self.config.postmaster.default_queue)
             if value:
                 ticket[name] = value
-        ticket.setdefault("Title", item.ticket.get("title") or item.article.get("subject")
-                          or "(no subject)")
+        ticket["Title"] = self._title(item)
         ticket.setdefault("State", self.config.postmaster.default_state)
         ticket.setdefault("Priority", self.config.postmaster.default_priority)
         ticket["CustomerUser"] = (d.get("CustomerUser") or item.ticket.get("customer_user")
@@ -397,6 +398,11 @@ class OtoboRest:
         body, mime = str(a.get("body") or ""), "text/plain"
         if not body.strip() and a.get("body_html"):
             body, mime = str(a["body_html"]), "text/html"
+        if not body.strip():
+            # OTOBO trims every article field and refuses an empty Body (MissingParameter)
+            body = NO_TEXT
+            log.append(("Notice", "Article", f"the message has no text; OTOBO takes no "
+                        f"article without one: {NO_TEXT!r} sent as its body"))
         vis = a.get("is_visible_for_customer")
         article: dict[str, Any] = {
             "CommunicationChannel": "Email",
@@ -404,8 +410,8 @@ class OtoboRest:
             "IsVisibleForCustomer": 0 if vis in (False, 0, "0") else 1,
             "From": a.get("from") or "", "To": a.get("to") or "", "Cc": a.get("cc") or "",
             "ReplyTo": a.get("reply_to") or "",
-            "Subject": a.get("subject") or "(no subject)",
-            "Body": body or "\n", "MimeType": mime, "Charset": "utf-8",
+            "Subject": one_line(str(a.get("subject") or "")) or "(no subject)",
+            "Body": body, "MimeType": mime, "Charset": "utf-8",
             "ContentType": f"{mime}; charset=utf-8",
             "MessageID": a.get("message_id") or "", "InReplyTo": a.get("in_reply_to") or "",
             "References": a.get("references") or "",
@@ -494,6 +500,13 @@ class OtoboRest:
         log.append(("Notice", "FollowUp", f"ticket number {number} not found in OTOBO"))
         return ""
 
+    @staticmethod
+    def _title(item: HandoffItem) -> str:
+        """The new ticket's title on one line (OTOBO keeps a line break or a control
+        character in it as sent); "(no subject)" when nothing is left."""
+        return one_line(str(item.decisions.get("Title") or item.ticket.get("title")
+                            or item.article.get("subject") or "")) or "(no subject)"
+
     def _find_created(self, item: HandoffItem) -> tuple[str, str] | None:
         """A ticket an earlier attempt created (its history has our marker), or None."""
         minutes = 7 * 1440
@@ -505,7 +518,7 @@ class OtoboRest:
             minutes = math.ceil((datetime.now(UTC) - created).total_seconds() / 60) + 10
         except ValueError:
             pass
-        title = str(item.decisions.get("Title") or item.ticket.get("title") or "")[:150]
+        title = self._title(item)[:150]
         seen: list[str] = []
         searches: list[dict[str, Any]] = []
         if title and '"' not in title and "\\" not in title:

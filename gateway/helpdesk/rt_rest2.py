@@ -29,7 +29,7 @@ from email.utils import parseaddr
 from typing import Any
 
 from gateway.config import Config
-from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem, one_line
 from gateway.helpdesk.filenames import safe_filename
 from gateway.helpdesk.http import opener, redirect_note, request
 
@@ -67,6 +67,18 @@ def api_base(url: str) -> str:
     if base.endswith(API):
         base = base[: -len(API)]
     return base + API
+
+
+def rt_filename(name: str) -> str:
+    """A file name as REST2 must get it: its UTF-8 bytes, one character each. REST2 hands
+    the JSON string to MIME::Entity, which RT reads as bytes: a non-ASCII character given
+    as itself is stored as U+FFFD (RT's own web form encodes the name to UTF-8 first)."""
+    return name.encode("utf-8").decode("latin-1")
+
+
+def from_rt_filename(name: str) -> str:
+    """rt_filename's name as RT stores and shows it."""
+    return name.encode("latin-1").decode("utf-8")
 
 
 def _quote_sql(value: str) -> str:
@@ -196,7 +208,7 @@ class RtRest2:
                 # REST2 refuses a file without content.
                 warnings.append(f"attachment {name} is empty and was not sent")
                 continue
-            files.append({"FileName": name,
+            files.append({"FileName": rt_filename(name),
                           "FileType": att.content_type or "application/octet-stream",
                           "FileContent": base64.b64encode(att.content).decode("ascii")})
         if files:
@@ -210,7 +222,7 @@ class RtRest2:
         return str(a.get("from_email") or parseaddr(str(a.get("from") or ""))[1]).strip()
 
     def _create(self, item: HandoffItem) -> Delivered:
-        subject = str(item.article.get("subject") or item.ticket.get("title") or "")
+        subject = one_line(str(item.article.get("subject") or item.ticket.get("title") or ""))
         requestor = self._requestor(item)
         fields, warnings = self._message_fields(item)
         log: list[tuple[str, str, str]] = [("Notice", "RT", w) for w in warnings]
@@ -386,7 +398,8 @@ class RtRest2:
                  in ("text/plain", "text/html")]
         names = sorted(str(p.get("Filename")) for p in parts if p.get("Filename"))
         ours = normalize_text(str(fields.get("Content") or ""))
-        our_names = sorted(f["FileName"] for f in fields.get("Attachments") or [])
+        our_names = sorted(from_rt_filename(f["FileName"])
+                           for f in fields.get("Attachments") or [])
         text_ok = (not ours and not texts) or any(normalize_text(t) == ours for t in texts)
         return text_ok and names == our_names
 
