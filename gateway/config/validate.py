@@ -225,6 +225,12 @@ def validate_core(cfg: Config, at: Callable[[str], str],
     if bool(sub.tls_cert) != bool(sub.tls_key):
         add(at("submission.tls_cert" if sub.tls_cert else "submission.tls_key"),
             "submission.tls_key", "tls_cert and tls_key go together")
+    for spec in sub.listen:
+        if spec.startswith("unix:"):
+            add(at("submission.listen"), "submission.listen",
+                f"{spec!r} is not HOST:PORT: submission listens on TCP only (a local "
+                "application submits with `deskgate send` or to a listen address on "
+                "127.0.0.1, inside allow_networks)")
     _validate_tls_listen(cfg, at, add)
     _validate_helpdesk(cfg, at, add)
     _validate_classifier(cfg, at, add)

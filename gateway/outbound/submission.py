@@ -563,13 +563,18 @@ class SubmissionService:
         specs += [(spec, True) for spec in self.tls_listen]
         for spec, implicit in specs:
             host, _, port = spec.rpartition(":")
+            what = "submission tls_listen" if implicit else "submission"
+            if not port.isdigit():      # unix:PATH; the config check refuses it
+                for s in self.servers:
+                    s.close()
+                raise InUse(f"{what} {spec}: cannot listen: not HOST:PORT (submission "
+                            "listens on TCP only)")
             try:
                 server = await loop.create_server(tls_first if implicit else factory,
                                                   host.strip("[]"), int(port))
             except OSError as exc:
                 for s in self.servers:
                     s.close()
-                what = "submission tls_listen" if implicit else "submission"
                 if exc.errno == errno.EADDRINUSE:
                     raise InUse(f"{what} {spec} is in use by {in_use_by(int(port))}"
                                 ) from None
