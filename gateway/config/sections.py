@@ -16,6 +16,7 @@ from gateway.config.values import (
     each_string,
     parse_duration,
     parse_email,
+    parse_hostname,
     parse_listen,
     parse_mode,
     parse_network,
@@ -27,7 +28,7 @@ from gateway.config.values import (
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    hostname: str = "localhost"
+    hostname: str = conv(parse_hostname, "localhost")
     state_dir: str = "var"
     database: str = ""   # default: sqlite:///<state_dir>/deskgate.db
     header_prefixes: tuple[str, ...] = ("X-Deskgate-", "X-OTOBO-", "X-OTRS-")

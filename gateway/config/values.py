@@ -139,6 +139,37 @@ def parse_email(value: object) -> str:
     return value.lower()
 
 
+# One label of a host name: letters, digits, hyphens (not first or last) and, as
+# Postfix's valid_hostname() allows, underscores; 1 to 63 characters (RFC 1035 2.3.4).
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def hostname_problem(value: str) -> str | None:
+    """Why `value` cannot be gateway.hostname (the name in every greeting, Received
+    header, Message-ID and DSN), None when it can: a host name of labels such as
+    mx.example.org (a trailing dot allowed, an internationalised one checked by its
+    A-labels), at most 253 characters."""
+    try:
+        name = value.encode("idna").decode("ascii") if not value.isascii() else value
+    except UnicodeError:
+        name = ""
+    name = name.removesuffix(".")
+    if (not name or len(name) > 253
+            or not all(_HOST_LABEL.fullmatch(label) for label in name.split("."))):
+        return (f"{value!r} is not a host name (labels of letters, digits and hyphens, "
+                "separated by dots, such as mx.example.org)")
+    return None
+
+
+def parse_hostname(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    problem = hostname_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 def parse_network(value: str) -> str:
     ipaddress.ip_network(value, strict=False)
     return value
