@@ -12,7 +12,7 @@ from gateway.cli.common import add_json, connect_store, load, load_readonly, pri
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from sqlalchemy import Connection
+    from sqlalchemy import ColumnElement, Connection
 
     from gateway.config import Config
 
@@ -68,21 +68,30 @@ def queue_spellings(cfg: Config) -> list[str]:
             + [u.default_queue for u in cfg.submission.user])
 
 
+def queue_condition(queue: str, spellings: Iterable[str]) -> ColumnElement[bool]:
+    """Tickets of `queue` in any case, as the configuration compares queue names: SQL's
+    lower() folds ASCII only on SQLite, so the names of `spellings` (queue_spellings)
+    that fold to the same are matched as written too ("BÜRO" finds the tickets of
+    [[queue]] "Büro"). `tickets list --queue` and the dashboard's ticket list."""
+    from sqlalchemy import func, or_
+
+    from gateway.store.tables import Ticket
+
+    folded = queue.lower()
+    names = sorted({queue, *(n for n in spellings if n.lower() == folded)})
+    return or_(Ticket.queue.in_(names), func.lower(Ticket.queue) == folded)
+
+
 def list_tickets(conn: Connection, *, queue: str | None = None, state: str | None = None,
                  limit: int = 100, spellings: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Newest first. `queue` matches regardless of case, as the configuration compares
-    queue names: SQL's lower() folds ASCII only on SQLite, so the names of `spellings`
-    (queue_spellings) that fold to the same are matched as written too ("BÜRO" finds
-    the tickets of [[queue]] "Büro")."""
-    from sqlalchemy import func, or_, select
+    """Newest first. `queue` matches regardless of case (queue_condition)."""
+    from sqlalchemy import select
 
     from gateway.store.tables import Ticket
 
     q = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
     if queue:
-        folded = queue.lower()
-        names = sorted({queue, *(n for n in spellings if n.lower() == folded)})
-        q = q.where(or_(Ticket.queue.in_(names), func.lower(Ticket.queue) == folded))
+        q = q.where(queue_condition(queue, spellings))
     if state:
         q = q.where(Ticket.state == state)
     return [ticket_summary(t) for t in conn.execute(q).all()]

@@ -19,6 +19,7 @@ from gateway.config import parse_duration
 from gateway.web import logdetail, ticketdetail
 
 if TYPE_CHECKING:
+    from gateway.config import Config
     from gateway.web.server import Dashboard
 
 PAGE_SIZE = 50
@@ -188,8 +189,9 @@ class MailFlowPages:
         state = _query_value(request.query, "state")
         page = _page_number(request.query)
         size = TICKET_PAGE
+        config = self.dash.gw.config
         rows, total = await self.dash.db(lambda c: read_tickets(
-            c, queue=queue, state=state, limit=size, offset=(page - 1) * size))
+            c, config, queue=queue, state=state, limit=size, offset=(page - 1) * size))
         return self.dash.render(request, "tickets.html", title="Tickets", rows=rows,
                                 queue=queue or "", state=state or "", total=total,
                                 page=page, pages=max(1, (total + size - 1) // size),
@@ -255,13 +257,14 @@ class MailFlowPages:
         return self.dash.render(request, "handoff_item.html", title=f"Hand-off #{hid}", h=data)
 
 
-def read_tickets(conn: Connection, *, queue: str | None, state: str | None, limit: int,
-                 offset: int) -> tuple[list[dict[str, Any]], int]:
-    """One page of `tickets list` (newest first) and how many tickets match in all."""
-    from gateway.cli.tickets import ticket_summary
+def read_tickets(conn: Connection, config: Config, *, queue: str | None, state: str | None,
+                 limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """One page of `tickets list` (newest first) and how many tickets match in all; the
+    queue in any case, as `tickets list --queue` matches it."""
+    from gateway.cli.tickets import queue_condition, queue_spellings, ticket_summary
     from gateway.store.tables import Ticket
 
-    where = [c for c in (Ticket.queue == queue if queue else None,
+    where = [c for c in (queue_condition(queue, queue_spellings(config)) if queue else None,
                          Ticket.state == state if state else None) if c is not None]
     rows = conn.execute(select(Ticket).where(*where).order_by(Ticket.id.desc())
                         .limit(limit).offset(offset)).all()

@@ -54,6 +54,21 @@ class TestTicketPaging:
         assert d.get("/tickets?page=99999999")[0] == 400
 
 
+    def test_queue_filter_folds_case_as_tickets_list_does(self, dashboard):
+        """The dashboard's queue filter matches a queue name in any case, as the
+        configuration compares queue names and `deskgate tickets list --queue` does."""
+        d = dashboard()
+        for n in range(2):
+            assert d.deliver(message(n)) == [250]
+        with d.rg.gateway.engine.begin() as conn:
+            conn.execute(Ticket.__table__.update().where(
+                Ticket.id == select(Ticket.id).order_by(Ticket.id).limit(1)
+                .scalar_subquery()).values(queue="SUPPORT"))
+        for spelt in ("Support", "support", "SUPPORT"):
+            _, _, body = d.get(f"/tickets?queue={spelt}")
+            assert 'id="ticket-count">2 tickets' in body, spelt
+
+
 def article_ids_on(body: str) -> list[int]:
     """The ids of the articles a ticket page shows, in page order."""
     return [int(i) for i in re.findall(r'<h2 class="article">Article ([0-9]+) ', body)]
