@@ -43,6 +43,7 @@ def submission_service(gw: Host) -> SubmissionService | None:
     svc = SubmissionService(sub, listen, tls_listen=tls_listen,
                             lmtp_reserve=gw.config.lmtp.max_sessions + FD_MARGIN)
     gw.limits["submission"] = svc.limit
+    gw.reload_hooks.append(svc.reload)      # a renewed certificate, for new connections
     return svc
 
 

@@ -47,6 +47,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, TLSSetupException, syntax
 
 from gateway import metrics
+from gateway.config import Config
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
 from gateway.outbound.submission_policy import (
@@ -531,6 +532,29 @@ class SubmissionService:
         self.ports: list[int] = []
         self.tls_ports: list[int] = []
         self.handshake_timeout = c.timeout
+        # The certificate new connections get; reload loads the files again.
+        self.tls: ssl.SSLContext | None = None
+
+    def reload(self, cfg: Config) -> None:
+        """Reload hook: tls_cert and tls_key are read again, for new connections (those
+        open keep theirs), so a renewed certificate needs no restart. A pair that does
+        not load is logged as an error naming the files and the certificate in use is
+        kept; so is one removed while tls_listen sockets are open."""
+        sub = cfg.submission
+        try:
+            tls = server_tls_context(cfg)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("submission certificate not reloaded; new connections keep the "
+                      "previous one", tls_cert=str(cfg.path(sub.tls_cert)),
+                      tls_key=str(cfg.path(sub.tls_key)), error=repr(exc)[:300])
+            return
+        if tls is None and self.tls is not None and self.tls_listen:
+            log.error("submission certificate not reloaded: tls_listen is open and needs "
+                      "one; new connections keep the previous one")
+            return
+        if tls is not None:
+            log.info("submission certificate loaded", tls_cert=str(cfg.path(sub.tls_cert)))
+        self.tls = tls
 
     def handshake_failed(self, peer: Any, error: BaseException) -> None:
         """A connection of tls_listen whose TLS handshake failed: logged as a failed
@@ -543,10 +567,11 @@ class SubmissionService:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.sub.config
-        tls = server_tls_context(cfg)
+        self.tls = tls = server_tls_context(cfg)
 
         def factory(implicit_tls: bool = False) -> SubmissionSession:
-            c = self.sub.config.submission
+            # The certificate of the moment: reload may have loaded a renewed one.
+            c, tls = self.sub.config.submission, self.tls
             # On tls_listen the connection is TLS already: no STARTTLS, AUTH at once.
             return SubmissionSession(self.sub, self.limit, data_size_limit=c.max_message_size,
                                      enable_SMTPUTF8=True, hostname=cfg.gateway.hostname,
@@ -556,8 +581,8 @@ class SubmissionService:
                                      implicit_tls=implicit_tls, loop=loop)
 
         def tls_first() -> asyncio.Protocol:
-            assert tls is not None          # check: tls_listen needs tls_cert/tls_key
-            return TlsFirst(self, tls, factory(implicit_tls=True))
+            assert self.tls is not None     # check: tls_listen needs tls_cert/tls_key
+            return TlsFirst(self, self.tls, factory(implicit_tls=True))
 
         specs = [(spec, False) for spec in self.listen]
         specs += [(spec, True) for spec in self.tls_listen]
