@@ -154,8 +154,14 @@ class SubmissionSession(IdleTimer, SMTP):
         """Bytes of the message being received that the session holds."""
         return len(self._data)
 
+    def admitted(self, peer: Any) -> None:
+        """tls_listen: the connection was counted in the limit when it was accepted,
+        before its handshake; the session releases it when it ends."""
+        self._admitted = (peer,)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None and self._limit is not None:   # not the STARTTLS switch
+        # Not the STARTTLS switch, nor a tls_listen connection counted at accept.
+        if self.transport is None and self._limit is not None and self._admitted is None:
             peer = transport.get_extra_info("peername")
             if self._limit.admit(peer) is not None:
                 self._refused = True
@@ -472,7 +478,10 @@ class TlsFirst(asyncio.Protocol):
     """A connection of [submission] tls_listen: the TLS handshake, then a
     SubmissionSession on the TLS transport. A handshake that fails (a client speaking
     plain text, a scanner, a timeout) is logged and counted as a refused connection;
-    the listener goes on."""
+    the listener goes on. The connection counts towards max_sessions (and
+    max_sessions_per_ip) from its accept, handshake included: over the limit it is
+    closed at once (a 421 in plain text would be no TLS record), counted and logged as
+    a refused session."""
 
     def __init__(self, service: SubmissionService, tls: ssl.SSLContext,
                  session: SubmissionSession) -> None:
@@ -485,6 +494,11 @@ class TlsFirst(asyncio.Protocol):
         # The task runs before the loop first reads the socket, so start_tls gets the
         # client's first byte (the ClientHello); data_received never sees one.
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if self.service.limit.admit(peer) is not None:
+            transport.close()
+            return
+        self.session.admitted(peer)
         task = asyncio.get_running_loop().create_task(self._handshake(transport))
         self.service.handshakes.add(task)
         task.add_done_callback(self.service.handshakes.discard)
@@ -502,12 +516,18 @@ class TlsFirst(asyncio.Protocol):
                 server_side=True, ssl_handshake_timeout=self.service.handshake_timeout)
         except (OSError, EOFError, asyncio.CancelledError) as exc:
             transport.close()
+            self.service.limit.release(peer)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self.service.handshake_failed(peer, exc)
             return
+        except BaseException:
+            transport.close()
+            self.service.limit.release(peer)
+            raise
         if tls_transport is None:       # the connection ended meanwhile
             transport.close()
+            self.service.limit.release(peer)
             return
         self.session.connection_made(tls_transport)
 
