@@ -81,8 +81,10 @@ FILTER_TIMEOUTS = Counter(
 COMMLOG_PURGED = Counter(
     "deskgate_commlog_purged", "Communications removed by the purge", registry=REGISTRY)
 SESSIONS_REFUSED = Counter(
-    "deskgate_sessions_refused", "Connections answered 421 4.7.0 by a listener (lmtp, "
-    "submission): max_sessions, max_sessions_per_ip or file descriptors", ["listener"],
+    "deskgate_sessions_refused", "Connections refused by a listener (lmtp, submission): "
+    "answered 421 4.7.0 (closed at once on submission tls_listen) for max_sessions, "
+    "max_sessions_per_ip or file descriptors, and tls_listen connections whose TLS "
+    "handshake failed", ["listener"],
     registry=REGISTRY)
 SERVICE_UP = Gauge(
     "deskgate_service_up", "1 when a service of serve runs, 0 when it could not start "

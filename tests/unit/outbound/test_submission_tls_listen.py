@@ -73,3 +73,16 @@ class TestTlsListenConfig:
                              + NO_FILES})
         errs = errors_of(conf, "submission.tls_listen")
         assert len(errs) == 1 and errs[0].endswith(why), errs
+
+
+class TestRefusedMetricHelp:
+    def test_help_names_failed_tls_handshakes(self):
+        """deskgate_sessions_refused_total also counts tls_listen connections whose TLS
+        handshake failed; its HELP line in /metrics says so, as docs/operations.md does."""
+        from gateway import metrics
+
+        body = metrics.render()[0].decode()
+        [help_line] = [line for line in body.splitlines()
+                       if line.startswith("# HELP deskgate_sessions_refused_total ")]
+        assert "TLS handshake failed" in help_line, help_line
+        assert "tls_listen" in help_line, help_line
