@@ -102,8 +102,10 @@ class SessionLimit:
                        if self.fd_reserve else ""))
         return None
 
-    def admit(self, peer: Any) -> str | None:
-        """Count a new session; None when admitted, else why it is refused."""
+    def admit(self, peer: Any, *, replied: bool = True) -> str | None:
+        """Count a new session; None when admitted, else why it is refused. `replied`:
+        a refused connection is answered 421 4.7.0 (False: closed without a reply, as
+        an implicit-TLS listener closes it before the handshake)."""
         client = client_of(peer)
         reason = self.refuses()
         if reason is None and self.max_per_ip and client != "unix" \
@@ -111,7 +113,7 @@ class SessionLimit:
             reason = (f"{self.per_ip[client]} sessions open from {client} "
                       f"(max_sessions_per_ip = {self.max_per_ip})")
         if reason is not None:
-            self._refused(peer, reason)
+            self._refused(peer, reason, replied)
             return reason
         self.active += 1
         if client != "unix":
@@ -127,7 +129,7 @@ class SessionLimit:
             if self.per_ip[client] <= 0:
                 del self.per_ip[client]
 
-    def _refused(self, peer: Any, reason: str) -> None:
+    def _refused(self, peer: Any, reason: str, replied: bool = True) -> None:
         self.refused_total += 1
         metrics.SESSIONS_REFUSED.labels(self.name).inc()
         self._pending += 1
@@ -143,7 +145,8 @@ class SessionLimit:
             else str(peer or "unix")
         comm = Comm(self.direction, self.transport, peer_s)  # type: ignore[arg-type]
         obj = comm.obj("Connection")
-        text = f"{self.name}: connection from {peer_s} refused with 421 4.7.0: {reason}"
+        how = "refused with 421 4.7.0" if replied else "closed without a reply"
+        text = f"{self.name}: connection from {peer_s} {how}: {reason}"
         if count > 1:
             text += f" ({count} refusals since the last warning)"
         obj.log("Warn", "Limit", text)

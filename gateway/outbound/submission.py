@@ -495,7 +495,7 @@ class TlsFirst(asyncio.Protocol):
         # client's first byte (the ClientHello); data_received never sees one.
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        if self.service.limit.admit(peer) is not None:
+        if self.service.limit.admit(peer, replied=False) is not None:
             transport.close()
             return
         self.session.admitted(peer)
