@@ -147,6 +147,71 @@ def safe_mime_filenames(raw: bytes) -> bytes:
     return _flatten(msg, "\r\n" if b"\r\n" in head[:4096] else "\n")
 
 
+def _read_as(data: bytes, declared: str | None) -> str | None:
+    """The charset deskgate read a text part's bytes as (gateway.inbound.decoding), when
+    a helpdesk reading the declared label would read other text; None when it reads
+    the same. ISO-8859-1 (and US-ASCII) from Windows is Windows-1252: 0x80-0x9F are its
+    quotes and euro sign, which OTOBO shows as C1 controls; bytes the label cannot hold
+    are UTF-8 when they are valid UTF-8, else Windows-1252."""
+    import codecs
+
+    if data.isascii():
+        return None
+    label = (declared or "").strip().strip('"').lower()
+    try:
+        codec = codecs.lookup(label).name if label else ""
+    except LookupError:
+        codec = ""
+    if codec == "iso8859-1":
+        return "windows-1252" if any(0x80 <= b <= 0x9F for b in data) else None
+    if codec:
+        try:
+            data.decode(codec)
+            return None
+        except (UnicodeDecodeError, LookupError):
+            pass
+    try:
+        data.decode("utf-8")
+        return None if codec == "utf-8" else "utf-8"
+    except UnicodeDecodeError:
+        return "windows-1252"
+
+
+def relabel_charsets(raw: bytes) -> bytes:
+    """The message with each text part's charset label naming the charset deskgate read
+    it as, where the declared one would read other text (see _read_as); `raw` itself
+    when none does, or when the message has a multipart/signed part (its bytes are
+    signed)."""
+    if raw.isascii():
+        return raw
+    msg = email.message_from_bytes(raw, policy=compat32)
+    parts = list(msg.walk())
+    if any(p.get_content_type() == "multipart/signed" for p in parts):
+        return raw
+    changed = False
+    for part in parts:
+        if part.is_multipart() or part.get_content_maintype() != "text":
+            continue
+        if (part.get_content_disposition() or "") == "attachment":
+            continue                     # a file: its bytes are the helpdesk's to read
+        try:
+            data = part.get_payload(decode=True)
+            declared = part.get_param("charset")
+        except Exception:  # noqa: S112 (a part compat32 cannot read: left as sent)
+            continue
+        if not isinstance(data, bytes) or isinstance(declared, tuple):
+            continue
+        better = _read_as(data, declared)
+        if better is None:
+            continue
+        part.set_param("charset", better)
+        changed = True
+    if not changed:
+        return raw
+    head = split_head(raw)[0]
+    return _flatten(msg, "\r\n" if b"\r\n" in head[:4096] else "\n")
+
+
 def _param(part: Message, param: str, header: str) -> str | None:
     """A parameter's value (RFC 2231 decoded); None when absent or unreadable."""
     try:

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config
-from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem
+from gateway.helpdesk.base import Delivered, HandoffError, HandoffItem, one_line
 from gateway.helpdesk.mime import (
     add_reference,
+    header_lines,
+    relabel_charsets,
     safe_mime_filenames,
     split_head,
     strip_prefixed,
@@ -215,15 +217,44 @@ def rewrite_headers(mime: bytes, prefixes: Sequence[str],
 
 
 def encode_header(name: str, value: str, eol: str = "\n") -> str:
-    """'Name: value' on one logical line: whitespace collapsed (no CR/LF can get in),
-    RFC 2047 words for non-ASCII, folded."""
-    value = " ".join(value.split())
+    """'Name: value' on one logical line: control characters as spaces, whitespace
+    collapsed (no CR/LF can get in), RFC 2047 words for non-ASCII, folded."""
+    value = one_line(value)
     try:
         value.encode("ascii")
         charset = "us-ascii"
     except UnicodeEncodeError:
         charset = "utf-8"
     return f"{name}: " + Header(value, charset, header_name=name).encode(linesep=eol)
+
+
+def one_line_subject(mime: bytes) -> bytes:
+    """The message with a Subject whose decoded text holds line breaks or control
+    characters (encoded words may carry any: =0A, =07) written again on one line
+    (gateway.helpdesk.base.one_line); OTOBO dropped a line break, joining the words
+    around it, and kept the others in the article's subject. `mime` itself otherwise."""
+    from gateway.inbound.parse import decode_header_value
+
+    head, sep, body = split_head(mime)
+    eol = "\r\n" if b"\r\n" in head[:4096] else "\n"
+    lines = header_lines(head)
+    changed = False
+    for i, line in enumerate(lines):
+        name, colon, raw = line.partition(b":")
+        if not colon or name.strip().lower() != b"subject":
+            continue
+        # NUL as U+FFFD, as deskgate stores the subject (and the X-OTOBO-Title of it)
+        text = decode_header_value(raw.decode("ascii", "surrogateescape").strip()
+                                   ).replace("\x00", "\ufffd")
+        folded_tab = "\t" in text and b"\t" in raw       # a tab as sent, not encoded
+        if not any(c != "\t" and not c.isprintable() for c in text) and (
+                "\t" not in text or folded_tab):
+            continue
+        lines[i] = (encode_header("Subject", text, eol) + eol).encode("ascii")
+        changed = True
+    if not changed:
+        return mime
+    return b"".join(lines).rstrip(b"\r\n") + sep + body
 
 
 class OtoboPostmaster:
@@ -254,7 +285,8 @@ class OtoboPostmaster:
     def _render(self, item: HandoffItem
                 ) -> tuple[bytes, list[tuple[str, str]], list[tuple[str, str, str]]]:
         headers = [(self.prefix + n, v) for n, v in decision_headers(item, self.config)]
-        mime, log = followup_link(item, safe_mime_filenames(item.mime))
+        mime, log = followup_link(
+            item, one_line_subject(relabel_charsets(safe_mime_filenames(item.mime))))
         return (rewrite_headers(mime, self.config.gateway.header_prefixes, headers),
                 headers, log)
 
