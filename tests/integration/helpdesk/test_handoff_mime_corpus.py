@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 # from HTML only, Windows-1252 and unknown-8bit bodies, an empty body, an attached
 # message and a thousand parts.
 PICKED = ["rfc2231-continuations", "file-name-with-directories", "pdf-without-file-name",
-          "html-only", "windows-1252-labelled-latin1", "unknown-8bit-latin1-bytes",
-          "headers-only", "forwarded-message", "1000-parts"]
+          "html-only", "windows-1252-labelled-latin1", "windows-1252-undeclared-html",
+          "unknown-8bit-latin1-bytes", "headers-only", "forwarded-message", "1000-parts"]
 
 # Cases of the same builders on what the corpus leaves out: names with quotes and of 300
 # non-ASCII characters, an attached message named after its Subject, very long subjects
