@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
 def cmd_send(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.outbound.context import OutboundContext
+    from gateway.outbound.context import OutboundContext, unique_recipients
     from gateway.outbound.rewrite import from_address, recipients_from_headers
     from gateway.outbound.service import outbound_pipeline
 
@@ -96,7 +96,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     from email.policy import compat32
 
     msg = message_from_bytes(raw, policy=compat32)
-    rcpts = [r.lower() for r in args.recipient] or recipients_from_headers(msg)
+    # As given (a relay keeps the local part's case, RFC 5321 2.4), each address once.
+    rcpts = unique_recipients(args.recipient) or recipients_from_headers(msg)
     if not rcpts:
         print("send: no recipients (give -r or To/Cc/Bcc)", file=sys.stderr)
         return EX_DATAERR

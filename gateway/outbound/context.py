@@ -6,6 +6,7 @@ crypto, DKIM, queue) import it without importing the pipeline that runs them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any, Literal
@@ -15,6 +16,19 @@ from gateway.config import QueueConfig, SubmissionUser
 from gateway.model import Parsed
 
 Kind = Literal["message", "auto-response", "dsn"]
+
+
+def unique_recipients(addresses: Iterable[str]) -> list[str]:
+    """The envelope recipients, each address once in order, as first spelt.
+
+    A relay keeps a recipient's case (RFC 5321 2.4: only the destination host may
+    fold a local part, and Postfix relays RCPT TO as it came), while two spellings
+    of one address are one recipient, as Postfix's cleanup drops duplicates.
+    """
+    seen: dict[str, str] = {}
+    for a in addresses:
+        seen.setdefault(a.lower(), a)
+    return list(seen.values())
 
 
 @dataclass

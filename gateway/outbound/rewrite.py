@@ -29,7 +29,7 @@ from sqlalchemy import Connection, or_, select
 from gateway.errors import PermanentError
 from gateway.inbound.parse import address_header_text, decode_header_value
 from gateway.inbound.xheaders import canonical
-from gateway.outbound.context import OutboundContext
+from gateway.outbound.context import OutboundContext, unique_recipients
 from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
 from gateway.store import repo
@@ -319,10 +319,15 @@ def rewrite(ctx: OutboundContext, rt: Runtime) -> None:
 
 
 def recipients_from_headers(msg: Message) -> list[str]:
-    """To, Cc and Bcc addresses (for `deskgate send` without -r), unique, in order."""
-    seen: dict[str, None] = {}
+    """To, Cc and Bcc addresses (for `deskgate send` without -r), unique, in order, each
+    as first written: a relay keeps a recipient's case (RFC 5321 2.4)."""
+    found: list[str] = []
     for name in ("To", "Cc", "Bcc"):
         for value in msg.get_all(name, []):
-            for a in address_header_text(_as_text(value))[1]:
-                seen.setdefault(a, None)
-    return list(seen)
+            text, addrs = address_header_text(_as_text(value))
+            # address_header_text lower-cases; the header's own spelling of each
+            spelt: dict[str, str] = {}
+            for _, a in email.utils.getaddresses([text]):
+                spelt.setdefault(a.lower(), a)
+            found += [spelt.get(a, a) for a in addrs]
+    return unique_recipients(found)

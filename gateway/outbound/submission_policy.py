@@ -25,7 +25,7 @@ from gateway import metrics
 from gateway.commlog import Comm, write_comm
 from gateway.commlog_names import CLIENT
 from gateway.config import Config, SubmissionUser
-from gateway.outbound.context import OutboundContext
+from gateway.outbound.context import OutboundContext, unique_recipients
 from gateway.outbound.pipeline import QUEUED, OutboundPipeline, SubmitResult
 from gateway.outbound.submission_replies import (
     AUTH_REQUIRED,
@@ -277,8 +277,9 @@ class SubmissionHandler:
         user = getattr(session, "deskgate_user", None)
         # aiosmtpd hands the null sender over as "<>"
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
-        # A recipient given twice is sent to once (Postfix's cleanup drops duplicates).
-        recipients = list(dict.fromkeys(r.lower() for r in envelope.rcpt_tos))
+        # A recipient given twice (in any case) is sent to once, as first spelt: Postfix's
+        # cleanup drops duplicates, and a relay keeps the local part's case (RFC 5321 2.4).
+        recipients = unique_recipients(envelope.rcpt_tos)
         ctx = OutboundContext(mail_from=mail_from, recipients=recipients, raw=raw,
                               source="SMTP", account=peer_text(session.peer), user=user,
                               trusted=True)

@@ -132,6 +132,19 @@ class TestDuplicateRecipients:
         assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
         assert pipeline.ctxs[0].recipients == ["cust@customer.test", "b@customer.test"]
 
+    async def test_recipients_keep_their_case_and_the_first_spelling(self, session):
+        """RFC 5321 2.4: a relay keeps the local part's case, as Postfix does; the
+        recipients were lower-cased. A second spelling of an address is still dropped,
+        the first one given is kept."""
+        c, pipeline = await session(networks=("127.0.0.0/8",))
+        assert (await c.cmd(b"MAIL FROM:<app@internal.test>")).startswith("250")
+        for rcpt in (b"<John.Doe@Example.ORG>", b"<b@customer.test>",
+                     b"<john.doe@example.org>", b"<JOHN.DOE@EXAMPLE.ORG>"):
+            assert (await c.cmd(b"RCPT TO:" + rcpt)).startswith("250 2.1.5"), rcpt
+        assert (await c.cmd(b"DATA")).startswith("354")
+        assert (await c.cmd(b"Subject: x\r\n\r\nbody\r\n.")).startswith("250")
+        assert pipeline.ctxs[0].recipients == ["John.Doe@Example.ORG", "b@customer.test"]
+
 
 class TestPostmaster:
     async def test_bare_postmaster_in_any_case_is_the_gateways_postmaster(self, session):

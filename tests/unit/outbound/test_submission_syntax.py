@@ -209,7 +209,7 @@ class TestRcptTo:
     @pytest.mark.parametrize(("arg", "rcpt"), [
         (b"<cust@customer.test>", "cust@customer.test"),
         (b"cust@customer.test", "cust@customer.test"),
-        (b" <Cust@Customer.test>", "cust@customer.test"),
+        (b" <Cust@Customer.test>", "Cust@Customer.test"),   # case kept (RFC 5321 2.4)
         (b"<@relay.test:cust@customer.test>", "cust@customer.test"),
         (b'<"cust"@customer.test>', "cust@customer.test"),
         (b"<z\xc3\xb6@customer.test>", "zö@customer.test"),
