@@ -40,6 +40,7 @@ from gateway.inbound.poller.session import (
     resolve,
     ssl_context,
     xoauth2,
+    xoauth2_refused,
 )
 
 _FETCH_RE = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)|FLAGS \(([^)]*)\)")
@@ -152,16 +153,17 @@ class ImapSession:
         acc = self.account
         imap = self.imap
         assert imap is not None
+        challenges: list[bytes] = []
         try:
             if acc.oauth2 is not None:
                 assert self.token is not None
                 token = self.token()
-                sent = {"n": 0}
 
-                def answer(_challenge: bytes) -> bytes:
-                    # First the XOAUTH2 response; an error challenge is answered empty.
-                    sent["n"] += 1
-                    return xoauth2(acc.login, token) if sent["n"] == 1 else b""
+                def answer(challenge: bytes) -> bytes:
+                    # First the XOAUTH2 response; an error challenge (base64 JSON, which
+                    # imaplib hands over decoded) is answered with an empty line.
+                    challenges.append(challenge)
+                    return xoauth2(acc.login, token) if len(challenges) == 1 else b""
 
                 imap.authenticate("XOAUTH2", answer)
                 method = "XOAUTH2"
@@ -169,6 +171,11 @@ class ImapSession:
                 imap.login(acc.login, str(acc.password or ""))
                 method = "password"
         except imaplib.IMAP4.error as exc:
+            if acc.oauth2 is not None:
+                raise MailboxError("auth", xoauth2_refused(
+                    acc.login, _auth_text(exc), challenges[1] if len(challenges) > 1 else None,
+                    sent=bool(challenges)),
+                    temporary=False) from exc
             raise MailboxError("auth", f"login as {acc.login} refused: {_auth_text(exc)}",
                                temporary=False) from exc
         except MailboxError:

@@ -33,6 +33,7 @@ from gateway.inbound.poller.session import (
     resolve,
     ssl_context,
     xoauth2,
+    xoauth2_refused,
 )
 
 # poplib refuses lines over 2048 bytes; real mail has longer ones (RFC 5322 allows 998
@@ -124,6 +125,8 @@ class Pop3Session:
         acc = self.account
         pop = self.pop
         assert pop is not None
+        challenge: bytes | None = None
+        sent = False
         try:
             if acc.oauth2 is not None:
                 assert self.token is not None
@@ -133,12 +136,16 @@ class Pop3Session:
                 resp = raw._getline()[0]
                 if _continuation(resp):
                     raw._putcmd(blob)
+                    sent = True
                     resp = raw._getline()[0]
                 if _continuation(resp):   # an error challenge: answer empty, get -ERR
+                    with contextlib.suppress(ValueError):
+                        challenge = base64.b64decode(resp[1:].strip(), validate=True)
                     raw._putcmd("")
                     resp = raw._getline()[0]
                 if not resp.startswith(b"+OK"):
-                    raise poplib.error_proto(resp)
+                    raise MailboxError("auth", xoauth2_refused(acc.login, _text(resp), challenge,
+                                                               sent=sent), temporary=False)
                 method = "XOAUTH2"
             else:
                 pop.user(acc.login)

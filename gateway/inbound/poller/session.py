@@ -8,6 +8,7 @@ one worker thread; see gateway/inbound/poller/__init__.py for why.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 from collections.abc import Callable
@@ -165,6 +166,30 @@ def describe_tls(sock: object) -> str:
     subject = ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
     return (f"{sock.version()} {cipher[0] if cipher else ''}, certificate {subject or '?'} "
             "verified")
+
+
+def xoauth2_error(challenge: bytes) -> str:
+    """The server's XOAUTH2 error challenge (JSON, already base64-decoded) for the log:
+    'status 401, schemes bearer, scope mail'. Google and Dovecot send one before
+    their NO; it says why the access token was not accepted."""
+    text = challenge.decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:200]
+    if not isinstance(body, dict):
+        return text[:200]
+    return ", ".join(f"{k} {str(v)[:100]}" for k, v in list(body.items())[:6])
+
+
+def xoauth2_refused(login: str, answer: str, challenge: bytes | None, *, sent: bool) -> str:
+    """The reason of a refused XOAUTH2 login: the server's answer and its error challenge.
+    Not `sent`: the server refused AUTH XOAUTH2 before the token was sent."""
+    if not sent:
+        return f"XOAUTH2 login as {login} refused before the token was sent: {answer}"
+    detail = f" ({xoauth2_error(challenge)})" if challenge else ""
+    return (f"XOAUTH2 login as {login} refused, the server did not accept the OAuth2 "
+            f"access token{detail}: {answer}")
 
 
 def xoauth2(login: str, token: str) -> bytes:
