@@ -198,6 +198,9 @@ class ImapSession:
             typ, data = imap.select(quote(folder), readonly=self.readonly)
         except (OSError, imaplib.IMAP4.abort) as exc:
             raise MailboxError("folder", f"connection lost selecting {folder}: {exc}") from exc
+        except imaplib.IMAP4.error as exc:   # BAD: imaplib raises instead of returning it
+            raise MailboxError("folder", f"cannot open folder {folder!r}: {exc}",
+                               temporary=False) from exc
         if typ != "OK":
             raise MailboxError("folder", f"cannot open folder {folder!r}: {_text(data)}",
                                temporary=False)
