@@ -136,6 +136,15 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
     return ""
 
 
+def as_written(header: str, address: str) -> str:
+    """`address` (lower-cased, of the header value `header`) as the header spells it;
+    `address` itself when the header's parse does not find it."""
+    for _, a in email.utils.getaddresses([header]):
+        if a.lower() == address:
+            return a
+    return address
+
+
 def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> None:
     """Request the auto-response for a stored message, when its queue has one.
 
@@ -155,15 +164,19 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     if why:
         ctx.log.log("Notice", "AutoResponse", f"no auto-response ({kind}): {why}")
         return
+    # `to` (lower-cased) is what suppression and the daily count compare; the reply
+    # goes to the address as the sender wrote it (RFC 5321 2.4: only the destination
+    # host may fold a local part).
+    rcpt = as_written(p.reply_to if first_address(p.reply_to) else p.from_addr, to)
     ticket = repo.ticket_by_id(conn, ctx.ticket_id)
     number = (ticket.number if ticket is not None else ctx.ticket_number) or ""
-    name = email.utils.parseaddr(p.from_addr)[0] or to
+    name = email.utils.parseaddr(p.from_addr)[0] or rcpt
     body = render(template, {"ticket_number": number, "title": ticket.title if ticket else "",
                              "customer": name})
     reply = MIMEText(body, "plain", "utf-8")
     # Address and Message-IDs raw (RFC 6532) when not ASCII: an encoded word is
     # neither (RFC 2047 5); the generator would encode a non-ASCII str.
-    reply["To"] = raw_utf8(header_safe(to))
+    reply["To"] = raw_utf8(header_safe(rcpt))
     subject = header_safe(p.subject or (ticket.title if ticket else "")).strip()
     subject = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     # Within 998 octets a line (RFC 5322 2.1.1) however long the customer's words are.
@@ -185,10 +198,10 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     assert counter is not None
     rid = conn.execute(insert(AutoResponseRequest).values(
         created=now, ticket_id=ctx.ticket_id, ticket_number=number,
-        queue=ticket.queue if ticket else ctx.queue, kind=kind, address=to,
+        queue=ticket.queue if ticket else ctx.queue, kind=kind, address=rcpt,
         counter_id=counter[0], data=reply.as_bytes())).inserted_primary_key
     assert rid is not None
-    ctx.log.log("Info", "AutoResponse", f"auto-response ({kind}) to <{to}> requested as "
+    ctx.log.log("Info", "AutoResponse", f"auto-response ({kind}) to <{rcpt}> requested as "
                 f"#{rid[0]}")
     notify_queued()
 

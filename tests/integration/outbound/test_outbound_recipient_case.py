@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import smtplib
 from collections.abc import Iterator
+from email import message_from_bytes
 from email.parser import BytesParser
 from email.policy import default as default_policy
 
@@ -19,6 +20,7 @@ from gateway.store.tables import CommEntry, OutboundRecipient
 from tests.integration.crypto.conftest import crypto_env  # noqa: F401  (fixture)
 from tests.integration.crypto.crypto_helpers import CUSTOMER, SUPPORT, CryptoEnv
 from tests.integration.outbound.conftest import outbound_toml, submission_port, wait_for
+from tests.integration.outbound.test_outbound_autoresponse import desk, mail, notices  # noqa: F401
 from tests.integration.outbound.test_outbound_cli import cli as send_cli
 from tests.integration.outbound.test_outbound_reply_text import Smarthost, cli
 from tests.peers.smarthost import AuthSink
@@ -115,3 +117,22 @@ def _free() -> int:
     from tests.conftest import free_port
 
     return free_port()
+
+
+def test_auto_response_goes_to_the_sender_as_written(desk):  # noqa: F811
+    """The auto-response of a message From: Jane.Doe@Customer.TEST goes to
+    Jane.Doe@Customer.TEST (To: and RCPT TO), not jane.doe@customer.test; the daily
+    limit still counts the address in any case."""
+    rg, deliver, sink = desk
+    for i, sender in enumerate(("Jane.Doe@Customer.TEST", "JANE.DOE@customer.test",
+                                "jane.doe@Customer.test", "Jane.Doe@Customer.TEST")):
+        deliver(mail(sender=f"Jane <{sender}>", subject=f"Problem {i}",
+                     mid=f"<c{i}@customer.test>"), sender=sender)
+    wait_for(lambda: len(sink.received) == 3, what="three auto-responses")
+    got = {r.rcpts[0]: r for r in sink.received}       # delivered in any order
+    assert sorted(got) == sorted(["Jane.Doe@Customer.TEST", "JANE.DOE@customer.test",
+                                  "jane.doe@Customer.test"])
+    assert all(len(r.rcpts) == 1 for r in got.values())
+    assert "JANE.DOE@customer.test" in message_from_bytes(got["JANE.DOE@customer.test"].data
+                                                          )["To"]
+    assert any("already had 3 auto-responses" in n for n in notices(rg))
