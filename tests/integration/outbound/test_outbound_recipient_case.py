@@ -136,3 +136,20 @@ def test_auto_response_goes_to_the_sender_as_written(desk):  # noqa: F811
     assert "JANE.DOE@customer.test" in message_from_bytes(got["JANE.DOE@customer.test"].data
                                                           )["To"]
     assert any("already had 3 auto-responses" in n for n in notices(rg))
+
+
+@pytest.mark.postgres
+def test_recipient_case_kept_on_postgresql(pg_url, outbound_config, run_gateway):
+    """On PostgreSQL too the queue keeps John.Doe@Example.ORG as given and the
+    smarthost gets it so; its other spelling is one recipient."""
+    with AuthSink() as sink:
+        cfg = outbound_config(sink.port, extra_submission=ALLOW, files={
+            "90-db.toml": f'[gateway]\ndatabase = "{pg_url}"\n'})
+        rg = run_gateway(cfg)
+        with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+            assert s.sendmail("app@internal.test", [GIVEN, GIVEN.lower()], MSG) == {}
+        wait_for(lambda: sink.received, what="delivery")
+        assert [r.rcpts for r in sink.received] == [[GIVEN]]
+        with rg.gateway.engine.connect() as conn:
+            assert rg.gateway.engine.dialect.name == "postgresql"
+            assert list(conn.execute(select(OutboundRecipient.address)).scalars()) == [GIVEN]
