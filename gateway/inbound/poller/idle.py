@@ -20,7 +20,7 @@ import structlog
 from gateway.commlog import CommObj
 from gateway.config import AccountConfig
 from gateway.inbound.poller.imap import ImapSession, quote
-from gateway.inbound.poller.session import MailboxError, TokenGetter
+from gateway.inbound.poller.session import MailboxError, TokenGetter, TokenRenewer
 
 log = structlog.get_logger(__name__)
 
@@ -31,11 +31,13 @@ BACKOFF = (5.0, 15.0, 60.0, 300.0)
 
 class IdleWatcher:
     def __init__(self, account: AccountConfig, root: Path, wake: Callable[[], None],
-                 token: TokenGetter | None = None) -> None:
+                 token: TokenGetter | None = None, *,
+                 renew: TokenRenewer | None = None) -> None:
         self.account = account
         self.root = root
         self.wake = wake
         self.token = token
+        self.renew = renew
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"idle-{account.name}"[:15],
                                         daemon=True)
@@ -86,7 +88,8 @@ class IdleWatcher:
                 self._stop.wait(BACKOFF[min(failures, len(BACKOFF) - 1)] if failures else 1.0)
 
     def _session_loop(self) -> None:
-        session = ImapSession(self.account, self.root, CommObj("Connection"), self.token)
+        session = ImapSession(self.account, self.root, CommObj("Connection"), self.token,
+                              renew=self.renew)
         session.readonly = True
         self._session = session
         session.connect()

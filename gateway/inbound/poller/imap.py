@@ -34,9 +34,11 @@ from gateway.inbound.poller.session import (
     Refused,
     RemoteMessage,
     TokenGetter,
+    TokenRenewer,
     classify_os_error,
     describe_tls,
     nodelay,
+    renewed_note,
     resolve,
     ssl_context,
     xoauth2,
@@ -97,11 +99,13 @@ class ImapSession:
     """One IMAP connection for one account; used by exactly one thread."""
 
     def __init__(self, account: AccountConfig, root: Path, log: CommObj,
-                 token: TokenGetter | None = None) -> None:
+                 token: TokenGetter | None = None, *,
+                 renew: TokenRenewer | None = None) -> None:
         self.account = account
         self.root = root
         self.log = log
         self.token = token
+        self.renew = renew
         self.imap: imaplib.IMAP4 | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.exists = 0
@@ -165,7 +169,17 @@ class ImapSession:
                     challenges.append(challenge)
                     return xoauth2(acc.login, token) if len(challenges) == 1 else b""
 
-                imap.authenticate("XOAUTH2", answer)
+                try:
+                    imap.authenticate("XOAUTH2", answer)
+                except imaplib.IMAP4.error as exc:
+                    fresh = self.renew(token) if self.renew and challenges else None
+                    if fresh is None:
+                        raise
+                    self.log.log("Notice", "Authentication", renewed_note(
+                        acc.login, _auth_text(exc), challenges[1:2]))
+                    token = fresh
+                    challenges.clear()
+                    imap.authenticate("XOAUTH2", answer)
                 method = "XOAUTH2"
             else:
                 imap.login(acc.login, str(acc.password or ""))

@@ -67,6 +67,7 @@ class TokenSource:
         self._access = ""
         self._expires = 0.0
         self._refresh: str | None = None
+        self._reused = False     # the cached token was handed out again (see renew)
         self.refreshes = 0
 
     def matches(self, account: AccountConfig) -> bool:
@@ -77,11 +78,32 @@ class TokenSource:
         """A valid access token, refreshed when it is about to expire."""
         with self._lock:
             if self._access and self._clock() < self._expires:
+                self._reused = True
                 return self._access
-            if self.cfg.grant == "client_credentials":
-                return self._fetch()     # no refresh token to redeem twice
-            with self._guard():
-                return self._fetch()
+            return self._fetch_guarded()
+
+    def renew(self, refused: str) -> str | None:
+        """The mail server refused `refused`: a new token to try once more, or None.
+
+        Only a token handed out from the cache before is worth replacing (revoked
+        meanwhile, or shorter-lived than expires_in said, or than the hour assumed
+        without one); one fetched for this very login was refused for another
+        reason (the account, the scope), and a new one would be refused too.
+        """
+        with self._lock:
+            if self._access and self._access != refused and self._clock() < self._expires:
+                return self._access      # another login renewed it meanwhile
+            retry = self._access == refused and self._reused
+            self._access, self._expires = "", 0.0
+            if not retry:
+                return None
+            return self._fetch_guarded()
+
+    def _fetch_guarded(self) -> str:
+        if self.cfg.grant == "client_credentials":
+            return self._fetch()     # no refresh token to redeem twice
+        with self._guard():
+            return self._fetch()
 
     def invalidate(self) -> None:
         """The server refused the token: fetch a new one next time."""
@@ -134,6 +156,7 @@ class TokenSource:
         except (TypeError, ValueError):
             lifetime = 3600.0
         self._access = token
+        self._reused = False
         self._expires = self._clock() + lifetime - min(MAX_MARGIN, lifetime * MARGIN_SHARE)
         self.refreshes += 1
         new_refresh = body.get("refresh_token")

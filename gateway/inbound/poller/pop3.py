@@ -27,9 +27,11 @@ from gateway.inbound.poller.session import (
     Refused,
     RemoteMessage,
     TokenGetter,
+    TokenRenewer,
     classify_os_error,
     describe_tls,
     nodelay,
+    renewed_note,
     resolve,
     ssl_context,
     xoauth2,
@@ -72,11 +74,13 @@ class Pop3Session:
     """One POP3 connection for one account; used by exactly one thread."""
 
     def __init__(self, account: AccountConfig, root: Path, log: CommObj,
-                 token: TokenGetter | None = None) -> None:
+                 token: TokenGetter | None = None, *,
+                 renew: TokenRenewer | None = None) -> None:
         self.account = account
         self.root = root
         self.log = log
         self.token = token
+        self.renew = renew
         self.pop: poplib.POP3 | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.exists = 0
@@ -125,24 +129,17 @@ class Pop3Session:
         acc = self.account
         pop = self.pop
         assert pop is not None
-        challenge: bytes | None = None
-        sent = False
         try:
             if acc.oauth2 is not None:
                 assert self.token is not None
-                blob = base64.b64encode(xoauth2(acc.login, self.token())).decode()
-                raw: Any = pop   # poplib has no SASL: use its line primitives
-                raw._putcmd("AUTH XOAUTH2")
-                resp = raw._getline()[0]
-                if _continuation(resp):
-                    raw._putcmd(blob)
-                    sent = True
-                    resp = raw._getline()[0]
-                if _continuation(resp):   # an error challenge: answer empty, get -ERR
-                    with contextlib.suppress(ValueError):
-                        challenge = base64.b64decode(resp[1:].strip(), validate=True)
-                    raw._putcmd("")
-                    resp = raw._getline()[0]
+                token = self.token()
+                resp, challenge, sent = self._xoauth2(token)
+                fresh = (self.renew(token) if self.renew and sent and not resp.startswith(b"+OK")
+                         else None)
+                if fresh is not None:
+                    self.log.log("Notice", "Authentication", renewed_note(
+                        acc.login, _text(resp), challenge))
+                    resp, challenge, sent = self._xoauth2(fresh)
                 if not resp.startswith(b"+OK"):
                     raise MailboxError("auth", xoauth2_refused(acc.login, _text(resp), challenge,
                                                                sent=sent), temporary=False)
@@ -162,6 +159,24 @@ class Pop3Session:
         self.log.log("Info", "Authentication", f"logged in as {acc.login} ({method})")
         with contextlib.suppress(poplib.error_proto, OSError):
             self.capabilities = frozenset(pop.capa())
+
+    def _xoauth2(self, token: str) -> tuple[bytes, bytes | None, bool]:
+        """AUTH XOAUTH2: the final answer, the server's error challenge (decoded) and
+        whether the token was sent. poplib has no SASL: its line primitives are used."""
+        raw: Any = self.pop
+        raw._putcmd("AUTH XOAUTH2")
+        resp: bytes = raw._getline()[0]
+        challenge: bytes | None = None
+        sent = _continuation(resp)
+        if sent:
+            raw._putcmd(base64.b64encode(xoauth2(self.account.login, token)).decode())
+            resp = raw._getline()[0]
+        if _continuation(resp):   # an error challenge: answer empty, get -ERR
+            with contextlib.suppress(ValueError):
+                challenge = base64.b64decode(resp[1:].strip(), validate=True)
+            raw._putcmd("")
+            resp = raw._getline()[0]
+        return resp, challenge, sent
 
     def select(self) -> int:
         pop = self.pop

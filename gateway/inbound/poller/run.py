@@ -62,9 +62,11 @@ T = TypeVar("T")
 
 
 def make_session(account: AccountConfig, root: Any, obj: CommObj,
-                 token: Callable[[], str] | None) -> Session:
+                 tokens: TokenSource | None) -> Session:
     cls = ImapSession if account.type.startswith("imap") else Pop3Session
-    return cls(account, root, obj, token)
+    if tokens is None:
+        return cls(account, root, obj)
+    return cls(account, root, obj, tokens.get, renew=tokens.renew)
 
 
 @dataclass
@@ -166,7 +168,7 @@ class Poller:
 
         await self._db(opened)
         result.communication_id = comm.id
-        token = self.token_source(account).get if account.oauth2 is not None else None
+        tokens = self.token_source(account) if account.oauth2 is not None else None
         budget = account.max_messages_per_run
         progress = Progress()
         errors: list[str] = []
@@ -179,7 +181,7 @@ class Poller:
                 if account.type in ("imap", "pop3"):
                     obj.log("Warn", "TLS", f"account {account.name}: plaintext {account.type} "
                             "(allow_plaintext = true): credentials and mail travel unencrypted")
-                session = make_session(account, self.gw.config.root, obj, token)
+                session = make_session(account, self.gw.config.root, obj, tokens)
                 result.connections += 1
                 try:
                     try:

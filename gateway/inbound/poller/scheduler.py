@@ -91,12 +91,14 @@ class PollerService:
         self._wakes[acc.name] = wake
         watcher = None
         if acc.type.startswith("imap") and acc.idle:
-            token = self.poller.token_source(acc).get if acc.oauth2 is not None else None
+            tokens = self.poller.token_source(acc) if acc.oauth2 is not None else None
 
             def signal() -> None:   # called on the watcher thread
                 loop.call_soon_threadsafe(wake.set)
 
-            watcher = IdleWatcher(acc, self.gw.config.root, signal, token)
+            watcher = IdleWatcher(acc, self.gw.config.root, signal,
+                                  tokens.get if tokens else None,
+                                  renew=tokens.renew if tokens else None)
             self._watchers[acc.name] = watcher
             watcher.start()
         trigger = "start"

@@ -104,6 +104,9 @@ class Session(Protocol):
 # A function that returns a fresh bearer token for XOAUTH2 (blocking; raises
 # MailboxError("auth", ...) when the token endpoint refuses).
 TokenGetter = Callable[[], str]
+# Given the token the mail server refused: a new one to try once more, or None
+# (TokenSource.renew).
+TokenRenewer = Callable[[str], "str | None"]
 
 
 def ssl_context(account: AccountConfig, root: Path) -> ssl.SSLContext:
@@ -190,6 +193,14 @@ def xoauth2_refused(login: str, answer: str, challenge: bytes | None, *, sent: b
     detail = f" ({xoauth2_error(challenge)})" if challenge else ""
     return (f"XOAUTH2 login as {login} refused, the server did not accept the OAuth2 "
             f"access token{detail}: {answer}")
+
+
+def renewed_note(login: str, answer: str, challenge: list[bytes] | bytes | None) -> str:
+    """The Notice when a cached access token was refused and a new one is tried."""
+    first = challenge[0] if isinstance(challenge, list) and challenge else challenge
+    detail = f" ({xoauth2_error(first)})" if isinstance(first, bytes) and first else ""
+    return (f"XOAUTH2 login as {login}: the server no longer accepts the cached OAuth2 "
+            f"access token{detail}: {answer}; fetched a new one and trying again")
 
 
 def xoauth2(login: str, token: str) -> bytes:

@@ -49,3 +49,42 @@ class TestXOAuth2Refused:
             assert rt not in text and oauth2_server.client_secret not in text
             assert not any(t in text for t in tokens)
         assert mailbox.count("helpdesk") == 1
+
+
+class TestCachedTokenRefused:
+    @pytest.mark.parametrize("type_", ["imaps", "pop3s"])
+    def test_cached_token_refused_is_renewed_once(self, type_, mailbox, oauth2_server,
+                                                  poller_config, harness):
+        """The cached access token is used while it lives by the expires_in of the token
+        endpoint (an hour when it sends none); a token the mail server no longer accepts
+        before that (revoked, or shorter-lived than assumed) is replaced by a new one and
+        the login tried once more on the same connection: the run succeeds, with a
+        Notice, instead of failing until the back-off ends."""
+        rt = oauth2_server.new_refresh_token()
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, type_=type_,
+                                                refresh_token=rt)))
+        assert h.poll().status == "Successful"
+        assert oauth2_server.token_requests == 1
+        with oauth2_server.lock:
+            oauth2_server.access.clear()       # the server forgets (revokes) the token
+        mailbox.append("helpdesk", [message(1)])
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Successful", 1), r.error
+        assert oauth2_server.token_requests == 2
+        with h.gw.engine.connect() as conn:
+            notes = conn.execute(select(CommEntry.value).where(
+                CommEntry.priority == "Notice",
+                CommEntry.communication_id == r.communication_id)).scalars().all()
+        assert any("access token" in n and "new one" in n for n in notes), notes
+        assert h.poll().status == "Successful"
+        assert oauth2_server.token_requests == 2     # the new one is cached in turn
+
+    def test_fresh_token_refused_is_not_renewed(self, mailbox, oauth2_server, poller_config,
+                                                harness):
+        """A token fetched for this very login that the server refuses fails the run at
+        once: no second token, no second login attempt."""
+        oauth2_server.refused = True
+        rt = oauth2_server.new_refresh_token()
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt)))
+        assert h.poll().status == "Failed"
+        assert oauth2_server.token_requests == 1
