@@ -150,7 +150,9 @@ class TokenSource:
         body = self._post(form)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
-            raise MailboxError("auth", "OAuth2: token endpoint answered without access_token")
+            keys = ", ".join(str(k)[:40] for k in list(body)[:10]) or "nothing"
+            raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} answered without "
+                               f"access_token (it sent {keys})")
         try:
             lifetime = float(str(body.get("expires_in", 3600)))
         except (TypeError, ValueError):
@@ -183,8 +185,12 @@ class TokenSource:
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT, context=ctx) as resp:  # noqa: S310 - checked above
                 raw = resp.read()
+                status = f"HTTP {resp.status} with {resp.headers.get_content_type()}"
         except urllib.error.HTTPError as exc:
             detail = _error_detail(exc.read())
+            if exc.code >= 500 and not detail:   # the endpoint's trouble, not a refusal
+                raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} failed: "
+                                   f"HTTP {exc.code} {exc.reason}".rstrip()) from exc
             raise MailboxError("auth", f"OAuth2 token refresh refused by {cfg.token_url}: "
                                f"HTTP {exc.code}{detail}",
                                temporary=exc.code >= 500) from exc
@@ -195,9 +201,11 @@ class TokenSource:
         try:
             body = json.loads(raw)
         except ValueError as exc:
-            raise MailboxError("auth", "OAuth2: token endpoint answered no JSON") from exc
+            raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} answered "
+                               f"{status}, not JSON") from exc
         if not isinstance(body, dict):
-            raise MailboxError("auth", "OAuth2: token endpoint answered no JSON object")
+            raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} answered "
+                               f"{status}, not a JSON object")
         return body
 
 
