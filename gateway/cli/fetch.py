@@ -139,11 +139,24 @@ def _status(args: argparse.Namespace, cfg: Any) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table([(r["account"], r["type"], "yes" if r["valid"] else "no",
-                      r["status"] or "never ran", _when(r["last_end"] or r["last_start"]),
-                      r["last_fetched"], r["last_error"]) for r in rows],
-                    ("ACCOUNT", "TYPE", "VALID", "STATUS", "LAST RUN", "FETCHED", "LAST ERROR"))
+        _table_with_full_last_column(
+            [(r["account"], r["type"], "yes" if r["valid"] else "no",
+              r["status"] or "never ran", _when(r["last_end"] or r["last_start"]),
+              r["last_fetched"], r["last_error"]) for r in rows],
+            ("ACCOUNT", "TYPE", "VALID", "STATUS", "LAST RUN", "FETCHED", "LAST ERROR"))
     return EX_OK
+
+
+def _table_with_full_last_column(rows: list[tuple[Any, ...]], headers: tuple[str, ...]) -> None:
+    """A table whose last column (the error, read here and nowhere else in text) is
+    printed whole: the server's answer comes at the end of a long reason."""
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max([len(headers[i]), *(len(r[i]) for r in cells)])
+              for i in range(len(headers) - 1)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    print(fmt.format(*headers).rstrip())
+    for r in cells:
+        print(fmt.format(*r).rstrip())
 
 
 def _when(value: Any) -> str:

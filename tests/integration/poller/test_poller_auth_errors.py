@@ -88,3 +88,21 @@ class TestCachedTokenRefused:
         h = harness(poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt)))
         assert h.poll().status == "Failed"
         assert oauth2_server.token_requests == 1
+
+
+class TestStatusShowsTheWholeError:
+    def test_fetch_status_prints_the_last_error_in_full(self, mailbox, poller_config, harness,
+                                                        capsys):
+        """`fetch --status` is where the last error is read: the server's answer at the
+        end of a long reason is not cut off in the text table (nor the password shown)."""
+        from gateway.cli import main
+
+        cfg = poller_config(account_toml(mailbox, "imaps", password="Wr0ng-Passw0rd"))
+        assert harness(cfg).poll().status == "Failed"
+        capsys.readouterr()
+        assert main(["--config", str(cfg.conf_dir), "fetch", "--status"]) == 0
+        out = capsys.readouterr().out
+        line = next(ln for ln in out.splitlines() if ln.startswith("box "))
+        assert line.endswith("Authentication: login as helpdesk refused: "
+                             "[AUTHENTICATIONFAILED] Authentication failed."), out
+        assert "Wr0ng-Passw0rd" not in out
