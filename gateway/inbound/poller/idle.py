@@ -19,7 +19,7 @@ import structlog
 
 from gateway.commlog import CommObj
 from gateway.config import AccountConfig
-from gateway.inbound.poller.imap import ImapSession, quote
+from gateway.inbound.poller.imap import ImapSession
 from gateway.inbound.poller.session import MailboxError, TokenGetter, TokenRenewer
 
 log = structlog.get_logger(__name__)
@@ -100,11 +100,9 @@ class IdleWatcher:
                      account=self.account.name)
             return
         self.supported = True
+        session.select()    # EXAMINE; a NO or BAD is a MailboxError("folder")
         imap = session.imap
         assert imap is not None
-        typ, _ = imap.select(quote(self.account.folder), readonly=True)
-        if typ != "OK":
-            raise MailboxError("folder", f"cannot open {self.account.folder!r}")
         sock = imap.sock
         sock.settimeout(TICK)
         reader = _Lines(sock)
