@@ -41,6 +41,7 @@ from gateway.inbound.poller.session import (
     renewed_note,
     resolve,
     ssl_context,
+    trust_source,
     xoauth2,
     xoauth2_refused,
 )
@@ -146,7 +147,8 @@ class ImapSession:
         except imaplib.IMAP4.error as exc:
             raise MailboxError("tcp", f"{host}:{port}: not an IMAP server? {exc}") from exc
         except Exception as exc:
-            raise classify_os_error(exc, host, port, tls=tls) from exc
+            raise classify_os_error(exc, host, port, tls=tls,
+                                    trust=trust_source(acc, self.root)) from exc
         nodelay(imap.sock)
         self.imap = imap
         self.log.log("Info", "Connection", f"connected to {host}:{port} ({acc.type}), "

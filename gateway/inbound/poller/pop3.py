@@ -34,6 +34,7 @@ from gateway.inbound.poller.session import (
     renewed_note,
     resolve,
     ssl_context,
+    trust_source,
     xoauth2,
     xoauth2_refused,
 )
@@ -118,7 +119,8 @@ class Pop3Session:
         except poplib.error_proto as exc:
             raise MailboxError("tcp", f"{host}:{port}: not a POP3 server? {exc}") from exc
         except Exception as exc:
-            raise classify_os_error(exc, host, port, tls=tls) from exc
+            raise classify_os_error(exc, host, port, tls=tls,
+                                    trust=trust_source(acc, self.root)) from exc
         nodelay(pop.sock)
         self.pop = pop
         self.log.log("Info", "Connection", f"connected to {host}:{port} ({acc.type}), "

@@ -132,13 +132,29 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(i[4][0]) for i in infos})
 
 
-def classify_os_error(exc: BaseException, host: str, port: int, *, tls: bool) -> MailboxError:
-    """Turn what the socket/ssl layer raised into a step error with a clear reason."""
+# OpenSSL verify codes of a chain that leads to no trusted CA (not a date or a name)
+_UNTRUSTED_CHAIN = frozenset({2, 18, 19, 20, 21})
+
+
+def trust_source(account: AccountConfig, root: Path) -> str:
+    """What a server certificate is checked against, for the log."""
+    if not account.tls_ca_file:
+        return "the system CA store; a private CA is trusted with tls_ca_file"
+    path = Path(account.tls_ca_file)
+    return f"tls_ca_file {path if path.is_absolute() else root / path}"
+
+
+def classify_os_error(exc: BaseException, host: str, port: int, *, tls: bool,
+                      trust: str = "") -> MailboxError:
+    """Turn what the socket/ssl layer raised into a step error with a clear reason.
+    `trust` (trust_source) is named when the chain leads to no trusted CA."""
     if isinstance(exc, MailboxError):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
+        checked = (f" (checked against {trust})"
+                   if trust and exc.verify_code in _UNTRUSTED_CHAIN else "")
         return MailboxError("tls", f"certificate of {host} not trusted: "
-                            f"{exc.verify_message or exc.reason}", temporary=False)
+                            f"{exc.verify_message or exc.reason}{checked}", temporary=False)
     if isinstance(exc, ssl.SSLError):
         return MailboxError("tls", f"TLS handshake with {host}:{port} failed: "
                             f"{exc.reason or exc}")
