@@ -196,6 +196,14 @@ class TokenSource:
                                temporary=exc.code >= 500) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                ca = cfg.tls_ca_file
+                trust = (f"oauth2.tls_ca_file {ca if Path(ca).is_absolute() else self.root / ca}"
+                         if ca else "the system CA store; a private CA is trusted with "
+                         "oauth2.tls_ca_file")
+                raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url}: certificate "
+                                   f"not trusted: {reason.verify_message or reason.reason} "
+                                   f"(checked against {trust})", temporary=False) from exc
             raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} unreachable: "
                                f"{reason}") from exc
         try:

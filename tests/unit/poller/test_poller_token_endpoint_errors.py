@@ -94,3 +94,29 @@ def test_an_answer_without_access_token_names_what_it_had(make_confdir, endpoint
     exc = refused(make_confdir, url)
     assert url in exc.reason and "without access_token" in exc.reason
     assert "token_type, refresh_token" in exc.reason
+
+
+def test_an_untrusted_https_endpoint_is_not_called_unreachable(make_confdir, tmp_path):
+    """A token endpoint whose certificate is refused was reached: the error says which
+    certificate check failed and what it was checked against."""
+    import ssl
+
+    from tests.peers.ca import TestCA
+
+    ca = TestCA(tmp_path / "ca")
+    cert = ca.issue("tokens", hosts=("127.0.0.1",), filename="tokens")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert.cert, cert.key)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"https://127.0.0.1:{srv.server_address[1]}/token"
+        exc = refused(make_confdir, url)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "unreachable" not in exc.reason
+    assert url in exc.reason and "not trusted: unable to get local issuer certificate" in \
+        exc.reason and "system CA store" in exc.reason, exc.reason
