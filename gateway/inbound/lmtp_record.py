@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.commlog import Comm, CommObj, Status
+from gateway.errors import TEMPFAIL as TEMPFAIL_REPLY
 from gateway.model import Outcome
 
 # How a message ended, as the summary counts it.
@@ -41,6 +42,7 @@ class ConnectionRecord:
         self.refusals = 0
         self.unlogged: dict[str, int] = {}     # refusals past the cap, by key
         self.timed_out = False
+        self.raised: BaseException | None = None   # why the last delivery raised
         self._mail_from: str | None = None     # set while a transaction is open
         self._rcpts = 0
         self._stage = ""
@@ -82,13 +84,28 @@ class ConnectionRecord:
         self._stage = "before the final reply"
 
     def message(self, outcome: Outcome | None) -> None:
-        """A message got its final replies; None when delivery raised (temporary)."""
+        """A message got its final replies; None when delivery raised (temporary; the
+        session set `raised`). A temporary failure gets a Warn naming the message, the
+        reply and the cause: no Message communication was written for it (the
+        database may be what failed)."""
         if outcome is None or (outcome.replies and outcome.replies[0].temporary):
             kind = TEMPFAIL
+            self._tempfail(outcome)
         else:
             kind = _KIND.get(outcome.action, STORED)
         self.messages += 1
         self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def _tempfail(self, outcome: Outcome | None) -> None:
+        if outcome is not None:
+            reply, cause = str(outcome.replies[0]), outcome.detail
+        else:
+            error, self.raised = self.raised, None
+            reply = str(TEMPFAIL_REPLY)
+            cause = f"{type(error).__name__}: {error}" if error is not None else ""
+        self.obj.log("Warn", "Message",
+                     f"message from <{self._mail_from or ''}> to {self._rcpts} recipient(s) "
+                     f"answered {reply}" + (f" ({cause[:2000]})" if cause else ""))
 
     def too_big(self) -> None:
         self.messages += 1

@@ -326,9 +326,10 @@ class LmtpSession(LmtpConnection):
                     mail_from, rcpts, raw, self._peer, client=forwarded_client(forwarded),
                     queue_id=queue_id)
             replies: Sequence[SmtpReply] = outcome.replies
-        except Exception:
+        except Exception as exc:
             logging.getLogger(__name__).exception("delivery failed")
             replies = [errors.TEMPFAIL] * len(rcpts)
+            self._record.raised = exc       # for the Warn of record.message
         # RFC 2033: one reply per accepted recipient, in RCPT order.
         self._out += [r.wire for r in replies]
         self._record.message(outcome)

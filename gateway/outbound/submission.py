@@ -60,6 +60,7 @@ from gateway.outbound.submission_policy import (
     peer_text,
     server_tls_context,
 )
+from gateway.outbound.submission_record import SubmissionRecord, transaction
 from gateway.outbound.submission_replies import (
     AIOSMTPD_SIZE,
     AIOSMTPD_TOO_MANY,
@@ -148,6 +149,14 @@ class SubmissionSession(IdleTimer, SMTP):
         # The greeting and the replies to EHLO/HELO carry no enhanced code (RFC 2034 3).
         self._greeted = False
         self._in_ehlo = False
+        # The communication log: a record from the first problem on (none while all
+        # goes well), and the command whose refusal it would note.
+        self._record: SubmissionRecord | None = None
+        self._cmd: tuple[str, str] | None = None
+        self._stage = ""                # "during DATA" ... until the message is answered
+        self._txn = ""                  # the transaction of DATA, as the log names it
+        self._timed_out = False
+        self._quit = False
 
     @property
     def data_buffered(self) -> int:
@@ -177,7 +186,31 @@ class SubmissionSession(IdleTimer, SMTP):
         if self._admitted is not None and self._limit is not None:
             self._limit.release(self._admitted[0])
             self._admitted = None
+        self._log_connection(error)
         super().connection_lost(error)
+
+    def _note(self) -> SubmissionRecord:
+        if self._record is None:
+            peer = self.session.peer if self.session is not None else None
+            self._record = SubmissionRecord(peer_text(peer))
+        return self._record
+
+    def _log_connection(self, error: Exception | None) -> None:
+        """The connection's communication, when something went wrong on it."""
+        env = self.envelope
+        lost = ""
+        if self._stage:
+            lost = f"{self._stage} of {self._txn}"
+        elif env is not None and env.mail_from and not self._quit:
+            lost = f"before DATA of {transaction(env)}"
+        if self._record is None and not lost and not self._timed_out:
+            return
+        try:
+            self.sub.write_log(self._note().finish(lost=lost, timed_out=self._timed_out,
+                                                   error=error))
+        except Exception:
+            log.exception("submission: the connection was not logged",
+                          client=peer_text(self.session.peer if self.session else None))
 
     async def push(self, status: Any) -> None:
         """aiosmtpd's push, with its 502 after too many unknown commands answered 421
@@ -190,7 +223,25 @@ class SubmissionSession(IdleTimer, SMTP):
             self._greeted = True        # aiosmtpd's first push is the greeting
         elif isinstance(status, str) and not self._in_ehlo:
             status = with_enhanced_code(status)
+        if isinstance(status, str) and status[:1] in ("4", "5"):
+            self._refusal(status)
+        elif isinstance(status, str) and status[:1] != "3":
+            self._cmd = None
         await super().push(status)
+
+    def _refusal(self, status: str) -> None:
+        """A 4xx/5xx reply on its way out, noted in the record with its command. Not
+        the refusals logged on their own: a wrong password (submission_policy's
+        auth_failed) and an internal error (internal_error)."""
+        cmd, self._cmd = self._cmd, None
+        if status.startswith((AUTH_BAD[:3], INTERNAL_ERROR[:9])):
+            return
+        key, subject = cmd or ("SMTP", "")
+        if cmd is None and '" not recognized' in status:
+            # aiosmtpd echoes the command word: a client out of step in AUTH may have
+            # sent its credentials as one.
+            status = status.partition('"')[0] + "(not logged) not recognized"
+        self._note().refused(key, subject, status)
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -219,6 +270,11 @@ class SubmissionSession(IdleTimer, SMTP):
         if isinstance(error, TLSSetupException):
             log.info("submission STARTTLS handshake failed", client=peer_text(peer),
                      error=repr(error.__cause__ or error))
+            self._note().warn("STARTTLS", f"handshake failed: {error.__cause__ or error}"[:500])
+            return INTERNAL_ERROR
+        if isinstance(error, asyncio.IncompleteReadError | ConnectionError):
+            # The client went away: the connection's communication says so.
+            log.info("submission client gone", client=peer_text(peer), error=repr(error))
             return INTERNAL_ERROR
         command = command_of(error)
         log.error("submission command failed; answered 451 4.3.0", command=command,
@@ -227,6 +283,7 @@ class SubmissionSession(IdleTimer, SMTP):
         return INTERNAL_ERROR
 
     def _timeout_cb(self) -> None:
+        self._timed_out = True
         if self.transport is not None and not self.transport.is_closing():
             cast(asyncio.Transport, self.transport).write(idle_timeout(self.hostname))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
@@ -243,6 +300,9 @@ class SubmissionSession(IdleTimer, SMTP):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA (replies, hooks, decode_data) with the message read in bulk."""
+        sender = self.envelope.mail_from if self.envelope is not None else None
+        self._cmd = ("DATA", f"message from <{'' if sender == '<>' else sender}>"
+                     if sender else "")
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -258,11 +318,14 @@ class SubmissionSession(IdleTimer, SMTP):
         await self.push(DATA_GO_AHEAD)
         self._data_active = self.loop.time()
         self._in_data = True
+        # Until the message is answered: what the log says when the connection is lost.
+        self._stage, self._txn = "during DATA", transaction(self.envelope)
         try:
             raw = await read_data(self._reader, self._data, self.data_size_limit)
         finally:
             self._in_data = False
             self._data = bytearray()
+        self._stage = ""
         if raw is None:
             await self.push(SIZE_EXCEEDED)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
@@ -279,12 +342,17 @@ class SubmissionSession(IdleTimer, SMTP):
                     return
         self.envelope.content = content
         self.envelope.original_content = raw
+        self._stage = "before the final reply"
         try:
             status = await self._call_handler_hook("DATA")
+        except Exception:
+            self._stage = ""            # answered 451 by handle_exception
+            raise
         finally:
             # The transaction ends with the reply to the message, whatever it is (RFC 5321
             # 4.1.1.4), also 451 after an exception: the next MAIL needs no RSET.
             self._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._stage = ""
         await self.push("250 OK" if status is MISSING else status)
 
     def data_received(self, data: bytes) -> None:
@@ -296,6 +364,12 @@ class SubmissionSession(IdleTimer, SMTP):
                 self._data_active = now
                 self._reset_timeout()
         super().data_received(data)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        """aiosmtpd's QUIT; a transaction the client leaves open with it is its choice,
+        not a lost one."""
+        self._quit = not arg
+        await super().smtp_QUIT(arg)
 
     async def smtp_HELP(self, arg: str | None) -> None:
         """214 and the commands, whatever the topic (RFC 5321); an idle command as NOOP."""
@@ -313,6 +387,7 @@ class SubmissionSession(IdleTimer, SMTP):
         parameters EHLO advertises (SIZE, BODY, SMTPUTF8, and AUTH wherever AUTH is:
         Exim adds AUTH=<> once it has authenticated; its value is not used, since the
         sender is rewritten); anything else gets Postfix's 501 or 555 reply."""
+        self._cmd = ("MAIL", f"MAIL {arg or ''}"[:300])
         if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
             return
         assert self.envelope is not None and self.session is not None
@@ -359,6 +434,7 @@ class SubmissionSession(IdleTimer, SMTP):
         """RCPT TO with the path syntax of gateway.outbound.submission_syntax; no
         parameters (DSN is not advertised); the null path is no recipient; the bare
         postmaster (any case) is postmaster@<gateway.hostname>."""
+        self._cmd = ("RCPT", f"RCPT {arg or ''}"[:300])
         if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
             return
         assert self.envelope is not None and self.session is not None
@@ -392,6 +468,8 @@ class SubmissionSession(IdleTimer, SMTP):
         (RFC 4954 4: 503), before the password is checked or counted; the mechanism in
         any case; Postfix's 501 without one."""
         assert self.session is not None
+        # The mechanism only: the rest of the line is the client's credentials.
+        self._cmd = ("AUTH", f"AUTH {(arg or '').split(' ', 1)[0][:20]}")
         if self.envelope is not None and self.envelope.mail_from:
             await self.push(AUTH_IN_TRANSACTION)
             return

@@ -1,0 +1,275 @@
+"""What goes wrong at a door is in the communication log: a communication whose status
+says so (Warning, Failed) and entries naming the problem, never a secret."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import smtplib
+import socket
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from gateway import commlog_views as views
+from gateway.inbound.pipeline import Pipeline
+from gateway.store.tables import CommEntry
+from tests.integration.ops.ops_web import message
+from tests.integration.outbound.conftest import (
+    outbound_config,  # noqa: F401 - fixture
+    submission_port,
+    wait_for,
+)
+from tests.peers.ca import TestCA
+from tests.peers.lmtp import LmtpClient
+from tests.peers.smarthost import AuthSink
+
+MSG = b"From: app@internal.test\r\nTo: cust@customer.test\r\nSubject: Hi\r\n\r\nbody\r\n"
+SECRET = "Wr0ng-hunter2-pass"
+
+
+def comms(engine: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [views.get_communication(conn, r["id"]) for r in
+                views.list_communications(conn, views.LogFilter(sort="id"))]
+
+
+def connection_comms(engine: Any, account_type: str) -> list[dict[str, Any]]:
+    """The communications of one door with only a Connection object."""
+    return [d for d in comms(engine) if d["account_type"] == account_type
+            and [o["type"] for o in d["objects"]] == ["Connection"]]
+
+
+def entries(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(e["priority"], e["key"], e["value"]) for o in d["objects"] for e in o["entries"]]
+
+
+def wait_comm(engine: Any, account_type: str, pred: Any = lambda d: True) -> dict[str, Any]:
+    return wait_for(lambda: next((d for d in connection_comms(engine, account_type)
+                                  if pred(d)), None), what=f"{account_type} communication")
+
+
+@pytest.fixture
+def open_submission(outbound_config):  # noqa: F811 - the imported fixture
+    """A submission listener 127.0.0.0/8 may use without AUTH, with small limits."""
+
+    def make(relay_port: int, extra: str = ""):
+        return outbound_config(relay_port, extra_submission=f"""
+allow_networks = ["127.0.0.0/8"]
+max_recipients = 1
+max_message_size = "1KiB"
+{extra}
+""")
+
+    return make
+
+
+@pytest.fixture
+def tls_submission(tmp_path, outbound_config):  # noqa: F811 - the imported fixture
+    """STARTTLS, one user 'app' (password s3cret), no allowed network."""
+    from gateway.passwords import hash_password
+
+    ca = TestCA(tmp_path / "ca")
+    leaf = ca.issue("submission", hosts=("127.0.0.1", "localhost"))
+    pw_hash = hash_password("s3cret", ln=10)
+
+    def make(relay_port: int):
+        import ssl
+
+        cfg = outbound_config(relay_port, extra_submission=f"""
+tls_cert = "{leaf.cert}"
+tls_key = "{leaf.key}"
+max_auth_failures = 10
+[[submission.user]]
+name = "app"
+password_hash = "{pw_hash}"
+""")
+        return cfg, ssl.create_default_context(cafile=str(ca.ca_path))
+
+    return make
+
+
+class TestSubmission:
+    def test_refused_sender_is_a_warning_naming_it(self, outbound_config,  # noqa: F811
+                                                   run_gateway):
+        """MAIL from a client that may not submit (no AUTH, outside allow_networks): 530,
+        and a Warning communication with a Notice naming the sender and the reply."""
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port, extra_submission="allow_networks = []")
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                assert s.mail("app@internal.test")[0] == 530
+            d = wait_comm(rg.gateway.engine, "SMTP")
+        assert (d["direction"], d["status"]) == ("Outgoing", "Warning")
+        assert d["account"].startswith("127.0.0.1:")
+        assert any(p == "Notice" and k == "MAIL" and "<app@internal.test>" in v and "530" in v
+                   for p, k, v in entries(d)), entries(d)
+
+    def test_refused_recipients_are_notices(self, open_submission, run_gateway):
+        """Over max_recipients (452) and an address without a domain (553): each a Notice
+        naming the recipient; the message of the good recipient is queued all the same."""
+        with AuthSink() as sink:
+            cfg = open_submission(sink.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                assert s.mail("app@internal.test")[0] == 250
+                assert s.docmd("RCPT TO:<nobody>")[0] == 553
+                assert s.rcpt("cust@customer.test")[0] == 250
+                assert s.rcpt("other@customer.test")[0] == 452
+                assert s.data(MSG)[0] == 250
+            d = wait_comm(rg.gateway.engine, "SMTP")
+        assert d["status"] == "Warning"
+        rcpt = [v for p, k, v in entries(d) if (p, k) == ("Notice", "RCPT")]
+        assert len(rcpt) == 2
+        assert "<nobody>" in rcpt[0] and "553" in rcpt[0]
+        assert "<other@customer.test>" in rcpt[1] and "452" in rcpt[1]
+
+    def test_message_over_the_size_limit_is_a_notice(self, open_submission, run_gateway):
+        """DATA over max_message_size: 552, a Notice naming the sender and the reply."""
+        with AuthSink() as sink:
+            cfg = open_submission(sink.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.ehlo()
+                s.mail("app@internal.test")
+                s.rcpt("cust@customer.test")
+                assert s.data(MSG + b"x" * 4000 + b"\r\n")[0] == 552
+            d = wait_comm(rg.gateway.engine, "SMTP")
+        assert d["status"] == "Warning"
+        assert any(p == "Notice" and k == "DATA" and "<app@internal.test>" in v and "552" in v
+                   for p, k, v in entries(d)), entries(d)
+
+    def test_client_gone_during_data_is_failed(self, open_submission, run_gateway):
+        """The client disconnects in the middle of DATA: a Failed communication whose
+        Error says where the transaction was lost, with its sender."""
+        with AuthSink() as sink:
+            cfg = open_submission(sink.port)
+            rg = run_gateway(cfg)
+            with socket.create_connection(("127.0.0.1", submission_port(cfg)), 10) as sock:
+                f = sock.makefile("rb")
+                f.readline()
+                for cmd in (b"HELO app\r\n", b"MAIL FROM:<app@internal.test>\r\n",
+                            b"RCPT TO:<cust@customer.test>\r\n", b"DATA\r\n"):
+                    sock.sendall(cmd)
+                    assert f.readline()[:1] in (b"2", b"3")
+                sock.sendall(b"Subject: half\r\n\r\nhalf a mes")
+                f.close()
+            d = wait_comm(rg.gateway.engine, "SMTP")
+        assert d["status"] == "Failed"
+        assert any(p == "Error" and k == "Connection" and "during DATA" in v
+                   and "<app@internal.test>" in v for p, k, v in entries(d)), entries(d)
+
+    def test_timeout_in_a_transaction_is_failed(self, open_submission, run_gateway):
+        """The idle timeout ends an open transaction: Failed, "timed out"."""
+        with AuthSink() as sink:
+            cfg = open_submission(sink.port, extra='timeout = "1s"')
+            rg = run_gateway(cfg)
+            s = smtplib.SMTP("127.0.0.1", submission_port(cfg))
+            s.ehlo()
+            s.mail("app@internal.test")
+            s.rcpt("cust@customer.test")
+            time.sleep(1.8)
+            s.close()
+            d = wait_comm(rg.gateway.engine, "SMTP")
+        assert d["status"] == "Failed"
+        assert any(p == "Error" and "timed out" in v and "<app@internal.test>" in v
+                   for p, k, v in entries(d)), entries(d)
+
+    def test_failed_starttls_handshake_is_logged(self, tls_submission, run_gateway):
+        """STARTTLS whose handshake fails (plain text after 220): a Warning naming it."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port)
+            rg = run_gateway(cfg)
+            with socket.create_connection(("127.0.0.1", submission_port(cfg)), 10) as sock:
+                f = sock.makefile("rb")
+                f.readline()
+                sock.sendall(b"HELO app\r\n")
+                f.readline()
+                sock.sendall(b"STARTTLS\r\n")
+                assert f.readline().startswith(b"220")
+                sock.sendall(b"this is not a TLS record\r\n" * 20)
+                sock.settimeout(5)
+                with contextlib.suppress(OSError):
+                    f.read()
+                f.close()
+            d = wait_comm(rg.gateway.engine, "SMTP",
+                          lambda d: any(k == "STARTTLS" for _, k, _ in entries(d)))
+        assert d["status"] in ("Warning", "Failed")
+        assert any(p in ("Warn", "Error") and k == "STARTTLS" and "handshake failed" in v
+                   for p, k, v in entries(d)), entries(d)
+
+    def test_auth_failures_never_log_the_password(self, tls_submission, run_gateway):
+        """Wrong passwords (PLAIN, LOGIN) and a PLAIN response that cannot be split: the
+        failures are logged with the login name, and no entry holds the password or the
+        base64 AUTH data."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            rg = run_gateway(cfg)
+            plain = base64.b64encode(f"\0app\0{SECRET}".encode()).decode()
+            broken = base64.b64encode(f"app\0{SECRET}".encode()).decode()
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+                s.starttls(context=ctx)
+                s.ehlo()
+                assert s.docmd("AUTH", f"PLAIN {plain}")[0] == 535
+                assert s.docmd("AUTH", f"PLAIN {broken}")[0] == 501
+                assert s.docmd("AUTH", "LOGIN " + base64.b64encode(b"app").decode())[0] == 334
+                assert s.docmd(base64.b64encode(SECRET.encode()).decode())[0] == 535
+            wait_comm(rg.gateway.engine, "SMTP", lambda d: any(
+                k == "AUTH" for _, k, _ in entries(d)))
+            wait_for(lambda: sum(1 for d in comms(rg.gateway.engine) for _, k, _ in entries(d)
+                                 if k == "Auth") == 2, what="two Auth entries")
+            with rg.gateway.engine.connect() as conn:
+                values = list(conn.execute(select(CommEntry.value)).scalars())
+        auth = [v for v in values if "AUTH failed for 'app'" in v]
+        assert len(auth) == 2
+        secrets = (SECRET, plain, broken, base64.b64encode(SECRET.encode()).decode())
+        leaked = [v for v in values if any(x in v for x in secrets)]
+        assert leaked == []
+
+
+class TestLmtp:
+    def test_database_down_names_the_temporary_failure(self, config, run_gateway,
+                                                       monkeypatch):
+        """The commit fails because the database is unavailable: 451 to the MTA, and the
+        connection's communication is a Warning with an entry naming the message, the
+        reply and the cause, not only a count."""
+        async def down(self, *a, **kw):
+            raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+        monkeypatch.setattr(Pipeline, "_commit", down)
+        rg = run_gateway(config)
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("cust1@customer.test", ["support@example.org"], message(1))
+        assert [d[0] for d in data] == [451]
+        c.close()
+        d = wait_comm(rg.gateway.engine, "LMTP")
+        assert d["status"] == "Warning"
+        warn = [v for p, k, v in entries(d) if p == "Warn" and k == "Message"]
+        assert len(warn) == 1, entries(d)
+        assert "<cust1@customer.test>" in warn[0] and "451" in warn[0]
+        assert "database" in warn[0] and "OperationalError" in warn[0]
+
+    def test_delivery_that_raised_names_the_exception(self, config, run_gateway,
+                                                      monkeypatch):
+        """A delivery that raised (a bug): 451, and an entry naming the exception."""
+        async def broken(self, *a, **kw):
+            raise RuntimeError("stage exploded")
+
+        monkeypatch.setattr(Pipeline, "deliver", broken)
+        rg = run_gateway(config)
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("cust1@customer.test", ["support@example.org"], message(1))
+        assert [d[0] for d in data] == [451]
+        c.close()
+        d = wait_comm(rg.gateway.engine, "LMTP")
+        assert d["status"] == "Warning"
+        warn = [v for p, k, v in entries(d) if p == "Warn" and k == "Message"]
+        assert len(warn) == 1 and "RuntimeError: stage exploded" in warn[0], entries(d)
+        assert "<cust1@customer.test>" in warn[0] and "451" in warn[0]
