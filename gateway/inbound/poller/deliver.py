@@ -94,8 +94,10 @@ async def work_list(poller: Poller, account: AccountConfig, session: Session, co
             except MailboxError as exc:
                 pending = None
                 mobj = comm.obj("Message")
-                mobj.log("Error", "Fetch", f"account {account.name}: message "
-                         f"{batch[0].key}: {exc.reason}")
+                which = (f"message {batch[0].key}" if len(batch) == 1 else
+                         f"{len(batch)} messages ({batch[0].key} to {batch[-1].key})")
+                mobj.log("Error", "Fetch", f"account {account.name}: {which}: {exc.reason}; "
+                         "left on the server, the next run fetches again")
                 mobj.close("Failed")
                 result.failed += 1
                 errors.append(f"Fetch: {exc.reason}")

@@ -311,7 +311,8 @@ class ImapSession:
         except (OSError, imaplib.IMAP4.abort) as exc:
             bye = imap.untagged_responses.get("BYE")
             if not bye or isinstance(exc, OSError):
-                raise MailboxError("fetch", f"connection lost: {exc}") from exc
+                raise MailboxError("fetch", f"connection lost during UID FETCH {uids}: "
+                                   f"{_lost(exc)}") from exc
             # What arrived before the BYE is whole: imaplib reads each literal completely.
             bodies = _bodies(imap.untagged_responses.get("FETCH", []))
             self.abort()
@@ -484,6 +485,11 @@ def _bodies(data: Sequence[object]) -> dict[int, bytes]:
             m = _UID_RE.search(nxt)     # UID after the literal
         bodies.setdefault(int(m.group(1)) if m is not None else -1, item[1])
     return bodies
+
+
+def _lost(exc: BaseException) -> str:
+    """'socket error: EOF' without imaplib's 'command: UID => ' in front."""
+    return re.sub(r"^command: \w+ => ", "", str(exc)) or type(exc).__name__
 
 
 def _auth_text(exc: BaseException) -> str:
