@@ -161,7 +161,11 @@ def classify_os_error(exc: BaseException, host: str, port: int, *, tls: bool,
     if isinstance(exc, socket.gaierror):
         return MailboxError("dns", f"cannot resolve {host}: {exc.strerror}")
     if isinstance(exc, TimeoutError | socket.timeout):
-        return MailboxError("tls" if tls else "tcp", f"{host}:{port} timed out")
+        # Implicit TLS connects and handshakes in one call: only the handshake's
+        # timeout says so; a connect that times out (a firewall dropping packets) is TCP.
+        if tls and "handshake" in str(exc):
+            return MailboxError("tls", f"TLS handshake with {host}:{port} timed out")
+        return MailboxError("tcp", f"{host}:{port} timed out")
     if isinstance(exc, ConnectionRefusedError):
         return MailboxError("tcp", f"{host}:{port} refused the connection")
     if isinstance(exc, OSError):
