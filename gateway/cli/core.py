@@ -202,7 +202,40 @@ def _no_system_address(gw: Gateway, raw: bytes) -> int | None:
     reason = statuses[0] if statuses else errors.RCPT_UNKNOWN
     print(f"deliver: no system address among To/Cc ({', '.join(found) or 'none'}): {reason}",
           file=sys.stderr)
-    return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+    code = EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+    _log_refused(gw, "", [(f"To/Cc ({', '.join(found) or 'none'})", str(reason))],
+                 code, delivered=False)
+    return code
+
+
+def _log_refused(gw: Gateway, mail_from: str, refused: list[tuple[str, str]], code: int,
+                 *, delivered: bool, source: tuple[str, str] = ("STDIN", "stdin")) -> None:
+    """Recipients deliver refused, in the communication log (only then: a delivery that
+    goes well costs nothing more): a Notice per recipient with its reply and, when
+    nothing was delivered, an Error with the exit code the MTA got (Failed); beside a
+    delivery (the MTA got one exit code for all) a Warning. Never raises."""
+    from gateway.commlog import Comm, Status, write_comm
+
+    comm = Comm("Incoming", *source)
+    obj = comm.obj("Message")
+    obj.log("Info", "Envelope", f"from <{mail_from}>, deliver")
+    for rcpt, reply in refused:
+        rcpt = rcpt if rcpt.startswith("To/Cc") else f"<{rcpt}>"
+        obj.log("Notice", "RCPT", f"{rcpt} refused: {reply}")
+    if delivered:
+        obj.log("Warn", "Deliver", f"delivered to the other recipients; exit {code} "
+                "stands for all of them")
+    else:
+        obj.log("Error", "Deliver", f"nothing delivered; exit {code} "
+                + ("(the MTA tries again)" if code == EX_TEMPFAIL else "(the MTA bounces)"))
+    status: Status = "Warning" if delivered else "Failed"
+    obj.close(status)
+    comm.close(status)
+    try:
+        with gw.engine.begin() as conn:
+            write_comm(conn, comm)
+    except Exception as exc:
+        print(f"deliver: not written to the communication log: {exc}", file=sys.stderr)
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
@@ -292,6 +325,8 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
         return EX_TEMPFAIL
     mail_from = least_quoted_path(args.mail_from)
     deferred = False
+    refused: list[tuple[str, str]] = []
+    source = (account.type.upper(), account.name) if account else ("STDIN", "stdin")
     try:
         rcpts = [least_quoted_path(r).lower() for r in args.recipient]
         if rcpts:
@@ -300,23 +335,30 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
             for r, s in zip(rcpts, statuses, strict=True):
                 if not s.ok:
                     print(f"deliver: <{r}>: {s}", file=sys.stderr)
+            refused = [(r, str(s)) for r, s in zip(rcpts, statuses, strict=True) if not s.ok]
             if not ok:
-                return EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+                code = EX_TEMPFAIL if any(s.temporary for s in statuses) else EX_NOUSER
+                _log_refused(gw, mail_from, refused, code, delivered=False, source=source)
+                return code
             # The others are delivered; one exit code stands for every recipient, so a
             # 4xx for one of them makes it 75 (the retry is a duplicate for the others).
             deferred = any(s.temporary for s in statuses)
             rcpts = ok
         elif account is None and cfg.lmtp.unknown_recipient == "reject":
-            refused = _no_system_address(gw, raw)
-            if refused is not None:
-                return refused
+            no_address = _no_system_address(gw, raw)
+            if no_address is not None:
+                return no_address
         trusted = args.trusted or (account.trusted if account else False)
         env = Envelope(mail_from=mail_from, recipients=tuple(rcpts) or ("",), raw=raw,
-                       source=account.type.upper() if account else "STDIN",
-                       account=account.name if account else "stdin", trusted=trusted,
+                       source=source[0], account=source[1], trusted=trusted,
                        dispatch_queue=account.queue if account and account.dispatch == "queue"
                        else "")
         outcome = asyncio.run(gw.pipeline.deliver(env))
+        if rcpts and refused:
+            _log_refused(gw, mail_from, refused,
+                         EX_TEMPFAIL if deferred or outcome.replies[0].temporary else
+                         EX_OK if outcome.replies[0].ok else EX_DATAERR, delivered=True,
+                         source=source)
     finally:
         gw.close()
     reply = outcome.replies[0]

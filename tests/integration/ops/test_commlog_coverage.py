@@ -17,6 +17,8 @@ from sqlalchemy.exc import OperationalError
 from gateway import commlog_views as views
 from gateway.inbound.pipeline import Pipeline
 from gateway.store.tables import CommEntry
+from tests.integration.helpdesk.conftest import SECRET as WEBHOOK_SECRET
+from tests.integration.helpdesk.conftest import receiver, webhook_gateway  # noqa: F401
 from tests.integration.ops.ops_web import message
 from tests.integration.outbound.conftest import (
     outbound_config,  # noqa: F401 - fixture
@@ -273,3 +275,201 @@ class TestLmtp:
         warn = [v for p, k, v in entries(d) if p == "Warn" and k == "Message"]
         assert len(warn) == 1 and "RuntimeError: stage exploded" in warn[0], entries(d)
         assert "<cust1@customer.test>" in warn[0] and "451" in warn[0]
+
+
+def attempts(engine: Any) -> list[dict[str, Any]]:
+    """The outbound delivery attempts' communications (their Message has an Attempt)."""
+    return [d for d in comms(engine) if any(
+        o["type"] == "Message" and any(e["key"] == "Attempt" for e in o["entries"])
+        for o in d["objects"])]
+
+
+def submit(cfg: Any, rcpts: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", submission_port(cfg)) as s:
+        s.ehlo()
+        assert s.sendmail("app@internal.test", rcpts, MSG) == {}
+
+
+class TestOutbound:
+    def test_deferral_bounce_and_dsn_are_named(self, outbound_config, run_gateway):  # noqa: F811
+        """The smarthost answers 451 to one recipient and 550 to the other: the attempt
+        is Failed, with a Warn Deferred and an Error Failed naming each recipient and the
+        reply, and a Notice that the failure DSN was queued."""
+        with AuthSink() as sink:
+            sink.set_script(lambda stage, a: "451 4.7.1 greylisted" if a == "a@customer.test"
+                            else "550 5.1.1 no such user" if a == "b@customer.test" else None)
+            cfg = outbound_config(sink.port, retry="1h", extra_submission=(
+                'allow_networks = ["127.0.0.0/8"]'))
+            rg = run_gateway(cfg)
+            submit(cfg, ["a@customer.test", "b@customer.test"])
+            d = wait_for(lambda: next(iter(attempts(rg.gateway.engine)), None),
+                         what="attempt")
+        assert (d["direction"], d["status"]) == ("Outgoing", "Failed")
+        got = entries(d)
+        assert any(p == "Warn" and k == "Deferred" and "<a@customer.test>" in v and "451" in v
+                   and "greylisted" in v for p, k, v in got), got
+        assert any(p == "Error" and k == "Failed" and "<b@customer.test>" in v and "550" in v
+                   for p, k, v in got), got
+        assert any(p == "Notice" and k == "DSN" and "<app@internal.test>" in v
+                   and "queued as #" in v for p, k, v in got), got
+
+    def test_connect_refused_is_a_failed_connection(self, outbound_config,  # noqa: F811
+                                                    run_gateway):
+        """Nothing listens on the smarthost's port: the Connection is Failed with an
+        Error naming the address and the cause; the message is deferred (Warn)."""
+        from tests.conftest import free_port
+
+        port = free_port()
+        cfg = outbound_config(port, retry="1h",
+                              extra_submission='allow_networks = ["127.0.0.0/8"]')
+        rg = run_gateway(cfg)
+        submit(cfg, ["a@customer.test"])
+        d = wait_for(lambda: next(iter(attempts(rg.gateway.engine)), None), what="attempt")
+        conn_obj, msg_obj = d["objects"]
+        assert (conn_obj["type"], conn_obj["status"]) == ("Connection", "Failed")
+        assert any(e["priority"] == "Error" and e["key"] == "Connect"
+                   and f"connect to 127.0.0.1[127.0.0.1]:{port}" in e["value"]
+                   and "refused" in e["value"].lower() for e in conn_obj["entries"]), entries(d)
+        assert msg_obj["status"] == "Warning"
+        assert any(e["key"] == "Deferred" for e in msg_obj["entries"])
+
+    @pytest.mark.parametrize("pinned", [False, True], ids=["unverified", "wrong-password"])
+    def test_tls_and_auth_failures_keep_the_password_out(
+            self, tmp_path, outbound_config, run_gateway, pinned):  # noqa: F811
+        """STARTTLS to a smarthost whose certificate does not verify, and (its CA pinned)
+        one that refuses the relay password: the Connection is Failed naming the
+        certificate problem or the SASL failure; the password is in no entry."""
+        ca = TestCA(tmp_path / "ca")
+        leaf = ca.issue("smarthost", hosts=("127.0.0.1", "localhost"))
+        pin = f'\ntls_ca_file = "{ca.ca_path}"' if pinned else ""
+        with AuthSink(leaf.cert, leaf.key, users={"relay": "other"}) as sink:
+            cfg = outbound_config(sink.port, retry="1h", security="starttls",
+                                  extra_relay=f'user = "relay"\npassword = "{SECRET}"{pin}',
+                                  extra_submission='allow_networks = ["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            submit(cfg, ["a@customer.test"])
+            d = wait_for(lambda: next(iter(attempts(rg.gateway.engine)), None),
+                         what="attempt")
+            with rg.gateway.engine.connect() as conn:
+                values = list(conn.execute(select(CommEntry.value)).scalars())
+        conn_obj = d["objects"][0]
+        assert conn_obj["status"] == "Failed"
+        want = "sasl authentication failed" if pinned else "certificate"
+        assert any(e["key"] == "Connect" and want in e["value"].lower()
+                   for e in conn_obj["entries"]), conn_obj["entries"]
+        assert [v for v in values if SECRET in v] == []
+
+
+class TestHandoff:
+    def test_down_failing_and_retried_by_hand(self, webhook_gateway,  # noqa: F811
+                                             receiver):  # noqa: F811
+        """The helpdesk is down, then answers 500 until the schedule is over: each attempt
+        is a Failed Handoff communication naming the cause and the next attempt, the last
+        an Error "Failed"; `handoff retry` logs who retried what; the webhook secret is
+        in no entry."""
+        import json
+        import subprocess
+        import sys
+
+        rg = webhook_gateway(retry="0.3s")
+        receiver.stop()
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        _, data = c.transaction("alice@customer.test", ["support@example.org"], message(1))
+        c.close()
+        assert [d[0] for d in data] == [250]
+
+        def handoff_comms() -> list[dict[str, Any]]:
+            return [d for d in comms(rg.gateway.engine) if d["account_type"] == "Handoff"]
+
+        first = wait_for(lambda: next(iter(handoff_comms()), None), what="hand-off attempt")
+        got = entries(first)
+        assert first["status"] == "Failed"
+        assert any(k == "Helpdesk" and "cannot reach" in v for _, k, v in got), got
+        assert any(p == "Warn" and k == "Deferred" and "next attempt" in v
+                   for p, k, v in got), got
+        receiver.fail_next = 100
+        receiver.start()
+        last = wait_for(lambda: next((d for d in handoff_comms() if any(
+            p == "Error" and k == "Failed" for p, k, _ in entries(d))), None),
+            what="the failed hand-off")
+        assert any(k == "Helpdesk" and "HTTP 500" in v for _, k, v in entries(last))
+        out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(rg.config.conf_dir),
+                              "handoff", "list", "--json"], capture_output=True, text=True,
+                             timeout=60)
+        hid = json.loads(out.stdout)[0]["id"]
+        out = subprocess.run([sys.executable, "-m", "gateway", "-c", str(rg.config.conf_dir),
+                              "handoff", "retry", str(hid)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        retry = wait_for(lambda: next((d for d in handoff_comms()
+                                       if d["account"] == "deskgate handoff retry"), None),
+                         what="the retry by hand")
+        assert any(k == "Retry" and f"hand-off #{hid} retried by hand" in v
+                   for _, k, v in entries(retry))
+        with rg.gateway.engine.connect() as conn:
+            values = list(conn.execute(select(CommEntry.value)).scalars())
+        assert [v for v in values if WEBHOOK_SECRET in v] == []
+
+
+def cli_comms(conf: Any) -> list[dict[str, Any]]:
+    import json
+
+    from tests.integration.cli.test_cli_contract import cli
+
+    listed = json.loads(cli(conf, "log", "list", "--json").stdout)
+    return [json.loads(cli(conf, "log", "show", str(c["id"]), "--json").stdout)
+            for c in listed]
+
+
+def stdin_mail(to: str, n: int) -> bytes:
+    return (f"From: alice@customer.test\nTo: {to}\nSubject: printer\n"
+            f"Message-ID: <deliver{n}@customer.test>\n\nThe printer is broken.\n").encode()
+
+
+class TestDeliver:
+    LMTP = {"50-lmtp.toml": '[lmtp]\nunknown_recipient = "reject"\n'}
+
+    def test_every_recipient_refused_is_a_failed_communication(self, make_confdir):
+        """deliver -r for no system address: exit 67, and a Failed STDIN communication
+        naming the refused recipient, its reply and the exit code."""
+        from tests.integration.cli.test_cli_contract import cli
+
+        conf = make_confdir(self.LMTP)
+        r = cli(conf, "deliver", "-f", "alice@customer.test", "-r", "nobody@example.org",
+                stdin=stdin_mail("nobody@example.org", 1))
+        assert r.returncode == 67, r.stderr
+        (d,) = cli_comms(conf)
+        assert (d["direction"], d["account_type"], d["status"]) == ("Incoming", "STDIN",
+                                                                  "Failed")
+        got = entries(d)
+        assert any(p == "Notice" and k == "RCPT" and "<nobody@example.org>" in v
+                   and "550" in v for p, k, v in got), got
+        assert any(p == "Error" and k == "Deliver" and "exit 67" in v
+                   for p, k, v in got), got
+
+    def test_one_recipient_refused_is_named_beside_the_delivery(self, make_confdir):
+        """One -r delivered, one refused for good: the MTA gets one exit code for both
+        (0), so the refusal is in the log, a Warning naming the recipient."""
+        from tests.integration.cli.test_cli_contract import cli
+
+        conf = make_confdir(self.LMTP)
+        r = cli(conf, "deliver", "-f", "alice@customer.test", "-r", "support@example.org",
+                "-r", "nobody@example.org", stdin=stdin_mail("support@example.org", 2))
+        assert r.returncode == 0, r.stderr
+        refused = [d for d in cli_comms(conf) if any(k == "RCPT" for _, k, _ in entries(d))]
+        assert len(refused) == 1 and refused[0]["status"] == "Warning"
+        assert any(p == "Notice" and "<nobody@example.org>" in v
+                   for p, _, v in entries(refused[0]))
+
+    def test_no_system_address_in_to_is_a_failed_communication(self, make_confdir):
+        """Without -r and no system address in To/Cc: exit 67, a Failed communication
+        naming the addresses that were looked at."""
+        from tests.integration.cli.test_cli_contract import cli
+
+        conf = make_confdir(self.LMTP)
+        r = cli(conf, "deliver", stdin=stdin_mail("nobody@example.org", 3))
+        assert r.returncode == 67, r.stderr
+        (d,) = cli_comms(conf)
+        assert d["status"] == "Failed"
+        assert any(k == "RCPT" and "nobody@example.org" in v for _, k, v in entries(d))
