@@ -656,11 +656,19 @@ class SubmissionService:
 
     def handshake_failed(self, peer: Any, error: BaseException) -> None:
         """A connection of tls_listen whose TLS handshake failed: logged as a failed
-        STARTTLS handshake is, and counted with the refused connections."""
+        STARTTLS handshake is (a Warning communication), and counted with the refused
+        connections."""
         log.info("submission TLS handshake failed", client=peer_text(peer),
                  error=repr(error)[:300])
         self.limit.refused_total += 1
         metrics.SESSIONS_REFUSED.labels(self.name).inc()
+        record = SubmissionRecord(peer_text(peer))
+        record.warn("TLS", f"implicit TLS handshake failed: {error or type(error).__name__}"
+                    [:500])
+        try:
+            self.sub.write_log(record.finish())
+        except Exception:
+            log.exception("submission: the connection was not logged", client=peer_text(peer))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

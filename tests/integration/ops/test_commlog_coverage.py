@@ -205,6 +205,31 @@ class TestSubmission:
         assert any(p in ("Warn", "Error") and k == "STARTTLS" and "handshake failed" in v
                    for p, k, v in entries(d)), entries(d)
 
+    def test_failed_implicit_tls_handshake_is_logged(self, tmp_path, outbound_config,  # noqa: F811
+                                                     run_gateway):
+        """A client speaking plain text to tls_listen: a Warning naming the TLS error."""
+        from tests.conftest import free_port
+
+        ca = TestCA(tmp_path / "ca")
+        leaf = ca.issue("submission", hosts=("127.0.0.1", "localhost"))
+        port = free_port()
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port, extra_submission=f"""
+tls_listen = ["127.0.0.1:{port}"]
+tls_cert = "{leaf.cert}"
+tls_key = "{leaf.key}"
+""")
+            rg = run_gateway(cfg)
+            with socket.create_connection(("127.0.0.1", port), 10) as sock:
+                sock.sendall(b"EHLO plain.example\r\n")
+                sock.settimeout(5)
+                with contextlib.suppress(OSError):
+                    sock.recv(100)
+            d = wait_comm(rg.gateway.engine, "SMTP")
+        assert d["status"] == "Warning" and d["account"].startswith("127.0.0.1:")
+        assert any(p == "Warn" and k == "TLS" and "handshake failed" in v
+                   for p, k, v in entries(d)), entries(d)
+
     def test_auth_failures_never_log_the_password(self, tls_submission, run_gateway):
         """Wrong passwords (PLAIN, LOGIN) and a PLAIN response that cannot be split: the
         failures are logged with the login name, and no entry holds the password or the
