@@ -246,16 +246,19 @@ tls_key = "{leaf.key}"
                 assert s.docmd("AUTH", f"PLAIN {broken}")[0] == 501
                 assert s.docmd("AUTH", "LOGIN " + base64.b64encode(b"app").decode())[0] == 334
                 assert s.docmd(base64.b64encode(SECRET.encode()).decode())[0] == 535
-            wait_comm(rg.gateway.engine, "SMTP", lambda d: any(
+                # A client out of step sends the password as a command: 500, word unlogged.
+                assert s.docmd(base64.b64encode(SECRET.encode()).decode())[0] == 500
+            d = wait_comm(rg.gateway.engine, "SMTP", lambda d: any(
                 k == "AUTH" for _, k, _ in entries(d)))
             wait_for(lambda: sum(1 for d in comms(rg.gateway.engine) for _, k, _ in entries(d)
                                  if k == "Auth") == 2, what="two Auth entries")
             with rg.gateway.engine.connect() as conn:
                 values = list(conn.execute(select(CommEntry.value)).scalars())
+        assert any(k == "SMTP" and "not recognized" in v for _, k, v in entries(d))
         auth = [v for v in values if "AUTH failed for 'app'" in v]
         assert len(auth) == 2
         secrets = (SECRET, plain, broken, base64.b64encode(SECRET.encode()).decode())
-        leaked = [v for v in values if any(x in v for x in secrets)]
+        leaked = [v for v in values if any(x.upper() in v.upper() for x in secrets)]
         assert leaked == []
 
 
@@ -281,6 +284,38 @@ class TestLmtp:
         assert len(warn) == 1, entries(d)
         assert "<cust1@customer.test>" in warn[0] and "451" in warn[0]
         assert "database" in warn[0] and "OperationalError" in warn[0]
+
+    def test_limits_and_xforward_refusals_are_named(self, config, run_gateway):
+        """Over max_recipients, every recipient refused (DATA then refused), a message
+        over max_message_size and a malformed XFORWARD: each a Notice naming what was
+        refused and the reply; the connection is a Warning counting the message too big."""
+        import dataclasses
+
+        cfg = dataclasses.replace(config, lmtp=dataclasses.replace(
+            config.lmtp, max_recipients=1, max_message_size=2000))
+        rg = run_gateway(cfg)
+        c = LmtpClient(rg.socket_path)
+        c.lhlo()
+        assert c.cmd("XFORWARD NOSUCH=1")[0] == 501
+        assert c.cmd("MAIL FROM:<a@customer.test>")[0] == 250
+        assert c.cmd("RCPT TO:<nobody@example.org>")[0] == 550
+        assert c.cmd("DATA")[0] == 503
+        assert c.cmd("RSET")[0] == 250
+        rcpt, data = c.transaction("b@customer.test", ["support@example.org",
+                                                       "sales@example.org"],
+                                   message(1, extra="X-Pad: " + "x" * 3000 + "\r\n"))
+        assert [r[0] for r in rcpt] == [250, 452] and [d[0] for d in data] == [552]
+        c.close()
+        d = wait_comm(rg.gateway.engine, "LMTP")
+        assert d["status"] == "Warning"
+        notices = {k: v for p, k, v in entries(d) if p == "Notice"}
+        assert "XFORWARD" in notices and "501" in notices["XFORWARD"], notices
+        assert "<sales@example.org>" in notices["RCPT"] and "452" in notices["RCPT"]
+        assert "503" in notices["DATA"] or "552" in notices["DATA"]
+        got = entries(d)
+        assert any(k == "DATA" and "<b@customer.test>" in v and "552" in v
+                   for _, k, v in got), got
+        assert "1 too big" in got[-1][2] and "2 recipient(s) refused" in got[-1][2]
 
     def test_delivery_that_raised_names_the_exception(self, config, run_gateway,
                                                       monkeypatch):
