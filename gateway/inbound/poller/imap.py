@@ -35,6 +35,7 @@ from gateway.inbound.poller.session import (
     RemoteMessage,
     TokenGetter,
     TokenRenewer,
+    auth_unavailable,
     classify_os_error,
     describe_tls,
     nodelay,
@@ -187,6 +188,9 @@ class ImapSession:
                 imap.login(acc.login, str(acc.password or ""))
                 method = "password"
         except imaplib.IMAP4.error as exc:
+            unavailable = auth_unavailable(acc.login, _auth_text(exc))
+            if unavailable is not None:
+                raise unavailable from exc
             if acc.oauth2 is not None:
                 raise MailboxError("auth", xoauth2_refused(
                     acc.login, _auth_text(exc), challenges[1] if len(challenges) > 1 else None,

@@ -28,6 +28,7 @@ from gateway.inbound.poller.session import (
     RemoteMessage,
     TokenGetter,
     TokenRenewer,
+    auth_unavailable,
     classify_os_error,
     describe_tls,
     nodelay,
@@ -143,6 +144,9 @@ class Pop3Session:
                         acc.login, _text(resp), challenge))
                     resp, challenge, sent = self._xoauth2(fresh)
                 if not resp.startswith(b"+OK"):
+                    unavailable = auth_unavailable(acc.login, _text(resp))
+                    if unavailable is not None:
+                        raise unavailable
                     raise MailboxError("auth", xoauth2_refused(acc.login, _text(resp), challenge,
                                                                sent=sent), temporary=False)
                 method = "XOAUTH2"
@@ -151,8 +155,11 @@ class Pop3Session:
                 pop.pass_(str(acc.password or ""))
                 method = "password"
         except poplib.error_proto as exc:
-            raise MailboxError("auth", f"login as {acc.login} refused: "
-                               f"{_text(exc.args[0] if exc.args else exc)}",
+            answer = _text(exc.args[0] if exc.args else exc)
+            unavailable = auth_unavailable(acc.login, answer)
+            if unavailable is not None:
+                raise unavailable from exc
+            raise MailboxError("auth", f"login as {acc.login} refused: {answer}",
                                temporary=False) from exc
         except MailboxError:
             raise

@@ -191,6 +191,19 @@ def describe_tls(sock: object) -> str:
             "verified")
 
 
+# Response codes of a login the server could not check now (its user database is
+# down, the mailbox is locked): IMAP RFC 5530, POP3 RFC 3206 and RFC 2449.
+_TEMPORARY_AUTH = ("[UNAVAILABLE]", "[SYS/TEMP]", "[IN-USE]")
+
+
+def auth_unavailable(login: str, answer: str) -> MailboxError | None:
+    """The error for an answer saying the login could not be checked now, else None."""
+    if not any(code in answer.upper() for code in _TEMPORARY_AUTH):
+        return None
+    return MailboxError("auth", f"the server could not check the login as {login} now "
+                        f"(a temporary failure on its side, not a wrong password): {answer}")
+
+
 def xoauth2_error(challenge: bytes) -> str:
     """The server's XOAUTH2 error challenge (JSON, already base64-decoded) for the log:
     'status 401, schemes bearer, scope mail'. Google and Dovecot send one before
