@@ -87,6 +87,30 @@ SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_dashboard, _commlog_purge, _se
                                                  _submission, _poller, _handoff, _retrain)
 
 
+# Settings a running process cannot take from a reload (listening sockets, the store,
+# logging and thread pools are set up at start): a reload changing one applies the
+# rest and names these in a warning (docs/operations.md, "Reload and stop").
+_RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("gateway.state_dir", lambda c: c.state_dir),
+    ("gateway.database", lambda c: c.database_url),
+    ("gateway.batch_max", lambda c: c.gateway.batch_max),
+    ("gateway.log_level", lambda c: c.gateway.log_level),
+    ("gateway.log_format", lambda c: c.gateway.log_format),
+    ("gateway.hostname", lambda c: c.gateway.hostname),
+    ("store.fast_path", lambda c: c.store.fast_path),
+    ("store.commit_process", lambda c: c.store.commit_process),
+    ("lmtp.listen", lambda c: c.lmtp.listen),
+    ("lmtp.socket_mode", lambda c: c.lmtp.socket_mode),
+    ("lmtp.socket_group", lambda c: c.lmtp.socket_group),
+    ("lmtp.workers", lambda c: c.lmtp.workers),
+    ("submission.listen", lambda c: c.submission.listen),
+    ("submission.tls_listen", lambda c: c.submission.tls_listen),
+    ("dashboard.listen", lambda c: c.dashboard.listen),
+    ("relay.concurrency", lambda c: c.relay.concurrency),
+    ("helpdesk.concurrency", lambda c: c.helpdesk.concurrency),
+)
+
+
 class Gateway:
     """Everything one deskgate process holds: config, runtime, store, pipeline,
     services. Implements gateway.interfaces.Host for the services."""
@@ -121,6 +145,9 @@ class Gateway:
         # `serve` sets it; the workers report over their control sockets.
         self.commit_lost_by_workers: Callable[[], list[str]] = lambda: []
         self.with_services = False     # the main process runs the services, LMTP workers not
+        # The outcome of the last reload: result ("ok", "refused"), reason (why it was
+        # refused) and restart_needed (changed keys a reload cannot apply).
+        self.last_reload: dict[str, object] = {}
 
     # ---------------------------------------------------------------- setup
 
@@ -171,18 +198,22 @@ class Gateway:
             log.error("reload refused; keeping the running configuration", errors=str(exc))
             metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(str(exc))
+            self.last_reload = {"result": "refused", "reason": str(exc), "restart_needed": []}
             return False
         except Exception as exc:
             log.error("reload failed; keeping the running configuration", error=repr(exc))
             metrics.RELOADS.labels("refused").inc()
             self._log_reload_failure(repr(exc))
+            self.last_reload = {"result": "refused", "reason": repr(exc), "restart_needed": []}
             return False
         def sync(conn: Connection) -> None:
             repo.sync_config(conn, cfg)
             _read_retired(rt, conn)
 
         await self.writer.run(sync, isolated=True)
+        restart = self._restart_needed(self.config, cfg)
         self.config, self.runtime = cfg, rt
+        self._apply_limits(cfg)
         # From here on the new configuration is in place (and the other processes
         # follow it): a service that cannot follow is logged, not a failed reload.
         for hook in list(self.reload_hooks):
@@ -202,12 +233,39 @@ class Gateway:
         await self._restart_failed_services()
         metrics.RELOADS.labels("ok").inc()
         log.info("configuration reloaded", filters=len(cfg.filters), queues=len(cfg.queue))
+        self.last_reload = {"result": "ok", "reason": "", "restart_needed": restart}
+        if restart and self.with_services:      # once: not again by each LMTP worker
+            log.warning("reload: changed settings keep their running value until a restart",
+                        keys=restart)
         if self.with_services:
             # As `serve` does at start; the main process only (the LMTP workers reload
             # too), so each reload warns once.
             await asyncio.get_running_loop().run_in_executor(
                 None, log_inline_secret_warnings, cfg.conf_dir)
         return True
+
+    def _restart_needed(self, old: Config, new: Config) -> list[str]:
+        """The changed keys a reload cannot apply (a process's sockets, store,
+        logging and thread pools are set up once, at start)."""
+        have = {s.name: is_running(s) for s in self.services}
+        keys = [key for key, get in _RESTART_KEYS if get(old) != get(new)]
+        skip = set()
+        if have.get("dashboard") is False:  # one that could not bind retries the new address
+            skip.add("dashboard.listen")
+        if "outbound-sender" not in have:   # a sender this reload starts takes the new one
+            skip.add("relay.concurrency")
+        if "helpdesk-handoff" not in have or not new.helpdesk.enabled:
+            skip.add("helpdesk.concurrency")
+        if "submission" not in have:        # its greeting; LMTP's follows the reload
+            skip.add("gateway.hostname")
+        return [k for k in keys if k not in skip]
+
+    def _apply_limits(self, cfg: Config) -> None:
+        """The session limits of the listeners follow the reloaded configuration (the
+        submission service's own hook takes its limits)."""
+        if (lmtp := self.limits.get("lmtp")) is not None:
+            lmtp.max_sessions = cfg.lmtp.max_sessions
+        raise_fd_limit(cfg.lmtp.max_sessions + cfg.submission.max_sessions + 4 * FD_MARGIN)
 
     async def _switch_handoff(self, cfg: Config) -> None:
         """A [helpdesk] added or removed by a reload starts or stops the hand-off worker
@@ -286,7 +344,7 @@ class Gateway:
             self, socks if socks is not None else self.bind(),
             max_message_size=cfg.lmtp.max_message_size, max_recipients=cfg.lmtp.max_recipients,
             hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout,
-            shared=cfg.lmtp.workers > 1, limit=limit)
+            shared=cfg.lmtp.workers > 1, limit=limit, config=lambda: self.config)
         self.servers = list(servers)
         if not services:
             return servers

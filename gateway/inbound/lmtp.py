@@ -178,14 +178,22 @@ class AcceptLoop:
 async def start_listeners(backend: LmtpBackend, socks: Sequence[socket.socket], *,
                           max_message_size: int, max_recipients: int, hostname: str,
                           timeout: float = 300,  # noqa: ASYNC109 - idle timeout per session
-                          shared: bool = False, limit: SessionLimit | None = None
-                          ) -> list[Any]:
-    """Serve LMTP on already bound sockets; `shared` when other processes accept too."""
+                          shared: bool = False, limit: SessionLimit | None = None,
+                          config: Callable[[], Config] | None = None) -> list[Any]:
+    """Serve LMTP on already bound sockets; `shared` when other processes accept too.
+    `config`: the running configuration, whose [lmtp] limits, timeout and hostname a
+    new connection takes instead of the values passed (so a reload applies them)."""
     loop = asyncio.get_running_loop()
 
     def factory() -> LmtpSession:
-        return LmtpSession(backend, max_message_size=max_message_size,
-                           max_recipients=max_recipients, hostname=hostname, timeout=timeout,
+        if config is None:
+            return LmtpSession(backend, max_message_size=max_message_size,
+                               max_recipients=max_recipients, hostname=hostname,
+                               timeout=timeout, loop=loop, limit=limit)
+        cfg = config()
+        return LmtpSession(backend, max_message_size=cfg.lmtp.max_message_size,
+                           max_recipients=cfg.lmtp.max_recipients,
+                           hostname=cfg.gateway.hostname, timeout=cfg.lmtp.timeout,
                            loop=loop, limit=limit)
 
     servers: list[Any] = []

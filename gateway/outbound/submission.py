@@ -637,8 +637,16 @@ class SubmissionService:
         """Reload hook: tls_cert and tls_key are read again, for new connections (those
         open keep theirs), so a renewed certificate needs no restart. A pair that does
         not load is logged as an error naming the files and the certificate in use is
-        kept; so is one removed while tls_listen sockets are open."""
+        kept; so is one removed while tls_listen sockets are open. The session limits
+        and the handshake timeout of tls_listen take the new values."""
         sub = cfg.submission
+        self.limit.max_sessions = sub.max_sessions
+        self.limit.max_per_ip = sub.max_sessions_per_ip
+        if self.limit.fd_reserve:
+            from gateway.limits import FD_MARGIN
+
+            self.limit.fd_reserve = cfg.lmtp.max_sessions + FD_MARGIN
+        self.handshake_timeout = sub.timeout
         try:
             tls = server_tls_context(cfg)
         except (OSError, ssl.SSLError, ValueError) as exc:
