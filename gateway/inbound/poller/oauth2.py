@@ -164,7 +164,16 @@ class TokenSource:
         new_refresh = body.get("refresh_token")
         if (cfg.grant == "refresh_token" and isinstance(new_refresh, str) and new_refresh
                 and new_refresh != self._refresh):
-            self._save(self.account, new_refresh, fingerprint(str(cfg.refresh_token or "")))
+            try:
+                self._save(self.account, new_refresh, fingerprint(str(cfg.refresh_token or "")))
+            except MailboxError:
+                raise
+            except Exception as exc:
+                # A database error's text carries the statement's parameters: the token.
+                cause = getattr(exc, "orig", None) or type(exc).__name__
+                raise MailboxError("auth", "OAuth2: the token endpoint rotated the refresh "
+                                   f"token, and the new one could not be stored: "
+                                   f"{type(exc).__name__}: {cause}") from None
             self._refresh = new_refresh
             log.info("oauth2 refresh token rotated and stored", account=self.account)
         return token

@@ -69,3 +69,29 @@ def test_a_token_renewed_meanwhile_is_taken(make_confdir, monkeypatch):
     assert ts.renew("at1") == "at2"
     assert ts.renew("at1") == "at2"    # another login's refusal of the old one
     assert len(calls) == 2
+
+
+def test_a_rotated_token_that_cannot_be_stored_is_not_written_into_the_error(
+        make_confdir, monkeypatch):
+    """The database error of storing a rotated refresh token carries the statement's
+    parameters (the new token): the Authentication error names the failure without it."""
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.inbound.poller.session import MailboxError
+
+    cfg = load_config(make_confdir({"50-acc.toml": ACCOUNT}))
+
+    def save(account, token, fp):
+        raise OperationalError("INSERT INTO poller_token ...", (account, token, fp),
+                               Exception("database is locked"))
+
+    ts = TokenSource(cfg.account[0], cfg.root, lambda a: None, save)
+    monkeypatch.setattr(ts, "_post", lambda form: {"access_token": "at-1", "expires_in": 3600,
+                                                   "refresh_token": "rt-NEW-s3cret"})
+    with pytest.raises(MailboxError) as info:
+        ts.get()
+    assert info.value.step == "auth"
+    assert "rt-NEW-s3cret" not in str(info.value) and "at-1" not in str(info.value)
+    assert "could not be stored" in info.value.reason
+    assert "database is locked" in info.value.reason
