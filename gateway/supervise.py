@@ -56,7 +56,8 @@ from gateway.supervise_fork import (
 __all__ = [     # the commit process's supervision and the pid file, importable from here
     "COMMIT_GONE", "COMMIT_PROCESS_NAME", "COMMIT_UP", "LMTP_WORKER_NAME", "CommitKeeper",
     "DirectoryProblem", "WorkDir", "directory_problem", "directory_warnings",
-    "lock_pidfile", "pidfile_path", "prepare_directories", "reload_everywhere", "run_serve",
+    "lock_pidfile", "pidfile_path", "prepare_directories", "reload_everywhere",
+    "reload_result_path", "run_serve",
     "serve", "serve_worker", "spawn_commit_process", "work_directories",
 ]
 
@@ -177,12 +178,40 @@ async def reload_everywhere(gw: Gateway, others: Sequence[int]) -> bool:
     the old one and some on the new."""
     try:
         ok = await _reload_and_settle(gw)
-    except Exception:
+    except Exception as exc:
         log.exception("reload failed; the other processes keep the running configuration")
+        _write_reload_result(gw, {"result": "refused", "reason": repr(exc)[:4000],
+                                  "restart_needed": []})
         return False
     if ok:
         _signal_workers(others, signal.SIGHUP)
+    _write_reload_result(gw, getattr(gw, "last_reload", {}))
     return ok
+
+
+_RELOAD_COUNT = {"n": 0}
+
+
+def reload_result_path(config: Config) -> Path:
+    """Where the main process leaves the outcome of each SIGHUP reload, next to its
+    pid file, for `deskgate reload` to wait for and report."""
+    return pidfile_path(config).with_name("reload.json")
+
+
+def _write_reload_result(gw: Gateway, result: dict[str, object]) -> None:
+    """Replace reload.json atomically: {"count", "pid", "result", "reason",
+    "restart_needed"}; count grows with each reload of this process."""
+    _RELOAD_COUNT["n"] += 1
+    body = {"count": _RELOAD_COUNT["n"], "pid": os.getpid(), "result": "refused",
+            "reason": "", "restart_needed": [], **result}
+    try:        # never a reason for a reload to fail
+        path = reload_result_path(gw.config)
+        tmp = path.with_name(f".reload.json.{os.getpid()}")
+        tmp.write_text(json.dumps(body, default=str) + "\n")
+        tmp.replace(path)
+    except Exception as exc:
+        log.warning("reload result not written; `deskgate reload` cannot report it",
+                    error=repr(exc)[:300])
 
 
 def _wake_sender() -> None:

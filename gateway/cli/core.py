@@ -52,6 +52,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("reload", help="ask the running gateway to re-read its configuration")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the gateway's answer (default 60)")
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("db", help="database maintenance")
@@ -377,17 +379,56 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from gateway.supervise import pidfile_path
+    """Validate conf.d as `check` does (errors: nothing is sent, exit 1), send SIGHUP
+    and wait for the gateway's answer in its reload.json: exit 0 when it reloaded
+    (naming the changed settings that need a restart), 1 when it refused."""
+    import json
+    import time
 
-    cfg = load(args)
+    from gateway.config import load_config
+    from gateway.errors import ConfigErrors
+    from gateway.supervise import pidfile_path, reload_result_path
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(str(err), file=sys.stderr)
+        print("reload refused: the configuration has errors; nothing was sent and the "
+              "gateway keeps running with its current configuration", file=sys.stderr)
+        return 1
     path = pidfile_path(cfg)
+    result_path = reload_result_path(cfg)
+
+    def result() -> dict[str, Any] | None:
+        try:
+            got = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return got if isinstance(got, dict) else None
+
+    before = result()
     try:
         pid = int(path.read_text().strip())
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         print(f"reload: no running gateway ({path}: {exc})", file=sys.stderr)
         return 1
-    print(f"reload signal sent to {pid}")
+    deadline = time.monotonic() + args.wait
+    while (got := result()) is None or got == before or got.get("pid") != pid:
+        if time.monotonic() >= deadline:
+            print(f"reload signal sent to {pid}; no answer in {result_path} within "
+                  f"{args.wait:g} s: see the gateway's log", file=sys.stderr)
+            return EX_TEMPFAIL
+        time.sleep(0.1)
+    if got.get("result") != "ok":
+        print(f"reload refused by the gateway (pid {pid}); it keeps running with its "
+              f"current configuration: {got.get('reason', '')}", file=sys.stderr)
+        return 1
+    print(f"reloaded (pid {pid})")
+    if restart := got.get("restart_needed"):
+        print("changed settings that take effect only after a restart "
+              f"(systemctl restart deskgate): {', '.join(map(str, restart))}")
     return EX_OK
 
 
