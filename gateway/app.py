@@ -105,6 +105,8 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("lmtp.workers", lambda c: c.lmtp.workers),
     ("submission.listen", lambda c: c.submission.listen),
     ("submission.tls_listen", lambda c: c.submission.tls_listen),
+    ("submission.max_auth_failures", lambda c: c.submission.max_auth_failures),
+    ("submission.auth_backoff", lambda c: c.submission.auth_backoff),
     ("dashboard.listen", lambda c: c.dashboard.listen),
     ("relay.concurrency", lambda c: c.relay.concurrency),
     ("helpdesk.concurrency", lambda c: c.helpdesk.concurrency),
@@ -257,7 +259,8 @@ class Gateway:
         if "helpdesk-handoff" not in have or not new.helpdesk.enabled:
             skip.add("helpdesk.concurrency")
         if "submission" not in have:        # its greeting; LMTP's follows the reload
-            skip.add("gateway.hostname")
+            skip.update(("gateway.hostname", "submission.max_auth_failures",
+                         "submission.auth_backoff"))
         return [k for k in keys if k not in skip]
 
     def _apply_limits(self, cfg: Config) -> None:

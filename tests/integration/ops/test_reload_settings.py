@@ -79,14 +79,41 @@ class TestLimits:
                 assert second.noop()[0] == 250
             (conf / "40-sub.toml").write_text(
                 RELAY + f'[submission]\nlisten = ["127.0.0.1:{port}"]\nmax_sessions = 9\n'
-                'max_sessions_per_ip = 1\n')
+                'max_sessions_per_ip = 1\nmax_auth_failures = 2\n')
             assert reload(rg)
             assert rg.gateway.limits["submission"].max_sessions == 9
+            # The AUTH lock-out counter is set up at start: named, not applied.
+            assert "submission.max_auth_failures" in rg.gateway.last_reload["restart_needed"]
             with pytest.raises(smtplib.SMTPConnectError) as refused:
                 smtplib.SMTP("127.0.0.1", port, timeout=30)
             assert refused.value.smtp_code == 421
         finally:
             first.close()
+
+
+class TestAppliedByTheRuntime:
+    def test_unknown_recipient_and_allow_networks(self, make_confdir, run_gateway):
+        """lmtp.unknown_recipient and submission.allow_networks are read per
+        command from the running configuration: a reload changes the answer of
+        the next RCPT TO on both doors."""
+        port = free_port()
+        sub = RELAY + f'[submission]\nlisten = ["127.0.0.1:{port}"]\n'
+        conf = make_confdir({"40-sub.toml": sub})
+        rg = run_gateway(load_config(conf), tcp=False)
+
+        def submission_rcpt() -> int:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.ehlo()
+                s.mail("agent@example.org")
+                return s.rcpt("customer@customer.test")[0]
+
+        assert lmtp_rcpts(rg, ["nobody@example.org"]) == [550]
+        assert submission_rcpt() == 250
+        (conf / "40-sub.toml").write_text(sub + "allow_networks = []\n")
+        (conf / "50-unknown.toml").write_text('[lmtp]\nunknown_recipient = "default-queue"\n')
+        assert reload(rg)
+        assert lmtp_rcpts(rg, ["nobody@example.org"]) == [250]
+        assert submission_rcpt() // 100 == 5
 
 
 class TestRestartNeeded:
