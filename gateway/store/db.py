@@ -48,7 +48,10 @@ def fast_path_setting(configured: bool = True) -> bool:
 
 
 def make_engine(url: str, *, pool_size: int = 5, fast_path: bool = True) -> Engine:
-    """Create the engine; SQLite gets WAL, FULL sync and a busy timeout.
+    """Create the engine; SQLite gets WAL, FULL sync and a busy timeout. Its errors
+    name the statement without its parameters (hide_parameters): they are logged and
+    kept as last_error and communication-log text, and parameters hold raw messages,
+    addresses and, for the poller, rotated OAuth2 tokens.
 
     `fast_path=False` (or DESKGATE_STORE_FAST_PATH=0) makes every prepared statement
     (gateway.store.Prepared) run through plain `Connection.execute`.
@@ -61,7 +64,7 @@ def make_engine(url: str, *, pool_size: int = 5, fast_path: bool = True) -> Engi
             # Owner-only whatever the umask; SQLite gives -wal and -shm the same mode.
             create_private(Path(path.split("?", 1)[0]))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               execution_options=options)
+                               execution_options=options, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -75,7 +78,7 @@ def make_engine(url: str, *, pool_size: int = 5, fast_path: bool = True) -> Engi
         return engine
     engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True,
                            connect_args=_pg_connect_defaults(url) if "postgresql" in url else {},
-                           execution_options=options)
+                           execution_options=options, hide_parameters=True)
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _pg_session_defaults)
     return engine
