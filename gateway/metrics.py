@@ -70,6 +70,10 @@ for _code, _reason in LMTP_RCPT_REFUSALS:
 POLLER_ERRORS = Counter(
     "deskgate_poller_errors", "Failed poll runs (connect, login, fetch) per account",
     ["account"], registry=REGISTRY)
+POLLER_ACCOUNT_FAILING = Gauge(
+    "deskgate_poller_account_failing", "1 while the last poll run of the account failed "
+    "(it is retried with a growing delay), else 0", ["account"], registry=REGISTRY,
+    multiprocess_mode="mostrecent")
 POLLER_MESSAGE_FAILURES = Counter(
     "deskgate_poller_message_failures", "Messages a poll run left on the server because "
     "the server would not hand them over or they failed temporarily for a reason of "

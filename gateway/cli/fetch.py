@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("--list-oversized", action="store_true",
                    help="list messages left on the server because they exceed max_message_size")
     p.add_argument("--status", action="store_true",
-                   help="show the last run and the last error of each account; poll nothing")
+                   help="show the last run, the last error and the next attempt of each "
+                   "account; poll nothing")
     add_json(p)
     p.set_defaults(func=cmd_fetch)
 
@@ -133,8 +134,10 @@ def _status(args: argparse.Namespace, cfg: Any) -> int:
         d = st.as_dict() if st else {"account": acc.name, "status": "", "last_start": None,
                                      "last_end": None, "last_fetched": 0, "last_error": "",
                                      "last_error_at": None, "last_success": None,
-                                     "communication_id": None}
+                                     "communication_id": None, "next_attempt": None}
         d.update(type=acc.type, valid=acc.valid)
+        if not acc.valid:   # not polled: a time stored while it was valid does not hold
+            d["next_attempt"] = None
         rows.append(d)
     if args.json:
         print_json(rows)
@@ -142,8 +145,9 @@ def _status(args: argparse.Namespace, cfg: Any) -> int:
         _table_with_full_last_column(
             [(r["account"], r["type"], "yes" if r["valid"] else "no",
               r["status"] or "never ran", _when(r["last_end"] or r["last_start"]),
-              r["last_fetched"], r["last_error"]) for r in rows],
-            ("ACCOUNT", "TYPE", "VALID", "STATUS", "LAST RUN", "FETCHED", "LAST ERROR"))
+              r["last_fetched"], _when(r["next_attempt"]), r["last_error"]) for r in rows],
+            ("ACCOUNT", "TYPE", "VALID", "STATUS", "LAST RUN", "FETCHED", "NEXT ATTEMPT",
+             "LAST ERROR"))
     return EX_OK
 
 

@@ -387,6 +387,10 @@ class PollerAccount(Base):
     last_success: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                           nullable=True)
     communication_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    # When `serve` polls the account next (after a failure: the retry), as planned by
+    # the node that ran it last; an IDLE account is polled sooner when mail arrives.
+    next_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
 
 
 class PollerToken(Base):

@@ -1,7 +1,9 @@
 """The poller inside `deskgate serve`: one task per valid account that polls at
 start, then every `interval`, at once again while the per-run cap left mail
 waiting, and within seconds when the account's IDLE watcher sees new mail.
-Failed runs are retried with a growing delay (retry_delay).
+Failed runs are retried with a growing delay (retry_delay). After each run the
+time of the next one goes to poller_account.next_attempt (`fetch --status`) and
+deskgate_poller_account_failing{account} says whether the run failed.
 
 One node at a time per account is enforced by run.Poller (advisory lock on
 PostgreSQL, flock on SQLite); a node that does not get the lock skips the run.
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 
+from gateway import metrics
 from gateway.config import AccountConfig, Config
+from gateway.inbound.poller import state
 from gateway.inbound.poller.idle import IdleWatcher
 from gateway.inbound.poller.run import Poller
 
@@ -44,6 +49,8 @@ class PollerService:
     async def start(self) -> None:
         self._accounts = tuple(a for a in self.gw.config.account if a.valid)
         for acc in self._accounts:
+            # The series exists from the start (0), so that an alert sees it change.
+            metrics.POLLER_ACCOUNT_FAILING.labels(acc.name)
             if acc.type in ("imap", "pop3"):
                 log.warning("account uses plaintext (allow_plaintext = true): credentials "
                             "and mail travel unencrypted", account=acc.name, type=acc.type)
@@ -75,6 +82,9 @@ class PollerService:
         if new == self._accounts:
             return
         await self.stop()
+        for name in {a.name for a in self._accounts} - {a.name for a in new}:
+            with contextlib.suppress(KeyError):     # no longer polled: no longer failing
+                metrics.POLLER_ACCOUNT_FAILING.remove(name)
         await self.start()
 
     @property
@@ -106,6 +116,7 @@ class PollerService:
         try:
             while not self.poller.stopping:
                 wake.clear()
+                ran = True
                 try:
                     result = await self.poller.poll(acc, trigger=trigger)
                 except Exception:  # the loop must survive a broken run
@@ -116,6 +127,11 @@ class PollerService:
                     failures = failures + 1 if result.status == "Failed" else 0
                     delay = (retry_delay(acc, failures) if failures else
                              0.0 if result.more else acc.interval)
+                    # Skipped: another node ran it and stored its own next time.
+                    ran = result.status != "Skipped"
+                metrics.POLLER_ACCOUNT_FAILING.labels(acc.name).set(1 if failures else 0)
+                if ran:
+                    await self._store_next_attempt(acc, delay)
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=max(delay, 0.0) or 0.001)
                     trigger = "idle"
@@ -125,6 +141,16 @@ class PollerService:
             if watcher is not None:
                 self._watchers.pop(acc.name, None)
                 await loop.run_in_executor(None, watcher.stop)
+
+
+    async def _store_next_attempt(self, acc: AccountConfig, delay: float) -> None:
+        """Keep when the account is polled next for `fetch --status` (another process)."""
+        due = state.utcnow() + timedelta(seconds=max(delay, 0.0))
+        try:
+            await self.gw.writer.run(lambda c: state.set_next_attempt(c, acc.name, due))
+        except Exception as exc:   # information only: polling goes on without it
+            log.warning("could not store the time of the next poll run", account=acc.name,
+                        error=repr(exc)[:300])
 
 
 def retry_delay(acc: AccountConfig, failures: int) -> float:

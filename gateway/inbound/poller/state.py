@@ -235,12 +235,14 @@ class AccountStatus:
     last_error_at: datetime | None
     last_success: datetime | None
     communication_id: int | None
+    next_attempt: datetime | None = None   # when serve polls it next (None: not planned)
 
     def as_dict(self) -> dict[str, Any]:
         return {"account": self.account, "status": self.status, "last_start": self.last_start,
                 "last_end": self.last_end, "last_fetched": self.last_fetched,
                 "last_error": self.last_error, "last_error_at": self.last_error_at,
-                "last_success": self.last_success, "communication_id": self.communication_id}
+                "last_success": self.last_success, "communication_id": self.communication_id,
+                "next_attempt": self.next_attempt}
 
 
 def account_status(conn: Connection, account: str | None = None) -> list[AccountStatus]:
@@ -249,7 +251,8 @@ def account_status(conn: Connection, account: str | None = None) -> list[Account
     if account:
         q = q.where(PollerAccount.account == account)
     return [AccountStatus(r.account, r.status, r.last_start, r.last_end, r.last_fetched,
-                          r.last_error, r.last_error_at, r.last_success, r.communication_id)
+                          r.last_error, r.last_error_at, r.last_success, r.communication_id,
+                          r.next_attempt)
             for r in conn.execute(q).all()]
 
 
@@ -305,6 +308,12 @@ def run_finished(conn: Connection, account: str, status: str, fetched: int,
     else:
         values.update(last_error="", last_success=now)
     conn.execute(update(PollerAccount).where(PollerAccount.account == account).values(**values))
+
+
+def set_next_attempt(conn: Connection, account: str, when: datetime | None) -> None:
+    """When `serve` polls the account next, for `fetch --status` (after its run)."""
+    conn.execute(update(PollerAccount).where(PollerAccount.account == account)
+                 .values(next_attempt=when))
 
 
 # ---------------------------------------------------------------- OAuth2
