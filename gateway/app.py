@@ -87,9 +87,9 @@ SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_dashboard, _commlog_purge, _se
                                                  _submission, _poller, _handoff, _retrain)
 
 
-# Settings a running process cannot take from a reload (listening sockets, the store,
-# logging and thread pools are set up at start): a reload changing one applies the
-# rest and names these in a warning (docs/operations.md, "Reload and stop").
+# Settings a running process cannot take from a reload (listening sockets, the store
+# and logging are set up at start): a reload changing one applies the rest and names
+# these in a warning (docs/operations.md, "Reload and stop").
 _RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("gateway.state_dir", lambda c: c.state_dir),
     ("gateway.database", lambda c: c.database_url),
@@ -105,11 +105,7 @@ _RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("lmtp.workers", lambda c: c.lmtp.workers),
     ("submission.listen", lambda c: c.submission.listen),
     ("submission.tls_listen", lambda c: c.submission.tls_listen),
-    ("submission.max_auth_failures", lambda c: c.submission.max_auth_failures),
-    ("submission.auth_backoff", lambda c: c.submission.auth_backoff),
     ("dashboard.listen", lambda c: c.dashboard.listen),
-    ("relay.concurrency", lambda c: c.relay.concurrency),
-    ("helpdesk.concurrency", lambda c: c.helpdesk.concurrency),
 )
 
 
@@ -254,13 +250,8 @@ class Gateway:
         skip = set()
         if have.get("dashboard") is False:  # one that could not bind retries the new address
             skip.add("dashboard.listen")
-        if "outbound-sender" not in have:   # a sender this reload starts takes the new one
-            skip.add("relay.concurrency")
-        if "helpdesk-handoff" not in have or not new.helpdesk.enabled:
-            skip.add("helpdesk.concurrency")
         if "submission" not in have:        # its greeting; LMTP's follows the reload
-            skip.update(("gateway.hostname", "submission.max_auth_failures",
-                         "submission.auth_backoff"))
+            skip.add("gateway.hostname")
         return [k for k in keys if k not in skip]
 
     def _apply_limits(self, cfg: Config) -> None:

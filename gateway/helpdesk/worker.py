@@ -163,13 +163,35 @@ class HandoffWorker:
         self.pool.shutdown(wait=False)
 
     async def reload(self, cfg: Config) -> None:
-        """A changed [helpdesk] gets a new connector."""
-        if cfg.helpdesk == self._cfg or not cfg.helpdesk.enabled:
+        """A changed helpdesk.concurrency sizes the hand-offs from now on; any other
+        change to [helpdesk] gets a new connector."""
+        if not cfg.helpdesk.enabled:
+            return
+        self._resize(cfg.helpdesk.concurrency)
+        same = dataclasses.replace(cfg.helpdesk, concurrency=self._cfg.concurrency)
+        if same == self._cfg:
+            self._cfg = cfg.helpdesk
             return
         old, self.connector = self.connector, make_connector(cfg)
         self._cfg = cfg.helpdesk
         await asyncio.get_running_loop().run_in_executor(None, old.close)
         log.info("helpdesk settings reloaded", helpdesk=self.connector.type)
+
+    def _resize(self, concurrency: int) -> None:
+        """New hand-offs run on a pool of the new size; those already handed to the
+        old pool finish there (it is shut down without waiting or cancelling)."""
+        concurrency = max(1, concurrency)
+        if concurrency == self.concurrency:
+            return
+        old, self.pool = self.pool, ThreadPoolExecutor(max_workers=concurrency,
+                                                       thread_name_prefix="handoff")
+        log.info("helpdesk concurrency reloaded", concurrency=concurrency,
+                 before=self.concurrency)
+        self.concurrency = concurrency
+        self.slots = concurrency * 4
+        old.shutdown(wait=False)
+        if self._wake is not None:      # claim up to the new limit now
+            self._wake.set()
 
     def poke(self) -> None:
         """Thread-safe: look for due rows now."""

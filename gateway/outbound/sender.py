@@ -145,14 +145,33 @@ class Sender:
         self.pool.shutdown(wait=False)
 
     async def reload(self, cfg: Config) -> None:
-        """Reload hook: a changed [relay] gets a new transport; the old one is closed."""
-        if cfg.relay == self._relay and cfg.path(cfg.relay.maildir) == self._maildir:
+        """Reload hook: a changed relay.concurrency sizes the deliveries from now on;
+        any other change to [relay] gets a new transport (the old one is closed)."""
+        self._resize(cfg.relay.concurrency)
+        same = dataclasses.replace(cfg.relay, concurrency=self._relay.concurrency)
+        if same == self._relay and cfg.path(cfg.relay.maildir) == self._maildir:
+            self._relay = cfg.relay
             return
         old, self.transport = self.transport, make_transport(cfg)
         self._relay, self._maildir = cfg.relay, cfg.path(cfg.relay.maildir)
         await asyncio.get_running_loop().run_in_executor(None, old.close)
         log.info("relay settings reloaded", transport=self.transport.name,
                  relay=self.transport.account)
+
+    def _resize(self, concurrency: int) -> None:
+        """New deliveries run on a pool of the new size; those already handed to the
+        old pool finish there (it is shut down without waiting or cancelling)."""
+        concurrency = max(1, concurrency)
+        if concurrency == self.concurrency:
+            return
+        old, self.pool = self.pool, ThreadPoolExecutor(max_workers=concurrency,
+                                                       thread_name_prefix="relay")
+        log.info("relay concurrency reloaded", concurrency=concurrency,
+                 before=self.concurrency)
+        self.concurrency = concurrency
+        old.shutdown(wait=False)
+        if self._wake is not None:      # claim up to the new limit now
+            self._wake.set()
 
     def poke(self, delay: float = 0.0) -> None:
         """Thread-safe: look for due messages now (or after `delay` seconds)."""

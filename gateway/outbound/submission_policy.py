@@ -121,8 +121,18 @@ class Submission:
         self.pipeline = pipeline
         self.write_log = write_log
         cfg = runtime().config.submission
-        self.guard = AuthGuard(cfg.max_auth_failures, cfg.auth_backoff)
+        self._guard = AuthGuard(cfg.max_auth_failures, cfg.auth_backoff)
         self._verified: dict[str, float] = {}
+
+    @property
+    def guard(self) -> AuthGuard:
+        """The AUTH guard with the running configuration's max_auth_failures and
+        auth_backoff: a reload decides the next attempt of every client, which keeps
+        the failures counted so far (a lock-out under way keeps its end)."""
+        cfg = self.runtime().config.submission
+        self._guard.max_failures = max(1, cfg.max_auth_failures)
+        self._guard.backoff = cfg.auth_backoff
+        return self._guard
 
     @property
     def config(self) -> Config:

@@ -82,8 +82,9 @@ class TestLimits:
                 'max_sessions_per_ip = 1\nmax_auth_failures = 2\n')
             assert reload(rg)
             assert rg.gateway.limits["submission"].max_sessions == 9
-            # The AUTH lock-out counter is set up at start: named, not applied.
-            assert "submission.max_auth_failures" in rg.gateway.last_reload["restart_needed"]
+            # The AUTH lock-out follows the reload too: not named as needing a restart.
+            assert "submission.max_auth_failures" not in (
+                rg.gateway.last_reload["restart_needed"])
             with pytest.raises(smtplib.SMTPConnectError) as refused:
                 smtplib.SMTP("127.0.0.1", port, timeout=30)
             assert refused.value.smtp_code == 421
@@ -200,3 +201,26 @@ class TestCertificateRefused:
         assert starttls_cn(port, ctx) == "cert-a"
         assert str(tls / "key.pem") in rg.gateway.last_reload["reason"]
 
+
+class TestAppliedNotNamed:
+    def test_concurrency_and_the_auth_lock_out_are_applied_not_named(self, make_confdir,
+                                                                     run_gateway):
+        """relay.concurrency, submission.max_auth_failures and submission.auth_backoff
+        changed with a sender and a submission door running: the reload applies them
+        (the sender delivers that many at once from now on) and names nothing."""
+        port = free_port()
+        sub = RELAY + f'[submission]\nlisten = ["127.0.0.1:{port}"]\n'
+        conf = make_confdir({"40-sub.toml": sub})
+        rg = run_gateway(load_config(conf), tcp=False)
+        sender = next(s for s in rg.gateway.services if s.name == "outbound-sender")
+        (conf / "40-sub.toml").write_text(
+            RELAY + 'concurrency = 7\n'
+            f'[submission]\nlisten = ["127.0.0.1:{port}"]\n'
+            'max_auth_failures = 2\nauth_backoff = "5m"\n')
+        assert reload(rg)
+        # (lmtp.listen is named: the test's gateway listens where conf.d does not say)
+        named = rg.gateway.last_reload["restart_needed"]
+        for key in ("relay.concurrency", "submission.max_auth_failures",
+                    "submission.auth_backoff"):
+            assert key not in named, named
+        assert sender.concurrency == 7      # type: ignore[attr-defined]
