@@ -26,7 +26,7 @@ from gateway.commlog import Comm, write_comm
 from gateway.errors import ConfigError
 from gateway.web.auth import csrf_ok, has_credentials
 from gateway.web.inventory import same_site
-from gateway.web.requestkeys import ROLE, USER, VERSION
+from gateway.web.requestkeys import RESTART_NEEDED, ROLE, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -41,6 +41,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class StaleFile(ConfigError):
     """A file the save would write changed on disk after the form's edit read it."""
+
+
+MAX_REASON = 2000               # characters of a refused reload's reason shown
+
+
+def reload_outcome(gw: object) -> dict[str, object]:
+    """The gateway's last reload: result, reason (of a refusal), restart_needed."""
+    outcome = getattr(gw, "last_reload", None)
+    return outcome if isinstance(outcome, dict) else {}
 
 
 def refusal_status(errors: list[ConfigError]) -> int:
@@ -161,9 +170,14 @@ class AdminPages:
         if not await gw.reload():
             # Valid for `check` but the runtime refused it: put the files back.
             await loop.run_in_executor(self.dash.pool, confedit.undo, before)
+            why = str(reload_outcome(gw).get("reason", "")) or "see the communication log"
+            if len(why) > MAX_REASON:
+                why = why[:MAX_REASON] + " …"
             return [ConfigError(str(gw.config.conf_dir), "", "the gateway refused to reload "
-                                "this configuration (see the communication log); nothing "
-                                "was changed")]
+                                f"this configuration; nothing was changed: {why}")]
+        # What `deskgate reload` prints too: changed settings the reload could not apply.
+        restart = reload_outcome(gw).get("restart_needed", [])
+        request[RESTART_NEEDED] = [str(k) for k in restart] if isinstance(restart, list) else []
         gw.reload_others()
         self.record(request[USER], what, edit)
         return None
@@ -191,7 +205,8 @@ class AdminPages:
         files = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
                  for p in edit.files]
         return self.dash.render(request, "admin_saved.html", title=title,
-                                changes=edit.changes, files=files, back=back)
+                                changes=edit.changes, files=files, back=back,
+                                restart_needed=request.get(RESTART_NEEDED, []))
 
     # ------------------------------------------------------------ addresses
 

@@ -14,3 +14,5 @@ USER = web.RequestKey("user", str)
 ROLE = web.RequestKey("role", str)
 # The configuration's version (confedit.config_version) an admin page was built on.
 VERSION = web.RequestKey("version", str)
+# The settings the reload of an admin page's save could not apply (need a restart).
+RESTART_NEEDED = web.RequestKey("restart_needed", list[str])
