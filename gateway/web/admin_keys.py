@@ -24,6 +24,7 @@ from gateway import confedit
 from gateway.crypto.keystore import KeyStoreError, stores_for
 from gateway.crypto.pgpkeyring import GpgUnavailable
 from gateway.privatefiles import put_back
+from gateway.web.admin import reload_outcome
 
 if TYPE_CHECKING:
     from gateway.web.admin import AdminPages
@@ -95,7 +96,8 @@ class KeysPage:
         self.dash = admin.dash
 
     async def page(self, request: web.Request, *, error: str = "", done: list[str] | None = None,
-                   status: int = 200) -> web.Response:
+                   status: int = 200, restart_needed: list[str] | None = None
+                   ) -> web.Response:
         cfg = self.dash.gw.config
 
         def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
@@ -122,7 +124,7 @@ class KeysPage:
                 status = 503
         return self.dash.render(request, "admin_keys.html", title="Keys", status=status,
                                 smime=smime, pgp=pgp, error=error,
-                                done=done or [])
+                                done=done or [], restart_needed=restart_needed or [])
 
     async def show(self, request: web.Request) -> web.Response:
         return await self.page(request)
@@ -204,9 +206,12 @@ class KeysPage:
                     f"the gateway refused to reload with the changed key store; it was put "
                     f"back as it was, nothing was changed: {why}"))
             self.dash.gw.reload_others()     # new stores in every process
+            # Settings changed in conf.d meanwhile that the reload could not apply.
+            restart = reload_outcome(self.dash.gw).get("restart_needed", [])
         self.admin.record(request_user(request), f"keys {action}",
                           confedit.Edit(changes=done))
-        return await self.page(request, done=done)
+        return await self.page(request, done=done, restart_needed=[
+            str(k) for k in restart] if isinstance(restart, list) else [])
 
 
 def request_user(request: web.Request) -> str:

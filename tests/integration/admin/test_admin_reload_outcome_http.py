@@ -59,3 +59,25 @@ class TestRefused:
         assert "conf.d/80-x.toml: queue: &lt;b&gt;no such queue&lt;/b&gt;" in html, html
         assert "<b>no such queue" not in html
         assert d.digest() == before
+
+
+class TestKeysPage:
+    def test_a_key_import_names_the_settings_that_need_a_restart(self, admin_dashboard,
+                                                                tmp_path):
+        """The keys page reloads the gateway too: an S/MIME import while conf.d holds
+        a changed lmtp.workers names it on the page."""
+        from tests.integration.admin.test_admin_keys import upload
+        from tests.integration.crypto.crypto_helpers import openssl
+        from tests.peers.ca import TestCA
+
+        d = admin_dashboard()
+        assert d.rg.call(d.rg.gateway.reload()) is True
+        (d.conf / "70-hand.toml").write_text("[lmtp]\nworkers = 3\n")
+        issued = TestCA(tmp_path / "ca").issue("Sales", emails=("sales@example.org",))
+        p12 = openssl("pkcs12", "-export", "-in", str(issued.cert), "-inkey",
+                      str(issued.key), "-passout", "pass:p12-pass").stdout
+        status, html = upload(d, {"action": "smime-import", "passphrase": "p12-pass"},
+                              {"cert": ("sales.p12", p12)})
+        assert status == 200, html
+        assert 'id="done"' in html
+        assert restart_keys(html) == ["lmtp.workers"], html
