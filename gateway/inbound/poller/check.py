@@ -20,7 +20,7 @@ from gateway.inbound.poller.imap import ImapSession
 from gateway.inbound.poller.lease import refresh_lock
 from gateway.inbound.poller.oauth2 import TokenSource
 from gateway.inbound.poller.pop3 import Pop3Session
-from gateway.inbound.poller.session import STEPS, MailboxError, resolve
+from gateway.inbound.poller.session import STEPS, MailboxError, plural, resolve
 
 STEP_NAMES = {"dns": "DNS", "tcp": "TCP", "tls": "TLS certificate", "auth": "authentication",
               "folder": "folder"}
@@ -96,9 +96,9 @@ def check_account(account: AccountConfig, config: Config | None = None, *,
         reached["auth"] = f"logged in as {account.login}" + (
             " with XOAUTH2" if account.oauth2 is not None else "")
         res.messages = session.select()
-        reached["folder"] = (f"{account.folder}: {res.messages} messages"
+        reached["folder"] = (f"{account.folder}: {plural(res.messages, 'message')}"
                              if account.type.startswith("imap")
-                             else f"maildrop: {res.messages} messages")
+                             else f"maildrop: {plural(res.messages, 'message')}")
         res.ok = True
         failed: MailboxError | None = None
     except MailboxError as exc:

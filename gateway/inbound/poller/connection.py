@@ -21,7 +21,7 @@ from gateway.inbound.poller import keep as keep_mode
 from gateway.inbound.poller import state
 from gateway.inbound.poller.deliver import work_list
 from gateway.inbound.poller.imap import ImapSession
-from gateway.inbound.poller.session import MailboxError, RemoteMessage, Session
+from gateway.inbound.poller.session import MailboxError, RemoteMessage, Session, plural
 
 if TYPE_CHECKING:
     from gateway.inbound.poller.run import Poller, RunResult
@@ -110,7 +110,7 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
         todo = [m for m in todo if not account.oversized(m.size)]
         todo, more = todo[:limit], len(todo) > limit
         if held or n_flagged:
-            obj.log("Info", "Deleted", f"{len(held) + n_flagged} messages flagged "
+            obj.log("Info", "Deleted", f"{plural(len(held) + n_flagged, 'message')} flagged "
                     "\\Deleted by another client: left alone (not fetched while they "
                     "carry the flag)")
     for m in messages:
@@ -164,7 +164,7 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
         # here (should the run end first, the next run's dedupe recognises it).
         progress.carry.update(m.key for m in committed)
         obj.log("Notice", "Connection", f"the server closed the connection after "
-                f"refusing a message; {len(committed)} messages committed on it, "
+                f"refusing a message; {plural(len(committed), 'message')} committed on it, "
                 "reconnecting for the others")
         obj.close("Warning")
         return True, True
@@ -184,7 +184,7 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
     if not ok:
         obj.close("Failed")
         return False, False
-    obj.log("Info", "Summary", f"{len(todo)} messages processed on this connection"
+    obj.log("Info", "Summary", f"{plural(len(todo), 'message')} processed on this connection"
             + (f", {len(left)} left on the server to try again" if left else "")
             + (", more waiting" if more else ""))
     obj.close("Warning" if left else "Successful")
@@ -215,7 +215,7 @@ async def flagged(poller: Poller, account: AccountConfig, session: Session, obj:
         else:
             foreign += 1
     if foreign:
-        obj.log("Info", "Deleted", f"{foreign} messages flagged \\Deleted by another "
+        obj.log("Info", "Deleted", f"{plural(foreign, 'message')} flagged \\Deleted by another "
                 "client: left alone (neither fetched nor expunged)")
     return tuple(m for m in messages if not m.deleted)
 

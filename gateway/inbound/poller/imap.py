@@ -39,6 +39,7 @@ from gateway.inbound.poller.session import (
     classify_os_error,
     describe_tls,
     nodelay,
+    plural,
     renewed_note,
     resolve,
     ssl_context,
@@ -227,7 +228,7 @@ class ImapSession:
         self.exists = int(data[0] or 0) if data and data[0] else 0
         _, uv = imap.response("UIDVALIDITY")
         self.uidvalidity = int(uv[0]) if uv and uv[0] else 0
-        self.log.log("Info", "Folder", f"{folder}: {self.exists} messages "
+        self.log.log("Info", "Folder", f"{folder}: {plural(self.exists, 'message')} "
                      f"(UIDVALIDITY {self.uidvalidity}{', read-only' if self.readonly else ''})")
         return self.exists
 
@@ -414,7 +415,7 @@ class ImapSession:
             self._expunge_unless_foreign(flagged)
         if uids:
             verb = "moved to " + action[5:] if action.startswith("move:") else "deleted"
-            self.log.log("Info", "Remove", f"{verb}: {len(uids)} messages")
+            self.log.log("Info", "Remove", f"{verb}: {plural(len(uids), 'message')}")
 
     def _expunge_unless_foreign(self, ours: list[int]) -> None:
         """EXPUNGE (no UIDPLUS) only while no message but ours carries \\Deleted."""
@@ -427,8 +428,9 @@ class ImapSession:
         foreign = found - set(ours)
         if foreign:
             self.unexpunged = [f"{self.uidvalidity}:{u}" for u in sorted(found & set(ours))]
-            self.log.log("Notice", "Remove", f"{len(ours)} messages flagged \\Deleted but not "
-                         f"expunged: {len(foreign)} other messages carry \\Deleted from another "
+            self.log.log("Notice", "Remove", f"{plural(len(ours), 'message')} flagged \\Deleted "
+                         f"but not expunged: {plural(len(foreign), 'other message')} "
+                         f"{'carries' if len(foreign) == 1 else 'carry'} \\Deleted from another "
                          "client and the server has no UIDPLUS (UID EXPUNGE), so an EXPUNGE "
                          "would remove them too; ours are not fetched again and are expunged "
                          "once no other message is flagged")

@@ -14,7 +14,7 @@ from gateway.commlog import CommObj
 from gateway.config import AccountConfig
 from gateway.inbound.poller import state
 from gateway.inbound.poller.imap import ImapSession
-from gateway.inbound.poller.session import RemoteMessage, Session
+from gateway.inbound.poller.session import RemoteMessage, Session, plural
 
 if TYPE_CHECKING:
     from gateway.inbound.poller.run import Poller
@@ -75,24 +75,27 @@ async def below_mark(poller: Poller, account: AccountConfig, session: Session, o
     gone = [m.key for m in big if m.uid not in now]
     if gone:
         await poller._db(lambda c: state.drop_oversized(c, account.name, folder, gone))
-        obj.log("Info", "Oversized", f"{len(gone)} messages left as oversized are no "
-                "longer on the server: no longer listed")
+        obj.log("Info", "Oversized", f"{plural(len(gone), 'message')} left as oversized "
+                f"{'is' if len(gone) == 1 else 'are'} no longer on the server: no longer "
+                "listed")
     again = again[:retried] + [now[m.uid] for m in big if m.uid in now]
     flagged = {m.key for m in again if m.uid in now and now[m.uid].deleted}
     n_failed = len(failures - flagged)
     if n_failed:
-        obj.log("Info", "Retry", f"{n_failed} messages that failed before: "
-                "trying them again")
+        obj.log("Info", "Retry", f"{plural(n_failed, 'message')} that failed before: "
+                "trying " + ("it" if n_failed == 1 else "them") + " again")
     n_unheld = sum(1 for m in again[:retried]
                    if m.key not in failures and m.key not in flagged)
     if n_unheld:
-        obj.log("Info", "Deleted", f"{n_unheld} messages another client had flagged "
-                "\\Deleted no longer carry the flag: fetching them")
+        obj.log("Info", "Deleted", f"{plural(n_unheld, 'message')} another client had "
+                "flagged \\Deleted no longer " + ("carries the flag: fetching it" if n_unheld == 1
+                                                   else "carry the flag: fetching them"))
     fit = sum(1 for m in again[retried:]
               if m.key not in flagged and not account.oversized(m.size))
     if fit > 0:
-        obj.log("Info", "Oversized", f"{fit} messages left as oversized fit "
-                f"{account.size_limit_text} now: fetching them")
+        obj.log("Info", "Oversized", f"{plural(fit, 'message')} left as oversized "
+                f"{'fits' if fit == 1 else 'fit'} {account.size_limit_text} now: fetching "
+                + ("it" if fit == 1 else "them"))
     out = {m.key: now.get(m.uid, m) for m in again if m.key not in flagged}
     return sorted(out.values(), key=lambda m: m.uid), len(flagged)
 

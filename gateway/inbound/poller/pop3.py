@@ -32,6 +32,7 @@ from gateway.inbound.poller.session import (
     classify_os_error,
     describe_tls,
     nodelay,
+    plural,
     renewed_note,
     resolve,
     ssl_context,
@@ -195,7 +196,7 @@ class Pop3Session:
         except (poplib.error_proto, OSError) as exc:
             raise MailboxError("folder", f"STAT failed: {exc}") from exc
         self.exists = count
-        self.log.log("Info", "Folder", f"maildrop: {count} messages, {size} bytes")
+        self.log.log("Info", "Folder", f"maildrop: {plural(count, 'message')}, {size} bytes")
         return count
 
     def open(self) -> None:
@@ -281,7 +282,7 @@ class Pop3Session:
             pop.quit()
             self.pop = None
             if self._delete:
-                self.log.log("Info", "Remove", f"deleted {len(self._delete)} messages")
+                self.log.log("Info", "Remove", f"deleted {plural(len(self._delete), 'message')}")
             self._delete = []
         except (poplib.error_proto, OSError) as exc:
             raise MailboxError("remove", f"DELE/QUIT failed, deletions not applied: {_short(exc)}"

@@ -101,6 +101,11 @@ class Session(Protocol):
     def abort(self) -> None: ...
 
 
+def plural(n: int, word: str) -> str:
+    """The count with its noun: "1 message", "0 messages", "2 messages"."""
+    return f"{n} {word if n == 1 else word + 's'}"
+
+
 # A function that returns a fresh bearer token for XOAUTH2 (blocking; raises
 # MailboxError("auth", ...) when the token endpoint refuses).
 TokenGetter = Callable[[], str]
