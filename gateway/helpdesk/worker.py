@@ -44,6 +44,7 @@ from gateway.helpdesk.items import build_item as build_item
 from gateway.helpdesk.items import read_items as read_items
 from gateway.helpdesk.recording import record as record
 from gateway.helpdesk.recording import record_interrupted as record_interrupted
+from gateway.pools import resized
 from gateway.runtime import Runtime
 from gateway.store import Deferred
 from gateway.store.claims import claim_name, still_held
@@ -178,18 +179,13 @@ class HandoffWorker:
         log.info("helpdesk settings reloaded", helpdesk=self.connector.type)
 
     def _resize(self, concurrency: int) -> None:
-        """New hand-offs run on a pool of the new size; those already handed to the
-        old pool finish there (it is shut down without waiting or cancelling)."""
-        concurrency = max(1, concurrency)
-        if concurrency == self.concurrency:
+        """New hand-offs run on a pool of the new size (gateway.pools.resized)."""
+        self.pool, size = resized(self.pool, self.concurrency, concurrency, "handoff",
+                                  "helpdesk")
+        if size == self.concurrency:
             return
-        old, self.pool = self.pool, ThreadPoolExecutor(max_workers=concurrency,
-                                                       thread_name_prefix="handoff")
-        log.info("helpdesk concurrency reloaded", concurrency=concurrency,
-                 before=self.concurrency)
-        self.concurrency = concurrency
-        self.slots = concurrency * 4
-        old.shutdown(wait=False)
+        self.concurrency = size
+        self.slots = size * 4
         if self._wake is not None:      # claim up to the new limit now
             self._wake.set()
 

@@ -46,6 +46,7 @@ from gateway.outbound.transport import (
     make_transport,
     retried,
 )
+from gateway.pools import resized
 from gateway.runtime import Runtime
 from gateway.store.claims import CHECK_TIMEOUT, claim_name, still_held
 from gateway.store.db import is_temporary
@@ -159,17 +160,11 @@ class Sender:
                  relay=self.transport.account)
 
     def _resize(self, concurrency: int) -> None:
-        """New deliveries run on a pool of the new size; those already handed to the
-        old pool finish there (it is shut down without waiting or cancelling)."""
-        concurrency = max(1, concurrency)
-        if concurrency == self.concurrency:
+        """New deliveries run on a pool of the new size (gateway.pools.resized)."""
+        self.pool, size = resized(self.pool, self.concurrency, concurrency, "relay", "relay")
+        if size == self.concurrency:
             return
-        old, self.pool = self.pool, ThreadPoolExecutor(max_workers=concurrency,
-                                                       thread_name_prefix="relay")
-        log.info("relay concurrency reloaded", concurrency=concurrency,
-                 before=self.concurrency)
-        self.concurrency = concurrency
-        old.shutdown(wait=False)
+        self.concurrency = size
         if self._wake is not None:      # claim up to the new limit now
             self._wake.set()
 
