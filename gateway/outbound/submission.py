@@ -689,7 +689,7 @@ class SubmissionService:
             # On tls_listen the connection is TLS already: no STARTTLS, AUTH at once.
             return SubmissionSession(self.sub, self.limit, data_size_limit=c.max_message_size,
                                      enable_SMTPUTF8=True, hostname=cfg.gateway.hostname,
-                                     ident="deskgate submission",
+                                     ident="ESMTP deskgate",
                                      tls_context=None if implicit_tls else tls,
                                      timeout=c.timeout, auth_require_tls=not implicit_tls,
                                      implicit_tls=implicit_tls, loop=loop)

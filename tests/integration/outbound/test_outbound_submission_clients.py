@@ -162,6 +162,20 @@ class TestAsPostfix:
                 assert s.sendmail("app@internal.test", ["cust@customer.test"], MSG) == {}
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
 
+    def test_greeting_says_esmtp(self, run_gateway, outbound_config):
+        """The banner names the host and says ESMTP, as Postfix's smtpd_banner does
+        ($myhostname ESMTP $mail_name): clients that look for it send EHLO."""
+        with AuthSink() as sink:
+            cfg = outbound_config(sink.port)
+            run_gateway(cfg)
+            s = smtplib.SMTP()
+            try:
+                code, banner = s.connect("127.0.0.1", submission_port(cfg))
+            finally:
+                s.close()
+        assert code == 220
+        assert banner.decode().split() == [cfg.gateway.hostname, "ESMTP", "deskgate"]
+
     def test_msmtp_with_a_wrong_password_gets_535(self, tmp_path, tls_submission,
                                                   run_gateway):
         """msmtp with STARTTLS and a wrong password fails with 535 5.7.8; nothing sent."""
