@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import Engine
 
 from gateway.config import load_config
-from gateway.store.db import make_engine, migrate
 from tests.integration.core.stored import POSTFIX_SOCKET_CONF, Store
 from tests.peers import postfix as pfmod
 from tests.peers.postfix import Postfix
@@ -84,18 +82,3 @@ def gateway(make_confdir: Callable[..., Path], run_gateway: Callable[..., Runnin
     return start
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database on each backend: a SQLite file, a fresh PostgreSQL database."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on db_url, migrated to the newest schema."""
-    eng = make_engine(db_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
