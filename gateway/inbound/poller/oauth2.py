@@ -4,9 +4,12 @@ One TokenSource per account and process: the access token is cached and
 refreshed before it expires; a refresh token the server rotates is written to
 the database at once (the old one may already be dead) and read from there
 before every refresh, so processes and nodes sharing the account follow the
-rotation; a refused refresh is a MailboxError("auth") that the runner logs as
-an Error and records on the account, never a silent stop. Blocking (urllib):
-called from session threads.
+rotation. One the database does not take then is kept in memory (the old one
+may be revoked already), used for the next refresh and stored by the next run
+(store_unsaved); a Warning for the communication log says so (take_notes). A
+refused refresh is a MailboxError("auth") that the runner logs as an Error and
+records on the account, never a silent stop. Blocking (urllib): called from
+session threads.
 
 A refresh (read the newest refresh token, redeem it, store the one it rotates
 to) runs under `guard`, one at a time per account across processes and nodes:
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import structlog
 
+from gateway.commlog_names import Priority
 from gateway.config import AccountConfig, OAuth2Config
 from gateway.inbound.poller.session import MailboxError
 
@@ -68,6 +72,8 @@ class TokenSource:
         self._expires = 0.0
         self._refresh: str | None = None
         self._reused = False     # the cached token was handed out again (see renew)
+        self._unsaved: tuple[str, str] | None = None   # rotated, not stored: (token, fp)
+        self._notes: list[tuple[Priority, str]] = []   # for the next run's communication log
         self.refreshes = 0
 
     def matches(self, account: AccountConfig) -> bool:
@@ -111,11 +117,46 @@ class TokenSource:
             self._access = ""
             self._expires = 0.0
 
+    def take_notes(self) -> list[tuple[Priority, str]]:
+        """What happened to the refresh token since the last call, for the run's log."""
+        with self._lock:
+            notes, self._notes = self._notes, []
+        return notes
+
+    def store_unsaved(self) -> bool:
+        """Store a rotated refresh token the database did not take before (each run
+        calls it first); True when one was waiting."""
+        with self._lock:
+            if self._unsaved is None:
+                return False
+            with self._guard():
+                self._store_unsaved()
+            return True
+
+    def _store_unsaved(self) -> None:
+        assert self._unsaved is not None
+        token, fp = self._unsaved
+        try:
+            self._save(self.account, token, fp)
+        except Exception as exc:
+            log.warning("oauth2: rotated refresh token still not stored; kept in memory",
+                        account=self.account, error=_db_error(exc))
+            return
+        self._unsaved = None
+        log.info("oauth2: rotated refresh token stored after all", account=self.account)
+        self._notes.append(("Info", f"account {self.account}: the rotated OAuth2 refresh "
+                            "token kept in memory is stored now"))
+
     def _current_refresh_token(self) -> str:
         """The newest refresh token, read again before every refresh: another process
         (`deskgate fetch`, a second node) may have rotated it, and the one this
         process used last is then dead. The stored one counts while the configured
-        token is the one it replaced."""
+        token is the one it replaced. A rotated one not stored yet is newer than
+        anything stored: it is stored now if the database takes it, and used."""
+        if self._unsaved is not None:
+            self._store_unsaved()
+            assert self._refresh is not None
+            return self._refresh
         configured = str(self.cfg.refresh_token or "")
         try:
             stored = self._load(self.account)
@@ -164,19 +205,28 @@ class TokenSource:
         new_refresh = body.get("refresh_token")
         if (cfg.grant == "refresh_token" and isinstance(new_refresh, str) and new_refresh
                 and new_refresh != self._refresh):
-            try:
-                self._save(self.account, new_refresh, fingerprint(str(cfg.refresh_token or "")))
-            except MailboxError:
-                raise
-            except Exception as exc:
-                # A database error's text carries the statement's parameters: the token.
-                cause = getattr(exc, "orig", None) or type(exc).__name__
-                raise MailboxError("auth", "OAuth2: the token endpoint rotated the refresh "
-                                   f"token, and the new one could not be stored: "
-                                   f"{type(exc).__name__}: {cause}") from None
             self._refresh = new_refresh
-            log.info("oauth2 refresh token rotated and stored", account=self.account)
+            self._unsaved = (new_refresh, fingerprint(str(cfg.refresh_token or "")))
+            try:
+                self._save(self.account, *self._unsaved)
+            except Exception as exc:
+                # The old token may be revoked already: keep the new one, never lose it.
+                self._unsaved_warning(_db_error(exc))
+            else:
+                self._unsaved = None
+                log.info("oauth2 refresh token rotated and stored", account=self.account)
         return token
+
+    def _unsaved_warning(self, error: str) -> None:
+        log.warning("oauth2: the token endpoint rotated the refresh token and the new one "
+                    "could not be stored; kept in memory, stored by the next run",
+                    account=self.account, error=error)
+        self._notes.append(("Warn", f"account {self.account}: the token endpoint rotated the "
+                            "OAuth2 refresh token and the new one could not be stored "
+                            f"({error}); it is kept in memory by this process and stored by "
+                            "its next run. Should the process end before that, the provider "
+                            "may refuse the old refresh token: then authorise the account "
+                            "again and put the new refresh_token in its [account.oauth2]"))
 
     def _post(self, form: dict[str, str]) -> dict[str, object]:
         cfg = self.cfg
@@ -224,6 +274,13 @@ class TokenSource:
             raise MailboxError("auth", f"OAuth2 token endpoint {cfg.token_url} answered "
                                f"{status}, not a JSON object")
         return body
+
+
+def _db_error(exc: Exception) -> str:
+    """'OperationalError: database is locked': a database error's own text carries the
+    statement's parameters, the token among them."""
+    cause = getattr(exc, "orig", None) or ""
+    return f"{type(exc).__name__}: {cause}".rstrip(": ")
 
 
 def _error_detail(raw: bytes) -> str:

@@ -61,6 +61,15 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+def token_notes(obj: CommObj, tokens: TokenSource | None) -> bool:
+    """What happened to the account's refresh token (in this run or an IDLE
+    watcher's refresh) onto the connection; True when one is a Warning."""
+    notes = tokens.take_notes() if tokens is not None else []
+    for priority, text in notes:
+        obj.log(priority, "Authentication", text)
+    return any(p == "Warn" for p, _ in notes)
+
+
 def make_session(account: AccountConfig, root: Any, obj: CommObj,
                  tokens: TokenSource | None) -> Session:
     cls = ImapSession if account.type.startswith("imap") else Pop3Session
@@ -169,6 +178,13 @@ class Poller:
         await self._db(opened)
         result.communication_id = comm.id
         tokens = self.token_source(account) if account.oauth2 is not None else None
+        if tokens is not None:
+            try:     # a rotated refresh token the database did not take last time
+                await call(tokens.store_unsaved)
+            except Exception as exc:
+                log.warning("oauth2: could not store the rotated refresh token",
+                            account=account.name, error=type(exc).__name__)
+        token_warned = False
         budget = account.max_messages_per_run
         progress = Progress()
         errors: list[str] = []
@@ -194,8 +210,10 @@ class Poller:
                 except MailboxError as exc:
                     if exc.step == "auth" and account.oauth2 is not None:
                         self.token_source(account).invalidate()
+                    token_warned |= token_notes(obj, tokens)
                     step_failed(obj, account, exc, errors)
                     break
+                token_warned |= token_notes(obj, tokens)
                 await self._db(lambda c: write_comm(c, comm))   # the Connection comes first
                 try:
                     more, ok = await work_connection(self, account, session, obj, comm, result,
@@ -212,7 +230,7 @@ class Poller:
             errors.append(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self._close(account, comm, result, errors)
+            self._close(account, comm, result, errors, warned=token_warned)
 
             def finished(c: Any) -> None:
                 write_comm(c, comm)
@@ -226,14 +244,15 @@ class Poller:
              fetched=result.fetched, failed=result.failed, error=result.error or None)
 
     def _close(self, account: AccountConfig, comm: Comm, result: RunResult,
-               errors: list[str]) -> None:
+               errors: list[str], *, warned: bool = False) -> None:
         for o in comm.objects:
             if o.status == "Processing":
                 o.close("Failed")
         conn_failed = any(o.type == "Connection" and o.status == "Failed" for o in comm.objects)
         if conn_failed:     # also a run a failed message ended (database down, fetch)
             status = "Failed"
-        elif result.quarantined or any(o.status == "Warning" for o in comm.objects):
+        elif (warned or result.quarantined
+              or any(o.status == "Warning" for o in comm.objects)):
             status = "Warning"
         else:
             status = "Successful"

@@ -71,6 +71,49 @@ class TestXOAuth2:
         assert (r.status, r.fetched) == ("Successful", 1), r.error
         assert oauth2_server.token_requests == 2
 
+    def test_rotated_refresh_token_the_database_does_not_take_is_kept(
+            self, mailbox, oauth2_server, poller_config, harness, monkeypatch):
+        """A rotated refresh token the database refuses to store is kept in memory, used
+        for the next refresh and stored by the next run; a Warning without the token says so."""
+        from sqlalchemy.exc import OperationalError
+
+        oauth2_server.rotate = True      # the old refresh token is refused once redeemed
+        oauth2_server.lifetime = 2
+        rt = oauth2_server.new_refresh_token()
+        store = state.store_refresh_token
+
+        def locked(conn, account, token, fp):
+            raise OperationalError("INSERT INTO poller_token ...", (account, token, fp),
+                                   Exception("database is locked"))
+
+        monkeypatch.setattr(state, "store_refresh_token", locked)
+        h = harness(poller_config(oauth_account(mailbox, oauth2_server, refresh_token=rt)))
+        mailbox.append("helpdesk", [message(1)])
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Warning", 1), r.error
+        (new,) = oauth2_server.refresh_tokens
+        with h.gw.engine.connect() as conn:
+            assert state.stored_refresh_token(conn, "box") is None
+            warns = conn.execute(select(CommEntry.value).where(
+                CommEntry.key == "Authentication", CommEntry.priority == "Warn")).scalars().all()
+        assert len(warns) == 1 and "could not be stored" in warns[0], warns
+        assert "authorise the account again" in warns[0]
+        assert new not in warns[0] and rt not in warns[0]
+        time.sleep(2.1)                  # the access token has expired: a refresh with `new`
+        mailbox.append("helpdesk", [message(2)])
+        r = h.poll()
+        assert (r.status, r.fetched) == ("Warning", 1), r.error
+        assert new not in oauth2_server.refresh_tokens     # redeemed, not the dead rt
+        monkeypatch.setattr(state, "store_refresh_token", store)
+        r = h.poll()                     # the database is back: stored by this run
+        assert r.status == "Successful", r.error
+        with h.gw.engine.connect() as conn:
+            stored, _ = state.stored_refresh_token(conn, "box")
+            infos = conn.execute(select(CommEntry.value).where(
+                CommEntry.key == "Authentication", CommEntry.priority == "Info",
+                CommEntry.value.like("%kept in memory is stored now%"))).scalars().all()
+        assert oauth2_server.refresh_tokens == {stored} and len(infos) == 1
+
     def test_refused_refresh_is_an_error_on_the_account(self, mailbox, oauth2_server,
                                                         poller_config, harness, capsys):
         """A refresh token the server refuses fails the run with an Error and account status."""

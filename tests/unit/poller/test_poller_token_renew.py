@@ -71,27 +71,87 @@ def test_a_token_renewed_meanwhile_is_taken(make_confdir, monkeypatch):
     assert len(calls) == 2
 
 
-def test_a_rotated_token_that_cannot_be_stored_is_not_written_into_the_error(
-        make_confdir, monkeypatch):
-    """The database error of storing a rotated refresh token carries the statement's
-    parameters (the new token): the Authentication error names the failure without it."""
-    import pytest
+def failing_save(fails: list[bool], saved: list[tuple[str, str, str]]):
+    """A save that raises the database's error (its text carries the token) while
+    fails[0] is true, and records what it stored otherwise."""
     from sqlalchemy.exc import OperationalError
 
-    from gateway.inbound.poller.session import MailboxError
+    def save(account, token, fp):
+        if fails[0]:
+            raise OperationalError("INSERT INTO poller_token ...", (account, token, fp),
+                                   Exception("database is locked"))
+        saved.append((account, token, fp))
+    return save
+
+
+def test_a_rotated_token_that_cannot_be_stored_is_kept_and_not_written_anywhere(
+        make_confdir, monkeypatch):
+    """A rotated refresh token the database does not take: the login goes on with the
+    access token, a Warning says what happened and what to do, and neither the Warning
+    nor the log carries the new token (the database error's parameters do)."""
+    from structlog.testing import capture_logs
+
+    from gateway.inbound.poller.oauth2 import fingerprint
 
     cfg = load_config(make_confdir({"50-acc.toml": ACCOUNT}))
+    fails, saved = [True], []
+    now = [1000.0]
+    ts = TokenSource(cfg.account[0], cfg.root, lambda a: None, failing_save(fails, saved),
+                     clock=lambda: now[0])
+    forms: list[dict[str, str]] = []
 
-    def save(account, token, fp):
-        raise OperationalError("INSERT INTO poller_token ...", (account, token, fp),
-                               Exception("database is locked"))
+    def post(form):
+        forms.append(form)
+        return {"access_token": f"at-{len(forms)}", "expires_in": 3600,
+                "refresh_token": f"rt-NEW{len(forms)}-s3cret"}
 
-    ts = TokenSource(cfg.account[0], cfg.root, lambda a: None, save)
-    monkeypatch.setattr(ts, "_post", lambda form: {"access_token": "at-1", "expires_in": 3600,
-                                                   "refresh_token": "rt-NEW-s3cret"})
-    with pytest.raises(MailboxError) as info:
-        ts.get()
-    assert info.value.step == "auth"
-    assert "rt-NEW-s3cret" not in str(info.value) and "at-1" not in str(info.value)
-    assert "could not be stored" in info.value.reason
-    assert "database is locked" in info.value.reason
+    monkeypatch.setattr(ts, "_post", post)
+    with capture_logs() as logs:
+        assert ts.get() == "at-1"
+    notes = ts.take_notes()
+    assert [p for p, _ in notes] == ["Warn"]
+    text = notes[0][1]
+    assert "could not be stored" in text and "database is locked" in text, text
+    assert "kept in memory" in text and "authorise the account again" in text, text
+    assert "s3cret" not in text and "at-1" not in text
+    assert logs and "s3cret" not in repr(logs) and "at-1" not in repr(logs)
+    assert ts.take_notes() == []          # said once
+    # The next refresh redeems the new token, not the configured one the server revoked.
+    now[0] += 3600
+    assert ts.get() == "at-2"
+    assert forms[1]["refresh_token"] == "rt-NEW1-s3cret"
+    assert saved == []
+    # Once the database takes writes again, the token it rotated to last is stored.
+    fails[0] = False
+    assert ts.store_unsaved()
+    assert saved == [("m365", "rt-NEW2-s3cret", fingerprint("rt"))]
+    assert [p for p, _ in ts.take_notes()][-1] == "Info"
+    assert not ts.store_unsaved()         # nothing waiting any more
+
+
+def test_an_unsaved_token_is_stored_before_the_next_refresh(make_confdir, monkeypatch):
+    """The rotated token kept in memory is stored at the next refresh when the
+    database takes it then, and the one it is redeemed for is stored too."""
+    from gateway.inbound.poller.oauth2 import fingerprint
+
+    cfg = load_config(make_confdir({"50-acc.toml": ACCOUNT}))
+    fails, saved = [True], []
+    now = [1000.0]
+    stored: list[tuple[str, str]] = []
+    ts = TokenSource(cfg.account[0], cfg.root, lambda a: stored[-1] if stored else None,
+                     failing_save(fails, saved), clock=lambda: now[0])
+    forms: list[dict[str, str]] = []
+
+    def post(form):
+        forms.append(form)
+        return {"access_token": f"at-{len(forms)}", "expires_in": 3600,
+                "refresh_token": f"rt-NEW{len(forms)}"}
+
+    monkeypatch.setattr(ts, "_post", post)
+    ts.get()
+    fails[0] = False
+    now[0] += 3600
+    assert ts.get() == "at-2"
+    assert forms[1]["refresh_token"] == "rt-NEW1"
+    assert [t for _, t, _ in saved] == ["rt-NEW1", "rt-NEW2"]
+    assert all(fp == fingerprint("rt") for _, _, fp in saved)
