@@ -290,6 +290,9 @@ class DashboardConfig:
     # Host header names accepted without credentials besides the loopback ones
     # (DNS rebinding): e.g. the name of an SSH tunnel or a reverse proxy.
     allowed_hosts: tuple[str, ...] = ()
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For / Forwarded name
+    # the client: its login limit, log lines and change-log entries. Empty: the peer.
+    trusted_proxies: tuple[str, ...] = conv(each_string(parse_network), ())
 
 
 @dataclass(frozen=True)

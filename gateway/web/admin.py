@@ -26,7 +26,7 @@ from gateway.commlog import Comm, write_comm
 from gateway.errors import ConfigError
 from gateway.web.auth import csrf_ok, has_credentials
 from gateway.web.inventory import same_site
-from gateway.web.requestkeys import RESTART_NEEDED, ROLE, USER, VERSION
+from gateway.web.requestkeys import CLIENT, RESTART_NEEDED, ROLE, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -179,14 +179,17 @@ class AdminPages:
         restart = reload_outcome(gw).get("restart_needed", [])
         request[RESTART_NEEDED] = [str(k) for k in restart] if isinstance(restart, list) else []
         gw.reload_others()
-        self.record(request[USER], what, edit)
+        self.record(request[USER], what, edit, client=request.get(CLIENT, ""))
         return None
 
-    def record(self, user: str, what: str, edit: confedit.Edit) -> None:
-        """A communication-log entry: who changed what, old → new (secrets redacted)."""
+    def record(self, user: str, what: str, edit: confedit.Edit, client: str = "") -> None:
+        """A communication-log entry: who changed what from where, old → new (secrets
+        redacted)."""
         comm = Comm("Incoming", "Config", "dashboard")
         obj = comm.obj("Connection")
         obj.log("Notice", "User", user)
+        if client:
+            obj.log("Info", "Client", client)
         obj.log("Notice", "Action", what)
         for path in edit.files:
             obj.log("Info", "File", str(path))
@@ -195,7 +198,7 @@ class AdminPages:
         obj.close("Successful")
         comm.close("Successful")
         log.info("configuration changed in the dashboard", user=user, action=what,
-                 changes=len(edit.changes))
+                 changes=len(edit.changes), client=client)
         with contextlib.suppress(Exception):
             self.dash.gw.writer.submit(lambda conn: write_comm(conn, comm), isolated=True)
 

@@ -25,6 +25,7 @@ from gateway.crypto.keystore import KeyStoreError, stores_for
 from gateway.crypto.pgpkeyring import GpgUnavailable
 from gateway.privatefiles import put_back
 from gateway.web.admin import reload_outcome
+from gateway.web.requestkeys import CLIENT
 
 if TYPE_CHECKING:
     from gateway.web.admin import AdminPages
@@ -209,7 +210,7 @@ class KeysPage:
             # Settings changed in conf.d meanwhile that the reload could not apply.
             restart = reload_outcome(self.dash.gw).get("restart_needed", [])
         self.admin.record(request_user(request), f"keys {action}",
-                          confedit.Edit(changes=done))
+                          confedit.Edit(changes=done), client=request.get(CLIENT, ""))
         return await self.page(request, done=done, restart_needed=[
             str(k) for k in restart] if isinstance(restart, list) else [])
 

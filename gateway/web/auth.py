@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gateway.config import Config, DashboardConfig, split_listen
 from gateway.passwords import DUMMY_HASH, is_hash, verify_password
@@ -157,6 +157,68 @@ class Authenticator:
         if not known:
             verify_password(password, DUMMY_HASH)
         return False
+
+
+def _hop(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """One address of X-Forwarded-For or a Forwarded for= value, without its port;
+    None when it is no address (`unknown`, an obfuscated name, garbage)."""
+    value = value.strip().strip('"').strip()
+    if value.startswith("["):                       # [2001:db8::1]:4711
+        value = value[1:value.find("]")] if "]" in value else ""
+    elif value.count(":") == 1:                      # 192.0.2.1:8080
+        value = value.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _forwarded_for(headers: Iterable[tuple[str, str]]) -> list[str] | None:
+    """The hops a proxy recorded, leftmost first: X-Forwarded-For when there is one
+    (nginx appends to it and passes a client's own Forwarded through), otherwise the
+    for= values of RFC 7239 Forwarded; None when neither header is there."""
+    xff = [v for k, v in headers if k.lower() == "x-forwarded-for"]
+    if xff:
+        return [h for v in xff for h in v.split(",")]
+    fwd = [v for k, v in headers if k.lower() == "forwarded"]
+    if not fwd:
+        return None
+    hops: list[str] = []
+    for element in (e for v in fwd for e in v.split(",")):
+        fors = [p.split("=", 1)[1] for p in element.split(";")
+                if p.strip().lower().startswith("for=")]
+        hops.append(fors[0] if fors else "")
+    return hops
+
+
+def client_address(remote: str | None, headers: Iterable[tuple[str, str]],
+                   trusted: Sequence[str]) -> str:
+    """The address a request comes from: the peer, or behind one of the trusted
+    proxies the rightmost forwarded address that is not itself a trusted proxy (as
+    nginx's real_ip_recursive). A hop that is no address ends the walk: the trusted
+    hop to its right is the client, so nothing a client wrote is believed."""
+    peer = _hop(remote or "")
+    if peer is None or not trusted:
+        return remote or ""
+    nets = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip.version == n.version and ip in n for n in nets)
+
+    if not is_trusted(peer):
+        return remote or ""
+    client = peer
+    for value in reversed(_forwarded_for(headers) or []):
+        ip = _hop(value)
+        if ip is None:
+            break
+        client = ip
+        if not is_trusted(ip):
+            break
+    return str(client)
 
 
 def client_key(remote: str | None) -> str:

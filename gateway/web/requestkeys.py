@@ -10,6 +10,8 @@ from aiohttp import web
 
 # The basic-auth user name ("" for the token or a dashboard without credentials).
 USER = web.RequestKey("user", str)
+# The client's address: the peer, or behind a trusted proxy the forwarded client.
+CLIENT = web.RequestKey("client", str)
 # "admin" or "viewer" (the token and a dashboard without credentials only read).
 ROLE = web.RequestKey("role", str)
 # The configuration's version (confedit.config_version) an admin page was built on.

@@ -32,6 +32,7 @@ from gateway.web import mailflow, monitoring
 from gateway.web.auth import (
     Authenticator,
     LoginThrottle,
+    client_address,
     client_key,
     csrf_token,
     has_credentials,
@@ -39,7 +40,7 @@ from gateway.web.auth import (
     role_of,
 )
 from gateway.web.monitoring import handoff_gauges, outbound_gauges
-from gateway.web.requestkeys import ROLE, USER, VERSION
+from gateway.web.requestkeys import CLIENT, ROLE, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.interfaces import Host
@@ -170,9 +171,11 @@ class Dashboard:
     async def _auth_mw(self, request: web.Request,
                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
+        d = self.gw.config.dashboard
+        request[CLIENT] = client_address(request.remote, request.headers.items(),
+                                         d.trusted_proxies)
         if request.path == "/healthz":
             return await handler(request)
-        d = self.gw.config.dashboard
         request[USER], request[ROLE] = "", "viewer"
         if not has_credentials(d):
             return await handler(request)
@@ -180,7 +183,7 @@ class Dashboard:
         if not authorization and "token" not in request.query:
             return self._login_refused("authentication required\n")
         # Credentials were given: a failed check counts against the client's address.
-        addr = client_key(request.remote)
+        addr = client_key(request[CLIENT])
         wait = self.throttle.begin(addr)
         if wait:
             # 503 as for too many logins at once: the client is to retry later.
@@ -202,7 +205,7 @@ class Dashboard:
                                 headers={"Retry-After": "1"})
         if not ok:
             basic = authorization.lower().startswith("basic ")
-            log.info("dashboard login failed", client=request.remote,
+            log.info("dashboard login failed", client=request[CLIENT],
                      method="basic" if basic else "token")
             return self._login_refused("wrong user name or password\n" if basic
                                        else "wrong token\n")
