@@ -167,7 +167,8 @@ def get_communication(conn: Connection, comm_id: int, *, priority: str | None = 
                         .outerjoin(Ticket, Ticket.id == Article.ticket_id)
                         .where(CommObject.communication_id == comm_id)
                         .order_by(CommObject.id)).all()
-    eq = select(CommEntry).where(CommEntry.communication_id == comm_id)
+    eq = select(CommEntry).where(CommEntry.object_id.in_(
+        select(CommObject.id).where(CommObject.communication_id == comm_id)))
     if priority:
         eq = eq.where(CommEntry.priority.in_(priorities_at_least(priority)))
     by_obj: dict[int, list[dict[str, Any]]] = {}
@@ -263,7 +264,9 @@ def purge_candidates(conn: Connection, *, successful_after: float, all_after: fl
 def purge_ids(conn: Connection, ids: list[int]) -> int:
     if not ids:
         return 0
-    conn.execute(delete(CommEntry).where(CommEntry.communication_id.in_(ids)))
+    # through the objects: comm_entry.communication_id has no index (0016)
+    conn.execute(delete(CommEntry).where(CommEntry.object_id.in_(
+        select(CommObject.id).where(CommObject.communication_id.in_(ids)))))
     conn.execute(delete(CommObject).where(CommObject.communication_id.in_(ids)))
     conn.execute(delete(Communication).where(Communication.id.in_(ids)))
     return len(ids)

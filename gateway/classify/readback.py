@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 
 from gateway.config import Config
-from gateway.store.tables import Ticket
+from gateway.store.tables import Ticket, helpdesk_ref
 
 HELPDESK = "helpdesk"       # the `by` of moves the read-back records
 
@@ -59,7 +59,7 @@ def read_back(cfg: Config, engine: Engine, *, since: datetime | None = None,
         out.supported = False
         return out
     say = progress or (lambda _m: None)
-    q = select(Ticket.id, Ticket.helpdesk_ticket_id).where(Ticket.helpdesk_ticket_id != "")
+    q = select(Ticket.id, Ticket.helpdesk_ticket_id).where(helpdesk_ref(Ticket.helpdesk_ticket_id))
     if since is not None:
         q = q.where(Ticket.created >= since)
     with engine.connect() as conn:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, 
 from sqlalchemy.orm import aliased
 
 from gateway.outbound.queue import _aware, retry_delay, utcnow
-from gateway.store.tables import Article, Handoff, Ticket
+from gateway.store.tables import Article, Handoff, Ticket, helpdesk_ref
 
 # ----------------------------------------------------------------- claiming
 
@@ -192,7 +192,8 @@ def absorb(conn: Connection, ticket_id: int, helpdesk_id: str) -> int:
     from gateway.store.tables import AutoResponse, AutoResponseRequest, OutboundMessage
 
     others = [r.id for r in conn.execute(select(Ticket.id).where(
-        Ticket.helpdesk_ticket_id == helpdesk_id, Ticket.id != ticket_id,
+        Ticket.helpdesk_ticket_id == helpdesk_id, helpdesk_ref(Ticket.helpdesk_ticket_id),
+        Ticket.id != ticket_id,
         ~select(Handoff.id).where(Handoff.ticket_id == Ticket.id).exists())).all()]
     for other in others:
         conn.execute(update(Article).where(Article.ticket_id == other)

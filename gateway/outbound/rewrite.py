@@ -33,7 +33,7 @@ from gateway.outbound.context import OutboundContext, unique_recipients
 from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
 from gateway.store import repo
-from gateway.store.tables import Article, Ticket
+from gateway.store.tables import Article, Ticket, helpdesk_ref
 
 _POLICY = compat32.clone(linesep="\r\n")
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
@@ -135,7 +135,8 @@ def find_ticket(conn: Connection, msg: Message, hook: str, helpdesk: str = ""
     ref = helpdesk_ticket_ref(msg, helpdesk)
     if ref:
         row = conn.execute(select(Ticket.id, Ticket.number, Ticket.queue)
-                           .where(Ticket.helpdesk_ticket_id == ref)
+                           .where(Ticket.helpdesk_ticket_id == ref,
+                                  helpdesk_ref(Ticket.helpdesk_ticket_id))
                            .order_by(Ticket.id).limit(1)).first()
         if row is not None:
             return row.id, row.number or "", row.queue

@@ -28,6 +28,7 @@ from gateway.store.tables import (
     SystemAddress,
     Ticket,
     TicketCounter,
+    helpdesk_ref,
 )
 
 
@@ -395,7 +396,8 @@ def ticket_by_number(conn: Connection, number: str) -> Any:
     """By deskgate's number, else by the helpdesk's (a ticket handed off to a helpdesk)."""
     row = conn.execute(select(Ticket).where(Ticket.number == number)).first()
     if row is None and number:
-        row = conn.execute(select(Ticket).where(Ticket.helpdesk_ticket_number == number)
+        row = conn.execute(select(Ticket).where(Ticket.helpdesk_ticket_number == number,
+                                                helpdesk_ref(Ticket.helpdesk_ticket_number))
                            .order_by(Ticket.id).limit(1)).first()
     return row
 

@@ -4,7 +4,7 @@ migrations (gateway/store/migrations); these classes describe it for queries."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -18,8 +18,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -88,13 +93,19 @@ class Ticket(Base):
     linked_ticket_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("ticket.id"),
                                                          nullable=True)
     # The helpdesk's ticket (empty when standalone or not handed off yet).
-    helpdesk_ticket_id: Mapped[str] = mapped_column(String(100), default="", index=True)
-    helpdesk_ticket_number: Mapped[str] = mapped_column(String(100), default="", index=True)
+    # Indexed over the tickets that have one (partial indexes, 0016): a query looks a
+    # ticket up by them with `<> ''` too (helpdesk_ref()), or the database scans.
+    helpdesk_ticket_id: Mapped[str] = mapped_column(String(100), default="")
+    helpdesk_ticket_number: Mapped[str] = mapped_column(String(100), default="")
     # The classifier's decision on a new ticket ({} when it did not run): queue, priority,
     # confidences, runner-up, whether each was applied (gateway.classify).
     classification: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     changed: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = tuple(
+        Index(f"ix_ticket_{col}", col, sqlite_where=text(f"{col} <> ''"),
+              postgresql_where=text(f"{col} <> ''"))
+        for col in ("helpdesk_ticket_id", "helpdesk_ticket_number"))
 
 
 class TicketMove(Base):
@@ -226,7 +237,8 @@ class CommEntry(Base):
     __tablename__ = "comm_entry"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     object_id: Mapped[int] = mapped_column(BigId, ForeignKey("comm_object.id"), index=True)
-    communication_id: Mapped[int] = mapped_column(BigId, index=True)
+    # not indexed (0016): a communication's entries are read through its objects
+    communication_id: Mapped[int] = mapped_column(BigId)
     priority: Mapped[str] = mapped_column(String(10))              # Error Warn Notice Info Debug
     key: Mapped[str] = mapped_column(String(100))
     value: Mapped[str] = mapped_column(Text)
@@ -437,3 +449,10 @@ class Handoff(Base):
     __table_args__ = (Index("ix_handoff_due", "status", "next_attempt"),
                       Index("ix_handoff_ticket", "ticket_id", "id"),
                       UniqueConstraint("key", name="uq_handoff_key"))
+
+
+def helpdesk_ref(column: Any) -> ColumnElement[bool]:
+    """`column <> ''` for Ticket.helpdesk_ticket_id or helpdesk_ticket_number, written as
+    their partial indexes' condition (a literal, not a bound parameter): a lookup by one
+    of them adds it, or SQLite does not use the index."""
+    return column != literal_column("''")  # type: ignore[no-any-return]

@@ -36,8 +36,7 @@ def read_page(conn: Connection, comm_id: int, *, priority: str | None, limit: in
                         .order_by(o_.id).limit(limit).offset(offset)).all()
     by_obj: dict[int, list[dict[str, Any]]] = {}
     if objs:
-        eq = select(CommEntry).where(CommEntry.communication_id == comm_id,
-                                     CommEntry.object_id.in_([o.id for o in objs]))
+        eq = select(CommEntry).where(CommEntry.object_id.in_([o.id for o in objs]))
         if priority:
             eq = eq.where(CommEntry.priority.in_(priorities_at_least(priority)))
         for e in conn.execute(eq.order_by(CommEntry.id)).all():

@@ -1,0 +1,131 @@
+"""The lookups that the indexes of migration 0016 serve use them, on SQLite and
+PostgreSQL: the helpdesk ticket indexes are partial (a new standalone ticket adds
+no entry to them), comm_entry has no communication_id index (a communication's
+entries are read through its objects). A lookup written so that the database
+cannot use an index would scan the whole table on a big store."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, event, insert
+
+from gateway.commlog_views import get_communication, purge_ids
+from gateway.helpdesk.outbox_claim import absorb
+from gateway.outbound.rewrite import find_ticket
+from gateway.store import repo
+from gateway.store.tables import CommEntry, CommObject, Communication
+from gateway.web.logdetail import read_page
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def _ticket(conn: Connection, **kw: Any) -> int:
+    return repo.insert_ticket(conn, number=kw.pop("number", None), title="t", queue="Raw",
+                              state="new", state_type="new", priority="3 normal",
+                              created=NOW, changed=NOW, **kw)
+
+
+def _comm(conn: Connection) -> int:
+    cid = conn.execute(insert(Communication).returning(Communication.id), {
+        "direction": "Incoming", "status": "Successful", "account_type": "LMTP",
+        "start": NOW}).scalar_one()
+    oid = conn.execute(insert(CommObject).returning(CommObject.id), {
+        "communication_id": cid, "type": "Message", "status": "Successful",
+        "start": NOW}).scalar_one()
+    conn.execute(insert(CommEntry), {"object_id": oid, "communication_id": cid,
+                                     "priority": "Info", "key": "k", "value": "v",
+                                     "time": NOW})
+    return int(cid)
+
+
+@pytest.fixture
+def plans(engine: Engine) -> Iterator[Callable[[Callable[[Connection], Any], str], list[str]]]:
+    """Runs a lookup and returns the query plans of the statements it ran that read
+    `table`."""
+    def run(fn: Callable[[Connection], Any], table: str) -> list[str]:
+        seen: list[tuple[str, Any]] = []
+
+        def capture(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any,
+                    _many: bool) -> None:
+            if table in statement:
+                seen.append((statement, params))
+        with engine.begin() as conn:
+            event.listen(conn, "before_cursor_execute", capture)
+            fn(conn)
+            event.remove(conn, "before_cursor_execute", capture)
+            out = []
+            for statement, params in seen:
+                if engine.dialect.name == "sqlite":
+                    rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}",
+                                                params).all()
+                    out.append("\n".join(str(r[-1]) for r in rows))
+                else:
+                    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                    rows = conn.exec_driver_sql(f"EXPLAIN {statement}", params).all()
+                    out.append("\n".join(str(r[0]) for r in rows))
+            assert out, f"no statement on {table}"
+            return out
+    yield run
+
+
+def _scans(plan: str, table: str) -> bool:
+    """SQLite: SCAN <table> (no index); PostgreSQL: Seq Scan on <table>."""
+    lines = plan.splitlines()
+    return any(line.strip().startswith(f"SCAN {table}") or f"Seq Scan on {table}" in line
+               for line in lines)
+
+
+def test_a_communications_entries_are_read_and_purged_through_an_index(engine: Engine,
+                                                                       plans: Any) -> None:
+    with engine.begin() as conn:
+        cid = _comm(conn)
+    for fn in (lambda c: get_communication(c, cid),
+               lambda c: read_page(c, cid, priority=None, limit=10, offset=0),
+               lambda c: purge_ids(c, [cid])):
+        for plan in plans(fn, "comm_entry"):
+            assert not _scans(plan, "comm_entry"), plan
+
+
+def test_tickets_are_found_by_their_helpdesk_ticket_through_an_index(engine: Engine,
+                                                                     plans: Any) -> None:
+    with engine.begin() as conn:
+        tid = _ticket(conn, helpdesk_ticket_id="7", helpdesk_ticket_number="7")
+        _ticket(conn, number="2026120610001")
+    msg = email.message_from_string("X-RT-Ticket: example.org #7\n\nhi\n")
+    for fn in (lambda c: repo.ticket_by_number(c, "7"),
+               lambda c: absorb(c, tid, "7"),
+               lambda c: find_ticket(c, msg, "Ticket#", "rt-rest2")):
+        for plan in plans(fn, "helpdesk_ticket"):
+            assert not _scans(plan, "ticket"), plan
+    with engine.connect() as conn:
+        assert repo.ticket_by_number(conn, "7").id == tid
+        assert find_ticket(conn, msg, "Ticket#", "rt-rest2")[0] == tid
+
+
+def test_standalone_tickets_add_nothing_to_the_helpdesk_indexes(engine: Engine) -> None:
+    """The helpdesk indexes are partial: only tickets with a helpdesk ticket are in them."""
+    with engine.begin() as conn:
+        for i in range(3):
+            _ticket(conn, number=f"202612061000{i}")
+        _ticket(conn, helpdesk_ticket_id="9", helpdesk_ticket_number="9")
+        if engine.dialect.name == "sqlite":
+            for col in ("helpdesk_ticket_id", "helpdesk_ticket_number"):
+                n = conn.exec_driver_sql(
+                    f"SELECT count(*) FROM ticket INDEXED BY ix_ticket_{col} "
+                    f"WHERE {col} <> ''").scalar_one()
+                assert n == 1
+                sql = conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE name = ?", (f"ix_ticket_{col}",)
+                ).scalar_one()
+                assert "WHERE" in sql.upper()
+        else:
+            for col in ("helpdesk_ticket_id", "helpdesk_ticket_number"):
+                d = conn.exec_driver_sql(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = %(n)s",
+                    {"n": f"ix_ticket_{col}"}).scalar_one()
+                assert "WHERE" in d.upper()
