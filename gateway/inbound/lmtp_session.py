@@ -276,6 +276,9 @@ class LmtpSession(LmtpConnection):
         if arg:
             self._refuse("Reply", syntax_reply("QUIT"))
             return
+        # QUIT before DATA leaves no message behind: the client's choice, not a lost
+        # connection (a transaction cannot be open after DATA: input waits for its replies).
+        self._reset()
         self._reply(BYE)
         self._close()
 

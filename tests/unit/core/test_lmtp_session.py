@@ -503,6 +503,19 @@ class TestConnectionEnd:
         assert comm.status == "Failed"
         assert any("connection lost during DATA" in e.value for e in comm.objects[0].entries)
 
+    async def test_quit_inside_a_transaction_is_no_failure(self):
+        """QUIT after MAIL and a refused RCPT (as deliver --via-socket sends for an
+        unknown recipient) is the client's choice: the connection record is a Warning
+        for the refusal, not Failed with a lost connection."""
+        backend = Backend()
+        s, t = open_session(backend)
+        s.data_received(b"LHLO mta\r\nMAIL FROM:<>\r\nRCPT TO:<ghost@x.test>\r\nQUIT\r\n")
+        await settle()
+        assert codes(t.take()) == [250, 250, 550, 221] and t.closed
+        [comm] = backend.comms
+        assert comm.status == "Warning"
+        assert not [e for e in comm.objects[0].entries if e.priority == "Error"]
+
     async def test_eof_after_final_dot_still_answered(self):
         """A client that half-closes right after the final dot gets its replies, then
         the connection closes."""
