@@ -140,7 +140,7 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
     committed: list[RemoteMessage] = []
     outcome = await work_list(poller, account, session, comm, result, pool, todo, handled,
                               left, committed, progress.singly, errors)
-    ok = outcome != "stop"
+    ok = outcome not in ("stop", "lost")
     fetched_big = [m.key for m in todo if m.key in known_big and m.key in handled]
     if fetched_big:   # the limit was raised: no longer left on the server
         await poller._db(lambda c: state.drop_oversized(c, account.name, folder, fetched_big))
@@ -168,6 +168,12 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
                 "reconnecting for the others")
         obj.close("Warning")
         return True, True
+    if outcome == "lost":
+        # Nothing more can be said on it: what was committed stays on the server until
+        # the next run, whose dedupe recognises it (a connection failure, the run ends).
+        await call(session.abort)
+        obj.close("Failed")
+        return False, False
     marked = session.marked() if isinstance(session, ImapSession) else []
     if marked:   # remembered first: a message flagged and left is known as ours
         await poller._db(lambda c: state.add_seen(c, account.name, marked))

@@ -24,6 +24,7 @@ from gateway.inbound.poller.session import (
     Refused,
     RemoteMessage,
     Session,
+    plural,
 )
 from gateway.model import Envelope
 
@@ -71,13 +72,15 @@ async def work_list(poller: Poller, account: AccountConfig, session: Session, co
                     result: RunResult, pool: ThreadPoolExecutor, todo: list[RemoteMessage],
                     handled: set[str], left: list[tuple[RemoteMessage, str]],
                     committed: list[RemoteMessage], singly: set[str], errors: list[str]
-                    ) -> Literal["done", "stop", "closed"]:
+                    ) -> Literal["done", "stop", "closed", "lost"]:
     """Deliver the work list in order; the next batch is fetched while one is delivered.
 
     Only the session thread talks to the server (fetch batch n+1, later the
     removals in finish()); a message is noted for removal after its commit.
     "stop": the run ends here; "closed": the server closed the connection with
-    its refusal of a message, the run goes on on a new one.
+    its refusal of a message, the run goes on on a new one; "lost": the fetch of a
+    batch failed (the connection lost, the stream out of step): the run ends as a
+    failure of the connection, not of a message (an Error on the connection).
     """
     loop = asyncio.get_running_loop()
     batches = fetch_batches(todo, singly)
@@ -93,15 +96,11 @@ async def work_list(poller: Poller, account: AccountConfig, session: Session, co
                 raws = await pending
             except MailboxError as exc:
                 pending = None
-                mobj = comm.obj("Message")
-                which = (f"message {batch[0].key}" if len(batch) == 1 else
-                         f"{len(batch)} messages ({batch[0].key} to {batch[-1].key})")
-                mobj.log("Error", "Fetch", f"account {account.name}: {which}: {exc.reason}; "
-                         "left on the server, the next run fetches again")
-                mobj.close("Failed")
-                result.failed += 1
+                rest = [m for b in batches[bi:] for m in b]
+                session.log.log("Error", "Fetch", f"account {account.name}: {exc.reason}; "
+                                + lost_text(account, committed, rest))
                 errors.append(f"Fetch: {exc.reason}")
-                return "stop"
+                return "lost"
             closed = any(isinstance(r, Refused) and r.closed for r in raws)
             pending = (fetch(batches[bi + 1]) if bi + 1 < len(batches) and not closed
                        else None)
@@ -134,6 +133,24 @@ async def work_list(poller: Poller, account: AccountConfig, session: Session, co
         if pending is not None:      # a prefetch still running: let it end first
             with contextlib.suppress(Exception):
                 await pending
+
+
+def lost_text(account: AccountConfig, committed: list[RemoteMessage],
+              rest: list[RemoteMessage]) -> str:
+    """What a fetch that lost the connection leaves: the messages stored before it
+    (delivered; without the connection they are not removed yet) and those not fetched."""
+    n = len(committed)
+    stored = f"{plural(n, 'message')} fetched and stored before the loss"
+    if n and account.after_fetch != "keep":
+        stored += (" (still on the server: the next run finds "
+                   + ("it again, recognises it as a duplicate and removes it)" if n == 1 else
+                      "them again, recognises them as duplicates and removes them)"))
+    if len(rest) == 1:
+        left = f"message {rest[0].key} not fetched stays on the server; the next run fetches it"
+    else:
+        left = (f"{len(rest)} messages ({rest[0].key} to {rest[-1].key}) not fetched stay on "
+                "the server; the next run fetches them")
+    return f"{stored}; {left}"
 
 
 def refused(account: AccountConfig, comm: Comm, result: RunResult, m: RemoteMessage,
