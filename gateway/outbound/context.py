@@ -14,6 +14,7 @@ from typing import Any, Literal
 from gateway.commlog import CommObj
 from gateway.config import QueueConfig, SubmissionUser
 from gateway.model import Parsed
+from gateway.outbound.dsn_params import MessageDsn, RecipientDsn
 
 Kind = Literal["message", "auto-response", "dsn"]
 
@@ -84,6 +85,10 @@ class OutboundContext:
     outbound_ids: list[int] = field(default_factory=list)   # one queue row per copy
     sender_type: str = "agent"
     trace: list[str] = field(default_factory=list)
+    # The DSN parameters (RFC 3461) the submission client gave: RET/ENVID, and
+    # NOTIFY/ORCPT by recipient (lower case); none for other sources.
+    dsn: MessageDsn = field(default_factory=MessageDsn)
+    dsn_rcpt: dict[str, RecipientDsn] = field(default_factory=dict)
 
     def final_copies(self) -> list[OutboundCopy]:
         """What goes into the queue: the copies, or the message itself to every recipient."""

@@ -1,10 +1,15 @@
-"""RFC 3464 delivery status notifications (failed and delayed) for the submitter.
+"""RFC 3464 delivery status notifications (failed, delayed, and relayed or delivered
+for NOTIFY=SUCCESS) for the submitter.
 
 A failure notice returns the message whole (message/rfc822) when it is not larger
 than `relay.bounce_size_limit`, else only its headers (text/rfc822-headers), as
 Postfix's bounce_size_limit decides; a delay notice returns the headers only. What
 comes back is the message as deskgate queued and sent it (the copy for the failed
 recipients), the original of RFC 6522 as Postfix returns its queue file's content.
+A message submitted with RET=HDRS gets its headers only in a failure notice too; a
+success notice returns the headers (RET=FULL is for failure notices, RFC 3461 4.3).
+ENVID and ORCPT (RFC 3461) are reported as Original-Envelope-Id and
+Original-Recipient (RFC 3464 2.2.1, 2.3.1).
 
 A DSN goes out through the same queue with the null envelope sender (or
 `relay.bounce_sender`), so it can itself never cause another DSN.
@@ -25,7 +30,7 @@ import email.utils
 import re
 import secrets
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.message import Message
 from email.mime.base import MIMEBase
@@ -76,6 +81,8 @@ def _enhanced(r: RcptResult, action: str) -> str:
     parts = head.split(".")
     if len(parts) == 3 and all(p.isdigit() for p in parts) and head[0] in "245":
         return "4" + head[1:] if r.temporary and head[0] == "5" else head
+    if action in ("relayed", "delivered"):
+        return "2.0.0"
     detail = "0.0" if r.code else failure_status(r.reply)
     if action == "delayed" or r.temporary:
         return f"4.{detail}"
@@ -122,19 +129,24 @@ class _RawParts:
         return data
 
 
-def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: str,
+Action = Literal["failed", "delayed", "relayed", "delivered"]
+
+
+def build_dsn(*, action: Action, reporting_mta: str, to: str,
               original_headers: bytes, original_message_id: str, results: Sequence[RcptResult],
               arrival: datetime, last_attempt: datetime | None = None,
               retry_until: datetime | None = None, queue_id: int | None = None,
               sender: str | None = None, original: bytes | None = None,
-              bounce_size_limit: int = 0) -> bytes:
+              bounce_size_limit: int = 0, ret: str = "", envid: str = "",
+              orcpts: Mapping[int, str] | None = None) -> bytes:
     """The DSN message as CRLF bytes. Each result names the server that answered
     (RcptResult.host, its Remote-MTA); `queue_id` and `sender` (the message's envelope
     sender) are reported as Postfix's X-Postfix-Queue-ID and X-Postfix-Sender are.
     A failure notice returns `original` (the whole message) when it is given and not
     larger than `bounce_size_limit` (0: never); otherwise `original_headers` come
-    back."""
-    whole = (action == "failed" and original is not None
+    back. `ret` (RET=HDRS: headers only), `envid` and `orcpts` (ORCPT by the results'
+    row_id) are the message's DSN parameters ('' / None: not given)."""
+    whole = (action == "failed" and original is not None and ret != "HDRS"
              and bounce_size_limit > 0 and len(original) <= bounce_size_limit)
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
@@ -144,8 +156,10 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     report["To"] = raw_utf8(header_safe(to))
     if action == "failed":
         report["Subject"] = "Undelivered Mail Returned to Sender"
-    else:
+    elif action == "delayed":
         report["Subject"] = "Delayed Mail (still being retried)"
+    else:
+        report["Subject"] = "Successful Mail Delivery Report"
     report["Date"] = email.utils.format_datetime(datetime.now(UTC))
     report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)
     report["Auto-Submitted"] = "auto-replied"
@@ -160,6 +174,12 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     if action == "failed":
         lines.append("Your message could not be delivered to one or more recipients. "
                      "It has been given up on.")
+    elif action in ("relayed", "delivered"):
+        # Postfix's success notice, on one line
+        lines.append("Your message was successfully delivered to the destination(s) "
+                     "listed below. If the message was delivered to mailbox you will "
+                     "receive no further notifications. Otherwise you may still receive "
+                     "notifications of mail delivery errors from other systems.")
     else:
         lines.append("Your message has not been delivered yet to one or more recipients. "
                      "Delivery will be retried; no action is needed.")
@@ -175,6 +195,9 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
 
     raw = _RawParts()
     per_msg = Message()
+    if envid:
+        # RFC 3464 2.2.1: first, as the sender gave it (printable ASCII, xtext decoded)
+        per_msg["Original-Envelope-Id"] = envid
     per_msg["Reporting-MTA"] = f"dns; {reporting_mta}"
     per_msg["Arrival-Date"] = email.utils.format_datetime(arrival)
     # Extension fields come last (RFC 3464 2.2).
@@ -186,6 +209,10 @@ def build_dsn(*, action: Literal["failed", "delayed"], reporting_mta: str, to: s
     blocks = [per_msg]
     for r in results:
         b = Message()
+        orcpt = (orcpts or {}).get(r.row_id, "")
+        if orcpt:
+            # RFC 3464 2.3.1: ORCPT's addr-type and address, xtext decoded
+            b["Original-Recipient"] = header_safe(orcpt)
         kind = "rfc822" if r.address.isascii() else "utf-8"
         b["Final-Recipient"] = header_safe(f"{kind}; {r.address}")
         b["Action"] = action

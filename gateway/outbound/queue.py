@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 
 from gateway.outbound.context import OutboundContext
+from gateway.outbound.dsn_params import MessageDsn, RecipientDsn
 from gateway.outbound.transport import Reply, said
 from gateway.runtime import Runtime
 from gateway.store import repo
@@ -118,10 +119,14 @@ def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
             message_id=ctx.message_id[:998], ticket_id=ctx.ticket_id,
             article_id=ctx.article_id, data=c.data, size=len(c.data), status="queued",
             attempts=0, next_attempt=now, lease_until=None, claimed_by="", last_error="",
-            warned=False, created=now, updated=now)).scalar_one())
+            warned=False, created=now, updated=now, dsn_ret=ctx.dsn.ret,
+            dsn_envid=ctx.dsn.envid)).scalar_one())
+        none = RecipientDsn()
         conn.execute(_INS_RCPT, [
             {"outbound_id": oid, "address": r[:320], "status": "pending", "attempts": 0,
-             "last_code": 0, "last_reply": "", "updated": now} for r in c.recipients])
+             "last_code": 0, "last_reply": "", "updated": now,
+             "dsn_notify": (d := ctx.dsn_rcpt.get(r.lower(), none)).notify,
+             "dsn_orcpt": d.orcpt} for r in c.recipients])
         c.outbound_id = oid
         ctx.outbound_ids.append(oid)
         what = ""
@@ -130,11 +135,25 @@ def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
                     else " (plain)") + ": " + ", ".join(c.recipients)
         ctx.log.log("Info", "Queued", f"outbound #{oid} from <{ctx.sender}> to "
                     f"{len(c.recipients)} recipient(s){what}, {len(c.data)} bytes"
-                    + (f", ticket {ctx.ticket_number}" if ctx.ticket_number else ""))
+                    + (f", ticket {ctx.ticket_number}" if ctx.ticket_number else "")
+                    + _dsn_text(ctx, c.recipients))
     oid = ctx.outbound_ids[0]
     ctx.outbound_id = ctx.log.outbound_id = oid
     ctx.log.close("Successful")
     return oid
+
+
+def _dsn_text(ctx: OutboundContext, recipients: Sequence[str]) -> str:
+    """The DSN parameters kept with a queue row, for its Queued entry ('' for none)."""
+    parts = [f"RET={ctx.dsn.ret}"] if ctx.dsn.ret else []
+    if ctx.dsn.envid:
+        parts.append(f"ENVID={shown(ctx.dsn.envid)}")
+    for r in recipients:
+        d = ctx.dsn_rcpt.get(r.lower())
+        if d:
+            parts.append(f"<{shown(r)}>" + (f" NOTIFY={d.notify}" if d.notify else "")
+                         + (f" ORCPT={shown(d.orcpt)}" if d.orcpt else ""))
+    return "; DSN " + ", ".join(parts) if parts else ""
 
 
 # ----------------------------------------------------------------- claiming
@@ -162,6 +181,14 @@ class Claimed:
     lost_by: str = ""
     lost_until: datetime | None = None
     lost_again: bool = False
+    # The DSN parameters (RFC 3461) it was submitted with: RET/ENVID, and NOTIFY/ORCPT
+    # by recipient row id (only the recipients that were given some).
+    dsn: MessageDsn = field(default_factory=MessageDsn)
+    dsn_rcpt: dict[int, RecipientDsn] = field(default_factory=dict)
+
+    def rcpt_dsn(self, row_id: int) -> RecipientDsn:
+        """A recipient's NOTIFY/ORCPT (none given: RecipientDsn())."""
+        return self.dsn_rcpt.get(row_id) or RecipientDsn()
 
 
 # The message's last_error from the claim that takes over an interrupted attempt, and
@@ -220,7 +247,8 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
     if not taken:
         return []
     rcpts = conn.execute(select(OutboundRecipient.id, OutboundRecipient.outbound_id,
-                                OutboundRecipient.address)
+                                OutboundRecipient.address, OutboundRecipient.dsn_notify,
+                                OutboundRecipient.dsn_orcpt)
                          .where(OutboundRecipient.outbound_id.in_(taken),
                                 OutboundRecipient.status == "pending")
                          .order_by(OutboundRecipient.id)).all()
@@ -229,10 +257,13 @@ def claim(conn: Connection, node: str, *, limit: int, lease: float,
                          _aware(r.created) or now, r.warned, node=r.claimed_by,
                          lost_by=lost.get(r.id, ("", None, False))[0],
                          lost_until=lost.get(r.id, ("", None, False))[1],
-                         lost_again=lost.get(r.id, ("", None, False))[2])
+                         lost_again=lost.get(r.id, ("", None, False))[2],
+                         dsn=MessageDsn(r.dsn_ret, r.dsn_envid))
            for r in rows}
     for rc in rcpts:
         out[rc.outbound_id].recipients.append((rc.id, rc.address))
+        if rc.dsn_notify or rc.dsn_orcpt:
+            out[rc.outbound_id].dsn_rcpt[rc.id] = RecipientDsn(rc.dsn_notify, rc.dsn_orcpt)
     return [out[i] for i in taken]
 
 

@@ -34,10 +34,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import metrics
-from gateway.commlog import Comm, storable, write_comm
+from gateway.commlog import Comm, CommObj, storable, write_comm
 from gateway.config import Config
 from gateway.outbound import queue as oq
 from gateway.outbound.autoresponse import build_requests
+from gateway.outbound.dsn_params import DsnRequest
 from gateway.outbound.transport import (
     Attempt,
     Reply,
@@ -316,7 +317,10 @@ class Sender:
             if not still_held(loop, self.writer, job, timeout=self.CLAIM_CHECK_TIMEOUT,
                               outbound_id=m.id):
                 return None
-        return self.transport.deliver(m.sender, rcpts, m.data)
+        if not (m.dsn or m.dsn_rcpt):
+            return self.transport.deliver(m.sender, rcpts, m.data)
+        dsn = DsnRequest(m.dsn, tuple(m.rcpt_dsn(rid) for rid, _ in m.recipients))
+        return self.transport.deliver(m.sender, rcpts, m.data, dsn=dsn)
 
     # Seconds between tries to write an attempt's outcome the database refused.
     RECORD_RETRY = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -440,10 +444,19 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
     msg.close("Failed" if st.failed or crash else "Warning" if st.delayed else "Successful")
     comm.close()
     notices: list[tuple[str, str, list[oq.RcptResult], datetime | None]] = []
-    if st.failed and m.kind == "message" and m.return_path:
-        notices.append(("failed", "failure", st.failed, None))
-    if st.warn and m.return_path and st.delayed:
-        notices.append(("delayed", "delay", st.delayed, _retry_until(m, relay.retry)))
+    failed = _wanted(m, msg, "FAILURE", "failure", st.failed)
+    if failed and m.kind == "message" and m.return_path:
+        notices.append(("failed", "failure", failed, None))
+    delayed = _wanted(m, msg, "DELAY", "delay", st.delayed if st.warn else [])
+    if st.warn and m.return_path and delayed:
+        notices.append(("delayed", "delay", delayed, _retry_until(m, relay.retry)))
+    sent = [r for r in st.sent if m.rcpt_dsn(r.row_id).wants("SUCCESS")]
+    if sent and att.dsn_passed:
+        msg.log("Info", "DSN", "success notice for " + ", ".join(
+            f"<{shown(r.address)}>" for r in sent) + " (NOTIFY=SUCCESS) left to the relay, "
+            "which announces DSN")
+    elif sent and m.kind == "message" and m.return_path:
+        notices.append(("delivered" if att.final else "relayed", "success", sent, None))
     for action, what, rs, until in notices:
         if crash:
             msg.log("Error", "DSN", f"{what} notice to <{shown(m.return_path)}> not queued: "
@@ -453,6 +466,18 @@ def record(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
         msg.log("Notice", "DSN", f"{what} notice to <{shown(m.return_path)}> queued as #{oid}")
     write_comm(conn, comm)
     return st
+
+
+def _wanted(m: oq.Claimed, msg: CommObj, kind: str, what: str,
+            results: list[oq.RcptResult]) -> list[oq.RcptResult]:
+    """The recipients of `results` whose NOTIFY asks for a `kind` notice (those without
+    NOTIFY do, for FAILURE and DELAY); the others are logged as getting none."""
+    wanted = [r for r in results if m.rcpt_dsn(r.row_id).wants(kind)]
+    if len(wanted) < len(results):
+        msg.log("Info", "DSN", f"no {what} notice for " + ", ".join(
+            f"<{shown(r.address)}> (NOTIFY={m.rcpt_dsn(r.row_id).notify})"
+            for r in results if r not in wanted))
+    return wanted
 
 
 def record_bare(conn: Connection, rt: Runtime, m: oq.Claimed, att: Attempt,
@@ -505,7 +530,9 @@ def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
                      original_message_id=m.message_id, results=results,
                      arrival=m.created, last_attempt=datetime.now(UTC), retry_until=retry_until,
                      queue_id=m.id, sender=m.sender, original=m.data,
-                     bounce_size_limit=cfg.relay.bounce_size_limit)
+                     bounce_size_limit=cfg.relay.bounce_size_limit, ret=m.dsn.ret,
+                     envid=m.dsn.envid,
+                     orcpts={rid: d.orcpt for rid, d in m.dsn_rcpt.items() if d.orcpt})
     ctx = OutboundContext(mail_from=cfg.relay.bounce_sender, recipients=[m.return_path],
                           raw=data, source="DSN", account=cfg.gateway.hostname, kind="dsn",
                           queue=m.queue)

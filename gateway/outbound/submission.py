@@ -24,7 +24,8 @@ aiosmtpd's own replies get an enhanced code on their way out (push). A command
 that raises is answered 451 4.3.0 with a generic text (handle_exception), not
 aiosmtpd's permanent 500 with the exception's text; the cause is logged. MAIL and
 RCPT are deskgate's own (the path syntax of submission_syntax, Postfix's 501/555
-replies; the bare postmaster of RFC 5321 4.5.1 is postmaster@<gateway.hostname>),
+replies; the bare postmaster of RFC 5321 4.5.1 is postmaster@<gateway.hostname>;
+DSN's RET/ENVID and NOTIFY/ORCPT of RFC 3461, gateway.outbound.dsn_params),
 HELP is 214 and VRFY is disabled (502 5.5.1), as in Postfix.
 
 This module is the protocol side (SubmissionSession) and the listener
@@ -44,14 +45,31 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, TLSSetupException, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    Session,
+    TLSSetupException,
+    syntax,
+)
 
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
+from gateway.outbound.dsn_params import (
+    MessageDsn,
+    RecipientDsn,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    parse_ret,
+)
 from gateway.outbound.submission_policy import (
     AuthGuard,
+    DsnEnvelope,
     Submission,
     SubmissionHandler,
     comm_writer,
@@ -69,8 +87,12 @@ from gateway.outbound.submission_replies import (
     AUTH_OK,
     AUTH_REQUIRED,
     AUTH_SYNTAX,
+    BAD_ENVID,
+    BAD_NOTIFY,
+    BAD_ORCPT,
     BAD_RCPT,
     BAD_RECIPIENT,
+    BAD_RET,
     BAD_SENDER,
     BAD_SIZE,
     DATA_SYNTAX,
@@ -134,6 +156,9 @@ class SubmissionSession(IdleTimer, SMTP):
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        return DsnEnvelope()
 
     def __init__(self, sub: Submission, limit: SessionLimit | None = None, *,
                  implicit_tls: bool = False, **kw: Any) -> None:
@@ -384,9 +409,10 @@ class SubmissionSession(IdleTimer, SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         """MAIL FROM with the path syntax of gateway.outbound.submission_syntax and the
-        parameters EHLO advertises (SIZE, BODY, SMTPUTF8, and AUTH wherever AUTH is:
-        Exim adds AUTH=<> once it has authenticated; its value is not used, since the
-        sender is rewritten); anything else gets Postfix's 501 or 555 reply."""
+        parameters EHLO advertises (SIZE, BODY, SMTPUTF8, RET and ENVID of DSN, each of
+        those two once, and AUTH wherever AUTH is: Exim adds AUTH=<> once it has
+        authenticated; its value is not used, since the sender is rewritten); anything
+        else gets Postfix's 501 or 555 reply."""
         self._cmd = ("MAIL", f"MAIL {arg or ''}"[:300])
         if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
             return
@@ -407,10 +433,22 @@ class SubmissionSession(IdleTimer, SMTP):
             return
         options: list[str] = []
         smtputf8 = False
+        ret = envid = None
         for param in params:
             key, eq, value = param.partition("=")
             key = key.upper()
             if key == "AUTH" and value and self._auth_offered():
+                continue
+            if key == "RET" and eq:
+                # RFC 3461 4.3; a second RET is refused as a bad one (Postfix)
+                if ret is not None or (ret := parse_ret(value)) is None:
+                    await self.push(BAD_RET)
+                    return
+                continue
+            if key == "ENVID" and eq:
+                if envid is not None or (envid := parse_envid(value)) is None:
+                    await self.push(BAD_ENVID)
+                    return
                 continue
             if key == "SIZE":
                 if not (value.isascii() and value.isdigit()):
@@ -427,13 +465,17 @@ class SubmissionSession(IdleTimer, SMTP):
             options.append(param.upper())
         self.envelope.smtp_utf8 = smtputf8
         # aiosmtpd's envelope holds the null sender as '<>' ('' is no MAIL)
-        await self.push(await self.event_handler.handle_MAIL(
-            self, self.session, self.envelope, address or "<>", options))
+        status = await self.event_handler.handle_MAIL(
+            self, self.session, self.envelope, address or "<>", options)
+        if status.startswith("250") and isinstance(self.envelope, DsnEnvelope):
+            self.envelope.dsn = MessageDsn(ret or "", envid or "")
+        await self.push(status)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        """RCPT TO with the path syntax of gateway.outbound.submission_syntax; no
-        parameters (DSN is not advertised); the null path is no recipient; the bare
-        postmaster (any case) is postmaster@<gateway.hostname>."""
+        """RCPT TO with the path syntax of gateway.outbound.submission_syntax; the
+        parameters NOTIFY and ORCPT (DSN, RFC 3461) once each, anything else 555; the
+        null path is no recipient; the bare postmaster (any case) is
+        postmaster@<gateway.hostname>."""
         self._cmd = ("RCPT", f"RCPT {arg or ''}"[:300])
         if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
             return
@@ -449,15 +491,33 @@ class SubmissionSession(IdleTimer, SMTP):
             await self.push(BAD_RECIPIENT)
             return
         address, params = path
-        if params:
-            await self.push(unsupported_option(params[0]))
-            return
+        notify = orcpt = None
+        for param in params:
+            key, eq, value = param.partition("=")
+            key = key.upper()
+            if key == "NOTIFY" and eq and self.session.extended_smtp:
+                # RFC 3461 4.1; a second NOTIFY is refused as a bad one (Postfix)
+                if notify is not None or (notify := parse_notify(value)) is None:
+                    await self.push(BAD_NOTIFY)
+                    return
+            elif key == "ORCPT" and eq and self.session.extended_smtp:
+                if orcpt is not None or (orcpt := parse_orcpt(value)) is None:
+                    await self.push(BAD_ORCPT)
+                    return
+            else:
+                await self.push(unsupported_option(param))
+                return
         if "@" not in address and address.lower() == "postmaster":
             # RFC 5321 4.5.1: the bare postmaster is accepted, as the gateway's own (as
             # the LMTP listener takes it, and Postfix appends @$myorigin).
             address = f"postmaster@{self.hostname}"
-        await self.push(await self.event_handler.handle_RCPT(
-            self, self.session, self.envelope, address, []))
+        status = await self.event_handler.handle_RCPT(
+            self, self.session, self.envelope, address, [])
+        dsn = RecipientDsn(notify or "", orcpt or "")
+        if status.startswith("250") and dsn and isinstance(self.envelope, DsnEnvelope):
+            # A recipient given twice keeps what it was first given (it is sent once).
+            self.envelope.dsn_rcpt.setdefault(address.lower(), dsn)
+        await self.push(status)
 
     def _auth_offered(self) -> bool:
         """Whether EHLO lists AUTH (after STARTTLS where TLS is required for it)."""

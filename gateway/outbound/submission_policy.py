@@ -26,10 +26,12 @@ from gateway.commlog import Comm, write_comm
 from gateway.commlog_names import CLIENT
 from gateway.config import Config, SubmissionUser
 from gateway.outbound.context import OutboundContext, unique_recipients
+from gateway.outbound.dsn_params import MessageDsn, RecipientDsn
 from gateway.outbound.pipeline import QUEUED, OutboundPipeline, SubmitResult
 from gateway.outbound.submission_replies import (
     AUTH_REQUIRED,
     BAD_RCPT,
+    DSN,
     ENHANCEDSTATUSCODES,
     PIPELINING,
     STARTTLS_FIRST,
@@ -230,6 +232,16 @@ def peer_text(peer: Any) -> str:
     return str(peer or "")
 
 
+class DsnEnvelope(Envelope):
+    """aiosmtpd's envelope with the transaction's DSN parameters (RFC 3461): RET and
+    ENVID of its MAIL, NOTIFY and ORCPT of its recipients by address (lower case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn = MessageDsn()
+        self.dsn_rcpt: dict[str, RecipientDsn] = {}
+
+
 class SubmissionHandler:
     """aiosmtpd handler: policy at MAIL/RCPT, the pipeline at DATA."""
 
@@ -249,13 +261,13 @@ class SubmissionHandler:
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
-        """aiosmtpd's EHLO reply with PIPELINING first and ENHANCEDSTATUSCODES last
-        among the keywords (the session adds the codes to aiosmtpd's replies), and
+        """aiosmtpd's EHLO reply with PIPELINING first and ENHANCEDSTATUSCODES and DSN
+        last among the keywords (the session adds the codes to aiosmtpd's replies), and
         SIZE 0 where aiosmtpd lists no SIZE because there is no limit (RFC 1870)."""
         session.host_name = hostname
         size = [] if server.data_size_limit else ["250-SIZE 0"]
         return [responses[0], PIPELINING, *size, *responses[1:-1], ENHANCEDSTATUSCODES,
-                responses[-1]]
+                DSN, responses[-1]]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
@@ -293,6 +305,8 @@ class SubmissionHandler:
         ctx = OutboundContext(mail_from=mail_from, recipients=recipients, raw=raw,
                               source="SMTP", account=peer_text(session.peer), user=user,
                               trusted=True)
+        if isinstance(envelope, DsnEnvelope):
+            ctx.dsn, ctx.dsn_rcpt = envelope.dsn, dict(envelope.dsn_rcpt)
         how = (f"AUTH as {user.name}" if user is not None
                else "no AUTH, client in allow_networks")
         tls = tls_of(server)

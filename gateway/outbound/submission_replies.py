@@ -40,6 +40,11 @@ BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 BAD_SIZE = "501 5.5.4 Bad message size syntax"
 UNSUPPORTED_OPTION = "555 5.5.4 Unsupported option"
+# Bad or repeated DSN parameters (RFC 3461), Postfix's replies (its RCPT ones say Error:)
+BAD_RET = "501 5.5.4 Bad RET parameter syntax"
+BAD_ENVID = "501 5.5.4 Bad ENVID parameter syntax"
+BAD_NOTIFY = "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+BAD_ORCPT = "501 5.5.4 Error: Bad ORCPT parameter syntax"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
 # STARTTLS once TLS is active (RFC 3207 4), Postfix's reply
 TLS_ACTIVE = "554 5.5.1 Error: TLS already active"
@@ -48,9 +53,10 @@ NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 AIOSMTPD_TOO_MANY = "502 5.5.1 Too many unrecognized commands, goodbye."
 # aiosmtpd's refusal of MAIL FROM SIZE= over the limit, replaced by Postfix's
 AIOSMTPD_SIZE = "552 Error: message size exceeds fixed maximum message size"
-# The EHLO keywords added to aiosmtpd's (RFC 2920, RFC 2034).
+# The EHLO keywords added to aiosmtpd's (RFC 2920, RFC 2034, RFC 3461).
 PIPELINING = "250-PIPELINING"
 ENHANCEDSTATUSCODES = "250-ENHANCEDSTATUSCODES"
+DSN = "250-DSN"
 # The enhanced status code (RFC 3463) given to an aiosmtpd reply that has none, by
 # reply code (Postfix's for the same replies); any other code gets X.0.0.
 ENHANCED_BY_CODE = {"220": "2.0.0", "221": "2.0.0", "250": "2.0.0", "252": "2.0.0",

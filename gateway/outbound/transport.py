@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import Config, RelayConfig
+from gateway.outbound.dsn_params import DsnRequest, orcpt_param, xtext_encode
 from gateway.outbound.headers import needs_smtputf8
 from gateway.textsafe import address_refusal, reply_line, shown
 
@@ -50,6 +51,11 @@ class Attempt:
     # (the text without its code); (0, "") when no reply did (a timeout, a crash).
     refusal: tuple[int, str] = (0, "")
     log: list[tuple[str, str, str]] = field(default_factory=list)   # (priority, key, value)
+    # DSN (RFC 3461): the next hop announced DSN and got the message's parameters, so
+    # success notices are its to send (dsn_passed); deskgate itself delivered the
+    # message to its destination (final: the Maildir transport).
+    dsn_passed: bool = False
+    final: bool = False
 
     def note(self, priority: str, key: str, value: str) -> None:
         self.log.append((priority, key, value))
@@ -137,9 +143,11 @@ class Transport:
     name = "SMTP"
     account = ""
 
-    def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Attempt:
+    def deliver(self, sender: str, recipients: Sequence[str], data: bytes, *,
+                dsn: DsnRequest | None = None) -> Attempt:
         """An address with a control character fails at once (see address_refusal); the
-        other recipients go to `_send`."""
+        other recipients go to `_send`. `dsn`: the message's DSN parameters (RFC 3461),
+        one RecipientDsn per recipient, passed on where the next hop takes them."""
         att = Attempt()
         if refused := address_refusal(sender, sender=True):
             att.codes = [refused] * len(recipients)
@@ -149,14 +157,17 @@ class Transport:
         bad = {i: refused for i, r in enumerate(recipients)
                if (refused := address_refusal(r)) is not None}
         if not bad:
-            self._send(att, sender, recipients, data)
+            self._send(att, sender, recipients, data, dsn)
             return att
         for i, refused in sorted(bad.items()):
             att.note("Error", "Recipient", f"<{shown(recipients[i])}>: "
                      f"{refused[0]} {refused[1]}; not sent")
         good = [r for i, r in enumerate(recipients) if i not in bad]
+        if dsn is not None:
+            dsn = DsnRequest(dsn.message, tuple(d for i, d in enumerate(dsn.recipients)
+                                                if i not in bad))
         if good:
-            self._send(att, sender, good, data)
+            self._send(att, sender, good, data, dsn)
         # An attempt that failed as a whole gives the others its error (temporary or not).
         rest = iter(att.codes if len(att.codes) == len(good) else
                     [error_reply(att)] * len(good))
@@ -164,7 +175,7 @@ class Transport:
         return att
 
     def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
-              data: bytes) -> None:
+              data: bytes, dsn: DsnRequest | None = None) -> None:
         """Deliver to `recipients`, none of whose addresses (nor `sender`) holds a
         control character; sets att.codes (one per recipient) or att.error."""
         raise NotImplementedError
@@ -382,8 +393,10 @@ class SmtpTransport(Transport):
             conn.quit()
 
     def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
-              data: bytes) -> None:
-        """Connect (or reuse a connection) and send; sets att.codes or att.error."""
+              data: bytes, dsn: DsnRequest | None = None) -> None:
+        """Connect (or reuse a connection) and send; sets att.codes or att.error. The
+        DSN parameters go to a relay that announces DSN, as Postfix's smtp client passes
+        them on; to one that does not, none (deskgate then sends the success notices)."""
         try:
             conn = self._get(att)
         except _Failed as exc:
@@ -424,7 +437,19 @@ class SmtpTransport(Transport):
                 # RFC 6152: 8-bit content is announced (DKIM re-encodes what it may,
                 # a part under a signature keeps its bytes).
                 options.append("BODY=8BITMIME")
-            keep = self._transactions(conn, att, sender, recipients, data, options)
+            rcpt_options: list[list[str]] = [[] for _ in recipients]
+            if dsn is not None:
+                if conn.has_extn("dsn"):
+                    options += _dsn_mail(dsn)
+                    rcpt_options = _dsn_rcpt(dsn)
+                    att.dsn_passed = True
+                    att.note("Info", "DSN", f"{shown(conn.peer)} announces DSN: the "
+                             "message's DSN parameters are passed on")
+                else:
+                    att.note("Info", "DSN", f"{shown(conn.peer)} does not announce DSN: "
+                             "success notices asked for come from deskgate (relayed)")
+            keep = self._transactions(conn, att, sender, recipients, data, options,
+                                      rcpt_options)
         finally:
             if keep:
                 self._put(conn)
@@ -433,7 +458,8 @@ class SmtpTransport(Transport):
                     conn.close()
 
     def _transactions(self, conn: _Client, att: Attempt, sender: str,
-                      recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
+                      recipients: Sequence[str], data: bytes, options: list[str],
+                      rcpt_options: Sequence[list[str]]) -> bool:
         """One transaction for every recipient, then at once a following one for those
         the smarthost refused with "452 too many recipients" (RFC 5321 4.5.3.1.10) in a
         transaction that delivered others, as Postfix's client does: a recipient limit
@@ -444,7 +470,7 @@ class SmtpTransport(Transport):
         while True:
             t = Attempt(log=att.log)
             keep = self._transaction(conn, t, sender, [recipients[i] for i in todo], data,
-                                     options)
+                                     options, [rcpt_options[i] for i in todo])
             if t.error:
                 att.error, att.permanent_error = t.error, t.permanent_error
                 att.refusal = t.refusal
@@ -472,9 +498,10 @@ class SmtpTransport(Transport):
         return keep
 
     def _transaction(self, conn: _Client, att: Attempt, sender: str,
-                     recipients: Sequence[str], data: bytes, options: list[str]) -> bool:
-        """MAIL, RCPT for each recipient, DATA; returns whether the connection may be
-        reused."""
+                     recipients: Sequence[str], data: bytes, options: list[str],
+                     rcpt_options: Sequence[list[str]]) -> bool:
+        """MAIL, RCPT for each recipient (with its parameters), DATA; returns whether the
+        connection may be reused."""
         keep = False
         try:
             code, text = conn.mail(sender, options)
@@ -483,8 +510,8 @@ class SmtpTransport(Transport):
                 att.codes = [conn.reply(code, text)] * len(recipients)
                 return _reset(conn)
             accepted = []
-            for r in recipients:
-                code, text = conn.rcpt(r)
+            for r, ropts in zip(recipients, rcpt_options, strict=True):
+                code, text = conn.rcpt(r, ropts)
                 if code == 421:
                     # The server closes the connection (RFC 5321 3.8): its reply is the
                     # answer for every recipient of the transaction, and is retried.
@@ -544,6 +571,20 @@ def _hello(conn: _Client) -> None:
             raise smtplib.SMTPHeloError(code, text)
 
 
+def _dsn_mail(dsn: DsnRequest) -> list[str]:
+    """MAIL FROM's RET and ENVID, as they were given (ENVID xtext-encoded again)."""
+    m = dsn.message
+    return ([f"RET={m.ret}"] if m.ret else []) + (
+        [f"ENVID={xtext_encode(m.envid)}"] if m.envid else [])
+
+
+def _dsn_rcpt(dsn: DsnRequest) -> list[list[str]]:
+    """Each recipient's NOTIFY and ORCPT, as given: none that was not (RFC 3461 5.2.1
+    forbids adding a NOTIFY)."""
+    return [([f"NOTIFY={d.notify}"] if d.notify else [])
+            + ([orcpt_param(d.orcpt)] if d.orcpt else []) for d in dsn.recipients]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -595,7 +636,10 @@ class MaildirTransport(Transport):
             (directory / sub).mkdir(parents=True, exist_ok=True)
 
     def _send(self, att: Attempt, sender: str, recipients: Sequence[str],
-              data: bytes) -> None:
+              data: bytes, dsn: DsnRequest | None = None) -> None:
+        # The message ends here: deskgate is its final destination (success notices say
+        # delivered); RET/ENVID/NOTIFY/ORCPT have nowhere further to go.
+        att.final = True
         with self._lock:
             self._seq += 1
             seq = self._seq

@@ -270,6 +270,9 @@ class OutboundMessage(Base):
     warned: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # DSN (RFC 3461, 0017): MAIL FROM's RET (FULL | HDRS) and ENVID, decoded; '' = not given
+    dsn_ret: Mapped[str] = mapped_column(String(4), default="", server_default="")
+    dsn_envid: Mapped[str] = mapped_column(String(100), default="", server_default="")
     __table_args__ = (Index("ix_outbound_message_due", "status", "next_attempt"),
                       Index("ix_outbound_message_article_id", "article_id"))
 
@@ -287,6 +290,10 @@ class OutboundRecipient(Base):
     last_code: Mapped[int] = mapped_column(Integer, default=0)
     last_reply: Mapped[str] = mapped_column(Text, default="")
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # DSN (RFC 3461, 0017): RCPT TO's NOTIFY (NEVER, or SUCCESS,FAILURE,DELAY or some of
+    # them) and ORCPT (addr-type;address, decoded); '' = not given
+    dsn_notify: Mapped[str] = mapped_column(String(30), default="", server_default="")
+    dsn_orcpt: Mapped[str] = mapped_column(String(500), default="", server_default="")
 
 
 class AutoResponse(Base):
