@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 # Modules of gateway.cli that define register(subparsers). Add yours here.
 COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "passwd", "keys",
@@ -16,6 +16,24 @@ COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "p
 # Commands run once per message by an MTA: only their module's parser is built
 # (building all of them costs more than the rest of `deliver --via-socket`).
 HOT_COMMANDS: dict[str, str] = {"deliver": "core"}
+
+# Commands an MTA's pipe transport runs: it reads the exit status as sysexits.h, where
+# argparse's 2 means nothing (Postfix's pipe(8) bounces it as "Command died with status
+# 2"). Their usage errors are one line and EX_USAGE.
+SYSEXITS_COMMANDS = frozenset({"deliver"})
+EX_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; with `sysexits_name` set, a usage error is one stderr line
+    `NAME: problem` and exit 64 (EX_USAGE) instead of the usage block and exit 2."""
+
+    sysexits_name: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        if self.sysexits_name is None:
+            super().error(message)
+        self.exit(EX_USAGE, f"{self.sysexits_name}: {' '.join(message.split())}\n")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -39,7 +57,7 @@ class DashValue(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-class _CommandParser(argparse.ArgumentParser):
+class _CommandParser(_Parser):
     """The parser of a command (and of its actions): it takes the global options too,
     as `postconf -c DIR` and `doveconf -c FILE` do; `deskgate -h` documents them once."""
 
@@ -94,15 +112,32 @@ class _CommandParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
-def build_parser(modules: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deskgate", description="Mail gateway for helpdesks.")
+def build_parser(modules: Sequence[str] = COMMANDS) -> _Parser:
+    parser = _Parser(prog="deskgate", description="Mail gateway for helpdesks.")
     _add_global_options(parser, top=True)
     # An action's subparsers inherit parser_class from their parent: every level has them.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
     for name in modules:
         importlib.import_module(f"gateway.cli.{name}").register(sub)
+    for name in SYSEXITS_COMMANDS & sub.choices.keys():
+        sub.choices[name].sysexits_name = name
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word of argv that is no option nor -c's value: the command's name,
+    also after an option the top-level parser does not know."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config"):
+            i += 2
+            continue
+        if not arg.startswith("-"):
+            return arg
+        i += 1
+    return None
 
 
 def _hot_module(argv: Sequence[str]) -> str | None:
@@ -124,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     hot = _hot_module(argv)
     parser = build_parser((hot,) if hot else COMMANDS)
+    command = _command_word(argv)
+    if command in SYSEXITS_COMMANDS:
+        # An unknown option or a stray word is reported by the top-level parser.
+        parser.sysexits_name = command
     args = parser.parse_args(argv)
     # Before any module imports prometheus_client: `serve` with pre-forked LMTP
     # workers needs its multi-process mode chosen first.
