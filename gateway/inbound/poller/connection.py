@@ -66,8 +66,10 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
     after_uid: int | None = None
     seen: set[str] = set()
     uidvalidity = getattr(session, "uidvalidity", 0)
+    changed_from: int | None = None
     if keep and imap:
-        after_uid = await keep_mode.start_position(poller, account, obj, folder, uidvalidity)
+        after_uid, changed_from = await keep_mode.start_position(poller, account, folder,
+                                                                 uidvalidity)
     elif keep:
         seen = await poller._db(lambda c: state.seen_uidls(c, account.name))
 
@@ -78,6 +80,9 @@ async def work_connection(poller: Poller, account: AccountConfig, session: Sessi
         await call(session.abort)
         return False, False
 
+    if changed_from is not None:
+        await keep_mode.new_uidvalidity(poller, account, obj, folder, changed_from,
+                                        uidvalidity, len(listing.messages))
     messages = listing.messages
     held: list[RemoteMessage] = []   # keep: flagged \\Deleted by another client
     if imap and not keep:

@@ -20,22 +20,28 @@ if TYPE_CHECKING:
     from gateway.inbound.poller.run import Poller
 
 
-async def start_position(poller: Poller, account: AccountConfig, obj: CommObj, folder: str,
-                         uidvalidity: int) -> int:
-    """IMAP keep: the UID the folder was handled up to (0 after a UIDVALIDITY change)."""
+async def start_position(poller: Poller, account: AccountConfig, folder: str,
+                         uidvalidity: int) -> tuple[int, int | None]:
+    """IMAP keep: the UID the folder was handled up to (0 after a UIDVALIDITY change),
+    and the UIDVALIDITY it was handled under when that changed (else None)."""
     pos = await poller._db(lambda c: state.folder_position(c, account.name, folder))
-    after_uid = 0
-    if pos is not None and pos[0] == uidvalidity:
-        after_uid = pos[1]
-    elif pos is not None:
-        obj.log("Notice", "UIDVALIDITY", f"{folder}: UIDVALIDITY changed from {pos[0]} "
-                f"to {uidvalidity}; reading the folder again (the dedupe recognises "
-                "messages already stored)")
-        # The old UIDs name nothing now: what was remembered under them (retries,
-        # oversized messages) goes; the messages are listed again under new UIDs.
-        await poller._db(lambda c: state.new_uidvalidity(c, account.name, folder,
-                                                         uidvalidity))
-    return after_uid
+    if pos is None:
+        return 0, None
+    if pos[0] == uidvalidity:
+        return pos[1], None
+    return 0, pos[0]
+
+
+async def new_uidvalidity(poller: Poller, account: AccountConfig, obj: CommObj, folder: str,
+                          old: int, uidvalidity: int, listed: int) -> None:
+    """IMAP keep, once the folder is listed under its new UIDVALIDITY: one Notice, and
+    the folder starts again at UID 0. Every message is fetched again; those stored
+    before (the same bytes, Message-ID and account) are dropped as duplicates."""
+    obj.log("Notice", "UIDVALIDITY", f"{folder}: UIDVALIDITY changed from {old} to "
+            f"{uidvalidity}; {plural(listed, 'message')} seen again, duplicates are dropped")
+    # The old UIDs name nothing now: what was remembered under them (retries,
+    # oversized messages) goes; the messages are listed again under new UIDs.
+    await poller._db(lambda c: state.new_uidvalidity(c, account.name, folder, uidvalidity))
 
 
 async def below_mark(poller: Poller, account: AccountConfig, session: Session, obj: CommObj,

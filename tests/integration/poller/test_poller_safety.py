@@ -69,6 +69,38 @@ class TestAfterFetch:
         assert notes and "changed" in notes[0]
         assert articles(h) == 2
 
+    def test_imap_keep_uidvalidity_changed_by_doveadm_stores_nothing_twice(
+            self, mailbox, poller_config, harness):
+        """The folder's UIDVALIDITY changes under the same messages (doveadm mailbox
+        update): every message is seen again and dropped as a duplicate, no ticket or
+        article is made twice, and one Notice says so with the counts."""
+        mailbox.append("helpdesk", [message(1), message(2), message(3)])
+        h = harness(poller_config(account_toml(mailbox, "imaps", after_fetch="keep",
+                                               reconnect_every=2)))
+        assert h.poll().new == 3
+        with h.gw.engine.connect() as conn:
+            old, _ = state.folder_position(conn, "box", "INBOX")
+        subprocess.run(["doveadm", "-c", str(mailbox.conf), "mailbox", "update", "-u",
+                        "helpdesk", "--uid-validity", str(old + 1000), "INBOX"],
+                       check=True, timeout=30, capture_output=True)
+        mailbox.append("helpdesk", [message(4)])
+        r = h.poll()
+        assert (r.status, r.fetched, r.new, r.duplicate) == ("Successful", 4, 1, 3), r.error
+        assert articles(h) == 4
+        with h.gw.engine.connect() as conn:
+            notes = conn.execute(select(CommEntry.priority, CommEntry.value).where(
+                CommEntry.key == "UIDVALIDITY")).all()
+            new, last = state.folder_position(conn, "box", "INBOX")
+        assert [tuple(n) for n in notes] == [(
+            "Notice", f"INBOX: UIDVALIDITY changed from {old} to {old + 1000}; 4 messages "
+            "seen again, duplicates are dropped")]
+        c = mailbox.imap("helpdesk")
+        c.select("INBOX", readonly=True)
+        uids = [int(u) for u in c.uid("SEARCH", None, "ALL")[1][0].split()]
+        c.logout()
+        assert (new, last) == (old + 1000, max(uids)) and len(uids) == 4
+        assert h.poll().fetched == 0       # read once under the new UIDVALIDITY
+
     def test_pop3_keep_remembers_uidls(self, mailbox, poller_config, harness):
         """POP3 keep: the second run fetches nothing, a new message is fetched once."""
         mailbox.append("helpdesk", [message(1), message(2)])
