@@ -378,10 +378,15 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
     return EX_TEMPFAIL if reply.temporary else EX_DATAERR
 
 
+# LSB's exit status of an init script's action (reload) when the program is not running.
+EX_NOT_RUNNING = 7
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Validate conf.d as `check` does (errors: nothing is sent, exit 1), send SIGHUP
     and wait for the gateway's answer in its reload.json: exit 0 when it reloaded
-    (naming the changed settings that need a restart), 1 when it refused."""
+    (naming the changed settings that need a restart), 1 when it refused, 7 when no
+    gateway runs (nothing was refused: it reads conf.d when it starts)."""
     import json
     import time
 
@@ -394,8 +399,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except ConfigErrors as exc:
         for err in exc.errors:
             print(str(err), file=sys.stderr)
-        print("reload refused: the configuration has errors; nothing was sent and the "
-              "gateway keeps running with its current configuration", file=sys.stderr)
+        print("reload refused: the configuration has errors; nothing was sent and a "
+              "running gateway keeps its current configuration", file=sys.stderr)
         return 1
     path = pidfile_path(cfg)
     result_path = reload_result_path(cfg)
@@ -411,8 +416,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         pid = int(path.read_text().strip())
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        print(f"reload: no running gateway ({path}: {exc})", file=sys.stderr)
+    except (FileNotFoundError, ProcessLookupError, ValueError) as exc:
+        why = (f"pid {pid} is not running" if isinstance(exc, ProcessLookupError)
+               else "no pid file" if isinstance(exc, FileNotFoundError) else "no pid in it")
+        print(f"reload: no gateway is running ({path}: {why}); nothing to reload, "
+              "`deskgate serve` reads the configuration when it starts", file=sys.stderr)
+        return EX_NOT_RUNNING
+    except OSError as exc:    # not allowed to read the pid file or to signal the gateway
+        print(f"reload: cannot signal the gateway ({path}: {exc.strerror or exc}); "
+              "run it as the gateway's user or root", file=sys.stderr)
         return 1
     deadline = time.monotonic() + args.wait
     while (got := result()) is None or got == before or got.get("pid") != pid:

@@ -96,3 +96,36 @@ class TestReloadResultFile:
         assert got["result"] == "refused"
         assert "60-broken.toml" in got["reason"]
         assert got["pid"] == os.getpid()
+
+
+class TestReloadWithoutAGateway:
+    """No gateway runs: nothing was refused, so not exit 1 (`refused`) but 7, LSB's
+    "program is not running", as an init script's reload answers (`postfix reload`
+    and `systemctl reload` of a stopped unit fail too)."""
+
+    def test_no_pid_file_exits_7(self, make_confdir):
+        """Never started (no pid file): exit 7 and one line saying that no gateway runs
+        and that the configuration is read when it starts."""
+        conf = make_confdir()
+        r = deskgate_reload(conf)
+        assert r.returncode == 7, r.stderr
+        assert r.stderr.startswith("reload: no gateway is running"), r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert "refused" not in r.stderr
+
+    def test_pid_file_of_a_gateway_that_is_gone_exits_7(self, make_confdir):
+        """A pid file left by a gateway that exited (its pid runs nothing now) is not a
+        running gateway either: exit 7 at once, not a 60 s wait for an answer."""
+        from gateway.config import load_config
+        from gateway.supervise import pidfile_path
+
+        conf = make_confdir()
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        path = pidfile_path(load_config(conf))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{gone.pid}\n")
+        r = deskgate_reload(conf)
+        assert r.returncode == 7, r.stderr
+        assert r.stderr.startswith("reload: no gateway is running"), r.stderr
+        assert str(gone.pid) in r.stderr
