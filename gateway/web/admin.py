@@ -26,7 +26,7 @@ from gateway.commlog import Comm, write_comm
 from gateway.errors import ConfigError
 from gateway.web.auth import csrf_ok, has_credentials
 from gateway.web.inventory import same_site
-from gateway.web.requestkeys import CLIENT, RESTART_NEEDED, ROLE, USER, VERSION
+from gateway.web.requestkeys import CLIENT, RESTART_NEEDED, ROLE, SESSION, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -125,7 +125,7 @@ class AdminPages:
             if request.method == "POST":
                 form = await request.post()
                 if not same_site(request) or not csrf_ok(
-                        self.dash.csrf_key, request[USER], str(form.get("csrf", ""))):
+                        request.get(SESSION), str(form.get("csrf", ""))):
                     return web.Response(status=403, text="cross-site request refused\n")
                 if "version" in form and str(form["version"]) != request[VERSION]:
                     return self.dash.render(

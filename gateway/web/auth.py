@@ -2,10 +2,11 @@
 
 Without credentials in [dashboard] the dashboard may only listen on loopback
 (`deskgate check` refuses anything else). With credentials configured every page
-but /healthz requires them: `Authorization: Bearer <token>`, `?token=<token>`,
-or HTTP basic auth against [[dashboard.user]] password hashes. Only a basic-auth
+but /healthz requires them: `Authorization: Bearer <token>`, `?token=<token>`
+(exchanged for a session cookie), HTTP basic auth against [[dashboard.user]]
+password hashes, or the cookie of a session one of these opened. Only a basic-auth
 user with role = "admin" may use the pages that change the configuration; every
-form carries a CSRF token bound to the user.
+form carries the CSRF token of the login session.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from gateway.config import Config, DashboardConfig, split_listen
 from gateway.passwords import DUMMY_HASH, is_hash, verify_password
@@ -44,13 +48,86 @@ def role_of(d: DashboardConfig, name: str) -> str:
     return next((u.role for u in d.user if u.name == name), "viewer")
 
 
-def csrf_token(key: bytes, user: str) -> str:
-    """The form token of one user: only our own pages (which know the key) can post."""
-    return hmac.new(key, b"csrf\0" + user.encode(), hashlib.sha256).hexdigest()
+SESSION_COOKIE = "deskgate_session"
 
 
-def csrf_ok(key: bytes, user: str, given: str) -> bool:
-    return bool(given) and hmac.compare_digest(given.encode(), csrf_token(key, user).encode())
+@dataclass
+class Session:
+    """One login: a browser's cookie names it; its forms carry its CSRF token."""
+
+    id: str
+    user: str           # the basic-auth user; "" for the token or a login-free dashboard
+    proof: str          # the credential it stands on (login_proof)
+    csrf: str
+    used: float
+
+
+def login_proof(d: DashboardConfig, user: str) -> str:
+    """A digest of what a login of `user` stands on (the password hash, the token, no
+    credentials at all): when it changes the login's sessions end."""
+    if not has_credentials(d):
+        what = "open"
+    elif user:
+        what = "user\0" + user + "\0" + next(
+            (u.password_hash for u in d.user if u.name == user), "")
+    else:
+        what = "token\0" + str(d.token or "")
+    return hashlib.sha256(what.encode()).hexdigest()
+
+
+def session_current(d: DashboardConfig, session: Session) -> bool:
+    """Does the session's credential still log in (user there, same hash, same token)?"""
+    return hmac.compare_digest(session.proof, login_proof(d, session.user))
+
+
+def csrf_ok(session: Session | None, given: str) -> bool:
+    """Is `given` the form token of this login session (not another's, not an ended one)?"""
+    return (session is not None and bool(given)
+            and hmac.compare_digest(given.encode(), session.csrf.encode()))
+
+
+class Sessions:
+    """The login sessions of one dashboard, in memory (a restart logs everyone out).
+
+    A session is made only for a request whose credentials were checked, never from
+    an identifier a client brings (no fixation). One unused for IDLE seconds ends; at
+    most `size` are kept, the least recently used go first.
+    """
+
+    IDLE = 8 * 3600.0
+
+    def __init__(self, *, clock: Callable[[], float] | None = None, size: int = 10000) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._size = size
+        self._by_id: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def new(self, user: str, proof: str) -> Session:
+        now = self._clock()
+        while len(self._by_id) >= self._size:
+            self._by_id.popitem(last=False)
+        s = Session(secrets.token_urlsafe(32), user, proof, secrets.token_hex(32), now)
+        self._by_id[s.id] = s
+        return s
+
+    def get(self, sid: str) -> Session | None:
+        s = self._by_id.get(sid)
+        if s is None:
+            return None
+        now = self._clock()
+        if now - s.used > self.IDLE:
+            del self._by_id[sid]
+            return None
+        s.used = now
+        self._by_id.move_to_end(sid)
+        return s
+
+    def end(self, sid: str) -> None:
+        self._by_id.pop(sid, None)
 
 
 def host_allowed(d: DashboardConfig, host_header: str | None) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from gateway import inventory
 from gateway.web.auth import csrf_ok
-from gateway.web.requestkeys import USER
+from gateway.web.requestkeys import SESSION
 
 if TYPE_CHECKING:
     from gateway.web.server import Dashboard
@@ -140,7 +140,7 @@ class InventoryPages:
 
     async def account_check(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if not same_site(request) or not csrf_ok(self.dash.csrf_key, request[USER],
+        if not same_site(request) or not csrf_ok(request.get(SESSION),
                                                  str(form.get("csrf", ""))):
             return web.Response(status=403, text="cross-site request refused\n")
         name = str(form.get("account", ""))

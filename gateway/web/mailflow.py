@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import Connection, func, inspect, select
@@ -87,11 +87,7 @@ class MailFlowPages:
         self.dash = dash
 
     async def index(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound(self._keep_token(request, "/log"))
-
-    def _keep_token(self, request: web.Request, path: str) -> str:
-        t = request.query.get("token")
-        return path + ("?" + urlencode({"token": t}) if t else "")
+        raise web.HTTPFound("/log")
 
     async def log_overview(self, request: web.Request) -> web.Response:
         period_s = request.query.get("period", "24h")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.web.auth import Session
+
 # The basic-auth user name ("" for the token or a dashboard without credentials).
 USER = web.RequestKey("user", str)
 # The client's address: the peer, or behind a trusted proxy the forwarded client.
@@ -18,3 +20,5 @@ ROLE = web.RequestKey("role", str)
 VERSION = web.RequestKey("version", str)
 # The settings the reload of an admin page's save could not apply (need a restart).
 RESTART_NEEDED = web.RequestKey("restart_needed", list[str])
+# The login session of the request (absent: none yet; a page makes one).
+SESSION = web.RequestKey("session", Session)

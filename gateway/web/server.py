@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,21 +25,26 @@ from aiohttp import web
 from sqlalchemy import Connection
 
 from gateway import commlog_views as views
-from gateway.config import split_listen
+from gateway.config import DashboardConfig, split_listen
 from gateway.portowner import in_use_by
 from gateway.web import mailflow, monitoring
 from gateway.web.auth import (
+    SESSION_COOKIE,
     Authenticator,
     LoginThrottle,
+    Session,
+    Sessions,
     client_address,
     client_key,
-    csrf_token,
+    csrf_ok,
     has_credentials,
     host_allowed,
+    login_proof,
     role_of,
+    session_current,
 )
 from gateway.web.monitoring import handoff_gauges, outbound_gauges
-from gateway.web.requestkeys import CLIENT, ROLE, USER, VERSION
+from gateway.web.requestkeys import CLIENT, ROLE, SESSION, USER, VERSION
 
 if TYPE_CHECKING:
     from gateway.interfaces import Host
@@ -104,7 +108,7 @@ class Dashboard:
         self.env = make_env()
         self.auth = Authenticator()
         self.throttle = LoginThrottle()     # failed logins per client address
-        self.csrf_key = secrets.token_bytes(32)     # new each start: old forms stop working
+        self.sessions = Sessions()          # login sessions: lost at a restart
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dashboard")
         self.hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS,
                                             thread_name_prefix="dashboard-hash")
@@ -129,6 +133,7 @@ class Dashboard:
 
         app = web.Application(middlewares=[self._headers_mw, self._host_mw, self._auth_mw],
                               client_max_size=3 * MAX_MESSAGE + 64 * 1024)
+        app.router.add_post("/logout", self.logout)
         mailflow.add_routes(self, app)
         monitoring.add_routes(self, app)
         from gateway.web import admin, inventory
@@ -177,11 +182,18 @@ class Dashboard:
         if request.path == "/healthz":
             return await handler(request)
         request[USER], request[ROLE] = "", "viewer"
+        session = self._session_of(request, d)
         if not has_credentials(d):
+            if session is not None:
+                request[SESSION] = session
             return await handler(request)
         authorization = request.headers.get("Authorization", "")
         if not authorization and "token" not in request.query:
-            return self._login_refused("authentication required\n")
+            if session is None:
+                return self._login_refused("authentication required\n")
+            request[USER], request[SESSION] = session.user, session
+            request[ROLE] = role_of(d, session.user) if session.user else "viewer"
+            return await handler(request)
         # Credentials were given: a failed check counts against the client's address.
         addr = client_key(request[CLIENT])
         wait = self.throttle.begin(addr)
@@ -209,7 +221,53 @@ class Dashboard:
                      method="basic" if basic else "token")
             return self._login_refused("wrong user name or password\n" if basic
                                        else "wrong token\n")
+        if session is not None and session.user == request[USER]:
+            request[SESSION] = session          # the same login as the cookie's
+        if ("token" in request.query and request.method in ("GET", "HEAD")
+                and request.path != "/metrics"):
+            return self._exchange(request, d)
         return await handler(request)
+
+    def _session_of(self, request: web.Request, d: DashboardConfig) -> Session | None:
+        """The live session the request's cookie names, if its credential still holds."""
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        session = self.sessions.get(sid) if sid else None
+        if session is not None and not session_current(d, session):
+            self.sessions.end(session.id)
+            return None
+        return session
+
+    def _exchange(self, request: web.Request, d: DashboardConfig) -> web.Response:
+        """A link's ?token=, once checked, becomes a session cookie: 303 to the same
+        address without it, so the token stays out of history, later links and logs."""
+        session = request.get(SESSION) or self.sessions.new(
+            request[USER], login_proof(d, request[USER]))
+        rest = [(k, v) for k, v in request.rel_url.query.items() if k != "token"]
+        resp = web.Response(status=303, text="logged in; continue without the token\n",
+                            headers={"Location": str(request.rel_url.with_query(rest))})
+        self._set_cookie(resp, session)
+        return resp
+
+    @staticmethod
+    def _set_cookie(resp: web.StreamResponse, session: Session) -> None:
+        # No Max-Age: the browser forgets it when it closes. Lax, not Strict: a link to
+        # the dashboard from a helpdesk or a mail still opens it logged in.
+        resp.set_cookie(SESSION_COOKIE, session.id, path="/", httponly=True, samesite="Lax")
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """End the request's session (its forms' token with it); POST with that token."""
+        from gateway.web.inventory import same_site
+
+        form = await request.post()
+        session = request.get(SESSION)
+        if (session is None or not same_site(request)
+                or not csrf_ok(session, str(form.get("csrf", "")))):
+            return web.Response(status=403, text="cross-site request refused\n")
+        self.sessions.end(session.id)
+        del request[SESSION]
+        resp = self.render(request, "logged_out.html", title="Logged out", new_session=False)
+        resp.del_cookie(SESSION_COOKIE, path="/")
+        return resp
 
     @staticmethod
     def _login_refused(text: str) -> web.Response:
@@ -229,23 +287,28 @@ class Dashboard:
         _security_headers(resp.headers)
         return resp
 
-    def render(self, request: web.Request, template: str, status: int = 200,
-               **ctx: Any) -> web.Response:
-        token = request.query.get("token", "")
-
+    def render(self, request: web.Request, template: str, status: int = 200, *,
+               new_session: bool = True, **ctx: Any) -> web.Response:
+        """A page; a request without a session gets one (its cookie and CSRF token)."""
         def url(path: str, **params: Any) -> str:
-            """A link that keeps ?token= when the visitor came with one."""
             p = {k: v for k, v in params.items() if v not in (None, "")}
-            if token:
-                p["token"] = token
             return path + ("?" + urlencode(p) if p else "")
 
+        d = self.gw.config.dashboard
         user = request.get(USER, "")
+        session = request.get(SESSION)
+        made = None
+        if session is None and new_session:
+            session = made = request[SESSION] = self.sessions.new(user, login_proof(d, user))
         body = self.env.get_template(template).render(
-            url=url, token=token, hostname=self.gw.config.gateway.hostname,
-            csrf=csrf_token(self.csrf_key, user), user=user, version=request.get(VERSION, ""),
-            admin=request.get(ROLE) == "admin", **ctx)
-        return web.Response(text=body, content_type="text/html", status=status)
+            url=url, hostname=self.gw.config.gateway.hostname,
+            csrf=session.csrf if session else "", user=user,
+            logout=session is not None and has_credentials(d),
+            version=request.get(VERSION, ""), admin=request.get(ROLE) == "admin", **ctx)
+        resp = web.Response(text=body, content_type="text/html", status=status)
+        if made is not None:
+            self._set_cookie(resp, made)
+        return resp
 
     def not_found(self, request: web.Request, what: str) -> web.Response:
         return self.render(request, "error.html", status=404, title="Not found", message=what)

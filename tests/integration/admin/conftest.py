@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.cookiejar
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ class AdminDash:
     rg: RunningGateway
     base: str
     conf: Path
+    # A browser's cookies (the login session) per (user, session name).
+    openers: dict[tuple[Any, str], urllib.request.OpenerDirector] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -66,30 +69,34 @@ class AdminDash:
 
     def request(self, path: str, *, data: dict[str, str] | None = None,
                 user: tuple[str, str] | None = ADMIN,
-                headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """GET (or POST a form when data is given); (status, body) also for 4xx/5xx."""
+                headers: dict[str, str] | None = None, session: str = "main"
+                ) -> tuple[int, str]:
+        """GET (or POST a form when data is given); (status, body) also for 4xx/5xx.
+        Each (user, session) keeps its cookies, as one browser does."""
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         h = {**(basic(user) if user else {}), **(headers or {})}
         req = urllib.request.Request(self.base + path, data=body, headers=h)  # noqa: S310
+        return self.send(req, user, session)
+
+    def send(self, req: urllib.request.Request, user: tuple[str, str] | None = ADMIN,
+             session: str = "main") -> tuple[int, str]:
+        """Send a request with the cookies of (user, session); (status, body)."""
+        opener = self.openers.setdefault((user, session), urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())))
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+            with opener.open(req, timeout=60) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def csrf(self, user: tuple[str, str] = ADMIN, path: str = "/admin/address") -> str:
-        status, html = self.request(path, user=user)
+    def csrf(self, user: tuple[str, str] | None = ADMIN, path: str = "/admin/address",
+             session: str = "main") -> str:
+        """The CSRF token of the forms `user`'s login session is shown."""
+        status, html = self.request(path, user=user, session=session)
         assert status == 200, html
         m = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
         assert m, html
         return m.group(1)
-
-    def token_of(self, user: str) -> str:
-        """The CSRF token the running dashboard gives `user`'s forms."""
-        from gateway.web.auth import csrf_token
-
-        dash = next(s for s in self.rg.gateway.services if s.name == "dashboard")
-        return csrf_token(dash.csrf_key, user)  # type: ignore[attr-defined]
 
     def digest(self) -> dict[str, str]:
         """sha256 of every file under conf.d and policies (byte-identity checks)."""

@@ -17,17 +17,22 @@ def _routes(d) -> list[tuple[str, str]]:
 
 class TestEveryPost:
     def test_every_post_route_needs_the_token_and_changes_nothing(self, admin_dashboard):
-        """An admin's POST to each route without the CSRF token, or with it from another
-        site, is refused with 403 and no configuration file changes."""
+        """An admin's POST to each route without the CSRF token, with the token of
+        another login session, or with its own from another site, is refused with 403
+        and no configuration file changes."""
         d = admin_dashboard()
         posts = sorted({path for method, path in _routes(d) if method == "POST"})
-        assert "/admin/address" in posts and "/accounts/check" in posts
+        assert {"/admin/address", "/accounts/check", "/logout"} <= set(posts)
         before = d.digest()
         good = d.csrf(ADMIN)
+        other = d.csrf(ADMIN, session="another browser")
+        assert other != good
         for path in posts:
             data = {"action": "save", "name": "x", "email": "x@example.org",
                     "account": "x", "original": ""}
             status, _ = d.request(path, data=data)
+            assert status == 403, (path, status)
+            status, _ = d.request(path, data={**data, "csrf": other})
             assert status == 403, (path, status)
             status, _ = d.request(path, data={**data, "csrf": good},
                                   headers={"Sec-Fetch-Site": "cross-site"})

@@ -192,10 +192,11 @@ class TestHostileContentIsText:
 
 
 class TestHeaders:
-    def test_policy_limits_forms_frames_and_base_and_sets_no_cookie(self, admin_dashboard):
+    def test_policy_limits_forms_frames_and_base_and_cookie_flags(self, admin_dashboard):
         """Should markup ever slip through, the policy still keeps it harmless: no
         script, no form posting elsewhere, no <base> re-pointing the links, no framing.
-        The dashboard keeps no session: no answer sets a cookie."""
+        The session cookie a page sets is out of scripts' reach and not sent along by
+        other sites' posts; a refused login gets none."""
         import urllib.error
         import urllib.request
 
@@ -215,4 +216,8 @@ class TestHeaders:
             for directive in ("default-src 'none'", "form-action 'self'",
                               "frame-ancestors 'none'", "base-uri 'none'"):
                 assert directive in csp, (path, csp)
-            assert "Set-Cookie" not in headers, path
+            cookie = headers.get("Set-Cookie")
+            if user != ADMIN:
+                assert cookie is None, path
+            elif path != "/nope":                   # the router's 404 is no page
+                assert cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie, path

@@ -71,7 +71,7 @@ class TestAccess:
         data = form(d, email="new@example.org")
         del data["csrf"]
         assert d.request("/admin/address", data=data)[0] == 403
-        assert d.request("/admin/address", data={**data, "csrf": d.token_of(VIEWER[0])}
+        assert d.request("/admin/address", data={**data, "csrf": d.csrf(VIEWER, "/log")}
                          )[0] == 403
         good = form(d, email="new@example.org")
         assert d.request("/admin/address", data=good,
@@ -86,8 +86,8 @@ class TestAccess:
         """The account check's form carries the token too; a POST without it is refused."""
         d = admin_dashboard()
         assert d.request("/accounts/check", data={"account": "x"}, user=VIEWER)[0] == 403
-        token = d.token_of(VIEWER[0])
-        assert d.request("/accounts/check", data={"account": "x", "csrf": d.token_of("")},
+        token = d.csrf(VIEWER, "/log")
+        assert d.request("/accounts/check", data={"account": "x", "csrf": d.csrf(ADMIN, "/log")},
                          user=VIEWER)[0] == 403
         assert d.request("/accounts/check", data={"account": "x", "csrf": token},
                          user=VIEWER)[0] == 404

@@ -16,11 +16,14 @@ from tests.integration.admin.conftest import ADMIN, USERS, basic
 from tests.peers.lmtp import LmtpClient
 from tests.peers.serve import lmtp_workers_of, served_by, start_serve, wait_for
 
+# The admin's browser: its cookie is the login session the forms' token belongs to.
+BROWSER = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+
 
 def http(base: str, path: str, data: dict[str, str] | None = None) -> tuple[int, str]:
     body = urllib.parse.urlencode(data).encode() if data is not None else None
     req = urllib.request.Request(base + path, data=body, headers=basic(ADMIN))  # noqa: S310
-    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+    with BROWSER.open(req, timeout=60) as resp:
         return resp.status, resp.read().decode()
 
 

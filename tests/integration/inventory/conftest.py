@@ -6,7 +6,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,21 @@ class InventoryDash:
     rg: RunningGateway
     base: str
     conf: Path
+    # A browser's cookies (its login session) per session name.
+    openers: dict[str, urllib.request.OpenerDirector] = field(default_factory=dict)
 
     def request(self, path: str, *, data: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """GET (or POST a form when data is given); (status, body) also for 4xx/5xx."""
+                headers: dict[str, str] | None = None, session: str = "main"
+                ) -> tuple[int, str]:
+        """GET (or POST a form when data is given); (status, body) also for 4xx/5xx.
+        Each session name keeps its cookies, as one browser does."""
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         req = urllib.request.Request(self.base + path, data=body,  # noqa: S310 - loopback
                                      headers=headers or {})
+        opener = self.openers.setdefault(session, urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor()))
         try:
-            with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback
+            with opener.open(req, timeout=120) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

@@ -175,9 +175,10 @@ class TestInventoryPages:
         d = inventory_dashboard({"50-accounts.toml": ACCOUNTS.format(port=free_port())},
                                 dashboard_extra='token = "t0ken"\n')
         for path in ("/addresses", "/queues", "/accounts", "/filters"):
-            assert d.request(path)[0] == 401
-            assert d.request(path + "?token=t0ken")[0] == 200
-        assert d.request("/accounts/check", data={"account": "legacy"})[0] == 401
+            assert d.request(path, session="anonymous")[0] == 401
+            assert d.request(path + "?token=t0ken", session=path)[0] == 200
+        assert d.request("/accounts/check", data={"account": "legacy"},
+                         session="anonymous")[0] == 401
         token = d.csrf("?token=t0ken")
         form = {"account": "legacy", "csrf": token}
         status, _ = d.request("/accounts/check?token=t0ken", data={"account": "legacy"})
@@ -194,4 +195,4 @@ class TestInventoryPages:
         status, html = d.request("/accounts/check?token=t0ken", data={**form, "account": "nobody"})
         assert status == 404 and "nobody" in html
         _, html = d.request("/accounts?token=t0ken")
-        assert 'action="/accounts/check?token=t0ken"' in html
+        assert 'action="/accounts/check"' in html and "t0ken" not in html

@@ -117,14 +117,19 @@ class TestPages:
 
 class TestAccess:
     def test_token_required_when_configured(self, dashboard):
-        """With a token every page but /healthz needs Bearer or ?token=."""
+        """With a token every page but /healthz needs Bearer or ?token= (which a
+        browser exchanges for a session cookie: links then carry no token)."""
+        import urllib.request
+
         d = dashboard('token = "s3cret-token"\n')
         status, headers, _ = d.get("/log")
         assert status == 401 and "Basic" in headers["WWW-Authenticate"]
         assert d.get("/log", {"Authorization": "Bearer wrong"})[0] == 401
         assert d.get("/log", {"Authorization": "Bearer s3cret-token"})[0] == 200
-        status, _, body = d.get("/log/list?token=s3cret-token")
-        assert status == 200 and "token=s3cret-token" in body     # links keep the token
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with browser.open(d.base + "/log/list?token=s3cret-token", timeout=30) as resp:
+            assert resp.status == 200 and resp.url == d.base + "/log/list"
+            assert "s3cret-token" not in resp.read().decode()
         assert d.get("/metrics")[0] == 401
         assert d.get("/healthz")[0] == 200
 
