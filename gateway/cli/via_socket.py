@@ -18,6 +18,10 @@ EX_DATAERR = 65
 EX_NOUSER = 67
 EX_TEMPFAIL = 75
 
+# How long to wait for the 221 to QUIT: the gateway answers it at once; a gateway
+# that does not costs the MTA's process no more than this.
+QUIT_WAIT = 5.0
+
 Target = str | tuple[str, int]
 
 
@@ -113,9 +117,15 @@ class _Session:
         self.sock.sendall(line.encode("utf-8") + b"\r\n")
         return self.reply()
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
+    def close(self, *, quit_reply: bool) -> None:
+        """QUIT and, when the session is in order (`quit_reply`), read the 221 before
+        closing: closed earlier, the gateway's 221 goes into a closed socket and its
+        side of the connection ends with a broken pipe. The wait is bounded."""
+        with contextlib.suppress(OSError, LmtpFailed):
             self.sock.sendall(b"QUIT\r\n")
+            if quit_reply:
+                self.sock.settimeout(min(self.sock.gettimeout() or QUIT_WAIT, QUIT_WAIT))
+                self.reply()
         self.reader.close()
         self.sock.close()
 
@@ -143,6 +153,7 @@ def deliver(target: Target, mail_from: str, rcpts: list[str], raw: bytes, *,
         raise
     except OSError as exc:
         raise NoGateway(str(exc)) from None
+    in_order = False
     try:
         try:
             greeting = s.reply()
@@ -151,11 +162,13 @@ def deliver(target: Target, mail_from: str, rcpts: list[str], raw: bytes, *,
         if greeting.code != 220:
             raise NoGateway(f"greeting {greeting}")
         try:
-            return _transaction(s, mail_from, rcpts, raw, hostname)
+            result = _transaction(s, mail_from, rcpts, raw, hostname)
         except OSError as exc:     # timeout, reset
             raise LmtpFailed(str(exc) or type(exc).__name__) from None
+        in_order = True
+        return result
     finally:
-        s.close()
+        s.close(quit_reply=in_order)
 
 
 def _transaction(s: _Session, mail_from: str, rcpts: list[str], raw: bytes,

@@ -165,6 +165,38 @@ class TestViaSocket:
         assert [t.title for t in Store(rg.gateway.engine).tickets()] == ["explicit"]
 
 
+    def test_session_ends_cleanly_on_the_gateways_side(
+            self, make_confdir: Callable[..., Path],
+            run_gateway: Callable[..., RunningGateway],
+            monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        """The client reads the 221 to its QUIT before it closes: the gateway's side of
+        each connection (unix socket and TCP) ends without an error, where the 221 was
+        written into a closed socket (a broken pipe) and nothing is logged about it."""
+        import logging
+
+        from gateway.inbound.lmtp_connection import LmtpConnection
+
+        ended: list[BaseException | None] = []
+        real = LmtpConnection.connection_lost
+
+        def spy(self: LmtpConnection, exc: Exception | None) -> None:
+            ended.append(exc)
+            real(self, exc)
+
+        monkeypatch.setattr(LmtpConnection, "connection_lost", spy)
+        caplog.set_level(logging.DEBUG)
+        conf = make_confdir()
+        rg = run_gateway(load_config(conf))
+        targets = ["--via-socket"] * 6 + [f"--via-socket=127.0.0.1:{rg.port}"] * 3
+        for n, target in enumerate(targets):
+            res = deliver(conf, mail(f"clean {n}"), target, "-r", "support@example.org")
+            assert res.returncode == 0, res.stderr
+        assert rg.wait_logged_connections(len(targets)) == len(targets)
+        assert ended == [None] * len(targets)
+        logged = " ".join(r.getMessage() for r in caplog.records).lower()
+        assert "broken pipe" not in logged and "connection lost" not in logged
+
+
 class TestFallback:
     def test_no_gateway_delivers_in_process(self, make_confdir: Callable[..., Path]) -> None:
         """With no gateway on the socket the message is delivered in-process (a STDIN
