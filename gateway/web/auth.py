@@ -278,14 +278,7 @@ def client_address(remote: str | None, headers: Iterable[tuple[str, str]],
     nginx's real_ip_recursive). A hop that is no address ends the walk: the trusted
     hop to its right is the client, so nothing a client wrote is believed."""
     peer = _hop(remote or "")
-    if peer is None or not trusted:
-        return remote or ""
-    nets = [ipaddress.ip_network(t, strict=False) for t in trusted]
-
-    def is_trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(ip.version == n.version and ip in n for n in nets)
-
-    if not is_trusted(peer):
+    if peer is None or not _is_trusted(peer, trusted):
         return remote or ""
     client = peer
     for value in reversed(_forwarded_for(headers) or []):
@@ -293,9 +286,31 @@ def client_address(remote: str | None, headers: Iterable[tuple[str, str]],
         if ip is None:
             break
         client = ip
-        if not is_trusted(ip):
+        if not _is_trusted(ip, trusted):
             break
     return str(client)
+
+
+def _is_trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                trusted: Sequence[str]) -> bool:
+    return any(ip.version == n.version and ip in n
+               for n in (ipaddress.ip_network(t, strict=False) for t in trusted))
+
+
+def forwarded_https(remote: str | None, headers: Iterable[tuple[str, str]],
+                    trusted: Sequence[str]) -> bool:
+    """Does a trusted proxy say the browser reached it over https (X-Forwarded-Proto,
+    or Forwarded proto= of the hop it added)? Then the session cookie is Secure."""
+    peer = _hop(remote or "")
+    if peer is None or not _is_trusted(peer, trusted):
+        return False
+    items = list(headers)
+    protos = [v for k, v in items if k.lower() == "x-forwarded-proto"]
+    if not protos:
+        elements = [e for k, v in items if k.lower() == "forwarded" for e in v.split(",")]
+        protos = [p.split("=", 1)[1] for p in (elements[-1].split(";") if elements else [])
+                  if p.strip().lower().startswith("proto=")]
+    return bool(protos) and protos[-1].split(",")[-1].strip().strip('"').lower() == "https"
 
 
 def client_key(remote: str | None) -> str:

@@ -37,6 +37,7 @@ from gateway.web.auth import (
     client_address,
     client_key,
     csrf_ok,
+    forwarded_https,
     has_credentials,
     host_allowed,
     login_proof,
@@ -245,14 +246,18 @@ class Dashboard:
         rest = [(k, v) for k, v in request.rel_url.query.items() if k != "token"]
         resp = web.Response(status=303, text="logged in; continue without the token\n",
                             headers={"Location": str(request.rel_url.with_query(rest))})
-        self._set_cookie(resp, session)
+        self._set_cookie(request, resp, session)
         return resp
 
-    @staticmethod
-    def _set_cookie(resp: web.StreamResponse, session: Session) -> None:
+    def _set_cookie(self, request: web.Request, resp: web.StreamResponse,
+                    session: Session) -> None:
         # No Max-Age: the browser forgets it when it closes. Lax, not Strict: a link to
-        # the dashboard from a helpdesk or a mail still opens it logged in.
-        resp.set_cookie(SESSION_COOKIE, session.id, path="/", httponly=True, samesite="Lax")
+        # the dashboard from a helpdesk or a mail still opens it logged in. Secure when
+        # the browser uses https, here or at a trusted proxy.
+        secure = request.secure or forwarded_https(
+            request.remote, request.headers.items(), self.gw.config.dashboard.trusted_proxies)
+        resp.set_cookie(SESSION_COOKIE, session.id, path="/", httponly=True, samesite="Lax",
+                        secure=secure or None)
 
     async def logout(self, request: web.Request) -> web.Response:
         """End the request's session (its forms' token with it); POST with that token."""
@@ -307,7 +312,7 @@ class Dashboard:
             version=request.get(VERSION, ""), admin=request.get(ROLE) == "admin", **ctx)
         resp = web.Response(text=body, content_type="text/html", status=status)
         if made is not None:
-            self._set_cookie(resp, made)
+            self._set_cookie(request, resp, made)
         return resp
 
     def not_found(self, request: web.Request, what: str) -> web.Response:

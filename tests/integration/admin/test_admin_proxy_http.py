@@ -83,3 +83,24 @@ class TestTrustedProxies:
         assert d.rg.call(d.rg.gateway.reload(), 60)
         slow_down(d, "192.0.2.7")
         assert d.request("/log", user=ADMIN, headers=fwd("198.51.100.9"))[0] == 200
+
+    def test_session_cookie_is_secure_behind_a_tls_proxy(self, admin_dashboard):
+        """Behind a trusted proxy that says the browser uses https the session cookie
+        is Secure (never sent over plain http); from anyone else's word it is not."""
+        from tests.integration.admin.conftest import basic
+        from tests.integration.admin.test_admin_session_http import raw
+
+        d = admin_dashboard(extra=PROXY)
+        resp = raw(d, "GET", "/log", {**basic(ADMIN), "X-Forwarded-Proto": "https"})
+        assert resp.status == 200 and "Secure" in (resp.getheader("Set-Cookie") or "")
+
+    def test_untrusted_peer_cannot_ask_for_secure(self, admin_dashboard):
+        """Without trusted_proxies X-Forwarded-Proto is ignored: the cookie of a plain
+        http dashboard is not Secure."""
+        from tests.integration.admin.conftest import basic
+        from tests.integration.admin.test_admin_session_http import raw
+
+        d = admin_dashboard()
+        resp = raw(d, "GET", "/log", {**basic(ADMIN), "X-Forwarded-Proto": "https"})
+        cookie = resp.getheader("Set-Cookie")
+        assert resp.status == 200 and cookie and "Secure" not in cookie

@@ -89,3 +89,17 @@ class TestTrustedProxiesKey:
         assert len(errors) == 1, errors
         assert errors[0].startswith(f"{conf / '60-d.toml'}: dashboard.trusted_proxies"), errors
         assert len(errors[0].split(": ", 2)[2]) > 10, errors
+
+
+class TestForwardedHttps:
+    def test_trusted_proxy_says_https(self):
+        """A trusted proxy's X-Forwarded-Proto (or Forwarded proto=) https means the
+        browser talks TLS; an untrusted peer's word, or none, does not count."""
+        from gateway.web.auth import forwarded_https
+
+        assert forwarded_https("127.0.0.1", [("X-Forwarded-Proto", "https")], PROXIES)
+        assert forwarded_https("::1", [("Forwarded", "for=192.0.2.1;proto=https")], PROXIES)
+        assert not forwarded_https("127.0.0.1", [("X-Forwarded-Proto", "http")], PROXIES)
+        assert not forwarded_https("198.51.100.4", [("X-Forwarded-Proto", "https")], PROXIES)
+        assert not forwarded_https("127.0.0.1", [("X-Forwarded-Proto", "https")], ())
+        assert not forwarded_https("127.0.0.1", [], PROXIES)
