@@ -38,6 +38,7 @@ Example (a commit stage against the fake store):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +55,7 @@ from gateway.inbound.parse import parse_message
 from gateway.model import Envelope, MessageContext
 from gateway.runtime import Runtime
 from gateway.store import Deferred
-from gateway.store.tables import Article, Base, Ticket
+from gateway.store.tables import Article, Base, Delivery, Ticket
 
 # Where nothing is: the fakes' paths (key stores, conf.d) point here and never create it.
 NOWHERE = Path("/nonexistent/deskgate-testing")
@@ -129,6 +130,11 @@ class FakeStore:
                 "ticket_id": tid, "direction": "incoming", "sender_type": "customer",
                 "from_addr": customer, "from_email": customer, "message_id": message_id,
                 "subject": f"ticket {number}", "created": when}).scalar_one()
+            if message_id:      # received: its delivery finds it by Message-ID, as in the store
+                conn.execute(insert(Delivery), {
+                    "message_id": message_id, "recipient": "support@example.org",
+                    "content_hash": hashlib.sha256(message_id.encode()).hexdigest(),
+                    "article_id": aid, "outcome": "stored", "created": when})
         return int(tid), int(aid)
 
     def close(self) -> None:

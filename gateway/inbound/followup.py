@@ -110,12 +110,10 @@ def message_ids(value: str) -> list[str]:
 
 def _article_by_message_id(conn: Connection, mid: str, *, direction: str | None = None
                            ) -> Any:
-    variants = [mid, mid.strip("<>")]
-    q = select(Article.id, Article.ticket_id, Article.direction).where(
-        Article.message_id.in_(variants))
-    if direction:
-        q = q.where(Article.direction == direction)
-    return conn.execute(q.order_by(Article.id.desc()).limit(1)).first()
+    rows = repo.articles_by_message_ids(conn, [mid, mid.strip("<>")],
+                                        sent_only=direction == "outgoing")
+    rows = [r for r in rows if direction is None or r.direction == direction]
+    return rows[-1] if rows else None
 
 
 def _articles_by_message_ids(conn: Connection, ids: list[str]) -> dict[str, Any]:
@@ -123,9 +121,7 @@ def _articles_by_message_ids(conn: Connection, ids: list[str]) -> dict[str, Any]
     if not ids:
         return {}
     variants = [v for mid in ids for v in (mid, mid.strip("<>"))]
-    rows = conn.execute(select(Article.id, Article.ticket_id, Article.direction,
-                               Article.message_id)
-                        .where(Article.message_id.in_(variants)).order_by(Article.id)).all()
+    rows = repo.articles_by_message_ids(conn, variants)
     out: dict[str, Any] = {}
     for r in rows:                  # later (newer) rows win
         key = r.message_id if r.message_id.startswith("<") else f"<{r.message_id}>"

@@ -24,7 +24,7 @@ from email.generator import BytesGenerator
 from email.message import Message
 from email.policy import compat32
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, select
 
 from gateway.errors import PermanentError
 from gateway.inbound.parse import address_header_text, decode_header_value
@@ -33,7 +33,7 @@ from gateway.outbound.context import OutboundContext, unique_recipients
 from gateway.outbound.headers import header_safe
 from gateway.runtime import Runtime
 from gateway.store import repo
-from gateway.store.tables import Article, Ticket, helpdesk_ref
+from gateway.store.tables import Ticket, helpdesk_ref
 
 _POLICY = compat32.clone(linesep="\r\n")
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
@@ -143,11 +143,10 @@ def find_ticket(conn: Connection, msg: Message, hook: str, helpdesk: str = ""
     ids = _MSGID_RE.findall(header_text(msg, "In-Reply-To") + " "
                             + header_text(msg, "References"))
     if ids:
-        row = conn.execute(
-            select(Ticket.id, Ticket.number, Ticket.queue).join(Article,
-                                                                Article.ticket_id == Ticket.id)
-            .where(or_(*[Article.message_id == i for i in ids[-20:]]))
-            .order_by(Article.id.desc()).limit(1)).first()
+        found = repo.articles_by_message_ids(conn, ids[-20:])
+        row = (conn.execute(select(Ticket.id, Ticket.number, Ticket.queue)
+                            .where(Ticket.id == found[-1].ticket_id)).first()
+               if found else None)
         if row is not None:
             return row.id, row.number or "", row.queue
     number = ticket_number_in(header_text(msg, "Subject"), hook)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, bindparam, insert, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -29,6 +29,7 @@ from gateway.store.tables import (
     Ticket,
     TicketCounter,
     helpdesk_ref,
+    sent_by_us,
 )
 
 
@@ -191,6 +192,29 @@ def find_deliveries(conn: Connection, message_id: str, content_hash: str,
         rows = conn.execute(_SEL_DELIVERY, {"h": content_hash, "mid": message_id,
                                             "rcpts": rcpts}).all()
     return {r.recipient: (r.article_id, r.outcome) for r in rows}
+
+
+def articles_by_message_ids(conn: Connection, message_ids: Sequence[str], *,
+                            sent_only: bool = False) -> list[Any]:
+    """The articles stored with one of these Message-IDs (exactly as given), oldest
+    first, as rows of (id, ticket_id, direction, message_id).
+
+    An inbound article is found through its deliveries (the unique key leads with
+    the Message-ID), one deskgate sent through the article's own index, which holds
+    only those (migration 0016). `sent_only`: only the articles deskgate sent.
+    """
+    if not message_ids:
+        return []
+    ids = list(dict.fromkeys(message_ids))
+    sent = select(Article.id, Article.ticket_id, Article.direction, Article.message_id).where(
+        Article.message_id.in_(ids), sent_by_us(Article.direction))
+    if sent_only:
+        return list(conn.execute(sent.order_by(Article.id)).all())
+    inbound = (select(Article.id, Article.ticket_id, Article.direction, Delivery.message_id)
+               .select_from(Delivery).join(Article, Article.id == Delivery.article_id)
+               .where(Delivery.message_id.in_(ids), Article.direction == "incoming"))
+    rows = {r.id: r for r in conn.execute(union_all(sent, inbound)).all()}
+    return [rows[k] for k in sorted(rows)]
 
 
 def record_deliveries(conn: Connection, message_id: str, content_hash: str,

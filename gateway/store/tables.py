@@ -161,7 +161,12 @@ class Article(Base):
     raw_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("raw_message.id"),
                                                nullable=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    __table_args__ = (Index("ix_article_message_id", "message_id"),)
+    # Only the articles deskgate sent (0016): an inbound article's Message-ID is found
+    # through its deliveries' unique key (gateway.store.repo.articles_by_message_ids), so
+    # that a stored message adds its random key to one index, not two.
+    __table_args__ = (Index("ix_article_message_id", "message_id",
+                            sqlite_where=text("direction <> 'incoming'"),
+                            postgresql_where=text("direction <> 'incoming'")),)
 
 
 class Attachment(Base):
@@ -188,7 +193,8 @@ class Delivery(Base):
     article_id: Mapped[int | None] = mapped_column(BigId, nullable=True, index=True)
     outcome: Mapped[str] = mapped_column(String(20))    # stored | ignored | quarantined
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    __table_args__ = (UniqueConstraint("content_hash", "recipient", "message_id",
+    # Message-ID first (0016): the key also finds an inbound article by its Message-ID.
+    __table_args__ = (UniqueConstraint("message_id", "content_hash", "recipient",
                                        name="uq_delivery"),)
 
 
@@ -456,6 +462,12 @@ class Handoff(Base):
     __table_args__ = (Index("ix_handoff_due", "status", "next_attempt"),
                       Index("ix_handoff_ticket", "ticket_id", "id"),
                       UniqueConstraint("key", name="uq_handoff_key"))
+
+
+def sent_by_us(direction: Any) -> ColumnElement[bool]:
+    """`direction <> 'incoming'`, the condition of ix_article_message_id (a literal, for
+    SQLite to use the partial index)."""
+    return direction != literal_column("'incoming'")  # type: ignore[no-any-return]
 
 
 def helpdesk_ref(column: Any) -> ColumnElement[bool]:

@@ -129,3 +129,82 @@ def test_standalone_tickets_add_nothing_to_the_helpdesk_indexes(engine: Engine) 
                     "SELECT indexdef FROM pg_indexes WHERE indexname = %(n)s",
                     {"n": f"ix_ticket_{col}"}).scalar_one()
                 assert "WHERE" in d.upper()
+
+
+def _article(conn: Connection, ticket_id: int, direction: str, message_id: str) -> int:
+    return repo.insert_article(conn, ticket_id=ticket_id, direction=direction,
+                               sender_type="customer" if direction == "incoming" else "agent",
+                               message_id=message_id, created=NOW)
+
+
+def test_an_inbound_message_id_is_indexed_once(engine: Engine) -> None:
+    """An inbound message's Message-ID is in one random-keyed index, its delivery's
+    unique key (which leads with it); the article's message_id index holds only the
+    articles deskgate sent, which have no delivery."""
+    with engine.begin() as conn:
+        tid = _ticket(conn, number="2026120610007")
+        aid = _article(conn, tid, "incoming", "<in@customer.test>")
+        repo.record_deliveries(conn, "<in@customer.test>", "h" * 64, ["support@example.org"],
+                               aid, "stored")
+        _article(conn, tid, "outgoing", "<out@example.org>")
+        if engine.dialect.name == "sqlite":
+            sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = "
+                                       "'ix_article_message_id'").scalar_one()
+            n = conn.exec_driver_sql("SELECT count(*) FROM article INDEXED BY "
+                                     "ix_article_message_id WHERE direction <> 'incoming'"
+                                     ).scalar_one()
+            assert n == 1
+            auto = conn.exec_driver_sql(
+                "SELECT name FROM pragma_index_list('delivery') WHERE \"unique\" = 1"
+            ).scalar_one()
+            lead = conn.exec_driver_sql(
+                f"SELECT name FROM pragma_index_info('{auto}') WHERE seqno = 0").scalar_one()
+        else:
+            sql = conn.exec_driver_sql("SELECT indexdef FROM pg_indexes WHERE indexname = "
+                                       "'ix_article_message_id'").scalar_one()
+            lead = conn.exec_driver_sql(
+                "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE c.relname = 'uq_delivery'").scalar_one()
+        assert "incoming" in sql and "WHERE" in sql.upper()
+        assert lead == "message_id"
+
+
+def test_follow_ups_find_inbound_and_outbound_articles_by_message_id_through_indexes(
+        engine: Engine, plans: Any) -> None:
+    from gateway.inbound.followup import _article_by_message_id, _articles_by_message_ids
+
+    with engine.begin() as conn:
+        tid = _ticket(conn, number="2026120610008")
+        other = _ticket(conn, number="2026120610009")
+        inbound = _article(conn, tid, "incoming", "<in@customer.test>")
+        repo.record_deliveries(conn, "<in@customer.test>", "h" * 64,
+                               ["support@example.org", "sales@example.org"], inbound, "stored")
+        outbound = _article(conn, other, "outgoing", "<out@example.org>")
+        bare = _article(conn, other, "outgoing", "bare@example.org")   # stored without <>
+        ignored = "<ignored@customer.test>"        # an ignored message: a delivery, no article
+        repo.record_deliveries(conn, ignored, "i" * 64, ["support@example.org"], None,
+                               "ignored")
+    with engine.connect() as conn:
+        found = _articles_by_message_ids(conn, ["<in@customer.test>", "<out@example.org>",
+                                                "<bare@example.org>", ignored, "<no@x>"])
+        assert {k: (r.id, r.ticket_id, r.direction) for k, r in found.items()} == {
+            "<in@customer.test>": (inbound, tid, "incoming"),
+            "<out@example.org>": (outbound, other, "outgoing"),
+            "<bare@example.org>": (bare, other, "outgoing")}
+        assert _article_by_message_id(conn, "<out@example.org>", direction="outgoing").id \
+            == outbound
+        assert _article_by_message_id(conn, "<in@customer.test>", direction="outgoing") is None
+        assert _article_by_message_id(conn, "<in@customer.test>").id == inbound
+        reply = email.message_from_string(
+            "In-Reply-To: <in@customer.test>\nReferences: <no@x>\n\nhi\n")
+        assert find_ticket(conn, reply, "Ticket#")[0] == tid
+        reply2 = email.message_from_string("References: <in@customer.test> <out@example.org>"
+                                           "\n\nhi\n")
+        assert find_ticket(conn, reply2, "Ticket#")[0] == other     # the newest article
+    for fn in (lambda c: _articles_by_message_ids(c, ["<in@customer.test>", "<o@x>"]),
+               lambda c: _article_by_message_id(c, "<out@example.org>", direction="outgoing"),
+               lambda c: find_ticket(c, reply, "Ticket#")):
+        for table in ("article", "delivery"):
+            for plan in plans(fn, "message_id"):
+                assert not _scans(plan, table), plan

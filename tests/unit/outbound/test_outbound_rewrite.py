@@ -60,8 +60,11 @@ class TestQueueDecision:
             number = repo.next_ticket_number(conn, "10")
             tid = repo.insert_ticket(conn, number=number, title="t", queue="Support",
                                      state="open", state_type="open", priority="3 normal")
-            repo.insert_article(conn, ticket_id=tid, direction="incoming",
-                                sender_type="customer", message_id="<orig@customer.test>")
+            aid = repo.insert_article(conn, ticket_id=tid, direction="incoming",
+                                      sender_type="customer", message_id="<orig@customer.test>")
+            # received, as every inbound article: its delivery finds it by Message-ID
+            repo.record_deliveries(conn, "<orig@customer.test>", "0" * 64,
+                                   ["support@example.org"], aid, "stored")
             a = run(ctx_for(BASE.replace(b"Subject: Hello",
                                          f"Subject: Re: [Ticket#{number}] Hello".encode())),
                     rt, conn)

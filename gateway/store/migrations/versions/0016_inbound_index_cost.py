@@ -12,6 +12,15 @@ and synced. Three of them served no standalone lookup:
 - comm_entry.communication_id: the communication log reads a communication's
   entries through its objects (comm_entry.object_id, indexed); the column stays.
 
+And an inbound message's Message-ID, a random key, went into two indexes: the
+article's message_id index and the delivery's unique key (content hash,
+recipient, Message-ID). Each random key dirties a leaf page of its index in
+every commit. The unique key now leads with the Message-ID, so it also finds an
+inbound article by Message-ID (through delivery.article_id), and the article's
+index holds only the articles deskgate sent (direction <> 'incoming'), which
+have no delivery. On SQLite the delivery table is copied once to change its
+unique key (a few seconds per million rows).
+
 Revision ID: 0016_inbound_index_cost
 Revises: 0015_poller_next_attempt
 Create Date: 2026-12-06 12:30:00
@@ -37,9 +46,23 @@ def upgrade() -> None:
         op.create_index(f'ix_ticket_{col}', 'ticket', [col], unique=False,
                         sqlite_where=cond, postgresql_where=cond)
     op.drop_index('ix_comm_entry_communication_id', table_name='comm_entry')
+    with op.batch_alter_table('delivery', schema=None) as batch_op:
+        batch_op.drop_constraint('uq_delivery', type_='unique')
+        batch_op.create_unique_constraint('uq_delivery',
+                                          ['message_id', 'content_hash', 'recipient'])
+    op.drop_index('ix_article_message_id', table_name='article')
+    sent = sa.text("direction <> 'incoming'")
+    op.create_index('ix_article_message_id', 'article', ['message_id'], unique=False,
+                    sqlite_where=sent, postgresql_where=sent)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_article_message_id', table_name='article')
+    op.create_index('ix_article_message_id', 'article', ['message_id'], unique=False)
+    with op.batch_alter_table('delivery', schema=None) as batch_op:
+        batch_op.drop_constraint('uq_delivery', type_='unique')
+        batch_op.create_unique_constraint('uq_delivery',
+                                          ['content_hash', 'recipient', 'message_id'])
     op.create_index('ix_comm_entry_communication_id', 'comm_entry', ['communication_id'],
                     unique=False)
     for col in _HELPDESK:
