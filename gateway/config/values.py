@@ -145,8 +145,9 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def hostname_problem(value: str) -> str | None:
-    """Why `value` cannot be gateway.hostname (the name in every greeting, Received
-    header, Message-ID and DSN), None when it can: a host name of labels such as
+    """Why `value` cannot be gateway.hostname (the name in the greetings, the EHLO to
+    the smarthost, postmaster@, DSNs and some Message-IDs; deskgate writes no Received
+    header), None when it can: a host name of labels such as
     mx.example.org (a trailing dot allowed, an internationalised one checked by its
     A-labels), at most 253 characters."""
     try:
