@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event, insert
+from sqlalchemy.exc import IntegrityError
 
 from gateway.commlog_views import get_communication, purge_ids
 from gateway.helpdesk.outbox_claim import absorb
@@ -208,3 +209,48 @@ def test_follow_ups_find_inbound_and_outbound_articles_by_message_id_through_ind
         for table in ("article", "delivery"):
             for plan in plans(fn, "message_id"):
                 assert not _scans(plan, table), plan
+
+
+def _to(engine: Engine, rev: str, *, down: bool) -> None:
+    from alembic import command
+
+    from gateway.store.db import alembic_config
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, rev)
+
+
+def test_0016_keeps_a_stores_rows_and_its_threading(engine: Engine) -> None:
+    """A store made before 0016 (deliveries, received and sent articles, tickets with
+    and without a helpdesk ticket) upgrades with every row, threads as before, and
+    downgrades again with every row."""
+    _to(engine, "0015_poller_next_attempt", down=True)
+    with engine.begin() as conn:
+        tid = _ticket(conn, number="2026120610010", helpdesk_ticket_id="",
+                      helpdesk_ticket_number="")
+        hd = _ticket(conn, number="2026120610011", helpdesk_ticket_id="42",
+                     helpdesk_ticket_number="42")
+        inbound = _article(conn, tid, "incoming", "<in@customer.test>")
+        repo.record_deliveries(conn, "<in@customer.test>", "h" * 64,
+                               ["support@example.org", "sales@example.org"], inbound, "stored")
+        outbound = _article(conn, hd, "outgoing", "<out@example.org>")
+    _to(engine, "head", down=False)
+    from gateway.inbound.followup import _articles_by_message_ids
+
+    with engine.connect() as conn:
+        found = _articles_by_message_ids(conn, ["<in@customer.test>", "<out@example.org>"])
+        assert {k: r.id for k, r in found.items()} == {"<in@customer.test>": inbound,
+                                                        "<out@example.org>": outbound}
+        assert repo.ticket_by_number(conn, "42").id == hd
+        assert set(repo.find_deliveries(conn, "<in@customer.test>", "h" * 64,
+                                        ["support@example.org", "sales@example.org"])) \
+            == {"support@example.org", "sales@example.org"}
+    with engine.begin() as conn, pytest.raises(IntegrityError), conn.begin_nested():
+        repo.record_deliveries(conn, "<in@customer.test>", "h" * 64,
+                               ["support@example.org"], inbound, "stored")
+    _to(engine, "0015_poller_next_attempt", down=True)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM delivery").scalar_one() == 2
+        assert conn.exec_driver_sql("SELECT count(*) FROM article").scalar_one() == 2
