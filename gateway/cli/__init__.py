@@ -17,10 +17,11 @@ COMMANDS: tuple[str, ...] = ("core", "tickets", "inventory", "filter", "log", "p
 # (building all of them costs more than the rest of `deliver --via-socket`).
 HOT_COMMANDS: dict[str, str] = {"deliver": "core"}
 
-# Commands an MTA's pipe transport runs: it reads the exit status as sysexits.h, where
-# argparse's 2 means nothing (Postfix's pipe(8) bounces it as "Command died with status
-# 2"). Their usage errors are one line and EX_USAGE.
-SYSEXITS_COMMANDS = frozenset({"deliver"})
+# Commands an MTA's pipe transport runs (deliver), or applications run as sendmail(1)
+# (send): the caller reads the exit status as sysexits.h, where argparse's 2 means
+# nothing (Postfix's pipe(8) bounces it as "Command died with status 2"). Their usage
+# errors are one line and EX_USAGE.
+SYSEXITS_COMMANDS = frozenset({"deliver", "send"})
 EX_USAGE = 64
 
 
