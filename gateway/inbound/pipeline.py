@@ -228,6 +228,14 @@ def smtp_reply(verdict: Verdict) -> errors.SmtpReply:
     return _REPLIES[verdict.kind]
 
 
+def stored_as(reply: errors.SmtpReply, number: str, article_id: int) -> errors.SmtpReply:
+    """A 250 that names the ticket and article (as Dovecot's LMTP names its session):
+    the MTA logs it in its status=sent line, which finds the ticket from the MTA's
+    log. With a helpdesk behind deskgate the number is the helpdesk's, told later."""
+    where = f"ticket {number}, article {article_id}" if number else f"article {article_id}"
+    return errors.SmtpReply(reply.code, reply.enhanced, f"{reply.text}: {where}")
+
+
 def _shallow(obj: T, **changes: Any) -> T:
     """A shallow copy of a plain dataclass with some fields replaced.
 
@@ -363,6 +371,8 @@ class Pipeline:
                 log.error("quarantine failed; temporary failure", error=str(exc2))
                 return self._tempfail(env, f"quarantine failed: {type(exc2).__name__}")
         reply = smtp_reply(done.verdict or DELIVER)
+        if done.article_id is not None and reply.ok:
+            reply = stored_as(reply, done.ticket_number, done.article_id)
         log.info("delivered", action=done.action, ticket=done.ticket_number,
                  article=done.article_id, queue=done.queue,
                  message_id=done.parsed.message_id if done.parsed else "")

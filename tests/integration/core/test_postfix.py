@@ -55,6 +55,8 @@ class TestPostfixDelivery:
         [d] = postfix.deliveries(since)
         assert (d["to"], d["status"], d["dsn"]) == ("support@example.org", "sent", "2.1.5")
         assert d["service"] == "deskgate/lmtp" and "250 2.1.5" in d["text"]
+        # Postfix's status=sent line names the ticket and article the message became.
+        assert f"ticket {ticket.number}, article {article.id}" in d["text"], d["text"]
 
     def test_three_recipients_one_unknown(self, postfix, pf_gateway, store_of):
         """Two valid recipients are delivered in one LMTP transaction; the unknown one bounces."""
