@@ -121,6 +121,10 @@ def email_problem(value: str) -> str | None:
         if unicodedata.category(c) in ("Cc", "Zl", "Zp"):
             return (f"{value!r} contains a control character ({ascii(c)[1:-1]}); an e-mail "
                     "address is printable text without spaces")
+    for c in value:
+        if unicodedata.category(c) == "Cf":     # zero-width space, BOM, soft hyphen, LRM ...
+            return (f"{value!r} contains an invisible formatting character "
+                    f"({ascii(c)[1:-1]}); an e-mail address is printable text without spaces")
     spaces = [c for c in value if unicodedata.category(c) == "Zs"]
     if not _EMAIL_RE.match("".join(c for c in value if c not in spaces)):
         return f"{value!r} is not an e-mail address"

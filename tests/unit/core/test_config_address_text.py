@@ -23,6 +23,11 @@ BAD = {
     "line separator": ("x\\u2028y@example.org", "control character"),
     "space": ("a b@example.org", "space"),
     "no-break space": ("ab\\u00a0@example.org", "space"),
+    # invisible in every editor and log, so the address looks right and never matches
+    "zero-width space": ("sup\\u200bport@example.org", "invisible formatting character"),
+    "byte order mark": ("\\ufeffsupport@example.org", "invisible formatting character"),
+    "soft hyphen": ("sup\\u00adport@example.org", "invisible formatting character"),
+    "right-to-left mark": ("support@example.org\\u200f", "invisible formatting character"),
 }
 
 
