@@ -81,6 +81,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import asyncio
 
     from gateway.outbound.context import OutboundContext, unique_recipients
+    from gateway.outbound.received import Received
     from gateway.outbound.rewrite import from_address, recipients_from_headers
     from gateway.outbound.service import outbound_pipeline
 
@@ -112,7 +113,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             mail_from=args.mail_from or from_address(msg),
             recipients=rcpts, raw=raw, msg=msg, source="STDIN",
             account=os.environ.get("USER", "stdin"), trusted=True,
-            requested_queue=args.queue or "")
+            requested_queue=args.queue or "",
+            # As Postfix's pickup: by this host, from the user id that ran send.
+            received=Received.local(cfg.gateway.hostname, uid=os.getuid()))
         result = asyncio.run(outbound_pipeline(gw, one_shot=True).submit(ctx))
     finally:
         gw.close()

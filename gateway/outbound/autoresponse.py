@@ -40,6 +40,7 @@ from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit, raw_utf8
+from gateway.outbound.received import Received
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
 from gateway.store.db import is_temporary
@@ -230,7 +231,8 @@ def build(req: Any, rt: Runtime, conn: Connection) -> OutboundContext:
     out = OutboundContext(mail_from="", recipients=[req.address], raw=b"", msg=msg,
                           source="AutoResponse", account=rt.config.gateway.hostname,
                           kind="auto-response", queue=req.queue, ticket_id=req.ticket_id,
-                          ticket_number=req.ticket_number, sender_type="system")
+                          ticket_number=req.ticket_number, sender_type="system",
+                          received=Received.local(rt.config.gateway.hostname))
     out.queue_config = rt.config.queue_by_name(out.queue)
     resolve(out, rt, conn)
     # The reads are done: no transaction stays open (idle on PostgreSQL, holding back

@@ -15,6 +15,7 @@ from gateway.commlog import CommObj
 from gateway.config import QueueConfig, SubmissionUser
 from gateway.model import Parsed
 from gateway.outbound.dsn_params import MessageDsn, RecipientDsn
+from gateway.outbound.received import Received
 
 Kind = Literal["message", "auto-response", "dsn"]
 
@@ -41,6 +42,7 @@ class OutboundCopy:
     data: bytes = b""                   # final bytes (after DKIM)
     crypto: dict[str, Any] = field(default_factory=dict)
     outbound_id: int | None = None
+    signed: int = 0                     # bytes of DKIM-Signature fields the stage put first
 
 
 @dataclass
@@ -89,10 +91,15 @@ class OutboundContext:
     # NOTIFY/ORCPT by recipient (lower case); none for other sources.
     dsn: MessageDsn = field(default_factory=MessageDsn)
     dsn_rcpt: dict[str, RecipientDsn] = field(default_factory=dict)
+    # The Received header the queue rows get (gateway.outbound.received; None: none),
+    # and the bytes of DKIM-Signature fields in front of `data` it goes below.
+    received: Received | None = None
+    signed: int = 0
 
     def final_copies(self) -> list[OutboundCopy]:
         """What goes into the queue: the copies, or the message itself to every recipient."""
         if self.copies:
             return self.copies
         assert self.msg is not None
-        return [OutboundCopy(list(self.recipients), self.msg, self.data, self.crypto)]
+        return [OutboundCopy(list(self.recipients), self.msg, self.data, self.crypto,
+                             signed=self.signed)]

@@ -299,10 +299,20 @@ def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
 
     assert ctx.msg is not None
     keys = keys_for(rt, ctx.from_email or from_address(ctx.msg))
+
+    def signed(msg: Message) -> tuple[bytes, int]:
+        """The signed bytes, and how many of them the signatures are (the queue puts
+        the Received header below them: gateway.outbound.received)."""
+        data = fold_long_lines(serialize(seven_bit_body(msg)))
+        out = sign(data, keys)
+        return out, len(out) - len(data)
+
     for c in ctx.copies:
-        c.data = sign(fold_long_lines(serialize(seven_bit_body(c.msg))), keys)
-    ctx.data = ctx.copies[0].data if ctx.copies else sign(
-        fold_long_lines(serialize(seven_bit_body(ctx.msg))), keys)
+        c.data, c.signed = signed(c.msg)
+    if ctx.copies:
+        ctx.data, ctx.signed = ctx.copies[0].data, ctx.copies[0].signed
+    else:
+        ctx.data, ctx.signed = signed(ctx.msg)
     if keys:
         ctx.log.log("Info", "DKIM", "signed " + (f"{len(ctx.copies)} copies " if ctx.copies
                                                  else "") + "with " + ", ".join(

@@ -39,6 +39,7 @@ from sqlalchemy import (
 
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.dsn_params import MessageDsn, RecipientDsn
+from gateway.outbound.received import with_received
 from gateway.outbound.transport import Reply, said
 from gateway.runtime import Runtime
 from gateway.store import repo
@@ -103,6 +104,8 @@ def store_article(ctx: OutboundContext, rt: Runtime, conn: Connection) -> None:
 # per-call statement construction (most of the cost of a small insert).
 _INS_MESSAGE = insert(OutboundMessage).returning(OutboundMessage.id)
 _INS_RCPT = insert(OutboundRecipient)
+_SET_DATA = update(OutboundMessage).where(OutboundMessage.id == bindparam("b_id")).values(
+    data=bindparam("b_data"), size=bindparam("b_size"))
 
 
 def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
@@ -113,6 +116,10 @@ def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
     copies = ctx.final_copies()
     ctx.outbound_ids = []
     for c in copies:
+        # The Received header needs the queue id: the row is written, then its bytes
+        # with the header (in the queued bytes only: a transaction the writer runs
+        # again starts from the same c.data, so the header is there once).
+        data = c.data
         oid = int(conn.execute(_INS_MESSAGE, dict(
             kind=ctx.kind, queue=ctx.queue, sender=ctx.sender, return_path=ctx.return_path,
             submitter=(ctx.user.name if ctx.user else ctx.account)[:200],
@@ -121,6 +128,9 @@ def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
             attempts=0, next_attempt=now, lease_until=None, claimed_by="", last_error="",
             warned=False, created=now, updated=now, dsn_ret=ctx.dsn.ret,
             dsn_envid=ctx.dsn.envid)).scalar_one())
+        if ctx.received is not None:
+            data = with_received(c.data, ctx.received.header(oid, c.recipients), c.signed)
+            conn.execute(_SET_DATA, {"b_id": oid, "b_data": data, "b_size": len(data)})
         none = RecipientDsn()
         conn.execute(_INS_RCPT, [
             {"outbound_id": oid, "address": r[:320], "status": "pending", "attempts": 0,
@@ -134,7 +144,7 @@ def enqueue(ctx: OutboundContext, rt: Runtime, conn: Connection) -> int:
             what = (f" ({c.crypto.get('method')}-encrypted)" if c.crypto.get("encrypted")
                     else " (plain)") + ": " + ", ".join(c.recipients)
         ctx.log.log("Info", "Queued", f"outbound #{oid} from <{ctx.sender}> to "
-                    f"{len(c.recipients)} recipient(s){what}, {len(c.data)} bytes"
+                    f"{len(c.recipients)} recipient(s){what}, {len(data)} bytes"
                     + (f", ticket {ctx.ticket_number}" if ctx.ticket_number else "")
                     + _dsn_text(ctx, c.recipients))
     oid = ctx.outbound_ids[0]

@@ -523,6 +523,7 @@ def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
     from gateway.outbound.context import OutboundContext
     from gateway.outbound.dsn import build_dsn
     from gateway.outbound.pipeline import process_in_transaction
+    from gateway.outbound.received import Received
 
     cfg = rt.config
     data = build_dsn(action=action, reporting_mta=cfg.gateway.hostname, to=m.return_path,
@@ -535,6 +536,6 @@ def _queue_dsn(conn: Connection, rt: Runtime, m: oq.Claimed, action: Any,
                      orcpts={rid: d.orcpt for rid, d in m.dsn_rcpt.items() if d.orcpt})
     ctx = OutboundContext(mail_from=cfg.relay.bounce_sender, recipients=[m.return_path],
                           raw=data, source="DSN", account=cfg.gateway.hostname, kind="dsn",
-                          queue=m.queue)
+                          queue=m.queue, received=Received.local(cfg.gateway.hostname))
     ctx.sender = cfg.relay.bounce_sender
     return process_in_transaction(ctx, rt, conn)

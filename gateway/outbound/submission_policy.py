@@ -28,6 +28,7 @@ from gateway.config import Config, SubmissionUser
 from gateway.outbound.context import OutboundContext, unique_recipients
 from gateway.outbound.dsn_params import MessageDsn, RecipientDsn
 from gateway.outbound.pipeline import QUEUED, OutboundPipeline, SubmitResult
+from gateway.outbound.received import Received
 from gateway.outbound.submission_replies import (
     AUTH_REQUIRED,
     BAD_RCPT,
@@ -310,6 +311,12 @@ class SubmissionHandler:
         how = (f"AUTH as {user.name}" if user is not None
                else "no AUTH, client in allow_networks")
         tls = tls_of(server)
+        # The trace header of RFC 5321 4.4, as Postfix's smtpd writes it by default.
+        ctx.received = Received.submission(
+            self.sub.config.gateway.hostname, helo=session.host_name or "",
+            client=session.peer[0] if isinstance(session.peer, tuple) else "",
+            extended=bool(session.extended_smtp), tls=tls != "no TLS",
+            authenticated=bool(session.authenticated))
         ctx.log.log("Info", CLIENT, f"{peer_text(session.peer)} HELO {session.host_name}, "
                     f"{tls}, {how}")
         t0 = time.perf_counter()

@@ -81,7 +81,8 @@ def notices(rg) -> list[str]:
 
 class TestAutoResponse:
     def test_new_ticket_gets_auto_reply_with_rfc3834_headers(self, desk):
-        """A new ticket's auto-reply: null sender, Auto-Submitted, X-Loop, Precedence, template."""
+        """A new ticket's auto-reply: null sender, Auto-Submitted, X-Loop, Precedence,
+        template, the local Received header."""
         rg, deliver, sink = desk
         deliver(mail())
         wait_for(lambda: len(sink.received) == 1, what="auto-response delivered")
@@ -97,6 +98,11 @@ class TestAutoResponse:
         assert f"[Ticket#{number}]" in msg["Subject"]
         body = msg.get_payload(decode=True).decode()
         assert f"Dear Jane Doe,\nwe opened ticket {number} (Printer broken)." in body
+        # The trace of mail deskgate makes itself: by its host name, with its queue id.
+        (row,) = outbound(rg)
+        assert msg.get_all("Received") == [
+            f"by {rg.gateway.config.gateway.hostname} (deskgate)\r\n\tid {row.id}; "
+            f"{msg['Received'].rpartition('; ')[2]}"]
 
     def test_followup_and_reject_templates(self, desk):
         """Follow-up text for a follow-up; reject text for one to a closed reject-queue ticket."""

@@ -153,8 +153,8 @@ def started_without_relay_host(sink, outbound_config, run_gateway):
 class TestDkimEndToEnd:
     def test_relayed_message_carries_verifiable_signatures(self, tmp_path, outbound_config,
                                                            run_gateway):
-        """With two [[dkim]] keys (RSA, Ed25519) the relayed copy verifies for both; a
-        header changed in transit makes it fail."""
+        """With two [[dkim]] keys (RSA, Ed25519) the relayed copy, with its Received
+        header, verifies for both; a header changed in transit makes it fail."""
         import dkim as dkimpy
 
         from gateway.outbound.dkim import dns_record, generate_key, key_pem
@@ -188,6 +188,10 @@ class TestDkimEndToEnd:
             wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
             data = sink.received[0].data
             assert data.count(b"DKIM-Signature:") == 2
+            # The Received header of the submission, below the signatures (where it is
+            # when added before signing), does not break them.
+            assert data.count(b"\r\nReceived: from ") == 1
+            assert data.rindex(b"DKIM-Signature:") < data.index(b"\r\nReceived: from ")
             assert verify(data, 0) and verify(data, 1)
             tampered = data.replace(b"Subject: [Ticket#", b"Subject: [Ticket #")
             assert not verify(tampered, 0) and not verify(tampered, 1)

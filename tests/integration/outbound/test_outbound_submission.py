@@ -279,3 +279,63 @@ class TestPostfixClient:
             "250 2.1.0 OK", "250 2.1.5 OK", "250 2.1.5 OK", "452 4.5.3 Too many recipients",
             "354 End data with <CR><LF>.<CR><LF>"], talk
         assert sorted(len(m.rcpts) for m in sink.received) == [1, 2]
+
+
+RECEIVED = re.compile(rb"Received: from (?P<helo>\S+) \((?P<literal>[^)]*)\)\r\n"
+                      rb"\tby (?P<by>\S+) \(deskgate\) with (?P<proto>\S+) id (?P<id>\d+)"
+                      rb"(?:\r\n\tfor <(?P<rcpt>[^>]*)>)?; (?P<date>[^\r]+)\r\n")
+
+
+def received_fields(data: bytes) -> list[dict[str, bytes]]:
+    return [m.groupdict() for m in RECEIVED.finditer(data.split(b"\r\n\r\n", 1)[0])]
+
+
+def queue_ids(engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(OutboundMessage.id).order_by(OutboundMessage.id))
+                    .scalars())
+
+
+class TestReceivedHeader:
+    def test_authenticated_tls_submission_is_esmtpsa_without_the_user(
+            self, tls_submission, run_gateway):
+        """After STARTTLS and AUTH the relayed message has one Received: the EHLO name,
+        the client's address, the gateway's host name, ESMTPSA (RFC 3848), the queue
+        id, the one recipient and the date; the SASL user is not named (as Postfix's
+        default). Before, deskgate added no Received header."""
+        with AuthSink() as sink:
+            cfg, ctx = tls_submission(sink.port)
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg),
+                              local_hostname="agent-pc.internal.test") as s:
+                s.starttls(context=ctx)
+                s.login("app", "s3cret")
+                assert s.sendmail("app@internal.test", ["cust@customer.test"], MSG) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            (oid,) = queue_ids(rg.gateway.engine)
+        data = sink.received[0].data
+        assert data.startswith(b"Received: from ")
+        (got,) = received_fields(data)
+        assert got["helo"] == b"agent-pc.internal.test" and got["literal"] == b"[127.0.0.1]"
+        assert got["by"] == cfg.gateway.hostname.encode() and got["proto"] == b"ESMTPSA"
+        assert int(got["id"]) == oid and got["rcpt"] == b"cust@customer.test"
+        header = data.split(b"\r\n\r\n", 1)[0]
+        assert header.count(b"Received:") == 1 and b"app" not in header.split(b"\r\nFrom:")[0]
+
+    def test_allowed_network_client_with_helo_and_two_recipients(
+            self, tls_submission, run_gateway):
+        """A client of allow_networks that greets with HELO: 'with SMTP', and with two
+        recipients none of them is named."""
+        with AuthSink() as sink:
+            cfg, _ = tls_submission(sink.port, networks='["127.0.0.0/8"]')
+            rg = run_gateway(cfg)
+            with smtplib.SMTP("127.0.0.1", submission_port(cfg),
+                              local_hostname="app.internal.test") as s:
+                s.helo()
+                assert s.sendmail("app@internal.test",
+                                  ["a@customer.test", "b@customer.test"], MSG) == {}
+            wait_for(lambda: statuses(rg.gateway.engine) == ["sent"], what="delivery")
+            (oid,) = queue_ids(rg.gateway.engine)
+        (got,) = received_fields(sink.received[0].data)
+        assert (got["helo"], got["proto"], int(got["id"]), got["rcpt"]) == (
+            b"app.internal.test", b"SMTP", oid, None)
