@@ -210,8 +210,10 @@ def cmd_show(args: argparse.Namespace) -> int:
                   "sends it again (an interrupted attempt does not count)")
     print("recipients:")
     for r in d["recipient_status"]:
+        # A failure's reply names its code (since the reason is stored), a delivery's not.
+        code = "" if str(r["last_code"]) in r["last_reply"].split() else f"{r['last_code']} "
         print(f"  <{r['address']}> {r['status']} after {r['attempts']} tries"
-              + (f": {r['last_code']} {r['last_reply']}" if r["last_code"] else ""))
+              + (f": {code}{r['last_reply']}" if r["last_code"] else ""))
     print("\n" + d["headers"])
     return EX_OK
 

@@ -435,8 +435,10 @@ def record_attempt(conn: Connection, msg: Claimed, results: Sequence[RcptResult]
         else:
             status = "pending"
             st.delayed.append(r)
+        # A failure worded as in last_error (the server, its reply, the command it
+        # answered); a delivery as the server's reply.
         params.append({"b_id": r.row_id, "b_status": status, "b_code": r.code,
-                       "b_reply": r.reply[:2000], "b_now": now})
+                       "b_reply": (r.reply if r.ok else r.reason)[:2000], "b_now": now})
     st.exhausted = delay is None and bool(st.failed) and any(not r.permanent for r in st.failed)
     # On one line (the dashboard's and outqueue's column): an address and a reply are
     # written as the DSN shows them, a multi-line reply as Postfix logs it.
@@ -534,10 +536,13 @@ def show(conn: Connection, oid: int) -> dict[str, Any] | None:
               "return_path": shown(m.return_path), "submitter": shown(m.submitter),
               "ticket_id": m.ticket_id, "article_id": m.article_id, "size": m.size,
               "created": _aware(m.created), "lease_until": _aware(m.lease_until),
-              "claimed_by": m.claimed_by,
+              "claimed_by": m.claimed_by, "dsn_ret": m.dsn_ret,
+              "dsn_envid": shown(m.dsn_envid),
               "recipient_status": [{"address": shown(r.address), "status": r.status,
                                     "attempts": r.attempts, "last_code": r.last_code,
-                                    "last_reply": reply_text(r.last_code, r.last_reply)}
+                                    "last_reply": reply_text(r.last_code, r.last_reply),
+                                    "dsn_notify": r.dsn_notify,
+                                    "dsn_orcpt": shown(r.dsn_orcpt)}
                                    for r in rcpts],
               "headers": m.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")})
     return d

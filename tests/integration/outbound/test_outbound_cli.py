@@ -57,7 +57,8 @@ class TestOutqueueCli:
     def test_send_adds_the_local_received_header(self, make_confdir):
         """The queued message of `deskgate send` begins with the Received header of
         Postfix's pickup: by the gateway's host name, from the user id that ran it,
-        with its queue id and the date."""
+        with its queue id and the date; `outqueue show --json` has the DSN fields
+        (empty for mail from send)."""
         conf = make_confdir({"40-relay.toml": '[relay]\nhost = "127.0.0.1"\nport = 9\n'})
         sent = json.loads(cli(conf, "send", "--json", stdin=MSG).stdout)
         shown = json.loads(cli(conf, "outqueue", "show", str(sent["id"]), "--json").stdout)
@@ -66,6 +67,9 @@ class TestOutqueueCli:
         assert first == f"Received: by {host} (deskgate, from userid {os.getuid()})"
         assert second.startswith(f"\tid {sent['id']}; ")
         assert shown["headers"].count("Received:") == 1
+        assert (shown["dsn_ret"], shown["dsn_envid"]) == ("", "")
+        assert [(r["dsn_notify"], r["dsn_orcpt"]) for r in shown["recipient_status"]] == [
+            ("", "")]
 
     def test_show_names_an_attempt_that_did_not_finish(self, make_confdir):
         """A message whose lease ran out without an outcome (its node was killed) is shown

@@ -25,7 +25,7 @@ from tests.integration.outbound.test_outbound_reply_text import (
     unwrapped,
 )
 
-REFUSED = (553, "5.1.3 address contains a control character")
+REFUSED = (553, "553 5.1.3 address contains a control character")
 # The queued address, and how the DSN and the log show it.
 CONTROLS = [
     ("nul\x00x@customer.test", "nul\\x00x@customer.test"),
@@ -89,7 +89,7 @@ class TestSmarthost:
             got = recipients(engine, oid)
             engine.dispose()
             assert got == {"cust@customer.test": (
-                "failed", 553, "5.1.7 sender address contains a control character")}
+                "failed", 553, "553 5.1.7 sender address contains a control character")}
             assert [data for _, data in host.received
                     if b"multipart/report" not in data] == []
         finally:

@@ -75,7 +75,7 @@ class TestRecipientWithALineBreak:
             assert got["cust@customer.test"][:2] == ("sent", 250)
             assert got["other@customer.test"][:2] == ("sent", 250)
             for bad in (BAD, RAISES):
-                assert got[bad] == ("failed", 553, "5.1.3 address contains a line break", 1)
+                assert got[bad] == ("failed", 553, "553 5.1.3 address contains a line break", 1)
             wait_for(lambda: len(smtp.messages()) == 2, what="both at the sink")
             first, dsn = smtp.messages()
             assert first.rcpts == ["cust@customer.test", "other@customer.test"]
@@ -104,7 +104,7 @@ class TestRecipientWithALineBreak:
             wait_for(lambda: statuses(engine) == ["failed", "sent"], what="failure and DSN")
             got = recipients(engine, oid)
             assert {a: r[:3] for a, r in got.items()} == {
-                a: ("failed", 553, "5.1.7 sender address contains a line break")
+                a: ("failed", 553, "553 5.1.7 sender address contains a line break")
                 for a in ("cust@customer.test", "other@customer.test")}
             wait_for(lambda: len(smtp.messages()) == 1, what="the DSN at the sink")
             (dsn,) = smtp.messages()
@@ -121,7 +121,7 @@ class TestRecipientWithALineBreak:
         oid = queue_row(engine, "support@example.org", ["cust@customer.test", RAISES])
         wait_for(lambda: recipients(engine, oid)[RAISES][0] == "failed", what="failure")
         got = recipients(engine, oid)
-        assert got[RAISES] == ("failed", 553, "5.1.3 address contains a line break", 1)
+        assert got[RAISES] == ("failed", 553, "553 5.1.3 address contains a line break", 1)
         assert got["cust@customer.test"][0] == "pending"
         assert got["cust@customer.test"][1] == 0 and got["cust@customer.test"][3] == 1
         assert statuses(engine) == ["queued", "queued"]      # the message and its DSN
@@ -161,7 +161,7 @@ class TestMaildirTransport:
         assert got["cust@customer.test"][:2] == ("sent", 250)
         assert got["other@customer.test"][:2] == ("sent", 250)
         for bad in (BAD, RAISES):
-            assert got[bad] == ("failed", 553, "5.1.3 address contains a line break", 1)
+            assert got[bad] == ("failed", 553, "553 5.1.3 address contains a line break", 1)
         first, dsn = written(outbox)
         assert head_lines(first)[:3] == [b"Return-Path: <support@example.org>",
                                          b"X-Deskgate-Envelope-To: <cust@customer.test>",
@@ -192,7 +192,7 @@ class TestMaildirTransport:
         wait_for(lambda: statuses(engine) == ["failed", "sent"], what="failure and DSN")
         got = recipients(engine, oid)
         assert {a: r[:3] for a, r in got.items()} == {
-            a: ("failed", 553, "5.1.7 sender address contains a line break")
+            a: ("failed", 553, "553 5.1.7 sender address contains a line break")
             for a in ("cust@customer.test", "other@customer.test")}
         (dsn,) = written(outbox)
         assert head_lines(dsn)[:2] == [b"Return-Path: <>",

@@ -239,10 +239,10 @@ class TestStoredErrorsAreOneLine:
         assert not [s for s in strings(shown) if CONTROL.search(s)], shown
         assert {(r["address"], r["last_code"], r["last_reply"])
                 for r in shown["recipient_status"]} == {
-            ("a@customer.test", 450, "4.2.0 <a@customer.test>\\x1b[31m mailbox busy "
-             "450 4.2.0 try\\x7f later"),
+            ("a@customer.test", 450, f"host {HOST} said: 450-4.2.0 <a@customer.test>"
+             "\\x1b[31m mailbox busy 450 4.2.0 try\\x7f later (in reply to RCPT TO command)"),
             ("evil@customer.test>\\r\\nRCPT TO:<victim@elsewhere.test", 553,
-             "5.1.3 address contains a line break")}
+             "553 5.1.3 address contains a line break")}
 
         text = cli(cfg.conf_dir, "outqueue", "show", str(oid))
         assert "\x1b" not in text.stdout and "\x7f" not in text.stdout
@@ -317,12 +317,12 @@ class TestWholeTransactionRefused:
                                  .order_by(OutboundRecipient.id)).all()
             logged = [v for (v,) in conn.execute(select(CommEntry.value))]
         engine.dispose()
-        assert [tuple(r) for r in rcpts] == [
-            ("a@customer.test", "failed", 554, "5.7.1 rejected"),
-            ("b@customer.test", "failed", 554, "5.7.1 rejected")]
-        assert "554 554" not in m.last_error and "554 5.7.1 rejected" in m.last_error
         command = "DATA" if stage == "DATA" else "MAIL FROM"
         said = f"host {HOST} said: 554 5.7.1 rejected (in reply to {command} command)"
+        assert [tuple(r) for r in rcpts] == [
+            ("a@customer.test", "failed", 554, said),
+            ("b@customer.test", "failed", 554, said)]
+        assert "554 554" not in m.last_error and "554 5.7.1 rejected" in m.last_error
         assert art.transmission_error == (f"<a@customer.test>: {said}; "
                                           f"<b@customer.test>: {said}")
         assert not [v for v in logged if "554 554" in v], logged
@@ -358,8 +358,8 @@ class TestWholeTransactionRefused:
                                 .where(OutboundRecipient.outbound_id == oid)).one()
             logged = [v for (v,) in conn.execute(select(CommEntry.value))]
         engine.dispose()
-        assert (m.status, tuple(rcpt)) == ("queued", ("pending", code, text))
         said = f"host {HOST} refused to talk to me: {greeting}"
+        assert (m.status, tuple(rcpt)) == ("queued", ("pending", code, said))
         assert m.last_error == said
         deferred = [v for v in logged if v.startswith("<a@customer.test>: ")]
         assert len(deferred) == 1 and deferred[0].startswith(
@@ -381,8 +381,8 @@ class TestWholeTransactionRefused:
                                  .order_by(OutboundRecipient.id)).all()
         engine.dispose()
         assert [tuple(r) for r in rcpts] == [
-            ("pending", 554, "5.7.1 no service here"),
-            ("failed", 553, "5.1.3 address contains a line break")]
+            ("pending", 554, f"host {HOST} refused to talk to me: 554 5.7.1 no service here"),
+            ("failed", 553, "553 5.1.3 address contains a line break")]
 
 
 class TestReasonsAsPostfixWritesThem:
@@ -392,8 +392,9 @@ class TestReasonsAsPostfixWritesThem:
         the communication log and the DSN's readable part say 'host
         127.0.0.1[127.0.0.1] said: 550 5.1.1 ... (in reply to RCPT TO command)', as
         Postfix does; the DSN's Diagnostic-Code is the reply alone, its Remote-MTA the
-        smarthost, its per-message fields name the queue id and the sender; the
-        recipient's last_reply stays the server's reply."""
+        smarthost, its per-message fields name the queue id and the sender; `outqueue
+        show` gives the recipient's last_reply worded as last_error (it was the server's
+        reply alone)."""
         smarthost.replies["a@customer.test"] = "550 5.1.1 <a@customer.test>: unknown user"
         cfg = outbound_config(smarthost.port, submission=False, retry="1h*5")
         engine, oid = attempt(cfg, ("a@customer.test",), until="dsn")
@@ -411,8 +412,7 @@ class TestReasonsAsPostfixWritesThem:
         assert row["last_error"] == m.last_error
         res = cli(cfg.conf_dir, "outqueue", "show", str(oid), "--json")
         (rcpt,) = json.loads(res.stdout)["recipient_status"]
-        assert (rcpt["last_code"], rcpt["last_reply"]) == (
-            550, "5.1.1 <a@customer.test>: unknown user")
+        assert (rcpt["last_code"], rcpt["last_reply"]) == (550, said)
 
         msg = BytesParser(policy=default_policy).parsebytes(the_dsn(smarthost))
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
