@@ -413,6 +413,8 @@ class TestReasonsAsPostfixWritesThem:
         res = cli(cfg.conf_dir, "outqueue", "show", str(oid), "--json")
         (rcpt,) = json.loads(res.stdout)["recipient_status"]
         assert (rcpt["last_code"], rcpt["last_reply"]) == (550, said)
+        text = cli(cfg.conf_dir, "outqueue", "show", str(oid)).stdout
+        assert f"  <a@customer.test> failed after 1 tries: {said}\n" in text
 
         msg = BytesParser(policy=default_policy).parsebytes(the_dsn(smarthost))
         text = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
