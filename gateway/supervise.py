@@ -50,13 +50,14 @@ from gateway.supervise_fork import (
     _settle_heap,
     _signal_workers,
     lock_pidfile,
+    pidfile_locked,
     pidfile_path,
 )
 
 __all__ = [     # the commit process's supervision and the pid file, importable from here
     "COMMIT_GONE", "COMMIT_PROCESS_NAME", "COMMIT_UP", "LMTP_WORKER_NAME", "CommitKeeper",
     "DirectoryProblem", "WorkDir", "directory_problem", "directory_warnings",
-    "lock_pidfile", "pidfile_path", "prepare_directories", "reload_everywhere",
+    "lock_pidfile", "pidfile_locked", "pidfile_path", "prepare_directories", "reload_everywhere",
     "reload_result_path", "run_serve",
     "serve", "serve_worker", "spawn_commit_process", "work_directories",
 ]

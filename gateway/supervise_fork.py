@@ -12,6 +12,7 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def pidfile_path(config: Config) -> Path:
 
 # The open, flock'ed pid file of this process (inherited by pre-forked workers).
 _PIDLOCK: dict[str, int | None] = {"fd": None}
+# How long serve waits for the pid file's lock: reload's probe holds it for
+# microseconds, a running serve for good.
+_PIDLOCK_WAIT = 1.0
 
 
 def lock_pidfile(config: Config) -> None:
@@ -121,22 +125,49 @@ def lock_pidfile(config: Config) -> None:
 
     A second `deskgate serve` on the same configuration fails here, before it can
     touch the first one's sockets. The lock goes with the process (however it dies).
+    A lock that goes within _PIDLOCK_WAIT seconds was `deskgate reload`'s probe
+    (pidfile_locked), not a running serve: it is waited for.
     """
     path = pidfile_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise
-        holder = _read_pid(path)
-        raise errors.InUse(f"{path} is locked by a running deskgate serve "
-                    f"(pid {holder or 'unknown'}); stop it first") from None
+    deadline = time.monotonic() + _PIDLOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                holder = _read_pid(path)
+                raise errors.InUse(f"{path} is locked by a running deskgate serve "
+                                   f"(pid {holder or 'unknown'}); stop it first") from None
+            time.sleep(0.02)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _PIDLOCK["fd"] = fd
+
+
+def pidfile_locked(path: Path) -> bool:
+    """Whether a running serve holds the pid file's lock (FileNotFoundError: no file).
+
+    A shared lock, let go at once, is refused only while a serve holds its exclusive
+    one: then the pid in the file is that serve's, not a process that got the pid of a
+    gateway that died. Shared, so that two probes do not disturb each other.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        return True
+    finally:
+        os.close(fd)        # also lets go of a lock just taken
+    return False
 
 
 def _release_pidfile() -> None:

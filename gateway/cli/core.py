@@ -382,6 +382,24 @@ def _deliver_in_process(args: argparse.Namespace, raw: bytes) -> int:
 EX_NOT_RUNNING = 7
 
 
+def _pid_in(path: Path) -> int:
+    """The pid a pid file names (ValueError: none)."""
+    pid = int(path.read_text().strip())
+    if pid <= 0:        # kill(0) and kill(-1) would signal process groups
+        raise ValueError(pid)
+    return pid
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process has this pid (signal 0: nothing is sent)."""
+    try:
+        with contextlib.suppress(PermissionError):     # another user's process
+            os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Validate conf.d as `check` does (errors: nothing is sent, exit 1), send SIGHUP
     and wait for the gateway's answer in its reload.json: exit 0 when it reloaded
@@ -392,7 +410,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     from gateway.config import load_config
     from gateway.errors import ConfigErrors
-    from gateway.supervise import pidfile_path, reload_result_path
+    from gateway.supervise import pidfile_locked, pidfile_path, reload_result_path
 
     try:
         cfg = load_config(args.config)
@@ -413,8 +431,21 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return got if isinstance(got, dict) else None
 
     before = result()
+    pid = 0
     try:
-        pid = int(path.read_text().strip())
+        # Only a serve holding the pid file's lock is signalled: the pid of a gateway
+        # that died may run another process now (SIGHUP kills many). The pid is read
+        # after the lock was seen held, so it is the holder's.
+        if not pidfile_locked(path):
+            pid = _pid_in(path)
+            alive = _pid_alive(pid)
+            print(f"reload: no gateway is running ({path}: stale pid file, no deskgate "
+                  f"serve holds its lock; pid {pid} "
+                  f"{'is another process' if alive else 'is not running'}); "
+                  "nothing was signalled, `deskgate serve` reads the configuration when "
+                  "it starts", file=sys.stderr)
+            return EX_NOT_RUNNING
+        pid = _pid_in(path)
         os.kill(pid, signal.SIGHUP)
     except (FileNotFoundError, ProcessLookupError, ValueError) as exc:
         why = (f"pid {pid} is not running" if isinstance(exc, ProcessLookupError)

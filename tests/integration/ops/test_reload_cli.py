@@ -61,7 +61,11 @@ class TestReloadCommand:
         result.parent.mkdir(parents=True, exist_ok=True)
         answer = ('{"count": 1, "pid": %d, "result": "refused", '
                   '"reason": "tls.pem: no certificate", "restart_needed": []}')
-        code = ("import os, pathlib, signal, time\n"
+        pidfile_path(cfg).parent.mkdir(parents=True, exist_ok=True)
+        code = ("import fcntl, os, pathlib, signal, time\n"
+                # As serve does: the pid file locked while it runs.
+                f"lock = open({str(pidfile_path(cfg))!r}, 'w')\n"
+                "fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
                 f"p = pathlib.Path({str(result)!r})\n"
                 f"signal.signal(signal.SIGHUP, lambda *a: p.write_text({answer!r} % os.getpid()))\n"
                 "print('ready', flush=True)\n"
@@ -129,3 +133,30 @@ class TestReloadWithoutAGateway:
         assert r.returncode == 7, r.stderr
         assert r.stderr.startswith("reload: no gateway is running"), r.stderr
         assert str(gone.pid) in r.stderr
+
+    def test_stale_pid_file_naming_another_process_exits_7_and_signals_nothing(
+            self, make_confdir):
+        """A pid file no serve holds locked (the gateway died, its pid went to another
+        process) is stale: exit 7 naming it, and that process gets no SIGHUP (sleep,
+        as many daemons, would die of it)."""
+        import time
+
+        from gateway.config import load_config
+        from gateway.supervise import pidfile_path
+
+        conf = make_confdir()
+        path = pidfile_path(load_config(conf))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        other = subprocess.Popen(["sleep", "30"])
+        try:
+            path.write_text(f"{other.pid}\n")
+            r = deskgate_reload(conf)
+            assert r.returncode == 7, r.stderr
+            assert r.stderr.startswith("reload: no gateway is running"), r.stderr
+            assert "stale pid file" in r.stderr and str(other.pid) in r.stderr, r.stderr
+            assert r.stderr.count("\n") == 1, r.stderr
+            time.sleep(0.2)
+            assert other.poll() is None, "the unrelated process was signalled"
+        finally:
+            other.kill()
+            other.wait()
