@@ -401,6 +401,18 @@ class Config:
                 return q
         return None
 
+    def queue_named(self, name: str) -> str | None:
+        """The queue a filter or header may name by `name` (any case), as configured;
+        None when there is none. Without any [[queue]] every ticket goes to
+        postmaster.default_queue: that is the one queue there is."""
+        q = self.queue_by_name(name)
+        if q is not None:
+            return q.name
+        default = self.postmaster.default_queue
+        if not self.queue and default and name.lower() == default.lower():
+            return default
+        return None
+
     def address_by_email(self, email: str) -> AddressConfig | None:
         email = email.lower()
         for a in self.address:

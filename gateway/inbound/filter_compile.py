@@ -233,8 +233,12 @@ def _static_value_problem(cfg: Config, s: SetAction) -> str:
         return ""
     name = s.param.removeprefix("FollowUp-")
     value = s.template
-    if name == "Queue" and cfg.queue and cfg.queue_by_name(value) is None:
-        return f"queue {value!r} is not defined by any [[queue]]"
+    if name == "Queue" and cfg.queue_named(value) is None:
+        if cfg.queue:
+            return f"queue {value!r} is not defined by any [[queue]]"
+        return (f"queue {value!r} cannot exist: no [[queue]] is configured, so every "
+                f"ticket goes to postmaster.default_queue "
+                f"{cfg.postmaster.default_queue!r}; define the queue with [[queue]]")
     if name == "State" and value not in cfg.postmaster.states:
         return f"state {value!r} is not in [postmaster.states]"
     if name == "Priority" and value not in cfg.postmaster.priorities:

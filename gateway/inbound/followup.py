@@ -270,12 +270,12 @@ def _ticket_changes(ctx: MessageContext, rt: Runtime, t: Any, d: Decision) -> di
     if ctx.param("FollowUp-Priority"):
         vals["priority"] = checked_priority(ctx, rt, "FollowUp-Priority", t.priority)
     if ctx.param("FollowUp-Queue"):
-        q = rt.config.queue_by_name(ctx.param("FollowUp-Queue"))
-        if q is None:
+        name = rt.config.queue_named(ctx.param("FollowUp-Queue"))
+        if name is None:
             ctx.log.log("Error", "FollowUp-Queue", f"queue {ctx.param('FollowUp-Queue')!r} does "
                         f"not exist; ticket stays in {t.queue}")
         else:
-            vals["queue"] = q.name
+            vals["queue"] = name
     simple = {"Title": "title", "Type": "type", "Service": "service", "SLA": "sla",
               "Owner": "owner", "Responsible": "responsible", "Lock": "lock",
               "CustomerNo": "customer_no", "CustomerUser": "customer_user"}

@@ -36,10 +36,10 @@ def route(ctx: MessageContext, rt: Runtime) -> None:
     cfg = rt.config
     wanted = ctx.param("Queue")
     if wanted:
-        q = cfg.queue_by_name(wanted)
-        if q is not None:
-            ctx.queue = q.name
-            ctx.trace.append(f"queue {q.name} from X-header/filter")
+        name = cfg.queue_named(wanted)
+        if name is not None:
+            ctx.queue = name
+            ctx.trace.append(f"queue {name} from X-header/filter")
             return
         ctx.log.log("Error", "Queue", f"queue {wanted!r} from X-header/filter does not exist; "
                     "ignored (routing by account, system address, then default queue)")
