@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
@@ -263,12 +264,20 @@ def run_commit_process(gw: CommitHost, socks: list[socket.socket],
     server = CommitServer(gw, socks)
     server.start()
     got: set[int] = set()
-    woken = threading.Event()
 
+    # The handler only notes the signal; the wake-up is the byte Python's own C handler
+    # writes to the wake-up pipe. A handler that set a threading.Event took the
+    # Event's lock: a second signal arriving while the first handler held it (systemd
+    # sends SIGTERM to the whole unit next to the main process's, `deskgate reload`
+    # twice) ran the handler again inside the first, which waited for that lock
+    # forever, and the commit process neither reloaded nor stopped.
     def on_signal(signo: int, _frame: object) -> None:
         got.add(signo)
-        woken.set()
 
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     signal.signal(signal.SIGINT, lambda *_: None)
@@ -277,8 +286,10 @@ def run_commit_process(gw: CommitHost, socks: list[socket.socket],
                                                 signal.SIGINT, signal.SIGUSR1})
     log.debug("commit process serving", lmtp_processes=len(socks), pid=os.getpid())
     while not server.all_gone.is_set():
-        woken.wait(1.0)
-        woken.clear()
+        select.select([wake_r], [], [], 1.0)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wake_r, 512):
+                pass
         if signal.SIGHUP in got:
             got.discard(signal.SIGHUP)
             server.reload()

@@ -37,6 +37,7 @@ from tests.conftest import free_port
 from tests.peers.lmtp import LmtpClient
 from tests.peers.serve import (
     ROOT,
+    alive,
     commit_process_of,
     lmtp_workers_of,
     served_by,
@@ -196,6 +197,39 @@ class TestServe:
             assert queues == {"before": "Raw", "after": "Sales"}
         finally:
             stop_serve(proc)
+
+    def test_a_burst_of_signals_does_not_hang_the_commit_process(self, make_confdir):
+        """Signals that arrive while the commit process handles one (systemd's SIGTERM
+        to the whole unit next to the main process's, a burst of reloads) must not
+        deadlock its main thread: it reloads, and stops when told, within seconds."""
+        conf = make_confdir({"50-x.toml": NO_DASHBOARD})
+        sock = conf.parent / "var" / "run" / "lmtp.sock"
+        proc = start_serve(conf)
+        try:
+            assert wait_for(lambda: sock.exists() and len(commit_process_of(proc.pid)) == 1)
+            (committer,) = commit_process_of(proc.pid)
+            # signals as fast as they go, from two processes, for a few seconds: some
+            # arrive while the handler of another runs
+            stress = ("import os, signal, sys, time\n"
+                      "pid, end = int(sys.argv[1]), time.monotonic() + 4\n"
+                      "while time.monotonic() < end:\n"
+                      "    try: os.kill(pid, signal.SIGHUP)\n"
+                      "    except ProcessLookupError: break\n")
+            senders = [subprocess.Popen([sys.executable, "-c", stress, str(committer)])
+                       for _ in range(2)]
+            for p in senders:
+                p.wait(30)
+            assert send(sock, "after the burst") == 250
+            assert commit_process_of(proc.pid) == [committer]   # neither died nor replaced
+            for _ in range(200):
+                os.kill(committer, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: not alive(committer), 30), \
+                "the commit process hangs after a burst of signals"
+        finally:
+            stop_serve(proc)
+            if alive(committer):
+                os.kill(committer, signal.SIGKILL)
 
     def test_killed_commit_process_costs_no_message_and_is_started_again(self, make_confdir):
         """SIGKILL of the commit process: the LMTP processes commit themselves
