@@ -12,12 +12,16 @@ rounds, and the medians are printed with their same-run ratio.
     python bench/profile_inbound.py [--messages 2000] [--concurrency 20] [--rcpts 1]
                                     [--size 5120] [--filter REGEX] [--rounds 3]
                                     [--baseline parse|none] [--cprofile 25] [--json]
+                                    [--prefill N]
 
 Per message it prints: wall time (1 / throughput), CPU time of the event-loop
 thread and of the writer thread, each stage's own time, the writer's time in the
 commit job outside the stages (context copy, log entries, communication log),
 the deferred rows written at the end of the transaction, COMMIT with its fsync,
 and the hand-off of the reply back to the event loop (a latency, not a cost).
+`--prefill N` first writes the rows of N earlier messages into each run's store
+(short bodies, random Message-IDs): the cost of a new message on a grown store,
+whose random-keyed index pages no longer stay in SQLite's page cache.
 `--cprofile N` adds one profiled run of the full pipeline and prints the N
 functions with the most own time, over all threads.
 """
@@ -41,6 +45,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +221,63 @@ def stage_table(kind: str, probe: Probe | None) -> Any:
         offload=table.offload)
 
 
+def prefill(gw: Any, n: int) -> None:
+    """Rows of `n` earlier messages in the store, as the pipeline writes them (a raw
+    message, a ticket, an article, a delivery, a communication log object with two
+    entries; one communication per 50), with random Message-IDs and content hashes
+    and short bodies: what matters is the size of the indexes a new message goes
+    into, not the bytes of the old ones."""
+    from sqlalchemy import insert
+
+    from gateway.store.tables import (
+        Article,
+        CommEntry,
+        CommObject,
+        Communication,
+        Delivery,
+        RawMessage,
+        Ticket,
+    )
+
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    chunk = 10000
+    with gw.engine.begin() as conn:
+        for start in range(0, n, chunk):
+            ids = range(start + 1, min(n, start + chunk) + 1)
+            mids = {i: f"<{uuid.uuid4().hex}@old.test>" for i in ids}
+            conn.execute(insert(RawMessage), [
+                {"id": i, "sha256": uuid.uuid4().hex * 2, "size": 200, "data": b"x" * 200,
+                 "created": when} for i in ids])
+            conn.execute(insert(Ticket), [
+                {"id": i, "number": f"20261101{i:010d}", "title": "old", "queue": "Raw",
+                 "state": "new", "state_type": "new", "priority": "3 normal",
+                 "created": when, "changed": when} for i in ids])
+            conn.execute(insert(Article), [
+                {"id": i, "ticket_id": i, "direction": "incoming", "sender_type": "customer",
+                 "message_id": mids[i], "body": "old " * 50, "raw_id": i, "created": when}
+                for i in ids])
+            conn.execute(insert(Delivery), [
+                {"message_id": mids[i], "content_hash": uuid.uuid4().hex * 2,
+                 "recipient": "support@example.org", "article_id": i, "outcome": "stored",
+                 "created": when} for i in ids])
+            conn.execute(insert(Communication), [
+                {"id": i, "direction": "Incoming", "status": "Successful",
+                 "account_type": "LMTP", "start": when, "end": when}
+                for i in ids if i % 50 == 1])
+            conn.execute(insert(CommObject), [
+                {"id": i, "communication_id": i - (i - 1) % 50, "type": "Message",
+                 "status": "Successful", "start": when, "end": when, "article_id": i}
+                for i in ids])
+            conn.execute(insert(CommEntry), [
+                {"object_id": i, "communication_id": i - (i - 1) % 50, "priority": "Info",
+                 "key": k, "value": "old", "time": when}
+                for i in ids for k in ("Envelope", "Ticket")])
+    if gw.engine.dialect.name == "sqlite":
+        # into the database file now, not by the checkpoint thread during the run
+        with gw.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def run_once(base: Path, name: str, kind: str, a: argparse.Namespace,
              profile: bool = False) -> dict[str, Any]:
     """Deliver a.messages messages through a fresh gateway; the figures of the run."""
@@ -228,6 +290,8 @@ def run_once(base: Path, name: str, kind: str, a: argparse.Namespace,
     probe = None if profile else Probe()
     gw = Gateway(cfg, stages=stage_table(kind, probe))
     gw.prepare_store()
+    if a.prefill:
+        prefill(gw, a.prefill)
     if probe is not None:
         instrument(gw, probe)
     msgs = [message(i, a.size) for i in range(a.messages)]
@@ -381,6 +445,8 @@ def main() -> int:
     ap.add_argument("--filter", default="", metavar="REGEX",
                     help="one postmaster filter on the Subject with this pattern")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prefill", type=int, default=0, metavar="N",
+                    help="each run's store first holds the rows of N earlier messages")
     ap.add_argument("--baseline", choices=("parse", "none"), default="parse",
                     help="stage table of the baseline runs")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N",
