@@ -33,12 +33,15 @@ from gateway.outbound.headers import MAX_LINE, fold_long_lines
 from gateway.privatefiles import not_private
 from gateway.runtime import Runtime
 
-OVERSIGNED = (b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to",
-              b"in-reply-to", b"references")
+OVERSIGNED = (b"from", b"sender", b"to", b"cc", b"subject", b"date", b"message-id",
+              b"reply-to", b"in-reply-to", b"references")
+# Oversigned when present (as rspamd's "(x)"): a second one put on top, where a reader
+# takes the first, breaks the signature. Absent, they are not signed, so a relay that
+# adds MIME-Version to a plain message does not break it.
+OVERSIGNED_IF_PRESENT = (b"mime-version", b"content-type", b"content-transfer-encoding")
 # Signed once per occurrence when present.
-ALSO_SIGNED = (b"sender", b"mime-version", b"content-type", b"content-transfer-encoding",
-               b"content-disposition", b"auto-submitted", b"precedence", b"x-loop",
-               b"list-unsubscribe", b"list-id")
+ALSO_SIGNED = (b"content-disposition", b"auto-submitted", b"precedence", b"x-loop",
+               b"list-unsubscribe", b"list-unsubscribe-post", b"list-id")
 _CANON = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED = Prehashed(hashes.SHA256())
@@ -102,6 +105,8 @@ def zone_line(domain: str, selector: str, record: str) -> str:
 def include_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     count = Counter(name.lower() for name, _ in headers)
     out = [name for name in OVERSIGNED for _ in range(count[name] + 1)]
+    out += [name for name in OVERSIGNED_IF_PRESENT
+            for _ in range(count[name] + 1 if count[name] else 0)]
     out += [name for name in ALSO_SIGNED for _ in range(count[name])]
     return out
 

@@ -91,6 +91,31 @@ class TestSignVerify:
         assert not verify(head + b"\r\n" + added.rstrip(b"\r\n") + b"\r\n\r\n" + body,
                           dns_for(k))
 
+    @pytest.mark.parametrize("added", [b"Sender: intruder@evil.test",
+                                       b"Content-Type: text/html; charset=utf-8",
+                                       b"MIME-Version: 1.0",
+                                       b"Content-Transfer-Encoding: base64"],
+                             ids=["sender", "content-type", "mime-version", "cte"])
+    def test_second_instance_added_on_top_fails(self, added):
+        """A second Sender, Content-Type, MIME-Version or Content-Transfer-Encoding put on
+        top of the signed ones (where a reader takes the first) breaks the signature."""
+        k = DkimKey("example.org", "s1", generate_key())
+        msg = MSG.replace(b"MIME-Version:", b"Sender: support@example.org\r\n"
+                          b"Content-Transfer-Encoding: 7bit\r\nMIME-Version:")
+        signed = sign(msg, [k])
+        assert verify(signed, dns_for(k))
+        sig, _, rest = signed.partition(b"From:")
+        assert not verify(sig + added + b"\r\nFrom:" + rest, dns_for(k))
+
+    def test_list_unsubscribe_post_is_signed(self):
+        """List-Unsubscribe-Post is signed when present (RFC 8058 4 asks for it)."""
+        k = DkimKey("example.org", "s1", generate_key(True))
+        msg = MSG.replace(b"MIME-Version:", b"List-Unsubscribe: <https://example.org/u>\r\n"
+                          b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nMIME-Version:")
+        signed = sign(msg, [k])
+        changed = signed.replace(b"List-Unsubscribe=One-Click", b"List-Unsubscribe=Two")
+        assert verify(signed, dns_for(k)) and not verify(changed, dns_for(k))
+
     def test_relaxed_canonicalization_tolerates_refolding(self):
         """Whitespace changes that relaxed canonicalization ignores keep it valid."""
         k = DkimKey("example.org", "s1", generate_key())
@@ -104,7 +129,11 @@ class TestSignVerify:
         inc = include_headers(headers)
         assert inc.count(b"from") == 2 and inc.count(b"to") == 2
         assert inc.count(b"cc") == 1 and inc.count(b"references") == 1
-        assert b"x-other" not in inc
+        assert inc.count(b"sender") == 1
+        assert b"x-other" not in inc and b"content-type" not in inc
+        inc = include_headers([*headers, (b"Content-Type", b"text/plain")])
+        assert inc.count(b"content-type") == 2
+        assert b"received" not in include_headers([*headers, (b"Received", b"from x")])
 
 
 class TestKeygen:
