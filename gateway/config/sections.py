@@ -271,7 +271,13 @@ class HelpdeskConfig:
         return self.type != "none"
 
     def helpdesk_queue(self, queue: str) -> str:
-        return self.queues.get(queue, queue)
+        """The helpdesk's queue for deskgate's `queue`: [helpdesk.queues] is read in any
+        case, as `check` and deskgate's queue names are; unmapped, the same name."""
+        found = self.queues.get(queue)
+        if found is None:
+            low = queue.lower()
+            found = next((v for k, v in self.queues.items() if k.lower() == low), queue)
+        return found
 
 
 @dataclass(frozen=True)

@@ -327,9 +327,16 @@ def _validate_helpdesk(cfg: Config, at: Callable[[str], str],
     if hd.concurrency < 1:
         add(at("helpdesk.concurrency"), "helpdesk.concurrency", "must be at least 1")
     for name in hd.queues:
-        if cfg.queue and cfg.queue_by_name(name) is None and name_problem(name) is None:
+        if cfg.queue_named(name) is not None or name_problem(name) is not None:
+            continue
+        if cfg.queue:
             add(at("helpdesk.queues"), f"helpdesk.queues.{name}",
                 f"queue {name!r} is not defined by any [[queue]]"
+                + below_free_table("helpdesk.queues", name))
+        else:
+            add(at("helpdesk.queues"), f"helpdesk.queues.{name}",
+                f"queue {name!r} cannot exist: no [[queue]] is configured, so every ticket "
+                f"goes to postmaster.default_queue {cfg.postmaster.default_queue!r}"
                 + below_free_table("helpdesk.queues", name))
     if hd.ticket_url and "{id}" not in hd.ticket_url and "{number}" not in hd.ticket_url:
         add(at("helpdesk.ticket_url"), "helpdesk.ticket_url",

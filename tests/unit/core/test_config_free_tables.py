@@ -109,3 +109,57 @@ class TestHelpdeskUrlWithCredentials:
             "URL; remove it (REST: the login goes in helpdesk.user, the password in "
             "password_file or password_env)"], errs
         assert "hunter2" not in "".join(errs)
+
+
+NO_QUEUES = """
+[gateway]
+hostname = "helpdesk.test"
+state_dir = "var"
+
+[lmtp]
+listen = ["unix:var/run/lmtp.sock"]
+
+[postmaster]
+default_queue = "Inbox"
+
+[dashboard]
+listen = ""
+"""
+HELPDESK = """
+[helpdesk]
+type = "webhook"
+url = "https://helpdesk.example.org/hook"
+secret = "s3cret"
+"""
+NO_QUEUES += HELPDESK
+
+
+class TestHelpdeskQueuesWithoutQueues:
+    """With no [[queue]] every ticket is in postmaster.default_queue: a [helpdesk.queues]
+    entry for another name maps a queue that cannot exist, as with a typo when queues
+    are defined."""
+
+    def test_another_queue_is_refused(self, make_confdir):
+        conf = make_confdir({"10-base.toml": NO_QUEUES + '[helpdesk.queues]\n'
+                             'Inbox = "General"\nSupport = "Support::L1"\n'}, base=False)
+        (conf / "10-base.toml").chmod(0o600)
+        [err] = errors_of(conf)
+        assert err.startswith(f"{conf / '10-base.toml'}: helpdesk.queues.Support: ")
+        assert "no [[queue]] is configured" in err and "'Inbox'" in err
+
+    def test_the_default_queue_is_accepted_in_any_case(self, make_confdir):
+        conf = make_confdir({"10-base.toml": NO_QUEUES + '[helpdesk.queues]\n'
+                             'inbox = "General"\n'}, base=False)
+        (conf / "10-base.toml").chmod(0o600)
+        hd = load_config(conf).helpdesk
+        assert hd.queues == {"inbox": "General"}
+        assert hd.helpdesk_queue("Inbox") == "General"     # the mapping applies too
+
+    def test_a_mapping_applies_in_any_case_with_queues_defined(self, make_confdir):
+        """check takes [helpdesk.queues] keys in any case; the hand-off maps them so."""
+        conf = make_confdir({"50-x.toml": HELPDESK + '[helpdesk.queues]\n'
+                             'support = "Support::L1"\n'})
+        (conf / "50-x.toml").chmod(0o600)
+        hd = load_config(conf, environ={}).helpdesk
+        assert hd.helpdesk_queue("Support") == "Support::L1"
+        assert hd.helpdesk_queue("Sales") == "Sales"
