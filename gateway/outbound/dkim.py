@@ -67,10 +67,21 @@ class DkimKey:
         return self.key.sign(digest, _PKCS1, _PREHASHED)
 
 
+MIN_RSA_BITS = 1024     # RFC 8301 3.2: signers MUST NOT use shorter keys, verifiers refuse them
+
+
+class KeyUnfit(ValueError):
+    """A private key that loads but cannot sign DKIM; the text names the file."""
+
+
 def load_private_key(path: Path) -> PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{path}: only RSA and Ed25519 keys can sign DKIM")
+        raise KeyUnfit(f"{path}: only RSA and Ed25519 keys can sign DKIM")
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
+        raise KeyUnfit(f"{path}: an RSA key of {key.key_size} bits; DKIM needs at least "
+                       f"{MIN_RSA_BITS} (RFC 8301), 2048 is recommended (deskgate dkim "
+                       "keygen writes 2048)")
     return key
 
 
@@ -271,6 +282,9 @@ def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
         seen.add(dns_name)
         try:
             load_private_key(cfg.path(d.key_file))
+        except KeyUnfit as exc:
+            add(where, f"{key}.key_file", str(exc))
+            continue
         except (OSError, ValueError, TypeError) as exc:
             add(where, f"{key}.key_file", f"cannot load {cfg.path(d.key_file)}: "
                 f"{getattr(exc, 'strerror', None) or exc}")

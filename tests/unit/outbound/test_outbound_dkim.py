@@ -363,6 +363,24 @@ class TestConfiguredNames:
         assert errs[0].startswith(f"{conf / '40-dkim.toml'}: dkim[0].{key}: "), errs
         assert words in errs[0], errs
 
+    def test_rsa_key_under_1024_bits_is_refused(self, make_confdir, tmp_path):
+        """An RSA key shorter than 1024 bits (RFC 8301 3.2: verifiers refuse it) fails
+        `check` with its size; a 1024-bit one passes."""
+        for bits in (512, 1024):
+            key = tmp_path / f"k{bits}.pem"
+            subprocess.run(["openssl", "genrsa", "-out", str(key), str(bits)], check=True,
+                           capture_output=True)
+            key.chmod(0o600)
+        conf = make_confdir({"40-dkim.toml": "".join(
+            f'[[dkim]]\ndomain = "example.org"\nselector = "s{bits}"\n'
+            f'key_file = "{tmp_path}/k{bits}.pem"\n' for bits in (512, 1024))})
+        with pytest.raises(ConfigErrors) as exc:
+            load_config(conf)
+        errs = [str(e) for e in exc.value.errors]
+        assert errs == [f"{conf / '40-dkim.toml'}: dkim[0].key_file: {tmp_path}/k512.pem: "
+                        "an RSA key of 512 bits; DKIM needs at least 1024 (RFC 8301), "
+                        "2048 is recommended (deskgate dkim keygen writes 2048)"], errs
+
     def test_dns_names_are_accepted(self, make_confdir, key_file):
         """Dotted selectors with hyphens and an internationalised domain pass, as
         `dkim keygen` accepts them."""
