@@ -108,9 +108,11 @@ def dns_record(key: PrivateKey) -> str:
 
 
 def zone_line(domain: str, selector: str, record: str) -> str:
-    """A zone-file line, the value split into 255-character strings."""
+    """A zone-file line, the name by its A-labels, the value split into 255-character
+    strings."""
     chunks = [record[i:i + 255] for i in range(0, len(record), 255)]
-    return f'{selector}._domainkey.{domain}. IN TXT ( ' + " ".join(f'"{c}"' for c in chunks) + " )"
+    return (f'{selector}._domainkey.{_dns_form(domain)}. IN TXT ( '
+            + " ".join(f'"{c}"' for c in chunks) + " )")
 
 
 def include_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
@@ -217,11 +219,14 @@ def _charset(data: bytes) -> str:
 # ----------------------------------------------------------------- runtime
 
 def load_keys(cfg: Config) -> dict[str, list[DkimKey]]:
-    """domain → keys, from [[dkim]]; built on load and on every reload."""
+    """domain → keys, from [[dkim]]; built on load and on every reload. Domains are
+    kept by their A-labels: d= must be written so (RFC 6376 3.5), and a From domain
+    matches in either form."""
     keys: dict[str, list[DkimKey]] = {}
     for d in cfg.dkim:
-        keys.setdefault(d.domain.lower(), []).append(
-            DkimKey(d.domain.lower(), d.selector, load_private_key(cfg.path(d.key_file)),
+        domain = _dns_form(d.domain)
+        keys.setdefault(domain, []).append(
+            DkimKey(domain, d.selector, load_private_key(cfg.path(d.key_file)),
                     d.subdomains))
     return keys
 
@@ -299,7 +304,7 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
     domain that were configured with `subdomains = true` (as OpenDKIM's SubDomains:
     d= is the parent, which DMARC's relaxed alignment accepts)."""
     table = rt.dkim
-    domain = from_email.rpartition("@")[2].lower().rstrip(".")
+    domain = _dns_form(from_email.rpartition("@")[2].rstrip("."))
     if domain in table:
         return table[domain]
     labels = domain.split(".")

@@ -195,6 +195,56 @@ class TestKeyChoice:
         assert keys_for(rt, "support@eu.example.org") == [own]
 
 
+class TestInternationalisedDomain:
+    """A [[dkim]] domain given in Unicode signs and is published by its A-labels."""
+
+    @pytest.fixture
+    def table(self, make_confdir, tmp_path: Path):
+        from gateway.outbound.dkim import load_keys
+
+        key = tmp_path / "k.pem"
+        key.write_bytes(key_pem(generate_key(True)))
+        key.chmod(0o600)
+        conf = make_confdir({"40-dkim.toml": f'[[dkim]]\ndomain = "Exämple.org"\n'
+                                             f'selector = "s1"\nkey_file = "{key}"\n'
+                                             f'[[dkim]]\ndomain = "xn--bcher-kva.example"\n'
+                                             f'selector = "s1"\nkey_file = "{key}"\n'})
+        return load_keys(load_config(conf))
+
+    def test_signature_names_the_a_label_domain(self, table):
+        """d= is the A-label form (RFC 6376 3.5), and the signature verifies against the
+        record published under that name."""
+        from types import SimpleNamespace
+
+        rt = SimpleNamespace(dkim=table)
+        keys = keys_for(rt, "support@exämple.org")
+        assert [k.domain for k in keys] == ["xn--exmple-cua.org"]
+        msg = MSG.replace(b"support@example.org", "support@exämple.org".encode())
+        signed = sign(msg, keys)
+        assert b"d=xn--exmple-cua.org;" in signed
+        record = dns_record(keys[0].key).encode()
+        assert verify(signed, lambda name, timeout=5: record
+                      if name == b"s1._domainkey.xn--exmple-cua.org." else None)
+
+    def test_from_domain_in_either_form_finds_the_key(self, table):
+        """A From domain written in A-labels finds the key configured in Unicode, and
+        the other way round."""
+        from types import SimpleNamespace
+
+        rt = SimpleNamespace(dkim=table)
+        assert keys_for(rt, "support@xn--exmple-cua.org") == keys_for(rt, "support@exämple.org")
+        assert len(keys_for(rt, "support@xn--exmple-cua.org")) == 1
+        assert len(keys_for(rt, "support@Bücher.example")) == 1
+
+    def test_zone_line_uses_a_labels(self):
+        """The zone-file line keygen prints names the A-label domain (a zone file holds no
+        Unicode names)."""
+        from gateway.outbound.dkim import zone_line
+
+        line = zone_line("exämple.org", "s1", "v=DKIM1; k=ed25519; p=AAAA")
+        assert line.startswith("s1._domainkey.xn--exmple-cua.org. IN TXT"), line
+
+
 class TestFoldLongLines:
     def test_long_line_folded_at_whitespace_and_still_verifies(self):
         """A header line over 998 octets is folded at whitespace; the body is untouched."""
