@@ -298,6 +298,7 @@ def _keygen_file(args: argparse.Namespace) -> tuple[Path | None, str, bool]:
     Only conf.d's [[dkim]] entries are read, not the whole configuration: the key
     file an entry names does not exist yet, and a broken unrelated setting must not
     keep the key from being made (`check` reports those)."""
+    from gateway.outbound.dkim import dns_form
     from gateway.rawconf import config_dir, read_entries
 
     if args.out:
@@ -305,10 +306,13 @@ def _keygen_file(args: argparse.Namespace) -> tuple[Path | None, str, bool]:
     conf = config_dir(args.config)
     if not conf.is_dir():
         return None, f"{conf}: configuration directory does not exist", False
+    # DNS names compare without case and an internationalised one by its A-labels, as
+    # `check` compares [[dkim]] entries.
     named = sorted({e["key_file"] for e in read_entries(conf, "dkim")
                     if isinstance(e.get("domain"), str)
-                    and e["domain"].lower() == args.domain.lower()
-                    and e.get("selector") == args.selector
+                    and dns_form(e["domain"]) == dns_form(args.domain)
+                    and isinstance(e.get("selector"), str)
+                    and e["selector"].lower() == args.selector.lower()
                     and isinstance(e.get("key_file"), str) and e["key_file"].strip()})
     if len(named) > 1:
         return None, (f"the [[dkim]] entries for {args.domain} selector {args.selector} "

@@ -111,7 +111,7 @@ def zone_line(domain: str, selector: str, record: str) -> str:
     """A zone-file line, the name by its A-labels, the value split into 255-character
     strings."""
     chunks = [record[i:i + 255] for i in range(0, len(record), 255)]
-    return (f'{selector}._domainkey.{_dns_form(domain)}. IN TXT ( '
+    return (f'{selector}._domainkey.{dns_form(domain)}. IN TXT ( '
             + " ".join(f'"{c}"' for c in chunks) + " )")
 
 
@@ -224,7 +224,7 @@ def load_keys(cfg: Config) -> dict[str, list[DkimKey]]:
     matches in either form."""
     keys: dict[str, list[DkimKey]] = {}
     for d in cfg.dkim:
-        domain = _dns_form(d.domain)
+        domain = dns_form(d.domain)
         keys.setdefault(domain, []).append(
             DkimKey(domain, d.selector, load_private_key(cfg.path(d.key_file)),
                     d.subdomains))
@@ -261,7 +261,7 @@ def domain_problem(value: str) -> str | None:
     return None
 
 
-def _dns_form(domain: str) -> str:
+def dns_form(domain: str) -> str:
     """A domain as DNS compares it: lower case, by its A-labels when it has any."""
     try:
         return domain.lower().encode("idna").decode("ascii")
@@ -280,7 +280,7 @@ def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
                               ("selector", selector_problem(d.selector))):
             if problem is not None:
                 add(where, f"{key}.{name}", problem)
-        dns_name = (_dns_form(d.domain), d.selector.lower())  # DNS names ignore case
+        dns_name = (dns_form(d.domain), d.selector.lower())  # DNS names ignore case
         if dns_name in seen:
             add(where, f"{key}.selector", f"selector {d.selector!r} of {d.domain} is "
                 "listed twice")
@@ -304,7 +304,7 @@ def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
     domain that were configured with `subdomains = true` (as OpenDKIM's SubDomains:
     d= is the parent, which DMARC's relaxed alignment accepts)."""
     table = rt.dkim
-    domain = _dns_form(from_email.rpartition("@")[2].rstrip("."))
+    domain = dns_form(from_email.rpartition("@")[2].rstrip("."))
     if domain in table:
         return table[domain]
     labels = domain.split(".")

@@ -52,6 +52,20 @@ class TestKeygenBeforeTheKeyExists:
         assert key.is_file()
         assert cli(conf, "check").returncode == 0
 
+    def test_dkim_block_found_whatever_the_spelling_of_its_dns_names(self, make_confdir):
+        """A [[dkim]] naming the domain by its A-labels and the selector in capitals is the
+        entry of `keygen exämple.org s1` (DNS names compare so, as `check` compares them):
+        its key file is written, and check then passes."""
+        conf = make_confdir({"45-dkim.toml": DKIM.replace('"example.org"',
+                                                          '"xn--exmple-cua.org"')
+                             .replace('"s1"', '"S1"').format(key_file="keys/dkim/mail.pem")})
+        r = cli(conf, "dkim", "keygen", "exämple.org", "s1")
+        assert r.returncode == 0, r.stderr
+        assert (conf.parent / "keys" / "dkim" / "mail.pem").is_file()
+        assert not list((conf.parent / "keys" / "dkim").glob("*mple*"))
+        r = cli(conf, "check")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
     def test_other_selector_gets_the_default_file(self, make_confdir):
         """A selector no [[dkim]] names is written to keys/dkim/DOMAIN.SELECTOR.pem."""
         conf = make_confdir({"45-dkim.toml": DKIM.format(key_file="keys/dkim/mail.pem")})
