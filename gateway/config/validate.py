@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.sections import Config
 from gateway.config.values import email_problem
+from gateway.outbound.template import template_error
 from gateway.passwords import is_hash
 
 
@@ -140,6 +141,10 @@ def validate_core(cfg: Config, at: Callable[[str], str],
             add(at(key), f"{key}.queue", f"queue {a.queue!r} is not defined by any [[queue]]")
     for i, q in enumerate(cfg.queue):
         key = f"queue[{i}]"
+        for kind in ("new", "followup", "reject"):
+            why = template_error(getattr(q, f"auto_response_{kind}"))
+            if why:
+                add(at(key), f"{key}.auto_response_{kind}", f"cannot be filled in: {why}")
         if not q.address:
             continue
         addr = cfg.address_by_email(q.address)

@@ -41,6 +41,7 @@ from gateway.model import MessageContext
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.received import Received
+from gateway.outbound.template import TemplateError, render
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
 from gateway.store.db import is_temporary
@@ -50,16 +51,17 @@ from gateway.store.writer import BatchWriter
 log = structlog.get_logger(__name__)
 
 _CLOSED = ("closed", "merged", "removed")
+_MSG_IDS = re.compile(r"<[^<>]*>")
 
 
-class _Missing(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+# "Re: ", "RE:", "Re[2]: ", "RE [3]:" in front of a Subject, any number of them (OTOBO's
+# TicketSubjectClean): one "Re: " goes in front instead.
+_RE_PREFIX = re.compile(r"^(?:re\s*(?:\[\d+\]\s*)?:\s*)+", re.IGNORECASE)
 
 
-def render(template: str, values: dict[str, str]) -> str:
-    """{ticket_number} {title} {customer}; unknown placeholders stay as written."""
-    return template.format_map(_Missing(values))
+def reply_subject(subject: str) -> str:
+    """`subject` with one "Re: " in front, however many it had."""
+    return "Re: " + _RE_PREFIX.sub("", subject.strip())
 
 
 def which_template(ctx: MessageContext, rt: Runtime, conn: Connection) -> tuple[str, str]:
@@ -172,22 +174,32 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     ticket = repo.ticket_by_id(conn, ctx.ticket_id)
     number = (ticket.number if ticket is not None else ctx.ticket_number) or ""
     name = email.utils.parseaddr(p.from_addr)[0] or rcpt
-    body = render(template, {"ticket_number": number, "title": ticket.title if ticket else "",
-                             "customer": name})
+    try:
+        body = render(template, {"ticket_number": number,
+                                 "title": ticket.title if ticket else "", "customer": name})
+    except TemplateError as exc:
+        # the customer's message is stored all the same
+        ctx.log.log("Error", "AutoResponse", f"no auto-response ({kind}): the queue's "
+                    f"auto_response_{kind} cannot be filled in: {exc}")
+        return
     reply = MIMEText(body, "plain", "utf-8")
     # Address and Message-IDs raw (RFC 6532) when not ASCII: an encoded word is
     # neither (RFC 2047 5); the generator would encode a non-ASCII str.
     reply["To"] = raw_utf8(header_safe(rcpt))
     subject = header_safe(p.subject or (ticket.title if ticket else "")).strip()
-    subject = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    subject = reply_subject(subject)
     # Within 998 octets a line (RFC 5322 2.1.1) however long the customer's words are.
     reply["Subject"] = encode_long_words(subject)
     # A Message-ID too long for any line is left out (it must not be encoded).
     in_reply_to = ids_that_fit(header_safe(p.message_id))
     if in_reply_to:
         reply["In-Reply-To"] = raw_utf8(in_reply_to)
+        # RFC 5322 3.6.4: the parent's References, else its In-Reply-To when that is
+        # one id, then its Message-ID
+        replied_to = _MSG_IDS.findall(p.in_reply_to)
+        parents = p.references.strip() or (replied_to[0] if len(replied_to) == 1 else "")
         reply["References"] = raw_utf8(
-            ids_that_fit(header_safe(p.references + " " + p.message_id)))
+            ids_that_fit(header_safe(f"{parents} {p.message_id}".strip())))
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Loop"] = "yes"
     reply["Precedence"] = "bulk"

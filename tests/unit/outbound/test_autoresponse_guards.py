@@ -5,14 +5,19 @@ tests/integration/outbound/test_outbound_autoresponse.py)."""
 from __future__ import annotations
 
 import dataclasses
+from email import message_from_bytes
+from email.message import Message
+from email.policy import compat32
 
 import pytest
 
-from gateway.config import QueueConfig
+from gateway.config import QueueConfig, load_config
+from gateway.errors import ConfigErrors
 from gateway.inbound import ticket
+from gateway.inbound.loop import detect_loop
 from gateway.model import MessageContext
 from gateway.outbound import autoresponse
-from gateway.store.tables import AutoResponseRequest
+from gateway.store.tables import AutoResponseRequest, Ticket
 from gateway.testing import FakeStore, config, context, runtime
 
 MAIL = (b"From: Carla <carla@customer.test>\r\nTo: support@example.org\r\n"
@@ -102,3 +107,90 @@ class TestOwnAddress:
         ctx = context(MAIL, mail_from="support@example.org")
         assert not requested(store, rt, ctx)
         assert "system address" in notices(ctx)
+
+
+def request_headers(store: FakeStore) -> Message:
+    """The headers of the auto-response requested last."""
+    data = store.rows(AutoResponseRequest)[-1].data
+    return message_from_bytes(bytes(data), policy=compat32)
+
+
+class TestAutoSubmitted:
+    @pytest.mark.parametrize("value", ["yes", "autoreplied", "notified; owner-email=a@b.test",
+                                       "(vacation) auto-replied"])
+    def test_any_value_but_no_gets_none(self, store, rt, value):
+        """RFC 3834 2: no auto-response to a message whose Auto-Submitted is anything
+        but `no`, not only the `auto-*` values."""
+        ctx = context(b"Auto-Submitted: " + value.encode() + b"\r\n" + MAIL)
+        detect_loop(ctx, rt)
+        assert not requested(store, rt, ctx)
+        assert "looping mail" in notices(ctx)
+
+    @pytest.mark.parametrize("value", ["no", "No", "no (written by a person)",
+                                       "no; owner-email=a@b.test", ""])
+    def test_no_is_a_person(self, store, rt, value):
+        """`no` (any case, with a comment or parameters) is mail a person wrote."""
+        ctx = context(b"Auto-Submitted: " + value.encode() + b"\r\n" + MAIL)
+        detect_loop(ctx, rt)
+        assert requested(store, rt, ctx)
+
+
+class TestReplyHeaders:
+    @pytest.mark.parametrize(("subject", "expected"), [
+        ("Drucker kaputt", "Re: Drucker kaputt"),
+        ("Re: Drucker kaputt", "Re: Drucker kaputt"),
+        ("Re: Re: Drucker kaputt", "Re: Drucker kaputt"),
+        ("RE: re:Drucker kaputt", "Re: Drucker kaputt"),
+        ("Re[2]: RE [3]:  Drucker kaputt", "Re: Drucker kaputt"),
+        ("AW: Drucker kaputt", "Re: AW: Drucker kaputt"),
+        ("Recht: Drucker kaputt", "Re: Recht: Drucker kaputt"),
+    ])
+    def test_subject_gets_one_re(self, store, rt, subject, expected):
+        """One `Re: ` in front, however many the customer's Subject had (OTOBO's
+        TicketSubjectClean removes RE: and RE[n]: before it adds its own)."""
+        raw = MAIL.replace(b"Subject: Drucker kaputt", b"Subject: " + subject.encode())
+        assert requested(store, rt, context(raw))
+        assert request_headers(store)["Subject"] == expected
+
+    def test_references_from_in_reply_to_when_there_are_none(self, store, rt):
+        """RFC 5322 3.6.4: a parent without References but with one In-Reply-To id
+        gives References of that id and the parent's Message-ID."""
+        raw = MAIL.replace(b"Message-ID:", b"In-Reply-To: <m0@example.org>\r\nMessage-ID:")
+        assert requested(store, rt, context(raw))
+        h = request_headers(store)
+        assert h["In-Reply-To"] == "<m1@customer.test>"
+        assert h["References"] == "<m0@example.org> <m1@customer.test>"
+        assert h["Auto-Submitted"] == "auto-replied"
+
+
+class TestTemplate:
+    @pytest.mark.parametrize("template", ["Ticket {ticket_number", "Ticket {0}",
+                                          "Ticket {ticket_number!z}", "Ticket }"])
+    def test_a_template_that_cannot_be_rendered_leaves_the_message_stored(
+            self, store, template):
+        """A template that cannot be filled in sends no auto-response; the customer's
+        message is stored all the same and its log says why."""
+        rt = runtime(config(queues=(
+            QueueConfig(name="Raw"),
+            QueueConfig(name="Support", address="support@example.org",
+                        auto_response_new=template))))
+        ctx = context(MAIL)
+        assert not requested(store, rt, ctx)
+        assert store.count(Ticket) == 1
+        assert "auto_response_new" in notices(ctx)
+        assert [e.priority for e in ctx.log.entries if "auto_response_new" in e.value] \
+            == ["Error"]
+
+    def test_check_refuses_a_template_that_cannot_be_filled_in(self, make_confdir):
+        """`deskgate check` (and a load or reload) names the queue's key and the fault
+        of a template that cannot be filled in; a good one with braces passes."""
+        conf = make_confdir({"50-x.toml": "[[queue]]\nname = 'Refunds'\n"
+                                          "auto_response_new = 'Ticket {ticket_number'\n"
+                                          "auto_response_followup = '{{ok}} {unknown}'\n"})
+        with pytest.raises(ConfigErrors) as exc:
+            load_config(conf)
+        errs = {e.key: str(e) for e in exc.value.errors}
+        assert list(errs) == ["queue[4].auto_response_new"], errs
+        assert errs["queue[4].auto_response_new"].endswith(
+            "50-x.toml: queue[4].auto_response_new: cannot be filled in: "
+            "expected '}' before end of string")
