@@ -634,3 +634,30 @@ class TestLongBodyLines:
         assert max(len(ln) for ln in data.replace(b"\r\n", b"\n").split(b"\n")) <= 998
         body = message_from_bytes(data).get_payload(decode=True).decode()
         assert f"See {url} ," in body
+
+
+class TestSigningKeyMissing:
+    @pytest.mark.parametrize("sign", ["smime", "pgp"])
+    def test_message_stored_and_log_says_no_signing_key(self, make_confdir, run_gateway,
+                                                        request, sign):
+        """A queue that signs but has no key for its address: the customer's message
+        is stored, no auto-response goes out unsigned, and the communication log says
+        why; the refused one does not count for the daily limit."""
+        sink = AuthSink().start()
+        request.addfinalizer(sink.stop)
+        desk = DESK.replace('follow_up = "reject"', f'follow_up = "reject"\nsign = "{sign}"')
+        conf = make_confdir({"40-outbound.toml": outbound_toml(sink.port),
+                             "50-desk.toml": desk})
+        rg = run_gateway(load_config(conf))
+        client = LmtpClient(rg.socket_path)
+        client.lhlo()
+        _, replies = client.transaction("jane@customer.test", ["desk@example.org"], mail())
+        client.close()
+        assert [c for c, _ in replies] == [250]
+        wait_for(lambda: requests(rg) == [], timeout=20)
+        with rg.gateway.engine.connect() as conn:
+            assert conn.execute(select(Ticket.title)).scalars().all() == ["Printer broken"]
+            assert conn.execute(select(AutoResponse.id)).scalars().all() == []
+        assert outbound(rg) == []
+        why = [n for n in notices(rg) if n.startswith("no auto-response (new)")]
+        assert len(why) == 1 and "cannot sign" in why[0], notices(rg)
