@@ -73,7 +73,7 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 
 
 def _row(d: dict[str, Any]) -> list[Any]:
-    flags = [f for f in ("expired", "revoked") if d.get(f)]
+    flags = [f for f in ("expired", "revoked", "disabled") if d.get(f)]
     if d.get("key_problem"):
         flags.append("key-unusable")
     return [", ".join(d["addresses"]), d["fingerprint"], (d.get("expires") or "never")[:10],

@@ -169,20 +169,24 @@ def _smime_recipient(stores: CryptoStores, addr: str) -> tuple[SmimeEntry | None
     usable = [e for e in found if e.usable]
     if usable:
         return usable[0], ""
-    if found and found[0].revoked:
-        return None, f"{addr} (certificate revoked)"
     if found:
-        return None, f"{addr} (certificate expired {found[0].not_after:%Y-%m-%d})"
+        return None, f"{addr} ({found[0].unusable_reason})"
     return None, f"{addr} (no certificate)"
 
 
 def _pgp_recipient(stores: CryptoStores, addr: str) -> tuple[PgpKey | None, str]:
-    found = stores.pgp.find(addr, encrypt=True) if stores.pgp.available() else []
-    usable = [k for k in found if k.usable]
+    # Every key of the address, not only those gpg lists as able to encrypt: a revoked
+    # or expired key loses its encryption capability, and the reason is what the
+    # admin needs to read.
+    found = stores.pgp.find(addr) if stores.pgp.available() else []
+    usable = [k for k in found if k.usable and k.can_encrypt]
     if usable:
         return usable[0], ""
+    why = next((k.unusable_reason for k in found if k.unusable_reason), "")
+    if why:
+        return None, f"{addr} ({why})"
     if found:
-        return None, f"{addr} (key {'revoked' if found[0].revoked else 'expired'})"
+        return None, f"{addr} (key cannot encrypt)"
     return None, f"{addr} (no key)"
 
 
@@ -190,18 +194,19 @@ def _smime_signer(stores: CryptoStores, sender: str) -> SmimeEntry:
     found = [e for e in stores.smime.find(sender, private=True)]
     usable = [e for e in found if e.usable]
     if not usable:
-        why = ("its certificate is revoked" if found and found[0].revoked else
-               f"its certificate expired {found[0].not_after:%Y-%m-%d}" if found
+        why = (found[0].unusable_reason if found
                else "no certificate with a private key")
         raise CryptoRefused(f"cannot sign: {why} for {sender}")
     return usable[0]
 
 
 def _pgp_signer(stores: CryptoStores, sender: str) -> PgpKey:
-    found = stores.pgp.find(sender, secret=True, sign=True) if stores.pgp.available() else []
-    usable = [k for k in found if k.usable]
+    found = stores.pgp.find(sender, secret=True) if stores.pgp.available() else []
+    usable = [k for k in found if k.usable and k.can_sign]
     if not usable:
-        raise CryptoRefused(f"cannot sign: no usable PGP secret key for {sender}")
+        why = next((k.unusable_reason for k in found if k.unusable_reason), "")
+        raise CryptoRefused(f"cannot sign: no usable PGP secret key for {sender}"
+                            + (f" ({why})" if why else ""))
     return usable[0]
 
 
@@ -222,6 +227,14 @@ def _order(sign: str) -> list[str]:
     """Encryption methods by preference: the signing method first."""
     return [sign] + [m for m in ("smime", "pgp") if m != sign] if sign != "none" \
         else ["smime", "pgp"]
+
+
+def _reason(reasons: list[str]) -> str:
+    """Why a recipient has no usable key, from each method's answer in preference
+    order: a key that exists but may not be used (revoked, expired, disabled, not yet
+    valid) says more than another method's "no key"."""
+    return next((r for r in reasons if not r.endswith(("(no certificate)", "(no key)"))),
+                reasons[0])
 
 
 def partition(stores: CryptoStores, sign: str, recipients: list[str]) -> list[Group]:
@@ -259,7 +272,7 @@ def partition(stores: CryptoStores, sign: str, recipients: list[str]) -> list[Gr
             add(groups[m], r, key(m, r)[0])
         else:
             plain.recipients.append(r)
-            plain.missing.append(key(order[0], r)[1])
+            plain.missing.append(_reason([key(m, r)[1] for m in order]))
     return [g for g in (*groups.values(), plain) if g.recipients]
 
 

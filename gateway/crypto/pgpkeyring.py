@@ -41,16 +41,26 @@ class PgpKey:
     can_encrypt: bool
     can_sign: bool
     subkeys: tuple[str, ...] = ()      # key ids and fingerprints of subkeys
+    # Disabled in the keyring (gpg --edit-key KEY disable): gpg itself would still
+    # encrypt to it under --trust-model always, so the gateway checks it.
+    disabled: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.fingerprint, "addresses": list(self.addresses), "uids": list(self.uids),
                 "fingerprint": self.fingerprint,
                 "expires": self.expires.isoformat() if self.expires else None,
-                "private_key": self.secret, "expired": self.expired, "revoked": self.revoked}
+                "private_key": self.secret, "expired": self.expired, "revoked": self.revoked,
+                "disabled": self.disabled}
 
     @property
     def usable(self) -> bool:
-        return not (self.expired or self.revoked)
+        return not (self.expired or self.revoked or self.disabled)
+
+    @property
+    def unusable_reason(self) -> str:
+        """Why this key may not sign or be encrypted to ("" when it may)."""
+        return ("key revoked" if self.revoked else "key disabled" if self.disabled
+                else "key expired" if self.expired else "")
 
 
 def _uid_email(uid: str) -> str:
@@ -295,7 +305,7 @@ class PgpStore:
                 expires=expires, secret=k["fingerprint"] in secret,
                 expired=k.get("trust") == "e" or bool(expires and expires < now),
                 revoked=k.get("trust") == "r", can_encrypt="E" in cap, can_sign="S" in cap,
-                subkeys=(k.get("keyid", ""), *subs)))
+                subkeys=(k.get("keyid", ""), *subs), disabled="D" in cap))
         return out
 
     def find(self, address: str, *, secret: bool = False, encrypt: bool = False,

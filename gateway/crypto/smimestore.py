@@ -89,6 +89,22 @@ class SmimeEntry:
         return not (self.cert.not_valid_before_utc <= now <= self.cert.not_valid_after_utc)
 
     @property
+    def not_yet_valid(self) -> bool:
+        """Valid only from a date still to come (a subset of `expired`)."""
+        return dt.datetime.now(dt.UTC) < self.cert.not_valid_before_utc
+
+    @property
+    def unusable_reason(self) -> str:
+        """Why this certificate may not sign or be encrypted to ("" when it may)."""
+        if self.revoked:
+            return "certificate revoked"
+        if self.not_yet_valid:
+            return f"certificate not valid before {self.cert.not_valid_before_utc:%Y-%m-%d}"
+        if self.expired:
+            return f"certificate expired {self.not_after:%Y-%m-%d}"
+        return ""
+
+    @property
     def usable(self) -> bool:
         """Neither expired nor revoked: may sign, and be encrypted to."""
         return not self.expired and not self.revoked
