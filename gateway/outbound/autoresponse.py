@@ -59,9 +59,17 @@ _MSG_IDS = re.compile(r"<[^<>]*>")
 _RE_PREFIX = re.compile(r"^(?:re\s*(?:\[\d+\]\s*)?:\s*)+", re.IGNORECASE)
 
 
-def reply_subject(subject: str) -> str:
-    """`subject` with one "Re: " in front, however many it had."""
-    return "Re: " + _RE_PREFIX.sub("", subject.strip())
+def reply_subject(subject: str, hook: str = "", number: str = "") -> str:
+    """`subject` with one "Re: " in front, however many it had. The ticket's tag
+    ("[Ticket#N]", with `hook` and `number`), wherever it stood, goes in front of
+    that "Re: " (OTOBO's TicketSubjectClean, then TicketSubjectBuild): the answer to
+    our "[Ticket#N] Re: printer" gets "[Ticket#N] Re: printer" again."""
+    text, tag = subject.strip(), ""
+    if hook and number:
+        text, found = re.subn(r"\[\s*" + re.escape(hook) + r":?\s*" + re.escape(number)
+                              + r"\s*\]\s*", " ", text, flags=re.IGNORECASE)
+        tag = f"[{hook}{number}] " if found else ""
+    return f"{tag}Re: " + _RE_PREFIX.sub("", text.strip())
 
 
 def which_template(ctx: MessageContext, rt: Runtime, conn: Connection) -> tuple[str, str]:
@@ -187,7 +195,7 @@ def auto_response_stage(ctx: MessageContext, rt: Runtime, conn: Connection) -> N
     # neither (RFC 2047 5); the generator would encode a non-ASCII str.
     reply["To"] = raw_utf8(header_safe(rcpt))
     subject = header_safe(p.subject or (ticket.title if ticket else "")).strip()
-    subject = reply_subject(subject)
+    subject = reply_subject(subject, rt.config.gateway.ticket_hook, number)
     # Within 998 octets a line (RFC 5322 2.1.1) however long the customer's words are.
     reply["Subject"] = encode_long_words(subject)
     # A Message-ID too long for any line is left out (it must not be encoded).

@@ -194,3 +194,26 @@ class TestTemplate:
         assert errs["queue[4].auto_response_new"].endswith(
             "50-x.toml: queue[4].auto_response_new: cannot be filled in: "
             "expected '}' before end of string")
+
+
+class TestFollowUpSubject:
+    @pytest.mark.parametrize("subject", [
+        "Re: [Ticket#2026113010000001] Re: Drucker kaputt",
+        "RE: Re: [Ticket#2026113010000001] Drucker kaputt",
+        "Re: [Ticket#2026113010000001]  RE[2]: Drucker kaputt",
+    ])
+    def test_reply_to_our_reply_gets_one_re(self, store, subject):
+        """A customer answering our auto-response ("[Ticket#N] Re: ...", their
+        program puts another Re: in front) gets "[Ticket#N] Re: ..." back, not
+        "Re: [Ticket#N] Re: ...": the ticket's tag goes before one Re:, as OTOBO's
+        TicketSubjectClean and TicketSubjectBuild make it."""
+        rt = runtime(config(queues=(
+            QueueConfig(name="Raw"),
+            QueueConfig(name="Support", address="support@example.org",
+                        auto_response_followup="Added to {ticket_number}"))))
+        tid, _ = store.add_ticket("2026113010000001", queue="Support")
+        raw = MAIL.replace(b"Subject: Drucker kaputt", b"Subject: " + subject.encode())
+        ctx = context(raw)
+        ctx.action, ctx.ticket_id = "followup", tid
+        assert requested(store, rt, ctx)
+        assert request_headers(store)["Subject"] == "[Ticket#2026113010000001] Re: Drucker kaputt"
