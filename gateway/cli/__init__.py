@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 # Modules of gateway.cli that define register(subparsers). Add yours here.
@@ -126,34 +126,29 @@ def build_parser(modules: Sequence[str] = COMMANDS) -> _Parser:
     return parser
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The first word of argv that is no option nor -c's value: the command's name,
-    also after an option the top-level parser does not know."""
+def _without_config(argv: Sequence[str]) -> Iterator[str]:
+    """argv without the global -c/--config option and its value, in any of its forms."""
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-c", "--config"):
             i += 2
             continue
-        if not arg.startswith("-"):
-            return arg
+        if not (arg.startswith("--config=") or (arg.startswith("-c") and len(arg) > 2)):
+            yield arg
         i += 1
-    return None
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word of argv that is no option nor -c's value: the command's name,
+    also after an option the top-level parser does not know."""
+    return next((a for a in _without_config(argv) if not a.startswith("-")), None)
 
 
 def _hot_module(argv: Sequence[str]) -> str | None:
     """The module of a hot command named in argv (after the global options), if any."""
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-c", "--config"):
-            i += 2
-            continue
-        if arg.startswith("--config=") or (arg.startswith("-c") and len(arg) > 2):
-            i += 1
-            continue
-        return None if arg.startswith("-") else HOT_COMMANDS.get(arg)
-    return None
+    first = next(_without_config(argv), None)
+    return None if first is None or first.startswith("-") else HOT_COMMANDS.get(first)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
