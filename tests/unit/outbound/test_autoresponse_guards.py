@@ -11,14 +11,14 @@ from email.policy import compat32
 
 import pytest
 
-from gateway.config import QueueConfig, load_config
+from gateway.config import PostmasterConfig, QueueConfig, load_config
 from gateway.errors import ConfigErrors
 from gateway.inbound import ticket
 from gateway.inbound.loop import detect_loop
 from gateway.model import MessageContext
 from gateway.outbound import autoresponse
 from gateway.store.tables import AutoResponseRequest, Ticket
-from gateway.testing import FakeStore, config, context, runtime
+from gateway.testing import FakeClock, FakeStore, config, context, runtime
 
 MAIL = (b"From: Carla <carla@customer.test>\r\nTo: support@example.org\r\n"
         b"Subject: Drucker kaputt\r\nMessage-ID: <m1@customer.test>\r\n\r\nHilfe\r\n")
@@ -217,3 +217,33 @@ class TestFollowUpSubject:
         ctx.action, ctx.ticket_id = "followup", tid
         assert requested(store, rt, ctx)
         assert request_headers(store)["Subject"] == "[Ticket#2026113010000001] Re: Drucker kaputt"
+
+
+class TestDailyLimit:
+    def test_count_is_shared_by_nodes_and_restarts_and_lasts_a_day(self, store):
+        """max_emails_per_address_per_day counts in the database: a second node (or the
+        same one after a restart: a new Runtime on the same store) sees the first one's
+        auto-responses, Reply-To and From spelt in any case are one address, and a day
+        later the address gets one again."""
+        def node(clock: FakeClock):
+            return runtime(config(
+                queues=(QueueConfig(name="Raw"),
+                        QueueConfig(name="Support", address="support@example.org",
+                                    auto_response_new="Ticket {ticket_number}")),
+                postmaster=PostmasterConfig(max_emails_per_address_per_day=2)), clock=clock)
+
+        clock = FakeClock()
+        one, two = node(clock), node(clock)
+
+        def mail(n: int, sender: bytes = b"Carla <carla@customer.test>") -> MessageContext:
+            raw = MAIL.replace(b"<m1@", b"<m%d@" % n).replace(
+                b"Carla <carla@customer.test>", sender)
+            return context(raw)
+
+        assert requested(store, one, mail(1))
+        assert requested(store, two, mail(2, b"Carla <Carla@Customer.TEST>"))
+        third = mail(3, b"x@customer.test\r\nReply-To: CARLA@customer.test")
+        assert not requested(store, one, third)
+        assert "2 auto-responses today" in notices(third)
+        clock.advance(hours=24, seconds=1)
+        assert requested(store, node(clock), mail(4))
