@@ -396,6 +396,12 @@ def crypto_stage(ctx: Any, rt: Any) -> None:
     q = ctx.queue_config
     sign = (ctx.params.get("Sign") or (q.sign if q else "none")).strip().lower()
     encrypt = (ctx.params.get("Encrypt") or (q.encrypt if q else "never")).strip().lower()
+    if q is not None and q.encrypt == "required" and encrypt in ("never", "opportunistic"):
+        # A queue's `required` is a floor: a message may ask for more, never for less,
+        # or one header would send plain what the admin said must not go plain.
+        ctx.log.log("Notice", "Crypto", f"X-Deskgate-Encrypt: {encrypt} not followed: "
+                    f"queue {q.name} requires encryption")
+        encrypt = "required"
     if sign == "none" and encrypt == "never":
         return
     stores = rt.crypto if isinstance(rt.crypto, CryptoStores) else stores_for(rt.config)

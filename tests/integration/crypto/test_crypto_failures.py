@@ -196,3 +196,38 @@ def test_pgp_signing_key_expired_refuses_with_the_reason(crypto_env):
     assert res.reply.code == 554 and res.reply.enhanced == "5.7.5", res.reply
     assert f"no usable PGP secret key for {SUPPORT} (key expired)" in res.reply.text
     assert data == b""
+
+
+class TestRequiredIsAFloor:
+    def secure_queue(self, env, encrypt: str = "required") -> None:
+        (env.conf / "80-secure.toml").write_text(
+            f'[[queue]]\nname = "Secure"\naddress = "secure@example.org"\n'
+            f'encrypt = "{encrypt}"\n[[address]]\nemail = "secure@example.org"\n'
+            'queue = "Secure"\n')
+        env.reload()
+
+    @pytest.mark.parametrize("asked", ["never", "opportunistic"])
+    def test_header_cannot_weaken_a_required_queue(self, crypto_env, asked):
+        """A queue with encrypt = required: X-Deskgate-Encrypt: never/opportunistic on a
+        message does not send it plain to a recipient without a key; it is refused."""
+        self.secure_queue(crypto_env)
+        res, data = submit(crypto_env, message(f"X-Deskgate-Encrypt: {asked}\r\n"),
+                           queue="Secure")
+        assert res.reply.code == 554 and res.reply.enhanced == "5.7.5", res.reply
+        assert "encryption required" in res.reply.text
+        assert data == b""
+        assert (f"X-Deskgate-Encrypt: {asked} not followed: queue Secure requires "
+                "encryption") in _log_entries(crypto_env)
+
+    def test_header_may_still_ask_more_than_the_queue(self, crypto_env):
+        """An opportunistic queue: X-Deskgate-Encrypt: required is honoured (refused)."""
+        self.secure_queue(crypto_env, "opportunistic")
+        res, _ = submit(crypto_env, message("X-Deskgate-Encrypt: required\r\n"),
+                        queue="Secure")
+        assert res.reply.code == 554
+
+    def test_header_may_turn_off_an_opportunistic_queue(self, crypto_env):
+        self.secure_queue(crypto_env, "opportunistic")
+        res, data = submit(crypto_env, message("X-Deskgate-Encrypt: never\r\n"),
+                           queue="Secure")
+        assert res.reply.code == 250 and "Grüße" in plain_text(data)
