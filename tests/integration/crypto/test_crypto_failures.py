@@ -231,3 +231,32 @@ class TestRequiredIsAFloor:
         res, data = submit(crypto_env, message("X-Deskgate-Encrypt: never\r\n"),
                            queue="Secure")
         assert res.reply.code == 250 and "Grüße" in plain_text(data)
+
+
+class TestDamagedSignatures:
+    def test_garbage_pgp_signature_is_invalid_not_unchecked(self, pgp_env, deliver):
+        """A signature part that is no OpenPGP data: stored, signature_valid false (not
+        'gpg gave no answer', which would read as temporary)."""
+        from tests.integration.crypto.test_crypto_pgp_inbound import pgp_mime_signed
+
+        garbage = (b"-----BEGIN PGP SIGNATURE-----\n\nbm90IGEgc2lnbmF0dXJl\n=AAAA\n"
+                   b"-----END PGP SIGNATURE-----\n")
+        d = deliver(pgp_mime_signed(INNER, garbage, "g1"))
+        assert d.outcome.action == "new"
+        assert d.crypto["signed"] and d.crypto["signature_valid"] is False, d.crypto
+        assert "signature invalid" in d.crypto["error"]
+        assert "Warn Crypto signature invalid" in _log_entries(pgp_env)
+
+    def test_truncated_smime_signature_is_invalid(self, crypto_env, deliver, tmp_path):
+        """Half a detached S/MIME signature: stored, signature_valid false, a reason."""
+        from tests.integration.crypto.test_crypto_smime_inbound import inner_entity, sign
+
+        raw = with_headers("g2", sign(crypto_env, tmp_path, inner_entity()))
+        head, sep, rest = raw.partition(b'filename="smime.p7s"\r\n\r\n')
+        b64, _, tail = rest.partition(b"\r\n\r\n")
+        lines = b64.split(b"\r\n")
+        raw = head + sep + b"\r\n".join(lines[:len(lines) // 2]) + b"\r\n\r\n" + tail
+        d = deliver(raw)
+        assert d.outcome.action == "new"
+        assert d.crypto["signed"] and d.crypto["signature_valid"] is False, d.crypto
+        assert d.crypto["error"].startswith("signature invalid")
