@@ -75,7 +75,18 @@ class KeyUnfit(ValueError):
 
 
 def load_private_key(path: Path) -> PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    """The key in `path`; OSError when it cannot be read, KeyUnfit when it is no key
+    DKIM can sign with."""
+    data = path.read_bytes()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:       # cryptography: "Password was not given but ... is encrypted"
+        raise KeyUnfit(f"{path}: encrypted with a passphrase, which deskgate cannot give; "
+                       f"write it unencrypted (openssl pkey -in {path} -out NEW.pem), "
+                       "owner-only") from None
+    except ValueError:
+        raise KeyUnfit(f"{path}: not a PEM private key (RSA or Ed25519, such as `deskgate "
+                       "dkim keygen` or opendkim-genkey write)") from None
     if not isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
         raise KeyUnfit(f"{path}: only RSA and Ed25519 keys can sign DKIM")
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:

@@ -431,6 +431,29 @@ class TestConfiguredNames:
                         "an RSA key of 512 bits; DKIM needs at least 1024 (RFC 8301), "
                         "2048 is recommended (deskgate dkim keygen writes 2048)"], errs
 
+    def test_unusable_key_file_is_named_with_what_is_wrong(self, make_confdir, tmp_path):
+        """A key file that is no PEM key, or one encrypted with a passphrase, fails `check`
+        with a reason an administrator can act on (not the library's words)."""
+        junk, enc = tmp_path / "junk.pem", tmp_path / "enc.pem"
+        junk.write_text("p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n")
+        subprocess.run(["openssl", "genrsa", "-aes256", "-passout", "pass:x", "-out",
+                        str(enc), "2048"], check=True, capture_output=True)
+        for f in (junk, enc):
+            f.chmod(0o600)
+        conf = make_confdir({"40-dkim.toml": "".join(
+            f'[[dkim]]\ndomain = "example.org"\nselector = "{f.stem}"\nkey_file = "{f}"\n'
+            for f in (junk, enc))})
+        with pytest.raises(ConfigErrors) as exc:
+            load_config(conf)
+        errs = [str(e) for e in exc.value.errors]
+        where = f"{conf / '40-dkim.toml'}"
+        assert errs == [
+            f"{where}: dkim[0].key_file: {junk}: not a PEM private key (RSA or Ed25519, "
+            "such as `deskgate dkim keygen` or opendkim-genkey write)",
+            f"{where}: dkim[1].key_file: {enc}: encrypted with a passphrase, which deskgate "
+            f"cannot give; write it unencrypted (openssl pkey -in {enc} -out NEW.pem), "
+            "owner-only"], errs
+
     def test_dns_names_are_accepted(self, make_confdir, key_file):
         """Dotted selectors with hyphens and an internationalised domain pass, as
         `dkim keygen` accepts them."""
