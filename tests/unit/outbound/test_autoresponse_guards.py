@@ -247,3 +247,20 @@ class TestDailyLimit:
         assert "2 auto-responses today" in notices(third)
         clock.advance(hours=24, seconds=1)
         assert requested(store, node(clock), mail(4))
+
+
+class TestOtherQueue:
+    def test_reply_to_another_queues_address_gets_none(self, store):
+        """A customer's message whose Reply-To is another queue's system address (a
+        colleague forwarding, a misconfigured form) gets no auto-response: deskgate
+        would answer itself."""
+        rt = runtime(config(queues=(
+            QueueConfig(name="Raw"),
+            QueueConfig(name="Support", address="support@example.org",
+                        auto_response_new="Ticket {ticket_number}"),
+            QueueConfig(name="Sales", address="sales@example.org",
+                        auto_response_new="Ticket {ticket_number}"))))
+        raw = MAIL.replace(b"Message-ID:", b"Reply-To: Sales <SALES@example.org>\r\nMessage-ID:")
+        ctx = context(raw)
+        assert not requested(store, rt, ctx)
+        assert "sales@example.org is a system address" in notices(ctx)
