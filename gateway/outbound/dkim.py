@@ -142,16 +142,38 @@ def signature_headers(data: bytes, keys: Sequence[DkimKey], now: int | None = No
     include = include_headers(headers)
     canon_headers = _CANON.canonicalize_headers(headers)
     ts = str(int(now if now is not None else time.time())).encode()
+    names = [name + b":" for name in include[:-1]] + [include[-1] + b";"]
     out = []
     for k in keys:
-        value = (b" v=1; a=" + k.algorithm + b"; c=relaxed/relaxed; d=" + k.domain.encode()
-                 + b"; s=" + k.selector.encode() + b"; t=" + ts + b";\r\n\th="
-                 + b":".join(include) + b";\r\n\tbh=" + bh + b";\r\n\tb=")
+        tags = [b"v=1;", b"a=" + k.algorithm + b";", b"c=relaxed/relaxed;",
+                b"d=" + k.domain.encode() + b";", b"s=" + k.selector.encode() + b";",
+                b"t=" + ts + b";"]
+        head = b"\r\n".join((_fold(b"DKIM-Signature:", tags, b" "), _fold(b"\th=", names),
+                             b"\tbh=" + bh + b";"))
+        value = head[len(b"DKIM-Signature:"):] + b"\r\n\tb="
         h = hashlib.sha256()
         dkimpy.hash_headers(h, _CANON, canon_headers, include, (b"DKIM-Signature", value), None)
         sig = base64.b64encode(k.sign_digest(h.digest()))
-        out.append(b"DKIM-Signature:" + value + sig + b"\r\n")
+        chunks = [sig[i:i + 4] for i in range(0, len(sig), 4)]
+        out.append(head + b"\r\n" + _fold(b"\tb=", chunks) + b"\r\n")
     return b"".join(out)
+
+
+_WIDTH = 78     # RFC 5322 2.1.1: lines SHOULD be no longer
+
+
+def _fold(start: bytes, pieces: Sequence[bytes], joiner: bytes = b"") -> bytes:
+    """`start` and `pieces` joined by `joiner`, a new tab-indented line begun (instead
+    of the joiner) where a line would pass 78 characters. DKIM tag values may be
+    folded there (RFC 6376 3.2, 3.5: FWS around tags, after ':' in h=, inside b=),
+    and relaxed canonicalization unfolds them."""
+    lines = [start]
+    for p in pieces:
+        if len(lines[-1]) + len(joiner) + len(p) > _WIDTH and lines[-1].strip():
+            lines.append(b"\t" + p)
+        else:
+            lines[-1] += (joiner if lines[-1].strip() else b"") + p
+    return b"\r\n".join(lines)
 
 
 def sign(data: bytes, keys: Sequence[DkimKey], now: int | None = None) -> bytes:

@@ -116,6 +116,22 @@ class TestSignVerify:
         changed = signed.replace(b"List-Unsubscribe=One-Click", b"List-Unsubscribe=Two")
         assert verify(signed, dns_for(k)) and not verify(changed, dns_for(k))
 
+    @pytest.mark.parametrize("bits", [2048, 4096])
+    def test_signature_lines_are_folded(self, bits):
+        """The DKIM-Signature field is folded into lines of at most 78 characters (RFC 5322
+        2.1.1), also with a 4096-bit key and many signed headers, so no relay breaks a
+        line of it; it still verifies."""
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        k = DkimKey("example.org", "s2026-01", rsa.generate_private_key(65537, bits))
+        msg = MSG.replace(b"To: cust@customer.test\r\n", b"".join(
+            b"To: c%d@customer.test\r\n" % i for i in range(400)))
+        signed = sign(msg, [k])
+        field = signed[:signed.index(b"\r\nFrom:")]
+        assert max(len(line) for line in field.split(b"\r\n")) <= 78, field
+        assert b"h=from:from:" in field.replace(b"\r\n\t", b"")
+        assert verify(signed, dns_for(k))
+
     def test_relaxed_canonicalization_tolerates_refolding(self):
         """Whitespace changes that relaxed canonicalization ignores keep it valid."""
         k = DkimKey("example.org", "s1", generate_key())
