@@ -355,7 +355,8 @@ def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
     from gateway.outbound.rewrite import from_address, serialize
 
     assert ctx.msg is not None
-    keys = keys_for(rt, ctx.from_email or from_address(ctx.msg))
+    from_email = ctx.from_email or from_address(ctx.msg)
+    keys = keys_for(rt, from_email)
 
     def signed(msg: Message) -> tuple[bytes, int]:
         """The signed bytes, and how many of them the signatures are (the queue puts
@@ -374,3 +375,7 @@ def dkim_stage(ctx: OutboundContext, rt: Runtime) -> None:
         ctx.log.log("Info", "DKIM", "signed " + (f"{len(ctx.copies)} copies " if ctx.copies
                                                  else "") + "with " + ", ".join(
             f"{k.selector}._domainkey.{k.domain} ({k.algorithm.decode()})" for k in keys))
+    elif rt.dkim:
+        domain = from_email.rpartition("@")[2]
+        ctx.log.log("Info", "DKIM", f"not signed: no [[dkim]] key for {domain} (the From "
+                    "domain)" if domain else "not signed: the message has no From address")

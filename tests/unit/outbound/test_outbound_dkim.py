@@ -211,6 +211,50 @@ class TestKeyChoice:
         assert keys_for(rt, "support@eu.example.org") == [own]
 
 
+class TestStageLog:
+    """What the DKIM stage writes into the message's communication log."""
+
+    @staticmethod
+    def run(from_email: str, *keys: DkimKey):
+        from email import message_from_bytes
+        from email.policy import compat32
+        from types import SimpleNamespace
+
+        from gateway.outbound.context import OutboundContext
+        from gateway.outbound.dkim import dkim_stage
+
+        table: dict[str, list[DkimKey]] = {}
+        for k in keys:
+            table.setdefault(k.domain, []).append(k)
+        ctx = OutboundContext(mail_from=from_email, recipients=["cust@customer.test"],
+                              raw=MSG)
+        ctx.msg = message_from_bytes(MSG.replace(b"support@example.org",
+                                                 from_email.encode()), policy=compat32)
+        ctx.from_email = from_email
+        dkim_stage(ctx, SimpleNamespace(dkim=table))
+        return ctx, [(e.priority, e.key, e.value) for e in ctx.log.entries]
+
+    def test_signed_names_the_selector(self):
+        """A signed message's log names selector, domain and algorithm."""
+        ctx, entries = self.run("support@example.org",
+                                DkimKey("example.org", "s1", generate_key(True)))
+        assert ctx.data.startswith(b"DKIM-Signature:")
+        assert entries == [("Info", "DKIM", "signed with s1._domainkey.example.org "
+                                            "(ed25519-sha256)")]
+
+    def test_unsigned_says_why(self):
+        """With [[dkim]] keys configured, a message whose From domain has none goes out
+        unsigned and its log says so, naming the domain (as OpenDKIM's 'no signing
+        domain match'); without any [[dkim]] nothing is logged."""
+        ctx, entries = self.run("support@other.test",
+                                DkimKey("example.org", "s1", generate_key(True)))
+        assert b"DKIM-Signature" not in ctx.data
+        assert entries == [("Info", "DKIM", "not signed: no [[dkim]] key for other.test "
+                                            "(the From domain)")]
+        ctx, entries = self.run("support@other.test")
+        assert b"DKIM-Signature" not in ctx.data and entries == []
+
+
 class TestInternationalisedDomain:
     """A [[dkim]] domain given in Unicode signs and is published by its A-labels."""
 
