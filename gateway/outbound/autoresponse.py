@@ -31,7 +31,7 @@ from email.policy import compat32
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import metrics
@@ -95,6 +95,23 @@ def sent_today(conn: Connection, address: str, now: datetime) -> int:
         or 0)
 
 
+# The first key of the advisory locks below ("dgar"), the second is the address's hash.
+_LOCK_CLASS = 0x64676172
+
+
+def counting_alone(conn: Connection, address: str) -> bool:
+    """On PostgreSQL, take the address's transaction-scoped advisory lock, so that two
+    nodes do not both count an address's auto-responses before either has committed
+    its own and both send one over the day's limit. False when another transaction
+    holds it (another node answering this address right now): that message gets no
+    auto-response. Not waiting for the lock keeps two batches that answer two
+    addresses in opposite order from deadlocking. SQLite has one writer at a time."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k, hashtext(:a))"),
+                             {"k": _LOCK_CLASS, "a": address.lower()}).scalar())
+
+
 # RFC 5321 4.5.3.1: 64 + 1 + 255; the length of auto_response.address
 _ADDRESS_MAX = 320
 
@@ -140,6 +157,9 @@ def suppression(ctx: MessageContext, rt: Runtime, conn: Connection, to: str) -> 
     for own in (to, p.from_email if p is not None else "", ctx.envelope.mail_from):
         if own and cfg.address_by_email(own) is not None:
             return f"{own} is a system address"
+    if not counting_alone(conn, to):
+        return (f"another node is answering {to} at this moment "
+                "(postmaster.max_emails_per_address_per_day is counted one node at a time)")
     limit = cfg.postmaster.max_emails_per_address_per_day
     if sent_today(conn, to, rt.clock.now()) >= limit:
         return f"{to} already had {limit} auto-responses today " \
