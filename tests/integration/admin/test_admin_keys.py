@@ -149,6 +149,45 @@ class TestPgpKeys:
 
 
 
+def row_of(html: str, table: str, address: str) -> str:
+    """The row of the keys page's table (smime, pgp) that lists address."""
+    part = html.split(f'<table id="{table}">', 1)[1].split("</table>", 1)[0]
+    return next(r for r in part.split('<tr class="item">')[1:] if address in r)
+
+
+class TestUnusableKeysFlagged:
+    def test_pgp_disabled_key_is_flagged(self, admin_dashboard):
+        """A PGP key disabled in the keyring (gpg --edit-key KEY disable) is flagged
+        disabled, as `keys pgp list` does; an enabled one is not."""
+        from tests.peers.gpg import GpgPeer
+
+        peer = GpgPeer()
+        try:
+            peer.gen_key("Customer <cust@customer.test>")
+            peer.gen_key("Other <other@customer.test>")
+            fpr = peer.fingerprint("cust@customer.test")
+            keys = peer.export("cust@customer.test") + peer.export("other@customer.test")
+        finally:
+            peer.close()
+        d = admin_dashboard()
+        home = d.root / "keys" / "gnupg"
+        try:
+            status, html = upload(d, {"action": "pgp-import"}, {"pgp_key": ("c.asc", keys)})
+            assert status == 200, html
+            row = row_of(html, "pgp", "cust@customer.test")
+            assert "disabled" not in row
+            subprocess.run(["gpg", "--homedir", str(home), "--batch", "--command-fd", "0",
+                            "--edit-key", fpr], input=b"disable\nsave\n",
+                           capture_output=True, check=True, timeout=30)
+            status, html = d.request("/admin/keys")
+            assert status == 200, html
+            assert "disabled" in row_of(html, "pgp", "cust@customer.test")
+            assert "disabled" not in row_of(html, "pgp", "other@customer.test")
+        finally:
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                           check=False, capture_output=True, timeout=30)
+
+
 class TestKeysAndSaves:
     def test_key_change_waits_for_a_save_in_progress(self, admin_dashboard, tmp_path):
         """A keys-page change (write, reload) waits while a configuration save holds the
