@@ -73,7 +73,8 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 
 
 def _row(d: dict[str, Any]) -> list[Any]:
-    flags = [f for f in ("expired", "revoked", "disabled") if d.get(f)]
+    flags = [f.replace("_", "-") for f in ("expired", "not_yet_valid", "revoked", "disabled")
+             if d.get(f)]
     if d.get("key_problem"):
         flags.append("key-unusable")
     return [", ".join(d["addresses"]), d["fingerprint"], (d.get("expires") or "never")[:10],
@@ -122,6 +123,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         if d["expired"]:
             print(f"warning: {d['fingerprint']} has expired ({d['expires']}); it will not be "
                   "used to encrypt", file=sys.stderr)
+        elif d.get("not_yet_valid"):
+            print(f"warning: {d['fingerprint']} is not valid before {d['not_before']}; it "
+                  "will not be used to encrypt until then", file=sys.stderr)
     return EX_OK
 
 

@@ -84,13 +84,17 @@ class SmimeEntry:
         return self.cert.not_valid_after_utc
 
     @property
+    def not_before(self) -> dt.datetime:
+        return self.cert.not_valid_before_utc
+
+    @property
     def expired(self) -> bool:
-        now = dt.datetime.now(dt.UTC)
-        return not (self.cert.not_valid_before_utc <= now <= self.cert.not_valid_after_utc)
+        """Past its end date (one not valid yet is `not_yet_valid`, not expired)."""
+        return dt.datetime.now(dt.UTC) > self.cert.not_valid_after_utc
 
     @property
     def not_yet_valid(self) -> bool:
-        """Valid only from a date still to come (a subset of `expired`)."""
+        """Valid only from a date still to come."""
         return dt.datetime.now(dt.UTC) < self.cert.not_valid_before_utc
 
     @property
@@ -99,15 +103,15 @@ class SmimeEntry:
         if self.revoked:
             return "certificate revoked"
         if self.not_yet_valid:
-            return f"certificate not valid before {self.cert.not_valid_before_utc:%Y-%m-%d}"
+            return f"certificate not valid before {self.not_before:%Y-%m-%d}"
         if self.expired:
             return f"certificate expired {self.not_after:%Y-%m-%d}"
         return ""
 
     @property
     def usable(self) -> bool:
-        """Neither expired nor revoked: may sign, and be encrypted to."""
-        return not self.expired and not self.revoked
+        """Valid now and not revoked: may sign, and be encrypted to."""
+        return not (self.expired or self.not_yet_valid or self.revoked)
 
     def private_key(self) -> Any:
         """The private key object; KeyStoreError with the reason when unusable."""
@@ -124,6 +128,8 @@ class SmimeEntry:
                 "issuer": self.cert.issuer.rfc4514_string(),
                 "expires": self.not_after.isoformat(), "private_key": self.key_path is not None,
                 "key_problem": self.problem, "expired": self.expired,
+                "not_yet_valid": self.not_yet_valid,
+                "not_before": self.not_before.isoformat(),
                 # From crypto.smime_crl_file when configured (deskgate does not ask OCSP).
                 "revoked": self.revoked, "file": str(self.path)}
 
@@ -234,7 +240,7 @@ class SmimeStore:
         return out
 
     def find(self, address: str, *, private: bool = False) -> list[SmimeEntry]:
-        """Entries for an address, usable ones (not expired, not revoked) first, newest
+        """Entries for an address, usable ones (valid now, not revoked) first, newest
         expiry first."""
         address = address.lower()
         found = [e for e in self.entries() if address in e.addresses

@@ -156,6 +156,29 @@ def row_of(html: str, table: str, address: str) -> str:
 
 
 class TestUnusableKeysFlagged:
+    def test_smime_not_yet_valid_is_not_called_expired(self, admin_dashboard, tmp_path):
+        """A certificate valid only from next week is flagged not yet valid with its start
+        date, not expired; a current one has no flag."""
+        import datetime as dt
+
+        d = admin_dashboard()
+        ca = TestCA(tmp_path / "ca")
+        future = ca.issue("Later", emails=("later@example.org",), days=60,
+                          not_before_days=-10, filename="later")
+        current = ca.issue("Now", emails=("now@example.org",), filename="now")
+        smime_dir = d.root / "keys" / "smime"
+        smime_dir.mkdir(parents=True, exist_ok=True)
+        (smime_dir / "later@example.org.pem").write_bytes(future.cert.read_bytes())
+        (smime_dir / "now@example.org.pem").write_bytes(current.cert.read_bytes())
+        status, html = d.request("/admin/keys")
+        assert status == 200, html
+        row = row_of(html, "smime", "later@example.org")
+        start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=10)).date()
+        assert "not valid before" in row and "expired" not in row
+        assert str(start) in row or str(start - dt.timedelta(days=1)) in row
+        row = row_of(html, "smime", "now@example.org")
+        assert "not valid before" not in row and "expired" not in row
+
     def test_pgp_disabled_key_is_flagged(self, admin_dashboard):
         """A PGP key disabled in the keyring (gpg --edit-key KEY disable) is flagged
         disabled, as `keys pgp list` does; an enabled one is not."""

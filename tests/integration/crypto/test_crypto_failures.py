@@ -5,6 +5,7 @@ passphrase is wrong; inbound, S/MIME and PGP bodies that are damaged."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import shutil
 import subprocess
 import time
@@ -54,6 +55,34 @@ class TestSmimeRecipientNotYetValid:
         assert res.reply.code == 250
         assert b"pkcs7" not in data and "Grüße" in plain_text(data)
 
+
+    def test_keys_smime_list_flags_it_not_yet_valid(self, crypto_env):
+        """`keys smime list` flags the certificate not yet valid, with its start date,
+        and does not call it expired (JSON and text); a valid one has neither flag."""
+        from tests.integration.crypto.test_crypto_keys_cli import cli, listed
+
+        self.future_cert(crypto_env)
+        rows = {e["addresses"][0]: e for e in listed(crypto_env.conf, "smime")}
+        future = rows[CUSTOMER]
+        assert future["not_yet_valid"] is True and future["expired"] is False
+        start = dt.datetime.fromisoformat(future["not_before"])
+        assert dt.timedelta(days=9) < start - dt.datetime.now(dt.UTC) < dt.timedelta(days=11)
+        assert rows[SUPPORT]["not_yet_valid"] is False and rows[SUPPORT]["expired"] is False
+        assert dt.datetime.fromisoformat(rows[SUPPORT]["not_before"]) < dt.datetime.now(dt.UTC)
+        text = cli(crypto_env.conf, "keys", "smime", "list").stdout
+        line = next(ln for ln in text.splitlines() if CUSTOMER in ln)
+        assert "not-yet-valid" in line and "expired" not in line
+
+    def test_keys_smime_import_warns_not_yet_valid(self, crypto_env):
+        """Importing a certificate valid only from next week warns that it is not valid
+        before its start date, not that it has expired."""
+        from tests.integration.crypto.test_crypto_keys_cli import cli
+
+        cert = crypto_env.ca.issue("Other", emails=(OTHER,), days=60, not_before_days=-10,
+                                   filename="futother")
+        r = cli(crypto_env.conf, "keys", "smime", "import", str(cert.cert))
+        assert r.returncode == 0, r.stderr
+        assert "is not valid before" in r.stderr and "expired" not in r.stderr
 
     def test_own_certificate_not_yet_valid_refuses_signing(self, crypto_env):
         """sign=smime with the queue's certificate valid only from next week: 554."""
