@@ -172,10 +172,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             return 1
     from gateway.config import process_advice
     from gateway.inline_secrets import inline_secret_warnings
+    from gateway.outbound.dkim import dkim_warnings
     from gateway.supervise import directory_warnings
 
     advice = (process_advice(cfg) + inline_secret_warnings(cfg.conf_dir)
-              + directory_warnings(cfg))
+              + directory_warnings(cfg) + dkim_warnings(cfg))
     summary = {"ok": True, "config": str(cfg.conf_dir), "queues": len(cfg.queue),
                "addresses": len(cfg.address), "accounts": len(cfg.account),
                "filters": len(cfg.filters), "dkim_keys": len(cfg.dkim),

@@ -332,6 +332,40 @@ def validate_dkim(cfg: Config, add: Callable[[str, str, str], None]) -> None:
             add(where, f"{key}.key_file", problem)
 
 
+MAX_VERIFIED_RSA_BITS = 4096    # RFC 8301 3.2: verifiers MUST handle 1024 to 4096
+
+
+def dkim_warnings(cfg: Config) -> list[tuple[str, str]]:
+    """(key, reason) for [[dkim]] keys that sign but may not verify everywhere (`check`
+    prints them): a domain with Ed25519 keys only, RSA under 2048 or over 4096 bits."""
+    out: list[tuple[int, str]] = []
+    rsa_domains: set[str] = set()
+    first_ed: dict[str, tuple[int, str]] = {}
+    for i, d in enumerate(cfg.dkim):
+        path = cfg.path(d.key_file)
+        try:
+            key = load_private_key(path)
+        except (OSError, ValueError, TypeError):
+            continue                    # validate_dkim reports it
+        domain = dns_form(d.domain)
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            first_ed.setdefault(domain, (i, d.domain))
+            continue
+        rsa_domains.add(domain)
+        if key.key_size < 2048:
+            out.append((i, f"{path}: an RSA key of {key.key_size} bits; RFC 8301 "
+                           "recommends 2048 (deskgate dkim keygen writes 2048)"))
+        elif key.key_size > MAX_VERIFIED_RSA_BITS:
+            out.append((i, f"{path}: an RSA key of {key.key_size} bits; verifiers need "
+                           f"not check keys over {MAX_VERIFIED_RSA_BITS} bits (RFC 8301)"))
+    for domain, (i, name) in first_ed.items():
+        if domain not in rsa_domains:
+            out.append((i, f"{name} is signed with Ed25519 alone: receivers that do not "
+                           "verify Ed25519 (RFC 8463) see its mail as unsigned; add an RSA "
+                           f"key (deskgate dkim keygen {name} SELECTOR)"))
+    return [(f"dkim[{i}].key_file", reason) for i, reason in sorted(out)]
+
+
 def keys_for(rt: Runtime, from_email: str) -> list[DkimKey]:
     """The keys of the From domain; failing those, the keys of the nearest parent
     domain that were configured with `subdomains = true` (as OpenDKIM's SubDomains:

@@ -66,6 +66,22 @@ class TestKeygenBeforeTheKeyExists:
         r = cli(conf, "check")
         assert (r.returncode, r.stderr) == (0, ""), r.stderr
 
+    def test_ed25519_alone_passes_check_with_a_warning(self, make_confdir):
+        """A domain given only an Ed25519 key passes `check` (exit 0) with a warning that
+        names it and the command that adds an RSA key; with an RSA key too, none."""
+        conf = make_confdir({"45-dkim.toml": DKIM.format(key_file="keys/dkim/ed.pem")})
+        assert cli(conf, "dkim", "keygen", "example.org", "s1", "--ed25519").returncode == 0
+        r = cli(conf, "check")
+        assert r.returncode == 0, r.stderr
+        assert ("warning: dkim[0].key_file: example.org is signed with Ed25519 alone"
+                in r.stderr), r.stderr
+        assert "deskgate dkim keygen example.org SELECTOR" in r.stderr
+        (conf / "46-rsa.toml").write_text(DKIM.replace('"s1"', '"s2"').format(
+            key_file="keys/dkim/rsa.pem"))
+        assert cli(conf, "dkim", "keygen", "example.org", "s2").returncode == 0
+        r = cli(conf, "check")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
     def test_other_selector_gets_the_default_file(self, make_confdir):
         """A selector no [[dkim]] names is written to keys/dkim/DOMAIN.SELECTOR.pem."""
         conf = make_confdir({"45-dkim.toml": DKIM.format(key_file="keys/dkim/mail.pem")})

@@ -514,6 +514,36 @@ class TestConfiguredNames:
             f"cannot give; write it unencrypted (openssl pkey -in {enc} -out NEW.pem), "
             "owner-only"], errs
 
+    def test_check_warns_of_keys_receivers_may_not_verify(self, make_confdir, tmp_path):
+        """`check` passes but warns: a domain signed with Ed25519 only (receivers without
+        RFC 8463 see it unsigned), an RSA key under 2048 bits (RFC 8301 recommends
+        2048) or over 4096 (verifiers need not go beyond)."""
+        from gateway.outbound.dkim import dkim_warnings
+
+        keys = {}
+        for name, bits in (("ed", 0), ("r1024", 1024), ("r2048", 2048), ("r4160", 4160)):
+            keys[name] = tmp_path / f"{name}.pem"
+            if bits:
+                subprocess.run(["openssl", "genrsa", "-out", str(keys[name]), str(bits)],
+                               check=True, capture_output=True)
+            else:
+                keys[name].write_bytes(key_pem(generate_key(True)))
+            keys[name].chmod(0o600)
+        entries = [("only-ed.example", "ed"), ("both.example", "ed"),
+                   ("both.example", "r2048"), ("small.example", "r1024"),
+                   ("big.example", "r4160")]
+        conf = make_confdir({"40-dkim.toml": "".join(
+            f'[[dkim]]\ndomain = "{d}"\nselector = "{k}"\nkey_file = "{keys[k]}"\n'
+            for d, k in entries)})
+        assert dkim_warnings(load_config(conf)) == [
+            ("dkim[0].key_file", "only-ed.example is signed with Ed25519 alone: receivers "
+             "that do not verify Ed25519 (RFC 8463) see its mail as unsigned; add an RSA "
+             "key (deskgate dkim keygen only-ed.example SELECTOR)"),
+            ("dkim[3].key_file", f"{keys['r1024']}: an RSA key of 1024 bits; RFC 8301 "
+             "recommends 2048 (deskgate dkim keygen writes 2048)"),
+            ("dkim[4].key_file", f"{keys['r4160']}: an RSA key of 4160 bits; verifiers "
+             "need not check keys over 4096 bits (RFC 8301)")]
+
     def test_dns_names_are_accepted(self, make_confdir, key_file):
         """Dotted selectors with hyphens and an internationalised domain pass, as
         `dkim keygen` accepts them."""
