@@ -164,8 +164,13 @@ class TestKeygen:
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
         line = res.stdout.strip()
         assert line.startswith("sel._domainkey.example.org. IN TXT")
-        record = "".join(part for i, part in enumerate(line.split('"')) if i % 2 == 1)
+        strings = [part for i, part in enumerate(line.split('"')) if i % 2 == 1]
+        record = "".join(strings)
         assert record.startswith("v=DKIM1; k=" + ("ed25519" if ed else "rsa") + "; p=")
+        # a TXT string holds at most 255 characters: RSA-2048's record needs two of them
+        assert max(len(x) for x in strings) <= 255
+        assert len(strings) == (1 if ed else 2)
+        assert line.endswith(" )") and " IN TXT ( " in line
         k = DkimKey("example.org", "sel", load_private_key(out))
         signed = sign(MSG, [k])
         assert verify(signed, lambda name, timeout=5: record.encode()
