@@ -1,4 +1,5 @@
-"""The daily purge of the communication log inside `deskgate serve`."""
+"""The daily purge inside `deskgate serve`: the communication log, and the
+auto-response counts the per-address daily limit no longer reads."""
 
 from __future__ import annotations
 
@@ -47,11 +48,19 @@ class PurgeService:
     async def _loop(self) -> None:
         await asyncio.sleep(self.first_run_after)
         while True:
-            try:
-                await self.purge_once()
-            except Exception as exc:
-                log.error("communication log purge failed", error=repr(exc))
+            await self.run_daily()
             await asyncio.sleep(self.interval)
+
+    async def run_daily(self) -> None:
+        """One day's purge; a failure of one part does not keep the other from running."""
+        try:
+            await self.purge_once()
+        except Exception as exc:
+            log.error("communication log purge failed", error=repr(exc))
+        try:
+            await self.purge_auto_response_counts()
+        except Exception as exc:
+            log.error("auto-response count purge failed", error=repr(exc))
 
     async def purge_once(self) -> int:
         """Purge in batches, each in its own write transaction; returns how many went."""
@@ -70,6 +79,22 @@ class PurgeService:
         self.runs += 1
         metrics.COMMLOG_PURGED.inc(total)
         log.info("communication log purged", removed=total)
+        return total
+
+    async def purge_auto_response_counts(self) -> int:
+        """Delete the auto-response counts older than two days (the daily limit reads
+        one), in batches; returns how many went."""
+        from gateway.outbound.autoresponse import purge_counts
+
+        now = self.gw.runtime.clock.now()
+        total = 0
+        while True:
+            n = await self.gw.writer.run(
+                lambda conn: purge_counts(conn, now, BATCH), isolated=True)
+            total += n
+            if n < BATCH:
+                break
+        log.info("auto-response counts purged", removed=total)
         return total
 
 

@@ -89,10 +89,26 @@ def which_template(ctx: MessageContext, rt: Runtime, conn: Connection) -> tuple[
     return "", ""
 
 
+# What max_emails_per_address_per_day counts; the daily purge keeps twice that, so a
+# clock step or a slow purge never drops a count the limit still reads.
+LIMIT_WINDOW = timedelta(days=1)
+COUNTS_KEPT = 2 * LIMIT_WINDOW
+
+
 def sent_today(conn: Connection, address: str, now: datetime) -> int:
     return int(conn.execute(select(func.count()).select_from(AutoResponse).where(
-        AutoResponse.address == address, AutoResponse.sent > now - timedelta(days=1))).scalar()
+        AutoResponse.address == address, AutoResponse.sent > now - LIMIT_WINDOW)).scalar()
         or 0)
+
+
+def purge_counts(conn: Connection, now: datetime, limit: int) -> int:
+    """Delete up to `limit` auto-response counts older than COUNTS_KEPT; how many went."""
+    old = select(AutoResponse.id).where(AutoResponse.sent < now - COUNTS_KEPT) \
+        .order_by(AutoResponse.id).limit(limit)
+    ids = list(conn.execute(old).scalars())
+    if ids:
+        conn.execute(delete(AutoResponse).where(AutoResponse.id.in_(ids)))
+    return len(ids)
 
 
 # The first key of the advisory locks below ("dgar"), the second is the address's hash.
