@@ -84,7 +84,7 @@ class PurgeService:
     async def purge_auto_response_counts(self) -> int:
         """Delete the auto-response counts older than two days (the daily limit reads
         one), in batches; returns how many went."""
-        from gateway.outbound.autoresponse import purge_counts
+        from gateway.outbound.autoresponse_rules import purge_counts
 
         now = self.gw.runtime.clock.now()
         total = 0

@@ -69,7 +69,7 @@ class TestAutoResponseCountPurge:
     def test_counts_older_than_two_days_go_in_batches(self, engine):
         """Auto-response counts older than two days are deleted, at most `limit` a call;
         newer ones stay and the daily limit still sees the last day's."""
-        from gateway.outbound.autoresponse import purge_counts, sent_today
+        from gateway.outbound.autoresponse_rules import purge_counts, sent_today
 
         keep = [add_count(engine, "a@customer.test", 0.1),
                 add_count(engine, "a@customer.test", 0.9),

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from gateway.config import PostmasterConfig, QueueConfig
-from gateway.outbound import autoresponse
+from gateway.outbound import autoresponse_rules as autoresponse
 from gateway.store.db import make_engine, migrate
 from gateway.testing import config, context, runtime
 
