@@ -29,8 +29,11 @@ DSN's RET/ENVID and NOTIFY/ORCPT of RFC 3461, gateway.outbound.dsn_params),
 HELP is 214 and VRFY is disabled (502 5.5.1), as in Postfix.
 
 This module is the protocol side (SubmissionSession) and the listener
-(SubmissionService); what the sessions share and the policy at MAIL/RCPT/DATA are
-in gateway.outbound.submission_policy, the reply texts in submission_replies.
+(SubmissionService). MAIL and RCPT are in gateway.outbound.submission_envelope, AUTH
+in submission_auth, a connection's communication log in submission_connection_log,
+the connections of tls_listen in submission_tls_listen; what the sessions share and
+the policy at MAIL/RCPT/DATA are in submission_policy, the reply texts in
+submission_replies.
 """
 
 from __future__ import annotations
@@ -40,15 +43,12 @@ import contextlib
 import errno
 import logging
 import ssl
-from base64 import b64decode
 from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
 from aiosmtpd.smtp import (
     MISSING,
-    SMTP,
-    AuthResult,
     Envelope,
     Session,
     TLSSetupException,
@@ -59,14 +59,8 @@ from gateway import metrics
 from gateway.config import Config
 from gateway.errors import InUse
 from gateway.limits import IdleTimer, SessionLimit, idle_timeout, refusal, too_many_errors
-from gateway.outbound.dsn_params import (
-    MessageDsn,
-    RecipientDsn,
-    parse_envid,
-    parse_notify,
-    parse_orcpt,
-    parse_ret,
-)
+from gateway.outbound.submission_connection_log import ConnectionLog
+from gateway.outbound.submission_envelope import EnvelopeCommands
 from gateway.outbound.submission_policy import (
     AuthGuard,
     DsnEnvelope,
@@ -83,18 +77,9 @@ from gateway.outbound.submission_replies import (
     AIOSMTPD_SIZE,
     AIOSMTPD_TOO_MANY,
     AUTH_BAD,
-    AUTH_IN_TRANSACTION,
     AUTH_OK,
     AUTH_REQUIRED,
-    AUTH_SYNTAX,
-    BAD_ENVID,
-    BAD_NOTIFY,
-    BAD_ORCPT,
     BAD_RCPT,
-    BAD_RECIPIENT,
-    BAD_RET,
-    BAD_SENDER,
-    BAD_SIZE,
     DATA_SYNTAX,
     ENHANCED_BY_CODE,
     ENHANCEDSTATUSCODES,
@@ -102,22 +87,17 @@ from gateway.outbound.submission_replies import (
     HELP_STARTTLS,
     INTERNAL_ERROR,
     LOCKED_OUT,
-    MAIL_SYNTAX,
-    NEED_MAIL,
     NEED_RCPT,
-    NESTED_MAIL,
     NO_VALID_RCPTS,
     PIPELINING,
-    RCPT_SYNTAX,
     SIZE_EXCEEDED,
     STRICT_ASCII,
     TLS_ACTIVE,
     TOO_MANY_RCPTS,
     VRFY_DISABLED,
-    unsupported_option,
     with_enhanced_code,
 )
-from gateway.outbound.submission_syntax import split_path
+from gateway.outbound.submission_tls_listen import TlsFirst
 from gateway.portowner import in_use_by
 from gateway.smtpdata import DATA_GO_AHEAD, read_data
 
@@ -146,13 +126,11 @@ class _Session(Session):
         self._login_data = value
 
 
-class SubmissionSession(IdleTimer, SMTP):
-    """One submission connection; AUTH checks run off the event loop."""
-
-    # AUTH LOGIN's prompts as Postfix (Cyrus SASL) and Dovecot send them; aiosmtpd's end
-    # in a NUL byte.
-    AuthLoginUsernameChallenge = "Username:"
-    AuthLoginPasswordChallenge = "Password:"
+class SubmissionSession(IdleTimer, ConnectionLog, EnvelopeCommands):
+    """One submission connection; AUTH checks run off the event loop. MAIL and RCPT
+    are EnvelopeCommands' (submission_envelope), AUTH is SubmissionAuth's
+    (submission_auth), the communication log of the connection ConnectionLog's
+    (submission_connection_log)."""
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
@@ -214,29 +192,6 @@ class SubmissionSession(IdleTimer, SMTP):
         self._log_connection(error)
         super().connection_lost(error)
 
-    def _note(self) -> SubmissionRecord:
-        if self._record is None:
-            peer = self.session.peer if self.session is not None else None
-            self._record = SubmissionRecord(peer_text(peer))
-        return self._record
-
-    def _log_connection(self, error: Exception | None) -> None:
-        """The connection's communication, when something went wrong on it."""
-        env = self.envelope
-        lost = ""
-        if self._stage:
-            lost = f"{self._stage} of {self._txn}"
-        elif env is not None and env.mail_from and not self._quit:
-            lost = f"before DATA of {transaction(env)}"
-        if self._record is None and not lost and not self._timed_out:
-            return
-        try:
-            self.sub.write_log(self._note().finish(lost=lost, timed_out=self._timed_out,
-                                                   error=error))
-        except Exception:
-            log.exception("submission: the connection was not logged",
-                          client=peer_text(self.session.peer if self.session else None))
-
     async def push(self, status: Any) -> None:
         """aiosmtpd's push, with its 502 after too many unknown commands answered 421
         (the session closes either way; a 5xx would read as a refusal of the mail), and
@@ -253,20 +208,6 @@ class SubmissionSession(IdleTimer, SMTP):
         elif isinstance(status, str) and status[:1] != "3":
             self._cmd = None
         await super().push(status)
-
-    def _refusal(self, status: str) -> None:
-        """A 4xx/5xx reply on its way out, noted in the record with its command. Not
-        the refusals logged on their own: a wrong password (submission_policy's
-        auth_failed) and an internal error (internal_error)."""
-        cmd, self._cmd = self._cmd, None
-        if status.startswith((AUTH_BAD[:3], INTERNAL_ERROR[:9])):
-            return
-        key, subject = cmd or ("SMTP", "")
-        if cmd is None and '" not recognized' in status:
-            # aiosmtpd echoes the command word: a client out of step in AUTH may have
-            # sent its credentials as one.
-            status = status.partition('"')[0] + "(not logged) not recognized"
-        self._note().refused(key, subject, status)
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -406,269 +347,6 @@ class SubmissionSession(IdleTimer, SMTP):
         """Disabled (Postfix's disable_vrfy_command): confirms and echoes nothing; idle."""
         self._idle_command()
         await self.push(VRFY_DISABLED)
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        """MAIL FROM with the path syntax of gateway.outbound.submission_syntax and the
-        parameters EHLO advertises (SIZE, BODY, SMTPUTF8, RET and ENVID of DSN, each of
-        those two once, and AUTH wherever AUTH is: Exim adds AUTH=<> once it has
-        authenticated; its value is not used, since the sender is rewritten); anything
-        else gets Postfix's 501 or 555 reply."""
-        self._cmd = ("MAIL", f"MAIL {arg or ''}"[:300])
-        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
-            return
-        assert self.envelope is not None and self.session is not None
-        if self.envelope.mail_from:
-            await self.push(NESTED_MAIL)
-            return
-        if arg is None or arg[:5].upper() != "FROM:" or not arg[5:].strip():
-            await self.push(MAIL_SYNTAX)
-            return
-        path = split_path(arg[5:])
-        if path is None:
-            await self.push(BAD_SENDER)
-            return
-        address, params = path
-        if params and not self.session.extended_smtp:     # HELO: no parameter advertised
-            await self.push(unsupported_option(params[0]))
-            return
-        options: list[str] = []
-        smtputf8 = False
-        ret = envid = None
-        for param in params:
-            key, eq, value = param.partition("=")
-            key = key.upper()
-            if key == "AUTH" and value and self._auth_offered():
-                continue
-            if key == "RET" and eq:
-                # RFC 3461 4.3; a second RET is refused as a bad one (Postfix)
-                if ret is not None or (ret := parse_ret(value)) is None:
-                    await self.push(BAD_RET)
-                    return
-                continue
-            if key == "ENVID" and eq:
-                if envid is not None or (envid := parse_envid(value)) is None:
-                    await self.push(BAD_ENVID)
-                    return
-                continue
-            if key == "SIZE":
-                if not (value.isascii() and value.isdigit()):
-                    await self.push(BAD_SIZE)
-                    return
-                if self.data_size_limit and int(value) > self.data_size_limit:
-                    await self.push(SIZE_EXCEEDED)
-                    return
-            elif key == "SMTPUTF8" and not eq and self.enable_SMTPUTF8:
-                smtputf8 = True
-            elif not (key == "BODY" and value.upper() in ("7BIT", "8BITMIME")):
-                await self.push(unsupported_option(param))
-                return
-            options.append(param.upper())
-        self.envelope.smtp_utf8 = smtputf8
-        # aiosmtpd's envelope holds the null sender as '<>' ('' is no MAIL)
-        status = await self.event_handler.handle_MAIL(
-            self, self.session, self.envelope, address or "<>", options)
-        if status.startswith("250") and isinstance(self.envelope, DsnEnvelope):
-            self.envelope.dsn = MessageDsn(ret or "", envid or "")
-        await self.push(status)
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        """RCPT TO with the path syntax of gateway.outbound.submission_syntax; the
-        parameters NOTIFY and ORCPT (DSN, RFC 3461) once each, anything else 555; the
-        null path is no recipient; the bare postmaster (any case) is
-        postmaster@<gateway.hostname>."""
-        self._cmd = ("RCPT", f"RCPT {arg or ''}"[:300])
-        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
-            return
-        assert self.envelope is not None and self.session is not None
-        if not self.envelope.mail_from:
-            await self.push(NEED_MAIL)
-            return
-        if arg is None or arg[:3].upper() != "TO:" or not arg[3:].strip():
-            await self.push(RCPT_SYNTAX)
-            return
-        path = split_path(arg[3:])
-        if path is None or not path[0]:
-            await self.push(BAD_RECIPIENT)
-            return
-        address, params = path
-        notify = orcpt = None
-        for param in params:
-            key, eq, value = param.partition("=")
-            key = key.upper()
-            if key == "NOTIFY" and eq and self.session.extended_smtp:
-                # RFC 3461 4.1; a second NOTIFY is refused as a bad one (Postfix)
-                if notify is not None or (notify := parse_notify(value)) is None:
-                    await self.push(BAD_NOTIFY)
-                    return
-            elif key == "ORCPT" and eq and self.session.extended_smtp:
-                if orcpt is not None or (orcpt := parse_orcpt(value)) is None:
-                    await self.push(BAD_ORCPT)
-                    return
-            else:
-                await self.push(unsupported_option(param))
-                return
-        if "@" not in address and address.lower() == "postmaster":
-            # RFC 5321 4.5.1: the bare postmaster is accepted, as the gateway's own (as
-            # the LMTP listener takes it, and Postfix appends @$myorigin).
-            address = f"postmaster@{self.hostname}"
-        status = await self.event_handler.handle_RCPT(
-            self, self.session, self.envelope, address, [])
-        dsn = RecipientDsn(notify or "", orcpt or "")
-        if status.startswith("250") and dsn and isinstance(self.envelope, DsnEnvelope):
-            # A recipient given twice keeps what it was first given (it is sent once).
-            self.envelope.dsn_rcpt.setdefault(address.lower(), dsn)
-        await self.push(status)
-
-    def _auth_offered(self) -> bool:
-        """Whether EHLO lists AUTH (after STARTTLS where TLS is required for it)."""
-        return not self._auth_require_tls or self._tls_protocol is not None
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        """aiosmtpd's AUTH behind the lock-out; refused inside a mail transaction
-        (RFC 4954 4: 503), before the password is checked or counted; the mechanism in
-        any case; Postfix's 501 without one."""
-        assert self.session is not None
-        # The mechanism only: the rest of the line is the client's credentials.
-        self._cmd = ("AUTH", f"AUTH {(arg or '').split(' ', 1)[0][:20]}")
-        if self.envelope is not None and self.envelope.mail_from:
-            await self.push(AUTH_IN_TRANSACTION)
-            return
-        if (self.session.extended_smtp and self._auth_offered()
-                and not self.session.authenticated):
-            args = (arg or "").split()
-            if not 1 <= len(args) <= 2:
-                await self.push(AUTH_SYNTAX)
-                return
-            # SASL mechanism names in any case, as Dovecot and Cyrus SASL take them.
-            arg = " ".join([args[0].upper(), *args[1:]])
-        client = self.session.peer[0] if isinstance(self.session.peer, tuple) else ""
-        if not self.sub.guard.begin(client):
-            await self.push(LOCKED_OUT)
-            return
-        try:
-            await super().smtp_AUTH(arg)
-        finally:
-            self.sub.guard.end(client)
-
-    async def _check(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
-        assert self.session is not None
-        name = login.decode("utf-8", "replace")
-        user = await self.sub.verify(name, password.decode("utf-8", "replace"))
-        if user is None:
-            self.sub.auth_failed(self.session.peer, name)
-            return AuthResult(success=False, handled=False, message=AUTH_BAD)
-        self.sub.guard.succeeded(self.session.peer[0] if isinstance(self.session.peer, tuple)
-                                 else "")
-        self.session.deskgate_user = user  # type: ignore[attr-defined]
-        log.info("submission AUTH ok", user=name, mechanism=mechanism)
-        return AuthResult(success=True, auth_data=user, message=AUTH_OK)
-
-    async def _initial_response(self, arg: str) -> bytes | None:
-        """AUTH's decoded initial response ("=" is an empty one, RFC 4954 4); None once
-        501 is answered to one that is not base64."""
-        if arg == "=":
-            return b""
-        try:
-            return b64decode(arg.encode(), validate=True)
-        except ValueError:
-            await self.push("501 5.5.2 Can't decode base64")
-            return None
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        blob: bytes | None
-        if len(args) == 1:
-            response = await self.challenge_auth("")
-            blob = response if isinstance(response, bytes) else None
-        else:
-            blob = await self._initial_response(args[1])
-        if blob is None:
-            return AuthResult(success=False, handled=True)
-        if not blob:
-            # An empty response names no user and no password: a failed attempt.
-            return await self._check("PLAIN", b"", b"")
-        parts = blob.split(b"\x00")
-        if len(parts) != 3:
-            await self.push("501 5.5.2 Can't split auth value")
-            return AuthResult(success=False, handled=True)
-        if parts[0] and parts[0] != parts[1]:
-            # No user may act as another (RFC 4616 authzid): refused, and counted.
-            assert self.session is not None
-            self.sub.auth_failed(self.session.peer, parts[1].decode("utf-8", "replace"))
-            return AuthResult(success=False, handled=False, message=AUTH_BAD)
-        return await self._check("PLAIN", parts[1], parts[2])
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        login: bytes | None
-        if len(args) == 1:
-            response = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-            login = response if isinstance(response, bytes) else None
-        else:
-            login = await self._initial_response(args[1])
-        if login is None:
-            return AuthResult(success=False, handled=True)
-        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
-        if not isinstance(password, bytes):
-            return AuthResult(success=False, handled=True)
-        return await self._check("LOGIN", login, password)
-
-
-class TlsFirst(asyncio.Protocol):
-    """A connection of [submission] tls_listen: the TLS handshake, then a
-    SubmissionSession on the TLS transport. A handshake that fails (a client speaking
-    plain text, a scanner, a timeout) is logged and counted as a refused connection;
-    the listener goes on. The connection counts towards max_sessions (and
-    max_sessions_per_ip) from its accept, handshake included: over the limit it is
-    closed at once (a 421 in plain text would be no TLS record), counted and logged as
-    a refused session."""
-
-    def __init__(self, service: SubmissionService, tls: ssl.SSLContext,
-                 session: SubmissionSession) -> None:
-        self.service = service
-        self.tls = tls
-        self.session = session
-        self.transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The task runs before the loop first reads the socket, so start_tls gets the
-        # client's first byte (the ClientHello); data_received never sees one.
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        if self.service.limit.admit(peer, replied=False) is not None:
-            transport.close()
-            return
-        self.session.admitted(peer)
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
-        self.service.handshakes.add(task)
-        task.add_done_callback(self.service.handshakes.discard)
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
-        loop = asyncio.get_running_loop()
-        peer = transport.get_extra_info("peername")
-        try:
-            tls_transport = await loop.start_tls(
-                cast(asyncio.WriteTransport, transport), self.session, self.tls,
-                server_side=True, ssl_handshake_timeout=self.service.handshake_timeout)
-        except (OSError, EOFError, asyncio.CancelledError) as exc:
-            transport.close()
-            self.service.limit.release(peer)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            self.service.handshake_failed(peer, exc)
-            return
-        except BaseException:
-            transport.close()
-            self.service.limit.release(peer)
-            raise
-        if tls_transport is None:       # the connection ended meanwhile
-            transport.close()
-            self.service.limit.release(peer)
-            return
-        self.session.connection_made(tls_transport)
-
 
 class SubmissionService:
     """The listeners of [submission] listen (STARTTLS) and tls_listen (implicit TLS)."""
