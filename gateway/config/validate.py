@@ -12,8 +12,8 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from gateway.config.sections import Config
+from gateway.config.template import template_error
 from gateway.config.values import email_problem
-from gateway.outbound.template import template_error
 from gateway.passwords import is_hash
 
 

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import metrics
+from gateway.config.template import TemplateError, render
 from gateway.errors import PermanentError, TemporaryError
 from gateway.inbound.parse import first_address
 from gateway.model import MessageContext
@@ -42,7 +43,6 @@ from gateway.outbound.autoresponse_rules import suppression
 from gateway.outbound.context import OutboundContext
 from gateway.outbound.headers import encode_long_words, header_safe, ids_that_fit, raw_utf8
 from gateway.outbound.received import Received
-from gateway.outbound.template import TemplateError, render
 from gateway.runtime import Runtime
 from gateway.store import Deferred, repo
 from gateway.store.db import is_temporary
